@@ -1,0 +1,51 @@
+using System.Runtime.InteropServices;
+
+namespace BitNetSharp.Memory;
+
+/// <summary>
+/// 64-byte aligned unmanaged memory: weights repacked at load time and kernel scratch live here so the
+/// GC never moves or scans them and every SIMD width sees aligned rows.
+/// </summary>
+public sealed unsafe class NativeBuffer : IDisposable
+{
+    public const int Alignment = 64;
+
+    private void* _pointer;
+
+    public NativeBuffer(long byteLength, bool zero = true)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(byteLength);
+        ByteLength = byteLength;
+        _pointer = NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 1), Alignment);
+        if (zero) NativeMemory.Clear(_pointer, (nuint)Math.Max(byteLength, 1));
+        if (byteLength > 0) GC.AddMemoryPressure(byteLength);
+    }
+
+    public long ByteLength { get; }
+
+    public byte* Pointer
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(_pointer == null, this);
+            return (byte*)_pointer;
+        }
+    }
+
+    public Span<T> AsSpan<T>() where T : unmanaged =>
+        new(Pointer, checked((int)(ByteLength / sizeof(T))));
+
+    public void Dispose()
+    {
+        if (_pointer == null) return;
+        NativeMemory.AlignedFree(_pointer);
+        _pointer = null;
+        if (ByteLength > 0) GC.RemoveMemoryPressure(ByteLength);
+        GC.SuppressFinalize(this);
+    }
+
+    ~NativeBuffer()
+    {
+        if (_pointer != null) NativeMemory.AlignedFree(_pointer);
+    }
+}
