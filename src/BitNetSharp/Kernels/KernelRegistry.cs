@@ -1,0 +1,72 @@
+namespace BitNetSharp.Kernels;
+
+/// <summary>
+/// The one dispatch point for the integer kernels. Lists every variant (in order of preference) and picks the
+/// best one this CPU supports, unless BITNET_KERNEL names one: reference | avx2 | avxvnni | avx512 | neon | neondot
+/// (the binary family has no VNNI/dot variants; for those names it falls back to the nearest one it has).
+/// </summary>
+public static class KernelRegistry
+{
+    public const string EnvironmentVariable = "BITNET_KERNEL";
+
+    /// <summary>All ternary variants, best first, whether or not this CPU supports them.</summary>
+    public static IReadOnlyList<TernaryKernel> AllTernary { get; } =
+    [
+        new Avx512TernaryKernel(),
+        new AvxVnniTernaryKernel(),
+        new Avx2TernaryKernel(),
+        new NeonDotProdTernaryKernel(),
+        new NeonTernaryKernel(),
+        new ReferenceTernaryKernel(),
+    ];
+
+    /// <summary>All binary variants, best first.</summary>
+    public static IReadOnlyList<BinaryKernel> AllBinary { get; } =
+    [
+        new Avx512BinaryKernel(),
+        new Avx2BinaryKernel(),
+        new NeonBinaryKernel(),
+        new ReferenceBinaryKernel(),
+    ];
+
+    public static IEnumerable<TernaryKernel> SupportedTernary => AllTernary.Where(k => k.IsSupported);
+
+    public static IEnumerable<BinaryKernel> SupportedBinary => AllBinary.Where(k => k.IsSupported);
+
+    private static readonly Lazy<TernaryKernel> DefaultTernary = new(() => SelectTernary(Environment.GetEnvironmentVariable(EnvironmentVariable)));
+    private static readonly Lazy<BinaryKernel> DefaultBinary = new(() => SelectBinary(Environment.GetEnvironmentVariable(EnvironmentVariable)));
+
+    /// <summary>The ternary kernel for this process (BITNET_KERNEL honoured).</summary>
+    public static TernaryKernel Ternary => DefaultTernary.Value;
+
+    /// <summary>The binary kernel for this process (BITNET_KERNEL honoured).</summary>
+    public static BinaryKernel Binary => DefaultBinary.Value;
+
+    /// <summary>The named ternary variant, or the best supported one when <paramref name="name"/> is empty.</summary>
+    /// <exception cref="ArgumentException">Unknown name, or a variant this CPU cannot run.</exception>
+    public static TernaryKernel SelectTernary(string? name)
+    {
+        if (string.IsNullOrWhiteSpace(name)) return SupportedTernary.First();
+        var kernel = AllTernary.FirstOrDefault(k => k.Name.Equals(name.Trim(), StringComparison.OrdinalIgnoreCase))
+            ?? throw new ArgumentException($"{EnvironmentVariable}='{name}' names no kernel; use one of: {string.Join(", ", AllTernary.Select(k => k.Name))}.");
+        if (!kernel.IsSupported)
+            throw new ArgumentException($"{EnvironmentVariable}='{name}': this CPU cannot run it; supported here: {string.Join(", ", SupportedTernary.Select(k => k.Name))}.");
+        return kernel;
+    }
+
+    public static BinaryKernel SelectBinary(string? name)
+    {
+        if (string.IsNullOrWhiteSpace(name)) return SupportedBinary.First();
+        string n = name.Trim().ToLowerInvariant() switch
+        {
+            "avxvnni" => "avx2",
+            "neondot" => "neon",
+            var other => other,
+        };
+        var kernel = AllBinary.FirstOrDefault(k => k.Name == n)
+            ?? throw new ArgumentException($"{EnvironmentVariable}='{name}' names no kernel; use one of: {string.Join(", ", AllTernary.Select(k => k.Name))}.");
+        if (!kernel.IsSupported)
+            throw new ArgumentException($"{EnvironmentVariable}='{name}': this CPU cannot run it; supported here: {string.Join(", ", SupportedBinary.Select(k => k.Name))}.");
+        return kernel;
+    }
+}

@@ -1,0 +1,120 @@
+using System.Runtime.CompilerServices;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Kernels;
+
+/// <summary>
+/// One instruction-set variant of the ternary × int8 matrix product. All variants compute the exact integer
+/// D = Σ_k c_k·q_k over the padded row (c = t+1 ∈ {0,1,2}), then the same fp32 epilogue
+/// y = (float)(D − Σq) / s_x · scale_row, so every variant equals <see cref="ReferenceTernaryKernel"/>
+/// bit for bit. Token tiles of four share each unpacked weight block (prefill and batched decode).
+/// </summary>
+public abstract unsafe class TernaryKernel
+{
+    /// <summary>The name BITNET_KERNEL selects it by.</summary>
+    public abstract string Name { get; }
+
+    /// <summary>Whether this CPU (and runtime) can execute it.</summary>
+    public abstract bool IsSupported { get; }
+
+    /// <summary>
+    /// y[t·yStride + n] = Σ_k W[n,k]·x[t,k] for tokens t ∈ [0, x.Tokens) and rows n ∈ [rowStart, rowEnd).
+    /// </summary>
+    public void MatMul(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd)
+    {
+        if (w.PaddedCols != x.PaddedCols)
+            throw new ArgumentException($"Weight rows have {w.Cols} inputs but the activations have {x.Cols}.", nameof(x));
+        if (rowStart < 0 || rowEnd > w.Rows || rowStart > rowEnd)
+            throw new ArgumentOutOfRangeException(nameof(rowEnd), $"Row range [{rowStart}, {rowEnd}) is outside [0, {w.Rows}).");
+        if (x.Tokens > 1 && yStride < rowEnd)
+            throw new ArgumentOutOfRangeException(nameof(yStride), "Output rows overlap: yStride is smaller than the row range.");
+        if (!IsSupported) throw new PlatformNotSupportedException($"Ternary kernel '{Name}' is not supported on this CPU.");
+        MatMulCore(w, x, y, yStride, rowStart, rowEnd);
+    }
+
+    protected abstract void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd);
+
+    /// <summary>The shared epilogue (FORMATS.md §2.6): integer dot first, then ÷ s_x, then × weight scale, in fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Epilogue(int codeDot, int activationSum, float activationScale, float weightScale) =>
+        (float)(codeDot - activationSum) / activationScale * weightScale;
+
+    public override string ToString() => Name;
+}
+
+/// <summary>An instruction-set-specific inner product of one packed ternary row with int8 activations.
+/// Static abstract members let <see cref="TernaryDriver"/> be specialized per variant by the JIT (no virtual
+/// call per row).</summary>
+public unsafe interface ITernaryRowDot
+{
+    /// <summary>Σ c·q over <paramref name="blocks"/> 128-weight blocks.</summary>
+    static abstract int Dot(byte* w, sbyte* q, int blocks);
+
+    /// <summary>Four tokens against one row: each weight block is unpacked once and used four times.</summary>
+    static abstract void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result);
+}
+
+/// <summary>The loops around a row dot: rows × token tiles, and the epilogue.</summary>
+public static unsafe class TernaryDriver
+{
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Run<TDot>(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd)
+        where TDot : ITernaryRowDot
+    {
+        int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
+        int tokens = x.Tokens;
+        float[] rowScales = w.RowScales;
+        float[] xs = x.Scales;
+        int[] sums = x.Sums;
+        int* d = stackalloc int[4];
+        for (int n = rowStart; n < rowEnd; n++)
+        {
+            byte* row = w.Row(n);
+            float scale = rowScales[n];
+            int t = 0;
+            for (; t + 4 <= tokens; t += 4)
+            {
+                TDot.Dot4(row, x.Row(t), x.Row(t + 1), x.Row(t + 2), x.Row(t + 3), blocks, d);
+                for (int j = 0; j < 4; j++)
+                    y[(long)(t + j) * yStride + n] = TernaryKernel.Epilogue(d[j], sums[t + j], xs[t + j], scale);
+            }
+            for (; t < tokens; t++)
+                y[(long)t * yStride + n] = TernaryKernel.Epilogue(TDot.Dot(row, x.Row(t), blocks), sums[t], xs[t], scale);
+        }
+    }
+}
+
+/// <summary>The portable scalar reference: one weight byte holds four codes for activations p, p+32, p+64, p+96.</summary>
+public sealed unsafe class ReferenceTernaryKernel : TernaryKernel
+{
+    public override string Name => "reference";
+    public override bool IsSupported => true;
+
+    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
+        TernaryDriver.Run<ScalarDot>(w, x, y, yStride, rowStart, rowEnd);
+
+    public readonly struct ScalarDot : ITernaryRowDot
+    {
+        public static int Dot(byte* w, sbyte* q, int blocks)
+        {
+            int d = 0;
+            for (int b = 0; b < blocks; b++, w += 32, q += 128)
+            {
+                for (int p = 0; p < 32; p++)
+                {
+                    int v = w[p];
+                    d += (v >> 6) * q[p] + ((v >> 4) & 3) * q[p + 32] + ((v >> 2) & 3) * q[p + 64] + (v & 3) * q[p + 96];
+                }
+            }
+            return d;
+        }
+
+        public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result)
+        {
+            result[0] = Dot(w, q0, blocks);
+            result[1] = Dot(w, q1, blocks);
+            result[2] = Dot(w, q2, blocks);
+            result[3] = Dot(w, q3, blocks);
+        }
+    }
+}

@@ -1,0 +1,178 @@
+using System.Diagnostics;
+
+namespace BitNetSharp.Threading;
+
+/// <summary>One unit of parallel work: process items [start, end). Implemented by reusable objects, not lambdas,
+/// so a call to <see cref="WorkerPool.Run"/> allocates nothing.</summary>
+public interface IParallelWork
+{
+    void Execute(int start, int end, int worker);
+}
+
+/// <summary>
+/// A persistent pool of worker threads that splits a range of items (typically output rows of a mat-mul) into
+/// one contiguous slice per thread. The calling thread does slice 0. Workers spin on a generation counter
+/// between calls — a decode step issues hundreds of small ops back to back, and waking a blocked thread costs
+/// more than one op — and fall back to blocking after <see cref="SpinTime"/> of idleness so an idle process
+/// does not burn the cores. No Task, delegate or array is created per call.
+/// </summary>
+public sealed class WorkerPool : IDisposable
+{
+    /// <summary>How long an idle worker spins before it blocks.</summary>
+    public static readonly TimeSpan SpinTime = TimeSpan.FromMilliseconds(5);
+
+    private readonly Thread[] _threads;
+    private readonly SemaphoreSlim[] _wake;
+    private readonly int[] _sleeping;
+    private readonly long _spinTicks;
+    private IParallelWork? _work;
+    private int _itemCount;
+    private long _generation;
+    private int _pending;
+    private volatile bool _disposed;
+    private Exception? _failure;
+
+    /// <param name="threadCount">Total threads including the caller; ≤ 0 means <see cref="DefaultThreadCount"/>.</param>
+    public WorkerPool(int threadCount = 0)
+    {
+        ThreadCount = threadCount > 0 ? threadCount : DefaultThreadCount();
+        _threads = new Thread[ThreadCount - 1];
+        _wake = new SemaphoreSlim[ThreadCount - 1];
+        _sleeping = new int[ThreadCount - 1];
+        _spinTicks = (long)(SpinTime.TotalSeconds * Stopwatch.Frequency);
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            _wake[i] = new SemaphoreSlim(0);
+            int worker = i + 1;
+            _threads[i] = new Thread(() => WorkerLoop(worker))
+            {
+                IsBackground = true,
+                Name = $"bitnet-worker-{worker}",
+                Priority = ThreadPriority.AboveNormal,
+            };
+            _threads[i].Start();
+        }
+    }
+
+    public int ThreadCount { get; }
+
+    /// <summary>Runs <paramref name="work"/> over [0, itemCount) on all threads and returns when every slice is done.
+    /// An exception thrown by any slice is rethrown here. Not reentrant: one Run at a time per pool.</summary>
+    public void Run(IParallelWork work, int itemCount)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (itemCount <= 0) return;
+        if (ThreadCount == 1 || itemCount == 1)
+        {
+            work.Execute(0, itemCount, 0);
+            return;
+        }
+
+        _work = work;
+        _itemCount = itemCount;
+        _failure = null;
+        Volatile.Write(ref _pending, _threads.Length);
+        Interlocked.Increment(ref _generation);
+        for (int i = 0; i < _sleeping.Length; i++)
+            if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
+
+        try
+        {
+            var (start, end) = Slice(0, itemCount, ThreadCount);
+            if (start < end) work.Execute(start, end, 0);
+        }
+        catch (Exception e)
+        {
+            Interlocked.CompareExchange(ref _failure, e, null);
+        }
+
+        var spinner = new SpinWait();
+        while (Volatile.Read(ref _pending) != 0) spinner.SpinOnce(sleep1Threshold: -1);
+        _work = null;
+        if (_failure is { } failure)
+            throw new AggregateException("A worker thread failed while running parallel work.", failure);
+    }
+
+    /// <summary>The slice of [0, count) that worker <paramref name="worker"/> of <paramref name="workers"/> owns.</summary>
+    public static (int Start, int End) Slice(int worker, int count, int workers) =>
+        ((int)((long)count * worker / workers), (int)((long)count * (worker + 1) / workers));
+
+    private void WorkerLoop(int worker)
+    {
+        long seen = 0;
+        int index = worker - 1;
+        while (true)
+        {
+            long started = Stopwatch.GetTimestamp();
+            var spinner = new SpinWait();
+            while (Volatile.Read(ref _generation) == seen && !_disposed)
+            {
+                if (Stopwatch.GetTimestamp() - started < _spinTicks)
+                {
+                    spinner.SpinOnce(sleep1Threshold: -1);
+                    continue;
+                }
+                // Announce the sleep before the last check: Run bumps the generation before it reads the flag,
+                // so either we see the new generation here or Run sees the flag and releases us.
+                Interlocked.Exchange(ref _sleeping[index], 1);
+                if (Volatile.Read(ref _generation) == seen && !_disposed) _wake[index].Wait();
+                Interlocked.Exchange(ref _sleeping[index], 0);
+                started = Stopwatch.GetTimestamp();
+            }
+            if (_disposed) return;
+            seen = Volatile.Read(ref _generation);
+
+            try
+            {
+                var (start, end) = Slice(worker, _itemCount, ThreadCount);
+                if (start < end) _work!.Execute(start, end, worker);
+            }
+            catch (Exception e)
+            {
+                Interlocked.CompareExchange(ref _failure, e, null);
+            }
+            Interlocked.Decrement(ref _pending);
+        }
+    }
+
+    /// <summary>Physical cores available to this process (hyper-threads share a core's SIMD units, so using them
+    /// for memory-bound mat-vec only adds contention). Falls back to the logical processor count.</summary>
+    public static int DefaultThreadCount()
+    {
+        int logical = Environment.ProcessorCount;
+        try
+        {
+            if (OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo"))
+            {
+                var cores = new HashSet<(string, string)>();
+                string physical = "0";
+                foreach (var line in File.ReadLines("/proc/cpuinfo"))
+                {
+                    int colon = line.IndexOf(':');
+                    if (colon < 0) continue;
+                    var key = line.AsSpan(0, colon).Trim();
+                    var value = line[(colon + 1)..].Trim();
+                    if (key.SequenceEqual("physical id")) physical = value;
+                    else if (key.SequenceEqual("core id")) cores.Add((physical, value));
+                }
+                if (cores.Count > 0) return Math.Clamp(cores.Count, 1, logical);
+            }
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        return Math.Max(1, logical);
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        foreach (var w in _wake) w.Release();
+        foreach (var t in _threads) t.Join();
+        foreach (var w in _wake) w.Dispose();
+    }
+}

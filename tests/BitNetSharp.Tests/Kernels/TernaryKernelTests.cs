@@ -1,0 +1,162 @@
+using BitNetSharp.Kernels;
+using BitNetSharp.Quantization;
+using BitNetSharp.Threading;
+using static BitNetSharp.Tests.Kernels.KernelTestData;
+
+namespace BitNetSharp.Tests.Kernels;
+
+public unsafe class TernaryKernelTests
+{
+    /// <summary>Every variant this CPU supports, by name (the reference included, checked against the oracle).</summary>
+    public static TheoryData<string> Supported() => new(KernelRegistry.SupportedTernary.Select(k => k.Name));
+
+    private static float[] Run(TernaryKernel kernel, TernaryMatrix w, QuantizedActivations x)
+    {
+        var y = new float[x.Tokens * w.Rows];
+        fixed (float* py = y) kernel.MatMul(w, x, py, w.Rows, 0, w.Rows);
+        return y;
+    }
+
+    private static void AssertBitwiseEqual(float[] expected, float[] actual, string what)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+            if (BitConverter.SingleToInt32Bits(expected[i]) != BitConverter.SingleToInt32Bits(actual[i]))
+                Assert.Fail($"{what}: element {i} differs: reference {expected[i]:R}, variant {actual[i]:R}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void EqualsReferenceBitForBitOnRandomShapes(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        var reference = new ReferenceTernaryKernel();
+        var rng = new Random(1234);
+        int[] ks = [1, 7, 31, 127, 128, 129, 255, 256, 257, 383, 640, 1000, 2560 + 3];
+        int[] tokenCounts = [1, 2, 3, 4, 5, 8, 11];
+        foreach (int k in ks)
+        {
+            int n = 1 + rng.Next(37);
+            var w = RandomTernary(rng, n, k);
+            int tokens = tokenCounts[rng.Next(tokenCounts.Length)];
+            var pattern = (Pattern)rng.Next(5);
+            using var x = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, k, pattern)).ToArray());
+            AssertBitwiseEqual(Run(reference, w, x), Run(kernel, w, x), $"{name} K={k} N={n} T={tokens} {pattern}");
+            w.Dispose();
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void ExtremeActivations(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        var rng = new Random(99);
+        foreach (var pattern in new[] { Pattern.AllEqual, Pattern.Outlier, Pattern.AllZero })
+        foreach (int tokens in new[] { 1, 4, 6 })
+        {
+            using var w = RandomTernary(rng, 9, 515);
+            using var x = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, 515, pattern)).ToArray());
+            var y = Run(kernel, w, x);
+            for (int t = 0; t < tokens; t++)
+            for (int r = 0; r < w.Rows; r++)
+                Assert.Equal(Oracle(w, x, r, t), y[t * w.Rows + r]);
+        }
+    }
+
+    /// <summary>The int16 accumulation bound: every code +1 against q = −128 over 8192 inputs (and +127), the worst
+    /// case for vpmaddubsw partial sums. The integer result must still be exact.</summary>
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void SaturationWorstCaseIsExact(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        const int k = 8192 + 128;
+        using var w = TernaryMatrix.Allocate(3, k);
+        for (int c = 0; c < k; c++) { w.Set(0, c, 1); w.Set(1, c, -1); w.Set(2, c, c % 2 == 0 ? 1 : -1); }
+        foreach (sbyte value in new sbyte[] { -128, 127 })
+        foreach (int tokens in new[] { 1, 4 })
+        {
+            using var x = new QuantizedActivations(tokens, k);
+            for (int t = 0; t < tokens; t++)
+            {
+                x.RowSpan(t)[..k].Fill(value);
+                x.Scales[t] = 1f;
+                x.Sums[t] = value * k;
+            }
+            var y = Run(kernel, w, x);
+            for (int t = 0; t < tokens; t++)
+            {
+                Assert.Equal((float)value * k, y[t * 3]);
+                Assert.Equal(-(float)value * k, y[t * 3 + 1]);
+                Assert.Equal(0f, y[t * 3 + 2]);
+            }
+        }
+    }
+
+    [Fact]
+    public void ReferenceMatchesIndependentOracle()
+    {
+        var rng = new Random(5);
+        using var w = RandomTernary(rng, 13, 300);
+        using var x = Quantize(Enumerable.Range(0, 3).Select(_ => Activations(rng, 300, Pattern.Random)).ToArray());
+        var y = Run(new ReferenceTernaryKernel(), w, x);
+        for (int t = 0; t < 3; t++)
+        for (int r = 0; r < 13; r++)
+            Assert.Equal(Oracle(w, x, r, t), y[t * 13 + r]);
+    }
+
+    [Fact]
+    public void EpilogueFollowsBitnetCppOrder()
+    {
+        // y = fp32(fp32(D − A) / s_x) · scale: a hand-computed case.
+        using var w = TernaryMatrix.Allocate(1, 4, scale: 0.5f);
+        w.Set(0, 0, 1); w.Set(0, 1, -1); w.Set(0, 2, 0); w.Set(0, 3, 1);
+        using var x = new QuantizedActivations(1, 4);
+        Int8ActivationQuantizer.Quantize([1f, -0.5f, 0.25f, 2f], x, 0);
+        // γ = 2, s = 63.5: q = [64 (63.5 → even 64), −32 (−31.75), 16 (15.875), 127]
+        Assert.Equal(new sbyte[] { 64, -32, 16, 127 }, x.RowSpan(0)[..4].ToArray());
+        var y = Run(new ReferenceTernaryKernel(), w, x);
+        Assert.Equal((float)(64 + 32 + 127) / 63.5f * 0.5f, y[0]);
+    }
+
+    [Fact]
+    public void ParallelRunEqualsSingleThread()
+    {
+        var rng = new Random(11);
+        using var w = RandomTernary(rng, 333, 640);
+        using var x = Quantize(Enumerable.Range(0, 5).Select(_ => Activations(rng, 640, Pattern.Random)).ToArray());
+        var kernel = KernelRegistry.Ternary;
+        var expected = Run(kernel, w, x);
+        using var pool = new WorkerPool(3);
+        var op = new TernaryMatMul(pool);
+        var y = new float[expected.Length];
+        for (int repeat = 0; repeat < 50; repeat++)
+        {
+            Array.Clear(y);
+            fixed (float* py = y) op.Run(kernel, w, x, py, w.Rows);
+            Assert.Equal(expected, y);
+        }
+    }
+
+    [Fact]
+    public void MismatchedShapesAreRejected()
+    {
+        using var w = TernaryMatrix.Allocate(4, 256);
+        using var x = new QuantizedActivations(1, 512);
+        var y = new float[4];
+        var ex = Assert.Throws<ArgumentException>(() => { fixed (float* py = y) new ReferenceTernaryKernel().MatMul(w, x, py, 4, 0, 4); });
+        Assert.Contains("256", ex.Message);
+    }
+
+    [Fact]
+    public void RegistryHonoursNamesAndRejectsUnknown()
+    {
+        Assert.Equal("reference", KernelRegistry.SelectTernary("reference").Name);
+        Assert.Equal("reference", KernelRegistry.SelectTernary(" REFERENCE ").Name);
+        var ex = Assert.Throws<ArgumentException>(() => KernelRegistry.SelectTernary("sse9"));
+        Assert.Contains("BITNET_KERNEL", ex.Message);
+        Assert.Contains("avx2", ex.Message);
+        Assert.True(KernelRegistry.SelectTernary(null).IsSupported);
+    }
+}
