@@ -1,0 +1,103 @@
+using System.Runtime.InteropServices;
+using BitNetSharp.Kernels;
+using BitNetSharp.Quantization;
+
+// Checks every kernel variant this CPU supports against the scalar reference, bit for bit, on random shapes
+// (odd K and N, 1–9 tokens) and extreme activations. Prints one line per variant and a closing
+// "N passed, N failed" line; exits non-zero on any failure.
+int passed = 0, failed = 0;
+Console.WriteLine($"arch {RuntimeInformation.ProcessArchitecture}; ternary variants: {string.Join(", ", KernelRegistry.SupportedTernary.Select(k => k.Name))}; binary variants: {string.Join(", ", KernelRegistry.SupportedBinary.Select(k => k.Name))}");
+
+void Report(string what, string? error)
+{
+    if (error is null) { passed++; Console.WriteLine($"PASS {what}"); }
+    else { failed++; Console.WriteLine($"FAIL {what}: {error}"); }
+}
+
+float[] Activations(Random rng, int k, int pattern)
+{
+    var x = new float[k];
+    for (int i = 0; i < k; i++) x[i] = pattern switch { 0 => (float)(rng.NextDouble() * 2 - 1), 1 => 0.37f, 2 => 1e-3f * (float)(rng.NextDouble() - 0.5), _ => 0f };
+    if (pattern == 2) x[rng.Next(k)] = -5e4f;
+    return x;
+}
+
+unsafe string? CompareTernary(TernaryKernel kernel, Random rng)
+{
+    var reference = new ReferenceTernaryKernel();
+    foreach (int k in new[] { 1, 31, 128, 129, 255, 257, 640, 1000, 2563 })
+    for (int pattern = 0; pattern < 4; pattern++)
+    {
+        int n = 1 + rng.Next(19), tokens = 1 + rng.Next(9);
+        using var w = TernaryMatrix.Allocate(n, k);
+        for (int r = 0; r < n; r++)
+        {
+            w.RowScales[r] = 0.5f + (float)rng.NextDouble();
+            for (int c = 0; c < k; c++) w.Set(r, c, rng.Next(3) - 1);
+        }
+        using var x = new QuantizedActivations(tokens, k);
+        for (int t = 0; t < tokens; t++) Int8ActivationQuantizer.Quantize(Activations(rng, k, pattern), x, t);
+        var a = new float[n * tokens];
+        var b = new float[n * tokens];
+        fixed (float* pa = a) reference.MatMul(w, x, pa, n, 0, n);
+        fixed (float* pb = b) kernel.MatMul(w, x, pb, n, 0, n);
+        for (int i = 0; i < a.Length; i++)
+            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i]))
+                return $"K={k} N={n} T={tokens} pattern={pattern} element {i}: reference {a[i]:R} vs {b[i]:R}";
+    }
+    // The int16 accumulation worst case.
+    const int kk = 8192;
+    using (var w = TernaryMatrix.Allocate(1, kk))
+    using (var x = new QuantizedActivations(4, kk))
+    {
+        for (int c = 0; c < kk; c++) w.Set(0, c, 1);
+        for (int t = 0; t < 4; t++) { x.RowSpan(t).Fill(-128); x.Scales[t] = 1f; x.Sums[t] = -128 * kk; }
+        var y = new float[4];
+        fixed (float* py = y) kernel.MatMul(w, x, py, 1, 0, 1);
+        foreach (float v in y) if (v != -128f * kk) return $"worst-case accumulation gave {v}, expected {-128f * kk}";
+    }
+    return null;
+}
+
+unsafe string? CompareBinary(BinaryKernel kernel, Random rng)
+{
+    var reference = new ReferenceBinaryKernel();
+    foreach (int k in new[] { 1, 100, 128, 300, 2051 })
+    {
+        int n = 1 + rng.Next(9), tokens = 1 + rng.Next(4);
+        using var w = new BinaryMatrix(n, k);
+        for (int r = 0; r < n; r++) for (int c = 0; c < k; c++) w.Set(r, c, rng.Next(2) * 2 - 1);
+        using var x = new QuantizedActivations(tokens, k);
+        for (int t = 0; t < tokens; t++) Int8ActivationQuantizer.Quantize(Activations(rng, k, 0), x, t);
+        var a = new float[n * tokens];
+        var b = new float[n * tokens];
+        fixed (float* pa = a) reference.MatMul(w, x, pa, n, 0, n);
+        fixed (float* pb = b) kernel.MatMul(w, x, pb, n, 0, n);
+        for (int i = 0; i < a.Length; i++)
+            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i]))
+                return $"K={k} element {i}: reference {a[i]:R} vs {b[i]:R}";
+    }
+    return null;
+}
+
+string? CompareQuantizer(Random rng)
+{
+    foreach (int k in new[] { 1, 15, 16, 33, 2560, 6913 })
+    for (int pattern = 0; pattern < 4; pattern++)
+    {
+        var x = Activations(rng, k, pattern);
+        var a = new sbyte[k];
+        var b = new sbyte[k];
+        Int8ActivationQuantizer.QuantizeReference(x, a, out float s1, out int sum1);
+        Int8ActivationQuantizer.Quantize(x, b, out float s2, out int sum2);
+        if (s1 != s2 || sum1 != sum2 || !a.AsSpan().SequenceEqual(b)) return $"K={k} pattern={pattern} differs";
+    }
+    return null;
+}
+
+var random = new Random(2024);
+foreach (var kernel in KernelRegistry.SupportedTernary) Report($"ternary {kernel.Name}", CompareTernary(kernel, random));
+foreach (var kernel in KernelRegistry.SupportedBinary) Report($"binary {kernel.Name}", CompareBinary(kernel, random));
+Report("activation quantizer (SIMD vs reference)", CompareQuantizer(random));
+Console.WriteLine($"kernel-check: {passed} passed, {failed} failed");
+return failed == 0 ? 0 : 1;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every ARM64 kernel variant against the scalar reference on this x86-64 machine: publishes
+# tests/BitNetSharp.KernelCheck self-contained for linux-arm64 and runs it under qemu-user twice —
+# '-cpu max' (AdvSimd + dot product: variants neondot and neon) and '-cpu cortex-a57' (AdvSimd only).
+# Needs qemu-user-static and arm64 glibc/libstdc++ (from Debian's packages; installed/unpacked here if absent).
+# Exit status: 0 all passed, 1 a kernel failed, 2 the environment could not be prepared (says why).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+work=artifacts/arm64
+mkdir -p "$work"
+
+if ! command -v qemu-aarch64-static >/dev/null; then
+  echo "arm64: installing qemu-user-static from Debian's packages"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static) >"$work/apt.log" 2>&1 \
+    || { echo "arm64: could not install qemu-user-static (see $work/apt.log)"; exit 2; }
+fi
+
+root="$work/root"
+if [ ! -e "$root/lib/ld-linux-aarch64.so.1" ]; then
+  echo "arm64: fetching arm64 libc, libgcc, libstdc++, zlib, libicu from Debian's packages"
+  mkdir -p "$work/lists/partial" "$work/debs" "$root"
+  o="-oAPT::Architecture=arm64 -oAPT::Architectures=arm64 -oDir::State::Lists=$PWD/$work/lists"
+  (apt-get $o update -qq && cd "$work/debs" && apt-get $o download libc6 libgcc-s1 libstdc++6 zlib1g libicu72) >"$work/apt-arm64.log" 2>&1 \
+    || { echo "arm64: could not download arm64 runtime libraries (see $work/apt-arm64.log)"; exit 2; }
+  for f in "$work"/debs/*.deb; do dpkg -x "$f" "$root"; done
+fi
+
+dotnet publish tests/BitNetSharp.KernelCheck -c Release -r linux-arm64 --self-contained -o "$work/publish" >"$work/publish.log" 2>&1 \
+  || { echo "arm64: publish for linux-arm64 failed (see $work/publish.log)"; cat "$work/publish.log" | tail -20; exit 2; }
+
+status=0
+for cpu in max cortex-a57; do
+  echo "arm64: qemu-aarch64 -cpu $cpu"
+  DOTNET_EnableWriteXorExecute=0 timeout 900 qemu-aarch64-static -cpu "$cpu" -L "$root" "$work/publish/BitNetSharp.KernelCheck" || status=1
+done
+exit $status
