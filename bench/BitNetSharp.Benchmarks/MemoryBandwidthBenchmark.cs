@@ -20,8 +20,7 @@ public unsafe class MemoryBandwidthBenchmark : IBytesPerOperation
     public void Setup()
     {
         _buffer = new NativeBuffer(Bytes, zero: false);
-        new Span<byte>(_buffer.Pointer, int.MaxValue).Fill(1);
-        new Span<byte>(_buffer.Pointer + int.MaxValue, (int)(Bytes - int.MaxValue)).Fill(1);
+        new Span<byte>(_buffer.Pointer, (int)Bytes).Fill(1);
     }
 
     [GlobalCleanup]

@@ -1,4 +1,11 @@
 using BenchmarkDotNet.Running;
+using BitNetSharp.Benchmarks;
 
-// dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- --filter '*'
+// BenchmarkDotNet:  dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- --filter '*'
+// Quick dev loop:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick [tokens]
+if (args.Length > 0 && args[0] == "quick")
+{
+    QuickKernelTimer.Run(args.Length > 1 ? int.Parse(args[1]) : 1);
+    return;
+}
 BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args);

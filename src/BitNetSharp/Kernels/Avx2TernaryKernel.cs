@@ -36,6 +36,7 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
                 var acc16 = Vector256<short>.Zero;
                 for (; b < end; b++)
                 {
+                    if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
                     var packed = Avx.LoadVector256(w + b * 32);
                     sbyte* qb = q + b * 128;
                     var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
@@ -63,6 +64,7 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
                 Vector256<short> s0 = default, s1 = default, s2 = default, s3 = default;
                 for (; b < end; b++)
                 {
+                    if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
                     var packed = Avx.LoadVector256(w + b * 32);
                     var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
                     var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
@@ -111,18 +113,20 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static int Dot(byte* w, sbyte* q, int blocks)
         {
+            // Four accumulators: vpdpbusd has a multi-cycle latency, one chain per code group keeps the units busy.
             var mask = Vector256.Create((byte)3);
-            Vector256<int> a = default, b2 = default;
+            Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
             for (int b = 0; b < blocks; b++)
             {
+                if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
                 var packed = Avx.LoadVector256(w + b * 32);
                 sbyte* qb = q + b * 128;
-                a = AvxVnni.MultiplyWideningAndAdd(a, Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask, Avx.LoadVector256(qb));
-                b2 = AvxVnni.MultiplyWideningAndAdd(b2, Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask, Avx.LoadVector256(qb + 32));
-                a = AvxVnni.MultiplyWideningAndAdd(a, Avx2.ShiftRightLogical(packed.AsUInt16(), 2).AsByte() & mask, Avx.LoadVector256(qb + 64));
-                b2 = AvxVnni.MultiplyWideningAndAdd(b2, packed & mask, Avx.LoadVector256(qb + 96));
+                a0 = AvxVnni.MultiplyWideningAndAdd(a0, Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask, Avx.LoadVector256(qb));
+                a1 = AvxVnni.MultiplyWideningAndAdd(a1, Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask, Avx.LoadVector256(qb + 32));
+                a2 = AvxVnni.MultiplyWideningAndAdd(a2, Avx2.ShiftRightLogical(packed.AsUInt16(), 2).AsByte() & mask, Avx.LoadVector256(qb + 64));
+                a3 = AvxVnni.MultiplyWideningAndAdd(a3, packed & mask, Avx.LoadVector256(qb + 96));
             }
-            return Vector256.Sum(Avx2.Add(a, b2));
+            return Vector256.Sum(Avx2.Add(Avx2.Add(a0, a1), Avx2.Add(a2, a3)));
         }
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -132,6 +136,7 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
             Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
             for (int b = 0; b < blocks; b++)
             {
+                if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
                 var packed = Avx.LoadVector256(w + b * 32);
                 var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
                 var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;

@@ -2,7 +2,7 @@ namespace BitNetSharp.Kernels;
 
 /// <summary>
 /// The one dispatch point for the integer kernels. Lists every variant (in order of preference) and picks the
-/// best one this CPU supports, unless BITNET_KERNEL names one: reference | avx2 | avxvnni | avx512 | neon | neondot
+/// best one this CPU supports, unless BITNET_KERNEL names one: reference | avx2 | avxvnni | avx512 | avx512gfni | neon | neondot
 /// (the binary family has no VNNI/dot variants; for those names it falls back to the nearest one it has).
 /// </summary>
 public static class KernelRegistry
@@ -12,6 +12,7 @@ public static class KernelRegistry
     /// <summary>All ternary variants, best first, whether or not this CPU supports them.</summary>
     public static IReadOnlyList<TernaryKernel> AllTernary { get; } =
     [
+        new Avx512GfniTernaryKernel(),
         new Avx512TernaryKernel(),
         new AvxVnniTernaryKernel(),
         new Avx2TernaryKernel(),
@@ -60,6 +61,7 @@ public static class KernelRegistry
         string n = name.Trim().ToLowerInvariant() switch
         {
             "avxvnni" => "avx2",
+            "avx512gfni" => "avx512",
             "neondot" => "neon",
             var other => other,
         };
