@@ -37,25 +37,25 @@ public static unsafe class AbsmeanTernarizer
 
     /// <summary>β = max(mean|W| (double, then fp32), 1e−5).</summary>
     public static float Beta(ReadOnlySpan<float> weights) =>
-        MathF.Max(LatentWeights.MeanAbs<float, Float32Element>(weights), MinBeta);
+        MathF.Max(LatentWeights.MeanAbs<float, Float32Element>(weights, 1, weights.Length), MinBeta);
 
     /// <summary>clamp(round_half_even(w · s), −1, 1) with w·s one fp32 multiply.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int Ternary(float w, float s) => (int)Math.Clamp(MathF.Round(w * s, MidpointRounding.ToEven), -1f, 1f);
+    public static int Ternary(float w, float s) => LatentWeights.Ternary(w * s);
 
-    [SkipLocalsInit]
-    private static TernaryMatrix Ternarize<T, TElement>(ReadOnlySpan<T> weights, int rows, int cols) where TElement : ILatentElement<T>
+    private static TernaryMatrix Ternarize<T, TElement>(ReadOnlySpan<T> weights, int rows, int cols)
+        where T : unmanaged where TElement : ILatentElement<T>
     {
         LatentWeights.RequireShape(weights.Length, rows, cols, nameof(weights));
-        float beta = MathF.Max(LatentWeights.MeanAbs<T, TElement>(weights), MinBeta);
+        float beta = MathF.Max(LatentWeights.MeanAbs<T, TElement>(weights, rows, cols), MinBeta);
         float s = 1f / beta;
         var m = TernaryMatrix.Allocate(rows, cols, 1f / s);
+        var buffer = new float[cols];
         var codes = new byte[m.PaddedCols];
         codes.AsSpan(cols).Fill(1);
         for (int r = 0; r < rows; r++)
         {
-            var row = weights.Slice(r * cols, cols);
-            for (int c = 0; c < cols; c++) codes[c] = (byte)(Ternary(TElement.ToFloat(row[c]), s) + 1);
+            LatentWeights.TernaryCodes(LatentWeights.Row<T, TElement>(weights, r, cols, buffer), s, codes.AsSpan(0, cols));
             TernaryRowCodes.PackRow(codes, m.Row(r));
         }
         return m;

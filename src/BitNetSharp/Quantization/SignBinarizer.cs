@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace BitNetSharp.Quantization;
 
 /// <summary>
@@ -19,23 +21,33 @@ public static unsafe class SignBinarizer
     public static BinaryMatrix FromBFloat16(ReadOnlySpan<ushort> weights, int rows, int cols, bool centred = false) =>
         Binarize<ushort, BFloat16Element>(weights, rows, cols, centred);
 
-    private static BinaryMatrix Binarize<T, TElement>(ReadOnlySpan<T> weights, int rows, int cols, bool centred) where TElement : ILatentElement<T>
+    private static BinaryMatrix Binarize<T, TElement>(ReadOnlySpan<T> weights, int rows, int cols, bool centred)
+        where T : unmanaged where TElement : ILatentElement<T>
     {
         LatentWeights.RequireShape(weights.Length, rows, cols, nameof(weights));
-        float beta = LatentWeights.MeanAbs<T, TElement>(weights);
-        float alpha = centred ? LatentWeights.Mean<T, TElement>(weights) : 0f;
+        float beta = LatentWeights.MeanAbs<T, TElement>(weights, rows, cols);
+        float alpha = centred ? LatentWeights.Mean<T, TElement>(weights, rows, cols) : 0f;
+        var buffer = new float[cols];
         var m = new BinaryMatrix(rows, cols, beta); // zeroed: every bit −1, padding included
         for (int r = 0; r < rows; r++)
         {
-            var row = weights.Slice(r * cols, cols);
+            var row = LatentWeights.Row<T, TElement>(weights, r, cols, buffer);
             byte* dst = m.Row(r);
-            for (int c0 = 0; c0 < cols; c0 += 8)
+            int c0 = 0;
+            if (Vector128.IsHardwareAccelerated)
+            {
+                var a = Vector128.Create(alpha);
+                for (; c0 <= cols - 8; c0 += 8)
+                {
+                    uint lo = Vector128.GreaterThanOrEqual(Vector128.Create(row.Slice(c0, 4)) - a, Vector128<float>.Zero).ExtractMostSignificantBits();
+                    uint hi = Vector128.GreaterThanOrEqual(Vector128.Create(row.Slice(c0 + 4, 4)) - a, Vector128<float>.Zero).ExtractMostSignificantBits();
+                    dst[c0 >> 3] = (byte)(lo | (hi << 4));
+                }
+            }
+            for (; c0 < cols; c0 += 8)
             {
                 int bits = 0, end = Math.Min(8, cols - c0);
-                for (int i = 0; i < end; i++)
-                {
-                    if (TElement.ToFloat(row[c0 + i]) - alpha >= 0f) bits |= 1 << i;
-                }
+                for (int i = 0; i < end; i++) bits |= (row[c0 + i] - alpha >= 0f ? 1 : 0) << i;
                 dst[c0 >> 3] = (byte)bits;
             }
         }

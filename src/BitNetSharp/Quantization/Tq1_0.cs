@@ -163,18 +163,34 @@ public static unsafe class Tq1_0
 
     private static int Pow3(int n) => n switch { 0 => 1, 1 => 3, 2 => 9, 3 => 27, _ => 81 };
 
+    /// <summary>Trits[n·256 + b] = trit n of stored byte b: decoding a block becomes 256 table reads.</summary>
+    private static readonly byte[] Trits = BuildTritTable();
+
+    private static byte[] BuildTritTable()
+    {
+        var t = new byte[5 * 256];
+        for (int n = 0; n < 5; n++)
+        for (int b = 0; b < 256; b++) t[n * 256 + b] = (byte)Trit((byte)b, n);
+        return t;
+    }
+
     private static void UnpackBlock(ReadOnlySpan<byte> block, Span<byte> codes)
     {
-        for (int n = 0; n < 5; n++)
+        fixed (byte* table = Trits)
+        fixed (byte* src = block)
+        fixed (byte* dst = codes)
         {
-            int pow = Pow3(n);
-            for (int m = 0; m < 32; m++) codes[n * 32 + m] = (byte)(((byte)(block[m] * pow) * 3) >> 8);
-            for (int m = 0; m < 16; m++) codes[160 + n * 16 + m] = (byte)(((byte)(block[32 + m] * pow) * 3) >> 8);
-        }
-        for (int n = 0; n < 4; n++)
-        {
-            int pow = Pow3(n);
-            for (int j = 0; j < 4; j++) codes[240 + n * 4 + j] = (byte)(((byte)(block[QhOffset + j] * pow) * 3) >> 8);
+            for (int n = 0; n < 5; n++)
+            {
+                byte* trit = table + n * 256;
+                for (int m = 0; m < 32; m++) dst[n * 32 + m] = trit[src[m]];
+                for (int m = 0; m < 16; m++) dst[160 + n * 16 + m] = trit[src[32 + m]];
+            }
+            for (int n = 0; n < 4; n++)
+            {
+                byte* trit = table + n * 256;
+                for (int j = 0; j < 4; j++) dst[240 + n * 4 + j] = trit[src[QhOffset + j]];
+            }
         }
     }
 

@@ -57,6 +57,43 @@ public class AbsmeanTernarizerTests
     }
 
     [Fact]
+    public void CompareFormEqualsClampOfRoundHalfEven()
+    {
+        var ys = new List<float> { 0f, -0f, 1e-30f, float.MaxValue, float.MinValue, 3e9f, -3e9f };
+        foreach (float edge in new[] { 0.5f, 1f, 1.5f, 2.5f })
+        {
+            float y = MathF.BitDecrement(MathF.BitDecrement(edge));
+            for (int k = 0; k < 5; k++, y = MathF.BitIncrement(y))
+            {
+                ys.Add(y);
+                ys.Add(-y);
+            }
+        }
+        var rng = new Random(4);
+        for (int i = 0; i < 2000; i++) ys.Add((float)(rng.NextDouble() * 6 - 3));
+
+        foreach (float y in ys)
+            Assert.Equal((int)Math.Clamp(MathF.Round(y, MidpointRounding.ToEven), -1f, 1f), AbsmeanTernarizer.Ternary(y, 1f));
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(15)]
+    [InlineData(16)]
+    [InlineData(333)]
+    public void VectorCodesMatchScalarCodes(int length)
+    {
+        var rng = new Random(length);
+        var x = new float[length];
+        for (int i = 0; i < length; i++) x[i] = (float)(rng.NextDouble() * 4 - 2);
+        x[0] = 0.25f; // × s = 2 → a 0.5 tie
+        var codes = new byte[length];
+        LatentWeights.TernaryCodes(x, 2f, codes);
+        for (int i = 0; i < length; i++) Assert.Equal(AbsmeanTernarizer.Ternary(x[i], 2f) + 1, codes[i]);
+        Assert.Equal(1, codes[0]);
+    }
+
+    [Fact]
     public void AllZeroWeightsUseTheClampedBeta()
     {
         using var m = AbsmeanTernarizer.FromFloat32(new float[200], 1, 200);
@@ -113,6 +150,22 @@ public class SignBinarizerTests
         Assert.Equal(3f, centred.RowScales[0]);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void OddWidthsMatchAPerElementSign(bool centred)
+    {
+        const int rows = 3, cols = 203;
+        var rng = new Random(centred ? 1 : 2);
+        var w = new float[rows * cols];
+        for (int i = 0; i < w.Length; i++) w[i] = (float)(rng.NextDouble() - 0.4);
+        float alpha = centred ? (float)(w.Sum(v => (double)v) / w.Length) : 0f;
+        using var m = SignBinarizer.FromFloat32(w, rows, cols, centred);
+        for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            Assert.Equal(w[r * cols + c] - alpha >= 0 ? 1 : -1, m.Get(r, c));
+    }
+
     [Fact]
     public void BFloat16InputMatchesFloat32()
     {
@@ -120,5 +173,41 @@ public class SignBinarizerTests
         using var a = SignBinarizer.FromFloat32(w, 1, 5);
         using var b = SignBinarizer.FromBFloat16(Array.ConvertAll(w, HalfConversions.FloatToBFloat16), 1, 5);
         Assert.Equal(Dequantizer.ToFloat(a), Dequantizer.ToFloat(b));
+    }
+}
+
+public class LatentWeightConversionTests
+{
+    [Fact]
+    public void VectorHalfConversionIsExactForEveryBitPattern()
+    {
+        var all = new ushort[65536 + 5]; // odd length: exercises the scalar tail too
+        for (int i = 0; i < all.Length; i++) all[i] = (ushort)i;
+        var dst = new float[all.Length];
+        Float16Element.ToFloat(all, dst);
+        for (int i = 0; i < all.Length; i++)
+        {
+            float expected = HalfConversions.HalfToFloat(all[i]);
+            if (float.IsNaN(expected)) Assert.True(float.IsNaN(dst[i]), $"0x{all[i]:X4}");
+            else Assert.Equal(BitConverter.SingleToInt32Bits(expected), BitConverter.SingleToInt32Bits(dst[i]));
+        }
+    }
+
+    [Fact]
+    public void VectorBFloat16ConversionIsExactForEveryBitPattern()
+    {
+        var all = new ushort[65536 + 3];
+        for (int i = 0; i < all.Length; i++) all[i] = (ushort)i;
+        var dst = new float[all.Length];
+        BFloat16Element.ToFloat(all, dst);
+        for (int i = 0; i < all.Length; i++)
+            Assert.Equal(BitConverter.SingleToInt32Bits(HalfConversions.BFloat16ToFloat(all[i])), BitConverter.SingleToInt32Bits(dst[i]));
+    }
+
+    [Fact]
+    public void NonFiniteHalfWeightsAreRefused()
+    {
+        ushort[] w = [0x3C00, 0x7C00]; // 1, +inf
+        Assert.Throws<ArgumentException>(() => AbsmeanTernarizer.FromFloat16(w, 1, 2));
     }
 }
