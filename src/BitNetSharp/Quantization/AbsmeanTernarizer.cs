@@ -8,14 +8,14 @@ namespace BitNetSharp.Quantization;
 /// <para>
 /// Order of operations, chosen to match transformers' <c>WeightQuant</c>, 1bitLLM's <c>weight_quant</c> and
 /// bitnet.cpp's <c>preprocess-huggingface-bitnet.py</c>, which all compute in fp32:
-/// mean|W| is summed in double and rounded once to fp32 (PyTorch's fp32 mean differs from that by at most an
-/// ulp or so); β = max(that, 1e−5f); s = 1f/β (one fp32 division); T = clamp(round_half_even(W·s), −1, 1) with
+/// mean|W| is summed in double and rounded once to fp32 (PyTorch's fp32 reduction may differ from that in the
+/// last bit); β = max(that, 1e−5f); s = 1f/β (one fp32 division); T = clamp(round_half_even(W·s), −1, 1) with
 /// W·s one fp32 multiply — not W/β, which rounds differently at the ±0.5 boundaries.
 /// </para>
 /// <para>
-/// Row scale = 1f/s rather than β. Those pipelines dequantize as round(W·s)/s, so the value they multiply
-/// codes by (and the one bitnet.cpp stores as the I2_S scale) is fp32(1/s), which can differ from β in the last
-/// bit. (1bitLLM and HF online additionally round that to the checkpoint dtype; callers wanting that can round
+/// Row scale = 1f/s rather than β. Those pipelines dequantize as round(W·s)/s, and for T = ±1 that fp32 division
+/// is exactly ±fp32(1/s) — the value bitnet.cpp then stores as the I2_S scale — which can differ from β in the
+/// last bit. (1bitLLM and HF online additionally round that to the checkpoint dtype; callers wanting that can round
 /// <see cref="TernaryMatrix.RowScales"/> themselves.)
 /// </para>
 /// </summary>
