@@ -1,0 +1,211 @@
+using System.Buffers.Binary;
+using System.Diagnostics.CodeAnalysis;
+
+namespace BitNetSharp.Quantization;
+
+/// <summary>
+/// bitnet.cpp I2_S (fork type 36, FORMATS.md §2.5), the format of the official 2B4T GGUF. The whole tensor is one
+/// flat row-major array of n = ne0·ne1 codes (c = t+1) cut into blocks of 128 weights / 32 bytes; weight j of a
+/// block is in byte j%32 at shift 6 − 2·(j/32) (most significant pair first). After the n/4 code bytes comes a
+/// 32-byte tail whose first 4 bytes are the tensor's one fp32 scale (little-endian).
+/// <para>
+/// When ne0 is a multiple of 128 every row starts on a block boundary and the code bytes are exactly
+/// <see cref="TernaryMatrix"/>'s layout, so <see cref="TryWrapInPlace"/> uses the file's bytes as they are.
+/// Otherwise blocks straddle rows and <see cref="Decode"/> repacks each row onto its own padded blocks.
+/// </para>
+/// The layout is always the 128/32 one: bitnet.cpp's ARM builds since late 2025 write a 64/16 variant, which
+/// the official files do not use and this class does not read.
+/// </summary>
+public static unsafe class I2S
+{
+    public const int BlockWeights = 128;
+    public const int BlockBytes = 32;
+    public const int TailBytes = 32;
+
+    /// <summary>n/4 + 32 bytes for n = rows·cols weights; n must be a multiple of 128.</summary>
+    public static long ByteLength(int rows, int cols)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(rows);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(cols);
+        long n = (long)rows * cols;
+        if (n % BlockWeights != 0)
+            throw new ArgumentException(
+                $"I2_S packs whole blocks of {BlockWeights} weights, so rows·cols must be a multiple of {BlockWeights}; this tensor is {rows}×{cols} = {n}.");
+        return n / 4 + TailBytes;
+    }
+
+    /// <summary>The tensor scale from the tail (rejects NaN and infinity).</summary>
+    public static float ReadScale(ReadOnlySpan<byte> data, int rows, int cols)
+    {
+        RequireLength(data.Length, rows, cols);
+        return ScaleFromTail(data[(int)((long)rows * cols / 4)..]);
+    }
+
+    private static float ScaleFromTail(ReadOnlySpan<byte> tail)
+    {
+        float scale = BinaryPrimitives.ReadSingleLittleEndian(tail);
+        if (!float.IsFinite(scale))
+            throw new InvalidDataException($"The I2_S tensor scale is {scale}; the tensor is corrupt.");
+        return scale;
+    }
+
+    /// <summary>
+    /// Wraps I2_S bytes (e.g. inside a memory-mapped GGUF) as a <see cref="TernaryMatrix"/> without copying when
+    /// cols is a multiple of 128; returns false otherwise (use <see cref="Decode"/>). Every row scale is the tail
+    /// scale. The matrix does not own <paramref name="owner"/>, which must keep <paramref name="data"/> valid.
+    /// </summary>
+    /// <param name="validateCodes">Scan for code 3 first (a vector pass over the bytes, which also faults every mapped page in).</param>
+    /// <exception cref="InvalidDataException">A code 3 or a non-finite scale.</exception>
+    public static bool TryWrapInPlace(byte* data, long length, int rows, int cols, object owner,
+        [NotNullWhen(true)] out TernaryMatrix? matrix, bool validateCodes = true)
+    {
+        ArgumentNullException.ThrowIfNull(owner);
+        matrix = null;
+        RequireLength(length, rows, cols);
+        if (cols % BlockWeights != 0) return false;
+        long codeBytes = (long)rows * cols / 4;
+        float scale = ScaleFromTail(new ReadOnlySpan<byte>(data + codeBytes, TailBytes));
+        if (validateCodes) ThrowOnCode3(data, rows, cols);
+        var scales = new float[rows];
+        Array.Fill(scales, scale);
+        matrix = new TernaryMatrix(rows, cols, data, scales, owner, ownsOwner: false);
+        return true;
+    }
+
+    /// <summary>Wraps in place when possible (<see cref="TryWrapInPlace"/>), else repacks into owned memory (<see cref="Decode"/>).</summary>
+    public static TernaryMatrix WrapOrDecode(byte* data, long length, int rows, int cols, object owner, bool validateCodes = true)
+    {
+        if (TryWrapInPlace(data, length, rows, cols, owner, out var wrapped, validateCodes)) return wrapped;
+        return Decode(new ReadOnlySpan<byte>(data, checked((int)length)), rows, cols);
+    }
+
+    /// <summary>Copies I2_S bytes into a fresh runtime matrix (any ne0), every row scale = the tail scale.</summary>
+    /// <exception cref="InvalidDataException">A code 3 or a non-finite scale.</exception>
+    public static TernaryMatrix Decode(ReadOnlySpan<byte> data, int rows, int cols)
+    {
+        float scale = ReadScale(data, rows, cols);
+        var m = TernaryMatrix.Allocate(rows, cols, scale);
+        try
+        {
+            fixed (byte* src = data)
+            {
+                if (cols % BlockWeights == 0)
+                {
+                    ThrowOnCode3(src, rows, cols);
+                    Buffer.MemoryCopy(src, m.Data, m.ByteLength, m.ByteLength);
+                    return m;
+                }
+
+                // Rows straddle blocks: gather each row's codes from the flat array, then pack onto padded blocks.
+                var codes = new byte[m.PaddedCols];
+                codes.AsSpan().Fill(1);
+                for (int r = 0; r < rows; r++)
+                {
+                    long k = (long)r * cols;
+                    for (int c = 0; c < cols; c++, k++)
+                        codes[c] = (byte)((src[(k >> 7) * BlockBytes + (k & 31)] >> (6 - 2 * (int)((k & 127) >> 5))) & 3);
+                    if (!TernaryRowCodes.PackRow(codes, m.Row(r)))
+                        throw Code3At(r, TernaryRowCodes.IndexOfInvalid(codes));
+                }
+                return m;
+            }
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The I2_S bytes of <paramref name="matrix"/>, whose rows must all have one scale.</summary>
+    public static byte[] Encode(TernaryMatrix matrix)
+    {
+        var bytes = new byte[ByteLength(matrix.Rows, matrix.Cols)];
+        Encode(matrix, bytes);
+        return bytes;
+    }
+
+    /// <summary>Writes <paramref name="matrix"/> as I2_S (codes, then the scale and 28 zero bytes).</summary>
+    /// <exception cref="ArgumentException">Row scales differ (I2_S has one per tensor), or rows·cols is not a multiple of 128.</exception>
+    public static void Encode(TernaryMatrix matrix, Span<byte> destination)
+    {
+        long expected = ByteLength(matrix.Rows, matrix.Cols);
+        if (destination.Length != expected)
+            throw new ArgumentException($"A {matrix.Rows}×{matrix.Cols} I2_S tensor is {expected} bytes; the destination has {destination.Length}.", nameof(destination));
+        float scale = matrix.RowScales[0];
+        for (int r = 1; r < matrix.Rows; r++)
+        {
+            if (BitConverter.SingleToInt32Bits(matrix.RowScales[r]) != BitConverter.SingleToInt32Bits(scale))
+                throw new ArgumentException(
+                    $"I2_S stores one scale per tensor, but row 0 has {scale} and row {r} has {matrix.RowScales[r]}. Use TQ1_0/TQ2_0 (one scale per 256 weights) or rescale.",
+                    nameof(matrix));
+        }
+
+        int cols = matrix.Cols;
+        long codeBytes = (long)matrix.Rows * cols / 4;
+        fixed (byte* dst = destination)
+        {
+            if (cols % BlockWeights == 0)
+            {
+                Buffer.MemoryCopy(matrix.Data, dst, codeBytes, codeBytes);
+            }
+            else
+            {
+                new Span<byte>(dst, (int)codeBytes).Clear();
+                var codes = new byte[matrix.PaddedCols];
+                for (int r = 0; r < matrix.Rows; r++)
+                {
+                    TernaryRowCodes.UnpackRow(matrix.Row(r), codes);
+                    long k = (long)r * cols;
+                    for (int c = 0; c < cols; c++, k++)
+                        dst[(k >> 7) * BlockBytes + (k & 31)] |= (byte)((codes[c] & 3) << (6 - 2 * (int)((k & 127) >> 5)));
+                }
+            }
+        }
+        var tail = destination[(int)codeBytes..];
+        tail.Clear();
+        BinaryPrimitives.WriteSingleLittleEndian(tail, scale);
+    }
+
+    /// <summary>
+    /// The float values of an I2_S tensor straight from the format's definition (flat index arithmetic) —
+    /// the independent reference for tests.
+    /// </summary>
+    public static void Dequantize(ReadOnlySpan<byte> data, int rows, int cols, Span<float> destination)
+    {
+        float scale = ReadScale(data, rows, cols);
+        long n = (long)rows * cols;
+        if (destination.Length != n)
+            throw new ArgumentException($"A {rows}×{cols} tensor has {n} values; the destination has {destination.Length}.", nameof(destination));
+        for (int k = 0; k < n; k++)
+        {
+            int b = k / BlockWeights, j = k % BlockWeights;
+            int code = (data[b * BlockBytes + j % 32] >> (6 - 2 * (j / 32))) & 3;
+            destination[k] = (code - 1) * scale;
+        }
+    }
+
+    private static void RequireLength(long length, int rows, int cols)
+    {
+        long expected = ByteLength(rows, cols);
+        if (length != expected)
+            throw new ArgumentException($"A {rows}×{cols} I2_S tensor is {rows}·{cols}/4 + {TailBytes} = {expected} bytes; got {length}.");
+    }
+
+    private static void ThrowOnCode3(byte* data, int rows, int cols)
+    {
+        // One row at a time keeps each span well under 2 GiB whatever the tensor size.
+        int rowBytes = cols / 4;
+        for (int r = 0; r < rows; r++)
+        {
+            var row = new ReadOnlySpan<byte>(data + (long)r * rowBytes, rowBytes);
+            if (!TernaryRowCodes.ContainsCode3(row)) continue;
+            var codes = new byte[TernaryMatrix.PadCols(cols)];
+            TernaryRowCodes.UnpackRow(data + (long)r * rowBytes, codes);
+            throw Code3At(r, TernaryRowCodes.IndexOfInvalid(codes));
+        }
+    }
+
+    private static InvalidDataException Code3At(int row, int col) =>
+        new($"I2_S weight at row {row}, column {col} has code 3, which bitnet.cpp never writes; the tensor is corrupt or not I2_S.");
+}
