@@ -70,6 +70,8 @@ public sealed class HfConfig
     /// <summary>Parses config.json bytes; <paramref name="path"/> is used in error messages.</summary>
     public static HfConfig Parse(ReadOnlyMemory<byte> json, string path)
     {
+        if (!System.Text.Unicode.Utf8.IsValid(json.Span))
+            throw new ModelFormatException(path, "not valid UTF-8 text");
         JsonDocument document;
         try
         {

@@ -119,6 +119,8 @@ public sealed class SafetensorsCheckpoint : IDisposable
         {
             throw new ModelFormatException(indexPath, $"cannot read the index: {e.Message}", inner: e);
         }
+        if (!System.Text.Unicode.Utf8.IsValid(bytes))
+            throw new ModelFormatException(indexPath, "the index is not valid UTF-8 text");
         try
         {
             using var document = JsonDocument.Parse(bytes);

@@ -40,6 +40,10 @@ public sealed unsafe class SafetensorsFile : IDisposable
         var header = new ReadOnlySpan<byte>(mapping.Pointer + 8, (int)HeaderLength).ToArray();
         if (header[0] != (byte)'{')
             throw new ModelFormatException(path, $"the header does not start with '{{' (found byte 0x{header[0]:X2}); this is not a safetensors file");
+        // System.Text.Json validates UTF-8 inside strings only when they are read, and then throws
+        // InvalidOperationException; checking the whole header first keeps every failure a ModelFormatException.
+        if (!System.Text.Unicode.Utf8.IsValid(header))
+            throw new ModelFormatException(path, "the header is not valid UTF-8 text");
         JsonDocument document;
         try
         {
