@@ -89,9 +89,9 @@ internal static unsafe class GgufReader
         uint? fileType = values.TryGetValue("general.file_type", out var ft) && ft.TryGetInteger(out var ftValue) &&
                          ftValue >= 0 && ftValue <= uint.MaxValue ? (uint)ftValue : null;
 
-        var raw = new RawTensor[(int)tensorCount];
+        var raw = new List<RawTensor>((int)Math.Min(tensorCount, 4096));
         var names = new HashSet<string>((int)Math.Min(tensorCount, 4096), StringComparer.Ordinal);
-        for (int i = 0; i < raw.Length; i++)
+        for (int i = 0; i < (int)tensorCount; i++)
         {
             string name = c.ReadString($"name of tensor #{i}");
             if (name.Length == 0)
@@ -111,17 +111,17 @@ internal static unsafe class GgufReader
             }
             uint typeId = c.ReadUInt32("type", name);
             ulong offset = c.ReadUInt64("offset", name);
-            raw[i] = new RawTensor(name, dims, typeId, offset);
+            raw.Add(new RawTensor(name, dims, typeId, offset));
         }
 
         long headerEnd = c.Position;
         long dataOffset = headerEnd + (alignment - headerEnd % alignment) % alignment;
         // A vocabulary-only file may end right after its header; the data section only has to exist if it has content.
-        if (raw.Length > 0 && dataOffset > length)
+        if (raw.Count > 0 && dataOffset > length)
             throw new ModelFormatException(path, $"the tensor data section would start at byte {dataOffset}, past the end of the file ({length} bytes); the file is truncated");
         long dataLength = Math.Max(0, length - dataOffset);
 
-        var tensors = BuildTensors(raw, alignment, dataLength, architecture, fileType, path);
+        var tensors = BuildTensors(raw.ToArray(), alignment, dataLength, architecture, fileType, path);
         var byName = new Dictionary<string, GgufTensorInfo>(tensors.Length, StringComparer.Ordinal);
         foreach (var t in tensors) byName.Add(t.Name, t);
 

@@ -5,7 +5,7 @@ namespace BitNetSharp.Formats.Gguf;
 
 /// <summary>
 /// Builds a GGUF v3 file: metadata in insertion order, then tensor infos, then the tensor data with every tensor
-/// padded to the alignment (the last one too, as ggml's writer does). Tensor bytes are taken already encoded and
+/// padded to the alignment (the last one too), byte for byte what llama.cpp's writers produce for the same input. Tensor bytes are taken already encoded and
 /// checked against <see cref="GgmlTypeInfo.ByteSize"/>, so the writer can never produce a file its own reader or
 /// llama.cpp would reject for size. Files are written to a temporary name and renamed, so a crash never leaves a
 /// partial file under the final name.
@@ -140,7 +140,8 @@ public sealed class GgufWriter
             offset += Pad(t.Data.Length);
         }
 
-        w.Zeros(Pad(w.Written) - w.Written);
+        // A file without tensors ends right after its header, as llama.cpp's vocabulary-only files do.
+        if (_tensors.Count > 0) w.Zeros(Pad(w.Written) - w.Written);
         foreach (var t in _tensors)
         {
             w.Bytes(t.Data.Span);
