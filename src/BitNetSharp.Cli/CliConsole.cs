@@ -1,0 +1,54 @@
+using BitNetSharp.Formats;
+using Spectre.Console;
+
+namespace BitNetSharp.Cli;
+
+/// <summary>
+/// Where a command writes: plain text writers for machine-readable output and errors, and a Spectre console over
+/// the same output for tables. Also the one place that turns expected failures into a one-line message.
+/// </summary>
+public sealed class CliConsole
+{
+    public CliConsole(TextWriter output, TextWriter error)
+    {
+        Output = output;
+        Error = error;
+        bool terminal = ReferenceEquals(output, Console.Out) && !Console.IsOutputRedirected;
+        Ansi = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(output),
+            Ansi = terminal ? AnsiSupport.Detect : AnsiSupport.No,
+            Interactive = InteractionSupport.No,
+        });
+        // A redirected or captured stream has no width; tensor names need more than the 80-column fallback.
+        if (!terminal) Ansi.Profile.Width = 160;
+    }
+
+    public TextWriter Output { get; }
+
+    public TextWriter Error { get; }
+
+    public IAnsiConsole Ansi { get; }
+
+    /// <summary>
+    /// Runs a command body; a bad or missing model file or an I/O failure becomes "error: ..." on one line and exit
+    /// code 1, because a stack trace tells a user nothing about their file. Other exceptions are bugs and propagate.
+    /// </summary>
+    public int Guard(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (ModelFormatException e)
+        {
+            Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+    }
+}

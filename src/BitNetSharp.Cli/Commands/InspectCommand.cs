@@ -1,0 +1,112 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using BitNetSharp.Formats;
+using Spectre.Console;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary><c>bitnet inspect PATH [--json] [--tensors]</c>: what a model file contains, without loading it.</summary>
+public static class InspectCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var path = new Argument<string>("path") { Description = "A .gguf file, a .safetensors file, or a Hugging Face model directory." };
+        var json = new Option<bool>("--json") { Description = "Print one JSON document instead of tables." };
+        var tensors = new Option<bool>("--tensors") { Description = "List every tensor with its type, shape and size." };
+        var command = new Command("inspect", "Show a model's architecture, hyper-parameters, tokenizer, tensors and bits per weight.")
+        {
+            path, json, tensors,
+        };
+        command.SetAction(result => cli.Guard(() =>
+        {
+            var summary = ModelSummary.Load(result.GetRequiredValue(path));
+            if (result.GetValue(json)) WriteJson(cli.Output, summary, result.GetValue(tensors));
+            else WriteTables(cli.Ansi, summary, result.GetValue(tensors));
+            return 0;
+        }));
+        return command;
+    }
+
+    private static void WriteJson(TextWriter output, ModelSummary summary, bool includeTensors)
+    {
+        using var stream = new MemoryStream();
+        using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+            summary.WriteJson(writer, includeTensors);
+        output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+    }
+
+    private static void WriteTables(IAnsiConsole console, ModelSummary s, bool includeTensors)
+    {
+        var facts = new Table().Border(TableBorder.Rounded).AddColumn("Property").AddColumn("Value");
+        void Row(string name, string? value) => facts.AddRow(new Text(name), new Text(value ?? "-"));
+        var h = s.HyperParameters;
+
+        Row("path", s.Path);
+        Row("format", s.FormatDescription);
+        Row("file size", FormatBytes(s.FileBytes));
+        Row("architecture", s.Architecture);
+        Row("name", s.Name);
+        if (s.FileType is { } ft) Row("file type", ft.ToString(CultureInfo.InvariantCulture) + (ft == 40 ? " (mostly I2_S)" : ""));
+        if (s.Quantization is not null) Row("quantization", s.Quantization);
+        Row("embedding length", Int(h.EmbeddingLength));
+        Row("layers", Int(h.BlockCount));
+        Row("heads / kv heads", $"{Int(h.HeadCount)} / {Int(h.HeadCountKv)}");
+        Row("feed-forward length", Int(h.FeedForwardLength));
+        Row("vocabulary", Int(h.VocabSize));
+        Row("context length", Int(h.ContextLength));
+        Row("rope theta", Real(h.RopeTheta));
+        Row("rms norm eps", Real(h.RmsNormEps));
+        Row("tokenizer", TokenizerText(s.Tokenizer));
+        Row("tensors", $"{s.Tensors.Count} ({string.Join(", ", s.TypeCounts.Select(c => $"{c.Key}: {c.Value}"))})");
+        Row("parameters", $"{Count(s.TotalParameters)} total, {Count(s.ProjectionParameters)} in projections");
+        Row("tensor bytes", $"{FormatBytes(s.TensorBytes)} total, {FormatBytes(s.ProjectionTensorBytes)} in projections");
+        Row("bits per weight", $"{Bits(s.BitsPerWeight)} overall, {Bits(s.ProjectionBitsPerWeight)} in projections");
+        console.Write(facts);
+
+        if (!includeTensors) return;
+        var table = new Table().Border(TableBorder.Simple)
+            .AddColumn("Name")
+            .AddColumn("Type")
+            .AddColumn("Shape")
+            .AddColumn(new TableColumn("Bytes").RightAligned());
+        foreach (var t in s.Tensors)
+            table.AddRow(new Text(t.Name), new Text(t.Type), new Text("[" + string.Join(", ", t.Shape) + "]"), new Text(t.Bytes.ToString("N0", CultureInfo.InvariantCulture)));
+        console.Write(table);
+    }
+
+    private static string TokenizerText(TokenizerSummary t)
+    {
+        if (t.Model is null && t.Files.Count > 0)
+            return $"files: {string.Join(", ", t.Files)}";
+        if (t.Model is null && t.TokenCount is null) return "none";
+        var parts = new List<string> { t.Model ?? "unknown" };
+        if (t.Pre is not null) parts.Add($"pre {t.Pre}");
+        if (t.TokenCount is { } n) parts.Add($"{n:N0} tokens");
+        if (t.MergeCount is { } m) parts.Add($"{m:N0} merges");
+        if (t.BosTokenId is { } bos) parts.Add($"bos {bos}");
+        if (t.EosTokenIds.Count > 0) parts.Add($"eos {string.Join("/", t.EosTokenIds)}");
+        return string.Join(", ", parts);
+    }
+
+    private static string Int(int? value) => value?.ToString("N0", CultureInfo.InvariantCulture) ?? "-";
+
+    private static string Real(double? value) => value?.ToString("G", CultureInfo.InvariantCulture) ?? "-";
+
+    private static string Bits(double? value) => value?.ToString("0.####", CultureInfo.InvariantCulture) ?? "-";
+
+    private static string Count(long value) => value switch
+    {
+        >= 1_000_000_000 => $"{value / 1e9:0.###}B ({value:N0})",
+        >= 1_000_000 => $"{value / 1e6:0.###}M ({value:N0})",
+        _ => value.ToString("N0", CultureInfo.InvariantCulture),
+    };
+
+    private static string FormatBytes(long bytes) => bytes switch
+    {
+        >= 1L << 30 => $"{bytes / (double)(1L << 30):0.##} GiB ({bytes:N0} B)",
+        >= 1L << 20 => $"{bytes / (double)(1L << 20):0.##} MiB ({bytes:N0} B)",
+        >= 1L << 10 => $"{bytes / 1024.0:0.##} KiB ({bytes:N0} B)",
+        _ => $"{bytes} B",
+    };
+}

@@ -1,0 +1,221 @@
+using System.Buffers.Binary;
+using System.Text;
+
+namespace BitNetSharp.Formats.Gguf;
+
+/// <summary>
+/// Builds a GGUF v3 file: metadata in insertion order, then tensor infos, then the tensor data with every tensor
+/// padded to the alignment (the last one too), byte for byte what llama.cpp's writers produce for the same input. Tensor bytes are taken already encoded and
+/// checked against <see cref="GgmlTypeInfo.ByteSize"/>, so the writer can never produce a file its own reader or
+/// llama.cpp would reject for size. Files are written to a temporary name and renamed, so a crash never leaves a
+/// partial file under the final name.
+/// </summary>
+public sealed class GgufWriter
+{
+    /// <summary>ggml's GGML_MAX_NAME is 64 including the terminating NUL.</summary>
+    public const int MaxTensorNameBytes = 63;
+
+    /// <summary>gguf.md: keys are at most 65535 bytes.</summary>
+    public const int MaxKeyBytes = 65535;
+
+    public const uint Version = 3;
+
+    private readonly List<KeyValuePair<string, GgufValue>> _metadata = [];
+    private readonly HashSet<string> _keys = new(StringComparer.Ordinal);
+    private readonly List<PendingTensor> _tensors = [];
+    private readonly HashSet<string> _tensorNames = new(StringComparer.Ordinal);
+
+    private sealed record PendingTensor(string Name, GgmlType Type, long[] Dims, ReadOnlyMemory<byte> Data);
+
+    /// <param name="alignment">
+    /// Data alignment; written as <c>general.alignment</c> only when it differs from 32. It must be a power of two
+    /// of at least 8: the spec only asks for a multiple of 8, but llama.cpp refuses anything that is not a power of two.
+    /// </param>
+    public GgufWriter(int alignment = GgufFile.DefaultAlignment)
+    {
+        if (alignment < 8 || (alignment & (alignment - 1)) != 0 || alignment > 1 << 30)
+            throw new ArgumentOutOfRangeException(nameof(alignment), alignment, "The alignment must be a power of two between 8 and 2^30.");
+        Alignment = alignment;
+    }
+
+    public int Alignment { get; }
+
+    /// <summary>Adds a metadata entry; keys must be unique, and <c>general.alignment</c> comes from the constructor.</summary>
+    public GgufWriter Add(string key, GgufValue value)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(key);
+        ArgumentNullException.ThrowIfNull(value);
+        if (key == GgufFile.AlignmentKey)
+            throw new ArgumentException("Set the alignment through the GgufWriter constructor, not as metadata.", nameof(key));
+        if (Encoding.UTF8.GetByteCount(key) > MaxKeyBytes)
+            throw new ArgumentException($"Metadata key is longer than {MaxKeyBytes} bytes.", nameof(key));
+        if (!_keys.Add(key)) throw new ArgumentException($"Metadata key '{key}' was already added.", nameof(key));
+        _metadata.Add(new(key, value));
+        return this;
+    }
+
+    public GgufWriter AddString(string key, string value) => Add(key, GgufValue.FromString(value));
+    public GgufWriter AddUInt32(string key, uint value) => Add(key, GgufValue.FromUInt32(value));
+    public GgufWriter AddInt32(string key, int value) => Add(key, GgufValue.FromInt32(value));
+    public GgufWriter AddFloat32(string key, float value) => Add(key, GgufValue.FromFloat32(value));
+    public GgufWriter AddBool(string key, bool value) => Add(key, GgufValue.FromBool(value));
+    public GgufWriter AddArray<T>(string key, T[] values) => Add(key, GgufValue.FromArray(GgufArray.Create(values)));
+
+    /// <summary>
+    /// Adds a tensor whose bytes are already in <paramref name="type"/>'s encoding. <paramref name="dims"/> are ne0
+    /// first. The bytes are referenced, not copied, until the file is written.
+    /// </summary>
+    public GgufWriter AddTensor(string name, GgmlType type, ReadOnlySpan<long> dims, ReadOnlyMemory<byte> data)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        if (Encoding.UTF8.GetByteCount(name) > MaxTensorNameBytes)
+            throw new ArgumentException($"Tensor name '{name}' is longer than {MaxTensorNameBytes} bytes, which ggml cannot load.", nameof(name));
+        if (!GgmlTypeInfo.TryByteSize(type, dims, out long expected, out var error))
+            throw new ArgumentException($"Tensor '{name}': {error}.", nameof(dims));
+        if (data.Length != expected)
+            throw new ArgumentException($"Tensor '{name}' ({GgmlTypeInfo.Name(type)} [{string.Join(", ", dims.ToArray())}]) needs {expected} bytes, got {data.Length}.", nameof(data));
+        if (!_tensorNames.Add(name)) throw new ArgumentException($"Tensor '{name}' was already added.", nameof(name));
+        _tensors.Add(new PendingTensor(name, type, dims.ToArray(), data));
+        return this;
+    }
+
+    /// <summary>Writes to <paramref name="path"/> through a temporary file in the same directory, then renames it into place.</summary>
+    public void WriteFile(string path)
+    {
+        var full = Path.GetFullPath(path);
+        var directory = Path.GetDirectoryName(full) ?? ".";
+        var temp = Path.Combine(directory, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
+            {
+                WriteTo(stream);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    /// <summary>The complete file as bytes (for tests and small files).</summary>
+    public byte[] ToArray()
+    {
+        using var stream = new MemoryStream();
+        WriteTo(stream);
+        return stream.ToArray();
+    }
+
+    /// <summary>Writes the whole file to <paramref name="stream"/> from its current position.</summary>
+    public void WriteTo(Stream stream)
+    {
+        ArgumentNullException.ThrowIfNull(stream);
+        var w = new Output(stream);
+        var metadata = new List<KeyValuePair<string, GgufValue>>(_metadata);
+        if (Alignment != GgufFile.DefaultAlignment)
+            metadata.Add(new(GgufFile.AlignmentKey, GgufValue.FromUInt32((uint)Alignment)));
+
+        w.UInt32(GgufFile.Magic);
+        w.UInt32(Version);
+        w.UInt64((ulong)_tensors.Count);
+        w.UInt64((ulong)metadata.Count);
+        foreach (var (key, value) in metadata)
+        {
+            w.String(key);
+            w.UInt32((uint)value.Type);
+            WriteValue(w, value.Value);
+        }
+
+        long offset = 0;
+        foreach (var t in _tensors)
+        {
+            w.String(t.Name);
+            w.UInt32((uint)t.Dims.Length);
+            foreach (var d in t.Dims) w.UInt64((ulong)d);
+            w.UInt32(GgmlTypeInfo.FileId(t.Type));
+            w.UInt64((ulong)offset);
+            offset += Pad(t.Data.Length);
+        }
+
+        // A file without tensors ends right after its header, as llama.cpp's vocabulary-only files do.
+        if (_tensors.Count > 0) w.Zeros(Pad(w.Written) - w.Written);
+        foreach (var t in _tensors)
+        {
+            w.Bytes(t.Data.Span);
+            w.Zeros(Pad(t.Data.Length) - t.Data.Length);
+        }
+        w.Flush();
+    }
+
+    private long Pad(long x) => x + (Alignment - x % Alignment) % Alignment;
+
+    private static void WriteValue(Output w, object value)
+    {
+        switch (value)
+        {
+            case byte v: w.Byte(v); break;
+            case sbyte v: w.Byte((byte)v); break;
+            case ushort v: w.UInt16(v); break;
+            case short v: w.UInt16((ushort)v); break;
+            case uint v: w.UInt32(v); break;
+            case int v: w.UInt32((uint)v); break;
+            case float v: w.UInt32(BitConverter.SingleToUInt32Bits(v)); break;
+            case bool v: w.Byte(v ? (byte)1 : (byte)0); break;
+            case string v: w.String(v); break;
+            case ulong v: w.UInt64(v); break;
+            case long v: w.UInt64((ulong)v); break;
+            case double v: w.UInt64(BitConverter.DoubleToUInt64Bits(v)); break;
+            case GgufArray a:
+                w.UInt32((uint)a.ElementType);
+                w.UInt64((ulong)a.Count);
+                foreach (var item in a.Items) WriteValue(w, item!);
+                break;
+            default:
+                throw new InvalidOperationException($"Unexpected metadata value of type {value.GetType()}.");
+        }
+    }
+
+    /// <summary>A little-endian writer that counts bytes, so padding needs no seekable stream.</summary>
+    private sealed class Output(Stream stream)
+    {
+        private readonly Stream _stream = stream;
+        private static readonly byte[] ZeroBlock = new byte[4096];
+        private readonly byte[] _scratch = new byte[8];
+
+        private Span<byte> Scratch => _scratch;
+
+        public long Written { get; private set; }
+
+        public void Byte(byte v) { _stream.WriteByte(v); Written++; }
+
+        public void UInt16(ushort v) { BinaryPrimitives.WriteUInt16LittleEndian(Scratch, v); Bytes(Scratch[..2]); }
+
+        public void UInt32(uint v) { BinaryPrimitives.WriteUInt32LittleEndian(Scratch, v); Bytes(Scratch[..4]); }
+
+        public void UInt64(ulong v) { BinaryPrimitives.WriteUInt64LittleEndian(Scratch, v); Bytes(Scratch[..8]); }
+
+        public void String(string s)
+        {
+            var bytes = Encoding.UTF8.GetBytes(s);
+            UInt64((ulong)bytes.Length);
+            Bytes(bytes);
+        }
+
+        public void Bytes(ReadOnlySpan<byte> bytes) { _stream.Write(bytes); Written += bytes.Length; }
+
+        public void Zeros(long count)
+        {
+            while (count > 0)
+            {
+                int n = (int)Math.Min(count, ZeroBlock.Length);
+                Bytes(ZeroBlock.AsSpan(0, n));
+                count -= n;
+            }
+        }
+
+        public void Flush() => _stream.Flush();
+    }
+}

@@ -1,0 +1,232 @@
+using System.Text.Json;
+
+namespace BitNetSharp.Formats.HuggingFace;
+
+/// <summary>
+/// The fields of a Hugging Face <c>config.json</c> that a BitNet loader needs. Required fields (sizes and counts)
+/// throw a <see cref="ModelFormatException"/> naming the file and field when missing or mistyped; optional ones are
+/// null when absent, except <see cref="NumKeyValueHeads"/>, which defaults to the head count as in transformers.
+/// </summary>
+public sealed class HfConfig
+{
+    public const string FileName = "config.json";
+
+    public required string FilePath { get; init; }
+
+    /// <summary>e.g. ["BitNetForCausalLM"].</summary>
+    public required IReadOnlyList<string> Architectures { get; init; }
+
+    /// <summary>e.g. "bitnet" (2B4T) or "llama" (1bitLLM).</summary>
+    public string? ModelType { get; init; }
+
+    public required int HiddenSize { get; init; }
+    public required int IntermediateSize { get; init; }
+    public required int NumHiddenLayers { get; init; }
+    public required int NumAttentionHeads { get; init; }
+
+    /// <summary><c>num_key_value_heads</c>, or <see cref="NumAttentionHeads"/> when absent (no GQA).</summary>
+    public required int NumKeyValueHeads { get; init; }
+
+    public required int VocabSize { get; init; }
+    public double? RmsNormEps { get; init; }
+    public double? RopeTheta { get; init; }
+    public int? MaxPositionEmbeddings { get; init; }
+
+    /// <summary>e.g. "relu2" (2B4T) or "silu".</summary>
+    public string? HiddenAct { get; init; }
+
+    public bool? TieWordEmbeddings { get; init; }
+    public int? BosTokenId { get; init; }
+
+    /// <summary><c>eos_token_id</c>, which may be one id or a list; empty when absent.</summary>
+    public required IReadOnlyList<int> EosTokenIds { get; init; }
+
+    public string? TorchDType { get; init; }
+
+    /// <summary><c>head_dim</c> when the config states it; otherwise hidden_size / heads applies.</summary>
+    public int? HeadDim { get; init; }
+
+    public HfQuantizationConfig? Quantization { get; init; }
+
+    /// <summary>Reads and validates <paramref name="path"/>.</summary>
+    public static HfConfig Load(string path)
+    {
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw new ModelFormatException(path, "no such file; a Hugging Face model directory needs a config.json", inner: e);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ModelFormatException(path, $"cannot read the file: {e.Message}", inner: e);
+        }
+        return Parse(bytes, path);
+    }
+
+    /// <summary>Parses config.json bytes; <paramref name="path"/> is used in error messages.</summary>
+    public static HfConfig Parse(ReadOnlyMemory<byte> json, string path)
+    {
+        if (!System.Text.Unicode.Utf8.IsValid(json.Span))
+            throw new ModelFormatException(path, "not valid UTF-8 text");
+        JsonDocument document;
+        try
+        {
+            document = JsonDocument.Parse(json, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFormatException(path, $"not valid JSON: {e.Message}", inner: e);
+        }
+        using (document)
+        {
+            var root = document.RootElement;
+            if (root.ValueKind != JsonValueKind.Object)
+                throw new ModelFormatException(path, $"the top level is a JSON {root.ValueKind}, expected an object");
+            var r = new Fields(root, path);
+            int heads = r.RequiredInt("num_attention_heads");
+            return new HfConfig
+            {
+                FilePath = path,
+                Architectures = r.StringList("architectures"),
+                ModelType = r.OptionalString("model_type"),
+                HiddenSize = r.RequiredInt("hidden_size"),
+                IntermediateSize = r.RequiredInt("intermediate_size"),
+                NumHiddenLayers = r.RequiredInt("num_hidden_layers"),
+                NumAttentionHeads = heads,
+                NumKeyValueHeads = r.OptionalInt("num_key_value_heads") ?? heads,
+                VocabSize = r.RequiredInt("vocab_size"),
+                RmsNormEps = r.OptionalDouble("rms_norm_eps"),
+                RopeTheta = r.OptionalDouble("rope_theta"),
+                MaxPositionEmbeddings = r.OptionalInt("max_position_embeddings"),
+                HiddenAct = r.OptionalString("hidden_act"),
+                TieWordEmbeddings = r.OptionalBool("tie_word_embeddings"),
+                BosTokenId = r.OptionalInt("bos_token_id"),
+                EosTokenIds = r.IntOrIntList("eos_token_id"),
+                TorchDType = r.OptionalString("torch_dtype"),
+                HeadDim = r.OptionalInt("head_dim"),
+                Quantization = HfQuantizationConfig.Read(root, path),
+            };
+        }
+    }
+
+    /// <summary>Typed field access over one JSON object, with errors that name the file and the field.</summary>
+    internal readonly struct Fields(JsonElement obj, string path, string prefix = "")
+    {
+        private ModelFormatException Error(string field, string message) => new(path, message, prefix + field);
+
+        private bool TryGet(string field, out JsonElement value) =>
+            obj.TryGetProperty(field, out value) && value.ValueKind != JsonValueKind.Null;
+
+        public int RequiredInt(string field) =>
+            OptionalInt(field) ?? throw Error(field, "required field is missing");
+
+        /// <summary>Non-negative integers only: every count and id in a config is one.</summary>
+        public int? OptionalInt(string field)
+        {
+            if (!TryGet(field, out var v)) return null;
+            if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt32(out int n) || n < 0)
+                throw Error(field, $"found {Describe(v)}, expected a non-negative integer");
+            return n;
+        }
+
+        public double? OptionalDouble(string field)
+        {
+            if (!TryGet(field, out var v)) return null;
+            if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d))
+                throw Error(field, $"found {Describe(v)}, expected a number");
+            return d;
+        }
+
+        public string? OptionalString(string field)
+        {
+            if (!TryGet(field, out var v)) return null;
+            return v.ValueKind == JsonValueKind.String ? v.GetString() : throw Error(field, $"found {Describe(v)}, expected a string");
+        }
+
+        public bool? OptionalBool(string field)
+        {
+            if (!TryGet(field, out var v)) return null;
+            return v.ValueKind switch
+            {
+                JsonValueKind.True => true,
+                JsonValueKind.False => false,
+                _ => throw Error(field, $"found {Describe(v)}, expected true or false"),
+            };
+        }
+
+        public IReadOnlyList<string> StringList(string field)
+        {
+            if (!TryGet(field, out var v)) return [];
+            if (v.ValueKind != JsonValueKind.Array) throw Error(field, $"found {Describe(v)}, expected a list of strings");
+            var list = new List<string>();
+            foreach (var item in v.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.String) throw Error(field, $"found {Describe(item)} in the list, expected strings");
+                list.Add(item.GetString()!);
+            }
+            return list;
+        }
+
+        public IReadOnlyList<int> IntOrIntList(string field)
+        {
+            if (!TryGet(field, out var v)) return [];
+            if (v.ValueKind == JsonValueKind.Number) return [OptionalInt(field)!.Value];
+            if (v.ValueKind != JsonValueKind.Array) throw Error(field, $"found {Describe(v)}, expected an integer or a list of integers");
+            var list = new List<int>();
+            foreach (var item in v.EnumerateArray())
+            {
+                if (item.ValueKind != JsonValueKind.Number || !item.TryGetInt32(out int n) || n < 0)
+                    throw Error(field, $"found {Describe(item)} in the list, expected non-negative integers");
+                list.Add(n);
+            }
+            return list;
+        }
+
+        private static string Describe(JsonElement v)
+        {
+            var text = v.GetRawText();
+            return $"{v.ValueKind.ToString().ToLowerInvariant()} {(text.Length > 40 ? text[..40] + "…" : text)}";
+        }
+    }
+}
+
+/// <summary>
+/// <c>quantization_config</c> of a BitNet checkpoint. <see cref="LinearClass"/> decides what <c>weight_scale</c>
+/// means: "autobitlinear" multiplies, "bitlinear" or absent divides (FORMATS.md §5.2).
+/// </summary>
+public sealed class HfQuantizationConfig
+{
+    /// <summary>e.g. "bitnet".</summary>
+    public string? QuantMethod { get; init; }
+
+    /// <summary>"autobitlinear", "bitlinear" or null.</summary>
+    public string? LinearClass { get; init; }
+
+    /// <summary>"offline" (packed ternary weights) or "online" (bf16 masters quantized per forward).</summary>
+    public string? QuantizationMode { get; init; }
+
+    /// <summary>Falcon-E style extra RMSNorm before each BitLinear's activation quantization.</summary>
+    public bool? UseRmsNorm { get; init; }
+
+    /// <summary>True when <c>weight_scale</c> multiplies the ternary weights (autobitlinear) rather than divides them.</summary>
+    public bool WeightScaleMultiplies => string.Equals(LinearClass, "autobitlinear", StringComparison.OrdinalIgnoreCase);
+
+    internal static HfQuantizationConfig? Read(JsonElement root, string path)
+    {
+        if (!root.TryGetProperty("quantization_config", out var q) || q.ValueKind == JsonValueKind.Null) return null;
+        if (q.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException(path, $"found a JSON {q.ValueKind}, expected an object", "quantization_config");
+        var r = new HfConfig.Fields(q, path, "quantization_config.");
+        return new HfQuantizationConfig
+        {
+            QuantMethod = r.OptionalString("quant_method"),
+            LinearClass = r.OptionalString("linear_class"),
+            QuantizationMode = r.OptionalString("quantization_mode"),
+            UseRmsNorm = r.OptionalBool("use_rms_norm"),
+        };
+    }
+}

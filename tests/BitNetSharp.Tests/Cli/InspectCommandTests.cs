@@ -1,0 +1,132 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Cli;
+
+/// <summary>Runs <c>bitnet inspect</c> in-process through <see cref="Program.Run"/>, capturing both streams.</summary>
+public class InspectCommandTests
+{
+    private static (int ExitCode, string Output, string Error) Bitnet(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public void InspectShowsArchitectureAndTensorCountOfAWrittenGguf()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("tiny.gguf");
+        TestGguf.TinyBitNet().WriteFile(path);
+
+        var (code, output, error) = Bitnet("inspect", path, "--tensors");
+        Assert.Equal(0, code);
+        Assert.Equal("", error);
+        Assert.Contains("bitnet-b1.58", output);
+        Assert.Contains("GGUF v3", output);
+        Assert.Contains("7 (f16: 1, f32: 2, i2_s: 1, tq2_0: 1, tq1_0: 1, bf16: 1)", output);
+        Assert.Contains("blk.0.attn_q.weight", output);
+        Assert.Contains("[256, 256]", output);
+        Assert.Contains("16,416", output); // I2_S bytes: 256·256/4 + 32
+    }
+
+    [Fact]
+    public void InspectJsonIsOneParsableDocumentWithTheSameFacts()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("tiny.gguf");
+        TestGguf.TinyBitNet().WriteFile(path);
+
+        var (code, output, _) = Bitnet("inspect", path, "--json", "--tensors");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(output);
+        var root = doc.RootElement;
+        Assert.Equal("gguf", root.GetProperty("format").GetString());
+        Assert.Equal("bitnet-b1.58", root.GetProperty("architecture").GetString());
+        Assert.Equal(7, root.GetProperty("tensor_count").GetInt32());
+        Assert.Equal(7, root.GetProperty("tensors").GetArrayLength());
+        Assert.Equal(new FileInfo(path).Length, root.GetProperty("file_bytes").GetInt64());
+        var h = root.GetProperty("hyperparameters");
+        Assert.Equal(256, h.GetProperty("embedding_length").GetInt32());
+        Assert.Equal(4, h.GetProperty("head_count").GetInt32());
+        Assert.Equal(2, h.GetProperty("head_count_kv").GetInt32());
+        Assert.Equal(500000, h.GetProperty("rope_theta").GetDouble());
+        Assert.Equal(1e-5, h.GetProperty("rms_norm_eps").GetDouble());
+        Assert.Equal("gpt2", root.GetProperty("tokenizer").GetProperty("model").GetString());
+        Assert.Equal(2, root.GetProperty("tokenizer").GetProperty("merge_count").GetInt32());
+        // Projections: I2_S 256×256, TQ2_0 256×128, TQ1_0 256×128 and the BF16 ffn_down 512×256.
+        long projectionParams = 256 * 256 + 2 * 256 * 128 + 512 * 256;
+        Assert.Equal(projectionParams, root.GetProperty("parameters").GetProperty("projection").GetInt64());
+        long projectionBytes = 16416 + 128 * 66 + 128 * 54 + 512 * 256 * 2;
+        Assert.Equal(projectionBytes * 8.0 / projectionParams, root.GetProperty("bits_per_weight").GetProperty("projection").GetDouble(), 9);
+    }
+
+    [Fact]
+    public void InspectReadsAHuggingFaceDirectory()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("config.json"), HfModelDirectoryTests.BitNet2B4TConfig);
+        File.WriteAllBytes(dir.File("model.safetensors"), TestSafetensors.Small().ToArray());
+        File.WriteAllText(dir.File("tokenizer.json"), "{}");
+
+        var (code, output, _) = Bitnet("inspect", dir.Path, "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(output);
+        var root = doc.RootElement;
+        Assert.Equal("hf-directory", root.GetProperty("format").GetString());
+        Assert.Equal("BitNetForCausalLM", root.GetProperty("architecture").GetString());
+        Assert.Equal(30, root.GetProperty("hyperparameters").GetProperty("block_count").GetInt32());
+        Assert.Equal("tokenizer.json", root.GetProperty("tokenizer").GetProperty("files")[0].GetString());
+        // The packed U8 q_proj [2, 8] holds 4 ternary weights per byte.
+        Assert.Equal(64, root.GetProperty("parameters").GetProperty("projection").GetInt64());
+        Assert.Equal(2.0, root.GetProperty("bits_per_weight").GetProperty("projection").GetDouble());
+    }
+
+    [Fact]
+    public void InspectOfTheTinyRandomLlamaListsItsTwelveTensors()
+    {
+        var path = SharedData.RequirePath("models/llama-2-tiny-random.gguf");
+        var (code, output, _) = Bitnet("inspect", path, "--json");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(output);
+        Assert.Equal("llama", doc.RootElement.GetProperty("architecture").GetString());
+        Assert.Equal(12, doc.RootElement.GetProperty("tensor_count").GetInt32());
+        Assert.Equal(8, doc.RootElement.GetProperty("hyperparameters").GetProperty("embedding_length").GetInt32());
+    }
+
+    [Fact]
+    public void MissingPathFailsWithOneLineNamingIt()
+    {
+        var missing = Path.Combine(Path.GetTempPath(), "no-such-model-" + Guid.NewGuid().ToString("N") + ".gguf");
+        var (code, output, error) = Bitnet("inspect", missing);
+        Assert.NotEqual(0, code);
+        Assert.Equal("", output);
+        Assert.Contains(missing, error);
+        Assert.Single(error.TrimEnd().Split('\n'));
+        Assert.DoesNotContain("   at ", error);
+    }
+
+    [Fact]
+    public void CorruptFileFailsWithOneLine()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("broken.gguf");
+        var bytes = TestGguf.Small().ToArray();
+        File.WriteAllBytes(path, bytes.AsSpan(0, bytes.Length / 2).ToArray());
+        var (code, _, error) = Bitnet("inspect", path);
+        Assert.Equal(1, code);
+        Assert.StartsWith("error: " + path + ": ", error);
+        Assert.Single(error.TrimEnd().Split('\n'));
+    }
+
+    [Fact]
+    public void MissingArgumentIsAUsageError()
+    {
+        var (code, _, error) = Bitnet("inspect");
+        Assert.NotEqual(0, code);
+        Assert.Contains("path", error);
+    }
+}

@@ -1,0 +1,146 @@
+using System.Text;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.HuggingFace;
+
+namespace BitNetSharp.Tests.Formats;
+
+public class HfModelDirectoryTests
+{
+    /// <summary>2B4T's config.json as its -bf16 repository publishes it, with the offline quantization block of the packed checkpoint.</summary>
+    public const string BitNet2B4TConfig = """
+        {
+          "architectures": ["BitNetForCausalLM"],
+          "attention_bias": false,
+          "attention_dropout": 0.0,
+          "bos_token_id": 128000,
+          "eos_token_id": 128001,
+          "hidden_act": "relu2",
+          "hidden_size": 2560,
+          "initializer_range": 0.02,
+          "intermediate_size": 6912,
+          "max_position_embeddings": 4096,
+          "model_type": "bitnet",
+          "rope_scaling": null,
+          "num_attention_heads": 20,
+          "num_hidden_layers": 30,
+          "num_key_value_heads": 5,
+          "rms_norm_eps": 1e-05,
+          "rope_theta": 500000.0,
+          "tie_word_embeddings": true,
+          "torch_dtype": "bfloat16",
+          "use_cache": true,
+          "vocab_size": 128256,
+          "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "offline"
+          }
+        }
+        """;
+
+    [Fact]
+    public void ParsesTheBitNet2B4TConfig()
+    {
+        var c = HfConfig.Parse(Encoding.UTF8.GetBytes(BitNet2B4TConfig), "config.json");
+        Assert.Equal(["BitNetForCausalLM"], c.Architectures);
+        Assert.Equal("bitnet", c.ModelType);
+        Assert.Equal(2560, c.HiddenSize);
+        Assert.Equal(6912, c.IntermediateSize);
+        Assert.Equal(30, c.NumHiddenLayers);
+        Assert.Equal(20, c.NumAttentionHeads);
+        Assert.Equal(5, c.NumKeyValueHeads);
+        Assert.Equal(128256, c.VocabSize);
+        Assert.Equal(1e-5, c.RmsNormEps);
+        Assert.Equal(500000.0, c.RopeTheta);
+        Assert.Equal(4096, c.MaxPositionEmbeddings);
+        Assert.Equal("relu2", c.HiddenAct);
+        Assert.True(c.TieWordEmbeddings);
+        Assert.Equal(128000, c.BosTokenId);
+        Assert.Equal([128001], c.EosTokenIds);
+        Assert.Equal("bfloat16", c.TorchDType);
+        Assert.Null(c.HeadDim);
+        Assert.NotNull(c.Quantization);
+        Assert.Equal("bitnet", c.Quantization.QuantMethod);
+        Assert.Equal("autobitlinear", c.Quantization.LinearClass);
+        Assert.Equal("offline", c.Quantization.QuantizationMode);
+        Assert.Null(c.Quantization.UseRmsNorm);
+        Assert.True(c.Quantization.WeightScaleMultiplies);
+    }
+
+    [Fact]
+    public void DefaultsAndListsAreHandled()
+    {
+        var c = HfConfig.Parse(Encoding.UTF8.GetBytes("""
+            {"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,
+             "eos_token_id":[2,7],"head_dim":4,"quantization_config":{"quant_method":"bitnet","use_rms_norm":true}}
+            """), "config.json");
+        Assert.Equal(2, c.NumKeyValueHeads);
+        Assert.Equal([2, 7], c.EosTokenIds);
+        Assert.Equal(4, c.HeadDim);
+        Assert.Empty(c.Architectures);
+        Assert.True(c.Quantization!.UseRmsNorm);
+        Assert.False(c.Quantization.WeightScaleMultiplies);
+    }
+
+    [Theory]
+    [InlineData("""{"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16}""", "hidden_size", "missing")]
+    [InlineData("""{"hidden_size":"8","intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16}""", "hidden_size", "expected a non-negative integer")]
+    [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"eos_token_id":"x"}""", "eos_token_id", "expected an integer or a list")]
+    [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"quantization_config":{"use_rms_norm":1}}""", "quantization_config.use_rms_norm", "expected true or false")]
+    public void BadFieldsNameTheField(string json, string field, string expected)
+    {
+        var e = Assert.Throws<ModelFormatException>(() => HfConfig.Parse(Encoding.UTF8.GetBytes(json), "dir/config.json"));
+        Assert.Equal(field, e.Item);
+        Assert.Contains(expected, e.Message);
+        Assert.StartsWith("dir/config.json: ", e.Message);
+    }
+
+    [Fact]
+    public void OpensADirectoryWithConfigWeightsAndTokenizerFiles()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("config.json"), BitNet2B4TConfig);
+        File.WriteAllBytes(dir.File("model.safetensors"), TestSafetensors.Small().ToArray());
+        File.WriteAllText(dir.File("tokenizer.json"), "{}");
+        File.WriteAllText(dir.File("tokenizer_config.json"), "{}");
+        using var m = HfModelDirectory.Open(dir.Path);
+        Assert.Equal(2560, m.Config.HiddenSize);
+        Assert.Equal(7, m.Weights.Tensors.Count);
+        Assert.Equal(["tokenizer.json", "tokenizer_config.json"], m.TokenizerFiles);
+        Assert.Equal(ModelPathKind.HuggingFaceDirectory, ModelPath.Detect(dir.Path));
+    }
+
+    [Fact]
+    public void MissingPiecesAreNamed()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var noConfig = Assert.Throws<ModelFormatException>(() => HfModelDirectory.Open(dir.Path));
+        Assert.Contains("config.json", noConfig.Message);
+        File.WriteAllText(dir.File("config.json"), BitNet2B4TConfig);
+        var noWeights = Assert.Throws<ModelFormatException>(() => HfModelDirectory.Open(dir.Path));
+        Assert.Contains("no weights found", noWeights.Message);
+    }
+
+    [Fact]
+    public void ModelPathDetectsEachKindAndExplainsTheRest()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var gguf = dir.File("m.bin");
+        File.WriteAllBytes(gguf, TestGguf.Small().ToArray());
+        Assert.Equal(ModelPathKind.Gguf, ModelPath.Detect(gguf));
+        var st = dir.File("weights.data");
+        File.WriteAllBytes(st, TestSafetensors.Small().ToArray());
+        Assert.Equal(ModelPathKind.Safetensors, ModelPath.Detect(st));
+
+        var text = dir.File("notes.txt");
+        File.WriteAllText(text, "hello, world");
+        Assert.Contains("not a model file", Assert.Throws<ModelFormatException>(() => ModelPath.Detect(text)).Message);
+        var fakeGguf = dir.File("fake.gguf");
+        File.WriteAllText(fakeGguf, "GGML....");
+        Assert.Contains("GGUF magic", Assert.Throws<ModelFormatException>(() => ModelPath.Detect(fakeGguf)).Message);
+        var missing = Assert.Throws<ModelFormatException>(() => ModelPath.Detect(dir.File("nope.gguf")));
+        Assert.Contains("no such file or directory", missing.Message);
+        Directory.CreateDirectory(dir.File("empty"));
+        Assert.Contains("no config.json", Assert.Throws<ModelFormatException>(() => ModelPath.Detect(dir.File("empty"))).Message);
+    }
+}
