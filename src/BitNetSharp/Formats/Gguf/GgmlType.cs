@@ -53,6 +53,14 @@ public enum GgmlType : uint
     /// <summary>bitnet.cpp's x86 lookup-table layout; build-specific, sized only. File id 39 (shared with MXFP4).</summary>
     TL2 = 39,
 
+    /// <summary>
+    /// BitNetSharp's own binary {−1,+1} weight type (the original BitNet: sign(W) with an absmean scale), file id
+    /// 0x4231 ("1B"), far above ggml's range so no upstream type will collide with it; only BitNetSharp reads it.
+    /// Layout (<see cref="Quantization.B1"/>): each row padded to a multiple of 128 columns, 1 bit per weight LSB-first
+    /// (1 = +1), rows back to back, then a 32-byte tail whose first 4 bytes are the fp32 tensor scale.
+    /// </summary>
+    B1_128 = 0x4231,
+
     /// <summary>Upstream ggml's MXFP4 (32 weights, one E8M0 exponent + 16 nibble bytes). File id 39, see the type summary.</summary>
     MXFP4 = 0x1_0000 | 39,
 }

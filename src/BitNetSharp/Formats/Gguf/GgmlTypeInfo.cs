@@ -86,6 +86,18 @@ public static class GgmlTypeInfo
                 return true;
             case GgmlType.TL2:
                 return TryTl2ByteSize(dims, out bytes, out error);
+            case GgmlType.B1_128:
+                // Rows padded to 128 columns (16 bytes per block), then the 32-byte scale tail.
+                long rowBlocks = (dims[0] + 127) / 128;
+                long rows = dims[0] == 0 ? 0 : elements / dims[0];
+                if (rows > 0 && rowBlocks > long.MaxValue / 16 / rows)
+                {
+                    error = "the byte size overflows 64 bits";
+                    return false;
+                }
+                bytes = rows * rowBlocks * 16 + 32;
+                error = null;
+                return true;
         }
 
         long ne0 = dims[0];
@@ -179,6 +191,7 @@ public static class GgmlTypeInfo
         GgmlType.I8_S => new("i8_s", 0, 0),
         GgmlType.TL1 => new("tl1", 0, 0),
         GgmlType.TL2 => new("tl2", 0, 0),
+        GgmlType.B1_128 => new("b1_128", 0, 0),
         GgmlType.MXFP4 => new("mxfp4", 32, 17),
         _ => default,
     };

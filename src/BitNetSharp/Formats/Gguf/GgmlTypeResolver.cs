@@ -10,7 +10,8 @@ namespace BitNetSharp.Formats.Gguf;
 /// <item>39 is TL2 when <c>general.file_type</c> is 39 (the fork's MOSTLY_TL2), or when the architecture starts
 /// with "bitnet" and a TL2 tensor of this shape fits the bytes the tensor has before the next one; otherwise it is
 /// upstream's MXFP4, which is what every non-BitNet file with id 39 (e.g. gpt-oss) contains.</item>
-/// <item>4, 5 and 31–33 (types ggml removed) and anything above 39 are unknown.</item>
+/// <item>0x4231 is BitNetSharp's binary type <see cref="GgmlType.B1_128"/>.</item>
+/// <item>4, 5 and 31–33 (types ggml removed) and anything else above 39 are unknown.</item>
 /// </list>
 /// </summary>
 public static class GgmlTypeResolver
@@ -30,6 +31,8 @@ public static class GgmlTypeResolver
     {
         switch (fileId)
         {
+            case (uint)GgmlType.B1_128:
+                return GgmlType.B1_128;
             case 4 or 5:
             case >= 31 and <= 33:
             case 37:

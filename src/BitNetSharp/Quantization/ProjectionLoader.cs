@@ -1,0 +1,135 @@
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Formats.HuggingFace;
+using BitNetSharp.Formats.Safetensors;
+
+namespace BitNetSharp.Quantization;
+
+/// <summary>
+/// Turns a linear layer's weight tensor, in whatever form a file holds it, into the runtime layout the kernels
+/// read — once, at load. I2_S with K % 128 = 0 is used in place (zero-copy, the file map stays the owner);
+/// TQ1_0, TQ2_0, I2_S with other K, and HF packed uint8 are repacked; float latent weights (F32/F16/BF16) are
+/// ternarized by absmean (FORMATS.md §4.4). Codec errors become <see cref="ModelFormatException"/>s naming the
+/// file and the tensor.
+/// </summary>
+public static unsafe class ProjectionLoader
+{
+    /// <summary>A GGUF linear weight (ne0 = in-features, ne1 = out-features) as a ternary matrix.</summary>
+    public static TernaryMatrix LoadTernary(GgufFile file, GgufTensorInfo tensor)
+    {
+        var (rows, cols) = MatrixShape(file.FilePath, tensor.Name, tensor.Dims);
+        try
+        {
+            var data = file.GetTensorData(tensor);
+            return tensor.Type switch
+            {
+                GgmlType.I2_S => I2S.WrapOrDecode(file.GetTensorPointer(tensor), tensor.ByteSize, rows, cols, file),
+                GgmlType.TQ2_0 => Tq2_0.Decode(data, rows, cols),
+                GgmlType.TQ1_0 => Tq1_0.Decode(data, rows, cols),
+                GgmlType.F32 => AbsmeanTernarizer.FromFloat32(Cast<float>(data), rows, cols),
+                GgmlType.F16 => AbsmeanTernarizer.FromFloat16(Cast<ushort>(data), rows, cols),
+                GgmlType.BF16 => AbsmeanTernarizer.FromBFloat16(Cast<ushort>(data), rows, cols),
+                _ => throw new ModelFormatException(file.FilePath,
+                    $"type {GgmlTypeInfo.Name(tensor.Type)} cannot be read as ternary weights; expected i2_s, tq2_0, tq1_0, f32, f16 or bf16", tensor.Name),
+            };
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidDataException)
+        {
+            throw new ModelFormatException(file.FilePath, e.Message, tensor.Name, e);
+        }
+    }
+
+    public static TernaryMatrix LoadTernary(GgufFile file, string name) => LoadTernary(file, file.GetTensor(name));
+
+    /// <summary>A GGUF linear weight as a binary {−1,+1} matrix: B1_128 is copied; float weights are binarized by sign with an absmean scale.</summary>
+    public static BinaryMatrix LoadBinary(GgufFile file, GgufTensorInfo tensor)
+    {
+        var (rows, cols) = MatrixShape(file.FilePath, tensor.Name, tensor.Dims);
+        try
+        {
+            var data = file.GetTensorData(tensor);
+            return tensor.Type switch
+            {
+                GgmlType.B1_128 => B1.Decode(data, rows, cols),
+                GgmlType.F32 => SignBinarizer.FromFloat32(Cast<float>(data), rows, cols),
+                GgmlType.F16 => SignBinarizer.FromFloat16(Cast<ushort>(data), rows, cols),
+                GgmlType.BF16 => SignBinarizer.FromBFloat16(Cast<ushort>(data), rows, cols),
+                _ => throw new ModelFormatException(file.FilePath,
+                    $"type {GgmlTypeInfo.Name(tensor.Type)} cannot be read as binary weights; expected b1_128, f32, f16 or bf16", tensor.Name),
+            };
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidDataException)
+        {
+            throw new ModelFormatException(file.FilePath, e.Message, tensor.Name, e);
+        }
+    }
+
+    /// <summary>
+    /// An HF linear weight: packed uint8 [out/4, in] with its <c>.weight_scale</c> (multiplied for
+    /// <c>autobitlinear</c>, divided otherwise, FORMATS.md §5.2), or float latent weights [out, in].
+    /// </summary>
+    /// <param name="weightName">e.g. <c>model.layers.0.self_attn.q_proj.weight</c>.</param>
+    /// <param name="outFeatures">Needed for packed weights, whose stored shape is out/4.</param>
+    public static TernaryMatrix LoadTernary(SafetensorsCheckpoint weights, string weightName, int outFeatures, HfQuantizationConfig? quantization)
+    {
+        var tensor = weights.GetTensor(weightName);
+        string path = tensor.File.FilePath;
+        var shape = tensor.Shape;
+        if (shape.Length != 2)
+            throw new ModelFormatException(path, $"a linear weight must be 2-D, found shape {tensor.ShapeText}", weightName);
+        try
+        {
+            var data = weights.GetTensorData(tensor);
+            switch (tensor.DType)
+            {
+                case SafetensorsDType.U8:
+                {
+                    int inFeatures = checked((int)shape[1]);
+                    if (shape[0] * 4 != outFeatures)
+                        throw new ModelFormatException(path, $"packed ternary weights have shape [out/4, in]; expected [{outFeatures / 4}, {inFeatures}] for {outFeatures} outputs, found {tensor.ShapeText}", weightName);
+                    string scaleName = weightName.EndsWith(".weight", StringComparison.Ordinal)
+                        ? weightName[..^".weight".Length] + ".weight_scale"
+                        : weightName + "_scale";
+                    if (!weights.TryGetTensor(scaleName, out var scaleTensor))
+                        throw new ModelFormatException(path, $"packed ternary weights need their scale tensor '{scaleName}', which is missing", weightName);
+                    if (scaleTensor.ElementCount != 1)
+                        throw new ModelFormatException(scaleTensor.File.FilePath, $"expected one scale value, found shape {scaleTensor.ShapeText}", scaleName);
+                    float scale = scaleTensor.File.ReadFloat32(scaleTensor)[0];
+                    var rule = HfPackedTernary.RuleForLinearClass(quantization?.LinearClass);
+                    return HfPackedTernary.Decode(data, outFeatures, inFeatures, scale, rule);
+                }
+                case SafetensorsDType.F32:
+                case SafetensorsDType.F16:
+                case SafetensorsDType.BF16:
+                {
+                    int rows = checked((int)shape[0]), cols = checked((int)shape[1]);
+                    if (rows != outFeatures)
+                        throw new ModelFormatException(path, $"expected {outFeatures} output rows, found shape {tensor.ShapeText}", weightName);
+                    return tensor.DType switch
+                    {
+                        SafetensorsDType.F32 => AbsmeanTernarizer.FromFloat32(Cast<float>(data), rows, cols),
+                        SafetensorsDType.F16 => AbsmeanTernarizer.FromFloat16(Cast<ushort>(data), rows, cols),
+                        _ => AbsmeanTernarizer.FromBFloat16(Cast<ushort>(data), rows, cols),
+                    };
+                }
+                default:
+                    throw new ModelFormatException(path, $"dtype {tensor.DTypeName} cannot hold linear weights; expected U8 (packed ternary), F32, F16 or BF16", weightName);
+            }
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidDataException or OverflowException)
+        {
+            throw new ModelFormatException(path, e.Message, weightName, e);
+        }
+    }
+
+    private static (int Rows, int Cols) MatrixShape(string path, string name, ReadOnlySpan<long> dims)
+    {
+        if (dims.Length != 2 || dims[0] <= 0 || dims[1] <= 0 || dims[0] > int.MaxValue || dims[1] > int.MaxValue)
+            throw new ModelFormatException(path, $"a linear weight must be 2-D [in, out] with positive sizes, found [{string.Join(", ", dims.ToArray())}]", name);
+        return ((int)dims[1], (int)dims[0]);
+    }
+
+    /// <summary>Little-endian reinterpretation (the file formats are little-endian; so is every CPU .NET runs on here).</summary>
+    private static ReadOnlySpan<T> Cast<T>(ReadOnlySpan<byte> data) where T : unmanaged =>
+        System.Runtime.InteropServices.MemoryMarshal.Cast<byte, T>(data);
+}
