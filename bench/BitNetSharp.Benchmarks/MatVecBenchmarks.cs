@@ -30,6 +30,7 @@ public unsafe class MatVecBenchmarks : IBytesPerOperation
     private static readonly TernaryKernel Avx2 = new Avx2TernaryKernel();
     private static readonly TernaryKernel AvxVnni = new AvxVnniTernaryKernel();
     private static readonly TernaryKernel Avx512 = new Avx512TernaryKernel();
+    private static readonly TernaryKernel Avx512Gfni = new Avx512GfniTernaryKernel();
 
     public long BytesPerOperation(string method) =>
         method == nameof(Float32) ? (long)_k * _n * sizeof(float) : (long)_n * TernaryMatrix.PadCols(_k) / 4;
@@ -101,6 +102,9 @@ public unsafe class MatVecBenchmarks : IBytesPerOperation
 
     [Benchmark]
     public void Avx512Maddubs() => Run(Avx512);
+
+    [Benchmark]
+    public void Avx512GfniSplit() => Run(Avx512Gfni);
 
     [Benchmark]
     public void Float32()
