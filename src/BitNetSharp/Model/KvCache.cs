@@ -1,0 +1,283 @@
+using System.Runtime.CompilerServices;
+using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Memory;
+
+namespace BitNetSharp.Model;
+
+/// <summary>
+/// One sequence's keys and values for every layer, allocated once for <see cref="ContextLength"/> positions.
+/// <para>
+/// Layout: for each layer and kv head, the rows of consecutive positions are contiguous
+/// ([layer][kvHead][position][headDim]), so attention for one head streams one block of memory. A Write scatters
+/// the kvDim = kvHeads × headDim values of one token into its kvHeads rows. Int8 and FP8 rows carry one fp32
+/// scale per (layer, kv head, position): per-head rather than per-token, so one head's outlier does not
+/// coarsen the other heads' rows, at 4 bytes per 128 values (3%).
+/// </para>
+/// <para>
+/// Each layer has its own length (positions written without gaps): a batch writes layer 0 for all its tokens
+/// before layer 1, and <see cref="Length"/> is the number of positions every layer holds.
+/// </para>
+/// </summary>
+public sealed unsafe class KvCache : IDisposable
+{
+    private readonly NativeBuffer _keys;
+    private readonly NativeBuffer _values;
+    private readonly NativeBuffer _scales; // [K|V][layer][kvHead][position], empty for unscaled types
+    private readonly int[] _layerLength;
+    private readonly int _rowBytes;
+
+    public KvCache(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type = KvCacheType.F16)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(headDim);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(contextLength);
+        if (!Enum.IsDefined(type)) throw new ArgumentOutOfRangeException(nameof(type), type, "Unknown KV cache type.");
+        Layers = layers;
+        KvHeads = kvHeads;
+        HeadDim = headDim;
+        ContextLength = contextLength;
+        Type = type;
+        _rowBytes = headDim * ElementSize(type);
+        long rows = RowCount(layers, kvHeads, contextLength);
+        _keys = new NativeBuffer(rows * _rowBytes, zero: false);
+        _values = new NativeBuffer(rows * _rowBytes, zero: false);
+        _scales = new NativeBuffer(HasScale(type) ? 2 * rows * sizeof(float) : 0, zero: false);
+        _layerLength = new int[layers];
+    }
+
+    public int Layers { get; }
+    public int KvHeads { get; }
+    public int HeadDim { get; }
+    public int KvDim => KvHeads * HeadDim;
+    public int ContextLength { get; }
+    public KvCacheType Type { get; }
+
+    /// <summary>Positions that every layer holds.</summary>
+    public int Length
+    {
+        get
+        {
+            int min = int.MaxValue;
+            foreach (int n in _layerLength) min = Math.Min(min, n);
+            return min;
+        }
+    }
+
+    /// <summary>Positions layer <paramref name="layer"/> holds.</summary>
+    public int LayerLength(int layer) => _layerLength[CheckLayer(layer)];
+
+    /// <summary>Bytes allocated (K, V and scales), all of it at creation.</summary>
+    public long ByteLength => _keys.ByteLength + _values.ByteLength + _scales.ByteLength;
+
+    /// <summary>Bytes holding the <see cref="Length"/> positions written so far.</summary>
+    public long BytesInUse => ByteLength / ContextLength * Length;
+
+    /// <summary>What a cache of this shape will allocate, for planning memory before creating one.</summary>
+    public static long BytesFor(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type)
+    {
+        long rows = RowCount(layers, kvHeads, contextLength);
+        return 2 * rows * (headDim * (long)ElementSize(type) + (HasScale(type) ? sizeof(float) : 0));
+    }
+
+    /// <summary>Bytes per value of <paramref name="type"/> (scales not counted).</summary>
+    public static int ElementSize(KvCacheType type) => type switch
+    {
+        KvCacheType.F32 => F32Row.ElementSize,
+        KvCacheType.F16 => F16Row.ElementSize,
+        KvCacheType.Int8 => Int8Row.ElementSize,
+        KvCacheType.Fp8E4M3 => Fp8Row.ElementSize,
+        _ => throw new ArgumentOutOfRangeException(nameof(type), type, "Unknown KV cache type."),
+    };
+
+    private static bool HasScale(KvCacheType type) => type is KvCacheType.Int8 or KvCacheType.Fp8E4M3;
+
+    private static long RowCount(int layers, int kvHeads, int contextLength) => (long)layers * kvHeads * contextLength;
+
+    /// <summary>Stores one token's keys and values (kvDim values each, head-major) at <paramref name="position"/>.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">position ≥ ContextLength, or it would leave a gap in this layer.</exception>
+    public void Write(int layer, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        CheckLayer(layer);
+        CheckCapacity(position);
+        if (position > _layerLength[layer])
+            throw new ArgumentOutOfRangeException(nameof(position), position,
+                $"Position {position} would leave a gap: layer {layer} holds positions 0..{_layerLength[layer] - 1}.");
+        if (k.Length != KvDim || v.Length != KvDim)
+            throw new ArgumentException($"K and V rows must have kvDim = {KvDim} values; got {k.Length} and {v.Length}.", nameof(k));
+        switch (Type)
+        {
+            case KvCacheType.F32: WriteRows<F32Row>(layer, position, k, v); break;
+            case KvCacheType.F16: WriteRows<F16Row>(layer, position, k, v); break;
+            case KvCacheType.Int8: WriteRows<Int8Row>(layer, position, k, v); break;
+            default: WriteRows<Fp8Row>(layer, position, k, v); break;
+        }
+        _layerLength[layer] = Math.Max(_layerLength[layer], position + 1);
+    }
+
+    /// <summary>The stored (rounded) keys and values of one position, as floats: for tests and inspection, not attention.</summary>
+    public void Read(int layer, int position, Span<float> k, Span<float> v)
+    {
+        CheckLayer(layer);
+        if ((uint)position >= (uint)_layerLength[layer])
+            throw new ArgumentOutOfRangeException(nameof(position), position, $"Layer {layer} holds positions 0..{_layerLength[layer] - 1}.");
+        if (k.Length != KvDim || v.Length != KvDim)
+            throw new ArgumentException($"K and V outputs must have kvDim = {KvDim} values; got {k.Length} and {v.Length}.", nameof(k));
+        switch (Type)
+        {
+            case KvCacheType.F32: ReadRows<F32Row>(layer, position, k, v); break;
+            case KvCacheType.F16: ReadRows<F16Row>(layer, position, k, v); break;
+            case KvCacheType.Int8: ReadRows<Int8Row>(layer, position, k, v); break;
+            default: ReadRows<Fp8Row>(layer, position, k, v); break;
+        }
+    }
+
+    /// <summary>
+    /// scores[p] = scale · (q · K[layer, kvHead, p]) for p in [0, positions): the attention logits of one query
+    /// head (headDim values) against its kv head, read in place from the stored type.
+    /// </summary>
+    public void Scores(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int positions, float scale = 1f)
+    {
+        CheckHead(layer, kvHead, positions);
+        if (q.Length != HeadDim) throw new ArgumentException($"The query has {q.Length} values; the head dimension is {HeadDim}.", nameof(q));
+        if (scores.Length < positions) throw new ArgumentException($"Room for {scores.Length} scores; {positions} positions asked for.", nameof(scores));
+        switch (Type)
+        {
+            case KvCacheType.F32: ScoresCore<F32Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
+            case KvCacheType.F16: ScoresCore<F16Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
+            case KvCacheType.Int8: ScoresCore<Int8Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
+            default: ScoresCore<Fp8Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
+        }
+    }
+
+    /// <summary>output[d] += Σ_p weights[p] · V[layer, kvHead, p, d] for p in [0, positions); zero weights are skipped.</summary>
+    public void AccumulateV(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int positions)
+    {
+        CheckHead(layer, kvHead, positions);
+        if (weights.Length < positions) throw new ArgumentException($"{weights.Length} weights for {positions} positions.", nameof(weights));
+        if (output.Length != HeadDim) throw new ArgumentException($"The output has {output.Length} values; the head dimension is {HeadDim}.", nameof(output));
+        switch (Type)
+        {
+            case KvCacheType.F32: AccumulateCore<F32Row, WidestVector>(layer, kvHead, weights, output, positions); break;
+            case KvCacheType.F16: AccumulateCore<F16Row, WidestVector>(layer, kvHead, weights, output, positions); break;
+            case KvCacheType.Int8: AccumulateCore<Int8Row, WidestVector>(layer, kvHead, weights, output, positions); break;
+            default: AccumulateCore<Fp8Row, WidestVector>(layer, kvHead, weights, output, positions); break;
+        }
+    }
+
+    /// <summary>Forgets every position from <paramref name="length"/> on (a shorter shared prefix, a rejected draft).</summary>
+    public void Truncate(int length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        for (int l = 0; l < Layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
+    }
+
+    /// <summary>Empties the cache for reuse by another sequence; nothing is freed or zeroed.</summary>
+    public void Clear() => Truncate(0);
+
+    public void Dispose()
+    {
+        _keys.Dispose();
+        _values.Dispose();
+        _scales.Dispose();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private long Row(int layer, int kvHead, int position) => ((long)layer * KvHeads + kvHead) * ContextLength + position;
+
+    private float* KeyScales => (float*)_scales.Pointer;
+
+    private float* ValueScales => (float*)_scales.Pointer + RowCount(Layers, KvHeads, ContextLength);
+
+    private void WriteRows<TRow>(int layer, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) where TRow : IKvRow
+    {
+        for (int h = 0; h < KvHeads; h++)
+        {
+            long row = Row(layer, h, position);
+            float ks = TRow.Encode(k.Slice(h * HeadDim, HeadDim), _keys.Pointer + row * _rowBytes);
+            float vs = TRow.Encode(v.Slice(h * HeadDim, HeadDim), _values.Pointer + row * _rowBytes);
+            if (TRow.HasScale)
+            {
+                KeyScales[row] = ks;
+                ValueScales[row] = vs;
+            }
+        }
+    }
+
+    private void ReadRows<TRow>(int layer, int position, Span<float> k, Span<float> v) where TRow : IKvRow
+    {
+        for (int h = 0; h < KvHeads; h++)
+        {
+            long row = Row(layer, h, position);
+            TRow.Decode(_keys.Pointer + row * _rowBytes, TRow.HasScale ? KeyScales[row] : 1f, k.Slice(h * HeadDim, HeadDim));
+            TRow.Decode(_values.Pointer + row * _rowBytes, TRow.HasScale ? ValueScales[row] : 1f, v.Slice(h * HeadDim, HeadDim));
+        }
+    }
+
+    internal void ScoresCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int positions, float scale)
+        where TRow : IKvRow where TWidth : struct, IVectorWidth
+    {
+        long first = Row(layer, kvHead, 0);
+        byte* rows = _keys.Pointer + first * _rowBytes;
+        float* rowScales = TRow.HasScale ? KeyScales + first : null;
+        int n = HeadDim, stride = _rowBytes;
+        fixed (float* pq = q)
+        fixed (float* ps = scores)
+        {
+            for (int p = 0; p < positions; p++)
+            {
+                float dot = TRow.Dot<TWidth>(pq, rows + (long)p * stride, n);
+                ps[p] = TRow.HasScale ? dot * rowScales[p] * scale : dot * scale;
+            }
+        }
+    }
+
+    internal void AccumulateCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int positions)
+        where TRow : IKvRow where TWidth : struct, IVectorWidth
+    {
+        long first = Row(layer, kvHead, 0);
+        byte* rows = _values.Pointer + first * _rowBytes;
+        float* rowScales = TRow.HasScale ? ValueScales + first : null;
+        int n = HeadDim, stride = _rowBytes;
+        fixed (float* pw = weights)
+        fixed (float* po = output)
+        {
+            for (int p = 0; p < positions; p++)
+            {
+                float w = pw[p];
+                if (w == 0f) continue;
+                TRow.Axpy<TWidth>(TRow.HasScale ? w * rowScales[p] : w, rows + (long)p * stride, po, n);
+            }
+        }
+    }
+
+    private int CheckLayer(int layer)
+    {
+        if ((uint)layer >= (uint)Layers)
+            throw new ArgumentOutOfRangeException(nameof(layer), layer, $"Layer {layer} is outside [0, {Layers}).");
+        return layer;
+    }
+
+    private void CheckCapacity(int position)
+    {
+        if (position < 0) throw new ArgumentOutOfRangeException(nameof(position), position, "Positions start at 0.");
+        if (position >= ContextLength)
+            throw new ArgumentOutOfRangeException(nameof(position), position,
+                $"Position {position} is beyond the KV cache's capacity of {ContextLength} positions (0..{ContextLength - 1}).");
+    }
+
+    private void CheckWritten(int layer, int positions)
+    {
+        if (positions < 0 || positions > _layerLength[layer])
+            throw new ArgumentOutOfRangeException(nameof(positions), positions,
+                $"Layer {layer} holds {_layerLength[layer]} positions; {positions} asked for.");
+    }
+
+    private void CheckHead(int layer, int kvHead, int positions)
+    {
+        CheckLayer(layer);
+        if ((uint)kvHead >= (uint)KvHeads)
+            throw new ArgumentOutOfRangeException(nameof(kvHead), kvHead, $"KV head {kvHead} is outside [0, {KvHeads}).");
+        CheckWritten(layer, positions);
+    }
+}

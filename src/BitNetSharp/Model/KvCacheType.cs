@@ -1,0 +1,17 @@
+namespace BitNetSharp.Model;
+
+/// <summary>The element type K and V rows are stored in. Chosen once, when the cache is created.</summary>
+public enum KvCacheType
+{
+    /// <summary>4 bytes per value, exact.</summary>
+    F32,
+
+    /// <summary>2 bytes per value, IEEE half (bitnet.cpp's default type_k = type_v = F16); relative error ≤ 2^−11.</summary>
+    F16,
+
+    /// <summary>1 byte per value plus one fp32 scale per head row: q = round(x·127/max|x|); absolute error ≤ scale/2.</summary>
+    Int8,
+
+    /// <summary>1 byte per value (FP8 E4M3) plus one fp32 scale per head row mapping max|x| to 448; relative error ≤ 2^−4 for normals.</summary>
+    Fp8E4M3,
+}
