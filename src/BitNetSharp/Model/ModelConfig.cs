@@ -1,0 +1,147 @@
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Formats.HuggingFace;
+using BitNetSharp.Kernels.FloatOps;
+
+namespace BitNetSharp.Model;
+
+/// <summary>Which graph a model runs (FORMATS.md §3.2, §4.5).</summary>
+public enum ModelFamily
+{
+    /// <summary>BitNet b1.58 2B4T: relu² FFN, attention and FFN sub-norms, NEOX RoPE, tied head (GGUF bitnet-b1.58 / bitnet-25, HF BitNetForCausalLM).</summary>
+    BitNet158,
+
+    /// <summary>1bitLLM bitnet_b1_58-*: SiLU-gated FFN with the same sub-norms, NEOX RoPE (GGUF bitnet, HF BitnetForCausalLM).</summary>
+    BitNetLlama,
+
+    /// <summary>Ternary Llama-architecture models (Llama3-8B-1.58, Falcon3-1.58bit via bitnet.cpp): SiLU, no sub-norms, NORM RoPE with permuted q/k.</summary>
+    TernaryLlama,
+}
+
+public enum FeedForwardActivation { ReluSquared, Silu }
+
+/// <summary>The hyper-parameters of a BitNet transformer, read from a GGUF file or an HF config.json.</summary>
+public sealed record ModelConfig
+{
+    public required string Architecture { get; init; }
+    public required ModelFamily Family { get; init; }
+    public required int Dim { get; init; }
+    public required int Layers { get; init; }
+    public required int Heads { get; init; }
+    public required int KvHeads { get; init; }
+    public required int HeadDim { get; init; }
+    public required int FeedForward { get; init; }
+    public required int VocabSize { get; init; }
+    public required int ContextLength { get; init; }
+    public required float RmsEps { get; init; }
+    public required float RopeTheta { get; init; }
+    public required FeedForwardActivation Activation { get; init; }
+    public required RopeStyle Rope { get; init; }
+    public required bool HasSubNorms { get; init; }
+
+    /// <summary>Query heads per KV head (GQA group size).</summary>
+    public int GroupSize => Heads / KvHeads;
+    public int QDim => Heads * HeadDim;
+    public int KvDim => KvHeads * HeadDim;
+
+    public static ModelConfig FromGguf(GgufFile file)
+    {
+        var m = file.Metadata;
+        string arch = m.GetString("general.architecture");
+        var family = arch switch
+        {
+            "bitnet-b1.58" or "bitnet-25" => ModelFamily.BitNet158,
+            "bitnet" => ModelFamily.BitNetLlama,
+            "llama" => ModelFamily.TernaryLlama,
+            _ => throw new ModelFormatException(file.FilePath,
+                $"architecture '{arch}' is not a BitNet model this runtime runs; expected bitnet-b1.58, bitnet-25, bitnet or llama", "general.architecture"),
+        };
+        int dim = m.GetInt32(m.ArchitectureKey("embedding_length"));
+        int heads = m.GetInt32(m.ArchitectureKey("attention.head_count"));
+        int kvHeads = m.TryGetInt32(m.ArchitectureKey("attention.head_count_kv"), out int kv) ? kv : heads;
+        int vocab = m.TryGetInt32(m.ArchitectureKey("vocab_size"), out int v) ? v
+            : m.TryGetArray("tokenizer.ggml.tokens", out var tokens) ? (int)tokens.Count
+            : (int)file.GetTensor("token_embd.weight").Dims[1];
+        var activation = family == ModelFamily.BitNet158 ? FeedForwardActivation.ReluSquared : FeedForwardActivation.Silu;
+        if (m.TryGetString(m.ArchitectureKey("hidden_activation"), out var act))
+            activation = ParseActivation(file.FilePath, m.ArchitectureKey("hidden_activation"), act);
+        int headDim = m.TryGetInt32(m.ArchitectureKey("attention.key_length"), out int kl) ? kl : dim / Math.Max(heads, 1);
+        var config = new ModelConfig
+        {
+            Architecture = arch,
+            Family = family,
+            Dim = dim,
+            Layers = m.GetInt32(m.ArchitectureKey("block_count")),
+            Heads = heads,
+            KvHeads = kvHeads,
+            HeadDim = headDim,
+            FeedForward = m.GetInt32(m.ArchitectureKey("feed_forward_length")),
+            VocabSize = vocab,
+            ContextLength = m.TryGetInt32(m.ArchitectureKey("context_length"), out int ctx) ? ctx : 2048,
+            RmsEps = m.TryGetFloat32(m.ArchitectureKey("attention.layer_norm_rms_epsilon"), out float eps) ? eps : 1e-5f,
+            RopeTheta = m.TryGetFloat32(m.ArchitectureKey("rope.freq_base"), out float theta) ? theta : 10000f,
+            Activation = activation,
+            Rope = family == ModelFamily.TernaryLlama ? RopeStyle.Norm : RopeStyle.Neox,
+            HasSubNorms = file.TryGetTensor("blk.0.attn_sub_norm.weight", out _),
+        };
+        config.Validate(file.FilePath);
+        return config;
+    }
+
+    public static ModelConfig FromHf(HfConfig hf)
+    {
+        string arch = hf.Architectures.Count > 0 ? hf.Architectures[0] : hf.ModelType ?? "";
+        var family = arch switch
+        {
+            "BitNetForCausalLM" => ModelFamily.BitNet158,
+            "BitnetForCausalLM" => ModelFamily.BitNetLlama,
+            "LlamaForCausalLM" when string.Equals(hf.Quantization?.QuantMethod, "bitnet", StringComparison.OrdinalIgnoreCase) => ModelFamily.TernaryLlama,
+            _ => throw new ModelFormatException(hf.FilePath,
+                $"architecture '{arch}' is not a BitNet model this runtime runs; expected BitNetForCausalLM, BitnetForCausalLM or LlamaForCausalLM with quantization_config.quant_method = bitnet", "architectures"),
+        };
+        var activation = hf.HiddenAct is { } act ? ParseActivation(hf.FilePath, "hidden_act", act)
+            : family == ModelFamily.BitNet158 ? FeedForwardActivation.ReluSquared : FeedForwardActivation.Silu;
+        var config = new ModelConfig
+        {
+            Architecture = arch,
+            Family = family,
+            Dim = hf.HiddenSize,
+            Layers = hf.NumHiddenLayers,
+            Heads = hf.NumAttentionHeads,
+            KvHeads = hf.NumKeyValueHeads,
+            HeadDim = hf.HeadDim ?? hf.HiddenSize / Math.Max(hf.NumAttentionHeads, 1),
+            FeedForward = hf.IntermediateSize,
+            VocabSize = hf.VocabSize,
+            ContextLength = hf.MaxPositionEmbeddings ?? 2048,
+            RmsEps = (float)(hf.RmsNormEps ?? 1e-5),
+            RopeTheta = (float)(hf.RopeTheta ?? 10000.0),
+            Activation = activation,
+            // HF checkpoints keep q/k in rotate_half order for every family; only GGUF llama-arch files are permuted.
+            Rope = RopeStyle.Neox,
+            HasSubNorms = family != ModelFamily.TernaryLlama,
+        };
+        config.Validate(hf.FilePath);
+        return config;
+    }
+
+    private static FeedForwardActivation ParseActivation(string path, string key, string value) => value.ToLowerInvariant() switch
+    {
+        "relu2" or "relu_sqr" or "relu-squared" or "relu_squared" => FeedForwardActivation.ReluSquared,
+        "silu" or "swish" => FeedForwardActivation.Silu,
+        _ => throw new ModelFormatException(path, $"activation '{value}' is not supported; expected relu2 or silu", key),
+    };
+
+    private void Validate(string path)
+    {
+        void Require(bool ok, string what)
+        {
+            if (!ok) throw new ModelFormatException(path, what);
+        }
+        Require(Dim > 0 && Layers > 0 && Heads > 0 && KvHeads > 0 && HeadDim > 0 && FeedForward > 0 && VocabSize > 0 && ContextLength > 0,
+            $"every size must be positive (dim {Dim}, layers {Layers}, heads {Heads}, kv heads {KvHeads}, head dim {HeadDim}, ff {FeedForward}, vocab {VocabSize}, context {ContextLength})");
+        Require(Heads % KvHeads == 0, $"{Heads} attention heads do not divide into {KvHeads} KV heads");
+        Require(HeadDim % 2 == 0, $"head dimension {HeadDim} must be even for RoPE");
+        Require(float.IsFinite(RmsEps) && RmsEps > 0, $"RMS norm epsilon {RmsEps} must be positive");
+        Require(float.IsFinite(RopeTheta) && RopeTheta > 0, $"RoPE base {RopeTheta} must be positive");
+    }
+}

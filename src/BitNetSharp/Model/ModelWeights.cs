@@ -1,0 +1,228 @@
+using System.Runtime.InteropServices;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Formats.HuggingFace;
+using BitNetSharp.Formats.Safetensors;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Model;
+
+/// <summary>One transformer block's weights. Shapes in (out, in) order.</summary>
+public sealed class LayerWeights : IDisposable
+{
+    public required float[] AttnNorm { get; init; }        // (dim)
+    public required TernaryMatrix Q { get; init; }         // (heads·hd, dim)
+    public required TernaryMatrix K { get; init; }         // (kvHeads·hd, dim)
+    public required TernaryMatrix V { get; init; }         // (kvHeads·hd, dim)
+    public float[]? AttnSubNorm { get; init; }             // (heads·hd), before o_proj
+    public required TernaryMatrix O { get; init; }         // (dim, heads·hd)
+    public required float[] FfnNorm { get; init; }         // (dim)
+    public required TernaryMatrix Gate { get; init; }      // (ff, dim)
+    public required TernaryMatrix Up { get; init; }        // (ff, dim)
+    public float[]? FfnSubNorm { get; init; }              // (ff), before down_proj
+    public required TernaryMatrix Down { get; init; }      // (dim, ff)
+
+    public long PackedBytes => Q.ByteLength + K.ByteLength + V.ByteLength + O.ByteLength + Gate.ByteLength + Up.ByteLength + Down.ByteLength;
+
+    public void Dispose()
+    {
+        Q.Dispose(); K.Dispose(); V.Dispose(); O.Dispose(); Gate.Dispose(); Up.Dispose(); Down.Dispose();
+    }
+}
+
+/// <summary>
+/// All weights of a BitNet model, loaded once: projections in the runtime ternary layout (in place from I2_S
+/// files), embeddings and head read in their file encoding through the memory map, norms as float arrays.
+/// Disposing releases repacked buffers and the file maps.
+/// </summary>
+public sealed class ModelWeights : IDisposable
+{
+    private readonly IDisposable[] _sources;
+
+    private ModelWeights(ModelConfig config, EmbeddingTable embedding, EmbeddingTable output, float[] outputNorm, LayerWeights[] layers, string path, IDisposable[] sources)
+    {
+        Config = config;
+        TokenEmbedding = embedding;
+        Output = output;
+        OutputNorm = outputNorm;
+        Layers = layers;
+        SourcePath = path;
+        _sources = sources;
+    }
+
+    public ModelConfig Config { get; }
+    public EmbeddingTable TokenEmbedding { get; }
+
+    /// <summary>The output head; the same object as <see cref="TokenEmbedding"/> when the model ties them.</summary>
+    public EmbeddingTable Output { get; }
+    public float[] OutputNorm { get; }
+    public LayerWeights[] Layers { get; }
+    public string SourcePath { get; }
+
+    /// <summary>The GGUF file, when loaded from one (tokenizer metadata lives there).</summary>
+    public GgufFile? Gguf => _sources.OfType<GgufFile>().FirstOrDefault();
+
+    /// <summary>The HF directory, when loaded from one.</summary>
+    public HfModelDirectory? HfDirectory => _sources.OfType<HfModelDirectory>().FirstOrDefault();
+
+    public bool TiedOutput => ReferenceEquals(Output, TokenEmbedding);
+
+    public static ModelWeights Load(string path) => ModelPath.Detect(path) switch
+    {
+        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path), ownsFile: true),
+        ModelPathKind.HuggingFaceDirectory => FromHf(HfModelDirectory.Open(path), ownsDirectory: true),
+        var kind => throw new ModelFormatException(path, $"a {kind} cannot be run directly; pass a .gguf file or a Hugging Face model directory"),
+    };
+
+    public static unsafe ModelWeights FromGguf(GgufFile file, bool ownsFile)
+    {
+        var layers = new List<LayerWeights>();
+        try
+        {
+            var c = ModelConfig.FromGguf(file);
+            var embd = Table(file, "token_embd.weight", c.VocabSize, c.Dim);
+            var output = file.TryGetTensor("output.weight", out _) ? Table(file, "output.weight", c.VocabSize, c.Dim) : embd;
+            for (int l = 0; l < c.Layers; l++)
+            {
+                string p = $"blk.{l}.";
+                layers.Add(new LayerWeights
+                {
+                    AttnNorm = Vector(file, p + "attn_norm.weight", c.Dim),
+                    Q = Projection(file, p + "attn_q.weight", c.QDim, c.Dim),
+                    K = Projection(file, p + "attn_k.weight", c.KvDim, c.Dim),
+                    V = Projection(file, p + "attn_v.weight", c.KvDim, c.Dim),
+                    AttnSubNorm = c.HasSubNorms ? Vector(file, p + "attn_sub_norm.weight", c.QDim) : null,
+                    O = Projection(file, p + "attn_output.weight", c.Dim, c.QDim),
+                    FfnNorm = Vector(file, p + "ffn_norm.weight", c.Dim),
+                    Gate = Projection(file, p + "ffn_gate.weight", c.FeedForward, c.Dim),
+                    Up = Projection(file, p + "ffn_up.weight", c.FeedForward, c.Dim),
+                    FfnSubNorm = c.HasSubNorms ? Vector(file, p + "ffn_sub_norm.weight", c.FeedForward) : null,
+                    Down = Projection(file, p + "ffn_down.weight", c.Dim, c.FeedForward),
+                });
+            }
+            return new ModelWeights(c, embd, output, Vector(file, "output_norm.weight", c.Dim), [.. layers], file.FilePath, ownsFile ? [file] : []);
+        }
+        catch
+        {
+            foreach (var layer in layers) layer.Dispose();
+            if (ownsFile) file.Dispose();
+            throw;
+        }
+    }
+
+    public static ModelWeights FromHf(HfModelDirectory dir, bool ownsDirectory)
+    {
+        var layers = new List<LayerWeights>();
+        try
+        {
+            var c = ModelConfig.FromHf(dir.Config);
+            var w = dir.Weights;
+            var q = dir.Config.Quantization;
+            var embd = Table(w, "model.embed_tokens.weight", c.VocabSize, c.Dim);
+            bool tied = dir.Config.TieWordEmbeddings ?? true;
+            var output = !tied || w.TryGetTensor("lm_head.weight", out _) ? Table(w, "lm_head.weight", c.VocabSize, c.Dim) : embd;
+            string attnSub = c.Family == ModelFamily.BitNetLlama ? "self_attn.inner_attn_ln.weight" : "self_attn.attn_sub_norm.weight";
+            string ffnSub = c.Family == ModelFamily.BitNetLlama ? "mlp.ffn_layernorm.weight" : "mlp.ffn_sub_norm.weight";
+            for (int l = 0; l < c.Layers; l++)
+            {
+                string p = $"model.layers.{l}.";
+                layers.Add(new LayerWeights
+                {
+                    AttnNorm = Vector(w, p + "input_layernorm.weight", c.Dim),
+                    Q = ProjectionLoader.LoadTernary(w, p + "self_attn.q_proj.weight", c.QDim, q),
+                    K = ProjectionLoader.LoadTernary(w, p + "self_attn.k_proj.weight", c.KvDim, q),
+                    V = ProjectionLoader.LoadTernary(w, p + "self_attn.v_proj.weight", c.KvDim, q),
+                    AttnSubNorm = c.HasSubNorms ? Vector(w, p + attnSub, c.QDim) : null,
+                    O = ProjectionLoader.LoadTernary(w, p + "self_attn.o_proj.weight", c.Dim, q),
+                    FfnNorm = Vector(w, p + "post_attention_layernorm.weight", c.Dim),
+                    Gate = ProjectionLoader.LoadTernary(w, p + "mlp.gate_proj.weight", c.FeedForward, q),
+                    Up = ProjectionLoader.LoadTernary(w, p + "mlp.up_proj.weight", c.FeedForward, q),
+                    FfnSubNorm = c.HasSubNorms ? Vector(w, p + ffnSub, c.FeedForward) : null,
+                    Down = ProjectionLoader.LoadTernary(w, p + "mlp.down_proj.weight", c.Dim, q),
+                });
+                CheckCols(layers[^1], c, dir.Config.FilePath, l);
+            }
+            return new ModelWeights(c, embd, output, Vector(w, "model.norm.weight", c.Dim), [.. layers], dir.DirectoryPath, ownsDirectory ? [dir] : []);
+        }
+        catch
+        {
+            foreach (var layer in layers) layer.Dispose();
+            if (ownsDirectory) dir.Dispose();
+            throw;
+        }
+    }
+
+    private static void CheckCols(LayerWeights l, ModelConfig c, string path, int layer)
+    {
+        void Check(TernaryMatrix m, int cols, string name)
+        {
+            if (m.Cols != cols) throw new ModelFormatException(path, $"layer {layer} {name} has {m.Cols} inputs; config.json implies {cols}");
+        }
+        Check(l.Q, c.Dim, "q_proj"); Check(l.K, c.Dim, "k_proj"); Check(l.V, c.Dim, "v_proj"); Check(l.O, c.QDim, "o_proj");
+        Check(l.Gate, c.Dim, "gate_proj"); Check(l.Up, c.Dim, "up_proj"); Check(l.Down, c.FeedForward, "down_proj");
+    }
+
+    private static TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures)
+    {
+        var info = file.GetTensor(name);
+        if (info.DimensionCount != 2 || info.Dims[0] != inFeatures || info.Dims[1] != outFeatures)
+            throw new ModelFormatException(file.FilePath, $"expected shape [{inFeatures}, {outFeatures}] (ne0 = inputs), found {info.ShapeText}", name);
+        return ProjectionLoader.LoadTernary(file, info);
+    }
+
+    private static unsafe EmbeddingTable Table(GgufFile file, string name, int rows, int cols)
+    {
+        var info = file.GetTensor(name);
+        if (info.DimensionCount != 2 || info.Dims[0] != cols || info.Dims[1] != rows)
+            throw new ModelFormatException(file.FilePath, $"expected shape [{cols}, {rows}], found {info.ShapeText}", name);
+        return new EmbeddingTable(info.Type, file.GetTensorPointer(info), info.ByteSize, rows, cols, file, file.FilePath, name);
+    }
+
+    private static unsafe EmbeddingTable Table(SafetensorsCheckpoint w, string name, int rows, int cols)
+    {
+        var info = w.GetTensor(name);
+        if (info.Shape.Length != 2 || info.Shape[0] != rows || info.Shape[1] != cols)
+            throw new ModelFormatException(info.File.FilePath, $"expected shape [{rows}, {cols}], found {info.ShapeText}", name);
+        var type = info.DType switch
+        {
+            SafetensorsDType.F32 => GgmlType.F32,
+            SafetensorsDType.F16 => GgmlType.F16,
+            SafetensorsDType.BF16 => GgmlType.BF16,
+            _ => throw new ModelFormatException(info.File.FilePath, $"dtype {info.DTypeName} is not supported for embeddings; expected F32, F16 or BF16", name),
+        };
+        return new EmbeddingTable(type, info.File.GetTensorPointer(info), info.ByteLength, rows, cols, info.File, info.File.FilePath, name);
+    }
+
+    private static float[] Vector(GgufFile file, string name, int length)
+    {
+        var info = file.GetTensor(name);
+        if (info.ElementCount != length)
+            throw new ModelFormatException(file.FilePath, $"expected {length} values, found shape {info.ShapeText}", name);
+        var data = file.GetTensorData(info);
+        var result = new float[length];
+        switch (info.Type)
+        {
+            case GgmlType.F32: MemoryMarshal.Cast<byte, float>(data).CopyTo(result); break;
+            case GgmlType.F16: for (int i = 0; i < length; i++) result[i] = HalfConversions.HalfToFloat(MemoryMarshal.Read<ushort>(data[(2 * i)..])); break;
+            case GgmlType.BF16: for (int i = 0; i < length; i++) result[i] = HalfConversions.BFloat16ToFloat(MemoryMarshal.Read<ushort>(data[(2 * i)..])); break;
+            default: throw new ModelFormatException(file.FilePath, $"type {GgmlTypeInfo.Name(info.Type)} is not supported for a norm vector; expected f32, f16 or bf16", name);
+        }
+        return result;
+    }
+
+    private static float[] Vector(SafetensorsCheckpoint w, string name, int length)
+    {
+        var info = w.GetTensor(name);
+        if (info.ElementCount != length)
+            throw new ModelFormatException(info.File.FilePath, $"expected {length} values, found shape {info.ShapeText}", name);
+        if (info.DType is not (SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16))
+            throw new ModelFormatException(info.File.FilePath, $"dtype {info.DTypeName} is not supported for a norm vector; expected F32, F16 or BF16", name);
+        return info.File.ReadFloat32(info);
+    }
+
+    public void Dispose()
+    {
+        foreach (var layer in Layers) layer.Dispose();
+        foreach (var source in _sources) source.Dispose();
+    }
+}

@@ -1,0 +1,118 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Model;
+
+/// <summary>A model shape for <see cref="SyntheticModel"/>.</summary>
+public sealed record SyntheticShape(string Name, int Dim, int Layers, int Heads, int KvHeads, int FeedForward, int VocabSize, int ContextLength = 2048)
+{
+    /// <summary>BitNet b1.58 2B4T (FORMATS.md §4.1).</summary>
+    public static SyntheticShape BitNet2B4T { get; } = new("2b4t", 2560, 30, 20, 5, 6912, 128256, 4096);
+
+    /// <summary>1bitLLM bitnet_b1_58-large (700M): hidden 1536, 24 layers, 16 heads, ff 4096, vocab 32002.</summary>
+    public static SyntheticShape Large { get; } = new("large", 1536, 24, 16, 16, 4096, 32002, 2048);
+
+    /// <summary>A model small enough for tests.</summary>
+    public static SyntheticShape Tiny { get; } = new("tiny", 128, 2, 4, 2, 320, 256, 256);
+
+    public static SyntheticShape ByName(string name) => name.ToLowerInvariant() switch
+    {
+        "2b4t" => BitNet2B4T,
+        "large" => Large,
+        "tiny" => Tiny,
+        _ => throw new ArgumentException($"Unknown synthetic shape '{name}'; use 2b4t, large or tiny.", nameof(name)),
+    };
+}
+
+/// <summary>
+/// Writes a BitNet b1.58 GGUF (arch bitnet-b1.58) of a given shape with random ternary I2_S projections, random
+/// norm weights and a random embedding/head — the same file layout as the official 2B4T GGUF, so benchmarks and
+/// tests exercise the real loading path without a download.
+/// </summary>
+public static class SyntheticModel
+{
+    public static GgufWriter Build(SyntheticShape shape, int seed = 1, GgmlType embeddingType = GgmlType.F16, bool subNorms = true, string architecture = "bitnet-b1.58")
+    {
+        var rng = new Random(seed);
+        int hd = shape.Dim / shape.Heads;
+        int qDim = shape.Heads * hd, kvDim = shape.KvHeads * hd;
+        var w = new GgufWriter();
+        string a = architecture;
+        w.AddString("general.architecture", a);
+        w.AddString("general.name", $"synthetic-{shape.Name}");
+        w.AddUInt32("general.file_type", 40);
+        w.AddUInt32(a + ".vocab_size", (uint)shape.VocabSize);
+        w.AddUInt32(a + ".context_length", (uint)shape.ContextLength);
+        w.AddUInt32(a + ".embedding_length", (uint)shape.Dim);
+        w.AddUInt32(a + ".block_count", (uint)shape.Layers);
+        w.AddUInt32(a + ".feed_forward_length", (uint)shape.FeedForward);
+        w.AddUInt32(a + ".rope.dimension_count", (uint)hd);
+        w.AddUInt32(a + ".attention.head_count", (uint)shape.Heads);
+        w.AddUInt32(a + ".attention.head_count_kv", (uint)shape.KvHeads);
+        w.AddFloat32(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
+        w.AddFloat32(a + ".rope.freq_base", 500000f);
+
+        w.AddTensor("token_embd.weight", embeddingType, [shape.Dim, shape.VocabSize], FloatTensor(rng, (long)shape.Dim * shape.VocabSize, 1f, embeddingType));
+        w.AddTensor("output_norm.weight", GgmlType.F32, [shape.Dim], Norm(rng, shape.Dim));
+        for (int l = 0; l < shape.Layers; l++)
+        {
+            string p = $"blk.{l}.";
+            w.AddTensor(p + "attn_norm.weight", GgmlType.F32, [shape.Dim], Norm(rng, shape.Dim));
+            w.AddTensor(p + "attn_q.weight", GgmlType.I2_S, [shape.Dim, qDim], Ternary(rng, qDim, shape.Dim));
+            w.AddTensor(p + "attn_k.weight", GgmlType.I2_S, [shape.Dim, kvDim], Ternary(rng, kvDim, shape.Dim));
+            w.AddTensor(p + "attn_v.weight", GgmlType.I2_S, [shape.Dim, kvDim], Ternary(rng, kvDim, shape.Dim));
+            if (subNorms) w.AddTensor(p + "attn_sub_norm.weight", GgmlType.F32, [qDim], Norm(rng, qDim));
+            w.AddTensor(p + "attn_output.weight", GgmlType.I2_S, [qDim, shape.Dim], Ternary(rng, shape.Dim, qDim));
+            w.AddTensor(p + "ffn_norm.weight", GgmlType.F32, [shape.Dim], Norm(rng, shape.Dim));
+            w.AddTensor(p + "ffn_gate.weight", GgmlType.I2_S, [shape.Dim, shape.FeedForward], Ternary(rng, shape.FeedForward, shape.Dim));
+            w.AddTensor(p + "ffn_up.weight", GgmlType.I2_S, [shape.Dim, shape.FeedForward], Ternary(rng, shape.FeedForward, shape.Dim));
+            if (subNorms) w.AddTensor(p + "ffn_sub_norm.weight", GgmlType.F32, [shape.FeedForward], Norm(rng, shape.FeedForward));
+            w.AddTensor(p + "ffn_down.weight", GgmlType.I2_S, [shape.FeedForward, shape.Dim], Ternary(rng, shape.Dim, shape.FeedForward));
+        }
+        return w;
+    }
+
+    private static byte[] Ternary(Random rng, int rows, int cols)
+    {
+        // β ≈ the absmean of a trained projection; one scale per tensor like the official file.
+        using var m = TernaryMatrix.Allocate(rows, cols, 0.5f + (float)rng.NextDouble());
+        unsafe
+        {
+            var codes = new byte[81];
+            for (int i = 0; i < 81; i++) codes[i] = (byte)((i % 3) << 6 | (i / 3 % 3) << 4 | (i / 9 % 3) << 2 | (i / 27 % 3));
+            int fullBytes = m.Cols / 128 * 32;
+            for (int r = 0; r < rows; r++)
+            {
+                byte* row = m.Row(r);
+                for (int b = 0; b < fullBytes; b++) row[b] = codes[rng.Next(81)];
+                for (int c = fullBytes * 4; c < m.Cols; c++) m.Set(r, c, rng.Next(3) - 1);
+            }
+        }
+        return I2S.Encode(m);
+    }
+
+    private static byte[] Norm(Random rng, int n)
+    {
+        var bytes = new byte[n * 4];
+        for (int i = 0; i < n; i++) BitConverter.TryWriteBytes(bytes.AsSpan(i * 4), 0.5f + (float)rng.NextDouble());
+        return bytes;
+    }
+
+    private static byte[] FloatTensor(Random rng, long count, float amplitude, GgmlType type)
+    {
+        int size = type == GgmlType.F32 ? 4 : 2;
+        var bytes = new byte[checked(count * size)];
+        for (long i = 0; i < count; i++)
+        {
+            float v = (float)(rng.NextDouble() * 2 - 1) * amplitude;
+            switch (type)
+            {
+                case GgmlType.F32: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 4)), v); break;
+                case GgmlType.F16: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 2)), HalfConversions.FloatToHalf(v)); break;
+                case GgmlType.BF16: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 2)), HalfConversions.FloatToBFloat16(v)); break;
+                default: throw new ArgumentException($"Embedding type {type} is not supported by the synthetic builder; use f32, f16 or bf16.", nameof(type));
+            }
+        }
+        return bytes;
+    }
+}

@@ -1,0 +1,255 @@
+using System.Runtime.CompilerServices;
+using BitNetSharp.Kernels;
+using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Memory;
+using BitNetSharp.Quantization;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Model;
+
+/// <summary>One token of a batch: which sequence it belongs to, its position there, and whether its logits are wanted.</summary>
+public readonly record struct BatchToken(int Token, int Sequence, int Position, bool WantLogits = false);
+
+/// <summary>
+/// The BitNet transformer forward pass over a batch of tokens that may come from several sequences (FORMATS.md
+/// §4.2): per layer RMSNorm → int8 quant (shared by q/k/v) → ternary q/k/v → RoPE → KV cache → attention →
+/// [sub-norm] → quant → o → residual; RMSNorm → quant (shared by gate/up) → gate/up → relu² or SiLU gating →
+/// [sub-norm] → quant → down → residual; then the final norm and the output head for the tokens that want logits.
+/// Every buffer is allocated once for <see cref="MaxBatchTokens"/>; a forward call allocates nothing.
+/// </summary>
+public sealed unsafe class Transformer : IDisposable
+{
+    private readonly ModelWeights _w;
+    private readonly ModelConfig _c;
+    private readonly WorkerPool _pool;
+    private readonly bool _ownsPool;
+    private readonly TernaryKernel _kernel;
+    private readonly TernaryMatMul _matmul;
+    private readonly RopeTable _rope;
+
+    // Activations, row-major [token][...].
+    private readonly NativeBuffer _x, _xb, _q, _k, _v, _att, _tmp, _hb, _hb2, _logitsHidden;
+    private readonly QuantizedActivations _qDim, _qAtt, _qFf;
+    private readonly AttentionWork _attention;
+    private readonly HeadWork _head;
+
+    public Transformer(ModelWeights weights, int maxBatchTokens = 64, WorkerPool? pool = null, TernaryKernel? kernel = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
+        _w = weights;
+        _c = weights.Config;
+        _pool = pool ?? new WorkerPool();
+        _ownsPool = pool is null;
+        _kernel = kernel ?? KernelRegistry.Ternary;
+        _matmul = new TernaryMatMul(_pool);
+        _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope);
+        MaxBatchTokens = maxBatchTokens;
+        int t = maxBatchTokens;
+        _x = Floats(t * _c.Dim);
+        _xb = Floats(t * _c.Dim);
+        _q = Floats(t * _c.QDim);
+        _k = Floats(t * _c.KvDim);
+        _v = Floats(t * _c.KvDim);
+        _att = Floats(t * _c.QDim);
+        _tmp = Floats(t * _c.Dim);
+        _hb = Floats(t * _c.FeedForward);
+        _hb2 = Floats(t * _c.FeedForward);
+        _logitsHidden = Floats(t * _c.Dim);
+        _qDim = new QuantizedActivations(t, _c.Dim);
+        _qAtt = new QuantizedActivations(t, _c.QDim);
+        _qFf = new QuantizedActivations(t, _c.FeedForward);
+        _attention = new AttentionWork(_c, _pool.ThreadCount);
+        _head = new HeadWork(weights.Output);
+    }
+
+    public ModelConfig Config => _c;
+    public int MaxBatchTokens { get; }
+    public WorkerPool Pool => _pool;
+    public TernaryKernel Kernel => _kernel;
+
+    private static NativeBuffer Floats(long count) => new(count * sizeof(float));
+
+    private static Span<float> Row(NativeBuffer b, int row, int width) => new((float*)b.Pointer + (long)row * width, width);
+
+    /// <summary>
+    /// Runs <paramref name="batch"/> through the model. Tokens of one sequence must come in increasing position
+    /// order and continue that sequence's cache without gaps. <paramref name="caches"/>[s] is sequence s's cache.
+    /// <paramref name="logits"/> receives one vocab-sized row per token with WantLogits, in batch order.
+    /// </summary>
+    public void Forward(ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches, Span<float> logits)
+    {
+        int n = batch.Length;
+        if (n == 0) return;
+        if (n > MaxBatchTokens) throw new ArgumentException($"The batch has {n} tokens; this engine was sized for at most {MaxBatchTokens}.", nameof(batch));
+        int wanted = 0;
+        for (int t = 0; t < n; t++)
+        {
+            var bt = batch[t];
+            if ((uint)bt.Token >= (uint)_c.VocabSize)
+                throw new ArgumentOutOfRangeException(nameof(batch), bt.Token, $"Token id {bt.Token} is outside the vocabulary of {_c.VocabSize} tokens.");
+            if ((uint)bt.Sequence >= (uint)caches.Count)
+                throw new ArgumentOutOfRangeException(nameof(batch), bt.Sequence, $"Sequence {bt.Sequence} has no KV cache ({caches.Count} given).");
+            if ((uint)bt.Position >= (uint)Math.Min(_c.ContextLength, caches[bt.Sequence].ContextLength))
+                throw new ArgumentOutOfRangeException(nameof(batch), bt.Position,
+                    $"Position {bt.Position} is past the context of {Math.Min(_c.ContextLength, caches[bt.Sequence].ContextLength)} tokens.");
+            if (bt.WantLogits) wanted++;
+        }
+        if (logits.Length < (long)wanted * _c.VocabSize)
+            throw new ArgumentException($"The logits buffer holds {logits.Length} values; {wanted} rows of {_c.VocabSize} are needed.", nameof(logits));
+
+        for (int t = 0; t < n; t++) _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
+
+        for (int l = 0; l < _c.Layers; l++) Layer(l, batch, caches);
+
+        int r = 0;
+        for (int t = 0; t < n; t++)
+        {
+            if (!batch[t].WantLogits) continue;
+            RmsNorm.Apply(Row(_x, t, _c.Dim), _w.OutputNorm, Row(_logitsHidden, r, _c.Dim), _c.RmsEps);
+            r++;
+        }
+        if (wanted > 0)
+        {
+            fixed (float* pl = logits)
+            {
+                _head.Set((float*)_logitsHidden.Pointer, pl, wanted);
+                _pool.Run(_head, _c.VocabSize);
+            }
+        }
+    }
+
+    private void Layer(int l, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches)
+    {
+        var lw = _w.Layers[l];
+        int n = batch.Length, dim = _c.Dim, qDim = _c.QDim, kvDim = _c.KvDim, ff = _c.FeedForward, hd = _c.HeadDim;
+
+        // Attention block: one int8 quantization of the normed input serves q, k and v.
+        for (int t = 0; t < n; t++)
+        {
+            RmsNorm.Apply(Row(_x, t, dim), lw.AttnNorm, Row(_xb, t, dim), _c.RmsEps);
+            Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+        }
+        _qDim.Tokens = n;
+        _matmul.Run(_kernel, lw.Q, _qDim, (float*)_q.Pointer, qDim);
+        _matmul.Run(_kernel, lw.K, _qDim, (float*)_k.Pointer, kvDim);
+        _matmul.Run(_kernel, lw.V, _qDim, (float*)_v.Pointer, kvDim);
+
+        for (int t = 0; t < n; t++)
+        {
+            var bt = batch[t];
+            var q = Row(_q, t, qDim);
+            var k = Row(_k, t, kvDim);
+            for (int h = 0; h < _c.Heads; h++) _rope.Apply(q.Slice(h * hd, hd), bt.Position);
+            for (int h = 0; h < _c.KvHeads; h++) _rope.Apply(k.Slice(h * hd, hd), bt.Position);
+            caches[bt.Sequence].Write(l, bt.Position, k, Row(_v, t, kvDim));
+        }
+
+        _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
+        _pool.Run(_attention, n * _c.Heads);
+        _attention.Clear();
+
+        for (int t = 0; t < n; t++)
+        {
+            var a = Row(_att, t, qDim);
+            if (lw.AttnSubNorm is { } sub) RmsNorm.Apply(a, sub, a, _c.RmsEps);
+            Int8ActivationQuantizer.Quantize(a, _qAtt, t);
+        }
+        _qAtt.Tokens = n;
+        _matmul.Run(_kernel, lw.O, _qAtt, (float*)_tmp.Pointer, dim);
+        for (int t = 0; t < n; t++) ResidualAdd.Apply(Row(_x, t, dim), Row(_tmp, t, dim));
+
+        // Feed-forward block: one quantization serves gate and up.
+        for (int t = 0; t < n; t++)
+        {
+            RmsNorm.Apply(Row(_x, t, dim), lw.FfnNorm, Row(_xb, t, dim), _c.RmsEps);
+            Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+        }
+        _qDim.Tokens = n;
+        _matmul.Run(_kernel, lw.Gate, _qDim, (float*)_hb.Pointer, ff);
+        _matmul.Run(_kernel, lw.Up, _qDim, (float*)_hb2.Pointer, ff);
+        for (int t = 0; t < n; t++)
+        {
+            var g = Row(_hb, t, ff);
+            if (_c.Activation == FeedForwardActivation.ReluSquared) GatedActivation.ReluSquared(g, Row(_hb2, t, ff), g);
+            else GatedActivation.Silu(g, Row(_hb2, t, ff), g);
+            if (lw.FfnSubNorm is { } sub) RmsNorm.Apply(g, sub, g, _c.RmsEps);
+            Int8ActivationQuantizer.Quantize(g, _qFf, t);
+        }
+        _qFf.Tokens = n;
+        _matmul.Run(_kernel, lw.Down, _qFf, (float*)_tmp.Pointer, dim);
+        for (int t = 0; t < n; t++) ResidualAdd.Apply(Row(_x, t, dim), Row(_tmp, t, dim));
+    }
+
+    /// <summary>Causal attention for (token, head) pairs: scores over the sequence's cached positions ≤ its own, softmax, weighted V.</summary>
+    private sealed class AttentionWork(ModelConfig c, int threads) : IParallelWork
+    {
+        private readonly float[][] _scores = Enumerable.Range(0, threads).Select(_ => new float[c.ContextLength]).ToArray();
+        private readonly float _scale = 1f / MathF.Sqrt(c.HeadDim);
+        private int _layer;
+        private BatchToken[] _batch = new BatchToken[16];
+        private IReadOnlyList<KvCache>? _caches;
+        private float* _q, _out;
+
+        public void Set(int layer, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches, float* q, float* output)
+        {
+            _layer = layer;
+            if (_batch.Length < batch.Length) _batch = new BatchToken[Math.Max(batch.Length, _batch.Length * 2)];
+            batch.CopyTo(_batch);
+            _caches = caches;
+            _q = q;
+            _out = output;
+        }
+
+        public void Clear() => _caches = null;
+
+        public void Execute(int start, int end, int worker)
+        {
+            var scores = _scores[worker];
+            int hd = c.HeadDim, qDim = c.QDim;
+            for (int item = start; item < end; item++)
+            {
+                int t = item / c.Heads, h = item % c.Heads;
+                var bt = _batch[t];
+                int positions = bt.Position + 1;
+                var cache = _caches![bt.Sequence];
+                var q = new ReadOnlySpan<float>(_q + (long)t * qDim + h * hd, hd);
+                var s = scores.AsSpan(0, positions);
+                int kvHead = h / c.GroupSize;
+                cache.Scores(_layer, kvHead, q, s, positions, _scale);
+                Softmax.InPlace(s);
+                var o = new Span<float>(_out + (long)t * qDim + h * hd, hd);
+                o.Clear();
+                cache.AccumulateV(_layer, kvHead, s, o, positions);
+            }
+        }
+    }
+
+    /// <summary>The output head split over vocabulary rows: each thread owns a slice of the vocabulary for every wanted token.</summary>
+    private sealed class HeadWork(EmbeddingTable output) : IParallelWork
+    {
+        private float* _hidden, _logits;
+        private int _rows;
+
+        public void Set(float* hidden, float* logits, int rows)
+        {
+            _hidden = hidden;
+            _logits = logits;
+            _rows = rows;
+        }
+
+        public void Execute(int start, int end, int worker)
+        {
+            for (int r = 0; r < _rows; r++)
+                output.MatVec(_hidden + (long)r * output.Cols, _logits + (long)r * output.Rows, start, end);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var b in new[] { _x, _xb, _q, _k, _v, _att, _tmp, _hb, _hb2, _logitsHidden }) b.Dispose();
+        _qDim.Dispose();
+        _qAtt.Dispose();
+        _qFf.Dispose();
+        if (_ownsPool) _pool.Dispose();
+    }
+}
