@@ -94,8 +94,9 @@ public abstract class BitNetTokenizer
     public abstract string Description { get; }
 
     /// <summary>
-    /// Whether <see cref="Decode"/> and a fresh <see cref="StreamingDetokenizer"/> drop one leading space from the
-    /// first piece: SentencePiece models prefix the text with a space when encoding (<c>add_space_prefix</c>).
+    /// Whether decoding drops one leading space from the first text piece and from the first one after each special
+    /// token: SentencePiece models put a space in front of the text at exactly those places when encoding
+    /// (<c>add_space_prefix</c>), so <c>Decode(Encode(x, parseSpecial: true), includeSpecial: true) == x</c>.
     /// </summary>
     public virtual bool StripsLeadingSpace => false;
 
@@ -174,13 +175,8 @@ public abstract class BitNetTokenizer
             bool strip = StripsLeadingSpace;
             foreach (var id in ids)
             {
-                var piece = PieceForOutput(id, includeSpecial);
+                var piece = PieceForOutput(id, includeSpecial, ref strip);
                 if (piece.IsEmpty) continue;
-                if (strip)
-                {
-                    strip = false;
-                    if (piece[0] == (byte)' ') piece = piece[1..];
-                }
                 if (length + piece.Length > buffer.Length)
                 {
                     var bigger = ArrayPool<byte>.Shared.Rent(Math.Max(buffer.Length * 2, length + piece.Length));
@@ -205,12 +201,26 @@ public abstract class BitNetTokenizer
         return Decode(ids is int[] array ? array : [.. ids], includeSpecial);
     }
 
-    /// <summary>The bytes <paramref name="id"/> adds to decoded text: empty for hidden special tokens.</summary>
-    internal ReadOnlySpan<byte> PieceForOutput(int id, bool includeSpecial)
+    /// <summary>
+    /// The bytes <paramref name="id"/> adds to decoded text: empty for hidden special tokens, without the leading
+    /// space SentencePiece added when <paramref name="stripSpace"/> is set (which it then clears, and which a
+    /// special token sets again when <see cref="StripsLeadingSpace"/>).
+    /// </summary>
+    internal ReadOnlySpan<byte> PieceForOutput(int id, bool includeSpecial, ref bool stripSpace)
     {
         CheckId(id);
-        if (!includeSpecial && _kinds[id] is TokenKind.Control or TokenKind.Unknown) return default;
-        return _pieces[id];
+        if (_kinds[id] is TokenKind.Control or TokenKind.Unknown)
+        {
+            stripSpace = StripsLeadingSpace;
+            return includeSpecial ? _pieces[id] : default;
+        }
+        ReadOnlySpan<byte> piece = _pieces[id];
+        if (stripSpace && !piece.IsEmpty)
+        {
+            stripSpace = false;
+            if (piece[0] == (byte)' ') piece = piece[1..];
+        }
+        return piece;
     }
 
     /// <summary>Throws the error every public method gives for an id outside the vocabulary.</summary>

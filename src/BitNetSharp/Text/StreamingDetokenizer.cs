@@ -19,8 +19,8 @@ public sealed class StreamingDetokenizer
     /// <param name="tokenizer">The tokenizer whose ids will be fed.</param>
     /// <param name="includeSpecial">Whether control tokens are written as their text (hidden by default).</param>
     /// <param name="atTextStart">
-    /// True when the first id starts a text (SentencePiece's leading space on it is dropped, as <see cref="BitNetTokenizer.Decode"/> does);
-    /// false when the ids continue a prompt, so "▁world" after "Hello" keeps its space.
+    /// True when the first id starts a text (SentencePiece's leading space on it is dropped, as <see cref="BitNetTokenizer.Decode(ReadOnlySpan{int}, bool)"/> does);
+    /// false when the ids continue a prompt, so "▁world" after "Hello" keeps its space. Either way the space after a special token is dropped.
     /// </param>
     public StreamingDetokenizer(BitNetTokenizer tokenizer, bool includeSpecial = false, bool atTextStart = true)
     {
@@ -37,13 +37,8 @@ public sealed class StreamingDetokenizer
     /// <summary>Adds one token and returns the text it completes (possibly empty).</summary>
     public string Append(int id)
     {
-        var piece = _tokenizer.PieceForOutput(id, _includeSpecial);
+        var piece = _tokenizer.PieceForOutput(id, _includeSpecial, ref _stripNext);
         if (piece.IsEmpty) return string.Empty;
-        if (_stripNext)
-        {
-            _stripNext = false;
-            if (piece[0] == (byte)' ') piece = piece[1..];
-        }
         if (_pendingLength + piece.Length > _pending.Length) Array.Resize(ref _pending, Math.Max(_pending.Length * 2, _pendingLength + piece.Length));
         piece.CopyTo(_pending.AsSpan(_pendingLength));
         _pendingLength += piece.Length;
