@@ -128,8 +128,9 @@ public abstract class BitNetTokenizer
     /// </summary>
     public int[] Encode(string text, bool addBos, bool parseSpecial = false)
     {
-        var output = new List<int>(text?.Length / 3 + 2 ?? 0);
-        Encode(text!, addBos, parseSpecial, output);
+        ArgumentNullException.ThrowIfNull(text);
+        var output = new List<int>(text.Length / 3 + 2);
+        Encode(text, addBos, parseSpecial, output);
         return [.. output];
     }
 

@@ -14,10 +14,10 @@ public static class TokenizerLoader
     private const string Llama3SplitPattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     private const string Qwen2SplitPattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-    public static BitNetTokenizer FromGguf(GgufFile file)
+    public static BitNetTokenizer FromGguf(GgufFile file, string? preTokenizer = null)
     {
         ArgumentNullException.ThrowIfNull(file);
-        return FromGguf(file.Metadata);
+        return FromGguf(file.Metadata, preTokenizer);
     }
 
     /// <summary>
@@ -25,7 +25,12 @@ public static class TokenizerLoader
     /// that is missing a 128256-token vocabulary is Llama 3's, as in the official BitNet 2B4T GGUF, and anything else
     /// gets llama.cpp's "default"), "llama" gives SentencePiece BPE. Other tokenizer models are refused.
     /// </summary>
-    public static BitNetTokenizer FromGguf(GgufMetadata metadata)
+    /// <param name="metadata">The GGUF metadata.</param>
+    /// <param name="preTokenizer">
+    /// Overrides the byte-level pre-tokenizer by its <c>tokenizer.ggml.pre</c> name (see <see cref="PreTokenizer.ByGgufName"/>):
+    /// "default" reproduces what bitnet.cpp does with the official 2B4T GGUF, for parity tests.
+    /// </param>
+    public static BitNetTokenizer FromGguf(GgufMetadata metadata, string? preTokenizer = null)
     {
         ArgumentNullException.ThrowIfNull(metadata);
         var path = metadata.FilePath;
@@ -50,7 +55,13 @@ public static class TokenizerLoader
             {
                 var merges = metadata.GetStringArray("tokenizer.ggml.merges");
                 PreTokenizer pre;
-                if (!metadata.TryGetString("tokenizer.ggml.pre", out var preName) || preName.Length == 0)
+                if (preTokenizer != null)
+                {
+                    if (!PreTokenizer.ByGgufName.TryGetValue(preTokenizer, out pre!))
+                        throw new ArgumentException(
+                            $"Unknown pre-tokenizer \"{preTokenizer}\"; valid names are: {string.Join(", ", PreTokenizer.ByGgufName.Keys)}.", nameof(preTokenizer));
+                }
+                else if (!metadata.TryGetString("tokenizer.ggml.pre", out var preName) || preName.Length == 0)
                     pre = texts.Length == Llama3VocabularySize ? PreTokenizer.Llama3 : PreTokenizer.Default;
                 else if (!PreTokenizer.ByGgufName.TryGetValue(preName, out pre!))
                     throw new ModelFormatException(path,

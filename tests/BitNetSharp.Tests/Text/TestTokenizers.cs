@@ -27,6 +27,9 @@ internal static class TestTokenizers
     /// </summary>
     public static BitNetTokenizer Llama3Gguf => Require(Llama3GgufLazy, "tokenizers/llama3_tokenizer.model").Tokenizer;
 
+    /// <summary>The bytes of the GGUF behind <see cref="Llama3Gguf"/>.</summary>
+    public static byte[] Llama3GgufBytes => Require(Llama3GgufLazy, "tokenizers/llama3_tokenizer.model").Gguf;
+
     public static IEnumerable<BitNetTokenizer> All => [Gpt2, LlamaSpm, Llama3Tiktoken, Llama3Gguf];
 
     private static T Require<T>(Lazy<T> lazy, string relative)

@@ -177,4 +177,20 @@ public class TokenizerLoaderTests
         e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
         Assert.Contains("tokenizer.model", e.Message);
     }
+
+    [Fact]
+    public void PreTokenizerOverrideReproducesBitNetCppDefaultSplitting()
+    {
+        using var file = GgufFile.Parse(TestTokenizersGguf(), "2b4t.gguf");
+        var compat = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.FromGguf(file, preTokenizer: "default"));
+        Assert.Equal("default", compat.PreTokenizer.Name);
+        Assert.False(compat.PreTokenizer.IgnoreMerges);
+        // "default" splits every punctuation run off first, so "'s" no longer stays one piece and 1234 splits as 123|4.
+        const string text = "Bob's 12345 items...";
+        Assert.NotEqual(TestTokenizers.Llama3Gguf.Encode(text, addBos: false), compat.Encode(text, addBos: false));
+        Assert.Equal(text, compat.Decode(compat.Encode(text, addBos: false)));
+        Assert.Throws<ArgumentException>(() => TokenizerLoader.FromGguf(file, preTokenizer: "nope"));
+    }
+
+    private static byte[] TestTokenizersGguf() => TestTokenizers.Llama3GgufBytes;
 }
