@@ -34,6 +34,7 @@ public sealed class Sampler
     private readonly int[] _topIds;
     private readonly float[] _topLogits;
     private int _topCount;
+    private int _candidateCount;
     private Xoshiro256StarStar _rng;
 
     public Sampler(SamplingParameters parameters, int vocabSize)
@@ -71,6 +72,12 @@ public sealed class Sampler
     /// <summary>The most likely tokens and their log-probabilities from the last <see cref="Sample"/>, best first.</summary>
     public ReadOnlySpan<TokenLogProb> TopLogProbs => _top.AsSpan(0, _topCount);
 
+    /// <summary>The logits after bias and penalties, from the last call (for tests).</summary>
+    internal ReadOnlySpan<float> ProcessedLogits => _logits;
+
+    /// <summary>The ids that survived the filters in the last non-greedy call, in the order drawn from (for tests).</summary>
+    internal ReadOnlySpan<int> Candidates => _ids.AsSpan(0, _candidateCount);
+
     /// <summary>
     /// The next token for a sequence whose last logits row is <paramref name="logits"/> and whose tokens so far
     /// (the caller decides whether the prompt counts) are <paramref name="history"/>.
@@ -89,6 +96,7 @@ public sealed class Sampler
         if (float.IsNegativeInfinity(max))
             throw new InvalidOperationException("Every token has a logit of −∞ after logit_bias and the penalties, so none can be sampled.");
 
+        _candidateCount = 0;
         int chosen = _p.Temperature == 0f ? ArgMax.Of(work) : SampleFromFiltered(work);
         if (_p.LogProbs is not null) ComputeLogProbs(logits, chosen);
         return chosen;
@@ -151,6 +159,7 @@ public sealed class Sampler
             n = TopP(n, ref sorted, whole ? work : _cand.AsSpan(0, n));
         }
         if (_p.MinP > 0f) n = MinP(n);
+        _candidateCount = n;
 
         var probs = _probs.AsSpan(0, n);
         float temperature = _p.Temperature;
