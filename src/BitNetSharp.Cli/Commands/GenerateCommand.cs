@@ -47,10 +47,12 @@ public static class GenerateCommand
             var promptLogits = result.GetValue(logitsOut) is null ? null : new List<float[]>();
             var generated = new List<int>();
             var output = cli.Output;
+            // Generate validates (context, token ids) before the first token, so errors come before any output.
+            var tokens = generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation);
             if (!result.GetValue(noEcho))
                 output.Write(tokenizer is not null && text is not null ? text : string.Join(' ', promptTokens) + " |");
             output.Flush();
-            foreach (var token in generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation))
+            foreach (var token in tokens)
             {
                 if (token.Id >= 0) generated.Add(token.Id);
                 if (tokenizer is null && token.Id >= 0) output.Write(" " + token.Id.ToString(CultureInfo.InvariantCulture));
