@@ -87,18 +87,20 @@ public class SamplerTests
     [InlineData(0.5f)]
     [InlineData(0.9f)]
     [InlineData(0.999f)]
+    [InlineData(0.99999f)]
     public void TopPMatchesAFullSort(float topP)
     {
         var rng = new Random(5);
         const int vocab = 128256;
         var sampler = new Sampler(new SamplingParameters { TopP = topP, Seed = 3 }, vocab);
-        foreach (float scale in new[] { 1f, 8f, 30f })
+        foreach (float scale in new[] { 0f, 0.01f, 1f, 8f, 30f, 300f })
         {
             var logits = RandomLogits(rng, vocab, scale);
             sampler.Sample(logits, []);
-            var actual = sampler.Candidates.ToArray();
             var order = Enumerable.Range(0, vocab).OrderByDescending(i => logits[i]).ThenBy(i => i).ToArray();
-            Assert.Equal(order[..actual.Length], actual); // a best-first prefix
+            // A large nucleus is kept unsorted: compare it as a set with a best-first prefix.
+            var actual = sampler.Candidates.ToArray().OrderByDescending(i => logits[i]).ThenBy(i => i).ToArray();
+            Assert.Equal(order[..actual.Length], actual);
             // The shortest one reaching p, up to the rounding of a 128k-term normalizer (a tail token is ~1e-8 of the mass).
             double max = logits.Max(), z = logits.Sum(x => Math.Exp(x - max));
             double Mass(int k) => order.Take(k).Sum(i => Math.Exp(logits[i] - max)) / z;
@@ -293,9 +295,26 @@ public class SamplerTests
     }
 
     [Fact]
-    public void RejectsAWrongSizedRow()
+    public void RejectsAWrongSizedRowAndInvalidLogits()
     {
         var sampler = new Sampler(new SamplingParameters(), 10);
         Assert.Throws<ArgumentException>(() => sampler.Sample(new float[9], []));
+        var nan = new float[10];
+        nan[3] = float.NaN;
+        Assert.Equal("logits", Assert.Throws<ArgumentException>(() => sampler.Sample(nan, [])).ParamName);
+        nan[3] = float.PositiveInfinity;
+        Assert.Equal("logits", Assert.Throws<ArgumentException>(() => sampler.Sample(nan, [])).ParamName);
+    }
+
+    [Fact]
+    public void TinyTemperatureIsNearlyGreedyWithoutOverflow()
+    {
+        var rng = new Random(10);
+        var sampler = new Sampler(new SamplingParameters { Temperature = 1e-44f, Seed = 4 }, 1000);
+        for (int t = 0; t < 20; t++)
+        {
+            var logits = RandomLogits(rng, 1000, 30f);
+            Assert.Equal(ArgMaxNaive(logits), sampler.Sample(logits, []));
+        }
     }
 }

@@ -20,6 +20,7 @@ namespace BitNetSharp.Generation.Sampling;
 public sealed class Sampler
 {
     private const int NucleusFirstGuess = 64;
+    private const int Buckets = 4096;
 
     private readonly SamplingParameters _p;
     private readonly (int Token, float Bias)[] _bias;
@@ -30,6 +31,7 @@ public sealed class Sampler
     private readonly float[] _tmpLogits;
     private readonly float[] _probs;
     private readonly int[] _counts;     // per-token occurrences in the penalty window; all zero between calls
+    private readonly double[] _bucketMass = new double[Buckets];
     private readonly TokenLogProb[] _top;
     private readonly int[] _topIds;
     private readonly float[] _topLogits;
@@ -95,6 +97,8 @@ public sealed class Sampler
         float max = ArgMax.Max(work);
         if (float.IsNegativeInfinity(max))
             throw new InvalidOperationException("Every token has a logit of −∞ after logit_bias and the penalties, so none can be sampled.");
+        if (!float.IsFinite(max))
+            throw new ArgumentException($"The logits contain {max}: the forward pass produced an invalid value.", nameof(logits));
 
         _candidateCount = 0;
         int chosen = _p.Temperature == 0f ? ArgMax.Of(work) : SampleFromFiltered(work);
@@ -161,9 +165,11 @@ public sealed class Sampler
         if (_p.MinP > 0f) n = MinP(n);
         _candidateCount = n;
 
+        // (l − max)/T rather than l/T: a tiny temperature sends the others to −∞, never the top to +∞.
         var probs = _probs.AsSpan(0, n);
         float temperature = _p.Temperature;
-        for (int i = 0; i < n; i++) probs[i] = _cand[i] / temperature;
+        float top = ArgMax.Max(_cand.AsSpan(0, n));
+        for (int i = 0; i < n; i++) probs[i] = (_cand[i] - top) / temperature;
         Softmax.InPlace(probs);
         return _ids[Draw(probs)];
     }
@@ -202,27 +208,81 @@ public sealed class Sampler
 
     /// <summary>
     /// Keeps the most likely candidates until their probability (relative to <paramref name="distribution"/>) reaches
-    /// top_p. Unsorted candidates are not sorted whole: the best 64 are selected, then 512, … until the nucleus fits.
+    /// top_p. Unsorted candidates are never sorted whole: the best 64 are selected first (enough for a peaked
+    /// distribution); if the nucleus is larger, a histogram of the logits finds the bucket where the mass crosses p,
+    /// everything above it is kept unsorted, and only that bucket is sorted.
     /// </summary>
     private int TopP(int n, ref bool sorted, ReadOnlySpan<float> distribution)
     {
         var (max, sum) = Normalizer(distribution);
         double p = _p.TopP;
         if (sorted) return NucleusSize(_cand.AsSpan(0, n), max, sum, p);
-        int m = Math.Min(n, NucleusFirstGuess);
-        while (true)
+        int count = TopKSelection.Select(_cand.AsSpan(0, n), _ids.AsSpan(0, n), Math.Min(n, NucleusFirstGuess), _tmpIds, _tmpLogits);
+        int keep = NucleusSize(_tmpLogits.AsSpan(0, count), max, sum, p);
+        if (keep < count || count == n)
         {
-            int count = TopKSelection.Select(_cand.AsSpan(0, n), _ids.AsSpan(0, n), m, _tmpIds, _tmpLogits);
-            int keep = NucleusSize(_tmpLogits.AsSpan(0, count), max, sum, p);
-            if (keep < count || count == n)
-            {
-                _tmpIds.AsSpan(0, keep).CopyTo(_ids);
-                _tmpLogits.AsSpan(0, keep).CopyTo(_cand);
-                sorted = true;
-                return keep;
-            }
-            m = (int)Math.Min(n, m * 8L);
+            _tmpIds.AsSpan(0, keep).CopyTo(_ids);
+            _tmpLogits.AsSpan(0, keep).CopyTo(_cand);
+            sorted = true;
+            return keep;
         }
+        // Here the candidates are the whole distribution, so _probs[i] still holds e^(cand_i − max) from Normalizer.
+        return BucketedNucleus(n, max, sum, p);
+    }
+
+    private int BucketedNucleus(int n, float max, double sum, double p)
+    {
+        float min = max;
+        for (int i = 0; i < n; i++)
+            if (_cand[i] < min && !float.IsNegativeInfinity(_cand[i])) min = _cand[i];
+        double scale = max > min ? (Buckets - 1) / ((double)max - min) : 0;
+        var mass = _bucketMass.AsSpan();
+        mass.Clear();
+        for (int i = 0; i < n; i++) mass[Bucket(_cand[i], max, scale)] += _probs[i];
+
+        double target = p * sum, above = 0;
+        int boundary = Buckets - 1;
+        for (int b = 0; b < Buckets; b++)
+        {
+            if (above + mass[b] >= target)
+            {
+                boundary = b;
+                break;
+            }
+            above += mass[b];
+        }
+
+        int kept = 0, inBoundary = 0;
+        for (int i = 0; i < n; i++)
+        {
+            int b = Bucket(_cand[i], max, scale);
+            if (b < boundary)
+            {
+                _ids[kept] = _ids[i];
+                _cand[kept++] = _cand[i];
+            }
+            else if (b == boundary)
+            {
+                _tmpIds[inBoundary] = _ids[i];
+                _tmpLogits[inBoundary++] = _cand[i];
+            }
+        }
+        int sortedCount = TopKSelection.Select(_tmpLogits.AsSpan(0, inBoundary), _tmpIds.AsSpan(0, inBoundary), inBoundary,
+            _ids.AsSpan(kept), _cand.AsSpan(kept));
+        double cumulative = above;
+        for (int j = 0; j < sortedCount; j++)
+        {
+            cumulative += MathF.Exp(_cand[kept + j] - max);
+            if (cumulative >= target) return kept + j + 1;
+        }
+        return kept + sortedCount;
+    }
+
+    /// <summary>Bucket 0 holds the largest logits; −∞ goes to the last.</summary>
+    private static int Bucket(float logit, float max, double scale)
+    {
+        double b = ((double)max - logit) * scale;
+        return b < Buckets - 1 ? (int)b : Buckets - 1;
     }
 
     /// <summary>Smallest prefix of best-first logits whose probability mass reaches p (all of them if it never does).</summary>
