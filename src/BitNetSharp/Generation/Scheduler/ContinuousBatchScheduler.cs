@@ -1,0 +1,443 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Runtime.InteropServices;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Generation.Scheduler;
+
+/// <summary>
+/// Continuous batching over one <see cref="Transformer"/>: many requests share each forward pass, joining and
+/// leaving the batch between steps.
+/// <para>
+/// One dedicated engine thread loops: take new submissions and cancellations; drop cancelled and timed-out
+/// requests (their KV-cache slots are free for this very step); admit waiting requests, oldest first, while
+/// there are free slots for all of a request's choices; build one batch — every running sequence's next token
+/// first (decode), then prompt chunks of the sequences still prefilling, oldest first, up to
+/// <see cref="SchedulerOptions.MaxBatchedTokens"/> (chunked prefill) — run it, and sample one token for each
+/// sequence that got a logits row. Every kernel works per token, so a sequence's tokens do not depend on what
+/// else shares its batch: batched greedy output equals the output alone, bit for bit.
+/// </para>
+/// <para>
+/// KV caches: a pool of <see cref="SchedulerOptions.MaxSequences"/> caches of the full context, allocated at start.
+/// The memory bound is then known when the server starts rather than found mid-request, and admitting a request
+/// allocates no cache; pages are committed by the OS as positions are first written, so a slot that never held
+/// a long sequence costs little resident memory.
+/// </para>
+/// </summary>
+public sealed class ContinuousBatchScheduler : IDisposable
+{
+    private readonly ModelConfig _config;
+    private readonly BitNetTokenizer? _tokenizer;
+    private readonly WorkerPool _pool;
+    private readonly bool _ownsPool;
+    private readonly Transformer _engine;
+    private readonly KvCache[] _caches;           // (MaxSequences) one per slot
+    private readonly Stack<int> _freeSlots;
+    private readonly float[] _logits;             // (MaxSequences, vocab): at most one row per sequence per step
+    private readonly BatchToken[] _batch;         // (MaxBatchedTokens)
+    private readonly Sequence?[] _rowOwner;       // logits row → its sequence
+    private readonly List<Sequence> _running = [];           // admission order; engine thread only
+    private readonly List<GenerationHandle> _runningRequests = [];
+    private readonly List<GenerationHandle> _waiting = [];   // FIFO; engine thread only
+    private readonly ConcurrentQueue<GenerationHandle> _inbox = new();
+    private readonly ManualResetEventSlim _wake = new(false);
+    private readonly SchedulerCounters _counters = new();
+    private readonly MetricSampleRing _samples = new(1 << 16);
+    private readonly Thread _thread;
+    private volatile bool _stopping;
+    private int _queued;      // submitted, not yet admitted or dropped
+    private long _nextId;
+    private bool _disposed;
+
+    public ContinuousBatchScheduler(ModelWeights weights, BitNetTokenizer? tokenizer, SchedulerOptions? options = null, WorkerPool? pool = null)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        options ??= new SchedulerOptions();
+        options.Validate();
+        Options = options;
+        _config = weights.Config;
+        _tokenizer = tokenizer;
+        ContextLength = options.ContextLength > 0 ? Math.Min(options.ContextLength, _config.ContextLength) : _config.ContextLength;
+        _pool = pool ?? new WorkerPool(options.Threads);
+        _ownsPool = pool is null;
+        try
+        {
+            _engine = new Transformer(weights, options.MaxBatchedTokens, _pool);
+            _caches = new KvCache[options.MaxSequences];
+            for (int i = 0; i < _caches.Length; i++)
+                _caches[i] = new KvCache(_config.Layers, _config.KvHeads, _config.HeadDim, ContextLength, options.KvType);
+        }
+        catch
+        {
+            foreach (var c in _caches ?? []) c?.Dispose();
+            _engine?.Dispose();
+            if (_ownsPool) _pool.Dispose();
+            throw;
+        }
+        _freeSlots = new Stack<int>(Enumerable.Range(0, options.MaxSequences).Reverse());
+        _logits = new float[(long)options.MaxSequences * _config.VocabSize];
+        _batch = new BatchToken[options.MaxBatchedTokens];
+        _rowOwner = new Sequence?[options.MaxSequences];
+        KvCacheBytes = _caches.Sum(c => c.ByteLength);
+        Meters = new SchedulerMeters(this, _samples, KvCacheBytes);
+        _thread = new Thread(Loop) { IsBackground = true, Name = "bitnet-engine" };
+        _thread.Start();
+    }
+
+    public SchedulerOptions Options { get; }
+
+    public ModelConfig Config => _config;
+
+    public BitNetTokenizer? Tokenizer => _tokenizer;
+
+    /// <summary>Positions per sequence: a prompt plus its max tokens must fit.</summary>
+    public int ContextLength { get; }
+
+    public int Threads => _pool.ThreadCount;
+
+    /// <summary>Bytes allocated for all slots' KV caches.</summary>
+    public long KvCacheBytes { get; }
+
+    public SchedulerMeters Meters { get; }
+
+    /// <summary>Tests close it to hold the engine between steps, making queue states deterministic.</summary>
+    internal ManualResetEventSlim StepGate { get; } = new(true);
+
+    public SchedulerStatistics Statistics
+    {
+        get
+        {
+            var c = _counters;
+            return new SchedulerStatistics(
+                Volatile.Read(ref c.RunningRequests), Volatile.Read(ref _queued), Volatile.Read(ref c.RunningSequences), Options.MaxSequences,
+                Volatile.Read(ref c.KvPositionsInUse), (long)Options.MaxSequences * ContextLength,
+                Volatile.Read(ref c.PromptTokens), Volatile.Read(ref c.GenerationTokens), Volatile.Read(ref c.Steps), Volatile.Read(ref c.StepTokens),
+                Volatile.Read(ref c.FinishedStop), Volatile.Read(ref c.FinishedLength), Volatile.Read(ref c.Cancelled), Volatile.Read(ref c.TimedOut),
+                Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected));
+        }
+    }
+
+    /// <summary>
+    /// Queues <paramref name="request"/> and returns at once; its events arrive on the handle's channel.
+    /// Cancelling <paramref name="cancellation"/> is <see cref="GenerationHandle.Cancel"/>.
+    /// </summary>
+    /// <exception cref="ArgumentException">The request cannot run here (empty prompt, an id outside the vocabulary, past the context, too many choices, bad sampling settings).</exception>
+    /// <exception cref="SchedulerQueueFullException">MaxQueue requests are already waiting.</exception>
+    public GenerationHandle Submit(GenerationRequest request, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Check(request);
+        if (Interlocked.Increment(ref _queued) > Options.MaxQueue)
+        {
+            Interlocked.Decrement(ref _queued);
+            Interlocked.Increment(ref _counters.Rejected);
+            throw new SchedulerQueueFullException(Options.MaxQueue);
+        }
+        long now = Stopwatch.GetTimestamp();
+        var timeout = request.Timeout ?? Options.DefaultTimeout;
+        long deadline = timeout is { } t ? now + (long)Math.Min(t.TotalSeconds * Stopwatch.Frequency, long.MaxValue / 4) : long.MaxValue;
+        var handle = new GenerationHandle(this, Interlocked.Increment(ref _nextId), request, now, deadline);
+        handle.Register(cancellation);
+        _inbox.Enqueue(handle);
+        Wake();
+        return handle;
+    }
+
+    private void Check(GenerationRequest r)
+    {
+        ArgumentNullException.ThrowIfNull(r.Prompt, nameof(r.Prompt));
+        if (r.Prompt.Count == 0) throw new ArgumentException("The prompt is empty: give at least one token.", nameof(r.Prompt));
+        foreach (int id in r.Prompt)
+            if ((uint)id >= (uint)_config.VocabSize)
+                throw new ArgumentException($"Token id {id} is outside the vocabulary of {_config.VocabSize} tokens.", nameof(r.Prompt));
+        if (r.MaxTokens < 1) throw new ArgumentException($"MaxTokens must be ≥ 1; got {r.MaxTokens}.", nameof(r.MaxTokens));
+        if ((long)r.Prompt.Count + r.MaxTokens > ContextLength)
+            throw new ArgumentException(
+                $"The prompt ({r.Prompt.Count} tokens) plus up to {r.MaxTokens} new tokens exceeds the context of {ContextLength} tokens.", nameof(r.MaxTokens));
+        if (r.Choices < 1 || r.Choices > Options.MaxSequences)
+            throw new ArgumentException($"Choices must be between 1 and {Options.MaxSequences} (the sequences that can run at once); got {r.Choices}.", nameof(r.Choices));
+        ArgumentNullException.ThrowIfNull(r.Sampling, nameof(r.Sampling));
+        r.Sampling.Validate(_config.VocabSize);
+        if (r.Timeout is { } t && t <= TimeSpan.Zero) throw new ArgumentException($"The timeout must be positive; got {t}.", nameof(r.Timeout));
+        if (r.StopStrings is not null)
+            foreach (var s in r.StopStrings)
+                if (string.IsNullOrEmpty(s)) throw new ArgumentException("A stop string is empty.", nameof(r.StopStrings));
+    }
+
+    internal void Wake() => _wake.Set();
+
+    // ---- The engine thread ------------------------------------------------------------------------------------
+
+    private void Loop()
+    {
+        while (!_stopping)
+        {
+            StepGate.Wait();
+            _wake.Reset();
+            long now = Stopwatch.GetTimestamp();
+            while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
+            Reap(now);
+            Admit(now);
+            int n = BuildBatch(out int rows);
+            PublishGauges();
+            if (n == 0)
+            {
+                _wake.Wait(IdleWait(now));
+                continue;
+            }
+            try
+            {
+                _engine.Forward(_batch.AsSpan(0, n), _caches, _logits);
+            }
+            catch (Exception e)
+            {
+                // A bug or an exhausted resource: everything in this batch is in an unknown state.
+                foreach (var r in _runningRequests.ToArray()) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
+                continue;
+            }
+            long after = Stopwatch.GetTimestamp();
+            for (int r = 0; r < rows; r++)
+            {
+                var seq = _rowOwner[r]!;
+                _rowOwner[r] = null;
+                if (seq.Finished) continue;
+                try
+                {
+                    Step(seq, _logits.AsSpan(r * _config.VocabSize, _config.VocabSize), after);
+                }
+                catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+                {
+                    Fail(seq.Request, e, ref _counters.Failed);
+                }
+            }
+            SchedulerCounters.Add(ref _counters.Steps, 1);
+            SchedulerCounters.Add(ref _counters.StepTokens, n);
+            SchedulerCounters.Set(ref _counters.LastStepTicks, after);
+            _samples.Write(MetricKind.StepTokens, n);
+            _running.RemoveAll(static s => s.Finished);
+        }
+        var stopped = new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down.");
+        foreach (var r in _runningRequests.ToArray()) Fail(r, stopped, ref _counters.Failed);
+        while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
+        foreach (var r in _waiting.ToArray()) Fail(r, stopped, ref _counters.Failed);
+    }
+
+    /// <summary>Ends cancelled and timed-out requests, waiting or running, freeing their slots before this step's admissions.</summary>
+    private void Reap(long now)
+    {
+        for (int i = _waiting.Count - 1; i >= 0; i--)
+        {
+            var h = _waiting[i];
+            if (h.IsCancelled) Fail(h, new OperationCanceledException("The request was cancelled."), ref _counters.Cancelled);
+            else if (now >= h.DeadlineTicks) Fail(h, TimedOut(h), ref _counters.TimedOut);
+        }
+        for (int i = _runningRequests.Count - 1; i >= 0; i--)
+        {
+            var h = _runningRequests[i];
+            if (h.IsCancelled) Fail(h, new OperationCanceledException("The request was cancelled."), ref _counters.Cancelled);
+            else if (now >= h.DeadlineTicks) Fail(h, TimedOut(h), ref _counters.TimedOut);
+        }
+        _running.RemoveAll(static s => s.Finished);
+    }
+
+    private TimeoutException TimedOut(GenerationHandle h)
+    {
+        var t = h.Request.Timeout ?? Options.DefaultTimeout;
+        return new TimeoutException($"The request did not finish within its timeout of {t?.TotalSeconds:0.###} s.");
+    }
+
+    private void Admit(long now)
+    {
+        while (_waiting.Count > 0 && _freeSlots.Count >= _waiting[0].Request.Choices)
+        {
+            var h = _waiting[0];
+            _waiting.RemoveAt(0);
+            Interlocked.Decrement(ref _queued);
+            var r = h.Request;
+            var sequences = new Sequence[r.Choices];
+            for (int c = 0; c < r.Choices; c++)
+            {
+                var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
+                var seq = new Sequence(h, c, _freeSlots.Pop(), new Sampler(sampling, _config.VocabSize),
+                    _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false, atTextStart: false),
+                    r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);
+                seq.History.AddRange(r.Prompt);
+                sequences[c] = seq;
+                _running.Add(seq);
+            }
+            h.Sequences = sequences;
+            h.UnfinishedChoices = r.Choices;
+            h.Admitted = true;
+            _runningRequests.Add(h);
+            _samples.Write(MetricKind.QueueTime, SchedulerMeters.Seconds(now - h.SubmittedTicks));
+            _samples.Write(MetricKind.PromptLength, r.Prompt.Count);
+        }
+    }
+
+    /// <summary>Decode tokens of every running sequence first, then prompt chunks in admission order up to the token budget.</summary>
+    private int BuildBatch(out int rows)
+    {
+        int n = 0;
+        rows = 0;
+        foreach (var s in _running)
+        {
+            if (s.NextToken < 0) continue;
+            _batch[n++] = new BatchToken(s.NextToken, s.Slot, s.CacheLength, WantLogits: true);
+            _rowOwner[rows++] = s;
+            s.CacheLength++;
+        }
+        int budget = _batch.Length - n;
+        long prompt = 0;
+        foreach (var s in _running)
+        {
+            if (budget == 0) break;
+            if (s.NextToken >= 0 || s.Prefilled == s.PromptLength) continue;
+            int take = Math.Min(budget, s.PromptLength - s.Prefilled);
+            var tokens = s.Request.Request.Prompt;
+            for (int i = 0; i < take; i++)
+            {
+                int pos = s.Prefilled + i;
+                _batch[n++] = new BatchToken(tokens[pos], s.Slot, pos, WantLogits: pos == s.PromptLength - 1);
+            }
+            s.Prefilled += take;
+            s.CacheLength += take;
+            if (s.Prefilled == s.PromptLength) _rowOwner[rows++] = s;
+            budget -= take;
+            prompt += take;
+        }
+        if (prompt > 0) SchedulerCounters.Add(ref _counters.PromptTokens, prompt);
+        return n;
+    }
+
+    /// <summary>Samples a sequence's next token from its logits row and delivers it, ending the choice at a stop token, a stop string or its length.</summary>
+    private void Step(Sequence s, ReadOnlySpan<float> logits, long now)
+    {
+        var h = s.Request;
+        var r = h.Request;
+        int token = s.Sampler.Sample(logits, CollectionsMarshal.AsSpan(s.History));
+        if (!h.FirstTokenSeen)
+        {
+            h.FirstTokenSeen = true;
+            _samples.Write(MetricKind.TimeToFirstToken, SchedulerMeters.Seconds(now - h.SubmittedTicks));
+        }
+        if (s.LastTokenTicks != 0) _samples.Write(MetricKind.InterTokenLatency, SchedulerMeters.Seconds(now - s.LastTokenTicks));
+        s.LastTokenTicks = now;
+
+        if (!r.IgnoreStopTokens && _tokenizer is not null && _tokenizer.IsStopToken(token))
+        {
+            string rest = s.Detokenizer?.Flush() ?? "";
+            if (s.Stops is { } m) rest = m.Push(rest, out _) + m.Flush();
+            Emit(s, -1, rest, float.NaN, null, FinishReason.Stop);
+            return;
+        }
+
+        s.Generated++;
+        s.History.Add(token);
+        SchedulerCounters.Add(ref _counters.GenerationTokens, 1);
+        TokenLogProb[]? top = r.Sampling.LogProbs is > 0 ? s.Sampler.TopLogProbs.ToArray() : null;
+        float logProb = s.Sampler.ChosenLogProb;
+        string text = s.Detokenizer?.Append(token) ?? "";
+        bool last = s.Generated == r.MaxTokens;
+        if (last) text += s.Detokenizer?.Flush() ?? "";
+        if (s.Stops is { } stops)
+        {
+            text = stops.Push(text, out bool stopped);
+            if (stopped)
+            {
+                Emit(s, token, text, logProb, top, FinishReason.Stop);
+                return;
+            }
+            if (last) text += stops.Flush();
+        }
+        if (last)
+        {
+            Emit(s, token, text, logProb, top, FinishReason.Length);
+            return;
+        }
+        Emit(s, token, text, logProb, top, FinishReason.None);
+        s.NextToken = token;
+    }
+
+    private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish)
+    {
+        var h = s.Request;
+        h.Writer.TryWrite(new GenerationEvent(s.Choice, token, text, logProb, top, finish));
+        if (finish == FinishReason.None) return;
+        Release(s);
+        _samples.Write(MetricKind.GenerationLength, s.Generated);
+        if (finish == FinishReason.Length) SchedulerCounters.Add(ref _counters.FinishedLength, 1);
+        else SchedulerCounters.Add(ref _counters.FinishedStop, 1);
+        if (--h.UnfinishedChoices == 0)
+        {
+            _samples.Write(MetricKind.EndToEndLatency, SchedulerMeters.Seconds(Stopwatch.GetTimestamp() - h.SubmittedTicks));
+            _runningRequests.Remove(h);
+            h.Complete(null);
+        }
+    }
+
+    /// <summary>Frees a sequence's slot; the cache is emptied so the next owner starts at position 0.</summary>
+    private void Release(Sequence s)
+    {
+        if (s.Finished) return;
+        s.Finished = true;
+        s.NextToken = -1;
+        _caches[s.Slot].Clear();
+        _freeSlots.Push(s.Slot);
+    }
+
+    /// <summary>Ends a request early with <paramref name="error"/>, waiting or running, and counts it in <paramref name="counter"/>.</summary>
+    private void Fail(GenerationHandle h, Exception error, ref long counter)
+    {
+        if (h.Done) return;
+        if (h.Admitted)
+        {
+            foreach (var s in h.Sequences) Release(s);
+            _runningRequests.Remove(h);
+        }
+        else if (_waiting.Remove(h))
+        {
+            Interlocked.Decrement(ref _queued);
+        }
+        SchedulerCounters.Add(ref counter, 1);
+        h.Complete(error);
+    }
+
+    private void PublishGauges()
+    {
+        long kv = 0;
+        foreach (var s in _running) kv += s.CacheLength;
+        SchedulerCounters.Set(ref _counters.KvPositionsInUse, kv);
+        SchedulerCounters.Set(ref _counters.RunningSequences, _running.Count);
+        SchedulerCounters.Set(ref _counters.RunningRequests, _runningRequests.Count);
+    }
+
+    /// <summary>How long an idle engine may sleep: until the nearest waiting request's deadline, at most a second.</summary>
+    private TimeSpan IdleWait(long now)
+    {
+        long nearest = now + Stopwatch.Frequency;
+        foreach (var h in _waiting) nearest = Math.Min(nearest, h.DeadlineTicks);
+        return TimeSpan.FromSeconds(Math.Max(0, SchedulerMeters.Seconds(nearest - now)));
+    }
+
+    /// <summary>Stops the engine thread; requests still waiting or running end with <see cref="ObjectDisposedException"/>.</summary>
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _stopping = true;
+        StepGate.Set();
+        _wake.Set();
+        _thread.Join();
+        // A submission that raced with the loop's last look at the inbox.
+        while (_inbox.TryDequeue(out var h)) h.Complete(new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down."));
+        Meters.Dispose();
+        _engine.Dispose();
+        foreach (var c in _caches) c.Dispose();
+        if (_ownsPool) _pool.Dispose();
+        _wake.Dispose();
+    }
+}

@@ -1,0 +1,66 @@
+using System.Threading.Channels;
+
+namespace BitNetSharp.Generation.Scheduler;
+
+/// <summary>
+/// A submitted request: its events arrive on <see cref="Events"/> as the engine produces them, and the channel
+/// completes when every choice has finished — with an <see cref="OperationCanceledException"/> after
+/// <see cref="Cancel"/>, a <see cref="TimeoutException"/> after the timeout, or the engine's error if it failed.
+/// The engine thread owns every mutable field below except the cancellation flag.
+/// </summary>
+public sealed class GenerationHandle
+{
+    private readonly ContinuousBatchScheduler _scheduler;
+    private readonly Channel<GenerationEvent> _channel =
+        Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleWriter = true, SingleReader = false });
+    private int _cancelled;
+    private CancellationTokenRegistration _registration;
+
+    internal GenerationHandle(ContinuousBatchScheduler scheduler, long id, GenerationRequest request, long submittedTicks, long deadlineTicks)
+    {
+        _scheduler = scheduler;
+        Id = id;
+        Request = request;
+        SubmittedTicks = submittedTicks;
+        DeadlineTicks = deadlineTicks;
+    }
+
+    public long Id { get; }
+
+    public GenerationRequest Request { get; }
+
+    public int PromptTokens => Request.Prompt.Count;
+
+    public ChannelReader<GenerationEvent> Events => _channel.Reader;
+
+    /// <summary>Stops the request: its sequences leave the batch and free their KV caches at the engine's next step.</summary>
+    public void Cancel()
+    {
+        if (Interlocked.Exchange(ref _cancelled, 1) == 0) _scheduler.Wake();
+    }
+
+    internal bool IsCancelled => Volatile.Read(ref _cancelled) != 0;
+
+    internal void Register(CancellationToken cancellation)
+    {
+        if (cancellation.CanBeCanceled) _registration = cancellation.Register(static h => ((GenerationHandle)h!).Cancel(), this);
+    }
+
+    internal ChannelWriter<GenerationEvent> Writer => _channel.Writer;
+
+    internal long SubmittedTicks { get; }
+    internal long DeadlineTicks { get; }
+    internal Sequence[] Sequences { get; set; } = [];
+    internal int UnfinishedChoices { get; set; }
+    internal bool FirstTokenSeen { get; set; }
+    internal bool Admitted { get; set; }
+    internal bool Done { get; private set; }
+
+    /// <summary>Closes the channel (with <paramref name="error"/> unless it ended normally) and drops the cancellation hook.</summary>
+    internal void Complete(Exception? error)
+    {
+        Done = true;
+        _channel.Writer.TryComplete(error);
+        _registration.Dispose();
+    }
+}

@@ -1,0 +1,46 @@
+using BitNetSharp.Generation.Sampling;
+
+namespace BitNetSharp.Generation.Scheduler;
+
+/// <summary>One request to a <see cref="ContinuousBatchScheduler"/>: a tokenized prompt and how to continue it.</summary>
+public sealed record GenerationRequest
+{
+    /// <summary>The prompt's token ids (at least one).</summary>
+    public required IReadOnlyList<int> Prompt { get; init; }
+
+    /// <summary>Tokens to generate at most per choice; prompt + this must fit the scheduler's context.</summary>
+    public int MaxTokens { get; init; } = 16;
+
+    /// <summary>
+    /// Sampling for every choice. With a seed, choice i uses seed + i, so n choices differ and each replays; with
+    /// LogProbs set, every token event carries its log-probabilities.
+    /// </summary>
+    public SamplingParameters Sampling { get; init; } = SamplingParameters.Greedy;
+
+    /// <summary>Texts that end a choice (finish reason Stop); the text from the match on is not delivered.</summary>
+    public IReadOnlyList<string>? StopStrings { get; init; }
+
+    /// <summary>Keep going past the tokenizer's end-of-sequence and end-of-turn tokens.</summary>
+    public bool IgnoreStopTokens { get; init; }
+
+    /// <summary>Independent continuations of the prompt (OpenAI n), each its own sequence with its own KV cache.</summary>
+    public int Choices { get; init; } = 1;
+
+    /// <summary>Wall-clock limit from submission, waiting included; null takes the scheduler's default.</summary>
+    public TimeSpan? Timeout { get; init; }
+}
+
+/// <summary>
+/// What a request's channel delivers for one choice: a generated token (<see cref="Token"/> ≥ 0) with the text it
+/// completes — empty while a UTF-8 character is partial or the text could be the start of a stop string — or, with
+/// <see cref="Token"/> = −1, only the text left over when the choice ends at a stop token. The last event of a
+/// choice has <see cref="Finish"/> set.
+/// </summary>
+public readonly record struct GenerationEvent(int Choice, int Token, string Text, float LogProb, TokenLogProb[]? TopLogProbs, FinishReason Finish);
+
+/// <summary>The queue of waiting requests is full; retry later (HTTP 429).</summary>
+public sealed class SchedulerQueueFullException(int maxQueue)
+    : Exception($"The server is busy: {maxQueue} requests are already waiting for a free sequence. Retry in a moment.")
+{
+    public int MaxQueue { get; } = maxQueue;
+}

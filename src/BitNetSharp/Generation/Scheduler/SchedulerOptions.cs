@@ -1,0 +1,44 @@
+using BitNetSharp.Model;
+
+namespace BitNetSharp.Generation.Scheduler;
+
+/// <summary>How a <see cref="ContinuousBatchScheduler"/> is sized. Every bound is fixed when the scheduler starts.</summary>
+public sealed record SchedulerOptions
+{
+    /// <summary>Sequences that run at once; each owns one KV cache of <see cref="ContextLength"/> positions from a pool allocated at start.</summary>
+    public int MaxSequences { get; init; } = 8;
+
+    /// <summary>
+    /// Tokens per engine step: every running sequence's decode token, then prompt chunks up to this budget. It bounds
+    /// how long one step takes, i.e. how much a long prompt can delay the other sequences' next token. At least
+    /// <see cref="MaxSequences"/>, so every decode token always fits.
+    /// </summary>
+    public int MaxBatchedTokens { get; init; } = 256;
+
+    /// <summary>Requests that may wait for a free sequence; one more is refused at once with <see cref="SchedulerQueueFullException"/>.</summary>
+    public int MaxQueue { get; init; } = 64;
+
+    /// <summary>KV-cache positions per sequence (≤ 0: the model's context length).</summary>
+    public int ContextLength { get; init; }
+
+    public KvCacheType KvType { get; init; } = KvCacheType.F16;
+
+    /// <summary>Worker threads for the forward pass (≤ 0: physical cores).</summary>
+    public int Threads { get; init; }
+
+    /// <summary>Applies to requests that name no timeout of their own; null means none.</summary>
+    public TimeSpan? DefaultTimeout { get; init; }
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first bound that makes no sense.</summary>
+    public void Validate()
+    {
+        if (MaxSequences < 1) throw new ArgumentException($"MaxSequences must be ≥ 1; got {MaxSequences}.", nameof(MaxSequences));
+        if (MaxBatchedTokens < MaxSequences)
+            throw new ArgumentException(
+                $"MaxBatchedTokens ({MaxBatchedTokens}) must be at least MaxSequences ({MaxSequences}): every running sequence's decode token goes into each step.",
+                nameof(MaxBatchedTokens));
+        if (MaxQueue < 0) throw new ArgumentException($"MaxQueue must be ≥ 0; got {MaxQueue}.", nameof(MaxQueue));
+        if (!Enum.IsDefined(KvType)) throw new ArgumentException($"Unknown KV cache type {KvType}.", nameof(KvType));
+        if (DefaultTimeout is { } t && t <= TimeSpan.Zero) throw new ArgumentException($"DefaultTimeout must be positive; got {t}.", nameof(DefaultTimeout));
+    }
+}

@@ -1,0 +1,276 @@
+using System.Diagnostics;
+using BitNetSharp.Generation;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Server;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Generation;
+
+/// <summary>The continuous-batching scheduler on a tiny synthetic model with a byte-level tokenizer.</summary>
+public sealed class SchedulerTests : IDisposable
+{
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(30);
+    private readonly ModelWeights _weights;
+    private readonly BitNetTokenizer _tokenizer;
+
+    public SchedulerTests() => (_weights, _tokenizer) = TinyChatModel.Load();
+
+    public void Dispose() => _weights.Dispose();
+
+    private ContinuousBatchScheduler Scheduler(int maxSeqs = 8, int maxBatched = 32, int maxQueue = 64) =>
+        new(_weights, _tokenizer, new SchedulerOptions { MaxSequences = maxSeqs, MaxBatchedTokens = maxBatched, MaxQueue = maxQueue, Threads = 2 });
+
+    private static GenerationHandle Submit(ContinuousBatchScheduler s, GenerationRequest r) => s.Submit(r, TestContext.Current.CancellationToken);
+
+    private sealed record Output(List<int> Tokens, string Text, FinishReason Finish, List<GenerationEvent> Events);
+
+    /// <summary>Reads a handle to the end; one entry per choice.</summary>
+    private static async Task<Output[]> Collect(GenerationHandle h)
+    {
+        int n = h.Request.Choices;
+        var outs = Enumerable.Range(0, n).Select(_ => new Output([], "", FinishReason.None, [])).ToArray();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        cts.CancelAfter(Bound);
+        await foreach (var e in h.Events.ReadAllAsync(cts.Token))
+        {
+            var o = outs[e.Choice];
+            if (e.Token >= 0) o.Tokens.Add(e.Token);
+            o.Events.Add(e);
+            outs[e.Choice] = o with { Text = o.Text + e.Text, Finish = e.Finish };
+        }
+        return outs;
+    }
+
+    private static int[] Prompt(int i) => Enumerable.Range(0, 3 + i * 5 % 41).Select(k => (k * 37 + i * 11) % 256).ToArray();
+
+    /// <summary>
+    /// 16 greedy requests submitted at once (8 run, 8 wait; prompts of 3 to 43 tokens, so prefill is chunked over
+    /// steps and mixed with other sequences' decode tokens) each produce exactly the tokens they produce alone, and
+    /// the same tokens as the single-sequence <see cref="TextGenerator"/>: batching changes nothing.
+    /// </summary>
+    [Fact]
+    public async Task ConcurrentGreedyRequestsEqualRunningAlone()
+    {
+        var requests = Enumerable.Range(0, 16).Select(i => new GenerationRequest { Prompt = Prompt(i), MaxTokens = 12 + i % 5, IgnoreStopTokens = true }).ToArray();
+        Output[] alone;
+        using (var s = Scheduler())
+        {
+            alone = new Output[16];
+            for (int i = 0; i < 16; i++) alone[i] = (await Collect(Submit(s, requests[i])))[0];
+        }
+        using (var s = Scheduler())
+        {
+            var handles = requests.Select(r => Submit(s, r)).ToArray();
+            var together = await Task.WhenAll(handles.Select(Collect));
+            for (int i = 0; i < 16; i++)
+            {
+                Assert.Equal(alone[i].Tokens, together[i][0].Tokens);
+                Assert.Equal(alone[i].Text, together[i][0].Text);
+                Assert.Equal(FinishReason.Length, together[i][0].Finish);
+                Assert.Equal(requests[i].MaxTokens, together[i][0].Tokens.Count);
+            }
+            var st = s.Statistics;
+            Assert.Equal(16, st.FinishedLength);
+            Assert.Equal(requests.Sum(r => r.MaxTokens), st.GenerationTokens);
+            Assert.Equal(requests.Sum(r => r.Prompt.Count), st.PromptTokens);
+            Assert.True(st.Steps < requests.Sum(r => r.MaxTokens), $"{st.Steps} steps: the requests were not batched");
+        }
+        using var generator = new TextGenerator(_weights, _tokenizer, new GeneratorOptions { Threads = 2 });
+        for (int i = 0; i < 16; i += 5)
+        {
+            generator.Reset();
+            var ids = generator.Generate(requests[i].Prompt, requests[i].MaxTokens, SamplingParameters.Greedy, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).Select(t => t.Id).ToList();
+            Assert.Equal(ids, alone[i].Tokens);
+        }
+    }
+
+    [Fact]
+    public async Task QueueOverflowFailsFastAndCountsTheRejection()
+    {
+        using var s = Scheduler(maxSeqs: 1, maxBatched: 8, maxQueue: 2);
+        s.StepGate.Reset(); // hold the engine: nothing is admitted, so both submissions stay queued
+        var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4 });
+        var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4 });
+        var e = Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
+        Assert.Contains("2 requests are already waiting", e.Message);
+        Assert.Equal(2, s.Statistics.WaitingRequests);
+        Assert.Equal(1, s.Statistics.Rejected);
+        s.StepGate.Set();
+        await Collect(a);
+        await Collect(b);
+        Assert.Equal(0, s.Statistics.WaitingRequests);
+        Assert.Single(await Collect(Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 })));
+    }
+
+    /// <summary>With one slot, a long request holds it; cancelling the request frees the slot and the waiting one runs.</summary>
+    [Fact]
+    public async Task CancellationFreesTheSlotForTheNextRequest()
+    {
+        using var s = Scheduler(maxSeqs: 1, maxBatched: 8);
+        using var cts = new CancellationTokenSource();
+        var longRequest = s.Submit(new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 250, IgnoreStopTokens = true }, cts.Token);
+        using var read = new CancellationTokenSource(Bound);
+        var first = await longRequest.Events.ReadAsync(read.Token);
+        Assert.True(first.Token >= 0);
+        s.StepGate.Reset(); // the long request is running and cannot finish while we look
+        var next = Submit(s, new GenerationRequest { Prompt = [9, 8, 7], MaxTokens = 5, IgnoreStopTokens = true });
+        Assert.Equal(1, s.Statistics.RunningSequences);
+        Assert.Equal(1, s.Statistics.WaitingRequests);
+        cts.Cancel();
+        s.StepGate.Set();
+        var done = await Collect(next);
+        Assert.Equal(5, done[0].Tokens.Count);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => { await foreach (var _ in longRequest.Events.ReadAllAsync(read.Token)) { } });
+        var st = s.Statistics;
+        Assert.Equal(1, st.Cancelled);
+        Assert.Equal(0, st.RunningSequences);
+        Assert.Equal(0, st.KvPositionsInUse);
+    }
+
+    [Fact]
+    public async Task TimeoutEndsWaitingAndRunningRequests()
+    {
+        using var s = Scheduler(maxSeqs: 1, maxBatched: 8);
+        s.StepGate.Reset();
+        var waiting = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 4, Timeout = TimeSpan.FromMilliseconds(20) });
+        Thread.Sleep(60);
+        s.StepGate.Set();
+        var e = await Assert.ThrowsAsync<TimeoutException>(() => Collect(waiting));
+        Assert.Contains("0.02 s", e.Message);
+
+        var running = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 250, IgnoreStopTokens = true, Timeout = TimeSpan.FromMilliseconds(30) });
+        using var read = new CancellationTokenSource(Bound);
+        await running.Events.ReadAsync(read.Token);
+        s.StepGate.Reset();
+        Thread.Sleep(60); // past the deadline with tokens still to go
+        s.StepGate.Set();
+        await Assert.ThrowsAsync<TimeoutException>(async () => { await foreach (var _ in running.Events.ReadAllAsync(read.Token)) { } });
+        Assert.Equal(2, s.Statistics.TimedOut);
+        Assert.Equal(0, s.Statistics.RunningSequences);
+        // The slot is free again.
+        Assert.Equal(3, (await Collect(Submit(s, new GenerationRequest { Prompt = [5], MaxTokens = 3, IgnoreStopTokens = true })))[0].Tokens.Count);
+    }
+
+    /// <summary>A stop string taken from the middle of a greedy output ends the same request there, without the stop text, even when it spans tokens.</summary>
+    [Fact]
+    public async Task StopStringsEndTheChoiceBeforeTheMatch()
+    {
+        using var s = Scheduler();
+        var request = new GenerationRequest { Prompt = [72, 101, 108, 108, 111], MaxTokens = 40, IgnoreStopTokens = true };
+        var full = (await Collect(Submit(s, request)))[0];
+        Assert.True(full.Text.Length >= 12, full.Text);
+        string stop = full.Text.Substring(7, 3);
+        var stopped = (await Collect(Submit(s, request with { StopStrings = ["never-there", stop] })))[0];
+        Assert.Equal(FinishReason.Stop, stopped.Finish);
+        Assert.Equal(full.Text[..full.Text.IndexOf(stop, StringComparison.Ordinal)], stopped.Text);
+        Assert.Equal(full.Tokens.Take(stopped.Tokens.Count), stopped.Tokens);
+    }
+
+    /// <summary>n choices are separate sequences: with a seed, choice i replays a single-choice request seeded seed + i.</summary>
+    [Fact]
+    public async Task SeveralChoicesAreIndependentSeededSequences()
+    {
+        using var s = Scheduler();
+        var sampling = new SamplingParameters { Temperature = 1.5f, Seed = 1234, LogProbs = 3 };
+        var request = new GenerationRequest { Prompt = [3, 1, 4, 1, 5], MaxTokens = 10, IgnoreStopTokens = true, Sampling = sampling, Choices = 3 };
+        var outs = await Collect(Submit(s, request));
+        Assert.Equal(3, outs.Length);
+        Assert.NotEqual(outs[0].Tokens, outs[1].Tokens);
+        for (int c = 0; c < 3; c++)
+        {
+            var single = (await Collect(Submit(s, request with { Choices = 1, Sampling = sampling with { Seed = 1234 + (ulong)c } })))[0];
+            Assert.Equal(single.Tokens, outs[c].Tokens);
+            foreach (var e in outs[c].Events.Where(e => e.Token >= 0))
+            {
+                Assert.True(e.LogProb <= 0 && float.IsFinite(e.LogProb));
+                Assert.Equal(3, e.TopLogProbs!.Length);
+                Assert.True(e.TopLogProbs[0].LogProb >= e.LogProb);
+            }
+        }
+    }
+
+    [Fact]
+    public async Task GreedyStopsAtTheEndOfTextTokenAndReportsMetrics()
+    {
+        using var s = Scheduler();
+        // Ban every token but 'a' and end-of-text, then favour end-of-text after one 'a': finish reason stop, no stop token delivered.
+        var bias = Enumerable.Range(0, TinyChatModel.VocabSize).ToDictionary(i => i, i => i == 'a' || i == TinyChatModel.EndOfText ? 0f : float.NegativeInfinity);
+        var sampling = SamplingParameters.Greedy with { LogitBias = bias, PresencePenalty = 1e6f };
+        var outs = await Collect(Submit(s, new GenerationRequest { Prompt = [(int)'b'], MaxTokens = 10, Sampling = sampling }));
+        Assert.Equal(FinishReason.Stop, outs[0].Finish);
+        Assert.DoesNotContain(TinyChatModel.EndOfText, outs[0].Tokens);
+        Assert.True(outs[0].Tokens.Count <= 1);
+        Assert.Equal(-1, outs[0].Events[^1].Token);
+
+        var seen = new Dictionary<string, double>();
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (i, l) => { if (ReferenceEquals(i.Meter, s.Meters.Meter)) l.EnableMeasurementEvents(i); };
+        listener.SetMeasurementEventCallback<double>((i, v, _, _) => { lock (seen) seen[i.Name] = seen.GetValueOrDefault(i.Name) + 1; });
+        listener.SetMeasurementEventCallback<long>((i, v, _, _) => { lock (seen) seen[i.Name] = v; });
+        listener.SetMeasurementEventCallback<int>((i, v, _, _) => { lock (seen) seen[i.Name] = v; });
+        listener.Start();
+        s.Meters.Publish();
+        listener.RecordObservableInstruments();
+        Assert.Equal(1, seen["bitnet.time_to_first_token"]);
+        Assert.Equal(1, seen["bitnet.request.queue_time"]);
+        Assert.True(seen["bitnet.engine.step_tokens"] >= 1);
+        Assert.Equal(1, seen["bitnet.prompt_tokens"]);
+        Assert.Equal(0, seen["bitnet.requests.running"]);
+    }
+
+    [Fact]
+    public void BadRequestsAreRefusedBeforeQueueing()
+    {
+        using var s = Scheduler(maxSeqs: 2, maxBatched: 8);
+        Assert.Throws<ArgumentException>(() => Submit(s, new GenerationRequest { Prompt = [] }));
+        Assert.Throws<ArgumentException>(() => Submit(s, new GenerationRequest { Prompt = [TinyChatModel.VocabSize] }));
+        var ctx = Assert.Throws<ArgumentException>(() => Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 255 }));
+        Assert.Contains("exceeds the context of 256", ctx.Message);
+        Assert.Throws<ArgumentException>(() => Submit(s, new GenerationRequest { Prompt = [1], Choices = 3 }));
+        Assert.Throws<ArgumentException>(() => Submit(s, new GenerationRequest { Prompt = [1], StopStrings = [""] }));
+        Assert.Equal(0, s.Statistics.WaitingRequests);
+        Assert.Throws<ArgumentException>(() => new SchedulerOptions { MaxSequences = 8, MaxBatchedTokens = 4 }.Validate());
+    }
+
+    [Theory]
+    [InlineData(new[] { "Hello, wor", "ld! Bye" }, new[] { "world" }, "Hello, ", true)]
+    [InlineData(new[] { "ab", "c", "d" }, new[] { "cde" }, "abcd", false)]
+    [InlineData(new[] { "x<", "|e", "nd|>y" }, new[] { "<|end|>" }, "x", true)]
+    [InlineData(new[] { "aaa", "ab" }, new[] { "aab" }, "aa", true)]
+    public void StopStringMatcherHoldsBackPossibleStarts(string[] pieces, string[] stops, string expected, bool expectStop)
+    {
+        var m = new StopStringMatcher(stops);
+        string text = "";
+        bool stopped = false;
+        foreach (var p in pieces)
+        {
+            text += m.Push(p, out stopped);
+            if (stopped) break;
+        }
+        if (!stopped) text += m.Flush();
+        Assert.Equal(expected, text);
+        Assert.Equal(expectStop, stopped);
+    }
+
+    /// <summary>Disposing with work in flight ends every request instead of leaving a reader hanging.</summary>
+    [Fact]
+    public async Task DisposeEndsRequestsInFlight()
+    {
+        var s = Scheduler(maxSeqs: 1, maxBatched: 8);
+        var running = Submit(s, new GenerationRequest { Prompt = [1], MaxTokens = 250, IgnoreStopTokens = true });
+        var waiting = Submit(s, new GenerationRequest { Prompt = [2], MaxTokens = 4 });
+        var sw = Stopwatch.StartNew();
+        s.Dispose();
+        Assert.True(sw.Elapsed < Bound);
+        using var read = new CancellationTokenSource(Bound);
+        foreach (var h in new[] { running, waiting })
+        {
+            try { await foreach (var _ in h.Events.ReadAllAsync(read.Token)) { } }
+            catch (ObjectDisposedException) { }
+            Assert.True(h.Events.Completion.IsCompleted);
+        }
+        Assert.Throws<ObjectDisposedException>(() => Submit(s, new GenerationRequest { Prompt = [1] }));
+    }
+}
