@@ -176,54 +176,71 @@ public sealed class ContinuousBatchScheduler : IDisposable
     {
         while (!_stopping)
         {
-            StepGate.Wait();
-            _wake.Reset();
-            long now = Stopwatch.GetTimestamp();
-            while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
-            Reap(now);
-            Admit(now);
-            int n = BuildBatch(out int rows);
-            PublishGauges();
-            if (n == 0)
-            {
-                _wake.Wait(IdleWait(now));
-                continue;
-            }
             try
             {
-                _engine.Forward(_batch.AsSpan(0, n), _caches, _logits);
+                RunStep();
             }
             catch (Exception e)
             {
-                // A bug or an exhausted resource: everything in this batch is in an unknown state.
+                // A bug outside the forward pass and sampling: fail what is running rather than the process.
                 foreach (var r in _runningRequests.ToArray()) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
-                continue;
+                _running.RemoveAll(static s => s.Finished);
             }
-            long after = Stopwatch.GetTimestamp();
-            for (int r = 0; r < rows; r++)
-            {
-                var seq = _rowOwner[r]!;
-                _rowOwner[r] = null;
-                if (seq.Finished) continue;
-                try
-                {
-                    Step(seq, _logits.AsSpan(r * _config.VocabSize, _config.VocabSize), after);
-                }
-                catch (Exception e) when (e is InvalidOperationException or ArgumentException)
-                {
-                    Fail(seq.Request, e, ref _counters.Failed);
-                }
-            }
-            SchedulerCounters.Add(ref _counters.Steps, 1);
-            SchedulerCounters.Add(ref _counters.StepTokens, n);
-            SchedulerCounters.Set(ref _counters.LastStepTicks, after);
-            _samples.Write(MetricKind.StepTokens, n);
-            _running.RemoveAll(static s => s.Finished);
         }
         var stopped = new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down.");
         foreach (var r in _runningRequests.ToArray()) Fail(r, stopped, ref _counters.Failed);
         while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
         foreach (var r in _waiting.ToArray()) Fail(r, stopped, ref _counters.Failed);
+    }
+
+    /// <summary>One engine step: admissions, one batch through the model, one token per sequence with a logits row.</summary>
+    private void RunStep()
+    {
+        StepGate.Wait();
+        _wake.Reset();
+        long now = Stopwatch.GetTimestamp();
+        while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
+        Reap(now);
+        Admit(now);
+        int n = BuildBatch(out int rows);
+        PublishGauges();
+        if (n == 0)
+        {
+            _wake.Wait(IdleWait(now));
+            return;
+        }
+        try
+        {
+            _engine.Forward(_batch.AsSpan(0, n), _caches, _logits);
+        }
+        catch (Exception e)
+        {
+            // A bug or an exhausted resource: everything in this batch is in an unknown state.
+            foreach (var r in _runningRequests.ToArray()) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
+            _running.RemoveAll(static s => s.Finished);
+            return;
+        }
+        long after = Stopwatch.GetTimestamp();
+        for (int r = 0; r < rows; r++)
+        {
+            var seq = _rowOwner[r]!;
+            _rowOwner[r] = null;
+            if (seq.Finished) continue;
+            try
+            {
+                Step(seq, _logits.AsSpan(r * _config.VocabSize, _config.VocabSize), after);
+            }
+            catch (Exception e)
+            {
+                // One request's sampling failed (e.g. logit_bias banned every token): end it, keep serving the rest.
+                Fail(seq.Request, e as InvalidOperationException ?? new InvalidOperationException($"Sampling failed: {e.Message}", e), ref _counters.Failed);
+            }
+        }
+        SchedulerCounters.Add(ref _counters.Steps, 1);
+        SchedulerCounters.Add(ref _counters.StepTokens, n);
+        SchedulerCounters.Set(ref _counters.LastStepTicks, after);
+        _samples.Write(MetricKind.StepTokens, n);
+        _running.RemoveAll(static s => s.Finished);
     }
 
     /// <summary>Ends cancelled and timed-out requests, waiting or running, freeing their slots before this step's admissions.</summary>
@@ -262,6 +279,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             for (int c = 0; c < r.Choices; c++)
             {
                 var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
+                // Sampler with LogProbs = 0 runs a top-0 selection that indexes an empty heap; ask it for one and deliver none.
+                if (sampling.LogProbs == 0) sampling = sampling with { LogProbs = 1 };
                 var seq = new Sequence(h, c, _freeSlots.Pop(), new Sampler(sampling, _config.VocabSize),
                     _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false, atTextStart: false),
                     r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);

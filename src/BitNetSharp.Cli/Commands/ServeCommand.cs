@@ -1,0 +1,113 @@
+using System.CommandLine;
+using System.Net;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Server;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--max-seqs 8] [--max-batched-tokens 256]
+/// [--max-queue 64] [--timeout 600] [--api-key KEY]</c>: the OpenAI-compatible server until Ctrl-C. The API key may
+/// also come from BITNET_API_KEY; the flag wins.
+/// </summary>
+public static class ServeCommand
+{
+    public const string ApiKeyVariable = "BITNET_API_KEY";
+
+    public static Command Create(CliConsole cli)
+    {
+        var model = new ModelOptions();
+        var host = new Option<string>("--host") { Description = "Address to listen on (loopback by default; 0.0.0.0 for every interface).", DefaultValueFactory = _ => "127.0.0.1" };
+        var port = new Option<int>("--port") { Description = "TCP port (0 picks a free one).", DefaultValueFactory = _ => 8080 };
+        var maxSeqs = new Option<int>("--max-seqs") { Description = "Sequences decoded together; each holds one KV cache of --ctx positions.", DefaultValueFactory = _ => 8 };
+        var maxBatched = new Option<int>("--max-batched-tokens") { Description = "Tokens per engine step (decode tokens plus prompt chunks).", DefaultValueFactory = _ => 256 };
+        var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a free sequence; beyond it the server answers 429.", DefaultValueFactory = _ => 64 };
+        var timeout = new Option<double>("--timeout") { Description = "Seconds a request may take, waiting included.", DefaultValueFactory = _ => 600 };
+        var apiKey = new Option<string?>("--api-key") { Description = $"Require 'Authorization: Bearer KEY' on every route but /health (or set {ApiKeyVariable})." };
+        var maxTokens = new Option<int>("--max-tokens-limit") { Description = "The largest max_tokens a request may ask for.", DefaultValueFactory = _ => 4096 };
+        var maxN = new Option<int>("--max-n") { Description = "The largest n (choices per prompt); at most --max-seqs." };
+        var alias = new Option<string?>("--alias") { Description = "The model id clients use (default: the model file's name)." };
+        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching.")
+        {
+            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias,
+        };
+        model.AddTo(command);
+        command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
+        {
+            string path = ModelOptions.ResolveModel(result.GetValue(model.Model));
+            var generator = model.Generator(result);
+            int seqs = result.GetValue(maxSeqs);
+            var scheduler = new SchedulerOptions
+            {
+                MaxSequences = seqs,
+                MaxBatchedTokens = result.GetValue(maxBatched),
+                MaxQueue = result.GetValue(maxQueue),
+                ContextLength = generator.ContextLength,
+                KvType = generator.KvType,
+                Threads = generator.Threads,
+            };
+            double seconds = result.GetValue(timeout);
+            if (!(seconds > 0)) throw new UsageException($"--timeout must be a positive number of seconds; got {seconds}.");
+            string? key = result.GetValue(apiKey) ?? Environment.GetEnvironmentVariable(ApiKeyVariable);
+            if (key is { Length: 0 }) key = null;
+            string id = result.GetValue(alias) ?? ModelId(path);
+            var options = new ServerOptions
+            {
+                Host = result.GetValue(host) ?? "127.0.0.1",
+                Port = result.GetValue(port),
+                ApiKey = key,
+                Scheduler = scheduler,
+                RequestTimeout = TimeSpan.FromSeconds(seconds),
+                MaxTokensLimit = result.GetValue(maxTokens),
+                MaxChoices = result.GetValue(maxN) is > 0 and var n ? n : Math.Max(1, seqs),
+                LoadModel = () =>
+                {
+                    var (weights, tokenizer) = ModelOptions.Load(path);
+                    return new LoadedModel(weights, tokenizer, id);
+                },
+            };
+            try
+            {
+                options.Validate();
+            }
+            catch (ArgumentException e)
+            {
+                throw new UsageException(e.Message.Split(" (Parameter '")[0]);
+            }
+            return Run(cli, options, path, id, cancellation).GetAwaiter().GetResult();
+        })));
+        return command;
+    }
+
+    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, CancellationToken cancellation)
+    {
+        await using var server = await BitNetServer.StartAsync(options, cancellation);
+        bool loopback = IPAddress.IsLoopback(BitNetServer.ParseHost(options.Host));
+        cli.Error.WriteLine($"bitnet serve: listening on {server.Address} (loading {path}; /health answers 503 until ready)");
+        if (!loopback && options.ApiKey is null)
+            cli.Error.WriteLine($"warning: listening on {options.Host} without an API key: anyone who can reach this port can use the model (set --api-key or {ApiKeyVariable}).");
+        try
+        {
+            await server.Ready.WaitAsync(cancellation);
+            cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics); Ctrl-C stops.");
+            await Task.Delay(Timeout.Infinite, cancellation);
+        }
+        catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+        {
+        }
+        catch (Exception e) when (server.Ready.IsFaulted)
+        {
+            cli.Error.WriteLine($"error: the model could not be loaded: {e.Message}");
+            return 1;
+        }
+        cli.Error.WriteLine("stopping.");
+        return 0;
+    }
+
+    /// <summary>A file's name without its extension, a directory's name.</summary>
+    internal static string ModelId(string path)
+    {
+        var full = Path.GetFullPath(path).TrimEnd(Path.DirectorySeparatorChar, Path.AltDirectorySeparatorChar);
+        return Directory.Exists(full) ? Path.GetFileName(full) : Path.GetFileNameWithoutExtension(full);
+    }
+}

@@ -1,0 +1,19 @@
+namespace BitNetSharp.Server.Api;
+
+/// <summary>
+/// A request the server refuses, with everything the OpenAI error body carries:
+/// <c>{"error":{"message","type","param","code"}}</c> and the HTTP status.
+/// </summary>
+internal sealed class ApiException(int status, string message, string type, string? param = null, string? code = null) : Exception(message)
+{
+    public int Status { get; } = status;
+    public string Type { get; } = type;
+    public string? Param { get; } = param;
+    public string? Code { get; } = code;
+
+    /// <summary>Seconds a client should wait before retrying (429 and 503), written as Retry-After.</summary>
+    public int? RetryAfterSeconds { get; init; }
+
+    public static ApiException BadRequest(string message, string? param = null, string? code = null) =>
+        new(400, message, "invalid_request_error", param, code);
+}

@@ -1,0 +1,253 @@
+using System.Runtime.CompilerServices;
+using System.Text;
+using System.Text.Json;
+using System.Threading.Channels;
+using BitNetSharp.Generation;
+using BitNetSharp.Generation.Scheduler;
+using Microsoft.AspNetCore.Http;
+
+namespace BitNetSharp.Server.Api;
+
+/// <summary>
+/// POST /v1/completions and /v1/chat/completions: parse and validate, submit one scheduler request per prompt
+/// (each with n choices), then answer with one JSON body or stream SSE chunks as tokens arrive. The request's
+/// abort token is the scheduler request's cancellation, so a client that goes away frees its sequences at the
+/// engine's next step.
+/// </summary>
+internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
+{
+    public Task Completions(HttpContext context) => Handle(context, chat: false);
+
+    public Task ChatCompletions(HttpContext context) => Handle(context, chat: true);
+
+    private sealed class Choice
+    {
+        public readonly StringBuilder Text = new();
+        public List<TokenLogProbEntry>? LogProbs;
+        public string? Finish;
+        public int Tokens;
+    }
+
+    private async Task Handle(HttpContext context, bool chat)
+    {
+        var model = host.RequireReady();
+        var aborted = context.RequestAborted;
+        CompletionRequest request;
+        var (doc, json) = await JsonRequest.ReadAsync(context.Request, aborted);
+        using (doc) request = CompletionRequest.Parse(json, chat, model, options);
+
+        var handles = Submit(model, request, aborted);
+        try
+        {
+            var header = new ResponseHeader((chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N"), DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+                model.Id, chat, request.LogProbs, model.Tokenizer);
+            var choices = Enumerable.Range(0, handles.Length * request.Choices).Select(_ => new Choice()).ToArray();
+            int promptTokens = request.Prompts.Sum(p => p.Length);
+            if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens);
+            else await RespondAsync(context, request, header, handles, choices, promptTokens);
+        }
+        finally
+        {
+            // Nothing left to deliver to: stop whatever is still running (a no-op for finished requests).
+            foreach (var h in handles) h.Cancel();
+        }
+    }
+
+    private GenerationHandle[] Submit(ServedModel model, CompletionRequest request, CancellationToken aborted)
+    {
+        var handles = new List<GenerationHandle>(request.Prompts.Count);
+        try
+        {
+            foreach (var prompt in request.Prompts)
+            {
+                handles.Add(model.Scheduler.Submit(new GenerationRequest
+                {
+                    Prompt = prompt,
+                    MaxTokens = request.MaxTokens,
+                    Sampling = request.Sampling,
+                    StopStrings = request.Stop,
+                    IgnoreStopTokens = request.IgnoreEos,
+                    Choices = request.Choices,
+                }, aborted));
+            }
+            return [.. handles];
+        }
+        catch (Exception e) when (e is SchedulerQueueFullException or ArgumentException or ObjectDisposedException)
+        {
+            foreach (var h in handles) h.Cancel();
+            throw e switch
+            {
+                SchedulerQueueFullException => new ApiException(429, e.Message, "rate_limit_error", code: "queue_full") { RetryAfterSeconds = 1 },
+                ObjectDisposedException => new ApiException(503, "The server is shutting down.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 },
+                _ => ApiException.BadRequest(e.Message.Split(" (Parameter '")[0]),
+            };
+        }
+    }
+
+    /// <summary>Every event of every prompt's request, with the choice index OpenAI gives it: prompt × n + choice.</summary>
+    private static async IAsyncEnumerable<(int Index, GenerationEvent Event)> Events(GenerationHandle[] handles, int n, [EnumeratorCancellation] CancellationToken cancellation)
+    {
+        if (handles.Length == 1)
+        {
+            await foreach (var e in handles[0].Events.ReadAllAsync(cancellation)) yield return (e.Choice, e);
+            yield break;
+        }
+        var merged = Channel.CreateUnbounded<(int, GenerationEvent)>(new UnboundedChannelOptions { SingleReader = true });
+        var pumps = handles.Select((h, p) => Task.Run(async () =>
+        {
+            await foreach (var e in h.Events.ReadAllAsync(cancellation)) merged.Writer.TryWrite((p * n + e.Choice, e));
+        }, cancellation)).ToArray();
+        _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException ?? (t.IsCanceled ? new OperationCanceledException() : null)),
+            CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        await foreach (var x in merged.Reader.ReadAllAsync(cancellation)) yield return x;
+    }
+
+    /// <summary>Folds one event into its choice; returns the log-probability entry it adds, if any.</summary>
+    private static TokenLogProbEntry? Apply(Choice c, GenerationEvent e, LogProbFormat format)
+    {
+        TokenLogProbEntry? entry = null;
+        if (e.Token >= 0)
+        {
+            c.Tokens++;
+            if (format != LogProbFormat.None)
+            {
+                entry = new TokenLogProbEntry(e.Token, e.LogProb, e.TopLogProbs, c.Text.Length);
+                (c.LogProbs ??= []).Add(entry.Value);
+            }
+        }
+        c.Text.Append(e.Text);
+        c.Finish = OpenAiJson.FinishReason(e.Finish) ?? c.Finish;
+        return entry;
+    }
+
+    private static async Task RespondAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens)
+    {
+        var aborted = context.RequestAborted;
+        try
+        {
+            await foreach (var (index, e) in Events(handles, request.Choices, aborted)) Apply(choices[index], e, request.LogProbs);
+        }
+        catch (Exception e) when (EndsGeneration(e))
+        {
+            throw GenerationError(e, aborted) ?? (Exception)new OperationCanceledException(aborted); // null: the client went away
+        }
+        await OpenAiJson.WriteJsonAsync(context.Response, 200, w =>
+        {
+            OpenAiJson.Start(w, header, chunk: false);
+            w.WriteStartArray("choices");
+            for (int i = 0; i < choices.Length; i++)
+            {
+                var c = choices[i];
+                w.WriteStartObject();
+                w.WriteNumber("index", i);
+                if (header.Chat)
+                {
+                    w.WriteStartObject("message");
+                    w.WriteString("role", "assistant");
+                    w.WriteString("content", c.Text.ToString());
+                    w.WriteNull("refusal");
+                    w.WriteEndObject();
+                }
+                else w.WriteString("text", c.Text.ToString());
+                OpenAiJson.LogProbs(w, header, c.LogProbs ?? []);
+                w.WriteString("finish_reason", c.Finish ?? "stop");
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            OpenAiJson.Usage(w, promptTokens, choices.Sum(c => c.Tokens));
+            w.WriteEndObject();
+        }, aborted);
+    }
+
+    private static async Task StreamAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens)
+    {
+        var aborted = context.RequestAborted;
+        var response = context.Response;
+        response.StatusCode = 200;
+        response.ContentType = "text/event-stream; charset=utf-8";
+        response.Headers.CacheControl = "no-cache";
+        response.Headers["X-Accel-Buffering"] = "no";
+        using var sse = new SseWriter(response.BodyWriter);
+        try
+        {
+            if (header.Chat)
+                for (int i = 0; i < choices.Length; i++)
+                    await sse.SendAsync(w => Chunk(w, header, request, i, "", null, null, role: true), aborted);
+            await foreach (var (index, e) in Events(handles, request.Choices, aborted))
+            {
+                var entry = Apply(choices[index], e, request.LogProbs);
+                string? finish = OpenAiJson.FinishReason(e.Finish);
+                if (e.Text.Length == 0 && entry is null && finish is null) continue;
+                await sse.SendAsync(w => Chunk(w, header, request, index, e.Text, entry, finish, role: false), aborted);
+            }
+            if (request.IncludeUsage)
+            {
+                await sse.SendAsync(w =>
+                {
+                    OpenAiJson.Start(w, header, chunk: true);
+                    w.WriteStartArray("choices");
+                    w.WriteEndArray();
+                    OpenAiJson.Usage(w, promptTokens, choices.Sum(c => c.Tokens));
+                    w.WriteEndObject();
+                }, aborted);
+            }
+        }
+        catch (Exception e) when (EndsGeneration(e))
+        {
+            var api = GenerationError(e, aborted);
+            if (api is null) return;
+            try
+            {
+                await sse.SendAsync(w => OpenAiJson.Error(w, api), aborted);
+            }
+            catch (Exception) when (aborted.IsCancellationRequested)
+            {
+                return;
+            }
+        }
+        try
+        {
+            await sse.DoneAsync(aborted);
+        }
+        catch (OperationCanceledException) when (aborted.IsCancellationRequested)
+        {
+        }
+    }
+
+    private static void Chunk(Utf8JsonWriter w, ResponseHeader header, CompletionRequest request, int index, string text, TokenLogProbEntry? entry, string? finish, bool role)
+    {
+        OpenAiJson.Start(w, header, chunk: true);
+        w.WriteStartArray("choices");
+        w.WriteStartObject();
+        w.WriteNumber("index", index);
+        if (header.Chat)
+        {
+            w.WriteStartObject("delta");
+            if (role) w.WriteString("role", "assistant");
+            if (role || text.Length > 0) w.WriteString("content", text);
+            w.WriteEndObject();
+        }
+        else w.WriteString("text", text);
+        OpenAiJson.LogProbs(w, header, entry is { } en ? [en] : null);
+        if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
+        w.WriteEndObject();
+        w.WriteEndArray();
+        if (request.IncludeUsage) w.WriteNull("usage");
+        w.WriteEndObject();
+    }
+
+    /// <summary>The exceptions a scheduler channel completes with, and the I/O errors of a connection that went away.</summary>
+    private static bool EndsGeneration(Exception e) =>
+        e is OperationCanceledException or TimeoutException or ObjectDisposedException or InvalidOperationException or System.IO.IOException;
+
+    /// <summary>What to tell the client about a generation that ended abnormally: null when the client itself went away (nobody to tell).</summary>
+    private static ApiException? GenerationError(Exception e, CancellationToken aborted) => e switch
+    {
+        _ when aborted.IsCancellationRequested => null,
+        OperationCanceledException => new ApiException(503, "The request was cancelled by the server.", "server_error", code: "cancelled"),
+        TimeoutException => new ApiException(504, e.Message, "server_error", code: "timeout"),
+        ObjectDisposedException => new ApiException(503, "The server is shutting down.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 },
+        InvalidOperationException => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
+        _ => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
+    };
+}

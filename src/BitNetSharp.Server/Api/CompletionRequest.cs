@@ -1,0 +1,255 @@
+using System.Text.Json;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Server.Api;
+
+/// <summary>How the response reports log-probabilities: not at all, in the legacy completions shape, or in the chat shape.</summary>
+internal enum LogProbFormat { None, Completion, Chat }
+
+/// <summary>
+/// A validated /v1/completions or /v1/chat/completions request, tokenized and ready for the scheduler. Parsing
+/// checks everything a client can get wrong before anything is queued, each failure a 4xx naming the field.
+/// </summary>
+internal sealed record CompletionRequest(
+    bool Chat,
+    bool Stream,
+    bool IncludeUsage,
+    IReadOnlyList<int[]> Prompts,
+    int Choices,
+    int MaxTokens,
+    SamplingParameters Sampling,
+    IReadOnlyList<string>? Stop,
+    bool IgnoreEos,
+    LogProbFormat LogProbs)
+{
+    private static readonly HashSet<string> Roles = ["system", "developer", "user", "assistant", "tool"];
+
+    public static CompletionRequest Parse(JsonRequest r, bool chat, ServedModel model, ServerOptions options)
+    {
+        CheckModel(r, model);
+        bool stream = r.Bool("stream") ?? false;
+        bool includeUsage = false;
+        if (r.TryGet("stream_options", out var so))
+        {
+            if (so.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType("stream_options", "an object", so);
+            includeUsage = new JsonRequest(so).Bool("include_usage") ?? false;
+        }
+        Unsupported(r, chat);
+
+        int[][] prompts = chat ? [ChatPrompt(r, model)] : CompletionPrompts(r, model, options);
+        int longest = prompts.Max(p => p.Length);
+        int ctx = model.ContextLength;
+        if (longest >= ctx)
+            throw ApiException.BadRequest(
+                $"This model's maximum context length is {ctx} tokens, but the {(chat ? "messages" : "prompt")} take {longest}; shorten them to leave room for the answer.",
+                chat ? "messages" : "prompt", "context_length_exceeded");
+
+        int n = (int)(r.Integer("n", 1, options.MaxChoices) ?? 1);
+        long? requested = r.Integer("max_completion_tokens", 1, options.MaxTokensLimit) ?? r.Integer("max_tokens", 1, options.MaxTokensLimit);
+        int maxTokens;
+        if (requested is { } m)
+        {
+            if (longest + m > ctx)
+                throw ApiException.BadRequest(
+                    $"This model's maximum context length is {ctx} tokens; you asked for {longest + m} ({longest} in the {(chat ? "messages" : "prompt")}, {m} for the completion). Lower max_tokens or shorten the input.",
+                    r.Has("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", "context_length_exceeded");
+            maxTokens = (int)m;
+        }
+        else
+        {
+            // OpenAI's defaults: 16 for legacy completions, as much as fits for chat (capped by the server's limit).
+            maxTokens = Math.Min(chat ? options.MaxTokensLimit : 16, ctx - longest);
+        }
+
+        var logProbs = LogProbFormat.None;
+        int? topLogProbs = null;
+        if (chat)
+        {
+            bool want = r.Bool("logprobs") ?? false;
+            long? top = r.Integer("top_logprobs", 0, options.MaxLogProbs);
+            if (top is not null && !want) throw ApiException.BadRequest("top_logprobs needs logprobs: true.", "top_logprobs");
+            if (want) (logProbs, topLogProbs) = (LogProbFormat.Chat, (int)(top ?? 0));
+        }
+        else if (r.Integer("logprobs", 0, options.MaxLogProbs) is { } lp)
+        {
+            (logProbs, topLogProbs) = (LogProbFormat.Completion, (int)lp);
+        }
+
+        var sampling = ParseSampling(r, model) with { LogProbs = topLogProbs };
+        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, ParseStop(r), r.Bool("ignore_eos") ?? false, logProbs);
+    }
+
+    public static void CheckModel(JsonRequest r, ServedModel model)
+    {
+        var name = r.String("model");
+        if (name is not null && !string.Equals(name, model.Id, StringComparison.Ordinal))
+            throw new ApiException(404, $"The model '{name}' does not exist; this server serves '{model.Id}' (see GET /v1/models).", "invalid_request_error", "model", "model_not_found");
+    }
+
+    /// <summary>Options we do not implement are refused rather than silently ignored when they would change the answer.</summary>
+    private static void Unsupported(JsonRequest r, bool chat)
+    {
+        if (chat)
+        {
+            if (r.TryGet("tools", out var tools) && tools.ValueKind == JsonValueKind.Array && tools.GetArrayLength() > 0)
+                throw ApiException.BadRequest("Tools (function calling) are not supported by this server.", "tools", "unsupported_parameter");
+            if (r.TryGet("response_format", out var rf) && !(rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text"))
+                throw ApiException.BadRequest("Only response_format {\"type\": \"text\"} is supported.", "response_format", "unsupported_parameter");
+        }
+        else
+        {
+            if (r.Bool("echo") == true) throw ApiException.BadRequest("echo is not supported by this server.", "echo", "unsupported_parameter");
+            if (r.String("suffix") is { Length: > 0 }) throw ApiException.BadRequest("suffix (insertion) is not supported by this server.", "suffix", "unsupported_parameter");
+            if (r.Integer("best_of", 1, 128) is { } bestOf && bestOf != (r.Integer("n", 1, 128) ?? 1))
+                throw ApiException.BadRequest("best_of other than n is not supported by this server.", "best_of", "unsupported_parameter");
+        }
+    }
+
+    private static int[] ChatPrompt(JsonRequest r, ServedModel model)
+    {
+        if (!r.TryGet("messages", out var messages)) throw ApiException.BadRequest("messages is required: the conversation so far, e.g. [{\"role\": \"user\", \"content\": \"Hello\"}].", "messages", "missing_required_parameter");
+        if (messages.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("messages", "an array of messages", messages);
+        if (messages.GetArrayLength() == 0) throw ApiException.BadRequest("messages is empty; give at least one message.", "messages", "empty_array");
+        var (tokenizer, template) = (RequireTokenizer(model, "messages"), model.Template!);
+        var list = new List<ChatMessage>();
+        int i = 0;
+        foreach (var m in messages.EnumerateArray())
+        {
+            string p = $"messages[{i}]";
+            if (m.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(p, "an object with role and content", m);
+            var mr = new JsonRequest(m);
+            var role = mr.String("role") ?? throw ApiException.BadRequest($"{p}.role is required.", $"{p}.role", "missing_required_parameter");
+            if (!Roles.Contains(role)) throw ApiException.BadRequest($"{p}.role '{role}' is not one of: {string.Join(", ", Roles)}.", $"{p}.role", "invalid_value");
+            list.Add(new ChatMessage(role == "developer" ? "system" : role, Content(mr, p)));
+            i++;
+        }
+        return tokenizer.Encode(template.Render(list, addGenerationPrompt: true), addBos: false, parseSpecial: true);
+    }
+
+    /// <summary>A message's content: a string, or an array of {"type": "text", "text": ...} parts joined; null for none.</summary>
+    private static string Content(JsonRequest m, string p)
+    {
+        if (!m.TryGet("content", out var c)) return "";
+        if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
+        if (c.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType($"{p}.content", "a string or an array of text parts", c);
+        var text = new System.Text.StringBuilder();
+        int k = 0;
+        foreach (var part in c.EnumerateArray())
+        {
+            string pp = $"{p}.content[{k++}]";
+            if (part.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(pp, "an object", part);
+            var pr = new JsonRequest(part);
+            var type = pr.String("type");
+            if (type != "text") throw ApiException.BadRequest($"{pp}.type '{type}' is not supported; this model reads text parts only.", $"{pp}.type", "unsupported_content");
+            text.Append(pr.String("text") ?? throw ApiException.BadRequest($"{pp}.text is required.", $"{pp}.text", "missing_required_parameter"));
+        }
+        return text.ToString();
+    }
+
+    /// <summary>prompt: a string, an array of strings, an array of token ids, or an array of token-id arrays.</summary>
+    private static int[][] CompletionPrompts(JsonRequest r, ServedModel model, ServerOptions options)
+    {
+        if (!r.TryGet("prompt", out var prompt)) throw ApiException.BadRequest("prompt is required: a string, an array of strings, token ids, or an array of token-id arrays.", "prompt", "missing_required_parameter");
+        if (prompt.ValueKind == JsonValueKind.String) return [EncodeText(prompt.GetString()!, model)];
+        if (prompt.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("prompt", "a string, an array of strings, token ids, or an array of token-id arrays", prompt);
+        int count = prompt.GetArrayLength();
+        if (count == 0) throw ApiException.BadRequest("prompt is an empty array.", "prompt", "empty_array");
+        var first = prompt[0];
+        if (first.ValueKind == JsonValueKind.Number) return [TokenIds(prompt, "prompt", model)];
+        if (count > options.MaxPrompts) throw ApiException.BadRequest($"prompt holds {count} prompts; this server takes at most {options.MaxPrompts} per request.", "prompt", "invalid_value");
+        var result = new int[count][];
+        int i = 0;
+        foreach (var p in prompt.EnumerateArray())
+        {
+            result[i] = (p.ValueKind, first.ValueKind) switch
+            {
+                (JsonValueKind.String, JsonValueKind.String) => EncodeText(p.GetString()!, model),
+                (JsonValueKind.Array, JsonValueKind.Array) => TokenIds(p, $"prompt[{i}]", model),
+                _ => throw ApiException.BadRequest($"prompt[{i}] is {JsonRequest.Describe(p)}, but prompt[0] is {JsonRequest.Describe(first)}; a prompt array holds only strings, only token ids, or only token-id arrays.", "prompt", "invalid_type"),
+            };
+            i++;
+        }
+        return result;
+    }
+
+    private static int[] EncodeText(string text, ServedModel model)
+    {
+        var tokenizer = RequireTokenizer(model, "prompt");
+        var ids = tokenizer.Encode(text, addBos: tokenizer.AddBosToken, parseSpecial: true);
+        if (ids.Length > 0) return ids;
+        // An empty prompt starts a document, as OpenAI's models start from <|endoftext|>.
+        if (tokenizer.BosId >= 0) return [tokenizer.BosId];
+        throw ApiException.BadRequest("The prompt is empty and this model's vocabulary has no BOS token to start from.", "prompt", "empty_prompt");
+    }
+
+    private static int[] TokenIds(JsonElement array, string param, ServedModel model)
+    {
+        if (array.GetArrayLength() == 0) throw ApiException.BadRequest($"{param} is an empty array of token ids.", param, "empty_prompt");
+        var ids = new int[array.GetArrayLength()];
+        int i = 0;
+        foreach (var e in array.EnumerateArray())
+        {
+            if (e.ValueKind != JsonValueKind.Number || !e.TryGetInt32(out int id))
+                throw ApiException.BadRequest($"{param}[{i}] must be a token id (an integer); got {JsonRequest.Describe(e)}.", param, "invalid_type");
+            if ((uint)id >= (uint)model.VocabSize)
+                throw ApiException.BadRequest($"{param}[{i}] = {id} is outside the vocabulary of {model.VocabSize} tokens.", param, "invalid_value");
+            ids[i++] = id;
+        }
+        return ids;
+    }
+
+    private static BitNetTokenizer RequireTokenizer(ServedModel model, string param) =>
+        model.Tokenizer ?? throw ApiException.BadRequest($"The model '{model.Id}' has no tokenizer, so it cannot read text; send the prompt as token ids.", param, "no_tokenizer");
+
+    private static SamplingParameters ParseSampling(JsonRequest r, ServedModel model)
+    {
+        var p = new SamplingParameters
+        {
+            Temperature = r.Number("temperature", 0, 2) ?? 1f,
+            TopP = r.Number("top_p", 0, 1) ?? 1f,
+            TopK = (int)Math.Max(0, r.Integer("top_k", -1, model.VocabSize) ?? 0),
+            MinP = r.Number("min_p", 0, 1) ?? 0f,
+            TypicalP = r.Number("typical_p", 1e-6, 1) ?? 1f,
+            RepetitionPenalty = r.Number("repetition_penalty", 1e-3, 100) ?? 1f,
+            PresencePenalty = r.Number("presence_penalty", -2, 2) ?? 0f,
+            FrequencyPenalty = r.Number("frequency_penalty", -2, 2) ?? 0f,
+            Seed = r.Integer("seed", long.MinValue, long.MaxValue) is { } seed ? unchecked((ulong)seed) : null,
+            LogitBias = LogitBias(r, model),
+        };
+        // top_p 0 keeps only the most likely token, which the sampler expresses as top-k 1.
+        if (p.TopP == 0f) p = p with { TopP = 1f, TopK = 1 };
+        return p;
+    }
+
+    /// <summary>logit_bias: {"token id": bias in [−100, 100]}; −100 bans the token, as OpenAI documents.</summary>
+    private static Dictionary<int, float>? LogitBias(JsonRequest r, ServedModel model)
+    {
+        if (!r.TryGet("logit_bias", out var lb)) return null;
+        if (lb.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType("logit_bias", "an object mapping token ids to biases", lb);
+        var bias = new Dictionary<int, float>();
+        foreach (var prop in lb.EnumerateObject())
+        {
+            if (!int.TryParse(prop.Name, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int id) || id >= model.VocabSize)
+                throw ApiException.BadRequest($"logit_bias key '{prop.Name}' is not a token id of this model (0..{model.VocabSize - 1}).", "logit_bias", "invalid_value");
+            if (prop.Value.ValueKind != JsonValueKind.Number || !prop.Value.TryGetDouble(out double v) || v < -100 || v > 100)
+                throw ApiException.BadRequest($"logit_bias for token {id} must be a number between -100 and 100.", "logit_bias", "invalid_value");
+            bias[id] = v <= -100 ? float.NegativeInfinity : (float)v;
+        }
+        return bias;
+    }
+
+    private static string[]? ParseStop(JsonRequest r)
+    {
+        if (!r.TryGet("stop", out var stop)) return null;
+        string[] stops = stop.ValueKind switch
+        {
+            JsonValueKind.String => [stop.GetString()!],
+            JsonValueKind.Array => [.. stop.EnumerateArray().Select((e, i) => e.ValueKind == JsonValueKind.String ? e.GetString()! : throw JsonRequest.WrongType($"stop[{i}]", "a string", e))],
+            _ => throw JsonRequest.WrongType("stop", "a string or an array of strings", stop),
+        };
+        if (stops.Length > 16) throw ApiException.BadRequest($"stop holds {stops.Length} strings; at most 16 are allowed.", "stop", "invalid_value");
+        if (stops.Any(s => s.Length == 0)) throw ApiException.BadRequest("stop strings must not be empty.", "stop", "invalid_value");
+        return stops.Length == 0 ? null : stops;
+    }
+}

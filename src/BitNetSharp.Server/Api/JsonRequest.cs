@@ -1,0 +1,100 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Http;
+
+namespace BitNetSharp.Server.Api;
+
+/// <summary>
+/// Typed access to the fields of a JSON request body. Every accessor treats a missing field and JSON null alike
+/// (absent) and turns a value of the wrong type or range into a 400 that names the field — so a client learns
+/// which field to fix, not where a deserializer gave up.
+/// </summary>
+internal readonly struct JsonRequest(JsonElement root)
+{
+    public JsonElement Root => root;
+
+    /// <summary>Reads the body as one JSON object, with the server's size limit applied by Kestrel.</summary>
+    public static async Task<(JsonDocument Document, JsonRequest Request)> ReadAsync(HttpRequest request, CancellationToken cancellation)
+    {
+        JsonDocument doc;
+        try
+        {
+            doc = await JsonDocument.ParseAsync(request.Body, new JsonDocumentOptions { MaxDepth = 32 }, cancellation);
+        }
+        catch (JsonException e)
+        {
+            throw ApiException.BadRequest($"The request body is not valid JSON: {e.Message}", code: "invalid_json");
+        }
+        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        {
+            throw new ApiException(413, $"The request body is larger than this server accepts ({request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes).",
+                "invalid_request_error", code: "request_too_large");
+        }
+        if (doc.RootElement.ValueKind != JsonValueKind.Object)
+        {
+            var kind = Describe(doc.RootElement);
+            doc.Dispose();
+            throw ApiException.BadRequest($"The request body must be a JSON object; got {kind}.", code: "invalid_json");
+        }
+        return (doc, new JsonRequest(doc.RootElement));
+    }
+
+    public bool TryGet(string name, out JsonElement value)
+    {
+        if (root.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null) return true;
+        value = default;
+        return false;
+    }
+
+    public bool Has(string name) => TryGet(name, out _);
+
+    public string? String(string name)
+    {
+        if (!TryGet(name, out var v)) return null;
+        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw WrongType(name, "a string", v);
+    }
+
+    public bool? Bool(string name)
+    {
+        if (!TryGet(name, out var v)) return null;
+        return v.ValueKind switch
+        {
+            JsonValueKind.True => true,
+            JsonValueKind.False => false,
+            _ => throw WrongType(name, "true or false", v),
+        };
+    }
+
+    public long? Integer(string name, long min, long max)
+    {
+        if (!TryGet(name, out var v)) return null;
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt64(out long n))
+        {
+            // 2.0 is an integer too, as JSON writers of some languages send it.
+            if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) n = (long)d;
+            else throw WrongType(name, "an integer", v);
+        }
+        if (n < min || n > max) throw ApiException.BadRequest($"{name} must be between {min} and {max}; got {n}.", name, "invalid_value");
+        return n;
+    }
+
+    public float? Number(string name, double min, double max)
+    {
+        if (!TryGet(name, out var v)) return null;
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d)) throw WrongType(name, "a number", v);
+        if (!(d >= min && d <= max)) throw ApiException.BadRequest($"{name} must be between {min} and {max}; got {d}.", name, "invalid_value");
+        return (float)d;
+    }
+
+    public static ApiException WrongType(string name, string expected, JsonElement v) =>
+        ApiException.BadRequest($"{name} must be {expected}; got {Describe(v)}.", name, "invalid_type");
+
+    public static string Describe(JsonElement v) => v.ValueKind switch
+    {
+        JsonValueKind.String => "a string",
+        JsonValueKind.Number => "a number",
+        JsonValueKind.True or JsonValueKind.False => "a boolean",
+        JsonValueKind.Array => "an array",
+        JsonValueKind.Object => "an object",
+        _ => "null",
+    };
+}

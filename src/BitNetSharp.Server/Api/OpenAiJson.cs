@@ -1,0 +1,166 @@
+using System.Buffers;
+using System.IO.Pipelines;
+using System.Text;
+using System.Text.Encodings.Web;
+using System.Text.Json;
+using BitNetSharp.Generation;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Tokenization;
+using Microsoft.AspNetCore.Http;
+
+namespace BitNetSharp.Server.Api;
+
+/// <summary>One generated token's log-probabilities, as the response reports them.</summary>
+internal readonly record struct TokenLogProbEntry(int Token, float LogProb, TokenLogProb[]? Top, int TextOffset);
+
+/// <summary>The parts every completion response and chunk share.</summary>
+internal sealed record ResponseHeader(string Id, long Created, string Model, bool Chat, LogProbFormat LogProbs, BitNetTokenizer? Tokenizer)
+{
+    public string CompletionObject => Chat ? "chat.completion" : "text_completion";
+    public string ChunkObject => Chat ? "chat.completion.chunk" : "text_completion";
+}
+
+/// <summary>The OpenAI response shapes, written straight to the response with <see cref="Utf8JsonWriter"/>.</summary>
+internal static class OpenAiJson
+{
+    /// <summary>Non-ASCII text stays readable; this JSON is never embedded in HTML.</summary>
+    public static readonly JsonWriterOptions WriterOptions = new() { Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
+    /// <summary>OpenAI reports a log-probability of −∞ as −9999.</summary>
+    private static float Finite(float lp) => float.IsFinite(lp) ? lp : -9999f;
+
+    public static string? FinishReason(Generation.FinishReason f) => f switch
+    {
+        Generation.FinishReason.Stop => "stop",
+        Generation.FinishReason.Length => "length",
+        _ => null,
+    };
+
+    public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation)
+    {
+        response.StatusCode = status;
+        response.ContentType = "application/json";
+        using (var w = new Utf8JsonWriter(response.BodyWriter, WriterOptions)) body(w);
+        await response.BodyWriter.FlushAsync(cancellation);
+    }
+
+    public static void Error(Utf8JsonWriter w, ApiException e)
+    {
+        w.WriteStartObject();
+        w.WriteStartObject("error");
+        w.WriteString("message", e.Message);
+        w.WriteString("type", e.Type);
+        if (e.Param is null) w.WriteNull("param"); else w.WriteString("param", e.Param);
+        if (e.Code is null) w.WriteNull("code"); else w.WriteString("code", e.Code);
+        w.WriteEndObject();
+        w.WriteEndObject();
+    }
+
+    public static void Usage(Utf8JsonWriter w, int prompt, int completion)
+    {
+        w.WriteStartObject("usage");
+        w.WriteNumber("prompt_tokens", prompt);
+        w.WriteNumber("completion_tokens", completion);
+        w.WriteNumber("total_tokens", prompt + completion);
+        w.WriteEndObject();
+    }
+
+    public static void Start(Utf8JsonWriter w, ResponseHeader h, bool chunk)
+    {
+        w.WriteStartObject();
+        w.WriteString("id", h.Id);
+        w.WriteString("object", chunk ? h.ChunkObject : h.CompletionObject);
+        w.WriteNumber("created", h.Created);
+        w.WriteString("model", h.Model);
+        w.WriteNull("system_fingerprint");
+    }
+
+    /// <summary>The text a token stands for, for log-probability entries (invalid UTF-8 shows as U+FFFD; "bytes" has the exact bytes).</summary>
+    public static string TokenText(BitNetTokenizer? t, int id) =>
+        t is null ? id.ToString(System.Globalization.CultureInfo.InvariantCulture) : Encoding.UTF8.GetString(t.TokenBytes(id));
+
+    /// <summary>The "logprobs" member of a choice: the legacy completions shape or the chat shape, or null.</summary>
+    public static void LogProbs(Utf8JsonWriter w, ResponseHeader h, IReadOnlyList<TokenLogProbEntry>? entries)
+    {
+        if (h.LogProbs == LogProbFormat.None || entries is null)
+        {
+            w.WriteNull("logprobs");
+            return;
+        }
+        w.WriteStartObject("logprobs");
+        if (h.LogProbs == LogProbFormat.Chat)
+        {
+            w.WriteStartArray("content");
+            foreach (var e in entries)
+            {
+                w.WriteStartObject();
+                ChatToken(w, h.Tokenizer, e.Token, e.LogProb);
+                w.WriteStartArray("top_logprobs");
+                foreach (var t in e.Top ?? [])
+                {
+                    w.WriteStartObject();
+                    ChatToken(w, h.Tokenizer, t.Token, t.LogProb);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteNull("refusal");
+        }
+        else
+        {
+            w.WriteStartArray("tokens");
+            foreach (var e in entries) w.WriteStringValue(TokenText(h.Tokenizer, e.Token));
+            w.WriteEndArray();
+            w.WriteStartArray("token_logprobs");
+            foreach (var e in entries) w.WriteNumberValue(Finite(e.LogProb));
+            w.WriteEndArray();
+            w.WriteStartArray("top_logprobs");
+            foreach (var e in entries)
+            {
+                w.WriteStartObject();
+                foreach (var t in e.Top ?? []) w.WriteNumber(TokenText(h.Tokenizer, t.Token), Finite(t.LogProb));
+                w.WriteEndObject();
+            }
+            w.WriteEndArray();
+            w.WriteStartArray("text_offset");
+            foreach (var e in entries) w.WriteNumberValue(e.TextOffset);
+            w.WriteEndArray();
+        }
+        w.WriteEndObject();
+    }
+
+    private static void ChatToken(Utf8JsonWriter w, BitNetTokenizer? t, int id, float logProb)
+    {
+        w.WriteString("token", TokenText(t, id));
+        w.WriteNumber("logprob", Finite(logProb));
+        w.WriteStartArray("bytes");
+        if (t is not null) foreach (byte b in t.TokenBytes(id)) w.WriteNumberValue(b);
+        w.WriteEndArray();
+    }
+}
+
+/// <summary>Server-sent events on a response: <c>data: {json}\n\n</c> per event, flushed at once, and the final <c>data: [DONE]</c>.</summary>
+internal sealed class SseWriter(PipeWriter pipe) : IDisposable
+{
+    private readonly Utf8JsonWriter _json = new(pipe, OpenAiJson.WriterOptions);
+
+    public async Task SendAsync(Action<Utf8JsonWriter> body, CancellationToken cancellation)
+    {
+        pipe.Write("data: "u8);
+        _json.Reset(pipe);
+        body(_json);
+        _json.Flush();
+        pipe.Write("\n\n"u8);
+        await pipe.FlushAsync(cancellation);
+    }
+
+    public async Task DoneAsync(CancellationToken cancellation)
+    {
+        pipe.Write("data: [DONE]\n\n"u8);
+        await pipe.FlushAsync(cancellation);
+    }
+
+    public void Dispose() => _json.Dispose();
+}

@@ -1,0 +1,186 @@
+using System.Globalization;
+using System.Net;
+using System.Security.Cryptography;
+using System.Text;
+using BitNetSharp.Server.Api;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+
+namespace BitNetSharp.Server;
+
+/// <summary>
+/// The OpenAI-compatible server: Kestrel and minimal-API routes over one <see cref="Generation.Scheduler.ContinuousBatchScheduler"/>.
+/// <see cref="StartAsync"/> returns once the port is bound; the model loads and warms up in the background while
+/// /health answers 503, and every model route answers 503 with Retry-After until it is ready.
+/// <para>
+/// Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics,
+/// POST /tokenize, POST /detokenize. Errors are OpenAI-shaped <c>{"error":{"message","type","param","code"}}</c>.
+/// No request field is ever used as a file path: the model is chosen when the server starts.
+/// </para>
+/// </summary>
+public sealed class BitNetServer : IAsyncDisposable
+{
+    private readonly WebApplication _app;
+    private readonly ModelHost _host;
+    private int _disposed;
+
+    private BitNetServer(WebApplication app, ModelHost host, Uri address)
+    {
+        _app = app;
+        _host = host;
+        Address = address;
+    }
+
+    /// <summary>The bound address, e.g. http://127.0.0.1:8080/ (with the real port when 0 was asked for).</summary>
+    public Uri Address { get; }
+
+    public ModelState State => _host.State;
+
+    /// <summary>The engine, once the model is loaded (tests hold it between steps).</summary>
+    internal Generation.Scheduler.ContinuousBatchScheduler? Scheduler => _host.Served?.Scheduler;
+
+    /// <summary>Completes when the model is loaded and warmed up; faults if that failed.</summary>
+    public Task Ready => _host.Ready;
+
+    public static async Task<BitNetServer> StartAsync(ServerOptions options, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        var ip = ParseHost(options.Host);
+
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ApplicationName = typeof(BitNetServer).Assembly.GetName().Name,
+            ContentRootPath = AppContext.BaseDirectory,
+            Args = [],
+        });
+        builder.Logging.ClearProviders();
+        if (options.ConsoleLogLevel is { } level)
+        {
+            builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
+            builder.Logging.SetMinimumLevel(level);
+        }
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.Listen(ip, options.Port);
+            k.AddServerHeader = false;
+            k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+        });
+        var app = builder.Build();
+        var host = new ModelHost(options, app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("BitNetSharp.Server"));
+        Map(app, host, options);
+        // Generations in flight end at once (503 or an SSE error event) instead of holding shutdown until they finish.
+        app.Lifetime.ApplicationStopping.Register(host.Dispose);
+        try
+        {
+            await app.StartAsync(cancellation);
+        }
+        catch
+        {
+            await app.DisposeAsync();
+            throw;
+        }
+        var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault()
+                    ?? throw new InvalidOperationException("Kestrel reported no bound address.");
+        host.Start();
+        return new BitNetServer(app, host, new Uri(bound.EndsWith('/') ? bound : bound + "/"));
+    }
+
+    /// <summary>An IP address, "localhost" (IPv4 loopback) or "*" (all interfaces).</summary>
+    public static IPAddress ParseHost(string host) => host.Trim() switch
+    {
+        "localhost" => IPAddress.Loopback,
+        "*" => IPAddress.IPv6Any,
+        var h when IPAddress.TryParse(h.Trim('[', ']'), out var ip) => ip,
+        var h => throw new ArgumentException($"--host '{h}' is not an IP address; use 127.0.0.1 (the default), ::1, 0.0.0.0 or localhost.", nameof(host)),
+    };
+
+    private static void Map(WebApplication app, ModelHost host, ServerOptions options)
+    {
+        byte[]? key = options.ApiKey is null ? null : Encoding.UTF8.GetBytes(options.ApiKey);
+        app.Use(async (context, next) =>
+        {
+            try
+            {
+                if (key is not null && context.Request.Path != "/health" && !Authorized(context.Request, key))
+                    throw new ApiException(401, "Missing or invalid API key: send it as 'Authorization: Bearer YOUR_KEY'.", "invalid_request_error", code: "invalid_api_key");
+                await next(context);
+            }
+            catch (ApiException e) when (!context.Response.HasStarted)
+            {
+                await WriteError(context, e);
+            }
+            catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
+            {
+                // The client went away; there is nobody to answer.
+            }
+            catch (Exception e) when (!context.Response.HasStarted)
+            {
+                app.Logger.LogError(e, "Unhandled error on {Method} {Path}", context.Request.Method, context.Request.Path);
+                await WriteError(context, new ApiException(500, $"Internal server error: {e.Message}", "server_error", code: "internal_error"));
+            }
+        });
+
+        var completions = new CompletionEndpoints(host, options);
+        var tokenize = new TokenizeEndpoints(host);
+        var service = new ServiceEndpoints(host);
+        var routes = new (string Method, string Path, RequestDelegate Handler)[]
+        {
+            ("POST", "/v1/completions", completions.Completions),
+            ("POST", "/v1/chat/completions", completions.ChatCompletions),
+            ("GET", "/v1/models", service.Models),
+            ("GET", "/health", service.Health),
+            ("GET", "/metrics", service.Metrics),
+            ("POST", "/tokenize", tokenize.Tokenize),
+            ("POST", "/detokenize", tokenize.Detokenize),
+        };
+        foreach (var (method, path, handler) in routes) app.MapMethods(path, [method], handler);
+        string list = string.Join(", ", routes.Select(r => $"{r.Method} {r.Path}"));
+        app.MapFallback(context =>
+        {
+            var route = routes.FirstOrDefault(r => string.Equals(r.Path, context.Request.Path.Value?.TrimEnd('/'), StringComparison.OrdinalIgnoreCase));
+            if (route.Path is not null)
+                throw new ApiException(405, $"{context.Request.Method} is not allowed on {route.Path}; use {route.Method}.", "invalid_request_error", code: "method_not_allowed");
+            throw new ApiException(404, $"There is no route {context.Request.Method} {context.Request.Path}. Routes: {list}.", "invalid_request_error", code: "not_found");
+        });
+    }
+
+    private static bool Authorized(HttpRequest request, byte[] key)
+    {
+        var header = request.Headers.Authorization.ToString();
+        const string bearer = "Bearer ";
+        if (!header.StartsWith(bearer, StringComparison.OrdinalIgnoreCase)) return false;
+        var given = Encoding.UTF8.GetBytes(header[bearer.Length..].Trim());
+        return CryptographicOperations.FixedTimeEquals(given, key);
+    }
+
+    private static Task WriteError(HttpContext context, ApiException e)
+    {
+        context.Response.Clear();
+        if (e.RetryAfterSeconds is { } s) context.Response.Headers.RetryAfter = s.ToString(CultureInfo.InvariantCulture);
+        if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
+        return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None);
+    }
+
+    /// <summary>Stops accepting connections, ends requests in flight, stops the engine and frees the model.</summary>
+    public async Task StopAsync(CancellationToken cancellation = default)
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        try
+        {
+            await _app.StopAsync(cancellation);
+        }
+        finally
+        {
+            _host.Dispose();
+            await _app.DisposeAsync();
+        }
+    }
+
+    public async ValueTask DisposeAsync() => await StopAsync();
+}

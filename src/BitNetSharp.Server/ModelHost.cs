@@ -1,0 +1,111 @@
+using System.Diagnostics;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Server.Api;
+using BitNetSharp.Server.Metrics;
+using BitNetSharp.Tokenization;
+using Microsoft.Extensions.Logging;
+
+namespace BitNetSharp.Server;
+
+/// <summary>Where the served model is in its life: /health answers 503 until <see cref="Ready"/>.</summary>
+public enum ModelState { Loading, WarmingUp, Ready, Failed }
+
+/// <summary>The model as the routes see it once it is ready.</summary>
+internal sealed record ServedModel(string Id, long Created, ContinuousBatchScheduler Scheduler, BitNetTokenizer? Tokenizer, ChatTemplate? Template, PrometheusTextExporter Exporter)
+{
+    public int ContextLength => Scheduler.ContextLength;
+    public int VocabSize => Scheduler.Config.VocabSize;
+}
+
+/// <summary>
+/// Loads the model on a background thread after the server is listening, runs the warm-up requests, then serves
+/// it; owns the scheduler, the weights and the metrics exporter.
+/// </summary>
+internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDisposable
+{
+    private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private volatile int _state = (int)ModelState.Loading;
+    private volatile ServedModel? _served;
+    private LoadedModel? _loaded;
+    private Thread? _thread;
+
+    public ModelState State => (ModelState)_state;
+
+    public string? Error { get; private set; }
+
+    /// <summary>Completes when the model is ready; faults when loading or warm-up failed.</summary>
+    public Task Ready => _ready.Task;
+
+    public ServedModel? Served => _served;
+
+    public void Start()
+    {
+        _thread = new Thread(Load) { IsBackground = true, Name = "bitnet-model-load" };
+        _thread.Start();
+    }
+
+    private void Load()
+    {
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            var loaded = options.LoadModel() ?? throw new InvalidOperationException("The model loader returned nothing.");
+            _loaded = loaded;
+            _state = (int)ModelState.WarmingUp;
+            var scheduler = new ContinuousBatchScheduler(loaded.Weights, loaded.Tokenizer, options.Scheduler with { DefaultTimeout = options.RequestTimeout });
+            var template = loaded.Tokenizer is null ? null : ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
+            var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
+                new PrometheusTextExporter([scheduler.Meters.Meter], scheduler.Meters.Publish));
+            _served = served;
+            logger.LogInformation("Loaded {Model} in {Seconds:F1} s; warming up.", loaded.Id, sw.Elapsed.TotalSeconds);
+            Warmup(scheduler);
+            _state = (int)ModelState.Ready;
+            _ready.TrySetResult();
+        }
+        catch (Exception e)
+        {
+            Error = e.Message;
+            _state = (int)ModelState.Failed;
+            logger.LogError(e, "Loading the model failed.");
+            _ready.TrySetException(e);
+        }
+    }
+
+    /// <summary>Short concurrent generations through the whole path (prefill, batched decode, sampling, detokenizing), so the JIT has compiled it before the first client.</summary>
+    private void Warmup(ContinuousBatchScheduler scheduler)
+    {
+        int n = Math.Min(options.WarmupRequests, scheduler.Options.MaxSequences);
+        int vocab = scheduler.Config.VocabSize;
+        int promptLength = Math.Max(1, Math.Min(8, scheduler.ContextLength / 2));
+        int maxTokens = Math.Max(1, Math.Min(8, scheduler.ContextLength - promptLength));
+        var handles = Enumerable.Range(0, n).Select(i => scheduler.Submit(new GenerationRequest
+        {
+            Prompt = Enumerable.Range(0, promptLength).Select(k => (k * 31 + i * 7) % vocab).ToArray(),
+            MaxTokens = maxTokens,
+            IgnoreStopTokens = true,
+        })).ToArray();
+        foreach (var h in handles)
+            Task.Run(async () => { await foreach (var _ in h.Events.ReadAllAsync()) { } }).GetAwaiter().GetResult();
+    }
+
+    /// <summary>The served model, or a 503 (loading, warming up) or 500 (failed) for the client.</summary>
+    public ServedModel RequireReady() => State switch
+    {
+        ModelState.Ready => _served!,
+        ModelState.Failed => throw new ApiException(500, $"The model failed to load: {Error}", "server_error", code: "model_load_failed"),
+        var s => throw new ApiException(503, s == ModelState.Loading ? "The model is still loading; retry in a moment." : "The model is warming up; retry in a moment.",
+            "server_error", code: "model_loading") { RetryAfterSeconds = 1 },
+    };
+
+    private int _disposed;
+
+    /// <summary>Stops the engine (requests in flight end with <see cref="ObjectDisposedException"/>) and frees the model; safe to call twice.</summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _thread?.Join();
+        _served?.Exporter.Dispose();
+        _served?.Scheduler.Dispose();
+        _loaded?.Weights.Dispose();
+    }
+}

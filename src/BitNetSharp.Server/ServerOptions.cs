@@ -1,0 +1,68 @@
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Model;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Server;
+
+/// <summary>A loaded model as the server serves it: weights (the server disposes them), the tokenizer if the file has one, and its public id.</summary>
+public sealed record LoadedModel(ModelWeights Weights, BitNetTokenizer? Tokenizer, string Id);
+
+/// <summary>What <see cref="BitNetServer"/> listens on, what it serves and the limits it enforces.</summary>
+public sealed record ServerOptions
+{
+    /// <summary>An IP address or "localhost"; loopback unless told otherwise.</summary>
+    public string Host { get; init; } = "127.0.0.1";
+
+    /// <summary>TCP port; 0 picks a free one (see <see cref="BitNetServer.Address"/>).</summary>
+    public int Port { get; init; } = 8080;
+
+    /// <summary>When set, every route but /health needs <c>Authorization: Bearer KEY</c>.</summary>
+    public string? ApiKey { get; init; }
+
+    /// <summary>Loads the model; runs on a background thread after the server is listening, while /health answers 503.</summary>
+    public required Func<LoadedModel> LoadModel { get; init; }
+
+    public SchedulerOptions Scheduler { get; init; } = new();
+
+    /// <summary>Per request, waiting included.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(600);
+
+    /// <summary>The largest max_tokens a request may ask for.</summary>
+    public int MaxTokensLimit { get; init; } = 4096;
+
+    /// <summary>The largest n (choices per prompt); at most the scheduler's MaxSequences.</summary>
+    public int MaxChoices { get; init; } = 8;
+
+    /// <summary>The largest number of prompts in one completions request.</summary>
+    public int MaxPrompts { get; init; } = 16;
+
+    /// <summary>The largest logprobs / top_logprobs.</summary>
+    public int MaxLogProbs { get; init; } = 20;
+
+    /// <summary>Request bodies larger than this get 413.</summary>
+    public long MaxRequestBodyBytes { get; init; } = 1 << 20;
+
+    /// <summary>Short generations run before /health reports ready, so the first client does not pay for JIT compilation.</summary>
+    public int WarmupRequests { get; init; } = 2;
+
+    /// <summary>Logs at this level and above go to the console (Kestrel's own included); null for none.</summary>
+    public Microsoft.Extensions.Logging.LogLevel? ConsoleLogLevel { get; init; } = Microsoft.Extensions.Logging.LogLevel.Warning;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that makes no sense.</summary>
+    public void Validate()
+    {
+        ArgumentNullException.ThrowIfNull(LoadModel);
+        Scheduler.Validate();
+        BitNetServer.ParseHost(Host);
+        if (Port is < 0 or > 65535) throw new ArgumentException($"The port must be 0-65535; got {Port}.", nameof(Port));
+        if (RequestTimeout <= TimeSpan.Zero) throw new ArgumentException($"The request timeout must be positive; got {RequestTimeout}.", nameof(RequestTimeout));
+        if (MaxTokensLimit < 1) throw new ArgumentException($"MaxTokensLimit must be ≥ 1; got {MaxTokensLimit}.", nameof(MaxTokensLimit));
+        if (MaxChoices < 1 || MaxChoices > Scheduler.MaxSequences)
+            throw new ArgumentException($"MaxChoices must be between 1 and MaxSequences ({Scheduler.MaxSequences}); got {MaxChoices}.", nameof(MaxChoices));
+        if (MaxPrompts < 1) throw new ArgumentException($"MaxPrompts must be ≥ 1; got {MaxPrompts}.", nameof(MaxPrompts));
+        if (MaxLogProbs < 0) throw new ArgumentException($"MaxLogProbs must be ≥ 0; got {MaxLogProbs}.", nameof(MaxLogProbs));
+        if (MaxRequestBodyBytes < 1024) throw new ArgumentException($"MaxRequestBodyBytes must be ≥ 1024; got {MaxRequestBodyBytes}.", nameof(MaxRequestBodyBytes));
+        if (WarmupRequests < 0) throw new ArgumentException($"WarmupRequests must be ≥ 0; got {WarmupRequests}.", nameof(WarmupRequests));
+        if (ApiKey is { Length: 0 }) throw new ArgumentException("The API key is empty; leave it unset for none.", nameof(ApiKey));
+    }
+}

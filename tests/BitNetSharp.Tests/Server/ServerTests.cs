@@ -1,0 +1,411 @@
+using System.ClientModel;
+using System.ClientModel.Primitives;
+using System.Diagnostics;
+using System.Net;
+using System.Net.ServerSentEvents;
+using System.Text;
+using System.Text.Json;
+using BitNetSharp.Server;
+using OpenAI.Chat;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>One server shared by the tests that do not change its configuration.</summary>
+public sealed class SharedServer : IAsyncLifetime
+{
+    internal TestServer Host { get; private set; } = null!;
+
+    public async ValueTask InitializeAsync() => Host = await TestServer.StartAsync();
+
+    public async ValueTask DisposeAsync() => await Host.DisposeAsync();
+}
+
+/// <summary>
+/// The OpenAI-compatible server end to end over real loopback HTTP: the official OpenAI .NET client, raw HTTP and
+/// SSE, concurrency, disconnects, malformed input, API keys and the Prometheus endpoint.
+/// </summary>
+public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServer>
+{
+    private TestServer S => shared.Host;
+
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task HealthModelsTokenizeAndDetokenize()
+    {
+        var health = await S.Http.GetAsync("health", Ct);
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        Assert.Contains("\"ok\"", await health.Content.ReadAsStringAsync(Ct));
+
+        var models = (await S.OpenAi.GetOpenAIModelClient().GetModelsAsync(Ct)).Value;
+        var model = Assert.Single(models);
+        Assert.Equal(TestServer.ModelId, model.Id);
+        Assert.Equal("bitnetsharp", model.OwnedBy);
+
+        var (status, body, _) = await S.PostAsync("tokenize", new { content = " the cat", with_pieces = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        var tokens = body.GetProperty("tokens").EnumerateArray().ToArray();
+        Assert.Equal(258, tokens[0].GetProperty("id").GetInt32()); // " the" is one merged token
+        Assert.Equal(" the", tokens[0].GetProperty("piece").GetString());
+        var ids = tokens.Select(t => t.GetProperty("id").GetInt32()).ToArray();
+        (status, body, _) = await S.PostAsync("detokenize", new { tokens = ids });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(" the cat", body.GetProperty("content").GetString());
+    }
+
+    /// <summary>The official client's chat calls, streaming and not, agree with each other and report text, usage and a finish reason.</summary>
+    [Fact]
+    public async Task OpenAiClientChatStreamingAndNot()
+    {
+        var chat = S.OpenAi.GetChatClient(TestServer.ModelId);
+        ChatMessage[] messages = [new SystemChatMessage("You are terse."), new UserChatMessage("Say something.")];
+        var options = new ChatCompletionOptions { MaxOutputTokenCount = 12, Temperature = 0f, IncludeLogProbabilities = true, TopLogProbabilityCount = 2 };
+        ChatCompletion completion = (await chat.CompleteChatAsync(messages, options, Ct)).Value;
+        Assert.Equal(ChatMessageRole.Assistant, completion.Role);
+        Assert.Contains(completion.FinishReason, new[] { ChatFinishReason.Stop, ChatFinishReason.Length });
+        Assert.True(completion.Usage.InputTokenCount > 10);
+        Assert.InRange(completion.Usage.OutputTokenCount, 0, 12);
+        Assert.Equal(completion.Usage.InputTokenCount + completion.Usage.OutputTokenCount, completion.Usage.TotalTokenCount);
+        Assert.Equal(completion.Usage.OutputTokenCount, completion.ContentTokenLogProbabilities.Count);
+        Assert.All(completion.ContentTokenLogProbabilities, t => Assert.Equal(2, t.TopLogProbabilities.Count));
+        string text = completion.Content.Count == 0 ? "" : completion.Content[0].Text;
+
+        var streamed = new StringBuilder();
+        ChatFinishReason? finish = null;
+        ChatTokenUsage? usage = null;
+        await foreach (var update in chat.CompleteChatStreamingAsync(messages, options, Ct))
+        {
+            foreach (var part in update.ContentUpdate) streamed.Append(part.Text);
+            finish ??= update.FinishReason;
+            usage ??= update.Usage;
+        }
+        Assert.Equal(text, streamed.ToString());
+        Assert.Equal(completion.FinishReason, finish);
+        Assert.NotNull(usage);
+        Assert.Equal(completion.Usage.OutputTokenCount, usage.OutputTokenCount);
+        Assert.Equal(completion.Usage.InputTokenCount, usage.InputTokenCount);
+    }
+
+    /// <summary>/v1/completions through the official client's pipeline (auth, transport): non-streaming and SSE, with usage and finish reasons.</summary>
+    [Fact]
+    public async Task OpenAiClientPipelineCompletionsStreamingAndNot()
+    {
+        var request = new Dictionary<string, object> { ["model"] = TestServer.ModelId, ["prompt"] = "Once upon a time", ["max_tokens"] = 10, ["temperature"] = 0, ["ignore_eos"] = true, ["logprobs"] = 2 };
+        using var doc = JsonDocument.Parse(await SendViaPipeline(request));
+        var root = doc.RootElement;
+        Assert.Equal("text_completion", root.GetProperty("object").GetString());
+        Assert.StartsWith("cmpl-", root.GetProperty("id").GetString());
+        var choice = root.GetProperty("choices")[0];
+        Assert.Equal("length", choice.GetProperty("finish_reason").GetString());
+        Assert.Equal(10, choice.GetProperty("logprobs").GetProperty("tokens").GetArrayLength());
+        Assert.Equal(2, choice.GetProperty("logprobs").GetProperty("top_logprobs")[0].EnumerateObject().Count());
+        Assert.Equal(10, root.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        var (_, tokenized, _) = await S.PostAsync("tokenize", new { content = "Once upon a time" });
+        Assert.Equal(tokenized.GetProperty("tokens").GetArrayLength(), root.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        string text = choice.GetProperty("text").GetString()!;
+
+        request["stream"] = true;
+        request["stream_options"] = new { include_usage = true };
+        var events = new List<string>();
+        using (var stream = new MemoryStream(Encoding.UTF8.GetBytes(await SendViaPipeline(request))))
+            await foreach (var e in SseParser.Create(stream).EnumerateAsync(Ct)) events.Add(e.Data);
+        Assert.Equal("[DONE]", events[^1]);
+        var chunks = events[..^1].Select(e => JsonDocument.Parse(e).RootElement).ToList();
+        Assert.Equal(text, string.Concat(chunks.Where(c => c.GetProperty("choices").GetArrayLength() > 0).Select(c => c.GetProperty("choices")[0].GetProperty("text").GetString())));
+        Assert.Equal("length", chunks[^2].GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal(10, chunks[^1].GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        Assert.Equal(0, chunks[^1].GetProperty("choices").GetArrayLength());
+    }
+
+    private async Task<string> SendViaPipeline(object body)
+    {
+        var pipeline = S.OpenAi.GetChatClient(TestServer.ModelId).Pipeline;
+        using var message = pipeline.CreateMessage();
+        message.Request.Method = "POST";
+        message.Request.Uri = new Uri(S.Server.Address, "v1/completions");
+        message.Request.Headers.Set("Content-Type", "application/json");
+        message.Request.Content = BinaryContent.Create(BinaryData.FromObjectAsJson(body));
+        message.Apply(new RequestOptions { CancellationToken = Ct });
+        await pipeline.SendAsync(message);
+        Assert.Equal(200, message.Response!.Status);
+        return message.Response.Content.ToString();
+    }
+
+    /// <summary>16 greedy streaming chat clients at once (8 run, 8 queue) each get exactly the tokens — bytes and log-probabilities — they get alone.</summary>
+    [Fact]
+    public async Task SixteenConcurrentStreamsEqualRunningAlone()
+    {
+        var chat = S.OpenAi.GetChatClient(TestServer.ModelId);
+        var options = new ChatCompletionOptions { MaxOutputTokenCount = 16, Temperature = 0f, IncludeLogProbabilities = true };
+        async Task<List<(string Bytes, float LogProb)>> Run(int i)
+        {
+            var tokens = new List<(string, float)>();
+            ChatFinishReason? finish = null;
+            await foreach (var u in chat.CompleteChatStreamingAsync([new UserChatMessage($"Story number {i}: " + new string((char)('a' + i), i))], options, Ct))
+            {
+                foreach (var t in u.ContentTokenLogProbabilities) tokens.Add((Convert.ToHexString(t.Utf8Bytes?.ToArray() ?? []), t.LogProbability));
+                finish ??= u.FinishReason;
+            }
+            Assert.NotNull(finish);
+            return tokens;
+        }
+        var alone = new List<List<(string, float)>>();
+        for (int i = 0; i < 16; i++) alone.Add(await Run(i));
+        var together = await Task.WhenAll(Enumerable.Range(0, 16).Select(Run));
+        for (int i = 0; i < 16; i++) Assert.Equal(alone[i], together[i]);
+        Assert.True(alone.Sum(a => a.Count) > 16, "the greedy answers were (nearly) all empty; the comparison proves little");
+    }
+
+    [Fact]
+    public async Task SeveralChoicesStopStringsAndSeedsOverHttp()
+    {
+        var body = new { prompt = "abc", max_tokens = 12, n = 3, temperature = 1.2, seed = 7, ignore_eos = true };
+        var (status, first, _) = await S.PostAsync("v1/completions", body);
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(3, first.GetProperty("choices").GetArrayLength());
+        Assert.Equal(36, first.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        var (_, again, _) = await S.PostAsync("v1/completions", body);
+        for (int i = 0; i < 3; i++)
+            Assert.Equal(first.GetProperty("choices")[i].GetProperty("text").GetString(), again.GetProperty("choices")[i].GetProperty("text").GetString());
+
+        string text = first.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        string stop = text.Substring(4, 2);
+        var (_, stopped, _) = await S.PostAsync("v1/completions", new { prompt = "abc", max_tokens = 12, temperature = 1.2, seed = 7, ignore_eos = true, stop });
+        Assert.Equal("stop", stopped.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal(text[..text.IndexOf(stop, StringComparison.Ordinal)], stopped.GetProperty("choices")[0].GetProperty("text").GetString());
+
+        // Several prompts: choices indexed prompt × n + choice, prompt tokens summed once per prompt.
+        var (_, multi, _) = await S.PostAsync("v1/completions", new { prompt = new[] { new[] { 1, 2, 3 }, new[] { 4, 5 } }, max_tokens = 3, n = 2, temperature = 0, ignore_eos = true });
+        Assert.Equal(4, multi.GetProperty("choices").GetArrayLength());
+        Assert.Equal(5, multi.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        Assert.Equal(multi.GetProperty("choices")[0].GetProperty("text").GetString(), multi.GetProperty("choices")[1].GetProperty("text").GetString());
+    }
+
+    /// <summary>Every malformed request gets a 4xx with an OpenAI-shaped error naming the field, and the server keeps serving.</summary>
+    [Fact]
+    public async Task MalformedRequestsGetOpenAiShapedClientErrors()
+    {
+        string big = "{\"prompt\": \"" + new string('x', 70 * 1024) + "\"}";
+        var overContext = JsonSerializer.Serialize(new { prompt = Enumerable.Range(0, 300).Select(i => i % 256).ToArray() });
+        var cases = new (string Path, string Body, int Status, string? Param, string? Code)[]
+        {
+            ("v1/completions", "{not json", 400, null, "invalid_json"),
+            ("v1/completions", "[1, 2]", 400, null, "invalid_json"),
+            ("v1/completions", "{\"prompt\": 5}", 400, "prompt", "invalid_type"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"max_tokens\": \"ten\"}", 400, "max_tokens", "invalid_type"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"max_tokens\": 100000}", 400, "max_tokens", "invalid_value"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"max_tokens\": 255}", 400, "max_tokens", "context_length_exceeded"),
+            ("v1/completions", overContext, 400, "prompt", "context_length_exceeded"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"n\": 99}", 400, "n", "invalid_value"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"n\": 1.5}", 400, "n", "invalid_type"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"temperature\": -1}", 400, "temperature", "invalid_value"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"stream\": \"yes\"}", 400, "stream", "invalid_type"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"stop\": [1]}", 400, "stop[0]", "invalid_type"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"logit_bias\": {\"abc\": 1}}", 400, "logit_bias", "invalid_value"),
+            ("v1/completions", "{\"prompt\": [1, 2, 99999]}", 400, "prompt", "invalid_value"),
+            ("v1/completions", "{\"prompt\": [\"a\", [1]]}", 400, "prompt", "invalid_type"),
+            ("v1/completions", "{\"prompt\": []}", 400, "prompt", "empty_array"),
+            ("v1/completions", "{\"max_tokens\": 5}", 400, "prompt", "missing_required_parameter"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"model\": \"gpt-4\"}", 404, "model", "model_not_found"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"model\": \"/etc/passwd\"}", 404, "model", "model_not_found"),
+            ("v1/completions", big, 413, null, "request_too_large"),
+            ("v1/chat/completions", "{\"messages\": []}", 400, "messages", "empty_array"),
+            ("v1/chat/completions", "{\"messages\": \"hi\"}", 400, "messages", "invalid_type"),
+            ("v1/chat/completions", "{}", 400, "messages", "missing_required_parameter"),
+            ("v1/chat/completions", "{\"messages\": [{\"content\": \"hi\"}]}", 400, "messages[0].role", "missing_required_parameter"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}", 400, "messages[0].role", "invalid_value"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}", 400, "messages[0].content", "invalid_type"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_logprobs\": 2}", 400, "top_logprobs", null),
+            ("tokenize", "{\"content\": 5}", 400, "content", "invalid_type"),
+            ("detokenize", "{\"tokens\": [1, -1]}", 400, "tokens", "invalid_value"),
+        };
+        foreach (var (path, body, expected, param, code) in cases)
+        {
+            var (status, json, response) = await S.PostAsync(path, body);
+            string label = $"{path} {(body.Length > 80 ? body[..80] : body)}";
+            Assert.True(expected == (int)status, $"{label}: {(int)status} {json}");
+            var error = json.GetProperty("error");
+            Assert.False(string.IsNullOrWhiteSpace(error.GetProperty("message").GetString()), label);
+            Assert.Equal(JsonValueKind.String, error.GetProperty("type").ValueKind);
+            Assert.True(param == (error.GetProperty("param").ValueKind == JsonValueKind.Null ? null : error.GetProperty("param").GetString()), $"{label}: {json}");
+            if (code is not null) Assert.True(code == error.GetProperty("code").GetString(), $"{label}: {json}");
+            Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        }
+
+        var wrongMethod = await S.Http.GetAsync("v1/completions", Ct);
+        Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
+        Assert.Contains("\"error\"", await wrongMethod.Content.ReadAsStringAsync(Ct));
+        var noRoute = await S.Http.GetAsync("v2/nothing", Ct);
+        Assert.Equal(HttpStatusCode.NotFound, noRoute.StatusCode);
+        Assert.Contains("not_found", await noRoute.Content.ReadAsStringAsync(Ct));
+
+        // Still serving.
+        var (ok, done, _) = await S.PostAsync("v1/completions", new { prompt = "hi", max_tokens = 2 });
+        Assert.Equal(HttpStatusCode.OK, ok);
+        Assert.Equal("text_completion", done.GetProperty("object").GetString());
+    }
+
+    /// <summary>/metrics is Prometheus text: every family has HELP and TYPE, every sample parses, the instruments the engine feeds are there, and promtool finds nothing to lint.</summary>
+    [Fact]
+    public async Task MetricsAreValidPrometheusText()
+    {
+        var (status, _, _) = await S.PostAsync("v1/completions", new { prompt = "metrics please", max_tokens = 4, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        var response = await S.Http.GetAsync("metrics", Ct);
+        Assert.Equal("text/plain", response.Content.Headers.ContentType?.MediaType);
+        string text = await response.Content.ReadAsStringAsync(Ct);
+        var families = PrometheusText.Parse(text);
+        foreach (var name in new[]
+        {
+            "bitnet_requests_running", "bitnet_requests_waiting", "bitnet_sequences_running", "bitnet_kv_cache_usage_ratio", "bitnet_kv_cache_size_bytes",
+            "bitnet_prompt_tokens_total", "bitnet_generation_tokens_total", "bitnet_request_success_total", "bitnet_requests_cancelled_total",
+            "bitnet_requests_rejected_total", "bitnet_time_to_first_token_seconds", "bitnet_inter_token_latency_seconds", "bitnet_e2e_request_latency_seconds",
+            "bitnet_request_queue_time_seconds", "bitnet_request_prompt_tokens", "bitnet_request_generation_tokens", "bitnet_engine_step_tokens",
+        })
+            Assert.True(families.ContainsKey(name), $"no family {name} in\n{text}");
+        Assert.Equal("histogram", families["bitnet_time_to_first_token_seconds"]);
+        Assert.Equal("counter", families["bitnet_generation_tokens_total"]);
+        Assert.True(TestServer.Sample(text, "bitnet_request_success_total{finish_reason=\"length\"}") >= 1);
+        Assert.True(TestServer.Sample(text, "bitnet_time_to_first_token_seconds_count") >= 1);
+        Assert.True(TestServer.Sample(text, "bitnet_generation_tokens_total") >= 4);
+
+        if (PrometheusText.FindPromtool() is not { } promtool)
+        {
+            Assert.Skip("promtool is not installed (Debian/Ubuntu: apt-get install -y prometheus); the Prometheus lint was not run.");
+            return;
+        }
+        var (code, output) = await PrometheusText.RunPromtoolAsync(promtool, text);
+        Assert.True(code == 0 && output.Trim().Length == 0, $"promtool check metrics (exit {code}):\n{output}\n---\n{text}");
+    }
+
+    /// <summary>A client that disconnects mid-stream frees its sequence: /metrics shows it gone and the request waiting for the only slot runs.</summary>
+    [Fact]
+    public async Task DisconnectMidStreamFreesTheSequence()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { Scheduler = o.Scheduler with { MaxSequences = 1, MaxBatchedTokens = 16 }, MaxChoices = 1, MaxTokensLimit = 4000, WarmupRequests = 1 }, contextLength: 4096, layers: 24);
+        using var abort = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { prompt = "a long one", max_tokens = 4000, ignore_eos = true, stream = true }), Encoding.UTF8, "application/json"),
+        };
+        var response = await s.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, abort.Token);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        var stream = await response.Content.ReadAsStreamAsync(abort.Token);
+        var first = new byte[64];
+        Assert.True(await stream.ReadAsync(first, abort.Token) > 0);
+        s.Scheduler.StepGate.Reset(); // hold the engine so the long request is certainly still running
+        try
+        {
+            Assert.Equal(1, TestServer.Sample(await s.MetricsAsync(), "bitnet_sequences_running"));
+            var waiting = s.PostAsync("v1/completions", new { prompt = "next", max_tokens = 3, ignore_eos = true });
+            await TestServer.EventuallyAsync(async () => TestServer.Sample(await s.MetricsAsync(), "bitnet_requests_waiting") == 1, "the second request to queue");
+
+            // Disconnect: cancel the read and drop the connection, then let the engine go on. The long request has
+            // ~4000 tokens to go, far longer than Kestrel takes to see the connection close and cancel it.
+            abort.Cancel();
+            response.Dispose();
+            s.Scheduler.StepGate.Set();
+            var (status, body, _) = await waiting;
+            Assert.Equal(HttpStatusCode.OK, status);
+            Assert.Equal(3, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        }
+        finally
+        {
+            s.Scheduler.StepGate.Set();
+        }
+        string metrics = await s.MetricsAsync();
+        Assert.Equal(1, TestServer.Sample(metrics, "bitnet_requests_cancelled_total"));
+        Assert.Equal(0, TestServer.Sample(metrics, "bitnet_sequences_running"));
+        Assert.Equal(0, TestServer.Sample(metrics, "bitnet_requests_waiting"));
+    }
+
+    [Fact]
+    public async Task FullQueueAnswers429WithRetryAfter()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { Scheduler = o.Scheduler with { MaxSequences = 1, MaxBatchedTokens = 16, MaxQueue = 1 }, MaxChoices = 1, WarmupRequests = 0 });
+        s.Scheduler.StepGate.Reset();
+        try
+        {
+            var queued = s.PostAsync("v1/completions", new { prompt = "first", max_tokens = 2 });
+            await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 1), "the first request to queue");
+            var (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "second", max_tokens = 2 });
+            Assert.Equal((HttpStatusCode)429, status);
+            Assert.Equal("queue_full", body.GetProperty("error").GetProperty("code").GetString());
+            Assert.Equal("1", response.Headers.RetryAfter?.ToString());
+            s.Scheduler.StepGate.Set();
+            Assert.Equal(HttpStatusCode.OK, (await queued).Status);
+        }
+        finally
+        {
+            s.Scheduler.StepGate.Set();
+        }
+        Assert.Equal(1, TestServer.Sample(await s.MetricsAsync(), "bitnet_requests_rejected_total"));
+    }
+
+    [Fact]
+    public async Task ApiKeyIsRequiredEverywhereButHealth()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { ApiKey = "sekrit", WarmupRequests = 0 });
+        using var anonymous = new HttpClient { BaseAddress = s.Server.Address };
+        Assert.Equal(HttpStatusCode.OK, (await anonymous.GetAsync("health", Ct)).StatusCode);
+        foreach (var path in new[] { "v1/models", "metrics" })
+        {
+            var r = await anonymous.GetAsync(path, Ct);
+            Assert.Equal(HttpStatusCode.Unauthorized, r.StatusCode);
+            Assert.Contains("invalid_api_key", await r.Content.ReadAsStringAsync(Ct));
+        }
+        anonymous.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", "wrong");
+        Assert.Equal(HttpStatusCode.Unauthorized, (await anonymous.PostAsync("v1/completions", new StringContent("{}"), Ct)).StatusCode);
+        // The official client sends its key as a bearer token.
+        var chat = await s.OpenAi.GetChatClient(TestServer.ModelId).CompleteChatAsync([new UserChatMessage("hi")], new ChatCompletionOptions { MaxOutputTokenCount = 2 }, Ct);
+        Assert.NotNull(chat.Value.Usage);
+    }
+
+    [Fact]
+    public async Task HealthIs503UntilTheModelIsLoaded()
+    {
+        using var release = new ManualResetEventSlim(false);
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            LoadModel = () =>
+            {
+                release.Wait(TestServer.Bound);
+                var (w, t) = TinyChatModel.Load();
+                return new LoadedModel(w, t, TestServer.ModelId);
+            },
+        }, waitReady: false);
+        var health = await s.Http.GetAsync("health", Ct);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        Assert.Contains("loading", await health.Content.ReadAsStringAsync(Ct));
+        var (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "too early" });
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+        Assert.Equal("model_loading", body.GetProperty("error").GetProperty("code").GetString());
+        Assert.NotNull(response.Headers.RetryAfter);
+        release.Set();
+        await s.Server.Ready.WaitAsync(TestServer.Bound, Ct);
+        Assert.Equal(HttpStatusCode.OK, (await s.Http.GetAsync("health", Ct)).StatusCode);
+        Assert.Equal(ModelState.Ready, s.Server.State);
+    }
+
+    [Fact]
+    public async Task AFailedLoadIsReportedByHealth()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { LoadModel = () => throw new FileNotFoundException("no such model: nowhere.gguf") }, waitReady: false);
+        await Assert.ThrowsAsync<FileNotFoundException>(() => s.Server.Ready.WaitAsync(TestServer.Bound, Ct));
+        var health = await s.Http.GetAsync("health", Ct);
+        Assert.Equal(HttpStatusCode.InternalServerError, health.StatusCode);
+        Assert.Contains("nowhere.gguf", await health.Content.ReadAsStringAsync(Ct));
+    }
+
+    [Fact]
+    public void LoopbackByDefaultAndHostsAreChecked()
+    {
+        Assert.Equal("127.0.0.1", new ServerOptions { LoadModel = () => throw new NotImplementedException() }.Host);
+        Assert.True(IPAddress.IsLoopback(BitNetServer.ParseHost("localhost")));
+        Assert.Throws<ArgumentException>(() => BitNetServer.ParseHost("example.com"));
+        var sw = Stopwatch.StartNew();
+        Assert.Throws<ArgumentException>(() => new ServerOptions { LoadModel = () => throw new NotImplementedException(), MaxChoices = 99 }.Validate());
+        Assert.True(sw.Elapsed < TestServer.Bound);
+    }
+}
