@@ -15,7 +15,8 @@ using BitNetSharp.Tokenization;
 // percentiles, plus the server's own view from /metrics.
 //
 // dotnet run -c Release --project bench/BitNetSharp.LoadBench -- [--shape tiny|large|2b4t|DIMxLAYERS] [--streams 1,4,8,16]
-//   [--max-tokens 64] [--prompt-tokens 32] [--threads N] [--max-batched-tokens 256] [--model file.gguf] [--keep-model]
+//   [--max-tokens 64] [--prompt-tokens 32] [--threads N] [--max-batched-tokens 256] [--embedding f16|f32|bf16]
+//   [--model file.gguf] [--keep-model]
 
 var args_ = ParseArgs(args);
 var shape = ShapeFrom(args_.GetValueOrDefault("shape", "large"));
@@ -25,13 +26,14 @@ int promptTokens = int.Parse(args_.GetValueOrDefault("prompt-tokens", "32"), Cul
 int threads = int.Parse(args_.GetValueOrDefault("threads", "0"), CultureInfo.InvariantCulture);
 int maxBatched = int.Parse(args_.GetValueOrDefault("max-batched-tokens", "256"), CultureInfo.InvariantCulture);
 int maxSeqs = streams.Max();
+var embedding = Enum.Parse<BitNetSharp.Formats.Gguf.GgmlType>(args_.GetValueOrDefault("embedding", "F16"), ignoreCase: true);
 
-string path = args_.GetValueOrDefault("model", Path.Combine(Path.GetTempPath(), $"bitnet-loadbench-{shape.Name}.gguf"));
+string path = args_.GetValueOrDefault("model", Path.Combine(Path.GetTempPath(), $"bitnet-loadbench-{shape.Name}-{embedding}.gguf".ToLowerInvariant()));
 if (!File.Exists(path))
 {
     var sw = Stopwatch.StartNew();
     Console.Error.WriteLine($"writing synthetic model {shape} to {path} ...");
-    SyntheticChatModel.Write(shape, path);
+    SyntheticChatModel.Write(shape, path, embedding);
     Console.Error.WriteLine($"  {new FileInfo(path).Length / 1e6:F0} MB in {sw.Elapsed.TotalSeconds:F1} s");
 }
 
@@ -56,7 +58,7 @@ using var http = new HttpClient { BaseAddress = server.Address, Timeout = TimeSp
 var models = JsonDocument.Parse(await http.GetStringAsync("v1/models")).RootElement.GetProperty("data")[0].GetProperty("meta");
 Console.WriteLine($"# bitnet serve load benchmark");
 Console.WriteLine();
-Console.WriteLine($"model: synthetic `{shape.Name}` (dim {shape.Dim}, {shape.Layers} layers, ff {shape.FeedForward}, vocab {shape.VocabSize}); " +
+Console.WriteLine($"model: synthetic `{shape.Name}` (dim {shape.Dim}, {shape.Layers} layers, ff {shape.FeedForward}, vocab {shape.VocabSize}, {embedding} embedding/head); " +
                   $"prompt {promptTokens} tokens, {maxTokens} generated per stream (ignore_eos, greedy); --max-seqs {maxSeqs}, --max-batched-tokens {Math.Max(maxBatched, maxSeqs)}, ctx {ctx}; " +
                   $"{Environment.ProcessorCount} logical CPUs, {(threads > 0 ? threads.ToString(CultureInfo.InvariantCulture) : "default")} worker threads; {RuntimeInfo()}");
 Console.WriteLine();

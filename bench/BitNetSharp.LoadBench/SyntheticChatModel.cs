@@ -10,9 +10,9 @@ namespace BitNetSharp.LoadBench;
 /// </summary>
 internal static class SyntheticChatModel
 {
-    public static void Write(SyntheticShape shape, string path, int seed = 1)
+    public static void Write(SyntheticShape shape, string path, GgmlType embedding = GgmlType.F16, int seed = 1)
     {
-        var w = SyntheticModel.Build(shape, seed);
+        var w = SyntheticModel.Build(shape, seed, embedding);
         var tokens = new string[shape.VocabSize];
         var seen = new HashSet<string>(StringComparer.Ordinal);
         for (int b = 0; b < 256; b++) seen.Add(tokens[b] = ByteChar((byte)b).ToString());

@@ -36,6 +36,7 @@ internal sealed record CompletionRequest(
             includeUsage = new JsonRequest(so).Bool("include_usage") ?? false;
         }
         Unsupported(r, chat);
+        r.String("user"); // accepted for OpenAI compatibility (an end-user id); only its type is checked
 
         int[][] prompts = chat ? [ChatPrompt(r, model)] : CompletionPrompts(r, model, options);
         int longest = prompts.Max(p => p.Length);

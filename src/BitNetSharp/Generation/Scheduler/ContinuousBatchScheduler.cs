@@ -50,7 +50,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private volatile bool _stopping;
     private int _queued;      // submitted, not yet admitted or dropped
     private long _nextId;
-    private bool _disposed;
+    private volatile bool _disposed;
 
     public ContinuousBatchScheduler(ModelWeights weights, BitNetTokenizer? tokenizer, SchedulerOptions? options = null, WorkerPool? pool = null)
     {
@@ -144,6 +144,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
         handle.Register(cancellation);
         _inbox.Enqueue(handle);
         Wake();
+        // Disposed between the check above and the enqueue: the engine will never see it.
+        if (_disposed) DrainInboxAfterStop();
         return handle;
     }
 
@@ -442,6 +444,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
         return TimeSpan.FromSeconds(Math.Max(0, SchedulerMeters.Seconds(nearest - now)));
     }
 
+    /// <summary>Ends submissions that raced with the engine's last look at the inbox.</summary>
+    private void DrainInboxAfterStop()
+    {
+        if (_thread.IsAlive) return;
+        while (_inbox.TryDequeue(out var h)) h.Complete(new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down."));
+    }
+
     /// <summary>Stops the engine thread; requests still waiting or running end with <see cref="ObjectDisposedException"/>.</summary>
     public void Dispose()
     {
@@ -451,12 +460,11 @@ public sealed class ContinuousBatchScheduler : IDisposable
         StepGate.Set();
         _wake.Set();
         _thread.Join();
-        // A submission that raced with the loop's last look at the inbox.
-        while (_inbox.TryDequeue(out var h)) h.Complete(new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down."));
+        DrainInboxAfterStop();
         Meters.Dispose();
         _engine.Dispose();
         foreach (var c in _caches) c.Dispose();
         if (_ownsPool) _pool.Dispose();
-        _wake.Dispose();
+        // _wake is not disposed: a late Cancel() from a request handler may still set it.
     }
 }
