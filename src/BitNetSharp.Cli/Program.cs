@@ -21,6 +21,7 @@ public static class Program
             ChatCommand.Create(cli),
             TokenizeCommand.Create(cli),
             ConvertCommand.Create(cli),
+            BenchCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }

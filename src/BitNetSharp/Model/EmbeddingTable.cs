@@ -36,6 +36,29 @@ public sealed unsafe class EmbeddingTable
             throw new ModelFormatException(path, $"{rows}×{cols} {GgmlTypeInfo.Name(type)} needs {RowBytes * rows} bytes, found {byteLength}", name);
         _data = data;
         _owner = owner;
+        if (type == GgmlType.F16 && FirstNonFiniteHalf((ushort*)data, (long)rows * cols) is long bad and >= 0)
+            throw new ModelFormatException(path, $"value {bad % cols} of row {bad / cols} is infinite or NaN; the table must hold finite numbers", name);
+    }
+
+    /// <summary>Index of the first half whose exponent is all ones (±inf, NaN), or −1. The fast F16 dot product relies on there being none.</summary>
+    private static long FirstNonFiniteHalf(ushort* p, long n)
+    {
+        long i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var mask = Vector512.Create((ushort)0x7C00);
+            for (; i <= n - 32; i += 32)
+                if (Vector512.EqualsAny(Vector512.Load(p + i) & mask, mask)) break;
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            var mask = Vector128.Create((ushort)0x7C00);
+            for (; i <= n - 8; i += 8)
+                if (Vector128.EqualsAny(Vector128.Load(p + i) & mask, mask)) break;
+        }
+        for (; i < n; i++)
+            if ((p[i] & 0x7C00) == 0x7C00) return i;
+        return -1;
     }
 
     public GgmlType Type { get; }
@@ -100,24 +123,19 @@ public sealed unsafe class EmbeddingTable
     }
 
     /// <summary>
-    /// Exact fp16 → fp32 without F16C (not exposed by .NET): shift the exponent and mantissa into place and
-    /// multiply by 2^112 to rebias, which also handles subnormals; exponent 31 (inf/NaN) is patched.
+    /// Exact fp16 → fp32 for finite halves without F16C (which .NET does not expose): sign-extend the half to 32 bits
+    /// (the widening of a <c>short</c>), shift the exponent and mantissa into the float's fields, keep bit 31 (the sign,
+    /// still set by the extension) and bits 27..13, and multiply by 2^112 to rebias — which also turns subnormal halves
+    /// into the right normal floats. Four operations per vector instead of ten for the general form; ±inf and NaN
+    /// (exponent 31) would come out finite, so tables are checked for them at load.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> HalfToSingle(Vector256<uint> h)
-    {
-        var magnitude = (Vector256.ShiftLeft(h & Vector256.Create(0x7FFFu), 13).AsSingle() * Vector256.Create(0x77800000u).AsSingle()).AsUInt32();
-        magnitude |= Vector256.Equals(h & Vector256.Create(0x7C00u), Vector256.Create(0x7C00u)) & Vector256.Create(0x7F800000u);
-        return (magnitude | Vector256.ShiftLeft(h & Vector256.Create(0x8000u), 16)).AsSingle();
-    }
+    private static Vector256<float> HalfToSingle(Vector256<int> signExtended) =>
+        (Vector256.ShiftLeft(signExtended, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> HalfToSingle(Vector512<uint> h)
-    {
-        var magnitude = (Vector512.ShiftLeft(h & Vector512.Create(0x7FFFu), 13).AsSingle() * Vector512.Create(0x77800000u).AsSingle()).AsUInt32();
-        magnitude |= Vector512.Equals(h & Vector512.Create(0x7C00u), Vector512.Create(0x7C00u)) & Vector512.Create(0x7F800000u);
-        return (magnitude | Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16)).AsSingle();
-    }
+    private static Vector512<float> HalfToSingle(Vector512<int> signExtended) =>
+        (Vector512.ShiftLeft(signExtended, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
 
     public static float DotF16(ushort* w, float* x, int n)
     {
@@ -128,7 +146,7 @@ public sealed unsafe class EmbeddingTable
             Vector512<float> a = default, b = default;
             for (; i <= n - 32; i += 32)
             {
-                var h = Vector512.Load(w + i);
+                var h = Vector512.Load((short*)(w + i));
                 a = Vector512.FusedMultiplyAdd(HalfToSingle(Vector512.WidenLower(h)), Vector512.Load(x + i), a);
                 b = Vector512.FusedMultiplyAdd(HalfToSingle(Vector512.WidenUpper(h)), Vector512.Load(x + i + 16), b);
             }
@@ -139,7 +157,7 @@ public sealed unsafe class EmbeddingTable
             Vector256<float> a = default, b = default;
             for (; i <= n - 16; i += 16)
             {
-                var h = Vector256.Load(w + i);
+                var h = Vector256.Load((short*)(w + i));
                 a = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenLower(h)), Vector256.Load(x + i), a);
                 b = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenUpper(h)), Vector256.Load(x + i + 8), b);
             }
