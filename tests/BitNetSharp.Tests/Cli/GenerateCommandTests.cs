@@ -157,3 +157,23 @@ public class GenerateCommandTests
         Assert.False(File.Exists(output));
     }
 }
+
+public class BenchCommandTests
+{
+    [Fact]
+    public void SyntheticTinyBenchReportsBothTestsAsJson()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["bench", "--synthetic", "tiny", "-p", "16", "-n", "8", "-r", "2", "-t", "1", "--json"], output, error);
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(output.ToString());
+        var results = doc.RootElement.GetProperty("results");
+        Assert.Equal(2, results.GetArrayLength());
+        Assert.Equal("pp16", results[0].GetProperty("test").GetString());
+        Assert.Equal("tg8", results[1].GetProperty("test").GetString());
+        Assert.True(results[1].GetProperty("tokens_per_second").GetDouble() > 0);
+        Assert.True(results[1].GetProperty("bandwidth_gbps").GetDouble() > 0);
+        Assert.Equal(2, results[1].GetProperty("samples").GetArrayLength());
+    }
+}
