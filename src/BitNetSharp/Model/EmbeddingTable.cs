@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Quantization;
@@ -117,10 +118,73 @@ public sealed unsafe class EmbeddingTable
                 for (int r = rowStart; r < rowEnd; r++) y[r] = DotBF16((ushort*)Row(r), x, Cols);
                 break;
             case GgmlType.Q8_0:
-                for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(Row(r), x, Cols);
+                if (Avx2.IsSupported)
+                {
+                    // The hidden state is quantized once per call to Q8_0 blocks (as llama.cpp's Q8_0 head does), then
+                    // every row is an int8·int8 dot per block. Cols ≤ 64K keeps the scratch on the stack.
+                    int blocks = Cols / 32;
+                    sbyte* qx = stackalloc sbyte[Cols];
+                    float* dx = stackalloc float[blocks];
+                    QuantizeQ8Blocks(x, Cols, qx, dx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0Q8(Row(r), qx, dx, blocks);
+                }
+                else
+                {
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(Row(r), x, Cols);
+                }
                 break;
         }
     }
+
+    /// <summary>Q8_0 quantization of activations: per 32-value block d = max|x|/127, q = round(x/d).</summary>
+    public static void QuantizeQ8Blocks(float* x, int n, sbyte* q, float* d)
+    {
+        for (int b = 0; b < n / 32; b++)
+        {
+            float* xb = x + b * 32;
+            float max = 0f;
+            for (int i = 0; i < 32; i++) max = MathF.Max(max, MathF.Abs(xb[i]));
+            float scale = max / 127f;
+            float inv = max > 0f ? 127f / max : 0f;
+            d[b] = scale;
+            for (int i = 0; i < 32; i++) q[b * 32 + i] = (sbyte)MathF.Round(xb[i] * inv);
+        }
+    }
+
+    /// <summary>
+    /// A Q8_0 row against Q8_0-quantized activations: per block, vpmaddubsw on |w| and sign(w)·q (|w|·|q| ≤ 128·127,
+    /// so the pair sums cannot saturate), vpmaddwd to int32, then one fused multiply-add by d_w·d_x.
+    /// </summary>
+    public static float DotQ8_0Q8(byte* w, sbyte* qx, float* dx, int blocks)
+    {
+        // Four independent accumulators: with one, every block waits for the previous block's FMA (4-cycle latency).
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int b = 0;
+        for (; b + 4 <= blocks; b += 4, w += 4 * 34)
+        {
+            a0 = Block(w, qx, dx, b, a0);
+            a1 = Block(w + 34, qx, dx, b + 1, a1);
+            a2 = Block(w + 68, qx, dx, b + 2, a2);
+            a3 = Block(w + 102, qx, dx, b + 3, a3);
+        }
+        for (; b < blocks; b++, w += 34) a0 = Block(w, qx, dx, b, a0);
+        return Vector256.Sum((a0 + a1) + (a2 + a3));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Block(byte* w, sbyte* qx, float* dx, int b, Vector256<float> acc)
+    {
+        float d = FiniteHalfToSingle(*(short*)w) * dx[b];
+        var wv = Avx.LoadVector256((sbyte*)(w + 2));
+        var xv = Avx.LoadVector256(qx + b * 32);
+        var dot = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wv), Avx2.Sign(xv, wv)), Vector256.Create((short)1));
+        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dot), Vector256.Create(d), acc);
+    }
+
+    /// <summary>The scalar form of <see cref="HalfToSingle(Vector256{int})"/> (a Q8_0 block scale is a finite half).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float FiniteHalfToSingle(short h) =>
+        BitConverter.Int32BitsToSingle(((int)h << 13) & unchecked((int)0x8FFFE000)) * BitConverter.Int32BitsToSingle(0x77800000);
 
     /// <summary>
     /// Exact fp16 → fp32 for finite halves without F16C (which .NET does not expose): sign-extend the half to 32 bits

@@ -64,12 +64,25 @@ public unsafe class EmbeddingTableTests
         fixed (float* px = x)
         fixed (float* py = y)
             table.MatVec(px, py, 0, table.Rows);
+        // The Q8_0 head quantizes the activations to Q8_0 blocks as llama.cpp does; the oracle uses the same
+        // activations (q·d), so what is checked is the integer kernel, not the quantization.
+        var xs = x.ToArray();
+        if (type == GgmlType.Q8_0 && System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        {
+            var q = new sbyte[xs.Length];
+            var d = new float[xs.Length / 32];
+            fixed (float* px = x)
+            fixed (sbyte* pq = q)
+            fixed (float* pd = d)
+                EmbeddingTable.QuantizeQ8Blocks(px, xs.Length, pq, pd);
+            for (int i = 0; i < xs.Length; i++) xs[i] = q[i] * d[i / 32];
+        }
         var row = new float[table.Cols];
         for (int r = 0; r < table.Rows; r++)
         {
             table.GetRow(r, row);
             double expected = 0;
-            for (int i = 0; i < row.Length; i++) expected += row[i] * (double)x[i];
+            for (int i = 0; i < row.Length; i++) expected += row[i] * (double)xs[i];
             Assert.Equal(expected, y[r], 4);
         }
     }
