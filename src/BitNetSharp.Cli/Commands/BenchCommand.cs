@@ -58,28 +58,35 @@ public static class BenchCommand
                 + (long)l.O.Rows * l.O.Cols + (long)l.Gate.Rows * l.Gate.Cols + (long)l.Up.Rows * l.Up.Cols + (long)l.Down.Rows * l.Down.Cols);
             long projectionBytes = weights.Layers.Sum(l => l.PackedBytes);
 
-            // Bandwidth first, then free the 1 GiB probe and reset the watermark so peak RSS is the model's alone.
-            var bandwidths = new Dictionary<int, double>();
-            using (var probe = new MemoryBandwidth())
-                foreach (int t in threadCounts)
-                {
-                    using var pool = new WorkerPool(t);
-                    bandwidths[t] = probe.Measure(pool);
-                }
-            GC.Collect();
-            ResetPeakRss();
+            // The host's bandwidth drifts (shared memory controllers), so each thread count is bracketed by two
+            // probes and bounded by the better one. The 1 GiB probe buffer must not count as the model's memory: the
+            // peak-RSS watermark is read before each probe is allocated and reset after it is freed.
+            long peakRss = 0;
+            double Probe(WorkerPool pool)
+            {
+                peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
+                double gbps;
+                using (var probe = new MemoryBandwidth()) gbps = probe.Measure(pool);
+                GC.Collect();
+                ResetPeakRss();
+                return gbps;
+            }
             var rows = new List<Row>();
             foreach (int t in threadCounts)
             {
                 using var pool = new WorkerPool(t);
-                double bandwidth = bandwidths[t];
+                double before = Probe(pool);
+                var samples = new List<ThroughputSample>();
                 if (result.GetValue(prompt) > 0)
-                    rows.Add(new Row(ThroughputBenchmark.Prefill(weights, pool, Math.Min(result.GetValue(prompt), weights.Config.ContextLength), repetitions, kv), bandwidth, perToken));
+                    samples.Add(ThroughputBenchmark.Prefill(weights, pool, Math.Min(result.GetValue(prompt), weights.Config.ContextLength), repetitions, kv));
                 if (result.GetValue(gen) > 0)
-                    rows.Add(new Row(ThroughputBenchmark.Decode(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), repetitions, kv), bandwidth, perToken));
+                    samples.Add(ThroughputBenchmark.Decode(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), repetitions, kv));
+                double bandwidth = Math.Max(before, Probe(pool));
+                rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
             }
+            peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType)} head)" : path, weights.Config.Architecture, fileBytes,
-                projectionBytes * 8.0 / projectionParams, loadSeconds, ThroughputBenchmark.PeakResidentBytes(), perToken,
+                projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
                 Kernels.KernelRegistry.Ternary.Name, kv.ToString());
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
