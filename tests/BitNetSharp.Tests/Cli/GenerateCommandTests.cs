@@ -177,3 +177,34 @@ public class BenchCommandTests
         Assert.Equal(2, results[1].GetProperty("samples").GetArrayLength());
     }
 }
+
+public class ChatCommandTests
+{
+    [Fact]
+    public void TwoTurnsReuseTheCachedHistory()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        var shape = SyntheticShape.Tiny with { VocabSize = 50257, ContextLength = 256 };
+        var w = SyntheticModel.Build(shape, 5);
+        using (var tok = GgufFile.Open(vocab))
+            foreach (var (k, v) in tok.Metadata.Entries)
+                if (k.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(k, v);
+        string model = dir.File("chat.gguf");
+        w.WriteFile(model);
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", model, "-n", "8", "--seed", "1", "--template", "chatml"], output, error,
+            new StringReader("Hello there\nAnd again\n\n"));
+        Assert.Equal(0, code);
+        Assert.Contains("chat template: chatml", error.ToString());
+        var stats = error.ToString().Split('\n').Where(l => l.StartsWith('[')).ToArray();
+        Assert.Equal(2, stats.Length);
+        Assert.Contains("(0 reused)", stats[0]);
+        Assert.DoesNotContain("(0 reused)", stats[1]); // the second turn prefills only what is new
+
+        var bad = Program.Run(["chat", "-m", model, "--template", "nope"], new StringWriter(), error = new StringWriter(), new StringReader(""));
+        Assert.Equal(1, bad);
+        Assert.Contains("chatml", error.ToString()); // the error lists the valid names
+    }
+}
