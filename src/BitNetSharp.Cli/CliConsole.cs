@@ -50,5 +50,20 @@ public sealed class CliConsole
             Error.WriteLine($"error: {e.Message}");
             return 1;
         }
+        catch (UsageException e)
+        {
+            Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        catch (ArgumentException e)
+        {
+            // The library's argument errors are written for users (a prompt past the context, an unknown template,
+            // a token id outside the vocabulary); the parameter name suffix adds nothing for them.
+            Error.WriteLine($"error: {e.Message.Split(" (Parameter '")[0]}");
+            return 1;
+        }
     }
 }
+
+/// <summary>A command line that parses but makes no sense (e.g. neither --prompt nor --prompt-ids): exit code 2.</summary>
+public sealed class UsageException(string message) : Exception(message);

@@ -17,6 +17,10 @@ public static class Program
         var root = new RootCommand("Run and inspect 1-bit and ternary (BitNet b1.58) language models on the CPU.")
         {
             InspectCommand.Create(cli),
+            GenerateCommand.Create(cli),
+            ChatCommand.Create(cli),
+            TokenizeCommand.Create(cli),
+            ConvertCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }

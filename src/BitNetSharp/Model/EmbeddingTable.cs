@@ -44,6 +44,9 @@ public sealed unsafe class EmbeddingTable
     public long RowBytes { get; }
     public long ByteLength => RowBytes * Rows;
 
+    /// <summary>The encoded rows, in place (for writing them to another file).</summary>
+    public ReadOnlyMemory<byte> Bytes => new Memory.UnmanagedMemory(_data, checked((int)ByteLength)).Memory;
+
     /// <summary>Keeps the memory map (or buffer) that holds the data alive as long as this table.</summary>
     public object Owner => _owner;
 

@@ -26,9 +26,9 @@ public static unsafe class ProjectionLoader
                 GgmlType.I2_S => I2S.WrapOrDecode(file.GetTensorPointer(tensor), tensor.ByteSize, rows, cols, file),
                 GgmlType.TQ2_0 => Tq2_0.Decode(data, rows, cols),
                 GgmlType.TQ1_0 => Tq1_0.Decode(data, rows, cols),
-                GgmlType.F32 => AbsmeanTernarizer.FromFloat32(Cast<float>(data), rows, cols),
-                GgmlType.F16 => AbsmeanTernarizer.FromFloat16(Cast<ushort>(data), rows, cols),
-                GgmlType.BF16 => AbsmeanTernarizer.FromBFloat16(Cast<ushort>(data), rows, cols),
+                GgmlType.F32 => FromFloats(Cast<float>(data).ToArray(), rows, cols),
+                GgmlType.F16 => FromFloats(Widen(Cast<ushort>(data), HalfConversions.HalfToFloat), rows, cols),
+                GgmlType.BF16 => FromFloats(Widen(Cast<ushort>(data), HalfConversions.BFloat16ToFloat), rows, cols),
                 _ => throw new ModelFormatException(file.FilePath,
                     $"type {GgmlTypeInfo.Name(tensor.Type)} cannot be read as ternary weights; expected i2_s, tq2_0, tq1_0, f32, f16 or bf16", tensor.Name),
             };
@@ -107,9 +107,9 @@ public static unsafe class ProjectionLoader
                         throw new ModelFormatException(path, $"expected {outFeatures} output rows, found shape {tensor.ShapeText}", weightName);
                     return tensor.DType switch
                     {
-                        SafetensorsDType.F32 => AbsmeanTernarizer.FromFloat32(Cast<float>(data), rows, cols),
-                        SafetensorsDType.F16 => AbsmeanTernarizer.FromFloat16(Cast<ushort>(data), rows, cols),
-                        _ => AbsmeanTernarizer.FromBFloat16(Cast<ushort>(data), rows, cols),
+                        SafetensorsDType.F32 => FromFloats(Cast<float>(data).ToArray(), rows, cols),
+                        SafetensorsDType.F16 => FromFloats(Widen(Cast<ushort>(data), HalfConversions.HalfToFloat), rows, cols),
+                        _ => FromFloats(Widen(Cast<ushort>(data), HalfConversions.BFloat16ToFloat), rows, cols),
                     };
                 }
                 default:
@@ -120,6 +120,41 @@ public static unsafe class ProjectionLoader
         {
             throw new ModelFormatException(path, e.Message, weightName, e);
         }
+    }
+
+    /// <summary>
+    /// Float weights: if every value is 0 or ±a for one a (weights a converter already ternarized, as bitnet.cpp's
+    /// and ours write F16/F32 "ternary" tensors), the codes and a are taken exactly; otherwise they are latent
+    /// weights and are ternarized by absmean. Re-running absmean on already-ternary weights would keep the codes
+    /// but shrink the scale to a·(share of non-zeros), changing every output.
+    /// </summary>
+    private static TernaryMatrix FromFloats(float[] w, int rows, int cols)
+    {
+        float a = 0f;
+        bool ternary = true;
+        foreach (float v in w)
+        {
+            float m = MathF.Abs(v);
+            if (m == 0f) continue;
+            if (a == 0f) a = m;
+            else if (m != a) { ternary = false; break; }
+        }
+        if (!ternary || a == 0f) return AbsmeanTernarizer.FromFloat32(w, rows, cols);
+        var matrix = TernaryMatrix.Allocate(rows, cols, a);
+        for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+        {
+            float v = w[(long)r * cols + c];
+            if (v != 0f) matrix.Set(r, c, v > 0 ? 1 : -1);
+        }
+        return matrix;
+    }
+
+    private static float[] Widen(ReadOnlySpan<ushort> bits, Func<ushort, float> convert)
+    {
+        var result = new float[bits.Length];
+        for (int i = 0; i < bits.Length; i++) result[i] = convert(bits[i]);
+        return result;
     }
 
     private static (int Rows, int Cols) MatrixShape(string path, string name, ReadOnlySpan<long> dims)

@@ -43,7 +43,8 @@ public static class Fp8E4M3
         for (int code = 0; code < 256; code++)
         {
             int e = (code >> 3) & 0xF, m = code & 7;
-            float magnitude = (code & 0x7F) == NaNCode ? float.NaN
+            // float.NaN has its sign bit set, so NaNs are built from bits to keep the code's sign.
+            float magnitude = (code & 0x7F) == NaNCode ? BitConverter.UInt32BitsToSingle(0x7FC00000)
                 : e == 0 ? m / 8f * MathF.Pow(2, -6)
                 : (1 + m / 8f) * MathF.Pow(2, e - 7);
             table[code] = (code & 0x80) != 0 ? -magnitude : magnitude;

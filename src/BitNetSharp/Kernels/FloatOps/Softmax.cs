@@ -3,9 +3,10 @@ using System.Runtime.Intrinsics;
 namespace BitNetSharp.Kernels.FloatOps;
 
 /// <summary>
-/// In-place softmax in fp32 (FORMATS.md §4.2 step 4): subtract the maximum, exponentiate, multiply by 1/Σ as
-/// ggml does. The vector path sums in per-lane fp32 accumulators and uses the runtime's vector e^x, so it
-/// agrees with <see cref="Reference"/> to a few ulp, not bit for bit. −∞ entries (masked positions) become 0.
+/// In-place softmax (FORMATS.md §4.2 step 4): subtract the maximum, exponentiate in fp32, sum in double (as ggml's
+/// soft_max does, which also keeps a 128k-vocabulary normalizer accurate enough for top-p), multiply by (float)(1/Σ).
+/// The vector path uses the runtime's vector e^x and sums in lanes, so it agrees with <see cref="Reference"/> to an
+/// ulp or two, not bit for bit. −∞ entries (masked positions) become 0.
 /// </summary>
 public static unsafe class Softmax
 {
@@ -19,8 +20,8 @@ public static unsafe class Softmax
             int n = x.Length;
             float max = ArgMax.Max<TWidth>(p, n);
             CheckMax(max);
-            float sum = ExpAndSum<TWidth>(p, n, max);
-            Scale<TWidth>(p, n, 1f / sum);
+            double sum = ExpAndSum<TWidth>(p, n, max);
+            Scale<TWidth>(p, n, (float)(1.0 / sum));
         }
     }
 
@@ -30,13 +31,13 @@ public static unsafe class Softmax
         float max = float.NegativeInfinity;
         foreach (float v in x) max = MathF.Max(max, v);
         CheckMax(max);
-        float sum = 0f;
+        double sum = 0;
         for (int i = 0; i < x.Length; i++)
         {
             x[i] = MathF.Exp(x[i] - max);
             sum += x[i];
         }
-        float inv = 1f / sum;
+        float inv = (float)(1.0 / sum);
         for (int i = 0; i < x.Length; i++) x[i] *= inv;
     }
 
@@ -46,46 +47,49 @@ public static unsafe class Softmax
         if (float.IsNaN(max) || float.IsPositiveInfinity(max)) throw new ArgumentException($"Softmax input contains {max}.");
     }
 
-    /// <summary>p[i] = e^(p[i] − max); returns Σ p[i].</summary>
-    public static float ExpAndSum<TWidth>(float* p, int n, float max) where TWidth : struct, IVectorWidth
+    /// <summary>p[i] = e^(p[i] − max) in fp32; returns Σ p[i] accumulated in double.</summary>
+    public static double ExpAndSum<TWidth>(float* p, int n, float max) where TWidth : struct, IVectorWidth
     {
         int i = 0;
-        float sum = 0f;
+        double sum = 0;
         if (TWidth.Bits >= 512 && Vector512.IsHardwareAccelerated && n >= 16)
         {
             var m = Vector512.Create(max);
-            var acc = Vector512<float>.Zero;
+            Vector512<double> a0 = default, a1 = default;
             for (; i <= n - 16; i += 16)
             {
                 var e = Vector512.Exp(Vector512.Load(p + i) - m);
                 e.Store(p + i);
-                acc += e;
+                a0 += Vector512.WidenLower(e);
+                a1 += Vector512.WidenUpper(e);
             }
-            sum = Vector512.Sum(acc);
+            sum = Vector512.Sum(a0 + a1);
         }
         else if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated && n >= 8)
         {
             var m = Vector256.Create(max);
-            var acc = Vector256<float>.Zero;
+            Vector256<double> a0 = default, a1 = default;
             for (; i <= n - 8; i += 8)
             {
                 var e = Vector256.Exp(Vector256.Load(p + i) - m);
                 e.Store(p + i);
-                acc += e;
+                a0 += Vector256.WidenLower(e);
+                a1 += Vector256.WidenUpper(e);
             }
-            sum = Vector256.Sum(acc);
+            sum = Vector256.Sum(a0 + a1);
         }
         else if (TWidth.Bits >= 128 && Vector128.IsHardwareAccelerated && n >= 4)
         {
             var m = Vector128.Create(max);
-            var acc = Vector128<float>.Zero;
+            Vector128<double> a0 = default, a1 = default;
             for (; i <= n - 4; i += 4)
             {
                 var e = Vector128.Exp(Vector128.Load(p + i) - m);
                 e.Store(p + i);
-                acc += e;
+                a0 += Vector128.WidenLower(e);
+                a1 += Vector128.WidenUpper(e);
             }
-            sum = Vector128.Sum(acc);
+            sum = Vector128.Sum(a0 + a1);
         }
         for (; i < n; i++)
         {

@@ -1,0 +1,42 @@
+using System.CommandLine;
+using BitNetSharp.Model;
+using Spectre.Console;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary><c>bitnet convert IN OUT.gguf --type i2_s|tq2_0|tq1_0|f16</c>: an HF directory or a GGUF to a packed GGUF.</summary>
+public static class ConvertCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var input = new Argument<string>("input") { Description = "A Hugging Face model directory or a .gguf file." };
+        var output = new Argument<string>("output") { Description = "The .gguf file to write (written to a temporary name, renamed when complete)." };
+        var type = new Option<string>("--type") { Description = "Projection encoding: i2_s (bitnet.cpp), tq2_0 / tq1_0 (llama.cpp), f16.", DefaultValueFactory = _ => "i2_s" };
+        var command = new Command("convert", "Convert a model to a GGUF with packed ternary weights.") { input, output, type };
+        command.SetAction(result => cli.Guard(() =>
+        {
+            var packed = result.GetValue(type)!.Trim().ToLowerInvariant() switch
+            {
+                "i2_s" or "i2s" => PackedWeightType.I2_S,
+                "tq2_0" => PackedWeightType.TQ2_0,
+                "tq1_0" => PackedWeightType.TQ1_0,
+                "f16" => PackedWeightType.F16,
+                var other => throw new UsageException($"--type '{other}' is not one of i2_s, tq2_0, tq1_0, f16."),
+            };
+            string outPath = result.GetRequiredValue(output);
+            string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
+            if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"the output folder {dir} does not exist.");
+            using var weights = ModelWeights.Load(result.GetRequiredValue(input));
+            ModelConverter.CheckShapes(weights, packed);
+            var writer = cli.Ansi.Progress().AutoClear(true).Start(ctx =>
+            {
+                var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
+                return ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; });
+            });
+            writer.WriteFile(outPath);
+            cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}{(weights.Gguf?.Metadata.ContainsKey("tokenizer.ggml.model") == true ? ", tokenizer carried over" : ", no tokenizer")})");
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,109 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using BitNetSharp.Generation;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet generate [-m MODEL] -p PROMPT | --prompt-ids 1,2,3 [-n N] [sampling flags]</c>: streams the continuation as
+/// it is generated, then one line of prompt and generation speed on stderr.
+/// </summary>
+public static class GenerateCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var model = new ModelOptions();
+        var sampling = new SamplingOptions();
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "The text to continue." };
+        var promptIds = new Option<string?>("--prompt-ids") { Description = "The prompt as token ids (\"1,2,3\"); works without a tokenizer." };
+        var count = new Option<int>("--n-predict", "-n") { Description = "Tokens to generate at most.", DefaultValueFactory = _ => 128 };
+        var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep going past end-of-sequence tokens." };
+        var noEcho = new Option<bool>("--no-echo") { Description = "Do not print the prompt before the continuation." };
+        var logitsOut = new Option<string?>("--logits-out") { Description = "Write the logits of every prompt position as JSON {\"logits\": [[...], ...]}." };
+        var idsOut = new Option<string?>("--ids-out") { Description = "Write the prompt and generated token ids as JSON." };
+        var command = new Command("generate", "Generate text from a prompt, streamed as it comes.")
+        {
+            prompt, promptIds, count, ignoreEos, noEcho, logitsOut, idsOut,
+        };
+        model.AddTo(command);
+        sampling.AddTo(command);
+        command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
+        {
+            string? text = result.GetValue(prompt);
+            string? ids = result.GetValue(promptIds);
+            if (text is null == ids is null)
+                throw new UsageException("give exactly one of --prompt TEXT or --prompt-ids 1,2,3.");
+            var parameters = sampling.Parse(result);
+            var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(result.GetValue(model.Model)));
+            using var _ = weights;
+            int[] promptTokens;
+            if (ids is not null) promptTokens = ModelOptions.ParseIds(ids);
+            else if (tokenizer is null)
+                throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
+            else promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
+
+            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result));
+            var promptLogits = result.GetValue(logitsOut) is null ? null : new List<float[]>();
+            var generated = new List<int>();
+            var output = cli.Output;
+            // Generate validates (context, token ids) before the first token, so errors come before any output.
+            var tokens = generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation);
+            if (!result.GetValue(noEcho))
+                output.Write(tokenizer is not null && text is not null ? text : string.Join(' ', promptTokens) + " |");
+            output.Flush();
+            foreach (var token in tokens)
+            {
+                if (token.Id >= 0) generated.Add(token.Id);
+                if (tokenizer is null && token.Id >= 0) output.Write(" " + token.Id.ToString(CultureInfo.InvariantCulture));
+                else output.Write(token.Text);
+                output.Flush();
+            }
+            output.WriteLine();
+            var s = generator.LastStats!;
+            cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"prompt: {s.PromptTokens} tokens, {s.PromptTokensPerSecond:F1} tok/s | generation: {s.GeneratedTokens} tokens, {s.GenerationTokensPerSecond:F1} tok/s | {generator.Threads} threads"));
+            if (result.GetValue(logitsOut) is { } lp) WriteLogits(lp, promptLogits!);
+            if (result.GetValue(idsOut) is { } ip) WriteIds(ip, promptTokens, generated);
+            return 0;
+        })));
+        return command;
+    }
+
+    private static void WriteLogits(string path, List<float[]> rows) => WriteJson(path, w =>
+    {
+        w.WriteStartObject();
+        w.WriteStartArray("logits");
+        foreach (var row in rows)
+        {
+            w.WriteStartArray();
+            foreach (float v in row) w.WriteNumberValue(v);
+            w.WriteEndArray();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+    });
+
+    private static void WriteIds(string path, int[] prompt, List<int> generated) => WriteJson(path, w =>
+    {
+        w.WriteStartObject();
+        w.WriteStartArray("prompt_ids");
+        foreach (int id in prompt) w.WriteNumberValue(id);
+        w.WriteEndArray();
+        w.WriteStartArray("ids");
+        foreach (int id in generated) w.WriteNumberValue(id);
+        w.WriteEndArray();
+        w.WriteEndObject();
+    });
+
+    /// <summary>Writes to a temporary name and renames, so a reader never sees half a file.</summary>
+    internal static void WriteJson(string path, Action<Utf8JsonWriter> write)
+    {
+        string full = Path.GetFullPath(path);
+        string temp = full + ".tmp";
+        using (var stream = File.Create(temp))
+        using (var writer = new Utf8JsonWriter(stream))
+            write(writer);
+        File.Move(temp, full, overwrite: true);
+    }
+}

@@ -1,0 +1,127 @@
+using System.CommandLine;
+using System.Globalization;
+using BitNetSharp.Formats;
+using BitNetSharp.Generation;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Model;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>The options every model-running command shares (-m, -t, --ctx, --kv-type) and the sampling flags, with their parsing.</summary>
+public sealed class ModelOptions
+{
+    public Option<string?> Model { get; } = new("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
+    public Option<int> Threads { get; } = new("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+    public Option<int> Context { get; } = new("--ctx", "-c") { Description = "Context length to allocate (default: the model's)." };
+    public Option<string> KvType { get; } = new("--kv-type") { Description = "KV-cache element type: f32, f16, int8 or fp8.", DefaultValueFactory = _ => "f16" };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Model);
+        command.Options.Add(Threads);
+        command.Options.Add(Context);
+        command.Options.Add(KvType);
+    }
+
+    /// <summary>The model path from -m, else the bundled model next to the tool or in the repository's models/.</summary>
+    public static string ResolveModel(string? path)
+    {
+        if (!string.IsNullOrWhiteSpace(path)) return path;
+        foreach (var candidate in BundledModelCandidates())
+            if (File.Exists(candidate)) return candidate;
+        throw new UsageException("no model given and no bundled model found; pass -m path/to/model.gguf (or a Hugging Face model directory).");
+    }
+
+    public const string BundledModelFile = "bitnet-tinystories.gguf";
+
+    private static IEnumerable<string> BundledModelCandidates()
+    {
+        yield return Path.Combine(AppContext.BaseDirectory, "models", BundledModelFile);
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+            yield return Path.Combine(dir.FullName, "models", BundledModelFile);
+        yield return Path.Combine(Environment.CurrentDirectory, "models", BundledModelFile);
+    }
+
+    public GeneratorOptions Generator(ParseResult r) => new()
+    {
+        Threads = r.GetValue(Threads),
+        ContextLength = r.GetValue(Context),
+        KvType = ParseKvType(r.GetValue(KvType) ?? "f16"),
+    };
+
+    public static KvCacheType ParseKvType(string value) => value.Trim().ToLowerInvariant() switch
+    {
+        "f32" or "fp32" => KvCacheType.F32,
+        "f16" or "fp16" => KvCacheType.F16,
+        "int8" or "i8" or "q8" => KvCacheType.Int8,
+        "fp8" or "f8" or "e4m3" => KvCacheType.Fp8E4M3,
+        _ => throw new UsageException($"--kv-type '{value}' is not one of f32, f16, int8, fp8."),
+    };
+
+    /// <summary>Loads weights and, when the file has one, the tokenizer.</summary>
+    public static (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(string path)
+    {
+        var weights = ModelWeights.Load(path);
+        try
+        {
+            BitNetTokenizer? tokenizer = null;
+            if (weights.Gguf is { } gguf && gguf.Metadata.ContainsKey("tokenizer.ggml.model"))
+                tokenizer = TokenizerLoader.FromGguf(gguf);
+            else if (weights.HfDirectory is { } dir && dir.TokenizerFiles.Count > 0)
+                tokenizer = TokenizerLoader.FromHfDirectory(dir.DirectoryPath);
+            return (weights, tokenizer);
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
+    }
+
+    public static int[] ParseIds(string text) =>
+        text.Split([',', ' '], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0
+                ? id
+                : throw new UsageException($"--prompt-ids: '{s}' is not a token id (a non-negative integer).")).ToArray();
+}
+
+/// <summary>Sampling flags with llama.cpp's names and defaults; --temp 0 means greedy.</summary>
+public sealed class SamplingOptions
+{
+    public Option<float> Temperature { get; } = new("--temp") { Description = "Temperature; 0 = greedy.", DefaultValueFactory = _ => 0.8f };
+    public Option<int> TopK { get; } = new("--top-k") { Description = "Keep the k most likely tokens (0 = off).", DefaultValueFactory = _ => 40 };
+    public Option<float> TopP { get; } = new("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 0.95f };
+    public Option<float> MinP { get; } = new("--min-p") { Description = "Drop tokens below this fraction of the top probability (0 = off).", DefaultValueFactory = _ => 0.05f };
+    public Option<float> TypicalP { get; } = new("--typical-p") { Description = "Locally typical sampling mass (1 = off).", DefaultValueFactory = _ => 1f };
+    public Option<float> RepeatPenalty { get; } = new("--repeat-penalty") { Description = "Repetition penalty (1 = off).", DefaultValueFactory = _ => 1f };
+    public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "Tokens the penalties look back over.", DefaultValueFactory = _ => 64 };
+    public Option<float> PresencePenalty { get; } = new("--presence-penalty") { Description = "Subtracted once from every token already present." };
+    public Option<float> FrequencyPenalty { get; } = new("--frequency-penalty") { Description = "Subtracted per occurrence." };
+    public Option<ulong?> Seed { get; } = new("--seed", "-s") { Description = "Random seed for reproducible sampling." };
+
+    public void AddTo(Command command)
+    {
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, TypicalP, RepeatPenalty, RepeatLastN, PresencePenalty, FrequencyPenalty, Seed })
+            command.Options.Add(o);
+    }
+
+    public SamplingParameters Parse(ParseResult r)
+    {
+        var p = new SamplingParameters
+        {
+            Temperature = r.GetValue(Temperature),
+            TopK = r.GetValue(TopK),
+            TopP = r.GetValue(TopP),
+            MinP = r.GetValue(MinP),
+            TypicalP = r.GetValue(TypicalP),
+            RepetitionPenalty = r.GetValue(RepeatPenalty),
+            PenaltyLastN = r.GetValue(RepeatLastN),
+            PresencePenalty = r.GetValue(PresencePenalty),
+            FrequencyPenalty = r.GetValue(FrequencyPenalty),
+            Seed = r.GetValue(Seed),
+        };
+        p.Validate();
+        return p;
+    }
+}

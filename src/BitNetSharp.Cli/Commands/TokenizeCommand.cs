@@ -1,0 +1,34 @@
+using System.CommandLine;
+using System.Globalization;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary><c>bitnet tokenize [-m MODEL] TEXT [--ids-only] [--no-bos]</c>: the model's token ids and pieces for a text.</summary>
+public static class TokenizeCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
+        var text = new Argument<string>("text") { Description = "The text to tokenize (special tokens such as <|eot_id|> are recognized)." };
+        var idsOnly = new Option<bool>("--ids-only") { Description = "Print only the ids, comma-separated." };
+        var noBos = new Option<bool>("--no-bos") { Description = "Do not add the beginning-of-sequence token." };
+        var command = new Command("tokenize", "Show how the model's tokenizer splits a text.") { text, model, idsOnly, noBos };
+        command.SetAction(result => cli.Guard(() =>
+        {
+            var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(result.GetValue(model)));
+            using var _ = weights;
+            if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer.");
+            var ids = tokenizer.Encode(result.GetRequiredValue(text), addBos: tokenizer.AddBosToken && !result.GetValue(noBos), parseSpecial: true);
+            if (result.GetValue(idsOnly))
+            {
+                cli.Output.WriteLine(string.Join(',', ids.Select(i => i.ToString(CultureInfo.InvariantCulture))));
+                return 0;
+            }
+            foreach (int id in ids)
+                cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{id,8} {System.Text.Json.JsonSerializer.Serialize(tokenizer.Decode([id], includeSpecial: true))}"));
+            cli.Output.WriteLine($"{ids.Length} tokens");
+            return 0;
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,192 @@
+using System.Diagnostics;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Model;
+using BitNetSharp.Tokenization;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Generation;
+
+/// <summary>Why a generation ended (OpenAI's finish_reason).</summary>
+public enum FinishReason { None, Stop, Length, Cancelled }
+
+/// <summary>One generated token: its id, the text it completes (empty while a UTF-8 character is still partial), and its log-probabilities.</summary>
+public readonly record struct GeneratedToken(int Id, string Text, float LogProb, TokenLogProb[]? TopLogProbs, FinishReason Finish);
+
+public sealed record GeneratorOptions
+{
+    /// <summary>Threads for the worker pool (≤ 0: physical cores).</summary>
+    public int Threads { get; init; }
+
+    /// <summary>KV-cache positions to allocate (≤ 0: the model's context length).</summary>
+    public int ContextLength { get; init; }
+
+    public KvCacheType KvType { get; init; } = KvCacheType.F16;
+
+    /// <summary>Prompt tokens per forward call during prefill.</summary>
+    public int PrefillChunk { get; init; } = 64;
+}
+
+/// <summary>Timing of the last <see cref="TextGenerator.Generate"/> call.</summary>
+public sealed record GenerationStats(int PromptTokens, int ReusedPromptTokens, double PromptSeconds, int GeneratedTokens, double GenerationSeconds)
+{
+    public double PromptTokensPerSecond => PromptSeconds > 0 ? (PromptTokens - ReusedPromptTokens) / PromptSeconds : 0;
+    public double GenerationTokensPerSecond => GenerationSeconds > 0 ? GeneratedTokens / GenerationSeconds : 0;
+}
+
+/// <summary>
+/// One sequence's generation: chunked prefill, then one token per forward call, sampled and streamed as text.
+/// The KV cache persists between calls and a new prompt that starts with the tokens already cached (a chat's
+/// history) only prefills the rest. Buffers are allocated once here; the decode loop allocates nothing per
+/// token except the yielded record and its text.
+/// </summary>
+public sealed class TextGenerator : IDisposable
+{
+    private readonly ModelWeights _weights;
+    private readonly Transformer _engine;
+    private readonly KvCache _cache;
+    private readonly KvCache[] _caches;
+    private readonly float[] _logits;
+    private readonly BatchToken[] _batch;
+    private readonly List<int> _cached = [];
+    private readonly WorkerPool _pool;
+
+    public TextGenerator(ModelWeights weights, BitNetTokenizer? tokenizer, GeneratorOptions? options = null)
+    {
+        options ??= new GeneratorOptions();
+        _weights = weights;
+        Tokenizer = tokenizer;
+        var c = weights.Config;
+        ContextLength = options.ContextLength > 0 ? Math.Min(options.ContextLength, c.ContextLength) : c.ContextLength;
+        _pool = new WorkerPool(options.Threads);
+        int chunk = Math.Clamp(options.PrefillChunk, 1, ContextLength);
+        _engine = new Transformer(weights, chunk, _pool);
+        _cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ContextLength, options.KvType);
+        _caches = [_cache];
+        _logits = new float[(long)chunk * c.VocabSize];
+        _batch = new BatchToken[chunk];
+    }
+
+    public BitNetTokenizer? Tokenizer { get; }
+    public ModelConfig Config => _weights.Config;
+    public int ContextLength { get; }
+    public int Threads => _pool.ThreadCount;
+    public GenerationStats? LastStats { get; private set; }
+
+    /// <summary>Forgets the cached prefix (a new conversation).</summary>
+    public void Reset()
+    {
+        _cache.Clear();
+        _cached.Clear();
+    }
+
+    /// <summary>
+    /// Generates up to <paramref name="maxTokens"/> tokens after <paramref name="prompt"/>, stopping at a stop token
+    /// (unless <paramref name="ignoreStop"/>). <paramref name="promptLogits"/>, when given, receives the logits of every
+    /// prompt position (for comparing engines).
+    /// </summary>
+    public IEnumerable<GeneratedToken> Generate(IReadOnlyList<int> prompt, int maxTokens, SamplingParameters sampling,
+        bool ignoreStop = false, List<float[]>? promptLogits = null, CancellationToken cancellation = default)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        if (prompt.Count == 0) throw new ArgumentException("The prompt is empty: give at least one token (a BOS token will do).", nameof(prompt));
+        ArgumentOutOfRangeException.ThrowIfNegative(maxTokens);
+        if (prompt.Count + maxTokens > ContextLength)
+            throw new ArgumentException(
+                $"The prompt ({prompt.Count} tokens) plus up to {maxTokens} new tokens exceeds the context of {ContextLength} tokens; " +
+                $"shorten the prompt, lower -n, or raise --ctx (this model allows up to {Config.ContextLength}).");
+        int vocab = Config.VocabSize;
+        foreach (int id in prompt)
+            if ((uint)id >= (uint)vocab)
+                throw new ArgumentOutOfRangeException(nameof(prompt), id, $"Token id {id} is outside the vocabulary of {vocab} tokens.");
+        sampling.Validate(vocab);
+        return Run(prompt, maxTokens, sampling, ignoreStop, promptLogits, cancellation);
+    }
+
+    private IEnumerable<GeneratedToken> Run(IReadOnlyList<int> prompt, int maxTokens, SamplingParameters sampling, bool ignoreStop,
+        List<float[]>? promptLogits, CancellationToken cancellation)
+    {
+        int vocab = Config.VocabSize;
+        var sw = Stopwatch.StartNew();
+
+        // Reuse the cached prefix; at least the last prompt token is run again to get its logits.
+        int reuse = 0;
+        int limit = Math.Min(_cached.Count, prompt.Count - 1);
+        if (promptLogits is null)
+            while (reuse < limit && _cached[reuse] == prompt[reuse]) reuse++;
+        _cache.Truncate(reuse);
+        _cached.RemoveRange(reuse, _cached.Count - reuse);
+
+        var last = new float[vocab];
+        for (int start = reuse; start < prompt.Count;)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            int n = Math.Min(_batch.Length, prompt.Count - start);
+            int wanted = 0;
+            for (int i = 0; i < n; i++)
+            {
+                bool want = promptLogits is not null || start + i == prompt.Count - 1;
+                _batch[i] = new BatchToken(prompt[start + i], 0, start + i, want);
+                if (want) wanted++;
+            }
+            _engine.Forward(_batch.AsSpan(0, n), _caches, _logits);
+            for (int i = 0; i < n; i++) _cached.Add(prompt[start + i]);
+            if (promptLogits is not null)
+                for (int r = 0; r < wanted; r++) promptLogits.Add(_logits.AsSpan(r * vocab, vocab).ToArray());
+            _logits.AsSpan((wanted - 1) * vocab, vocab).CopyTo(last);
+            start += n;
+        }
+        double promptSeconds = sw.Elapsed.TotalSeconds;
+        sw.Restart();
+
+        var sampler = new Sampler(sampling, vocab);
+        var detok = Tokenizer is null ? null : new StreamingDetokenizer(Tokenizer, includeSpecial: false, atTextStart: true);
+        var history = new List<int>(prompt.Count + maxTokens);
+        history.AddRange(prompt);
+        int generated = 0;
+        try
+        {
+            while (generated < maxTokens)
+            {
+                if (cancellation.IsCancellationRequested)
+                {
+                    yield return new GeneratedToken(-1, detok?.Flush() ?? "", float.NaN, null, FinishReason.Cancelled);
+                    yield break;
+                }
+                int token = sampler.Sample(last, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
+                generated++;
+                bool stop = !ignoreStop && Tokenizer is not null && Tokenizer.IsStopToken(token);
+                TokenLogProb[]? top = sampling.LogProbs is > 0 ? sampler.TopLogProbs.ToArray() : null;
+                if (stop)
+                {
+                    yield return new GeneratedToken(token, detok?.Flush() ?? "", sampler.ChosenLogProb, top, FinishReason.Stop);
+                    yield break;
+                }
+                string text = detok?.Append(token) ?? "";
+                if (generated == maxTokens)
+                {
+                    text += detok?.Flush() ?? "";
+                    yield return new GeneratedToken(token, text, sampler.ChosenLogProb, top, FinishReason.Length);
+                    yield break;
+                }
+                yield return new GeneratedToken(token, text, sampler.ChosenLogProb, top, FinishReason.None);
+
+                history.Add(token);
+                _batch[0] = new BatchToken(token, 0, _cached.Count, true);
+                _engine.Forward(_batch.AsSpan(0, 1), _caches, _logits);
+                _cached.Add(token);
+                _logits.AsSpan(0, vocab).CopyTo(last);
+            }
+        }
+        finally
+        {
+            LastStats = new GenerationStats(prompt.Count, reuse, promptSeconds, generated, sw.Elapsed.TotalSeconds);
+        }
+    }
+
+    public void Dispose()
+    {
+        _engine.Dispose();
+        _cache.Dispose();
+        _pool.Dispose();
+    }
+}

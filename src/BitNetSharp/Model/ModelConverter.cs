@@ -1,0 +1,137 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Model;
+
+/// <summary>The projection encodings <see cref="ModelConverter"/> writes.</summary>
+public enum PackedWeightType { I2_S, TQ2_0, TQ1_0, F16 }
+
+/// <summary>
+/// Writes a loaded model as a GGUF with its ternary projections packed as I2_S (bitnet.cpp), TQ2_0 / TQ1_0
+/// (llama.cpp) or F16 (the ternary values ±β as halves, which both runtimes read as already-ternarized weights).
+/// Embeddings and the head keep their encoding, norms are F32, and the source GGUF's tokenizer keys are carried
+/// over. The architecture name follows the graph: bitnet-b1.58 (relu² + sub-norms) or bitnet (SiLU, with the
+/// activation written explicitly), whose q/k use NEOX RoPE — the HF layout — so nothing is permuted.
+/// </summary>
+public static class ModelConverter
+{
+    /// <summary>Checks every projection can be held by <paramref name="type"/>; the message names the first that cannot.</summary>
+    public static void CheckShapes(ModelWeights weights, PackedWeightType type)
+    {
+        foreach (var (name, m) in Projections(weights))
+        {
+            if (type is PackedWeightType.TQ2_0 or PackedWeightType.TQ1_0 && m.Cols % 256 != 0)
+                throw new ArgumentException($"{type} packs rows in blocks of 256 weights, but {name} has rows of {m.Cols}; use --type i2_s or f16 for this model.");
+            if (type == PackedWeightType.I2_S && (long)m.Rows * m.Cols % 128 != 0)
+                throw new ArgumentException($"I2_S packs the tensor in blocks of 128 weights, but {name} has {m.Rows}×{m.Cols} = {(long)m.Rows * m.Cols}; use --type f16 for this model.");
+            if (type is not PackedWeightType.F16)
+                for (int r = 1; r < m.Rows; r++)
+                    if (m.RowScales[r] != m.RowScales[0])
+                        throw new ArgumentException($"{name} has a scale per row, which {type} cannot store (one per tensor, or per 256-block); use --type f16.");
+        }
+    }
+
+    public static IEnumerable<(string Name, TernaryMatrix Matrix)> Projections(ModelWeights weights)
+    {
+        for (int l = 0; l < weights.Layers.Length; l++)
+        {
+            var w = weights.Layers[l];
+            string p = $"blk.{l}.";
+            yield return (p + "attn_q.weight", w.Q);
+            yield return (p + "attn_k.weight", w.K);
+            yield return (p + "attn_v.weight", w.V);
+            yield return (p + "attn_output.weight", w.O);
+            yield return (p + "ffn_gate.weight", w.Gate);
+            yield return (p + "ffn_up.weight", w.Up);
+            yield return (p + "ffn_down.weight", w.Down);
+        }
+    }
+
+    /// <param name="progress">Called after each tensor with (done, total).</param>
+    public static GgufWriter ToGguf(ModelWeights weights, PackedWeightType type, Action<int, int>? progress = null)
+    {
+        CheckShapes(weights, type);
+        var c = weights.Config;
+        string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : "bitnet";
+        var w = new GgufWriter();
+        w.AddString("general.architecture", arch);
+        var source = weights.Gguf?.Metadata;
+        if (source?.TryGetString("general.name", out var name) == true) w.AddString("general.name", name);
+        w.AddUInt32("general.file_type", type switch
+        {
+            PackedWeightType.I2_S => 40u,   // bitnet.cpp MOSTLY_I2_S
+            PackedWeightType.TQ2_0 => 37u,  // llama.cpp MOSTLY_TQ2_0
+            PackedWeightType.TQ1_0 => 36u,  // llama.cpp MOSTLY_TQ1_0
+            _ => 1u,                        // MOSTLY_F16
+        });
+        w.AddUInt32("general.quantization_version", 2);
+        w.AddUInt32(arch + ".vocab_size", (uint)c.VocabSize);
+        w.AddUInt32(arch + ".context_length", (uint)c.ContextLength);
+        w.AddUInt32(arch + ".embedding_length", (uint)c.Dim);
+        w.AddUInt32(arch + ".block_count", (uint)c.Layers);
+        w.AddUInt32(arch + ".feed_forward_length", (uint)c.FeedForward);
+        w.AddUInt32(arch + ".rope.dimension_count", (uint)c.HeadDim);
+        w.AddUInt32(arch + ".attention.head_count", (uint)c.Heads);
+        w.AddUInt32(arch + ".attention.head_count_kv", (uint)c.KvHeads);
+        if (c.HeadDim != c.Dim / c.Heads)
+        {
+            w.AddUInt32(arch + ".attention.key_length", (uint)c.HeadDim);
+            w.AddUInt32(arch + ".attention.value_length", (uint)c.HeadDim);
+        }
+        w.AddFloat32(arch + ".attention.layer_norm_rms_epsilon", c.RmsEps);
+        w.AddFloat32(arch + ".rope.freq_base", c.RopeTheta);
+        if (arch == "bitnet")
+            w.AddString(arch + ".hidden_activation", c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2");
+        if (source is not null)
+            foreach (var (key, value) in source.Entries)
+                if (key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(key, value);
+
+        int total = 2 + (weights.TiedOutput ? 0 : 1) + c.Layers * (c.HasSubNorms ? 11 : 9), done = 0;
+        void Step() => progress?.Invoke(++done, total);
+        w.AddTensor("token_embd.weight", weights.TokenEmbedding.Type, [c.Dim, c.VocabSize], weights.TokenEmbedding.Bytes); Step();
+        w.AddTensor("output_norm.weight", GgmlType.F32, [c.Dim], F32(weights.OutputNorm)); Step();
+        if (!weights.TiedOutput) { w.AddTensor("output.weight", weights.Output.Type, [c.Dim, c.VocabSize], weights.Output.Bytes); Step(); }
+        for (int l = 0; l < c.Layers; l++)
+        {
+            var lw = weights.Layers[l];
+            string p = $"blk.{l}.";
+            w.AddTensor(p + "attn_norm.weight", GgmlType.F32, [c.Dim], F32(lw.AttnNorm)); Step();
+            Projection(w, p + "attn_q.weight", lw.Q, type); Step();
+            Projection(w, p + "attn_k.weight", lw.K, type); Step();
+            Projection(w, p + "attn_v.weight", lw.V, type); Step();
+            if (lw.AttnSubNorm is { } asn) { w.AddTensor(p + "attn_sub_norm.weight", GgmlType.F32, [c.QDim], F32(asn)); Step(); }
+            Projection(w, p + "attn_output.weight", lw.O, type); Step();
+            w.AddTensor(p + "ffn_norm.weight", GgmlType.F32, [c.Dim], F32(lw.FfnNorm)); Step();
+            Projection(w, p + "ffn_gate.weight", lw.Gate, type); Step();
+            Projection(w, p + "ffn_up.weight", lw.Up, type); Step();
+            if (lw.FfnSubNorm is { } fsn) { w.AddTensor(p + "ffn_sub_norm.weight", GgmlType.F32, [c.FeedForward], F32(fsn)); Step(); }
+            Projection(w, p + "ffn_down.weight", lw.Down, type); Step();
+        }
+        return w;
+    }
+
+    private static void Projection(GgufWriter w, string name, TernaryMatrix m, PackedWeightType type)
+    {
+        long[] dims = [m.Cols, m.Rows];
+        switch (type)
+        {
+            case PackedWeightType.I2_S: w.AddTensor(name, GgmlType.I2_S, dims, I2S.Encode(m)); break;
+            case PackedWeightType.TQ2_0: w.AddTensor(name, GgmlType.TQ2_0, dims, Tq2_0.Encode(m)); break;
+            case PackedWeightType.TQ1_0: w.AddTensor(name, GgmlType.TQ1_0, dims, Tq1_0.Encode(m)); break;
+            default:
+                var halves = new byte[(long)m.Rows * m.Cols * 2];
+                for (int r = 0; r < m.Rows; r++)
+                for (int col = 0; col < m.Cols; col++)
+                    BitConverter.TryWriteBytes(halves.AsSpan((int)(((long)r * m.Cols + col) * 2)), HalfConversions.FloatToHalf(m.GetFloat(r, col)));
+                w.AddTensor(name, GgmlType.F16, dims, halves);
+                break;
+        }
+    }
+
+    private static byte[] F32(float[] values)
+    {
+        var bytes = new byte[values.Length * 4];
+        Buffer.BlockCopy(values, 0, bytes, 0, bytes.Length);
+        return bytes;
+    }
+}

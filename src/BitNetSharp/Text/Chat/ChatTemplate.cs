@@ -1,0 +1,116 @@
+using System.Text;
+
+namespace BitNetSharp.Tokenization;
+
+/// <summary>
+/// A prompt format: renders a conversation to text containing the model's special tokens (BOS included where the
+/// format has one). Encode the result with <c>parseSpecial: true</c> and <c>addBos: tokenizer.AddBosToken</c>:
+/// the template's BOS text becomes the BOS id and the tokenizer does not add a second one.
+/// </summary>
+public abstract class ChatTemplate
+{
+    /// <summary>The name <see cref="ChatTemplates.ByName"/> knows it by.</summary>
+    public abstract string Name { get; }
+
+    /// <param name="messages">The conversation so far, oldest first.</param>
+    /// <param name="addGenerationPrompt">Whether to end with the opening of an assistant turn for the model to complete.</param>
+    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
+    {
+        ArgumentNullException.ThrowIfNull(messages);
+        for (int i = 0; i < messages.Count; i++)
+        {
+            var m = messages[i] ?? throw new ArgumentException($"Message {i} is null.", nameof(messages));
+            if (string.IsNullOrEmpty(m.Role)) throw new ArgumentException($"Message {i} has no role.", nameof(messages));
+            if (m.Content is null) throw new ArgumentException($"Message {i} ({m.Role}) has no content.", nameof(messages));
+        }
+        var text = new StringBuilder();
+        Render(messages, addGenerationPrompt, text);
+        return text.ToString();
+    }
+
+    private protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text);
+
+    public override string ToString() => Name;
+
+    /// <summary>Jinja's <c>capitalize</c>: first character upper case, the rest lower case.</summary>
+    private protected static string Capitalize(string s) =>
+        s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..].ToLowerInvariant();
+}
+
+/// <summary>
+/// The format BitNet b1.58 2B4T was trained with (its tokenizer_config.json, FORMATS.md §6.3):
+/// <c>&lt;|begin_of_text|&gt;System: {s}&lt;|eot_id|&gt;User: {u}&lt;|eot_id|&gt;Assistant: {a}&lt;|eot_id|&gt;...Assistant: </c>.
+/// Roles capitalized, contents trimmed. Not the GGUF-embedded "BITNETAssistant" template, which models loop on.
+/// </summary>
+public sealed class BitNetChatTemplate : ChatTemplate
+{
+    public override string Name => "bitnet";
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    {
+        text.Append("<|begin_of_text|>");
+        foreach (var m in messages) text.Append(Capitalize(m.Role)).Append(": ").Append(m.Content.Trim()).Append("<|eot_id|>");
+        if (addGenerationPrompt) text.Append("Assistant: ");
+    }
+}
+
+/// <summary>Llama 3 Instruct: header tokens around each role, two newlines, trimmed content, <c>&lt;|eot_id|&gt;</c>.</summary>
+public sealed class Llama3ChatTemplate : ChatTemplate
+{
+    public override string Name => "llama3";
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    {
+        text.Append("<|begin_of_text|>");
+        foreach (var m in messages)
+            text.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(m.Content.Trim()).Append("<|eot_id|>");
+        if (addGenerationPrompt) text.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+    }
+}
+
+/// <summary>
+/// Llama 2 Chat: <c>&lt;s&gt;[INST] &lt;&lt;SYS&gt;&gt;\n{s}\n&lt;&lt;/SYS&gt;&gt;\n\n{u} [/INST] {a} &lt;/s&gt;&lt;s&gt;[INST] {u2} [/INST]</c>.
+/// A system message is folded into the first user turn; the prompt already ends where the answer starts, so
+/// there is nothing extra to add for the generation prompt.
+/// </summary>
+public sealed class Llama2ChatTemplate : ChatTemplate
+{
+    public override string Name => "llama2";
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    {
+        string? system = null;
+        foreach (var m in messages)
+        {
+            switch (m.Role)
+            {
+                case "system":
+                    system = m.Content.Trim();
+                    break;
+                case "assistant":
+                    text.Append(' ').Append(m.Content.Trim()).Append(" </s>");
+                    break;
+                default:
+                    text.Append("<s>[INST] ");
+                    if (system != null) text.Append("<<SYS>>\n").Append(system).Append("\n<</SYS>>\n\n");
+                    system = null;
+                    text.Append(m.Content.Trim()).Append(" [/INST]");
+                    break;
+            }
+        }
+        // A system message with no user turn after it still reaches the model.
+        if (system != null) text.Append("<s>[INST] <<SYS>>\n").Append(system).Append("\n<</SYS>>\n\n [/INST]");
+    }
+}
+
+/// <summary>ChatML: <c>&lt;|im_start|&gt;{role}\n{content}&lt;|im_end|&gt;\n</c> per message, then <c>&lt;|im_start|&gt;assistant\n</c>. No BOS.</summary>
+public sealed class ChatMlTemplate : ChatTemplate
+{
+    public override string Name => "chatml";
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    {
+        foreach (var m in messages) text.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        if (addGenerationPrompt) text.Append("<|im_start|>assistant\n");
+    }
+}

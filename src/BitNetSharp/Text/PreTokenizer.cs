@@ -1,0 +1,156 @@
+using System.Text.RegularExpressions;
+
+namespace BitNetSharp.Tokenization;
+
+/// <summary>
+/// Splits text into the words byte-level BPE merges within, with llama.cpp's semantics: each regex in turn runs
+/// inside every piece the previous ones produced, and both its matches and the text between them become pieces.
+/// The presets are the regexes llama.cpp uses per <c>tokenizer.ggml.pre</c> value, written for .NET (where \s and
+/// \p{..} have the Unicode meaning the originals assume).
+/// </summary>
+/// <remarks>
+/// .NET regexes see UTF-16 code units, so a letter or digit outside the BMP (e.g. U+1D400) is not \p{L}/\p{N}
+/// here; it is still kept intact, as a run of "other" characters, like emoji are.
+/// </remarks>
+public sealed partial class PreTokenizer
+{
+    private readonly Regex[] _stages;
+
+    private PreTokenizer(string name, bool ignoreMerges, params Regex[] stages)
+    {
+        Name = name;
+        IgnoreMerges = ignoreMerges;
+        _stages = stages;
+    }
+
+    /// <summary>The llama.cpp pre-tokenizer name this implements ("llama3", "gpt-2", ...).</summary>
+    public string Name { get; }
+
+    /// <summary>A word that is itself a vocabulary entry is emitted whole without merging (Llama 3's <c>ignore_merges</c>).</summary>
+    public bool IgnoreMerges { get; }
+
+    /// <summary>Llama 3 (tiktoken cl100k-style) with the case-insensitive contractions spelled out.</summary>
+    public static PreTokenizer Llama3 { get; } = new("llama3", ignoreMerges: true, PreTokenizerRegex.Llama3());
+
+    /// <summary>The original GPT-2 pattern.</summary>
+    public static PreTokenizer Gpt2 { get; } = new("gpt-2", ignoreMerges: false, Gpt2Regex());
+
+    /// <summary>What llama.cpp uses when <c>tokenizer.ggml.pre</c> is missing or "default".</summary>
+    public static PreTokenizer Default { get; } = new("default", ignoreMerges: false,
+        DefaultPunctuationRegex(), Gpt2Regex(), NumberRunRegex(), ThreeDigitsRegex());
+
+    public static PreTokenizer Falcon { get; } = new("falcon", ignoreMerges: false,
+        FalconPunctuationRegex(), Gpt2Regex(), ThreeDigitsRegex());
+
+    /// <summary>StarCoder, Refact, Command-R, SmolLM: every digit alone, then GPT-2.</summary>
+    public static PreTokenizer StarCoder { get; } = new("starcoder", ignoreMerges: false, SingleDigitRegex(), Gpt2Regex());
+
+    public static PreTokenizer Qwen2 { get; } = new("qwen2", ignoreMerges: false, Qwen2Regex());
+
+    public static PreTokenizer DeepSeekCoder { get; } = new("deepseek-coder", ignoreMerges: false,
+        LineBreakRegex(), SpaceLetterRunRegex(), SpacePunctuationRunRegex(), CjkHangulRunRegex(), SingleDigitRegex());
+
+    public static PreTokenizer DeepSeekLlm { get; } = new("deepseek-llm", ignoreMerges: false,
+        LineBreakRegex(), SpaceCasedLetterRunRegex(), DeepSeekPunctuationRegex(), TrailingSpaceRegex(), CjkHangulRunRegex(), NumberRunRegex());
+
+    /// <summary><c>tokenizer.ggml.pre</c> values we implement, each with the preset it selects (llama.cpp's grouping).</summary>
+    public static IReadOnlyDictionary<string, PreTokenizer> ByGgufName { get; } = new Dictionary<string, PreTokenizer>(StringComparer.Ordinal)
+    {
+        ["default"] = Default,
+        ["llama3"] = Llama3, ["llama-v3"] = Llama3, ["llama-bpe"] = Llama3, ["falcon3"] = Llama3,
+        ["gpt-2"] = Gpt2, ["phi-2"] = Gpt2, ["mpt"] = Gpt2, ["olmo"] = Gpt2, ["jina-es"] = Gpt2, ["jina-de"] = Gpt2, ["roberta-bpe"] = Gpt2,
+        ["falcon"] = Falcon,
+        ["starcoder"] = StarCoder, ["refact"] = StarCoder, ["command-r"] = StarCoder, ["smollm"] = StarCoder, ["codeshell"] = StarCoder,
+        ["qwen2"] = Qwen2, ["deepseek-r1-qwen"] = Qwen2, ["stablelm2"] = Qwen2,
+        ["deepseek-coder"] = DeepSeekCoder,
+        ["deepseek-llm"] = DeepSeekLlm,
+    };
+
+    /// <summary>The same splitting with <see cref="IgnoreMerges"/> set as given.</summary>
+    public PreTokenizer WithIgnoreMerges(bool ignoreMerges) =>
+        ignoreMerges == IgnoreMerges ? this : new PreTokenizer(Name, ignoreMerges, _stages);
+
+    /// <summary>A pre-tokenizer from one regex given by a tokenizer.json <c>Split</c> step (compiled at load).</summary>
+    public static PreTokenizer FromPattern(string pattern, bool ignoreMerges) =>
+        new("custom", ignoreMerges, new Regex(pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled));
+
+    /// <summary>Appends the pieces of text[start..start+length) to <paramref name="pieces"/> as (start, length) pairs.</summary>
+    public void Split(string text, int start, int length, List<(int Start, int Length)> pieces)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        ArgumentNullException.ThrowIfNull(pieces);
+        int first = pieces.Count;
+        if (length == 0) return;
+        pieces.Add((start, length));
+        List<(int Start, int Length)>? scratch = null;
+        foreach (var regex in _stages)
+        {
+            scratch ??= [];
+            scratch.Clear();
+            for (int i = first; i < pieces.Count; i++)
+            {
+                var (pieceStart, pieceLength) = pieces[i];
+                int pos = 0;
+                var piece = text.AsSpan(pieceStart, pieceLength);
+                foreach (var m in regex.EnumerateMatches(piece))
+                {
+                    if (m.Length == 0) continue;
+                    if (m.Index > pos) scratch.Add((pieceStart + pos, m.Index - pos));
+                    scratch.Add((pieceStart + m.Index, m.Length));
+                    pos = m.Index + m.Length;
+                }
+                if (pos < pieceLength) scratch.Add((pieceStart + pos, pieceLength - pos));
+            }
+            pieces.RemoveRange(first, pieces.Count - first);
+            pieces.AddRange(scratch);
+        }
+    }
+
+    public override string ToString() => Name;
+
+    private const string Gpt2Pattern = @"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+
+    [GeneratedRegex(Gpt2Pattern, RegexOptions.CultureInvariant)]
+    private static partial Regex Gpt2Regex();
+
+    [GeneratedRegex(@"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+", RegexOptions.CultureInvariant)]
+    private static partial Regex Qwen2Regex();
+
+    [GeneratedRegex(@"[\p{P}\$\+<=>\^~\|]+", RegexOptions.CultureInvariant)]
+    private static partial Regex DefaultPunctuationRegex();
+
+    [GeneratedRegex(@"[\p{P}\$\+<=>\^~\|`]+", RegexOptions.CultureInvariant)]
+    private static partial Regex FalconPunctuationRegex();
+
+    [GeneratedRegex(@"\p{N}+", RegexOptions.CultureInvariant)]
+    private static partial Regex NumberRunRegex();
+
+    [GeneratedRegex(@"\p{N}", RegexOptions.CultureInvariant)]
+    private static partial Regex SingleDigitRegex();
+
+    [GeneratedRegex(@"[0-9][0-9][0-9]", RegexOptions.CultureInvariant)]
+    private static partial Regex ThreeDigitsRegex();
+
+    [GeneratedRegex(@"[\r\n]", RegexOptions.CultureInvariant)]
+    private static partial Regex LineBreakRegex();
+
+    [GeneratedRegex(@"\s?\p{L}+", RegexOptions.CultureInvariant)]
+    private static partial Regex SpaceLetterRunRegex();
+
+    [GeneratedRegex(@"\s?\p{P}+", RegexOptions.CultureInvariant)]
+    private static partial Regex SpacePunctuationRunRegex();
+
+    /// <summary>CJK unified ideographs U+4E00-U+9FA5, U+0800-U+4E00 and Hangul U+AC00-U+D7FF, as DeepSeek's tokenizer.json lists them.</summary>
+    [GeneratedRegex(@"[\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+", RegexOptions.CultureInvariant)]
+    private static partial Regex CjkHangulRunRegex();
+
+    /// <summary>DeepSeek LLM lists the cased letters (Unicode category LC = Lu, Ll, Lt) range by range; the categories say the same.</summary>
+    [GeneratedRegex(@"\s?[\p{Lu}\p{Ll}\p{Lt}]+", RegexOptions.CultureInvariant)]
+    private static partial Regex SpaceCasedLetterRunRegex();
+
+    [GeneratedRegex(@"\s?[!-/:-~\uFF01-\uFF0F\uFF1A-\uFF5E\u2018-\u201F\u3000-\u3002]+", RegexOptions.CultureInvariant)]
+    private static partial Regex DeepSeekPunctuationRegex();
+
+    [GeneratedRegex(@"\s+\z", RegexOptions.CultureInvariant)]
+    private static partial Regex TrailingSpaceRegex();
+}

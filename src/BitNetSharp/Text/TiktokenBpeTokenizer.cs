@@ -1,0 +1,104 @@
+using BitNetSharp.Formats;
+using Ml = Microsoft.ML.Tokenizers;
+
+namespace BitNetSharp.Tokenization;
+
+/// <summary>
+/// A tiktoken vocabulary (Meta's Llama 3 <c>tokenizer.model</c>, which BitNet b1.58 2B4T ships too): ranked byte
+/// sequences, merged by rank, with the Llama 3 pre-tokenizer. Encoding of plain text is done by
+/// Microsoft.ML.Tokenizers' <see cref="Ml.TiktokenTokenizer"/>; special tokens, BOS, decoding and id checks are ours,
+/// so it behaves like every other <see cref="BitNetTokenizer"/>. Token texts are given in byte-level form ("Ġthe"),
+/// the same strings a GGUF conversion of this vocabulary stores.
+/// </summary>
+public sealed class TiktokenBpeTokenizer : BitNetTokenizer
+{
+    private readonly Ml.TiktokenTokenizer _model;
+
+    private TiktokenBpeTokenizer(TokenizerVocabulary vocabulary, Ml.TiktokenTokenizer model)
+        : base(vocabulary, static (text, _) => ByteLevelEncoding.Decode(text)) => _model = model;
+
+    public override string Description => "tiktoken BPE (Microsoft.ML.Tokenizers), llama3 pre-tokenizer";
+
+    /// <summary>
+    /// Llama 3's 256 special tokens after the 128000 ranks, named as Meta's original Llama 3 tokenizer (and BitNet's
+    /// gpu/tokenizer.py) name them: 128000 begin_of_text, 128001 end_of_text, 128006/128007 start/end_header_id,
+    /// 128009 eot_id, every other one <c>&lt;|reserved_special_token_N|&gt;</c> numbered in order.
+    /// (Llama 3.1 later renamed 128004/128005/128008/128010/128011.)
+    /// </summary>
+    public static string[] Llama3SpecialTokens()
+    {
+        var names = new string[256];
+        names[0] = "<|begin_of_text|>";
+        names[1] = "<|end_of_text|>";
+        names[6] = "<|start_header_id|>";
+        names[7] = "<|end_header_id|>";
+        names[9] = "<|eot_id|>";
+        int reserved = 0;
+        for (int i = 0; i < names.Length; i++) names[i] ??= $"<|reserved_special_token_{reserved++}|>";
+        return names;
+    }
+
+    /// <param name="file">The tiktoken file's bytes: one "base64-bytes rank" line per token, ranks 0 to N-1.</param>
+    /// <param name="specialTokens">Texts of the tokens after the ranked ones (their ids follow the last rank).</param>
+    /// <param name="configure">Sets the special ids and BOS rule once the vocabulary is known.</param>
+    /// <param name="path">The file, for errors.</param>
+    internal static TiktokenBpeTokenizer Create(byte[] file, string[] specialTokens, Action<TokenizerVocabulary> configure, string path)
+    {
+        // The ranked bytes are read here too: the library does not expose them, and decoding needs them.
+        var ranked = ReadRanks(file, path);
+        Ml.TiktokenTokenizer model;
+        try
+        {
+            model = Ml.TiktokenTokenizer.Create(new MemoryStream(file, writable: false), new Ml.RegexPreTokenizer(PreTokenizerRegex.Llama3(), null), normalizer: null);
+        }
+        catch (Exception e) when (e is FormatException or ArgumentException or InvalidOperationException)
+        {
+            throw new ModelFormatException(path, $"not a tiktoken vocabulary: {e.Message}", inner: e);
+        }
+        var texts = new string[ranked.Length + specialTokens.Length];
+        var kinds = new TokenKind[texts.Length];
+        for (int id = 0; id < ranked.Length; id++)
+        {
+            texts[id] = ByteLevelEncoding.Encode(ranked[id]);
+            kinds[id] = TokenKind.Normal;
+        }
+        for (int i = 0; i < specialTokens.Length; i++)
+        {
+            texts[ranked.Length + i] = specialTokens[i];
+            kinds[ranked.Length + i] = TokenKind.Control;
+        }
+        var vocabulary = new TokenizerVocabulary(texts, kinds);
+        configure(vocabulary);
+        return new TiktokenBpeTokenizer(vocabulary, model);
+    }
+
+    private static byte[][] ReadRanks(byte[] file, string path)
+    {
+        var lines = System.Text.Encoding.ASCII.GetString(file).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        var ranked = new byte[lines.Length][];
+        for (int line = 0; line < lines.Length; line++)
+        {
+            var text = lines[line].AsSpan().TrimEnd('\r');
+            int space = text.IndexOf(' ');
+            if (space <= 0 || !int.TryParse(text[(space + 1)..], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var rank))
+                throw new ModelFormatException(path, $"line {line + 1} is not \"base64-bytes rank\"");
+            if (rank >= ranked.Length || ranked[rank] != null)
+                throw new ModelFormatException(path, $"line {line + 1}: rank {rank} is repeated or beyond the {ranked.Length} lines, so ranks are not 0 to {ranked.Length - 1}");
+            try
+            {
+                ranked[rank] = Convert.FromBase64String(text[..space].ToString());
+            }
+            catch (FormatException)
+            {
+                throw new ModelFormatException(path, $"line {line + 1}: \"{text[..space].ToString()}\" is not base64");
+            }
+        }
+        return ranked;
+    }
+
+    private protected override void EncodeText(string text, int start, int length, bool afterSpecial, List<int> output)
+    {
+        var ids = _model.EncodeToIds(text.AsSpan(start, length), considerPreTokenization: true, considerNormalization: false);
+        for (int i = 0; i < ids.Count; i++) output.Add(ids[i]);
+    }
+}

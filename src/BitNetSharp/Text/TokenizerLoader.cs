@@ -1,0 +1,390 @@
+using System.Text;
+using System.Text.Json;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+
+namespace BitNetSharp.Tokenization;
+
+/// <summary>Builds the right <see cref="BitNetTokenizer"/> from a GGUF file's metadata or a Hugging Face model directory.</summary>
+public static class TokenizerLoader
+{
+    /// <summary>Token count of the Llama 3 vocabulary (128000 BPE ranks + 256 special tokens), as in BitNet b1.58 2B4T.</summary>
+    public const int Llama3VocabularySize = 128256;
+
+    private const string Llama3SplitPattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    private const string Qwen2SplitPattern = @"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+    public static BitNetTokenizer FromGguf(GgufFile file, string? preTokenizer = null)
+    {
+        ArgumentNullException.ThrowIfNull(file);
+        return FromGguf(file.Metadata, preTokenizer);
+    }
+
+    /// <summary>
+    /// <c>tokenizer.ggml.model</c> "gpt2" gives byte-level BPE (pre-tokenizer from <c>tokenizer.ggml.pre</c>; when
+    /// that is missing a 128256-token vocabulary is Llama 3's, as in the official BitNet 2B4T GGUF, and anything else
+    /// gets llama.cpp's "default"), "llama" gives SentencePiece BPE. Other tokenizer models are refused.
+    /// </summary>
+    /// <param name="metadata">The GGUF metadata.</param>
+    /// <param name="preTokenizer">
+    /// Overrides the byte-level pre-tokenizer by its <c>tokenizer.ggml.pre</c> name (see <see cref="PreTokenizer.ByGgufName"/>):
+    /// "default" reproduces what bitnet.cpp does with the official 2B4T GGUF, for parity tests.
+    /// </param>
+    public static BitNetTokenizer FromGguf(GgufMetadata metadata, string? preTokenizer = null)
+    {
+        ArgumentNullException.ThrowIfNull(metadata);
+        var path = metadata.FilePath;
+        var model = metadata.GetString("tokenizer.ggml.model");
+        var texts = metadata.GetStringArray("tokenizer.ggml.tokens");
+        if (texts.Length == 0) throw new ModelFormatException(path, "the vocabulary is empty", "tokenizer.ggml.tokens");
+
+        var kinds = new TokenKind[texts.Length];
+        Array.Fill(kinds, TokenKind.Normal);
+        if (metadata.TryGetInt32Array("tokenizer.ggml.token_type", out var types))
+        {
+            if (types.Length < texts.Length)
+                throw new ModelFormatException(path, $"has {types.Length} entries for {texts.Length} tokens", "tokenizer.ggml.token_type");
+            for (int i = 0; i < texts.Length; i++)
+                if (types[i] is >= 1 and <= 6) kinds[i] = (TokenKind)types[i];
+        }
+        var vocabulary = new TokenizerVocabulary(texts, kinds);
+
+        switch (model)
+        {
+            case "gpt2":
+            {
+                var merges = metadata.GetStringArray("tokenizer.ggml.merges");
+                PreTokenizer pre;
+                if (preTokenizer != null)
+                {
+                    if (!PreTokenizer.ByGgufName.TryGetValue(preTokenizer, out pre!))
+                        throw new ArgumentException(
+                            $"Unknown pre-tokenizer \"{preTokenizer}\"; valid names are: {string.Join(", ", PreTokenizer.ByGgufName.Keys)}.", nameof(preTokenizer));
+                }
+                else if (!metadata.TryGetString("tokenizer.ggml.pre", out var preName) || preName.Length == 0)
+                    pre = texts.Length == Llama3VocabularySize ? PreTokenizer.Llama3 : PreTokenizer.Default;
+                else if (!PreTokenizer.ByGgufName.TryGetValue(preName, out pre!))
+                    throw new ModelFormatException(path,
+                        $"pre-tokenizer \"{preName}\" is not supported; supported: {string.Join(", ", PreTokenizer.ByGgufName.Keys)}",
+                        "tokenizer.ggml.pre");
+                ApplyGgufSpecialIds(metadata, vocabulary, defaultAddBos: pre == PreTokenizer.Llama3);
+                return new ByteLevelBpeTokenizer(vocabulary, merges, pre, path, "tokenizer.ggml.merges");
+            }
+            case "llama":
+            {
+                float[] scores = metadata.TryGetFloat32Array("tokenizer.ggml.scores", out var s) ? s : new float[texts.Length];
+                if (scores.Length < texts.Length)
+                    throw new ModelFormatException(path, $"has {scores.Length} entries for {texts.Length} tokens", "tokenizer.ggml.scores");
+                vocabulary.UnknownId = vocabulary.InRange(0);
+                vocabulary.BosId = vocabulary.InRange(1);
+                vocabulary.EosId = vocabulary.InRange(2);
+                ApplyGgufSpecialIds(metadata, vocabulary, defaultAddBos: true);
+                bool addSpacePrefix = !metadata.TryGetBool("tokenizer.ggml.add_space_prefix", out var prefix) || prefix;
+                return new SentencePieceBpeTokenizer(vocabulary, scores, addSpacePrefix);
+            }
+            case "bert":
+                throw new ModelFormatException(path,
+                    "WordPiece (BERT) vocabularies are not supported: they belong to encoder models, and this runtime generates text with byte-level BPE (\"gpt2\") or SentencePiece (\"llama\") vocabularies",
+                    "tokenizer.ggml.model");
+            default:
+                throw new ModelFormatException(path,
+                    $"tokenizer model \"{model}\" is not supported; supported: \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece BPE)",
+                    "tokenizer.ggml.model");
+        }
+    }
+
+    private static void ApplyGgufSpecialIds(GgufMetadata metadata, TokenizerVocabulary vocabulary, bool defaultAddBos)
+    {
+        vocabulary.BosId = IdOrDefault(metadata, vocabulary, "tokenizer.ggml.bos_token_id", vocabulary.BosId);
+        vocabulary.EosId = IdOrDefault(metadata, vocabulary, "tokenizer.ggml.eos_token_id", vocabulary.EosId);
+        vocabulary.EotId = IdOrDefault(metadata, vocabulary, "tokenizer.ggml.eot_token_id", -1);
+        vocabulary.UnknownId = IdOrDefault(metadata, vocabulary, "tokenizer.ggml.unknown_token_id", vocabulary.UnknownId);
+        vocabulary.PaddingId = IdOrDefault(metadata, vocabulary, "tokenizer.ggml.padding_token_id", -1);
+        vocabulary.AddBos = metadata.TryGetBool("tokenizer.ggml.add_bos_token", out var add) ? add : defaultAddBos;
+    }
+
+    private static int IdOrDefault(GgufMetadata metadata, TokenizerVocabulary vocabulary, string key, int fallback)
+    {
+        if (!metadata.TryGetInteger(key, out var id)) return fallback;
+        if (id < 0 || id >= vocabulary.Count)
+            throw new ModelFormatException(metadata.FilePath, $"token id {id} is outside the vocabulary of {vocabulary.Count} tokens", key);
+        return (int)id;
+    }
+
+    /// <summary>
+    /// The tokenizer of a Hugging Face model directory, from the first of: tokenizer.json (byte-level BPE),
+    /// tokenizer.model (tiktoken, i.e. Llama 3, or SentencePiece BPE), vocab.json + merges.txt (GPT-2 style).
+    /// tokenizer_config.json, when present, supplies the BOS/EOS texts, add_bos_token and added tokens.
+    /// </summary>
+    public static BitNetTokenizer FromHfDirectory(string directory)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        if (!Directory.Exists(directory)) throw new ModelFormatException(directory, "no such directory");
+        var config = HfTokenizerConfig.Load(Path.Combine(directory, "tokenizer_config.json"));
+        var tokenizerJson = Path.Combine(directory, "tokenizer.json");
+        var tokenizerModel = Path.Combine(directory, "tokenizer.model");
+        var vocabJson = Path.Combine(directory, "vocab.json");
+        var mergesTxt = Path.Combine(directory, "merges.txt");
+        if (File.Exists(tokenizerJson)) return FromTokenizerJson(tokenizerJson, config);
+        if (File.Exists(tokenizerModel)) return FromTokenizerModel(tokenizerModel, config);
+        if (File.Exists(vocabJson) && File.Exists(mergesTxt)) return FromVocabAndMerges(vocabJson, mergesTxt, config);
+        throw new ModelFormatException(directory, "no tokenizer found: expected tokenizer.json, tokenizer.model, or vocab.json with merges.txt");
+    }
+
+    /// <summary>
+    /// A <c>tokenizer.model</c> file: a tiktoken vocabulary (text lines "base64 rank"; read as Llama 3 with its 256
+    /// special tokens) or a SentencePiece BPE model (protobuf).
+    /// </summary>
+    public static BitNetTokenizer FromTokenizerModel(string path) => FromTokenizerModel(path, HfTokenizerConfig.Load(SiblingConfig(path)));
+
+    /// <summary>A Hugging Face <c>tokenizer.json</c> with a byte-level BPE model.</summary>
+    public static BitNetTokenizer FromTokenizerJson(string path) => FromTokenizerJson(path, HfTokenizerConfig.Load(SiblingConfig(path)));
+
+    /// <summary>GPT-2-style <c>vocab.json</c> and <c>merges.txt</c>.</summary>
+    public static BitNetTokenizer FromVocabAndMerges(string vocabJsonPath, string mergesTxtPath) =>
+        FromVocabAndMerges(vocabJsonPath, mergesTxtPath, HfTokenizerConfig.Load(SiblingConfig(vocabJsonPath)));
+
+    private static string SiblingConfig(string path) =>
+        Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", "tokenizer_config.json");
+
+    private static BitNetTokenizer FromTokenizerModel(string path, HfTokenizerConfig config)
+    {
+        if (!File.Exists(path)) throw new ModelFormatException(path, "no such file");
+        Span<byte> head = stackalloc byte[16];
+        int n;
+        using (var probe = File.OpenRead(path)) n = probe.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        if (SentencePieceModelFile.LooksLikeModelProto(head[..n])) return FromSentencePieceModel(path, config);
+
+        var specials = TiktokenBpeTokenizer.Llama3SpecialTokens();
+        return TiktokenBpeTokenizer.Create(File.ReadAllBytes(path), specials, vocabulary =>
+        {
+            if (vocabulary.Count != Llama3VocabularySize)
+                throw new ModelFormatException(path,
+                    $"has {vocabulary.Count - specials.Length} ranks; only the Llama 3 tiktoken vocabulary (128000 ranks) is supported, since its special tokens and pre-tokenizer are implied rather than stored");
+            config.ApplyAddedTokens(vocabulary, path);
+            config.ApplySpecialIds(vocabulary, "<|begin_of_text|>", "<|end_of_text|>", defaultAddBos: true);
+        }, path);
+    }
+
+    private static BitNetTokenizer FromSentencePieceModel(string path, HfTokenizerConfig config)
+    {
+        var model = SentencePieceModelFile.Read(path);
+        if (model.ModelType != SentencePieceModelFile.ModelTypeBpe)
+            throw new ModelFormatException(path,
+                $"SentencePiece model type {(model.ModelType == SentencePieceModelFile.ModelTypeUnigram ? "unigram" : model.ModelType.ToString(System.Globalization.CultureInfo.InvariantCulture))} is not supported; only BPE (Llama 2 style) is");
+        var vocabulary = new TokenizerVocabulary([.. model.Pieces], [.. model.Kinds]);
+        vocabulary.UnknownId = vocabulary.InRange(model.UnknownId);
+        vocabulary.BosId = vocabulary.InRange(model.BosId);
+        vocabulary.EosId = vocabulary.InRange(model.EosId);
+        vocabulary.PaddingId = vocabulary.InRange(model.PadId);
+        config.ApplySpecialIds(vocabulary, null, null, defaultAddBos: true);
+        return new SentencePieceBpeTokenizer(vocabulary, [.. model.Scores], model.AddDummyPrefix);
+    }
+
+    private static BitNetTokenizer FromTokenizerJson(string path, HfTokenizerConfig config)
+    {
+        using var document = ParseJson(path);
+        var root = document.RootElement;
+        if (!root.TryGetProperty("model", out var model) || model.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException(path, "has no \"model\" object", "model");
+        var type = model.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        if (type != "BPE")
+            throw new ModelFormatException(path, $"model type \"{type}\" is not supported; only BPE is", "model.type");
+        if (!UsesByteLevel(root))
+            throw new ModelFormatException(path,
+                "is a SentencePiece-style BPE (no ByteLevel step); load the model's tokenizer.model instead", "pre_tokenizer");
+        if (!model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException(path, "has no vocab object", "model.vocab");
+
+        var entries = new List<(string Text, int Id, TokenKind Kind)>();
+        foreach (var p in vocab.EnumerateObject())
+        {
+            if (!p.Value.TryGetInt32(out var id) || id < 0) throw new ModelFormatException(path, $"token \"{p.Name}\" has id {p.Value}, expected a non-negative integer", "model.vocab");
+            entries.Add((p.Name, id, TokenKind.Normal));
+        }
+        if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var token in added.EnumerateArray())
+            {
+                if (!token.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out var id) || id < 0 ||
+                    !token.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
+                    throw new ModelFormatException(path, $"an added token lacks an id or content: {token}", "added_tokens");
+                bool special = token.TryGetProperty("special", out var sp) && sp.ValueKind == JsonValueKind.True;
+                entries.Add((content.GetString()!, id, special ? TokenKind.Control : TokenKind.UserDefined));
+            }
+        }
+        var vocabulary = BuildVocabulary(entries, path);
+
+        var merges = new List<string>();
+        if (model.TryGetProperty("merges", out var mergeArray) && mergeArray.ValueKind == JsonValueKind.Array)
+        {
+            foreach (var merge in mergeArray.EnumerateArray())
+            {
+                // Older files write "a b"; newer ones write ["a", "b"]. Byte-level tokens never contain a literal space.
+                if (merge.ValueKind == JsonValueKind.String) merges.Add(merge.GetString()!);
+                else if (merge.ValueKind == JsonValueKind.Array && merge.GetArrayLength() == 2)
+                    merges.Add(merge[0].GetString() + " " + merge[1].GetString());
+                else throw new ModelFormatException(path, $"merge {merges.Count} is {merge}, expected \"a b\" or [\"a\", \"b\"]", "model.merges");
+            }
+        }
+
+        bool ignoreMerges = model.TryGetProperty("ignore_merges", out var im) && im.ValueKind == JsonValueKind.True;
+        var split = FindSplitPattern(root);
+        var pre = split switch
+        {
+            null => PreTokenizer.Gpt2,
+            Llama3SplitPattern => PreTokenizer.Llama3,
+            Qwen2SplitPattern => PreTokenizer.Qwen2,
+            _ => CompilePattern(split, path),
+        };
+        pre = pre.WithIgnoreMerges(ignoreMerges);
+
+        string? bosText = FirstTemplateSpecialToken(root);
+        config.ApplyAddedTokens(vocabulary, path);
+        config.ApplySpecialIds(vocabulary,
+            bosText ?? (vocabulary.Find("<|begin_of_text|>") >= 0 ? "<|begin_of_text|>" : "<|endoftext|>"),
+            vocabulary.Find("<|end_of_text|>") >= 0 ? "<|end_of_text|>" : "<|endoftext|>",
+            defaultAddBos: bosText != null);
+        return new ByteLevelBpeTokenizer(vocabulary, merges, pre, path, "model.merges");
+    }
+
+    private static BitNetTokenizer FromVocabAndMerges(string vocabPath, string mergesPath, HfTokenizerConfig config)
+    {
+        using var document = ParseJson(vocabPath);
+        if (document.RootElement.ValueKind != JsonValueKind.Object) throw new ModelFormatException(vocabPath, "expected a JSON object of token → id");
+        var entries = new List<(string Text, int Id, TokenKind Kind)>();
+        foreach (var p in document.RootElement.EnumerateObject())
+        {
+            if (!p.Value.TryGetInt32(out var id) || id < 0) throw new ModelFormatException(vocabPath, $"token \"{p.Name}\" has id {p.Value}, expected a non-negative integer");
+            entries.Add((p.Name, id, p.Name == "<|endoftext|>" ? TokenKind.Control : TokenKind.Normal));
+        }
+        var vocabulary = BuildVocabulary(entries, vocabPath);
+
+        var merges = new List<string>();
+        foreach (var line in File.ReadLines(mergesPath, Encoding.UTF8))
+        {
+            if (line.Length == 0 || (merges.Count == 0 && line.StartsWith("#version", StringComparison.Ordinal))) continue;
+            merges.Add(line);
+        }
+        config.ApplyAddedTokens(vocabulary, vocabPath);
+        config.ApplySpecialIds(vocabulary, "<|endoftext|>", "<|endoftext|>", defaultAddBos: false);
+        return new ByteLevelBpeTokenizer(vocabulary, merges, PreTokenizer.Gpt2, mergesPath, "merges");
+    }
+
+    private static TokenizerVocabulary BuildVocabulary(List<(string Text, int Id, TokenKind Kind)> entries, string path)
+    {
+        int count = 0;
+        foreach (var e in entries) count = Math.Max(count, e.Id + 1);
+        var texts = new string[count];
+        var kinds = new TokenKind[count];
+        Array.Fill(texts, "");
+        Array.Fill(kinds, TokenKind.Unused);
+        foreach (var (text, id, kind) in entries)
+        {
+            // An added token repeating a vocabulary entry (same id) only upgrades its kind.
+            texts[id] = text;
+            if (kind != TokenKind.Normal || kinds[id] == TokenKind.Unused) kinds[id] = kind;
+        }
+        if (count == 0) throw new ModelFormatException(path, "the vocabulary is empty");
+        return new TokenizerVocabulary(texts, kinds);
+    }
+
+    private static PreTokenizer CompilePattern(string pattern, string path)
+    {
+        try
+        {
+            return PreTokenizer.FromPattern(pattern, ignoreMerges: false);
+        }
+        catch (ArgumentException e)
+        {
+            throw new ModelFormatException(path, $"the Split regex cannot be compiled by .NET: {e.Message}", "pre_tokenizer", e);
+        }
+    }
+
+    private static bool UsesByteLevel(JsonElement root)
+    {
+        foreach (var name in (string[])["pre_tokenizer", "decoder"])
+            if (root.TryGetProperty(name, out var step) && ContainsType(step, "ByteLevel")) return true;
+        return false;
+    }
+
+    private static bool ContainsType(JsonElement element, string type)
+    {
+        switch (element.ValueKind)
+        {
+            case JsonValueKind.Object:
+                foreach (var p in element.EnumerateObject())
+                {
+                    if (p.Name == "type" && p.Value.ValueKind == JsonValueKind.String && p.Value.GetString() == type) return true;
+                    if (ContainsType(p.Value, type)) return true;
+                }
+                return false;
+            case JsonValueKind.Array:
+                foreach (var item in element.EnumerateArray())
+                    if (ContainsType(item, type)) return true;
+                return false;
+            default:
+                return false;
+        }
+    }
+
+    /// <summary>The regex of the first <c>Split</c> pre-tokenizer step, or null (then ByteLevel's own GPT-2 regex applies).</summary>
+    private static string? FindSplitPattern(JsonElement root)
+    {
+        if (!root.TryGetProperty("pre_tokenizer", out var pre)) return null;
+        return Find(pre);
+
+        static string? Find(JsonElement e)
+        {
+            if (e.ValueKind == JsonValueKind.Array)
+            {
+                foreach (var item in e.EnumerateArray())
+                    if (Find(item) is { } found) return found;
+                return null;
+            }
+            if (e.ValueKind != JsonValueKind.Object) return null;
+            if (e.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "Split" &&
+                e.TryGetProperty("pattern", out var pattern) && pattern.ValueKind == JsonValueKind.Object &&
+                pattern.TryGetProperty("Regex", out var regex) && regex.ValueKind == JsonValueKind.String)
+                return regex.GetString();
+            return e.TryGetProperty("pretokenizers", out var list) ? Find(list) : null;
+        }
+    }
+
+    /// <summary>The special token a TemplateProcessing post-processor puts in front of a single sequence (the BOS it adds), or null.</summary>
+    private static string? FirstTemplateSpecialToken(JsonElement root)
+    {
+        if (!root.TryGetProperty("post_processor", out var post)) return null;
+        return Find(post);
+
+        static string? Find(JsonElement e)
+        {
+            if (e.ValueKind == JsonValueKind.Array)
+            {
+                foreach (var item in e.EnumerateArray())
+                    if (Find(item) is { } found) return found;
+                return null;
+            }
+            if (e.ValueKind != JsonValueKind.Object) return null;
+            if (e.TryGetProperty("type", out var type) && type.GetString() == "TemplateProcessing" &&
+                e.TryGetProperty("single", out var single) && single.ValueKind == JsonValueKind.Array && single.GetArrayLength() > 0 &&
+                single[0].TryGetProperty("SpecialToken", out var special) && special.TryGetProperty("id", out var id))
+                return id.GetString();
+            return e.TryGetProperty("processors", out var list) ? Find(list) : null;
+        }
+    }
+
+    internal static JsonDocument ParseJson(string path)
+    {
+        if (!File.Exists(path)) throw new ModelFormatException(path, "no such file");
+        try
+        {
+            using var stream = File.OpenRead(path);
+            return JsonDocument.Parse(stream, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFormatException(path, $"not valid JSON: {e.Message}", inner: e);
+        }
+    }
+}

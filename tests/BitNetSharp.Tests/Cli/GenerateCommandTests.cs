@@ -1,0 +1,159 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Cli;
+
+/// <summary><c>bitnet generate</c>, <c>tokenize</c> and <c>convert</c> in-process on synthetic models.</summary>
+public class GenerateCommandTests
+{
+    private static (int ExitCode, string Output, string Error) Bitnet(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    private static string TinyModel(TestGguf.TempDirectory dir, string? tokenizerFrom = null)
+    {
+        var shape = SyntheticShape.Tiny;
+        GgufFile? tok = tokenizerFrom is null ? null : GgufFile.Open(tokenizerFrom);
+        if (tok is not null) shape = shape with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
+        var w = SyntheticModel.Build(shape, 5);
+        if (tok is not null)
+            foreach (var (k, v) in tok.Metadata.Entries)
+                if (k.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(k, v);
+        tok?.Dispose();
+        string path = dir.File(tokenizerFrom is null ? "tiny.gguf" : "tiny-tok.gguf");
+        w.WriteFile(path);
+        return path;
+    }
+
+    [Fact]
+    public void GreedyFromIdsIsReproducibleAndWritesIdsAndLogits()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir);
+        string ids = dir.File("ids.json"), logits = dir.File("logits.json");
+        var first = Bitnet("generate", "-m", model, "--prompt-ids", "1,2,3", "-n", "6", "--temp", "0", "--ids-out", ids, "--logits-out", logits);
+        Assert.Equal(0, first.ExitCode);
+        Assert.Contains("generation: 6 tokens", first.Error);
+        using (var doc = JsonDocument.Parse(File.ReadAllText(ids)))
+        {
+            Assert.Equal([1, 2, 3], doc.RootElement.GetProperty("prompt_ids").EnumerateArray().Select(e => e.GetInt32()));
+            Assert.Equal(6, doc.RootElement.GetProperty("ids").GetArrayLength());
+        }
+        using (var doc = JsonDocument.Parse(File.ReadAllText(logits)))
+        {
+            var rows = doc.RootElement.GetProperty("logits");
+            Assert.Equal(3, rows.GetArrayLength());
+            Assert.Equal(SyntheticShape.Tiny.VocabSize, rows[0].GetArrayLength());
+        }
+        var second = Bitnet("generate", "-m", model, "--prompt-ids", "1,2,3", "-n", "6", "--temp", "0");
+        Assert.Equal(first.Output, second.Output);
+        // Seeded sampling is reproducible too.
+        var a = Bitnet("generate", "-m", model, "--prompt-ids", "4", "-n", "8", "--seed", "42");
+        var b = Bitnet("generate", "-m", model, "--prompt-ids", "4", "-n", "8", "--seed", "42");
+        Assert.Equal(a.Output, b.Output);
+    }
+
+    [Fact]
+    public void BadInputIsAOneLineErrorBeforeAnyOutput()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir);
+        var tooLong = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "100000");
+        Assert.Equal(1, tooLong.ExitCode);
+        Assert.Equal("", tooLong.Output);
+        Assert.Contains("exceeds the context of 256 tokens", tooLong.Error);
+
+        var badId = Bitnet("generate", "-m", model, "--prompt-ids", "1,999999");
+        Assert.Equal(1, badId.ExitCode);
+        Assert.Contains("999999", badId.Error);
+
+        var noTokenizer = Bitnet("generate", "-m", model, "-p", "hello");
+        Assert.Equal(2, noTokenizer.ExitCode);
+        Assert.Contains("no tokenizer", noTokenizer.Error);
+        Assert.Contains("--prompt-ids", noTokenizer.Error);
+
+        var kv = Bitnet("generate", "-m", model, "--prompt-ids", "1", "--kv-type", "q4");
+        Assert.Equal(2, kv.ExitCode);
+        Assert.Contains("--kv-type", kv.Error);
+
+        var missing = Bitnet("generate", "-m", dir.File("nope.gguf"), "--prompt-ids", "1");
+        Assert.Equal(1, missing.ExitCode);
+        Assert.Contains("nope.gguf", missing.Error);
+    }
+
+    [Fact]
+    public void TextPromptStreamsTextWithARealTokenizer()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir, vocab);
+        var r = Bitnet("generate", "-m", model, "-p", "Once upon a time", "-n", "5", "--seed", "3");
+        Assert.Equal(0, r.ExitCode);
+        Assert.StartsWith("Once upon a time", r.Output);
+        Assert.True(r.Output.TrimEnd().Length > "Once upon a time".Length);
+        var t = Bitnet("tokenize", "-m", model, "Hello world", "--ids-only");
+        Assert.Equal("15496,995", t.Output.Trim());
+    }
+
+    [Theory]
+    [InlineData("i2_s")]
+    [InlineData("tq2_0")]
+    [InlineData("tq1_0")]
+    [InlineData("f16")]
+    public void ConvertKeepsTheLogits(string type)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        // A shape whose every row length is a multiple of 256, so every type can hold it.
+        var shape = new SyntheticShape("conv", 256, 2, 4, 2, 512, 300, 64);
+        string source = dir.File("src.gguf");
+        SyntheticModel.Build(shape, 9).WriteFile(source);
+        string converted = dir.File($"out-{type}.gguf");
+        var r = Bitnet("convert", source, converted, "--type", type);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Contains("wrote", r.Output);
+
+        float[] Logits(string path)
+        {
+            using var w = ModelWeights.Load(path);
+            using var engine = new Transformer(w, 8, new BitNetSharp.Threading.WorkerPool(1));
+            using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, w.Config.ContextLength, KvCacheType.F32);
+            var logits = new float[w.Config.VocabSize];
+            engine.Forward([new BatchToken(7, 0, 0), new BatchToken(8, 0, 1), new BatchToken(9, 0, 2, true)], [cache], logits);
+            return logits;
+        }
+        var expected = Logits(source);
+        var actual = Logits(converted);
+        if (type == "i2_s")
+        {
+            Assert.Equal(expected, actual); // same codes, same fp32 scale: bit-identical
+        }
+        else
+        {
+            // TQ and F16 keep the scale as fp16 (relative error ≤ 2^-11), which scales each projection's output.
+            double range = expected.Max() - expected.Min();
+            double worst = expected.Zip(actual, (e, a) => Math.Abs(e - a)).Max() / range;
+            Assert.True(worst < 1e-2, $"max |Δ| / range = {worst:E2}");
+            Assert.Equal(Array.IndexOf(expected, expected.Max()), Array.IndexOf(actual, actual.Max()));
+        }
+    }
+
+    [Fact]
+    public void ConvertRefusesAShapeTheTypeCannotHold()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir); // dim 128: q_proj rows are 128 weights
+        string output = dir.File("out.gguf");
+        var r = Bitnet("convert", model, output, "--type", "tq2_0");
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains("256", r.Error);
+        Assert.Contains("blk.0.attn_q.weight has rows of 128", r.Error);
+        Assert.False(File.Exists(output));
+    }
+}

@@ -1,0 +1,265 @@
+using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Model;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Tests.Model;
+
+public unsafe class KvCacheTests
+{
+    public static TheoryData<KvCacheType> Types() => new(Enum.GetValues<KvCacheType>());
+
+    private static float[] Row(Random rng, int n, float scale = 3f) =>
+        Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() + rng.NextDouble() + rng.NextDouble() - 1.5) * scale)).ToArray();
+
+    /// <summary>Fills positions [0, count) of every layer with random K/V; returns them [layer][position].</summary>
+    private static (float[][][] K, float[][][] V) Fill(KvCache cache, int count, int seed)
+    {
+        var rng = new Random(seed);
+        var k = new float[cache.Layers][][];
+        var v = new float[cache.Layers][][];
+        for (int l = 0; l < cache.Layers; l++)
+        {
+            k[l] = new float[count][];
+            v[l] = new float[count][];
+            for (int p = 0; p < count; p++)
+            {
+                k[l][p] = Row(rng, cache.KvDim);
+                v[l][p] = Row(rng, cache.KvDim);
+                cache.Write(l, p, k[l][p], v[l][p]);
+            }
+        }
+        return (k, v);
+    }
+
+    [Theory, MemberData(nameof(Types))]
+    public void RoundTripsWithinTheTypesError(KvCacheType type)
+    {
+        foreach (int headDim in new[] { 7, 64, 100, 128 })
+        {
+            using var cache = new KvCache(2, 3, headDim, 9, type);
+            var (keys, values) = Fill(cache, 9, headDim);
+            var k = new float[cache.KvDim];
+            var v = new float[cache.KvDim];
+            for (int l = 0; l < 2; l++)
+            for (int p = 0; p < 9; p++)
+            {
+                cache.Read(l, p, k, v);
+                AssertWithinError(type, keys[l][p], k, headDim);
+                AssertWithinError(type, values[l][p], v, headDim);
+            }
+        }
+    }
+
+    private static void AssertWithinError(KvCacheType type, float[] original, float[] stored, int headDim)
+    {
+        for (int h = 0; h < original.Length / headDim; h++)
+        {
+            var x = original.AsSpan(h * headDim, headDim);
+            var y = stored.AsSpan(h * headDim, headDim);
+            float max = 0f;
+            foreach (float e in x) max = MathF.Max(max, MathF.Abs(e));
+            for (int i = 0; i < headDim; i++)
+            {
+                float a = MathF.Abs(x[i]), err = MathF.Abs(x[i] - y[i]);
+                bool ok = type switch
+                {
+                    KvCacheType.F32 => err == 0f,
+                    KvCacheType.F16 => err <= a * MathF.Pow(2, -11) || (a < 6.2e-5f && err <= MathF.Pow(2, -25)),
+                    KvCacheType.Int8 => err <= max / 127f / 2f * (1 + 1e-5f),
+                    // Normal after scaling (|x|·448/max ≥ 2^−6): relative 2^−4; below that, subnormal spacing.
+                    _ => a * 448f / max >= 0.015625f ? err <= a * 0.0625f * (1 + 1e-5f) : err <= max / 448f * MathF.Pow(2, -10) * 1.0001f,
+                };
+                Assert.True(ok, $"{type} head {h} element {i}: {x[i]:R} stored as {y[i]:R} (max {max})");
+            }
+        }
+    }
+
+    [Theory, MemberData(nameof(Types))]
+    public void ScoresAndAccumulateVMatchNaiveFloat(KvCacheType type)
+    {
+        var rng = new Random(11);
+        foreach (int headDim in new[] { 7, 31, 64, 96, 100, 128 })
+        {
+            const int layers = 2, kvHeads = 3, positions = 13;
+            using var cache = new KvCache(layers, kvHeads, headDim, 20, type);
+            Fill(cache, positions, headDim + 1);
+            var k = new float[cache.KvDim];
+            var v = new float[cache.KvDim];
+            for (int l = 0; l < layers; l++)
+            for (int h = 0; h < kvHeads; h++)
+            {
+                var q = Row(rng, headDim);
+                var weights = Enumerable.Range(0, positions).Select(_ => (float)rng.NextDouble()).ToArray();
+                weights[3] = 0f;
+                float scale = 1f / MathF.Sqrt(headDim);
+                var expectedScores = new float[positions];
+                var expectedOut = new float[headDim];
+                for (int p = 0; p < positions; p++)
+                {
+                    cache.Read(l, p, k, v);
+                    double dot = 0;
+                    for (int d = 0; d < headDim; d++) dot += (double)q[d] * k[h * headDim + d];
+                    expectedScores[p] = (float)(dot * scale);
+                    for (int d = 0; d < headDim; d++) expectedOut[d] += weights[p] * v[h * headDim + d];
+                }
+                var scores = new float[positions + 2];
+                cache.Scores(l, h, q, scores, positions, scale);
+                var output = new float[headDim];
+                cache.AccumulateV(l, h, weights, output, positions);
+                for (int p = 0; p < positions; p++)
+                    Assert.True(MathF.Abs(scores[p] - expectedScores[p]) <= 1e-4f * (1 + MathF.Abs(expectedScores[p])),
+                        $"{type} hd={headDim} layer {l} head {h} pos {p}: {scores[p]} vs {expectedScores[p]}");
+                for (int d = 0; d < headDim; d++)
+                    Assert.True(MathF.Abs(output[d] - expectedOut[d]) <= 1e-4f * (1 + MathF.Abs(expectedOut[d])),
+                        $"{type} hd={headDim} layer {l} head {h} dim {d}: {output[d]} vs {expectedOut[d]}");
+            }
+        }
+    }
+
+    public static TheoryData<KvCacheType, string> TypesAndWidths()
+    {
+        var data = new TheoryData<KvCacheType, string>();
+        foreach (var t in Enum.GetValues<KvCacheType>())
+        foreach (var w in new[] { "widest", "256", "scalar" })
+            data.Add(t, w);
+        return data;
+    }
+
+    /// <summary>Every vector width of the row kernels against the scalar loop, on the same stored rows.</summary>
+    [Theory, MemberData(nameof(TypesAndWidths))]
+    public void EveryWidthMatchesScalar(KvCacheType type, string width)
+    {
+        var rng = new Random(12);
+        foreach (int headDim in new[] { 1, 15, 16, 17, 33, 100, 128, 130 })
+        {
+            using var cache = new KvCache(1, 2, headDim, 6, type);
+            Fill(cache, 6, headDim);
+            var q = Row(rng, headDim);
+            var w = Enumerable.Range(0, 6).Select(_ => (float)rng.NextDouble()).ToArray();
+            var expectedScores = new float[6];
+            var expectedOut = new float[headDim];
+            var scores = new float[6];
+            var output = new float[headDim];
+            Dispatch(cache, type, "scalar", q, expectedScores, w, expectedOut);
+            Dispatch(cache, type, width, q, scores, w, output);
+            for (int p = 0; p < 6; p++) Assert.Equal(expectedScores[p], scores[p], 1e-4f * (1 + MathF.Abs(expectedScores[p])));
+            for (int d = 0; d < headDim; d++) Assert.Equal(expectedOut[d], output[d], 1e-4f * (1 + MathF.Abs(expectedOut[d])));
+        }
+    }
+
+    private static void Dispatch(KvCache c, KvCacheType type, string width, float[] q, float[] scores, float[] w, float[] output)
+    {
+        switch (type, width)
+        {
+            case (KvCacheType.F32, "widest"): c.ScoresCore<F32Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F32Row, WidestVector>(0, 1, w, output, 6); break;
+            case (KvCacheType.F32, "256"): c.ScoresCore<F32Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F32Row, Vector256Width>(0, 1, w, output, 6); break;
+            case (KvCacheType.F32, _): c.ScoresCore<F32Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F32Row, ScalarWidth>(0, 1, w, output, 6); break;
+            case (KvCacheType.F16, "widest"): c.ScoresCore<F16Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F16Row, WidestVector>(0, 1, w, output, 6); break;
+            case (KvCacheType.F16, "256"): c.ScoresCore<F16Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F16Row, Vector256Width>(0, 1, w, output, 6); break;
+            case (KvCacheType.F16, _): c.ScoresCore<F16Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F16Row, ScalarWidth>(0, 1, w, output, 6); break;
+            case (KvCacheType.Int8, "widest"): c.ScoresCore<Int8Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Int8Row, WidestVector>(0, 1, w, output, 6); break;
+            case (KvCacheType.Int8, "256"): c.ScoresCore<Int8Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Int8Row, Vector256Width>(0, 1, w, output, 6); break;
+            case (KvCacheType.Int8, _): c.ScoresCore<Int8Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Int8Row, ScalarWidth>(0, 1, w, output, 6); break;
+            case (_, "widest"): c.ScoresCore<Fp8Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Fp8Row, WidestVector>(0, 1, w, output, 6); break;
+            case (_, "256"): c.ScoresCore<Fp8Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Fp8Row, Vector256Width>(0, 1, w, output, 6); break;
+            default: c.ScoresCore<Fp8Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Fp8Row, ScalarWidth>(0, 1, w, output, 6); break;
+        }
+    }
+
+    [Fact]
+    public void F16WideningIsExactOnEveryCode()
+    {
+        var codes = new uint[65536];
+        for (int i = 0; i < codes.Length; i++) codes[i] = (uint)i;
+        for (int i = 0; i < codes.Length; i += 16)
+        {
+            var wide = F16Row.Widen(System.Runtime.Intrinsics.Vector512.Create(codes.AsSpan(i, 16)));
+            var lo = F16Row.Widen(System.Runtime.Intrinsics.Vector256.Create(codes.AsSpan(i, 8)));
+            for (int j = 0; j < 16; j++)
+            {
+                float expected = HalfConversions.HalfToFloat((ushort)(i + j));
+                if (float.IsNaN(expected))
+                {
+                    Assert.True(float.IsNaN(wide[j]));
+                    continue;
+                }
+                Assert.Equal(BitConverter.SingleToInt32Bits(expected), BitConverter.SingleToInt32Bits(wide[j]));
+                if (j < 8) Assert.Equal(BitConverter.SingleToInt32Bits(expected), BitConverter.SingleToInt32Bits(lo[j]));
+            }
+        }
+    }
+
+    [Fact]
+    public void PositionBeyondCapacityNamesPositionAndCapacity()
+    {
+        using var cache = new KvCache(1, 1, 4, 3, KvCacheType.F16);
+        var row = new float[4];
+        for (int p = 0; p < 3; p++) cache.Write(0, p, row, row);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => cache.Write(0, 3, row, row));
+        Assert.Equal("position", e.ParamName);
+        Assert.Contains("Position 3", e.Message);
+        Assert.Contains("capacity of 3 positions", e.Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.Write(0, -1, row, row));
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.Write(1, 0, row, row));
+        Assert.Throws<ArgumentException>(() => cache.Write(0, 0, new float[3], row));
+    }
+
+    [Fact]
+    public void LengthTracksEveryLayer()
+    {
+        using var cache = new KvCache(2, 1, 4, 8, KvCacheType.F32);
+        var row = new float[4];
+        Assert.Equal(0, cache.Length);
+        cache.Write(0, 0, row, row);
+        cache.Write(0, 1, row, row);
+        Assert.Equal(0, cache.Length); // layer 1 has nothing yet
+        Assert.Equal(2, cache.LayerLength(0));
+        var gap = Assert.Throws<ArgumentOutOfRangeException>(() => cache.Write(1, 1, row, row));
+        Assert.Contains("gap", gap.Message);
+        cache.Write(1, 0, row, row);
+        cache.Write(1, 1, row, row);
+        Assert.Equal(2, cache.Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.Scores(0, 0, row, new float[3], 3));
+        cache.Write(0, 1, [1, 2, 3, 4], row); // overwriting a position is allowed
+        cache.Truncate(1);
+        Assert.Equal(1, cache.Length);
+        Assert.Throws<ArgumentOutOfRangeException>(() => cache.Read(0, 1, row, row));
+        cache.Write(0, 1, row, row);
+        cache.Clear();
+        Assert.Equal(0, cache.Length);
+        Assert.Equal(0, cache.LayerLength(0));
+        Assert.Equal(0L, cache.BytesInUse);
+    }
+
+    [Fact]
+    public void ByteSizes()
+    {
+        // 2B4T at its full context: 30 layers × 5 kv heads × 128 × 4096 positions × (K + V).
+        Assert.Equal(30L * 640 * 4096 * 2 * 2, KvCache.BytesFor(30, 5, 128, 4096, KvCacheType.F16));
+        Assert.Equal(30L * 640 * 4096 * 2 * 4, KvCache.BytesFor(30, 5, 128, 4096, KvCacheType.F32));
+        Assert.Equal(30L * 5 * 4096 * 2 * (128 + 4), KvCache.BytesFor(30, 5, 128, 4096, KvCacheType.Int8));
+        foreach (var type in Enum.GetValues<KvCacheType>())
+        {
+            using var cache = new KvCache(3, 2, 10, 5, type);
+            Assert.Equal(KvCache.BytesFor(3, 2, 10, 5, type), cache.ByteLength);
+            Fill(cache, 2, 1);
+            Assert.Equal(cache.ByteLength / 5 * 2, cache.BytesInUse);
+        }
+    }
+
+    [Fact]
+    public void Int8AndFp8HandleAllZeroRows()
+    {
+        foreach (var type in new[] { KvCacheType.Int8, KvCacheType.Fp8E4M3 })
+        {
+            using var cache = new KvCache(1, 1, 16, 2, type);
+            cache.Write(0, 0, new float[16], new float[16]);
+            var scores = new float[1];
+            cache.Scores(0, 0, Enumerable.Repeat(1f, 16).ToArray(), scores, 1);
+            Assert.Equal(0f, scores[0]);
+            var k = new float[16];
+            cache.Read(0, 0, k, k);
+            Assert.All(k, x => Assert.Equal(0f, x));
+        }
+    }
+}

@@ -1,0 +1,103 @@
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Text;
+
+public class ChatTemplateTests
+{
+    private static readonly ChatMessage[] Conversation =
+    [
+        ChatMessage.System("  You are helpful. "),
+        ChatMessage.User("Hi!\n"),
+        ChatMessage.Assistant(" Hello. "),
+        ChatMessage.User("2+2?"),
+    ];
+
+    [Fact]
+    public void BitNetFormat()
+    {
+        Assert.Equal(
+            "<|begin_of_text|>System: You are helpful.<|eot_id|>User: Hi!<|eot_id|>Assistant: Hello.<|eot_id|>User: 2+2?<|eot_id|>Assistant: ",
+            ChatTemplates.BitNet.Render(Conversation));
+        Assert.Equal("<|begin_of_text|>User: Hi<|eot_id|>Assistant: ", ChatTemplates.BitNet.Render([ChatMessage.User("Hi")]));
+        Assert.Equal("<|begin_of_text|>User: Hi<|eot_id|>", ChatTemplates.BitNet.Render([ChatMessage.User("Hi")], addGenerationPrompt: false));
+    }
+
+    [Fact]
+    public void Llama3Format()
+    {
+        Assert.Equal(
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are helpful.<|eot_id|>" +
+            "<|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>" +
+            "<|start_header_id|>assistant<|end_header_id|>\n\nHello.<|eot_id|>" +
+            "<|start_header_id|>user<|end_header_id|>\n\n2+2?<|eot_id|>" +
+            "<|start_header_id|>assistant<|end_header_id|>\n\n",
+            ChatTemplates.Llama3.Render(Conversation));
+    }
+
+    [Fact]
+    public void Llama2Format()
+    {
+        Assert.Equal(
+            "<s>[INST] <<SYS>>\nYou are helpful.\n<</SYS>>\n\nHi! [/INST] Hello. </s><s>[INST] 2+2? [/INST]",
+            ChatTemplates.Llama2.Render(Conversation));
+        Assert.Equal("<s>[INST] Hi [/INST]", ChatTemplates.Llama2.Render([ChatMessage.User("Hi")]));
+    }
+
+    [Fact]
+    public void ChatMlFormat()
+    {
+        Assert.Equal(
+            "<|im_start|>system\n  You are helpful. <|im_end|>\n<|im_start|>user\nHi!\n<|im_end|>\n" +
+            "<|im_start|>assistant\n Hello. <|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n",
+            ChatTemplates.ChatMl.Render(Conversation));
+    }
+
+    [Fact]
+    public void ByNameFindsEveryTemplateAndListsThemOnError()
+    {
+        foreach (var t in ChatTemplates.All) Assert.Same(t, ChatTemplates.ByName(t.Name.ToUpperInvariant()));
+        var e = Assert.Throws<ArgumentException>(() => ChatTemplates.ByName("vicuna"));
+        Assert.Contains("vicuna", e.Message);
+        Assert.Contains("bitnet, llama3, llama2, chatml", e.Message);
+    }
+
+    [Fact]
+    public void ForModelPicksTheTrainedBitNetFormatForBitNetArchitecturesWithTheLlama3Vocabulary()
+    {
+        var llama3 = TestTokenizers.Llama3Gguf;
+        Assert.Same(ChatTemplates.BitNet, ChatTemplates.ForModel("bitnet-b1.58", llama3));
+        Assert.Same(ChatTemplates.BitNet, ChatTemplates.ForModel("bitnet-25", llama3));
+        Assert.Same(ChatTemplates.Llama3, ChatTemplates.ForModel("llama", llama3));
+        Assert.Same(ChatTemplates.Llama2, ChatTemplates.ForModel("bitnet", TestTokenizers.LlamaSpm));
+        Assert.Same(ChatTemplates.ChatMl, ChatTemplates.ForModel("gpt2", TestTokenizers.Gpt2));
+    }
+
+    [Fact]
+    public void RenderedBitNetPromptEncodesWithOneBosAndRealSpecialTokens()
+    {
+        var tokenizer = TestTokenizers.Llama3Gguf;
+        var prompt = ChatTemplates.BitNet.Render([ChatMessage.User("Hi")]);
+        var ids = tokenizer.Encode(prompt, addBos: tokenizer.AddBosToken, parseSpecial: true);
+        Assert.Equal(128000, ids[0]);
+        Assert.Equal(1, ids.Count(id => id == 128000));
+        Assert.Equal(1, ids.Count(id => id == 128009));
+        Assert.Equal("User: Hi<|eot_id|>Assistant: ", tokenizer.Decode(ids[1..], includeSpecial: true));
+    }
+
+    [Fact]
+    public void RenderedLlama2PromptEncodesWithOneBos()
+    {
+        var tokenizer = TestTokenizers.LlamaSpm;
+        var ids = tokenizer.Encode(ChatTemplates.Llama2.Render([ChatMessage.User("Hi")]), addBos: true, parseSpecial: true);
+        Assert.Equal(1, ids[0]);
+        Assert.Equal(1, ids.Count(id => id == 1));
+        Assert.Equal("▁[", tokenizer.TokenText(ids[1]));
+    }
+
+    [Fact]
+    public void MissingRoleOrContentIsRejected()
+    {
+        Assert.Throws<ArgumentException>(() => ChatTemplates.BitNet.Render([new ChatMessage("", "x")]));
+        Assert.Throws<ArgumentException>(() => ChatTemplates.BitNet.Render([new ChatMessage("user", null!)]));
+    }
+}

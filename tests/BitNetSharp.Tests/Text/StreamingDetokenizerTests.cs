@@ -1,0 +1,108 @@
+using System.Text;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Text;
+
+public class StreamingDetokenizerTests
+{
+    [Fact]
+    public void EmojiSplitIntoByteTokensComesOutWhole()
+    {
+        var tokenizer = TestTokenizers.LlamaSpm;
+        var ids = tokenizer.Encode("🦙", addBos: false);
+        // "▁" then the four byte-fallback tokens of U+1F999.
+        Assert.Equal(["▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"], ids.Select(tokenizer.TokenText));
+        var stream = new StreamingDetokenizer(tokenizer);
+        var pieces = ids.Select(stream.Append).ToArray();
+        Assert.Equal(["", "", "", "", "🦙"], pieces);
+        Assert.Equal(0, stream.PendingByteCount);
+    }
+
+    [Fact]
+    public void CjkSplitAcrossByteLevelTokensComesOutWhole()
+    {
+        var tokenizer = TestTokenizers.Gpt2;
+        var ids = tokenizer.Encode("我想在", addBos: false);
+        Assert.True(ids.Length > 3, "GPT-2 has no whole tokens for these characters, so they are split into byte tokens");
+        var stream = new StreamingDetokenizer(tokenizer);
+        var pieces = ids.Select(stream.Append).Where(p => p.Length > 0).ToArray();
+        Assert.All(pieces, p => Assert.DoesNotContain('\uFFFD', p));
+        Assert.Equal("我想在", string.Concat(pieces));
+    }
+
+    public static TheoryData<string> Texts => new()
+    {
+        "Grüße 🦙🚀😶‍🌫️✅ 我想在apple工作1314151天～ こんにちは 한국어 нещо ∑∫√ 😁",
+        " leading space and\nnew lines\n",
+    };
+
+    [Theory]
+    [MemberData(nameof(Texts))]
+    public void StreamedTextEqualsDecodedTextForEveryTokenizer(string text)
+    {
+        foreach (var tokenizer in TestTokenizers.All)
+        {
+            var ids = tokenizer.Encode(text, addBos: tokenizer.AddBosToken);
+            var stream = new StreamingDetokenizer(tokenizer);
+            var sb = new StringBuilder();
+            foreach (var id in ids)
+            {
+                var piece = stream.Append(id);
+                Assert.DoesNotContain('\uFFFD', piece);
+                sb.Append(piece);
+            }
+            sb.Append(stream.Flush());
+            Assert.Equal(tokenizer.Decode(ids), sb.ToString());
+            Assert.Equal(text, sb.ToString());
+        }
+    }
+
+    [Fact]
+    public void ContinuingAPromptKeepsTheSentencePieceSpace()
+    {
+        var tokenizer = TestTokenizers.LlamaSpm;
+        var world = tokenizer.Encode(" world", addBos: false)[^1];
+        Assert.Equal("▁world", tokenizer.TokenText(world));
+        Assert.Equal("world", new StreamingDetokenizer(tokenizer).Append(world));
+        Assert.Equal(" world", new StreamingDetokenizer(tokenizer, atTextStart: false).Append(world));
+    }
+
+    [Fact]
+    public void SpecialTokensAreHiddenUnlessIncluded()
+    {
+        var tokenizer = TestTokenizers.Llama3Gguf;
+        Assert.Equal("", new StreamingDetokenizer(tokenizer).Append(128009));
+        Assert.Equal("<|eot_id|>", new StreamingDetokenizer(tokenizer, includeSpecial: true).Append(128009));
+    }
+
+    [Fact]
+    public void FlushReleasesAnUnfinishedCharacterAsReplacement()
+    {
+        var tokenizer = TestTokenizers.LlamaSpm;
+        Assert.True(tokenizer.TryGetTokenId("<0xF0>", out var f0));
+        Assert.True(tokenizer.TryGetTokenId("<0x9F>", out var x9f));
+        Assert.True(tokenizer.TryGetTokenId("<0x41>", out var a));
+        var stream = new StreamingDetokenizer(tokenizer);
+        Assert.Equal("", stream.Append(f0));
+        Assert.Equal("", stream.Append(x9f));
+        Assert.Equal(2, stream.PendingByteCount);
+        // A byte that cannot continue the sequence releases it as U+FFFD instead of stalling the stream.
+        Assert.Equal("\uFFFDA", stream.Append(a));
+        Assert.Equal("", stream.Append(f0));
+        Assert.Equal("\uFFFD", stream.Flush());
+        Assert.Equal(0, stream.PendingByteCount);
+    }
+
+    [Theory]
+    [InlineData(new byte[] { }, 0)]
+    [InlineData(new byte[] { 0x41 }, 1)]
+    [InlineData(new byte[] { 0x41, 0xC3 }, 1)]
+    [InlineData(new byte[] { 0xC3, 0xA9 }, 2)]
+    [InlineData(new byte[] { 0xE4, 0xB8 }, 0)]
+    [InlineData(new byte[] { 0xF0, 0x9F, 0xA6 }, 0)]
+    [InlineData(new byte[] { 0xF0, 0x9F, 0xA6, 0x99 }, 4)]
+    [InlineData(new byte[] { 0x80, 0x80, 0x80, 0x80 }, 4)]
+    [InlineData(new byte[] { 0x41, 0xFF }, 2)]
+    public void CompletePrefixStopsBeforeAnUnfinishedSequence(byte[] bytes, int expected) =>
+        Assert.Equal(expected, StreamingDetokenizer.CompletePrefixLength(bytes));
+}

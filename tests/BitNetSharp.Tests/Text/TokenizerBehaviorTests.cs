@@ -1,0 +1,157 @@
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Text;
+
+public class TokenizerBehaviorTests
+{
+    private const string Multilingual =
+        "Hello, world! Grüße aus Köln. нещо на Български. 我想在apple工作1314151天～ こんにちは世界 한국어 텍스트 " +
+        "emoji 🦙🚀😶‍🌫️✅ math ∑∫√ tabs\tand\nnewlines\r\n  double  spaces  ' quotes \"x\" ``` code {x: 1} ...!!! 3.14159 😁";
+
+    public static TheoryData<string> Names => new() { "gpt-2", "llama-spm", "llama3-tiktoken", "llama3-gguf" };
+
+    private static BitNetTokenizer Get(string name) => name switch
+    {
+        "gpt-2" => TestTokenizers.Gpt2,
+        "llama-spm" => TestTokenizers.LlamaSpm,
+        "llama3-tiktoken" => TestTokenizers.Llama3Tiktoken,
+        "llama3-gguf" => TestTokenizers.Llama3Gguf,
+        _ => throw new ArgumentOutOfRangeException(nameof(name)),
+    };
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void DecodeInvertsEncodeOnUnicodeText(string name)
+    {
+        var tokenizer = Get(name);
+        foreach (var text in new[] { Multilingual, " leading space", "  two leading", "trailing ", "", "\n", "a", "🦙" })
+        {
+            var ids = tokenizer.Encode(text, addBos: tokenizer.AddBosToken);
+            Assert.Equal(text, tokenizer.Decode(ids));
+        }
+    }
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void BosIsAddedOnceAndOnlyWhenAsked(string name)
+    {
+        var tokenizer = Get(name);
+        var plain = tokenizer.Encode("Hi there", addBos: false);
+        var withBos = tokenizer.Encode("Hi there", addBos: true);
+        Assert.NotEqual(tokenizer.BosId, plain[0]);
+        Assert.Equal(tokenizer.BosId, withBos[0]);
+        Assert.Equal(plain, withBos[1..]);
+
+        var bosText = tokenizer.TokenText(tokenizer.BosId);
+        var parsed = tokenizer.Encode(bosText + "Hi there", addBos: true, parseSpecial: true);
+        Assert.Equal(1, parsed.Count(id => id == tokenizer.BosId));
+        Assert.Equal(tokenizer.BosId, parsed[0]);
+    }
+
+    [Fact]
+    public void Llama3SpecialTokensAreParsedOnlyWhenAsked()
+    {
+        var tokenizer = TestTokenizers.Llama3Gguf;
+        const string text = "<|begin_of_text|>User: Hi<|eot_id|>Assistant: ";
+        var parsed = tokenizer.Encode(text, addBos: true, parseSpecial: true);
+        Assert.Equal(128000, parsed[0]);
+        Assert.Equal(1, parsed.Count(id => id == 128000));
+        Assert.Contains(128009, parsed);
+        Assert.Equal(tokenizer.Encode("User: Hi", addBos: false), parsed[1..Array.IndexOf(parsed, 128009)]);
+        Assert.Equal("User: Hi", tokenizer.Decode(parsed[..Array.IndexOf(parsed, 128009)]));
+        Assert.Equal(text, tokenizer.Decode(parsed, includeSpecial: true));
+
+        var literal = tokenizer.Encode(text, addBos: false, parseSpecial: false);
+        Assert.DoesNotContain(128000, literal);
+        Assert.DoesNotContain(128009, literal);
+        Assert.Equal(text, tokenizer.Decode(literal));
+
+        // The tiktoken-backed tokenizer splits specials the same way.
+        Assert.Equal(parsed, TestTokenizers.Llama3Tiktoken.Encode(text, addBos: true, parseSpecial: true));
+        Assert.Equal(literal, TestTokenizers.Llama3Tiktoken.Encode(text, addBos: false, parseSpecial: false));
+    }
+
+    [Fact]
+    public void Llama3SpecialTokenNamesAndStopSet()
+    {
+        foreach (var tokenizer in new[] { TestTokenizers.Llama3Gguf, TestTokenizers.Llama3Tiktoken })
+        {
+            Assert.Equal("<|begin_of_text|>", tokenizer.TokenText(128000));
+            Assert.Equal("<|end_of_text|>", tokenizer.TokenText(128001));
+            Assert.Equal("<|reserved_special_token_0|>", tokenizer.TokenText(128002));
+            Assert.Equal("<|reserved_special_token_3|>", tokenizer.TokenText(128005));
+            Assert.Equal("<|start_header_id|>", tokenizer.TokenText(128006));
+            Assert.Equal("<|end_header_id|>", tokenizer.TokenText(128007));
+            Assert.Equal("<|reserved_special_token_4|>", tokenizer.TokenText(128008));
+            Assert.Equal("<|eot_id|>", tokenizer.TokenText(128009));
+            Assert.Equal("<|reserved_special_token_250|>", tokenizer.TokenText(128255));
+            Assert.Equal(128000, tokenizer.BosId);
+            Assert.Equal(128001, tokenizer.EosId);
+            Assert.Equal(128009, tokenizer.EotId);
+            Assert.Equal(new HashSet<int> { 128001, 128009 }, tokenizer.StopTokenIds.ToHashSet());
+            Assert.True(tokenizer.IsSpecial(128009));
+            Assert.False(tokenizer.IsSpecial(1000));
+            Assert.Equal("Ġthe", tokenizer.TokenText(279));
+        }
+    }
+
+    [Fact]
+    public void SentencePieceSpecialsAndSpacePrefix()
+    {
+        var tokenizer = TestTokenizers.LlamaSpm;
+        Assert.Equal((1, 2, 0), (tokenizer.BosId, tokenizer.EosId, tokenizer.UnknownId));
+        Assert.Equal(new HashSet<int> { 2 }, tokenizer.StopTokenIds.ToHashSet());
+        // "<s>" parsed, then the text after it gets the space prefix again: "▁Hello", as Llama 2's reference encodes it.
+        var ids = tokenizer.Encode("<s>Hello</s>", addBos: true, parseSpecial: true);
+        Assert.Equal([1, tokenizer.Encode("Hello", addBos: false)[0], 2], ids);
+        Assert.Equal("▁Hello", tokenizer.TokenText(ids[1]));
+        Assert.Equal("Hello", tokenizer.Decode(ids));
+        Assert.Equal("<s>Hello</s>", tokenizer.Decode(ids, includeSpecial: true));
+    }
+
+    [Fact]
+    public void UserDefinedTokensAreAlwaysMatchedWhole()
+    {
+        // mpt (GPT-NeoX vocabulary) adds runs of spaces as user-defined tokens; llama.cpp splits them out even without parseSpecial.
+        using var file = BitNetSharp.Formats.Gguf.GgufFile.Open(SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-mpt.gguf"));
+        var tokenizer = TokenizerLoader.FromGguf(file);
+        var spaces = new string(' ', 24);
+        Assert.True(tokenizer.TryGetTokenId(spaces, out var id));
+        Assert.Equal(TokenKind.UserDefined, tokenizer.KindOf(id));
+        Assert.Equal([id], tokenizer.Encode(spaces, addBos: false));
+        Assert.Equal("x" + spaces + "y", tokenizer.Decode(tokenizer.Encode("x" + spaces + "y", addBos: false)));
+    }
+
+    [Theory]
+    [MemberData(nameof(Names))]
+    public void IdsOutsideTheVocabularyAreRejectedWithTheIdAndSize(string name)
+    {
+        var tokenizer = Get(name);
+        int n = tokenizer.VocabularySize;
+        foreach (var bad in new[] { n, -1, int.MaxValue })
+        {
+            var e = Assert.Throws<ArgumentOutOfRangeException>(() => tokenizer.Decode([5, bad]));
+            Assert.Contains($"Token id {bad} ", e.Message);
+            Assert.Contains($"vocabulary of {n} tokens", e.Message);
+            Assert.Throws<ArgumentOutOfRangeException>(() => tokenizer.TokenText(bad));
+            Assert.Throws<ArgumentOutOfRangeException>(() => tokenizer.IsSpecial(bad));
+            Assert.Throws<ArgumentOutOfRangeException>(() => new StreamingDetokenizer(tokenizer).Append(bad));
+        }
+    }
+
+    [Fact]
+    public void EncodingIsFastEnoughForPrompts()
+    {
+        // A generous bound that still catches an accidental quadratic: 200 KB of text through the 2B4T path.
+        var text = File.ReadAllText(SharedData.RequirePath("corpora/tinyshakespeare.txt"))[..200_000];
+        var tokenizer = TestTokenizers.Llama3Gguf;
+        tokenizer.Encode(text[..1000], addBos: true);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var ids = tokenizer.Encode(text, addBos: true);
+        watch.Stop();
+        Assert.True(watch.ElapsedMilliseconds < 2000, $"{ids.Length} tokens took {watch.ElapsedMilliseconds} ms");
+        Assert.Equal(text, tokenizer.Decode(ids));
+        var longWord = new string('x', 20_000);
+        Assert.Equal(longWord, tokenizer.Decode(tokenizer.Encode(longWord, addBos: false)));
+    }
+}

@@ -1,0 +1,196 @@
+using System.Text.Json;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Text;
+
+public class TokenizerLoaderTests
+{
+    [Fact]
+    public void BertWordPieceIsRefusedByName()
+    {
+        using var file = GgufFile.Open(SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-bert-bge.gguf"));
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromGguf(file));
+        Assert.Equal("tokenizer.ggml.model", e.Item);
+        Assert.Contains("WordPiece (BERT) vocabularies are not supported", e.Message);
+        Assert.Contains("ggml-vocab-bert-bge.gguf", e.Message);
+    }
+
+    [Fact]
+    public void VocabularyGgufsWithoutVectorsLoadAndRoundTrip()
+    {
+        // gpt-neox has no tokenizer.ggml.pre (llama.cpp's "default" applies); baichuan is SentencePiece.
+        foreach (var (name, description) in new[] { ("gpt-neox", "default pre-tokenizer"), ("baichuan", "SentencePiece") })
+        {
+            using var file = GgufFile.Open(SharedData.RequirePath($"llama.cpp-vocab/ggml-vocab-{name}.gguf"));
+            var tokenizer = TokenizerLoader.FromGguf(file);
+            Assert.Contains(description, tokenizer.Description);
+            const string text = "Hello wörld, 123456 🦙 我想在apple工作";
+            Assert.Equal(text, tokenizer.Decode(tokenizer.Encode(text, addBos: false)));
+        }
+    }
+
+    private static GgufWriter Gpt2Style(string? pre, int tokenCount = 6)
+    {
+        var tokens = new[] { "a", "b", "ab", "Ġ", "<|endoftext|>", "c" }.Concat(TestGguf.Tokens(tokenCount - 6)).ToArray();
+        var w = new GgufWriter()
+            .AddString("general.architecture", "bitnet-b1.58")
+            .AddString("tokenizer.ggml.model", "gpt2")
+            .AddArray("tokenizer.ggml.tokens", tokens)
+            .AddArray("tokenizer.ggml.token_type", tokens.Select((_, i) => i == 4 ? 3 : 1).ToArray())
+            .AddArray("tokenizer.ggml.merges", new[] { "a b" })
+            .AddUInt32("tokenizer.ggml.bos_token_id", 4)
+            .AddUInt32("tokenizer.ggml.eos_token_id", 4);
+        if (pre != null) w.AddString("tokenizer.ggml.pre", pre);
+        return w;
+    }
+
+    [Fact]
+    public void SmallGpt2VocabularyWithoutPreUsesLlamaCppDefault()
+    {
+        using var file = GgufFile.Parse(Gpt2Style(null).ToArray(), "small.gguf");
+        var tokenizer = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.FromGguf(file));
+        Assert.Equal("default", tokenizer.PreTokenizer.Name);
+        Assert.False(tokenizer.AddBosToken);
+        Assert.Equal([2, 3, 2, 5], tokenizer.Encode("ab abc", addBos: false));
+        Assert.Equal([4, 2], tokenizer.Encode("ab", addBos: true));
+        Assert.Equal([4], tokenizer.StopTokenIds);
+    }
+
+    [Fact]
+    public void UnknownPreTokenizerAndTokenizerModelAreNamed()
+    {
+        using (var file = GgufFile.Parse(Gpt2Style("klingon").ToArray(), "pre.gguf"))
+        {
+            var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromGguf(file));
+            Assert.Equal("tokenizer.ggml.pre", e.Item);
+            Assert.Contains("\"klingon\" is not supported", e.Message);
+            Assert.Contains("llama-bpe", e.Message);
+        }
+        var t5 = new GgufWriter().AddString("tokenizer.ggml.model", "t5").AddArray("tokenizer.ggml.tokens", new[] { "x" });
+        using (var file = GgufFile.Parse(t5.ToArray(), "t5.gguf"))
+        {
+            var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromGguf(file));
+            Assert.Contains("\"t5\" is not supported", e.Message);
+        }
+        var badBos = Gpt2Style("gpt-2");
+        badBos.AddUInt32("tokenizer.ggml.eot_token_id", 99);
+        using (var file = GgufFile.Parse(badBos.ToArray(), "eot.gguf"))
+        {
+            var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromGguf(file));
+            Assert.Equal("tokenizer.ggml.eot_token_id", e.Item);
+            Assert.Contains("token id 99 is outside the vocabulary of 6 tokens", e.Message);
+        }
+    }
+
+    [Fact]
+    public void HfDirectoryWithVocabJsonAndMergesTxtMatchesGpt2Vectors()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/cs336_gpt2_vocab.json"), dir.File("vocab.json"));
+        File.Copy(SharedData.RequirePath("tokenizers/cs336_gpt2_merges.txt"), dir.File("merges.txt"));
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Equal(50257, tokenizer.VocabularySize);
+        Assert.Equal(50256, tokenizer.EosId);
+        Assert.False(tokenizer.AddBosToken);
+        var cases = VocabVectors.Load("gpt-2");
+        Assert.Empty(VocabVectors.Failures(tokenizer, cases));
+    }
+
+    [Fact]
+    public void HfDirectoryWithTokenizerJsonMatchesGpt2Vectors()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var vocab = JsonDocument.Parse(File.ReadAllText(SharedData.RequirePath("tokenizers/cs336_gpt2_vocab.json"))).RootElement;
+        var merges = File.ReadAllLines(SharedData.RequirePath("tokenizers/cs336_gpt2_merges.txt")).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal));
+        var json = new Dictionary<string, object?>
+        {
+            ["added_tokens"] = new[] { new { id = 50256, content = "<|endoftext|>", special = true } },
+            ["normalizer"] = null,
+            ["pre_tokenizer"] = new { type = "ByteLevel", add_prefix_space = false, trim_offsets = true, use_regex = true },
+            ["decoder"] = new { type = "ByteLevel" },
+            // The newer [left, right] merge form.
+            ["model"] = new { type = "BPE", vocab, merges = merges.Select(m => m.Split(' ')).ToArray() },
+        };
+        File.WriteAllText(dir.File("tokenizer.json"), JsonSerializer.Serialize(json));
+        File.WriteAllText(dir.File("tokenizer_config.json"), """{"add_bos_token": true, "bos_token": "<|endoftext|>", "eos_token": {"content": "<|endoftext|>"}}""");
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Equal("gpt-2", Assert.IsType<ByteLevelBpeTokenizer>(tokenizer).PreTokenizer.Name);
+        Assert.True(tokenizer.AddBosToken);
+        Assert.Equal(50256, tokenizer.BosId);
+        Assert.True(tokenizer.IsSpecial(50256));
+        Assert.Empty(VocabVectors.Failures(tokenizer, VocabVectors.Load("gpt-2")));
+    }
+
+    [Fact]
+    public void HfDirectoryWithTiktokenModelTakesSpecialNamesFromTokenizerConfig()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/llama3_tokenizer.model"), dir.File("tokenizer.model"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), """
+            {"added_tokens_decoder": {"128008": {"content": "<|eom_id|>", "special": true}},
+             "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>"}
+            """);
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.IsType<TiktokenBpeTokenizer>(tokenizer);
+        Assert.Equal("<|eom_id|>", tokenizer.TokenText(128008));
+        Assert.True(tokenizer.TryGetTokenId("<|eom_id|>", out var eom));
+        Assert.Equal(128008, eom);
+        Assert.False(tokenizer.TryGetTokenId("<|reserved_special_token_4|>", out _));
+        Assert.Contains(128008, tokenizer.StopTokenIds);
+        Assert.True(tokenizer.AddBosToken);
+    }
+
+    [Fact]
+    public void HfDirectoryWithSentencePieceModelMatchesLlamaSpmVectors()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/llama2_tokenizer.model"), dir.File("tokenizer.model"));
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        var spm = Assert.IsType<SentencePieceBpeTokenizer>(tokenizer);
+        Assert.True(spm.AddSpacePrefix);
+        Assert.Equal((32000, 1, 2, 0), (tokenizer.VocabularySize, tokenizer.BosId, tokenizer.EosId, tokenizer.UnknownId));
+        Assert.Empty(VocabVectors.Failures(tokenizer, VocabVectors.Load("llama-spm")));
+    }
+
+    [Fact]
+    public void HfDirectoryProblemsNameTheFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("no tokenizer found", e.Message);
+        Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.File("missing")));
+
+        File.WriteAllText(dir.File("tokenizer.json"), """{"model": {"type": "Unigram", "vocab": []}}""");
+        e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Equal("model.type", e.Item);
+        Assert.Contains("tokenizer.json", e.Message);
+
+        File.WriteAllText(dir.File("tokenizer.json"), "{ not json");
+        e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("not valid JSON", e.Message);
+
+        File.Delete(dir.File("tokenizer.json"));
+        File.WriteAllText(dir.File("tokenizer.model"), "not base64 at all\n");
+        e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("tokenizer.model", e.Message);
+    }
+
+    [Fact]
+    public void PreTokenizerOverrideReproducesBitNetCppDefaultSplitting()
+    {
+        using var file = GgufFile.Parse(TestTokenizersGguf(), "2b4t.gguf");
+        var compat = Assert.IsType<ByteLevelBpeTokenizer>(TokenizerLoader.FromGguf(file, preTokenizer: "default"));
+        Assert.Equal("default", compat.PreTokenizer.Name);
+        Assert.False(compat.PreTokenizer.IgnoreMerges);
+        // "default" splits every punctuation run off first, so "'s" no longer stays one piece and 1234 splits as 123|4.
+        const string text = "Bob's 12345 items...";
+        Assert.NotEqual(TestTokenizers.Llama3Gguf.Encode(text, addBos: false), compat.Encode(text, addBos: false));
+        Assert.Equal(text, compat.Decode(compat.Encode(text, addBos: false)));
+        Assert.Throws<ArgumentException>(() => TokenizerLoader.FromGguf(file, preTokenizer: "nope"));
+    }
+
+    private static byte[] TestTokenizersGguf() => TestTokenizers.Llama3GgufBytes;
+}

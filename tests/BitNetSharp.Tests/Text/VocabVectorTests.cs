@@ -1,0 +1,79 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Text;
+
+/// <summary>Our tokenizers against llama.cpp's test vectors for every vocabulary we have and support.</summary>
+public class VocabVectorTests
+{
+    public static TheoryData<string> GgufVocabularies => new()
+    {
+        "gpt-2", "falcon", "mpt", "starcoder", "refact", "deepseek-coder", "deepseek-llm", "llama-spm", "phi-3",
+    };
+
+    [Theory]
+    [MemberData(nameof(GgufVocabularies))]
+    public void GgufVocabularyMatchesLlamaCppVectors(string name)
+    {
+        var cases = VocabVectors.Load(name);
+        using var file = GgufFile.Open(SharedData.RequirePath($"llama.cpp-vocab/ggml-vocab-{name}.gguf"));
+        var tokenizer = TokenizerLoader.FromGguf(file);
+        var failures = VocabVectors.Failures(tokenizer, cases);
+        Assert.True(failures.Count == 0, $"{failures.Count} of {cases.Count} cases differ:\n" + string.Join("\n", failures));
+    }
+
+    [Fact]
+    public void Llama3TiktokenFileMatchesLlamaBpeVectors()
+    {
+        var cases = VocabVectors.Load("llama-bpe");
+        var tokenizer = TokenizerLoader.FromTokenizerModel(SharedData.RequirePath("tokenizers/llama3_tokenizer.model"));
+        var failures = VocabVectors.Failures(tokenizer, cases);
+        Assert.True(failures.Count == 0, $"{failures.Count} of {cases.Count} cases differ:\n" + string.Join("\n", failures));
+    }
+
+    [Fact]
+    public void Llama2SentencePieceModelMatchesLlamaSpmVectors()
+    {
+        var cases = VocabVectors.Load("llama-spm");
+        var tokenizer = TokenizerLoader.FromTokenizerModel(SharedData.RequirePath("tokenizers/llama2_tokenizer.model"));
+        var failures = VocabVectors.Failures(tokenizer, cases);
+        Assert.True(failures.Count == 0, $"{failures.Count} of {cases.Count} cases differ:\n" + string.Join("\n", failures));
+    }
+
+    /// <summary>
+    /// The BitNet 2B4T GGUF path: the Llama 3 vocabulary as gpt2 tokens + merges without tokenizer.ggml.pre must be
+    /// read as Llama 3 (FORMATS.md §6.1) and tokenize exactly like the tiktoken original.
+    /// </summary>
+    [Fact]
+    public void Llama3AsGgufWithoutPreMatchesLlamaBpeVectors()
+    {
+        var cases = VocabVectors.Load("llama-bpe");
+        var tokenizer = TestTokenizers.Llama3Gguf;
+        Assert.Equal(128256, tokenizer.VocabularySize);
+        var bpe = Assert.IsType<ByteLevelBpeTokenizer>(tokenizer);
+        Assert.Equal("llama3", bpe.PreTokenizer.Name);
+        Assert.Equal(280147, bpe.MergeCount); // the merge count of Llama 3's tokenizer.json and of the 2B4T GGUF
+        Assert.True(tokenizer.AddBosToken);
+        var failures = VocabVectors.Failures(tokenizer, cases);
+        Assert.True(failures.Count == 0, $"{failures.Count} of {cases.Count} cases differ:\n" + string.Join("\n", failures));
+    }
+
+    /// <summary>Our byte-level BPE (merges) and Microsoft.ML.Tokenizers' tiktoken (ranks) agree id for id on real text.</summary>
+    [Fact]
+    public void Llama3GgufAndTiktokenAgreeOnCorpora()
+    {
+        var texts = new[]
+        {
+            File.ReadAllText(SharedData.RequirePath("corpora/tinyshakespeare.txt"))[..60_000],
+            File.ReadAllText(SharedData.RequirePath("corpora/wikitext-2-raw.wiki.test.raw.hfvariant"))[..60_000],
+            string.Join("\n", VocabVectors.Load("llama-bpe").Select(c => c.Input)),
+        };
+        foreach (var text in texts)
+        {
+            var ours = TestTokenizers.Llama3Gguf.Encode(text, addBos: true);
+            var tiktoken = TestTokenizers.Llama3Tiktoken.Encode(text, addBos: true);
+            Assert.Equal(tiktoken, ours);
+            Assert.Equal(text, TestTokenizers.Llama3Gguf.Decode(ours));
+        }
+    }
+}
