@@ -21,6 +21,8 @@ public static class Program
             ChatCommand.Create(cli),
             TokenizeCommand.Create(cli),
             ConvertCommand.Create(cli),
+            TrainCommand.Create(cli),
+            EvalCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }

@@ -26,24 +26,25 @@ public sealed class TrainingCorpus
     public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05)
     {
         if (paths.Count == 0) throw new ArgumentException("No training data given; pass one or more UTF-8 text files with --data.", nameof(paths));
+        return Split([.. paths.Select(ReadText)], validationFraction);
+    }
+
+    /// <summary>A whole file as text, strictly UTF-8 (a leading BOM is dropped); empty or whitespace-only and malformed files are errors.</summary>
+    public static string ReadText(string path)
+    {
         var strict = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
-        var documents = new List<string>();
-        foreach (var path in paths)
+        var bytes = File.ReadAllBytes(path);
+        if (bytes.All(b => b is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t'))
+            throw new InvalidDataException($"{path}: the file is empty; it needs text.");
+        try
         {
-            var bytes = File.ReadAllBytes(path);
-            if (bytes.Length == 0 || bytes.All(b => b is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t'))
-                throw new InvalidDataException($"{path}: the file is empty; training needs text.");
-            try
-            {
-                int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
-                documents.Add(strict.GetString(bytes, skip, bytes.Length - skip));
-            }
-            catch (DecoderFallbackException e)
-            {
-                throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {e.Index}); convert the file to UTF-8 first.", e);
-            }
+            int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
+            return strict.GetString(bytes, skip, bytes.Length - skip);
         }
-        return Split(documents, validationFraction);
+        catch (DecoderFallbackException e)
+        {
+            throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {e.Index}); convert the file to UTF-8 first.", e);
+        }
     }
 
     /// <summary>Splits in-memory documents like <see cref="Load"/>.</summary>
