@@ -46,58 +46,66 @@ public static class TrainCommand
         };
         command.SetAction(r => cli.Guard(() =>
         {
-            string outPath = Path.GetFullPath(r.GetRequiredValue(output));
-            int d = r.GetValue(dim), h = r.GetValue(heads);
-            var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
-                r.GetValue(ff) is > 0 and var f ? f : (8 * d / 3 + 127) / 128 * 128, r.GetValue(ctx), r.GetValue(ropeTheta));
-            shape.Validate();
-            var pack = r.GetValue(packing)?.ToLowerInvariant() switch
+            try
             {
-                "i2_s" or "i2s" => ProjectionPacking.I2S,
-                "tq2_0" or "tq2" => ProjectionPacking.Tq2_0,
-                var other => throw new UsageException($"--packing '{other}' is not one of i2_s, tq2_0."),
-            };
-            ModelExporter.CheckPackable(shape, pack);
-            int batchSize = r.GetValue(batch);
-            if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
-            if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
-            if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
-            RequireWritable(outPath);
-
-            using var pool = new WorkerPool(r.GetValue(threads));
-            string checkpoint = outPath + ".ckpt";
-            TrainingRun run;
-            if (r.GetValue(resume) && File.Exists(checkpoint))
-            {
-                run = TrainingRun.Resume(checkpoint, pool, shape);
-                cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}");
-            }
-            else
-            {
-                if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
-                var corpus = TrainingCorpus.Load(r.GetRequiredValue(data));
-                cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
-                var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
-                var train = corpus.EncodeTrain(tokenizer);
-                var validation = corpus.EncodeValidation(tokenizer);
-                var options = new TrainingOptions
+                string outPath = Path.GetFullPath(r.GetRequiredValue(output));
+                int d = r.GetValue(dim), h = r.GetValue(heads);
+                var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
+                    r.GetValue(ff) is > 0 and var f ? f : (8 * d / 3 + 127) / 128 * 128, r.GetValue(ctx), r.GetValue(ropeTheta));
+                shape.Validate();
+                var pack = r.GetValue(packing)?.ToLowerInvariant() switch
                 {
-                    Shape = shape, Batch = batchSize, TotalSteps = (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength)),
-                    LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup), WeightDecay = r.GetValue(weightDecay),
-                    FullPrecision = r.GetValue(fullPrecision), Seed = r.GetValue(seed),
+                    "i2_s" or "i2s" => ProjectionPacking.I2S,
+                    "tq2_0" or "tq2" => ProjectionPacking.Tq2_0,
+                    var other => throw new UsageException($"--packing '{other}' is not one of i2_s, tq2_0."),
                 };
-                run = TrainingRun.Start(options, tokenizer, train, validation, pool);
-                cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
-                    $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : "ternary (QAT)")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
+                ModelExporter.CheckPackable(shape, pack);
+                int batchSize = r.GetValue(batch);
+                if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
+                if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
+                if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
+                RequireWritable(outPath);
+
+                using var pool = new WorkerPool(r.GetValue(threads));
+                string checkpoint = outPath + ".ckpt";
+                TrainingRun run;
+                if (r.GetValue(resume) && File.Exists(checkpoint))
+                {
+                    run = TrainingRun.Resume(checkpoint, pool, shape);
+                    cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}");
+                }
+                else
+                {
+                    if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
+                    var corpus = TrainingCorpus.Load(r.GetRequiredValue(data));
+                    cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
+                    var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
+                    var train = corpus.EncodeTrain(tokenizer);
+                    var validation = corpus.EncodeValidation(tokenizer);
+                    var options = new TrainingOptions
+                    {
+                        Shape = shape, Batch = batchSize, TotalSteps = (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength)),
+                        LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup), WeightDecay = r.GetValue(weightDecay),
+                        FullPrecision = r.GetValue(fullPrecision), Seed = r.GetValue(seed),
+                    };
+                    run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+                    cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
+                        $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : "ternary (QAT)")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
+                }
+
+                Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
+
+                run.Export(outPath, pack);
+                string plot = Path.ChangeExtension(outPath, ".loss.png");
+                LossPlot.Write(plot, run);
+                cli.Output.WriteLine($"wrote {outPath} and {plot}");
+                return 0;
             }
-
-            Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
-
-            run.Export(outPath, pack);
-            string plot = Path.ChangeExtension(outPath, ".loss.png");
-            LossPlot.Write(plot, run);
-            cli.Output.WriteLine($"wrote {outPath} and {plot}");
-            return 0;
+            catch (InvalidDataException e)
+            {
+                // A bad data file or checkpoint is the user's file, not a bug: one line and exit 1, like the model errors.
+                throw new IOException(e.Message, e);
+            }
         }));
         return command;
     }
