@@ -12,6 +12,8 @@ namespace BitNetSharp.Training.Layers;
 /// </summary>
 public sealed unsafe class RmsNormLayer : IParallelWork
 {
+    /// <summary>dw is reduced over tokens in blocks of 16 columns (one cache line of each row) per work item.</summary>
+    private const int ColumnBlock = 16;
     private readonly WorkerPool _pool;
     private float* _x, _w, _y, _rstd, _dy, _dx, _dw;
     private int _n, _tokens, _mode;
@@ -47,7 +49,7 @@ public sealed unsafe class RmsNormLayer : IParallelWork
         _mode = 1;
         _pool.Run(this, tokens);
         _mode = 2;
-        _pool.Run(this, n);
+        _pool.Run(this, (n + ColumnBlock - 1) / ColumnBlock);
     }
 
     public void Execute(int start, int end, int worker)
@@ -78,11 +80,18 @@ public sealed unsafe class RmsNormLayer : IParallelWork
                 }
                 break;
             default:
-                for (int i = start; i < end; i++)
+                Span<double> sums = stackalloc double[ColumnBlock];
+                for (int block = start; block < end; block++)
                 {
-                    double sum = 0;
-                    for (int t = 0; t < _tokens; t++) sum += (double)_dy[(long)t * n + i] * _x[(long)t * n + i] * _rstd[t];
-                    _dw[i] = (float)sum;
+                    int i0 = block * ColumnBlock, width = Math.Min(ColumnBlock, n - i0);
+                    sums.Clear();
+                    for (int t = 0; t < _tokens; t++)
+                    {
+                        float* dy = _dy + (long)t * n + i0, x = _x + (long)t * n + i0;
+                        double r = _rstd[t];
+                        for (int j = 0; j < width; j++) sums[j] += (double)dy[j] * x[j] * r;
+                    }
+                    for (int j = 0; j < width; j++) _dw[i0 + j] = (float)sums[j];
                 }
                 break;
         }
