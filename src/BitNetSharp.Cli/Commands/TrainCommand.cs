@@ -101,6 +101,11 @@ public static class TrainCommand
                 cli.Output.WriteLine($"wrote {outPath} and {plot}");
                 return 0;
             }
+            catch (TrainingDivergedException e)
+            {
+                cli.Error.WriteLine($"error: {e.Message}");
+                return 1;
+            }
             catch (InvalidDataException e)
             {
                 // A bad data file or checkpoint is the user's file, not a bug: one line and exit 1, like the model errors.

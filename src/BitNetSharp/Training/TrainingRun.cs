@@ -31,6 +31,7 @@ public sealed record TrainingOptions
 public sealed class TrainingRun
 {
     private readonly int[] _inputs, _targets;
+    private readonly LearningRateSchedule _schedule;
     private SplitMix64 _rng;
     private sbyte[]? _lastCodes;
 
@@ -51,6 +52,7 @@ public sealed class TrainingRun
         _inputs = new int[options.Batch * T];
         _targets = new int[options.Batch * T];
         _rng = new SplitMix64(options.Seed ^ 0xD1B54A32D192ED03UL);
+        _schedule = options.Schedule;
     }
 
     public TrainingOptions Options { get; }
@@ -89,7 +91,7 @@ public sealed class TrainingRun
         float loss = Model.Forward(_inputs, _targets, B, T);
         Model.Backward();
         Step++;
-        Optimizer.Step(Step, Options.Schedule.At(Step));
+        Optimizer.Step(Step, _schedule.At(Step));
         TrainLosses.Add((Step, loss));
         return loss;
     }
@@ -147,7 +149,11 @@ public sealed class TrainingRun
         {
             if (!t.IsProjection) continue;
             var w = Model.Parameters.AsSpan(t.Offset, t.Length);
-            float s = 1f / AbsmeanTernarizer.Beta(w);
+            float s;
+            unsafe
+            {
+                fixed (float* p = w) s = 1f / Layers.BitLinear.Beta(p, t.Rows, t.Cols);
+            }
             foreach (float v in w) codes[k++] = (sbyte)AbsmeanTernarizer.Ternary(v, s);
         }
         return codes;

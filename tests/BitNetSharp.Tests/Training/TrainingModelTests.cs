@@ -105,4 +105,21 @@ public class TrainingModelTests(ITestOutputHelper output)
         Assert.InRange(first, 3.9, 4.5); // ≈ ln 64 = 4.16 at init
         Assert.True(last < 0.6 * first, $"loss {first} → {last}");
     }
+
+    /// <summary>After warm-up, forward + backward + AdamW allocate nothing on the managed heap (all buffers are made once).</summary>
+    [Fact]
+    public void ATrainingStepAllocatesNothing()
+    {
+        var shape = new TrainingShape(VocabSize: 64, Dim: 64, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 128, ContextLength: 32);
+        using var pool = new WorkerPool(2);
+        var model = new TrainingModel(shape, 2, quantized: true, pool);
+        model.Initialize(1);
+        var adam = new AdamW(model.Parameters, model.Gradients, model.Layout, pool);
+        var (inputs, targets) = RandomBatch(2, 32, 64, 9);
+        for (int step = 1; step <= 3; step++) { model.Forward(inputs, targets, 2, 32); model.Backward(); adam.Step(step, 1e-3f); }
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        for (int step = 4; step <= 8; step++) { model.Forward(inputs, targets, 2, 32); model.Backward(); adam.Step(step, 1e-3f); }
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        Assert.True(allocated < 1024, $"{allocated} bytes allocated in 5 steps");
+    }
 }

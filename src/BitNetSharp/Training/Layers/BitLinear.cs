@@ -53,7 +53,7 @@ public sealed unsafe class BitLinear : IParallelWork
         float beta = 1f;
         if (_quantized)
         {
-            beta = AbsmeanTernarizer.Beta(new ReadOnlySpan<float>(w, rows * cols));
+            beta = Beta(w, rows, cols);
             // AbsmeanTernarizer's s = 1f/β, and its row scale 1f/s, is what the exported I2_S carries; use the same value.
             float s = 1f / beta;
             beta = 1f / s;
@@ -67,6 +67,21 @@ public sealed unsafe class BitLinear : IParallelWork
         else new ReadOnlySpan<float>(w, rows * cols).CopyTo(new Span<float>(codes, rows * cols));
         _transpose.Run(codes, rows, cols, codesT);
         return beta;
+    }
+
+    /// <summary>
+    /// β = max(mean|W|, 1e−5) summed exactly as <see cref="AbsmeanTernarizer.FromFloat32"/> does for the export (per-row
+    /// double sums added row by row, then one rounding to fp32), so the exported scale is the trainer's bit for bit;
+    /// without the temporary row buffer the library call makes.
+    /// </summary>
+    public static float Beta(float* w, int rows, int cols)
+    {
+        double sum = 0;
+        for (int r = 0; r < rows; r++) sum += LatentWeights.SumAbs(new ReadOnlySpan<float>(w + (long)r * cols, cols));
+        double mean = sum / ((double)rows * cols);
+        if (!double.IsFinite(mean))
+            throw new TrainingDivergedException("the latent weights are no longer finite: training diverged. Lower --lr (or raise --warmup) and start again.");
+        return MathF.Max((float)mean, AbsmeanTernarizer.MinBeta);
     }
 
     /// <summary>Per-token activation quantization of x [tokens, cols] into q (codes as floats) and s_x; x copied and s_x = 1 in full precision.</summary>
