@@ -8,7 +8,7 @@ public class TrainingModelTests(ITestOutputHelper output)
     /// <summary>GQA (4 heads on 2 kv heads), odd-ish widths that exercise every kernel tail.</summary>
     internal static readonly TrainingShape Tiny = new(VocabSize: 37, Dim: 24, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 40, ContextLength: 8);
 
-    private static (int[] Inputs, int[] Targets) RandomBatch(int batch, int T, int vocab, ulong seed)
+    internal static (int[] Inputs, int[] Targets) RandomBatch(int batch, int T, int vocab, ulong seed)
     {
         var rng = new SplitMix64(seed);
         var stream = Enumerable.Range(0, batch * T + 1).Select(_ => rng.NextInt(vocab)).ToArray();
@@ -105,7 +105,15 @@ public class TrainingModelTests(ITestOutputHelper output)
         Assert.InRange(first, 3.9, 4.5); // ≈ ln 64 = 4.16 at init
         Assert.True(last < 0.6 * first, $"loss {first} → {last}");
     }
+}
 
+/// <summary>Counts process-wide allocations, so it runs alone (no other test allocating meanwhile).</summary>
+[CollectionDefinition(nameof(AllocationTests), DisableParallelization = true)]
+public class AllocationTestsCollection;
+
+[Collection(nameof(AllocationTests))]
+public class AllocationTests
+{
     /// <summary>After warm-up, forward + backward + AdamW allocate nothing on the managed heap (all buffers are made once).</summary>
     [Fact]
     public void ATrainingStepAllocatesNothing()
@@ -115,7 +123,7 @@ public class TrainingModelTests(ITestOutputHelper output)
         var model = new TrainingModel(shape, 2, quantized: true, pool);
         model.Initialize(1);
         var adam = new AdamW(model.Parameters, model.Gradients, model.Layout, pool);
-        var (inputs, targets) = RandomBatch(2, 32, 64, 9);
+        var (inputs, targets) = TrainingModelTests.RandomBatch(2, 32, 64, 9);
         for (int step = 1; step <= 3; step++) { model.Forward(inputs, targets, 2, 32); model.Backward(); adam.Step(step, 1e-3f); }
         long before = GC.GetTotalAllocatedBytes(precise: true);
         for (int step = 4; step <= 8; step++) { model.Forward(inputs, targets, 2, 32); model.Backward(); adam.Step(step, 1e-3f); }
