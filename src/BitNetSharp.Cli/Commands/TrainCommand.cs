@@ -33,7 +33,7 @@ public static class TrainCommand
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW weight decay on matrices.", DefaultValueFactory = _ => 0.1f };
         var ropeTheta = new Option<float>("--rope-theta") { Description = "RoPE base.", DefaultValueFactory = _ => 10000f };
         var fullPrecision = new Option<bool>("--full-precision") { Description = "Train the full-precision twin (quantizers off); the export is still ternarized." };
-        var resume = new Option<bool>("--resume") { Description = "Continue from OUT.ckpt (same shape options required)." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from OUT.ckpt: the shape options must match; tokenizer, token streams and hyper-parameters come from the checkpoint." };
         var seed = new Option<ulong>("--seed") { Description = "Initialization and data-sampling seed.", DefaultValueFactory = _ => 1UL };
         var valEvery = new Option<int>("--val-every") { Description = "Validation interval in steps.", DefaultValueFactory = _ => 50 };
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint interval in steps.", DefaultValueFactory = _ => 100 };
