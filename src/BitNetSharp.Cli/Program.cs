@@ -22,6 +22,8 @@ public static class Program
             TokenizeCommand.Create(cli),
             ConvertCommand.Create(cli),
             BenchCommand.Create(cli),
+            TrainCommand.Create(cli),
+            EvalCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }
