@@ -11,16 +11,19 @@ public static class Program
 {
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
 
-    public static int Run(string[] args, TextWriter output, TextWriter error)
+    public static int Run(string[] args, TextWriter output, TextWriter error, TextReader? input = null)
     {
         var cli = new CliConsole(output, error);
         var root = new RootCommand("Run and inspect 1-bit and ternary (BitNet b1.58) language models on the CPU.")
         {
             InspectCommand.Create(cli),
             GenerateCommand.Create(cli),
-            ChatCommand.Create(cli),
+            ChatCommand.Create(cli, input),
             TokenizeCommand.Create(cli),
             ConvertCommand.Create(cli),
+            BenchCommand.Create(cli),
+            TrainCommand.Create(cli),
+            EvalCommand.Create(cli),
             ServeCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });

@@ -77,9 +77,12 @@ public readonly unsafe struct ActivationRows(sbyte* codes, int stride, int token
     public static ActivationRows Of(QuantizedActivations x) => new(x.Row(0), x.PaddedCols, x.Tokens, x.Scales, x.Sums);
 }
 
-/// <summary>The loops around a row dot: rows × token tiles, and the epilogue.</summary>
+/// <summary>The loops around a row dot: row blocks × token tiles × rows, and the epilogue.</summary>
 public static unsafe class TernaryDriver
 {
+    /// <summary>Rows per block in the mat-mat loop (16 rows of a 2560-wide matrix = 10 KiB of weights).</summary>
+    public const int RowBlock = 16;
+
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Run<TDot>(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
         where TDot : ITernaryRowDot
@@ -90,19 +93,30 @@ public static unsafe class TernaryDriver
         float[] xs = x.Scales;
         int[] sums = x.Sums;
         int* d = stackalloc int[4];
-        for (int n = rowStart; n < rowEnd; n++)
+        int fullTiles = tokens / 4 * 4;
+        // Rows in blocks, token tiles inside: a 4-token tile of activations (4·K bytes) stays in L1 while the block's
+        // rows (RowBlock·K/4 bytes) are swept, instead of every row re-reading all T tokens from L2 (which bounded
+        // prefill). Weights of a block are read from memory once and re-read from L1/L2 for each tile.
+        for (int block = rowStart; block < rowEnd; block += RowBlock)
         {
-            byte* row = w.Row(n);
-            float scale = rowScales[n];
-            int t = 0;
-            for (; t + 4 <= tokens; t += 4)
+            int blockEnd = Math.Min(rowEnd, block + RowBlock);
+            for (int t = 0; t < fullTiles; t += 4)
             {
-                TDot.Dot4(row, x.Row(t), x.Row(t + 1), x.Row(t + 2), x.Row(t + 3), blocks, d);
-                for (int j = 0; j < 4; j++)
-                    y[(long)(t + j) * yStride + n] = TernaryKernel.Epilogue(d[j], sums[t + j], xs[t + j], scale);
+                sbyte* q0 = x.Row(t), q1 = x.Row(t + 1), q2 = x.Row(t + 2), q3 = x.Row(t + 3);
+                for (int n = block; n < blockEnd; n++)
+                {
+                    TDot.Dot4(w.Row(n), q0, q1, q2, q3, blocks, d);
+                    float scale = rowScales[n];
+                    for (int j = 0; j < 4; j++)
+                        y[(long)(t + j) * yStride + n] = TernaryKernel.Epilogue(d[j], sums[t + j], xs[t + j], scale);
+                }
             }
-            for (; t < tokens; t++)
-                y[(long)t * yStride + n] = TernaryKernel.Epilogue(TDot.Dot(row, x.Row(t), blocks), sums[t], xs[t], scale);
+            for (int t = fullTiles; t < tokens; t++)
+            {
+                sbyte* q = x.Row(t);
+                for (int n = block; n < blockEnd; n++)
+                    y[(long)t * yStride + n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sums[t], xs[t], rowScales[n]);
+            }
         }
     }
 

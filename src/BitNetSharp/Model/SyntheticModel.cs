@@ -100,6 +100,18 @@ public static class SyntheticModel
 
     private static byte[] FloatTensor(Random rng, long count, float amplitude, GgmlType type)
     {
+        if (type == GgmlType.Q8_0)
+        {
+            // 32 int8 values and one fp16 scale per block, like llama.cpp's Q8_0 of a ±amplitude uniform tensor.
+            var q8 = new byte[checked(count / 32 * 34)];
+            ushort d = HalfConversions.FloatToHalf(amplitude / 127f);
+            for (long b = 0; b < count / 32; b++)
+            {
+                BitConverter.TryWriteBytes(q8.AsSpan((int)(b * 34)), d);
+                rng.NextBytes(q8.AsSpan((int)(b * 34 + 2), 32));
+            }
+            return q8;
+        }
         int size = type == GgmlType.F32 ? 4 : 2;
         var bytes = new byte[checked(count * size)];
         for (long i = 0; i < count; i++)
@@ -110,7 +122,7 @@ public static class SyntheticModel
                 case GgmlType.F32: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 4)), v); break;
                 case GgmlType.F16: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 2)), HalfConversions.FloatToHalf(v)); break;
                 case GgmlType.BF16: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 2)), HalfConversions.FloatToBFloat16(v)); break;
-                default: throw new ArgumentException($"Embedding type {type} is not supported by the synthetic builder; use f32, f16 or bf16.", nameof(type));
+                default: throw new ArgumentException($"Embedding type {type} is not supported by the synthetic builder; use f32, f16, bf16 or q8_0.", nameof(type));
             }
         }
         return bytes;

@@ -157,3 +157,54 @@ public class GenerateCommandTests
         Assert.False(File.Exists(output));
     }
 }
+
+public class BenchCommandTests
+{
+    [Fact]
+    public void SyntheticTinyBenchReportsBothTestsAsJson()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["bench", "--synthetic", "tiny", "-p", "16", "-n", "8", "-r", "2", "-t", "1", "--json"], output, error);
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(output.ToString());
+        var results = doc.RootElement.GetProperty("results");
+        Assert.Equal(2, results.GetArrayLength());
+        Assert.Equal("pp16", results[0].GetProperty("test").GetString());
+        Assert.Equal("tg8", results[1].GetProperty("test").GetString());
+        Assert.True(results[1].GetProperty("tokens_per_second").GetDouble() > 0);
+        Assert.True(results[1].GetProperty("bandwidth_gbps").GetDouble() > 0);
+        Assert.Equal(2, results[1].GetProperty("samples").GetArrayLength());
+    }
+}
+
+public class ChatCommandTests
+{
+    [Fact]
+    public void TwoTurnsReuseTheCachedHistory()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        var shape = SyntheticShape.Tiny with { VocabSize = 50257, ContextLength = 256 };
+        var w = SyntheticModel.Build(shape, 5);
+        using (var tok = GgufFile.Open(vocab))
+            foreach (var (k, v) in tok.Metadata.Entries)
+                if (k.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(k, v);
+        string model = dir.File("chat.gguf");
+        w.WriteFile(model);
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", model, "-n", "8", "--seed", "1", "--template", "chatml"], output, error,
+            new StringReader("Hello there\nAnd again\n\n"));
+        Assert.Equal(0, code);
+        Assert.Contains("chat template: chatml", error.ToString());
+        var stats = error.ToString().Split('\n').Where(l => l.StartsWith('[')).ToArray();
+        Assert.Equal(2, stats.Length);
+        Assert.Contains("(0 reused)", stats[0]);
+        Assert.DoesNotContain("(0 reused)", stats[1]); // the second turn prefills only what is new
+
+        var bad = Program.Run(["chat", "-m", model, "--template", "nope"], new StringWriter(), error = new StringWriter(), new StringReader(""));
+        Assert.Equal(1, bad);
+        Assert.Contains("chatml", error.ToString()); // the error lists the valid names
+    }
+}

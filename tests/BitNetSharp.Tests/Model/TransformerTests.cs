@@ -115,3 +115,37 @@ public class TransformerTests
         Assert.Contains("cut.gguf", e.Message);
     }
 }
+
+public class TransformerAllocationTests
+{
+    /// <summary>A decode step (batch, caches and logits reused) allocates nothing on any thread once warm. The warm-up is
+    /// long because tiered JIT recompiles hot methods during the first few hundred calls, and that allocates.</summary>
+    [Fact]
+    public void DecodeStepAllocatesNothing()
+    {
+        using var w = TransformerTests.TinyModel(GgmlType.F16);
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 4, pool);
+        using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, w.Config.ContextLength, KvCacheType.F16);
+        KvCache[] caches = [cache];
+        var batch = new BatchToken[1];
+        var logits = new float[w.Config.VocabSize];
+        for (int round = 0; round < 40; round++)
+        {
+            cache.Clear();
+            for (int pos = 0; pos < 8; pos++)
+            {
+                batch[0] = new BatchToken(pos + 1, 0, pos, true);
+                engine.Forward(batch, caches, logits);
+            }
+        }
+        long before = GC.GetTotalAllocatedBytes(precise: true);
+        for (int pos = 8; pos < 40; pos++)
+        {
+            batch[0] = new BatchToken(pos + 1, 0, pos, true);
+            engine.Forward(batch, caches, logits);
+        }
+        long allocated = GC.GetTotalAllocatedBytes(precise: true) - before;
+        Assert.True(allocated == 0, $"32 decode steps allocated {allocated} bytes");
+    }
+}

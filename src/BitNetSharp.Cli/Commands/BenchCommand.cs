@@ -1,0 +1,209 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using BitNetSharp.Diagnostics;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+using Spectre.Console;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet bench [-m MODEL | --synthetic 2b4t|large|tiny] [-p 128] [-n 128] [-t 1,2] [-r 5]</c>: llama-bench's pp and tg
+/// tokens/s (mean ± stddev) per thread count, with model size, bits per weight, load time, peak RSS, and the
+/// effective weight bandwidth next to this machine's read bandwidth measured in the same run.
+/// </summary>
+public static class BenchCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory." };
+        var synthetic = new Option<string?>("--synthetic") { Description = "Benchmark a random-weight model of a known shape instead: 2b4t, large or tiny." };
+        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16 or q8_0.", DefaultValueFactory = _ => "f16" };
+        var prompt = new Option<int>("--n-prompt", "-p") { Description = "Prompt tokens for pp (0 to skip).", DefaultValueFactory = _ => 128 };
+        var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
+        var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
+        var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions per test.", DefaultValueFactory = _ => 5 };
+        var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
+        var json = new Option<bool>("--json") { Description = "Print JSON." };
+        var csv = new Option<bool>("--csv") { Description = "Print CSV." };
+        var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
+        {
+            model, synthetic, headType, prompt, gen, threads, reps, kvType, json, csv,
+        };
+        command.SetAction(result => cli.Guard(() =>
+        {
+            string? synth = result.GetValue(synthetic);
+            if (synth is not null == result.GetValue(model) is not null && synth is not null)
+                throw new UsageException("give either -m MODEL or --synthetic SHAPE, not both.");
+            string path = synth is not null
+                ? SyntheticFile(SyntheticShape.ByName(synth), result.GetValue(headType)!, cli)
+                : ModelOptions.ResolveModel(result.GetValue(model));
+            int[] threadCounts = result.GetValue(threads) is { } list
+                ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
+                    int.TryParse(t, out int n) && n > 0 ? n : throw new UsageException($"--threads: '{t}' is not a positive integer.")).ToArray()
+                : [WorkerPool.DefaultThreadCount()];
+            int repetitions = Math.Max(1, result.GetValue(reps));
+            var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
+            ResetPeakRss();
+
+            long t0 = Stopwatch.GetTimestamp();
+            using var weights = ModelWeights.Load(path);
+            double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
+            long perToken = ThroughputBenchmark.BytesPerToken(weights);
+            long projectionParams = weights.Layers.Sum(l => (long)l.Q.Rows * l.Q.Cols + (long)l.K.Rows * l.K.Cols + (long)l.V.Rows * l.V.Cols
+                + (long)l.O.Rows * l.O.Cols + (long)l.Gate.Rows * l.Gate.Cols + (long)l.Up.Rows * l.Up.Cols + (long)l.Down.Rows * l.Down.Cols);
+            long projectionBytes = weights.Layers.Sum(l => l.PackedBytes);
+
+            // The host's bandwidth drifts (shared memory controllers), so each thread count is bracketed by two
+            // probes and bounded by the better one. The 1 GiB probe buffer must not count as the model's memory: the
+            // peak-RSS watermark is read before each probe is allocated and reset after it is freed.
+            long peakRss = 0;
+            double Probe(WorkerPool pool)
+            {
+                peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
+                double gbps;
+                using (var probe = new MemoryBandwidth()) gbps = probe.Measure(pool);
+                GC.Collect();
+                ResetPeakRss();
+                return gbps;
+            }
+            var rows = new List<Row>();
+            foreach (int t in threadCounts)
+            {
+                using var pool = new WorkerPool(t);
+                double before = Probe(pool);
+                var samples = new List<ThroughputSample>();
+                if (result.GetValue(prompt) > 0)
+                    samples.Add(ThroughputBenchmark.Prefill(weights, pool, Math.Min(result.GetValue(prompt), weights.Config.ContextLength), repetitions, kv));
+                if (result.GetValue(gen) > 0)
+                    samples.Add(ThroughputBenchmark.Decode(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), repetitions, kv));
+                double bandwidth = Math.Max(before, Probe(pool));
+                rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
+            }
+            peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
+            var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType)} head)" : path, weights.Config.Architecture, fileBytes,
+                projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
+                Kernels.KernelRegistry.Ternary.Name, kv.ToString());
+            if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
+            else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
+            else WriteTable(cli, info, rows);
+            return 0;
+        }));
+        return command;
+    }
+
+    private sealed record Row(ThroughputSample Sample, double BandwidthGBps, long BytesPerToken)
+    {
+        public bool IsGeneration => Sample.Test.StartsWith("tg", StringComparison.Ordinal);
+        public double WeightGBps => Sample.Mean * BytesPerToken / 1e9;
+        public double BoundTokensPerSecond => BandwidthGBps * 1e9 / BytesPerToken;
+        public double PercentOfBound => 100 * Sample.Mean / BoundTokensPerSecond;
+    }
+
+    private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
+        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType);
+
+    /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
+    private static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
+    {
+        var type = headType.ToLowerInvariant() switch
+        {
+            "f16" => GgmlType.F16,
+            "q8_0" => GgmlType.Q8_0,
+            "f32" => GgmlType.F32,
+            _ => throw new UsageException($"--head-type '{headType}' is not one of f16, q8_0, f32."),
+        };
+        string dir = Path.Combine(Path.GetTempPath(), "bitnet-synthetic");
+        Directory.CreateDirectory(dir);
+        string path = Path.Combine(dir, $"{shape.Name}-{headType.ToLowerInvariant()}.gguf");
+        if (!File.Exists(path))
+        {
+            cli.Error.WriteLine($"writing synthetic {shape.Name} model to {path} (once)...");
+            SyntheticModel.Build(shape, seed: 1, embeddingType: type).WriteFile(path);
+            GC.Collect();
+        }
+        return path;
+    }
+
+    /// <summary>Linux: writing 5 to clear_refs resets the peak-RSS watermark, so building a synthetic model does not count.</summary>
+    private static void ResetPeakRss()
+    {
+        try
+        {
+            if (OperatingSystem.IsLinux()) File.WriteAllText("/proc/self/clear_refs", "5");
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+    }
+
+    private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);
+
+    private static void WriteTable(CliConsole cli, Info info, List<Row> rows)
+    {
+        var facts = new Table().Border(TableBorder.Rounded).AddColumn("model").AddColumn("value");
+        facts.AddRow("model", Markup.Escape(info.Model));
+        facts.AddRow("architecture", info.Architecture);
+        facts.AddRow("file size", info.FileBytes > 0 ? $"{info.FileBytes / 1e9:F3} GB" : "-");
+        facts.AddRow("bits per weight (projections)", F(info.ProjectionBitsPerWeight, "F3"));
+        facts.AddRow("bytes read per token", $"{info.BytesPerToken / 1e9:F3} GB");
+        facts.AddRow("load time", $"{F(info.LoadSeconds, "F3")} s");
+        facts.AddRow("peak RSS", info.PeakRssBytes is { } rss ? $"{rss / 1e9:F3} GB" : "-");
+        facts.AddRow("kernel / KV cache", $"{info.Kernel} / {info.KvType}");
+        cli.Ansi.Write(facts);
+        var table = new Table().Border(TableBorder.Rounded)
+            .AddColumn("test").AddColumn("threads").AddColumn(new TableColumn("t/s").RightAligned())
+            .AddColumn(new TableColumn("weights GB/s").RightAligned()).AddColumn(new TableColumn("read BW GB/s").RightAligned())
+            .AddColumn(new TableColumn("BW bound t/s").RightAligned()).AddColumn(new TableColumn("% of bound").RightAligned());
+        foreach (var r in rows)
+            table.AddRow(r.Sample.Test, r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
+                r.IsGeneration ? F(r.WeightGBps) : "-", F(r.BandwidthGBps), r.IsGeneration ? F(r.BoundTokensPerSecond) : "-",
+                r.IsGeneration ? F(r.PercentOfBound) + "%" : "-");
+        cli.Ansi.Write(table);
+    }
+
+    private static void WriteCsv(CliConsole cli, Info info, List<Row> rows)
+    {
+        cli.Output.WriteLine("model,test,threads,tokens_per_second,stddev,weight_gbps,bandwidth_gbps,bound_tokens_per_second,percent_of_bound,load_seconds,peak_rss_bytes,file_bytes");
+        foreach (var r in rows)
+            cli.Output.WriteLine(string.Join(',', $"\"{info.Model}\"", r.Sample.Test, r.Sample.Threads, F(r.Sample.Mean, "F3"), F(r.Sample.StdDev, "F3"),
+                F(r.WeightGBps, "F3"), F(r.BandwidthGBps, "F3"), F(r.BoundTokensPerSecond, "F3"), F(r.PercentOfBound, "F2"),
+                F(info.LoadSeconds, "F3"), info.PeakRssBytes?.ToString(CultureInfo.InvariantCulture) ?? "", info.FileBytes));
+    }
+
+    private static void WriteJson(TextWriter output, Info info, List<Row> rows)
+    {
+        var doc = new
+        {
+            model = info.Model,
+            architecture = info.Architecture,
+            file_bytes = info.FileBytes,
+            projection_bits_per_weight = info.ProjectionBitsPerWeight,
+            bytes_per_token = info.BytesPerToken,
+            load_seconds = info.LoadSeconds,
+            peak_rss_bytes = info.PeakRssBytes,
+            kernel = info.Kernel,
+            kv_type = info.KvType,
+            results = rows.Select(r => new
+            {
+                test = r.Sample.Test,
+                threads = r.Sample.Threads,
+                tokens_per_second = r.Sample.Mean,
+                stddev = r.Sample.StdDev,
+                samples = r.Sample.TokensPerSecond,
+                weight_gbps = r.IsGeneration ? r.WeightGBps : (double?)null,
+                bandwidth_gbps = r.BandwidthGBps,
+                bound_tokens_per_second = r.IsGeneration ? r.BoundTokensPerSecond : (double?)null,
+                percent_of_bound = r.IsGeneration ? r.PercentOfBound : (double?)null,
+            }),
+        };
+        output.WriteLine(JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
+    }
+}

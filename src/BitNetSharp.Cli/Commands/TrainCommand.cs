@@ -1,0 +1,229 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using BitNetSharp.Threading;
+using BitNetSharp.Training;
+using Spectre.Console;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet train --data FILE... --out model.gguf [shape and run options]</c>: trains a byte-level BPE tokenizer and a
+/// BitNet b1.58 model on text (quantization-aware; <c>--full-precision</c> for the fp twin), with held-out validation,
+/// atomic checkpoints next to the output (<c>OUT.ckpt</c>, continued by <c>--resume</c>), the weight-stability index,
+/// and at the end the GGUF (written through a temporary file) and a loss-curve PNG (<c>OUT.loss.png</c>).
+/// </summary>
+public static class TrainCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var data = new Option<string[]>("--data") { Description = "UTF-8 text files to train on (each a document).", Required = true, AllowMultipleArgumentsPerToken = true };
+        var output = new Option<string>("--out", "-o") { Description = "The model .gguf to write.", Required = true };
+        var vocab = new Option<int>("--vocab") { Description = "Tokenizer vocabulary size (1 special + 256 bytes + merges).", DefaultValueFactory = _ => 4096 };
+        var dim = new Option<int>("--dim") { Description = "Model width.", DefaultValueFactory = _ => 256 };
+        var layers = new Option<int>("--layers") { Description = "Transformer blocks.", DefaultValueFactory = _ => 4 };
+        var heads = new Option<int>("--heads") { Description = "Attention heads (must divide --dim).", DefaultValueFactory = _ => 4 };
+        var kvHeads = new Option<int>("--kv-heads") { Description = "KV heads (must divide --heads; default: --heads)." };
+        var ff = new Option<int>("--ff") { Description = "Feed-forward width (default: 8/3·dim rounded up to a multiple of 128)." };
+        var ctx = new Option<int>("--ctx") { Description = "Context length (training window).", DefaultValueFactory = _ => 256 };
+        var tokens = new Option<long>("--tokens") { Description = "Training tokens in total (steps = tokens / (batch·ctx)).", DefaultValueFactory = _ => 1_000_000 };
+        var batch = new Option<int>("--batch") { Description = "Sequences per step.", DefaultValueFactory = _ => 8 };
+        var lr = new Option<float>("--lr") { Description = "Peak learning rate (warm-up then cosine to 10%).", DefaultValueFactory = _ => 2e-3f };
+        var warmup = new Option<int>("--warmup") { Description = "Warm-up steps.", DefaultValueFactory = _ => 50 };
+        var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW weight decay on matrices.", DefaultValueFactory = _ => 0.1f };
+        var ropeTheta = new Option<float>("--rope-theta") { Description = "RoPE base.", DefaultValueFactory = _ => 10000f };
+        var fullPrecision = new Option<bool>("--full-precision") { Description = "Train the full-precision twin (quantizers off); the export is still ternarized." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from OUT.ckpt: the shape options must match; tokenizer, token streams and hyper-parameters come from the checkpoint." };
+        var seed = new Option<ulong>("--seed") { Description = "Initialization and data-sampling seed.", DefaultValueFactory = _ => 1UL };
+        var valEvery = new Option<int>("--val-every") { Description = "Validation interval in steps.", DefaultValueFactory = _ => 50 };
+        var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint interval in steps.", DefaultValueFactory = _ => 100 };
+        var packing = new Option<string>("--packing") { Description = "Projection type in the GGUF: i2_s or tq2_0.", DefaultValueFactory = _ => "i2_s" };
+        var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+        var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")
+        {
+            data, output, vocab, dim, layers, heads, kvHeads, ff, ctx, tokens, batch, lr, warmup, weightDecay, ropeTheta,
+            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads,
+        };
+        command.SetAction(r => cli.Guard(() =>
+        {
+            try
+            {
+                string outPath = Path.GetFullPath(r.GetRequiredValue(output));
+                int d = r.GetValue(dim), h = r.GetValue(heads);
+                var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
+                    r.GetValue(ff) is > 0 and var f ? f : (8 * d / 3 + 127) / 128 * 128, r.GetValue(ctx), r.GetValue(ropeTheta));
+                shape.Validate();
+                var pack = r.GetValue(packing)?.ToLowerInvariant() switch
+                {
+                    "i2_s" or "i2s" => ProjectionPacking.I2S,
+                    "tq2_0" or "tq2" => ProjectionPacking.Tq2_0,
+                    var other => throw new UsageException($"--packing '{other}' is not one of i2_s, tq2_0."),
+                };
+                ModelExporter.CheckPackable(shape, pack);
+                int batchSize = r.GetValue(batch);
+                if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
+                if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
+                if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
+                RequireWritable(outPath);
+
+                using var pool = new WorkerPool(r.GetValue(threads));
+                string checkpoint = outPath + ".ckpt";
+                TrainingRun run;
+                if (r.GetValue(resume) && File.Exists(checkpoint))
+                {
+                    run = TrainingRun.Resume(checkpoint, pool, shape);
+                    cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}");
+                }
+                else
+                {
+                    if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
+                    var corpus = TrainingCorpus.Load(r.GetRequiredValue(data));
+                    cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
+                    var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
+                    var train = corpus.EncodeTrain(tokenizer);
+                    var validation = corpus.EncodeValidation(tokenizer);
+                    var options = new TrainingOptions
+                    {
+                        Shape = shape, Batch = batchSize, TotalSteps = (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength)),
+                        LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup), WeightDecay = r.GetValue(weightDecay),
+                        FullPrecision = r.GetValue(fullPrecision), Seed = r.GetValue(seed),
+                    };
+                    run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+                    cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
+                        $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : "ternary (QAT)")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
+                }
+
+                Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
+
+                run.Export(outPath, pack);
+                string plot = Path.ChangeExtension(outPath, ".loss.png");
+                LossPlot.Write(plot, run);
+                cli.Output.WriteLine($"wrote {outPath} and {plot}");
+                return 0;
+            }
+            catch (TrainingDivergedException e)
+            {
+                cli.Error.WriteLine($"error: {e.Message}");
+                return 1;
+            }
+            catch (InvalidDataException e)
+            {
+                // A bad data file or checkpoint is the user's file, not a bug: one line and exit 1, like the model errors.
+                throw new IOException(e.Message, e);
+            }
+        }));
+        return command;
+    }
+
+    private static void RequireWritable(string path)
+    {
+        var directory = Path.GetDirectoryName(path) ?? ".";
+        if (!Directory.Exists(directory)) throw new IOException($"cannot write {path}: the directory {directory} does not exist.");
+        var probe = Path.Combine(directory, $".{Path.GetFileName(path)}.{Environment.ProcessId}.probe");
+        try
+        {
+            File.WriteAllBytes(probe, []);
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new IOException($"cannot write {path}: {e.Message}", e);
+        }
+    }
+
+    private static void Loop(CliConsole cli, TrainingRun run, string checkpoint, int valEvery, int checkpointEvery)
+    {
+        bool terminal = ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected;
+        var clock = Stopwatch.StartNew();
+        int startStep = run.Step;
+        float smoothed = float.NaN;
+
+        void Log(string line)
+        {
+            if (terminal) AnsiConsole.MarkupLine(Markup.Escape(line));
+            else cli.Output.WriteLine(line);
+        }
+
+        string Status()
+        {
+            double tps = (run.Step - startStep) * (double)run.TokensPerStep / Math.Max(clock.Elapsed.TotalSeconds, 1e-9);
+            return string.Create(CultureInfo.InvariantCulture, $"step {run.Step}/{run.Options.TotalSteps} loss {smoothed:F3} {tps:F0} tok/s");
+        }
+
+        void StepAndReport(Action<string>? describe)
+        {
+            float loss = run.StepOnce();
+            smoothed = float.IsNaN(smoothed) ? loss : 0.95f * smoothed + 0.05f * loss;
+            describe?.Invoke(Status());
+            if (run.Step % valEvery == 0 || run.Done)
+            {
+                float val = run.Validate();
+                Log(string.Create(CultureInfo.InvariantCulture,
+                    $"{Status()}  val {val:F3}  lr {run.Options.Schedule.At(run.Step):0.###e0}  |g| {run.Optimizer.LastGradNorm:F2}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));
+            }
+            if (run.Step % checkpointEvery == 0 || run.Done)
+            {
+                run.SaveCheckpoint(checkpoint);
+                var stability = run.StabilityIndex();
+                Log($"checkpoint {Path.GetFileName(checkpoint)} at step {run.Step}; codes changed since the last checkpoint: " +
+                    string.Join(", ", stability.Select((s, l) => string.Create(CultureInfo.InvariantCulture, $"L{l} {s:P2}"))));
+            }
+        }
+
+        if (!terminal)
+        {
+            while (!run.Done) StepAndReport(null);
+            return;
+        }
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn(), new SpinnerColumn())
+            .Start(context =>
+            {
+                var task = context.AddTask(Status(), maxValue: run.Options.TotalSteps);
+                task.Value = run.Step;
+                while (!run.Done)
+                {
+                    StepAndReport(s => task.Description = Markup.Escape(s));
+                    task.Value = run.Step;
+                }
+            });
+    }
+}
+
+/// <summary>The loss curve (training loss per step, its moving average, validation loss) as a PNG, via ScottPlot.</summary>
+internal static class LossPlot
+{
+    public static void Write(string path, TrainingRun run)
+    {
+        var plot = new ScottPlot.Plot();
+        if (run.TrainLosses.Count > 0)
+        {
+            var raw = plot.Add.ScatterLine(run.TrainLosses.Select(p => (double)p.Step).ToArray(), run.TrainLosses.Select(p => (double)p.Loss).ToArray());
+            raw.LegendText = "train (per step)";
+            raw.LineWidth = 1;
+            raw.Color = ScottPlot.Colors.LightSteelBlue;
+            var avg = new double[run.TrainLosses.Count];
+            double m = run.TrainLosses[0].Loss;
+            for (int i = 0; i < avg.Length; i++) avg[i] = m = 0.95 * m + 0.05 * run.TrainLosses[i].Loss;
+            var smooth = plot.Add.ScatterLine(run.TrainLosses.Select(p => (double)p.Step).ToArray(), avg);
+            smooth.LegendText = "train (moving average)";
+            smooth.LineWidth = 2;
+            smooth.Color = ScottPlot.Colors.SteelBlue;
+        }
+        if (run.ValidationLosses.Count > 0)
+        {
+            var val = plot.Add.Scatter(run.ValidationLosses.Select(p => (double)p.Step).ToArray(), run.ValidationLosses.Select(p => (double)p.Loss).ToArray());
+            val.LegendText = "validation";
+            val.LineWidth = 2;
+            val.MarkerSize = 6;
+            val.Color = ScottPlot.Colors.OrangeRed;
+        }
+        plot.Title($"{Path.GetFileNameWithoutExtension(path)}: {run.Options.Shape}, {(run.Options.FullPrecision ? "full precision" : "ternary")}");
+        plot.XLabel("optimizer step");
+        plot.YLabel("cross-entropy (nats / token)");
+        plot.ShowLegend(ScottPlot.Alignment.UpperRight);
+        var temp = path + ".tmp.png";
+        plot.SavePng(temp, 900, 540);
+        File.Move(temp, path, overwrite: true);
+    }
+}

@@ -1,0 +1,106 @@
+using System.Diagnostics;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Diagnostics;
+
+/// <summary>Tokens per second of one test, over repetitions.</summary>
+public sealed record ThroughputSample(string Test, int Threads, double[] TokensPerSecond)
+{
+    public double Mean => TokensPerSecond.Average();
+
+    public double StdDev
+    {
+        get
+        {
+            if (TokensPerSecond.Length < 2) return 0;
+            double m = Mean;
+            return Math.Sqrt(TokensPerSecond.Sum(v => (v - m) * (v - m)) / (TokensPerSecond.Length - 1));
+        }
+    }
+}
+
+/// <summary>
+/// llama-bench's two measurements on a loaded model: prompt processing (pp: one batch of N prompt tokens, logits
+/// for the last) and token generation (tg: N tokens one at a time from an empty context, logits every step, as
+/// in real decoding but with a fixed token instead of sampling, so the numbers measure the engine alone).
+/// </summary>
+public static class ThroughputBenchmark
+{
+    public static ThroughputSample Prefill(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16)
+    {
+        var c = weights.Config;
+        using var engine = new Transformer(weights, tokens, pool);
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens), kv);
+        var batch = new BatchToken[tokens];
+        var rng = new Random(1);
+        for (int i = 0; i < tokens; i++) batch[i] = new BatchToken(rng.Next(c.VocabSize), 0, i, i == tokens - 1);
+        var logits = new float[c.VocabSize];
+        var samples = new double[repetitions];
+        cache.Clear();
+        engine.Forward(batch, [cache], logits); // warm-up: JIT, page faults
+        for (int r = 0; r < repetitions; r++)
+        {
+            cache.Clear();
+            long start = Stopwatch.GetTimestamp();
+            engine.Forward(batch, [cache], logits);
+            samples[r] = tokens / Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        return new ThroughputSample($"pp{tokens}", pool.ThreadCount, samples);
+    }
+
+    public static ThroughputSample Decode(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16)
+    {
+        var c = weights.Config;
+        using var engine = new Transformer(weights, 1, pool);
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);
+        var logits = new float[c.VocabSize];
+        var samples = new double[repetitions];
+        void Run()
+        {
+            cache.Clear();
+            int token = 1;
+            for (int i = 0; i < tokens; i++)
+            {
+                engine.Forward([new BatchToken(token, 0, i, true)], [cache], logits);
+                token = (token * 31 + 7) % c.VocabSize;
+            }
+        }
+        Run(); // warm-up
+        for (int r = 0; r < repetitions; r++)
+        {
+            long start = Stopwatch.GetTimestamp();
+            Run();
+            samples[r] = tokens / Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        return new ThroughputSample($"tg{tokens}", pool.ThreadCount, samples);
+    }
+
+    /// <summary>Bytes a decode step must read from memory: every projection, the head, one embedding row and the norms
+    /// (the KV cache of a short context is negligible next to them and is left out).</summary>
+    public static long BytesPerToken(ModelWeights w)
+    {
+        long bytes = w.Output.ByteLength + w.TokenEmbedding.RowBytes + w.OutputNorm.Length * 4L;
+        foreach (var l in w.Layers)
+            bytes += l.PackedBytes + (l.AttnNorm.Length + l.FfnNorm.Length + (l.AttnSubNorm?.Length ?? 0) + (l.FfnSubNorm?.Length ?? 0)) * 4L;
+        return bytes;
+    }
+
+    /// <summary>Peak resident set size of this process (Linux VmHWM), or null where unavailable.</summary>
+    public static long? PeakResidentBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/status"))
+                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
+                    return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim()) * 1024;
+        }
+        catch (IOException)
+        {
+        }
+        catch (UnauthorizedAccessException)
+        {
+        }
+        return null;
+    }
+}

@@ -1,0 +1,180 @@
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace BitNetSharp.Training;
+
+/// <summary>
+/// Trains a byte-level BPE vocabulary (GPT-2 / Sennrich et al. 2016) on text:
+/// <list type="number">
+/// <item>the text is cut at every occurrence of a special token (special tokens never take part in merges);</item>
+/// <item>each piece is pre-tokenized by GPT-2's regex (<see cref="TrainedTokenizer.Gpt2Pattern"/>) and every
+/// pre-token is counted as a sequence of its UTF-8 bytes;</item>
+/// <item>repeatedly, the adjacent symbol pair with the highest count summed over all pre-tokens (counted with
+/// multiplicity, pairs never crossing a pre-token boundary) is merged into a new symbol, until the vocabulary
+/// (special tokens + 256 bytes + merges) has the requested size.</item>
+/// </list>
+/// <para>
+/// Tie-break, deterministic: among pairs with equal count the lexicographically greatest pair wins, comparing
+/// (bytes of left, bytes of right) as byte strings (unsigned bytes, a proper prefix sorts first), first the left
+/// then the right — the rule of the Stanford CS336 reference trainer, whose output this reproduces.
+/// </para>
+/// Ids: special tokens first in the order given, then the 256 single bytes in GPT-2's order
+/// (<see cref="ByteLevel.Order"/>), then one id per merge in merge order.
+/// </summary>
+public static class BpeTrainer
+{
+    public const string EndOfText = "<|endoftext|>";
+
+    /// <summary>
+    /// Trains on <paramref name="texts"/> (documents; none crosses into the next). Throws <see cref="ArgumentException"/>
+    /// when <paramref name="vocabSize"/> is below specials + 256 or above what the corpus supports (no pair left to merge).
+    /// </summary>
+    /// <param name="bosToken">The special token used as BOS (default the first special token).</param>
+    /// <param name="eosToken">The special token used as EOS (default the first special token).</param>
+    public static TrainedTokenizer Train(IEnumerable<string> texts, int vocabSize, IReadOnlyList<string> specialTokens, string? bosToken = null, string? eosToken = null)
+    {
+        ArgumentNullException.ThrowIfNull(texts);
+        ArgumentNullException.ThrowIfNull(specialTokens);
+        if (specialTokens.Count == 0) throw new ArgumentException("At least one special token (e.g. <|endoftext|>) is needed for BOS/EOS.", nameof(specialTokens));
+        if (specialTokens.Distinct(StringComparer.Ordinal).Count() != specialTokens.Count || specialTokens.Any(string.IsNullOrEmpty))
+            throw new ArgumentException("Special tokens must be distinct and non-empty.", nameof(specialTokens));
+        int baseCount = specialTokens.Count + 256;
+        if (vocabSize < baseCount)
+            throw new ArgumentException($"A vocabulary of {vocabSize} cannot hold the {specialTokens.Count} special token(s) and the 256 byte tokens; use at least {baseCount}.", nameof(vocabSize));
+
+        // 1–2. Pre-token counts.
+        var counts = new Dictionary<string, long>(StringComparer.Ordinal);
+        var split = new Regex(string.Join("|", specialTokens.OrderByDescending(s => s.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant);
+        var regex = TrainedTokenizer.Gpt2Regex();
+        foreach (var text in texts)
+        foreach (var part in split.Split(text))
+        foreach (var m in regex.EnumerateMatches(part))
+        {
+            var key = part.Substring(m.Index, m.Length);
+            counts[key] = counts.TryGetValue(key, out long c) ? c + 1 : 1;
+        }
+
+        // Symbols: byte values 0..255 are symbols 0..255; merge k creates symbol 256 + k.
+        var symbolBytes = new List<byte[]>(vocabSize);
+        for (int b = 0; b < 256; b++) symbolBytes.Add([(byte)b]);
+        var words = new List<int[]>(counts.Count);
+        var wordCounts = new List<long>(counts.Count);
+        foreach (var (text, count) in counts.OrderBy(kv => kv.Key, StringComparer.Ordinal))
+        {
+            var bytes = Encoding.UTF8.GetBytes(text);
+            words.Add(Array.ConvertAll(bytes, b => (int)b));
+            wordCounts.Add(count);
+        }
+
+        // 3. Pair statistics and, per pair, the words it occurs in.
+        var pairCounts = new Dictionary<(int, int), long>();
+        var pairWords = new Dictionary<(int, int), HashSet<int>>();
+        for (int w = 0; w < words.Count; w++) AddPairs(words[w], w, wordCounts[w], pairCounts, pairWords);
+
+        var merges = new List<(int Left, int Right)>();
+        int target = vocabSize - baseCount;
+        while (merges.Count < target)
+        {
+            (int, int) best = default;
+            long bestCount = 0;
+            foreach (var (pair, count) in pairCounts)
+            {
+                if (count > bestCount || (count == bestCount && count > 0 && Greater(pair, best, symbolBytes)))
+                {
+                    best = pair;
+                    bestCount = count;
+                }
+            }
+            if (bestCount == 0)
+                throw new ArgumentException(
+                    $"The corpus supports at most {baseCount + merges.Count} tokens ({specialTokens.Count} special + 256 bytes + {merges.Count} merges): " +
+                    $"after {merges.Count} merges no two adjacent symbols are left to merge. Use --vocab {baseCount + merges.Count} or less, or more text.",
+                    nameof(vocabSize));
+
+            int created = symbolBytes.Count;
+            symbolBytes.Add([.. symbolBytes[best.Item1], .. symbolBytes[best.Item2]]);
+            merges.Add(best);
+            foreach (int w in pairWords[best].ToArray())
+            {
+                RemovePairs(words[w], w, wordCounts[w], pairCounts, pairWords);
+                words[w] = Merge(words[w], best, created);
+                AddPairs(words[w], w, wordCounts[w], pairCounts, pairWords);
+            }
+        }
+
+        // Ids and texts.
+        var tokens = new List<string>(vocabSize);
+        tokens.AddRange(specialTokens);
+        var idOfSymbol = new int[symbolBytes.Count];
+        foreach (byte b in ByteLevel.Order)
+        {
+            idOfSymbol[b] = tokens.Count;
+            tokens.Add(ByteLevel.CharOf(b).ToString());
+        }
+        var mergeTexts = new List<string>(merges.Count);
+        for (int k = 0; k < merges.Count; k++)
+        {
+            string left = ByteLevel.Encode(symbolBytes[merges[k].Left]), right = ByteLevel.Encode(symbolBytes[merges[k].Right]);
+            mergeTexts.Add(left + " " + right);
+            idOfSymbol[256 + k] = tokens.Count;
+            tokens.Add(left + right);
+        }
+        int bos = specialTokens.ToList().IndexOf(bosToken ?? specialTokens[0]);
+        int eos = specialTokens.ToList().IndexOf(eosToken ?? specialTokens[0]);
+        if (bos < 0 || eos < 0) throw new ArgumentException("The BOS and EOS tokens must be among the special tokens.");
+        return new TrainedTokenizer(tokens, mergeTexts, specialTokens, bos, eos);
+    }
+
+    /// <summary>(bytes(a.left), bytes(a.right)) &gt; (bytes(b.left), bytes(b.right)) lexicographically.</summary>
+    private static bool Greater((int, int) a, (int, int) b, List<byte[]> bytes)
+    {
+        int c = bytes[a.Item1].AsSpan().SequenceCompareTo(bytes[b.Item1]);
+        if (c != 0) return c > 0;
+        return bytes[a.Item2].AsSpan().SequenceCompareTo(bytes[b.Item2]) > 0;
+    }
+
+    private static int[] Merge(int[] word, (int Left, int Right) pair, int created)
+    {
+        var result = new List<int>(word.Length);
+        for (int i = 0; i < word.Length; i++)
+        {
+            if (i + 1 < word.Length && word[i] == pair.Left && word[i + 1] == pair.Right)
+            {
+                result.Add(created);
+                i++;
+            }
+            else result.Add(word[i]);
+        }
+        return [.. result];
+    }
+
+    private static void AddPairs(int[] word, int w, long count, Dictionary<(int, int), long> pairCounts, Dictionary<(int, int), HashSet<int>> pairWords)
+    {
+        for (int i = 0; i + 1 < word.Length; i++)
+        {
+            var pair = (word[i], word[i + 1]);
+            pairCounts[pair] = pairCounts.TryGetValue(pair, out long c) ? c + count : count;
+            if (!pairWords.TryGetValue(pair, out var set)) pairWords[pair] = set = [];
+            set.Add(w);
+        }
+    }
+
+    private static void RemovePairs(int[] word, int w, long count, Dictionary<(int, int), long> pairCounts, Dictionary<(int, int), HashSet<int>> pairWords)
+    {
+        for (int i = 0; i + 1 < word.Length; i++)
+        {
+            var pair = (word[i], word[i + 1]);
+            long left = pairCounts[pair] - count;
+            if (left == 0)
+            {
+                pairCounts.Remove(pair);
+                pairWords.Remove(pair);
+            }
+            else
+            {
+                pairCounts[pair] = left;
+                pairWords[pair].Remove(w);
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+using System.Text;
+using System.Text.RegularExpressions;
+
+namespace BitNetSharp.Training;
+
+/// <summary>
+/// A byte-level BPE vocabulary made by <see cref="BpeTrainer"/>, in GPT-2's conventions and GGUF's "gpt2" model:
+/// <see cref="Tokens"/> are id → token text (special tokens as written; every other token as its bytes through GPT-2's
+/// byte → character map), <see cref="Merges"/> are "left right" in rank order. <see cref="Encode"/> is the encoder
+/// the trainer uses for its data (GPT-2 pre-tokenization, then merges by rank); the runtime's GGUF tokenizer
+/// (pre-tokenizer "gpt-2") gives the same ids for the same text.
+/// </summary>
+public sealed partial class TrainedTokenizer
+{
+    /// <summary>GPT-2's pre-tokenizer (tiktoken "gpt2" / the cs336 reference), with the final <c>\s+</c> alternative.</summary>
+    public const string Gpt2Pattern = @"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+    /// <summary>GGUF token_type values (FORMATS.md §1.4).</summary>
+    public const int NormalType = 1, ControlType = 3;
+
+    private readonly Dictionary<string, int> _ids = new(StringComparer.Ordinal);
+    private readonly Dictionary<(int, int), (int Rank, int Id)> _mergeRanks = [];
+    private readonly Dictionary<string, int[]> _cache = new(StringComparer.Ordinal);
+    private readonly Regex? _specialSplit;
+
+    public TrainedTokenizer(IReadOnlyList<string> tokens, IReadOnlyList<string> merges, IReadOnlyList<string> specialTokens, int bosId, int eosId)
+    {
+        Tokens = tokens;
+        Merges = merges;
+        SpecialTokens = specialTokens;
+        BosId = bosId;
+        EosId = eosId;
+        for (int i = 0; i < tokens.Count; i++)
+            if (!_ids.TryAdd(tokens[i], i)) throw new ArgumentException($"Token '{tokens[i]}' appears twice in the vocabulary.", nameof(tokens));
+        var types = new int[tokens.Count];
+        Array.Fill(types, NormalType);
+        foreach (var s in specialTokens) types[_ids[s]] = ControlType;
+        TokenTypes = types;
+        for (int r = 0; r < merges.Count; r++)
+        {
+            int space = merges[r].IndexOf(' ', StringComparison.Ordinal);
+            string left = merges[r][..space], right = merges[r][(space + 1)..];
+            _mergeRanks[(_ids[left], _ids[right])] = (r, _ids[left + right]);
+        }
+        if (specialTokens.Count > 0)
+            _specialSplit = new Regex("(" + string.Join("|", specialTokens.OrderByDescending(s => s.Length).Select(Regex.Escape)) + ")", RegexOptions.CultureInvariant);
+        if ((uint)bosId >= (uint)tokens.Count || (uint)eosId >= (uint)tokens.Count)
+            throw new ArgumentException($"BOS {bosId} / EOS {eosId} are outside the vocabulary of {tokens.Count}.");
+    }
+
+    public IReadOnlyList<string> Tokens { get; }
+    public IReadOnlyList<int> TokenTypes { get; }
+    public IReadOnlyList<string> Merges { get; }
+    public IReadOnlyList<string> SpecialTokens { get; }
+    public int BosId { get; }
+    public int EosId { get; }
+    public int Count => Tokens.Count;
+
+    [GeneratedRegex(Gpt2Pattern, RegexOptions.CultureInvariant)]
+    internal static partial Regex Gpt2Regex();
+
+    /// <summary>Id of a token text, or −1.</summary>
+    public int IdOf(string token) => _ids.TryGetValue(token, out int id) ? id : -1;
+
+    /// <summary>The ids of <paramref name="text"/>: special tokens (when <paramref name="parseSpecial"/>) as themselves, the rest by BPE.</summary>
+    public void Encode(string text, List<int> output, bool parseSpecial = true)
+    {
+        if (parseSpecial && _specialSplit is not null)
+        {
+            var parts = _specialSplit.Split(text);
+            for (int i = 0; i < parts.Length; i++)
+            {
+                if (i % 2 == 1) output.Add(_ids[parts[i]]);
+                else EncodeOrdinary(parts[i], output);
+            }
+        }
+        else EncodeOrdinary(text, output);
+    }
+
+    public int[] Encode(string text, bool parseSpecial = true)
+    {
+        var ids = new List<int>();
+        Encode(text, ids, parseSpecial);
+        return [.. ids];
+    }
+
+    private void EncodeOrdinary(string text, List<int> output)
+    {
+        foreach (var match in Gpt2Regex().EnumerateMatches(text))
+        {
+            string piece = ByteLevel.Encode(text.AsSpan(match.Index, match.Length));
+            if (!_cache.TryGetValue(piece, out var ids))
+            {
+                ids = Bpe(piece);
+                if (_cache.Count < 1 << 20) _cache[piece] = ids;
+            }
+            output.AddRange(ids);
+        }
+    }
+
+    /// <summary>Applies merges lowest rank first until none applies (GPT-2's bpe()).</summary>
+    private int[] Bpe(string piece)
+    {
+        var symbols = new List<int>(piece.Length);
+        foreach (char c in piece) symbols.Add(_ids[c.ToString()]);
+        while (symbols.Count > 1)
+        {
+            int bestRank = int.MaxValue, bestAt = -1, bestId = -1;
+            for (int i = 0; i + 1 < symbols.Count; i++)
+                if (_mergeRanks.TryGetValue((symbols[i], symbols[i + 1]), out var m) && m.Rank < bestRank)
+                    (bestRank, bestAt, bestId) = (m.Rank, i, m.Id);
+            if (bestAt < 0) break;
+            var (left, right) = (symbols[bestAt], symbols[bestAt + 1]);
+            for (int i = 0; i + 1 < symbols.Count; i++)
+            {
+                if (symbols[i] == left && symbols[i + 1] == right)
+                {
+                    symbols[i] = bestId;
+                    symbols.RemoveAt(i + 1);
+                }
+            }
+        }
+        return [.. symbols];
+    }
+
+    /// <summary>The text of <paramref name="ids"/> (invalid UTF-8 becomes U+FFFD).</summary>
+    public string Decode(ReadOnlySpan<int> ids)
+    {
+        var bytes = new List<byte>();
+        foreach (int id in ids)
+        {
+            string t = Tokens[id];
+            if (TokenTypes[id] == ControlType) bytes.AddRange(Encoding.UTF8.GetBytes(t));
+            else bytes.AddRange(ByteLevel.Decode(t));
+        }
+        return Encoding.UTF8.GetString([.. bytes]);
+    }
+}
+
+/// <summary>
+/// GPT-2's reversible byte ↔ character map (bytes_to_unicode): the 188 printable bytes '!'..'~', '¡'..'¬', '®'..'ÿ'
+/// map to themselves, the other 68 to U+0100 + n in byte order, so every token is a printable string ("Ġ" = space).
+/// <see cref="Order"/> is GPT-2's list order (printable ranges first), which is also the id order of the 256 byte
+/// tokens in GPT-2's vocab.json and in the vocabularies <see cref="BpeTrainer"/> makes.
+/// </summary>
+public static class ByteLevel
+{
+    private static readonly char[] ToChar = new char[256];
+    private static readonly Dictionary<char, byte> ToByte = [];
+
+    /// <summary>The 256 bytes in GPT-2's bytes_to_unicode order.</summary>
+    public static IReadOnlyList<byte> Order { get; }
+
+    static ByteLevel()
+    {
+        var order = new List<byte>();
+        for (int b = '!'; b <= '~'; b++) order.Add((byte)b);
+        for (int b = 0xA1; b <= 0xAC; b++) order.Add((byte)b);
+        for (int b = 0xAE; b <= 0xFF; b++) order.Add((byte)b);
+        foreach (byte b in order) ToChar[b] = (char)b;
+        int n = 0;
+        for (int b = 0; b < 256; b++)
+        {
+            if (order.Contains((byte)b)) continue;
+            order.Add((byte)b);
+            ToChar[b] = (char)(256 + n++);
+        }
+        for (int b = 0; b < 256; b++) ToByte[ToChar[b]] = (byte)b;
+        Order = order;
+    }
+
+    public static char CharOf(byte b) => ToChar[b];
+
+    public static string Encode(ReadOnlySpan<byte> bytes)
+    {
+        var chars = new char[bytes.Length];
+        for (int i = 0; i < bytes.Length; i++) chars[i] = ToChar[bytes[i]];
+        return new string(chars);
+    }
+
+    public static string Encode(ReadOnlySpan<char> text)
+    {
+        Span<byte> buffer = text.Length <= 256 ? stackalloc byte[1024] : new byte[Encoding.UTF8.GetMaxByteCount(text.Length)];
+        int n = Encoding.UTF8.GetBytes(text, buffer);
+        return Encode(buffer[..n]);
+    }
+
+    public static byte[] Decode(string token)
+    {
+        var bytes = new byte[token.Length];
+        for (int i = 0; i < token.Length; i++)
+            bytes[i] = ToByte.TryGetValue(token[i], out byte b) ? b
+                : throw new ArgumentException($"'{token}' is not a byte-level token: character U+{(int)token[i]:X4} stands for no byte.", nameof(token));
+        return bytes;
+    }
+}

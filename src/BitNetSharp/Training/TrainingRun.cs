@@ -1,0 +1,315 @@
+using BitNetSharp.Quantization;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Training;
+
+/// <summary>The hyper-parameters of a run (stored in its checkpoints; a resumed run keeps them).</summary>
+public sealed record TrainingOptions
+{
+    public required TrainingShape Shape { get; init; }
+    public required int Batch { get; init; }
+    public required int TotalSteps { get; init; }
+    public float LearningRate { get; init; } = 2e-3f;
+    public int WarmupSteps { get; init; } = 50;
+    public float WeightDecay { get; init; } = 0.1f;
+    public float ClipNorm { get; init; } = 1f;
+    public bool FullPrecision { get; init; }
+    public ulong Seed { get; init; } = 1;
+
+    /// <summary>At most this many held-out windows are scored by <see cref="TrainingRun.Validate"/>.</summary>
+    public int MaxValidationWindows { get; init; } = 64;
+
+    public LearningRateSchedule Schedule => new(LearningRate, Math.Min(WarmupSteps, TotalSteps), TotalSteps);
+}
+
+/// <summary>
+/// One training run: the model, AdamW, the token streams and the sampling RNG, advanced one optimizer step at a time.
+/// Each step draws <see cref="TrainingOptions.Batch"/> windows of ctx+1 tokens at uniformly random offsets of the
+/// training stream (the RNG state is the whole data position). Everything that influences the next step is in the
+/// checkpoint, and every reduction is in a fixed order, so a resumed run continues bit-identically.
+/// </summary>
+public sealed class TrainingRun
+{
+    private readonly int[] _inputs, _targets;
+    private readonly LearningRateSchedule _schedule;
+    private SplitMix64 _rng;
+    private sbyte[]? _lastCodes;
+
+    private TrainingRun(TrainingOptions options, TrainedTokenizer tokenizer, int[] train, int[] validation, WorkerPool pool)
+    {
+        options.Shape.Validate();
+        int T = options.Shape.ContextLength;
+        if (train.Length < T + 1)
+            throw new ArgumentException($"The training text is {train.Length} tokens; a context of {T} needs at least {T + 1}. Use more text or a smaller --ctx.");
+        if (tokenizer.Count != options.Shape.VocabSize)
+            throw new ArgumentException($"The tokenizer has {tokenizer.Count} tokens; the model's vocabulary is {options.Shape.VocabSize}.");
+        Options = options;
+        Tokenizer = tokenizer;
+        Train = train;
+        Validation = validation;
+        Model = new TrainingModel(options.Shape, options.Batch, !options.FullPrecision, pool);
+        Optimizer = new AdamW(Model.Parameters, Model.Gradients, Model.Layout, pool) { WeightDecay = options.WeightDecay, ClipNorm = options.ClipNorm };
+        _inputs = new int[options.Batch * T];
+        _targets = new int[options.Batch * T];
+        _rng = new SplitMix64(options.Seed ^ 0xD1B54A32D192ED03UL);
+        _schedule = options.Schedule;
+    }
+
+    public TrainingOptions Options { get; }
+    public TrainedTokenizer Tokenizer { get; }
+    public int[] Train { get; }
+    public int[] Validation { get; }
+    public TrainingModel Model { get; }
+    public AdamW Optimizer { get; }
+
+    /// <summary>Optimizer steps done.</summary>
+    public int Step { get; private set; }
+
+    public bool Done => Step >= Options.TotalSteps;
+    public int TokensPerStep => Options.Batch * Options.Shape.ContextLength;
+    public List<(int Step, float Loss)> TrainLosses { get; } = [];
+    public List<(int Step, float Loss)> ValidationLosses { get; } = [];
+
+    public static TrainingRun Start(TrainingOptions options, TrainedTokenizer tokenizer, int[] train, int[] validation, WorkerPool pool)
+    {
+        var run = new TrainingRun(options, tokenizer, train, validation, pool);
+        run.Model.Initialize(options.Seed);
+        run._lastCodes = run.TernaryCodes();
+        return run;
+    }
+
+    /// <summary>Samples a batch, runs forward and backward, and updates the weights; returns the batch's mean loss.</summary>
+    public float StepOnce()
+    {
+        int T = Options.Shape.ContextLength, B = Options.Batch;
+        for (int b = 0; b < B; b++)
+        {
+            int start = _rng.NextInt(Train.Length - T);
+            Train.AsSpan(start, T).CopyTo(_inputs.AsSpan(b * T));
+            Train.AsSpan(start + 1, T).CopyTo(_targets.AsSpan(b * T));
+        }
+        float loss = Model.Forward(_inputs, _targets, B, T);
+        Model.Backward();
+        Step++;
+        Optimizer.Step(Step, _schedule.At(Step));
+        TrainLosses.Add((Step, loss));
+        return loss;
+    }
+
+    /// <summary>Mean loss over up to <see cref="TrainingOptions.MaxValidationWindows"/> consecutive held-out windows (NaN when the held-out text is shorter than one window).</summary>
+    public float Validate()
+    {
+        int T = Options.Shape.ContextLength, B = Options.Batch;
+        int windows = Math.Min(Options.MaxValidationWindows, (Validation.Length - 1) / T);
+        if (windows <= 0) return float.NaN;
+        double sum = 0;
+        for (int w0 = 0; w0 < windows; w0 += B)
+        {
+            int rows = Math.Min(B, windows - w0);
+            for (int b = 0; b < rows; b++)
+            {
+                Validation.AsSpan((w0 + b) * T, T).CopyTo(_inputs.AsSpan(b * T));
+                Validation.AsSpan((w0 + b) * T + 1, T).CopyTo(_targets.AsSpan(b * T));
+            }
+            sum += (double)Model.Forward(_inputs.AsSpan(0, rows * T), _targets.AsSpan(0, rows * T), rows, T) * rows;
+        }
+        float loss = (float)(sum / windows);
+        ValidationLosses.Add((Step, loss));
+        return loss;
+    }
+
+    /// <summary>
+    /// The weight-stability index: per layer, the share of its ternary codes (all seven projections) that differ from
+    /// the codes at the previous call (or the start of this process's part of the run); then remembers the current codes.
+    /// Meaningless (all 0) for a full-precision run, which has no codes.
+    /// </summary>
+    public double[] StabilityIndex()
+    {
+        var codes = TernaryCodes();
+        var changed = new long[Options.Shape.Layers];
+        var total = new long[Options.Shape.Layers];
+        int k = 0;
+        foreach (var t in Model.Layout.Tensors)
+        {
+            if (!t.IsProjection) continue;
+            for (int i = 0; i < t.Length; i++, k++)
+                if (_lastCodes![k] != codes[k]) changed[t.Layer]++;
+            total[t.Layer] += t.Length;
+        }
+        _lastCodes = codes;
+        return [.. changed.Select((c, l) => (double)c / total[l])];
+    }
+
+    private sbyte[] TernaryCodes()
+    {
+        var layout = Model.Layout;
+        var codes = new sbyte[layout.Tensors.Where(t => t.IsProjection).Sum(t => t.Length)];
+        int k = 0;
+        foreach (var t in layout.Tensors)
+        {
+            if (!t.IsProjection) continue;
+            var w = Model.Parameters.AsSpan(t.Offset, t.Length);
+            float s;
+            unsafe
+            {
+                fixed (float* p = w) s = 1f / Layers.BitLinear.Beta(p, t.Rows, t.Cols);
+            }
+            foreach (float v in w) codes[k++] = (sbyte)AbsmeanTernarizer.Ternary(v, s);
+        }
+        return codes;
+    }
+
+    /// <summary>Writes the model GGUF (temporary file + rename).</summary>
+    public void Export(string path, ProjectionPacking packing = ProjectionPacking.I2S, string? name = null) =>
+        ModelExporter.Write(path, Options.Shape, Model.Parameters, Tokenizer, name ?? Path.GetFileNameWithoutExtension(path), packing);
+
+    // ---- Checkpoints ----
+
+    private const ulong Magic = 0x54504B4354544E42; // "BNTTCKPT"
+    private const int Version = 1;
+
+    /// <summary>
+    /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
+    /// weights and both Adam moments. Temporary file + rename, so a kill during the write leaves the previous checkpoint.
+    /// </summary>
+    public void SaveCheckpoint(string path)
+    {
+        var full = Path.GetFullPath(path);
+        var temp = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+            using (var w = new BinaryWriter(stream))
+            {
+                w.Write(Magic);
+                w.Write(Version);
+                var s = Options.Shape;
+                foreach (int v in new[] { s.VocabSize, s.Dim, s.Layers, s.Heads, s.KvHeads, s.FeedForward, s.ContextLength }) w.Write(v);
+                w.Write(s.RopeTheta); w.Write(s.RmsEps);
+                w.Write(Options.Batch); w.Write(Options.TotalSteps); w.Write(Options.LearningRate); w.Write(Options.WarmupSteps);
+                w.Write(Options.WeightDecay); w.Write(Options.ClipNorm); w.Write(Options.FullPrecision); w.Write(Options.Seed);
+                w.Write(Options.MaxValidationWindows);
+                WriteStrings(w, Tokenizer.Tokens); WriteStrings(w, Tokenizer.Merges); WriteStrings(w, Tokenizer.SpecialTokens);
+                w.Write(Tokenizer.BosId); w.Write(Tokenizer.EosId);
+                WriteInts(w, Train); WriteInts(w, Validation);
+                w.Write(Step); w.Write(_rng.State);
+                WriteLosses(w, TrainLosses); WriteLosses(w, ValidationLosses);
+                WriteFloats(w, Model.Parameters); WriteFloats(w, Optimizer.M); WriteFloats(w, Optimizer.V);
+                w.Write(Magic);
+                w.Flush();
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Continues a run from <paramref name="path"/>. When <paramref name="expectedShape"/> is given and differs, throws
+    /// <see cref="InvalidDataException"/> naming both shapes.
+    /// </summary>
+    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null)
+    {
+        using var stream = File.OpenRead(path);
+        using var r = new BinaryReader(stream);
+        try
+        {
+            if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: not a bitnet training checkpoint.");
+            int version = r.ReadInt32();
+            if (version != Version) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
+            var v = new int[7];
+            for (int i = 0; i < 7; i++) v[i] = r.ReadInt32();
+            var shape = new TrainingShape(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r.ReadSingle(), r.ReadSingle());
+            if (expectedShape is not null && expectedShape != shape)
+                throw new InvalidDataException($"{path}: the checkpoint is for a model of shape ({shape}); the command line asks for ({expectedShape}). Pass the same shape options, or start a new run without --resume.");
+            var options = new TrainingOptions
+            {
+                Shape = shape, Batch = r.ReadInt32(), TotalSteps = r.ReadInt32(), LearningRate = r.ReadSingle(), WarmupSteps = r.ReadInt32(),
+                WeightDecay = r.ReadSingle(), ClipNorm = r.ReadSingle(), FullPrecision = r.ReadBoolean(), Seed = r.ReadUInt64(),
+                MaxValidationWindows = r.ReadInt32(),
+            };
+            var tokens = ReadStrings(r);
+            var merges = ReadStrings(r);
+            var specials = ReadStrings(r);
+            var tokenizer = new TrainedTokenizer(tokens, merges, specials, r.ReadInt32(), r.ReadInt32());
+            var run = new TrainingRun(options, tokenizer, ReadInts(r), ReadInts(r), pool);
+            run.Step = r.ReadInt32();
+            run._rng.State = r.ReadUInt64();
+            ReadLosses(r, run.TrainLosses);
+            ReadLosses(r, run.ValidationLosses);
+            ReadFloats(r, run.Model.Parameters);
+            ReadFloats(r, run.Optimizer.M);
+            ReadFloats(r, run.Optimizer.V);
+            if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: the checkpoint is truncated or corrupt (end marker missing).");
+            run._lastCodes = run.TernaryCodes();
+            return run;
+        }
+        catch (EndOfStreamException e)
+        {
+            throw new InvalidDataException($"{path}: the checkpoint is truncated.", e);
+        }
+    }
+
+    private static void WriteStrings(BinaryWriter w, IReadOnlyList<string> items)
+    {
+        w.Write(items.Count);
+        foreach (var s in items) w.Write(s);
+    }
+
+    private static string[] ReadStrings(BinaryReader r)
+    {
+        var items = new string[ReadCount(r)];
+        for (int i = 0; i < items.Length; i++) items[i] = r.ReadString();
+        return items;
+    }
+
+    private static void WriteInts(BinaryWriter w, int[] items)
+    {
+        w.Write(items.Length);
+        foreach (int v in items) w.Write(v);
+    }
+
+    private static int[] ReadInts(BinaryReader r)
+    {
+        var items = new int[ReadCount(r)];
+        for (int i = 0; i < items.Length; i++) items[i] = r.ReadInt32();
+        return items;
+    }
+
+    private static void WriteFloats(BinaryWriter w, float[] items)
+    {
+        w.Write(items.Length);
+        w.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(items.AsSpan()));
+    }
+
+    private static void ReadFloats(BinaryReader r, float[] into)
+    {
+        int n = r.ReadInt32();
+        if (n != into.Length) throw new InvalidDataException($"The checkpoint holds {n} values where the model has {into.Length}.");
+        var bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(into.AsSpan());
+        r.BaseStream.ReadExactly(bytes);
+    }
+
+    private static void WriteLosses(BinaryWriter w, List<(int Step, float Loss)> items)
+    {
+        w.Write(items.Count);
+        foreach (var (step, loss) in items) { w.Write(step); w.Write(loss); }
+    }
+
+    private static void ReadLosses(BinaryReader r, List<(int Step, float Loss)> into)
+    {
+        int n = ReadCount(r);
+        for (int i = 0; i < n; i++) into.Add((r.ReadInt32(), r.ReadSingle()));
+    }
+
+    private static int ReadCount(BinaryReader r)
+    {
+        int n = r.ReadInt32();
+        if (n < 0 || n > r.BaseStream.Length) throw new InvalidDataException("The checkpoint is corrupt (impossible element count).");
+        return n;
+    }
+}

@@ -1,0 +1,57 @@
+using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Model;
+
+namespace BitNetSharp.Training;
+
+/// <summary>
+/// The hyper-parameters of a BitNet b1.58 model to train: the engine's graph (FORMATS.md §4.2) with sub-norms,
+/// relu² FFN, NEOX RoPE and a tied head. Query width = <see cref="Dim"/> (heads · head dim).
+/// </summary>
+public sealed record TrainingShape(int VocabSize, int Dim, int Layers, int Heads, int KvHeads, int FeedForward, int ContextLength,
+    float RopeTheta = 10000f, float RmsEps = 1e-5f)
+{
+    public int HeadDim => Dim / Heads;
+    public int QDim => Heads * HeadDim;
+    public int KvDim => KvHeads * HeadDim;
+    public int GroupSize => Heads / KvHeads;
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the first inconsistent value and what to change.</summary>
+    public void Validate()
+    {
+        void Require(bool ok, string message)
+        {
+            if (!ok) throw new ArgumentException(message);
+        }
+        Require(VocabSize > 0, $"The vocabulary size must be positive (got {VocabSize}).");
+        Require(Dim > 0 && Layers > 0 && Heads > 0 && KvHeads > 0 && FeedForward > 0 && ContextLength > 1,
+            $"Every size must be positive and the context at least 2 (dim {Dim}, layers {Layers}, heads {Heads}, kv heads {KvHeads}, ff {FeedForward}, ctx {ContextLength}).");
+        Require(Dim % Heads == 0, $"{Heads} heads do not divide the model dimension {Dim}; choose heads so that dim / heads is a whole number.");
+        Require(Heads % KvHeads == 0, $"{KvHeads} KV heads do not divide the {Heads} attention heads; choose kv-heads that divides heads.");
+        Require(HeadDim % 2 == 0, $"The head dimension {HeadDim} (dim / heads) must be even for RoPE.");
+        Require(float.IsFinite(RopeTheta) && RopeTheta > 1f, $"The RoPE base {RopeTheta} must be a finite number above 1.");
+        Require(float.IsFinite(RmsEps) && RmsEps > 0f, $"The RMSNorm epsilon {RmsEps} must be positive.");
+    }
+
+    /// <summary>The engine's view of this shape (what <see cref="ModelConfig.FromGguf"/> reads back from an export).</summary>
+    public ModelConfig ToModelConfig() => new()
+    {
+        Architecture = ModelExporter.Architecture,
+        Family = ModelFamily.BitNet158,
+        Dim = Dim,
+        Layers = Layers,
+        Heads = Heads,
+        KvHeads = KvHeads,
+        HeadDim = HeadDim,
+        FeedForward = FeedForward,
+        VocabSize = VocabSize,
+        ContextLength = ContextLength,
+        RmsEps = RmsEps,
+        RopeTheta = RopeTheta,
+        Activation = FeedForwardActivation.ReluSquared,
+        Rope = RopeStyle.Neox,
+        HasSubNorms = true,
+    };
+
+    public override string ToString() =>
+        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ff {FeedForward}, ctx {ContextLength}";
+}

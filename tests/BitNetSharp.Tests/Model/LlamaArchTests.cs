@@ -1,0 +1,73 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Tests.Model;
+
+/// <summary>
+/// Ternary llama-arch GGUFs (Llama3-8B-1.58, Falcon3-1.58bit via bitnet.cpp) store q/k rows permuted by the
+/// llama.cpp converter — within each head, row a·(hd/2)+i moves to 2i+a — and run NORM (interleaved-pair) RoPE.
+/// Permuting a model's q/k that way and writing it as arch "llama" must give the logits of the same weights
+/// written as arch "bitnet" (HF layout, NEOX RoPE, SiLU, no sub-norms).
+/// </summary>
+public class LlamaArchTests
+{
+    private static byte[] PermuteRows(byte[] i2s, int rows, int cols, int heads)
+    {
+        using var m = I2S.Decode(i2s, rows, cols);
+        using var p = TernaryMatrix.Allocate(rows, cols, m.RowScales[0]);
+        int hd = rows / heads, half = hd / 2;
+        for (int h = 0; h < heads; h++)
+        for (int a = 0; a < 2; a++)
+        for (int i = 0; i < half; i++)
+        {
+            int from = h * hd + a * half + i, to = h * hd + 2 * i + a;
+            for (int c = 0; c < cols; c++) p.Set(to, c, m.Get(from, c));
+        }
+        return I2S.Encode(p);
+    }
+
+    [Fact]
+    public void PermutedQkWithNormRopeEqualsNeoxLayout()
+    {
+        var shape = SyntheticShape.Tiny;
+        var bitnetBytes = SyntheticModel.Build(shape, 21, GgmlType.F32, subNorms: false, architecture: "bitnet").ToArray();
+        using var source = GgufFile.Parse(bitnetBytes, "bitnet.gguf");
+        var llama = new GgufWriter();
+        foreach (var (key, value) in source.Metadata.Entries)
+        {
+            if (key == "general.architecture") llama.AddString(key, "llama");
+            else llama.Add(key.StartsWith("bitnet.", StringComparison.Ordinal) ? "llama." + key["bitnet.".Length..] : key, value);
+        }
+        int hd = shape.Dim / shape.Heads;
+        foreach (var t in source.Tensors)
+        {
+            var data = source.GetTensorData(t).ToArray();
+            if (t.Name.EndsWith("attn_q.weight", StringComparison.Ordinal)) data = PermuteRows(data, shape.Heads * hd, shape.Dim, shape.Heads);
+            if (t.Name.EndsWith("attn_k.weight", StringComparison.Ordinal)) data = PermuteRows(data, shape.KvHeads * hd, shape.Dim, shape.KvHeads);
+            llama.AddTensor(t.Name, t.Type, t.Dims, data);
+        }
+
+        float[] Run(byte[] file, string name, out ModelConfig config)
+        {
+            using var w = ModelWeights.FromGguf(GgufFile.Parse(file, name), ownsFile: true);
+            config = w.Config;
+            using var engine = new Transformer(w, 8, new BitNetSharp.Threading.WorkerPool(1));
+            using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, w.Config.ContextLength, KvCacheType.F32);
+            var logits = new float[w.Config.VocabSize];
+            int[] tokens = [3, 1, 4, 1, 5, 9, 2, 6];
+            engine.Forward(tokens.Select((tk, i) => new BatchToken(tk, 0, i, i == tokens.Length - 1)).ToArray(), [cache], logits);
+            return logits;
+        }
+
+        var neox = Run(bitnetBytes, "bitnet.gguf", out var c1);
+        var norm = Run(llama.ToArray(), "llama.gguf", out var c2);
+        Assert.Equal(ModelFamily.BitNetLlama, c1.Family);
+        Assert.Equal(ModelFamily.TernaryLlama, c2.Family);
+        Assert.Equal(BitNetSharp.Kernels.FloatOps.RopeStyle.Norm, c2.Rope);
+        Assert.False(c2.HasSubNorms);
+        // The same products summed in another order inside the q·k dot: equal to fp32 rounding.
+        double range = neox.Max() - neox.Min();
+        for (int i = 0; i < neox.Length; i++) Assert.True(Math.Abs(neox[i] - norm[i]) <= 1e-5 * range, $"logit {i}: {neox[i]} vs {norm[i]}");
+    }
+}

@@ -1,0 +1,57 @@
+using System.Text.Json;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Tests.Training;
+
+public class BpeTrainerTests(ITestOutputHelper output)
+{
+    /// <summary>
+    /// The cs336 reference: vocab 500 with &lt;|endoftext|&gt; on cs336_corpus.en. Merges must equal the reference in
+    /// order; the vocabulary must equal it id for id (specials first, bytes in GPT-2 order, then merges).
+    /// </summary>
+    [Fact]
+    public void MatchesTheCs336ReferenceMergesAndVocabulary()
+    {
+        var corpus = SharedData.RequirePath("corpora/cs336_corpus.en");
+        var referenceMerges = File.ReadAllLines(SharedData.RequirePath("tokenizers/cs336_train-bpe-reference-merges.txt")).Where(l => l.Length > 0).ToArray();
+        var referenceVocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(SharedData.RequirePath("tokenizers/cs336_train-bpe-reference-vocab.json")))!;
+
+        var tokenizer = BpeTrainer.Train([File.ReadAllText(corpus)], 500, [BpeTrainer.EndOfText]);
+
+        int firstDifference = Enumerable.Range(0, Math.Min(referenceMerges.Length, tokenizer.Merges.Count))
+            .FirstOrDefault(i => referenceMerges[i] != tokenizer.Merges[i], -1);
+        if (firstDifference >= 0) output.WriteLine($"first difference at merge {firstDifference}: ours '{tokenizer.Merges[firstDifference]}', reference '{referenceMerges[firstDifference]}'");
+        Assert.Equal(referenceMerges, tokenizer.Merges);
+        Assert.Equal(500, tokenizer.Count);
+        for (int id = 0; id < tokenizer.Count; id++) Assert.Equal(referenceVocab[tokenizer.Tokens[id]], id);
+    }
+
+    [Fact]
+    public void EncodeDecodeRoundTripsAndUsesTheMerges()
+    {
+        const string text = "the cat sat on the mat. the cat ate the rat!\nthe end<|endoftext|>a new start";
+        var tokenizer = BpeTrainer.Train([text, text], 280, [BpeTrainer.EndOfText]);
+        var ids = tokenizer.Encode(text);
+        Assert.Equal(text, tokenizer.Decode(ids));
+        Assert.Contains(0, ids); // the special token parsed as itself
+        Assert.True(ids.Length < System.Text.Encoding.UTF8.GetByteCount(text) / 2, $"{ids.Length} ids");
+        Assert.Equal(tokenizer.IdOf("Ġthe"), tokenizer.Encode(" the", parseSpecial: false).Single());
+    }
+
+    [Fact]
+    public void TiesBreakToTheLexicographicallyGreaterPair()
+    {
+        // "ab" and "cd" each occur twice: (c, d) > (a, b), so it is merged first.
+        var tokenizer = BpeTrainer.Train(["ab cd ab cd"], 1 + 256 + 1, [BpeTrainer.EndOfText]);
+        Assert.Equal(["c d"], tokenizer.Merges);
+    }
+
+    [Fact]
+    public void AVocabularyLargerThanTheCorpusSupportsIsAClearError()
+    {
+        var e = Assert.Throws<ArgumentException>(() => BpeTrainer.Train(["abc abc"], 1000, [BpeTrainer.EndOfText]));
+        Assert.Contains("supports at most", e.Message);
+        Assert.Contains("--vocab", e.Message);
+        Assert.Throws<ArgumentException>(() => BpeTrainer.Train(["abc"], 200, [BpeTrainer.EndOfText]));
+    }
+}

@@ -1,0 +1,118 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Training;
+
+/// <summary><c>bitnet train</c> and <c>bitnet eval</c> in-process: a tiny end-to-end run, resume, and every bad input.</summary>
+public class TrainCommandTests
+{
+    private static (int ExitCode, string Output, string Error) Bitnet(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    private static string[] TinyArgs(string data, string output, params string[] extra) =>
+        ["train", "--data", data, "--out", output, "--vocab", "300", "--dim", "128", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+         "--ff", "128", "--ctx", "16", "--batch", "2", "--tokens", "128", "--val-every", "2", "--checkpoint-every", "2", "-t", "2", .. extra];
+
+    private static string Corpus(TestGguf.TempDirectory dir)
+    {
+        var path = dir.File("corpus.txt");
+        File.WriteAllText(path, string.Concat(Enumerable.Repeat(TrainingRunTests.Story, 6)));
+        return path;
+    }
+
+    [Fact]
+    public void TrainsExportsPlotsAndEvaluates()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("tiny.gguf");
+        var (code, output, error) = Bitnet(TinyArgs(data, model));
+        Assert.True(code == 0, error);
+        Assert.Contains("4 steps of 32 tokens", output);
+        Assert.Contains("val ", output);
+        Assert.Contains("codes changed since the last checkpoint: L0 ", output);
+        Assert.True(File.Exists(model));
+        Assert.True(new FileInfo(dir.File("tiny.loss.png")).Length > 1000);
+        Assert.True(File.Exists(model + ".ckpt"));
+        Assert.Empty(Directory.GetFiles(dir.Path, "*.tmp*"));
+
+        var (evalCode, evalOutput, evalError) = Bitnet("eval", "-m", model, "--data", data, "--ctx", "16", "--json");
+        Assert.True(evalCode == 0, evalError);
+        using var json = JsonDocument.Parse(evalOutput);
+        double ppl = json.RootElement.GetProperty("perplexity").GetDouble();
+        Assert.InRange(ppl, 1.0, 300.0);
+        Assert.True(json.RootElement.GetProperty("bits_per_byte").GetDouble() > 0);
+        Assert.Equal(8, json.RootElement.GetProperty("ctx").GetInt32() / 2);
+    }
+
+    [Fact]
+    public void ResumeContinuesAFinishedCheckpointAndRefusesAnotherShape()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("m.gguf");
+        Assert.Equal(0, Bitnet(TinyArgs(data, model)).ExitCode);
+        var first = File.ReadAllBytes(model);
+
+        var (code, output, error) = Bitnet(TinyArgs(data, model, "--resume"));
+        Assert.True(code == 0, error);
+        Assert.Contains("resuming", output);
+        Assert.Equal(first, File.ReadAllBytes(model));
+
+        File.Delete(model);
+        var (badCode, _, badError) = Bitnet([.. TinyArgs(data, model, "--resume").Select(a => a == "1" ? "2" : a)]); // --layers 1 → 2
+        Assert.Equal(1, badCode);
+        Assert.Contains("the checkpoint is for a model of shape", badError);
+        Assert.False(File.Exists(model));
+    }
+
+    [Theory]
+    [InlineData("empty", "empty")]
+    [InlineData("latin1", "not valid UTF-8")]
+    [InlineData("heads", "heads do not divide the model dimension")]
+    [InlineData("kvheads", "KV heads do not divide")]
+    [InlineData("vocab", "supports at most")]
+    [InlineData("unwritable", "does not exist")]
+    [InlineData("i2s", "multiple of 128")]
+    public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("out.gguf");
+        string[] args = scenario switch
+        {
+            "empty" => TinyArgs(Write(dir, "empty.txt", []), model),
+            "latin1" => TinyArgs(Write(dir, "latin1.txt", [0x63, 0x61, 0x66, 0xE9, 0x20, 0x6F, 0x6B]), model),
+            "heads" => Replace(TinyArgs(data, model), "--heads", "3"),
+            "kvheads" => Replace(Replace(TinyArgs(data, model), "--heads", "4"), "--kv-heads", "3"),
+            "vocab" => Replace(TinyArgs(data, model), "--vocab", "5000"),
+            "unwritable" => TinyArgs(data, dir.File("missing/dir/out.gguf")),
+            _ => Replace(TinyArgs(data, model), "--dim", "72"),
+        };
+        var (code, _, error) = Bitnet(args);
+        Assert.NotEqual(0, code);
+        Assert.Contains(message, error);
+        Assert.StartsWith("error: ", error);
+        Assert.DoesNotContain(Directory.GetFiles(dir.Path), f => !f.EndsWith(".txt", StringComparison.Ordinal));
+    }
+
+    private static string[] Replace(string[] args, string option, string value)
+    {
+        var copy = (string[])args.Clone();
+        copy[Array.IndexOf(copy, option) + 1] = value;
+        return copy;
+    }
+
+    private static string Write(TestGguf.TempDirectory dir, string name, byte[] bytes)
+    {
+        var path = dir.File(name);
+        File.WriteAllBytes(path, bytes);
+        return path;
+    }
+}

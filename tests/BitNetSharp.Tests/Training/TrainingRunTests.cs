@@ -1,0 +1,137 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Threading;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Tests.Training;
+
+public class TrainingRunTests
+{
+    internal const string Story = "Once upon a time there was a little cat. The cat liked to play in the sun. " +
+        "One day the cat saw a big dog. The dog said, \"Hello, cat!\" The cat was happy and they played all day.\n" +
+        "Tom had a red ball. He threw the ball to his friend Sue, and Sue threw it back. They laughed and laughed.\n";
+
+    internal static (TrainingOptions Options, TrainedTokenizer Tokenizer, int[] Train, int[] Validation) Setup(int steps, bool fullPrecision = false)
+    {
+        var corpus = TrainingCorpus.Split([string.Concat(Enumerable.Repeat(Story, 8))], 0.2);
+        var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, 300, [BpeTrainer.EndOfText]);
+        var shape = new TrainingShape(tokenizer.Count, Dim: 64, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 128, ContextLength: 16);
+        var options = new TrainingOptions { Shape = shape, Batch = 2, TotalSteps = steps, LearningRate = 5e-3f, WarmupSteps = 2, FullPrecision = fullPrecision, Seed = 11 };
+        return (options, tokenizer, corpus.EncodeTrain(tokenizer), corpus.EncodeValidation(tokenizer));
+    }
+
+    /// <summary>Six steps straight equal three steps, a checkpoint, a fresh process state resumed from it, and three more: weights, Adam moments and losses bit for bit.</summary>
+    [Fact]
+    public void ResumingFromACheckpointContinuesBitIdentically()
+    {
+        var (options, tokenizer, train, validation) = Setup(6);
+        using var pool = new WorkerPool(2);
+        var straight = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        while (!straight.Done) straight.StepOnce();
+
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("run.ckpt");
+        var first = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        for (int i = 0; i < 3; i++) first.StepOnce();
+        first.Validate();
+        first.SaveCheckpoint(path);
+
+        using var otherPool = new WorkerPool(1); // a different thread count must not matter either
+        var resumed = TrainingRun.Resume(path, otherPool, options.Shape);
+        Assert.Equal(3, resumed.Step);
+        while (!resumed.Done) resumed.StepOnce();
+
+        Assert.Equal(straight.Model.Parameters, resumed.Model.Parameters);
+        Assert.Equal(straight.Optimizer.M, resumed.Optimizer.M);
+        Assert.Equal(straight.Optimizer.V, resumed.Optimizer.V);
+        Assert.Equal(straight.TrainLosses, resumed.TrainLosses);
+        Assert.Single(resumed.ValidationLosses);
+        Assert.Empty(Directory.GetFiles(dir.Path, "*.tmp"));
+    }
+
+    [Fact]
+    public void ResumingWithAnotherShapeIsRefused()
+    {
+        var (options, tokenizer, train, validation) = Setup(2);
+        using var pool = new WorkerPool(2);
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("run.ckpt");
+        TrainingRun.Start(options, tokenizer, train, validation, pool).SaveCheckpoint(path);
+        var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool, options.Shape with { Layers = 3 }));
+        Assert.Contains("layers 3", e.Message);
+        Assert.Contains("layers 2", e.Message);
+    }
+
+    [Fact]
+    public void StabilityIndexIsTheShareOfChangedCodesPerLayer()
+    {
+        var (options, tokenizer, train, validation) = Setup(4);
+        using var pool = new WorkerPool(2);
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        Assert.All(run.StabilityIndex(), s => Assert.Equal(0, s));
+        run.StepOnce();
+        run.StepOnce();
+        var index = run.StabilityIndex();
+        Assert.Equal(2, index.Length);
+        Assert.All(index, s => Assert.InRange(s, 1e-4, 0.9));
+        Assert.All(run.StabilityIndex(), s => Assert.Equal(0, s));
+    }
+
+    /// <summary>
+    /// The evaluator over the engine equals a direct computation: the trainer's own forward on the same windows gives
+    /// the same NLL for the scored positions (within the engine-vs-trainer tolerance), and bits per byte follow.
+    /// </summary>
+    [Fact]
+    public void PerplexityEvaluatorScoresTheSecondHalfOfEachWindow()
+    {
+        var (options, tokenizer, train, _) = Setup(3);
+        options = options with { Shape = options.Shape with { Dim = 128, FeedForward = 256 } };
+        using var pool = new WorkerPool(2);
+        var run = TrainingRun.Start(options, tokenizer, train, [], pool);
+        while (!run.Done) run.StepOnce();
+        using var weights = ModelWeights.FromGguf(GgufFile.Parse(ModelExporter.Build(options.Shape, run.Model.Parameters, tokenizer, "t").ToArray(), "t.gguf"), ownsFile: true);
+        using var engine = new Transformer(weights, 8, pool);
+        var tokens = train.AsSpan(0, 16 * 3 + 1).ToArray();
+        var result = PerplexityEvaluator.Evaluate(engine, tokens, 16, tokenByteCount: id => System.Text.Encoding.UTF8.GetByteCount(tokenizer.Decode([id])));
+        Assert.Equal(3, result.Windows);
+        Assert.Equal(3 * 8, result.ScoredTokens);
+
+        double expected = 0;
+        long bytes = 0;
+        for (int w = 0; w < 3; w++)
+        {
+            run.Model.Forward(tokens.AsSpan(w * 16, 16), tokens.AsSpan(w * 16 + 1, 16), 1, 16);
+            for (int t = 8; t < 16; t++)
+            {
+                expected += run.Model.TokenLosses[t];
+                bytes += System.Text.Encoding.UTF8.GetByteCount(tokenizer.Decode([tokens[w * 16 + t + 1]]));
+            }
+        }
+        Assert.Equal(expected, result.NegativeLogLikelihood, 1e-3);
+        Assert.Equal(bytes, result.ScoredBytes);
+        Assert.Equal(expected / Math.Log(2) / bytes, result.BitsPerByte, 1e-4);
+
+        var half = PerplexityEvaluator.Evaluate(engine, tokens, 16, stride: 8);
+        Assert.Equal(5, half.Windows);
+        Assert.Equal(5 * 8, half.ScoredTokens); // every token after the first 8, once
+    }
+
+    [Fact]
+    public void CorpusSplitHoldsOutTheTailAtALineStartAndRejectsBadFiles()
+    {
+        var corpus = TrainingCorpus.Split(["line one\nline two\nline three\nline four\n"], 0.3);
+        Assert.Equal("line one\nline two\nline three\n", corpus.TrainDocuments.Single());
+        Assert.Equal("line four\n", corpus.ValidationText);
+
+        using var dir = new TestGguf.TempDirectory();
+        var empty = dir.File("empty.txt");
+        File.WriteAllBytes(empty, []);
+        Assert.Contains("empty", Assert.Throws<InvalidDataException>(() => TrainingCorpus.Load([empty])).Message);
+        var binary = dir.File("bad.txt");
+        File.WriteAllBytes(binary, [0x61, 0x62, 0xC3, 0x28, 0x63]);
+        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.Load([binary]));
+        Assert.Contains("not valid UTF-8", e.Message);
+        Assert.Contains("offset", e.Message);
+    }
+}
