@@ -136,6 +136,102 @@ public sealed unsafe class EmbeddingTable
         }
     }
 
+    /// <summary>
+    /// Logits of several hidden states at once: y[t·yStride + r] = row r · x_t for rows [rowStart, rowEnd). Rows are the
+    /// outer loop, so the table streams from memory once per call however many sequences are batched (token-outer
+    /// order read it once per sequence), and F16 rows are widened once for four tokens at a time.
+    /// </summary>
+    public void MatMul(float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    {
+        if (tokens == 1)
+        {
+            MatVec(x, y, rowStart, rowEnd);
+            return;
+        }
+        if (Type == GgmlType.Q8_0 && Avx2.IsSupported)
+        {
+            int blocks = Cols / 32;
+            sbyte* qx = stackalloc sbyte[Cols * Math.Min(tokens, 64)];
+            float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
+            for (int t0 = 0; t0 < tokens; t0 += 64)
+            {
+                int n = Math.Min(64, tokens - t0);
+                for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * Cols, Cols, qx + t * Cols, dx + t * blocks);
+                for (int r = rowStart; r < rowEnd; r++)
+                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ8_0Q8(Row(r), qx + t * Cols, dx + t * blocks, blocks);
+            }
+            return;
+        }
+        float* sums = stackalloc float[4];
+        for (int r = rowStart; r < rowEnd; r++)
+        {
+            byte* row = Row(r);
+            int t = 0;
+            if (Type == GgmlType.F16)
+                for (; t + 4 <= tokens; t += 4)
+                {
+                    float* xt = x + (long)t * Cols;
+                    DotF16x4((ushort*)row, xt, xt + Cols, xt + 2 * Cols, xt + 3 * Cols, Cols, sums);
+                    for (int j = 0; j < 4; j++) y[(t + j) * yStride + r] = sums[j];
+                }
+            for (; t < tokens; t++)
+            {
+                float* xt = x + (long)t * Cols;
+                y[t * yStride + r] = Type switch
+                {
+                    GgmlType.F32 => Kernels.FloatMatVec.Dot((float*)row, xt, Cols),
+                    GgmlType.F16 => DotF16((ushort*)row, xt, Cols),
+                    GgmlType.BF16 => DotBF16((ushort*)row, xt, Cols),
+                    _ => DotQ8_0(row, xt, Cols),
+                };
+            }
+        }
+    }
+
+    /// <summary>One F16 row against four activation vectors: each 32-half chunk is widened once, used four times.
+    /// Each sum accumulates in the same order as <see cref="DotF16"/>, so the results are identical to four calls.</summary>
+    public static void DotF16x4(ushort* w, float* x0, float* x1, float* x2, float* x3, int n, float* result)
+    {
+        int i = 0;
+        float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
+        if (Vector512.IsHardwareAccelerated && n >= 32)
+        {
+            Vector512<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            for (; i <= n - 32; i += 32)
+            {
+                var h = Vector512.Load((short*)(w + i));
+                var lo = HalfToSingle(Vector512.WidenLower(h));
+                var hi = HalfToSingle(Vector512.WidenUpper(h));
+                a0 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x0 + i), a0); b0 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x0 + i + 16), b0);
+                a1 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x1 + i), a1); b1 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x1 + i + 16), b1);
+                a2 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x2 + i), a2); b2 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x2 + i + 16), b2);
+                a3 = Vector512.FusedMultiplyAdd(lo, Vector512.Load(x3 + i), a3); b3 = Vector512.FusedMultiplyAdd(hi, Vector512.Load(x3 + i + 16), b3);
+            }
+            s0 = Vector512.Sum(a0 + b0); s1 = Vector512.Sum(a1 + b1); s2 = Vector512.Sum(a2 + b2); s3 = Vector512.Sum(a3 + b3);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 16)
+        {
+            Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            for (; i <= n - 16; i += 16)
+            {
+                var h = Vector256.Load((short*)(w + i));
+                var lo = HalfToSingle(Vector256.WidenLower(h));
+                var hi = HalfToSingle(Vector256.WidenUpper(h));
+                a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + i), a0); b0 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + i + 8), b0);
+                a1 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x1 + i), a1); b1 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x1 + i + 8), b1);
+                a2 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x2 + i), a2); b2 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x2 + i + 8), b2);
+                a3 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x3 + i), a3); b3 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x3 + i + 8), b3);
+            }
+            s0 = Vector256.Sum(a0 + b0); s1 = Vector256.Sum(a1 + b1); s2 = Vector256.Sum(a2 + b2); s3 = Vector256.Sum(a3 + b3);
+        }
+        for (; i < n; i++)
+        {
+            float v = HalfConversions.HalfToFloat(w[i]);
+            s0 += v * x0[i]; s1 += v * x1[i]; s2 += v * x2[i]; s3 += v * x3[i];
+        }
+        result[0] = s0; result[1] = s1; result[2] = s2; result[3] = s3;
+    }
+
     /// <summary>Q8_0 quantization of activations: per 32-value block d = max|x|/127, q = round(x/d).</summary>
     public static void QuantizeQ8Blocks(float* x, int n, sbyte* q, float* d)
     {

@@ -237,11 +237,8 @@ public sealed unsafe class Transformer : IDisposable
             _rows = rows;
         }
 
-        public void Execute(int start, int end, int worker)
-        {
-            for (int r = 0; r < _rows; r++)
-                output.MatVec(_hidden + (long)r * output.Cols, _logits + (long)r * output.Rows, start, end);
-        }
+        public void Execute(int start, int end, int worker) =>
+            output.MatMul(_hidden, _rows, _logits, output.Rows, start, end);
     }
 
     public void Dispose()

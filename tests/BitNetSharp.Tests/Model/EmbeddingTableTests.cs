@@ -87,3 +87,41 @@ public unsafe class EmbeddingTableTests
         }
     }
 }
+
+public unsafe class EmbeddingTableBatchTests
+{
+    /// <summary>The batched head (rows outer, F16 rows widened once per four tokens) equals one MatVec per token, bit for bit.</summary>
+    [Theory]
+    [InlineData(GgmlType.F32)]
+    [InlineData(GgmlType.F16)]
+    [InlineData(GgmlType.BF16)]
+    [InlineData(GgmlType.Q8_0)]
+    public void MatMulEqualsMatVecPerToken(GgmlType type)
+    {
+        var shape = SyntheticShape.Tiny with { VocabSize = 70 };
+        using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 4, type).ToArray(), "t.gguf"), ownsFile: true);
+        var table = w.TokenEmbedding;
+        var rng = new Random(2);
+        foreach (int tokens in new[] { 2, 4, 7 })
+        {
+            var x = Enumerable.Range(0, tokens * table.Cols).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
+            var batched = new float[tokens * table.Rows];
+            var single = new float[tokens * table.Rows];
+            fixed (float* px = x)
+            fixed (float* pb = batched)
+            fixed (float* ps = single)
+            {
+                table.MatMul(px, tokens, pb, table.Rows, 0, table.Rows);
+                for (int t = 0; t < tokens; t++) table.MatVec(px + t * table.Cols, ps + t * table.Rows, 0, table.Rows);
+            }
+            Assert.Equal(single, batched);
+        }
+    }
+}
+
+public class TopKSelectionEdgeTests
+{
+    [Fact]
+    public void KZeroSelectsNothing() =>
+        Assert.Equal(0, BitNetSharp.Generation.Sampling.TopKSelection.Select([1f, 2f], [], 0, new int[0], new float[0]));
+}

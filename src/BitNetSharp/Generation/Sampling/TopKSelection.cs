@@ -17,6 +17,7 @@ public static class TopKSelection
     {
         if (!ids.IsEmpty && ids.Length != logits.Length) throw new ArgumentException("ids and logits differ in length.", nameof(ids));
         k = Math.Min(k, logits.Length);
+        if (k <= 0) return 0; // nothing to keep (a log-prob request without a top list); the heap would index an empty span
         if (outIds.Length < k || outLogits.Length < k) throw new ArgumentException($"Room for fewer than {k} results.", nameof(outIds));
         int size = 0;
         for (int i = 0; i < logits.Length; i++)
