@@ -54,34 +54,17 @@ public static class ModelConverter
         var c = weights.Config;
         string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : "bitnet";
         var w = new GgufWriter();
-        w.AddString("general.architecture", arch);
         var source = weights.Gguf?.Metadata;
-        if (source?.TryGetString("general.name", out var name) == true) w.AddString("general.name", name);
-        w.AddUInt32("general.file_type", type switch
+        string? name = source?.TryGetString("general.name", out var n) == true ? n : null;
+        uint fileType = type switch
         {
-            PackedWeightType.I2_S => 40u,   // bitnet.cpp MOSTLY_I2_S
-            PackedWeightType.TQ2_0 => 37u,  // llama.cpp MOSTLY_TQ2_0
-            PackedWeightType.TQ1_0 => 36u,  // llama.cpp MOSTLY_TQ1_0
-            _ => 1u,                        // MOSTLY_F16
-        });
-        w.AddUInt32("general.quantization_version", 2);
-        w.AddUInt32(arch + ".vocab_size", (uint)c.VocabSize);
-        w.AddUInt32(arch + ".context_length", (uint)c.ContextLength);
-        w.AddUInt32(arch + ".embedding_length", (uint)c.Dim);
-        w.AddUInt32(arch + ".block_count", (uint)c.Layers);
-        w.AddUInt32(arch + ".feed_forward_length", (uint)c.FeedForward);
-        w.AddUInt32(arch + ".rope.dimension_count", (uint)c.HeadDim);
-        w.AddUInt32(arch + ".attention.head_count", (uint)c.Heads);
-        w.AddUInt32(arch + ".attention.head_count_kv", (uint)c.KvHeads);
-        if (c.HeadDim != c.Dim / c.Heads)
-        {
-            w.AddUInt32(arch + ".attention.key_length", (uint)c.HeadDim);
-            w.AddUInt32(arch + ".attention.value_length", (uint)c.HeadDim);
-        }
-        w.AddFloat32(arch + ".attention.layer_norm_rms_epsilon", c.RmsEps);
-        w.AddFloat32(arch + ".rope.freq_base", c.RopeTheta);
-        if (arch == "bitnet")
-            w.AddString(arch + ".hidden_activation", c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2");
+            PackedWeightType.I2_S => GgufModelMetadata.FileTypeI2S,
+            PackedWeightType.TQ2_0 => GgufModelMetadata.FileTypeTq2_0,
+            PackedWeightType.TQ1_0 => GgufModelMetadata.FileTypeTq1_0,
+            _ => GgufModelMetadata.FileTypeF16,
+        };
+        GgufModelMetadata.Write(w, c, arch, name, fileType,
+            arch == "bitnet" ? (c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2") : null);
         if (source is not null)
             foreach (var (key, value) in source.Entries)
                 if (key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(key, value);

@@ -37,20 +37,8 @@ public static class SyntheticModel
         int hd = shape.Dim / shape.Heads;
         int qDim = shape.Heads * hd, kvDim = shape.KvHeads * hd;
         var w = new GgufWriter();
-        string a = architecture;
-        w.AddString("general.architecture", a);
-        w.AddString("general.name", $"synthetic-{shape.Name}");
-        w.AddUInt32("general.file_type", 40);
-        w.AddUInt32(a + ".vocab_size", (uint)shape.VocabSize);
-        w.AddUInt32(a + ".context_length", (uint)shape.ContextLength);
-        w.AddUInt32(a + ".embedding_length", (uint)shape.Dim);
-        w.AddUInt32(a + ".block_count", (uint)shape.Layers);
-        w.AddUInt32(a + ".feed_forward_length", (uint)shape.FeedForward);
-        w.AddUInt32(a + ".rope.dimension_count", (uint)hd);
-        w.AddUInt32(a + ".attention.head_count", (uint)shape.Heads);
-        w.AddUInt32(a + ".attention.head_count_kv", (uint)shape.KvHeads);
-        w.AddFloat32(a + ".attention.layer_norm_rms_epsilon", 1e-5f);
-        w.AddFloat32(a + ".rope.freq_base", 500000f);
+        GgufModelMetadata.Write(w, architecture, $"synthetic-{shape.Name}", GgufModelMetadata.FileTypeI2S, shape.VocabSize, shape.ContextLength,
+            shape.Dim, shape.Layers, shape.FeedForward, shape.Heads, shape.KvHeads, hd, 1e-5f, 500000f);
 
         w.AddTensor("token_embd.weight", embeddingType, [shape.Dim, shape.VocabSize], FloatTensor(rng, (long)shape.Dim * shape.VocabSize, 1f, embeddingType));
         w.AddTensor("output_norm.weight", GgmlType.F32, [shape.Dim], Norm(rng, shape.Dim));

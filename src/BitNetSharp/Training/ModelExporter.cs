@@ -37,21 +37,9 @@ public static class ModelExporter
         CheckPackable(shape, packing);
 
         var w = new GgufWriter();
-        string a = Architecture;
-        w.AddString("general.architecture", a);
-        w.AddString("general.name", name);
-        w.AddUInt32("general.file_type", packing == ProjectionPacking.I2S ? 40u : 37u);
-        w.AddUInt32("general.quantization_version", 2);
-        w.AddUInt32(a + ".vocab_size", (uint)shape.VocabSize);
-        w.AddUInt32(a + ".context_length", (uint)shape.ContextLength);
-        w.AddUInt32(a + ".embedding_length", (uint)shape.Dim);
-        w.AddUInt32(a + ".block_count", (uint)shape.Layers);
-        w.AddUInt32(a + ".feed_forward_length", (uint)shape.FeedForward);
-        w.AddUInt32(a + ".rope.dimension_count", (uint)shape.HeadDim);
-        w.AddUInt32(a + ".attention.head_count", (uint)shape.Heads);
-        w.AddUInt32(a + ".attention.head_count_kv", (uint)shape.KvHeads);
-        w.AddFloat32(a + ".attention.layer_norm_rms_epsilon", shape.RmsEps);
-        w.AddFloat32(a + ".rope.freq_base", shape.RopeTheta);
+        Model.GgufModelMetadata.Write(w, Architecture, name, packing == ProjectionPacking.I2S ? Model.GgufModelMetadata.FileTypeI2S : Model.GgufModelMetadata.FileTypeTq2_0,
+            shape.VocabSize, shape.ContextLength, shape.Dim, shape.Layers, shape.FeedForward, shape.Heads, shape.KvHeads, shape.HeadDim,
+            shape.RmsEps, shape.RopeTheta);
         w.AddString("tokenizer.ggml.model", "gpt2");
         w.AddString("tokenizer.ggml.pre", "gpt-2");
         w.AddArray("tokenizer.ggml.tokens", tokenizer.Tokens.ToArray());
