@@ -1,0 +1,58 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Tests.Model;
+
+/// <summary>The model shipped in models/ (trained by `bitnet train`, card in models/README.md).</summary>
+public class BundledModelTests
+{
+    private static string RepositoryFile(string relative)
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "BitNetSharp.slnx"))) return Path.Combine(dir.FullName, relative);
+        throw new FileNotFoundException($"the repository root (BitNetSharp.slnx) was not found above {AppContext.BaseDirectory}");
+    }
+
+    /// <summary>What the README's first command does, on a fresh clone: no -m, no ../shared.</summary>
+    [Fact]
+    public void GenerateWithoutAModelUsesTheBundledOne()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["generate", "-p", "Once upon a time", "-n", "24", "--seed", "7"], output, error);
+        Assert.True(code == 0, error.ToString());
+        string text = output.ToString();
+        Assert.StartsWith("Once upon a time", text);
+        Assert.True(text.Trim().Length > "Once upon a time".Length + 20, text);
+        Assert.Contains("generation: ", error.ToString());
+    }
+
+    /// <summary>`bitnet eval` of the bundled model on the held-out 5% of the training text gives the card's figures.</summary>
+    [Fact]
+    public void EvalOnTheHeldOutTextMatchesTheCard()
+    {
+        string corpusPath = SharedData.RequirePath("corpora/tinystories_val_subset.txt");
+        using var card = JsonDocument.Parse(File.ReadAllText(RepositoryFile("models/bitnet-tinystories.json")));
+        var expected = card.RootElement.GetProperty("eval");
+        var corpus = TrainingCorpus.Load([corpusPath], 0.05);
+        string heldOut = Path.Combine(Path.GetTempPath(), $"bitnet-heldout-{Environment.ProcessId}.txt");
+        File.WriteAllText(heldOut, corpus.ValidationText);
+        try
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = Program.Run(["eval", "-m", RepositoryFile("models/bitnet-tinystories.gguf"), "--data", heldOut, "--json"], output, error);
+            Assert.True(code == 0, error.ToString());
+            using var result = JsonDocument.Parse(output.ToString());
+            var r = result.RootElement;
+            Assert.Equal(expected.GetProperty("scored_tokens").GetInt64(), r.GetProperty("scored_tokens").GetInt64());
+            Assert.Equal(expected.GetProperty("perplexity").GetDouble(), r.GetProperty("perplexity").GetDouble(), 3);
+            Assert.Equal(expected.GetProperty("bits_per_byte").GetDouble(), r.GetProperty("bits_per_byte").GetDouble(), 4);
+        }
+        finally
+        {
+            File.Delete(heldOut);
+        }
+    }
+}
