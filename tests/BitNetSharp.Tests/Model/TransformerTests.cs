@@ -116,6 +116,7 @@ public class TransformerTests
     }
 }
 
+[Collection(nameof(BitNetSharp.Tests.Training.AllocationTests))] // counts process-wide allocations: runs with no other test in parallel
 public class TransformerAllocationTests
 {
     /// <summary>A decode step (batch, caches and logits reused) allocates nothing on any thread once warm. The warm-up is
