@@ -99,6 +99,12 @@ public sealed record ModelConfig
             _ => throw new ModelFormatException(hf.FilePath,
                 $"architecture '{arch}' is not a BitNet model this runtime runs; expected BitNetForCausalLM, BitnetForCausalLM or LlamaForCausalLM with quantization_config.quant_method = bitnet", "architectures"),
         };
+        if (hf.RopeType is { } ropeType && !string.Equals(ropeType, "default", StringComparison.OrdinalIgnoreCase))
+            throw new ModelFormatException(hf.FilePath,
+                $"RoPE type '{ropeType}' rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (rope_type \"default\") is supported", "rope_parameters.rope_type");
+        if (hf.Quantization?.UseRmsNorm == true)
+            throw new ModelFormatException(hf.FilePath,
+                "use_rms_norm = true (an extra RMSNorm inside every BitLinear before activation quantization) is not supported by this runtime", "quantization_config.use_rms_norm");
         var activation = hf.HiddenAct is { } act ? ParseActivation(hf.FilePath, "hidden_act", act)
             : family == ModelFamily.BitNet158 ? FeedForwardActivation.ReluSquared : FeedForwardActivation.Silu;
         var config = new ModelConfig
@@ -114,7 +120,8 @@ public sealed record ModelConfig
             VocabSize = hf.VocabSize,
             ContextLength = hf.MaxPositionEmbeddings ?? 2048,
             RmsEps = (float)(hf.RmsNormEps ?? 1e-5),
-            RopeTheta = (float)(hf.RopeTheta ?? 10000.0),
+            // transformers' defaults when the config names no base: BitNetConfig 500000, Llama and 1bitLLM 10000.
+            RopeTheta = (float)(hf.RopeTheta ?? (family == ModelFamily.BitNet158 ? 500000.0 : 10000.0)),
             Activation = activation,
             // HF checkpoints keep q/k in rotate_half order for every family; only GGUF llama-arch files are permuted.
             Rope = RopeStyle.Neox,

@@ -82,7 +82,42 @@ public class HfModelDirectoryTests
         Assert.False(c.Quantization.WeightScaleMultiplies);
     }
 
+    /// <summary>transformers 5.x writes the RoPE base inside rope_parameters (as the fixtures in tests/fixtures/hf-bitnet do).</summary>
+    [Fact]
+    public void RopeParametersOfTransformers5AreRead()
+    {
+        const string Sizes = "\"architectures\":[\"BitNetForCausalLM\"],\"hidden_size\":8,\"intermediate_size\":32,\"num_hidden_layers\":1,\"num_attention_heads\":2,\"vocab_size\":16";
+        static HfConfig Config(string extra) => HfConfig.Parse(Encoding.UTF8.GetBytes("{" + Sizes + extra + "}"), "dir/config.json");
+        var c = Config(""","rope_parameters":{"rope_theta":10000.0,"rope_type":"default"}""");
+        Assert.Equal(10000.0, c.RopeTheta);
+        Assert.Equal("default", c.RopeType);
+        Assert.Equal(10000f, BitNetSharp.Model.ModelConfig.FromHf(c).RopeTheta);
+
+        // No base anywhere: transformers' BitNetConfig default, 500000.
+        var bare = Config("");
+        Assert.Null(bare.RopeTheta);
+        Assert.Equal(500000f, BitNetSharp.Model.ModelConfig.FromHf(bare).RopeTheta);
+
+        // Frequency-rescaling RoPE types are refused by name instead of being run as plain RoPE.
+        foreach (var json in new[]
+        {
+            ""","rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0}""",
+            ""","rope_theta":500000.0,"rope_scaling":{"type":"linear","factor":2.0}""",
+        })
+        {
+            var scaled = Config(json);
+            var e = Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(scaled));
+            Assert.Equal("rope_parameters.rope_type", e.Item);
+            Assert.Contains("does not implement", e.Message);
+        }
+
+        var norm = Config(""","quantization_config":{"quant_method":"bitnet","use_rms_norm":true}""");
+        Assert.Equal("quantization_config.use_rms_norm", Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(norm)).Item);
+    }
+
     [Theory]
+    [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"rope_parameters":[1]}""", "rope_parameters", "expected an object")]
+    [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"rope_parameters":{"rope_theta":"big"}}""", "rope_parameters.rope_theta", "expected a number")]
     [InlineData("""{"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16}""", "hidden_size", "missing")]
     [InlineData("""{"hidden_size":"8","intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16}""", "hidden_size", "expected a non-negative integer")]
     [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"eos_token_id":"x"}""", "eos_token_id", "expected an integer or a list")]

@@ -7,12 +7,7 @@ namespace BitNetSharp.Tests.Model;
 /// <summary>The model shipped in models/ (trained by `bitnet train`, card in models/README.md).</summary>
 public class BundledModelTests
 {
-    private static string RepositoryFile(string relative)
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "BitNetSharp.slnx"))) return Path.Combine(dir.FullName, relative);
-        throw new FileNotFoundException($"the repository root (BitNetSharp.slnx) was not found above {AppContext.BaseDirectory}");
-    }
+    private static string RepositoryFile(string relative) => RepositoryFiles.Path(relative);
 
     /// <summary>What the README's first command does, on a fresh clone: no -m, no ../shared.</summary>
     [Fact]

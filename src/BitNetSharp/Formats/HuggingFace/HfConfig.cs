@@ -29,7 +29,15 @@ public sealed class HfConfig
 
     public required int VocabSize { get; init; }
     public double? RmsNormEps { get; init; }
+    /// <summary><c>rope_theta</c>, read at the top level (transformers 4.x) or inside <c>rope_parameters</c> (5.x).</summary>
     public double? RopeTheta { get; init; }
+
+    /// <summary>
+    /// <c>rope_type</c> (or the older <c>type</c>) of <c>rope_parameters</c> / <c>rope_scaling</c>; null when neither
+    /// names one. "default" is plain RoPE; anything else (llama3, yarn, linear, dynamic…) rescales frequencies.
+    /// </summary>
+    public string? RopeType { get; init; }
+
     public int? MaxPositionEmbeddings { get; init; }
 
     /// <summary>e.g. "relu2" (2B4T) or "silu".</summary>
@@ -100,7 +108,8 @@ public sealed class HfConfig
                 NumKeyValueHeads = r.OptionalInt("num_key_value_heads") ?? heads,
                 VocabSize = r.RequiredInt("vocab_size"),
                 RmsNormEps = r.OptionalDouble("rms_norm_eps"),
-                RopeTheta = r.OptionalDouble("rope_theta"),
+                RopeTheta = r.OptionalDouble("rope_theta") ?? RopeField(root, path, "rope_parameters", r2 => r2.OptionalDouble("rope_theta")),
+                RopeType = RopeField(root, path, "rope_parameters", RopeTypeOf) ?? RopeField(root, path, "rope_scaling", RopeTypeOf),
                 MaxPositionEmbeddings = r.OptionalInt("max_position_embeddings"),
                 HiddenAct = r.OptionalString("hidden_act"),
                 TieWordEmbeddings = r.OptionalBool("tie_word_embeddings"),
@@ -111,6 +120,17 @@ public sealed class HfConfig
                 Quantization = HfQuantizationConfig.Read(root, path),
             };
         }
+    }
+
+    private static string? RopeTypeOf(Fields f) => f.OptionalString("rope_type") ?? f.OptionalString("type");
+
+    /// <summary>A field of the <paramref name="section"/> object (rope_parameters / rope_scaling), null when absent.</summary>
+    private static T? RopeField<T>(JsonElement root, string path, string section, Func<Fields, T?> read)
+    {
+        if (!root.TryGetProperty(section, out var obj) || obj.ValueKind == JsonValueKind.Null) return default;
+        if (obj.ValueKind != JsonValueKind.Object)
+            throw new ModelFormatException(path, $"found a JSON {obj.ValueKind}, expected an object", section);
+        return read(new Fields(obj, path, section + "."));
     }
 
     /// <summary>Typed field access over one JSON object, with errors that name the file and the field.</summary>

@@ -1,0 +1,194 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Tests.Model;
+
+/// <summary>
+/// BitNetSharp against Hugging Face transformers on tiny random <c>BitNetForCausalLM</c> checkpoints made by
+/// tools/reference/make_hf_fixtures.py (transformers 5.12.1, torch 2.14.1, CPU float32; committed in
+/// tests/fixtures/hf-bitnet, each with the logits of every prompt position and a 12-token greedy continuation).
+///
+/// Tolerance: max |Δlogit| ≤ 1e-4 × the logit range (the issue's bar for float32 fixtures). Both sides compute in
+/// float32 from the same ternary codes and scales, but not in the same order: transformers multiplies dequantized
+/// activations (x_q / s) by the weights in BLAS order, we sum int8 × ternary exactly in int32 and scale once, and
+/// the norms, RoPE (we compute the angles in double) and softmax round differently. Measured worst cases are far
+/// below the bound (see the assertion messages); what the bound excludes is any real disagreement — a wrong
+/// weight_scale rule, RoPE base, GQA map or norm moves logits by whole units, 10⁴× more. Greedy tokens must match
+/// exactly; the script keeps only seeds whose top-2 logit gap is ≥ 1 % of the range at every step, so a legitimate
+/// rounding difference cannot flip one.
+/// </summary>
+public class HfGoldenTests
+{
+    private const double Tolerance = 1e-4;
+
+    public static TheoryData<string> Variants =>
+    [
+        "autobitlinear-offline-gqa-f32",
+        "autobitlinear-offline-mha-bf16",
+        "bitlinear-offline-untied-f32",
+        "autobitlinear-online-gqa-f32",
+        "autobitlinear-online-bf16",
+    ];
+
+    private sealed record Expected(int[] Prompt, float[][] Logits, int[] Greedy, double Range, double Margin, Expected? Fp16Scales);
+
+    private static string FixtureDirectory(string variant) => RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", variant));
+
+    private static Expected Read(string variant)
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(Path.Combine(FixtureDirectory(variant), "expected.json")));
+        var r = doc.RootElement;
+        int[] Ints(JsonElement o, string name) => o.GetProperty(name).EnumerateArray().Select(e => e.GetInt32()).ToArray();
+        float[][] Logits(JsonElement o) => o.GetProperty("logits").EnumerateArray().Select(row => row.EnumerateArray().Select(e => e.GetSingle()).ToArray()).ToArray();
+        int[] prompt = Ints(r, "prompt_ids");
+        double range = r.GetProperty("logit_range").GetDouble();
+        Expected? fp16 = r.TryGetProperty("fp16_scales", out var f)
+            ? new Expected(prompt, Logits(f), Ints(f, "greedy_ids"), range, f.GetProperty("greedy_min_margin").GetDouble(), null)
+            : null;
+        return new Expected(prompt, Logits(r), Ints(r, "greedy_ids"), range, r.GetProperty("greedy_min_margin").GetDouble(), fp16);
+    }
+
+    /// <summary>Prefills the prompt (logits at every position), then decodes greedily as many tokens as the fixture has.</summary>
+    private static (float[][] Logits, int[] Greedy) Run(ModelWeights w, Expected e)
+    {
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 16, pool);
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, e.Prompt.Length + e.Greedy.Length + 1, KvCacheType.F32);
+        var batch = e.Prompt.Select((t, i) => new BatchToken(t, 0, i, true)).ToArray();
+        var all = new float[batch.Length * c.VocabSize];
+        engine.Forward(batch, [cache], all);
+        var rows = Enumerable.Range(0, batch.Length).Select(i => all.AsSpan(i * c.VocabSize, c.VocabSize).ToArray()).ToArray();
+
+        var greedy = new int[e.Greedy.Length];
+        var logits = rows[^1];
+        for (int step = 0; step < greedy.Length; step++)
+        {
+            int next = 0;
+            for (int i = 1; i < logits.Length; i++) if (logits[i] > logits[next]) next = i;
+            greedy[step] = next;
+            logits = new float[c.VocabSize];
+            engine.Forward([new BatchToken(next, 0, e.Prompt.Length + step, true)], [cache], logits);
+        }
+        return (rows, greedy);
+    }
+
+    private static double WorstRelative(Expected e, float[][] logits)
+    {
+        Assert.Equal(e.Logits.Length, logits.Length);
+        double worst = 0;
+        for (int t = 0; t < logits.Length; t++)
+        {
+            Assert.Equal(e.Logits[t].Length, logits[t].Length);
+            for (int i = 0; i < logits[t].Length; i++) worst = Math.Max(worst, Math.Abs(e.Logits[t][i] - logits[t][i]) / e.Range);
+        }
+        return worst;
+    }
+
+    private static void AssertMatchesTransformers(string what, Expected e, float[][] logits, int[] greedy)
+    {
+        double worst = WorstRelative(e, logits);
+        Assert.True(worst <= Tolerance, $"{what}: max |Δlogit| / range = {worst:E2}, over {Tolerance:E0}");
+        Assert.True(e.Greedy.SequenceEqual(greedy), $"{what}: greedy {string.Join(",", greedy)}, transformers {string.Join(",", e.Greedy)}");
+    }
+
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void HfDirectoryMatchesTransformers(string variant)
+    {
+        var e = Read(variant);
+        using var w = ModelWeights.Load(FixtureDirectory(variant));
+        var (logits, greedy) = Run(w, e);
+        AssertMatchesTransformers(variant, e, logits, greedy);
+    }
+
+    /// <summary>
+    /// `bitnet convert` to I2_S gives exactly the logits of the HF directory (same codes, fp32 scale, the embedding
+    /// kept in its stored type). TQ2_0 and TQ1_0 store the scale as fp16 per 256-weight block: that alone moves the
+    /// logits by 1.1 % of the range here (int8 re-quantization amplifies a 2⁻¹¹ scale change in so small a model), so
+    /// they are compared with transformers' output for the same model with its scales rounded to fp16 (recorded by
+    /// the script), to the same 1e-4 bound. Where a projection's rows are not multiples of 256, converting to TQ2_0
+    /// or TQ1_0 must fail with a message naming the tensor and write nothing.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Variants))]
+    public void ConvertedGgufMatchesTransformers(string variant)
+    {
+        var e = Read(variant);
+        float[][] direct;
+        bool holdsTq;
+        using (var w = ModelWeights.Load(FixtureDirectory(variant)))
+        {
+            direct = Run(w, e).Logits;
+            holdsTq = ModelConverter.Projections(w).All(p => p.Matrix.Cols % 256 == 0);
+        }
+        string dir = Path.Combine(Path.GetTempPath(), $"bitnet-golden-{Environment.ProcessId}-{variant}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            foreach (var type in new[] { "i2_s", "tq2_0", "tq1_0" })
+            {
+                string path = Path.Combine(dir, $"{type}.gguf");
+                var output = new StringWriter();
+                var error = new StringWriter();
+                int code = Program.Run(["convert", FixtureDirectory(variant), path, "--type", type], output, error);
+                if (type != "i2_s" && !holdsTq)
+                {
+                    Assert.NotEqual(0, code);
+                    Assert.Contains("256", error.ToString());
+                    Assert.Contains("blk.", error.ToString());
+                    Assert.False(File.Exists(path), $"{type}: a file was written although the conversion failed");
+                    Assert.Empty(Directory.GetFiles(dir, $"{type}*"));
+                    continue;
+                }
+                Assert.True(code == 0, error.ToString());
+                using var w = ModelWeights.Load(path);
+                var (logits, greedy) = Run(w, e);
+                if (type == "i2_s")
+                    for (int t = 0; t < logits.Length; t++) Assert.Equal(direct[t], logits[t]);
+                var reference = type == "i2_s" ? e : e.Fp16Scales ?? throw new InvalidOperationException($"{variant}: expected.json has no fp16_scales reference");
+                AssertMatchesTransformers($"{variant} as {type}", reference, logits, greedy);
+            }
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>
+    /// The user's path: `bitnet generate` on the HF directory, greedy, with --logits-out / --ids-out. The KV cache is
+    /// f32 here: with the default f16 cache (K/V rounded to 11 bits) this tiny random model's 10th greedy token
+    /// differs — each rounding moves many int8 activation codes by one step in a 160-wide model — while the f32
+    /// cache reproduces transformers' 12 tokens exactly.
+    /// </summary>
+    [Fact]
+    public void GenerateCommandReproducesTransformers()
+    {
+        const string Variant = "bitlinear-offline-untied-f32";
+        var e = Read(Variant);
+        string logitsPath = Path.GetTempFileName(), idsPath = Path.GetTempFileName();
+        try
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = Program.Run(["generate", "-m", FixtureDirectory(Variant), "--prompt-ids", string.Join(",", e.Prompt),
+                "-n", e.Greedy.Length.ToString(), "--temp", "0", "--ignore-eos", "--kv-type", "f32", "--logits-out", logitsPath, "--ids-out", idsPath], output, error);
+            Assert.True(code == 0, error.ToString());
+            using var ids = JsonDocument.Parse(File.ReadAllText(idsPath));
+            Assert.Equal(e.Prompt, ids.RootElement.GetProperty("prompt_ids").EnumerateArray().Select(x => x.GetInt32()));
+            Assert.Equal(e.Greedy, ids.RootElement.GetProperty("ids").EnumerateArray().Select(x => x.GetInt32()));
+            using var logits = JsonDocument.Parse(File.ReadAllText(logitsPath));
+            var rows = logits.RootElement.GetProperty("logits").EnumerateArray().Select(r => r.EnumerateArray().Select(x => x.GetSingle()).ToArray()).ToArray();
+            double worst = WorstRelative(e, rows);
+            Assert.True(worst <= Tolerance, $"max |Δlogit| / range = {worst:E2}");
+        }
+        finally
+        {
+            File.Delete(logitsPath);
+            File.Delete(idsPath);
+        }
+    }
+}
