@@ -1,5 +1,6 @@
 using System.CommandLine;
 using BitNetSharp.Model;
+using BitNetSharp.Tokenization;
 using Spectre.Console;
 
 namespace BitNetSharp.Cli.Commands;
@@ -26,17 +27,39 @@ public static class ConvertCommand
             string outPath = result.GetRequiredValue(output);
             string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"the output folder {dir} does not exist.");
-            using var weights = ModelWeights.Load(result.GetRequiredValue(input));
+            string inPath = result.GetRequiredValue(input);
+            using var weights = ModelWeights.Load(inPath);
             ModelConverter.CheckShapes(weights, packed);
+            string tokenizerNote;
+            BitNetTokenizer? tokenizer = null;
+            if (weights.Gguf is { } gguf)
+                tokenizerNote = gguf.Metadata.ContainsKey("tokenizer.ggml.model") ? "tokenizer carried over" : "no tokenizer in the source";
+            else if (!Directory.Exists(inPath) || !HasTokenizerFiles(inPath))
+                tokenizerNote = "no tokenizer in the source (tokenizer.json, tokenizer.model or vocab.json + merges.txt)";
+            else
+            {
+                tokenizer = TokenizerLoader.FromHfDirectory(inPath);
+                if (GgufTokenizerWriter.CannotWrite(tokenizer) is { } reason)
+                {
+                    cli.Error.WriteLine($"warning: the tokenizer is not written to the GGUF: {reason}. Use the model with its directory's tokenizer files instead.");
+                    tokenizerNote = "no tokenizer";
+                    tokenizer = null;
+                }
+                else tokenizerNote = $"tokenizer written ({tokenizer.VocabularySize:N0} tokens, {tokenizer.Description})";
+            }
             var writer = cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {
                 var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
-                return ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; });
+                return ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer);
             });
             writer.WriteFile(outPath);
-            cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}{(weights.Gguf?.Metadata.ContainsKey("tokenizer.ggml.model") == true ? ", tokenizer carried over" : ", no tokenizer")})");
+            cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}, {tokenizerNote})");
             return 0;
         }));
         return command;
     }
+
+    private static bool HasTokenizerFiles(string directory) =>
+        File.Exists(Path.Combine(directory, "tokenizer.json")) || File.Exists(Path.Combine(directory, "tokenizer.model")) ||
+        (File.Exists(Path.Combine(directory, "vocab.json")) && File.Exists(Path.Combine(directory, "merges.txt")));
 }

@@ -152,6 +152,8 @@ public sealed class TextGenerator : IDisposable
                     yield return new GeneratedToken(-1, detok?.Flush() ?? "", float.NaN, null, FinishReason.Cancelled);
                     yield break;
                 }
+                // Ids past the tokenizer (a padded embedding) cannot be detokenized: never sample them.
+                if (Tokenizer is not null && Tokenizer.VocabularySize < vocab) last.AsSpan(Tokenizer.VocabularySize).Fill(float.NegativeInfinity);
                 int token = sampler.Sample(last, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
                 generated++;
                 bool stop = !ignoreStop && Tokenizer is not null && Tokenizer.IsStopToken(token);

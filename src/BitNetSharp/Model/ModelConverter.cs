@@ -48,7 +48,11 @@ public static class ModelConverter
     }
 
     /// <param name="progress">Called after each tensor with (done, total).</param>
-    public static GgufWriter ToGguf(ModelWeights weights, PackedWeightType type, Action<int, int>? progress = null)
+    /// <param name="tokenizer">
+    /// Written as <c>tokenizer.ggml.*</c> keys when the source is not a GGUF (whose tokenizer keys are copied as they
+    /// are); see <see cref="GgufTokenizerWriter"/>. Its vocabulary may not be larger than the model's.
+    /// </param>
+    public static GgufWriter ToGguf(ModelWeights weights, PackedWeightType type, Action<int, int>? progress = null, BitNetSharp.Tokenization.BitNetTokenizer? tokenizer = null)
     {
         CheckShapes(weights, type);
         var c = weights.Config;
@@ -66,8 +70,16 @@ public static class ModelConverter
         GgufModelMetadata.Write(w, c, arch, name, fileType,
             arch == "bitnet" ? (c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2") : null);
         if (source is not null)
+        {
             foreach (var (key, value) in source.Entries)
                 if (key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(key, value);
+        }
+        else if (tokenizer is not null)
+        {
+            if (tokenizer.VocabularySize > c.VocabSize)
+                throw new ArgumentException($"the tokenizer has {tokenizer.VocabularySize} tokens but the model's embedding only {c.VocabSize} rows; they do not belong together.");
+            BitNetSharp.Tokenization.GgufTokenizerWriter.Write(tokenizer, w);
+        }
 
         int total = 2 + (weights.TiedOutput ? 0 : 1) + c.Layers * (c.HasSubNorms ? 11 : 9), done = 0;
         void Step() => progress?.Invoke(++done, total);

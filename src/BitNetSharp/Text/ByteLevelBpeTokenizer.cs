@@ -48,6 +48,22 @@ public sealed class ByteLevelBpeTokenizer : BitNetTokenizer
 
     public int MergeCount => _merges.Count;
 
+    /// <summary>
+    /// The merges that can fire, in rank order, as "left right" token texts (the form GGUF and merges.txt store).
+    /// Merges of the source whose parts or result are not tokens were dropped at load: they never apply to ids.
+    /// </summary>
+    public string[] MergeTexts()
+    {
+        var ordered = new (int Rank, long Pair)[_merges.Count];
+        int i = 0;
+        foreach (var (pair, value) in _merges) ordered[i++] = (value.Rank, pair);
+        Array.Sort(ordered, (a, b) => a.Rank.CompareTo(b.Rank));
+        var texts = new string[ordered.Length];
+        for (i = 0; i < ordered.Length; i++)
+            texts[i] = TokenText((int)(ordered[i].Pair >> 32)) + " " + TokenText((int)(uint)ordered[i].Pair);
+        return texts;
+    }
+
     public override string Description => $"byte-level BPE, {_preTokenizer.Name} pre-tokenizer{(_preTokenizer.IgnoreMerges ? ", whole-word vocabulary hits" : "")}";
 
     private static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;

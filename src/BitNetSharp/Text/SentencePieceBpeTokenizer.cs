@@ -29,6 +29,9 @@ public sealed class SentencePieceBpeTokenizer : BitNetTokenizer
         }
     }
 
+    /// <summary>The score of token <paramref name="id"/> (higher merges first).</summary>
+    public float Score(int id) => _scores[CheckId(id)];
+
     /// <summary>Whether a space is put in front of the text and after each special token before tokenizing.</summary>
     public bool AddSpacePrefix { get; }
 

@@ -14,8 +14,39 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
 {
     private readonly Ml.TiktokenTokenizer _model;
 
-    private TiktokenBpeTokenizer(TokenizerVocabulary vocabulary, Ml.TiktokenTokenizer model)
-        : base(vocabulary, static (text, _) => ByteLevelEncoding.Decode(text)) => _model = model;
+    private readonly int _rankCount;
+
+    private TiktokenBpeTokenizer(TokenizerVocabulary vocabulary, Ml.TiktokenTokenizer model, int rankCount)
+        : base(vocabulary, static (text, _) => ByteLevelEncoding.Decode(text))
+    {
+        _model = model;
+        _rankCount = rankCount;
+    }
+
+    /// <summary>
+    /// The merge list equivalent to the ranks, as Hugging Face's tiktoken converter derives it for Llama 3's
+    /// tokenizer.json (and so as GGUF conversions of it store it): for every ranked token, each split into two parts
+    /// that are both ranked tokens is a merge; merges are ordered by the rank of the token they make, then by the
+    /// ranks of the left and right parts. For Llama 3 this gives the 280,147 merges of the official GGUFs.
+    /// </summary>
+    public string[] DeriveMerges()
+    {
+        var rankOf = new Dictionary<string, int>(_rankCount, StringComparer.Ordinal);
+        for (int rank = 0; rank < _rankCount; rank++) rankOf.TryAdd(TokenText(rank), rank);
+        var merges = new List<string>(_rankCount * 2);
+        var local = new List<(int Left, int Right, int Split)>();
+        for (int rank = 0; rank < _rankCount; rank++)
+        {
+            string token = TokenText(rank);
+            local.Clear();
+            for (int i = 1; i < token.Length; i++)
+                if (rankOf.TryGetValue(token[..i], out var left) && rankOf.TryGetValue(token[i..], out var right))
+                    local.Add((left, right, i));
+            local.Sort((a, b) => a.Left != b.Left ? a.Left.CompareTo(b.Left) : a.Right.CompareTo(b.Right));
+            foreach (var (_, _, split) in local) merges.Add(string.Concat(token.AsSpan(0, split), " ", token.AsSpan(split)));
+        }
+        return [.. merges];
+    }
 
     public override string Description => "tiktoken BPE (Microsoft.ML.Tokenizers), llama3 pre-tokenizer";
 
@@ -69,7 +100,7 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
         }
         var vocabulary = new TokenizerVocabulary(texts, kinds);
         configure(vocabulary);
-        return new TiktokenBpeTokenizer(vocabulary, model);
+        return new TiktokenBpeTokenizer(vocabulary, model, ranked.Length);
     }
 
     private static byte[][] ReadRanks(byte[] file, string path)

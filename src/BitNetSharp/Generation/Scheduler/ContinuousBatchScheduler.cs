@@ -230,7 +230,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (seq.Finished) continue;
             try
             {
-                Step(seq, _logits.AsSpan(r * _config.VocabSize, _config.VocabSize), after);
+                var row = _logits.AsSpan(r * _config.VocabSize, _config.VocabSize);
+                // Ids past the tokenizer (a padded embedding) cannot be detokenized: never sample them.
+                if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
+                Step(seq, row, after);
             }
             catch (Exception e)
             {

@@ -1,0 +1,129 @@
+using BitNetSharp.Cli;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Text;
+
+/// <summary>A tokenizer written as GGUF metadata (what `bitnet convert` does for HF directories) reads back as the same tokenizer.</summary>
+public class GgufTokenizerWriterTests
+{
+    private const string Multilingual = "Hello world! It's 2026: ümlauts, 日本語, emoji 🚀, tabs\tand\nnew lines   spaces. <|eot_id|>";
+
+    private static BitNetTokenizer RoundTrip(BitNetTokenizer tokenizer)
+    {
+        var writer = new GgufWriter().AddString("general.architecture", "bitnet-b1.58");
+        GgufTokenizerWriter.Write(tokenizer, writer);
+        using var file = GgufFile.Parse(writer.ToArray(), "roundtrip.gguf");
+        return TokenizerLoader.FromGguf(file);
+    }
+
+    private static void AssertSameTokenizer(BitNetTokenizer expected, BitNetTokenizer actual, string text)
+    {
+        Assert.Equal(expected.VocabularySize, actual.VocabularySize);
+        Assert.Equal(expected.BosId, actual.BosId);
+        Assert.Equal(expected.EosId, actual.EosId);
+        Assert.Equal(expected.EotId, actual.EotId);
+        Assert.Equal(expected.AddBosToken, actual.AddBosToken);
+        Assert.Equal(expected.StopTokenIds.Order(), actual.StopTokenIds.Order());
+        var ids = expected.Encode(text, addBos: true, parseSpecial: true);
+        Assert.Equal(ids, actual.Encode(text, addBos: true, parseSpecial: true));
+        Assert.Equal(expected.Decode(ids), actual.Decode(ids));
+    }
+
+    private static string Sample()
+    {
+        string corpus = SharedData.RequirePath("corpora/tinyshakespeare.txt");
+        var text = File.ReadAllText(corpus);
+        return text[..20_000] + Multilingual;
+    }
+
+    [Fact]
+    public void Gpt2VocabularyRoundTrips() => AssertSameTokenizer(TestTokenizers.Gpt2, RoundTrip(TestTokenizers.Gpt2), Sample());
+
+    [Fact]
+    public void SentencePieceVocabularyRoundTrips() => AssertSameTokenizer(TestTokenizers.LlamaSpm, RoundTrip(TestTokenizers.LlamaSpm), Sample());
+
+    /// <summary>
+    /// Llama 3's tiktoken tokenizer.model (what 2B4T's HF directory ships) becomes a "gpt2" GGUF vocabulary with merges
+    /// derived from the ranks: the same 280,147 merges as the test suite's own derivation (and the official GGUF), and
+    /// the same ids as the tiktoken tokenizer on 20 KB of text.
+    /// </summary>
+    [Fact]
+    public void Llama3TiktokenBecomesAGgufVocabularyWithTheOfficialMerges()
+    {
+        var tiktoken = (TiktokenBpeTokenizer)TestTokenizers.Llama3Tiktoken;
+        var merges = tiktoken.DeriveMerges();
+        Assert.Equal(280_147, merges.Length);
+        Assert.Equal(TestTokenizers.Llama3VocabularyWithMerges(SharedData.RequirePath("tokenizers/llama3_tokenizer.model")).Merges, merges);
+        var back = RoundTrip(tiktoken);
+        Assert.IsType<ByteLevelBpeTokenizer>(back);
+        Assert.Contains("llama3", back.Description);
+        AssertSameTokenizer(tiktoken, back, Sample());
+    }
+
+    [Fact]
+    public void CustomRegexIsReportedNotWritten()
+    {
+        using var dir = new TempDirectory();
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer.json"), TinyTokenizerJson(@"\\p{L}+|\\s+"));
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Contains("custom regex", GgufTokenizerWriter.CannotWrite(tokenizer));
+        Assert.Throws<NotSupportedException>(() => GgufTokenizerWriter.Write(tokenizer, new GgufWriter()));
+    }
+
+    /// <summary>
+    /// A tokenizer.json small enough for the 128-token fixture models: the byte-level letters a–z and space, and merges
+    /// for "th", "he", "the", " the". With no Split step the pre-tokenizer is ByteLevel's own GPT-2 regex.
+    /// </summary>
+    internal static string TinyTokenizerJson(string? splitRegex = null)
+    {
+        var vocab = new List<string>();
+        for (char ch = 'a'; ch <= 'z'; ch++) vocab.Add(ch.ToString());
+        vocab.AddRange(["Ġ", "th", "he", "the", "Ġt", "Ġthe"]);
+        string vocabJson = string.Join(",", vocab.Select((t, i) => $"\"{t}\":{i}"));
+        string pre = splitRegex is null
+            ? """{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}"""
+            : $$"""{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"{{splitRegex}}"},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}]}""";
+        return $$$"""
+            {"version":"1.0","added_tokens":[{"id":{{{vocab.Count}}},"content":"<|endoftext|>","special":true}],
+             "pre_tokenizer":{{{pre}}},
+             "decoder":{"type":"ByteLevel"},
+             "model":{"type":"BPE","vocab":{ {{{vocabJson}}} },"merges":["t h","h e","th e","Ġ t","Ġt he"]}}
+            """;
+    }
+
+    /// <summary>`bitnet convert` of an HF directory with a tokenizer.json writes the tokenizer; `generate -p` then runs from the GGUF alone.</summary>
+    [Fact]
+    public void ConvertWritesTheHfTokenizerIntoTheGguf()
+    {
+        using var dir = new TempDirectory();
+        string source = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "autobitlinear-offline-gqa-f32"));
+        foreach (var name in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(source, name), Path.Combine(dir.Path, name));
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer.json"), TinyTokenizerJson());
+        string gguf = Path.Combine(dir.Path, "out.gguf");
+
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.True(Program.Run(["convert", dir.Path, gguf, "--type", "i2_s"], output, error) == 0, error.ToString());
+        Assert.Contains("tokenizer written (33 tokens", output.ToString());
+
+        var fromDir = TokenizerLoader.FromHfDirectory(dir.Path);
+        using (var file = GgufFile.Open(gguf))
+        {
+            var fromGguf = TokenizerLoader.FromGguf(file);
+            Assert.Equal([29, 26, 29, 26, 2, 0, 19], fromGguf.Encode("the the cat", addBos: false)); // the, Ġ the, Ġ c a t: no "Ġ the" merge fires
+            AssertSameTokenizer(fromDir, fromGguf, "the theme then other bathe <|endoftext|>");
+        }
+
+        output = new StringWriter();
+        error = new StringWriter();
+        Assert.True(Program.Run(["generate", "-m", gguf, "-p", "the cat", "-n", "4", "--temp", "0", "--ignore-eos"], output, error) == 0, error.ToString());
+        Assert.StartsWith("the cat", output.ToString());
+    }
+
+    private sealed class TempDirectory : IDisposable
+    {
+        public string Path { get; } = Directory.CreateTempSubdirectory("bitnet-tok-").FullName;
+        public void Dispose() => Directory.Delete(Path, recursive: true);
+    }
+}
