@@ -25,13 +25,14 @@ public static class BenchCommand
         var prompt = new Option<int>("--n-prompt", "-p") { Description = "Prompt tokens for pp (0 to skip).", DefaultValueFactory = _ => 128 };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
         var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
+        var sequences = new Option<string>("--sequences", "-s") { Description = "tg: sequences decoding together, comma-separated (e.g. 1,8); the figure is their aggregate tokens/s.", DefaultValueFactory = _ => "1" };
         var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions per test.", DefaultValueFactory = _ => 5 };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, reps, kvType, json, csv,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -45,6 +46,8 @@ public static class BenchCommand
                 ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                     int.TryParse(t, out int n) && n > 0 ? n : throw new UsageException($"--threads: '{t}' is not a positive integer.")).ToArray()
                 : [WorkerPool.DefaultThreadCount()];
+            int[] sequenceCounts = result.GetValue(sequences)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
+                int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
             int repetitions = Math.Max(1, result.GetValue(reps));
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             ResetPeakRss();
@@ -80,7 +83,8 @@ public static class BenchCommand
                 if (result.GetValue(prompt) > 0)
                     samples.Add(ThroughputBenchmark.Prefill(weights, pool, Math.Min(result.GetValue(prompt), weights.Config.ContextLength), repetitions, kv));
                 if (result.GetValue(gen) > 0)
-                    samples.Add(ThroughputBenchmark.Decode(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), repetitions, kv));
+                    foreach (int b in sequenceCounts)
+                        samples.Add(ThroughputBenchmark.Decode(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), repetitions, kv, b));
                 double bandwidth = Math.Max(before, Probe(pool));
                 rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
             }
@@ -99,8 +103,9 @@ public static class BenchCommand
     private sealed record Row(ThroughputSample Sample, double BandwidthGBps, long BytesPerToken)
     {
         public bool IsGeneration => Sample.Test.StartsWith("tg", StringComparison.Ordinal);
-        public double WeightGBps => Sample.Mean * BytesPerToken / 1e9;
-        public double BoundTokensPerSecond => BandwidthGBps * 1e9 / BytesPerToken;
+        /// <summary>Weights read per second: a batched step reads them once for all its sequences.</summary>
+        public double WeightGBps => Sample.Mean / Sample.Sequences * BytesPerToken / 1e9;
+        public double BoundTokensPerSecond => Sample.Sequences * BandwidthGBps * 1e9 / BytesPerToken;
         public double PercentOfBound => 100 * Sample.Mean / BoundTokensPerSecond;
     }
 
@@ -195,6 +200,7 @@ public static class BenchCommand
             {
                 test = r.Sample.Test,
                 threads = r.Sample.Threads,
+                sequences = r.Sample.Sequences,
                 tokens_per_second = r.Sample.Mean,
                 stddev = r.Sample.StdDev,
                 samples = r.Sample.TokensPerSecond,

@@ -5,7 +5,7 @@ using BitNetSharp.Threading;
 namespace BitNetSharp.Diagnostics;
 
 /// <summary>Tokens per second of one test, over repetitions.</summary>
-public sealed record ThroughputSample(string Test, int Threads, double[] TokensPerSecond)
+public sealed record ThroughputSample(string Test, int Threads, double[] TokensPerSecond, int Sequences = 1)
 {
     public double Mean => TokensPerSecond.Average();
 
@@ -49,31 +49,50 @@ public static class ThroughputBenchmark
         return new ThroughputSample($"pp{tokens}", pool.ThreadCount, samples);
     }
 
-    public static ThroughputSample Decode(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16)
+    /// <summary>
+    /// Token generation; with <paramref name="sequences"/> &gt; 1, that many sequences decode in lockstep, one batch
+    /// of one token per sequence per step (what the server's continuous batching runs), and the figure is the
+    /// aggregate: all sequences' tokens per second. Test name "tgN" or "tgN×B".
+    /// </summary>
+    public static ThroughputSample Decode(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16, int sequences = 1)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
         var c = weights.Config;
-        using var engine = new Transformer(weights, 1, pool);
-        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);
-        var logits = new float[c.VocabSize];
+        using var engine = new Transformer(weights, sequences, pool);
+        var caches = new KvCache[sequences];
+        for (int s = 0; s < sequences; s++) caches[s] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);
+        var logits = new float[(long)sequences * c.VocabSize];
+        var batch = new BatchToken[sequences];
         var samples = new double[repetitions];
         void Run()
         {
-            cache.Clear();
+            foreach (var cache in caches) cache.Clear();
             int token = 1;
             for (int i = 0; i < tokens; i++)
             {
-                engine.Forward([new BatchToken(token, 0, i, true)], [cache], logits);
-                token = (token * 31 + 7) % c.VocabSize;
+                for (int s = 0; s < sequences; s++)
+                {
+                    batch[s] = new BatchToken(token, s, i, true);
+                    token = (token * 31 + 7) % c.VocabSize;
+                }
+                engine.Forward(batch, caches, logits);
             }
         }
-        Run(); // warm-up
-        for (int r = 0; r < repetitions; r++)
+        try
         {
-            long start = Stopwatch.GetTimestamp();
-            Run();
-            samples[r] = tokens / Stopwatch.GetElapsedTime(start).TotalSeconds;
+            Run(); // warm-up
+            for (int r = 0; r < repetitions; r++)
+            {
+                long start = Stopwatch.GetTimestamp();
+                Run();
+                samples[r] = (double)tokens * sequences / Stopwatch.GetElapsedTime(start).TotalSeconds;
+            }
         }
-        return new ThroughputSample($"tg{tokens}", pool.ThreadCount, samples);
+        finally
+        {
+            foreach (var cache in caches) cache.Dispose();
+        }
+        return new ThroughputSample(sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}", pool.ThreadCount, samples, sequences);
     }
 
     /// <summary>Bytes a decode step must read from memory: every projection, the head, one embedding row and the norms

@@ -165,11 +165,14 @@ public class BenchCommandTests
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.Run(["bench", "--synthetic", "tiny", "-p", "16", "-n", "8", "-r", "2", "-t", "1", "--json"], output, error);
+        int code = Program.Run(["bench", "--synthetic", "tiny", "-p", "16", "-n", "8", "-s", "1,3", "-r", "2", "-t", "1", "--json"], output, error);
         Assert.Equal(0, code);
         using var doc = JsonDocument.Parse(output.ToString());
         var results = doc.RootElement.GetProperty("results");
-        Assert.Equal(2, results.GetArrayLength());
+        Assert.Equal(3, results.GetArrayLength());
+        Assert.Equal("tg8×3", results[2].GetProperty("test").GetString());
+        Assert.Equal(3, results[2].GetProperty("sequences").GetInt32());
+        Assert.True(results[2].GetProperty("tokens_per_second").GetDouble() > 0);
         Assert.Equal("pp16", results[0].GetProperty("test").GetString());
         Assert.Equal("tg8", results[1].GetProperty("test").GetString());
         Assert.True(results[1].GetProperty("tokens_per_second").GetDouble() > 0);

@@ -90,7 +90,7 @@ public unsafe class EmbeddingTableTests
 
 public unsafe class EmbeddingTableBatchTests
 {
-    /// <summary>The batched head (rows outer, F16 rows widened once per four tokens) equals one MatVec per token, bit for bit.</summary>
+    /// <summary>The batched head (row blocks outer, 4-token tiles inside, F16 rows widened once per tile) equals one MatVec per token, bit for bit.</summary>
     [Theory]
     [InlineData(GgmlType.F32)]
     [InlineData(GgmlType.F16)]
@@ -102,7 +102,7 @@ public unsafe class EmbeddingTableBatchTests
         using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 4, type).ToArray(), "t.gguf"), ownsFile: true);
         var table = w.TokenEmbedding;
         var rng = new Random(2);
-        foreach (int tokens in new[] { 2, 4, 7 })
+        foreach (int tokens in new[] { 2, 4, 7, 9 })
         {
             var x = Enumerable.Range(0, tokens * table.Cols).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
             var batched = new float[tokens * table.Rows];
