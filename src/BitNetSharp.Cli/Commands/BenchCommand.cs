@@ -21,7 +21,7 @@ public static class BenchCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory." };
         var synthetic = new Option<string?>("--synthetic") { Description = "Benchmark a random-weight model of a known shape instead: 2b4t, large or tiny." };
-        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16 or q8_0.", DefaultValueFactory = _ => "f16" };
+        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32.", DefaultValueFactory = _ => "f16" };
         var prompt = new Option<int>("--n-prompt", "-p") { Description = "Prompt tokens for pp (0 to skip).", DefaultValueFactory = _ => 128 };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
         var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
@@ -119,8 +119,9 @@ public static class BenchCommand
         {
             "f16" => GgmlType.F16,
             "q8_0" => GgmlType.Q8_0,
+            "q6_k" => GgmlType.Q6_K,
             "f32" => GgmlType.F32,
-            _ => throw new UsageException($"--head-type '{headType}' is not one of f16, q8_0, f32."),
+            _ => throw new UsageException($"--head-type '{headType}' is not one of f16, q8_0, q6_k, f32."),
         };
         string dir = Path.Combine(Path.GetTempPath(), "bitnet-synthetic");
         Directory.CreateDirectory(dir);

@@ -9,7 +9,7 @@ using BitNetSharp.Quantization;
 namespace BitNetSharp.Model;
 
 /// <summary>
-/// A float matrix kept in its file encoding (F32, F16, BF16 or Q8_0), read in place: the token embedding (one row
+/// A float matrix kept in its file encoding (F32, F16, BF16, Q8_0 or Q6_K), read in place: the token embedding (one row
 /// per lookup) and the output head (every row dotted with the final hidden state). Never expanded to float — a
 /// 2B4T F16 embedding is 657 MB as F16 and would be 1.3 GB as F32.
 /// </summary>
@@ -20,10 +20,12 @@ public sealed unsafe class EmbeddingTable
 
     public EmbeddingTable(GgmlType type, byte* data, long byteLength, int rows, int cols, object owner, string path, string name)
     {
-        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0))
-            throw new ModelFormatException(path, $"type {GgmlTypeInfo.Name(type)} is not supported for embeddings or the output head; expected f32, f16, bf16 or q8_0", name);
+        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q6_K))
+            throw new ModelFormatException(path, $"type {GgmlTypeInfo.Name(type)} is not supported for embeddings or the output head; expected f32, f16, bf16, q8_0 or q6_K", name);
         if (type == GgmlType.Q8_0 && cols % 32 != 0)
             throw new ModelFormatException(path, $"q8_0 rows must be a multiple of 32 values, found {cols}", name);
+        if (type == GgmlType.Q6_K && cols % Q6K.BlockWeights != 0)
+            throw new ModelFormatException(path, $"q6_K rows must be a multiple of {Q6K.BlockWeights} values, found {cols}", name);
         Type = type;
         Rows = rows;
         Cols = cols;
@@ -31,6 +33,7 @@ public sealed unsafe class EmbeddingTable
         {
             GgmlType.F32 => cols * 4L,
             GgmlType.Q8_0 => cols / 32 * 34L,
+            GgmlType.Q6_K => cols / Q6K.BlockWeights * (long)Q6K.BlockBytes,
             _ => cols * 2L,
         };
         if (RowBytes * rows != byteLength)
@@ -100,6 +103,11 @@ public sealed unsafe class EmbeddingTable
                     for (int i = 0; i < 32; i++) destination[b * 32 + i] = d * ((sbyte*)block)[2 + i];
                 }
                 break;
+            case GgmlType.Q6_K:
+                if (destination.Length < Cols) throw new ArgumentException($"The destination holds {destination.Length} values; a row has {Cols}.", nameof(destination));
+                fixed (float* y = destination)
+                    for (int b = 0; b < Cols / Q6K.BlockWeights; b++) Q6K.DequantizeBlock(p + b * Q6K.BlockBytes, y + b * Q6K.BlockWeights);
+                break;
         }
     }
 
@@ -133,13 +141,30 @@ public sealed unsafe class EmbeddingTable
                     for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(Row(r), x, Cols);
                 }
                 break;
+            case GgmlType.Q6_K:
+                if (Avx2.IsSupported)
+                {
+                    // As llama.cpp's Q6_K head: the hidden state is quantized once per call to int8 with one scale per
+                    // 256 values (ggml's Q8_K) and per-16 sums, then every row is an integer dot per block.
+                    int blocks = Cols / Q6K.BlockWeights;
+                    sbyte* qx = stackalloc sbyte[Cols];
+                    float* dx = stackalloc float[blocks];
+                    short* sx = stackalloc short[Cols / 16];
+                    QuantizeQ8KBlocks(x, Cols, qx, dx, sx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_KQ8K(Row(r), qx, dx, sx, blocks);
+                }
+                else
+                {
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_K(Row(r), x, Cols);
+                }
+                break;
         }
     }
 
     /// <summary>
     /// Logits of several hidden states at once: y[t·yStride + r] = row r · x_t for rows [rowStart, rowEnd). Rows are the
-    /// outer loop, so the table streams from memory once per call however many sequences are batched (token-outer
-    /// order read it once per sequence), and F16 rows are widened once for four tokens at a time.
+    /// outer loop (in blocks), so the table streams from memory once per call however many sequences are batched
+    /// (token-outer order read it once per sequence), and F16 rows are widened once for four tokens at a time.
     /// </summary>
     public void MatMul(float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
     {
@@ -159,6 +184,21 @@ public sealed unsafe class EmbeddingTable
                 for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * Cols, Cols, qx + t * Cols, dx + t * blocks);
                 for (int r = rowStart; r < rowEnd; r++)
                     for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ8_0Q8(Row(r), qx + t * Cols, dx + t * blocks, blocks);
+            }
+            return;
+        }
+        if (Type == GgmlType.Q6_K && Avx2.IsSupported)
+        {
+            int blocks = Cols / Q6K.BlockWeights, groups = Cols / 16;
+            sbyte* qx = stackalloc sbyte[Cols * Math.Min(tokens, 64)];
+            float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
+            short* sx = stackalloc short[groups * Math.Min(tokens, 64)];
+            for (int t0 = 0; t0 < tokens; t0 += 64)
+            {
+                int n = Math.Min(64, tokens - t0);
+                for (int t = 0; t < n; t++) QuantizeQ8KBlocks(x + (long)(t0 + t) * Cols, Cols, qx + t * Cols, dx + t * blocks, sx + t * groups);
+                for (int r = rowStart; r < rowEnd; r++)
+                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ6_KQ8K(Row(r), qx + t * Cols, dx + t * blocks, sx + t * groups, blocks);
             }
             return;
         }
@@ -192,6 +232,7 @@ public sealed unsafe class EmbeddingTable
                         GgmlType.F32 => Kernels.FloatMatVec.Dot((float*)row, xt, Cols),
                         GgmlType.F16 => DotF16((ushort*)row, xt, Cols),
                         GgmlType.BF16 => DotBF16((ushort*)row, xt, Cols),
+                        GgmlType.Q6_K => DotQ6_K(row, xt, Cols),
                         _ => DotQ8_0(row, xt, Cols),
                     };
                 }
@@ -397,6 +438,114 @@ public sealed unsafe class EmbeddingTable
                 for (int j = 0; j < 32; j++) block += q[j] * x[j];
             }
             sum += d * block;
+        }
+        return sum;
+    }
+    /// <summary>
+    /// ggml's Q8_K quantization of activations, the partner of Q6_K weights: per 256-value block d = max|x|/127 and
+    /// q = round(x/d), plus the sum of the codes of every 16 values (for the −32 offset of the Q6_K codes).
+    /// </summary>
+    public static void QuantizeQ8KBlocks(float* x, int n, sbyte* q, float* d, short* sums)
+    {
+        for (int b = 0; b < n / Q6K.BlockWeights; b++)
+        {
+            float* xb = x + b * Q6K.BlockWeights;
+            sbyte* qb = q + b * Q6K.BlockWeights;
+            float max = 0f;
+            for (int i = 0; i < Q6K.BlockWeights; i++) max = MathF.Max(max, MathF.Abs(xb[i]));
+            d[b] = max / 127f;
+            float inv = max > 0f ? 127f / max : 0f;
+            for (int g = 0; g < 16; g++)
+            {
+                int sum = 0;
+                for (int i = g * 16; i < g * 16 + 16; i++)
+                {
+                    int v = (int)MathF.Round(xb[i] * inv);
+                    qb[i] = (sbyte)v;
+                    sum += v;
+                }
+                sums[b * 16 + g] = (short)sum;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A Q6_K row against Q8_K-quantized activations (<see cref="QuantizeQ8KBlocks"/>). Per block and per 32 weights:
+    /// the 6-bit codes q ∈ [0, 63] are assembled from ql and qh with 16-bit shifts and byte masks, vpmaddubsw
+    /// multiplies them by the int8 activations (|pair sum| ≤ 2·63·127, no saturation), vpmaddwd weights each
+    /// 16-value half by its int8 scale into int32; the −32 offset is subtracted once per block as 32·Σ scale·Σ q_x
+    /// over the 16 groups. The block's int32 lanes (|lane| &lt; 2²⁶) become floats and take one fused multiply-add
+    /// by d_w·d_x.
+    /// </summary>
+    public static float DotQ6_KQ8K(byte* w, sbyte* qx, float* dx, short* sums, int blocks)
+    {
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        // vpshufb patterns that spread the int16 scales of one half (both 128-bit lanes hold its eight) so that
+        // quarter k gets scale 2k in the low lane (its first 16 weights) and scale 2k+1 in the high lane.
+        var spread0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100,
+            0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
+        var spread1 = spread0 + Vector256.Create((byte)4);
+        var spread2 = spread0 + Vector256.Create((byte)8);
+        var spread3 = spread0 + Vector256.Create((byte)12);
+        Vector256<float> acc = default;
+        for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
+        {
+            var scales = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(w + Q6K.ScalesOffset)));
+            var isum = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + b * 16)), 5);
+            sbyte* xb = qx + b * Q6K.BlockWeights;
+            for (int h = 0; h < 2; h++, xb += 128)
+            {
+                var a = Vector256.Load(w + 64 * h);
+                var c = Vector256.Load(w + 32 + 64 * h);
+                var hi = Vector256.Load(w + Q6K.QhOffset + 32 * h).AsUInt16();
+                var s = h == 0 ? Vector256.Create(scales.GetLower()) : Vector256.Create(scales.GetUpper());
+                var q0 = (a & low4) | (Vector256.ShiftLeft(hi, 4).AsByte() & bits45);
+                var q1 = (c & low4) | (Vector256.ShiftLeft(hi, 2).AsByte() & bits45);
+                var q2 = (Vector256.ShiftRightLogical(a.AsUInt16(), 4).AsByte() & low4) | (hi.AsByte() & bits45);
+                var q3 = (Vector256.ShiftRightLogical(c.AsUInt16(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(hi, 2).AsByte() & bits45);
+                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q0, Vector256.Load(xb)), Avx2.Shuffle(s.AsByte(), spread0).AsInt16());
+                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q1, Vector256.Load(xb + 32)), Avx2.Shuffle(s.AsByte(), spread1).AsInt16());
+                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q2, Vector256.Load(xb + 64)), Avx2.Shuffle(s.AsByte(), spread2).AsInt16());
+                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q3, Vector256.Load(xb + 96)), Avx2.Shuffle(s.AsByte(), spread3).AsInt16());
+            }
+            float d = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset)) * dx[b];
+            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(isum), Vector256.Create(d), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>
+    /// Q6_K against float activations, without SIMD (the fallback where AVX2 is missing): per 16-weight group the
+    /// codes are decoded and dotted in float, then scaled once by d·scale.
+    /// </summary>
+    public static float DotQ6_K(byte* w, float* x, int n)
+    {
+        float sum = 0f;
+        for (int b = 0; b < n / Q6K.BlockWeights; b++, w += Q6K.BlockBytes)
+        {
+            float d = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset));
+            sbyte* sc = (sbyte*)(w + Q6K.ScalesOffset);
+            for (int h = 0; h < 2; h++, x += 128)
+            {
+                byte* ql = w + 64 * h;
+                byte* qh = w + Q6K.QhOffset + 32 * h;
+                for (int k = 0; k < 4; k++)
+                {
+                    byte* low = ql + 32 * (k & 1);
+                    int lowShift = k < 2 ? 0 : 4;
+                    for (int g = 0; g < 2; g++)
+                    {
+                        float group = 0f;
+                        for (int l = 16 * g; l < 16 * g + 16; l++)
+                        {
+                            int q = (low[l] >> lowShift & 0xF) | (qh[l] >> 2 * k & 3) << 4;
+                            group += (q - 32) * x[32 * k + l];
+                        }
+                        sum += d * sc[8 * h + 2 * k + g] * group;
+                    }
+                }
+            }
         }
         return sum;
     }

@@ -33,6 +33,8 @@ public static class SyntheticModel
 {
     public static GgufWriter Build(SyntheticShape shape, int seed = 1, GgmlType embeddingType = GgmlType.F16, bool subNorms = true, string architecture = "bitnet-b1.58")
     {
+        if (embeddingType == GgmlType.Q6_K && shape.Dim % Q6K.BlockWeights != 0)
+            throw new ArgumentException($"A q6_K embedding needs rows of a multiple of {Q6K.BlockWeights} values; shape {shape.Name} has dim {shape.Dim}.", nameof(embeddingType));
         var rng = new Random(seed);
         int hd = shape.Dim / shape.Heads;
         int qDim = shape.Heads * hd, kvDim = shape.KvHeads * hd;
@@ -100,6 +102,20 @@ public static class SyntheticModel
             }
             return q8;
         }
+        if (type == GgmlType.Q6_K)
+        {
+            // Uniform ±amplitude floats through BitNetSharp's own Q6_K encoder (Q6K.Encode: a plain rounding
+            // quantizer, not llama.cpp's error-minimizing one; the format is the same), a chunk at a time.
+            var q6 = new byte[checked(count / Q6K.BlockWeights * Q6K.BlockBytes)];
+            var chunk = new float[64 * Q6K.BlockWeights];
+            for (long start = 0; start < count; start += chunk.Length)
+            {
+                int n = (int)Math.Min(chunk.Length, count - start);
+                for (int i = 0; i < n; i++) chunk[i] = (float)(rng.NextDouble() * 2 - 1) * amplitude;
+                Q6K.Encode(chunk.AsSpan(0, n), q6.AsSpan((int)(start / Q6K.BlockWeights * Q6K.BlockBytes)));
+            }
+            return q6;
+        }
         int size = type == GgmlType.F32 ? 4 : 2;
         var bytes = new byte[checked(count * size)];
         for (long i = 0; i < count; i++)
@@ -110,7 +126,7 @@ public static class SyntheticModel
                 case GgmlType.F32: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 4)), v); break;
                 case GgmlType.F16: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 2)), HalfConversions.FloatToHalf(v)); break;
                 case GgmlType.BF16: BitConverter.TryWriteBytes(bytes.AsSpan((int)(i * 2)), HalfConversions.FloatToBFloat16(v)); break;
-                default: throw new ArgumentException($"Embedding type {type} is not supported by the synthetic builder; use f32, f16, bf16 or q8_0.", nameof(type));
+                default: throw new ArgumentException($"Embedding type {type} is not supported by the synthetic builder; use f32, f16, bf16, q8_0 or q6_K.", nameof(type));
             }
         }
         return bytes;

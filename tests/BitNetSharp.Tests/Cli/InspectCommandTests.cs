@@ -34,6 +34,29 @@ public class InspectCommandTests
     }
 
     [Fact]
+    public void InspectShowsAQ6KEmbedding()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("q6k.gguf");
+        var shape = BitNetSharp.Model.SyntheticShape.Tiny with { Dim = 256 };
+        BitNetSharp.Model.SyntheticModel.Build(shape, 3, BitNetSharp.Formats.Gguf.GgmlType.Q6_K).WriteFile(path);
+
+        var (code, output, error) = Bitnet("inspect", path, "--tensors");
+        Assert.Equal(0, code);
+        Assert.Equal("", error);
+        Assert.Contains("q6_K: 1", output);
+        Assert.Matches(@"token_embd\.weight\s+│?\s*q6_K", output);
+        Assert.Contains("53,760", output); // 256 rows × one 210-byte block
+
+        (code, output, _) = Bitnet("inspect", path, "--json", "--tensors");
+        Assert.Equal(0, code);
+        using var doc = JsonDocument.Parse(output);
+        var embd = doc.RootElement.GetProperty("tensors").EnumerateArray().Single(t => t.GetProperty("name").GetString() == "token_embd.weight");
+        Assert.Equal("q6_K", embd.GetProperty("type").GetString());
+        Assert.Equal(53_760, embd.GetProperty("bytes").GetInt64());
+    }
+
+    [Fact]
     public void InspectJsonIsOneParsableDocumentWithTheSameFacts()
     {
         using var dir = new TestGguf.TempDirectory();

@@ -53,9 +53,10 @@ public unsafe class EmbeddingTableTests
     [InlineData(GgmlType.F16)]
     [InlineData(GgmlType.BF16)]
     [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q6_K)]
     public void MatVecEqualsRowDotProducts(GgmlType type)
     {
-        var shape = SyntheticShape.Tiny with { VocabSize = 50 };
+        var shape = SyntheticShape.Tiny with { VocabSize = 50, Dim = type == GgmlType.Q6_K ? 256 : 128 }; // Q6_K rows are whole 256-value blocks
         using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 2, type).ToArray(), "t.gguf"), ownsFile: true);
         var table = w.TokenEmbedding;
         var rng = new Random(1);
@@ -77,13 +78,26 @@ public unsafe class EmbeddingTableTests
                 EmbeddingTable.QuantizeQ8Blocks(px, xs.Length, pq, pd);
             for (int i = 0; i < xs.Length; i++) xs[i] = q[i] * d[i / 32];
         }
+        if (type == GgmlType.Q6_K && System.Runtime.Intrinsics.X86.Avx2.IsSupported)
+        {
+            // Likewise the Q6_K head with Q8_K activations (one scale per 256 values).
+            var q = new sbyte[xs.Length];
+            var d = new float[xs.Length / 256];
+            var sums = new short[xs.Length / 16];
+            fixed (float* px = x)
+            fixed (sbyte* pq = q)
+            fixed (float* pd = d)
+            fixed (short* ps = sums)
+                EmbeddingTable.QuantizeQ8KBlocks(px, xs.Length, pq, pd, ps);
+            for (int i = 0; i < xs.Length; i++) xs[i] = q[i] * d[i / 256];
+        }
         var row = new float[table.Cols];
         for (int r = 0; r < table.Rows; r++)
         {
             table.GetRow(r, row);
             double expected = 0;
             for (int i = 0; i < row.Length; i++) expected += row[i] * (double)xs[i];
-            Assert.Equal(expected, y[r], 4);
+            Assert.Equal(expected, y[r], 1e-4); // |Δ| ≤ 1e-4 (rounding both to 4 places failed on values straddling a boundary)
         }
     }
 }
@@ -96,13 +110,14 @@ public unsafe class EmbeddingTableBatchTests
     [InlineData(GgmlType.F16)]
     [InlineData(GgmlType.BF16)]
     [InlineData(GgmlType.Q8_0)]
+    [InlineData(GgmlType.Q6_K)]
     public void MatMulEqualsMatVecPerToken(GgmlType type)
     {
-        var shape = SyntheticShape.Tiny with { VocabSize = 70 };
+        var shape = SyntheticShape.Tiny with { VocabSize = 70, Dim = type == GgmlType.Q6_K ? 256 : 128 };
         using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 4, type).ToArray(), "t.gguf"), ownsFile: true);
         var table = w.TokenEmbedding;
         var rng = new Random(2);
-        foreach (int tokens in new[] { 2, 4, 7, 9 })
+        foreach (int tokens in new[] { 2, 4, 7, 9, 70 }) // 9: two 4-token tiles and one more; 70: past the 64-token chunk of the quantized heads
         {
             var x = Enumerable.Range(0, tokens * table.Cols).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
             var batched = new float[tokens * table.Rows];

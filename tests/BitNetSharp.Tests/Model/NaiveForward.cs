@@ -62,6 +62,9 @@ internal sealed class NaiveForward
         }
     }
 
+    /// <summary>The final normalized hidden state of the last <see cref="Step"/>, the vector the output head multiplies.</summary>
+    public double[] LastHidden { get; private set; } = [];
+
     /// <summary>Logits of the token at <paramref name="pos"/> (positions must be fed in order from 0).</summary>
     public double[] Step(int token, int pos)
     {
@@ -116,6 +119,7 @@ internal sealed class NaiveForward
             for (int i = 0; i < c.Dim; i++) h[i] += down[i];
         }
         var hn = RmsNorm(h, _w.OutputNorm, c.RmsEps);
+        LastHidden = hn;
         var logits = new double[c.VocabSize];
         var e2 = new float[c.Dim];
         for (int t = 0; t < c.VocabSize; t++)

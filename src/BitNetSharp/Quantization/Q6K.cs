@@ -1,0 +1,109 @@
+using System.Buffers.Binary;
+
+namespace BitNetSharp.Quantization;
+
+/// <summary>
+/// ggml Q6_K (type 14): super-blocks of 256 weights, 210 bytes each — ql[128] (the low 4 bits of each 6-bit code),
+/// qh[64] (the high 2 bits), scales[16] (int8, one per 16 weights), then d, the super-block scale, as little-endian
+/// fp16. Weight e of a block, with h = e/128 (which half), k = (e%128)/32 (which quarter of it), l = e%32:
+/// <code>
+///   low  = ql[64h + 32(k &amp; 1) + l], low nibble for k &lt; 2, high nibble for k ≥ 2
+///   high = (qh[32h + l] &gt;&gt; 2k) &amp; 3
+///   q    = low | high &lt;&lt; 4                      (0..63)
+///   w    = (d · scales[8h + 2k + l/16]) · (q − 32)
+/// </code>
+/// The float32 evaluation order (d times the scale first, then times q − 32) is that of ggml's
+/// dequantize_row_q6_K and of gguf-py, so <see cref="DequantizeBlock"/> reproduces them bit for bit.
+/// </summary>
+public static unsafe class Q6K
+{
+    public const int BlockWeights = 256;
+    public const int BlockBytes = 210;
+    public const int QhOffset = 128;
+    public const int ScalesOffset = 192;
+    public const int DOffset = 208;
+
+    /// <summary>Decodes one 210-byte block into 256 floats.</summary>
+    public static void DequantizeBlock(byte* block, float* y)
+    {
+        float d = HalfConversions.HalfToFloat(BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(block + DOffset, 2)));
+        sbyte* sc = (sbyte*)(block + ScalesOffset);
+        for (int h = 0; h < 2; h++)
+        {
+            byte* ql = block + 64 * h;
+            byte* qh = block + QhOffset + 32 * h;
+            sbyte* s = sc + 8 * h;
+            float* yh = y + 128 * h;
+            for (int l = 0; l < 32; l++)
+            {
+                int g = l / 16;
+                int a = ql[l], b = ql[l + 32], c = qh[l];
+                yh[l] = d * s[g] * ((a & 0xF | (c & 3) << 4) - 32);
+                yh[l + 32] = d * s[g + 2] * ((b & 0xF | (c >> 2 & 3) << 4) - 32);
+                yh[l + 64] = d * s[g + 4] * ((a >> 4 | (c >> 4 & 3) << 4) - 32);
+                yh[l + 96] = d * s[g + 6] * ((b >> 4 | (c >> 6) << 4) - 32);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Encodes <paramref name="values"/> (a multiple of 256) as Q6_K blocks into <paramref name="destination"/>.
+    /// A simple rounding quantizer, not llama.cpp's make_qx_quants (which searches for the scale that minimizes the
+    /// squared error and also uses the code −32, so it is somewhat more accurate); both write the same format, which
+    /// every Q6_K reader decodes alike. Per 16-weight group the wanted step is s = max|x|/31. The super-block scale
+    /// d is the smallest fp16 with 127·d ≥ max s, each group's int8 scale is ⌈s/d⌉ ≤ 127 (rounded up, so the
+    /// step d·scale the file holds is at least s and no code needs clamping), and each code is round(x/(d·scale))
+    /// ∈ [−31, 31]. Hence every decoded weight is within d·scale/2 ≤ (s + d)/2 of its input (plus float32
+    /// rounding of the decode).
+    /// </summary>
+    /// <exception cref="ArgumentException">A length that is not a multiple of 256, a short destination, a NaN or
+    /// infinite value, or a block whose d does not fit in fp16 (|x| above about 2.5·10⁸).</exception>
+    public static void Encode(ReadOnlySpan<float> values, Span<byte> destination)
+    {
+        if (values.Length % BlockWeights != 0)
+            throw new ArgumentException($"Q6_K encodes whole blocks of {BlockWeights} values; got {values.Length}.", nameof(values));
+        int blocks = values.Length / BlockWeights;
+        if (destination.Length < (long)blocks * BlockBytes)
+            throw new ArgumentException($"{blocks} Q6_K blocks need {(long)blocks * BlockBytes} bytes; the destination has {destination.Length}.", nameof(destination));
+        Span<float> steps = stackalloc float[16];
+        Span<sbyte> scales = stackalloc sbyte[16];
+        for (int b = 0; b < blocks; b++)
+        {
+            var x = values.Slice(b * BlockWeights, BlockWeights);
+            var block = destination.Slice(b * BlockBytes, BlockBytes);
+            float maxStep = 0f;
+            for (int g = 0; g < 16; g++)
+            {
+                float max = 0f;
+                for (int i = 0; i < 16; i++)
+                {
+                    float v = x[g * 16 + i];
+                    if (!float.IsFinite(v)) throw new ArgumentException($"Value {b * BlockWeights + g * 16 + i} is {v}; Q6_K holds finite numbers only.", nameof(values));
+                    max = MathF.Max(max, MathF.Abs(v));
+                }
+                steps[g] = max / 31f;
+                maxStep = MathF.Max(maxStep, steps[g]);
+            }
+            // The fp16 nearest maxStep/127, moved up (at most a few ulps) until 127·d covers every group's step.
+            ushort dBits = HalfConversions.FloatToHalf(maxStep / 127f);
+            while (maxStep > 0f && (double)HalfConversions.HalfToFloat(dBits) * 127 < maxStep) dBits++;
+            double d = HalfConversions.HalfToFloat(dBits);
+            if (!double.IsFinite(d))
+                throw new ArgumentException($"Block {b} needs a super-block scale of {maxStep / 127f}, beyond fp16.", nameof(values));
+            for (int g = 0; g < 16; g++)
+                scales[g] = d > 0 ? (sbyte)Math.Ceiling(steps[g] / d) : (sbyte)0;
+
+            block.Slice(0, ScalesOffset).Clear();
+            for (int e = 0; e < BlockWeights; e++)
+            {
+                int h = e / 128, k = e % 128 / 32, l = e % 32;
+                double step = d * scales[8 * h + 2 * k + l / 16];
+                int q = step > 0 ? (int)Math.Clamp(Math.Round(x[e] / step, MidpointRounding.AwayFromZero), -32, 31) + 32 : 32;
+                block[64 * h + 32 * (k & 1) + l] |= (byte)(k < 2 ? q & 0xF : (q & 0xF) << 4);
+                block[QhOffset + 32 * h + l] |= (byte)((q >> 4) << (2 * k));
+            }
+            for (int g = 0; g < 16; g++) block[ScalesOffset + g] = (byte)scales[g];
+            BinaryPrimitives.WriteUInt16LittleEndian(block.Slice(DOffset, 2), dBits);
+        }
+    }
+}
