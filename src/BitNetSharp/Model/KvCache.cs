@@ -24,6 +24,8 @@ public sealed unsafe class KvCache : IDisposable
     private readonly NativeBuffer _values;
     private readonly NativeBuffer _scales; // [K|V][layer][kvHead][position], empty for unscaled types
     private readonly int[] _layerLength;
+    // An F16 cache that has never stored ±inf or NaN is read with the short widening (F16FiniteRow); sticky until Clear.
+    private bool _nonFiniteF16;
     private readonly int _rowBytes;
 
     public KvCache(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type = KvCacheType.F16)
@@ -144,6 +146,7 @@ public sealed unsafe class KvCache : IDisposable
         switch (Type)
         {
             case KvCacheType.F32: ScoresCore<F32Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
+            case KvCacheType.F16 when !_nonFiniteF16: ScoresCore<F16FiniteRow, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
             case KvCacheType.F16: ScoresCore<F16Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
             case KvCacheType.Int8: ScoresCore<Int8Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
             default: ScoresCore<Fp8Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
@@ -159,6 +162,7 @@ public sealed unsafe class KvCache : IDisposable
         switch (Type)
         {
             case KvCacheType.F32: AccumulateCore<F32Row, WidestVector>(layer, kvHead, weights, output, positions); break;
+            case KvCacheType.F16 when !_nonFiniteF16: AccumulateCore<F16FiniteRow, WidestVector>(layer, kvHead, weights, output, positions); break;
             case KvCacheType.F16: AccumulateCore<F16Row, WidestVector>(layer, kvHead, weights, output, positions); break;
             case KvCacheType.Int8: AccumulateCore<Int8Row, WidestVector>(layer, kvHead, weights, output, positions); break;
             default: AccumulateCore<Fp8Row, WidestVector>(layer, kvHead, weights, output, positions); break;
@@ -170,6 +174,7 @@ public sealed unsafe class KvCache : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         for (int l = 0; l < Layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
+        if (length == 0) _nonFiniteF16 = false;
     }
 
     /// <summary>Empties the cache for reuse by another sequence; nothing is freed or zeroed.</summary>
@@ -196,6 +201,9 @@ public sealed unsafe class KvCache : IDisposable
             long row = Row(layer, h, position);
             float ks = TRow.Encode(k.Slice(h * HeadDim, HeadDim), _keys.Pointer + row * _rowBytes);
             float vs = TRow.Encode(v.Slice(h * HeadDim, HeadDim), _values.Pointer + row * _rowBytes);
+            if (typeof(TRow) == typeof(F16Row) && !_nonFiniteF16 &&
+                (F16FiniteRow.HasNonFinite(_keys.Pointer + row * _rowBytes, HeadDim) || F16FiniteRow.HasNonFinite(_values.Pointer + row * _rowBytes, HeadDim)))
+                _nonFiniteF16 = true;
             if (TRow.HasScale)
             {
                 KeyScales[row] = ks;

@@ -166,6 +166,65 @@ public unsafe class KvCacheTests
         }
     }
 
+    /// <summary>
+    /// The fast F16 path (rows known finite) gives exactly the general path's scores and outputs, at every width, on
+    /// rows that include subnormal and extreme finite halves; a cache holding ±inf switches to the general path
+    /// (an inf key then makes that score infinite instead of a large finite number).
+    /// </summary>
+    [Fact]
+    public void F16FinitePathEqualsTheGeneralPathAndInfinityFallsBack()
+    {
+        var rng = new Random(21);
+        foreach (int headDim in new[] { 15, 16, 33, 100, 128 })
+        {
+            using var cache = new KvCache(1, 2, headDim, 6, KvCacheType.F16);
+            for (int p = 0; p < 6; p++)
+            {
+                var k = Enumerable.Range(0, 2 * headDim).Select(i => i % 7 == 0 ? 3e-7f * (float)(rng.NextDouble() - 0.5) : i % 11 == 0 ? 60000f : (float)(rng.NextDouble() * 4 - 2)).ToArray();
+                var v = Enumerable.Range(0, 2 * headDim).Select(i => i % 5 == 0 ? -1e-6f : (float)(rng.NextDouble() * 4 - 2)).ToArray();
+                cache.Write(0, p, k, v);
+            }
+            var q = Row(rng, headDim);
+            var w = Enumerable.Range(0, 6).Select(_ => (float)rng.NextDouble()).ToArray();
+            var general = new float[6];
+            var fast = new float[6];
+            var generalOut = new float[headDim];
+            var fastOut = new float[headDim];
+            cache.ScoresCore<F16Row, WidestVector>(0, 1, q, general, 6, 1f);
+            cache.ScoresCore<F16FiniteRow, WidestVector>(0, 1, q, fast, 6, 1f);
+            Assert.Equal(general, fast);
+            var viaApi = new float[6];
+            cache.Scores(0, 1, q, viaApi, 6);
+            Assert.Equal(general, viaApi);
+            cache.AccumulateCore<F16Row, WidestVector>(0, 1, w, generalOut, 6);
+            cache.AccumulateCore<F16FiniteRow, WidestVector>(0, 1, w, fastOut, 6);
+            Assert.Equal(generalOut, fastOut);
+            foreach (var width in new[] { "256", "scalar" })
+            {
+                var a = new float[6];
+                var b = new float[6];
+                if (width == "256") { cache.ScoresCore<F16Row, Vector256Width>(0, 1, q, a, 6, 1f); cache.ScoresCore<F16FiniteRow, Vector256Width>(0, 1, q, b, 6, 1f); }
+                else { cache.ScoresCore<F16Row, ScalarWidth>(0, 1, q, a, 6, 1f); cache.ScoresCore<F16FiniteRow, ScalarWidth>(0, 1, q, b, 6, 1f); }
+                Assert.Equal(a, b);
+            }
+        }
+
+        using var inf = new KvCache(1, 1, 16, 2, KvCacheType.F16);
+        var ones = Enumerable.Repeat(1f, 16).ToArray();
+        inf.Write(0, 0, ones, ones);
+        var key = (float[])ones.Clone();
+        key[3] = 1e6f; // beyond fp16: stored as +inf
+        inf.Write(0, 1, key, ones);
+        var s = new float[2];
+        inf.Scores(0, 0, ones, s, 2);
+        Assert.Equal(16f, s[0]);
+        Assert.True(float.IsPositiveInfinity(s[1]), $"score {s[1]}");
+        inf.Clear();
+        inf.Write(0, 0, ones, ones);
+        inf.Scores(0, 0, ones, s, 1);
+        Assert.Equal(16f, s[0]);
+    }
+
     [Fact]
     public void F16WideningIsExactOnEveryCode()
     {
