@@ -18,7 +18,7 @@ namespace BitNetSharp.Server;
 /// <see cref="StartAsync"/> returns once the port is bound; the model loads and warms up in the background while
 /// /health answers 503, and every model route answers 503 with Retry-After until it is ready.
 /// <para>
-/// Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics,
+/// Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics, GET /dashboard,
 /// POST /tokenize, POST /detokenize. Errors are OpenAI-shaped <c>{"error":{"message","type","param","code"}}</c>.
 /// No request field is ever used as a file path: the model is chosen when the server starts.
 /// </para>
@@ -107,7 +107,7 @@ public sealed class BitNetServer : IAsyncDisposable
         {
             try
             {
-                if (key is not null && context.Request.Path != "/health" && !Authorized(context.Request, key))
+                if (key is not null && !IsPublic(context.Request.Path) && !Authorized(context.Request, key))
                     throw new ApiException(401, "Missing or invalid API key: send it as 'Authorization: Bearer YOUR_KEY'.", "invalid_request_error", code: "invalid_api_key");
                 await next(context);
             }
@@ -136,6 +136,8 @@ public sealed class BitNetServer : IAsyncDisposable
             ("GET", "/v1/models", service.Models),
             ("GET", "/health", service.Health),
             ("GET", "/metrics", service.Metrics),
+            ("GET", "/dashboard", service.Dashboard),
+            ("GET", "/", service.Dashboard),
             ("POST", "/tokenize", tokenize.Tokenize),
             ("POST", "/detokenize", tokenize.Detokenize),
         };
@@ -149,6 +151,9 @@ public sealed class BitNetServer : IAsyncDisposable
             throw new ApiException(404, $"There is no route {context.Request.Method} {context.Request.Path}. Routes: {list}.", "invalid_request_error", code: "not_found");
         });
     }
+
+    /// <summary>Paths served without the API key: the health probe and the dashboard page (which holds no data).</summary>
+    private static bool IsPublic(PathString path) => path == "/health" || path == "/dashboard" || path == "/";
 
     private static bool Authorized(HttpRequest request, byte[] key)
     {

@@ -50,6 +50,30 @@ internal sealed class ServiceEndpoints(ModelHost host)
         }, context.RequestAborted);
     }
 
+    private static readonly Lazy<byte[]> DashboardPage = new(() =>
+    {
+        using var stream = typeof(ServiceEndpoints).Assembly.GetManifestResourceStream("BitNetSharp.Server.dashboard.html")
+            ?? throw new InvalidOperationException("The dashboard page is missing from the server assembly.");
+        using var copy = new MemoryStream();
+        stream.CopyTo(copy);
+        return copy.ToArray();
+    });
+
+    /// <summary>
+    /// GET /dashboard (and /): a self-contained page that polls /health and /metrics once a second in the browser and
+    /// shows throughput, queue, KV-cache use and latency quantiles. It holds no data itself, so it is served without
+    /// the API key; with one configured, the page asks for it before reading /metrics.
+    /// </summary>
+    public async Task Dashboard(HttpContext context)
+    {
+        var page = DashboardPage.Value;
+        context.Response.StatusCode = 200;
+        context.Response.ContentType = "text/html; charset=utf-8";
+        context.Response.Headers.CacheControl = "no-cache";
+        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'";
+        await context.Response.Body.WriteAsync(page, context.RequestAborted);
+    }
+
     /// <summary>Prometheus text; empty until the model (and with it the scheduler's meters) exists.</summary>
     public async Task Metrics(HttpContext context)
     {

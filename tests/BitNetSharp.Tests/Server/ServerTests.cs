@@ -343,12 +343,41 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(1, TestServer.Sample(await s.MetricsAsync(), "bitnet_requests_rejected_total"));
     }
 
+    /// <summary>
+    /// GET /dashboard (and /) serves the live page; every metric family the page's script reads is one /metrics
+    /// exports (so a renamed instrument breaks this test, not the page), and so are the endpoints it polls.
+    /// </summary>
+    [Fact]
+    public async Task DashboardPageReadsOnlyMetricsTheServerExports()
+    {
+        var (status, _, _) = await S.PostAsync("v1/completions", new { prompt = "dashboard", max_tokens = 3, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        foreach (var path in new[] { "dashboard", "" })
+        {
+            var response = await S.Http.GetAsync(path, Ct);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            Assert.Equal("text/html", response.Content.Headers.ContentType?.MediaType);
+            string page = await response.Content.ReadAsStringAsync(Ct);
+            Assert.Contains("<canvas id=\"chart\"", page);
+            foreach (var endpoint in new[] { "\"/metrics\"", "\"/health\"", "\"/v1/models\"" }) Assert.Contains(endpoint, page);
+            var families = PrometheusText.Parse(await (await S.Http.GetAsync("metrics", Ct)).Content.ReadAsStringAsync(Ct));
+            var used = System.Text.RegularExpressions.Regex.Matches(page, @"""(bitnet_[a-z_]+)""").Select(m => m.Groups[1].Value).Distinct().ToList();
+            Assert.True(used.Count >= 12, $"the page reads only {used.Count} metrics");
+            foreach (var name in used)
+            {
+                string family = name.EndsWith("_bucket") || name.EndsWith("_count") || name.EndsWith("_sum") ? name[..name.LastIndexOf('_')] : name;
+                Assert.True(families.ContainsKey(family) || families.ContainsKey(name), $"the dashboard reads {name}, which /metrics does not export");
+            }
+        }
+    }
+
     [Fact]
     public async Task ApiKeyIsRequiredEverywhereButHealth()
     {
         await using var s = await TestServer.StartAsync(o => o with { ApiKey = "sekrit", WarmupRequests = 0 });
         using var anonymous = new HttpClient { BaseAddress = s.Server.Address };
         Assert.Equal(HttpStatusCode.OK, (await anonymous.GetAsync("health", Ct)).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await anonymous.GetAsync("dashboard", Ct)).StatusCode); // the page holds no data; it asks for the key
         foreach (var path in new[] { "v1/models", "metrics" })
         {
             var r = await anonymous.GetAsync(path, Ct);
