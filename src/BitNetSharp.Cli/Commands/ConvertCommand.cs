@@ -1,4 +1,5 @@
 using System.CommandLine;
+using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Model;
 using BitNetSharp.Tokenization;
 using Spectre.Console;
@@ -13,7 +14,12 @@ public static class ConvertCommand
         var input = new Argument<string>("input") { Description = "A Hugging Face model directory or a .gguf file." };
         var output = new Argument<string>("output") { Description = "The .gguf file to write (written to a temporary name, renamed when complete)." };
         var type = new Option<string>("--type") { Description = "Projection encoding: i2_s (bitnet.cpp), tq2_0 / tq1_0 (llama.cpp), f16.", DefaultValueFactory = _ => "i2_s" };
-        var command = new Command("convert", "Convert a model to a GGUF with packed ternary weights.") { input, output, type };
+        var embedding = new Option<string>("--embedding-type")
+        {
+            Description = "Token embedding / output head: keep (as stored), f16, q8_0 or q6_k (q6_k: 3.1x fewer head bytes per token than f16).",
+            DefaultValueFactory = _ => "keep",
+        };
+        var command = new Command("convert", "Convert a model to a GGUF with packed ternary weights.") { input, output, type, embedding };
         command.SetAction(result => cli.Guard(() =>
         {
             var packed = result.GetValue(type)!.Trim().ToLowerInvariant() switch
@@ -24,12 +30,20 @@ public static class ConvertCommand
                 "f16" => PackedWeightType.F16,
                 var other => throw new UsageException($"--type '{other}' is not one of i2_s, tq2_0, tq1_0, f16."),
             };
+            GgmlType? embeddingType = result.GetValue(embedding)!.Trim().ToLowerInvariant() switch
+            {
+                "keep" => null,
+                "f16" => GgmlType.F16,
+                "q8_0" => GgmlType.Q8_0,
+                "q6_k" => GgmlType.Q6_K,
+                var other => throw new UsageException($"--embedding-type '{other}' is not one of keep, f16, q8_0, q6_k."),
+            };
             string outPath = result.GetRequiredValue(output);
             string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"the output folder {dir} does not exist.");
             string inPath = result.GetRequiredValue(input);
             using var weights = ModelWeights.Load(inPath);
-            ModelConverter.CheckShapes(weights, packed);
+            ModelConverter.CheckShapes(weights, packed, embeddingType);
             string tokenizerNote;
             BitNetTokenizer? tokenizer = null;
             if (weights.Gguf is { } gguf)
@@ -50,10 +64,11 @@ public static class ConvertCommand
             var writer = cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {
                 var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
-                return ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer);
+                return ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType);
             });
             writer.WriteFile(outPath);
-            cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}, {tokenizerNote})");
+            string embeddingNote = embeddingType is { } e ? $"embedding {GgmlTypeInfo.Name(e)}" : $"embedding {GgmlTypeInfo.Name(weights.TokenEmbedding.Type)} (kept)";
+            cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}, {embeddingNote}, {tokenizerNote})");
             return 0;
         }));
         return command;

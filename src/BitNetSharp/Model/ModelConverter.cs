@@ -16,8 +16,10 @@ public enum PackedWeightType { I2_S, TQ2_0, TQ1_0, F16 }
 public static class ModelConverter
 {
     /// <summary>Checks every projection can be held by <paramref name="type"/>; the message names the first that cannot.</summary>
-    public static void CheckShapes(ModelWeights weights, PackedWeightType type)
+    public static void CheckShapes(ModelWeights weights, PackedWeightType type, GgmlType? embeddingType = null)
     {
+        if (embeddingType is { } e && EmbeddingEncoder.CannotEncode(e, weights.Config.Dim) is { } reason)
+            throw new ArgumentException($"--embedding-type: {reason}.");
         foreach (var (name, m) in Projections(weights))
         {
             if (type is PackedWeightType.TQ2_0 or PackedWeightType.TQ1_0 && m.Cols % 256 != 0)
@@ -52,9 +54,12 @@ public static class ModelConverter
     /// Written as <c>tokenizer.ggml.*</c> keys when the source is not a GGUF (whose tokenizer keys are copied as they
     /// are); see <see cref="GgufTokenizerWriter"/>. Its vocabulary may not be larger than the model's.
     /// </param>
-    public static GgufWriter ToGguf(ModelWeights weights, PackedWeightType type, Action<int, int>? progress = null, BitNetSharp.Tokenization.BitNetTokenizer? tokenizer = null)
+    /// <param name="embeddingType">Re-encode the token embedding and output head into this type (F16, Q8_0, Q6_K;
+    /// see <see cref="EmbeddingEncoder"/>); null keeps them as they are.</param>
+    public static GgufWriter ToGguf(ModelWeights weights, PackedWeightType type, Action<int, int>? progress = null, BitNetSharp.Tokenization.BitNetTokenizer? tokenizer = null,
+        GgmlType? embeddingType = null)
     {
-        CheckShapes(weights, type);
+        CheckShapes(weights, type, embeddingType);
         var c = weights.Config;
         string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : "bitnet";
         var w = new GgufWriter();
@@ -83,9 +88,14 @@ public static class ModelConverter
 
         int total = 2 + (weights.TiedOutput ? 0 : 1) + c.Layers * (c.HasSubNorms ? 11 : 9), done = 0;
         void Step() => progress?.Invoke(++done, total);
-        w.AddTensor("token_embd.weight", weights.TokenEmbedding.Type, [c.Dim, c.VocabSize], weights.TokenEmbedding.Bytes); Step();
+        void Table(string name, EmbeddingTable table)
+        {
+            if (embeddingType is { } target && target != table.Type) w.AddTensor(name, target, [c.Dim, c.VocabSize], EmbeddingEncoder.Encode(table, target));
+            else w.AddTensor(name, table.Type, [c.Dim, c.VocabSize], table.Bytes);
+        }
+        Table("token_embd.weight", weights.TokenEmbedding); Step();
         w.AddTensor("output_norm.weight", GgmlType.F32, [c.Dim], F32(weights.OutputNorm)); Step();
-        if (!weights.TiedOutput) { w.AddTensor("output.weight", weights.Output.Type, [c.Dim, c.VocabSize], weights.Output.Bytes); Step(); }
+        if (!weights.TiedOutput) { Table("output.weight", weights.Output); Step(); }
         for (int l = 0; l < c.Layers; l++)
         {
             var lw = weights.Layers[l];

@@ -1,0 +1,81 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+
+namespace BitNetSharp.Quantization;
+
+/// <summary>
+/// Re-encodes a token-embedding / output-head table into another GGUF type for `bitnet convert --embedding-type`:
+/// F16, Q8_0 (llama.cpp's reference rule: per 32 values d = max|x|/127 stored as fp16, q = round(x / d) with the
+/// unrounded d) or Q6_K (<see cref="Q6K.Encode"/>: a plain rounding quantizer, each weight within half a step;
+/// not llama.cpp's error-minimizing search). A Q6_K or Q8_0 head streams 3.1× or 1.9× fewer bytes per token than
+/// F16, which is what bounds single-sequence decoding of BitNet 2B4T (its F16 head is 657 MB next to 0.5 GB of
+/// ternary weights).
+/// </summary>
+public static class EmbeddingEncoder
+{
+    /// <summary>The types a table can be re-encoded into.</summary>
+    public static readonly GgmlType[] Targets = [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q6_K];
+
+    /// <summary>Why <paramref name="cols"/>-wide rows cannot be stored as <paramref name="type"/>, or null.</summary>
+    public static string? CannotEncode(GgmlType type, int cols) => type switch
+    {
+        GgmlType.Q8_0 when cols % 32 != 0 => $"q8_0 stores rows in blocks of 32 values, but the embedding rows have {cols}",
+        GgmlType.Q6_K when cols % Q6K.BlockWeights != 0 => $"q6_K stores rows in blocks of {Q6K.BlockWeights} values, but the embedding rows have {cols}",
+        GgmlType.F16 or GgmlType.Q8_0 or GgmlType.Q6_K => null,
+        _ => $"{GgmlTypeInfo.Name(type)} is not an embedding type the converter writes; use f16, q8_0 or q6_k",
+    };
+
+    /// <summary>The whole table, row by row, in <paramref name="type"/>.</summary>
+    public static byte[] Encode(EmbeddingTable table, GgmlType type)
+    {
+        ArgumentNullException.ThrowIfNull(table);
+        if (CannotEncode(type, table.Cols) is { } reason) throw new ArgumentException(reason + ".", nameof(type));
+        long rowBytes = type switch
+        {
+            GgmlType.F16 => table.Cols * 2L,
+            GgmlType.Q8_0 => table.Cols / 32 * 34L,
+            _ => table.Cols / Q6K.BlockWeights * (long)Q6K.BlockBytes,
+        };
+        var output = new byte[checked(rowBytes * table.Rows)];
+        var row = new float[table.Cols];
+        for (int r = 0; r < table.Rows; r++)
+        {
+            table.GetRow(r, row);
+            var destination = output.AsSpan((int)(r * rowBytes), (int)rowBytes);
+            switch (type)
+            {
+                case GgmlType.F16:
+                    for (int i = 0; i < row.Length; i++) BitConverter.TryWriteBytes(destination[(2 * i)..], HalfConversions.FloatToHalf(row[i]));
+                    break;
+                case GgmlType.Q8_0:
+                    EncodeQ8_0(row, destination);
+                    break;
+                default:
+                    Q6K.Encode(row, destination);
+                    break;
+            }
+        }
+        return output;
+    }
+
+    /// <summary>llama.cpp's quantize_row_q8_0_ref: per 32 values d = max|x|/127 (fp16 in the file), q = round(x · 1/d).</summary>
+    public static void EncodeQ8_0(ReadOnlySpan<float> x, Span<byte> destination)
+    {
+        if (x.Length % 32 != 0) throw new ArgumentException($"Q8_0 encodes whole blocks of 32 values; got {x.Length}.", nameof(x));
+        for (int b = 0; b < x.Length / 32; b++)
+        {
+            var block = x.Slice(b * 32, 32);
+            float amax = 0f;
+            foreach (float v in block)
+            {
+                if (!float.IsFinite(v)) throw new ArgumentException($"Value {b * 32} block holds {v}; Q8_0 holds finite numbers only.", nameof(x));
+                amax = MathF.Max(amax, MathF.Abs(v));
+            }
+            float d = amax / 127f;
+            float id = d != 0f ? 1f / d : 0f;
+            var dst = destination.Slice(b * 34, 34);
+            BitConverter.TryWriteBytes(dst, HalfConversions.FloatToHalf(d));
+            for (int i = 0; i < 32; i++) dst[2 + i] = (byte)(sbyte)MathF.Round(block[i] * id, MidpointRounding.AwayFromZero);
+        }
+    }
+}
