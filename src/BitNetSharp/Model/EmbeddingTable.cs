@@ -193,12 +193,21 @@ public sealed unsafe class EmbeddingTable
             sbyte* qx = stackalloc sbyte[Cols * Math.Min(tokens, 64)];
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
             short* sx = stackalloc short[groups * Math.Min(tokens, 64)];
+            float* four = stackalloc float[4];
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
                 for (int t = 0; t < n; t++) QuantizeQ8KBlocks(x + (long)(t0 + t) * Cols, Cols, qx + t * Cols, dx + t * blocks, sx + t * groups);
                 for (int r = rowStart; r < rowEnd; r++)
-                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ6_KQ8K(Row(r), qx + t * Cols, dx + t * blocks, sx + t * groups, blocks);
+                {
+                    int t = 0;
+                    for (; t + 4 <= n; t += 4)
+                    {
+                        DotQ6_KQ8Kx4(Row(r), qx + t * Cols, Cols, dx + t * blocks, sx + t * groups, blocks, four);
+                        for (int j = 0; j < 4; j++) y[(t0 + t + j) * yStride + r] = four[j];
+                    }
+                    for (; t < n; t++) y[(t0 + t) * yStride + r] = DotQ6_KQ8K(Row(r), qx + t * Cols, dx + t * blocks, sx + t * groups, blocks);
+                }
             }
             return;
         }
@@ -518,6 +527,74 @@ public sealed unsafe class EmbeddingTable
             acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(isum), Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
+    }
+
+    /// <summary>
+    /// <see cref="DotQ6_KQ8K"/> for four tokens at once (activations <paramref name="qx"/> + j·<paramref name="stride"/>,
+    /// scales <paramref name="dx"/> + j·blocks, sums <paramref name="sums"/> + j·16·blocks): each block's 6-bit codes
+    /// are assembled and its scales spread once for the four. Per token the integer sums and the float accumulation
+    /// are those of DotQ6_KQ8K in the same order, so the results are identical.
+    /// </summary>
+    public static void DotQ6_KQ8Kx4(byte* w, sbyte* qx, int stride, float* dx, short* sums, int blocks, float* result)
+    {
+        var low4 = Vector256.Create((byte)0x0F);
+        var bits45 = Vector256.Create((byte)0x30);
+        var spread0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100,
+            0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
+        var spread1 = spread0 + Vector256.Create((byte)4);
+        var spread2 = spread0 + Vector256.Create((byte)8);
+        var spread3 = spread0 + Vector256.Create((byte)12);
+        Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+        int groups = blocks * 16;
+        for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
+        {
+            var scales = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(w + Q6K.ScalesOffset)));
+            var i0 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + b * 16)), 5);
+            var i1 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + groups + b * 16)), 5);
+            var i2 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + 2 * groups + b * 16)), 5);
+            var i3 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + 3 * groups + b * 16)), 5);
+            sbyte* xb = qx + b * Q6K.BlockWeights;
+            for (int h = 0; h < 2; h++, xb += 128)
+            {
+                var a = Vector256.Load(w + 64 * h);
+                var c = Vector256.Load(w + 32 + 64 * h);
+                var hi = Vector256.Load(w + Q6K.QhOffset + 32 * h).AsUInt16();
+                var s = h == 0 ? Vector256.Create(scales.GetLower()) : Vector256.Create(scales.GetUpper());
+                var q0 = (a & low4) | (Vector256.ShiftLeft(hi, 4).AsByte() & bits45);
+                var q1 = (c & low4) | (Vector256.ShiftLeft(hi, 2).AsByte() & bits45);
+                var q2 = (Vector256.ShiftRightLogical(a.AsUInt16(), 4).AsByte() & low4) | (hi.AsByte() & bits45);
+                var q3 = (Vector256.ShiftRightLogical(c.AsUInt16(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(hi, 2).AsByte() & bits45);
+                var s0 = Avx2.Shuffle(s.AsByte(), spread0).AsInt16();
+                var s1 = Avx2.Shuffle(s.AsByte(), spread1).AsInt16();
+                var s2 = Avx2.Shuffle(s.AsByte(), spread2).AsInt16();
+                var s3 = Avx2.Shuffle(s.AsByte(), spread3).AsInt16();
+                i0 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb);
+                i1 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb + stride);
+                i2 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb + 2 * stride);
+                i3 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb + 3 * stride);
+            }
+            float dw = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset));
+            acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i0), Vector256.Create(dw * dx[b]), acc0);
+            acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i1), Vector256.Create(dw * dx[blocks + b]), acc1);
+            acc2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i2), Vector256.Create(dw * dx[2 * blocks + b]), acc2);
+            acc3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i3), Vector256.Create(dw * dx[3 * blocks + b]), acc3);
+        }
+        result[0] = Vector256.Sum(acc0);
+        result[1] = Vector256.Sum(acc1);
+        result[2] = Vector256.Sum(acc2);
+        result[3] = Vector256.Sum(acc3);
+    }
+
+    /// <summary>The four quarter products of one 128-weight half against one token, summed in DotQ6_KQ8K's order.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Quarter(Vector256<byte> q0, Vector256<byte> q1, Vector256<byte> q2, Vector256<byte> q3,
+        Vector256<short> s0, Vector256<short> s1, Vector256<short> s2, Vector256<short> s3, sbyte* xb)
+    {
+        var p0 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q0, Vector256.Load(xb)), s0);
+        var p1 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q1, Vector256.Load(xb + 32)), s1);
+        var p2 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q2, Vector256.Load(xb + 64)), s2);
+        var p3 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q3, Vector256.Load(xb + 96)), s3);
+        return ((p0 + p1) + p2) + p3;
     }
 
     /// <summary>
