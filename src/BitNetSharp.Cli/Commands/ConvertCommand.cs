@@ -52,14 +52,24 @@ public static class ConvertCommand
                 tokenizerNote = "no tokenizer in the source (tokenizer.json, tokenizer.model or vocab.json + merges.txt)";
             else
             {
-                tokenizer = TokenizerLoader.FromHfDirectory(inPath);
-                if (GgufTokenizerWriter.CannotWrite(tokenizer) is { } reason)
+                string? reason;
+                try
+                {
+                    tokenizer = TokenizerLoader.FromHfDirectory(inPath);
+                    reason = GgufTokenizerWriter.CannotWrite(tokenizer);
+                }
+                catch (BitNetSharp.Formats.ModelFormatException failure)
+                {
+                    // The weights convert on their own; say why the vocabulary did not come along instead of failing.
+                    reason = failure.Message;
+                }
+                if (reason is not null)
                 {
                     cli.Error.WriteLine($"warning: the tokenizer is not written to the GGUF: {reason}. Use the model with its directory's tokenizer files instead.");
                     tokenizerNote = "no tokenizer";
                     tokenizer = null;
                 }
-                else tokenizerNote = $"tokenizer written ({tokenizer.VocabularySize:N0} tokens, {tokenizer.Description})";
+                else tokenizerNote = $"tokenizer written ({tokenizer!.VocabularySize:N0} tokens, {tokenizer.Description})";
             }
             var writer = cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {

@@ -121,6 +121,25 @@ public class GgufTokenizerWriterTests
         Assert.StartsWith("the cat", output.ToString());
     }
 
+    /// <summary>A tokenizer the runtime cannot read (WordPiece) does not stop the weights converting: convert warns and writes no vocabulary.</summary>
+    [Fact]
+    public void UnreadableTokenizerIsReportedAndTheWeightsStillConvert()
+    {
+        using var dir = new TempDirectory();
+        string source = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "autobitlinear-offline-mha-bf16"));
+        foreach (var name in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(source, name), Path.Combine(dir.Path, name));
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer.json"), """{"model":{"type":"WordPiece","vocab":{"a":0}}}""");
+        string gguf = Path.Combine(dir.Path, "out.gguf");
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.True(Program.Run(["convert", dir.Path, gguf], output, error) == 0, error.ToString());
+        Assert.Contains("warning: the tokenizer is not written", error.ToString());
+        Assert.Contains("WordPiece", error.ToString());
+        Assert.Contains("no tokenizer", output.ToString());
+        using var file = GgufFile.Open(gguf);
+        Assert.False(file.Metadata.ContainsKey("tokenizer.ggml.model"));
+    }
+
     private sealed class TempDirectory : IDisposable
     {
         public string Path { get; } = Directory.CreateTempSubdirectory("bitnet-tok-").FullName;
