@@ -153,6 +153,66 @@ public sealed unsafe class KvCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// The scores of the <paramref name="group"/> query heads that share <paramref name="kvHead"/> (GQA): head g's query
+    /// is q[g·HeadDim ..], its scores go to scores[g·stride ..]. Equal, bit for bit, to one <see cref="Scores"/> call per
+    /// head; an F16 cache with a group of four widens each key row once for the four.
+    /// </summary>
+    public void ScoresGroup(int layer, int kvHead, ReadOnlySpan<float> q, int group, Span<float> scores, int stride, int positions, float scale = 1f)
+    {
+        CheckHead(layer, kvHead, positions);
+        if (group <= 0 || q.Length < group * HeadDim) throw new ArgumentException($"{group} queries of {HeadDim} values need {group * HeadDim}; got {q.Length}.", nameof(q));
+        if (stride < positions || scores.Length < (group - 1) * stride + positions) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
+        if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
+        {
+            long first = Row(layer, kvHead, 0);
+            byte* rows = _keys.Pointer + first * _rowBytes;
+            float* r = stackalloc float[4];
+            fixed (float* pq = q)
+            fixed (float* ps = scores)
+            {
+                int n = HeadDim;
+                for (int p = 0; p < positions; p++)
+                {
+                    F16FiniteRow.Dot4(pq, pq + n, pq + 2 * n, pq + 3 * n, rows + (long)p * _rowBytes, n, r);
+                    ps[p] = r[0] * scale; ps[stride + p] = r[1] * scale; ps[2 * stride + p] = r[2] * scale; ps[3 * stride + p] = r[3] * scale;
+                }
+            }
+            return;
+        }
+        for (int g = 0; g < group; g++) Scores(layer, kvHead, q.Slice(g * HeadDim, HeadDim), scores.Slice(g * stride, positions), positions, scale);
+    }
+
+    /// <summary>
+    /// output[g·HeadDim + d] += Σ_p weights[g·stride + p] · V[layer, kvHead, p, d] for the group's heads: equal, bit for bit,
+    /// to one <see cref="AccumulateV"/> call per head; an F16 cache with a group of four widens each value row once.
+    /// </summary>
+    public void AccumulateVGroup(int layer, int kvHead, ReadOnlySpan<float> weights, int group, int stride, Span<float> output, int positions)
+    {
+        CheckHead(layer, kvHead, positions);
+        if (group <= 0 || output.Length < group * HeadDim) throw new ArgumentException($"{group} outputs of {HeadDim} values need {group * HeadDim}; got {output.Length}.", nameof(output));
+        if (stride < positions || weights.Length < (group - 1) * stride + positions) throw new ArgumentException("The weights buffer is too small for the group.", nameof(weights));
+        if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
+        {
+            long first = Row(layer, kvHead, 0);
+            byte* rows = _values.Pointer + first * _rowBytes;
+            float* w = stackalloc float[4];
+            fixed (float* pw = weights)
+            fixed (float* po = output)
+            {
+                int n = HeadDim;
+                for (int p = 0; p < positions; p++)
+                {
+                    w[0] = pw[p]; w[1] = pw[stride + p]; w[2] = pw[2 * stride + p]; w[3] = pw[3 * stride + p];
+                    if (w[0] == 0f && w[1] == 0f && w[2] == 0f && w[3] == 0f) continue;
+                    F16FiniteRow.Axpy4(w, rows + (long)p * _rowBytes, po, po + n, po + 2 * n, po + 3 * n, n);
+                }
+            }
+            return;
+        }
+        for (int g = 0; g < group; g++) AccumulateV(layer, kvHead, weights.Slice(g * stride, positions), output.Slice(g * HeadDim, HeadDim), positions);
+    }
+
     /// <summary>output[d] += Σ_p weights[p] · V[layer, kvHead, p, d] for p in [0, positions); zero weights are skipped.</summary>
     public void AccumulateV(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int positions)
     {

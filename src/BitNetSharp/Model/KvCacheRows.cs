@@ -276,6 +276,101 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
         for (; i < n; i++) output[i] += w * HalfConversions.HalfToFloat((ushort)v[i]);
     }
 
+    /// <summary>
+    /// Four queries (a GQA group sharing this key row) against one row: each 32-half chunk is widened once. Each
+    /// query's accumulators see exactly the FMAs of <see cref="Dot{TWidth}"/> at the widest width, in the same order,
+    /// so the four results equal four Dot calls bit for bit.
+    /// </summary>
+    public static void Dot4(float* q0, float* q1, float* q2, float* q3, byte* row, int n, float* result)
+    {
+        short* k = (short*)row;
+        int i = 0;
+        float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
+        if (Vector512.IsHardwareAccelerated && n >= 32)
+        {
+            Vector512<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            for (; i <= n - 32; i += 32)
+            {
+                var h = Vector512.Load(k + i);
+                var lo = Widen(Vector512.WidenLower(h));
+                var hi = Widen(Vector512.WidenUpper(h));
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q0 + i), lo, a0); b0 = Vector512.FusedMultiplyAdd(Vector512.Load(q0 + i + 16), hi, b0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q1 + i), lo, a1); b1 = Vector512.FusedMultiplyAdd(Vector512.Load(q1 + i + 16), hi, b1);
+                a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q2 + i), lo, a2); b2 = Vector512.FusedMultiplyAdd(Vector512.Load(q2 + i + 16), hi, b2);
+                a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q3 + i), lo, a3); b3 = Vector512.FusedMultiplyAdd(Vector512.Load(q3 + i + 16), hi, b3);
+            }
+            s0 = Vector512.Sum(a0 + b0); s1 = Vector512.Sum(a1 + b1); s2 = Vector512.Sum(a2 + b2); s3 = Vector512.Sum(a3 + b3);
+        }
+        if (Vector256.IsHardwareAccelerated && n - i >= 16)
+        {
+            Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+            for (; i <= n - 16; i += 16)
+            {
+                var h = Vector256.Load(k + i);
+                var lo = Widen(Vector256.WidenLower(h));
+                var hi = Widen(Vector256.WidenUpper(h));
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q0 + i), lo, a0); b0 = Vector256.FusedMultiplyAdd(Vector256.Load(q0 + i + 8), hi, b0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q1 + i), lo, a1); b1 = Vector256.FusedMultiplyAdd(Vector256.Load(q1 + i + 8), hi, b1);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.Load(q2 + i), lo, a2); b2 = Vector256.FusedMultiplyAdd(Vector256.Load(q2 + i + 8), hi, b2);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.Load(q3 + i), lo, a3); b3 = Vector256.FusedMultiplyAdd(Vector256.Load(q3 + i + 8), hi, b3);
+            }
+            s0 += Vector256.Sum(a0 + b0); s1 += Vector256.Sum(a1 + b1); s2 += Vector256.Sum(a2 + b2); s3 += Vector256.Sum(a3 + b3);
+        }
+        for (; i < n; i++)
+        {
+            float v = HalfConversions.HalfToFloat((ushort)k[i]);
+            s0 += q0[i] * v; s1 += q1[i] * v; s2 += q2[i] * v; s3 += q3[i] * v;
+        }
+        result[0] = s0; result[1] = s1; result[2] = s2; result[3] = s3;
+    }
+
+    /// <summary>
+    /// o_g += w_g · row for the four outputs of a GQA group (each skipped when its weight is 0, as
+    /// <see cref="KvCache.AccumulateV"/> skips): one widening per chunk, the same FMAs per output as four Axpy calls.
+    /// </summary>
+    public static void Axpy4(float* w, byte* row, float* o0, float* o1, float* o2, float* o3, int n)
+    {
+        short* v = (short*)row;
+        bool u0 = w[0] != 0f, u1 = w[1] != 0f, u2 = w[2] != 0f, u3 = w[3] != 0f;
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            Vector512<float> w0 = Vector512.Create(w[0]), w1 = Vector512.Create(w[1]), w2 = Vector512.Create(w[2]), w3 = Vector512.Create(w[3]);
+            for (; i <= n - 32; i += 32)
+            {
+                var h = Vector512.Load(v + i);
+                var lo = Widen(Vector512.WidenLower(h));
+                var hi = Widen(Vector512.WidenUpper(h));
+                if (u0) { Vector512.FusedMultiplyAdd(w0, lo, Vector512.Load(o0 + i)).Store(o0 + i); Vector512.FusedMultiplyAdd(w0, hi, Vector512.Load(o0 + i + 16)).Store(o0 + i + 16); }
+                if (u1) { Vector512.FusedMultiplyAdd(w1, lo, Vector512.Load(o1 + i)).Store(o1 + i); Vector512.FusedMultiplyAdd(w1, hi, Vector512.Load(o1 + i + 16)).Store(o1 + i + 16); }
+                if (u2) { Vector512.FusedMultiplyAdd(w2, lo, Vector512.Load(o2 + i)).Store(o2 + i); Vector512.FusedMultiplyAdd(w2, hi, Vector512.Load(o2 + i + 16)).Store(o2 + i + 16); }
+                if (u3) { Vector512.FusedMultiplyAdd(w3, lo, Vector512.Load(o3 + i)).Store(o3 + i); Vector512.FusedMultiplyAdd(w3, hi, Vector512.Load(o3 + i + 16)).Store(o3 + i + 16); }
+            }
+        }
+        if (Vector256.IsHardwareAccelerated)
+        {
+            Vector256<float> w0 = Vector256.Create(w[0]), w1 = Vector256.Create(w[1]), w2 = Vector256.Create(w[2]), w3 = Vector256.Create(w[3]);
+            for (; i <= n - 16; i += 16)
+            {
+                var h = Vector256.Load(v + i);
+                var lo = Widen(Vector256.WidenLower(h));
+                var hi = Widen(Vector256.WidenUpper(h));
+                if (u0) { Vector256.FusedMultiplyAdd(w0, lo, Vector256.Load(o0 + i)).Store(o0 + i); Vector256.FusedMultiplyAdd(w0, hi, Vector256.Load(o0 + i + 8)).Store(o0 + i + 8); }
+                if (u1) { Vector256.FusedMultiplyAdd(w1, lo, Vector256.Load(o1 + i)).Store(o1 + i); Vector256.FusedMultiplyAdd(w1, hi, Vector256.Load(o1 + i + 8)).Store(o1 + i + 8); }
+                if (u2) { Vector256.FusedMultiplyAdd(w2, lo, Vector256.Load(o2 + i)).Store(o2 + i); Vector256.FusedMultiplyAdd(w2, hi, Vector256.Load(o2 + i + 8)).Store(o2 + i + 8); }
+                if (u3) { Vector256.FusedMultiplyAdd(w3, lo, Vector256.Load(o3 + i)).Store(o3 + i); Vector256.FusedMultiplyAdd(w3, hi, Vector256.Load(o3 + i + 8)).Store(o3 + i + 8); }
+            }
+        }
+        for (; i < n; i++)
+        {
+            float x = HalfConversions.HalfToFloat((ushort)v[i]);
+            if (u0) o0[i] += w[0] * x;
+            if (u1) o1[i] += w[1] * x;
+            if (u2) o2[i] += w[2] * x;
+            if (u3) o3[i] += w[3] * x;
+        }
+    }
+
     /// <summary>Whether any of the <paramref name="n"/> halves at <paramref name="row"/> is ±inf or NaN (exponent 31).</summary>
     public static bool HasNonFinite(byte* row, int n)
     {

@@ -137,7 +137,7 @@ public sealed unsafe class Transformer : IDisposable
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
-        _pool.Run(_attention, n * _c.Heads);
+        _pool.Run(_attention, n * _c.KvHeads);
         _attention.Clear();
 
         Stage(Stage_AttnOut, lw, batch);
@@ -237,10 +237,14 @@ public sealed unsafe class Transformer : IDisposable
         }
     }
 
-    /// <summary>Causal attention for (token, head) pairs: scores over the sequence's cached positions ≤ its own, softmax, weighted V.</summary>
+    /// <summary>
+    /// Causal attention for (token, KV head) pairs: the GQA group of query heads sharing that KV head is scored against
+    /// the sequence's cached positions ≤ its own, softmaxed per head, and weighted over V, the group together (so an F16
+    /// cache widens each K and V row once per group, not once per query head; results equal per-head attention).
+    /// </summary>
     private sealed class AttentionWork(ModelConfig c, int threads) : IParallelWork
     {
-        private readonly float[][] _scores = Enumerable.Range(0, threads).Select(_ => new float[c.ContextLength]).ToArray();
+        private readonly float[][] _scores = Enumerable.Range(0, threads).Select(_ => new float[c.GroupSize * c.ContextLength]).ToArray();
         private readonly float _scale = 1f / MathF.Sqrt(c.HeadDim);
         private int _layer;
         private BatchToken[] _batch = new BatchToken[16];
@@ -262,21 +266,20 @@ public sealed unsafe class Transformer : IDisposable
         public void Execute(int start, int end, int worker)
         {
             var scores = _scores[worker];
-            int hd = c.HeadDim, qDim = c.QDim;
+            int hd = c.HeadDim, qDim = c.QDim, group = c.GroupSize, stride = c.ContextLength;
             for (int item = start; item < end; item++)
             {
-                int t = item / c.Heads, h = item % c.Heads;
+                int t = item / c.KvHeads, kvHead = item % c.KvHeads;
                 var bt = _batch[t];
                 int positions = bt.Position + 1;
                 var cache = _caches![bt.Sequence];
-                var q = new ReadOnlySpan<float>(_q + (long)t * qDim + h * hd, hd);
-                var s = scores.AsSpan(0, positions);
-                int kvHead = h / c.GroupSize;
-                cache.Scores(_layer, kvHead, q, s, positions, _scale);
-                Softmax.InPlace(s);
-                var o = new Span<float>(_out + (long)t * qDim + h * hd, hd);
+                long offset = (long)t * qDim + kvHead * group * hd;
+                var q = new ReadOnlySpan<float>(_q + offset, group * hd);
+                cache.ScoresGroup(_layer, kvHead, q, group, scores, stride, positions, _scale);
+                for (int g = 0; g < group; g++) Softmax.InPlace(scores.AsSpan(g * stride, positions));
+                var o = new Span<float>(_out + offset, group * hd);
                 o.Clear();
-                cache.AccumulateV(_layer, kvHead, s, o, positions);
+                cache.AccumulateVGroup(_layer, kvHead, scores, group, stride, o, positions);
             }
         }
     }

@@ -225,6 +225,47 @@ public unsafe class KvCacheTests
         Assert.Equal(16f, s[0]);
     }
 
+    /// <summary>
+    /// GQA groups: ScoresGroup / AccumulateVGroup equal one Scores / AccumulateV call per query head, bit for bit, for
+    /// every cache type and group size (a group of four on a finite F16 cache takes the shared-widening path), with
+    /// zero weights (skipped per head) mixed in.
+    /// </summary>
+    [Theory]
+    [InlineData(KvCacheType.F16, 4)]
+    [InlineData(KvCacheType.F16, 2)]
+    [InlineData(KvCacheType.F32, 4)]
+    [InlineData(KvCacheType.Int8, 4)]
+    [InlineData(KvCacheType.Fp8E4M3, 3)]
+    public void GroupedAttentionEqualsPerHead(KvCacheType type, int group)
+    {
+        var rng = new Random(31);
+        foreach (int headDim in new[] { 16, 48, 100, 128 })
+        {
+            const int positions = 9, stride = 12;
+            using var cache = new KvCache(2, 2, headDim, 16, type);
+            for (int p = 0; p < positions; p++)
+                for (int l = 0; l < 2; l++)
+                    cache.Write(l, p, Row(rng, 2 * headDim), Row(rng, 2 * headDim));
+            var q = Row(rng, group * headDim);
+            var grouped = new float[group * stride];
+            cache.ScoresGroup(1, 1, q, group, grouped, stride, positions, 0.125f);
+            var weights = new float[group * stride];
+            for (int g = 0; g < group; g++)
+            {
+                var single = new float[positions];
+                cache.Scores(1, 1, q.AsSpan(g * headDim, headDim), single, positions, 0.125f);
+                Assert.Equal(single, grouped.AsSpan(g * stride, positions).ToArray());
+                for (int p = 0; p < positions; p++) weights[g * stride + p] = (p + g) % 4 == 0 ? 0f : (float)rng.NextDouble();
+            }
+            var output = Enumerable.Range(0, group * headDim).Select(i => (i % 5) * 0.25f - 0.5f).ToArray();
+            var expected = (float[])output.Clone();
+            cache.AccumulateVGroup(1, 1, weights, group, stride, output, positions);
+            for (int g = 0; g < group; g++)
+                cache.AccumulateV(1, 1, weights.AsSpan(g * stride, positions), expected.AsSpan(g * headDim, headDim), positions);
+            Assert.Equal(expected, output);
+        }
+    }
+
     [Fact]
     public void F16WideningIsExactOnEveryCode()
     {
