@@ -493,15 +493,6 @@ public sealed unsafe class EmbeddingTable
     /// </summary>
     public static float DotQ6_KQ8K(byte* w, sbyte* qx, float* dx, short* sums, int blocks)
     {
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
-        // vpshufb patterns that spread the int16 scales of one half (both 128-bit lanes hold its eight) so that
-        // quarter k gets scale 2k in the low lane (its first 16 weights) and scale 2k+1 in the high lane.
-        var spread0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100,
-            0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
-        var spread1 = spread0 + Vector256.Create((byte)4);
-        var spread2 = spread0 + Vector256.Create((byte)8);
-        var spread3 = spread0 + Vector256.Create((byte)12);
         Vector256<float> acc = default;
         for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
         {
@@ -510,18 +501,8 @@ public sealed unsafe class EmbeddingTable
             sbyte* xb = qx + b * Q6K.BlockWeights;
             for (int h = 0; h < 2; h++, xb += 128)
             {
-                var a = Vector256.Load(w + 64 * h);
-                var c = Vector256.Load(w + 32 + 64 * h);
-                var hi = Vector256.Load(w + Q6K.QhOffset + 32 * h).AsUInt16();
-                var s = h == 0 ? Vector256.Create(scales.GetLower()) : Vector256.Create(scales.GetUpper());
-                var q0 = (a & low4) | (Vector256.ShiftLeft(hi, 4).AsByte() & bits45);
-                var q1 = (c & low4) | (Vector256.ShiftLeft(hi, 2).AsByte() & bits45);
-                var q2 = (Vector256.ShiftRightLogical(a.AsUInt16(), 4).AsByte() & low4) | (hi.AsByte() & bits45);
-                var q3 = (Vector256.ShiftRightLogical(c.AsUInt16(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(hi, 2).AsByte() & bits45);
-                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q0, Vector256.Load(xb)), Avx2.Shuffle(s.AsByte(), spread0).AsInt16());
-                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q1, Vector256.Load(xb + 32)), Avx2.Shuffle(s.AsByte(), spread1).AsInt16());
-                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q2, Vector256.Load(xb + 64)), Avx2.Shuffle(s.AsByte(), spread2).AsInt16());
-                isum += Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q3, Vector256.Load(xb + 96)), Avx2.Shuffle(s.AsByte(), spread3).AsInt16());
+                var half = new Q6Half(w, h, scales);
+                isum += half.Dot(xb);
             }
             float d = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset)) * dx[b];
             acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(isum), Vector256.Create(d), acc);
@@ -537,13 +518,6 @@ public sealed unsafe class EmbeddingTable
     /// </summary>
     public static void DotQ6_KQ8Kx4(byte* w, sbyte* qx, int stride, float* dx, short* sums, int blocks, float* result)
     {
-        var low4 = Vector256.Create((byte)0x0F);
-        var bits45 = Vector256.Create((byte)0x30);
-        var spread0 = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100,
-            0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
-        var spread1 = spread0 + Vector256.Create((byte)4);
-        var spread2 = spread0 + Vector256.Create((byte)8);
-        var spread3 = spread0 + Vector256.Create((byte)12);
         Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
         int groups = blocks * 16;
         for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
@@ -556,22 +530,11 @@ public sealed unsafe class EmbeddingTable
             sbyte* xb = qx + b * Q6K.BlockWeights;
             for (int h = 0; h < 2; h++, xb += 128)
             {
-                var a = Vector256.Load(w + 64 * h);
-                var c = Vector256.Load(w + 32 + 64 * h);
-                var hi = Vector256.Load(w + Q6K.QhOffset + 32 * h).AsUInt16();
-                var s = h == 0 ? Vector256.Create(scales.GetLower()) : Vector256.Create(scales.GetUpper());
-                var q0 = (a & low4) | (Vector256.ShiftLeft(hi, 4).AsByte() & bits45);
-                var q1 = (c & low4) | (Vector256.ShiftLeft(hi, 2).AsByte() & bits45);
-                var q2 = (Vector256.ShiftRightLogical(a.AsUInt16(), 4).AsByte() & low4) | (hi.AsByte() & bits45);
-                var q3 = (Vector256.ShiftRightLogical(c.AsUInt16(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(hi, 2).AsByte() & bits45);
-                var s0 = Avx2.Shuffle(s.AsByte(), spread0).AsInt16();
-                var s1 = Avx2.Shuffle(s.AsByte(), spread1).AsInt16();
-                var s2 = Avx2.Shuffle(s.AsByte(), spread2).AsInt16();
-                var s3 = Avx2.Shuffle(s.AsByte(), spread3).AsInt16();
-                i0 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb);
-                i1 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb + stride);
-                i2 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb + 2 * stride);
-                i3 += Quarter(q0, q1, q2, q3, s0, s1, s2, s3, xb + 3 * stride);
+                var half = new Q6Half(w, h, scales);
+                i0 += half.Dot(xb);
+                i1 += half.Dot(xb + stride);
+                i2 += half.Dot(xb + 2 * stride);
+                i3 += half.Dot(xb + 3 * stride);
             }
             float dw = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset));
             acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i0), Vector256.Create(dw * dx[b]), acc0);
@@ -585,16 +548,48 @@ public sealed unsafe class EmbeddingTable
         result[3] = Vector256.Sum(acc3);
     }
 
-    /// <summary>The four quarter products of one 128-weight half against one token, summed in DotQ6_KQ8K's order.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<int> Quarter(Vector256<byte> q0, Vector256<byte> q1, Vector256<byte> q2, Vector256<byte> q3,
-        Vector256<short> s0, Vector256<short> s1, Vector256<short> s2, Vector256<short> s3, sbyte* xb)
+    /// <summary>
+    /// One 128-weight half of a Q6_K block, unpacked for vpmaddubsw: the four 32-code quarters (6-bit, unsigned) and
+    /// their int16 scales spread so that each 16-weight group meets its own scale.
+    /// </summary>
+    private readonly struct Q6Half
     {
-        var p0 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q0, Vector256.Load(xb)), s0);
-        var p1 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q1, Vector256.Load(xb + 32)), s1);
-        var p2 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q2, Vector256.Load(xb + 64)), s2);
-        var p3 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(q3, Vector256.Load(xb + 96)), s3);
-        return ((p0 + p1) + p2) + p3;
+        private readonly Vector256<byte> _q0, _q1, _q2, _q3;
+        private readonly Vector256<short> _s0, _s1, _s2, _s3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Q6Half(byte* block, int h, Vector256<short> scales)
+        {
+            var low4 = Vector256.Create((byte)0x0F);
+            var bits45 = Vector256.Create((byte)0x30);
+            var a = Vector256.Load(block + 64 * h);
+            var c = Vector256.Load(block + 32 + 64 * h);
+            var hi = Vector256.Load(block + Q6K.QhOffset + 32 * h).AsUInt16();
+            _q0 = (a & low4) | (Vector256.ShiftLeft(hi, 4).AsByte() & bits45);
+            _q1 = (c & low4) | (Vector256.ShiftLeft(hi, 2).AsByte() & bits45);
+            _q2 = (Vector256.ShiftRightLogical(a.AsUInt16(), 4).AsByte() & low4) | (hi.AsByte() & bits45);
+            _q3 = (Vector256.ShiftRightLogical(c.AsUInt16(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(hi, 2).AsByte() & bits45);
+            // vpshufb patterns that spread the half's eight int16 scales (in both 128-bit lanes) so that quarter k gets
+            // scale 2k in the low lane (its first 16 weights) and scale 2k+1 in the high lane.
+            var s = (h == 0 ? Vector256.Create(scales.GetLower()) : Vector256.Create(scales.GetUpper())).AsByte();
+            var spread = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100,
+                0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
+            _s0 = Avx2.Shuffle(s, spread).AsInt16();
+            _s1 = Avx2.Shuffle(s, spread + Vector256.Create((byte)4)).AsInt16();
+            _s2 = Avx2.Shuffle(s, spread + Vector256.Create((byte)8)).AsInt16();
+            _s3 = Avx2.Shuffle(s, spread + Vector256.Create((byte)12)).AsInt16();
+        }
+
+        /// <summary>Σ scale · code · x over the half, as eight int32 partial sums (int8 activations at <paramref name="xb"/>).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Dot(sbyte* xb)
+        {
+            var p0 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q0, Vector256.Load(xb)), _s0);
+            var p1 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q1, Vector256.Load(xb + 32)), _s1);
+            var p2 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q2, Vector256.Load(xb + 64)), _s2);
+            var p3 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q3, Vector256.Load(xb + 96)), _s3);
+            return ((p0 + p1) + p2) + p3;
+        }
     }
 
     /// <summary>

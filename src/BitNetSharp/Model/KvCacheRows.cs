@@ -138,9 +138,48 @@ internal readonly unsafe struct F16Row : IKvRow
         return (result | Vector512.ShiftLeft(h & Vector512.Create(0x8000u), 16)).AsSingle();
     }
 
-    public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth
+    public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth =>
+        HalfRowMath.Dot<ExactHalfWidening, TWidth>(q, row, n);
+
+    public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth =>
+        HalfRowMath.Axpy<ExactHalfWidening, TWidth>(w, row, output, n);
+}
+
+/// <summary>How <see cref="HalfRowMath"/> widens sign-extended halves to floats.</summary>
+internal interface IHalfWidening
+{
+    static abstract Vector512<float> Widen(Vector512<int> signExtended);
+    static abstract Vector256<float> Widen(Vector256<int> signExtended);
+}
+
+/// <summary>Every half, inf and NaN included (<see cref="F16Row.Widen(Vector512{uint})"/>; it reads only the low 16 bits).</summary>
+internal readonly struct ExactHalfWidening : IHalfWidening
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen(Vector512<int> signExtended) => F16Row.Widen(signExtended.AsUInt32());
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen(Vector256<int> signExtended) => F16Row.Widen(signExtended.AsUInt32());
+}
+
+/// <summary>Finite halves only, in four operations: sign-extend, shift, mask, × 2^112 (exact, subnormals included).</summary>
+internal readonly struct FiniteHalfWidening : IHalfWidening
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen(Vector512<int> signExtended) =>
+        (Vector512.ShiftLeft(signExtended, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen(Vector256<int> signExtended) =>
+        (Vector256.ShiftLeft(signExtended, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
+}
+
+/// <summary>The dot and axpy loops of the F16 row types, one implementation for both widenings.</summary>
+internal static unsafe class HalfRowMath
+{
+    public static float Dot<TWiden, TWidth>(float* q, byte* row, int n) where TWiden : IHalfWidening where TWidth : struct, IVectorWidth
     {
-        ushort* k = (ushort*)row;
+        short* k = (short*)row;
         int i = 0;
         float sum = 0f;
         if (TWidth.Bits >= 512 && Vector512.IsHardwareAccelerated && n >= 32)
@@ -149,8 +188,8 @@ internal readonly unsafe struct F16Row : IKvRow
             for (; i <= n - 32; i += 32)
             {
                 var h = Vector512.Load(k + i);
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), Widen(Vector512.WidenLower(h)), a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + i + 16), Widen(Vector512.WidenUpper(h)), a1);
+                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), TWiden.Widen(Vector512.WidenLower(h)), a0);
+                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + i + 16), TWiden.Widen(Vector512.WidenUpper(h)), a1);
             }
             sum = Vector512.Sum(a0 + a1);
         }
@@ -160,18 +199,18 @@ internal readonly unsafe struct F16Row : IKvRow
             for (; i <= n - 16; i += 16)
             {
                 var h = Vector256.Load(k + i);
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Widen(Vector256.WidenLower(h)), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), Widen(Vector256.WidenUpper(h)), a1);
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), TWiden.Widen(Vector256.WidenLower(h)), a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), TWiden.Widen(Vector256.WidenUpper(h)), a1);
             }
             sum += Vector256.Sum(a0 + a1);
         }
-        for (; i < n; i++) sum += q[i] * HalfConversions.HalfToFloat(k[i]);
+        for (; i < n; i++) sum += q[i] * HalfConversions.HalfToFloat((ushort)k[i]);
         return sum;
     }
 
-    public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth
+    public static void Axpy<TWiden, TWidth>(float w, byte* row, float* output, int n) where TWiden : IHalfWidening where TWidth : struct, IVectorWidth
     {
-        ushort* v = (ushort*)row;
+        short* v = (short*)row;
         int i = 0;
         if (TWidth.Bits >= 512 && Vector512.IsHardwareAccelerated)
         {
@@ -179,8 +218,8 @@ internal readonly unsafe struct F16Row : IKvRow
             for (; i <= n - 32; i += 32)
             {
                 var h = Vector512.Load(v + i);
-                Vector512.FusedMultiplyAdd(vw, Widen(Vector512.WidenLower(h)), Vector512.Load(output + i)).Store(output + i);
-                Vector512.FusedMultiplyAdd(vw, Widen(Vector512.WidenUpper(h)), Vector512.Load(output + i + 16)).Store(output + i + 16);
+                Vector512.FusedMultiplyAdd(vw, TWiden.Widen(Vector512.WidenLower(h)), Vector512.Load(output + i)).Store(output + i);
+                Vector512.FusedMultiplyAdd(vw, TWiden.Widen(Vector512.WidenUpper(h)), Vector512.Load(output + i + 16)).Store(output + i + 16);
             }
         }
         if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated)
@@ -189,11 +228,11 @@ internal readonly unsafe struct F16Row : IKvRow
             for (; i <= n - 16; i += 16)
             {
                 var h = Vector256.Load(v + i);
-                Vector256.FusedMultiplyAdd(vw, Widen(Vector256.WidenLower(h)), Vector256.Load(output + i)).Store(output + i);
-                Vector256.FusedMultiplyAdd(vw, Widen(Vector256.WidenUpper(h)), Vector256.Load(output + i + 8)).Store(output + i + 8);
+                Vector256.FusedMultiplyAdd(vw, TWiden.Widen(Vector256.WidenLower(h)), Vector256.Load(output + i)).Store(output + i);
+                Vector256.FusedMultiplyAdd(vw, TWiden.Widen(Vector256.WidenUpper(h)), Vector256.Load(output + i + 8)).Store(output + i + 8);
             }
         }
-        for (; i < n; i++) output[i] += w * HalfConversions.HalfToFloat(v[i]);
+        for (; i < n; i++) output[i] += w * HalfConversions.HalfToFloat((ushort)v[i]);
     }
 }
 
@@ -210,71 +249,17 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
     public static float Encode(ReadOnlySpan<float> x, byte* row) => F16Row.Encode(x, row);
     public static void Decode(byte* row, float scale, Span<float> x) => F16Row.Decode(row, scale, x);
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> Widen(Vector512<int> signExtended) =>
-        (Vector512.ShiftLeft(signExtended, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
+    public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth =>
+        HalfRowMath.Dot<FiniteHalfWidening, TWidth>(q, row, n);
+
+    public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth =>
+        HalfRowMath.Axpy<FiniteHalfWidening, TWidth>(w, row, output, n);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<float> Widen(Vector256<int> signExtended) =>
-        (Vector256.ShiftLeft(signExtended, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
+    private static Vector512<float> Widen(Vector512<int> signExtended) => FiniteHalfWidening.Widen(signExtended);
 
-    public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth
-    {
-        short* k = (short*)row;
-        int i = 0;
-        float sum = 0f;
-        if (TWidth.Bits >= 512 && Vector512.IsHardwareAccelerated && n >= 32)
-        {
-            Vector512<float> a0 = default, a1 = default;
-            for (; i <= n - 32; i += 32)
-            {
-                var h = Vector512.Load(k + i);
-                a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), Widen(Vector512.WidenLower(h)), a0);
-                a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q + i + 16), Widen(Vector512.WidenUpper(h)), a1);
-            }
-            sum = Vector512.Sum(a0 + a1);
-        }
-        if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated && n - i >= 16)
-        {
-            Vector256<float> a0 = default, a1 = default;
-            for (; i <= n - 16; i += 16)
-            {
-                var h = Vector256.Load(k + i);
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Widen(Vector256.WidenLower(h)), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), Widen(Vector256.WidenUpper(h)), a1);
-            }
-            sum += Vector256.Sum(a0 + a1);
-        }
-        for (; i < n; i++) sum += q[i] * HalfConversions.HalfToFloat((ushort)k[i]);
-        return sum;
-    }
-
-    public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth
-    {
-        short* v = (short*)row;
-        int i = 0;
-        if (TWidth.Bits >= 512 && Vector512.IsHardwareAccelerated)
-        {
-            var vw = Vector512.Create(w);
-            for (; i <= n - 32; i += 32)
-            {
-                var h = Vector512.Load(v + i);
-                Vector512.FusedMultiplyAdd(vw, Widen(Vector512.WidenLower(h)), Vector512.Load(output + i)).Store(output + i);
-                Vector512.FusedMultiplyAdd(vw, Widen(Vector512.WidenUpper(h)), Vector512.Load(output + i + 16)).Store(output + i + 16);
-            }
-        }
-        if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated)
-        {
-            var vw = Vector256.Create(w);
-            for (; i <= n - 16; i += 16)
-            {
-                var h = Vector256.Load(v + i);
-                Vector256.FusedMultiplyAdd(vw, Widen(Vector256.WidenLower(h)), Vector256.Load(output + i)).Store(output + i);
-                Vector256.FusedMultiplyAdd(vw, Widen(Vector256.WidenUpper(h)), Vector256.Load(output + i + 8)).Store(output + i + 8);
-            }
-        }
-        for (; i < n; i++) output[i] += w * HalfConversions.HalfToFloat((ushort)v[i]);
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Widen(Vector256<int> signExtended) => FiniteHalfWidening.Widen(signExtended);
 
     /// <summary>
     /// Four queries (a GQA group sharing this key row) against one row: each 32-half chunk is widened once. Each
