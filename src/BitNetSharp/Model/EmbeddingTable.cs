@@ -215,6 +215,15 @@ public sealed unsafe class EmbeddingTable
         // rows (re-read from L2 for each tile) are swept. Rows outer with every tile inside (the previous order) let
         // 8 tokens' activations (8 · 1536 · 4 B = 48 KiB) evict each other from L1 and tripled the head's time at 8
         // sequences. Each (row, token) sum is computed exactly as before, so results are unchanged.
+        if (Type == GgmlType.F16 && tokens >= 4 && Vector512.IsHardwareAccelerated && Cols % 32 == 0)
+        {
+            float* scaled = ScaleForRawHalves(x, (long)tokens * Cols);
+            if (scaled != null)
+            {
+                MatMulF16Pairs(scaled, tokens, y, yStride, rowStart, rowEnd);
+                return;
+            }
+        }
         float* sums = stackalloc float[4];
         for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
         {
@@ -247,6 +256,131 @@ public sealed unsafe class EmbeddingTable
                 }
             }
         }
+    }
+
+    /// <summary>This thread's copy of the activations scaled by 2^112 (see <see cref="ScaleForRawHalves"/>).</summary>
+    [ThreadStatic] private static float[]? t_scaled;
+
+    /// <summary>
+    /// Copies <paramref name="n"/> activations into this thread's buffer multiplied by 2^112, or returns null when one of
+    /// them is too large for that (|x| ≥ 2^16, inf or NaN). A half's bits shifted into a float's fields are the half times
+    /// 2^−112 exactly, so FMA(raw, x·2^112, acc) = FMA(half, x, acc) bit for bit (both scalings are exact and the FMA
+    /// rounds the same exact product), and the batched head skips the rebias multiply per weight vector.
+    /// </summary>
+    private static float* ScaleForRawHalves(float* x, long n)
+    {
+        var buffer = t_scaled;
+        if (buffer is null || buffer.Length < n) t_scaled = buffer = GC.AllocateUninitializedArray<float>((int)n, pinned: true);
+        float* scaled = (float*)Unsafe.AsPointer(ref buffer[0]);
+        var limit = Vector512.Create(65536f);
+        var factor = Vector512.Create(0x77800000).AsSingle();
+        var ok = Vector512<int>.AllBitsSet;
+        long i = 0;
+        for (; i <= n - 16; i += 16)
+        {
+            var v = Vector512.Load(x + i);
+            ok &= Vector512.LessThan(Vector512.Abs(v), limit).AsInt32(); // false for NaN
+            (v * factor).Store(scaled + i);
+        }
+        bool fits = ok == Vector512<int>.AllBitsSet;
+        for (; i < n; i++)
+        {
+            fits &= MathF.Abs(x[i]) < 65536f;
+            scaled[i] = x[i] * BitConverter.Int32BitsToSingle(0x77800000);
+        }
+        return fits ? scaled : null;
+    }
+
+    /// <summary>Columns per chunk of the F16 batched head: four tokens' chunk of activations (4 · 512 floats = 8 KiB) stays in
+    /// L1 while a block's rows stream past it from L2.</summary>
+    internal const int HeadChunk = 512;
+
+    /// <summary>
+    /// The F16 batched head on activations scaled by 2^112, for machines with 512-bit vectors. Row blocks (16 rows, 80 KiB
+    /// at 2560 columns, in L2) are outer; inside, 4-token tiles; inside, column chunks; inside, row pairs. Each pair's 16
+    /// accumulators (two rows × four tokens × two 16-lane halves) are parked in L1 between chunks, so the activations
+    /// a chunk reads stay in L1 (a whole 4-token tile, 40 KiB at 2560 columns, does not fit beside the streaming rows and
+    /// was re-read from L2). While a block is computed, the next one is prefetched a few lines after each kernel call.
+    /// Parking does not change any value: each accumulator sees the same FMAs in the same order as <see cref="DotF16"/>.
+    /// </summary>
+    private void MatMulF16Pairs(float* xs, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    {
+        const int Lanes = 16; // accumulators per row pair
+        byte* parkRaw = stackalloc byte[HeadRowBlock / 2 * Lanes * 64 + 64];
+        var park = (Vector512<float>*)(((nint)parkRaw + 63) & ~(nint)63);
+        int chunk = HeadChunk;
+        int tiles = (tokens + 3) / 4;
+        for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
+        {
+            int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
+            int pairs = (blockEnd - block + 1) / 2;
+            // The next block is prefetched into L2 a few lines after each kernel call, spread evenly over the block.
+            int nextRows = Math.Min(rowEnd, blockEnd + HeadRowBlock) - blockEnd;
+            byte* prefetch = Row(blockEnd), prefetchEnd = prefetch + nextRows * RowBytes;
+            long calls = (long)tiles * ((Cols + chunk - 1) / chunk) * pairs;
+            long linesPerCall = (nextRows * RowBytes / 64 + calls - 1) / calls;
+            for (int t = 0; t < tokens; t += 4)
+            {
+                // A last tile of fewer than four tokens reuses the tile ending at the last token (its sums come out the
+                // same and are stored again), so every tile is full.
+                int t0 = Math.Min(t, tokens - 4);
+                float* xt = xs + (long)t0 * Cols;
+                new Span<byte>(park, pairs * Lanes * 64).Clear();
+                for (int c = 0; c < Cols; c += chunk)
+                {
+                    int n = Math.Min(chunk, Cols - c);
+                    for (int p = 0; p < pairs; p++)
+                    {
+                        int r = block + 2 * p;
+                        int r1 = r + 1 < blockEnd ? r + 1 : r; // an odd block's last row is paired with itself
+                        DotRawF16x2x4((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, xt + Cols + c, xt + 2 * Cols + c, xt + 3 * Cols + c, n, park + p * Lanes);
+                        if (Sse.IsSupported)
+                            for (long l = 0; l < linesPerCall && prefetch < prefetchEnd; l++, prefetch += 64) Sse.Prefetch1(prefetch);
+                    }
+                }
+                for (int p = 0; p < pairs; p++)
+                {
+                    var acc = park + p * Lanes;
+                    int r = block + 2 * p;
+                    for (int j = 0; j < 4; j++) y[(t0 + j) * yStride + r] = Vector512.Sum(acc[2 * j] + acc[2 * j + 1]);
+                    if (r + 1 < blockEnd)
+                        for (int j = 0; j < 4; j++) y[(t0 + j) * yStride + r + 1] = Vector512.Sum(acc[8 + 2 * j] + acc[8 + 2 * j + 1]);
+                }
+            }
+        }
+    }
+
+    /// <summary>
+    /// Two F16 rows against four activation vectors scaled by 2^112, over n columns (a multiple of 32), continuing the
+    /// sums parked at <paramref name="acc"/>: acc[2j], acc[2j+1] are row 0's two 16-lane halves for token j, acc[8+2j],
+    /// acc[9+2j] row 1's. Weights are widened to their raw float bits (half · 2^−112) without the rebias multiply; each
+    /// accumulator takes the same FMAs in the same order as <see cref="DotF16"/>'s, so Sum(acc[2j] + acc[2j+1]) after
+    /// the last columns equals <see cref="DotF16"/> on the unscaled activations bit for bit.
+    /// </summary>
+    public static void DotRawF16x2x4(ushort* w0, ushort* w1, float* x0, float* x1, float* x2, float* x3, int n, Vector512<float>* acc)
+    {
+        Vector512<float> a00 = acc[0], b00 = acc[1], a01 = acc[2], b01 = acc[3], a02 = acc[4], b02 = acc[5], a03 = acc[6], b03 = acc[7];
+        Vector512<float> a10 = acc[8], b10 = acc[9], a11 = acc[10], b11 = acc[11], a12 = acc[12], b12 = acc[13], a13 = acc[14], b13 = acc[15];
+        var mask = Vector512.Create(unchecked((int)0x8FFFE000));
+        for (int i = 0; i < n; i += 32)
+        {
+            var h0 = Vector512.Load((short*)(w0 + i));
+            var h1 = Vector512.Load((short*)(w1 + i));
+            var l0 = (Vector512.ShiftLeft(Vector512.WidenLower(h0), 13) & mask).AsSingle();
+            var u0 = (Vector512.ShiftLeft(Vector512.WidenUpper(h0), 13) & mask).AsSingle();
+            var l1 = (Vector512.ShiftLeft(Vector512.WidenLower(h1), 13) & mask).AsSingle();
+            var u1 = (Vector512.ShiftLeft(Vector512.WidenUpper(h1), 13) & mask).AsSingle();
+            var x = Vector512.Load(x0 + i); a00 = Vector512.FusedMultiplyAdd(l0, x, a00); a10 = Vector512.FusedMultiplyAdd(l1, x, a10);
+            x = Vector512.Load(x0 + i + 16); b00 = Vector512.FusedMultiplyAdd(u0, x, b00); b10 = Vector512.FusedMultiplyAdd(u1, x, b10);
+            x = Vector512.Load(x1 + i); a01 = Vector512.FusedMultiplyAdd(l0, x, a01); a11 = Vector512.FusedMultiplyAdd(l1, x, a11);
+            x = Vector512.Load(x1 + i + 16); b01 = Vector512.FusedMultiplyAdd(u0, x, b01); b11 = Vector512.FusedMultiplyAdd(u1, x, b11);
+            x = Vector512.Load(x2 + i); a02 = Vector512.FusedMultiplyAdd(l0, x, a02); a12 = Vector512.FusedMultiplyAdd(l1, x, a12);
+            x = Vector512.Load(x2 + i + 16); b02 = Vector512.FusedMultiplyAdd(u0, x, b02); b12 = Vector512.FusedMultiplyAdd(u1, x, b12);
+            x = Vector512.Load(x3 + i); a03 = Vector512.FusedMultiplyAdd(l0, x, a03); a13 = Vector512.FusedMultiplyAdd(l1, x, a13);
+            x = Vector512.Load(x3 + i + 16); b03 = Vector512.FusedMultiplyAdd(u0, x, b03); b13 = Vector512.FusedMultiplyAdd(u1, x, b13);
+        }
+        acc[0] = a00; acc[1] = b00; acc[2] = a01; acc[3] = b01; acc[4] = a02; acc[5] = b02; acc[6] = a03; acc[7] = b03;
+        acc[8] = a10; acc[9] = b10; acc[10] = a11; acc[11] = b11; acc[12] = a12; acc[13] = b12; acc[14] = a13; acc[15] = b13;
     }
 
     /// <summary>How far ahead of its loads the batched F16 head prefetches (rows are contiguous, so this runs into the

@@ -113,7 +113,7 @@ public unsafe class EmbeddingTableBatchTests
     [InlineData(GgmlType.Q6_K)]
     public void MatMulEqualsMatVecPerToken(GgmlType type)
     {
-        var shape = SyntheticShape.Tiny with { VocabSize = 70, Dim = type == GgmlType.Q6_K ? 256 : 128 };
+        var shape = SyntheticShape.Tiny with { VocabSize = 71, Dim = type == GgmlType.Q6_K ? 256 : 128 }; // 71: an odd last row
         using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 4, type).ToArray(), "t.gguf"), ownsFile: true);
         var table = w.TokenEmbedding;
         var rng = new Random(2);
@@ -130,6 +130,68 @@ public unsafe class EmbeddingTableBatchTests
                 for (int t = 0; t < tokens; t++) table.MatVec(px + t * table.Cols, ps + t * table.Rows, 0, table.Rows);
             }
             Assert.Equal(single, batched);
+        }
+    }
+}
+
+public unsafe class EmbeddingTableF16BatchEdgeTests
+{
+    /// <summary>
+    /// The 512-bit F16 head multiplies raw half bits (half · 2^−112) by activations scaled by 2^112. Subnormal halves,
+    /// signed zeros, the largest half, subnormal and near-limit activations must still give MatVec's sums bit for bit,
+    /// and activations too large to scale (≥ 2^16, inf, NaN) must take the unscaled path and also match.
+    /// </summary>
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(70000f)]
+    [InlineData(float.PositiveInfinity)]
+    [InlineData(float.NaN)]
+    public void MatMulMatchesMatVecOnExtremeValues(float outlier)
+    {
+        const int rows = 37, cols = 96 + 1024; // several column chunks and 16-row blocks, an odd row count
+        var rng = new Random(5);
+        var halves = new ushort[rows * cols];
+        for (int i = 0; i < halves.Length; i++)
+        {
+            halves[i] = (i % 7) switch
+            {
+                0 => (ushort)rng.Next(1, 0x400),                  // subnormal
+                1 => (ushort)(0x8000 | rng.Next(1, 0x400)),       // negative subnormal
+                2 => (ushort)(i % 2 == 0 ? 0x0000 : 0x8000),      // ±0
+                3 => (ushort)(i % 2 == 0 ? 0x7BFF : 0xFBFF),      // ±65504
+                _ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 4 - 2)),
+            };
+        }
+        foreach (int tokens in new[] { 4, 5, 8, 11 })
+        {
+            var x = new float[tokens * cols];
+            for (int i = 0; i < x.Length; i++)
+                x[i] = (i % 11) switch
+                {
+                    0 => BitConverter.Int32BitsToSingle(rng.Next(1, 0x7FFFFF)) * (rng.Next(2) == 0 ? 1 : -1), // subnormal float
+                    1 => 65535.99f * (rng.Next(2) == 0 ? 1 : -1),
+                    _ => (float)(rng.NextDouble() * 2 - 1),
+                };
+            if (outlier != 0f) x[(tokens - 1) * cols + 17] = outlier;
+            var batched = new float[tokens * rows];
+            var single = new float[tokens * rows];
+            fixed (ushort* pw = halves)
+            fixed (float* px = x)
+            fixed (float* pb = batched)
+            fixed (float* ps = single)
+            {
+                var table = new EmbeddingTable(GgmlType.F16, (byte*)pw, halves.Length * 2L, rows, cols, halves, "t.gguf", "output.weight");
+                table.MatMul(px, tokens, pb, rows, 0, rows);
+                table.MatMul(px, tokens, pb, rows, 0, rows);
+                for (int t = 0; t < tokens; t++) table.MatVec(px + t * cols, ps + t * rows, 0, rows);
+                // and a worker's slice that starts mid-block
+                Array.Fill(batched, -1f);
+                table.MatMul(px, tokens, pb, rows, 0, 9);
+                table.MatMul(px, tokens, pb, rows, 9, rows);
+            }
+            for (int i = 0; i < single.Length; i++)
+                Assert.True(BitConverter.SingleToInt32Bits(single[i]) == BitConverter.SingleToInt32Bits(batched[i]) || (float.IsNaN(single[i]) && float.IsNaN(batched[i])),
+                    $"tokens {tokens}, token {i / rows}, row {i % rows}: batched {batched[i]} vs single {single[i]}");
         }
     }
 }
