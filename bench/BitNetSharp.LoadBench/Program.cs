@@ -66,22 +66,22 @@ Console.WriteLine();
 // Rounds at every concurrency first, so each batch shape's path has been compiled at tier 1 before measuring.
 foreach (int n in streams) await Round(n, Math.Min(16, maxTokens));
 
-Console.WriteLine("| streams | gen tok/s (aggregate, wall) | × 1 stream | decode tok/s (streams ÷ mean ITL) | × 1 stream | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms | server tokens/step (mean) |");
-Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+Console.WriteLine("| streams | gen tok/s (aggregate, wall) | × 1 stream | decode tok/s (streams ÷ mean ITL) | × 1 stream | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms | server tokens/step (mean) | forward ms/step (mean) |");
+Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 double? single = null, singleDecode = null;
 foreach (int n in streams)
 {
-    var (tokS, ttft, itl, stepTokens) = await Round(n, maxTokens);
+    var (tokS, ttft, itl, stepTokens, stepMs) = await Round(n, maxTokens);
     double decode = n * 1000 / itl.Average();
     if (n == 1) (single, singleDecode) = (tokS, decode);
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"| {n} | {tokS:F1} | {(single is { } s1 ? $"{tokS / s1:F2}×" : "–")} | {decode:F1} | {(singleDecode is { } d1 ? $"{decode / d1:F2}×" : "–")} | {P(ttft, 50):F0} / {P(ttft, 90):F0} / {P(ttft, 99):F0} | {P(itl, 50):F1} / {P(itl, 90):F1} / {P(itl, 99):F1} | {stepTokens:F1} |"));
+        $"| {n} | {tokS:F1} | {(single is { } s1 ? $"{tokS / s1:F2}×" : "–")} | {decode:F1} | {(singleDecode is { } d1 ? $"{decode / d1:F2}×" : "–")} | {P(ttft, 50):F0} / {P(ttft, 90):F0} / {P(ttft, 99):F0} | {P(itl, 50):F1} / {P(itl, 90):F1} / {P(itl, 99):F1} | {stepTokens:F1} | {stepMs:F1} |"));
 }
 await server.DisposeAsync();
 if (!args_.ContainsKey("keep-model") && !args_.ContainsKey("model")) File.Delete(path);
 return 0;
 
-async Task<(double TokensPerSecond, List<double> Ttft, List<double> Itl, double StepTokens)> Round(int n, int tokens)
+async Task<(double TokensPerSecond, List<double> Ttft, List<double> Itl, double StepTokens, double StepMs)> Round(int n, int tokens)
 {
     var before = await Metrics();
     var rng = new Random(n);
@@ -92,7 +92,9 @@ async Task<(double TokensPerSecond, List<double> Ttft, List<double> Itl, double 
     var after = await Metrics();
     double steps = after.GetValueOrDefault("bitnet_engine_steps_total") - before.GetValueOrDefault("bitnet_engine_steps_total");
     double stepTokens = after.GetValueOrDefault("bitnet_engine_step_tokens_sum") - before.GetValueOrDefault("bitnet_engine_step_tokens_sum");
-    return (results.Sum(r => r.Tokens) / seconds, [.. results.Select(r => r.Ttft)], [.. results.SelectMany(r => r.Gaps)], steps > 0 ? stepTokens / steps : 0);
+    double stepSeconds = after.GetValueOrDefault("bitnet_engine_step_duration_seconds_sum") - before.GetValueOrDefault("bitnet_engine_step_duration_seconds_sum");
+    return (results.Sum(r => r.Tokens) / seconds, [.. results.Select(r => r.Ttft)], [.. results.SelectMany(r => r.Gaps)], steps > 0 ? stepTokens / steps : 0,
+        steps > 0 ? stepSeconds / steps * 1000 : 0);
 }
 
 async Task<(int Tokens, double Ttft, List<double> Gaps)> Stream(int[] prompt, int tokens)

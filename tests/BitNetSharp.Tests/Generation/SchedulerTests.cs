@@ -216,6 +216,7 @@ public sealed class SchedulerTests : IDisposable
         Assert.Equal(1, seen["bitnet.time_to_first_token"]);
         Assert.Equal(1, seen["bitnet.request.queue_time"]);
         Assert.True(seen["bitnet.engine.step_tokens"] >= 1);
+        Assert.Equal(seen["bitnet.engine.step_tokens"], seen["bitnet.engine.step_duration"]); // one of each per step
         Assert.Equal(1, seen["bitnet.prompt_tokens"]);
         Assert.Equal(0, seen["bitnet.requests.running"]);
     }

@@ -262,6 +262,7 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             "bitnet_prompt_tokens_total", "bitnet_generation_tokens_total", "bitnet_request_success_total", "bitnet_requests_cancelled_total",
             "bitnet_requests_rejected_total", "bitnet_time_to_first_token_seconds", "bitnet_inter_token_latency_seconds", "bitnet_e2e_request_latency_seconds",
             "bitnet_request_queue_time_seconds", "bitnet_request_prompt_tokens", "bitnet_request_generation_tokens", "bitnet_engine_step_tokens",
+            "bitnet_engine_step_duration_seconds",
         })
             Assert.True(families.ContainsKey(name), $"no family {name} in\n{text}");
         Assert.Equal("histogram", families["bitnet_time_to_first_token_seconds"]);

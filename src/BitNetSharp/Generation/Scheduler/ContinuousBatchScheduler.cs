@@ -211,6 +211,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             _wake.Wait(IdleWait(now));
             return;
         }
+        long before = Stopwatch.GetTimestamp();
         try
         {
             _engine.Forward(_batch.AsSpan(0, n), _caches, _logits);
@@ -245,6 +246,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         SchedulerCounters.Add(ref _counters.StepTokens, n);
         SchedulerCounters.Set(ref _counters.LastStepTicks, after);
         _samples.Write(MetricKind.StepTokens, n);
+        _samples.Write(MetricKind.StepDuration, SchedulerMeters.Seconds(after - before));
         _running.RemoveAll(static s => s.Finished);
     }
 

@@ -10,6 +10,7 @@ internal enum MetricKind : byte
     PromptLength,
     GenerationLength,
     StepTokens,
+    StepDuration,
 }
 
 internal readonly record struct MetricSample(MetricKind Kind, double Value);
