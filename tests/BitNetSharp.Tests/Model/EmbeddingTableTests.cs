@@ -104,7 +104,7 @@ public unsafe class EmbeddingTableTests
 
 public unsafe class EmbeddingTableBatchTests
 {
-    /// <summary>The batched head (row blocks outer, 4-token tiles inside, F16 rows widened once per tile) equals one MatVec per token, bit for bit.</summary>
+    /// <summary>The batched head (row blocks outer, token tiles inside, F16 rows widened once per tile) equals one MatVec per token, bit for bit.</summary>
     [Theory]
     [InlineData(GgmlType.F32)]
     [InlineData(GgmlType.F16)]
@@ -117,7 +117,7 @@ public unsafe class EmbeddingTableBatchTests
         using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 4, type).ToArray(), "t.gguf"), ownsFile: true);
         var table = w.TokenEmbedding;
         var rng = new Random(2);
-        foreach (int tokens in new[] { 2, 4, 7, 9, 70 }) // 9: two 4-token tiles and one more; 70: past the 64-token chunk of the quantized heads
+        foreach (int tokens in new[] { 2, 4, 7, 9, 70 }) // 7: overlapping 4-token tiles; 9: overlapping 8-token tiles; 70: past the 64-token chunk of the quantized heads
         {
             var x = Enumerable.Range(0, tokens * table.Cols).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
             var batched = new float[tokens * table.Rows];
@@ -148,7 +148,13 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
     [InlineData(float.NaN)]
     public void MatMulMatchesMatVecOnExtremeValues(float outlier)
     {
-        const int rows = 37, cols = 96 + 1024; // several column chunks and 16-row blocks, an odd row count
+        foreach (int cols in new[] { 96 + 1024, 1136, 1128 }) // several column chunks; 1136: 16k but not 32k; 1128: not 16k (a scalar tail)
+            CheckWidth(outlier, cols);
+    }
+
+    private static void CheckWidth(float outlier, int cols)
+    {
+        const int rows = 37; // several 16-row blocks, an odd row count, a MatVec remainder after groups of four rows
         var rng = new Random(5);
         var halves = new ushort[rows * cols];
         for (int i = 0; i < halves.Length; i++)
@@ -162,7 +168,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
                 _ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 4 - 2)),
             };
         }
-        foreach (int tokens in new[] { 4, 5, 8, 11 })
+        foreach (int tokens in new[] { 1, 3, 4, 5, 8, 11, 16, 17 }) // 4-token and 8-token tiles, full and overlapping
         {
             var x = new float[tokens * cols];
             for (int i = 0; i < x.Length; i++)
@@ -188,10 +194,19 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
                 Array.Fill(batched, -1f);
                 table.MatMul(px, tokens, pb, rows, 0, 9);
                 table.MatMul(px, tokens, pb, rows, 9, rows);
+                // MatVec's own fast path (four rows per pass, raw halves) against the plain per-row dot.
+                for (int t = 0; t < tokens; t++)
+                    for (int r = 0; r < rows; r++)
+                    {
+                        float dot = EmbeddingTable.DotF16(pw + r * cols, px + t * cols, cols);
+                        float mv = single[t * rows + r];
+                        Assert.True(BitConverter.SingleToInt32Bits(dot) == BitConverter.SingleToInt32Bits(mv) || (float.IsNaN(dot) && float.IsNaN(mv)),
+                            $"cols {cols}, token {t}, row {r}: MatVec {mv} vs DotF16 {dot}");
+                    }
             }
             for (int i = 0; i < single.Length; i++)
                 Assert.True(BitConverter.SingleToInt32Bits(single[i]) == BitConverter.SingleToInt32Bits(batched[i]) || (float.IsNaN(single[i]) && float.IsNaN(batched[i])),
-                    $"tokens {tokens}, token {i / rows}, row {i % rows}: batched {batched[i]} vs single {single[i]}");
+                    $"cols {cols}, tokens {tokens}, token {i / rows}, row {i % rows}: batched {batched[i]} vs single {single[i]}");
         }
     }
 }
