@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using BitNetSharp.Quantization;
 
 namespace BitNetSharp.Kernels;
@@ -68,7 +69,8 @@ public unsafe interface ITernaryRowDot
 /// </summary>
 public unsafe interface ITernaryRowPairDot : ITernaryRowDot
 {
-    /// <summary>result[r·4 + j] = Σ c·q for row r ∈ {0, 1} (<paramref name="w0"/>, <paramref name="w1"/>) and token j.</summary>
+    /// <summary>result[2j + r] = Σ c·q for row r ∈ {0, 1} (<paramref name="w0"/>, <paramref name="w1"/>) and token j:
+    /// the two rows of a token side by side, as they are stored in the output.</summary>
     static abstract void Dot2x4(byte* w0, byte* w1, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result);
 }
 
@@ -156,17 +158,22 @@ public static unsafe class TernaryDriver
             for (int t = 0; t < fullTiles; t += 4)
             {
                 sbyte* q0 = x.Row(t), q1 = x.Row(t + 1), q2 = x.Row(t + 2), q3 = x.Row(t + 3);
+                // The epilogue of a row pair in eight lanes ordered as Dot2x4's results (token-major, the pair's two
+                // rows side by side): the same int subtraction, conversion, division and multiplication per lane as
+                // TernaryKernel.Epilogue, so the same floats; each token's two outputs go out as one 8-byte store.
+                var tileSums = Vector256.Create(sums[t], sums[t], sums[t + 1], sums[t + 1], sums[t + 2], sums[t + 2], sums[t + 3], sums[t + 3]);
+                var tileScales = Vector256.Create(xs[t], xs[t], xs[t + 1], xs[t + 1], xs[t + 2], xs[t + 2], xs[t + 3], xs[t + 3]);
+                float* y0 = y + (long)t * yStride, y1 = y0 + yStride, y2 = y1 + yStride, y3 = y2 + yStride;
                 int n = block;
                 for (; n + 2 <= blockEnd; n += 2)
                 {
                     TDot.Dot2x4(w.Row(n), w.Row(n + 1), q0, q1, q2, q3, blocks, d);
-                    float s0 = rowScales[n], s1 = rowScales[n + 1];
-                    for (int j = 0; j < 4; j++)
-                    {
-                        float* yt = y + (long)(t + j) * yStride;
-                        yt[n] = TernaryKernel.Epilogue(d[j], sums[t + j], xs[t + j], s0);
-                        yt[n + 1] = TernaryKernel.Epilogue(d[4 + j], sums[t + j], xs[t + j], s1);
-                    }
+                    var rowPair = Vector256.Create(Vector64.Create(rowScales[n], rowScales[n + 1]).AsInt64().ToScalar()).AsSingle();
+                    var outputs = (Vector256.ConvertToSingle(Vector256.Load(d) - tileSums) / tileScales * rowPair).AsInt64();
+                    *(long*)(y0 + n) = outputs.GetElement(0);
+                    *(long*)(y1 + n) = outputs.GetElement(1);
+                    *(long*)(y2 + n) = outputs.GetElement(2);
+                    *(long*)(y3 + n) = outputs.GetElement(3);
                 }
                 if (n < blockEnd)
                 {
