@@ -19,7 +19,7 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
     public override string Name => "avx2";
     public override bool IsSupported => Avx2.IsSupported;
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.Run<Dot256>(w, x, y, yStride, rowStart, rowEnd);
 
     public readonly struct Dot256 : ITernaryRowDot
@@ -105,7 +105,7 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
     public override string Name => "avxvnni";
     public override bool IsSupported => AvxVnni.IsSupported;
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.Run<DotVnni>(w, x, y, yStride, rowStart, rowEnd);
 
     public readonly struct DotVnni : ITernaryRowDot

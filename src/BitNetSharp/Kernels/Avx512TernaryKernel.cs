@@ -19,23 +19,23 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
     public override string Name => "avx512";
     public override bool IsSupported => Avx512BW.IsSupported;
 
-    [ThreadStatic] private static Memory.NativeBuffer? t_scratch;
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
+        TernaryDriver.RunPairs<Dot512<ShiftSplit>>(w, x, y, yStride, rowStart, rowEnd);
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
-        TernaryDriver.RunPairs<Dot512<ShiftSplit>>(w, InterleavedRows(x), y, yStride, rowStart, rowEnd);
+    public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => InterleavedRows(x, ref scratch);
 
-    /// <summary>The activation rows copied, pair-interleaved, into this thread's scratch (grown, never per call).</summary>
-    internal static ActivationRows InterleavedRows(QuantizedActivations x)
+    /// <summary>The activation rows copied, pair-interleaved, into <paramref name="scratch"/> (grown, never per call).</summary>
+    internal static ActivationRows InterleavedRows(QuantizedActivations x, ref Memory.NativeBuffer? scratch)
     {
         long need = (long)x.Tokens * x.PaddedCols;
-        if (t_scratch is null || t_scratch.ByteLength < need)
+        if (scratch is null || scratch.ByteLength < need)
         {
-            t_scratch?.Dispose();
-            t_scratch = new Memory.NativeBuffer(Math.Max(need, 1 << 16));
+            scratch?.Dispose();
+            scratch = new Memory.NativeBuffer(Math.Max(need, 1 << 16), zero: false);
         }
-        var scratch = (sbyte*)t_scratch.Pointer;
-        for (int t = 0; t < x.Tokens; t++) Interleave(x.Row(t), scratch + (long)t * x.PaddedCols, x.PaddedCols);
-        return new ActivationRows(scratch, x.PaddedCols, x.Tokens, x.Scales, x.Sums);
+        var rows = (sbyte*)scratch.Pointer;
+        for (int t = 0; t < x.Tokens; t++) Interleave(x.Row(t), rows + (long)t * x.PaddedCols, x.PaddedCols);
+        return new ActivationRows(rows, x.PaddedCols, x.Tokens, x.Scales, x.Sums);
     }
 
     /// <summary>Within each 256-activation pair of blocks: [g][block][i] ← block·128 + 32g + i.</summary>
@@ -273,9 +273,8 @@ public sealed unsafe class Avx512GfniTernaryKernel : TernaryKernel
     public override string Name => "avx512gfni";
     public override bool IsSupported => Avx512BW.IsSupported && Gfni.V512.IsSupported;
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd)
-    {
-        var rows = Avx512TernaryKernel.InterleavedRows(x);
-        TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<GfniSplit>>(w, rows, y, yStride, rowStart, rowEnd);
-    }
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
+        TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<GfniSplit>>(w, x, y, yStride, rowStart, rowEnd);
+
+    public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => Avx512TernaryKernel.InterleavedRows(x, ref scratch);
 }

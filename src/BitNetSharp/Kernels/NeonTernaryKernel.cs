@@ -16,7 +16,7 @@ public sealed unsafe class NeonTernaryKernel : TernaryKernel
     public override string Name => "neon";
     public override bool IsSupported => AdvSimd.Arm64.IsSupported;
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.Run<DotNeon>(w, x, y, yStride, rowStart, rowEnd);
 
     public readonly struct DotNeon : ITernaryRowDot
@@ -87,7 +87,7 @@ public sealed unsafe class NeonDotProdTernaryKernel : TernaryKernel
     public override string Name => "neondot";
     public override bool IsSupported => Dp.IsSupported;
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.Run<DotSdot>(w, x, y, yStride, rowStart, rowEnd);
 
     public readonly struct DotSdot : ITernaryRowDot

@@ -33,6 +33,18 @@ public abstract unsafe class TernaryKernel
     {
         if (w.PaddedCols != x.PaddedCols)
             throw new ArgumentException($"Weight rows have {w.Cols} inputs but the activations have {x.Cols}.", nameof(x));
+        if (!IsSupported) throw new PlatformNotSupportedException($"Ternary kernel '{Name}' is not supported on this CPU.");
+        MatMul(w, Prepare(x, ref t_scratch), y, yStride, rowStart, rowEnd);
+    }
+
+    /// <summary>
+    /// The same product on activations already in this variant's layout (<see cref="Prepare"/>): a caller that splits
+    /// one product into many row ranges, or multiplies several matrices by the same activations, lays them out once.
+    /// </summary>
+    public void MatMul(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
+    {
+        if (w.PaddedCols != x.Stride)
+            throw new ArgumentException($"Weight rows have {w.PaddedCols} padded inputs but the activation rows have {x.Stride}.", nameof(x));
         if (rowStart < 0 || rowEnd > w.Rows || rowStart > rowEnd)
             throw new ArgumentOutOfRangeException(nameof(rowEnd), $"Row range [{rowStart}, {rowEnd}) is outside [0, {w.Rows}).");
         if (x.Tokens > 1 && yStride < rowEnd)
@@ -41,7 +53,17 @@ public abstract unsafe class TernaryKernel
         MatMulCore(w, x, y, yStride, rowStart, rowEnd);
     }
 
-    protected abstract void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd);
+    /// <summary>
+    /// The activation rows as this variant reads them: <paramref name="x"/>'s own rows, or (for variants that read
+    /// another order, such as AVX-512's pair interleave) a copy in <paramref name="scratch"/>, which is grown as
+    /// needed and stays the caller's. The result is valid until the scratch is next used or <paramref name="x"/> changes.
+    /// </summary>
+    public virtual ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => ActivationRows.Of(x);
+
+    /// <summary>Scratch for the activation copies of <see cref="MatMul(TernaryMatrix, QuantizedActivations, float*, int, int, int)"/>.</summary>
+    [ThreadStatic] private static Memory.NativeBuffer? t_scratch;
+
+    protected abstract void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd);
 
     /// <summary>The shared epilogue (FORMATS.md §2.6): integer dot first, then ÷ s_x, then × weight scale, in fp32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -198,7 +220,7 @@ public sealed unsafe class ReferenceTernaryKernel : TernaryKernel
     public override string Name => "reference";
     public override bool IsSupported => true;
 
-    protected override void MatMulCore(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd) =>
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.Run<ScalarDot>(w, x, y, yStride, rowStart, rowEnd);
 
     public readonly struct ScalarDot : ITernaryRowDot

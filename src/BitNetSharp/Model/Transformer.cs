@@ -115,7 +115,8 @@ public sealed unsafe class Transformer : IDisposable
             fixed (float* pl = logits)
             {
                 _head.Set((float*)_logitsHidden.Pointer, pl, wanted);
-                _pool.Run(_head, _c.VocabSize);
+                // Chunks of whole 16-row blocks, about eight per thread, taken by whichever thread is free.
+                _pool.Run(_head, _c.VocabSize, Math.Max(256, (_c.VocabSize / (_pool.ThreadCount * 8) + 15) / 16 * 16));
             }
         }
     }
@@ -128,16 +129,17 @@ public sealed unsafe class Transformer : IDisposable
         // Attention block: one int8 quantization of the normed input serves q, k and v.
         Stage(Stage_AttnIn, lw, batch);
         _qDim.Tokens = n;
-        _matmul.Run(_kernel, lw.Q, _qDim, (float*)_q.Pointer, qDim);
-        _matmul.Run(_kernel, lw.K, _qDim, (float*)_k.Pointer, kvDim);
-        _matmul.Run(_kernel, lw.V, _qDim, (float*)_v.Pointer, kvDim);
+        var rows = _matmul.Prepare(_kernel, _qDim); // laid out once for the three products
+        _matmul.Run(_kernel, lw.Q, rows, (float*)_q.Pointer, qDim);
+        _matmul.Run(_kernel, lw.K, rows, (float*)_k.Pointer, kvDim);
+        _matmul.Run(_kernel, lw.V, rows, (float*)_v.Pointer, kvDim);
 
         Stage(Stage_Rope, lw, batch);
         // Written in batch order: a cache takes a sequence's positions in increasing order, without gaps.
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
-        _pool.Run(_attention, n * _c.KvHeads);
+        _pool.Run(_attention, n * _c.KvHeads, grain: 1); // items differ in cost (a prompt's later tokens see more positions)
         _attention.Clear();
 
         Stage(Stage_AttnOut, lw, batch);
@@ -147,8 +149,9 @@ public sealed unsafe class Transformer : IDisposable
         // Feed-forward block: one quantization serves gate and up.
         Stage(Stage_ResidualFfnIn, lw, batch);
         _qDim.Tokens = n;
-        _matmul.Run(_kernel, lw.Gate, _qDim, (float*)_hb.Pointer, ff);
-        _matmul.Run(_kernel, lw.Up, _qDim, (float*)_hb2.Pointer, ff);
+        rows = _matmul.Prepare(_kernel, _qDim);
+        _matmul.Run(_kernel, lw.Gate, rows, (float*)_hb.Pointer, ff);
+        _matmul.Run(_kernel, lw.Up, rows, (float*)_hb2.Pointer, ff);
         Stage(Stage_FfnAct, lw, batch);
         _qFf.Tokens = n;
         _matmul.Run(_kernel, lw.Down, _qFf, (float*)_tmp.Pointer, _c.Dim);
@@ -166,7 +169,7 @@ public sealed unsafe class Transformer : IDisposable
     {
         _stages.Set(stage, lw, batch);
         if (batch.Length == 1) _stages.Execute(0, 1, 0);
-        else _pool.Run(_stages, batch.Length);
+        else _pool.Run(_stages, batch.Length, grain: 1);
         _stages.Clear();
     }
 
@@ -307,6 +310,7 @@ public sealed unsafe class Transformer : IDisposable
         _qDim.Dispose();
         _qAtt.Dispose();
         _qFf.Dispose();
+        _matmul.Dispose();
         if (_ownsPool) _pool.Dispose();
     }
 }

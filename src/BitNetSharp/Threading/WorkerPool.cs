@@ -11,7 +11,9 @@ public interface IParallelWork
 
 /// <summary>
 /// A persistent pool of worker threads that splits a range of items (typically output rows of a mat-mul) into
-/// one contiguous slice per thread. The calling thread does slice 0. Workers spin on a generation counter
+/// one contiguous slice per thread, or, given a grain, hands out chunks of that many items to whichever thread is
+/// free (so a core slowed by the host or a slice with more work does not leave the other cores waiting). The calling
+/// thread takes part. Workers spin on a generation counter
 /// between calls — a decode step issues hundreds of small ops back to back, and waking a blocked thread costs
 /// more than one op — and fall back to blocking after <see cref="SpinTime"/> of idleness so an idle process
 /// does not burn the cores. No Task, delegate or array is created per call.
@@ -27,6 +29,8 @@ public sealed class WorkerPool : IDisposable
     private readonly long _spinTicks;
     private IParallelWork? _work;
     private int _itemCount;
+    private int _grain;
+    private int _nextItem;
     private long _generation;
     private int _pending;
     private volatile bool _disposed;
@@ -56,13 +60,20 @@ public sealed class WorkerPool : IDisposable
 
     public int ThreadCount { get; }
 
-    /// <summary>Runs <paramref name="work"/> over [0, itemCount) on all threads and returns when every slice is done.
-    /// An exception thrown by any slice is rethrown here. Not reentrant: one Run at a time per pool.</summary>
-    public void Run(IParallelWork work, int itemCount)
+    /// <summary>
+    /// Runs <paramref name="work"/> over [0, itemCount) on all threads and returns when every item is done. With
+    /// <paramref name="grain"/> ≤ 0 each thread executes one contiguous slice (<see cref="Slice"/>); with a grain, the
+    /// threads take chunks of <paramref name="grain"/> items in order from a shared counter until none are left, so a
+    /// thread may execute several chunks, and which thread executes which chunk varies from call to call (work whose
+    /// results depend only on the items, not on the thread, is unaffected). With one thread, one item, or a grain that
+    /// covers every item, the calling thread executes the whole range in one call. An exception thrown by any slice is
+    /// rethrown here. Not reentrant: one Run at a time per pool.
+    /// </summary>
+    public void Run(IParallelWork work, int itemCount, int grain = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (itemCount <= 0) return;
-        if (ThreadCount == 1 || itemCount == 1)
+        if (ThreadCount == 1 || itemCount == 1 || (grain > 0 && grain >= itemCount))
         {
             work.Execute(0, itemCount, 0);
             return;
@@ -70,21 +81,15 @@ public sealed class WorkerPool : IDisposable
 
         _work = work;
         _itemCount = itemCount;
+        _grain = Math.Max(0, grain);
+        _nextItem = 0;
         _failure = null;
         Volatile.Write(ref _pending, _threads.Length);
         Interlocked.Increment(ref _generation);
         for (int i = 0; i < _sleeping.Length; i++)
             if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
 
-        try
-        {
-            var (start, end) = Slice(0, itemCount, ThreadCount);
-            if (start < end) work.Execute(start, end, 0);
-        }
-        catch (Exception e)
-        {
-            Interlocked.CompareExchange(ref _failure, e, null);
-        }
+        Participate(work, 0);
 
         var spinner = new SpinWait();
         while (Volatile.Read(ref _pending) != 0) spinner.SpinOnce(sleep1Threshold: -1);
@@ -122,16 +127,33 @@ public sealed class WorkerPool : IDisposable
             if (_disposed) return;
             seen = Volatile.Read(ref _generation);
 
-            try
-            {
-                var (start, end) = Slice(worker, _itemCount, ThreadCount);
-                if (start < end) _work!.Execute(start, end, worker);
-            }
-            catch (Exception e)
-            {
-                Interlocked.CompareExchange(ref _failure, e, null);
-            }
+            Participate(_work!, worker);
             Interlocked.Decrement(ref _pending);
+        }
+    }
+
+    /// <summary>One thread's share of the current call: its slice, or chunks until the counter passes the end.</summary>
+    private void Participate(IParallelWork work, int worker)
+    {
+        try
+        {
+            int count = _itemCount, grain = _grain;
+            if (grain == 0)
+            {
+                var (start, end) = Slice(worker, count, ThreadCount);
+                if (start < end) work.Execute(start, end, worker);
+                return;
+            }
+            while (Volatile.Read(ref _failure) is null)
+            {
+                int start = Interlocked.Add(ref _nextItem, grain) - grain;
+                if (start >= count || start < 0) break; // < 0: the counter wrapped past int.MaxValue
+                work.Execute(start, Math.Min(count, start + grain), worker);
+            }
+        }
+        catch (Exception e)
+        {
+            Interlocked.CompareExchange(ref _failure, e, null);
         }
     }
 

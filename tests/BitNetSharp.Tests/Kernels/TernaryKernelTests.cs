@@ -129,7 +129,7 @@ public unsafe class TernaryKernelTests
         var kernel = KernelRegistry.Ternary;
         var expected = Run(kernel, w, x);
         using var pool = new WorkerPool(3);
-        var op = new TernaryMatMul(pool);
+        using var op = new TernaryMatMul(pool);
         var y = new float[expected.Length];
         for (int repeat = 0; repeat < 50; repeat++)
         {
@@ -137,6 +137,35 @@ public unsafe class TernaryKernelTests
             fixed (float* py = y) op.Run(kernel, w, x, py, w.Rows);
             Assert.Equal(expected, y);
         }
+    }
+
+    /// <summary>Activations laid out once (<see cref="TernaryMatMul.Prepare"/>) serve several products, in chunks, with
+    /// every variant's layout (the AVX-512 ones copy the rows pair-interleaved), and give each kernel's own results.</summary>
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void PreparedActivationsServeSeveralProducts(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        var rng = new Random(12);
+        using var a = RandomTernary(rng, 1000, 2560);
+        using var b = RandomTernary(rng, 77, 2560);
+        using var x = Quantize(Enumerable.Range(0, 9).Select(_ => Activations(rng, 2560, Pattern.Random)).ToArray());
+        using var pool = new WorkerPool(2);
+        using var op = new TernaryMatMul(pool);
+        for (int repeat = 0; repeat < 3; repeat++)
+        {
+            var rows = op.Prepare(kernel, x);
+            var ya = new float[a.Rows * 9];
+            var yb = new float[b.Rows * 9];
+            fixed (float* pa = ya) op.Run(kernel, a, rows, pa, a.Rows);
+            fixed (float* pb = yb) op.Run(kernel, b, rows, pb, b.Rows);
+            Assert.Equal(Run(kernel, a, x), ya);
+            Assert.Equal(Run(kernel, b, x), yb);
+        }
+        using var narrow = RandomTernary(rng, 4, 256);
+        var y = new float[4 * 9];
+        var ex = Assert.Throws<ArgumentException>(() => { fixed (float* py = y) op.Run(kernel, narrow, op.Prepare(kernel, x), py, 4); });
+        Assert.Contains("256", ex.Message);
     }
 
     [Fact]

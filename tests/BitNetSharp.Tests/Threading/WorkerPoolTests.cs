@@ -36,6 +36,76 @@ public class WorkerPoolTests
         }
     }
 
+    /// <summary>Records every chunk it is given (thread-safe).</summary>
+    private sealed class ChunkLog(int count, Func<int, int, int, bool>? before = null) : IParallelWork
+    {
+        public readonly int[] Marks = new int[count];
+        public readonly System.Collections.Concurrent.ConcurrentBag<(int Start, int End, int Worker)> Chunks = new();
+
+        public void Execute(int start, int end, int worker)
+        {
+            before?.Invoke(start, end, worker);
+            Chunks.Add((start, end, worker));
+            for (int i = start; i < end; i++) Interlocked.Increment(ref Marks[i]);
+        }
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void ChunkedRunsEveryItemExactlyOnceInWholeChunks(int threads)
+    {
+        using var pool = new WorkerPool(threads);
+        foreach (int count in new[] { 1, 2, 7, 640, 2561 })
+            foreach (int grain in new[] { 1, 3, 64, 5000 })
+            {
+                var work = new ChunkLog(count);
+                for (int call = 0; call < 20; call++) pool.Run(work, count, grain);
+                Assert.All(work.Marks, m => Assert.Equal(20, m));
+                if (threads == 1 || grain >= count)
+                {
+                    Assert.All(work.Chunks, c => Assert.Equal((0, count, 0), c)); // the whole range on the calling thread
+                    continue;
+                }
+                foreach (var (start, end, worker) in work.Chunks)
+                {
+                    Assert.True(end - start <= grain, $"chunk [{start}, {end}) is longer than the grain {grain}");
+                    Assert.Equal(0, start % grain); // chunks are cut at multiples of the grain
+                    Assert.InRange(worker, 0, threads - 1);
+                }
+            }
+    }
+
+    [Fact]
+    public void ChunksGoToTheThreadThatIsFree()
+    {
+        using var pool = new WorkerPool(2);
+        // The worker stalls on its first chunk; the calling thread must take the rest instead of waiting for it.
+        int stalled = 0;
+        var work = new ChunkLog(200, (start, end, worker) =>
+        {
+            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) Thread.Sleep(300);
+            return true;
+        });
+        pool.Run(work, 200, grain: 1);
+        Assert.All(work.Marks, m => Assert.Equal(1, m));
+        int byCaller = work.Chunks.Count(c => c.Worker == 0);
+        Assert.True(byCaller >= 150, $"the calling thread ran {byCaller} of 200 chunks while the worker was stalled");
+    }
+
+    [Fact]
+    public void ChunkedExceptionReachesTheCaller()
+    {
+        using var pool = new WorkerPool(2);
+        var failing = new ChunkLog(50, (start, end, worker) => start <= 17 && 17 < end ? throw new InvalidOperationException("boom") : true);
+        var ex = Assert.Throws<AggregateException>(() => pool.Run(failing, 50, grain: 4));
+        Assert.IsType<InvalidOperationException>(ex.InnerException);
+        var marks = new int[9];
+        pool.Run(new MarkWork(marks), 9, grain: 2); // still usable
+        Assert.All(marks, m => Assert.Equal(1, m));
+    }
+
     [Fact]
     public void WorkersWakeAfterBlocking()
     {
