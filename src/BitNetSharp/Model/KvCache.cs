@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
 using BitNetSharp.Kernels.FloatOps;
 using BitNetSharp.Memory;
 
@@ -163,6 +164,30 @@ public sealed unsafe class KvCache : IDisposable
         CheckHead(layer, kvHead, positions);
         if (group <= 0 || q.Length < group * HeadDim) throw new ArgumentException($"{group} queries of {HeadDim} values need {group * HeadDim}; got {q.Length}.", nameof(q));
         if (stride < positions || scores.Length < (group - 1) * stride + positions) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
+        if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16 && Vector512.IsHardwareAccelerated && HeadDim % 16 == 0)
+        {
+            // As ScoresCore's lane path (which Scores takes here), four queries per widened key row.
+            long first = Row(layer, kvHead, 0);
+            byte* rows = _keys.Pointer + first * _rowBytes;
+            var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
+            var factor = Vector512.Create(scale);
+            fixed (float* pq = q)
+            fixed (float* ps = scores)
+            {
+                int n = HeadDim;
+                for (int p0 = 0; p0 < positions; p0 += 16)
+                {
+                    int m = Math.Min(16, positions - p0);
+                    for (int i = 0; i < m; i++) F16FiniteRow.Dot4Lanes(pq, pq + n, pq + 2 * n, pq + 3 * n, rows + (long)(p0 + i) * _rowBytes, n, lanes + i);
+                    for (int g = 0; g < 4; g++)
+                    {
+                        for (int i = m; i < 16; i++) lanes[g * 16 + i] = default;
+                        StoreScores(LaneSums.Sums16(lanes + g * 16) * factor, ps + g * stride + p0, m);
+                    }
+                }
+            }
+            return;
+        }
         if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
         {
             long first = Row(layer, kvHead, 0);
@@ -289,6 +314,24 @@ public sealed unsafe class KvCache : IDisposable
         byte* rows = _keys.Pointer + first * _rowBytes;
         float* rowScales = TRow.HasScale ? KeyScales + first : null;
         int n = HeadDim, stride = _rowBytes;
+        if (TWidth.Bits >= 512 && TRow.HasLanes && Vector512.IsHardwareAccelerated && n % 16 == 0)
+        {
+            // Sixteen positions at a time: each key row's products folded into one vector, the sixteen summed together.
+            var lanes = stackalloc Vector512<float>[16];
+            var factor = Vector512.Create(scale);
+            fixed (float* pq = q)
+            fixed (float* ps = scores)
+            {
+                for (int p0 = 0; p0 < positions; p0 += 16)
+                {
+                    int m = Math.Min(16, positions - p0);
+                    for (int i = 0; i < m; i++) lanes[i] = TRow.DotLanes(pq, rows + (long)(p0 + i) * stride, n);
+                    for (int i = m; i < 16; i++) lanes[i] = default;
+                    StoreScores(LaneSums.Sums16(lanes) * factor, ps + p0, m);
+                }
+            }
+            return;
+        }
         fixed (float* pq = q)
         fixed (float* ps = scores)
         {
@@ -298,6 +341,14 @@ public sealed unsafe class KvCache : IDisposable
                 ps[p] = TRow.HasScale ? dot * rowScales[p] * scale : dot * scale;
             }
         }
+    }
+
+    /// <summary>The first <paramref name="count"/> (≤ 16) lanes of <paramref name="s"/> to <paramref name="destination"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreScores(Vector512<float> s, float* destination, int count)
+    {
+        if (count == 16) s.Store(destination);
+        else for (int i = 0; i < count; i++) destination[i] = s.GetElement(i);
     }
 
     internal void AccumulateCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int positions)

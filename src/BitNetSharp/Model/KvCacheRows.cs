@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using BitNetSharp.Kernels.FloatOps;
 using BitNetSharp.Quantization;
 
@@ -27,12 +28,63 @@ internal unsafe interface IKvRow
 
     /// <summary>out_i += w · stored_i (w already includes the row scale).</summary>
     static abstract void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth;
+
+    /// <summary>Whether <see cref="DotLanes"/> is implemented (F32 and F16 rows).</summary>
+    static virtual bool HasLanes => false;
+
+    /// <summary>
+    /// The dot before its horizontal sum, for machines with 512-bit vectors and n a multiple of 16: lane j holds
+    /// Σ q_d · stored_d over d ≡ j (mod 16), one FMA per 16 dimensions in increasing order. The scores of 16 positions
+    /// are then summed together (<see cref="LaneSums"/>), which costs ~3 operations a position instead of ~23.
+    /// </summary>
+    static virtual Vector512<float> DotLanes(float* q, byte* row, int n) => throw new NotSupportedException();
+}
+
+/// <summary>
+/// Horizontal sums of sixteen 512-bit float vectors at once (transposed: ~46 operations where sixteen Vector512.Sum
+/// calls take ~370), each vector by the same fixed tree: lanes k and k+8 first, then k and k+4, k and k+2, k and k+1.
+/// </summary>
+internal static unsafe class LaneSums
+{
+    /// <summary>The sums of v[0..15], in order, as one vector.</summary>
+    public static Vector512<float> Sums16(Vector512<float>* v)
+    {
+        // Step 1: two vectors per register, lanes k + (k+8): [v_2j folded to 8 | v_2j+1 folded to 8].
+        var s0 = Avx512F.Add(Avx512F.Shuffle4x128(v[0], v[1], 0x44), Avx512F.Shuffle4x128(v[0], v[1], 0xEE));
+        var s1 = Avx512F.Add(Avx512F.Shuffle4x128(v[2], v[3], 0x44), Avx512F.Shuffle4x128(v[2], v[3], 0xEE));
+        var s2 = Avx512F.Add(Avx512F.Shuffle4x128(v[4], v[5], 0x44), Avx512F.Shuffle4x128(v[4], v[5], 0xEE));
+        var s3 = Avx512F.Add(Avx512F.Shuffle4x128(v[6], v[7], 0x44), Avx512F.Shuffle4x128(v[6], v[7], 0xEE));
+        var s4 = Avx512F.Add(Avx512F.Shuffle4x128(v[8], v[9], 0x44), Avx512F.Shuffle4x128(v[8], v[9], 0xEE));
+        var s5 = Avx512F.Add(Avx512F.Shuffle4x128(v[10], v[11], 0x44), Avx512F.Shuffle4x128(v[10], v[11], 0xEE));
+        var s6 = Avx512F.Add(Avx512F.Shuffle4x128(v[12], v[13], 0x44), Avx512F.Shuffle4x128(v[12], v[13], 0xEE));
+        var s7 = Avx512F.Add(Avx512F.Shuffle4x128(v[14], v[15], 0x44), Avx512F.Shuffle4x128(v[14], v[15], 0xEE));
+        // Step 2: quarter m of t_j holds vector 4j+m folded to 4 (lanes k + (k+4)).
+        var t0 = Avx512F.Add(Avx512F.Shuffle4x128(s0, s1, 0x88), Avx512F.Shuffle4x128(s0, s1, 0xDD));
+        var t1 = Avx512F.Add(Avx512F.Shuffle4x128(s2, s3, 0x88), Avx512F.Shuffle4x128(s2, s3, 0xDD));
+        var t2 = Avx512F.Add(Avx512F.Shuffle4x128(s4, s5, 0x88), Avx512F.Shuffle4x128(s4, s5, 0xDD));
+        var t3 = Avx512F.Add(Avx512F.Shuffle4x128(s6, s7, 0x88), Avx512F.Shuffle4x128(s6, s7, 0xDD));
+        // Step 3: quarter m of u_j: [vector 8j+m folded to 2 | vector 8j+4+m folded to 2] (lanes k + (k+2)).
+        var u0 = Avx512F.Add(Avx512F.UnpackLow(t0.AsDouble(), t1.AsDouble()).AsSingle(), Avx512F.UnpackHigh(t0.AsDouble(), t1.AsDouble()).AsSingle());
+        var u1 = Avx512F.Add(Avx512F.UnpackLow(t2.AsDouble(), t3.AsDouble()).AsSingle(), Avx512F.UnpackHigh(t2.AsDouble(), t3.AsDouble()).AsSingle());
+        // Step 4: quarter m: the sums of vectors m, 4+m, 8+m, 12+m (lanes k + (k+1)).
+        var w = Avx512F.Add(Avx512F.Shuffle(u0, u1, 0x88), Avx512F.Shuffle(u0, u1, 0xDD));
+        return Avx512F.PermuteVar16x32(w, Vector512.Create(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    }
 }
 
 internal readonly unsafe struct F32Row : IKvRow
 {
     public static int ElementSize => 4;
     public static bool HasScale => false;
+    public static bool HasLanes => true;
+
+    public static Vector512<float> DotLanes(float* q, byte* row, int n)
+    {
+        float* k = (float*)row;
+        var a = Vector512<float>.Zero;
+        for (int i = 0; i < n; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), Vector512.Load(k + i), a);
+        return a;
+    }
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
@@ -141,6 +193,10 @@ internal readonly unsafe struct F16Row : IKvRow
     public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth =>
         HalfRowMath.Dot<ExactHalfWidening, TWidth>(q, row, n);
 
+    public static bool HasLanes => true;
+
+    public static Vector512<float> DotLanes(float* q, byte* row, int n) => HalfRowMath.DotLanes<ExactHalfWidening>(q, row, n);
+
     public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth =>
         HalfRowMath.Axpy<ExactHalfWidening, TWidth>(w, row, output, n);
 }
@@ -177,6 +233,16 @@ internal readonly struct FiniteHalfWidening : IHalfWidening
 /// <summary>The dot and axpy loops of the F16 row types, one implementation for both widenings.</summary>
 internal static unsafe class HalfRowMath
 {
+    /// <summary><see cref="IKvRow.DotLanes"/> for F16 rows (n a multiple of 16).</summary>
+    public static Vector512<float> DotLanes<TWiden>(float* q, byte* row, int n) where TWiden : IHalfWidening
+    {
+        short* k = (short*)row;
+        var a = Vector512<float>.Zero;
+        for (int i = 0; i < n; i += 16)
+            a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), TWiden.Widen(Avx512BW.ConvertToVector512Int32(Vector256.Load(k + i))), a);
+        return a;
+    }
+
     public static float Dot<TWiden, TWidth>(float* q, byte* row, int n) where TWiden : IHalfWidening where TWidth : struct, IVectorWidth
     {
         short* k = (short*)row;
@@ -251,6 +317,29 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
 
     public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth =>
         HalfRowMath.Dot<FiniteHalfWidening, TWidth>(q, row, n);
+
+    public static bool HasLanes => true;
+
+    public static Vector512<float> DotLanes(float* q, byte* row, int n) => HalfRowMath.DotLanes<FiniteHalfWidening>(q, row, n);
+
+    /// <summary>
+    /// <see cref="DotLanes"/> for four queries (a GQA group sharing this key row): each 16-half chunk is widened once;
+    /// each query's accumulator takes the same FMAs in the same order as its own DotLanes.
+    /// </summary>
+    public static void Dot4Lanes(float* q0, float* q1, float* q2, float* q3, byte* row, int n, Vector512<float>* result)
+    {
+        short* k = (short*)row;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 16)
+        {
+            var h = Widen(Avx512BW.ConvertToVector512Int32(Vector256.Load(k + i)));
+            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q0 + i), h, a0);
+            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q1 + i), h, a1);
+            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q2 + i), h, a2);
+            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q3 + i), h, a3);
+        }
+        result[0] = a0; result[16] = a1; result[32] = a2; result[48] = a3;
+    }
 
     public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth =>
         HalfRowMath.Axpy<FiniteHalfWidening, TWidth>(w, row, output, n);

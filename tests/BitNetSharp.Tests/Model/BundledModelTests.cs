@@ -42,7 +42,10 @@ public class BundledModelTests
             using var result = JsonDocument.Parse(output.ToString());
             var r = result.RootElement;
             Assert.Equal(expected.GetProperty("scored_tokens").GetInt64(), r.GetProperty("scored_tokens").GetInt64());
-            Assert.Equal(expected.GetProperty("perplexity").GetDouble(), r.GetProperty("perplexity").GetDouble(), 3);
+            // Relative 1e-4: the order of fp32 sums differs between vector widths (the 512-bit attention sums 16 positions
+            // together, AVX2 does not), which moves the perplexity by ~5e-5 relative; a model change moves it far more.
+            double ppl = expected.GetProperty("perplexity").GetDouble();
+            Assert.InRange(r.GetProperty("perplexity").GetDouble(), ppl * (1 - 1e-4), ppl * (1 + 1e-4));
             Assert.Equal(expected.GetProperty("bits_per_byte").GetDouble(), r.GetProperty("bits_per_byte").GetDouble(), 4);
         }
         finally

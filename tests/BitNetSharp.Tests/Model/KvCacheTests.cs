@@ -80,8 +80,8 @@ public unsafe class KvCacheTests
         var rng = new Random(11);
         foreach (int headDim in new[] { 7, 31, 64, 96, 100, 128 })
         {
-            const int layers = 2, kvHeads = 3, positions = 13;
-            using var cache = new KvCache(layers, kvHeads, headDim, 20, type);
+            const int layers = 2, kvHeads = 3, positions = 37; // two full blocks of 16 scores and a partial one
+            using var cache = new KvCache(layers, kvHeads, headDim, 40, type);
             Fill(cache, positions, headDim + 1);
             var k = new float[cache.KvDim];
             var v = new float[cache.KvDim];
@@ -239,10 +239,10 @@ public unsafe class KvCacheTests
     public void GroupedAttentionEqualsPerHead(KvCacheType type, int group)
     {
         var rng = new Random(31);
-        foreach (int headDim in new[] { 16, 48, 100, 128 })
+        foreach (var (headDim, positions) in new[] { (16, 9), (48, 37), (100, 9), (128, 37), (128, 16) })
         {
-            const int positions = 9, stride = 12;
-            using var cache = new KvCache(2, 2, headDim, 16, type);
+            int stride = positions + 3;
+            using var cache = new KvCache(2, 2, headDim, 40, type);
             for (int p = 0; p < positions; p++)
                 for (int l = 0; l < 2; l++)
                     cache.Write(l, p, Row(rng, 2 * headDim), Row(rng, 2 * headDim));
@@ -263,6 +263,34 @@ public unsafe class KvCacheTests
             for (int g = 0; g < group; g++)
                 cache.AccumulateV(1, 1, weights.AsSpan(g * stride, positions), expected.AsSpan(g * headDim, headDim), positions);
             Assert.Equal(expected, output);
+        }
+    }
+
+    /// <summary>Sixteen vectors summed together follow, bit for bit, the documented tree for each (lanes k and k+8, then
+    /// k+4, k+2, k+1), on values whose sum depends on the order.</summary>
+    [Fact]
+    public unsafe void TransposedLaneSumsFollowTheTree()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated, "the transposed lane sums are the 512-bit attention path");
+        var rng = new Random(5);
+        var v = new System.Runtime.Intrinsics.Vector512<float>[16];
+        for (int round = 0; round < 300; round++)
+        {
+            var values = new float[16 * 16];
+            for (int i = 0; i < values.Length; i++) values[i] = (float)((rng.NextDouble() - 0.5) * Math.Pow(10, rng.Next(-3, 8)));
+            for (int j = 0; j < 16; j++) v[j] = System.Runtime.Intrinsics.Vector512.Create(values.AsSpan(j * 16, 16));
+            System.Runtime.Intrinsics.Vector512<float> sums;
+            fixed (System.Runtime.Intrinsics.Vector512<float>* pv = v) sums = LaneSums.Sums16(pv);
+            for (int j = 0; j < 16; j++)
+            {
+                var x = values.AsSpan(j * 16, 16);
+                var a = new float[8];
+                for (int k = 0; k < 8; k++) a[k] = x[k] + x[k + 8];
+                var b = new float[4];
+                for (int k = 0; k < 4; k++) b[k] = a[k] + a[k + 4];
+                float tree = (b[0] + b[2]) + (b[1] + b[3]);
+                Assert.Equal(BitConverter.SingleToInt32Bits(tree), BitConverter.SingleToInt32Bits(sums[j]));
+            }
         }
     }
 
