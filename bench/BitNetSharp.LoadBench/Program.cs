@@ -16,7 +16,12 @@ using BitNetSharp.Tokenization;
 //
 // dotnet run -c Release --project bench/BitNetSharp.LoadBench -- [--shape tiny|large|2b4t|DIMxLAYERS] [--streams 1,4,8,16]
 //   [--max-tokens 64] [--prompt-tokens 32] [--threads N] [--max-batched-tokens 256] [--embedding f16|f32|bf16]
-//   [--model file.gguf] [--keep-model]
+//   [--repeat N] [--model file.gguf] [--keep-model]
+//
+// --repeat N measures every concurrency N times, cycling through them (1, 4, 8, 16, 1, 4, …), so each ratio to one
+// stream is taken against the single-stream round of the same cycle, minutes apart at most: on a shared host whose
+// bandwidth and CPU share drift, that ratio is far steadier than ratios between separate runs. The table then shows
+// medians over the cycles (percentiles pool every cycle's samples), and the per-cycle ratios follow it.
 
 var args_ = ParseArgs(args);
 var shape = ShapeFrom(args_.GetValueOrDefault("shape", "large"));
@@ -26,6 +31,7 @@ int promptTokens = int.Parse(args_.GetValueOrDefault("prompt-tokens", "32"), Cul
 int threads = int.Parse(args_.GetValueOrDefault("threads", "0"), CultureInfo.InvariantCulture);
 int maxBatched = int.Parse(args_.GetValueOrDefault("max-batched-tokens", "256"), CultureInfo.InvariantCulture);
 int maxSeqs = streams.Max();
+int repeat = Math.Max(1, int.Parse(args_.GetValueOrDefault("repeat", "1"), CultureInfo.InvariantCulture));
 var embedding = Enum.Parse<BitNetSharp.Formats.Gguf.GgmlType>(args_.GetValueOrDefault("embedding", "F16"), ignoreCase: true);
 
 string path = args_.GetValueOrDefault("model", Path.Combine(Path.GetTempPath(), $"bitnet-loadbench-{shape.Name}-{embedding}.gguf".ToLowerInvariant()));
@@ -66,16 +72,35 @@ Console.WriteLine();
 // Rounds at every concurrency first, so each batch shape's path has been compiled at tier 1 before measuring.
 foreach (int n in streams) await Round(n, Math.Min(16, maxTokens));
 
+// rounds[n][cycle]; the ratios of a cycle are to that cycle's single-stream round.
+var rounds = streams.Distinct().ToDictionary(n => n, _ => new List<(double TokS, double Decode, List<double> Ttft, List<double> Itl, double StepTokens, double StepMs)>());
+for (int cycle = 0; cycle < repeat; cycle++)
+    foreach (int n in streams)
+    {
+        var (tokS, ttft, itl, stepTokens, stepMs) = await Round(n, maxTokens);
+        rounds[n].Add((tokS, n * 1000 / itl.Average(), ttft, itl, stepTokens, stepMs));
+    }
+bool haveSingle = rounds.ContainsKey(1);
+double Ratio(int n, int cycle, bool decode) => decode ? rounds[n][cycle].Decode / rounds[1][cycle].Decode : rounds[n][cycle].TokS / rounds[1][cycle].TokS;
+double MedianRatio(int n, bool decode) => Median(Enumerable.Range(0, repeat).Select(c => Ratio(n, c, decode)));
+
+Console.WriteLine(repeat == 1 ? "" : $"Medians over {repeat} cycles; ratios are medians of each cycle's ratio to its own single-stream round.");
+Console.WriteLine();
 Console.WriteLine("| streams | gen tok/s (aggregate, wall) | × 1 stream | decode tok/s (streams ÷ mean ITL) | × 1 stream | TTFT p50 / p90 / p99 ms | ITL p50 / p90 / p99 ms | server tokens/step (mean) | forward ms/step (mean) |");
 Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-double? single = null, singleDecode = null;
-foreach (int n in streams)
+foreach (int n in streams.Distinct())
 {
-    var (tokS, ttft, itl, stepTokens, stepMs) = await Round(n, maxTokens);
-    double decode = n * 1000 / itl.Average();
-    if (n == 1) (single, singleDecode) = (tokS, decode);
+    var r = rounds[n];
+    List<double> ttft = [.. r.SelectMany(x => x.Ttft)], itl = [.. r.SelectMany(x => x.Itl)];
     Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-        $"| {n} | {tokS:F1} | {(single is { } s1 ? $"{tokS / s1:F2}×" : "–")} | {decode:F1} | {(singleDecode is { } d1 ? $"{decode / d1:F2}×" : "–")} | {P(ttft, 50):F0} / {P(ttft, 90):F0} / {P(ttft, 99):F0} | {P(itl, 50):F1} / {P(itl, 90):F1} / {P(itl, 99):F1} | {stepTokens:F1} | {stepMs:F1} |"));
+        $"| {n} | {Median(r.Select(x => x.TokS)):F1} | {(haveSingle ? $"{MedianRatio(n, false):F2}×" : "–")} | {Median(r.Select(x => x.Decode)):F1} | {(haveSingle ? $"{MedianRatio(n, true):F2}×" : "–")} | {P(ttft, 50):F0} / {P(ttft, 90):F0} / {P(ttft, 99):F0} | {P(itl, 50):F1} / {P(itl, 90):F1} / {P(itl, 99):F1} | {r.Average(x => x.StepTokens):F1} | {r.Average(x => x.StepMs):F1} |"));
+}
+if (repeat > 1 && haveSingle)
+{
+    Console.WriteLine();
+    foreach (int n in streams.Distinct().Where(n => n != 1))
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"- {n} streams, decode × 1 stream in each cycle: {string.Join(", ", Enumerable.Range(0, repeat).Select(c => $"{Ratio(n, c, true):F2}×"))}; aggregate: {string.Join(", ", Enumerable.Range(0, repeat).Select(c => $"{Ratio(n, c, false):F2}×"))}"));
 }
 await server.DisposeAsync();
 if (!args_.ContainsKey("keep-model") && !args_.ContainsKey("model")) File.Delete(path);
@@ -85,7 +110,8 @@ async Task<(double TokensPerSecond, List<double> Ttft, List<double> Itl, double 
 {
     var before = await Metrics();
     var rng = new Random(n);
-    var prompts = Enumerable.Range(0, n).Select(_ => Enumerable.Range(0, promptTokens).Select(_ => 256 + rng.Next(shape.VocabSize - 257)).ToArray()).ToArray();
+    int low = Math.Min(256, shape.VocabSize / 2); // past the byte tokens where the vocabulary is large enough
+    var prompts = Enumerable.Range(0, n).Select(_ => Enumerable.Range(0, promptTokens).Select(_ => low + rng.Next(shape.VocabSize - low - 1)).ToArray()).ToArray();
     var wall = Stopwatch.StartNew();
     var results = await Task.WhenAll(prompts.Select(p => Stream(p, tokens)));
     double seconds = wall.Elapsed.TotalSeconds;
@@ -133,6 +159,12 @@ async Task<Dictionary<string, double>> Metrics()
         values[parts[0]] = double.Parse(parts[1], CultureInfo.InvariantCulture);
     }
     return values;
+}
+
+static double Median(IEnumerable<double> xs)
+{
+    var sorted = xs.Order().ToArray();
+    return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
 }
 
 static double P(List<double> xs, double p)
