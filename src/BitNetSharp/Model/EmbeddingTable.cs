@@ -351,8 +351,8 @@ public sealed unsafe class EmbeddingTable
                     {
                         int r = block + 2 * p;
                         int r1 = r + 1 < blockEnd ? r + 1 : r; // an odd block's last row is paired with itself
-                        if (tile == 8) DotRawF16x2x8((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes);
-                        else DotRawF16x2x4((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes);
+                        if (tile == 8) DotRawF16x2<EightTokens>((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes);
+                        else DotRawF16x2<FourTokens>((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes);
                         if (Sse.IsSupported)
                             for (long l = 0; l < linesPerCall && prefetch < prefetchEnd; l++, prefetch += 64) Sse.Prefetch1(prefetch);
                     }
@@ -375,16 +375,28 @@ public sealed unsafe class EmbeddingTable
     private static Vector512<float> RawHalves(ushort* w) =>
         (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)w)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
+    /// <summary>Tokens per pass of <see cref="DotRawF16x2"/>, a JIT-time constant.</summary>
+    public interface IHeadTile { static abstract int Tokens { get; } }
+
+    public readonly struct FourTokens : IHeadTile { public static int Tokens => 4; }
+
+    public readonly struct EightTokens : IHeadTile { public static int Tokens => 8; }
+
     /// <summary>
-    /// Two F16 rows against eight activation vectors (token j at x + j·stride) scaled by 2^112, over n columns (a
-    /// multiple of 16), continuing the sums parked at <paramref name="acc"/>: acc[j] is row 0's for token j, acc[8 + j]
-    /// row 1's. Lane k of each accumulator takes columns k, k+16, k+32, … in order, as <see cref="DotF16"/>'s, so
-    /// Sum(acc[j]) after the last columns equals <see cref="DotF16"/> on the unscaled activations bit for bit.
+    /// Two F16 rows against <typeparamref name="TTile"/>'s 4 or 8 activation vectors (token j at x + j·stride) scaled by
+    /// 2^112, over n columns (a multiple of 16), continuing the sums parked at <paramref name="acc"/>: acc[j] is row 0's
+    /// for token j, acc[Tokens + j] row 1's. Lane k of each accumulator takes columns k, k+16, k+32, … in order, as
+    /// <see cref="DotF16"/>'s, so Sum(acc[j]) after the last columns equals <see cref="DotF16"/> on the unscaled
+    /// activations bit for bit. The four-token form is the same code with the second half removed by the JIT.
     /// </summary>
-    public static void DotRawF16x2x8(ushort* w0, ushort* w1, float* x, long stride, int n, Vector512<float>* acc)
+    public static void DotRawF16x2<TTile>(ushort* w0, ushort* w1, float* x, long stride, int n, Vector512<float>* acc)
+        where TTile : struct, IHeadTile
     {
-        Vector512<float> a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], a4 = acc[4], a5 = acc[5], a6 = acc[6], a7 = acc[7];
-        Vector512<float> c0 = acc[8], c1 = acc[9], c2 = acc[10], c3 = acc[11], c4 = acc[12], c5 = acc[13], c6 = acc[14], c7 = acc[15];
+        bool eight = TTile.Tokens == 8;
+        Vector512<float>* row1 = acc + TTile.Tokens;
+        Vector512<float> a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = row1[0], c1 = row1[1], c2 = row1[2], c3 = row1[3];
+        Vector512<float> a4 = default, a5 = default, a6 = default, a7 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        if (eight) (a4, a5, a6, a7, c4, c5, c6, c7) = (acc[4], acc[5], acc[6], acc[7], row1[4], row1[5], row1[6], row1[7]);
         float* x0 = x, x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
         float* x4 = x + 4 * stride, x5 = x + 5 * stride, x6 = x + 6 * stride, x7 = x + 7 * stride;
         for (int i = 0; i < n; i += 16)
@@ -395,30 +407,14 @@ public sealed unsafe class EmbeddingTable
             v = Vector512.Load(x1 + i); a1 = Vector512.FusedMultiplyAdd(h0, v, a1); c1 = Vector512.FusedMultiplyAdd(h1, v, c1);
             v = Vector512.Load(x2 + i); a2 = Vector512.FusedMultiplyAdd(h0, v, a2); c2 = Vector512.FusedMultiplyAdd(h1, v, c2);
             v = Vector512.Load(x3 + i); a3 = Vector512.FusedMultiplyAdd(h0, v, a3); c3 = Vector512.FusedMultiplyAdd(h1, v, c3);
+            if (!eight) continue;
             v = Vector512.Load(x4 + i); a4 = Vector512.FusedMultiplyAdd(h0, v, a4); c4 = Vector512.FusedMultiplyAdd(h1, v, c4);
             v = Vector512.Load(x5 + i); a5 = Vector512.FusedMultiplyAdd(h0, v, a5); c5 = Vector512.FusedMultiplyAdd(h1, v, c5);
             v = Vector512.Load(x6 + i); a6 = Vector512.FusedMultiplyAdd(h0, v, a6); c6 = Vector512.FusedMultiplyAdd(h1, v, c6);
             v = Vector512.Load(x7 + i); a7 = Vector512.FusedMultiplyAdd(h0, v, a7); c7 = Vector512.FusedMultiplyAdd(h1, v, c7);
         }
-        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7;
-        acc[8] = c0; acc[9] = c1; acc[10] = c2; acc[11] = c3; acc[12] = c4; acc[13] = c5; acc[14] = c6; acc[15] = c7;
-    }
-
-    /// <summary><see cref="DotRawF16x2x8"/> for four tokens: acc[j] is row 0's sum for token j, acc[4 + j] row 1's.</summary>
-    public static void DotRawF16x2x4(ushort* w0, ushort* w1, float* x, long stride, int n, Vector512<float>* acc)
-    {
-        Vector512<float> a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = acc[4], c1 = acc[5], c2 = acc[6], c3 = acc[7];
-        float* x0 = x, x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
-        for (int i = 0; i < n; i += 16)
-        {
-            var h0 = RawHalves(w0 + i);
-            var h1 = RawHalves(w1 + i);
-            var v = Vector512.Load(x0 + i); a0 = Vector512.FusedMultiplyAdd(h0, v, a0); c0 = Vector512.FusedMultiplyAdd(h1, v, c0);
-            v = Vector512.Load(x1 + i); a1 = Vector512.FusedMultiplyAdd(h0, v, a1); c1 = Vector512.FusedMultiplyAdd(h1, v, c1);
-            v = Vector512.Load(x2 + i); a2 = Vector512.FusedMultiplyAdd(h0, v, a2); c2 = Vector512.FusedMultiplyAdd(h1, v, c2);
-            v = Vector512.Load(x3 + i); a3 = Vector512.FusedMultiplyAdd(h0, v, a3); c3 = Vector512.FusedMultiplyAdd(h1, v, c3);
-        }
-        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = c0; acc[5] = c1; acc[6] = c2; acc[7] = c3;
+        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; row1[0] = c0; row1[1] = c1; row1[2] = c2; row1[3] = c3;
+        if (eight) { acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7; row1[4] = c4; row1[5] = c5; row1[6] = c6; row1[7] = c7; }
     }
 
     /// <summary>
