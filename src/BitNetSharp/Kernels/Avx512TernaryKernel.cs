@@ -159,15 +159,20 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
                 a3 = Avx512F.Add(a3, Avx512BW.MultiplyAddAdjacent(s3, ones)); b3 = Avx512F.Add(b3, Avx512BW.MultiplyAddAdjacent(t3, ones));
             }
             LaneSums(a0, b0, a1, b1, a2, b2, a3, b3).Store(result);
-            if ((blocks & 1) != 0)
-            {
-                int* tail = stackalloc int[4];
-                int o = (blocks - 1) * 128;
-                Avx2TernaryKernel.Dot256.Dot4(w0 + (blocks - 1) * 32, q0 + o, q1 + o, q2 + o, q3 + o, 1, tail);
-                for (int j = 0; j < 4; j++) result[2 * j] += tail[j];
-                Avx2TernaryKernel.Dot256.Dot4(w1 + (blocks - 1) * 32, q0 + o, q1 + o, q2 + o, q3 + o, 1, tail);
-                for (int j = 0; j < 4; j++) result[2 * j + 1] += tail[j];
-            }
+            if ((blocks & 1) != 0) AddOddBlock2x4(w0, w1, q0, q1, q2, q3, blocks, result);
+        }
+
+        /// <summary>The last block of an odd count, in its natural order (256-bit), added to Dot2x4's results. Kept
+        /// out of Dot2x4: its stack buffer would stop the JIT inlining Dot2x4 into the driver's loop.</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void AddOddBlock2x4(byte* w0, byte* w1, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result)
+        {
+            int* tail = stackalloc int[4];
+            int o = (blocks - 1) * 128;
+            Avx2TernaryKernel.Dot256.Dot4(w0 + (blocks - 1) * 32, q0 + o, q1 + o, q2 + o, q3 + o, 1, tail);
+            for (int j = 0; j < 4; j++) result[2 * j] += tail[j];
+            Avx2TernaryKernel.Dot256.Dot4(w1 + (blocks - 1) * 32, q0 + o, q1 + o, q2 + o, q3 + o, 1, tail);
+            for (int j = 0; j < 4; j++) result[2 * j + 1] += tail[j];
         }
 
         /// <summary>
