@@ -121,13 +121,17 @@ public sealed unsafe class EmbeddingTable
                 break;
             case GgmlType.F16:
                 float* scaled;
-                if (Vector512.IsHardwareAccelerated && Cols % 32 == 0 && (scaled = ScaleForRawHalves(x, Cols)) != null)
+                bool wide = Vector512.IsHardwareAccelerated, avx2 = !wide && Avx2.IsSupported && Vector256.IsHardwareAccelerated;
+                if ((wide || avx2) && Cols % 32 == 0 && (scaled = ScaleForRawHalves(x, Cols)) != null)
                 {
                     // Four rows per pass, each its own FMA chain (one chain per row is latency-bound), on activations
                     // scaled for raw half bits; the rows left over take DotF16, which gives the same sums.
                     int r = rowStart;
                     for (; r + 4 <= rowEnd; r += 4)
-                        DotRawF16Rows4((ushort*)Row(r), Cols, scaled, y + r);
+                    {
+                        if (wide) DotRawF16Rows4((ushort*)Row(r), Cols, scaled, y + r);
+                        else DotRawF16Rows4Avx2((ushort*)Row(r), Cols, scaled, y + r);
+                    }
                     for (; r < rowEnd; r++) y[r] = DotF16((ushort*)Row(r), x, Cols);
                 }
                 else
@@ -228,31 +232,22 @@ public sealed unsafe class EmbeddingTable
         // rows (re-read from L2 for each tile) are swept. Rows outer with every tile inside (the previous order) let
         // 8 tokens' activations (8 · 1536 · 4 B = 48 KiB) evict each other from L1 and tripled the head's time at 8
         // sequences. Each (row, token) sum is computed exactly as before, so results are unchanged.
-        if (Type == GgmlType.F16 && tokens >= 4 && Vector512.IsHardwareAccelerated && Cols % 16 == 0)
+        if (Type == GgmlType.F16 && tokens >= 4)
         {
-            float* scaled = ScaleForRawHalves(x, (long)tokens * Cols);
+            bool wide = Vector512.IsHardwareAccelerated && Cols % 16 == 0;
+            bool avx2 = !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Vector256.IsHardwareAccelerated && Cols % 8 == 0;
+            float* scaled = wide || avx2 ? ScaleForRawHalves(x, (long)tokens * Cols) : null;
             if (scaled != null)
             {
-                MatMulF16Pairs(scaled, tokens, y, yStride, rowStart, rowEnd);
+                if (wide) MatMulF16Pairs<F16Pairs512>(scaled, tokens, y, yStride, rowStart, rowEnd);
+                else MatMulF16Pairs<F16Pairs256>(scaled, tokens, y, yStride, rowStart, rowEnd);
                 return;
             }
         }
-        float* sums = stackalloc float[4];
         for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
         {
             int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
-            int t = 0;
-            if (Type == GgmlType.F16 && !Vector512.IsHardwareAccelerated)
-                for (; t + 4 <= tokens; t += 4)
-                {
-                    float* xt = x + (long)t * Cols;
-                    for (int r = block; r < blockEnd; r++)
-                    {
-                        DotF16x4((ushort*)Row(r), xt, xt + Cols, xt + 2 * Cols, xt + 3 * Cols, Cols, sums);
-                        for (int j = 0; j < 4; j++) y[(t + j) * yStride + r] = sums[j];
-                    }
-                }
-            for (; t < tokens; t++)
+            for (int t = 0; t < tokens; t++)
             {
                 float* xt = x + (long)t * Cols;
                 for (int r = block; r < blockEnd; r++)
@@ -285,17 +280,17 @@ public sealed unsafe class EmbeddingTable
         var buffer = t_scaled;
         if (buffer is null || buffer.Length < n) t_scaled = buffer = GC.AllocateUninitializedArray<float>((int)n, pinned: true);
         float* scaled = (float*)Unsafe.AsPointer(ref buffer[0]);
-        var limit = Vector512.Create(65536f);
-        var factor = Vector512.Create(0x77800000).AsSingle();
-        var ok = Vector512<int>.AllBitsSet;
+        var limit = Vector256.Create(65536f);
+        var factor = Vector256.Create(0x77800000).AsSingle();
+        var ok = Vector256<int>.AllBitsSet;
         long i = 0;
-        for (; i <= n - 16; i += 16)
+        for (; i <= n - 8; i += 8)
         {
-            var v = Vector512.Load(x + i);
-            ok &= Vector512.LessThan(Vector512.Abs(v), limit).AsInt32(); // false for NaN
+            var v = Vector256.Load(x + i);
+            ok &= Vector256.LessThan(Vector256.Abs(v), limit).AsInt32(); // false for NaN
             (v * factor).Store(scaled + i);
         }
-        bool fits = ok == Vector512<int>.AllBitsSet;
+        bool fits = ok == Vector256<int>.AllBitsSet;
         for (; i < n; i++)
         {
             fits &= MathF.Abs(x[i]) < 65536f;
@@ -320,12 +315,14 @@ public sealed unsafe class EmbeddingTable
     /// Eight tokens per pass convert each weight vector once for eight FMAs (a half's conversion is three vector
     /// operations, so at four tokens per row the conversions, not the FMAs, set the pace).
     /// </summary>
-    private void MatMulF16Pairs(float* xs, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    private void MatMulF16Pairs<TKernel>(float* xs, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+        where TKernel : struct, IF16PairKernel
     {
-        int tile = tokens >= 8 ? 8 : 4;
+        int tile = tokens >= 8 ? TKernel.MaxTile : 4;
         int lanes = 2 * tile; // accumulators per row pair
+        int vectorBytes = TKernel.VectorBytes;
         byte* parkRaw = stackalloc byte[HeadRowBlock / 2 * 16 * 64 + 64];
-        var park = (Vector512<float>*)(((nint)parkRaw + 63) & ~(nint)63);
+        byte* park = (byte*)(((nint)parkRaw + 63) & ~(nint)63);
         int chunk = HeadChunk;
         int tiles = (tokens + tile - 1) / tile;
         for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
@@ -343,7 +340,7 @@ public sealed unsafe class EmbeddingTable
                 // are stored again), so every tile is full.
                 int t0 = Math.Min(t, tokens - tile);
                 float* xt = xs + (long)t0 * Cols;
-                new Span<byte>(park, pairs * lanes * 64).Clear();
+                new Span<byte>(park, pairs * lanes * vectorBytes).Clear();
                 for (int c = 0; c < Cols; c += chunk)
                 {
                     int n = Math.Min(chunk, Cols - c);
@@ -351,22 +348,107 @@ public sealed unsafe class EmbeddingTable
                     {
                         int r = block + 2 * p;
                         int r1 = r + 1 < blockEnd ? r + 1 : r; // an odd block's last row is paired with itself
-                        if (tile == 8) DotRawF16x2<EightTokens>((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes);
-                        else DotRawF16x2<FourTokens>((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes);
+                        TKernel.Dot((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes * vectorBytes, tile);
                         if (Sse.IsSupported)
                             for (long l = 0; l < linesPerCall && prefetch < prefetchEnd; l++, prefetch += 64) Sse.Prefetch1(prefetch);
                     }
                 }
                 for (int p = 0; p < pairs; p++)
                 {
-                    var acc = park + p * lanes;
+                    byte* acc = park + p * lanes * vectorBytes;
                     int r = block + 2 * p;
-                    for (int j = 0; j < tile; j++) y[(t0 + j) * yStride + r] = Vector512.Sum(acc[j]);
+                    for (int j = 0; j < tile; j++) y[(t0 + j) * yStride + r] = TKernel.Sum(acc, j);
                     if (r + 1 < blockEnd)
-                        for (int j = 0; j < tile; j++) y[(t0 + j) * yStride + r + 1] = Vector512.Sum(acc[tile + j]);
+                        for (int j = 0; j < tile; j++) y[(t0 + j) * yStride + r + 1] = TKernel.Sum(acc, tile + j);
                 }
             }
         }
+    }
+
+    /// <summary>One vector width of the batched F16 head: the two-row kernel and the horizontal sum that ends a dot.</summary>
+    private interface IF16PairKernel
+    {
+        static abstract int VectorBytes { get; }
+
+        /// <summary>Tokens per tile when at least that many are batched (otherwise 4).</summary>
+        static abstract int MaxTile { get; }
+
+        static abstract void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile);
+
+        static abstract float Sum(byte* acc, int index);
+    }
+
+    private readonly struct F16Pairs512 : IF16PairKernel
+    {
+        public static int VectorBytes => 64;
+        public static int MaxTile => 8;
+
+        public static void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile)
+        {
+            if (tile == 8) DotRawF16x2<EightTokens>(w0, w1, x, stride, n, (Vector512<float>*)acc);
+            else DotRawF16x2<FourTokens>(w0, w1, x, stride, n, (Vector512<float>*)acc);
+        }
+
+        public static float Sum(byte* acc, int index) => Vector512.Sum(((Vector512<float>*)acc)[index]);
+    }
+
+    /// <summary>AVX2: two rows × four tokens (8 accumulators of the 16 ymm registers; 8 tokens would not fit).</summary>
+    private readonly struct F16Pairs256 : IF16PairKernel
+    {
+        public static int VectorBytes => 32;
+        public static int MaxTile => 4;
+
+        public static void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile) =>
+            DotRawF16x2x4Avx2(w0, w1, x, stride, n, (Vector256<float>*)acc);
+
+        public static float Sum(byte* acc, int index) => Vector256.Sum(((Vector256<float>*)acc)[index]);
+    }
+
+    /// <summary>Eight halves widened to their raw float bits (the 256-bit <see cref="RawHalves"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> RawHalves256(ushort* w) =>
+        (Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(Vector128.Load((short*)w)), 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>
+    /// <see cref="DotRawF16x2{TTile}"/> for AVX2, four tokens: acc[j] is row 0's sum for token j, acc[4 + j] row 1's;
+    /// lane k of each takes columns k, k+8, k+16, … in order, as <see cref="DotF16"/>'s 256-bit accumulator.
+    /// </summary>
+    public static void DotRawF16x2x4Avx2(ushort* w0, ushort* w1, float* x, long stride, int n, Vector256<float>* acc)
+    {
+        Vector256<float> a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = acc[4], c1 = acc[5], c2 = acc[6], c3 = acc[7];
+        float* x0 = x, x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
+        for (int i = 0; i < n; i += 8)
+        {
+            var h0 = RawHalves256(w0 + i);
+            var h1 = RawHalves256(w1 + i);
+            var v = Vector256.Load(x0 + i); a0 = Vector256.FusedMultiplyAdd(h0, v, a0); c0 = Vector256.FusedMultiplyAdd(h1, v, c0);
+            v = Vector256.Load(x1 + i); a1 = Vector256.FusedMultiplyAdd(h0, v, a1); c1 = Vector256.FusedMultiplyAdd(h1, v, c1);
+            v = Vector256.Load(x2 + i); a2 = Vector256.FusedMultiplyAdd(h0, v, a2); c2 = Vector256.FusedMultiplyAdd(h1, v, c2);
+            v = Vector256.Load(x3 + i); a3 = Vector256.FusedMultiplyAdd(h0, v, a3); c3 = Vector256.FusedMultiplyAdd(h1, v, c3);
+        }
+        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = c0; acc[5] = c1; acc[6] = c2; acc[7] = c3;
+    }
+
+    /// <summary>
+    /// <see cref="DotRawF16Rows4"/> for AVX2 (n a multiple of 32): four rows against one activation vector, one FMA chain
+    /// each in <see cref="DotF16"/>'s 256-bit order, the same columns of the next four rows prefetched.
+    /// </summary>
+    public static void DotRawF16Rows4Avx2(ushort* w, int n, float* x, float* y)
+    {
+        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 32)
+        {
+            byte* next = (byte*)(w0 + i) + 8L * n;
+            Sse.Prefetch0(next); Sse.Prefetch0(next + 2L * n); Sse.Prefetch0(next + 4L * n); Sse.Prefetch0(next + 6L * n);
+            for (int k = i; k < i + 32; k += 8)
+            {
+                var v = Vector256.Load(x + k);
+                a0 = Vector256.FusedMultiplyAdd(RawHalves256(w0 + k), v, a0); a1 = Vector256.FusedMultiplyAdd(RawHalves256(w1 + k), v, a1);
+                a2 = Vector256.FusedMultiplyAdd(RawHalves256(w2 + k), v, a2); a3 = Vector256.FusedMultiplyAdd(RawHalves256(w3 + k), v, a3);
+            }
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
     }
 
     /// <summary>Sixteen halves widened to their raw float bits: the half's sign in bit 31, its exponent and mantissa in
@@ -448,36 +530,6 @@ public sealed unsafe class EmbeddingTable
     /// <summary>Vocabulary rows per block in <see cref="MatMul"/> (16 rows of a 2560-wide F16 table = 80 KiB, in L2).</summary>
     private const int HeadRowBlock = 16;
 
-    /// <summary>One F16 row against four activation vectors, for machines without 512-bit vectors: each 16-half chunk is
-    /// widened once, used four times. Each sum accumulates in the same order as <see cref="DotF16"/>, so the results are
-    /// identical to four calls.</summary>
-    public static void DotF16x4(ushort* w, float* x0, float* x1, float* x2, float* x3, int n, float* result)
-    {
-        int i = 0;
-        float s0 = 0f, s1 = 0f, s2 = 0f, s3 = 0f;
-        if (Vector256.IsHardwareAccelerated && n >= 16)
-        {
-            Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-            for (; i <= n - 16; i += 16)
-            {
-                var h = Vector256.Load((short*)(w + i));
-                var lo = HalfToSingle(Vector256.WidenLower(h));
-                var hi = HalfToSingle(Vector256.WidenUpper(h));
-                a0 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x0 + i), a0); b0 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x0 + i + 8), b0);
-                a1 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x1 + i), a1); b1 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x1 + i + 8), b1);
-                a2 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x2 + i), a2); b2 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x2 + i + 8), b2);
-                a3 = Vector256.FusedMultiplyAdd(lo, Vector256.Load(x3 + i), a3); b3 = Vector256.FusedMultiplyAdd(hi, Vector256.Load(x3 + i + 8), b3);
-            }
-            s0 = Vector256.Sum(a0 + b0); s1 = Vector256.Sum(a1 + b1); s2 = Vector256.Sum(a2 + b2); s3 = Vector256.Sum(a3 + b3);
-        }
-        for (; i < n; i++)
-        {
-            float v = HalfConversions.HalfToFloat(w[i]);
-            s0 += v * x0[i]; s1 += v * x1[i]; s2 += v * x2[i]; s3 += v * x3[i];
-        }
-        result[0] = s0; result[1] = s1; result[2] = s2; result[3] = s3;
-    }
-
     /// <summary>Q8_0 quantization of activations: per 32-value block d = max|x|/127, q = round(x/d).</summary>
     public static void QuantizeQ8Blocks(float* x, int n, sbyte* q, float* d)
     {
@@ -556,16 +608,13 @@ public sealed unsafe class EmbeddingTable
                 a = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)(w + i)))), Vector512.Load(x + i), a);
             sum = Vector512.Sum(a);
         }
-        else if (Vector256.IsHardwareAccelerated && n >= 16)
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
         {
-            Vector256<float> a = default, b = default;
-            for (; i <= n - 16; i += 16)
-            {
-                var h = Vector256.Load((short*)(w + i));
-                a = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenLower(h)), Vector256.Load(x + i), a);
-                b = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenUpper(h)), Vector256.Load(x + i + 8), b);
-            }
-            sum = Vector256.Sum(a + b);
+            // The same single-accumulator order at 256 bits (lane k: columns k, k+8, …), kept by the AVX2 batched head.
+            Vector256<float> a = default;
+            for (; i <= n - 8; i += 8)
+                a = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenLower(Vector128.Load((short*)(w + i)).ToVector256Unsafe())), Vector256.Load(x + i), a);
+            sum = Vector256.Sum(a);
         }
         for (; i < n; i++) sum += HalfConversions.HalfToFloat(w[i]) * x[i];
         return sum;
