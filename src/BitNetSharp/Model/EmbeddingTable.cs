@@ -385,8 +385,8 @@ public sealed unsafe class EmbeddingTable
 
         public static void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile)
         {
-            if (tile == 8) DotRawF16x2<EightTokens>(w0, w1, x, stride, n, (Vector512<float>*)acc);
-            else DotRawF16x2<FourTokens>(w0, w1, x, stride, n, (Vector512<float>*)acc);
+            if (tile == 8) DotRawF16x2<EightTokens, Raw512, Vector512<float>>(w0, w1, x, stride, n, (Vector512<float>*)acc);
+            else DotRawF16x2<FourTokens, Raw512, Vector512<float>>(w0, w1, x, stride, n, (Vector512<float>*)acc);
         }
 
         public static float Sum(byte* acc, int index) => Vector512.Sum(((Vector512<float>*)acc)[index]);
@@ -399,7 +399,7 @@ public sealed unsafe class EmbeddingTable
         public static int MaxTile => 4;
 
         public static void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile) =>
-            DotRawF16x2x4Avx2(w0, w1, x, stride, n, (Vector256<float>*)acc);
+            DotRawF16x2<FourTokens, Raw256, Vector256<float>>(w0, w1, x, stride, n, (Vector256<float>*)acc);
 
         public static float Sum(byte* acc, int index) => Vector256.Sum(((Vector256<float>*)acc)[index]);
     }
@@ -408,26 +408,6 @@ public sealed unsafe class EmbeddingTable
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> RawHalves256(ushort* w) =>
         (Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(Vector128.Load((short*)w)), 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
-
-    /// <summary>
-    /// <see cref="DotRawF16x2{TTile}"/> for AVX2, four tokens: acc[j] is row 0's sum for token j, acc[4 + j] row 1's;
-    /// lane k of each takes columns k, k+8, k+16, … in order, as <see cref="DotF16"/>'s 256-bit accumulator.
-    /// </summary>
-    public static void DotRawF16x2x4Avx2(ushort* w0, ushort* w1, float* x, long stride, int n, Vector256<float>* acc)
-    {
-        Vector256<float> a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = acc[4], c1 = acc[5], c2 = acc[6], c3 = acc[7];
-        float* x0 = x, x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
-        for (int i = 0; i < n; i += 8)
-        {
-            var h0 = RawHalves256(w0 + i);
-            var h1 = RawHalves256(w1 + i);
-            var v = Vector256.Load(x0 + i); a0 = Vector256.FusedMultiplyAdd(h0, v, a0); c0 = Vector256.FusedMultiplyAdd(h1, v, c0);
-            v = Vector256.Load(x1 + i); a1 = Vector256.FusedMultiplyAdd(h0, v, a1); c1 = Vector256.FusedMultiplyAdd(h1, v, c1);
-            v = Vector256.Load(x2 + i); a2 = Vector256.FusedMultiplyAdd(h0, v, a2); c2 = Vector256.FusedMultiplyAdd(h1, v, c2);
-            v = Vector256.Load(x3 + i); a3 = Vector256.FusedMultiplyAdd(h0, v, a3); c3 = Vector256.FusedMultiplyAdd(h1, v, c3);
-        }
-        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = c0; acc[5] = c1; acc[6] = c2; acc[7] = c3;
-    }
 
     /// <summary>
     /// <see cref="DotRawF16Rows4"/> for AVX2 (n a multiple of 32): four rows against one activation vector, one FMA chain
@@ -457,43 +437,69 @@ public sealed unsafe class EmbeddingTable
     private static Vector512<float> RawHalves(ushort* w) =>
         (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)w)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
-    /// <summary>Tokens per pass of <see cref="DotRawF16x2"/>, a JIT-time constant.</summary>
+    /// <summary>Tokens per pass of <see cref="DotRawF16x2{TTile, TOps, TVec}"/>, a JIT-time constant.</summary>
     public interface IHeadTile { static abstract int Tokens { get; } }
 
     public readonly struct FourTokens : IHeadTile { public static int Tokens => 4; }
 
     public readonly struct EightTokens : IHeadTile { public static int Tokens => 8; }
 
+    /// <summary>One vector width for <see cref="DotRawF16x2{TTile, TOps, TVec}"/>: raw halves, loads and FMA.</summary>
+    public interface IRawHalfOps<TVec> where TVec : unmanaged
+    {
+        static abstract int Lanes { get; }
+        static abstract TVec Raw(ushort* w);
+        static abstract TVec Load(float* x);
+        static abstract TVec Fma(TVec a, TVec b, TVec c);
+    }
+
+    public readonly struct Raw512 : IRawHalfOps<Vector512<float>>
+    {
+        public static int Lanes => 16;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Raw(ushort* w) => RawHalves(w);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load(float* x) => Vector512.Load(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Fma(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Vector512.FusedMultiplyAdd(a, b, c);
+    }
+
+    public readonly struct Raw256 : IRawHalfOps<Vector256<float>>
+    {
+        public static int Lanes => 8;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Raw(ushort* w) => RawHalves256(w);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load(float* x) => Vector256.Load(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Fma(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Vector256.FusedMultiplyAdd(a, b, c);
+    }
+
     /// <summary>
     /// Two F16 rows against <typeparamref name="TTile"/>'s 4 or 8 activation vectors (token j at x + j·stride) scaled by
-    /// 2^112, over n columns (a multiple of 16), continuing the sums parked at <paramref name="acc"/>: acc[j] is row 0's
-    /// for token j, acc[Tokens + j] row 1's. Lane k of each accumulator takes columns k, k+16, k+32, … in order, as
-    /// <see cref="DotF16"/>'s, so Sum(acc[j]) after the last columns equals <see cref="DotF16"/> on the unscaled
-    /// activations bit for bit. The four-token form is the same code with the second half removed by the JIT.
+    /// 2^112, over n columns (a multiple of the vector's lanes), continuing the sums parked at <paramref name="acc"/>:
+    /// acc[j] is row 0's for token j, acc[Tokens + j] row 1's. Lane k of each accumulator takes columns k, k+L, k+2L, …
+    /// (L lanes) in order, as <see cref="DotF16"/>'s at the same width, so Sum(acc[j]) after the last columns equals
+    /// <see cref="DotF16"/> on the unscaled activations bit for bit. One code for both widths and tile sizes: the JIT
+    /// specializes it per struct argument and drops the second half for four tokens.
     /// </summary>
-    public static void DotRawF16x2<TTile>(ushort* w0, ushort* w1, float* x, long stride, int n, Vector512<float>* acc)
-        where TTile : struct, IHeadTile
+    public static void DotRawF16x2<TTile, TOps, TVec>(ushort* w0, ushort* w1, float* x, long stride, int n, TVec* acc)
+        where TTile : struct, IHeadTile where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
     {
         bool eight = TTile.Tokens == 8;
-        Vector512<float>* row1 = acc + TTile.Tokens;
-        Vector512<float> a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = row1[0], c1 = row1[1], c2 = row1[2], c3 = row1[3];
-        Vector512<float> a4 = default, a5 = default, a6 = default, a7 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        TVec* row1 = acc + TTile.Tokens;
+        TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = row1[0], c1 = row1[1], c2 = row1[2], c3 = row1[3];
+        TVec a4 = default, a5 = default, a6 = default, a7 = default, c4 = default, c5 = default, c6 = default, c7 = default;
         if (eight) (a4, a5, a6, a7, c4, c5, c6, c7) = (acc[4], acc[5], acc[6], acc[7], row1[4], row1[5], row1[6], row1[7]);
         float* x0 = x, x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
         float* x4 = x + 4 * stride, x5 = x + 5 * stride, x6 = x + 6 * stride, x7 = x + 7 * stride;
-        for (int i = 0; i < n; i += 16)
+        for (int i = 0; i < n; i += TOps.Lanes)
         {
-            var h0 = RawHalves(w0 + i);
-            var h1 = RawHalves(w1 + i);
-            var v = Vector512.Load(x0 + i); a0 = Vector512.FusedMultiplyAdd(h0, v, a0); c0 = Vector512.FusedMultiplyAdd(h1, v, c0);
-            v = Vector512.Load(x1 + i); a1 = Vector512.FusedMultiplyAdd(h0, v, a1); c1 = Vector512.FusedMultiplyAdd(h1, v, c1);
-            v = Vector512.Load(x2 + i); a2 = Vector512.FusedMultiplyAdd(h0, v, a2); c2 = Vector512.FusedMultiplyAdd(h1, v, c2);
-            v = Vector512.Load(x3 + i); a3 = Vector512.FusedMultiplyAdd(h0, v, a3); c3 = Vector512.FusedMultiplyAdd(h1, v, c3);
+            var h0 = TOps.Raw(w0 + i);
+            var h1 = TOps.Raw(w1 + i);
+            var v = TOps.Load(x0 + i); a0 = TOps.Fma(h0, v, a0); c0 = TOps.Fma(h1, v, c0);
+            v = TOps.Load(x1 + i); a1 = TOps.Fma(h0, v, a1); c1 = TOps.Fma(h1, v, c1);
+            v = TOps.Load(x2 + i); a2 = TOps.Fma(h0, v, a2); c2 = TOps.Fma(h1, v, c2);
+            v = TOps.Load(x3 + i); a3 = TOps.Fma(h0, v, a3); c3 = TOps.Fma(h1, v, c3);
             if (!eight) continue;
-            v = Vector512.Load(x4 + i); a4 = Vector512.FusedMultiplyAdd(h0, v, a4); c4 = Vector512.FusedMultiplyAdd(h1, v, c4);
-            v = Vector512.Load(x5 + i); a5 = Vector512.FusedMultiplyAdd(h0, v, a5); c5 = Vector512.FusedMultiplyAdd(h1, v, c5);
-            v = Vector512.Load(x6 + i); a6 = Vector512.FusedMultiplyAdd(h0, v, a6); c6 = Vector512.FusedMultiplyAdd(h1, v, c6);
-            v = Vector512.Load(x7 + i); a7 = Vector512.FusedMultiplyAdd(h0, v, a7); c7 = Vector512.FusedMultiplyAdd(h1, v, c7);
+            v = TOps.Load(x4 + i); a4 = TOps.Fma(h0, v, a4); c4 = TOps.Fma(h1, v, c4);
+            v = TOps.Load(x5 + i); a5 = TOps.Fma(h0, v, a5); c5 = TOps.Fma(h1, v, c5);
+            v = TOps.Load(x6 + i); a6 = TOps.Fma(h0, v, a6); c6 = TOps.Fma(h1, v, c6);
+            v = TOps.Load(x7 + i); a7 = TOps.Fma(h0, v, a7); c7 = TOps.Fma(h1, v, c7);
         }
         acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; row1[0] = c0; row1[1] = c1; row1[2] = c2; row1[3] = c3;
         if (eight) { acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7; row1[4] = c4; row1[5] = c5; row1[6] = c6; row1[7] = c7; }
