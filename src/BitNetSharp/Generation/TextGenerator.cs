@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using BitNetSharp.Generation.Sampling;
 using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
 using BitNetSharp.Tokenization;
 using BitNetSharp.Threading;
 
@@ -24,6 +25,9 @@ public sealed record GeneratorOptions
 
     /// <summary>Prompt tokens per forward call during prefill.</summary>
     public int PrefillChunk { get; init; } = 64;
+
+    /// <summary>Measure the model's numerical health every N forward calls (0: only the always-on NaN/Inf check); see <see cref="TextGenerator.Health"/>.</summary>
+    public int HealthSampleEvery { get; init; }
 }
 
 /// <summary>Timing of the last <see cref="TextGenerator.Generate"/> call.</summary>
@@ -60,6 +64,8 @@ public sealed class TextGenerator : IDisposable
         _pool = new WorkerPool(options.Threads);
         int chunk = Math.Clamp(options.PrefillChunk, 1, ContextLength);
         _engine = new Transformer(weights, chunk, _pool);
+        Health = new ModelHealthCollector(c, chunk) { SampleEvery = options.HealthSampleEvery };
+        _engine.Health = Health;
         _cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ContextLength, options.KvType);
         _caches = [_cache];
         _logits = new float[(long)chunk * c.VocabSize];
@@ -71,6 +77,27 @@ public sealed class TextGenerator : IDisposable
     public int ContextLength { get; }
     public int Threads => _pool.ThreadCount;
     public GenerationStats? LastStats { get; private set; }
+
+    /// <summary>
+    /// The forward pass's health collector. Sampled steps are published with the statistics of the logits row they
+    /// sample from (subscribe to <see cref="ModelHealthCollector.Published"/>); a row with NaN/Inf ends the generation
+    /// with <see cref="NonFiniteLogitsException"/> naming where the values first appeared.
+    /// </summary>
+    public ModelHealthCollector Health { get; }
+
+    /// <summary>Checks the row a token will be sampled from, adds it to a sampled step and publishes the step.</summary>
+    private void Inspect(ReadOnlySpan<float> row, int rowIndex)
+    {
+        int bad = LogitStats.CountNonFinite(row);
+        if (bad > 0)
+        {
+            int origin = Health.NonFiniteOrigin(rowIndex);
+            Health.Publish();
+            throw new NonFiniteLogitsException(bad, row.Length, origin);
+        }
+        if (Health.Sampling) Health.AddLogits(LogitStats.Compute(row));
+        Health.Publish();
+    }
 
     /// <summary>Forgets the cached prefix (a new conversation).</summary>
     public void Reset()
@@ -132,6 +159,7 @@ public sealed class TextGenerator : IDisposable
             for (int i = 0; i < n; i++) _cached.Add(prompt[start + i]);
             if (promptLogits is not null)
                 for (int r = 0; r < wanted; r++) promptLogits.Add(_logits.AsSpan(r * vocab, vocab).ToArray());
+            Inspect(_logits.AsSpan((wanted - 1) * vocab, vocab), wanted - 1);
             _logits.AsSpan((wanted - 1) * vocab, vocab).CopyTo(last);
             start += n;
         }
@@ -176,6 +204,7 @@ public sealed class TextGenerator : IDisposable
                 _batch[0] = new BatchToken(token, 0, _cached.Count, true);
                 _engine.Forward(_batch.AsSpan(0, 1), _caches, _logits);
                 _cached.Add(token);
+                Inspect(_logits.AsSpan(0, vocab), 0);
                 _logits.AsSpan(0, vocab).CopyTo(last);
             }
         }
@@ -188,6 +217,7 @@ public sealed class TextGenerator : IDisposable
     public void Dispose()
     {
         _engine.Dispose();
+        Health.Dispose();
         _cache.Dispose();
         _pool.Dispose();
     }

@@ -74,6 +74,9 @@ public sealed unsafe class EmbeddingTable
     /// <summary>The encoded rows, in place (for writing them to another file).</summary>
     public ReadOnlyMemory<byte> Bytes => new Memory.UnmanagedMemory(_data, checked((int)ByteLength)).Memory;
 
+    /// <summary>The encoded rows in place (<see cref="ByteLength"/> bytes), for checksums.</summary>
+    public byte* Data => _data;
+
     /// <summary>Keeps the memory map (or buffer) that holds the data alive as long as this table.</summary>
     public object Owner => _owner;
 

@@ -2,6 +2,7 @@ using System.Runtime.CompilerServices;
 using BitNetSharp.Kernels;
 using BitNetSharp.Kernels.FloatOps;
 using BitNetSharp.Memory;
+using BitNetSharp.Monitoring;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
 
@@ -69,6 +70,23 @@ public sealed unsafe class Transformer : IDisposable
     public WorkerPool Pool => _pool;
     public TernaryKernel Kernel => _kernel;
 
+    /// <summary>
+    /// The model-health collector the forward pass reports to (null: none). Sized for at least
+    /// <see cref="MaxBatchTokens"/> tokens and this model's layers. Set it between forward calls.
+    /// </summary>
+    public ModelHealthCollector? Health
+    {
+        get => _health;
+        set
+        {
+            if (value is not null && (value.MaxTokens < MaxBatchTokens || value.Layers != _c.Layers))
+                throw new ArgumentException($"The health collector is sized for {value.MaxTokens} tokens and {value.Layers} layers; this engine needs {MaxBatchTokens} and {_c.Layers}.", nameof(value));
+            _health = value;
+        }
+    }
+
+    private ModelHealthCollector? _health;
+
     private static NativeBuffer Floats(long count) => new(count * sizeof(float));
 
     private static Span<float> Row(NativeBuffer b, int row, int width) => new((float*)b.Pointer + (long)row * width, width);
@@ -99,14 +117,18 @@ public sealed unsafe class Transformer : IDisposable
         if (logits.Length < (long)wanted * _c.VocabSize)
             throw new ArgumentException($"The logits buffer holds {logits.Length} values; {wanted} rows of {_c.VocabSize} are needed.", nameof(logits));
 
+        var health = _health;
+        health?.BeginForward(n);
         for (int t = 0; t < n; t++) _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
 
         for (int l = 0; l < _c.Layers; l++) Layer(l, batch, caches);
+        health?.EndForward();
 
         int r = 0;
         for (int t = 0; t < n; t++)
         {
             if (!batch[t].WantLogits) continue;
+            health?.MapRow(r, t);
             RmsNorm.Apply(Row(_x, t, _c.Dim), _w.OutputNorm, Row(_logitsHidden, r, _c.Dim), _c.RmsEps);
             r++;
         }
@@ -123,18 +145,18 @@ public sealed unsafe class Transformer : IDisposable
 
     private void Layer(int l, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches)
     {
-        var lw = _w.Layers[l];
         int n = batch.Length, qDim = _c.QDim, kvDim = _c.KvDim, ff = _c.FeedForward;
 
         // Attention block: one int8 quantization of the normed input serves q, k and v.
-        Stage(Stage_AttnIn, lw, batch);
+        Stage(Stage_AttnIn, l, batch);
         _qDim.Tokens = n;
         var rows = _matmul.Prepare(_kernel, _qDim); // laid out once for the three products
+        var lw = _w.Layers[l];
         _matmul.Run(_kernel, lw.Q, rows, (float*)_q.Pointer, qDim);
         _matmul.Run(_kernel, lw.K, rows, (float*)_k.Pointer, kvDim);
         _matmul.Run(_kernel, lw.V, rows, (float*)_v.Pointer, kvDim);
 
-        Stage(Stage_Rope, lw, batch);
+        Stage(Stage_Rope, l, batch);
         // Written in batch order: a cache takes a sequence's positions in increasing order, without gaps.
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
@@ -142,20 +164,20 @@ public sealed unsafe class Transformer : IDisposable
         _pool.Run(_attention, n * _c.KvHeads, grain: 1); // items differ in cost (a prompt's later tokens see more positions)
         _attention.Clear();
 
-        Stage(Stage_AttnOut, lw, batch);
+        Stage(Stage_AttnOut, l, batch);
         _qAtt.Tokens = n;
         _matmul.Run(_kernel, lw.O, _qAtt, (float*)_tmp.Pointer, _c.Dim);
 
         // Feed-forward block: one quantization serves gate and up.
-        Stage(Stage_ResidualFfnIn, lw, batch);
+        Stage(Stage_ResidualFfnIn, l, batch);
         _qDim.Tokens = n;
         rows = _matmul.Prepare(_kernel, _qDim);
         _matmul.Run(_kernel, lw.Gate, rows, (float*)_hb.Pointer, ff);
         _matmul.Run(_kernel, lw.Up, rows, (float*)_hb2.Pointer, ff);
-        Stage(Stage_FfnAct, lw, batch);
+        Stage(Stage_FfnAct, l, batch);
         _qFf.Tokens = n;
         _matmul.Run(_kernel, lw.Down, _qFf, (float*)_tmp.Pointer, _c.Dim);
-        Stage(Stage_Residual, lw, batch);
+        Stage(Stage_Residual, l, batch);
     }
 
     private const int Stage_AttnIn = 0, Stage_Rope = 1, Stage_AttnOut = 2, Stage_ResidualFfnIn = 3, Stage_FfnAct = 4, Stage_Residual = 5;
@@ -165,22 +187,26 @@ public sealed unsafe class Transformer : IDisposable
     /// calling thread for a single token, spread over the pool for several (each token's work is independent, and
     /// at 8 sequences it was ~10 % of a decode step while the other worker waited).
     /// </summary>
-    private void Stage(int stage, LayerWeights lw, ReadOnlySpan<BatchToken> batch)
+    private void Stage(int stage, int layer, ReadOnlySpan<BatchToken> batch)
     {
-        _stages.Set(stage, lw, batch);
+        _stages.Set(stage, layer, batch);
         if (batch.Length == 1) _stages.Execute(0, 1, 0);
         else _pool.Run(_stages, batch.Length, grain: 1);
         _stages.Clear();
     }
 
-    private void TokenStage(int stage, LayerWeights lw, int t, in BatchToken bt)
+    private void TokenStage(int stage, int layer, int t, in BatchToken bt)
     {
+        var lw = _w.Layers[layer];
+        var health = _health;
         int dim = _c.Dim, qDim = _c.QDim, kvDim = _c.KvDim, ff = _c.FeedForward, hd = _c.HeadDim;
         switch (stage)
         {
             case Stage_AttnIn:
+                health?.LayerStart(layer, t, Row(_x, t, dim));
                 RmsNorm.Apply(Row(_x, t, dim), lw.AttnNorm, Row(_xb, t, dim), _c.RmsEps);
                 Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+                health?.Quantized(layer, BitLinearInput.Qkv, t, Row(_xb, t, dim), _qDim.RowSpan(t));
                 break;
             case Stage_Rope:
             {
@@ -195,12 +221,14 @@ public sealed unsafe class Transformer : IDisposable
                 var a = Row(_att, t, qDim);
                 if (lw.AttnSubNorm is { } sub) RmsNorm.Apply(a, sub, a, _c.RmsEps);
                 Int8ActivationQuantizer.Quantize(a, _qAtt, t);
+                health?.Quantized(layer, BitLinearInput.O, t, a, _qAtt.RowSpan(t));
                 break;
             }
             case Stage_ResidualFfnIn:
                 ResidualAdd.Apply(Row(_x, t, dim), Row(_tmp, t, dim));
                 RmsNorm.Apply(Row(_x, t, dim), lw.FfnNorm, Row(_xb, t, dim), _c.RmsEps);
                 Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+                health?.Quantized(layer, BitLinearInput.GateUp, t, Row(_xb, t, dim), _qDim.RowSpan(t));
                 break;
             case Stage_FfnAct:
             {
@@ -209,10 +237,12 @@ public sealed unsafe class Transformer : IDisposable
                 else GatedActivation.Silu(g, Row(_hb2, t, ff), g);
                 if (lw.FfnSubNorm is { } sub) RmsNorm.Apply(g, sub, g, _c.RmsEps);
                 Int8ActivationQuantizer.Quantize(g, _qFf, t);
+                health?.Quantized(layer, BitLinearInput.Down, t, g, _qFf.RowSpan(t));
                 break;
             }
             default:
                 ResidualAdd.Apply(Row(_x, t, dim), Row(_tmp, t, dim));
+                health?.LayerEnd(layer, t, Row(_x, t, dim));
                 break;
         }
     }
@@ -221,10 +251,10 @@ public sealed unsafe class Transformer : IDisposable
     private sealed class TokenStageWork(Transformer owner) : IParallelWork
     {
         private int _stage;
-        private LayerWeights? _layer;
+        private int _layer = -1;
         private BatchToken[] _batch = new BatchToken[16];
 
-        public void Set(int stage, LayerWeights layer, ReadOnlySpan<BatchToken> batch)
+        public void Set(int stage, int layer, ReadOnlySpan<BatchToken> batch)
         {
             _stage = stage;
             _layer = layer;
@@ -232,11 +262,11 @@ public sealed unsafe class Transformer : IDisposable
             batch.CopyTo(_batch);
         }
 
-        public void Clear() => _layer = null;
+        public void Clear() => _layer = -1;
 
         public void Execute(int start, int end, int worker)
         {
-            for (int t = start; t < end; t++) owner.TokenStage(_stage, _layer!, t, _batch[t]);
+            for (int t = start; t < end; t++) owner.TokenStage(_stage, _layer, t, _batch[t]);
         }
     }
 

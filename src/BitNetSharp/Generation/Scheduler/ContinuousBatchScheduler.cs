@@ -3,6 +3,8 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using BitNetSharp.Generation.Sampling;
 using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Monitoring.Telemetry;
 using BitNetSharp.Threading;
 using BitNetSharp.Tokenization;
 
@@ -66,6 +68,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
         try
         {
             _engine = new Transformer(weights, options.MaxBatchedTokens, _pool);
+            Health = new ModelHealthCollector(_config, options.MaxBatchedTokens) { SampleEvery = options.HealthSampleEvery };
+            _engine.Health = Health;
             _caches = new KvCache[options.MaxSequences];
             for (int i = 0; i < _caches.Length; i++)
                 _caches[i] = new KvCache(_config.Layers, _config.KvHeads, _config.HeadDim, ContextLength, options.KvType);
@@ -82,6 +86,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         _batch = new BatchToken[options.MaxBatchedTokens];
         _rowOwner = new Sequence?[options.MaxSequences];
         KvCacheBytes = _caches.Sum(c => c.ByteLength);
+        Health.Published += WriteLayers;
         Meters = new SchedulerMeters(this, _samples, KvCacheBytes);
         _thread = new Thread(Loop) { IsBackground = true, Name = "bitnet-engine" };
         _thread.Start();
@@ -103,6 +108,21 @@ public sealed class ContinuousBatchScheduler : IDisposable
 
     public SchedulerMeters Meters { get; }
 
+    /// <summary>The forward pass's numerical-health collector (sampling rate: <see cref="SchedulerOptions.HealthSampleEvery"/>).</summary>
+    public ModelHealthCollector Health { get; }
+
+    /// <summary>Recent inter-token latencies, for their standard deviation.</summary>
+    public LatencyWindow TokenLatency { get; } = new();
+
+    /// <summary>When set (before requests arrive), the engine probes the weights every <see cref="SchedulerOptions.WeightProbeEvery"/> steps.</summary>
+    public WeightIntegrity? Integrity { get; set; }
+
+    /// <summary>When set, sampled steps and events are written here (from the engine thread).</summary>
+    public ITelemetrySink? Telemetry { get; set; }
+
+    /// <summary>Test hook: runs on the engine thread before each forward pass (fault drills inject latency here).</summary>
+    internal Action? BeforeForward { get; set; }
+
     /// <summary>Tests close it to hold the engine between steps, making queue states deterministic.</summary>
     internal ManualResetEventSlim StepGate { get; } = new(true);
 
@@ -116,7 +136,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Volatile.Read(ref c.KvPositionsInUse), (long)Options.MaxSequences * ContextLength,
                 Volatile.Read(ref c.PromptTokens), Volatile.Read(ref c.GenerationTokens), Volatile.Read(ref c.Steps), Volatile.Read(ref c.StepTokens),
                 Volatile.Read(ref c.FinishedStop), Volatile.Read(ref c.FinishedLength), Volatile.Read(ref c.Cancelled), Volatile.Read(ref c.TimedOut),
-                Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected));
+                Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected), Volatile.Read(ref c.NonFiniteSequences));
         }
     }
 
@@ -211,6 +231,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             _wake.Wait(IdleWait(now));
             return;
         }
+        BeforeForward?.Invoke();
         long before = Stopwatch.GetTimestamp();
         try
         {
@@ -224,6 +245,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
             return;
         }
         long after = Stopwatch.GetTimestamp();
+        long step = Volatile.Read(ref _counters.Steps);
+        bool sampling = Health.Sampling;
+        var telemetry = Telemetry;
         for (int r = 0; r < rows; r++)
         {
             var seq = _rowOwner[r]!;
@@ -232,6 +256,28 @@ public sealed class ContinuousBatchScheduler : IDisposable
             try
             {
                 var row = _logits.AsSpan(r * _config.VocabSize, _config.VocabSize);
+                int bad = LogitStats.CountNonFinite(row);
+                if (bad > 0)
+                {
+                    // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
+                    var error = new NonFiniteLogitsException(bad, row.Length, Health.NonFiniteOrigin(r));
+                    SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
+                    telemetry?.Write(new TelemetryEvent(UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
+                    Fail(seq.Request, error, ref _counters.Failed);
+                    continue;
+                }
+                if (sampling)
+                {
+                    var stats = LogitStats.Compute(row);
+                    Health.AddLogits(stats);
+                    if (telemetry is not null)
+                    {
+                        var req = seq.Request.Request;
+                        telemetry.Write(new TelemetryStepRecord(UnixNanos(), step, req.RequestId, req.TraceId, seq.Choice, seq.NextToken, n,
+                            (float)SchedulerMeters.Seconds(after - before), seq.LastTokenTicks == 0 ? float.NaN : (float)SchedulerMeters.Seconds(after - seq.LastTokenTicks),
+                            stats.Min, stats.Max, stats.Entropy, 0));
+                    }
+                }
                 // Ids past the tokenizer (a padded embedding) cannot be detokenized: never sample them.
                 if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
                 Step(seq, row, after);
@@ -242,6 +288,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Fail(seq.Request, e as InvalidOperationException ?? new InvalidOperationException($"Sampling failed: {e.Message}", e), ref _counters.Failed);
             }
         }
+        Health.Publish();
+        if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0 && !integrity.Probe().Ok)
+            telemetry?.Write(new TelemetryEvent(UnixNanos(), "weight_mismatch", null, null, $"weight probe: {integrity.LastMismatch} changed since load"));
         SchedulerCounters.Add(ref _counters.Steps, 1);
         SchedulerCounters.Add(ref _counters.StepTokens, n);
         SchedulerCounters.Set(ref _counters.LastStepTicks, after);
@@ -350,7 +399,12 @@ public sealed class ContinuousBatchScheduler : IDisposable
             h.FirstTokenSeen = true;
             _samples.Write(MetricKind.TimeToFirstToken, SchedulerMeters.Seconds(now - h.SubmittedTicks));
         }
-        if (s.LastTokenTicks != 0) _samples.Write(MetricKind.InterTokenLatency, SchedulerMeters.Seconds(now - s.LastTokenTicks));
+        if (s.LastTokenTicks != 0)
+        {
+            double itl = SchedulerMeters.Seconds(now - s.LastTokenTicks);
+            _samples.Write(MetricKind.InterTokenLatency, itl);
+            TokenLatency.Add(itl);
+        }
         s.LastTokenTicks = now;
 
         if (!r.IgnoreStopTokens && _tokenizer is not null && _tokenizer.IsStopToken(token))
@@ -449,6 +503,34 @@ public sealed class ContinuousBatchScheduler : IDisposable
         return TimeSpan.FromSeconds(Math.Max(0, SchedulerMeters.Seconds(nearest - now)));
     }
 
+    private readonly TelemetryLayerRecord _layerRecord = new();
+
+    /// <summary>Each layer of a published sampled step as a telemetry record (the sink copies it; one record object is reused).</summary>
+    private void WriteLayers(HealthSnapshot snap)
+    {
+        if (Telemetry is not { } sink) return;
+        var rec = _layerRecord;
+        for (int l = 0; l < snap.Layers; l++)
+        {
+            rec.TimeUnixNanos = snap.TimeUnixNanos;
+            rec.Step = snap.Step;
+            rec.Layer = l;
+            rec.Tokens = snap.Tokens;
+            for (int i = 0; i < HealthNames.InputCount; i++)
+            {
+                rec.Saturation[i] = snap.Saturation[l * HealthNames.InputCount + i];
+                rec.Underflow[i] = snap.Underflow[l * HealthNames.InputCount + i];
+                rec.CrestFactor[i] = snap.CrestFactor[l * HealthNames.InputCount + i];
+            }
+            rec.ResidualRms = snap.ResidualRms[l];
+            rec.ResidualMaxAbs = snap.ResidualMaxAbs[l];
+            rec.ResidualChange = snap.ResidualChange[l];
+            sink.Write(rec);
+        }
+    }
+
+    internal static long UnixNanos() => (DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100;
+
     /// <summary>Ends submissions that raced with the engine's last look at the inbox.</summary>
     private void DrainInboxAfterStop()
     {
@@ -468,6 +550,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         DrainInboxAfterStop();
         Meters.Dispose();
         _engine.Dispose();
+        Health.Dispose();
         foreach (var c in _caches) c.Dispose();
         if (_ownsPool) _pool.Dispose();
         // _wake is not disposed: a late Cancel() from a request handler may still set it.

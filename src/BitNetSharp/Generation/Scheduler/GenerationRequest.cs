@@ -28,6 +28,12 @@ public sealed record GenerationRequest
 
     /// <summary>Wall-clock limit from submission, waiting included; null takes the scheduler's default.</summary>
     public TimeSpan? Timeout { get; init; }
+
+    /// <summary>The caller's id for this request (the server's completion id), carried into telemetry records.</summary>
+    public string? RequestId { get; init; }
+
+    /// <summary>The W3C trace id (32 hex digits) of the request's traceparent, carried into telemetry records.</summary>
+    public string? TraceId { get; init; }
 }
 
 /// <summary>

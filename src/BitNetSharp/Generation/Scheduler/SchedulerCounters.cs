@@ -17,6 +17,7 @@ internal sealed class SchedulerCounters
     public long TimedOut;
     public long Failed;
     public long Rejected;
+    public long NonFiniteSequences; // choices ended because their logits held NaN/Inf
     public int RunningRequests;
     public int RunningSequences;
     public long KvPositionsInUse;
@@ -46,7 +47,8 @@ public readonly record struct SchedulerStatistics(
     long Cancelled,
     long TimedOut,
     long Failed,
-    long Rejected)
+    long Rejected,
+    long NonFiniteSequences = 0)
 {
     /// <summary>Fraction of all KV-cache positions holding a token.</summary>
     public double KvCacheUsage => KvPositionsCapacity == 0 ? 0 : (double)KvPositionsInUse / KvPositionsCapacity;

@@ -29,6 +29,12 @@ public sealed record SchedulerOptions
     /// <summary>Applies to requests that name no timeout of their own; null means none.</summary>
     public TimeSpan? DefaultTimeout { get; init; }
 
+    /// <summary>Measure the model's numerical health every N engine steps (0: only the always-on NaN/Inf check). Measuring costs a few element passes per layer and token; every 8th step keeps it well under 1 % of decode time.</summary>
+    public int HealthSampleEvery { get; init; } = 8;
+
+    /// <summary>Compare a fixed sample of each packed weight tensor with its load-time bytes every N engine steps (0: never); needs <see cref="ContinuousBatchScheduler.Integrity"/>.</summary>
+    public int WeightProbeEvery { get; init; } = 256;
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the first bound that makes no sense.</summary>
     public void Validate()
     {
@@ -39,6 +45,8 @@ public sealed record SchedulerOptions
                 nameof(MaxBatchedTokens));
         if (MaxQueue < 0) throw new ArgumentException($"MaxQueue must be ≥ 0; got {MaxQueue}.", nameof(MaxQueue));
         if (!Enum.IsDefined(KvType)) throw new ArgumentException($"Unknown KV cache type {KvType}.", nameof(KvType));
+        if (HealthSampleEvery < 0) throw new ArgumentException($"HealthSampleEvery must be ≥ 0 (0: off); got {HealthSampleEvery}.", nameof(HealthSampleEvery));
+        if (WeightProbeEvery < 0) throw new ArgumentException($"WeightProbeEvery must be ≥ 0 (0: off); got {WeightProbeEvery}.", nameof(WeightProbeEvery));
         if (DefaultTimeout is { } t && t <= TimeSpan.Zero) throw new ArgumentException($"DefaultTimeout must be positive; got {t}.", nameof(DefaultTimeout));
     }
 }

@@ -1,0 +1,331 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.Http.Json;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Threading.Channels;
+
+namespace BitNetSharp.Monitoring.Alerts;
+
+/// <summary>
+/// The current value of every signal an alert rule may name, as labelled series (Prometheus names and labels, the
+/// same as /metrics). Filled anew for each evaluation by the engine's collector callback.
+/// </summary>
+public sealed class SignalSet
+{
+    private readonly Dictionary<string, List<(string[] Labels, double Value)>> _series = new(StringComparer.Ordinal);
+
+    public void Clear()
+    {
+        foreach (var list in _series.Values) list.Clear();
+    }
+
+    /// <param name="labels">Alternating label names and values.</param>
+    public void Add(string metric, double value, params string[] labels)
+    {
+        if (!_series.TryGetValue(metric, out var list)) _series[metric] = list = [];
+        list.Add((labels, value));
+    }
+
+    public bool Has(string metric) => _series.TryGetValue(metric, out var l) && l.Count > 0;
+
+    /// <summary>Reduces the matching series; null when the metric has none (the rule is then not evaluated).</summary>
+    public double? Reduce(string metric, string aggregate, IReadOnlyDictionary<string, string>? match)
+    {
+        if (!_series.TryGetValue(metric, out var list)) return null;
+        double acc = aggregate switch { "max" => double.NegativeInfinity, "min" => double.PositiveInfinity, _ => 0 };
+        int count = 0;
+        foreach (var (labels, value) in list)
+        {
+            if (!Matches(labels, match)) continue;
+            count++;
+            // NaN (a layer whose values are not finite) must trip max/min rules, not vanish in Math.Max.
+            acc = aggregate switch
+            {
+                "max" => double.IsNaN(value) ? double.PositiveInfinity : Math.Max(acc, value),
+                "min" => double.IsNaN(value) ? double.NegativeInfinity : Math.Min(acc, value),
+                _ => acc + value,
+            };
+        }
+        if (count == 0) return null;
+        return aggregate == "avg" ? acc / count : acc;
+    }
+
+    private static bool Matches(string[] labels, IReadOnlyDictionary<string, string>? match)
+    {
+        if (match is null) return true;
+        foreach (var (name, want) in match)
+        {
+            string? have = null;
+            for (int i = 0; i + 1 < labels.Length; i += 2)
+                if (labels[i] == name) have = labels[i + 1];
+            bool negate = want.StartsWith('!');
+            string v = negate ? want[1..] : want;
+            if (negate ? have == v : have != v) return false;
+        }
+        return true;
+    }
+}
+
+/// <summary>An alert's state change or current state.</summary>
+public sealed record AlertState(AlertRule Rule, bool Firing, double Value, DateTimeOffset Since, long TimesFired);
+
+public sealed record AlertEngineOptions
+{
+    /// <summary>How often the rules are evaluated ("for: N" means N consecutive evaluations).</summary>
+    public TimeSpan Interval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>When set, firing and resolved alerts are POSTed here in Alertmanager's webhook JSON (version 4).</summary>
+    public Uri? WebhookUrl { get; init; }
+
+    /// <summary>The externalURL / generatorURL the webhook payload carries (the server's address).</summary>
+    public string? ExternalUrl { get; init; }
+
+    /// <summary>Extra labels on every alert (e.g. instance).</summary>
+    public IReadOnlyDictionary<string, string>? Labels { get; init; }
+
+    /// <summary>Where state changes are written (the server's logger, the CLI's stderr).</summary>
+    public Action<string>? Log { get; init; }
+}
+
+/// <summary>
+/// Evaluates alert rules over the signals a collector callback supplies: on a timer (<see cref="Start"/>) or when
+/// called (<see cref="Evaluate"/>). A rule that starts firing is logged, counted (<see cref="TimesFired"/>; the server
+/// exports bitnet_alerts_total{rule} and bitnet_alerts_firing{rule}), raised as <see cref="Changed"/>, and POSTed to the
+/// webhook when one is set; so is its resolution. Webhook delivery runs on its own task and never blocks evaluation;
+/// failures are counted in <see cref="WebhookFailures"/>.
+/// </summary>
+public sealed class AlertEngine : IDisposable
+{
+    private readonly AlertRule[] _rules;
+    private readonly Action<SignalSet> _collect;
+    private readonly AlertEngineOptions _options;
+    private readonly SignalSet _signals = new();
+    private readonly Lock _lock = new();
+    private readonly State[] _state;
+    private readonly Channel<JsonObject>? _outbox;
+    private readonly HttpClient? _http;
+    private readonly Task? _sender;
+    private Timer? _timer;
+    private long _webhookSent, _webhookFailures, _evaluations;
+
+    private sealed class State
+    {
+        public int Consecutive;
+        public DateTimeOffset ConditionSince;
+        public bool Firing;
+        public DateTimeOffset FiringSince;
+        public double Value = double.NaN;
+        public double? LastCounter;
+        public long TimesFired;
+    }
+
+    public AlertEngine(IReadOnlyList<AlertRule> rules, Action<SignalSet> collect, AlertEngineOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(rules);
+        ArgumentNullException.ThrowIfNull(collect);
+        foreach (var r in rules) r.Validate("alert rules");
+        _rules = [.. rules];
+        _collect = collect;
+        _options = options ?? new AlertEngineOptions();
+        if (_options.Interval <= TimeSpan.Zero) throw new ArgumentException($"The alert evaluation interval must be positive; got {_options.Interval}.", nameof(options));
+        _state = _rules.Select(_ => new State()).ToArray();
+        if (_options.WebhookUrl is { } url)
+        {
+            if (url.Scheme is not ("http" or "https")) throw new ArgumentException($"The alert webhook must be an http(s) URL; got {url}.", nameof(options));
+            _http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            _outbox = Channel.CreateBounded<JsonObject>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropOldest });
+            _sender = Task.Run(SendLoop);
+        }
+    }
+
+    public IReadOnlyList<AlertRule> Rules => _rules;
+
+    public long Evaluations => Interlocked.Read(ref _evaluations);
+    public long WebhookSent => Interlocked.Read(ref _webhookSent);
+    public long WebhookFailures => Interlocked.Read(ref _webhookFailures);
+
+    /// <summary>Raised (on the evaluating thread) when a rule starts or stops firing.</summary>
+    public event Action<AlertState>? Changed;
+
+    /// <summary>Evaluates every <see cref="AlertEngineOptions.Interval"/> on a timer thread.</summary>
+    public void Start() => _timer ??= new Timer(static s => ((AlertEngine)s!).Evaluate(), this, _options.Interval, _options.Interval);
+
+    /// <summary>Every rule's state now.</summary>
+    public IReadOnlyList<AlertState> States
+    {
+        get
+        {
+            lock (_lock)
+                return _rules.Select((r, i) => new AlertState(r, _state[i].Firing, _state[i].Value, _state[i].Firing ? _state[i].FiringSince : _state[i].ConditionSince, _state[i].TimesFired)).ToArray();
+        }
+    }
+
+    public IReadOnlyList<AlertState> Firing => States.Where(s => s.Firing).ToArray();
+
+    public long TimesFired(string rule)
+    {
+        lock (_lock)
+        {
+            for (int i = 0; i < _rules.Length; i++) if (_rules[i].Name == rule) return _state[i].TimesFired;
+        }
+        throw new ArgumentException($"No alert rule is named '{rule}'.", nameof(rule));
+    }
+
+    /// <summary>Collects the signals and evaluates every rule once.</summary>
+    public void Evaluate()
+    {
+        List<AlertState>? changes = null;
+        lock (_lock)
+        {
+            var now = DateTimeOffset.UtcNow;
+            _signals.Clear();
+            try
+            {
+                _collect(_signals);
+            }
+            catch (Exception e)
+            {
+                _options.Log?.Invoke($"alert signals could not be collected: {e.Message}");
+                return;
+            }
+            Interlocked.Increment(ref _evaluations);
+            for (int i = 0; i < _rules.Length; i++)
+            {
+                var rule = _rules[i];
+                var st = _state[i];
+                double? value = Value(rule, st);
+                if (value is null) continue; // no such signal yet (e.g. no sampled step): keep the state
+                st.Value = value.Value;
+                bool holds = rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<=");
+                if (holds)
+                {
+                    if (st.Consecutive++ == 0) st.ConditionSince = now;
+                    if (!st.Firing && st.Consecutive >= rule.For && (now - st.ConditionSince).TotalSeconds >= rule.ForSeconds)
+                    {
+                        st.Firing = true;
+                        st.FiringSince = now;
+                        st.TimesFired++;
+                        (changes ??= []).Add(new AlertState(rule, true, st.Value, now, st.TimesFired));
+                    }
+                }
+                else
+                {
+                    st.Consecutive = 0;
+                    if (st.Firing)
+                    {
+                        st.Firing = false;
+                        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired));
+                    }
+                }
+            }
+        }
+        if (changes is null) return;
+        foreach (var c in changes)
+        {
+            _options.Log?.Invoke(c.Firing
+                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Metric} = {c.Value:G6} {c.Rule.Op} {c.Rule.Threshold:G6}. {c.Rule.Description}")
+                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Metric} = {c.Value:G6}"));
+            Changed?.Invoke(c);
+            _outbox?.Writer.TryWrite(WebhookPayload(c));
+        }
+    }
+
+    private double? Value(AlertRule rule, State st)
+    {
+        double? total = null;
+        foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            var v = _signals.Reduce(part, rule.Aggregate == "increase" ? "sum" : rule.Aggregate, rule.Match);
+            if (v is null) continue;
+            total = (total ?? 0) + v.Value;
+        }
+        if (total is null) return null;
+        if (rule.Aggregate == "increase")
+        {
+            double previous = st.LastCounter ?? total.Value;
+            st.LastCounter = total.Value;
+            total = Math.Max(0, total.Value - previous);
+        }
+        if (rule.DivideBy is { } d)
+        {
+            var denominator = _signals.Reduce(d, "sum", null);
+            if (denominator is null) return null;
+            total = denominator.Value == 0 ? 0 : total.Value / denominator.Value;
+        }
+        return total;
+    }
+
+    /// <summary>One alert in Alertmanager's webhook format (version 4), with the rule's labels and annotations.</summary>
+    public JsonObject WebhookPayload(AlertState s)
+    {
+        var labels = new JsonObject { ["alertname"] = s.Rule.Name, ["severity"] = s.Rule.Severity, ["component"] = s.Rule.Component };
+        if (_options.Labels is { } extra) foreach (var (k, v) in extra) labels[k] = v;
+        var annotations = new JsonObject
+        {
+            ["summary"] = s.Rule.Summary ?? s.Rule.Name,
+            ["description"] = (s.Rule.Description ?? "") + string.Create(CultureInfo.InvariantCulture, $" Value: {s.Value:G6} ({s.Rule.Metric} {s.Rule.Op} {s.Rule.Threshold:G6})."),
+        };
+        string status = s.Firing ? "firing" : "resolved";
+        string external = _options.ExternalUrl ?? "";
+        var alert = new JsonObject
+        {
+            ["status"] = status,
+            ["labels"] = labels.DeepClone(),
+            ["annotations"] = annotations.DeepClone(),
+            ["startsAt"] = s.Since.ToString("O", CultureInfo.InvariantCulture),
+            ["endsAt"] = s.Firing ? "0001-01-01T00:00:00Z" : DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture),
+            ["generatorURL"] = external,
+            ["fingerprint"] = Convert.ToHexStringLower(System.IO.Hashing.XxHash3.Hash(System.Text.Encoding.UTF8.GetBytes(labels.ToJsonString()))),
+        };
+        return new JsonObject
+        {
+            ["version"] = "4",
+            ["groupKey"] = $"{{}}:{{alertname=\"{s.Rule.Name}\"}}",
+            ["truncatedAlerts"] = 0,
+            ["status"] = status,
+            ["receiver"] = "bitnet",
+            ["groupLabels"] = new JsonObject { ["alertname"] = s.Rule.Name },
+            ["commonLabels"] = labels,
+            ["commonAnnotations"] = annotations,
+            ["externalURL"] = external,
+            ["alerts"] = new JsonArray(alert),
+        };
+    }
+
+    private async Task SendLoop()
+    {
+        await foreach (var payload in _outbox!.Reader.ReadAllAsync())
+        {
+            try
+            {
+                using var response = await _http!.PostAsJsonAsync(_options.WebhookUrl, payload);
+                if (response.IsSuccessStatusCode) Interlocked.Increment(ref _webhookSent);
+                else
+                {
+                    Interlocked.Increment(ref _webhookFailures);
+                    _options.Log?.Invoke($"alert webhook {_options.WebhookUrl} answered {(int)response.StatusCode}");
+                }
+            }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or JsonException)
+            {
+                Interlocked.Increment(ref _webhookFailures);
+                _options.Log?.Invoke($"alert webhook {_options.WebhookUrl} failed: {e.Message}");
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _timer?.Dispose();
+        _outbox?.Writer.TryComplete();
+        try
+        {
+            _sender?.Wait(TimeSpan.FromSeconds(5));
+        }
+        catch (AggregateException)
+        {
+        }
+        _http?.Dispose();
+    }
+}

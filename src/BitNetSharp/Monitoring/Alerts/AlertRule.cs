@@ -1,0 +1,136 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace BitNetSharp.Monitoring.Alerts;
+
+/// <summary>
+/// One threshold rule over a signal: the series of <see cref="Metric"/> (Prometheus names, as /metrics exports them)
+/// whose labels match <see cref="Match"/> are reduced by <see cref="Aggregate"/> (max, min, sum, avg; increase: the
+/// summed counter's growth since the previous evaluation), optionally divided by another metric's sum, and compared
+/// with <see cref="Threshold"/>. The alert fires when the condition has held for <see cref="For"/> consecutive
+/// evaluations and at least <see cref="ForSeconds"/>; it resolves at the first evaluation where it does not hold.
+/// <see cref="Metric"/> may name several metrics joined by " + ": each is reduced alone and the results are added.
+/// </summary>
+public sealed record AlertRule
+{
+    [JsonPropertyName("name")] public required string Name { get; init; }
+    [JsonPropertyName("metric")] public required string Metric { get; init; }
+    [JsonPropertyName("aggregate")] public string Aggregate { get; init; } = "max";
+    /// <summary>Label → value; a value starting with '!' excludes it.</summary>
+    [JsonPropertyName("match")] public Dictionary<string, string>? Match { get; init; }
+    [JsonPropertyName("divide_by")] public string? DivideBy { get; init; }
+    [JsonPropertyName("op")] public string Op { get; init; } = ">";
+    [JsonPropertyName("threshold")] public double Threshold { get; init; }
+    [JsonPropertyName("for")] public int For { get; init; } = 1;
+    [JsonPropertyName("for_seconds")] public double ForSeconds { get; init; }
+    [JsonPropertyName("severity")] public string Severity { get; init; } = "warning";
+    [JsonPropertyName("component")] public string Component { get; init; } = "model";
+    [JsonPropertyName("summary")] public string? Summary { get; init; }
+    [JsonPropertyName("description")] public string? Description { get; init; }
+
+    internal static readonly string[] Aggregates = ["max", "min", "sum", "avg", "increase"];
+    internal static readonly string[] Ops = [">", ">=", "<", "<=", "==", "!="];
+
+    /// <summary>Throws <see cref="ArgumentException"/> naming the rule and the field that is wrong.</summary>
+    public void Validate(string source)
+    {
+        string where = $"{source}: rule '{Name}'";
+        if (string.IsNullOrWhiteSpace(Name)) throw new ArgumentException($"{source}: a rule has no \"name\".");
+        if (string.IsNullOrWhiteSpace(Metric)) throw new ArgumentException($"{where} has no \"metric\".");
+        if (Array.IndexOf(Aggregates, Aggregate) < 0) throw new ArgumentException($"{where}: \"aggregate\" must be one of {string.Join(", ", Aggregates)}; got '{Aggregate}'.");
+        if (Array.IndexOf(Ops, Op) < 0) throw new ArgumentException($"{where}: \"op\" must be one of {string.Join(" ", Ops)}; got '{Op}'.");
+        if (!double.IsFinite(Threshold)) throw new ArgumentException($"{where}: \"threshold\" must be a finite number.");
+        if (For < 1) throw new ArgumentException($"{where}: \"for\" must be ≥ 1 (consecutive evaluations); got {For}.");
+        if (ForSeconds < 0 || !double.IsFinite(ForSeconds)) throw new ArgumentException($"{where}: \"for_seconds\" must be ≥ 0; got {ForSeconds}.");
+        if (Severity is not ("info" or "warning" or "critical")) throw new ArgumentException($"{where}: \"severity\" must be info, warning or critical; got '{Severity}'.");
+    }
+
+    public bool Holds(double value) => Op switch
+    {
+        ">" => value > Threshold,
+        ">=" => value >= Threshold,
+        "<" => value < Threshold,
+        "<=" => value <= Threshold,
+        "==" => value == Threshold,
+        _ => value != Threshold,
+    };
+}
+
+/// <summary>A set of rules as JSON: <c>{"rules": [ {...}, ... ]}</c>, or the built-in default set.</summary>
+public static class AlertRules
+{
+    private sealed record RuleFile([property: JsonPropertyName("rules")] List<AlertRule>? Rules);
+
+    private static readonly JsonSerializerOptions Json = new() { ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow };
+
+    /// <summary>Reads a rule file; an unreadable file, bad JSON, an unknown field or a bad rule is an <see cref="ArgumentException"/> naming the file.</summary>
+    public static IReadOnlyList<AlertRule> Load(string path)
+    {
+        string text;
+        try
+        {
+            text = File.ReadAllText(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ArgumentException($"Cannot read the alert rules file {path}: {e.Message}", nameof(path), e);
+        }
+        return Parse(text, path);
+    }
+
+    public static IReadOnlyList<AlertRule> Parse(string json, string source = "alert rules")
+    {
+        RuleFile? file;
+        try
+        {
+            file = JsonSerializer.Deserialize<RuleFile>(json, Json);
+        }
+        catch (JsonException e)
+        {
+            throw new ArgumentException($"{source} is not a valid rule file ({{\"rules\": [...]}}): {e.Message}", nameof(json), e);
+        }
+        var rules = file?.Rules ?? throw new ArgumentException($"{source} has no \"rules\" array.", nameof(json));
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var r in rules)
+        {
+            r.Validate(source);
+            if (!names.Add(r.Name)) throw new ArgumentException($"{source}: the rule name '{r.Name}' is used twice.", nameof(json));
+        }
+        return rules;
+    }
+
+    /// <summary>
+    /// The built-in rules, the same as deploy/prometheus/bitnet-alerts.yml. Thresholds: healthy BitNet models keep
+    /// far fewer than 5 % of an input's codes at the clamp limits (absmax scaling puts only the largest entries
+    /// there), lose well under 60 % of the q/k/v, o and gate/up inputs to zero codes (the down input follows relu²,
+    /// sparse by design, and is left out), and change the residual by less than 8× its size per layer.
+    /// </summary>
+    public static IReadOnlyList<AlertRule> Default { get; } =
+    [
+        new() { Name = "BitNetNonFiniteLogits", Metric = "bitnet_health_nonfinite_sequences_total", Aggregate = "increase", Op = ">", Threshold = 0,
+            Severity = "critical", Component = "model", Summary = "Sequences ended by NaN/Inf logits",
+            Description = "The model produced non-finite logits; the affected sequences were ended with an error naming the layer." },
+        new() { Name = "BitNetLogitRangeCollapse", Metric = "bitnet_health_logits_range", Aggregate = "min", Op = "<", Threshold = 0.5, For = 3,
+            Severity = "warning", Component = "model", Summary = "Logits have gone flat",
+            Description = "The flattest sampled logits row spans less than 0.5: the output distribution has collapsed." },
+        new() { Name = "BitNetWeightChecksumMismatch", Metric = "bitnet_weights_checksum_mismatches_total + bitnet_weights_probe_mismatches_total", Aggregate = "increase", Op = ">", Threshold = 0,
+            Severity = "critical", Component = "weights", Summary = "Weights changed since load",
+            Description = "A full checksum or a sampled probe found weight bytes that differ from their load-time values." },
+        new() { Name = "BitNetActivationSaturation", Metric = "bitnet_health_activation_saturation_ratio", Aggregate = "max", Op = ">", Threshold = 0.05, For = 5,
+            Severity = "warning", Component = "model", Summary = "Activations pile up at the int8 limits",
+            Description = "Over 5% of a BitLinear input's int8 codes sit at ±127." },
+        new() { Name = "BitNetActivationUnderflow", Metric = "bitnet_health_activation_underflow_ratio", Aggregate = "max", Op = ">", Threshold = 0.6, For = 5,
+            Match = new() { ["input"] = "!down" },
+            Severity = "warning", Component = "model", Summary = "Activations underflow to zero codes",
+            Description = "Over 60% of a BitLinear input's int8 codes are 0: its signal is below one quantization step." },
+        new() { Name = "BitNetResidualBlowUp", Metric = "bitnet_health_residual_relative_change_ratio", Aggregate = "max", Op = ">", Threshold = 8, For = 2,
+            Severity = "critical", Component = "model", Summary = "A layer blows up the residual stream",
+            Description = "A layer changed the residual stream by more than 8 times its size." },
+        new() { Name = "BitNetTokenLatencyJitter", Metric = "bitnet_health_token_latency_stddev_seconds", Aggregate = "max", Op = ">", Threshold = 0.25, For = 5,
+            Severity = "warning", Component = "serving", Summary = "Token latency is jittery",
+            Description = "The standard deviation of recent inter-token latencies is above 250 ms." },
+        new() { Name = "BitNetQueueSaturation", Metric = "bitnet_requests_waiting", DivideBy = "bitnet_requests_max_queue", Aggregate = "sum", Op = ">", Threshold = 0.9, For = 5,
+            Severity = "warning", Component = "serving", Summary = "The request queue is nearly full",
+            Description = "More than 90% of the waiting queue is in use; new requests will be rejected." },
+    ];
+}

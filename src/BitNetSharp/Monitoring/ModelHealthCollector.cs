@@ -1,0 +1,472 @@
+using System.Diagnostics;
+using System.Numerics;
+using System.Runtime.Intrinsics;
+using BitNetSharp.Memory;
+using BitNetSharp.Model;
+
+namespace BitNetSharp.Monitoring;
+
+/// <summary>
+/// What one sampled engine step looked like inside the model, per layer: for each BitLinear input the share of int8
+/// codes at the clamp limits (|q| ≥ 127: the token's signal is dominated by its largest entries), the share of codes
+/// that are 0 (entries below half a quantization step: signal lost), and the crest factor absmax/RMS (how many of the
+/// 127 levels a typical entry really uses is about 127/crest); and the residual stream after the layer: RMS, max |x|,
+/// and ‖x_after − x_before‖/‖x_before‖. Token-level values are averaged over the step's tokens, except max |x| (the
+/// largest). Logits statistics cover the sequences whose logits the step produced.
+/// </summary>
+public sealed class HealthSnapshot
+{
+    public HealthSnapshot(int layers)
+    {
+        Layers = layers;
+        Saturation = new float[layers * HealthNames.InputCount];
+        Underflow = new float[layers * HealthNames.InputCount];
+        CrestFactor = new float[layers * HealthNames.InputCount];
+        ResidualRms = new float[layers];
+        ResidualMaxAbs = new float[layers];
+        ResidualChange = new float[layers];
+        BlowUp = new bool[layers];
+    }
+
+    public int Layers { get; }
+
+    /// <summary>Sampled steps so far (this snapshot is the latest); 0 before the first.</summary>
+    public long Samples { get; internal set; }
+
+    /// <summary>The engine step (forward pass) this snapshot comes from.</summary>
+    public long Step { get; internal set; }
+
+    /// <summary>When the step ran, Unix time in nanoseconds.</summary>
+    public long TimeUnixNanos { get; internal set; }
+
+    public int Tokens { get; internal set; }
+
+    /// <summary>[layer·4 + input] (input: <see cref="BitLinearInput"/>).</summary>
+    public float[] Saturation { get; }
+
+    public float[] Underflow { get; }
+
+    public float[] CrestFactor { get; }
+
+    public float[] ResidualRms { get; }
+
+    public float[] ResidualMaxAbs { get; }
+
+    public float[] ResidualChange { get; }
+
+    /// <summary>Layers whose mean relative change crossed <see cref="ModelHealthCollector.BlowUpThreshold"/>.</summary>
+    public bool[] BlowUp { get; }
+
+    /// <summary>Logits rows analysed in this step (0: the logits fields are NaN).</summary>
+    public int LogitRows { get; internal set; }
+
+    public float LogitMin { get; internal set; } = float.NaN;
+    public float LogitMax { get; internal set; } = float.NaN;
+
+    /// <summary>The smallest max − min among the step's rows: a collapsing output shows in its flattest row.</summary>
+    public float LogitRange { get; internal set; } = float.NaN;
+
+    /// <summary>Mean softmax entropy of the step's rows, nats.</summary>
+    public float LogitEntropy { get; internal set; } = float.NaN;
+
+    public int Index(int layer, BitLinearInput input) => layer * HealthNames.InputCount + (int)input;
+
+    internal void CopyTo(HealthSnapshot other)
+    {
+        other.Samples = Samples;
+        other.Step = Step;
+        other.TimeUnixNanos = TimeUnixNanos;
+        other.Tokens = Tokens;
+        Saturation.CopyTo(other.Saturation, 0);
+        Underflow.CopyTo(other.Underflow, 0);
+        CrestFactor.CopyTo(other.CrestFactor, 0);
+        ResidualRms.CopyTo(other.ResidualRms, 0);
+        ResidualMaxAbs.CopyTo(other.ResidualMaxAbs, 0);
+        ResidualChange.CopyTo(other.ResidualChange, 0);
+        BlowUp.CopyTo(other.BlowUp, 0);
+        other.LogitRows = LogitRows;
+        other.LogitMin = LogitMin;
+        other.LogitMax = LogitMax;
+        other.LogitRange = LogitRange;
+        other.LogitEntropy = LogitEntropy;
+    }
+
+    public HealthSnapshot Clone()
+    {
+        var c = new HealthSnapshot(Layers);
+        CopyTo(c);
+        return c;
+    }
+}
+
+/// <summary>
+/// Measures the numerical health of a <see cref="Transformer"/>'s forward pass (attach with
+/// <see cref="Transformer.Health"/>). The forward pass only calls it; everything it measures is read from buffers
+/// the pass computes anyway.
+/// <para>
+/// Every step, whatever the sampling rate, each token's residual stream is checked for NaN/±∞ after the embedding
+/// and after every layer (one vector compare per element), so when a sequence's logits are not finite
+/// <see cref="NonFiniteOrigin"/> names where its non-finite values first appeared. Every
+/// <see cref="SampleEvery"/>-th step (0: never) it also measures each BitLinear input's int8 codes and the residual
+/// stream (<see cref="HealthSnapshot"/>). Per-token values go to per-token slots, so the pool's threads write without
+/// locks; <see cref="EndForward"/> reduces them on the calling thread, and <see cref="Publish"/> (after the caller
+/// has added its logits rows) makes the step the <see cref="Latest"/> snapshot. Nothing here allocates per step.
+/// </para>
+/// </summary>
+public sealed unsafe class ModelHealthCollector : IDisposable
+{
+    /// <summary>Origin codes: finite everywhere, or non-finite from the token embedding on.</summary>
+    public const int Finite = -2, Embedding = -1;
+
+    private readonly int _layers, _maxTokens, _dim;
+    private readonly float[] _sat, _under, _crest;      // [token][layer][input]
+    private readonly float[] _rms, _maxAbs, _change;    // [token][layer]
+    private readonly int[] _origin;                     // [token]: Finite, Embedding, or the first layer
+    private readonly int[] _rowToken;                   // logits row → batch token
+    private readonly NativeBuffer _before;              // [token][dim]: the residual at the layer's start (sampled steps)
+    private readonly HealthSnapshot _pending, _latest;
+    private readonly Lock _lock = new();
+    private long _steps, _samples;
+    private int _tokens;
+    private double _entropySum;
+    private int _sampleEvery = 1;
+    private volatile bool _disposed;
+
+    public ModelHealthCollector(ModelConfig config, int maxTokens)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxTokens);
+        _layers = config.Layers;
+        _maxTokens = maxTokens;
+        _dim = config.Dim;
+        int cells = maxTokens * _layers * HealthNames.InputCount;
+        _sat = new float[cells];
+        _under = new float[cells];
+        _crest = new float[cells];
+        _rms = new float[maxTokens * _layers];
+        _maxAbs = new float[maxTokens * _layers];
+        _change = new float[maxTokens * _layers];
+        _origin = new int[maxTokens];
+        _rowToken = new int[maxTokens];
+        _before = new NativeBuffer((long)maxTokens * _dim * sizeof(float));
+        _pending = new HealthSnapshot(_layers);
+        _latest = new HealthSnapshot(_layers);
+    }
+
+    public int Layers => _layers;
+
+    public int MaxTokens => _maxTokens;
+
+    /// <summary>Measure every N-th forward pass (1: every one; 0: none, only the non-finite check runs).</summary>
+    public int SampleEvery
+    {
+        get => _sampleEvery;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            _sampleEvery = value;
+        }
+    }
+
+    /// <summary>A layer whose relative change ‖Δ‖/‖x‖ is above this is flagged as a blow-up (or sign collapse: a layer that flips the residual's direction changes it by about 2).</summary>
+    public float BlowUpThreshold { get; set; } = 8f;
+
+    /// <summary>Whether the forward pass in progress is measured.</summary>
+    public bool Sampling { get; private set; }
+
+    /// <summary>Forward passes seen.</summary>
+    public long Steps => Volatile.Read(ref _steps);
+
+    /// <summary>Forward passes measured and published.</summary>
+    public long Samples => Volatile.Read(ref _samples);
+
+    /// <summary>Raised on the engine thread after each <see cref="Publish"/> of a sampled step, with the published snapshot (read it there or copy it: the next publish overwrites it).</summary>
+    public event Action<HealthSnapshot>? Published;
+
+    /// <summary>A copy of the latest published sampled step (allocates; for readers off the engine thread).</summary>
+    public HealthSnapshot Latest
+    {
+        get
+        {
+            lock (_lock) return _latest.Clone();
+        }
+    }
+
+    /// <summary>Reads the latest snapshot under the lock without copying it.</summary>
+    public T Read<T>(Func<HealthSnapshot, T> reader)
+    {
+        lock (_lock) return reader(_latest);
+    }
+
+    // ---- Called by the forward pass ------------------------------------------------------------------------------
+
+    internal void BeginForward(int tokens)
+    {
+        if (tokens > _maxTokens) throw new ArgumentException($"The batch has {tokens} tokens; the health collector was sized for {_maxTokens}.", nameof(tokens));
+        long step = _steps;
+        Volatile.Write(ref _steps, step + 1);
+        _tokens = tokens;
+        Sampling = _sampleEvery > 0 && step % _sampleEvery == 0;
+        _origin.AsSpan(0, tokens).Fill(Finite);
+    }
+
+    /// <summary>Logits row <paramref name="row"/> belongs to batch token <paramref name="token"/>.</summary>
+    internal void MapRow(int row, int token) => _rowToken[row] = token;
+
+    /// <summary>At a layer's start: the embedding's finiteness (layer 0) and, when sampling, the residual for the change.</summary>
+    internal void LayerStart(int layer, int token, ReadOnlySpan<float> x)
+    {
+        if (layer == 0 && _origin[token] == Finite && !AllFinite(x)) _origin[token] = Embedding;
+        if (Sampling) x.CopyTo(new Span<float>((float*)_before.Pointer + (long)token * _dim, _dim));
+    }
+
+    /// <summary>A BitLinear input <paramref name="x"/> and its int8 codes (the first x.Length of <paramref name="codes"/>).</summary>
+    internal void Quantized(int layer, BitLinearInput input, int token, ReadOnlySpan<float> x, ReadOnlySpan<sbyte> codes)
+    {
+        if (!Sampling) return;
+        int cell = (token * _layers + layer) * HealthNames.InputCount + (int)input;
+        CountCodes(codes[..x.Length], out int saturated, out int zeros);
+        SumSquaresAndMax(x, out double sumSquares, out float absMax);
+        _sat[cell] = (float)saturated / x.Length;
+        _under[cell] = (float)zeros / x.Length;
+        double rms = Math.Sqrt(sumSquares / x.Length);
+        _crest[cell] = rms > 0 ? (float)(absMax / rms) : 0f;
+    }
+
+    /// <summary>At a layer's end: finiteness always, the residual statistics when sampling.</summary>
+    internal void LayerEnd(int layer, int token, ReadOnlySpan<float> x)
+    {
+        if (_origin[token] == Finite && !AllFinite(x)) _origin[token] = layer;
+        if (!Sampling) return;
+        var before = new ReadOnlySpan<float>((float*)_before.Pointer + (long)token * _dim, _dim);
+        ResidualStats(x, before, out double sumSquares, out float absMax, out double diffSquares, out double beforeSquares);
+        int cell = token * _layers + layer;
+        _rms[cell] = (float)Math.Sqrt(sumSquares / x.Length);
+        _maxAbs[cell] = absMax;
+        _change[cell] = (float)Math.Sqrt(diffSquares / Math.Max(beforeSquares, 1e-30));
+    }
+
+    /// <summary>After the forward pass: reduces the sampled step's per-token values into the pending snapshot.</summary>
+    internal void EndForward()
+    {
+        if (!Sampling) return;
+        int n = _tokens, l4 = _layers * HealthNames.InputCount;
+        var p = _pending;
+        float inv = 1f / n;
+        for (int c = 0; c < l4; c++)
+        {
+            float s = 0, u = 0, k = 0;
+            for (int t = 0; t < n; t++)
+            {
+                int cell = t * l4 + c;
+                s += _sat[cell];
+                u += _under[cell];
+                k += _crest[cell];
+            }
+            p.Saturation[c] = s * inv;
+            p.Underflow[c] = u * inv;
+            p.CrestFactor[c] = k * inv;
+        }
+        for (int l = 0; l < _layers; l++)
+        {
+            float r = 0, m = 0, d = 0;
+            for (int t = 0; t < n; t++)
+            {
+                int cell = t * _layers + l;
+                r += _rms[cell];
+                m = MathF.Max(m, _maxAbs[cell]);
+                d += _change[cell];
+            }
+            p.ResidualRms[l] = r * inv;
+            p.ResidualMaxAbs[l] = m;
+            p.ResidualChange[l] = d * inv;
+            p.BlowUp[l] = !(p.ResidualChange[l] <= BlowUpThreshold); // NaN counts as a blow-up
+        }
+        p.Step = _steps - 1;
+        p.Tokens = n;
+        p.TimeUnixNanos = (DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100;
+        p.LogitRows = 0;
+        p.LogitMin = p.LogitMax = p.LogitRange = p.LogitEntropy = float.NaN;
+        _entropySum = 0;
+    }
+
+    // ---- Called by the consumer of the logits -------------------------------------------------------------------
+
+    /// <summary>
+    /// Where logits row <paramref name="row"/>'s token first had non-finite values: <see cref="Finite"/> (the residual
+    /// stream stayed finite: the final norm or the output head made them), <see cref="Embedding"/>, or a layer index.
+    /// </summary>
+    public int NonFiniteOrigin(int row) => _origin[_rowToken[row]];
+
+    /// <summary>Words for <see cref="NonFiniteOrigin"/>, for error messages.</summary>
+    public static string DescribeOrigin(int origin) => origin switch
+    {
+        Finite => "in the output norm or head (the residual stream was finite after the last layer)",
+        Embedding => "in the token embedding (before layer 0)",
+        _ => $"in layer {origin} (its residual output is the first with NaN/Inf)",
+    };
+
+    /// <summary>Adds one logits row's statistics to the sampled step (call between the forward pass and <see cref="Publish"/>).</summary>
+    public void AddLogits(in LogitStats stats)
+    {
+        if (!Sampling || float.IsNaN(stats.Max)) return;
+        var p = _pending;
+        if (p.LogitRows == 0)
+        {
+            p.LogitMin = stats.Min;
+            p.LogitMax = stats.Max;
+            p.LogitRange = stats.Range;
+        }
+        else
+        {
+            p.LogitMin = MathF.Min(p.LogitMin, stats.Min);
+            p.LogitMax = MathF.Max(p.LogitMax, stats.Max);
+            p.LogitRange = MathF.Min(p.LogitRange, stats.Range);
+        }
+        _entropySum += stats.Entropy;
+        p.LogitRows++;
+        p.LogitEntropy = (float)(_entropySum / p.LogitRows);
+    }
+
+    /// <summary>Makes a sampled step the latest snapshot and raises <see cref="Published"/>; does nothing for a step that was not sampled.</summary>
+    public void Publish()
+    {
+        if (!Sampling || _disposed) return;
+        Sampling = false;
+        lock (_lock)
+        {
+            _pending.Samples = ++_samples;
+            _pending.CopyTo(_latest);
+        }
+        Published?.Invoke(_latest);
+    }
+
+    // ---- Vector helpers --------------------------------------------------------------------------------------
+
+    /// <summary>True when every element is finite (x − x = 0 exactly for finite x, NaN otherwise).</summary>
+    public static bool AllFinite(ReadOnlySpan<float> x)
+    {
+        int n = x.Length, i = 0;
+        fixed (float* p = x)
+        {
+            if (Vector256.IsHardwareAccelerated && n >= 8)
+            {
+                var acc = Vector256<float>.Zero;
+                for (; i <= n - 8; i += 8)
+                {
+                    var v = Vector256.Load(p + i);
+                    acc += v - v;
+                }
+                if (!Vector256.EqualsAll(acc, Vector256<float>.Zero)) return false;
+            }
+            for (; i < n; i++) if (!float.IsFinite(p[i])) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Codes at the clamp limits (|q| ≥ 127) and codes equal to 0.</summary>
+    public static void CountCodes(ReadOnlySpan<sbyte> codes, out int saturated, out int zeros)
+    {
+        int n = codes.Length, i = 0, sat = 0, zero = 0;
+        fixed (sbyte* p = codes)
+        {
+            if (Vector256.IsHardwareAccelerated && n >= 32)
+            {
+                var hi = Vector256.Create((sbyte)127);
+                var lo = Vector256.Create((sbyte)-127);
+                for (; i <= n - 32; i += 32)
+                {
+                    var v = Vector256.Load(p + i);
+                    zero += BitOperations.PopCount(Vector256.Equals(v, Vector256<sbyte>.Zero).ExtractMostSignificantBits());
+                    sat += BitOperations.PopCount((Vector256.Equals(v, hi) | Vector256.LessThanOrEqual(v, lo)).ExtractMostSignificantBits());
+                }
+            }
+            for (; i < n; i++)
+            {
+                int v = p[i];
+                if (v == 0) zero++;
+                else if (v >= 127 || v <= -127) sat++;
+            }
+        }
+        saturated = sat;
+        zeros = zero;
+    }
+
+    private static void SumSquaresAndMax(ReadOnlySpan<float> x, out double sumSquares, out float absMax)
+    {
+        int n = x.Length, i = 0;
+        double s = 0;
+        float m = 0;
+        fixed (float* p = x)
+        {
+            if (Vector256.IsHardwareAccelerated && n >= 8)
+            {
+                var acc = Vector256<float>.Zero;
+                var mx = Vector256<float>.Zero;
+                for (; i <= n - 8; i += 8)
+                {
+                    var v = Vector256.Load(p + i);
+                    acc += v * v;
+                    mx = Vector256.Max(mx, Vector256.Abs(v));
+                }
+                s = Vector256.Sum(acc);
+                for (int k = 0; k < 8; k++) m = MathF.Max(m, mx[k]);
+            }
+            for (; i < n; i++)
+            {
+                s += (double)p[i] * p[i];
+                m = MathF.Max(m, MathF.Abs(p[i]));
+            }
+        }
+        sumSquares = s;
+        absMax = m;
+    }
+
+    private static void ResidualStats(ReadOnlySpan<float> x, ReadOnlySpan<float> before, out double sumSquares, out float absMax,
+        out double diffSquares, out double beforeSquares)
+    {
+        int n = x.Length, i = 0;
+        double s = 0, d = 0, b = 0;
+        float m = 0;
+        fixed (float* p = x)
+        fixed (float* q = before)
+        {
+            if (Vector256.IsHardwareAccelerated && n >= 8)
+            {
+                Vector256<float> vs = default, vd = default, vb = default, mx = default;
+                for (; i <= n - 8; i += 8)
+                {
+                    var v = Vector256.Load(p + i);
+                    var w = Vector256.Load(q + i);
+                    var diff = v - w;
+                    vs += v * v;
+                    vd += diff * diff;
+                    vb += w * w;
+                    mx = Vector256.Max(mx, Vector256.Abs(v));
+                }
+                s = Vector256.Sum(vs);
+                d = Vector256.Sum(vd);
+                b = Vector256.Sum(vb);
+                for (int k = 0; k < 8; k++) m = MathF.Max(m, mx[k]);
+            }
+            for (; i < n; i++)
+            {
+                double v = p[i], w = q[i];
+                s += v * v;
+                d += (v - w) * (v - w);
+                b += w * w;
+                m = MathF.Max(m, MathF.Abs(p[i]));
+            }
+        }
+        sumSquares = s;
+        absMax = m;
+        diffSquares = d;
+        beforeSquares = b;
+    }
+
+    public void Dispose()
+    {
+        if (_disposed) return;
+        _disposed = true;
+        _before.Dispose();
+    }
+}

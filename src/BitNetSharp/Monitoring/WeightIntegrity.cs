@@ -1,0 +1,241 @@
+using System.IO.Hashing;
+using System.Runtime.InteropServices;
+using BitNetSharp.Model;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Monitoring;
+
+/// <summary>One tensor's load-time checksum: GGUF-style name, bytes covered, XXH3-64 of those bytes.</summary>
+public readonly record struct TensorChecksum(string Name, long Bytes, ulong Hash)
+{
+    public string HashHex => Hash.ToString("x16");
+}
+
+/// <summary>A full check's or a probe's result: the tensors whose bytes changed since load.</summary>
+public sealed record IntegrityResult(IReadOnlyList<string> Mismatched, TimeSpan Elapsed, long BytesChecked)
+{
+    public bool Ok => Mismatched.Count == 0;
+}
+
+/// <summary>
+/// Guards a loaded model's weights against silent corruption (a bad DIMM, a stray write through a pointer, a file
+/// changed under a memory map). At construction it takes an XXH3-64 checksum (System.IO.Hashing) of every packed
+/// ternary tensor, every per-row scale array, every norm and the embedding and head tables, and a snapshot of a fixed,
+/// seeded sample of 8-byte words from each packed tensor. <see cref="Verify"/> re-hashes everything (the background
+/// verifier runs it at low priority); <see cref="Probe"/> compares only the sampled words, cheap enough to run every
+/// few hundred tokens. Both count what they find and remember the last tensor that mismatched.
+/// </summary>
+public sealed unsafe class WeightIntegrity
+{
+    private readonly Entry[] _entries;
+    private readonly ProbeSet[] _probes;
+    private long _verifications, _mismatches, _probes_, _probeMismatches;
+    private volatile string? _lastMismatch;
+    private volatile int _verified = 1;
+
+    private sealed class Entry(string name, byte* data, long length, float[]? floats)
+    {
+        public string Name { get; } = name;
+        public byte* Data { get; } = data;
+        public long Length { get; } = floats is null ? length : (long)floats.Length * sizeof(float);
+        public float[]? Floats { get; } = floats;
+        public ulong Hash { get; set; }
+
+        public ulong Compute()
+        {
+            if (Floats is not null) return XxHash3.HashToUInt64(MemoryMarshal.AsBytes(Floats.AsSpan()));
+            var hasher = new XxHash3();
+            const int Chunk = 1 << 30;
+            for (long o = 0; o < Length; o += Chunk)
+                hasher.Append(new ReadOnlySpan<byte>(Data + o, (int)Math.Min(Chunk, Length - o)));
+            return hasher.GetCurrentHashAsUInt64();
+        }
+    }
+
+    private sealed class ProbeSet(string name, byte* data, long[] offsets, ulong[] words)
+    {
+        public string Name { get; } = name;
+        public byte* Data { get; } = data;
+        public long[] Offsets { get; } = offsets;
+        public ulong[] Words { get; } = words;
+    }
+
+    /// <param name="probeWords">8-byte words sampled per packed tensor for <see cref="Probe"/>.</param>
+    public WeightIntegrity(ModelWeights weights, int probeWords = 32, int seed = 20261203)
+    {
+        ArgumentNullException.ThrowIfNull(weights);
+        ArgumentOutOfRangeException.ThrowIfNegative(probeWords);
+        var entries = new List<Entry>();
+        var probes = new List<ProbeSet>();
+        var rng = new Random(seed);
+        entries.Add(new Entry("token_embd.weight", weights.TokenEmbedding.Data, weights.TokenEmbedding.ByteLength, null));
+        if (!weights.TiedOutput) entries.Add(new Entry("output.weight", weights.Output.Data, weights.Output.ByteLength, null));
+        entries.Add(new Entry("output_norm.weight", null, 0, weights.OutputNorm));
+        for (int l = 0; l < weights.Layers.Length; l++)
+        {
+            var lw = weights.Layers[l];
+            string p = $"blk.{l}.";
+            entries.Add(new Entry(p + "attn_norm.weight", null, 0, lw.AttnNorm));
+            entries.Add(new Entry(p + "ffn_norm.weight", null, 0, lw.FfnNorm));
+            if (lw.AttnSubNorm is { } a) entries.Add(new Entry(p + "attn_sub_norm.weight", null, 0, a));
+            if (lw.FfnSubNorm is { } f) entries.Add(new Entry(p + "ffn_sub_norm.weight", null, 0, f));
+            foreach (var (name, m) in Projections(lw))
+            {
+                entries.Add(new Entry(p + name + ".weight", m.Data, m.ByteLength, null));
+                entries.Add(new Entry(p + name + ".scale", null, 0, m.RowScales));
+                long words = m.ByteLength / 8;
+                int k = (int)Math.Min(probeWords, words);
+                var offsets = new long[k];
+                var snapshot = new ulong[k];
+                for (int i = 0; i < k; i++)
+                {
+                    offsets[i] = rng.NextInt64(words) * 8;
+                    snapshot[i] = *(ulong*)(m.Data + offsets[i]);
+                }
+                if (k > 0) probes.Add(new ProbeSet(p + name + ".weight", m.Data, offsets, snapshot));
+            }
+        }
+        _entries = [.. entries];
+        _probes = [.. probes];
+        var all = new XxHash3();
+        Span<byte> h = stackalloc byte[8];
+        foreach (var e in _entries)
+        {
+            e.Hash = e.Compute();
+            BitConverter.TryWriteBytes(h, e.Hash);
+            all.Append(h);
+            TotalBytes += e.Length;
+        }
+        ModelChecksum = all.GetCurrentHashAsUInt64();
+    }
+
+    /// <summary>The seven packed projections of a layer with their GGUF tensor-name stems, in <see cref="HealthNames.ProjectionLabels"/> order.</summary>
+    public static (string Name, TernaryMatrix Matrix)[] Projections(LayerWeights lw) =>
+    [
+        ("attn_q", lw.Q), ("attn_k", lw.K), ("attn_v", lw.V), ("attn_output", lw.O), ("ffn_gate", lw.Gate), ("ffn_up", lw.Up), ("ffn_down", lw.Down),
+    ];
+
+    /// <summary>XXH3-64 over the per-tensor checksums, in order: one number that names this exact set of weights.</summary>
+    public ulong ModelChecksum { get; }
+
+    public string ModelChecksumHex => ModelChecksum.ToString("x16");
+
+    public long TotalBytes { get; }
+
+    public IReadOnlyList<TensorChecksum> Tensors => _entries.Select(e => new TensorChecksum(e.Name, e.Length, e.Hash)).ToArray();
+
+    public long Verifications => Interlocked.Read(ref _verifications);
+    public long Mismatches => Interlocked.Read(ref _mismatches);
+    public long Probes => Interlocked.Read(ref _probes_);
+    public long ProbeMismatches => Interlocked.Read(ref _probeMismatches);
+
+    /// <summary>The last tensor a check or probe found changed (null: none ever).</summary>
+    public string? LastMismatch => _lastMismatch;
+
+    /// <summary>True until a check or probe finds a change (and again after a full check finds none).</summary>
+    public bool Verified => _verified != 0;
+
+    public DateTimeOffset? LastVerified { get; private set; }
+
+    /// <summary>Raised (on the checking thread) with the names of the tensors that changed.</summary>
+    public event Action<IReadOnlyList<string>>? MismatchFound;
+
+    /// <summary>Re-hashes every tensor and compares with the load-time checksums.</summary>
+    public IntegrityResult Verify(CancellationToken cancellation = default)
+    {
+        var start = System.Diagnostics.Stopwatch.GetTimestamp();
+        List<string>? bad = null;
+        long bytes = 0;
+        foreach (var e in _entries)
+        {
+            cancellation.ThrowIfCancellationRequested();
+            if (e.Compute() != e.Hash) (bad ??= []).Add(e.Name);
+            bytes += e.Length;
+        }
+        Interlocked.Increment(ref _verifications);
+        LastVerified = DateTimeOffset.UtcNow;
+        var result = new IntegrityResult(bad ?? (IReadOnlyList<string>)[], System.Diagnostics.Stopwatch.GetElapsedTime(start), bytes);
+        if (bad is null) _verified = 1;
+        else Report(bad, ref _mismatches);
+        return result;
+    }
+
+    /// <summary>Compares the sampled words of every packed tensor with their load-time values.</summary>
+    public IntegrityResult Probe()
+    {
+        var start = System.Diagnostics.Stopwatch.GetTimestamp();
+        List<string>? bad = null;
+        long bytes = 0;
+        foreach (var p in _probes)
+        {
+            var offsets = p.Offsets;
+            var words = p.Words;
+            for (int i = 0; i < offsets.Length; i++)
+            {
+                if (*(ulong*)(p.Data + offsets[i]) == words[i]) continue;
+                (bad ??= []).Add(p.Name);
+                break;
+            }
+            bytes += offsets.Length * 8L;
+        }
+        Interlocked.Increment(ref _probes_);
+        var result = new IntegrityResult(bad ?? (IReadOnlyList<string>)[], System.Diagnostics.Stopwatch.GetElapsedTime(start), bytes);
+        if (bad is not null) Report(bad, ref _probeMismatches);
+        return result;
+    }
+
+    private void Report(List<string> bad, ref long counter)
+    {
+        Interlocked.Add(ref counter, bad.Count);
+        _lastMismatch = bad[0];
+        _verified = 0;
+        MismatchFound?.Invoke(bad);
+    }
+}
+
+/// <summary>
+/// Re-runs <see cref="WeightIntegrity.Verify"/> every interval on a background thread of the lowest priority, so the
+/// check yields to the engine; stops on dispose.
+/// </summary>
+public sealed class WeightVerifier : IDisposable
+{
+    private readonly WeightIntegrity _integrity;
+    private readonly TimeSpan _interval;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Thread _thread;
+
+    public WeightVerifier(WeightIntegrity integrity, TimeSpan interval)
+    {
+        ArgumentNullException.ThrowIfNull(integrity);
+        if (interval <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(interval), interval, "The verification interval must be positive (seconds).");
+        _integrity = integrity;
+        _interval = interval;
+        _thread = new Thread(Run) { IsBackground = true, Priority = ThreadPriority.Lowest, Name = "bitnet-weight-verifier" };
+        _thread.Start();
+    }
+
+    public TimeSpan Interval => _interval;
+
+    private void Run()
+    {
+        var token = _stop.Token;
+        while (!token.WaitHandle.WaitOne(_interval))
+        {
+            try
+            {
+                _integrity.Verify(token);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        _stop.Cancel();
+        _thread.Join();
+        _stop.Dispose();
+    }
+}
