@@ -1,5 +1,8 @@
 using System.Diagnostics;
 using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Monitoring.Alerts;
+using BitNetSharp.Monitoring.Telemetry;
 using BitNetSharp.Server.Api;
 using BitNetSharp.Server.Metrics;
 using BitNetSharp.Tokenization;
@@ -11,7 +14,8 @@ namespace BitNetSharp.Server;
 public enum ModelState { Loading, WarmingUp, Ready, Failed }
 
 /// <summary>The model as the routes see it once it is ready.</summary>
-internal sealed record ServedModel(string Id, long Created, ContinuousBatchScheduler Scheduler, BitNetTokenizer? Tokenizer, ChatTemplate? Template, PrometheusTextExporter Exporter)
+internal sealed record ServedModel(string Id, long Created, ContinuousBatchScheduler Scheduler, BitNetTokenizer? Tokenizer, ChatTemplate? Template, PrometheusTextExporter Exporter,
+    ModelMonitor Monitor)
 {
     public int ContextLength => Scheduler.ContextLength;
     public int VocabSize => Scheduler.Config.VocabSize;
@@ -27,6 +31,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     private volatile int _state = (int)ModelState.Loading;
     private volatile ServedModel? _served;
     private LoadedModel? _loaded;
+    private ModelMonitor? _monitor;
     private Thread? _thread;
 
     public ModelState State => (ModelState)_state;
@@ -54,11 +59,14 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             _state = (int)ModelState.WarmingUp;
             var scheduler = new ContinuousBatchScheduler(loaded.Weights, loaded.Tokenizer, options.Scheduler with { DefaultTimeout = options.RequestTimeout });
             var template = loaded.Tokenizer is null ? null : ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
+            var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger);
+            _monitor = monitor;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
-                new PrometheusTextExporter([scheduler.Meters.Meter], scheduler.Meters.Publish));
+                new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter], scheduler.Meters.Publish), monitor);
             _served = served;
             logger.LogInformation("Loaded {Model} in {Seconds:F1} s; warming up.", loaded.Id, sw.Elapsed.TotalSeconds);
             Warmup(scheduler);
+            monitor.Start();
             _state = (int)ModelState.Ready;
             _ready.TrySetResult();
         }
@@ -106,6 +114,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
         _thread?.Join();
         _served?.Exporter.Dispose();
         _served?.Scheduler.Dispose();
+        _monitor?.Dispose(); // after the engine, so its last telemetry records are written
         _loaded?.Weights.Dispose();
     }
 }

@@ -1,5 +1,7 @@
 using BitNetSharp.Generation.Scheduler;
 using BitNetSharp.Model;
+using BitNetSharp.Monitoring.Alerts;
+using BitNetSharp.Monitoring.Telemetry;
 using BitNetSharp.Tokenization;
 
 namespace BitNetSharp.Server;
@@ -48,9 +50,13 @@ public sealed record ServerOptions
     /// <summary>Logs at this level and above go to the console (Kestrel's own included); null for none.</summary>
     public Microsoft.Extensions.Logging.LogLevel? ConsoleLogLevel { get; init; } = Microsoft.Extensions.Logging.LogLevel.Warning;
 
+    /// <summary>Weight checks, alerts and the telemetry log.</summary>
+    public MonitoringOptions Monitoring { get; init; } = new();
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that makes no sense.</summary>
     public void Validate()
     {
+        Monitoring.Validate();
         ArgumentNullException.ThrowIfNull(LoadModel);
         Scheduler.Validate();
         BitNetServer.ParseHost(Host);
@@ -64,5 +70,39 @@ public sealed record ServerOptions
         if (MaxRequestBodyBytes < 1024) throw new ArgumentException($"MaxRequestBodyBytes must be ≥ 1024; got {MaxRequestBodyBytes}.", nameof(MaxRequestBodyBytes));
         if (WarmupRequests < 0) throw new ArgumentException($"WarmupRequests must be ≥ 0; got {WarmupRequests}.", nameof(WarmupRequests));
         if (ApiKey is { Length: 0 }) throw new ArgumentException("The API key is empty; leave it unset for none.", nameof(ApiKey));
+    }
+}
+
+/// <summary>How the server watches the model it serves (the forward pass's sampling rate is <see cref="SchedulerOptions.HealthSampleEvery"/>).</summary>
+public sealed record MonitoringOptions
+{
+    /// <summary>Checksum every tensor at load (XXH3, about a second per GB) so probes and re-checks can find corrupted weights.</summary>
+    public bool Checksums { get; init; } = true;
+
+    /// <summary>Re-check every checksum this often on a low-priority thread (null: never; probes still run).</summary>
+    public TimeSpan? VerifyWeightsInterval { get; init; }
+
+    /// <summary>Alert rules (null: <see cref="AlertRules.Default"/>; empty: no alerts).</summary>
+    public IReadOnlyList<AlertRule>? AlertRules { get; init; }
+
+    /// <summary>How often the alert rules are evaluated.</summary>
+    public TimeSpan AlertInterval { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>POST firing and resolved alerts here in Alertmanager's webhook JSON.</summary>
+    public Uri? AlertWebhook { get; init; }
+
+    /// <summary>Opens the telemetry log once the model is loaded, given the log's context metadata (null: no log).</summary>
+    public Func<IReadOnlyDictionary<string, string>, ITelemetrySink>? TelemetryLog { get; init; }
+
+    public void Validate()
+    {
+        if (VerifyWeightsInterval is { } v && v <= TimeSpan.Zero)
+            throw new ArgumentException($"The weight verification interval must be positive; got {v.TotalSeconds} s.", nameof(VerifyWeightsInterval));
+        if (VerifyWeightsInterval is not null && !Checksums)
+            throw new ArgumentException("Verifying the weights needs the load-time checksums; do not turn checksums off.", nameof(VerifyWeightsInterval));
+        if (AlertInterval <= TimeSpan.Zero) throw new ArgumentException($"The alert interval must be positive; got {AlertInterval}.", nameof(AlertInterval));
+        if (AlertWebhook is { } u && u.Scheme is not ("http" or "https"))
+            throw new ArgumentException($"The alert webhook must be an http(s) URL; got {u}.", nameof(AlertWebhook));
+        foreach (var r in AlertRules ?? []) r.Validate("alert rules");
     }
 }

@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using BitNetSharp.Generation;
+using BitNetSharp.Monitoring;
 
 namespace BitNetSharp.Cli.Commands;
 
@@ -22,9 +23,13 @@ public static class GenerateCommand
         var noEcho = new Option<bool>("--no-echo") { Description = "Do not print the prompt before the continuation." };
         var logitsOut = new Option<string?>("--logits-out") { Description = "Write the logits of every prompt position as JSON {\"logits\": [[...], ...]}." };
         var idsOut = new Option<string?>("--ids-out") { Description = "Write the prompt and generated token ids as JSON." };
+        var health = new Option<bool>("--health") { Description = "Measure the model's numerical health on every forward call and print a per-layer table at the end (stderr)." };
+        var healthEvery = new Option<int?>("--health-every") { Description = "Measure every N forward calls instead of every one (with --health or the --log-* flags)." };
+        var logResidual = new Option<bool>("--log-residual-stats") { Description = "Print one line per layer and measured step: residual RMS, max |x|, relative change, and the int8 saturation/underflow of each BitLinear input (stderr)." };
+        var logLogits = new Option<bool>("--log-logits") { Description = "Print one line per measured step: logits min, max, range and entropy (stderr)." };
         var command = new Command("generate", "Generate text from a prompt, streamed as it comes.")
         {
-            prompt, promptIds, count, ignoreEos, noEcho, logitsOut, idsOut,
+            prompt, promptIds, count, ignoreEos, noEcho, logitsOut, idsOut, health, healthEvery, logResidual, logLogits,
         };
         model.AddTo(command);
         sampling.AddTo(command);
@@ -43,7 +48,20 @@ public static class GenerateCommand
                 throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
             else promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
 
-            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result));
+            bool wantHealth = result.GetValue(health), wantResidual = result.GetValue(logResidual), wantLogits = result.GetValue(logLogits);
+            int every = result.GetValue(healthEvery) ?? 1;
+            if (every < 1) throw new UsageException($"--health-every must be ≥ 1; got {every}.");
+            bool measuring = wantHealth || wantResidual || wantLogits;
+            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { HealthSampleEvery = measuring ? every : 0 });
+            var report = wantHealth ? new HealthReport(weights.Config.Layers) : null;
+            if (measuring)
+                generator.Health.Published += snap =>
+                {
+                    report?.Add(snap);
+                    if (wantLogits) cli.Error.WriteLine(HealthReport.LogitsLine(snap));
+                    if (wantResidual)
+                        for (int l = 0; l < snap.Layers; l++) cli.Error.WriteLine(HealthReport.LayerLine(snap, l));
+                };
             var promptLogits = result.GetValue(logitsOut) is null ? null : new List<float[]>();
             var generated = new List<int>();
             var output = cli.Output;
@@ -63,6 +81,7 @@ public static class GenerateCommand
             var s = generator.LastStats!;
             cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prompt: {s.PromptTokens} tokens, {s.PromptTokensPerSecond:F1} tok/s | generation: {s.GeneratedTokens} tokens, {s.GenerationTokensPerSecond:F1} tok/s | {generator.Threads} threads"));
+            report?.Write(cli.Error);
             if (result.GetValue(logitsOut) is { } lp) WriteLogits(lp, promptLogits!);
             if (result.GetValue(idsOut) is { } ip) WriteIds(ip, promptTokens, generated);
             return 0;

@@ -27,9 +27,13 @@ public static class ServeCommand
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "The largest max_tokens a request may ask for.", DefaultValueFactory = _ => 4096 };
         var maxN = new Option<int>("--max-n") { Description = "The largest n (choices per prompt); at most --max-seqs." };
         var alias = new Option<string?>("--alias") { Description = "The model id clients use (default: the model file's name)." };
+        var healthEvery = new Option<int>("--health-every") { Description = "Measure the model's numerical health (activations, residual stream, logits) every N engine steps; 0 turns it off (the NaN/Inf check always runs).", DefaultValueFactory = _ => 8 };
+        var verifyWeights = new Option<double?>("--verify-weights") { Description = "Re-check every weight checksum this many seconds apart on a low-priority thread (a sampled probe runs every 256 steps regardless)." };
+        var alertRules = new Option<string?>("--alert-rules") { Description = "A JSON alert rule file ({\"rules\": [...]}) to use instead of the built-in rules." };
+        var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching.")
         {
-            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias,
+            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook,
         };
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
@@ -45,6 +49,18 @@ public static class ServeCommand
                 ContextLength = generator.ContextLength,
                 KvType = generator.KvType,
                 Threads = generator.Threads,
+                HealthSampleEvery = result.GetValue(healthEvery),
+            };
+            double? verify = result.GetValue(verifyWeights);
+            if (verify is { } v && !(v > 0)) throw new UsageException($"--verify-weights must be a positive number of seconds; got {v}.");
+            Uri? webhook = null;
+            if (result.GetValue(alertWebhook) is { } hook && (!Uri.TryCreate(hook, UriKind.Absolute, out webhook) || webhook.Scheme is not ("http" or "https")))
+                throw new UsageException($"--alert-webhook must be an http:// or https:// URL; got '{hook}'.");
+            var monitoring = new MonitoringOptions
+            {
+                VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
+                AlertRules = result.GetValue(alertRules) is { } rulesPath ? Monitoring.Alerts.AlertRules.Load(rulesPath) : null,
+                AlertWebhook = webhook,
             };
             double seconds = result.GetValue(timeout);
             if (!(seconds > 0)) throw new UsageException($"--timeout must be a positive number of seconds; got {seconds}.");
@@ -57,6 +73,7 @@ public static class ServeCommand
                 Port = result.GetValue(port),
                 ApiKey = key,
                 Scheduler = scheduler,
+                Monitoring = monitoring,
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
                 MaxTokensLimit = result.GetValue(maxTokens),
                 MaxChoices = result.GetValue(maxN) is > 0 and var n ? n : Math.Max(1, seqs),

@@ -36,10 +36,11 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         var (doc, json) = await JsonRequest.ReadAsync(context.Request, aborted);
         using (doc) request = CompletionRequest.Parse(json, chat, model, options);
 
-        var handles = Submit(model, request, aborted);
+        string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        var handles = Submit(model, request, id, TraceId(context.Request), aborted);
         try
         {
-            var header = new ResponseHeader((chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N"), DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+            var header = new ResponseHeader(id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
                 model.Id, chat, request.LogProbs, model.Tokenizer);
             var choices = Enumerable.Range(0, handles.Length * request.Choices).Select(_ => new Choice()).ToArray();
             int promptTokens = request.Prompts.Sum(p => p.Length);
@@ -53,7 +54,21 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         }
     }
 
-    private GenerationHandle[] Submit(ServedModel model, CompletionRequest request, CancellationToken aborted)
+    /// <summary>
+    /// The trace id of a W3C traceparent header ("00-{32 hex trace id}-{16 hex parent id}-{2 hex flags}"), or of the
+    /// request's current Activity; null when neither is there or the header is malformed (an all-zero id is invalid).
+    /// </summary>
+    internal static string? TraceId(HttpRequest request)
+    {
+        string header = request.Headers["traceparent"].ToString().Trim();
+        var parts = header.Split('-');
+        if (parts.Length >= 4 && parts[0].Length == 2 && parts[1].Length == 32 && parts[2].Length == 16 && parts[3].Length == 2
+            && parts[0] != "ff" && parts[1].All(char.IsAsciiHexDigitLower) && parts[1].Any(c => c != '0'))
+            return parts[1];
+        return System.Diagnostics.Activity.Current?.TraceId.ToHexString() is { } t && t != "00000000000000000000000000000000" ? t : null;
+    }
+
+    private GenerationHandle[] Submit(ServedModel model, CompletionRequest request, string id, string? traceId, CancellationToken aborted)
     {
         var handles = new List<GenerationHandle>(request.Prompts.Count);
         try
@@ -68,6 +83,8 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
                     StopStrings = request.Stop,
                     IgnoreStopTokens = request.IgnoreEos,
                     Choices = request.Choices,
+                    RequestId = id,
+                    TraceId = traceId,
                 }, aborted));
             }
             return [.. handles];
@@ -247,6 +264,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         OperationCanceledException => new ApiException(503, "The request was cancelled by the server.", "server_error", code: "cancelled"),
         TimeoutException => new ApiException(504, e.Message, "server_error", code: "timeout"),
         ObjectDisposedException => new ApiException(503, "The server is shutting down.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 },
+        Monitoring.NonFiniteLogitsException => new ApiException(500, e.Message, "server_error", code: "non_finite_logits"),
         InvalidOperationException => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
         _ => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
     };

@@ -35,19 +35,94 @@ internal sealed class ServiceEndpoints(ModelHost host)
         }, context.RequestAborted);
     }
 
-    /// <summary>200 {"status":"ok"} when ready; 503 while loading or warming up; 500 when loading failed.</summary>
+    /// <summary>
+    /// 200 {"status":"ok"} when ready; 503 while loading or warming up; 500 when loading failed. With <c>?verbose</c>,
+    /// "components" says where each part stands — model loaded, warm, weights verified, model health sampling, alerts
+    /// (firing ones listed) — and "status" is "degraded" (still 200: the process serves) while a critical alert fires
+    /// or the weights failed a check.
+    /// </summary>
     public Task Health(HttpContext context)
     {
         var state = host.State;
         int status = state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
         if (status == 503) context.Response.Headers.RetryAfter = "1";
+        bool verbose = context.Request.Query.ContainsKey("verbose");
+        var monitor = host.Served?.Monitor;
+        var firing = monitor?.Alerts?.Firing ?? [];
+        bool weightsOk = monitor?.Integrity is not { Verified: false };
+        bool degraded = state == ModelState.Ready && (!weightsOk || firing.Any(a => a.Rule.Severity == "critical"));
         return OpenAiJson.WriteJsonAsync(context.Response, status, w =>
         {
             w.WriteStartObject();
-            w.WriteString("status", state switch { ModelState.Ready => "ok", ModelState.Loading => "loading", ModelState.WarmingUp => "warming_up", _ => "error" });
+            w.WriteString("status", state switch
+            {
+                ModelState.Ready => degraded && verbose ? "degraded" : "ok",
+                ModelState.Loading => "loading",
+                ModelState.WarmingUp => "warming_up",
+                _ => "error",
+            });
             if (state == ModelState.Failed) w.WriteString("error", host.Error);
+            if (verbose) WriteComponents(w, state, monitor, firing);
             w.WriteEndObject();
         }, context.RequestAborted);
+    }
+
+    private void WriteComponents(System.Text.Json.Utf8JsonWriter w, ModelState state, ModelMonitor? monitor, IReadOnlyList<Monitoring.Alerts.AlertState> firing)
+    {
+        var scheduler = host.Served?.Scheduler;
+        w.WriteStartObject("components");
+        w.WriteStartObject("model");
+        w.WriteString("status", state is ModelState.Loading ? "loading" : state is ModelState.Failed ? "error" : "ok");
+        if (host.Served is { } served) w.WriteString("id", served.Id);
+        w.WriteEndObject();
+        w.WriteStartObject("warmup");
+        w.WriteString("status", state == ModelState.Ready ? "ok" : state == ModelState.Failed ? "error" : "pending");
+        w.WriteEndObject();
+        w.WriteStartObject("weights");
+        if (monitor?.Integrity is { } integrity)
+        {
+            w.WriteString("status", integrity.Verified ? "ok" : "mismatch");
+            w.WriteString("checksum", integrity.ModelChecksumHex);
+            w.WriteNumber("tensors", integrity.Tensors.Count);
+            w.WriteNumber("verifications", integrity.Verifications);
+            w.WriteNumber("probes", integrity.Probes);
+            if (integrity.LastVerified is { } at) w.WriteString("last_verified", at);
+            if (monitor.VerifyInterval is { } every) w.WriteNumber("verify_interval_seconds", every.TotalSeconds);
+            if (integrity.LastMismatch is { } bad) w.WriteString("last_mismatch", bad);
+        }
+        else w.WriteString("status", state == ModelState.Ready ? "unchecked" : "pending");
+        if (monitor?.Codes is { } codes) w.WriteNumber("degenerate_tensors", codes.Degenerate);
+        w.WriteEndObject();
+        w.WriteStartObject("health");
+        if (scheduler is not null)
+        {
+            var h = scheduler.Health;
+            w.WriteString("status", h.SampleEvery == 0 ? "off" : "ok");
+            w.WriteNumber("sample_every", h.SampleEvery);
+            w.WriteNumber("samples", h.Samples);
+            w.WriteNumber("nonfinite_sequences", scheduler.Statistics.NonFiniteSequences);
+        }
+        else w.WriteString("status", "pending");
+        w.WriteEndObject();
+        w.WriteStartObject("alerts");
+        w.WriteString("status", firing.Count == 0 ? "ok" : "firing");
+        w.WriteNumber("rules", monitor?.Alerts?.Rules.Count ?? 0);
+        w.WriteStartArray("firing");
+        foreach (var a in firing)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", a.Rule.Name);
+            w.WriteString("severity", a.Rule.Severity);
+            w.WriteString("component", a.Rule.Component);
+            w.WriteString("since", a.Since);
+            if (double.IsFinite(a.Value)) w.WriteNumber("value", a.Value);
+            else w.WriteString("value", a.Value.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            w.WriteString("summary", a.Rule.Summary ?? a.Rule.Name);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteEndObject();
+        w.WriteEndObject();
     }
 
     private static readonly Lazy<byte[]> DashboardPage = new(() =>

@@ -167,7 +167,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         }
     }
 
-    /// <summary>A layer whose relative change ‖Δ‖/‖x‖ is above this is flagged as a blow-up (or sign collapse: a layer that flips the residual's direction changes it by about 2).</summary>
+    /// <summary>A layer (after layer 0) whose relative change ‖Δ‖/‖x‖ is above this is flagged as a blow-up (or sign collapse: a layer that flips the residual's direction changes it by about 2).</summary>
     public float BlowUpThreshold { get; set; } = 8f;
 
     /// <summary>Whether the forward pass in progress is measured.</summary>
@@ -279,11 +279,13 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             p.ResidualRms[l] = r * inv;
             p.ResidualMaxAbs[l] = m;
             p.ResidualChange[l] = d * inv;
-            p.BlowUp[l] = !(p.ResidualChange[l] <= BlowUpThreshold); // NaN counts as a blow-up
+            // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
+            // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
+            p.BlowUp[l] = l == 0 ? float.IsNaN(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
         }
         p.Step = _steps - 1;
         p.Tokens = n;
-        p.TimeUnixNanos = (DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100;
+        p.TimeUnixNanos = Telemetry.TelemetryClock.UnixNanos();
         p.LogitRows = 0;
         p.LogitMin = p.LogitMax = p.LogitRange = p.LogitEntropy = float.NaN;
         _entropySum = 0;

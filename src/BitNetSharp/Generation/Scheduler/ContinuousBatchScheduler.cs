@@ -262,7 +262,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                     // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
                     var error = new NonFiniteLogitsException(bad, row.Length, Health.NonFiniteOrigin(r));
                     SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
-                    telemetry?.Write(new TelemetryEvent(UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
+                    telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
                     Fail(seq.Request, error, ref _counters.Failed);
                     continue;
                 }
@@ -273,7 +273,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                     if (telemetry is not null)
                     {
                         var req = seq.Request.Request;
-                        telemetry.Write(new TelemetryStepRecord(UnixNanos(), step, req.RequestId, req.TraceId, seq.Choice, seq.NextToken, n,
+                        telemetry.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step, req.RequestId, req.TraceId, seq.Choice, seq.NextToken, n,
                             (float)SchedulerMeters.Seconds(after - before), seq.LastTokenTicks == 0 ? float.NaN : (float)SchedulerMeters.Seconds(after - seq.LastTokenTicks),
                             stats.Min, stats.Max, stats.Entropy, 0));
                     }
@@ -290,7 +290,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         }
         Health.Publish();
         if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0 && !integrity.Probe().Ok)
-            telemetry?.Write(new TelemetryEvent(UnixNanos(), "weight_mismatch", null, null, $"weight probe: {integrity.LastMismatch} changed since load"));
+            telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "weight_mismatch", null, null, $"weight probe: {integrity.LastMismatch} changed since load"));
         SchedulerCounters.Add(ref _counters.Steps, 1);
         SchedulerCounters.Add(ref _counters.StepTokens, n);
         SchedulerCounters.Set(ref _counters.LastStepTicks, after);
@@ -528,8 +528,6 @@ public sealed class ContinuousBatchScheduler : IDisposable
             sink.Write(rec);
         }
     }
-
-    internal static long UnixNanos() => (DateTime.UtcNow.Ticks - DateTime.UnixEpoch.Ticks) * 100;
 
     /// <summary>Ends submissions that raced with the engine's last look at the inbox.</summary>
     private void DrainInboxAfterStop()

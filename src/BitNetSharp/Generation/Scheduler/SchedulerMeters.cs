@@ -36,6 +36,8 @@ public sealed class SchedulerMeters : IDisposable
             "Requests with at least one sequence in the running batch.");
         m.CreateObservableGauge("bitnet.requests.waiting", () => _scheduler.Statistics.WaitingRequests, "{request}",
             "Requests waiting in the queue for free sequences.");
+        m.CreateObservableGauge("bitnet.requests.max_queue", () => _scheduler.Options.MaxQueue, "{request}",
+            "The most requests that may wait; one more is refused with 429.");
         m.CreateObservableGauge("bitnet.sequences.running", () => _scheduler.Statistics.RunningSequences, "{sequence}",
             "Sequences (choices) in the running batch, each holding one KV-cache slot.");
         m.CreateObservableGauge("bitnet.sequences.max", () => _scheduler.Options.MaxSequences, "{sequence}",

@@ -103,7 +103,8 @@ public static class AlertRules
     /// The built-in rules, the same as deploy/prometheus/bitnet-alerts.yml. Thresholds: healthy BitNet models keep
     /// far fewer than 5 % of an input's codes at the clamp limits (absmax scaling puts only the largest entries
     /// there), lose well under 60 % of the q/k/v, o and gate/up inputs to zero codes (the down input follows relu²,
-    /// sparse by design, and is left out), and change the residual by less than 8× its size per layer.
+    /// sparse by design, and is left out), and change the residual by less than 8× its size per layer after layer 0
+    /// (which writes onto the small raw embedding: 31× on the bundled model, healthy).
     /// </summary>
     public static IReadOnlyList<AlertRule> Default { get; } =
     [
@@ -124,6 +125,7 @@ public static class AlertRules
             Severity = "warning", Component = "model", Summary = "Activations underflow to zero codes",
             Description = "Over 60% of a BitLinear input's int8 codes are 0: its signal is below one quantization step." },
         new() { Name = "BitNetResidualBlowUp", Metric = "bitnet_health_residual_relative_change_ratio", Aggregate = "max", Op = ">", Threshold = 8, For = 2,
+            Match = new() { ["layer"] = "!0" },
             Severity = "critical", Component = "model", Summary = "A layer blows up the residual stream",
             Description = "A layer changed the residual stream by more than 8 times its size." },
         new() { Name = "BitNetTokenLatencyJitter", Metric = "bitnet_health_token_latency_stddev_seconds", Aggregate = "max", Op = ">", Threshold = 0.25, For = 5,

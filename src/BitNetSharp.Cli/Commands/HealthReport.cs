@@ -1,0 +1,78 @@
+using System.Globalization;
+using BitNetSharp.Monitoring;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// The per-layer health table `bitnet generate --health` prints at the end (means over the measured steps; max |x|
+/// and the largest relative change are maxima), and the one-line formats of --log-residual-stats and --log-logits.
+/// </summary>
+internal sealed class HealthReport(int layers)
+{
+    private readonly double[] _sat = new double[layers * HealthNames.InputCount];
+    private readonly double[] _under = new double[layers * HealthNames.InputCount];
+    private readonly double[] _crest = new double[layers * HealthNames.InputCount];
+    private readonly double[] _rms = new double[layers];
+    private readonly double[] _max = new double[layers];
+    private readonly double[] _change = new double[layers];
+    private readonly double[] _changeMax = new double[layers];
+    private int _blowUps, _steps, _logitRows;
+    private double _entropy, _rangeMin = double.PositiveInfinity, _logitMin = double.PositiveInfinity, _logitMax = double.NegativeInfinity;
+
+    public void Add(HealthSnapshot s)
+    {
+        _steps++;
+        for (int i = 0; i < _sat.Length; i++)
+        {
+            _sat[i] += s.Saturation[i];
+            _under[i] += s.Underflow[i];
+            _crest[i] += s.CrestFactor[i];
+        }
+        for (int l = 0; l < _rms.Length; l++)
+        {
+            _rms[l] += s.ResidualRms[l];
+            _max[l] = Math.Max(_max[l], s.ResidualMaxAbs[l]);
+            _change[l] += s.ResidualChange[l];
+            _changeMax[l] = Math.Max(_changeMax[l], s.ResidualChange[l]);
+            if (s.BlowUp[l]) _blowUps++;
+        }
+        if (s.LogitRows > 0)
+        {
+            _logitRows++;
+            _entropy += s.LogitEntropy;
+            _rangeMin = Math.Min(_rangeMin, s.LogitRange);
+            _logitMin = Math.Min(_logitMin, s.LogitMin);
+            _logitMax = Math.Max(_logitMax, s.LogitMax);
+        }
+    }
+
+    public void Write(TextWriter w)
+    {
+        var ic = CultureInfo.InvariantCulture;
+        w.WriteLine(string.Create(ic, $"model health over {_steps} measured forward calls (saturation: share of int8 codes at ±127; underflow: share of zero codes; crest: absmax/RMS)"));
+        w.WriteLine("layer | sat qkv   o  g/u  down | under qkv   o  g/u  down | crest qkv    o   g/u  down | resid rms     max  change (max)");
+        for (int l = 0; l < _rms.Length; l++)
+        {
+            int b = l * HealthNames.InputCount;
+            string Pct(double[] a, int i) => (a[b + i] / _steps * 100).ToString("0.0", ic).PadLeft(5);
+            string F(double[] a, int i) => (a[b + i] / _steps).ToString("0.0", ic).PadLeft(5);
+            w.WriteLine(string.Create(ic,
+                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {_change[l] / _steps,6:F3} ({_changeMax[l]:F3})"));
+        }
+        if (_logitRows > 0)
+            w.WriteLine(string.Create(ic, $"logits: min {_logitMin:G5}, max {_logitMax:G5}, smallest range {_rangeMin:G5}, mean entropy {_entropy / _logitRows:F3} nats over {_logitRows} rows"));
+        w.WriteLine(_blowUps == 0 ? "residual: no blow-up flagged" : string.Create(ic, $"residual: {_blowUps} layer-steps flagged as blow-ups"));
+    }
+
+    public static string LogitsLine(HealthSnapshot s) => string.Create(CultureInfo.InvariantCulture,
+        $"logits step={s.Step} tokens={s.Tokens} min={s.LogitMin:G5} max={s.LogitMax:G5} range={s.LogitRange:G5} entropy={s.LogitEntropy:F4}");
+
+    public static string LayerLine(HealthSnapshot s, int l)
+    {
+        int b = l * HealthNames.InputCount;
+        return string.Create(CultureInfo.InvariantCulture,
+            $"layer step={s.Step} layer={l} rms={s.ResidualRms[l]:G5} max={s.ResidualMaxAbs[l]:G5} change={s.ResidualChange[l]:F4}{(s.BlowUp[l] ? " BLOWUP" : "")} " +
+            $"sat={s.Saturation[b]:F4},{s.Saturation[b + 1]:F4},{s.Saturation[b + 2]:F4},{s.Saturation[b + 3]:F4} " +
+            $"under={s.Underflow[b]:F4},{s.Underflow[b + 1]:F4},{s.Underflow[b + 2]:F4},{s.Underflow[b + 3]:F4}");
+    }
+}

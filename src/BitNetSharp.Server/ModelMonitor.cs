@@ -1,0 +1,125 @@
+using System.Globalization;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Monitoring.Alerts;
+using BitNetSharp.Monitoring.Telemetry;
+using Microsoft.Extensions.Logging;
+
+namespace BitNetSharp.Server;
+
+/// <summary>
+/// Everything that watches the served model: the load-time weight checksums (probed by the engine, re-checked by the
+/// background verifier), the per-tensor code shares (computed once in the background), the health meters, the alert
+/// engine over them and the serving signals, and the telemetry log.
+/// </summary>
+internal sealed class ModelMonitor : IDisposable
+{
+    private readonly ContinuousBatchScheduler _scheduler;
+    private readonly MonitoringOptions _options;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stop = new();
+    private volatile WeightCodeStats? _codes;
+    private WeightVerifier? _verifier;
+    private int _disposed;
+
+    public ModelMonitor(ModelWeights weights, string modelId, ContinuousBatchScheduler scheduler, MonitoringOptions options, ILogger logger)
+    {
+        _scheduler = scheduler;
+        _options = options;
+        _logger = logger;
+        if (options.Checksums)
+        {
+            var sw = System.Diagnostics.Stopwatch.StartNew();
+            Integrity = new WeightIntegrity(weights);
+            scheduler.Integrity = Integrity;
+            Integrity.MismatchFound += names =>
+            {
+                logger.LogError("Weight integrity: {Tensors} changed since load.", string.Join(", ", names));
+                scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "weight_mismatch", null, null, $"changed since load: {string.Join(", ", names)}"));
+            };
+            logger.LogInformation("Weight checksums: {Tensors} tensors, {Bytes} bytes in {Seconds:F2} s; model checksum {Checksum}.",
+                Integrity.Tensors.Count, Integrity.TotalBytes, sw.Elapsed.TotalSeconds, Integrity.ModelChecksumHex);
+        }
+        Meters = new HealthMeters(scheduler, () => Integrity, () => _codes, () => Alerts);
+        var rules = options.AlertRules ?? AlertRules.Default;
+        if (rules.Count > 0)
+        {
+            Alerts = new AlertEngine(rules, CollectSignals, new AlertEngineOptions
+            {
+                Interval = options.AlertInterval,
+                WebhookUrl = options.AlertWebhook,
+                Labels = new Dictionary<string, string> { ["model"] = modelId },
+                Log = message => logger.LogWarning("{Alert}", message),
+            });
+            Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
+                string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Metric} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")));
+        }
+        if (options.TelemetryLog is { } open)
+        {
+            var context = new Dictionary<string, string>
+            {
+                ["model_name"] = modelId,
+                ["model_path"] = weights.SourcePath,
+                ["model_checksum"] = Integrity?.ModelChecksumHex ?? "",
+                ["kernel"] = Kernels.KernelRegistry.Ternary.Name,
+                ["threads"] = scheduler.Threads.ToString(CultureInfo.InvariantCulture),
+                ["kv_type"] = scheduler.Options.KvType.ToString(),
+                ["health_sample_every"] = scheduler.Options.HealthSampleEvery.ToString(CultureInfo.InvariantCulture),
+            };
+            scheduler.Telemetry = open(context);
+        }
+        // Unpacking every tensor takes seconds on a 2B model: off the load path.
+        Task.Run(() =>
+        {
+            try
+            {
+                _codes = WeightCodeStats.Compute(weights, _stop.Token);
+                if (_codes.Degenerate > 0) logger.LogWarning("{Count} packed projections have no -1 or no +1 codes: check the model's conversion.", _codes.Degenerate);
+            }
+            catch (OperationCanceledException)
+            {
+            }
+        });
+    }
+
+    public WeightIntegrity? Integrity { get; }
+
+    public HealthMeters Meters { get; }
+
+    public AlertEngine? Alerts { get; }
+
+    public WeightCodeStats? Codes => _codes;
+
+    public TimeSpan? VerifyInterval => _options.VerifyWeightsInterval;
+
+    /// <summary>Starts the verifier and the alert timer (after warm-up, so warm-up's own tokens set no latency alerts).</summary>
+    public void Start()
+    {
+        if (Integrity is not null && _options.VerifyWeightsInterval is { } every) _verifier = new WeightVerifier(Integrity, every);
+        Alerts?.Start();
+    }
+
+    /// <summary>The health signals plus the serving ones the rules may name.</summary>
+    public void CollectSignals(SignalSet set)
+    {
+        Meters.CollectSignals(set);
+        var s = _scheduler.Statistics;
+        set.Add("bitnet_requests_waiting", s.WaitingRequests);
+        set.Add("bitnet_requests_running", s.RunningRequests);
+        set.Add("bitnet_requests_max_queue", _scheduler.Options.MaxQueue);
+        set.Add("bitnet_sequences_running", s.RunningSequences);
+        set.Add("bitnet_kv_cache_usage_ratio", s.KvCacheUsage);
+        set.Add("bitnet_requests_failed_total", s.Failed);
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _stop.Cancel();
+        _verifier?.Dispose();
+        Alerts?.Dispose();
+        Meters.Dispose();
+        (_scheduler.Telemetry as IDisposable)?.Dispose();
+    }
+}

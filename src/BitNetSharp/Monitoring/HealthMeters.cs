@@ -1,0 +1,172 @@
+using System.Diagnostics.Metrics;
+using System.Globalization;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Monitoring.Alerts;
+
+namespace BitNetSharp.Monitoring;
+
+/// <summary>
+/// Publishes a scheduler's model health — the latest sampled step per layer and BitLinear input, logits, non-finite
+/// sequences, token-latency spread, weight integrity and code shares, and the alerts — as
+/// <see cref="System.Diagnostics.Metrics"/> instruments on the <see cref="HealthNames.MeterName"/> meter (so
+/// dotnet-counters and OpenTelemetry exporters see them), and the same values, under their Prometheus names, as the
+/// signals alert rules evaluate (<see cref="CollectSignals"/>). Each signal is declared once below with both names, so
+/// a rule, /metrics and the dashboards cannot disagree about what a name means.
+/// </summary>
+public sealed class HealthMeters : IDisposable
+{
+    private readonly ContinuousBatchScheduler _scheduler;
+    private readonly Func<WeightIntegrity?> _integrity;
+    private readonly Func<WeightCodeStats?> _codes;
+    private readonly Func<AlertEngine?> _alerts;
+    private readonly Signal[] _signals;
+
+    /// <summary>One exported signal: instrument name and unit, its Prometheus name, and how to read its series.</summary>
+    public sealed record Signal(string Instrument, string Unit, string PrometheusName, bool Counter, string Description, Action<List<Measurement<double>>> Read);
+
+    public HealthMeters(ContinuousBatchScheduler scheduler, Func<WeightIntegrity?> integrity, Func<WeightCodeStats?> codes, Func<AlertEngine?> alerts)
+    {
+        _scheduler = scheduler;
+        _integrity = integrity;
+        _codes = codes;
+        _alerts = alerts;
+        Meter = new Meter(HealthNames.MeterName);
+        _signals =
+        [
+            PerInput("bitnet.health.activation.saturation", "1", "bitnet_health_activation_saturation_ratio",
+                "Share of a BitLinear input's int8 codes at the clamp limits (|q| >= 127), last sampled step, mean over its tokens.", s => s.Saturation),
+            PerInput("bitnet.health.activation.underflow", "1", "bitnet_health_activation_underflow_ratio",
+                "Share of a BitLinear input's int8 codes that are 0 (below half a quantization step), last sampled step.", s => s.Underflow),
+            PerInput("bitnet.health.activation.crest_factor", "{factor}", "bitnet_health_activation_crest_factor",
+                "absmax/RMS of a BitLinear input per token (about 127/crest int8 levels carry a typical entry), last sampled step.", s => s.CrestFactor),
+            PerLayer("bitnet.health.residual.rms", "{value}", "bitnet_health_residual_rms", "RMS of the residual stream after the layer, last sampled step.", s => s.ResidualRms),
+            PerLayer("bitnet.health.residual.max_abs", "{value}", "bitnet_health_residual_max_abs", "Largest |x| of the residual stream after the layer, last sampled step.", s => s.ResidualMaxAbs),
+            PerLayer("bitnet.health.residual.relative_change", "1", "bitnet_health_residual_relative_change_ratio",
+                "||x_after - x_before|| / ||x_before|| of the layer's residual update, last sampled step.", s => s.ResidualChange),
+            new("bitnet.health.residual.blowup", "{flag}", "bitnet_health_residual_blowup", false,
+                "1 when the layer's relative change crossed the blow-up threshold (or was not finite) in the last sampled step.", m => ReadSnapshot(m, s =>
+                {
+                    for (int l = 0; l < s.Layers; l++) m.Add(new(s.BlowUp[l] ? 1 : 0, Layer(l)));
+                })),
+            Logit("bitnet.health.logits.min", "bitnet_health_logits_min", "Smallest logit of the last sampled step's rows.", s => s.LogitMin),
+            Logit("bitnet.health.logits.max", "bitnet_health_logits_max", "Largest logit of the last sampled step's rows.", s => s.LogitMax),
+            Logit("bitnet.health.logits.range", "bitnet_health_logits_range", "Smallest max-min among the last sampled step's logits rows (flat output shows here).", s => s.LogitRange),
+            Logit("bitnet.health.logits.entropy", "bitnet_health_logits_entropy", "Mean softmax entropy (nats) of the last sampled step's logits rows.", s => s.LogitEntropy),
+            new("bitnet.health.nonfinite_sequences", "{sequence}", "bitnet_health_nonfinite_sequences_total", true,
+                "Sequences ended because their logits held NaN or Inf.", m => m.Add(new(_scheduler.Statistics.NonFiniteSequences))),
+            new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
+                "Engine steps whose health was measured.", m => m.Add(new(_scheduler.Health.Samples))),
+            new("bitnet.health.token_latency.stddev", "s", "bitnet_health_token_latency_stddev_seconds", false,
+                "Standard deviation of the last 256 inter-token latencies.", m =>
+                {
+                    var (_, sd) = _scheduler.TokenLatency.Statistics();
+                    if (!double.IsNaN(sd)) m.Add(new(sd));
+                }),
+            new("bitnet.weights.checksum_mismatches", "{tensor}", "bitnet_weights_checksum_mismatches_total", true,
+                "Tensors a full checksum found changed since load.", m => { if (_integrity() is { } w) m.Add(new(w.Mismatches)); }),
+            new("bitnet.weights.probe_mismatches", "{tensor}", "bitnet_weights_probe_mismatches_total", true,
+                "Packed tensors whose sampled words a probe found changed since load.", m => { if (_integrity() is { } w) m.Add(new(w.ProbeMismatches)); }),
+            new("bitnet.weights.verifications", "{check}", "bitnet_weights_verifications_total", true,
+                "Full weight checksum passes completed.", m => { if (_integrity() is { } w) m.Add(new(w.Verifications)); }),
+            new("bitnet.weights.verified", "{flag}", "bitnet_weights_verified", false,
+                "1 while no check or probe has found changed weights (0 after a mismatch until a full check passes).", m => { if (_integrity() is { } w) m.Add(new(w.Verified ? 1 : 0)); }),
+            new("bitnet.weights.code_share", "1", "bitnet_weights_code_share_ratio", false,
+                "Share of a packed projection's weights that are -1, 0 and +1.", m =>
+                {
+                    if (_codes() is not { } c) return;
+                    var labels = HealthNames.ProjectionLabels;
+                    for (int l = 0; l < c.Layers; l++)
+                        for (int j = 0; j < labels.Length; j++)
+                        {
+                            var k = c[l, j];
+                            string layer = l.ToString(CultureInfo.InvariantCulture);
+                            m.Add(new(k.MinusShare, new("layer", layer), new("projection", labels[j]), new("code", "-1")));
+                            m.Add(new(k.ZeroShare, new("layer", layer), new("projection", labels[j]), new("code", "0")));
+                            m.Add(new(k.PlusShare, new("layer", layer), new("projection", labels[j]), new("code", "+1")));
+                        }
+                }),
+            new("bitnet.weights.degenerate_tensors", "{tensor}", "bitnet_weights_degenerate_tensors", false,
+                "Packed projections with no -1 or no +1 codes (all one sign or all zero).", m => { if (_codes() is { } c) m.Add(new(c.Degenerate)); }),
+            new("bitnet.alerts", "{alert}", "bitnet_alerts_total", true, "Times each alert rule started firing.", m =>
+            {
+                if (_alerts() is { } a) foreach (var s in a.States) m.Add(new(s.TimesFired, new KeyValuePair<string, object?>("rule", s.Rule.Name)));
+            }),
+            new("bitnet.alerts.firing", "{alert}", "bitnet_alerts_firing", false, "1 while the alert rule is firing.", m =>
+            {
+                if (_alerts() is { } a) foreach (var s in a.States) m.Add(new(s.Firing ? 1 : 0, new KeyValuePair<string, object?>("rule", s.Rule.Name)));
+            }),
+        ];
+        foreach (var s in _signals)
+        {
+            var signal = s;
+            if (s.Counter) Meter.CreateObservableCounter(s.Instrument, () => Observe(signal), s.Unit, s.Description);
+            else Meter.CreateObservableGauge(s.Instrument, () => Observe(signal), s.Unit, s.Description);
+        }
+    }
+
+    public Meter Meter { get; }
+
+    public IReadOnlyList<Signal> Signals => _signals;
+
+    private static List<Measurement<double>> Observe(Signal s)
+    {
+        var list = new List<Measurement<double>>();
+        s.Read(list);
+        return list;
+    }
+
+    /// <summary>Adds every signal's current series to <paramref name="set"/> under its Prometheus name.</summary>
+    public void CollectSignals(SignalSet set)
+    {
+        var list = new List<Measurement<double>>();
+        foreach (var s in _signals)
+        {
+            list.Clear();
+            s.Read(list);
+            foreach (var m in list)
+            {
+                var tags = m.Tags;
+                var labels = new string[tags.Length * 2];
+                for (int i = 0; i < tags.Length; i++)
+                {
+                    labels[2 * i] = tags[i].Key;
+                    labels[2 * i + 1] = Convert.ToString(tags[i].Value, CultureInfo.InvariantCulture) ?? "";
+                }
+                set.Add(s.PrometheusName, m.Value, labels);
+            }
+        }
+    }
+
+    private static KeyValuePair<string, object?> Layer(int l) => new("layer", l.ToString(CultureInfo.InvariantCulture));
+
+    private void ReadSnapshot(List<Measurement<double>> m, Action<HealthSnapshot> read) =>
+        _scheduler.Health.Read(s =>
+        {
+            if (s.Samples > 0) read(s);
+            return 0;
+        });
+
+    private Signal PerInput(string name, string unit, string prom, string description, Func<HealthSnapshot, float[]> values) =>
+        new(name, unit, prom, false, description, m => ReadSnapshot(m, s =>
+        {
+            var v = values(s);
+            for (int l = 0; l < s.Layers; l++)
+                for (int i = 0; i < HealthNames.InputCount; i++)
+                    m.Add(new(v[l * HealthNames.InputCount + i], Layer(l), new KeyValuePair<string, object?>("input", HealthNames.InputLabels[i])));
+        }));
+
+    private Signal PerLayer(string name, string unit, string prom, string description, Func<HealthSnapshot, float[]> values) =>
+        new(name, unit, prom, false, description, m => ReadSnapshot(m, s =>
+        {
+            var v = values(s);
+            for (int l = 0; l < s.Layers; l++) m.Add(new(v[l], Layer(l)));
+        }));
+
+    private Signal Logit(string name, string prom, string description, Func<HealthSnapshot, float> value) =>
+        new(name, "{value}", prom, false, description, m => ReadSnapshot(m, s =>
+        {
+            if (s.LogitRows > 0) m.Add(new(value(s)));
+        }));
+
+    public void Dispose() => Meter.Dispose();
+}
