@@ -44,6 +44,8 @@ public sealed class BitNetServer : IAsyncDisposable
     /// <summary>The engine, once the model is loaded (tests hold it between steps).</summary>
     internal Generation.Scheduler.ContinuousBatchScheduler? Scheduler => _host.Served?.Scheduler;
 
+    internal ModelMonitor? Monitor => _host.Served?.Monitor;
+
     /// <summary>Completes when the model is loaded and warmed up; faults if that failed.</summary>
     public Task Ready => _host.Ready;
 

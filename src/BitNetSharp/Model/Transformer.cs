@@ -309,7 +309,7 @@ public sealed unsafe class Transformer : IDisposable
                 long offset = (long)t * qDim + kvHead * group * hd;
                 var q = new ReadOnlySpan<float>(_q + offset, group * hd);
                 cache.ScoresGroup(_layer, kvHead, q, group, scores, stride, positions, _scale);
-                for (int g = 0; g < group; g++) Softmax.InPlace(scores.AsSpan(g * stride, positions));
+                for (int g = 0; g < group; g++) Softmax.AttentionInPlace(scores.AsSpan(g * stride, positions));
                 var o = new Span<float>(_out + offset, group * hd);
                 o.Clear();
                 cache.AccumulateVGroup(_layer, kvHead, scores, group, stride, o, positions);

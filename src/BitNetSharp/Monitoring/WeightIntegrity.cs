@@ -140,6 +140,9 @@ public sealed unsafe class WeightIntegrity
     /// <summary>Raised (on the checking thread) with the names of the tensors that changed.</summary>
     public event Action<IReadOnlyList<string>>? MismatchFound;
 
+    /// <summary>The byte offset of a packed tensor's first sampled word (tests flip a bit there).</summary>
+    internal long FirstProbeOffset(string tensor) => _probes.First(p => p.Name == tensor).Offsets[0];
+
     /// <summary>Re-hashes every tensor and compares with the load-time checksums.</summary>
     public IntegrityResult Verify(CancellationToken cancellation = default)
     {

@@ -25,6 +25,29 @@ public static unsafe class Softmax
         }
     }
 
+    /// <summary>
+    /// Softmax for attention scores: like <see cref="InPlace(Span{float})"/>, but scores holding NaN or +∞ (from
+    /// corrupted weights) become NaN instead of throwing, so the values flow on into the residual stream, where the
+    /// health monitor names the layer, and only the sequences they belong to fail.
+    /// </summary>
+    public static void AttentionInPlace(Span<float> x)
+    {
+        if (x.IsEmpty) return;
+        fixed (float* p = x)
+        {
+            int n = x.Length;
+            float max = ArgMax.Max<WidestVector>(p, n);
+            if (float.IsNaN(max) || float.IsPositiveInfinity(max))
+            {
+                x.Fill(float.NaN);
+                return;
+            }
+            CheckMax(max);
+            double sum = ExpAndSum<WidestVector>(p, n, max);
+            Scale<WidestVector>(p, n, (float)(1.0 / sum));
+        }
+    }
+
     public static void Reference(Span<float> x)
     {
         if (x.IsEmpty) return;

@@ -116,7 +116,7 @@ public sealed class AlertEngine : IDisposable
         public bool Firing;
         public DateTimeOffset FiringSince;
         public double Value = double.NaN;
-        public double? LastCounter;
+        public readonly Queue<(DateTimeOffset At, double Value)> Counter = new();
         public long TimesFired;
     }
 
@@ -148,8 +148,16 @@ public sealed class AlertEngine : IDisposable
     /// <summary>Raised (on the evaluating thread) when a rule starts or stops firing.</summary>
     public event Action<AlertState>? Changed;
 
-    /// <summary>Evaluates every <see cref="AlertEngineOptions.Interval"/> on a timer thread.</summary>
-    public void Start() => _timer ??= new Timer(static s => ((AlertEngine)s!).Evaluate(), this, _options.Interval, _options.Interval);
+    /// <summary>
+    /// Evaluates once now (so counters have their baseline before anything can happen: an increase rule compares
+    /// with it), then every <see cref="AlertEngineOptions.Interval"/> on a timer thread.
+    /// </summary>
+    public void Start()
+    {
+        if (_timer is not null) return;
+        Evaluate();
+        _timer = new Timer(static s => ((AlertEngine)s!).Evaluate(), this, _options.Interval, _options.Interval);
+    }
 
     /// <summary>Every rule's state now.</summary>
     public IReadOnlyList<AlertState> States
@@ -194,7 +202,7 @@ public sealed class AlertEngine : IDisposable
             {
                 var rule = _rules[i];
                 var st = _state[i];
-                double? value = Value(rule, st);
+                double? value = Value(rule, st, now);
                 if (value is null) continue; // no such signal yet (e.g. no sampled step): keep the state
                 st.Value = value.Value;
                 bool holds = rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<=");
@@ -231,7 +239,7 @@ public sealed class AlertEngine : IDisposable
         }
     }
 
-    private double? Value(AlertRule rule, State st)
+    private double? Value(AlertRule rule, State st, DateTimeOffset now)
     {
         double? total = null;
         foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
@@ -243,9 +251,12 @@ public sealed class AlertEngine : IDisposable
         if (total is null) return null;
         if (rule.Aggregate == "increase")
         {
-            double previous = st.LastCounter ?? total.Value;
-            st.LastCounter = total.Value;
-            total = Math.Max(0, total.Value - previous);
+            // Growth since the oldest value inside the window; a counter that went down (a restart) starts over.
+            var q = st.Counter;
+            if (q.Count > 0 && total.Value < q.Last().Value) q.Clear();
+            q.Enqueue((now, total.Value));
+            while (q.Count > 1 && (now - q.Peek().At).TotalSeconds > rule.WindowSeconds) q.Dequeue();
+            total = total.Value - q.Peek().Value;
         }
         if (rule.DivideBy is { } d)
         {

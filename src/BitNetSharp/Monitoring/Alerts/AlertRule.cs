@@ -6,7 +6,7 @@ namespace BitNetSharp.Monitoring.Alerts;
 /// <summary>
 /// One threshold rule over a signal: the series of <see cref="Metric"/> (Prometheus names, as /metrics exports them)
 /// whose labels match <see cref="Match"/> are reduced by <see cref="Aggregate"/> (max, min, sum, avg; increase: the
-/// summed counter's growth since the previous evaluation), optionally divided by another metric's sum, and compared
+/// summed counter's growth over the last WindowSeconds), optionally divided by another metric's sum, and compared
 /// with <see cref="Threshold"/>. The alert fires when the condition has held for <see cref="For"/> consecutive
 /// evaluations and at least <see cref="ForSeconds"/>; it resolves at the first evaluation where it does not hold.
 /// <see cref="Metric"/> may name several metrics joined by " + ": each is reduced alone and the results are added.
@@ -23,6 +23,8 @@ public sealed record AlertRule
     [JsonPropertyName("threshold")] public double Threshold { get; init; }
     [JsonPropertyName("for")] public int For { get; init; } = 1;
     [JsonPropertyName("for_seconds")] public double ForSeconds { get; init; }
+    /// <summary>For "increase": the counter's growth over this many seconds (Prometheus' increase(x[5m]) is 300).</summary>
+    [JsonPropertyName("window_seconds")] public double WindowSeconds { get; init; } = 300;
     [JsonPropertyName("severity")] public string Severity { get; init; } = "warning";
     [JsonPropertyName("component")] public string Component { get; init; } = "model";
     [JsonPropertyName("summary")] public string? Summary { get; init; }
@@ -41,6 +43,7 @@ public sealed record AlertRule
         if (Array.IndexOf(Ops, Op) < 0) throw new ArgumentException($"{where}: \"op\" must be one of {string.Join(" ", Ops)}; got '{Op}'.");
         if (!double.IsFinite(Threshold)) throw new ArgumentException($"{where}: \"threshold\" must be a finite number.");
         if (For < 1) throw new ArgumentException($"{where}: \"for\" must be ≥ 1 (consecutive evaluations); got {For}.");
+        if (!(WindowSeconds > 0) || !double.IsFinite(WindowSeconds)) throw new ArgumentException($"{where}: \"window_seconds\" must be > 0; got {WindowSeconds}.");
         if (ForSeconds < 0 || !double.IsFinite(ForSeconds)) throw new ArgumentException($"{where}: \"for_seconds\" must be ≥ 0; got {ForSeconds}.");
         if (Severity is not ("info" or "warning" or "critical")) throw new ArgumentException($"{where}: \"severity\" must be info, warning or critical; got '{Severity}'.");
     }

@@ -1,0 +1,192 @@
+using System.Net;
+using System.Text.Json;
+using BitNetSharp.Monitoring.Alerts;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+public class AlertEngineTests
+{
+    private static AlertEngine Engine(AlertRule rule, Func<double> value, AlertEngineOptions? options = null, string metric = "m") =>
+        new([rule], s => s.Add(metric, value()), options);
+
+    [Fact]
+    public void FiresAfterForConsecutiveEvaluationsAndResolves()
+    {
+        double v = 0;
+        using var e = Engine(new AlertRule { Name = "R", Metric = "m", Op = ">", Threshold = 1, For = 3 }, () => v);
+        var changes = new List<AlertState>();
+        e.Changed += changes.Add;
+        e.Evaluate();
+        v = 2;
+        e.Evaluate();
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        Assert.Equal(1, e.TimesFired("R"));
+        e.Evaluate();
+        Assert.Equal(1, e.TimesFired("R")); // still the same firing
+        v = 0.5;
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+        Assert.Equal([true, false], changes.Select(c => c.Firing));
+        v = 2;
+        e.Evaluate();
+        e.Evaluate();
+        Assert.Empty(e.Firing); // the count restarted
+    }
+
+    [Fact]
+    public void CountersAlertOnTheirIncrease()
+    {
+        double total = 5;
+        using var e = Engine(new AlertRule { Name = "C", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 0, WindowSeconds = 0.3 }, () => total, metric: "c_total");
+        e.Evaluate(); // first look: the baseline, no increase
+        Assert.Empty(e.Firing);
+        total = 6;
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        e.Evaluate();
+        Assert.Single(e.Firing); // still inside the window
+        Thread.Sleep(400);
+        e.Evaluate();
+        Assert.Empty(e.Firing); // the growth left the window
+        total = 0; // a restart: the counter starts over, no negative growth
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+        total = 2;
+        e.Evaluate();
+        Assert.Single(e.Firing);
+    }
+
+    [Fact]
+    public void MatchExcludesSeriesAndSumsAddMetrics()
+    {
+        var rule = new AlertRule { Name = "U", Metric = "u", Aggregate = "max", Op = ">", Threshold = 0.6, Match = new() { ["input"] = "!down" } };
+        using var e = new AlertEngine([rule, new AlertRule { Name = "Q", Metric = "w", DivideBy = "cap", Aggregate = "sum", Op = ">", Threshold = 0.9 },
+            new AlertRule { Name = "S", Metric = "a + b", Aggregate = "sum", Op = ">=", Threshold = 3 }], s =>
+        {
+            s.Add("u", 0.95, "layer", "0", "input", "down");
+            s.Add("u", 0.2, "layer", "0", "input", "qkv");
+            s.Add("w", 10);
+            s.Add("cap", 10);
+            s.Add("a", 1);
+            s.Add("b", 2);
+        });
+        e.Evaluate();
+        Assert.Equal(["Q", "S"], e.Firing.Select(f => f.Rule.Name).Order());
+    }
+
+    [Fact]
+    public void NaNTripsThresholdRules()
+    {
+        using var e = Engine(new AlertRule { Name = "N", Metric = "m", Op = ">", Threshold = 8 }, () => double.NaN);
+        e.Evaluate();
+        Assert.Single(e.Firing);
+    }
+
+    [Fact]
+    public void MissingSignalsKeepTheState()
+    {
+        using var e = new AlertEngine([new AlertRule { Name = "R", Metric = "absent", Threshold = 0 }], _ => { });
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+        Assert.Equal(1, e.Evaluations);
+    }
+
+    [Theory]
+    [InlineData("{", "not a valid rule file")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"op\": \"=>\"}]}", "\"op\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"for\": 0}]}", "\"for\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"aggregate\": \"p99\"}]}", "\"aggregate\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\"}, {\"name\": \"a\", \"metric\": \"n\"}]}", "used twice")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"treshold\": 1}]}", "not a valid rule file")]
+    [InlineData("{}", "no \"rules\"")]
+    public void BadRuleFilesAreRefusedClearly(string json, string expected)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => AlertRules.Parse(json, "rules.json"));
+        Assert.Contains("rules.json", ex.Message);
+        Assert.Contains(expected, ex.Message);
+    }
+
+    [Fact]
+    public void RuleFilesLoadAndTheDefaultsAreValid()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"bitnet-rules-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, """
+            // comments and trailing commas are fine
+            {"rules": [{"name": "Sat", "metric": "bitnet_health_activation_saturation_ratio", "op": ">", "threshold": 0.1, "for": 2, "severity": "critical", "match": {"input": "qkv"},},]}
+            """);
+        try
+        {
+            var rules = AlertRules.Load(path);
+            Assert.Equal("Sat", Assert.Single(rules).Name);
+            Assert.Equal(2, rules[0].For);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+        Assert.Throws<ArgumentException>(() => AlertRules.Load(path));
+        Assert.Equal(8, AlertRules.Default.Count);
+        foreach (var r in AlertRules.Default) r.Validate("defaults");
+    }
+
+    /// <summary>A firing and a resolved alert reach a webhook in Alertmanager's JSON shape.</summary>
+    [Fact]
+    public async Task WebhookGetsAlertmanagerJson()
+    {
+        using var listener = new HttpListener();
+        int port = FreePort();
+        listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
+        listener.Start();
+        double v = 5;
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Op = ">", Threshold = 1, Severity = "critical", Component = "model", Summary = "too hot" }, () => v,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), Labels = new Dictionary<string, string> { ["instance"] = "test" } });
+        e.Evaluate();
+        v = 0;
+        e.Evaluate();
+        var bodies = new List<JsonDocument>();
+        for (int i = 0; i < 2; i++)
+        {
+            var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            Assert.Equal("POST", ctx.Request.HttpMethod);
+            bodies.Add(await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken));
+            ctx.Response.StatusCode = 200;
+            ctx.Response.Close();
+        }
+        var firing = bodies[0].RootElement;
+        Assert.Equal("4", firing.GetProperty("version").GetString());
+        Assert.Equal("firing", firing.GetProperty("status").GetString());
+        var alert = firing.GetProperty("alerts")[0];
+        Assert.Equal("Hot", alert.GetProperty("labels").GetProperty("alertname").GetString());
+        Assert.Equal("critical", alert.GetProperty("labels").GetProperty("severity").GetString());
+        Assert.Equal("test", alert.GetProperty("labels").GetProperty("instance").GetString());
+        Assert.Equal("too hot", alert.GetProperty("annotations").GetProperty("summary").GetString());
+        Assert.True(DateTimeOffset.TryParse(alert.GetProperty("startsAt").GetString(), out _));
+        Assert.Equal("resolved", bodies[1].RootElement.GetProperty("status").GetString());
+        for (int i = 0; i < 100 && e.WebhookSent < 2; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        Assert.Equal(2, e.WebhookSent);
+    }
+
+    [Fact]
+    public async Task AnUnreachableWebhookIsCountedNotThrown()
+    {
+        double v = 5;
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => v,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{FreePort()}/nobody/") });
+        e.Evaluate();
+        for (int i = 0; i < 200 && e.WebhookFailures == 0; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        Assert.Equal(1, e.WebhookFailures);
+        Assert.Single(e.Firing);
+    }
+
+    internal static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+}

@@ -1,0 +1,193 @@
+using System.Net;
+using System.Text.Json;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Monitoring.Alerts;
+using BitNetSharp.Server;
+using BitNetSharp.Server.Metrics;
+using BitNetSharp.Tests.Server;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+/// <summary>
+/// Fault drills against a running server: each injects one fault into the served model and checks that the right
+/// signal sees it, the right alert fires, and the server keeps answering.
+/// </summary>
+public class FaultDrillTests
+{
+    private static async Task<(TestServer Server, ModelWeights Weights)> StartAsync(Func<MonitoringOptions, MonitoringOptions>? monitoring = null, bool untied = false)
+    {
+        ModelWeights? weights = null;
+        var server = await TestServer.StartAsync(o => o with
+        {
+            Scheduler = o.Scheduler with { HealthSampleEvery = 1, WeightProbeEvery = 1 },
+            // Counter rules look back 1 s instead of 5 min, so a drill can also see them resolve.
+            Monitoring = (monitoring ?? (m => m))(new MonitoringOptions
+            {
+                AlertInterval = TimeSpan.FromMilliseconds(40),
+                AlertRules = AlertRules.Default.Select(r => r.Aggregate == "increase" ? r with { WindowSeconds = 1 } : r).ToList(),
+            }),
+        }, load: () =>
+        {
+            var writer = TinyChatModel.Build();
+            if (untied) HealthCollectorBatchTests.AddOutputHead(writer, TinyChatModel.Shape.Dim, TinyChatModel.VocabSize);
+            var file = BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-chat.gguf");
+            var tokenizer = BitNetSharp.Tokenization.TokenizerLoader.FromGguf(file);
+            var w = ModelWeights.FromGguf(file, ownsFile: true);
+            weights = w;
+            return new LoadedModel(w, tokenizer, TestServer.ModelId);
+        });
+        return (server, weights!);
+    }
+
+    private static object Completion(string prompt, int maxTokens = 4) => new { model = TestServer.ModelId, prompt, max_tokens = maxTokens, temperature = 0 };
+
+    private static async Task<JsonElement> VerboseHealthAsync(TestServer s)
+    {
+        var text = await s.Http.GetStringAsync("health?verbose", TestContext.Current.CancellationToken);
+        return JsonDocument.Parse(text).RootElement.Clone();
+    }
+
+    private static async Task<bool> FiringAsync(TestServer s, string rule) =>
+        (await VerboseHealthAsync(s)).GetProperty("components").GetProperty("alerts").GetProperty("firing").EnumerateArray()
+            .Any(a => a.GetProperty("name").GetString() == rule);
+
+    /// <summary>A token whose embedding row is NaN: only the request that uses it fails, with an error naming the embedding; the other request in the same batch finishes.</summary>
+    [Fact]
+    public async Task NaNInOneSequenceEndsOnlyThatSequence()
+    {
+        var (s, w) = await StartAsync(untied: true); // with a tied head the poisoned row would be every sequence's head row
+        await using var owned = s;
+        // 'Z' is byte token 90 in the tiny model's byte-level vocabulary: make its F16 embedding row NaN.
+        unsafe
+        {
+            var row = (ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes);
+            row[3] = 0x7E00;
+        }
+        s.Scheduler.StepGate.Reset(); // hold the engine so both requests share one batch
+        var bad = s.PostAsync("v1/completions", Completion("ZZ"));
+        var good = s.PostAsync("v1/completions", Completion("hello", 8));
+        await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests + s.Scheduler.Statistics.RunningRequests == 2), "both requests queued");
+        s.Scheduler.StepGate.Set();
+        var (badStatus, badBody, _) = await bad;
+        var (goodStatus, goodBody, _) = await good;
+        Assert.Equal(HttpStatusCode.InternalServerError, badStatus);
+        Assert.Equal("non_finite_logits", badBody.GetProperty("error").GetProperty("code").GetString());
+        Assert.Contains("token embedding", badBody.GetProperty("error").GetProperty("message").GetString());
+        Assert.True(goodStatus == HttpStatusCode.OK, goodBody.ToString());
+        Assert.Equal("length", goodBody.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal(1, s.Scheduler.Statistics.NonFiniteSequences);
+        Assert.Equal(1, TestServer.Sample(await s.MetricsAsync(), "bitnet_health_nonfinite_sequences_total"));
+        await TestServer.EventuallyAsync(() => FiringAsync(s, "BitNetNonFiniteLogits"), "the non-finite alert fires");
+    }
+
+    /// <summary>A NaN in layer 1's q scale: requests end with a 500 naming layer 1, streams with an error event; /health and /metrics keep answering; restoring the scale heals it.</summary>
+    [Fact]
+    public async Task NaNInALayerScaleIsNamedAndTheServerKeepsAnswering()
+    {
+        var (s, w) = await StartAsync();
+        await using var owned = s;
+        var scales = w.Layers[1].Q.RowScales;
+        float saved = scales[2];
+        scales[2] = float.NaN;
+        var (status, body, _) = await s.PostAsync("v1/completions", Completion("hello"));
+        Assert.Equal(HttpStatusCode.InternalServerError, status);
+        Assert.Contains("layer 1", body.GetProperty("error").GetProperty("message").GetString());
+
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { model = TestServer.ModelId, prompt = "hi", max_tokens = 3, stream = true }), System.Text.Encoding.UTF8, "application/json"),
+        };
+        using var response = await s.Http.SendAsync(request, TestContext.Current.CancellationToken);
+        string stream = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+        Assert.Contains("non_finite_logits", stream);
+
+        var health = await s.Http.GetAsync("health", TestContext.Current.CancellationToken);
+        Assert.Equal(HttpStatusCode.OK, health.StatusCode);
+        await TestServer.EventuallyAsync(() => FiringAsync(s, "BitNetNonFiniteLogits"), "the non-finite alert fires");
+        Assert.Equal("degraded", (await VerboseHealthAsync(s)).GetProperty("status").GetString());
+        var metrics = await s.MetricsAsync();
+        Assert.True(TestServer.Sample(metrics, "bitnet_alerts_total{rule=\"BitNetNonFiniteLogits\"}") >= 1);
+        Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_residual_blowup{layer=\"1\"}"));
+
+        scales[2] = saved;
+        (status, _, _) = await s.PostAsync("v1/completions", Completion("hello"));
+        Assert.Equal(HttpStatusCode.OK, status);
+        await TestServer.EventuallyAsync(async () => !await FiringAsync(s, "BitNetNonFiniteLogits"), "the alert resolves once no new sequence fails");
+    }
+
+    /// <summary>A flipped bit in a packed weight in memory: the background verifier names the tensor, the alert fires, /health says so, and requests are still served.</summary>
+    [Fact]
+    public async Task AFlippedWeightBitIsFoundByTheVerifier()
+    {
+        var (s, w) = await StartAsync(m => m with { VerifyWeightsInterval = TimeSpan.FromMilliseconds(50) });
+        await using var owned = s;
+        var gate = w.Layers[0].Gate;
+        unsafe { gate.Data[gate.ByteLength / 2] ^= 0x10; }
+        try
+        {
+            await TestServer.EventuallyAsync(() => FiringAsync(s, "BitNetWeightChecksumMismatch"), "the checksum alert fires");
+            var weights = (await VerboseHealthAsync(s)).GetProperty("components").GetProperty("weights");
+            Assert.Equal("mismatch", weights.GetProperty("status").GetString());
+            Assert.Equal("blk.0.ffn_gate.weight", weights.GetProperty("last_mismatch").GetString());
+            var metrics = await s.MetricsAsync();
+            Assert.True(TestServer.Sample(metrics, "bitnet_weights_checksum_mismatches_total") >= 1);
+            Assert.Equal(0, TestServer.Sample(metrics, "bitnet_weights_verified"));
+            var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello"));
+            Assert.Equal(HttpStatusCode.OK, status);
+        }
+        finally
+        {
+            unsafe { gate.Data[gate.ByteLength / 2] ^= 0x10; }
+        }
+    }
+
+    /// <summary>Zeroed attention-norm gains in layer 0: every q/k/v input code of that layer is 0, the underflow signal shows 1, and the underflow alert fires.</summary>
+    [Fact]
+    public async Task ZeroedNormGainsShowAsUnderflow()
+    {
+        var (s, w) = await StartAsync();
+        await using var owned = s;
+        Array.Clear(w.Layers[0].AttnNorm);
+        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 6));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var metrics = await s.MetricsAsync();
+        Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{input=\"qkv\",layer=\"0\"}"));
+        Assert.True(TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{input=\"qkv\",layer=\"1\"}") < 0.6);
+        await TestServer.EventuallyAsync(() => FiringAsync(s, "BitNetActivationUnderflow"), "the underflow alert fires");
+    }
+
+    /// <summary>Injected latency jitter (steps alternately delayed): the token-latency std-dev rises and the jitter rule fires.</summary>
+    [Fact]
+    public async Task LatencyJitterRaisesTheStdDevAlert()
+    {
+        var rule = new AlertRule { Name = "Jitter", Metric = "bitnet_health_token_latency_stddev_seconds", Op = ">", Threshold = 0.02, For = 2, Component = "serving" };
+        var (s, _) = await StartAsync(m => m with { AlertRules = [rule] });
+        await using var owned = s;
+        int step = 0;
+        s.Scheduler.BeforeForward = () => { if (step++ % 2 == 0) Thread.Sleep(100); };
+        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 12));
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.True(TestServer.Sample(await s.MetricsAsync(), "bitnet_health_token_latency_stddev_seconds") > 0.02);
+        await TestServer.EventuallyAsync(() => FiringAsync(s, "Jitter"), "the jitter alert fires");
+        Assert.Equal(1, s.Server.Monitor!.Alerts!.TimesFired("Jitter"));
+    }
+
+    /// <summary>Every health instrument's declared Prometheus name is what the exporter makes of its name and unit, and /metrics has them.</summary>
+    [Fact]
+    public async Task DeclaredPrometheusNamesMatchTheExporter()
+    {
+        var (s, _) = await StartAsync();
+        await using var server = s;
+        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello"));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var families = PrometheusText.Parse(await s.MetricsAsync());
+        foreach (var signal in s.Server.Monitor!.Meters.Signals)
+        {
+            Assert.Equal(signal.PrometheusName, PrometheusTextExporter.PrometheusName(signal.Instrument, signal.Unit, signal.Counter));
+            Assert.True(families.ContainsKey(signal.PrometheusName), $"{signal.PrometheusName} is not in /metrics");
+        }
+        Assert.True(families.ContainsKey("bitnet_requests_max_queue"));
+    }
+}

@@ -1,0 +1,248 @@
+using BitNetSharp.Generation;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Kernels;
+using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Tests.Model;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+public class HealthCollectorTests
+{
+    private static KvCache Cache(ModelConfig c) => new(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
+
+    [Fact]
+    public void LogitStatsMatchTheDoubleReference()
+    {
+        var rng = new Random(3);
+        foreach (int n in new[] { 1, 7, 8, 33, 1000, 4099 })
+        {
+            var row = new float[n];
+            for (int i = 0; i < n; i++) row[i] = (float)(rng.NextDouble() * 40 - 20);
+            var fast = LogitStats.Compute(row);
+            var slow = LogitStats.Reference(row);
+            Assert.Equal(slow.Min, fast.Min);
+            Assert.Equal(slow.Max, fast.Max);
+            Assert.Equal(0, fast.NonFinite);
+            Assert.Equal(slow.Entropy, fast.Entropy, 1e-4);
+            Assert.Equal(0, LogitStats.CountNonFinite(row));
+        }
+        // Uniform logits: entropy ln V; one dominant logit: entropy ~0.
+        Assert.Equal(Math.Log(512), LogitStats.Compute(new float[512]).Entropy, 1e-4);
+        var peaked = new float[512];
+        peaked[100] = 100;
+        Assert.True(LogitStats.Compute(peaked).Entropy < 1e-6);
+    }
+
+    [Fact]
+    public void NonFiniteLogitsAreCountedAndLeftOutOfTheStatistics()
+    {
+        var row = new float[37];
+        for (int i = 0; i < row.Length; i++) row[i] = i;
+        row[3] = float.NaN;
+        row[20] = float.PositiveInfinity;
+        row[36] = float.NegativeInfinity;
+        Assert.Equal(3, LogitStats.CountNonFinite(row));
+        var s = LogitStats.Compute(row);
+        Assert.Equal(3, s.NonFinite);
+        Assert.Equal(0, s.Min);
+        Assert.Equal(35, s.Max);
+        Assert.Equal(LogitStats.Reference(row).Entropy, s.Entropy, 1e-4);
+        Assert.True(float.IsNaN(LogitStats.Compute([float.NaN, float.NaN]).Max));
+    }
+
+    [Fact]
+    public void CodeCountsAndFinitenessMatchScalarLoops()
+    {
+        var rng = new Random(5);
+        foreach (int n in new[] { 5, 32, 100, 2560 })
+        {
+            var codes = new sbyte[n];
+            for (int i = 0; i < n; i++) codes[i] = (sbyte)rng.Next(-128, 128);
+            codes[0] = 0;
+            codes[n - 1] = 127;
+            ModelHealthCollector.CountCodes(codes, out int sat, out int zeros);
+            Assert.Equal(codes.Count(c => c is >= 127 or <= -127), sat);
+            Assert.Equal(codes.Count(c => c == 0), zeros);
+            var x = new float[n];
+            Assert.True(ModelHealthCollector.AllFinite(x));
+            x[rng.Next(n)] = float.NegativeInfinity;
+            Assert.False(ModelHealthCollector.AllFinite(x));
+        }
+    }
+
+    /// <summary>Collecting changes nothing the model computes: logits are bit-identical with and without it.</summary>
+    [Fact]
+    public void CollectingLeavesTheLogitsBitIdentical()
+    {
+        using var w = TransformerTests.TinyModel();
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var plain = new Transformer(w, 8, pool);
+        using var watched = new Transformer(w, 8, pool);
+        using var health = new ModelHealthCollector(c, 8) { SampleEvery = 1 };
+        watched.Health = health;
+        using var c1 = Cache(c);
+        using var c2 = Cache(c);
+        var a = new float[4 * c.VocabSize];
+        var b = new float[4 * c.VocabSize];
+        BatchToken[] batch = [new(5, 0, 0, true), new(17, 0, 1, true), new(200, 0, 2, true), new(3, 0, 3, true)];
+        plain.Forward(batch, [c1], a);
+        watched.Forward(batch, [c2], b);
+        Assert.Equal(a, b);
+        Assert.True(health.Sampling);
+        health.Publish();
+        Assert.Equal(1, health.Samples);
+        var snap = health.Latest;
+        Assert.Equal(4, snap.Tokens);
+        Assert.All(snap.ResidualRms, v => Assert.True(v > 0 && float.IsFinite(v)));
+        Assert.All(snap.CrestFactor, v => Assert.True(v >= 1));
+    }
+
+    /// <summary>The layer-0 q/k/v input statistics equal what the reference quantizer gives for RMSNorm(embedding).</summary>
+    [Fact]
+    public void FirstLayerInputStatisticsMatchTheReferenceQuantizer()
+    {
+        using var w = TransformerTests.TinyModel();
+        var c = w.Config;
+        using var pool = new WorkerPool(1);
+        using var engine = new Transformer(w, 4, pool);
+        using var health = new ModelHealthCollector(c, 4) { SampleEvery = 1 };
+        engine.Health = health;
+        using var cache = Cache(c);
+        var logits = new float[c.VocabSize];
+        engine.Forward([new BatchToken(42, 0, 0, true)], [cache], logits);
+        health.AddLogits(LogitStats.Compute(logits));
+        health.Publish();
+        var snap = health.Latest;
+
+        var x = new float[c.Dim];
+        w.TokenEmbedding.GetRow(42, x);
+        var xb = new float[c.Dim];
+        RmsNorm.Apply(x, w.Layers[0].AttnNorm, xb, c.RmsEps);
+        var q = new sbyte[BitNetSharp.Quantization.TernaryMatrix.PadCols(c.Dim)];
+        Int8ActivationQuantizer.QuantizeReference(xb, q, out _, out _);
+        int sat = 0, zero = 0;
+        for (int i = 0; i < c.Dim; i++)
+        {
+            if (q[i] == 0) zero++;
+            else if (Math.Abs((int)q[i]) >= 127) sat++;
+        }
+        double rms = Math.Sqrt(xb.Sum(v => (double)v * v) / c.Dim), max = xb.Max(v => Math.Abs(v));
+        int cell = snap.Index(0, BitLinearInput.Qkv);
+        Assert.Equal((float)sat / c.Dim, snap.Saturation[cell]);
+        Assert.Equal((float)zero / c.Dim, snap.Underflow[cell]);
+        Assert.Equal(max / rms, snap.CrestFactor[cell], 1e-4);
+        Assert.True(sat >= 1); // absmax scaling puts the largest entry at ±127
+        var expected = LogitStats.Reference(logits);
+        Assert.Equal(expected.Range, snap.LogitRange);
+        Assert.Equal(1, snap.LogitRows);
+    }
+
+    [Fact]
+    public void SamplingRateIsHonoured()
+    {
+        using var w = TransformerTests.TinyModel();
+        using var pool = new WorkerPool(1);
+        using var engine = new Transformer(w, 4, pool);
+        using var health = new ModelHealthCollector(w.Config, 4) { SampleEvery = 3 };
+        engine.Health = health;
+        using var cache = Cache(w.Config);
+        var logits = new float[w.Config.VocabSize];
+        int published = 0;
+        health.Published += _ => published++;
+        for (int pos = 0; pos < 7; pos++)
+        {
+            engine.Forward([new BatchToken(pos + 1, 0, pos, true)], [cache], logits);
+            health.Publish();
+        }
+        Assert.Equal(7, health.Steps);
+        Assert.Equal(3, health.Samples); // steps 0, 3, 6
+        Assert.Equal(3, published);
+        health.SampleEvery = 0;
+        engine.Forward([new BatchToken(1, 0, 7, true)], [cache], logits);
+        health.Publish();
+        Assert.Equal(3, health.Samples);
+        Assert.Throws<ArgumentException>(() => new Transformer(w, 8, pool) { Health = health });
+    }
+
+    [Fact]
+    public void NonFiniteValuesAreTracedToTheLayerWhereTheyFirstAppear()
+    {
+        using var w = TransformerTests.TinyModel();
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 4, pool);
+        using var health = new ModelHealthCollector(w.Config, 4) { SampleEvery = 0 };
+        engine.Health = health;
+        var logits = new float[2 * w.Config.VocabSize];
+        var scales = w.Layers[1].Q.RowScales;
+        float saved = scales[0];
+        scales[0] = float.NaN;
+        using (var cache = Cache(w.Config))
+        {
+            engine.Forward([new BatchToken(1, 0, 0, true)], [cache], logits);
+            Assert.True(LogitStats.CountNonFinite(logits.AsSpan(0, w.Config.VocabSize)) > 0);
+            Assert.Equal(1, health.NonFiniteOrigin(0));
+        }
+        scales[0] = saved;
+        using (var cache = Cache(w.Config))
+        {
+            engine.Forward([new BatchToken(1, 0, 0, true)], [cache], logits);
+            Assert.Equal(0, LogitStats.CountNonFinite(logits.AsSpan(0, w.Config.VocabSize)));
+            Assert.Equal(ModelHealthCollector.Finite, health.NonFiniteOrigin(0));
+        }
+        Assert.Contains("layer 1", ModelHealthCollector.DescribeOrigin(1));
+    }
+
+    [Fact]
+    public void GeneratorEndsWithAnErrorNamingTheLayer()
+    {
+        using var w = TransformerTests.TinyModel();
+        w.Layers[0].Down.RowScales[3] = float.PositiveInfinity;
+        using var g = new TextGenerator(w, null, new GeneratorOptions { Threads = 1, HealthSampleEvery = 1 });
+        var e = Assert.Throws<NonFiniteLogitsException>(() => g.Generate([1, 2, 3], 4, SamplingParameters.Greedy, cancellation: TestContext.Current.CancellationToken).ToList());
+        Assert.Equal(0, e.Layer);
+        Assert.Contains("layer 0", e.Message);
+    }
+}
+
+public class HealthCollectorBatchTests
+{
+    /// <summary>A token whose embedding is NaN poisons only its own sequence: the other sequence's logits equal its logits alone.</summary>
+    [Fact]
+    public unsafe void NaNStaysInItsSequence()
+    {
+        // An untied head: with a tied one, the poisoned embedding row is also every sequence's head row.
+        var writer = SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16);
+        AddOutputHead(writer, SyntheticShape.Tiny.Dim, SyntheticShape.Tiny.VocabSize);
+        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-untied.gguf"), ownsFile: true);
+        Assert.False(w.TiedOutput);
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 8, pool);
+        using var health = new ModelHealthCollector(c, 8) { SampleEvery = 1 };
+        engine.Health = health;
+        var alone = new float[c.VocabSize];
+        using (var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32))
+            engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], alone);
+        ((ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes))[3] = 0x7E00;
+        var both = new float[2 * c.VocabSize];
+        using var c0 = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
+        using var c1 = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
+        engine.Forward([new BatchToken(90, 1, 0), new BatchToken(5, 0, 0), new BatchToken(90, 1, 1, true), new BatchToken(6, 0, 1, true)], [c0, c1], both);
+        Assert.Equal(ModelHealthCollector.Embedding, health.NonFiniteOrigin(0));
+        Assert.Equal(ModelHealthCollector.Finite, health.NonFiniteOrigin(1));
+        Assert.Equal(alone, both.AsSpan(c.VocabSize).ToArray());
+    }
+
+    /// <summary>Adds a random F32 "output.weight" so the model's head is not its embedding.</summary>
+    internal static void AddOutputHead(BitNetSharp.Formats.Gguf.GgufWriter writer, int dim, int vocab)
+    {
+        var rng = new Random(99);
+        var values = new float[dim * vocab];
+        for (int i = 0; i < values.Length; i++) values[i] = (float)(rng.NextDouble() * 2 - 1);
+        writer.AddTensor("output.weight", BitNetSharp.Formats.Gguf.GgmlType.F32, [dim, vocab], System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
+    }
+}

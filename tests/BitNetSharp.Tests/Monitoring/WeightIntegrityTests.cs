@@ -1,0 +1,101 @@
+using BitNetSharp.Monitoring;
+using BitNetSharp.Quantization;
+using BitNetSharp.Tests.Model;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+public class WeightIntegrityTests
+{
+    [Fact]
+    public unsafe void AFlippedBitIsFoundAndNamed()
+    {
+        using var w = TransformerTests.TinyModel();
+        var integrity = new WeightIntegrity(w);
+        Assert.True(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+        Assert.True(integrity.Probe().Ok);
+        var names = integrity.Tensors.Select(t => t.Name).ToList();
+        Assert.Contains("blk.1.ffn_down.weight", names);
+        Assert.Contains("blk.1.ffn_down.scale", names);
+        Assert.Contains("token_embd.weight", names);
+        Assert.Contains("blk.0.attn_norm.weight", names);
+
+        string? reported = null;
+        integrity.MismatchFound += bad => reported = bad[0];
+        var down = w.Layers[1].Down;
+        long offset = integrity.FirstProbeOffset("blk.1.ffn_down.weight");
+        down.Data[offset] ^= 0x04;
+        try
+        {
+            var probe = integrity.Probe();
+            Assert.Equal(["blk.1.ffn_down.weight"], probe.Mismatched);
+            var full = integrity.Verify(TestContext.Current.CancellationToken);
+            Assert.Equal(["blk.1.ffn_down.weight"], full.Mismatched);
+            Assert.False(integrity.Verified);
+            Assert.Equal("blk.1.ffn_down.weight", integrity.LastMismatch);
+            Assert.Equal("blk.1.ffn_down.weight", reported);
+            Assert.Equal(1, integrity.Mismatches);
+            Assert.Equal(1, integrity.ProbeMismatches);
+        }
+        finally
+        {
+            down.Data[offset] ^= 0x04;
+        }
+        Assert.True(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+        Assert.True(integrity.Verified);
+    }
+
+    [Fact]
+    public void ScalesAndNormsAreCovered()
+    {
+        using var w = TransformerTests.TinyModel();
+        var integrity = new WeightIntegrity(w);
+        w.Layers[0].Q.RowScales[0] *= 2;
+        Assert.Equal(["blk.0.attn_q.scale"], integrity.Verify(TestContext.Current.CancellationToken).Mismatched);
+        w.Layers[0].Q.RowScales[0] /= 2;
+        w.Layers[1].FfnNorm[5] = 0;
+        Assert.Equal(["blk.1.ffn_norm.weight"], integrity.Verify(TestContext.Current.CancellationToken).Mismatched);
+    }
+
+    [Fact]
+    public void ModelChecksumIdentifiesTheWeights()
+    {
+        using var a = TransformerTests.TinyModel(seed: 7);
+        using var b = TransformerTests.TinyModel(seed: 7);
+        using var c = TransformerTests.TinyModel(seed: 8);
+        Assert.Equal(new WeightIntegrity(a).ModelChecksum, new WeightIntegrity(b).ModelChecksum);
+        Assert.NotEqual(new WeightIntegrity(a).ModelChecksum, new WeightIntegrity(c).ModelChecksum);
+    }
+
+    [Fact]
+    public async Task TheVerifierFindsAChangeInTheBackground()
+    {
+        using var w = TransformerTests.TinyModel();
+        var integrity = new WeightIntegrity(w);
+        using var verifier = new WeightVerifier(integrity, TimeSpan.FromMilliseconds(20));
+        w.Layers[0].Up.RowScales[1] = -w.Layers[0].Up.RowScales[1];
+        for (int i = 0; i < 250 && integrity.Verified; i++) await Task.Delay(20, TestContext.Current.CancellationToken);
+        Assert.False(integrity.Verified);
+        Assert.Equal("blk.0.ffn_up.scale", integrity.LastMismatch);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new WeightVerifier(integrity, TimeSpan.Zero));
+    }
+
+    [Fact]
+    public void CodeSharesAndDegenerateTensors()
+    {
+        using var w = TransformerTests.TinyModel();
+        var stats = WeightCodeStats.Compute(w, TestContext.Current.CancellationToken);
+        Assert.Equal(0, stats.Degenerate);
+        var k = stats[0, 0];
+        Assert.Equal(1.0, k.MinusShare + k.ZeroShare + k.PlusShare, 1e-12);
+        Assert.True(k.MinusShare > 0.1 && k.PlusShare > 0.1);
+        // Every code of blk.1.attn_v made +1 or 0: no −1 left, "all one sign".
+        var v = w.Layers[1].V;
+        for (int r = 0; r < v.Rows; r++)
+            for (int col = 0; col < v.Cols; col++)
+                if (v.Get(r, col) < 0) v.Set(r, col, 1);
+        stats = WeightCodeStats.Compute(w, TestContext.Current.CancellationToken);
+        Assert.Equal(1, stats.Degenerate);
+        Assert.True(WeightCodeStats.IsDegenerate(stats[1, 2]));
+        Assert.Equal(0, stats[1, 2].Minus);
+    }
+}
