@@ -20,9 +20,9 @@ namespace BitNetSharp.Monitoring.Telemetry;
 /// </para>
 /// <para>
 /// Size, measured by <c>TelemetryLogTests.BytesPerRowOfARealisticRun</c> (10 000 steps × 30 layers, 1024-row
-/// batches, uncompressed): about 166 bytes per layer row and 167 bytes per step row (one logged token), so
-/// about 5.2 KB per engine step of a 30-layer model with one sampled sequence. Every row carries a slot for each
-/// fixed-width column, also for the null ones of the other kinds; nulls cost only those slots and bitmap bits.
+/// batches, uncompressed): 134 bytes per layer row, so 4.0 KB per engine step of a 30-layer model; 192 bytes per
+/// step row (one logged token) with a 25-character request id and a 32-character trace id (65 of those bytes).
+/// Every row carries a slot for each fixed-width column, also for the null ones of the other kinds.
 /// </para>
 /// </summary>
 public sealed class TelemetryLogWriter : IDisposable
