@@ -25,6 +25,7 @@ public static class Program
             TrainCommand.Create(cli),
             EvalCommand.Create(cli),
             ServeCommand.Create(cli),
+            LogsCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }

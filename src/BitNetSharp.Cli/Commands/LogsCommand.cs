@@ -1,0 +1,537 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Monitoring.Telemetry;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet logs FILE… [--summary] [--request ID] [--layer N] [--since T] [--until T] [--follow] [--export csv|jsonl
+/// --out PATH] [--plot PATH.svg --metric M [--input I]]</c>: reads telemetry logs (<see cref="TelemetryLogReader"/>).
+/// Without --export, --plot or --follow it prints a summary. Filters apply to every output: --request keeps that
+/// request's step and event rows and the layer rows of its steps; --layer keeps one layer's rows (step and event rows
+/// stay); --since/--until bound the time.
+/// </summary>
+public static class LogsCommand
+{
+    public static readonly string[] Metrics = ["saturation", "underflow", "crest", "residual_rms", "residual_change"];
+
+    public static Command Create(CliConsole cli)
+    {
+        var files = new Argument<string[]>("files") { Description = "Telemetry log files (.arrow) or directories of them.", Arity = ArgumentArity.OneOrMore };
+        var summary = new Option<bool>("--summary") { Description = "Print the summary (the default when nothing else is asked)." };
+        var request = new Option<string?>("--request") { Description = "Only this request id (its steps, events and the layer rows of its engine steps)." };
+        var layer = new Option<int?>("--layer") { Description = "Only this layer's rows." };
+        var since = new Option<string?>("--since") { Description = "Only rows at or after T: ISO-8601 or a duration ago (30s, 10m, 2h, 1d)." };
+        var until = new Option<string?>("--until") { Description = "Only rows at or before T: ISO-8601 or a duration ago." };
+        var follow = new Option<bool>("--follow", "-f") { Description = "Tail the newest file: print new rows as JSON lines until Ctrl-C." };
+        var followTimeout = new Option<double?>("--follow-timeout") { Description = "Stop following after this many seconds." };
+        var export = new Option<string?>("--export") { Description = "Write the rows as csv or jsonl to --out." };
+        var output = new Option<string?>("--out", "-o") { Description = "The export file." };
+        var plot = new Option<string?>("--plot") { Description = "Write an SVG chart of --metric per layer over time to this path." };
+        var metric = new Option<string?>("--metric") { Description = "saturation, underflow, crest, residual_rms or residual_change (default saturation)." };
+        var input = new Option<string?>("--input") { Description = "BitLinear input of saturation, underflow and crest: qkv, o, gate_up or down (default qkv)." };
+        var command = new Command("logs", "Summarize, filter, export, plot or follow telemetry logs (Arrow IPC files).")
+        {
+            files, summary, request, layer, since, until, follow, followTimeout, export, output, plot, metric, input,
+        };
+        command.SetAction((r, cancellation) => Task.FromResult(cli.Guard(() =>
+        {
+            var now = DateTimeOffset.UtcNow;
+            var settings = new Settings
+            {
+                Files = r.GetRequiredValue(files),
+                Summary = r.GetValue(summary),
+                Request = r.GetValue(request),
+                Layer = r.GetValue(layer),
+                Since = ParseTime(r.GetValue(since), "--since", now),
+                Until = ParseTime(r.GetValue(until), "--until", now),
+                Follow = r.GetValue(follow),
+                FollowTimeout = r.GetValue(followTimeout),
+                Export = r.GetValue(export),
+                Out = r.GetValue(output),
+                Plot = r.GetValue(plot),
+                Metric = r.GetValue(metric),
+                Input = r.GetValue(input),
+            };
+            try
+            {
+                return Run(cli, settings, cancellation);
+            }
+            catch (InvalidDataException e)
+            {
+                // A file that is not a telemetry log is the user's file, not a bug: one line and exit 1.
+                throw new IOException(e.Message, e);
+            }
+        })));
+        return command;
+    }
+
+    private sealed class Settings
+    {
+        public required string[] Files;
+        public bool Summary, Follow;
+        public string? Request, Export, Out, Plot, Metric, Input;
+        public int? Layer;
+        public long? Since, Until;
+        public double? FollowTimeout;
+    }
+
+    private static int Run(CliConsole cli, Settings s, CancellationToken cancellation)
+    {
+        Validate(s);
+        if (s.Follow) return Follow(cli, s, cancellation);
+
+        var reader = TelemetryLogReader.Open(s.Files);
+        HashSet<long>? requestSteps = null;
+        if (s.Request is not null)
+        {
+            requestSteps = [];
+            foreach (var row in reader.ReadRows(cancellation))
+                if (row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add(row.Step);
+        }
+
+        var stats = s.Summary || (s.Export is null && s.Plot is null) ? new Summary() : null;
+        string? exportTemp = s.Export is null ? null : TempFor(s.Out!);
+        StreamWriter? exportWriter = null;
+        try
+        {
+            if (exportTemp is not null)
+            {
+                exportWriter = new StreamWriter(exportTemp, false, new UTF8Encoding(false));
+                if (s.Export == "csv") exportWriter.WriteLine(string.Join(',', TelemetryLogSchema.ColumnNames));
+            }
+            var plot = s.Plot is null ? null : new PlotData(s.Metric ?? "saturation", InputIndex(s.Input));
+            long exported = 0;
+            var jsonBuffer = new System.Buffers.ArrayBufferWriter<byte>();
+            foreach (var row in reader.ReadRows(cancellation))
+            {
+                if (!Keep(row, s, requestSteps)) continue;
+                stats?.Add(row);
+                plot?.Add(row);
+                if (exportWriter is not null)
+                {
+                    if (s.Export == "csv") WriteCsv(exportWriter, row);
+                    else WriteJsonLine(exportWriter, row, jsonBuffer);
+                    exported++;
+                }
+            }
+            if (exportWriter is not null)
+            {
+                exportWriter.Dispose();
+                exportWriter = null;
+                File.Move(exportTemp!, s.Out!, overwrite: true);
+                exportTemp = null;
+                cli.Output.WriteLine($"wrote {exported:N0} rows to {s.Out}");
+            }
+            if (plot is not null)
+            {
+                string temp = TempFor(s.Plot!);
+                try
+                {
+                    using (var w = new StreamWriter(temp, false, new UTF8Encoding(false))) plot.Write(w, reader.Files);
+                    File.Move(temp, s.Plot!, overwrite: true);
+                }
+                catch
+                {
+                    TryDelete(temp);
+                    throw;
+                }
+                cli.Output.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
+            }
+            stats?.Write(cli.Output, reader);
+            return 0;
+        }
+        finally
+        {
+            exportWriter?.Dispose();
+            if (exportTemp is not null) TryDelete(exportTemp);
+        }
+    }
+
+    private static void Validate(Settings s)
+    {
+        if (s.Export is not null && s.Export is not ("csv" or "jsonl"))
+            throw new UsageException($"unknown --export format '{s.Export}': expected csv or jsonl.");
+        if (s.Export is not null && string.IsNullOrEmpty(s.Out))
+            throw new UsageException("--export needs --out PATH.");
+        if (s.Out is not null && s.Export is null)
+            throw new UsageException("--out needs --export csv|jsonl.");
+        if (s.Metric is not null && Array.IndexOf(Metrics, s.Metric) < 0)
+            throw new UsageException($"unknown --metric '{s.Metric}': expected {string.Join(", ", Metrics)}.");
+        if ((s.Metric is not null || s.Input is not null) && s.Plot is null)
+            throw new UsageException("--metric and --input need --plot PATH.svg.");
+        if (s.Input is not null && Array.IndexOf(HealthNames.InputLabels, s.Input) < 0)
+            throw new UsageException($"unknown --input '{s.Input}': expected {string.Join(", ", HealthNames.InputLabels)}.");
+        if (s.Follow && (s.Export is not null || s.Plot is not null || s.Summary))
+            throw new UsageException("--follow prints rows as they arrive; it cannot be combined with --summary, --export or --plot.");
+        if (s.FollowTimeout is not null && !s.Follow)
+            throw new UsageException("--follow-timeout needs --follow.");
+        if (s.FollowTimeout is <= 0 or double.NaN)
+            throw new UsageException("--follow-timeout must be a positive number of seconds.");
+        foreach (var path in new[] { s.Out, s.Plot })
+            if (path is not null && Path.GetDirectoryName(Path.GetFullPath(path)) is { } dir && !Directory.Exists(dir))
+                throw new IOException($"{path}: directory {dir} does not exist.");
+    }
+
+    private static bool Keep(in TelemetryRow row, Settings s, HashSet<long>? requestSteps)
+    {
+        if (s.Since is { } since && row.TimeUnixNanos < since) return false;
+        if (s.Until is { } until && row.TimeUnixNanos > until) return false;
+        if (s.Layer is { } layer && row.Kind == TelemetryRowKind.Layer && row.Layer != layer) return false;
+        if (s.Request is { } request)
+            return row.Kind == TelemetryRowKind.Layer ? requestSteps!.Contains(row.Step) : row.RequestId == request;
+        return true;
+    }
+
+    private static int Follow(CliConsole cli, Settings s, CancellationToken cancellation)
+    {
+        var reader = TelemetryLogReader.Open(s.Files);
+        if (reader.Files.Count == 0) throw new IOException($"{string.Join(", ", s.Files)}: no telemetry log files to follow.");
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        if (s.FollowTimeout is { } seconds) stop.CancelAfter(TimeSpan.FromSeconds(seconds));
+        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
+        // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
+        var requestSteps = s.Request is null ? null : new HashSet<long>();
+        foreach (var batch in TelemetryLogReader.Follow(reader.Files[^1].Path, TimeSpan.FromMilliseconds(200), stop.Token))
+        {
+            using (batch)
+                foreach (var row in TelemetryLogReader.Rows(batch))
+                {
+                    if (requestSteps is not null && row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add(row.Step);
+                    if (!Keep(row, s, requestSteps)) continue;
+                    WriteJsonLine(cli.Output, row, buffer);
+                }
+            cli.Output.Flush();
+        }
+        return 0;
+    }
+
+    /// <summary>ISO-8601 (UTC unless it says otherwise) or a duration before now: 90s, 10m, 2h, 1d, 500ms.</summary>
+    internal static long? ParseTime(string? text, string option, DateTimeOffset now)
+    {
+        if (string.IsNullOrWhiteSpace(text)) return null;
+        text = text.Trim();
+        (string Suffix, double Seconds)[] units = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)];
+        foreach (var (suffix, unit) in units)
+            if (text.EndsWith(suffix, StringComparison.Ordinal)
+                && double.TryParse(text.AsSpan(0, text.Length - suffix.Length), NumberStyles.Float, CultureInfo.InvariantCulture, out double amount)
+                && amount >= 0)
+                return ToUnixNanos(now - TimeSpan.FromSeconds(amount * unit));
+        if (DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var t))
+            return ToUnixNanos(t);
+        throw new UsageException($"{option} '{text}' is neither an ISO-8601 time nor a duration like 10m.");
+    }
+
+    private static long ToUnixNanos(DateTimeOffset t) => (t.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) * 100;
+
+    private static int InputIndex(string? input) => input is null ? 0 : Array.IndexOf(HealthNames.InputLabels, input);
+
+    private static string TempFor(string path) =>
+        Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "." + Path.GetFileName(path) + ".tmp-" + Guid.NewGuid().ToString("N")[..8]);
+
+    private static void TryDelete(string path)
+    {
+        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>ISO-8601 UTC with nanoseconds.</summary>
+    internal static string FormatTime(long unixNanos)
+    {
+        var t = DateTimeOffset.UnixEpoch.AddTicks(unixNanos / 100);
+        long ns = ((unixNanos % 1_000_000_000) + 1_000_000_000) % 1_000_000_000;
+        return string.Create(CultureInfo.InvariantCulture, $"{t:yyyy-MM-dd'T'HH:mm:ss}.{ns:D9}Z");
+    }
+
+    private static string F(float v) => v.ToString(CultureInfo.InvariantCulture);
+
+    // The values of a row in schema order, null where the column is null for its kind.
+    private static string?[] Cells(in TelemetryRow row)
+    {
+        var c = new string?[TelemetryLogSchema.ColumnCount];
+        c[TelemetryLogSchema.Time] = FormatTime(row.TimeUnixNanos);
+        c[TelemetryLogSchema.Kind] = TelemetryLogSchema.KindNames[(int)row.Kind];
+        c[TelemetryLogSchema.Step] = row.Step.ToString(CultureInfo.InvariantCulture);
+        switch (row.Kind)
+        {
+            case TelemetryRowKind.Step:
+                var s = row.StepRecord;
+                c[TelemetryLogSchema.RequestId] = s.RequestId;
+                c[TelemetryLogSchema.TraceId] = s.TraceId;
+                c[TelemetryLogSchema.Sequence] = s.Sequence.ToString(CultureInfo.InvariantCulture);
+                c[TelemetryLogSchema.Token] = s.Token.ToString(CultureInfo.InvariantCulture);
+                c[TelemetryLogSchema.BatchTokens] = s.BatchTokens.ToString(CultureInfo.InvariantCulture);
+                c[TelemetryLogSchema.StepSeconds] = F(s.StepSeconds);
+                c[TelemetryLogSchema.LatencySeconds] = F(s.LatencySeconds);
+                c[TelemetryLogSchema.LogitMin] = F(s.LogitMin);
+                c[TelemetryLogSchema.LogitMax] = F(s.LogitMax);
+                c[TelemetryLogSchema.LogitEntropy] = F(s.LogitEntropy);
+                c[TelemetryLogSchema.NonFinite] = s.NonFinite.ToString(CultureInfo.InvariantCulture);
+                break;
+            case TelemetryRowKind.Layer:
+                var l = row.LayerRecord!;
+                c[TelemetryLogSchema.Layer] = l.Layer.ToString(CultureInfo.InvariantCulture);
+                c[TelemetryLogSchema.BatchTokens] = l.Tokens.ToString(CultureInfo.InvariantCulture);
+                for (int k = 0; k < HealthNames.InputCount; k++)
+                {
+                    c[TelemetryLogSchema.Saturation + k] = F(l.Saturation[k]);
+                    c[TelemetryLogSchema.Underflow + k] = F(l.Underflow[k]);
+                    c[TelemetryLogSchema.Crest + k] = F(l.CrestFactor[k]);
+                }
+                c[TelemetryLogSchema.ResidualRms] = F(l.ResidualRms);
+                c[TelemetryLogSchema.ResidualMaxAbs] = F(l.ResidualMaxAbs);
+                c[TelemetryLogSchema.ResidualChange] = F(l.ResidualChange);
+                break;
+            case TelemetryRowKind.Event:
+                c[TelemetryLogSchema.RequestId] = row.Event.RequestId;
+                c[TelemetryLogSchema.TraceId] = row.Event.TraceId;
+                c[TelemetryLogSchema.EventKind] = row.Event.Kind;
+                c[TelemetryLogSchema.Message] = row.Event.Message;
+                break;
+        }
+        return c;
+    }
+
+    private static void WriteCsv(TextWriter w, in TelemetryRow row)
+    {
+        var cells = Cells(row);
+        for (int i = 0; i < cells.Length; i++)
+        {
+            if (i > 0) w.Write(',');
+            if (cells[i] is not { } v) continue;
+            if (v.AsSpan().IndexOfAny(",\"\r\n") >= 0) w.Write("\"" + v.Replace("\"", "\"\"") + "\"");
+            else w.Write(v);
+        }
+        w.WriteLine();
+    }
+
+    private static bool IsNumeric(int column) => column is not (TelemetryLogSchema.Time or TelemetryLogSchema.Kind
+        or TelemetryLogSchema.RequestId or TelemetryLogSchema.TraceId or TelemetryLogSchema.EventKind or TelemetryLogSchema.Message);
+
+    /// <summary>One JSON object per row; null columns are left out, non-finite floats written as strings.</summary>
+    private static void WriteJsonLine(TextWriter w, in TelemetryRow row, System.Buffers.ArrayBufferWriter<byte> buffer)
+    {
+        var cells = Cells(row);
+        buffer.ResetWrittenCount();
+        using (var json = new Utf8JsonWriter(buffer))
+        {
+            json.WriteStartObject();
+            for (int i = 0; i < cells.Length; i++)
+            {
+                if (cells[i] is not { } v) continue;
+                string name = TelemetryLogSchema.ColumnNames[i];
+                if (IsNumeric(i) && double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out double d) && double.IsFinite(d))
+                    json.WritePropertyName(name);
+                else
+                {
+                    json.WriteString(name, v);
+                    continue;
+                }
+                json.WriteRawValue(v);
+            }
+            json.WriteEndObject();
+        }
+        w.WriteLine(Encoding.UTF8.GetString(buffer.WrittenSpan));
+    }
+
+    /// <summary>Running totals for the summary.</summary>
+    private sealed class Summary
+    {
+        private readonly long[] _rowsByKind = new long[3];
+        private long _first = long.MaxValue, _last = long.MinValue;
+        private readonly HashSet<string> _requests = [];
+        private readonly HashSet<long> _steps = [];
+        private readonly SortedDictionary<int, LayerStats> _layers = [];
+        private readonly List<TelemetryEvent> _events = [];
+        private long _stepRows, _nonFiniteTokens, _nonFiniteRows, _finiteLogitRows;
+        private float _logitMin = float.PositiveInfinity, _logitMax = float.NegativeInfinity;
+        private double _entropySum, _stepSecondsSum, _latencySum;
+        private float _latencyMax;
+
+        public void Add(in TelemetryRow row)
+        {
+            _rowsByKind[(int)row.Kind]++;
+            _first = Math.Min(_first, row.TimeUnixNanos);
+            _last = Math.Max(_last, row.TimeUnixNanos);
+            switch (row.Kind)
+            {
+                case TelemetryRowKind.Step:
+                    var s = row.StepRecord;
+                    _steps.Add(row.Step);
+                    if (s.RequestId is not null) _requests.Add(s.RequestId);
+                    _stepRows++;
+                    _stepSecondsSum += s.StepSeconds;
+                    _latencySum += s.LatencySeconds;
+                    _latencyMax = Math.Max(_latencyMax, s.LatencySeconds);
+                    _nonFiniteTokens += s.NonFinite;
+                    if (s.NonFinite > 0) _nonFiniteRows++;
+                    if (float.IsFinite(s.LogitMin) && float.IsFinite(s.LogitMax) && float.IsFinite(s.LogitEntropy))
+                    {
+                        _finiteLogitRows++;
+                        _logitMin = Math.Min(_logitMin, s.LogitMin);
+                        _logitMax = Math.Max(_logitMax, s.LogitMax);
+                        _entropySum += s.LogitEntropy;
+                    }
+                    break;
+                case TelemetryRowKind.Layer:
+                    var l = row.LayerRecord!;
+                    _steps.Add(row.Step);
+                    if (!_layers.TryGetValue(l.Layer, out var stats)) _layers[l.Layer] = stats = new LayerStats();
+                    stats.Add(l);
+                    break;
+                case TelemetryRowKind.Event:
+                    _events.Add(row.Event);
+                    if (row.Event.RequestId is not null) _requests.Add(row.Event.RequestId);
+                    break;
+            }
+        }
+
+        public void Write(TextWriter w, TelemetryLogReader reader)
+        {
+            w.WriteLine("files:");
+            foreach (var f in reader.Files)
+                w.WriteLine($"  {f.Path}  {f.Bytes:N0} bytes{(f.HasFooter ? "" : "  (no footer: still being written, or the writer was killed)")}");
+            foreach (var t in reader.TruncatedFiles) w.WriteLine($"  {t}: torn final batch ignored");
+            w.WriteLine("context:");
+            foreach (var (k, v) in reader.Context.OrderBy(p => p.Key, StringComparer.Ordinal)) w.WriteLine($"  {k} = {v}");
+            long total = _rowsByKind[0] + _rowsByKind[1] + _rowsByKind[2];
+            if (total == 0)
+            {
+                w.WriteLine("rows: 0");
+                return;
+            }
+            double span = (_last - _first) / 1e9;
+            w.WriteLine($"time: {FormatTime(_first)} .. {FormatTime(_last)} ({span.ToString("0.###", CultureInfo.InvariantCulture)} s)");
+            w.WriteLine($"rows: {total:N0} (step {_rowsByKind[0]:N0}, layer {_rowsByKind[1]:N0}, event {_rowsByKind[2]:N0})");
+            w.WriteLine($"requests: {_requests.Count:N0}");
+            w.WriteLine($"steps: {_steps.Count:N0}");
+            if (_stepRows > 0)
+            {
+                w.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepRows * 1e3:0.###} ms, latency mean {_latencySum / _stepRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms"));
+                string logits = _finiteLogitRows == 0 ? "no finite rows"
+                    : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
+                w.WriteLine($"logits: {logits}; non-finite {_nonFiniteTokens:N0} in {_nonFiniteRows:N0} tokens");
+            }
+            if (_layers.Count > 0)
+            {
+                WriteTable(w, "saturation % (share of int8 codes at the clamp), mean / max", l => l.Saturation, 100, "0.000");
+                WriteTable(w, "underflow % (share of zero codes), mean / max", l => l.Underflow, 100, "0.000");
+                WriteTable(w, "crest factor (max|x| / rms), mean / max", l => l.Crest, 1, "0.00");
+                w.WriteLine("residual stream:");
+                w.WriteLine($"  {"layer",5} {"rows",8} {"rms mean",10} {"rms max",10} {"max|x|",10} {"change mean",12} {"change max",11}");
+                foreach (var (layer, s) in _layers)
+                    w.WriteLine($"  {layer,5} {s.Rows,8:N0} {G(s.Rms.Mean),10} {G(s.Rms.Max),10} {G(s.MaxAbs.Max),10} {G(s.Change.Mean),12} {G(s.Change.Max),11}");
+            }
+            w.WriteLine($"events: {_events.Count:N0}");
+            foreach (var e in _events)
+                w.WriteLine($"  {FormatTime(e.TimeUnixNanos)}  {e.Kind}{(e.RequestId is null ? "" : "  request " + e.RequestId)}  {e.Message}");
+        }
+
+        private void WriteTable(TextWriter w, string title, Func<LayerStats, Stat[]> pick, double scale, string format)
+        {
+            w.WriteLine(title + ":");
+            var header = new StringBuilder($"  {"layer",5}");
+            foreach (var label in HealthNames.InputLabels) header.Append($" {label,17}");
+            w.WriteLine(header.ToString());
+            foreach (var (layer, s) in _layers)
+            {
+                var line = new StringBuilder($"  {layer,5}");
+                foreach (var stat in pick(s))
+                {
+                    string cell = (stat.Mean * scale).ToString(format, CultureInfo.InvariantCulture) + " / " + (stat.Max * scale).ToString(format, CultureInfo.InvariantCulture);
+                    line.Append($" {cell,17}");
+                }
+                w.WriteLine(line.ToString());
+            }
+        }
+
+        private static string G(double v) => v.ToString("G5", CultureInfo.InvariantCulture);
+    }
+
+    private struct Stat
+    {
+        private double _sum;
+        private long _count;
+        public double Max;
+
+        public readonly double Mean => _count == 0 ? double.NaN : _sum / _count;
+
+        public void Add(float v)
+        {
+            if (!float.IsFinite(v)) return;
+            Max = _count == 0 ? v : Math.Max(Max, v);
+            _sum += v;
+            _count++;
+        }
+    }
+
+    private sealed class LayerStats
+    {
+        public long Rows;
+        public readonly Stat[] Saturation = new Stat[HealthNames.InputCount], Underflow = new Stat[HealthNames.InputCount], Crest = new Stat[HealthNames.InputCount];
+        public Stat Rms, MaxAbs, Change;
+
+        public void Add(TelemetryLayerRecord l)
+        {
+            Rows++;
+            for (int k = 0; k < HealthNames.InputCount; k++)
+            {
+                Saturation[k].Add(l.Saturation[k]);
+                Underflow[k].Add(l.Underflow[k]);
+                Crest[k].Add(l.CrestFactor[k]);
+            }
+            Rms.Add(l.ResidualRms);
+            MaxAbs.Add(l.ResidualMaxAbs);
+            Change.Add(l.ResidualChange);
+        }
+    }
+
+    /// <summary>The points of one metric per layer, x in seconds since the first row.</summary>
+    private sealed class PlotData(string metric, int input)
+    {
+        private readonly SortedDictionary<int, List<(double X, double Y)>> _series = [];
+        private long _origin = long.MinValue;
+
+        public int SeriesCount => _series.Count;
+
+        public string Title => metric is "saturation" or "underflow" or "crest" ? $"{metric} {HealthNames.InputLabels[input]}" : metric;
+
+        public void Add(in TelemetryRow row)
+        {
+            if (row.Kind != TelemetryRowKind.Layer) return;
+            if (_origin == long.MinValue) _origin = row.TimeUnixNanos;
+            var l = row.LayerRecord!;
+            float y = metric switch
+            {
+                "saturation" => l.Saturation[input],
+                "underflow" => l.Underflow[input],
+                "crest" => l.CrestFactor[input],
+                "residual_rms" => l.ResidualRms,
+                _ => l.ResidualChange,
+            };
+            if (!_series.TryGetValue(l.Layer, out var points)) _series[l.Layer] = points = [];
+            if (float.IsFinite(y)) points.Add(((row.TimeUnixNanos - _origin) / 1e9, y));
+        }
+
+        public void Write(TextWriter w, IReadOnlyList<TelemetryLogFile> files)
+        {
+            var plot = new SvgLinePlot
+            {
+                Title = $"{Title} per layer ({(files.Count == 1 ? Path.GetFileName(files[0].Path) : files.Count + " files")})",
+                XLabel = _origin == long.MinValue ? "time (s)" : $"time since {FormatTime(_origin)[..19]}Z (s)",
+                YLabel = metric switch
+                {
+                    "saturation" or "underflow" => $"{metric} (share of codes)",
+                    "crest" => "crest factor (max|x| / rms)",
+                    "residual_rms" => "residual rms",
+                    _ => "residual change (relative)",
+                },
+            };
+            foreach (var (layer, points) in _series) plot.Series.Add(($"layer {layer}", points));
+            plot.Write(w);
+        }
+    }
+}

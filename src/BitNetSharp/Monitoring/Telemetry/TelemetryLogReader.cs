@@ -1,0 +1,369 @@
+using System.Text;
+using Apache.Arrow;
+using Apache.Arrow.Ipc;
+
+namespace BitNetSharp.Monitoring.Telemetry;
+
+/// <summary>One file of a telemetry log: its size, whether it was closed with a footer, and its context metadata.</summary>
+public sealed record TelemetryLogFile(string Path, long Bytes, bool HasFooter, IReadOnlyDictionary<string, string> Context);
+
+/// <summary>
+/// One row of the log as the record it was written from: <see cref="StepRecord"/>, <see cref="LayerRecord"/> or
+/// <see cref="Event"/>, by <see cref="Kind"/>.
+/// </summary>
+public readonly record struct TelemetryRow(
+    TelemetryRowKind Kind,
+    long TimeUnixNanos,
+    long Step,
+    TelemetryStepRecord StepRecord,
+    TelemetryLayerRecord? LayerRecord,
+    TelemetryEvent Event)
+{
+    /// <summary>The layer of a layer row, else -1.</summary>
+    public int Layer => LayerRecord?.Layer ?? -1;
+
+    /// <summary>The request of a step or event row, else null.</summary>
+    public string? RequestId => Kind switch
+    {
+        TelemetryRowKind.Step => StepRecord.RequestId,
+        TelemetryRowKind.Event => Event.RequestId,
+        _ => null,
+    };
+
+    public DateTimeOffset Time => DateTimeOffset.UnixEpoch.AddTicks(TimeUnixNanos / 100);
+}
+
+/// <summary>
+/// Reads telemetry log files written by <see cref="TelemetryLogWriter"/>, in time order. A file is read as the IPC
+/// stream that follows its 8-byte magic, so a file without footer (writer killed, or still running) yields all its
+/// complete batches; a torn final message is ignored and the file listed in <see cref="TruncatedFiles"/>.
+/// </summary>
+public sealed class TelemetryLogReader
+{
+    private static readonly byte[] Magic = "ARROW1\0\0"u8.ToArray();
+    private readonly List<string> _truncated = [];
+
+    private TelemetryLogReader(List<TelemetryLogFile> files) => Files = files;
+
+    /// <summary>The files, oldest first.</summary>
+    public IReadOnlyList<TelemetryLogFile> Files { get; }
+
+    /// <summary>The context of the first file (every file of one writer has the same).</summary>
+    public IReadOnlyDictionary<string, string> Context => Files.Count > 0 ? Files[0].Context : new Dictionary<string, string>();
+
+    /// <summary>Files whose last message was torn, found while reading.</summary>
+    public IReadOnlyList<string> TruncatedFiles => _truncated;
+
+    /// <summary>
+    /// Opens log files (a directory stands for its <c>*.arrow</c> files) and checks each one's header and schema.
+    /// </summary>
+    /// <exception cref="FileNotFoundException">A path does not exist.</exception>
+    /// <exception cref="InvalidDataException">A file is not an Arrow telemetry log of ours; the message names it.</exception>
+    public static TelemetryLogReader Open(params IEnumerable<string> paths)
+    {
+        var all = new List<string>();
+        foreach (var p in paths)
+        {
+            if (Directory.Exists(p))
+                all.AddRange(Directory.EnumerateFiles(p, "*" + TelemetryLogSchema.FileExtension));
+            else if (File.Exists(p))
+                all.Add(Path.GetFullPath(p));
+            else
+                throw new FileNotFoundException($"{p}: no such telemetry log file or directory.", p);
+        }
+        var files = new List<TelemetryLogFile>();
+        foreach (var p in TelemetryLogSchema.InTimeOrder(all)) files.Add(Describe(p));
+        return new TelemetryLogReader(files);
+    }
+
+    /// <summary>Checks one file's header and schema and reads its context.</summary>
+    public static TelemetryLogFile Describe(string path)
+    {
+        using var stream = OpenShared(path);
+        long length = stream.Length;
+        var head = new byte[Magic.Length];
+        if (length < Magic.Length || stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false) < head.Length || !head.AsSpan().SequenceEqual(Magic))
+            throw new InvalidDataException($"{path}: not an Arrow IPC file (no ARROW1 magic).");
+        Schema schema;
+        try
+        {
+            using var reader = new ArrowStreamReader(stream, leaveOpen: true);
+            schema = reader.Schema;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            throw new InvalidDataException($"{path}: unreadable Arrow schema ({e.Message}).", e);
+        }
+        if (schema is null || !schema.HasMetadata || !schema.Metadata.ContainsKey(TelemetryLogSchema.MarkerKey))
+            throw new InvalidDataException($"{path}: an Arrow file, but not a BitNetSharp telemetry log (no {TelemetryLogSchema.MarkerKey} metadata).");
+        if (schema.GetFieldIndex("kind", StringComparer.Ordinal) < 0 || schema.GetFieldIndex("time", StringComparer.Ordinal) < 0)
+            throw new InvalidDataException($"{path}: a telemetry log without kind or time column.");
+        var context = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (k, v) in schema.Metadata)
+            if (k != TelemetryLogSchema.MarkerKey) context[k] = v;
+        bool footer = false;
+        if (length >= 2 * Magic.Length)
+        {
+            var tail = new byte[6];
+            stream.Position = length - tail.Length;
+            footer = stream.ReadAtLeast(tail, tail.Length, throwOnEndOfStream: false) == tail.Length && tail.AsSpan().SequenceEqual(Magic.AsSpan(0, 6));
+        }
+        return new TelemetryLogFile(path, length, footer, context);
+    }
+
+    /// <summary>The RecordBatches of every file in order; the caller owns (and may dispose) each.</summary>
+    public IEnumerable<RecordBatch> ReadBatches(CancellationToken cancellation = default)
+    {
+        foreach (var file in Files)
+        {
+            using var stream = OpenShared(file.Path);
+            stream.Position = Magic.Length;
+            using var reader = new ArrowStreamReader(stream, leaveOpen: true);
+            while (!cancellation.IsCancellationRequested)
+            {
+                if (!TryReadNext(reader, out var batch))
+                {
+                    lock (_truncated) _truncated.Add(file.Path);
+                    break;
+                }
+                if (batch is null) break;
+                yield return batch;
+            }
+        }
+    }
+
+    /// <summary>Every row of every file, in order.</summary>
+    public IEnumerable<TelemetryRow> ReadRows(CancellationToken cancellation = default)
+    {
+        foreach (var batch in ReadBatches(cancellation))
+            using (batch)
+                foreach (var row in Rows(batch))
+                    yield return row;
+    }
+
+    /// <summary>
+    /// Tails the log file <paramref name="path"/>: yields the batches appended after the call (or all of them, with
+    /// <paramref name="fromStart"/>), polling every <paramref name="poll"/>; when the file is closed and a newer file
+    /// of the same log appears (rotation), goes on with that one. Ends when <paramref name="cancellation"/> fires.
+    /// </summary>
+    public static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart = false)
+    {
+        Describe(path);
+        string current = Path.GetFullPath(path);
+        bool skipping = !fromStart;
+        while (!cancellation.IsCancellationRequested)
+        {
+            using (var file = OpenShared(current))
+            {
+                var tail = new TailStream(file, poll, cancellation, () => NewerFile(current) is not null);
+                if (tail.ReadAtLeast(new byte[Magic.Length], Magic.Length, throwOnEndOfStream: false) < Magic.Length) yield break;
+                using var reader = new ArrowStreamReader(tail, leaveOpen: true);
+                while (true)
+                {
+                    if (skipping && tail.AtEnd) skipping = false;
+                    if (!TryReadNext(reader, out var batch) || batch is null) break;
+                    if (skipping) batch.Dispose();
+                    else yield return batch;
+                }
+            }
+            skipping = false;
+            string? next;
+            while ((next = NewerFile(current)) is null)
+                if (cancellation.WaitHandle.WaitOne(poll)) yield break;
+            current = next;
+        }
+    }
+
+    /// <summary>The rows of one batch.</summary>
+    public static IEnumerable<TelemetryRow> Rows(RecordBatch batch)
+    {
+        var view = new BatchView(batch);
+        for (int i = 0; i < batch.Length; i++)
+            if (view.TryRow(i, out var row)) yield return row;
+    }
+
+    private static bool TryReadNext(ArrowStreamReader reader, out RecordBatch? batch)
+    {
+        try
+        {
+            batch = reader.ReadNextRecordBatch();
+            return true;
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            // A torn last message (kill -9 mid-write, or a follow cancelled mid-message).
+            batch = null;
+            return false;
+        }
+    }
+
+    private static FileStream OpenShared(string path)
+    {
+        try
+        {
+            return new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, bufferSize: 1);
+        }
+        catch (FileNotFoundException e)
+        {
+            throw new FileNotFoundException($"{path}: no such telemetry log file.", path, e);
+        }
+    }
+
+    // The oldest file of the same log (directory and prefix) that is newer than current.
+    private static string? NewerFile(string current)
+    {
+        string? prefix = TelemetryLogSchema.PrefixOf(current);
+        string? dir = Path.GetDirectoryName(current);
+        if (prefix is null || dir is null || !Directory.Exists(dir)) return null;
+        var candidates = new List<string>();
+        foreach (var p in Directory.EnumerateFiles(dir, prefix + "-*" + TelemetryLogSchema.FileExtension))
+            if (TelemetryLogSchema.TryParseFileName(p, prefix, out _, out _)) candidates.Add(p);
+        var ordered = TelemetryLogSchema.InTimeOrder(candidates);
+        int at = ordered.IndexOf(current);
+        return at >= 0 && at + 1 < ordered.Count ? ordered[at + 1] : null;
+    }
+
+    /// <summary>A read-only view of a growing file: at its end, waits for more bytes instead of returning 0.</summary>
+    private sealed class TailStream(FileStream inner, TimeSpan poll, CancellationToken cancellation, Func<bool> superseded) : Stream
+    {
+        public bool AtEnd => inner.Position >= inner.Length;
+
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
+        {
+            while (true)
+            {
+                int n = inner.Read(buffer);
+                if (n > 0 || buffer.IsEmpty) return n;
+                // A file that stopped growing while a newer one exists was abandoned (writer killed, then restarted).
+                if (superseded()) return 0;
+                if (cancellation.WaitHandle.WaitOne(poll)) return 0;
+            }
+        }
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => inner.Position; set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    /// <summary>Typed columns of one batch, found by name.</summary>
+    private sealed class BatchView
+    {
+        private readonly RecordBatch _batch;
+        private readonly TimestampArray? _time;
+        private readonly TelemetryRowKind[] _kinds;
+        private readonly IArrowArray? _kindIndices;
+        private readonly Int64Array? _step;
+        private readonly Int16Array? _layer;
+        private readonly StringArray? _requestId, _traceId, _eventKind, _message;
+        private readonly Int32Array? _sequence, _token, _batchTokens, _nonFinite;
+        private readonly FloatArray?[] _floats = new FloatArray?[TelemetryLogSchema.ColumnCount];
+
+        public BatchView(RecordBatch batch)
+        {
+            _batch = batch;
+            _time = Column<TimestampArray>(TelemetryLogSchema.Time);
+            _step = Column<Int64Array>(TelemetryLogSchema.Step);
+            _layer = Column<Int16Array>(TelemetryLogSchema.Layer);
+            _requestId = Column<StringArray>(TelemetryLogSchema.RequestId);
+            _traceId = Column<StringArray>(TelemetryLogSchema.TraceId);
+            _eventKind = Column<StringArray>(TelemetryLogSchema.EventKind);
+            _message = Column<StringArray>(TelemetryLogSchema.Message);
+            _sequence = Column<Int32Array>(TelemetryLogSchema.Sequence);
+            _token = Column<Int32Array>(TelemetryLogSchema.Token);
+            _batchTokens = Column<Int32Array>(TelemetryLogSchema.BatchTokens);
+            _nonFinite = Column<Int32Array>(TelemetryLogSchema.NonFinite);
+            for (int c = TelemetryLogSchema.StepSeconds; c <= TelemetryLogSchema.ResidualChange; c++)
+                if (c != TelemetryLogSchema.NonFinite) _floats[c] = Column<FloatArray>(c);
+
+            var kind = _batch.Column("kind");
+            if (kind is DictionaryArray dict && dict.Dictionary is StringArray names)
+            {
+                _kindIndices = dict.Indices;
+                _kinds = new TelemetryRowKind[names.Length];
+                for (int i = 0; i < names.Length; i++)
+                    _kinds[i] = System.Array.IndexOf(TelemetryLogSchema.KindNames, names.GetString(i)) is >= 0 and var k ? (TelemetryRowKind)k : (TelemetryRowKind)(-1);
+            }
+            else if (kind is StringArray plain)
+            {
+                // A kind column re-encoded as plain strings by another tool.
+                _kindIndices = plain;
+                _kinds = [];
+            }
+            else _kinds = [];
+        }
+
+        private T? Column<T>(int column) where T : class, IArrowArray
+        {
+            int index = _batch.Schema.GetFieldIndex(TelemetryLogSchema.ColumnNames[column], StringComparer.Ordinal);
+            return index >= 0 ? _batch.Column(index) as T : null;
+        }
+
+        private TelemetryRowKind KindOf(int i)
+        {
+            switch (_kindIndices)
+            {
+                case Int8Array idx when idx.GetValue(i) is { } k && k >= 0 && k < _kinds.Length: return _kinds[k];
+                case Int16Array idx when idx.GetValue(i) is { } k && k >= 0 && k < _kinds.Length: return _kinds[k];
+                case Int32Array idx when idx.GetValue(i) is { } k && k >= 0 && k < _kinds.Length: return _kinds[k];
+                case StringArray s when s.GetString(i) is { } name:
+                    return System.Array.IndexOf(TelemetryLogSchema.KindNames, name) is >= 0 and var kk ? (TelemetryRowKind)kk : (TelemetryRowKind)(-1);
+                default: return (TelemetryRowKind)(-1);
+            }
+        }
+
+        private float F(int column, int i) => _floats[column]?.GetValue(i) ?? float.NaN;
+
+        private string? S(StringArray? column, int i) => column is null || column.IsNull(i) ? null : column.GetString(i, Encoding.UTF8);
+
+        public bool TryRow(int i, out TelemetryRow row)
+        {
+            var kind = KindOf(i);
+            long time = _time is null ? 0 : _time.Values[i];
+            long step = _step?.GetValue(i) ?? 0;
+            switch (kind)
+            {
+                case TelemetryRowKind.Step:
+                    var s = new TelemetryStepRecord(time, step, S(_requestId, i), S(_traceId, i), _sequence?.GetValue(i) ?? 0,
+                        _token?.GetValue(i) ?? 0, _batchTokens?.GetValue(i) ?? 0, F(TelemetryLogSchema.StepSeconds, i),
+                        F(TelemetryLogSchema.LatencySeconds, i), F(TelemetryLogSchema.LogitMin, i), F(TelemetryLogSchema.LogitMax, i),
+                        F(TelemetryLogSchema.LogitEntropy, i), _nonFinite?.GetValue(i) ?? 0);
+                    row = new TelemetryRow(kind, time, step, s, null, default);
+                    return true;
+                case TelemetryRowKind.Layer:
+                    var l = new TelemetryLayerRecord
+                    {
+                        TimeUnixNanos = time,
+                        Step = step,
+                        Layer = _layer?.GetValue(i) ?? -1,
+                        Tokens = _batchTokens?.GetValue(i) ?? 0,
+                        ResidualRms = F(TelemetryLogSchema.ResidualRms, i),
+                        ResidualMaxAbs = F(TelemetryLogSchema.ResidualMaxAbs, i),
+                        ResidualChange = F(TelemetryLogSchema.ResidualChange, i),
+                    };
+                    for (int k = 0; k < HealthNames.InputCount; k++)
+                    {
+                        l.Saturation[k] = F(TelemetryLogSchema.Saturation + k, i);
+                        l.Underflow[k] = F(TelemetryLogSchema.Underflow + k, i);
+                        l.CrestFactor[k] = F(TelemetryLogSchema.Crest + k, i);
+                    }
+                    row = new TelemetryRow(kind, time, step, default, l, default);
+                    return true;
+                case TelemetryRowKind.Event:
+                    var e = new TelemetryEvent(time, S(_eventKind, i) ?? "", S(_requestId, i), S(_traceId, i), S(_message, i) ?? "");
+                    row = new TelemetryRow(kind, time, step, default, null, e);
+                    return true;
+                default:
+                    row = default;
+                    return false;
+            }
+        }
+    }
+}

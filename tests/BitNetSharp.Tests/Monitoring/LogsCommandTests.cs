@@ -1,0 +1,207 @@
+using System.Text.Json;
+using System.Xml.Linq;
+using BitNetSharp.Cli;
+using BitNetSharp.Monitoring.Telemetry;
+using BitNetSharp.Tests.Formats;
+using static BitNetSharp.Tests.Monitoring.TelemetryLogTests;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+/// <summary><c>bitnet logs</c> in-process through <see cref="Program.Run"/>.</summary>
+public class LogsCommandTests
+{
+    private static (int ExitCode, string Output, string Error) Bitnet(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    private static readonly long Start = (DateTimeOffset.UtcNow.AddMinutes(-5).ToUnixTimeMilliseconds()) * 1_000_000;
+
+    /// <summary>
+    /// Steps 1-4, each with a token of requests a and b and layers 0-2 (sat = 0.0625 × step, so mean 15.625 %, max 25 %),
+    /// one second apart, and an alert event for request a.
+    /// </summary>
+    private static string WriteLog(TestGguf.TempDirectory dir)
+    {
+        using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context);
+        for (int step = 1; step <= 4; step++)
+        {
+            long t = Start + step * 1_000_000_000L;
+            writer.Write(Step(t, step, "a", sequence: 0));
+            writer.Write(Step(t, step, "b", sequence: 1));
+            for (int layer = 0; layer < 3; layer++) writer.Write(Layer(t, step, layer));
+        }
+        writer.Write(new TelemetryEvent(Start + 5_000_000_000L, "alert_firing", "a", null, "saturation qkv high"));
+        writer.Flush();
+        return writer.CurrentPath!;
+    }
+
+    [Fact]
+    public void SummaryShowsContextCountsLayersLogitsAndEvents()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        var (code, output, error) = Bitnet("logs", path);
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        Assert.Contains(path, output);
+        Assert.Contains("model = tiny", output);
+        Assert.Contains("rows: 21 (step 8, layer 12, event 1)", output);
+        Assert.Contains("requests: 2", output);
+        Assert.Contains("steps: 4", output);
+        Assert.Contains("(4 s)", output);
+        Assert.Contains("15.625 / 25.000", output); // saturation mean / max in %
+        Assert.Contains("50.000 / 50.000", output); // underflow
+        Assert.Contains("7.00 / 7.00", output); // crest of the down input
+        Assert.Contains("logits: min -4.5, max 12.25, entropy mean 2.5; non-finite 0 in 0 tokens", output);
+        Assert.Contains("alert_firing  request a  saturation qkv high", output);
+        Assert.Equal(output, Bitnet("logs", dir.Path, "--summary").Output);
+    }
+
+    [Fact]
+    public void FiltersSelectRequestLayerAndTime()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        string Summary(params string[] extra) => Bitnet(["logs", path, .. extra]).Output;
+
+        Assert.Contains("rows: 17 (step 4, layer 12, event 1)", Summary("--request", "a"));
+        Assert.Contains("rows: 13 (step 8, layer 4, event 1)", Summary("--layer", "1"));
+        Assert.Contains("rows: 0", Summary("--request", "nobody"));
+        Assert.Contains("rows: 21", Summary("--since", "1h"));
+        Assert.Contains("rows: 0", Summary("--since", "1m"));
+        Assert.Contains("rows: 0", Summary("--until", "2020-01-01T00:00:00Z"));
+        string t2 = DateTimeOffset.UnixEpoch.AddTicks((Start + 2_000_000_000L) / 100).ToString("O");
+        string t3 = DateTimeOffset.UnixEpoch.AddTicks((Start + 3_000_000_000L) / 100).ToString("O");
+        Assert.Contains("rows: 10 (step 4, layer 6, event 0)", Summary("--since", t2, "--until", t3));
+    }
+
+    [Fact]
+    public void ExportsCsvAndJsonLines()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        string csv = dir.File("rows.csv"), jsonl = dir.File("rows.jsonl");
+
+        var (code, output, _) = Bitnet("logs", path, "--export", "csv", "--out", csv, "--layer", "2", "--request", "b");
+        Assert.Equal(0, code);
+        Assert.Contains("wrote 8 rows", output);
+        var lines = File.ReadAllLines(csv);
+        Assert.Equal(string.Join(',', TelemetryLogSchema.ColumnNames), lines[0]);
+        Assert.Equal(9, lines.Length);
+        var header = lines[0].Split(',');
+        var layerRow = lines.Skip(1).Select(l => l.Split(',')).First(c => c[1] == "layer");
+        Assert.Equal("2", layerRow[Array.IndexOf(header, "layer")]);
+        Assert.Equal("0.0625", layerRow[Array.IndexOf(header, "sat_qkv")]);
+        Assert.Equal("", layerRow[Array.IndexOf(header, "request_id")]);
+        var stepRow = lines.Skip(1).Select(l => l.Split(',')).First(c => c[1] == "step");
+        Assert.Equal("b", stepRow[Array.IndexOf(header, "request_id")]);
+        Assert.Equal("12.25", stepRow[Array.IndexOf(header, "logit_max")]);
+
+        (code, _, _) = Bitnet("logs", path, "--export", "jsonl", "--out", jsonl);
+        Assert.Equal(0, code);
+        var docs = File.ReadAllLines(jsonl).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(21, docs.Count);
+        var ev = docs.Single(d => d.GetProperty("kind").GetString() == "event");
+        Assert.Equal("saturation qkv high", ev.GetProperty("message").GetString());
+        Assert.Equal(4, ev.GetProperty("step").GetInt64());
+        Assert.False(ev.TryGetProperty("layer", out _));
+        var layer = docs.First(d => d.GetProperty("kind").GetString() == "layer");
+        Assert.Equal(0.0625, layer.GetProperty("sat_qkv").GetDouble());
+        Assert.EndsWith("Z", layer.GetProperty("time").GetString());
+        Assert.Empty(Directory.GetFiles(dir.Path, ".*tmp*"));
+    }
+
+    [Fact]
+    public void PlotIsWellFormedSvgWithOneLinePerLayer()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        string svg = dir.File("sat.svg");
+        var (code, output, error) = Bitnet("logs", path, "--plot", svg, "--metric", "saturation", "--input", "gate_up");
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        Assert.Contains("wrote 3 layer series", output);
+        var doc = XDocument.Load(svg);
+        XNamespace ns = "http://www.w3.org/2000/svg";
+        var lines = doc.Descendants(ns + "polyline").ToList();
+        Assert.Equal(3, lines.Count);
+        Assert.Equal(["layer 0", "layer 1", "layer 2"], lines.Select(l => (string)l.Attribute("data-series")!));
+        Assert.All(lines, l => Assert.Equal(4, ((string)l.Attribute("points")!).Split(' ').Length));
+        var texts = doc.Descendants(ns + "text").Select(t => t.Value).ToList();
+        Assert.Contains(texts, t => t.Contains("saturation gate_up"));
+        Assert.Contains("layer 2", texts);
+        Assert.Contains("0.25", texts); // a y tick at the maximum
+
+        (code, _, _) = Bitnet("logs", path, "--plot", dir.File("rms.svg"), "--metric", "residual_rms", "--layer", "1");
+        Assert.Equal(0, code);
+        Assert.Single(XDocument.Load(dir.File("rms.svg")).Descendants(ns + "polyline"));
+    }
+
+    [Fact]
+    public async Task FollowPrintsRowsAppendedAfterItStarted()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("live.arrow"), FlushInterval = TimeSpan.FromHours(1) }, Context);
+        writer.Write(Step(Start, 1, "before"));
+        writer.Flush();
+        string path = writer.CurrentPath!;
+
+        var follow = Task.Run(() => Bitnet("logs", path, "--follow", "--follow-timeout", "4"));
+        await Task.Delay(1000, TestContext.Current.CancellationToken);
+        writer.Write(Step(Start + 1, 2, "after"));
+        writer.Write(Layer(Start + 1, 2, 5));
+        writer.Flush();
+        var (code, output, error) = await follow;
+        writer.Dispose();
+
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        var kinds = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(2, kinds.Count);
+        Assert.Equal("after", kinds[0].GetProperty("request_id").GetString());
+        Assert.Equal(5, kinds[1].GetProperty("layer").GetInt32());
+        Assert.DoesNotContain("before", output);
+    }
+
+    [Fact]
+    public void BadInputGetsOneClearErrorAndNoOutputFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        string missing = dir.File("missing.arrow"), notArrow = dir.File("notes.arrow"), csv = dir.File("out.csv");
+        File.WriteAllText(notArrow, "plain text");
+
+        var (code, output, error) = Bitnet("logs", missing);
+        Assert.Equal(1, code);
+        Assert.Equal("", output);
+        Assert.Contains(missing, error);
+        Assert.Single(error.TrimEnd().Split('\n'));
+
+        (code, _, error) = Bitnet("logs", path, notArrow, "--export", "csv", "--out", csv);
+        Assert.Equal(1, code);
+        Assert.StartsWith("error: " + notArrow + ": ", error);
+        Assert.False(File.Exists(csv));
+
+        (code, _, error) = Bitnet("logs", path, "--plot", dir.File("x.svg"), "--metric", "temperature");
+        Assert.Equal(2, code);
+        Assert.Contains("--metric 'temperature'", error);
+        Assert.False(File.Exists(dir.File("x.svg")));
+
+        (code, _, error) = Bitnet("logs", path, "--export", "csv");
+        Assert.Equal(2, code);
+        Assert.Contains("--out", error);
+
+        (code, _, error) = Bitnet("logs", path, "--since", "yesterday-ish");
+        Assert.Equal(2, code);
+        Assert.Contains("--since", error);
+
+        (code, _, error) = Bitnet("logs", path, "--export", "csv", "--out", dir.File("no/such/dir/out.csv"));
+        Assert.Equal(1, code);
+        Assert.Contains("no/such/dir/out.csv", error);
+        Assert.Empty(Directory.GetFiles(dir.Path, ".*tmp*"));
+    }
+}

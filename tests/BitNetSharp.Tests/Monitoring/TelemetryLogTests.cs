@@ -1,0 +1,345 @@
+using Apache.Arrow;
+using Apache.Arrow.Ipc;
+using Apache.Arrow.Types;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Monitoring.Telemetry;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+/// <summary>The Arrow telemetry log: writer, reader, rotation, kill -9 recovery, context.</summary>
+public class TelemetryLogTests(ITestOutputHelper output)
+{
+    internal static readonly Dictionary<string, string> Context = new() { ["model"] = "tiny", ["kernel"] = "avx2" };
+
+    internal static TelemetryStepRecord Step(long time, long step, string? request, int sequence = 0, int token = 7) =>
+        new(time, step, request, request is null ? null : "trace-" + request, sequence, token, 3, 0.02f, 0.05f, -4.5f, 12.25f, 2.5f, 0);
+
+    internal static TelemetryLayerRecord Layer(long time, long step, int layer)
+    {
+        var l = new TelemetryLayerRecord { TimeUnixNanos = time, Step = step, Layer = layer, Tokens = 3, ResidualRms = 1.5f + layer, ResidualMaxAbs = 20f, ResidualChange = 0.125f * step };
+        for (int k = 0; k < HealthNames.InputCount; k++)
+        {
+            l.Saturation[k] = 0.0625f * step;
+            l.Underflow[k] = 0.5f;
+            l.CrestFactor[k] = 4f + k;
+        }
+        return l;
+    }
+
+    private static List<TelemetryRow> ReadAll(string path) => [.. TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken)];
+
+    [Fact]
+    public void AllThreeKindsRoundTripWithTheirContext()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.File("run.arrow") };
+        string path;
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            writer.Write(Step(1_000_000_123, 5, "req-1", sequence: 2, token: 42));
+            writer.Write(Layer(1_000_000_200, 5, 17));
+            writer.Write(new TelemetryEvent(1_000_000_300, "alert_firing", "req-1", null, "saturation qkv > 1 %"));
+            writer.Write(Step(1_000_000_400, 6, null) with { NonFinite = 3, LogitMax = float.NaN });
+            writer.Flush();
+            path = writer.CurrentPath!;
+            Assert.Equal(4, writer.RowsWritten);
+        }
+        Assert.StartsWith(dir.File("run-"), path);
+        Assert.EndsWith("-0001.arrow", path);
+
+        var reader = TelemetryLogReader.Open(dir.Path);
+        Assert.Single(reader.Files);
+        Assert.True(reader.Files[0].HasFooter);
+        Assert.Equal("tiny", reader.Context["model"]);
+        Assert.Equal("avx2", reader.Context["kernel"]);
+        Assert.False(reader.Context.ContainsKey(TelemetryLogSchema.MarkerKey));
+        var rows = reader.ReadRows(TestContext.Current.CancellationToken).ToList();
+        Assert.Equal([TelemetryRowKind.Step, TelemetryRowKind.Layer, TelemetryRowKind.Event, TelemetryRowKind.Step], rows.Select(r => r.Kind));
+
+        Assert.Equal(Step(1_000_000_123, 5, "req-1", sequence: 2, token: 42), rows[0].StepRecord);
+        var l = rows[1].LayerRecord!;
+        var expected = Layer(1_000_000_200, 5, 17);
+        Assert.Equal((expected.TimeUnixNanos, expected.Step, expected.Layer, expected.Tokens), (l.TimeUnixNanos, l.Step, l.Layer, l.Tokens));
+        Assert.Equal(expected.Saturation, l.Saturation);
+        Assert.Equal(expected.Underflow, l.Underflow);
+        Assert.Equal(expected.CrestFactor, l.CrestFactor);
+        Assert.Equal((expected.ResidualRms, expected.ResidualMaxAbs, expected.ResidualChange), (l.ResidualRms, l.ResidualMaxAbs, l.ResidualChange));
+        Assert.Equal(new TelemetryEvent(1_000_000_300, "alert_firing", "req-1", null, "saturation qkv > 1 %"), rows[2].Event);
+        Assert.Equal(5, rows[2].Step); // the last step logged before the event
+        Assert.Null(rows[3].StepRecord.RequestId);
+        Assert.Equal(3, rows[3].StepRecord.NonFinite);
+        Assert.True(float.IsNaN(rows[3].StepRecord.LogitMax));
+
+        // The schema other tools see: one timestamp[ns, UTC] time column, a dictionary kind, nulls where a kind has no field.
+        using var file = new ArrowFileReader(File.OpenRead(path));
+        Assert.Equal(TelemetryLogSchema.ColumnNames, file.Schema.FieldsList.Select(f => f.Name));
+        Assert.Equal("UTC", ((TimestampType)file.Schema.GetFieldByName("time").DataType).Timezone);
+        using var batch = file.ReadNextRecordBatch();
+        Assert.True(batch.Column("layer").IsNull(0));
+        Assert.False(batch.Column("layer").IsNull(1));
+        Assert.True(batch.Column("sat_qkv").IsNull(0));
+        Assert.True(batch.Column("logit_min").IsNull(1));
+        Assert.True(batch.Column("message").IsNull(0));
+        Assert.Equal((short)17, ((Int16Array)batch.Column("layer")).GetValue(1));
+    }
+
+    [Fact]
+    public async Task RowsAreBatchedAndNoneIsLostOnDispose()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.Path, BatchRows = 1000, FlushInterval = TimeSpan.FromHours(1) };
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            for (int i = 0; i < 2500; i++) writer.Write(Step(i, i, "r", token: i));
+            // Two full batches go out on the background thread; the last 500 rows wait for Dispose.
+            for (int t = 0; t < 200 && writer.RowsWritten < 2000; t++) Thread.Sleep(10);
+            Assert.Equal(2000, writer.RowsWritten);
+        }
+        var rows = ReadAll(dir.Path);
+        Assert.Equal(Enumerable.Range(0, 2500), rows.Select(r => r.StepRecord.Token));
+        using var file = new ArrowFileReader(File.OpenRead(Directory.GetFiles(dir.Path).Single()));
+        Assert.Equal(3, await file.RecordBatchCountAsync());
+    }
+
+    [Fact]
+    public void ATimerWritesAPartialBatch()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.Path, FlushInterval = TimeSpan.FromMilliseconds(50) }, Context);
+        writer.Write(Step(1, 1, "r"));
+        for (int t = 0; t < 300 && writer.RowsWritten == 0; t++) Thread.Sleep(10);
+        Assert.Equal(1, writer.RowsWritten);
+        Assert.Single(ReadAll(dir.Path));
+    }
+
+    [Fact]
+    public void FilesRotateBySizeAndTheOldestAreDeletedPastTheTotalCap()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 48 << 10, BatchRows = 50 };
+        int written = 0;
+        long files;
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            for (int step = 0; step < 400; step++)
+                for (int layer = 0; layer < 4; layer++, written++)
+                    writer.Write(Layer(step, step, layer));
+            writer.Flush();
+            files = writer.FilesWritten;
+            Assert.Equal(0, writer.DroppedRecords);
+        }
+        var left = TelemetryLogReader.Open(dir.Path).Files;
+        Assert.True(files > 4, $"{files} files");
+        Assert.True(left.Count < files, $"{left.Count} of {files} files left");
+        Assert.True(left.Sum(f => f.Bytes) <= options.MaxTotalBytes, $"{left.Sum(f => f.Bytes)} bytes left");
+        Assert.All(left, f => Assert.True(f.HasFooter));
+        // The newest files survive: their counters are the last ones, and the rows end with the last step.
+        Assert.EndsWith($"-{files:D4}.arrow", left[^1].Path);
+        var rows = TelemetryLogReader.Open(dir.Path).ReadRows(TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(399, rows[^1].Step);
+        Assert.True(rows[0].Step > 0);
+        int first = (int)rows.First(r => r.Layer == 0).Step;
+        Assert.Equal(Enumerable.Range(first, 400 - first), rows.Where(r => r.Layer == 0).Select(r => (int)r.Step));
+    }
+
+    [Fact]
+    public void AFileWithoutFooterYieldsAllCompleteBatches()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string killed = dir.File("killed-20250101T000000Z-0001.arrow"), torn = dir.File("torn-20250101T000000Z-0001.arrow");
+        var options = new TelemetryLogOptions { Path = dir.File("live.arrow"), FlushInterval = TimeSpan.FromHours(1) };
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            for (int batch = 0; batch < 3; batch++)
+            {
+                for (int i = 0; i < 10; i++) writer.Write(Step(batch * 10 + i, batch, "r", token: batch * 10 + i));
+                writer.Flush();
+            }
+            // What kill -9 leaves: the bytes flushed so far, no footer.
+            byte[] bytes = File.ReadAllBytes(writer.CurrentPath!);
+            File.WriteAllBytes(killed, bytes);
+            // Killed in the middle of writing the third batch.
+            File.WriteAllBytes(torn, bytes.AsSpan(0, bytes.Length - 40).ToArray());
+        }
+
+        var reader = TelemetryLogReader.Open(killed);
+        Assert.False(reader.Files[0].HasFooter);
+        Assert.Equal("tiny", reader.Context["model"]);
+        Assert.Equal(Enumerable.Range(0, 30), reader.ReadRows(TestContext.Current.CancellationToken).Select(r => r.StepRecord.Token));
+        Assert.Empty(reader.TruncatedFiles);
+
+        reader = TelemetryLogReader.Open(torn);
+        Assert.Equal(Enumerable.Range(0, 20), reader.ReadRows(TestContext.Current.CancellationToken).Select(r => r.StepRecord.Token));
+        Assert.Equal([torn], reader.TruncatedFiles);
+    }
+
+    [Fact]
+    public void ConcurrentWritersLoseNothing()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        const int threads = 6, perThread = 4000;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.Path, BatchRows = 97 }, Context))
+        {
+            var workers = Enumerable.Range(0, threads).Select(t => new Thread(() =>
+            {
+                var layer = Layer(0, 0, t);
+                for (int i = 0; i < perThread; i++)
+                {
+                    if (i % 3 == 0) writer.Write(Step(i, i, "thread-" + t, sequence: t, token: i));
+                    else if (i % 3 == 1) { layer.Step = i; writer.Write(layer); }
+                    else writer.Write(new TelemetryEvent(i, "e", "thread-" + t, null, "m"));
+                }
+            })).ToList();
+            workers.ForEach(w => w.Start());
+            workers.ForEach(w => w.Join());
+            writer.Flush();
+            Assert.Equal(0, writer.DroppedRecords);
+        }
+        var rows = ReadAll(dir.Path);
+        Assert.Equal(threads * perThread, rows.Count);
+        for (int t = 0; t < threads; t++)
+        {
+            Assert.Equal(Enumerable.Range(0, perThread).Where(i => i % 3 == 0), rows.Where(r => r.Kind == TelemetryRowKind.Step && r.StepRecord.Sequence == t).Select(r => r.StepRecord.Token));
+            Assert.Equal(Enumerable.Range(0, perThread).Where(i => i % 3 == 1).Select(i => (long)i), rows.Where(r => r.Layer == t).Select(r => r.Step));
+        }
+    }
+
+    [Fact]
+    public void AnUnwritableDirectoryCountsDroppedRowsInsteadOfThrowing()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("not-a-directory"), "x");
+        var options = new TelemetryLogOptions { Path = Path.Combine(dir.File("not-a-directory"), "logs") + "/" };
+        var writer = new TelemetryLogWriter(options, Context);
+        for (int i = 0; i < 10; i++) writer.Write(Step(i, i, "r"));
+        writer.Flush();
+        writer.Write(Layer(1, 1, 1));
+        writer.Dispose();
+        writer.Write(Step(2, 2, "after dispose"));
+        Assert.Equal(12, writer.DroppedRecords);
+        Assert.Equal(0, writer.RowsWritten);
+        Assert.NotNull(writer.LastError);
+    }
+
+    [Fact]
+    public void OptionsAreValidatedNamingTheParameter()
+    {
+        var ok = new TelemetryLogOptions { Path = "/tmp/x" };
+        Assert.Equal("MaxFileBytes", Assert.Throws<ArgumentException>(() => (ok with { MaxFileBytes = 0 }).Validate()).ParamName);
+        Assert.Equal("MaxTotalBytes", Assert.Throws<ArgumentException>(() => (ok with { MaxTotalBytes = 1 }).Validate()).ParamName);
+        Assert.Equal("BatchRows", Assert.Throws<ArgumentException>(() => (ok with { BatchRows = 0 }).Validate()).ParamName);
+        Assert.Equal("FlushInterval", Assert.Throws<ArgumentException>(() => (ok with { FlushInterval = TimeSpan.Zero }).Validate()).ParamName);
+        Assert.Equal("Path", Assert.Throws<ArgumentException>(() => new TelemetryLogWriter(ok with { Path = " " }, Context)).ParamName);
+        Assert.Equal(("/var/log/bitnet", "run"), new TelemetryLogOptions { Path = "/var/log/bitnet/run.arrow" }.Resolve());
+        Assert.Equal(("/var/log/bitnet", TelemetryLogOptions.DefaultPrefix), new TelemetryLogOptions { Path = "/var/log/bitnet/" }.Resolve());
+    }
+
+    [Fact]
+    public void FilesThatAreNotOurLogsAreRejectedNamingTheFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string text = dir.File("notes.arrow");
+        File.WriteAllText(text, "hello, this is not arrow");
+        var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(text));
+        Assert.Contains(text, e.Message);
+
+        string foreign = dir.File("foreign.arrow");
+        var schema = new Schema.Builder().Field(f => f.Name("x").DataType(Int32Type.Default)).Build();
+        using (var stream = File.Create(foreign))
+        using (var w = new ArrowFileWriter(stream, schema))
+        {
+            w.WriteRecordBatch(new RecordBatch(schema, [new Int32Array.Builder().Append(1).Build()], 1));
+            w.WriteEnd();
+        }
+        e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(foreign));
+        Assert.Contains(foreign, e.Message);
+        Assert.Contains("not a BitNetSharp telemetry log", e.Message);
+
+        Assert.Throws<FileNotFoundException>(() => TelemetryLogReader.Open(dir.File("missing.arrow")));
+    }
+
+    [Fact]
+    public void ContextHasTheMachineTheCallerAndTheEnvironmentVariable()
+    {
+        var into = new Dictionary<string, string>();
+        var warnings = new List<string>();
+        TelemetryContext.ParsePairs("host=a1; experiment = kv-f16 ,broken,=x;;empty=", into, warnings);
+        Assert.Equal(new Dictionary<string, string> { ["host"] = "a1", ["experiment"] = "kv-f16", ["empty"] = "" }, into);
+        Assert.Equal(2, warnings.Count);
+        Assert.Contains("'broken'", warnings[0]);
+
+        string? before = Environment.GetEnvironmentVariable(TelemetryContext.EnvironmentVariable);
+        try
+        {
+            Environment.SetEnvironmentVariable(TelemetryContext.EnvironmentVariable, "site=lab,bad");
+            var context = TelemetryContext.Create(out var w, kernel: "avx512-gfni", threads: 8, model: "m.gguf", modelChecksum: "xxh3:1234",
+                projectionType: "i2_s", kvType: "f16");
+            Assert.Equal("lab", context["site"]);
+            Assert.Single(w);
+            Assert.Equal("avx512-gfni", context["kernel"]);
+            Assert.Equal("8", context["threads"]);
+            Assert.Equal("xxh3:1234", context["model.checksum"]);
+            Assert.Equal("i2_s", context["projection.type"]);
+            Assert.Equal("f16", context["kv.type"]);
+            Assert.False(string.IsNullOrEmpty(context["engine.version"]));
+            Assert.False(string.IsNullOrEmpty(context["cpu.model"]));
+            if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) Assert.Contains("AVX2", context["cpu.isa"]);
+        }
+        finally
+        {
+            Environment.SetEnvironmentVariable(TelemetryContext.EnvironmentVariable, before);
+        }
+    }
+
+    [Fact]
+    public void BytesPerRowOfARealisticRun()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        const int steps = 10_000, layers = 30;
+        long layerBytes, stepBytes;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("layers.arrow") }, TelemetryContext.Create(out _)))
+        {
+            var record = new TelemetryLayerRecord();
+            for (int s = 0; s < steps; s++)
+                for (int l = 0; l < layers; l++)
+                {
+                    record.TimeUnixNanos = 1_700_000_000_000_000_000 + s * 50_000_000L;
+                    record.Step = s;
+                    record.Layer = l;
+                    record.Tokens = 4;
+                    for (int k = 0; k < HealthNames.InputCount; k++)
+                    {
+                        record.Saturation[k] = (s * 7 + l) % 13 * 1e-4f;
+                        record.Underflow[k] = 0.3f + l * 1e-3f;
+                        record.CrestFactor[k] = 8f + k;
+                    }
+                    record.ResidualRms = 1 + l * 0.1f;
+                    record.ResidualMaxAbs = 40;
+                    record.ResidualChange = 0.05f;
+                    writer.Write(record);
+                    // An engine logs a step every few milliseconds; a tight loop must not outrun the disk past the bound.
+                    if (l == layers - 1 && s % 100 == 99) writer.Flush();
+                }
+            writer.Dispose();
+            layerBytes = writer.BytesWritten;
+            Assert.Equal(steps * layers, writer.RowsWritten);
+            Assert.Equal(0, writer.DroppedRecords);
+        }
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("steps.arrow") }, TelemetryContext.Create(out _)))
+        {
+            var request = "chatcmpl-0123456789abcdef";
+            var trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+            for (int s = 0; s < steps; s++)
+                writer.Write(new TelemetryStepRecord(1_700_000_000_000_000_000 + s * 50_000_000L, s, request, trace, 0, 1000 + s % 5000, 4,
+                    0.05f, 0.05f, -12f, 18f, 3.2f, 0));
+            writer.Dispose();
+            stepBytes = writer.BytesWritten;
+        }
+        double perLayer = (double)layerBytes / (steps * layers), perStep = (double)stepBytes / steps;
+        output.WriteLine($"layer rows: {layerBytes:N0} bytes / {steps * layers:N0} = {perLayer:F1} B per row, {perLayer * layers:F0} B per 30-layer step");
+        output.WriteLine($"step rows (one logged token, 25-char request id, 32-char trace id): {stepBytes:N0} bytes / {steps:N0} = {perStep:F1} B per row");
+        Assert.InRange(perLayer, 100, 200);
+        Assert.InRange(perStep, 100, 260);
+    }
+}
