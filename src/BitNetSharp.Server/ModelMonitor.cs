@@ -57,16 +57,13 @@ internal sealed class ModelMonitor : IDisposable
         }
         if (options.TelemetryLog is { } open)
         {
-            var context = new Dictionary<string, string>
+            var context = new Dictionary<string, string>(TelemetryContext.Create(out var warnings, Kernels.KernelRegistry.Ternary.Name, scheduler.Threads, modelId,
+                Integrity?.ModelChecksumHex, ProjectionType(weights), scheduler.Options.KvType.ToString()))
             {
-                ["model_name"] = modelId,
-                ["model_path"] = weights.SourcePath,
-                ["model_checksum"] = Integrity?.ModelChecksumHex ?? "",
-                ["kernel"] = Kernels.KernelRegistry.Ternary.Name,
-                ["threads"] = scheduler.Threads.ToString(CultureInfo.InvariantCulture),
-                ["kv_type"] = scheduler.Options.KvType.ToString(),
-                ["health_sample_every"] = scheduler.Options.HealthSampleEvery.ToString(CultureInfo.InvariantCulture),
+                ["model.path"] = weights.SourcePath,
+                ["health.sample_every"] = scheduler.Options.HealthSampleEvery.ToString(CultureInfo.InvariantCulture),
             };
+            foreach (var w in warnings) logger.LogWarning("BITNET_LOG_CONTEXT: {Warning}", w);
             scheduler.Telemetry = open(context);
         }
         // Unpacking every tensor takes seconds on a 2B model: off the load path.
@@ -84,6 +81,13 @@ internal sealed class ModelMonitor : IDisposable
     }
 
     public WeightIntegrity? Integrity { get; }
+
+    /// <summary>The GGUF type of the first packed projection ("i2_s", "tq2_0", …), or the source kind for an HF directory.</summary>
+    private static string ProjectionType(ModelWeights weights)
+    {
+        if (weights.Gguf is { } g && g.TryGetTensor("blk.0.attn_q.weight", out var t)) return Formats.Gguf.GgmlTypeInfo.Name(t.Type);
+        return weights.HfDirectory is not null ? "safetensors" : "unknown";
+    }
 
     public HealthMeters Meters { get; }
 

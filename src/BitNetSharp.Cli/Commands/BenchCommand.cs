@@ -30,9 +30,10 @@ public static class BenchCommand
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
+        var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -82,9 +83,23 @@ public static class BenchCommand
                 var samples = new List<ThroughputSample>();
                 if (result.GetValue(prompt) > 0)
                     samples.Add(ThroughputBenchmark.Prefill(weights, pool, Math.Min(result.GetValue(prompt), weights.Config.ContextLength), repetitions, kv));
+                int every = result.GetValue(healthAb) ?? -1;
+                if (result.GetValue(healthAb) is < 0) throw new UsageException($"--health-ab must be ≥ 0 (0: only the NaN/Inf checks); got {every}.");
                 if (result.GetValue(gen) > 0)
                     foreach (int b in sequenceCounts)
-                        samples.Add(ThroughputBenchmark.Decode(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), repetitions, kv, b));
+                    {
+                        int n = Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1);
+                        if (every < 0)
+                        {
+                            samples.Add(ThroughputBenchmark.Decode(weights, pool, n, repetitions, kv, b));
+                            continue;
+                        }
+                        var (off, on) = ThroughputBenchmark.DecodeHealthAB(weights, pool, n, repetitions, every, kv, b);
+                        samples.Add(off);
+                        samples.Add(on);
+                        cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                            $"health A/B, {t} threads, {b} sequence(s): on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
+                    }
                 double bandwidth = Math.Max(before, Probe(pool));
                 rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
             }
@@ -98,6 +113,14 @@ public static class BenchCommand
             return 0;
         }));
         return command;
+    }
+
+    private static double Median(double[] on, double[] off)
+    {
+        var r = new double[on.Length];
+        for (int i = 0; i < r.Length; i++) r[i] = on[i] / off[i];
+        Array.Sort(r);
+        return r.Length % 2 == 1 ? r[r.Length / 2] : (r[r.Length / 2 - 1] + r[r.Length / 2]) / 2;
     }
 
     private sealed record Row(ThroughputSample Sample, double BandwidthGBps, long BytesPerToken)

@@ -30,10 +30,12 @@ public static class ServeCommand
         var healthEvery = new Option<int>("--health-every") { Description = "Measure the model's numerical health (activations, residual stream, logits) every N engine steps; 0 turns it off (the NaN/Inf check always runs).", DefaultValueFactory = _ => 8 };
         var verifyWeights = new Option<double?>("--verify-weights") { Description = "Re-check every weight checksum this many seconds apart on a low-priority thread (a sampled probe runs every 256 steps regardless)." };
         var alertRules = new Option<string?>("--alert-rules") { Description = "A JSON alert rule file ({\"rules\": [...]}) to use instead of the built-in rules." };
+        var telemetryLog = new Option<string?>("--telemetry-log") { Description = "Write sampled steps, per-layer health and events to Arrow IPC files in this directory (read them with `bitnet logs`)." };
+        var telemetryMax = new Option<double>("--telemetry-max-mb") { Description = "Rotate telemetry files at this size (MB); the log keeps at most 16 files' worth.", DefaultValueFactory = _ => 64 };
         var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching.")
         {
-            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook,
+            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax,
         };
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
@@ -61,6 +63,7 @@ public static class ServeCommand
                 VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
                 AlertRules = result.GetValue(alertRules) is { } rulesPath ? Monitoring.Alerts.AlertRules.Load(rulesPath) : null,
                 AlertWebhook = webhook,
+                TelemetryLog = TelemetrySink(result.GetValue(telemetryLog), result.GetValue(telemetryMax)),
             };
             double seconds = result.GetValue(timeout);
             if (!(seconds > 0)) throw new UsageException($"--timeout must be a positive number of seconds; got {seconds}.");
@@ -119,6 +122,24 @@ public static class ServeCommand
         }
         cli.Error.WriteLine("stopping.");
         return 0;
+    }
+
+    /// <summary>Opens the Arrow telemetry log at <paramref name="path"/> once the model is loaded (null: no log); bad sizes are usage errors now, not at load.</summary>
+    private static Func<IReadOnlyDictionary<string, string>, Monitoring.Telemetry.ITelemetrySink>? TelemetrySink(string? path, double maxMb)
+    {
+        if (path is null) return null;
+        if (!(maxMb >= 1)) throw new UsageException($"--telemetry-max-mb must be at least 1; got {maxMb}.");
+        long file = (long)(maxMb * 1024 * 1024);
+        var options = new Monitoring.Telemetry.TelemetryLogOptions { Path = path, MaxFileBytes = file, MaxTotalBytes = file * 16 };
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--telemetry-log: {e.Message.Split(" (Parameter '")[0]}");
+        }
+        return context => new Monitoring.Telemetry.TelemetryLogWriter(options, context);
     }
 
     /// <summary>A file's name without its extension, a directory's name.</summary>

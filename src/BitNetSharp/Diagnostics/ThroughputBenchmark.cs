@@ -95,6 +95,71 @@ public static class ThroughputBenchmark
         return new ThroughputSample(sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}", pool.ThreadCount, samples, sequences);
     }
 
+    /// <summary>
+    /// Decode with model-health collection off and on, in alternating repetitions of one run (so host drift hits both
+    /// alike): "off" runs the bare forward pass; "on" attaches a <see cref="Monitoring.ModelHealthCollector"/> measuring every
+    /// <paramref name="sampleEvery"/>-th step and does what the server does per step — the NaN/Inf scan of every
+    /// logits row, the logits statistics on sampled steps, and publishing. Returns (off, on).
+    /// </summary>
+    public static (ThroughputSample Off, ThroughputSample On) DecodeHealthAB(ModelWeights weights, WorkerPool pool, int tokens, int repetitions,
+        int sampleEvery, KvCacheType kv = KvCacheType.F16, int sequences = 1)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegative(sampleEvery);
+        var c = weights.Config;
+        using var engine = new Transformer(weights, sequences, pool);
+        using var health = new Monitoring.ModelHealthCollector(c, sequences) { SampleEvery = sampleEvery };
+        var caches = new KvCache[sequences];
+        for (int s = 0; s < sequences; s++) caches[s] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);
+        var logits = new float[(long)sequences * c.VocabSize];
+        var batch = new BatchToken[sequences];
+        var off = new double[repetitions];
+        var on = new double[repetitions];
+        double Run(bool watched)
+        {
+            engine.Health = watched ? health : null;
+            foreach (var cache in caches) cache.Clear();
+            int token = 1;
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < tokens; i++)
+            {
+                for (int s = 0; s < sequences; s++)
+                {
+                    batch[s] = new BatchToken(token, s, i, true);
+                    token = (token * 31 + 7) % c.VocabSize;
+                }
+                engine.Forward(batch, caches, logits);
+                if (!watched) continue;
+                for (int s = 0; s < sequences; s++)
+                {
+                    var row = logits.AsSpan(s * c.VocabSize, c.VocabSize);
+                    if (Monitoring.LogitStats.CountNonFinite(row) > 0) throw new InvalidOperationException("The benchmark model produced non-finite logits.");
+                    if (health.Sampling) health.AddLogits(Monitoring.LogitStats.Compute(row));
+                }
+                health.Publish();
+            }
+            return (double)tokens * sequences / Stopwatch.GetElapsedTime(start).TotalSeconds;
+        }
+        try
+        {
+            Run(false); // warm-up, both paths
+            Run(true);
+            for (int r = 0; r < repetitions; r++)
+            {
+                // Alternate which goes first, so neither always follows the other.
+                if (r % 2 == 0) { off[r] = Run(false); on[r] = Run(true); }
+                else { on[r] = Run(true); off[r] = Run(false); }
+            }
+        }
+        finally
+        {
+            foreach (var cache in caches) cache.Dispose();
+        }
+        string name = sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}";
+        return (new ThroughputSample(name + " health off", pool.ThreadCount, off, sequences),
+            new ThroughputSample(name + $" health 1/{sampleEvery}", pool.ThreadCount, on, sequences));
+    }
+
     /// <summary>Bytes a decode step must read from memory: every projection, the head, one embedding row and the norms
     /// (the KV cache of a short context is negligible next to them and is left out).</summary>
     public static long BytesPerToken(ModelWeights w)

@@ -25,7 +25,7 @@ namespace BitNetSharp.Monitoring.Telemetry;
 /// Every row carries a slot for each fixed-width column, also for the null ones of the other kinds.
 /// </para>
 /// </summary>
-public sealed class TelemetryLogWriter : IDisposable
+public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
 {
     // Rows in full batches waiting for the background thread beyond which the oldest are dropped instead of
     // buffered (a stalled disk must not grow memory without bound): about 45 MB of column buffers.
