@@ -349,6 +349,7 @@ public static class LogsCommand
         private float _logitMin = float.PositiveInfinity, _logitMax = float.NegativeInfinity;
         private double _entropySum, _stepSecondsSum, _latencySum;
         private float _latencyMax;
+        private long _latencyRows; // a sequence's first token has no previous token: its latency is NaN
 
         public void Add(in TelemetryRow row)
         {
@@ -363,8 +364,12 @@ public static class LogsCommand
                     if (s.RequestId is not null) _requests.Add(s.RequestId);
                     _stepRows++;
                     _stepSecondsSum += s.StepSeconds;
-                    _latencySum += s.LatencySeconds;
-                    _latencyMax = Math.Max(_latencyMax, s.LatencySeconds);
+                    if (float.IsFinite(s.LatencySeconds))
+                    {
+                        _latencySum += s.LatencySeconds;
+                        _latencyMax = Math.Max(_latencyMax, s.LatencySeconds);
+                        _latencyRows++;
+                    }
                     _nonFiniteTokens += s.NonFinite;
                     if (s.NonFinite > 0) _nonFiniteRows++;
                     if (float.IsFinite(s.LogitMin) && float.IsFinite(s.LogitMax) && float.IsFinite(s.LogitEntropy))
@@ -410,7 +415,7 @@ public static class LogsCommand
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepRows * 1e3:0.###} ms, latency mean {_latencySum / _stepRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms"));
+                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepRows * 1e3:0.###} ms, latency mean {(_latencyRows == 0 ? double.NaN : _latencySum / _latencyRows * 1e3):0.###} ms, max {_latencyMax * 1e3:0.###} ms"));
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
                 w.WriteLine($"logits: {logits}; non-finite {_nonFiniteTokens:N0} in {_nonFiniteRows:N0} tokens");
