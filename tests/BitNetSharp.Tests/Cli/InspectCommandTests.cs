@@ -34,6 +34,21 @@ public class InspectCommandTests
     }
 
     [Fact]
+    public void InspectCodesShowsEachProjectionsShares()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("tiny.gguf");
+        File.WriteAllBytes(path, BitNetSharp.Model.SyntheticModel.Build(BitNetSharp.Model.SyntheticShape.Tiny, 3).ToArray());
+        var (code, output, error) = Bitnet("inspect", path, "--codes");
+        Assert.Equal(0, code);
+        Assert.Equal("", error);
+        Assert.Contains("model checksum", output);
+        Assert.Contains("blk.1.down", output);
+        Assert.Contains("degenerate tensors: 0", output);
+        Assert.DoesNotContain("ALL ONE SIGN", output);
+    }
+
+    [Fact]
     public void InspectShowsAQ6KEmbedding()
     {
         using var dir = new TestGguf.TempDirectory();
