@@ -145,7 +145,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         context.Response.StatusCode = 200;
         context.Response.ContentType = "text/html; charset=utf-8";
         context.Response.Headers.CacheControl = "no-cache";
-        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'";
+        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:";
         await context.Response.Body.WriteAsync(page, context.RequestAborted);
     }
 

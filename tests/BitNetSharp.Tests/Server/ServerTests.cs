@@ -360,7 +360,7 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             Assert.Equal("text/html", response.Content.Headers.ContentType?.MediaType);
             string page = await response.Content.ReadAsStringAsync(Ct);
             Assert.Contains("<canvas id=\"chart\"", page);
-            foreach (var endpoint in new[] { "\"/metrics\"", "\"/health\"", "\"/v1/models\"" }) Assert.Contains(endpoint, page);
+            foreach (var endpoint in new[] { "\"/metrics\"", "\"/health?verbose\"", "\"/v1/models\"" }) Assert.Contains(endpoint, page);
             var families = PrometheusText.Parse(await (await S.Http.GetAsync("metrics", Ct)).Content.ReadAsStringAsync(Ct));
             var used = System.Text.RegularExpressions.Regex.Matches(page, @"""(bitnet_[a-z_]+)""").Select(m => m.Groups[1].Value).Distinct().ToList();
             Assert.True(used.Count >= 12, $"the page reads only {used.Count} metrics");

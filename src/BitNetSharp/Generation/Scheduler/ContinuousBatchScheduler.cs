@@ -266,21 +266,22 @@ public sealed class ContinuousBatchScheduler : IDisposable
                     Fail(seq.Request, error, ref _counters.Failed);
                     continue;
                 }
+                LogitStats stats = default;
                 if (sampling)
                 {
-                    var stats = LogitStats.Compute(row);
+                    stats = LogitStats.Compute(row);
                     Health.AddLogits(stats);
-                    if (telemetry is not null)
-                    {
-                        var req = seq.Request.Request;
-                        telemetry.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step, req.RequestId, req.TraceId, seq.Choice, seq.NextToken, n,
-                            (float)SchedulerMeters.Seconds(after - before), seq.LastTokenTicks == 0 ? float.NaN : (float)SchedulerMeters.Seconds(after - seq.LastTokenTicks),
-                            stats.Min, stats.Max, stats.Entropy, 0));
-                    }
                 }
+                float latency = seq.LastTokenTicks == 0 ? float.NaN : (float)SchedulerMeters.Seconds(after - seq.LastTokenTicks);
                 // Ids past the tokenizer (a padded embedding) cannot be detokenized: never sample them.
                 if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
-                Step(seq, row, after);
+                int sampled = Step(seq, row, after);
+                if (sampling && telemetry is not null)
+                {
+                    var req = seq.Request.Request;
+                    telemetry.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step, req.RequestId, req.TraceId, seq.Choice, sampled, n,
+                        (float)SchedulerMeters.Seconds(after - before), latency, stats.Min, stats.Max, stats.Entropy, 0));
+                }
             }
             catch (Exception e)
             {
@@ -389,7 +390,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     }
 
     /// <summary>Samples a sequence's next token from its logits row and delivers it, ending the choice at a stop token, a stop string or its length.</summary>
-    private void Step(Sequence s, ReadOnlySpan<float> logits, long now)
+    private int Step(Sequence s, ReadOnlySpan<float> logits, long now)
     {
         var h = s.Request;
         var r = h.Request;
@@ -412,7 +413,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             string rest = s.Detokenizer?.Flush() ?? "";
             if (s.Stops is { } m) rest = m.Push(rest, out _) + m.Flush();
             Emit(s, -1, rest, float.NaN, null, FinishReason.Stop);
-            return;
+            return token;
         }
 
         s.Generated++;
@@ -429,17 +430,18 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (stopped)
             {
                 Emit(s, token, text, logProb, top, FinishReason.Stop);
-                return;
+                return token;
             }
             if (last) text += stops.Flush();
         }
         if (last)
         {
             Emit(s, token, text, logProb, top, FinishReason.Length);
-            return;
+            return token;
         }
         Emit(s, token, text, logProb, top, FinishReason.None);
         s.NextToken = token;
+        return token;
     }
 
     private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish)

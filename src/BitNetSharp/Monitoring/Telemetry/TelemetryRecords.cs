@@ -2,7 +2,8 @@ namespace BitNetSharp.Monitoring.Telemetry;
 
 /// <summary>
 /// One sampled token of one sequence: which request (and W3C trace) it belongs to, the engine step that produced it,
-/// how long that step and this sequence's previous token took, and its logits' health.
+/// how long that step and this sequence's previous token took, and its logits' health. <c>Token</c> is the token sampled from
+/// these logits (a stop token included), so a log's tokens for one request are its completion, in order.
 /// </summary>
 public readonly record struct TelemetryStepRecord(
     long TimeUnixNanos,

@@ -1,0 +1,167 @@
+using System.Globalization;
+using System.Net;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using BitNetSharp.Monitoring.Alerts;
+using BitNetSharp.Monitoring.Telemetry;
+using BitNetSharp.Server;
+using BitNetSharp.Tests.Server;
+using Microsoft.Playwright;
+
+namespace BitNetSharp.Tests.Monitoring;
+
+/// <summary>
+/// The /dashboard page in a real browser (Playwright driving Debian's chromium): the per-layer health heatmap and the
+/// alerts table show exactly what /metrics exports. Skips, saying how to install it, where chromium is absent.
+/// </summary>
+public sealed partial class DashboardBrowserTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>BITNET_CHROMIUM, else Debian's /usr/bin/chromium (Playwright cannot download its own browsers here).</summary>
+    internal static string? FindChromium()
+    {
+        foreach (var path in new[] { Environment.GetEnvironmentVariable("BITNET_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser" })
+            if (!string.IsNullOrEmpty(path) && File.Exists(path)) return path;
+        return null;
+    }
+
+    private sealed record Cell(string Metric, string Layer, string Input, string Text);
+
+    private sealed record AlertRow(string Rule, string State, string Times);
+
+    [GeneratedRegex(@"^(?<name>[a-z_]+)(\{(?<labels>[^}]*)\})? (?<value>\S+)$", RegexOptions.Multiline)]
+    private static partial Regex SampleLine();
+
+    [GeneratedRegex(@"(?<k>[a-z_]+)=""(?<v>[^""]*)""")]
+    private static partial Regex LabelPair();
+
+    /// <summary>(name, layer, input, rule) → value for every sample in /metrics text.</summary>
+    private static Dictionary<(string, string, string, string), double> Samples(string metrics)
+    {
+        var result = new Dictionary<(string, string, string, string), double>();
+        foreach (Match m in SampleLine().Matches(metrics.Replace("\r", "")))
+        {
+            var labels = LabelPair().Matches(m.Groups["labels"].Value).ToDictionary(p => p.Groups["k"].Value, p => p.Groups["v"].Value);
+            var key = (m.Groups["name"].Value, labels.GetValueOrDefault("layer", ""), labels.GetValueOrDefault("input", ""), labels.GetValueOrDefault("rule", ""));
+            string v = m.Groups["value"].Value;
+            result[key] = v switch { "NaN" => double.NaN, "+Inf" => double.PositiveInfinity, "-Inf" => double.NegativeInfinity, _ => double.Parse(v, CultureInfo.InvariantCulture) };
+        }
+        return result;
+    }
+
+    [Fact]
+    public async Task DashboardShowsPerLayerHealthAndAlertsAsMetricsSay()
+    {
+        string? chromium = FindChromium();
+        Assert.SkipWhen(chromium is null,
+            "chromium is not installed, so the dashboard browser test cannot run: `apt-get install chromium` (Debian; .ci/run does it), or set BITNET_CHROMIUM to a Chromium executable.");
+
+        // Health measured on every step; besides the defaults, one rule that fires as soon as a step was measured.
+        var rules = AlertRules.Default.Append(new AlertRule
+        {
+            Name = "HealthSampled", Metric = "bitnet_health_samples_total", Op = ">", Threshold = 0, Severity = "warning",
+            Summary = "The engine measured model health.",
+        }).ToList();
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            Scheduler = o.Scheduler with { HealthSampleEvery = 1 },
+            Monitoring = new MonitoringOptions { AlertInterval = TimeSpan.FromMilliseconds(50), AlertRules = rules },
+        });
+        var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "Once upon a time", max_tokens = 6, temperature = 0, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        await TestServer.EventuallyAsync(async () => (await s.MetricsAsync()).Contains("bitnet_alerts_firing{rule=\"HealthSampled\"} 1"), "the HealthSampled alert to fire");
+
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = chromium, Headless = true, Args = ["--no-sandbox"] });
+        var page = await browser.NewPageAsync();
+        var consoleErrors = new List<string>();
+        page.Console += (_, m) => { if (m.Type == "error") consoleErrors.Add(m.Text + " " + m.Location); };
+        page.PageError += (_, e) => consoleErrors.Add(e);
+        await page.GotoAsync(new Uri(s.Server.Address, "dashboard").ToString());
+        // Two polls: rates and the heatmap need a second snapshot; the server is idle, so /metrics no longer changes.
+        await page.WaitForFunctionAsync("() => Number(document.body.dataset.polls || 0) >= 2", null, new() { Timeout = 30_000 });
+
+        var web = new JsonSerializerOptions(JsonSerializerDefaults.Web);
+        var cells = JsonSerializer.Deserialize<Cell[]>(await page.EvalOnSelectorAllAsync<string>("#heatmap td[data-metric]",
+            "els => JSON.stringify(els.map(e => ({ metric: e.dataset.metric, layer: e.dataset.layer, input: e.dataset.input || '', text: e.textContent })))"), web)!;
+        var alertRows = JsonSerializer.Deserialize<AlertRow[]>(await page.EvalOnSelectorAllAsync<string>("#alerts tr[data-rule]",
+            "els => JSON.stringify(els.map(e => ({ rule: e.dataset.rule, state: e.querySelector('[data-field=state]').textContent, times: e.querySelector('[data-field=times]').textContent })))"), web)!;
+        string statusText = await page.InnerTextAsync("#status");
+        string firingSummary = await page.InnerTextAsync("#alerts tr[data-rule=HealthSampled]");
+        var samples = Samples(await s.MetricsAsync());
+        Assert.Empty(consoleErrors);
+
+        // Every layer × (4 inputs × saturation and underflow + residual change and RMS), each equal to /metrics.
+        int layers = JsonDocument.Parse(await s.Http.GetStringAsync("v1/models", Ct)).RootElement.GetProperty("data")[0].GetProperty("meta").GetProperty("n_layer").GetInt32();
+        Assert.Equal(layers * 10, cells.Length);
+        foreach (var c in cells)
+        {
+            double expected = samples[(c.Metric, c.Layer, c.Input, "")];
+            double shown = double.Parse(c.Text, CultureInfo.InvariantCulture);
+            string what = $"{c.Metric} layer {c.Layer} {c.Input}: page shows {c.Text}, /metrics says {expected}";
+            if (c.Metric.EndsWith("_ratio", StringComparison.Ordinal) && c.Input != "")
+                Assert.True(Math.Abs(shown - expected * 100) <= 0.005 + 1e-9, what); // percent with two decimals
+            else
+                Assert.True(Math.Abs(shown - expected) <= 0.005 * Math.Abs(expected) + 1e-12, what); // three significant digits
+        }
+        Assert.Contains(cells, c => c.Metric == "bitnet_health_residual_rms" && double.Parse(c.Text, CultureInfo.InvariantCulture) > 0);
+        Assert.Contains(cells, c => c.Metric == "bitnet_health_activation_underflow_ratio" && c.Input == "down");
+
+        // One row per rule, its state and count as /metrics has them; the firing rule's details come from /health?verbose.
+        Assert.Equal(rules.Count, alertRows.Length);
+        foreach (var r in alertRows)
+        {
+            Assert.Equal(samples[("bitnet_alerts_firing", "", "", r.Rule)] == 1 ? "firing" : "ok", r.State);
+            Assert.Equal(samples[("bitnet_alerts_total", "", "", r.Rule)], double.Parse(r.Times, CultureInfo.InvariantCulture));
+        }
+        Assert.Equal("firing", alertRows.Single(r => r.Rule == "HealthSampled").State);
+        Assert.Contains("The engine measured model health.", firingSummary);
+        Assert.Contains("warning", firingSummary);
+        Assert.Equal("ok", statusText); // a warning does not make the server degraded; a critical alert would
+    }
+}
+
+/// <summary>The server's telemetry as the engine writes it, collected in memory.</summary>
+public sealed class ServerTelemetryTests
+{
+    private sealed class CollectingSink : ITelemetrySink
+    {
+        public readonly List<TelemetryStepRecord> Steps = [];
+        public int Layers;
+
+        public void Write(in TelemetryStepRecord record)
+        {
+            lock (Steps) Steps.Add(record);
+        }
+
+        public void Write(TelemetryLayerRecord record) => Interlocked.Increment(ref Layers);
+
+        public void Write(in TelemetryEvent record) { }
+    }
+
+    /// <summary>Each step record carries the token sampled from its logits: one request's records, detokenized, are its completion.</summary>
+    [Fact]
+    public async Task StepRecordsCarryTheSampledTokens()
+    {
+        var sink = new CollectingSink();
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            Scheduler = o.Scheduler with { HealthSampleEvery = 1 },
+            Monitoring = new MonitoringOptions { TelemetryLog = _ => sink },
+        });
+        lock (sink.Steps) sink.Steps.Clear(); // warm-up requests
+        var (status, body, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "Once upon a time", max_tokens = 7, temperature = 0, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        string text = body.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        TelemetryStepRecord[] steps;
+        lock (sink.Steps) steps = [.. sink.Steps];
+        Assert.Equal(7, steps.Length);
+        Assert.Single(steps.Select(r => r.RequestId).Distinct());
+        Assert.Equal(steps.Select(r => r.Step).Order(), steps.Select(r => r.Step));
+        var (dstatus, detok, _) = await s.PostAsync("detokenize", new { tokens = steps.Select(r => r.Token).ToArray() });
+        Assert.Equal(HttpStatusCode.OK, dstatus);
+        Assert.Equal(text, detok.GetProperty("content").GetString());
+        Assert.True(sink.Layers >= 7 * 2, $"{sink.Layers} layer records");
+    }
+}
