@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using BitNetSharp.Evaluation;
 using BitNetSharp.Model;
 using BitNetSharp.Threading;
 using BitNetSharp.Training;
@@ -9,8 +10,11 @@ using Spectre.Console;
 namespace BitNetSharp.Cli.Commands;
 
 /// <summary>
-/// <c>bitnet eval -m MODEL --data FILE [--ctx N] [--stride S] [--json]</c>: perplexity and bits per byte of a text under
-/// a model (<see cref="PerplexityEvaluator"/>: windows of ctx tokens every stride tokens, the second half of each scored).
+/// <c>bitnet eval -m MODEL --data FILE [--ctx N] [--stride S] [--kv-type T] [--kl-reference REF] [--kl-kv-type T]
+/// [--save-logits FILE] [--json]</c>: perplexity and bits per byte of a text under a model (windows of ctx tokens every
+/// stride tokens, the second half of each scored), and with a reference — another model, the same model with other
+/// settings, or a saved-logits file — the KL divergence of the model's next-token distributions from the
+/// reference's (mean, median, p99, max), top-token agreement and Δppl, llama-perplexity --kl-divergence style.
 /// </summary>
 public static class EvalCommand
 {
@@ -22,7 +26,24 @@ public static class EvalCommand
         var stride = new Option<int>("--stride") { Description = "Tokens between window starts (default: the window length)." };
         var json = new Option<bool>("--json") { Description = "Print one JSON document." };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
-        var command = new Command("eval", "Perplexity and bits per byte of a text file under a model.") { model, data, ctx, stride, json, threads };
+        var kvType = new Option<string>("--kv-type") { Description = "KV-cache type of the evaluated model: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f32" };
+        var klReference = new Option<string?>("--kl-reference")
+        {
+            Description = "Compare with a reference: a model (.gguf or HF directory, same vocabulary) or a logits file saved by --save-logits.",
+        };
+        var klKvType = new Option<string?>("--kl-kv-type")
+        {
+            Description = "The reference's KV-cache type; without --kl-reference the reference is this model with that KV type.",
+        };
+        var saveLogits = new Option<string?>("--save-logits") { Description = "Save this model's next-token distributions to FILE, to be a later --kl-reference." };
+        var saveTop = new Option<int>("--save-logits-top")
+        {
+            Description = "Keep each position's top K tokens and the rest's mass (0: full rows, 4 bytes per vocabulary entry).", DefaultValueFactory = _ => 32,
+        };
+        var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
+        {
+            model, data, ctx, stride, json, threads, kvType, klReference, klKvType, saveLogits, saveTop,
+        };
         command.SetAction(r => cli.Guard(() =>
         {
             try
@@ -39,24 +60,99 @@ public static class EvalCommand
                 if (step > window) throw new UsageException($"--stride {step} is longer than the window ({window}).");
 
                 var tokens = tokenizer.Encode(text, addBos: false);
+                var kv = ModelOptions.ParseKvType(r.GetValue(kvType) ?? "f32");
+                int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
                 using var pool = new WorkerPool(r.GetValue(threads));
                 using var engine = new Transformer(weights, Math.Min(window, 128), pool);
-                int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
-                PerplexityResult result;
-                if (!r.GetValue(json) && ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected)
-                {
-                    result = null!;
-                    AnsiConsole.Progress()
-                        .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                        .Start(context =>
-                        {
-                            var task = context.AddTask("scoring windows");
-                            result = PerplexityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos,
-                                (done, total) => { task.MaxValue = total; task.Value = done; });
-                        });
-                }
-                else result = PerplexityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos);
 
+                // The reference: a saved-logits file, another model, or this model with other settings.
+                string? refPath = r.GetValue(klReference);
+                string? refKvText = r.GetValue(klKvType);
+                LogitsFileReader? refFile = null;
+                ModelWeights? refWeights = null;
+                Transformer? refEngine = null;
+                string? refDescription = null;
+                LogitsFileWriter? writer = null;
+                KlReference? reference = null;
+                (PerplexityResult Model, KlResult? Kl) outcome = default;
+                try
+                {
+                    if (refPath is not null && LogitsFile.IsLogitsFile(refPath))
+                    {
+                        if (refKvText is not null) throw new UsageException("--kl-kv-type applies to a reference model, not to a saved logits file.");
+                        refFile = new LogitsFileReader(refPath);
+                        refDescription = $"{refPath} (saved logits, {(refFile.Header.TopK == 0 ? "full rows" : $"top {refFile.Header.TopK}")}; {refFile.Header.Notes})";
+                        // A saved run fixes the windows: take its settings unless given.
+                        if (r.GetValue(ctx) <= 0) window = refFile.Header.Ctx;
+                        if (r.GetValue(stride) <= 0) step = refFile.Header.Stride;
+                        if (window > weights.Config.ContextLength)
+                            throw new UsageException($"{refPath} was saved with --ctx {window}, longer than this model's context of {weights.Config.ContextLength} tokens.");
+                    }
+                    else if (refPath is not null || refKvText is not null)
+                    {
+                        var refKv = refKvText is null ? KvCacheType.F32 : ModelOptions.ParseKvType(refKvText);
+                        if (refPath is not null)
+                        {
+                            var (w2, t2) = ModelOptions.Load(refPath);
+                            refWeights = w2;
+                            if (w2.Config.VocabSize != weights.Config.VocabSize)
+                                throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");
+                            if (t2 is not null && !t2.Encode(text, addBos: false).AsSpan().SequenceEqual(tokens))
+                                throw new UsageException($"--kl-reference {refPath} tokenizes the text differently from {weights.SourcePath}; KL needs the same tokens.");
+                            refEngine = new Transformer(w2, Math.Min(window, 128), pool);
+                            refDescription = $"{refPath} (KV {refKv.ToString().ToLowerInvariant()})";
+                        }
+                        else
+                        {
+                            refEngine = new Transformer(weights, Math.Min(window, 128), pool);
+                            refDescription = $"this model with KV {refKv.ToString().ToLowerInvariant()}";
+                        }
+                        reference = KlReference.FromEngine(refEngine, refKv);
+                    }
+                    if (refFile is not null) reference = KlReference.FromFile(refFile);
+                    if (step > window) throw new UsageException($"--stride {step} is longer than the window ({window}).");
+                    if (r.GetValue(saveLogits) is { } savePath)
+                    {
+                        int top = r.GetValue(saveTop);
+                        if (top < 0 || top > weights.Config.VocabSize)
+                            throw new UsageException($"--save-logits-top {top} must be 0 (full rows) to {weights.Config.VocabSize} (the vocabulary).");
+                        if (tokens.Length < window + 1)
+                            throw new UsageException($"The text is {tokens.Length} tokens; one window of {window} needs {window + 1}. Use a smaller --ctx or more text.");
+                        var header = new LogitsFileHeader(weights.Config.VocabSize, window, step, bos, top, LogitsFileHeader.HashTokens(tokens),
+                            QualityEvaluator.Plan(tokens.Length, window, step).Positions,
+                            $"model {Path.GetFileName(weights.SourcePath)}, data {Path.GetFileName(dataPath)}, KV {kv.ToString().ToLowerInvariant()}");
+                        writer = new LogitsFileWriter(savePath, header);
+                    }
+
+                    (PerplexityResult Model, KlResult? Kl) Run(Action<int, int>? progress) =>
+                        QualityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos, progress, kv, reference, writer);
+                    if (!r.GetValue(json) && ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected)
+                    {
+                        AnsiConsole.Progress()
+                            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                            .Start(context =>
+                            {
+                                var task = context.AddTask("scoring windows");
+                                outcome = Run((done, total) => { task.MaxValue = total; task.Value = done; });
+                            });
+                    }
+                    else outcome = Run(null);
+                    writer?.Complete();
+                }
+                catch (ArgumentException e) when (e is not ArgumentOutOfRangeException)
+                {
+                    throw new UsageException(e.Message);
+                }
+                finally
+                {
+                    writer?.Dispose();
+                    refEngine?.Dispose();
+                    refWeights?.Dispose();
+                    refFile?.Dispose();
+                }
+                var result = outcome.Model ?? throw new InvalidOperationException("The evaluation did not run.");
+                var kl = outcome.Kl;
+                string F(double v, string format = "F4") => v.ToString(format, CultureInfo.InvariantCulture);
                 if (r.GetValue(json))
                 {
                     using var stream = new MemoryStream();
@@ -65,6 +161,7 @@ public static class EvalCommand
                         w.WriteStartObject();
                         w.WriteString("model", weights.SourcePath);
                         w.WriteString("data", Path.GetFullPath(dataPath));
+                        w.WriteString("kv_type", kv.ToString().ToLowerInvariant());
                         w.WriteNumber("tokens", tokens.Length);
                         w.WriteNumber("ctx", window);
                         w.WriteNumber("stride", step);
@@ -74,6 +171,24 @@ public static class EvalCommand
                         w.WriteNumber("nll_nats_per_token", result.MeanNll);
                         w.WriteNumber("perplexity", result.Perplexity);
                         w.WriteNumber("bits_per_byte", result.BitsPerByte);
+                        if (kl is not null)
+                        {
+                            w.WriteStartObject("kl");
+                            w.WriteString("reference", refDescription);
+                            w.WriteNumber("reference_perplexity", kl.Reference.Perplexity);
+                            w.WriteNumber("reference_bits_per_byte", kl.Reference.BitsPerByte);
+                            w.WriteNumber("delta_perplexity", result.Perplexity - kl.Reference.Perplexity);
+                            w.WriteNumber("positions", kl.Positions);
+                            w.WriteNumber("mean", kl.MeanKl);
+                            if (double.IsFinite(kl.MeanKlStdErr)) w.WriteNumber("mean_stderr", kl.MeanKlStdErr);
+                            w.WriteNumber("median", kl.MedianKl);
+                            w.WriteNumber("p99", kl.P99Kl);
+                            w.WriteNumber("max", kl.MaxKl);
+                            w.WriteNumber("top_token_agreement", kl.TopAgreement);
+                            w.WriteNumber("reference_top_k", kl.TopK);
+                            w.WriteEndObject();
+                        }
+                        if (r.GetValue(saveLogits) is { } saved) w.WriteString("saved_logits", Path.GetFullPath(saved));
                         w.WriteEndObject();
                     }
                     cli.Output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
@@ -81,12 +196,23 @@ public static class EvalCommand
                 }
                 var table = new Table().Border(TableBorder.Rounded).AddColumn("Property").AddColumn("Value");
                 void Row(string k, string v) => table.AddRow(new Text(k), new Text(v));
-                Row("model", weights.SourcePath);
+                Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()})");
                 Row("data", $"{dataPath} ({tokens.Length:N0} tokens)");
                 Row("windows", string.Create(CultureInfo.InvariantCulture, $"{result.Windows} × {window} tokens, stride {step}"));
                 Row("scored", $"{result.ScoredTokens:N0} tokens, {result.ScoredBytes:N0} bytes");
-                Row("perplexity", result.Perplexity.ToString("F4", CultureInfo.InvariantCulture));
-                Row("bits per byte", result.BitsPerByte.ToString("F4", CultureInfo.InvariantCulture));
+                Row("perplexity", F(result.Perplexity));
+                Row("bits per byte", F(result.BitsPerByte));
+                if (kl is not null)
+                {
+                    Row("reference", refDescription!);
+                    Row("reference perplexity / bits per byte", $"{F(kl.Reference.Perplexity)} / {F(kl.Reference.BitsPerByte)}");
+                    Row("Δppl", $"{F(result.Perplexity - kl.Reference.Perplexity, "+0.0000;-0.0000;0.0000")} ({F(100 * (result.Perplexity / kl.Reference.Perplexity - 1), "+0.00;-0.00;0.00")} %)");
+                    Row(kl.TopK == 0 ? "KL divergence, mean ± s.e." : $"KL divergence (reference's top {kl.TopK} + rest), mean ± s.e.",
+                        $"{F(kl.MeanKl, "G4")} ± {F(kl.MeanKlStdErr, "G2")} nats");
+                    Row("KL median / p99 / max", $"{F(kl.MedianKl, "G4")} / {F(kl.P99Kl, "G4")} / {F(kl.MaxKl, "G4")}");
+                    Row("same top token", $"{F(100 * kl.TopAgreement, "F2")} %");
+                }
+                if (r.GetValue(saveLogits) is { } savedPath) Row("saved logits", $"{savedPath} ({new FileInfo(savedPath).Length:N0} bytes)");
                 cli.Ansi.Write(table);
                 return 0;
             }

@@ -29,51 +29,8 @@ public sealed record PerplexityResult(double NegativeLogLikelihood, long ScoredT
 public static class PerplexityEvaluator
 {
     public static PerplexityResult Evaluate(Transformer engine, ReadOnlySpan<int> tokens, int ctx, int stride = 0,
-        Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null)
-    {
-        var c = engine.Config;
-        if (ctx < 2 || ctx > c.ContextLength) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, $"The window must be 2 to {c.ContextLength} tokens (the model's context).");
-        if (stride <= 0) stride = ctx;
-        if (stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be at most the window ({ctx}).");
-        if (tokens.Length < ctx + 1) throw new ArgumentException($"The text is {tokens.Length} tokens; one window of {ctx} needs {ctx + 1}. Use a smaller --ctx or more text.", nameof(tokens));
-        int firstScored = stride >= ctx / 2 ? ctx / 2 : ctx - stride;
-        int windows = (tokens.Length - 1 - ctx) / stride + 1;
-
-        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ctx, KvCacheType.F32);
-        int chunk = engine.MaxBatchTokens;
-        var batch = new BatchToken[chunk];
-        var logits = new float[(long)chunk * c.VocabSize];
-        double nll = 0;
-        long scored = 0, bytes = 0;
-        for (int w = 0; w < windows; w++)
-        {
-            int start = w * stride;
-            cache.Clear();
-            for (int p0 = 0; p0 < ctx; p0 += chunk)
-            {
-                int n = Math.Min(chunk, ctx - p0);
-                for (int i = 0; i < n; i++)
-                {
-                    int pos = p0 + i;
-                    int token = pos == 0 && bosId >= 0 ? bosId : tokens[start + pos];
-                    batch[i] = new BatchToken(token, 0, pos, pos >= firstScored);
-                }
-                engine.Forward(batch.AsSpan(0, n), [cache], logits);
-                int row = 0;
-                for (int i = 0; i < n; i++)
-                {
-                    if (!batch[i].WantLogits) continue;
-                    int target = tokens[start + p0 + i + 1];
-                    nll += NegativeLogProbability(logits.AsSpan(row * c.VocabSize, c.VocabSize), target);
-                    scored++;
-                    if (tokenByteCount is not null) bytes += tokenByteCount(target);
-                    row++;
-                }
-            }
-            progress?.Invoke(w + 1, windows);
-        }
-        return new PerplexityResult(nll, scored, bytes, windows);
-    }
+        Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null) =>
+        Evaluation.QualityEvaluator.Evaluate(engine, tokens, ctx, stride, tokenByteCount, bosId, progress).Model;
 
     /// <summary>−ln softmax(z)[target], with the max subtracted and the sum in double.</summary>
     public static double NegativeLogProbability(ReadOnlySpan<float> z, int target)

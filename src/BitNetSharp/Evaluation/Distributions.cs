@@ -1,0 +1,122 @@
+namespace BitNetSharp.Evaluation;
+
+/// <summary>
+/// Next-token distributions compared in double precision: log-softmax of a logits row, KL divergence between two
+/// rows, the same against a reference kept only as its top-k tokens plus the mass of the rest, and top-k selection.
+/// </summary>
+public static class Distributions
+{
+    /// <summary>log softmax(z) into <paramref name="logProbs"/> (max subtracted, the normaliser summed in double).</summary>
+    public static void LogSoftmax(ReadOnlySpan<float> z, Span<double> logProbs)
+    {
+        if (logProbs.Length != z.Length) throw new ArgumentException($"{logProbs.Length} outputs for {z.Length} logits.", nameof(logProbs));
+        float max = float.NegativeInfinity;
+        foreach (float v in z) max = MathF.Max(max, v);
+        double sum = 0;
+        foreach (float v in z) sum += Math.Exp(v - max);
+        double logZ = max + Math.Log(sum);
+        for (int i = 0; i < z.Length; i++) logProbs[i] = z[i] - logZ;
+    }
+
+    /// <summary>KL(P ‖ Q) = Σ p (ln p − ln q) in nats, from two log-probability rows (terms with p = 0 add nothing).</summary>
+    public static double KlDivergence(ReadOnlySpan<double> logP, ReadOnlySpan<double> logQ)
+    {
+        if (logP.Length != logQ.Length) throw new ArgumentException($"Rows of {logP.Length} and {logQ.Length} tokens cannot be compared.", nameof(logQ));
+        double kl = 0;
+        for (int i = 0; i < logP.Length; i++)
+        {
+            double p = Math.Exp(logP[i]);
+            if (p > 0) kl += p * (logP[i] - logQ[i]);
+        }
+        return Math.Max(0, kl); // rounding can leave a tiny negative for identical rows
+    }
+
+    /// <summary>
+    /// KL(P ‖ Q) where P is known only by its top tokens (<paramref name="ids"/>, <paramref name="logP"/>) and the
+    /// log of the mass of all other tokens (<paramref name="logRest"/>): the divergence between the two distributions
+    /// coarsened to those k tokens plus one "rest" bucket. By the data-processing inequality it is at most the
+    /// full KL; with the top 32 of a peaked next-token distribution it is close to it.
+    /// </summary>
+    public static double KlDivergenceTopK(ReadOnlySpan<int> ids, ReadOnlySpan<float> logP, double logRest, ReadOnlySpan<double> logQ)
+    {
+        double kl = 0, topQ = 0;
+        for (int j = 0; j < ids.Length; j++)
+        {
+            double lq = logQ[ids[j]];
+            topQ += Math.Exp(lq);
+            double p = Math.Exp(logP[j]);
+            if (p > 0) kl += p * (logP[j] - lq);
+        }
+        double restP = Math.Exp(logRest);
+        if (restP > 0)
+        {
+            double restQ = Math.Max(1 - topQ, double.Epsilon);
+            kl += restP * (logRest - Math.Log(restQ));
+        }
+        return Math.Max(0, kl);
+    }
+
+    /// <summary>Index of the largest value (the first of equals).</summary>
+    public static int ArgMax(ReadOnlySpan<double> values)
+    {
+        int best = 0;
+        for (int i = 1; i < values.Length; i++)
+            if (values[i] > values[best]) best = i;
+        return best;
+    }
+
+    /// <summary>
+    /// The <paramref name="ids"/>.Length largest entries of <paramref name="values"/>, largest first (ties: lower
+    /// index first), by a bounded min-heap: O(n log k), no allocation.
+    /// </summary>
+    public static void TopK(ReadOnlySpan<double> values, Span<int> ids)
+    {
+        int k = ids.Length;
+        if (k == 0) return;
+        if (k > values.Length) throw new ArgumentException($"Top {k} of {values.Length} values.", nameof(ids));
+        // Heap of the k best so far with the worst at the root; "worse" = smaller value, or equal value and larger index.
+        for (int i = 0; i < k; i++)
+        {
+            ids[i] = i;
+            SiftUp(values, ids, i);
+        }
+        for (int i = k; i < values.Length; i++)
+        {
+            if (!Better(values, i, ids[0])) continue;
+            ids[0] = i;
+            SiftDown(values, ids, 0, k);
+        }
+        // Heap sort in place: repeatedly move the worst to the end, so the array ends best-first.
+        for (int end = k - 1; end > 0; end--)
+        {
+            (ids[0], ids[end]) = (ids[end], ids[0]);
+            SiftDown(values, ids, 0, end);
+        }
+    }
+
+    private static bool Better(ReadOnlySpan<double> v, int a, int b) => v[a] > v[b] || (v[a] == v[b] && a < b);
+
+    private static void SiftUp(ReadOnlySpan<double> v, Span<int> heap, int i)
+    {
+        while (i > 0)
+        {
+            int parent = (i - 1) / 2;
+            if (!Better(v, heap[parent], heap[i])) break;
+            (heap[parent], heap[i]) = (heap[i], heap[parent]);
+            i = parent;
+        }
+    }
+
+    private static void SiftDown(ReadOnlySpan<double> v, Span<int> heap, int i, int n)
+    {
+        while (true)
+        {
+            int l = 2 * i + 1, r = l + 1, worst = i;
+            if (l < n && Better(v, heap[worst], heap[l])) worst = l;
+            if (r < n && Better(v, heap[worst], heap[r])) worst = r;
+            if (worst == i) return;
+            (heap[worst], heap[i]) = (heap[i], heap[worst]);
+            i = worst;
+        }
+    }
+}

@@ -1,0 +1,182 @@
+using BitNetSharp.Model;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Evaluation;
+
+/// <summary>KL divergence and top-token agreement of a model against a reference, over the same scored positions.</summary>
+/// <param name="MeanKl">Mean KL(reference ‖ model) per position, nats.</param>
+/// <param name="MeanKlStdErr">Standard error of that mean (sample std-dev / √positions).</param>
+/// <param name="TopAgreement">Share of positions where both put the same token first.</param>
+/// <param name="TopK">0 when the reference rows were full; k when only the reference's top k were kept (KL then
+/// compares the distributions coarsened to those k tokens and the rest: a lower bound on the full KL).</param>
+public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr, double MedianKl, double P99Kl, double MaxKl,
+    double TopAgreement, PerplexityResult Reference, int TopK)
+{
+    /// <summary>Sorted per-position values to the q-quantile, linear between ranks (numpy's default).</summary>
+    public static double Quantile(ReadOnlySpan<double> sorted, double q)
+    {
+        if (sorted.Length == 0) return double.NaN;
+        double rank = q * (sorted.Length - 1);
+        int lo = (int)Math.Floor(rank), hi = Math.Min(lo + 1, sorted.Length - 1);
+        return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo);
+    }
+
+    internal static KlResult From(List<double> kl, long agree, PerplexityResult reference, int topK)
+    {
+        var values = kl.ToArray();
+        Array.Sort(values);
+        double mean = 0;
+        foreach (double v in values) mean += v;
+        mean /= Math.Max(1, values.Length);
+        double ss = 0;
+        foreach (double v in values) ss += (v - mean) * (v - mean);
+        double stderr = values.Length > 1 ? Math.Sqrt(ss / (values.Length - 1) / values.Length) : double.NaN;
+        return new KlResult(values.Length, mean, stderr, Quantile(values, 0.5), Quantile(values, 0.99),
+            values.Length > 0 ? values[^1] : double.NaN, values.Length > 0 ? (double)agree / values.Length : double.NaN, reference, topK);
+    }
+}
+
+/// <summary>Where the reference distributions come from: a second engine run on the same windows, or a saved-logits file.</summary>
+public sealed class KlReference
+{
+    internal Transformer? Engine { get; private init; }
+    internal KvCacheType KvType { get; private init; }
+    internal LogitsFileReader? File { get; private init; }
+
+    /// <summary>An engine (another model, or the same weights with other settings) run beside the evaluated one, with its own KV cache of <paramref name="kvType"/>.</summary>
+    public static KlReference FromEngine(Transformer engine, KvCacheType kvType) => new() { Engine = engine, KvType = kvType };
+
+    /// <summary>A saved-logits file; its plan, vocabulary and token hash must match the run.</summary>
+    public static KlReference FromFile(LogitsFileReader file) => new() { File = file };
+}
+
+/// <summary>
+/// Scores a token stream under a model the way <see cref="PerplexityEvaluator"/> describes (windows of ctx tokens every
+/// stride tokens, each from an empty KV cache, positions ≥ ctx/2 scored), and at every scored position optionally
+/// compares the model's next-token distribution with a reference's (KL, top-token agreement, the reference's own
+/// perplexity) and saves the distribution to a logits file. Deterministic: the same input gives the same numbers
+/// whatever the thread count (the engine's sums are exact integers; the statistics are summed in order, in double).
+/// </summary>
+public static class QualityEvaluator
+{
+    /// <summary>How many positions a plan scores: windows × (ctx − first scored position).</summary>
+    public static (int Windows, int FirstScored, long Positions) Plan(int tokenCount, int ctx, int stride)
+    {
+        int firstScored = stride >= ctx / 2 ? ctx / 2 : ctx - stride;
+        int windows = (tokenCount - 1 - ctx) / stride + 1;
+        return (windows, firstScored, (long)windows * (ctx - firstScored));
+    }
+
+    public static (PerplexityResult Model, KlResult? Kl) Evaluate(Transformer engine, ReadOnlySpan<int> tokens, int ctx, int stride = 0,
+        Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null,
+        KvCacheType kvType = KvCacheType.F32, KlReference? reference = null, LogitsFileWriter? save = null)
+    {
+        var c = engine.Config;
+        if (ctx < 2 || ctx > c.ContextLength) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, $"The window must be 2 to {c.ContextLength} tokens (the model's context).");
+        if (stride <= 0) stride = ctx;
+        if (stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be at most the window ({ctx}).");
+        if (tokens.Length < ctx + 1) throw new ArgumentException($"The text is {tokens.Length} tokens; one window of {ctx} needs {ctx + 1}. Use a smaller --ctx or more text.", nameof(tokens));
+        var (windows, firstScored, _) = Plan(tokens.Length, ctx, stride);
+        int vocab = c.VocabSize;
+        var refEngine = reference?.Engine;
+        var refFile = reference?.File;
+        if (refEngine is not null)
+        {
+            if (refEngine.Config.VocabSize != vocab)
+                throw new ArgumentException($"The reference model's vocabulary has {refEngine.Config.VocabSize} tokens and the evaluated model's {vocab}; KL needs the same vocabulary.", nameof(reference));
+            if (ctx > refEngine.Config.ContextLength)
+                throw new ArgumentException($"The window of {ctx} tokens is longer than the reference model's context of {refEngine.Config.ContextLength}.", nameof(reference));
+        }
+        if (refFile is not null) CheckFile(refFile, vocab, ctx, stride, bosId, tokens);
+
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ctx, kvType);
+        using var refCache = refEngine is null ? null : new KvCache(refEngine.Config.Layers, refEngine.Config.KvHeads, refEngine.Config.HeadDim, ctx, reference!.KvType);
+        int chunk = refEngine is null ? engine.MaxBatchTokens : Math.Min(engine.MaxBatchTokens, refEngine.MaxBatchTokens);
+        var batch = new BatchToken[chunk];
+        var logits = new float[(long)chunk * vocab];
+        var refLogits = refEngine is null ? null : new float[(long)chunk * vocab];
+        bool needRows = reference is not null || save is not null;
+        var logQ = needRows ? new double[vocab] : [];
+        var logP = refEngine is not null ? new double[vocab] : [];
+        var kl = reference is null ? null : new List<double>();
+        double nll = 0, refNll = 0;
+        long scored = 0, bytes = 0, agree = 0;
+        for (int w = 0; w < windows; w++)
+        {
+            int start = w * stride;
+            cache.Clear();
+            refCache?.Clear();
+            for (int p0 = 0; p0 < ctx; p0 += chunk)
+            {
+                int n = Math.Min(chunk, ctx - p0);
+                for (int i = 0; i < n; i++)
+                {
+                    int pos = p0 + i;
+                    int token = pos == 0 && bosId >= 0 ? bosId : tokens[start + pos];
+                    batch[i] = new BatchToken(token, 0, pos, pos >= firstScored);
+                }
+                engine.Forward(batch.AsSpan(0, n), [cache], logits);
+                refEngine?.Forward(batch.AsSpan(0, n), [refCache!], refLogits);
+                int row = 0;
+                for (int i = 0; i < n; i++)
+                {
+                    if (!batch[i].WantLogits) continue;
+                    int target = tokens[start + p0 + i + 1];
+                    var z = logits.AsSpan(row * vocab, vocab);
+                    if (!needRows) nll += PerplexityEvaluator.NegativeLogProbability(z, target);
+                    else
+                    {
+                        Distributions.LogSoftmax(z, logQ);
+                        nll -= logQ[target];
+                        save?.Write(target, logQ);
+                        if (refEngine is not null)
+                        {
+                            Distributions.LogSoftmax(refLogits.AsSpan(row * vocab, vocab), logP);
+                            refNll -= logP[target];
+                            kl!.Add(Distributions.KlDivergence(logP, logQ));
+                            if (Distributions.ArgMax(logP) == Distributions.ArgMax(logQ)) agree++;
+                        }
+                        else if (refFile is not null)
+                        {
+                            refFile.Next();
+                            if (refFile.Target != target)
+                                throw new InvalidDataException($"{refFile.Path}: position {scored} predicts token {refFile.Target}, this run {target}; the file was saved from other text.");
+                            refNll -= refFile.TargetLogProb;
+                            if (refFile.Header.TopK == 0)
+                            {
+                                kl!.Add(Distributions.KlDivergence(refFile.LogProbs, logQ));
+                                if (Distributions.ArgMax(refFile.LogProbs) == Distributions.ArgMax(logQ)) agree++;
+                            }
+                            else
+                            {
+                                kl!.Add(Distributions.KlDivergenceTopK(refFile.TopIds, refFile.TopLogProbs, refFile.LogRest, logQ));
+                                if (refFile.TopIds[0] == Distributions.ArgMax(logQ)) agree++;
+                            }
+                        }
+                    }
+                    scored++;
+                    if (tokenByteCount is not null) bytes += tokenByteCount(target);
+                    row++;
+                }
+            }
+            progress?.Invoke(w + 1, windows);
+        }
+        var model = new PerplexityResult(nll, scored, bytes, windows);
+        KlResult? result = kl is null ? null : KlResult.From(kl, agree, new PerplexityResult(refNll, scored, bytes, windows), refFile?.Header.TopK ?? 0);
+        return (model, result);
+    }
+
+    private static void CheckFile(LogitsFileReader file, int vocab, int ctx, int stride, int bos, ReadOnlySpan<int> tokens)
+    {
+        var h = file.Header;
+        if (h.VocabSize != vocab)
+            throw new ArgumentException($"{file.Path} holds distributions over {h.VocabSize} tokens; this model's vocabulary has {vocab}. KL needs the same vocabulary.");
+        if (h.Ctx != ctx || h.Stride != stride || h.Bos != bos)
+            throw new ArgumentException($"{file.Path} was saved with --ctx {h.Ctx} --stride {h.Stride} (BOS {h.Bos}); this run uses --ctx {ctx} --stride {stride} (BOS {bos}). Use the file's settings.");
+        if (h.TokensHash != LogitsFileHeader.HashTokens(tokens))
+            throw new ArgumentException($"{file.Path} was saved from other text (or another tokenizer): its token stream's hash differs from this run's.");
+        long positions = Plan(tokens.Length, ctx, stride).Positions;
+        if (h.Positions != positions)
+            throw new ArgumentException($"{file.Path} holds {h.Positions} positions; this run scores {positions}.");
+    }
+}

@@ -1,0 +1,215 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Evaluation;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Threading;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Evaluation;
+
+/// <summary>KL statistics against hand-computed cases, the saved-logits file, and `bitnet eval --kl-*` on the bundled model.</summary>
+public class KlEvaluationTests
+{
+    private const string Story =
+        "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. One day, " +
+        "Lily saw a big red ball under a tree. She ran to get it, but Max got there first. They laughed and played all day. " +
+        "When the sun went down, Lily and Max went home. Her mom made soup, and they were happy. The next day it rained, " +
+        "so Lily read a book about a brave bird who flew over the sea to find a new home for his family. ";
+
+    private static string BundledModel => RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+
+    private static double[] LogSoftmax(params float[] z)
+    {
+        var lp = new double[z.Length];
+        Distributions.LogSoftmax(z, lp);
+        return lp;
+    }
+
+    /// <summary>P = (1/2, 1/4, 1/4), Q = (1/4, 1/2, 1/4): KL(P‖Q) = ½ ln 2 − ¼ ln 2 = ¼ ln 2.</summary>
+    [Fact]
+    public void KlOfAHandComputedPair()
+    {
+        var p = LogSoftmax(MathF.Log(0.5f), MathF.Log(0.25f), MathF.Log(0.25f));
+        var q = LogSoftmax(5 + MathF.Log(0.25f), 5 + MathF.Log(0.5f), 5 + MathF.Log(0.25f)); // a shift changes nothing
+        Assert.Equal(0.25 * Math.Log(2), Distributions.KlDivergence(p, q), 6);
+        Assert.Equal(0, Distributions.KlDivergence(p, p));
+        // Coarsened to the top token and the rest: P = (1/2, 1/2), Q = (1/4, 3/4).
+        double expected = 0.5 * Math.Log(2) + 0.5 * Math.Log(0.5 / 0.75);
+        Assert.Equal(expected, Distributions.KlDivergenceTopK([0], [(float)p[0]], Math.Log(0.5), q), 6);
+        // All tokens kept: the full KL; the coarse one is never above it.
+        Assert.Equal(0.25 * Math.Log(2), Distributions.KlDivergenceTopK([0, 1, 2], [(float)p[0], (float)p[1], (float)p[2]], double.NegativeInfinity, q), 6);
+        Assert.True(expected <= 0.25 * Math.Log(2) + 1e-12);
+    }
+
+    [Fact]
+    public void TopKIsBestFirstWithLowerIndexOnTies()
+    {
+        var rng = new Random(3);
+        var values = new double[1000];
+        for (int i = 0; i < values.Length; i++) values[i] = Math.Round(rng.NextDouble() * 50); // many ties
+        var ids = new int[37];
+        Distributions.TopK(values, ids);
+        var expected = Enumerable.Range(0, values.Length).OrderByDescending(i => values[i]).ThenBy(i => i).Take(37);
+        Assert.Equal(expected, ids);
+        Assert.Equal(Array.IndexOf(values, values.Max()), Distributions.ArgMax(values));
+    }
+
+    [Fact]
+    public void QuantilesInterpolateBetweenRanks()
+    {
+        double[] sorted = [1, 2, 3, 4];
+        Assert.Equal(2.5, KlResult.Quantile(sorted, 0.5));
+        Assert.Equal(3.97, KlResult.Quantile(sorted, 0.99), 10);
+        Assert.Equal(4, KlResult.Quantile(sorted, 1));
+        Assert.True(double.IsNaN(KlResult.Quantile([], 0.5)));
+    }
+
+    private static (ModelWeights Weights, int[] Tokens, int Bos) Load()
+    {
+        var weights = ModelWeights.Load(BundledModel);
+        var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
+        var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 3)), addBos: false);
+        return (weights, tokens, tokenizer.AddBosToken ? tokenizer.BosId : -1);
+    }
+
+    /// <summary>
+    /// Against itself the KL is exactly 0 with full agreement; an int8 KV cache against f32 gives a small positive KL;
+    /// a saved file of full rows reproduces the engine reference, and a top-k file gives a value at most that.
+    /// </summary>
+    [Fact]
+    public void ReferencesAgreeWhetherEngineOrFile()
+    {
+        var (weights, tokens, bos) = Load();
+        using var _ = weights;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(weights, 32, pool);
+        using var refEngine = new Transformer(weights, 32, pool);
+        const int ctx = 64, stride = 32;
+
+        var (self, selfKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, reference: KlReference.FromEngine(refEngine, KvCacheType.F32));
+        Assert.NotNull(selfKl);
+        Assert.Equal(0, selfKl.MeanKl);
+        Assert.Equal(1, selfKl.TopAgreement);
+        Assert.Equal(self.Perplexity, selfKl.Reference.Perplexity, 12);
+        Assert.Equal(QualityEvaluator.Plan(tokens.Length, ctx, stride).Positions, selfKl.Positions);
+
+        var (int8, int8Kl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8,
+            reference: KlReference.FromEngine(refEngine, KvCacheType.F32));
+        Assert.InRange(int8Kl!.MeanKl, 1e-7, 0.05);
+        Assert.True(int8Kl.MaxKl >= int8Kl.P99Kl && int8Kl.P99Kl >= int8Kl.MedianKl);
+        Assert.InRange(int8Kl.TopAgreement, 0.8, 1);
+        Assert.NotEqual(int8.Perplexity, self.Perplexity);
+
+        using var dir = new TestGguf.TempDirectory();
+        foreach (int top in new[] { 0, 16 })
+        {
+            string path = dir.File($"ref-{top}.bnlg");
+            var header = new LogitsFileHeader(weights.Config.VocabSize, ctx, stride, bos, top, LogitsFileHeader.HashTokens(tokens),
+                QualityEvaluator.Plan(tokens.Length, ctx, stride).Positions, "test");
+            using (var writer = new LogitsFileWriter(path, header))
+            {
+                var (saved, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, save: writer);
+                Assert.Equal(self.Perplexity, saved.Perplexity, 12);
+                writer.Complete();
+            }
+            Assert.True(LogitsFile.IsLogitsFile(path));
+            using var reader = new LogitsFileReader(path);
+            var (_, fileKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8, reference: KlReference.FromFile(reader));
+            Assert.Equal(top, fileKl!.TopK);
+            Assert.Equal(int8Kl.Reference.Perplexity, fileKl.Reference.Perplexity, 4); // ln p(target) stored as f32
+            if (top == 0)
+            {
+                Assert.Equal(int8Kl.MeanKl, fileKl.MeanKl, 5);
+                Assert.Equal(int8Kl.TopAgreement, fileKl.TopAgreement);
+            }
+            else Assert.InRange(fileKl.MeanKl, 0, int8Kl.MeanKl + 1e-5);
+        }
+    }
+
+    /// <summary>A saved file used with other text, other settings or truncated is refused with a message naming the file.</summary>
+    [Fact]
+    public void MismatchedOrDamagedLogitsFilesAreRefused()
+    {
+        var (weights, tokens, bos) = Load();
+        using var _ = weights;
+        using var engine = new Transformer(weights, 32);
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("ref.bnlg");
+        var header = new LogitsFileHeader(weights.Config.VocabSize, 64, 64, bos, 8, LogitsFileHeader.HashTokens(tokens), QualityEvaluator.Plan(tokens.Length, 64, 64).Positions, "");
+        using (var writer = new LogitsFileWriter(path, header))
+        {
+            QualityEvaluator.Evaluate(engine, tokens, 64, 64, bosId: bos, save: writer);
+            writer.Complete();
+        }
+        Assert.False(File.Exists(path + ".partial"));
+
+        using (var reader = new LogitsFileReader(path))
+        {
+            var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens[1..], 64, 64, bosId: bos, reference: KlReference.FromFile(reader)));
+            Assert.Contains("other text", e.Message);
+            Assert.Contains(path, e.Message);
+        }
+        using (var reader = new LogitsFileReader(path))
+        {
+            var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos, reference: KlReference.FromFile(reader)));
+            Assert.Contains("--ctx 64 --stride 64", e.Message);
+        }
+        string cut = dir.File("cut.bnlg");
+        File.WriteAllBytes(cut, File.ReadAllBytes(path)[..^10]);
+        Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => new LogitsFileReader(cut)).Message);
+        string notOurs = dir.File("model.gguf");
+        File.WriteAllText(notOurs, "GGUF not really");
+        Assert.False(LogitsFile.IsLogitsFile(notOurs));
+        Assert.Contains("not a BitNetSharp logits file", Assert.Throws<InvalidDataException>(() => new LogitsFileReader(notOurs)).Message);
+
+        // A writer disposed before completing leaves nothing behind.
+        string abandoned = dir.File("abandoned.bnlg");
+        using (var writer = new LogitsFileWriter(abandoned, header)) { }
+        Assert.False(File.Exists(abandoned));
+        Assert.False(File.Exists(abandoned + ".partial"));
+    }
+
+    private static (int Code, string Output, string Error) Cli(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    /// <summary>The CLI: a settings variant of the same model, a saved run as reference, and clear errors.</summary>
+    [Fact]
+    public void EvalCommandComparesWithAVariantOrASavedRun()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("story.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 3)));
+        string saved = dir.File("f32.bnlg");
+
+        var (code, output, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--kv-type", "fp8", "--kl-kv-type", "f32", "--json", "-t", "2");
+        Assert.True(code == 0, error);
+        var kl = JsonDocument.Parse(output).RootElement.GetProperty("kl");
+        Assert.Equal("this model with KV f32", kl.GetProperty("reference").GetString());
+        Assert.InRange(kl.GetProperty("mean").GetDouble(), 1e-7, 0.1);
+        double fp8Mean = kl.GetProperty("mean").GetDouble();
+
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--save-logits", saved, "--save-logits-top", "0", "--json");
+        Assert.True(code == 0, error);
+        (code, output, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kv-type", "fp8", "--kl-reference", saved, "--json", "-t", "1");
+        Assert.True(code == 0, error);
+        var r = JsonDocument.Parse(output).RootElement;
+        Assert.Equal(64, r.GetProperty("ctx").GetInt32()); // taken from the file
+        Assert.Equal(fp8Mean, r.GetProperty("kl").GetProperty("mean").GetDouble(), 5); // 1 thread or 2: the same numbers
+
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--kl-kv-type", "f16");
+        Assert.Equal(2, code); // a usage error
+        Assert.Contains("--kl-kv-type applies to a reference model", error);
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--save-logits", dir.File("no/such/dir/x.bnlg"));
+        Assert.NotEqual(0, code);
+        Assert.Contains("x.bnlg", error);
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kv-type", "q4");
+        Assert.Equal(2, code);
+        Assert.Contains("--kv-type 'q4'", error);
+    }
+}
