@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The quality cost of every speed/memory setting of the bundled model, as KL divergence against the f32-KV,
+# as-trained (I2_S projections, F32 embedding/head) model: each KV type, each head type, each packed format.
+# Text: the first 100 kB of ../shared/data/corpora/tinystories_train_v1_part.txt (TinyStories the model never saw).
+# Usage: bash bench/kl-table.sh [OUT.md]   (writes the table to OUT.md, default bench/results/kl-bundled-model.md)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-bench/results/kl-bundled-model.md}
+data=../shared/data/corpora/tinystories_train_v1_part.txt
+[ -f "$data" ] || { echo "missing $data (../shared/data); see ../shared/data/MANIFEST.txt" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+head -c 100000 "$data" > "$work/text.txt"
+dotnet build src/BitNetSharp.Cli -c Release -v q -nologo >/dev/null
+bitnet=src/BitNetSharp.Cli/bin/Release/net10.0/bitnet
+model=models/bitnet-tinystories.gguf
+for t in tq2_0 tq1_0 f16; do "$bitnet" convert "$model" "$work/proj-$t.gguf" --type "$t" >/dev/null; done
+for e in f16 q8_0 q6_k; do "$bitnet" convert "$model" "$work/head-$e.gguf" --embedding-type "$e" >/dev/null; done
+run() { # label, then eval arguments
+  local label=$1; shift
+  "$bitnet" eval --data "$work/text.txt" --ctx 256 --json "$@" > "$work/$label.json"
+  echo "$label" >> "$work/order"
+}
+run "KV f16" -m "$model" --kv-type f16 --kl-kv-type f32
+run "KV int8" -m "$model" --kv-type int8 --kl-kv-type f32
+run "KV fp8 (e4m3)" -m "$model" --kv-type fp8 --kl-kv-type f32
+run "head F16" -m "$work/head-f16.gguf" --kl-reference "$model"
+run "head Q8_0" -m "$work/head-q8_0.gguf" --kl-reference "$model"
+run "head Q6_K" -m "$work/head-q6_k.gguf" --kl-reference "$model"
+run "projections TQ2_0" -m "$work/proj-tq2_0.gguf" --kl-reference "$model"
+run "projections TQ1_0" -m "$work/proj-tq1_0.gguf" --kl-reference "$model"
+run "projections F16" -m "$work/proj-f16.gguf" --kl-reference "$model"
+run "head Q6_K + KV int8" -m "$work/head-q6_k.gguf" --kv-type int8 --kl-reference "$model"
+python3 - "$work" "$out" <<'PY'
+import json, sys, os, subprocess
+work, out = sys.argv[1], sys.argv[2]
+cpu = next((l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name")), "?")
+rows = []
+for label in open(os.path.join(work, "order")).read().splitlines():
+    r = json.load(open(os.path.join(work, label + ".json")))
+    k = r["kl"]
+    rows.append(f"| {label} | {r['perplexity']:.4f} | {k['delta_perplexity']:+.4f} | {r['bits_per_byte']:.4f} | {k['mean']:.3g} ± {k.get('mean_stderr', float('nan')):.1g} | {k['median']:.3g} | {k['p99']:.3g} | {k['max']:.3g} | {100*k['top_token_agreement']:.2f} % |")
+first = json.load(open(os.path.join(work, open(os.path.join(work, "order")).read().splitlines()[0] + ".json")))
+with open(out, "w") as f:
+    f.write(f"""# Quality cost of each setting: the bundled model against itself
+
+Made by `bash bench/kl-table.sh` (CPU: {cpu}; the numbers do not depend on it). Text: the first 100 kB of
+`tinystories_train_v1_part.txt`, which the model never saw; {first['scored_tokens']:,} positions scored
+(windows of 256 tokens, second half scored). Reference for every row: the bundled model as trained (I2_S
+projections, F32 embedding and tied head) with an f32 KV cache: perplexity {first['kl']['reference_perplexity']:.4f},
+{first['kl']['reference_bits_per_byte']:.4f} bits per byte. KL(reference ‖ row) in nats per position, full
+distributions (4,096 tokens); "same top" is the share of positions where both rank the same token first.
+
+| setting | perplexity | Δppl | bits/byte | KL mean ± s.e. | KL median | KL p99 | KL max | same top |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|
+""" + "\n".join(rows) + "\n")
+print(open(out).read())
+PY
