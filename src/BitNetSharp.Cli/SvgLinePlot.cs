@@ -4,8 +4,8 @@ using System.Text;
 namespace BitNetSharp.Cli;
 
 /// <summary>
-/// A minimal SVG line chart: one polyline per series, axes with "nice" ticks and labels, a legend on the right.
-/// Pure text, no native libraries.
+/// A minimal SVG line chart: one polyline per series (optionally with point markers), axes with "nice" ticks and
+/// labels, a legend on the right. Pure text, no native libraries, so the tool package carries none.
 /// </summary>
 public sealed class SvgLinePlot
 {
@@ -18,16 +18,16 @@ public sealed class SvgLinePlot
     public required string XLabel { get; init; }
     public required string YLabel { get; init; }
 
-    public List<(string Name, List<(double X, double Y)> Points)> Series { get; } = [];
+    public List<SvgSeries> Series { get; } = [];
 
     public void Write(TextWriter w)
     {
-        var series = new List<(string Name, List<(double X, double Y)> Points)>(Series.Count);
-        foreach (var (name, points) in Series) series.Add((name, Downsample(points)));
+        var series = new List<SvgSeries>(Series.Count);
+        foreach (var s in Series) series.Add(s with { Points = Downsample(s.Points) });
 
         double xMin = double.PositiveInfinity, xMax = double.NegativeInfinity, yMin = double.PositiveInfinity, yMax = double.NegativeInfinity;
-        foreach (var (_, points) in series)
-            foreach (var (x, y) in points)
+        foreach (var s in series)
+            foreach (var (x, y) in s.Points)
             {
                 xMin = Math.Min(xMin, x); xMax = Math.Max(xMax, x);
                 yMin = Math.Min(yMin, y); yMax = Math.Max(yMax, y);
@@ -68,14 +68,22 @@ public sealed class SvgLinePlot
         w.WriteLine($"<text x=\"{Left + plotW / 2}\" y=\"{Height - 14}\" text-anchor=\"middle\">{Escape(XLabel)}</text>");
         w.WriteLine($"<text x=\"18\" y=\"{Top + plotH / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 18 {Top + plotH / 2})\">{Escape(YLabel)}</text>");
 
-        w.WriteLine("<g class=\"series\" fill=\"none\" stroke-width=\"1.5\">");
+        w.WriteLine("<g class=\"series\" fill=\"none\">");
         var line = new StringBuilder();
         for (int s = 0; s < series.Count; s++)
         {
             line.Clear();
             foreach (var (x, y) in series[s].Points)
                 line.Append(N(Px(x))).Append(',').Append(N(Py(y))).Append(' ');
-            w.WriteLine($"<polyline data-series=\"{Escape(series[s].Name)}\" stroke=\"{Color(s, series.Count)}\" points=\"{line.ToString().TrimEnd()}\"/>");
+            w.WriteLine($"<polyline data-series=\"{Escape(series[s].Name)}\" stroke=\"{StrokeOf(series, s)}\" stroke-width=\"{N(series[s].Width)}\" points=\"{line.ToString().TrimEnd()}\"/>");
+        }
+        w.WriteLine("</g>");
+        w.WriteLine("<g class=\"markers\">");
+        for (int s = 0; s < series.Count; s++)
+        {
+            if (!series[s].Markers) continue;
+            foreach (var (x, y) in series[s].Points)
+                w.WriteLine($"<circle data-series=\"{Escape(series[s].Name)}\" cx=\"{N(Px(x))}\" cy=\"{N(Py(y))}\" r=\"3\" fill=\"{StrokeOf(series, s)}\"/>");
         }
         w.WriteLine("</g>");
 
@@ -85,11 +93,14 @@ public sealed class SvgLinePlot
         {
             string y = N(Top + 6 + s * spacing);
             int lx = Width - Right + 16;
-            w.WriteLine($"<line x1=\"{lx}\" y1=\"{y}\" x2=\"{lx + 20}\" y2=\"{y}\" stroke=\"{Color(s, series.Count)}\" stroke-width=\"2\"/><text x=\"{lx + 26}\" y=\"{y}\" dominant-baseline=\"middle\" font-size=\"{(spacing < 12 ? 9 : 11)}\">{Escape(series[s].Name)}</text>");
+            string marker = series[s].Markers ? $"<circle cx=\"{lx + 10}\" cy=\"{y}\" r=\"3\" fill=\"{StrokeOf(series, s)}\"/>" : "";
+            w.WriteLine($"<line x1=\"{lx}\" y1=\"{y}\" x2=\"{lx + 20}\" y2=\"{y}\" stroke=\"{StrokeOf(series, s)}\" stroke-width=\"2\"/>{marker}<text x=\"{lx + 26}\" y=\"{y}\" dominant-baseline=\"middle\" font-size=\"{(spacing < 12 ? 9 : 11)}\">{Escape(series[s].Name)}</text>");
         }
         w.WriteLine("</g>");
         w.WriteLine("</svg>");
     }
+
+    private static string StrokeOf(List<SvgSeries> series, int index) => series[index].Color ?? Color(index, series.Count);
 
     private static List<(double X, double Y)> Downsample(List<(double X, double Y)> points)
     {
@@ -133,4 +144,16 @@ public sealed class SvgLinePlot
     }
 
     private static string Escape(string s) => s.Replace("&", "&amp;").Replace("<", "&lt;").Replace(">", "&gt;").Replace("\"", "&quot;");
+}
+
+/// <summary>One line of an <see cref="SvgLinePlot"/>: legend name, points, and how it is drawn.</summary>
+public sealed record SvgSeries(string Name, List<(double X, double Y)> Points)
+{
+    /// <summary>An SVG colour such as <c>#4682b4</c>; null spreads the series around the colour wheel.</summary>
+    public string? Color { get; init; }
+
+    public double Width { get; init; } = 1.5;
+
+    /// <summary>A dot at every point, for sparse series such as validation losses.</summary>
+    public bool Markers { get; init; }
 }

@@ -535,7 +535,7 @@ public static class LogsCommand
                     _ => "residual change (relative)",
                 },
             };
-            foreach (var (layer, points) in _series) plot.Series.Add(($"layer {layer}", points));
+            foreach (var (layer, points) in _series) plot.Series.Add(new($"layer {layer}", points));
             plot.Write(w);
         }
     }

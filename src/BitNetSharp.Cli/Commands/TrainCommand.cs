@@ -11,7 +11,7 @@ namespace BitNetSharp.Cli.Commands;
 /// <c>bitnet train --data FILE... --out model.gguf [shape and run options]</c>: trains a byte-level BPE tokenizer and a
 /// BitNet b1.58 model on text (quantization-aware; <c>--full-precision</c> for the fp twin), with held-out validation,
 /// atomic checkpoints next to the output (<c>OUT.ckpt</c>, continued by <c>--resume</c>), the weight-stability index,
-/// and at the end the GGUF (written through a temporary file) and a loss-curve PNG (<c>OUT.loss.png</c>).
+/// and at the end the GGUF (written through a temporary file) and a loss-curve SVG (<c>--plot</c>, default <c>OUT.loss.svg</c>).
 /// </summary>
 public static class TrainCommand
 {
@@ -39,10 +39,11 @@ public static class TrainCommand
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint interval in steps.", DefaultValueFactory = _ => 100 };
         var packing = new Option<string>("--packing") { Description = "Projection type in the GGUF: i2_s or tq2_0.", DefaultValueFactory = _ => "i2_s" };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+        var plotPath = new Option<string?>("--plot") { Description = "The loss-curve SVG to write at the end (default: OUT.loss.svg)." };
         var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")
         {
             data, output, vocab, dim, layers, heads, kvHeads, ff, ctx, tokens, batch, lr, warmup, weightDecay, ropeTheta,
-            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads,
+            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -65,6 +66,11 @@ public static class TrainCommand
                 if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
                 if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
                 RequireWritable(outPath);
+                string plot = Path.GetFullPath(r.GetValue(plotPath) ?? Path.ChangeExtension(outPath, ".loss.svg"));
+                if (!plot.EndsWith(".svg", StringComparison.OrdinalIgnoreCase))
+                    throw new UsageException($"--plot {r.GetValue(plotPath)}: the loss curve is written as SVG (no native graphics libraries in the tool); " +
+                        $"give a path ending in .svg, e.g. {Path.ChangeExtension(r.GetValue(plotPath), ".svg")}.");
+                if (Path.GetDirectoryName(plot) != Path.GetDirectoryName(outPath)) RequireWritable(plot);
 
                 using var pool = new WorkerPool(r.GetValue(threads));
                 string checkpoint = outPath + ".ckpt";
@@ -96,7 +102,6 @@ public static class TrainCommand
                 Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
 
                 run.Export(outPath, pack);
-                string plot = Path.ChangeExtension(outPath, ".loss.png");
                 LossPlot.Write(plot, run);
                 cli.Output.WriteLine($"wrote {outPath} and {plot}");
                 return 0;
@@ -190,40 +195,38 @@ public static class TrainCommand
     }
 }
 
-/// <summary>The loss curve (training loss per step, its moving average, validation loss) as a PNG, via ScottPlot.</summary>
+/// <summary>The loss curve (training loss per step, its moving average, validation loss) as an SVG.</summary>
 internal static class LossPlot
 {
     public static void Write(string path, TrainingRun run)
     {
-        var plot = new ScottPlot.Plot();
+        var plot = new SvgLinePlot
+        {
+            Title = $"{Path.GetFileNameWithoutExtension(path)}: {run.Options.Shape}, {(run.Options.FullPrecision ? "full precision" : "ternary")}",
+            XLabel = "optimizer step",
+            YLabel = "cross-entropy (nats / token)",
+        };
         if (run.TrainLosses.Count > 0)
         {
-            var raw = plot.Add.ScatterLine(run.TrainLosses.Select(p => (double)p.Step).ToArray(), run.TrainLosses.Select(p => (double)p.Loss).ToArray());
-            raw.LegendText = "train (per step)";
-            raw.LineWidth = 1;
-            raw.Color = ScottPlot.Colors.LightSteelBlue;
-            var avg = new double[run.TrainLosses.Count];
+            var raw = new List<(double X, double Y)>(run.TrainLosses.Count);
+            var avg = new List<(double X, double Y)>(run.TrainLosses.Count);
             double m = run.TrainLosses[0].Loss;
-            for (int i = 0; i < avg.Length; i++) avg[i] = m = 0.95 * m + 0.05 * run.TrainLosses[i].Loss;
-            var smooth = plot.Add.ScatterLine(run.TrainLosses.Select(p => (double)p.Step).ToArray(), avg);
-            smooth.LegendText = "train (moving average)";
-            smooth.LineWidth = 2;
-            smooth.Color = ScottPlot.Colors.SteelBlue;
+            foreach (var p in run.TrainLosses)
+            {
+                raw.Add((p.Step, p.Loss));
+                avg.Add((p.Step, m = 0.95 * m + 0.05 * p.Loss));
+            }
+            plot.Series.Add(new("train (per step)", raw) { Color = "#b0c4de", Width = 1 });
+            plot.Series.Add(new("train (average)", avg) { Color = "#4682b4", Width = 2 });
         }
         if (run.ValidationLosses.Count > 0)
         {
-            var val = plot.Add.Scatter(run.ValidationLosses.Select(p => (double)p.Step).ToArray(), run.ValidationLosses.Select(p => (double)p.Loss).ToArray());
-            val.LegendText = "validation";
-            val.LineWidth = 2;
-            val.MarkerSize = 6;
-            val.Color = ScottPlot.Colors.OrangeRed;
+            var val = new List<(double X, double Y)>(run.ValidationLosses.Count);
+            foreach (var p in run.ValidationLosses) val.Add((p.Step, p.Loss));
+            plot.Series.Add(new("validation", val) { Color = "#ff4500", Width = 2, Markers = true });
         }
-        plot.Title($"{Path.GetFileNameWithoutExtension(path)}: {run.Options.Shape}, {(run.Options.FullPrecision ? "full precision" : "ternary")}");
-        plot.XLabel("optimizer step");
-        plot.YLabel("cross-entropy (nats / token)");
-        plot.ShowLegend(ScottPlot.Alignment.UpperRight);
-        var temp = path + ".tmp.png";
-        plot.SavePng(temp, 900, 540);
+        var temp = path + ".tmp";
+        using (var w = new StreamWriter(temp, false, new System.Text.UTF8Encoding(false))) plot.Write(w);
         File.Move(temp, path, overwrite: true);
     }
 }

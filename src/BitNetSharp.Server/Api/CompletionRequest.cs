@@ -43,7 +43,7 @@ internal sealed record CompletionRequest(
         int ctx = model.ContextLength;
         if (longest >= ctx)
             throw ApiException.BadRequest(
-                $"This model's maximum context length is {ctx} tokens, but the {(chat ? "messages" : "prompt")} take {longest}; shorten them to leave room for the answer.",
+                $"This model's maximum context length is {ctx} tokens, but {(chat ? "the messages are" : prompts.Length > 1 ? "the longest prompt is" : "the prompt is")} {longest} tokens long; shorten {(chat ? "them" : "it")} to leave room for the answer.",
                 chat ? "messages" : "prompt", "context_length_exceeded");
 
         int n = (int)(r.Integer("n", 1, options.MaxChoices) ?? 1);

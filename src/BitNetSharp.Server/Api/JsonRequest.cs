@@ -1,4 +1,9 @@
+using System.Buffers;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
 using System.Text.Json;
+using System.Text.Unicode;
 using Microsoft.AspNetCore.Http;
 
 namespace BitNetSharp.Server.Api;
@@ -35,7 +40,27 @@ internal readonly struct JsonRequest(JsonElement root)
             doc.Dispose();
             throw ApiException.BadRequest($"The request body must be a JSON object; got {kind}.", code: "invalid_json");
         }
+        // The parser checks JSON structure, not the UTF-8 inside strings and names: a Latin-1 "é" would surface later
+        // as an InvalidOperationException (a 500) wherever a field is read. One vectorized pass over the raw bytes here.
+        var raw = JsonMarshal.GetRawUtf8Value(doc.RootElement);
+        if (!Utf8.IsValid(raw))
+        {
+            string where = DescribeInvalidUtf8(raw);
+            doc.Dispose();
+            throw ApiException.BadRequest($"The request body is not valid UTF-8: {where}. JSON must be sent encoded as UTF-8.", code: "invalid_utf8");
+        }
         return (doc, new JsonRequest(doc.RootElement));
+    }
+
+    private static string DescribeInvalidUtf8(ReadOnlySpan<byte> utf8)
+    {
+        int at = 0;
+        while (at < utf8.Length && Rune.DecodeFromUtf8(utf8[at..], out _, out int consumed) == OperationStatus.Done) at += consumed;
+        if (at >= utf8.Length) return "an invalid byte sequence";
+        string before = Encoding.UTF8.GetString(utf8[Math.Max(0, at - 24)..at]).TrimStart('\uFFFD');
+        var bytes = new StringBuilder();
+        for (int i = at; i < Math.Min(utf8.Length, at + 4); i++) bytes.Append(bytes.Length == 0 ? "" : " ").Append(CultureInfo.InvariantCulture, $"0x{utf8[i]:X2}");
+        return $"bytes {bytes} after \"{before}\" (byte {at} of the JSON object)";
     }
 
     public bool TryGet(string name, out JsonElement value)

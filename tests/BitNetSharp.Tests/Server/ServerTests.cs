@@ -233,6 +233,9 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
         }
 
+        var tooLong = (await S.PostAsync("v1/completions", overContext)).Body.GetProperty("error").GetProperty("message").GetString();
+        Assert.Matches(@"maximum context length is \d+ tokens, but the prompt is 300 tokens long; shorten it", tooLong);
+
         var wrongMethod = await S.Http.GetAsync("v1/completions", Ct);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
         Assert.Contains("\"error\"", await wrongMethod.Content.ReadAsStringAsync(Ct));
@@ -244,6 +247,35 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var (ok, done, _) = await S.PostAsync("v1/completions", new { prompt = "hi", max_tokens = 2 });
         Assert.Equal(HttpStatusCode.OK, ok);
         Assert.Equal("text_completion", done.GetProperty("object").GetString());
+    }
+
+    /// <summary>A body that is not UTF-8 (here Latin-1 "café") is the client's mistake: a 400 that says so, not a 500.</summary>
+    [Fact]
+    public async Task InvalidUtf8BodyIsA400NamingTheEncoding()
+    {
+        byte[] Latin1(string json) => Encoding.Latin1.GetBytes(json);
+        var cases = new (string Path, byte[] Body)[]
+        {
+            ("v1/completions", Latin1("{\"prompt\": \"caf\u00e9\", \"max_tokens\": 2}")),
+            ("v1/chat/completions", Latin1("{\"messages\": [{\"role\": \"user\", \"content\": \"caf\u00e9\"}]}")),
+            ("v1/completions", Latin1("{\"prompt\": \"hi\", \"caf\u00e9\": 1}")), // in a property name
+            ("tokenize", Latin1("{\"content\": \"caf\u00e9\"}")),
+            ("v1/completions", [.. "{\"prompt\": \"a"u8, 0xF0, 0x9F, 0x98, .. "\"}"u8]), // a truncated 4-byte sequence
+        };
+        foreach (var (path, body) in cases)
+        {
+            var (status, json, _) = await S.PostAsync(path, body);
+            string label = $"{path} {Encoding.Latin1.GetString(body)}";
+            Assert.True(status == HttpStatusCode.BadRequest, $"{label}: {(int)status} {json}");
+            var error = json.GetProperty("error");
+            Assert.Equal("invalid_request_error", error.GetProperty("type").GetString());
+            Assert.Equal("invalid_utf8", error.GetProperty("code").GetString());
+            Assert.Contains("not valid UTF-8", error.GetProperty("message").GetString());
+        }
+        Assert.Contains("0xE9", (await S.PostAsync("tokenize", Latin1("{\"content\": \"caf\u00e9\"}"))).Body.GetProperty("error").GetProperty("message").GetString());
+
+        var (ok, _, _) = await S.PostAsync("v1/completions", Encoding.UTF8.GetBytes("{\"prompt\": \"caf\u00e9\", \"max_tokens\": 2}"));
+        Assert.Equal(HttpStatusCode.OK, ok);
     }
 
     /// <summary>/metrics is Prometheus text: every family has HELP and TYPE, every sample parses, the instruments the engine feeds are there, and promtool finds nothing to lint.</summary>

@@ -56,9 +56,20 @@ internal sealed class TestServer : IAsyncDisposable
         return new TestServer(server, options.ApiKey);
     }
 
-    public async Task<(HttpStatusCode Status, JsonElement Body, HttpResponseMessage Response)> PostAsync(string path, string json)
+    public Task<(HttpStatusCode Status, JsonElement Body, HttpResponseMessage Response)> PostAsync(string path, string json) =>
+        PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"));
+
+    /// <summary>POSTs raw bytes as application/json: bodies a client cannot build from a .NET string (invalid UTF-8).</summary>
+    public Task<(HttpStatusCode Status, JsonElement Body, HttpResponseMessage Response)> PostAsync(string path, byte[] body)
     {
-        var response = await Http.PostAsync(path, new StringContent(json, Encoding.UTF8, "application/json"), TestContext.Current.CancellationToken);
+        var content = new ByteArrayContent(body);
+        content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        return PostAsync(path, content);
+    }
+
+    private async Task<(HttpStatusCode Status, JsonElement Body, HttpResponseMessage Response)> PostAsync(string path, HttpContent body)
+    {
+        var response = await Http.PostAsync(path, body, TestContext.Current.CancellationToken);
         var text = await response.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
         return (response.StatusCode, text.Length == 0 ? default : JsonDocument.Parse(text).RootElement.Clone(), response);
     }

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using System.Xml.Linq;
 using BitNetSharp.Cli;
 using BitNetSharp.Tests.Formats;
 
@@ -38,7 +39,12 @@ public class TrainCommandTests
         Assert.Contains("val ", output);
         Assert.Contains("codes changed since the last checkpoint: L0 ", output);
         Assert.True(File.Exists(model));
-        Assert.True(new FileInfo(dir.File("tiny.loss.png")).Length > 1000);
+        var plot = XDocument.Load(dir.File("tiny.loss.svg"));
+        XNamespace svg = "http://www.w3.org/2000/svg";
+        Assert.Equal(["train (per step)", "train (average)", "validation"],
+            plot.Descendants(svg + "polyline").Select(l => (string)l.Attribute("data-series")!));
+        Assert.Equal(2, plot.Descendants(svg + "circle").Count(c => (string?)c.Attribute("data-series") == "validation")); // steps 2 and 4
+        Assert.All(plot.Descendants(svg + "polyline").Take(2), l => Assert.Equal(4, ((string)l.Attribute("points")!).Split(' ').Length));
         Assert.True(File.Exists(model + ".ckpt"));
         Assert.Empty(Directory.GetFiles(dir.Path, "*.tmp*"));
 
@@ -80,6 +86,7 @@ public class TrainCommandTests
     [InlineData("vocab", "supports at most")]
     [InlineData("unwritable", "does not exist")]
     [InlineData("i2s", "multiple of 128")]
+    [InlineData("png", "the loss curve is written as SVG")]
     public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -93,6 +100,7 @@ public class TrainCommandTests
             "kvheads" => Replace(Replace(TinyArgs(data, model), "--heads", "4"), "--kv-heads", "3"),
             "vocab" => Replace(TinyArgs(data, model), "--vocab", "5000"),
             "unwritable" => TinyArgs(data, dir.File("missing/dir/out.gguf")),
+            "png" => TinyArgs(data, model, "--plot", dir.File("loss.png")),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
         var (code, _, error) = Bitnet(args);
