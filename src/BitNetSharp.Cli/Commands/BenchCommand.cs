@@ -136,7 +136,7 @@ public static class BenchCommand
         long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
-    private static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
+    internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
     {
         var type = headType.ToLowerInvariant() switch
         {
@@ -159,7 +159,7 @@ public static class BenchCommand
     }
 
     /// <summary>Linux: writing 5 to clear_refs resets the peak-RSS watermark, so building a synthetic model does not count.</summary>
-    private static void ResetPeakRss()
+    internal static void ResetPeakRss()
     {
         try
         {
