@@ -148,7 +148,9 @@ public static class ProfileCommand
         if (r.AbOffTokensPerSecond is { } off && r.AbOnTokensPerSecond is { } on)
         {
             double mOff = off.Average(), mOn = on.Average();
-            o.WriteLine($"profiling cost (decode, {off.Length} alternating pairs): off {F(mOff, "F2")} tok/s, on {F(mOn, "F2")} tok/s, on/off {F(mOn / mOff, "F4")}");
+            var ratios = on.Select((v, i) => v / off[i]).Order().ToArray();
+            double median = ratios.Length % 2 == 1 ? ratios[ratios.Length / 2] : (ratios[ratios.Length / 2 - 1] + ratios[ratios.Length / 2]) / 2;
+            o.WriteLine($"profiling cost (decode, {off.Length} alternating pairs): off {F(mOff, "F2")} tok/s, on {F(mOn, "F2")} tok/s, on/off {F(mOn / mOff, "F4")} (median of per-pair ratios {F(median, "F4")})");
         }
         if (tracePath is not null) o.WriteLine($"trace: {tracePath} ({F(traceBytes!.Value / 1e6, "F2")} MB, {r.Spans.Count} op spans, {TotalChunks(r)} chunk spans) — open in ui.perfetto.dev");
     }

@@ -13,6 +13,7 @@ public readonly record struct ChunkSpan(long Start, long End, int ItemStart, int
 /// </summary>
 public sealed class ChunkTimeline
 {
+    private const int Stride = 16; // per-worker counters a cache line apart: workers update them concurrently
     private readonly ChunkSpan[][] _spans;
     private readonly int[] _counts;
     private readonly long[] _dropped;
@@ -23,8 +24,8 @@ public sealed class ChunkTimeline
         ArgumentOutOfRangeException.ThrowIfNegative(capacityPerWorker);
         _spans = new ChunkSpan[workers][];
         for (int i = 0; i < workers; i++) _spans[i] = new ChunkSpan[capacityPerWorker];
-        _counts = new int[workers];
-        _dropped = new long[workers];
+        _counts = new int[workers * Stride];
+        _dropped = new long[workers * Stride];
     }
 
     public int Workers => _spans.Length;
@@ -32,7 +33,7 @@ public sealed class ChunkTimeline
     /// <summary>Stamped on each chunk that starts after it is set; written by the thread that calls Run, between calls.</summary>
     public int Tag { get; set; } = -1;
 
-    public ReadOnlySpan<ChunkSpan> Spans(int worker) => _spans[worker].AsSpan(0, _counts[worker]);
+    public ReadOnlySpan<ChunkSpan> Spans(int worker) => _spans[worker].AsSpan(0, _counts[worker * Stride]);
 
     /// <summary>Chunks not recorded because a worker's array was full.</summary>
     public long Dropped
@@ -51,15 +52,15 @@ public sealed class ChunkTimeline
     {
         long end = Stopwatch.GetTimestamp();
         if ((uint)worker >= (uint)_spans.Length) return;
-        int c = _counts[worker];
+        int c = _counts[worker * Stride];
         var spans = _spans[worker];
         if (c >= spans.Length)
         {
-            _dropped[worker]++;
+            _dropped[worker * Stride]++;
             return;
         }
         spans[c] = new ChunkSpan(start, end, itemStart, itemEnd, Tag);
-        _counts[worker] = c + 1;
+        _counts[worker * Stride] = c + 1;
     }
 
     /// <summary>Forgets the recorded chunks (between runs, not during one).</summary>
