@@ -32,6 +32,18 @@ public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? Ano
         return new ProcessMemory(rss, hwm, anon, mapped, GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2));
     }
 
+    /// <summary>Linux: resets the peak-RSS watermark (VmHWM) to the current RSS, so a probe buffer freed before does not count.</summary>
+    public static void ResetPeak()
+    {
+        try
+        {
+            if (OperatingSystem.IsLinux()) File.WriteAllText("/proc/self/clear_refs", "5");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
     /// <summary>Sum of Rss over the mappings of <paramref name="path"/> in /proc/self/smaps.</summary>
     private static long? MappedResident(string path)
     {

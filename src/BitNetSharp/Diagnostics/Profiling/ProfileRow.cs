@@ -12,9 +12,12 @@ public sealed record ProfileRow(string Name, int Layer, long Calls, double Secon
 {
     public double MicrosPerCall => Calls > 0 ? Seconds * 1e6 / Calls : 0;
 
+    /// <remarks>"cache": the weights came in faster than the measured DRAM read bandwidth, so they were (partly) served
+    /// from the caches — small models whose weights fit in L2/L3.</remarks>
     public string Bound => (BandwidthShare, MacShare) switch
     {
         (null, null) => "-",
+        ({ } b, _) when b > 1.05 => "cache",
         ({ } b, null) => b >= 0.5 ? "memory" : "-",
         (null, { } m) => m >= 0.5 ? "compute" : "-",
         ({ } b, { } m) => b >= m ? "memory" : "compute",
