@@ -26,6 +26,7 @@ public static class Program
             EvalCommand.Create(cli),
             ServeCommand.Create(cli),
             LogsCommand.Create(cli),
+            ProfileCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }

@@ -30,10 +30,11 @@ public static class BenchCommand
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
+        var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -100,6 +101,16 @@ public static class BenchCommand
                         cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
                             $"health A/B, {t} threads, {b} sequence(s): on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
                     }
+                if (result.GetValue(profileAb) is { } pab)
+                {
+                    if (pab < 1) throw new UsageException($"--profile-ab must be at least 1; got {pab}.");
+                    if (result.GetValue(gen) < 1) throw new UsageException("--profile-ab needs decode steps: -n must be at least 1.");
+                    var (off, on) = ThroughputBenchmark.DecodeProfileAB(weights, pool, Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1), pab, kv);
+                    samples.Add(off);
+                    samples.Add(on);
+                    cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"profile A/B, {t} threads: on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
+                }
                 double bandwidth = Math.Max(before, Probe(pool));
                 rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
             }
@@ -136,7 +147,7 @@ public static class BenchCommand
         long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
-    private static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
+    internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
     {
         var type = headType.ToLowerInvariant() switch
         {
@@ -159,7 +170,7 @@ public static class BenchCommand
     }
 
     /// <summary>Linux: writing 5 to clear_refs resets the peak-RSS watermark, so building a synthetic model does not count.</summary>
-    private static void ResetPeakRss()
+    internal static void ResetPeakRss()
     {
         try
         {
@@ -190,22 +201,29 @@ public static class BenchCommand
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("test").AddColumn("threads").AddColumn(new TableColumn("t/s").RightAligned())
             .AddColumn(new TableColumn("weights GB/s").RightAligned()).AddColumn(new TableColumn("read BW GB/s").RightAligned())
-            .AddColumn(new TableColumn("BW bound t/s").RightAligned()).AddColumn(new TableColumn("% of bound").RightAligned());
+            .AddColumn(new TableColumn("BW bound t/s").RightAligned()).AddColumn(new TableColumn("% of bound").RightAligned())
+            .AddColumn(new TableColumn("latency p50/p99 ms").RightAligned());
         foreach (var r in rows)
             table.AddRow(r.Sample.Test, r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
                 r.IsGeneration ? F(r.WeightGBps) : "-", F(r.BandwidthGBps), r.IsGeneration ? F(r.BoundTokensPerSecond) : "-",
-                r.IsGeneration ? F(r.PercentOfBound) + "%" : "-");
+                r.IsGeneration ? F(r.PercentOfBound) + "%" : "-",
+                r.Sample.Latency is { Count: > 0 } l ? $"{F(l.P50 * 1e3, "F2")} / {F(l.P99 * 1e3, "F2")}" : "-");
         cli.Ansi.Write(table);
     }
 
     private static void WriteCsv(CliConsole cli, Info info, List<Row> rows)
     {
-        cli.Output.WriteLine("model,test,threads,tokens_per_second,stddev,weight_gbps,bandwidth_gbps,bound_tokens_per_second,percent_of_bound,load_seconds,peak_rss_bytes,file_bytes");
+        cli.Output.WriteLine("model,test,threads,tokens_per_second,stddev,weight_gbps,bandwidth_gbps,bound_tokens_per_second,percent_of_bound,load_seconds,peak_rss_bytes,file_bytes,"
+            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms");
         foreach (var r in rows)
             cli.Output.WriteLine(string.Join(',', $"\"{info.Model}\"", r.Sample.Test, r.Sample.Threads, F(r.Sample.Mean, "F3"), F(r.Sample.StdDev, "F3"),
                 F(r.WeightGBps, "F3"), F(r.BandwidthGBps, "F3"), F(r.BoundTokensPerSecond, "F3"), F(r.PercentOfBound, "F2"),
-                F(info.LoadSeconds, "F3"), info.PeakRssBytes?.ToString(CultureInfo.InvariantCulture) ?? "", info.FileBytes));
+                F(info.LoadSeconds, "F3"), info.PeakRssBytes?.ToString(CultureInfo.InvariantCulture) ?? "", info.FileBytes,
+                Lat(r, l => l.P50), Lat(r, l => l.P95), Lat(r, l => l.P99), Lat(r, l => l.StdDev), r.IsGeneration ? "" : Lat(r, l => l.Mean)));
     }
+
+    private static string Lat(Row r, Func<Diagnostics.Profiling.LatencySummary, double> pick) =>
+        r.Sample.Latency is { Count: > 0 } l ? F(pick(l) * 1e3, "F3") : "";
 
     private static void WriteJson(TextWriter output, Info info, List<Row> rows)
     {
@@ -232,6 +250,11 @@ public static class BenchCommand
                 bandwidth_gbps = r.BandwidthGBps,
                 bound_tokens_per_second = r.IsGeneration ? r.BoundTokensPerSecond : (double?)null,
                 percent_of_bound = r.IsGeneration ? r.PercentOfBound : (double?)null,
+                latency_p50_ms = r.Sample.Latency is { Count: > 0 } l1 ? l1.P50 * 1e3 : (double?)null,
+                latency_p95_ms = r.Sample.Latency is { Count: > 0 } l2 ? l2.P95 * 1e3 : (double?)null,
+                latency_p99_ms = r.Sample.Latency is { Count: > 0 } l3 ? l3.P99 * 1e3 : (double?)null,
+                latency_stddev_ms = r.Sample.Latency is { Count: > 0 } l4 ? l4.StdDev * 1e3 : (double?)null,
+                ttft_ms = !r.IsGeneration && r.Sample.Latency is { Count: > 0 } l5 ? l5.Mean * 1e3 : (double?)null,
             }),
         };
         output.WriteLine(JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using BitNetSharp.Diagnostics.Profiling;
 using BitNetSharp.Model;
 using BitNetSharp.Threading;
 
@@ -7,6 +8,10 @@ namespace BitNetSharp.Diagnostics;
 /// <summary>Tokens per second of one test, over repetitions.</summary>
 public sealed record ThroughputSample(string Test, int Threads, double[] TokensPerSecond, int Sequences = 1)
 {
+    /// <summary>pp: the prompt's forward pass per repetition (the time to first token's logits); tg: each decode step,
+    /// all repetitions together. Null where not measured.</summary>
+    public LatencySummary? Latency { get; init; }
+
     public double Mean => TokensPerSecond.Average();
 
     public double StdDev
@@ -37,6 +42,7 @@ public static class ThroughputBenchmark
         for (int i = 0; i < tokens; i++) batch[i] = new BatchToken(rng.Next(c.VocabSize), 0, i, i == tokens - 1);
         var logits = new float[c.VocabSize];
         var samples = new double[repetitions];
+        var seconds = new double[repetitions];
         cache.Clear();
         engine.Forward(batch, [cache], logits); // warm-up: JIT, page faults
         for (int r = 0; r < repetitions; r++)
@@ -44,9 +50,10 @@ public static class ThroughputBenchmark
             cache.Clear();
             long start = Stopwatch.GetTimestamp();
             engine.Forward(batch, [cache], logits);
-            samples[r] = tokens / Stopwatch.GetElapsedTime(start).TotalSeconds;
+            seconds[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+            samples[r] = tokens / seconds[r];
         }
-        return new ThroughputSample($"pp{tokens}", pool.ThreadCount, samples);
+        return new ThroughputSample($"pp{tokens}", pool.ThreadCount, samples) { Latency = LatencySummary.Of(seconds) };
     }
 
     /// <summary>
@@ -64,10 +71,12 @@ public static class ThroughputBenchmark
         var logits = new float[(long)sequences * c.VocabSize];
         var batch = new BatchToken[sequences];
         var samples = new double[repetitions];
-        void Run()
+        var steps = new double[(long)tokens * repetitions];
+        void Run(int repetition)
         {
             foreach (var cache in caches) cache.Clear();
             int token = 1;
+            long last = Stopwatch.GetTimestamp();
             for (int i = 0; i < tokens; i++)
             {
                 for (int s = 0; s < sequences; s++)
@@ -76,15 +85,18 @@ public static class ThroughputBenchmark
                     token = (token * 31 + 7) % c.VocabSize;
                 }
                 engine.Forward(batch, caches, logits);
+                long now = Stopwatch.GetTimestamp();
+                if (repetition >= 0) steps[(long)repetition * tokens + i] = (double)(now - last) / Stopwatch.Frequency;
+                last = now;
             }
         }
         try
         {
-            Run(); // warm-up
+            Run(-1); // warm-up
             for (int r = 0; r < repetitions; r++)
             {
                 long start = Stopwatch.GetTimestamp();
-                Run();
+                Run(r);
                 samples[r] = (double)tokens * sequences / Stopwatch.GetElapsedTime(start).TotalSeconds;
             }
         }
@@ -92,7 +104,7 @@ public static class ThroughputBenchmark
         {
             foreach (var cache in caches) cache.Dispose();
         }
-        return new ThroughputSample(sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}", pool.ThreadCount, samples, sequences);
+        return new ThroughputSample(sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}", pool.ThreadCount, samples, sequences) { Latency = LatencySummary.Of(steps) };
     }
 
     /// <summary>
@@ -158,6 +170,57 @@ public static class ThroughputBenchmark
         string name = sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}";
         return (new ThroughputSample(name + " health off", pool.ThreadCount, off, sequences),
             new ThroughputSample(name + $" health 1/{sampleEvery}", pool.ThreadCount, on, sequences));
+    }
+
+    /// <summary>
+    /// Decode with the profiler off and on, in alternating repetitions of one run: "on" attaches what <c>bitnet
+    /// profile</c> attaches — the operation timer with its table, the span log and the pool's chunk timeline — sized
+    /// before the timed runs so recording allocates nothing. Returns (off, on).
+    /// </summary>
+    public static (ThroughputSample Off, ThroughputSample On) DecodeProfileAB(ModelWeights weights, WorkerPool pool, int tokens, int repetitions,
+        KvCacheType kv = KvCacheType.F16)
+    {
+        var c = weights.Config;
+        using var engine = new Transformer(weights, 1, pool);
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);
+        var profiler = new OpProfiler(c.Layers, pool.ThreadCount) { Stats = new OpStats(c.Layers) };
+        var spans = new SpanLog(4096);
+        var chunks = new ChunkTimeline(pool.ThreadCount, 4096);
+        var logits = new float[c.VocabSize];
+        var batch = new BatchToken[1];
+        var off = new double[repetitions];
+        var on = new double[repetitions];
+        double Run(bool profiled)
+        {
+            engine.Profiler = profiled ? profiler : null;
+            pool.Timeline = profiled ? chunks : null;
+            (profiler.Trace, profiler.Timeline) = (spans, chunks);
+            spans.Clear();
+            chunks.Clear();
+            cache.Clear();
+            int token = 1;
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < tokens; i++)
+            {
+                batch[0] = new BatchToken(token, 0, i, true);
+                token = (token * 31 + 7) % c.VocabSize;
+                engine.Forward(batch, [cache], logits);
+            }
+            double tps = tokens / Stopwatch.GetElapsedTime(start).TotalSeconds;
+            engine.Profiler = null;
+            pool.Timeline = null;
+            return tps;
+        }
+        Run(false); // warm-up, both paths; then the logs are sized to what one run records
+        Run(true);
+        spans.Reserve(spans.Count + (int)spans.Dropped + 64);
+        chunks.Reserve(chunks.MaxCount + (int)chunks.Dropped + 64);
+        for (int r = 0; r < repetitions; r++)
+        {
+            if (r % 2 == 0) { off[r] = Run(false); on[r] = Run(true); }
+            else { on[r] = Run(true); off[r] = Run(false); }
+        }
+        return (new ThroughputSample($"tg{tokens} profile off", pool.ThreadCount, off), new ThroughputSample($"tg{tokens} profile on", pool.ThreadCount, on));
     }
 
     /// <summary>Bytes a decode step must read from memory: every projection, the head, one embedding row and the norms

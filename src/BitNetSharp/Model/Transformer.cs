@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using BitNetSharp.Diagnostics.Profiling;
 using BitNetSharp.Kernels;
 using BitNetSharp.Kernels.FloatOps;
 using BitNetSharp.Memory;
@@ -87,6 +88,22 @@ public sealed unsafe class Transformer : IDisposable
 
     private ModelHealthCollector? _health;
 
+    /// <summary>The operation timer the forward pass reports to (null: none; then each operation costs one null check).
+    /// Sized for this model's layers and the pool's threads. Set it between forward calls.</summary>
+    public OpProfiler? Profiler
+    {
+        get => _profiler;
+        set
+        {
+            if (value is not null && (value.Layers != _c.Layers || value.Threads < _pool.ThreadCount))
+                throw new ArgumentException($"The profiler is sized for {value.Layers} layers and {value.Threads} threads; this engine has {_c.Layers} and {_pool.ThreadCount}.", nameof(value));
+            _profiler = value;
+        }
+    }
+
+    // _active: this call's profiler — the one set, or, while a ProfileEventSource listener is on, one that only emits events.
+    private OpProfiler? _profiler, _active, _eventProfiler;
+
     private static NativeBuffer Floats(long count) => new(count * sizeof(float));
 
     private static Span<float> Row(NativeBuffer b, int row, int width) => new((float*)b.Pointer + (long)row * width, width);
@@ -118,13 +135,17 @@ public sealed unsafe class Transformer : IDisposable
             throw new ArgumentException($"The logits buffer holds {logits.Length} values; {wanted} rows of {_c.VocabSize} are needed.", nameof(logits));
 
         var health = _health;
+        var p = _active = _profiler ?? (ProfileEventSource.Log.IsEnabled() ? _eventProfiler ??= new OpProfiler(_c.Layers, _pool.ThreadCount) : null);
         health?.BeginForward(n);
+        p?.Begin(ProfileOp.Embedding, -1, n);
         for (int t = 0; t < n; t++) _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
+        p?.End();
 
         for (int l = 0; l < _c.Layers; l++) Layer(l, batch, caches);
         health?.EndForward();
 
         int r = 0;
+        p?.Begin(ProfileOp.Norm, -1, wanted);
         for (int t = 0; t < n; t++)
         {
             if (!batch[t].WantLogits) continue;
@@ -132,51 +153,71 @@ public sealed unsafe class Transformer : IDisposable
             RmsNorm.Apply(Row(_x, t, _c.Dim), _w.OutputNorm, Row(_logitsHidden, r, _c.Dim), _c.RmsEps);
             r++;
         }
+        p?.End();
         if (wanted > 0)
         {
+            p?.BeginHead(_w.Output, wanted);
             fixed (float* pl = logits)
             {
                 _head.Set((float*)_logitsHidden.Pointer, pl, wanted);
                 // Chunks of whole 16-row blocks, about eight per thread, taken by whichever thread is free.
                 _pool.Run(_head, _c.VocabSize, Math.Max(256, (_c.VocabSize / (_pool.ThreadCount * 8) + 15) / 16 * 16));
             }
+            p?.End();
         }
     }
 
     private void Layer(int l, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches)
     {
         int n = batch.Length, qDim = _c.QDim, kvDim = _c.KvDim, ff = _c.FeedForward;
+        var p = _active;
 
         // Attention block: one int8 quantization of the normed input serves q, k and v.
         Stage(Stage_AttnIn, l, batch);
         _qDim.Tokens = n;
         var rows = _matmul.Prepare(_kernel, _qDim); // laid out once for the three products
         var lw = _w.Layers[l];
+        p?.BeginLinear(ProfileOp.Q, l, lw.Q, n);
         _matmul.Run(_kernel, lw.Q, rows, (float*)_q.Pointer, qDim);
+        p?.End();
+        p?.BeginLinear(ProfileOp.K, l, lw.K, n);
         _matmul.Run(_kernel, lw.K, rows, (float*)_k.Pointer, kvDim);
+        p?.End();
+        p?.BeginLinear(ProfileOp.V, l, lw.V, n);
         _matmul.Run(_kernel, lw.V, rows, (float*)_v.Pointer, kvDim);
+        p?.End();
 
         Stage(Stage_Rope, l, batch);
+        p?.Begin(ProfileOp.Attention, l, n);
         // Written in batch order: a cache takes a sequence's positions in increasing order, without gaps.
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
         _pool.Run(_attention, n * _c.KvHeads, grain: 1); // items differ in cost (a prompt's later tokens see more positions)
         _attention.Clear();
+        p?.End();
 
         Stage(Stage_AttnOut, l, batch);
         _qAtt.Tokens = n;
+        p?.BeginLinear(ProfileOp.O, l, lw.O, n);
         _matmul.Run(_kernel, lw.O, _qAtt, (float*)_tmp.Pointer, _c.Dim);
+        p?.End();
 
         // Feed-forward block: one quantization serves gate and up.
         Stage(Stage_ResidualFfnIn, l, batch);
         _qDim.Tokens = n;
         rows = _matmul.Prepare(_kernel, _qDim);
+        p?.BeginLinear(ProfileOp.Gate, l, lw.Gate, n);
         _matmul.Run(_kernel, lw.Gate, rows, (float*)_hb.Pointer, ff);
+        p?.End();
+        p?.BeginLinear(ProfileOp.Up, l, lw.Up, n);
         _matmul.Run(_kernel, lw.Up, rows, (float*)_hb2.Pointer, ff);
+        p?.End();
         Stage(Stage_FfnAct, l, batch);
         _qFf.Tokens = n;
+        p?.BeginLinear(ProfileOp.Down, l, lw.Down, n);
         _matmul.Run(_kernel, lw.Down, _qFf, (float*)_tmp.Pointer, _c.Dim);
+        p?.End();
         Stage(Stage_Residual, l, batch);
     }
 
@@ -189,23 +230,31 @@ public sealed unsafe class Transformer : IDisposable
     /// </summary>
     private void Stage(int stage, int layer, ReadOnlySpan<BatchToken> batch)
     {
+        var p = _active;
+        p?.BeginStage(stage, layer, batch.Length);
         _stages.Set(stage, layer, batch);
         if (batch.Length == 1) _stages.Execute(0, 1, 0);
         else _pool.Run(_stages, batch.Length, grain: 1);
         _stages.Clear();
+        p?.EndStage();
     }
 
-    private void TokenStage(int stage, int layer, int t, in BatchToken bt)
+    private void TokenStage(int stage, int layer, int t, in BatchToken bt, int worker)
     {
         var lw = _w.Layers[layer];
         var health = _health;
+        var p = _active;
+        p?.LapStart(worker);
         int dim = _c.Dim, qDim = _c.QDim, kvDim = _c.KvDim, ff = _c.FeedForward, hd = _c.HeadDim;
         switch (stage)
         {
             case Stage_AttnIn:
                 health?.LayerStart(layer, t, Row(_x, t, dim));
+                p?.LapStart(worker);
                 RmsNorm.Apply(Row(_x, t, dim), lw.AttnNorm, Row(_xb, t, dim), _c.RmsEps);
+                p?.Lap(worker, ProfileOp.Norm);
                 Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+                p?.Lap(worker, ProfileOp.Quantize);
                 health?.Quantized(layer, BitLinearInput.Qkv, t, Row(_xb, t, dim), _qDim.RowSpan(t));
                 break;
             case Stage_Rope:
@@ -214,20 +263,26 @@ public sealed unsafe class Transformer : IDisposable
                 var k = Row(_k, t, kvDim);
                 for (int h = 0; h < _c.Heads; h++) _rope.Apply(q.Slice(h * hd, hd), bt.Position);
                 for (int h = 0; h < _c.KvHeads; h++) _rope.Apply(k.Slice(h * hd, hd), bt.Position);
+                p?.Lap(worker, ProfileOp.Rope);
                 break;
             }
             case Stage_AttnOut:
             {
                 var a = Row(_att, t, qDim);
                 if (lw.AttnSubNorm is { } sub) RmsNorm.Apply(a, sub, a, _c.RmsEps);
+                p?.Lap(worker, ProfileOp.Norm);
                 Int8ActivationQuantizer.Quantize(a, _qAtt, t);
+                p?.Lap(worker, ProfileOp.Quantize);
                 health?.Quantized(layer, BitLinearInput.O, t, a, _qAtt.RowSpan(t));
                 break;
             }
             case Stage_ResidualFfnIn:
                 ResidualAdd.Apply(Row(_x, t, dim), Row(_tmp, t, dim));
+                p?.Lap(worker, ProfileOp.Residual);
                 RmsNorm.Apply(Row(_x, t, dim), lw.FfnNorm, Row(_xb, t, dim), _c.RmsEps);
+                p?.Lap(worker, ProfileOp.Norm);
                 Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+                p?.Lap(worker, ProfileOp.Quantize);
                 health?.Quantized(layer, BitLinearInput.GateUp, t, Row(_xb, t, dim), _qDim.RowSpan(t));
                 break;
             case Stage_FfnAct:
@@ -235,13 +290,17 @@ public sealed unsafe class Transformer : IDisposable
                 var g = Row(_hb, t, ff);
                 if (_c.Activation == FeedForwardActivation.ReluSquared) GatedActivation.ReluSquared(g, Row(_hb2, t, ff), g);
                 else GatedActivation.Silu(g, Row(_hb2, t, ff), g);
+                p?.Lap(worker, ProfileOp.Activation);
                 if (lw.FfnSubNorm is { } sub) RmsNorm.Apply(g, sub, g, _c.RmsEps);
+                p?.Lap(worker, ProfileOp.Norm);
                 Int8ActivationQuantizer.Quantize(g, _qFf, t);
+                p?.Lap(worker, ProfileOp.Quantize);
                 health?.Quantized(layer, BitLinearInput.Down, t, g, _qFf.RowSpan(t));
                 break;
             }
             default:
                 ResidualAdd.Apply(Row(_x, t, dim), Row(_tmp, t, dim));
+                p?.Lap(worker, ProfileOp.Residual);
                 health?.LayerEnd(layer, t, Row(_x, t, dim));
                 break;
         }
@@ -266,7 +325,7 @@ public sealed unsafe class Transformer : IDisposable
 
         public void Execute(int start, int end, int worker)
         {
-            for (int t = start; t < end; t++) owner.TokenStage(_stage, _layer, t, _batch[t]);
+            for (int t = start; t < end; t++) owner.TokenStage(_stage, _layer, t, _batch[t], worker);
         }
     }
 

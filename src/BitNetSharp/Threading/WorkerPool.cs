@@ -60,6 +60,9 @@ public sealed class WorkerPool : IDisposable
 
     public int ThreadCount { get; }
 
+    /// <summary>Records every chunk executed while set (null: nothing recorded, one null check per chunk). Set between calls.</summary>
+    public ChunkTimeline? Timeline { get; set; }
+
     /// <summary>
     /// Runs <paramref name="work"/> over [0, itemCount) on all threads and returns when every item is done. With
     /// <paramref name="grain"/> ≤ 0 each thread executes one contiguous slice (<see cref="Slice"/>); with a grain, the
@@ -75,7 +78,10 @@ public sealed class WorkerPool : IDisposable
         if (itemCount <= 0) return;
         if (ThreadCount == 1 || itemCount == 1 || (grain > 0 && grain >= itemCount))
         {
+            var timeline = Timeline;
+            long started = timeline is null ? 0 : ChunkTimeline.Now();
             work.Execute(0, itemCount, 0);
+            timeline?.Add(0, started, 0, itemCount);
             return;
         }
 
@@ -138,17 +144,23 @@ public sealed class WorkerPool : IDisposable
         try
         {
             int count = _itemCount, grain = _grain;
+            var timeline = Timeline;
             if (grain == 0)
             {
                 var (start, end) = Slice(worker, count, ThreadCount);
-                if (start < end) work.Execute(start, end, worker);
+                if (start >= end) return;
+                long started = timeline is null ? 0 : ChunkTimeline.Now();
+                work.Execute(start, end, worker);
+                timeline?.Add(worker, started, start, end);
                 return;
             }
             while (Volatile.Read(ref _failure) is null)
             {
                 int start = Interlocked.Add(ref _nextItem, grain) - grain;
                 if (start >= count || start < 0) break; // < 0: the counter wrapped past int.MaxValue
+                long started = timeline is null ? 0 : ChunkTimeline.Now();
                 work.Execute(start, Math.Min(count, start + grain), worker);
+                timeline?.Add(worker, started, start, Math.Min(count, start + grain));
             }
         }
         catch (Exception e)

@@ -1,0 +1,255 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json;
+using BitNetSharp.Diagnostics.Profiling;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+using Spectre.Console;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet profile [-m MODEL | --synthetic SHAPE] [-p TEXT | --prompt-tokens N] [-n N] [-t N] [--layers] [--json]
+/// [--trace FILE.json] [--ab N]</c>: a prefill and decode steps with the operation timer on; per phase, where the time
+/// went per operation kind (and per layer), each row against this machine's read bandwidth and int8 MAC ceiling, the
+/// perf counters, memory and allocations, and the per-token latency distribution.
+/// </summary>
+public static class ProfileCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory (default: the bundled model)." };
+        var synthetic = new Option<string?>("--synthetic") { Description = "Profile a random-weight model of a known shape instead: 2b4t, large or tiny." };
+        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32.", DefaultValueFactory = _ => "f16" };
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (needs the model's tokenizer)." };
+        var promptTokens = new Option<int?>("--prompt-tokens") { Description = "Prompt of N token ids instead of text (default 32)." };
+        var gen = new Option<int>("--n-gen", "-n") { Description = "Decode steps after the prompt.", DefaultValueFactory = _ => 16 };
+        var threads = new Option<int?>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+        var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
+        var layers = new Option<bool>("--layers") { Description = "Also a table per layer." };
+        var json = new Option<bool>("--json") { Description = "Print JSON (every layer × operation cell included)." };
+        var trace = new Option<string?>("--trace") { Description = "Write a Chrome Trace Event file (open it in ui.perfetto.dev): one track per worker thread." };
+        var ab = new Option<int>("--ab") { Description = "Afterwards, decode N times with profiling off and on, alternating, and print the cost of profiling." };
+        var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
+        var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
+        {
+            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb,
+        };
+        command.SetAction(result => cli.Guard(() =>
+        {
+            string? synth = result.GetValue(synthetic);
+            if (synth is not null && result.GetValue(model) is not null)
+                throw new UsageException("give either -m MODEL or --synthetic SHAPE, not both.");
+            SyntheticShape? shape = null;
+            if (synth is not null)
+            {
+                try
+                {
+                    shape = SyntheticShape.ByName(synth);
+                }
+                catch (ArgumentException)
+                {
+                    throw new UsageException($"--synthetic '{synth}' is not a known shape; use 2b4t, large or tiny.");
+                }
+            }
+            int steps = result.GetValue(gen);
+            if (steps < 1) throw new UsageException($"--n-gen (-n) must be at least 1; got {steps}.");
+            string? text = result.GetValue(prompt);
+            int? nPrompt = result.GetValue(promptTokens);
+            if (text is not null && nPrompt is not null) throw new UsageException("give either --prompt (-p) TEXT or --prompt-tokens N, not both.");
+            if (nPrompt is < 1) throw new UsageException($"--prompt-tokens must be at least 1; got {nPrompt}.");
+            if (result.GetValue(threads) is < 1 and var t) throw new UsageException($"--threads (-t) must be at least 1; got {t}.");
+            int abReps = result.GetValue(ab);
+            if (abReps < 0) throw new UsageException($"--ab must be ≥ 0; got {abReps}.");
+            int probe = result.GetValue(probeMb);
+            if (probe < 16) throw new UsageException($"--probe-mb must be at least 16 (the probe must be far larger than the caches); got {probe}.");
+            string? tracePath = result.GetValue(trace);
+            if (tracePath is not null && Path.GetDirectoryName(Path.GetFullPath(tracePath)) is { } traceDir && !Directory.Exists(traceDir))
+                throw new UsageException($"--trace: the folder '{traceDir}' does not exist.");
+            var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
+
+            string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
+            var (weights, tokenizer) = ModelOptions.Load(path);
+            using var _ = weights;
+            int[] ids;
+            if (text is not null)
+            {
+                if (tokenizer is null) throw new UsageException($"--prompt: {path} has no tokenizer; use --prompt-tokens N instead.");
+                ids = tokenizer.Encode(text, addBos: tokenizer.AddBosToken, parseSpecial: true);
+                if (ids.Length == 0) throw new UsageException("--prompt: the text encodes to no tokens.");
+            }
+            else
+            {
+                int count = nPrompt ?? 32;
+                var rng = new Random(1);
+                ids = new int[count];
+                for (int i = 0; i < count; i++) ids[i] = rng.Next(weights.Config.VocabSize);
+            }
+            if (ids.Length + steps > weights.Config.ContextLength)
+                throw new UsageException($"{ids.Length} prompt tokens + {steps} decode steps (-n) exceed the model's context of {weights.Config.ContextLength}.");
+
+            using var pool = new WorkerPool(result.GetValue(threads) ?? 0);
+            cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps, {pool.ThreadCount} threads...");
+            var report = ProfileSession.Run(weights, pool, new ProfileOptions
+            {
+                Prompt = ids,
+                DecodeSteps = steps,
+                KvType = kv,
+                AbRepetitions = abReps,
+                ModelPath = File.Exists(path) ? path : null,
+                BandwidthProbeBytes = (long)probe << 20,
+            });
+            long? traceBytes = null;
+            if (tracePath is not null)
+            {
+                ChromeTraceWriter.Write(tracePath, report);
+                traceBytes = new FileInfo(tracePath).Length;
+            }
+            string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
+            if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes);
+            else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes);
+            return 0;
+        }));
+        return command;
+    }
+
+    private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);
+
+    private static string Pct(double? v) => v is { } x ? F(100 * x) + "%" : "-";
+
+    private static string Ms(double seconds) => F(seconds * 1e3, "F2");
+
+    private static void WriteText(CliConsole cli, string name, ProfileReport r, bool layers, string? tracePath, long? traceBytes)
+    {
+        var o = cli.Output;
+        var c = r.Config;
+        o.WriteLine($"model: {name} — {c.Architecture}, {c.Layers} layers, dim {c.Dim}, ff {c.FeedForward}, vocab {c.VocabSize}, head {r.HeadType}");
+        o.WriteLine($"kernel {r.Kernel}, {r.Threads} threads; limits measured in this run: read bandwidth {F(r.BandwidthGBps)} GB/s, "
+            + $"int8×ternary peak {F(r.PeakGmacPrefill)} GMAC/s at {r.Prefill.Tokens} tokens, {F(r.PeakGmacDecode)} GMAC/s at 1 token (cache-resident weights)");
+        var lat = r.DecodeLatency;
+        o.WriteLine($"prefill: {r.Prefill.Tokens} tokens in {Ms(r.Prefill.WallSeconds)} ms ({F(r.Prefill.Tokens / r.Prefill.WallSeconds)} tok/s); TTFT {Ms(r.TtftSeconds)} ms");
+        o.WriteLine($"decode: {r.Decode.Tokens} steps, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s; per-token latency p50 {Ms(lat.P50)} ms, p95 {Ms(lat.P95)}, p99 {Ms(lat.P99)}, sd {Ms(lat.StdDev)}, min {Ms(lat.Min)}, max {Ms(lat.Max)}");
+        foreach (var (phase, peak) in new[] { (r.Prefill, r.PeakGmacPrefill), (r.Decode, r.PeakGmacDecode) })
+        {
+            o.WriteLine();
+            o.WriteLine($"{phase.Name} by operation ({Ms(phase.WallSeconds)} ms):");
+            cli.Ansi.Write(OpTable(ProfileRow.ByOp(phase, r.BandwidthGBps, peak), "op"));
+            if (layers)
+            {
+                o.WriteLine($"{phase.Name} by layer:");
+                cli.Ansi.Write(OpTable(ProfileRow.ByLayer(phase, r.BandwidthGBps, peak), "layer"));
+            }
+            WriteCounters(o, phase, r);
+        }
+        o.WriteLine();
+        if (r.HardwareCountersUnavailable is { } hw) o.WriteLine($"hardware counters not available: {hw}");
+        if (r.SoftwareCountersUnavailable is { } sw) o.WriteLine($"software counters not available: {sw}");
+        o.WriteLine($"memory: peak RSS {Gb(r.PeakRssBytes)}, weights mapped resident {Gb(r.Decode.After.MappedFileBytes)}, anonymous {Gb(r.Decode.After.AnonymousBytes)}");
+        if (r.AbOffTokensPerSecond is { } off && r.AbOnTokensPerSecond is { } on)
+        {
+            double mOff = off.Average(), mOn = on.Average();
+            var ratios = on.Select((v, i) => v / off[i]).Order().ToArray();
+            double median = ratios.Length % 2 == 1 ? ratios[ratios.Length / 2] : (ratios[ratios.Length / 2 - 1] + ratios[ratios.Length / 2]) / 2;
+            o.WriteLine($"profiling cost (decode, {off.Length} alternating pairs): off {F(mOff, "F2")} tok/s, on {F(mOn, "F2")} tok/s, on/off {F(mOn / mOff, "F4")} (median of per-pair ratios {F(median, "F4")})");
+        }
+        if (tracePath is not null) o.WriteLine($"trace: {tracePath} ({F(traceBytes!.Value / 1e6, "F2")} MB, {r.Spans.Count} op spans, {TotalChunks(r)} chunk spans) — open in ui.perfetto.dev");
+    }
+
+    private static long TotalChunks(ProfileReport r)
+    {
+        long n = 0;
+        for (int w = 0; w < r.Chunks.Workers; w++) n += r.Chunks.Spans(w).Length;
+        return n;
+    }
+
+    private static string Gb(long? bytes) => bytes is { } b ? $"{F(b / 1e9, "F3")} GB" : "-";
+
+    private static void WriteCounters(TextWriter o, PhaseProfile p, ProfileReport r)
+    {
+        var k = p.Counters;
+        double perToken = p.Tokens;
+        var parts = new List<string>();
+        if (k[PerfEvent.TaskClock] is { } tc) parts.Add($"task-clock {F(tc / 1e6)} ms ({F(tc / 1e9 / p.WallSeconds, "F2")} CPUs)");
+        if (k[PerfEvent.ContextSwitches] is { } cs) parts.Add($"context switches {cs}");
+        if (k[PerfEvent.CpuMigrations] is { } mig) parts.Add($"migrations {mig}");
+        if (k[PerfEvent.MinorFaults] is { } mn) parts.Add($"minor faults {mn} ({F(mn / perToken)}/token)");
+        if (k[PerfEvent.MajorFaults] is { } mj) parts.Add($"major faults {mj}");
+        if (k.Ipc is { } ipc) parts.Add($"IPC {F(ipc, "F2")}");
+        if (k[PerfEvent.Cycles] is { } cyc) parts.Add($"cycles {F(cyc / 1e6)} M");
+        if (k.CacheMissRate is { } miss) parts.Add($"cache misses {Pct(miss)} of refs");
+        if (k[PerfEvent.BranchMisses] is { } bm) parts.Add($"branch misses {bm}");
+        o.WriteLine($"  counters: {(parts.Count > 0 ? string.Join(", ", parts) : "none")}");
+        o.WriteLine($"  managed: {p.AllocatedBytes} B allocated ({F(p.AllocatedBytes / perToken)} B/token), GC gen0/1/2 {p.After.Gen0 - p.Before.Gen0}/{p.After.Gen1 - p.Before.Gen1}/{p.After.Gen2 - p.Before.Gen2}");
+        o.WriteLine($"  threads busy in pool chunks: {string.Join(", ", p.ThreadBusySeconds.Select((b, i) => $"w{i} {Pct(b / p.WallSeconds)}"))}");
+    }
+
+    private static Table OpTable(List<ProfileRow> rows, string first)
+    {
+        var t = new Table().Border(TableBorder.Rounded).AddColumn(first);
+        foreach (var h in new[] { "calls", "total ms", "µs/call", "% phase", "weights MB", "GB/s", "% BW", "GMAC/s", "% MAC peak", "bound" })
+            t.AddColumn(new TableColumn(h).RightAligned());
+        foreach (var r in rows)
+            t.AddRow(r.Name, r.Calls > 0 ? r.Calls.ToString(CultureInfo.InvariantCulture) : "-", Ms(r.Seconds), r.Calls > 0 ? F(r.MicrosPerCall) : "-", Pct(r.Share),
+                r.Bytes > 0 ? F(r.Bytes / 1e6) : "-", r.GBps is { } g ? F(g) : "-", Pct(r.BandwidthShare), r.Gmacs is { } m ? F(m) : "-", Pct(r.MacShare), r.Bound);
+        return t;
+    }
+
+    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes)
+    {
+        object Phase(PhaseProfile p, double peak) => new
+        {
+            tokens = p.Tokens,
+            wall_seconds = p.WallSeconds,
+            tokens_per_second = p.Tokens / p.WallSeconds,
+            peak_gmacs = peak,
+            ops = ProfileRow.ByOp(p, r.BandwidthGBps, peak).Select(Row),
+            layers = ProfileRow.ByLayer(p, r.BandwidthGBps, peak).Select(Row),
+            cells = ProfileRow.Cells(p, r.BandwidthGBps, peak).Select(Row),
+            counters = Enum.GetValues<PerfEvent>().Where(e => p.Counters[e] is not null).ToDictionary(PerfCounters.Name, e => p.Counters[e]),
+            ipc = p.Counters.Ipc,
+            cache_miss_rate = p.Counters.CacheMissRate,
+            allocated_bytes = p.AllocatedBytes,
+            allocated_bytes_per_token = (double)p.AllocatedBytes / p.Tokens,
+            gc_collections = new[] { p.After.Gen0 - p.Before.Gen0, p.After.Gen1 - p.Before.Gen1, p.After.Gen2 - p.Before.Gen2 },
+            thread_busy_seconds = p.ThreadBusySeconds,
+        };
+        object Row(ProfileRow x) => new
+        {
+            name = x.Name,
+            layer = x.Layer >= 0 ? x.Layer : (int?)null,
+            calls = x.Calls,
+            seconds = x.Seconds,
+            micros_per_call = x.MicrosPerCall,
+            share = x.Share,
+            weight_bytes = x.Bytes,
+            macs = x.Macs,
+            gbps = x.GBps,
+            bandwidth_share = x.BandwidthShare,
+            gmacs = x.Gmacs,
+            mac_peak_share = x.MacShare,
+            bound = x.Bound,
+        };
+        var lat = r.DecodeLatency;
+        var doc = new
+        {
+            model = name,
+            architecture = r.Config.Architecture,
+            kernel = r.Kernel,
+            threads = r.Threads,
+            bandwidth_gbps = r.BandwidthGBps,
+            ttft_seconds = r.TtftSeconds,
+            decode_latency = new { p50 = lat.P50, p95 = lat.P95, p99 = lat.P99, mean = lat.Mean, stddev = lat.StdDev, min = lat.Min, max = lat.Max },
+            hardware_counters_unavailable = r.HardwareCountersUnavailable,
+            software_counters_unavailable = r.SoftwareCountersUnavailable,
+            peak_rss_bytes = r.PeakRssBytes,
+            weights_mapped_resident_bytes = r.Decode.After.MappedFileBytes,
+            anonymous_bytes = r.Decode.After.AnonymousBytes,
+            prefill = Phase(r.Prefill, r.PeakGmacPrefill),
+            decode = Phase(r.Decode, r.PeakGmacDecode),
+            ab = r.AbOffTokensPerSecond is null ? null : new { off_tokens_per_second = r.AbOffTokensPerSecond, on_tokens_per_second = r.AbOnTokensPerSecond },
+            trace = tracePath,
+            trace_bytes = traceBytes,
+        };
+        output.WriteLine(JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
+    }
+}

@@ -1,0 +1,53 @@
+using System.Diagnostics;
+using BitNetSharp.Kernels;
+using BitNetSharp.Quantization;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Diagnostics.Profiling;
+
+/// <summary>
+/// The int8 × ternary multiply-accumulate ceiling of this machine: the engine's kernel on the pool over a weight matrix
+/// small enough to stay in the caches (so memory does not bound it), at a given token count. A projection that reaches a
+/// large share of it is compute-bound; one far below it but near the read bandwidth is memory-bound.
+/// </summary>
+public static unsafe class KernelPeak
+{
+    /// <summary>Best GMAC/s (1e9 multiply-accumulates per second) over about <paramref name="seconds"/> of repeated
+    /// products of a cache-resident <paramref name="cols"/>-wide matrix with <paramref name="tokens"/> tokens.</summary>
+    public static double Measure(WorkerPool pool, TernaryKernel kernel, int cols, int tokens, double seconds = 0.25)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(cols);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokens);
+        int rowBytes = TernaryMatrix.PadCols(cols) / 4;
+        // ~128 KiB of weights per thread: inside any current core's L2, so the loop measures arithmetic and unpacking.
+        int rows = Math.Max(64, 128 * 1024 * pool.ThreadCount / rowBytes / 16 * 16);
+        var rng = new Random(7);
+        using var w = TernaryMatrix.Allocate(rows, cols);
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) w.Set(r, c, rng.Next(3) - 1);
+        using var x = new QuantizedActivations(tokens, cols) { Tokens = tokens };
+        var values = new float[cols];
+        for (int t = 0; t < tokens; t++)
+        {
+            for (int c = 0; c < cols; c++) values[c] = (float)(rng.NextDouble() * 2 - 1);
+            Int8ActivationQuantizer.Quantize(values, x, t);
+        }
+        using var y = new Memory.NativeBuffer((long)tokens * rows * sizeof(float));
+        using var matmul = new TernaryMatMul(pool);
+        var prepared = matmul.Prepare(kernel, x);
+        long macs = (long)rows * cols * tokens;
+        // Enough products per timing that the pool's per-call cost is not what is measured.
+        int batch = (int)Math.Max(1, (1L << 24) / macs);
+        for (int i = 0; i < batch; i++) matmul.Run(kernel, w, prepared, (float*)y.Pointer, rows);
+        double best = 0;
+        long deadline = Stopwatch.GetTimestamp() + (long)(seconds * Stopwatch.Frequency);
+        do
+        {
+            long start = Stopwatch.GetTimestamp();
+            for (int i = 0; i < batch; i++) matmul.Run(kernel, w, prepared, (float*)y.Pointer, rows);
+            best = Math.Max(best, macs * (double)batch / Stopwatch.GetElapsedTime(start).TotalSeconds / 1e9);
+        }
+        while (Stopwatch.GetTimestamp() < deadline);
+        return best;
+    }
+}

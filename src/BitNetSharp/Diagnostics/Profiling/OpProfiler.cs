@@ -1,0 +1,156 @@
+using System.Diagnostics;
+using BitNetSharp.Model;
+using BitNetSharp.Quantization;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Diagnostics.Profiling;
+
+/// <summary>
+/// The forward pass's timer (<see cref="Transformer.Profiler"/>): it times each operation on the thread that drives
+/// the pass (one <see cref="Stopwatch.GetTimestamp"/> at each end, the weights' bytes and the multiply-accumulates of
+/// a projection) into <see cref="Stats"/>, records the spans for a trace into <see cref="Trace"/>, and emits them
+/// through <see cref="ProfileEventSource"/> when a listener is on. Nothing here allocates.
+/// <para>
+/// A per-token stage (norm + quantization, residual + norm + quantization, activation + sub-norm + quantization, RoPE)
+/// runs its parts for every token, on the pool when there are several: each thread marks the end of each part
+/// (<see cref="Lap"/>), and the stage's wall time is split between its parts in the ratio of their summed thread time.
+/// With one token (decode) the stage runs on the calling thread and the split is exact.
+/// </para>
+/// </summary>
+public sealed class OpProfiler
+{
+    private const int LapStride = 32; // a cache line and more per worker: workers mark laps concurrently
+    private readonly long[] _lapStart;
+    private readonly long[] _lapTicks;
+    private readonly int _threads;
+
+    private ProfileOp _op;
+    private int _layer, _tokens, _in, _out;
+    private long _start, _bytes, _macs;
+    private long _stageStart;
+    private int _stageLayer, _stageKind, _stageTokens;
+
+    public OpProfiler(int layers, int threads)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(layers);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(threads);
+        Layers = layers;
+        _threads = threads;
+        _lapStart = new long[threads * LapStride];
+        _lapTicks = new long[threads * LapStride];
+    }
+
+    public int Layers { get; }
+
+    /// <summary>Workers (the pool's thread count) the lap accumulators are sized for.</summary>
+    public int Threads => _threads;
+
+    /// <summary>Where timings accumulate (null: nowhere). Set between forward passes.</summary>
+    public OpStats? Stats { get; set; }
+
+    /// <summary>Where spans are recorded for a trace (null: not recorded). Set between forward passes.</summary>
+    public SpanLog? Trace { get; set; }
+
+    /// <summary>The pool's chunk timeline, tagged with the span each chunk belongs to (null: none).</summary>
+    public ChunkTimeline? Timeline { get; set; }
+
+    public void Begin(ProfileOp op, int layer, int tokens)
+    {
+        _op = op;
+        _layer = layer;
+        _tokens = tokens;
+        _bytes = _macs = 0;
+        _in = _out = 0;
+        Started();
+    }
+
+    /// <summary>A ternary projection: <paramref name="w"/> is read once (bytes), and each token costs rows × cols MACs.</summary>
+    public void BeginLinear(ProfileOp op, int layer, TernaryMatrix w, int tokens)
+    {
+        _op = op;
+        _layer = layer;
+        _tokens = tokens;
+        _bytes = w.ByteLength;
+        _macs = (long)w.Rows * w.Cols * tokens;
+        _in = w.Cols;
+        _out = w.Rows;
+        Started();
+    }
+
+    /// <summary>The output head: every row of <paramref name="head"/> against each wanted token.</summary>
+    public void BeginHead(EmbeddingTable head, int tokens)
+    {
+        _op = ProfileOp.Head;
+        _layer = -1;
+        _tokens = tokens;
+        _bytes = head.ByteLength;
+        _macs = (long)head.Rows * head.Cols * tokens;
+        _in = head.Cols;
+        _out = head.Rows;
+        Started();
+    }
+
+    private void Started()
+    {
+        if (Trace is { } trace && Timeline is { } timeline) timeline.Tag = trace.Count;
+        if (ProfileEventSource.Log.IsEnabled()) ProfileEventSource.Log.OpStart(ProfileOps.Name(_op), _layer, _tokens, _in, _out);
+        _start = Stopwatch.GetTimestamp();
+    }
+
+    public void End()
+    {
+        long end = Stopwatch.GetTimestamp();
+        Stats?.Add(_op, _layer, end - _start, _bytes, _macs);
+        Trace?.Add(new TraceSpan(_start, end, SpanKind.Op, (int)_op, _layer, _tokens, _in, _out));
+        if (ProfileEventSource.Log.IsEnabled()) ProfileEventSource.Log.OpStop(ProfileOps.Name(_op), _layer, _bytes);
+    }
+
+    /// <summary>A per-token stage of <paramref name="layer"/> starts (<paramref name="stage"/>: the engine's stage number, for the trace).</summary>
+    public void BeginStage(int stage, int layer, int tokens)
+    {
+        _stageKind = stage;
+        _stageLayer = layer;
+        _stageTokens = tokens;
+        Array.Clear(_lapTicks);
+        if (Trace is { } trace && Timeline is { } timeline) timeline.Tag = trace.Count;
+        if (ProfileEventSource.Log.IsEnabled()) ProfileEventSource.Log.OpStart(StageNames[stage], layer, tokens, 0, 0);
+        _stageStart = Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>Worker <paramref name="worker"/> starts a token's part of the stage.</summary>
+    public void LapStart(int worker) => _lapStart[worker * LapStride] = Stopwatch.GetTimestamp();
+
+    /// <summary>Worker <paramref name="worker"/> finished the part <paramref name="op"/> of a token.</summary>
+    public void Lap(int worker, ProfileOp op)
+    {
+        long now = Stopwatch.GetTimestamp();
+        int w = worker * LapStride;
+        _lapTicks[w + (int)op] += now - _lapStart[w];
+        _lapStart[w] = now;
+    }
+
+    public void EndStage()
+    {
+        long end = Stopwatch.GetTimestamp();
+        long wall = end - _stageStart;
+        if (Stats is { } stats)
+        {
+            long total = 0;
+            for (int w = 0; w < _threads; w++)
+                for (int op = 0; op < ProfileOps.Count; op++) total += _lapTicks[w * LapStride + op];
+            for (int op = 0; op < ProfileOps.Count; op++)
+            {
+                long part = 0;
+                for (int w = 0; w < _threads; w++) part += _lapTicks[w * LapStride + op];
+                if (part == 0) continue;
+                long share = total > 0 ? (long)((double)wall * part / total) : 0;
+                stats.Add((ProfileOp)op, _stageLayer, share, 0, 0);
+            }
+        }
+        Trace?.Add(new TraceSpan(_stageStart, end, SpanKind.Stage, _stageKind, _stageLayer, _stageTokens, 0, 0));
+        if (ProfileEventSource.Log.IsEnabled()) ProfileEventSource.Log.OpStop(StageNames[_stageKind], _stageLayer, 0);
+    }
+
+    /// <summary>The engine's per-token stages by number (Transformer's Stage_* constants).</summary>
+    public static readonly string[] StageNames = ["attn_norm+quantize", "rope", "attn_sub_norm+quantize", "residual+ffn_norm+quantize", "activation+ffn_sub_norm+quantize", "residual"];
+}

@@ -1,0 +1,289 @@
+using System.Diagnostics;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Diagnostics.Profiling;
+
+/// <summary>What <see cref="ProfileSession.Run"/> profiles: a prompt (one prefill batch) and then decode steps of one
+/// token each, greedy-sampled, on one sequence.</summary>
+public sealed record ProfileOptions
+{
+    public required int[] Prompt { get; init; }
+
+    /// <summary>Decode steps after the prefill (each one forward pass of one token and one sampling).</summary>
+    public int DecodeSteps { get; init; } = 16;
+
+    public KvCacheType KvType { get; init; } = KvCacheType.F16;
+
+    /// <summary>Size of the read-bandwidth probe's buffer (it must be far larger than the caches).</summary>
+    public long BandwidthProbeBytes { get; init; } = 1L << 30;
+
+    /// <summary>Seconds the integer-MAC ceiling is measured for, per token count.</summary>
+    public double PeakSeconds { get; init; } = 0.25;
+
+    /// <summary>Decode repetitions with profiling off and on, alternating, for the overhead A/B (0: none).</summary>
+    public int AbRepetitions { get; init; }
+
+    /// <summary>The model file, for the resident size of its mapping (null: not measured).</summary>
+    public string? ModelPath { get; init; }
+}
+
+/// <summary>One phase (prefill or decode) of a profile.</summary>
+public sealed record PhaseProfile(string Name, OpStats Stats, int Tokens, double WallSeconds, PerfSample Counters,
+    ProcessMemory Before, ProcessMemory After, long AllocatedBytes, double[] ThreadBusySeconds)
+;
+
+/// <summary>Everything one <c>bitnet profile</c> run measured.</summary>
+public sealed class ProfileReport
+{
+    public required ModelConfig Config { get; init; }
+    public required string Kernel { get; init; }
+    public required string HeadType { get; init; }
+    public required int Threads { get; init; }
+    public required double BandwidthGBps { get; init; }
+    public required double PeakGmacPrefill { get; init; }
+    public required double PeakGmacDecode { get; init; }
+    public required PhaseProfile Prefill { get; init; }
+    public required PhaseProfile Decode { get; init; }
+    public required double TtftSeconds { get; init; }
+    public required LatencySummary DecodeLatency { get; init; }
+    public string? HardwareCountersUnavailable { get; init; }
+    public string? SoftwareCountersUnavailable { get; init; }
+    public required SpanLog Spans { get; init; }
+    public required ChunkTimeline Chunks { get; init; }
+    public double[]? AbOffTokensPerSecond { get; init; }
+    public double[]? AbOnTokensPerSecond { get; init; }
+
+    /// <summary>Peak resident set at the end of the run.</summary>
+    public long? PeakRssBytes => Decode.After.PeakRssBytes;
+}
+
+/// <summary>
+/// Runs a prompt and decode steps with the operation timer attached and gathers, per phase, the op table, perf counters,
+/// memory and allocation figures, per-token latencies and the span/chunk timeline for a trace; with this machine's read
+/// bandwidth and int8 MAC ceiling measured in the same run, so each operation can be placed against both limits.
+/// </summary>
+public static class ProfileSession
+{
+    public static ProfileReport Run(ModelWeights weights, WorkerPool pool, ProfileOptions o)
+    {
+        var c = weights.Config;
+        int promptLen = o.Prompt.Length;
+        if (promptLen == 0) throw new ArgumentException("The prompt is empty; profile needs at least one prompt token.", nameof(o));
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(o.DecodeSteps);
+        if (promptLen + o.DecodeSteps > c.ContextLength)
+            throw new ArgumentException($"{promptLen} prompt tokens and {o.DecodeSteps} decode steps exceed the model's context of {c.ContextLength} tokens.", nameof(o));
+
+        // The host's bandwidth drifts (shared memory controllers), so the run is bracketed by two probes and bounded by
+        // the better one; the probe's buffer is freed and the peak-RSS watermark reset so it does not count as the model's.
+        double Probe()
+        {
+            double gbps;
+            using (var probe = new MemoryBandwidth(o.BandwidthProbeBytes)) gbps = probe.Measure(pool, 3);
+            GC.Collect();
+            ProcessMemory.ResetPeak();
+            return gbps;
+        }
+        double bandwidth = Probe();
+        using var engine = new Transformer(weights, promptLen, pool);
+        double peakDecode = KernelPeak.Measure(pool, engine.Kernel, c.Dim, 1, o.PeakSeconds);
+        double peakPrefill = promptLen == 1 ? peakDecode : KernelPeak.Measure(pool, engine.Kernel, c.Dim, promptLen, o.PeakSeconds);
+
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, promptLen + o.DecodeSteps, o.KvType);
+        var sampler = new Sampler(new SamplingParameters { Temperature = 0f, TopK = 0, TopP = 1f, MinP = 0f }, c.VocabSize);
+        var logits = new float[c.VocabSize];
+        var history = new int[promptLen + o.DecodeSteps + 1];
+        o.Prompt.CopyTo(history, 0);
+        var prefillBatch = new BatchToken[promptLen];
+        for (int i = 0; i < promptLen; i++) prefillBatch[i] = new BatchToken(o.Prompt[i], 0, i, i == promptLen - 1);
+        var one = new BatchToken[1];
+        var latencies = new double[o.DecodeSteps];
+
+        var profiler = new OpProfiler(c.Layers, pool.ThreadCount);
+        var spans = new SpanLog(4096);
+        var chunks = new ChunkTimeline(pool.ThreadCount, 4096);
+        var scratch = new OpStats(c.Layers);
+        var prefillStats = new OpStats(c.Layers);
+        var decodeStats = new OpStats(c.Layers);
+        var caches = new[] { cache };
+
+        long Prefill(OpStats? stats)
+        {
+            cache.Clear();
+            profiler.Stats = stats;
+            long s = Stopwatch.GetTimestamp();
+            engine.Forward(prefillBatch, caches, logits);
+            long e = Stopwatch.GetTimestamp();
+            stats?.AddStep(promptLen, e - s);
+            if (engine.Profiler is not null) spans.Add(new TraceSpan(s, e, SpanKind.Step, 0, -1, promptLen, 0, 0));
+            return e;
+        }
+        int Sample(int length)
+        {
+            var p = engine.Profiler;
+            p?.Begin(ProfileOp.Sampling, -1, 1);
+            int token = sampler.Sample(logits, history.AsSpan(0, length));
+            p?.End();
+            history[length] = token;
+            return token;
+        }
+        void DecodeStep(int i, OpStats? stats)
+        {
+            one[0] = new BatchToken(history[promptLen + i], 0, promptLen + i, true);
+            long s = Stopwatch.GetTimestamp();
+            engine.Forward(one, caches, logits);
+            long e = Stopwatch.GetTimestamp();
+            stats?.AddStep(1, e - s);
+            if (engine.Profiler is not null) spans.Add(new TraceSpan(s, e, SpanKind.Step, i + 1, -1, 1, 0, 0));
+            Sample(promptLen + i + 1);
+        }
+        void Attach(bool on)
+        {
+            engine.Profiler = on ? profiler : null;
+            pool.Timeline = on ? chunks : null;
+            profiler.Trace = on ? spans : null;
+            profiler.Timeline = on ? chunks : null;
+        }
+        SpanLog measuredSpans = spans;
+        ChunkTimeline measuredChunks = chunks;
+
+        try
+        {
+            // Warm-up with everything attached: first-touch page faults, the sizes the span logs need, and the JIT's
+            // tiering (methods are recompiled optimized after ~30 calls once 100 ms pass without new code; a profile of
+            // the first, unoptimized code measured 1.5× slower decode on the bundled model): at least one full run, more
+            // until a second has passed.
+            Attach(true);
+            long warmStart = Stopwatch.GetTimestamp();
+            for (int round = 0; round < 50 && (round == 0 || Stopwatch.GetElapsedTime(warmStart).TotalSeconds < 1.0); round++)
+            {
+                Prefill(scratch);
+                Sample(promptLen);
+                for (int i = 0; i < o.DecodeSteps; i++) DecodeStep(i, scratch);
+                spans.Reserve((int)Math.Min(int.MaxValue, (spans.Count + spans.Dropped) * 5 / 4 + 64));
+                chunks.Reserve((int)Math.Min(int.MaxValue, (chunks.MaxCount + chunks.Dropped) * 5 / 4 + 64));
+                spans.Clear();
+                chunks.Clear();
+            }
+            GC.Collect();
+            GC.WaitForPendingFinalizers();
+
+            using var counters = PerfCounters.Open();
+            var mem0 = ProcessMemory.Read(o.ModelPath);
+            var perf0 = counters.Read();
+            long a0 = GC.GetTotalAllocatedBytes(precise: true);
+            long t0 = Stopwatch.GetTimestamp();
+            long prefillEnd = Prefill(prefillStats);
+            profiler.Stats = prefillStats;
+            Sample(promptLen);
+            long t1 = Stopwatch.GetTimestamp();
+            long a1 = GC.GetTotalAllocatedBytes(precise: true);
+            spans.Add(new TraceSpan(t0, t1, SpanKind.Phase, 0, -1, promptLen, 0, 0));
+            var perf1 = counters.Read();
+            var mem1 = ProcessMemory.Read(o.ModelPath);
+
+            var perf2 = counters.Read();
+            long a2 = GC.GetTotalAllocatedBytes(precise: true);
+            long t2 = Stopwatch.GetTimestamp();
+            for (int i = 0; i < o.DecodeSteps; i++)
+            {
+                long s = Stopwatch.GetTimestamp();
+                profiler.Stats = decodeStats;
+                DecodeStep(i, decodeStats);
+                latencies[i] = Stopwatch.GetElapsedTime(s).TotalSeconds;
+            }
+            long t3 = Stopwatch.GetTimestamp();
+            long a3 = GC.GetTotalAllocatedBytes(precise: true);
+            var perf3 = counters.Read();
+            var mem3 = ProcessMemory.Read(o.ModelPath);
+            spans.Add(new TraceSpan(t2, t3, SpanKind.Phase, 1, -1, o.DecodeSteps, 0, 0));
+            _ = prefillEnd;
+
+            bandwidth = Math.Max(bandwidth, Probe());
+            var prefill = new PhaseProfile("prefill", prefillStats, promptLen, Seconds(t1 - t0), perf1.Minus(perf0), mem0, mem1, a1 - a0, Busy(chunks, t0, t1));
+            var decode = new PhaseProfile("decode", decodeStats, o.DecodeSteps, Seconds(t3 - t2), perf3.Minus(perf2), mem1, mem3, a3 - a2, Busy(chunks, t2, t3));
+
+            double[]? off = null, on = null;
+            if (o.AbRepetitions > 0)
+            {
+                // The A/B records into logs of its own, the same size, so the profile's timeline is kept.
+                spans = new SpanLog(measuredSpans.Count + 64);
+                chunks = new ChunkTimeline(pool.ThreadCount, measuredChunks.MaxCount + 64);
+                off = new double[o.AbRepetitions];
+                on = new double[o.AbRepetitions];
+                var abStats = new OpStats(c.Layers);
+                for (int r = 0; r < o.AbRepetitions; r++)
+                {
+                    // Alternate which goes first, so host drift does not always favour one.
+                    bool first = r % 2 == 0;
+                    for (int k = 0; k < 2; k++)
+                    {
+                        bool profiled = first ^ (k == 1);
+                        double tps = DecodeRun(profiled, abStats);
+                        if (profiled) on[r] = tps;
+                        else off[r] = tps;
+                    }
+                }
+            }
+
+            return new ProfileReport
+            {
+                Config = c,
+                Kernel = engine.Kernel.Name,
+                HeadType = weights.Output.Type.ToString(),
+                Threads = pool.ThreadCount,
+                BandwidthGBps = bandwidth,
+                PeakGmacPrefill = peakPrefill,
+                PeakGmacDecode = peakDecode,
+                Prefill = prefill,
+                Decode = decode,
+                TtftSeconds = Seconds(t1 - t0),
+                DecodeLatency = LatencySummary.Of(latencies),
+                HardwareCountersUnavailable = counters.HardwareUnavailableReason,
+                SoftwareCountersUnavailable = counters.SoftwareUnavailableReason,
+                Spans = measuredSpans,
+                Chunks = measuredChunks,
+                AbOffTokensPerSecond = off,
+                AbOnTokensPerSecond = on,
+            };
+        }
+        finally
+        {
+            Attach(false);
+        }
+
+        // One decode run over the same positions (after a prefill that is not timed), profiler off or on as in the profile.
+        double DecodeRun(bool profiled, OpStats stats)
+        {
+            Attach(false);
+            Prefill(null);
+            Sample(promptLen);
+            Attach(profiled);
+            spans.Clear();
+            chunks.Clear();
+            stats.Clear();
+            long s = Stopwatch.GetTimestamp();
+            for (int i = 0; i < o.DecodeSteps; i++) DecodeStep(i, profiled ? stats : null);
+            double tps = o.DecodeSteps / Stopwatch.GetElapsedTime(s).TotalSeconds;
+            Attach(false);
+            return tps;
+        }
+    }
+
+    private static double Seconds(long ticks) => (double)ticks / Stopwatch.Frequency;
+
+    /// <summary>Per worker, the seconds its recorded chunks overlap [from, to).</summary>
+    private static double[] Busy(ChunkTimeline chunks, long from, long to)
+    {
+        var busy = new double[chunks.Workers];
+        for (int w = 0; w < chunks.Workers; w++)
+        {
+            long ticks = 0;
+            foreach (var s in chunks.Spans(w))
+                if (s.End > from && s.Start < to) ticks += Math.Min(s.End, to) - Math.Max(s.Start, from);
+            busy[w] = Seconds(ticks);
+        }
+        return busy;
+    }
+}

@@ -1,0 +1,269 @@
+using System.Diagnostics;
+using System.Diagnostics.Tracing;
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Diagnostics.Profiling;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Tests.Diagnostics;
+
+/// <summary>The profiler: perf counters, the op timer and its trace, the EventSource, and <c>bitnet profile</c>'s options.</summary>
+public class ProfilingTests
+{
+    private static (int ExitCode, string Output, string Error) Bitnet(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    private static ModelWeights TinyWeights(TestGguf.TempDirectory dir)
+    {
+        string path = dir.File("tiny.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(path);
+        return ModelWeights.Load(path);
+    }
+
+    [Fact]
+    public void SoftwareCountersCountBusyWorkAndHardwareCountersReadOrSayWhy()
+    {
+        if (!OperatingSystem.IsLinux())
+        {
+            using var none = PerfCounters.Open();
+            Assert.NotNull(none.SoftwareUnavailableReason);
+            Assert.NotNull(none.HardwareUnavailableReason);
+            return;
+        }
+        using var counters = PerfCounters.Open();
+        Assert.Null(counters.SoftwareUnavailableReason);
+        var before = counters.Read();
+        var sw = Stopwatch.StartNew();
+        double x = 1;
+        while (sw.ElapsedMilliseconds < 50) x = Math.Sqrt(x + 1);
+        var buffer = new byte[8 << 20];
+        for (int i = 0; i < buffer.Length; i += 4096) buffer[i] = (byte)x; // touches fresh pages: minor faults
+        var d = counters.Read().Minus(before);
+        Assert.True(d[PerfEvent.TaskClock] > 20_000_000, $"task-clock {d[PerfEvent.TaskClock]} ns after 50 ms of work");
+        Assert.True(d[PerfEvent.PageFaults] > 0, "touching 8 MiB of new memory caused no page fault");
+        Assert.NotNull(d[PerfEvent.ContextSwitches]);
+        if (counters.HardwareUnavailableReason is { } why)
+        {
+            Assert.Contains("perf_event_open", why);
+            Assert.Null(d[PerfEvent.Cycles]);
+            Assert.Null(d.Ipc);
+        }
+        else
+        {
+            Assert.True(d[PerfEvent.Instructions] > 0);
+        }
+    }
+
+    [Fact]
+    public void LatencyQuantilesAreNearestRank()
+    {
+        var v = Enumerable.Range(1, 100).Select(i => (double)i).Reverse().ToArray();
+        var s = LatencySummary.Of(v);
+        Assert.Equal(50, s.P50);
+        Assert.Equal(95, s.P95);
+        Assert.Equal(99, s.P99);
+        Assert.Equal(50.5, s.Mean, 9);
+        Assert.Equal(Math.Sqrt(100 * 101 / 12.0), s.StdDev, 6);
+    }
+
+    [Fact]
+    public void ProfilerDoesNotChangeLogitsAndTimesEveryProjection()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 4, pool);
+        var c = w.Config;
+        var batch = new[] { new BatchToken(5, 0, 0), new BatchToken(9, 0, 1), new BatchToken(2, 0, 2, true) };
+        float[] Run()
+        {
+            using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, 8);
+            var logits = new float[c.VocabSize];
+            engine.Forward(batch, [cache], logits);
+            return logits;
+        }
+        var plain = Run();
+        var stats = new OpStats(c.Layers);
+        engine.Profiler = new OpProfiler(c.Layers, pool.ThreadCount) { Stats = stats };
+        var profiled = Run();
+        engine.Profiler = null;
+        Assert.Equal(plain, profiled);
+        foreach (var op in new[] { ProfileOp.Q, ProfileOp.K, ProfileOp.V, ProfileOp.O, ProfileOp.Gate, ProfileOp.Up, ProfileOp.Down, ProfileOp.Attention, ProfileOp.Norm, ProfileOp.Quantize, ProfileOp.Rope })
+            for (int l = 0; l < c.Layers; l++)
+                Assert.True(stats.Calls[OpStats.Index(op, l)] > 0, $"{op} of layer {l} was not timed");
+        var q = OpStats.Index(ProfileOp.Q, 0);
+        Assert.Equal(w.Layers[0].Q.ByteLength, stats.Bytes[q]);
+        Assert.Equal((long)c.QDim * c.Dim * 3, stats.Macs[q]);
+        Assert.Equal(1, stats.Calls[OpStats.Index(ProfileOp.Head, -1)]);
+        Assert.Throws<ArgumentException>(() => engine.Profiler = new OpProfiler(c.Layers + 1, 2));
+    }
+
+    [Fact]
+    public void SessionTraceIsValidChromeJsonWithNestedSpansPerThread()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        using var pool = new WorkerPool(2);
+        var report = ProfileSession.Run(w, pool, new ProfileOptions
+        {
+            Prompt = [1, 2, 3, 4, 5, 6, 7, 8], DecodeSteps = 4, BandwidthProbeBytes = 16 << 20, PeakSeconds = 0.02, AbRepetitions = 1,
+        });
+        Assert.Equal(8, report.Prefill.Stats.Tokens);
+        Assert.Equal(4, report.Decode.Stats.Steps);
+        Assert.True(report.BandwidthGBps > 0 && report.PeakGmacDecode > 0 && report.PeakGmacPrefill > 0);
+        Assert.Equal(4, report.DecodeLatency.Count);
+        Assert.True(report.TtftSeconds > 0);
+        Assert.Equal(0, report.Spans.Dropped);
+        Assert.Equal(0, report.Chunks.Dropped);
+        Assert.True(report.AbOffTokensPerSecond![0] > 0 && report.AbOnTokensPerSecond![0] > 0);
+        var rows = ProfileRow.ByOp(report.Decode, report.BandwidthGBps, report.PeakGmacDecode);
+        Assert.Contains(rows, r => r.Name == "down" && r.GBps > 0 && r.Bound is "memory" or "compute");
+        Assert.InRange(rows.Sum(r => r.Share), 0.999, 1.001);
+
+        var ms = new MemoryStream();
+        ChromeTraceWriter.Write(ms, report);
+        using var doc = JsonDocument.Parse(ms.ToArray());
+        var events = doc.RootElement.GetProperty("traceEvents").EnumerateArray().ToList();
+        var named = events.Where(e => e.GetProperty("ph").GetString() == "M" && e.GetProperty("name").GetString() == "thread_name")
+            .Select(e => e.GetProperty("tid").GetInt32()).ToHashSet();
+        var spans = events.Where(e => e.GetProperty("ph").GetString() == "X").ToList();
+        Assert.NotEmpty(spans);
+        var byThread = spans.GroupBy(e => e.GetProperty("tid").GetInt32()).ToList();
+        Assert.Equal([0, 1], named.Order());
+        // Which thread takes which chunk varies (a descheduled worker may get none on a loaded machine), so worker 1's
+        // track is only checked when it has spans; ChunkTimelineRecordsEachWorkersSlice covers both workers for certain.
+        Assert.Contains(byThread, g => g.Key == 0);
+        foreach (var track in byThread)
+        {
+            Assert.Contains(track.Key, named);
+            // Properly nested: sorted by start (longer first on ties), every span ends inside the span that encloses it.
+            var stack = new Stack<double>();
+            foreach (var (ts, end) in track.Select(e => (e.GetProperty("ts").GetDouble(), e.GetProperty("ts").GetDouble() + e.GetProperty("dur").GetDouble()))
+                         .OrderBy(s => s.Item1).ThenByDescending(s => s.Item2))
+            {
+                while (stack.Count > 0 && stack.Peek() <= ts + 1e-3) stack.Pop();
+                if (stack.Count > 0) Assert.True(end <= stack.Peek() + 1e-3, $"span [{ts}, {end}] crosses the end of its parent at {stack.Peek()}");
+                stack.Push(end);
+            }
+        }
+        var q = spans.First(e => e.GetProperty("name").GetString() == "L1 q");
+        var args = q.GetProperty("args");
+        Assert.Equal(1, args.GetProperty("layer").GetInt32());
+        Assert.Equal("q", args.GetProperty("projection").GetString());
+        Assert.Equal($"{w.Config.Dim}→{w.Config.QDim}", args.GetProperty("shape").GetString());
+        Assert.Equal(8, args.GetProperty("tokens").GetInt32());
+        Assert.Contains("ternary", args.GetProperty("packed_layout").GetString());
+        Assert.Contains(spans, e => e.GetProperty("name").GetString() == "decode" && e.GetProperty("tid").GetInt32() == 0);
+        Assert.Contains(spans, e => e.GetProperty("tid").GetInt32() == 0 && e.GetProperty("name").GetString()!.EndsWith(" chunk", StringComparison.Ordinal));
+    }
+
+    private sealed class Spin : IParallelWork
+    {
+        public void Execute(int start, int end, int worker)
+        {
+            var sw = Stopwatch.StartNew();
+            while (sw.Elapsed.TotalMilliseconds < 1) Thread.SpinWait(10);
+        }
+    }
+
+    [Fact]
+    public void ChunkTimelineRecordsEachWorkersSlice()
+    {
+        using var pool = new WorkerPool(2);
+        var timeline = new ChunkTimeline(2, 4) { Tag = 7 };
+        pool.Timeline = timeline;
+        pool.Run(new Spin(), 10); // static slices: worker 0 gets [0, 5), worker 1 [5, 10)
+        pool.Run(new Spin(), 10);
+        pool.Run(new Spin(), 10);
+        pool.Timeline = null;
+        pool.Run(new Spin(), 10); // not recorded
+        for (int w = 0; w < 2; w++)
+        {
+            var spans = timeline.Spans(w).ToArray();
+            Assert.Equal(3, spans.Length);
+            Assert.All(spans, s => Assert.Equal((w * 5, w * 5 + 5, 7), (s.ItemStart, s.ItemEnd, s.Tag)));
+            Assert.All(spans, s => Assert.True(s.End - s.Start >= Stopwatch.Frequency / 2000, "a chunk of 1 ms of work lasted less than 0.5 ms"));
+        }
+        var full = new ChunkTimeline(2, 1);
+        pool.Timeline = full;
+        pool.Run(new Spin(), 10);
+        pool.Run(new Spin(), 10);
+        pool.Timeline = null;
+        Assert.Equal(2, full.Dropped);
+    }
+
+    private sealed class OpListener : EventListener
+    {
+        public int Starts, Stops;
+
+        protected override void OnEventSourceCreated(EventSource source)
+        {
+            if (source.Name == "BitNetSharp-Profile") EnableEvents(source, EventLevel.Informational);
+        }
+
+        protected override void OnEventWritten(EventWrittenEventArgs e)
+        {
+            if (e.EventName == "OpStart") Interlocked.Increment(ref Starts);
+            else if (e.EventName == "OpStop") Interlocked.Increment(ref Stops);
+        }
+    }
+
+    [Fact]
+    public void EventSourceEmitsOpSpansWithoutAProfilerAttached()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        using var pool = new WorkerPool(1);
+        using var engine = new Transformer(w, 1, pool);
+        var c = w.Config;
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, 4);
+        var logits = new float[c.VocabSize];
+        using var listener = new OpListener();
+        engine.Forward([new BatchToken(3, 0, 0, true)], [cache], logits);
+        // Other tests' engines may emit while the listener is on, so only a lower bound holds.
+        Assert.True(listener.Starts >= c.Layers * 7, $"{listener.Starts} OpStart events for {c.Layers} layers");
+        Assert.True(listener.Stops >= c.Layers * 7, $"{listener.Stops} OpStop events for {c.Layers} layers");
+    }
+
+    [Theory]
+    [InlineData(new[] { "--synthetic", "huge" }, "--synthetic 'huge'")]
+    [InlineData(new[] { "--synthetic", "tiny", "-n", "0" }, "--n-gen")]
+    [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "0" }, "--prompt-tokens")]
+    [InlineData(new[] { "--synthetic", "tiny", "-t", "0" }, "--threads")]
+    [InlineData(new[] { "--synthetic", "tiny", "--ab", "-1" }, "--ab")]
+    [InlineData(new[] { "--synthetic", "tiny", "--trace", "/nonexistent-folder/t.json" }, "--trace")]
+    [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
+    public void BadOptionsAreUsageErrorsNamingTheOption(string[] args, string expected)
+    {
+        var r = Bitnet(["profile", .. args]);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(expected, r.Error);
+    }
+
+    [Fact]
+    public void ProfileCommandPrintsJsonAndWritesATrace()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string trace = dir.File("trace.json");
+        var both = Bitnet("profile", "--synthetic", "tiny", "-p", "hi", "--prompt-tokens", "3");
+        Assert.Equal(2, both.ExitCode);
+        var r = Bitnet("profile", "--synthetic", "tiny", "--prompt-tokens", "6", "-n", "3", "-t", "2", "--json", "--trace", trace, "--probe-mb", "16");
+        Assert.True(r.ExitCode == 0, r.Error);
+        using var doc = JsonDocument.Parse(r.Output);
+        var decode = doc.RootElement.GetProperty("decode");
+        Assert.Equal(3, decode.GetProperty("tokens").GetInt32());
+        Assert.Contains(decode.GetProperty("ops").EnumerateArray(), o => o.GetProperty("name").GetString() == "gate");
+        Assert.True(decode.GetProperty("counters").TryGetProperty("task-clock-ns", out _) || !OperatingSystem.IsLinux());
+        Assert.True(doc.RootElement.GetProperty("decode_latency").GetProperty("p99").GetDouble() > 0);
+        Assert.True(new FileInfo(trace).Length > 0);
+        using var t = JsonDocument.Parse(File.ReadAllText(trace));
+        Assert.True(t.RootElement.GetProperty("traceEvents").GetArrayLength() > 10);
+    }
+}
