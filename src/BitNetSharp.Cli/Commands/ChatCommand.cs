@@ -25,7 +25,7 @@ public static class ChatCommand
         command.SetAction(result => cli.Guard(() =>
         {
             var parameters = sampling.Parse(result);
-            var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(result.GetValue(model.Model)));
+            var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
             var chatTemplate = result.GetValue(template) is { } name

@@ -35,6 +35,9 @@ public static class EvalCommand
         {
             Description = "The reference's KV-cache type; without --kl-reference the reference is this model with that KV type.",
         };
+        var bits = ModelOptions.NewActivationBitsOption();
+        var klBits = ModelOptions.NewActivationBitsOption("--kl-activation-bits");
+        klBits.Description = "The reference's activation bit widths (same syntax as --activation-bits, over the reference model's own); without --kl-reference the reference is this model with them.";
         var saveLogits = new Option<string?>("--save-logits") { Description = "Save this model's next-token distributions to FILE, to be a later --kl-reference." };
         var saveTop = new Option<int>("--save-logits-top")
         {
@@ -42,7 +45,7 @@ public static class EvalCommand
         };
         var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
         {
-            model, data, ctx, stride, json, threads, kvType, klReference, klKvType, saveLogits, saveTop,
+            model, data, ctx, stride, json, threads, kvType, bits, klReference, klKvType, klBits, saveLogits, saveTop,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -53,6 +56,8 @@ public static class EvalCommand
                 var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)));
                 using var _ = weights;
                 if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; eval needs one to turn the text into tokens.");
+                var fileBits = weights.ActivationBits;
+                ModelOptions.ApplyActivationBits(weights, r.GetValue(bits));
                 int window = r.GetValue(ctx) is > 0 and var c ? c : weights.Config.ContextLength;
                 if (window > weights.Config.ContextLength)
                     throw new UsageException($"--ctx {window} is longer than the model's context of {weights.Config.ContextLength} tokens.");
@@ -68,6 +73,7 @@ public static class EvalCommand
                 // The reference: a saved-logits file, another model, or this model with other settings.
                 string? refPath = r.GetValue(klReference);
                 string? refKvText = r.GetValue(klKvType);
+                string? refBitsText = r.GetValue(klBits);
                 LogitsFileReader? refFile = null;
                 ModelWeights? refWeights = null;
                 Transformer? refEngine = null;
@@ -79,7 +85,8 @@ public static class EvalCommand
                 {
                     if (refPath is not null && LogitsFile.IsLogitsFile(refPath))
                     {
-                        if (refKvText is not null) throw new UsageException("--kl-kv-type applies to a reference model, not to a saved logits file.");
+                        if (refKvText is not null || refBitsText is not null)
+                            throw new UsageException($"{(refKvText is not null ? "--kl-kv-type" : "--kl-activation-bits")} applies to a reference model, not to a saved logits file.");
                         refFile = new LogitsFileReader(refPath);
                         refDescription = $"{refPath} (saved logits, {(refFile.Header.TopK == 0 ? "full rows" : $"top {refFile.Header.TopK}")}; {refFile.Header.Notes})";
                         // A saved run fixes the windows: take its settings unless given.
@@ -88,7 +95,7 @@ public static class EvalCommand
                         if (window > weights.Config.ContextLength)
                             throw new UsageException($"{refPath} was saved with --ctx {window}, longer than this model's context of {weights.Config.ContextLength} tokens.");
                     }
-                    else if (refPath is not null || refKvText is not null)
+                    else if (refPath is not null || refKvText is not null || refBitsText is not null)
                     {
                         var refKv = refKvText is null ? KvCacheType.F32 : ModelOptions.ParseKvType(refKvText);
                         if (refPath is not null)
@@ -99,13 +106,17 @@ public static class EvalCommand
                                 throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");
                             if (t2 is not null && !t2.Encode(text, addBos: false).AsSpan().SequenceEqual(tokens))
                                 throw new UsageException($"--kl-reference {refPath} tokenizes the text differently from {weights.SourcePath}; KL needs the same tokens.");
+                            ModelOptions.ApplyActivationBits(w2, refBitsText);
                             refEngine = new Transformer(w2, Math.Min(window, 128), pool);
-                            refDescription = $"{refPath} (KV {refKv.ToString().ToLowerInvariant()})";
+                            refDescription = $"{refPath} (KV {refKv.ToString().ToLowerInvariant()}, activation bits {refEngine.ActivationBits})";
                         }
                         else
                         {
                             refEngine = new Transformer(weights, Math.Min(window, 128), pool);
-                            refDescription = $"this model with KV {refKv.ToString().ToLowerInvariant()}";
+                            // Without --kl-activation-bits the variant keeps the file's widths (not this run's override).
+                            refEngine.ActivationBits = (refBitsText is null ? fileBits : ActivationBits.Parse(refBitsText, weights.Config.Layers, fileBits))
+                                ?? ActivationBits.Uniform(weights.Config.Layers);
+                            refDescription = $"this model with KV {refKv.ToString().ToLowerInvariant()}, activation bits {refEngine.ActivationBits}";
                         }
                         reference = KlReference.FromEngine(refEngine, refKv);
                     }
@@ -162,6 +173,7 @@ public static class EvalCommand
                         w.WriteString("model", weights.SourcePath);
                         w.WriteString("data", Path.GetFullPath(dataPath));
                         w.WriteString("kv_type", kv.ToString().ToLowerInvariant());
+                        w.WriteString("activation_bits", engine.ActivationBits.ToString());
                         w.WriteNumber("tokens", tokens.Length);
                         w.WriteNumber("ctx", window);
                         w.WriteNumber("stride", step);
@@ -196,7 +208,7 @@ public static class EvalCommand
                 }
                 var table = new Table().Border(TableBorder.Rounded).AddColumn("Property").AddColumn("Value");
                 void Row(string k, string v) => table.AddRow(new Text(k), new Text(v));
-                Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()})");
+                Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()}, activation bits {engine.ActivationBits})");
                 Row("data", $"{dataPath} ({tokens.Length:N0} tokens)");
                 Row("windows", string.Create(CultureInfo.InvariantCulture, $"{result.Windows} × {window} tokens, stride {step}"));
                 Row("scored", $"{result.ScoredTokens:N0} tokens, {result.ScoredBytes:N0} bytes");

@@ -40,7 +40,7 @@ public static class GenerateCommand
             if (text is null == ids is null)
                 throw new UsageException("give exactly one of --prompt TEXT or --prompt-ids 1,2,3.");
             var parameters = sampling.Parse(result);
-            var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(result.GetValue(model.Model)));
+            var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             int[] promptTokens;
             if (ids is not null) promptTokens = ModelOptions.ParseIds(ids);

@@ -70,6 +70,7 @@ public static class InspectCommand
         Row("name", s.Name);
         if (s.FileType is { } ft) Row("file type", ft.ToString(CultureInfo.InvariantCulture) + (ft == 40 ? " (mostly I2_S)" : ""));
         if (s.Quantization is not null) Row("quantization", s.Quantization);
+        Row("activation bits", s.ActivationBits is { } bits ? $"{bits} (from the file; --activation-bits overrides)" : "8 (every BitLinear input)");
         Row("embedding length", Int(h.EmbeddingLength));
         Row("layers", Int(h.BlockCount));
         Row("heads / kv heads", $"{Int(h.HeadCount)} / {Int(h.HeadCountKv)}");

@@ -16,13 +16,54 @@ public sealed class ModelOptions
     public Option<int> Context { get; } = new("--ctx", "-c") { Description = "Context length to allocate (default: the model's)." };
     public Option<string> KvType { get; } = new("--kv-type") { Description = "KV-cache element type: f32, f16, int8 or fp8.", DefaultValueFactory = _ => "f16" };
 
+    public Option<string?> ActivationBitsSpec { get; } = NewActivationBitsOption();
+
+    public static Option<string?> NewActivationBitsOption(string name = "--activation-bits") => new(name)
+    {
+        Description = "Activation bit widths (8, 6, 5, 4, 3, 2) of the BitLinear inputs, over the model file's: 4 (all), "
+            + "8,8,4,4 (per layer), qkv=4,gate_up=4 (per input), 2:down=6 (one layer's input).",
+    };
+
     public void AddTo(Command command)
     {
         command.Options.Add(Model);
         command.Options.Add(Threads);
         command.Options.Add(Context);
         command.Options.Add(KvType);
+        command.Options.Add(ActivationBitsSpec);
     }
+
+    /// <summary>Loads the model of -m (or the bundled one) with --activation-bits applied.</summary>
+    public (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(ParseResult r)
+    {
+        var (weights, tokenizer) = Load(ResolveModel(r.GetValue(Model)));
+        try
+        {
+            ApplyActivationBits(weights, r.GetValue(ActivationBitsSpec));
+            return (weights, tokenizer);
+        }
+        catch
+        {
+            weights.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Parses a bit-width spec over the weights' own widths (a usage error names the bad item).</summary>
+    public static ActivationBits? ParseActivationBits(ModelWeights weights, string? spec)
+    {
+        if (spec is null) return weights.ActivationBits;
+        try
+        {
+            return ActivationBits.Parse(spec, weights.Config.Layers, weights.ActivationBits);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
+    public static void ApplyActivationBits(ModelWeights weights, string? spec) => weights.ActivationBits = ParseActivationBits(weights, spec);
 
     /// <summary>The model path from -m, else the bundled model next to the tool or in the repository's models/.</summary>
     public static string ResolveModel(string? path)

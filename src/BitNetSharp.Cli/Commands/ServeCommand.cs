@@ -41,6 +41,7 @@ public static class ServeCommand
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
         {
             string path = ModelOptions.ResolveModel(result.GetValue(model.Model));
+            string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
             var generator = model.Generator(result);
             int seqs = result.GetValue(maxSeqs);
             var scheduler = new SchedulerOptions
@@ -83,6 +84,15 @@ public static class ServeCommand
                 LoadModel = () =>
                 {
                     var (weights, tokenizer) = ModelOptions.Load(path);
+                    try
+                    {
+                        ModelOptions.ApplyActivationBits(weights, bitsSpec);
+                    }
+                    catch
+                    {
+                        weights.Dispose();
+                        throw;
+                    }
                     return new LoadedModel(weights, tokenizer, id);
                 },
             };

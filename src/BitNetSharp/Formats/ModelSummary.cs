@@ -69,6 +69,9 @@ public sealed class ModelSummary
     public string? Quantization { get; init; }
 
     public int MetadataCount { get; init; }
+
+    /// <summary>The activation bit widths the file asks for (<see cref="Model.ActivationBits"/> spec), or null (8 everywhere).</summary>
+    public string? ActivationBits { get; init; }
     public required ModelHyperParameters HyperParameters { get; init; }
     public required TokenizerSummary Tokenizer { get; init; }
     public required IReadOnlyList<TensorSummary> Tensors { get; init; }
@@ -174,6 +177,7 @@ public sealed class ModelSummary
             Name = m.TryGetString("general.name", out var name) ? name : null,
             FileType = m.TryGetUInt32("general.file_type", out var ft) ? ft : null,
             MetadataCount = m.Count,
+            ActivationBits = hyper.BlockCount is { } layers && Model.ActivationBits.FromGguf(file, layers) is { } bits ? bits.ToString() : null,
             HyperParameters = hyper,
             Tokenizer = tokenizer,
             Tensors = tensors,
@@ -290,6 +294,7 @@ public sealed class ModelSummary
         if (FileType is { } ft) w.WriteNumber("file_type", ft); else w.WriteNull("file_type");
         WriteNullable(w, "quantization", Quantization);
         w.WriteNumber("metadata_count", MetadataCount);
+        WriteNullable(w, "activation_bits", ActivationBits);
 
         w.WriteStartObject("hyperparameters");
         var h = HyperParameters;

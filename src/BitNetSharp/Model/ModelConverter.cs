@@ -77,7 +77,8 @@ public static class ModelConverter
         if (source is not null)
         {
             foreach (var (key, value) in source.Entries)
-                if (key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(key, value);
+                if (key.StartsWith("tokenizer.", StringComparison.Ordinal)
+                    || (key.StartsWith("bitnetsharp.", StringComparison.Ordinal) && key != ActivationBits.GgufKey)) w.Add(key, value);
         }
         else if (tokenizer is not null)
         {
@@ -85,6 +86,9 @@ public static class ModelConverter
                 throw new ArgumentException($"the tokenizer has {tokenizer.VocabularySize} tokens but the model's embedding only {c.VocabSize} rows; they do not belong together.");
             BitNetSharp.Tokenization.GgufTokenizerWriter.Write(tokenizer, w);
         }
+
+        // The widths the weights carry now (the file's, or an override set on them).
+        weights.ActivationBits?.WriteTo(w);
 
         int total = 2 + (weights.TiedOutput ? 0 : 1) + c.Layers * (c.HasSubNorms ? 11 : 9), done = 0;
         void Step() => progress?.Invoke(++done, total);

@@ -51,6 +51,23 @@ public sealed class ModelWeights : IDisposable
     }
 
     public ModelConfig Config { get; }
+
+    private ActivationBits? _activationBits;
+
+    /// <summary>
+    /// The activation bit widths engines built on these weights start with: the file's (<see cref="ActivationBits.GgufKey"/>),
+    /// an override (<c>--activation-bits</c>), or null (8 everywhere).
+    /// </summary>
+    public ActivationBits? ActivationBits
+    {
+        get => _activationBits;
+        set
+        {
+            if (value is not null && value.Layers != Config.Layers)
+                throw new ArgumentException($"Activation bit widths for {value.Layers} layers; the model has {Config.Layers}.", nameof(value));
+            _activationBits = value;
+        }
+    }
     public EmbeddingTable TokenEmbedding { get; }
 
     /// <summary>The output head; the same object as <see cref="TokenEmbedding"/> when the model ties them.</summary>
@@ -100,7 +117,10 @@ public sealed class ModelWeights : IDisposable
                     Down = Projection(file, p + "ffn_down.weight", c.Dim, c.FeedForward),
                 });
             }
-            return new ModelWeights(c, embd, output, Vector(file, "output_norm.weight", c.Dim), [.. layers], file.FilePath, ownsFile ? [file] : []);
+            return new ModelWeights(c, embd, output, Vector(file, "output_norm.weight", c.Dim), [.. layers], file.FilePath, ownsFile ? [file] : [])
+            {
+                ActivationBits = ActivationBits.FromGguf(file, c.Layers),
+            };
         }
         catch
         {

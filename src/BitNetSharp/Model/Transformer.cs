@@ -64,9 +64,41 @@ public sealed unsafe class Transformer : IDisposable
         _attention = new AttentionWork(_c, _pool.ThreadCount);
         _head = new HeadWork(weights.Output);
         _stages = new TokenStageWork(this);
+        ActivationBits = weights.ActivationBits ?? ActivationBits.Uniform(_c.Layers);
     }
 
     public ModelConfig Config => _c;
+
+    private ActivationBits? _bits; // null while every input is 8-bit: the quantizer call stays as it always was
+
+    /// <summary>
+    /// The activation bit width of every BitLinear input (default: the model file's <see cref="ActivationBits.GgufKey"/>,
+    /// else 8 everywhere). Set it between forward calls.
+    /// </summary>
+    public ActivationBits ActivationBits
+    {
+        get => _bits ?? ActivationBits.Uniform(_c.Layers);
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            if (value.Layers != _c.Layers) throw new ArgumentException($"Activation bit widths for {value.Layers} layers; the model has {_c.Layers}.", nameof(value));
+            _bits = value.AllEight ? null : value;
+        }
+    }
+
+    /// <summary>Quantizes one BitLinear input at its bit width; returns the largest code (127 at 8 bits).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private int QuantizeInput(int layer, BitLinearInput input, ReadOnlySpan<float> x, QuantizedActivations dst, int t)
+    {
+        if (_bits is not { } bits)
+        {
+            Int8ActivationQuantizer.Quantize(x, dst, t);
+            return 127;
+        }
+        int b = bits[layer, input];
+        LowBitActivationQuantizer.Quantize(x, dst, t, b);
+        return ActivationBits.MaxCode(b);
+    }
     public int MaxBatchTokens { get; }
     public WorkerPool Pool => _pool;
     public TernaryKernel Kernel => _kernel;
@@ -253,9 +285,9 @@ public sealed unsafe class Transformer : IDisposable
                 p?.LapStart(worker);
                 RmsNorm.Apply(Row(_x, t, dim), lw.AttnNorm, Row(_xb, t, dim), _c.RmsEps);
                 p?.Lap(worker, ProfileOp.Norm);
-                Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+                int qkvMax = QuantizeInput(layer, BitLinearInput.Qkv, Row(_xb, t, dim), _qDim, t);
                 p?.Lap(worker, ProfileOp.Quantize);
-                health?.Quantized(layer, BitLinearInput.Qkv, t, Row(_xb, t, dim), _qDim.RowSpan(t));
+                health?.Quantized(layer, BitLinearInput.Qkv, t, Row(_xb, t, dim), _qDim.RowSpan(t), qkvMax);
                 break;
             case Stage_Rope:
             {
@@ -271,9 +303,9 @@ public sealed unsafe class Transformer : IDisposable
                 var a = Row(_att, t, qDim);
                 if (lw.AttnSubNorm is { } sub) RmsNorm.Apply(a, sub, a, _c.RmsEps);
                 p?.Lap(worker, ProfileOp.Norm);
-                Int8ActivationQuantizer.Quantize(a, _qAtt, t);
+                int oMax = QuantizeInput(layer, BitLinearInput.O, a, _qAtt, t);
                 p?.Lap(worker, ProfileOp.Quantize);
-                health?.Quantized(layer, BitLinearInput.O, t, a, _qAtt.RowSpan(t));
+                health?.Quantized(layer, BitLinearInput.O, t, a, _qAtt.RowSpan(t), oMax);
                 break;
             }
             case Stage_ResidualFfnIn:
@@ -281,9 +313,9 @@ public sealed unsafe class Transformer : IDisposable
                 p?.Lap(worker, ProfileOp.Residual);
                 RmsNorm.Apply(Row(_x, t, dim), lw.FfnNorm, Row(_xb, t, dim), _c.RmsEps);
                 p?.Lap(worker, ProfileOp.Norm);
-                Int8ActivationQuantizer.Quantize(Row(_xb, t, dim), _qDim, t);
+                int gateupMax = QuantizeInput(layer, BitLinearInput.GateUp, Row(_xb, t, dim), _qDim, t);
                 p?.Lap(worker, ProfileOp.Quantize);
-                health?.Quantized(layer, BitLinearInput.GateUp, t, Row(_xb, t, dim), _qDim.RowSpan(t));
+                health?.Quantized(layer, BitLinearInput.GateUp, t, Row(_xb, t, dim), _qDim.RowSpan(t), gateupMax);
                 break;
             case Stage_FfnAct:
             {
@@ -293,9 +325,9 @@ public sealed unsafe class Transformer : IDisposable
                 p?.Lap(worker, ProfileOp.Activation);
                 if (lw.FfnSubNorm is { } sub) RmsNorm.Apply(g, sub, g, _c.RmsEps);
                 p?.Lap(worker, ProfileOp.Norm);
-                Int8ActivationQuantizer.Quantize(g, _qFf, t);
+                int downMax = QuantizeInput(layer, BitLinearInput.Down, g, _qFf, t);
                 p?.Lap(worker, ProfileOp.Quantize);
-                health?.Quantized(layer, BitLinearInput.Down, t, g, _qFf.RowSpan(t));
+                health?.Quantized(layer, BitLinearInput.Down, t, g, _qFf.RowSpan(t), downMax);
                 break;
             }
             default:

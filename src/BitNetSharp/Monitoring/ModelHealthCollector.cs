@@ -220,11 +220,11 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     }
 
     /// <summary>A BitLinear input <paramref name="x"/> and its int8 codes (the first x.Length of <paramref name="codes"/>).</summary>
-    internal void Quantized(int layer, BitLinearInput input, int token, ReadOnlySpan<float> x, ReadOnlySpan<sbyte> codes)
+    internal void Quantized(int layer, BitLinearInput input, int token, ReadOnlySpan<float> x, ReadOnlySpan<sbyte> codes, int maxCode = 127)
     {
         if (!Sampling) return;
         int cell = (token * _layers + layer) * HealthNames.InputCount + (int)input;
-        CountCodes(codes[..x.Length], out int saturated, out int zeros);
+        CountCodes(codes[..x.Length], out int saturated, out int zeros, maxCode);
         SumSquaresAndMax(x, out double sumSquares, out float absMax);
         _sat[cell] = (float)saturated / x.Length;
         _under[cell] = (float)zeros / x.Length;
@@ -365,16 +365,16 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         return true;
     }
 
-    /// <summary>Codes at the clamp limits (|q| ≥ 127) and codes equal to 0.</summary>
-    public static void CountCodes(ReadOnlySpan<sbyte> codes, out int saturated, out int zeros)
+    /// <summary>Codes at the clamp limits (|q| ≥ <paramref name="maxCode"/>: 127 for 8-bit activations, 2^(b−1) − 1 for b bits) and codes equal to 0.</summary>
+    public static void CountCodes(ReadOnlySpan<sbyte> codes, out int saturated, out int zeros, int maxCode = 127)
     {
         int n = codes.Length, i = 0, sat = 0, zero = 0;
         fixed (sbyte* p = codes)
         {
             if (Vector256.IsHardwareAccelerated && n >= 32)
             {
-                var hi = Vector256.Create((sbyte)127);
-                var lo = Vector256.Create((sbyte)-127);
+                var hi = Vector256.Create((sbyte)maxCode);
+                var lo = Vector256.Create((sbyte)-maxCode);
                 for (; i <= n - 32; i += 32)
                 {
                     var v = Vector256.Load(p + i);
@@ -386,7 +386,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             {
                 int v = p[i];
                 if (v == 0) zero++;
-                else if (v >= 127 || v <= -127) sat++;
+                else if (v >= maxCode || v <= -maxCode) sat++;
             }
         }
         saturated = sat;

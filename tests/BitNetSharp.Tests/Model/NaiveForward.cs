@@ -1,3 +1,4 @@
+using BitNetSharp.Monitoring;
 using BitNetSharp.Kernels;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
@@ -31,6 +32,68 @@ internal sealed class NaiveForward
         double ss = x.Sum(v => v * v) / x.Length;
         double inv = 1.0 / Math.Sqrt(ss + eps);
         return x.Select((v, i) => v * inv * w[i]).ToArray();
+    }
+
+    /// <summary>Activation bit widths per layer and input (null: 8 everywhere); b &lt; 8 quantizes with <see cref="ExactLowBit"/>.</summary>
+    public ActivationBits? Bits { get; init; }
+
+    private double[] Linear(float[] w, int rows, int cols, double[] x, int layer, BitLinearInput input)
+    {
+        int bits = Bits?[layer, input] ?? 8;
+        return bits == 8 ? Linear(w, rows, cols, x) : LinearLowBit(w, rows, cols, x, bits);
+    }
+
+    /// <summary>
+    /// b-bit absmax quantization written independently of the engine: round half to even of the real quotient
+    /// x·m/γ (m = 2^(b−1) − 1, γ = max(max|x|, 1e−5)), computed on exact rationals (BigInteger).
+    /// </summary>
+    internal static int ExactLowBit(float x, double gamma, int m)
+    {
+        static (System.Numerics.BigInteger Mantissa, int Exponent) Dyadic(double d)
+        {
+            if (d == 0) return (0, 0);
+            int e = Math.ILogB(d) - 52;
+            return (new System.Numerics.BigInteger(Math.ScaleB(d, -e)), e); // |d|·2^−e < 2^53: an exact integer
+        }
+        var (xn, xe) = Dyadic(x);
+        var (gn, ge) = Dyadic(gamma);
+        var num = xn * m;
+        var den = gn;
+        int shift = xe - ge;
+        if (shift >= 0) num <<= shift; else den <<= -shift;
+        var q = System.Numerics.BigInteger.DivRem(num, den, out var r);
+        if (r < 0) { q -= 1; r += den; } // floor
+        int c = (2 * r).CompareTo(den);
+        if (c > 0 || (c == 0 && !q.IsEven)) q += 1;
+        return (int)System.Numerics.BigInteger.Max(-m - 1, System.Numerics.BigInteger.Min(m, q));
+    }
+
+    /// <summary>
+    /// In the last <see cref="Step"/>, the smallest distance (in code units) of any b &lt; 8 input's x·m/γ from a rounding
+    /// boundary: where it is tiny, the engine's fp32 input may legitimately round to the neighbouring code.
+    /// </summary>
+    public double LowBitMargin { get; private set; } = double.PositiveInfinity;
+
+    private double[] LinearLowBit(float[] w, int rows, int cols, double[] x, int bits)
+    {
+        var xf = x.Select(v => (float)v).ToArray();
+        int m = (1 << (bits - 1)) - 1;
+        double gamma = Math.Max(xf.Max(v => (double)Math.Abs(v)), 1e-5);
+        var q = xf.Select(v => ExactLowBit(v, gamma, m)).ToArray();
+        foreach (float v in xf)
+        {
+            double code = v * (double)m / gamma;
+            LowBitMargin = Math.Min(LowBitMargin, Math.Abs(Math.Abs(code - Math.Floor(code)) - 0.5));
+        }
+        float s = (float)(m / gamma);
+        var y = new double[rows];
+        for (int r = 0; r < rows; r++)
+        {
+            double acc = 0;
+            for (int c = 0; c < cols; c++) acc += w[r * cols + c] * (double)q[c];
+            y[r] = acc / s;
+        }
+        return y;
     }
 
     /// <summary>BitLinear: per-token int8 fake quantization of the input, then the dequantized ternary matrix.</summary>
@@ -68,6 +131,7 @@ internal sealed class NaiveForward
     /// <summary>Logits of the token at <paramref name="pos"/> (positions must be fed in order from 0).</summary>
     public double[] Step(int token, int pos)
     {
+        LowBitMargin = double.PositiveInfinity;
         var c = _c;
         var row = new float[c.Dim];
         _w.TokenEmbedding.GetRow(token, row);
@@ -77,9 +141,9 @@ internal sealed class NaiveForward
             var lw = _w.Layers[l];
             var d = _dense[l];
             var a = RmsNorm(h, lw.AttnNorm, c.RmsEps);
-            var q = Linear(d[0], c.QDim, c.Dim, a);
-            var k = Linear(d[1], c.KvDim, c.Dim, a);
-            var v = Linear(d[2], c.KvDim, c.Dim, a);
+            var q = Linear(d[0], c.QDim, c.Dim, a, l, BitLinearInput.Qkv);
+            var k = Linear(d[1], c.KvDim, c.Dim, a, l, BitLinearInput.Qkv);
+            var v = Linear(d[2], c.KvDim, c.Dim, a, l, BitLinearInput.Qkv);
             for (int hh = 0; hh < c.Heads; hh++) Rope(q, hh * c.HeadDim, pos);
             for (int hh = 0; hh < c.KvHeads; hh++) Rope(k, hh * c.HeadDim, pos);
             _k[l].Add(k);
@@ -103,19 +167,19 @@ internal sealed class NaiveForward
                     att[hh * c.HeadDim + i] += e[p] / sum * _v[l][p][kv * c.HeadDim + i];
             }
             if (lw.AttnSubNorm is { } asn) att = RmsNorm(att, asn, c.RmsEps);
-            var o = Linear(d[3], c.Dim, c.QDim, att);
+            var o = Linear(d[3], c.Dim, c.QDim, att, l, BitLinearInput.O);
             for (int i = 0; i < c.Dim; i++) h[i] += o[i];
 
             var f = RmsNorm(h, lw.FfnNorm, c.RmsEps);
-            var g = Linear(d[4], c.FeedForward, c.Dim, f);
-            var u = Linear(d[5], c.FeedForward, c.Dim, f);
+            var g = Linear(d[4], c.FeedForward, c.Dim, f, l, BitLinearInput.GateUp);
+            var u = Linear(d[5], c.FeedForward, c.Dim, f, l, BitLinearInput.GateUp);
             var m = new double[c.FeedForward];
             for (int i = 0; i < m.Length; i++)
                 m[i] = c.Activation == FeedForwardActivation.ReluSquared
                     ? Math.Pow(Math.Max(g[i], 0), 2) * u[i]
                     : g[i] / (1 + Math.Exp(-g[i])) * u[i];
             if (lw.FfnSubNorm is { } fsn) m = RmsNorm(m, fsn, c.RmsEps);
-            var down = Linear(d[6], c.Dim, c.FeedForward, m);
+            var down = Linear(d[6], c.Dim, c.FeedForward, m, l, BitLinearInput.Down);
             for (int i = 0; i < c.Dim; i++) h[i] += down[i];
         }
         var hn = RmsNorm(h, _w.OutputNorm, c.RmsEps);

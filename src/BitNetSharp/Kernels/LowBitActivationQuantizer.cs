@@ -1,0 +1,73 @@
+using System.Runtime.CompilerServices;
+using BitNetSharp.Model;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Kernels;
+
+/// <summary>
+/// Per-token absmax activation quantization to b ∈ {6, 5, 4, 3, 2} bits (BitNet a4.8 / v2 use 4): with
+/// m = 2^(b−1) − 1 and γ = max(max|x|, 1e−5) in double, s_x = (float)(m/γ) and q = round_half_even(x·m/γ) with x·m/γ
+/// the exact real quotient, so the codes lie in [−m, m] and the int8 kernels run unchanged (they divide by s_x).
+/// b = 8 is <see cref="Int8ActivationQuantizer"/> itself, bit for bit. The low widths are an experiment and a
+/// calibration target, not the hot path: the loop is scalar, in double, exact by construction.
+/// </summary>
+public static class LowBitActivationQuantizer
+{
+    /// <summary>Quantizes one token into row <paramref name="token"/> of <paramref name="dst"/> at <paramref name="bits"/> bits.</summary>
+    public static void Quantize(ReadOnlySpan<float> x, QuantizedActivations dst, int token, int bits)
+    {
+        if (bits == 8)
+        {
+            Int8ActivationQuantizer.Quantize(x, dst, token);
+            return;
+        }
+        if (x.Length != dst.Cols)
+            throw new ArgumentException($"Activation row has {x.Length} values; the quantized buffer expects {dst.Cols}.", nameof(x));
+        if ((uint)token >= (uint)dst.MaxTokens) throw new ArgumentOutOfRangeException(nameof(token));
+        Quantize(x, dst.RowSpan(token), out dst.Scales[token], out dst.Sums[token], bits);
+    }
+
+    /// <summary><paramref name="q"/> past x.Length is zeroed (kernel padding).</summary>
+    public static void Quantize(ReadOnlySpan<float> x, Span<sbyte> q, out float scale, out int sum, int bits)
+    {
+        if (bits == 8)
+        {
+            Int8ActivationQuantizer.Quantize(x, q, out scale, out sum);
+            return;
+        }
+        if (Array.IndexOf(ActivationBits.Allowed, bits) < 0) throw new ArgumentOutOfRangeException(nameof(bits), bits, $"Bit widths are {string.Join(", ", ActivationBits.Allowed)}.");
+        if (q.Length < x.Length) throw new ArgumentException("Output is shorter than the input.", nameof(q));
+        int max = ActivationBits.MaxCode(bits);
+        double gamma = Math.Max((double)Int8ActivationQuantizer.AbsMax(x), Int8ActivationQuantizer.AbsMaxFloor);
+        scale = (float)(max / gamma);
+        int s = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            int v = ExactCode(x[i], gamma, max);
+            q[i] = (sbyte)v;
+            s += v;
+        }
+        sum = s;
+        q[x.Length..].Clear();
+    }
+
+    /// <summary>
+    /// round_half_even(x·m/γ) of the real quotient, clamped to [−m−1, m]: x·m is exact in double (24 + 7 significant
+    /// bits), the division is correctly rounded and rounding is monotonic, so the double quotient rounds like the
+    /// real one unless it is exactly a half-integer; there the residual d·γ − x·m, exact in a fused multiply-add,
+    /// says whether the real quotient is that tie or which side of it it lies on.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int ExactCode(float x, double gamma, int maxCode)
+    {
+        double p = x * (double)maxCode;
+        double d = p / gamma;
+        double r = Math.Round(d);
+        if (Math.Abs(d - r) == 0.5)
+        {
+            double residual = Math.FusedMultiplyAdd(d, gamma, -p);
+            if (residual != 0) r = residual > 0 ? Math.Floor(d) : Math.Ceiling(d);
+        }
+        return Math.Clamp((int)r, -maxCode - 1, maxCode);
+    }
+}
