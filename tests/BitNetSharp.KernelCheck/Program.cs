@@ -80,24 +80,45 @@ unsafe string? CompareBinary(BinaryKernel kernel, Random rng)
     return null;
 }
 
+// Exact ties (issue #15), bf16-valued: with absmax 127/64, x = ±j/128 for odd j is the tie ±j/2, whose code is the even
+// neighbour; with absmax 2.375, x = ±2.375·j/254 where that is a float is a tie too (−1.1875 → −63.5 → −64), and fp32's
+// x·fl(127/2.375) misses it.
+float[] Ties(Random rng, int k, float absMax)
+{
+    var x = new float[k];
+    x[0] = absMax;
+    for (int i = 1; i < k; i++)
+    {
+        float t;
+        do t = (float)(absMax * (2.0 * rng.Next(127) + 1) / 254); while ((double)t * 254 != absMax * Math.Round((double)t * 254 / absMax));
+        x[i] = rng.Next(2) == 0 ? t : -t;
+    }
+    return x;
+}
+
 string? CompareQuantizer(Random rng)
 {
     foreach (int k in new[] { 1, 15, 16, 33, 2560, 6913 })
-    for (int pattern = 0; pattern < 4; pattern++)
+    for (int pattern = 0; pattern < 6; pattern++)
     {
-        var x = Activations(rng, k, pattern);
+        var x = pattern switch { 4 => Ties(rng, k, 127f / 64), 5 => Ties(rng, k, 2.375f), _ => Activations(rng, k, pattern) };
         var a = new sbyte[k];
         var b = new sbyte[k];
         Int8ActivationQuantizer.QuantizeReference(x, a, out float s1, out int sum1);
         Int8ActivationQuantizer.Quantize(x, b, out float s2, out int sum2);
         if (s1 != s2 || sum1 != sum2 || !a.AsSpan().SequenceEqual(b)) return $"K={k} pattern={pattern} differs";
+        if (pattern == 4)
+            for (int i = 1; i < k; i++)
+                if (b[i] != (int)Math.Round(x[i] * 64.0, MidpointRounding.ToEven)) return $"K={k} tie {x[i]}·127/γ = {x[i] * 64.0} coded {b[i]}";
     }
-    return null;
+    var q = new sbyte[2];
+    Int8ActivationQuantizer.Quantize([2.375f, -1.1875f], q, out _, out _);
+    return q[1] == -64 ? null : $"−1.1875 with absmax 2.375 (−63.5) coded {q[1]}, not −64";
 }
 
 var random = new Random(2024);
 foreach (var kernel in KernelRegistry.SupportedTernary) Report($"ternary {kernel.Name}", CompareTernary(kernel, random));
 foreach (var kernel in KernelRegistry.SupportedBinary) Report($"binary {kernel.Name}", CompareBinary(kernel, random));
-Report("activation quantizer (SIMD vs reference)", CompareQuantizer(random));
+Report("activation quantizer (SIMD vs reference, exact ties)", CompareQuantizer(random));
 Console.WriteLine($"kernel-check: {passed} passed, {failed} failed");
 return failed == 0 ? 0 : 1;

@@ -31,7 +31,7 @@ public sealed unsafe class QuantizedActivations : IDisposable
     /// <summary>Tokens currently held (≤ MaxTokens).</summary>
     public int Tokens { get; set; }
 
-    /// <summary>s_x per token: q = round(x · s_x).</summary>
+    /// <summary>s_x = (float)(127/γ) per token; q = round(x·127/γ) of the exact quotient (see <see cref="Kernels.Int8ActivationQuantizer"/>).</summary>
     public float[] Scales { get; }
 
     /// <summary>Σ q per token.</summary>

@@ -45,6 +45,7 @@ public class BundledModelTests
             // Relative 1e-4: the order of fp32 sums differs between vector widths (the 512-bit attention sums 16 positions
             // together, AVX2 does not), which moves the perplexity by ~5e-5 relative; a model change moves it far more.
             double ppl = expected.GetProperty("perplexity").GetDouble();
+            TestContext.Current.TestOutputHelper?.WriteLine($"eval: perplexity {r.GetProperty("perplexity").GetDouble():R} bits_per_byte {r.GetProperty("bits_per_byte").GetDouble():R} nll {r.GetProperty("nll_nats_per_token").GetDouble():R}");
             Assert.InRange(r.GetProperty("perplexity").GetDouble(), ppl * (1 - 1e-4), ppl * (1 + 1e-4));
             Assert.Equal(expected.GetProperty("bits_per_byte").GetDouble(), r.GetProperty("bits_per_byte").GetDouble(), 4);
         }

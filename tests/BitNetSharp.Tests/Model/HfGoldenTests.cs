@@ -90,6 +90,7 @@ public class HfGoldenTests
     private static void AssertMatchesTransformers(string what, Expected e, float[][] logits, int[] greedy)
     {
         double worst = WorstRelative(e, logits);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{what}: max |Δlogit| / range = {worst:E2}");
         Assert.True(worst <= Tolerance, $"{what}: max |Δlogit| / range = {worst:E2}, over {Tolerance:E0}");
         Assert.True(e.Greedy.SequenceEqual(greedy), $"{what}: greedy {string.Join(",", greedy)}, transformers {string.Join(",", e.Greedy)}");
     }
@@ -183,6 +184,7 @@ public class HfGoldenTests
             using var logits = JsonDocument.Parse(File.ReadAllText(logitsPath));
             var rows = logits.RootElement.GetProperty("logits").EnumerateArray().Select(r => r.EnumerateArray().Select(x => x.GetSingle()).ToArray()).ToArray();
             double worst = WorstRelative(e, rows);
+            TestContext.Current.TestOutputHelper?.WriteLine($"bitnet generate {Variant}: max |Δlogit| / range = {worst:E2}");
             Assert.True(worst <= Tolerance, $"max |Δlogit| / range = {worst:E2}");
         }
         finally

@@ -1,4 +1,3 @@
-using System.Runtime.Intrinsics;
 using BitNetSharp.Kernels;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
@@ -11,7 +10,7 @@ namespace BitNetSharp.Training.Layers;
 /// <item>weights ternarized per tensor by absmean: β = max(mean|W|, 1e−5) (<see cref="AbsmeanTernarizer.Beta"/>),
 /// T = clamp(round_half_even(W · (1/β)), −1, 1) (<see cref="AbsmeanTernarizer.Ternary"/>), W̃ = β·T;</item>
 /// <item>activations fake-quantized per token exactly as <see cref="Int8ActivationQuantizer"/>:
-/// s_x = 127 / max(max|x|, 1e−5), q = clamp(round_half_even(x·s_x), −128, 127), x̃ = q / s_x.</item>
+/// s_x = 127 / max(max|x|, 1e−5), q = clamp(round_half_even(x·127/γ), −128, 127) of the exact quotient, x̃ = q / s_x.</item>
 /// </list>
 /// The forward product is computed as the engine does, y = (Σ_k T_ok·q_k) / s_x · β with the integer sum exact in
 /// fp32, so it is bit-identical to the ternary kernels on the exported model.
@@ -135,18 +134,7 @@ public sealed unsafe class BitLinear : IParallelWork
                 _scale[t] = 1f;
                 continue;
             }
-            float s = Int8ActivationQuantizer.ScaleFor(Int8ActivationQuantizer.AbsMax(new ReadOnlySpan<float>(x, n)));
-            _scale[t] = s;
-            int i = 0;
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var vs = Vector256.Create(s);
-                var lo = Vector256.Create(-128f);
-                var hi = Vector256.Create(127f);
-                for (; i <= n - 8; i += 8)
-                    Vector256.Clamp(Vector256.Round(Vector256.Load(x + i) * vs), lo, hi).Store(q + i);
-            }
-            for (; i < n; i++) q[i] = Math.Clamp(MathF.Round(x[i] * s), -128f, 127f);
+            _scale[t] = Int8ActivationQuantizer.QuantizeToFloatCodes(new ReadOnlySpan<float>(x, n), new Span<float>(q, n));
         }
     }
 }
