@@ -42,18 +42,27 @@ public static unsafe class Int8ActivationQuantizer
     public static float ScaleFor(float absMax) => (float)(127.0 / Gamma(absMax));
 
     /// <summary>clamp(round_half_even(x·127/γ), −128, 127) with x·127/γ the real quotient (see the class remarks).</summary>
-    public static int ExactCode(float x, double gamma)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int ExactCode(float x, double gamma) => ExactCode(x, gamma, 127);
+
+    /// <summary>
+    /// round_half_even(x·m/γ) of the real quotient, clamped to [−m−1, m] (m = 127 here; 2^(b−1) − 1 for b-bit
+    /// activations, see <see cref="LowBitActivationQuantizer"/>): x·m is exact in double (24 + 7 significant bits), the
+    /// division is correctly rounded and rounding is monotonic, so the double quotient rounds like the real one unless
+    /// it is exactly a half-integer; there the residual d·γ − x·m, exact in a fused multiply-add, is zero only if the
+    /// real quotient is that tie, and otherwise says on which side of it the real quotient lies.
+    /// </summary>
+    public static int ExactCode(float x, double gamma, int maxCode)
     {
-        double p = x * 127.0;
+        double p = x * (double)maxCode;
         double d = p / gamma;
         double r = Math.Round(d);
         if (Math.Abs(d - r) == 0.5)
         {
-            // d·γ − p with the product unrounded: zero only if the real quotient is the tie d itself.
             double residual = Math.FusedMultiplyAdd(d, gamma, -p);
             if (residual != 0) r = residual > 0 ? Math.Floor(d) : Math.Ceiling(d);
         }
-        return Math.Clamp((int)r, -128, 127);
+        return Math.Clamp((int)r, -maxCode - 1, maxCode);
     }
 
     /// <summary>Quantizes one token into row <paramref name="token"/> of <paramref name="dst"/>.</summary>

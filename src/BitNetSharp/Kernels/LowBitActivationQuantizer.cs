@@ -1,4 +1,3 @@
-using System.Runtime.CompilerServices;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 
@@ -43,31 +42,11 @@ public static class LowBitActivationQuantizer
         int s = 0;
         for (int i = 0; i < x.Length; i++)
         {
-            int v = ExactCode(x[i], gamma, max);
+            int v = Int8ActivationQuantizer.ExactCode(x[i], gamma, max);
             q[i] = (sbyte)v;
             s += v;
         }
         sum = s;
         q[x.Length..].Clear();
-    }
-
-    /// <summary>
-    /// round_half_even(x·m/γ) of the real quotient, clamped to [−m−1, m]: x·m is exact in double (24 + 7 significant
-    /// bits), the division is correctly rounded and rounding is monotonic, so the double quotient rounds like the
-    /// real one unless it is exactly a half-integer; there the residual d·γ − x·m, exact in a fused multiply-add,
-    /// says whether the real quotient is that tie or which side of it it lies on.
-    /// </summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static int ExactCode(float x, double gamma, int maxCode)
-    {
-        double p = x * (double)maxCode;
-        double d = p / gamma;
-        double r = Math.Round(d);
-        if (Math.Abs(d - r) == 0.5)
-        {
-            double residual = Math.FusedMultiplyAdd(d, gamma, -p);
-            if (residual != 0) r = residual > 0 ? Math.Floor(d) : Math.Ceiling(d);
-        }
-        return Math.Clamp((int)r, -maxCode - 1, maxCode);
     }
 }

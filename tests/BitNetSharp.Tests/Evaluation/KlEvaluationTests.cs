@@ -190,7 +190,7 @@ public class KlEvaluationTests
         var (code, output, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--kv-type", "fp8", "--kl-kv-type", "f32", "--json", "-t", "2");
         Assert.True(code == 0, error);
         var kl = JsonDocument.Parse(output).RootElement.GetProperty("kl");
-        Assert.Equal("this model with KV f32", kl.GetProperty("reference").GetString());
+        Assert.Equal("this model with KV f32, activation bits 8", kl.GetProperty("reference").GetString());
         Assert.InRange(kl.GetProperty("mean").GetDouble(), 1e-7, 0.1);
         double fp8Mean = kl.GetProperty("mean").GetDouble();
 

@@ -62,8 +62,8 @@ public class ActivationBitsEngineTests
         Assert.Equal((sb, sumb), (sa, suma));
         // A tie at b = 4: x = γ/14 → x·7/γ = 0.5 → 0 (even); 3γ/14 → 1.5 → 2.
         Assert.Equal(2, NaiveForward.ExactLowBit(3f, 14.0, 7));
-        Assert.Equal(2, LowBitActivationQuantizer.ExactCode(3f, 14.0, 7));
-        Assert.Equal(0, LowBitActivationQuantizer.ExactCode(1f, 14.0, 7));
+        Assert.Equal(2, Int8ActivationQuantizer.ExactCode(3f, 14.0, 7));
+        Assert.Equal(0, Int8ActivationQuantizer.ExactCode(1f, 14.0, 7));
     }
 
     /// <summary>
