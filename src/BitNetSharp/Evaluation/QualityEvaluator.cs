@@ -67,9 +67,11 @@ public static class QualityEvaluator
         return (windows, firstScored, (long)windows * (ctx - firstScored));
     }
 
+    /// <param name="windowStarts">Token offsets of the windows to score, in place of one every <paramref name="stride"/> tokens
+    /// (calibration scores a seeded sample of windows); each needs ctx + 1 tokens from its start.</param>
     public static (PerplexityResult Model, KlResult? Kl) Evaluate(Transformer engine, ReadOnlySpan<int> tokens, int ctx, int stride = 0,
         Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null,
-        KvCacheType kvType = KvCacheType.F32, KlReference? reference = null, LogitsFileWriter? save = null)
+        KvCacheType kvType = KvCacheType.F32, KlReference? reference = null, LogitsFileWriter? save = null, IReadOnlyList<int>? windowStarts = null)
     {
         var c = engine.Config;
         if (ctx < 2 || ctx > c.ContextLength) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, $"The window must be 2 to {c.ContextLength} tokens (the model's context).");
@@ -77,6 +79,13 @@ public static class QualityEvaluator
         if (stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be at most the window ({ctx}).");
         if (tokens.Length < ctx + 1) throw new ArgumentException($"The text is {tokens.Length} tokens; one window of {ctx} needs {ctx + 1}. Use a smaller --ctx or more text.", nameof(tokens));
         var (windows, firstScored, _) = Plan(tokens.Length, ctx, stride);
+        if (windowStarts is not null)
+        {
+            windows = windowStarts.Count;
+            foreach (int ws in windowStarts)
+                if (ws < 0 || ws + ctx >= tokens.Length)
+                    throw new ArgumentOutOfRangeException(nameof(windowStarts), ws, $"A window at {ws} needs {ctx + 1} tokens; the text has {tokens.Length}.");
+        }
         int vocab = c.VocabSize;
         var refEngine = reference?.Engine;
         var refFile = reference?.File;
@@ -87,7 +96,7 @@ public static class QualityEvaluator
             if (ctx > refEngine.Config.ContextLength)
                 throw new ArgumentException($"The window of {ctx} tokens is longer than the reference model's context of {refEngine.Config.ContextLength}.", nameof(reference));
         }
-        if (refFile is not null) CheckFile(refFile, vocab, ctx, stride, bosId, tokens);
+        if (refFile is not null) CheckFile(refFile, vocab, ctx, stride, bosId, tokens, (long)windows * (ctx - firstScored));
 
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ctx, kvType);
         using var refCache = refEngine is null ? null : new KvCache(refEngine.Config.Layers, refEngine.Config.KvHeads, refEngine.Config.HeadDim, ctx, reference!.KvType);
@@ -103,7 +112,7 @@ public static class QualityEvaluator
         long scored = 0, bytes = 0, agree = 0;
         for (int w = 0; w < windows; w++)
         {
-            int start = w * stride;
+            int start = windowStarts?[w] ?? w * stride;
             cache.Clear();
             refCache?.Clear();
             for (int p0 = 0; p0 < ctx; p0 += chunk)
@@ -166,7 +175,7 @@ public static class QualityEvaluator
         return (model, result);
     }
 
-    private static void CheckFile(LogitsFileReader file, int vocab, int ctx, int stride, int bos, ReadOnlySpan<int> tokens)
+    private static void CheckFile(LogitsFileReader file, int vocab, int ctx, int stride, int bos, ReadOnlySpan<int> tokens, long positions)
     {
         var h = file.Header;
         if (h.VocabSize != vocab)
@@ -175,7 +184,6 @@ public static class QualityEvaluator
             throw new ArgumentException($"{file.Path} was saved with --ctx {h.Ctx} --stride {h.Stride} (BOS {h.Bos}); this run uses --ctx {ctx} --stride {stride} (BOS {bos}). Use the file's settings.");
         if (h.TokensHash != LogitsFileHeader.HashTokens(tokens))
             throw new ArgumentException($"{file.Path} was saved from other text (or another tokenizer): its token stream's hash differs from this run's.");
-        long positions = Plan(tokens.Length, ctx, stride).Positions;
         if (h.Positions != positions)
             throw new ArgumentException($"{file.Path} holds {h.Positions} positions; this run scores {positions}.");
     }

@@ -86,10 +86,14 @@ public sealed unsafe class Transformer : IDisposable
         }
     }
 
+    /// <summary>Sees every BitLinear input before it is quantized (calibration statistics); null in normal runs. Set between forward calls.</summary>
+    public Evaluation.ActivationStatistics? Observer { get; set; }
+
     /// <summary>Quantizes one BitLinear input at its bit width; returns the largest code (127 at 8 bits).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private int QuantizeInput(int layer, BitLinearInput input, ReadOnlySpan<float> x, QuantizedActivations dst, int t)
     {
+        Observer?.Observe(layer, input, x);
         if (_bits is not { } bits)
         {
             Int8ActivationQuantizer.Quantize(x, dst, t);

@@ -1,0 +1,23 @@
+namespace BitNetSharp.Formats.Gguf;
+
+/// <summary>Copies a GGUF with some metadata keys set or replaced and every tensor byte for byte (same types, order and alignment).</summary>
+public static class GgufCopy
+{
+    /// <summary>
+    /// Writes <paramref name="path"/> (through a temporary file, renamed when complete, so a failure leaves nothing)
+    /// as <paramref name="source"/> with each key of <paramref name="set"/> added or replaced.
+    /// </summary>
+    public static void WithMetadata(GgufFile source, string path, IReadOnlyList<KeyValuePair<string, GgufValue>> set)
+    {
+        if (Path.GetFullPath(path) == Path.GetFullPath(source.FilePath))
+            throw new ArgumentException($"The output {path} is the input model; write to another file.", nameof(path));
+        var w = new GgufWriter(source.Alignment);
+        var replaced = new HashSet<string>(set.Select(kv => kv.Key), StringComparer.Ordinal) { GgufFile.AlignmentKey };
+        foreach (var (key, value) in source.Metadata.Entries)
+            if (!replaced.Contains(key)) w.Add(key, value);
+        foreach (var (key, value) in set) w.Add(key, value);
+        foreach (var t in source.Tensors)
+            w.AddTensor(t.Name, t.Type, t.Dims, source.GetTensorData(t).ToArray());
+        w.WriteFile(path);
+    }
+}
