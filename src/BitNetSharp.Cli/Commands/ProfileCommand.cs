@@ -30,10 +30,11 @@ public static class ProfileCommand
         var json = new Option<bool>("--json") { Description = "Print JSON (every layer × operation cell included)." };
         var trace = new Option<string?>("--trace") { Description = "Write a Chrome Trace Event file (open it in ui.perfetto.dev): one track per worker thread." };
         var ab = new Option<int>("--ab") { Description = "Afterwards, decode N times with profiling off and on, alternating, and print the cost of profiling." };
+        var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
         var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
         {
-            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb,
+            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -67,6 +68,7 @@ public static class ProfileCommand
             if (tracePath is not null && Path.GetDirectoryName(Path.GetFullPath(tracePath)) is { } traceDir && !Directory.Exists(traceDir))
                 throw new UsageException($"--trace: the folder '{traceDir}' does not exist.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
+            int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
             var (weights, tokenizer) = ModelOptions.Load(path);
@@ -89,6 +91,7 @@ public static class ProfileCommand
                 throw new UsageException($"{ids.Length} prompt tokens + {steps} decode steps (-n) exceed the model's context of {weights.Config.ContextLength}.");
 
             using var pool = new WorkerPool(result.GetValue(threads) ?? 0);
+            if (cpuList is not null) Pin(pool, cpuList);
             cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps, {pool.ThreadCount} threads...");
             var report = ProfileSession.Run(weights, pool, new ProfileOptions
             {
@@ -111,6 +114,30 @@ public static class ProfileCommand
             return 0;
         }));
         return command;
+    }
+
+    internal static int[] ParseCpus(string list)
+    {
+        try
+        {
+            return ThreadPlacement.ParseCpuList(list);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
+    internal static void Pin(WorkerPool pool, int[] cpus)
+    {
+        try
+        {
+            ThreadPlacement.Pin(pool, cpus);
+        }
+        catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
+        {
+            throw new UsageException(e.Message);
+        }
     }
 
     private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);

@@ -240,6 +240,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "--ab", "-1" }, "--ab")]
     [InlineData(new[] { "--synthetic", "tiny", "--trace", "/nonexistent-folder/t.json" }, "--trace")]
     [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
+    [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]
+    [InlineData(new[] { "--synthetic", "tiny", "--cpus", "4096" }, "--cpus: CPU 4096")]
     public void BadOptionsAreUsageErrorsNamingTheOption(string[] args, string expected)
     {
         var r = Bitnet(["profile", .. args]);
