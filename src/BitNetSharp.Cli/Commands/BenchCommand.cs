@@ -30,12 +30,13 @@ public static class BenchCommand
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
+        var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -59,6 +60,7 @@ public static class BenchCommand
             long t0 = Stopwatch.GetTimestamp();
             using var weights = ModelWeights.Load(path);
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
             long perToken = ThroughputBenchmark.BytesPerToken(weights);
             long projectionParams = weights.Layers.Sum(l => (long)l.Q.Rows * l.Q.Cols + (long)l.K.Rows * l.K.Cols + (long)l.V.Rows * l.V.Cols

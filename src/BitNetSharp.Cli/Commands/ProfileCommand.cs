@@ -31,11 +31,12 @@ public static class ProfileCommand
         var trace = new Option<string?>("--trace") { Description = "Write a Chrome Trace Event file (open it in ui.perfetto.dev): one track per worker thread." };
         var ab = new Option<int>("--ab") { Description = "Afterwards, decode N times with profiling off and on, alternating, and print the cost of profiling." };
         var peakMs = new Option<int>("--peak-ms") { Description = "Milliseconds each kernel-ceiling and unpack-split measurement runs.", DefaultValueFactory = _ => 250 };
+        var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
         var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
         {
-            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus, peakMs,
+            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -76,6 +77,7 @@ public static class ProfileCommand
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
             var (weights, tokenizer) = ModelOptions.Load(path);
             using var _ = weights;
+            if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int[] ids;
             if (text is not null)
             {
@@ -127,6 +129,18 @@ public static class ProfileCommand
             return ThreadPlacement.ParseCpuList(list);
         }
         catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
+    internal static long LockWeights(ModelWeights weights)
+    {
+        try
+        {
+            return Memory.WeightLock.Lock(weights);
+        }
+        catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
         {
             throw new UsageException(e.Message);
         }

@@ -234,6 +234,26 @@ public class ProfilingTests
         }
     }
 
+    [Fact]
+    public void MlockLocksTheMappedFileOrNamesTheLimit()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        if (!OperatingSystem.IsLinux())
+        {
+            Assert.Throws<PlatformNotSupportedException>(() => BitNetSharp.Memory.WeightLock.Lock(w));
+            return;
+        }
+        try
+        {
+            Assert.Equal(new FileInfo(dir.File("tiny.gguf")).Length, BitNetSharp.Memory.WeightLock.Lock(w));
+        }
+        catch (InvalidOperationException e)
+        {
+            Assert.Contains("RLIMIT_MEMLOCK", e.Message);
+        }
+    }
+
     private sealed class OpListener : EventListener
     {
         public int Starts, Stops;
