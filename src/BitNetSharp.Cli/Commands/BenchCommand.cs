@@ -30,11 +30,13 @@ public static class BenchCommand
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
+        var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
+        var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -52,11 +54,13 @@ public static class BenchCommand
                 int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
             int repetitions = Math.Max(1, result.GetValue(reps));
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
+            int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
             ResetPeakRss();
 
             long t0 = Stopwatch.GetTimestamp();
             using var weights = ModelWeights.Load(path);
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
+            if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
             long perToken = ThroughputBenchmark.BytesPerToken(weights);
             long projectionParams = weights.Layers.Sum(l => (long)l.Q.Rows * l.Q.Cols + (long)l.K.Rows * l.K.Cols + (long)l.V.Rows * l.V.Cols
@@ -80,6 +84,7 @@ public static class BenchCommand
             foreach (int t in threadCounts)
             {
                 using var pool = new WorkerPool(t);
+                if (cpuList is not null) ProfileCommand.Pin(pool, cpuList);
                 double before = Probe(pool);
                 var samples = new List<ThroughputSample>();
                 if (result.GetValue(prompt) > 0)

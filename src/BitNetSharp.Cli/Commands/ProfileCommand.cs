@@ -30,10 +30,13 @@ public static class ProfileCommand
         var json = new Option<bool>("--json") { Description = "Print JSON (every layer × operation cell included)." };
         var trace = new Option<string?>("--trace") { Description = "Write a Chrome Trace Event file (open it in ui.perfetto.dev): one track per worker thread." };
         var ab = new Option<int>("--ab") { Description = "Afterwards, decode N times with profiling off and on, alternating, and print the cost of profiling." };
+        var peakMs = new Option<int>("--peak-ms") { Description = "Milliseconds each kernel-ceiling and unpack-split measurement runs.", DefaultValueFactory = _ => 250 };
+        var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
+        var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
         var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
         {
-            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb,
+            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -63,14 +66,18 @@ public static class ProfileCommand
             if (abReps < 0) throw new UsageException($"--ab must be ≥ 0; got {abReps}.");
             int probe = result.GetValue(probeMb);
             if (probe < 16) throw new UsageException($"--probe-mb must be at least 16 (the probe must be far larger than the caches); got {probe}.");
+            int peak = result.GetValue(peakMs);
+            if (peak < 1) throw new UsageException($"--peak-ms must be at least 1; got {peak}.");
             string? tracePath = result.GetValue(trace);
             if (tracePath is not null && Path.GetDirectoryName(Path.GetFullPath(tracePath)) is { } traceDir && !Directory.Exists(traceDir))
                 throw new UsageException($"--trace: the folder '{traceDir}' does not exist.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
+            int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
             var (weights, tokenizer) = ModelOptions.Load(path);
             using var _ = weights;
+            if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int[] ids;
             if (text is not null)
             {
@@ -89,6 +96,7 @@ public static class ProfileCommand
                 throw new UsageException($"{ids.Length} prompt tokens + {steps} decode steps (-n) exceed the model's context of {weights.Config.ContextLength}.");
 
             using var pool = new WorkerPool(result.GetValue(threads) ?? 0);
+            if (cpuList is not null) Pin(pool, cpuList);
             cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps, {pool.ThreadCount} threads...");
             var report = ProfileSession.Run(weights, pool, new ProfileOptions
             {
@@ -98,6 +106,7 @@ public static class ProfileCommand
                 AbRepetitions = abReps,
                 ModelPath = File.Exists(path) ? path : null,
                 BandwidthProbeBytes = (long)probe << 20,
+                PeakSeconds = peak / 1000.0,
             });
             long? traceBytes = null;
             if (tracePath is not null)
@@ -113,6 +122,42 @@ public static class ProfileCommand
         return command;
     }
 
+    internal static int[] ParseCpus(string list)
+    {
+        try
+        {
+            return ThreadPlacement.ParseCpuList(list);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
+    internal static long LockWeights(ModelWeights weights)
+    {
+        try
+        {
+            return Memory.WeightLock.Lock(weights);
+        }
+        catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
+    internal static void Pin(WorkerPool pool, int[] cpus)
+    {
+        try
+        {
+            ThreadPlacement.Pin(pool, cpus);
+        }
+        catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
     private static string F(double v, string format = "F1") => v.ToString(format, CultureInfo.InvariantCulture);
 
     private static string Pct(double? v) => v is { } x ? F(100 * x) + "%" : "-";
@@ -126,6 +171,10 @@ public static class ProfileCommand
         o.WriteLine($"model: {name} — {c.Architecture}, {c.Layers} layers, dim {c.Dim}, ff {c.FeedForward}, vocab {c.VocabSize}, head {r.HeadType}");
         o.WriteLine($"kernel {r.Kernel}, {r.Threads} threads; limits measured in this run: read bandwidth {F(r.BandwidthGBps)} GB/s, "
             + $"int8×ternary peak {F(r.PeakGmacPrefill)} GMAC/s at {r.Prefill.Tokens} tokens, {F(r.PeakGmacDecode)} GMAC/s at 1 token (cache-resident weights)");
+        o.WriteLine(r.KernelUnpackShares.Count == 0
+            ? $"ternary kernel split: no unpack-only variant of {r.Kernel} (the AVX-512 kernels have one)"
+            : "ternary kernel time unpacking codes (rest: multiply-accumulate), cache-resident weights: "
+              + string.Join(", ", r.KernelUnpackShares.Select(u => $"{Pct(u.Share)} at width {u.Cols}, {u.Tokens} token{(u.Tokens == 1 ? "" : "s")}")));
         var lat = r.DecodeLatency;
         o.WriteLine($"prefill: {r.Prefill.Tokens} tokens in {Ms(r.Prefill.WallSeconds)} ms ({F(r.Prefill.Tokens / r.Prefill.WallSeconds)} tok/s); TTFT {Ms(r.TtftSeconds)} ms");
         o.WriteLine($"decode: {r.Decode.Tokens} steps, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s; per-token latency p50 {Ms(lat.P50)} ms, p95 {Ms(lat.P95)}, p99 {Ms(lat.P99)}, sd {Ms(lat.StdDev)}, min {Ms(lat.Min)}, max {Ms(lat.Max)}");
@@ -238,6 +287,7 @@ public static class ProfileCommand
             threads = r.Threads,
             bandwidth_gbps = r.BandwidthGBps,
             ttft_seconds = r.TtftSeconds,
+            kernel_unpack_share = r.KernelUnpackShares.Select(u => new { cols = u.Cols, tokens = u.Tokens, share = u.Share }),
             decode_latency = new { p50 = lat.P50, p95 = lat.P95, p99 = lat.P99, mean = lat.Mean, stddev = lat.StdDev, min = lat.Min, max = lat.Max },
             hardware_counters_unavailable = r.HardwareCountersUnavailable,
             software_counters_unavailable = r.SoftwareCountersUnavailable,

@@ -28,8 +28,13 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         public int Tokens;
     }
 
+    /// <summary>One Activity per completion request (source "BitNetSharp.Server"), a child of the request's HTTP activity,
+    /// so OpenTelemetry tracing sees each generation with its model, token counts and finish.</summary>
+    public static readonly System.Diagnostics.ActivitySource Activities = new("BitNetSharp.Server");
+
     private async Task Handle(HttpContext context, bool chat)
     {
+        using var activity = Activities.StartActivity(chat ? "chat.completions" : "completions");
         var model = host.RequireReady();
         var aborted = context.RequestAborted;
         CompletionRequest request;
@@ -37,6 +42,9 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         using (doc) request = CompletionRequest.Parse(json, chat, model, options);
 
         string id = (chat ? "chatcmpl-" : "cmpl-") + Guid.NewGuid().ToString("N");
+        activity?.SetTag("gen_ai.request.model", model.Id);
+        activity?.SetTag("bitnet.request_id", id);
+        activity?.SetTag("bitnet.stream", request.Stream);
         var handles = Submit(model, request, id, TraceId(context.Request), aborted);
         try
         {
@@ -44,8 +52,16 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
                 model.Id, chat, request.LogProbs, model.Tokenizer);
             var choices = Enumerable.Range(0, handles.Length * request.Choices).Select(_ => new Choice()).ToArray();
             int promptTokens = request.Prompts.Sum(p => p.Length);
+            activity?.SetTag("gen_ai.usage.input_tokens", promptTokens);
             if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens);
             else await RespondAsync(context, request, header, handles, choices, promptTokens);
+            activity?.SetTag("gen_ai.usage.output_tokens", choices.Sum(c => c.Tokens));
+            activity?.SetTag("gen_ai.response.finish_reasons", string.Join(',', choices.Select(c => c.Finish ?? "stop")));
+        }
+        catch (Exception e) when (activity is not null)
+        {
+            activity.SetStatus(System.Diagnostics.ActivityStatusCode.Error, e.Message);
+            throw;
         }
         finally
         {

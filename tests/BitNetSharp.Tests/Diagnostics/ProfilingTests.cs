@@ -124,7 +124,7 @@ public class ProfilingTests
         Assert.Equal(0, report.Chunks.Dropped);
         Assert.True(report.AbOffTokensPerSecond![0] > 0 && report.AbOnTokensPerSecond![0] > 0);
         var rows = ProfileRow.ByOp(report.Decode, report.BandwidthGBps, report.PeakGmacDecode);
-        Assert.Contains(rows, r => r.Name == "down" && r.GBps > 0 && r.Bound is "memory" or "compute");
+        Assert.Contains(rows, r => r.Name == "down" && r.GBps > 0 && r.Bound is "memory" or "compute" or "cache");
         Assert.InRange(rows.Sum(r => r.Share), 0.999, 1.001);
 
         var ms = new MemoryStream();
@@ -199,6 +199,61 @@ public class ProfilingTests
         Assert.Equal(2, full.Dropped);
     }
 
+    [Fact]
+    public unsafe void UnpackOnlyKernelFoldsEveryCodeAndSharesAreFractions()
+    {
+        using var pool = new WorkerPool(1);
+        foreach (var name in new[] { "avx512", "avx512gfni" })
+        {
+            var real = BitNetSharp.Kernels.KernelRegistry.AllTernary.FirstOrDefault(k => k.Name == name);
+            if (real is not { IsSupported: true }) continue;
+            var unpack = KernelPeak.UnpackOnly(real)!;
+            const int rows = 3, cols = 512;
+            using var w = BitNetSharp.Quantization.TernaryMatrix.Allocate(rows, cols);
+            var rng = new Random(2);
+            for (int r = 0; r < rows; r++)
+                for (int c = 0; c < cols; c++) w.Set(r, c, rng.Next(3) - 1);
+            using var x = new BitNetSharp.Quantization.QuantizedActivations(1, cols) { Tokens = 1 };
+            var y = new float[rows];
+            fixed (float* py = y) unpack.MatMul(w, x, py, rows, 0, rows);
+            for (int r = 0; r < rows; r++)
+            {
+                var acc = new byte[64];
+                byte* row = w.Row(r);
+                for (int p = 0; p < w.RowBytes / 64; p++)
+                    for (int i = 0; i < 64; i++)
+                    {
+                        byte b = row[p * 64 + i];
+                        acc[i] ^= (byte)((b >> 6 & 3) ^ (b >> 4 & 3) ^ (b >> 2 & 3) ^ (b & 3));
+                    }
+                Assert.Equal(BitConverter.ToInt32(acc), BitConverter.SingleToInt32Bits(y[r]));
+            }
+            double? share = KernelPeak.UnpackShare(pool, real, 2560, 1, 0.02);
+            Assert.NotNull(share);
+            Assert.InRange(share!.Value, 0.01, 1.0);
+        }
+    }
+
+    [Fact]
+    public void MlockLocksTheMappedFileOrNamesTheLimit()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        if (!OperatingSystem.IsLinux())
+        {
+            Assert.Throws<PlatformNotSupportedException>(() => BitNetSharp.Memory.WeightLock.Lock(w));
+            return;
+        }
+        try
+        {
+            Assert.Equal(new FileInfo(dir.File("tiny.gguf")).Length, BitNetSharp.Memory.WeightLock.Lock(w));
+        }
+        catch (InvalidOperationException e)
+        {
+            Assert.Contains("RLIMIT_MEMLOCK", e.Message);
+        }
+    }
+
     private sealed class OpListener : EventListener
     {
         public int Starts, Stops;
@@ -240,6 +295,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "--ab", "-1" }, "--ab")]
     [InlineData(new[] { "--synthetic", "tiny", "--trace", "/nonexistent-folder/t.json" }, "--trace")]
     [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
+    [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]
+    [InlineData(new[] { "--synthetic", "tiny", "--cpus", "4096" }, "--cpus: CPU 4096")]
     public void BadOptionsAreUsageErrorsNamingTheOption(string[] args, string expected)
     {
         var r = Bitnet(["profile", .. args]);
@@ -254,7 +311,7 @@ public class ProfilingTests
         string trace = dir.File("trace.json");
         var both = Bitnet("profile", "--synthetic", "tiny", "-p", "hi", "--prompt-tokens", "3");
         Assert.Equal(2, both.ExitCode);
-        var r = Bitnet("profile", "--synthetic", "tiny", "--prompt-tokens", "6", "-n", "3", "-t", "2", "--json", "--trace", trace, "--probe-mb", "16");
+        var r = Bitnet("profile", "--synthetic", "tiny", "--prompt-tokens", "6", "-n", "3", "-t", "2", "--json", "--trace", trace, "--probe-mb", "16", "--peak-ms", "20");
         Assert.True(r.ExitCode == 0, r.Error);
         using var doc = JsonDocument.Parse(r.Output);
         var decode = doc.RootElement.GetProperty("decode");
@@ -262,6 +319,8 @@ public class ProfilingTests
         Assert.Contains(decode.GetProperty("ops").EnumerateArray(), o => o.GetProperty("name").GetString() == "gate");
         Assert.True(decode.GetProperty("counters").TryGetProperty("task-clock-ns", out _) || !OperatingSystem.IsLinux());
         Assert.True(doc.RootElement.GetProperty("decode_latency").GetProperty("p99").GetDouble() > 0);
+        if (KernelPeak.UnpackOnly(BitNetSharp.Kernels.KernelRegistry.Ternary) is { IsSupported: true })
+            Assert.All(doc.RootElement.GetProperty("kernel_unpack_share").EnumerateArray(), u => Assert.InRange(u.GetProperty("share").GetDouble(), 0.01, 1.0));
         Assert.True(new FileInfo(trace).Length > 0);
         using var t = JsonDocument.Parse(File.ReadAllText(trace));
         Assert.True(t.RootElement.GetProperty("traceEvents").GetArrayLength() > 10);

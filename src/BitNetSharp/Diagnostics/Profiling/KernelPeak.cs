@@ -14,14 +14,38 @@ public static unsafe class KernelPeak
 {
     /// <summary>Best GMAC/s (1e9 multiply-accumulates per second) over about <paramref name="seconds"/> of repeated
     /// products of a cache-resident <paramref name="cols"/>-wide matrix with <paramref name="tokens"/> tokens.</summary>
-    public static double Measure(WorkerPool pool, TernaryKernel kernel, int cols, int tokens, double seconds = 0.25)
+    public static double Measure(WorkerPool pool, TernaryKernel kernel, int cols, int tokens, double seconds = 0.25) =>
+        Rate(pool, kernel, cols, tokens, seconds, 7);
+
+    /// <summary>The unpack-only variant of <paramref name="kernel"/> (null: none for this kernel; the AVX-512 ones have one).</summary>
+    public static TernaryKernel? UnpackOnly(TernaryKernel kernel) => kernel.Name switch
+    {
+        "avx512" => new UnpackOnlyKernel<ShiftSplit>(kernel.Name),
+        "avx512gfni" => new UnpackOnlyKernel<GfniSplit>(kernel.Name),
+        _ => null,
+    };
+
+    /// <summary>
+    /// The share of <paramref name="kernel"/>'s time spent unpacking weight codes, on a cache-resident matrix of this width
+    /// and token count: the unpack-only variant's time over the full kernel's (both best-of over <paramref name="seconds"/>,
+    /// on the same matrix). Null when the kernel has no unpack-only variant.
+    /// </summary>
+    public static double? UnpackShare(WorkerPool pool, TernaryKernel kernel, int cols, int tokens, double seconds = 0.25)
+    {
+        if (UnpackOnly(kernel) is not { IsSupported: true } unpack) return null;
+        double full = Rate(pool, kernel, cols, tokens, seconds, 7);
+        double only = Rate(pool, unpack, cols, tokens, seconds, 7);
+        return Math.Min(1, full / only);
+    }
+
+    private static double Rate(WorkerPool pool, TernaryKernel kernel, int cols, int tokens, double seconds, int seed)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(cols);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokens);
         int rowBytes = TernaryMatrix.PadCols(cols) / 4;
         // ~128 KiB of weights per thread: inside any current core's L2, so the loop measures arithmetic and unpacking.
         int rows = Math.Max(64, 128 * 1024 * pool.ThreadCount / rowBytes / 16 * 16);
-        var rng = new Random(7);
+        var rng = new Random(seed);
         using var w = TernaryMatrix.Allocate(rows, cols);
         for (int r = 0; r < rows; r++)
             for (int c = 0; c < cols; c++) w.Set(r, c, rng.Next(3) - 1);

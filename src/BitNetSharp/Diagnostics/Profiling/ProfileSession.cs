@@ -34,6 +34,10 @@ public sealed record PhaseProfile(string Name, OpStats Stats, int Tokens, double
     ProcessMemory Before, ProcessMemory After, long AllocatedBytes, double[] ThreadBusySeconds)
 ;
 
+/// <summary>The share of the ternary kernel's time spent unpacking codes (the rest: multiply-accumulate and epilogue) for
+/// rows <paramref name="Cols"/> wide at <paramref name="Tokens"/> tokens, weights in cache.</summary>
+public sealed record UnpackShare(int Cols, int Tokens, double Share);
+
 /// <summary>Everything one <c>bitnet profile</c> run measured.</summary>
 public sealed class ProfileReport
 {
@@ -52,6 +56,9 @@ public sealed class ProfileReport
     public string? SoftwareCountersUnavailable { get; init; }
     public required SpanLog Spans { get; init; }
     public required ChunkTimeline Chunks { get; init; }
+    /// <summary>The ternary kernel's time split on cache-resident weights of each projection width (empty: the kernel has
+    /// no unpack-only variant).</summary>
+    public IReadOnlyList<UnpackShare> KernelUnpackShares { get; init; } = [];
     public double[]? AbOffTokensPerSecond { get; init; }
     public double[]? AbOnTokensPerSecond { get; init; }
 
@@ -89,6 +96,11 @@ public static class ProfileSession
         using var engine = new Transformer(weights, promptLen, pool);
         double peakDecode = KernelPeak.Measure(pool, engine.Kernel, c.Dim, 1, o.PeakSeconds);
         double peakPrefill = promptLen == 1 ? peakDecode : KernelPeak.Measure(pool, engine.Kernel, c.Dim, promptLen, o.PeakSeconds);
+        var unpack = new List<UnpackShare>();
+        foreach (int width in new SortedSet<int> { c.Dim, c.QDim, c.FeedForward })
+            foreach (int tokens in promptLen == 1 ? [1] : new[] { 1, promptLen })
+                if (KernelPeak.UnpackShare(pool, engine.Kernel, width, tokens, o.PeakSeconds) is { } share)
+                    unpack.Add(new UnpackShare(width, tokens, share));
 
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, promptLen + o.DecodeSteps, o.KvType);
         var sampler = new Sampler(new SamplingParameters { Temperature = 0f, TopK = 0, TopP = 1f, MinP = 0f }, c.VocabSize);
@@ -244,6 +256,7 @@ public static class ProfileSession
                 SoftwareCountersUnavailable = counters.SoftwareUnavailableReason,
                 Spans = measuredSpans,
                 Chunks = measuredChunks,
+                KernelUnpackShares = unpack,
                 AbOffTokensPerSecond = off,
                 AbOnTokensPerSecond = on,
             };

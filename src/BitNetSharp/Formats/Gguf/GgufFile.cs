@@ -19,6 +19,9 @@ public sealed unsafe class GgufFile : IDisposable
     private readonly GgufTensorInfo[] _tensors;
     private readonly Dictionary<string, GgufTensorInfo> _tensorsByName;
 
+    /// <summary>The file's memory mapping (for locking it in RAM).</summary>
+    internal FileMapping Mapping => _mapping;
+
     private GgufFile(FileMapping mapping, GgufReader.Result parsed)
     {
         _mapping = mapping;

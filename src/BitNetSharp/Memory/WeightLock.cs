@@ -1,0 +1,37 @@
+using System.Runtime.InteropServices;
+using BitNetSharp.Model;
+
+namespace BitNetSharp.Memory;
+
+/// <summary>
+/// Locks a model's memory-mapped GGUF file in RAM (Linux mlock): every page is faulted in now and none is evicted or
+/// re-faulted later. The lock lasts until the process exits. Unprivileged processes may lock only RLIMIT_MEMLOCK bytes
+/// (often 64 KiB–8 MiB), so a refusal says which limit to raise.
+/// </summary>
+public static unsafe class WeightLock
+{
+    /// <summary>Locks the mapped file of <paramref name="weights"/>; returns the bytes locked.</summary>
+    /// <exception cref="PlatformNotSupportedException">Not Linux.</exception>
+    /// <exception cref="InvalidOperationException">Not a GGUF model, or the kernel refused (the message names RLIMIT_MEMLOCK).</exception>
+    public static long Lock(ModelWeights weights)
+    {
+        if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("--mlock uses Linux mlock(2); this is not Linux.");
+        var gguf = weights.Gguf ?? throw new InvalidOperationException("--mlock locks a memory-mapped GGUF file; this model was loaded from a Hugging Face directory.");
+        var mapping = gguf.Mapping;
+        if (mlock(mapping.Pointer, (nuint)mapping.Length) == 0) return mapping.Length;
+        int errno = Marshal.GetLastPInvokeError();
+        var limit = stackalloc ulong[2];
+        string current = getrlimit(8 /* RLIMIT_MEMLOCK */, limit) == 0
+            ? limit[0] == ulong.MaxValue ? "unlimited" : $"{limit[0] / 1024} KiB"
+            : "unknown";
+        throw new InvalidOperationException(
+            $"--mlock: the kernel refused to lock the {mapping.Length / 1e9:F2} GB model in RAM (errno {errno}): RLIMIT_MEMLOCK is {current}. "
+            + "Raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity under systemd, --ulimit memlock=-1 in Docker) or grant CAP_IPC_LOCK.");
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int mlock(void* address, nuint length);
+
+    [DllImport("libc")]
+    private static extern int getrlimit(int resource, ulong* limit);
+}
