@@ -27,6 +27,7 @@ public static class Program
             ServeCommand.Create(cli),
             LogsCommand.Create(cli),
             ProfileCommand.Create(cli),
+            CalibrateCommand.Create(cli),
         };
         return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
     }

@@ -127,6 +127,24 @@ public class KlEvaluationTests
         }
     }
 
+    /// <summary>Windows given by their starts score exactly like the plan they spell out, and a subset like those windows alone.</summary>
+    [Fact]
+    public void ExplicitWindowStartsMatchThePlan()
+    {
+        var (weights, tokens, bos) = Load();
+        using var _ = weights;
+        using var engine = new Transformer(weights, 32);
+        const int ctx = 32;
+        var (plan, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos);
+        var starts = Enumerable.Range(0, plan.Windows).Select(w => w * ctx).ToList();
+        var (explicitStarts, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, windowStarts: starts);
+        Assert.Equal(plan.NegativeLogLikelihood, explicitStarts.NegativeLogLikelihood);
+        Assert.Equal(plan.ScoredTokens, explicitStarts.ScoredTokens);
+        var (second, _) = QualityEvaluator.Evaluate(engine, tokens[ctx..], ctx, ctx, bosId: bos);
+        var (skipFirst, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, windowStarts: starts.Skip(1).Take(second.Windows).ToList());
+        Assert.Equal(second.NegativeLogLikelihood, skipFirst.NegativeLogLikelihood);
+    }
+
     /// <summary>A saved file used with other text, other settings or truncated is refused with a message naming the file.</summary>
     [Fact]
     public void MismatchedOrDamagedLogitsFilesAreRefused()

@@ -1,0 +1,220 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using BitNetSharp.Evaluation;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Threading;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet calibrate -m MODEL --data FILE [--samples N] [--ctx N] [--kl-budget X] [--seed S] --out OUT.gguf</c>: runs
+/// calibration text through the model, reports per-layer, per-input activation statistics (table and SVG plots),
+/// searches per-layer activation bit widths greedily within a mean-KL budget on held-out windows
+/// (<see cref="BitWidthSearch"/>), and writes OUT.gguf — the input file with the widths in its metadata.
+/// </summary>
+public static class CalibrateCommand
+{
+    public static Command Create(CliConsole cli)
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "A .gguf model (default: the bundled model). Hugging Face directories: convert to GGUF first." };
+        var data = new Option<string>("--data") { Description = "UTF-8 calibration text.", Required = true };
+        var samples = new Option<int>("--samples") { Description = "Windows of --ctx tokens drawn from the text (seeded): the first half for statistics, the rest held out for the search.", DefaultValueFactory = _ => 8 };
+        var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: min(model context, 256))." };
+        var budget = new Option<double>("--kl-budget") { Description = "Largest mean KL divergence (nats per position) from the 8-bit model the chosen widths may cost.", DefaultValueFactory = _ => 0.01 };
+        var seed = new Option<int>("--seed") { Description = "Seed for drawing the windows.", DefaultValueFactory = _ => 1 };
+        var maxSteps = new Option<int>("--max-steps") { Description = "Stop after this many accepted steps (default: until the budget is spent)." };
+        var output = new Option<string>("--out", "-o") { Description = "The calibrated .gguf to write (the input with bitnetsharp.activation_bits set).", Required = true };
+        var report = new Option<string?>("--report") { Description = "Markdown report to write (default: OUT without .gguf + .calibration.md, with -crest.svg and -histogram.svg beside it)." };
+        var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores); the result does not depend on it." };
+        var json = new Option<bool>("--json") { Description = "Print the result as one JSON document." };
+        var command = new Command("calibrate", "Activation statistics and a per-layer activation bit-width search within a KL budget; writes a calibrated GGUF.")
+        {
+            model, data, samples, ctx, budget, seed, maxSteps, output, report, threads, json,
+        };
+        command.SetAction(r => cli.Guard(() =>
+        {
+            try
+            {
+                return Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(samples), r.GetValue(ctx), r.GetValue(budget), r.GetValue(seed),
+                    r.GetValue(maxSteps), r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json));
+            }
+            catch (InvalidDataException e)
+            {
+                throw new IOException(e.Message, e);
+            }
+        }));
+        return command;
+    }
+
+    private static int Run(CliConsole cli, string? modelPath, string dataPath, int samples, int ctxOption, double budget, int seed, int maxSteps,
+        string outPath, string? reportPath, int threads, bool json)
+    {
+        if (!(budget > 0) || !double.IsFinite(budget)) throw new UsageException($"--kl-budget must be a positive number of nats; got {budget.ToString(CultureInfo.InvariantCulture)}.");
+        if (samples < 2) throw new UsageException($"--samples must be at least 2 (one window for statistics, one held out); got {samples}.");
+        if (maxSteps < 0) throw new UsageException($"--max-steps must be ≥ 0; got {maxSteps}.");
+        if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the calibrated model is a GGUF; give a path ending in .gguf.");
+        string outFull = Path.GetFullPath(outPath);
+        string stem = outFull[..^".gguf".Length];
+        reportPath = reportPath is null ? stem + ".calibration.md" : Path.GetFullPath(reportPath);
+        string reportStem = reportPath.EndsWith(".md", StringComparison.OrdinalIgnoreCase) ? reportPath[..^3] : reportPath;
+        foreach (var path in new[] { outFull, reportPath })
+            if (Path.GetDirectoryName(path) is { } dir && !Directory.Exists(dir))
+                throw new UsageException($"Cannot write {path}: the directory {dir} does not exist.");
+
+        string text = TrainingCorpus.ReadText(dataPath);
+        var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(modelPath));
+        using var _ = weights;
+        if (weights.Gguf is not { } gguf)
+            throw new UsageException($"{weights.SourcePath} is not a GGUF; calibrate writes a copy of a GGUF. Convert it first: bitnet convert {weights.SourcePath} model.gguf");
+        if (Path.GetFullPath(gguf.FilePath) == outFull) throw new UsageException($"--out {outPath} is the input model; write to another file.");
+        if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; calibrate needs one to turn the text into tokens.");
+        var c = weights.Config;
+        int window = ctxOption > 0 ? ctxOption : Math.Min(c.ContextLength, 256);
+        if (window < 4 || window > c.ContextLength) throw new UsageException($"--ctx {window} must be 4 to {c.ContextLength} (the model's context).");
+        var tokens = tokenizer.Encode(text, addBos: false);
+        int available = (tokens.Length - 1) / window;
+        if (available < samples)
+            throw new UsageException($"{dataPath} is {tokens.Length:N0} tokens: {available} windows of {window}, fewer than --samples {samples}. Give more text, fewer samples or a smaller --ctx.");
+        int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
+
+        // Seeded draw of non-overlapping windows: the first half for statistics, the rest held out.
+        var order = Enumerable.Range(0, available).ToArray();
+        new Random(seed).Shuffle(order);
+        int statCount = (samples + 1) / 2;
+        var statStarts = order.Take(statCount).Select(w => w * window).Order().ToList();
+        var heldStarts = order.Skip(statCount).Take(samples - statCount).Select(w => w * window).Order().ToList();
+
+        using var pool = new WorkerPool(threads);
+        using var engine = new Transformer(weights, Math.Min(window, 128), pool) { ActivationBits = ActivationBits.Uniform(c.Layers) };
+        var stats = new ActivationStatistics(c);
+        engine.Observer = stats;
+        Func<int, int> bytes = id => tokenizer.TokenBytes(id).Length;
+        QualityEvaluator.Evaluate(engine, tokens, window, window, bytes, bos, windowStarts: statStarts);
+        engine.Observer = null;
+        var summary = stats.Summarize();
+
+        var log = json ? null : new Action<string>(line => cli.Output.WriteLine(line));
+        log?.Invoke(string.Create(CultureInfo.InvariantCulture,
+            $"calibration: {statStarts.Count} windows of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
+        var result = BitWidthSearch.Run(engine, tokens, window, heldStarts, bos, budget, Path.GetDirectoryName(outFull) ?? ".", bytes,
+            maxSteps > 0 ? maxSteps : int.MaxValue, log);
+        var baseline = result.Kl.Reference;
+
+        // Outputs: the report (Markdown + SVG), then the model; each written whole or not at all.
+        WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, samples, seed, budget, summary, result);
+        GgufCopy.WithMetadata(gguf, outFull, [new(ActivationBits.GgufKey, GgufValue.FromArray(GgufArray.Create(BitsArray(result.Bits, c.Layers))))]);
+
+        var ic = CultureInfo.InvariantCulture;
+        if (json)
+        {
+            using var stream = new MemoryStream();
+            using (var w = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
+            {
+                w.WriteStartObject();
+                w.WriteString("model", weights.SourcePath);
+                w.WriteString("out", outFull);
+                w.WriteString("report", reportPath);
+                w.WriteString("activation_bits", result.Bits.ToString());
+                w.WriteNumber("kl_budget", budget);
+                w.WriteNumber("kl_mean", result.Kl.MeanKl);
+                w.WriteNumber("kl_median", result.Kl.MedianKl);
+                w.WriteNumber("kl_p99", result.Kl.P99Kl);
+                w.WriteNumber("kl_max", result.Kl.MaxKl);
+                w.WriteNumber("top_token_agreement", result.Kl.TopAgreement);
+                w.WriteNumber("perplexity_8bit", baseline.Perplexity);
+                w.WriteNumber("perplexity", result.Model.Perplexity);
+                w.WriteNumber("evaluations", result.Evaluations);
+                w.WriteStartArray("steps");
+                foreach (var s in result.Steps)
+                {
+                    w.WriteStartObject();
+                    w.WriteNumber("layer", s.Layer);
+                    w.WriteString("input", HealthNames.InputLabels[(int)s.Input]);
+                    w.WriteNumber("from", s.FromBits);
+                    w.WriteNumber("to", s.ToBits);
+                    w.WriteNumber("kl_mean", s.MeanKl);
+                    w.WriteEndObject();
+                }
+                w.WriteEndArray();
+                w.WriteEndObject();
+            }
+            cli.Output.WriteLine(Encoding.UTF8.GetString(stream.ToArray()));
+            return 0;
+        }
+        cli.Output.WriteLine(string.Create(ic, $"activation bits: {result.Bits}  ({result.Steps.Count} steps, {result.Evaluations} evaluations)"));
+        cli.Output.WriteLine(string.Create(ic,
+            $"held-out: perplexity {baseline.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4} ({100 * (result.Model.Perplexity / baseline.Perplexity - 1):+0.00;-0.00} %); KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %"));
+        cli.Output.WriteLine($"wrote {outFull} and {reportPath}");
+        return 0;
+    }
+
+    private static byte[] BitsArray(ActivationBits bits, int layers)
+    {
+        var b = new byte[layers * HealthNames.InputCount];
+        for (int l = 0; l < layers; l++)
+            for (int i = 0; i < HealthNames.InputCount; i++) b[l * HealthNames.InputCount + i] = (byte)bits[l, (BitLinearInput)i];
+        return b;
+    }
+
+    private static void WriteReport(string path, string stem, string model, string data, int ctx, int samples, int seed, double budget,
+        IReadOnlyList<InputStatistics> stats, BitWidthSearchResult result)
+    {
+        var ic = CultureInfo.InvariantCulture;
+        var md = new StringBuilder();
+        md.Append(ic, $"# Calibration of {Path.GetFileName(model)}\n\n");
+        md.Append(ic, $"Text `{data}`, {samples} windows of {ctx} tokens (seed {seed}): half for the statistics, half held out for the bit-width search. KL budget {budget:G4} nats (mean per position, against the 8-bit model).\n\n");
+        md.Append(ic, $"Result: activation bits `{result.Bits}` — held-out perplexity {result.Kl.Reference.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4}; KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %.\n\n");
+        md.Append("## Activation statistics (per token, before quantization)\n\n");
+        md.Append("Outlier channel: |x_c| ≥ 6·RMS of the token in ≥ 5 % of tokens. Crest = absmax/RMS: an 8-bit code gives a typical entry about 127/crest levels.\n\n");
+        md.Append("| layer | input | tokens | absmax p50 | absmax p99 | absmax max | crest mean | outlier channels | top channel's share | bits |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        foreach (var s in stats)
+            md.Append(ic, $"| {s.Layer} | {HealthNames.InputLabels[(int)s.Input]} | {s.Tokens} | {s.AbsMaxP50:G4} | {s.AbsMaxP99:G4} | {s.AbsMaxMax:G4} | {s.CrestMean:F2} | {s.OutlierChannels} | {100 * s.TopOutlierShare:F1} % | {result.Bits[s.Layer, s.Input]} |\n");
+        md.Append("\n## Search (greedy: the cheapest one-step lowering each round, while the mean KL stays within the budget)\n\n");
+        if (result.Steps.Count == 0) md.Append("No step fit the budget: every input stays at 8 bits.\n");
+        else
+        {
+            md.Append("| step | layer | input | bits | mean KL after | perplexity after |\n|---:|---:|---|---|---:|---:|\n");
+            for (int i = 0; i < result.Steps.Count; i++)
+            {
+                var s = result.Steps[i];
+                md.Append(ic, $"| {i + 1} | {s.Layer} | {HealthNames.InputLabels[(int)s.Input]} | {s.FromBits} → {s.ToBits} | {s.MeanKl:G4} | {s.Perplexity:F4} |\n");
+            }
+        }
+        string crestSvg = stem + "-crest.svg", histSvg = stem + "-histogram.svg";
+        md.Append(ic, $"\n![crest factor per layer]({Path.GetFileName(crestSvg)})\n\n![histogram of |x|/absmax]({Path.GetFileName(histSvg)})\n");
+
+        var crest = new SvgLinePlot { Title = "Crest factor (absmax/RMS) per layer", XLabel = "layer", YLabel = "mean absmax/RMS" };
+        var hist = new SvgLinePlot { Title = "Share of entries by |x|/absmax (all layers)", XLabel = "|x| / absmax", YLabel = "share of entries" };
+        for (int i = 0; i < HealthNames.InputCount; i++)
+        {
+            var rows = stats.Where(s => (int)s.Input == i).ToList();
+            crest.Series.Add(new SvgSeries(HealthNames.InputLabels[i], rows.Select(s => ((double)s.Layer, s.CrestMean)).ToList()) { Markers = true });
+            var h = new double[ActivationStatistics.Bins];
+            foreach (var s in rows) for (int b = 0; b < h.Length; b++) h[b] += s.Histogram[b] / rows.Count;
+            hist.Series.Add(new SvgSeries(HealthNames.InputLabels[i], h.Select((v, b) => ((b + 0.5) / h.Length, v)).ToList()) { Markers = true });
+        }
+        WriteAtomically(crestSvg, w => crest.Write(w));
+        WriteAtomically(histSvg, w => hist.Write(w));
+        WriteAtomically(path, w => w.Write(md.ToString()));
+    }
+
+    private static void WriteAtomically(string path, Action<TextWriter> write)
+    {
+        string temp = path + ".partial";
+        try
+        {
+            using (var w = new StreamWriter(temp, false, new UTF8Encoding(false))) write(w);
+            File.Move(temp, path, overwrite: true);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            try { File.Delete(temp); } catch (IOException) { }
+            throw new IOException($"Cannot write {path}: {e.Message}", e);
+        }
+    }
+}

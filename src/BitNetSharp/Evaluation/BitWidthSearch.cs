@@ -1,0 +1,87 @@
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Evaluation;
+
+/// <summary>One accepted step of the search: an input lowered by one width, and the mean KL the whole configuration then had.</summary>
+public sealed record BitWidthStep(int Layer, BitLinearInput Input, int FromBits, int ToBits, double MeanKl, double Perplexity);
+
+public sealed record BitWidthSearchResult(ActivationBits Bits, IReadOnlyList<BitWidthStep> Steps, KlResult Kl, PerplexityResult Model, int Evaluations);
+
+/// <summary>
+/// Greedy per-layer activation precision search: starting from the engine's widths (normally 8 everywhere), every
+/// round tries lowering each BitLinear input of each layer by one step (8 → 6 → 5 → 4 → 3 → 2), measures the mean
+/// KL of the whole configuration from the starting one on held-out windows, and accepts the cheapest step while the
+/// KL stays within the budget. An input whose step alone went over the budget is not tried again (lowering others
+/// only adds error). Deterministic: fixed order, ties to the first candidate, exact integer kernels.
+/// </summary>
+public static class BitWidthSearch
+{
+    public static BitWidthSearchResult Run(Transformer engine, int[] tokens, int ctx, IReadOnlyList<int> windowStarts, int bosId, double klBudget,
+        string scratchDirectory, Func<int, int>? tokenByteCount = null, int maxSteps = int.MaxValue, Action<string>? log = null)
+    {
+        if (!(klBudget > 0) || !double.IsFinite(klBudget)) throw new ArgumentOutOfRangeException(nameof(klBudget), klBudget, "The KL budget must be a positive number of nats.");
+        var start = engine.ActivationBits;
+        var c = engine.Config;
+        string refPath = Path.Combine(scratchDirectory, $"calibrate-reference-{Environment.ProcessId}-{Guid.NewGuid():N}.bnlg");
+        try
+        {
+            // The reference: the starting widths' distributions, full rows (top 64 + rest on vocabularies above 32k).
+            int topK = c.VocabSize > 32768 ? 64 : 0;
+            long positions = (long)windowStarts.Count * (ctx - ctx / 2);
+            var header = new LogitsFileHeader(c.VocabSize, ctx, ctx, bosId, topK, LogitsFileHeader.HashTokens(tokens), positions, "calibration reference");
+            using (var writer = new LogitsFileWriter(refPath, header))
+            {
+                QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, save: writer, windowStarts: windowStarts);
+                writer.Complete();
+            }
+            int evaluations = 0;
+            (PerplexityResult Model, KlResult Kl) Measure(ActivationBits bits)
+            {
+                engine.ActivationBits = bits;
+                using var reader = new LogitsFileReader(refPath);
+                var (model, kl) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, reference: KlReference.FromFile(reader), windowStarts: windowStarts);
+                evaluations++;
+                return (model, kl!);
+            }
+
+            var current = start;
+            var steps = new List<BitWidthStep>();
+            var exhausted = new bool[c.Layers * HealthNames.InputCount];
+            while (steps.Count < maxSteps)
+            {
+                (int Layer, int Input, int Bits, double Kl, double Ppl)? best = null;
+                for (int l = 0; l < c.Layers; l++)
+                    for (int i = 0; i < HealthNames.InputCount; i++)
+                    {
+                        int k = l * HealthNames.InputCount + i;
+                        if (exhausted[k]) continue;
+                        int from = current[l, (BitLinearInput)i];
+                        int at = Array.IndexOf(ActivationBits.Allowed, from);
+                        if (at < 0 || at == ActivationBits.Allowed.Length - 1)
+                        {
+                            exhausted[k] = true;
+                            continue;
+                        }
+                        int to = ActivationBits.Allowed[at + 1];
+                        var (model, kl) = Measure(current.With(l, (BitLinearInput)i, to));
+                        if (kl.MeanKl > klBudget) exhausted[k] = true;
+                        else if (best is null || kl.MeanKl < best.Value.Kl) best = (l, i, to, kl.MeanKl, model.Perplexity);
+                    }
+                if (best is not { } b) break;
+                var input = (BitLinearInput)b.Input;
+                steps.Add(new BitWidthStep(b.Layer, input, current[b.Layer, input], b.Bits, b.Kl, b.Ppl));
+                current = current.With(b.Layer, input, b.Bits);
+                log?.Invoke($"step {steps.Count}: layer {b.Layer} {HealthNames.InputLabels[b.Input]} {steps[^1].FromBits} → {b.Bits} bits, mean KL {b.Kl:G4} nats (budget {klBudget:G4})");
+            }
+            var final = Measure(current);
+            engine.ActivationBits = current;
+            return new BitWidthSearchResult(current, steps, final.Kl, final.Model, evaluations);
+        }
+        finally
+        {
+            File.Delete(refPath);
+        }
+    }
+}

@@ -1,0 +1,139 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Evaluation;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Evaluation;
+
+/// <summary>`bitnet calibrate`: statistics, the budgeted search, the written model and report, and bad input.</summary>
+public class CalibrateTests
+{
+    private static string BundledModel => RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+
+    private const string Story =
+        "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. One day, " +
+        "Lily saw a big red ball under a tree. She ran to get it, but Max got there first. They laughed and played all day. " +
+        "When the sun went down, Lily and Max went home. Her mom made soup, and they were happy. The next day it rained, " +
+        "so Lily read a book about a brave bird who flew over the sea to find a new home for his family. Tom was sad because " +
+        "his toy car was broken. His dad said, \"Let's fix it together.\" They worked hard, and soon the car could zoom again. ";
+
+    private static (int Code, string Output, string Error) Cli(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(args, output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public void StatisticsOfAHandMadeToken()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        var c = tiny.Config;
+        var stats = new ActivationStatistics(c);
+        var x = new float[c.Dim];
+        for (int i = 0; i < x.Length; i++) x[i] = (i % 2 == 0 ? 1 : -1) * 0.1f;
+        x[3] = 10f; // |x| far above 6·RMS: an outlier channel
+        stats.Observe(1, BitLinearInput.O, x);
+        stats.Observe(1, BitLinearInput.O, x);
+        var s = stats.Summarize().Single(r => r.Layer == 1 && r.Input == BitLinearInput.O);
+        Assert.Equal(2, s.Tokens);
+        Assert.Equal(10, s.AbsMaxP50, 6);
+        double rms = Math.Sqrt((100 + 0.01 * (x.Length - 1)) / x.Length);
+        Assert.Equal(10 / rms, s.CrestMean, 3);
+        Assert.Equal(1, s.OutlierChannels);
+        Assert.Equal(1.0, s.TopOutlierShare);
+        // |x|/absmax: 0.01 for all but one entry (first bin), 1 for the outlier (last bin).
+        Assert.Equal((x.Length - 1.0) / x.Length, s.Histogram[0], 9);
+        Assert.Equal(1.0 / x.Length, s.Histogram[^1], 9);
+        Assert.Equal(0, stats.Summarize().Single(r => r.Layer == 0 && r.Input == BitLinearInput.Qkv).Tokens);
+    }
+
+    /// <summary>
+    /// The search stays within the budget on its held-out windows, the written file carries exactly the chosen widths
+    /// and otherwise equals the input byte for byte in every tensor, the report is written, and one thread or two
+    /// choose the same widths.
+    /// </summary>
+    [Fact]
+    public void CalibrationHonoursTheBudgetAndWritesTheModel()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 8)));
+        const double budget = 0.01;
+        JsonElement Calibrate(string name, string threads)
+        {
+            var (code, output, error) = Cli("calibrate", "-m", BundledModel, "--data", data, "--ctx", "64", "--samples", "4", "--kl-budget", "0.01",
+                "--out", dir.File(name), "--json", "-t", threads);
+            Assert.True(code == 0, error);
+            return JsonDocument.Parse(output).RootElement.Clone();
+        }
+        var one = Calibrate("one.gguf", "1");
+        var two = Calibrate("two.gguf", "2");
+        Assert.Equal(one.GetProperty("activation_bits").GetString(), two.GetProperty("activation_bits").GetString());
+        Assert.Equal(one.GetProperty("kl_mean").GetDouble(), two.GetProperty("kl_mean").GetDouble(), 9);
+        Assert.InRange(one.GetProperty("kl_mean").GetDouble(), 0, budget);
+        Assert.True(one.GetProperty("steps").GetArrayLength() > 0, "a budget of 0.01 nats lowers at least one input");
+        Assert.NotEqual("8", one.GetProperty("activation_bits").GetString());
+
+        using var source = GgufFile.Open(BundledModel);
+        using var written = GgufFile.Open(dir.File("one.gguf"));
+        var bits = ActivationBits.FromGguf(written, 4);
+        Assert.NotNull(bits);
+        Assert.Equal(one.GetProperty("activation_bits").GetString(), bits.ToString());
+        Assert.Equal(source.Tensors.Select(t => t.Name), written.Tensors.Select(t => t.Name));
+        foreach (var t in source.Tensors) Assert.True(source.GetTensorData(t).SequenceEqual(written.GetTensorData(t.Name)), t.Name);
+        Assert.Equal(source.Metadata.Count + 1, written.Metadata.Count);
+        Assert.Contains("| layer | input | tokens |", File.ReadAllText(dir.File("one.calibration.md")));
+        Assert.True(File.Exists(dir.File("one.calibration-crest.svg")));
+
+        // The calibrated model evaluates at its widths, and calibrating it again keeps them as the starting point's reference.
+        var (code, output, error) = Cli("eval", "-m", dir.File("one.gguf"), "--data", data, "--ctx", "64", "--json");
+        Assert.True(code == 0, error);
+        Assert.Equal(bits.ToString(), JsonDocument.Parse(output).RootElement.GetProperty("activation_bits").GetString());
+    }
+
+    [Theory]
+    [InlineData("--kl-budget", "0", "--kl-budget must be a positive number")]
+    [InlineData("--kl-budget", "-1", "--kl-budget must be a positive number")]
+    [InlineData("--samples", "1", "--samples must be at least 2")]
+    [InlineData("--samples", "400", "fewer than --samples 400")]
+    [InlineData("--ctx", "100000", "--ctx 100000 must be 4 to")]
+    public void BadSettingsAreUsageErrorsAndWriteNothing(string option, string value, string message)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 4)));
+        string[] ctx = option == "--ctx" ? [] : ["--ctx", "64"];
+        var (code, _, error) = Cli(["calibrate", "-m", BundledModel, "--data", data, .. ctx, option, value, "--out", dir.File("out.gguf")]);
+        Assert.Equal(2, code);
+        Assert.Contains(message, error);
+        Assert.Equal([data], Directory.GetFiles(dir.Path));
+    }
+
+    [Fact]
+    public void BadFilesAreClearErrors()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string empty = dir.File("empty.txt"), binary = dir.File("binary.txt"), good = dir.File("good.txt");
+        File.WriteAllText(empty, "  \n");
+        File.WriteAllBytes(binary, [0x41, 0xC3, 0x28, 0x42]);
+        File.WriteAllText(good, string.Concat(Enumerable.Repeat(Story, 4)));
+        var (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", empty, "--out", dir.File("o.gguf"));
+        Assert.Equal(1, code);
+        Assert.Contains("empty", error);
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", binary, "--out", dir.File("o.gguf"));
+        Assert.Equal(1, code);
+        Assert.Contains("not valid UTF-8", error);
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("no/such/dir/o.gguf"));
+        Assert.Equal(2, code);
+        Assert.Contains("does not exist", error);
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.bin"));
+        Assert.Equal(2, code);
+        Assert.Contains("ending in .gguf", error);
+        Assert.False(File.Exists(dir.File("o.gguf")));
+    }
+}
