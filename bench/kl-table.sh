@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The quality cost of every speed/memory setting of the bundled model, as KL divergence against the f32-KV,
-# as-trained (I2_S projections, F32 embedding/head) model: each KV type, each head type, each packed format.
+# as-trained (I2_S projections, F32 embedding/head, 8-bit activations) model: each KV type, each head type, each
+# packed format, and post-training activation bit widths.
 # Text: the first 100 kB of ../shared/data/corpora/tinystories_train_v1_part.txt (TinyStories the model never saw).
 # Usage: bash bench/kl-table.sh [OUT.md]   (writes the table to OUT.md, default bench/results/kl-bundled-model.md)
 set -euo pipefail
@@ -31,6 +32,10 @@ run "projections TQ2_0" -m "$work/proj-tq2_0.gguf" --kl-reference "$model"
 run "projections TQ1_0" -m "$work/proj-tq1_0.gguf" --kl-reference "$model"
 run "projections F16" -m "$work/proj-f16.gguf" --kl-reference "$model"
 run "head Q6_K + KV int8" -m "$work/head-q6_k.gguf" --kv-type int8 --kl-reference "$model"
+run "activations 6 bits" -m "$model" --activation-bits 6 --kl-activation-bits 8
+run "activations 5 bits" -m "$model" --activation-bits 5 --kl-activation-bits 8
+run "activations a4.8 (q/k/v, gate/up 4)" -m "$model" --activation-bits qkv=4,gate_up=4 --kl-activation-bits 8
+run "activations 4 bits" -m "$model" --activation-bits 4 --kl-activation-bits 8
 python3 - "$work" "$out" <<'PY'
 import json, sys, os, subprocess
 work, out = sys.argv[1], sys.argv[2]
