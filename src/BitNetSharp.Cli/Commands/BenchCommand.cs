@@ -31,12 +31,13 @@ public static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
         var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
+        var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux)." };
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -58,6 +59,18 @@ public static class BenchCommand
             ResetPeakRss();
 
             long t0 = Stopwatch.GetTimestamp();
+            if (result.GetValue(hugePages))
+            {
+                try
+                {
+                    Memory.HugePages.Require();
+                }
+                catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
+                {
+                    throw new UsageException(e.Message);
+                }
+                Memory.HugePages.Enabled = true;
+            }
             using var weights = ModelWeights.Load(path);
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
@@ -126,6 +139,9 @@ public static class BenchCommand
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
+            if (result.GetValue(hugePages))
+                cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{(Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "")}; AnonHugePages now {Memory.HugePages.AnonHugePagesBytes() / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}"));
             return 0;
         }));
         return command;

@@ -32,11 +32,12 @@ public static class ProfileCommand
         var ab = new Option<int>("--ab") { Description = "Afterwards, decode N times with profiling off and on, alternating, and print the cost of profiling." };
         var peakMs = new Option<int>("--peak-ms") { Description = "Milliseconds each kernel-ceiling and unpack-split measurement runs.", DefaultValueFactory = _ => 250 };
         var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
+        var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux)." };
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
         var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
         {
-            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock,
+            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock, hugePages,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -75,6 +76,18 @@ public static class ProfileCommand
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
+            if (result.GetValue(hugePages))
+            {
+                try
+                {
+                    Memory.HugePages.Require();
+                }
+                catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
+                {
+                    throw new UsageException(e.Message);
+                }
+                Memory.HugePages.Enabled = true;
+            }
             var (weights, tokenizer) = ModelOptions.Load(path);
             using var _ = weights;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
@@ -117,6 +130,9 @@ public static class ProfileCommand
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes);
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes);
+            if (result.GetValue(hugePages))
+                cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{(Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "")}; AnonHugePages now {Memory.HugePages.AnonHugePagesBytes() / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}"));
             return 0;
         }));
         return command;

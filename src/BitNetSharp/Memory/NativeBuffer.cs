@@ -16,7 +16,8 @@ public sealed unsafe class NativeBuffer : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(byteLength);
         ByteLength = byteLength;
-        _pointer = NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 1), Alignment);
+        _pointer = HugePages.TryAllocate(byteLength);
+        if (_pointer == null) _pointer = NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 1), Alignment);
         if (zero) NativeMemory.Clear(_pointer, (nuint)Math.Max(byteLength, 1));
         if (byteLength > 0) GC.AddMemoryPressure(byteLength);
     }

@@ -1,0 +1,79 @@
+using System.Runtime.InteropServices;
+
+namespace BitNetSharp.Memory;
+
+/// <summary>
+/// Transparent huge pages for the runtime buffers (<c>--hugepages</c>, Linux): while <see cref="Enabled"/>, every
+/// <see cref="NativeBuffer"/> of at least 2 MiB is allocated 2 MiB-aligned and advised MADV_HUGEPAGE, so the kernel
+/// can back activations, KV cache and repacked weights with 2 MiB pages (fewer TLB misses). The model file's mapping
+/// is page cache, which transparent huge pages do not cover. Whether the kernel honoured it shows in
+/// <see cref="AnonHugePagesBytes"/>.
+/// </summary>
+public static unsafe class HugePages
+{
+    public const long PageBytes = 2 << 20;
+    private const int MadvHugePage = 14;
+
+    /// <summary>Advise huge pages for buffers allocated from now on.</summary>
+    public static bool Enabled { get; set; }
+
+    /// <summary>Bytes of buffers advised so far, and advice the kernel refused (errno of the last refusal, 0 when none).</summary>
+    public static long AdvisedBytes => Interlocked.Read(ref _advised);
+    public static int LastError { get; private set; }
+
+    private static long _advised;
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int madvise(void* address, nuint length, int advice);
+
+    /// <summary>/sys/kernel/mm/transparent_hugepage/enabled, e.g. "always [madvise] never" (null off Linux or unreadable).</summary>
+    public static string? SystemSetting()
+    {
+        try
+        {
+            return OperatingSystem.IsLinux() ? File.ReadAllText("/sys/kernel/mm/transparent_hugepage/enabled").Trim() : null;
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>Throws a clear error when huge pages cannot be asked for here (not Linux, or THP set to never).</summary>
+    public static void Require()
+    {
+        if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("--hugepages uses Linux transparent huge pages (madvise MADV_HUGEPAGE); this is not Linux.");
+        if (SystemSetting() is { } s && s.Contains("[never]", StringComparison.Ordinal))
+            throw new InvalidOperationException($"--hugepages: transparent huge pages are off on this machine (/sys/kernel/mm/transparent_hugepage/enabled: {s}); enable 'madvise' or 'always' to use them.");
+    }
+
+    /// <summary>Huge-page-backed anonymous memory of this process now (AnonHugePages in /proc/self/smaps_rollup), or −1 when unreadable.</summary>
+    public static long AnonHugePagesBytes()
+    {
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/smaps_rollup"))
+                if (line.StartsWith("AnonHugePages:", StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+        }
+        return -1;
+    }
+
+    /// <summary>Allocates for <see cref="NativeBuffer"/>: 2 MiB-aligned and advised when enabled and large enough, else null.</summary>
+    internal static void* TryAllocate(long byteLength)
+    {
+        if (!Enabled || byteLength < PageBytes || !OperatingSystem.IsLinux()) return null;
+        long rounded = (byteLength + PageBytes - 1) / PageBytes * PageBytes;
+        void* p = NativeMemory.AlignedAlloc((nuint)rounded, (nuint)PageBytes);
+        if (madvise(p, (nuint)rounded, MadvHugePage) == 0) Interlocked.Add(ref _advised, rounded);
+        else LastError = Marshal.GetLastPInvokeError();
+        return p;
+    }
+}
