@@ -141,7 +141,7 @@ public static class BenchCommand
             else WriteTable(cli, info, rows);
             if (result.GetValue(hugePages))
                 cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                    $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{(Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "")}; AnonHugePages now {Memory.HugePages.AnonHugePagesBytes() / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}"));
+                    $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{(Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "")}; huge-page-backed while they lived (AnonHugePages, peak seen at release) {Math.Max(Memory.HugePages.PeakAnonHugePagesBytes, Memory.HugePages.AnonHugePagesBytes()) / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}"));
             return 0;
         }));
         return command;

@@ -21,7 +21,17 @@ public static unsafe class HugePages
     public static long AdvisedBytes => Interlocked.Read(ref _advised);
     public static int LastError { get; private set; }
 
-    private static long _advised;
+    private static long _advised, _peakAnon = -1;
+
+    /// <summary>The largest AnonHugePages seen when an advised buffer was freed (−1: none freed yet) — the buffers are gone by the time a run reports.</summary>
+    public static long PeakAnonHugePagesBytes => Interlocked.Read(ref _peakAnon);
+
+    internal static void NoteBeforeFree()
+    {
+        long now = AnonHugePagesBytes();
+        long seen;
+        while (now > (seen = Interlocked.Read(ref _peakAnon)) && Interlocked.CompareExchange(ref _peakAnon, now, seen) != seen) { }
+    }
 
     [DllImport("libc", SetLastError = true)]
     private static extern int madvise(void* address, nuint length, int advice);
@@ -67,12 +77,17 @@ public static unsafe class HugePages
     }
 
     /// <summary>Allocates for <see cref="NativeBuffer"/>: 2 MiB-aligned and advised when enabled and large enough, else null.</summary>
-    internal static void* TryAllocate(long byteLength)
+    internal static void* TryAllocate(long byteLength, out bool advised)
     {
+        advised = false;
         if (!Enabled || byteLength < PageBytes || !OperatingSystem.IsLinux()) return null;
         long rounded = (byteLength + PageBytes - 1) / PageBytes * PageBytes;
         void* p = NativeMemory.AlignedAlloc((nuint)rounded, (nuint)PageBytes);
-        if (madvise(p, (nuint)rounded, MadvHugePage) == 0) Interlocked.Add(ref _advised, rounded);
+        if (madvise(p, (nuint)rounded, MadvHugePage) == 0)
+        {
+            Interlocked.Add(ref _advised, rounded);
+            advised = true;
+        }
         else LastError = Marshal.GetLastPInvokeError();
         return p;
     }

@@ -11,12 +11,13 @@ public sealed unsafe class NativeBuffer : IDisposable
     public const int Alignment = 64;
 
     private void* _pointer;
+    private readonly bool _hugePages;
 
     public NativeBuffer(long byteLength, bool zero = true)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(byteLength);
         ByteLength = byteLength;
-        _pointer = HugePages.TryAllocate(byteLength);
+        _pointer = HugePages.TryAllocate(byteLength, out _hugePages);
         if (_pointer == null) _pointer = NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 1), Alignment);
         if (zero) NativeMemory.Clear(_pointer, (nuint)Math.Max(byteLength, 1));
         if (byteLength > 0) GC.AddMemoryPressure(byteLength);
@@ -39,6 +40,7 @@ public sealed unsafe class NativeBuffer : IDisposable
     public void Dispose()
     {
         if (_pointer == null) return;
+        if (_hugePages) HugePages.NoteBeforeFree();
         NativeMemory.AlignedFree(_pointer);
         _pointer = null;
         if (ByteLength > 0) GC.RemoveMemoryPressure(ByteLength);
