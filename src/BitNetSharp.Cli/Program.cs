@@ -29,6 +29,15 @@ public static class Program
             ProfileCommand.Create(cli),
             CalibrateCommand.Create(cli),
         };
-        return root.Parse(args).Invoke(new InvocationConfiguration { Output = output, Error = error });
+        var parse = root.Parse(args);
+        var configuration = new InvocationConfiguration { Output = output, Error = error };
+        // serve drains on SIGTERM/Ctrl-C: give it its --shutdown-timeout plus time to stop before the process is ended.
+        if (parse.CommandResult.Command.Name == "serve")
+        {
+            double drain = parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == ServeCommand.ShutdownTimeoutOption) is Option<double> o
+                && parse.GetResult(o) is { Implicit: false } && parse.GetValue(o) is >= 0 and <= 3600 and var d ? d : ServeCommand.DefaultShutdownSeconds;
+            configuration.ProcessTerminationTimeout = TimeSpan.FromSeconds(drain + 10);
+        }
+        return parse.Invoke(configuration);
     }
 }

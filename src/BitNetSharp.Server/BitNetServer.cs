@@ -73,6 +73,8 @@ public sealed class BitNetServer : IAsyncDisposable
             k.AddServerHeader = false;
             k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
         });
+        // The embedding program owns shutdown (bitnet serve drains on SIGTERM): no console lifetime stopping Kestrel on a signal.
+        builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, EmbeddedLifetime>();
         var app = builder.Build();
         var host = new ModelHost(options, app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("BitNetSharp.Server"));
         Map(app, host, options);
@@ -174,6 +176,24 @@ public sealed class BitNetServer : IAsyncDisposable
         return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None);
     }
 
+    /// <summary>Generation requests being handled now.</summary>
+    public int InFlightRequests => _host.InFlight;
+
+    /// <summary>
+    /// The first half of a graceful shutdown: from now on /health answers 503 {"status":"draining"} (a balancer stops
+    /// sending) and new generations get 503 shutting_down; waits until the requests in flight have finished or
+    /// <paramref name="timeout"/> has passed. Returns how many were still running (0: drained). <see cref="StopAsync"/>
+    /// then ends any left with a clean error (503, or an SSE error event for a stream) and flushes logs.
+    /// </summary>
+    public async Task<int> DrainAsync(TimeSpan timeout, CancellationToken cancellation = default)
+    {
+        _host.BeginDrain();
+        var deadline = DateTime.UtcNow + timeout;
+        while (_host.InFlight > 0 && DateTime.UtcNow < deadline)
+            await Task.Delay(20, cancellation);
+        return _host.InFlight;
+    }
+
     /// <summary>Stops accepting connections, ends requests in flight, stops the engine and frees the model.</summary>
     public async Task StopAsync(CancellationToken cancellation = default)
     {
@@ -190,4 +210,12 @@ public sealed class BitNetServer : IAsyncDisposable
     }
 
     public async ValueTask DisposeAsync() => await StopAsync();
+}
+
+/// <summary>A host lifetime that ignores process signals: <see cref="BitNetServer.DrainAsync"/> and <see cref="BitNetServer.StopAsync"/> decide when the server stops.</summary>
+internal sealed class EmbeddedLifetime : Microsoft.Extensions.Hosting.IHostLifetime
+{
+    public Task WaitForStartAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 }

@@ -106,6 +106,38 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     };
 
     private int _disposed;
+    private volatile bool _draining;
+    private int _inFlight;
+
+    /// <summary>True once <see cref="BeginDrain"/> was called: /health says "draining" (503) and new generations get 503.</summary>
+    public bool Draining => _draining;
+
+    /// <summary>Generation requests being handled now (from routing to the last byte written).</summary>
+    public int InFlight => Volatile.Read(ref _inFlight);
+
+    public void BeginDrain() => _draining = true;
+
+    /// <summary>
+    /// Admits one generation request (pair with <see cref="ExitRequest"/> in a finally): the served model, or a 503 while
+    /// loading, warming up or draining (so a balancer retries another replica).
+    /// </summary>
+    public ServedModel EnterRequest()
+    {
+        Interlocked.Increment(ref _inFlight);
+        try
+        {
+            if (_draining)
+                throw new ApiException(503, "The server is shutting down; retry on another replica.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 };
+            return RequireReady();
+        }
+        catch
+        {
+            Interlocked.Decrement(ref _inFlight);
+            throw;
+        }
+    }
+
+    public void ExitRequest() => Interlocked.Decrement(ref _inFlight);
 
     /// <summary>Stops the engine (requests in flight end with <see cref="ObjectDisposedException"/>) and frees the model; safe to call twice.</summary>
     public void Dispose()

@@ -32,10 +32,15 @@ public static class ServeCommand
         var alertRules = new Option<string?>("--alert-rules") { Description = "A JSON alert rule file ({\"rules\": [...]}) to use instead of the built-in rules." };
         var telemetryLog = new Option<string?>("--telemetry-log") { Description = "Write sampled steps, per-layer health and events to Arrow IPC files in this directory (read them with `bitnet logs`)." };
         var telemetryMax = new Option<double>("--telemetry-max-mb") { Description = "Rotate telemetry files at this size (MB); the log keeps at most 16 files' worth.", DefaultValueFactory = _ => 64 };
+        var shutdownTimeout = new Option<double>(ShutdownTimeoutOption)
+        {
+            Description = "On SIGTERM or Ctrl-C: report not-ready and refuse new generations, let those in flight finish for up to this many seconds, then end the rest cleanly and exit 0.",
+            DefaultValueFactory = _ => DefaultShutdownSeconds,
+        };
         var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching.")
         {
-            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax,
+            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
         };
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
@@ -54,6 +59,8 @@ public static class ServeCommand
                 Threads = generator.Threads,
                 HealthSampleEvery = result.GetValue(healthEvery),
             };
+            double drainSeconds = result.GetValue(shutdownTimeout);
+            if (!(drainSeconds >= 0) || drainSeconds > 3600) throw new UsageException($"{ShutdownTimeoutOption} must be 0 to 3600 seconds; got {drainSeconds}.");
             double? verify = result.GetValue(verifyWeights);
             if (verify is { } v && !(v > 0)) throw new UsageException($"--verify-weights must be a positive number of seconds; got {v}.");
             Uri? webhook = null;
@@ -104,12 +111,15 @@ public static class ServeCommand
             {
                 throw new UsageException(e.Message.Split(" (Parameter '")[0]);
             }
-            return Run(cli, options, path, id, cancellation).GetAwaiter().GetResult();
+            return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), cancellation).GetAwaiter().GetResult();
         })));
         return command;
     }
 
-    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, CancellationToken cancellation)
+    public const string ShutdownTimeoutOption = "--shutdown-timeout";
+    public const double DefaultShutdownSeconds = 25;
+
+    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, TimeSpan drain, CancellationToken cancellation)
     {
         await using var server = await BitNetServer.StartAsync(options, cancellation);
         bool loopback = IPAddress.IsLoopback(BitNetServer.ParseHost(options.Host));
@@ -130,7 +140,14 @@ public static class ServeCommand
             cli.Error.WriteLine($"error: the model could not be loaded: {e.Message}");
             return 1;
         }
-        cli.Error.WriteLine("stopping.");
+        // Graceful shutdown (SIGTERM, Ctrl-C): not ready and refusing new generations, in-flight ones get up to `drain`
+        // to finish; whatever is left ends with a clean error when the server stops; the logs are flushed on the way out.
+        int inFlight = server.InFlightRequests;
+        cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+            $"stopping: draining {inFlight} request(s) in flight for up to {drain.TotalSeconds:0.#} s (/health now answers 503 draining)"));
+        int left = await server.DrainAsync(drain, CancellationToken.None);
+        await server.StopAsync(CancellationToken.None);
+        cli.Error.WriteLine(left == 0 ? "stopped: every request in flight finished." : $"stopped: {left} request(s) were still running at the deadline and ended with a shutting_down error.");
         return 0;
     }
 

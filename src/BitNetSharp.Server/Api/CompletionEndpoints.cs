@@ -34,8 +34,20 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
 
     private async Task Handle(HttpContext context, bool chat)
     {
+        var model = host.EnterRequest();
+        try
+        {
+            await Handle(context, chat, model);
+        }
+        finally
+        {
+            host.ExitRequest();
+        }
+    }
+
+    private async Task Handle(HttpContext context, bool chat, ServedModel model)
+    {
         using var activity = Activities.StartActivity(chat ? "chat.completions" : "completions");
-        var model = host.RequireReady();
         var aborted = context.RequestAborted;
         CompletionRequest request;
         var (doc, json) = await JsonRequest.ReadAsync(context.Request, aborted);

@@ -36,7 +36,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
     }
 
     /// <summary>
-    /// 200 {"status":"ok"} when ready; 503 while loading or warming up; 500 when loading failed. With <c>?verbose</c>,
+    /// 200 {"status":"ok"} when ready; 503 while loading, warming up or draining for shutdown ({"status":"draining"}); 500 when loading failed. With <c>?verbose</c>,
     /// "components" says where each part stands — model loaded, warm, weights verified, model health sampling, alerts
     /// (firing ones listed) — and "status" is "degraded" (still 200: the process serves) while a critical alert fires
     /// or the weights failed a check.
@@ -44,7 +44,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
     public Task Health(HttpContext context)
     {
         var state = host.State;
-        int status = state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
+        int status = host.Draining ? 503 : state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
         if (status == 503) context.Response.Headers.RetryAfter = "1";
         bool verbose = context.Request.Query.ContainsKey("verbose");
         var monitor = host.Served?.Monitor;
@@ -54,7 +54,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         return OpenAiJson.WriteJsonAsync(context.Response, status, w =>
         {
             w.WriteStartObject();
-            w.WriteString("status", state switch
+            w.WriteString("status", host.Draining ? "draining" : state switch
             {
                 ModelState.Ready => degraded && verbose ? "degraded" : "ok",
                 ModelState.Loading => "loading",

@@ -1,0 +1,134 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.ServerSentEvents;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>Graceful shutdown: draining (not ready, new generations refused, in-flight ones finish), the deadline, and SIGTERM on a real process.</summary>
+public class GracefulShutdownTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static object Stream(int maxTokens) => new { model = TestServer.ModelId, prompt = "Once upon a time", max_tokens = maxTokens, stream = true, ignore_eos = true, temperature = 0 };
+
+    [Fact]
+    public async Task DrainingLetsInFlightStreamsFinishAndRefusesNewWork()
+    {
+        await using var s = await TestServer.StartAsync();
+        s.Scheduler.StepGate.Reset(); // hold the engine: the stream stays in flight
+        try
+        {
+            var stream = s.StreamAsync("v1/completions", Stream(5));
+            await TestServer.EventuallyAsync(() => Task.FromResult(s.Server.InFlightRequests == 1), "the stream to be in flight");
+            var drain = s.Server.DrainAsync(TimeSpan.FromSeconds(30), Ct);
+
+            var health = await s.Http.GetAsync("health", Ct);
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+            Assert.Contains("\"draining\"", await health.Content.ReadAsStringAsync(Ct));
+            var (status, body, response) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "x", max_tokens = 2 });
+            Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
+            Assert.Equal("shutting_down", body.GetProperty("error").GetProperty("code").GetString());
+            Assert.Equal("1", response.Headers.RetryAfter?.ToString());
+            Assert.False(drain.IsCompleted);
+
+            s.Scheduler.StepGate.Set();
+            var events = await stream;
+            Assert.Equal("[DONE]", events[^1]);
+            Assert.DoesNotContain(events, e => e.Contains("\"error\""));
+            Assert.Equal("length", JsonDocument.Parse(events[^2]).RootElement.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+            Assert.Equal(0, await drain);
+        }
+        finally
+        {
+            s.Scheduler.StepGate.Set();
+        }
+    }
+
+    [Fact]
+    public async Task AtTheDeadlineTheRestEndWithACleanError()
+    {
+        await using var s = await TestServer.StartAsync();
+        s.Scheduler.StepGate.Reset();
+        var stream = s.StreamAsync("v1/completions", Stream(100));
+        await TestServer.EventuallyAsync(() => Task.FromResult(s.Server.InFlightRequests == 1), "the stream to be in flight");
+        var sw = Stopwatch.StartNew();
+        Assert.Equal(1, await s.Server.DrainAsync(TimeSpan.FromMilliseconds(300), Ct));
+        Assert.InRange(sw.Elapsed, TimeSpan.FromMilliseconds(250), TimeSpan.FromSeconds(10));
+        await s.Server.StopAsync(Ct); // opens the gate and stops the engine
+        var events = await stream;
+        Assert.Equal("[DONE]", events[^1]);
+        Assert.Equal("shutting_down", JsonDocument.Parse(events[^2]).RootElement.GetProperty("error").GetProperty("code").GetString());
+    }
+
+    [Fact]
+    public void ShutdownTimeoutIsValidated()
+    {
+        var error = new StringWriter();
+        int code = BitNetSharp.Cli.Program.Run(["serve", "-m", "x.gguf", "--shutdown-timeout", "-1"], new StringWriter(), error);
+        Assert.Equal(2, code);
+        Assert.Contains("--shutdown-timeout must be 0 to 3600 seconds", error.ToString());
+    }
+
+    /// <summary>
+    /// The real thing: `bitnet serve` as a process, a stream in flight, SIGTERM. The stream runs to its end (no error
+    /// event), /health says draining meanwhile, and the process exits 0 saying every request finished.
+    /// </summary>
+    [Fact]
+    public async Task SigtermDrainsAndExitsZero()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGTERM with kill(1); Linux only");
+        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
+        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
+        var psi = new ProcessStartInfo(exe)
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in new[] { "serve", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1" }) psi.ArgumentList.Add(a);
+        using var process = Process.Start(psi)!;
+        var stderr = new StringBuilder();
+        var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stderr) stderr.AppendLine(e.Data);
+            var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
+            if (m.Success) ready.TrySetResult(new Uri(m.Groups[1].Value));
+        };
+        process.BeginErrorReadLine();
+        process.BeginOutputReadLine();
+        try
+        {
+            var address = await ready.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
+            using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+            {
+                Content = new StringContent(JsonSerializer.Serialize(new { prompt = "Once upon a time", max_tokens = 240, stream = true, ignore_eos = true }), Encoding.UTF8, "application/json"),
+            };
+            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
+            await using var body = await response.Content.ReadAsStreamAsync(Ct);
+            var events = new List<string>();
+            await foreach (var item in SseParser.Create(body).EnumerateAsync(Ct)) events.Add(item.Data);
+            Assert.Equal("[DONE]", events[^1]);
+            Assert.DoesNotContain(events, e => e.Contains("\"error\""));
+            Assert.Equal("length", JsonDocument.Parse(events[^2]).RootElement.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+            await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            process.WaitForExit(); // flush the redirected stderr
+            string log;
+            lock (stderr) log = stderr.ToString();
+            Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}:\n{log}");
+            Assert.Contains("stopping: draining", log);
+            Assert.Contains("stopped: every request in flight finished.", log);
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
+    }
+}
