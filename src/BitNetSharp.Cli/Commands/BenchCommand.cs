@@ -31,13 +31,14 @@ public static class BenchCommand
         var json = new Option<bool>("--json") { Description = "Print JSON." };
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
         var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
+        var bandwidthOnly = new Option<bool>("--bandwidth-only") { Description = "Only measure this machine's read bandwidth per thread count (each access pattern, and the best: the bound) and exit." };
         var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux)." };
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages,
+            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages, bandwidthOnly,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -56,6 +57,19 @@ public static class BenchCommand
             int repetitions = Math.Max(1, result.GetValue(reps));
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
+            if (result.GetValue(bandwidthOnly))
+            {
+                foreach (int t in threadCounts)
+                {
+                    using var pool = new WorkerPool(t);
+                    if (cpuList is not null) ProfileCommand.Pin(pool, cpuList);
+                    using var probe = new MemoryBandwidth();
+                    double best = probe.Measure(pool, repetitions: 5);
+                    cli.Output.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                        $"threads {t}: {best:F1} GB/s ({probe.BestPattern.ToString().ToLowerInvariant()}) — {string.Join(", ", probe.ByPattern.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value:F1}"))}"));
+                }
+                return 0;
+            }
             ResetPeakRss();
 
             long t0 = Stopwatch.GetTimestamp();
@@ -88,7 +102,12 @@ public static class BenchCommand
             {
                 peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
                 double gbps;
-                using (var probe = new MemoryBandwidth()) gbps = probe.Measure(pool);
+                using (var probe = new MemoryBandwidth())
+                {
+                    gbps = probe.Measure(pool);
+                    cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                        $"read bandwidth, {pool.ThreadCount} thread(s): {gbps:F1} GB/s — best of {string.Join(", ", probe.ByPattern.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value:F1}"))}"));
+                }
                 GC.Collect();
                 ResetPeakRss();
                 return gbps;

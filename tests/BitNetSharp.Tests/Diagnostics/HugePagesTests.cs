@@ -29,3 +29,18 @@ public class HugePagesTests
         Assert.True(HugePages.AnonHugePagesBytes() >= 0);
     }
 }
+
+public class BandwidthProbeTests
+{
+    /// <summary>The probe measures every pattern and reports the best of them as the bound.</summary>
+    [Fact]
+    public void TheBoundIsTheBestPattern()
+    {
+        using var pool = new BitNetSharp.Threading.WorkerPool(2);
+        using var probe = new BitNetSharp.Diagnostics.MemoryBandwidth(64L << 20);
+        double best = probe.Measure(pool, repetitions: 1);
+        Assert.Equal(Enum.GetValues<BitNetSharp.Diagnostics.BandwidthPattern>().Length, probe.ByPattern.Count);
+        Assert.All(probe.ByPattern.Values, v => Assert.True(v > 0 && v <= best));
+        Assert.Equal(best, probe.ByPattern[probe.BestPattern]);
+    }
+}
