@@ -22,8 +22,15 @@ using BitNetSharp.Tokenization;
 // stream is taken against the single-stream round of the same cycle, minutes apart at most: on a shared host whose
 // bandwidth and CPU share drift, that ratio is far steadier than ratios between separate runs. The table then shows
 // medians over the cycles (percentiles pool every cycle's samples), and the per-cycle ratios follow it.
+//
+// Against a server that is already running (a replica, or nginx in front of several; see ExternalLoad.cs):
+// dotnet run -c Release --project bench/BitNetSharp.LoadBench -- --url http://127.0.0.1:8080/ [--clients 6]
+//   [--duration 30] [--stream-ratio 0.5] [--max-tokens 64] [--prompt TEXT] [--log requests.jsonl]
+// counts every request's outcome: complete, an explicit error (HTTP status, SSE error event, broken connection), or a
+// silent truncation (exit code 3 if any).
 
 var args_ = ParseArgs(args);
+if (args_.ContainsKey("url")) return await ExternalLoad.RunAsync(args_);
 var shape = ShapeFrom(args_.GetValueOrDefault("shape", "large"));
 int[] streams = args_.GetValueOrDefault("streams", "1,4,8,16").Split(',').Select(int.Parse).ToArray();
 int maxTokens = int.Parse(args_.GetValueOrDefault("max-tokens", "64"), CultureInfo.InvariantCulture);

@@ -1,0 +1,162 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net.ServerSentEvents;
+using System.Text;
+using System.Text.Json;
+
+namespace BitNetSharp.LoadBench;
+
+/// <summary>
+/// <c>--url http://host:port/</c>: load against a server that is already running (a replica, or a balancer in front
+/// of several) instead of an in-process one. <c>--clients</c> loops each send one completion after another for
+/// <c>--duration</c> seconds, a <c>--stream-ratio</c> share of them streaming, all with ignore_eos so every complete
+/// answer has exactly <c>--max-tokens</c> tokens. Every request ends in exactly one outcome:
+/// <list type="bullet">
+/// <item><c>ok</c>: a complete answer (non-streaming: 200, finish_reason "length", completion_tokens = max_tokens;
+/// streaming: 200, text events, a final usage of max_tokens, finish_reason "length", then [DONE]);</item>
+/// <item><c>http_error</c>: a non-200 status (an explicit error);</item>
+/// <item><c>sse_error</c>: a stream that ended with an error event (explicit);</item>
+/// <item><c>io_error</c>: the connection failed or broke (refused, reset, a chunked body cut short): explicit to the client;</item>
+/// <item><c>silent_truncation</c>: a 200 whose body ended cleanly but is not a complete answer — a stream without
+/// [DONE] or short of max_tokens, an unparsable or short JSON body. A balancer must never produce one.</item>
+/// </list>
+/// Prints a per-second timeline and a summary; <c>--log FILE</c> writes one JSON line per request.
+/// </summary>
+internal static class ExternalLoad
+{
+    public static async Task<int> RunAsync(Dictionary<string, string> a)
+    {
+        var url = new Uri(a["url"].EndsWith('/') ? a["url"] : a["url"] + "/");
+        int clients = Int(a, "clients", 6);
+        double duration = double.Parse(a.GetValueOrDefault("duration", "30"), CultureInfo.InvariantCulture);
+        double streamRatio = double.Parse(a.GetValueOrDefault("stream-ratio", "0.5"), CultureInfo.InvariantCulture);
+        int maxTokens = Int(a, "max-tokens", 64);
+        string prompt = a.GetValueOrDefault("prompt", "Once upon a time");
+        string? logPath = a.GetValueOrDefault("log");
+
+        using var http = new HttpClient(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromSeconds(30) })
+        {
+            BaseAddress = url,
+            Timeout = TimeSpan.FromSeconds(120),
+        };
+        var results = new List<Result>();
+        var clock = Stopwatch.StartNew();
+        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loadbench-external: t0={DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0:F3}"));
+        var end = TimeSpan.FromSeconds(duration);
+        var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
+        {
+            var rng = new Random(c + 1);
+            for (int i = 0; clock.Elapsed < end; i++)
+            {
+                bool stream = rng.NextDouble() < streamRatio;
+                double start = clock.Elapsed.TotalSeconds;
+                double unix = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
+                var (outcome, detail, tokens) = await OneAsync(http, stream, prompt, maxTokens);
+                lock (results) results.Add(new Result(c, i, stream, start, clock.Elapsed.TotalSeconds, unix, outcome, detail, tokens));
+            }
+        })).ToArray();
+        await Task.WhenAll(workers);
+
+        results.Sort((x, y) => x.Start.CompareTo(y.Start));
+        if (logPath is not null)
+            await File.WriteAllLinesAsync(logPath, results.Select(r => JsonSerializer.Serialize(r)));
+
+        Console.WriteLine($"# load against {url}");
+        Console.WriteLine();
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"{clients} clients for {duration:0.#} s, {streamRatio:P0} streaming, prompt \"{prompt}\", max_tokens {maxTokens} (ignore_eos: a complete answer has exactly that many tokens)"));
+        Console.WriteLine();
+        Console.WriteLine("| second | started | ok | http_error | sse_error | io_error | silent_truncation |");
+        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|");
+        foreach (var g in results.GroupBy(r => (int)r.Start).OrderBy(g => g.Key))
+            Console.WriteLine($"| {g.Key} | {g.Count()} | {Count(g, "ok")} | {Count(g, "http_error")} | {Count(g, "sse_error")} | {Count(g, "io_error")} | {Count(g, "silent_truncation")} |");
+        Console.WriteLine();
+        foreach (var kind in new[] { false, true })
+        {
+            var k = results.Where(r => r.Stream == kind).ToList();
+            Console.WriteLine($"- {(kind ? "streaming" : "non-streaming")}: {k.Count} requests, {Count(k, "ok")} ok, {Count(k, "http_error")} http_error, {Count(k, "sse_error")} sse_error, {Count(k, "io_error")} io_error, {Count(k, "silent_truncation")} silent_truncation");
+        }
+        foreach (var r in results.Where(r => r.Outcome != "ok"))
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"  - t={r.Start:F2}–{r.End:F2} s client {r.Client} #{r.Index} {(r.Stream ? "stream" : "non-stream")}: {r.Outcome} ({r.Detail}; {r.Tokens} tokens received)"));
+        Console.WriteLine();
+        Console.WriteLine($"loadbench-external: total={results.Count} ok={Count(results, "ok")} http_error={Count(results, "http_error")} sse_error={Count(results, "sse_error")} io_error={Count(results, "io_error")} silent_truncation={Count(results, "silent_truncation")}");
+        return Count(results, "silent_truncation") == 0 ? 0 : 3;
+    }
+
+    private sealed record Result(int Client, int Index, bool Stream, double Start, double End, double StartUnix, string Outcome, string Detail, int Tokens);
+
+    private static int Count(IEnumerable<Result> rs, string outcome) => rs.Count(r => r.Outcome == outcome);
+
+    private static int Int(Dictionary<string, string> a, string key, int fallback) =>
+        a.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
+
+    /// <summary>One completion and its outcome (see the class comment), with what it says and the tokens it received.</summary>
+    internal static async Task<(string Outcome, string Detail, int Tokens)> OneAsync(HttpClient http, bool stream, string prompt, int maxTokens)
+    {
+        var body = JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, ignore_eos = true, stream, stream_options = stream ? new { include_usage = true } : null });
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+        int chunks = 0;
+        try
+        {
+            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
+            if ((int)response.StatusCode != 200)
+            {
+                string text = await response.Content.ReadAsStringAsync();
+                return ("http_error", $"HTTP {(int)response.StatusCode} {Shorten(text)}", 0);
+            }
+            if (!stream)
+            {
+                string text = await response.Content.ReadAsStringAsync();
+                try
+                {
+                    var root = JsonDocument.Parse(text).RootElement;
+                    int tokens = root.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
+                    string? finish = root.GetProperty("choices")[0].GetProperty("finish_reason").GetString();
+                    return tokens == maxTokens && finish == "length"
+                        ? ("ok", "", tokens)
+                        : ("silent_truncation", $"200 with {tokens} tokens, finish_reason {finish}", tokens);
+                }
+                catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or IndexOutOfRangeException)
+                {
+                    return ("silent_truncation", $"200 with an incomplete body ({text.Length} chars): {e.GetType().Name}", 0);
+                }
+            }
+            await using var s = await response.Content.ReadAsStreamAsync();
+            int usage = -1;
+            string? finishReason = null;
+            bool done = false;
+            await foreach (var e in SseParser.Create(s).EnumerateAsync())
+            {
+                if (e.Data == "[DONE]")
+                {
+                    done = true;
+                    break;
+                }
+                var root = JsonDocument.Parse(e.Data).RootElement;
+                if (root.TryGetProperty("error", out var error)) return ("sse_error", $"error event: {Shorten(error.ToString())}", chunks);
+                if (root.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object) usage = u.GetProperty("completion_tokens").GetInt32();
+                var choices = root.GetProperty("choices");
+                if (choices.GetArrayLength() == 0) continue;
+                if (choices[0].TryGetProperty("finish_reason", out var f) && f.ValueKind == JsonValueKind.String) finishReason = f.GetString();
+                if (choices[0].GetProperty("text").GetString() is { Length: > 0 }) chunks++;
+            }
+            if (!done) return ("silent_truncation", $"the stream ended cleanly without [DONE] after {chunks} text events", chunks);
+            return usage == maxTokens && finishReason == "length"
+                ? ("ok", "", usage)
+                : ("silent_truncation", $"[DONE] after usage {usage}, finish_reason {finishReason}", chunks);
+        }
+        catch (Exception e) when (e is HttpRequestException or IOException or TaskCanceledException)
+        {
+            var inner = e;
+            while (inner.InnerException is not null) inner = inner.InnerException;
+            return ("io_error", $"{e.GetType().Name}: {Shorten(e.Message)}{(inner != e ? $" ({Shorten(inner.Message)})" : "")}", chunks);
+        }
+    }
+
+    private static string Shorten(string s)
+    {
+        s = s.ReplaceLineEndings(" ");
+        return s.Length <= 160 ? s : s[..160] + "…";
+    }
+}
