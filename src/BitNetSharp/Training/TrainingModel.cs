@@ -1,4 +1,6 @@
 using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
 using BitNetSharp.Threading;
 using BitNetSharp.Training.Layers;
 
@@ -121,6 +123,7 @@ public sealed unsafe class TrainingModel
         _inputs = GC.AllocateArray<int>((int)n, pinned: true);
         _targets = GC.AllocateArray<int>((int)n, pinned: true);
         _tokenLosses = new float[n];
+        _activationBits = ActivationBits.Uniform(shape.Layers);
     }
 
     public TrainingShape Shape => _s;
@@ -128,6 +131,24 @@ public sealed unsafe class TrainingModel
     public int MaxBatch { get; }
     public bool Quantized { get; }
     public WorkerPool Pool => _pool;
+
+    /// <summary>
+    /// The activation bit width of every BitLinear input the forward fake-quantizes at (default 8 everywhere: the
+    /// trainer as it always was); ignored in full precision.
+    /// </summary>
+    public ActivationBits ActivationBits
+    {
+        get => _activationBits;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            if (value.Layers != _s.Layers)
+                throw new ArgumentException($"The bit widths are for {value.Layers} layers; the model has {_s.Layers}.", nameof(value));
+            _activationBits = value;
+        }
+    }
+
+    private ActivationBits _activationBits = null!;
 
     /// <summary>The fp32 latent weights (the optimizer updates these in place).</summary>
     public float[] Parameters => _params;
@@ -235,28 +256,29 @@ public sealed unsafe class TrainingModel
         var o = _layout.Layers[l];
         int d = _s.Dim, q = _s.QDim, kv = _s.KvDim, ff = _s.FeedForward;
         float eps = _s.RmsEps;
+        var bits = _activationBits;
 
         // Attention block.
         _norm.Forward(a.ResIn, _p + o.AttnNorm, _scratchNorm, a.Rstd1, n, d, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq1, a.Sx1);
+        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq1, a.Sx1, bits[l, BitLinearInput.Qkv]);
         _linear.Forward(a.Xq1, a.Sx1, Codes(o.Q), Beta(o.Q), a.Q, n, q, d);
         _linear.Forward(a.Xq1, a.Sx1, Codes(o.K), Beta(o.K), a.K, n, kv, d);
         _linear.Forward(a.Xq1, a.Sx1, Codes(o.V), Beta(o.V), a.V, n, kv, d);
         _rope.Forward(a.Q, a.K, n, T, q, kv);
         _attention.Forward(a.Q, a.K, a.V, a.Probs, a.Att, batch, T);
         _norm.Forward(a.Att, _p + o.AttnSubNorm, _scratchNorm, a.Rstd2, n, q, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, q, a.Xq2, a.Sx2);
+        _linear.QuantizeActivations(_scratchNorm, n, q, a.Xq2, a.Sx2, bits[l, BitLinearInput.O]);
         _linear.Forward(a.Xq2, a.Sx2, Codes(o.O), Beta(o.O), a.ResMid, n, d, q);
         Add(a.ResMid, a.ResIn, (long)n * d);
 
         // Feed-forward block.
         _norm.Forward(a.ResMid, _p + o.FfnNorm, _scratchNorm, a.Rstd3, n, d, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq3, a.Sx3);
+        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq3, a.Sx3, bits[l, BitLinearInput.GateUp]);
         _linear.Forward(a.Xq3, a.Sx3, Codes(o.Gate), Beta(o.Gate), a.G, n, ff, d);
         _linear.Forward(a.Xq3, a.Sx3, Codes(o.Up), Beta(o.Up), a.U, n, ff, d);
         _gate.Forward(a.G, a.U, a.M, n, ff);
         _norm.Forward(a.M, _p + o.FfnSubNorm, _scratchNorm, a.Rstd4, n, ff, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, ff, a.Xq4, a.Sx4);
+        _linear.QuantizeActivations(_scratchNorm, n, ff, a.Xq4, a.Sx4, bits[l, BitLinearInput.Down]);
         _linear.Forward(a.Xq4, a.Sx4, Codes(o.Down), Beta(o.Down), resOut, n, d, ff);
         Add(resOut, a.ResMid, (long)n * d);
     }
