@@ -321,8 +321,55 @@ public sealed unsafe class TrainingModel
     /// <summary>The absmean scale β each projection used in the last Forward (1 in full precision), by tensor name.</summary>
     public float BetaOf(string name) => _beta[IndexOf(_layout[name].Offset)];
 
+    private bool _frozenCodes;
+
+    /// <summary>
+    /// True once <see cref="FreezeProjection"/> has set codes: the forward then keeps every projection's ternary codes and
+    /// β as set (<see cref="SetBeta"/>) instead of re-quantizing the latent weights, and the gradient of a projection in
+    /// <see cref="Gradients"/> is ∂L/∂W̃ (straight-through), from which ∂L/∂β = Σ ∂L/∂W̃ ⊙ T.
+    /// </summary>
+    public bool FrozenCodes => _frozenCodes;
+
+    /// <summary>
+    /// Fixes projection <paramref name="name"/> to ternary <paramref name="codes"/> (row-major [rows, cols], each −1, 0 or 1)
+    /// with scale <paramref name="beta"/>; see <see cref="FrozenCodes"/>. Every projection must be frozen before a Forward.
+    /// </summary>
+    public void FreezeProjection(string name, ReadOnlySpan<sbyte> codes, float beta)
+    {
+        if (!Quantized) throw new InvalidOperationException("Only the quantized model has ternary codes to freeze.");
+        var t = _layout[name];
+        if (!t.IsProjection) throw new ArgumentException($"{name} is not a projection.", nameof(name));
+        if (codes.Length != t.Length) throw new ArgumentException($"{codes.Length} codes for {name} of {t.Rows}×{t.Cols}.", nameof(codes));
+        int i = IndexOf(t.Offset);
+        float* c = _codes + _codeOffset[i];
+        for (int k = 0; k < codes.Length; k++)
+        {
+            if (codes[k] is < -1 or > 1) throw new ArgumentException($"{name}: code {codes[k]} at {k} is not ternary.", nameof(codes));
+            c[k] = codes[k];
+        }
+        _transpose.Run(c, t.Rows, t.Cols, _codesT + _codeOffset[i]);
+        _frozenCodes = true;
+        SetBeta(name, beta);
+    }
+
+    /// <summary>Sets the scale β of a frozen projection (see <see cref="FreezeProjection"/>).</summary>
+    public void SetBeta(string name, float beta)
+    {
+        if (!_frozenCodes) throw new InvalidOperationException("SetBeta needs frozen codes (FreezeProjection); otherwise β is the latent weights' absmean.");
+        if (!(beta > 0) || !float.IsFinite(beta)) throw new ArgumentOutOfRangeException(nameof(beta), beta, "β must be positive and finite.");
+        _beta[IndexOf(_layout[name].Offset)] = beta;
+    }
+
+    /// <summary>The frozen codes of a projection (valid while <see cref="FrozenCodes"/>), row-major as floats.</summary>
+    public ReadOnlySpan<float> CodesOf(string name)
+    {
+        var t = _layout[name];
+        return new ReadOnlySpan<float>(_codes + _codeOffset[IndexOf(t.Offset)], t.Length);
+    }
+
     private void QuantizeWeights()
     {
+        if (_frozenCodes) return;
         for (int i = 0; i < _layout.Tensors.Count; i++)
         {
             var t = _layout.Tensors[i];
