@@ -93,13 +93,13 @@ public sealed class NormScaleTuner
             if (t.IsProjection)
             {
                 if (info.Type is GgmlType.TQ1_0 or GgmlType.TQ2_0)
-                    throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type)}, whose scales are one fp16 per 256-weight block baked into the packed codes; " +
+                    throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type).ToUpperInvariant()}, whose scales are one fp16 per 256-weight block baked into the packed codes; " +
                         $"--tune tunes one scale per tensor. Convert to I2_S first (bitnet convert {file.FilePath} model-i2s.gguf --type i2_s), tune that, and convert back if needed.");
                 if (info.Type != GgmlType.I2_S)
-                    throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type)}; --tune keeps ternary codes fixed and needs I2_S projections (bitnet convert ... --type i2_s).");
+                    throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type).ToUpperInvariant()}; --tune keeps ternary codes fixed and needs I2_S projections (bitnet convert ... --type i2_s).");
             }
             else if (info.Type != GgmlType.F32)
-                throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type)}; --tune needs the norms and the embedding in F32.");
+                throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type).ToUpperInvariant()}; --tune needs the norms and the embedding in F32.");
             if (info.ElementCount != t.Length)
                 throw new ArgumentException($"{file.FilePath}: {t.Name} has {info.ElementCount} values; the model's shape needs {t.Length}.");
         }
