@@ -68,6 +68,31 @@ public class TrainingRunTests
         Assert.Contains("layers 2", e.Message);
     }
 
+    /// <summary>A version-1 checkpoint (before activation bit widths) resumes as 8 bits everywhere.</summary>
+    [Fact]
+    public void VersionOneCheckpointsResumeAtEightBits()
+    {
+        var (options, tokenizer, train, validation) = Setup(2);
+        using var pool = new WorkerPool(2);
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("run.ckpt");
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        run.StepOnce();
+        run.SaveCheckpoint(path);
+        // Version 2 = version 1 + (int32 count, widths) after the 85-byte header of options.
+        var v2 = File.ReadAllBytes(path);
+        const int header = 85;
+        int count = BitConverter.ToInt32(v2, header);
+        Assert.Equal(options.Shape.Layers * ActivationBits.Inputs, count);
+        var v1 = v2[..header].Concat(v2[(header + 4 + count)..]).ToArray();
+        BitConverter.GetBytes(1).CopyTo(v1, 8);
+        File.WriteAllBytes(path, v1);
+        var resumed = TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(options.Shape.Layers));
+        Assert.Null(resumed.Options.ActivationBits);
+        Assert.True(resumed.Model.ActivationBits.AllEight);
+        Assert.Equal(run.Model.Parameters, resumed.Model.Parameters);
+    }
+
     [Fact]
     public void ResumingWithOtherActivationBitsIsRefused()
     {
