@@ -32,14 +32,20 @@ public static class CalibrateCommand
         var report = new Option<string?>("--report") { Description = "Markdown report to write (default: OUT without .gguf + .calibration.md, with -crest.svg and -histogram.svg beside it)." };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores); the result does not depend on it." };
         var json = new Option<bool>("--json") { Description = "Print the result as one JSON document." };
-        var command = new Command("calibrate", "Activation statistics and a per-layer activation bit-width search within a KL budget; writes a calibrated GGUF.")
+        var tune = new Option<bool>("--tune") { Description = "Instead: domain adaptation. Keep every ternary code, tune only the RMSNorm gains and per-tensor weight scales on --data (I2_S models), write OUT.gguf of the same size." };
+        var tuneSteps = new Option<int>("--steps") { Description = "With --tune: optimizer steps (batches of 8 windows of --ctx tokens).", DefaultValueFactory = _ => 200 };
+        var tuneLr = new Option<float>("--lr") { Description = "With --tune: peak learning rate (on the gains and on log scale).", DefaultValueFactory = _ => 2e-3f };
+        var command = new Command("calibrate", "Activation statistics and a per-layer activation bit-width search within a KL budget; writes a calibrated GGUF. With --tune: tunes norm gains and scales on domain text.")
         {
-            model, data, samples, ctx, budget, seed, maxSteps, output, report, threads, json,
+            model, data, samples, ctx, budget, seed, maxSteps, output, report, threads, json, tune, tuneSteps, tuneLr,
         };
         command.SetAction(r => cli.Guard(() =>
         {
             try
             {
+                if (r.GetValue(tune))
+                    return CalibrateTune.Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(ctx), r.GetValue(tuneSteps), r.GetValue(tuneLr),
+                        r.GetValue(seed), r.GetRequiredValue(output), r.GetValue(threads));
                 return Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(samples), r.GetValue(ctx), r.GetValue(budget), r.GetValue(seed),
                     r.GetValue(maxSteps), r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json));
             }

@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using BitNetSharp.Model;
 using BitNetSharp.Threading;
 using BitNetSharp.Training;
 using Spectre.Console;
@@ -39,11 +40,18 @@ public static class TrainCommand
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint interval in steps.", DefaultValueFactory = _ => 100 };
         var packing = new Option<string>("--packing") { Description = "Projection type in the GGUF: i2_s or tq2_0.", DefaultValueFactory = _ => "i2_s" };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+        var activationBits = new Option<string>("--activation-bits")
+        {
+            Description = "Activation bit widths the quantized forward trains at (the engine's quantizer, straight-through backward): " +
+                "one width for all (8, 6, 5, 4, 3, 2), one per layer (8,8,4,4), or per input (qkv=4,gate_up=4: BitNet a4.8-style; inputs qkv, o, gate_up, down). " +
+                "Written into the GGUF, so generate/eval use them.",
+            DefaultValueFactory = _ => "8",
+        };
         var plotPath = new Option<string?>("--plot") { Description = "The loss-curve SVG to write at the end (default: OUT.loss.svg)." };
         var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")
         {
             data, output, vocab, dim, layers, heads, kvHeads, ff, ctx, tokens, batch, lr, warmup, weightDecay, ropeTheta,
-            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath,
+            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath, activationBits,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -61,6 +69,17 @@ public static class TrainCommand
                     var other => throw new UsageException($"--packing '{other}' is not one of i2_s, tq2_0."),
                 };
                 ModelExporter.CheckPackable(shape, pack);
+                ActivationBits bits;
+                try
+                {
+                    bits = ActivationBits.Parse(r.GetValue(activationBits) ?? "8", shape.Layers);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException(e.Message);
+                }
+                if (r.GetValue(fullPrecision) && !bits.AllEight)
+                    throw new UsageException($"--activation-bits {bits} with --full-precision: the full-precision twin has no activation quantizer; drop one of the two.");
                 int batchSize = r.GetValue(batch);
                 if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
                 if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
@@ -77,7 +96,7 @@ public static class TrainCommand
                 TrainingRun run;
                 if (r.GetValue(resume) && File.Exists(checkpoint))
                 {
-                    run = TrainingRun.Resume(checkpoint, pool, shape);
+                    run = TrainingRun.Resume(checkpoint, pool, shape, bits);
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}");
                 }
                 else
@@ -93,10 +112,11 @@ public static class TrainCommand
                         Shape = shape, Batch = batchSize, TotalSteps = (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength)),
                         LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup), WeightDecay = r.GetValue(weightDecay),
                         FullPrecision = r.GetValue(fullPrecision), Seed = r.GetValue(seed),
+                        ActivationBits = bits.AllEight ? null : bits,
                     };
                     run = TrainingRun.Start(options, tokenizer, train, validation, pool);
                     cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
-                        $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : "ternary (QAT)")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
+                        $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : bits.AllEight ? "ternary (QAT)" : $"ternary (QAT), activation bits {bits}")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
                 }
 
                 Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));

@@ -49,4 +49,19 @@ public static class LowBitActivationQuantizer
         sum = s;
         q[x.Length..].Clear();
     }
+    /// <summary>
+    /// The trainer's fake quantizer at <paramref name="bits"/> bits: writes the codes as floats into <paramref name="q"/>
+    /// and returns s_x, exactly what <see cref="Quantize(ReadOnlySpan{float}, Span{sbyte}, out float, out int, int)"/>
+    /// gives the engine (b = 8 is <see cref="Int8ActivationQuantizer.QuantizeToFloatCodes"/> itself).
+    /// </summary>
+    public static float QuantizeToFloatCodes(ReadOnlySpan<float> x, Span<float> q, int bits)
+    {
+        if (bits == 8) return Int8ActivationQuantizer.QuantizeToFloatCodes(x, q);
+        if (Array.IndexOf(ActivationBits.Allowed, bits) < 0) throw new ArgumentOutOfRangeException(nameof(bits), bits, $"Bit widths are {string.Join(", ", ActivationBits.Allowed)}.");
+        if (q.Length < x.Length) throw new ArgumentException("Output is shorter than the input.", nameof(q));
+        int max = ActivationBits.MaxCode(bits);
+        double gamma = Math.Max((double)Int8ActivationQuantizer.AbsMax(x), Int8ActivationQuantizer.AbsMaxFloor);
+        for (int i = 0; i < x.Length; i++) q[i] = Int8ActivationQuantizer.ExactCode(x[i], gamma, max);
+        return (float)(max / gamma);
+    }
 }

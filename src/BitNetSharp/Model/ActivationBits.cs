@@ -142,6 +142,18 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
         return new ActivationBits(layers, bits);
     }
 
+    /// <summary>The widths, layer-major (qkv, o, gate_up, down per layer), as <see cref="FromWidths"/> reads them back.</summary>
+    public byte[] ToArray() => (byte[])_bits.Clone();
+
+    /// <summary>Widths from <see cref="ToArray"/>'s layout; a wrong length or a width outside the set is an <see cref="ArgumentException"/>.</summary>
+    public static ActivationBits FromWidths(int layers, ReadOnlySpan<byte> widths)
+    {
+        if (widths.Length != layers * Inputs)
+            throw new ArgumentException($"{widths.Length} bit widths for {layers} layers; expected {layers * Inputs} ({layers} layers × qkv, o, gate_up, down).");
+        foreach (byte b in widths) CheckBits(b, "bit width");
+        return new ActivationBits(layers, widths.ToArray());
+    }
+
     /// <summary>Adds the widths to a GGUF being written (uint8 array, layer-major).</summary>
     public void WriteTo(GgufWriter writer) => writer.AddArray(GgufKey, (byte[])_bits.Clone());
 

@@ -27,7 +27,7 @@ public static class ModelExporter
     public const string Architecture = "bitnet-b1.58";
 
     public static GgufWriter Build(TrainingShape shape, ReadOnlySpan<float> parameters, TrainedTokenizer tokenizer, string name,
-        ProjectionPacking packing = ProjectionPacking.I2S, bool addBos = false)
+        ProjectionPacking packing = ProjectionPacking.I2S, bool addBos = false, Model.ActivationBits? activationBits = null)
     {
         var layout = new ParameterLayout(shape);
         if (parameters.Length != layout.Count)
@@ -49,6 +49,13 @@ public static class ModelExporter
         w.AddUInt32("tokenizer.ggml.eos_token_id", (uint)tokenizer.EosId);
         w.AddBool("tokenizer.ggml.add_bos_token", addBos);
         w.AddBool("tokenizer.ggml.add_eos_token", false);
+        if (activationBits is not null)
+        {
+            if (activationBits.Layers != shape.Layers)
+                throw new ArgumentException($"The activation bit widths are for {activationBits.Layers} layers; the model has {shape.Layers}.", nameof(activationBits));
+            // Only widths the model was trained at below 8 are written, so an 8-bit run exports the same bytes as before.
+            if (!activationBits.AllEight) activationBits.WriteTo(w);
+        }
 
         foreach (var t in layout.Tensors)
         {
@@ -68,8 +75,8 @@ public static class ModelExporter
 
     /// <summary>Builds and writes to <paramref name="path"/> (temporary file + rename).</summary>
     public static void Write(string path, TrainingShape shape, ReadOnlySpan<float> parameters, TrainedTokenizer tokenizer, string name,
-        ProjectionPacking packing = ProjectionPacking.I2S, bool addBos = false) =>
-        Build(shape, parameters, tokenizer, name, packing, addBos).WriteFile(path);
+        ProjectionPacking packing = ProjectionPacking.I2S, bool addBos = false, Model.ActivationBits? activationBits = null) =>
+        Build(shape, parameters, tokenizer, name, packing, addBos, activationBits).WriteFile(path);
 
     /// <summary>Throws <see cref="ArgumentException"/> when a projection of <paramref name="shape"/> cannot be packed as <paramref name="packing"/>.</summary>
     public static void CheckPackable(TrainingShape shape, ProjectionPacking packing)

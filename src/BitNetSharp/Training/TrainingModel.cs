@@ -1,4 +1,6 @@
 using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Model;
+using BitNetSharp.Monitoring;
 using BitNetSharp.Threading;
 using BitNetSharp.Training.Layers;
 
@@ -121,6 +123,7 @@ public sealed unsafe class TrainingModel
         _inputs = GC.AllocateArray<int>((int)n, pinned: true);
         _targets = GC.AllocateArray<int>((int)n, pinned: true);
         _tokenLosses = new float[n];
+        _activationBits = ActivationBits.Uniform(shape.Layers);
     }
 
     public TrainingShape Shape => _s;
@@ -128,6 +131,24 @@ public sealed unsafe class TrainingModel
     public int MaxBatch { get; }
     public bool Quantized { get; }
     public WorkerPool Pool => _pool;
+
+    /// <summary>
+    /// The activation bit width of every BitLinear input the forward fake-quantizes at (default 8 everywhere: the
+    /// trainer as it always was); ignored in full precision.
+    /// </summary>
+    public ActivationBits ActivationBits
+    {
+        get => _activationBits;
+        set
+        {
+            ArgumentNullException.ThrowIfNull(value);
+            if (value.Layers != _s.Layers)
+                throw new ArgumentException($"The bit widths are for {value.Layers} layers; the model has {_s.Layers}.", nameof(value));
+            _activationBits = value;
+        }
+    }
+
+    private ActivationBits _activationBits = null!;
 
     /// <summary>The fp32 latent weights (the optimizer updates these in place).</summary>
     public float[] Parameters => _params;
@@ -235,28 +256,29 @@ public sealed unsafe class TrainingModel
         var o = _layout.Layers[l];
         int d = _s.Dim, q = _s.QDim, kv = _s.KvDim, ff = _s.FeedForward;
         float eps = _s.RmsEps;
+        var bits = _activationBits;
 
         // Attention block.
         _norm.Forward(a.ResIn, _p + o.AttnNorm, _scratchNorm, a.Rstd1, n, d, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq1, a.Sx1);
+        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq1, a.Sx1, bits[l, BitLinearInput.Qkv]);
         _linear.Forward(a.Xq1, a.Sx1, Codes(o.Q), Beta(o.Q), a.Q, n, q, d);
         _linear.Forward(a.Xq1, a.Sx1, Codes(o.K), Beta(o.K), a.K, n, kv, d);
         _linear.Forward(a.Xq1, a.Sx1, Codes(o.V), Beta(o.V), a.V, n, kv, d);
         _rope.Forward(a.Q, a.K, n, T, q, kv);
         _attention.Forward(a.Q, a.K, a.V, a.Probs, a.Att, batch, T);
         _norm.Forward(a.Att, _p + o.AttnSubNorm, _scratchNorm, a.Rstd2, n, q, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, q, a.Xq2, a.Sx2);
+        _linear.QuantizeActivations(_scratchNorm, n, q, a.Xq2, a.Sx2, bits[l, BitLinearInput.O]);
         _linear.Forward(a.Xq2, a.Sx2, Codes(o.O), Beta(o.O), a.ResMid, n, d, q);
         Add(a.ResMid, a.ResIn, (long)n * d);
 
         // Feed-forward block.
         _norm.Forward(a.ResMid, _p + o.FfnNorm, _scratchNorm, a.Rstd3, n, d, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq3, a.Sx3);
+        _linear.QuantizeActivations(_scratchNorm, n, d, a.Xq3, a.Sx3, bits[l, BitLinearInput.GateUp]);
         _linear.Forward(a.Xq3, a.Sx3, Codes(o.Gate), Beta(o.Gate), a.G, n, ff, d);
         _linear.Forward(a.Xq3, a.Sx3, Codes(o.Up), Beta(o.Up), a.U, n, ff, d);
         _gate.Forward(a.G, a.U, a.M, n, ff);
         _norm.Forward(a.M, _p + o.FfnSubNorm, _scratchNorm, a.Rstd4, n, ff, eps);
-        _linear.QuantizeActivations(_scratchNorm, n, ff, a.Xq4, a.Sx4);
+        _linear.QuantizeActivations(_scratchNorm, n, ff, a.Xq4, a.Sx4, bits[l, BitLinearInput.Down]);
         _linear.Forward(a.Xq4, a.Sx4, Codes(o.Down), Beta(o.Down), resOut, n, d, ff);
         Add(resOut, a.ResMid, (long)n * d);
     }
@@ -299,8 +321,55 @@ public sealed unsafe class TrainingModel
     /// <summary>The absmean scale β each projection used in the last Forward (1 in full precision), by tensor name.</summary>
     public float BetaOf(string name) => _beta[IndexOf(_layout[name].Offset)];
 
+    private bool _frozenCodes;
+
+    /// <summary>
+    /// True once <see cref="FreezeProjection"/> has set codes: the forward then keeps every projection's ternary codes and
+    /// β as set (<see cref="SetBeta"/>) instead of re-quantizing the latent weights, and the gradient of a projection in
+    /// <see cref="Gradients"/> is ∂L/∂W̃ (straight-through), from which ∂L/∂β = Σ ∂L/∂W̃ ⊙ T.
+    /// </summary>
+    public bool FrozenCodes => _frozenCodes;
+
+    /// <summary>
+    /// Fixes projection <paramref name="name"/> to ternary <paramref name="codes"/> (row-major [rows, cols], each −1, 0 or 1)
+    /// with scale <paramref name="beta"/>; see <see cref="FrozenCodes"/>. Every projection must be frozen before a Forward.
+    /// </summary>
+    public void FreezeProjection(string name, ReadOnlySpan<sbyte> codes, float beta)
+    {
+        if (!Quantized) throw new InvalidOperationException("Only the quantized model has ternary codes to freeze.");
+        var t = _layout[name];
+        if (!t.IsProjection) throw new ArgumentException($"{name} is not a projection.", nameof(name));
+        if (codes.Length != t.Length) throw new ArgumentException($"{codes.Length} codes for {name} of {t.Rows}×{t.Cols}.", nameof(codes));
+        int i = IndexOf(t.Offset);
+        float* c = _codes + _codeOffset[i];
+        for (int k = 0; k < codes.Length; k++)
+        {
+            if (codes[k] is < -1 or > 1) throw new ArgumentException($"{name}: code {codes[k]} at {k} is not ternary.", nameof(codes));
+            c[k] = codes[k];
+        }
+        _transpose.Run(c, t.Rows, t.Cols, _codesT + _codeOffset[i]);
+        _frozenCodes = true;
+        SetBeta(name, beta);
+    }
+
+    /// <summary>Sets the scale β of a frozen projection (see <see cref="FreezeProjection"/>).</summary>
+    public void SetBeta(string name, float beta)
+    {
+        if (!_frozenCodes) throw new InvalidOperationException("SetBeta needs frozen codes (FreezeProjection); otherwise β is the latent weights' absmean.");
+        if (!(beta > 0) || !float.IsFinite(beta)) throw new ArgumentOutOfRangeException(nameof(beta), beta, "β must be positive and finite.");
+        _beta[IndexOf(_layout[name].Offset)] = beta;
+    }
+
+    /// <summary>The frozen codes of a projection (valid while <see cref="FrozenCodes"/>), row-major as floats.</summary>
+    public ReadOnlySpan<float> CodesOf(string name)
+    {
+        var t = _layout[name];
+        return new ReadOnlySpan<float>(_codes + _codeOffset[IndexOf(t.Offset)], t.Length);
+    }
+
     private void QuantizeWeights()
     {
+        if (_frozenCodes) return;
         for (int i = 0; i < _layout.Tensors.Count; i++)
         {
             var t = _layout.Tensors[i];

@@ -1,3 +1,4 @@
+using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
 
@@ -15,6 +16,12 @@ public sealed record TrainingOptions
     public float ClipNorm { get; init; } = 1f;
     public bool FullPrecision { get; init; }
     public ulong Seed { get; init; } = 1;
+
+    /// <summary>
+    /// The activation bit width of every BitLinear input in the quantized forward (null: 8 everywhere, the trainer as
+    /// it always was); stored in the checkpoint and in the exported GGUF (<see cref="BitNetSharp.Model.ActivationBits.GgufKey"/>).
+    /// </summary>
+    public ActivationBits? ActivationBits { get; init; }
 
     /// <summary>At most this many held-out windows are scored by <see cref="TrainingRun.Validate"/>.</summary>
     public int MaxValidationWindows { get; init; } = 64;
@@ -48,6 +55,7 @@ public sealed class TrainingRun
         Train = train;
         Validation = validation;
         Model = new TrainingModel(options.Shape, options.Batch, !options.FullPrecision, pool);
+        if (options.ActivationBits is { } bits) Model.ActivationBits = bits;
         Optimizer = new AdamW(Model.Parameters, Model.Gradients, Model.Layout, pool) { WeightDecay = options.WeightDecay, ClipNorm = options.ClipNorm };
         _inputs = new int[options.Batch * T];
         _targets = new int[options.Batch * T];
@@ -161,12 +169,13 @@ public sealed class TrainingRun
 
     /// <summary>Writes the model GGUF (temporary file + rename).</summary>
     public void Export(string path, ProjectionPacking packing = ProjectionPacking.I2S, string? name = null) =>
-        ModelExporter.Write(path, Options.Shape, Model.Parameters, Tokenizer, name ?? Path.GetFileNameWithoutExtension(path), packing);
+        ModelExporter.Write(path, Options.Shape, Model.Parameters, Tokenizer, name ?? Path.GetFileNameWithoutExtension(path), packing,
+            activationBits: Options.ActivationBits);
 
     // ---- Checkpoints ----
 
     private const ulong Magic = 0x54504B4354544E42; // "BNTTCKPT"
-    private const int Version = 1;
+    private const int Version = 2; // 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
 
     /// <summary>
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
@@ -189,6 +198,9 @@ public sealed class TrainingRun
                 w.Write(Options.Batch); w.Write(Options.TotalSteps); w.Write(Options.LearningRate); w.Write(Options.WarmupSteps);
                 w.Write(Options.WeightDecay); w.Write(Options.ClipNorm); w.Write(Options.FullPrecision); w.Write(Options.Seed);
                 w.Write(Options.MaxValidationWindows);
+                var widths = Model.ActivationBits.ToArray();
+                w.Write(widths.Length);
+                w.Write(widths);
                 WriteStrings(w, Tokenizer.Tokens); WriteStrings(w, Tokenizer.Merges); WriteStrings(w, Tokenizer.SpecialTokens);
                 w.Write(Tokenizer.BosId); w.Write(Tokenizer.EosId);
                 WriteInts(w, Train); WriteInts(w, Validation);
@@ -209,10 +221,10 @@ public sealed class TrainingRun
     }
 
     /// <summary>
-    /// Continues a run from <paramref name="path"/>. When <paramref name="expectedShape"/> is given and differs, throws
-    /// <see cref="InvalidDataException"/> naming both shapes.
+    /// Continues a run from <paramref name="path"/>. When <paramref name="expectedShape"/> or <paramref name="expectedBits"/>
+    /// is given and differs from the checkpoint's, throws <see cref="InvalidDataException"/> naming both.
     /// </summary>
-    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null)
+    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null)
     {
         using var stream = File.OpenRead(path);
         using var r = new BinaryReader(stream);
@@ -220,7 +232,7 @@ public sealed class TrainingRun
         {
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: not a bitnet training checkpoint.");
             int version = r.ReadInt32();
-            if (version != Version) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
+            if (version is not (1 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
             var v = new int[7];
             for (int i = 0; i < 7; i++) v[i] = r.ReadInt32();
             var shape = new TrainingShape(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r.ReadSingle(), r.ReadSingle());
@@ -232,6 +244,11 @@ public sealed class TrainingRun
                 WeightDecay = r.ReadSingle(), ClipNorm = r.ReadSingle(), FullPrecision = r.ReadBoolean(), Seed = r.ReadUInt64(),
                 MaxValidationWindows = r.ReadInt32(),
             };
+            var bits = version == 1 ? ActivationBits.Uniform(shape.Layers) : ReadBits(r, shape.Layers, path);
+            if (expectedBits is not null && !expectedBits.Equals(bits))
+                throw new InvalidDataException($"{path}: the checkpoint trains with --activation-bits {bits}; the command line asks for {expectedBits}. " +
+                    $"Pass --activation-bits {bits} to continue it, or start a new run without --resume.");
+            if (!bits.AllEight) options = options with { ActivationBits = bits };
             var tokens = ReadStrings(r);
             var merges = ReadStrings(r);
             var specials = ReadStrings(r);
@@ -251,6 +268,19 @@ public sealed class TrainingRun
         catch (EndOfStreamException e)
         {
             throw new InvalidDataException($"{path}: the checkpoint is truncated.", e);
+        }
+    }
+
+    private static ActivationBits ReadBits(BinaryReader r, int layers, string path)
+    {
+        int n = ReadCount(r);
+        try
+        {
+            return ActivationBits.FromWidths(layers, r.ReadBytes(n));
+        }
+        catch (ArgumentException e)
+        {
+            throw new InvalidDataException($"{path}: the checkpoint's activation bit widths are corrupt: {e.Message}", e);
         }
     }
 

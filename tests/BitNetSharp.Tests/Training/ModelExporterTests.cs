@@ -21,15 +21,26 @@ public class ModelExporterTests(ITestOutputHelper output)
     /// Bound: max |Δ| ≤ 1e−4 · (logit range). That is loose enough for one int8
     /// activation code moved by such an ulp at a rounding boundary (one step of 1/127 of a row's max in one column),
     /// and orders of magnitude below a real mismatch (a wrong RoPE pair, scale, norm or code flips logits by ~range).
+    /// <para>
+    /// The same with the model trained at lower activation widths (<c>bitnet train --activation-bits</c>): the export
+    /// carries the widths, the engine starts with them, and its logits are the trainer's to the same bound (a code moved
+    /// at a boundary would be a step of 1/7 of the max at 4 bits, but with 7 boundaries instead of 127 such a flip is
+    /// correspondingly rarer).
+    /// </para>
     /// </summary>
-    [Fact]
-    public void ExportedModelRunsInTheEngineWithTheTrainersLogits()
+    [Theory]
+    [InlineData("8")]
+    [InlineData("qkv=4,gate_up=4")]
+    [InlineData("4")]
+    [InlineData("1:down=3,0:o=2,qkv=5")]
+    public void ExportedModelRunsInTheEngineWithTheTrainersLogits(string activationBits)
     {
         var tokenizer = BpeTrainer.Train([Text], 320, [BpeTrainer.EndOfText]);
         var shape = new TrainingShape(tokenizer.Count, Dim: 128, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 256, ContextLength: 32);
         var ids = tokenizer.Encode(Text);
         using var pool = new WorkerPool(2);
-        var model = new TrainingModel(shape, 2, quantized: true, pool);
+        var bits = ActivationBits.Parse(activationBits, shape.Layers);
+        var model = new TrainingModel(shape, 2, quantized: true, pool) { ActivationBits = bits };
         model.Initialize(5);
         var adam = new AdamW(model.Parameters, model.Gradients, model.Layout, pool);
         var inputs = new int[2 * 32];
@@ -45,10 +56,13 @@ public class ModelExporterTests(ITestOutputHelper output)
         var sequence = ids.AsSpan(3, 20).ToArray();
         model.Forward(sequence, [], 1, sequence.Length);
 
-        var bytes = ModelExporter.Build(shape, model.Parameters, tokenizer, "tiny-trained").ToArray();
-        using var weights = ModelWeights.FromGguf(GgufFile.Parse(bytes, "tiny-trained.gguf"), ownsFile: true);
+        var bytes = ModelExporter.Build(shape, model.Parameters, tokenizer, "tiny-trained", activationBits: bits).ToArray();
+        var file = GgufFile.Parse(bytes, "tiny-trained.gguf");
+        Assert.Equal(!bits.AllEight, file.Metadata.ContainsKey(ActivationBits.GgufKey)); // 8 bits: the file as before
+        using var weights = ModelWeights.FromGguf(file, ownsFile: true);
         Assert.Equal(shape.ToModelConfig() with { }, weights.Config);
         using var engine = new Transformer(weights, 32, pool);
+        Assert.Equal(bits, engine.ActivationBits);
         using var cache = new KvCache(shape.Layers, shape.KvHeads, shape.HeadDim, shape.ContextLength, KvCacheType.F32);
         var batch = sequence.Select((t, i) => new BatchToken(t, 0, i, true)).ToArray();
         var logits = new float[sequence.Length * shape.VocabSize];
@@ -68,7 +82,7 @@ public class ModelExporterTests(ITestOutputHelper output)
             }
             Assert.Equal(ArgMax(expected), ArgMax(actual));
         }
-        output.WriteLine($"max |Δlogit| {worst:E2}, logit range {range:F3}, bit-identical {exact}/{sequence.Length * shape.VocabSize}");
+        output.WriteLine($"{bits}: max |Δlogit| {worst:E2}, logit range {range:F3}, bit-identical {exact}/{sequence.Length * shape.VocabSize}");
         Assert.True(worst <= 1e-4 * range, $"max |Δ| {worst:E2} vs range {range:F3}");
     }
 

@@ -1,6 +1,8 @@
 using System.Text.Json;
 using System.Xml.Linq;
 using BitNetSharp.Cli;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
 using BitNetSharp.Tests.Formats;
 
 namespace BitNetSharp.Tests.Training;
@@ -78,7 +80,32 @@ public class TrainCommandTests
         Assert.False(File.Exists(model));
     }
 
+    /// <summary>
+    /// <c>--activation-bits</c>: the run trains at the widths, the GGUF carries them (so eval uses them), and a resume
+    /// that asks for other widths (here the default 8) is refused naming both.
+    /// </summary>
+    [Fact]
+    public void TrainsAtLowerActivationBitsAndExportsThem()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("a4.gguf");
+        var (code, output, error) = Bitnet(TinyArgs(data, model, "--activation-bits", "qkv=4,gate_up=4"));
+        Assert.True(code == 0, error);
+        Assert.Contains("activation bits qkv=4,gate_up=4", output);
+        using (var file = GgufFile.Open(model))
+            Assert.Equal(ActivationBits.Parse("qkv=4,gate_up=4", 1), ActivationBits.FromGguf(file, 1));
+
+        File.Delete(model);
+        var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume"));
+        Assert.Equal(1, badCode);
+        Assert.Contains("the checkpoint trains with --activation-bits qkv=4,gate_up=4; the command line asks for 8", badError);
+        Assert.False(File.Exists(model));
+    }
+
     [Theory]
+    [InlineData("bits", "the bit width must be one of 8, 6, 5, 4, 3, 2")]
+    [InlineData("fpbits", "the full-precision twin has no activation quantizer")]
     [InlineData("empty", "empty")]
     [InlineData("latin1", "not valid UTF-8")]
     [InlineData("heads", "heads do not divide the model dimension")]
@@ -101,6 +128,8 @@ public class TrainCommandTests
             "vocab" => Replace(TinyArgs(data, model), "--vocab", "5000"),
             "unwritable" => TinyArgs(data, dir.File("missing/dir/out.gguf")),
             "png" => TinyArgs(data, model, "--plot", dir.File("loss.png")),
+            "bits" => TinyArgs(data, model, "--activation-bits", "qkv=7"),
+            "fpbits" => TinyArgs(data, model, "--activation-bits", "4", "--full-precision"),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
         var (code, _, error) = Bitnet(args);

@@ -1,3 +1,5 @@
+using BitNetSharp.Kernels;
+using BitNetSharp.Model;
 using BitNetSharp.Threading;
 using BitNetSharp.Training;
 
@@ -82,13 +84,15 @@ public class TrainingModelTests(ITestOutputHelper output)
 
     /// <summary>A few dozen AdamW steps on one fixed batch (memorization) lower the loss well below its start, quantized and full precision.</summary>
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void AFewDozenStepsLowerTheLoss(bool quantized)
+    [InlineData(true, "8")]
+    [InlineData(false, "8")]
+    [InlineData(true, "4")]
+    [InlineData(true, "qkv=4,gate_up=4")]
+    public void AFewDozenStepsLowerTheLoss(bool quantized, string activationBits)
     {
         var shape = new TrainingShape(VocabSize: 64, Dim: 64, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 128, ContextLength: 32);
         using var pool = new WorkerPool(2);
-        var model = new TrainingModel(shape, 4, quantized, pool);
+        var model = new TrainingModel(shape, 4, quantized, pool) { ActivationBits = ActivationBits.Parse(activationBits, shape.Layers) };
         model.Initialize(1);
         var adam = new AdamW(model.Parameters, model.Gradients, model.Layout, pool) { WeightDecay = 0f };
         var schedule = new LearningRateSchedule(1e-2f, 5, 40);
@@ -101,9 +105,87 @@ public class TrainingModelTests(ITestOutputHelper output)
             model.Backward();
             adam.Step(step, schedule.At(step));
         }
-        output.WriteLine($"{(quantized ? "quantized" : "full precision")}: loss {first:F3} → {last:F3}");
+        output.WriteLine($"{(quantized ? "quantized, activation bits " + activationBits : "full precision")}: loss {first:F3} → {last:F3}");
         Assert.InRange(first, 3.9, 4.5); // ≈ ln 64 = 4.16 at init
         Assert.True(last < 0.6 * first, $"loss {first} → {last}");
+    }
+
+    /// <summary>
+    /// The trainer's fake quantizer at every width gives the engine's codes and s_x bit for bit (random rows, rows
+    /// with exact ties at every width, a zero row under the 1e−5 floor, a row with one outlier).
+    /// </summary>
+    [Fact]
+    public void FakeQuantizerAtEveryWidthIsTheEnginesQuantizer()
+    {
+        var rng = new SplitMix64(21);
+        var rows = new List<float[]>();
+        for (int r = 0; r < 20; r++) rows.Add([.. Enumerable.Range(0, 67).Select(_ => (float)rng.NextGaussian() * (r + 1) * 0.3f)]);
+        // max|x| = 7·2^k, so x·m/γ = m·(j/7)/… hits half-integers exactly for several widths.
+        rows.Add([.. Enumerable.Range(-35, 71).Select(j => j * 0.1f), 7f]);
+        rows.Add([.. Enumerable.Range(-28, 57).Select(j => j / 4f)]);
+        rows.Add(new float[33]);
+        rows.Add([.. Enumerable.Range(0, 40).Select(j => j == 17 ? 90f : (float)rng.NextGaussian())]);
+        foreach (int bits in ActivationBits.Allowed)
+            foreach (var x in rows)
+            {
+                var codes = new float[x.Length];
+                float scale = LowBitActivationQuantizer.QuantizeToFloatCodes(x, codes, bits);
+                var engine = new sbyte[x.Length + 5];
+                LowBitActivationQuantizer.Quantize(x, engine, out float engineScale, out _, bits);
+                Assert.Equal(engineScale, scale);
+                int m = ActivationBits.MaxCode(bits);
+                for (int i = 0; i < x.Length; i++)
+                {
+                    Assert.Equal(engine[i], codes[i]);
+                    Assert.InRange(codes[i], -m - (bits == 8 ? 1 : 0), m);
+                }
+            }
+    }
+
+    /// <summary>
+    /// Explicit 8-bit widths are the trainer as it was (same losses and weights bit for bit over a few steps, from one
+    /// seed); 4 bits is a different forward from the first step.
+    /// </summary>
+    [Fact]
+    public void EightBitWidthsAreTheDefaultTrainerBitForBit()
+    {
+        var shape = new TrainingShape(VocabSize: 64, Dim: 64, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 128, ContextLength: 16);
+        using var pool = new WorkerPool(2);
+        var (inputs, targets) = RandomBatch(2, 16, 64, 5);
+        (float[] Losses, float[] Weights) Run(string? spec)
+        {
+            var model = new TrainingModel(shape, 2, quantized: true, pool);
+            if (spec is not null) model.ActivationBits = ActivationBits.Parse(spec, shape.Layers);
+            model.Initialize(3);
+            var adam = new AdamW(model.Parameters, model.Gradients, model.Layout, pool);
+            var losses = new float[4];
+            for (int step = 1; step <= 4; step++)
+            {
+                losses[step - 1] = model.Forward(inputs, targets, 2, 16);
+                model.Backward();
+                adam.Step(step, 5e-3f);
+            }
+            return (losses, (float[])model.Parameters.Clone());
+        }
+        var today = Run(null);
+        var eight = Run("8");
+        var eightPerInput = Run("qkv=8,o=8,gate_up=8,down=8");
+        var four = Run("4");
+        Assert.Equal(today.Losses, eight.Losses);
+        Assert.Equal(today.Weights, eight.Weights);
+        Assert.Equal(today.Losses, eightPerInput.Losses);
+        Assert.Equal(today.Weights, eightPerInput.Weights);
+        Assert.NotEqual(today.Losses[0], four.Losses[0]);
+        output.WriteLine($"losses a8 {string.Join(", ", today.Losses)}; a4 {string.Join(", ", four.Losses)}");
+    }
+
+    [Fact]
+    public void WidthsForAnotherLayerCountAreRefused()
+    {
+        using var pool = new WorkerPool(1);
+        var model = new TrainingModel(Tiny, 1, quantized: true, pool);
+        var e = Assert.Throws<ArgumentException>(() => model.ActivationBits = ActivationBits.Uniform(3, 4));
+        Assert.Contains("3 layers; the model has 2", e.Message);
     }
 }
 

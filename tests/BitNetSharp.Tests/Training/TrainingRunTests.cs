@@ -12,20 +12,23 @@ public class TrainingRunTests
         "One day the cat saw a big dog. The dog said, \"Hello, cat!\" The cat was happy and they played all day.\n" +
         "Tom had a red ball. He threw the ball to his friend Sue, and Sue threw it back. They laughed and laughed.\n";
 
-    internal static (TrainingOptions Options, TrainedTokenizer Tokenizer, int[] Train, int[] Validation) Setup(int steps, bool fullPrecision = false)
+    internal static (TrainingOptions Options, TrainedTokenizer Tokenizer, int[] Train, int[] Validation) Setup(int steps, bool fullPrecision = false, string? activationBits = null)
     {
         var corpus = TrainingCorpus.Split([string.Concat(Enumerable.Repeat(Story, 8))], 0.2);
         var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, 300, [BpeTrainer.EndOfText]);
         var shape = new TrainingShape(tokenizer.Count, Dim: 64, Layers: 2, Heads: 4, KvHeads: 2, FeedForward: 128, ContextLength: 16);
-        var options = new TrainingOptions { Shape = shape, Batch = 2, TotalSteps = steps, LearningRate = 5e-3f, WarmupSteps = 2, FullPrecision = fullPrecision, Seed = 11 };
+        var options = new TrainingOptions { Shape = shape, Batch = 2, TotalSteps = steps, LearningRate = 5e-3f, WarmupSteps = 2, FullPrecision = fullPrecision, Seed = 11,
+            ActivationBits = activationBits is null ? null : ActivationBits.Parse(activationBits, shape.Layers) };
         return (options, tokenizer, corpus.EncodeTrain(tokenizer), corpus.EncodeValidation(tokenizer));
     }
 
     /// <summary>Six steps straight equal three steps, a checkpoint, a fresh process state resumed from it, and three more: weights, Adam moments and losses bit for bit.</summary>
-    [Fact]
-    public void ResumingFromACheckpointContinuesBitIdentically()
+    [Theory]
+    [InlineData(null)]
+    [InlineData("qkv=4,gate_up=4")]
+    public void ResumingFromACheckpointContinuesBitIdentically(string? activationBits)
     {
-        var (options, tokenizer, train, validation) = Setup(6);
+        var (options, tokenizer, train, validation) = Setup(6, activationBits: activationBits);
         using var pool = new WorkerPool(2);
         var straight = TrainingRun.Start(options, tokenizer, train, validation, pool);
         while (!straight.Done) straight.StepOnce();
@@ -38,8 +41,10 @@ public class TrainingRunTests
         first.SaveCheckpoint(path);
 
         using var otherPool = new WorkerPool(1); // a different thread count must not matter either
-        var resumed = TrainingRun.Resume(path, otherPool, options.Shape);
+        var resumed = TrainingRun.Resume(path, otherPool, options.Shape, options.ActivationBits ?? ActivationBits.Uniform(options.Shape.Layers));
         Assert.Equal(3, resumed.Step);
+        Assert.Equal(options.ActivationBits, resumed.Options.ActivationBits);
+        Assert.Equal(options.ActivationBits ?? ActivationBits.Uniform(options.Shape.Layers), resumed.Model.ActivationBits);
         while (!resumed.Done) resumed.StepOnce();
 
         Assert.Equal(straight.Model.Parameters, resumed.Model.Parameters);
@@ -61,6 +66,44 @@ public class TrainingRunTests
         var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool, options.Shape with { Layers = 3 }));
         Assert.Contains("layers 3", e.Message);
         Assert.Contains("layers 2", e.Message);
+    }
+
+    /// <summary>A version-1 checkpoint (before activation bit widths) resumes as 8 bits everywhere.</summary>
+    [Fact]
+    public void VersionOneCheckpointsResumeAtEightBits()
+    {
+        var (options, tokenizer, train, validation) = Setup(2);
+        using var pool = new WorkerPool(2);
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("run.ckpt");
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        run.StepOnce();
+        run.SaveCheckpoint(path);
+        // Version 2 = version 1 + (int32 count, widths) after the 85-byte header of options.
+        var v2 = File.ReadAllBytes(path);
+        const int header = 85;
+        int count = BitConverter.ToInt32(v2, header);
+        Assert.Equal(options.Shape.Layers * ActivationBits.Inputs, count);
+        var v1 = v2[..header].Concat(v2[(header + 4 + count)..]).ToArray();
+        BitConverter.GetBytes(1).CopyTo(v1, 8);
+        File.WriteAllBytes(path, v1);
+        var resumed = TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(options.Shape.Layers));
+        Assert.Null(resumed.Options.ActivationBits);
+        Assert.True(resumed.Model.ActivationBits.AllEight);
+        Assert.Equal(run.Model.Parameters, resumed.Model.Parameters);
+    }
+
+    [Fact]
+    public void ResumingWithOtherActivationBitsIsRefused()
+    {
+        var (options, tokenizer, train, validation) = Setup(2, activationBits: "qkv=4,gate_up=4");
+        using var pool = new WorkerPool(2);
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("run.ckpt");
+        TrainingRun.Start(options, tokenizer, train, validation, pool).SaveCheckpoint(path);
+        var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(2)));
+        Assert.Contains("the checkpoint trains with --activation-bits qkv=4,gate_up=4; the command line asks for 8", e.Message);
+        Assert.Equal(options.ActivationBits, TrainingRun.Resume(path, pool, options.Shape, options.ActivationBits).Options.ActivationBits);
     }
 
     [Fact]

@@ -10,7 +10,9 @@ namespace BitNetSharp.Training.Layers;
 /// <item>weights ternarized per tensor by absmean: β = max(mean|W|, 1e−5) (<see cref="AbsmeanTernarizer.Beta"/>),
 /// T = clamp(round_half_even(W · (1/β)), −1, 1) (<see cref="AbsmeanTernarizer.Ternary"/>), W̃ = β·T;</item>
 /// <item>activations fake-quantized per token exactly as <see cref="Int8ActivationQuantizer"/>:
-/// s_x = 127 / max(max|x|, 1e−5), q = clamp(round_half_even(x·127/γ), −128, 127) of the exact quotient, x̃ = q / s_x.</item>
+/// s_x = 127 / max(max|x|, 1e−5), q = clamp(round_half_even(x·127/γ), −128, 127) of the exact quotient, x̃ = q / s_x;
+/// or at a lower width b (<c>bitnet train --activation-bits</c>) as <see cref="LowBitActivationQuantizer"/>, with
+/// m = 2^(b−1) − 1 in place of 127.</item>
 /// </list>
 /// The forward product is computed as the engine does, y = (Σ_k T_ok·q_k) / s_x · β with the integer sum exact in
 /// fp32, so it is bit-identical to the ternary kernels on the exported model.
@@ -30,7 +32,7 @@ public sealed unsafe class BitLinear : IParallelWork
     private readonly Transpose _transpose;
     private readonly bool _quantized;
     private float* _src, _dst, _scale;
-    private int _cols, _mode;
+    private int _cols, _mode, _bits = 8;
     private float _inverseBeta;
 
     public BitLinear(WorkerPool pool, MatMulNT matmul, Transpose transpose, bool quantized)
@@ -83,9 +85,14 @@ public sealed unsafe class BitLinear : IParallelWork
         return MathF.Max((float)mean, AbsmeanTernarizer.MinBeta);
     }
 
-    /// <summary>Per-token activation quantization of x [tokens, cols] into q (codes as floats) and s_x; x copied and s_x = 1 in full precision.</summary>
-    public void QuantizeActivations(float* x, int tokens, int cols, float* q, float* scales)
+    /// <summary>
+    /// Per-token activation quantization of x [tokens, cols] into q (codes as floats) and s_x at <paramref name="bits"/>
+    /// bits (the engine's quantizer, <see cref="LowBitActivationQuantizer"/>: codes in [−(2^(b−1)−1), 2^(b−1)−1], s_x =
+    /// (2^(b−1)−1)/γ; 8 is <see cref="Int8ActivationQuantizer"/>); x copied and s_x = 1 in full precision.
+    /// </summary>
+    public void QuantizeActivations(float* x, int tokens, int cols, float* q, float* scales, int bits = 8)
     {
+        _bits = bits;
         _src = x;
         _dst = q;
         _scale = scales;
@@ -134,7 +141,9 @@ public sealed unsafe class BitLinear : IParallelWork
                 _scale[t] = 1f;
                 continue;
             }
-            _scale[t] = Int8ActivationQuantizer.QuantizeToFloatCodes(new ReadOnlySpan<float>(x, n), new Span<float>(q, n));
+            _scale[t] = _bits == 8
+                ? Int8ActivationQuantizer.QuantizeToFloatCodes(new ReadOnlySpan<float>(x, n), new Span<float>(q, n))
+                : LowBitActivationQuantizer.QuantizeToFloatCodes(new ReadOnlySpan<float>(x, n), new Span<float>(q, n), _bits);
         }
     }
 }

@@ -1,0 +1,71 @@
+using System.Diagnostics;
+using System.Globalization;
+using BitNetSharp.Threading;
+using BitNetSharp.Training;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// <c>bitnet calibrate --tune -m MODEL --data DOMAIN.txt [--steps N] [--lr X] [--ctx N] [--seed S] --out OUT.gguf</c>:
+/// domain adaptation without retraining (<see cref="NormScaleTuner"/>): every ternary code stays as it is; only the
+/// RMSNorm gains and the per-tensor weight scales are tuned on the first 90% of the text (cut at a line start), and
+/// the last 10% is held out to report the loss before and after. OUT.gguf is the input file with those values replaced.
+/// </summary>
+internal static class CalibrateTune
+{
+    public static int Run(CliConsole cli, string? modelPath, string dataPath, int ctxOption, int steps, float lr, int seed, string outPath, int threads)
+    {
+        if (steps < 1) throw new UsageException($"--steps must be at least 1; got {steps}.");
+        if (!(lr > 0) || !float.IsFinite(lr)) throw new UsageException($"--lr must be a positive number; got {lr.ToString(CultureInfo.InvariantCulture)}.");
+        if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the tuned model is a GGUF; give a path ending in .gguf.");
+        string outFull = Path.GetFullPath(outPath);
+        if (Path.GetDirectoryName(outFull) is { } dir && !Directory.Exists(dir))
+            throw new UsageException($"Cannot write {outFull}: the directory {dir} does not exist.");
+
+        var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(dataPath)], 0.1);
+        var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(modelPath));
+        using var _ = weights;
+        if (weights.Gguf is not { } gguf)
+            throw new UsageException($"{weights.SourcePath} is not a GGUF; --tune writes a copy of a GGUF. Convert it first: bitnet convert {weights.SourcePath} model.gguf --type i2_s");
+        if (Path.GetFullPath(gguf.FilePath) == outFull) throw new UsageException($"--out {outPath} is the input model; write to another file.");
+        if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; --tune needs one to turn the text into tokens.");
+        int window = ctxOption > 0 ? ctxOption : Math.Min(weights.Config.ContextLength, 256);
+        if (window < 2 || window > weights.Config.ContextLength) throw new UsageException($"--ctx {window} must be 2 to {weights.Config.ContextLength} (the model's context).");
+
+        var train = tokenizer.Encode(string.Concat(corpus.TrainDocuments), addBos: false);
+        var held = tokenizer.Encode(corpus.ValidationText, addBos: false);
+        if (train.Length < window + 1 || held.Length < window + 1)
+            throw new UsageException($"{dataPath} is too short: {train.Length:N0} tuning and {held.Length:N0} held-out tokens, each needs at least one window of {window + 1} (give more text or a smaller --ctx).");
+
+        using var pool = new WorkerPool(threads);
+        NormScaleTuner tuner;
+        try
+        {
+            tuner = NormScaleTuner.Load(gguf, 8, window, pool);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+        var ic = CultureInfo.InvariantCulture;
+        const int heldWindows = 64;
+        double before = tuner.Loss(held, heldWindows);
+        cli.Output.WriteLine(string.Create(ic,
+            $"tuning {tuner.TunableCount:N0} values (RMSNorm gains and per-tensor scales; ternary codes fixed, activation bits {tuner.Model.ActivationBits}) " +
+            $"on {train.Length:N0} tokens of {Path.GetFileName(dataPath)}: {steps} steps of 8×{window}, lr {lr:G3}; held-out {held.Length:N0} tokens, loss {before:F4} (ppl {Math.Exp(before):F2})"));
+        var clock = Stopwatch.StartNew();
+        float smoothed = float.NaN;
+        int every = Math.Max(1, steps / 10);
+        tuner.Tune(train, steps, lr, (ulong)seed, (step, loss) =>
+        {
+            smoothed = float.IsNaN(smoothed) ? loss : 0.9f * smoothed + 0.1f * loss;
+            if (step % every == 0 || step == steps)
+                cli.Output.WriteLine(string.Create(ic, $"step {step}/{steps} loss {smoothed:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));
+        });
+        double after = tuner.Loss(held, heldWindows);
+        tuner.Write(outFull);
+        cli.Output.WriteLine(string.Create(ic,
+            $"held-out loss {before:F4} → {after:F4} nats/token (ppl {Math.Exp(before):F2} → {Math.Exp(after):F2}); wrote {outFull} ({new FileInfo(outFull).Length:N0} bytes, as the input)"));
+        return 0;
+    }
+}
