@@ -18,7 +18,14 @@ public abstract unsafe class TernaryKernel
     /// 1 KiB → 18–25, 4 KiB → 21–32, 8 KiB → 25–38, 16 KiB → 22–38; single-core read bandwidth there is ≈ 38 GB/s.
     /// The hardware prefetcher alone leaves a one-row stream short of enough loads in flight.
     /// </summary>
-    public const int PrefetchDistance = 8192;
+    public static readonly int PrefetchDistance = ReadPrefetchDistance();
+
+    /// <summary>BITNET_PREFETCH_DISTANCE overrides the distance (bytes, a multiple of 64 up to 64 KiB) for experiments on a given CPU; default 8192.</summary>
+    private static int ReadPrefetchDistance()
+    {
+        var text = Environment.GetEnvironmentVariable("BITNET_PREFETCH_DISTANCE");
+        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int d) && d % 64 == 0 && d <= 65536 ? d : 8192;
+    }
 
     /// <summary>The name BITNET_KERNEL selects it by.</summary>
     public abstract string Name { get; }
