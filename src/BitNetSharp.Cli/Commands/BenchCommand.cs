@@ -73,18 +73,7 @@ public static class BenchCommand
             ResetPeakRss();
 
             long t0 = Stopwatch.GetTimestamp();
-            if (result.GetValue(hugePages))
-            {
-                try
-                {
-                    Memory.HugePages.Require();
-                }
-                catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
-                {
-                    throw new UsageException(e.Message);
-                }
-                Memory.HugePages.Enabled = true;
-            }
+            if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
             using var weights = ModelWeights.Load(path);
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
@@ -158,9 +147,7 @@ public static class BenchCommand
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
-            if (result.GetValue(hugePages))
-                cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                    $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{(Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "")}; huge-page-backed while they lived (AnonHugePages, peak seen at release) {Math.Max(Memory.HugePages.PeakAnonHugePagesBytes, Memory.HugePages.AnonHugePagesBytes()) / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}"));
+            if (result.GetValue(hugePages)) cli.Error.WriteLine(ProfileCommand.HugePagesReport());
             return 0;
         }));
         return command;

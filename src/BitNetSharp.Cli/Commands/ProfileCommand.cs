@@ -76,18 +76,7 @@ public static class ProfileCommand
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
-            if (result.GetValue(hugePages))
-            {
-                try
-                {
-                    Memory.HugePages.Require();
-                }
-                catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
-                {
-                    throw new UsageException(e.Message);
-                }
-                Memory.HugePages.Enabled = true;
-            }
+            if (result.GetValue(hugePages)) EnableHugePages();
             var (weights, tokenizer) = ModelOptions.Load(path);
             using var _ = weights;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
@@ -130,12 +119,33 @@ public static class ProfileCommand
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes);
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes);
-            if (result.GetValue(hugePages))
-                cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                    $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{(Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "")}; huge-page-backed while they lived (AnonHugePages, peak seen at release) {Math.Max(Memory.HugePages.PeakAnonHugePagesBytes, Memory.HugePages.AnonHugePagesBytes()) / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}"));
+            if (result.GetValue(hugePages)) cli.Error.WriteLine(HugePagesReport());
             return 0;
         }));
         return command;
+    }
+
+    /// <summary>--hugepages: a usage error where transparent huge pages cannot be asked for, else on for the buffers allocated from now.</summary>
+    internal static void EnableHugePages()
+    {
+        try
+        {
+            Memory.HugePages.Require();
+        }
+        catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
+        {
+            throw new UsageException(e.Message);
+        }
+        Memory.HugePages.Enabled = true;
+    }
+
+    /// <summary>What --hugepages achieved: bytes advised, how much the kernel backed with huge pages, the THP setting.</summary>
+    internal static string HugePagesReport()
+    {
+        long backed = Math.Max(Memory.HugePages.PeakAnonHugePagesBytes, Memory.HugePages.AnonHugePagesBytes());
+        string refused = Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "";
+        return string.Create(CultureInfo.InvariantCulture,
+            $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{refused}; huge-page-backed while they lived (AnonHugePages, peak seen at release) {backed / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}");
     }
 
     internal static int[] ParseCpus(string list)

@@ -1,5 +1,4 @@
 using System.Text.Json;
-using BitNetSharp.Cli;
 using BitNetSharp.Evaluation;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Model;
@@ -20,13 +19,7 @@ public class CalibrateTests
         "so Lily read a book about a brave bird who flew over the sea to find a new home for his family. Tom was sad because " +
         "his toy car was broken. His dad said, \"Let's fix it together.\" They worked hard, and soon the car could zoom again. ";
 
-    private static (int Code, string Output, string Error) Cli(params string[] args)
-    {
-        var output = new StringWriter();
-        var error = new StringWriter();
-        int code = Program.Run(args, output, error);
-        return (code, output.ToString(), error.ToString());
-    }
+    private static (int Code, string Output, string Error) Cli(params string[] args) => KlEvaluationTests.Cli(args);
 
     [Fact]
     public void StatisticsOfAHandMadeToken()

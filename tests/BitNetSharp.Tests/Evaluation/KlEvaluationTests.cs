@@ -188,7 +188,8 @@ public class KlEvaluationTests
         Assert.False(File.Exists(abandoned + ".partial"));
     }
 
-    private static (int Code, string Output, string Error) Cli(params string[] args)
+    /// <summary>Runs the CLI in process: exit code, stdout, stderr.</summary>
+    internal static (int Code, string Output, string Error) Cli(params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();

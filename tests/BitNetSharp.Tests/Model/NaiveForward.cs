@@ -85,15 +85,7 @@ internal sealed class NaiveForward
             double code = v * (double)m / gamma;
             LowBitMargin = Math.Min(LowBitMargin, Math.Abs(Math.Abs(code - Math.Floor(code)) - 0.5));
         }
-        float s = (float)(m / gamma);
-        var y = new double[rows];
-        for (int r = 0; r < rows; r++)
-        {
-            double acc = 0;
-            for (int c = 0; c < cols; c++) acc += w[r * cols + c] * (double)q[c];
-            y[r] = acc / s;
-        }
-        return y;
+        return MatVec(w, rows, cols, q, (float)(m / gamma));
     }
 
     /// <summary>BitLinear: per-token int8 fake quantization of the input, then the dequantized ternary matrix.</summary>
@@ -102,6 +94,12 @@ internal sealed class NaiveForward
         var xf = x.Select(v => (float)v).ToArray();
         var q = new sbyte[cols];
         Int8ActivationQuantizer.QuantizeReference(xf, q, out float s, out _);
+        return MatVec(w, rows, cols, Array.ConvertAll(q, v => (int)v), s);
+    }
+
+    /// <summary>y = W·q / s in double: the dequantized matrix times the integer codes, divided by the activation scale.</summary>
+    private static double[] MatVec(float[] w, int rows, int cols, int[] q, float s)
+    {
         var y = new double[rows];
         for (int r = 0; r < rows; r++)
         {
