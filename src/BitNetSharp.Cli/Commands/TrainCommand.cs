@@ -40,6 +40,11 @@ public static class TrainCommand
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint interval in steps.", DefaultValueFactory = _ => 100 };
         var packing = new Option<string>("--packing") { Description = "Projection type in the GGUF: i2_s or tq2_0.", DefaultValueFactory = _ => "i2_s" };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+        var keepBest = new Option<bool>("--keep-best")
+        {
+            Description = "Export the weights at the lowest validation loss seen (checked every --val-every steps), not the last step's; --keep-best false exports the last.",
+            DefaultValueFactory = _ => true,
+        };
         var activationBits = new Option<string>("--activation-bits")
         {
             Description = "Activation bit widths the quantized forward trains at (the engine's quantizer, straight-through backward): " +
@@ -51,7 +56,7 @@ public static class TrainCommand
         var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")
         {
             data, output, vocab, dim, layers, heads, kvHeads, ff, ctx, tokens, batch, lr, warmup, weightDecay, ropeTheta,
-            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath, activationBits,
+            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath, activationBits, keepBest,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -121,8 +126,13 @@ public static class TrainCommand
 
                 Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
 
-                run.Export(outPath, pack);
+                bool best = r.GetValue(keepBest) && run.BestStep >= 0;
+                run.Export(outPath, pack, best: best);
                 LossPlot.Write(plot, run);
+                float last = run.ValidationLosses.Count > 0 ? run.ValidationLosses[^1].Loss : float.NaN;
+                cli.Output.WriteLine(best
+                    ? string.Create(CultureInfo.InvariantCulture, $"exported the best validation checkpoint: step {run.BestStep}, val {run.BestValidationLoss:F3} (last step {run.Step}: val {last:F3})")
+                    : string.Create(CultureInfo.InvariantCulture, $"exported the last step's weights (step {run.Step})"));
                 cli.Output.WriteLine($"wrote {outPath} and {plot}");
                 return 0;
             }

@@ -123,8 +123,19 @@ public sealed class TrainingRun
         }
         float loss = (float)(sum / windows);
         ValidationLosses.Add((Step, loss));
+        if (float.IsFinite(loss) && loss < BestValidationLoss)
+        {
+            BestParameters ??= new float[Model.Parameters.Length];
+            Model.Parameters.AsSpan().CopyTo(BestParameters);
+            (BestStep, BestValidationLoss) = (Step, loss);
+        }
         return loss;
     }
+
+    /// <summary>The latent weights at the lowest validation loss so far (null before the first validation), its step and loss.</summary>
+    public float[]? BestParameters { get; private set; }
+    public int BestStep { get; private set; } = -1;
+    public float BestValidationLoss { get; private set; } = float.PositiveInfinity;
 
     /// <summary>
     /// The weight-stability index: per layer, the share of its ternary codes (all seven projections) that differ from
@@ -167,15 +178,18 @@ public sealed class TrainingRun
         return codes;
     }
 
-    /// <summary>Writes the model GGUF (temporary file + rename).</summary>
-    public void Export(string path, ProjectionPacking packing = ProjectionPacking.I2S, string? name = null) =>
-        ModelExporter.Write(path, Options.Shape, Model.Parameters, Tokenizer, name ?? Path.GetFileNameWithoutExtension(path), packing,
+    /// <summary>
+    /// Writes the model GGUF (temporary file + rename): with <paramref name="best"/>, the weights at the lowest
+    /// validation loss seen (<see cref="BestStep"/>) when there was a validation, else the current ones.
+    /// </summary>
+    public void Export(string path, ProjectionPacking packing = ProjectionPacking.I2S, string? name = null, bool best = false) =>
+        ModelExporter.Write(path, Options.Shape, best && BestParameters is { } b ? b : Model.Parameters, Tokenizer, name ?? Path.GetFileNameWithoutExtension(path), packing,
             activationBits: Options.ActivationBits);
 
     // ---- Checkpoints ----
 
     private const ulong Magic = 0x54504B4354544E42; // "BNTTCKPT"
-    private const int Version = 2; // 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
+    private const int Version = 3; // 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
 
     /// <summary>
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
@@ -207,6 +221,8 @@ public sealed class TrainingRun
                 w.Write(Step); w.Write(_rng.State);
                 WriteLosses(w, TrainLosses); WriteLosses(w, ValidationLosses);
                 WriteFloats(w, Model.Parameters); WriteFloats(w, Optimizer.M); WriteFloats(w, Optimizer.V);
+                w.Write(BestStep); w.Write(BestValidationLoss);
+                if (BestParameters is { } best) WriteFloats(w, best);
                 w.Write(Magic);
                 w.Flush();
                 stream.Flush(flushToDisk: true);
@@ -232,7 +248,7 @@ public sealed class TrainingRun
         {
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: not a bitnet training checkpoint.");
             int version = r.ReadInt32();
-            if (version is not (1 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
+            if (version is not (1 or 2 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
             var v = new int[7];
             for (int i = 0; i < 7; i++) v[i] = r.ReadInt32();
             var shape = new TrainingShape(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r.ReadSingle(), r.ReadSingle());
@@ -261,6 +277,16 @@ public sealed class TrainingRun
             ReadFloats(r, run.Model.Parameters);
             ReadFloats(r, run.Optimizer.M);
             ReadFloats(r, run.Optimizer.V);
+            if (version >= 3)
+            {
+                run.BestStep = r.ReadInt32();
+                run.BestValidationLoss = r.ReadSingle();
+                if (run.BestStep >= 0)
+                {
+                    run.BestParameters = new float[run.Model.Parameters.Length];
+                    ReadFloats(r, run.BestParameters);
+                }
+            }
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: the checkpoint is truncated or corrupt (end marker missing).");
             run._lastCodes = run.TernaryCodes();
             return run;

@@ -79,18 +79,52 @@ public class TrainingRunTests
         var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
         run.StepOnce();
         run.SaveCheckpoint(path);
-        // Version 2 = version 1 + (int32 count, widths) after the 85-byte header of options.
-        var v2 = File.ReadAllBytes(path);
+        // Version 3 = version 1 + (int32 count, widths) after the 85-byte header of options + (int32 best step = −1,
+        // float32 best loss) before the 8-byte end marker when no validation ran.
+        var v3 = File.ReadAllBytes(path);
         const int header = 85;
-        int count = BitConverter.ToInt32(v2, header);
+        int count = BitConverter.ToInt32(v3, header);
         Assert.Equal(options.Shape.Layers * ActivationBits.Inputs, count);
-        var v1 = v2[..header].Concat(v2[(header + 4 + count)..]).ToArray();
+        Assert.Equal(-1, BitConverter.ToInt32(v3, v3.Length - 16));
+        var v1 = v3[..header].Concat(v3[(header + 4 + count)..^16]).Concat(v3[^8..]).ToArray();
         BitConverter.GetBytes(1).CopyTo(v1, 8);
         File.WriteAllBytes(path, v1);
         var resumed = TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(options.Shape.Layers));
         Assert.Null(resumed.Options.ActivationBits);
         Assert.True(resumed.Model.ActivationBits.AllEight);
         Assert.Equal(run.Model.Parameters, resumed.Model.Parameters);
+    }
+
+    /// <summary>
+    /// The best validation checkpoint is kept: after a validation and then a worse one, exporting with best gives the
+    /// file the first moment's weights give, and the snapshot survives a checkpoint and resume.
+    /// </summary>
+    [Fact]
+    public void TheBestValidationWeightsAreKeptAndExported()
+    {
+        var (options, tokenizer, train, validation) = Setup(4);
+        using var pool = new WorkerPool(2);
+        using var dir = new TestGguf.TempDirectory();
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        for (int i = 0; i < 3; i++) run.StepOnce();
+        float good = run.Validate();
+        run.Export(dir.File("at-best.gguf"), name: "m");
+        // Wreck the weights: every latent weight ×50 saturates the model and its validation loss rises.
+        foreach (ref float w in run.Model.Parameters.AsSpan()) w *= 50;
+        float bad = run.Validate();
+        Assert.True(bad > good, $"validation {bad} after wrecking vs {good}");
+        Assert.Equal((3, good), (run.BestStep, run.BestValidationLoss));
+
+        run.Export(dir.File("best.gguf"), name: "m", best: true);
+        run.Export(dir.File("last.gguf"), name: "m", best: false);
+        Assert.Equal(File.ReadAllBytes(dir.File("at-best.gguf")), File.ReadAllBytes(dir.File("best.gguf")));
+        Assert.NotEqual(File.ReadAllBytes(dir.File("at-best.gguf")), File.ReadAllBytes(dir.File("last.gguf")));
+
+        run.SaveCheckpoint(dir.File("run.ckpt"));
+        var resumed = TrainingRun.Resume(dir.File("run.ckpt"), pool, options.Shape);
+        Assert.Equal((3, good), (resumed.BestStep, resumed.BestValidationLoss));
+        resumed.Export(dir.File("resumed-best.gguf"), name: "m", best: true);
+        Assert.Equal(File.ReadAllBytes(dir.File("at-best.gguf")), File.ReadAllBytes(dir.File("resumed-best.gguf")));
     }
 
     [Fact]
