@@ -4,6 +4,12 @@ using BitNetSharp.Benchmarks;
 // BenchmarkDotNet:  dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- --filter '*'
 // Quick dev loop:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick [tokens]
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
+// Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
+if (args.Length > 0 && args[0] == "quick-matmul")
+{
+    QuickMatMulTimer.Run(args.Length > 1 ? int.Parse(args[1]) : 1);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-quant")
 {
     QuickQuantizerTimer.Run();

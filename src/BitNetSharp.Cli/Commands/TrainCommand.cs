@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using System.Text;
 using BitNetSharp.Model;
 using BitNetSharp.Threading;
 using BitNetSharp.Training;
@@ -53,10 +54,15 @@ public static class TrainCommand
             DefaultValueFactory = _ => "8",
         };
         var plotPath = new Option<string?>("--plot") { Description = "The loss-curve SVG to write at the end (default: OUT.loss.svg)." };
+        var heldOut = new Option<string?>("--heldout")
+        {
+            Description = "Also write the held-out validation text (the last 5% of each --data file, cut at a line start) to this file, " +
+                "so `bitnet eval --data FILE` scores the model on text it never trained on.",
+        };
         var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")
         {
             data, output, vocab, dim, layers, heads, kvHeads, ff, ctx, tokens, batch, lr, warmup, weightDecay, ropeTheta,
-            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath, activationBits, keepBest,
+            fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath, activationBits, keepBest, heldOut,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -108,6 +114,12 @@ public static class TrainCommand
                 {
                     if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
                     var corpus = TrainingCorpus.Load(r.GetRequiredValue(data));
+                    if (r.GetValue(heldOut) is { } heldOutPath)
+                    {
+                        RequireWritable(Path.GetFullPath(heldOutPath));
+                        File.WriteAllText(heldOutPath, corpus.ValidationText, new UTF8Encoding(encoderShouldEmitUTF8Identifier: false));
+                        cli.Output.WriteLine($"wrote the held-out text to {heldOutPath}");
+                    }
                     cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
                     var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
                     var train = corpus.EncodeTrain(tokenizer);

@@ -13,14 +13,23 @@ namespace BitNetSharp.Training;
 /// <see cref="Kernels.TernaryKernel.Epilogue"/>), so with integer-valued A and B — int8 codes and ternary codes,
 /// whose partial sums stay exact below 2^24 — the trainer's quantized forward equals the engine's bit for bit.
 /// <para>
-/// Split over rows of A in pairs, each output element computed by one thread in a fixed k order: the result does
-/// not depend on the thread count. Register tile 2 rows of A × 4 rows of B (8 accumulators + 6 operands ≤ 16 ymm);
-/// B is walked in panels of <see cref="PanelRows"/> rows so a panel stays in L2 while every A row pair passes over it.
+/// Split over groups of 4 rows of A, each output element computed by one thread in a fixed k order: the result does
+/// not depend on the thread count. Register tile: with 512-bit vectors 4 rows of A × 4 rows of B (16 accumulators),
+/// else 2 × 4 (8 accumulators + 6 operands ≤ 16 ymm); B is walked in panels of <see cref="PanelRows"/> rows so a
+/// panel stays in L2 while every A row group passes over it.
 /// </para>
 /// </summary>
 public sealed unsafe class MatMulNT : IParallelWork
 {
     private const int PanelRows = 64;
+    private const int RowGroup = 4; // rows of A per work item (one 4×4 tile, or two 2×4 tiles)
+
+    /// <summary>
+    /// The 512-bit 4×4 tile (16 accumulators + 5 operands of the 32 zmm registers: half the loads per FMA of the
+    /// 256-bit 2×4 tile). Set per instance from <see cref="Vector512.IsHardwareAccelerated"/>; tests turn it off to
+    /// compare the two tiles, and `quick-matmul` in bench/BitNetSharp.Benchmarks times one against the other.
+    /// </summary>
+    public bool Use512 { get; set; } = Vector512.IsHardwareAccelerated;
     private readonly WorkerPool _pool;
     private float* _a, _b, _c, _div;
     private int _m, _n, _k, _lda, _ldb, _ldc;
@@ -47,36 +56,61 @@ public sealed unsafe class MatMulNT : IParallelWork
         _accumulate = accumulate;
         _div = div;
         _scale = scale;
-        _pool.Run(this, (m + 1) / 2);
+        _pool.Run(this, (m + RowGroup - 1) / RowGroup);
     }
 
     public void Execute(int start, int end, int worker)
     {
-        int i0 = 2 * start, i1 = Math.Min(2 * end, _m);
-        Span<float> s = stackalloc float[8];
+        int i0 = RowGroup * start, i1 = Math.Min(RowGroup * end, _m);
+        float* s = stackalloc float[16];
+        bool wide = Use512;
         for (int j0 = 0; j0 < _n; j0 += PanelRows)
         {
             int j1 = Math.Min(_n, j0 + PanelRows);
-            for (int i = i0; i < i1; i += 2)
+            for (int i = i0; i < i1; i += RowGroup)
             {
-                bool two = i + 1 < i1;
-                float* a0 = _a + (long)i * _lda, a1 = two ? a0 + _lda : a0;
-                int j = j0;
-                for (; j + 4 <= j1; j += 4)
+                int rows = Math.Min(RowGroup, i1 - i);
+                float* a0 = _a + (long)i * _lda;
+                if (wide)
                 {
-                    float* b0 = _b + (long)j * _ldb;
-                    Kernel2x4(a0, a1, b0, b0 + _ldb, b0 + 2 * _ldb, b0 + 3 * _ldb, _k, s);
-                    for (int q = 0; q < 4; q++)
+                    // 4 rows of A × 4 rows of B per call (rows past the end repeat row 0 and are not stored).
+                    float* a1 = rows > 1 ? a0 + _lda : a0, a2 = rows > 2 ? a0 + 2L * _lda : a0, a3 = rows > 3 ? a0 + 3L * _lda : a0;
+                    int j = j0;
+                    for (; j + 4 <= j1; j += 4)
                     {
-                        Store(i, j + q, s[q]);
-                        if (two) Store(i + 1, j + q, s[4 + q]);
+                        float* b0 = _b + (long)j * _ldb;
+                        Kernel4x4(a0, a1, a2, a3, b0, b0 + _ldb, b0 + 2 * _ldb, b0 + 3 * _ldb, _k, s);
+                        for (int r = 0; r < rows; r++)
+                        for (int q = 0; q < 4; q++) Store(i + r, j + q, s[4 * r + q]);
                     }
+                    for (; j < j1; j++)
+                    {
+                        float* bj = _b + (long)j * _ldb;
+                        for (int r = 0; r < rows; r++) Store(i + r, j, Dot(a0 + (long)r * _lda, bj, _k));
+                    }
+                    continue;
                 }
-                for (; j < j1; j++)
+                for (int i2 = i; i2 < i + rows; i2 += 2)
                 {
-                    float* bj = _b + (long)j * _ldb;
-                    Store(i, j, Dot(a0, bj, _k));
-                    if (two) Store(i + 1, j, Dot(a1, bj, _k));
+                    bool two = i2 + 1 < i + rows;
+                    float* r0 = _a + (long)i2 * _lda, r1 = two ? r0 + _lda : r0;
+                    int j = j0;
+                    for (; j + 4 <= j1; j += 4)
+                    {
+                        float* b0 = _b + (long)j * _ldb;
+                        Kernel2x4(r0, r1, b0, b0 + _ldb, b0 + 2 * _ldb, b0 + 3 * _ldb, _k, s);
+                        for (int q = 0; q < 4; q++)
+                        {
+                            Store(i2, j + q, s[q]);
+                            if (two) Store(i2 + 1, j + q, s[4 + q]);
+                        }
+                    }
+                    for (; j < j1; j++)
+                    {
+                        float* bj = _b + (long)j * _ldb;
+                        Store(i2, j, Dot(r0, bj, _k));
+                        if (two) Store(i2 + 1, j, Dot(r1, bj, _k));
+                    }
                 }
             }
         }
@@ -94,7 +128,7 @@ public sealed unsafe class MatMulNT : IParallelWork
     private static Vector256<float> Fmadd(Vector256<float> a, Vector256<float> b, Vector256<float> c) =>
         Fma.IsSupported ? Fma.MultiplyAdd(a, b, c) : a * b + c;
 
-    private static void Kernel2x4(float* a0, float* a1, float* b0, float* b1, float* b2, float* b3, int k, Span<float> s)
+    private static void Kernel2x4(float* a0, float* a1, float* b0, float* b1, float* b2, float* b3, int k, float* s)
     {
         int p = 0;
         if (Vector256.IsHardwareAccelerated && k >= 8)
@@ -117,12 +151,53 @@ public sealed unsafe class MatMulNT : IParallelWork
             s[0] = Vector256.Sum(c00); s[1] = Vector256.Sum(c01); s[2] = Vector256.Sum(c02); s[3] = Vector256.Sum(c03);
             s[4] = Vector256.Sum(c10); s[5] = Vector256.Sum(c11); s[6] = Vector256.Sum(c12); s[7] = Vector256.Sum(c13);
         }
-        else s.Clear();
+        else new Span<float>(s, 8).Clear();
         for (; p < k; p++)
         {
             float x0 = a0[p], x1 = a1[p];
             s[0] += x0 * b0[p]; s[1] += x0 * b1[p]; s[2] += x0 * b2[p]; s[3] += x0 * b3[p];
             s[4] += x1 * b0[p]; s[5] += x1 * b1[p]; s[6] += x1 * b2[p]; s[7] += x1 * b3[p];
+        }
+    }
+
+    private static void Kernel4x4(float* a0, float* a1, float* a2, float* a3, float* b0, float* b1, float* b2, float* b3, int k, float* s)
+    {
+        Vector512<float> c00 = default, c01 = default, c02 = default, c03 = default;
+        Vector512<float> c10 = default, c11 = default, c12 = default, c13 = default;
+        Vector512<float> c20 = default, c21 = default, c22 = default, c23 = default;
+        Vector512<float> c30 = default, c31 = default, c32 = default, c33 = default;
+        int p = 0;
+        for (; p <= k - 16; p += 16)
+        {
+            var x0 = Vector512.Load(a0 + p);
+            var x1 = Vector512.Load(a1 + p);
+            var x2 = Vector512.Load(a2 + p);
+            var x3 = Vector512.Load(a3 + p);
+            var w = Vector512.Load(b0 + p);
+            c00 = Vector512.FusedMultiplyAdd(x0, w, c00); c10 = Vector512.FusedMultiplyAdd(x1, w, c10);
+            c20 = Vector512.FusedMultiplyAdd(x2, w, c20); c30 = Vector512.FusedMultiplyAdd(x3, w, c30);
+            w = Vector512.Load(b1 + p);
+            c01 = Vector512.FusedMultiplyAdd(x0, w, c01); c11 = Vector512.FusedMultiplyAdd(x1, w, c11);
+            c21 = Vector512.FusedMultiplyAdd(x2, w, c21); c31 = Vector512.FusedMultiplyAdd(x3, w, c31);
+            w = Vector512.Load(b2 + p);
+            c02 = Vector512.FusedMultiplyAdd(x0, w, c02); c12 = Vector512.FusedMultiplyAdd(x1, w, c12);
+            c22 = Vector512.FusedMultiplyAdd(x2, w, c22); c32 = Vector512.FusedMultiplyAdd(x3, w, c32);
+            w = Vector512.Load(b3 + p);
+            c03 = Vector512.FusedMultiplyAdd(x0, w, c03); c13 = Vector512.FusedMultiplyAdd(x1, w, c13);
+            c23 = Vector512.FusedMultiplyAdd(x2, w, c23); c33 = Vector512.FusedMultiplyAdd(x3, w, c33);
+        }
+        s[0] = Vector512.Sum(c00); s[1] = Vector512.Sum(c01); s[2] = Vector512.Sum(c02); s[3] = Vector512.Sum(c03);
+        s[4] = Vector512.Sum(c10); s[5] = Vector512.Sum(c11); s[6] = Vector512.Sum(c12); s[7] = Vector512.Sum(c13);
+        s[8] = Vector512.Sum(c20); s[9] = Vector512.Sum(c21); s[10] = Vector512.Sum(c22); s[11] = Vector512.Sum(c23);
+        s[12] = Vector512.Sum(c30); s[13] = Vector512.Sum(c31); s[14] = Vector512.Sum(c32); s[15] = Vector512.Sum(c33);
+        for (; p < k; p++)
+        {
+            float x0 = a0[p], x1 = a1[p], x2 = a2[p], x3 = a3[p];
+            float w0 = b0[p], w1 = b1[p], w2 = b2[p], w3 = b3[p];
+            s[0] += x0 * w0; s[1] += x0 * w1; s[2] += x0 * w2; s[3] += x0 * w3;
+            s[4] += x1 * w0; s[5] += x1 * w1; s[6] += x1 * w2; s[7] += x1 * w3;
+            s[8] += x2 * w0; s[9] += x2 * w1; s[10] += x2 * w2; s[11] += x2 * w3;
+            s[12] += x3 * w0; s[13] += x3 * w1; s[14] += x3 * w2; s[15] += x3 * w3;
         }
     }
 

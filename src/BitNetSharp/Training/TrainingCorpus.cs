@@ -9,18 +9,23 @@ namespace BitNetSharp.Training;
 /// </summary>
 public sealed class TrainingCorpus
 {
-    private TrainingCorpus(IReadOnlyList<string> trainDocuments, string validationText)
+    private TrainingCorpus(IReadOnlyList<string> trainDocuments, IReadOnlyList<string> validationDocuments)
     {
         TrainDocuments = trainDocuments;
-        ValidationText = validationText;
+        ValidationDocuments = validationDocuments;
     }
 
     public IReadOnlyList<string> TrainDocuments { get; }
-    public string ValidationText { get; }
+
+    /// <summary>The held-out slice of each document that gave one, in document order.</summary>
+    public IReadOnlyList<string> ValidationDocuments { get; }
+
+    /// <summary>The held-out slices joined into one text (what `bitnet train --heldout FILE` writes for `bitnet eval`).</summary>
+    public string ValidationText => string.Concat(ValidationDocuments);
 
     /// <summary>
-    /// Reads <paramref name="paths"/> and holds out the last <paramref name="validationFraction"/> of the characters
-    /// (moved forward to the next line start, so no line is cut). Throws <see cref="InvalidDataException"/> for an
+    /// Reads <paramref name="paths"/> and holds out the last <paramref name="validationFraction"/> of each file's
+    /// characters (moved forward to the next line start, so no line is cut). Throws <see cref="InvalidDataException"/> for an
     /// empty file or one that is not valid UTF-8, naming the file and the byte offset.
     /// </summary>
     public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05)
@@ -47,33 +52,29 @@ public sealed class TrainingCorpus
         }
     }
 
-    /// <summary>Splits in-memory documents like <see cref="Load"/>.</summary>
+    /// <summary>
+    /// Splits in-memory documents like <see cref="Load"/>: every document gives up its own last
+    /// <paramref name="validationFraction"/> (so each source is represented in validation in proportion to its size),
+    /// the cut moved forward to the next line start so no line is split. A document too short to give anything keeps
+    /// it all for training.
+    /// </summary>
     public static TrainingCorpus Split(IReadOnlyList<string> documents, double validationFraction = 0.05)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(validationFraction, 0.0);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(validationFraction, 1.0);
-        long total = documents.Sum(d => (long)d.Length);
-        long held = (long)Math.Round(total * validationFraction);
-        var train = documents.ToList();
-        var validation = new StringBuilder();
-        while (held > 0 && train.Count > 0)
+        var train = new List<string>(documents.Count);
+        var validation = new List<string>(documents.Count);
+        foreach (var document in documents)
         {
-            var last = train[^1];
-            if (last.Length <= held && train.Count > 1)
-            {
-                validation.Insert(0, last);
-                held -= last.Length;
-                train.RemoveAt(train.Count - 1);
-                continue;
-            }
-            int cut = (int)Math.Max(1, last.Length - held);
-            int newline = last.IndexOf('\n', cut);
-            if (newline >= 0 && newline + 1 < last.Length) cut = newline + 1;
-            validation.Insert(0, last[cut..]);
-            train[^1] = last[..cut];
-            break;
+            long held = (long)Math.Round(document.Length * validationFraction);
+            if (held <= 0 || document.Length < 2) { train.Add(document); continue; }
+            int cut = (int)Math.Max(1, document.Length - held);
+            int newline = document.IndexOf('\n', cut);
+            if (newline >= 0 && newline + 1 < document.Length) cut = newline + 1;
+            train.Add(document[..cut]);
+            validation.Add(document[cut..]);
         }
-        return new TrainingCorpus(train, validation.ToString());
+        return new TrainingCorpus(train, validation);
     }
 
     /// <summary>The training stream: the documents' tokens with EOS between documents.</summary>
@@ -88,5 +89,15 @@ public sealed class TrainingCorpus
         return [.. ids];
     }
 
-    public int[] EncodeValidation(TrainedTokenizer tokenizer) => tokenizer.Encode(ValidationText, parseSpecial: false);
+    /// <summary>The validation stream: the held-out slices' tokens with EOS between slices, like the training stream.</summary>
+    public int[] EncodeValidation(TrainedTokenizer tokenizer)
+    {
+        var ids = new List<int>();
+        for (int i = 0; i < ValidationDocuments.Count; i++)
+        {
+            if (i > 0) ids.Add(tokenizer.EosId);
+            tokenizer.Encode(ValidationDocuments[i], ids, parseSpecial: false);
+        }
+        return [.. ids];
+    }
 }
