@@ -35,9 +35,12 @@ public class TrainCommandTests
         using var dir = new TestGguf.TempDirectory();
         var data = Corpus(dir);
         var model = dir.File("tiny.gguf");
-        var (code, output, error) = Bitnet(TinyArgs(data, model));
+        var heldOut = dir.File("held-out.txt");
+        var (code, output, error) = Bitnet(TinyArgs(data, model, "--heldout", heldOut));
         Assert.True(code == 0, error);
         Assert.Contains("4 steps of 32 tokens", output);
+        Assert.Equal(BitNetSharp.Training.TrainingCorpus.Load([data]).ValidationText, File.ReadAllText(heldOut));
+        Assert.NotEmpty(File.ReadAllText(heldOut));
         Assert.Contains("val ", output);
         Assert.Contains("codes changed since the last checkpoint: L0 ", output);
         Assert.True(File.Exists(model));

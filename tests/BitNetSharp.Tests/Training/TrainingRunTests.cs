@@ -201,6 +201,12 @@ public class TrainingRunTests
         Assert.Equal("line one\nline two\nline three\n", corpus.TrainDocuments.Single());
         Assert.Equal("line four\n", corpus.ValidationText);
 
+        // Several files: each gives up its own tail, so every source is in validation in proportion to its size.
+        var two = TrainingCorpus.Split(["a1\na2\na3\na4\n", "b1 long line\nb2 long line\nb3 long line\nb4 long line\n"], 0.25);
+        Assert.Equal(["a1\na2\na3\n", "b1 long line\nb2 long line\nb3 long line\n"], two.TrainDocuments);
+        Assert.Equal(["a4\n", "b4 long line\n"], two.ValidationDocuments);
+        Assert.Equal("a4\nb4 long line\n", two.ValidationText);
+
         using var dir = new TestGguf.TempDirectory();
         var empty = dir.File("empty.txt");
         File.WriteAllBytes(empty, []);
