@@ -28,7 +28,7 @@ public static class TrainCommand
         var kvHeads = new Option<int>("--kv-heads") { Description = "KV heads (must divide --heads; default: --heads)." };
         var ff = new Option<int>("--ff") { Description = "Feed-forward width (default: 8/3·dim rounded up to a multiple of 128)." };
         var ctx = new Option<int>("--ctx") { Description = "Context length (training window).", DefaultValueFactory = _ => 256 };
-        var tokens = new Option<long>("--tokens") { Description = "Training tokens in total (steps = tokens / (batch·ctx)).", DefaultValueFactory = _ => 1_000_000 };
+        var tokens = new Option<long>("--tokens") { Description = "Training tokens in total (steps = tokens / (batch·ctx)). With --resume, a new length for the run: the cosine schedule then ends at the new last step.", DefaultValueFactory = _ => 1_000_000 };
         var batch = new Option<int>("--batch") { Description = "Sequences per step.", DefaultValueFactory = _ => 8 };
         var lr = new Option<float>("--lr") { Description = "Peak learning rate (warm-up then cosine to 10%).", DefaultValueFactory = _ => 2e-3f };
         var warmup = new Option<int>("--warmup") { Description = "Warm-up steps.", DefaultValueFactory = _ => 50 };
@@ -107,8 +107,20 @@ public static class TrainCommand
                 TrainingRun run;
                 if (r.GetValue(resume) && File.Exists(checkpoint))
                 {
-                    run = TrainingRun.Resume(checkpoint, pool, shape, bits);
-                    cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}");
+                    // --tokens on a resume re-plans the run's length (e.g. a run slower than planned); otherwise the checkpoint's stands.
+                    int? newSteps = r.GetResult(tokens) is { Implicit: false }
+                        ? (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength))
+                        : null;
+                    try
+                    {
+                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, newSteps);
+                    }
+                    catch (InvalidOperationException e)
+                    {
+                        throw new UsageException($"--tokens {r.GetValue(tokens)}: {e.Message}");
+                    }
+                    cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
+                        (newSteps is not null ? " (run length from --tokens)" : ""));
                 }
                 else
                 {

@@ -238,9 +238,12 @@ public sealed class TrainingRun
 
     /// <summary>
     /// Continues a run from <paramref name="path"/>. When <paramref name="expectedShape"/> or <paramref name="expectedBits"/>
-    /// is given and differs from the checkpoint's, throws <see cref="InvalidDataException"/> naming both.
+    /// is given and differs from the checkpoint's, throws <see cref="InvalidDataException"/> naming both. With
+    /// <paramref name="totalSteps"/>, the run gets a new length: the cosine schedule aims at the new last step from the
+    /// resumed step on (the learning rate moves to where the new schedule puts that step); below the steps already
+    /// done it throws <see cref="InvalidOperationException"/>.
     /// </summary>
-    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null)
+    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null, int? totalSteps = null)
     {
         using var stream = File.OpenRead(path);
         using var r = new BinaryReader(stream);
@@ -269,8 +272,17 @@ public sealed class TrainingRun
             var merges = ReadStrings(r);
             var specials = ReadStrings(r);
             var tokenizer = new TrainedTokenizer(tokens, merges, specials, r.ReadInt32(), r.ReadInt32());
-            var run = new TrainingRun(options, tokenizer, ReadInts(r), ReadInts(r), pool);
-            run.Step = r.ReadInt32();
+            int[] train = ReadInts(r), validation = ReadInts(r);
+            int step = r.ReadInt32();
+            if (totalSteps is { } steps && steps != options.TotalSteps)
+            {
+                if (steps < Math.Max(step, 1))
+                    throw new InvalidOperationException(
+                        $"{path} is at step {step}; a new length of {steps} steps would end before it. Give more --tokens (at least {(long)step * options.Batch * shape.ContextLength}).");
+                options = options with { TotalSteps = steps };
+            }
+            var run = new TrainingRun(options, tokenizer, train, validation, pool);
+            run.Step = step;
             run._rng.State = r.ReadUInt64();
             ReadLosses(r, run.TrainLosses);
             ReadLosses(r, run.ValidationLosses);
