@@ -30,8 +30,9 @@ while getopts "m:d:c:s:t:n:i:o:Bh" opt; do
 done
 shift $((OPTIND - 1))
 [[ "${1:-}" == "--" ]] && shift
-for v in duration clients seqs maxtok; do
-  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || { echo "error: -${v:0:1} must be a positive integer; got '${!v}'" >&2; exit 2; }
+for pair in d:duration c:clients s:seqs n:maxtok; do
+  v=${pair#*:}
+  [[ "${!v}" =~ ^[0-9]+$ && "${!v}" -gt 0 ]] || { echo "error: -${pair%%:*} must be a positive integer; got '${!v}'" >&2; exit 2; }
 done
 [[ -z "$threads" || "$threads" =~ ^[0-9]+$ ]] || { echo "error: -t must be a positive integer; got '$threads'" >&2; exit 2; }
 [[ -f "$model" ]] || { echo "error: no model file $model" >&2; exit 2; }

@@ -317,7 +317,7 @@ internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, i
             Plot("Sequences and queue", "count",
                 ("sequences running", Series(s => s.SequencesRunning), "#1f77b4"), ("requests waiting", Series(s => s.RequestsWaiting), "#ff7f0e"), ("HTTP in flight", Series(s => s.InFlight), "#9467bd")),
             Plot("KV cache use", "% of positions", ("KV use", Series(s => s.KvUsage, 100), "#8c564b")),
-            Plot("Throughput", "per second", ("requests/s", Series(s => s.RequestsPerSecond), "#2ca02c"), ("generated tokens/s ÷ 10", Series(s => s.GenerationTokensPerSecond, 0.1), "#17becf")),
+            Plot("Throughput", "per second", ("requests/s", Series(s => s.RequestsPerSecond), "#2ca02c"), ("gen tok/s ÷ 10", Series(s => s.GenerationTokensPerSecond, 0.1), "#17becf")),
         };
         const int height = 560;
         w.WriteLine("<?xml version=\"1.0\" encoding=\"UTF-8\"?>");
