@@ -51,8 +51,8 @@ internal static class ExternalLoad
                 bool stream = rng.NextDouble() < streamRatio;
                 double start = clock.Elapsed.TotalSeconds;
                 double unix = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
-                var (outcome, detail, tokens) = await OneAsync(http, stream, prompt, maxTokens);
-                lock (results) results.Add(new Result(c, i, stream, start, clock.Elapsed.TotalSeconds, unix, outcome, detail, tokens));
+                var reply = await OneAsync(http, stream, prompt, maxTokens);
+                lock (results) results.Add(new Result(c, i, stream, start, clock.Elapsed.TotalSeconds, unix, reply.Outcome, reply.Detail, reply.Tokens));
             }
         })).ToArray();
         await Task.WhenAll(workers);
@@ -84,6 +84,9 @@ internal static class ExternalLoad
         return Count(results, "silent_truncation") == 0 ? 0 : 3;
     }
 
+    /// <summary>What <see cref="OneAsync"/> saw: outcome, detail, tokens (text events for a stream), HTTP status (0: none), seconds to the first text event (NaN: none or not a stream).</summary>
+    internal readonly record struct Reply(string Outcome, string Detail, int Tokens, int Status, double FirstTokenSeconds);
+
     private sealed record Result(int Client, int Index, bool Stream, double Start, double End, double StartUnix, string Outcome, string Detail, int Tokens);
 
     private static int Count(IEnumerable<Result> rs, string outcome) => rs.Count(r => r.Outcome == outcome);
@@ -91,70 +94,104 @@ internal static class ExternalLoad
     private static int Int(Dictionary<string, string> a, string key, int fallback) =>
         a.TryGetValue(key, out var v) ? int.Parse(v, CultureInfo.InvariantCulture) : fallback;
 
-    /// <summary>One completion and its outcome (see the class comment), with what it says and the tokens it received.</summary>
-    internal static async Task<(string Outcome, string Detail, int Tokens)> OneAsync(HttpClient http, bool stream, string prompt, int maxTokens)
+    /// <summary>
+    /// One completion (or, with <paramref name="chat"/>, a chat completion of one user message) and its outcome (see the
+    /// class comment), with what it says, the tokens it received (text events for a stream), the HTTP status (0: none)
+    /// and, for a stream, the seconds from sending to the first text event. With <paramref name="disconnectAfter"/> &gt; 0
+    /// a stream is dropped after that many text events: outcome <c>disconnected</c>, or its real outcome if it ended
+    /// sooner. The connection only closes mid-body, as a client that goes away, when <paramref name="http"/>'s handler
+    /// has <c>MaxResponseDrainSize = 0</c>; otherwise the handler quietly reads the rest to reuse the connection.
+    /// </summary>
+    internal static async Task<Reply> OneAsync(HttpClient http, bool stream, string prompt, int maxTokens, bool chat = false, int disconnectAfter = 0,
+        CancellationToken cancellation = default)
     {
-        var body = JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, ignore_eos = true, stream, stream_options = stream ? new { include_usage = true } : null });
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
-        int chunks = 0;
+        object? streamOptions = stream ? new { include_usage = true } : null;
+        var body = chat
+            ? JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = prompt } }, max_tokens = maxTokens, temperature = 0, ignore_eos = true, stream, stream_options = streamOptions })
+            : JsonSerializer.Serialize(new { prompt, max_tokens = maxTokens, temperature = 0, ignore_eos = true, stream, stream_options = streamOptions });
+        using var request = new HttpRequestMessage(HttpMethod.Post, chat ? "v1/chat/completions" : "v1/completions") { Content = new StringContent(body, Encoding.UTF8, "application/json") };
+        int chunks = 0, status = 0;
+        double firstToken = double.NaN;
+        var clock = Stopwatch.StartNew();
         try
         {
-            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead);
-            if ((int)response.StatusCode != 200)
+            using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, cancellation);
+            status = (int)response.StatusCode;
+            if (status != 200)
             {
-                string text = await response.Content.ReadAsStringAsync();
-                return ("http_error", $"HTTP {(int)response.StatusCode} {Shorten(text)}", 0);
+                string text = await response.Content.ReadAsStringAsync(cancellation);
+                return new("http_error", $"HTTP {status} {Shorten(text)}", 0, status, firstToken);
             }
             if (!stream)
             {
-                string text = await response.Content.ReadAsStringAsync();
+                string text = await response.Content.ReadAsStringAsync(cancellation);
                 try
                 {
                     var root = JsonDocument.Parse(text).RootElement;
                     int tokens = root.GetProperty("usage").GetProperty("completion_tokens").GetInt32();
-                    string? finish = root.GetProperty("choices")[0].GetProperty("finish_reason").GetString();
+                    var choice = root.GetProperty("choices")[0];
+                    string? finish = choice.GetProperty("finish_reason").GetString();
+                    _ = chat ? choice.GetProperty("message").GetProperty("content").GetString() : choice.GetProperty("text").GetString();
                     return tokens == maxTokens && finish == "length"
-                        ? ("ok", "", tokens)
-                        : ("silent_truncation", $"200 with {tokens} tokens, finish_reason {finish}", tokens);
+                        ? new("ok", "", tokens, status, firstToken)
+                        : new("silent_truncation", $"200 with {tokens} tokens, finish_reason {finish}", tokens, status, firstToken);
                 }
                 catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or IndexOutOfRangeException)
                 {
-                    return ("silent_truncation", $"200 with an incomplete body ({text.Length} chars): {e.GetType().Name}", 0);
+                    return new("silent_truncation", $"200 with an incomplete body ({text.Length} chars): {e.GetType().Name}", 0, status, firstToken);
                 }
             }
-            await using var s = await response.Content.ReadAsStreamAsync();
+            await using var s = await response.Content.ReadAsStreamAsync(cancellation);
             int usage = -1;
             string? finishReason = null;
             bool done = false;
-            await foreach (var e in SseParser.Create(s).EnumerateAsync())
+            try
             {
-                if (e.Data == "[DONE]")
+                await foreach (var e in SseParser.Create(s).EnumerateAsync(cancellation))
                 {
-                    done = true;
-                    break;
+                    if (e.Data == "[DONE]")
+                    {
+                        done = true;
+                        break;
+                    }
+                    var root = JsonDocument.Parse(e.Data).RootElement;
+                    if (root.TryGetProperty("error", out var error)) return new("sse_error", $"error event: {Shorten(error.ToString())}", chunks, status, firstToken);
+                    if (root.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object) usage = u.GetProperty("completion_tokens").GetInt32();
+                    var choices = root.GetProperty("choices");
+                    if (choices.GetArrayLength() == 0) continue;
+                    if (choices[0].TryGetProperty("finish_reason", out var f) && f.ValueKind == JsonValueKind.String) finishReason = f.GetString();
+                    var part = chat ? (choices[0].TryGetProperty("delta", out var d) && d.TryGetProperty("content", out var c) ? c : default) : choices[0].GetProperty("text");
+                    if (part.ValueKind == JsonValueKind.String && part.GetString() is { Length: > 0 })
+                    {
+                        if (chunks++ == 0) firstToken = clock.Elapsed.TotalSeconds;
+                        if (disconnectAfter > 0 && chunks >= disconnectAfter) return new("disconnected", $"dropped after {chunks} text events", chunks, status, firstToken);
+                    }
                 }
-                var root = JsonDocument.Parse(e.Data).RootElement;
-                if (root.TryGetProperty("error", out var error)) return ("sse_error", $"error event: {Shorten(error.ToString())}", chunks);
-                if (root.TryGetProperty("usage", out var u) && u.ValueKind == JsonValueKind.Object) usage = u.GetProperty("completion_tokens").GetInt32();
-                var choices = root.GetProperty("choices");
-                if (choices.GetArrayLength() == 0) continue;
-                if (choices[0].TryGetProperty("finish_reason", out var f) && f.ValueKind == JsonValueKind.String) finishReason = f.GetString();
-                if (choices[0].GetProperty("text").GetString() is { Length: > 0 }) chunks++;
             }
-            if (!done) return ("silent_truncation", $"the stream ended cleanly without [DONE] after {chunks} text events", chunks);
+            catch (Exception e) when (e is JsonException or KeyNotFoundException or InvalidOperationException or IndexOutOfRangeException)
+            {
+                return new("silent_truncation", $"an event that is not a completion chunk after {chunks} text events: {e.GetType().Name}", chunks, status, firstToken);
+            }
+            if (!done) return new("silent_truncation", $"the stream ended cleanly without [DONE] after {chunks} text events", chunks, status, firstToken);
             return usage == maxTokens && finishReason == "length"
-                ? ("ok", "", usage)
-                : ("silent_truncation", $"[DONE] after usage {usage}, finish_reason {finishReason}", chunks);
+                ? new("ok", "", usage, status, firstToken)
+                : new("silent_truncation", $"[DONE] after usage {usage}, finish_reason {finishReason}", chunks, status, firstToken);
         }
-        catch (Exception e) when (e is HttpRequestException or IOException or TaskCanceledException)
+        catch (Exception e) when ((e is HttpRequestException or IOException or TaskCanceledException) && !cancellation.IsCancellationRequested)
         {
-            var inner = e;
-            while (inner.InnerException is not null) inner = inner.InnerException;
-            return ("io_error", $"{e.GetType().Name}: {Shorten(e.Message)}{(inner != e ? $" ({Shorten(inner.Message)})" : "")}", chunks);
+            return new("io_error", Describe(e), chunks, status, firstToken);
         }
     }
 
-    private static string Shorten(string s)
+    /// <summary>An exception and its innermost cause, shortened, for a one-line outcome detail.</summary>
+    internal static string Describe(Exception e)
+    {
+        var inner = e;
+        while (inner.InnerException is not null) inner = inner.InnerException;
+        return $"{e.GetType().Name}: {Shorten(e.Message)}{(inner != e ? $" ({Shorten(inner.Message)})" : "")}";
+    }
+
+    internal static string Shorten(string s)
     {
         s = s.ReplaceLineEndings(" ");
         return s.Length <= 160 ? s : s[..160] + "…";

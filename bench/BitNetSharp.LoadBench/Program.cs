@@ -28,8 +28,25 @@ using BitNetSharp.Tokenization;
 //   [--duration 30] [--stream-ratio 0.5] [--max-tokens 64] [--prompt TEXT] [--log requests.jsonl]
 // counts every request's outcome: complete, an explicit error (HTTP status, SSE error event, broken connection), or a
 // silent truncation (exit code 3 if any).
+//
+// A soak against a running server (see Soak.cs and bench/soak.sh, which starts `bitnet serve` and runs it):
+// dotnet run -c Release --project bench/BitNetSharp.LoadBench -- --soak --url http://127.0.0.1:8080/ [--duration 1800]
+//   [--clients 16] [--sample 5] [--max-tokens 48] [--pid SERVER_PID] [--warmup S] [--idle-timeout 60] [--rss-tolerance 0.05]
+//   [--latency-tolerance 1.5] [--body-limit 1048576] [--mix completion=25,...] [--seed 1] [--api-key KEY] [--out PREFIX]
+// streaming and non-streaming completions and chat, client disconnects, malformed and oversized requests at saturation;
+// samples RSS, GC heap, sequences, queue, KV use and client latency; writes PREFIX.{md,csv,svg} and exits 1 on a failed verdict.
 
-var args_ = ParseArgs(args);
+Dictionary<string, string> args_;
+try
+{
+    args_ = ParseArgs(args);
+}
+catch (ArgumentException e)
+{
+    Console.Error.WriteLine($"error: {e.Message}");
+    return 2;
+}
+if (args_.ContainsKey("soak")) return await Soak.RunCliAsync(args_);
 if (args_.ContainsKey("url")) return await ExternalLoad.RunAsync(args_);
 var shape = ShapeFrom(args_.GetValueOrDefault("shape", "large"));
 int[] streams = args_.GetValueOrDefault("streams", "1,4,8,16").Split(',').Select(int.Parse).ToArray();

@@ -32,6 +32,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     private volatile ServedModel? _served;
     private LoadedModel? _loaded;
     private ModelMonitor? _monitor;
+    private ProcessMeters? _process;
     private Thread? _thread;
 
     public ModelState State => (ModelState)_state;
@@ -61,8 +62,10 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             var template = loaded.Tokenizer is null ? null : ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger);
             _monitor = monitor;
+            var process = new ProcessMeters(() => InFlight);
+            _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
-                new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter], scheduler.Meters.Publish), monitor);
+                new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish), monitor);
             _served = served;
             logger.LogInformation("Loaded {Model} in {Seconds:F1} s; warming up.", loaded.Id, sw.Elapsed.TotalSeconds);
             Warmup(scheduler);
@@ -145,6 +148,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _thread?.Join();
         _served?.Exporter.Dispose();
+        _process?.Dispose();
         _served?.Scheduler.Dispose();
         _monitor?.Dispose(); // after the engine, so its last telemetry records are written
         _loaded?.Weights.Dispose();
