@@ -84,6 +84,41 @@ public class TrainCommandTests
     }
 
     /// <summary>
+    /// <c>--resume --tokens N</c> gives a run in flight a new length (4 → 6 steps here: the run continues to step 6 and
+    /// the checkpoint remembers it); a length below the steps done is refused naming --tokens; without --tokens the
+    /// checkpoint's length stands.
+    /// </summary>
+    [Fact]
+    public void ResumeWithTokensGivesTheRunANewLength()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("len.gguf");
+        Assert.Equal(0, Bitnet(TinyArgs(data, model)).ExitCode);
+        string[] WithTokens(string tokens, params string[] extra)
+        {
+            var args = TinyArgs(data, model, extra);
+            args[Array.IndexOf(args, "--tokens") + 1] = tokens;
+            return args;
+        }
+
+        var (shortCode, _, shortError) = Bitnet(WithTokens("64", "--resume"));
+        Assert.Equal(2, shortCode);
+        Assert.Contains("--tokens 64", shortError);
+        Assert.Contains("at step 4", shortError);
+
+        var (code, output, error) = Bitnet(WithTokens("192", "--resume"));
+        Assert.True(code == 0, error);
+        Assert.Contains("resuming", output);
+        Assert.Contains("at step 4/6 (run length from --tokens)", output);
+        Assert.Contains("step 6/6", output);
+
+        var (again, againOutput, againError) = Bitnet(TinyArgs(data, model, "--resume")); // the default --tokens is not a new length
+        Assert.True(again == 0, againError);
+        Assert.Contains("at step 6/6", againOutput);
+    }
+
+    /// <summary>
     /// <c>--activation-bits</c>: the run trains at the widths, the GGUF carries them (so eval uses them), and a resume
     /// that asks for other widths (here the default 8) is refused naming both.
     /// </summary>
