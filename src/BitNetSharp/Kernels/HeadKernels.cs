@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
@@ -6,46 +5,32 @@ using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Quantization;
 
-namespace BitNetSharp.Model;
+namespace BitNetSharp.Kernels;
 
 /// <summary>
-/// A float matrix kept in its file encoding (F32, F16, BF16, Q8_0 or Q6_K), read in place: the token embedding (one row
-/// per lookup) and the output head (every row dotted with the final hidden state). Never expanded to float — a
-/// 2B4T F16 embedding is 657 MB as F16 and would be 1.3 GB as F32.
+/// Rows of a float matrix in a head encoding (F32, F16, BF16, Q8_0 or Q6_K), viewed in place: what
+/// <see cref="HeadKernels"/> reads. <see cref="Model.EmbeddingTable"/> owns the memory and checks the shape.
 /// </summary>
-public sealed unsafe class EmbeddingTable
+public readonly unsafe struct HeadMatrix(GgmlType type, byte* data, long rowBytes, int cols)
 {
-    private readonly byte* _data;
-    private readonly object _owner;
+    public GgmlType Type { get; } = type;
+    public byte* Data { get; } = data;
+    public long RowBytes { get; } = rowBytes;
+    public int Cols { get; } = cols;
 
-    public EmbeddingTable(GgmlType type, byte* data, long byteLength, int rows, int cols, object owner, string path, string name)
-    {
-        if (type is not (GgmlType.F32 or GgmlType.F16 or GgmlType.BF16 or GgmlType.Q8_0 or GgmlType.Q6_K))
-            throw new ModelFormatException(path, $"type {GgmlTypeInfo.Name(type)} is not supported for embeddings or the output head; expected f32, f16, bf16, q8_0 or q6_K", name);
-        if (type == GgmlType.Q8_0 && cols % 32 != 0)
-            throw new ModelFormatException(path, $"q8_0 rows must be a multiple of 32 values, found {cols}", name);
-        if (type == GgmlType.Q6_K && cols % Q6K.BlockWeights != 0)
-            throw new ModelFormatException(path, $"q6_K rows must be a multiple of {Q6K.BlockWeights} values, found {cols}", name);
-        Type = type;
-        Rows = rows;
-        Cols = cols;
-        RowBytes = type switch
-        {
-            GgmlType.F32 => cols * 4L,
-            GgmlType.Q8_0 => cols / 32 * 34L,
-            GgmlType.Q6_K => cols / Q6K.BlockWeights * (long)Q6K.BlockBytes,
-            _ => cols * 2L,
-        };
-        if (RowBytes * rows != byteLength)
-            throw new ModelFormatException(path, $"{rows}×{cols} {GgmlTypeInfo.Name(type)} needs {RowBytes * rows} bytes, found {byteLength}", name);
-        _data = data;
-        _owner = owner;
-        if (type == GgmlType.F16 && FirstNonFiniteHalf((ushort*)data, (long)rows * cols) is long bad and >= 0)
-            throw new ModelFormatException(path, $"value {bad % cols} of row {bad / cols} is infinite or NaN; the table must hold finite numbers", name);
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public byte* Row(int row) => Data + row * RowBytes;
+}
 
+/// <summary>
+/// The output head's kernels (and the embedding table's load-time scan): every row of a <see cref="HeadMatrix"/> dotted
+/// with one hidden state (<see cref="MatVec"/>) or several (<see cref="MatMul"/>), per encoding — F16 with raw-half FMA
+/// chains, Q8_0 and Q6_K against activations quantized once per call (as llama.cpp's head), F32 and BF16 plainly.
+/// </summary>
+public static unsafe class HeadKernels
+{
     /// <summary>Index of the first half whose exponent is all ones (±inf, NaN), or −1. The fast F16 dot product relies on there being none.</summary>
-    private static long FirstNonFiniteHalf(ushort* p, long n)
+    public static long FirstNonFiniteHalf(ushort* p, long n)
     {
         long i = 0;
         if (Vector512.IsHardwareAccelerated)
@@ -65,100 +50,51 @@ public sealed unsafe class EmbeddingTable
         return -1;
     }
 
-    public GgmlType Type { get; }
-    public int Rows { get; }
-    public int Cols { get; }
-    public long RowBytes { get; }
-    public long ByteLength => RowBytes * Rows;
-
-    /// <summary>The encoded rows, in place (for writing them to another file).</summary>
-    public ReadOnlyMemory<byte> Bytes => new Memory.UnmanagedMemory(_data, checked((int)ByteLength)).Memory;
-
-    /// <summary>The encoded rows in place (<see cref="ByteLength"/> bytes), for checksums.</summary>
-    public byte* Data => _data;
-
-    /// <summary>Keeps the memory map (or buffer) that holds the data alive as long as this table.</summary>
-    public object Owner => _owner;
-
-    private byte* Row(int row) => _data + row * RowBytes;
-
-    /// <summary>Decodes row <paramref name="row"/> into <paramref name="destination"/> (Cols floats).</summary>
-    public void GetRow(int row, Span<float> destination)
-    {
-        if ((uint)row >= (uint)Rows) throw new ArgumentOutOfRangeException(nameof(row), row, $"Row must be in [0, {Rows}).");
-        byte* p = Row(row);
-        switch (Type)
-        {
-            case GgmlType.F32:
-                new ReadOnlySpan<float>(p, Cols).CopyTo(destination);
-                break;
-            case GgmlType.F16:
-                for (int i = 0; i < Cols; i++) destination[i] = HalfConversions.HalfToFloat(((ushort*)p)[i]);
-                break;
-            case GgmlType.BF16:
-                for (int i = 0; i < Cols; i++) destination[i] = HalfConversions.BFloat16ToFloat(((ushort*)p)[i]);
-                break;
-            case GgmlType.Q8_0:
-                for (int b = 0; b < Cols / 32; b++)
-                {
-                    byte* block = p + b * 34;
-                    float d = HalfConversions.HalfToFloat(BinaryPrimitives.ReadUInt16LittleEndian(new ReadOnlySpan<byte>(block, 2)));
-                    for (int i = 0; i < 32; i++) destination[b * 32 + i] = d * ((sbyte*)block)[2 + i];
-                }
-                break;
-            case GgmlType.Q6_K:
-                if (destination.Length < Cols) throw new ArgumentException($"The destination holds {destination.Length} values; a row has {Cols}.", nameof(destination));
-                fixed (float* y = destination)
-                    for (int b = 0; b < Cols / Q6K.BlockWeights; b++) Q6K.DequantizeBlock(p + b * Q6K.BlockBytes, y + b * Q6K.BlockWeights);
-                break;
-        }
-    }
-
     /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head.</summary>
-    public void MatVec(float* x, float* y, int rowStart, int rowEnd)
+    public static void MatVec(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
     {
-        switch (Type)
+        switch (m.Type)
         {
             case GgmlType.F32:
-                for (int r = rowStart; r < rowEnd; r++) y[r] = Kernels.FloatMatVec.Dot((float*)Row(r), x, Cols);
+                for (int r = rowStart; r < rowEnd; r++) y[r] = FloatMatVec.Dot((float*)m.Row(r), x, m.Cols);
                 break;
             case GgmlType.F16:
                 float* scaled;
                 bool wide = Vector512.IsHardwareAccelerated, avx2 = !wide && Avx2.IsSupported && Vector256.IsHardwareAccelerated;
-                if ((wide || avx2) && Cols % 32 == 0 && (scaled = ScaleForRawHalves(x, Cols)) != null)
+                if ((wide || avx2) && m.Cols % 32 == 0 && (scaled = ScaleForRawHalves(x, m.Cols)) != null)
                 {
                     // Four rows per pass, each its own FMA chain (one chain per row is latency-bound), on activations
                     // scaled for raw half bits; the rows left over take DotF16, which gives the same sums.
                     int r = rowStart;
                     for (; r + 4 <= rowEnd; r += 4)
                     {
-                        if (wide) DotRawF16Rows4((ushort*)Row(r), Cols, scaled, y + r);
-                        else DotRawF16Rows4Avx2((ushort*)Row(r), Cols, scaled, y + r);
+                        if (wide) DotRawF16Rows4((ushort*)m.Row(r), m.Cols, scaled, y + r);
+                        else DotRawF16Rows4Avx2((ushort*)m.Row(r), m.Cols, scaled, y + r);
                     }
-                    for (; r < rowEnd; r++) y[r] = DotF16((ushort*)Row(r), x, Cols);
+                    for (; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, m.Cols);
                 }
                 else
                 {
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotF16((ushort*)Row(r), x, Cols);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, m.Cols);
                 }
                 break;
             case GgmlType.BF16:
-                for (int r = rowStart; r < rowEnd; r++) y[r] = DotBF16((ushort*)Row(r), x, Cols);
+                for (int r = rowStart; r < rowEnd; r++) y[r] = DotBF16((ushort*)m.Row(r), x, m.Cols);
                 break;
             case GgmlType.Q8_0:
                 if (Avx2.IsSupported)
                 {
                     // The hidden state is quantized once per call to Q8_0 blocks (as llama.cpp's Q8_0 head does), then
-                    // every row is an int8·int8 dot per block. Cols ≤ 64K keeps the scratch on the stack.
-                    int blocks = Cols / 32;
-                    sbyte* qx = stackalloc sbyte[Cols];
+                    // every row is an int8·int8 dot per block. m.Cols ≤ 64K keeps the scratch on the stack.
+                    int blocks = m.Cols / 32;
+                    sbyte* qx = stackalloc sbyte[m.Cols];
                     float* dx = stackalloc float[blocks];
-                    QuantizeQ8Blocks(x, Cols, qx, dx);
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0Q8(Row(r), qx, dx, blocks);
+                    QuantizeQ8Blocks(x, m.Cols, qx, dx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0Q8(m.Row(r), qx, dx, blocks);
                 }
                 else
                 {
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(Row(r), x, Cols);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(m.Row(r), x, m.Cols);
                 }
                 break;
             case GgmlType.Q6_K:
@@ -166,16 +102,16 @@ public sealed unsafe class EmbeddingTable
                 {
                     // As llama.cpp's Q6_K head: the hidden state is quantized once per call to int8 with one scale per
                     // 256 values (ggml's Q8_K) and per-16 sums, then every row is an integer dot per block.
-                    int blocks = Cols / Q6K.BlockWeights;
-                    sbyte* qx = stackalloc sbyte[Cols];
+                    int blocks = m.Cols / Q6K.BlockWeights;
+                    sbyte* qx = stackalloc sbyte[m.Cols];
                     float* dx = stackalloc float[blocks];
-                    short* sx = stackalloc short[Cols / 16];
-                    QuantizeQ8KBlocks(x, Cols, qx, dx, sx);
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_KQ8K(Row(r), qx, dx, sx, blocks);
+                    short* sx = stackalloc short[m.Cols / 16];
+                    QuantizeQ8KBlocks(x, m.Cols, qx, dx, sx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_KQ8K(m.Row(r), qx, dx, sx, blocks);
                 }
                 else
                 {
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_K(Row(r), x, Cols);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_K(m.Row(r), x, m.Cols);
                 }
                 break;
         }
@@ -186,64 +122,64 @@ public sealed unsafe class EmbeddingTable
     /// outer loop (in blocks), so the table streams from memory once per call however many sequences are batched
     /// (token-outer order read it once per sequence), and F16 rows are widened once for four or eight tokens at a time.
     /// </summary>
-    public void MatMul(float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    public static void MatMul(HeadMatrix m, float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
     {
         if (tokens == 1)
         {
-            MatVec(x, y, rowStart, rowEnd);
+            MatVec(m, x, y, rowStart, rowEnd);
             return;
         }
-        if (Type == GgmlType.Q8_0 && Avx2.IsSupported)
+        if (m.Type == GgmlType.Q8_0 && Avx2.IsSupported)
         {
-            int blocks = Cols / 32;
-            sbyte* qx = stackalloc sbyte[Cols * Math.Min(tokens, 64)];
+            int blocks = m.Cols / 32;
+            sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
-                for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * Cols, Cols, qx + t * Cols, dx + t * blocks);
+                for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks);
                 for (int r = rowStart; r < rowEnd; r++)
-                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ8_0Q8(Row(r), qx + t * Cols, dx + t * blocks, blocks);
+                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ8_0Q8(m.Row(r), qx + t * m.Cols, dx + t * blocks, blocks);
             }
             return;
         }
-        if (Type == GgmlType.Q6_K && Avx2.IsSupported)
+        if (m.Type == GgmlType.Q6_K && Avx2.IsSupported)
         {
-            int blocks = Cols / Q6K.BlockWeights, groups = Cols / 16;
-            sbyte* qx = stackalloc sbyte[Cols * Math.Min(tokens, 64)];
+            int blocks = m.Cols / Q6K.BlockWeights, groups = m.Cols / 16;
+            sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
             short* sx = stackalloc short[groups * Math.Min(tokens, 64)];
             float* four = stackalloc float[4];
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
-                for (int t = 0; t < n; t++) QuantizeQ8KBlocks(x + (long)(t0 + t) * Cols, Cols, qx + t * Cols, dx + t * blocks, sx + t * groups);
+                for (int t = 0; t < n; t++) QuantizeQ8KBlocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks, sx + t * groups);
                 for (int r = rowStart; r < rowEnd; r++)
                 {
                     int t = 0;
                     for (; t + 4 <= n; t += 4)
                     {
-                        DotQ6_KQ8Kx4(Row(r), qx + t * Cols, Cols, dx + t * blocks, sx + t * groups, blocks, four);
+                        DotQ6_KQ8Kx4(m.Row(r), qx + t * m.Cols, m.Cols, dx + t * blocks, sx + t * groups, blocks, four);
                         for (int j = 0; j < 4; j++) y[(t0 + t + j) * yStride + r] = four[j];
                     }
-                    for (; t < n; t++) y[(t0 + t) * yStride + r] = DotQ6_KQ8K(Row(r), qx + t * Cols, dx + t * blocks, sx + t * groups, blocks);
+                    for (; t < n; t++) y[(t0 + t) * yStride + r] = DotQ6_KQ8K(m.Row(r), qx + t * m.Cols, dx + t * blocks, sx + t * groups, blocks);
                 }
             }
             return;
         }
-        // Row blocks outer, 4-token tiles inside: a tile's activations (4 · Cols floats) stay in L1 while the block's
+        // Row blocks outer, 4-token tiles inside: a tile's activations (4 · m.Cols floats) stay in L1 while the block's
         // rows (re-read from L2 for each tile) are swept. Rows outer with every tile inside (the previous order) let
         // 8 tokens' activations (8 · 1536 · 4 B = 48 KiB) evict each other from L1 and tripled the head's time at 8
         // sequences. Each (row, token) sum is computed exactly as before, so results are unchanged.
-        if (Type == GgmlType.F16 && tokens >= 4)
+        if (m.Type == GgmlType.F16 && tokens >= 4)
         {
-            bool wide = Vector512.IsHardwareAccelerated && Cols % 16 == 0;
-            bool avx2 = !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Vector256.IsHardwareAccelerated && Cols % 8 == 0;
-            float* scaled = wide || avx2 ? ScaleForRawHalves(x, (long)tokens * Cols) : null;
+            bool wide = Vector512.IsHardwareAccelerated && m.Cols % 16 == 0;
+            bool avx2 = !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Vector256.IsHardwareAccelerated && m.Cols % 8 == 0;
+            float* scaled = wide || avx2 ? ScaleForRawHalves(x, (long)tokens * m.Cols) : null;
             if (scaled != null)
             {
-                if (wide) MatMulF16Pairs<F16Pairs512>(scaled, tokens, y, yStride, rowStart, rowEnd);
-                else MatMulF16Pairs<F16Pairs256>(scaled, tokens, y, yStride, rowStart, rowEnd);
+                if (wide) MatMulF16Pairs<F16Pairs512>(m, scaled, tokens, y, yStride, rowStart, rowEnd);
+                else MatMulF16Pairs<F16Pairs256>(m, scaled, tokens, y, yStride, rowStart, rowEnd);
                 return;
             }
         }
@@ -252,17 +188,17 @@ public sealed unsafe class EmbeddingTable
             int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
             for (int t = 0; t < tokens; t++)
             {
-                float* xt = x + (long)t * Cols;
+                float* xt = x + (long)t * m.Cols;
                 for (int r = block; r < blockEnd; r++)
                 {
-                    byte* row = Row(r);
-                    y[t * yStride + r] = Type switch
+                    byte* row = m.Row(r);
+                    y[t * yStride + r] = m.Type switch
                     {
-                        GgmlType.F32 => Kernels.FloatMatVec.Dot((float*)row, xt, Cols),
-                        GgmlType.F16 => DotF16((ushort*)row, xt, Cols),
-                        GgmlType.BF16 => DotBF16((ushort*)row, xt, Cols),
-                        GgmlType.Q6_K => DotQ6_K(row, xt, Cols),
-                        _ => DotQ8_0(row, xt, Cols),
+                        GgmlType.F32 => FloatMatVec.Dot((float*)row, xt, m.Cols),
+                        GgmlType.F16 => DotF16((ushort*)row, xt, m.Cols),
+                        GgmlType.BF16 => DotBF16((ushort*)row, xt, m.Cols),
+                        GgmlType.Q6_K => DotQ6_K(row, xt, m.Cols),
+                        _ => DotQ8_0(row, xt, m.Cols),
                     };
                 }
             }
@@ -318,7 +254,7 @@ public sealed unsafe class EmbeddingTable
     /// Eight tokens per pass convert each weight vector once for eight FMAs (a half's conversion is three vector
     /// operations, so at four tokens per row the conversions, not the FMAs, set the pace).
     /// </summary>
-    private void MatMulF16Pairs<TKernel>(float* xs, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    private static void MatMulF16Pairs<TKernel>(HeadMatrix m, float* xs, int tokens, float* y, long yStride, int rowStart, int rowEnd)
         where TKernel : struct, IF16PairKernel
     {
         int tile = tokens >= 8 ? TKernel.MaxTile : 4;
@@ -334,24 +270,24 @@ public sealed unsafe class EmbeddingTable
             int pairs = (blockEnd - block + 1) / 2;
             // The next block is prefetched into L2 a few lines after each kernel call, spread evenly over the block.
             int nextRows = Math.Min(rowEnd, blockEnd + HeadRowBlock) - blockEnd;
-            byte* prefetch = Row(blockEnd), prefetchEnd = prefetch + nextRows * RowBytes;
-            long calls = (long)tiles * ((Cols + chunk - 1) / chunk) * pairs;
-            long linesPerCall = (nextRows * RowBytes / 64 + calls - 1) / calls;
+            byte* prefetch = m.Row(blockEnd), prefetchEnd = prefetch + nextRows * m.RowBytes;
+            long calls = (long)tiles * ((m.Cols + chunk - 1) / chunk) * pairs;
+            long linesPerCall = (nextRows * m.RowBytes / 64 + calls - 1) / calls;
             for (int t = 0; t < tokens; t += tile)
             {
                 // A last tile of fewer tokens reuses the tile ending at the last token (its sums come out the same and
                 // are stored again), so every tile is full.
                 int t0 = Math.Min(t, tokens - tile);
-                float* xt = xs + (long)t0 * Cols;
+                float* xt = xs + (long)t0 * m.Cols;
                 new Span<byte>(park, pairs * lanes * vectorBytes).Clear();
-                for (int c = 0; c < Cols; c += chunk)
+                for (int c = 0; c < m.Cols; c += chunk)
                 {
-                    int n = Math.Min(chunk, Cols - c);
+                    int n = Math.Min(chunk, m.Cols - c);
                     for (int p = 0; p < pairs; p++)
                     {
                         int r = block + 2 * p;
                         int r1 = r + 1 < blockEnd ? r + 1 : r; // an odd block's last row is paired with itself
-                        TKernel.Dot((ushort*)Row(r) + c, (ushort*)Row(r1) + c, xt + c, Cols, n, park + p * lanes * vectorBytes, tile);
+                        TKernel.Dot((ushort*)m.Row(r) + c, (ushort*)m.Row(r1) + c, xt + c, m.Cols, n, park + p * lanes * vectorBytes, tile);
                         if (Sse.IsSupported)
                             for (long l = 0; l < linesPerCall && prefetch < prefetchEnd; l++, prefetch += 64) Sse.Prefetch1(prefetch);
                     }

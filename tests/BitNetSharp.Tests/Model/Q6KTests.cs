@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics.X86;
 using System.Text.Json;
 using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Kernels;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
@@ -98,7 +99,7 @@ public unsafe class Q6KTests
         fixed (float* x = f.X)
             for (int r = 0; r < f.Rows; r++)
             {
-                double y = EmbeddingTable.DotQ6_K(p + r * rowBytes, x, f.Cols);
+                double y = HeadKernels.DotQ6_K(p + r * rowBytes, x, f.Cols);
                 double magnitude = AbsDot(f.Dequantized.AsSpan(r * f.Cols, f.Cols), f.X);
                 worst = Math.Max(worst, Math.Abs(y - f.Dots[r]) / magnitude);
                 Assert.True(Math.Abs(y - f.Dots[r]) <= 64 * U * magnitude, $"row {r}: numpy {f.Dots[r]:R}, got {y:R}");
@@ -171,7 +172,7 @@ public unsafe class Q6KTests
             fixed (short* ps = sums)
             fixed (float* pxq = xq)
             {
-                EmbeddingTable.QuantizeQ8KBlocks(px, cols, pq, pd, ps);
+                HeadKernels.QuantizeQ8KBlocks(px, cols, pq, pd, ps);
                 for (int i = 0; i < cols; i++) xq[i] = q[i] * d[i / Q6K.BlockWeights];
                 for (int g = 0; g < cols / 16; g++)
                 {
@@ -179,8 +180,8 @@ public unsafe class Q6KTests
                     for (int i = 0; i < 16; i++) s += q[g * 16 + i];
                     Assert.Equal(s, sums[g]);
                 }
-                vectorized = EmbeddingTable.DotQ6_KQ8K(pw, pq, pd, ps, cols / Q6K.BlockWeights);
-                scalar = EmbeddingTable.DotQ6_K(pw, pxq, cols);
+                vectorized = HeadKernels.DotQ6_KQ8K(pw, pq, pd, ps, cols / Q6K.BlockWeights);
+                scalar = HeadKernels.DotQ6_K(pw, pxq, cols);
                 fixed (float* pww = w)
                     for (int b = 0; b < cols / Q6K.BlockWeights; b++) Q6K.DequantizeBlock(pw + b * Q6K.BlockBytes, pww + b * Q6K.BlockWeights);
             }
@@ -356,7 +357,7 @@ public class Q6KModelTests
     }
 
     /// <summary>
-    /// The naive h quantized as the Q6_K head quantizes it (<see cref="EmbeddingTable.QuantizeQ8KBlocks"/>) and
+    /// The naive h quantized as the Q6_K head quantizes it (<see cref="HeadKernels.QuantizeQ8KBlocks"/>) and
     /// widened back, q·d_x; and the largest d_x.
     /// </summary>
     private static unsafe (float[] Quantized, float MaxStep) Q8K(float[] h)
@@ -368,7 +369,7 @@ public class Q6KModelTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (short* ps = sums)
-            EmbeddingTable.QuantizeQ8KBlocks(ph, h.Length, pq, pd, ps);
+            HeadKernels.QuantizeQ8KBlocks(ph, h.Length, pq, pd, ps);
         return (q.Select((v, i) => v * d[i / Q6K.BlockWeights]).ToArray(), d.Max());
     }
 
