@@ -219,6 +219,22 @@ public sealed unsafe class KvCache : IDisposable
         if (length == 0) _nonFiniteF16 = false;
     }
 
+    /// <summary>
+    /// Makes this cache hold exactly what <paramref name="source"/> holds (every layer's positions, bit for bit): a
+    /// prefix computed once, given to several sequences. Both caches must have the same shape and type.
+    /// </summary>
+    public void CopyFrom(KvCache source)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (source.Layers != Layers || source.KvHeads != KvHeads || source.HeadDim != HeadDim || source.ContextLength != ContextLength || source.Type != Type)
+            throw new ArgumentException("The source cache has a different shape or type.", nameof(source));
+        Buffer.MemoryCopy(source._keys.Pointer, _keys.Pointer, _keys.ByteLength, _keys.ByteLength);
+        Buffer.MemoryCopy(source._values.Pointer, _values.Pointer, _values.ByteLength, _values.ByteLength);
+        if (_scales.ByteLength > 0) Buffer.MemoryCopy(source._scales.Pointer, _scales.Pointer, _scales.ByteLength, _scales.ByteLength);
+        source._layerLength.CopyTo(_layerLength, 0);
+        _nonFiniteF16 = source._nonFiniteF16;
+    }
+
     /// <summary>Empties the cache for reuse by another sequence; nothing is freed or zeroed.</summary>
     public void Clear() => Truncate(0);
 

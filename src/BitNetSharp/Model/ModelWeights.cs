@@ -84,19 +84,22 @@ public sealed class ModelWeights : IDisposable
 
     public bool TiedOutput => ReferenceEquals(Output, TokenEmbedding);
 
-    public static ModelWeights Load(string path) => ModelPath.Detect(path) switch
+    public static ModelWeights Load(string path) => Load(path, null);
+
+    public static ModelWeights Load(string path, ModelLoadOptions? options) => ModelPath.Detect(path) switch
     {
-        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path), ownsFile: true),
-        ModelPathKind.HuggingFaceDirectory => FromHf(HfModelDirectory.Open(path), ownsDirectory: true),
+        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path), ownsFile: true, options),
+        ModelPathKind.HuggingFaceDirectory => FromHf(HfModelDirectory.Open(path), ownsDirectory: true, options),
         var kind => throw new ModelFormatException(path, $"a {kind} cannot be run directly; pass a .gguf file or a Hugging Face model directory"),
     };
 
-    public static unsafe ModelWeights FromGguf(GgufFile file, bool ownsFile)
+    public static unsafe ModelWeights FromGguf(GgufFile file, bool ownsFile, ModelLoadOptions? options = null)
     {
         var layers = new List<LayerWeights>();
         try
         {
             var c = ModelConfig.FromGguf(file);
+            if (options is not null) c = options.Apply(c);
             var embd = Table(file, "token_embd.weight", c.VocabSize, c.Dim);
             var output = file.TryGetTensor("output.weight", out _) ? Table(file, "output.weight", c.VocabSize, c.Dim) : embd;
             for (int l = 0; l < c.Layers; l++)
@@ -130,12 +133,13 @@ public sealed class ModelWeights : IDisposable
         }
     }
 
-    public static ModelWeights FromHf(HfModelDirectory dir, bool ownsDirectory)
+    public static ModelWeights FromHf(HfModelDirectory dir, bool ownsDirectory, ModelLoadOptions? options = null)
     {
         var layers = new List<LayerWeights>();
         try
         {
             var c = ModelConfig.FromHf(dir.Config);
+            if (options is not null) c = options.Apply(c);
             var w = dir.Weights;
             var q = dir.Config.Quantization;
             var embd = Table(w, "model.embed_tokens.weight", c.VocabSize, c.Dim);
