@@ -21,7 +21,10 @@ public static class BenchCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory." };
         var synthetic = new Option<string?>("--synthetic") { Description = "Benchmark a random-weight model of a known shape instead: 2b4t, large or tiny." };
-        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32.", DefaultValueFactory = _ => "f16" };
+        var headType = new Option<string?>("--head-type")
+        {
+            Description = "Synthetic models: the embedding/head type the file is written with, f16 (default), q8_0, q6_k or f32. -m files: re-encode the head at load, f16, q8_0 or q6_k (default: as stored).",
+        };
         var prompt = new Option<int>("--n-prompt", "-p") { Description = "Prompt tokens for pp (0 to skip).", DefaultValueFactory = _ => 128 };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
         var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
@@ -48,7 +51,7 @@ public static class BenchCommand
             if (synth is not null == result.GetValue(model) is not null && synth is not null)
                 throw new UsageException("give either -m MODEL or --synthetic SHAPE, not both.");
             string path = synth is not null
-                ? SyntheticFile(SyntheticShape.ByName(synth), result.GetValue(headType)!, cli)
+                ? SyntheticFile(SyntheticShape.ByName(synth), result.GetValue(headType) ?? "f16", cli)
                 : ModelOptions.ResolveModel(result.GetValue(model));
             int[] threadCounts = result.GetValue(threads) is { } list
                 ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
@@ -82,7 +85,8 @@ public static class BenchCommand
 
             long t0 = Stopwatch.GetTimestamp();
             if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
-            using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption });
+            var headOnLoad = synth is null ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
+            using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption, HeadType = headOnLoad });
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int context = weights.Config.ContextLength, maxDepth = depthList.Max();
@@ -172,9 +176,9 @@ public static class BenchCommand
                 rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
             }
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
-            var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType)} head)" : path, weights.Config.Architecture, fileBytes,
+            var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
                 projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
-                Kernels.KernelRegistry.Ternary.Name, kv.ToString());
+                Kernels.KernelRegistry.Ternary.Name, kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength);
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
@@ -202,7 +206,7 @@ public static class BenchCommand
     }
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
-        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType);
+        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
     internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
@@ -255,6 +259,7 @@ public static class BenchCommand
         facts.AddRow("load time", $"{F(info.LoadSeconds, "F3")} s");
         facts.AddRow("peak RSS", info.PeakRssBytes is { } rss ? $"{rss / 1e9:F3} GB" : "-");
         facts.AddRow("kernel / KV cache", $"{info.Kernel} / {info.KvType}");
+        facts.AddRow("head", $"{info.HeadType}, {info.HeadBytes / 1e6:F1} MB");
         cli.Ansi.Write(facts);
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("test").AddColumn(new TableColumn("depth").RightAligned()).AddColumn("threads").AddColumn(new TableColumn("t/s").RightAligned())
@@ -298,6 +303,8 @@ public static class BenchCommand
             peak_rss_bytes = info.PeakRssBytes,
             kernel = info.Kernel,
             kv_type = info.KvType,
+            head_type = info.HeadType,
+            head_bytes = info.HeadBytes,
             results = rows.Select(r => new
             {
                 test = r.Sample.Test,
