@@ -178,7 +178,7 @@ public static class BenchCommand
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
                 projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
-                Kernels.KernelRegistry.Ternary.Name, kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength);
+                Kernels.KernelRegistry.Ternary.Name, kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes());
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
@@ -206,7 +206,7 @@ public static class BenchCommand
     }
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
-        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes);
+        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
     internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
@@ -258,6 +258,7 @@ public static class BenchCommand
         facts.AddRow("bytes read per token", $"{info.BytesPerToken / 1e9:F3} GB");
         facts.AddRow("load time", $"{F(info.LoadSeconds, "F3")} s");
         facts.AddRow("peak RSS", info.PeakRssBytes is { } rss ? $"{rss / 1e9:F3} GB" : "-");
+        facts.AddRow("RSS after the tests", info.RssEndBytes is { } end ? $"{end / 1e9:F3} GB" : "-");
         facts.AddRow("kernel / KV cache", $"{info.Kernel} / {info.KvType}");
         facts.AddRow("head", $"{info.HeadType}, {info.HeadBytes / 1e6:F1} MB");
         cli.Ansi.Write(facts);
@@ -301,6 +302,7 @@ public static class BenchCommand
             bytes_per_token = info.BytesPerToken,
             load_seconds = info.LoadSeconds,
             peak_rss_bytes = info.PeakRssBytes,
+            rss_end_bytes = info.RssEndBytes,
             kernel = info.Kernel,
             kv_type = info.KvType,
             head_type = info.HeadType,

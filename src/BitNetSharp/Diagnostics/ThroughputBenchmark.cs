@@ -355,13 +355,18 @@ public static class ThroughputBenchmark
     }
 
     /// <summary>Peak resident set size of this process (Linux VmHWM), or null where unavailable.</summary>
-    public static long? PeakResidentBytes()
+    public static long? PeakResidentBytes() => StatusBytes("VmHWM:");
+
+    /// <summary>Resident set size of this process now (Linux VmRSS), or null where unavailable.</summary>
+    public static long? ResidentBytes() => StatusBytes("VmRSS:");
+
+    private static long? StatusBytes(string key)
     {
         try
         {
             foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim()) * 1024;
+                if (line.StartsWith(key, StringComparison.Ordinal))
+                    return long.Parse(line.AsSpan(key.Length).Trim().TrimEnd("kB").Trim()) * 1024;
         }
         catch (IOException)
         {
