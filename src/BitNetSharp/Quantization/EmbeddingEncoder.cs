@@ -6,8 +6,8 @@ namespace BitNetSharp.Quantization;
 /// <summary>
 /// Re-encodes a token-embedding / output-head table into another GGUF type for `bitnet convert --embedding-type`:
 /// F16, Q8_0 (llama.cpp's reference rule: per 32 values d = max|x|/127 stored as fp16, q = round(x / d) with the
-/// unrounded d) or Q6_K (<see cref="Q6K.Encode"/>: a plain rounding quantizer, each weight within half a step;
-/// not llama.cpp's error-minimizing search). A Q6_K or Q8_0 head streams 3.1× or 1.9× fewer bytes per token than
+/// unrounded d) or Q6_K (<see cref="Q6K.EncodeReference"/>: ggml's quantize_row_q6_K_ref, the error-minimizing
+/// scale search llama-quantize runs without an importance matrix). A Q6_K or Q8_0 head streams 3.1× or 1.9× fewer bytes per token than
 /// F16, which is what bounds single-sequence decoding of BitNet 2B4T (its F16 head is 657 MB next to 0.5 GB of
 /// ternary weights).
 /// </summary>
@@ -67,7 +67,7 @@ public static class EmbeddingEncoder
                     EncodeQ8_0(row, dst);
                     break;
                 default:
-                    Q6K.Encode(row, dst);
+                    Q6K.EncodeReference(row, dst);
                     break;
             }
         }

@@ -272,6 +272,50 @@ public unsafe class Q6KTests
         Assert.Throws<ArgumentException>(() => Q6K.Encode(Enumerable.Repeat(1e9f, 256).ToArray(), new byte[210]));
     }
 
+    /// <summary>
+    /// ggml's reference quantizer (<see cref="Q6K.EncodeReference"/>, what convert and --head-type write), worked by hand
+    /// on a block of ones: every group's make_qx_quants maps 1 to code −32 with scale −1/32 (the 18 other scales tried
+    /// tie or lose), so d = fp16(1/4096) = 0x0C00, every int8 scale is −128, every code 0, and the block decodes to 1
+    /// exactly. On Gaussian data it beats the plain rounding encoder on the error it minimizes (Σ x²·(x − x̂)²).
+    /// </summary>
+    [Fact]
+    public void ReferenceEncoderMatchesGgmlsFormulas()
+    {
+        var ones = Enumerable.Repeat(1f, 256).ToArray();
+        var bytes = new byte[Q6K.BlockBytes];
+        Q6K.EncodeReference(ones, bytes);
+        Assert.All(bytes[..Q6K.ScalesOffset], b => Assert.Equal(0, b));
+        Assert.All(bytes[Q6K.ScalesOffset..Q6K.DOffset], b => Assert.Equal(0x80, b));
+        Assert.Equal(0x0C00, BitConverter.ToUInt16(bytes, Q6K.DOffset));
+        var decoded = new float[256];
+        fixed (byte* p = bytes)
+        fixed (float* y = decoded)
+            Q6K.DequantizeBlock(p, y);
+        Assert.All(decoded, v => Assert.Equal(1f, v));
+
+        Q6K.EncodeReference(new float[256], bytes);
+        Assert.All(bytes, b => Assert.Equal(0, b));
+
+        var rng = new Random(4);
+        var x = Enumerable.Range(0, 64 * 256).Select(_ => (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()))).ToArray();
+        double WeightedError(Action<float[], byte[]> encode)
+        {
+            var q = new byte[64 * Q6K.BlockBytes];
+            encode(x, q);
+            var y = new float[x.Length];
+            fixed (byte* p = q)
+            fixed (float* py = y)
+                for (int b = 0; b < 64; b++) Q6K.DequantizeBlock(p + b * Q6K.BlockBytes, py + b * 256);
+            double e = 0;
+            for (int i = 0; i < x.Length; i++) e += (double)x[i] * x[i] * (x[i] - y[i]) * (x[i] - y[i]);
+            return e;
+        }
+        double reference = WeightedError((v, q) => Q6K.EncodeReference(v, q)), plain = WeightedError((v, q) => Q6K.Encode(v, q));
+        Assert.True(reference < plain, $"weighted error: reference {reference:E3}, plain {plain:E3}");
+        Assert.Throws<ArgumentException>(() => Q6K.EncodeReference(new float[255], new byte[210]));
+        Assert.Throws<ArgumentException>(() => Q6K.EncodeReference(Enumerable.Repeat(float.NaN, 256).ToArray(), new byte[210]));
+    }
+
     private static double AbsDot(ReadOnlySpan<float> w, ReadOnlySpan<float> x)
     {
         double s = 0;
