@@ -11,8 +11,8 @@ using Spectre.Console;
 namespace BitNetSharp.Cli.Commands;
 
 /// <summary>
-/// <c>bitnet bench [-m MODEL | --synthetic 2b4t|large|tiny] [-p 128] [-n 128] [-t 1,2] [-r 5]</c>: llama-bench's pp and tg
-/// tokens/s (mean ± stddev) per thread count, with model size, bits per weight, load time, peak RSS, and the
+/// <c>bitnet bench [-m MODEL | --synthetic 2b4t|large|tiny] [-p 128] [-n 128] [-d 0,4096] [-t 1,2] [-r 5]</c>: llama-bench's pp and tg
+/// tokens/s (mean ± stddev) per thread count and depth (tokens already in the KV cache), with attention's share of the step when -d is given, with model size, bits per weight, load time, peak RSS, and the
 /// effective weight bandwidth next to this machine's read bandwidth measured in the same run.
 /// </summary>
 public static class BenchCommand
@@ -21,11 +21,16 @@ public static class BenchCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory." };
         var synthetic = new Option<string?>("--synthetic") { Description = "Benchmark a random-weight model of a known shape instead: 2b4t, large or tiny." };
-        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32.", DefaultValueFactory = _ => "f16" };
+        var headType = new Option<string?>("--head-type")
+        {
+            Description = "Synthetic models: the embedding/head type the file is written with, f16 (default), q8_0, q6_k or f32. -m files: re-encode the head at load, f16, q8_0 or q6_k (default: as stored).",
+        };
         var prompt = new Option<int>("--n-prompt", "-p") { Description = "Prompt tokens for pp (0 to skip).", DefaultValueFactory = _ => 128 };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
         var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
         var sequences = new Option<string>("--sequences", "-s") { Description = "tg: sequences decoding together, comma-separated (e.g. 1,8); the figure is their aggregate tokens/s.", DefaultValueFactory = _ => "1" };
+        var depths = new Option<string?>("--depth", "-d", "--n-depth") { Description = "Tokens already in the KV cache before each pp/tg test, comma-separated (e.g. 0,1024,4096; llama-bench's -d): a prefill of that many tokens, not timed. Giving it also reports each test's attention share (one extra profiled pass)." };
+        var ctxSize = new Option<int>("--ctx", "-c") { Description = "Context to allocate (default: the model's). Larger than the model's extends it, as llama-bench does for -d + -p/-n beyond the trained context." };
         var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions per test.", DefaultValueFactory = _ => 5 };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var json = new Option<bool>("--json") { Description = "Print JSON." };
@@ -38,7 +43,7 @@ public static class BenchCommand
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages, bandwidthOnly,
+            model, synthetic, headType, prompt, gen, threads, sequences, depths, ctxSize, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages, bandwidthOnly,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -46,7 +51,7 @@ public static class BenchCommand
             if (synth is not null == result.GetValue(model) is not null && synth is not null)
                 throw new UsageException("give either -m MODEL or --synthetic SHAPE, not both.");
             string path = synth is not null
-                ? SyntheticFile(SyntheticShape.ByName(synth), result.GetValue(headType)!, cli)
+                ? SyntheticFile(SyntheticShape.ByName(synth), result.GetValue(headType) ?? "f16", cli)
                 : ModelOptions.ResolveModel(result.GetValue(model));
             int[] threadCounts = result.GetValue(threads) is { } list
                 ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
@@ -55,6 +60,12 @@ public static class BenchCommand
             int[] sequenceCounts = result.GetValue(sequences)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                 int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
             int repetitions = Math.Max(1, result.GetValue(reps));
+            bool depthGiven = result.GetValue(depths) is not null;
+            int[] depthList = (result.GetValue(depths) ?? "0").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
+                int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n : throw new UsageException($"--depth: '{t}' is not a non-negative integer.")).ToArray();
+            if (depthList.Length == 0) throw new UsageException("--depth: give at least one depth (0 for an empty cache).");
+            int ctxOption = result.GetValue(ctxSize);
+            if (ctxOption < 0) throw new UsageException($"--ctx must be positive; got {ctxOption}.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
             if (result.GetValue(bandwidthOnly))
@@ -74,9 +85,16 @@ public static class BenchCommand
 
             long t0 = Stopwatch.GetTimestamp();
             if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
-            using var weights = ModelWeights.Load(path);
+            var headOnLoad = synth is null ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
+            using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption, HeadType = headOnLoad });
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
+            int context = weights.Config.ContextLength, maxDepth = depthList.Max();
+            foreach (var (flag, count) in new[] { ("-p", result.GetValue(prompt)), ("-n", result.GetValue(gen)) })
+                if (count > 0 && maxDepth + count > context)
+                    throw new UsageException(ctxOption > 0
+                        ? $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; --ctx {ctxOption} allocates {context}."
+                        : $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; the model's context is {context} (pass --ctx {maxDepth + Math.Max(result.GetValue(prompt), result.GetValue(gen))} to allocate more).");
             long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
             long perToken = ThroughputBenchmark.BytesPerToken(weights);
             long projectionParams = weights.Layers.Sum(l => (long)l.Q.Rows * l.Q.Cols + (long)l.K.Rows * l.K.Cols + (long)l.V.Rows * l.V.Cols
@@ -108,25 +126,42 @@ public static class BenchCommand
                 if (cpuList is not null) ProfileCommand.Pin(pool, cpuList);
                 double before = Probe(pool);
                 var samples = new List<ThroughputSample>();
-                if (result.GetValue(prompt) > 0)
-                    samples.Add(ThroughputBenchmark.Prefill(weights, pool, Math.Min(result.GetValue(prompt), weights.Config.ContextLength), repetitions, kv));
                 int every = result.GetValue(healthAb) ?? -1;
                 if (result.GetValue(healthAb) is < 0) throw new UsageException($"--health-ab must be ≥ 0 (0: only the NaN/Inf checks); got {every}.");
-                if (result.GetValue(gen) > 0)
-                    foreach (int b in sequenceCounts)
+                int p = result.GetValue(prompt), n = result.GetValue(gen);
+                foreach (int d in depthList)
+                {
+                    // One untimed fill per depth, shared by its pp and tg tests (each repetition truncates back to it).
+                    KvCache? prefix = null;
+                    if (d > 0)
                     {
-                        int n = Math.Min(result.GetValue(gen), weights.Config.ContextLength - 1);
-                        if (every < 0)
-                        {
-                            samples.Add(ThroughputBenchmark.Decode(weights, pool, n, repetitions, kv, b));
-                            continue;
-                        }
-                        var (off, on) = ThroughputBenchmark.DecodeHealthAB(weights, pool, n, repetitions, every, kv, b);
-                        samples.Add(off);
-                        samples.Add(on);
-                        cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                            $"health A/B, {t} threads, {b} sequence(s): on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
+                        long fillStart = Stopwatch.GetTimestamp();
+                        prefix = ThroughputBenchmark.FillDepth(weights, pool, d, d + Math.Max(p, n), kv);
+                        cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"depth {d}: cache filled in {Stopwatch.GetElapsedTime(fillStart).TotalSeconds:F1} s (not timed)"));
                     }
+                    try
+                    {
+                        if (p > 0) samples.Add(ThroughputBenchmark.Prefill(weights, pool, p, repetitions, kv, prefix, depthGiven));
+                        if (n > 0)
+                            foreach (int b in sequenceCounts)
+                            {
+                                if (every < 0 || d > 0)
+                                {
+                                    samples.Add(ThroughputBenchmark.Decode(weights, pool, n, repetitions, kv, b, prefix, depthGiven));
+                                    continue;
+                                }
+                                var (off, on) = ThroughputBenchmark.DecodeHealthAB(weights, pool, n, repetitions, every, kv, b);
+                                samples.Add(off);
+                                samples.Add(on);
+                                cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                                    $"health A/B, {t} threads, {b} sequence(s): on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
+                            }
+                    }
+                    finally
+                    {
+                        prefix?.Dispose();
+                    }
+                }
                 if (result.GetValue(profileAb) is { } pab)
                 {
                     if (pab < 1) throw new UsageException($"--profile-ab must be at least 1; got {pab}.");
@@ -141,9 +176,9 @@ public static class BenchCommand
                 rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
             }
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
-            var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType)} head)" : path, weights.Config.Architecture, fileBytes,
+            var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
                 projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
-                Kernels.KernelRegistry.Ternary.Name, kv.ToString());
+                Kernels.KernelRegistry.Ternary.Name, kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes());
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
@@ -171,7 +206,7 @@ public static class BenchCommand
     }
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
-        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType);
+        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
     internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
@@ -223,30 +258,34 @@ public static class BenchCommand
         facts.AddRow("bytes read per token", $"{info.BytesPerToken / 1e9:F3} GB");
         facts.AddRow("load time", $"{F(info.LoadSeconds, "F3")} s");
         facts.AddRow("peak RSS", info.PeakRssBytes is { } rss ? $"{rss / 1e9:F3} GB" : "-");
+        facts.AddRow("RSS after the tests", info.RssEndBytes is { } end ? $"{end / 1e9:F3} GB" : "-");
         facts.AddRow("kernel / KV cache", $"{info.Kernel} / {info.KvType}");
+        facts.AddRow("head", $"{info.HeadType}, {info.HeadBytes / 1e6:F1} MB");
         cli.Ansi.Write(facts);
         var table = new Table().Border(TableBorder.Rounded)
-            .AddColumn("test").AddColumn("threads").AddColumn(new TableColumn("t/s").RightAligned())
+            .AddColumn("test").AddColumn(new TableColumn("depth").RightAligned()).AddColumn("threads").AddColumn(new TableColumn("t/s").RightAligned())
             .AddColumn(new TableColumn("weights GB/s").RightAligned()).AddColumn(new TableColumn("read BW GB/s").RightAligned())
             .AddColumn(new TableColumn("BW bound t/s").RightAligned()).AddColumn(new TableColumn("% of bound").RightAligned())
-            .AddColumn(new TableColumn("latency p50/p99 ms").RightAligned());
+            .AddColumn(new TableColumn("latency p50/p99 ms").RightAligned()).AddColumn(new TableColumn("attention %").RightAligned());
         foreach (var r in rows)
-            table.AddRow(r.Sample.Test, r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
+            table.AddRow(r.Sample.Test, r.Sample.Depth.ToString(CultureInfo.InvariantCulture), r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
                 r.IsGeneration ? F(r.WeightGBps) : "-", F(r.BandwidthGBps), r.IsGeneration ? F(r.BoundTokensPerSecond) : "-",
                 r.IsGeneration ? F(r.PercentOfBound) + "%" : "-",
-                r.Sample.Latency is { Count: > 0 } l ? $"{F(l.P50 * 1e3, "F2")} / {F(l.P99 * 1e3, "F2")}" : "-");
+                r.Sample.Latency is { Count: > 0 } l ? $"{F(l.P50 * 1e3, "F2")} / {F(l.P99 * 1e3, "F2")}" : "-",
+                r.Sample.AttentionShare is { } share ? F(100 * share) + "%" : "-");
         cli.Ansi.Write(table);
     }
 
     private static void WriteCsv(CliConsole cli, Info info, List<Row> rows)
     {
         cli.Output.WriteLine("model,test,threads,tokens_per_second,stddev,weight_gbps,bandwidth_gbps,bound_tokens_per_second,percent_of_bound,load_seconds,peak_rss_bytes,file_bytes,"
-            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms");
+            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms,depth,attention_share");
         foreach (var r in rows)
             cli.Output.WriteLine(string.Join(',', $"\"{info.Model}\"", r.Sample.Test, r.Sample.Threads, F(r.Sample.Mean, "F3"), F(r.Sample.StdDev, "F3"),
                 F(r.WeightGBps, "F3"), F(r.BandwidthGBps, "F3"), F(r.BoundTokensPerSecond, "F3"), F(r.PercentOfBound, "F2"),
                 F(info.LoadSeconds, "F3"), info.PeakRssBytes?.ToString(CultureInfo.InvariantCulture) ?? "", info.FileBytes,
-                Lat(r, l => l.P50), Lat(r, l => l.P95), Lat(r, l => l.P99), Lat(r, l => l.StdDev), r.IsGeneration ? "" : Lat(r, l => l.Mean)));
+                Lat(r, l => l.P50), Lat(r, l => l.P95), Lat(r, l => l.P99), Lat(r, l => l.StdDev), r.IsGeneration ? "" : Lat(r, l => l.Mean),
+                r.Sample.Depth, r.Sample.AttentionShare is { } share ? F(share, "F4") : ""));
     }
 
     private static string Lat(Row r, Func<Diagnostics.Profiling.LatencySummary, double> pick) =>
@@ -263,12 +302,17 @@ public static class BenchCommand
             bytes_per_token = info.BytesPerToken,
             load_seconds = info.LoadSeconds,
             peak_rss_bytes = info.PeakRssBytes,
+            rss_end_bytes = info.RssEndBytes,
             kernel = info.Kernel,
             kv_type = info.KvType,
+            head_type = info.HeadType,
+            head_bytes = info.HeadBytes,
             results = rows.Select(r => new
             {
                 test = r.Sample.Test,
                 threads = r.Sample.Threads,
+                depth = r.Sample.Depth,
+                attention_share = r.Sample.AttentionShare,
                 sequences = r.Sample.Sequences,
                 tokens_per_second = r.Sample.Mean,
                 stddev = r.Sample.StdDev,

@@ -10,7 +10,7 @@ using Spectre.Console;
 namespace BitNetSharp.Cli.Commands;
 
 /// <summary>
-/// <c>bitnet eval -m MODEL --data FILE [--ctx N] [--stride S] [--kv-type T] [--kl-reference REF] [--kl-kv-type T]
+/// <c>bitnet eval -m MODEL --data FILE [--ctx N] [--stride S] [--kv-type T] [--head-type T] [--kl-reference REF] [--kl-kv-type T]
 /// [--save-logits FILE] [--json]</c>: perplexity and bits per byte of a text under a model (windows of ctx tokens every
 /// stride tokens, the second half of each scored), and with a reference — another model, the same model with other
 /// settings, or a saved-logits file — the KL divergence of the model's next-token distributions from the
@@ -36,6 +36,7 @@ public static class EvalCommand
             Description = "The reference's KV-cache type; without --kl-reference the reference is this model with that KV type.",
         };
         var bits = ModelOptions.NewActivationBitsOption();
+        var headType = ModelOptions.NewHeadTypeOption();
         var klBits = ModelOptions.NewActivationBitsOption("--kl-activation-bits");
         klBits.Description = "The reference's activation bit widths (same syntax as --activation-bits, over the reference model's own); without --kl-reference the reference is this model with them.";
         var saveLogits = new Option<string?>("--save-logits") { Description = "Save this model's next-token distributions to FILE, to be a later --kl-reference." };
@@ -45,7 +46,7 @@ public static class EvalCommand
         };
         var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
         {
-            model, data, ctx, stride, json, threads, kvType, bits, klReference, klKvType, klBits, saveLogits, saveTop,
+            model, data, ctx, stride, json, threads, kvType, bits, headType, klReference, klKvType, klBits, saveLogits, saveTop,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -53,7 +54,8 @@ public static class EvalCommand
             {
                 string dataPath = r.GetRequiredValue(data);
                 string text = TrainingCorpus.ReadText(dataPath);
-                var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)));
+                var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)),
+                    new ModelLoadOptions { HeadType = ModelOptions.ParseHeadType(r.GetValue(headType)) });
                 using var _ = weights;
                 if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; eval needs one to turn the text into tokens.");
                 var fileBits = weights.ActivationBits;

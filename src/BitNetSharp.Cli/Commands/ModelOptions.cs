@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Generation;
 using BitNetSharp.Generation.Sampling;
 using BitNetSharp.Model;
@@ -18,6 +19,27 @@ public sealed class ModelOptions
 
     public Option<string?> ActivationBitsSpec { get; } = NewActivationBitsOption();
 
+    public Option<string?> HeadType { get; } = NewHeadTypeOption();
+
+    public static Option<string?> NewHeadTypeOption() => new("--head-type")
+    {
+        Description = "Re-encode the output head as the model loads: f16, q8_0 or q6_k (default: as stored; the official 2B4T GGUF stores f16). "
+            + "A tied token embedding is re-encoded with it, as `convert --embedding-type` would.",
+    };
+
+    /// <summary>--head-type's value as a type, or null (as stored).</summary>
+    public static GgmlType? ParseHeadType(string? value) => value?.Trim().ToLowerInvariant() switch
+    {
+        null => null,
+        "f16" => GgmlType.F16,
+        "q8_0" => GgmlType.Q8_0,
+        "q6_k" => GgmlType.Q6_K,
+        _ => throw new UsageException($"--head-type '{value}' is not one of f16, q8_0, q6_k."),
+    };
+
+    /// <summary>What -c does not change but loading does: --head-type.</summary>
+    public ModelLoadOptions LoadOptions(ParseResult r) => new() { HeadType = ParseHeadType(r.GetValue(HeadType)) };
+
     public static Option<string?> NewActivationBitsOption(string name = "--activation-bits") => new(name)
     {
         Description = "Activation bit widths (8, 6, 5, 4, 3, 2) of the BitLinear inputs, over the model file's: 4 (all), "
@@ -31,12 +53,13 @@ public sealed class ModelOptions
         command.Options.Add(Context);
         command.Options.Add(KvType);
         command.Options.Add(ActivationBitsSpec);
+        command.Options.Add(HeadType);
     }
 
     /// <summary>Loads the model of -m (or the bundled one) with --activation-bits applied.</summary>
     public (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(ParseResult r)
     {
-        var (weights, tokenizer) = Load(ResolveModel(r.GetValue(Model)));
+        var (weights, tokenizer) = Load(ResolveModel(r.GetValue(Model)), LoadOptions(r));
         try
         {
             ApplyActivationBits(weights, r.GetValue(ActivationBitsSpec));
@@ -101,9 +124,9 @@ public sealed class ModelOptions
     };
 
     /// <summary>Loads weights and, when the file has one, the tokenizer.</summary>
-    public static (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(string path)
+    public static (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(string path, ModelLoadOptions? options = null)
     {
-        var weights = ModelWeights.Load(path);
+        var weights = ModelWeights.Load(path, options);
         try
         {
             BitNetTokenizer? tokenizer = null;

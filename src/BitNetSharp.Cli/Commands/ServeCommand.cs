@@ -47,6 +47,7 @@ public static class ServeCommand
         {
             string path = ModelOptions.ResolveModel(result.GetValue(model.Model));
             string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
+            var loadOptions = model.LoadOptions(result);
             var generator = model.Generator(result);
             int seqs = result.GetValue(maxSeqs);
             var scheduler = new SchedulerOptions
@@ -90,7 +91,7 @@ public static class ServeCommand
                 MaxChoices = result.GetValue(maxN) is > 0 and var n ? n : Math.Max(1, seqs),
                 LoadModel = () =>
                 {
-                    var (weights, tokenizer) = ModelOptions.Load(path);
+                    var (weights, tokenizer) = ModelOptions.Load(path, loadOptions);
                     try
                     {
                         ModelOptions.ApplyActivationBits(weights, bitsSpec);

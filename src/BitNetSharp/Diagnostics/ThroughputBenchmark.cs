@@ -12,6 +12,15 @@ public sealed record ThroughputSample(string Test, int Threads, double[] TokensP
     /// all repetitions together. Null where not measured.</summary>
     public LatencySummary? Latency { get; init; }
 
+    /// <summary>Tokens already in the KV cache when the test ran (llama-bench's <c>-d</c>).</summary>
+    public int Depth { get; init; }
+
+    /// <summary>
+    /// The fraction of the step's wall time spent in attention (the KV-cache write and the attention over the cached
+    /// positions, the profiler's <c>attention</c> operation), from one extra profiled pass of the test; null where not measured.
+    /// </summary>
+    public double? AttentionShare { get; init; }
+
     public double Mean => TokensPerSecond.Average();
 
     public double StdDev
@@ -32,56 +41,122 @@ public sealed record ThroughputSample(string Test, int Threads, double[] TokensP
 /// </summary>
 public static class ThroughputBenchmark
 {
-    public static ThroughputSample Prefill(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16)
+    /// <summary>
+    /// Fills a new KV cache of <paramref name="contextLength"/> positions with <paramref name="depth"/> tokens (seeded
+    /// random ids through the model, in batches of up to 512; untimed): the context a test at depth d runs on, as
+    /// llama-bench's <c>-d</c> prefills it. The caller owns the cache.
+    /// </summary>
+    public static KvCache FillDepth(ModelWeights weights, WorkerPool pool, int depth, int contextLength, KvCacheType kv = KvCacheType.F16)
     {
         var c = weights.Config;
-        using var engine = new Transformer(weights, tokens, pool);
-        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens), kv);
-        var batch = new BatchToken[tokens];
-        var rng = new Random(1);
-        for (int i = 0; i < tokens; i++) batch[i] = new BatchToken(rng.Next(c.VocabSize), 0, i, i == tokens - 1);
-        var logits = new float[c.VocabSize];
-        var samples = new double[repetitions];
-        var seconds = new double[repetitions];
-        cache.Clear();
-        engine.Forward(batch, [cache], logits); // warm-up: JIT, page faults
-        for (int r = 0; r < repetitions; r++)
+        ArgumentOutOfRangeException.ThrowIfNegative(depth);
+        if (depth > contextLength || contextLength > c.ContextLength)
+            throw new ArgumentOutOfRangeException(nameof(depth), depth, $"A depth of {depth} in a cache of {contextLength} positions does not fit the model's context of {c.ContextLength}.");
+        var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, contextLength, kv);
+        if (depth == 0) return cache;
+        try
         {
-            cache.Clear();
-            long start = Stopwatch.GetTimestamp();
-            engine.Forward(batch, [cache], logits);
-            seconds[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
-            samples[r] = tokens / seconds[r];
+            int chunk = Math.Min(depth, 512);
+            using var engine = new Transformer(weights, chunk, pool);
+            var batch = new BatchToken[chunk];
+            var rng = new Random(2);
+            for (int p0 = 0; p0 < depth; p0 += chunk)
+            {
+                int m = Math.Min(chunk, depth - p0);
+                for (int i = 0; i < m; i++) batch[i] = new BatchToken(rng.Next(c.VocabSize), 0, p0 + i);
+                engine.Forward(batch.AsSpan(0, m), [cache], Span<float>.Empty);
+            }
+            return cache;
         }
-        return new ThroughputSample($"pp{tokens}", pool.ThreadCount, samples) { Latency = LatencySummary.Of(seconds) };
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Prompt processing: one batch of <paramref name="tokens"/> tokens, logits for the last. With <paramref name="prefix"/>
+    /// (from <see cref="FillDepth"/>) the batch continues its positions and every repetition starts from them again (the
+    /// cache is truncated back to the prefix); test name "ppN @ dD". <paramref name="attentionShare"/>: one more,
+    /// profiled, pass for <see cref="ThroughputSample.AttentionShare"/>.
+    /// </summary>
+    public static ThroughputSample Prefill(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16,
+        KvCache? prefix = null, bool attentionShare = false)
+    {
+        var c = weights.Config;
+        int depth = prefix?.Length ?? 0;
+        if (prefix is not null && (prefix.Type != kv || depth + tokens > prefix.ContextLength))
+            throw new ArgumentException($"The prefix cache ({prefix.Type}, {depth} of {prefix.ContextLength} positions) has no room for {tokens} {kv} tokens.", nameof(prefix));
+        using var engine = new Transformer(weights, tokens, pool);
+        var cache = prefix ?? new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens), kv);
+        try
+        {
+            var batch = new BatchToken[tokens];
+            var rng = new Random(1);
+            for (int i = 0; i < tokens; i++) batch[i] = new BatchToken(rng.Next(c.VocabSize), 0, depth + i, i == tokens - 1);
+            var logits = new float[c.VocabSize];
+            var samples = new double[repetitions];
+            var seconds = new double[repetitions];
+            void Run()
+            {
+                cache.Truncate(depth);
+                engine.Forward(batch, [cache], logits);
+            }
+            Run(); // warm-up: JIT, page faults
+            for (int r = 0; r < repetitions; r++)
+            {
+                cache.Truncate(depth);
+                long start = Stopwatch.GetTimestamp();
+                engine.Forward(batch, [cache], logits);
+                seconds[r] = Stopwatch.GetElapsedTime(start).TotalSeconds;
+                samples[r] = tokens / seconds[r];
+            }
+            return new ThroughputSample(AtDepth($"pp{tokens}", depth), pool.ThreadCount, samples)
+            {
+                Latency = LatencySummary.Of(seconds),
+                Depth = depth,
+                AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, Run) : null,
+            };
+        }
+        finally
+        {
+            if (prefix is null) cache.Dispose();
+            else cache.Truncate(depth);
+        }
     }
 
     /// <summary>
     /// Token generation; with <paramref name="sequences"/> &gt; 1, that many sequences decode in lockstep, one batch
     /// of one token per sequence per step (what the server's continuous batching runs), and the figure is the
-    /// aggregate: all sequences' tokens per second. Test name "tgN" or "tgN×B".
+    /// aggregate: all sequences' tokens per second. Test name "tgN" or "tgN×B". With <paramref name="prefix"/> (from
+    /// <see cref="FillDepth"/>), every sequence starts from a copy of it and every repetition from the prefix again;
+    /// name "tgN @ dD". <paramref name="attentionShare"/>: one more, profiled, run for <see cref="ThroughputSample.AttentionShare"/>.
     /// </summary>
-    public static ThroughputSample Decode(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16, int sequences = 1)
+    public static ThroughputSample Decode(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16, int sequences = 1,
+        KvCache? prefix = null, bool attentionShare = false)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
         var c = weights.Config;
+        int depth = prefix?.Length ?? 0;
+        if (prefix is not null && (prefix.Type != kv || depth + tokens > prefix.ContextLength))
+            throw new ArgumentException($"The prefix cache ({prefix.Type}, {depth} of {prefix.ContextLength} positions) has no room for {tokens} {kv} tokens.", nameof(prefix));
         using var engine = new Transformer(weights, sequences, pool);
         var caches = new KvCache[sequences];
-        for (int s = 0; s < sequences; s++) caches[s] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);
         var logits = new float[(long)sequences * c.VocabSize];
         var batch = new BatchToken[sequences];
         var samples = new double[repetitions];
         var steps = new double[(long)tokens * repetitions];
         void Run(int repetition)
         {
-            foreach (var cache in caches) cache.Clear();
+            foreach (var cache in caches) cache.Truncate(depth);
             int token = 1;
             long last = Stopwatch.GetTimestamp();
             for (int i = 0; i < tokens; i++)
             {
                 for (int s = 0; s < sequences; s++)
                 {
-                    batch[s] = new BatchToken(token, s, i, true);
+                    batch[s] = new BatchToken(token, s, depth + i, true);
                     token = (token * 31 + 7) % c.VocabSize;
                 }
                 engine.Forward(batch, caches, logits);
@@ -92,6 +167,16 @@ public static class ThroughputBenchmark
         }
         try
         {
+            for (int s = 0; s < sequences; s++)
+            {
+                if (s == 0 && prefix is not null)
+                {
+                    caches[0] = prefix;
+                    continue;
+                }
+                caches[s] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, prefix?.ContextLength ?? Math.Min(c.ContextLength, tokens + 1), kv);
+                if (prefix is not null) caches[s].CopyFrom(prefix);
+            }
             Run(-1); // warm-up
             for (int r = 0; r < repetitions; r++)
             {
@@ -99,12 +184,48 @@ public static class ThroughputBenchmark
                 Run(r);
                 samples[r] = (double)tokens * sequences / Stopwatch.GetElapsedTime(start).TotalSeconds;
             }
+            string name = sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}";
+            return new ThroughputSample(AtDepth(name, depth), pool.ThreadCount, samples, sequences)
+            {
+                Latency = LatencySummary.Of(steps),
+                Depth = depth,
+                AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, () => Run(-1)) : null,
+            };
         }
         finally
         {
-            foreach (var cache in caches) cache.Dispose();
+            foreach (var cache in caches)
+            {
+                if (cache is null) continue;
+                if (ReferenceEquals(cache, prefix)) cache.Truncate(depth);
+                else cache.Dispose();
+            }
         }
-        return new ThroughputSample(sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}", pool.ThreadCount, samples, sequences) { Latency = LatencySummary.Of(steps) };
+    }
+
+    private static string AtDepth(string test, int depth) => depth > 0 ? $"{test} @ d{depth}" : test;
+
+    /// <summary>
+    /// Runs <paramref name="run"/> once with an operation profiler attached and returns the attention operation's share
+    /// of its wall time (summed over layers). What the profiler's timestamps cost is what <c>bench --profile-ab</c> measures.
+    /// </summary>
+    private static double MeasureAttentionShare(Transformer engine, WorkerPool pool, int layers, Action run)
+    {
+        var stats = new OpStats(layers);
+        engine.Profiler = new OpProfiler(layers, pool.ThreadCount) { Stats = stats };
+        long start = Stopwatch.GetTimestamp();
+        try
+        {
+            run();
+        }
+        finally
+        {
+            engine.Profiler = null;
+        }
+        long wall = Stopwatch.GetTimestamp() - start;
+        long attention = 0;
+        for (int l = 0; l < layers; l++) attention += stats.Ticks[OpStats.Index(ProfileOp.Attention, l)];
+        return wall > 0 ? (double)attention / wall : 0;
     }
 
     /// <summary>
@@ -234,13 +355,18 @@ public static class ThroughputBenchmark
     }
 
     /// <summary>Peak resident set size of this process (Linux VmHWM), or null where unavailable.</summary>
-    public static long? PeakResidentBytes()
+    public static long? PeakResidentBytes() => StatusBytes("VmHWM:");
+
+    /// <summary>Resident set size of this process now (Linux VmRSS), or null where unavailable.</summary>
+    public static long? ResidentBytes() => StatusBytes("VmRSS:");
+
+    private static long? StatusBytes(string key)
     {
         try
         {
             foreach (var line in File.ReadLines("/proc/self/status"))
-                if (line.StartsWith("VmHWM:", StringComparison.Ordinal))
-                    return long.Parse(line.AsSpan(6).Trim().TrimEnd("kB").Trim()) * 1024;
+                if (line.StartsWith(key, StringComparison.Ordinal))
+                    return long.Parse(line.AsSpan(key.Length).Trim().TrimEnd("kB").Trim()) * 1024;
         }
         catch (IOException)
         {

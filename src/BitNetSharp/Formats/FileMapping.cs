@@ -33,6 +33,26 @@ internal sealed unsafe class FileMapping : IDisposable
 
     public bool IsDisposed => _disposed;
 
+    private const int MadvDontNeed = 4;
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int madvise(void* address, nuint length, int advice);
+
+    /// <summary>
+    /// Drops the whole pages inside [<paramref name="start"/>, +<paramref name="length"/>) from this process's memory
+    /// (Linux madvise MADV_DONTNEED on the read-only file map; the page cache keeps them and a later read faults them in
+    /// again from the file). Nothing happens for an in-memory array or off Linux. For data no longer used, e.g. a head
+    /// re-encoded at load.
+    /// </summary>
+    public void ReleasePages(byte* start, long length)
+    {
+        if (!_pointerAcquired || !OperatingSystem.IsLinux() || length <= 0) return;
+        if (start < _pointer || start + length > _pointer + Length) throw new ArgumentOutOfRangeException(nameof(start), "The range is outside the file.");
+        long page = Environment.SystemPageSize;
+        long first = ((long)start + page - 1) / page * page, end = ((long)start + length) / page * page;
+        if (end > first) madvise((void*)first, (nuint)(end - first), MadvDontNeed);
+    }
+
     /// <summary>Maps <paramref name="path"/> read-only; I/O failures become <see cref="ModelFormatException"/> naming the file.</summary>
     public static FileMapping Open(string path)
     {

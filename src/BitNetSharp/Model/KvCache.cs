@@ -1,5 +1,5 @@
 using System.Runtime.CompilerServices;
-using System.Runtime.Intrinsics;
+using BitNetSharp.Kernels;
 using BitNetSharp.Kernels.FloatOps;
 using BitNetSharp.Memory;
 
@@ -164,45 +164,12 @@ public sealed unsafe class KvCache : IDisposable
         CheckHead(layer, kvHead, positions);
         if (group <= 0 || q.Length < group * HeadDim) throw new ArgumentException($"{group} queries of {HeadDim} values need {group * HeadDim}; got {q.Length}.", nameof(q));
         if (stride < positions || scores.Length < (group - 1) * stride + positions) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
-        if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16 && Vector512.IsHardwareAccelerated && HeadDim % 16 == 0)
-        {
-            // As ScoresCore's lane path (which Scores takes here), four queries per widened key row.
-            long first = Row(layer, kvHead, 0);
-            byte* rows = _keys.Pointer + first * _rowBytes;
-            var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
-            var factor = Vector512.Create(scale);
-            fixed (float* pq = q)
-            fixed (float* ps = scores)
-            {
-                int n = HeadDim;
-                for (int p0 = 0; p0 < positions; p0 += 16)
-                {
-                    int m = Math.Min(16, positions - p0);
-                    for (int i = 0; i < m; i++) F16FiniteRow.Dot4Lanes(pq, pq + n, pq + 2 * n, pq + 3 * n, rows + (long)(p0 + i) * _rowBytes, n, lanes + i);
-                    for (int g = 0; g < 4; g++)
-                    {
-                        for (int i = m; i < 16; i++) lanes[g * 16 + i] = default;
-                        StoreScores(LaneSums.Sums16(lanes + g * 16) * factor, ps + g * stride + p0, m);
-                    }
-                }
-            }
-            return;
-        }
         if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
         {
-            long first = Row(layer, kvHead, 0);
-            byte* rows = _keys.Pointer + first * _rowBytes;
-            float* r = stackalloc float[4];
+            byte* rows = _keys.Pointer + Row(layer, kvHead, 0) * _rowBytes;
             fixed (float* pq = q)
             fixed (float* ps = scores)
-            {
-                int n = HeadDim;
-                for (int p = 0; p < positions; p++)
-                {
-                    F16FiniteRow.Dot4(pq, pq + n, pq + 2 * n, pq + 3 * n, rows + (long)p * _rowBytes, n, r);
-                    ps[p] = r[0] * scale; ps[stride + p] = r[1] * scale; ps[2 * stride + p] = r[2] * scale; ps[3 * stride + p] = r[3] * scale;
-                }
-            }
+                AttentionKernels.ScoresF16Group4(rows, _rowBytes, HeadDim, pq, ps, stride, positions, scale);
             return;
         }
         for (int g = 0; g < group; g++) Scores(layer, kvHead, q.Slice(g * HeadDim, HeadDim), scores.Slice(g * stride, positions), positions, scale);
@@ -219,20 +186,10 @@ public sealed unsafe class KvCache : IDisposable
         if (stride < positions || weights.Length < (group - 1) * stride + positions) throw new ArgumentException("The weights buffer is too small for the group.", nameof(weights));
         if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
         {
-            long first = Row(layer, kvHead, 0);
-            byte* rows = _values.Pointer + first * _rowBytes;
-            float* w = stackalloc float[4];
+            byte* rows = _values.Pointer + Row(layer, kvHead, 0) * _rowBytes;
             fixed (float* pw = weights)
             fixed (float* po = output)
-            {
-                int n = HeadDim;
-                for (int p = 0; p < positions; p++)
-                {
-                    w[0] = pw[p]; w[1] = pw[stride + p]; w[2] = pw[2 * stride + p]; w[3] = pw[3 * stride + p];
-                    if (w[0] == 0f && w[1] == 0f && w[2] == 0f && w[3] == 0f) continue;
-                    F16FiniteRow.Axpy4(w, rows + (long)p * _rowBytes, po, po + n, po + 2 * n, po + 3 * n, n);
-                }
-            }
+                AttentionKernels.AccumulateF16Group4(rows, _rowBytes, HeadDim, pw, stride, po, positions);
             return;
         }
         for (int g = 0; g < group; g++) AccumulateV(layer, kvHead, weights.Slice(g * stride, positions), output.Slice(g * HeadDim, HeadDim), positions);
@@ -260,6 +217,22 @@ public sealed unsafe class KvCache : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         for (int l = 0; l < Layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
         if (length == 0) _nonFiniteF16 = false;
+    }
+
+    /// <summary>
+    /// Makes this cache hold exactly what <paramref name="source"/> holds (every layer's positions, bit for bit): a
+    /// prefix computed once, given to several sequences. Both caches must have the same shape and type.
+    /// </summary>
+    public void CopyFrom(KvCache source)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        if (source.Layers != Layers || source.KvHeads != KvHeads || source.HeadDim != HeadDim || source.ContextLength != ContextLength || source.Type != Type)
+            throw new ArgumentException("The source cache has a different shape or type.", nameof(source));
+        Buffer.MemoryCopy(source._keys.Pointer, _keys.Pointer, _keys.ByteLength, _keys.ByteLength);
+        Buffer.MemoryCopy(source._values.Pointer, _values.Pointer, _values.ByteLength, _values.ByteLength);
+        if (_scales.ByteLength > 0) Buffer.MemoryCopy(source._scales.Pointer, _scales.Pointer, _scales.ByteLength, _scales.ByteLength);
+        source._layerLength.CopyTo(_layerLength, 0);
+        _nonFiniteF16 = source._nonFiniteF16;
     }
 
     /// <summary>Empties the cache for reuse by another sequence; nothing is freed or zeroed.</summary>
@@ -311,63 +284,18 @@ public sealed unsafe class KvCache : IDisposable
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
         long first = Row(layer, kvHead, 0);
-        byte* rows = _keys.Pointer + first * _rowBytes;
-        float* rowScales = TRow.HasScale ? KeyScales + first : null;
-        int n = HeadDim, stride = _rowBytes;
-        if (TWidth.Bits >= 512 && TRow.HasLanes && Vector512.IsHardwareAccelerated && n % 16 == 0)
-        {
-            // Sixteen positions at a time: each key row's products folded into one vector, the sixteen summed together.
-            var lanes = stackalloc Vector512<float>[16];
-            var factor = Vector512.Create(scale);
-            fixed (float* pq = q)
-            fixed (float* ps = scores)
-            {
-                for (int p0 = 0; p0 < positions; p0 += 16)
-                {
-                    int m = Math.Min(16, positions - p0);
-                    for (int i = 0; i < m; i++) lanes[i] = TRow.DotLanes(pq, rows + (long)(p0 + i) * stride, n);
-                    for (int i = m; i < 16; i++) lanes[i] = default;
-                    StoreScores(LaneSums.Sums16(lanes) * factor, ps + p0, m);
-                }
-            }
-            return;
-        }
         fixed (float* pq = q)
         fixed (float* ps = scores)
-        {
-            for (int p = 0; p < positions; p++)
-            {
-                float dot = TRow.Dot<TWidth>(pq, rows + (long)p * stride, n);
-                ps[p] = TRow.HasScale ? dot * rowScales[p] * scale : dot * scale;
-            }
-        }
-    }
-
-    /// <summary>The first <paramref name="count"/> (≤ 16) lanes of <paramref name="s"/> to <paramref name="destination"/>.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreScores(Vector512<float> s, float* destination, int count)
-    {
-        if (count == 16) s.Store(destination);
-        else for (int i = 0; i < count; i++) destination[i] = s.GetElement(i);
+            AttentionKernels.Scores<TRow, TWidth>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, positions, scale);
     }
 
     internal void AccumulateCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int positions)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
         long first = Row(layer, kvHead, 0);
-        byte* rows = _values.Pointer + first * _rowBytes;
-        float* rowScales = TRow.HasScale ? ValueScales + first : null;
-        int n = HeadDim, stride = _rowBytes;
         fixed (float* pw = weights)
         fixed (float* po = output)
-        {
-            for (int p = 0; p < positions; p++)
-            {
-                float w = pw[p];
-                if (w == 0f) continue;
-                TRow.Axpy<TWidth>(TRow.HasScale ? w * rowScales[p] : w, rows + (long)p * stride, po, n);
-            }
-        }
+            AttentionKernels.Accumulate<TRow, TWidth>(_values.Pointer + first * _rowBytes, TRow.HasScale ? ValueScales + first : null, _rowBytes, HeadDim, pw, po, positions);
     }
 
     private int CheckLayer(int layer)

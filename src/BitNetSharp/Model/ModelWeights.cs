@@ -3,6 +3,7 @@ using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Formats.HuggingFace;
 using BitNetSharp.Formats.Safetensors;
+using BitNetSharp.Memory;
 using BitNetSharp.Quantization;
 
 namespace BitNetSharp.Model;
@@ -84,21 +85,34 @@ public sealed class ModelWeights : IDisposable
 
     public bool TiedOutput => ReferenceEquals(Output, TokenEmbedding);
 
-    public static ModelWeights Load(string path) => ModelPath.Detect(path) switch
+    public static ModelWeights Load(string path) => Load(path, null);
+
+    public static ModelWeights Load(string path, ModelLoadOptions? options) => ModelPath.Detect(path) switch
     {
-        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path), ownsFile: true),
-        ModelPathKind.HuggingFaceDirectory => FromHf(HfModelDirectory.Open(path), ownsDirectory: true),
+        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path), ownsFile: true, options),
+        ModelPathKind.HuggingFaceDirectory => FromHf(HfModelDirectory.Open(path), ownsDirectory: true, options),
         var kind => throw new ModelFormatException(path, $"a {kind} cannot be run directly; pass a .gguf file or a Hugging Face model directory"),
     };
 
-    public static unsafe ModelWeights FromGguf(GgufFile file, bool ownsFile)
+    public static unsafe ModelWeights FromGguf(GgufFile file, bool ownsFile, ModelLoadOptions? options = null)
     {
         var layers = new List<LayerWeights>();
+        var extra = new List<IDisposable>();
         try
         {
             var c = ModelConfig.FromGguf(file);
+            if (options is not null) c = options.Apply(c);
             var embd = Table(file, "token_embd.weight", c.VocabSize, c.Dim);
             var output = file.TryGetTensor("output.weight", out _) ? Table(file, "output.weight", c.VocabSize, c.Dim) : embd;
+            if (options?.HeadType is { } headType && headType != output.Type)
+            {
+                var stored = output;
+                bool tied = ReferenceEquals(stored, embd);
+                output = Reencode(stored, headType, file.FilePath, tied ? "token_embd.weight" : "output.weight", out var buffer);
+                extra.Add(buffer);
+                if (tied) embd = output;
+                file.Mapping.ReleasePages(stored.Data, stored.ByteLength);
+            }
             for (int l = 0; l < c.Layers; l++)
             {
                 string p = $"blk.{l}.";
@@ -117,7 +131,7 @@ public sealed class ModelWeights : IDisposable
                     Down = Projection(file, p + "ffn_down.weight", c.Dim, c.FeedForward),
                 });
             }
-            return new ModelWeights(c, embd, output, Vector(file, "output_norm.weight", c.Dim), [.. layers], file.FilePath, ownsFile ? [file] : [])
+            return new ModelWeights(c, embd, output, Vector(file, "output_norm.weight", c.Dim), [.. layers], file.FilePath, ownsFile ? [file, .. extra] : [.. extra])
             {
                 ActivationBits = ActivationBits.FromGguf(file, c.Layers),
             };
@@ -125,22 +139,32 @@ public sealed class ModelWeights : IDisposable
         catch
         {
             foreach (var layer in layers) layer.Dispose();
+            foreach (var buffer in extra) buffer.Dispose();
             if (ownsFile) file.Dispose();
             throw;
         }
     }
 
-    public static ModelWeights FromHf(HfModelDirectory dir, bool ownsDirectory)
+    public static ModelWeights FromHf(HfModelDirectory dir, bool ownsDirectory, ModelLoadOptions? options = null)
     {
         var layers = new List<LayerWeights>();
+        var extra = new List<IDisposable>();
         try
         {
             var c = ModelConfig.FromHf(dir.Config);
+            if (options is not null) c = options.Apply(c);
             var w = dir.Weights;
             var q = dir.Config.Quantization;
             var embd = Table(w, "model.embed_tokens.weight", c.VocabSize, c.Dim);
             bool tied = dir.Config.TieWordEmbeddings ?? true;
             var output = !tied || w.TryGetTensor("lm_head.weight", out _) ? Table(w, "lm_head.weight", c.VocabSize, c.Dim) : embd;
+            if (options?.HeadType is { } headType && headType != output.Type)
+            {
+                bool same = ReferenceEquals(output, embd);
+                output = Reencode(output, headType, dir.DirectoryPath, same ? "model.embed_tokens.weight" : "lm_head.weight", out var buffer);
+                extra.Add(buffer);
+                if (same) embd = output;
+            }
             string attnSub = c.Family == ModelFamily.BitNetLlama ? "self_attn.inner_attn_ln.weight" : "self_attn.attn_sub_norm.weight";
             string ffnSub = c.Family == ModelFamily.BitNetLlama ? "mlp.ffn_layernorm.weight" : "mlp.ffn_sub_norm.weight";
             for (int l = 0; l < c.Layers; l++)
@@ -162,12 +186,43 @@ public sealed class ModelWeights : IDisposable
                 });
                 CheckCols(layers[^1], c, dir.Config.FilePath, l);
             }
-            return new ModelWeights(c, embd, output, Vector(w, "model.norm.weight", c.Dim), [.. layers], dir.DirectoryPath, ownsDirectory ? [dir] : []);
+            return new ModelWeights(c, embd, output, Vector(w, "model.norm.weight", c.Dim), [.. layers], dir.DirectoryPath, ownsDirectory ? [dir, .. extra] : [.. extra]);
         }
         catch
         {
             foreach (var layer in layers) layer.Dispose();
+            foreach (var buffer in extra) buffer.Dispose();
             if (ownsDirectory) dir.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// <paramref name="table"/> re-encoded as <paramref name="type"/> (<see cref="ModelLoadOptions.HeadType"/>) into a new
+    /// buffer, rows split over the cores; each row is encoded on its own, so the bytes equal
+    /// <see cref="EmbeddingEncoder.Encode"/>'s (what <c>bitnet convert --embedding-type</c> writes).
+    /// </summary>
+    private static unsafe EmbeddingTable Reencode(EmbeddingTable table, GgmlType type, string path, string name, out NativeBuffer buffer)
+    {
+        if (EmbeddingEncoder.CannotEncode(type, table.Cols) is { } reason)
+            throw new ModelFormatException(path, $"the head cannot be re-encoded: {reason}", name);
+        long rowBytes = EmbeddingEncoder.RowBytes(type, table.Cols);
+        var target = new NativeBuffer(rowBytes * table.Rows, zero: false);
+        try
+        {
+            const int RowsPerChunk = 512;
+            byte* data = target.Pointer;
+            Parallel.For(0, (table.Rows + RowsPerChunk - 1) / RowsPerChunk, chunk =>
+            {
+                int start = chunk * RowsPerChunk, end = Math.Min(table.Rows, start + RowsPerChunk);
+                EmbeddingEncoder.EncodeRows(table, type, start, end, new Span<byte>(data + start * rowBytes, checked((int)((end - start) * rowBytes))));
+            });
+            buffer = target;
+            return new EmbeddingTable(type, target.Pointer, target.ByteLength, table.Rows, table.Cols, target, path, name);
+        }
+        catch
+        {
+            target.Dispose();
             throw;
         }
     }

@@ -6,8 +6,8 @@ namespace BitNetSharp.Quantization;
 /// <summary>
 /// Re-encodes a token-embedding / output-head table into another GGUF type for `bitnet convert --embedding-type`:
 /// F16, Q8_0 (llama.cpp's reference rule: per 32 values d = max|x|/127 stored as fp16, q = round(x / d) with the
-/// unrounded d) or Q6_K (<see cref="Q6K.Encode"/>: a plain rounding quantizer, each weight within half a step;
-/// not llama.cpp's error-minimizing search). A Q6_K or Q8_0 head streams 3.1× or 1.9× fewer bytes per token than
+/// unrounded d) or Q6_K (<see cref="Q6K.EncodeReference"/>: ggml's quantize_row_q6_K_ref, the error-minimizing
+/// scale search llama-quantize runs without an importance matrix). A Q6_K or Q8_0 head streams 3.1× or 1.9× fewer bytes per token than
 /// F16, which is what bounds single-sequence decoding of BitNet 2B4T (its F16 head is 657 MB next to 0.5 GB of
 /// ternary weights).
 /// </summary>
@@ -25,37 +25,52 @@ public static class EmbeddingEncoder
         _ => $"{GgmlTypeInfo.Name(type)} is not an embedding type the converter writes; use f16, q8_0 or q6_k",
     };
 
+    /// <summary>Bytes of one <paramref name="cols"/>-wide row stored as <paramref name="type"/> (an encodable one).</summary>
+    public static long RowBytes(GgmlType type, int cols) => type switch
+    {
+        GgmlType.F16 => cols * 2L,
+        GgmlType.Q8_0 => cols / 32 * 34L,
+        _ => cols / Q6K.BlockWeights * (long)Q6K.BlockBytes,
+    };
+
     /// <summary>The whole table, row by row, in <paramref name="type"/>.</summary>
     public static byte[] Encode(EmbeddingTable table, GgmlType type)
     {
         ArgumentNullException.ThrowIfNull(table);
         if (CannotEncode(type, table.Cols) is { } reason) throw new ArgumentException(reason + ".", nameof(type));
-        long rowBytes = type switch
-        {
-            GgmlType.F16 => table.Cols * 2L,
-            GgmlType.Q8_0 => table.Cols / 32 * 34L,
-            _ => table.Cols / Q6K.BlockWeights * (long)Q6K.BlockBytes,
-        };
-        var output = new byte[checked(rowBytes * table.Rows)];
+        var output = new byte[checked(RowBytes(type, table.Cols) * table.Rows)];
+        EncodeRows(table, type, 0, table.Rows, output);
+        return output;
+    }
+
+    /// <summary>
+    /// Rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>) of <paramref name="table"/> in <paramref name="type"/>,
+    /// to <paramref name="destination"/> (which starts with row <paramref name="rowStart"/>). Each row is decoded to floats
+    /// and encoded on its own, so any split of the rows gives the same bytes as <see cref="Encode"/>.
+    /// </summary>
+    public static void EncodeRows(EmbeddingTable table, GgmlType type, int rowStart, int rowEnd, Span<byte> destination)
+    {
+        ArgumentNullException.ThrowIfNull(table);
+        if (CannotEncode(type, table.Cols) is { } reason) throw new ArgumentException(reason + ".", nameof(type));
+        long rowBytes = RowBytes(type, table.Cols);
         var row = new float[table.Cols];
-        for (int r = 0; r < table.Rows; r++)
+        for (int r = rowStart; r < rowEnd; r++)
         {
             table.GetRow(r, row);
-            var destination = output.AsSpan((int)(r * rowBytes), (int)rowBytes);
+            var dst = destination.Slice((int)((r - rowStart) * rowBytes), (int)rowBytes);
             switch (type)
             {
                 case GgmlType.F16:
-                    for (int i = 0; i < row.Length; i++) BitConverter.TryWriteBytes(destination[(2 * i)..], HalfConversions.FloatToHalf(row[i]));
+                    for (int i = 0; i < row.Length; i++) BitConverter.TryWriteBytes(dst[(2 * i)..], HalfConversions.FloatToHalf(row[i]));
                     break;
                 case GgmlType.Q8_0:
-                    EncodeQ8_0(row, destination);
+                    EncodeQ8_0(row, dst);
                     break;
                 default:
-                    Q6K.Encode(row, destination);
+                    Q6K.EncodeReference(row, dst);
                     break;
             }
         }
-        return output;
     }
 
     /// <summary>llama.cpp's quantize_row_q8_0_ref: per 32 values d = max|x|/127 (fp16 in the file), q = round(x · 1/d).</summary>

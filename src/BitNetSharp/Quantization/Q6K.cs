@@ -106,4 +106,124 @@ public static unsafe class Q6K
             BinaryPrimitives.WriteUInt16LittleEndian(block.Slice(DOffset, 2), dBits);
         }
     }
+
+    /// <summary>
+    /// ggml's reference Q6_K quantizer (quantize_row_q6_K_ref, what llama-quantize writes without an importance
+    /// matrix), formula for formula in float32: per 16 weights, make_qx_quants(16, 32, x, rmse_type 1) — the scale of
+    /// the largest |x| mapped to −32, then 18 nearby scales tried, keeping the one that maximizes (Σ w·x·l)² / Σ w·l²
+    /// with weights w = x² — gives a group scale; d = fp16(max group scale / −128), each group's int8 scale is
+    /// min(127, round(group scale / d)), and each code is clamp(round(x / (d·scale)), −32, 31) + 32 (a group whose scale
+    /// rounds to 0 keeps make_qx_quants' codes, as ggml does). Rounding is ggml's nearest_int (to even). Unlike
+    /// <see cref="Encode"/> it minimizes a weighted error instead of bounding each weight's.
+    /// </summary>
+    /// <exception cref="ArgumentException">A length that is not a multiple of 256, a short destination, or a NaN or infinite value.</exception>
+    public static void EncodeReference(ReadOnlySpan<float> values, Span<byte> destination)
+    {
+        if (values.Length % BlockWeights != 0)
+            throw new ArgumentException($"Q6_K encodes whole blocks of {BlockWeights} values; got {values.Length}.", nameof(values));
+        int blocks = values.Length / BlockWeights;
+        if (destination.Length < (long)blocks * BlockBytes)
+            throw new ArgumentException($"{blocks} Q6_K blocks need {(long)blocks * BlockBytes} bytes; the destination has {destination.Length}.", nameof(destination));
+        Span<sbyte> codes = stackalloc sbyte[BlockWeights];
+        Span<float> groupScales = stackalloc float[16];
+        for (int b = 0; b < blocks; b++)
+        {
+            var x = values.Slice(b * BlockWeights, BlockWeights);
+            foreach (float v in x)
+                if (!float.IsFinite(v)) throw new ArgumentException($"Block {b} holds {v}; Q6_K holds finite numbers only.", nameof(values));
+            var block = destination.Slice(b * BlockBytes, BlockBytes);
+            float maxScale = 0f, maxAbsScale = 0f;
+            for (int g = 0; g < 16; g++)
+            {
+                float scale = MakeQxQuants(x.Slice(16 * g, 16), codes.Slice(16 * g, 16));
+                groupScales[g] = scale;
+                if (MathF.Abs(scale) > maxAbsScale)
+                {
+                    maxAbsScale = MathF.Abs(scale);
+                    maxScale = scale;
+                }
+            }
+            block.Clear();
+            if (maxAbsScale < GroupMaxEps) continue; // all zero: d = 0, every byte 0
+            float iscale = -128f / maxScale;
+            ushort dBits = HalfConversions.FloatToHalf(1 / iscale);
+            float d = HalfConversions.HalfToFloat(dBits);
+            for (int g = 0; g < 16; g++)
+            {
+                sbyte sc = (sbyte)Math.Min(127, NearestInt(iscale * groupScales[g]));
+                block[ScalesOffset + g] = (byte)sc;
+                float step = d * sc;
+                if (step == 0f) continue;
+                for (int i = 16 * g; i < 16 * g + 16; i++)
+                    codes[i] = (sbyte)(Math.Clamp(NearestInt(x[i] / step), -32, 31) + 32);
+            }
+            for (int h = 0; h < 2; h++)
+                for (int l = 0; l < 32; l++)
+                {
+                    int e = 128 * h + l;
+                    block[64 * h + l] = (byte)((codes[e] & 0xF) | (codes[e + 64] & 0xF) << 4);
+                    block[64 * h + 32 + l] = (byte)((codes[e + 32] & 0xF) | (codes[e + 96] & 0xF) << 4);
+                    block[QhOffset + 32 * h + l] = (byte)(codes[e] >> 4 | (codes[e + 32] >> 4) << 2 | (codes[e + 64] >> 4) << 4 | (codes[e + 96] >> 4) << 6);
+                }
+            BinaryPrimitives.WriteUInt16LittleEndian(block.Slice(DOffset, 2), dBits);
+        }
+    }
+
+    private const float GroupMaxEps = 1e-15f;
+
+    /// <summary>ggml's nearest_int: round to nearest, ties to even (its magic-number form, for |v| ≤ 2^22).</summary>
+    private static int NearestInt(float v) => (int)MathF.Round(v);
+
+    /// <summary>ggml's make_qx_quants(16, nmax 32, x, L, rmse_type 1, no importance weights): codes L ∈ [0, 63] and the group scale.</summary>
+    private static float MakeQxQuants(ReadOnlySpan<float> x, Span<sbyte> codes)
+    {
+        const int NMax = 32;
+        float max = 0f, amax = 0f;
+        for (int i = 0; i < x.Length; i++)
+        {
+            float ax = MathF.Abs(x[i]);
+            if (ax > amax)
+            {
+                amax = ax;
+                max = x[i];
+            }
+        }
+        if (amax < GroupMaxEps)
+        {
+            codes.Clear();
+            return 0f;
+        }
+        float iscale = -NMax / max;
+        float sumlx = 0f, suml2 = 0f;
+        for (int i = 0; i < x.Length; i++)
+        {
+            int l = Math.Clamp(NearestInt(iscale * x[i]), -NMax, NMax - 1);
+            codes[i] = (sbyte)(l + NMax);
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        float scale = suml2 != 0f ? sumlx / suml2 : 0f;
+        float best = scale * sumlx;
+        for (int step = -9; step <= 9; step++)
+        {
+            if (step == 0) continue;
+            iscale = -(NMax + 0.1f * step) / max;
+            sumlx = suml2 = 0f;
+            for (int i = 0; i < x.Length; i++)
+            {
+                int l = Math.Clamp(NearestInt(iscale * x[i]), -NMax, NMax - 1);
+                float w = x[i] * x[i];
+                sumlx += w * x[i] * l;
+                suml2 += w * l * l;
+            }
+            if (suml2 > 0f && sumlx * sumlx > best * suml2)
+            {
+                for (int i = 0; i < x.Length; i++) codes[i] = (sbyte)(NMax + Math.Clamp(NearestInt(iscale * x[i]), -NMax, NMax - 1));
+                scale = sumlx / suml2;
+                best = scale * sumlx;
+            }
+        }
+        return scale;
+    }
 }

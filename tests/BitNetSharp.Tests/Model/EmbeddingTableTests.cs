@@ -1,5 +1,6 @@
 using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Kernels;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 
@@ -24,9 +25,9 @@ public unsafe class EmbeddingTableTests
             fixed (ushort* pw = w)
             fixed (float* px = x)
             {
-                Assert.Equal(0f, EmbeddingTable.DotF16(pw, px, 64)); // h + (−h)
+                Assert.Equal(0f, HeadKernels.DotF16(pw, px, 64)); // h + (−h)
                 x[40] = 0f;
-                float one = EmbeddingTable.DotF16(pw, px, 64);
+                float one = HeadKernels.DotF16(pw, px, 64);
                 x[40] = 1f;
                 if (BitConverter.SingleToInt32Bits(one) != BitConverter.SingleToInt32Bits(expected) && !(one == 0 && expected == 0))
                     Assert.Fail($"half 0x{bits:X4}: expected {expected:R}, got {one:R}");
@@ -75,7 +76,7 @@ public unsafe class EmbeddingTableTests
             fixed (float* px = x)
             fixed (sbyte* pq = q)
             fixed (float* pd = d)
-                EmbeddingTable.QuantizeQ8Blocks(px, xs.Length, pq, pd);
+                HeadKernels.QuantizeQ8Blocks(px, xs.Length, pq, pd);
             for (int i = 0; i < xs.Length; i++) xs[i] = q[i] * d[i / 32];
         }
         if (type == GgmlType.Q6_K && System.Runtime.Intrinsics.X86.Avx2.IsSupported)
@@ -88,7 +89,7 @@ public unsafe class EmbeddingTableTests
             fixed (sbyte* pq = q)
             fixed (float* pd = d)
             fixed (short* ps = sums)
-                EmbeddingTable.QuantizeQ8KBlocks(px, xs.Length, pq, pd, ps);
+                HeadKernels.QuantizeQ8KBlocks(px, xs.Length, pq, pd, ps);
             for (int i = 0; i < xs.Length; i++) xs[i] = q[i] * d[i / 256];
         }
         var row = new float[table.Cols];
@@ -198,7 +199,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
                 for (int t = 0; t < tokens; t++)
                     for (int r = 0; r < rows; r++)
                     {
-                        float dot = EmbeddingTable.DotF16(pw + r * cols, px + t * cols, cols);
+                        float dot = HeadKernels.DotF16(pw + r * cols, px + t * cols, cols);
                         float mv = single[t * rows + r];
                         Assert.True(BitConverter.SingleToInt32Bits(dot) == BitConverter.SingleToInt32Bits(mv) || (float.IsNaN(dot) && float.IsNaN(mv)),
                             $"cols {cols}, token {t}, row {r}: MatVec {mv} vs DotF16 {dot}");

@@ -1,3 +1,4 @@
+using BitNetSharp.Kernels;
 using BitNetSharp.Kernels.FloatOps;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;

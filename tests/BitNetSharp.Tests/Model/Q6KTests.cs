@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics.X86;
 using System.Text.Json;
 using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Kernels;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
@@ -98,7 +99,7 @@ public unsafe class Q6KTests
         fixed (float* x = f.X)
             for (int r = 0; r < f.Rows; r++)
             {
-                double y = EmbeddingTable.DotQ6_K(p + r * rowBytes, x, f.Cols);
+                double y = HeadKernels.DotQ6_K(p + r * rowBytes, x, f.Cols);
                 double magnitude = AbsDot(f.Dequantized.AsSpan(r * f.Cols, f.Cols), f.X);
                 worst = Math.Max(worst, Math.Abs(y - f.Dots[r]) / magnitude);
                 Assert.True(Math.Abs(y - f.Dots[r]) <= 64 * U * magnitude, $"row {r}: numpy {f.Dots[r]:R}, got {y:R}");
@@ -171,7 +172,7 @@ public unsafe class Q6KTests
             fixed (short* ps = sums)
             fixed (float* pxq = xq)
             {
-                EmbeddingTable.QuantizeQ8KBlocks(px, cols, pq, pd, ps);
+                HeadKernels.QuantizeQ8KBlocks(px, cols, pq, pd, ps);
                 for (int i = 0; i < cols; i++) xq[i] = q[i] * d[i / Q6K.BlockWeights];
                 for (int g = 0; g < cols / 16; g++)
                 {
@@ -179,8 +180,8 @@ public unsafe class Q6KTests
                     for (int i = 0; i < 16; i++) s += q[g * 16 + i];
                     Assert.Equal(s, sums[g]);
                 }
-                vectorized = EmbeddingTable.DotQ6_KQ8K(pw, pq, pd, ps, cols / Q6K.BlockWeights);
-                scalar = EmbeddingTable.DotQ6_K(pw, pxq, cols);
+                vectorized = HeadKernels.DotQ6_KQ8K(pw, pq, pd, ps, cols / Q6K.BlockWeights);
+                scalar = HeadKernels.DotQ6_K(pw, pxq, cols);
                 fixed (float* pww = w)
                     for (int b = 0; b < cols / Q6K.BlockWeights; b++) Q6K.DequantizeBlock(pw + b * Q6K.BlockBytes, pww + b * Q6K.BlockWeights);
             }
@@ -271,6 +272,50 @@ public unsafe class Q6KTests
         Assert.Throws<ArgumentException>(() => Q6K.Encode(Enumerable.Repeat(1e9f, 256).ToArray(), new byte[210]));
     }
 
+    /// <summary>
+    /// ggml's reference quantizer (<see cref="Q6K.EncodeReference"/>, what convert and --head-type write), worked by hand
+    /// on a block of ones: every group's make_qx_quants maps 1 to code −32 with scale −1/32 (the 18 other scales tried
+    /// tie or lose), so d = fp16(1/4096) = 0x0C00, every int8 scale is −128, every code 0, and the block decodes to 1
+    /// exactly. On Gaussian data it beats the plain rounding encoder on the error it minimizes (Σ x²·(x − x̂)²).
+    /// </summary>
+    [Fact]
+    public void ReferenceEncoderMatchesGgmlsFormulas()
+    {
+        var ones = Enumerable.Repeat(1f, 256).ToArray();
+        var bytes = new byte[Q6K.BlockBytes];
+        Q6K.EncodeReference(ones, bytes);
+        Assert.All(bytes[..Q6K.ScalesOffset], b => Assert.Equal(0, b));
+        Assert.All(bytes[Q6K.ScalesOffset..Q6K.DOffset], b => Assert.Equal(0x80, b));
+        Assert.Equal(0x0C00, BitConverter.ToUInt16(bytes, Q6K.DOffset));
+        var decoded = new float[256];
+        fixed (byte* p = bytes)
+        fixed (float* y = decoded)
+            Q6K.DequantizeBlock(p, y);
+        Assert.All(decoded, v => Assert.Equal(1f, v));
+
+        Q6K.EncodeReference(new float[256], bytes);
+        Assert.All(bytes, b => Assert.Equal(0, b));
+
+        var rng = new Random(4);
+        var x = Enumerable.Range(0, 64 * 256).Select(_ => (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()))).ToArray();
+        double WeightedError(Action<float[], byte[]> encode)
+        {
+            var q = new byte[64 * Q6K.BlockBytes];
+            encode(x, q);
+            var y = new float[x.Length];
+            fixed (byte* p = q)
+            fixed (float* py = y)
+                for (int b = 0; b < 64; b++) Q6K.DequantizeBlock(p + b * Q6K.BlockBytes, py + b * 256);
+            double e = 0;
+            for (int i = 0; i < x.Length; i++) e += (double)x[i] * x[i] * (x[i] - y[i]) * (x[i] - y[i]);
+            return e;
+        }
+        double reference = WeightedError((v, q) => Q6K.EncodeReference(v, q)), plain = WeightedError((v, q) => Q6K.Encode(v, q));
+        Assert.True(reference < plain, $"weighted error: reference {reference:E3}, plain {plain:E3}");
+        Assert.Throws<ArgumentException>(() => Q6K.EncodeReference(new float[255], new byte[210]));
+        Assert.Throws<ArgumentException>(() => Q6K.EncodeReference(Enumerable.Repeat(float.NaN, 256).ToArray(), new byte[210]));
+    }
+
     private static double AbsDot(ReadOnlySpan<float> w, ReadOnlySpan<float> x)
     {
         double s = 0;
@@ -356,7 +401,7 @@ public class Q6KModelTests
     }
 
     /// <summary>
-    /// The naive h quantized as the Q6_K head quantizes it (<see cref="EmbeddingTable.QuantizeQ8KBlocks"/>) and
+    /// The naive h quantized as the Q6_K head quantizes it (<see cref="HeadKernels.QuantizeQ8KBlocks"/>) and
     /// widened back, q·d_x; and the largest d_x.
     /// </summary>
     private static unsafe (float[] Quantized, float MaxStep) Q8K(float[] h)
@@ -368,7 +413,7 @@ public class Q6KModelTests
         fixed (sbyte* pq = q)
         fixed (float* pd = d)
         fixed (short* ps = sums)
-            EmbeddingTable.QuantizeQ8KBlocks(ph, h.Length, pq, pd, ps);
+            HeadKernels.QuantizeQ8KBlocks(ph, h.Length, pq, pd, ps);
         return (q.Select((v, i) => v * d[i / Q6K.BlockWeights]).ToArray(), d.Max());
     }
 

@@ -2,9 +2,10 @@ using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using BitNetSharp.Kernels.FloatOps;
+using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 
-namespace BitNetSharp.Model;
+namespace BitNetSharp.Kernels;
 
 /// <summary>
 /// One element type's K/V row: how a row of headDim floats is stored, and the two attention reads that use it
@@ -38,6 +39,109 @@ internal unsafe interface IKvRow
     /// are then summed together (<see cref="LaneSums"/>), which costs ~3 operations a position instead of ~23.
     /// </summary>
     static virtual Vector512<float> DotLanes(float* q, byte* row, int n) => throw new NotSupportedException();
+}
+
+/// <summary>
+/// The attention loops over cached positions, for one kv head's contiguous rows (<paramref name="rows"/>, one every
+/// <paramref name="stride"/> bytes, n values each; <see cref="KvCache"/> finds them and checks the bounds): the scores
+/// q·K_p and the weighted sum of V_p, per row type.
+/// </summary>
+internal static unsafe class AttentionKernels
+{
+    /// <summary>
+    /// scores[p] = scale · (q · row p) (times the row's scale for scaled types) for p in [0, positions). With 512-bit
+    /// vectors and rows that have <see cref="IKvRow.DotLanes"/>, sixteen positions at a time: each key row's products
+    /// folded into one vector, the sixteen summed together.
+    /// </summary>
+    public static void Scores<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int positions, float scale)
+        where TRow : IKvRow where TWidth : struct, IVectorWidth
+    {
+        if (TWidth.Bits >= 512 && TRow.HasLanes && Vector512.IsHardwareAccelerated && n % 16 == 0)
+        {
+            var lanes = stackalloc Vector512<float>[16];
+            var factor = Vector512.Create(scale);
+            for (int p0 = 0; p0 < positions; p0 += 16)
+            {
+                int m = Math.Min(16, positions - p0);
+                for (int i = 0; i < m; i++) lanes[i] = TRow.DotLanes(q, rows + (long)(p0 + i) * stride, n);
+                for (int i = m; i < 16; i++) lanes[i] = default;
+                StoreScores(LaneSums.Sums16(lanes) * factor, scores + p0, m);
+            }
+            return;
+        }
+        for (int p = 0; p < positions; p++)
+        {
+            float dot = TRow.Dot<TWidth>(q, rows + (long)p * stride, n);
+            scores[p] = TRow.HasScale ? dot * rowScales[p] * scale : dot * scale;
+        }
+    }
+
+    /// <summary>output[d] += Σ_p weights[p] · row p (times the row's scale for scaled types); zero weights are skipped.</summary>
+    public static void Accumulate<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* weights, float* output, int positions)
+        where TRow : IKvRow where TWidth : struct, IVectorWidth
+    {
+        for (int p = 0; p < positions; p++)
+        {
+            float w = weights[p];
+            if (w == 0f) continue;
+            TRow.Axpy<TWidth>(TRow.HasScale ? w * rowScales[p] : w, rows + (long)p * stride, output, n);
+        }
+    }
+
+    /// <summary>
+    /// The scores of four queries (q + g·n) sharing finite F16 key rows, to scores + g·scoresStride: as
+    /// <see cref="Scores{TRow, TWidth}"/> for <see cref="F16FiniteRow"/> at the widest width, bit for bit, each key row
+    /// widened once for the four.
+    /// </summary>
+    public static void ScoresF16Group4(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+    {
+        if (Vector512.IsHardwareAccelerated && n % 16 == 0)
+        {
+            // As Scores' lane path, four queries per widened key row.
+            var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
+            var factor = Vector512.Create(scale);
+            for (int p0 = 0; p0 < positions; p0 += 16)
+            {
+                int m = Math.Min(16, positions - p0);
+                for (int i = 0; i < m; i++) F16FiniteRow.Dot4Lanes(q, q + n, q + 2 * n, q + 3 * n, rows + (long)(p0 + i) * stride, n, lanes + i);
+                for (int g = 0; g < 4; g++)
+                {
+                    for (int i = m; i < 16; i++) lanes[g * 16 + i] = default;
+                    StoreScores(LaneSums.Sums16(lanes + g * 16) * factor, scores + g * scoresStride + p0, m);
+                }
+            }
+            return;
+        }
+        float* r = stackalloc float[4];
+        for (int p = 0; p < positions; p++)
+        {
+            F16FiniteRow.Dot4(q, q + n, q + 2 * n, q + 3 * n, rows + (long)p * stride, n, r);
+            scores[p] = r[0] * scale; scores[scoresStride + p] = r[1] * scale; scores[2 * scoresStride + p] = r[2] * scale; scores[3 * scoresStride + p] = r[3] * scale;
+        }
+    }
+
+    /// <summary>
+    /// output + g·n += Σ_p weights[g·weightStride + p] · row p for four heads sharing finite F16 value rows: as four
+    /// <see cref="Accumulate{TRow, TWidth}"/> calls bit for bit, each value row widened once.
+    /// </summary>
+    public static void AccumulateF16Group4(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    {
+        float* w = stackalloc float[4];
+        for (int p = 0; p < positions; p++)
+        {
+            w[0] = weights[p]; w[1] = weights[weightStride + p]; w[2] = weights[2 * weightStride + p]; w[3] = weights[3 * weightStride + p];
+            if (w[0] == 0f && w[1] == 0f && w[2] == 0f && w[3] == 0f) continue;
+            F16FiniteRow.Axpy4(w, rows + (long)p * stride, output, output + n, output + 2 * n, output + 3 * n, n);
+        }
+    }
+
+    /// <summary>The first <paramref name="count"/> (≤ 16) lanes of <paramref name="s"/> to <paramref name="destination"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StoreScores(Vector512<float> s, float* destination, int count)
+    {
+        if (count == 16) s.Store(destination);
+        else for (int i = 0; i < count; i++) destination[i] = s.GetElement(i);
+    }
 }
 
 /// <summary>
@@ -304,7 +408,7 @@ internal static unsafe class HalfRowMath
 
 /// <summary>
 /// F16 rows known to hold only finite halves (the cache tracks it at write time): widened with the four-operation
-/// form of <see cref="EmbeddingTable"/> (sign-extend, shift, mask, × 2^112), which is exact for every finite half,
+/// form of <see cref="HeadKernels"/> (sign-extend, shift, mask, × 2^112), which is exact for every finite half,
 /// subnormals included, instead of <see cref="F16Row.Widen(Vector512{uint})"/>'s eleven. Same values, so the same
 /// scores and outputs as <see cref="F16Row"/>; attention on a short context was dominated by this conversion.
 /// </summary>

@@ -1,0 +1,798 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Kernels;
+
+/// <summary>
+/// Rows of a float matrix in a head encoding (F32, F16, BF16, Q8_0 or Q6_K), viewed in place: what
+/// <see cref="HeadKernels"/> reads. <see cref="Model.EmbeddingTable"/> owns the memory and checks the shape.
+/// </summary>
+public readonly unsafe struct HeadMatrix(GgmlType type, byte* data, long rowBytes, int cols)
+{
+    public GgmlType Type { get; } = type;
+    public byte* Data { get; } = data;
+    public long RowBytes { get; } = rowBytes;
+    public int Cols { get; } = cols;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public byte* Row(int row) => Data + row * RowBytes;
+}
+
+/// <summary>
+/// The output head's kernels (and the embedding table's load-time scan): every row of a <see cref="HeadMatrix"/> dotted
+/// with one hidden state (<see cref="MatVec"/>) or several (<see cref="MatMul"/>), per encoding — F16 with raw-half FMA
+/// chains, Q8_0 and Q6_K against activations quantized once per call (as llama.cpp's head), F32 and BF16 plainly.
+/// </summary>
+public static unsafe class HeadKernels
+{
+    /// <summary>Index of the first half whose exponent is all ones (±inf, NaN), or −1. The fast F16 dot product relies on there being none.</summary>
+    public static long FirstNonFiniteHalf(ushort* p, long n)
+    {
+        long i = 0;
+        if (Vector512.IsHardwareAccelerated)
+        {
+            var mask = Vector512.Create((ushort)0x7C00);
+            for (; i <= n - 32; i += 32)
+                if (Vector512.EqualsAny(Vector512.Load(p + i) & mask, mask)) break;
+        }
+        else if (Vector128.IsHardwareAccelerated)
+        {
+            var mask = Vector128.Create((ushort)0x7C00);
+            for (; i <= n - 8; i += 8)
+                if (Vector128.EqualsAny(Vector128.Load(p + i) & mask, mask)) break;
+        }
+        for (; i < n; i++)
+            if ((p[i] & 0x7C00) == 0x7C00) return i;
+        return -1;
+    }
+
+    /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head.</summary>
+    public static void MatVec(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
+    {
+        switch (m.Type)
+        {
+            case GgmlType.F32:
+                for (int r = rowStart; r < rowEnd; r++) y[r] = FloatMatVec.Dot((float*)m.Row(r), x, m.Cols);
+                break;
+            case GgmlType.F16:
+                float* scaled;
+                bool wide = Vector512.IsHardwareAccelerated, avx2 = !wide && Avx2.IsSupported && Vector256.IsHardwareAccelerated;
+                if ((wide || avx2) && m.Cols % 32 == 0 && (scaled = ScaleForRawHalves(x, m.Cols)) != null)
+                {
+                    // Four rows per pass, each its own FMA chain (one chain per row is latency-bound), on activations
+                    // scaled for raw half bits; the rows left over take DotF16, which gives the same sums.
+                    int r = rowStart;
+                    for (; r + 4 <= rowEnd; r += 4)
+                    {
+                        if (wide) DotRawF16Rows4((ushort*)m.Row(r), m.Cols, scaled, y + r);
+                        else DotRawF16Rows4Avx2((ushort*)m.Row(r), m.Cols, scaled, y + r);
+                    }
+                    for (; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, m.Cols);
+                }
+                else
+                {
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, m.Cols);
+                }
+                break;
+            case GgmlType.BF16:
+                for (int r = rowStart; r < rowEnd; r++) y[r] = DotBF16((ushort*)m.Row(r), x, m.Cols);
+                break;
+            case GgmlType.Q8_0:
+                if (Avx2.IsSupported)
+                {
+                    // The hidden state is quantized once per call to Q8_0 blocks (as llama.cpp's Q8_0 head does), then
+                    // every row is an int8·int8 dot per block. m.Cols ≤ 64K keeps the scratch on the stack.
+                    int blocks = m.Cols / 32;
+                    sbyte* qx = stackalloc sbyte[m.Cols];
+                    float* dx = stackalloc float[blocks];
+                    QuantizeQ8Blocks(x, m.Cols, qx, dx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0Q8(m.Row(r), qx, dx, blocks);
+                }
+                else
+                {
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(m.Row(r), x, m.Cols);
+                }
+                break;
+            case GgmlType.Q6_K:
+                if (Avx2.IsSupported)
+                {
+                    // As llama.cpp's Q6_K head: the hidden state is quantized once per call to int8 with one scale per
+                    // 256 values (ggml's Q8_K) and per-16 sums, then every row is an integer dot per block.
+                    int blocks = m.Cols / Q6K.BlockWeights;
+                    sbyte* qx = stackalloc sbyte[m.Cols];
+                    float* dx = stackalloc float[blocks];
+                    short* sx = stackalloc short[m.Cols / 16];
+                    QuantizeQ8KBlocks(x, m.Cols, qx, dx, sx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_KQ8K(m.Row(r), qx, dx, sx, blocks);
+                }
+                else
+                {
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_K(m.Row(r), x, m.Cols);
+                }
+                break;
+        }
+    }
+
+    /// <summary>
+    /// Logits of several hidden states at once: y[t·yStride + r] = row r · x_t for rows [rowStart, rowEnd). Rows are the
+    /// outer loop (in blocks), so the table streams from memory once per call however many sequences are batched
+    /// (token-outer order read it once per sequence), and F16 rows are widened once for four or eight tokens at a time.
+    /// </summary>
+    public static void MatMul(HeadMatrix m, float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    {
+        if (tokens == 1)
+        {
+            MatVec(m, x, y, rowStart, rowEnd);
+            return;
+        }
+        if (m.Type == GgmlType.Q8_0 && Avx2.IsSupported)
+        {
+            int blocks = m.Cols / 32;
+            sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
+            float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
+            for (int t0 = 0; t0 < tokens; t0 += 64)
+            {
+                int n = Math.Min(64, tokens - t0);
+                for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks);
+                for (int r = rowStart; r < rowEnd; r++)
+                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ8_0Q8(m.Row(r), qx + t * m.Cols, dx + t * blocks, blocks);
+            }
+            return;
+        }
+        if (m.Type == GgmlType.Q6_K && Avx2.IsSupported)
+        {
+            int blocks = m.Cols / Q6K.BlockWeights, groups = m.Cols / 16;
+            sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
+            float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
+            short* sx = stackalloc short[groups * Math.Min(tokens, 64)];
+            float* four = stackalloc float[4];
+            for (int t0 = 0; t0 < tokens; t0 += 64)
+            {
+                int n = Math.Min(64, tokens - t0);
+                for (int t = 0; t < n; t++) QuantizeQ8KBlocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks, sx + t * groups);
+                for (int r = rowStart; r < rowEnd; r++)
+                {
+                    int t = 0;
+                    for (; t + 4 <= n; t += 4)
+                    {
+                        DotQ6_KQ8Kx4(m.Row(r), qx + t * m.Cols, m.Cols, dx + t * blocks, sx + t * groups, blocks, four);
+                        for (int j = 0; j < 4; j++) y[(t0 + t + j) * yStride + r] = four[j];
+                    }
+                    for (; t < n; t++) y[(t0 + t) * yStride + r] = DotQ6_KQ8K(m.Row(r), qx + t * m.Cols, dx + t * blocks, sx + t * groups, blocks);
+                }
+            }
+            return;
+        }
+        // Row blocks outer, 4-token tiles inside: a tile's activations (4 · m.Cols floats) stay in L1 while the block's
+        // rows (re-read from L2 for each tile) are swept. Rows outer with every tile inside (the previous order) let
+        // 8 tokens' activations (8 · 1536 · 4 B = 48 KiB) evict each other from L1 and tripled the head's time at 8
+        // sequences. Each (row, token) sum is computed exactly as before, so results are unchanged.
+        if (m.Type == GgmlType.F16 && tokens >= 4)
+        {
+            bool wide = Vector512.IsHardwareAccelerated && m.Cols % 16 == 0;
+            bool avx2 = !Vector512.IsHardwareAccelerated && Avx2.IsSupported && Vector256.IsHardwareAccelerated && m.Cols % 8 == 0;
+            float* scaled = wide || avx2 ? ScaleForRawHalves(x, (long)tokens * m.Cols) : null;
+            if (scaled != null)
+            {
+                if (wide) MatMulF16Pairs<F16Pairs512>(m, scaled, tokens, y, yStride, rowStart, rowEnd);
+                else MatMulF16Pairs<F16Pairs256>(m, scaled, tokens, y, yStride, rowStart, rowEnd);
+                return;
+            }
+        }
+        for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
+        {
+            int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
+            for (int t = 0; t < tokens; t++)
+            {
+                float* xt = x + (long)t * m.Cols;
+                for (int r = block; r < blockEnd; r++)
+                {
+                    byte* row = m.Row(r);
+                    y[t * yStride + r] = m.Type switch
+                    {
+                        GgmlType.F32 => FloatMatVec.Dot((float*)row, xt, m.Cols),
+                        GgmlType.F16 => DotF16((ushort*)row, xt, m.Cols),
+                        GgmlType.BF16 => DotBF16((ushort*)row, xt, m.Cols),
+                        GgmlType.Q6_K => DotQ6_K(row, xt, m.Cols),
+                        _ => DotQ8_0(row, xt, m.Cols),
+                    };
+                }
+            }
+        }
+    }
+
+    /// <summary>This thread's copy of the activations scaled by 2^112 (see <see cref="ScaleForRawHalves"/>).</summary>
+    [ThreadStatic] private static float[]? t_scaled;
+
+    /// <summary>
+    /// Copies <paramref name="n"/> activations into this thread's buffer multiplied by 2^112, or returns null when one of
+    /// them is too large for that (|x| ≥ 2^16, inf or NaN). A half's bits shifted into a float's fields are the half times
+    /// 2^−112 exactly, so FMA(raw, x·2^112, acc) = FMA(half, x, acc) bit for bit (both scalings are exact and the FMA
+    /// rounds the same exact product), and the batched head skips the rebias multiply per weight vector.
+    /// </summary>
+    private static float* ScaleForRawHalves(float* x, long n)
+    {
+        var buffer = t_scaled;
+        if (buffer is null || buffer.Length < n) t_scaled = buffer = GC.AllocateUninitializedArray<float>((int)n, pinned: true);
+        float* scaled = (float*)Unsafe.AsPointer(ref buffer[0]);
+        var limit = Vector256.Create(65536f);
+        var factor = Vector256.Create(0x77800000).AsSingle();
+        var ok = Vector256<int>.AllBitsSet;
+        long i = 0;
+        for (; i <= n - 8; i += 8)
+        {
+            var v = Vector256.Load(x + i);
+            ok &= Vector256.LessThan(Vector256.Abs(v), limit).AsInt32(); // false for NaN
+            (v * factor).Store(scaled + i);
+        }
+        bool fits = ok == Vector256<int>.AllBitsSet;
+        for (; i < n; i++)
+        {
+            fits &= MathF.Abs(x[i]) < 65536f;
+            scaled[i] = x[i] * BitConverter.Int32BitsToSingle(0x77800000);
+        }
+        return fits ? scaled : null;
+    }
+
+    /// <summary>Columns per chunk of the F16 batched head: eight tokens' chunk of activations (8 · 512 floats = 16 KiB)
+    /// stays in L1 while a block's rows stream past it from L2.</summary>
+    internal const int HeadChunk = 512;
+
+    /// <summary>
+    /// The F16 batched head on activations scaled by 2^112, for machines with 512-bit vectors. Row blocks (16 rows, 80 KiB
+    /// at 2560 columns, in L2) are outer; inside, tiles of eight tokens (four when fewer than eight are batched); inside,
+    /// column chunks; inside, row pairs (one accumulator, a 16-lane vector, per row and token: 16 or 8 independent
+    /// FMA chains, enough to cover the FMA latency; four rows × four tokens measured 5-10 % slower than two × four, from
+    /// memory). Each pair's accumulators are parked in L1 between chunks, so the activations a chunk reads stay in L1 (a whole 4-token tile,
+    /// 40 KiB at 2560 columns, does not fit beside the streaming rows and was re-read from L2). While a block is computed,
+    /// the next one is prefetched a few lines after each kernel call. Each accumulator takes the same FMAs in the same
+    /// order as <see cref="DotF16"/>'s single accumulator, so every logit equals the single-token head's bit for bit.
+    /// Eight tokens per pass convert each weight vector once for eight FMAs (a half's conversion is three vector
+    /// operations, so at four tokens per row the conversions, not the FMAs, set the pace).
+    /// </summary>
+    private static void MatMulF16Pairs<TKernel>(HeadMatrix m, float* xs, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+        where TKernel : struct, IF16PairKernel
+    {
+        int tile = tokens >= 8 ? TKernel.MaxTile : 4;
+        int lanes = 2 * tile; // accumulators per row pair
+        int vectorBytes = TKernel.VectorBytes;
+        byte* parkRaw = stackalloc byte[HeadRowBlock / 2 * 16 * 64 + 64];
+        byte* park = (byte*)(((nint)parkRaw + 63) & ~(nint)63);
+        int chunk = HeadChunk;
+        int tiles = (tokens + tile - 1) / tile;
+        for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
+        {
+            int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
+            int pairs = (blockEnd - block + 1) / 2;
+            // The next block is prefetched into L2 a few lines after each kernel call, spread evenly over the block.
+            int nextRows = Math.Min(rowEnd, blockEnd + HeadRowBlock) - blockEnd;
+            byte* prefetch = m.Row(blockEnd), prefetchEnd = prefetch + nextRows * m.RowBytes;
+            long calls = (long)tiles * ((m.Cols + chunk - 1) / chunk) * pairs;
+            long linesPerCall = (nextRows * m.RowBytes / 64 + calls - 1) / calls;
+            for (int t = 0; t < tokens; t += tile)
+            {
+                // A last tile of fewer tokens reuses the tile ending at the last token (its sums come out the same and
+                // are stored again), so every tile is full.
+                int t0 = Math.Min(t, tokens - tile);
+                float* xt = xs + (long)t0 * m.Cols;
+                new Span<byte>(park, pairs * lanes * vectorBytes).Clear();
+                for (int c = 0; c < m.Cols; c += chunk)
+                {
+                    int n = Math.Min(chunk, m.Cols - c);
+                    for (int p = 0; p < pairs; p++)
+                    {
+                        int r = block + 2 * p;
+                        int r1 = r + 1 < blockEnd ? r + 1 : r; // an odd block's last row is paired with itself
+                        TKernel.Dot((ushort*)m.Row(r) + c, (ushort*)m.Row(r1) + c, xt + c, m.Cols, n, park + p * lanes * vectorBytes, tile);
+                        if (Sse.IsSupported)
+                            for (long l = 0; l < linesPerCall && prefetch < prefetchEnd; l++, prefetch += 64) Sse.Prefetch1(prefetch);
+                    }
+                }
+                for (int p = 0; p < pairs; p++)
+                {
+                    byte* acc = park + p * lanes * vectorBytes;
+                    int r = block + 2 * p;
+                    for (int j = 0; j < tile; j++) y[(t0 + j) * yStride + r] = TKernel.Sum(acc, j);
+                    if (r + 1 < blockEnd)
+                        for (int j = 0; j < tile; j++) y[(t0 + j) * yStride + r + 1] = TKernel.Sum(acc, tile + j);
+                }
+            }
+        }
+    }
+
+    /// <summary>One vector width of the batched F16 head: the two-row kernel and the horizontal sum that ends a dot.</summary>
+    private interface IF16PairKernel
+    {
+        static abstract int VectorBytes { get; }
+
+        /// <summary>Tokens per tile when at least that many are batched (otherwise 4).</summary>
+        static abstract int MaxTile { get; }
+
+        static abstract void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile);
+
+        static abstract float Sum(byte* acc, int index);
+    }
+
+    private readonly struct F16Pairs512 : IF16PairKernel
+    {
+        public static int VectorBytes => 64;
+        public static int MaxTile => 8;
+
+        public static void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile)
+        {
+            if (tile == 8) DotRawF16x2<EightTokens, Raw512, Vector512<float>>(w0, w1, x, stride, n, (Vector512<float>*)acc);
+            else DotRawF16x2<FourTokens, Raw512, Vector512<float>>(w0, w1, x, stride, n, (Vector512<float>*)acc);
+        }
+
+        public static float Sum(byte* acc, int index) => Vector512.Sum(((Vector512<float>*)acc)[index]);
+    }
+
+    /// <summary>AVX2: two rows × four tokens (8 accumulators of the 16 ymm registers; 8 tokens would not fit).</summary>
+    private readonly struct F16Pairs256 : IF16PairKernel
+    {
+        public static int VectorBytes => 32;
+        public static int MaxTile => 4;
+
+        public static void Dot(ushort* w0, ushort* w1, float* x, long stride, int n, byte* acc, int tile) =>
+            DotRawF16x2<FourTokens, Raw256, Vector256<float>>(w0, w1, x, stride, n, (Vector256<float>*)acc);
+
+        public static float Sum(byte* acc, int index) => Vector256.Sum(((Vector256<float>*)acc)[index]);
+    }
+
+    /// <summary>Eight halves widened to their raw float bits (the 256-bit <see cref="RawHalves"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> RawHalves256(ushort* w) =>
+        (Avx2.ShiftLeftLogical(Avx2.ConvertToVector256Int32(Vector128.Load((short*)w)), 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>
+    /// <see cref="DotRawF16Rows4"/> for AVX2 (n a multiple of 32): four rows against one activation vector, one FMA chain
+    /// each in <see cref="DotF16"/>'s 256-bit order, the same columns of the next four rows prefetched.
+    /// </summary>
+    public static void DotRawF16Rows4Avx2(ushort* w, int n, float* x, float* y)
+    {
+        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 32)
+        {
+            byte* next = (byte*)(w0 + i) + 8L * n;
+            Sse.Prefetch0(next); Sse.Prefetch0(next + 2L * n); Sse.Prefetch0(next + 4L * n); Sse.Prefetch0(next + 6L * n);
+            for (int k = i; k < i + 32; k += 8)
+            {
+                var v = Vector256.Load(x + k);
+                a0 = Vector256.FusedMultiplyAdd(RawHalves256(w0 + k), v, a0); a1 = Vector256.FusedMultiplyAdd(RawHalves256(w1 + k), v, a1);
+                a2 = Vector256.FusedMultiplyAdd(RawHalves256(w2 + k), v, a2); a3 = Vector256.FusedMultiplyAdd(RawHalves256(w3 + k), v, a3);
+            }
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
+    }
+
+    /// <summary>Sixteen halves widened to their raw float bits: the half's sign in bit 31, its exponent and mantissa in
+    /// bits 27..13, i.e. the half times 2^−112 exactly (subnormal halves included).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> RawHalves(ushort* w) =>
+        (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)w)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    /// <summary>Tokens per pass of <see cref="DotRawF16x2{TTile, TOps, TVec}"/>, a JIT-time constant.</summary>
+    public interface IHeadTile { static abstract int Tokens { get; } }
+
+    public readonly struct FourTokens : IHeadTile { public static int Tokens => 4; }
+
+    public readonly struct EightTokens : IHeadTile { public static int Tokens => 8; }
+
+    /// <summary>One vector width for <see cref="DotRawF16x2{TTile, TOps, TVec}"/>: raw halves, loads and FMA.</summary>
+    public interface IRawHalfOps<TVec> where TVec : unmanaged
+    {
+        static abstract int Lanes { get; }
+        static abstract TVec Raw(ushort* w);
+        static abstract TVec Load(float* x);
+        static abstract TVec Fma(TVec a, TVec b, TVec c);
+    }
+
+    public readonly struct Raw512 : IRawHalfOps<Vector512<float>>
+    {
+        public static int Lanes => 16;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Raw(ushort* w) => RawHalves(w);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Load(float* x) => Vector512.Load(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector512<float> Fma(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Vector512.FusedMultiplyAdd(a, b, c);
+    }
+
+    public readonly struct Raw256 : IRawHalfOps<Vector256<float>>
+    {
+        public static int Lanes => 8;
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Raw(ushort* w) => RawHalves256(w);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Load(float* x) => Vector256.Load(x);
+        [MethodImpl(MethodImplOptions.AggressiveInlining)] public static Vector256<float> Fma(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Vector256.FusedMultiplyAdd(a, b, c);
+    }
+
+    /// <summary>
+    /// Two F16 rows against <typeparamref name="TTile"/>'s 4 or 8 activation vectors (token j at x + j·stride) scaled by
+    /// 2^112, over n columns (a multiple of the vector's lanes), continuing the sums parked at <paramref name="acc"/>:
+    /// acc[j] is row 0's for token j, acc[Tokens + j] row 1's. Lane k of each accumulator takes columns k, k+L, k+2L, …
+    /// (L lanes) in order, as <see cref="DotF16"/>'s at the same width, so Sum(acc[j]) after the last columns equals
+    /// <see cref="DotF16"/> on the unscaled activations bit for bit. One code for both widths and tile sizes: the JIT
+    /// specializes it per struct argument and drops the second half for four tokens.
+    /// </summary>
+    public static void DotRawF16x2<TTile, TOps, TVec>(ushort* w0, ushort* w1, float* x, long stride, int n, TVec* acc)
+        where TTile : struct, IHeadTile where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
+    {
+        bool eight = TTile.Tokens == 8;
+        TVec* row1 = acc + TTile.Tokens;
+        TVec a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3], c0 = row1[0], c1 = row1[1], c2 = row1[2], c3 = row1[3];
+        TVec a4 = default, a5 = default, a6 = default, a7 = default, c4 = default, c5 = default, c6 = default, c7 = default;
+        if (eight) (a4, a5, a6, a7, c4, c5, c6, c7) = (acc[4], acc[5], acc[6], acc[7], row1[4], row1[5], row1[6], row1[7]);
+        float* x0 = x, x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
+        float* x4 = x + 4 * stride, x5 = x + 5 * stride, x6 = x + 6 * stride, x7 = x + 7 * stride;
+        for (int i = 0; i < n; i += TOps.Lanes)
+        {
+            var h0 = TOps.Raw(w0 + i);
+            var h1 = TOps.Raw(w1 + i);
+            var v = TOps.Load(x0 + i); a0 = TOps.Fma(h0, v, a0); c0 = TOps.Fma(h1, v, c0);
+            v = TOps.Load(x1 + i); a1 = TOps.Fma(h0, v, a1); c1 = TOps.Fma(h1, v, c1);
+            v = TOps.Load(x2 + i); a2 = TOps.Fma(h0, v, a2); c2 = TOps.Fma(h1, v, c2);
+            v = TOps.Load(x3 + i); a3 = TOps.Fma(h0, v, a3); c3 = TOps.Fma(h1, v, c3);
+            if (!eight) continue;
+            v = TOps.Load(x4 + i); a4 = TOps.Fma(h0, v, a4); c4 = TOps.Fma(h1, v, c4);
+            v = TOps.Load(x5 + i); a5 = TOps.Fma(h0, v, a5); c5 = TOps.Fma(h1, v, c5);
+            v = TOps.Load(x6 + i); a6 = TOps.Fma(h0, v, a6); c6 = TOps.Fma(h1, v, c6);
+            v = TOps.Load(x7 + i); a7 = TOps.Fma(h0, v, a7); c7 = TOps.Fma(h1, v, c7);
+        }
+        acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; row1[0] = c0; row1[1] = c1; row1[2] = c2; row1[3] = c3;
+        if (eight) { acc[4] = a4; acc[5] = a5; acc[6] = a6; acc[7] = a7; row1[4] = c4; row1[5] = c5; row1[6] = c6; row1[7] = c7; }
+    }
+
+    /// <summary>
+    /// Four consecutive F16 rows (from <paramref name="w"/>, <paramref name="n"/> halves each, n a multiple of 32) against
+    /// one activation vector scaled by 2^112: y[k] = row k · x, each row one FMA chain in <see cref="DotF16"/>'s order (so
+    /// each equals <see cref="DotF16"/> on the unscaled activations), four chains so the single-token head is not bound
+    /// by FMA latency. Four concurrent row streams defeat the hardware prefetcher (measured 27 ms against 20 ms for one
+    /// row at a time on the 2B4T head), so the same columns of the next four rows are prefetched as each line is read.
+    /// </summary>
+    public static void DotRawF16Rows4(ushort* w, int n, float* x, float* y)
+    {
+        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 32)
+        {
+            if (Sse.IsSupported)
+            {
+                byte* next = (byte*)(w0 + i) + 8L * n; // four rows on
+                Sse.Prefetch0(next); Sse.Prefetch0(next + 2L * n); Sse.Prefetch0(next + 4L * n); Sse.Prefetch0(next + 6L * n);
+            }
+            var v = Vector512.Load(x + i);
+            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
+            v = Vector512.Load(x + i + 16);
+            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i + 16), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i + 16), v, a3);
+        }
+        y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
+    }
+
+    /// <summary>Vocabulary rows per block in <see cref="MatMul"/> (16 rows of a 2560-wide F16 table = 80 KiB, in L2).</summary>
+    private const int HeadRowBlock = 16;
+
+    /// <summary>Q8_0 quantization of activations: per 32-value block d = max|x|/127, q = round(x/d).</summary>
+    public static void QuantizeQ8Blocks(float* x, int n, sbyte* q, float* d)
+    {
+        for (int b = 0; b < n / 32; b++)
+        {
+            float* xb = x + b * 32;
+            float max = 0f;
+            for (int i = 0; i < 32; i++) max = MathF.Max(max, MathF.Abs(xb[i]));
+            float scale = max / 127f;
+            float inv = max > 0f ? 127f / max : 0f;
+            d[b] = scale;
+            for (int i = 0; i < 32; i++) q[b * 32 + i] = (sbyte)MathF.Round(xb[i] * inv);
+        }
+    }
+
+    /// <summary>
+    /// A Q8_0 row against Q8_0-quantized activations: per block, vpmaddubsw on |w| and sign(w)·q (|w|·|q| ≤ 128·127,
+    /// so the pair sums cannot saturate), vpmaddwd to int32, then one fused multiply-add by d_w·d_x.
+    /// </summary>
+    public static float DotQ8_0Q8(byte* w, sbyte* qx, float* dx, int blocks)
+    {
+        // Four independent accumulators: with one, every block waits for the previous block's FMA (4-cycle latency).
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        int b = 0;
+        for (; b + 4 <= blocks; b += 4, w += 4 * 34)
+        {
+            a0 = Block(w, qx, dx, b, a0);
+            a1 = Block(w + 34, qx, dx, b + 1, a1);
+            a2 = Block(w + 68, qx, dx, b + 2, a2);
+            a3 = Block(w + 102, qx, dx, b + 3, a3);
+        }
+        for (; b < blocks; b++, w += 34) a0 = Block(w, qx, dx, b, a0);
+        return Vector256.Sum((a0 + a1) + (a2 + a3));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> Block(byte* w, sbyte* qx, float* dx, int b, Vector256<float> acc)
+    {
+        float d = FiniteHalfToSingle(*(short*)w) * dx[b];
+        var wv = Avx.LoadVector256((sbyte*)(w + 2));
+        var xv = Avx.LoadVector256(qx + b * 32);
+        var dot = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(Avx2.Abs(wv), Avx2.Sign(xv, wv)), Vector256.Create((short)1));
+        return Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dot), Vector256.Create(d), acc);
+    }
+
+    /// <summary>The scalar form of <see cref="HalfToSingle(Vector256{int})"/> (a Q8_0 block scale is a finite half).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float FiniteHalfToSingle(short h) =>
+        BitConverter.Int32BitsToSingle(((int)h << 13) & unchecked((int)0x8FFFE000)) * BitConverter.Int32BitsToSingle(0x77800000);
+
+    /// <summary>
+    /// Exact fp16 → fp32 for finite halves without F16C (which .NET does not expose): sign-extend the half to 32 bits
+    /// (the widening of a <c>short</c>), shift the exponent and mantissa into the float's fields, keep bit 31 (the sign,
+    /// still set by the extension) and bits 27..13, and multiply by 2^112 to rebias — which also turns subnormal halves
+    /// into the right normal floats. Four operations per vector instead of ten for the general form; ±inf and NaN
+    /// (exponent 31) would come out finite, so tables are checked for them at load.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<float> HalfToSingle(Vector256<int> signExtended) =>
+        (Vector256.ShiftLeft(signExtended, 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector256.Create(0x77800000).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> HalfToSingle(Vector512<int> signExtended) =>
+        (Vector512.ShiftLeft(signExtended, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
+
+    public static float DotF16(ushort* w, float* x, int n)
+    {
+        int i = 0;
+        float sum = 0f;
+        if (Vector512.IsHardwareAccelerated && n >= 16)
+        {
+            // One accumulator: lane k takes columns k, k+16, k+32, … in order. The batched head (eight tokens × two rows
+            // per pass) keeps exactly this order, so a sequence's logits do not depend on what it is batched with.
+            Vector512<float> a = default;
+            for (; i <= n - 16; i += 16)
+                a = Vector512.FusedMultiplyAdd(HalfToSingle(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)(w + i)))), Vector512.Load(x + i), a);
+            sum = Vector512.Sum(a);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            // The same single-accumulator order at 256 bits (lane k: columns k, k+8, …), kept by the AVX2 batched head.
+            Vector256<float> a = default;
+            for (; i <= n - 8; i += 8)
+                a = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenLower(Vector128.Load((short*)(w + i)).ToVector256Unsafe())), Vector256.Load(x + i), a);
+            sum = Vector256.Sum(a);
+        }
+        for (; i < n; i++) sum += HalfConversions.HalfToFloat(w[i]) * x[i];
+        return sum;
+    }
+
+    public static float DotBF16(ushort* w, float* x, int n)
+    {
+        int i = 0;
+        float sum = 0f;
+        if (Vector512.IsHardwareAccelerated && n >= 32)
+        {
+            Vector512<float> a = default, b = default;
+            for (; i <= n - 32; i += 32)
+            {
+                var h = Vector512.Load(w + i);
+                a = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(Vector512.WidenLower(h), 16).AsSingle(), Vector512.Load(x + i), a);
+                b = Vector512.FusedMultiplyAdd(Vector512.ShiftLeft(Vector512.WidenUpper(h), 16).AsSingle(), Vector512.Load(x + i + 16), b);
+            }
+            sum = Vector512.Sum(a + b);
+        }
+        else if (Vector256.IsHardwareAccelerated && n >= 16)
+        {
+            Vector256<float> a = default, b = default;
+            for (; i <= n - 16; i += 16)
+            {
+                var h = Vector256.Load(w + i);
+                a = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(Vector256.WidenLower(h), 16).AsSingle(), Vector256.Load(x + i), a);
+                b = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(Vector256.WidenUpper(h), 16).AsSingle(), Vector256.Load(x + i + 8), b);
+            }
+            sum = Vector256.Sum(a + b);
+        }
+        for (; i < n; i++) sum += HalfConversions.BFloat16ToFloat(w[i]) * x[i];
+        return sum;
+    }
+
+    /// <summary>Q8_0 (32 int8 + an fp16 scale per block) against float activations, one block at a time.</summary>
+    public static float DotQ8_0(byte* w, float* x, int n)
+    {
+        float sum = 0f;
+        for (int b = 0; b < n / 32; b++, w += 34, x += 32)
+        {
+            float d = HalfConversions.HalfToFloat(*(ushort*)w);
+            sbyte* q = (sbyte*)(w + 2);
+            float block;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var all = Vector256.Load(q); // exactly the block's 32 values
+                var lo = Vector256.WidenLower(all);
+                var hi = Vector256.WidenUpper(all);
+                var acc = Vector256.ConvertToSingle(Vector256.WidenLower(lo)) * Vector256.Load(x);
+                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Vector256.WidenUpper(lo)), Vector256.Load(x + 8), acc);
+                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Vector256.WidenLower(hi)), Vector256.Load(x + 16), acc);
+                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Vector256.WidenUpper(hi)), Vector256.Load(x + 24), acc);
+                block = Vector256.Sum(acc);
+            }
+            else
+            {
+                block = 0f;
+                for (int j = 0; j < 32; j++) block += q[j] * x[j];
+            }
+            sum += d * block;
+        }
+        return sum;
+    }
+    /// <summary>
+    /// ggml's Q8_K quantization of activations, the partner of Q6_K weights: per 256-value block d = max|x|/127 and
+    /// q = round(x/d), plus the sum of the codes of every 16 values (for the −32 offset of the Q6_K codes).
+    /// </summary>
+    public static void QuantizeQ8KBlocks(float* x, int n, sbyte* q, float* d, short* sums)
+    {
+        for (int b = 0; b < n / Q6K.BlockWeights; b++)
+        {
+            float* xb = x + b * Q6K.BlockWeights;
+            sbyte* qb = q + b * Q6K.BlockWeights;
+            float max = 0f;
+            for (int i = 0; i < Q6K.BlockWeights; i++) max = MathF.Max(max, MathF.Abs(xb[i]));
+            d[b] = max / 127f;
+            float inv = max > 0f ? 127f / max : 0f;
+            for (int g = 0; g < 16; g++)
+            {
+                int sum = 0;
+                for (int i = g * 16; i < g * 16 + 16; i++)
+                {
+                    int v = (int)MathF.Round(xb[i] * inv);
+                    qb[i] = (sbyte)v;
+                    sum += v;
+                }
+                sums[b * 16 + g] = (short)sum;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A Q6_K row against Q8_K-quantized activations (<see cref="QuantizeQ8KBlocks"/>). Per block and per 32 weights:
+    /// the 6-bit codes q ∈ [0, 63] are assembled from ql and qh with 16-bit shifts and byte masks, vpmaddubsw
+    /// multiplies them by the int8 activations (|pair sum| ≤ 2·63·127, no saturation), vpmaddwd weights each
+    /// 16-value half by its int8 scale into int32; the −32 offset is subtracted once per block as 32·Σ scale·Σ q_x
+    /// over the 16 groups. The block's int32 lanes (|lane| &lt; 2²⁶) become floats and take one fused multiply-add
+    /// by d_w·d_x.
+    /// </summary>
+    public static float DotQ6_KQ8K(byte* w, sbyte* qx, float* dx, short* sums, int blocks)
+    {
+        Vector256<float> acc = default;
+        for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
+        {
+            var scales = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(w + Q6K.ScalesOffset)));
+            var isum = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + b * 16)), 5);
+            sbyte* xb = qx + b * Q6K.BlockWeights;
+            for (int h = 0; h < 2; h++, xb += 128)
+            {
+                var half = new Q6Half(w, h, scales);
+                isum += half.Dot(xb);
+            }
+            float d = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset)) * dx[b];
+            acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(isum), Vector256.Create(d), acc);
+        }
+        return Vector256.Sum(acc);
+    }
+
+    /// <summary>
+    /// <see cref="DotQ6_KQ8K"/> for four tokens at once (activations <paramref name="qx"/> + j·<paramref name="stride"/>,
+    /// scales <paramref name="dx"/> + j·blocks, sums <paramref name="sums"/> + j·16·blocks): each block's 6-bit codes
+    /// are assembled and its scales spread once for the four. Per token the integer sums and the float accumulation
+    /// are those of DotQ6_KQ8K in the same order, so the results are identical.
+    /// </summary>
+    public static void DotQ6_KQ8Kx4(byte* w, sbyte* qx, int stride, float* dx, short* sums, int blocks, float* result)
+    {
+        Vector256<float> acc0 = default, acc1 = default, acc2 = default, acc3 = default;
+        int groups = blocks * 16;
+        for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
+        {
+            var scales = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(w + Q6K.ScalesOffset)));
+            var i0 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + b * 16)), 5);
+            var i1 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + groups + b * 16)), 5);
+            var i2 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + 2 * groups + b * 16)), 5);
+            var i3 = -Vector256.ShiftLeft(Avx2.MultiplyAddAdjacent(scales, Vector256.Load(sums + 3 * groups + b * 16)), 5);
+            sbyte* xb = qx + b * Q6K.BlockWeights;
+            for (int h = 0; h < 2; h++, xb += 128)
+            {
+                var half = new Q6Half(w, h, scales);
+                i0 += half.Dot(xb);
+                i1 += half.Dot(xb + stride);
+                i2 += half.Dot(xb + 2 * stride);
+                i3 += half.Dot(xb + 3 * stride);
+            }
+            float dw = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset));
+            acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i0), Vector256.Create(dw * dx[b]), acc0);
+            acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i1), Vector256.Create(dw * dx[blocks + b]), acc1);
+            acc2 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i2), Vector256.Create(dw * dx[2 * blocks + b]), acc2);
+            acc3 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(i3), Vector256.Create(dw * dx[3 * blocks + b]), acc3);
+        }
+        result[0] = Vector256.Sum(acc0);
+        result[1] = Vector256.Sum(acc1);
+        result[2] = Vector256.Sum(acc2);
+        result[3] = Vector256.Sum(acc3);
+    }
+
+    /// <summary>
+    /// One 128-weight half of a Q6_K block, unpacked for vpmaddubsw: the four 32-code quarters (6-bit, unsigned) and
+    /// their int16 scales spread so that each 16-weight group meets its own scale.
+    /// </summary>
+    private readonly struct Q6Half
+    {
+        private readonly Vector256<byte> _q0, _q1, _q2, _q3;
+        private readonly Vector256<short> _s0, _s1, _s2, _s3;
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Q6Half(byte* block, int h, Vector256<short> scales)
+        {
+            var low4 = Vector256.Create((byte)0x0F);
+            var bits45 = Vector256.Create((byte)0x30);
+            var a = Vector256.Load(block + 64 * h);
+            var c = Vector256.Load(block + 32 + 64 * h);
+            var hi = Vector256.Load(block + Q6K.QhOffset + 32 * h).AsUInt16();
+            _q0 = (a & low4) | (Vector256.ShiftLeft(hi, 4).AsByte() & bits45);
+            _q1 = (c & low4) | (Vector256.ShiftLeft(hi, 2).AsByte() & bits45);
+            _q2 = (Vector256.ShiftRightLogical(a.AsUInt16(), 4).AsByte() & low4) | (hi.AsByte() & bits45);
+            _q3 = (Vector256.ShiftRightLogical(c.AsUInt16(), 4).AsByte() & low4) | (Vector256.ShiftRightLogical(hi, 2).AsByte() & bits45);
+            // vpshufb patterns that spread the half's eight int16 scales (in both 128-bit lanes) so that quarter k gets
+            // scale 2k in the low lane (its first 16 weights) and scale 2k+1 in the high lane.
+            var s = (h == 0 ? Vector256.Create(scales.GetLower()) : Vector256.Create(scales.GetUpper())).AsByte();
+            var spread = Vector256.Create((ushort)0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100, 0x0100,
+                0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302, 0x0302).AsByte();
+            _s0 = Avx2.Shuffle(s, spread).AsInt16();
+            _s1 = Avx2.Shuffle(s, spread + Vector256.Create((byte)4)).AsInt16();
+            _s2 = Avx2.Shuffle(s, spread + Vector256.Create((byte)8)).AsInt16();
+            _s3 = Avx2.Shuffle(s, spread + Vector256.Create((byte)12)).AsInt16();
+        }
+
+        /// <summary>Σ scale · code · x over the half, as eight int32 partial sums (int8 activations at <paramref name="xb"/>).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public Vector256<int> Dot(sbyte* xb)
+        {
+            var p0 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q0, Vector256.Load(xb)), _s0);
+            var p1 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q1, Vector256.Load(xb + 32)), _s1);
+            var p2 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q2, Vector256.Load(xb + 64)), _s2);
+            var p3 = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(_q3, Vector256.Load(xb + 96)), _s3);
+            return ((p0 + p1) + p2) + p3;
+        }
+    }
+
+    /// <summary>
+    /// Q6_K against float activations, without SIMD (the fallback where AVX2 is missing): per 16-weight group the
+    /// codes are decoded and dotted in float, then scaled once by d·scale.
+    /// </summary>
+    public static float DotQ6_K(byte* w, float* x, int n)
+    {
+        float sum = 0f;
+        for (int b = 0; b < n / Q6K.BlockWeights; b++, w += Q6K.BlockBytes)
+        {
+            float d = HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset));
+            sbyte* sc = (sbyte*)(w + Q6K.ScalesOffset);
+            for (int h = 0; h < 2; h++, x += 128)
+            {
+                byte* ql = w + 64 * h;
+                byte* qh = w + Q6K.QhOffset + 32 * h;
+                for (int k = 0; k < 4; k++)
+                {
+                    byte* low = ql + 32 * (k & 1);
+                    int lowShift = k < 2 ? 0 : 4;
+                    for (int g = 0; g < 2; g++)
+                    {
+                        float group = 0f;
+                        for (int l = 16 * g; l < 16 * g + 16; l++)
+                        {
+                            int q = (low[l] >> lowShift & 0xF) | (qh[l] >> 2 * k & 3) << 4;
+                            group += (q - 32) * x[32 * k + l];
+                        }
+                        sum += d * sc[8 * h + 2 * k + g] * group;
+                    }
+                }
+            }
+        }
+        return sum;
+    }
+}

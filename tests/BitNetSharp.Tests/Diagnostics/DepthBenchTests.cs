@@ -1,0 +1,132 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Diagnostics;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Tests.Diagnostics;
+
+/// <summary><c>bitnet bench -d</c>: pp and tg on top of a KV cache already holding d tokens.</summary>
+public class DepthBenchTests
+{
+    private static string TinyModel(TestGguf.TempDirectory dir)
+    {
+        string path = dir.File("tiny.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny, 5).WriteFile(path);
+        return path;
+    }
+
+    [Fact]
+    public void TestsRunOnTopOfTheFilledCacheAndLeaveItAtTheDepth()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var weights = ModelWeights.Load(TinyModel(dir));
+        using var pool = new WorkerPool(1);
+        using var prefix = ThroughputBenchmark.FillDepth(weights, pool, 40, 40 + 16, KvCacheType.Int8);
+        Assert.Equal(40, prefix.Length);
+        for (int l = 0; l < weights.Config.Layers; l++) Assert.Equal(40, prefix.LayerLength(l));
+
+        var pp = ThroughputBenchmark.Prefill(weights, pool, 16, 2, KvCacheType.Int8, prefix, attentionShare: true);
+        Assert.Equal("pp16 @ d40", pp.Test);
+        Assert.Equal(40, pp.Depth);
+        Assert.InRange(pp.AttentionShare!.Value, 1e-6, 1);
+        Assert.Equal(40, prefix.Length); // truncated back for the next test
+
+        var tg = ThroughputBenchmark.Decode(weights, pool, 8, 2, KvCacheType.Int8, sequences: 2, prefix, attentionShare: true);
+        Assert.Equal("tg8×2 @ d40", tg.Test);
+        Assert.Equal(40, tg.Depth);
+        Assert.InRange(tg.AttentionShare!.Value, 1e-6, 1);
+        Assert.All(tg.TokensPerSecond, v => Assert.True(v > 0));
+        Assert.Equal(40, prefix.Length);
+
+        var plain = ThroughputBenchmark.Decode(weights, pool, 8, 1);
+        Assert.Equal("tg8", plain.Test);
+        Assert.Equal(0, plain.Depth);
+        Assert.Null(plain.AttentionShare);
+    }
+
+    [Fact]
+    public void FillDepthEqualsTheSameTokensRunAsOnePrompt()
+    {
+        // The fill runs in batches of up to 512; a depth under that is one batch, so it must equal a plain prefill of
+        // the same seeded tokens, and a copy (what tg×B gives its other sequences) must equal the original.
+        using var dir = new TestGguf.TempDirectory();
+        using var weights = ModelWeights.Load(TinyModel(dir));
+        using var pool = new WorkerPool(1);
+        var c = weights.Config;
+        using var filled = ThroughputBenchmark.FillDepth(weights, pool, 20, 32);
+        using var copy = new KvCache(c.Layers, c.KvHeads, c.HeadDim, 32);
+        copy.CopyFrom(filled);
+        using var reference = new KvCache(c.Layers, c.KvHeads, c.HeadDim, 32);
+        using (var engine = new Transformer(weights, 20, pool))
+        {
+            var rng = new Random(2);
+            var batch = Enumerable.Range(0, 20).Select(i => new BatchToken(rng.Next(c.VocabSize), 0, i)).ToArray();
+            engine.Forward(batch, [reference], Span<float>.Empty);
+        }
+        float[] k1 = new float[c.KvDim], v1 = new float[c.KvDim], k2 = new float[c.KvDim], v2 = new float[c.KvDim], k3 = new float[c.KvDim], v3 = new float[c.KvDim];
+        for (int l = 0; l < c.Layers; l++)
+            for (int p = 0; p < 20; p++)
+            {
+                filled.Read(l, p, k1, v1);
+                reference.Read(l, p, k2, v2);
+                copy.Read(l, p, k3, v3);
+                Assert.Equal(k2, k1);
+                Assert.Equal(v2, v1);
+                Assert.Equal(k1, k3);
+                Assert.Equal(v1, v3);
+            }
+        Assert.Equal(20, copy.Length);
+    }
+
+    [Fact]
+    public void ContextOptionExtendsThePositionsTheModelRuns()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = TinyModel(dir);
+        using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = 300 });
+        Assert.Equal(300, weights.Config.ContextLength); // the file says 256
+        using var pool = new WorkerPool(1);
+        using var prefix = ThroughputBenchmark.FillDepth(weights, pool, 280, 290);
+        var tg = ThroughputBenchmark.Decode(weights, pool, 10, 1, prefix: prefix);
+        Assert.Equal(280, tg.Depth);
+    }
+
+    private static (int Code, string Output, string Error) Bench(params string[] args)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["bench", "--synthetic", "tiny", "-t", "1", "-r", "1", .. args], output, error);
+        return (code, output.ToString(), error.ToString());
+    }
+
+    [Fact]
+    public void CliReportsDepthAndAttentionShareAndRejectsBadDepths()
+    {
+        var r = Bench("-p", "8", "-n", "4", "-d", "0,32", "--json");
+        Assert.Equal(0, r.Code);
+        using (var doc = JsonDocument.Parse(r.Output))
+        {
+            var results = doc.RootElement.GetProperty("results");
+            Assert.Equal(["pp8", "tg4", "pp8 @ d32", "tg4 @ d32"], results.EnumerateArray().Select(e => e.GetProperty("test").GetString()));
+            Assert.Equal([0, 0, 32, 32], results.EnumerateArray().Select(e => e.GetProperty("depth").GetInt32()));
+            Assert.All(results.EnumerateArray(), e => Assert.InRange(e.GetProperty("attention_share").GetDouble(), 1e-6, 1));
+        }
+        var csv = Bench("-p", "8", "-n", "0", "-d", "16", "--csv");
+        Assert.Equal(0, csv.Code);
+        var lines = csv.Output.Trim().Split('\n');
+        Assert.EndsWith(",depth,attention_share", lines[0]);
+        Assert.Contains(",16,", lines[1]);
+
+        var bad = Bench("-d", "x");
+        Assert.NotEqual(0, bad.Code);
+        Assert.Contains("--depth", bad.Error);
+        var tooDeep = Bench("-p", "16", "-n", "8", "-d", "250");
+        Assert.NotEqual(0, tooDeep.Code);
+        Assert.Contains("--ctx 266", tooDeep.Error); // the model's context is 256
+        var tooDeepForCtx = Bench("-p", "16", "-n", "8", "-d", "250", "--ctx", "260");
+        Assert.NotEqual(0, tooDeepForCtx.Code);
+        Assert.Contains("--ctx 260", tooDeepForCtx.Error);
+    }
+}
