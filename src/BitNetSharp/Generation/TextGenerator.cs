@@ -197,9 +197,14 @@ public sealed partial class TextGenerator : IDisposable
             for (int i = 0; i < n; i++) _cached.Add(prompt[start + i]);
             if (promptLogits is not null)
                 for (int r = 0; r < wanted; r++) promptLogits.Add(_logits.AsSpan(r * vocab, vocab).ToArray());
+            start += n;
+            if (wanted == 0)
+            {
+                Health.Publish(); // a chunk before the last: no logits to check
+                continue;
+            }
             Inspect(_logits.AsSpan((wanted - 1) * vocab, vocab), wanted - 1);
             _logits.AsSpan((wanted - 1) * vocab, vocab).CopyTo(last);
-            start += n;
         }
         double promptSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();

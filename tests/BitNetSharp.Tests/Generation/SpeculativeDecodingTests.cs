@@ -109,6 +109,21 @@ public sealed class SpeculativeDecodingTests
         Assert.True(stats[2].Accepted > 0 && stats[2].Accepted < stats[2].Drafted, $"1-layer draft: {stats[2]}");
     }
 
+    /// <summary>A prompt longer than the prefill chunk (its first chunks want no logits) runs, and speculation still matches plain.</summary>
+    [Fact]
+    public void PromptLongerThanThePrefillChunkWorks()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var _ = weights;
+        var options = new GeneratorOptions { Threads = 1, PrefillChunk = 16 };
+        using var plain = new TextGenerator(weights, tokenizer, options);
+        using var ngram = new TextGenerator(weights, tokenizer, options with { Speculation = new SpeculativeOptions { DraftTokens = 8 } });
+        var prompt = Enumerable.Range(0, 150).Select(k => k * 13 % 97).ToArray();
+        var expected = Run(plain, prompt, 30, SamplingParameters.Greedy);
+        Assert.Equal(30, expected.Count);
+        Assert.Equal(expected, Run(ngram, prompt, 30, SamplingParameters.Greedy));
+    }
+
     [Fact]
     public void NGramDraftCopiesWhatFollowedTheLatestMatch()
     {
