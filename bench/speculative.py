@@ -3,6 +3,7 @@
 
 Two tasks on paragraphs from the held-out tail of ../shared/data/corpora/tinystories_val_subset.txt:
   copy     - prompt = paragraph + blank line + the paragraph's first sentence (repeat-style: prompt lookup can help)
+  repeat   - prompt = paragraph twice + the first sentence (the model has seen itself copy: it copies again)
   continue - prompt = the paragraph's first two sentences (plain story continuation: little to look up)
 Modes run alternating per prompt (plain, ngram k=3/5/8, first-2-layers draft k=3) in one process tree, so load
 changes hit all modes alike. Every speculative run's token ids are checked against the plain run's (greedy: identical).
@@ -16,7 +17,7 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--bitnet", default=os.path.join(ROOT, "src/BitNetSharp.Cli/bin/Release/net10.0/bitnet"))
 ap.add_argument("--corpus", default=os.path.join(ROOT, "../shared/data/corpora/tinystories_val_subset.txt"))
 ap.add_argument("--prompts", type=int, default=12)
-ap.add_argument("-n", type=int, default=96)
+ap.add_argument("-n", type=int, default=64)
 ap.add_argument("-t", type=int, default=1)
 ap.add_argument("--reps", type=int, default=1)
 a = ap.parse_args()
@@ -31,11 +32,12 @@ MODES = [
 
 text = open(a.corpus, encoding="utf-8").read()
 tail = text[int(len(text) * 0.95):]  # the bundled model's held-out 5%
-paras = [p.strip() for p in tail.split("\n\n") if 40 <= len(p.split()) <= 90]
+paras = [p.strip() for p in tail.split("\n\n") if 35 <= len(p.split()) <= 60 and p.strip()[:1].isupper()]
 sents = lambda p: re.split(r"(?<=[.!?])\s+", p)
 paras = [p for p in paras if len(sents(p)) >= 3][: a.prompts]
 tasks = {
     "copy": [p + "\n\n" + sents(p)[0] for p in paras],
+    "repeat": [p + "\n\n" + p + "\n\n" + sents(p)[0] for p in paras],
     "continue": [" ".join(sents(p)[:2]) for p in paras],
 }
 
