@@ -102,5 +102,14 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         Assert.InRange(accepted, 0, drafted);
         Assert.True(TestServer.Sample(metrics, "bitnet_speculative_steps_total") > 0);
         Assert.True(TestServer.Sample(metrics, "bitnet_speculative_emitted_tokens_total") > 0);
+
+        // Per request: "speculate": false drafts nothing; true on a server without --speculate is a 400 naming the field.
+        var (status3, off, _) = await speculative.PostAsync("v1/completions", new { prompt = "the cat the cat the cat the", max_tokens = 24, temperature = 0, ignore_eos = true, speculate = false });
+        Assert.Equal(HttpStatusCode.OK, status3);
+        Assert.Equal(expected.GetProperty("choices")[0].GetProperty("text").GetString(), off.GetProperty("choices")[0].GetProperty("text").GetString());
+        Assert.Equal(drafted, TestServer.Sample(await speculative.MetricsAsync(), "bitnet_speculative_drafted_tokens_total"));
+        var (status4, error, _) = await plain.PostAsync("v1/completions", new { prompt = "the cat", max_tokens = 4, speculate = true });
+        Assert.Equal(HttpStatusCode.BadRequest, status4);
+        Assert.Contains("speculate", error.GetProperty("error").GetProperty("message").GetString());
     }
 }
