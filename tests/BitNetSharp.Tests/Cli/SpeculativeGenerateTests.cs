@@ -48,6 +48,27 @@ public class SpeculativeGenerateTests
         Assert.Contains("acceptance 100.0%", Bitnet([.. common, "--draft", model]).Error);
     }
 
+    /// <summary>chat takes the same flags: two greedy turns answer as without speculation, each with its speculative line.</summary>
+    [Fact]
+    public void ChatSpeculatesToo()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        (int, string, string) Chat(params string[] extra)
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = Program.Run(["chat", "-m", model, "-n", "16", "--temp", "0", "-t", "1", "--template", "chatml", .. extra], output, error,
+                new StringReader("Tom had a red ball. Tom\nThe red ball\n\n"));
+            return (code, output.ToString(), error.ToString());
+        }
+        var (code, plain, _) = Chat();
+        Assert.Equal(0, code);
+        var (code2, speculative, error) = Chat("--speculate", "ngram", "--draft-tokens", "3");
+        Assert.True(code2 == 0, error);
+        Assert.Equal(plain, speculative);
+        Assert.Equal(2, error.Split('\n').Count(l => l.StartsWith("[speculative (ngram, k=3)", StringComparison.Ordinal)));
+    }
+
     [Fact]
     public void MismatchedDraftsAndBadFlagsAreClearErrors()
     {
