@@ -16,12 +16,14 @@ public static class ChatCommand
     {
         var model = new ModelOptions();
         var sampling = new SamplingOptions();
+        var speculation = new SpeculationOptions();
         var template = new Option<string?>("--template") { Description = $"Chat template: {string.Join(", ", ChatTemplates.Names)} (default: chosen by model)." };
         var system = new Option<string?>("--system") { Description = "A system prompt." };
         var count = new Option<int>("--n-predict", "-n") { Description = "Tokens per answer at most.", DefaultValueFactory = _ => 256 };
         var command = new Command("chat", "Chat with a model in the terminal.") { template, system, count };
         model.AddTo(command);
         sampling.AddTo(command);
+        speculation.AddTo(command);
         command.SetAction(result => cli.Guard(() =>
         {
             var parameters = sampling.Parse(result);
@@ -31,7 +33,9 @@ public static class ChatCommand
             var chatTemplate = result.GetValue(template) is { } name
                 ? ChatTemplates.ByName(name)
                 : ChatTemplates.ForModel(weights.Config.Architecture, tokenizer);
-            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result));
+            var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
+            using var __ = draftWeights;
+            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { Speculation = speculative });
             var messages = new List<ChatMessage>();
             if (result.GetValue(system) is { Length: > 0 } s) messages.Add(ChatMessage.System(s));
             var reader = input ?? Console.In;
@@ -66,6 +70,7 @@ public static class ChatCommand
                     var st = generator.LastStats!;
                     cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"[{st.PromptTokens - st.ReusedPromptTokens} new prompt tokens ({st.ReusedPromptTokens} reused), {st.GeneratedTokens} generated, {st.GenerationTokensPerSecond:F1} tok/s]"));
+                    if (speculative is not null && st.Speculative is { } spec) cli.Error.WriteLine("[" + SpeculationOptions.Describe(speculative, spec) + "]");
                 }
             }
             finally

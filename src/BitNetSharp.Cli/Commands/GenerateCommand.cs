@@ -16,6 +16,7 @@ public static class GenerateCommand
     {
         var model = new ModelOptions();
         var sampling = new SamplingOptions();
+        var speculation = new SpeculationOptions();
         var prompt = new Option<string?>("--prompt", "-p") { Description = "The text to continue." };
         var promptIds = new Option<string?>("--prompt-ids") { Description = "The prompt as token ids (\"1,2,3\"); works without a tokenizer." };
         var count = new Option<int>("--n-predict", "-n") { Description = "Tokens to generate at most.", DefaultValueFactory = _ => 128 };
@@ -33,6 +34,7 @@ public static class GenerateCommand
         };
         model.AddTo(command);
         sampling.AddTo(command);
+        speculation.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
         {
             string? text = result.GetValue(prompt);
@@ -52,7 +54,10 @@ public static class GenerateCommand
             int every = result.GetValue(healthEvery) ?? 1;
             if (every < 1) throw new UsageException($"--health-every must be ≥ 1; got {every}.");
             bool measuring = wantHealth || wantResidual || wantLogits;
-            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { HealthSampleEvery = measuring ? every : 0 });
+            var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
+            using var __ = draftWeights;
+            using var generator = new TextGenerator(weights, tokenizer,
+                model.Generator(result) with { HealthSampleEvery = measuring ? every : 0, Speculation = speculative });
             var report = wantHealth ? new HealthReport(weights.Config.Layers) : null;
             if (measuring)
                 generator.Health.Published += snap =>
@@ -81,6 +86,7 @@ public static class GenerateCommand
             var s = generator.LastStats!;
             cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"prompt: {s.PromptTokens} tokens, {s.PromptTokensPerSecond:F1} tok/s | generation: {s.GeneratedTokens} tokens, {s.GenerationTokensPerSecond:F1} tok/s | {generator.Threads} threads"));
+            if (speculative is not null && s.Speculative is { } spec) cli.Error.WriteLine(SpeculationOptions.Describe(speculative, spec));
             report?.Write(cli.Error);
             if (result.GetValue(logitsOut) is { } lp) WriteLogits(lp, promptLogits!);
             if (result.GetValue(idsOut) is { } ip) WriteIds(ip, promptTokens, generated);

@@ -14,6 +14,20 @@ public static class ServeCommand
 {
     public const string ApiKeyVariable = "BITNET_API_KEY";
 
+    /// <summary>serve's --speculate: prompt lookup only (a draft model would need its own batched engine and cache slots).</summary>
+    private static Generation.Speculative.SpeculativeOptions? ParseSpeculation(string? mode, int draftTokens)
+    {
+        if (draftTokens < 1 || draftTokens > Generation.Speculative.SpeculativeOptions.MaxDraftTokens)
+            throw new UsageException($"--draft-tokens must be between 1 and {Generation.Speculative.SpeculativeOptions.MaxDraftTokens}; got {draftTokens}.");
+        return mode?.Trim().ToLowerInvariant() switch
+        {
+            null or "none" or "off" => null,
+            "ngram" or "prompt-lookup" => new Generation.Speculative.SpeculativeOptions { DraftTokens = draftTokens },
+            "draft" or "model" => throw new UsageException("serve speculates by prompt lookup only (--speculate ngram); a draft model runs with generate."),
+            _ => throw new UsageException($"--speculate '{mode}' is not one of ngram, none."),
+        };
+    }
+
     public static Command Create(CliConsole cli)
     {
         var model = new ModelOptions();
@@ -38,9 +52,16 @@ public static class ServeCommand
             DefaultValueFactory = _ => DefaultShutdownSeconds,
         };
         var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
+        var speculate = new Option<string?>("--speculate")
+        {
+            Description = "Speculative decoding for every request: 'ngram' (prompt lookup; drafts verified in the same batched step, "
+                + "greedy output unchanged, sampling keeps its distribution). Counters: bitnet_speculative_*_total in /metrics.",
+        };
+        var draftTokens = new Option<int>("--draft-tokens") { Description = "Draft tokens per sequence and step at most (with --speculate).", DefaultValueFactory = _ => 5 };
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching.")
         {
             host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
+            speculate, draftTokens,
         };
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
@@ -59,6 +80,7 @@ public static class ServeCommand
                 KvType = generator.KvType,
                 Threads = generator.Threads,
                 HealthSampleEvery = result.GetValue(healthEvery),
+                Speculation = ParseSpeculation(result.GetValue(speculate), result.GetValue(draftTokens)),
             };
             double drainSeconds = result.GetValue(shutdownTimeout);
             if (!(drainSeconds >= 0) || drainSeconds > 3600) throw new UsageException($"{ShutdownTimeoutOption} must be 0 to 3600 seconds; got {drainSeconds}.");

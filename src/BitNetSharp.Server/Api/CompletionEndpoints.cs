@@ -110,6 +110,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
                     Sampling = request.Sampling,
                     StopStrings = request.Stop,
                     IgnoreStopTokens = request.IgnoreEos,
+                    Speculate = request.Speculate,
                     Choices = request.Choices,
                     RequestId = id,
                     TraceId = traceId,

@@ -21,7 +21,8 @@ internal sealed record CompletionRequest(
     SamplingParameters Sampling,
     IReadOnlyList<string>? Stop,
     bool IgnoreEos,
-    LogProbFormat LogProbs)
+    LogProbFormat LogProbs,
+    bool? Speculate = null)
 {
     private static readonly HashSet<string> Roles = ["system", "developer", "user", "assistant", "tool"];
 
@@ -78,7 +79,11 @@ internal sealed record CompletionRequest(
         }
 
         var sampling = ParseSampling(r, model) with { LogProbs = topLogProbs };
-        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, ParseStop(r), r.Bool("ignore_eos") ?? false, logProbs);
+        // Speculative decoding (serve --speculate): false turns it off for this request; true asks for it.
+        bool? speculate = r.Bool("speculate");
+        if (speculate == true && options.Scheduler.Speculation is null)
+            throw ApiException.BadRequest("speculate: true needs a server started with --speculate ngram.", "speculate");
+        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, ParseStop(r), r.Bool("ignore_eos") ?? false, logProbs, speculate);
     }
 
     public static void CheckModel(JsonRequest r, ServedModel model)

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Generation.Speculative;
 using BitNetSharp.Model;
 using BitNetSharp.Monitoring;
 using BitNetSharp.Tokenization;
@@ -28,10 +29,14 @@ public sealed record GeneratorOptions
 
     /// <summary>Measure the model's numerical health every N forward calls (0: only the always-on NaN/Inf check); see <see cref="TextGenerator.Health"/>.</summary>
     public int HealthSampleEvery { get; init; }
+
+    /// <summary>Speculative decoding (null: off): a draft proposes tokens that one batched forward verifies.</summary>
+    public SpeculativeOptions? Speculation { get; init; }
 }
 
 /// <summary>Timing of the last <see cref="TextGenerator.Generate"/> call.</summary>
-public sealed record GenerationStats(int PromptTokens, int ReusedPromptTokens, double PromptSeconds, int GeneratedTokens, double GenerationSeconds)
+public sealed record GenerationStats(int PromptTokens, int ReusedPromptTokens, double PromptSeconds, int GeneratedTokens, double GenerationSeconds,
+    SpeculativeStats? Speculative = null)
 {
     public double PromptTokensPerSecond => PromptSeconds > 0 ? (PromptTokens - ReusedPromptTokens) / PromptSeconds : 0;
     public double GenerationTokensPerSecond => GenerationSeconds > 0 ? GeneratedTokens / GenerationSeconds : 0;
@@ -43,7 +48,7 @@ public sealed record GenerationStats(int PromptTokens, int ReusedPromptTokens, d
 /// history) only prefills the rest. Buffers are allocated once here; the decode loop allocates nothing per
 /// token except the yielded record and its text.
 /// </summary>
-public sealed class TextGenerator : IDisposable
+public sealed partial class TextGenerator : IDisposable
 {
     private readonly ModelWeights _weights;
     private readonly Transformer _engine;
@@ -70,7 +75,38 @@ public sealed class TextGenerator : IDisposable
         _caches = [_cache];
         _logits = new float[(long)chunk * c.VocabSize];
         _batch = new BatchToken[chunk];
+        if (options.Speculation is { } spec)
+        {
+            spec.Validate();
+            if (chunk < 2) throw new ArgumentException($"Speculative decoding verifies several tokens per forward; the prefill chunk ({chunk}) must be at least 2.", nameof(options));
+            Speculation = spec;
+            _p = new float[c.VocabSize];
+            if (spec.Source == DraftSource.Model)
+            {
+                var dw = spec.DraftModel!;
+                SpeculativeOptions.CheckSameVocabulary(c, tokenizer, dw.Config, null);
+                int draftContext = Math.Min(ContextLength, dw.Config.ContextLength);
+                _draftEngine = new Transformer(dw, chunk, _pool);
+                _draftCache = new KvCache(dw.Config.Layers, dw.Config.KvHeads, dw.Config.HeadDim, draftContext, options.KvType);
+                _draftCaches = [_draftCache];
+                _draftLogits = new float[(long)chunk * c.VocabSize];
+                _q = new float[(long)SpeculativeOptions.MaxDraftTokens * c.VocabSize];
+            }
+        }
     }
+
+    /// <summary>The speculative-decoding settings (null: plain decoding).</summary>
+    public SpeculativeOptions? Speculation { get; }
+
+    // Speculative decoding: the model's distribution at a verified position, the draft model's engine, cache
+    // (holding _draftTokens) and logits, and the draft's distributions at the drafted positions.
+    private readonly float[]? _p;
+    private readonly Transformer? _draftEngine;
+    private readonly KvCache? _draftCache;
+    private readonly KvCache[]? _draftCaches;
+    private readonly float[]? _draftLogits;
+    private readonly float[]? _q;
+    private readonly List<int> _draftTokens = [];
 
     public BitNetTokenizer? Tokenizer { get; }
     public ModelConfig Config => _weights.Config;
@@ -104,6 +140,8 @@ public sealed class TextGenerator : IDisposable
     {
         _cache.Clear();
         _cached.Clear();
+        _draftCache?.Clear();
+        _draftTokens.Clear();
     }
 
     /// <summary>
@@ -159,9 +197,14 @@ public sealed class TextGenerator : IDisposable
             for (int i = 0; i < n; i++) _cached.Add(prompt[start + i]);
             if (promptLogits is not null)
                 for (int r = 0; r < wanted; r++) promptLogits.Add(_logits.AsSpan(r * vocab, vocab).ToArray());
+            start += n;
+            if (wanted == 0)
+            {
+                Health.Publish(); // a chunk before the last: no logits to check
+                continue;
+            }
             Inspect(_logits.AsSpan((wanted - 1) * vocab, vocab), wanted - 1);
             _logits.AsSpan((wanted - 1) * vocab, vocab).CopyTo(last);
-            start += n;
         }
         double promptSeconds = sw.Elapsed.TotalSeconds;
         sw.Restart();
@@ -171,6 +214,19 @@ public sealed class TextGenerator : IDisposable
         var history = new List<int>(prompt.Count + maxTokens);
         history.AddRange(prompt);
         int generated = 0;
+        if (Speculation is not null)
+        {
+            var spec = new SpeculativeRun(this, sampling, sampler, detok, history, maxTokens, ignoreStop, cancellation);
+            try
+            {
+                foreach (var t in spec.Run(last)) yield return t;
+            }
+            finally
+            {
+                LastStats = new GenerationStats(prompt.Count, reuse, promptSeconds, spec.Generated, sw.Elapsed.TotalSeconds, spec.Stats);
+            }
+            yield break;
+        }
         try
         {
             while (generated < maxTokens)
@@ -216,6 +272,8 @@ public sealed class TextGenerator : IDisposable
 
     public void Dispose()
     {
+        _draftEngine?.Dispose();
+        _draftCache?.Dispose();
         _engine.Dispose();
         Health.Dispose();
         _cache.Dispose();

@@ -85,6 +85,25 @@ public sealed class ModelWeights : IDisposable
 
     public bool TiedOutput => ReferenceEquals(Output, TokenEmbedding);
 
+    private bool _ownsLayers = true;
+
+    /// <summary>
+    /// A model made of this one's first <paramref name="layers"/> blocks, then its final norm and output head (an
+    /// early-exit draft for speculative decoding, same vocabulary by construction). It shares every buffer with this
+    /// model and owns none: dispose this model after it, not before.
+    /// </summary>
+    public ModelWeights FirstLayers(int layers)
+    {
+        if (layers < 1 || layers > Config.Layers)
+            throw new ArgumentOutOfRangeException(nameof(layers), layers, $"Between 1 and {Config.Layers} layers can be kept; got {layers}.");
+        var bits = _activationBits is null ? null : ActivationBits.FromWidths(layers, _activationBits.ToArray().AsSpan(0, layers * ActivationBits.Inputs));
+        return new ModelWeights(Config with { Layers = layers }, TokenEmbedding, Output, OutputNorm, Layers[..layers], SourcePath, [])
+        {
+            _ownsLayers = false,
+            ActivationBits = bits,
+        };
+    }
+
     public static ModelWeights Load(string path) => Load(path, null);
 
     public static ModelWeights Load(string path, ModelLoadOptions? options) => ModelPath.Detect(path) switch
@@ -297,7 +316,8 @@ public sealed class ModelWeights : IDisposable
 
     public void Dispose()
     {
-        foreach (var layer in Layers) layer.Dispose();
+        if (_ownsLayers)
+            foreach (var layer in Layers) layer.Dispose();
         foreach (var source in _sources) source.Dispose();
     }
 }

@@ -87,6 +87,58 @@ public sealed class Sampler
     /// <exception cref="InvalidOperationException">Every token's logit is −∞ after bias and penalties.</exception>
     public int Sample(ReadOnlySpan<float> logits, ReadOnlySpan<int> history)
     {
+        var work = Process(logits, history);
+        _candidateCount = 0;
+        int chosen = _p.Temperature == 0f ? ArgMax.Of(work) : SampleFromFiltered(work);
+        if (_p.LogProbs is not null) ComputeLogProbs(logits, chosen);
+        return chosen;
+    }
+
+    /// <summary>
+    /// The distribution <see cref="Sample"/> draws from for these logits and history, by token id, into
+    /// <paramref name="probs"/>: after bias, penalties, filters and temperature (zero for every filtered token; at
+    /// temperature 0 all mass on the argmax). Speculative decoding's acceptance rule needs it whole. Draws nothing.
+    /// </summary>
+    public void Distribution(ReadOnlySpan<float> logits, ReadOnlySpan<int> history, Span<float> probs)
+    {
+        if (probs.Length != VocabSize)
+            throw new ArgumentException($"The probability row has {probs.Length} values; the vocabulary has {VocabSize} tokens.", nameof(probs));
+        var work = Process(logits, history);
+        _candidateCount = 0;
+        probs.Clear();
+        if (_p.Temperature == 0f)
+        {
+            probs[ArgMax.Of(work)] = 1f;
+            return;
+        }
+        int n = FilteredProbabilities(work);
+        for (int i = 0; i < n; i++) probs[_ids[i]] = _probs[i];
+    }
+
+    /// <summary>A uniform draw in [0, 1) from this sampler's PRNG (speculative decoding's acceptance test).</summary>
+    public double NextUniform() => _rng.NextDouble();
+
+    /// <summary>Draws a token id from <paramref name="weights"/> (by id, non-negative, not necessarily normalized) with this sampler's PRNG.</summary>
+    /// <exception cref="InvalidOperationException">Every weight is zero.</exception>
+    public int DrawFrom(ReadOnlySpan<float> weights)
+    {
+        if (weights.Length != VocabSize)
+            throw new ArgumentException($"The weight row has {weights.Length} values; the vocabulary has {VocabSize} tokens.", nameof(weights));
+        double total = 0;
+        foreach (float w in weights) total += w;
+        if (!(total > 0)) throw new InvalidOperationException("Every token has probability zero, so none can be drawn.");
+        return Draw(weights);
+    }
+
+    /// <summary>Sets <see cref="ChosenLogProb"/> and <see cref="TopLogProbs"/> for <paramref name="chosen"/> under the raw logits (when LogProbs is set).</summary>
+    public void SetLogProbs(ReadOnlySpan<float> logits, int chosen)
+    {
+        if (_p.LogProbs is not null) ComputeLogProbs(logits, chosen);
+    }
+
+    /// <summary>Copies the logits and applies bias and penalties; checks that some token can still be chosen.</summary>
+    private Span<float> Process(ReadOnlySpan<float> logits, ReadOnlySpan<int> history)
+    {
         if (logits.Length != VocabSize)
             throw new ArgumentException($"The logits row has {logits.Length} values; the vocabulary has {VocabSize} tokens.", nameof(logits));
         var work = _logits.AsSpan();
@@ -99,11 +151,7 @@ public sealed class Sampler
             throw new InvalidOperationException("Every token has a logit of −∞ after logit_bias and the penalties, so none can be sampled.");
         if (!float.IsFinite(max))
             throw new ArgumentException($"The logits contain {max}: the forward pass produced an invalid value.", nameof(logits));
-
-        _candidateCount = 0;
-        int chosen = _p.Temperature == 0f ? ArgMax.Of(work) : SampleFromFiltered(work);
-        if (_p.LogProbs is not null) ComputeLogProbs(logits, chosen);
-        return chosen;
+        return work;
     }
 
     /// <summary>llama.cpp's penalties: a positive logit is divided by the repetition penalty, a non-positive one multiplied;
@@ -134,6 +182,13 @@ public sealed class Sampler
     }
 
     private int SampleFromFiltered(ReadOnlySpan<float> work)
+    {
+        int n = FilteredProbabilities(work);
+        return _ids[Draw(_probs.AsSpan(0, n))];
+    }
+
+    /// <summary>Runs the filters and temperature: the survivors' ids in _ids[..n] and their probabilities in _probs[..n].</summary>
+    private int FilteredProbabilities(ReadOnlySpan<float> work)
     {
         int n;
         bool sorted;
@@ -171,7 +226,7 @@ public sealed class Sampler
         float top = ArgMax.Max(_cand.AsSpan(0, n));
         for (int i = 0; i < n; i++) probs[i] = (_cand[i] - top) / temperature;
         Softmax.InPlace(probs);
-        return _ids[Draw(probs)];
+        return n;
     }
 
     /// <summary>Inverse-CDF draw; the first index whose running sum passes u·Σp (so zero-probability entries never win).</summary>

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Generation.Speculative;
 using BitNetSharp.Model;
 using BitNetSharp.Monitoring;
 using BitNetSharp.Monitoring.Telemetry;
@@ -40,7 +41,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly Stack<int> _freeSlots;
     private readonly float[] _logits;             // (MaxSequences, vocab): at most one row per sequence per step
     private readonly BatchToken[] _batch;         // (MaxBatchedTokens)
-    private readonly Sequence?[] _rowOwner;       // logits row → its sequence
+    private readonly Sequence?[] _rowOwner;       // first logits row of a sequence's group → the sequence
+    private readonly float[] _p;                  // speculative verification: the model's distribution at one position
     private readonly List<Sequence> _running = [];           // admission order; engine thread only
     private readonly List<GenerationHandle> _runningRequests = [];
     private readonly List<GenerationHandle> _waiting = [];   // FIFO; engine thread only
@@ -82,9 +84,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
             throw;
         }
         _freeSlots = new Stack<int>(Enumerable.Range(0, options.MaxSequences).Reverse());
-        _logits = new float[(long)options.MaxSequences * _config.VocabSize];
+        // A speculating sequence wants a logits row for its next token and each of its drafts.
+        int rowsPerSequence = 1 + (options.Speculation?.DraftTokens ?? 0);
+        int maxRows = (int)Math.Min((long)options.MaxSequences * rowsPerSequence, options.MaxBatchedTokens);
+        _logits = new float[(long)Math.Max(maxRows, options.MaxSequences) * _config.VocabSize];
         _batch = new BatchToken[options.MaxBatchedTokens];
-        _rowOwner = new Sequence?[options.MaxSequences];
+        _rowOwner = new Sequence?[Math.Max(maxRows, options.MaxSequences)];
+        _p = options.Speculation is null ? [] : new float[_config.VocabSize];
         KvCacheBytes = _caches.Sum(c => c.ByteLength);
         Health.Published += WriteLayers;
         Meters = new SchedulerMeters(this, _samples, KvCacheBytes);
@@ -136,7 +142,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Volatile.Read(ref c.KvPositionsInUse), (long)Options.MaxSequences * ContextLength,
                 Volatile.Read(ref c.PromptTokens), Volatile.Read(ref c.GenerationTokens), Volatile.Read(ref c.Steps), Volatile.Read(ref c.StepTokens),
                 Volatile.Read(ref c.FinishedStop), Volatile.Read(ref c.FinishedLength), Volatile.Read(ref c.Cancelled), Volatile.Read(ref c.TimedOut),
-                Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected), Volatile.Read(ref c.NonFiniteSequences));
+                Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected), Volatile.Read(ref c.NonFiniteSequences),
+                Volatile.Read(ref c.SpeculativeSteps), Volatile.Read(ref c.DraftedTokens), Volatile.Read(ref c.AcceptedTokens), Volatile.Read(ref c.SpeculativeTokens));
         }
     }
 
@@ -248,24 +255,44 @@ public sealed class ContinuousBatchScheduler : IDisposable
         long step = Volatile.Read(ref _counters.Steps);
         bool sampling = Health.Sampling;
         var telemetry = Telemetry;
-        for (int r = 0; r < rows; r++)
+        for (int r = 0, group = 1; r < rows; r += group)
         {
             var seq = _rowOwner[r]!;
             _rowOwner[r] = null;
+            group = 1 + seq.DraftCount; // the next token's row, then one per draft (speculation)
             if (seq.Finished) continue;
             try
             {
-                var row = _logits.AsSpan(r * _config.VocabSize, _config.VocabSize);
-                int bad = LogitStats.CountNonFinite(row);
+                int bad = 0, badRow = r;
+                for (int g = 0; g < group && bad == 0; g++)
+                {
+                    badRow = r + g;
+                    bad = LogitStats.CountNonFinite(_logits.AsSpan(badRow * _config.VocabSize, _config.VocabSize));
+                }
                 if (bad > 0)
                 {
                     // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
-                    var error = new NonFiniteLogitsException(bad, row.Length, Health.NonFiniteOrigin(r));
+                    var error = new NonFiniteLogitsException(bad, _config.VocabSize, Health.NonFiniteOrigin(badRow));
                     SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
                     telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
                     Fail(seq.Request, error, ref _counters.Failed);
                     continue;
                 }
+                int sampleRow = r;
+                if (seq.DraftCount > 0)
+                {
+                    // Accepted drafts are delivered in Verify; a rejection's replacement here; after all accepted,
+                    // the bonus token is sampled from the last row below, as a plain decode step would.
+                    int accepted = Verify(seq, r, after, out int replacement);
+                    if (seq.Finished) continue;
+                    if (replacement >= 0)
+                    {
+                        Deliver(seq, replacement, after);
+                        continue;
+                    }
+                    sampleRow = r + accepted;
+                }
+                var row = _logits.AsSpan(sampleRow * _config.VocabSize, _config.VocabSize);
                 LogitStats stats = default;
                 if (sampling)
                 {
@@ -359,12 +386,21 @@ public sealed class ContinuousBatchScheduler : IDisposable
     {
         int n = 0;
         rows = 0;
+        int decoding = 0;
+        foreach (var s in _running)
+            if (s.NextToken >= 0) decoding++;
+        // Draft tokens share what the decode tokens leave of the step's budget, first come first served.
+        int spare = _batch.Length - decoding;
         foreach (var s in _running)
         {
             if (s.NextToken < 0) continue;
+            int d = spare > 0 ? Propose(s, spare) : (s.DraftCount = 0);
+            spare -= d;
             _batch[n++] = new BatchToken(s.NextToken, s.Slot, s.CacheLength, WantLogits: true);
-            _rowOwner[rows++] = s;
+            _rowOwner[rows] = s;
+            rows += 1 + d;
             s.CacheLength++;
+            for (int i = 0; i < d; i++) _batch[n++] = new BatchToken(s.Drafts![i], s.Slot, s.CacheLength++, WantLogits: true);
         }
         int budget = _batch.Length - n;
         long prompt = 0;
@@ -392,9 +428,71 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>Samples a sequence's next token from its logits row and delivers it, ending the choice at a stop token, a stop string or its length.</summary>
     private int Step(Sequence s, ReadOnlySpan<float> logits, long now)
     {
+        int token = s.Sampler.Sample(logits, CollectionsMarshal.AsSpan(s.History));
+        Deliver(s, token, now);
+        return token;
+    }
+
+    /// <summary>
+    /// The draft tokens sequence <paramref name="s"/> feeds with its next token (at most <paramref name="budget"/>):
+    /// prompt lookup over its history, when speculation is on for its request; none near its length or context end.
+    /// </summary>
+    private int Propose(Sequence s, int budget)
+    {
+        s.DraftCount = 0;
+        if (Options.Speculation is not { } spec || !(s.Request.Request.Speculate ?? true)) return 0;
+        int k = Math.Min(spec.DraftTokens, budget);
+        k = Math.Min(k, s.Request.Request.MaxTokens - s.Generated - 1);      // the step emits up to k + 1 tokens
+        k = Math.Min(k, ContextLength - 1 - s.CacheLength);                  // positions of the next token and its drafts
+        if (k <= 0) return 0;
+        s.Drafts ??= new int[spec.DraftTokens];
+        s.DraftCount = NGramDraft.Propose(CollectionsMarshal.AsSpan(s.History), spec.MaxNGram, spec.MinNGram, s.Drafts.AsSpan(0, k));
+        return s.DraftCount;
+    }
+
+    /// <summary>
+    /// Checks a speculating sequence's drafts against its rows (row <paramref name="first"/> + i scores draft i) by the
+    /// exact acceptance rule, delivers the accepted ones, and rolls the KV cache back past the rejected ones. Returns
+    /// how many were accepted; <paramref name="replacement"/> is the token drawn at the first rejection (−1 if none).
+    /// </summary>
+    private int Verify(Sequence s, int first, long now, out int replacement)
+    {
+        int vocab = _config.VocabSize, drafts = s.DraftCount, accepted = 0;
+        replacement = -1;
+        s.DraftCount = 0;
+        for (int i = 0; i < drafts && !s.Finished; i++)
+        {
+            var row = _logits.AsSpan((first + i) * vocab, vocab);
+            if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
+            int draft = s.Drafts![i];
+            s.Sampler.Distribution(row, CollectionsMarshal.AsSpan(s.History), _p);
+            bool ok = SpeculativeAcceptance.AcceptPointMass(s.Sampler, _p, draft, out int token);
+            s.Sampler.SetLogProbs(row, token);
+            if (!ok)
+            {
+                replacement = token;
+                break;
+            }
+            accepted++;
+            Deliver(s, draft, now);
+        }
+        SchedulerCounters.Add(ref _counters.SpeculativeSteps, 1);
+        SchedulerCounters.Add(ref _counters.DraftedTokens, drafts);
+        SchedulerCounters.Add(ref _counters.AcceptedTokens, accepted);
+        SchedulerCounters.Add(ref _counters.SpeculativeTokens, accepted + (s.Finished ? 0 : 1));
+        if (!s.Finished)
+        {
+            s.CacheLength -= drafts - accepted;
+            _caches[s.Slot].Truncate(s.CacheLength);
+        }
+        return accepted;
+    }
+
+    /// <summary>Delivers a chosen token: counts it, streams its text, ends the choice at a stop token, a stop string or its length.</summary>
+    private void Deliver(Sequence s, int token, long now)
+    {
         var h = s.Request;
         var r = h.Request;
-        int token = s.Sampler.Sample(logits, CollectionsMarshal.AsSpan(s.History));
         if (!h.FirstTokenSeen)
         {
             h.FirstTokenSeen = true;
@@ -413,7 +511,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             string rest = s.Detokenizer?.Flush() ?? "";
             if (s.Stops is { } m) rest = m.Push(rest, out _) + m.Flush();
             Emit(s, -1, rest, float.NaN, null, FinishReason.Stop);
-            return token;
+            return;
         }
 
         s.Generated++;
@@ -430,18 +528,17 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (stopped)
             {
                 Emit(s, token, text, logProb, top, FinishReason.Stop);
-                return token;
+                return;
             }
             if (last) text += stops.Flush();
         }
         if (last)
         {
             Emit(s, token, text, logProb, top, FinishReason.Length);
-            return token;
+            return;
         }
         Emit(s, token, text, logProb, top, FinishReason.None);
         s.NextToken = token;
-        return token;
     }
 
     private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish)

@@ -29,6 +29,12 @@ public sealed record GenerationRequest
     /// <summary>Wall-clock limit from submission, waiting included; null takes the scheduler's default.</summary>
     public TimeSpan? Timeout { get; init; }
 
+    /// <summary>
+    /// Speculative decoding for this request: null follows the scheduler (<see cref="SchedulerOptions.Speculation"/>),
+    /// false turns it off; true needs the scheduler's speculation on (it says how: draft source and tokens).
+    /// </summary>
+    public bool? Speculate { get; init; }
+
     /// <summary>The caller's id for this request (the server's completion id), carried into telemetry records.</summary>
     public string? RequestId { get; init; }
 

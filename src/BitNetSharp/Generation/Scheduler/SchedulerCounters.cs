@@ -18,6 +18,10 @@ internal sealed class SchedulerCounters
     public long Failed;
     public long Rejected;
     public long NonFiniteSequences; // choices ended because their logits held NaN/Inf
+    public long SpeculativeSteps;   // decode steps of a sequence that fed draft tokens
+    public long DraftedTokens;      // draft tokens verified
+    public long AcceptedTokens;     // of them, accepted
+    public long SpeculativeTokens;  // tokens those steps emitted (accepted drafts + the model's own next token)
     public int RunningRequests;
     public int RunningSequences;
     public long KvPositionsInUse;
@@ -48,8 +52,18 @@ public readonly record struct SchedulerStatistics(
     long TimedOut,
     long Failed,
     long Rejected,
-    long NonFiniteSequences = 0)
+    long NonFiniteSequences = 0,
+    long SpeculativeSteps = 0,
+    long DraftedTokens = 0,
+    long AcceptedTokens = 0,
+    long SpeculativeTokens = 0)
 {
+    /// <summary>Accepted ÷ drafted tokens of speculating sequences (0 before any draft).</summary>
+    public double DraftAcceptanceRate => DraftedTokens == 0 ? 0 : (double)AcceptedTokens / DraftedTokens;
+
+    /// <summary>Tokens emitted per speculative decode step of a sequence (1 would be plain decoding).</summary>
+    public double TokensPerSpeculativeStep => SpeculativeSteps == 0 ? 0 : (double)SpeculativeTokens / SpeculativeSteps;
+
     /// <summary>Fraction of all KV-cache positions holding a token.</summary>
     public double KvCacheUsage => KvPositionsCapacity == 0 ? 0 : (double)KvPositionsInUse / KvPositionsCapacity;
 }

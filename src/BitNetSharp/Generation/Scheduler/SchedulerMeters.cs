@@ -69,6 +69,14 @@ public sealed class SchedulerMeters : IDisposable
             "Requests refused because the waiting queue was full.");
         m.CreateObservableCounter("bitnet.requests.failed", () => _scheduler.Statistics.Failed, "{request}",
             "Requests ended by an engine or sampling error.");
+        m.CreateObservableCounter("bitnet.speculative.steps", () => _scheduler.Statistics.SpeculativeSteps, "{step}",
+            "Speculative decode steps: a sequence's next token fed with draft tokens, all verified in one forward.");
+        m.CreateObservableCounter("bitnet.speculative.drafted_tokens", () => _scheduler.Statistics.DraftedTokens, "{token}",
+            "Draft tokens verified (prompt lookup); acceptance rate = accepted ÷ drafted.");
+        m.CreateObservableCounter("bitnet.speculative.accepted_tokens", () => _scheduler.Statistics.AcceptedTokens, "{token}",
+            "Draft tokens accepted by the model.");
+        m.CreateObservableCounter("bitnet.speculative.emitted_tokens", () => _scheduler.Statistics.SpeculativeTokens, "{token}",
+            "Tokens emitted by speculative steps (accepted drafts plus the model's own token); tokens per step = emitted ÷ steps.");
 
         _histograms = new Histogram<double>[Enum.GetValues<MetricKind>().Length];
         Histogram(MetricKind.TimeToFirstToken, "bitnet.time_to_first_token", "s", "Time from submission to a request's first generated token.", LatencyBuckets);

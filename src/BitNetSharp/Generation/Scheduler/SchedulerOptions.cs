@@ -1,3 +1,4 @@
+using BitNetSharp.Generation.Speculative;
 using BitNetSharp.Model;
 
 namespace BitNetSharp.Generation.Scheduler;
@@ -35,6 +36,14 @@ public sealed record SchedulerOptions
     /// <summary>Compare a fixed sample of each packed weight tensor with its load-time bytes every N engine steps (0: never); needs <see cref="ContinuousBatchScheduler.Integrity"/>.</summary>
     public int WeightProbeEvery { get; init; } = 256;
 
+    /// <summary>
+    /// Speculative decoding for every request that does not turn it off (null: none): each decoding sequence feeds
+    /// up to DraftTokens prompt-lookup drafts with its next token, all verified in the same batched step, so a step
+    /// can emit several tokens per sequence. Only <see cref="DraftSource.NGram"/> drafts here: a draft model would
+    /// need its own batched engine and KV-cache slots.
+    /// </summary>
+    public SpeculativeOptions? Speculation { get; init; }
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the first bound that makes no sense.</summary>
     public void Validate()
     {
@@ -47,6 +56,12 @@ public sealed record SchedulerOptions
         if (!Enum.IsDefined(KvType)) throw new ArgumentException($"Unknown KV cache type {KvType}.", nameof(KvType));
         if (HealthSampleEvery < 0) throw new ArgumentException($"HealthSampleEvery must be ≥ 0 (0: off); got {HealthSampleEvery}.", nameof(HealthSampleEvery));
         if (WeightProbeEvery < 0) throw new ArgumentException($"WeightProbeEvery must be ≥ 0 (0: off); got {WeightProbeEvery}.", nameof(WeightProbeEvery));
+        if (Speculation is { } spec)
+        {
+            spec.Validate();
+            if (spec.Source != DraftSource.NGram)
+                throw new ArgumentException("The scheduler drafts by prompt lookup (n-gram) only; a draft model runs with generate and chat.", nameof(Speculation));
+        }
         if (DefaultTimeout is { } t && t <= TimeSpan.Zero) throw new ArgumentException($"DefaultTimeout must be positive; got {t}.", nameof(DefaultTimeout));
     }
 }

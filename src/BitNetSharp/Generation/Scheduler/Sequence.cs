@@ -28,6 +28,10 @@ internal sealed class Sequence(GenerationHandle request, int choice, int slot, S
     public int NextToken = -1;
 
     public int Generated;
+
+    /// <summary>Speculation: the draft tokens fed after <see cref="NextToken"/> in the step in flight (DraftCount of them).</summary>
+    public int[]? Drafts;
+    public int DraftCount;
     public long LastTokenTicks;
     public bool Finished;
 }

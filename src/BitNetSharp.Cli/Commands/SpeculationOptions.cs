@@ -1,0 +1,90 @@
+using System.CommandLine;
+using System.Globalization;
+using BitNetSharp.Generation.Speculative;
+using BitNetSharp.Model;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// Speculative-decoding flags: --speculate ngram|draft, --draft MODEL, --draft-layers N, --draft-tokens K. A draft
+/// model (or the first N layers of the model itself) must share the model's vocabulary.
+/// </summary>
+public sealed class SpeculationOptions
+{
+    public Option<string?> Speculate { get; } = new("--speculate")
+    {
+        Description = "Speculative decoding: 'ngram' (prompt lookup: drafts copied from earlier context, no second model) or 'draft' "
+            + "(a smaller model, --draft or --draft-layers). Greedy output is unchanged; sampling keeps its distribution.",
+    };
+    public Option<string?> Draft { get; } = new("--draft") { Description = "A draft model with the same vocabulary (.gguf or HF directory); implies --speculate draft." };
+    public Option<int?> DraftLayers { get; } = new("--draft-layers") { Description = "Draft with the model's own first N layers (early exit); implies --speculate draft." };
+    public Option<int> DraftTokens { get; } = new("--draft-tokens") { Description = "Tokens drafted per verification step at most.", DefaultValueFactory = _ => 5 };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Speculate);
+        command.Options.Add(Draft);
+        command.Options.Add(DraftLayers);
+        command.Options.Add(DraftTokens);
+    }
+
+    /// <summary>
+    /// The speculative settings (null when off) and the draft weights they hold, which the caller disposes
+    /// (after the generator). Refuses a draft whose vocabulary or tokenizer differs from the model's.
+    /// </summary>
+    public (SpeculativeOptions? Options, ModelWeights? DraftWeights) Parse(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer)
+    {
+        string? mode = r.GetValue(Speculate)?.Trim().ToLowerInvariant();
+        string? draftPath = r.GetValue(Draft);
+        int? layers = r.GetValue(DraftLayers);
+        int k = r.GetValue(DraftTokens);
+        if (k < 1 || k > SpeculativeOptions.MaxDraftTokens)
+            throw new UsageException($"--draft-tokens must be between 1 and {SpeculativeOptions.MaxDraftTokens}; got {k}.");
+        if (draftPath is not null && layers is not null) throw new UsageException("give one of --draft MODEL or --draft-layers N, not both.");
+        bool model = draftPath is not null || layers is not null;
+        switch (mode)
+        {
+            case null when !model:
+                return (null, null);
+            case null or "draft" or "model" when model:
+                break;
+            case "draft" or "model":
+                throw new UsageException("--speculate draft needs --draft MODEL or --draft-layers N.");
+            case "ngram" or "prompt-lookup" when !model:
+                return (new SpeculativeOptions { Source = DraftSource.NGram, DraftTokens = k }, null);
+            case "ngram" or "prompt-lookup":
+                throw new UsageException("--speculate ngram drafts from the context; drop --draft/--draft-layers, or use --speculate draft.");
+            default:
+                throw new UsageException($"--speculate '{r.GetValue(Speculate)}' is not one of ngram, draft.");
+        }
+
+        ModelWeights draft;
+        if (layers is { } n)
+        {
+            if (n < 1 || n >= target.Config.Layers)
+                throw new UsageException($"--draft-layers must be between 1 and {target.Config.Layers - 1} (the model has {target.Config.Layers} layers); got {n}.");
+            draft = target.FirstLayers(n);
+        }
+        else
+        {
+            var (weights, draftTokenizer) = ModelOptions.Load(draftPath!);
+            try
+            {
+                SpeculativeOptions.CheckSameVocabulary(target.Config, tokenizer, weights.Config, draftTokenizer, $"the draft model {draftPath}");
+            }
+            catch (ArgumentException e)
+            {
+                weights.Dispose();
+                throw new UsageException(e.Message);
+            }
+            draft = weights;
+        }
+        return (new SpeculativeOptions { Source = DraftSource.Model, DraftTokens = k, DraftModel = draft }, draft);
+    }
+
+    /// <summary>"speculative (ngram, k=5): 40 steps, acceptance 63.2% (126/200), 3.15 tokens/step".</summary>
+    public static string Describe(SpeculativeOptions options, SpeculativeStats s) => string.Create(CultureInfo.InvariantCulture,
+        $"speculative ({(options.Source == DraftSource.NGram ? "ngram" : "draft model")}, k={options.DraftTokens}): {s.Steps} steps, "
+        + $"acceptance {100 * s.AcceptanceRate:F1}% ({s.Accepted}/{s.Drafted}), {s.TokensPerStep:F2} tokens/step");
+}

@@ -1,0 +1,115 @@
+using System.Net;
+using BitNetSharp.Generation;
+using BitNetSharp.Generation.Sampling;
+using BitNetSharp.Generation.Scheduler;
+using BitNetSharp.Generation.Speculative;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Server;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Generation;
+
+/// <summary>Speculative decoding under continuous batching: per-sequence n-gram drafts verified inside the shared step.</summary>
+public sealed class SpeculativeSchedulerTests : IDisposable
+{
+    private readonly ModelWeights _weights;
+    private readonly BitNetTokenizer _tokenizer;
+
+    public SpeculativeSchedulerTests() => (_weights, _tokenizer) = TinyChatModel.Load();
+
+    public void Dispose() => _weights.Dispose();
+
+    private static int[] Prompt(int i) => Enumerable.Range(0, 6 + i * 5 % 31).Select(k => (k % (2 + i % 4) * 37 + i * 11) % 256).ToArray();
+
+    private static async Task<List<int>> Tokens(GenerationHandle h)
+    {
+        var tokens = new List<int>();
+        using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        cts.CancelAfter(TimeSpan.FromSeconds(60));
+        await foreach (var e in h.Events.ReadAllAsync(cts.Token))
+            if (e.Token >= 0) tokens.Add(e.Token);
+        return tokens;
+    }
+
+    /// <summary>
+    /// 24 greedy requests at once (8 run, the rest wait; some with speculation turned off per request, some with
+    /// penalties) give exactly plain TextGenerator's tokens, and the speculative counters add up.
+    /// </summary>
+    [Fact]
+    public async Task BatchedSpeculativeGreedyEqualsPlainDecoding()
+    {
+        var penalties = SamplingParameters.Greedy with { RepetitionPenalty = 1.2f, PenaltyLastN = 8 };
+        var requests = Enumerable.Range(0, 24).Select(i => new GenerationRequest
+        {
+            Prompt = Prompt(i),
+            MaxTokens = 20 + i % 7,
+            IgnoreStopTokens = true,
+            Sampling = i % 3 == 2 ? penalties : SamplingParameters.Greedy,
+            Speculate = i % 5 == 4 ? false : null,
+        }).ToArray();
+        using (var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions
+        {
+            MaxSequences = 8, MaxBatchedTokens = 40, Threads = 2, Speculation = new SpeculativeOptions { DraftTokens = 4 },
+        }))
+        {
+            var handles = requests.Select(r => s.Submit(r, TestContext.Current.CancellationToken)).ToArray();
+            var outputs = await Task.WhenAll(handles.Select(Tokens));
+            using var generator = new TextGenerator(_weights, _tokenizer, new GeneratorOptions { Threads = 2 });
+            for (int i = 0; i < requests.Length; i++)
+            {
+                generator.Reset();
+                var expected = generator.Generate(requests[i].Prompt, requests[i].MaxTokens, requests[i].Sampling, ignoreStop: true,
+                    cancellation: TestContext.Current.CancellationToken).Select(t => t.Id).ToList();
+                Assert.Equal(expected, outputs[i]);
+            }
+            var st = s.Statistics;
+            TestContext.Current.TestOutputHelper?.WriteLine($"steps {st.Steps}, speculative steps {st.SpeculativeSteps}, drafted {st.DraftedTokens}, accepted {st.AcceptedTokens}, emitted {st.SpeculativeTokens}");
+            Assert.Equal(requests.Sum(r => r.MaxTokens), st.GenerationTokens);
+            Assert.True(st.DraftedTokens > 0 && st.AcceptedTokens > 0 && st.AcceptedTokens < st.DraftedTokens, $"{st}");
+            Assert.True(st.TokensPerSpeculativeStep > 1, $"{st.TokensPerSpeculativeStep} tokens per speculative step");
+        }
+    }
+
+    [Fact]
+    public void SchedulerRefusesADraftModel()
+    {
+        var e = Assert.Throws<ArgumentException>(() => new SchedulerOptions
+        {
+            Speculation = new SpeculativeOptions { Source = DraftSource.Model, DraftModel = _weights },
+        }.Validate());
+        Assert.Contains("n-gram", e.Message);
+    }
+
+    /// <summary>A server speculating for every request answers greedy completions exactly as one that does not, and /metrics counts the drafts.</summary>
+    [Fact]
+    public async Task ServerWithSpeculationAnswersTheSameAndCountsDrafts()
+    {
+        var body = new { prompt = "the cat the cat the cat the", max_tokens = 24, temperature = 0, ignore_eos = true };
+        await using var plain = await TestServer.StartAsync();
+        await using var speculative = await TestServer.StartAsync(o => o with
+        {
+            Scheduler = o.Scheduler with { Speculation = new SpeculativeOptions { DraftTokens = 4 } },
+        });
+        var (status, expected, _) = await plain.PostAsync("v1/completions", body);
+        Assert.Equal(HttpStatusCode.OK, status);
+        var (status2, actual, _) = await speculative.PostAsync("v1/completions", body);
+        Assert.Equal(HttpStatusCode.OK, status2);
+        Assert.Equal(expected.GetProperty("choices")[0].GetProperty("text").GetString(), actual.GetProperty("choices")[0].GetProperty("text").GetString());
+        string metrics = await speculative.MetricsAsync();
+        double drafted = TestServer.Sample(metrics, "bitnet_speculative_drafted_tokens_total");
+        double accepted = TestServer.Sample(metrics, "bitnet_speculative_accepted_tokens_total");
+        Assert.True(drafted > 0, metrics);
+        Assert.InRange(accepted, 0, drafted);
+        Assert.True(TestServer.Sample(metrics, "bitnet_speculative_steps_total") > 0);
+        Assert.True(TestServer.Sample(metrics, "bitnet_speculative_emitted_tokens_total") > 0);
+
+        // Per request: "speculate": false drafts nothing; true on a server without --speculate is a 400 naming the field.
+        var (status3, off, _) = await speculative.PostAsync("v1/completions", new { prompt = "the cat the cat the cat the", max_tokens = 24, temperature = 0, ignore_eos = true, speculate = false });
+        Assert.Equal(HttpStatusCode.OK, status3);
+        Assert.Equal(expected.GetProperty("choices")[0].GetProperty("text").GetString(), off.GetProperty("choices")[0].GetProperty("text").GetString());
+        Assert.Equal(drafted, TestServer.Sample(await speculative.MetricsAsync(), "bitnet_speculative_drafted_tokens_total"));
+        var (status4, error, _) = await plain.PostAsync("v1/completions", new { prompt = "the cat", max_tokens = 4, speculate = true });
+        Assert.Equal(HttpStatusCode.BadRequest, status4);
+        Assert.Contains("speculate", error.GetProperty("error").GetProperty("message").GetString());
+    }
+}
