@@ -155,7 +155,7 @@ public static class ServeCommand
     private static Func<IReadOnlyDictionary<string, string>, Monitoring.Telemetry.ITelemetrySink>? TelemetrySink(string? path, double maxMb)
     {
         if (path is null) return null;
-        if (!(maxMb >= 1)) throw new UsageException($"--telemetry-max-mb must be at least 1; got {maxMb}.");
+        if (!(maxMb >= 1.0 / 16)) throw new UsageException($"--telemetry-max-mb must be at least 0.0625 (64 KiB); got {maxMb}.");
         long file = (long)(maxMb * 1024 * 1024);
         var options = new Monitoring.Telemetry.TelemetryLogOptions { Path = path, MaxFileBytes = file, MaxTotalBytes = file * 16 };
         try
