@@ -123,6 +123,17 @@ public sealed class BitNetServer : IAsyncDisposable
             {
                 // The client went away; there is nobody to answer.
             }
+            catch (BadHttpRequestException e) when (!context.Response.HasStarted)
+            {
+                // Kestrel's verdict on the request itself while the body was read (it ended before its Content-Length,
+                // broken chunked framing, too slow): the client's fault, with Kestrel's 4xx status.
+                await WriteError(context, new ApiException(e.StatusCode is >= 400 and < 500 ? e.StatusCode : 400,
+                    $"Bad request: {e.Message}", "invalid_request_error", code: "bad_request"));
+            }
+            catch (BadHttpRequestException)
+            {
+                // The same once the response has begun: nothing more can be said on this connection.
+            }
             catch (Exception e) when (!context.Response.HasStarted)
             {
                 app.Logger.LogError(e, "Unhandled error on {Method} {Path}", context.Request.Method, context.Request.Path);
