@@ -124,7 +124,7 @@ public class CrashSafetyTests
                          "--ff", "128", "--ctx", "16", "--batch", "2", "--tokens", "1600", "--val-every", "5", "--checkpoint-every", "1", "-t", "1", "--resume"];
         var rng = new Random(16_07);
         using var pool = new WorkerPool(1);
-        int lastStep = -1, killed = 0;
+        int lastStep = -1, killed = 0, leftTemporaries = 0;
         for (int i = 0; i < 8; i++)
         {
             var delay = TimeSpan.FromMilliseconds(250 + rng.Next(900));
@@ -139,9 +139,10 @@ public class CrashSafetyTests
             if (File.Exists(model))
                 using (var gguf = GgufFile.Open(model)) Assert.NotEmpty(gguf.Tensors);
             if (File.Exists(plot)) XDocument.Load(plot);
+            if (Temporaries(dir.Path).Length > 0) leftTemporaries++;
             AssertOnly(dir.Path, ["corpus.txt", "m.gguf", "m.gguf.ckpt", "m.loss.svg", "m.loss.svg.tmp"], context);
         }
-        TestContext.Current.TestOutputHelper?.WriteLine($"train: {killed} killed mid-way (of 8); checkpoint at step {lastStep}");
+        TestContext.Current.TestOutputHelper?.WriteLine($"train: {killed} of 8 runs killed mid-way, {leftTemporaries} times a temporary was left; checkpoint at step {lastStep}");
         Assert.True(lastStep > 0, "no kill came after the first checkpoint");
         await RunAsync(args);
         using (var gguf = GgufFile.Open(model)) Assert.NotEmpty(gguf.Tensors);
