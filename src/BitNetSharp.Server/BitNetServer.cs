@@ -20,6 +20,9 @@ namespace BitNetSharp.Server;
 /// <para>
 /// Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics, GET /dashboard,
 /// POST /tokenize, POST /detokenize. Errors are OpenAI-shaped <c>{"error":{"message","type","param","code"}}</c>.
+/// Secure by default: loopback only, no CORS headers unless origins are allowed, with an API key every route but
+/// /health and the dashboard page needs it (compared in constant time), and limits on body size, max_tokens, prompt
+/// length (the context) and open connections.
 /// No request field is ever used as a file path: the model is chosen when the server starts.
 /// </para>
 /// </summary>
@@ -72,6 +75,8 @@ public sealed class BitNetServer : IAsyncDisposable
             k.Listen(ip, options.Port);
             k.AddServerHeader = false;
             k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
+            k.Limits.MaxConcurrentConnections = options.MaxConcurrentConnections;
+            k.Limits.MaxConcurrentUpgradedConnections = options.MaxConcurrentConnections;
         });
         // The embedding program owns shutdown (bitnet serve drains on SIGTERM): no console lifetime stopping Kestrel on a signal.
         builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, EmbeddedLifetime>();
@@ -106,11 +111,14 @@ public sealed class BitNetServer : IAsyncDisposable
 
     private static void Map(WebApplication app, ModelHost host, ServerOptions options)
     {
-        byte[]? key = options.ApiKey is null ? null : Encoding.UTF8.GetBytes(options.ApiKey);
+        byte[]? key = options.ApiKey is null ? null : HashApiKey(options.ApiKey);
+        var cors = options.CorsOrigins.Count == 0 ? null : new HashSet<string>(options.CorsOrigins.Select(o => o.TrimEnd('/')), StringComparer.OrdinalIgnoreCase);
         app.Use(async (context, next) =>
         {
             try
             {
+                // CORS first: a browser's preflight carries no Authorization header.
+                if (cors is not null && Cors(context, cors)) return;
                 if (key is not null && !IsPublic(context.Request.Path) && !Authorized(context.Request, key))
                     throw new ApiException(401, "Missing or invalid API key: send it as 'Authorization: Bearer YOUR_KEY'.", "invalid_request_error", code: "invalid_api_key");
                 await next(context);
@@ -122,6 +130,17 @@ public sealed class BitNetServer : IAsyncDisposable
             catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
             {
                 // The client went away; there is nobody to answer.
+            }
+            catch (BadHttpRequestException e) when (!context.Response.HasStarted)
+            {
+                // Kestrel's verdict on the request itself while the body was read (it ended before its Content-Length,
+                // broken chunked framing, too slow): the client's fault, with Kestrel's 4xx status.
+                await WriteError(context, new ApiException(e.StatusCode is >= 400 and < 500 ? e.StatusCode : 400,
+                    $"Bad request: {e.Message}", "invalid_request_error", code: "bad_request"));
+            }
+            catch (BadHttpRequestException)
+            {
+                // The same once the response has begun: nothing more can be said on this connection.
             }
             catch (Exception e) when (!context.Response.HasStarted)
             {
@@ -156,21 +175,66 @@ public sealed class BitNetServer : IAsyncDisposable
         });
     }
 
+    /// <summary>
+    /// Adds CORS headers when the request's Origin is allowed; answers a preflight (OPTIONS with
+    /// Access-Control-Request-Method) with 204 itself. Returns true when the request has been answered. A request from
+    /// another origin gets no CORS headers, so the browser does not let that page read the answer.
+    /// </summary>
+    private static bool Cors(HttpContext context, HashSet<string> allowed)
+    {
+        var origin = context.Request.Headers.Origin.ToString();
+        if (origin.Length == 0) return false;
+        bool any = allowed.Contains("*");
+        if (!any && !allowed.Contains(origin)) return false;
+        var headers = context.Response.Headers;
+        headers.AccessControlAllowOrigin = any ? "*" : origin;
+        if (!any) headers.Vary = "Origin";
+        headers.AccessControlExposeHeaders = "Retry-After";
+        if (!HttpMethods.IsOptions(context.Request.Method) || !context.Request.Headers.ContainsKey("Access-Control-Request-Method")) return false;
+        headers.AccessControlAllowMethods = "GET, POST";
+        headers.AccessControlAllowHeaders = "Authorization, Content-Type";
+        headers.AccessControlMaxAge = "600";
+        context.Response.StatusCode = StatusCodes.Status204NoContent;
+        return true;
+    }
+
+    /// <summary>Every endpoint the app maps (routes and the fallback), for tests that must cover each one.</summary>
+    internal IReadOnlyList<Endpoint> Endpoints =>
+        ((Microsoft.AspNetCore.Routing.IEndpointRouteBuilder)_app).DataSources.SelectMany(d => d.Endpoints).ToArray();
+
     /// <summary>Paths served without the API key: the health probe and the dashboard page (which holds no data).</summary>
     private static bool IsPublic(PathString path) => path == "/health" || path == "/dashboard" || path == "/";
 
-    private static bool Authorized(HttpRequest request, byte[] key)
+    private static bool Authorized(HttpRequest request, byte[] key) => ApiKeyMatches(request.Headers.Authorization.ToString(), key);
+
+    /// <summary>
+    /// Whether an Authorization header carries the key whose SHA-256 is <paramref name="keyHash"/> as a bearer token.
+    /// The hashes are compared in constant time (FixedTimeEquals on equal lengths), so the answer's timing tells
+    /// neither how much of a guess was right nor how long the key is.
+    /// </summary>
+    internal static bool ApiKeyMatches(string header, byte[] keyHash)
     {
-        var header = request.Headers.Authorization.ToString();
         const string bearer = "Bearer ";
         if (!header.StartsWith(bearer, StringComparison.OrdinalIgnoreCase)) return false;
-        var given = Encoding.UTF8.GetBytes(header[bearer.Length..].Trim());
-        return CryptographicOperations.FixedTimeEquals(given, key);
+        var given = SHA256.HashData(Encoding.UTF8.GetBytes(header[bearer.Length..].Trim()));
+        return CryptographicOperations.FixedTimeEquals(given, keyHash);
     }
+
+    /// <summary>The form of the API key <see cref="ApiKeyMatches"/> compares against.</summary>
+    internal static byte[] HashApiKey(string key) => SHA256.HashData(Encoding.UTF8.GetBytes(key));
 
     private static Task WriteError(HttpContext context, ApiException e)
     {
+        // Clear() drops every header; an allowed origin's CORS headers stay, so the page can read the error.
+        var allowOrigin = context.Response.Headers.AccessControlAllowOrigin;
+        var vary = context.Response.Headers.Vary;
         context.Response.Clear();
+        if (allowOrigin.Count > 0)
+        {
+            context.Response.Headers.AccessControlAllowOrigin = allowOrigin;
+            context.Response.Headers.AccessControlExposeHeaders = "Retry-After";
+            if (vary.Count > 0) context.Response.Headers.Vary = vary;
+        }
         if (e.RetryAfterSeconds is { } s) context.Response.Headers.RetryAfter = s.ToString(CultureInfo.InvariantCulture);
         if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
         return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None);

@@ -18,8 +18,17 @@ public sealed record ServerOptions
     /// <summary>TCP port; 0 picks a free one (see <see cref="BitNetServer.Address"/>).</summary>
     public int Port { get; init; } = 8080;
 
-    /// <summary>When set, every route but /health needs <c>Authorization: Bearer KEY</c>.</summary>
+    /// <summary>When set, every route but /health and the dashboard page needs <c>Authorization: Bearer KEY</c>.</summary>
     public string? ApiKey { get; init; }
+
+    /// <summary>
+    /// Origins (<c>https://app.example.com</c>) whose browser pages may call the API; <c>*</c> for any. Empty (the
+    /// default): no CORS headers at all, so browsers keep other sites' pages from reading the answers.
+    /// </summary>
+    public IReadOnlyList<string> CorsOrigins { get; init; } = [];
+
+    /// <summary>Open TCP connections Kestrel accepts at once; further ones are closed at once (null: no limit).</summary>
+    public long? MaxConcurrentConnections { get; init; } = 256;
 
     /// <summary>Loads the model; runs on a background thread after the server is listening, while /health answers 503.</summary>
     public required Func<LoadedModel> LoadModel { get; init; }
@@ -70,7 +79,16 @@ public sealed record ServerOptions
         if (MaxRequestBodyBytes < 1024) throw new ArgumentException($"MaxRequestBodyBytes must be ≥ 1024; got {MaxRequestBodyBytes}.", nameof(MaxRequestBodyBytes));
         if (WarmupRequests < 0) throw new ArgumentException($"WarmupRequests must be ≥ 0; got {WarmupRequests}.", nameof(WarmupRequests));
         if (ApiKey is { Length: 0 }) throw new ArgumentException("The API key is empty; leave it unset for none.", nameof(ApiKey));
+        if (MaxConcurrentConnections is < 1) throw new ArgumentException($"MaxConcurrentConnections must be ≥ 1; got {MaxConcurrentConnections}.", nameof(MaxConcurrentConnections));
+        foreach (var origin in CorsOrigins ?? throw new ArgumentNullException(nameof(CorsOrigins)))
+            if (!IsCorsOrigin(origin))
+                throw new ArgumentException($"The CORS origin '{origin}' is not * or an origin such as https://app.example.com (scheme, host and optional port; no path).", nameof(CorsOrigins));
     }
+
+    /// <summary>"*", or scheme://host[:port] of http or https with nothing after it.</summary>
+    private static bool IsCorsOrigin(string origin) =>
+        origin == "*" || (Uri.TryCreate(origin, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"
+                          && origin.TrimEnd('/') == u.GetLeftPart(UriPartial.Authority) && u.UserInfo.Length == 0);
 }
 
 /// <summary>How the server watches the model it serves (the forward pass's sampling rate is <see cref="SchedulerOptions.HealthSampleEvery"/>).</summary>

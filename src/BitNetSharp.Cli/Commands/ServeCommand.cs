@@ -7,8 +7,8 @@ namespace BitNetSharp.Cli.Commands;
 
 /// <summary>
 /// <c>bitnet serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--max-seqs 8] [--max-batched-tokens 256]
-/// [--max-queue 64] [--timeout 600] [--api-key KEY]</c>: the OpenAI-compatible server until Ctrl-C. The API key may
-/// also come from BITNET_API_KEY; the flag wins.
+/// [--max-queue 64] [--timeout 600] [--api-key KEY] [--cors ORIGIN] [--max-connections 256] [--max-body-mb 1]</c>: the
+/// OpenAI-compatible server until Ctrl-C. The API key may also come from BITNET_API_KEY; the flag wins.
 /// </summary>
 public static class ServeCommand
 {
@@ -37,7 +37,7 @@ public static class ServeCommand
         var maxBatched = new Option<int>("--max-batched-tokens") { Description = "Tokens per engine step (decode tokens plus prompt chunks).", DefaultValueFactory = _ => 256 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a free sequence; beyond it the server answers 429.", DefaultValueFactory = _ => 64 };
         var timeout = new Option<double>("--timeout") { Description = "Seconds a request may take, waiting included.", DefaultValueFactory = _ => 600 };
-        var apiKey = new Option<string?>("--api-key") { Description = $"Require 'Authorization: Bearer KEY' on every route but /health (or set {ApiKeyVariable})." };
+        var apiKey = new Option<string?>("--api-key") { Description = $"Require 'Authorization: Bearer KEY' on every route but /health and the dashboard page (or set {ApiKeyVariable})." };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "The largest max_tokens a request may ask for.", DefaultValueFactory = _ => 4096 };
         var maxN = new Option<int>("--max-n") { Description = "The largest n (choices per prompt); at most --max-seqs." };
         var alias = new Option<string?>("--alias") { Description = "The model id clients use (default: the model file's name)." };
@@ -51,6 +51,13 @@ public static class ServeCommand
             Description = "On SIGTERM or Ctrl-C: report not-ready and refuse new generations, let those in flight finish for up to this many seconds, then end the rest cleanly and exit 0.",
             DefaultValueFactory = _ => DefaultShutdownSeconds,
         };
+        var cors = new Option<string[]>("--cors")
+        {
+            Description = "Let browser pages from this origin (https://app.example.com; * for any) call the API; repeat for several. Off by default: no CORS headers.",
+            AllowMultipleArgumentsPerToken = true,
+        };
+        var maxConnections = new Option<long>("--max-connections") { Description = "Open TCP connections accepted at once; more are closed at once.", DefaultValueFactory = _ => 256 };
+        var maxBody = new Option<double>("--max-body-mb") { Description = "Request bodies larger than this (MB) get 413.", DefaultValueFactory = _ => 1 };
         var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
         var speculate = new Option<string?>("--speculate")
         {
@@ -62,6 +69,7 @@ public static class ServeCommand
         {
             host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
             speculate, draftTokens,
+            cors, maxConnections, maxBody,
         };
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
@@ -101,11 +109,16 @@ public static class ServeCommand
             string? key = result.GetValue(apiKey) ?? Environment.GetEnvironmentVariable(ApiKeyVariable);
             if (key is { Length: 0 }) key = null;
             string id = result.GetValue(alias) ?? ModelId(path);
+            double bodyMb = result.GetValue(maxBody);
+            if (!(bodyMb >= 1.0 / 1024) || bodyMb > 1024) throw new UsageException($"--max-body-mb must be between 0.001 and 1024; got {bodyMb}.");
             var options = new ServerOptions
             {
                 Host = result.GetValue(host) ?? "127.0.0.1",
                 Port = result.GetValue(port),
                 ApiKey = key,
+                CorsOrigins = result.GetValue(cors) ?? [],
+                MaxConcurrentConnections = result.GetValue(maxConnections),
+                MaxRequestBodyBytes = (long)(bodyMb * 1024 * 1024),
                 Scheduler = scheduler,
                 Monitoring = monitoring,
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
@@ -178,7 +191,7 @@ public static class ServeCommand
     private static Func<IReadOnlyDictionary<string, string>, Monitoring.Telemetry.ITelemetrySink>? TelemetrySink(string? path, double maxMb)
     {
         if (path is null) return null;
-        if (!(maxMb >= 1)) throw new UsageException($"--telemetry-max-mb must be at least 1; got {maxMb}.");
+        if (!(maxMb >= 1.0 / 16)) throw new UsageException($"--telemetry-max-mb must be at least 0.0625 (64 KiB); got {maxMb}.");
         long file = (long)(maxMb * 1024 * 1024);
         var options = new Monitoring.Telemetry.TelemetryLogOptions { Path = path, MaxFileBytes = file, MaxTotalBytes = file * 16 };
         try

@@ -49,7 +49,56 @@ internal readonly struct JsonRequest(JsonElement root)
             doc.Dispose();
             throw ApiException.BadRequest($"The request body is not valid UTF-8: {where}. JSON must be sent encoded as UTF-8.", code: "invalid_utf8");
         }
+        // Likewise a \uD800 escape without its other half is valid JSON but no text: GetString() throws
+        // InvalidOperationException wherever such a field is read. Only bodies with \u escapes are walked.
+        if (raw.IndexOf("\\u"u8) >= 0 && FindLoneSurrogate(doc.RootElement, "") is { } at)
+        {
+            doc.Dispose();
+            bool field = at.Length > 0 && !at.StartsWith("a property name", StringComparison.Ordinal);
+            throw ApiException.BadRequest($"{(at.Length == 0 ? "The body" : at)} holds a \\u escape of half a UTF-16 surrogate pair (\\uD800-\\uDFFF without its partner), which is no text.",
+                field ? at : null, "invalid_unicode");
+        }
         return (doc, new JsonRequest(doc.RootElement));
+    }
+
+    /// <summary>The path (messages[0].content) of the first string or property name that is not valid UTF-16, or null.</summary>
+    private static string? FindLoneSurrogate(JsonElement e, string path)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try
+                {
+                    e.GetString();
+                    return null;
+                }
+                catch (InvalidOperationException)
+                {
+                    return path;
+                }
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in e.EnumerateArray())
+                    if (FindLoneSurrogate(item, $"{path}[{i++}]") is { } found) return found;
+                return null;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    string name;
+                    try
+                    {
+                        name = p.Name;
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        return path.Length == 0 ? "a property name" : $"a property name in {path}";
+                    }
+                    if (FindLoneSurrogate(p.Value, path.Length == 0 ? name : $"{path}.{name}") is { } found) return found;
+                }
+                return null;
+            default:
+                return null;
+        }
     }
 
     private static string DescribeInvalidUtf8(ReadOnlySpan<byte> utf8)

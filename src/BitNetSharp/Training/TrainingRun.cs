@@ -1,3 +1,4 @@
+using BitNetSharp.Formats;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
@@ -193,47 +194,36 @@ public sealed class TrainingRun
 
     /// <summary>
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
-    /// weights and both Adam moments. Temporary file + rename, so a kill during the write leaves the previous checkpoint.
+    /// weights and both Adam moments. Written through <see cref="AtomicFile"/> (temporary file, fsync, rename), so a kill during the write leaves the previous checkpoint.
     /// </summary>
     public void SaveCheckpoint(string path)
     {
-        var full = Path.GetFullPath(path);
-        var temp = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
-        try
+        // The default BinaryWriter encoding (UTF-8, no BOM, throwing on invalid text), kept open for the fsync.
+        AtomicFile.Write(path, stream =>
         {
-            using (var stream = new FileStream(temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
-            using (var w = new BinaryWriter(stream))
-            {
-                w.Write(Magic);
-                w.Write(Version);
-                var s = Options.Shape;
-                foreach (int v in new[] { s.VocabSize, s.Dim, s.Layers, s.Heads, s.KvHeads, s.FeedForward, s.ContextLength }) w.Write(v);
-                w.Write(s.RopeTheta); w.Write(s.RmsEps);
-                w.Write(Options.Batch); w.Write(Options.TotalSteps); w.Write(Options.LearningRate); w.Write(Options.WarmupSteps);
-                w.Write(Options.WeightDecay); w.Write(Options.ClipNorm); w.Write(Options.FullPrecision); w.Write(Options.Seed);
-                w.Write(Options.MaxValidationWindows);
-                var widths = Model.ActivationBits.ToArray();
-                w.Write(widths.Length);
-                w.Write(widths);
-                WriteStrings(w, Tokenizer.Tokens); WriteStrings(w, Tokenizer.Merges); WriteStrings(w, Tokenizer.SpecialTokens);
-                w.Write(Tokenizer.BosId); w.Write(Tokenizer.EosId);
-                WriteInts(w, Train); WriteInts(w, Validation);
-                w.Write(Step); w.Write(_rng.State);
-                WriteLosses(w, TrainLosses); WriteLosses(w, ValidationLosses);
-                WriteFloats(w, Model.Parameters); WriteFloats(w, Optimizer.M); WriteFloats(w, Optimizer.V);
-                w.Write(BestStep); w.Write(BestValidationLoss);
-                if (BestParameters is { } best) WriteFloats(w, best);
-                w.Write(Magic);
-                w.Flush();
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+            using var w = new BinaryWriter(stream, new System.Text.UTF8Encoding(false, true), leaveOpen: true);
+            w.Write(Magic);
+            w.Write(Version);
+            var s = Options.Shape;
+            foreach (int v in new[] { s.VocabSize, s.Dim, s.Layers, s.Heads, s.KvHeads, s.FeedForward, s.ContextLength }) w.Write(v);
+            w.Write(s.RopeTheta); w.Write(s.RmsEps);
+            w.Write(Options.Batch); w.Write(Options.TotalSteps); w.Write(Options.LearningRate); w.Write(Options.WarmupSteps);
+            w.Write(Options.WeightDecay); w.Write(Options.ClipNorm); w.Write(Options.FullPrecision); w.Write(Options.Seed);
+            w.Write(Options.MaxValidationWindows);
+            var widths = Model.ActivationBits.ToArray();
+            w.Write(widths.Length);
+            w.Write(widths);
+            WriteStrings(w, Tokenizer.Tokens); WriteStrings(w, Tokenizer.Merges); WriteStrings(w, Tokenizer.SpecialTokens);
+            w.Write(Tokenizer.BosId); w.Write(Tokenizer.EosId);
+            WriteInts(w, Train); WriteInts(w, Validation);
+            w.Write(Step); w.Write(_rng.State);
+            WriteLosses(w, TrainLosses); WriteLosses(w, ValidationLosses);
+            WriteFloats(w, Model.Parameters); WriteFloats(w, Optimizer.M); WriteFloats(w, Optimizer.V);
+            w.Write(BestStep); w.Write(BestValidationLoss);
+            if (BestParameters is { } best) WriteFloats(w, best);
+            w.Write(Magic);
+            w.Flush();
+        });
     }
 
     /// <summary>

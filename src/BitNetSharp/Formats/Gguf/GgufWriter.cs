@@ -79,27 +79,11 @@ public sealed class GgufWriter
         return this;
     }
 
-    /// <summary>Writes to <paramref name="path"/> through a temporary file in the same directory, then renames it into place.</summary>
-    public void WriteFile(string path)
-    {
-        var full = Path.GetFullPath(path);
-        var directory = Path.GetDirectoryName(full) ?? ".";
-        var temp = Path.Combine(directory, $".{Path.GetFileName(full)}.{Environment.ProcessId}.{Guid.NewGuid():N}.tmp");
-        try
-        {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20))
-            {
-                WriteTo(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            File.Move(temp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
-    }
+    /// <summary>
+    /// Writes to <paramref name="path"/> through a temporary file in the same directory, flushed to disk, then renamed
+    /// into place (<see cref="AtomicFile"/>): a kill at any point leaves the previous file or the complete new one.
+    /// </summary>
+    public void WriteFile(string path) => AtomicFile.Write(path, WriteTo);
 
     /// <summary>The complete file as bytes (for tests and small files).</summary>
     public byte[] ToArray()

@@ -2,6 +2,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using Apache.Arrow;
 using Apache.Arrow.Ipc;
+using BitNetSharp.Formats;
 
 namespace BitNetSharp.Monitoring.Telemetry;
 
@@ -307,10 +308,28 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         do path = Path.Combine(_directory, TelemetryLogSchema.FileName(_prefix, now, ++_fileCounter));
         while (File.Exists(path));
         ScanOlderFiles(path);
-        // Readers (bitnet logs --follow) open the file while it grows; rotation may delete it under them.
-        var stream = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.ReadWrite | FileShare.Delete, 1 << 16);
-        _stream = stream;
-        _arrow = new ArrowFileWriter(stream, _schema, leaveOpen: true);
+        AtomicFile.RemoveStaleTemporaries(_directory, _prefix + "-*" + TelemetryLogSchema.FileExtension);
+        // The file gets its name only once its header and schema are written: a kill between creating it and the
+        // first flush would otherwise leave an empty or torn .arrow file that no reader can open. Renaming the open
+        // file keeps the handle. Readers (bitnet logs --follow) open the file while it grows; rotation may delete it
+        // under them.
+        var temp = AtomicFile.TemporaryPath(path);
+        var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.ReadWrite | FileShare.Delete, 1 << 16);
+        try
+        {
+            var arrow = new ArrowFileWriter(stream, _schema, leaveOpen: true);
+            arrow.WriteStart();
+            stream.Flush();
+            File.Move(temp, path);
+            _stream = stream;
+            _arrow = arrow;
+        }
+        catch
+        {
+            stream.Dispose();
+            try { File.Delete(temp); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            throw;
+        }
         _currentPath = path;
         _currentLength = 0;
         Interlocked.Increment(ref _filesWritten);

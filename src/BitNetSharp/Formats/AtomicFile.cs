@@ -1,0 +1,123 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace BitNetSharp.Formats;
+
+/// <summary>
+/// Writes a whole file so that its name only ever holds a complete version: the bytes go to a hidden temporary file in
+/// the same directory (<c>.NAME.PID.GUID.tmp</c>, so the rename never crosses file systems), which is flushed to disk
+/// and renamed over <c>NAME</c>; on Linux the directory is then synced so the rename survives a power cut too. A kill
+/// at any point leaves either the previous file or the new one. The temporary file of a writer that was killed is
+/// removed by the next write to the same name (only when its process is gone).
+/// </summary>
+public static class AtomicFile
+{
+    private const string TempSuffix = ".tmp";
+
+    /// <summary>Writes <paramref name="path"/> with <paramref name="write"/> through a temporary file and a rename.</summary>
+    public static void Write(string path, Action<FileStream> write, int bufferSize = 1 << 20)
+    {
+        ArgumentNullException.ThrowIfNull(write);
+        var full = Path.GetFullPath(path);
+        var directory = Path.GetDirectoryName(full) ?? ".";
+        RemoveStaleTemporaries(directory, Path.GetFileName(full));
+        var temp = TemporaryPath(full);
+        try
+        {
+            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize))
+            {
+                write(stream);
+                stream.Flush(flushToDisk: true);
+            }
+            File.Move(temp, full, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
+        SyncDirectory(directory);
+    }
+
+    /// <summary>The hidden temporary name <see cref="Write"/> uses for <paramref name="path"/> in this process.</summary>
+    public static string TemporaryPath(string path)
+    {
+        var full = Path.GetFullPath(path);
+        return Path.Combine(Path.GetDirectoryName(full) ?? ".",
+            $".{Path.GetFileName(full)}.{Environment.ProcessId.ToString(CultureInfo.InvariantCulture)}.{Guid.NewGuid():N}{TempSuffix}");
+    }
+
+    /// <summary>
+    /// Deletes the temporary files that writers of <paramref name="name"/> (a file name, or a pattern with * such as
+    /// <c>telemetry-*.arrow</c>) left behind when they were killed: those whose process is no longer running.
+    /// Returns how many were deleted.
+    /// </summary>
+    public static int RemoveStaleTemporaries(string directory, string name)
+    {
+        int removed = 0;
+        string[] candidates;
+        try
+        {
+            candidates = Directory.GetFiles(directory, "." + name + ".*" + TempSuffix);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return 0;
+        }
+        foreach (var file in candidates)
+        {
+            // .NAME.PID.GUID.tmp: the PID is the field before the GUID.
+            var rest = Path.GetFileName(file).AsSpan()[..^TempSuffix.Length];
+            int guidDot = rest.LastIndexOf('.');
+            if (guidDot <= 0) continue;
+            rest = rest[..guidDot];
+            int pidDot = rest.LastIndexOf('.');
+            if (pidDot < 0 || !int.TryParse(rest[(pidDot + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out int pid)) continue;
+            if (pid == Environment.ProcessId || IsRunning(pid)) continue;
+            try
+            {
+                File.Delete(file);
+                removed++;
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+        return removed;
+    }
+
+    private static bool IsRunning(int pid)
+    {
+        try
+        {
+            using var process = Process.GetProcessById(pid);
+            return !process.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false; // no such process
+        }
+        catch (InvalidOperationException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>fsync on the directory, so the rename itself is on disk (Linux; elsewhere a no-op).</summary>
+    private static void SyncDirectory(string directory)
+    {
+        if (!OperatingSystem.IsLinux()) return;
+        int fd = open(directory, 0 /* O_RDONLY */);
+        if (fd < 0) return; // best effort: the file is complete either way
+        try { fsync(fd); }
+        finally { close(fd); }
+    }
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int open([MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int fsync(int fd);
+
+    [DllImport("libc")]
+    private static extern int close(int fd);
+}

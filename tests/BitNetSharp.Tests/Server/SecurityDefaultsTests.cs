@@ -1,0 +1,270 @@
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using BitNetSharp.Cli;
+using BitNetSharp.Server;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Routing;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>
+/// The server's security defaults: loopback bind; with an API key every endpoint the app maps (found from its
+/// endpoint data source, so a new route without the check fails here) but /health and the dashboard page needs it,
+/// compared in constant time; no CORS headers unless origins are allowed; limits on body size, prompt length,
+/// max_tokens and open connections.
+/// </summary>
+public class SecurityDefaultsTests
+{
+    private const string Key = "sekrit-key";
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>The only paths served without the key. Adding one is a decision: change it here on purpose.</summary>
+    private static readonly string[] PublicPaths = ["/health", "/dashboard", "/"];
+
+    [Fact]
+    public async Task EveryMappedEndpointButHealthAndTheDashboardNeedsTheKey()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { ApiKey = Key, WarmupRequests = 0 });
+        using var anonymous = new HttpClient { BaseAddress = s.Server.Address };
+        using var wrong = new HttpClient { BaseAddress = s.Server.Address };
+        wrong.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", Key + "x");
+
+        var routes = new List<(string Method, string Path)>();
+        bool fallback = false;
+        foreach (var endpoint in s.Server.Endpoints)
+        {
+            var route = Assert.IsType<RouteEndpoint>(endpoint);
+            var methods = endpoint.Metadata.GetMetadata<HttpMethodMetadata>()?.HttpMethods;
+            if (methods is null)
+            {
+                fallback = true; // MapFallback: every other method and path
+                continue;
+            }
+            foreach (var m in methods) routes.Add((m, "/" + route.RoutePattern.RawText!.TrimStart('/')));
+        }
+        Assert.True(routes.Count >= 9, $"only {routes.Count} routes found: {string.Join(", ", routes)}");
+        Assert.True(fallback, "no fallback endpoint found");
+        routes.Add(("GET", "/no/such/route"));
+        routes.Add(("POST", "/v1/embeddings"));
+        routes.Add(("DELETE", "/v1/models"));
+
+        var open = new List<string>();
+        foreach (var (method, path) in routes)
+        {
+            HttpRequestMessage Request() => new(new HttpMethod(method), path.TrimStart('/'))
+            {
+                Content = method == "POST" ? new StringContent("{}", Encoding.UTF8, "application/json") : null,
+            };
+            using var withoutKey = await anonymous.SendAsync(Request(), Ct);
+            using var withWrongKey = await wrong.SendAsync(Request(), Ct);
+            using var withKey = await s.Http.SendAsync(Request(), Ct);
+            if (PublicPaths.Contains(path))
+            {
+                Assert.True(withoutKey.StatusCode != HttpStatusCode.Unauthorized, $"{method} {path} is public but answered 401");
+                open.Add(path);
+                continue;
+            }
+            Assert.True(withoutKey.StatusCode == HttpStatusCode.Unauthorized, $"{method} {path} without the key: {(int)withoutKey.StatusCode}");
+            Assert.Equal("Bearer", withoutKey.Headers.WwwAuthenticate.ToString());
+            Assert.Contains("invalid_api_key", await withoutKey.Content.ReadAsStringAsync(Ct));
+            Assert.True(withWrongKey.StatusCode == HttpStatusCode.Unauthorized, $"{method} {path} with a wrong key: {(int)withWrongKey.StatusCode}");
+            Assert.True(withKey.StatusCode != HttpStatusCode.Unauthorized, $"{method} {path} with the key: 401");
+        }
+        Assert.Equal(PublicPaths.Order(), open.Distinct().Order());
+    }
+
+    [Fact]
+    public void TheKeyIsComparedAsAWholeInConstantTime()
+    {
+        var hash = BitNetServer.HashApiKey(Key);
+        Assert.True(BitNetServer.ApiKeyMatches("Bearer " + Key, hash));
+        Assert.True(BitNetServer.ApiKeyMatches("bearer  " + Key + " ", hash)); // scheme names are case-insensitive
+        foreach (var guess in new[] { "", Key[..^1], Key + "x", Key.ToUpperInvariant(), "x" + Key[1..], new string('k', 10_000) })
+            Assert.False(BitNetServer.ApiKeyMatches("Bearer " + guess, hash), guess);
+        Assert.False(BitNetServer.ApiKeyMatches(Key, hash));
+        Assert.False(BitNetServer.ApiKeyMatches("Basic " + Key, hash));
+        // Equal-length digests compared with FixedTimeEquals: no early exit on the first differing byte, nor on length.
+        string source = File.ReadAllText(RepositoryFiles.Path("src/BitNetSharp.Server/BitNetServer.cs"));
+        Assert.Contains("CryptographicOperations.FixedTimeEquals(given, keyHash)", source);
+        Assert.Contains("SHA256.HashData", source);
+    }
+
+    [Fact]
+    public void ServeBindsLoopbackByDefaultAndListsItsLimits()
+    {
+        Assert.Equal("127.0.0.1", new ServerOptions { LoadModel = () => throw new NotImplementedException() }.Host);
+        Assert.True(IPAddress.IsLoopback(BitNetServer.ParseHost(new ServerOptions { LoadModel = () => throw new NotImplementedException() }.Host)));
+        var output = new StringWriter();
+        Program.Run(["serve", "--help"], output, new StringWriter());
+        string help = output.ToString();
+        Assert.Matches(@"--host[^\n]*\n?[^\n]*\[default: 127\.0\.0\.1\]", help);
+        foreach (var flag in new[] { "--cors", "--max-connections", "--max-body-mb", "--max-tokens-limit", "--api-key" })
+            Assert.Contains(flag, help);
+        Assert.Empty(new ServerOptions { LoadModel = () => throw new NotImplementedException() }.CorsOrigins);
+        Assert.NotNull(new ServerOptions { LoadModel = () => throw new NotImplementedException() }.MaxConcurrentConnections);
+    }
+
+    [Theory]
+    [InlineData("--cors", "example.com", "is not * or an origin")]
+    [InlineData("--cors", "https://app.example.com/path", "is not * or an origin")]
+    [InlineData("--max-connections", "0", "MaxConcurrentConnections must be")]
+    [InlineData("--max-body-mb", "0", "--max-body-mb must be between")]
+    [InlineData("--telemetry-max-mb", "0.01", "--telemetry-max-mb must be at least 0.0625")]
+    public void BadSecuritySettingsAreUsageErrors(string flag, string value, string message)
+    {
+        var error = new StringWriter();
+        int code = Program.Run(["serve", "-m", "does-not-matter.gguf", "--telemetry-log", Path.GetTempPath(), flag, value], new StringWriter(), error);
+        Assert.Equal(2, code);
+        Assert.Contains(message, error.ToString());
+    }
+
+    [Fact]
+    public async Task NoCorsHeadersUnlessAnOriginIsAllowed()
+    {
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }))
+        {
+            using var get = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { { "Origin", "https://evil.example" } } };
+            using var r = await s.Http.SendAsync(get, Ct);
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+            Assert.False(r.Headers.Contains("Access-Control-Allow-Origin"));
+            using var preflight = await s.Http.SendAsync(Preflight("https://evil.example"), Ct);
+            Assert.NotEqual(HttpStatusCode.NoContent, preflight.StatusCode);
+            Assert.False(preflight.Headers.Contains("Access-Control-Allow-Origin"));
+        }
+
+        const string app = "https://app.example.com";
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, ApiKey = Key, CorsOrigins = [app] }))
+        {
+            // The preflight carries no key and is answered before the key check.
+            using var anonymous = new HttpClient { BaseAddress = s.Server.Address };
+            using var preflight = await anonymous.SendAsync(Preflight(app), Ct);
+            Assert.Equal(HttpStatusCode.NoContent, preflight.StatusCode);
+            Assert.Equal(app, preflight.Headers.GetValues("Access-Control-Allow-Origin").Single());
+            Assert.Contains("POST", preflight.Headers.GetValues("Access-Control-Allow-Methods").Single());
+            Assert.Contains("Authorization", preflight.Headers.GetValues("Access-Control-Allow-Headers").Single());
+            Assert.Contains("Origin", preflight.Headers.Vary);
+
+            using var other = await anonymous.SendAsync(Preflight("https://evil.example"), Ct);
+            Assert.False(other.Headers.Contains("Access-Control-Allow-Origin"));
+
+            using var post = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+            {
+                Content = new StringContent("{\"prompt\":\"hi\",\"max_tokens\":2}", Encoding.UTF8, "application/json"),
+                Headers = { { "Origin", app } },
+            };
+            using var ok = await s.Http.SendAsync(post, Ct);
+            Assert.Equal(HttpStatusCode.OK, ok.StatusCode);
+            Assert.Equal(app, ok.Headers.GetValues("Access-Control-Allow-Origin").Single());
+
+            // Errors keep the header, so the page can read why.
+            using var unauthorized = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { { "Origin", app } } };
+            using var denied = await anonymous.SendAsync(unauthorized, Ct);
+            Assert.Equal(HttpStatusCode.Unauthorized, denied.StatusCode);
+            Assert.Equal(app, denied.Headers.GetValues("Access-Control-Allow-Origin").Single());
+        }
+
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, CorsOrigins = ["*"] }))
+        {
+            using var get = new HttpRequestMessage(HttpMethod.Get, "health") { Headers = { { "Origin", "https://anyone.example" } } };
+            using var r = await s.Http.SendAsync(get, Ct);
+            Assert.Equal("*", r.Headers.GetValues("Access-Control-Allow-Origin").Single());
+        }
+    }
+
+    private static HttpRequestMessage Preflight(string origin) => new(HttpMethod.Options, "v1/chat/completions")
+    {
+        Headers = { { "Origin", origin }, { "Access-Control-Request-Method", "POST" }, { "Access-Control-Request-Headers", "authorization, content-type" } },
+    };
+
+    /// <summary>Past the connection limit Kestrel closes new connections at once; a freed slot is usable again.</summary>
+    [Fact]
+    public async Task ConnectionsPastTheLimitAreClosed()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, MaxConcurrentConnections = 2 });
+        var endpoint = new IPEndPoint(IPAddress.Loopback, s.Server.Address.Port);
+        using var first = await KeepAliveAsync(endpoint);
+        using var second = await KeepAliveAsync(endpoint);
+        Assert.Equal(200, await HealthAsync(first));
+        Assert.Equal(200, await HealthAsync(second));
+
+        using (var third = await KeepAliveAsync(endpoint))
+            Assert.Equal(-1, await HealthAsync(third)); // closed without an answer
+
+        first.Close();
+        await TestServer.EventuallyAsync(async () =>
+        {
+            using var again = await KeepAliveAsync(endpoint);
+            return await HealthAsync(again) == 200;
+        }, "a freed connection slot");
+        Assert.Equal(200, await HealthAsync(second)); // the held connection still works
+    }
+
+    private static async Task<Socket> KeepAliveAsync(IPEndPoint endpoint)
+    {
+        var socket = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        await socket.ConnectAsync(endpoint, Ct);
+        return socket;
+    }
+
+    /// <summary>GET /health on a kept-alive connection: the status, or -1 when the server closed it instead.</summary>
+    private static async Task<int> HealthAsync(Socket socket)
+    {
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+        timeout.CancelAfter(TestServer.Bound);
+        try
+        {
+            await socket.SendAsync("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray(), SocketFlags.None, timeout.Token);
+            var buffer = new byte[4096];
+            var text = new StringBuilder();
+            while (true)
+            {
+                int n = await socket.ReceiveAsync(buffer, SocketFlags.None, timeout.Token);
+                if (n == 0) return text.Length == 0 ? -1 : throw new Xunit.Sdk.XunitException($"cut short: {text}");
+                text.Append(Encoding.ASCII.GetString(buffer, 0, n));
+                string t = text.ToString();
+                int end = t.IndexOf("\r\n\r\n", StringComparison.Ordinal);
+                if (end < 0) continue;
+                var length = System.Text.RegularExpressions.Regex.Match(t, @"(?im)^content-length: *(\d+)");
+                if (length.Success && t.Length - end - 4 < int.Parse(length.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)) continue;
+                return int.Parse(t.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
+            }
+        }
+        catch (SocketException)
+        {
+            return -1;
+        }
+    }
+
+    /// <summary>Body size (with and without Content-Length), prompt length (the context), max_tokens, n and prompts per request.</summary>
+    [Fact]
+    public async Task RequestSizeLimitsAreEnforced()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, MaxPrompts = 2 });
+        var cases = new (string Body, int Status, string Code)[]
+        {
+            ("{\"prompt\":\"" + new string('x', 70 * 1024) + "\"}", 413, "request_too_large"),
+            ("{\"prompt\":\"" + string.Concat(Enumerable.Repeat("once upon a time ", 1000)) + "\",\"max_tokens\":1}", 400, "context_length_exceeded"),
+            ("{\"prompt\":\"hi\",\"max_tokens\":1001}", 400, "invalid_value"),
+            ("{\"prompt\":\"hi\",\"max_tokens\":2,\"n\":5}", 400, "invalid_value"),
+            ("{\"prompt\":[\"a\",\"b\",\"c\"],\"max_tokens\":2}", 400, "invalid_value"),
+        };
+        foreach (var (body, status, code) in cases)
+        {
+            var (got, json, _) = await s.PostAsync("v1/completions", body);
+            Assert.True(status == (int)got, $"{body[..Math.Min(60, body.Length)]}: {(int)got} {json}");
+            Assert.Equal(code, json.GetProperty("error").GetProperty("code").GetString());
+        }
+
+        // Chunked: no Content-Length to refuse up front; the limit still holds while the body is read.
+        using var chunked = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = new StreamContent(new MemoryStream(Encoding.UTF8.GetBytes("{\"prompt\":\"" + new string('y', 70 * 1024) + "\"}"))),
+        };
+        chunked.Headers.TransferEncodingChunked = true;
+        chunked.Content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+        using var tooBig = await s.Http.SendAsync(chunked, Ct);
+        Assert.Equal(HttpStatusCode.RequestEntityTooLarge, tooBig.StatusCode);
+        Assert.Contains("request_too_large", await tooBig.Content.ReadAsStringAsync(Ct));
+    }
+}
