@@ -25,7 +25,7 @@ public class CrashSafetyTests
 {
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
     private static readonly string Exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
-    private static readonly string Model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+    private static readonly string Model = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
 
     private static Process Start(params string[] args)
     {

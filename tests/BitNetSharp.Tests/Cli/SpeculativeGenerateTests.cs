@@ -26,7 +26,7 @@ public class SpeculativeGenerateTests
     public void SpeculativeGreedyPrintsItsStatsAndTheSameTokens()
     {
         using var dir = new TestGguf.TempDirectory();
-        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string model = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
         const string Prompt = "Tom had a red ball. Tom loved the red ball. One day, Tom lost the red ball. Tom";
         string[] common = ["generate", "-m", model, "-p", Prompt, "-n", "24", "--temp", "0", "--ignore-eos", "-t", "1"];
         var plain = Bitnet([.. common, "--ids-out", dir.File("plain.json")]);
@@ -52,7 +52,7 @@ public class SpeculativeGenerateTests
     [Fact]
     public void ChatSpeculatesToo()
     {
-        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string model = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
         (int, string, string) Chat(params string[] extra)
         {
             var output = new StringWriter();
@@ -73,7 +73,7 @@ public class SpeculativeGenerateTests
     public void MismatchedDraftsAndBadFlagsAreClearErrors()
     {
         using var dir = new TestGguf.TempDirectory();
-        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string model = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
         string other = dir.File("tiny.gguf");
         SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(other);
         string[] common = ["generate", "-m", model, "-p", "Once upon a time", "-n", "4", "--temp", "0"];

@@ -10,7 +10,7 @@ namespace BitNetSharp.Tests.Evaluation;
 /// <summary>`bitnet calibrate`: statistics, the budgeted search, the written model and report, and bad input.</summary>
 public class CalibrateTests
 {
-    private static string BundledModel => RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+    private static string BundledModel => RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
 
     private const string Story =
         "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. One day, " +

@@ -51,7 +51,7 @@ public class EmbeddingConversionTests
     [InlineData("q6_k", GgmlType.Q6_K)]
     public void ConvertedEmbeddingHoldsTheTypeAndTheLogits(string option, GgmlType type)
     {
-        string src = RepositoryFiles.Path(Path.Combine("models", "bitnet-tinystories.gguf"));
+        string src = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
         string path = Path.Combine(Path.GetTempPath(), $"bitnet-embd-{Environment.ProcessId}-{option}.gguf");
         try
         {
@@ -85,7 +85,7 @@ public class EmbeddingConversionTests
     public void QuantizedEmbeddingKeepsPerplexity(string option)
     {
         string corpus = SharedData.RequirePath("corpora/tinystories_val_subset.txt");
-        string src = RepositoryFiles.Path(Path.Combine("models", "bitnet-tinystories.gguf"));
+        string src = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
         string path = Path.Combine(Path.GetTempPath(), $"bitnet-embd-ppl-{Environment.ProcessId}-{option}.gguf");
         string text = Path.Combine(Path.GetTempPath(), $"bitnet-embd-ppl-{Environment.ProcessId}-{option}.txt");
         try

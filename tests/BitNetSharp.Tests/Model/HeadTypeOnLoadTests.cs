@@ -14,7 +14,7 @@ public class HeadTypeOnLoadTests
 {
     private static readonly SyntheticShape Shape = SyntheticShape.Tiny with { Name = "tiny256", Dim = 256 };
 
-    private static string BundledModel => RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+    private static string BundledModel => RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
 
     private static unsafe float[] Logits(ModelWeights w, int[] tokens)
     {
