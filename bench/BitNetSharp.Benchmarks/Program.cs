@@ -5,6 +5,14 @@ using BitNetSharp.Benchmarks;
 // Quick dev loop:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick [tokens]
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
+// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]
+if (args.Length > 0 && args[0] == "quick-attention")
+{
+    int depth = args.Length > 1 ? int.Parse(args[1]) : 4096;
+    int[] threads = args.Length > 2 ? args[2..].Select(int.Parse).ToArray() : [1, 2];
+    QuickAttentionTimer.Run(depth, threads);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-matmul")
 {
     QuickMatMulTimer.Run(args.Length > 1 ? int.Parse(args[1]) : 1);

@@ -30,15 +30,23 @@ internal unsafe interface IKvRow
     /// <summary>out_i += w · stored_i (w already includes the row scale).</summary>
     static abstract void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth;
 
-    /// <summary>Whether <see cref="DotLanes"/> is implemented (F32 and F16 rows).</summary>
+    /// <summary>
+    /// Whether every stored value is finite (int8 and fp8 codes as written, F16 rows known finite). Then a zero weight is
+    /// not skipped in the weighted sum of V (0 · v adds nothing), so the per-head loop and the group kernels, which keep
+    /// their sums in registers, run the same fused multiply-adds; types that may hold ±∞ or NaN skip zero weights, so
+    /// a masked-out corrupt row cannot turn the output into NaN.
+    /// </summary>
+    static virtual bool AlwaysFinite => false;
+
+    /// <summary>Whether <see cref="Widen16"/> is implemented (every row type on a machine with 512-bit vectors).</summary>
     static virtual bool HasLanes => false;
 
     /// <summary>
-    /// The dot before its horizontal sum, for machines with 512-bit vectors and n a multiple of 16: lane j holds
-    /// Σ q_d · stored_d over d ≡ j (mod 16), one FMA per 16 dimensions in increasing order. The scores of 16 positions
-    /// are then summed together (<see cref="LaneSums"/>), which costs ~3 operations a position instead of ~23.
+    /// Stored values i..i+15 of <paramref name="row"/> as floats (not yet multiplied by the row scale), exactly the
+    /// values <see cref="Decode"/> gives, for the 512-bit lane kernels of <see cref="AttentionKernels"/>: one load and
+    /// two or three operations, no table.
     /// </summary>
-    static virtual Vector512<float> DotLanes(float* q, byte* row, int n) => throw new NotSupportedException();
+    static virtual Vector512<float> Widen16(byte* row, int i) => throw new NotSupportedException();
 }
 
 /// <summary>
@@ -50,22 +58,30 @@ internal static unsafe class AttentionKernels
 {
     /// <summary>
     /// scores[p] = scale · (q · row p) (times the row's scale for scaled types) for p in [0, positions). With 512-bit
-    /// vectors and rows that have <see cref="IKvRow.DotLanes"/>, sixteen positions at a time: each key row's products
+    /// vectors (<see cref="HasLanePath{TRow}"/>), sixteen positions at a time: each key row's products
     /// folded into one vector, the sixteen summed together.
     /// </summary>
+    [SkipLocalsInit] // the lane and tail buffers are written before every read
     public static void Scores<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int positions, float scale)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
-        if (TWidth.Bits >= 512 && TRow.HasLanes && Vector512.IsHardwareAccelerated && n % 16 == 0)
+        if (TWidth.Bits >= 512 && HasLanePath<TRow>(n))
         {
             var lanes = stackalloc Vector512<float>[16];
+            float* tail = stackalloc float[16];
             var factor = Vector512.Create(scale);
             for (int p0 = 0; p0 < positions; p0 += 16)
             {
                 int m = Math.Min(16, positions - p0);
-                for (int i = 0; i < m; i++) lanes[i] = TRow.DotLanes(q, rows + (long)(p0 + i) * stride, n);
+                for (int i = 0; i < m; i++)
+                {
+                    Prefetch(rows + (long)(p0 + i + PrefetchRows) * stride, stride);
+                    lanes[i] = DotLanes<TRow>(q, rows + (long)(p0 + i) * stride, n);
+                }
                 for (int i = m; i < 16; i++) lanes[i] = default;
-                StoreScores(LaneSums.Sums16(lanes) * factor, scores + p0, m);
+                var sums = LaneSums.Sums16(lanes);
+                if (TRow.HasScale) sums *= LoadPartial(rowScales + p0, m, tail);
+                StoreScores(sums * factor, scores + p0, m);
             }
             return;
         }
@@ -76,42 +92,196 @@ internal static unsafe class AttentionKernels
         }
     }
 
-    /// <summary>output[d] += Σ_p weights[p] · row p (times the row's scale for scaled types); zero weights are skipped.</summary>
+    /// <summary>output[d] += Σ_p weights[p] · row p (times the row's scale for scaled types); zero weights are skipped
+    /// unless the type is <see cref="IKvRow.AlwaysFinite"/>.</summary>
     public static void Accumulate<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* weights, float* output, int positions)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
         for (int p = 0; p < positions; p++)
         {
             float w = weights[p];
-            if (w == 0f) continue;
+            if (w == 0f && !TRow.AlwaysFinite) continue;
             TRow.Axpy<TWidth>(TRow.HasScale ? w * rowScales[p] : w, rows + (long)p * stride, output, n);
         }
     }
 
+    /// <summary>Whether the 512-bit lane kernels serve <typeparamref name="TRow"/> rows of <paramref name="n"/> values here.</summary>
+    public static bool HasLanePath<TRow>(int n) where TRow : IKvRow => TRow.HasLanes && Vector512.IsHardwareAccelerated && n % 16 == 0;
+
     /// <summary>
-    /// The scores of four queries (q + g·n) sharing finite F16 key rows, to scores + g·scoresStride: as
-    /// <see cref="Scores{TRow, TWidth}"/> for <see cref="F16FiniteRow"/> at the widest width, bit for bit, each key row
-    /// widened once for the four.
+    /// The dot before its horizontal sum (512-bit vectors, n a multiple of 16): lane j holds Σ q_d · stored_d over
+    /// d ≡ j (mod 16), one FMA per 16 dimensions in increasing order. The scores of 16 positions are then summed
+    /// together (<see cref="LaneSums"/>), which costs ~3 operations a position instead of ~23.
     /// </summary>
-    public static void ScoresF16Group4(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> DotLanes<TRow>(float* q, byte* row, int n) where TRow : IKvRow
     {
-        if (Vector512.IsHardwareAccelerated && n % 16 == 0)
+        var a = Vector512<float>.Zero;
+        for (int i = 0; i < n; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), TRow.Widen16(row, i), a);
+        return a;
+    }
+
+    /// <summary>
+    /// The scores of a GQA group of four queries (q + g·n) sharing one kv head's key rows, to scores + g·scoresStride:
+    /// as four <see cref="Scores{TRow, TWidth}"/> calls on the lane path, bit for bit (each query's accumulator takes
+    /// the same FMAs in the same order), each key row loaded and widened once for the four.
+    /// Requires <see cref="HasLanePath{TRow}"/>.
+    /// </summary>
+    [SkipLocalsInit] // the lane and tail buffers are written before every read
+    public static void ScoresGroup4<TRow>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+        where TRow : IKvRow
+    {
+        var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
+        float* tail = stackalloc float[16];
+        var factor = Vector512.Create(scale);
+        float* q1 = q + n, q2 = q + 2 * n, q3 = q + 3 * n;
+        for (int p0 = 0; p0 < positions; p0 += 16)
         {
-            // As Scores' lane path, four queries per widened key row.
-            var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
-            var factor = Vector512.Create(scale);
-            for (int p0 = 0; p0 < positions; p0 += 16)
+            int m = Math.Min(16, positions - p0);
+            int i = 0;
+            // Two key rows per pass: each query block is loaded once for both (the loads, not the FMAs, were the limit).
+            for (; i + 2 <= m; i += 2)
             {
-                int m = Math.Min(16, positions - p0);
-                for (int i = 0; i < m; i++) F16FiniteRow.Dot4Lanes(q, q + n, q + 2 * n, q + 3 * n, rows + (long)(p0 + i) * stride, n, lanes + i);
-                for (int g = 0; g < 4; g++)
+                byte* r0 = rows + (long)(p0 + i) * stride, r1 = r0 + stride;
+                Prefetch(r0 + PrefetchRows * stride, 2 * stride);
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+                for (int d = 0; d < n; d += 16)
                 {
-                    for (int i = m; i < 16; i++) lanes[g * 16 + i] = default;
-                    StoreScores(LaneSums.Sums16(lanes + g * 16) * factor, scores + g * scoresStride + p0, m);
+                    var k0 = TRow.Widen16(r0, d);
+                    var k1 = TRow.Widen16(r1, d);
+                    var x0 = Vector512.Load(q + d);
+                    a0 = Vector512.FusedMultiplyAdd(x0, k0, a0);
+                    b0 = Vector512.FusedMultiplyAdd(x0, k1, b0);
+                    var x1 = Vector512.Load(q1 + d);
+                    a1 = Vector512.FusedMultiplyAdd(x1, k0, a1);
+                    b1 = Vector512.FusedMultiplyAdd(x1, k1, b1);
+                    var x2 = Vector512.Load(q2 + d);
+                    a2 = Vector512.FusedMultiplyAdd(x2, k0, a2);
+                    b2 = Vector512.FusedMultiplyAdd(x2, k1, b2);
+                    var x3 = Vector512.Load(q3 + d);
+                    a3 = Vector512.FusedMultiplyAdd(x3, k0, a3);
+                    b3 = Vector512.FusedMultiplyAdd(x3, k1, b3);
                 }
+                lanes[i] = a0; lanes[16 + i] = a1; lanes[32 + i] = a2; lanes[48 + i] = a3;
+                lanes[i + 1] = b0; lanes[17 + i] = b1; lanes[33 + i] = b2; lanes[49 + i] = b3;
+            }
+            for (; i < m; i++)
+            {
+                byte* row = rows + (long)(p0 + i) * stride;
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int d = 0; d < n; d += 16)
+                {
+                    var k = TRow.Widen16(row, d);
+                    a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + d), k, a0);
+                    a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q1 + d), k, a1);
+                    a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q2 + d), k, a2);
+                    a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q3 + d), k, a3);
+                }
+                lanes[i] = a0; lanes[16 + i] = a1; lanes[32 + i] = a2; lanes[48 + i] = a3;
+            }
+            var rowScale = TRow.HasScale ? LoadPartial(rowScales + p0, m, tail) : default;
+            for (int g = 0; g < 4; g++)
+            {
+                for (int j = m; j < 16; j++) lanes[g * 16 + j] = default;
+                var sums = LaneSums.Sums16(lanes + g * 16);
+                if (TRow.HasScale) sums *= rowScale;
+                StoreScores(sums * factor, scores + g * scoresStride + p0, m);
+            }
+        }
+    }
+
+    /// <summary>
+    /// output + g·n += Σ_p weights[g·weightStride + p] · row p (times the row's scale) for the four heads of a GQA group
+    /// sharing one kv head's value rows: as four <see cref="Accumulate{TRow, TWidth}"/> calls bit for bit (the axpy is
+    /// elementwise, one FMA per value in position order), each value row widened once. For
+    /// <see cref="IKvRow.AlwaysFinite"/> types the sums stay in registers across positions, 64 dimensions of the four
+    /// heads at a time (16 accumulators), so the loop loads each value row once and stores nothing until the end;
+    /// other types go position by position, skipping each head's zero weights. Requires <see cref="HasLanePath{TRow}"/>.
+    /// </summary>
+    public static void AccumulateGroup4<TRow>(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
+        where TRow : IKvRow
+    {
+        float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
+        float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
+        if (TRow.AlwaysFinite)
+        {
+            int d = 0;
+            for (; d + 64 <= n; d += 64)
+            {
+                Vector512<float> a0 = Vector512.Load(output + d), a1 = Vector512.Load(output + d + 16), a2 = Vector512.Load(output + d + 32), a3 = Vector512.Load(output + d + 48);
+                Vector512<float> b0 = Vector512.Load(o1 + d), b1 = Vector512.Load(o1 + d + 16), b2 = Vector512.Load(o1 + d + 32), b3 = Vector512.Load(o1 + d + 48);
+                Vector512<float> c0 = Vector512.Load(o2 + d), c1 = Vector512.Load(o2 + d + 16), c2 = Vector512.Load(o2 + d + 32), c3 = Vector512.Load(o2 + d + 48);
+                Vector512<float> e0 = Vector512.Load(o3 + d), e1 = Vector512.Load(o3 + d + 16), e2 = Vector512.Load(o3 + d + 32), e3 = Vector512.Load(o3 + d + 48);
+                byte* row = rows;
+                for (int p = 0; p < positions; p++, row += stride)
+                {
+                    if (d == 0) Prefetch(row + PrefetchRows * stride, stride);
+                    float s = TRow.HasScale ? rowScales[p] : 1f;
+                    var v0 = TRow.Widen16(row, d);
+                    var v1 = TRow.Widen16(row, d + 16);
+                    var v2 = TRow.Widen16(row, d + 32);
+                    var v3 = TRow.Widen16(row, d + 48);
+                    var x = Vector512.Create(TRow.HasScale ? weights[p] * s : weights[p]);
+                    a0 = Vector512.FusedMultiplyAdd(x, v0, a0); a1 = Vector512.FusedMultiplyAdd(x, v1, a1); a2 = Vector512.FusedMultiplyAdd(x, v2, a2); a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
+                    x = Vector512.Create(TRow.HasScale ? w1[p] * s : w1[p]);
+                    b0 = Vector512.FusedMultiplyAdd(x, v0, b0); b1 = Vector512.FusedMultiplyAdd(x, v1, b1); b2 = Vector512.FusedMultiplyAdd(x, v2, b2); b3 = Vector512.FusedMultiplyAdd(x, v3, b3);
+                    x = Vector512.Create(TRow.HasScale ? w2[p] * s : w2[p]);
+                    c0 = Vector512.FusedMultiplyAdd(x, v0, c0); c1 = Vector512.FusedMultiplyAdd(x, v1, c1); c2 = Vector512.FusedMultiplyAdd(x, v2, c2); c3 = Vector512.FusedMultiplyAdd(x, v3, c3);
+                    x = Vector512.Create(TRow.HasScale ? w3[p] * s : w3[p]);
+                    e0 = Vector512.FusedMultiplyAdd(x, v0, e0); e1 = Vector512.FusedMultiplyAdd(x, v1, e1); e2 = Vector512.FusedMultiplyAdd(x, v2, e2); e3 = Vector512.FusedMultiplyAdd(x, v3, e3);
+                }
+                a0.Store(output + d); a1.Store(output + d + 16); a2.Store(output + d + 32); a3.Store(output + d + 48);
+                b0.Store(o1 + d); b1.Store(o1 + d + 16); b2.Store(o1 + d + 32); b3.Store(o1 + d + 48);
+                c0.Store(o2 + d); c1.Store(o2 + d + 16); c2.Store(o2 + d + 32); c3.Store(o2 + d + 48);
+                e0.Store(o3 + d); e1.Store(o3 + d + 16); e2.Store(o3 + d + 32); e3.Store(o3 + d + 48);
+            }
+            for (; d < n; d += 16)
+            {
+                Vector512<float> a = Vector512.Load(output + d), b = Vector512.Load(o1 + d), c = Vector512.Load(o2 + d), e = Vector512.Load(o3 + d);
+                byte* row = rows;
+                for (int p = 0; p < positions; p++, row += stride)
+                {
+                    float s = TRow.HasScale ? rowScales[p] : 1f;
+                    var v = TRow.Widen16(row, d);
+                    a = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? weights[p] * s : weights[p]), v, a);
+                    b = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? w1[p] * s : w1[p]), v, b);
+                    c = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? w2[p] * s : w2[p]), v, c);
+                    e = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? w3[p] * s : w3[p]), v, e);
+                }
+                a.Store(output + d); b.Store(o1 + d); c.Store(o2 + d); e.Store(o3 + d);
             }
             return;
         }
+        for (int p = 0; p < positions; p++)
+        {
+            float x0 = weights[p], x1 = w1[p], x2 = w2[p], x3 = w3[p];
+            bool u0 = x0 != 0f, u1 = x1 != 0f, u2 = x2 != 0f, u3 = x3 != 0f;
+            if (!(u0 | u1 | u2 | u3)) continue;
+            if (TRow.HasScale)
+            {
+                float s = rowScales[p];
+                x0 *= s; x1 *= s; x2 *= s; x3 *= s;
+            }
+            byte* row = rows + (long)p * stride;
+            Prefetch(row + PrefetchRows * stride, stride);
+            Vector512<float> v0 = Vector512.Create(x0), v1 = Vector512.Create(x1), v2 = Vector512.Create(x2), v3 = Vector512.Create(x3);
+            for (int d = 0; d < n; d += 16)
+            {
+                var v = TRow.Widen16(row, d);
+                if (u0) Vector512.FusedMultiplyAdd(v0, v, Vector512.Load(output + d)).Store(output + d);
+                if (u1) Vector512.FusedMultiplyAdd(v1, v, Vector512.Load(o1 + d)).Store(o1 + d);
+                if (u2) Vector512.FusedMultiplyAdd(v2, v, Vector512.Load(o2 + d)).Store(o2 + d);
+                if (u3) Vector512.FusedMultiplyAdd(v3, v, Vector512.Load(o3 + d)).Store(o3 + d);
+            }
+        }
+    }
+
+    /// <summary>
+    /// The scores of four queries sharing finite F16 key rows without 512-bit vectors: as <see cref="Scores{TRow, TWidth}"/>
+    /// for <see cref="F16FiniteRow"/> at the widest width, bit for bit, each key row widened once for the four.
+    /// </summary>
+    public static void ScoresF16Group4(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+    {
         float* r = stackalloc float[4];
         for (int p = 0; p < positions; p++)
         {
@@ -130,9 +300,28 @@ internal static unsafe class AttentionKernels
         for (int p = 0; p < positions; p++)
         {
             w[0] = weights[p]; w[1] = weights[weightStride + p]; w[2] = weights[2 * weightStride + p]; w[3] = weights[3 * weightStride + p];
-            if (w[0] == 0f && w[1] == 0f && w[2] == 0f && w[3] == 0f) continue;
             F16FiniteRow.Axpy4(w, rows + (long)p * stride, output, output + n, output + 2 * n, output + 3 * n, n);
         }
+    }
+
+    /// <summary>Rows ahead that the group kernels ask the cache for: a chunk of the context starts a new stream, which the
+    /// hardware prefetcher would pick up only after several misses.</summary>
+    private const int PrefetchRows = 12;
+
+    /// <summary>A prefetch hint for the cache lines of [p, p + bytes); past the end of the rows it is a harmless hint.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Prefetch(byte* p, int bytes)
+    {
+        for (int i = 0; i < bytes; i += 64) Sse.Prefetch0(p + i);
+    }
+
+    /// <summary>The first <paramref name="count"/> (≤ 16) floats at <paramref name="source"/>, zeros after; reads no further.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> LoadPartial(float* source, int count, float* tail)
+    {
+        if (count == 16) return Vector512.Load(source);
+        for (int i = 0; i < 16; i++) tail[i] = i < count ? source[i] : 0f;
+        return Vector512.Load(tail);
     }
 
     /// <summary>The first <paramref name="count"/> (≤ 16) lanes of <paramref name="s"/> to <paramref name="destination"/>.</summary>
@@ -182,13 +371,8 @@ internal readonly unsafe struct F32Row : IKvRow
     public static bool HasScale => false;
     public static bool HasLanes => true;
 
-    public static Vector512<float> DotLanes(float* q, byte* row, int n)
-    {
-        float* k = (float*)row;
-        var a = Vector512<float>.Zero;
-        for (int i = 0; i < n; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), Vector512.Load(k + i), a);
-        return a;
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) => Vector512.Load((float*)row + i);
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
@@ -299,7 +483,8 @@ internal readonly unsafe struct F16Row : IKvRow
 
     public static bool HasLanes => true;
 
-    public static Vector512<float> DotLanes(float* q, byte* row, int n) => HalfRowMath.DotLanes<ExactHalfWidening>(q, row, n);
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) => HalfRowMath.Widen16<ExactHalfWidening>(row, i);
 
     public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth =>
         HalfRowMath.Axpy<ExactHalfWidening, TWidth>(w, row, output, n);
@@ -337,15 +522,10 @@ internal readonly struct FiniteHalfWidening : IHalfWidening
 /// <summary>The dot and axpy loops of the F16 row types, one implementation for both widenings.</summary>
 internal static unsafe class HalfRowMath
 {
-    /// <summary><see cref="IKvRow.DotLanes"/> for F16 rows (n a multiple of 16).</summary>
-    public static Vector512<float> DotLanes<TWiden>(float* q, byte* row, int n) where TWiden : IHalfWidening
-    {
-        short* k = (short*)row;
-        var a = Vector512<float>.Zero;
-        for (int i = 0; i < n; i += 16)
-            a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), TWiden.Widen(Avx512BW.ConvertToVector512Int32(Vector256.Load(k + i))), a);
-        return a;
-    }
+    /// <summary><see cref="IKvRow.Widen16"/> for F16 rows.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16<TWiden>(byte* row, int i) where TWiden : IHalfWidening =>
+        TWiden.Widen(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)row + i)));
 
     public static float Dot<TWiden, TWidth>(float* q, byte* row, int n) where TWiden : IHalfWidening where TWidth : struct, IVectorWidth
     {
@@ -416,6 +596,7 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
 {
     public static int ElementSize => 2;
     public static bool HasScale => false;
+    public static bool AlwaysFinite => true;
     public static float Encode(ReadOnlySpan<float> x, byte* row) => F16Row.Encode(x, row);
     public static void Decode(byte* row, float scale, Span<float> x) => F16Row.Decode(row, scale, x);
 
@@ -424,26 +605,8 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
 
     public static bool HasLanes => true;
 
-    public static Vector512<float> DotLanes(float* q, byte* row, int n) => HalfRowMath.DotLanes<FiniteHalfWidening>(q, row, n);
-
-    /// <summary>
-    /// <see cref="DotLanes"/> for four queries (a GQA group sharing this key row): each 16-half chunk is widened once;
-    /// each query's accumulator takes the same FMAs in the same order as its own DotLanes.
-    /// </summary>
-    public static void Dot4Lanes(float* q0, float* q1, float* q2, float* q3, byte* row, int n, Vector512<float>* result)
-    {
-        short* k = (short*)row;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int i = 0; i < n; i += 16)
-        {
-            var h = Widen(Avx512BW.ConvertToVector512Int32(Vector256.Load(k + i)));
-            a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q0 + i), h, a0);
-            a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q1 + i), h, a1);
-            a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q2 + i), h, a2);
-            a3 = Vector512.FusedMultiplyAdd(Vector512.Load(q3 + i), h, a3);
-        }
-        result[0] = a0; result[16] = a1; result[32] = a2; result[48] = a3;
-    }
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) => HalfRowMath.Widen16<FiniteHalfWidening>(row, i);
 
     public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth =>
         HalfRowMath.Axpy<FiniteHalfWidening, TWidth>(w, row, output, n);
@@ -503,13 +666,13 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
     }
 
     /// <summary>
-    /// o_g += w_g · row for the four outputs of a GQA group (each skipped when its weight is 0, as
-    /// <see cref="KvCache.AccumulateV"/> skips): one widening per chunk, the same FMAs per output as four Axpy calls.
+    /// o_g += w_g · row for the four outputs of a GQA group (zero weights included: finite rows, as
+    /// <see cref="AttentionKernels.Accumulate{TRow, TWidth}"/> does for them): one widening per chunk, the same FMAs per
+    /// output as four Axpy calls.
     /// </summary>
     public static void Axpy4(float* w, byte* row, float* o0, float* o1, float* o2, float* o3, int n)
     {
         short* v = (short*)row;
-        bool u0 = w[0] != 0f, u1 = w[1] != 0f, u2 = w[2] != 0f, u3 = w[3] != 0f;
         int i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
@@ -519,10 +682,10 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
                 var h = Vector512.Load(v + i);
                 var lo = Widen(Vector512.WidenLower(h));
                 var hi = Widen(Vector512.WidenUpper(h));
-                if (u0) { Vector512.FusedMultiplyAdd(w0, lo, Vector512.Load(o0 + i)).Store(o0 + i); Vector512.FusedMultiplyAdd(w0, hi, Vector512.Load(o0 + i + 16)).Store(o0 + i + 16); }
-                if (u1) { Vector512.FusedMultiplyAdd(w1, lo, Vector512.Load(o1 + i)).Store(o1 + i); Vector512.FusedMultiplyAdd(w1, hi, Vector512.Load(o1 + i + 16)).Store(o1 + i + 16); }
-                if (u2) { Vector512.FusedMultiplyAdd(w2, lo, Vector512.Load(o2 + i)).Store(o2 + i); Vector512.FusedMultiplyAdd(w2, hi, Vector512.Load(o2 + i + 16)).Store(o2 + i + 16); }
-                if (u3) { Vector512.FusedMultiplyAdd(w3, lo, Vector512.Load(o3 + i)).Store(o3 + i); Vector512.FusedMultiplyAdd(w3, hi, Vector512.Load(o3 + i + 16)).Store(o3 + i + 16); }
+                Vector512.FusedMultiplyAdd(w0, lo, Vector512.Load(o0 + i)).Store(o0 + i); Vector512.FusedMultiplyAdd(w0, hi, Vector512.Load(o0 + i + 16)).Store(o0 + i + 16);
+                Vector512.FusedMultiplyAdd(w1, lo, Vector512.Load(o1 + i)).Store(o1 + i); Vector512.FusedMultiplyAdd(w1, hi, Vector512.Load(o1 + i + 16)).Store(o1 + i + 16);
+                Vector512.FusedMultiplyAdd(w2, lo, Vector512.Load(o2 + i)).Store(o2 + i); Vector512.FusedMultiplyAdd(w2, hi, Vector512.Load(o2 + i + 16)).Store(o2 + i + 16);
+                Vector512.FusedMultiplyAdd(w3, lo, Vector512.Load(o3 + i)).Store(o3 + i); Vector512.FusedMultiplyAdd(w3, hi, Vector512.Load(o3 + i + 16)).Store(o3 + i + 16);
             }
         }
         if (Vector256.IsHardwareAccelerated)
@@ -533,19 +696,19 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
                 var h = Vector256.Load(v + i);
                 var lo = Widen(Vector256.WidenLower(h));
                 var hi = Widen(Vector256.WidenUpper(h));
-                if (u0) { Vector256.FusedMultiplyAdd(w0, lo, Vector256.Load(o0 + i)).Store(o0 + i); Vector256.FusedMultiplyAdd(w0, hi, Vector256.Load(o0 + i + 8)).Store(o0 + i + 8); }
-                if (u1) { Vector256.FusedMultiplyAdd(w1, lo, Vector256.Load(o1 + i)).Store(o1 + i); Vector256.FusedMultiplyAdd(w1, hi, Vector256.Load(o1 + i + 8)).Store(o1 + i + 8); }
-                if (u2) { Vector256.FusedMultiplyAdd(w2, lo, Vector256.Load(o2 + i)).Store(o2 + i); Vector256.FusedMultiplyAdd(w2, hi, Vector256.Load(o2 + i + 8)).Store(o2 + i + 8); }
-                if (u3) { Vector256.FusedMultiplyAdd(w3, lo, Vector256.Load(o3 + i)).Store(o3 + i); Vector256.FusedMultiplyAdd(w3, hi, Vector256.Load(o3 + i + 8)).Store(o3 + i + 8); }
+                Vector256.FusedMultiplyAdd(w0, lo, Vector256.Load(o0 + i)).Store(o0 + i); Vector256.FusedMultiplyAdd(w0, hi, Vector256.Load(o0 + i + 8)).Store(o0 + i + 8);
+                Vector256.FusedMultiplyAdd(w1, lo, Vector256.Load(o1 + i)).Store(o1 + i); Vector256.FusedMultiplyAdd(w1, hi, Vector256.Load(o1 + i + 8)).Store(o1 + i + 8);
+                Vector256.FusedMultiplyAdd(w2, lo, Vector256.Load(o2 + i)).Store(o2 + i); Vector256.FusedMultiplyAdd(w2, hi, Vector256.Load(o2 + i + 8)).Store(o2 + i + 8);
+                Vector256.FusedMultiplyAdd(w3, lo, Vector256.Load(o3 + i)).Store(o3 + i); Vector256.FusedMultiplyAdd(w3, hi, Vector256.Load(o3 + i + 8)).Store(o3 + i + 8);
             }
         }
         for (; i < n; i++)
         {
             float x = HalfConversions.HalfToFloat((ushort)v[i]);
-            if (u0) o0[i] += w[0] * x;
-            if (u1) o1[i] += w[1] * x;
-            if (u2) o2[i] += w[2] * x;
-            if (u3) o3[i] += w[3] * x;
+            o0[i] += w[0] * x;
+            o1[i] += w[1] * x;
+            o2[i] += w[2] * x;
+            o3[i] += w[3] * x;
         }
     }
 
@@ -565,6 +728,13 @@ internal readonly unsafe struct Int8Row : IKvRow
 {
     public static int ElementSize => 1;
     public static bool HasScale => true;
+    public static bool AlwaysFinite => true;
+    public static bool HasLanes => true;
+
+    /// <summary>Sign-extend and convert: two operations for sixteen values.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) =>
+        Vector512.ConvertToSingle(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)row + i)));
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
@@ -577,7 +747,10 @@ internal readonly unsafe struct Int8Row : IKvRow
             return max == 0f ? 0f : float.NaN;
         }
         float inv = 127f / max;
-        for (int i = 0; i < x.Length; i++) q[i] = (sbyte)Math.Clamp((int)MathF.Round(x[i] * inv), -127, 127);
+        if (float.IsInfinity(inv)) // max below ~3.7e-37: scale through double so 0·∞ never makes a NaN
+            for (int i = 0; i < x.Length; i++) q[i] = (sbyte)Math.Clamp((int)Math.Round(x[i] * 127.0 / max), -127, 127);
+        else
+            for (int i = 0; i < x.Length; i++) q[i] = (sbyte)Math.Clamp((int)MathF.Round(x[i] * inv), -127, 127);
         return max / 127f;
     }
 
@@ -652,6 +825,19 @@ internal readonly unsafe struct Fp8Row : IKvRow
 {
     public static int ElementSize => 1;
     public static bool HasScale => true;
+    public static bool AlwaysFinite => true;
+    public static bool HasLanes => true;
+
+    /// <summary>
+    /// Sixteen codes in three operations (sign-extend, shift-and-mask, × 2^120): the sign lands on bit 31 and the seven
+    /// exponent/mantissa bits under fp32's exponent and mantissa, so the product is the code's value exactly, subnormals
+    /// included (fp32 subnormal × 2^120). Only the NaN codes (0x7F, 0xFF) would read as ±480; <see cref="Encode"/>
+    /// never writes them (a row holding NaN or ±∞ is stored as zeros with a NaN scale), so a cache holds none.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) =>
+        (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)row + i)), 20) & Vector512.Create(unchecked((int)0x87F00000))).AsSingle()
+        * Vector512.Create(0x7B800000).AsSingle();
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
@@ -663,7 +849,10 @@ internal readonly unsafe struct Fp8Row : IKvRow
             return max == 0f ? 0f : float.NaN;
         }
         float inv = Fp8E4M3.MaxValue / max;
-        for (int i = 0; i < x.Length; i++) row[i] = Fp8E4M3.FromFloat(x[i] * inv);
+        if (float.IsInfinity(inv)) // max below ~1.3e-36: scale through double so 0·∞ never makes a NaN code
+            for (int i = 0; i < x.Length; i++) row[i] = Fp8E4M3.FromFloat((float)(x[i] * (double)Fp8E4M3.MaxValue / max));
+        else
+            for (int i = 0; i < x.Length; i++) row[i] = Fp8E4M3.FromFloat(x[i] * inv);
         return max / Fp8E4M3.MaxValue;
     }
 

@@ -142,57 +142,112 @@ public sealed unsafe class KvCache : IDisposable
     public void Scores(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int positions, float scale = 1f)
     {
         CheckHead(layer, kvHead, positions);
-        if (q.Length != HeadDim) throw new ArgumentException($"The query has {q.Length} values; the head dimension is {HeadDim}.", nameof(q));
         if (scores.Length < positions) throw new ArgumentException($"Room for {scores.Length} scores; {positions} positions asked for.", nameof(scores));
+        ScoresRange(layer, kvHead, q, scores, 0, positions, scale);
+    }
+
+    private void ScoresRange(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int start, int count, float scale)
+    {
+        if (q.Length != HeadDim) throw new ArgumentException($"The query has {q.Length} values; the head dimension is {HeadDim}.", nameof(q));
         switch (Type)
         {
-            case KvCacheType.F32: ScoresCore<F32Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
-            case KvCacheType.F16 when !_nonFiniteF16: ScoresCore<F16FiniteRow, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
-            case KvCacheType.F16: ScoresCore<F16Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
-            case KvCacheType.Int8: ScoresCore<Int8Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
-            default: ScoresCore<Fp8Row, WidestVector>(layer, kvHead, q, scores, positions, scale); break;
+            case KvCacheType.F32: ScoresCore<F32Row, WidestVector>(layer, kvHead, q, scores, start, count, scale); break;
+            case KvCacheType.F16 when !_nonFiniteF16: ScoresCore<F16FiniteRow, WidestVector>(layer, kvHead, q, scores, start, count, scale); break;
+            case KvCacheType.F16: ScoresCore<F16Row, WidestVector>(layer, kvHead, q, scores, start, count, scale); break;
+            case KvCacheType.Int8: ScoresCore<Int8Row, WidestVector>(layer, kvHead, q, scores, start, count, scale); break;
+            default: ScoresCore<Fp8Row, WidestVector>(layer, kvHead, q, scores, start, count, scale); break;
         }
     }
 
     /// <summary>
     /// The scores of the <paramref name="group"/> query heads that share <paramref name="kvHead"/> (GQA): head g's query
     /// is q[g·HeadDim ..], its scores go to scores[g·stride ..]. Equal, bit for bit, to one <see cref="Scores"/> call per
-    /// head; an F16 cache with a group of four widens each key row once for the four.
+    /// head; a group of four widens each key row once for the four.
     /// </summary>
-    public void ScoresGroup(int layer, int kvHead, ReadOnlySpan<float> q, int group, Span<float> scores, int stride, int positions, float scale = 1f)
+    public void ScoresGroup(int layer, int kvHead, ReadOnlySpan<float> q, int group, Span<float> scores, int stride, int positions, float scale = 1f) =>
+        ScoresGroupRange(layer, kvHead, q, group, scores, stride, 0, positions, scale);
+
+    /// <summary>
+    /// <see cref="ScoresGroup"/> over the cached positions [start, start + count) only: position start + i scores to
+    /// scores[g·stride + i]. A chunk of a long context, for attention split across threads.
+    /// </summary>
+    public void ScoresGroupRange(int layer, int kvHead, ReadOnlySpan<float> q, int group, Span<float> scores, int stride, int start, int count, float scale = 1f)
     {
-        CheckHead(layer, kvHead, positions);
+        CheckRange(layer, kvHead, start, count);
         if (group <= 0 || q.Length < group * HeadDim) throw new ArgumentException($"{group} queries of {HeadDim} values need {group * HeadDim}; got {q.Length}.", nameof(q));
-        if (stride < positions || scores.Length < (group - 1) * stride + positions) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
-        if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
+        if (stride < count || scores.Length < (group - 1) * stride + count) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
+        if (group == 4)
         {
-            byte* rows = _keys.Pointer + Row(layer, kvHead, 0) * _rowBytes;
-            fixed (float* pq = q)
-            fixed (float* ps = scores)
-                AttentionKernels.ScoresF16Group4(rows, _rowBytes, HeadDim, pq, ps, stride, positions, scale);
-            return;
+            bool done = Type switch
+            {
+                KvCacheType.F32 => ScoresGroup4<F32Row>(layer, kvHead, q, scores, stride, start, count, scale),
+                KvCacheType.F16 when !_nonFiniteF16 => ScoresGroup4<F16FiniteRow>(layer, kvHead, q, scores, stride, start, count, scale),
+                KvCacheType.F16 => ScoresGroup4<F16Row>(layer, kvHead, q, scores, stride, start, count, scale),
+                KvCacheType.Int8 => ScoresGroup4<Int8Row>(layer, kvHead, q, scores, stride, start, count, scale),
+                _ => ScoresGroup4<Fp8Row>(layer, kvHead, q, scores, stride, start, count, scale),
+            };
+            if (done) return;
         }
-        for (int g = 0; g < group; g++) Scores(layer, kvHead, q.Slice(g * HeadDim, HeadDim), scores.Slice(g * stride, positions), positions, scale);
+        for (int g = 0; g < group; g++) ScoresRange(layer, kvHead, q.Slice(g * HeadDim, HeadDim), scores.Slice(g * stride, count), start, count, scale);
     }
 
     /// <summary>
     /// output[g·HeadDim + d] += Σ_p weights[g·stride + p] · V[layer, kvHead, p, d] for the group's heads: equal, bit for bit,
-    /// to one <see cref="AccumulateV"/> call per head; an F16 cache with a group of four widens each value row once.
+    /// to one <see cref="AccumulateV"/> call per head; a group of four widens each value row once.
     /// </summary>
-    public void AccumulateVGroup(int layer, int kvHead, ReadOnlySpan<float> weights, int group, int stride, Span<float> output, int positions)
+    public void AccumulateVGroup(int layer, int kvHead, ReadOnlySpan<float> weights, int group, int stride, Span<float> output, int positions) =>
+        AccumulateVGroupRange(layer, kvHead, weights, group, stride, output, 0, positions);
+
+    /// <summary><see cref="AccumulateVGroup"/> over the cached positions [start, start + count): weights[g·stride + i] weighs position start + i.</summary>
+    public void AccumulateVGroupRange(int layer, int kvHead, ReadOnlySpan<float> weights, int group, int stride, Span<float> output, int start, int count)
     {
-        CheckHead(layer, kvHead, positions);
+        CheckRange(layer, kvHead, start, count);
         if (group <= 0 || output.Length < group * HeadDim) throw new ArgumentException($"{group} outputs of {HeadDim} values need {group * HeadDim}; got {output.Length}.", nameof(output));
-        if (stride < positions || weights.Length < (group - 1) * stride + positions) throw new ArgumentException("The weights buffer is too small for the group.", nameof(weights));
-        if (group == 4 && Type == KvCacheType.F16 && !_nonFiniteF16)
+        if (stride < count || weights.Length < (group - 1) * stride + count) throw new ArgumentException("The weights buffer is too small for the group.", nameof(weights));
+        if (group == 4)
         {
-            byte* rows = _values.Pointer + Row(layer, kvHead, 0) * _rowBytes;
-            fixed (float* pw = weights)
-            fixed (float* po = output)
-                AttentionKernels.AccumulateF16Group4(rows, _rowBytes, HeadDim, pw, stride, po, positions);
-            return;
+            bool done = Type switch
+            {
+                KvCacheType.F32 => AccumulateGroup4<F32Row>(layer, kvHead, weights, output, stride, start, count),
+                KvCacheType.F16 when !_nonFiniteF16 => AccumulateGroup4<F16FiniteRow>(layer, kvHead, weights, output, stride, start, count),
+                KvCacheType.F16 => AccumulateGroup4<F16Row>(layer, kvHead, weights, output, stride, start, count),
+                KvCacheType.Int8 => AccumulateGroup4<Int8Row>(layer, kvHead, weights, output, stride, start, count),
+                _ => AccumulateGroup4<Fp8Row>(layer, kvHead, weights, output, stride, start, count),
+            };
+            if (done) return;
         }
-        for (int g = 0; g < group; g++) AccumulateV(layer, kvHead, weights.Slice(g * stride, positions), output.Slice(g * HeadDim, HeadDim), positions);
+        for (int g = 0; g < group; g++) AccumulateVRange(layer, kvHead, weights.Slice(g * stride, count), output.Slice(g * HeadDim, HeadDim), start, count);
+    }
+
+    /// <summary>The group-of-four score kernels for <typeparamref name="TRow"/>, if this machine has one; false to fall back to per-head calls.</summary>
+    private bool ScoresGroup4<TRow>(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int stride, int start, int count, float scale) where TRow : IKvRow
+    {
+        long first = Row(layer, kvHead, start);
+        fixed (float* pq = q)
+        fixed (float* ps = scores)
+        {
+            if (AttentionKernels.HasLanePath<TRow>(HeadDim))
+                AttentionKernels.ScoresGroup4<TRow>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, stride, count, scale);
+            else if (typeof(TRow) == typeof(F16FiniteRow))
+                AttentionKernels.ScoresF16Group4(_keys.Pointer + first * _rowBytes, _rowBytes, HeadDim, pq, ps, stride, count, scale);
+            else return false;
+        }
+        return true;
+    }
+
+    private bool AccumulateGroup4<TRow>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int stride, int start, int count) where TRow : IKvRow
+    {
+        long first = Row(layer, kvHead, start);
+        fixed (float* pw = weights)
+        fixed (float* po = output)
+        {
+            if (AttentionKernels.HasLanePath<TRow>(HeadDim))
+                AttentionKernels.AccumulateGroup4<TRow>(_values.Pointer + first * _rowBytes, TRow.HasScale ? ValueScales + first : null, _rowBytes, HeadDim, pw, stride, po, count);
+            else if (typeof(TRow) == typeof(F16FiniteRow))
+                AttentionKernels.AccumulateF16Group4(_values.Pointer + first * _rowBytes, _rowBytes, HeadDim, pw, stride, po, count);
+            else return false;
+        }
+        return true;
     }
 
     /// <summary>output[d] += Σ_p weights[p] · V[layer, kvHead, p, d] for p in [0, positions); zero weights are skipped.</summary>
@@ -200,14 +255,19 @@ public sealed unsafe class KvCache : IDisposable
     {
         CheckHead(layer, kvHead, positions);
         if (weights.Length < positions) throw new ArgumentException($"{weights.Length} weights for {positions} positions.", nameof(weights));
+        AccumulateVRange(layer, kvHead, weights, output, 0, positions);
+    }
+
+    private void AccumulateVRange(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int start, int count)
+    {
         if (output.Length != HeadDim) throw new ArgumentException($"The output has {output.Length} values; the head dimension is {HeadDim}.", nameof(output));
         switch (Type)
         {
-            case KvCacheType.F32: AccumulateCore<F32Row, WidestVector>(layer, kvHead, weights, output, positions); break;
-            case KvCacheType.F16 when !_nonFiniteF16: AccumulateCore<F16FiniteRow, WidestVector>(layer, kvHead, weights, output, positions); break;
-            case KvCacheType.F16: AccumulateCore<F16Row, WidestVector>(layer, kvHead, weights, output, positions); break;
-            case KvCacheType.Int8: AccumulateCore<Int8Row, WidestVector>(layer, kvHead, weights, output, positions); break;
-            default: AccumulateCore<Fp8Row, WidestVector>(layer, kvHead, weights, output, positions); break;
+            case KvCacheType.F32: AccumulateCore<F32Row, WidestVector>(layer, kvHead, weights, output, start, count); break;
+            case KvCacheType.F16 when !_nonFiniteF16: AccumulateCore<F16FiniteRow, WidestVector>(layer, kvHead, weights, output, start, count); break;
+            case KvCacheType.F16: AccumulateCore<F16Row, WidestVector>(layer, kvHead, weights, output, start, count); break;
+            case KvCacheType.Int8: AccumulateCore<Int8Row, WidestVector>(layer, kvHead, weights, output, start, count); break;
+            default: AccumulateCore<Fp8Row, WidestVector>(layer, kvHead, weights, output, start, count); break;
         }
     }
 
@@ -280,22 +340,22 @@ public sealed unsafe class KvCache : IDisposable
         }
     }
 
-    internal void ScoresCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int positions, float scale)
+    internal void ScoresCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int start, int count, float scale)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
-        long first = Row(layer, kvHead, 0);
+        long first = Row(layer, kvHead, start);
         fixed (float* pq = q)
         fixed (float* ps = scores)
-            AttentionKernels.Scores<TRow, TWidth>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, positions, scale);
+            AttentionKernels.Scores<TRow, TWidth>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, count, scale);
     }
 
-    internal void AccumulateCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int positions)
+    internal void AccumulateCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int start, int count)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
-        long first = Row(layer, kvHead, 0);
+        long first = Row(layer, kvHead, start);
         fixed (float* pw = weights)
         fixed (float* po = output)
-            AttentionKernels.Accumulate<TRow, TWidth>(_values.Pointer + first * _rowBytes, TRow.HasScale ? ValueScales + first : null, _rowBytes, HeadDim, pw, po, positions);
+            AttentionKernels.Accumulate<TRow, TWidth>(_values.Pointer + first * _rowBytes, TRow.HasScale ? ValueScales + first : null, _rowBytes, HeadDim, pw, po, count);
     }
 
     private int CheckLayer(int layer)
@@ -318,6 +378,14 @@ public sealed unsafe class KvCache : IDisposable
         if (positions < 0 || positions > _layerLength[layer])
             throw new ArgumentOutOfRangeException(nameof(positions), positions,
                 $"Layer {layer} holds {_layerLength[layer]} positions; {positions} asked for.");
+    }
+
+    private void CheckRange(int layer, int kvHead, int start, int count)
+    {
+        CheckHead(layer, kvHead, 0);
+        if (start < 0 || count < 0 || start > _layerLength[layer] - count)
+            throw new ArgumentOutOfRangeException(nameof(start), start,
+                $"Positions [{start}, {start + (long)count}) asked for; layer {layer} holds {_layerLength[layer]}.");
     }
 
     private void CheckHead(int layer, int kvHead, int positions)

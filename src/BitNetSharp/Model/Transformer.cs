@@ -105,6 +105,18 @@ public sealed unsafe class Transformer : IDisposable
     }
     public int MaxBatchTokens { get; }
     public WorkerPool Pool => _pool;
+
+    /// <summary>
+    /// Cached positions per attention chunk (default 256). A token that sees more positions than this has its
+    /// attention computed chunk by chunk with a partial softmax each, merged in order; a single sequence's chunks are
+    /// spread over the worker threads. Part of the arithmetic (a different chunk length rounds differently), so results
+    /// are identical across thread counts and batchings for one chunk length. Set it between forward calls.
+    /// </summary>
+    public int AttentionChunk
+    {
+        get => _attention.Chunk;
+        set => _attention.Chunk = value;
+    }
     public TernaryKernel Kernel => _kernel;
 
     /// <summary>
@@ -229,7 +241,8 @@ public sealed unsafe class Transformer : IDisposable
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
-        _pool.Run(_attention, n * _c.KvHeads, grain: 1); // items differ in cost (a prompt's later tokens see more positions)
+        _pool.Run(_attention, _attention.Items, grain: 1); // items differ in cost (a prompt's later tokens see more positions)
+        _attention.MergeSplit();
         _attention.Clear();
         p?.End();
 
@@ -367,17 +380,71 @@ public sealed unsafe class Transformer : IDisposable
 
     /// <summary>
     /// Causal attention for (token, KV head) pairs: the GQA group of query heads sharing that KV head is scored against
-    /// the sequence's cached positions ≤ its own, softmaxed per head, and weighted over V, the group together (so an F16
-    /// cache widens each K and V row once per group, not once per query head; results equal per-head attention).
+    /// the sequence's cached positions ≤ its own, softmaxed per head, and weighted over V, the group together (so each
+    /// K and V row is read and widened once per group, not once per query head; results equal per-head attention).
+    /// <para>
+    /// A pair that sees more than <see cref="Chunk"/> positions is computed in chunks of that many positions with a
+    /// partial softmax each, then merged (<see cref="PartialSoftmax"/>). When the batch has few pairs for the threads
+    /// (a single sequence decoding: one pair per KV head), the chunks themselves are the parallel work items, so one
+    /// sequence's long context is read by every thread; otherwise each pair's chunks run in order on one thread. The
+    /// arithmetic is the same either way and the merge visits chunks in order, so the result depends on the positions
+    /// and the chunk length only: not on the thread count, the batch or the schedule.
+    /// </para>
     /// </summary>
-    private sealed class AttentionWork(ModelConfig c, int threads) : IParallelWork
+    private sealed class AttentionWork : IParallelWork
     {
-        private readonly float[][] _scores = Enumerable.Range(0, threads).Select(_ => new float[c.GroupSize * c.ContextLength]).ToArray();
-        private readonly float _scale = 1f / MathF.Sqrt(c.HeadDim);
+        /// <summary>Split chunks across threads while the batch has fewer pairs than this many per thread.</summary>
+        private const int SplitPairsPerThread = 4;
+
+        private readonly ModelConfig c;
+        private readonly int _threads;
+        private readonly float[][] _scores; // per worker: [group][stride] scores, then weights
+        private readonly float _scale;
+        private readonly int _partialSize; // one chunk's partial: [group × headDim outputs][group maxima][group sums]
+        private float[][] _ownPartials = [];  // per worker: the chunks of the pair it computes whole
+        private float[] _splitPartials = [];  // the chunks of every pair, when the chunks are the work items
+        private int[] _itemPair = [], _itemChunk = [], _pairChunks = [], _pairFirst = [];
+        private int _chunk, _pairs, _items;
+        private bool _split;
         private int _layer;
         private BatchToken[] _batch = new BatchToken[16];
         private IReadOnlyList<KvCache>? _caches;
         private float* _q, _out;
+
+        public AttentionWork(ModelConfig config, int threads)
+        {
+            c = config;
+            _threads = threads;
+            _scores = new float[threads][];
+            for (int i = 0; i < threads; i++) _scores[i] = new float[c.GroupSize * c.ContextLength];
+            _scale = 1f / MathF.Sqrt(c.HeadDim);
+            _partialSize = c.GroupSize * (c.HeadDim + 2);
+            Chunk = DefaultChunk;
+        }
+
+        public const int DefaultChunk = 256;
+
+        /// <summary>Positions per chunk: a pair with at most this many is computed in one pass, as before chunking.</summary>
+        public int Chunk
+        {
+            get => _chunk;
+            set
+            {
+                if (value < 1) throw new ArgumentOutOfRangeException(nameof(value), value, "An attention chunk holds at least one position.");
+                if (value == _chunk) return;
+                _chunk = value;
+                int maxChunks = (c.ContextLength + value - 1) / value;
+                _ownPartials = new float[_threads][];
+                for (int i = 0; i < _threads; i++) _ownPartials[i] = maxChunks > 1 ? new float[maxChunks * _partialSize] : [];
+                _splitPartials = [];
+                int maxItems = SplitPairsPerThread * _threads * maxChunks;
+                _itemPair = new int[maxItems];
+                _itemChunk = new int[maxItems];
+            }
+        }
+
+        /// <summary>Work items of the pass <see cref="Set"/> prepared: chunks when split, else pairs.</summary>
+        public int Items => _items;
 
         public void Set(int layer, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches, float* q, float* output)
         {
@@ -387,28 +454,128 @@ public sealed unsafe class Transformer : IDisposable
             _caches = caches;
             _q = q;
             _out = output;
+            _pairs = batch.Length * c.KvHeads;
+            if (_pairChunks.Length < _pairs)
+            {
+                _pairChunks = new int[Math.Max(_pairs, 2 * _pairChunks.Length)];
+                _pairFirst = new int[_pairChunks.Length];
+            }
+            int chunked = 0, total = 0;
+            for (int pair = 0; pair < _pairs; pair++)
+            {
+                int positions = batch[pair / c.KvHeads].Position + 1;
+                int n = positions <= _chunk ? 1 : (positions + _chunk - 1) / _chunk;
+                _pairChunks[pair] = n;
+                _pairFirst[pair] = total;
+                total += n;
+                if (n > 1) chunked++;
+            }
+            _split = _threads > 1 && chunked > 0 && _pairs < SplitPairsPerThread * _threads;
+            if (!_split)
+            {
+                _items = _pairs;
+                return;
+            }
+            if (_splitPartials.Length < (long)total * _partialSize)
+                _splitPartials = new float[(long)SplitPairsPerThread * _threads * ((c.ContextLength + _chunk - 1) / _chunk) * _partialSize];
+            // Chunk-major: the first chunk of every pair, then the second, ..., so the threads start on different pairs.
+            int items = 0;
+            for (int round = 0; items < total; round++)
+                for (int pair = 0; pair < _pairs; pair++)
+                    if (round < _pairChunks[pair])
+                    {
+                        _itemPair[items] = pair;
+                        _itemChunk[items] = round;
+                        items++;
+                    }
+            _items = items;
+        }
+
+        /// <summary>After a split pass: merges every chunked pair's partials into its output, on the calling thread.</summary>
+        public void MergeSplit()
+        {
+            if (!_split) return;
+            fixed (float* partials = _splitPartials)
+                for (int pair = 0; pair < _pairs; pair++)
+                    if (_pairChunks[pair] > 1)
+                        MergePair(pair, partials + (long)_pairFirst[pair] * _partialSize, _pairChunks[pair]);
         }
 
         public void Clear() => _caches = null;
 
         public void Execute(int start, int end, int worker)
         {
-            var scores = _scores[worker];
-            int hd = c.HeadDim, qDim = c.QDim, group = c.GroupSize, stride = c.ContextLength;
-            for (int item = start; item < end; item++)
+            if (_split)
             {
-                int t = item / c.KvHeads, kvHead = item % c.KvHeads;
-                var bt = _batch[t];
-                int positions = bt.Position + 1;
-                var cache = _caches![bt.Sequence];
-                long offset = (long)t * qDim + kvHead * group * hd;
-                var q = new ReadOnlySpan<float>(_q + offset, group * hd);
-                cache.ScoresGroup(_layer, kvHead, q, group, scores, stride, positions, _scale);
-                for (int g = 0; g < group; g++) Softmax.AttentionInPlace(scores.AsSpan(g * stride, positions));
-                var o = new Span<float>(_out + offset, group * hd);
-                o.Clear();
-                cache.AccumulateVGroup(_layer, kvHead, scores, group, stride, o, positions);
+                fixed (float* partials = _splitPartials)
+                    for (int item = start; item < end; item++)
+                    {
+                        int pair = _itemPair[item];
+                        if (_pairChunks[pair] == 1) Whole(pair, worker);
+                        else ChunkPartial(pair, _itemChunk[item], worker, partials + ((long)_pairFirst[pair] + _itemChunk[item]) * _partialSize);
+                    }
+                return;
             }
+            for (int pair = start; pair < end; pair++)
+            {
+                int chunks = _pairChunks[pair];
+                if (chunks == 1)
+                {
+                    Whole(pair, worker);
+                    continue;
+                }
+                fixed (float* partials = _ownPartials[worker])
+                {
+                    for (int ch = 0; ch < chunks; ch++) ChunkPartial(pair, ch, worker, partials + (long)ch * _partialSize);
+                    MergePair(pair, partials, chunks);
+                }
+            }
+        }
+
+        /// <summary>One pair in one pass: scores, softmax, weighted V.</summary>
+        private void Whole(int pair, int worker)
+        {
+            var scores = _scores[worker];
+            int hd = c.HeadDim, group = c.GroupSize, stride = c.ContextLength;
+            int t = pair / c.KvHeads, kvHead = pair % c.KvHeads;
+            var bt = _batch[t];
+            int positions = bt.Position + 1;
+            var cache = _caches![bt.Sequence];
+            long offset = (long)t * c.QDim + kvHead * group * hd;
+            var q = new ReadOnlySpan<float>(_q + offset, group * hd);
+            cache.ScoresGroup(_layer, kvHead, q, group, scores, stride, positions, _scale);
+            for (int g = 0; g < group; g++) Softmax.AttentionInPlace(scores.AsSpan(g * stride, positions));
+            var o = new Span<float>(_out + offset, group * hd);
+            o.Clear();
+            cache.AccumulateVGroup(_layer, kvHead, scores, group, stride, o, positions);
+        }
+
+        /// <summary>Chunk <paramref name="chunk"/> of a pair's positions: its unnormalized outputs, maxima and sums to <paramref name="partial"/>.</summary>
+        private void ChunkPartial(int pair, int chunk, int worker, float* partial)
+        {
+            var scores = _scores[worker];
+            int hd = c.HeadDim, group = c.GroupSize, stride = _chunk;
+            int t = pair / c.KvHeads, kvHead = pair % c.KvHeads;
+            var bt = _batch[t];
+            int first = chunk * _chunk, count = Math.Min(_chunk, bt.Position + 1 - first);
+            var cache = _caches![bt.Sequence];
+            var q = new ReadOnlySpan<float>(_q + (long)t * c.QDim + kvHead * group * hd, group * hd);
+            cache.ScoresGroupRange(_layer, kvHead, q, group, scores, stride, first, count, _scale);
+            fixed (float* ps = scores)
+                for (int g = 0; g < group; g++)
+                    partial[group * hd + group + g] = PartialSoftmax.Exponentiate(ps + g * stride, count, out partial[group * hd + g]);
+            var o = new Span<float>(partial, group * hd);
+            o.Clear();
+            cache.AccumulateVGroupRange(_layer, kvHead, scores, group, stride, o, first, count);
+        }
+
+        private void MergePair(int pair, float* partials, int chunks)
+        {
+            int hd = c.HeadDim, group = c.GroupSize;
+            int t = pair / c.KvHeads, kvHead = pair % c.KvHeads;
+            float* output = _out + (long)t * c.QDim + kvHead * group * hd;
+            for (int g = 0; g < group; g++)
+                PartialSoftmax.Merge(partials + g * hd, chunks, _partialSize, group * hd - g * hd + g, group * hd - g * hd + group + g, hd, output + g * hd);
         }
     }
 

@@ -152,18 +152,18 @@ public unsafe class KvCacheTests
     {
         switch (type, width)
         {
-            case (KvCacheType.F32, "widest"): c.ScoresCore<F32Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F32Row, WidestVector>(0, 1, w, output, 6); break;
-            case (KvCacheType.F32, "256"): c.ScoresCore<F32Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F32Row, Vector256Width>(0, 1, w, output, 6); break;
-            case (KvCacheType.F32, _): c.ScoresCore<F32Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F32Row, ScalarWidth>(0, 1, w, output, 6); break;
-            case (KvCacheType.F16, "widest"): c.ScoresCore<F16Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F16Row, WidestVector>(0, 1, w, output, 6); break;
-            case (KvCacheType.F16, "256"): c.ScoresCore<F16Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F16Row, Vector256Width>(0, 1, w, output, 6); break;
-            case (KvCacheType.F16, _): c.ScoresCore<F16Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<F16Row, ScalarWidth>(0, 1, w, output, 6); break;
-            case (KvCacheType.Int8, "widest"): c.ScoresCore<Int8Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Int8Row, WidestVector>(0, 1, w, output, 6); break;
-            case (KvCacheType.Int8, "256"): c.ScoresCore<Int8Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Int8Row, Vector256Width>(0, 1, w, output, 6); break;
-            case (KvCacheType.Int8, _): c.ScoresCore<Int8Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Int8Row, ScalarWidth>(0, 1, w, output, 6); break;
-            case (_, "widest"): c.ScoresCore<Fp8Row, WidestVector>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Fp8Row, WidestVector>(0, 1, w, output, 6); break;
-            case (_, "256"): c.ScoresCore<Fp8Row, Vector256Width>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Fp8Row, Vector256Width>(0, 1, w, output, 6); break;
-            default: c.ScoresCore<Fp8Row, ScalarWidth>(0, 1, q, scores, 6, 1f); c.AccumulateCore<Fp8Row, ScalarWidth>(0, 1, w, output, 6); break;
+            case (KvCacheType.F32, "widest"): c.ScoresCore<F32Row, WidestVector>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<F32Row, WidestVector>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.F32, "256"): c.ScoresCore<F32Row, Vector256Width>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<F32Row, Vector256Width>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.F32, _): c.ScoresCore<F32Row, ScalarWidth>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<F32Row, ScalarWidth>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.F16, "widest"): c.ScoresCore<F16Row, WidestVector>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<F16Row, WidestVector>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.F16, "256"): c.ScoresCore<F16Row, Vector256Width>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<F16Row, Vector256Width>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.F16, _): c.ScoresCore<F16Row, ScalarWidth>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<F16Row, ScalarWidth>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.Int8, "widest"): c.ScoresCore<Int8Row, WidestVector>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<Int8Row, WidestVector>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.Int8, "256"): c.ScoresCore<Int8Row, Vector256Width>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<Int8Row, Vector256Width>(0, 1, w, output, 0, 6); break;
+            case (KvCacheType.Int8, _): c.ScoresCore<Int8Row, ScalarWidth>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<Int8Row, ScalarWidth>(0, 1, w, output, 0, 6); break;
+            case (_, "widest"): c.ScoresCore<Fp8Row, WidestVector>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<Fp8Row, WidestVector>(0, 1, w, output, 0, 6); break;
+            case (_, "256"): c.ScoresCore<Fp8Row, Vector256Width>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<Fp8Row, Vector256Width>(0, 1, w, output, 0, 6); break;
+            default: c.ScoresCore<Fp8Row, ScalarWidth>(0, 1, q, scores, 0, 6, 1f); c.AccumulateCore<Fp8Row, ScalarWidth>(0, 1, w, output, 0, 6); break;
         }
     }
 
@@ -191,21 +191,21 @@ public unsafe class KvCacheTests
             var fast = new float[6];
             var generalOut = new float[headDim];
             var fastOut = new float[headDim];
-            cache.ScoresCore<F16Row, WidestVector>(0, 1, q, general, 6, 1f);
-            cache.ScoresCore<F16FiniteRow, WidestVector>(0, 1, q, fast, 6, 1f);
+            cache.ScoresCore<F16Row, WidestVector>(0, 1, q, general, 0, 6, 1f);
+            cache.ScoresCore<F16FiniteRow, WidestVector>(0, 1, q, fast, 0, 6, 1f);
             Assert.Equal(general, fast);
             var viaApi = new float[6];
             cache.Scores(0, 1, q, viaApi, 6);
             Assert.Equal(general, viaApi);
-            cache.AccumulateCore<F16Row, WidestVector>(0, 1, w, generalOut, 6);
-            cache.AccumulateCore<F16FiniteRow, WidestVector>(0, 1, w, fastOut, 6);
+            cache.AccumulateCore<F16Row, WidestVector>(0, 1, w, generalOut, 0, 6);
+            cache.AccumulateCore<F16FiniteRow, WidestVector>(0, 1, w, fastOut, 0, 6);
             Assert.Equal(generalOut, fastOut);
             foreach (var width in new[] { "256", "scalar" })
             {
                 var a = new float[6];
                 var b = new float[6];
-                if (width == "256") { cache.ScoresCore<F16Row, Vector256Width>(0, 1, q, a, 6, 1f); cache.ScoresCore<F16FiniteRow, Vector256Width>(0, 1, q, b, 6, 1f); }
-                else { cache.ScoresCore<F16Row, ScalarWidth>(0, 1, q, a, 6, 1f); cache.ScoresCore<F16FiniteRow, ScalarWidth>(0, 1, q, b, 6, 1f); }
+                if (width == "256") { cache.ScoresCore<F16Row, Vector256Width>(0, 1, q, a, 0, 6, 1f); cache.ScoresCore<F16FiniteRow, Vector256Width>(0, 1, q, b, 0, 6, 1f); }
+                else { cache.ScoresCore<F16Row, ScalarWidth>(0, 1, q, a, 0, 6, 1f); cache.ScoresCore<F16FiniteRow, ScalarWidth>(0, 1, q, b, 0, 6, 1f); }
                 Assert.Equal(a, b);
             }
         }
@@ -236,7 +236,9 @@ public unsafe class KvCacheTests
     [InlineData(KvCacheType.F16, 2)]
     [InlineData(KvCacheType.F32, 4)]
     [InlineData(KvCacheType.Int8, 4)]
+    [InlineData(KvCacheType.Int8, 2)]
     [InlineData(KvCacheType.Fp8E4M3, 3)]
+    [InlineData(KvCacheType.Fp8E4M3, 4)]
     public void GroupedAttentionEqualsPerHead(KvCacheType type, int group)
     {
         var rng = new Random(31);
@@ -265,6 +267,88 @@ public unsafe class KvCacheTests
                 cache.AccumulateV(1, 1, weights.AsSpan(g * stride, positions), expected.AsSpan(g * headDim, headDim), positions);
             Assert.Equal(expected, output);
         }
+    }
+
+    /// <summary>
+    /// A range of positions scores and accumulates exactly as the same positions inside a whole-head call: each
+    /// position's score does not depend on which others share its block of sixteen, for every type and group.
+    /// </summary>
+    [Theory]
+    [InlineData(KvCacheType.F32, 4)]
+    [InlineData(KvCacheType.F16, 4)]
+    [InlineData(KvCacheType.F16, 1)]
+    [InlineData(KvCacheType.Int8, 4)]
+    [InlineData(KvCacheType.Int8, 3)]
+    [InlineData(KvCacheType.Fp8E4M3, 4)]
+    public void RangesEqualTheWholeHeadsSlices(KvCacheType type, int group)
+    {
+        var rng = new Random(8);
+        const int headDim = 32, positions = 77, stride = 80;
+        using var cache = new KvCache(1, 2, headDim, 96, type);
+        for (int p = 0; p < positions; p++) cache.Write(0, p, Row(rng, 2 * headDim), Row(rng, 2 * headDim));
+        var q = Row(rng, group * headDim);
+        var whole = new float[group * stride];
+        cache.ScoresGroup(0, 1, q, group, whole, stride, positions, 0.25f);
+        foreach (var (start, count) in new[] { (0, 16), (5, 30), (61, 16), (70, 7), (3, 1) })
+        {
+            var part = new float[group * count];
+            cache.ScoresGroupRange(0, 1, q, group, part, count, start, count, 0.25f);
+            for (int g = 0; g < group; g++) Assert.Equal(whole.AsSpan(g * stride + start, count).ToArray(), part.AsSpan(g * count, count).ToArray());
+
+            // Σ over the range with weights w equals the whole-head call with zeros outside the range.
+            var w = new float[group * count];
+            var padded = new float[group * stride];
+            for (int g = 0; g < group; g++)
+                for (int i = 0; i < count; i++) padded[g * stride + start + i] = w[g * count + i] = (float)rng.NextDouble();
+            var a = new float[group * headDim];
+            var b = new float[group * headDim];
+            cache.AccumulateVGroupRange(0, 1, w, group, count, a, start, count);
+            cache.AccumulateVGroup(0, 1, padded, group, stride, b, positions);
+            Assert.Equal(b, a);
+        }
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => cache.ScoresGroupRange(0, 1, q, group, new float[group * 8], 8, 72, 8));
+        Assert.Contains("[72, 80)", e.Message);
+    }
+
+    /// <summary>The 512-bit lane widenings of the one-byte types give exactly the table values of every code a cache can hold.</summary>
+    [Fact]
+    public void ByteWideningsAreExactOnEveryStoredCode()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated, "the lane widenings are the 512-bit path");
+        var codes = new byte[256];
+        for (int i = 0; i < 256; i++) codes[i] = (byte)i;
+        fixed (byte* pc = codes)
+            for (int i = 0; i < 256; i += 16)
+            {
+                var i8 = Int8Row.Widen16(pc, i);
+                var f8 = Fp8Row.Widen16(pc, i);
+                for (int j = 0; j < 16; j++)
+                {
+                    byte code = (byte)(i + j);
+                    Assert.Equal((float)(sbyte)code, i8[j]);
+                    if ((code & 0x7F) == Fp8E4M3.NaNCode) continue; // never stored (Fp8Row.Encode)
+                    Assert.Equal(BitConverter.SingleToInt32Bits(Fp8E4M3.ToFloat(code)), BitConverter.SingleToInt32Bits(f8[j]));
+                }
+            }
+    }
+
+    /// <summary>A row whose largest value is so small that 448/max overflows still stores finite codes (no NaN from 0·∞).</summary>
+    [Theory]
+    [InlineData(KvCacheType.Int8)]
+    [InlineData(KvCacheType.Fp8E4M3)]
+    public void TinyRowsStoreFiniteCodes(KvCacheType type)
+    {
+        using var cache = new KvCache(1, 1, 16, 4, type);
+        var x = new float[16];
+        x[3] = 1e-40f; // subnormal: 448/x and 127/x overflow to +inf
+        x[5] = -5e-41f;
+        cache.Write(0, 0, x, x);
+        var k = new float[16];
+        var v = new float[16];
+        cache.Read(0, 0, k, v);
+        Assert.All(k, f => Assert.False(float.IsNaN(f)));
+        Assert.Equal(0f, k[0]);
+        Assert.True(k[3] > 0 && k[5] < 0, $"{k[3]} {k[5]}");
     }
 
     /// <summary>Sixteen vectors summed together follow, bit for bit, the documented tree for each (lanes k and k+8, then

@@ -80,30 +80,11 @@ public class GracefulShutdownTests
     public async Task SigtermDrainsAndExitsZero()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGTERM with kill(1); Linux only");
-        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
-        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
-        var psi = new ProcessStartInfo(exe)
+        Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
+        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1");
+        var process = server.Process;
         {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in new[] { "serve", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1" }) psi.ArgumentList.Add(a);
-        using var process = Process.Start(psi)!;
-        var stderr = new StringBuilder();
-        var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
-        process.ErrorDataReceived += (_, e) =>
-        {
-            if (e.Data is null) return;
-            lock (stderr) stderr.AppendLine(e.Data);
-            var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
-            if (m.Success) ready.TrySetResult(new Uri(m.Groups[1].Value));
-        };
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
-        try
-        {
-            var address = await ready.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
             using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
             using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
             {
@@ -120,15 +101,10 @@ public class GracefulShutdownTests
             Assert.Equal("length", JsonDocument.Parse(events[^2]).RootElement.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
             await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
             process.WaitForExit(); // flush the redirected stderr
-            string log;
-            lock (stderr) log = stderr.ToString();
+            string log = server.Log;
             Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}:\n{log}");
             Assert.Contains("stopping: draining", log);
             Assert.Contains("stopped: every request in flight finished.", log);
-        }
-        finally
-        {
-            if (!process.HasExited) process.Kill(entireProcessTree: true);
         }
     }
 }

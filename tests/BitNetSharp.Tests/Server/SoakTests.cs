@@ -32,27 +32,13 @@ public class SoakTests
     public async Task SixtySecondsAtSaturationAgainstABitnetServeProcess()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "reads the server's RSS from /proc/PID/status; Linux only");
-        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
-        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
+        Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
         double seconds = Environment.GetEnvironmentVariable("BITNET_SOAK_SECONDS") is { Length: > 0 } s ? double.Parse(s, CultureInfo.InvariantCulture) : 60;
 
-        var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "serve", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--max-seqs", "4", "-t", "1" }) psi.ArgumentList.Add(a);
-        using var process = Process.Start(psi)!;
-        var stderr = new StringBuilder();
-        var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
-        process.ErrorDataReceived += (_, e) =>
+        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--max-seqs", "4", "-t", "1");
+        var process = server.Process;
         {
-            if (e.Data is null) return;
-            lock (stderr) stderr.AppendLine(e.Data);
-            var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
-            if (m.Success) ready.TrySetResult(new Uri(m.Groups[1].Value));
-        };
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
-        try
-        {
-            var address = await ready.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
             var options = new SoakOptions
             {
                 Url = address,
@@ -81,10 +67,6 @@ public class SoakTests
             Assert.True(steady.Count(x => x.RequestsWaiting > 0 || x.SequencesRunning >= 4) >= 0.8 * steady.Count, $"not saturated:\n{summary}");
             Assert.True(report.Requests.Count(r => r.Kind is SoakKind.Malformed or SoakKind.Oversized) >= 20, summary);
             Assert.Contains(report.Requests, r => r.Case == "body_over_limit" && r.Status == 413);
-        }
-        finally
-        {
-            if (!process.HasExited) process.Kill(entireProcessTree: true);
         }
     }
 

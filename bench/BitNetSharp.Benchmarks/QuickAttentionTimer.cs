@@ -1,0 +1,99 @@
+using System.Diagnostics;
+using BitNetSharp.Diagnostics;
+using BitNetSharp.Diagnostics.Profiling;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Benchmarks;
+
+/// <summary>
+/// `quick-attention [depth] [threads...]` mode: one decode step's attention over a long context on the 2B4T attention
+/// shape (20 query heads on 5 KV heads of 128), per KV-cache type, with the chunks of the context spread over the
+/// threads (Transformer.AttentionChunk 256) against one pass per KV head (the chunk as long as the context), in one
+/// process with alternating rounds. The model is the 2B4T shape cut to 4 layers with a small feed-forward and
+/// vocabulary; the cache is filled by writing random K/V rows (no prefill). Attention time per layer is the operation
+/// profiler's attention time (KV write and attention over the cached positions) per step, divided by the layers; the cache bytes it read per second are compared
+/// with this machine's read bandwidth at the same thread count (<see cref="MemoryBandwidth"/>, best pattern).
+/// </summary>
+public static class QuickAttentionTimer
+{
+    private const int Layers = 4;
+
+    public static void Run(int depth, int[] threadCounts)
+    {
+        var shape = new SyntheticShape("2b4t-attention", 2560, Layers, 20, 5, 256, 512, depth + 16);
+        using var weights = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 1, GgmlType.F16).ToArray(), "attention.gguf"), ownsFile: true);
+        var c = weights.Config;
+        Console.WriteLine($"attention at depth {depth}, 2B4T heads (20 q / 5 kv × {c.HeadDim}); ms per layer = the profiler's attention time per step / {Layers} (median of 15 steps), best of 5 alternating rounds");
+        foreach (int threads in threadCounts)
+        {
+            using var pool = new WorkerPool(threads);
+            double bound; // GB/s
+            using (var probe = new MemoryBandwidth()) bound = probe.Measure(pool);
+            Console.WriteLine($"{threads} thread(s): read bound {bound:F1} GB/s");
+            foreach (var type in Enum.GetValues<KvCacheType>())
+            {
+                using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
+                Fill(cache, depth);
+                using var split = new Transformer(weights, 1, pool); // the default chunk (256)
+                using var whole = new Transformer(weights, 1, pool) { AttentionChunk = c.ContextLength };
+                double bestSplit = double.MaxValue, bestWhole = double.MaxValue;
+                var logits = new float[c.VocabSize];
+                for (int round = 0; round < 5; round++)
+                {
+                    bestWhole = Math.Min(bestWhole, AttentionSeconds(whole, cache, depth, logits));
+                    bestSplit = Math.Min(bestSplit, AttentionSeconds(split, cache, depth, logits));
+                }
+                long bytes = KvCache.BytesFor(1, c.KvHeads, c.HeadDim, depth, type); // one layer's K and V (and scales) over the depth
+                Console.WriteLine($"  {type,-8} split {bestSplit * 1e3 / Layers,7:F3} ms  whole {bestWhole * 1e3 / Layers,7:F3} ms  split/whole speed {bestWhole / bestSplit:F2}x  " +
+                    $"split reads {bytes * Layers / bestSplit / 1e9,5:F1} GB/s = {bytes * Layers / bestSplit / 1e9 / bound:F2} of the bound");
+            }
+        }
+    }
+
+    /// <summary>Random K/V rows at positions [0, depth) of every layer.</summary>
+    private static void Fill(KvCache cache, int depth)
+    {
+        var rng = new Random(3);
+        var k = new float[cache.KvDim];
+        var v = new float[cache.KvDim];
+        for (int p = 0; p < depth; p++)
+        {
+            // Small keys keep the scores within a few units of each other, as a trained model's are: no softmax weight
+            // underflows to 0 (a zero weight skips its V row, which would make the timing depend on the random data).
+            for (int i = 0; i < k.Length; i++) { k[i] = (float)(rng.NextDouble() * 2e-7 - 1e-7); v[i] = (float)(rng.NextDouble() * 4 - 2); }
+            for (int l = 0; l < cache.Layers; l++) cache.Write(l, p, k, v);
+        }
+    }
+
+    /// <summary>
+    /// The median over 15 steps at position <paramref name="depth"/> (the cache truncated back every time) of the
+    /// profiler's attention time summed over the layers: the KV write and the attention over the cached positions,
+    /// nothing else of the step.
+    /// </summary>
+    private static double AttentionSeconds(Transformer engine, KvCache cache, int depth, float[] logits)
+    {
+        var stats = new OpStats(Layers);
+        engine.Profiler = new OpProfiler(Layers, engine.Pool.ThreadCount) { Stats = stats };
+        var times = new double[15];
+        try
+        {
+            for (int i = 0; i < times.Length; i++)
+            {
+                cache.Truncate(depth);
+                long before = 0, after = 0;
+                for (int l = 0; l < Layers; l++) before += stats.Ticks[OpStats.Index(ProfileOp.Attention, l)];
+                engine.Forward([new BatchToken(7, 0, depth, true)], [cache], logits);
+                for (int l = 0; l < Layers; l++) after += stats.Ticks[OpStats.Index(ProfileOp.Attention, l)];
+                times[i] = (double)(after - before) / Stopwatch.Frequency;
+            }
+        }
+        finally
+        {
+            engine.Profiler = null;
+        }
+        Array.Sort(times);
+        return times[times.Length / 2];
+    }
+}

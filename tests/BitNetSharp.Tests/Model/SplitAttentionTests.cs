@@ -1,0 +1,189 @@
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Kernels;
+using BitNetSharp.Model;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Tests.Model;
+
+/// <summary>
+/// Attention over a long context in chunks with a partial softmax each (Transformer.AttentionChunk): the same logits
+/// for every thread count, for a batched prefill and token-by-token decoding, and within fp32 rounding of the
+/// unchunked computation.
+/// </summary>
+public unsafe class SplitAttentionTests
+{
+    /// <summary>8 query heads on 2 KV heads (a GQA group of four, the 2B4T ratio), head dimension 16.</summary>
+    private static readonly SyntheticShape Group4 = new("g4", 128, 2, 8, 2, 320, 256, 256);
+
+    public static TheoryData<KvCacheType, bool> Cases()
+    {
+        var data = new TheoryData<KvCacheType, bool>();
+        foreach (var type in Enum.GetValues<KvCacheType>())
+        {
+            data.Add(type, true);
+            data.Add(type, false);
+        }
+        return data;
+    }
+
+    private static ModelWeights Model(bool group4) =>
+        ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(group4 ? Group4 : SyntheticShape.Tiny, 11, GgmlType.F32).ToArray(), "tiny.gguf"), ownsFile: true);
+
+    private static int[] Tokens(int n, int seed)
+    {
+        var rng = new Random(seed);
+        return Enumerable.Range(0, n).Select(_ => rng.Next(256)).ToArray();
+    }
+
+    /// <summary>Decodes <paramref name="tokens"/> one at a time; returns the logits of every step.</summary>
+    private static float[][] Decode(ModelWeights w, int threads, int chunk, KvCacheType type, int[] tokens)
+    {
+        using var pool = new WorkerPool(threads);
+        using var engine = new Transformer(w, 8, pool) { AttentionChunk = chunk };
+        var c = w.Config;
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
+        var steps = new float[tokens.Length][];
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            steps[i] = new float[c.VocabSize];
+            engine.Forward([new BatchToken(tokens[i], 0, i, true)], [cache], steps[i]);
+        }
+        return steps;
+    }
+
+    [Theory, MemberData(nameof(Cases))]
+    public void IdenticalForEveryThreadCountAndForPrefill(KvCacheType type, bool group4)
+    {
+        using var w = Model(group4);
+        var tokens = Tokens(70, 3);
+        var one = Decode(w, 1, 8, type, tokens); // 70 positions: up to 9 chunks of 8
+        foreach (int threads in new[] { 2, 3, 4 })
+        {
+            var other = Decode(w, threads, 8, type, tokens);
+            for (int i = 0; i < tokens.Length; i++) Assert.Equal(one[i], other[i]);
+        }
+
+        // The whole prompt as one batch (many pairs: each pair's chunks run in order on one thread) ends where decoding did.
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 80, pool) { AttentionChunk = 8 };
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
+        var logits = new float[c.VocabSize];
+        engine.Forward(tokens.Select((t, i) => new BatchToken(t, 0, i, i == tokens.Length - 1)).ToArray(), [cache], logits);
+        Assert.Equal(one[^1], logits);
+    }
+
+    [Fact]
+    public void TwoSequencesDecodedTogetherEqualEachAlone()
+    {
+        using var w = Model(group4: true);
+        var c = w.Config;
+        var a = Tokens(50, 5);
+        var b = Tokens(30, 6);
+        var aloneA = Decode(w, 2, 8, KvCacheType.F16, a);
+        var aloneB = Decode(w, 2, 8, KvCacheType.F16, b);
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 8, pool) { AttentionChunk = 8 };
+        using var ca = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F16);
+        using var cb = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F16);
+        var logits = new float[2 * c.VocabSize];
+        for (int i = 0; i < a.Length; i++)
+        {
+            if (i < b.Length)
+            {
+                engine.Forward([new BatchToken(a[i], 0, i, true), new BatchToken(b[i], 1, i, true)], [ca, cb], logits);
+                Assert.Equal(aloneA[i], logits.AsSpan(0, c.VocabSize).ToArray());
+                Assert.Equal(aloneB[i], logits.AsSpan(c.VocabSize, c.VocabSize).ToArray());
+            }
+            else
+            {
+                engine.Forward([new BatchToken(a[i], 0, i, true)], [ca, cb], logits);
+                Assert.Equal(aloneA[i], logits.AsSpan(0, c.VocabSize).ToArray());
+            }
+        }
+    }
+
+    /// <summary>Chunks of 8 against one pass over all positions (chunk ≥ context): fp32 rounding apart, same argmax.</summary>
+    [Theory]
+    [InlineData(KvCacheType.F32)]
+    [InlineData(KvCacheType.Int8)]
+    public void ChunkedEqualsUnchunkedToRounding(KvCacheType type)
+    {
+        using var w = Model(group4: true);
+        var tokens = Tokens(90, 9);
+        var chunked = Decode(w, 2, 8, type, tokens);
+        var whole = Decode(w, 2, w.Config.ContextLength, type, tokens);
+        double worst = 0;
+        for (int i = 0; i < tokens.Length; i++)
+        {
+            double range = whole[i].Max() - whole[i].Min();
+            for (int v = 0; v < whole[i].Length; v++) worst = Math.Max(worst, Math.Abs(whole[i][v] - chunked[i][v]) / range);
+            Assert.Equal(Array.IndexOf(whole[i], whole[i].Max()), Array.IndexOf(chunked[i], chunked[i].Max()));
+        }
+        Assert.True(worst < 1e-4, $"max |Δ| / logit range = {worst:E2}");
+        Assert.True(worst > 0, "chunks of 8 should round differently from one pass: is the chunked path running?");
+    }
+
+    [Fact]
+    public void ChunkLengthIsValidated()
+    {
+        using var w = Model(group4: false);
+        using var engine = new Transformer(w, 4, new WorkerPool(1));
+        Assert.Equal(256, engine.AttentionChunk);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => engine.AttentionChunk = 0);
+        Assert.Contains("chunk", e.Message);
+    }
+
+    /// <summary>The merge of chunk partials equals softmax(s)·V computed in double over all positions, with a chunk whose
+    /// scores are all −∞ (it contributes nothing); a NaN score anywhere makes the output NaN.</summary>
+    [Fact]
+    public void MergeEqualsSoftmaxOverAllPositions()
+    {
+        var rng = new Random(4);
+        const int n = 24, chunk = 10, positions = 47;
+        var s = Enumerable.Range(0, positions).Select(_ => (float)(rng.NextDouble() * 20 - 10)).ToArray();
+        for (int p = 10; p < 20; p++) s[p] = float.NegativeInfinity; // the whole second chunk
+        var v = Enumerable.Range(0, positions).Select(_ => Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray()).ToArray();
+
+        double max = s.Max(), z = s.Sum(x => Math.Exp(x - max));
+        var expected = new double[n];
+        for (int p = 0; p < positions; p++)
+            for (int d = 0; d < n; d++) expected[d] += Math.Exp(s[p] - max) / z * v[p][d];
+
+        int chunks = (positions + chunk - 1) / chunk, stride = n + 2;
+        var partials = new float[chunks * stride];
+        var output = new float[n];
+        fixed (float* pp = partials)
+        fixed (float* po = output)
+        {
+            Merged(s, v, chunk, pp, stride);
+            PartialSoftmax.Merge(pp, chunks, stride, n, n + 1, n, po);
+            for (int d = 0; d < n; d++) Assert.True(Math.Abs(output[d] - expected[d]) < 1e-6, $"d {d}: {output[d]} vs {expected[d]}");
+
+            s[33] = float.NaN;
+            Merged(s, v, chunk, pp, stride);
+            PartialSoftmax.Merge(pp, chunks, stride, n, n + 1, n, po);
+            Assert.All(output, x => Assert.True(float.IsNaN(x)));
+        }
+    }
+
+    /// <summary>Each chunk's partial, as the engine makes it: exponentiate, then Σ weight · V.</summary>
+    private static void Merged(float[] s, float[][] v, int chunk, float* partials, int stride)
+    {
+        int n = v[0].Length;
+        for (int first = 0, c = 0; first < s.Length; first += chunk, c++)
+        {
+            int count = Math.Min(chunk, s.Length - first);
+            var w = s.AsSpan(first, count).ToArray();
+            float* p = partials + c * stride;
+            fixed (float* pw = w) p[n + 1] = PartialSoftmax.Exponentiate(pw, count, out p[n]);
+            for (int d = 0; d < n; d++)
+            {
+                float o = 0;
+                for (int i = 0; i < count; i++) o += w[i] * v[first + i][d];
+                p[d] = o;
+            }
+        }
+    }
+}
