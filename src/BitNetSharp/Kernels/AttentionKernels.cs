@@ -135,6 +135,7 @@ internal static unsafe class AttentionKernels
         float* tail = stackalloc float[16];
         var factor = Vector512.Create(scale);
         float* q1 = q + n, q2 = q + 2 * n, q3 = q + 3 * n;
+        PrefetchStart(rows, stride, positions);
         for (int p0 = 0; p0 < positions; p0 += 16)
         {
             int m = Math.Min(16, positions - p0);
@@ -203,6 +204,7 @@ internal static unsafe class AttentionKernels
     {
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
         float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
+        PrefetchStart(rows, stride, positions);
         if (TRow.AlwaysFinite)
         {
             int d = 0;
@@ -308,9 +310,20 @@ internal static unsafe class AttentionKernels
     /// hardware prefetcher would pick up only after several misses.</summary>
     private const int PrefetchRows = 12;
 
+    /// <summary>
+    /// Hints for the first <see cref="PrefetchRows"/> rows at once, so a new chunk's first misses overlap instead of
+    /// waiting one row at a time until the loop's own look-ahead takes over.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void PrefetchStart(byte* rows, int stride, int positions)
+    {
+        int count = Math.Min(positions, PrefetchRows);
+        for (int i = 0; i < count; i++) Prefetch(rows + (long)i * stride, stride);
+    }
+
     /// <summary>A prefetch hint for the cache lines of [p, p + bytes); past the end of the rows it is a harmless hint.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Prefetch(byte* p, int bytes)
+    public static void Prefetch(byte* p, int bytes)
     {
         for (int i = 0; i < bytes; i += 64) Sse.Prefetch0(p + i);
     }

@@ -219,6 +219,16 @@ public sealed unsafe class KvCache : IDisposable
         for (int g = 0; g < group; g++) AccumulateVRange(layer, kvHead, weights.Slice(g * stride, count), output.Slice(g * HeadDim, HeadDim), start, count);
     }
 
+    /// <summary>
+    /// Asks the CPU to start loading the value rows of positions [start, start + count) (a hint: nothing is checked or
+    /// read). Attention over a chunk calls it before scoring the chunk's keys, so the values arrive while it computes.
+    /// </summary>
+    public void PrefetchValues(int layer, int kvHead, int start, int count)
+    {
+        if ((uint)layer >= (uint)Layers || (uint)kvHead >= (uint)KvHeads || start < 0 || count <= 0 || start >= ContextLength) return;
+        AttentionKernels.PrefetchStart(_values.Pointer + Row(layer, kvHead, start) * _rowBytes, _rowBytes, Math.Min(count, ContextLength - start));
+    }
+
     /// <summary>The group-of-four score kernels for <typeparamref name="TRow"/>, if this machine has one; false to fall back to per-head calls.</summary>
     private bool ScoresGroup4<TRow>(int layer, int kvHead, ReadOnlySpan<float> q, Span<float> scores, int stride, int start, int count, float scale) where TRow : IKvRow
     {

@@ -560,6 +560,7 @@ public sealed unsafe class Transformer : IDisposable
             int first = chunk * _chunk, count = Math.Min(_chunk, bt.Position + 1 - first);
             var cache = _caches![bt.Sequence];
             var q = new ReadOnlySpan<float>(_q + (long)t * c.QDim + kvHead * group * hd, group * hd);
+            cache.PrefetchValues(_layer, kvHead, first, count);
             cache.ScoresGroupRange(_layer, kvHead, q, group, scores, stride, first, count, _scale);
             fixed (float* ps = scores)
                 for (int g = 0; g < group; g++)
