@@ -152,6 +152,11 @@ public sealed class ContainerImageTests(ContainerImageFixture image) : IClassFix
             var exited = process.WaitForExitAsync(Ct);
             if (await Task.WhenAny(ready.Task, exited, Task.Delay(TimeSpan.FromSeconds(90), Ct)) != ready.Task)
                 Assert.Fail($"the image's entry point did not get ready ({(process.HasExited ? $"exit code {process.ExitCode}" : "still starting after 90 s")}):\n{Log()}");
+            if (image.RunAsRoot)
+            {
+                string uid = File.ReadLines($"/proc/{process.Id}/status").Single(l => l.StartsWith("Uid:", StringComparison.Ordinal));
+                Assert.Equal(ContainerImageFixture.User, uid.Split('\t', StringSplitOptions.RemoveEmptyEntries)[1]);
+            }
             using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/"), Timeout = TimeSpan.FromSeconds(60) };
             using (var health = await http.GetAsync("health", Ct)) Assert.Equal(HttpStatusCode.OK, health.StatusCode);
             using (var anonymous = await http.GetAsync("v1/models", Ct)) Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
@@ -263,15 +268,23 @@ public sealed class ContainerImageFixture : IAsyncLifetime
         {
             [BaseLayerDigest] = (layer, DockerLayer),
             [Digest(config)] = (config, DockerConfig),
-            [Digest(manifest)] = (manifest, DockerManifest),
         };
-        await using var registry = await StartRegistryAsync(manifest, blobs);
-        int port = new Uri(registry.Urls.First()).Port;
-        BaseImage = $"localhost:{port}/{BaseRepository}:{BaseTag}";
+        try
+        {
+            await using (var registry = await StartRegistryAsync(manifest, blobs))
+            {
+                BaseImage = $"localhost:{new Uri(registry.Urls.First()).Port}/{BaseRepository}:{BaseTag}";
+                await PublishAsync(Path.Combine(_dir, "bitnetsharp.tar"));
+                await registry.StopAsync();
+            }
+            _built = ReadArchive(Path.Combine(_dir, "bitnetsharp.tar"));
+        }
+        catch
+        {
+            await DisposeAsync();
+            throw;
+        }
         string archive = Path.Combine(_dir, "bitnetsharp.tar");
-        await PublishAsync(archive);
-        await registry.StopAsync();
-        _built = ReadArchive(archive);
         Note($"archive {new FileInfo(archive).Length:N0} bytes, layers {string.Join(" + ", _built.LayerFiles.Select(f => $"{new FileInfo(Path.Combine(_dir, "archive", f)).Length:N0}"))} bytes");
         (RunAsRoot, RunSkipReason) = await CanChrootAsync();
     }
@@ -470,12 +483,17 @@ public sealed class ContainerImageFixture : IAsyncLifetime
             "publish", RepositoryFiles.Path("src/BitNetSharp.Cli/BitNetSharp.Cli.csproj"), "-c", "Release", "-r", "linux-x64", "-p:SelfContained=true",
             "-t:PublishContainer", $"-p:ContainerBaseImage={BaseImage}", $"-p:ContainerArchiveOutputPath={archive}",
             $"-p:RepositoryUrl={SourceUrl}", $"-p:PackageLicenseExpression={License}",
-            "--artifacts-path", Path.Combine(_dir, "artifacts"), "-nodeReuse:false", "-nologo",
+            "--artifacts-path", Path.Combine(_dir, "artifacts"), "-nodeReuse:false", "-p:UseSharedCompilation=false", "-nologo",
         };
         var psi = new ProcessStartInfo(DotnetHost()) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);
         foreach (var key in psi.Environment.Keys.Where(k => k.StartsWith("MSBuild", StringComparison.OrdinalIgnoreCase) || k.StartsWith("_MSBuild", StringComparison.OrdinalIgnoreCase)).ToList())
             psi.Environment.Remove(key);
+        // The SDK keeps every layer it pulls or builds in $XDG_CACHE_HOME/dotnet/Containers (59 MB a run for the app
+        // layer) and leaves empty folders in $TMPDIR: both go in the fixture's folder, deleted at the end. So does the
+        // compiler, in-process (a compiler server started with this TMPDIR would outlive the folder).
+        psi.Environment["XDG_CACHE_HOME"] = Directory.CreateDirectory(Path.Combine(_dir, "cache")).FullName;
+        psi.Environment["TMPDIR"] = Directory.CreateDirectory(Path.Combine(_dir, "tmp")).FullName;
         psi.Environment["DOTNET_CLI_TELEMETRY_OPTOUT"] = "1";
         psi.Environment["DOTNET_NOLOGO"] = "1";
         psi.Environment["DOTNET_SKIP_FIRST_TIME_EXPERIENCE"] = "1";
@@ -611,25 +629,34 @@ public sealed class ContainerImageFixture : IAsyncLifetime
         return _root = root;
     }
 
-    /// <summary>Whether the image can be run here: chroot as root, or as the mapped root of a new user namespace.</summary>
+    /// <summary>
+    /// Whether the image can be run here, and how: what the run does (a private mount namespace, /proc bound into a
+    /// folder, chroot), tried as root and then as the mapped root of a new user namespace.
+    /// </summary>
     private static async Task<(bool Root, string? Skip)> CanChrootAsync()
     {
+        const string probe = "set -e; d=$(mktemp -d); mount --rbind /proc \"$d\"; test -r \"$d/self/status\"; umount -R \"$d\"; rmdir \"$d\"; chroot / true";
+        var failures = new List<string>();
         try
         {
             bool root = (await RunAsync("id", ["-u"], TimeSpan.FromSeconds(10))).Trim() == "0";
-            string[] probe = root ? ["--mount", "true"] : ["--user", "--map-root-user", "--mount", "true"];
-            var psi = new ProcessStartInfo("unshare") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-            foreach (var a in probe) psi.ArgumentList.Add(a);
-            using var p = Process.Start(psi)!;
-            string err = await p.StandardError.ReadToEndAsync();
-            await p.WaitForExitAsync();
-            return p.ExitCode == 0 ? (root, null)
-                : (root, $"running the image needs a chroot with /proc bound in: root, or unprivileged user namespaces (`unshare {string.Join(' ', probe)}` failed: {err.Trim()})");
+            var modes = root ? new[] { (true, new[] { "--mount", "--propagation", "private" }) } : [];
+            foreach (var (asRoot, unshare) in modes.Append((false, ["--user", "--map-root-user", "--mount", "--propagation", "private"])))
+            {
+                var psi = new ProcessStartInfo(Which("unshare")) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+                foreach (var a in unshare.Concat(["/bin/sh", "-c", probe])) psi.ArgumentList.Add(a);
+                using var p = Process.Start(psi)!;
+                string err = await p.StandardError.ReadToEndAsync();
+                await p.WaitForExitAsync();
+                if (p.ExitCode == 0) return (asRoot, null);
+                failures.Add($"`unshare {string.Join(' ', unshare)}` then mount --rbind and chroot: exit {p.ExitCode} {err.Trim()}");
+            }
         }
         catch (System.ComponentModel.Win32Exception e)
         {
-            return (false, $"running the image needs unshare(1) and chroot(1) (util-linux, coreutils): {e.Message}");
+            failures.Add($"unshare(1), mount(8) and chroot(1) are needed (util-linux, coreutils): {e.Message}");
         }
+        return (false, "running the image needs a chroot with /proc bound in, as root or in an unprivileged user namespace; neither works here: " + string.Join("; ", failures));
     }
 
     /// <summary>A program's path from this process's PATH (the image's environment replaces the child's).</summary>
