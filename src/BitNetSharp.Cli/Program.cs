@@ -11,8 +11,10 @@ public static class Program
 {
     public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
 
-    public static int Run(string[] args, TextWriter output, TextWriter error, TextReader? input = null)
+    /// <param name="environment">Where serve reads its BITNET_* variables (default: the process environment); tests pass their own.</param>
+    public static int Run(string[] args, TextWriter output, TextWriter error, TextReader? input = null, Func<string, string?>? environment = null)
     {
+        environment ??= Environment.GetEnvironmentVariable;
         var cli = new CliConsole(output, error);
         var root = new RootCommand("Run and inspect 1-bit and ternary (BitNet b1.58) language models on the CPU.")
         {
@@ -24,7 +26,7 @@ public static class Program
             BenchCommand.Create(cli),
             TrainCommand.Create(cli),
             EvalCommand.Create(cli),
-            ServeCommand.Create(cli),
+            ServeCommand.Create(cli, environment),
             LogsCommand.Create(cli),
             ProfileCommand.Create(cli),
             CalibrateCommand.Create(cli),
@@ -34,8 +36,18 @@ public static class Program
         // serve drains on SIGTERM/Ctrl-C: give it its --shutdown-timeout plus time to stop before the process is ended.
         if (parse.CommandResult.Command.Name == "serve")
         {
-            double drain = parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == ServeCommand.ShutdownTimeoutOption) is Option<double> o
-                && parse.GetResult(o) is { Implicit: false } && parse.GetValue(o) is >= 0 and <= 3600 and var d ? d : ServeCommand.DefaultShutdownSeconds;
+            double drain = ServeCommand.DefaultShutdownSeconds;
+            if (parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == ServeCommand.ShutdownTimeoutOption) is Option<double> o)
+            {
+                try
+                {
+                    if (ServeCommand.ShutdownSeconds(parse, o, environment) is >= 0 and <= 3600 and var d) drain = d;
+                }
+                catch (UsageException)
+                {
+                    // a bad BITNET_SHUTDOWN_TIMEOUT: serve reports it and exits before anything needs a drain
+                }
+            }
             configuration.ProcessTerminationTimeout = TimeSpan.FromSeconds(drain + 10);
         }
         return parse.Invoke(configuration);

@@ -8,11 +8,27 @@ namespace BitNetSharp.Cli.Commands;
 /// <summary>
 /// <c>bitnet serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--max-seqs 8] [--max-batched-tokens 256]
 /// [--max-queue 64] [--timeout 600] [--api-key KEY] [--cors ORIGIN] [--max-connections 256] [--max-body-mb 1]</c>: the
-/// OpenAI-compatible server until Ctrl-C. The API key may also come from BITNET_API_KEY; the flag wins.
+/// OpenAI-compatible server until Ctrl-C. The model, address, port, threads, sequences, context, drain timeout and API
+/// key may also come from environment variables (<see cref="Variables"/>; what a container image or a Kubernetes pod
+/// sets); a flag on the command line wins over its variable.
 /// </summary>
 public static class ServeCommand
 {
     public const string ApiKeyVariable = "BITNET_API_KEY";
+    public const string ModelVariable = "BITNET_MODEL";
+    public const string HostVariable = "BITNET_HOST";
+    public const string PortVariable = "BITNET_PORT";
+    public const string ThreadsVariable = "BITNET_THREADS";
+    public const string MaxSeqsVariable = "BITNET_MAX_SEQS";
+    public const string ContextVariable = "BITNET_CTX";
+    public const string ShutdownTimeoutVariable = "BITNET_SHUTDOWN_TIMEOUT";
+
+    /// <summary>Each variable serve reads, with the flag it stands in for.</summary>
+    public static IReadOnlyList<(string Variable, string Flag)> Variables { get; } =
+    [
+        (ModelVariable, "--model"), (HostVariable, "--host"), (PortVariable, "--port"), (ThreadsVariable, "--threads"),
+        (MaxSeqsVariable, "--max-seqs"), (ContextVariable, "--ctx"), (ShutdownTimeoutVariable, ShutdownTimeoutOption), (ApiKeyVariable, "--api-key"),
+    ];
 
     /// <summary>serve's --speculate: prompt lookup only (a draft model would need its own batched engine and cache slots).</summary>
     private static Generation.Speculative.SpeculativeOptions? ParseSpeculation(string? mode, int draftTokens)
@@ -28,8 +44,32 @@ public static class ServeCommand
         };
     }
 
-    public static Command Create(CliConsole cli)
+    /// <summary>The variable's value (trimmed) when the option is not on the command line and the variable is set and not blank; null: use the option's value.</summary>
+    private static string? VariableFor(ParseResult result, Option option, Func<string, string?> environment, string variable) =>
+        result.GetResult(option) is { Implicit: false } ? null
+        : environment(variable) is { } raw && !string.IsNullOrWhiteSpace(raw) ? raw.Trim()
+        : null;
+
+    private static UsageException BadVariable(string variable, string value, string expected) => new($"{variable}: '{value}' is not {expected}.");
+
+    private static int IntSetting(ParseResult result, Option<int> option, Func<string, string?> environment, string variable, int min, int max, string expected)
     {
+        if (VariableFor(result, option, environment, variable) is not { } raw) return result.GetValue(option);
+        return int.TryParse(raw, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int v) && v >= min && v <= max
+            ? v : throw BadVariable(variable, raw, expected);
+    }
+
+    /// <summary>--shutdown-timeout from the command line, else BITNET_SHUTDOWN_TIMEOUT, else the default (Program sizes the process termination timeout with it before serve runs).</summary>
+    internal static double ShutdownSeconds(ParseResult result, Option<double> option, Func<string, string?> environment)
+    {
+        if (VariableFor(result, option, environment, ShutdownTimeoutVariable) is not { } raw) return result.GetValue(option);
+        return double.TryParse(raw, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out double v) && v >= 0 && v <= 3600
+            ? v : throw BadVariable(ShutdownTimeoutVariable, raw, "a number of seconds from 0 to 3600");
+    }
+
+    public static Command Create(CliConsole cli, Func<string, string?>? environment = null)
+    {
+        var env = environment ?? Environment.GetEnvironmentVariable;
         var model = new ModelOptions();
         var host = new Option<string>("--host") { Description = "Address to listen on (loopback by default; 0.0.0.0 for every interface).", DefaultValueFactory = _ => "127.0.0.1" };
         var port = new Option<int>("--port") { Description = "TCP port (0 picks a free one).", DefaultValueFactory = _ => 8080 };
@@ -65,7 +105,8 @@ public static class ServeCommand
                 + "greedy output unchanged, sampling keeps its distribution). Counters: bitnet_speculative_*_total in /metrics.",
         };
         var draftTokens = new Option<int>("--draft-tokens") { Description = "Draft tokens per sequence and step at most (with --speculate).", DefaultValueFactory = _ => 5 };
-        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching.")
+        var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching. Without the flag, these come from "
+            + "environment variables when set: " + string.Join(", ", Variables.Select(v => $"{v.Variable} ({v.Flag})")) + ".")
         {
             host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
             speculate, draftTokens,
@@ -74,11 +115,29 @@ public static class ServeCommand
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
         {
-            string path = ModelOptions.ResolveModel(result.GetValue(model.Model));
+            string path = ModelOptions.ResolveModel(VariableFor(result, model.Model, env, ModelVariable) ?? result.GetValue(model.Model));
             string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
             var loadOptions = model.LoadOptions(result);
-            var generator = model.Generator(result);
-            int seqs = result.GetValue(maxSeqs);
+            var generator = model.Generator(result) with
+            {
+                Threads = IntSetting(result, model.Threads, env, ThreadsVariable, 0, 4096, "a number of threads (0: physical cores)"),
+                ContextLength = IntSetting(result, model.Context, env, ContextVariable, 0, int.MaxValue, "a context length (0: the model's)"),
+            };
+            int seqs = IntSetting(result, maxSeqs, env, MaxSeqsVariable, 1, 4096, "a number of sequences (1 or more)");
+            string listenHost = result.GetValue(host) ?? "127.0.0.1";
+            if (VariableFor(result, host, env, HostVariable) is { } hostVariable)
+            {
+                try
+                {
+                    BitNetServer.ParseHost(hostVariable);
+                }
+                catch (ArgumentException)
+                {
+                    throw BadVariable(HostVariable, hostVariable, "an IP address (0.0.0.0, ::, 127.0.0.1, ::1) or localhost");
+                }
+                listenHost = hostVariable;
+            }
+            int listenPort = IntSetting(result, port, env, PortVariable, 0, 65535, "a port number (0-65535)");
             var scheduler = new SchedulerOptions
             {
                 MaxSequences = seqs,
@@ -90,7 +149,7 @@ public static class ServeCommand
                 HealthSampleEvery = result.GetValue(healthEvery),
                 Speculation = ParseSpeculation(result.GetValue(speculate), result.GetValue(draftTokens)),
             };
-            double drainSeconds = result.GetValue(shutdownTimeout);
+            double drainSeconds = ShutdownSeconds(result, shutdownTimeout, env);
             if (!(drainSeconds >= 0) || drainSeconds > 3600) throw new UsageException($"{ShutdownTimeoutOption} must be 0 to 3600 seconds; got {drainSeconds}.");
             double? verify = result.GetValue(verifyWeights);
             if (verify is { } v && !(v > 0)) throw new UsageException($"--verify-weights must be a positive number of seconds; got {v}.");
@@ -106,15 +165,15 @@ public static class ServeCommand
             };
             double seconds = result.GetValue(timeout);
             if (!(seconds > 0)) throw new UsageException($"--timeout must be a positive number of seconds; got {seconds}.");
-            string? key = result.GetValue(apiKey) ?? Environment.GetEnvironmentVariable(ApiKeyVariable);
+            string? key = result.GetValue(apiKey) ?? env(ApiKeyVariable);
             if (key is { Length: 0 }) key = null;
             string id = result.GetValue(alias) ?? ModelId(path);
             double bodyMb = result.GetValue(maxBody);
             if (!(bodyMb >= 1.0 / 1024) || bodyMb > 1024) throw new UsageException($"--max-body-mb must be between 0.001 and 1024; got {bodyMb}.");
             var options = new ServerOptions
             {
-                Host = result.GetValue(host) ?? "127.0.0.1",
-                Port = result.GetValue(port),
+                Host = listenHost,
+                Port = listenPort,
                 ApiKey = key,
                 CorsOrigins = result.GetValue(cors) ?? [],
                 MaxConcurrentConnections = result.GetValue(maxConnections),

@@ -120,6 +120,28 @@ public sealed partial class DeployFilesTests
         Assert.Equal("/metrics", Str(deployment, "spec", "template", "metadata", "annotations", "prometheus.io/path"));
     }
 
+    /// <summary>
+    /// Every BITNET_* variable the Deployment sets is one `bitnet serve` reads itself, and where args passes it to a
+    /// flag, it is that variable's flag: the pod means the same with or without its args.
+    /// </summary>
+    [Fact]
+    public void DeploymentVariablesAreServesOwn()
+    {
+        var container = (YamlMappingNode)Seq(Node(Yaml("deployment.yaml"), "spec", "template", "spec"), "containers").Single();
+        var names = Seq(container, "env").Cast<YamlMappingNode>().Select(e => Str(e, "name")!).Where(n => n.StartsWith("BITNET_", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(names);
+        var flags = ServeCommand.Variables.ToDictionary(v => v.Variable, v => v.Flag);
+        foreach (var name in names) Assert.True(flags.ContainsKey(name), $"deployment.yaml sets {name}, which bitnet serve does not read");
+        var args = Seq(container, "args").Select(a => ((YamlScalarNode)a).Value!).ToList();
+        var aliases = new Dictionary<string, string> { ["-m"] = "--model", ["-t"] = "--threads", ["-c"] = "--ctx" };
+        for (int i = 1; i < args.Count; i++)
+        {
+            if (Regex.Match(args[i], @"^\$\((BITNET_[A-Z_]+)\)$") is not { Success: true } m) continue;
+            string flag = aliases.GetValueOrDefault(args[i - 1], args[i - 1]);
+            Assert.True(flags.GetValueOrDefault(m.Groups[1].Value) == flag, $"args pass $({m.Groups[1].Value}) to {args[i - 1]}, but serve reads it as {flags.GetValueOrDefault(m.Groups[1].Value) ?? "nothing"}");
+        }
+    }
+
     /// <summary>The Service, the PodDisruptionBudget and the HPA select or target the Deployment's pods; the Service forwards to the named container port.</summary>
     [Fact]
     public void ServicePdbAndHpaTargetTheDeployment()

@@ -1,16 +1,41 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Net;
+using System.Net.Http.Headers;
+using System.Net.Sockets;
+using System.Text;
+using System.Text.Json;
+using System.Text.RegularExpressions;
 using BitNetSharp.Cli;
+using BitNetSharp.Cli.Commands;
 
 namespace BitNetSharp.Tests.Server;
 
-/// <summary><c>bitnet serve</c>'s command line: bad settings are one-line usage errors before anything loads or listens.</summary>
+/// <summary>
+/// <c>bitnet serve</c>'s command line: bad settings are one-line usage errors before anything loads or listens; the
+/// BITNET_* environment variables stand in for absent flags (a container image sets them), and a flag wins.
+/// </summary>
 public class ServeCommandTests
 {
-    private static (int ExitCode, string Error) Bitnet(params string[] args)
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    private static (int ExitCode, string Error) Bitnet(params string[] args) => BitnetWith(new Dictionary<string, string>(), args);
+
+    /// <summary>Runs the tool in-process with <paramref name="environment"/> as the only environment serve sees.</summary>
+    private static (int ExitCode, string Error) BitnetWith(Dictionary<string, string> environment, params string[] args)
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.Run(args, output, error);
+        int code = Program.Run(args, output, error, environment: name => environment.GetValueOrDefault(name));
         return (code, error.ToString());
+    }
+
+    private static void AssertUsageError(int code, string error, string message)
+    {
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: ", error);
+        Assert.Contains(message, error);
+        Assert.Single(error.Trim().Split('\n'));
     }
 
     [Theory]
@@ -22,10 +47,114 @@ public class ServeCommandTests
     public void BadSettingsAreUsageErrors(string flag, string value, string message)
     {
         var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", flag, value);
-        Assert.Equal(2, code);
-        Assert.StartsWith("error: ", error);
-        Assert.Contains(message, error);
-        Assert.Single(error.Trim().Split('\n'));
+        AssertUsageError(code, error, message);
+    }
+
+    [Theory]
+    [InlineData("BITNET_PORT", "abc", "BITNET_PORT: 'abc' is not a port number (0-65535).")]
+    [InlineData("BITNET_PORT", "70000", "BITNET_PORT: '70000' is not a port number (0-65535).")]
+    [InlineData("BITNET_HOST", "example.com", "BITNET_HOST: 'example.com' is not an IP address")]
+    [InlineData("BITNET_THREADS", "-1", "BITNET_THREADS: '-1' is not a number of threads")]
+    [InlineData("BITNET_MAX_SEQS", "0", "BITNET_MAX_SEQS: '0' is not a number of sequences")]
+    [InlineData("BITNET_CTX", "2k", "BITNET_CTX: '2k' is not a context length")]
+    [InlineData("BITNET_SHUTDOWN_TIMEOUT", "forever", "BITNET_SHUTDOWN_TIMEOUT: 'forever' is not a number of seconds from 0 to 3600.")]
+    public void BadVariablesAreUsageErrorsNamingTheVariable(string variable, string value, string message)
+    {
+        var (code, error) = BitnetWith(new() { [variable] = value }, "serve", "-m", "does-not-matter.gguf");
+        AssertUsageError(code, error, message);
+    }
+
+    /// <summary>
+    /// Every variable holds a bad value, and every flag is given: the flags are used and the variables never read, so
+    /// the only error is the one the --port flag's own value causes (a variable read would have failed first).
+    /// </summary>
+    [Fact]
+    public void FlagsWinOverVariables()
+    {
+        var environment = ServeCommand.Variables.ToDictionary(v => v.Variable, _ => "not-a-value");
+        var (code, error) = BitnetWith(environment, "serve", "-m", "does-not-matter.gguf", "--host", "127.0.0.1", "--port", "70000", "-t", "1",
+            "--max-seqs", "2", "--ctx", "64", "--shutdown-timeout", "5", "--api-key", "k");
+        AssertUsageError(code, error, "The port must be 0-65535");
+    }
+
+    /// <summary>A variable stands in for its absent flag (BITNET_MAX_SEQS=3 meets --max-batched-tokens 2); a blank one is not set.</summary>
+    [Fact]
+    public void VariablesStandInForAbsentFlags()
+    {
+        var (code, error) = BitnetWith(new() { ["BITNET_MAX_SEQS"] = "3", ["BITNET_PORT"] = " " }, "serve", "-m", "does-not-matter.gguf", "--max-batched-tokens", "2");
+        AssertUsageError(code, error, "MaxBatchedTokens (2) must be at least MaxSequences (3)");
+        (code, error) = BitnetWith(new() { ["BITNET_MAX_SEQS"] = "" }, "serve", "-m", "does-not-matter.gguf", "--max-batched-tokens", "2");
+        AssertUsageError(code, error, "MaxBatchedTokens (2) must be at least MaxSequences (8)");
+    }
+
+    /// <summary>
+    /// `bitnet serve` with no flags at all, configured by its process environment as a container runs it: the model,
+    /// address, port, context, sequences and API key come from the variables, and SIGTERM drains for
+    /// BITNET_SHUTDOWN_TIMEOUT seconds and exits 0.
+    /// </summary>
+    [Fact]
+    public async Task VariablesConfigureAServeProcess()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGTERM with kill(1); Linux only");
+        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
+        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
+        int port = FreePort();
+        var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        psi.ArgumentList.Add("serve");
+        foreach (var (variable, _) in ServeCommand.Variables) psi.Environment.Remove(variable);
+        psi.Environment["BITNET_MODEL"] = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf"); // id "model", not the bundled model's
+        psi.Environment["BITNET_HOST"] = "127.0.0.1";
+        psi.Environment["BITNET_PORT"] = port.ToString(CultureInfo.InvariantCulture);
+        psi.Environment["BITNET_THREADS"] = "1";
+        psi.Environment["BITNET_MAX_SEQS"] = "3";
+        psi.Environment["BITNET_CTX"] = "96";
+        psi.Environment["BITNET_SHUTDOWN_TIMEOUT"] = "7";
+        psi.Environment["BITNET_API_KEY"] = "variable-key";
+        using var process = Process.Start(psi)!;
+        var stderr = new StringBuilder();
+        var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stderr) stderr.AppendLine(e.Data);
+            var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
+            if (m.Success) ready.TrySetResult(new Uri(m.Groups[1].Value));
+        };
+        process.BeginErrorReadLine();
+        process.BeginOutputReadLine();
+        try
+        {
+            var address = await ready.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            Assert.Equal(new Uri($"http://127.0.0.1:{port}/"), address);
+            using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(30) };
+            using (var anonymous = await http.GetAsync("v1/models", Ct)) Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
+            using var request = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { Authorization = new AuthenticationHeaderValue("Bearer", "variable-key") } };
+            using var response = await http.SendAsync(request, Ct);
+            Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+            var model = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("data")[0];
+            Assert.Equal("model", model.GetProperty("id").GetString());
+            Assert.Equal(96, model.GetProperty("meta").GetProperty("n_ctx").GetInt32());
+            Assert.Equal(3, model.GetProperty("meta").GetProperty("max_sequences").GetInt32());
+
+            using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
+            await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            process.WaitForExit(); // flush the redirected stderr
+            string log;
+            lock (stderr) log = stderr.ToString();
+            Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}:\n{log}");
+            Assert.Contains("for up to 7 s", log);
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
+    }
+
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
     }
 
     [Fact]
@@ -35,5 +164,7 @@ public class ServeCommandTests
         Program.Run(["serve", "--help"], output, new StringWriter());
         foreach (var flag in new[] { "--host", "--port", "--max-seqs", "--max-batched-tokens", "--max-queue", "--timeout", "--api-key", "--model" })
             Assert.Contains(flag, output.ToString());
+        foreach (var (variable, flag) in ServeCommand.Variables)
+            Assert.Contains($"{variable} ({flag})", output.ToString().ReplaceLineEndings(" ").Replace("  ", " ", StringComparison.Ordinal));
     }
 }
