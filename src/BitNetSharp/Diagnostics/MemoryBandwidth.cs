@@ -8,7 +8,7 @@ namespace BitNetSharp.Diagnostics;
 /// <summary>The access patterns the bandwidth probe tries (the bound is the best of them).</summary>
 public enum BandwidthPattern
 {
-    /// <summary>64-byte loads streamed in order with a software prefetch <see cref="Kernels.TernaryKernel.PrefetchDistance"/> ahead (the kernels' pattern).</summary>
+    /// <summary>64-byte loads streamed in order, each line prefetched <see cref="Kernels.TernaryKernel.PrefetchDistance"/> ahead as the kernels do (<see cref="Kernels.TernaryKernel.PrefetchWeights"/>).</summary>
     Prefetch,
 
     /// <summary>The plain streaming sum: widest loads in order, the hardware prefetcher alone.</summary>
@@ -97,8 +97,10 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
             {
                 if (prefetch && System.Runtime.Intrinsics.X86.Sse.IsSupported)
                 {
-                    System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + i + Kernels.TernaryKernel.PrefetchDistance);
-                    System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + i + 128 + Kernels.TernaryKernel.PrefetchDistance);
+                    Kernels.TernaryKernel.PrefetchWeights(p + i);
+                    Kernels.TernaryKernel.PrefetchWeights(p + i + 64);
+                    Kernels.TernaryKernel.PrefetchWeights(p + i + 128);
+                    Kernels.TernaryKernel.PrefetchWeights(p + i + 192);
                 }
                 a += Vector512.Load((long*)(p + i));
                 b += Vector512.Load((long*)(p + i + 64));
@@ -113,7 +115,10 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
             for (long i = 0; i < n; i += 128)
             {
                 if (prefetch && System.Runtime.Intrinsics.X86.Sse.IsSupported)
-                    System.Runtime.Intrinsics.X86.Sse.Prefetch0(p + i + Kernels.TernaryKernel.PrefetchDistance);
+                {
+                    Kernels.TernaryKernel.PrefetchWeights(p + i);
+                    Kernels.TernaryKernel.PrefetchWeights(p + i + 64);
+                }
                 a += Vector256.Load((long*)(p + i));
                 b += Vector256.Load((long*)(p + i + 32));
                 c += Vector256.Load((long*)(p + i + 64));

@@ -36,7 +36,7 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
                 var acc16 = Vector256<short>.Zero;
                 for (; b < end; b++)
                 {
-                    if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
+                    if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
                     var packed = Avx.LoadVector256(w + b * 32);
                     sbyte* qb = q + b * 128;
                     var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
@@ -64,7 +64,7 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
                 Vector256<short> s0 = default, s1 = default, s2 = default, s3 = default;
                 for (; b < end; b++)
                 {
-                    if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
+                    if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
                     var packed = Avx.LoadVector256(w + b * 32);
                     var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
                     var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
@@ -118,7 +118,7 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
             Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
             for (int b = 0; b < blocks; b++)
             {
-                if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
+                if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
                 var packed = Avx.LoadVector256(w + b * 32);
                 sbyte* qb = q + b * 128;
                 a0 = AvxVnni.MultiplyWideningAndAdd(a0, Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask, Avx.LoadVector256(qb));
@@ -141,7 +141,7 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
             Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
             for (int b = 0; b < blocks; b++)
             {
-                if ((b & 1) == 0) Sse.Prefetch0(w + b * 32 + PrefetchDistance);
+                if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
                 var packed = Avx.LoadVector256(w + b * 32);
                 var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
                 var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;

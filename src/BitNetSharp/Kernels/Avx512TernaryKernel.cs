@@ -71,7 +71,7 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
                 var acc16 = Vector512<short>.Zero;
                 for (; p < end; p++)
                 {
-                    Sse.Prefetch0(w + p * 64 + TernaryKernel.PrefetchDistance);
+                    TernaryKernel.PrefetchWeights(w + p * 64);
                     var packed = Vector512.Load(w + p * 64);
                     sbyte* qb = q + p * 256;
                     var c0 = TSplit.Code0(packed); var c1 = TSplit.Code1(packed); var c2 = TSplit.Code2(packed); var c3 = TSplit.Code3(packed);
@@ -99,7 +99,7 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
                 Vector512<short> s0 = default, s1 = default, s2 = default, s3 = default;
                 for (; p < end; p++)
                 {
-                    Sse.Prefetch0(w + p * 64 + TernaryKernel.PrefetchDistance);
+                    TernaryKernel.PrefetchWeights(w + p * 64);
                     var packed = Vector512.Load(w + p * 64);
                     var c0 = TSplit.Code0(packed); var c1 = TSplit.Code1(packed); var c2 = TSplit.Code2(packed); var c3 = TSplit.Code3(packed);
                     int o = p * 256;
@@ -141,8 +141,8 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
                 Vector512<short> s0 = default, s1 = default, s2 = default, s3 = default, t0 = default, t1 = default, t2 = default, t3 = default;
                 for (; p < end; p++)
                 {
-                    Sse.Prefetch0(w0 + p * 64 + TernaryKernel.PrefetchDistance);
-                    Sse.Prefetch0(w1 + p * 64 + TernaryKernel.PrefetchDistance);
+                    TernaryKernel.PrefetchWeights(w0 + p * 64);
+                    TernaryKernel.PrefetchWeights(w1 + p * 64);
                     var pa = Vector512.Load(w0 + p * 64);
                     var pb = Vector512.Load(w1 + p * 64);
                     var c0 = TSplit.Code0(pa); var c1 = TSplit.Code1(pa); var c2 = TSplit.Code2(pa); var c3 = TSplit.Code3(pa);

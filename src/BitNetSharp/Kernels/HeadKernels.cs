@@ -359,7 +359,7 @@ public static unsafe class HeadKernels
         for (int i = 0; i < n; i += 32)
         {
             byte* next = (byte*)(w0 + i) + 8L * n;
-            Sse.Prefetch0(next); Sse.Prefetch0(next + 2L * n); Sse.Prefetch0(next + 4L * n); Sse.Prefetch0(next + 6L * n);
+            Sse.Prefetch1(next); Sse.Prefetch1(next + 2L * n); Sse.Prefetch1(next + 4L * n); Sse.Prefetch1(next + 6L * n);
             for (int k = i; k < i + 32; k += 8)
             {
                 var v = Vector256.Load(x + k);
@@ -460,7 +460,7 @@ public static unsafe class HeadKernels
             if (Sse.IsSupported)
             {
                 byte* next = (byte*)(w0 + i) + 8L * n; // four rows on
-                Sse.Prefetch0(next); Sse.Prefetch0(next + 2L * n); Sse.Prefetch0(next + 4L * n); Sse.Prefetch0(next + 6L * n);
+                Sse.Prefetch1(next); Sse.Prefetch1(next + 2L * n); Sse.Prefetch1(next + 4L * n); Sse.Prefetch1(next + 6L * n);
             }
             var v = Vector512.Load(x + i);
             a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);

@@ -33,7 +33,7 @@ public sealed unsafe class UnpackOnlyKernel<TSplit> : TernaryKernel where TSplit
             for (int pass = 0; pass < passes; pass++)
                 for (int p = 0; p < pairs; p++)
                 {
-                    Sse.Prefetch0(row + p * 64 + PrefetchDistance);
+                    PrefetchWeights(row + p * 64);
                     var packed = Vector512.Load(row + p * 64);
                     acc ^= TSplit.Code0(packed) ^ TSplit.Code1(packed) ^ TSplit.Code2(packed) ^ TSplit.Code3(packed);
                 }
