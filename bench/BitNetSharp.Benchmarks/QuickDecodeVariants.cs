@@ -47,7 +47,8 @@ public static unsafe class QuickDecodeVariants
 
         var variants = new (string Name, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
         {
-            ("gfni t0@8K (today)", (w, x, o) => Rows<Today<GfniSplit>>(w, x, o)),
+            ("gfni kernel (MatMul)", (w, x, o) => Production(GfniKernel, w, x, o)),
+            ("shift kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
             ("gfni t1@4K", (w, x, o) => Rows<Gfni<T1At4K>>(w, x, o)),
             ("gfni t1@8K", (w, x, o) => Rows<Gfni<T1At8K>>(w, x, o)),
             ("gfni t1@16K", (w, x, o) => Rows<Gfni<T1At16K>>(w, x, o)),
@@ -93,6 +94,13 @@ public static unsafe class QuickDecodeVariants
         sh?.Dispose();
         sf?.Dispose();
         foreach (var w in ws) w.Dispose();
+    }
+
+    private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel();
+
+    private static void Production(TernaryKernel kernel, TernaryMatrix w, ActivationRows x, float[] y)
+    {
+        fixed (float* py = y) kernel.MatMul(w, x, py, w.Rows, 0, w.Rows);
     }
 
     private static QuantizedActivations Activations(Random rng, int k)

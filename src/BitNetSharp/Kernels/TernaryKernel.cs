@@ -119,6 +119,10 @@ public unsafe interface ITernaryRowPairDot : ITernaryRowDot
     /// <summary>result[2j + r] = Σ c·q for row r ∈ {0, 1} (<paramref name="w0"/>, <paramref name="w1"/>) and token j:
     /// the two rows of a token side by side, as they are stored in the output.</summary>
     static abstract void Dot2x4(byte* w0, byte* w1, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result);
+
+    /// <summary>result[r] = Σ c·q for the eight consecutive rows at <paramref name="w"/> + r·<paramref name="rowBytes"/>
+    /// and one token (decode's mat-vec).</summary>
+    static abstract void DotRows8(byte* w, long rowBytes, sbyte* q, int blocks, int* result);
 }
 
 /// <summary>Int8 activation rows as the kernels read them: a base pointer and a row stride, so a variant may
@@ -194,7 +198,7 @@ public static unsafe class TernaryDriver
         int tokens = x.Tokens;
         if (tokens < 4)
         {
-            Run<TDot>(w, x, y, yStride, rowStart, rowEnd);
+            RunRows8<TDot>(w, x, y, yStride, rowStart, rowEnd);
             return;
         }
         int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
@@ -238,6 +242,38 @@ public static unsafe class TernaryDriver
                 sbyte* q = x.Row(t);
                 for (int n = block; n < blockEnd; n++)
                     y[(long)t * yStride + n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sums[t], xs[t], rowScales[n]);
+            }
+        }
+    }
+
+    /// <summary>Fewer than four tokens (decode): each token against the rows eight at a time (<see cref="ITernaryRowPairDot.DotRows8"/>,
+    /// then <see cref="TernaryKernel.Epilogue"/>'s operations on eight lanes: the same floats), the last few rows one by one.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void RunRows8<TDot>(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
+        where TDot : ITernaryRowPairDot
+    {
+        int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
+        long rowBytes = w.RowBytes;
+        float[] rowScales = w.RowScales;
+        int* d = stackalloc int[8];
+        fixed (float* scales = rowScales)
+        {
+            for (int t = 0; t < x.Tokens; t++)
+            {
+                sbyte* q = x.Row(t);
+                int sum = x.Sums[t];
+                float scale = x.Scales[t];
+                var sums = Vector256.Create(sum);
+                var activationScale = Vector256.Create(scale);
+                float* yt = y + (long)t * yStride;
+                int n = rowStart;
+                for (; n + 8 <= rowEnd; n += 8)
+                {
+                    TDot.DotRows8(w.Row(n), rowBytes, q, blocks, d);
+                    (Vector256.ConvertToSingle(Vector256.Load(d) - sums) / activationScale * Vector256.Load(scales + n)).Store(yt + n);
+                }
+                for (; n < rowEnd; n++)
+                    yt[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sum, scale, scales[n]);
             }
         }
     }
