@@ -1,5 +1,4 @@
 using System.Runtime.Intrinsics;
-using System.Runtime.Intrinsics.X86;
 using BenchmarkDotNet.Attributes;
 using BitNetSharp.Memory;
 
@@ -7,7 +6,7 @@ namespace BitNetSharp.Benchmarks;
 
 /// <summary>
 /// Single-core read bandwidth: sums a 512 MiB buffer with the widest vectors (4 independent accumulators), plain
-/// and with the same 8 KiB software prefetch the kernels use; the better of the two (and of the fp32 mat-vec) is
+/// and with the kernels' software prefetch (every line, 8 KiB ahead, into L2: TernaryKernel.PrefetchWeights); the better of the two (and of the fp32 mat-vec) is
 /// the ceiling a memory-bound mat-vec on one core can reach. Reported in the same run as the kernels.
 /// </summary>
 [Config(typeof(KernelBenchConfig))]
@@ -50,8 +49,10 @@ public unsafe class MemoryBandwidthBenchmark : IBytesPerOperation
         Vector512<long> a = default, b = default, c = default, d = default;
         for (long i = 0; i < Bytes; i += 256)
         {
-            Sse.Prefetch0(p + i + Kernels.TernaryKernel.PrefetchDistance);
-            Sse.Prefetch0(p + i + 128 + Kernels.TernaryKernel.PrefetchDistance);
+            Kernels.TernaryKernel.PrefetchWeights(p + i);
+            Kernels.TernaryKernel.PrefetchWeights(p + i + 64);
+            Kernels.TernaryKernel.PrefetchWeights(p + i + 128);
+            Kernels.TernaryKernel.PrefetchWeights(p + i + 192);
             a += Vector512.Load((long*)(p + i));
             b += Vector512.Load((long*)(p + i + 64));
             c += Vector512.Load((long*)(p + i + 128));

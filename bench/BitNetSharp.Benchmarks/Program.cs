@@ -5,13 +5,18 @@ using BitNetSharp.Benchmarks;
 // Quick dev loop:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick [tokens]
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
-// Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds]
+// Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds]
 // Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]
 if (args.Length > 0 && args[0] == "quick-attention")
 {
     int depth = args.Length > 1 ? int.Parse(args[1]) : 4096;
     int[] threads = args.Length > 2 ? args[2..].Select(int.Parse).ToArray() : [1, 2];
     QuickAttentionTimer.Run(depth, threads);
+    return;
+}
+if (args.Length > 1 && args[0] == "quick-decode" && args[1] == "head")
+{
+    QuickDecodeVariants.RunHead(args.Length > 2 ? int.Parse(args[2]) : 5, args.Length > 3 ? double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 0.5);
     return;
 }
 if (args.Length > 0 && args[0] == "quick-decode")

@@ -43,19 +43,27 @@ public static unsafe class QuickDecodeVariants
         Memory.NativeBuffer? sh = null, sf = null;
         var rh = Avx512TernaryKernel.InterleavedRows(xh, ref sh);
         var rf = Avx512TernaryKernel.InterleavedRows(xf, ref sf);
+        ActivationRows nh = ActivationRows.Of(xh), nf = ActivationRows.Of(xf);
         var y = new float[Ffn];
 
         var variants = new (string Name, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
         {
-            ("gfni kernel (MatMul)", (w, x, o) => Production(GfniKernel, w, x, o)),
-            ("shift kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
-            ("gfni t1@4K", (w, x, o) => Rows<Gfni<T1At4K>>(w, x, o)),
-            ("gfni t1@8K", (w, x, o) => Rows<Gfni<T1At8K>>(w, x, o)),
-            ("gfni t1@16K", (w, x, o) => Rows<Gfni<T1At16K>>(w, x, o)),
-            ("gfni t1@32K", (w, x, o) => Rows<Gfni<T1At32K>>(w, x, o)),
-            ("gfni t2@8K", (w, x, o) => Rows<Gfni<T2At8K>>(w, x, o)),
-            ("gfni t1@8K every 2nd", (w, x, o) => Rows<GfniHalf<T1At8K>>(w, x, o)),
-            ("masked t1@8K", (w, x, o) => Rows<Masked<T1At8K>>(w, x, o)),
+            ("avx512gfni kernel (MatMul)", (w, x, o) => Production(GfniKernel, w, x, o)),
+            ("all-GFNI split (before)", (w, x, o) => Driver<GfniSplit>(w, x, o)),
+            ("avx512 kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
+            ("avx2 kernel (MatMul)", (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
+            ("mix: gfni x3 + and", (w, x, o) => Driver<MixGfni3>(w, x, o)),
+            ("mix: shift x2 + gfni + and", (w, x, o) => Driver<MixShift2Gfni>(w, x, o)),
+            ("gfni per-row t0@8K (old)", (w, x, o) => Rows<Gfni<T0At8K>>(w, x, o)),
+            ("gfni per-row no prefetch", (w, x, o) => Rows<Gfni<NoFetch>>(w, x, o)),
+            ("gfni per-row t1@4K", (w, x, o) => Rows<Gfni<T1At4K>>(w, x, o)),
+            ("gfni per-row t1@8K", (w, x, o) => Rows<Gfni<T1At8K>>(w, x, o)),
+            ("gfni per-row t1@16K", (w, x, o) => Rows<Gfni<T1At16K>>(w, x, o)),
+            ("gfni per-row t1@32K", (w, x, o) => Rows<Gfni<T1At32K>>(w, x, o)),
+            ("gfni per-row t2@8K", (w, x, o) => Rows<Gfni<T2At8K>>(w, x, o)),
+            ("gfni per-row nta@8K", (w, x, o) => Rows<Gfni<NtaAt8K>>(w, x, o)),
+            ("gfni per-row t1 per 128B", (w, x, o) => Rows<GfniHalf<T1At8K>>(w, x, o)),
+            ("masked per-row t1@8K", (w, x, o) => Rows<Masked<T1At8K>>(w, x, o)),
         };
 
         // Every variant must give the production kernel's exact integers before it is timed.
@@ -76,7 +84,7 @@ public static unsafe class QuickDecodeVariants
         }
 
         var results = new Dictionary<string, List<double>>();
-        var names = variants.Select(v => v.Name).Append("plain sum").ToArray();
+        var names = variants.Select(v => v.Name).Append("plain sum").Append("sum, prefetcht1 8K").ToArray();
         foreach (var n in names) results[n] = [];
         Console.WriteLine($"{shapes.Count} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
         for (int round = 0; round < rounds; round++)
@@ -84,6 +92,7 @@ public static unsafe class QuickDecodeVariants
             foreach (var (name, run) in variants)
                 results[name].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) run(w, w.Cols == Hidden ? rh : rf, y); }));
             results["plain sum"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PlainSum(w.Data, w.ByteLength); }));
+            results["sum, prefetcht1 8K"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PrefetchSum(w.Data, w.ByteLength); }));
         }
         double plain = Median(results["plain sum"]);
         foreach (var n in names)
@@ -96,8 +105,92 @@ public static unsafe class QuickDecodeVariants
         foreach (var w in ws) w.Dispose();
     }
 
-    private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel();
+    /// <summary>`quick-decode head`: the single-token F16 head of the 2B4T shape (128256 × 2560), today's kernel against
+    /// variants of its prefetch, and a plain sum of the same bytes, alternated in one process.</summary>
+    public static void RunHead(int rounds, double secondsPerRun)
+    {
+        const int rows = 128256, n = Hidden;
+        long bytes = (long)rows * n * 2;
+        using var table = new Memory.NativeBuffer(bytes, zero: false);
+        var rng = new Random(3);
+        ushort* w = (ushort*)table.Pointer;
+        for (long i = 0; i < (long)rows * n; i++) w[i] = (ushort)(BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() - 0.5)));
+        var x = new float[n];
+        for (int i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() - 0.5) * 1e30f;
+        var y = new float[rows];
+        var check = new float[rows];
+        var variants = new (string Name, Action Run)[]
+        {
+            ("head today (next 4 rows, 4 streams)", () => HeadPass(w, rows, n, x, y, 0)),
+            ("head, prefetch linear 1 group on", () => HeadPass(w, rows, n, x, y, 1)),
+            ("head, prefetch linear 2 groups on", () => HeadPass(w, rows, n, x, y, 2)),
+            ("head, no prefetch", () => HeadPass(w, rows, n, x, y, 3)),
+        };
+        fixed (float* px = x, pc = check)
+            for (int r = 0; r < rows; r += 4) HeadKernels.DotRawF16Rows4(w + (long)r * n, n, px, pc + r);
+        foreach (var (name, run) in variants)
+        {
+            run();
+            for (int r = 0; r < rows; r++)
+                if (BitConverter.SingleToInt32Bits(y[r]) != BitConverter.SingleToInt32Bits(check[r]))
+                    throw new InvalidOperationException($"{name}: row {r} differs.");
+        }
+        var results = variants.ToDictionary(v => v.Name, _ => new List<double>());
+        results["plain sum"] = [];
+        Console.WriteLine($"F16 head {rows} x {n}, {bytes / 1e6:F0} MB; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
+        for (int round = 0; round < rounds; round++)
+        {
+            foreach (var (name, run) in variants) results[name].Add(Time(bytes, secondsPerRun, run));
+            results["plain sum"].Add(Time(bytes, secondsPerRun, () => PlainSum((byte*)w, bytes)));
+        }
+        double plain = Median(results["plain sum"]);
+        foreach (var (name, r) in results)
+            Console.WriteLine($"  {name,-36} {Median(r),6:F1} GB/s  (min {r.Min(),5:F1}, max {r.Max(),5:F1})  {Median(r) / plain,5:F2} of plain");
+    }
 
+    private static void HeadPass(ushort* w, int rows, int n, float[] x, float[] y, int mode)
+    {
+        fixed (float* px = x, py = y)
+            for (int r = 0; r < rows; r += 4)
+            {
+                ushort* wr = w + (long)r * n;
+                switch (mode)
+                {
+                    case 0: HeadKernels.DotRawF16Rows4(wr, n, px, py + r); break;
+                    case 1: HeadRows4Linear(wr, n, px, py + r, 8L * n); break;
+                    case 2: HeadRows4Linear(wr, n, px, py + r, 16L * n); break;
+                    default: HeadRows4Linear(wr, n, px, py + r, -1); break;
+                }
+            }
+    }
+
+    /// <summary>DotRawF16Rows4's arithmetic; the prefetch walks the group <paramref name="ahead"/> bytes on in address
+    /// order (four lines per step: the 4 rows' 4·n·2 bytes over n/32 steps), or none when negative.</summary>
+    private static void HeadRows4Linear(ushort* w, int n, float* x, float* y, long ahead)
+    {
+        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        byte* pf = (byte*)w + ahead;
+        for (int i = 0; i < n; i += 32, pf += 256)
+        {
+            if (ahead >= 0) { Sse.Prefetch1(pf); Sse.Prefetch1(pf + 64); Sse.Prefetch1(pf + 128); Sse.Prefetch1(pf + 192); }
+            var v = Vector512.Load(x + i);
+            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
+            v = Vector512.Load(x + i + 16);
+            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i + 16), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i + 16), v, a3);
+        }
+        y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<float> RawHalves(ushort* w) =>
+        (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)w)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel();
+
+    /// <summary>The kernel's own MatMul (on activations already in its layout).</summary>
     private static void Production(TernaryKernel kernel, TernaryMatrix w, ActivationRows x, float[] y)
     {
         fixed (float* py = y) kernel.MatMul(w, x, py, w.Rows, 0, w.Rows);
@@ -141,6 +234,45 @@ public static unsafe class QuickDecodeVariants
         s_sink += Vector512.Sum(a0 + a1 + a2 + a3);
     }
 
+    /// <summary>The plain sum with the kernels' prefetch (every line 8 KiB ahead into L2): the probe's best pattern here.</summary>
+    private static void PrefetchSum(byte* p, long n)
+    {
+        var a0 = Vector512<long>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        long i = 0;
+        for (; i + 256 <= n; i += 256)
+        {
+            TernaryKernel.PrefetchWeights(p + i); TernaryKernel.PrefetchWeights(p + i + 64);
+            TernaryKernel.PrefetchWeights(p + i + 128); TernaryKernel.PrefetchWeights(p + i + 192);
+            a0 += Vector512.Load((long*)(p + i)); a1 += Vector512.Load((long*)(p + i + 64));
+            a2 += Vector512.Load((long*)(p + i + 128)); a3 += Vector512.Load((long*)(p + i + 192));
+        }
+        s_sink += Vector512.Sum(a0 + a1 + a2 + a3);
+    }
+
+    /// <summary>The production decode driver (eight rows, one vector epilogue) over a code split of one's choosing.</summary>
+    private static void Driver<TSplit>(TernaryMatrix w, ActivationRows x, float[] y) where TSplit : ICodeSplit512
+    {
+        fixed (float* py = y) TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<TSplit>>(w, x, py, w.Rows, 0, w.Rows);
+    }
+
+    // Code splits mixing GFNI (multiply ports, with vpmaddubsw) with shifts and ANDs (other ports), to balance them.
+    // BalancedSplit (the avx512gfni kernel's) is one shift + two GFNI + one AND.
+    public readonly struct MixGfni3 : ICodeSplit512
+    {
+        public static Vector512<byte> Code0(Vector512<byte> p) => GfniSplit.Code0(p);
+        public static Vector512<byte> Code1(Vector512<byte> p) => GfniSplit.Code1(p);
+        public static Vector512<byte> Code2(Vector512<byte> p) => GfniSplit.Code2(p);
+        public static Vector512<byte> Code3(Vector512<byte> p) => ShiftSplit.Code3(p);
+    }
+
+    public readonly struct MixShift2Gfni : ICodeSplit512
+    {
+        public static Vector512<byte> Code0(Vector512<byte> p) => ShiftSplit.Code0(p);
+        public static Vector512<byte> Code1(Vector512<byte> p) => ShiftSplit.Code1(p);
+        public static Vector512<byte> Code2(Vector512<byte> p) => GfniSplit.Code2(p);
+        public static Vector512<byte> Code3(Vector512<byte> p) => ShiftSplit.Code3(p);
+    }
+
     public interface IRowDot { static abstract int Dot(byte* w, sbyte* q, int blocks); }
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
@@ -162,9 +294,7 @@ public static unsafe class QuickDecodeVariants
 
     public interface IFetch { static abstract void Fetch(byte* p); }
     public readonly struct NoFetch : IFetch { public static void Fetch(byte* p) { } }
-    public readonly struct T0At4K : IFetch { public static void Fetch(byte* p) => Sse.Prefetch0(p + 4096); }
     public readonly struct T0At8K : IFetch { public static void Fetch(byte* p) => Sse.Prefetch0(p + 8192); }
-    public readonly struct T0At16K : IFetch { public static void Fetch(byte* p) => Sse.Prefetch0(p + 16384); }
     public readonly struct T1At4K : IFetch { public static void Fetch(byte* p) => Sse.Prefetch1(p + 4096); }
     public readonly struct T1At8K : IFetch { public static void Fetch(byte* p) => Sse.Prefetch1(p + 8192); }
     public readonly struct T1At16K : IFetch { public static void Fetch(byte* p) => Sse.Prefetch1(p + 16384); }

@@ -14,9 +14,11 @@ public abstract unsafe class TernaryKernel
 {
     /// <summary>
     /// How far ahead of the current weight load the x86 variants prefetch. Rows are contiguous, so it runs on into
-    /// the next rows. Measured on the 2-core EPYC (bench quick mode, 2B4T shapes, cold weights): 0 B → 19–28 GB/s,
-    /// 1 KiB → 18–25, 4 KiB → 21–32, 8 KiB → 25–38, 16 KiB → 22–38; single-core read bandwidth there is ≈ 38 GB/s.
-    /// The hardware prefetcher alone leaves a one-row stream short of enough loads in flight.
+    /// the next rows. Measured on a Zen 5 class EPYC (bench quick mode, 2B4T shapes, cold weights, prefetcht0): 0 B →
+    /// 19–28 GB/s, 1 KiB → 18–25, 4 KiB → 21–32, 8 KiB → 25–38, 16 KiB → 22–38 (single-core read ≈ 38 GB/s); on a Zen 4
+    /// class EPYC with prefetcht1 (bench `quick-decode`): 4 KiB → 14.0–16.9 GB/s, 8 KiB → 16.6–20.3, 16 KiB → 17.6–19.2,
+    /// 32 KiB → 16.8–18.5 (plain sum 19.9–20.4). The hardware prefetcher alone leaves a one-row stream short of enough
+    /// loads in flight.
     /// </summary>
     public static readonly int PrefetchDistance = ReadPrefetchDistance();
 

@@ -21,7 +21,7 @@ public static unsafe class KernelPeak
     public static TernaryKernel? UnpackOnly(TernaryKernel kernel) => kernel.Name switch
     {
         "avx512" => new UnpackOnlyKernel<ShiftSplit>(kernel.Name),
-        "avx512gfni" => new UnpackOnlyKernel<GfniSplit>(kernel.Name),
+        "avx512gfni" => new UnpackOnlyKernel<BalancedSplit>(kernel.Name),
         _ => null,
     };
 

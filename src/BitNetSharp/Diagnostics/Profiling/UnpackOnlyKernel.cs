@@ -19,7 +19,7 @@ public sealed unsafe class UnpackOnlyKernel<TSplit> : TernaryKernel where TSplit
 
     public override string Name { get; }
 
-    public override bool IsSupported => Avx512BW.IsSupported && (typeof(TSplit) != typeof(GfniSplit) || Gfni.V512.IsSupported);
+    public override bool IsSupported => Avx512BW.IsSupported && (typeof(TSplit) == typeof(ShiftSplit) || Gfni.V512.IsSupported);
 
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
