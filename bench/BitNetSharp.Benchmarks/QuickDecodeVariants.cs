@@ -52,6 +52,7 @@ public static unsafe class QuickDecodeVariants
             ("all-GFNI split (before)", (w, x, o) => Driver<GfniSplit>(w, x, o)),
             ("avx512 kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
             ("avx2 kernel (MatMul)", (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
+            ("LUT inner loop only (not exact)", (w, x, o) => LutInnerLoop(w, x, o)),
             ("mix: gfni x3 + and", (w, x, o) => Driver<MixGfni3>(w, x, o)),
             ("mix: shift x2 + gfni + and", (w, x, o) => Driver<MixShift2Gfni>(w, x, o)),
             ("gfni per-row t0@8K (old)", (w, x, o) => Rows<Gfni<T0At8K>>(w, x, o)),
@@ -67,8 +68,11 @@ public static unsafe class QuickDecodeVariants
         };
 
         // Every variant must give the production kernel's exact integers before it is timed.
+        s_tables = new Memory.NativeBuffer((long)Ffn / 4 * 256, zero: false);
+        new Span<byte>(s_tables.Pointer, Ffn / 4 * 256).Fill(1);
         foreach (var (name, run) in variants)
         {
+            if (name.StartsWith("LUT", StringComparison.Ordinal)) continue;
             var expect = new float[Ffn];
             var got = new float[Ffn];
             for (int i = 0; i < 7; i++)
@@ -102,6 +106,7 @@ public static unsafe class QuickDecodeVariants
         }
         sh?.Dispose();
         sf?.Dispose();
+        s_tables.Dispose();
         foreach (var w in ws) w.Dispose();
     }
 
@@ -233,6 +238,67 @@ public static unsafe class QuickDecodeVariants
         }
         s_sink += Vector512.Sum(a0 + a1 + a2 + a3);
     }
+
+    /// <summary>
+    /// The inner loop a 4-weights-per-byte lookup-table kernel would run (weights stored as one base-3 byte per four
+    /// weights, 81 ≤ 128 entries, so one vpermi2b indexes a two-register table; int16 sums split into a low-byte and a
+    /// high-byte table; 256 rows per pass so each group's tables serve four index vectors): two vpermi2b, two unpacks and
+    /// two adds per 64 weight bytes, against about thirteen operations today. Not a kernel — the tables are not built
+    /// and the sums are not the dot — only a measure of whether Zen 4 runs that loop fast enough to be worth the new
+    /// layout. Reads the same bytes as the kernels (the matrix rows as [group][256 rows] tiles).
+    /// </summary>
+    private static void LutInnerLoop(TernaryMatrix w, ActivationRows x, float[] y)
+    {
+        int groups = w.PaddedCols / 4;
+        byte* tables = (byte*)s_tables!.Pointer;
+        byte* data = w.Data;
+        var sink = Vector512<short>.Zero;
+        for (int rb = 0; rb + 256 <= w.Rows; rb += 256)
+        {
+            byte* tile = data + (long)rb * groups;
+            Vector512<short> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+            for (int g = 0; g < groups; g++)
+            {
+                byte* t = tables + (long)g * 256;
+                var lo0 = Vector512.Load(t); var lo1 = Vector512.Load(t + 64); var hi0 = Vector512.Load(t + 128); var hi1 = Vector512.Load(t + 192);
+                byte* ix = tile + (long)g * 256;
+                TernaryKernel.PrefetchWeights(ix); TernaryKernel.PrefetchWeights(ix + 64); TernaryKernel.PrefetchWeights(ix + 128); TernaryKernel.PrefetchWeights(ix + 192);
+                Lookup(Vector512.Load(ix), lo0, lo1, hi0, hi1, ref a0, ref a1);
+                Lookup(Vector512.Load(ix + 64), lo0, lo1, hi0, hi1, ref a2, ref a3);
+                Lookup(Vector512.Load(ix + 128), lo0, lo1, hi0, hi1, ref a4, ref a5);
+                Lookup(Vector512.Load(ix + 192), lo0, lo1, hi0, hi1, ref a6, ref a7);
+            }
+            sink += a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+        }
+        if (w.Rows % 256 >= 128)
+        {
+            // k and v (640 rows): the last 128 rows as a half tile.
+            byte* tile = data + (long)(w.Rows / 256 * 256) * groups;
+            Vector512<short> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (int g = 0; g < groups; g++)
+            {
+                byte* t = tables + (long)g * 256;
+                var lo0 = Vector512.Load(t); var lo1 = Vector512.Load(t + 64); var hi0 = Vector512.Load(t + 128); var hi1 = Vector512.Load(t + 192);
+                byte* ix = tile + (long)g * 128;
+                TernaryKernel.PrefetchWeights(ix); TernaryKernel.PrefetchWeights(ix + 64);
+                Lookup(Vector512.Load(ix), lo0, lo1, hi0, hi1, ref a0, ref a1);
+                Lookup(Vector512.Load(ix + 64), lo0, lo1, hi0, hi1, ref a2, ref a3);
+            }
+            sink += a0 + a1 + a2 + a3;
+        }
+        y[0] = sink.ToScalar();
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Lookup(Vector512<byte> idx, Vector512<byte> lo0, Vector512<byte> lo1, Vector512<byte> hi0, Vector512<byte> hi1, ref Vector512<short> a, ref Vector512<short> b)
+    {
+        var lo = Avx512Vbmi.PermuteVar64x8x2(lo0, idx, lo1);
+        var hi = Avx512Vbmi.PermuteVar64x8x2(hi0, idx, hi1);
+        a += Avx512BW.UnpackLow(lo, hi).AsInt16();
+        b += Avx512BW.UnpackHigh(lo, hi).AsInt16();
+    }
+
+    private static Memory.NativeBuffer? s_tables;
 
     /// <summary>The plain sum with the kernels' prefetch (every line 8 KiB ahead into L2): the probe's best pattern here.</summary>
     private static void PrefetchSum(byte* p, long n)
