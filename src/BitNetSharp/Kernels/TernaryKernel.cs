@@ -260,22 +260,28 @@ public static unsafe class TernaryDriver
         int* d = stackalloc int[8];
         fixed (float* scales = rowScales)
         {
-            for (int t = 0; t < x.Tokens; t++)
+            // Rows in blocks, tokens inside (as Run): with two or three tokens a block's weights come from memory once
+            // and from L2 for the other tokens.
+            for (int block = rowStart; block < rowEnd; block += RowBlock)
             {
-                sbyte* q = x.Row(t);
-                int sum = x.Sums[t];
-                float scale = x.Scales[t];
-                var sums = Vector256.Create(sum);
-                var activationScale = Vector256.Create(scale);
-                float* yt = y + (long)t * yStride;
-                int n = rowStart;
-                for (; n + 8 <= rowEnd; n += 8)
+                int blockEnd = Math.Min(rowEnd, block + RowBlock);
+                for (int t = 0; t < x.Tokens; t++)
                 {
-                    TDot.DotRows8(w.Row(n), rowBytes, q, blocks, d);
-                    (Vector256.ConvertToSingle(Vector256.Load(d) - sums) / activationScale * Vector256.Load(scales + n)).Store(yt + n);
+                    sbyte* q = x.Row(t);
+                    int sum = x.Sums[t];
+                    float scale = x.Scales[t];
+                    var sums = Vector256.Create(sum);
+                    var activationScale = Vector256.Create(scale);
+                    float* yt = y + (long)t * yStride;
+                    int n = block;
+                    for (; n + 8 <= blockEnd; n += 8)
+                    {
+                        TDot.DotRows8(w.Row(n), rowBytes, q, blocks, d);
+                        (Vector256.ConvertToSingle(Vector256.Load(d) - sums) / activationScale * Vector256.Load(scales + n)).Store(yt + n);
+                    }
+                    for (; n < blockEnd; n++)
+                        yt[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sum, scale, scales[n]);
                 }
-                for (; n < rowEnd; n++)
-                    yt[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sum, scale, scales[n]);
             }
         }
     }
