@@ -240,49 +240,48 @@ public static unsafe class TernaryDriver
                 }
             }
             for (int t = fullTiles; t < tokens; t++)
-            {
-                sbyte* q = x.Row(t);
-                for (int n = block; n < blockEnd; n++)
-                    y[(long)t * yStride + n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sums[t], xs[t], rowScales[n]);
-            }
+                OneToken<TDot>(w, x.Row(t), sums[t], xs[t], y + (long)t * yStride, block, blockEnd, d);
         }
     }
 
-    /// <summary>Fewer than four tokens (decode): each token against the rows eight at a time (<see cref="ITernaryRowPairDot.DotRows8"/>,
-    /// then <see cref="TernaryKernel.Epilogue"/>'s operations on eight lanes: the same floats), the last few rows one by one.</summary>
+    /// <summary>Fewer than four tokens (decode): each token against the rows eight at a time (<see cref="OneToken{TDot}"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void RunRows8<TDot>(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
+        where TDot : ITernaryRowPairDot
+    {
+        int* d = stackalloc int[8];
+        // Rows in blocks, tokens inside (as Run): with two or three tokens a block's weights come from memory once
+        // and from L2 for the other tokens.
+        for (int block = rowStart; block < rowEnd; block += RowBlock)
+        {
+            int blockEnd = Math.Min(rowEnd, block + RowBlock);
+            for (int t = 0; t < x.Tokens; t++)
+                OneToken<TDot>(w, x.Row(t), x.Sums[t], x.Scales[t], y + (long)t * yStride, block, blockEnd, d);
+        }
+    }
+
+    /// <summary>One token against rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>): eight at a time
+    /// (<see cref="ITernaryRowPairDot.DotRows8"/>, then <see cref="TernaryKernel.Epilogue"/>'s operations on eight lanes:
+    /// the same floats), the last few one by one. <paramref name="d"/>: eight ints of scratch.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void OneToken<TDot>(TernaryMatrix w, sbyte* q, int sum, float scale, float* yt, int rowStart, int rowEnd, int* d)
         where TDot : ITernaryRowPairDot
     {
         int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
         long rowBytes = w.RowBytes;
         float[] rowScales = w.RowScales;
-        int* d = stackalloc int[8];
+        var sums = Vector256.Create(sum);
+        var activationScale = Vector256.Create(scale);
+        int n = rowStart;
         fixed (float* scales = rowScales)
         {
-            // Rows in blocks, tokens inside (as Run): with two or three tokens a block's weights come from memory once
-            // and from L2 for the other tokens.
-            for (int block = rowStart; block < rowEnd; block += RowBlock)
+            for (; n + 8 <= rowEnd; n += 8)
             {
-                int blockEnd = Math.Min(rowEnd, block + RowBlock);
-                for (int t = 0; t < x.Tokens; t++)
-                {
-                    sbyte* q = x.Row(t);
-                    int sum = x.Sums[t];
-                    float scale = x.Scales[t];
-                    var sums = Vector256.Create(sum);
-                    var activationScale = Vector256.Create(scale);
-                    float* yt = y + (long)t * yStride;
-                    int n = block;
-                    for (; n + 8 <= blockEnd; n += 8)
-                    {
-                        TDot.DotRows8(w.Row(n), rowBytes, q, blocks, d);
-                        (Vector256.ConvertToSingle(Vector256.Load(d) - sums) / activationScale * Vector256.Load(scales + n)).Store(yt + n);
-                    }
-                    for (; n < blockEnd; n++)
-                        yt[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sum, scale, scales[n]);
-                }
+                TDot.DotRows8(w.Row(n), rowBytes, q, blocks, d);
+                (Vector256.ConvertToSingle(Vector256.Load(d) - sums) / activationScale * Vector256.Load(scales + n)).Store(yt + n);
             }
+            for (; n < rowEnd; n++)
+                yt[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sum, scale, scales[n]);
         }
     }
 }
