@@ -143,6 +143,56 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
             if ((blocks & 1) != 0) AddOddBlockRows8(w, rowBytes, q, blocks, result);
         }
 
+        /// <summary><see cref="DotLanes"/> for two tokens: each 64 weight bytes are split into codes once and multiplied
+        /// by both tokens' activations.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void DotLanes2(byte* w, sbyte* q0, sbyte* q1, int blocks, out Vector512<int> lanes0, out Vector512<int> lanes1)
+        {
+            var ones = Vector512.Create((short)1);
+            Vector512<int> a0 = default, a1 = default;
+            int pairs = blocks >> 1;
+            for (int p = 0; p < pairs;)
+            {
+                int end = Math.Min(pairs, p + Avx2TernaryKernel.Int16Blocks);
+                Vector512<short> s0 = default, s1 = default;
+                for (; p < end; p++)
+                {
+                    TernaryKernel.PrefetchWeights(w + p * 64);
+                    var packed = Vector512.Load(w + p * 64);
+                    var c0 = TSplit.Code0(packed); var c1 = TSplit.Code1(packed); var c2 = TSplit.Code2(packed); var c3 = TSplit.Code3(packed);
+                    int o = p * 256;
+                    s0 = Avx512BW.Add(s0, Block(c0, c1, c2, c3, q0 + o));
+                    s1 = Avx512BW.Add(s1, Block(c0, c1, c2, c3, q1 + o));
+                }
+                a0 = Avx512F.Add(a0, Avx512BW.MultiplyAddAdjacent(s0, ones));
+                a1 = Avx512F.Add(a1, Avx512BW.MultiplyAddAdjacent(s1, ones));
+            }
+            lanes0 = a0;
+            lanes1 = a1;
+        }
+
+        /// <summary><see cref="DotRows8"/> for two tokens: result[r] is row r with <paramref name="q0"/>, result[8 + r] with
+        /// <paramref name="q1"/> (two or three sequences decoding together; speculative checks of a few tokens).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void DotRows8x2(byte* w, long rowBytes, sbyte* q0, sbyte* q1, int blocks, int* result)
+        {
+            DotLanes2(w, q0, q1, blocks, out var a0, out var b0);
+            DotLanes2(w + rowBytes, q0, q1, blocks, out var a1, out var b1);
+            DotLanes2(w + 2 * rowBytes, q0, q1, blocks, out var a2, out var b2);
+            DotLanes2(w + 3 * rowBytes, q0, q1, blocks, out var a3, out var b3);
+            DotLanes2(w + 4 * rowBytes, q0, q1, blocks, out var a4, out var b4);
+            DotLanes2(w + 5 * rowBytes, q0, q1, blocks, out var a5, out var b5);
+            DotLanes2(w + 6 * rowBytes, q0, q1, blocks, out var a6, out var b6);
+            DotLanes2(w + 7 * rowBytes, q0, q1, blocks, out var a7, out var b7);
+            LaneSums(a0, a1, a2, a3, a4, a5, a6, a7).Store(result);
+            LaneSums(b0, b1, b2, b3, b4, b5, b6, b7).Store(result + 8);
+            if ((blocks & 1) != 0)
+            {
+                AddOddBlockRows8(w, rowBytes, q0, blocks, result);
+                AddOddBlockRows8(w, rowBytes, q1, blocks, result + 8);
+            }
+        }
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result)
         {

@@ -125,6 +125,10 @@ public unsafe interface ITernaryRowPairDot : ITernaryRowDot
     /// <summary>result[r] = Σ c·q for the eight consecutive rows at <paramref name="w"/> + r·<paramref name="rowBytes"/>
     /// and one token (decode's mat-vec).</summary>
     static abstract void DotRows8(byte* w, long rowBytes, sbyte* q, int blocks, int* result);
+
+    /// <summary><see cref="DotRows8"/> for two tokens, each weight unpacked once: result[r] with <paramref name="q0"/>,
+    /// result[8 + r] with <paramref name="q1"/>.</summary>
+    static abstract void DotRows8x2(byte* w, long rowBytes, sbyte* q0, sbyte* q1, int blocks, int* result);
 }
 
 /// <summary>Int8 activation rows as the kernels read them: a base pointer and a row stride, so a variant may
@@ -207,7 +211,7 @@ public static unsafe class TernaryDriver
         float[] rowScales = w.RowScales;
         float[] xs = x.Scales;
         int[] sums = x.Sums;
-        int* d = stackalloc int[8];
+        int* d = stackalloc int[16];
         int fullTiles = tokens / 4 * 4;
         for (int block = rowStart; block < rowEnd; block += RowBlock)
         {
@@ -239,8 +243,7 @@ public static unsafe class TernaryDriver
                         y[(long)(t + j) * yStride + n] = TernaryKernel.Epilogue(d[j], sums[t + j], xs[t + j], rowScales[n]);
                 }
             }
-            for (int t = fullTiles; t < tokens; t++)
-                OneToken<TDot>(w, x.Row(t), sums[t], xs[t], y + (long)t * yStride, block, blockEnd, d);
+            SingleTokens<TDot>(w, x, fullTiles, y, yStride, block, blockEnd, d);
         }
     }
 
@@ -249,14 +252,60 @@ public static unsafe class TernaryDriver
     private static void RunRows8<TDot>(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
         where TDot : ITernaryRowPairDot
     {
-        int* d = stackalloc int[8];
+        int* d = stackalloc int[16];
         // Rows in blocks, tokens inside (as Run): with two or three tokens a block's weights come from memory once
-        // and from L2 for the other tokens.
+        // and from L2 for the other tokens; two tokens at a time share each weight's unpacking.
         for (int block = rowStart; block < rowEnd; block += RowBlock)
         {
             int blockEnd = Math.Min(rowEnd, block + RowBlock);
-            for (int t = 0; t < x.Tokens; t++)
-                OneToken<TDot>(w, x.Row(t), x.Sums[t], x.Scales[t], y + (long)t * yStride, block, blockEnd, d);
+            SingleTokens<TDot>(w, x, 0, y, yStride, block, blockEnd, d);
+        }
+    }
+
+    /// <summary>Tokens [<paramref name="firstToken"/>, x.Tokens) against rows [rowStart, rowEnd) by the mat-vec path: two
+    /// at a time, then the last one alone. <paramref name="d"/>: sixteen ints of scratch.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void SingleTokens<TDot>(TernaryMatrix w, in ActivationRows x, int firstToken, float* y, int yStride, int rowStart, int rowEnd, int* d)
+        where TDot : ITernaryRowPairDot
+    {
+        int t = firstToken;
+        for (; t + 2 <= x.Tokens; t += 2)
+            TwoTokens<TDot>(w, x, t, y + (long)t * yStride, yStride, rowStart, rowEnd, d);
+        if (t < x.Tokens)
+            OneToken<TDot>(w, x.Row(t), x.Sums[t], x.Scales[t], y + (long)t * yStride, rowStart, rowEnd, d);
+    }
+
+    /// <summary>Tokens <paramref name="t"/> and t + 1 against rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>),
+    /// eight at a time with <see cref="ITernaryRowPairDot.DotRows8x2"/>, then each token's epilogue on eight lanes.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void TwoTokens<TDot>(TernaryMatrix w, in ActivationRows x, int t, float* y0, int yStride, int rowStart, int rowEnd, int* d)
+        where TDot : ITernaryRowPairDot
+    {
+        int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
+        long rowBytes = w.RowBytes;
+        sbyte* q0 = x.Row(t), q1 = x.Row(t + 1);
+        int sum0 = x.Sums[t], sum1 = x.Sums[t + 1];
+        float scale0 = x.Scales[t], scale1 = x.Scales[t + 1];
+        var sums0 = Vector256.Create(sum0);
+        var sums1 = Vector256.Create(sum1);
+        var activationScale0 = Vector256.Create(scale0);
+        var activationScale1 = Vector256.Create(scale1);
+        float* y1 = y0 + yStride;
+        int n = rowStart;
+        fixed (float* scales = w.RowScales)
+        {
+            for (; n + 8 <= rowEnd; n += 8)
+            {
+                TDot.DotRows8x2(w.Row(n), rowBytes, q0, q1, blocks, d);
+                var rowScale = Vector256.Load(scales + n);
+                (Vector256.ConvertToSingle(Vector256.Load(d) - sums0) / activationScale0 * rowScale).Store(y0 + n);
+                (Vector256.ConvertToSingle(Vector256.Load(d + 8) - sums1) / activationScale1 * rowScale).Store(y1 + n);
+            }
+            for (; n < rowEnd; n++)
+            {
+                y0[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q0, blocks), sum0, scale0, scales[n]);
+                y1[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q1, blocks), sum1, scale1, scales[n]);
+            }
         }
     }
 
