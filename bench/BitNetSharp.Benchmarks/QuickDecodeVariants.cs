@@ -180,18 +180,14 @@ public static unsafe class QuickDecodeVariants
         {
             if (ahead >= 0) { Sse.Prefetch1(pf); Sse.Prefetch1(pf + 64); Sse.Prefetch1(pf + 128); Sse.Prefetch1(pf + 192); }
             var v = Vector512.Load(x + i);
-            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
-            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
+            a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w1 + i), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w3 + i), v, a3);
             v = Vector512.Load(x + i + 16);
-            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i + 16), v, a1);
-            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i + 16), v, a3);
+            a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w1 + i + 16), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w3 + i + 16), v, a3);
         }
         y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
     }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> RawHalves(ushort* w) =>
-        (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)w)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
     private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel();
 

@@ -373,7 +373,7 @@ public static unsafe class HeadKernels
     /// <summary>Sixteen halves widened to their raw float bits: the half's sign in bit 31, its exponent and mantissa in
     /// bits 27..13, i.e. the half times 2^−112 exactly (subnormal halves included).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> RawHalves(ushort* w) =>
+    internal static Vector512<float> RawHalves(ushort* w) =>
         (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)w)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
     /// <summary>Tokens per pass of <see cref="DotRawF16x2{TTile, TOps, TVec}"/>, a JIT-time constant.</summary>
