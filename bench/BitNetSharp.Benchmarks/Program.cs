@@ -6,7 +6,13 @@ using BitNetSharp.Benchmarks;
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
 // Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds]
-// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]
+// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory)
+// Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
+if (args.Length > 0 && args[0] == "quick-int8-attention")
+{
+    QuickInt8AttentionKernels.Run(args.Length > 1 ? int.Parse(args[1]) : 3);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-attention")
 {
     int depth = args.Length > 1 ? int.Parse(args[1]) : 4096;

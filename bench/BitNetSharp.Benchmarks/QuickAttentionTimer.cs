@@ -11,14 +11,15 @@ namespace BitNetSharp.Benchmarks;
 /// `quick-attention [depth] [threads...]` mode: one decode step's attention over a long context on the 2B4T attention
 /// shape (20 query heads on 5 KV heads of 128), per KV-cache type, with the chunks of the context spread over the
 /// threads (Transformer.AttentionChunk 256) against one pass per KV head (the chunk as long as the context), in one
-/// process with alternating rounds. The model is the 2B4T shape cut to 4 layers with a small feed-forward and
+/// process with alternating rounds. The model is the 2B4T shape cut to 4 layers (QUICK_ATTENTION_LAYERS=30 for all of
+/// them, so the cache no longer fits the L3 and comes from memory) with a small feed-forward and
 /// vocabulary; the cache is filled by writing random K/V rows (no prefill). Attention time per layer is the operation
 /// profiler's attention time (KV write and attention over the cached positions) per step, divided by the layers; the cache bytes it read per second are compared
 /// with this machine's read bandwidth at the same thread count (<see cref="MemoryBandwidth"/>, best pattern).
 /// </summary>
 public static class QuickAttentionTimer
 {
-    private const int Layers = 4;
+    private static readonly int Layers = int.TryParse(Environment.GetEnvironmentVariable("QUICK_ATTENTION_LAYERS"), out int l) ? l : 4;
 
     public static void Run(int depth, int[] threadCounts)
     {

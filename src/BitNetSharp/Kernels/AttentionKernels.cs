@@ -65,6 +65,16 @@ internal static unsafe class AttentionKernels
     public static void Scores<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int positions, float scale)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
+        if (typeof(TRow) == typeof(Int8Row) && Int8Attention.Serves(n))
+        {
+            short* q16 = stackalloc short[n];
+            float qScale = Int8Attention.QuantizeQuery(q, n, q16);
+            if (!float.IsNaN(qScale))
+            {
+                Int8Attention.Scores<TWidth>(rows, rowScales, stride, n, q16, scores, positions, qScale * scale);
+                return;
+            }
+        }
         if (TWidth.Bits >= 512 && HasLanePath<TRow>(n))
         {
             var lanes = stackalloc Vector512<float>[16];
@@ -97,6 +107,11 @@ internal static unsafe class AttentionKernels
     public static void Accumulate<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* weights, float* output, int positions)
         where TRow : IKvRow where TWidth : struct, IVectorWidth
     {
+        if (typeof(TRow) == typeof(Int8Row) && Int8Attention.Serves(n))
+        {
+            Int8Attention.Accumulate<TWidth>(rows, rowScales, stride, n, weights, output, positions);
+            return;
+        }
         for (int p = 0; p < positions; p++)
         {
             float w = weights[p];
@@ -131,6 +146,25 @@ internal static unsafe class AttentionKernels
     public static void ScoresGroup4<TRow>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
         where TRow : IKvRow
     {
+        if (typeof(TRow) == typeof(Int8Row) && Int8Attention.Serves(n))
+        {
+            short* q16 = stackalloc short[4 * n];
+            float* factors = stackalloc float[4];
+            bool finite = true;
+            for (int g = 0; g < 4; g++)
+            {
+                float qScale = Int8Attention.QuantizeQuery(q + g * n, n, q16 + g * n);
+                finite &= !float.IsNaN(qScale);
+                factors[g] = qScale * scale;
+            }
+            if (finite)
+            {
+                Int8Attention.ScoresGroup4<WidestVector>(rows, rowScales, stride, n, q16, factors, scores, scoresStride, positions);
+                return;
+            }
+            for (int g = 0; g < 4; g++) Scores<TRow, WidestVector>(rows, rowScales, stride, n, q + g * n, scores + g * scoresStride, positions, scale);
+            return;
+        }
         var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
         float* tail = stackalloc float[16];
         var factor = Vector512.Create(scale);
@@ -202,6 +236,11 @@ internal static unsafe class AttentionKernels
     public static void AccumulateGroup4<TRow>(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
         where TRow : IKvRow
     {
+        if (typeof(TRow) == typeof(Int8Row) && Int8Attention.Serves(n))
+        {
+            Int8Attention.AccumulateGroup4<WidestVector>(rows, rowScales, stride, n, weights, weightStride, output, positions);
+            return;
+        }
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
         float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
         PrefetchStart(rows, stride, positions);
@@ -308,7 +347,7 @@ internal static unsafe class AttentionKernels
 
     /// <summary>Rows ahead that the group kernels ask the cache for: a chunk of the context starts a new stream, which the
     /// hardware prefetcher would pick up only after several misses.</summary>
-    private const int PrefetchRows = 12;
+    internal const int PrefetchRows = 12;
 
     /// <summary>
     /// Hints for the first <see cref="PrefetchRows"/> rows at once, so a new chunk's first misses overlap instead of
@@ -330,7 +369,7 @@ internal static unsafe class AttentionKernels
 
     /// <summary>The first <paramref name="count"/> (≤ 16) floats at <paramref name="source"/>, zeros after; reads no further.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<float> LoadPartial(float* source, int count, float* tail)
+    internal static Vector512<float> LoadPartial(float* source, int count, float* tail)
     {
         if (count == 16) return Vector512.Load(source);
         for (int i = 0; i < 16; i++) tail[i] = i < count ? source[i] : 0f;
@@ -339,7 +378,7 @@ internal static unsafe class AttentionKernels
 
     /// <summary>The first <paramref name="count"/> (≤ 16) lanes of <paramref name="s"/> to <paramref name="destination"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StoreScores(Vector512<float> s, float* destination, int count)
+    internal static void StoreScores(Vector512<float> s, float* destination, int count)
     {
         if (count == 16) s.Store(destination);
         else for (int i = 0; i < count; i++) destination[i] = s.GetElement(i);
@@ -353,28 +392,40 @@ internal static unsafe class AttentionKernels
 internal static unsafe class LaneSums
 {
     /// <summary>The sums of v[0..15], in order, as one vector.</summary>
-    public static Vector512<float> Sums16(Vector512<float>* v)
+    public static Vector512<float> Sums16(Vector512<float>* v) => Sums16Core(v);
+
+    /// <summary>The integer sums of v[0..15], in order, as one vector (exact unless a sum overflows).</summary>
+    public static Vector512<int> Sums16(Vector512<int>* v) => Sums16Core(v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<T> Sums16Core<T>(Vector512<T>* v)
     {
         // Step 1: two vectors per register, lanes k + (k+8): [v_2j folded to 8 | v_2j+1 folded to 8].
-        var s0 = Avx512F.Add(Avx512F.Shuffle4x128(v[0], v[1], 0x44), Avx512F.Shuffle4x128(v[0], v[1], 0xEE));
-        var s1 = Avx512F.Add(Avx512F.Shuffle4x128(v[2], v[3], 0x44), Avx512F.Shuffle4x128(v[2], v[3], 0xEE));
-        var s2 = Avx512F.Add(Avx512F.Shuffle4x128(v[4], v[5], 0x44), Avx512F.Shuffle4x128(v[4], v[5], 0xEE));
-        var s3 = Avx512F.Add(Avx512F.Shuffle4x128(v[6], v[7], 0x44), Avx512F.Shuffle4x128(v[6], v[7], 0xEE));
-        var s4 = Avx512F.Add(Avx512F.Shuffle4x128(v[8], v[9], 0x44), Avx512F.Shuffle4x128(v[8], v[9], 0xEE));
-        var s5 = Avx512F.Add(Avx512F.Shuffle4x128(v[10], v[11], 0x44), Avx512F.Shuffle4x128(v[10], v[11], 0xEE));
-        var s6 = Avx512F.Add(Avx512F.Shuffle4x128(v[12], v[13], 0x44), Avx512F.Shuffle4x128(v[12], v[13], 0xEE));
-        var s7 = Avx512F.Add(Avx512F.Shuffle4x128(v[14], v[15], 0x44), Avx512F.Shuffle4x128(v[14], v[15], 0xEE));
+        var s0 = Halves(v[0], v[1]);
+        var s1 = Halves(v[2], v[3]);
+        var s2 = Halves(v[4], v[5]);
+        var s3 = Halves(v[6], v[7]);
+        var s4 = Halves(v[8], v[9]);
+        var s5 = Halves(v[10], v[11]);
+        var s6 = Halves(v[12], v[13]);
+        var s7 = Halves(v[14], v[15]);
         // Step 2: quarter m of t_j holds vector 4j+m folded to 4 (lanes k + (k+4)).
-        var t0 = Avx512F.Add(Avx512F.Shuffle4x128(s0, s1, 0x88), Avx512F.Shuffle4x128(s0, s1, 0xDD));
-        var t1 = Avx512F.Add(Avx512F.Shuffle4x128(s2, s3, 0x88), Avx512F.Shuffle4x128(s2, s3, 0xDD));
-        var t2 = Avx512F.Add(Avx512F.Shuffle4x128(s4, s5, 0x88), Avx512F.Shuffle4x128(s4, s5, 0xDD));
-        var t3 = Avx512F.Add(Avx512F.Shuffle4x128(s6, s7, 0x88), Avx512F.Shuffle4x128(s6, s7, 0xDD));
+        var t0 = Quarters(s0, s1);
+        var t1 = Quarters(s2, s3);
+        var t2 = Quarters(s4, s5);
+        var t3 = Quarters(s6, s7);
         // Step 3: quarter m of u_j: [vector 8j+m folded to 2 | vector 8j+4+m folded to 2] (lanes k + (k+2)).
-        var u0 = Avx512F.Add(Avx512F.UnpackLow(t0.AsDouble(), t1.AsDouble()).AsSingle(), Avx512F.UnpackHigh(t0.AsDouble(), t1.AsDouble()).AsSingle());
-        var u1 = Avx512F.Add(Avx512F.UnpackLow(t2.AsDouble(), t3.AsDouble()).AsSingle(), Avx512F.UnpackHigh(t2.AsDouble(), t3.AsDouble()).AsSingle());
+        var u0 = Avx512F.UnpackLow(t0.AsDouble(), t1.AsDouble()).As<double, T>() + Avx512F.UnpackHigh(t0.AsDouble(), t1.AsDouble()).As<double, T>();
+        var u1 = Avx512F.UnpackLow(t2.AsDouble(), t3.AsDouble()).As<double, T>() + Avx512F.UnpackHigh(t2.AsDouble(), t3.AsDouble()).As<double, T>();
         // Step 4: quarter m: the sums of vectors m, 4+m, 8+m, 12+m (lanes k + (k+1)).
-        var w = Avx512F.Add(Avx512F.Shuffle(u0, u1, 0x88), Avx512F.Shuffle(u0, u1, 0xDD));
-        return Avx512F.PermuteVar16x32(w, Vector512.Create(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+        var w = Avx512F.Shuffle(u0.AsSingle(), u1.AsSingle(), 0x88).As<float, T>() + Avx512F.Shuffle(u0.AsSingle(), u1.AsSingle(), 0xDD).As<float, T>();
+        return Avx512F.PermuteVar16x32(w.AsSingle(), Vector512.Create(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15)).As<float, T>();
+
+        static Vector512<T> Halves(Vector512<T> a, Vector512<T> b) =>
+            Avx512F.Shuffle4x128(a.AsSingle(), b.AsSingle(), 0x44).As<float, T>() + Avx512F.Shuffle4x128(a.AsSingle(), b.AsSingle(), 0xEE).As<float, T>();
+
+        static Vector512<T> Quarters(Vector512<T> a, Vector512<T> b) =>
+            Avx512F.Shuffle4x128(a.AsSingle(), b.AsSingle(), 0x88).As<float, T>() + Avx512F.Shuffle4x128(a.AsSingle(), b.AsSingle(), 0xDD).As<float, T>();
     }
 }
 

@@ -43,11 +43,24 @@ public class ProfilingTests
         var sw = Stopwatch.StartNew();
         double x = 1;
         while (sw.ElapsedMilliseconds < 50) x = Math.Sqrt(x + 1);
-        var buffer = new byte[8 << 20];
-        for (int i = 0; i < buffer.Length; i += 4096) buffer[i] = (byte)x; // touches fresh pages: minor faults
+        // Fresh pages: a managed array may reuse heap pages an earlier test touched, and malloc may reuse freed memory
+        // below its mmap threshold (at most 32 MiB on 64-bit glibc); 64 MiB is always a new mapping, so touching it faults.
+        const int bytes = 64 << 20;
+        unsafe
+        {
+            byte* buffer = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc(bytes);
+            try
+            {
+                for (int i = 0; i < bytes; i += 4096) buffer[i] = (byte)x;
+            }
+            finally
+            {
+                System.Runtime.InteropServices.NativeMemory.Free(buffer);
+            }
+        }
         var d = counters.Read().Minus(before);
         Assert.True(d[PerfEvent.TaskClock] > 20_000_000, $"task-clock {d[PerfEvent.TaskClock]} ns after 50 ms of work");
-        Assert.True(d[PerfEvent.PageFaults] > 0, "touching 8 MiB of new memory caused no page fault");
+        Assert.True(d[PerfEvent.PageFaults] > 0, "touching 64 MiB of new memory caused no page fault");
         Assert.NotNull(d[PerfEvent.ContextSwitches]);
         if (counters.HardwareUnavailableReason is { } why)
         {

@@ -80,18 +80,18 @@ public static class GatedActivation
     private readonly struct SiluOp : IBinaryFloatOp
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        public static float Invoke(float g, float u) => g / (1f + MathF.Exp(-g)) * u;
+        public static float Invoke(float g, float u) => g / (1f + FastExp.Exp(-g)) * u;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector128<float> Invoke(Vector128<float> g, Vector128<float> u) =>
-            g / (Vector128<float>.One + Vector128.Exp(-g)) * u;
+            g / (Vector128<float>.One + FastExp.Exp(-g)) * u;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector256<float> Invoke(Vector256<float> g, Vector256<float> u) =>
-            g / (Vector256<float>.One + Vector256.Exp(-g)) * u;
+            g / (Vector256<float>.One + FastExp.Exp(-g)) * u;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static Vector512<float> Invoke(Vector512<float> g, Vector512<float> u) =>
-            g / (Vector512<float>.One + Vector512.Exp(-g)) * u;
+            g / (Vector512<float>.One + FastExp.Exp(-g)) * u;
     }
 }

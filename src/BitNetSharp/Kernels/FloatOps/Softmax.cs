@@ -70,7 +70,7 @@ public static unsafe class Softmax
         if (float.IsNaN(max) || float.IsPositiveInfinity(max)) throw new ArgumentException($"Softmax input contains {max}.");
     }
 
-    /// <summary>p[i] = e^(p[i] − max) in fp32; returns Σ p[i] accumulated in double.</summary>
+    /// <summary>p[i] = e^(p[i] − max) in fp32 (<see cref="FastExp"/>: the same bits at every width); returns Σ p[i] accumulated in double.</summary>
     public static double ExpAndSum<TWidth>(float* p, int n, float max) where TWidth : struct, IVectorWidth
     {
         int i = 0;
@@ -81,7 +81,7 @@ public static unsafe class Softmax
             Vector512<double> a0 = default, a1 = default;
             for (; i <= n - 16; i += 16)
             {
-                var e = Vector512.Exp(Vector512.Load(p + i) - m);
+                var e = FastExp.Exp(Vector512.Load(p + i) - m);
                 e.Store(p + i);
                 a0 += Vector512.WidenLower(e);
                 a1 += Vector512.WidenUpper(e);
@@ -94,7 +94,7 @@ public static unsafe class Softmax
             Vector256<double> a0 = default, a1 = default;
             for (; i <= n - 8; i += 8)
             {
-                var e = Vector256.Exp(Vector256.Load(p + i) - m);
+                var e = FastExp.Exp(Vector256.Load(p + i) - m);
                 e.Store(p + i);
                 a0 += Vector256.WidenLower(e);
                 a1 += Vector256.WidenUpper(e);
@@ -107,7 +107,7 @@ public static unsafe class Softmax
             Vector128<double> a0 = default, a1 = default;
             for (; i <= n - 4; i += 4)
             {
-                var e = Vector128.Exp(Vector128.Load(p + i) - m);
+                var e = FastExp.Exp(Vector128.Load(p + i) - m);
                 e.Store(p + i);
                 a0 += Vector128.WidenLower(e);
                 a1 += Vector128.WidenUpper(e);
@@ -116,7 +116,7 @@ public static unsafe class Softmax
         }
         for (; i < n; i++)
         {
-            p[i] = MathF.Exp(p[i] - max);
+            p[i] = FastExp.Exp(p[i] - max);
             sum += p[i];
         }
         return sum;

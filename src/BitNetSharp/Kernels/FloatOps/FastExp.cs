@@ -1,0 +1,109 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+
+namespace BitNetSharp.Kernels.FloatOps;
+
+/// <summary>
+/// e^x in fp32 for the softmax and SiLU loops, within 2 ulp of the exact value over the whole fp32 range, and the same
+/// bits at every vector width and in the scalar form (the same IEEE operations in the same order: one rounding, two
+/// fused multiply-adds for the reduction, six for the polynomial, two power-of-two scalings).
+/// <para>
+/// Why not <c>Vector512.Exp</c>: in .NET 10 it costs ~100 cycles per 16 values on Zen 4 (~6 per value, against ~2 for
+/// <c>Vector256.Exp</c>); attention at depth 4096 spent about as long exponentiating its scores as scoring them.
+/// </para>
+/// <para>
+/// Method (Cody–Waite with a minimax polynomial, the classic single-precision scheme): n = round(x·log2 e),
+/// r = x − n·ln2 with ln2 split in a short high part and a correction so r is exact to fp32, |r| ≤ ln2/2;
+/// e^r ≈ 1 + r + r²·P(r) with the degree-5 minimax P from Cephes' expf; then · 2^⌊n/2⌋ · 2^(n−⌊n/2⌋), two factors
+/// so that results that overflow become +∞ and tiny ones round into subnormals and then 0 instead of wrapping. x is
+/// clamped to [−104, 89] first (beyond that e^x is 0 or +∞ in fp32); NaN stays NaN.
+/// </para>
+/// </summary>
+public static class FastExp
+{
+    private const float Log2E = 1.44269504088896341f;
+    private const float Ln2Hi = 0.693359375f;        // 8 significant bits: n·Ln2Hi is exact for |n| < 2^16
+    private const float Ln2Lo = -2.12194440e-4f;     // ln 2 − Ln2Hi
+    private const float Lowest = -104f, Highest = 89f;
+    private const float P0 = 1.9875691500e-4f, P1 = 1.3981999507e-3f, P2 = 8.3334519073e-3f,
+        P3 = 4.1665795894e-2f, P4 = 1.6666665459e-1f, P5 = 5.0000001201e-1f;
+
+    /// <summary>e^x, the scalar form of the vector kernels (same bits).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Exp(float x)
+    {
+        if (float.IsNaN(x)) return x;
+        float c = MathF.Min(MathF.Max(x, Lowest), Highest);
+        float n = MathF.Round(c * Log2E);
+        float r = MathF.FusedMultiplyAdd(n, -Ln2Hi, c);
+        r = MathF.FusedMultiplyAdd(n, -Ln2Lo, r);
+        float p = MathF.FusedMultiplyAdd(P0, r, P1);
+        p = MathF.FusedMultiplyAdd(p, r, P2);
+        p = MathF.FusedMultiplyAdd(p, r, P3);
+        p = MathF.FusedMultiplyAdd(p, r, P4);
+        p = MathF.FusedMultiplyAdd(p, r, P5);
+        p = MathF.FusedMultiplyAdd(p, r * r, r + 1f);
+        int k = (int)n, half = k >> 1;
+        return p * BitConverter.Int32BitsToSingle((half + 127) << 23) * BitConverter.Int32BitsToSingle((k - half + 127) << 23);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Exp(Vector512<float> x)
+    {
+        var c = Vector512.Min(Vector512.Max(x, Vector512.Create(Lowest)), Vector512.Create(Highest));
+        var n = Vector512.Round(c * Vector512.Create(Log2E));
+        var r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Hi), c);
+        r = Vector512.FusedMultiplyAdd(n, Vector512.Create(-Ln2Lo), r);
+        var p = Vector512.FusedMultiplyAdd(Vector512.Create(P0), r, Vector512.Create(P1));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P2));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P3));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
+        p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
+        p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
+        var k = Vector512.ConvertToInt32(n);
+        var half = Vector512.ShiftRightArithmetic(k, 1);
+        var bias = Vector512.Create(127);
+        var e = p * Vector512.ShiftLeft(half + bias, 23).AsSingle() * Vector512.ShiftLeft(k - half + bias, 23).AsSingle();
+        return Vector512.ConditionalSelect(Vector512.Equals(x, x), e, x);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Exp(Vector256<float> x)
+    {
+        var c = Vector256.Min(Vector256.Max(x, Vector256.Create(Lowest)), Vector256.Create(Highest));
+        var n = Vector256.Round(c * Vector256.Create(Log2E));
+        var r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Hi), c);
+        r = Vector256.FusedMultiplyAdd(n, Vector256.Create(-Ln2Lo), r);
+        var p = Vector256.FusedMultiplyAdd(Vector256.Create(P0), r, Vector256.Create(P1));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P2));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P3));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P4));
+        p = Vector256.FusedMultiplyAdd(p, r, Vector256.Create(P5));
+        p = Vector256.FusedMultiplyAdd(p, r * r, r + Vector256<float>.One);
+        var k = Vector256.ConvertToInt32(n);
+        var half = Vector256.ShiftRightArithmetic(k, 1);
+        var bias = Vector256.Create(127);
+        var e = p * Vector256.ShiftLeft(half + bias, 23).AsSingle() * Vector256.ShiftLeft(k - half + bias, 23).AsSingle();
+        return Vector256.ConditionalSelect(Vector256.Equals(x, x), e, x);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Exp(Vector128<float> x)
+    {
+        var c = Vector128.Min(Vector128.Max(x, Vector128.Create(Lowest)), Vector128.Create(Highest));
+        var n = Vector128.Round(c * Vector128.Create(Log2E));
+        var r = Vector128.FusedMultiplyAdd(n, Vector128.Create(-Ln2Hi), c);
+        r = Vector128.FusedMultiplyAdd(n, Vector128.Create(-Ln2Lo), r);
+        var p = Vector128.FusedMultiplyAdd(Vector128.Create(P0), r, Vector128.Create(P1));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(P2));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(P3));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(P4));
+        p = Vector128.FusedMultiplyAdd(p, r, Vector128.Create(P5));
+        p = Vector128.FusedMultiplyAdd(p, r * r, r + Vector128<float>.One);
+        var k = Vector128.ConvertToInt32(n);
+        var half = Vector128.ShiftRightArithmetic(k, 1);
+        var bias = Vector128.Create(127);
+        var e = p * Vector128.ShiftLeft(half + bias, 23).AsSingle() * Vector128.ShiftLeft(k - half + bias, 23).AsSingle();
+        return Vector128.ConditionalSelect(Vector128.Equals(x, x), e, x);
+    }
+}
