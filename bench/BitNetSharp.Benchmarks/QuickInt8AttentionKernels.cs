@@ -4,6 +4,20 @@ using BitNetSharp.Kernels.FloatOps;
 
 namespace BitNetSharp.Benchmarks;
 
+/// <summary>Int8 rows through the float kernels (the path before the integer kernels): same storage, other type.</summary>
+internal readonly unsafe struct Int8FloatRow : IKvRow
+{
+    public static int ElementSize => 1;
+    public static bool HasScale => true;
+    public static bool AlwaysFinite => true;
+    public static bool HasLanes => true;
+    public static System.Runtime.Intrinsics.Vector512<float> Widen16(byte* row, int i) => Int8Row.Widen16(row, i);
+    public static float Encode(ReadOnlySpan<float> x, byte* row) => Int8Row.Encode(x, row);
+    public static void Decode(byte* row, float scale, Span<float> x) => Int8Row.Decode(row, scale, x);
+    public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth => Int8Row.Dot<TWidth>(q, row, n);
+    public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth => Int8Row.Axpy<TWidth>(w, row, output, n);
+}
+
 /// <summary>
 /// The int8 KV attention kernels alone, float against integer, in one process: a GQA group of four queries over 4096
 /// cached positions of 128 values (one 2B4T kv head at depth 4096), in chunks of 256 as the engine calls them, rows hot
@@ -11,20 +25,6 @@ namespace BitNetSharp.Benchmarks;
 /// </summary>
 internal static unsafe class QuickInt8AttentionKernels
 {
-    /// <summary>Int8 rows through the float kernels (the path before the integer kernels): same storage, other type.</summary>
-    private readonly struct Int8FloatRow : IKvRow
-    {
-        public static int ElementSize => 1;
-        public static bool HasScale => true;
-        public static bool AlwaysFinite => true;
-        public static bool HasLanes => true;
-        public static System.Runtime.Intrinsics.Vector512<float> Widen16(byte* row, int i) => Int8Row.Widen16(row, i);
-        public static float Encode(ReadOnlySpan<float> x, byte* row) => Int8Row.Encode(x, row);
-        public static void Decode(byte* row, float scale, Span<float> x) => Int8Row.Decode(row, scale, x);
-        public static float Dot<TWidth>(float* q, byte* row, int n) where TWidth : struct, IVectorWidth => Int8Row.Dot<TWidth>(q, row, n);
-        public static void Axpy<TWidth>(float w, byte* row, float* output, int n) where TWidth : struct, IVectorWidth => Int8Row.Axpy<TWidth>(w, row, output, n);
-    }
-
     public static void Run(int rounds)
     {
         const int n = 128, positions = 4096, chunk = 256;

@@ -8,8 +8,10 @@ namespace BitNetSharp.Kernels.FloatOps;
 /// bits at every vector width and in the scalar form (the same IEEE operations in the same order: one rounding, two
 /// fused multiply-adds for the reduction, six for the polynomial, two power-of-two scalings).
 /// <para>
-/// Why not <c>Vector512.Exp</c>: in .NET 10 it costs ~100 cycles per 16 values on Zen 4 (~6 per value, against ~2 for
-/// <c>Vector256.Exp</c>); attention at depth 4096 spent about as long exponentiating its scores as scoring them.
+/// Why not <c>Vector512.Exp</c>: it is 1.36× slower in a throughput loop (BenchmarkDotNet, Zen 4: 7.5 against 5.5 µs
+/// for 4 × 4096 values, `AttentionKernelBenchmarks`), far slower before the JIT tiers it up (~100 cycles per 16 values
+/// in a cold loop), and its scalar counterpart <c>MathF.Exp</c> need not give the same bits, so a softmax's vector
+/// body and scalar tail could round differently.
 /// </para>
 /// <para>
 /// Method (Cody–Waite with a minimax polynomial, the classic single-precision scheme): n = round(x·log2 e),
