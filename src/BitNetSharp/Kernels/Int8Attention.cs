@@ -12,7 +12,7 @@ namespace BitNetSharp.Kernels;
 /// stored value.
 /// <list type="bullet">
 /// <item><b>Scores</b>: q is quantized once per call to q16 = round(q·Q/max|q|) with Q = 32767 (fewer for head
-/// dimensions above 528, so no sum can overflow), then score = (float)(Σ_d q16_d·k_d) · rowScale · (qScale · scale).
+/// dimensions above 512, so no sum can overflow), then score = (float)(Σ_d q16_d·k_d) · rowScale · (qScale · scale).
 /// The added error is at most qScale/2 · Σ_d |k_d| · rowScale · scale: about 1/65534 of max|q| per dimension, some 250
 /// times below the int8 rounding of K itself (1/254 of max|k|).</item>
 /// <item><b>Weighted sum of V</b>: per block of up to <see cref="Block"/> positions and per head, u_p = w_p · rowScale_p
@@ -33,8 +33,8 @@ internal static unsafe class Int8Attention
 
     private const int WeightLevels = 32767;
 
-    /// <summary>The int16 range a query is quantized to for <paramref name="n"/> dimensions: Σ 127·Q·n must fit an int32.</summary>
-    public static int QueryLevels(int n) => Math.Min(32767, int.MaxValue / (127 * Math.Max(n, 1)));
+    /// <summary>The int16 range a query is quantized to for <paramref name="n"/> dimensions: 128·Q·n must fit an int32 (any stored byte, −128 included).</summary>
+    public static int QueryLevels(int n) => Math.Min(32767, int.MaxValue / (128 * Math.Max(n, 1)));
 
     /// <summary>
     /// q16 = round(q · Q / max|q|); returns the scale max|q| / Q (0 for an all-zero query), or NaN when q holds a
