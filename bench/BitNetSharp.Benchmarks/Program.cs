@@ -6,7 +6,7 @@ using BitNetSharp.Benchmarks;
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
 // Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds]
-// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory)
+// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory; QUICK_ATTENTION_TYPES=int8,f16: only those)
 // Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
 if (args.Length > 0 && args[0] == "quick-int8-attention")
 {

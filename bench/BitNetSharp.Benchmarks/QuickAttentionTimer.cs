@@ -21,6 +21,12 @@ public static class QuickAttentionTimer
 {
     private static readonly int Layers = int.TryParse(Environment.GetEnvironmentVariable("QUICK_ATTENTION_LAYERS"), out int l) ? l : 4;
 
+    /// <summary>QUICK_ATTENTION_TYPES=int8,f16 (names of <see cref="KvCacheType"/>, any case): only those types; default all.</summary>
+    private static readonly KvCacheType[] Types = (Environment.GetEnvironmentVariable("QUICK_ATTENTION_TYPES") ?? "")
+        .Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) is { Length: > 0 } names
+        ? Array.ConvertAll(names, n => Enum.Parse<KvCacheType>(n, ignoreCase: true))
+        : Enum.GetValues<KvCacheType>();
+
     public static void Run(int depth, int[] threadCounts)
     {
         var shape = new SyntheticShape("2b4t-attention", 2560, Layers, 20, 5, 256, 512, depth + 16);
@@ -33,7 +39,7 @@ public static class QuickAttentionTimer
             double bound; // GB/s
             using (var probe = new MemoryBandwidth()) bound = probe.Measure(pool);
             Console.WriteLine($"{threads} thread(s): read bound {bound:F1} GB/s");
-            foreach (var type in Enum.GetValues<KvCacheType>())
+            foreach (var type in Types)
             {
                 using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
                 Fill(cache, depth);

@@ -385,8 +385,10 @@ public sealed unsafe class Transformer : IDisposable
     /// <para>
     /// A pair that sees more than <see cref="Chunk"/> positions is computed in chunks of that many positions with a
     /// partial softmax each, then merged (<see cref="PartialSoftmax"/>). When the batch has few pairs for the threads
-    /// (a single sequence decoding: one pair per KV head), the chunks themselves are the parallel work items, so one
-    /// sequence's long context is read by every thread; otherwise each pair's chunks run in order on one thread. The
+    /// (a single sequence decoding: one pair per KV head), runs of consecutive chunks are the parallel work items, so one
+    /// sequence's long context is read by every thread; otherwise each pair's chunks run in order on one thread. A run
+    /// scores all its keys in one pass, then exponentiates and weighs the values chunk by chunk, so K and V each stream
+    /// once per run instead of restarting at every chunk. The
     /// arithmetic is the same either way and the merge visits chunks in order, so the result depends on the positions
     /// and the chunk length only: not on the thread count, the batch or the schedule.
     /// </para>
@@ -396,6 +398,9 @@ public sealed unsafe class Transformer : IDisposable
         /// <summary>Split chunks across threads while the batch has fewer pairs than this many per thread.</summary>
         private const int SplitPairsPerThread = 4;
 
+        /// <summary>Runs of consecutive chunks per thread when a pair's chunks are split across threads.</summary>
+        private const int RunsPerThread = 4;
+
         private readonly ModelConfig c;
         private readonly int _threads;
         private readonly float[][] _scores; // per worker: [group][stride] scores, then weights
@@ -403,7 +408,7 @@ public sealed unsafe class Transformer : IDisposable
         private readonly int _partialSize; // one chunk's partial: [group × headDim outputs][group maxima][group sums]
         private float[][] _ownPartials = [];  // per worker: the chunks of the pair it computes whole
         private float[] _splitPartials = [];  // the chunks of every pair, when the chunks are the work items
-        private int[] _itemPair = [], _itemChunk = [], _pairChunks = [], _pairFirst = [];
+        private int[] _itemPair = [], _itemChunk = [], _itemChunkEnd = [], _pairChunks = [], _pairFirst = [];
         private int _chunk, _pairs, _items;
         private bool _split;
         private int _layer;
@@ -440,6 +445,7 @@ public sealed unsafe class Transformer : IDisposable
                 int maxItems = SplitPairsPerThread * _threads * maxChunks;
                 _itemPair = new int[maxItems];
                 _itemChunk = new int[maxItems];
+                _itemChunkEnd = new int[maxItems];
             }
         }
 
@@ -478,16 +484,31 @@ public sealed unsafe class Transformer : IDisposable
             }
             if (_splitPartials.Length < (long)total * _partialSize)
                 _splitPartials = new float[(long)SplitPairsPerThread * _threads * ((c.ContextLength + _chunk - 1) / _chunk) * _partialSize];
-            // Chunk-major: the first chunk of every pair, then the second, ..., so the threads start on different pairs.
+            // Each chunked pair's chunks in runs of consecutive chunks (a run reads its keys, then its values, in one
+            // stream each), about RunsPerThread runs per thread in all; run-major order (the first run of every pair,
+            // then the second, ...), so the threads start on different pairs.
+            int runs = (RunsPerThread * _threads + chunked - 1) / chunked;
             int items = 0;
-            for (int round = 0; items < total; round++)
+            for (int round = 0; round < runs; round++)
                 for (int pair = 0; pair < _pairs; pair++)
-                    if (round < _pairChunks[pair])
+                {
+                    int n = _pairChunks[pair];
+                    if (n == 1)
                     {
+                        if (round > 0) continue;
                         _itemPair[items] = pair;
-                        _itemChunk[items] = round;
+                        _itemChunk[items] = 0;
+                        _itemChunkEnd[items] = 1;
                         items++;
+                        continue;
                     }
+                    int from = (int)((long)n * round / runs), to = (int)((long)n * (round + 1) / runs);
+                    if (from == to) continue;
+                    _itemPair[items] = pair;
+                    _itemChunk[items] = from;
+                    _itemChunkEnd[items] = to;
+                    items++;
+                }
             _items = items;
         }
 
@@ -512,7 +533,7 @@ public sealed unsafe class Transformer : IDisposable
                     {
                         int pair = _itemPair[item];
                         if (_pairChunks[pair] == 1) Whole(pair, worker);
-                        else ChunkPartial(pair, _itemChunk[item], worker, partials + ((long)_pairFirst[pair] + _itemChunk[item]) * _partialSize);
+                        else ChunkRun(pair, _itemChunk[item], _itemChunkEnd[item], worker, partials + (long)_pairFirst[pair] * _partialSize);
                     }
                 return;
             }
@@ -526,7 +547,7 @@ public sealed unsafe class Transformer : IDisposable
                 }
                 fixed (float* partials = _ownPartials[worker])
                 {
-                    for (int ch = 0; ch < chunks; ch++) ChunkPartial(pair, ch, worker, partials + (long)ch * _partialSize);
+                    ChunkRun(pair, 0, chunks, worker, partials);
                     MergePair(pair, partials, chunks);
                 }
             }
@@ -550,24 +571,39 @@ public sealed unsafe class Transformer : IDisposable
             cache.AccumulateVGroup(_layer, kvHead, scores, group, stride, o, positions);
         }
 
-        /// <summary>Chunk <paramref name="chunk"/> of a pair's positions: its unnormalized outputs, maxima and sums to <paramref name="partial"/>.</summary>
-        private void ChunkPartial(int pair, int chunk, int worker, float* partial)
+        /// <summary>
+        /// Chunks [<paramref name="from"/>, <paramref name="to"/>) of a pair's positions, chunk ch's unnormalized outputs,
+        /// maxima and sums to partials + ch·partialSize. Per chunk: a partial softmax of its scores and the weighted sum
+        /// of its values (a score depends on its position only, so scoring the run's keys in one call gives each chunk
+        /// the scores it would get alone); the keys stream from memory once per run, then the values.
+        /// </summary>
+        private void ChunkRun(int pair, int from, int to, int worker, float* partials)
         {
             var scores = _scores[worker];
-            int hd = c.HeadDim, group = c.GroupSize, stride = _chunk;
+            int hd = c.HeadDim, group = c.GroupSize, stride = c.ContextLength;
             int t = pair / c.KvHeads, kvHead = pair % c.KvHeads;
             var bt = _batch[t];
-            int first = chunk * _chunk, count = Math.Min(_chunk, bt.Position + 1 - first);
+            int positions = bt.Position + 1;
+            int start = from * _chunk, end = Math.Min(to * _chunk, positions);
             var cache = _caches![bt.Sequence];
             var q = new ReadOnlySpan<float>(_q + (long)t * c.QDim + kvHead * group * hd, group * hd);
-            cache.PrefetchValues(_layer, kvHead, first, count);
-            cache.ScoresGroupRange(_layer, kvHead, q, group, scores, stride, first, count, _scale);
+            cache.PrefetchValues(_layer, kvHead, start, Math.Min(_chunk, end - start));
+            cache.ScoresGroupRange(_layer, kvHead, q, group, scores, stride, start, end - start, _scale);
             fixed (float* ps = scores)
-                for (int g = 0; g < group; g++)
-                    partial[group * hd + group + g] = PartialSoftmax.Exponentiate(ps + g * stride, count, out partial[group * hd + g]);
-            var o = new Span<float>(partial, group * hd);
-            o.Clear();
-            cache.AccumulateVGroupRange(_layer, kvHead, scores, group, stride, o, first, count);
+                for (int ch = from; ch < to; ch++)
+                {
+                    int first = ch * _chunk, count = Math.Min(_chunk, positions - first);
+                    float* pc = partials + (long)ch * _partialSize;
+                    for (int g = 0; g < group; g++)
+                        pc[group * hd + group + g] = PartialSoftmax.Exponentiate(ps + g * stride + first - start, count, out pc[group * hd + g]);
+                }
+            for (int ch = from; ch < to; ch++)
+            {
+                int first = ch * _chunk, count = Math.Min(_chunk, positions - first);
+                var o = new Span<float>(partials + (long)ch * _partialSize, group * hd);
+                o.Clear();
+                cache.AccumulateVGroupRange(_layer, kvHead, scores.AsSpan(first - start), group, stride, o, first, count);
+            }
         }
 
         private void MergePair(int pair, float* partials, int chunks)
