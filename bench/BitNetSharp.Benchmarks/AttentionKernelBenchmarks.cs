@@ -21,6 +21,7 @@ public unsafe class AttentionKernelBenchmarks
 {
     private const int N = 128, Positions = 4096, Chunk = 256;
     private byte* _rows;
+    private byte* _blocks;
     private float* _scales, _q, _w, _scores, _out, _exp;
 
     [GlobalSetup]
@@ -28,6 +29,7 @@ public unsafe class AttentionKernelBenchmarks
     {
         var rng = new Random(5);
         _rows = (byte*)NativeMemory.AlignedAlloc(Positions * N, 64);
+        _blocks = (byte*)NativeMemory.AlignedAlloc(Positions * N, 64);
         _scales = Alloc(Positions);
         _q = Alloc(4 * N);
         _w = Alloc(4 * Positions);
@@ -39,6 +41,7 @@ public unsafe class AttentionKernelBenchmarks
         {
             for (int d = 0; d < N; d++) x[d] = (float)(rng.NextDouble() * 2 - 1);
             _scales[p] = Int8Row.Encode(x, _rows + (long)p * N);
+            Int8KeyBlocks.Store(_rows + (long)p * N, _blocks, p, N);
         }
         for (int i = 0; i < 4 * N; i++) _q[i] = (float)(rng.NextDouble() * 2 - 1);
         for (int i = 0; i < 4 * Positions; i++) _w[i] = (float)rng.NextDouble();
@@ -51,6 +54,7 @@ public unsafe class AttentionKernelBenchmarks
     public void Cleanup()
     {
         NativeMemory.AlignedFree(_rows);
+        NativeMemory.AlignedFree(_blocks);
         foreach (var p in new[] { (nint)_scales, (nint)_q, (nint)_w, (nint)_scores, (nint)_out, (nint)_exp }) NativeMemory.AlignedFree((void*)p);
     }
 
@@ -66,6 +70,14 @@ public unsafe class AttentionKernelBenchmarks
     {
         for (int c = 0; c < Positions; c += Chunk)
             AttentionKernels.ScoresGroup4<Int8Row>(_rows + (long)c * N, _scales + c, N, N, _q, _scores + c, Positions, Chunk, 0.1f);
+    }
+
+    /// <summary>The same keys in blocks of 16 positions (<see cref="Int8KeyBlocks"/>, what the cache stores since 2026-12-04), in the same chunks.</summary>
+    [Benchmark, BenchmarkCategory("scores")]
+    public void ScoresIntegerKeyBlocks()
+    {
+        for (int c = 0; c < Positions; c += Chunk)
+            AttentionKernels.ScoresGroup4Int8Blocks(_blocks, _scales, N, _q, _scores + c, Positions, c, Chunk, 0.1f);
     }
 
     [Benchmark(Baseline = true), BenchmarkCategory("weighted V")]

@@ -35,11 +35,13 @@ internal static unsafe class QuickInt8AttentionKernels
         float* w = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * positions * 4, 64);
         float* scores = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * positions * 4, 64);
         float* output = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * n * 4, 64);
+        byte* blocks = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(positions * n, 64);
         var x = new float[n];
         for (int p = 0; p < positions; p++)
         {
             for (int d = 0; d < n; d++) x[d] = (float)(rng.NextDouble() * 2 - 1);
             scales[p] = Int8Row.Encode(x, rows + (long)p * n);
+            Int8KeyBlocks.Store(rows + (long)p * n, blocks, p, n);
         }
         for (int i = 0; i < 4 * n; i++) q[i] = (float)(rng.NextDouble() * 2 - 1);
         for (int i = 0; i < 4 * positions; i++) w[i] = (float)rng.NextDouble();
@@ -54,9 +56,10 @@ internal static unsafe class QuickInt8AttentionKernels
             float* fac = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(64, 64);
             for (int g = 0; g < 4; g++) fac[g] = Int8Attention.QuantizeQuery(q + g * n, n, q16 + g * n);
             double sd = Time(() => Int8Attention.ScoresGroup4<WidestVector>(rows, scales, n, n, q16, fac, scores, positions, positions));
+            double sb = Time(() => Int8KeyBlocks.ScoresGroup4<WidestVector>(blocks, scales, n, q16, fac, scores, positions, 0, positions));
             double ex = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) PartialSoftmax.Exponentiate(scores + c, chunk, out _); });
             Console.WriteLine($"  exponentiate 4 x {positions} scores in chunks: {ex:F1} µs = {ex * 3400 / positions:F0} cycles/position");
-            Console.WriteLine($"  direct int scores, one call: {sd:F1} µs = {sd * 3400 / positions:F0} cycles/position");
+            Console.WriteLine($"  direct int scores, one call: rows {sd:F1} µs = {sd * 3400 / positions:F0} cycles/position; keys in blocks of 16 {sb:F1} µs = {sb * 3400 / positions:F0} cycles/position ({sd / sb:F2}x)");
             Console.WriteLine($"round {r + 1}: scores float {sf,7:F1}  int {si,7:F1}  ({sf / si:F2}x)   V sum float {af,7:F1}  int {ai,7:F1}  ({af / ai:F2}x)   cycles/position at 3.4 GHz: scores {sf * 3400 / positions:F0} -> {si * 3400 / positions:F0}, V {af * 3400 / positions:F0} -> {ai * 3400 / positions:F0}");
         }
     }

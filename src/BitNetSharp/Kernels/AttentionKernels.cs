@@ -102,6 +102,55 @@ internal static unsafe class AttentionKernels
         }
     }
 
+    /// <summary>
+    /// <see cref="Scores{TRow, TWidth}"/> for int8 keys in blocks (<see cref="Int8KeyBlocks"/>): scores[i] for position
+    /// start + i of the head whose blocks start at <paramref name="blocks"/> (rowScales indexed from that head's
+    /// position 0). The same bits as the row layout. A non-finite query takes the float kernel on the gathered rows.
+    /// </summary>
+    [SkipLocalsInit]
+    public static void ScoresInt8Blocks<TWidth>(byte* blocks, float* rowScales, int n, float* q, float* scores, int start, int count, float scale)
+        where TWidth : struct, IVectorWidth
+    {
+        short* q16 = stackalloc short[n];
+        float qScale = Int8Attention.QuantizeQuery(q, n, q16);
+        if (!float.IsNaN(qScale)) Int8KeyBlocks.Scores<TWidth>(blocks, rowScales, n, q16, scores, start, count, qScale * scale);
+        else FloatScoresOfBlocks<TWidth>(blocks, rowScales, n, q, scores, start, count, scale);
+    }
+
+    /// <summary><see cref="ScoresGroup4{TRow}"/> for int8 keys in blocks (see <see cref="ScoresInt8Blocks{TWidth}"/>).</summary>
+    [SkipLocalsInit]
+    public static void ScoresGroup4Int8Blocks(byte* blocks, float* rowScales, int n, float* q, float* scores, int scoresStride, int start, int count, float scale)
+    {
+        short* q16 = stackalloc short[4 * n];
+        float* factors = stackalloc float[4];
+        bool finite = true;
+        for (int g = 0; g < 4; g++)
+        {
+            float qScale = Int8Attention.QuantizeQuery(q + g * n, n, q16 + g * n);
+            finite &= !float.IsNaN(qScale);
+            factors[g] = qScale * scale;
+        }
+        if (finite)
+        {
+            Int8KeyBlocks.ScoresGroup4<WidestVector>(blocks, rowScales, n, q16, factors, scores, scoresStride, start, count);
+            return;
+        }
+        for (int g = 0; g < 4; g++) ScoresInt8Blocks<WidestVector>(blocks, rowScales, n, q + g * n, scores + g * scoresStride, start, count, scale);
+    }
+
+    /// <summary>The float score kernel over block-stored int8 keys, one gathered row at a time (non-finite queries only).</summary>
+    private static void FloatScoresOfBlocks<TWidth>(byte* blocks, float* rowScales, int n, float* q, float* scores, int start, int count, float scale)
+        where TWidth : struct, IVectorWidth
+    {
+        byte[] row = new byte[n];
+        fixed (byte* r = row)
+            for (int i = 0; i < count; i++)
+            {
+                Int8KeyBlocks.Load(blocks, start + i, n, r);
+                Scores<Int8Row, ScalarWidth>(r, rowScales + start + i, n, n, q, scores + i, 1, scale);
+            }
+    }
+
     /// <summary>output[d] += Σ_p weights[p] · row p (times the row's scale for scaled types); zero weights are skipped
     /// unless the type is <see cref="IKvRow.AlwaysFinite"/>.</summary>
     public static void Accumulate<TRow, TWidth>(byte* rows, float* rowScales, int stride, int n, float* weights, float* output, int positions)

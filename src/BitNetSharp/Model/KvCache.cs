@@ -28,6 +28,10 @@ public sealed unsafe class KvCache : IDisposable
     // An F16 cache that has never stored ±inf or NaN is read with the short widening (F16FiniteRow); sticky until Clear.
     private bool _nonFiniteF16;
     private readonly int _rowBytes;
+    // Int8 keys of a head dimension the block kernels serve are stored in blocks of 16 positions (Int8KeyBlocks), each
+    // head's region rounded up to whole blocks; every other type and the values are rows.
+    private readonly bool _keyBlocks;
+    private readonly int _keyPositions;
 
     public KvCache(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type = KvCacheType.F16)
     {
@@ -43,7 +47,9 @@ public sealed unsafe class KvCache : IDisposable
         Type = type;
         _rowBytes = headDim * ElementSize(type);
         long rows = RowCount(layers, kvHeads, contextLength);
-        _keys = new NativeBuffer(rows * _rowBytes, zero: false);
+        _keyBlocks = KeyBlocks(type, headDim);
+        _keyPositions = _keyBlocks ? Int8KeyBlocks.RoundUp(contextLength) : contextLength;
+        _keys = new NativeBuffer(RowCount(layers, kvHeads, _keyPositions) * _rowBytes, zero: false);
         _values = new NativeBuffer(rows * _rowBytes, zero: false);
         _scales = new NativeBuffer(HasScale(type) ? 2 * rows * sizeof(float) : 0, zero: false);
         _layerLength = new int[layers];
@@ -80,7 +86,8 @@ public sealed unsafe class KvCache : IDisposable
     public static long BytesFor(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type)
     {
         long rows = RowCount(layers, kvHeads, contextLength);
-        return 2 * rows * (headDim * (long)ElementSize(type) + (HasScale(type) ? sizeof(float) : 0));
+        long keyRows = RowCount(layers, kvHeads, KeyBlocks(type, headDim) ? Int8KeyBlocks.RoundUp(contextLength) : contextLength);
+        return (rows + keyRows) * headDim * (long)ElementSize(type) + (HasScale(type) ? 2 * rows * sizeof(float) : 0);
     }
 
     /// <summary>Bytes per value of <paramref name="type"/> (scales not counted).</summary>
@@ -94,6 +101,11 @@ public sealed unsafe class KvCache : IDisposable
     };
 
     private static bool HasScale(KvCacheType type) => type is KvCacheType.Int8 or KvCacheType.Fp8E4M3;
+
+    private static bool KeyBlocks(KvCacheType type, int headDim) => type == KvCacheType.Int8 && Int8KeyBlocks.Serves(headDim);
+
+    /// <summary>The first key block of (layer, kvHead) when keys are in blocks.</summary>
+    private byte* KeyBlockBase(int layer, int kvHead) => _keys.Pointer + ((long)layer * KvHeads + kvHead) * _keyPositions * _rowBytes;
 
     private static long RowCount(int layers, int kvHeads, int contextLength) => (long)layers * kvHeads * contextLength;
 
@@ -236,7 +248,9 @@ public sealed unsafe class KvCache : IDisposable
         fixed (float* pq = q)
         fixed (float* ps = scores)
         {
-            if (AttentionKernels.HasLanePath<TRow>(HeadDim))
+            if (typeof(TRow) == typeof(Int8Row) && _keyBlocks)
+                AttentionKernels.ScoresGroup4Int8Blocks(KeyBlockBase(layer, kvHead), KeyScales + Row(layer, kvHead, 0), HeadDim, pq, ps, stride, start, count, scale);
+            else if (AttentionKernels.HasLanePath<TRow>(HeadDim))
                 AttentionKernels.ScoresGroup4<TRow>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, stride, count, scale);
             else if (typeof(TRow) == typeof(F16FiniteRow))
                 AttentionKernels.ScoresF16Group4(_keys.Pointer + first * _rowBytes, _rowBytes, HeadDim, pq, ps, stride, count, scale);
@@ -322,12 +336,20 @@ public sealed unsafe class KvCache : IDisposable
 
     private float* ValueScales => (float*)_scales.Pointer + RowCount(Layers, KvHeads, ContextLength);
 
+    [SkipLocalsInit]
     private void WriteRows<TRow>(int layer, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v) where TRow : IKvRow
     {
+        byte* encoded = stackalloc byte[_keyBlocks ? _rowBytes : 0];
         for (int h = 0; h < KvHeads; h++)
         {
             long row = Row(layer, h, position);
-            float ks = TRow.Encode(k.Slice(h * HeadDim, HeadDim), _keys.Pointer + row * _rowBytes);
+            float ks;
+            if (_keyBlocks)
+            {
+                ks = TRow.Encode(k.Slice(h * HeadDim, HeadDim), encoded);
+                Int8KeyBlocks.Store(encoded, KeyBlockBase(layer, h), position, HeadDim);
+            }
+            else ks = TRow.Encode(k.Slice(h * HeadDim, HeadDim), _keys.Pointer + row * _rowBytes);
             float vs = TRow.Encode(v.Slice(h * HeadDim, HeadDim), _values.Pointer + row * _rowBytes);
             if (typeof(TRow) == typeof(F16Row) && !_nonFiniteF16 &&
                 (F16FiniteRow.HasNonFinite(_keys.Pointer + row * _rowBytes, HeadDim) || F16FiniteRow.HasNonFinite(_values.Pointer + row * _rowBytes, HeadDim)))
@@ -340,12 +362,20 @@ public sealed unsafe class KvCache : IDisposable
         }
     }
 
+    [SkipLocalsInit]
     private void ReadRows<TRow>(int layer, int position, Span<float> k, Span<float> v) where TRow : IKvRow
     {
+        byte* gathered = stackalloc byte[_keyBlocks ? _rowBytes : 0];
         for (int h = 0; h < KvHeads; h++)
         {
             long row = Row(layer, h, position);
-            TRow.Decode(_keys.Pointer + row * _rowBytes, TRow.HasScale ? KeyScales[row] : 1f, k.Slice(h * HeadDim, HeadDim));
+            byte* key = _keys.Pointer + row * _rowBytes;
+            if (_keyBlocks)
+            {
+                Int8KeyBlocks.Load(KeyBlockBase(layer, h), position, HeadDim, gathered);
+                key = gathered;
+            }
+            TRow.Decode(key, TRow.HasScale ? KeyScales[row] : 1f, k.Slice(h * HeadDim, HeadDim));
             TRow.Decode(_values.Pointer + row * _rowBytes, TRow.HasScale ? ValueScales[row] : 1f, v.Slice(h * HeadDim, HeadDim));
         }
     }
@@ -356,7 +386,12 @@ public sealed unsafe class KvCache : IDisposable
         long first = Row(layer, kvHead, start);
         fixed (float* pq = q)
         fixed (float* ps = scores)
-            AttentionKernels.Scores<TRow, TWidth>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, count, scale);
+        {
+            if (typeof(TRow) == typeof(Int8Row) && _keyBlocks)
+                AttentionKernels.ScoresInt8Blocks<TWidth>(KeyBlockBase(layer, kvHead), KeyScales + Row(layer, kvHead, 0), HeadDim, pq, ps, start, count, scale);
+            else
+                AttentionKernels.Scores<TRow, TWidth>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, count, scale);
+        }
     }
 
     internal void AccumulateCore<TRow, TWidth>(int layer, int kvHead, ReadOnlySpan<float> weights, Span<float> output, int start, int count)
