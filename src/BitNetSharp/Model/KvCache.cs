@@ -15,6 +15,12 @@ namespace BitNetSharp.Model;
 /// coarsen the other heads' rows, at 4 bytes per 128 values (3%).
 /// </para>
 /// <para>
+/// Int8 caches whose head dimension is a multiple of 32 store each head's keys in blocks of 16 positions transposed by
+/// dimension pairs (<see cref="Int8KeyBlocks"/>, each head's region rounded up to whole blocks): the same bytes, ordered
+/// so the integer score kernel needs no horizontal sums. Single positions are read and written through that layout;
+/// scores equal the row layout's bit for bit.
+/// </para>
+/// <para>
 /// Each layer has its own length (positions written without gaps): a batch writes layer 0 for all its tokens
 /// before layer 1, and <see cref="Length"/> is the number of positions every layer holds.
 /// </para>
