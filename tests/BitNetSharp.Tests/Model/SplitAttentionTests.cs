@@ -74,6 +74,35 @@ public unsafe class SplitAttentionTests
         Assert.Equal(one[^1], logits);
     }
 
+    /// <summary>
+    /// Head dimension 32: int8 keys are stored in blocks of 16 positions (Int8KeyBlocks). Chunks of 7 and 24 positions
+    /// start and end inside blocks, runs of chunks span several; the logits stay identical across thread counts and
+    /// between token-by-token decoding and one batched prefill.
+    /// </summary>
+    [Theory]
+    [InlineData(7)]
+    [InlineData(24)]
+    public void Int8KeyBlocksIdenticalForEveryThreadCountAndForPrefill(int chunk)
+    {
+        var shape = new SyntheticShape("g4-hd32", 128, 2, 4, 1, 320, 256, 256); // 4 query heads of 32 on one kv head
+        using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 13, GgmlType.F32).ToArray(), "hd32.gguf"), ownsFile: true);
+        Assert.Equal(32, w.Config.HeadDim);
+        var tokens = Tokens(75, 4);
+        var one = Decode(w, 1, chunk, KvCacheType.Int8, tokens);
+        foreach (int threads in new[] { 2, 3 })
+        {
+            var other = Decode(w, threads, chunk, KvCacheType.Int8, tokens);
+            for (int i = 0; i < tokens.Length; i++) Assert.Equal(one[i], other[i]);
+        }
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 80, pool) { AttentionChunk = chunk };
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.Int8);
+        var logits = new float[c.VocabSize];
+        engine.Forward(tokens.Select((t, i) => new BatchToken(t, 0, i, i == tokens.Length - 1)).ToArray(), [cache], logits);
+        Assert.Equal(one[^1], logits);
+    }
+
     [Fact]
     public void TwoSequencesDecodedTogetherEqualEachAlone()
     {
