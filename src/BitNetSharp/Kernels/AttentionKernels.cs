@@ -49,6 +49,87 @@ internal unsafe interface IKvRow
     static virtual Vector512<float> Widen16(byte* row, int i) => throw new NotSupportedException();
 }
 
+/// <summary>How the 512-bit lane kernels turn sixteen stored values into floats, and the unit their other operand
+/// (the query or the weight) must be in for the products to be the row type's own.</summary>
+internal unsafe interface ILaneWidening
+{
+    static abstract Vector512<float> Widen16(byte* row, int i);
+
+    /// <summary>A weight of the weighted sum of V in this widening's unit.</summary>
+    static abstract float Weight(float w);
+}
+
+/// <summary>The row type's own values (<see cref="IKvRow.Widen16"/>); weights as they are.</summary>
+internal readonly unsafe struct RowLanes<TRow> : ILaneWidening where TRow : IKvRow
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) => TRow.Widen16(row, i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Weight(float w) => w;
+}
+
+/// <summary>
+/// Finite F16 values times 2^−112, in three operations (sign-extend, shift, mask: <see cref="FiniteHalfWidening"/>
+/// without its multiply), for the group kernels, whose other operand then carries the 2^112 instead: the query
+/// (<see cref="TryScale"/>) or the weight (<see cref="Weight"/>). Both scalings are exact (a power of two, no
+/// overflow — the callers check — and a scaled-down half is at worst an fp32 subnormal, which the FMA reads exactly),
+/// so each product (2^112·a)·(2^−112·h) is the same real number a·h, the fused multiply-add rounds it the same way, and
+/// scores and outputs equal <see cref="F16FiniteRow"/>'s bit for bit. One multiply of five operations per sixteen
+/// values is gone.
+/// </summary>
+internal readonly unsafe struct ScaledHalfLanes : ILaneWidening
+{
+    /// <summary>2^112.</summary>
+    public const float Up = 5.192296858534828e33f;
+
+    /// <summary>The largest magnitude whose product with 2^112 is finite with room for the FMA: 2^16 exclusive.</summary>
+    public const float Limit = 65536f;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) =>
+        (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)row + i)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Weight(float w) => w * Up;
+
+    /// <summary>scaled[i] = x[i] · 2^112 when every |x[i]| is below <see cref="Limit"/> (NaN is not); false otherwise.</summary>
+    public static bool TryScale(float* x, int count, float* scaled)
+    {
+        var limit = Vector512.Create(Limit);
+        var up = Vector512.Create(Up);
+        int i = 0;
+        for (; i + 16 <= count; i += 16)
+        {
+            var v = Vector512.Load(x + i);
+            if (!Vector512.LessThanAll(Vector512.Abs(v), limit)) return false;
+            (v * up).Store(scaled + i);
+        }
+        for (; i < count; i++)
+        {
+            if (!(MathF.Abs(x[i]) < Limit)) return false;
+            scaled[i] = x[i] * Up;
+        }
+        return true;
+    }
+
+    /// <summary>Whether every weight of the four heads (weights + g·stride, positions each) is below <see cref="Limit"/> in magnitude.</summary>
+    public static bool CanScale(float* weights, int stride, int positions)
+    {
+        var limit = Vector512.Create(Limit);
+        for (int g = 0; g < 4; g++)
+        {
+            float* w = weights + (long)g * stride;
+            int i = 0;
+            for (; i + 16 <= positions; i += 16)
+                if (!Vector512.LessThanAll(Vector512.Abs(Vector512.Load(w + i)), limit)) return false;
+            for (; i < positions; i++)
+                if (!(MathF.Abs(w[i]) < Limit)) return false;
+        }
+        return true;
+    }
+}
+
 /// <summary>
 /// The attention loops over cached positions, for one kv head's contiguous rows (<paramref name="rows"/>, one every
 /// <paramref name="stride"/> bytes, n values each; <see cref="KvCache"/> finds them and checks the bounds): the scores
@@ -77,28 +158,46 @@ internal static unsafe class AttentionKernels
         }
         if (TWidth.Bits >= 512 && HasLanePath<TRow>(n))
         {
-            var lanes = stackalloc Vector512<float>[16];
-            float* tail = stackalloc float[16];
-            var factor = Vector512.Create(scale);
-            for (int p0 = 0; p0 < positions; p0 += 16)
+            if (typeof(TRow) == typeof(F16FiniteRow))
             {
-                int m = Math.Min(16, positions - p0);
-                for (int i = 0; i < m; i++)
+                float* scaled = stackalloc float[n];
+                if (ScaledHalfLanes.TryScale(q, n, scaled))
                 {
-                    Prefetch(rows + (long)(p0 + i + PrefetchRows) * stride, stride);
-                    lanes[i] = DotLanes<TRow>(q, rows + (long)(p0 + i) * stride, n);
+                    ScoresLanes<TRow, ScaledHalfLanes>(rows, rowScales, stride, n, scaled, scores, positions, scale);
+                    return;
                 }
-                for (int i = m; i < 16; i++) lanes[i] = default;
-                var sums = LaneSums.Sums16(lanes);
-                if (TRow.HasScale) sums *= LoadPartial(rowScales + p0, m, tail);
-                StoreScores(sums * factor, scores + p0, m);
             }
+            ScoresLanes<TRow, RowLanes<TRow>>(rows, rowScales, stride, n, q, scores, positions, scale);
             return;
         }
         for (int p = 0; p < positions; p++)
         {
             float dot = TRow.Dot<TWidth>(q, rows + (long)p * stride, n);
             scores[p] = TRow.HasScale ? dot * rowScales[p] * scale : dot * scale;
+        }
+    }
+
+    /// <summary>The 512-bit lane loop of <see cref="Scores{TRow, TWidth}"/>, key values widened by <typeparamref name="TLanes"/>
+    /// (whose unit the query is already in).</summary>
+    [SkipLocalsInit]
+    private static void ScoresLanes<TRow, TLanes>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int positions, float scale)
+        where TRow : IKvRow where TLanes : ILaneWidening
+    {
+        var lanes = stackalloc Vector512<float>[16];
+        float* tail = stackalloc float[16];
+        var factor = Vector512.Create(scale);
+        for (int p0 = 0; p0 < positions; p0 += 16)
+        {
+            int m = Math.Min(16, positions - p0);
+            for (int i = 0; i < m; i++)
+            {
+                Prefetch(rows + (long)(p0 + i) * stride + PrefetchBytes, stride);
+                lanes[i] = DotLanes<TLanes>(q, rows + (long)(p0 + i) * stride, n);
+            }
+            for (int i = m; i < 16; i++) lanes[i] = default;
+            var sums = LaneSums.Sums16(lanes);
+            if (TRow.HasScale) sums *= LoadPartial(rowScales + p0, m, tail);
+            StoreScores(sums * factor, scores + p0, m);
         }
     }
 
@@ -178,10 +277,10 @@ internal static unsafe class AttentionKernels
     /// together (<see cref="LaneSums"/>), which costs ~3 operations a position instead of ~23.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static Vector512<float> DotLanes<TRow>(float* q, byte* row, int n) where TRow : IKvRow
+    public static Vector512<float> DotLanes<TLanes>(float* q, byte* row, int n) where TLanes : ILaneWidening
     {
         var a = Vector512<float>.Zero;
-        for (int i = 0; i < n; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), TRow.Widen16(row, i), a);
+        for (int i = 0; i < n; i += 16) a = Vector512.FusedMultiplyAdd(Vector512.Load(q + i), TLanes.Widen16(row, i), a);
         return a;
     }
 
@@ -214,6 +313,24 @@ internal static unsafe class AttentionKernels
             for (int g = 0; g < 4; g++) Scores<TRow, WidestVector>(rows, rowScales, stride, n, q + g * n, scores + g * scoresStride, positions, scale);
             return;
         }
+        if (typeof(TRow) == typeof(F16FiniteRow))
+        {
+            float* scaled = stackalloc float[4 * n];
+            if (ScaledHalfLanes.TryScale(q, 4 * n, scaled))
+            {
+                ScoresGroup4Lanes<TRow, ScaledHalfLanes>(rows, rowScales, stride, n, scaled, scores, scoresStride, positions, scale);
+                return;
+            }
+        }
+        ScoresGroup4Lanes<TRow, RowLanes<TRow>>(rows, rowScales, stride, n, q, scores, scoresStride, positions, scale);
+    }
+
+    /// <summary>The lane loop of <see cref="ScoresGroup4{TRow}"/>, key values widened by <typeparamref name="TLanes"/>
+    /// (whose unit the queries are already in).</summary>
+    [SkipLocalsInit]
+    private static void ScoresGroup4Lanes<TRow, TLanes>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+        where TRow : IKvRow where TLanes : ILaneWidening
+    {
         var lanes = stackalloc Vector512<float>[64]; // [query][position in block]
         float* tail = stackalloc float[16];
         var factor = Vector512.Create(scale);
@@ -227,12 +344,12 @@ internal static unsafe class AttentionKernels
             for (; i + 2 <= m; i += 2)
             {
                 byte* r0 = rows + (long)(p0 + i) * stride, r1 = r0 + stride;
-                Prefetch(r0 + PrefetchRows * stride, 2 * stride);
+                Prefetch(r0 + PrefetchBytes, 2 * stride);
                 Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
                 for (int d = 0; d < n; d += 16)
                 {
-                    var k0 = TRow.Widen16(r0, d);
-                    var k1 = TRow.Widen16(r1, d);
+                    var k0 = TLanes.Widen16(r0, d);
+                    var k1 = TLanes.Widen16(r1, d);
                     var x0 = Vector512.Load(q + d);
                     a0 = Vector512.FusedMultiplyAdd(x0, k0, a0);
                     b0 = Vector512.FusedMultiplyAdd(x0, k1, b0);
@@ -255,7 +372,7 @@ internal static unsafe class AttentionKernels
                 Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
                 for (int d = 0; d < n; d += 16)
                 {
-                    var k = TRow.Widen16(row, d);
+                    var k = TLanes.Widen16(row, d);
                     a0 = Vector512.FusedMultiplyAdd(Vector512.Load(q + d), k, a0);
                     a1 = Vector512.FusedMultiplyAdd(Vector512.Load(q1 + d), k, a1);
                     a2 = Vector512.FusedMultiplyAdd(Vector512.Load(q2 + d), k, a2);
@@ -290,58 +407,17 @@ internal static unsafe class AttentionKernels
             Int8Attention.AccumulateGroup4<WidestVector>(rows, rowScales, stride, n, weights, weightStride, output, positions);
             return;
         }
+        if (TRow.AlwaysFinite)
+        {
+            if (typeof(TRow) == typeof(F16FiniteRow) && ScaledHalfLanes.CanScale(weights, weightStride, positions))
+                AccumulateGroup4Lanes<TRow, ScaledHalfLanes>(rows, rowScales, stride, n, weights, weightStride, output, positions);
+            else
+                AccumulateGroup4Lanes<TRow, RowLanes<TRow>>(rows, rowScales, stride, n, weights, weightStride, output, positions);
+            return;
+        }
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
         float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
         PrefetchStart(rows, stride, positions);
-        if (TRow.AlwaysFinite)
-        {
-            int d = 0;
-            for (; d + 64 <= n; d += 64)
-            {
-                Vector512<float> a0 = Vector512.Load(output + d), a1 = Vector512.Load(output + d + 16), a2 = Vector512.Load(output + d + 32), a3 = Vector512.Load(output + d + 48);
-                Vector512<float> b0 = Vector512.Load(o1 + d), b1 = Vector512.Load(o1 + d + 16), b2 = Vector512.Load(o1 + d + 32), b3 = Vector512.Load(o1 + d + 48);
-                Vector512<float> c0 = Vector512.Load(o2 + d), c1 = Vector512.Load(o2 + d + 16), c2 = Vector512.Load(o2 + d + 32), c3 = Vector512.Load(o2 + d + 48);
-                Vector512<float> e0 = Vector512.Load(o3 + d), e1 = Vector512.Load(o3 + d + 16), e2 = Vector512.Load(o3 + d + 32), e3 = Vector512.Load(o3 + d + 48);
-                byte* row = rows;
-                for (int p = 0; p < positions; p++, row += stride)
-                {
-                    if (d == 0) Prefetch(row + PrefetchRows * stride, stride);
-                    float s = TRow.HasScale ? rowScales[p] : 1f;
-                    var v0 = TRow.Widen16(row, d);
-                    var v1 = TRow.Widen16(row, d + 16);
-                    var v2 = TRow.Widen16(row, d + 32);
-                    var v3 = TRow.Widen16(row, d + 48);
-                    var x = Vector512.Create(TRow.HasScale ? weights[p] * s : weights[p]);
-                    a0 = Vector512.FusedMultiplyAdd(x, v0, a0); a1 = Vector512.FusedMultiplyAdd(x, v1, a1); a2 = Vector512.FusedMultiplyAdd(x, v2, a2); a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
-                    x = Vector512.Create(TRow.HasScale ? w1[p] * s : w1[p]);
-                    b0 = Vector512.FusedMultiplyAdd(x, v0, b0); b1 = Vector512.FusedMultiplyAdd(x, v1, b1); b2 = Vector512.FusedMultiplyAdd(x, v2, b2); b3 = Vector512.FusedMultiplyAdd(x, v3, b3);
-                    x = Vector512.Create(TRow.HasScale ? w2[p] * s : w2[p]);
-                    c0 = Vector512.FusedMultiplyAdd(x, v0, c0); c1 = Vector512.FusedMultiplyAdd(x, v1, c1); c2 = Vector512.FusedMultiplyAdd(x, v2, c2); c3 = Vector512.FusedMultiplyAdd(x, v3, c3);
-                    x = Vector512.Create(TRow.HasScale ? w3[p] * s : w3[p]);
-                    e0 = Vector512.FusedMultiplyAdd(x, v0, e0); e1 = Vector512.FusedMultiplyAdd(x, v1, e1); e2 = Vector512.FusedMultiplyAdd(x, v2, e2); e3 = Vector512.FusedMultiplyAdd(x, v3, e3);
-                }
-                a0.Store(output + d); a1.Store(output + d + 16); a2.Store(output + d + 32); a3.Store(output + d + 48);
-                b0.Store(o1 + d); b1.Store(o1 + d + 16); b2.Store(o1 + d + 32); b3.Store(o1 + d + 48);
-                c0.Store(o2 + d); c1.Store(o2 + d + 16); c2.Store(o2 + d + 32); c3.Store(o2 + d + 48);
-                e0.Store(o3 + d); e1.Store(o3 + d + 16); e2.Store(o3 + d + 32); e3.Store(o3 + d + 48);
-            }
-            for (; d < n; d += 16)
-            {
-                Vector512<float> a = Vector512.Load(output + d), b = Vector512.Load(o1 + d), c = Vector512.Load(o2 + d), e = Vector512.Load(o3 + d);
-                byte* row = rows;
-                for (int p = 0; p < positions; p++, row += stride)
-                {
-                    float s = TRow.HasScale ? rowScales[p] : 1f;
-                    var v = TRow.Widen16(row, d);
-                    a = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? weights[p] * s : weights[p]), v, a);
-                    b = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? w1[p] * s : w1[p]), v, b);
-                    c = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? w2[p] * s : w2[p]), v, c);
-                    e = Vector512.FusedMultiplyAdd(Vector512.Create(TRow.HasScale ? w3[p] * s : w3[p]), v, e);
-                }
-                a.Store(output + d); b.Store(o1 + d); c.Store(o2 + d); e.Store(o3 + d);
-            }
-            return;
-        }
         for (int p = 0; p < positions; p++)
         {
             float x0 = weights[p], x1 = w1[p], x2 = w2[p], x3 = w3[p];
@@ -353,7 +429,7 @@ internal static unsafe class AttentionKernels
                 x0 *= s; x1 *= s; x2 *= s; x3 *= s;
             }
             byte* row = rows + (long)p * stride;
-            Prefetch(row + PrefetchRows * stride, stride);
+            Prefetch(row + PrefetchBytes, stride);
             Vector512<float> v0 = Vector512.Create(x0), v1 = Vector512.Create(x1), v2 = Vector512.Create(x2), v3 = Vector512.Create(x3);
             for (int d = 0; d < n; d += 16)
             {
@@ -363,6 +439,61 @@ internal static unsafe class AttentionKernels
                 if (u2) Vector512.FusedMultiplyAdd(v2, v, Vector512.Load(o2 + d)).Store(o2 + d);
                 if (u3) Vector512.FusedMultiplyAdd(v3, v, Vector512.Load(o3 + d)).Store(o3 + d);
             }
+        }
+    }
+
+    /// <summary>The register-resident weighted sum of <see cref="AccumulateGroup4{TRow}"/> for <see cref="IKvRow.AlwaysFinite"/>
+    /// types, value rows widened by <typeparamref name="TLanes"/> and weights put in its unit.</summary>
+    private static void AccumulateGroup4Lanes<TRow, TLanes>(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
+        where TRow : IKvRow where TLanes : ILaneWidening
+    {
+        float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
+        float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
+        PrefetchStart(rows, stride, positions);
+        int d = 0;
+        for (; d + 64 <= n; d += 64)
+        {
+            Vector512<float> a0 = Vector512.Load(output + d), a1 = Vector512.Load(output + d + 16), a2 = Vector512.Load(output + d + 32), a3 = Vector512.Load(output + d + 48);
+            Vector512<float> b0 = Vector512.Load(o1 + d), b1 = Vector512.Load(o1 + d + 16), b2 = Vector512.Load(o1 + d + 32), b3 = Vector512.Load(o1 + d + 48);
+            Vector512<float> c0 = Vector512.Load(o2 + d), c1 = Vector512.Load(o2 + d + 16), c2 = Vector512.Load(o2 + d + 32), c3 = Vector512.Load(o2 + d + 48);
+            Vector512<float> e0 = Vector512.Load(o3 + d), e1 = Vector512.Load(o3 + d + 16), e2 = Vector512.Load(o3 + d + 32), e3 = Vector512.Load(o3 + d + 48);
+            byte* row = rows;
+            for (int p = 0; p < positions; p++, row += stride)
+            {
+                if (d == 0) Prefetch(row + PrefetchBytes, stride);
+                float s = TRow.HasScale ? rowScales[p] : 1f;
+                var v0 = TLanes.Widen16(row, d);
+                var v1 = TLanes.Widen16(row, d + 16);
+                var v2 = TLanes.Widen16(row, d + 32);
+                var v3 = TLanes.Widen16(row, d + 48);
+                var x = Vector512.Create(TLanes.Weight(TRow.HasScale ? weights[p] * s : weights[p]));
+                a0 = Vector512.FusedMultiplyAdd(x, v0, a0); a1 = Vector512.FusedMultiplyAdd(x, v1, a1); a2 = Vector512.FusedMultiplyAdd(x, v2, a2); a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
+                x = Vector512.Create(TLanes.Weight(TRow.HasScale ? w1[p] * s : w1[p]));
+                b0 = Vector512.FusedMultiplyAdd(x, v0, b0); b1 = Vector512.FusedMultiplyAdd(x, v1, b1); b2 = Vector512.FusedMultiplyAdd(x, v2, b2); b3 = Vector512.FusedMultiplyAdd(x, v3, b3);
+                x = Vector512.Create(TLanes.Weight(TRow.HasScale ? w2[p] * s : w2[p]));
+                c0 = Vector512.FusedMultiplyAdd(x, v0, c0); c1 = Vector512.FusedMultiplyAdd(x, v1, c1); c2 = Vector512.FusedMultiplyAdd(x, v2, c2); c3 = Vector512.FusedMultiplyAdd(x, v3, c3);
+                x = Vector512.Create(TLanes.Weight(TRow.HasScale ? w3[p] * s : w3[p]));
+                e0 = Vector512.FusedMultiplyAdd(x, v0, e0); e1 = Vector512.FusedMultiplyAdd(x, v1, e1); e2 = Vector512.FusedMultiplyAdd(x, v2, e2); e3 = Vector512.FusedMultiplyAdd(x, v3, e3);
+            }
+            a0.Store(output + d); a1.Store(output + d + 16); a2.Store(output + d + 32); a3.Store(output + d + 48);
+            b0.Store(o1 + d); b1.Store(o1 + d + 16); b2.Store(o1 + d + 32); b3.Store(o1 + d + 48);
+            c0.Store(o2 + d); c1.Store(o2 + d + 16); c2.Store(o2 + d + 32); c3.Store(o2 + d + 48);
+            e0.Store(o3 + d); e1.Store(o3 + d + 16); e2.Store(o3 + d + 32); e3.Store(o3 + d + 48);
+        }
+        for (; d < n; d += 16)
+        {
+            Vector512<float> a = Vector512.Load(output + d), b = Vector512.Load(o1 + d), c = Vector512.Load(o2 + d), e = Vector512.Load(o3 + d);
+            byte* row = rows;
+            for (int p = 0; p < positions; p++, row += stride)
+            {
+                float s = TRow.HasScale ? rowScales[p] : 1f;
+                var v = TLanes.Widen16(row, d);
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? weights[p] * s : weights[p])), v, a);
+                b = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? w1[p] * s : w1[p])), v, b);
+                c = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? w2[p] * s : w2[p])), v, c);
+                e = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? w3[p] * s : w3[p])), v, e);
+            }
+            a.Store(output + d); b.Store(o1 + d); c.Store(o2 + d); e.Store(o3 + d);
         }
     }
 
@@ -394,26 +525,42 @@ internal static unsafe class AttentionKernels
         }
     }
 
-    /// <summary>Rows ahead that the group kernels ask the cache for: a chunk of the context starts a new stream, which the
-    /// hardware prefetcher would pick up only after several misses.</summary>
-    internal const int PrefetchRows = 12;
+    /// <summary>
+    /// How far ahead of the row being read the attention kernels prefetch K and V: the weights' distance
+    /// (<see cref="TernaryKernel.PrefetchDistance"/>, 8 KiB; <c>BITNET_PREFETCH_DISTANCE</c> sets both). Like the weights,
+    /// the hints go to L2 (prefetcht1; <c>BITNET_PREFETCH_LEVEL=l1</c> makes both prefetcht0), for the reason found there:
+    /// a hint into L1 holds one of its few miss buffers for the whole trip to memory, so the lines in flight were capped
+    /// and a longer distance changed nothing. On the 2-core Zen 4 EPYC, 2B4T attention at depth 4096 from memory
+    /// (<c>quick-attention 4096 1 2</c>, 30 layers, three alternating rounds): f16 0.74–0.90 → 0.69–0.74 ms a layer on one
+    /// thread and 0.46–0.53 → 0.42–0.48 on two; int8 0.49–0.50 → 0.46–0.54 (within the host's spread). The old setting
+    /// was twelve rows into L1.
+    /// </summary>
+    internal static int PrefetchBytes => TernaryKernel.PrefetchDistance;
 
     /// <summary>
-    /// Hints for the first <see cref="PrefetchRows"/> rows at once, so a new chunk's first misses overlap instead of
-    /// waiting one row at a time until the loop's own look-ahead takes over.
+    /// Hints for the first <see cref="PrefetchBytes"/> of a run of rows at once, so a new chunk's first misses overlap
+    /// instead of waiting one row at a time until the loop's own look-ahead takes over.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void PrefetchStart(byte* rows, int stride, int positions)
+    public static void PrefetchStart(byte* rows, int stride, int positions) =>
+        Prefetch(rows, (int)Math.Min((long)positions * stride, PrefetchBytes));
+
+    /// <summary>A prefetch hint for the cache line of <paramref name="p"/> (see <see cref="PrefetchBytes"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void PrefetchLine(byte* p)
     {
-        int count = Math.Min(positions, PrefetchRows);
-        for (int i = 0; i < count; i++) Prefetch(rows + (long)i * stride, stride);
+        if (TernaryKernel.PrefetchIntoL1) Sse.Prefetch0(p);
+        else Sse.Prefetch1(p);
     }
 
     /// <summary>A prefetch hint for the cache lines of [p, p + bytes); past the end of the rows it is a harmless hint.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Prefetch(byte* p, int bytes)
     {
-        for (int i = 0; i < bytes; i += 64) Sse.Prefetch0(p + i);
+        if (TernaryKernel.PrefetchIntoL1)
+            for (int i = 0; i < bytes; i += 64) Sse.Prefetch0(p + i);
+        else
+            for (int i = 0; i < bytes; i += 64) Sse.Prefetch1(p + i);
     }
 
     /// <summary>The first <paramref name="count"/> (≤ 16) floats at <paramref name="source"/>, zeros after; reads no further.</summary>

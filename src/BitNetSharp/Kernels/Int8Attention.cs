@@ -146,7 +146,7 @@ internal static unsafe class Int8Attention
                 for (int i = 0; i < m; i++)
                 {
                     byte* row = rows + (long)(p0 + i) * stride;
-                    AttentionKernels.Prefetch(row + AttentionKernels.PrefetchRows * stride, stride);
+                    AttentionKernels.Prefetch(row + AttentionKernels.PrefetchBytes, stride);
                     var a = Vector512<int>.Zero;
                     for (int d = 0; d < n; d += 32) a += Avx512BW.MultiplyAddAdjacent(Vector512.Load(q16 + d), Widen32(row, d));
                     lanes[i] = a;
@@ -188,7 +188,7 @@ internal static unsafe class Int8Attention
             for (; i + 2 <= m; i += 2)
             {
                 byte* r0 = rows + (long)(p0 + i) * stride, r1 = r0 + stride;
-                AttentionKernels.Prefetch(r0 + AttentionKernels.PrefetchRows * stride, 2 * stride);
+                AttentionKernels.Prefetch(r0 + AttentionKernels.PrefetchBytes, 2 * stride);
                 Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
                 for (int d = 0; d < n; d += 32)
                 {
@@ -409,7 +409,7 @@ internal static unsafe class Int8Attention
             int p = 0;
             for (; p < count; p += 2, row += 2 * stride)
             {
-                if (d == 0) AttentionKernels.Prefetch(row - d + AttentionKernels.PrefetchRows * stride, 2 * stride);
+                if (d == 0) AttentionKernels.Prefetch(row - d + AttentionKernels.PrefetchBytes, 2 * stride);
                 Vector512<short> x0, x1, x2, x3;
                 if (p + 2 <= count) Interleave(row, row + stride, out x0, out x1, out x2, out x3);
                 else InterleaveLast(row, out x0, out x1, out x2, out x3);

@@ -85,16 +85,16 @@ internal static unsafe class Int8KeyBlocks
         int* sums = stackalloc int[4 * Rows];
         int* q0 = (int*)q16, q1 = (int*)(q16 + n), q2 = (int*)(q16 + 2 * n), q3 = (int*)(q16 + 3 * n); // query pairs as int32
         int first = start / Rows * Rows;
-        AttentionKernels.PrefetchStart(blocks + BlockOffset(first, n), n, Math.Min(count + start - first, 3 * Rows));
+        AttentionKernels.PrefetchStart(blocks + BlockOffset(first, n), n, RoundUp(count + start - first));
         for (int b0 = first; b0 < start + count; b0 += Rows)
         {
             byte* block = blocks + BlockOffset(b0, n);
-            long ahead = (long)AttentionKernels.PrefetchRows * n; // one hint per 64 bytes read, in the loop
+            long ahead = AttentionKernels.PrefetchBytes; // one hint per 64 bytes read, in the loop
             Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default, b0v = default, b1 = default, b2 = default, b3 = default;
             int* p0 = q0, p1 = q1, p2 = q2, p3 = q3;
             for (sbyte* k = (sbyte*)block, end = k + Rows * n; k < end; k += 4 * Rows, p0 += 2, p1 += 2, p2 += 2, p3 += 2)
             {
-                Sse.Prefetch0(k + ahead);
+                AttentionKernels.PrefetchLine((byte*)k + ahead);
                 var k0 = Avx512BW.ConvertToVector512Int16(Vector256.Load(k));
                 var k1 = Avx512BW.ConvertToVector512Int16(Vector256.Load(k + 2 * Rows));
                 a0 += Avx512BW.MultiplyAddAdjacent(k0, Vector512.Create(p0[0]).AsInt16());

@@ -255,6 +255,70 @@ public unsafe class KvCacheTests
     }
 
     /// <summary>
+    /// The finite F16 lane kernels move the widening's × 2^112 onto the query or the weight (<see cref="ScaledHalfLanes"/>).
+    /// Scores and outputs must stay those of the general F16 path bit for bit: keys with subnormal and near-65504 halves,
+    /// queries and weights just under the 2^16 limit (scaled) and at it (not scaled), and a NaN query.
+    /// </summary>
+    [Fact]
+    public void F16ScaledLanesEqualTheGeneralPathAtTheLimits()
+    {
+        Assert.Equal(ScaledHalfLanes.Up, MathF.ScaleB(1f, 112));
+        var rng = new Random(47);
+        const int headDim = 64, positions = 37, stride = 40;
+        using var cache = new KvCache(1, 1, headDim, positions, KvCacheType.F16);
+        for (int p = 0; p < positions; p++)
+        {
+            var k = Enumerable.Range(0, headDim).Select(i => i % 7 == 0 ? 2e-7f * (float)(rng.NextDouble() - 0.5) : i % 13 == 0 ? -65000f : (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            var v = Enumerable.Range(0, headDim).Select(i => i % 5 == 0 ? 3e-8f * (float)(rng.NextDouble() - 0.5) : i % 17 == 0 ? 60000f : (float)(rng.NextDouble() * 4 - 2)).ToArray();
+            cache.Write(0, p, k, v);
+        }
+        float under = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(65536f) - 1);
+        foreach (float big in new[] { 1f, under, 65536f, float.NaN })
+        {
+            var q = Enumerable.Range(0, 4 * headDim).Select(i => i == 3 * headDim + 5 ? big : i % 9 == 0 ? 1e-30f : (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            var grouped = new float[4 * stride];
+            cache.ScoresGroup(0, 0, q, 4, grouped, stride, positions, 0.125f);
+            for (int g = 0; g < 4; g++)
+            {
+                var general = new float[positions];
+                var single = new float[positions];
+                cache.ScoresCore<F16Row, WidestVector>(0, 0, q.AsSpan(g * headDim, headDim), general, 0, positions, 0.125f);
+                cache.Scores(0, 0, q.AsSpan(g * headDim, headDim), single, positions, 0.125f);
+                Assert.Equal(general, single);
+                Assert.Equal(general, grouped.AsSpan(g * stride, positions).ToArray());
+            }
+
+            var weights = new float[4 * stride];
+            for (int i = 0; i < weights.Length; i++) weights[i] = i % 11 == 0 ? 1e-40f : (float)rng.NextDouble();
+            weights[2 * stride + 7] = float.IsNaN(big) ? 0.5f : big; // one weight at the same magnitudes (a NaN weight would poison both sides alike)
+            var output = Enumerable.Range(0, 4 * headDim).Select(i => (i % 5) * 0.25f - 0.5f).ToArray();
+            var expected = (float[])output.Clone();
+            cache.AccumulateVGroup(0, 0, weights, 4, stride, output, positions);
+            for (int g = 0; g < 4; g++)
+                cache.AccumulateCore<F16Row, WidestVector>(0, 0, weights.AsSpan(g * stride, positions), expected.AsSpan(g * headDim, headDim), 0, positions);
+            Assert.Equal(expected, output);
+        }
+    }
+
+    [Fact]
+    public void ScaledHalfWideningIsTheHalfTimesTwoToTheMinus112OnEveryFiniteCode()
+    {
+        var codes = new short[65536];
+        for (int i = 0; i < codes.Length; i++) codes[i] = (short)i;
+        fixed (short* c = codes)
+            for (int i = 0; i < codes.Length; i += 16)
+            {
+                var wide = ScaledHalfLanes.Widen16((byte*)c, i);
+                for (int j = 0; j < 16; j++)
+                {
+                    float half = HalfConversions.HalfToFloat((ushort)(i + j));
+                    if (!float.IsFinite(half)) continue;
+                    Assert.Equal((double)half, (double)wide[j] * Math.ScaleB(1.0, 112));
+                }
+            }
+    }
+
+    /// <summary>
     /// GQA groups: ScoresGroup / AccumulateVGroup equal one Scores / AccumulateV call per query head, bit for bit, for
     /// every cache type and group size (a group of four on a finite F16 cache takes the shared-widening path), with
     /// zero weights (skipped per head) mixed in.
