@@ -36,11 +36,11 @@ public abstract unsafe class TernaryKernel
         else System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + PrefetchDistance);
     }
 
-    /// <summary>BITNET_PREFETCH_LEVEL=l1 makes <see cref="PrefetchWeights"/> use prefetcht0 (the old behaviour), for
+    /// <summary>BITNET_PREFETCH_LEVEL=l1 makes <see cref="PrefetchWeights"/> (and the attention kernels' K/V hints) use prefetcht0 (the old behaviour), for
     /// comparing the two on a given CPU; anything else, or unset, is l2 (prefetcht1). Read once: the JIT folds it.</summary>
     public static readonly bool PrefetchIntoL1 = string.Equals(Environment.GetEnvironmentVariable("BITNET_PREFETCH_LEVEL")?.Trim(), "l1", StringComparison.OrdinalIgnoreCase);
 
-    /// <summary>BITNET_PREFETCH_DISTANCE overrides the distance (bytes, a multiple of 64 up to 64 KiB) for experiments on a given CPU; default 8192.</summary>
+    /// <summary>BITNET_PREFETCH_DISTANCE overrides the distance (bytes, a multiple of 64 up to 64 KiB; the attention kernels use it too) for experiments on a given CPU; default 8192.</summary>
     private static int ReadPrefetchDistance()
     {
         var text = Environment.GetEnvironmentVariable("BITNET_PREFETCH_DISTANCE");
