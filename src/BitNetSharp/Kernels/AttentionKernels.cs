@@ -83,6 +83,9 @@ internal readonly unsafe struct ScaledHalfLanes : ILaneWidening
     /// <summary>2^112.</summary>
     public const float Up = 5.192296858534828e33f;
 
+    /// <summary>Largest head dimension scaled (the scaled query copies live on the stack: 16 KiB for a group of four); larger heads keep the four-operation widening.</summary>
+    public const int MaxHeadDim = 1024;
+
     /// <summary>The largest magnitude whose product with 2^112 is finite with room for the FMA: 2^16 exclusive.</summary>
     public const float Limit = 65536f;
 
@@ -158,7 +161,7 @@ internal static unsafe class AttentionKernels
         }
         if (TWidth.Bits >= 512 && HasLanePath<TRow>(n))
         {
-            if (typeof(TRow) == typeof(F16FiniteRow))
+            if (typeof(TRow) == typeof(F16FiniteRow) && n <= ScaledHalfLanes.MaxHeadDim)
             {
                 float* scaled = stackalloc float[n];
                 if (ScaledHalfLanes.TryScale(q, n, scaled))
@@ -313,7 +316,7 @@ internal static unsafe class AttentionKernels
             for (int g = 0; g < 4; g++) Scores<TRow, WidestVector>(rows, rowScales, stride, n, q + g * n, scores + g * scoresStride, positions, scale);
             return;
         }
-        if (typeof(TRow) == typeof(F16FiniteRow))
+        if (typeof(TRow) == typeof(F16FiniteRow) && n <= ScaledHalfLanes.MaxHeadDim)
         {
             float* scaled = stackalloc float[4 * n];
             if (ScaledHalfLanes.TryScale(q, 4 * n, scaled))

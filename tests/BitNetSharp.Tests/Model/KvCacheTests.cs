@@ -264,7 +264,13 @@ public unsafe class KvCacheTests
     {
         Assert.Equal(ScaledHalfLanes.Up, MathF.ScaleB(1f, 112));
         var rng = new Random(47);
-        const int headDim = 64, positions = 37, stride = 40;
+        foreach (int headDim in new[] { 64, ScaledHalfLanes.MaxHeadDim + 16 }) // the second is past the scaled path's limit
+            ScaledLanesCase(rng, headDim);
+    }
+
+    private static void ScaledLanesCase(Random rng, int headDim)
+    {
+        const int positions = 37, stride = 40;
         using var cache = new KvCache(1, 1, headDim, positions, KvCacheType.F16);
         for (int p = 0; p < positions; p++)
         {
