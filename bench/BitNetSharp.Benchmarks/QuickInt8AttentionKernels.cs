@@ -36,10 +36,12 @@ internal static unsafe class QuickInt8AttentionKernels
         float* scores = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * positions * 4, 64);
         float* output = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * n * 4, 64);
         byte* blocks = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(positions * n, 64);
+        byte* halves = (byte*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(positions * n * 2, 64);
         var x = new float[n];
         for (int p = 0; p < positions; p++)
         {
             for (int d = 0; d < n; d++) x[d] = (float)(rng.NextDouble() * 2 - 1);
+            F16Row.Encode(x, halves + (long)p * n * 2);
             scales[p] = Int8Row.Encode(x, rows + (long)p * n);
             Int8KeyBlocks.Store(rows + (long)p * n, blocks, p, n);
         }
@@ -58,8 +60,18 @@ internal static unsafe class QuickInt8AttentionKernels
             double sd = Time(() => Int8Attention.ScoresGroup4<WidestVector>(rows, scales, n, n, q16, fac, scores, positions, positions));
             double sb = Time(() => Int8KeyBlocks.ScoresGroup4<WidestVector>(blocks, scales, n, q16, fac, scores, positions, 0, positions));
             double ex = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) PartialSoftmax.Exponentiate(scores + c, chunk, out _); });
+            float* fresh = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * positions * 4, 64);
+            for (int i = 0; i < 4 * positions; i++) fresh[i] = (float)(rng.NextDouble() * 8 - 4);
+            double ex2 = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) PartialSoftmax.Exponentiate(fresh + c, chunk, out _); });
+            for (int i = 0; i < 4 * positions; i++) fresh[i] = (float)(rng.NextDouble() * 8 - 4);
+            double ex3 = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) Softmax.ExpAndSum<WidestVector>(fresh + c, chunk, 4f); });
+            double ex4 = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) ArgMax.Max<WidestVector>(fresh + c, chunk); });
+            Console.WriteLine($"  DEBUG exponentiate fresh {ex2:F1} µs, ExpAndSum only {ex3:F1}, Max only {ex4:F1}; first scores {scores[0]} {scores[1]} {scores[100]}");
             Console.WriteLine($"  exponentiate 4 x {positions} scores in chunks: {ex:F1} µs = {ex * 3400 / positions:F0} cycles/position");
             Console.WriteLine($"  direct int scores, one call: rows {sd:F1} µs = {sd * 3400 / positions:F0} cycles/position; keys in blocks of 16 {sb:F1} µs = {sb * 3400 / positions:F0} cycles/position ({sd / sb:F2}x)");
+            double fs = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.ScoresGroup4<F16FiniteRow>(halves + (long)c * n * 2, scales + c, 2 * n, n, q, scores + c, positions, chunk, 0.1f); });
+            double fa = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.AccumulateGroup4<F16FiniteRow>(halves + (long)c * n * 2, scales + c, 2 * n, n, w + c, positions, output, chunk); });
+            Console.WriteLine($"  f16 rows: scores {fs:F1} µs = {fs * 3400 / positions:F0} cycles/position, V sum {fa:F1} µs = {fa * 3400 / positions:F0} cycles/position");
             Console.WriteLine($"round {r + 1}: scores float {sf,7:F1}  int {si,7:F1}  ({sf / si:F2}x)   V sum float {af,7:F1}  int {ai,7:F1}  ({af / ai:F2}x)   cycles/position at 3.4 GHz: scores {sf * 3400 / positions:F0} -> {si * 3400 / positions:F0}, V {af * 3400 / positions:F0} -> {ai * 3400 / positions:F0}");
         }
     }
