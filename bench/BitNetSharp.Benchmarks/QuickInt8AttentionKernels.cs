@@ -19,7 +19,7 @@ internal readonly unsafe struct Int8FloatRow : IKvRow
 }
 
 /// <summary>
-/// The int8 KV attention kernels alone, float against integer, in one process: a GQA group of four queries over 4096
+/// The int8 KV attention kernels alone, float against integer (and the f16 group kernels beside them), in one process: a GQA group of four queries over 4096
 /// cached positions of 128 values (one 2B4T kv head at depth 4096), in chunks of 256 as the engine calls them, rows hot
 /// in cache (the compute side). `quick-int8-attention [rounds]`.
 /// </summary>
@@ -60,13 +60,6 @@ internal static unsafe class QuickInt8AttentionKernels
             double sd = Time(() => Int8Attention.ScoresGroup4<WidestVector>(rows, scales, n, n, q16, fac, scores, positions, positions));
             double sb = Time(() => Int8KeyBlocks.ScoresGroup4<WidestVector>(blocks, scales, n, q16, fac, scores, positions, 0, positions));
             double ex = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) PartialSoftmax.Exponentiate(scores + c, chunk, out _); });
-            float* fresh = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * positions * 4, 64);
-            for (int i = 0; i < 4 * positions; i++) fresh[i] = (float)(rng.NextDouble() * 8 - 4);
-            double ex2 = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) PartialSoftmax.Exponentiate(fresh + c, chunk, out _); });
-            for (int i = 0; i < 4 * positions; i++) fresh[i] = (float)(rng.NextDouble() * 8 - 4);
-            double ex3 = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) Softmax.ExpAndSum<WidestVector>(fresh + c, chunk, 4f); });
-            double ex4 = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) ArgMax.Max<WidestVector>(fresh + c, chunk); });
-            Console.WriteLine($"  DEBUG exponentiate fresh {ex2:F1} µs, ExpAndSum only {ex3:F1}, Max only {ex4:F1}; first scores {scores[0]} {scores[1]} {scores[100]}");
             Console.WriteLine($"  exponentiate 4 x {positions} scores in chunks: {ex:F1} µs = {ex * 3400 / positions:F0} cycles/position");
             Console.WriteLine($"  direct int scores, one call: rows {sd:F1} µs = {sd * 3400 / positions:F0} cycles/position; keys in blocks of 16 {sb:F1} µs = {sb * 3400 / positions:F0} cycles/position ({sd / sb:F2}x)");
             double fs = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.ScoresGroup4<F16FiniteRow>(halves + (long)c * n * 2, scales + c, 2 * n, n, q, scores + c, positions, chunk, 0.1f); });
