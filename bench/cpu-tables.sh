@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Every per-CPU decode table in one file, measured on the machine this runs on: the read-bandwidth bound, decode and
+# prefill of the 2B4T shape at depths 0 and 4096 for the int8 and f16 KV caches on 1 and all threads (tokens/s, % of the
+# bound, depth ratio, attention ms/token), the decode kernels in one process (from memory, in cache, and with
+# prefetch into L1 instead of L2), and the attention kernels (in cache and from memory).
+# Run it on a CPU that bench/results/ has no tables for yet (a Zen 5, an Intel core) and commit the file it writes.
+# Usage: bash bench/cpu-tables.sh [OUT.md]
+#   default OUT: bench/results/cpu-tables-<lscpu model name>-<N>core.md
+#   CPU_TABLES_QUICK=1: short runs that check the script works (not figures to publish); about 3 minutes.
+# A full run takes ~15-25 minutes on 2 cores; keep the machine otherwise idle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v python3 >/dev/null || { echo "cpu-tables.sh needs python3 (it turns bench --json into the summary table)" >&2; exit 1; }
+cores=$(nproc)
+threads=1; [ "$cores" -gt 1 ] && threads="1,$cores"
+model_name=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+slug=$(echo "${model_name:-unknown-cpu}" | tr 'A-Z' 'a-z' | sed 's/([^)]*)//g; s/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
+out=${1:-bench/results/cpu-tables-$slug-${cores}core.md}
+quick=${CPU_TABLES_QUICK:-0}
+if [ "$quick" = 1 ]; then
+  depth=1024; ctx=1100; reps=1; gen=8; prompt=16
+  decode_mem=(4 1 0.2); decode_cache=(1 1 0.1); int8_rounds=1; attn_depth=1024; attn_layers=4
+else
+  depth=4096; ctx=4224; reps=3; gen=32; prompt=128
+  decode_mem=(16 5 0.5); decode_cache=(1 5 0.3); int8_rounds=3; attn_depth=4096; attn_layers=30
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+echo "building (Release)..." >&2
+dotnet build src/BitNetSharp.Cli -c Release -v q -nologo >/dev/null
+dotnet build bench/BitNetSharp.Benchmarks -c Release -v q -nologo >/dev/null
+bitnet=src/BitNetSharp.Cli/bin/Release/net10.0/bitnet
+benchmarks=bench/BitNetSharp.Benchmarks/bin/Release/net10.0/BitNetSharp.Benchmarks
+
+# step NAME COMMAND...: runs the command, keeps its output for the report, and says what it is doing.
+step() {
+  local name=$1; shift
+  echo "[$(date +%H:%M:%S)] $name: $*" >&2
+  printf '%s\n' "$*" > "$work/$name.cmd"
+  "$@" > "$work/$name.out" 2> "$work/$name.err" || { echo "failed: $*" >&2; cat "$work/$name.out" "$work/$name.err" >&2; exit 1; }
+}
+
+step bandwidth "$bitnet" bench --bandwidth-only -t "$threads"
+for kv in int8 f16; do
+  step "e2e-$kv" "$bitnet" bench --synthetic 2b4t -p "$prompt" -n "$gen" -d "0,$depth" --ctx "$ctx" --kv-type "$kv" -t "$threads" -r "$reps" --json
+done
+step decode-memory "$benchmarks" quick-decode "${decode_mem[@]}"
+step decode-cache "$benchmarks" quick-decode "${decode_cache[@]}"
+step decode-memory-l1 env BITNET_PREFETCH_LEVEL=l1 "$benchmarks" quick-decode "${decode_mem[@]}"
+step attention-kernels "$benchmarks" quick-int8-attention "$int8_rounds"
+step attention-memory env QUICK_ATTENTION_LAYERS="$attn_layers" "$benchmarks" quick-attention "$attn_depth" ${threads//,/ }
+
+python3 - "$work" "$out" "$quick" "$depth" <<'PY'
+import json, os, subprocess, sys, datetime
+work, out, quick, depth = sys.argv[1], sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
+def sh(*a):
+    try: return subprocess.run(a, capture_output=True, text=True).stdout.strip()
+    except OSError: return "?"
+lscpu = dict((k.strip(), v.strip()) for k, v in (l.split(":", 1) for l in sh("lscpu").splitlines() if ":" in l))
+flags = set(lscpu.get("Flags", "").split())
+isa = [f for f in ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_vbmi", "gfni", "avx512_bf16", "asimddp") if f in flags]
+def read(name): return open(os.path.join(work, name + ".out")).read().rstrip()
+def cmd(name): return open(os.path.join(work, name + ".cmd")).read().strip()
+runtimes = [l.split()[1] for l in sh("dotnet", "--list-runtimes").splitlines() if l.startswith("Microsoft.NETCore.App ")]
+dotnet = f".NET runtime {runtimes[-1] if runtimes else '?'} (SDK {sh('dotnet', '--version')})"
+L = []
+L.append(f"# Decode tables: {lscpu.get('Model name', '?')}, {os.cpu_count()} cores" + (" (QUICK smoke run: not figures to publish)" if quick else ""))
+L.append("")
+dirty = " (with uncommitted changes)" if sh("git", "status", "--porcelain", "--untracked-files=no") else ""
+L.append(f"Written by `bash bench/cpu-tables.sh` on {datetime.date.today()} at commit {sh('git', 'rev-parse', '--short', 'HEAD')}{dirty}.")
+L.append(f"CPU: `lscpu` → \"{lscpu.get('Model name', '?')}\", vendor {lscpu.get('Vendor ID', '?')}, family {lscpu.get('CPU family', '?')} "
+         f"model {lscpu.get('Model', '?')}, {lscpu.get('CPU(s)', '?')} CPUs, L2 {lscpu.get('L2 cache', '?')}, L3 {lscpu.get('L3 cache', '?')}; "
+         f"ISA: {', '.join(isa) or 'none of interest'}; hypervisor: {lscpu.get('Hypervisor vendor', 'none')}. {dotnet}.")
+L.append("")
+L.append("## Summary: the 2B4T shape end to end")
+L.append("")
+for kv in ("int8", "f16"): L.append(f"- `{cmd('e2e-' + kv)}`")
+L.append(f"- ternary kernel dispatched: {json.load(open(os.path.join(work, 'e2e-int8.out'))).get('kernel', '?')}")
+L.append("")
+L.append("Attention ms/token = attention share × the step's p50 latency. Ratio = tg at the depth ÷ tg at depth 0. Probe = the")
+L.append("read bandwidth `bench` measured around that thread count's tests (the bound is probe ÷ bytes per token).")
+L.append("")
+L.append(f"| KV | threads | pp d0 t/s | tg d0 t/s | probe GB/s | tg d0 % of bound | tg d{depth} t/s | ratio | attention ms/token at d{depth} |")
+L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for kv in ("int8", "f16"):
+    doc = json.load(open(os.path.join(work, f"e2e-{kv}.out")))
+    res = doc["results"]
+    for t in sorted({r["threads"] for r in res}):
+        def pick(test, d):
+            return next((r for r in res if r["threads"] == t and r["depth"] == d and r["test"].startswith(test)), None)
+        pp0, tg0, tgd = pick("pp", 0), pick("tg", 0), pick("tg", depth)
+        att = tgd["attention_share"] * tgd["latency_p50_ms"] if tgd and tgd.get("attention_share") is not None and tgd.get("latency_p50_ms") else None
+        f = lambda r, k, fmt="{:.2f}": fmt.format(r[k]) if r and r.get(k) is not None else "-"
+        L.append(f"| {kv} | {t} | {f(pp0, 'tokens_per_second')} | {f(tg0, 'tokens_per_second')} ± {f(tg0, 'stddev')} | {f(tg0, 'bandwidth_gbps', '{:.1f}')} | {f(tg0, 'percent_of_bound', '{:.1f} %')} | "
+                 f"{f(tgd, 'tokens_per_second')} ± {f(tgd, 'stddev')} | {(tgd['tokens_per_second'] / tg0['tokens_per_second']) if tgd and tg0 else float('nan'):.2f} | "
+                 f"{'-' if att is None else f'{att:.1f}'} |")
+L.append("")
+sections = [
+    ("Read bandwidth (the bound)", "bandwidth"),
+    ("Decode kernels in one process, weights from memory", "decode-memory"),
+    ("Decode kernels in one process, weights in cache", "decode-cache"),
+    ("Decode kernels from memory, prefetch into L1 (`BITNET_PREFETCH_LEVEL=l1`)", "decode-memory-l1"),
+    ("Attention kernels, rows in cache", "attention-kernels"),
+    ("Attention per layer, the cache from memory", "attention-memory"),
+]
+for title, name in sections:
+    L.append(f"## {title}")
+    L.append("")
+    L.append(f"`{cmd(name)}`")
+    L.append("")
+    L.append("```")
+    L.append(read(name))
+    L.append("```")
+    L.append("")
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+open(out, "w").write("\n".join(L))
+print(out)
+PY
