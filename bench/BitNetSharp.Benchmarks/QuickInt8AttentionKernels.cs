@@ -50,9 +50,11 @@ internal static unsafe class QuickInt8AttentionKernels
         Console.WriteLine($"int8 attention kernels, one kv head x 4 queries, {positions} positions x {n} in chunks of {chunk}, rows in cache; µs per call set (best of 200)");
         for (int r = 0; r < rounds; r++)
         {
-            double sf = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.ScoresGroup4<Int8FloatRow>(rows + (long)c * n, scales + c, n, n, q, scores + c, positions, chunk, 0.1f); });
+            // The float lane kernels need 512-bit vectors (the engine takes them only then); without, their rows print NaN.
+            bool lanes = AttentionKernels.HasLanePath<Int8FloatRow>(n);
+            double sf = !lanes ? double.NaN : Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.ScoresGroup4<Int8FloatRow>(rows + (long)c * n, scales + c, n, n, q, scores + c, positions, chunk, 0.1f); });
             double si = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.ScoresGroup4<Int8Row>(rows + (long)c * n, scales + c, n, n, q, scores + c, positions, chunk, 0.1f); });
-            double af = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.AccumulateGroup4<Int8FloatRow>(rows + (long)c * n, scales + c, n, n, w + c, positions, output, chunk); });
+            double af = !lanes ? double.NaN : Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.AccumulateGroup4<Int8FloatRow>(rows + (long)c * n, scales + c, n, n, w + c, positions, output, chunk); });
             double ai = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.AccumulateGroup4<Int8Row>(rows + (long)c * n, scales + c, n, n, w + c, positions, output, chunk); });
             short* q16 = (short*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(4 * n * 2, 64);
             float* fac = (float*)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(64, 64);
@@ -62,8 +64,19 @@ internal static unsafe class QuickInt8AttentionKernels
             double ex = Time(() => { for (int c = 0; c < 4 * positions; c += chunk) PartialSoftmax.Exponentiate(scores + c, chunk, out _); });
             Console.WriteLine($"  exponentiate 4 x {positions} scores in chunks: {ex:F1} µs = {ex * 3400 / positions:F0} cycles/position");
             Console.WriteLine($"  direct int scores, one call: rows {sd:F1} µs = {sd * 3400 / positions:F0} cycles/position; keys in blocks of 16 {sb:F1} µs = {sb * 3400 / positions:F0} cycles/position ({sd / sb:F2}x)");
-            double fs = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.ScoresGroup4<F16FiniteRow>(halves + (long)c * n * 2, scales + c, 2 * n, n, q, scores + c, positions, chunk, 0.1f); });
-            double fa = Time(() => { for (int c = 0; c < positions; c += chunk) AttentionKernels.AccumulateGroup4<F16FiniteRow>(halves + (long)c * n * 2, scales + c, 2 * n, n, w + c, positions, output, chunk); });
+            // F16 as the cache dispatches it: the lane kernels with 512-bit vectors, the row-at-a-time group kernels without.
+            double fs = Time(() =>
+            {
+                for (int c = 0; c < positions; c += chunk)
+                    if (lanes) AttentionKernels.ScoresGroup4<F16FiniteRow>(halves + (long)c * n * 2, null, 2 * n, n, q, scores + c, positions, chunk, 0.1f);
+                    else AttentionKernels.ScoresF16Group4(halves + (long)c * n * 2, 2 * n, n, q, scores + c, positions, chunk, 0.1f);
+            });
+            double fa = Time(() =>
+            {
+                for (int c = 0; c < positions; c += chunk)
+                    if (lanes) AttentionKernels.AccumulateGroup4<F16FiniteRow>(halves + (long)c * n * 2, null, 2 * n, n, w + c, positions, output, chunk);
+                    else AttentionKernels.AccumulateF16Group4(halves + (long)c * n * 2, 2 * n, n, w + c, positions, output, chunk);
+            });
             Console.WriteLine($"  f16 rows: scores {fs:F1} µs = {fs * 3400 / positions:F0} cycles/position, V sum {fa:F1} µs = {fa * 3400 / positions:F0} cycles/position");
             Console.WriteLine($"round {r + 1}: scores float {sf,7:F1}  int {si,7:F1}  ({sf / si:F2}x)   V sum float {af,7:F1}  int {ai,7:F1}  ({af / ai:F2}x)   cycles/position at 3.4 GHz: scores {sf * 3400 / positions:F0} -> {si * 3400 / positions:F0}, V {af * 3400 / positions:F0} -> {ai * 3400 / positions:F0}");
         }

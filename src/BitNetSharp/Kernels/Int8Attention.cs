@@ -92,6 +92,20 @@ internal static unsafe class Int8Attention
             nan = bad != Vector512<float>.Zero;
             for (int j = 0; j < 16; j++) max = MathF.Max(max, m.GetElement(j));
         }
+        else if (Vector256.IsHardwareAccelerated && n >= 8)
+        {
+            var m = Vector256<float>.Zero;
+            var bad = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+            {
+                var v = Vector256.Load(x + i);
+                if (y != null) v *= Vector256.Load(y + i);
+                m = Vector256.Max(m, Vector256.Abs(v));
+                bad |= ~Vector256.Equals(v, v);
+            }
+            nan = bad != Vector256<float>.Zero;
+            for (int j = 0; j < 8; j++) max = MathF.Max(max, m.GetElement(j));
+        }
         for (; i < n; i++)
         {
             float v = y != null ? x[i] * y[i] : x[i];
@@ -114,6 +128,22 @@ internal static unsafe class Int8Attention
                 var v = Vector512.Load(x + i);
                 if (y != null) v *= Vector512.Load(y + i);
                 Avx512F.ConvertToVector256Int16(Vector512.ConvertToInt32(Vector512.Round(v * f))).Store(output + i);
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var f = Vector256.Create(inv);
+            for (; i <= n - 16; i += 16)
+            {
+                var a = Vector256.Load(x + i);
+                var b = Vector256.Load(x + i + 8);
+                if (y != null)
+                {
+                    a *= Vector256.Load(y + i);
+                    b *= Vector256.Load(y + i + 8);
+                }
+                // |value| ≤ 32767, so the narrowing keeps every value exactly.
+                Vector256.Narrow(Vector256.ConvertToInt32(Vector256.Round(a * f)), Vector256.ConvertToInt32(Vector256.Round(b * f))).Store(output + i);
             }
         }
         for (; i < n; i++)
@@ -287,7 +317,9 @@ internal static unsafe class Int8Attention
     public static void AccumulateGroup4<TWidth>(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
         where TWidth : struct, IVectorWidth
     {
-        if (!(TWidth.Bits >= 512 && Avx512BW.IsSupported && n % 64 == 0))
+        bool wide = TWidth.Bits >= 512 && Avx512BW.IsSupported && n % 64 == 0;
+        bool avx2 = !wide && TWidth.Bits >= 256 && Avx2.IsSupported && n % 16 == 0;
+        if (!wide && !avx2)
         {
             for (int g = 0; g < 4; g++) Accumulate<TWidth>(rows, rowScales, stride, n, weights + g * weightStride, output + g * n, positions);
             return;
@@ -312,7 +344,8 @@ internal static unsafe class Int8Attention
             if (!any) continue;
             if (finite)
             {
-                AccumulateBlock4(block, stride, n, u16, Block + 2, count, us, output);
+                if (wide) AccumulateBlock4(block, stride, n, u16, Block + 2, count, us, output);
+                else AccumulateBlock4Avx2(block, stride, n, u16, Block + 2, count, us, output);
                 continue;
             }
             for (int g = 0; g < 4; g++) // a non-finite weight: one head at a time, that head in floats
@@ -431,6 +464,52 @@ internal static unsafe class Int8Attention
             Store32(cl0, ch0, Vector512.Create(us[2]), output + 2 * n + d); Store32(cl1, ch1, Vector512.Create(us[2]), output + 2 * n + d + 32);
             Store32(dl0, dh0, Vector512.Create(us[3]), output + 3 * n + d); Store32(dl1, dh1, Vector512.Create(us[3]), output + 3 * n + d + 32);
         }
+    }
+
+    /// <summary>
+    /// <see cref="AccumulateBlock4"/> in 256-bit vectors (AVX2 without AVX-512): 16 dimensions of the four heads at a
+    /// time in eight accumulators, each pair of value rows interleaved and sign-extended once for the four heads (four
+    /// one-head calls did it four times). The same int32 sums and float operations as <see cref="AccumulateBlock1{TWidth}"/>'s
+    /// 256-bit path per head.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void AccumulateBlock4Avx2(byte* rows, int stride, int n, short* u16, int uStride, int count, float* us, float* output)
+    {
+        short* ub = u16 + uStride, uc = u16 + 2 * uStride, ud = u16 + 3 * uStride;
+        for (int d = 0; d < n; d += 16)
+        {
+            Vector256<int> al = default, ah = default, bl = default, bh = default, cl = default, ch = default, dl = default, dh = default;
+            byte* row = rows + d;
+            for (int p = 0; p < count; p += 2, row += 2 * stride)
+            {
+                if (d == 0) AttentionKernels.Prefetch(row + AttentionKernels.PrefetchBytes, 2 * stride);
+                var a = Vector128.Load((sbyte*)row);
+                var b = p + 2 <= count ? Vector128.Load((sbyte*)(row + stride)) : Vector128<sbyte>.Zero;
+                var lo = Avx2.ConvertToVector256Int16(Sse2.UnpackLow(a, b));
+                var hi = Avx2.ConvertToVector256Int16(Sse2.UnpackHigh(a, b));
+                var u = Vector256.Create(*(int*)(u16 + p)).AsInt16();
+                al += Avx2.MultiplyAddAdjacent(lo, u); ah += Avx2.MultiplyAddAdjacent(hi, u);
+                u = Vector256.Create(*(int*)(ub + p)).AsInt16();
+                bl += Avx2.MultiplyAddAdjacent(lo, u); bh += Avx2.MultiplyAddAdjacent(hi, u);
+                u = Vector256.Create(*(int*)(uc + p)).AsInt16();
+                cl += Avx2.MultiplyAddAdjacent(lo, u); ch += Avx2.MultiplyAddAdjacent(hi, u);
+                u = Vector256.Create(*(int*)(ud + p)).AsInt16();
+                dl += Avx2.MultiplyAddAdjacent(lo, u); dh += Avx2.MultiplyAddAdjacent(hi, u);
+            }
+            Store16(al, ah, us[0], output + d);
+            Store16(bl, bh, us[1], output + n + d);
+            Store16(cl, ch, us[2], output + 2 * n + d);
+            Store16(dl, dh, us[3], output + 3 * n + d);
+        }
+    }
+
+    /// <summary>output[0..16) += (float)sums · scale, lo = dimensions 0–7 and hi = 8–15 (the 256-bit path's order).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Store16(Vector256<int> lo, Vector256<int> hi, float scale, float* output)
+    {
+        var f = Vector256.Create(scale);
+        (Vector256.Load(output) + Vector256.ConvertToSingle(lo) * f).Store(output);
+        (Vector256.Load(output + 8) + Vector256.ConvertToSingle(hi) * f).Store(output + 8);
     }
 
     /// <summary>64 values of rows r0 and r1 as (v0, v1) int16 pairs: dimensions 0–7,16–23 | 8–15,24–31 | 32–39,48–55 | 40–47,56–63.</summary>

@@ -46,4 +46,94 @@ public unsafe class Int8AttentionTests
             System.Runtime.InteropServices.NativeMemory.Free(rows);
         }
     }
+
+    /// <summary>
+    /// The weighted sum of V for a GQA group of four heads equals four one-head calls bit for bit at every width (512-bit
+    /// when the head is a multiple of 64, the 256-bit four-head kernel otherwise or without AVX-512, scalar): two blocks
+    /// of positions with an odd count, one head with no weight in the first block, and one head with a NaN weight.
+    /// </summary>
+    [Theory]
+    [InlineData(128, false)]
+    [InlineData(48, false)]
+    [InlineData(128, true)]
+    public void GroupOfFourWeightedSumEqualsFourHeadsAtEveryWidth(int n, bool nanWeight)
+    {
+        const int positions = 301, stride = positions + 5;
+        byte* rows = (byte*)System.Runtime.InteropServices.NativeMemory.Alloc((nuint)(positions * n));
+        try
+        {
+            var rng = new Random(n);
+            var scales = new float[positions];
+            var x = new float[n];
+            for (int p = 0; p < positions; p++)
+            {
+                for (int d = 0; d < n; d++) x[d] = (float)(rng.NextDouble() * 2 - 1) * (1 + p % 7);
+                scales[p] = Int8Row.Encode(x, rows + (long)p * n);
+            }
+            var weights = new float[4 * stride];
+            for (int g = 0; g < 4; g++)
+                for (int p = 0; p < positions; p++) weights[g * stride + p] = g == 1 && p < Int8Attention.Block ? 0f : (float)Math.Exp(-rng.NextDouble() * 12);
+            if (nanWeight) weights[2 * stride + 7] = float.NaN;
+            var start = Enumerable.Range(0, 4 * n).Select(i => (float)Math.Sin(i)).ToArray();
+            var expected = (float[])start.Clone();
+            fixed (float* pw = weights, pe = expected, pscale = scales)
+                for (int g = 0; g < 4; g++) Int8Attention.Accumulate<ScalarWidth>(rows, pscale, n, n, pw + g * stride, pe + g * n, positions);
+            foreach (var width in new[] { "scalar", "256", "widest" })
+            {
+                var actual = (float[])start.Clone();
+                fixed (float* pw = weights, pa = actual, pscale = scales)
+                    switch (width)
+                    {
+                        case "scalar": Int8Attention.AccumulateGroup4<ScalarWidth>(rows, pscale, n, n, pw, stride, pa, positions); break;
+                        case "256": Int8Attention.AccumulateGroup4<Vector256Width>(rows, pscale, n, n, pw, stride, pa, positions); break;
+                        default: Int8Attention.AccumulateGroup4<WidestVector>(rows, pscale, n, n, pw, stride, pa, positions); break;
+                    }
+                for (int i = 0; i < 4 * n; i++)
+                    Assert.True(expected[i].Equals(actual[i]), $"{width}, head {i / n}, dimension {i % n}: {actual[i]} instead of {expected[i]}");
+            }
+            if (nanWeight) Assert.True(float.IsNaN(expected[2 * n]), "the NaN weight reaches its head's output");
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.Free(rows);
+        }
+    }
+
+    /// <summary>
+    /// The int16 rounding of queries and weights (vectorized at whatever width this CPU runs, 512 or 256 bits — CI runs
+    /// the suite both ways — with a scalar tail) equals the plain per-element definition: round half to even of
+    /// x·(levels / max|x|), the scale max/levels, for lengths around every vector boundary; NaN anywhere gives NaN.
+    /// </summary>
+    [Fact]
+    public void QueryAndWeightRoundingEqualThePlainDefinition()
+    {
+        var rng = new Random(17);
+        foreach (int n in new[] { 1, 7, 8, 9, 15, 16, 17, 31, 32, 33, 128, 256, 300 })
+        {
+            var x = Enumerable.Range(0, n).Select(_ => (float)((rng.NextDouble() * 2 - 1) * Math.Exp(rng.Next(-8, 8)))).ToArray();
+            var y = Enumerable.Range(0, n).Select(_ => (float)(rng.NextDouble() * 0.1)).ToArray();
+            var q16 = new short[n];
+            var u16 = new short[n];
+            float qScale, uScale;
+            fixed (float* px = x, py = y)
+            fixed (short* pq = q16, pu = u16)
+            {
+                qScale = Int8Attention.QuantizeQuery(px, n, pq);
+                uScale = n <= Int8Attention.Block ? Int8Attention.QuantizeWeights(px, py, n, pu) : float.NaN;
+            }
+            int levels = Int8Attention.QueryLevels(n);
+            float qMax = x.Max(MathF.Abs), qInv = levels / qMax;
+            Assert.Equal(qMax / levels, qScale);
+            for (int i = 0; i < n; i++) Assert.True((short)(int)MathF.Round(x[i] * qInv) == q16[i], $"n {n}, query {i}: {q16[i]}");
+            if (n > Int8Attention.Block) continue;
+            var products = x.Zip(y, (a, b) => a * b).ToArray();
+            float uMax = products.Max(MathF.Abs), uInv = 32767 / uMax;
+            Assert.Equal(uMax / 32767, uScale);
+            for (int i = 0; i < n; i++) Assert.True((short)(int)MathF.Round(x[i] * y[i] * uInv) == u16[i], $"n {n}, weight {i}: {u16[i]}");
+            x[n / 2] = float.NaN;
+            fixed (float* px = x)
+            fixed (short* pq = q16)
+                Assert.True(float.IsNaN(Int8Attention.QuantizeQuery(px, n, pq)), $"n {n}: a NaN query value gives NaN");
+        }
+    }
 }

@@ -96,9 +96,21 @@ public unsafe class Int8KeyBlocksTests
             foreach (var (start, count) in Ranges)
             {
                 for (int g = 0; g < 4; g++) Int8Attention.Scores<ScalarWidth>(keys.Rows + (long)start * n, scales + start, n, n, q + g * n, e + g * stride, count, factors[g]);
-                Int8KeyBlocks.ScoresGroup4<WidestVector>(keys.Blocks, scales, n, q, f, a, stride, start, count);
-                for (int g = 0; g < 4; g++)
-                    Assert.Equal(expected.AsSpan(g * stride, count).ToArray(), actual.AsSpan(g * stride, count).ToArray());
+                foreach (var width in new[] { "scalar", "256", "widest" })
+                {
+                    Array.Fill(actual, float.NaN);
+                    switch (width)
+                    {
+                        case "scalar": Int8KeyBlocks.ScoresGroup4<ScalarWidth>(keys.Blocks, scales, n, q, f, a, stride, start, count); break;
+                        case "256": Int8KeyBlocks.ScoresGroup4<Vector256Width>(keys.Blocks, scales, n, q, f, a, stride, start, count); break;
+                        default: Int8KeyBlocks.ScoresGroup4<WidestVector>(keys.Blocks, scales, n, q, f, a, stride, start, count); break;
+                    }
+                    for (int g = 0; g < 4; g++)
+                    {
+                        Assert.Equal(expected.AsSpan(g * stride, count).ToArray(), actual.AsSpan(g * stride, count).ToArray());
+                        Assert.All(actual.AsSpan(g * stride + count, stride - count).ToArray(), v => Assert.True(float.IsNaN(v), $"wrote past count ({width}, query {g}, start {start})"));
+                    }
+                }
             }
     }
 
