@@ -520,6 +520,11 @@ internal static unsafe class AttentionKernels
     /// </summary>
     public static void AccumulateF16Group4(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
     {
+        if (!Vector512.IsHardwareAccelerated && Vector256.IsHardwareAccelerated && n % 16 == 0)
+        {
+            F16FiniteRow.Accumulate4Registers(rows, stride, n, weights, weightStride, output, positions);
+            return;
+        }
         float* w = stackalloc float[4];
         for (int p = 0; p < positions; p++)
         {
@@ -972,6 +977,48 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
             o1[i] += w[1] * x;
             o2[i] += w[2] * x;
             o3[i] += w[3] * x;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Axpy4"/> over <paramref name="positions"/> rows in 256-bit vectors with the sums kept in registers:
+    /// 16 dimensions of the four outputs at a time (eight accumulators) across every position, so the outputs are loaded
+    /// and stored once per call instead of once per position. Each output value takes the same FMAs in the same
+    /// (position) order as the per-position Axpy4 calls at 256 bits, so the results are the same bits.
+    /// Requires <paramref name="n"/> % 16 == 0.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    public static void Accumulate4Registers(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    {
+        float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
+        float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
+        AttentionKernels.PrefetchStart(rows, stride, positions);
+        for (int d = 0; d < n; d += 16)
+        {
+            Vector256<float> a0 = Vector256.Load(output + d), a1 = Vector256.Load(output + d + 8);
+            Vector256<float> b0 = Vector256.Load(o1 + d), b1 = Vector256.Load(o1 + d + 8);
+            Vector256<float> c0 = Vector256.Load(o2 + d), c1 = Vector256.Load(o2 + d + 8);
+            Vector256<float> e0 = Vector256.Load(o3 + d), e1 = Vector256.Load(o3 + d + 8);
+            byte* row = rows + 2 * d;
+            for (int p = 0; p < positions; p++, row += stride)
+            {
+                if (d == 0) AttentionKernels.Prefetch(row + AttentionKernels.PrefetchBytes, stride);
+                var h = Vector256.Load((short*)row);
+                var lo = Widen(Vector256.WidenLower(h));
+                var hi = Widen(Vector256.WidenUpper(h));
+                var x = Vector256.Create(weights[p]);
+                a0 = Vector256.FusedMultiplyAdd(x, lo, a0); a1 = Vector256.FusedMultiplyAdd(x, hi, a1);
+                x = Vector256.Create(w1[p]);
+                b0 = Vector256.FusedMultiplyAdd(x, lo, b0); b1 = Vector256.FusedMultiplyAdd(x, hi, b1);
+                x = Vector256.Create(w2[p]);
+                c0 = Vector256.FusedMultiplyAdd(x, lo, c0); c1 = Vector256.FusedMultiplyAdd(x, hi, c1);
+                x = Vector256.Create(w3[p]);
+                e0 = Vector256.FusedMultiplyAdd(x, lo, e0); e1 = Vector256.FusedMultiplyAdd(x, hi, e1);
+            }
+            a0.Store(output + d); a1.Store(output + d + 8);
+            b0.Store(o1 + d); b1.Store(o1 + d + 8);
+            c0.Store(o2 + d); c1.Store(o2 + d + 8);
+            e0.Store(o3 + d); e1.Store(o3 + d + 8);
         }
     }
 

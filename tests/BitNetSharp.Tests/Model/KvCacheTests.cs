@@ -574,4 +574,43 @@ public unsafe class KvCacheTests
             Assert.All(k, x => Assert.Equal(0f, x));
         }
     }
+
+    /// <summary>
+    /// The 256-bit finite-F16 weighted sum of a GQA group with the sums in registers (what a CPU without AVX-512 runs)
+    /// equals one 256-bit axpy per position and head, bit for bit: zero, subnormal and large weights, halves across the
+    /// whole finite range, head dimensions 16 and 128.
+    /// </summary>
+    [Fact]
+    public unsafe void F16RegisterWeightedSumEqualsPerPositionAxpyAt256Bits()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.Vector256.IsHardwareAccelerated, "needs 256-bit vectors");
+        var rng = new Random(41);
+        foreach (int n in new[] { 16, 128 })
+        {
+            const int positions = 37, stride = positions + 3;
+            var halves = new ushort[positions * n];
+            for (int i = 0; i < halves.Length; i++)
+            {
+                ushort h;
+                do h = (ushort)rng.Next(0, 65536); while ((h & 0x7C00) == 0x7C00); // finite halves only
+                halves[i] = h;
+            }
+            var weights = new float[4 * stride];
+            for (int i = 0; i < weights.Length; i++)
+                weights[i] = (i % 11) switch { 0 => 0f, 1 => 1e-40f, 2 => 3e4f, _ => (float)rng.NextDouble() };
+            var start = Enumerable.Range(0, 4 * n).Select(i => (float)Math.Cos(i)).ToArray();
+            var expected = (float[])start.Clone();
+            var actual = (float[])start.Clone();
+            fixed (ushort* ph = halves)
+            fixed (float* pw = weights, pe = expected, pa = actual)
+            {
+                for (int p = 0; p < positions; p++)
+                    for (int g = 0; g < 4; g++)
+                        F16FiniteRow.Axpy<Vector256Width>(pw[g * stride + p], (byte*)(ph + p * n), pe + g * n, n);
+                F16FiniteRow.Accumulate4Registers((byte*)ph, 2 * n, n, pw, stride, pa, positions);
+            }
+            for (int i = 0; i < 4 * n; i++)
+                Assert.True(expected[i].Equals(actual[i]), $"n {n}, head {i / n}, dimension {i % n}: {actual[i]} instead of {expected[i]}");
+        }
+    }
 }
