@@ -990,9 +990,19 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Accumulate4Registers(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
     {
+        // Blocks of 64 positions (16 KiB of a 128-wide head), so the passes over the dimensions after the first read
+        // their rows from L1 however many positions the call covers.
+        const int Block = 64;
+        AttentionKernels.PrefetchStart(rows, stride, positions);
+        for (int p0 = 0; p0 < positions; p0 += Block)
+            Accumulate4Block(rows + (long)p0 * stride, stride, n, weights + p0, weightStride, output, Math.Min(Block, positions - p0));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Accumulate4Block(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    {
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
         float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
-        AttentionKernels.PrefetchStart(rows, stride, positions);
         for (int d = 0; d < n; d += 16)
         {
             Vector256<float> a0 = Vector256.Load(output + d), a1 = Vector256.Load(output + d + 8);

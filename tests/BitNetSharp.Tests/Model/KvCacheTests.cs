@@ -578,7 +578,7 @@ public unsafe class KvCacheTests
     /// <summary>
     /// The 256-bit finite-F16 weighted sum of a GQA group with the sums in registers (what a CPU without AVX-512 runs)
     /// equals one 256-bit axpy per position and head, bit for bit: zero, subnormal and large weights, halves across the
-    /// whole finite range, head dimensions 16 and 128.
+    /// whole finite range, head dimensions 16 and 128, more positions than one block.
     /// </summary>
     [Fact]
     public unsafe void F16RegisterWeightedSumEqualsPerPositionAxpyAt256Bits()
@@ -587,7 +587,7 @@ public unsafe class KvCacheTests
         var rng = new Random(41);
         foreach (int n in new[] { 16, 128 })
         {
-            const int positions = 37, stride = positions + 3;
+            const int positions = 150, stride = positions + 3; // blocks of 64 positions: two whole and a partial one
             var halves = new ushort[positions * n];
             for (int i = 0; i < halves.Length; i++)
             {
