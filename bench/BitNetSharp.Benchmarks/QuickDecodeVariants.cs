@@ -52,6 +52,7 @@ public static unsafe class QuickDecodeVariants
             ("all-GFNI split (before)", (w, x, o) => Driver<GfniSplit>(w, x, o)),
             ("avx512 kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
             ("avx2 kernel (MatMul)", (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
+            ("avx2 per-row (before)", (w, x, o) => Avx2Before(w, w.Cols == Hidden ? nh : nf, o)),
             ("LUT inner loop only (not exact)", (w, x, o) => LutInnerLoop(w, x, o)),
             ("mix: gfni x3 + and", (w, x, o) => Driver<MixGfni3>(w, x, o)),
             ("mix: shift x2 + gfni + and", (w, x, o) => Driver<MixShift2Gfni>(w, x, o)),
@@ -311,6 +312,11 @@ public static unsafe class QuickDecodeVariants
         s_sink += Vector512.Sum(a0 + a1 + a2 + a3);
     }
 
+    private static void Avx2Before(TernaryMatrix w, ActivationRows x, float[] y)
+    {
+        fixed (float* py = y) TernaryDriver.Run<Avx2PerRowBefore>(w, x, py, w.Rows, 0, w.Rows);
+    }
+
     /// <summary>The production decode driver (eight rows, one vector epilogue) over a code split of one's choosing.</summary>
     private static void Driver<TSplit>(TernaryMatrix w, ActivationRows x, float[] y) where TSplit : ICodeSplit512
     {
@@ -459,4 +465,78 @@ public static unsafe class QuickDecodeVariants
             return Vector512.Sum(acc) >> 4;
         }
     }
+}
+
+/// <summary>The AVX2 kernel's row dot before its eight-row decode path (5cf22b4): one row, one horizontal sum, its own
+/// epilogue; run by <see cref="TernaryDriver.Run{TDot}(TernaryMatrix, in ActivationRows, float*, int, int, int)"/>.</summary>
+public readonly unsafe struct Avx2PerRowBefore : ITernaryRowDot
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static int Dot(byte* w, sbyte* q, int blocks)
+    {
+        var mask = Vector256.Create((byte)3);
+        var ones = Vector256.Create((short)1);
+        var acc = Vector256<int>.Zero;
+        for (int b = 0; b < blocks;)
+        {
+            int end = Math.Min(blocks, b + Avx2TernaryKernel.Int16Blocks);
+            var acc16 = Vector256<short>.Zero;
+            for (; b < end; b++)
+            {
+                if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
+                var packed = Avx.LoadVector256(w + b * 32);
+                sbyte* qb = q + b * 128;
+                var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
+                var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
+                var c2 = Avx2.ShiftRightLogical(packed.AsUInt16(), 2).AsByte() & mask;
+                var c3 = packed & mask;
+                var s01 = Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(qb)), Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(qb + 32)));
+                var s23 = Avx2.Add(Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(qb + 64)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(qb + 96)));
+                acc16 = Avx2.Add(acc16, Avx2.Add(s01, s23));
+            }
+            acc = Avx2.Add(acc, Avx2.MultiplyAddAdjacent(acc16, ones));
+        }
+        return Vector256.Sum(acc);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result)
+    {
+        var mask = Vector256.Create((byte)3);
+        var ones = Vector256.Create((short)1);
+        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int b = 0; b < blocks;)
+        {
+            int end = Math.Min(blocks, b + Avx2TernaryKernel.Int16Blocks);
+            Vector256<short> s0 = default, s1 = default, s2 = default, s3 = default;
+            for (; b < end; b++)
+            {
+                if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
+                var packed = Avx.LoadVector256(w + b * 32);
+                var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
+                var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
+                var c2 = Avx2.ShiftRightLogical(packed.AsUInt16(), 2).AsByte() & mask;
+                var c3 = packed & mask;
+                int o = b * 128;
+                s0 = Avx2.Add(s0, Block(c0, c1, c2, c3, q0 + o));
+                s1 = Avx2.Add(s1, Block(c0, c1, c2, c3, q1 + o));
+                s2 = Avx2.Add(s2, Block(c0, c1, c2, c3, q2 + o));
+                s3 = Avx2.Add(s3, Block(c0, c1, c2, c3, q3 + o));
+            }
+            a0 = Avx2.Add(a0, Avx2.MultiplyAddAdjacent(s0, ones));
+            a1 = Avx2.Add(a1, Avx2.MultiplyAddAdjacent(s1, ones));
+            a2 = Avx2.Add(a2, Avx2.MultiplyAddAdjacent(s2, ones));
+            a3 = Avx2.Add(a3, Avx2.MultiplyAddAdjacent(s3, ones));
+        }
+        result[0] = Vector256.Sum(a0);
+        result[1] = Vector256.Sum(a1);
+        result[2] = Vector256.Sum(a2);
+        result[3] = Vector256.Sum(a3);
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<short> Block(Vector256<byte> c0, Vector256<byte> c1, Vector256<byte> c2, Vector256<byte> c3, sbyte* q) =>
+        Avx2.Add(
+            Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(q)), Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(q + 32))),
+            Avx2.Add(Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(q + 64)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(q + 96))));
 }
