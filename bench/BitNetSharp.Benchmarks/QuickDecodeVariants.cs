@@ -49,7 +49,9 @@ public static unsafe class QuickDecodeVariants
         var variants = new (string Name, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
         {
             ("avx512gfni kernel (MatMul)", (w, x, o) => Production(GfniKernel, w, x, o)),
-            ("all-GFNI split (before)", (w, x, o) => Driver<GfniSplit>(w, x, o)),
+            ("balanced split (before)", (w, x, o) => Driver<BalancedSplit>(w, x, o)),
+            ("all-GFNI split", (w, x, o) => Driver<GfniSplit>(w, x, o)),
+            ("shift split", (w, x, o) => Driver<ShiftSplit>(w, x, o)),
             ("avx512 kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
             ("avx2 kernel (MatMul)", (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
             ("avx2 per-row (before)", (w, x, o) => Avx2Before(w, w.Cols == Hidden ? nh : nf, o)),
@@ -94,8 +96,12 @@ public static unsafe class QuickDecodeVariants
         Console.WriteLine($"{shapes.Count} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
         for (int round = 0; round < rounds; round++)
         {
-            foreach (var (name, run) in variants)
+            // Each round starts one variant further on, so that no variant always runs first or after the same one.
+            for (int i = 0; i < variants.Length; i++)
+            {
+                var (name, run) = variants[(i + round) % variants.Length];
                 results[name].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) run(w, w.Cols == Hidden ? rh : rf, y); }));
+            }
             results["plain sum"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PlainSum(w.Data, w.ByteLength); }));
             results["sum, prefetcht1 8K"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PrefetchSum(w.Data, w.ByteLength); }));
         }
@@ -317,10 +323,11 @@ public static unsafe class QuickDecodeVariants
         fixed (float* py = y) TernaryDriver.Run<Avx2PerRowBefore>(w, x, py, w.Rows, 0, w.Rows);
     }
 
-    /// <summary>The production decode driver (eight rows, one vector epilogue) over a code split of one's choosing.</summary>
+    /// <summary>The production decode driver (eight rows, one vector epilogue) over the AVX-512 decode loop before the
+    /// one-shift split (5cf22b4): four code vectors from a split of one's choosing, one int16 sum.</summary>
     private static void Driver<TSplit>(TernaryMatrix w, ActivationRows x, float[] y) where TSplit : ICodeSplit512
     {
-        fixed (float* py = y) TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<TSplit>>(w, x, py, w.Rows, 0, w.Rows);
+        fixed (float* py = y) TernaryDriver.RunPairs<SplitRows8<TSplit>>(w, x, py, w.Rows, 0, w.Rows);
     }
 
     // Code splits mixing GFNI (multiply ports, with vpmaddubsw) with shifts and ANDs (other ports), to balance them.
@@ -539,4 +546,55 @@ public readonly unsafe struct Avx2PerRowBefore : ITernaryRowDot
         Avx2.Add(
             Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(q)), Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(q + 32))),
             Avx2.Add(Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(q + 64)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(q + 96))));
+}
+
+/// <summary>The AVX-512 one-token decode as it was before the one-shift split (5cf22b4): each 64 bytes split into four code
+/// vectors by <typeparamref name="TSplit"/>, one int16 sum per row; everything else is the production kernel's.</summary>
+public readonly unsafe struct SplitRows8<TSplit> : ITernaryRowPairDot where TSplit : ICodeSplit512
+{
+    public static int Dot(byte* w, sbyte* q, int blocks) => Avx512TernaryKernel.Dot512<TSplit>.Dot(w, q, blocks);
+    public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.Dot4(w, q0, q1, q2, q3, blocks, result);
+    public static void Dot2x4(byte* w0, byte* w1, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.Dot2x4(w0, w1, q0, q1, q2, q3, blocks, result);
+    public static void DotRows8x2(byte* w, long rowBytes, sbyte* q0, sbyte* q1, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.DotRows8x2(w, rowBytes, q0, q1, blocks, result);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> DotLanes(byte* w, sbyte* q, int blocks)
+    {
+        var ones = Vector512.Create((short)1);
+        var acc = Vector512<int>.Zero;
+        int pairs = blocks >> 1;
+        for (int p = 0; p < pairs;)
+        {
+            int end = Math.Min(pairs, p + Avx2TernaryKernel.Int16Blocks);
+            var acc16 = Vector512<short>.Zero;
+            for (; p < end; p++)
+            {
+                TernaryKernel.PrefetchWeights(w + p * 64);
+                var packed = Vector512.Load(w + p * 64);
+                sbyte* qb = q + p * 256;
+                var s01 = Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(TSplit.Code0(packed), Vector512.Load(qb)), Avx512BW.MultiplyAddAdjacent(TSplit.Code1(packed), Vector512.Load(qb + 64)));
+                var s23 = Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(TSplit.Code2(packed), Vector512.Load(qb + 128)), Avx512BW.MultiplyAddAdjacent(TSplit.Code3(packed), Vector512.Load(qb + 192)));
+                acc16 = Avx512BW.Add(acc16, Avx512BW.Add(s01, s23));
+            }
+            acc = Avx512F.Add(acc, Avx512BW.MultiplyAddAdjacent(acc16, ones));
+        }
+        return acc;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void DotRows8(byte* w, long rowBytes, sbyte* q, int blocks, int* result)
+    {
+        var v0 = DotLanes(w, q, blocks);
+        var v1 = DotLanes(w + rowBytes, q, blocks);
+        var v2 = DotLanes(w + 2 * rowBytes, q, blocks);
+        var v3 = DotLanes(w + 3 * rowBytes, q, blocks);
+        var v4 = DotLanes(w + 4 * rowBytes, q, blocks);
+        var v5 = DotLanes(w + 5 * rowBytes, q, blocks);
+        var v6 = DotLanes(w + 6 * rowBytes, q, blocks);
+        var v7 = DotLanes(w + 7 * rowBytes, q, blocks);
+        Avx512TernaryKernel.Dot512<TSplit>.LaneSums(v0, v1, v2, v3, v4, v5, v6, v7).Store(result);
+        if ((blocks & 1) != 0)
+            for (int r = 0; r < 8; r++)
+                result[r] += Avx2TernaryKernel.Dot256.Dot(w + r * rowBytes + (blocks - 1) * 32, q + (blocks - 1) * 128, 1);
+    }
 }

@@ -276,8 +276,9 @@ public static unsafe class TernaryDriver
     }
 
     /// <summary>Tokens <paramref name="t"/> and t + 1 against rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>),
-    /// eight at a time with <see cref="ITernaryRowPairDot.DotRows8x2"/>, then each token's epilogue on eight lanes.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// eight at a time with <see cref="ITernaryRowPairDot.DotRows8x2"/>, then each token's epilogue on eight lanes. Not
+    /// inlined, as <see cref="OneToken{TDot}"/>.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static void TwoTokens<TDot>(TernaryMatrix w, in ActivationRows x, int t, float* y0, int yStride, int rowStart, int rowEnd, int* d)
         where TDot : ITernaryRowPairDot
     {
@@ -311,8 +312,14 @@ public static unsafe class TernaryDriver
 
     /// <summary>One token against rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>): eight at a time
     /// (<see cref="ITernaryRowPairDot.DotRows8"/>, then <see cref="TernaryKernel.Epilogue"/>'s operations on eight lanes:
-    /// the same floats), the last few one by one. <paramref name="d"/>: eight ints of scratch.</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    /// the same floats), the last few one by one. <paramref name="d"/>: eight ints of scratch.
+    /// <para>Compiled on its own, not inlined into the drivers: inlined there (with the eight-row dot's eight loops, the
+    /// two-token path and the prefill tiles) it exhausted the JIT's inlining budget for the caller, which then called
+    /// <c>Vector256.Load</c>/<c>Store</c>, <c>TernaryMatrix.Row</c> and the lane reduction as functions (vectors passed
+    /// through memory). One call per 256-row block costs nothing. Bench `quick-decode` (one process, Zen 4): the AVX-512
+    /// kernels' decode from memory went from 0.88–0.97 of a plain sum to 0.98–1.03, level with the same loop driven
+    /// from the benchmark's own (smaller) instantiation.</para></summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
     private static void OneToken<TDot>(TernaryMatrix w, sbyte* q, int sum, float scale, float* yt, int rowStart, int rowEnd, int* d)
         where TDot : ITernaryRowPairDot
     {
