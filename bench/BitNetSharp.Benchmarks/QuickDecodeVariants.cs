@@ -46,31 +46,35 @@ public static unsafe class QuickDecodeVariants
         ActivationRows nh = ActivationRows.Of(xh), nf = ActivationRows.Of(xf);
         var y = new float[Ffn];
 
-        var variants = new (string Name, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
+        // The variants this CPU can run: without AVX-512 (Zen 2/3, Intel client cores) only the AVX2 ones.
+        bool avx512 = Avx512BW.IsSupported, gfni = avx512 && Gfni.V512.IsSupported, vbmi = Avx512Vbmi.IsSupported;
+        var candidates = new (string Name, bool Runs, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
         {
-            ("avx512gfni kernel (MatMul)", (w, x, o) => Production(GfniKernel, w, x, o)),
-            ("balanced split (before)", (w, x, o) => Driver<BalancedSplit>(w, x, o)),
-            ("all-GFNI split", (w, x, o) => Driver<GfniSplit>(w, x, o)),
-            ("shift split", (w, x, o) => Driver<ShiftSplit>(w, x, o)),
-            ("avx512 kernel (MatMul)", (w, x, o) => Production(ShiftKernel, w, x, o)),
-            ("avx2 kernel (MatMul)", (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
-            ("avx2 per-row (before)", (w, x, o) => Avx2Before(w, w.Cols == Hidden ? nh : nf, o)),
-            ("LUT inner loop only (not exact)", (w, x, o) => LutInnerLoop(w, x, o)),
-            ("mix: gfni x3 + and", (w, x, o) => Driver<MixGfni3>(w, x, o)),
-            ("mix: shift x2 + gfni + and", (w, x, o) => Driver<MixShift2Gfni>(w, x, o)),
-            ("gfni per-row t0@8K (old)", (w, x, o) => Rows<Gfni<T0At8K>>(w, x, o)),
-            ("gfni per-row no prefetch", (w, x, o) => Rows<Gfni<NoFetch>>(w, x, o)),
-            ("gfni per-row t1@4K", (w, x, o) => Rows<Gfni<T1At4K>>(w, x, o)),
-            ("gfni per-row t1@8K", (w, x, o) => Rows<Gfni<T1At8K>>(w, x, o)),
-            ("gfni per-row t1@16K", (w, x, o) => Rows<Gfni<T1At16K>>(w, x, o)),
-            ("gfni per-row t1@32K", (w, x, o) => Rows<Gfni<T1At32K>>(w, x, o)),
-            ("gfni per-row t2@8K", (w, x, o) => Rows<Gfni<T2At8K>>(w, x, o)),
-            ("gfni per-row nta@8K", (w, x, o) => Rows<Gfni<NtaAt8K>>(w, x, o)),
-            ("gfni per-row t1 per 128B", (w, x, o) => Rows<GfniHalf<T1At8K>>(w, x, o)),
-            ("masked per-row t1@8K", (w, x, o) => Rows<Masked<T1At8K>>(w, x, o)),
+            ("avx512gfni kernel (MatMul)", gfni, (w, x, o) => Production(GfniKernel, w, x, o)),
+            ("balanced split (before)", gfni, (w, x, o) => Driver<BalancedSplit>(w, x, o)),
+            ("all-GFNI split", gfni, (w, x, o) => Driver<GfniSplit>(w, x, o)),
+            ("shift split", avx512, (w, x, o) => Driver<ShiftSplit>(w, x, o)),
+            ("avx512 kernel (MatMul)", avx512, (w, x, o) => Production(ShiftKernel, w, x, o)),
+            ("avx2 kernel (MatMul)", true, (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
+            ("avx2 per-row (before)", true, (w, x, o) => Avx2Before(w, w.Cols == Hidden ? nh : nf, o)),
+            ("LUT inner loop only (not exact)", vbmi, (w, x, o) => LutInnerLoop(w, x, o)),
+            ("mix: gfni x3 + and", gfni, (w, x, o) => Driver<MixGfni3>(w, x, o)),
+            ("mix: shift x2 + gfni + and", gfni, (w, x, o) => Driver<MixShift2Gfni>(w, x, o)),
+            ("gfni per-row t0@8K (old)", gfni, (w, x, o) => Rows<Gfni<T0At8K>>(w, x, o)),
+            ("gfni per-row no prefetch", gfni, (w, x, o) => Rows<Gfni<NoFetch>>(w, x, o)),
+            ("gfni per-row t1@4K", gfni, (w, x, o) => Rows<Gfni<T1At4K>>(w, x, o)),
+            ("gfni per-row t1@8K", gfni, (w, x, o) => Rows<Gfni<T1At8K>>(w, x, o)),
+            ("gfni per-row t1@16K", gfni, (w, x, o) => Rows<Gfni<T1At16K>>(w, x, o)),
+            ("gfni per-row t1@32K", gfni, (w, x, o) => Rows<Gfni<T1At32K>>(w, x, o)),
+            ("gfni per-row t2@8K", gfni, (w, x, o) => Rows<Gfni<T2At8K>>(w, x, o)),
+            ("gfni per-row nta@8K", gfni, (w, x, o) => Rows<Gfni<NtaAt8K>>(w, x, o)),
+            ("gfni per-row t1 per 128B", gfni, (w, x, o) => Rows<GfniHalf<T1At8K>>(w, x, o)),
+            ("masked per-row t1@8K", gfni, (w, x, o) => Rows<Masked<T1At8K>>(w, x, o)),
         };
+        var variants = candidates.Where(v => v.Runs).Select(v => (v.Name, v.Run)).ToArray();
+        Console.WriteLine($"kernels here: {string.Join(", ", KernelRegistry.SupportedTernary.Select(k => k.Name))}; 512-bit sums: {Vector512.IsHardwareAccelerated}");
 
-        // Every variant must give the production kernel's exact integers before it is timed.
+        // Every variant must give the reference kernel's exact floats before it is timed.
         s_tables = new Memory.NativeBuffer((long)Ffn / 4 * 256, zero: false);
         new Span<byte>(s_tables.Pointer, Ffn / 4 * 256).Fill(1);
         foreach (var (name, run) in variants)
@@ -82,7 +86,7 @@ public static unsafe class QuickDecodeVariants
             {
                 var w = ws[i];
                 var x = w.Cols == Hidden ? rh : rf;
-                Rows<Today<GfniSplit>>(w, x, expect);
+                fixed (float* pe = expect) Reference.MatMul(w, w.Cols == Hidden ? xh : xf, pe, w.Rows, 0, w.Rows);
                 run(w, x, got);
                 for (int n = 0; n < w.Rows; n++)
                     if (BitConverter.SingleToInt32Bits(expect[n]) != BitConverter.SingleToInt32Bits(got[n]))
@@ -121,6 +125,11 @@ public static unsafe class QuickDecodeVariants
     /// variants of its prefetch, and a plain sum of the same bytes, alternated in one process.</summary>
     public static void RunHead(int rounds, double secondsPerRun)
     {
+        if (!Vector512.IsHardwareAccelerated)
+        {
+            Console.WriteLine("quick-decode head times 512-bit head loops only; this CPU has no AVX-512.");
+            return;
+        }
         const int rows = 128256, n = Hidden;
         long bytes = (long)rows * n * 2;
         using var table = new Memory.NativeBuffer(bytes, zero: false);
@@ -196,7 +205,8 @@ public static unsafe class QuickDecodeVariants
         y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
     }
 
-    private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel();
+    private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel(),
+        Reference = new ReferenceTernaryKernel();
 
     /// <summary>The kernel's own MatMul (on activations already in its layout).</summary>
     private static void Production(TernaryKernel kernel, TernaryMatrix w, ActivationRows x, float[] y)
@@ -230,8 +240,34 @@ public static unsafe class QuickDecodeVariants
 
     private static long s_sink;
 
+    /// <summary>The plain sums with 256-bit loads (eight per 256 bytes), for CPUs without AVX-512, where 512-bit vectors
+    /// are emulated.</summary>
+    private static void PlainSum256(byte* p, long n, bool prefetch)
+    {
+        var a0 = Vector256<long>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        long i = 0;
+        for (; i + 256 <= n; i += 256)
+        {
+            if (prefetch)
+            {
+                TernaryKernel.PrefetchWeights(p + i); TernaryKernel.PrefetchWeights(p + i + 64);
+                TernaryKernel.PrefetchWeights(p + i + 128); TernaryKernel.PrefetchWeights(p + i + 192);
+            }
+            a0 += Vector256.Load((long*)(p + i)) + Vector256.Load((long*)(p + i + 32));
+            a1 += Vector256.Load((long*)(p + i + 64)) + Vector256.Load((long*)(p + i + 96));
+            a2 += Vector256.Load((long*)(p + i + 128)) + Vector256.Load((long*)(p + i + 160));
+            a3 += Vector256.Load((long*)(p + i + 192)) + Vector256.Load((long*)(p + i + 224));
+        }
+        s_sink += Vector256.Sum(a0 + a1 + a2 + a3);
+    }
+
     private static void PlainSum(byte* p, long n)
     {
+        if (!Vector512.IsHardwareAccelerated)
+        {
+            PlainSum256(p, n, prefetch: false);
+            return;
+        }
         var a0 = Vector512<long>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
         long i = 0;
         for (; i + 256 <= n; i += 256)
@@ -306,6 +342,11 @@ public static unsafe class QuickDecodeVariants
     /// <summary>The plain sum with the kernels' prefetch (every line 8 KiB ahead into L2): the probe's best pattern here.</summary>
     private static void PrefetchSum(byte* p, long n)
     {
+        if (!Vector512.IsHardwareAccelerated)
+        {
+            PlainSum256(p, n, prefetch: true);
+            return;
+        }
         var a0 = Vector512<long>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
         long i = 0;
         for (; i + 256 <= n; i += 256)
