@@ -55,6 +55,9 @@ internal unsafe interface ILaneWidening
 {
     static abstract Vector512<float> Widen16(byte* row, int i);
 
+    /// <summary>Stored values i..i+7 as floats in 256 bits (the AVX2 lane kernels; F16 rows only).</summary>
+    static virtual Vector256<float> Widen8(byte* row, int i) => throw new NotSupportedException();
+
     /// <summary>A weight of the weighted sum of V in this widening's unit.</summary>
     static abstract float Weight(float w);
 }
@@ -64,6 +67,10 @@ internal readonly unsafe struct RowLanes<TRow> : ILaneWidening where TRow : IKvR
 {
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Widen16(byte* row, int i) => TRow.Widen16(row, i);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(byte* row, int i) =>
+        typeof(TRow) == typeof(F16FiniteRow) ? FiniteHalfWidening.Widen(Avx2.ConvertToVector256Int32((short*)row + i)) : throw new NotSupportedException();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Weight(float w) => w;
@@ -94,19 +101,37 @@ internal readonly unsafe struct ScaledHalfLanes : ILaneWidening
         (Vector512.ShiftLeft(Avx512BW.ConvertToVector512Int32(Vector256.Load((short*)row + i)), 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(byte* row, int i) =>
+        (Vector256.ShiftLeft(Avx2.ConvertToVector256Int32((short*)row + i), 13) & Vector256.Create(unchecked((int)0x8FFFE000))).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Weight(float w) => w * Up;
 
     /// <summary>scaled[i] = x[i] · 2^112 when every |x[i]| is below <see cref="Limit"/> (NaN is not); false otherwise.</summary>
     public static bool TryScale(float* x, int count, float* scaled)
     {
-        var limit = Vector512.Create(Limit);
-        var up = Vector512.Create(Up);
         int i = 0;
-        for (; i + 16 <= count; i += 16)
+        if (Vector512.IsHardwareAccelerated)
         {
-            var v = Vector512.Load(x + i);
-            if (!Vector512.LessThanAll(Vector512.Abs(v), limit)) return false;
-            (v * up).Store(scaled + i);
+            var limit = Vector512.Create(Limit);
+            var up = Vector512.Create(Up);
+            for (; i + 16 <= count; i += 16)
+            {
+                var v = Vector512.Load(x + i);
+                if (!Vector512.LessThanAll(Vector512.Abs(v), limit)) return false;
+                (v * up).Store(scaled + i);
+            }
+        }
+        else if (Vector256.IsHardwareAccelerated)
+        {
+            var limit = Vector256.Create(Limit);
+            var up = Vector256.Create(Up);
+            for (; i + 8 <= count; i += 8)
+            {
+                var v = Vector256.Load(x + i);
+                if (!Vector256.LessThanAll(Vector256.Abs(v), limit)) return false;
+                (v * up).Store(scaled + i);
+            }
         }
         for (; i < count; i++)
         {
@@ -119,13 +144,20 @@ internal readonly unsafe struct ScaledHalfLanes : ILaneWidening
     /// <summary>Whether every weight of the four heads (weights + g·stride, positions each) is below <see cref="Limit"/> in magnitude.</summary>
     public static bool CanScale(float* weights, int stride, int positions)
     {
-        var limit = Vector512.Create(Limit);
         for (int g = 0; g < 4; g++)
         {
             float* w = weights + (long)g * stride;
             int i = 0;
-            for (; i + 16 <= positions; i += 16)
-                if (!Vector512.LessThanAll(Vector512.Abs(Vector512.Load(w + i)), limit)) return false;
+            if (Vector512.IsHardwareAccelerated)
+            {
+                for (; i + 16 <= positions; i += 16)
+                    if (!Vector512.LessThanAll(Vector512.Abs(Vector512.Load(w + i)), Vector512.Create(Limit))) return false;
+            }
+            else if (Vector256.IsHardwareAccelerated)
+            {
+                for (; i + 8 <= positions; i += 8)
+                    if (!Vector256.LessThanAll(Vector256.Abs(Vector256.Load(w + i)), Vector256.Create(Limit))) return false;
+            }
             for (; i < positions; i++)
                 if (!(MathF.Abs(w[i]) < Limit)) return false;
         }
@@ -506,11 +538,101 @@ internal static unsafe class AttentionKernels
     /// </summary>
     public static void ScoresF16Group4(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
     {
+        if (!Vector512.IsHardwareAccelerated && Avx2.IsSupported && n % 8 == 0)
+        {
+            if (n <= ScaledHalfLanes.MaxHeadDim)
+            {
+                float* scaled = stackalloc float[4 * n];
+                if (ScaledHalfLanes.TryScale(q, 4 * n, scaled))
+                {
+                    ScoresF16Group4Lanes<ScaledHalfLanes>(rows, stride, n, scaled, scores, scoresStride, positions, scale);
+                    return;
+                }
+            }
+            ScoresF16Group4Lanes<RowLanes<F16FiniteRow>>(rows, stride, n, q, scores, scoresStride, positions, scale);
+            return;
+        }
         float* r = stackalloc float[4];
         for (int p = 0; p < positions; p++)
         {
             F16FiniteRow.Dot4(q, q + n, q + 2 * n, q + 3 * n, rows + (long)p * stride, n, r);
             scores[p] = r[0] * scale; scores[scoresStride + p] = r[1] * scale; scores[2 * scoresStride + p] = r[2] * scale; scores[3 * scoresStride + p] = r[3] * scale;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="ScoresF16Group4"/> in 256-bit lanes, eight positions at a time: per position and query one vector of
+    /// eight partial sums (the FMAs of <see cref="F16FiniteRow.Dot4"/>, in its order), two key rows per pass so each
+    /// query vector is loaded once for both, and the eight positions' vectors summed together by
+    /// <see cref="LaneSums.Sums8"/> (the tree of <see cref="LaneSums.Sum8"/>). Bit for bit the per-position scores.
+    /// Requires AVX2 and <paramref name="n"/> % 8 == 0.
+    /// </summary>
+    [SkipLocalsInit] // the lane buffer is written before every read
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void ScoresF16Group4Lanes<TLanes>(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+        where TLanes : ILaneWidening
+    {
+        var lanes = stackalloc Vector256<float>[32]; // [query][position in block]
+        float* tail = stackalloc float[8];
+        var factor = Vector256.Create(scale);
+        float* q1 = q + n, q2 = q + 2 * n, q3 = q + 3 * n;
+        PrefetchStart(rows, stride, positions);
+        for (int p0 = 0; p0 < positions; p0 += 8)
+        {
+            int m = Math.Min(8, positions - p0);
+            int i = 0;
+            for (; i + 2 <= m; i += 2)
+            {
+                byte* r0 = rows + (long)(p0 + i) * stride, r1 = r0 + stride;
+                Prefetch(r0 + PrefetchBytes, 2 * stride);
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+                for (int d = 0; d < n; d += 8)
+                {
+                    var k0 = TLanes.Widen8(r0, d);
+                    var k1 = TLanes.Widen8(r1, d);
+                    var x = Vector256.Load(q + d);
+                    a0 = Vector256.FusedMultiplyAdd(x, k0, a0);
+                    b0 = Vector256.FusedMultiplyAdd(x, k1, b0);
+                    x = Vector256.Load(q1 + d);
+                    a1 = Vector256.FusedMultiplyAdd(x, k0, a1);
+                    b1 = Vector256.FusedMultiplyAdd(x, k1, b1);
+                    x = Vector256.Load(q2 + d);
+                    a2 = Vector256.FusedMultiplyAdd(x, k0, a2);
+                    b2 = Vector256.FusedMultiplyAdd(x, k1, b2);
+                    x = Vector256.Load(q3 + d);
+                    a3 = Vector256.FusedMultiplyAdd(x, k0, a3);
+                    b3 = Vector256.FusedMultiplyAdd(x, k1, b3);
+                }
+                lanes[i] = a0; lanes[8 + i] = a1; lanes[16 + i] = a2; lanes[24 + i] = a3;
+                lanes[i + 1] = b0; lanes[9 + i] = b1; lanes[17 + i] = b2; lanes[25 + i] = b3;
+            }
+            if (i < m)
+            {
+                byte* row = rows + (long)(p0 + i) * stride;
+                Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+                for (int d = 0; d < n; d += 8)
+                {
+                    var k = TLanes.Widen8(row, d);
+                    a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + d), k, a0);
+                    a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q1 + d), k, a1);
+                    a2 = Vector256.FusedMultiplyAdd(Vector256.Load(q2 + d), k, a2);
+                    a3 = Vector256.FusedMultiplyAdd(Vector256.Load(q3 + d), k, a3);
+                }
+                lanes[i] = a0; lanes[8 + i] = a1; lanes[16 + i] = a2; lanes[24 + i] = a3;
+            }
+            for (int g = 0; g < 4; g++)
+            {
+                for (int j = m; j < 8; j++) lanes[g * 8 + j] = default;
+                // Dot4 adds each sum to a running total that starts at +0: no change, as a sum of FMAs started at +0 is never −0.
+                var sums = LaneSums.Sums8(lanes + g * 8) * factor;
+                float* destination = scores + g * scoresStride + p0;
+                if (m == 8) sums.Store(destination);
+                else
+                {
+                    sums.Store(tail);
+                    for (int j = 0; j < m; j++) destination[j] = tail[j];
+                }
+            }
         }
     }
 
@@ -595,6 +717,31 @@ internal static unsafe class AttentionKernels
 /// </summary>
 internal static unsafe class LaneSums
 {
+    /// <summary>
+    /// The sum of a 256-bit vector's eight lanes by a fixed tree, ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)):
+    /// the order of the 256-bit F16 dot, which <see cref="Sums8"/> reproduces for eight vectors at once.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Sum8(Vector256<float> v)
+    {
+        var pairs = Avx.HorizontalAdd(v, v);
+        var quads = Avx.HorizontalAdd(pairs, pairs);
+        return quads.ToScalar() + quads.GetUpper().ToScalar();
+    }
+
+    /// <summary>
+    /// <see cref="Sum8"/> of v[0..7], in order, as one vector (transposed: six horizontal adds, two lane permutes and
+    /// one add, where eight separate sums take about forty operations).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Sums8(Vector256<float>* v)
+    {
+        // Per 128-bit half: [v_a pairs, v_b pairs], then each of four vectors' half folded to one lane.
+        var g0123 = Avx.HorizontalAdd(Avx.HorizontalAdd(v[0], v[1]), Avx.HorizontalAdd(v[2], v[3]));
+        var g4567 = Avx.HorizontalAdd(Avx.HorizontalAdd(v[4], v[5]), Avx.HorizontalAdd(v[6], v[7]));
+        return Avx.Permute2x128(g0123, g4567, 0x20) + Avx.Permute2x128(g0123, g4567, 0x31);
+    }
+
     /// <summary>The sums of v[0..15], in order, as one vector.</summary>
     public static Vector512<float> Sums16(Vector512<float>* v) => Sums16Core(v);
 
@@ -811,16 +958,14 @@ internal static unsafe class HalfRowMath
             }
             sum = Vector512.Sum(a0 + a1);
         }
-        if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated && n - i >= 16)
+        if (TWidth.Bits >= 256 && Avx2.IsSupported && n - i >= 8)
         {
-            Vector256<float> a0 = default, a1 = default;
-            for (; i <= n - 16; i += 16)
-            {
-                var h = Vector256.Load(k + i);
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), TWiden.Widen(Vector256.WidenLower(h)), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), TWiden.Widen(Vector256.WidenUpper(h)), a1);
-            }
-            sum += Vector256.Sum(a0 + a1);
+            // One accumulator, eight dimensions per FMA, summed by LaneSums.Sum8: the order the 256-bit lane kernel
+            // (AttentionKernels.ScoresF16Group4) reproduces for eight positions at once.
+            var a = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+                a = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), TWiden.Widen(Avx2.ConvertToVector256Int32(k + i)), a);
+            sum += LaneSums.Sum8(a);
         }
         for (; i < n; i++) sum += q[i] * HalfConversions.HalfToFloat((ushort)k[i]);
         return sum;
@@ -910,20 +1055,18 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
             }
             s0 = Vector512.Sum(a0 + b0); s1 = Vector512.Sum(a1 + b1); s2 = Vector512.Sum(a2 + b2); s3 = Vector512.Sum(a3 + b3);
         }
-        if (Vector256.IsHardwareAccelerated && n - i >= 16)
+        if (Avx2.IsSupported && n - i >= 8)
         {
-            Vector256<float> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-            for (; i <= n - 16; i += 16)
+            Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+            for (; i <= n - 8; i += 8)
             {
-                var h = Vector256.Load(k + i);
-                var lo = Widen(Vector256.WidenLower(h));
-                var hi = Widen(Vector256.WidenUpper(h));
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q0 + i), lo, a0); b0 = Vector256.FusedMultiplyAdd(Vector256.Load(q0 + i + 8), hi, b0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q1 + i), lo, a1); b1 = Vector256.FusedMultiplyAdd(Vector256.Load(q1 + i + 8), hi, b1);
-                a2 = Vector256.FusedMultiplyAdd(Vector256.Load(q2 + i), lo, a2); b2 = Vector256.FusedMultiplyAdd(Vector256.Load(q2 + i + 8), hi, b2);
-                a3 = Vector256.FusedMultiplyAdd(Vector256.Load(q3 + i), lo, a3); b3 = Vector256.FusedMultiplyAdd(Vector256.Load(q3 + i + 8), hi, b3);
+                var x = Widen(Avx2.ConvertToVector256Int32(k + i));
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q0 + i), x, a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q1 + i), x, a1);
+                a2 = Vector256.FusedMultiplyAdd(Vector256.Load(q2 + i), x, a2);
+                a3 = Vector256.FusedMultiplyAdd(Vector256.Load(q3 + i), x, a3);
             }
-            s0 += Vector256.Sum(a0 + b0); s1 += Vector256.Sum(a1 + b1); s2 += Vector256.Sum(a2 + b2); s3 += Vector256.Sum(a3 + b3);
+            s0 += LaneSums.Sum8(a0); s1 += LaneSums.Sum8(a1); s2 += LaneSums.Sum8(a2); s3 += LaneSums.Sum8(a3);
         }
         for (; i < n; i++)
         {
@@ -988,18 +1131,33 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
     /// Requires <paramref name="n"/> % 16 == 0.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit] // the scaled weights are written before they are read
     public static void Accumulate4Registers(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
     {
         // Blocks of 64 positions (16 KiB of a 128-wide head), so the passes over the dimensions after the first read
         // their rows from L1 however many positions the call covers.
         const int Block = 64;
         AttentionKernels.PrefetchStart(rows, stride, positions);
+        // The weights times 2^112 when they allow it, so the widening drops its multiply (ScaledHalfLanes: the same
+        // products, so the same sums).
+        bool scaled = ScaledHalfLanes.CanScale(weights, weightStride, positions);
+        float* up = stackalloc float[4 * Block];
         for (int p0 = 0; p0 < positions; p0 += Block)
-            Accumulate4Block(rows + (long)p0 * stride, stride, n, weights + p0, weightStride, output, Math.Min(Block, positions - p0));
+        {
+            int count = Math.Min(Block, positions - p0);
+            if (scaled)
+            {
+                for (int g = 0; g < 4; g++)
+                    for (int j = 0; j < count; j++) up[g * Block + j] = weights[g * weightStride + p0 + j] * ScaledHalfLanes.Up;
+                Accumulate4Block<ScaledHalfLanes>(rows + (long)p0 * stride, stride, n, up, Block, output, count);
+            }
+            else Accumulate4Block<RowLanes<F16FiniteRow>>(rows + (long)p0 * stride, stride, n, weights + p0, weightStride, output, count);
+        }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Accumulate4Block(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    private static void Accumulate4Block<TLanes>(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
+        where TLanes : ILaneWidening
     {
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
         float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
@@ -1013,9 +1171,8 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
             for (int p = 0; p < positions; p++, row += stride)
             {
                 if (d == 0) AttentionKernels.Prefetch(row + AttentionKernels.PrefetchBytes, stride);
-                var h = Vector256.Load((short*)row);
-                var lo = Widen(Vector256.WidenLower(h));
-                var hi = Widen(Vector256.WidenUpper(h));
+                var lo = TLanes.Widen8(row, 0);
+                var hi = TLanes.Widen8(row, 8);
                 var x = Vector256.Create(weights[p]);
                 a0 = Vector256.FusedMultiplyAdd(x, lo, a0); a1 = Vector256.FusedMultiplyAdd(x, hi, a1);
                 x = Vector256.Create(w1[p]);
