@@ -4,7 +4,7 @@
 # bound, depth ratio, attention ms/token), the decode kernels in one process (from memory, in cache, and with
 # prefetch into L1 instead of L2), and the attention kernels (in cache and from memory).
 # Run it on a CPU that bench/results/ has no tables for yet (a Zen 5, an Intel core) and commit the file it writes.
-# Usage: bash bench/cpu-tables.sh [OUT.md]
+# Usage: bash bench/cpu-tables.sh [OUT.md]   (DOTNET_EnableAVX512=0 bash bench/cpu-tables.sh: the AVX2 paths, file suffix -avx512-off)
 #   default OUT: bench/results/cpu-tables-<lscpu model name>-<N>core.md
 #   CPU_TABLES_QUICK=1: short runs that check the script works (not figures to publish); about 3 minutes.
 # A full run takes ~15-25 minutes on 2 cores; keep the machine otherwise idle.
@@ -15,7 +15,9 @@ cores=$(nproc)
 threads=1; [ "$cores" -gt 1 ] && threads="1,$cores"
 model_name=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 slug=$(echo "${model_name:-unknown-cpu}" | tr 'A-Z' 'a-z' | sed 's/([^)]*)//g; s/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
-out=${1:-bench/results/cpu-tables-$slug-${cores}core.md}
+# DOTNET_EnableAVX512=0 takes every kernel's 256-bit path (as on Zen 2/3 and Intel client cores): its own file.
+suffix=""; [ "${DOTNET_EnableAVX512:-1}" = 0 ] && suffix="-avx512-off"
+out=${1:-bench/results/cpu-tables-$slug-${cores}core$suffix.md}
 quick=${CPU_TABLES_QUICK:-0}
 if [ "$quick" = 1 ]; then
   depth=1024; ctx=1100; reps=1; gen=8; prompt=16
@@ -72,6 +74,10 @@ L.append(f"Written by `bash bench/cpu-tables.sh` on {datetime.date.today()} at c
 L.append(f"CPU: `lscpu` → \"{lscpu.get('Model name', '?')}\", vendor {lscpu.get('Vendor ID', '?')}, family {lscpu.get('CPU family', '?')} "
          f"model {lscpu.get('Model', '?')}, {lscpu.get('CPU(s)', '?')} CPUs, L2 {lscpu.get('L2 cache', '?')}, L3 {lscpu.get('L3 cache', '?')}; "
          f"ISA: {', '.join(isa) or 'none of interest'}; hypervisor: {lscpu.get('Hypervisor vendor', 'none')}. {dotnet}.")
+if os.environ.get("DOTNET_EnableAVX512") == "0":
+    L.append("")
+    L.append("**Run with `DOTNET_EnableAVX512=0`**: .NET reports no AVX-512, so every kernel takes its 256-bit (AVX2) path, as on")
+    L.append("CPUs without AVX-512 (Zen 2/3, Intel client cores). Same machine and memory; only the instruction paths differ.")
 L.append("")
 L.append("## Summary: the 2B4T shape end to end")
 L.append("")
