@@ -1316,6 +1316,14 @@ internal readonly unsafe struct Fp8Row : IKvRow
         (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)row + i)), 20) & Vector512.Create(unchecked((int)0x87F00000))).AsSingle()
         * Vector512.Create(0x7B800000).AsSingle();
 
+    /// <summary><see cref="Widen16"/> for eight codes in 256 bits (AVX2): the dot and axpy loops' widening without
+    /// AVX-512, exact on every code a cache holds, where <see cref="Fp8E4M3.Decode(Vector256{uint})"/> takes ~13
+    /// operations (its unsigned compare is emulated on AVX2).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Widen8(byte* row, int i) =>
+        (Vector256.ShiftLeft(Avx2.ConvertToVector256Int32((sbyte*)row + i), 20) & Vector256.Create(unchecked((int)0x87F00000))).AsSingle()
+        * Vector256.Create(0x7B800000).AsSingle();
+
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
         float max = 0f;
@@ -1353,14 +1361,13 @@ internal readonly unsafe struct Fp8Row : IKvRow
             }
             sum = Vector512.Sum(a0 + a1);
         }
-        if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated && n - i >= 16)
+        if (TWidth.Bits >= 256 && Avx2.IsSupported && n - i >= 16)
         {
             Vector256<float> a0 = default, a1 = default;
             for (; i <= n - 16; i += 16)
             {
-                var s = Vector256.WidenLower(Vector128.Load(row + i).ToVector256Unsafe());
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Fp8E4M3.Decode(Vector256.WidenLower(s)), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), Fp8E4M3.Decode(Vector256.WidenUpper(s)), a1);
+                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Widen8(row, i), a0);
+                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), Widen8(row, i + 8), a1);
             }
             sum += Vector256.Sum(a0 + a1);
         }
@@ -1381,14 +1388,13 @@ internal readonly unsafe struct Fp8Row : IKvRow
                 Vector512.FusedMultiplyAdd(vw, Fp8E4M3.Decode(Vector512.WidenUpper(s)), Vector512.Load(output + i + 16)).Store(output + i + 16);
             }
         }
-        if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated)
+        if (TWidth.Bits >= 256 && Avx2.IsSupported)
         {
             var vw = Vector256.Create(w);
             for (; i <= n - 16; i += 16)
             {
-                var s = Vector256.WidenLower(Vector128.Load(row + i).ToVector256Unsafe());
-                Vector256.FusedMultiplyAdd(vw, Fp8E4M3.Decode(Vector256.WidenLower(s)), Vector256.Load(output + i)).Store(output + i);
-                Vector256.FusedMultiplyAdd(vw, Fp8E4M3.Decode(Vector256.WidenUpper(s)), Vector256.Load(output + i + 8)).Store(output + i + 8);
+                Vector256.FusedMultiplyAdd(vw, Widen8(row, i), Vector256.Load(output + i)).Store(output + i);
+                Vector256.FusedMultiplyAdd(vw, Widen8(row, i + 8), Vector256.Load(output + i + 8)).Store(output + i + 8);
             }
         }
         for (; i < n; i++) output[i] += w * Fp8E4M3.ToFloat(row[i]);

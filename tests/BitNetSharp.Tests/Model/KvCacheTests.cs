@@ -431,6 +431,27 @@ public unsafe class KvCacheTests
             }
     }
 
+    /// <summary>The 256-bit fp8 widening (the dot and axpy loops without AVX-512) gives exactly the table value of every
+    /// code a cache can hold.</summary>
+    [Fact]
+    public void Fp8WideningAt256BitsIsExactOnEveryStoredCode()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.X86.Avx2.IsSupported, "the 256-bit widening needs AVX2");
+        var codes = new byte[256];
+        for (int i = 0; i < 256; i++) codes[i] = (byte)i;
+        fixed (byte* pc = codes)
+            for (int i = 0; i < 256; i += 8)
+            {
+                var f8 = Fp8Row.Widen8(pc, i);
+                for (int j = 0; j < 8; j++)
+                {
+                    byte code = (byte)(i + j);
+                    if ((code & 0x7F) == Fp8E4M3.NaNCode) continue; // never stored (Fp8Row.Encode)
+                    Assert.Equal(BitConverter.SingleToInt32Bits(Fp8E4M3.ToFloat(code)), BitConverter.SingleToInt32Bits(f8[j]));
+                }
+            }
+    }
+
     /// <summary>A row whose largest value is so small that 448/max overflows still stores finite codes (no NaN from 0·∞).</summary>
     [Theory]
     [InlineData(KvCacheType.Int8)]
