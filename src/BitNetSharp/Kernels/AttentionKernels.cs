@@ -70,7 +70,9 @@ internal readonly unsafe struct RowLanes<TRow> : ILaneWidening where TRow : IKvR
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector256<float> Widen8(byte* row, int i) =>
-        typeof(TRow) == typeof(F16FiniteRow) ? FiniteHalfWidening.Widen(Avx2.ConvertToVector256Int32((short*)row + i)) : throw new NotSupportedException();
+        typeof(TRow) == typeof(F16FiniteRow) ? FiniteHalfWidening.Widen(Avx2.ConvertToVector256Int32((short*)row + i))
+        : typeof(TRow) == typeof(Fp8Row) ? Fp8Row.Widen8(row, i)
+        : throw new NotSupportedException();
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Weight(float w) => w;
@@ -567,10 +569,51 @@ internal static unsafe class AttentionKernels
     /// <see cref="LaneSums.Sums8"/> (the tree of <see cref="LaneSums.Sum8"/>). Bit for bit the per-position scores.
     /// Requires AVX2 and <paramref name="n"/> % 8 == 0.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void ScoresF16Group4Lanes<TLanes>(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+        where TLanes : ILaneWidening =>
+        ScoresGroup4Lanes256<F16FiniteRow, TLanes>(rows, null, stride, n, q, scores, scoresStride, positions, scale);
+
+    /// <summary>
+    /// The scores of four queries sharing fp8 key rows without 512-bit vectors: as four <see cref="Scores{TRow, TWidth}"/>
+    /// calls for <see cref="Fp8Row"/> at the widest width, bit for bit, in 256-bit lanes (<see cref="ScoresF16Group4"/>'s
+    /// kernel, times each row's scale). Requires AVX2 and <paramref name="n"/> % 8 == 0.
+    /// </summary>
+    public static void ScoresFp8Group4(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale) =>
+        ScoresGroup4Lanes256<Fp8Row, RowLanes<Fp8Row>>(rows, rowScales, stride, n, q, scores, scoresStride, positions, scale);
+
+    /// <summary>Whether <see cref="ScoresFp8Group4"/> and <see cref="AccumulateFp8Group4"/> serve rows of <paramref name="n"/> values here
+    /// (AVX2 without 512-bit vectors, n a multiple of 16).</summary>
+    public static bool HasFp8Group256(int n) => !Vector512.IsHardwareAccelerated && Avx2.IsSupported && n % 16 == 0;
+
+    /// <summary>
+    /// output + g·n += Σ_p weights[g·weightStride + p] · rowScales[p] · row p for four heads sharing fp8 value rows, sums
+    /// in registers (<see cref="F16FiniteRow.Accumulate4Registers"/>'s loop): as four <see cref="Accumulate{TRow, TWidth}"/>
+    /// calls bit for bit (each weight times its row's scale, then one FMA per value in position order). Requires
+    /// <see cref="HasFp8Group256"/>.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    [SkipLocalsInit]
+    public static void AccumulateFp8Group4(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    {
+        const int Block = 64;
+        PrefetchStart(rows, stride, positions);
+        float* scaled = stackalloc float[4 * Block];
+        for (int p0 = 0; p0 < positions; p0 += Block)
+        {
+            int count = Math.Min(Block, positions - p0);
+            for (int g = 0; g < 4; g++)
+                for (int j = 0; j < count; j++) scaled[g * Block + j] = weights[g * weightStride + p0 + j] * rowScales[p0 + j];
+            F16FiniteRow.Accumulate4Block<RowLanes<Fp8Row>>(rows + (long)p0 * stride, stride, n, scaled, Block, output, count);
+        }
+    }
+
+    /// <summary>The 256-bit lane loop of the group-of-four scores (<see cref="ScoresF16Group4"/>, <see cref="ScoresFp8Group4"/>),
+    /// times the rows' scales for scaled types.</summary>
     [SkipLocalsInit] // the lane buffer is written before every read
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private static void ScoresF16Group4Lanes<TLanes>(byte* rows, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
-        where TLanes : ILaneWidening
+    private static void ScoresGroup4Lanes256<TRow, TLanes>(byte* rows, float* rowScales, int stride, int n, float* q, float* scores, int scoresStride, int positions, float scale)
+        where TRow : IKvRow where TLanes : ILaneWidening
     {
         var lanes = stackalloc Vector256<float>[32]; // [query][position in block]
         float* tail = stackalloc float[8];
@@ -620,11 +663,19 @@ internal static unsafe class AttentionKernels
                 }
                 lanes[i] = a0; lanes[8 + i] = a1; lanes[16 + i] = a2; lanes[24 + i] = a3;
             }
+            var rowScale = default(Vector256<float>);
+            if (TRow.HasScale)
+            {
+                for (int j = 0; j < 8; j++) tail[j] = j < m ? rowScales[p0 + j] : 0f;
+                rowScale = Vector256.Load(tail);
+            }
             for (int g = 0; g < 4; g++)
             {
                 for (int j = m; j < 8; j++) lanes[g * 8 + j] = default;
                 // Dot4 adds each sum to a running total that starts at +0: no change, as a sum of FMAs started at +0 is never −0.
-                var sums = LaneSums.Sums8(lanes + g * 8) * factor;
+                var sums = LaneSums.Sums8(lanes + g * 8);
+                if (TRow.HasScale) sums *= rowScale;
+                sums *= factor;
                 float* destination = scores + g * scoresStride + p0;
                 if (m == 8) sums.Store(destination);
                 else
@@ -1156,7 +1207,7 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Accumulate4Block<TLanes>(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    internal static void Accumulate4Block<TLanes>(byte* rows, int stride, int n, float* weights, int weightStride, float* output, int positions)
         where TLanes : ILaneWidening
     {
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
@@ -1167,12 +1218,12 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
             Vector256<float> b0 = Vector256.Load(o1 + d), b1 = Vector256.Load(o1 + d + 8);
             Vector256<float> c0 = Vector256.Load(o2 + d), c1 = Vector256.Load(o2 + d + 8);
             Vector256<float> e0 = Vector256.Load(o3 + d), e1 = Vector256.Load(o3 + d + 8);
-            byte* row = rows + 2 * d;
+            byte* row = rows;
             for (int p = 0; p < positions; p++, row += stride)
             {
                 if (d == 0) AttentionKernels.Prefetch(row + AttentionKernels.PrefetchBytes, stride);
-                var lo = TLanes.Widen8(row, 0);
-                var hi = TLanes.Widen8(row, 8);
+                var lo = TLanes.Widen8(row, d);
+                var hi = TLanes.Widen8(row, d + 8);
                 var x = Vector256.Create(weights[p]);
                 a0 = Vector256.FusedMultiplyAdd(x, lo, a0); a1 = Vector256.FusedMultiplyAdd(x, hi, a1);
                 x = Vector256.Create(w1[p]);
@@ -1361,15 +1412,13 @@ internal readonly unsafe struct Fp8Row : IKvRow
             }
             sum = Vector512.Sum(a0 + a1);
         }
-        if (TWidth.Bits >= 256 && Avx2.IsSupported && n - i >= 16)
+        if (TWidth.Bits >= 256 && Avx2.IsSupported && n - i >= 8)
         {
-            Vector256<float> a0 = default, a1 = default;
-            for (; i <= n - 16; i += 16)
-            {
-                a0 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Widen8(row, i), a0);
-                a1 = Vector256.FusedMultiplyAdd(Vector256.Load(q + i + 8), Widen8(row, i + 8), a1);
-            }
-            sum += Vector256.Sum(a0 + a1);
+            // One accumulator and LaneSums.Sum8, the order the 256-bit group kernel (ScoresFp8Group4) reproduces.
+            var a = Vector256<float>.Zero;
+            for (; i <= n - 8; i += 8)
+                a = Vector256.FusedMultiplyAdd(Vector256.Load(q + i), Widen8(row, i), a);
+            sum += LaneSums.Sum8(a);
         }
         for (; i < n; i++) sum += q[i] * Fp8E4M3.ToFloat(row[i]);
         return sum;

@@ -260,6 +260,8 @@ public sealed unsafe class KvCache : IDisposable
                 AttentionKernels.ScoresGroup4<TRow>(_keys.Pointer + first * _rowBytes, TRow.HasScale ? KeyScales + first : null, _rowBytes, HeadDim, pq, ps, stride, count, scale);
             else if (typeof(TRow) == typeof(F16FiniteRow))
                 AttentionKernels.ScoresF16Group4(_keys.Pointer + first * _rowBytes, _rowBytes, HeadDim, pq, ps, stride, count, scale);
+            else if (typeof(TRow) == typeof(Fp8Row) && AttentionKernels.HasFp8Group256(HeadDim))
+                AttentionKernels.ScoresFp8Group4(_keys.Pointer + first * _rowBytes, KeyScales + first, _rowBytes, HeadDim, pq, ps, stride, count, scale);
             else return false;
         }
         return true;
@@ -275,6 +277,8 @@ public sealed unsafe class KvCache : IDisposable
                 AttentionKernels.AccumulateGroup4<TRow>(_values.Pointer + first * _rowBytes, TRow.HasScale ? ValueScales + first : null, _rowBytes, HeadDim, pw, stride, po, count);
             else if (typeof(TRow) == typeof(F16FiniteRow))
                 AttentionKernels.AccumulateF16Group4(_values.Pointer + first * _rowBytes, _rowBytes, HeadDim, pw, stride, po, count);
+            else if (typeof(TRow) == typeof(Fp8Row) && AttentionKernels.HasFp8Group256(HeadDim))
+                AttentionKernels.AccumulateFp8Group4(_values.Pointer + first * _rowBytes, ValueScales + first, _rowBytes, HeadDim, pw, stride, po, count);
             else return false;
         }
         return true;
