@@ -547,46 +547,9 @@ public readonly unsafe struct Avx2PerRowBefore : ITernaryRowDot
         return Vector256.Sum(acc);
     }
 
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result)
-    {
-        var mask = Vector256.Create((byte)3);
-        var ones = Vector256.Create((short)1);
-        Vector256<int> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int b = 0; b < blocks;)
-        {
-            int end = Math.Min(blocks, b + Avx2TernaryKernel.Int16Blocks);
-            Vector256<short> s0 = default, s1 = default, s2 = default, s3 = default;
-            for (; b < end; b++)
-            {
-                if ((b & 1) == 0) TernaryKernel.PrefetchWeights(w + b * 32);
-                var packed = Avx.LoadVector256(w + b * 32);
-                var c0 = Avx2.ShiftRightLogical(packed.AsUInt16(), 6).AsByte() & mask;
-                var c1 = Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte() & mask;
-                var c2 = Avx2.ShiftRightLogical(packed.AsUInt16(), 2).AsByte() & mask;
-                var c3 = packed & mask;
-                int o = b * 128;
-                s0 = Avx2.Add(s0, Block(c0, c1, c2, c3, q0 + o));
-                s1 = Avx2.Add(s1, Block(c0, c1, c2, c3, q1 + o));
-                s2 = Avx2.Add(s2, Block(c0, c1, c2, c3, q2 + o));
-                s3 = Avx2.Add(s3, Block(c0, c1, c2, c3, q3 + o));
-            }
-            a0 = Avx2.Add(a0, Avx2.MultiplyAddAdjacent(s0, ones));
-            a1 = Avx2.Add(a1, Avx2.MultiplyAddAdjacent(s1, ones));
-            a2 = Avx2.Add(a2, Avx2.MultiplyAddAdjacent(s2, ones));
-            a3 = Avx2.Add(a3, Avx2.MultiplyAddAdjacent(s3, ones));
-        }
-        result[0] = Vector256.Sum(a0);
-        result[1] = Vector256.Sum(a1);
-        result[2] = Vector256.Sum(a2);
-        result[3] = Vector256.Sum(a3);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector256<short> Block(Vector256<byte> c0, Vector256<byte> c1, Vector256<byte> c2, Vector256<byte> c3, sbyte* q) =>
-        Avx2.Add(
-            Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(q)), Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(q + 32))),
-            Avx2.Add(Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(q + 64)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(q + 96))));
+    /// <summary>Unchanged in production (prefill's four-token tile).</summary>
+    public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result) =>
+        Avx2TernaryKernel.Dot256.Dot4(w, q0, q1, q2, q3, blocks, result);
 }
 
 /// <summary>The AVX-512 one-token decode as it was before the one-shift split (5cf22b4): each 64 bytes split into four code
