@@ -121,8 +121,9 @@ public static unsafe class QuickDecodeVariants
         foreach (var w in ws) w.Dispose();
     }
 
-    /// <summary>`quick-decode head`: the single-token F16 head of the 2B4T shape (128256 × 2560), today's kernel against
-    /// variants of its prefetch, and a plain sum of the same bytes, alternated in one process.</summary>
+    /// <summary>`quick-decode head`: the single-token F16 head of the 2B4T shape (128256 × 2560), today's
+    /// <see cref="HeadKernels.MatVec"/> against other row orders and prefetches, and a plain sum of the same bytes,
+    /// alternated in one process. QUICK_DECODE_HUGEPAGES=1: the table in transparent huge pages.</summary>
     public static void RunHead(int rounds, double secondsPerRun)
     {
         if (!Vector512.IsHardwareAccelerated)
@@ -132,23 +133,28 @@ public static unsafe class QuickDecodeVariants
         }
         const int rows = 128256, n = Hidden;
         long bytes = (long)rows * n * 2;
+        if (Environment.GetEnvironmentVariable("QUICK_DECODE_HUGEPAGES") == "1") Memory.HugePages.Enabled = true;
         using var table = new Memory.NativeBuffer(bytes, zero: false);
         var rng = new Random(3);
         ushort* w = (ushort*)table.Pointer;
         for (long i = 0; i < (long)rows * n; i++) w[i] = (ushort)(BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() - 0.5)));
         var x = new float[n];
-        for (int i = 0; i < n; i++) x[i] = (float)(rng.NextDouble() - 0.5) * 1e30f;
+        var scaled = new float[n]; // x · 2^112, what the raw-half loops multiply (exact)
+        for (int i = 0; i < n; i++) { x[i] = (float)(rng.NextDouble() - 0.5); scaled[i] = x[i] * MathF.ScaleB(1f, 112); }
         var y = new float[rows];
         var check = new float[rows];
+        var head = new HeadMatrix(Formats.Gguf.GgmlType.F16, (byte*)w, 2L * n, n);
         var variants = new (string Name, Action Run)[]
         {
-            ("head today (next 4 rows, 4 streams)", () => HeadPass(w, rows, n, x, y, 0)),
-            ("head, prefetch linear 1 group on", () => HeadPass(w, rows, n, x, y, 1)),
-            ("head, prefetch linear 2 groups on", () => HeadPass(w, rows, n, x, y, 2)),
-            ("head, no prefetch", () => HeadPass(w, rows, n, x, y, 3)),
+            ("MatVec (4 quarter streams)", () => { fixed (float* px = x, py = y) HeadKernels.MatVec(head, px, py, 0, rows); }),
+            ("4 adjacent rows, next 4 prefetched (before)", () => HeadAdjacent(w, rows, n, scaled, y, 8L * n)),
+            ("4 adjacent rows, no prefetch", () => HeadAdjacent(w, rows, n, scaled, y, -1)),
+            ("4 quarter streams, prefetch 1 row on", () => HeadQuarters(w, rows, n, scaled, y, 4, 1)),
+            ("2 half streams x 2 rows, prefetch 2 rows on", () => HeadQuarters(w, rows, n, scaled, y, 2, 2)),
+            ("8 eighth streams, no prefetch", () => HeadEighths(w, rows, n, scaled, y)),
         };
         fixed (float* px = x, pc = check)
-            for (int r = 0; r < rows; r += 4) HeadKernels.DotRawF16Rows4(w + (long)r * n, n, px, pc + r);
+            for (int r = 0; r < rows; r++) pc[r] = HeadKernels.DotF16(w + (long)r * n, px, n);
         foreach (var (name, run) in variants)
         {
             run();
@@ -166,35 +172,78 @@ public static unsafe class QuickDecodeVariants
         }
         double plain = Median(results["plain sum"]);
         foreach (var (name, r) in results)
-            Console.WriteLine($"  {name,-36} {Median(r),6:F1} GB/s  (min {r.Min(),5:F1}, max {r.Max(),5:F1})  {Median(r) / plain,5:F2} of plain");
+            Console.WriteLine($"  {name,-44} {Median(r),6:F1} GB/s  (min {r.Min(),5:F1}, max {r.Max(),5:F1})  {Median(r) / plain,5:F2} of plain");
     }
 
-    private static void HeadPass(ushort* w, int rows, int n, float[] x, float[] y, int mode)
+    /// <summary>The layout before: four adjacent rows per pass, the same columns of the next four prefetched
+    /// <paramref name="ahead"/> bytes on (none when negative).</summary>
+    private static void HeadAdjacent(ushort* w, int rows, int n, float[] x, float[] y, long ahead)
     {
         fixed (float* px = x, py = y)
             for (int r = 0; r < rows; r += 4)
             {
-                ushort* wr = w + (long)r * n;
-                switch (mode)
-                {
-                    case 0: HeadKernels.DotRawF16Rows4(wr, n, px, py + r); break;
-                    case 1: HeadRows4Linear(wr, n, px, py + r, 8L * n); break;
-                    case 2: HeadRows4Linear(wr, n, px, py + r, 16L * n); break;
-                    default: HeadRows4Linear(wr, n, px, py + r, -1); break;
-                }
+                ushort* w0 = w + (long)r * n;
+                HeadRows4Ptrs(w0, w0 + n, w0 + 2 * n, w0 + 3 * n, n, px, py + r, py + r + 1, py + r + 2, py + r + 3, ahead < 0 ? -1 : 4);
             }
     }
 
-    /// <summary>DotRawF16Rows4's arithmetic; the prefetch walks the group <paramref name="ahead"/> bytes on in address
-    /// order (four lines per step: the 4 rows' 4·n·2 bytes over n/32 steps), or none when negative.</summary>
-    private static void HeadRows4Linear(ushort* w, int n, float* x, float* y, long ahead)
+    /// <summary>Rows in <paramref name="streams"/> far-apart parts of the table read side by side (4: one row from each
+    /// quarter per pass; 2: two adjacent rows from each half), each part sequential in memory; prefetch
+    /// <paramref name="rowsAhead"/> rows on in each part (none when negative).</summary>
+    private static void HeadQuarters(ushort* w, int rows, int n, float[] x, float[] y, int streams, int rowsAhead)
     {
-        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        byte* pf = (byte*)w + ahead;
-        for (int i = 0; i < n; i += 32, pf += 256)
+        int part = rows / 4 * 4 / streams; // rows per part; a multiple of 4 / streams
+        fixed (float* px = x, py = y)
         {
-            if (ahead >= 0) { Sse.Prefetch1(pf); Sse.Prefetch1(pf + 64); Sse.Prefetch1(pf + 128); Sse.Prefetch1(pf + 192); }
+            if (streams == 4)
+                for (int r = 0; r < part; r++)
+                    HeadRows4Ptrs(w + (long)r * n, w + (long)(r + part) * n, w + (long)(r + 2 * part) * n, w + (long)(r + 3 * part) * n, n, px,
+                        py + r, py + r + part, py + r + 2 * part, py + r + 3 * part, rowsAhead);
+            else
+                for (int r = 0; r < part; r += 2)
+                    HeadRows4Ptrs(w + (long)r * n, w + (long)(r + 1) * n, w + (long)(r + part) * n, w + (long)(r + part + 1) * n, n, px,
+                        py + r, py + r + 1, py + r + part, py + r + part + 1, rowsAhead);
+        }
+    }
+
+    /// <summary>Eight streams: one row from each eighth of the table per pass, eight FMA chains.</summary>
+    private static void HeadEighths(ushort* w, int rows, int n, float[] x, float[] y)
+    {
+        int part = rows / 8;
+        fixed (float* px = x, py = y)
+        {
+            for (int r = 0; r < part; r++)
+            {
+                ushort* p0 = w + (long)r * n; long s = (long)part * n;
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, a4 = default, a5 = default, a6 = default, a7 = default;
+                for (int i = 0; i < n; i += 16)
+                {
+                    var v = Vector512.Load(px + i);
+                    ushort* q = p0 + i;
+                    a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + s), v, a1);
+                    a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + 2 * s), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + 3 * s), v, a3);
+                    a4 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + 4 * s), v, a4); a5 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + 5 * s), v, a5);
+                    a6 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + 6 * s), v, a6); a7 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(q + 7 * s), v, a7);
+                }
+                py[r] = Vector512.Sum(a0); py[r + part] = Vector512.Sum(a1); py[r + 2 * part] = Vector512.Sum(a2); py[r + 3 * part] = Vector512.Sum(a3);
+                py[r + 4 * part] = Vector512.Sum(a4); py[r + 5 * part] = Vector512.Sum(a5); py[r + 6 * part] = Vector512.Sum(a6); py[r + 7 * part] = Vector512.Sum(a7);
+            }
+        }
+    }
+
+    /// <summary>Four rows at any addresses, <see cref="HeadKernels.DotRawF16Rows4"/>'s arithmetic, each row's same
+    /// columns <paramref name="rowsAhead"/> rows on prefetched into L2 (none when negative).</summary>
+    private static void HeadRows4Ptrs(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, int rowsAhead)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        long ahead = 2L * n * rowsAhead;
+        for (int i = 0; i < n; i += 32)
+        {
+            if (rowsAhead >= 0)
+            {
+                Sse.Prefetch1((byte*)(w0 + i) + ahead); Sse.Prefetch1((byte*)(w1 + i) + ahead);
+                Sse.Prefetch1((byte*)(w2 + i) + ahead); Sse.Prefetch1((byte*)(w3 + i) + ahead);
+            }
             var v = Vector512.Load(x + i);
             a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w1 + i), v, a1);
             a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w3 + i), v, a3);
@@ -202,7 +251,7 @@ public static unsafe class QuickDecodeVariants
             a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w1 + i + 16), v, a1);
             a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w3 + i + 16), v, a3);
         }
-        y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
+        *y0 = Vector512.Sum(a0); *y1 = Vector512.Sum(a1); *y2 = Vector512.Sum(a2); *y3 = Vector512.Sum(a3);
     }
 
     private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel(),

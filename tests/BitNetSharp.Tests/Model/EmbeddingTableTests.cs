@@ -190,7 +190,13 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
                 var table = new EmbeddingTable(GgmlType.F16, (byte*)pw, halves.Length * 2L, rows, cols, halves, "t.gguf", "output.weight");
                 table.MatMul(px, tokens, pb, rows, 0, rows);
                 table.MatMul(px, tokens, pb, rows, 0, rows);
-                for (int t = 0; t < tokens; t++) table.MatVec(px + t * cols, ps + t * rows, 0, rows);
+                // MatVec over the whole table, or as two workers' slices (37 rows: 9 rows, quarters of 2 and a leftover;
+                // 28 rows, quarters of 7): each slice reads one row from each of its quarters per pass.
+                for (int t = 0; t < tokens; t++)
+                {
+                    if (t % 2 == 0) table.MatVec(px + t * cols, ps + t * rows, 0, rows);
+                    else { table.MatVec(px + t * cols, ps + t * rows, 0, 9); table.MatVec(px + t * cols, ps + t * rows, 9, rows); }
+                }
                 // and a worker's slice that starts mid-block
                 Array.Fill(batched, -1f);
                 table.MatMul(px, tokens, pb, rows, 0, 9);
