@@ -48,18 +48,23 @@ public static unsafe class QuickDecodeVariants
 
         // The variants this CPU can run: without AVX-512 (Zen 2/3, Intel client cores) only the AVX2 ones.
         bool avx512 = Avx512BW.IsSupported, gfni = avx512 && Gfni.V512.IsSupported, vbmi = Avx512Vbmi.IsSupported;
+        int defaultStreams = TernaryKernel.WeightStreams;
         var candidates = new (string Name, bool Runs, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
         {
-            ("avx512gfni kernel (MatMul)", gfni, (w, x, o) => Production(GfniKernel, w, x, o)),
-            ("balanced split (before)", gfni, (w, x, o) => Driver<BalancedSplit>(w, x, o)),
-            ("all-GFNI split", gfni, (w, x, o) => Driver<GfniSplit>(w, x, o)),
-            ("shift split", avx512, (w, x, o) => Driver<ShiftSplit>(w, x, o)),
-            ("avx512 kernel (MatMul)", avx512, (w, x, o) => Production(ShiftKernel, w, x, o)),
-            ("avx2 kernel (MatMul)", true, (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
+            ($"avx512gfni kernel (MatMul), {defaultStreams} stream(s)", gfni, (w, x, o) => Production(GfniKernel, w, x, o)),
+            ("avx512gfni, 4 streams", gfni, (w, x, o) => Streams(4, () => Production(GfniKernel, w, x, o))),
+            ("avx512gfni, 1 stream", gfni, (w, x, o) => Streams(1, () => Production(GfniKernel, w, x, o))),
+            ("balanced split (before), 1 stream", gfni, (w, x, o) => Streams(1, () => Driver<BalancedSplit>(w, x, o))),
+            ("all-GFNI split, 1 stream", gfni, (w, x, o) => Streams(1, () => Driver<GfniSplit>(w, x, o))),
+            ("shift split, 1 stream", avx512, (w, x, o) => Streams(1, () => Driver<ShiftSplit>(w, x, o))),
+            ($"avx512 kernel (MatMul), {defaultStreams} stream(s)", avx512, (w, x, o) => Production(ShiftKernel, w, x, o)),
+            ($"avx2 kernel (MatMul), {defaultStreams} stream(s)", true, (w, x, o) => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o)),
+            ("avx2, 4 streams", true, (w, x, o) => Streams(4, () => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o))),
+            ("avx2, 1 stream", true, (w, x, o) => Streams(1, () => Production(Avx2Kernel, w, w.Cols == Hidden ? nh : nf, o))),
             ("avx2 per-row (before)", true, (w, x, o) => Avx2Before(w, w.Cols == Hidden ? nh : nf, o)),
             ("LUT inner loop only (not exact)", vbmi, (w, x, o) => LutInnerLoop(w, x, o)),
-            ("mix: gfni x3 + and", gfni, (w, x, o) => Driver<MixGfni3>(w, x, o)),
-            ("mix: shift x2 + gfni + and", gfni, (w, x, o) => Driver<MixShift2Gfni>(w, x, o)),
+            ("mix: gfni x3 + and, 1 stream", gfni, (w, x, o) => Streams(1, () => Driver<MixGfni3>(w, x, o))),
+            ("mix: shift x2 + gfni + and, 1 stream", gfni, (w, x, o) => Streams(1, () => Driver<MixShift2Gfni>(w, x, o))),
             ("gfni per-row t0@8K (old)", gfni, (w, x, o) => Rows<Gfni<T0At8K>>(w, x, o)),
             ("gfni per-row no prefetch", gfni, (w, x, o) => Rows<Gfni<NoFetch>>(w, x, o)),
             ("gfni per-row t1@4K", gfni, (w, x, o) => Rows<Gfni<T1At4K>>(w, x, o)),
@@ -72,7 +77,7 @@ public static unsafe class QuickDecodeVariants
             ("masked per-row t1@8K", gfni, (w, x, o) => Rows<Masked<T1At8K>>(w, x, o)),
         };
         var variants = candidates.Where(v => v.Runs).Select(v => (v.Name, v.Run)).ToArray();
-        Console.WriteLine($"kernels here: {string.Join(", ", KernelRegistry.SupportedTernary.Select(k => k.Name))}; 512-bit sums: {Vector512.IsHardwareAccelerated}");
+        Console.WriteLine($"kernels here: {string.Join(", ", KernelRegistry.SupportedTernary.Select(k => k.Name))}; 512-bit sums: {Vector512.IsHardwareAccelerated}; weight streams by default: {defaultStreams}");
 
         // Every variant must give the reference kernel's exact floats before it is timed.
         s_tables = new Memory.NativeBuffer((long)Ffn / 4 * 256, zero: false);
@@ -95,7 +100,7 @@ public static unsafe class QuickDecodeVariants
         }
 
         var results = new Dictionary<string, List<double>>();
-        var names = variants.Select(v => v.Name).Append("plain sum").Append("sum, prefetcht1 8K").ToArray();
+        var names = variants.Select(v => v.Name).Append("plain sum").Append("sum, prefetcht1 8K").Append("sum, 4 streams").ToArray();
         foreach (var n in names) results[n] = [];
         Console.WriteLine($"{shapes.Count} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
         for (int round = 0; round < rounds; round++)
@@ -108,12 +113,13 @@ public static unsafe class QuickDecodeVariants
             }
             results["plain sum"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PlainSum(w.Data, w.ByteLength); }));
             results["sum, prefetcht1 8K"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PrefetchSum(w.Data, w.ByteLength); }));
+            results["sum, 4 streams"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) FourStreamSum(w.Data, w.ByteLength); }));
         }
         double plain = Median(results["plain sum"]);
         foreach (var n in names)
         {
             var r = results[n];
-            Console.WriteLine($"  {n,-22} {Median(r),6:F1} GB/s  (min {r.Min(),5:F1}, max {r.Max(),5:F1})  {Median(r) / plain,5:F2} of plain");
+            Console.WriteLine($"  {n,-40} {Median(r),6:F1} GB/s  (min {r.Min(),5:F1}, max {r.Max(),5:F1})  {Median(r) / plain,5:F2} of plain");
         }
         sh?.Dispose();
         sf?.Dispose();
@@ -415,6 +421,31 @@ public static unsafe class QuickDecodeVariants
 
     /// <summary>The production decode driver (eight rows, one vector epilogue) over the AVX-512 decode loop before the
     /// one-shift split (5cf22b4): four code vectors from a split of one's choosing, one int16 sum.</summary>
+    /// <summary>Runs <paramref name="run"/> with <see cref="TernaryKernel.WeightStreams"/> set to <paramref name="streams"/>.</summary>
+    private static void Streams(int streams, Action run)
+    {
+        int before = TernaryKernel.WeightStreams;
+        TernaryKernel.WeightStreams = streams;
+        try { run(); }
+        finally { TernaryKernel.WeightStreams = before; }
+    }
+
+    /// <summary>A plain sum reading the four quarters of the bytes side by side (the bandwidth probe's multistream pattern).</summary>
+    private static void FourStreamSum(byte* p, long n)
+    {
+        long quarter = n / 4 / 64 * 64;
+        var a0 = Vector256<long>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
+        for (long i = 0; i < quarter; i += 64)
+        {
+            a0 += Vector256.Load((long*)(p + i)) + Vector256.Load((long*)(p + i + 32));
+            a1 += Vector256.Load((long*)(p + quarter + i)) + Vector256.Load((long*)(p + quarter + i + 32));
+            a2 += Vector256.Load((long*)(p + 2 * quarter + i)) + Vector256.Load((long*)(p + 2 * quarter + i + 32));
+            a3 += Vector256.Load((long*)(p + 3 * quarter + i)) + Vector256.Load((long*)(p + 3 * quarter + i + 32));
+        }
+        for (long i = 4 * quarter; i < n; i++) a0 += Vector256.Create((long)p[i]);
+        s_sink += Vector256.Sum(a0 + a1 + a2 + a3);
+    }
+
     private static void Driver<TSplit>(TernaryMatrix w, ActivationRows x, float[] y) where TSplit : ICodeSplit512
     {
         fixed (float* py = y) TernaryDriver.RunPairs<SplitRows8<TSplit>>(w, x, py, w.Rows, 0, w.Rows);
@@ -609,6 +640,7 @@ public readonly unsafe struct SplitRows8<TSplit> : ITernaryRowPairDot where TSpl
     public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.Dot4(w, q0, q1, q2, q3, blocks, result);
     public static void Dot2x4(byte* w0, byte* w1, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.Dot2x4(w0, w1, q0, q1, q2, q3, blocks, result);
     public static void DotRows8x2(byte* w, long rowBytes, sbyte* q0, sbyte* q1, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.DotRows8x2(w, rowBytes, q0, q1, blocks, result);
+    public static void DotRows4Streams(byte* w, long streamBytes, sbyte* q, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.DotRows4Streams(w, streamBytes, q, blocks, result);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<int> DotLanes(byte* w, sbyte* q, int blocks)

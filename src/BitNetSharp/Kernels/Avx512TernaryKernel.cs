@@ -163,6 +163,58 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
             if ((blocks & 1) != 0) AddOddBlockRows8(w, rowBytes, q, blocks, result);
         }
 
+        /// <summary>
+        /// One token against four rows read side by side from four far-apart places (<see cref="TernaryKernel.WeightStreams"/>),
+        /// in <see cref="DotLanesTimes4"/>'s split and int16 chunks, each 64-byte step's four activation vectors loaded once
+        /// for the four rows. No software prefetch: the hardware prefetchers follow the four streams (a prefetch per row
+        /// line measured 6 % slower on Zen 5). Exact integer sums, so the same results as <see cref="DotRows8"/>.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void DotRows4Streams(byte* w, long streamBytes, sbyte* q, int blocks, int* result)
+        {
+            var m3 = Vector512.Create((byte)3);
+            var m12 = Vector512.Create((byte)12);
+            byte* w0 = w, w1 = w + streamBytes, w2 = w1 + streamBytes, w3 = w2 + streamBytes;
+            Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default;
+            long end = (long)(blocks >> 1) * 64;
+            for (long o = 0; o < end;)
+            {
+                long chunkEnd = Math.Min(end, o + ScaledSteps * 64);
+                Vector512<short> s10 = default, s40 = default, s11 = default, s41 = default, s12 = default, s42 = default, s13 = default, s43 = default;
+                for (; o < chunkEnd; o += 64)
+                {
+                    sbyte* qp = q + 4 * o;
+                    var q0 = Pair(qp); var q1 = Pair(qp + 64); var q2 = Pair(qp + 128); var q3 = Pair(qp + 192);
+                    ScaledStep(Vector512.Load(w0 + o), q0, q1, q2, q3, m3, m12, ref s10, ref s40);
+                    ScaledStep(Vector512.Load(w1 + o), q0, q1, q2, q3, m3, m12, ref s11, ref s41);
+                    ScaledStep(Vector512.Load(w2 + o), q0, q1, q2, q3, m3, m12, ref s12, ref s42);
+                    ScaledStep(Vector512.Load(w3 + o), q0, q1, q2, q3, m3, m12, ref s13, ref s43);
+                }
+                a0 = Avx512F.Add(a0, Widen(s10, s40)); a1 = Avx512F.Add(a1, Widen(s11, s41));
+                a2 = Avx512F.Add(a2, Widen(s12, s42)); a3 = Avx512F.Add(a3, Widen(s13, s43));
+            }
+            Avx2.ShiftRightArithmetic(LaneSums(a0, a1, a2, a3, a0, a1, a2, a3).GetLower(), 2).Store(result);
+            if ((blocks & 1) != 0) AddOddBlockStreams4(w, streamBytes, q, blocks, result);
+        }
+
+        /// <summary>One 64-byte step of <see cref="DotLanesTimes4"/>'s split for one row, on activation vectors already loaded.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void ScaledStep(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
+            Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
+        {
+            var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
+            s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m12, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
+            s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m3, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
+        }
+
+        /// <summary>The last block of an odd count for <see cref="DotRows4Streams"/>'s four rows (natural order, 256-bit).</summary>
+        [MethodImpl(MethodImplOptions.NoInlining)]
+        private static void AddOddBlockStreams4(byte* w, long streamBytes, sbyte* q, int blocks, int* result)
+        {
+            for (int r = 0; r < 4; r++)
+                result[r] += Avx2TernaryKernel.Dot256.Dot(w + r * streamBytes + (blocks - 1) * 32, q + (blocks - 1) * 128, 1);
+        }
+
         /// <summary><see cref="DotLanesTimes4"/> for two tokens: each 64 weight bytes are split into codes once and
         /// multiplied by both tokens' activations.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]

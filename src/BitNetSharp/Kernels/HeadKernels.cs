@@ -64,18 +64,33 @@ public static unsafe class HeadKernels
                 if ((wide || avx2) && m.Cols % 32 == 0 && (scaled = ScaleForRawHalves(x, m.Cols)) != null)
                 {
                     // Four rows per pass, each its own FMA chain (one chain per row is latency-bound), on activations
-                    // scaled for raw half bits, one row from each quarter of the range: four sequential streams through
-                    // memory, far apart, which the hardware prefetchers follow (see DotRawF16Rows4). The rows left over
+                    // scaled for raw half bits. With four weight streams (TernaryKernel.WeightStreams) one row from each
+                    // quarter of the range: four sequential streams far apart, which the hardware prefetchers follow;
+                    // otherwise four adjacent rows, the same columns of the next four prefetched. The rows left over
                     // take DotF16, which gives the same sums.
-                    int quarter = (rowEnd - rowStart) / 4;
                     int n = m.Cols;
-                    for (int r = rowStart; r < rowStart + quarter; r++)
+                    int r = rowStart;
+                    if (TernaryKernel.WeightStreams == 4)
                     {
-                        int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
-                        if (wide) DotRawF16Rows4((ushort*)m.Row(r), (ushort*)m.Row(r1), (ushort*)m.Row(r2), (ushort*)m.Row(r3), n, scaled, y + r, y + r1, y + r2, y + r3);
-                        else DotRawF16Rows4Avx2((ushort*)m.Row(r), (ushort*)m.Row(r1), (ushort*)m.Row(r2), (ushort*)m.Row(r3), n, scaled, y + r, y + r1, y + r2, y + r3);
+                        int quarter = (rowEnd - rowStart) / 4;
+                        for (; r < rowStart + quarter; r++)
+                        {
+                            int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
+                            ushort* w0 = (ushort*)m.Row(r), w1 = (ushort*)m.Row(r1), w2 = (ushort*)m.Row(r2), w3 = (ushort*)m.Row(r3);
+                            if (wide) DotRawF16Rows4(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3);
+                            else DotRawF16Rows4Avx2(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3);
+                        }
+                        r = rowStart + 4 * quarter;
                     }
-                    for (int r = rowStart + 4 * quarter; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, n);
+                    else
+                    {
+                        for (; r + 4 <= rowEnd; r += 4)
+                        {
+                            if (wide) DotRawF16Rows4Prefetch((ushort*)m.Row(r), n, scaled, y + r);
+                            else DotRawF16Rows4PrefetchAvx2((ushort*)m.Row(r), n, scaled, y + r);
+                        }
+                    }
+                    for (; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, n);
                 }
                 else
                 {
@@ -445,9 +460,9 @@ public static unsafe class HeadKernels
     /// <summary>
     /// Four F16 rows (<paramref name="n"/> halves each, n a multiple of 32) against one activation vector scaled by 2^112:
     /// *y_k = row k · x, each row one FMA chain in <see cref="DotF16"/>'s order (so each equals <see cref="DotF16"/> on the
-    /// unscaled activations), four chains so the single-token head is not bound by FMA latency. <see cref="MatVec"/> passes
-    /// rows from the four quarters of its range: four sequential streams far apart in memory, each followed by the
-    /// hardware prefetcher, with no software prefetch. Bench `quick-decode head` (2B4T's 128256 × 2560 F16 head from
+    /// unscaled activations), four chains so the single-token head is not bound by FMA latency. With four weight streams
+    /// (<see cref="TernaryKernel.WeightStreams"/>) <see cref="MatVec"/> passes rows from the four quarters of its range:
+    /// four sequential streams far apart in memory, each followed by the hardware prefetcher, with no software prefetch. Bench `quick-decode head` (2B4T's 128256 × 2560 F16 head from
     /// memory, one thread, one process, alternating; Zen 5 EPYC): 34–36 GB/s, against 26–27 GB/s for four adjacent
     /// rows with the next four prefetched (the layout before), 22 without that prefetch, 28–31 for eight streams and
     /// 24–25 for a plain one-stream sum of the same bytes.
@@ -465,6 +480,48 @@ public static unsafe class HeadKernels
             a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i + 16), v, a3);
         }
         *y0 = Vector512.Sum(a0); *y1 = Vector512.Sum(a1); *y2 = Vector512.Sum(a2); *y3 = Vector512.Sum(a3);
+    }
+
+    /// <summary>
+    /// <see cref="DotRawF16Rows4"/> on four consecutive rows at <paramref name="w"/> (the one-stream layout), the same
+    /// columns of the next four rows prefetched as each line is read: four adjacent row streams alone defeat the
+    /// hardware prefetcher (measured 27 ms against 20 ms for one row at a time on the 2B4T head, Zen 4).
+    /// </summary>
+    public static void DotRawF16Rows4Prefetch(ushort* w, int n, float* x, float* y)
+    {
+        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 32)
+        {
+            byte* next = (byte*)(w0 + i) + 8L * n; // four rows on
+            Sse.Prefetch1(next); Sse.Prefetch1(next + 2L * n); Sse.Prefetch1(next + 4L * n); Sse.Prefetch1(next + 6L * n);
+            var v = Vector512.Load(x + i);
+            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
+            v = Vector512.Load(x + i + 16);
+            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i + 16), v, a1);
+            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i + 16), v, a3);
+        }
+        y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
+    }
+
+    /// <summary><see cref="DotRawF16Rows4Prefetch"/> for AVX2.</summary>
+    public static void DotRawF16Rows4PrefetchAvx2(ushort* w, int n, float* x, float* y)
+    {
+        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
+        for (int i = 0; i < n; i += 32)
+        {
+            byte* next = (byte*)(w0 + i) + 8L * n;
+            Sse.Prefetch1(next); Sse.Prefetch1(next + 2L * n); Sse.Prefetch1(next + 4L * n); Sse.Prefetch1(next + 6L * n);
+            for (int k = i; k < i + 32; k += 8)
+            {
+                var v = Vector256.Load(x + k);
+                a0 = Vector256.FusedMultiplyAdd(RawHalves256(w0 + k), v, a0); a1 = Vector256.FusedMultiplyAdd(RawHalves256(w1 + k), v, a1);
+                a2 = Vector256.FusedMultiplyAdd(RawHalves256(w2 + k), v, a2); a3 = Vector256.FusedMultiplyAdd(RawHalves256(w3 + k), v, a3);
+            }
+        }
+        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
     }
 
     /// <summary>Vocabulary rows per block in <see cref="MatMul"/> (16 rows of a 2560-wide F16 table = 80 KiB, in L2).</summary>

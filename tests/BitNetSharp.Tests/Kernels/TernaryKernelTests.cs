@@ -94,6 +94,72 @@ public unsafe class TernaryKernelTests
         }
     }
 
+    /// <summary>
+    /// Decode with one weight stream and with four (<see cref="TernaryKernel.WeightStreams"/>: one row from each quarter
+    /// of the range per pass, the epilogue on four lanes, then the rows past the last quarter): the reference's floats bit
+    /// for bit, whatever the CPU's default. Row counts around the four-stream threshold (32) and with leftovers, odd block
+    /// counts (the 256-bit tail), sub-ranges as a worker's slice, and the int16 worst case over 8192 inputs.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void OneAndFourWeightStreamsEqualReference(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        var reference = new ReferenceTernaryKernel();
+        var rng = new Random(4242);
+        int before = TernaryKernel.WeightStreams;
+        try
+        {
+            foreach (int streams in new[] { 1, 4 })
+            {
+                TernaryKernel.WeightStreams = streams;
+                foreach (var (rows, k) in new[] { (31, 256), (32, 128), (33, 384), (37, 2563), (70, 640), (131, 1000) })
+                {
+                    using var w = RandomTernary(rng, rows, k);
+                    using var x = Quantize([Activations(rng, k, (Pattern)rng.Next(5))]);
+                    var expected = Run(reference, w, x);
+                    AssertBitwiseEqual(expected, Run(kernel, w, x), $"{name}, {streams} stream(s), K={k} N={rows}");
+                    // Two workers' slices, the first ending mid-range.
+                    var y = new float[rows];
+                    int split = rows / 3 + 1;
+                    fixed (float* py = y)
+                    {
+                        kernel.MatMul(w, x, py, rows, 0, split);
+                        kernel.MatMul(w, x, py, rows, split, rows);
+                    }
+                    AssertBitwiseEqual(expected, y, $"{name}, {streams} stream(s), K={k} N={rows}, slices at {split}");
+                }
+                const int kw = 8192 + 128, rowsW = 35;
+                using var worst = TernaryMatrix.Allocate(rowsW, kw);
+                for (int r = 0; r < rowsW; r++)
+                for (int c = 0; c < kw; c++)
+                    worst.Set(r, c, r % 3 == 0 ? 1 : r % 3 == 1 ? -1 : c % 2 == 0 ? 1 : -1);
+                foreach (sbyte value in new sbyte[] { -128, 127 })
+                {
+                    using var x = new QuantizedActivations(1, kw);
+                    x.RowSpan(0)[..kw].Fill(value);
+                    x.Scales[0] = 1f;
+                    x.Sums[0] = value * kw;
+                    var y = Run(kernel, worst, x);
+                    for (int r = 0; r < rowsW; r++)
+                        Assert.Equal(r % 3 == 0 ? (float)value * kw : r % 3 == 1 ? -(float)value * kw : 0f, y[r]);
+                }
+            }
+        }
+        finally
+        {
+            TernaryKernel.WeightStreams = before;
+        }
+    }
+
+    [Fact]
+    public void WeightStreamsAreOneOrFour()
+    {
+        Assert.Contains(TernaryKernel.WeightStreams, new[] { 1, 4 });
+        Assert.Contains(TernaryKernel.DefaultWeightStreams(), new[] { 1, 4 });
+        Assert.Throws<ArgumentOutOfRangeException>(() => TernaryKernel.WeightStreams = 2);
+    }
+
     [Fact]
     public void ReferenceMatchesIndependentOracle()
     {

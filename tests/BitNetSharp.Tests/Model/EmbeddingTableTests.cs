@@ -149,8 +149,20 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
     [InlineData(float.NaN)]
     public void MatMulMatchesMatVecOnExtremeValues(float outlier)
     {
-        foreach (int cols in new[] { 96 + 1024, 1136, 1128 }) // several column chunks; 1136: 16k but not 32k; 1128: not 16k (a scalar tail)
-            CheckWidth(outlier, cols);
+        int before = BitNetSharp.Kernels.TernaryKernel.WeightStreams;
+        try
+        {
+            foreach (int streams in new[] { 1, 4 }) // MatVec's adjacent rows with prefetch, and rows from four quarters
+            {
+                BitNetSharp.Kernels.TernaryKernel.WeightStreams = streams;
+                foreach (int cols in new[] { 96 + 1024, 1136, 1128 }) // several column chunks; 1136: 16k but not 32k; 1128: not 16k (a scalar tail)
+                    CheckWidth(outlier, cols);
+            }
+        }
+        finally
+        {
+            BitNetSharp.Kernels.TernaryKernel.WeightStreams = before;
+        }
     }
 
     private static void CheckWidth(float outlier, int cols)
