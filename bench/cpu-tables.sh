@@ -15,6 +15,18 @@ cores=$(nproc)
 threads=1; [ "$cores" -gt 1 ] && threads="1,$cores"
 model_name=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 slug=$(echo "${model_name:-unknown-cpu}" | tr 'A-Z' 'a-z' | sed 's/([^)]*)//g; s/[^a-z0-9]\+/-/g; s/^-//; s/-$//')
+# Hypervisors often show only "AMD EPYC": name the Zen generation from the CPU family and model so that one CPU's
+# tables do not overwrite another's (family 17h: Zen/Zen 2; 19h: Zen 3, or Zen 4 for models 10h-1Fh, 60h-7Fh, A0h-AFh; 1Ah: Zen 5).
+if ! echo "$model_name" | grep -q '[0-9]' && lscpu | grep -q AuthenticAMD; then
+  family=$(lscpu | sed -n 's/^CPU family: *//p' | head -1); model=$(lscpu | sed -n 's/^Model: *//p' | head -1)
+  zen=""
+  case "$family" in
+    23) zen=zen2 ;;
+    25) if [ "$model" -ge 16 -a "$model" -le 31 ] || [ "$model" -ge 96 -a "$model" -le 127 ] || [ "$model" -ge 160 -a "$model" -le 175 ]; then zen=zen4; else zen=zen3; fi ;;
+    26) zen=zen5 ;;
+  esac
+  [ -n "$zen" ] && slug="$slug-$zen"
+fi
 # DOTNET_EnableAVX512=0 takes every kernel's 256-bit path (as on Zen 2/3 and Intel client cores): its own file.
 suffix=""; [ "${DOTNET_EnableAVX512:-1}" = 0 ] && suffix="-avx512-off"
 out=${1:-bench/results/cpu-tables-$slug-${cores}core$suffix.md}
