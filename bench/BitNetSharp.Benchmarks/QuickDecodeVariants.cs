@@ -152,7 +152,7 @@ public static unsafe class QuickDecodeVariants
         var head = new HeadMatrix(Formats.Gguf.GgmlType.F16, (byte*)w, 2L * n, n);
         var variants = new (string Name, Action Run)[]
         {
-            ("MatVec (4 quarter streams)", () => { fixed (float* px = x, py = y) HeadKernels.MatVec(head, px, py, 0, rows); }),
+            ($"MatVec, {TernaryKernel.WeightStreams} weight stream(s)", () => { fixed (float* px = x, py = y) HeadKernels.MatVec(head, px, py, 0, rows); }),
             ("4 adjacent rows, next 4 prefetched (before)", () => HeadAdjacent(w, rows, n, scaled, y, 8L * n)),
             ("4 adjacent rows, no prefetch", () => HeadAdjacent(w, rows, n, scaled, y, -1)),
             ("4 quarter streams, prefetch 1 row on", () => HeadQuarters(w, rows, n, scaled, y, 4, 1)),
@@ -189,13 +189,13 @@ public static unsafe class QuickDecodeVariants
             for (int r = 0; r < rows; r += 4)
             {
                 ushort* w0 = w + (long)r * n;
-                HeadRows4Ptrs(w0, w0 + n, w0 + 2 * n, w0 + 3 * n, n, px, py + r, py + r + 1, py + r + 2, py + r + 3, ahead < 0 ? -1 : 4);
+                HeadKernels.DotRawF16Rows4(w0, w0 + n, w0 + 2 * n, w0 + 3 * n, n, px, py + r, py + r + 1, py + r + 2, py + r + 3, ahead < 0 ? 0 : ahead);
             }
     }
 
     /// <summary>Rows in <paramref name="streams"/> far-apart parts of the table read side by side (4: one row from each
     /// quarter per pass; 2: two adjacent rows from each half), each part sequential in memory; prefetch
-    /// <paramref name="rowsAhead"/> rows on in each part (none when negative).</summary>
+    /// <paramref name="rowsAhead"/> rows on in each part (none when 0).</summary>
     private static void HeadQuarters(ushort* w, int rows, int n, float[] x, float[] y, int streams, int rowsAhead)
     {
         int part = rows / 4 * 4 / streams; // rows per part; a multiple of 4 / streams
@@ -203,12 +203,12 @@ public static unsafe class QuickDecodeVariants
         {
             if (streams == 4)
                 for (int r = 0; r < part; r++)
-                    HeadRows4Ptrs(w + (long)r * n, w + (long)(r + part) * n, w + (long)(r + 2 * part) * n, w + (long)(r + 3 * part) * n, n, px,
-                        py + r, py + r + part, py + r + 2 * part, py + r + 3 * part, rowsAhead);
+                    HeadKernels.DotRawF16Rows4(w + (long)r * n, w + (long)(r + part) * n, w + (long)(r + 2 * part) * n, w + (long)(r + 3 * part) * n, n, px,
+                        py + r, py + r + part, py + r + 2 * part, py + r + 3 * part, 2L * n * rowsAhead);
             else
                 for (int r = 0; r < part; r += 2)
-                    HeadRows4Ptrs(w + (long)r * n, w + (long)(r + 1) * n, w + (long)(r + part) * n, w + (long)(r + part + 1) * n, n, px,
-                        py + r, py + r + 1, py + r + part, py + r + part + 1, rowsAhead);
+                    HeadKernels.DotRawF16Rows4(w + (long)r * n, w + (long)(r + 1) * n, w + (long)(r + part) * n, w + (long)(r + part + 1) * n, n, px,
+                        py + r, py + r + 1, py + r + part, py + r + part + 1, 2L * n * rowsAhead);
         }
     }
 
@@ -235,29 +235,6 @@ public static unsafe class QuickDecodeVariants
                 py[r + 4 * part] = Vector512.Sum(a4); py[r + 5 * part] = Vector512.Sum(a5); py[r + 6 * part] = Vector512.Sum(a6); py[r + 7 * part] = Vector512.Sum(a7);
             }
         }
-    }
-
-    /// <summary>Four rows at any addresses, <see cref="HeadKernels.DotRawF16Rows4"/>'s arithmetic, each row's same
-    /// columns <paramref name="rowsAhead"/> rows on prefetched into L2 (none when negative).</summary>
-    private static void HeadRows4Ptrs(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, int rowsAhead)
-    {
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        long ahead = 2L * n * rowsAhead;
-        for (int i = 0; i < n; i += 32)
-        {
-            if (rowsAhead >= 0)
-            {
-                Sse.Prefetch1((byte*)(w0 + i) + ahead); Sse.Prefetch1((byte*)(w1 + i) + ahead);
-                Sse.Prefetch1((byte*)(w2 + i) + ahead); Sse.Prefetch1((byte*)(w3 + i) + ahead);
-            }
-            var v = Vector512.Load(x + i);
-            a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w1 + i), v, a1);
-            a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w3 + i), v, a3);
-            v = Vector512.Load(x + i + 16);
-            a0 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w1 + i + 16), v, a1);
-            a2 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(HeadKernels.RawHalves(w3 + i + 16), v, a3);
-        }
-        *y0 = Vector512.Sum(a0); *y1 = Vector512.Sum(a1); *y2 = Vector512.Sum(a2); *y3 = Vector512.Sum(a3);
     }
 
     private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel(),

@@ -77,17 +77,20 @@ public static unsafe class HeadKernels
                         {
                             int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
                             ushort* w0 = (ushort*)m.Row(r), w1 = (ushort*)m.Row(r1), w2 = (ushort*)m.Row(r2), w3 = (ushort*)m.Row(r3);
-                            if (wide) DotRawF16Rows4(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3);
-                            else DotRawF16Rows4Avx2(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3);
+                            if (wide) DotRawF16Rows4(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, 0);
+                            else DotRawF16Rows4Avx2(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, 0);
                         }
                         r = rowStart + 4 * quarter;
                     }
                     else
                     {
+                        // Four adjacent rows alone defeat the hardware prefetcher (27 ms against 20 ms for one row at a
+                        // time on the 2B4T head, Zen 4), so the same columns of the next four rows are prefetched.
                         for (; r + 4 <= rowEnd; r += 4)
                         {
-                            if (wide) DotRawF16Rows4Prefetch((ushort*)m.Row(r), n, scaled, y + r);
-                            else DotRawF16Rows4PrefetchAvx2((ushort*)m.Row(r), n, scaled, y + r);
+                            ushort* w0 = (ushort*)m.Row(r);
+                            if (wide) DotRawF16Rows4(w0, w0 + n, w0 + 2 * n, w0 + 3 * n, n, scaled, y + r, y + r + 1, y + r + 2, y + r + 3, 8L * n);
+                            else DotRawF16Rows4Avx2(w0, w0 + n, w0 + 2 * n, w0 + 3 * n, n, scaled, y + r, y + r + 1, y + r + 2, y + r + 3, 8L * n);
                         }
                     }
                     for (; r < rowEnd; r++) y[r] = DotF16((ushort*)m.Row(r), x, n);
@@ -371,14 +374,18 @@ public static unsafe class HeadKernels
     /// <see cref="DotRawF16Rows4"/> for AVX2 (n a multiple of 32): four rows against one activation vector, one FMA chain
     /// each in <see cref="DotF16"/>'s 256-bit order.
     /// </summary>
-    public static void DotRawF16Rows4Avx2(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3)
+    public static void DotRawF16Rows4Avx2(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, long prefetchAhead)
     {
         Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int k = 0; k < n; k += 8)
+        for (int i = 0; i < n; i += 32)
         {
-            var v = Vector256.Load(x + k);
-            a0 = Vector256.FusedMultiplyAdd(RawHalves256(w0 + k), v, a0); a1 = Vector256.FusedMultiplyAdd(RawHalves256(w1 + k), v, a1);
-            a2 = Vector256.FusedMultiplyAdd(RawHalves256(w2 + k), v, a2); a3 = Vector256.FusedMultiplyAdd(RawHalves256(w3 + k), v, a3);
+            if (prefetchAhead != 0) PrefetchRows4(w0 + i, w1 + i, w2 + i, w3 + i, prefetchAhead);
+            for (int k = i; k < i + 32; k += 8)
+            {
+                var v = Vector256.Load(x + k);
+                a0 = Vector256.FusedMultiplyAdd(RawHalves256(w0 + k), v, a0); a1 = Vector256.FusedMultiplyAdd(RawHalves256(w1 + k), v, a1);
+                a2 = Vector256.FusedMultiplyAdd(RawHalves256(w2 + k), v, a2); a3 = Vector256.FusedMultiplyAdd(RawHalves256(w3 + k), v, a3);
+            }
         }
         *y0 = Vector256.Sum(a0); *y1 = Vector256.Sum(a1); *y2 = Vector256.Sum(a2); *y3 = Vector256.Sum(a3);
     }
@@ -462,16 +469,19 @@ public static unsafe class HeadKernels
     /// *y_k = row k · x, each row one FMA chain in <see cref="DotF16"/>'s order (so each equals <see cref="DotF16"/> on the
     /// unscaled activations), four chains so the single-token head is not bound by FMA latency. With four weight streams
     /// (<see cref="TernaryKernel.WeightStreams"/>) <see cref="MatVec"/> passes rows from the four quarters of its range:
-    /// four sequential streams far apart in memory, each followed by the hardware prefetcher, with no software prefetch. Bench `quick-decode head` (2B4T's 128256 × 2560 F16 head from
-    /// memory, one thread, one process, alternating; Zen 5 EPYC): 34–36 GB/s, against 26–27 GB/s for four adjacent
-    /// rows with the next four prefetched (the layout before), 22 without that prefetch, 28–31 for eight streams and
-    /// 24–25 for a plain one-stream sum of the same bytes.
+    /// four sequential streams far apart in memory, each followed by the hardware prefetcher, with no software prefetch
+    /// (<paramref name="prefetchAhead"/> 0); otherwise four adjacent rows, each line's same columns
+    /// <paramref name="prefetchAhead"/> bytes on (the next four rows) prefetched into L2. Bench `quick-decode head`
+    /// (2B4T's 128256 × 2560 F16 head from memory, one thread, one process, alternating; Zen 5 EPYC): 31–36 GB/s for
+    /// the four streams, 24–27 for four adjacent rows with the next four prefetched, 20–22 without that prefetch,
+    /// 27–31 for eight streams and 24–25 for a plain one-stream sum of the same bytes.
     /// </summary>
-    public static void DotRawF16Rows4(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3)
+    public static void DotRawF16Rows4(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, long prefetchAhead)
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (int i = 0; i < n; i += 32)
         {
+            if (prefetchAhead != 0) PrefetchRows4(w0 + i, w1 + i, w2 + i, w3 + i, prefetchAhead);
             var v = Vector512.Load(x + i);
             a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
             a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
@@ -482,46 +492,12 @@ public static unsafe class HeadKernels
         *y0 = Vector512.Sum(a0); *y1 = Vector512.Sum(a1); *y2 = Vector512.Sum(a2); *y3 = Vector512.Sum(a3);
     }
 
-    /// <summary>
-    /// <see cref="DotRawF16Rows4"/> on four consecutive rows at <paramref name="w"/> (the one-stream layout), the same
-    /// columns of the next four rows prefetched as each line is read: four adjacent row streams alone defeat the
-    /// hardware prefetcher (measured 27 ms against 20 ms for one row at a time on the 2B4T head, Zen 4).
-    /// </summary>
-    public static void DotRawF16Rows4Prefetch(ushort* w, int n, float* x, float* y)
+    /// <summary>Prefetches into L2 the line <paramref name="ahead"/> bytes past each of four row positions.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchRows4(ushort* p0, ushort* p1, ushort* p2, ushort* p3, long ahead)
     {
-        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
-        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int i = 0; i < n; i += 32)
-        {
-            byte* next = (byte*)(w0 + i) + 8L * n; // four rows on
-            Sse.Prefetch1(next); Sse.Prefetch1(next + 2L * n); Sse.Prefetch1(next + 4L * n); Sse.Prefetch1(next + 6L * n);
-            var v = Vector512.Load(x + i);
-            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
-            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
-            v = Vector512.Load(x + i + 16);
-            a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i + 16), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i + 16), v, a1);
-            a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i + 16), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i + 16), v, a3);
-        }
-        y[0] = Vector512.Sum(a0); y[1] = Vector512.Sum(a1); y[2] = Vector512.Sum(a2); y[3] = Vector512.Sum(a3);
-    }
-
-    /// <summary><see cref="DotRawF16Rows4Prefetch"/> for AVX2.</summary>
-    public static void DotRawF16Rows4PrefetchAvx2(ushort* w, int n, float* x, float* y)
-    {
-        ushort* w0 = w, w1 = w + n, w2 = w + 2 * n, w3 = w + 3 * n;
-        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default;
-        for (int i = 0; i < n; i += 32)
-        {
-            byte* next = (byte*)(w0 + i) + 8L * n;
-            Sse.Prefetch1(next); Sse.Prefetch1(next + 2L * n); Sse.Prefetch1(next + 4L * n); Sse.Prefetch1(next + 6L * n);
-            for (int k = i; k < i + 32; k += 8)
-            {
-                var v = Vector256.Load(x + k);
-                a0 = Vector256.FusedMultiplyAdd(RawHalves256(w0 + k), v, a0); a1 = Vector256.FusedMultiplyAdd(RawHalves256(w1 + k), v, a1);
-                a2 = Vector256.FusedMultiplyAdd(RawHalves256(w2 + k), v, a2); a3 = Vector256.FusedMultiplyAdd(RawHalves256(w3 + k), v, a3);
-            }
-        }
-        y[0] = Vector256.Sum(a0); y[1] = Vector256.Sum(a1); y[2] = Vector256.Sum(a2); y[3] = Vector256.Sum(a3);
+        if (!Sse.IsSupported) return;
+        Sse.Prefetch1((byte*)p0 + ahead); Sse.Prefetch1((byte*)p1 + ahead); Sse.Prefetch1((byte*)p2 + ahead); Sse.Prefetch1((byte*)p3 + ahead);
     }
 
     /// <summary>Vocabulary rows per block in <see cref="MatMul"/> (16 rows of a 2560-wide F16 table = 80 KiB, in L2).</summary>
