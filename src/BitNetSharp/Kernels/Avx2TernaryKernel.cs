@@ -24,6 +24,9 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.RunPairs<Dot256>(w, x, y, yStride, rowStart, rowEnd);
 
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.OneTokenQuarters<Dot256>(w, x, y, sliceStart, quarter, from, to);
+
     public readonly struct Dot256 : ITernaryRowPairDot
     {
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
@@ -336,6 +339,9 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
         if (x.Tokens < 4) TernaryDriver.RunPairs<Avx2TernaryKernel.Dot256>(w, x, y, yStride, rowStart, rowEnd);
         else TernaryDriver.Run<DotVnni>(w, x, y, yStride, rowStart, rowEnd);
     }
+
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.OneTokenQuarters<Avx2TernaryKernel.Dot256>(w, x, y, sliceStart, quarter, from, to);
 
     public readonly struct DotVnni : ITernaryRowDot
     {

@@ -24,6 +24,9 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.RunPairs<Dot512<ShiftSplit>>(w, x, y, yStride, rowStart, rowEnd);
 
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.OneTokenQuarters<Dot512<ShiftSplit>>(w, x, y, sliceStart, quarter, from, to);
+
     public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => InterleavedRows(x, ref scratch);
 
     /// <summary>The activation rows copied, pair-interleaved, into <paramref name="scratch"/> (grown, never per call).</summary>
@@ -486,6 +489,9 @@ public sealed unsafe class Avx512GfniTernaryKernel : TernaryKernel
 
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<BalancedSplit>>(w, x, y, yStride, rowStart, rowEnd);
+
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.OneTokenQuarters<Avx512TernaryKernel.Dot512<BalancedSplit>>(w, x, y, sliceStart, quarter, from, to);
 
     public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => Avx512TernaryKernel.InterleavedRows(x, ref scratch);
 }

@@ -124,6 +124,34 @@ public abstract unsafe class TernaryKernel
     }
 
     /// <summary>
+    /// One token (row 0 of <paramref name="x"/>, in this variant's layout) against the rows sliceStart + k·quarter + p for
+    /// k = 0..3 and p ∈ [<paramref name="from"/>, <paramref name="to"/>): part of a four-stream pass over the slice
+    /// [sliceStart, sliceStart + 4·quarter), so that threads sharing out one slice's positions (<see cref="TernaryMatMul"/>
+    /// with <see cref="WeightStreams"/> = 4) keep reading four long streams. y[n] is written for those rows only. The same
+    /// floats as <see cref="MatMul(TernaryMatrix, in ActivationRows, float*, int, int, int)"/> (exact integer sums).
+    /// </summary>
+    public void MatVecQuarters(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to)
+    {
+        if (w.PaddedCols != x.Stride)
+            throw new ArgumentException($"Weight rows have {w.PaddedCols} padded inputs but the activation rows have {x.Stride}.", nameof(x));
+        if (x.Tokens < 1) throw new ArgumentException("No token to multiply.", nameof(x));
+        if (sliceStart < 0 || quarter < 0 || (long)sliceStart + 4L * quarter > w.Rows)
+            throw new ArgumentOutOfRangeException(nameof(quarter), $"Slice of four quarters of {quarter} rows from row {sliceStart} is outside [0, {w.Rows}).");
+        if (from < 0 || to > quarter || from > to)
+            throw new ArgumentOutOfRangeException(nameof(to), $"Positions [{from}, {to}) are outside a quarter of {quarter} rows.");
+        if (!IsSupported) throw new PlatformNotSupportedException($"Ternary kernel '{Name}' is not supported on this CPU.");
+        MatVecQuartersCore(w, x, y, sliceStart, quarter, from, to);
+    }
+
+    /// <summary>Variants with a four-stream row dot override this; by default each quarter's rows in one range.</summary>
+    protected virtual void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to)
+    {
+        var one = new ActivationRows(x.Codes, x.Stride, 1, x.Scales, x.Sums);
+        for (int k = 0; k < 4; k++)
+            MatMulCore(w, one, y, w.Rows, sliceStart + k * quarter + from, sliceStart + k * quarter + to);
+    }
+
+    /// <summary>
     /// The activation rows as this variant reads them: <paramref name="x"/>'s own rows, or (for variants that read
     /// another order, such as AVX-512's pair interleave) a copy in <paramref name="scratch"/>, which is grown as
     /// needed and stays the caller's. The result is valid until the scratch is next used or <paramref name="x"/> changes.
@@ -391,19 +419,10 @@ public static unsafe class TernaryDriver
         {
             if (TernaryKernel.WeightStreams == 4 && rowEnd - rowStart >= 4 * StreamMinRows)
             {
-                // One row from each quarter of the range per pass, four far-apart streams; the epilogue on four lanes
-                // (the same operations as Epilogue, so the same floats). The rows past the last full quarter follow.
+                // One row from each quarter of the range per pass, four far-apart streams. The rows past the last full
+                // quarter follow.
                 int quarter = (rowEnd - rowStart) / 4;
-                long streamBytes = quarter * rowBytes;
-                var sums4 = Vector128.Create(sum);
-                var activationScale4 = Vector128.Create(scale);
-                for (int r = rowStart; r < rowStart + quarter; r++)
-                {
-                    TDot.DotRows4Streams(w.Row(r), streamBytes, q, blocks, d);
-                    int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
-                    var outputs = Vector128.ConvertToSingle(Vector128.Load(d) - sums4) / activationScale4 * Vector128.Create(scales[r], scales[r1], scales[r2], scales[r3]);
-                    yt[r] = outputs.GetElement(0); yt[r1] = outputs.GetElement(1); yt[r2] = outputs.GetElement(2); yt[r3] = outputs.GetElement(3);
-                }
+                QuarterRows<TDot>(w, q, sum, scale, yt, scales, rowStart, quarter, 0, quarter, d);
                 n = rowStart + 4 * quarter;
             }
             for (; n + 8 <= rowEnd; n += 8)
@@ -414,6 +433,38 @@ public static unsafe class TernaryDriver
             for (; n < rowEnd; n++)
                 yt[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q, blocks), sum, scale, scales[n]);
         }
+    }
+
+    /// <summary>One token against the rows at positions [<paramref name="from"/>, <paramref name="to"/>) of each quarter of
+    /// [<paramref name="sliceStart"/>, sliceStart + 4·<paramref name="quarter"/>): row sliceStart + k·quarter + p for k = 0..3,
+    /// four far-apart streams read side by side (<see cref="ITernaryRowPairDot.DotRows4Streams"/>), then the epilogue on
+    /// four lanes (the same operations as <see cref="TernaryKernel.Epilogue"/>, so the same floats).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void QuarterRows<TDot>(TernaryMatrix w, sbyte* q, int sum, float scale, float* yt, float* scales, int sliceStart, int quarter, int from, int to, int* d)
+        where TDot : ITernaryRowPairDot
+    {
+        int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
+        long streamBytes = quarter * w.RowBytes;
+        var sums4 = Vector128.Create(sum);
+        var activationScale4 = Vector128.Create(scale);
+        for (int r = sliceStart + from; r < sliceStart + to; r++)
+        {
+            TDot.DotRows4Streams(w.Row(r), streamBytes, q, blocks, d);
+            int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
+            var outputs = Vector128.ConvertToSingle(Vector128.Load(d) - sums4) / activationScale4 * Vector128.Create(scales[r], scales[r1], scales[r2], scales[r3]);
+            yt[r] = outputs.GetElement(0); yt[r1] = outputs.GetElement(1); yt[r2] = outputs.GetElement(2); yt[r3] = outputs.GetElement(3);
+        }
+    }
+
+    /// <summary><see cref="TernaryKernel.MatVecQuarters"/> for a row-pair dot: token 0 of <paramref name="x"/> against positions
+    /// [from, to) of the slice's four quarters. Not inlined, as <see cref="OneToken{TDot}"/>.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    public static void OneTokenQuarters<TDot>(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to)
+        where TDot : ITernaryRowPairDot
+    {
+        int* d = stackalloc int[8];
+        fixed (float* scales = w.RowScales)
+            QuarterRows<TDot>(w, x.Row(0), x.Sums[0], x.Scales[0], y, scales, sliceStart, quarter, from, to, d);
     }
 }
 

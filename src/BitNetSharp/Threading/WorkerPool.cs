@@ -31,6 +31,9 @@ public sealed class WorkerPool : IDisposable
     private int _itemCount;
     private int _grain;
     private int _nextItem;
+    private readonly int[] _ownedEnds;
+    private readonly int[] _claims; // one counter per thread, 64 bytes apart (no false sharing between owners)
+    private bool _owned;
     private long _generation;
     private int _pending;
     private volatile bool _disposed;
@@ -43,6 +46,8 @@ public sealed class WorkerPool : IDisposable
         _threads = new Thread[ThreadCount - 1];
         _wake = new SemaphoreSlim[ThreadCount - 1];
         _sleeping = new int[ThreadCount - 1];
+        _ownedEnds = new int[ThreadCount];
+        _claims = new int[ThreadCount * ClaimStride];
         _spinTicks = (long)(SpinTime.TotalSeconds * Stopwatch.Frequency);
         for (int i = 0; i < _threads.Length; i++)
         {
@@ -85,9 +90,55 @@ public sealed class WorkerPool : IDisposable
             return;
         }
 
+        _owned = false;
+        Start(work, itemCount, Math.Max(0, grain));
+    }
+
+    /// <summary>Ints between two threads' claim counters: 64 bytes, one cache line each.</summary>
+    private const int ClaimStride = 16;
+
+    /// <summary>
+    /// Runs <paramref name="work"/> over [0, bounds[^1]) where thread i owns the items [bounds[i], bounds[i + 1]): each
+    /// thread takes <paramref name="grain"/> items at a time from the front of its own range, in order, and when that
+    /// is used up takes from the front of the next thread's range, and so on round the pool, until no items are left.
+    /// So each thread reads one long stretch of memory for as long as the threads keep pace (decode mat-vec: the
+    /// hardware prefetchers stay on their streams; chunks handed out from one shared counter restart them at every
+    /// chunk), and a thread slowed by the host still finishes with the others' help. <paramref name="bounds"/> has
+    /// <see cref="ThreadCount"/> + 1 non-decreasing entries from 0. Which thread executes an item varies, as with a grain
+    /// in <see cref="Run"/>. Not reentrant.
+    /// </summary>
+    /// <exception cref="ArgumentException">Bounds of the wrong length, not starting at 0, or decreasing.</exception>
+    public void RunOwned(IParallelWork work, ReadOnlySpan<int> bounds, int grain)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (bounds.Length != ThreadCount + 1 || bounds[0] != 0)
+            throw new ArgumentException($"Owned ranges need {ThreadCount + 1} bounds starting at 0; got {bounds.Length}.", nameof(bounds));
+        for (int i = 0; i < ThreadCount; i++)
+        {
+            if (bounds[i + 1] < bounds[i]) throw new ArgumentException($"Owned range bounds decrease at {i + 1}.", nameof(bounds));
+            _claims[i * ClaimStride] = bounds[i];
+            _ownedEnds[i] = bounds[i + 1];
+        }
+        int itemCount = bounds[ThreadCount];
+        if (itemCount <= 0) return;
+        if (ThreadCount == 1)
+        {
+            var timeline = Timeline;
+            long started = timeline is null ? 0 : ChunkTimeline.Now();
+            work.Execute(0, itemCount, 0);
+            timeline?.Add(0, started, 0, itemCount);
+            return;
+        }
+        _owned = true;
+        Start(work, itemCount, Math.Max(1, grain));
+    }
+
+    /// <summary>Publishes a call to the workers, takes part, and waits for them.</summary>
+    private void Start(IParallelWork work, int itemCount, int grain)
+    {
         _work = work;
         _itemCount = itemCount;
-        _grain = Math.Max(0, grain);
+        _grain = grain;
         _nextItem = 0;
         _failure = null;
         Volatile.Write(ref _pending, _threads.Length);
@@ -145,6 +196,24 @@ public sealed class WorkerPool : IDisposable
         {
             int count = _itemCount, grain = _grain;
             var timeline = Timeline;
+            if (_owned)
+            {
+                for (int k = 0; k < ThreadCount; k++)
+                {
+                    int owner = (worker + k) % ThreadCount, end = _ownedEnds[owner];
+                    ref int claim = ref _claims[owner * ClaimStride];
+                    while (Volatile.Read(ref _failure) is null)
+                    {
+                        int start = Interlocked.Add(ref claim, grain) - grain;
+                        if (start >= end || start < 0) break; // < 0: the counter wrapped past int.MaxValue
+                        int stop = Math.Min(end, start + grain);
+                        long started = timeline is null ? 0 : ChunkTimeline.Now();
+                        work.Execute(start, stop, worker);
+                        timeline?.Add(worker, started, start, stop);
+                    }
+                }
+                return;
+            }
             if (grain == 0)
             {
                 var (start, end) = Slice(worker, count, ThreadCount);

@@ -205,6 +205,80 @@ public unsafe class TernaryKernelTests
         }
     }
 
+    /// <summary>A four-stream pass's positions [from, to) of a slice's quarters: the reference's floats on exactly those rows
+    /// (the rest untouched), for every variant and the default (range per quarter) of kernels without a four-stream dot.</summary>
+    [Theory]
+    [MemberData(nameof(SupportedAndReference))]
+    public void QuarterPositionsEqualReference(string name)
+    {
+        var kernel = name == "reference" ? new ReferenceTernaryKernel() : KernelRegistry.SelectTernary(name);
+        var rng = new Random(77);
+        using var w = RandomTernary(rng, 70, 640);
+        using var x = Quantize([Activations(rng, 640, Pattern.Random)]);
+        var expected = Run(new ReferenceTernaryKernel(), w, x);
+        using var pool = new WorkerPool(1);
+        using var op = new TernaryMatMul(pool);
+        var rows = op.Prepare(kernel, x);
+        foreach (var (sliceStart, quarter, from, to) in new[] { (3, 15, 2, 11), (0, 17, 0, 17), (6, 16, 5, 5), (2, 1, 0, 1) })
+        {
+            var y = Enumerable.Repeat(float.NaN, 70).ToArray();
+            fixed (float* py = y) kernel.MatVecQuarters(w, rows, py, sliceStart, quarter, from, to);
+            for (int n = 0; n < 70; n++)
+            {
+                int offset = n - sliceStart, p = offset % Math.Max(1, quarter);
+                bool covered = offset >= 0 && offset < 4 * quarter && p >= from && p < to;
+                if (covered) Assert.Equal(BitConverter.SingleToInt32Bits(expected[n]), BitConverter.SingleToInt32Bits(y[n]));
+                else Assert.True(float.IsNaN(y[n]), $"{name}: row {n} written outside positions [{from}, {to}) of slice {sliceStart}+4x{quarter}");
+            }
+        }
+        var z = new float[70];
+        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* pz = z) kernel.MatVecQuarters(w, rows, pz, 10, 16, 0, 4); });
+        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* pz = z) kernel.MatVecQuarters(w, rows, pz, 0, 10, 3, 11); });
+    }
+
+    public static TheoryData<string> SupportedAndReference() => new(KernelRegistry.SupportedTernary.Select(k => k.Name).Append("reference").Distinct());
+
+    /// <summary>Decode's one-token products over owned ranges (<see cref="WorkerPool.RunOwned"/>): the reference's floats
+    /// with one and four weight streams, any thread count, slices with leftover rows and matrices too small to split.</summary>
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void OneTokenOverOwnedRangesEqualsReference(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        var rng = new Random(78);
+        int before = TernaryKernel.WeightStreams;
+        try
+        {
+            foreach (int threads in new[] { 2, 3 })
+            {
+                using var pool = new WorkerPool(threads);
+                using var op = new TernaryMatMul(pool);
+                foreach (var (n, k) in new[] { (31, 256), (70, 640), (333, 640), (2561, 256), (1000, 2560) })
+                {
+                    using var w = RandomTernary(rng, n, k);
+                    using var x = Quantize([Activations(rng, k, Pattern.Random)]);
+                    var expected = Run(new ReferenceTernaryKernel(), w, x);
+                    foreach (int streams in new[] { 1, 4 })
+                    {
+                        TernaryKernel.WeightStreams = streams;
+                        for (int repeat = 0; repeat < 5; repeat++)
+                        {
+                            var y = new float[n];
+                            fixed (float* py = y) op.Run(kernel, w, x, py, n);
+                            for (int r = 0; r < n; r++)
+                                Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(y[r]),
+                                    $"{name}, {threads} threads, {streams} stream(s), {n}x{k}: row {r} is {y[r]}, reference {expected[r]}");
+                        }
+                    }
+                }
+            }
+        }
+        finally
+        {
+            TernaryKernel.WeightStreams = before;
+        }
+    }
+
     /// <summary>Activations laid out once (<see cref="TernaryMatMul.Prepare"/>) serve several products, in chunks, with
     /// every variant's layout (the AVX-512 ones copy the rows pair-interleaved), and give each kernel's own results.</summary>
     [Theory]

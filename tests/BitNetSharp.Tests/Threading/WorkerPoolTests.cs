@@ -94,6 +94,68 @@ public class WorkerPoolTests
         Assert.True(byCaller >= 150, $"the calling thread ran {byCaller} of 200 chunks while the worker was stalled");
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void OwnedRunsEveryItemOnceInClaimsInsideOneOwnersRange(int threads)
+    {
+        using var pool = new WorkerPool(threads);
+        var rng = new Random(5);
+        foreach (int count in new[] { 0, 1, 7, 640, 2561 })
+            foreach (int grain in new[] { 1, 3, 64, 5000 })
+            {
+                // Random owned ranges, some empty.
+                var cuts = Enumerable.Range(0, threads - 1).Select(_ => rng.Next(count + 1)).Order().ToList();
+                int[] bounds = [0, .. cuts, count];
+                var work = new ChunkLog(count);
+                for (int call = 0; call < 20; call++) pool.RunOwned(work, bounds, grain);
+                Assert.All(work.Marks, m => Assert.Equal(20, m));
+                if (threads == 1)
+                {
+                    Assert.All(work.Chunks, c => Assert.Equal((0, count, 0), c));
+                    continue;
+                }
+                foreach (var (start, end, worker) in work.Chunks)
+                {
+                    int owner = Enumerable.Range(0, threads).Single(o => bounds[o] <= start && start < bounds[o + 1]);
+                    Assert.True(end <= bounds[owner + 1], $"claim [{start}, {end}) crosses the end of owner {owner}'s range {bounds[owner + 1]}");
+                    Assert.True(end - start <= grain, $"claim [{start}, {end}) is longer than the grain {grain}");
+                    Assert.Equal(0, (start - bounds[owner]) % grain); // claims are cut from the front of the range
+                    Assert.InRange(worker, 0, threads - 1);
+                }
+            }
+    }
+
+    [Fact]
+    public void OwnedRangeOfAStalledThreadIsTakenByTheOther()
+    {
+        using var pool = new WorkerPool(2);
+        // The worker stalls on its first claim; the calling thread must finish its own range and then the worker's.
+        int stalled = 0;
+        var work = new ChunkLog(200, (start, end, worker) =>
+        {
+            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) Thread.Sleep(300);
+            return true;
+        });
+        pool.RunOwned(work, [0, 100, 200], grain: 1);
+        Assert.All(work.Marks, m => Assert.Equal(1, m));
+        int byCallerInWorkersRange = work.Chunks.Count(c => c.Worker == 0 && c.Start >= 100);
+        Assert.True(byCallerInWorkersRange >= 90, $"the calling thread ran {byCallerInWorkersRange} of the worker's 100 items while the worker was stalled");
+    }
+
+    [Fact]
+    public void OwnedBoundsAreChecked()
+    {
+        using var pool = new WorkerPool(2);
+        var work = new MarkWork(new int[10]);
+        Assert.Contains("3 bounds", Assert.Throws<ArgumentException>(() => pool.RunOwned(work, [0, 10], 1)).Message);
+        Assert.Throws<ArgumentException>(() => pool.RunOwned(work, [1, 5, 10], 1));
+        Assert.Contains("decrease", Assert.Throws<ArgumentException>(() => pool.RunOwned(work, [0, 6, 5], 1)).Message);
+        var failing = new ChunkLog(50, (start, end, worker) => start <= 37 && 37 < end ? throw new InvalidOperationException("boom") : true);
+        Assert.IsType<InvalidOperationException>(Assert.Throws<AggregateException>(() => pool.RunOwned(failing, [0, 25, 50], 4)).InnerException);
+    }
+
     [Fact]
     public void ChunkedExceptionReachesTheCaller()
     {
