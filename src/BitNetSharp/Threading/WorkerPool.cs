@@ -31,8 +31,7 @@ public sealed class WorkerPool : IDisposable
     private int _itemCount;
     private int _grain;
     private int _nextItem;
-    private readonly int[] _ownedEnds;
-    private readonly int[] _claims; // one counter per thread, 64 bytes apart (no false sharing between owners)
+    private readonly long[] _ranges; // per thread: what is left of its range, back << 32 | front; 64 bytes apart
     private bool _owned;
     private long _generation;
     private int _pending;
@@ -46,8 +45,7 @@ public sealed class WorkerPool : IDisposable
         _threads = new Thread[ThreadCount - 1];
         _wake = new SemaphoreSlim[ThreadCount - 1];
         _sleeping = new int[ThreadCount - 1];
-        _ownedEnds = new int[ThreadCount];
-        _claims = new int[ThreadCount * ClaimStride];
+        _ranges = new long[ThreadCount * RangeStride];
         _spinTicks = (long)(SpinTime.TotalSeconds * Stopwatch.Frequency);
         for (int i = 0; i < _threads.Length; i++)
         {
@@ -94,18 +92,18 @@ public sealed class WorkerPool : IDisposable
         Start(work, itemCount, Math.Max(0, grain));
     }
 
-    /// <summary>Ints between two threads' claim counters: 64 bytes, one cache line each.</summary>
-    private const int ClaimStride = 16;
+    /// <summary>Longs between two threads' range words: 64 bytes, one cache line each.</summary>
+    private const int RangeStride = 8;
 
     /// <summary>
     /// Runs <paramref name="work"/> over [0, bounds[^1]) where thread i owns the items [bounds[i], bounds[i + 1]): each
-    /// thread takes <paramref name="grain"/> items at a time from the front of its own range, in order, and when that
-    /// is used up takes from the front of the next thread's range, and so on round the pool, until no items are left.
-    /// So each thread reads one long stretch of memory for as long as the threads keep pace (decode mat-vec: the
-    /// hardware prefetchers stay on their streams; chunks handed out from one shared counter restart them at every
-    /// chunk), and a thread slowed by the host still finishes with the others' help. <paramref name="bounds"/> has
-    /// <see cref="ThreadCount"/> + 1 non-decreasing entries from 0. Which thread executes an item varies, as with a grain
-    /// in <see cref="Run"/>. Not reentrant.
+    /// thread takes <paramref name="grain"/> items at a time from the front of its own range, in order, and when that is
+    /// used up takes from the back of the other threads' ranges, round the pool, until no items are left. So as long as
+    /// the threads keep pace each one reads one long stretch of memory from start to end (decode's mat-vec: the hardware
+    /// prefetchers stay on their streams, where chunks handed out from one counter restart them at every chunk), and a
+    /// thread slowed by the host is helped from the far end of its range without breaking its streams.
+    /// <paramref name="bounds"/> has <see cref="ThreadCount"/> + 1 non-decreasing entries from 0. Which thread executes
+    /// an item varies, as with a grain in <see cref="Run"/>. Not reentrant.
     /// </summary>
     /// <exception cref="ArgumentException">Bounds of the wrong length, not starting at 0, or decreasing.</exception>
     public void RunOwned(IParallelWork work, ReadOnlySpan<int> bounds, int grain)
@@ -116,8 +114,7 @@ public sealed class WorkerPool : IDisposable
         for (int i = 0; i < ThreadCount; i++)
         {
             if (bounds[i + 1] < bounds[i]) throw new ArgumentException($"Owned range bounds decrease at {i + 1}.", nameof(bounds));
-            _claims[i * ClaimStride] = bounds[i];
-            _ownedEnds[i] = bounds[i + 1];
+            _ranges[i * RangeStride] = (long)bounds[i + 1] << 32 | (uint)bounds[i];
         }
         int itemCount = bounds[ThreadCount];
         if (itemCount <= 0) return;
@@ -200,16 +197,20 @@ public sealed class WorkerPool : IDisposable
             {
                 for (int k = 0; k < ThreadCount; k++)
                 {
-                    int owner = (worker + k) % ThreadCount, end = _ownedEnds[owner];
-                    ref int claim = ref _claims[owner * ClaimStride];
+                    ref long range = ref _ranges[(worker + k) % ThreadCount * RangeStride];
                     while (Volatile.Read(ref _failure) is null)
                     {
-                        int start = Interlocked.Add(ref claim, grain) - grain;
-                        if (start >= end || start < 0) break; // < 0: the counter wrapped past int.MaxValue
-                        int stop = Math.Min(end, start + grain);
+                        // Own range: from the front; another's: from the back. A compare-exchange on the two ends at once.
+                        long seen = Volatile.Read(ref range);
+                        int front = (int)seen, back = (int)(seen >> 32);
+                        if (front >= back) break;
+                        int take = Math.Min(grain, back - front);
+                        int start = k == 0 ? front : back - take;
+                        long next = k == 0 ? seen + take : (long)(back - take) << 32 | (uint)front;
+                        if (Interlocked.CompareExchange(ref range, next, seen) != seen) continue;
                         long started = timeline is null ? 0 : ChunkTimeline.Now();
-                        work.Execute(start, stop, worker);
-                        timeline?.Add(worker, started, start, stop);
+                        work.Execute(start, start + take, worker);
+                        timeline?.Add(worker, started, start, start + take);
                     }
                 }
                 return;

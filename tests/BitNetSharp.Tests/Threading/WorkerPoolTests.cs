@@ -98,7 +98,7 @@ public class WorkerPoolTests
     [InlineData(1)]
     [InlineData(2)]
     [InlineData(4)]
-    public void OwnedRunsEveryItemOnceInClaimsInsideOneOwnersRange(int threads)
+    public void OwnedRunsEveryItemOnceInClaimsFromEitherEndOfOneRange(int threads)
     {
         using var pool = new WorkerPool(threads);
         var rng = new Random(5);
@@ -121,7 +121,8 @@ public class WorkerPoolTests
                     int owner = Enumerable.Range(0, threads).Single(o => bounds[o] <= start && start < bounds[o + 1]);
                     Assert.True(end <= bounds[owner + 1], $"claim [{start}, {end}) crosses the end of owner {owner}'s range {bounds[owner + 1]}");
                     Assert.True(end - start <= grain, $"claim [{start}, {end}) is longer than the grain {grain}");
-                    Assert.Equal(0, (start - bounds[owner]) % grain); // claims are cut from the front of the range
+                    // Claims are cut from the front of the range (its owner) or from the back (the others).
+                    Assert.True((start - bounds[owner]) % grain == 0 || (bounds[owner + 1] - end) % grain == 0, $"claim [{start}, {end}) is cut from neither end of [{bounds[owner]}, {bounds[owner + 1]}) in steps of {grain}");
                     Assert.InRange(worker, 0, threads - 1);
                 }
             }
@@ -131,7 +132,8 @@ public class WorkerPoolTests
     public void OwnedRangeOfAStalledThreadIsTakenByTheOther()
     {
         using var pool = new WorkerPool(2);
-        // The worker stalls on its first claim; the calling thread must finish its own range and then the worker's.
+        // The worker stalls on its first claim (the front of its range); the calling thread must finish its own range and
+        // then the rest of the worker's, from the back.
         int stalled = 0;
         var work = new ChunkLog(200, (start, end, worker) =>
         {
@@ -140,8 +142,10 @@ public class WorkerPoolTests
         });
         pool.RunOwned(work, [0, 100, 200], grain: 1);
         Assert.All(work.Marks, m => Assert.Equal(1, m));
-        int byCallerInWorkersRange = work.Chunks.Count(c => c.Worker == 0 && c.Start >= 100);
-        Assert.True(byCallerInWorkersRange >= 90, $"the calling thread ran {byCallerInWorkersRange} of the worker's 100 items while the worker was stalled");
+        var taken = work.Chunks.Where(c => c.Worker == 0 && c.Start >= 100).Select(c => c.Start).ToList();
+        Assert.True(taken.Count >= 90, $"the calling thread ran {taken.Count} of the worker's 100 items while the worker was stalled");
+        Assert.Contains(199, taken); // from the back
+        Assert.All(work.Chunks.Where(c => c.Worker == 1), c => Assert.True(c.Start >= 100, $"the worker ran item {c.Start} of the caller's range"));
     }
 
     [Fact]
