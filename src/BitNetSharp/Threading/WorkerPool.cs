@@ -97,8 +97,9 @@ public sealed class WorkerPool : IDisposable
 
     /// <summary>
     /// Runs <paramref name="work"/> over [0, bounds[^1]) where thread i owns the items [bounds[i], bounds[i + 1]): each
-    /// thread takes <paramref name="grain"/> items at a time from the front of its own range, in order, and when that is
-    /// used up takes from the back of the other threads' ranges, round the pool, until no items are left. So as long as
+    /// thread takes from the front of its own range, in order, half of what is left at a time (at least
+    /// <paramref name="grain"/> items), and when that is used up takes <paramref name="grain"/> items at a time from the
+    /// back of the other threads' ranges, round the pool, until no items are left. So as long as
     /// the threads keep pace each one reads one long stretch of memory from start to end (decode's mat-vec: the hardware
     /// prefetchers stay on their streams, where chunks handed out from one counter restart them at every chunk), and a
     /// thread slowed by the host is helped from the far end of its range without breaking its streams.
@@ -204,7 +205,11 @@ public sealed class WorkerPool : IDisposable
                         long seen = Volatile.Read(ref range);
                         int front = (int)seen, back = (int)(seen >> 32);
                         if (front >= back) break;
-                        int take = Math.Min(grain, back - front);
+                        // The owner takes half of what is left (at least a grain), others a grain: few claims on the
+                        // owner's stretch (from memory, each claim's kernel call costs the streams a restart), and still
+                        // half a slice for another thread to take should the owner stall in its first claim.
+                        int left = back - front;
+                        int take = Math.Min(left, k == 0 ? Math.Max(grain, left / 2) : grain);
                         int start = k == 0 ? front : back - take;
                         long next = k == 0 ? seen + take : (long)(back - take) << 32 | (uint)front;
                         if (Interlocked.CompareExchange(ref range, next, seen) != seen) continue;
