@@ -52,7 +52,9 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     /// chunks of <see cref="Grain"/>, handed out from one counter, each start new streams: on the Zen 5 EPYC (2 threads,
     /// 16 layers of the 2B4T decode mat-vecs from memory, one process, alternating) one half per thread read 58.5 GB/s against
     /// 52.0, 46.5 and 43.8 for chunks of a quarter, an eighth and a sixteenth of the rows, and 45.4 for <see cref="Grain"/>'s.
-    /// Returns false (use the chunks) when the slices are too small to split this way.
+    /// Returns false (use the chunks) when the slices are too small to split this way. Not used for products under 2^19
+    /// multiply-adds per thread, which <see cref="Grain"/> keeps on one thread (a small model's decode is dispatch-bound:
+    /// the bundled model's `generate` fell from ~1600 to ~620 tok/s when its tiny products were shared out).
     /// </summary>
     private bool PlanOwned(int rows, long rowBytes, bool streams)
     {
@@ -134,7 +136,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         _yStride = yStride;
         try
         {
-            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && PlanOwned(w.Rows, w.RowBytes, x.Tokens == 1 && TernaryKernel.WeightStreams == 4))
+            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, x.Tokens == 1 && TernaryKernel.WeightStreams == 4))
             {
                 _ownedPlan = true;
                 _pool.RunOwned(this, _bounds, _ownedGrain);

@@ -239,7 +239,7 @@ public unsafe class TernaryKernelTests
     public static TheoryData<string> SupportedAndReference() => new(KernelRegistry.SupportedTernary.Select(k => k.Name).Append("reference").Distinct());
 
     /// <summary>Decode's one-token products over owned ranges (<see cref="WorkerPool.RunOwned"/>): the reference's floats
-    /// with one and four weight streams, any thread count, slices with leftover rows and matrices too small to split.</summary>
+    /// with one and four weight streams, any thread count, slices with leftover rows and matrices too small to share out.</summary>
     [Theory]
     [MemberData(nameof(Supported))]
     public void OneTokenOverOwnedRangesEqualsReference(string name)
@@ -253,7 +253,7 @@ public unsafe class TernaryKernelTests
             {
                 using var pool = new WorkerPool(threads);
                 using var op = new TernaryMatMul(pool);
-                foreach (var (n, k) in new[] { (31, 256), (70, 640), (333, 640), (2561, 256), (1000, 2560) })
+                foreach (var (n, k) in new[] { (31, 256), (333, 640), (643, 2560), (1000, 2560), (2561, 1024) }) // the first two: too small to share out
                 {
                     using var w = RandomTernary(rng, n, k);
                     using var x = Quantize([Activations(rng, k, Pattern.Random)]);
@@ -271,6 +271,49 @@ public unsafe class TernaryKernelTests
                         }
                     }
                 }
+            }
+        }
+        finally
+        {
+            TernaryKernel.WeightStreams = before;
+        }
+    }
+
+    /// <summary>How decode products are shared out: one under 2^19 multiply-adds per thread stays whole on the calling thread
+    /// (a small model's decode is dispatch-bound); a larger one is one slice per thread, the owner's claims from the front
+    /// of its slice (quarter positions with four weight streams: items, not rows).</summary>
+    [Fact]
+    public void SmallDecodeProductsStayOnTheCallingThreadLargeOnesAreSlicedPerThread()
+    {
+        var kernel = KernelRegistry.Ternary;
+        var rng = new Random(79);
+        int before = TernaryKernel.WeightStreams;
+        try
+        {
+            TernaryKernel.WeightStreams = 1;
+            using var pool = new WorkerPool(2);
+            using var op = new TernaryMatMul(pool);
+            foreach (var (n, k, shared) in new[] { (256, 256, false), (200, 2560, false), (640, 2560, true), (2560, 2560, true) })
+            {
+                using var w = RandomTernary(rng, n, k);
+                using var x = Quantize([Activations(rng, k, Pattern.Random)]);
+                var timeline = new ChunkTimeline(2, 64);
+                pool.Timeline = timeline;
+                var y = new float[n];
+                fixed (float* py = y) op.Run(kernel, w, x, py, n);
+                pool.Timeline = null;
+                Assert.Equal(Run(new ReferenceTernaryKernel(), w, x), y);
+                var spans = timeline.Spans(0).ToArray().Concat(timeline.Spans(1).ToArray()).ToList();
+                if (!shared)
+                {
+                    Assert.Equal([(0, n)], spans.Select(c => (c.ItemStart, c.ItemEnd)));
+                    continue;
+                }
+                // Rows in address order: worker 0 starts at row 0, worker 1 (if it ran before the caller took its slice)
+                // at the middle, in whole 8-row groups.
+                Assert.Contains(spans, c => c.ItemStart == 0);
+                Assert.True(spans.Count >= 2, $"{n}x{k}: one chunk for the whole product");
+                Assert.All(spans, c => Assert.True(c.ItemEnd - c.ItemStart < n, $"{n}x{k}: a chunk covers every row"));
             }
         }
         finally
