@@ -20,25 +20,8 @@ public static unsafe class QuickDecodeThreads
 
     public static void Run(int threads, int layers, int rounds, double secondsPerRun)
     {
-        var shapes = new List<(int K, int N)>();
-        for (int l = 0; l < layers; l++)
-            shapes.AddRange([(Hidden, Hidden), (Hidden, 640), (Hidden, 640), (Hidden, Hidden), (Hidden, Ffn), (Hidden, Ffn), (Ffn, Hidden)]);
         var rng = new Random(7);
-        var ws = new TernaryMatrix[shapes.Count];
-        long bytes = 0;
-        for (int i = 0; i < shapes.Count; i++)
-        {
-            ws[i] = TernaryMatrix.Allocate(shapes[i].N, shapes[i].K);
-            var span = new Span<byte>(ws[i].Data, (int)ws[i].ByteLength);
-            rng.NextBytes(span);
-            for (int j = 0; j < span.Length; j++)
-            {
-                int b = span[j];
-                for (int s = 0; s < 8; s += 2) if (((b >> s) & 3) == 3) b &= ~(1 << s);
-                span[j] = (byte)b;
-            }
-            bytes += ws[i].ByteLength;
-        }
+        var ws = QuickDecodeVariants.DecodeMatrices(layers, rng, out long bytes);
         var kernel = KernelRegistry.Ternary;
         using var pool = new WorkerPool(threads);
         using var op = new TernaryMatMul(pool);
@@ -105,13 +88,13 @@ public static unsafe class QuickDecodeThreads
                 }
             }
 
-        Console.WriteLine($"kernel {kernel.Name}, {TernaryKernel.WeightStreams} weight stream(s), {threads} threads; {shapes.Count} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
+        Console.WriteLine($"kernel {kernel.Name}, {TernaryKernel.WeightStreams} weight stream(s), {threads} threads; {ws.Length} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
         var results = variants.ToDictionary(v => v.Name, _ => new List<double>());
         for (int round = 0; round < rounds; round++)
             for (int i = 0; i < variants.Length; i++)
             {
                 var (name, run) = variants[(i + round) % variants.Length];
-                results[name].Add(Time(bytes, secondsPerRun, run));
+                results[name].Add(QuickDecodeVariants.Time(bytes, secondsPerRun, run));
             }
         foreach (var (name, _) in variants)
         {
@@ -132,15 +115,6 @@ public static unsafe class QuickDecodeThreads
         }
         Memory.NativeBuffer? scratch = null; // kept alive for the run (the benchmark process ends with it)
         return kernel.Prepare(x, ref scratch);
-    }
-
-    private static double Time(long bytes, double seconds, Action pass)
-    {
-        pass();
-        int passes = 0;
-        var sw = Stopwatch.StartNew();
-        do { pass(); passes++; } while (sw.Elapsed.TotalSeconds < seconds);
-        return bytes * (double)passes / sw.Elapsed.TotalSeconds / 1e9;
     }
 
     /// <summary>Kernel over the rows it is handed (chunks or slices).</summary>

@@ -17,14 +17,15 @@ public static unsafe class QuickDecodeVariants
 {
     private const int Hidden = 2560, Ffn = 6912;
 
-    public static void Run(int layers, int rounds, double secondsPerRun)
+    /// <summary>The decode matrices of <paramref name="layers"/> 2B4T layers (q, k, v, o, gate, up, down), random valid
+    /// codes; <paramref name="bytes"/>: their packed size.</summary>
+    internal static TernaryMatrix[] DecodeMatrices(int layers, Random rng, out long bytes)
     {
         var shapes = new List<(int K, int N)>();
         for (int l = 0; l < layers; l++)
             shapes.AddRange([(Hidden, Hidden), (Hidden, 640), (Hidden, 640), (Hidden, Hidden), (Hidden, Ffn), (Hidden, Ffn), (Ffn, Hidden)]);
-        var rng = new Random(7);
         var ws = new TernaryMatrix[shapes.Count];
-        long bytes = 0;
+        bytes = 0;
         for (int i = 0; i < shapes.Count; i++)
         {
             ws[i] = TernaryMatrix.Allocate(shapes[i].N, shapes[i].K);
@@ -38,6 +39,13 @@ public static unsafe class QuickDecodeVariants
             }
             bytes += ws[i].ByteLength;
         }
+        return ws;
+    }
+
+    public static void Run(int layers, int rounds, double secondsPerRun)
+    {
+        var rng = new Random(7);
+        var ws = DecodeMatrices(layers, rng, out long bytes);
         using var xh = Activations(rng, Hidden);
         using var xf = Activations(rng, Ffn);
         Memory.NativeBuffer? sh = null, sf = null;
@@ -102,7 +110,7 @@ public static unsafe class QuickDecodeVariants
         var results = new Dictionary<string, List<double>>();
         var names = variants.Select(v => v.Name).Append("plain sum").Append("sum, prefetcht1 8K").Append("sum, 4 streams").ToArray();
         foreach (var n in names) results[n] = [];
-        Console.WriteLine($"{shapes.Count} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
+        Console.WriteLine($"{ws.Length} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
         for (int round = 0; round < rounds; round++)
         {
             // Each round starts one variant further on, so that no variant always runs first or after the same one.
@@ -261,7 +269,7 @@ public static unsafe class QuickDecodeVariants
         return s.Length % 2 == 1 ? s[s.Length / 2] : (s[s.Length / 2 - 1] + s[s.Length / 2]) / 2;
     }
 
-    private static double Time(long bytes, double seconds, Action pass)
+    internal static double Time(long bytes, double seconds, Action pass)
     {
         pass();
         int passes = 0;

@@ -81,10 +81,7 @@ public sealed class WorkerPool : IDisposable
         if (itemCount <= 0) return;
         if (ThreadCount == 1 || itemCount == 1 || (grain > 0 && grain >= itemCount))
         {
-            var timeline = Timeline;
-            long started = timeline is null ? 0 : ChunkTimeline.Now();
-            work.Execute(0, itemCount, 0);
-            timeline?.Add(0, started, 0, itemCount);
+            RunHere(work, itemCount);
             return;
         }
 
@@ -121,14 +118,20 @@ public sealed class WorkerPool : IDisposable
         if (itemCount <= 0) return;
         if (ThreadCount == 1)
         {
-            var timeline = Timeline;
-            long started = timeline is null ? 0 : ChunkTimeline.Now();
-            work.Execute(0, itemCount, 0);
-            timeline?.Add(0, started, 0, itemCount);
+            RunHere(work, itemCount);
             return;
         }
         _owned = true;
         Start(work, itemCount, Math.Max(1, grain));
+    }
+
+    /// <summary>The whole range on the calling thread, in one call.</summary>
+    private void RunHere(IParallelWork work, int itemCount)
+    {
+        var timeline = Timeline;
+        long started = timeline is null ? 0 : ChunkTimeline.Now();
+        work.Execute(0, itemCount, 0);
+        timeline?.Add(0, started, 0, itemCount);
     }
 
     /// <summary>Publishes a call to the workers, takes part, and waits for them.</summary>
