@@ -208,12 +208,16 @@ public sealed unsafe class Transformer : IDisposable
             fixed (float* pl = logits)
             {
                 _head.Set((float*)_logitsHidden.Pointer, pl, wanted);
-                // Chunks of whole 16-row blocks, about eight per thread, taken by whichever thread is free.
-                _pool.Run(_head, _c.VocabSize, Math.Max(256, (_c.VocabSize / (_pool.ThreadCount * 8) + 15) / 16 * 16));
+                // Chunks of whole 16-row blocks taken by whichever thread is free: about an eighth of a thread's share
+                // at first, shrinking to 256 rows as the vocabulary runs out, so that no thread waits long at the end.
+                _pool.Run(_head, _c.VocabSize, Math.Max(HeadMinRows, (_c.VocabSize / (_pool.ThreadCount * 8) + 15) / 16 * 16), HeadMinRows);
             }
             p?.End();
         }
     }
+
+    /// <summary>Fewest vocabulary rows per chunk of the output head (16-row blocks; 1.3 MB of an F16 head at width 2560).</summary>
+    private const int HeadMinRows = 256;
 
     private void Layer(int l, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches)
     {

@@ -75,19 +75,34 @@ public sealed class WorkerPool : IDisposable
     /// covers every item, the calling thread executes the whole range in one call. An exception thrown by any slice is
     /// rethrown here. Not reentrant: one Run at a time per pool.
     /// </summary>
-    public void Run(IParallelWork work, int itemCount, int grain = 0)
+    public void Run(IParallelWork work, int itemCount, int grain = 0) => Run(work, itemCount, grain, 0);
+
+    /// <summary>
+    /// As <see cref="Run(IParallelWork, int, int)"/> with a grain, but chunks shrink as the range runs out (guided
+    /// scheduling): each claim takes half of what is left per thread (left / (2 · threads)), at most
+    /// <paramref name="grain"/> and at least <paramref name="minGrain"/> items, rounded down to a multiple of
+    /// <paramref name="minGrain"/> (the last claim takes what remains). Long chunks at the start, and at the end
+    /// short ones, so a thread that runs out of work waits for at most about one <paramref name="minGrain"/> chunk of
+    /// another: with fixed chunks of an eighth of a thread's share, the F16 output head left one of two threads idle
+    /// ~0.55 ms of its ~10.6 ms (median over decode steps, `bitnet profile --trace`, Zen 5 EPYC). With
+    /// <paramref name="minGrain"/> ≤ 0 or ≥ <paramref name="grain"/>, fixed chunks of <paramref name="grain"/>.
+    /// </summary>
+    public void Run(IParallelWork work, int itemCount, int grain, int minGrain)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (itemCount <= 0) return;
-        if (ThreadCount == 1 || itemCount == 1 || (grain > 0 && grain >= itemCount))
+        if (ThreadCount == 1 || itemCount == 1 || (grain > 0 && grain >= itemCount && (minGrain <= 0 || minGrain >= grain)))
         {
             RunHere(work, itemCount);
             return;
         }
 
         _owned = false;
+        _minGrain = grain > 0 && minGrain > 0 && minGrain < grain ? minGrain : 0;
         Start(work, itemCount, Math.Max(0, grain));
     }
+
+    private int _minGrain;
 
     /// <summary>Longs between two threads' range words: 64 bytes, one cache line each.</summary>
     private const int RangeStride = 8;
@@ -230,6 +245,24 @@ public sealed class WorkerPool : IDisposable
                 long started = timeline is null ? 0 : ChunkTimeline.Now();
                 work.Execute(start, end, worker);
                 timeline?.Add(worker, started, start, end);
+                return;
+            }
+            int minGrain = _minGrain;
+            if (minGrain > 0)
+            {
+                // Guided: a CAS per claim (the claim's size depends on what is left when it is taken).
+                int perClaim = 2 * ThreadCount;
+                while (Volatile.Read(ref _failure) is null)
+                {
+                    int start = Volatile.Read(ref _nextItem);
+                    if (start >= count) break;
+                    int left = count - start;
+                    int take = Math.Min(left, Math.Clamp(left / perClaim, minGrain, grain) / minGrain * minGrain);
+                    if (Interlocked.CompareExchange(ref _nextItem, start + take, start) != start) continue;
+                    long started = timeline is null ? 0 : ChunkTimeline.Now();
+                    work.Execute(start, start + take, worker);
+                    timeline?.Add(worker, started, start, start + take);
+                }
                 return;
             }
             while (Volatile.Read(ref _failure) is null)

@@ -77,6 +77,38 @@ public class WorkerPoolTests
             }
     }
 
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void GuidedChunksShrinkToTheMinimumAndCoverEveryItemOnce(int threads)
+    {
+        using var pool = new WorkerPool(threads);
+        foreach (int count in new[] { 300, 4097, 128256 })
+        {
+            const int grain = 8016, minGrain = 256;
+            var log = new ChunkLog(count);
+            pool.Run(log, count, grain, minGrain);
+            Assert.All(log.Marks, m => Assert.Equal(1, m));
+            var chunks = log.Chunks.OrderBy(c => c.Start).ToArray();
+            for (int i = 0; i < chunks.Length; i++)
+            {
+                int size = chunks[i].End - chunks[i].Start;
+                bool last = chunks[i].End == count;
+                Assert.True(size <= grain, $"chunk {chunks[i]} is longer than the grain");
+                if (!last) Assert.True(size >= minGrain && size % minGrain == 0, $"chunk {chunks[i]} is not a whole multiple of {minGrain}");
+                // Each claim takes at most half of what is left per thread (or the minimum, or the rest).
+                int left = count - chunks[i].Start;
+                Assert.True(size <= Math.Max(minGrain, left / (2 * threads)) || size == left, $"chunk {chunks[i]} takes too much of the {left} items left");
+                if (i > 0) Assert.True(size <= chunks[i - 1].End - chunks[i - 1].Start || last, "claims must not grow");
+            }
+            if (count == 128256)
+            {
+                Assert.Equal(grain / minGrain * minGrain, chunks[0].End - chunks[0].Start);
+                Assert.Equal(minGrain, chunks[^2].End - chunks[^2].Start);
+            }
+        }
+    }
+
     [Fact]
     public void ChunksGoToTheThreadThatIsFree()
     {
