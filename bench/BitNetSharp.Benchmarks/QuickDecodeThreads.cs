@@ -31,6 +31,8 @@ public static unsafe class QuickDecodeThreads
         var y = new float[2 * Ffn];
         var chunks = new ChunkWork { Kernel = kernel };
         var sums = new SumWork { Threads = threads };
+        using var contiguous = new Memory.NativeBuffer(bytes / 256 * 256);
+        var whole = new BufferSumWork { Data = contiguous.Pointer, Bytes = contiguous.ByteLength, Threads = threads };
         ActivationRows Rows((ActivationRows Hidden, ActivationRows Ffn) x, TernaryMatrix w) => w.Cols == Hidden ? x.Hidden : x.Ffn;
 
         void Production((ActivationRows, ActivationRows) x, TernaryMatMul m)
@@ -66,6 +68,7 @@ public static unsafe class QuickDecodeThreads
             ("2 tokens: chunks, grain before", () => Chunked(two, w => Before(w, 2))),
             ("sum: one slice per thread", () => Summed(false)),
             ("sum: one slice per thread, 4 streams", () => Summed(true)),
+            ("sum: the same bytes in one buffer, 4 streams", () => pool.Run(whole, threads, 1)),
         };
 
         // The share-outs must all give TernaryMatMul's floats (exact integer sums: the split cannot change them).
@@ -135,6 +138,24 @@ public static unsafe class QuickDecodeThreads
         public void Execute(int start, int end, int worker) => Kernel.MatMul(_w!, _x, _y, _w!.Rows, start, end);
     }
 
+    /// <summary>Item t sums slice t of one buffer as long as all the matrices together, four streams per slice: the
+    /// matrices' bytes without a restart of the streams or a call of the pool per matrix.</summary>
+    private sealed class BufferSumWork : IParallelWork
+    {
+        public byte* Data;
+        public long Bytes;
+        public int Threads;
+
+        public void Execute(int start, int end, int worker)
+        {
+            for (int t = start; t < end; t++)
+            {
+                long from = Bytes * t / Threads / 256 * 256, to = Bytes * (t + 1) / Threads / 256 * 256;
+                SumWork.Four(Data + from, (to - from) / 4 / 64 * 64);
+            }
+        }
+    }
+
     /// <summary>Item t sums slice t of <see cref="Threads"/> of the matrix's bytes: in address order, or its four
     /// quarters side by side.</summary>
     private sealed class SumWork : IParallelWork
@@ -167,7 +188,7 @@ public static unsafe class QuickDecodeThreads
             s_sink += Vector256.Sum(a0 + a1 + a2 + a3);
         }
 
-        private static void Four(byte* p, long quarter)
+        internal static void Four(byte* p, long quarter)
         {
             var a0 = Vector256<long>.Zero; var a1 = a0; var a2 = a0; var a3 = a0;
             for (long i = 0; i + 64 <= quarter; i += 64)
