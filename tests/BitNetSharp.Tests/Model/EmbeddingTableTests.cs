@@ -118,7 +118,7 @@ public unsafe class EmbeddingTableBatchTests
         using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 4, type).ToArray(), "t.gguf"), ownsFile: true);
         var table = w.TokenEmbedding;
         var rng = new Random(2);
-        foreach (int tokens in new[] { 2, 4, 7, 9, 70 }) // 7: overlapping 4-token tiles; 9: overlapping 8-token tiles; 70: past the 64-token chunk of the quantized heads
+        foreach (int tokens in new[] { 2, 3, 4, 7, 9, 70 }) // 7: overlapping 4-token tiles; 9: overlapping 8-token tiles; 70: past the 64-token chunk of the quantized heads
         {
             var x = Enumerable.Range(0, tokens * table.Cols).Select(_ => (float)rng.NextDouble() - 0.5f).ToArray();
             var batched = new float[tokens * table.Rows];
@@ -181,7 +181,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
                 _ => BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() * 4 - 2)),
             };
         }
-        foreach (int tokens in new[] { 1, 3, 4, 5, 8, 11, 16, 17 }) // 4-token and 8-token tiles, full and overlapping
+        foreach (int tokens in new[] { 1, 2, 3, 4, 5, 8, 11, 16, 17 }) // two and three tokens' four-row passes; 4-token and 8-token tiles, full and overlapping
         {
             var x = new float[tokens * cols];
             for (int i = 0; i < x.Length; i++)
