@@ -25,6 +25,7 @@ public static class ProfileCommand
         var promptTokens = new Option<int?>("--prompt-tokens") { Description = "Prompt of N token ids instead of text (default 32)." };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Decode steps after the prompt.", DefaultValueFactory = _ => 16 };
         var threads = new Option<int?>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
+        var sequences = new Option<int>("--sequences", "-s") { Description = "Sequences decoding together, each the same prompt with its own KV cache (as `serve` batches concurrent requests); tok/s is their aggregate.", DefaultValueFactory = _ => 1 };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
         var layers = new Option<bool>("--layers") { Description = "Also a table per layer." };
         var json = new Option<bool>("--json") { Description = "Print JSON (every layer × operation cell included)." };
@@ -37,7 +38,7 @@ public static class ProfileCommand
         var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
         var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
         {
-            model, synthetic, headType, prompt, promptTokens, gen, threads, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock, hugePages,
+            model, synthetic, headType, prompt, promptTokens, gen, threads, sequences, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock, hugePages,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -63,6 +64,8 @@ public static class ProfileCommand
             if (text is not null && nPrompt is not null) throw new UsageException("give either --prompt (-p) TEXT or --prompt-tokens N, not both.");
             if (nPrompt is < 1) throw new UsageException($"--prompt-tokens must be at least 1; got {nPrompt}.");
             if (result.GetValue(threads) is < 1 and var t) throw new UsageException($"--threads (-t) must be at least 1; got {t}.");
+            int seqs = result.GetValue(sequences);
+            if (seqs is < 1 or > ProfileOptions.MaxSequences) throw new UsageException($"--sequences (-s) must be from 1 to {ProfileOptions.MaxSequences}; got {seqs}.");
             int abReps = result.GetValue(ab);
             if (abReps < 0) throw new UsageException($"--ab must be ≥ 0; got {abReps}.");
             int probe = result.GetValue(probeMb);
@@ -99,7 +102,7 @@ public static class ProfileCommand
 
             using var pool = new WorkerPool(result.GetValue(threads) ?? 0);
             if (cpuList is not null) Pin(pool, cpuList);
-            cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps, {pool.ThreadCount} threads...");
+            cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps{(seqs > 1 ? $" × {seqs} sequences" : "")}, {pool.ThreadCount} threads...");
             var report = ProfileSession.Run(weights, pool, new ProfileOptions
             {
                 Prompt = ids,
@@ -109,6 +112,7 @@ public static class ProfileCommand
                 ModelPath = File.Exists(path) ? path : null,
                 BandwidthProbeBytes = (long)probe << 20,
                 PeakSeconds = peak / 1000.0,
+                Sequences = seqs,
             });
             long? traceBytes = null;
             if (tracePath is not null)
@@ -196,14 +200,17 @@ public static class ProfileCommand
         var c = r.Config;
         o.WriteLine($"model: {name} — {c.Architecture}, {c.Layers} layers, dim {c.Dim}, ff {c.FeedForward}, vocab {c.VocabSize}, head {r.HeadType}");
         o.WriteLine($"kernel {r.Kernel} ({Kernels.TernaryKernel.WeightStreams} weight stream(s)), {r.Threads} threads; limits measured in this run: read bandwidth {F(r.BandwidthGBps)} GB/s, "
-            + $"int8×ternary peak {F(r.PeakGmacPrefill)} GMAC/s at {r.Prefill.Tokens} tokens, {F(r.PeakGmacDecode)} GMAC/s at 1 token (cache-resident weights)");
+            + $"int8×ternary peak {F(r.PeakGmacPrefill)} GMAC/s at {r.Prefill.Tokens} tokens, {F(r.PeakGmacDecode)} GMAC/s at {r.Sequences} token{(r.Sequences == 1 ? "" : "s")} (cache-resident weights)");
         o.WriteLine(r.KernelUnpackShares.Count == 0
             ? $"ternary kernel split: no unpack-only variant of {r.Kernel} (the AVX-512 kernels have one)"
             : "ternary kernel time unpacking codes (rest: multiply-accumulate), cache-resident weights: "
               + string.Join(", ", r.KernelUnpackShares.Select(u => $"{Pct(u.Share)} at width {u.Cols}, {u.Tokens} token{(u.Tokens == 1 ? "" : "s")}")));
         var lat = r.DecodeLatency;
         o.WriteLine($"prefill: {r.Prefill.Tokens} tokens in {Ms(r.Prefill.WallSeconds)} ms ({F(r.Prefill.Tokens / r.Prefill.WallSeconds)} tok/s); TTFT {Ms(r.TtftSeconds)} ms");
-        o.WriteLine($"decode: {r.Decode.Tokens} steps, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s; per-token latency p50 {Ms(lat.P50)} ms, p95 {Ms(lat.P95)}, p99 {Ms(lat.P99)}, sd {Ms(lat.StdDev)}, min {Ms(lat.Min)}, max {Ms(lat.Max)}");
+        string decodeHead = r.Sequences == 1
+            ? $"decode: {r.Decode.Tokens} steps, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s; per-token latency"
+            : $"decode: {r.Decode.Tokens / r.Sequences} steps × {r.Sequences} sequences, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s in all; per-step latency";
+        o.WriteLine($"{decodeHead} p50 {Ms(lat.P50)} ms, p95 {Ms(lat.P95)}, p99 {Ms(lat.P99)}, sd {Ms(lat.StdDev)}, min {Ms(lat.Min)}, max {Ms(lat.Max)}");
         foreach (var (phase, peak) in new[] { (r.Prefill, r.PeakGmacPrefill), (r.Decode, r.PeakGmacDecode) })
         {
             o.WriteLine();
@@ -311,6 +318,7 @@ public static class ProfileCommand
             architecture = r.Config.Architecture,
             kernel = r.Kernel,
             threads = r.Threads,
+            sequences = r.Sequences,
             bandwidth_gbps = r.BandwidthGBps,
             ttft_seconds = r.TtftSeconds,
             kernel_unpack_share = r.KernelUnpackShares.Select(u => new { cols = u.Cols, tokens = u.Tokens, share = u.Share }),

@@ -177,6 +177,32 @@ public class ProfilingTests
         Assert.Contains(spans, e => e.GetProperty("tid").GetInt32() == 0 && e.GetProperty("name").GetString()!.EndsWith(" chunk", StringComparison.Ordinal));
     }
 
+    [Fact]
+    public void SessionWithSequencesDecodesOneTokenOfEachPerStep()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        using var pool = new WorkerPool(2);
+        var c = w.Config;
+        var report = ProfileSession.Run(w, pool, new ProfileOptions
+        {
+            Prompt = [1, 2, 3, 4], DecodeSteps = 3, Sequences = 3, BandwidthProbeBytes = 16 << 20, PeakSeconds = 0.02,
+        });
+        Assert.Equal(3, report.Sequences);
+        Assert.Equal(12, report.Prefill.Tokens); // three prompts in one prefill batch
+        Assert.Equal(12, report.Prefill.Stats.Tokens);
+        Assert.Equal(9, report.Decode.Tokens); // three steps of three tokens
+        Assert.Equal(9, report.Decode.Stats.Tokens);
+        Assert.Equal(3, report.Decode.Stats.Steps);
+        Assert.Equal(3, report.DecodeLatency.Count);
+        // Each step is one forward pass of three tokens: one q product per layer and step, three tokens' multiply-adds each.
+        var q = OpStats.Index(ProfileOp.Q, 0);
+        Assert.Equal(3, report.Decode.Stats.Calls[q]);
+        Assert.Equal((long)c.QDim * c.Dim * 9, report.Decode.Stats.Macs[q]);
+        Assert.Equal(9, report.Decode.Stats.Calls[OpStats.Index(ProfileOp.Sampling, -1)]); // one sample per sequence and step
+        Assert.Throws<ArgumentException>(() => ProfileSession.Run(w, pool, new ProfileOptions { Prompt = [1], DecodeSteps = 1, Sequences = 0 }));
+    }
+
     private sealed class Spin : IParallelWork
     {
         public void Execute(int start, int end, int worker)
@@ -306,6 +332,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "0" }, "--prompt-tokens")]
     [InlineData(new[] { "--synthetic", "tiny", "-t", "0" }, "--threads")]
     [InlineData(new[] { "--synthetic", "tiny", "--ab", "-1" }, "--ab")]
+    [InlineData(new[] { "--synthetic", "tiny", "-s", "0" }, "--sequences")]
+    [InlineData(new[] { "--synthetic", "tiny", "--sequences", "257" }, "--sequences")]
     [InlineData(new[] { "--synthetic", "tiny", "--trace", "/nonexistent-folder/t.json" }, "--trace")]
     [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]

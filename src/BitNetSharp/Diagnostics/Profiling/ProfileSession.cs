@@ -6,7 +6,7 @@ using BitNetSharp.Threading;
 namespace BitNetSharp.Diagnostics.Profiling;
 
 /// <summary>What <see cref="ProfileSession.Run"/> profiles: a prompt (one prefill batch) and then decode steps of one
-/// token each, greedy-sampled, on one sequence.</summary>
+/// token per sequence, greedy-sampled, on <see cref="Sequences"/> sequences decoding together.</summary>
 public sealed record ProfileOptions
 {
     public required int[] Prompt { get; init; }
@@ -27,6 +27,13 @@ public sealed record ProfileOptions
 
     /// <summary>The model file, for the resident size of its mapping (null: not measured).</summary>
     public string? ModelPath { get; init; }
+
+    /// <summary>Sequences decoding together, each with the same prompt and its own KV cache (as `serve` batches concurrent
+    /// requests): the prefill is one batch of all their prompts, and each decode step one token of each.</summary>
+    public int Sequences { get; init; } = 1;
+
+    /// <summary>Most sequences a profile batches (as `bench -s`).</summary>
+    public const int MaxSequences = 256;
 }
 
 /// <summary>One phase (prefill or decode) of a profile.</summary>
@@ -45,6 +52,10 @@ public sealed class ProfileReport
     public required string Kernel { get; init; }
     public required string HeadType { get; init; }
     public required int Threads { get; init; }
+
+    /// <summary>Sequences decoding together (<see cref="ProfileOptions.Sequences"/>): each decode step produces this many
+    /// tokens, and the phases' token counts include all of them.</summary>
+    public int Sequences { get; init; } = 1;
     public required double BandwidthGBps { get; init; }
     public required double PeakGmacPrefill { get; init; }
     public required double PeakGmacDecode { get; init; }
@@ -79,6 +90,9 @@ public static class ProfileSession
         int promptLen = o.Prompt.Length;
         if (promptLen == 0) throw new ArgumentException("The prompt is empty; profile needs at least one prompt token.", nameof(o));
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(o.DecodeSteps);
+        int sequences = o.Sequences;
+        if (sequences is < 1 or > ProfileOptions.MaxSequences)
+            throw new ArgumentException($"Sequences must be from 1 to {ProfileOptions.MaxSequences}; got {sequences}.", nameof(o));
         if (promptLen + o.DecodeSteps > c.ContextLength)
             throw new ArgumentException($"{promptLen} prompt tokens and {o.DecodeSteps} decode steps exceed the model's context of {c.ContextLength} tokens.", nameof(o));
 
@@ -93,23 +107,31 @@ public static class ProfileSession
             return gbps;
         }
         double bandwidth = Probe();
-        using var engine = new Transformer(weights, promptLen, pool);
-        double peakDecode = KernelPeak.Measure(pool, engine.Kernel, c.Dim, 1, o.PeakSeconds);
-        double peakPrefill = promptLen == 1 ? peakDecode : KernelPeak.Measure(pool, engine.Kernel, c.Dim, promptLen, o.PeakSeconds);
+        using var engine = new Transformer(weights, promptLen * sequences, pool);
+        // The ceilings at the phases' own token counts: a decode step is one token per sequence.
+        int prefillTokens = promptLen * sequences;
+        double peakDecode = KernelPeak.Measure(pool, engine.Kernel, c.Dim, sequences, o.PeakSeconds);
+        double peakPrefill = prefillTokens == sequences ? peakDecode : KernelPeak.Measure(pool, engine.Kernel, c.Dim, prefillTokens, o.PeakSeconds);
         var unpack = new List<UnpackShare>();
         foreach (int width in new SortedSet<int> { c.Dim, c.QDim, c.FeedForward })
-            foreach (int tokens in promptLen == 1 ? [1] : new[] { 1, promptLen })
+            foreach (int tokens in prefillTokens == sequences ? [sequences] : new[] { sequences, prefillTokens })
                 if (KernelPeak.UnpackShare(pool, engine.Kernel, width, tokens, o.PeakSeconds) is { } share)
                     unpack.Add(new UnpackShare(width, tokens, share));
 
-        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, promptLen + o.DecodeSteps, o.KvType);
+        var caches = new KvCache[sequences];
+        for (int q = 0; q < sequences; q++) caches[q] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, promptLen + o.DecodeSteps, o.KvType);
+        using var cacheOwner = new Disposables(caches);
         var sampler = new Sampler(new SamplingParameters { Temperature = 0f, TopK = 0, TopP = 1f, MinP = 0f }, c.VocabSize);
-        var logits = new float[c.VocabSize];
-        var history = new int[promptLen + o.DecodeSteps + 1];
-        o.Prompt.CopyTo(history, 0);
-        var prefillBatch = new BatchToken[promptLen];
-        for (int i = 0; i < promptLen; i++) prefillBatch[i] = new BatchToken(o.Prompt[i], 0, i, i == promptLen - 1);
-        var one = new BatchToken[1];
+        var logits = new float[(long)c.VocabSize * sequences];
+        var history = new int[sequences][];
+        var prefillBatch = new BatchToken[promptLen * sequences];
+        for (int q = 0; q < sequences; q++)
+        {
+            history[q] = new int[promptLen + o.DecodeSteps + 1];
+            o.Prompt.CopyTo(history[q], 0);
+            for (int i = 0; i < promptLen; i++) prefillBatch[q * promptLen + i] = new BatchToken(o.Prompt[i], q, i, i == promptLen - 1);
+        }
+        var step = new BatchToken[sequences];
         var latencies = new double[o.DecodeSteps];
 
         var profiler = new OpProfiler(c.Layers, pool.ThreadCount);
@@ -118,36 +140,38 @@ public static class ProfileSession
         var scratch = new OpStats(c.Layers);
         var prefillStats = new OpStats(c.Layers);
         var decodeStats = new OpStats(c.Layers);
-        var caches = new[] { cache };
 
         long Prefill(OpStats? stats)
         {
-            cache.Clear();
+            foreach (var cache in caches) cache.Clear();
             profiler.Stats = stats;
             long s = Stopwatch.GetTimestamp();
             engine.Forward(prefillBatch, caches, logits);
             long e = Stopwatch.GetTimestamp();
-            stats?.AddStep(promptLen, e - s);
-            if (engine.Profiler is not null) spans.Add(new TraceSpan(s, e, SpanKind.Step, 0, -1, promptLen, 0, 0));
+            stats?.AddStep(promptLen * sequences, e - s);
+            if (engine.Profiler is not null) spans.Add(new TraceSpan(s, e, SpanKind.Step, 0, -1, promptLen * sequences, 0, 0));
             return e;
         }
-        int Sample(int length)
+        void Sample(int length)
         {
+            // One greedy sample per sequence from its row of logits (rows in batch order: sequence q is row q).
             var p = engine.Profiler;
-            p?.Begin(ProfileOp.Sampling, -1, 1);
-            int token = sampler.Sample(logits, history.AsSpan(0, length));
-            p?.End();
-            history[length] = token;
-            return token;
+            for (int q = 0; q < sequences; q++)
+            {
+                p?.Begin(ProfileOp.Sampling, -1, 1);
+                int token = sampler.Sample(logits.AsSpan(q * c.VocabSize, c.VocabSize), history[q].AsSpan(0, length));
+                p?.End();
+                history[q][length] = token;
+            }
         }
         void DecodeStep(int i, OpStats? stats)
         {
-            one[0] = new BatchToken(history[promptLen + i], 0, promptLen + i, true);
+            for (int q = 0; q < sequences; q++) step[q] = new BatchToken(history[q][promptLen + i], q, promptLen + i, true);
             long s = Stopwatch.GetTimestamp();
-            engine.Forward(one, caches, logits);
+            engine.Forward(step, caches, logits);
             long e = Stopwatch.GetTimestamp();
-            stats?.AddStep(1, e - s);
-            if (engine.Profiler is not null) spans.Add(new TraceSpan(s, e, SpanKind.Step, i + 1, -1, 1, 0, 0));
+            stats?.AddStep(sequences, e - s);
+            if (engine.Profiler is not null) spans.Add(new TraceSpan(s, e, SpanKind.Step, i + 1, -1, sequences, 0, 0));
             Sample(promptLen + i + 1);
         }
         void Attach(bool on)
@@ -191,7 +215,7 @@ public static class ProfileSession
             Sample(promptLen);
             long t1 = Stopwatch.GetTimestamp();
             long a1 = GC.GetTotalAllocatedBytes(precise: true);
-            spans.Add(new TraceSpan(t0, t1, SpanKind.Phase, 0, -1, promptLen, 0, 0));
+            spans.Add(new TraceSpan(t0, t1, SpanKind.Phase, 0, -1, promptLen * sequences, 0, 0));
             var perf1 = counters.Read();
             var mem1 = ProcessMemory.Read(o.ModelPath);
 
@@ -209,12 +233,12 @@ public static class ProfileSession
             long a3 = GC.GetTotalAllocatedBytes(precise: true);
             var perf3 = counters.Read();
             var mem3 = ProcessMemory.Read(o.ModelPath);
-            spans.Add(new TraceSpan(t2, t3, SpanKind.Phase, 1, -1, o.DecodeSteps, 0, 0));
+            spans.Add(new TraceSpan(t2, t3, SpanKind.Phase, 1, -1, o.DecodeSteps * sequences, 0, 0));
             _ = prefillEnd;
 
             bandwidth = Math.Max(bandwidth, Probe());
-            var prefill = new PhaseProfile("prefill", prefillStats, promptLen, Seconds(t1 - t0), perf1.Minus(perf0), mem0, mem1, a1 - a0, Busy(chunks, t0, t1));
-            var decode = new PhaseProfile("decode", decodeStats, o.DecodeSteps, Seconds(t3 - t2), perf3.Minus(perf2), mem1, mem3, a3 - a2, Busy(chunks, t2, t3));
+            var prefill = new PhaseProfile("prefill", prefillStats, promptLen * sequences, Seconds(t1 - t0), perf1.Minus(perf0), mem0, mem1, a1 - a0, Busy(chunks, t0, t1));
+            var decode = new PhaseProfile("decode", decodeStats, o.DecodeSteps * sequences, Seconds(t3 - t2), perf3.Minus(perf2), mem1, mem3, a3 - a2, Busy(chunks, t2, t3));
 
             double[]? off = null, on = null;
             if (o.AbRepetitions > 0)
@@ -245,6 +269,7 @@ public static class ProfileSession
                 Kernel = engine.Kernel.Name,
                 HeadType = weights.Output.Type.ToString(),
                 Threads = pool.ThreadCount,
+                Sequences = sequences,
                 BandwidthGBps = bandwidth,
                 PeakGmacPrefill = peakPrefill,
                 PeakGmacDecode = peakDecode,
@@ -278,13 +303,22 @@ public static class ProfileSession
             stats.Clear();
             long s = Stopwatch.GetTimestamp();
             for (int i = 0; i < o.DecodeSteps; i++) DecodeStep(i, profiled ? stats : null);
-            double tps = o.DecodeSteps / Stopwatch.GetElapsedTime(s).TotalSeconds;
+            double tps = (double)o.DecodeSteps * sequences / Stopwatch.GetElapsedTime(s).TotalSeconds;
             Attach(false);
             return tps;
         }
     }
 
     private static double Seconds(long ticks) => (double)ticks / Stopwatch.Frequency;
+
+    /// <summary>Disposes the sequences' caches however the run ends.</summary>
+    private sealed class Disposables(IDisposable[] items) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var item in items) item.Dispose();
+        }
+    }
 
     /// <summary>Per worker, the seconds its recorded chunks overlap [from, to).</summary>
     private static double[] Busy(ChunkTimeline chunks, long from, long to)
