@@ -155,9 +155,12 @@ public static unsafe class QuickDecodeVariants
         var x = new float[n];
         var scaled = new float[n]; // x · 2^112, what the raw-half loops multiply (exact)
         for (int i = 0; i < n; i++) { x[i] = (float)(rng.NextDouble() - 0.5); scaled[i] = x[i] * MathF.ScaleB(1f, 112); }
-        var y = new float[rows];
+        var y = new float[3 * rows]; // three tokens' logits for the batched variants (token 0 first, as the single-token ones)
         var check = new float[rows];
         var head = new HeadMatrix(Formats.Gguf.GgmlType.F16, (byte*)w, 2L * n, n);
+        var x3 = new float[3 * n];
+        x.CopyTo(x3, 0);
+        for (int i = n; i < 3 * n; i++) x3[i] = (float)(rng.NextDouble() - 0.5);
         var variants = new (string Name, Action Run)[]
         {
             ($"MatVec, {TernaryKernel.WeightStreams} weight stream(s)", () => { fixed (float* px = x, py = y) HeadKernels.MatVec(head, px, py, 0, rows); }),
@@ -166,6 +169,8 @@ public static unsafe class QuickDecodeVariants
             ("4 quarter streams, prefetch 1 row on", () => HeadQuarters(w, rows, n, scaled, y, 4, 1)),
             ("2 half streams x 2 rows, prefetch 2 rows on", () => HeadQuarters(w, rows, n, scaled, y, 2, 2)),
             ("8 eighth streams, no prefetch", () => HeadEighths(w, rows, n, scaled, y)),
+            ("MatMul, 2 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 2, py, rows, 0, rows); }),
+            ("MatMul, 3 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 3, py, rows, 0, rows); }),
         };
         fixed (float* px = x, pc = check)
             for (int r = 0; r < rows; r++) pc[r] = HeadKernels.DotF16(w + (long)r * n, px, n);
@@ -626,6 +631,7 @@ public readonly unsafe struct SplitRows8<TSplit> : ITernaryRowPairDot where TSpl
     public static void Dot2x4(byte* w0, byte* w1, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.Dot2x4(w0, w1, q0, q1, q2, q3, blocks, result);
     public static void DotRows8x2(byte* w, long rowBytes, sbyte* q0, sbyte* q1, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.DotRows8x2(w, rowBytes, q0, q1, blocks, result);
     public static void DotRows4Streams(byte* w, long streamBytes, sbyte* q, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.DotRows4Streams(w, streamBytes, q, blocks, result);
+    public static void DotRows4Streams2(byte* w, long streamBytes, sbyte* q0, sbyte* q1, int blocks, int* result) => Avx512TernaryKernel.Dot512<TSplit>.DotRows4Streams2(w, streamBytes, q0, q1, blocks, result);
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector512<int> DotLanes(byte* w, sbyte* q, int blocks)

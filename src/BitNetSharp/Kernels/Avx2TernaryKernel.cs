@@ -24,8 +24,8 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.RunPairs<Dot256>(w, x, y, yStride, rowStart, rowEnd);
 
-    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
-        TernaryDriver.OneTokenQuarters<Dot256>(w, x, y, sliceStart, quarter, from, to);
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.Quarters<Dot256>(w, x, y, yStride, sliceStart, quarter, from, to);
 
     public readonly struct Dot256 : ITernaryRowPairDot
     {
@@ -113,6 +113,14 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
         /// the four streams). Exact integer sums, so the same results as <see cref="DotRows8"/>.
         /// </summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        /// <summary>Two tokens: two <see cref="DotRows4Streams"/> passes, the second on rows then in L1 (sixteen 256-bit
+        /// registers do not hold both tokens' sums and activations).</summary>
+        public static void DotRows4Streams2(byte* w, long streamBytes, sbyte* q0, sbyte* q1, int blocks, int* result)
+        {
+            DotRows4Streams(w, streamBytes, q0, blocks, result);
+            DotRows4Streams(w, streamBytes, q1, blocks, result + 4);
+        }
+
         public static void DotRows4Streams(byte* w, long streamBytes, sbyte* q, int blocks, int* result)
         {
             var m3 = Vector256.Create((byte)3);
@@ -340,8 +348,8 @@ public sealed unsafe class AvxVnniTernaryKernel : TernaryKernel
         else TernaryDriver.Run<DotVnni>(w, x, y, yStride, rowStart, rowEnd);
     }
 
-    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
-        TernaryDriver.OneTokenQuarters<Avx2TernaryKernel.Dot256>(w, x, y, sliceStart, quarter, from, to);
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.Quarters<Avx2TernaryKernel.Dot256>(w, x, y, yStride, sliceStart, quarter, from, to);
 
     public readonly struct DotVnni : ITernaryRowDot
     {

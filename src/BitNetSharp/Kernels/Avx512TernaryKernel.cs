@@ -24,8 +24,8 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.RunPairs<Dot512<ShiftSplit>>(w, x, y, yStride, rowStart, rowEnd);
 
-    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
-        TernaryDriver.OneTokenQuarters<Dot512<ShiftSplit>>(w, x, y, sliceStart, quarter, from, to);
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.Quarters<Dot512<ShiftSplit>>(w, x, y, yStride, sliceStart, quarter, from, to);
 
     public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => InterleavedRows(x, ref scratch);
 
@@ -198,6 +198,61 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
             }
             Avx2.ShiftRightArithmetic(LaneSums(a0, a1, a2, a3, a0, a1, a2, a3).GetLower(), 2).Store(result);
             if ((blocks & 1) != 0) AddOddBlockStreams4(w, streamBytes, q, blocks, result);
+        }
+
+        /// <summary>
+        /// <see cref="DotRows4Streams"/> for two tokens: each 64-byte step of each row is split into its four code vectors
+        /// once and multiplied by both tokens' activations (loaded once per step for the four rows). Exact integer sums,
+        /// so the same results as two <see cref="DotRows4Streams"/> calls.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void DotRows4Streams2(byte* w, long streamBytes, sbyte* q0, sbyte* q1, int blocks, int* result)
+        {
+            var m3 = Vector512.Create((byte)3);
+            var m12 = Vector512.Create((byte)12);
+            byte* w0 = w, w1 = w + streamBytes, w2 = w1 + streamBytes, w3 = w2 + streamBytes;
+            Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+            long end = (long)(blocks >> 1) * 64;
+            for (long o = 0; o < end;)
+            {
+                long chunkEnd = Math.Min(end, o + ScaledSteps * 64);
+                Vector512<short> s10 = default, s40 = default, s11 = default, s41 = default, s12 = default, s42 = default, s13 = default, s43 = default;
+                Vector512<short> t10 = default, t40 = default, t11 = default, t41 = default, t12 = default, t42 = default, t13 = default, t43 = default;
+                for (; o < chunkEnd; o += 64)
+                {
+                    sbyte* qp = q0 + 4 * o, qr = q1 + 4 * o;
+                    var p0 = Pair(qp); var p1 = Pair(qp + 64); var p2 = Pair(qp + 128); var p3 = Pair(qp + 192);
+                    var r0 = Pair(qr); var r1 = Pair(qr + 64); var r2 = Pair(qr + 128); var r3 = Pair(qr + 192);
+                    ScaledStep2(Vector512.Load(w0 + o), p0, p1, p2, p3, r0, r1, r2, r3, m3, m12, ref s10, ref s40, ref t10, ref t40);
+                    ScaledStep2(Vector512.Load(w1 + o), p0, p1, p2, p3, r0, r1, r2, r3, m3, m12, ref s11, ref s41, ref t11, ref t41);
+                    ScaledStep2(Vector512.Load(w2 + o), p0, p1, p2, p3, r0, r1, r2, r3, m3, m12, ref s12, ref s42, ref t12, ref t42);
+                    ScaledStep2(Vector512.Load(w3 + o), p0, p1, p2, p3, r0, r1, r2, r3, m3, m12, ref s13, ref s43, ref t13, ref t43);
+                }
+                a0 = Avx512F.Add(a0, Widen(s10, s40)); a1 = Avx512F.Add(a1, Widen(s11, s41));
+                a2 = Avx512F.Add(a2, Widen(s12, s42)); a3 = Avx512F.Add(a3, Widen(s13, s43));
+                b0 = Avx512F.Add(b0, Widen(t10, t40)); b1 = Avx512F.Add(b1, Widen(t11, t41));
+                b2 = Avx512F.Add(b2, Widen(t12, t42)); b3 = Avx512F.Add(b3, Widen(t13, t43));
+            }
+            Avx2.ShiftRightArithmetic(LaneSums(a0, a1, a2, a3, b0, b1, b2, b3), 2).Store(result);
+            if ((blocks & 1) != 0)
+            {
+                AddOddBlockStreams4(w, streamBytes, q0, blocks, result);
+                AddOddBlockStreams4(w, streamBytes, q1, blocks, result + 4);
+            }
+        }
+
+        /// <summary><see cref="ScaledStep"/> for two tokens' activation vectors on one row's codes.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        private static void ScaledStep2(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
+            Vector512<sbyte> r0, Vector512<sbyte> r1, Vector512<sbyte> r2, Vector512<sbyte> r3,
+            Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4, ref Vector512<short> t1, ref Vector512<short> t4)
+        {
+            var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
+            var c0 = p4 & m12; var c1 = p4 & m3; var c2 = p & m12; var c3 = p & m3;
+            s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(c0, q0), Avx512BW.MultiplyAddAdjacent(c2, q2)));
+            s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(c1, q1), Avx512BW.MultiplyAddAdjacent(c3, q3)));
+            t4 = Avx512BW.Add(t4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(c0, r0), Avx512BW.MultiplyAddAdjacent(c2, r2)));
+            t1 = Avx512BW.Add(t1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(c1, r1), Avx512BW.MultiplyAddAdjacent(c3, r3)));
         }
 
         /// <summary>One 64-byte step of <see cref="DotLanesTimes4"/>'s split for one row, on activation vectors already loaded.</summary>
@@ -490,8 +545,8 @@ public sealed unsafe class Avx512GfniTernaryKernel : TernaryKernel
     protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
         TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<BalancedSplit>>(w, x, y, yStride, rowStart, rowEnd);
 
-    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int sliceStart, int quarter, int from, int to) =>
-        TernaryDriver.OneTokenQuarters<Avx512TernaryKernel.Dot512<BalancedSplit>>(w, x, y, sliceStart, quarter, from, to);
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.Quarters<Avx512TernaryKernel.Dot512<BalancedSplit>>(w, x, y, yStride, sliceStart, quarter, from, to);
 
     public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => Avx512TernaryKernel.InterleavedRows(x, ref scratch);
 }

@@ -45,10 +45,12 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     private const int StreamMinRows = 8;
 
     /// <summary>
-    /// Plans a one-token product (decode) over owned ranges: each thread owns one contiguous slice of the rows and works
-    /// through it front to back — with <see cref="TernaryKernel.WeightStreams"/> = 4 as one four-stream pass over the
-    /// slice's quarters (items are quarter positions; <see cref="TernaryKernel.MatVecQuarters"/>), with 1 as rows in
-    /// address order — taking work from the other slices once its own is done (<see cref="WorkerPool.RunOwned"/>). The
+    /// Plans a decode product (one to three tokens) over owned ranges: each thread owns one contiguous slice of the rows
+    /// and works through it front to back — with <see cref="TernaryKernel.WeightStreams"/> = 4 as one four-stream pass
+    /// over the slice's quarters, every token against each four rows (items are quarter positions;
+    /// <see cref="TernaryKernel.MatVecQuarters(TernaryMatrix, in ActivationRows, float*, int, int, int, int, int)"/>; for two
+    /// and three tokens this replaced rows in address order: `bench -s 2` 51-53 -> 65-72 tok/s, `-s 3` 58-60 -> 70-73 on the
+    /// 2B4T shape, Zen 5 EPYC, 2 threads), with 1 as rows in address order — taking work from the other slices once its own is done (<see cref="WorkerPool.RunOwned"/>). The
     /// chunks of <see cref="Grain"/>, handed out from one counter, each start new streams: on the Zen 5 EPYC (2 threads,
     /// 16 layers of the 2B4T decode mat-vecs from memory, one process, alternating) one half per thread read 58.5 GB/s against
     /// 52.0, 46.5 and 43.8 for chunks of a quarter, an eighth and a sixteenth of the rows, and 45.4 for <see cref="Grain"/>'s.
@@ -136,7 +138,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         _yStride = yStride;
         try
         {
-            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, x.Tokens == 1 && TernaryKernel.WeightStreams == 4))
+            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, TernaryKernel.WeightStreams == 4))
             {
                 _ownedPlan = true;
                 _pool.RunOwned(this, _bounds, _ownedGrain);
@@ -192,7 +194,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         int t = 0;
         while (start >= _bounds[t + 1]) t++;
         int from = start - _bounds[t], to = end - _bounds[t], quarter = _quarter[t];
-        if (from < quarter) _kernel!.MatVecQuarters(_w!, _rows, _y, _sliceStart[t], quarter, from, Math.Min(to, quarter));
+        if (from < quarter) _kernel!.MatVecQuarters(_w!, _rows, _y, _yStride, _sliceStart[t], quarter, from, Math.Min(to, quarter));
         if (to > quarter) _kernel!.MatMul(_w!, _rows, _y, _yStride, _sliceStart[t] + 4 * quarter, _sliceEnd[t]);
     }
 }

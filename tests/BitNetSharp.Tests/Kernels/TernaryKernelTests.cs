@@ -206,40 +206,60 @@ public unsafe class TernaryKernelTests
     }
 
     /// <summary>A four-stream pass's positions [from, to) of a slice's quarters: the reference's floats on exactly those rows
-    /// (the rest untouched), for every variant and the default (range per quarter) of kernels without a four-stream dot.</summary>
+    /// (the rest untouched), for one to three tokens (pairs of tokens share each weight's unpacking, an odd one goes alone;
+    /// 3200 inputs: an odd number of 256-weight blocks), every variant and the default (range per quarter) of kernels
+    /// without a four-stream dot.</summary>
     [Theory]
     [MemberData(nameof(SupportedAndReference))]
     public void QuarterPositionsEqualReference(string name)
     {
         var kernel = name == "reference" ? new ReferenceTernaryKernel() : KernelRegistry.SelectTernary(name);
         var rng = new Random(77);
-        using var w = RandomTernary(rng, 70, 640);
-        using var x = Quantize([Activations(rng, 640, Pattern.Random)]);
-        var expected = Run(new ReferenceTernaryKernel(), w, x);
-        using var pool = new WorkerPool(1);
-        using var op = new TernaryMatMul(pool);
-        var rows = op.Prepare(kernel, x);
-        foreach (var (sliceStart, quarter, from, to) in new[] { (3, 15, 2, 11), (0, 17, 0, 17), (6, 16, 5, 5), (2, 1, 0, 1) })
+        foreach (int k in new[] { 640, 3200 })
         {
-            var y = Enumerable.Repeat(float.NaN, 70).ToArray();
-            fixed (float* py = y) kernel.MatVecQuarters(w, rows, py, sliceStart, quarter, from, to);
-            for (int n = 0; n < 70; n++)
+            using var w = RandomTernary(rng, 70, k);
+            foreach (int tokens in new[] { 1, 2, 3 })
             {
-                int offset = n - sliceStart, p = offset % Math.Max(1, quarter);
-                bool covered = offset >= 0 && offset < 4 * quarter && p >= from && p < to;
-                if (covered) Assert.Equal(BitConverter.SingleToInt32Bits(expected[n]), BitConverter.SingleToInt32Bits(y[n]));
-                else Assert.True(float.IsNaN(y[n]), $"{name}: row {n} written outside positions [{from}, {to}) of slice {sliceStart}+4x{quarter}");
+                using var x = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, k, Pattern.Random)).ToArray());
+                var expected = Run(new ReferenceTernaryKernel(), w, x);
+                using var pool = new WorkerPool(1);
+                using var op = new TernaryMatMul(pool);
+                var rows = op.Prepare(kernel, x);
+                foreach (var (sliceStart, quarter, from, to) in new[] { (3, 15, 2, 11), (0, 17, 0, 17), (6, 16, 5, 5), (2, 1, 0, 1) })
+                {
+                    var y = Enumerable.Repeat(float.NaN, 70 * tokens).ToArray();
+                    fixed (float* py = y)
+                    {
+                        if (tokens == 1) kernel.MatVecQuarters(w, rows, py, sliceStart, quarter, from, to);
+                        else kernel.MatVecQuarters(w, rows, py, 70, sliceStart, quarter, from, to);
+                    }
+                    for (int t = 0; t < tokens; t++)
+                    for (int n = 0; n < 70; n++)
+                    {
+                        int offset = n - sliceStart, p = offset % Math.Max(1, quarter);
+                        bool covered = offset >= 0 && offset < 4 * quarter && p >= from && p < to;
+                        if (covered) Assert.True(BitConverter.SingleToInt32Bits(expected[t * 70 + n]) == BitConverter.SingleToInt32Bits(y[t * 70 + n]),
+                            $"{name}, {tokens} token(s), width {k}: token {t} row {n} is {y[t * 70 + n]}, reference {expected[t * 70 + n]}");
+                        else Assert.True(float.IsNaN(y[t * 70 + n]), $"{name}: token {t} row {n} written outside positions [{from}, {to}) of slice {sliceStart}+4x{quarter}");
+                    }
+                }
             }
         }
-        var z = new float[70];
-        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* pz = z) kernel.MatVecQuarters(w, rows, pz, 10, 16, 0, 4); });
-        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* pz = z) kernel.MatVecQuarters(w, rows, pz, 0, 10, 3, 11); });
+        using var w1 = RandomTernary(rng, 70, 640);
+        using var x1 = Quantize([Activations(rng, 640, Pattern.Random), Activations(rng, 640, Pattern.Random)]);
+        using var pool1 = new WorkerPool(1);
+        using var op1 = new TernaryMatMul(pool1);
+        var rows1 = op1.Prepare(kernel, x1);
+        var out1 = new float[140];
+        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* po = out1) kernel.MatVecQuarters(w1, rows1, po, 69, 0, 10, 0, 4); }); // a stride under one token's rows
+        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* po = out1) kernel.MatVecQuarters(w1, rows1, po, 10, 16, 0, 4); });
+        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* po = out1) kernel.MatVecQuarters(w1, rows1, po, 0, 10, 3, 11); });
     }
 
     public static TheoryData<string> SupportedAndReference() => new(KernelRegistry.SupportedTernary.Select(k => k.Name).Append("reference").Distinct());
 
-    /// <summary>Decode's one-token products over owned ranges (<see cref="WorkerPool.RunOwned"/>): the reference's floats
-    /// with one and four weight streams, any thread count, slices with leftover rows and matrices too small to share out.</summary>
+    /// <summary>Decode's products of one to three tokens over owned ranges (<see cref="WorkerPool.RunOwned"/>): the reference's
+    /// floats with one and four weight streams, any thread count, slices with leftover rows and matrices too small to share out.</summary>
     [Theory]
     [MemberData(nameof(Supported))]
     public void OneTokenOverOwnedRangesEqualsReference(string name)
@@ -256,18 +276,21 @@ public unsafe class TernaryKernelTests
                 foreach (var (n, k) in new[] { (31, 256), (333, 640), (643, 2560), (1000, 2560), (2561, 1024) }) // the first two: too small to share out
                 {
                     using var w = RandomTernary(rng, n, k);
-                    using var x = Quantize([Activations(rng, k, Pattern.Random)]);
-                    var expected = Run(new ReferenceTernaryKernel(), w, x);
-                    foreach (int streams in new[] { 1, 4 })
+                    foreach (int tokens in new[] { 1, 2, 3 })
                     {
-                        TernaryKernel.WeightStreams = streams;
-                        for (int repeat = 0; repeat < 5; repeat++)
+                        using var x = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, k, Pattern.Random)).ToArray());
+                        var expected = Run(new ReferenceTernaryKernel(), w, x);
+                        foreach (int streams in new[] { 1, 4 })
                         {
-                            var y = new float[n];
-                            fixed (float* py = y) op.Run(kernel, w, x, py, n);
-                            for (int r = 0; r < n; r++)
-                                Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(y[r]),
-                                    $"{name}, {threads} threads, {streams} stream(s), {n}x{k}: row {r} is {y[r]}, reference {expected[r]}");
+                            TernaryKernel.WeightStreams = streams;
+                            for (int repeat = 0; repeat < 3; repeat++)
+                            {
+                                var y = new float[n * tokens];
+                                fixed (float* py = y) op.Run(kernel, w, x, py, n);
+                                for (int r = 0; r < n * tokens; r++)
+                                    Assert.True(BitConverter.SingleToInt32Bits(expected[r]) == BitConverter.SingleToInt32Bits(y[r]),
+                                        $"{name}, {threads} threads, {streams} stream(s), {tokens} token(s), {n}x{k}: output {r} is {y[r]}, reference {expected[r]}");
+                            }
                         }
                     }
                 }
