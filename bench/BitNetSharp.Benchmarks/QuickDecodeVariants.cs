@@ -155,22 +155,24 @@ public static unsafe class QuickDecodeVariants
         var x = new float[n];
         var scaled = new float[n]; // x · 2^112, what the raw-half loops multiply (exact)
         for (int i = 0; i < n; i++) { x[i] = (float)(rng.NextDouble() - 0.5); scaled[i] = x[i] * MathF.ScaleB(1f, 112); }
-        var y = new float[3 * rows]; // three tokens' logits for the batched variants (token 0 first, as the single-token ones)
+        var y = new float[4 * rows]; // four tokens' logits for the batched variants (token 0 first, as the single-token ones)
         var check = new float[rows];
         var head = new HeadMatrix(Formats.Gguf.GgmlType.F16, (byte*)w, 2L * n, n);
-        var x3 = new float[3 * n];
+        var x3 = new float[4 * n];
         x.CopyTo(x3, 0);
-        for (int i = n; i < 3 * n; i++) x3[i] = (float)(rng.NextDouble() - 0.5);
+        for (int i = n; i < 4 * n; i++) x3[i] = (float)(rng.NextDouble() - 0.5);
         var variants = new (string Name, Action Run)[]
         {
             ($"MatVec, {TernaryKernel.WeightStreams} weight stream(s)", () => { fixed (float* px = x, py = y) HeadKernels.MatVec(head, px, py, 0, rows); }),
             ("4 adjacent rows, next 4 prefetched (before)", () => HeadAdjacent(w, rows, n, scaled, y, 8L * n)),
             ("4 adjacent rows, no prefetch", () => HeadAdjacent(w, rows, n, scaled, y, -1)),
             ("4 quarter streams, prefetch 1 row on", () => HeadQuarters(w, rows, n, scaled, y, 4, 1)),
+            ("4 quarter streams, prefetch 2 KiB on (t1)", () => HeadQuarters(w, rows, n, scaled, y, 4, 0, 2048)),
             ("2 half streams x 2 rows, prefetch 2 rows on", () => HeadQuarters(w, rows, n, scaled, y, 2, 2)),
             ("8 eighth streams, no prefetch", () => HeadEighths(w, rows, n, scaled, y)),
             ("MatMul, 2 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 2, py, rows, 0, rows); }),
             ("MatMul, 3 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 3, py, rows, 0, rows); }),
+            ("MatMul, 4 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 4, py, rows, 0, rows); }),
         };
         fixed (float* px = x, pc = check)
             for (int r = 0; r < rows; r++) pc[r] = HeadKernels.DotF16(w + (long)r * n, px, n);
@@ -209,7 +211,7 @@ public static unsafe class QuickDecodeVariants
     /// <summary>Rows in <paramref name="streams"/> far-apart parts of the table read side by side (4: one row from each
     /// quarter per pass; 2: two adjacent rows from each half), each part sequential in memory; prefetch
     /// <paramref name="rowsAhead"/> rows on in each part (none when 0).</summary>
-    private static void HeadQuarters(ushort* w, int rows, int n, float[] x, float[] y, int streams, int rowsAhead)
+    private static void HeadQuarters(ushort* w, int rows, int n, float[] x, float[] y, int streams, int rowsAhead, long bytesAhead = 0)
     {
         int part = rows / 4 * 4 / streams; // rows per part; a multiple of 4 / streams
         fixed (float* px = x, py = y)
@@ -217,7 +219,7 @@ public static unsafe class QuickDecodeVariants
             if (streams == 4)
                 for (int r = 0; r < part; r++)
                     HeadKernels.DotRawF16Rows4(w + (long)r * n, w + (long)(r + part) * n, w + (long)(r + 2 * part) * n, w + (long)(r + 3 * part) * n, n, px,
-                        py + r, py + r + part, py + r + 2 * part, py + r + 3 * part, 2L * n * rowsAhead);
+                        py + r, py + r + part, py + r + 2 * part, py + r + 3 * part, 2L * n * rowsAhead + bytesAhead);
             else
                 for (int r = 0; r < part; r += 2)
                     HeadKernels.DotRawF16Rows4(w + (long)r * n, w + (long)(r + 1) * n, w + (long)(r + part) * n, w + (long)(r + part + 1) * n, n, px,

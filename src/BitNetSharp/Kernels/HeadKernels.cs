@@ -189,10 +189,10 @@ public static unsafe class HeadKernels
             }
             return;
         }
-        if (m.Type == GgmlType.F16 && tokens <= 3 && m.Cols % 32 == 0)
+        if (m.Type == GgmlType.F16 && tokens <= FewTokensMax && m.Cols % 32 == 0)
         {
             bool wide = Vector512.IsHardwareAccelerated;
-            bool avx2 = !wide && Avx2.IsSupported && Vector256.IsHardwareAccelerated;
+            bool avx2 = !wide && Avx2.IsSupported && Vector256.IsHardwareAccelerated && tokens <= 3; // four: the 256-bit tiles below
             float* scaled = wide || avx2 ? ScaleForRawHalves(x, (long)tokens * m.Cols) : null;
             if (scaled != null)
             {
@@ -485,11 +485,11 @@ public static unsafe class HeadKernels
     /// unscaled activations), four chains so the single-token head is not bound by FMA latency. With four weight streams
     /// (<see cref="TernaryKernel.WeightStreams"/>) <see cref="MatVec"/> passes rows from the four quarters of its range:
     /// four sequential streams far apart in memory, each followed by the hardware prefetcher, with no software prefetch
-    /// (<paramref name="prefetchAhead"/> 0); otherwise four adjacent rows, each line's same columns
-    /// <paramref name="prefetchAhead"/> bytes on (the next four rows) prefetched into L2. Bench `quick-decode head`
-    /// (2B4T's 128256 × 2560 F16 head from memory, one thread, one process, alternating; Zen 5 EPYC): 31–36 GB/s for
-    /// the four streams, 24–27 for four adjacent rows with the next four prefetched, 20–22 without that prefetch,
-    /// 27–31 for eight streams and 24–25 for a plain one-stream sum of the same bytes.
+    /// (<paramref name="prefetchAhead"/> 0; see <see cref="StreamPrefetchBytes"/>); otherwise four adjacent rows, each
+    /// line's same columns <paramref name="prefetchAhead"/> bytes on (the next four rows) prefetched into L2. Bench
+    /// `quick-decode head` (2B4T's 128256 × 2560 F16 head from memory, one thread, one process, alternating; Zen 5 EPYC):
+    /// 31–36 GB/s for the four streams, 24–27 for four adjacent rows with the next four prefetched, 20–22 without that
+    /// prefetch, 27–31 for eight streams and 24–25 for a plain one-stream sum of the same bytes.
     /// </summary>
     public static void DotRawF16Rows4(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, long prefetchAhead)
     {
@@ -507,27 +507,42 @@ public static unsafe class HeadKernels
         *y0 = Vector512.Sum(a0); *y1 = Vector512.Sum(a1); *y2 = Vector512.Sum(a2); *y3 = Vector512.Sum(a3);
     }
 
+    /// <summary>Most tokens <see cref="MatMulF16Few{TOps, TVec}"/> serves (512-bit: 16 accumulators; more take the tiles).</summary>
+    private const int FewTokensMax = 4;
+
     /// <summary>
-    /// The F16 head for two or three tokens (two or three sequences decoding together, short speculative checks): the
+    /// Bytes ahead of each of four quarter streams that the F16 head prefetches for two to four tokens (prefetcht1, once
+    /// per 64-byte line). On the Zen 5 EPYC (one thread, the 2B4T head from memory, four quarter streams, one process,
+    /// alternating) 2 KiB ahead read 34.6 GB/s against 27.5 without for three tokens and 28 against 22 for four
+    /// (prefetcht0; prefetcht1 the same within noise); 512 B and 1 KiB were no better than none, 3 KiB and more worse
+    /// again. End to end (`bench -s 3,4`, 2 threads, alternating) 73–74 -> 76–85 and 78–83 -> 88–94 tok/s. One token
+    /// (<see cref="MatVec"/>) keeps no software prefetch: the raw loop read 38–40 against 32–36 GB/s with it, but
+    /// `quick-decode head` showed 34–36 against 32–35 and end-to-end runs on this host could not tell the two apart.
+    /// </summary>
+    internal const long StreamPrefetchBytes = 2048;
+
+    /// <summary>
+    /// The F16 head for two to four tokens (a few sequences decoding together, short speculative checks): the
     /// single-token <see cref="MatVec"/>'s row order — with four weight streams one row from each quarter of the range
-    /// per pass, else four adjacent rows with the next four's columns prefetched — and each group of four rows widened
-    /// once for tokens 0 and 1 (<see cref="DotRawF16Rows4x2{TOps, TVec}"/>); a third token reads the same four rows again
-    /// from L1 (<see cref="DotRawF16Rows4"/>). The rows left over take <see cref="DotF16"/>. Each (row, token) sum is one
-    /// FMA chain in <see cref="DotF16"/>'s order, so every logit equals <see cref="MatVec"/>'s bit for bit. Before, two
-    /// and three tokens took the generic per-row loop: on the 2B4T head (Zen 5 EPYC, 2 threads) a two-sequence decode
-    /// step spent 27 ms in the head against ~11 ms for one sequence, for the same 657 MB.
+    /// per pass, each stream prefetched <see cref="StreamPrefetchBytes"/> ahead, else four adjacent rows with the next
+    /// four's columns prefetched — and each group of four rows widened once for all the tokens
+    /// (<see cref="DotRawF16Rows4xT{TOps, TVec, TTile}"/>; with 256-bit vectors, sixteen registers, tokens 0 and 1 and then
+    /// a third from L1). The rows left over take <see cref="DotF16"/>. Each (row, token) sum is one FMA chain in
+    /// <see cref="DotF16"/>'s order, so every logit equals <see cref="MatVec"/>'s bit for bit. Before, two and three tokens
+    /// took the generic per-row loop: on the 2B4T head (Zen 5 EPYC, 2 threads) a two-sequence decode step spent 27 ms in the
+    /// head against ~11 ms for one sequence, for the same 657 MB; four tokens took the tiles below (~20 ms).
     /// </summary>
     private static void MatMulF16Few<TOps, TVec>(HeadMatrix m, float* x, float* scaled, int tokens, float* y, long yStride, int rowStart, int rowEnd)
         where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
     {
         int n = m.Cols;
-        TVec* acc = stackalloc TVec[8];
+        TVec* acc = stackalloc TVec[4 * FewTokensMax];
         int r = rowStart;
         if (TernaryKernel.WeightStreams == 4)
         {
             int quarter = (rowEnd - rowStart) / 4;
             for (; r < rowStart + quarter; r++)
-                FewRows4<TOps, TVec>(m, scaled, tokens, y, yStride, r, r + quarter, r + 2 * quarter, r + 3 * quarter, 0, acc);
+                FewRows4<TOps, TVec>(m, scaled, tokens, y, yStride, r, r + quarter, r + 2 * quarter, r + 3 * quarter, StreamPrefetchBytes, acc);
             r = rowStart + 4 * quarter;
         }
         else
@@ -538,35 +553,50 @@ public static unsafe class HeadKernels
             for (int t = 0; t < tokens; t++) y[t * yStride + r] = DotF16((ushort*)m.Row(r), x + (long)t * n, n);
     }
 
-    /// <summary>Rows r0..r3 against the two or three scaled tokens of <see cref="MatMulF16Few{TOps, TVec}"/>.</summary>
+    /// <summary>Rows r0..r3 against the scaled tokens of <see cref="MatMulF16Few{TOps, TVec}"/>: one pass for all of them
+    /// with 512-bit vectors; with 256-bit ones tokens 0 and 1 in one pass and a third in a second over the same rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void FewRows4<TOps, TVec>(HeadMatrix m, float* scaled, int tokens, float* y, long yStride, int r0, int r1, int r2, int r3, long prefetchAhead, TVec* acc)
         where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
     {
         int n = m.Cols;
         ushort* w0 = (ushort*)m.Row(r0), w1 = (ushort*)m.Row(r1), w2 = (ushort*)m.Row(r2), w3 = (ushort*)m.Row(r3);
-        DotRawF16Rows4x2<TOps, TVec>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
-        y[r0] = TOps.Sum(acc[0]); y[r1] = TOps.Sum(acc[1]); y[r2] = TOps.Sum(acc[2]); y[r3] = TOps.Sum(acc[3]);
-        float* y1 = y + yStride;
-        y1[r0] = TOps.Sum(acc[4]); y1[r1] = TOps.Sum(acc[5]); y1[r2] = TOps.Sum(acc[6]); y1[r3] = TOps.Sum(acc[7]);
-        if (tokens < 3) return;
-        float* y2 = y + 2 * yStride, x2 = scaled + 2L * n;
-        if (TOps.Lanes == 16) DotRawF16Rows4(w0, w1, w2, w3, n, x2, y2 + r0, y2 + r1, y2 + r2, y2 + r3, 0);
-        else DotRawF16Rows4Avx2(w0, w1, w2, w3, n, x2, y2 + r0, y2 + r1, y2 + r2, y2 + r3, 0);
+        int done = tokens;
+        if (TOps.Lanes == 16 && tokens == 4) DotRawF16Rows4xT<TOps, TVec, FourTokens>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
+        else if (TOps.Lanes == 16 && tokens == 3) DotRawF16Rows4xT<TOps, TVec, ThreeTokens>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
+        else
+        {
+            DotRawF16Rows4xT<TOps, TVec, TwoTokens>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
+            done = 2;
+        }
+        for (int t = 0; t < done; t++)
+        {
+            float* yt = y + t * yStride;
+            yt[r0] = TOps.Sum(acc[4 * t]); yt[r1] = TOps.Sum(acc[4 * t + 1]); yt[r2] = TOps.Sum(acc[4 * t + 2]); yt[r3] = TOps.Sum(acc[4 * t + 3]);
+        }
+        if (done == tokens) return;
+        float* y2 = y + 2 * yStride;
+        DotRawF16Rows4Avx2(w0, w1, w2, w3, n, scaled + 2L * n, y2 + r0, y2 + r1, y2 + r2, y2 + r3, 0);
     }
 
+    public readonly struct TwoTokens : IHeadTile { public static int Tokens => 2; }
+
+    public readonly struct ThreeTokens : IHeadTile { public static int Tokens => 3; }
+
     /// <summary>
-    /// Four F16 rows (n halves each, a multiple of the vector's lanes) against two activation vectors scaled by 2^112
-    /// (x and x + <paramref name="stride"/>): acc[k] is row k's sums with the first, acc[4 + k] with the second, each
-    /// one FMA chain in <see cref="DotF16"/>'s order (lane j takes columns j, j + L, j + 2L, …). Each weight vector is
-    /// widened once for both tokens. With <paramref name="prefetchAhead"/> ≠ 0 (four adjacent rows), each line's same
-    /// columns that many bytes on are prefetched into L2, as in <see cref="DotRawF16Rows4"/>.
+    /// Four F16 rows (n halves each, a multiple of 32) against <typeparamref name="TTile"/>'s two to four activation
+    /// vectors scaled by 2^112 (token j at x + j·<paramref name="stride"/>): acc[4j + k] is row k's sums with token j, each
+    /// one FMA chain in <see cref="DotF16"/>'s order (lane l takes columns l, l + L, l + 2L, …). Each weight vector is
+    /// widened once for all the tokens. With <paramref name="prefetchAhead"/> ≠ 0 each row's line that many bytes on is
+    /// prefetched into L2 once per 64 bytes read.
     /// </summary>
-    public static void DotRawF16Rows4x2<TOps, TVec>(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, long stride, long prefetchAhead, TVec* acc)
-        where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
+    public static void DotRawF16Rows4xT<TOps, TVec, TTile>(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, long stride, long prefetchAhead, TVec* acc)
+        where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged where TTile : struct, IHeadTile
     {
+        int tokens = TTile.Tokens;
         TVec a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
-        float* x1 = x + stride;
+        TVec c0 = default, c1 = default, c2 = default, c3 = default, d0 = default, d1 = default, d2 = default, d3 = default;
+        float* x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
         for (int i = 0; i < n; i += TOps.Lanes)
         {
             if (prefetchAhead != 0 && (i & 31) == 0) PrefetchRows4(w0 + i, w1 + i, w2 + i, w3 + i, prefetchAhead);
@@ -578,9 +608,18 @@ public static unsafe class HeadKernels
             a0 = TOps.Fma(h0, v, a0); a1 = TOps.Fma(h1, v, a1); a2 = TOps.Fma(h2, v, a2); a3 = TOps.Fma(h3, v, a3);
             v = TOps.Load(x1 + i);
             b0 = TOps.Fma(h0, v, b0); b1 = TOps.Fma(h1, v, b1); b2 = TOps.Fma(h2, v, b2); b3 = TOps.Fma(h3, v, b3);
+            if (tokens < 3) continue;
+            v = TOps.Load(x2 + i);
+            c0 = TOps.Fma(h0, v, c0); c1 = TOps.Fma(h1, v, c1); c2 = TOps.Fma(h2, v, c2); c3 = TOps.Fma(h3, v, c3);
+            if (tokens < 4) continue;
+            v = TOps.Load(x3 + i);
+            d0 = TOps.Fma(h0, v, d0); d1 = TOps.Fma(h1, v, d1); d2 = TOps.Fma(h2, v, d2); d3 = TOps.Fma(h3, v, d3);
         }
         acc[0] = a0; acc[1] = a1; acc[2] = a2; acc[3] = a3; acc[4] = b0; acc[5] = b1; acc[6] = b2; acc[7] = b3;
+        if (tokens >= 3) { acc[8] = c0; acc[9] = c1; acc[10] = c2; acc[11] = c3; }
+        if (tokens >= 4) { acc[12] = d0; acc[13] = d1; acc[14] = d2; acc[15] = d3; }
     }
+
 
     /// <summary>Prefetches into L2 the line <paramref name="ahead"/> bytes past each of four row positions.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
