@@ -262,7 +262,7 @@ public unsafe class TernaryKernelTests
     /// floats with one and four weight streams, any thread count, slices with leftover rows and matrices too small to share out.</summary>
     [Theory]
     [MemberData(nameof(Supported))]
-    public void OneTokenOverOwnedRangesEqualsReference(string name)
+    public void DecodeOverOwnedRangesEqualsReference(string name)
     {
         var kernel = KernelRegistry.SelectTernary(name);
         var rng = new Random(78);
