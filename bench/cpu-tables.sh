@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every per-CPU decode table in one file, measured on the machine this runs on: the read-bandwidth bound, decode and
 # prefill of the 2B4T shape at depths 0 and 4096 for the int8 and f16 KV caches on 1 and all threads (tokens/s, % of the
-# bound, depth ratio, attention ms/token), the decode kernels in one process (from memory, in cache, and with
+# bound, depth ratio, attention ms/token), 1 to 8 sequences decoding together on all threads, the decode kernels in one process (from memory, in cache, and with
 # prefetch into L1 instead of L2), and the attention kernels (in cache and from memory).
 # Run it on a CPU that bench/results/ has no tables for yet (a Zen 5, an Intel core) and commit the file it writes.
 # Usage: bash bench/cpu-tables.sh [OUT.md]   (DOTNET_EnableAVX512=0 bash bench/cpu-tables.sh: the AVX2 paths, file suffix -avx512-off)
@@ -59,6 +59,7 @@ step bandwidth "$bitnet" bench --bandwidth-only -t "$threads"
 for kv in int8 f16; do
   step "e2e-$kv" "$bitnet" bench --synthetic 2b4t -p "$prompt" -n "$gen" -d "0,$depth" --ctx "$ctx" --kv-type "$kv" -t "$threads" -r "$reps" --json
 done
+step e2e-sequences "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int8 -t "$cores" -r "$reps" -s 1,2,3,4,8 --json
 step decode-memory "$benchmarks" quick-decode "${decode_mem[@]}"
 step decode-cache "$benchmarks" quick-decode "${decode_cache[@]}"
 step decode-memory-l1 env BITNET_PREFETCH_LEVEL=l1 "$benchmarks" quick-decode "${decode_mem[@]}"
@@ -113,6 +114,19 @@ for kv in ("int8", "f16"):
         L.append(f"| {kv} | {t} | {f(pp0, 'tokens_per_second')} | {f(tg0, 'tokens_per_second')} ± {f(tg0, 'stddev')} | {f(tg0, 'bandwidth_gbps', '{:.1f}')} | {f(tg0, 'percent_of_bound', '{:.1f} %')} | "
                  f"{f(tgd, 'tokens_per_second')} ± {f(tgd, 'stddev')} | {(tgd['tokens_per_second'] / tg0['tokens_per_second']) if tgd and tg0 else float('nan'):.2f} | "
                  f"{'-' if att is None else f'{att:.1f}'} |")
+L.append("")
+L.append("## Sequences decoding together (continuous batching), all threads")
+L.append("")
+L.append(f"`{cmd('e2e-sequences')}`")
+L.append("")
+L.append("| sequences | tg t/s in all | × 1 sequence | per sequence t/s | step p50 ms | weights GB/s |")
+L.append("|---:|---:|---:|---:|---:|---:|")
+seq = json.load(open(os.path.join(work, "e2e-sequences.out")))["results"]
+one = next((r for r in seq if r.get("sequences", 1) == 1), None)
+for r in sorted(seq, key=lambda r: r.get("sequences", 1)):
+    n = r.get("sequences", 1)
+    L.append(f"| {n} | {r['tokens_per_second']:.2f} ± {r['stddev']:.2f} | {(r['tokens_per_second'] / one['tokens_per_second']) if one else float('nan'):.2f} | "
+             f"{r['tokens_per_second'] / n:.2f} | {r['latency_p50_ms'] if r.get('latency_p50_ms') is not None else float('nan'):.2f} | {r['weight_gbps']:.1f} |")
 L.append("")
 sections = [
     ("Read bandwidth (the bound)", "bandwidth"),
