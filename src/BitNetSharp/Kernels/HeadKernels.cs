@@ -156,12 +156,23 @@ public static unsafe class HeadKernels
             int blocks = m.Cols / 32;
             sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
+            float* two = stackalloc float[2];
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
                 for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks);
                 for (int r = rowStart; r < rowEnd; r++)
-                    for (int t = 0; t < n; t++) y[(t0 + t) * yStride + r] = DotQ8_0Q8(m.Row(r), qx + t * m.Cols, dx + t * blocks, blocks);
+                {
+                    // Tokens in pairs: each block's weights loaded, made absolute and scaled once for both.
+                    int t = 0;
+                    for (; t + 2 <= n; t += 2)
+                    {
+                        DotQ8_0Q8x2(m.Row(r), qx + t * m.Cols, qx + (t + 1) * m.Cols, dx + t * blocks, dx + (t + 1) * blocks, blocks, two);
+                        y[(t0 + t) * yStride + r] = two[0];
+                        y[(t0 + t + 1) * yStride + r] = two[1];
+                    }
+                    if (t < n) y[(t0 + t) * yStride + r] = DotQ8_0Q8(m.Row(r), qx + t * m.Cols, dx + t * blocks, blocks);
+                }
             }
             return;
         }
@@ -665,6 +676,40 @@ public static unsafe class HeadKernels
         }
         for (; b < blocks; b++, w += 34) a0 = Block(w, qx, dx, b, a0);
         return Vector256.Sum((a0 + a1) + (a2 + a3));
+    }
+
+    /// <summary>
+    /// <see cref="DotQ8_0Q8"/> for two tokens' activations (qx0, dx0 and qx1, dx1): each block's weights are loaded,
+    /// made absolute and their scale widened once for both, and each token's sums take the same operations in the same
+    /// order as <see cref="DotQ8_0Q8"/>, so result[j] equals DotQ8_0Q8 of token j bit for bit.
+    /// </summary>
+    public static void DotQ8_0Q8x2(byte* w, sbyte* qx0, sbyte* qx1, float* dx0, float* dx1, int blocks, float* result)
+    {
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, c0 = default, c1 = default, c2 = default, c3 = default;
+        int b = 0;
+        for (; b + 4 <= blocks; b += 4, w += 4 * 34)
+        {
+            Block2(w, qx0, qx1, dx0, dx1, b, ref a0, ref c0);
+            Block2(w + 34, qx0, qx1, dx0, dx1, b + 1, ref a1, ref c1);
+            Block2(w + 68, qx0, qx1, dx0, dx1, b + 2, ref a2, ref c2);
+            Block2(w + 102, qx0, qx1, dx0, dx1, b + 3, ref a3, ref c3);
+        }
+        for (; b < blocks; b++, w += 34) Block2(w, qx0, qx1, dx0, dx1, b, ref a0, ref c0);
+        result[0] = Vector256.Sum((a0 + a1) + (a2 + a3));
+        result[1] = Vector256.Sum((c0 + c1) + (c2 + c3));
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Block2(byte* w, sbyte* qx0, sbyte* qx1, float* dx0, float* dx1, int b, ref Vector256<float> acc0, ref Vector256<float> acc1)
+    {
+        float dw = FiniteHalfToSingle(*(short*)w);
+        var wv = Avx.LoadVector256((sbyte*)(w + 2));
+        var aw = Avx2.Abs(wv);
+        var ones = Vector256.Create((short)1);
+        var dot = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(aw, Avx2.Sign(Avx.LoadVector256(qx0 + b * 32), wv)), ones);
+        acc0 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dot), Vector256.Create(dw * dx0[b]), acc0);
+        dot = Avx2.MultiplyAddAdjacent(Avx2.MultiplyAddAdjacent(aw, Avx2.Sign(Avx.LoadVector256(qx1 + b * 32), wv)), ones);
+        acc1 = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(dot), Vector256.Create(dw * dx1[b]), acc1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
