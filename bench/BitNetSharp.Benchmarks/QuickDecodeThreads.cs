@@ -87,7 +87,7 @@ public static unsafe class QuickDecodeThreads
                     }
                     for (int n = 0; n < tokens * w.Rows; n++)
                         if (BitConverter.SingleToInt32Bits(expect[n]) != BitConverter.SingleToInt32Bits(y[n]))
-                            throw new InvalidOperationException($"chunked run differs at output {n} of a {w.Rows}x{w.Cols} matrix");
+                            throw new InvalidOperationException($"chunked run differs at output {n} of a {w.Rows}x{w.Cols} matrix ({tokens} token(s)): {expect[n]} vs {y[n]}");
                 }
             }
 
@@ -107,6 +107,8 @@ public static unsafe class QuickDecodeThreads
         foreach (var w in ws) w.Dispose();
     }
 
+    private static readonly List<IDisposable> KeptAlive = [];
+
     private static ActivationRows Prepared(TernaryKernel kernel, Random rng, int k, int tokens)
     {
         var x = new QuantizedActivations(tokens, k);
@@ -116,8 +118,13 @@ public static unsafe class QuickDecodeThreads
             for (int i = 0; i < k; i++) f[i] = (float)(rng.NextDouble() - 0.5);
             Int8ActivationQuantizer.Quantize(f, x, t);
         }
-        Memory.NativeBuffer? scratch = null; // kept alive for the run (the benchmark process ends with it)
-        return kernel.Prepare(x, ref scratch);
+        Memory.NativeBuffer? scratch = null;
+        var rows = kernel.Prepare(x, ref scratch);
+        // Held for the process: the rows point into them, and an unreferenced buffer's finalizer frees its memory
+        // (before, a GC between here and the check freed it and the check failed at random).
+        KeptAlive.Add(x);
+        if (scratch is not null) KeptAlive.Add(scratch);
+        return rows;
     }
 
     /// <summary>Kernel over the rows it is handed (chunks or slices).</summary>
