@@ -112,7 +112,31 @@ public static unsafe class HeadKernels
                     sbyte* qx = stackalloc sbyte[m.Cols];
                     float* dx = stackalloc float[blocks];
                     QuantizeQ8Blocks(x, m.Cols, qx, dx);
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0Q8(m.Row(r), qx, dx, blocks);
+                    int r = rowStart;
+                    if (HeadQ8_0512.IsSupported)
+                    {
+                        // 512-bit on int16-widened activations (HeadQ8_0512); with four weight streams, one row from each
+                        // quarter of the range side by side, as the F16 and Q6_K heads.
+                        short* x16 = stackalloc short[m.Cols];
+                        HeadQ8_0512.Widen(qx, x16, m.Cols);
+                        if (TernaryKernel.WeightStreams == 4)
+                        {
+                            int quarter = (rowEnd - rowStart) / 4;
+                            for (; r < rowStart + quarter; r++)
+                            {
+                                int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
+                                HeadQ8_0512.DotRows4(m.Row(r), m.Row(r1), m.Row(r2), m.Row(r3), x16, dx, blocks, y + r, y + r1, y + r2, y + r3);
+                            }
+                            r = rowStart + 4 * quarter;
+                        }
+                        float* one = stackalloc float[1];
+                        for (; r < rowEnd; r++)
+                        {
+                            HeadQ8_0512.Dot(m.Row(r), x16, m.Cols, dx, blocks, 1, one);
+                            y[r] = *one;
+                        }
+                    }
+                    for (; r < rowEnd; r++) y[r] = DotQ8_0Q8(m.Row(r), qx, dx, blocks);
                 }
                 else
                 {
@@ -179,20 +203,38 @@ public static unsafe class HeadKernels
             int blocks = m.Cols / 32;
             sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
-            float* two = stackalloc float[2];
+            float* sums = stackalloc float[HeadQ8_0512.MaxTokens]; // up to four tokens on the 512-bit path, pairs on the 256-bit one
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
                 for (int t = 0; t < n; t++) QuantizeQ8Blocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks);
+                if (HeadQ8_0512.IsSupported)
+                {
+                    // Up to four tokens per pass over a row (HeadQ8_0512.Dot), each token's sum as MatVec's.
+                    int need = n * m.Cols;
+                    if (t_x16 is null || t_x16.Length < need) t_x16 = new short[Math.Max(need, 4 * m.Cols)];
+                    fixed (short* x16 = t_x16)
+                    {
+                        HeadQ8_0512.Widen(qx, x16, need);
+                        for (int r = rowStart; r < rowEnd; r++)
+                            for (int t = 0; t < n; t += HeadQ8_0512.MaxTokens)
+                            {
+                                int k = Math.Min(HeadQ8_0512.MaxTokens, n - t);
+                                HeadQ8_0512.Dot(m.Row(r), x16 + t * m.Cols, m.Cols, dx + t * blocks, blocks, k, sums);
+                                for (int j = 0; j < k; j++) y[(t0 + t + j) * yStride + r] = sums[j];
+                            }
+                    }
+                    continue;
+                }
                 for (int r = rowStart; r < rowEnd; r++)
                 {
                     // Tokens in pairs: each block's weights loaded, made absolute and scaled once for both.
                     int t = 0;
                     for (; t + 2 <= n; t += 2)
                     {
-                        DotQ8_0Q8x2(m.Row(r), qx + t * m.Cols, qx + (t + 1) * m.Cols, dx + t * blocks, dx + (t + 1) * blocks, blocks, two);
-                        y[(t0 + t) * yStride + r] = two[0];
-                        y[(t0 + t + 1) * yStride + r] = two[1];
+                        DotQ8_0Q8x2(m.Row(r), qx + t * m.Cols, qx + (t + 1) * m.Cols, dx + t * blocks, dx + (t + 1) * blocks, blocks, sums);
+                        y[(t0 + t) * yStride + r] = sums[0];
+                        y[(t0 + t + 1) * yStride + r] = sums[1];
                     }
                     if (t < n) y[(t0 + t) * yStride + r] = DotQ8_0Q8(m.Row(r), qx + t * m.Cols, dx + t * blocks, blocks);
                 }
@@ -284,6 +326,9 @@ public static unsafe class HeadKernels
             }
         }
     }
+
+    /// <summary>This thread's int16-widened Q8_0 activations for the batched Q8_0 head (up to 64 tokens; heap, not stack).</summary>
+    [ThreadStatic] private static short[]? t_x16;
 
     /// <summary>This thread's copy of the activations scaled by 2^112 (see <see cref="ScaleForRawHalves"/>).</summary>
     [ThreadStatic] private static float[]? t_scaled;
@@ -759,7 +804,7 @@ public static unsafe class HeadKernels
 
     /// <summary>The scalar form of <see cref="HalfToSingle(Vector256{int})"/> (a Q8_0 block scale is a finite half).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static float FiniteHalfToSingle(short h) =>
+    internal static float FiniteHalfToSingle(short h) =>
         BitConverter.Int32BitsToSingle(((int)h << 13) & unchecked((int)0x8FFFE000)) * BitConverter.Int32BitsToSingle(0x77800000);
 
     /// <summary>
