@@ -5,7 +5,7 @@ using BitNetSharp.Benchmarks;
 // Quick dev loop:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick [tokens]
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
-// Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds] | quick-decode threads [threads] [layers] [rounds] [seconds]
+// Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds] | quick-decode threads [threads] [layers] [rounds] [seconds] | quick-decode qhead [rounds] [seconds]
 // Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory; QUICK_ATTENTION_TYPES=int8,f16: only those)
 // Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
 if (args.Length > 0 && args[0] == "quick-int8-attention")
@@ -24,6 +24,11 @@ if (args.Length > 1 && args[0] == "quick-decode" && args[1] == "threads")
 {
     int Arg(int i, int fallback) => args.Length > i ? int.Parse(args[i]) : fallback;
     QuickDecodeThreads.Run(Arg(2, 2), Arg(3, 16), Arg(4, 7), args.Length > 5 ? double.Parse(args[5], System.Globalization.CultureInfo.InvariantCulture) : 0.3);
+    return;
+}
+if (args.Length > 1 && args[0] == "quick-decode" && args[1] == "qhead")
+{
+    QuickQuantHead.Run(args.Length > 2 ? int.Parse(args[2]) : 5, args.Length > 3 ? double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 0.5);
     return;
 }
 if (args.Length > 1 && args[0] == "quick-decode" && args[1] == "head")

@@ -73,27 +73,43 @@ public static unsafe class HeadQ8_0512
     {
         if ((uint)(tokens - 1) >= MaxTokens) throw new ArgumentOutOfRangeException(nameof(tokens), tokens, "one to four tokens per call");
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, c0 = default, c1 = default, c2 = default, c3 = default;
-        for (int b = 0; b < blocks; b++)
+        int b = 0;
+        for (; b + 2 <= blocks; b += 2)
+        {
+            // Even blocks into the a accumulators, odd into the c ones (as DotRows4).
+            byte* wb = w + (long)b * BlockBytes;
+            var wa = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(wb + 2)));
+            var wc = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(wb + BlockBytes + 2)));
+            float da = HeadKernels.FiniteHalfToSingle(*(short*)wb), dc = HeadKernels.FiniteHalfToSingle(*(short*)(wb + BlockBytes));
+            short* x = x16 + b * 32;
+            a0 = Fma(wa, x, da * dx[b], a0);
+            c0 = Fma(wc, x + 32, dc * dx[b + 1], c0);
+            if (tokens > 1)
+            {
+                a1 = Fma(wa, x + stride, da * dx[blocks + b], a1);
+                c1 = Fma(wc, x + stride + 32, dc * dx[blocks + b + 1], c1);
+                if (tokens > 2)
+                {
+                    a2 = Fma(wa, x + 2 * stride, da * dx[2 * blocks + b], a2);
+                    c2 = Fma(wc, x + 2 * stride + 32, dc * dx[2 * blocks + b + 1], c2);
+                    if (tokens > 3)
+                    {
+                        a3 = Fma(wa, x + 3 * stride, da * dx[3 * blocks + b], a3);
+                        c3 = Fma(wc, x + 3 * stride + 32, dc * dx[3 * blocks + b + 1], c3);
+                    }
+                }
+            }
+        }
+        if (b < blocks)
         {
             byte* wb = w + (long)b * BlockBytes;
-            var w16 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(wb + 2)));
-            float dw = HeadKernels.FiniteHalfToSingle(*(short*)wb);
+            var wa = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(wb + 2)));
+            float da = HeadKernels.FiniteHalfToSingle(*(short*)wb);
             short* x = x16 + b * 32;
-            // Even blocks into the a accumulators, odd into the c ones (as DotRows4).
-            if ((b & 1) == 0)
-            {
-                a0 = Fma(w16, x, dw * dx[b], a0);
-                if (tokens > 1) a1 = Fma(w16, x + stride, dw * dx[blocks + b], a1);
-                if (tokens > 2) a2 = Fma(w16, x + 2 * stride, dw * dx[2 * blocks + b], a2);
-                if (tokens > 3) a3 = Fma(w16, x + 3 * stride, dw * dx[3 * blocks + b], a3);
-            }
-            else
-            {
-                c0 = Fma(w16, x, dw * dx[b], c0);
-                if (tokens > 1) c1 = Fma(w16, x + stride, dw * dx[blocks + b], c1);
-                if (tokens > 2) c2 = Fma(w16, x + 2 * stride, dw * dx[2 * blocks + b], c2);
-                if (tokens > 3) c3 = Fma(w16, x + 3 * stride, dw * dx[3 * blocks + b], c3);
-            }
+            a0 = Fma(wa, x, da * dx[b], a0);
+            if (tokens > 1) a1 = Fma(wa, x + stride, da * dx[blocks + b], a1);
+            if (tokens > 2) a2 = Fma(wa, x + 2 * stride, da * dx[2 * blocks + b], a2);
+            if (tokens > 3) a3 = Fma(wa, x + 3 * stride, da * dx[3 * blocks + b], a3);
         }
         result[0] = Vector512.Sum(a0 + c0);
         if (tokens > 1) result[1] = Vector512.Sum(a1 + c1);
