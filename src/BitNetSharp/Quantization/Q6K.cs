@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.Intrinsics;
 
 namespace BitNetSharp.Quantization;
 
@@ -117,7 +118,12 @@ public static unsafe class Q6K
     /// <see cref="Encode"/> it minimizes a weighted error instead of bounding each weight's.
     /// </summary>
     /// <exception cref="ArgumentException">A length that is not a multiple of 256, a short destination, or a NaN or infinite value.</exception>
-    public static void EncodeReference(ReadOnlySpan<float> values, Span<byte> destination)
+    public static void EncodeReference(ReadOnlySpan<float> values, Span<byte> destination) =>
+        EncodeReference(values, destination, Vector512.IsHardwareAccelerated);
+
+    /// <summary><see cref="EncodeReference(ReadOnlySpan{float}, Span{byte})"/>, the sixteen groups' scale searches together on
+    /// 512-bit vectors or one group at a time (the same bytes; tests compare the two).</summary>
+    internal static void EncodeReference(ReadOnlySpan<float> values, Span<byte> destination, bool vectorSearch)
     {
         if (values.Length % BlockWeights != 0)
             throw new ArgumentException($"Q6_K encodes whole blocks of {BlockWeights} values; got {values.Length}.", nameof(values));
@@ -126,17 +132,20 @@ public static unsafe class Q6K
             throw new ArgumentException($"{blocks} Q6_K blocks need {(long)blocks * BlockBytes} bytes; the destination has {destination.Length}.", nameof(destination));
         Span<sbyte> codes = stackalloc sbyte[BlockWeights];
         Span<float> groupScales = stackalloc float[16];
+        Span<float> columns = stackalloc float[BlockWeights];
         for (int b = 0; b < blocks; b++)
         {
             var x = values.Slice(b * BlockWeights, BlockWeights);
             foreach (float v in x)
                 if (!float.IsFinite(v)) throw new ArgumentException($"Block {b} holds {v}; Q6_K holds finite numbers only.", nameof(values));
             var block = destination.Slice(b * BlockBytes, BlockBytes);
+            if (vectorSearch) MakeQxQuants16(x, columns, codes, groupScales);
+            else
+                for (int g = 0; g < 16; g++) groupScales[g] = MakeQxQuants(x.Slice(16 * g, 16), codes.Slice(16 * g, 16));
             float maxScale = 0f, maxAbsScale = 0f;
             for (int g = 0; g < 16; g++)
             {
-                float scale = MakeQxQuants(x.Slice(16 * g, 16), codes.Slice(16 * g, 16));
-                groupScales[g] = scale;
+                float scale = groupScales[g];
                 if (MathF.Abs(scale) > maxAbsScale)
                 {
                     maxAbsScale = MathF.Abs(scale);
@@ -170,6 +179,73 @@ public static unsafe class Q6K
     }
 
     private const float GroupMaxEps = 1e-15f;
+
+    /// <summary>
+    /// <see cref="MakeQxQuants"/> for the sixteen groups of a block at once, one group per vector lane: the block is
+    /// transposed (lane g of column i = x[16g + i]) so each lane runs its group's float operations in the scalar order —
+    /// same products, same sequential sums, same comparisons, no fused multiply-adds — and the results (codes and group
+    /// scales) are the scalar ones bit for bit, ~16 times fewer instructions (the 2B4T head's re-encode, 328 M weights,
+    /// is this loop).
+    /// </summary>
+    private static void MakeQxQuants16(ReadOnlySpan<float> x, Span<float> columns, Span<sbyte> codes, Span<float> scales)
+    {
+        const int NMax = 32;
+        for (int g = 0; g < 16; g++)
+            for (int i = 0; i < 16; i++) columns[16 * i + g] = x[16 * g + i];
+        ref float c0 = ref columns[0];
+        Vector512<float> max = Vector512<float>.Zero, amax = Vector512<float>.Zero;
+        for (int i = 0; i < 16; i++)
+        {
+            var xi = Vector512.LoadUnsafe(ref c0, (nuint)(16 * i));
+            var ax = Vector512.Abs(xi);
+            var larger = Vector512.GreaterThan(ax, amax);
+            amax = Vector512.ConditionalSelect(larger, ax, amax);
+            max = Vector512.ConditionalSelect(larger, xi, max);
+        }
+        var low = Vector512.Create((float)-NMax);
+        var high = Vector512.Create((float)(NMax - 1));
+        var iscale = Vector512.Create((float)-NMax) / max;
+        Sums(ref c0, iscale, low, high, out var sumlx, out var suml2);
+        var scale = Vector512.ConditionalSelect(Vector512.Equals(suml2, Vector512<float>.Zero), Vector512<float>.Zero, sumlx / suml2);
+        var best = scale * sumlx;
+        var bestIscale = iscale;
+        for (int step = -9; step <= 9; step++)
+        {
+            if (step == 0) continue;
+            iscale = Vector512.Create(-(NMax + 0.1f * step)) / max;
+            Sums(ref c0, iscale, low, high, out sumlx, out suml2);
+            var better = Vector512.GreaterThan(suml2, Vector512<float>.Zero) & Vector512.GreaterThan(sumlx * sumlx, best * suml2);
+            scale = Vector512.ConditionalSelect(better, sumlx / suml2, scale);
+            best = Vector512.ConditionalSelect(better, scale * sumlx, best);
+            bestIscale = Vector512.ConditionalSelect(better, iscale, bestIscale);
+        }
+        // Groups whose largest |x| is under GroupMaxEps: codes 0, scale 0 (their lanes above ran on nonsense).
+        var zero = Vector512.LessThan(amax, Vector512.Create(GroupMaxEps));
+        Vector512.ConditionalSelect(zero, Vector512<float>.Zero, scale).CopyTo(scales);
+        Span<float> chosen = stackalloc float[16];
+        Vector512.ConditionalSelect(zero, Vector512<float>.Zero, bestIscale).CopyTo(chosen);
+        Span<int> isZero = stackalloc int[16];
+        zero.AsInt32().CopyTo(isZero);
+        for (int g = 0; g < 16; g++)
+            for (int i = 16 * g; i < 16 * g + 16; i++)
+                codes[i] = isZero[g] != 0 ? (sbyte)0 : (sbyte)(NMax + Math.Clamp(NearestInt(chosen[g] * x[i]), -NMax, NMax - 1));
+    }
+
+    /// <summary>Σ w·x·l and Σ w·l·l (w = x²) per lane, sequentially over the 16 columns, for codes l = clamp(round(iscale·x)).</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static void Sums(ref float c0, Vector512<float> iscale, Vector512<float> low, Vector512<float> high, out Vector512<float> sumlx, out Vector512<float> suml2)
+    {
+        sumlx = Vector512<float>.Zero;
+        suml2 = Vector512<float>.Zero;
+        for (int i = 0; i < 16; i++)
+        {
+            var xi = Vector512.LoadUnsafe(ref c0, (nuint)(16 * i));
+            var l = Vector512.Min(Vector512.Max(Vector512.Round(iscale * xi), low), high);
+            var w = xi * xi;
+            sumlx += w * xi * l;
+            suml2 += w * l * l;
+        }
+    }
 
     /// <summary>ggml's nearest_int: round to nearest, ties to even (its magic-number form, for |v| ≤ 2^22).</summary>
     private static int NearestInt(float v) => (int)MathF.Round(v);

@@ -74,3 +74,51 @@ public unsafe class HeadQ6K512Tests
     private static float Expected(byte* w, sbyte* q, float* d, short* sums, long rowBytes, int cols, int blocks, int row, int token) =>
         HeadKernels.DotQ6_KQ8K(w + row * rowBytes, q + token * cols, d + token * blocks, sums + token * cols / 16, blocks);
 }
+
+/// <summary>
+/// The Q6_K reference encoder's scale search on 512-bit vectors (sixteen groups per block, one per lane) writes the
+/// same bytes as the one-group-at-a-time search, on blocks built to reach every branch: Gaussian and uniform values,
+/// all-zero and sub-epsilon groups beside normal ones, groups of one repeated value (ties between trial scales), values
+/// on rounding midpoints, a single outlier per group, and magnitudes from 1e-30 to 1e30.
+/// </summary>
+public class Q6KVectorSearchTests
+{
+    [Fact]
+    public void VectorSearchWritesTheScalarSearchsBytes()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated, "the vector search runs where 512-bit vectors are accelerated");
+        var rng = new Random(21);
+        float Gaussian() => (float)(Math.Sqrt(-2 * Math.Log(1 - rng.NextDouble())) * Math.Cos(2 * Math.PI * rng.NextDouble()));
+        var blocks = new List<float[]>();
+        for (int n = 0; n < 200; n++)
+        {
+            var b = new float[256];
+            int kind = n % 8;
+            float scale = MathF.Pow(10, rng.Next(-30, 31));
+            for (int g = 0; g < 16; g++)
+                for (int i = 0; i < 16; i++)
+                {
+                    int e = 16 * g + i;
+                    b[e] = kind switch
+                    {
+                        0 => Gaussian() * 0.02f,
+                        1 => (float)(rng.NextDouble() * 2 - 1) * scale,
+                        2 => g % 3 == 0 ? 0f : g % 3 == 1 ? 1e-17f * Gaussian() : Gaussian(),
+                        3 => (g + 1) * 0.25f,
+                        4 => (rng.Next(-64, 65) + 0.5f) / 64f,
+                        5 => i == g ? 100f * Gaussian() : 0.01f * Gaussian(),
+                        6 => rng.Next(-3, 4),
+                        _ => Gaussian() * scale,
+                    };
+                }
+            blocks.Add(b);
+        }
+        var values = blocks.SelectMany(b => b).ToArray();
+        var vector = new byte[blocks.Count * Q6K.BlockBytes];
+        var scalar = new byte[blocks.Count * Q6K.BlockBytes];
+        Q6K.EncodeReference(values, vector, vectorSearch: true);
+        Q6K.EncodeReference(values, scalar, vectorSearch: false);
+        for (int b = 0; b < blocks.Count; b++)
+            Assert.True(vector.AsSpan(b * Q6K.BlockBytes, Q6K.BlockBytes).SequenceEqual(scalar.AsSpan(b * Q6K.BlockBytes, Q6K.BlockBytes)), $"block {b} (kind {b % 8}) differs");
+    }
+}
