@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every per-CPU decode table in one file, measured on the machine this runs on: the read-bandwidth bound, decode and
 # prefill of the 2B4T shape at depths 0 and 4096 for the int8 and f16 KV caches on 1 and all threads (tokens/s, % of the
-# bound, depth ratio, attention ms/token), 1 to 8 sequences decoding together on all threads, the decode kernels in one process (from memory, in cache, and with
-# prefetch into L1 instead of L2), and the attention kernels (in cache and from memory).
+# bound, depth ratio, attention ms/token), 1 to 8 sequences decoding together on all threads, the output head as f16, q8_0
+# and q6_k (1, 2 and 4 sequences), the decode kernels in one process (from memory, in cache, and with prefetch into L1
+# instead of L2), the quantized head kernels, and the attention kernels (in cache and from memory).
 # Run it on a CPU that bench/results/ has no tables for yet (a Zen 5, an Intel core) and commit the file it writes.
 # Usage: bash bench/cpu-tables.sh [OUT.md]   (DOTNET_EnableAVX512=0 bash bench/cpu-tables.sh: the AVX2 paths, file suffix -avx512-off)
 #   default OUT: bench/results/cpu-tables-<lscpu model name>-<N>core.md
@@ -60,9 +61,13 @@ for kv in int8 f16; do
   step "e2e-$kv" "$bitnet" bench --synthetic 2b4t -p "$prompt" -n "$gen" -d "0,$depth" --ctx "$ctx" --kv-type "$kv" -t "$threads" -r "$reps" --json
 done
 step e2e-sequences "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int8 -t "$cores" -r "$reps" -s 1,2,3,4,8 --json
+for head in f16 q8_0 q6_k; do
+  step "e2e-head-$head" "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int8 -t "$cores" -r "$reps" -s 1,2,4 --head-type "$head" --json
+done
 step decode-memory "$benchmarks" quick-decode "${decode_mem[@]}"
 step decode-cache "$benchmarks" quick-decode "${decode_cache[@]}"
 step decode-memory-l1 env BITNET_PREFETCH_LEVEL=l1 "$benchmarks" quick-decode "${decode_mem[@]}"
+step head-kernels "$benchmarks" quick-decode qhead "${decode_cache[1]}" "${decode_cache[2]}"
 step attention-kernels "$benchmarks" quick-int8-attention "$int8_rounds"
 step attention-memory env QUICK_ATTENTION_LAYERS="$attn_layers" "$benchmarks" quick-attention "$attn_depth" ${threads//,/ }
 
@@ -128,11 +133,25 @@ for r in sorted(seq, key=lambda r: r.get("sequences", 1)):
     L.append(f"| {n} | {r['tokens_per_second']:.2f} ± {r['stddev']:.2f} | {(r['tokens_per_second'] / one['tokens_per_second']) if one else float('nan'):.2f} | "
              f"{r['tokens_per_second'] / n:.2f} | {r['latency_p50_ms'] if r.get('latency_p50_ms') is not None else float('nan'):.2f} | {r['weight_gbps']:.1f} |")
 L.append("")
+L.append("## Output head type, all threads")
+L.append("")
+for head in ("f16", "q8_0", "q6_k"): L.append(f"- `{cmd('e2e-head-' + head)}`")
+L.append("")
+L.append("| head | head MB | bytes per token | 1 sequence t/s | % of bound | 2 sequences t/s | 4 sequences t/s |")
+L.append("|---|---:|---:|---:|---:|---:|---:|")
+for head in ("f16", "q8_0", "q6_k"):
+    doc = json.load(open(os.path.join(work, f"e2e-head-{head}.out")))
+    by = {r.get("sequences", 1): r for r in doc["results"]}
+    g = lambda n: f"{by[n]['tokens_per_second']:.2f} ± {by[n]['stddev']:.2f}" if n in by else "-"
+    pct = f"{by[1]['percent_of_bound']:.1f} %" if 1 in by and by[1].get("percent_of_bound") is not None else "-"
+    L.append(f"| {head} | {doc['head_bytes'] / 1e6:.1f} | {doc['bytes_per_token'] / 1e9:.3f} GB | {g(1)} | {pct} | {g(2)} | {g(4)} |")
+L.append("")
 sections = [
     ("Read bandwidth (the bound)", "bandwidth"),
     ("Decode kernels in one process, weights from memory", "decode-memory"),
     ("Decode kernels in one process, weights in cache", "decode-cache"),
     ("Decode kernels from memory, prefetch into L1 (`BITNET_PREFETCH_LEVEL=l1`)", "decode-memory-l1"),
+    ("Quantized output head kernels, one thread", "head-kernels"),
     ("Attention kernels, rows in cache", "attention-kernels"),
     ("Attention per layer, the cache from memory", "attention-memory"),
 ]
