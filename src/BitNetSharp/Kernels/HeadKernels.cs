@@ -248,14 +248,31 @@ public static unsafe class HeadKernels
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
             short* sx = stackalloc short[groups * Math.Min(tokens, 64)];
             float* four = stackalloc float[4];
+            float* eight = stackalloc float[8];
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
                 for (int t = 0; t < n; t++) QuantizeQ8KBlocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks, sx + t * groups);
                 if (HeadQ6K512.IsSupported)
                 {
+                    int r0 = rowStart;
+                    if (n == 2 && TernaryKernel.WeightStreams == 4)
+                    {
+                        // Two tokens (two sequences): four rows side by side, as one token's MatVec.
+                        int quarter = (rowEnd - rowStart) / 4;
+                        for (int r = rowStart; r < rowStart + quarter; r++)
+                        {
+                            int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
+                            HeadQ6K512.DotRows4x2(m.Row(r), m.Row(r1), m.Row(r2), m.Row(r3), qx, m.Cols, dx, sx, blocks, eight);
+                            y[t0 * yStride + r] = eight[0]; y[(t0 + 1) * yStride + r] = eight[1];
+                            y[t0 * yStride + r1] = eight[2]; y[(t0 + 1) * yStride + r1] = eight[3];
+                            y[t0 * yStride + r2] = eight[4]; y[(t0 + 1) * yStride + r2] = eight[5];
+                            y[t0 * yStride + r3] = eight[6]; y[(t0 + 1) * yStride + r3] = eight[7];
+                        }
+                        r0 = rowStart + 4 * quarter;
+                    }
                     // Up to four tokens per pass over a row, 512-bit, each token's sums as DotQ6_KQ8K's.
-                    for (int r = rowStart; r < rowEnd; r++)
+                    for (int r = r0; r < rowEnd; r++)
                         for (int t = 0; t < n; t += HeadQ6K512.MaxTokens)
                         {
                             int k = Math.Min(HeadQ6K512.MaxTokens, n - t);

@@ -109,6 +109,61 @@ public static unsafe class HeadQ6K512
         *y3 = Vector256.Sum(acc3);
     }
 
+    /// <summary>
+    /// Two tokens (Q8_K activations <paramref name="qx"/> and <paramref name="qx"/> + <paramref name="stride"/>, scales
+    /// <paramref name="dx"/> and dx + blocks, sums <paramref name="sums"/> and sums + 16·blocks) against four rows read side
+    /// by side: each row's block unpacked once for both. result[2k + t] = row k · token t, equal to <see cref="Dot"/>'s bit
+    /// for bit. Two sequences decoding together (`-s 2`, a speculative check of two tokens) read the head this way.
+    /// </summary>
+    public static void DotRows4x2(byte* w0, byte* w1, byte* w2, byte* w3, sbyte* qx, int stride, float* dx, short* sums, int blocks, float* result)
+    {
+        var m0F = Vector512.Create((byte)0x0F);
+        var m30 = Vector512.Create((byte)0x30);
+        var left = Vector512.Create(Vector256.Create((ushort)4), Vector256.Create((ushort)2));
+        var right = Vector512.Create(Vector256<ushort>.Zero, Vector256.Create((ushort)2));
+        var spread0 = Spread(0);
+        var spread1 = Spread(4);
+        var spread2 = Spread(8);
+        var spread3 = Spread(12);
+        Vector256<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+        int groups = 16 * blocks;
+        for (int b = 0; b < blocks; b++)
+        {
+            long at = (long)b * Q6K.BlockBytes;
+            sbyte* x0 = qx + b * Q6K.BlockWeights, x1 = x0 + stride;
+            float d0 = dx[b], d1 = dx[blocks + b];
+            short* s0 = sums + b * 16, s1 = s0 + groups;
+            Block2(w0 + at, x0, x1, d0, d1, s0, s1, m0F, m30, left, right, spread0, spread1, spread2, spread3, ref a0, ref b0);
+            Block2(w1 + at, x0, x1, d0, d1, s0, s1, m0F, m30, left, right, spread0, spread1, spread2, spread3, ref a1, ref b1);
+            Block2(w2 + at, x0, x1, d0, d1, s0, s1, m0F, m30, left, right, spread0, spread1, spread2, spread3, ref a2, ref b2);
+            Block2(w3 + at, x0, x1, d0, d1, s0, s1, m0F, m30, left, right, spread0, spread1, spread2, spread3, ref a3, ref b3);
+        }
+        result[0] = Vector256.Sum(a0); result[1] = Vector256.Sum(b0);
+        result[2] = Vector256.Sum(a1); result[3] = Vector256.Sum(b1);
+        result[4] = Vector256.Sum(a2); result[5] = Vector256.Sum(b2);
+        result[6] = Vector256.Sum(a3); result[7] = Vector256.Sum(b3);
+    }
+
+    /// <summary>One block of one row against two tokens, unpacked once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Block2(byte* w, sbyte* x0, sbyte* x1, float dx0, float dx1, short* sums0, short* sums1, Vector512<byte> m0F, Vector512<byte> m30,
+        Vector512<ushort> left, Vector512<ushort> right, Vector512<short> spread0, Vector512<short> spread1, Vector512<short> spread2,
+        Vector512<short> spread3, ref Vector256<float> acc0, ref Vector256<float> acc1)
+    {
+        var scales = Avx2.ConvertToVector256Int16(Vector128.Load((sbyte*)(w + Q6K.ScalesOffset)));
+        var wide = scales.ToVector512Unsafe();
+        var qh = Vector512.Load(w + Q6K.QhOffset).AsUInt64();
+        Codes(Vector512.Load(w), Avx512F.Shuffle4x128(qh, qh, 0b01_00_01_00).AsUInt16(), m0F, m30, left, right, out var q01a, out var q23a);
+        Codes(Vector512.Load(w + 64), Avx512F.Shuffle4x128(qh, qh, 0b11_10_11_10).AsUInt16(), m0F, m30, left, right, out var q01b, out var q23b);
+        var s01a = Avx512BW.PermuteVar32x16(wide, spread0);
+        var s23a = Avx512BW.PermuteVar32x16(wide, spread1);
+        var s01b = Avx512BW.PermuteVar32x16(wide, spread2);
+        var s23b = Avx512BW.PermuteVar32x16(wide, spread3);
+        float dw = HalfToSingle(*(ushort*)(w + Q6K.DOffset));
+        acc0 = Token(x0, dw * dx0, sums0, scales, q01a, q23a, q01b, q23b, s01a, s23a, s01b, s23b, acc0);
+        acc1 = Token(x1, dw * dx1, sums1, scales, q01a, q23a, q01b, q23b, s01a, s23a, s01b, s23b, acc1);
+    }
+
     /// <summary>One block of one row against one token (scale <paramref name="dx"/>), added to <paramref name="acc"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static Vector256<float> Block(byte* w, sbyte* x, float dx, short* sums, Vector512<byte> m0F, Vector512<byte> m30,

@@ -9,7 +9,7 @@ namespace BitNetSharp.Tests.Model;
 /// <summary>
 /// The 512-bit Q6_K head dot (<see cref="HeadQ6K512"/>) against the 256-bit one (<see cref="HeadKernels.DotQ6_KQ8K"/>),
 /// bit for bit: random blocks (random bytes, so every code, every high-bit pattern and scales down to −128, with
-/// finite fp16 d) and the fixture's edge row, one to four tokens per call and four rows side by side.
+/// finite fp16 d), one to four tokens per call, and four rows side by side for one and for two tokens.
 /// </summary>
 public unsafe class HeadQ6K512Tests
 {
@@ -53,6 +53,13 @@ public unsafe class HeadQ6K512Tests
                 int[] which = [0, 3, 5, 8];
                 for (int k = 0; k < 4; k++)
                     Assert.True(BitConverter.SingleToInt32Bits(Expected(pw, pq, pd, ps, rowBytes, cols, blocks, which[k], 0)) == BitConverter.SingleToInt32Bits(got[k]), $"{blocks} blocks, four rows, row {which[k]}");
+                var eight = new float[8];
+                fixed (float* pe = eight)
+                    HeadQ6K512.DotRows4x2(pw, pw + 3 * rowBytes, pw + 5 * rowBytes, pw + 8 * rowBytes, pq, cols, pd, ps, blocks, pe);
+                for (int k = 0; k < 4; k++)
+                    for (int t = 0; t < 2; t++)
+                        Assert.True(BitConverter.SingleToInt32Bits(Expected(pw, pq, pd, ps, rowBytes, cols, blocks, which[k], t)) == BitConverter.SingleToInt32Bits(eight[2 * k + t]),
+                            $"{blocks} blocks, four rows and two tokens, row {which[k]}, token {t}");
             }
         }
         Assert.Throws<ArgumentOutOfRangeException>(() => HeadQ6K512.Dot(null, null, 0, null, null, 1, 5, null));
