@@ -204,6 +204,7 @@ public static unsafe class HeadKernels
             sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
             float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
             float* sums = stackalloc float[HeadQ8_0512.MaxTokens]; // up to four tokens on the 512-bit path, pairs on the 256-bit one
+            float* eight = stackalloc float[8];
             for (int t0 = 0; t0 < tokens; t0 += 64)
             {
                 int n = Math.Min(64, tokens - t0);
@@ -216,7 +217,23 @@ public static unsafe class HeadKernels
                     fixed (short* x16 = t_x16)
                     {
                         HeadQ8_0512.Widen(qx, x16, need);
-                        for (int r = rowStart; r < rowEnd; r++)
+                        int r0 = rowStart;
+                        if (n == 2 && TernaryKernel.WeightStreams == 4)
+                        {
+                            // Two tokens (two sequences): four rows side by side, as one token's MatVec.
+                            int quarter = (rowEnd - rowStart) / 4;
+                            for (int r = rowStart; r < rowStart + quarter; r++)
+                            {
+                                int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
+                                HeadQ8_0512.DotRows4x2(m.Row(r), m.Row(r1), m.Row(r2), m.Row(r3), x16, m.Cols, dx, blocks, eight);
+                                y[t0 * yStride + r] = eight[0]; y[(t0 + 1) * yStride + r] = eight[1];
+                                y[t0 * yStride + r1] = eight[2]; y[(t0 + 1) * yStride + r1] = eight[3];
+                                y[t0 * yStride + r2] = eight[4]; y[(t0 + 1) * yStride + r2] = eight[5];
+                                y[t0 * yStride + r3] = eight[6]; y[(t0 + 1) * yStride + r3] = eight[7];
+                            }
+                            r0 = rowStart + 4 * quarter;
+                        }
+                        for (int r = r0; r < rowEnd; r++)
                             for (int t = 0; t < n; t += HeadQ8_0512.MaxTokens)
                             {
                                 int k = Math.Min(HeadQ8_0512.MaxTokens, n - t);

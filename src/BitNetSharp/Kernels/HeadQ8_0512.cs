@@ -65,6 +65,55 @@ public static unsafe class HeadQ8_0512
     }
 
     /// <summary>
+    /// Two tokens (widened activations <paramref name="x16"/> and x16 + <paramref name="stride"/>, block scales
+    /// <paramref name="dx"/> and dx + blocks) against four rows read side by side, each block widened once for both:
+    /// result[2k + t] = row k · token t, equal to <see cref="Dot"/>'s bit for bit (two sequences decoding together).
+    /// </summary>
+    public static void DotRows4x2(byte* w0, byte* w1, byte* w2, byte* w3, short* x16, int stride, float* dx, int blocks, float* result)
+    {
+        Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, c0 = default, c1 = default, c2 = default, c3 = default;
+        Vector512<float> e0 = default, e1 = default, e2 = default, e3 = default, f0 = default, f1 = default, f2 = default, f3 = default;
+        int b = 0;
+        for (; b < blocks; b += 2)
+        {
+            long at = (long)b * BlockBytes;
+            bool pair = b + 1 < blocks;
+            var xa = Vector512.Load(x16 + b * 32);
+            var ya = Vector512.Load(x16 + stride + b * 32);
+            float da = dx[b], ea = dx[blocks + b];
+            if (pair)
+            {
+                var xb = Vector512.Load(x16 + b * 32 + 32);
+                var yb = Vector512.Load(x16 + stride + b * 32 + 32);
+                float db = dx[b + 1], eb = dx[blocks + b + 1];
+                Two(w0 + at, xa, ya, da, ea, ref a0, ref e0); Two(w0 + at + BlockBytes, xb, yb, db, eb, ref c0, ref f0);
+                Two(w1 + at, xa, ya, da, ea, ref a1, ref e1); Two(w1 + at + BlockBytes, xb, yb, db, eb, ref c1, ref f1);
+                Two(w2 + at, xa, ya, da, ea, ref a2, ref e2); Two(w2 + at + BlockBytes, xb, yb, db, eb, ref c2, ref f2);
+                Two(w3 + at, xa, ya, da, ea, ref a3, ref e3); Two(w3 + at + BlockBytes, xb, yb, db, eb, ref c3, ref f3);
+            }
+            else
+            {
+                Two(w0 + at, xa, ya, da, ea, ref a0, ref e0); Two(w1 + at, xa, ya, da, ea, ref a1, ref e1);
+                Two(w2 + at, xa, ya, da, ea, ref a2, ref e2); Two(w3 + at, xa, ya, da, ea, ref a3, ref e3);
+            }
+        }
+        result[0] = Vector512.Sum(a0 + c0); result[1] = Vector512.Sum(e0 + f0);
+        result[2] = Vector512.Sum(a1 + c1); result[3] = Vector512.Sum(e1 + f1);
+        result[4] = Vector512.Sum(a2 + c2); result[5] = Vector512.Sum(e2 + f2);
+        result[6] = Vector512.Sum(a3 + c3); result[7] = Vector512.Sum(e3 + f3);
+    }
+
+    /// <summary>One block of one row against two tokens, widened once.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Two(byte* w, Vector512<short> x0, Vector512<short> x1, float dx0, float dx1, ref Vector512<float> acc0, ref Vector512<float> acc1)
+    {
+        var w16 = Avx512BW.ConvertToVector512Int16(Vector256.Load((sbyte*)(w + 2)));
+        float dw = HeadKernels.FiniteHalfToSingle(*(short*)w);
+        acc0 = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w16, x0)), Vector512.Create(dw * dx0), acc0);
+        acc1 = Vector512.FusedMultiplyAdd(Vector512.ConvertToSingle(Avx512BW.MultiplyAddAdjacent(w16, x1)), Vector512.Create(dw * dx1), acc1);
+    }
+
+    /// <summary>
     /// result[j] = row <paramref name="w"/> · token j (widened activations <paramref name="x16"/> + j·<paramref name="stride"/>,
     /// block scales <paramref name="dx"/> + j·blocks) for j &lt; <paramref name="tokens"/> (1 to 4): each block's weights
     /// widened once for all the tokens; each token's sum as <see cref="DotRows4"/> has it.

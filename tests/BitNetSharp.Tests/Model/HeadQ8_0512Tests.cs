@@ -73,6 +73,13 @@ public unsafe class HeadQ8_0512Tests
                 int[] which = [1, 2, 4, 5];
                 for (int k = 0; k < 4; k++)
                     Assert.True(BitConverter.SingleToInt32Bits(single[which[k] * tokens]) == BitConverter.SingleToInt32Bits(got[k]), $"{blocks} blocks, four rows, row {which[k]}");
+                var eight = new float[8];
+                fixed (float* pe = eight)
+                    HeadQ8_0512.DotRows4x2(pw + rowBytes, pw + 2 * rowBytes, pw + 4 * rowBytes, pw + 5 * rowBytes, p16, cols, pd, blocks, pe);
+                for (int k = 0; k < 4; k++)
+                    for (int t = 0; t < 2; t++)
+                        Assert.True(BitConverter.SingleToInt32Bits(single[which[k] * tokens + t]) == BitConverter.SingleToInt32Bits(eight[2 * k + t]),
+                            $"{blocks} blocks, four rows and two tokens, row {which[k]}, token {t}");
             }
         }
         Assert.Throws<ArgumentOutOfRangeException>(() => HeadQ8_0512.Dot(null, null, 0, null, 1, 5, null));
