@@ -261,7 +261,7 @@ public static class ProfileCommand
         if (k.CacheMissRate is { } miss) parts.Add($"cache misses {Pct(miss)} of refs");
         if (k[PerfEvent.BranchMisses] is { } bm) parts.Add($"branch misses {bm}");
         o.WriteLine($"  counters: {(parts.Count > 0 ? string.Join(", ", parts) : "none")}");
-        o.WriteLine($"  managed: {p.AllocatedBytes} B allocated ({F(p.AllocatedBytes / perToken)} B/token), GC gen0/1/2 {p.After.Gen0 - p.Before.Gen0}/{p.After.Gen1 - p.Before.Gen1}/{p.After.Gen2 - p.Before.Gen2}");
+        o.WriteLine($"  managed: {p.AllocatedBytes} B allocated ({F(p.AllocatedBytes / perToken)} B/token), GC gen0/1/2 {p.After.Gen0 - p.Before.Gen0}/{p.After.Gen1 - p.Before.Gen1}/{p.After.Gen2 - p.Before.Gen2}, JIT {p.After.JitMethods - p.Before.JitMethods} methods ({F(p.After.JitMilliseconds - p.Before.JitMilliseconds)} ms)");
         o.WriteLine($"  threads busy in pool chunks: {string.Join(", ", p.ThreadBusySeconds.Select((b, i) => $"w{i} {Pct(b / p.WallSeconds)}"))}");
     }
 
@@ -293,6 +293,8 @@ public static class ProfileCommand
             allocated_bytes = p.AllocatedBytes,
             allocated_bytes_per_token = (double)p.AllocatedBytes / p.Tokens,
             gc_collections = new[] { p.After.Gen0 - p.Before.Gen0, p.After.Gen1 - p.Before.Gen1, p.After.Gen2 - p.Before.Gen2 },
+            jit_methods_compiled = p.After.JitMethods - p.Before.JitMethods,
+            jit_milliseconds = p.After.JitMilliseconds - p.Before.JitMilliseconds,
             thread_busy_seconds = p.ThreadBusySeconds,
         };
         object Row(ProfileRow x) => new

@@ -75,6 +75,36 @@ public class ProfilingTests
     }
 
     [Fact]
+    public void ProcessSnapshotsCountWhatTheJitCompiles()
+    {
+        var before = ProcessMemory.Read();
+        // A method that did not exist before: compiling it must show in the next snapshot.
+        var method = new System.Reflection.Emit.DynamicMethod("fresh" + Guid.NewGuid().ToString("N"), typeof(int), [typeof(int)]);
+        var il = method.GetILGenerator();
+        il.Emit(System.Reflection.Emit.OpCodes.Ldarg_0);
+        il.Emit(System.Reflection.Emit.OpCodes.Ldc_I4_3);
+        il.Emit(System.Reflection.Emit.OpCodes.Mul);
+        il.Emit(System.Reflection.Emit.OpCodes.Ret);
+        Assert.Equal(21, ((Func<int, int>)method.CreateDelegate(typeof(Func<int, int>)))(7));
+        var after = ProcessMemory.Read();
+        Assert.True(after.JitMethods > before.JitMethods, $"{before.JitMethods} -> {after.JitMethods}");
+        Assert.True(after.JitMilliseconds >= before.JitMilliseconds);
+    }
+
+    [Fact]
+    public void JitSettleWaitsForAQuietSpellOrGivesUpAtItsLimit()
+    {
+        // Quiet wanted for 0.1 s: it cannot return sooner, and well before its 10 s limit on any host.
+        var watch = Stopwatch.StartNew();
+        JitQuiet.Settle(quietSeconds: 0.1, maxSeconds: 10);
+        Assert.InRange(watch.Elapsed.TotalSeconds, 0.1, 10.5);
+        // A quiet spell longer than the limit: it gives up at the limit and says so.
+        watch.Restart();
+        Assert.False(JitQuiet.Settle(quietSeconds: 30, maxSeconds: 0.2));
+        Assert.InRange(watch.Elapsed.TotalSeconds, 0.2, 10);
+    }
+
+    [Fact]
     public void LatencyQuantilesAreNearestRank()
     {
         var v = Enumerable.Range(1, 100).Select(i => (double)i).Reverse().ToArray();
@@ -360,6 +390,11 @@ public class ProfilingTests
         Assert.Contains(decode.GetProperty("ops").EnumerateArray(), o => o.GetProperty("name").GetString() == "gate");
         Assert.True(decode.GetProperty("counters").TryGetProperty("task-clock-ns", out _) || !OperatingSystem.IsLinux());
         Assert.True(doc.RootElement.GetProperty("decode_latency").GetProperty("p99").GetDouble() > 0);
+        foreach (var phase in new[] { "prefill", "decode" })
+        {
+            Assert.True(doc.RootElement.GetProperty(phase).GetProperty("jit_methods_compiled").GetInt64() >= 0);
+            Assert.True(doc.RootElement.GetProperty(phase).GetProperty("jit_milliseconds").GetDouble() >= 0);
+        }
         if (KernelPeak.UnpackOnly(BitNetSharp.Kernels.KernelRegistry.Ternary) is { IsSupported: true })
             // A ratio of two timings: present and a fraction, but its size is not asserted (it was 0.0017 on a loaded CI host).
             Assert.All(doc.RootElement.GetProperty("kernel_unpack_share").EnumerateArray(), u => Assert.InRange(u.GetProperty("share").GetDouble(), 0.0, 1.0));

@@ -4,13 +4,21 @@ namespace BitNetSharp.Diagnostics.Profiling;
 /// This process's memory at one moment (Linux /proc; null fields elsewhere): resident and peak resident set, the
 /// anonymous part (heap, runtime buffers, KV cache) and the part of one file's mappings that is resident (the
 /// memory-mapped weights); plus GC counts. (Page faults come from <see cref="PerfCounters"/>: reading smaps here faults
-/// pages itself, so /proc's fault totals around a phase would count the measurement.)
+/// pages itself, so /proc's fault totals around a phase would count the measurement.) Also the JIT's running totals:
+/// methods compiled and time spent compiling, on any thread (the runtime's background thread recompiles hot methods
+/// optimized after their first ~30 calls; on a two-core machine it takes a core from the measured work while it does).
 /// </summary>
-public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? AnonymousBytes, long? MappedFileBytes, int Gen0, int Gen1, int Gen2)
+public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? AnonymousBytes, long? MappedFileBytes, int Gen0, int Gen1, int Gen2,
+    long JitMethods = 0, double JitMilliseconds = 0)
 {
     /// <summary>Reads the figures now; <paramref name="mappedFile"/>: the file whose resident mapped bytes to sum (the model).</summary>
     public static ProcessMemory Read(string? mappedFile = null)
     {
+        // The managed counts first: reading /proc below allocates (and can set off a collection) and calls methods that
+        // may be compiled, which belong to the reading, not to what ran before it.
+        int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
+        long jitMethods = System.Runtime.JitInfo.GetCompiledMethodCount();
+        double jitMs = System.Runtime.JitInfo.GetCompilationTime().TotalMilliseconds;
         long? rss = null, hwm = null, anon = null, mapped = null;
         if (OperatingSystem.IsLinux())
         {
@@ -29,7 +37,7 @@ public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? Ano
             {
             }
         }
-        return new ProcessMemory(rss, hwm, anon, mapped, GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2));
+        return new ProcessMemory(rss, hwm, anon, mapped, gen0, gen1, gen2, jitMethods, jitMs);
     }
 
     /// <summary>Linux: resets the peak-RSS watermark (VmHWM) to the current RSS, so a probe buffer freed before does not count.</summary>

@@ -189,7 +189,12 @@ public static class ProfileSession
             // Warm-up with everything attached: first-touch page faults, the sizes the span logs need, and the JIT's
             // tiering (methods are recompiled optimized after ~30 calls once 100 ms pass without new code; a profile of
             // the first, unoptimized code measured 1.5× slower decode on the bundled model): at least one full run, more
-            // until a second has passed.
+            // until a second has passed, each round also reading the counters and /proc as the timed phases do. Then the
+            // JIT is let go quiet before each timed phase (JitQuiet.Settle). Reading /proc calls string and file methods
+            // thousands of times; before, their optimized recompiles ran on the background thread during the timed decode
+            // of the 2B4T shape (21–44 methods, 20–50 ms of compiling on a core the decode needed; workers busy 79–83 % of
+            // the phase against 89–95 % without). What the JIT still compiles while timed is reported with the phase.
+            using var counters = PerfCounters.Open();
             Attach(true);
             long warmStart = Stopwatch.GetTimestamp();
             for (int round = 0; round < 50 && (round == 0 || Stopwatch.GetElapsedTime(warmStart).TotalSeconds < 1.0); round++)
@@ -201,11 +206,14 @@ public static class ProfileSession
                 chunks.Reserve((int)Math.Min(int.MaxValue, (chunks.MaxCount + chunks.Dropped) * 5 / 4 + 64));
                 spans.Clear();
                 chunks.Clear();
+                _ = counters.Read();
+                _ = ProcessMemory.Read(o.ModelPath);
             }
             GC.Collect();
             GC.WaitForPendingFinalizers();
 
-            using var counters = PerfCounters.Open();
+            // The JIT quiet before each timed phase (what the reads just before set off compiles now, not while timed).
+            JitQuiet.Settle();
             var mem0 = ProcessMemory.Read(o.ModelPath);
             var perf0 = counters.Read();
             long a0 = GC.GetTotalAllocatedBytes(precise: true);
@@ -219,6 +227,8 @@ public static class ProfileSession
             var perf1 = counters.Read();
             var mem1 = ProcessMemory.Read(o.ModelPath);
 
+            JitQuiet.Settle();
+            var mem2 = ProcessMemory.Read(o.ModelPath);
             var perf2 = counters.Read();
             long a2 = GC.GetTotalAllocatedBytes(precise: true);
             long t2 = Stopwatch.GetTimestamp();
@@ -238,7 +248,7 @@ public static class ProfileSession
 
             bandwidth = Math.Max(bandwidth, Probe());
             var prefill = new PhaseProfile("prefill", prefillStats, promptLen * sequences, Seconds(t1 - t0), perf1.Minus(perf0), mem0, mem1, a1 - a0, Busy(chunks, t0, t1));
-            var decode = new PhaseProfile("decode", decodeStats, o.DecodeSteps * sequences, Seconds(t3 - t2), perf3.Minus(perf2), mem1, mem3, a3 - a2, Busy(chunks, t2, t3));
+            var decode = new PhaseProfile("decode", decodeStats, o.DecodeSteps * sequences, Seconds(t3 - t2), perf3.Minus(perf2), mem2, mem3, a3 - a2, Busy(chunks, t2, t3));
 
             double[]? off = null, on = null;
             if (o.AbRepetitions > 0)
