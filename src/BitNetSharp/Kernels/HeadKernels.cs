@@ -65,9 +65,9 @@ public static unsafe class HeadKernels
                 {
                     // Four rows per pass, each its own FMA chain (one chain per row is latency-bound), on activations
                     // scaled for raw half bits. With four weight streams (TernaryKernel.WeightStreams) one row from each
-                    // quarter of the range: four sequential streams far apart, which the hardware prefetchers follow;
-                    // otherwise four adjacent rows, the same columns of the next four prefetched. The rows left over
-                    // take DotF16, which gives the same sums.
+                    // quarter of the range: four sequential streams far apart, which the hardware prefetchers follow, at
+                    // 512 bits each also prefetched StreamPrefetchBytes ahead; otherwise four adjacent rows, the same
+                    // columns of the next four prefetched. The rows left over take DotF16, which gives the same sums.
                     int n = m.Cols;
                     int r = rowStart;
                     if (TernaryKernel.WeightStreams == 4)
@@ -77,7 +77,7 @@ public static unsafe class HeadKernels
                         {
                             int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
                             ushort* w0 = (ushort*)m.Row(r), w1 = (ushort*)m.Row(r1), w2 = (ushort*)m.Row(r2), w3 = (ushort*)m.Row(r3);
-                            if (wide) DotRawF16Rows4(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, 0);
+                            if (wide) DotRawF16Rows4(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, StreamPrefetchBytes);
                             else DotRawF16Rows4Avx2(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, 0);
                         }
                         r = rowStart + 4 * quarter;
@@ -641,8 +641,11 @@ public static unsafe class HeadKernels
     /// alternating) 2 KiB ahead read 34.6 GB/s against 27.5 without for three tokens and 28 against 22 for four
     /// (prefetcht0; prefetcht1 the same within noise); 512 B and 1 KiB were no better than none, 3 KiB and more worse
     /// again. End to end (`bench -s 3,4`, 2 threads, alternating) 73–74 -> 76–85 and 78–83 -> 88–94 tok/s. One token
-    /// (<see cref="MatVec"/>) keeps no software prefetch: the raw loop read 38–40 against 32–36 GB/s with it, but
-    /// `quick-decode head` showed 34–36 against 32–35 and end-to-end runs on this host could not tell the two apart.
+    /// (<see cref="MatVec"/>, 512-bit path) prefetches the same distance: the raw loop read 38–40 against 32–36 GB/s with
+    /// it and `quick-decode head` 30.2 against 27.1, and once `bitnet profile` stopped timing the JIT's recompiles, its
+    /// head row (`profile --synthetic 2b4t -n 16|32 --kv-type int8`, six alternating pairs, 2 threads) read 46.1, 60.8,
+    /// 59.7, 56.7, 55.4, 59.3 GB/s against 42.2, 49.8, 51.0, 55.1, 51.5, 53.3 without (every pair up, mean +11 %); with
+    /// one thread level within noise (mean 31.4 against 30.9, three pairs each way).
     /// </summary>
     internal const long StreamPrefetchBytes = 2048;
 
