@@ -206,6 +206,14 @@ public class SoakTests
         Assert.Equal("gauge", families["bitnet_process_gc_committed_bytes"]);
         Assert.Equal("counter", families["bitnet_process_gc_collections_total"]);
         Assert.Equal("gauge", families["bitnet_server_requests_in_flight"]);
+        Assert.Equal("counter", families["bitnet_process_jit_compiled_methods_total"]);
+        Assert.Equal("counter", families["bitnet_process_jit_compilation_time_seconds_total"]);
+        // The server has compiled its own routes by now: both totals are positive, and the count is at least what this
+        // process had compiled before the scrape (it only grows).
+        long compiledBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
+        text = await s.MetricsAsync();
+        Assert.True(TestServer.Sample(text, "bitnet_process_jit_compiled_methods_total") >= compiledBefore);
+        Assert.True(TestServer.Sample(text, "bitnet_process_jit_compilation_time_seconds_total") > 0);
         double rss = TestServer.Sample(text, "bitnet_process_resident_memory_bytes");
         if (OperatingSystem.IsLinux())
         {
