@@ -609,8 +609,8 @@ public static unsafe class HeadKernels
     /// *y_k = row k · x, each row one FMA chain in <see cref="DotF16"/>'s order (so each equals <see cref="DotF16"/> on the
     /// unscaled activations), four chains so the single-token head is not bound by FMA latency. With four weight streams
     /// (<see cref="TernaryKernel.WeightStreams"/>) <see cref="MatVec"/> passes rows from the four quarters of its range:
-    /// four sequential streams far apart in memory, each followed by the hardware prefetcher, with no software prefetch
-    /// (<paramref name="prefetchAhead"/> 0; see <see cref="StreamPrefetchBytes"/>); otherwise four adjacent rows, each
+    /// four sequential streams far apart in memory, each followed by the hardware prefetcher and prefetched
+    /// <see cref="StreamPrefetchBytes"/> ahead (<paramref name="prefetchAhead"/>); otherwise four adjacent rows, each
     /// line's same columns <paramref name="prefetchAhead"/> bytes on (the next four rows) prefetched into L2. Bench
     /// `quick-decode head` (2B4T's 128256 × 2560 F16 head from memory, one thread, one process, alternating; Zen 5 EPYC):
     /// 31–36 GB/s for the four streams, 24–27 for four adjacent rows with the next four prefetched, 20–22 without that
