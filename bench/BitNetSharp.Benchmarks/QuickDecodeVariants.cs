@@ -52,6 +52,10 @@ public static unsafe class QuickDecodeVariants
         var rh = Avx512TernaryKernel.InterleavedRows(xh, ref sh);
         var rf = Avx512TernaryKernel.InterleavedRows(xf, ref sf);
         ActivationRows nh = ActivationRows.Of(xh), nf = ActivationRows.Of(xf);
+        Memory.NativeBuffer? slh = null, slf = null;
+        bool lut = LutKernel.IsSupported;
+        ActivationRows lh = lut ? LutKernel.Prepare(xh, ref slh) : default, lf = lut ? LutKernel.Prepare(xf, ref slf) : default;
+        if (lut) foreach (var w in ws) LutKernel.PrepareWeights(w);
         var y = new float[Ffn];
 
         // The variants this CPU can run: without AVX-512 (Zen 2/3, Intel client cores) only the AVX2 ones.
@@ -59,6 +63,8 @@ public static unsafe class QuickDecodeVariants
         int defaultStreams = TernaryKernel.WeightStreams;
         var candidates = new (string Name, bool Runs, Action<TernaryMatrix, ActivationRows, float[]> Run)[]
         {
+            ("avx512lut kernel (MatMul), consecutive blocks", lut, (w, x, o) => Production(LutKernel, w, w.Cols == Hidden ? lh : lf, o)),
+            ("avx512lut, 4 quarter streams", lut, (w, x, o) => LutQuarters(w, w.Cols == Hidden ? lh : lf, o)),
             ($"avx512gfni kernel (MatMul), {defaultStreams} stream(s)", gfni, (w, x, o) => Production(GfniKernel, w, x, o)),
             ("avx512gfni, 4 streams", gfni, (w, x, o) => Streams(4, () => Production(GfniKernel, w, x, o))),
             ("avx512gfni, 1 stream", gfni, (w, x, o) => Streams(1, () => Production(GfniKernel, w, x, o))),
@@ -130,6 +136,8 @@ public static unsafe class QuickDecodeVariants
             Console.WriteLine($"  {n,-40} {Median(r),6:F1} GB/s  (min {r.Min(),5:F1}, max {r.Max(),5:F1})  {Median(r) / plain,5:F2} of plain");
         }
         sh?.Dispose();
+        slh?.Dispose();
+        slf?.Dispose();
         sf?.Dispose();
         s_tables.Dispose();
         foreach (var w in ws) w.Dispose();
@@ -254,6 +262,19 @@ public static unsafe class QuickDecodeVariants
 
     private static readonly TernaryKernel GfniKernel = new Avx512GfniTernaryKernel(), ShiftKernel = new Avx512TernaryKernel(), Avx2Kernel = new Avx2TernaryKernel(),
         Reference = new ReferenceTernaryKernel();
+
+    private static readonly TernaryKernel LutKernel = new LutTernaryKernel();
+
+    /// <summary>The lookup kernel over four quarter streams (whole blocks), the rest of the rows by MatMul.</summary>
+    private static void LutQuarters(TernaryMatrix w, ActivationRows x, float[] y)
+    {
+        int quarter = w.Rows / 4 / LutTernaryKernel.BlockRows * LutTernaryKernel.BlockRows;
+        fixed (float* py = y)
+        {
+            LutKernel.MatVecQuarters(w, x, py, w.Rows, 0, quarter, 0, quarter);
+            if (4 * quarter < w.Rows) LutKernel.MatMul(w, x, py, w.Rows, 4 * quarter, w.Rows);
+        }
+    }
 
     /// <summary>The kernel's own MatMul (on activations already in its layout).</summary>
     private static void Production(TernaryKernel kernel, TernaryMatrix w, ActivationRows x, float[] y)

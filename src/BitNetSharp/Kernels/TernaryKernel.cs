@@ -96,6 +96,14 @@ public abstract unsafe class TernaryKernel
     /// <summary>Whether this CPU (and runtime) can execute it.</summary>
     public abstract bool IsSupported { get; }
 
+    /// <summary>Rows a caller's row ranges should be whole multiples of (a variant that reads rows in blocks computes a
+    /// whole block for a range that cuts one). <see cref="TernaryMatMul"/> plans its slices and chunks in these units.</summary>
+    public virtual int RowAlignment => 8;
+
+    /// <summary>Lays <paramref name="w"/> out as this variant reads it, ahead of the first product (a load-time repack);
+    /// nothing for the variants that read <see cref="TernaryMatrix"/>'s own layout.</summary>
+    public virtual void PrepareWeights(TernaryMatrix w) { }
+
     /// <summary>
     /// y[t·yStride + n] = Σ_k W[n,k]·x[t,k] for tokens t ∈ [0, x.Tokens) and rows n ∈ [rowStart, rowEnd).
     /// </summary>

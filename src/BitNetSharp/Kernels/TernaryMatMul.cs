@@ -58,24 +58,27 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     /// multiply-adds per thread, which <see cref="Grain"/> keeps on one thread (a small model's decode is dispatch-bound:
     /// the bundled model's `generate` fell from ~1600 to ~620 tok/s when its tiny products were shared out).
     /// </summary>
-    private bool PlanOwned(int rows, long rowBytes, bool streams)
+    private bool PlanOwned(int rows, long rowBytes, bool streams, int alignment)
     {
         int threads = _pool.ThreadCount;
         int items = 0, smallest = int.MaxValue;
+        int align = Math.Max(8, alignment);
+        bool blocked = align > 8; // a blocked layout (TernaryKernel.RowAlignment): slices and quarters in whole blocks
         _bounds[0] = 0;
         for (int t = 0; t < threads; t++)
         {
             var (start, end) = WorkerPool.Slice(t, rows, threads);
-            if (!streams)
+            if (!streams || blocked)
             {
-                // Slices in whole 8-row groups, so that claims of a multiple of 8 rows keep the kernels' eight-row dots.
-                start = t == 0 ? 0 : start / 8 * 8;
-                end = t == threads - 1 ? rows : end / 8 * 8;
+                // Slices in whole row groups (8 rows: the kernels' eight-row dots; or a blocked layout's blocks), so
+                // that claims of whole groups keep them.
+                start = t == 0 ? 0 : start / align * align;
+                end = t == threads - 1 ? rows : end / align * align;
             }
             int length = end - start;
-            int quarter = length / 4;
+            int quarter = blocked ? length / 4 / align * align : length / 4;
             if (streams && quarter < StreamMinRows) return false;
-            if (!streams && length < 64) return false;
+            if (!streams && length < Math.Max(64, 2 * align)) return false;
             _sliceStart[t] = start;
             _sliceEnd[t] = end;
             _quarter[t] = quarter;
@@ -87,7 +90,8 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         // At most Claims claims per slice, of at least MinClaimBytes: few enough that claiming costs next to nothing, small
         // enough that a thread done early takes a useful share of a slower one's slice.
         long minimum = (MinClaimBytes + 4 * rowBytes - 1) / (4 * rowBytes); // positions (4 rows each), or rows / 4
-        _ownedGrain = streams ? (int)Math.Max(minimum, smallest / Claims) : (int)((Math.Max(4 * minimum, smallest / Claims) + 7) / 8 * 8);
+        long grain = streams ? Math.Max(minimum, smallest / Claims) : Math.Max(4 * minimum, smallest / Claims);
+        _ownedGrain = (int)(streams && !blocked ? grain : (grain + align - 1) / align * align);
         return true;
     }
 
@@ -104,13 +108,14 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     /// <summary>
     /// Rows per chunk: about eight chunks per thread, but at least 2^19 multiply-adds (a few microseconds, so taking a
     /// chunk costs little: at one token on a 1536-wide model, 96-row chunks made decode ~5 % slower) and at least 64
-    /// rows, in whole 16-row blocks so the kernels' row pairs are not split.
+    /// rows, in whole 16-row blocks so the kernels' row pairs are not split (or in whole blocks of <paramref name="alignment"/> rows).
     /// </summary>
-    public int Grain(int rows, int cols, int tokens)
+    public int Grain(int rows, int cols, int tokens, int alignment = 16)
     {
         long minimum = ((1L << 19) + (long)cols * tokens - 1) / ((long)cols * tokens);
         long grain = Math.Max(Math.Max(64, rows / (_pool.ThreadCount * 8)), minimum);
-        return (int)Math.Min(int.MaxValue - 15, grain + 15) / 16 * 16;
+        int unit = Math.Max(16, alignment); // whole 16-row blocks (the kernels' row pairs), or a blocked layout's blocks
+        return (int)(Math.Min(int.MaxValue - unit, grain + unit - 1) / unit * unit);
     }
 
     /// <summary>y[t·yStride + n] = (W·x_t)[n] for every token in <paramref name="x"/>, all rows, in parallel.</summary>
@@ -138,12 +143,12 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         _yStride = yStride;
         try
         {
-            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, TernaryKernel.WeightStreams == 4))
+            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, TernaryKernel.WeightStreams == 4, kernel.RowAlignment))
             {
                 _ownedPlan = true;
                 _pool.RunOwned(this, _bounds, _ownedGrain);
             }
-            else _pool.Run(this, w.Rows, Grain(w.Rows, w.Cols, x.Tokens));
+            else _pool.Run(this, w.Rows, Grain(w.Rows, w.Cols, x.Tokens, kernel.RowAlignment));
         }
         finally
         {

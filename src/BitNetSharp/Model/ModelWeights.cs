@@ -77,6 +77,17 @@ public sealed class ModelWeights : IDisposable
     public LayerWeights[] Layers { get; }
     public string SourcePath { get; }
 
+    /// <summary>Packed bytes of every layer's ternary projections (what a decode step reads besides the head).</summary>
+    public long TernaryBytes
+    {
+        get
+        {
+            long sum = 0;
+            foreach (var layer in Layers) sum += layer.PackedBytes;
+            return sum;
+        }
+    }
+
     /// <summary>The GGUF file, when loaded from one (tokenizer metadata lives there).</summary>
     public GgufFile? Gguf => _sources.OfType<GgufFile>().FirstOrDefault();
 

@@ -43,8 +43,11 @@ public sealed unsafe class Transformer : IDisposable
         _c = weights.Config;
         _pool = pool ?? new WorkerPool();
         _ownsPool = pool is null;
-        _kernel = kernel ?? KernelRegistry.Ternary;
+        _kernel = kernel ?? KernelRegistry.ForModel(weights.TernaryBytes);
         _matmul = new TernaryMatMul(_pool);
+        foreach (var layer in weights.Layers)
+            foreach (var m in (ReadOnlySpan<TernaryMatrix>)[layer.Q, layer.K, layer.V, layer.O, layer.Gate, layer.Up, layer.Down])
+                _kernel.PrepareWeights(m);
         _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope);
         MaxBatchTokens = maxBatchTokens;
         int t = maxBatchTokens;

@@ -108,8 +108,14 @@ public sealed unsafe class TernaryMatrix : IDisposable
     /// <summary>Dequantized weight value t·scale — for tests and export.</summary>
     public float GetFloat(int row, int col) => Get(row, col) * RowScales[row];
 
+    /// <summary>A kernel's own copy of these weights in another layout (see <see cref="Kernels.TernaryKernel.PrepareWeights"/>),
+    /// disposed with this matrix.</summary>
+    public IDisposable? KernelLayout { get; set; }
+
     public void Dispose()
     {
+        KernelLayout?.Dispose();
+        KernelLayout = null;
         if (OwnsOwner && _owner is IDisposable d) d.Dispose();
     }
 }
