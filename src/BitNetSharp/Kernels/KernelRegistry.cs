@@ -53,18 +53,25 @@ public static class KernelRegistry
     /// </summary>
     public const long LookupMaxBytes = 16L << 20;
 
+    private static readonly TernaryKernel Lookup = AllTernary.First(k => k is LutTernaryKernel);
+
     /// <summary>
     /// The ternary kernel for a model whose projections hold <paramref name="ternaryBytes"/> packed bytes: BITNET_KERNEL
-    /// when set; else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>),
-    /// when this CPU has it; else <see cref="Ternary"/>.
+    /// when set; else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>)
+    /// on a CPU where it was measured faster (<see cref="LookupByDefault"/>); else <see cref="Ternary"/>.
     /// </summary>
     public static TernaryKernel ForModel(long ternaryBytes)
     {
         if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(EnvironmentVariable))) return Ternary;
-        return ternaryBytes <= LookupMaxBytes && Lookup.IsSupported ? Lookup : Ternary;
+        return ternaryBytes <= LookupMaxBytes && LookupByDefault ? Lookup : Ternary;
     }
 
-    private static readonly TernaryKernel Lookup = AllTernary.First(k => k is LutTernaryKernel);
+    /// <summary>
+    /// Whether <see cref="ForModel"/> may pick the lookup kernel here: AMD family 1Ah (Zen 5) and later, where it was
+    /// measured. Its cost rests on <c>vpermw</c>, whose throughput differs from core to core (Zen 4 runs 512-bit
+    /// operations as two halves; Intel's cores differ again), so elsewhere it is BITNET_KERNEL=avx512lut until measured.
+    /// </summary>
+    public static bool LookupByDefault { get; } = Lookup.IsSupported && TernaryKernel.AmdFamily() >= 0x1A;
 
     /// <summary>The named ternary variant, or the best supported one when <paramref name="name"/> is empty.</summary>
     /// <exception cref="ArgumentException">Unknown name, or a variant this CPU cannot run.</exception>

@@ -78,16 +78,20 @@ public abstract unsafe class TernaryKernel
     }
 
     /// <summary>4 on AMD CPUs of family 1Ah (Zen 5) or later, else 1 (see <see cref="WeightStreams"/>).</summary>
-    public static int DefaultWeightStreams()
+    public static int DefaultWeightStreams() => AmdFamily() >= 0x1A ? 4 : 1;
+
+    /// <summary>The CPU family of an AMD x86 CPU (0x19 Zen 3/4, 0x1A Zen 5), or −1 for any other CPU: the defaults
+    /// measured on one family apply to it and its successors only.</summary>
+    public static int AmdFamily()
     {
-        if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported) return 1;
+        if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported) return -1;
         var (_, ebx, ecx, edx) = System.Runtime.Intrinsics.X86.X86Base.CpuId(0, 0);
         bool amd = ebx == 0x68747541 && edx == 0x69746E65 && ecx == 0x444D4163; // "AuthenticAMD"
-        if (!amd) return 1;
+        if (!amd) return -1;
         int eax = System.Runtime.Intrinsics.X86.X86Base.CpuId(1, 0).Eax;
         int family = (eax >> 8) & 0xF;
         if (family == 0xF) family += (eax >> 20) & 0xFF;
-        return family >= 0x1A ? 4 : 1;
+        return family;
     }
 
     /// <summary>The name BITNET_KERNEL selects it by.</summary>

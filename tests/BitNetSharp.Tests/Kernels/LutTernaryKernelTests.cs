@@ -126,7 +126,8 @@ public unsafe class LutTernaryKernelTests
             Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(1));
             return;
         }
-        bool lookup = Avx512BW.IsSupported;
+        bool lookup = KernelRegistry.LookupByDefault;
+        Assert.Equal(Avx512BW.IsSupported && TernaryKernel.AmdFamily() >= 0x1A, lookup);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(2_400_000).Name);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes).Name);
         Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
