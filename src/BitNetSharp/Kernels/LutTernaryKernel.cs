@@ -212,6 +212,22 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
             return;
         }
         if (rowStart >= rowEnd) return;
+        // Four far-apart streams (quarters of the range's whole blocks) read faster than four adjacent blocks: in one
+        // process on the Zen 5 EPYC, 31–35 against 22–27 GB/s from memory on one thread.
+        int a = (rowStart + BlockRows - 1) / BlockRows * BlockRows, quarter = (rowEnd - a) / 4 / BlockRows * BlockRows;
+        if (quarter >= 2 * BlockRows)
+        {
+            Adjacent(w, x, y, yStride, rowStart, a);
+            MatVecQuartersCore(w, x, y, yStride, a, quarter, 0, quarter);
+            Adjacent(w, x, y, yStride, a + 4 * quarter, rowEnd);
+        }
+        else Adjacent(w, x, y, yStride, rowStart, rowEnd);
+    }
+
+    /// <summary>Rows [rowStart, rowEnd) four adjacent blocks at a time (whole blocks computed, the asked rows written).</summary>
+    private static void Adjacent(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
+    {
+        if (rowStart >= rowEnd) return;
         var packed = Layout(w);
         int words = packed.Words;
         long perToken = TableBytes(w.PaddedCols);

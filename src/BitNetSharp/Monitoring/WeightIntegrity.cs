@@ -33,9 +33,13 @@ public sealed unsafe class WeightIntegrity
     private volatile string? _lastMismatch;
     private volatile int _verified = 1;
 
-    private sealed class Entry(string name, byte* data, long length, float[]? floats)
+    private sealed class Entry(string name, byte* data, long length, float[]? floats, bool derived = false)
     {
         public string Name { get; } = name;
+
+        /// <summary>A kernel's load-time copy of a tensor (verified like the rest, but not part of the model checksum,
+        /// which names the weights as stored whatever kernel runs them).</summary>
+        public bool Derived { get; } = derived;
         public byte* Data { get; } = data;
         public long Length { get; } = floats is null ? length : (long)floats.Length * sizeof(float);
         public float[]? Floats { get; } = floats;
@@ -93,6 +97,22 @@ public sealed unsafe class WeightIntegrity
                     snapshot[i] = *(ulong*)(m.Data + offsets[i]);
                 }
                 if (k > 0) probes.Add(new ProbeSet(p + name + ".weight", m.Data, offsets, snapshot));
+                if (m.KernelLayout is Kernels.LutTernaryKernel.Packed packed)
+                {
+                    // What the lookup kernel reads instead of the packed tensor: its repack is guarded too.
+                    string derived = p + name + ".weight (avx512lut layout)";
+                    entries.Add(new Entry(derived, (byte*)packed.Data, packed.ByteLength, null, derived: true));
+                    long packedWords = packed.ByteLength / 8;
+                    int n = (int)Math.Min(probeWords, packedWords);
+                    var at = new long[n];
+                    var seen = new ulong[n];
+                    for (int i = 0; i < n; i++)
+                    {
+                        at[i] = rng.NextInt64(packedWords) * 8;
+                        seen[i] = *(ulong*)((byte*)packed.Data + at[i]);
+                    }
+                    if (n > 0) probes.Add(new ProbeSet(derived, (byte*)packed.Data, at, seen));
+                }
             }
         }
         _entries = [.. entries];
@@ -102,9 +122,10 @@ public sealed unsafe class WeightIntegrity
         foreach (var e in _entries)
         {
             e.Hash = e.Compute();
+            TotalBytes += e.Length;
+            if (e.Derived) continue;
             BitConverter.TryWriteBytes(h, e.Hash);
             all.Append(h);
-            TotalBytes += e.Length;
         }
         ModelChecksum = all.GetCurrentHashAsUInt64();
     }

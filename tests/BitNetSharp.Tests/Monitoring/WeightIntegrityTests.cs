@@ -44,6 +44,34 @@ public class WeightIntegrityTests
         Assert.True(integrity.Verified);
     }
 
+    /// <summary>The lookup kernel reads its own repack of each projection: that copy is hashed and probed too, named after
+    /// its tensor, and leaves the model checksum (which names the weights as stored) unchanged.</summary>
+    [Fact]
+    public unsafe void TheLookupKernelsRepackIsGuardedToo()
+    {
+        using var w = TransformerTests.TinyModel(seed: 7);
+        ulong stored = new WeightIntegrity(w).ModelChecksum;
+        foreach (var layer in w.Layers)
+            foreach (var (_, m) in WeightIntegrity.Projections(layer)) BitNetSharp.Kernels.LutTernaryKernel.Layout(m);
+        var integrity = new WeightIntegrity(w);
+        Assert.Equal(stored, integrity.ModelChecksum);
+        const string name = "blk.1.ffn_down.weight (avx512lut layout)";
+        Assert.Contains(name, integrity.Tensors.Select(t => t.Name));
+        var packed = (BitNetSharp.Kernels.LutTernaryKernel.Packed)w.Layers[1].Down.KernelLayout!;
+        long offset = integrity.FirstProbeOffset(name);
+        ((byte*)packed.Data)[offset] ^= 0x10;
+        try
+        {
+            Assert.Equal([name], integrity.Probe().Mismatched);
+            Assert.Equal([name], integrity.Verify(TestContext.Current.CancellationToken).Mismatched);
+        }
+        finally
+        {
+            ((byte*)packed.Data)[offset] ^= 0x10;
+        }
+        Assert.True(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+    }
+
     [Fact]
     public void ScalesAndNormsAreCovered()
     {
