@@ -39,7 +39,9 @@ public static class ChromeTraceWriter
         for (int w = 0; w < chunks.Workers; w++)
             Meta(j, pid, w, "thread_name", w == 0 ? "caller (worker 0)" : $"bitnet-worker-{w}");
 
-        string layout = $"ternary 2-bit codes, 128-weight blocks (I2_S order), kernel {report.Kernel}";
+        string layout = report.Kernel == "avx512lut"
+            ? "ternary 5-bit indices of weight triples, 32-row blocks (repacked at load), kernel avx512lut"
+            : $"ternary 2-bit codes, 128-weight blocks (I2_S order), kernel {report.Kernel}";
         // Parents before children at equal start, so viewers nest them: sort by start, then longer first.
         var ordered = spans.ToArray();
         Array.Sort(ordered, (a, b) => a.Start != b.Start ? a.Start.CompareTo(b.Start) : b.End.CompareTo(a.End));
