@@ -248,7 +248,9 @@ public sealed unsafe class Transformer : IDisposable
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
-        _pool.Run(_attention, _attention.Items, grain: 1); // items differ in cost (a prompt's later tokens see more positions)
+        // Items differ in cost (a prompt's later tokens see more positions), so one at a time; but a pass this small runs
+        // on the calling thread (see AttentionInlineMacs).
+        _pool.Run(_attention, _attention.Items, grain: _attention.Macs <= AttentionInlineMacs ? _attention.Items : 1);
         _attention.MergeSplit();
         _attention.Clear();
         p?.End();
@@ -276,6 +278,16 @@ public sealed unsafe class Transformer : IDisposable
         p?.End();
         Stage(Stage_Residual, l, batch);
     }
+
+    /// <summary>
+    /// Most multiply-adds (scores and weighted values over every cached position a pass reads) for which attention runs
+    /// on the calling thread: waking the other threads costs more than they save. The bundled model's decode (two KV
+    /// heads, ≤ 256 positions) spent 14 µs a layer in attention on two threads against 4.9 on one (`bitnet profile -t 2`);
+    /// run on the caller, `bench -m models/bitnet-tinystories.gguf -n 128 -t 2 -r 5` went from a p50 of 0.174–0.180 ms to
+    /// 0.159–0.167 ms a token, and the 2B4T shape at 32–64 positions (`profile --synthetic 2b4t -t 2 -n 32`) from
+    /// 22–34 to 19–22 µs a layer (three alternating pairs each, Zen 5 EPYC).
+    /// </summary>
+    internal const long AttentionInlineMacs = 1L << 18;
 
     private const int Stage_AttnIn = 0, Stage_Rope = 1, Stage_AttnOut = 2, Stage_ResidualFfnIn = 3, Stage_FfnAct = 4, Stage_Residual = 5;
 
@@ -459,6 +471,10 @@ public sealed unsafe class Transformer : IDisposable
         /// <summary>Work items of the pass <see cref="Set"/> prepared: chunks when split, else pairs.</summary>
         public int Items => _items;
 
+        /// <summary>Multiply-adds of the pass <see cref="Set"/> prepared: per (token, KV head), the positions it sees
+        /// × the group's query heads × head size × 2 (scores and values).</summary>
+        public long Macs { get; private set; }
+
         public void Set(int layer, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches, float* q, float* output)
         {
             _layer = layer;
@@ -474,15 +490,18 @@ public sealed unsafe class Transformer : IDisposable
                 _pairFirst = new int[_pairChunks.Length];
             }
             int chunked = 0, total = 0;
+            long macs = 0;
             for (int pair = 0; pair < _pairs; pair++)
             {
                 int positions = batch[pair / c.KvHeads].Position + 1;
+                macs += (long)positions * c.GroupSize * c.HeadDim * 2;
                 int n = positions <= _chunk ? 1 : (positions + _chunk - 1) / _chunk;
                 _pairChunks[pair] = n;
                 _pairFirst[pair] = total;
                 total += n;
                 if (n > 1) chunked++;
             }
+            Macs = macs;
             _split = _threads > 1 && chunked > 0 && _pairs < SplitPairsPerThread * _threads;
             if (!_split)
             {
