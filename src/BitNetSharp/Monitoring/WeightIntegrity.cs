@@ -87,33 +87,31 @@ public sealed unsafe class WeightIntegrity
             {
                 entries.Add(new Entry(p + name + ".weight", m.Data, m.ByteLength, null));
                 entries.Add(new Entry(p + name + ".scale", null, 0, m.RowScales));
-                long words = m.ByteLength / 8;
-                int k = (int)Math.Min(probeWords, words);
-                var offsets = new long[k];
-                var snapshot = new ulong[k];
-                for (int i = 0; i < k; i++)
-                {
-                    offsets[i] = rng.NextInt64(words) * 8;
-                    snapshot[i] = *(ulong*)(m.Data + offsets[i]);
-                }
-                if (k > 0) probes.Add(new ProbeSet(p + name + ".weight", m.Data, offsets, snapshot));
+                Sample(p + name + ".weight", m.Data, m.ByteLength);
                 if (m.KernelLayout is Kernels.LutTernaryKernel.Packed packed)
                 {
                     // What the lookup kernel reads instead of the packed tensor: its repack is guarded too.
                     string derived = p + name + ".weight (avx512lut layout)";
                     entries.Add(new Entry(derived, (byte*)packed.Data, packed.ByteLength, null, derived: true));
-                    long packedWords = packed.ByteLength / 8;
-                    int n = (int)Math.Min(probeWords, packedWords);
-                    var at = new long[n];
-                    var seen = new ulong[n];
-                    for (int i = 0; i < n; i++)
-                    {
-                        at[i] = rng.NextInt64(packedWords) * 8;
-                        seen[i] = *(ulong*)((byte*)packed.Data + at[i]);
-                    }
-                    if (n > 0) probes.Add(new ProbeSet(derived, (byte*)packed.Data, at, seen));
+                    Sample(derived, (byte*)packed.Data, packed.ByteLength);
                 }
             }
+        }
+
+        // A seeded sample of 8-byte words of a packed tensor, for Probe.
+        void Sample(string name, byte* data, long bytes)
+        {
+            long words = bytes / 8;
+            int k = (int)Math.Min(probeWords, words);
+            if (k == 0) return;
+            var offsets = new long[k];
+            var snapshot = new ulong[k];
+            for (int i = 0; i < k; i++)
+            {
+                offsets[i] = rng.NextInt64(words) * 8;
+                snapshot[i] = *(ulong*)(data + offsets[i]);
+            }
+            probes.Add(new ProbeSet(name, data, offsets, snapshot));
         }
         _entries = [.. entries];
         _probes = [.. probes];
