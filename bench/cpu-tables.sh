@@ -64,6 +64,18 @@ step e2e-sequences "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int
 for head in f16 q8_0 q6_k; do
   step "e2e-head-$head" "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int8 -t "$cores" -r "$reps" -s 1,2,4 --head-type "$head" --json
 done
+# The lookup kernel (avx512lut) against the int8 kernel, end to end, where the CPU can run it: the bundled model (the
+# engine's default there on Zen 5) and the 2B4T shape (int8 by default). Forced both ways so any CPU can be compared.
+kernels=()
+if grep -qw avx512bw /proc/cpuinfo 2>/dev/null && [ "${DOTNET_EnableAVX512:-1}" != 0 ]; then
+  int8=avx512; grep -qw gfni /proc/cpuinfo && int8=avx512gfni
+  kernels=("$int8" avx512lut)
+fi
+for k in "${kernels[@]}"; do
+  step "kernel-small-$k" env BITNET_KERNEL="$k" "$bitnet" bench -m models/bitnet-tinystories.gguf -p 64 -n 128 -t "$threads" -r "$reps" --json
+  step "kernel-2b4t-$k" env BITNET_KERNEL="$k" "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int8 -t "$threads" -r "$reps" --json
+done
+printf '%s\n' "${kernels[@]}" > "$work/kernels.list"
 step decode-memory "$benchmarks" quick-decode "${decode_mem[@]}"
 step decode-cache "$benchmarks" quick-decode "${decode_cache[@]}"
 step decode-memory-l1 env BITNET_PREFETCH_LEVEL=l1 "$benchmarks" quick-decode "${decode_mem[@]}"
@@ -146,6 +158,23 @@ for head in ("f16", "q8_0", "q6_k"):
     pct = f"{by[1]['percent_of_bound']:.1f} %" if 1 in by and by[1].get("percent_of_bound") is not None else "-"
     L.append(f"| {head} | {doc['head_bytes'] / 1e6:.1f} | {doc['bytes_per_token'] / 1e9:.3f} GB | {g(1)} | {pct} | {g(2)} | {g(4)} |")
 L.append("")
+kernels = [k for k in open(os.path.join(work, "kernels.list")).read().split() if k]
+if kernels:
+    L.append("## Lookup kernel against the int8 kernel, end to end")
+    L.append("")
+    for k in kernels:
+        L.append(f"- `{cmd('kernel-small-' + k)}`")
+        L.append(f"- `{cmd('kernel-2b4t-' + k)}`")
+    L.append("")
+    L.append("| model | kernel | test | threads | t/s | % of bound |")
+    L.append("|---|---|---|---:|---:|---:|")
+    for model in ("small", "2b4t"):
+        for k in kernels:
+            doc = json.load(open(os.path.join(work, f"kernel-{model}-{k}.out")))
+            for r in doc["results"]:
+                pct = f"{r['percent_of_bound']:.1f} %" if r.get("percent_of_bound") is not None else "-"
+                L.append(f"| {'bundled' if model == 'small' else '2B4T'} | {k} | {r['test']} | {r['threads']} | {r['tokens_per_second']:.1f} ± {r['stddev']:.1f} | {pct} |")
+    L.append("")
 sections = [
     ("Read bandwidth (the bound)", "bandwidth"),
     ("Decode kernels in one process, weights from memory", "decode-memory"),
