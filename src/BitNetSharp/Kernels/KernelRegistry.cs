@@ -55,6 +55,9 @@ public static class KernelRegistry
 
     private static readonly TernaryKernel Lookup = AllTernary.First(k => k is LutTernaryKernel);
 
+    /// <summary>The lookup kernel as <see cref="ForModel"/> gives it to a small model: prefill by lookup too (<see cref="LutTernaryKernel.LookupPrefill"/>).</summary>
+    private static readonly TernaryKernel LookupWithPrefill = new LutTernaryKernel(lookupPrefill: true);
+
     /// <summary>
     /// The ternary kernel for a model whose projections hold <paramref name="ternaryBytes"/> packed bytes: BITNET_KERNEL
     /// when set; else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>)
@@ -63,7 +66,7 @@ public static class KernelRegistry
     public static TernaryKernel ForModel(long ternaryBytes)
     {
         if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(EnvironmentVariable))) return Ternary;
-        return ternaryBytes <= LookupMaxBytes && LookupByDefault ? Lookup : Ternary;
+        return ternaryBytes <= LookupMaxBytes && LookupByDefault ? LookupWithPrefill : Ternary;
     }
 
     /// <summary>

@@ -28,6 +28,18 @@ namespace BitNetSharp.Kernels;
 /// </summary>
 public sealed unsafe class LutTernaryKernel : TernaryKernel
 {
+    /// <param name="lookupPrefill">Products of more than <see cref="MaxLookupTokens"/> tokens by lookup too (see <see cref="LookupPrefill"/>).</param>
+    public LutTernaryKernel(bool lookupPrefill = false) => LookupPrefill = lookupPrefill;
+
+    /// <summary>
+    /// Whether products of more than <see cref="MaxLookupTokens"/> tokens (prefill, four or more sequences decoding
+    /// together) are computed by lookup too, rather than by the int8 tiles: split over threads by tokens, each thread
+    /// building the tables of its own tokens (<see cref="TernaryMatMul"/>) and sweeping every block for one token at a time,
+    /// so that token's tables stay in L1 while the blocks come from L2. For models small enough that every matrix's lookup
+    /// layout sits in L2 — the ones <see cref="KernelRegistry.ForModel"/> gives this kernel by default.
+    /// </summary>
+    public bool LookupPrefill { get; }
+
     public override string Name => "avx512lut";
     public override bool IsSupported => Avx512BW.IsSupported;
 
@@ -49,10 +61,11 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
     public override int RowAlignment => BlockRows;
 
     /// <summary>
-    /// Most tokens a product takes by lookup (decode of one to three sequences, short speculative checks). More tokens
-    /// are prefill tiles, which the int8 kernel computes from <see cref="TernaryMatrix"/>'s own layout, each unpacked
-    /// weight reused for every token: by lookup each token would read its own tables (55–147 KB each on the 2B4T shape) for
-    /// every block, and `bench --synthetic large -p 64` ran 298–305 tok/s against 432–519.
+    /// Most tokens a product takes by lookup from tables laid out by <see cref="Prepare"/> (decode of one to three sequences,
+    /// short speculative checks). More tokens are prefill: by lookup with the tables built per thread (<see cref="LookupPrefill"/>,
+    /// small models), else tiles of the int8 kernel on <see cref="TernaryMatrix"/>'s own layout, each unpacked weight reused
+    /// for every token — for large models, where by lookup each token reads its own tables (55–147 KB each on the 2B4T
+    /// shape) for every block: `bench --synthetic large -p 64` ran 298–305 tok/s against 432–519.
     /// </summary>
     public const int MaxLookupTokens = 3;
 
@@ -153,7 +166,7 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
     /// </summary>
     public override ActivationRows Prepare(QuantizedActivations x, ref NativeBuffer? scratch)
     {
-        if (x.Tokens > MaxLookupTokens) return Tiles.Prepare(x, ref scratch);
+        if (x.Tokens > MaxLookupTokens) return LookupPrefill ? ActivationRows.Of(x) : Tiles.Prepare(x, ref scratch);
         long perToken = TableBytes(x.PaddedCols), need = perToken * x.Tokens;
         if (scratch is null || scratch.ByteLength < need)
         {
@@ -208,7 +221,8 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
     {
         if (x.Tokens > MaxLookupTokens)
         {
-            Tiles.MatMul(w, x, y, yStride, rowStart, rowEnd);
+            if (LookupPrefill) LookupRowsByToken(w, x, y, yStride, rowStart, rowEnd);
+            else Tiles.MatMul(w, x, y, yStride, rowStart, rowEnd);
             return;
         }
         if (rowStart >= rowEnd) return;
@@ -222,6 +236,84 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
             Adjacent(w, x, y, yStride, a + 4 * quarter, rowEnd);
         }
         else Adjacent(w, x, y, yStride, rowStart, rowEnd);
+    }
+
+    internal override bool SplitsByTokens(int tokens) => LookupPrefill && tokens > MaxLookupTokens;
+
+    internal override long TokenScratchBytes(int paddedCols, int tokens) => TableBytes(paddedCols) * tokens;
+
+    /// <summary>The tables of tokens [tokenStart, tokenEnd) of the int8 rows <paramref name="x"/>, one token's after another.</summary>
+    internal override void PrepareTokens(in ActivationRows x, int tokenStart, int tokenEnd, byte* scratch)
+    {
+        long perToken = TableBytes(x.Stride);
+        for (int t = tokenStart; t < tokenEnd; t++) BuildTables(x.Row(t), x.Stride, (short*)(scratch + (t - tokenStart) * perToken));
+    }
+
+    /// <summary>
+    /// Every row for tokens [tokenStart, tokenEnd) from their tables in <paramref name="scratch"/>: blocks outer, tokens
+    /// inner, so that each four-block group's weights stay in L1 while the slice's tables stream past (token by token over
+    /// every block read 0.9–0.95× as fast: `bench -m models/bitnet-tinystories.gguf -p 64|240`, Zen 5 EPYC).
+    /// </summary>
+    internal override void MatMulTokens(TernaryMatrix w, in ActivationRows x, byte* scratch, float* y, int yStride, int tokenStart, int tokenEnd)
+    {
+        long perToken = TableBytes(w.PaddedCols);
+        var packed = Layout(w);
+        int words = packed.Words, blocks = packed.Blocks;
+        long blockWords = (long)words * BlockRows;
+        int* sums = stackalloc int[4 * BlockRows];
+        fixed (float* rowScales = w.RowScales)
+            for (int b = 0; b < blocks; b += 4)
+            {
+                int n = Math.Min(4, blocks - b);
+                int from = b * BlockRows, to = Math.Min(w.Rows, (b + n) * BlockRows);
+                for (int t = tokenStart; t < tokenEnd; t++)
+                {
+                    short* tables = (short*)(scratch + (t - tokenStart) * perToken);
+                    if (n == 4) Dot4Blocks(packed.Block(b), blockWords, tables, words, sums);
+                    else for (int k = 0; k < n; k++) DotBlock(packed.Block(b + k), tables, words, sums + k * BlockRows);
+                    Epilogues(sums, to - from, x.Scales[t], rowScales + from, y + (long)t * yStride + from);
+                }
+            }
+    }
+
+    [ThreadStatic] private static NativeBuffer? t_tables;
+
+    /// <summary>Rows [rowStart, rowEnd) for every token of the int8 rows <paramref name="x"/>: each token's tables built in turn.</summary>
+    private static void LookupRowsByToken(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
+    {
+        long perToken = TableBytes(w.PaddedCols);
+        if (t_tables is null || t_tables.ByteLength < perToken)
+        {
+            t_tables?.Dispose();
+            t_tables = new NativeBuffer(perToken, zero: false);
+        }
+        short* tables = (short*)t_tables.Pointer;
+        for (int t = 0; t < x.Tokens; t++)
+        {
+            BuildTables(x.Row(t), w.PaddedCols, tables);
+            TokenRows(w, tables, x.Scales[t], y + (long)t * yStride, rowStart, rowEnd);
+        }
+    }
+
+    /// <summary>Rows [rowStart, rowEnd) of one token (its tables, its scale), four adjacent blocks at a time, into <paramref name="yt"/>.</summary>
+    private static void TokenRows(TernaryMatrix w, short* tables, float scale, float* yt, int rowStart, int rowEnd)
+    {
+        if (rowStart >= rowEnd) return;
+        var packed = Layout(w);
+        int words = packed.Words;
+        long blockWords = (long)words * BlockRows;
+        int* sums = stackalloc int[4 * BlockRows];
+        int first = rowStart / BlockRows, end = (rowEnd + BlockRows - 1) / BlockRows;
+        float[] rowScales = w.RowScales;
+        for (int b = first; b < end;)
+        {
+            int n = Math.Min(4, end - b);
+            if (n == 4) Dot4Blocks(packed.Block(b), blockWords, tables, words, sums);
+            else for (int k = 0; k < n; k++) DotBlock(packed.Block(b + k), tables, words, sums + k * BlockRows);
+            int from = Math.Max(rowStart, b * BlockRows), to = Math.Min(rowEnd, (b + n) * BlockRows);
+            fixed (float* rs = rowScales) Epilogues(sums + (from - b * BlockRows), to - from, scale, rs + from, yt + from);
+            b += n;
+        }
     }
 
     /// <summary>Rows [rowStart, rowEnd) four adjacent blocks at a time (whole blocks computed, the asked rows written).</summary>
@@ -243,10 +335,7 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
                 if (n == 4) Dot4Blocks(packed.Block(b), blockWords, tables, words, sums);
                 else for (int k = 0; k < n; k++) DotBlock(packed.Block(b + k), tables, words, sums + k * BlockRows);
                 int from = Math.Max(rowStart, b * BlockRows), to = Math.Min(rowEnd, (b + n) * BlockRows);
-                float scale = x.Scales[t];
-                float* yt = y + (long)t * yStride;
-                for (int r = from; r < to; r++)
-                    yt[r] = Epilogue(sums[r - b * BlockRows], 0, scale, w.RowScales[r]);
+                fixed (float* rs = w.RowScales) Epilogues(sums + (from - b * BlockRows), to - from, x.Scales[t], rs + from, y + (long)t * yStride + from);
             }
             b += n;
         }
@@ -279,14 +368,29 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
                 Dot4Blocks(block, stride, (short*)((byte*)x.Codes + t * perToken), words, sums);
                 float scale = x.Scales[t];
                 float* yt = y + (long)t * yStride;
-                for (int k = 0; k < 4; k++)
-                {
-                    int row0 = sliceStart + k * quarter;
-                    for (int r = a; r < b; r++)
-                        yt[row0 + r] = Epilogue(sums[k * BlockRows + r - p], 0, scale, w.RowScales[row0 + r]);
-                }
+                fixed (float* rs = w.RowScales)
+                    for (int k = 0; k < 4; k++)
+                    {
+                        int row0 = sliceStart + k * quarter;
+                        Epilogues(sums + k * BlockRows + (a - p), b - a, scale, rs + row0 + a, yt + row0 + a);
+                    }
             }
         }
+    }
+
+    /// <summary>
+    /// y[i] = <see cref="TernaryKernel.Epilogue"/>(sums[i], 0, scale, rowScales[i]) for i &lt; count, sixteen rows per
+    /// vector: the same IEEE operations in the same order (int → float, ÷ scale, × row scale), so the same floats. At the
+    /// bundled model's width the scalar loop's divisions cost as much as the lookups.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Epilogues(int* sums, int count, float scale, float* rowScales, float* y)
+    {
+        int i = 0;
+        var s = Vector512.Create(scale);
+        for (; i + 16 <= count; i += 16)
+            (Vector512.ConvertToSingle(Vector512.Load(sums + i)) / s * Vector512.Load(rowScales + i)).Store(y + i);
+        for (; i < count; i++) y[i] = Epilogue(sums[i], 0, scale, rowScales[i]);
     }
 
     /// <summary>How far ahead of each block's current word <see cref="Dot4Blocks"/> prefetches (prefetcht1).</summary>

@@ -173,6 +173,23 @@ public abstract unsafe class TernaryKernel
     }
 
     /// <summary>
+    /// Whether <see cref="TernaryMatMul"/> should split a product of <paramref name="tokens"/> tokens over threads by
+    /// tokens (each thread every row for its tokens, from per-thread <see cref="PrepareTokens"/> scratch) rather than by
+    /// rows: the lookup kernel's prefill, whose per-token tables each thread builds for its own tokens.
+    /// </summary>
+    internal virtual bool SplitsByTokens(int tokens) => false;
+
+    /// <summary>Bytes of per-thread scratch <see cref="PrepareTokens"/> fills for <paramref name="tokens"/> tokens.</summary>
+    internal virtual long TokenScratchBytes(int paddedCols, int tokens) => 0;
+
+    /// <summary>Lays out tokens [tokenStart, tokenEnd) of <paramref name="x"/> (as <see cref="Prepare"/> returned it) into one thread's scratch.</summary>
+    internal virtual void PrepareTokens(in ActivationRows x, int tokenStart, int tokenEnd, byte* scratch) { }
+
+    /// <summary>Every row of <paramref name="w"/> for tokens [tokenStart, tokenEnd), from <see cref="PrepareTokens"/>' scratch of those tokens.</summary>
+    internal virtual void MatMulTokens(TernaryMatrix w, in ActivationRows x, byte* scratch, float* y, int yStride, int tokenStart, int tokenEnd) =>
+        throw new NotSupportedException($"Kernel '{Name}' does not split products by tokens.");
+
+    /// <summary>
     /// The activation rows as this variant reads them: <paramref name="x"/>'s own rows, or (for variants that read
     /// another order, such as AVX-512's pair interleave) a copy in <paramref name="scratch"/>, which is grown as
     /// needed and stays the caller's. The result is valid until the scratch is next used or <paramref name="x"/> changes.

@@ -27,6 +27,15 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     private readonly int[] _bounds, _sliceStart, _sliceEnd, _quarter;
     private bool _ownedPlan, _ownedStreams;
 
+    // Products split by tokens (TernaryKernel.SplitsByTokens): per thread, its tokens' scratch (the lookup kernel's
+    // tables), kept for the next product on the same activations (q, k and v; gate and up) — which token slice, of which
+    // Prepare, it holds.
+    private bool _tokenPlan;
+    private readonly Memory.NativeBuffer?[] _tokenScratch;
+    private readonly long[] _tokenScratchOf, _tokenScratchSlice;
+    private long _prepared;
+    private sbyte* _preparedCodes;
+
     public TernaryMatMul(WorkerPool pool)
     {
         _pool = pool;
@@ -34,6 +43,9 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         _sliceStart = new int[pool.ThreadCount];
         _sliceEnd = new int[pool.ThreadCount];
         _quarter = new int[pool.ThreadCount];
+        _tokenScratch = new Memory.NativeBuffer?[pool.ThreadCount];
+        _tokenScratchOf = new long[pool.ThreadCount];
+        _tokenScratchSlice = new long[pool.ThreadCount];
     }
 
     /// <summary>Most tokens per product planned over owned ranges (decode of one to three sequences, short speculative
@@ -129,7 +141,10 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     public ActivationRows Prepare(TernaryKernel kernel, QuantizedActivations x)
     {
         if (!kernel.IsSupported) throw new PlatformNotSupportedException($"Ternary kernel '{kernel.Name}' is not supported on this CPU.");
-        return kernel.Prepare(x, ref _scratch);
+        var rows = kernel.Prepare(x, ref _scratch);
+        _prepared++; // new activations: the token scratch kept from the last ones is stale
+        _preparedCodes = rows.Codes;
+        return rows;
     }
 
     /// <summary>As <see cref="Run(TernaryKernel, TernaryMatrix, QuantizedActivations, float*, int)"/> on activations from <see cref="Prepare"/>.</summary>
@@ -143,7 +158,21 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         _yStride = yStride;
         try
         {
-            if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, TernaryKernel.WeightStreams == 4, kernel.RowAlignment))
+            if (kernel.SplitsByTokens(x.Tokens))
+            {
+                // Rows from elsewhere than this instance's last Prepare: nothing kept may be reused.
+                if (x.Codes != _preparedCodes)
+                {
+                    _prepared++;
+                    _preparedCodes = x.Codes;
+                }
+                _tokenPlan = true;
+                // One slice of tokens per thread (the same slices for every product on these activations, so each thread's
+                // scratch serves them all); a product too small to share stays on the calling thread.
+                if (_pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19) _pool.Run(this, x.Tokens);
+                else ((IParallelWork)this).Execute(0, x.Tokens, 0);
+            }
+            else if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, TernaryKernel.WeightStreams == 4, kernel.RowAlignment))
             {
                 _ownedPlan = true;
                 _pool.RunOwned(this, _bounds, _ownedGrain);
@@ -152,6 +181,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         }
         finally
         {
+            _tokenPlan = false;
             _ownedPlan = false;
             (_kernel, _w) = (null, null);
             _rows = default;
@@ -179,13 +209,41 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     {
         _scratch?.Dispose();
         _scratch = null;
+        for (int i = 0; i < _tokenScratch.Length; i++)
+        {
+            _tokenScratch[i]?.Dispose();
+            _tokenScratch[i] = null;
+        }
     }
 
     void IParallelWork.Execute(int start, int end, int worker)
     {
-        if (_ownedPlan) ExecuteOwned(start, end);
+        if (_tokenPlan) ExecuteTokens(start, end, worker);
+        else if (_ownedPlan) ExecuteOwned(start, end);
         else if (_kernel is not null) _kernel.MatMul(_w!, _rows, _y, _yStride, start, end);
         else _binaryKernel!.MatMul(_bw!, _x!, _y, _yStride, start, end);
+    }
+
+    /// <summary>Tokens [start, end) of a product split by tokens, on <paramref name="worker"/>'s scratch (laid out once per Prepare and slice).</summary>
+    private void ExecuteTokens(int start, int end, int worker)
+    {
+        var kernel = _kernel!;
+        var w = _w!;
+        long slice = (long)start << 32 | (uint)end;
+        ref var scratch = ref _tokenScratch[worker];
+        if (scratch is null || _tokenScratchOf[worker] != _prepared || _tokenScratchSlice[worker] != slice)
+        {
+            long need = kernel.TokenScratchBytes(w.PaddedCols, end - start);
+            if (scratch is null || scratch.ByteLength < need)
+            {
+                scratch?.Dispose();
+                scratch = new Memory.NativeBuffer(Math.Max(need, 1 << 16), zero: false);
+            }
+            kernel.PrepareTokens(_rows, start, end, scratch.Pointer);
+            _tokenScratchOf[worker] = _prepared;
+            _tokenScratchSlice[worker] = slice;
+        }
+        kernel.MatMulTokens(w, _rows, scratch.Pointer, _y, _yStride, start, end);
     }
 
     /// <summary>Items [start, end) of the owned plan, all within one slice (claims never cross an owner's bounds).</summary>

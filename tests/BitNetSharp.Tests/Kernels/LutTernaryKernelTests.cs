@@ -116,6 +116,63 @@ public unsafe class LutTernaryKernelTests
         }
     }
 
+    /// <summary>
+    /// Prefill by lookup (<see cref="LutTernaryKernel.LookupPrefill"/>): products of four tokens and more, split over one to
+    /// three threads by tokens, with one Prepare serving several matrices (q, k, v: each thread's tables reused) and a
+    /// fresh Prepare after the activations change; and the kernel's own row ranges. All equal the reference bit for bit.
+    /// </summary>
+    [Fact]
+    public void PrefillByLookupEqualsReferenceOnEveryThreadCount()
+    {
+        var kernel = new LutTernaryKernel(lookupPrefill: true);
+        if (!kernel.IsSupported) Assert.Skip("The lookup kernel needs AVX-512BW; this CPU (or DOTNET_EnableAVX512=0) has none.");
+        Assert.True(kernel.LookupPrefill);
+        var reference = new ReferenceTernaryKernel();
+        var rng = new Random(8);
+        // 384 × 384 and 128 × 384 (the bundled model's q and k), 1024 × 384 and 384 × 1030 (a width that is not a multiple of 128):
+        // each sized so that 64 tokens share the product out (rows × cols × tokens ≥ threads · 2^19).
+        using var q = RandomTernary(rng, 384, 384);
+        using var k = RandomTernary(rng, 128 + 5, 384);
+        using var up = RandomTernary(rng, 1024, 384);
+        using var down = RandomTernary(rng, 384, 1030);
+        foreach (int threads in new[] { 1, 2, 3 })
+        {
+            using var pool = new WorkerPool(threads);
+            using var matmul = new TernaryMatMul(pool);
+            foreach (int tokens in new[] { 4, 7, 64, 70 })
+            {
+                for (int round = 0; round < 2; round++) // new activations in the same buffers' place: the tables must be rebuilt
+                {
+                    using var x = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, 384, Pattern.Random)).ToArray());
+                    var rows = matmul.Prepare(kernel, x);
+                    foreach (var w in new[] { q, k, up })
+                    {
+                        var expected = new float[tokens * w.Rows];
+                        fixed (float* pe = expected) reference.MatMul(w, x, pe, w.Rows, 0, w.Rows);
+                        var got = new float[tokens * w.Rows];
+                        fixed (float* pg = got) matmul.Run(kernel, w, rows, pg, w.Rows);
+                        Assert.Equal(expected, got);
+                    }
+                    using var wide = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, 1030, Pattern.Outlier)).ToArray());
+                    var expectedDown = new float[tokens * down.Rows];
+                    fixed (float* pe = expectedDown) reference.MatMul(down, wide, pe, down.Rows, 0, down.Rows);
+                    var gotDown = new float[tokens * down.Rows];
+                    fixed (float* pg = gotDown) matmul.Run(kernel, down, wide, pg, down.Rows);
+                    Assert.Equal(expectedDown, gotDown);
+                }
+            }
+        }
+
+        using var some = Quantize(Enumerable.Range(0, 9).Select(_ => Activations(rng, 384, Pattern.Random)).ToArray());
+        var all = new float[9 * up.Rows];
+        fixed (float* pa = all) reference.MatMul(up, some, pa, up.Rows, 0, up.Rows);
+        var cut = new float[9 * up.Rows];
+        fixed (float* pc = cut) kernel.MatMul(up, some, pc, up.Rows, 33, 500);
+        for (int t = 0; t < 9; t++)
+            for (int r = 0; r < up.Rows; r++)
+                Assert.Equal(r is >= 33 and < 500 ? all[t * up.Rows + r] : 0f, cut[t * up.Rows + r]);
+    }
+
     /// <summary>The engine's choice: the lookup kernel for a model small enough to run from the caches, the int8 kernel
     /// otherwise (BITNET_KERNEL, when set, decides instead).</summary>
     [Fact]
@@ -129,6 +186,7 @@ public unsafe class LutTernaryKernelTests
         bool lookup = KernelRegistry.LookupByDefault;
         Assert.Equal(Avx512BW.IsSupported && TernaryKernel.AmdFamily() >= 0x1A, lookup);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(2_400_000).Name);
+        if (lookup) Assert.True(((LutTernaryKernel)KernelRegistry.ForModel(2_400_000)).LookupPrefill);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes).Name);
         Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
         Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(521_000_000));
