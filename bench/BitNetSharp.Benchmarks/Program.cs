@@ -6,6 +6,7 @@ using BitNetSharp.Benchmarks;
 // Quantizer A/B:    dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-quant
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
 // Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds] | quick-decode threads [threads] [layers] [rounds] [seconds] | quick-decode qhead [rounds] [seconds]
+// Prefill lookup:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-prefill [tokens] [rounds] [threads...]
 // Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory; QUICK_ATTENTION_TYPES=int8,f16: only those)
 // Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
 if (args.Length > 0 && args[0] == "quick-int8-attention")
@@ -39,6 +40,11 @@ if (args.Length > 1 && args[0] == "quick-decode" && args[1] == "head")
 if (args.Length > 0 && args[0] == "quick-decode")
 {
     QuickDecodeVariants.Run(args.Length > 1 ? int.Parse(args[1]) : 16, args.Length > 2 ? int.Parse(args[2]) : 5, args.Length > 3 ? double.Parse(args[3], System.Globalization.CultureInfo.InvariantCulture) : 0.5);
+    return;
+}
+if (args.Length > 0 && args[0] == "quick-prefill")
+{
+    QuickPrefillLookup.Run(args.Length > 1 ? int.Parse(args[1]) : 64, args.Length > 2 ? int.Parse(args[2]) : 5, args.Length > 3 ? args[3..].Select(int.Parse).ToArray() : [1, 2]);
     return;
 }
 if (args.Length > 0 && args[0] == "quick-matmul")

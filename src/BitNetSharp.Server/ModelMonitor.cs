@@ -57,7 +57,7 @@ internal sealed class ModelMonitor : IDisposable
         }
         if (options.TelemetryLog is { } open)
         {
-            var context = new Dictionary<string, string>(TelemetryContext.Create(out var warnings, Kernels.KernelRegistry.ForModel(weights.TernaryBytes).Name, scheduler.Threads, modelId,
+            var context = new Dictionary<string, string>(TelemetryContext.Create(out var warnings, Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name, scheduler.Threads, modelId,
                 Integrity?.ModelChecksumHex, ProjectionType(weights), scheduler.Options.KvType.ToString()))
             {
                 ["model.path"] = weights.SourcePath,

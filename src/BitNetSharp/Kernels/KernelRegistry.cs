@@ -55,18 +55,27 @@ public static class KernelRegistry
 
     private static readonly TernaryKernel Lookup = AllTernary.First(k => k is LutTernaryKernel);
 
-    /// <summary>The lookup kernel as <see cref="ForModel"/> gives it to a small model: prefill by lookup too (<see cref="LutTernaryKernel.LookupPrefill"/>).</summary>
+    /// <summary>The lookup kernel as <see cref="ForModel"/> gives it to a small, narrow model: prefill by lookup too (<see cref="LutTernaryKernel.LookupPrefill"/>).</summary>
     private static readonly TernaryKernel LookupWithPrefill = new LutTernaryKernel(lookupPrefill: true);
+
+    /// <summary>
+    /// Widest model (embedding length) that <see cref="ForModel"/> has prefill by lookup. `quick-prefill` (BitNetSharp.Benchmarks;
+    /// 64-token prefill of whole synthetic models, one process, Zen 5 EPYC), lookup against the int8 tiles on one / two threads:
+    /// width 384 1.88 / 1.98, 768 1.10 / 1.35, 1024 1.01 / 1.18, 1536 0.89 / 0.97, 2560 0.82 / 0.79.
+    /// </summary>
+    public const int LookupPrefillMaxWidth = 1024;
 
     /// <summary>
     /// The ternary kernel for a model whose projections hold <paramref name="ternaryBytes"/> packed bytes: BITNET_KERNEL
     /// when set; else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>)
-    /// on a CPU where it was measured faster (<see cref="LookupByDefault"/>); else <see cref="Ternary"/>.
+    /// on a CPU where it was measured faster (<see cref="LookupByDefault"/>), prefilling by lookup too when the model is at
+    /// most <see cref="LookupPrefillMaxWidth"/> wide (<paramref name="width"/>: its embedding length); else <see cref="Ternary"/>.
     /// </summary>
-    public static TernaryKernel ForModel(long ternaryBytes)
+    public static TernaryKernel ForModel(long ternaryBytes, int width = int.MaxValue)
     {
         if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(EnvironmentVariable))) return Ternary;
-        return ternaryBytes <= LookupMaxBytes && LookupByDefault ? LookupWithPrefill : Ternary;
+        if (ternaryBytes > LookupMaxBytes || !LookupByDefault) return Ternary;
+        return width <= LookupPrefillMaxWidth ? LookupWithPrefill : Lookup;
     }
 
     /// <summary>

@@ -43,7 +43,7 @@ public sealed unsafe class Transformer : IDisposable
         _c = weights.Config;
         _pool = pool ?? new WorkerPool();
         _ownsPool = pool is null;
-        _kernel = kernel ?? KernelRegistry.ForModel(weights.TernaryBytes);
+        _kernel = kernel ?? KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
         _matmul = new TernaryMatMul(_pool);
         foreach (var layer in weights.Layers)
             foreach (var m in (ReadOnlySpan<TernaryMatrix>)[layer.Q, layer.K, layer.V, layer.O, layer.Gate, layer.Up, layer.Down])

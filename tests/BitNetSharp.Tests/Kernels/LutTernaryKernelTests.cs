@@ -186,7 +186,13 @@ public unsafe class LutTernaryKernelTests
         bool lookup = KernelRegistry.LookupByDefault;
         Assert.Equal(Avx512BW.IsSupported && TernaryKernel.AmdFamily() >= 0x1A, lookup);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(2_400_000).Name);
-        if (lookup) Assert.True(((LutTernaryKernel)KernelRegistry.ForModel(2_400_000)).LookupPrefill);
+        if (lookup)
+        {
+            // Prefill by lookup only for narrow models (and so the bundled model's, 384 wide).
+            Assert.True(((LutTernaryKernel)KernelRegistry.ForModel(2_400_000, 384)).LookupPrefill);
+            Assert.True(((LutTernaryKernel)KernelRegistry.ForModel(2_400_000, KernelRegistry.LookupPrefillMaxWidth)).LookupPrefill);
+            Assert.False(((LutTernaryKernel)KernelRegistry.ForModel(12_000_000, 1536)).LookupPrefill);
+        }
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes).Name);
         Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
         Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(521_000_000));

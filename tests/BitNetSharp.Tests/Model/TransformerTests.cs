@@ -78,6 +78,28 @@ public class TransformerTests
         Assert.Equal(batched, single); // integer kernels and per-token float ops: bit-identical
     }
 
+    /// <summary>
+    /// Prefill by lookup (<see cref="BitNetSharp.Kernels.LutTernaryKernel.LookupPrefill"/>), its products split over two
+    /// threads by tokens (a 384-wide model, as the bundled one), gives the logits of the same prompt fed one token at a time.
+    /// </summary>
+    [Fact]
+    public void PrefillByLookupOnTwoThreadsEqualsTokenByToken()
+    {
+        var kernel = new BitNetSharp.Kernels.LutTernaryKernel(lookupPrefill: true);
+        if (!kernel.IsSupported) Assert.Skip("The lookup kernel needs AVX-512BW; this CPU (or DOTNET_EnableAVX512=0) has none.");
+        using var w = TinyModel(shape: new SyntheticShape("w384", 384, 2, 6, 2, 1024, 256, 64));
+        using var engine = new Transformer(w, 64, new WorkerPool(2), kernel);
+        using var a = Cache(w.Config);
+        using var b = Cache(w.Config);
+        var prompt = Enumerable.Range(0, 40).Select(i => (i * 37 + 11) % 256).ToArray();
+        var batch = prompt.Select((t, i) => new BatchToken(t, 0, i, i == prompt.Length - 1)).ToArray();
+        var batched = new float[w.Config.VocabSize];
+        engine.Forward(batch, [a], batched);
+        var single = new float[w.Config.VocabSize];
+        for (int i = 0; i < prompt.Length; i++) engine.Forward([batch[i] with { WantLogits = true }], [b], single);
+        Assert.Equal(batched, single);
+    }
+
     [Fact]
     public void SequencesBatchedTogetherEqualEachAlone()
     {
