@@ -65,7 +65,8 @@ for head in f16 q8_0 q6_k; do
   step "e2e-head-$head" "$bitnet" bench --synthetic 2b4t -p 0 -n "$gen" --kv-type int8 -t "$cores" -r "$reps" -s 1,2,4 --head-type "$head" --json
 done
 # The lookup kernel (avx512lut) against the int8 kernel, end to end, where the CPU can run it: the bundled model (the
-# engine's default there on Zen 5) and the 2B4T shape (int8 by default). Forced both ways so any CPU can be compared.
+# engine's default there on Zen 5, prefilling by lookup as it is narrow) and the 2B4T shape (int8 by default). Forced
+# both ways so any CPU can be compared.
 kernels=()
 if grep -qw avx512bw /proc/cpuinfo 2>/dev/null && [ "${DOTNET_EnableAVX512:-1}" != 0 ]; then
   int8=avx512; grep -qw gfni /proc/cpuinfo && int8=avx512gfni

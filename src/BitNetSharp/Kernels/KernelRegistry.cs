@@ -67,13 +67,15 @@ public static class KernelRegistry
 
     /// <summary>
     /// The ternary kernel for a model whose projections hold <paramref name="ternaryBytes"/> packed bytes: BITNET_KERNEL
-    /// when set; else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>)
+    /// when set (avx512lut with prefill by lookup for a model at most <see cref="LookupPrefillMaxWidth"/> wide); else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>)
     /// on a CPU where it was measured faster (<see cref="LookupByDefault"/>), prefilling by lookup too when the model is at
     /// most <see cref="LookupPrefillMaxWidth"/> wide (<paramref name="width"/>: its embedding length); else <see cref="Ternary"/>.
     /// </summary>
     public static TernaryKernel ForModel(long ternaryBytes, int width = int.MaxValue)
     {
-        if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(EnvironmentVariable))) return Ternary;
+        // Forced: that kernel; the lookup kernel still prefills by lookup where that was measured faster (narrow models).
+        if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(EnvironmentVariable)))
+            return Ternary is LutTernaryKernel && width <= LookupPrefillMaxWidth ? LookupWithPrefill : Ternary;
         if (ternaryBytes > LookupMaxBytes || !LookupByDefault) return Ternary;
         return width <= LookupPrefillMaxWidth ? LookupWithPrefill : Lookup;
     }

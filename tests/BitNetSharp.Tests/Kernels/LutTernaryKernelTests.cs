@@ -181,6 +181,9 @@ public unsafe class LutTernaryKernelTests
         if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(KernelRegistry.EnvironmentVariable)))
         {
             Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(1));
+            if (KernelRegistry.Ternary is LutTernaryKernel)
+                Assert.True(((LutTernaryKernel)KernelRegistry.ForModel(1, 384)).LookupPrefill);
+            else Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(1, 384));
             return;
         }
         bool lookup = KernelRegistry.LookupByDefault;
