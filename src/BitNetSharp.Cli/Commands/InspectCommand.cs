@@ -14,7 +14,7 @@ public static class InspectCommand
         var path = new Argument<string>("path") { Description = "A .gguf file, a .safetensors file, or a Hugging Face model directory." };
         var json = new Option<bool>("--json") { Description = "Print one JSON document instead of tables." };
         var tensors = new Option<bool>("--tensors") { Description = "List every tensor with its type, shape and size." };
-        var codes = new Option<bool>("--codes") { Description = "Load the model and show each packed projection's share of -1/0/+1 codes (flagging tensors with no -1 or no +1) and the weight checksums' model checksum." };
+        var codes = new Option<bool>("--codes") { Description = "Load the model and show each packed projection's share of -1/0/+1 codes (flagging tensors with no -1 or no +1) and the weight checksums' model checksum (with --json: under \"codes\", with every tensor's XXH3 checksum)." };
         var command = new Command("inspect", "Show a model's architecture, hyper-parameters, tokenizer, tensors and bits per weight.")
         {
             path, json, tensors, codes,
@@ -22,9 +22,12 @@ public static class InspectCommand
         command.SetAction(result => cli.Guard(() =>
         {
             var summary = ModelSummary.Load(result.GetRequiredValue(path));
-            if (result.GetValue(json)) WriteJson(cli.Output, summary, result.GetValue(tensors));
-            else WriteTables(cli.Ansi, summary, result.GetValue(tensors));
-            if (result.GetValue(codes)) WriteCodes(cli.Output, result.GetRequiredValue(path));
+            if (result.GetValue(json)) WriteJson(cli.Output, summary, result.GetValue(tensors), result.GetValue(codes) ? result.GetRequiredValue(path) : null);
+            else
+            {
+                WriteTables(cli.Ansi, summary, result.GetValue(tensors));
+                if (result.GetValue(codes)) WriteCodes(cli.Output, result.GetRequiredValue(path));
+            }
             return 0;
         }));
         return command;
@@ -49,12 +52,66 @@ public static class InspectCommand
         output.WriteLine(string.Create(ic, $"degenerate tensors: {stats.Degenerate}"));
     }
 
-    private static void WriteJson(TextWriter output, ModelSummary summary, bool includeTensors)
+    /// <summary>
+    /// One JSON document: the summary, and with <paramref name="codesOf"/> (the model's path) a "codes" object with the
+    /// model checksum, every tensor's checksum (so two files can be compared tensor by tensor, e.g. after a convert) and
+    /// each packed projection's code shares.
+    /// </summary>
+    private static void WriteJson(TextWriter output, ModelSummary summary, bool includeTensors, string? codesOf)
     {
         using var stream = new MemoryStream();
         using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
-            summary.WriteJson(writer, includeTensors);
+        {
+            if (codesOf is null) summary.WriteJson(writer, includeTensors);
+            else
+            {
+                using var summaryStream = new MemoryStream();
+                using (var inner = new Utf8JsonWriter(summaryStream)) summary.WriteJson(inner, includeTensors);
+                using var document = JsonDocument.Parse(summaryStream.ToArray());
+                writer.WriteStartObject();
+                foreach (var property in document.RootElement.EnumerateObject()) property.WriteTo(writer);
+                WriteCodesJson(writer, codesOf);
+                writer.WriteEndObject();
+            }
+        }
         output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+    }
+
+    private static void WriteCodesJson(Utf8JsonWriter w, string path)
+    {
+        using var weights = Model.ModelWeights.Load(path);
+        var stats = Monitoring.WeightCodeStats.Compute(weights);
+        var integrity = new Monitoring.WeightIntegrity(weights, probeWords: 0);
+        w.WriteStartObject("codes");
+        w.WriteString("model_checksum", integrity.ModelChecksumHex);
+        w.WriteString("checksum", "XXH3-64 of each tensor's bytes as loaded; the model checksum is XXH3-64 of the tensor checksums in order");
+        w.WriteStartArray("tensor_checksums");
+        foreach (var t in integrity.Tensors)
+        {
+            w.WriteStartObject();
+            w.WriteString("name", t.Name);
+            w.WriteNumber("bytes", t.Bytes);
+            w.WriteString("xxh3", t.HashHex);
+            w.WriteEndObject();
+        }
+        w.WriteEndArray();
+        w.WriteStartArray("projections");
+        var names = Monitoring.HealthNames.ProjectionLabels;
+        for (int l = 0; l < stats.Layers; l++)
+            for (int j = 0; j < names.Length; j++)
+            {
+                var c = stats[l, j];
+                w.WriteStartObject();
+                w.WriteString("name", $"blk.{l}.{names[j]}");
+                w.WriteNumber("minus", c.MinusShare);
+                w.WriteNumber("zero", c.ZeroShare);
+                w.WriteNumber("plus", c.PlusShare);
+                w.WriteBoolean("degenerate", Monitoring.WeightCodeStats.IsDegenerate(c));
+                w.WriteEndObject();
+            }
+        w.WriteEndArray();
+        w.WriteNumber("degenerate", stats.Degenerate);
+        w.WriteEndObject();
     }
 
     private static void WriteTables(IAnsiConsole console, ModelSummary s, bool includeTensors)

@@ -48,6 +48,46 @@ public class InspectCommandTests
         Assert.DoesNotContain("ALL ONE SIGN", output);
     }
 
+    /// <summary>
+    /// --json --codes is one document (it once printed the codes as text after the JSON), and its per-tensor checksums
+    /// tell exactly which tensors a convert changed: re-encoding the embedding leaves every projection's bytes alone.
+    /// </summary>
+    [Fact]
+    public void InspectJsonCodesIsOneDocumentWhoseChecksumsShowWhatAConvertChanged()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("tiny.gguf");
+        var converted = dir.File("tiny-q8.gguf");
+        File.WriteAllBytes(path, BitNetSharp.Model.SyntheticModel.Build(BitNetSharp.Model.SyntheticShape.Tiny, 3).ToArray());
+        var (cc, _, ce) = Bitnet("convert", path, converted, "--embedding-type", "q8_0");
+        Assert.True(cc == 0, ce);
+
+        JsonElement Codes(string file)
+        {
+            var (code, output, error) = Bitnet("inspect", file, "--json", "--codes");
+            Assert.Equal(0, code);
+            Assert.Equal("", error);
+            using var doc = JsonDocument.Parse(output);
+            Assert.Equal("bitnet-b1.58", doc.RootElement.GetProperty("architecture").GetString());
+            return doc.RootElement.GetProperty("codes").Clone();
+        }
+        var a = Codes(path);
+        var b = Codes(converted);
+        Assert.Equal(0, a.GetProperty("degenerate").GetInt32());
+        Assert.Equal(BitNetSharp.Model.SyntheticShape.Tiny.Layers * 7, a.GetProperty("projections").GetArrayLength());
+        var first = a.GetProperty("projections")[0];
+        Assert.Equal("blk.0.q", first.GetProperty("name").GetString());
+        Assert.Equal(1.0, first.GetProperty("minus").GetDouble() + first.GetProperty("zero").GetDouble() + first.GetProperty("plus").GetDouble(), 6);
+        static Dictionary<string, string> Sums(JsonElement codes) =>
+            codes.GetProperty("tensor_checksums").EnumerateArray().ToDictionary(t => t.GetProperty("name").GetString()!, t => t.GetProperty("xxh3").GetString()!);
+        var sa = Sums(a);
+        var sb = Sums(b);
+        Assert.Equal(sa.Keys.Order(), sb.Keys.Order());
+        Assert.Equal(["token_embd.weight"], sa.Keys.Where(k => sa[k] != sb[k]).ToArray());
+        Assert.Contains(sa.Keys, k => k.Contains("ffn_down"));
+        Assert.NotEqual(a.GetProperty("model_checksum").GetString(), b.GetProperty("model_checksum").GetString());
+    }
+
     [Fact]
     public void InspectShowsAQ6KEmbedding()
     {
