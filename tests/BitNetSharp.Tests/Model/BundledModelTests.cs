@@ -23,6 +23,19 @@ public class BundledModelTests
         Assert.Contains("generation: ", error.ToString());
     }
 
+    /// <summary>The card describes the file shipped: its size, and its F16 embedding (re-encoded from the trained F32).</summary>
+    [Fact]
+    public void TheCardDescribesTheShippedFile()
+    {
+        using var card = JsonDocument.Parse(File.ReadAllText(RepositoryFile("models/bitnet-tinystories.json")));
+        var format = card.RootElement.GetProperty("file_format");
+        Assert.Equal(format.GetProperty("bytes").GetInt64(), new FileInfo(RepositoryFile("models/bitnet-tinystories.gguf")).Length);
+        using var weights = BitNetSharp.Model.ModelWeights.Load(RepositoryFile("models/bitnet-tinystories.gguf"));
+        Assert.StartsWith("F16", format.GetProperty("embedding").GetString());
+        Assert.Equal(BitNetSharp.Formats.Gguf.GgmlType.F16, weights.TokenEmbedding.Type);
+        Assert.Same(weights.TokenEmbedding, weights.Output); // tied
+    }
+
     /// <summary>`bitnet eval` of the bundled model on the held-out 5% of each training file gives the card's figures.</summary>
     [Fact]
     public void EvalOnTheHeldOutTextMatchesTheCard()
