@@ -338,6 +338,14 @@ public unsafe class KvCacheTests
     [InlineData(KvCacheType.Int8, 2)]
     [InlineData(KvCacheType.Fp8E4M3, 3)]
     [InlineData(KvCacheType.Fp8E4M3, 4)]
+    [InlineData(KvCacheType.F16, 3)] // padded to four (the bundled model's group)
+    [InlineData(KvCacheType.F16, 6)] // four, then two head by head
+    [InlineData(KvCacheType.F16, 8)] // two fours
+    [InlineData(KvCacheType.Fp8E4M3, 2)]
+    [InlineData(KvCacheType.Fp8E4M3, 7)] // four, then three padded
+    [InlineData(KvCacheType.Int8, 8)]
+    [InlineData(KvCacheType.Int8, 3)]
+    [InlineData(KvCacheType.F32, 3)]
     public void GroupedAttentionEqualsPerHead(KvCacheType type, int group)
     {
         // 1/√128, the 2B4T score scale: not a power of two, so the order of the scale multiplications shows.
@@ -367,6 +375,78 @@ public unsafe class KvCacheTests
             for (int g = 0; g < group; g++)
                 cache.AccumulateV(1, 1, weights.AsSpan(g * stride, positions), expected.AsSpan(g * headDim, headDim), positions);
             Assert.Equal(expected, output);
+        }
+    }
+
+    /// <summary>
+    /// A padded group (three heads through the four-head kernels) over more positions than one padded piece holds, from
+    /// an offset: equal to per-head calls bit for bit, so the pieces continue the same sums (and the int8 weighted sum's
+    /// blocks of 256 positions start where a per-head call starts them).
+    /// </summary>
+    [Theory]
+    [InlineData(KvCacheType.F16)]
+    [InlineData(KvCacheType.Fp8E4M3)]
+    [InlineData(KvCacheType.Int8)]
+    public void PaddedGroupsOverManyPositionsEqualPerHead(KvCacheType type)
+    {
+        const int headDim = 64, group = 3, positions = 1200, start = 37, count = 1150, stride = 1160;
+        var rng = new Random(12);
+        using var cache = new KvCache(1, 2, headDim, positions, type);
+        for (int p = 0; p < positions; p++) cache.Write(0, p, Row(rng, 2 * headDim), Row(rng, 2 * headDim));
+        var q = Row(rng, group * headDim, 0.5f);
+        var grouped = new float[group * stride];
+        cache.ScoresGroupRange(0, 1, q, group, grouped, stride, start, count, 0.125f);
+        var weights = new float[group * stride];
+        for (int i = 0; i < weights.Length; i++) weights[i] = (float)rng.NextDouble() * 1e-3f;
+        var output = Row(rng, group * headDim, 0.5f);
+        var expected = (float[])output.Clone();
+        cache.AccumulateVGroupRange(0, 1, weights, group, stride, output, start, count);
+        for (int g = 0; g < group; g++)
+        {
+            var single = new float[count];
+            cache.ScoresRangeForTest(0, 1, q.AsSpan(g * headDim, headDim), single, start, count, 0.125f);
+            Assert.Equal(single, grouped.AsSpan(g * stride, count).ToArray());
+            cache.AccumulateVRangeForTest(0, 1, weights.AsSpan(g * stride, count), expected.AsSpan(g * headDim, headDim), start, count);
+        }
+        Assert.Equal(expected, output);
+    }
+
+    /// <summary>
+    /// One head's weighted sum in registers (the 512-bit lane path of <see cref="AttentionKernels.Accumulate{TRow, TWidth}"/>
+    /// for finite F16 and FP8 rows) equals the position-by-position axpy of the 256-bit path bit for bit, at head
+    /// dimensions that take its 128-, 64- and 16-wide passes, with weights past the scaled widening's limit too.
+    /// </summary>
+    [Fact]
+    public void OneHeadRegisterSumsEqualTheAxpyLoop()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated, "the register sums are the 512-bit lane path");
+        var rng = new Random(5);
+        foreach (int headDim in new[] { 16, 48, 64, 112, 128, 256, 320 })
+        {
+            const int positions = 45;
+            using var f16 = new KvCache(1, 1, headDim, positions, KvCacheType.F16);
+            using var fp8 = new KvCache(1, 1, headDim, positions, KvCacheType.Fp8E4M3);
+            for (int p = 0; p < positions; p++)
+            {
+                var k = Row(rng, headDim);
+                var v = Row(rng, headDim);
+                f16.Write(0, p, k, v);
+                fp8.Write(0, p, k, v);
+            }
+            foreach (float big in new[] { 1f, 70000f })
+            {
+                var w = Enumerable.Range(0, positions).Select(i => i == 9 ? big : i % 7 == 0 ? 0f : (float)rng.NextDouble()).ToArray();
+                var start = Row(rng, headDim, 0.5f);
+                float[] Sum<TRow, TWidth>(KvCache c) where TRow : IKvRow where TWidth : struct, IVectorWidth
+                {
+                    var o = (float[])start.Clone();
+                    c.AccumulateCore<TRow, TWidth>(0, 0, w, o, 0, positions);
+                    return o;
+                }
+                Assert.Equal(Sum<F16FiniteRow, Vector256Width>(f16), Sum<F16FiniteRow, WidestVector>(f16));
+                Assert.Equal(Sum<F16Row, WidestVector>(f16), Sum<F16FiniteRow, WidestVector>(f16));
+                Assert.Equal(Sum<Fp8Row, Vector256Width>(fp8), Sum<Fp8Row, WidestVector>(fp8));
+            }
         }
     }
 
