@@ -45,6 +45,31 @@ public static unsafe class ThreadPlacement
     /// <summary>The CPU the calling thread runs on now (Linux), or −1.</summary>
     public static int CurrentCpu() => OperatingSystem.IsLinux() ? sched_getcpu() : -1;
 
+    /// <summary>
+    /// Moves the calling thread off <paramref name="cpu"/> without pinning it (Linux): its allowed set without that CPU
+    /// for a moment (the kernel migrates it to another allowed CPU at once), then the allowed set as it was. Nothing
+    /// happens when that CPU is the only one allowed or not allowed at all. Returns whether the thread was moved.
+    /// </summary>
+    public static bool MoveOff(int cpu)
+    {
+        if (!OperatingSystem.IsLinux() || cpu < 0 || cpu >= 16 * 64) return false;
+        ulong* allowed = stackalloc ulong[16];
+        ulong* without = stackalloc ulong[16];
+        new Span<ulong>(allowed, 16).Clear();
+        if (sched_getaffinity(0, 16 * sizeof(ulong), allowed) != 0) return false;
+        ulong bit = 1UL << (cpu % 64);
+        if ((allowed[cpu / 64] & bit) == 0) return false;
+        bool others = false;
+        for (int i = 0; i < 16; i++)
+        {
+            without[i] = i == cpu / 64 ? allowed[i] & ~bit : allowed[i];
+            others |= without[i] != 0;
+        }
+        if (!others || sched_setaffinity(0, 16 * sizeof(ulong), without) != 0) return false;
+        sched_setaffinity(0, 16 * sizeof(ulong), allowed);
+        return true;
+    }
+
     private sealed class PinWork(int[] cpus) : IParallelWork
     {
         public string? Error;
@@ -63,8 +88,34 @@ public static unsafe class ThreadPlacement
         }
     }
 
+    /// <summary>The CPUs the calling thread may run on (Linux; empty elsewhere or if the kernel refuses).</summary>
+    internal static int[] AllowedCpus()
+    {
+        if (!OperatingSystem.IsLinux()) return [];
+        ulong* mask = stackalloc ulong[16];
+        new Span<ulong>(mask, 16).Clear();
+        if (sched_getaffinity(0, 16 * sizeof(ulong), mask) != 0) return [];
+        var cpus = new List<int>();
+        for (int c = 0; c < 16 * 64; c++)
+            if ((mask[c / 64] & (1UL << (c % 64))) != 0) cpus.Add(c);
+        return [.. cpus];
+    }
+
+    /// <summary>Lets the calling thread run on <paramref name="cpus"/> only (Linux); false if the kernel refuses.</summary>
+    internal static bool Allow(ReadOnlySpan<int> cpus)
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        ulong* mask = stackalloc ulong[16];
+        new Span<ulong>(mask, 16).Clear();
+        foreach (int c in cpus) mask[c / 64] |= 1UL << (c % 64);
+        return sched_setaffinity(0, 16 * sizeof(ulong), mask) == 0;
+    }
+
     [DllImport("libc", SetLastError = true)]
     private static extern int sched_setaffinity(int pid, nint size, ulong* mask);
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int sched_getaffinity(int pid, nint size, ulong* mask);
 
     [DllImport("libc")]
     private static extern int sched_getcpu();

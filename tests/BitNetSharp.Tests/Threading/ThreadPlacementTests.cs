@@ -54,3 +54,77 @@ public class ThreadPlacementTests
         Assert.Equal([last, 0], seen!);
     }
 }
+
+/// <summary>
+/// A worker that finds itself on the calling thread's CPU moves off it (WorkerPool, Linux): after a sleep the kernel
+/// often wakes a worker on its waker's CPU, and across last-level caches leaves it there, so the caller did all the work.
+/// </summary>
+public class WorkerSeparationTests
+{
+    private sealed class Allow(int[] cpus) : IParallelWork
+    {
+        public readonly int[] Ran = [-1, -1];
+        public bool Refused;
+
+        public void Execute(int start, int end, int worker)
+        {
+            if (worker == 1 && !ThreadPlacement.Allow(cpus)) Refused = true;
+            Ran[worker] = ThreadPlacement.CurrentCpu();
+        }
+    }
+
+    [Fact]
+    public void MoveOffLeavesTheCpuAndKeepsTheAllowedSet()
+    {
+        var allowed = ThreadPlacement.AllowedCpus();
+        Assert.SkipUnless(OperatingSystem.IsLinux() && allowed.Length >= 2, "needs Linux and two allowed CPUs");
+        int[] after = [];
+        int from = -1, to = -1;
+        bool moved = false;
+        var t = new Thread(() =>
+        {
+            from = ThreadPlacement.CurrentCpu();
+            moved = ThreadPlacement.MoveOff(from);
+            to = ThreadPlacement.CurrentCpu();
+            after = ThreadPlacement.AllowedCpus();
+        });
+        t.Start();
+        t.Join();
+        Assert.True(moved);
+        Assert.NotEqual(from, to);
+        Assert.Equal(allowed, after); // moved, not pinned
+        Assert.False(ThreadPlacement.MoveOff(99999)); // no such CPU: nothing done
+    }
+
+    [Fact]
+    public void AWorkerOnTheCallersCpuMovesOffIt()
+    {
+        var allowed = ThreadPlacement.AllowedCpus();
+        Assert.SkipUnless(OperatingSystem.IsLinux() && allowed.Length >= 2, "needs Linux and two allowed CPUs");
+        int x = allowed[0], y = allowed[1];
+        int[] ran = [];
+        long separations = 0;
+        bool refused = false;
+        var t = new Thread(() =>
+        {
+            Assert.True(ThreadPlacement.Allow([x])); // the caller on x (this thread only)
+            using var pool = new WorkerPool(2);
+            var onX = new Allow([x]);
+            pool.Run(onX, 2); // static slices: item 1 on the worker, which now may run on x only
+            var widen = new Allow([x, y]);
+            pool.Run(widen, 2); // may run on x or y, still on x: widening does not migrate a thread
+            Thread.Sleep(3);    // past the worker's once-a-millisecond limit, short of its sleep
+            var probe = new Allow([x, y]);
+            pool.Run(probe, 2);
+            ran = probe.Ran;
+            refused = onX.Refused || widen.Refused || probe.Refused;
+            separations = pool.Separations;
+        });
+        t.Start();
+        t.Join();
+        Assert.False(refused, "the kernel refused an affinity change");
+        Assert.Equal(x, ran[0]);
+        Assert.NotEqual(x, ran[1]); // the worker left the caller's CPU
+        Assert.True(separations >= 1, $"separations: {separations}");
+    }
+}
