@@ -10,6 +10,12 @@ using BitNetSharp.Benchmarks;
 // Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory; QUICK_ATTENTION_TYPES=int8,f16: only those)
 // Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
 // GQA groups:       dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-gqa [positions] [headDim] [kvHeads]
+// Worker wake-up:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-wake [rounds] [trials]
+if (args.Length > 0 && args[0] == "quick-wake")
+{
+    BitNetSharp.Benchmarks.QuickWorkerWake.Run(args.Length > 1 ? int.Parse(args[1]) : 300, args.Length > 2 ? int.Parse(args[2]) : 3);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-gqa")
 {
     BitNetSharp.Benchmarks.QuickGqaAttention.Run(args.Length > 1 ? int.Parse(args[1]) : 132, args.Length > 2 ? int.Parse(args[2]) : 64, args.Length > 3 ? int.Parse(args[3]) : 2);
