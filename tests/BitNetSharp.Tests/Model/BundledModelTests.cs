@@ -66,7 +66,10 @@ public class BundledModelTests
             double ppl = expected.GetProperty("perplexity").GetDouble();
             TestContext.Current.TestOutputHelper?.WriteLine($"eval: perplexity {r.GetProperty("perplexity").GetDouble():R} bits_per_byte {r.GetProperty("bits_per_byte").GetDouble():R} nll {r.GetProperty("nll_nats_per_token").GetDouble():R}");
             Assert.InRange(r.GetProperty("perplexity").GetDouble(), ppl * (1 - 1e-4), ppl * (1 + 1e-4));
-            Assert.Equal(expected.GetProperty("bits_per_byte").GetDouble(), r.GetProperty("bits_per_byte").GetDouble(), 4);
+            // The same relative bound for bits per byte (rounding to 4 decimals failed when the card's value sat at
+            // x.xxxx5: 1.1856506 on one width, 1.1856472 on the other).
+            double bpb = expected.GetProperty("bits_per_byte").GetDouble();
+            Assert.InRange(r.GetProperty("bits_per_byte").GetDouble(), bpb * (1 - 1e-4), bpb * (1 + 1e-4));
         }
         finally
         {
