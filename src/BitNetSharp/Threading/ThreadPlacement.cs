@@ -46,6 +46,27 @@ public static unsafe class ThreadPlacement
     public static int CurrentCpu() => OperatingSystem.IsLinux() ? sched_getcpu() : -1;
 
     /// <summary>
+    /// Whether this process can ask the kernel which CPU a thread runs on and move it (Linux with a C library that has
+    /// sched_getcpu, sched_getaffinity and sched_setaffinity); checked once, so a C library without them turns the
+    /// worker pool's separation off instead of failing a worker thread.
+    /// </summary>
+    public static bool CanMoveThreads => s_canMove.Value;
+
+    private static readonly Lazy<bool> s_canMove = new(() =>
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        try
+        {
+            ulong* mask = stackalloc ulong[16];
+            return sched_getcpu() >= 0 && sched_getaffinity(0, 16 * sizeof(ulong), mask) == 0;
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException)
+        {
+            return false;
+        }
+    });
+
+    /// <summary>
     /// Moves the calling thread off <paramref name="cpu"/> without pinning it (Linux): its allowed set without that CPU
     /// for a moment (the kernel migrates it to another allowed CPU at once), then the allowed set as it was. Nothing
     /// happens when that CPU is the only one allowed or not allowed at all. Returns whether the thread was moved.

@@ -38,7 +38,7 @@ public sealed class WorkerPool : IDisposable
     private volatile bool _disposed;
     private Exception? _failure;
     private int _callerCpu = -1;
-    private static readonly bool s_linux = OperatingSystem.IsLinux();
+    private static readonly bool s_linux = ThreadPlacement.CanMoveThreads; // Linux, and the C library has the calls
 
     /// <summary>Workers moved off the caller's CPU so far (see <see cref="Start"/>).</summary>
     public long Separations => Interlocked.Read(ref _separations);
