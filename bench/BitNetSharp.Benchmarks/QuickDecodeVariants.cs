@@ -67,6 +67,7 @@ public static unsafe class QuickDecodeVariants
             ("avx512lut, 4 quarter streams", lut, (w, x, o) => LutQuarters(w, w.Cols == Hidden ? lh : lf, o)),
             ($"avx512gfni kernel (MatMul), {defaultStreams} stream(s)", gfni, (w, x, o) => Production(GfniKernel, w, x, o)),
             ("avx512gfni, 4 streams", gfni, (w, x, o) => Streams(4, () => Production(GfniKernel, w, x, o))),
+            ("avx512gfni, 8 eighths (not used)", gfni, (w, x, o) => QuickEightStreams.Run(w, x, o)),
             ("avx512gfni, 1 stream", gfni, (w, x, o) => Streams(1, () => Production(GfniKernel, w, x, o))),
             ("balanced split (before), 1 stream", gfni, (w, x, o) => Streams(1, () => Driver<BalancedSplit>(w, x, o))),
             ("all-GFNI split, 1 stream", gfni, (w, x, o) => Streams(1, () => Driver<GfniSplit>(w, x, o))),
@@ -114,7 +115,7 @@ public static unsafe class QuickDecodeVariants
         }
 
         var results = new Dictionary<string, List<double>>();
-        var names = variants.Select(v => v.Name).Append("plain sum").Append("sum, prefetcht1 8K").Append("sum, 4 streams").ToArray();
+        var names = variants.Select(v => v.Name).Append("plain sum").Append("sum, prefetcht1 8K").Append("sum, 4 streams").Append("sum, 8 streams").ToArray();
         foreach (var n in names) results[n] = [];
         Console.WriteLine($"{ws.Length} matrices, {bytes / 1e6:F0} MB of packed weights; {rounds} rounds of {secondsPerRun:F1} s per variant, alternating");
         for (int round = 0; round < rounds; round++)
@@ -128,6 +129,7 @@ public static unsafe class QuickDecodeVariants
             results["plain sum"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PlainSum(w.Data, w.ByteLength); }));
             results["sum, prefetcht1 8K"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) PrefetchSum(w.Data, w.ByteLength); }));
             results["sum, 4 streams"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) FourStreamSum(w.Data, w.ByteLength); }));
+            results["sum, 8 streams"].Add(Time(bytes, secondsPerRun, () => { foreach (var w in ws) QuickEightStreams.EightStreamSum(w.Data, w.ByteLength); }));
         }
         double plain = Median(results["plain sum"]);
         foreach (var n in names)

@@ -981,8 +981,7 @@ internal readonly unsafe struct F16Row : IKvRow
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
-        ushort* h = (ushort*)row;
-        for (int i = 0; i < x.Length; i++) h[i] = HalfConversions.FloatToHalf(x[i]);
+        KvEncoding.ToHalf(x, (ushort*)row);
         return 1f;
     }
 
@@ -1316,7 +1315,14 @@ internal readonly unsafe struct F16FiniteRow : IKvRow
     public static bool HasNonFinite(byte* row, int n)
     {
         ushort* h = (ushort*)row;
-        for (int i = 0; i < n; i++)
+        int i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var exponent = Vector256.Create((ushort)0x7C00);
+            for (; i <= n - 16; i += 16)
+                if (Vector256.EqualsAny(Vector256.Load(h + i) & exponent, exponent)) return true;
+        }
+        for (; i < n; i++)
             if ((h[i] & 0x7C00) == 0x7C00) return true;
         return false;
     }
@@ -1338,8 +1344,7 @@ internal readonly unsafe struct Int8Row : IKvRow
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
-        float max = 0f;
-        foreach (float v in x) max = MathF.Max(max, MathF.Abs(v));
+        float max = KvEncoding.AbsMax(x);
         sbyte* q = (sbyte*)row;
         if (max == 0f || float.IsNaN(max))
         {
@@ -1350,7 +1355,7 @@ internal readonly unsafe struct Int8Row : IKvRow
         if (float.IsInfinity(inv)) // max below ~3.7e-37: scale through double so 0·∞ never makes a NaN
             for (int i = 0; i < x.Length; i++) q[i] = (sbyte)Math.Clamp((int)Math.Round(x[i] * 127.0 / max), -127, 127);
         else
-            for (int i = 0; i < x.Length; i++) q[i] = (sbyte)Math.Clamp((int)MathF.Round(x[i] * inv), -127, 127);
+            KvEncoding.RoundScaled(x, inv, q);
         return max / 127f;
     }
 
@@ -1449,8 +1454,7 @@ internal readonly unsafe struct Fp8Row : IKvRow
 
     public static float Encode(ReadOnlySpan<float> x, byte* row)
     {
-        float max = 0f;
-        foreach (float v in x) max = MathF.Max(max, MathF.Abs(v));
+        float max = KvEncoding.AbsMax(x);
         if (max == 0f || float.IsNaN(max) || float.IsInfinity(max))
         {
             new Span<byte>(row, x.Length).Clear();

@@ -35,6 +35,9 @@ internal static unsafe class PartialSoftmax
     /// partials + c·partialStride, its maximum and sum at partials + c·partialStride + maxOffset and + sumOffset.
     /// A NaN maximum in any chunk, or no finite maximum at all, makes the output NaN.
     /// </summary>
+    private const int MaxStackChunks = 512;
+
+    [System.Runtime.CompilerServices.SkipLocalsInit]
     public static void Merge(float* partials, int chunks, int partialStride, int maxOffset, int sumOffset, int n, float* output)
     {
         float top = float.NegativeInfinity;
@@ -49,52 +52,73 @@ internal static unsafe class PartialSoftmax
             new Span<float>(output, n).Fill(float.NaN);
             return;
         }
+        // Each chunk's e^(m_c − M) once (the same floats the sum and the factors both use).
+        float[]? rented = chunks > MaxStackChunks ? System.Buffers.ArrayPool<float>.Shared.Rent(chunks) : null;
+        Span<float> rescale = rented ?? stackalloc float[MaxStackChunks];
         double total = 0;
         for (int c = 0; c < chunks; c++)
         {
             float* p = partials + (long)c * partialStride;
-            total += (double)p[sumOffset] * MathF.Exp(p[maxOffset] - top);
+            float e = MathF.Exp(p[maxOffset] - top);
+            rescale[c] = e;
+            total += (double)p[sumOffset] * e;
         }
-        for (int c = 0; c < chunks; c++)
-        {
-            float* p = partials + (long)c * partialStride;
-            float f = (float)(MathF.Exp(p[maxOffset] - top) / total);
-            if (c == 0) Scale(p, f, output, n);
-            else FusedAdd(p, f, output, n);
-        }
+        for (int c = 0; c < chunks; c++) rescale[c] = (float)(rescale[c] / total);
+        fixed (float* f = rescale) Weigh(partials, chunks, partialStride, f, n, output);
+        if (rented != null) System.Buffers.ArrayPool<float>.Shared.Return(rented);
     }
 
-    /// <summary>output = f · o.</summary>
-    private static void Scale(float* o, float f, float* output, int n)
+    /// <summary>
+    /// output[i] = f₀·o₀[i], then + f_c·o_c[i] (one fused multiply-add) for c = 1, 2, … in order: the same operations per
+    /// value at every width. Each 32-value slice is summed over all chunks in registers before it is stored, so the
+    /// chunks' rows are independent loads (not a load and store of the output per chunk).
+    /// </summary>
+    private static void Weigh(float* partials, int chunks, int stride, float* f, int n, float* output)
     {
         int i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
-            var v = Vector512.Create(f);
-            for (; i <= n - 16; i += 16) (v * Vector512.Load(o + i)).Store(output + i);
+            for (; i <= n - 32; i += 32)
+            {
+                float* p = partials + i;
+                var f0 = Vector512.Create(f[0]);
+                var a = f0 * Vector512.Load(p);
+                var b = f0 * Vector512.Load(p + 16);
+                for (int c = 1; c < chunks; c++)
+                {
+                    p += stride;
+                    var fc = Vector512.Create(f[c]);
+                    a = Vector512.FusedMultiplyAdd(fc, Vector512.Load(p), a);
+                    b = Vector512.FusedMultiplyAdd(fc, Vector512.Load(p + 16), b);
+                }
+                a.Store(output + i);
+                b.Store(output + i + 16);
+            }
         }
         if (Vector256.IsHardwareAccelerated)
         {
-            var v = Vector256.Create(f);
-            for (; i <= n - 8; i += 8) (v * Vector256.Load(o + i)).Store(output + i);
+            for (; i <= n - 8; i += 8)
+            {
+                float* p = partials + i;
+                var a = Vector256.Create(f[0]) * Vector256.Load(p);
+                for (int c = 1; c < chunks; c++)
+                {
+                    p += stride;
+                    a = Vector256.FusedMultiplyAdd(Vector256.Create(f[c]), Vector256.Load(p), a);
+                }
+                a.Store(output + i);
+            }
         }
-        for (; i < n; i++) output[i] = f * o[i];
-    }
-
-    /// <summary>output = f · o + output, one fused multiply-add per value at every width.</summary>
-    private static void FusedAdd(float* o, float f, float* output, int n)
-    {
-        int i = 0;
-        if (Vector512.IsHardwareAccelerated)
+        for (; i < n; i++)
         {
-            var v = Vector512.Create(f);
-            for (; i <= n - 16; i += 16) Vector512.FusedMultiplyAdd(v, Vector512.Load(o + i), Vector512.Load(output + i)).Store(output + i);
+            float* p = partials + i;
+            float a = f[0] * *p;
+            for (int c = 1; c < chunks; c++)
+            {
+                p += stride;
+                a = MathF.FusedMultiplyAdd(f[c], *p, a);
+            }
+            output[i] = a;
         }
-        if (Vector256.IsHardwareAccelerated)
-        {
-            var v = Vector256.Create(f);
-            for (; i <= n - 8; i += 8) Vector256.FusedMultiplyAdd(v, Vector256.Load(o + i), Vector256.Load(output + i)).Store(output + i);
-        }
-        for (; i < n; i++) output[i] = MathF.FusedMultiplyAdd(f, o[i], output[i]);
     }
 }

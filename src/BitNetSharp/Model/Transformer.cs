@@ -238,6 +238,9 @@ public sealed unsafe class Transformer : IDisposable
         p?.BeginLinear(ProfileOp.K, l, lw.K, n);
         _matmul.Run(_kernel, lw.K, rows, (float*)_k.Pointer, kvDim);
         p?.End();
+        // A decode step's cache writes come after v: their lines are requested now (see KvCache.PrefetchWrite).
+        if (n <= PrefetchWriteTokens)
+            for (int t = 0; t < n; t++) caches[batch[t].Sequence].PrefetchWrite(l, batch[t].Position);
         p?.BeginLinear(ProfileOp.V, l, lw.V, n);
         _matmul.Run(_kernel, lw.V, rows, (float*)_v.Pointer, kvDim);
         p?.End();
@@ -288,6 +291,9 @@ public sealed unsafe class Transformer : IDisposable
     /// 22–34 to 19–22 µs a layer (three alternating pairs each, Zen 5 EPYC).
     /// </summary>
     internal const long AttentionInlineMacs = 1L << 18;
+
+    /// <summary>Batches of at most this many tokens (decode steps) prefetch their KV-cache write lines before the v product.</summary>
+    private const int PrefetchWriteTokens = 8;
 
     private const int Stage_AttnIn = 0, Stage_Rope = 1, Stage_AttnOut = 2, Stage_ResidualFfnIn = 3, Stage_FfnAct = 4, Stage_Residual = 5;
 
