@@ -3,6 +3,7 @@ using System.Runtime.Intrinsics;
 using System.Runtime.Intrinsics.X86;
 using BitNetSharp.Kernels;
 using BitNetSharp.Quantization;
+using K = BitNetSharp.Kernels.Avx512TernaryKernel.Dot512<BitNetSharp.Kernels.BalancedSplit>;
 
 namespace BitNetSharp.Benchmarks;
 
@@ -62,34 +63,21 @@ public static unsafe class QuickEightStreams
             {
                 sbyte* qp = q + 4 * o;
                 var q0 = Vector512.Load(qp); var q1 = Vector512.Load(qp + 64); var q2 = Vector512.Load(qp + 128); var q3 = Vector512.Load(qp + 192);
-                Step(Vector512.Load(w0 + o), q0, q1, q2, q3, m3, m12, ref s10, ref s40);
-                Step(Vector512.Load(w1 + o), q0, q1, q2, q3, m3, m12, ref s11, ref s41);
-                Step(Vector512.Load(w2 + o), q0, q1, q2, q3, m3, m12, ref s12, ref s42);
-                Step(Vector512.Load(w3 + o), q0, q1, q2, q3, m3, m12, ref s13, ref s43);
-                Step(Vector512.Load(w4 + o), q0, q1, q2, q3, m3, m12, ref s14, ref s44);
-                Step(Vector512.Load(w5 + o), q0, q1, q2, q3, m3, m12, ref s15, ref s45);
-                Step(Vector512.Load(w6 + o), q0, q1, q2, q3, m3, m12, ref s16, ref s46);
-                Step(Vector512.Load(w7 + o), q0, q1, q2, q3, m3, m12, ref s17, ref s47);
+                K.ScaledStep(Vector512.Load(w0 + o), q0, q1, q2, q3, m3, m12, ref s10, ref s40);
+                K.ScaledStep(Vector512.Load(w1 + o), q0, q1, q2, q3, m3, m12, ref s11, ref s41);
+                K.ScaledStep(Vector512.Load(w2 + o), q0, q1, q2, q3, m3, m12, ref s12, ref s42);
+                K.ScaledStep(Vector512.Load(w3 + o), q0, q1, q2, q3, m3, m12, ref s13, ref s43);
+                K.ScaledStep(Vector512.Load(w4 + o), q0, q1, q2, q3, m3, m12, ref s14, ref s44);
+                K.ScaledStep(Vector512.Load(w5 + o), q0, q1, q2, q3, m3, m12, ref s15, ref s45);
+                K.ScaledStep(Vector512.Load(w6 + o), q0, q1, q2, q3, m3, m12, ref s16, ref s46);
+                K.ScaledStep(Vector512.Load(w7 + o), q0, q1, q2, q3, m3, m12, ref s17, ref s47);
             }
-            a0 = Avx512F.Add(a0, Widen(s10, s40)); a1 = Avx512F.Add(a1, Widen(s11, s41));
-            a2 = Avx512F.Add(a2, Widen(s12, s42)); a3 = Avx512F.Add(a3, Widen(s13, s43));
-            a4 = Avx512F.Add(a4, Widen(s14, s44)); a5 = Avx512F.Add(a5, Widen(s15, s45));
-            a6 = Avx512F.Add(a6, Widen(s16, s46)); a7 = Avx512F.Add(a7, Widen(s17, s47));
+            a0 = Avx512F.Add(a0, K.Widen(s10, s40)); a1 = Avx512F.Add(a1, K.Widen(s11, s41));
+            a2 = Avx512F.Add(a2, K.Widen(s12, s42)); a3 = Avx512F.Add(a3, K.Widen(s13, s43));
+            a4 = Avx512F.Add(a4, K.Widen(s14, s44)); a5 = Avx512F.Add(a5, K.Widen(s15, s45));
+            a6 = Avx512F.Add(a6, K.Widen(s16, s46)); a7 = Avx512F.Add(a7, K.Widen(s17, s47));
         }
-        Avx2.ShiftRightArithmetic(Avx512TernaryKernel.Dot512<BalancedSplit>.LaneSums(a0, a1, a2, a3, a4, a5, a6, a7), 2).Store(result);
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static Vector512<int> Widen(Vector512<short> s1, Vector512<short> s4) =>
-        Avx512F.Add(Avx512BW.MultiplyAddAdjacent(s4, Vector512.Create((short)1)), Avx512BW.MultiplyAddAdjacent(s1, Vector512.Create((short)4)));
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Step(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
-        Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
-    {
-        var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
-        s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m12, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
-        s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m3, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
+        Avx2.ShiftRightArithmetic(K.LaneSums(a0, a1, a2, a3, a4, a5, a6, a7), 2).Store(result);
     }
 
     public static long s_sink;

@@ -153,7 +153,7 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
 
         /// <summary>4·(scale-1 sums) + (scale-4 sums), widened to int32: four times the dot.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static Vector512<int> Widen(Vector512<short> s1, Vector512<short> s4) =>
+        internal static Vector512<int> Widen(Vector512<short> s1, Vector512<short> s4) =>
             Avx512F.Add(Avx512BW.MultiplyAddAdjacent(s4, Vector512.Create((short)1)), Avx512BW.MultiplyAddAdjacent(s1, Vector512.Create((short)4)));
 
         /// <summary>The last block of an odd count, in its natural order (256-bit), added to eight rows' results. Called
@@ -279,7 +279,7 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
 
         /// <summary>One 64-byte step of <see cref="DotLanesTimes4"/>'s split for one row, on activation vectors already loaded.</summary>
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
-        private static void ScaledStep(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
+        internal static void ScaledStep(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
             Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
         {
             var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
