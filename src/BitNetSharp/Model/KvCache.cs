@@ -234,18 +234,20 @@ public sealed unsafe class KvCache : IDisposable
     /// each real query's scores are the kernel's, which equal a per-head call's bit for bit. False (nothing written) when
     /// this type has no group kernel here or the head is too wide to pad on the stack.
     /// </summary>
+    [SkipLocalsInit] // the kernel writes every score of the piece that is read back (zeroing 8 KiB a call cost ~0.1 µs)
     private bool PaddedScores(int layer, int kvHead, ReadOnlySpan<float> q, int heads, Span<float> scores, int stride, int start, int count, float scale)
     {
         if (HeadDim > PaddedMaxHeadDim) return false;
         Span<float> padded = stackalloc float[4 * HeadDim];
         padded.Clear();
         q[..(heads * HeadDim)].CopyTo(padded);
-        Span<float> piece = stackalloc float[4 * PaddedPositions];
+        int width = Math.Min(PaddedPositions, count);
+        Span<float> piece = stackalloc float[4 * width];
         for (int s = 0; s < count; s += PaddedPositions)
         {
             int c = Math.Min(PaddedPositions, count - s);
-            if (!Group4Scores(layer, kvHead, padded, piece, PaddedPositions, start + s, c, scale)) return false; // decided by the type: the first piece
-            for (int g = 0; g < heads; g++) piece.Slice(g * PaddedPositions, c).CopyTo(scores.Slice(g * stride + s, c));
+            if (!Group4Scores(layer, kvHead, padded, piece, width, start + s, c, scale)) return false; // decided by the type: the first piece
+            for (int g = 0; g < heads; g++) piece.Slice(g * width, c).CopyTo(scores.Slice(g * stride + s, c));
         }
         return true;
     }
@@ -287,28 +289,26 @@ public sealed unsafe class KvCache : IDisposable
     /// <see cref="PaddedPositions"/> positions continue the same per-position sums, and the int8 blocks start where one
     /// call would start them). False (nothing changed) when this type has no group kernel here or the head is too wide.
     /// </summary>
+    [SkipLocalsInit] // the real heads' weights are copied in before each use and the padding head's row is cleared once
     private bool PaddedAccumulate(int layer, int kvHead, ReadOnlySpan<float> weights, int heads, int stride, Span<float> output, int start, int count)
     {
         if (HeadDim > PaddedMaxHeadDim) return false;
         Span<float> padded = stackalloc float[4 * HeadDim];
         padded.Clear();
         output[..(heads * HeadDim)].CopyTo(padded);
-        Span<float> piece = stackalloc float[4 * PaddedPositions];
-        piece.Clear();
+        int width = Math.Min(PaddedPositions, count);
+        Span<float> piece = stackalloc float[4 * width];
+        piece[(heads * width)..].Clear();
         for (int s = 0; s < count; s += PaddedPositions)
         {
             int c = Math.Min(PaddedPositions, count - s);
-            for (int g = 0; g < heads; g++) weights.Slice(g * stride + s, c).CopyTo(piece.Slice(g * PaddedPositions, c));
-            if (!Group4Accumulate(layer, kvHead, piece, padded, PaddedPositions, start + s, c)) return false; // decided by the type: the first piece
+            for (int g = 0; g < heads; g++) weights.Slice(g * stride + s, c).CopyTo(piece.Slice(g * width, c));
+            if (!Group4Accumulate(layer, kvHead, piece, padded, width, start + s, c)) return false; // decided by the type: the first piece
         }
         padded[..(heads * HeadDim)].CopyTo(output);
         return true;
     }
 
-    /// <summary>
-    /// Asks the CPU to start loading the value rows of positions [start, start + count) (a hint: nothing is checked or
-    /// read). Attention over a chunk calls it before scoring the chunk's keys, so the values arrive while it computes.
-    /// </summary>
     /// <summary>
     /// Asks for the cache lines that <see cref="Write"/> of <paramref name="position"/> in <paramref name="layer"/> will store
     /// to (every head's key row or, for int8 keys in blocks, the lines of its block that the position's bytes fall in;
@@ -334,6 +334,10 @@ public sealed unsafe class KvCache : IDisposable
         }
     }
 
+    /// <summary>
+    /// Asks the CPU to start loading the value rows of positions [start, start + count) (a hint: nothing is checked or
+    /// read). Attention over a chunk calls it before scoring the chunk's keys, so the values arrive while it computes.
+    /// </summary>
     public void PrefetchValues(int layer, int kvHead, int start, int count)
     {
         if ((uint)layer >= (uint)Layers || (uint)kvHead >= (uint)KvHeads || start < 0 || count <= 0 || start >= ContextLength) return;
