@@ -251,10 +251,12 @@ public sealed unsafe class Transformer : IDisposable
         for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
-        // Items differ in cost (a prompt's later tokens see more positions), so one at a time; but a pass this small runs
-        // on the calling thread (see AttentionInlineMacs).
-        _pool.Run(_attention, _attention.Items, grain: _attention.Macs <= AttentionInlineMacs ? _attention.Items : 1);
-        _attention.MergeSplit();
+        // A pass this small runs on the calling thread (see AttentionInlineMacs). Chunks split across threads: each thread
+        // owns a stretch of them and the first done takes single chunks from the other's end (see AttentionWork). Pairs
+        // differ in cost (a prompt's later tokens see more positions), so one at a time.
+        if (_attention.Macs <= AttentionInlineLimit) _pool.Run(_attention, _attention.Items, grain: _attention.Items);
+        else if (_attention.Split) _pool.RunOwned(_attention, _attention.Bounds, grain: 1);
+        else _pool.Run(_attention, _attention.Items, grain: 1);
         _attention.Clear();
         p?.End();
 
@@ -291,6 +293,9 @@ public sealed unsafe class Transformer : IDisposable
     /// 22–34 to 19–22 µs a layer (three alternating pairs each, Zen 5 EPYC).
     /// </summary>
     internal const long AttentionInlineMacs = 1L << 18;
+
+    /// <summary>This engine's <see cref="AttentionInlineMacs"/> (tests set 0 so that small models take the threaded paths).</summary>
+    internal long AttentionInlineLimit { get; set; } = AttentionInlineMacs;
 
     /// <summary>Batches of at most this many tokens (decode steps) prefetch their KV-cache write lines before the v product.</summary>
     private const int PrefetchWriteTokens = 8;
@@ -410,10 +415,13 @@ public sealed unsafe class Transformer : IDisposable
     /// <para>
     /// A pair that sees more than <see cref="Chunk"/> positions is computed in chunks of that many positions with a
     /// partial softmax each, then merged (<see cref="PartialSoftmax"/>). When the batch has few pairs for the threads
-    /// (a single sequence decoding: one pair per KV head), runs of consecutive chunks are the parallel work items, so one
-    /// sequence's long context is read by every thread; otherwise each pair's chunks run in order on one thread. A run
-    /// scores all its keys in one pass, then exponentiates and weighs the values chunk by chunk, so K and V each stream
-    /// once per run instead of restarting at every chunk. The
+    /// (a single sequence decoding: one pair per KV head), the chunks of all pairs, in pair order, are the parallel work
+    /// items, so one sequence's long context is read by every thread: each thread owns an equal stretch of them and works
+    /// through it front to back in a few long runs, and a thread done early takes single chunks from the back of another's
+    /// stretch (<see cref="WorkerPool.RunOwned"/>); whichever thread computes a pair's last chunk merges that pair, so the
+    /// merges overlap the other threads' chunks instead of following the pass on the calling thread. Otherwise each pair's chunks run in order on one thread. A run of
+    /// consecutive chunks scores all its keys in one pass, then exponentiates and weighs the values chunk by chunk, so K
+    /// and V each stream once per run instead of restarting at every chunk. The
     /// arithmetic is the same either way and the merge visits chunks in order, so the result depends on the positions
     /// and the chunk length only: not on the thread count, the batch or the schedule.
     /// </para>
@@ -423,9 +431,6 @@ public sealed unsafe class Transformer : IDisposable
         /// <summary>Split chunks across threads while the batch has fewer pairs than this many per thread.</summary>
         private const int SplitPairsPerThread = 4;
 
-        /// <summary>Runs of consecutive chunks per thread when a pair's chunks are split across threads.</summary>
-        private const int RunsPerThread = 4;
-
         private readonly ModelConfig c;
         private readonly int _threads;
         private readonly float[][] _scores; // per worker: [group][stride] scores, then weights
@@ -433,7 +438,9 @@ public sealed unsafe class Transformer : IDisposable
         private readonly int _partialSize; // one chunk's partial: [group × headDim outputs][group maxima][group sums]
         private float[][] _ownPartials = [];  // per worker: the chunks of the pair it computes whole
         private float[] _splitPartials = [];  // the chunks of every pair, when the chunks are the work items
-        private int[] _itemPair = [], _itemChunk = [], _itemChunkEnd = [], _pairChunks = [], _pairFirst = [];
+        private int[] _chunkPair = [], _pairChunks = [], _pairFirst = []; // split: the pair of each chunk, in pair order
+        private int[] _pairLeft = []; // split: a pair's chunks not yet computed; the thread that computes its last merges it
+        private readonly int[] _bounds;
         private int _chunk, _pairs, _items;
         private bool _split;
         private int _layer;
@@ -449,6 +456,7 @@ public sealed unsafe class Transformer : IDisposable
             for (int i = 0; i < threads; i++) _scores[i] = new float[c.GroupSize * c.ContextLength];
             _scale = 1f / MathF.Sqrt(c.HeadDim);
             _partialSize = c.GroupSize * (c.HeadDim + 2);
+            _bounds = new int[threads + 1];
             Chunk = DefaultChunk;
         }
 
@@ -467,15 +475,18 @@ public sealed unsafe class Transformer : IDisposable
                 _ownPartials = new float[_threads][];
                 for (int i = 0; i < _threads; i++) _ownPartials[i] = maxChunks > 1 ? new float[maxChunks * _partialSize] : [];
                 _splitPartials = [];
-                int maxItems = SplitPairsPerThread * _threads * maxChunks;
-                _itemPair = new int[maxItems];
-                _itemChunk = new int[maxItems];
-                _itemChunkEnd = new int[maxItems];
+                _chunkPair = new int[SplitPairsPerThread * _threads * maxChunks];
             }
         }
 
         /// <summary>Work items of the pass <see cref="Set"/> prepared: chunks when split, else pairs.</summary>
         public int Items => _items;
+
+        /// <summary>Whether the pass <see cref="Set"/> prepared splits chunks across threads (then run over <see cref="Bounds"/>).</summary>
+        public bool Split => _split;
+
+        /// <summary>When <see cref="Split"/>: each thread's owned stretch of the chunks, for <see cref="WorkerPool.RunOwned"/>.</summary>
+        public ReadOnlySpan<int> Bounds => _bounds;
 
         /// <summary>Multiply-adds of the pass <see cref="Set"/> prepared: per (token, KV head), the positions it sees
         /// × the group's query heads × head size × 2 (scores and values).</summary>
@@ -494,6 +505,7 @@ public sealed unsafe class Transformer : IDisposable
             {
                 _pairChunks = new int[Math.Max(_pairs, 2 * _pairChunks.Length)];
                 _pairFirst = new int[_pairChunks.Length];
+                _pairLeft = new int[_pairChunks.Length];
             }
             int chunked = 0, total = 0;
             long macs = 0;
@@ -516,42 +528,15 @@ public sealed unsafe class Transformer : IDisposable
             }
             if (_splitPartials.Length < (long)total * _partialSize)
                 _splitPartials = new float[(long)SplitPairsPerThread * _threads * ((c.ContextLength + _chunk - 1) / _chunk) * _partialSize];
-            // Each chunked pair's chunks in runs of consecutive chunks (a run reads its keys, then its values, in one
-            // stream each), about RunsPerThread runs per thread in all; run-major order (the first run of every pair,
-            // then the second, ...), so the threads start on different pairs.
-            int runs = (RunsPerThread * _threads + chunked - 1) / chunked;
-            int items = 0;
-            for (int round = 0; round < runs; round++)
-                for (int pair = 0; pair < _pairs; pair++)
-                {
-                    int n = _pairChunks[pair];
-                    if (n == 1)
-                    {
-                        if (round > 0) continue;
-                        _itemPair[items] = pair;
-                        _itemChunk[items] = 0;
-                        _itemChunkEnd[items] = 1;
-                        items++;
-                        continue;
-                    }
-                    int from = (int)((long)n * round / runs), to = (int)((long)n * (round + 1) / runs);
-                    if (from == to) continue;
-                    _itemPair[items] = pair;
-                    _itemChunk[items] = from;
-                    _itemChunkEnd[items] = to;
-                    items++;
-                }
-            _items = items;
-        }
-
-        /// <summary>After a split pass: merges every chunked pair's partials into its output, on the calling thread.</summary>
-        public void MergeSplit()
-        {
-            if (!_split) return;
-            fixed (float* partials = _splitPartials)
-                for (int pair = 0; pair < _pairs; pair++)
-                    if (_pairChunks[pair] > 1)
-                        MergePair(pair, partials + (long)_pairFirst[pair] * _partialSize, _pairChunks[pair]);
+            // Every pair's chunks in pair order (a pair seeing at most one chunk's positions is one item, computed whole),
+            // each thread owning an equal stretch.
+            for (int pair = 0; pair < _pairs; pair++)
+            {
+                _pairLeft[pair] = _pairChunks[pair];
+                for (int ch = 0; ch < _pairChunks[pair]; ch++) _chunkPair[_pairFirst[pair] + ch] = pair;
+            }
+            _items = total;
+            for (int t = 0; t <= _threads; t++) _bounds[t] = (int)((long)total * t / _threads);
         }
 
         public void Clear() => _caches = null;
@@ -560,12 +545,22 @@ public sealed unsafe class Transformer : IDisposable
         {
             if (_split)
             {
+                // [start, end) of the chunks in pair order: one run per pair it covers.
                 fixed (float* partials = _splitPartials)
-                    for (int item = start; item < end; item++)
+                    for (int item = start; item < end;)
                     {
-                        int pair = _itemPair[item];
+                        int pair = _chunkPair[item], first = _pairFirst[pair];
+                        int to = Math.Min(end, first + _pairChunks[pair]);
                         if (_pairChunks[pair] == 1) Whole(pair, worker);
-                        else ChunkRun(pair, _itemChunk[item], _itemChunkEnd[item], worker, partials + (long)_pairFirst[pair] * _partialSize);
+                        else
+                        {
+                            ChunkRun(pair, item - first, to - first, worker, partials + (long)first * _partialSize);
+                            // The pair's last chunks: merge them here, while the other threads still compute theirs. The
+                            // interlocked update orders every thread's partials before the merge reads them, and the merge
+                            // visits the chunks in order, whichever thread runs it.
+                            if (Interlocked.Add(ref _pairLeft[pair], item - to) == 0) MergePair(pair, partials + (long)first * _partialSize, _pairChunks[pair]);
+                        }
+                        item = to;
                     }
                 return;
             }

@@ -40,7 +40,7 @@ public unsafe class SplitAttentionTests
     private static float[][] Decode(ModelWeights w, int threads, int chunk, KvCacheType type, int[] tokens)
     {
         using var pool = new WorkerPool(threads);
-        using var engine = new Transformer(w, 8, pool) { AttentionChunk = chunk };
+        using var engine = new Transformer(w, 8, pool) { AttentionChunk = chunk, AttentionInlineLimit = 0 };
         var c = w.Config;
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
         var steps = new float[tokens.Length][];
@@ -67,7 +67,7 @@ public unsafe class SplitAttentionTests
         // The whole prompt as one batch (many pairs: each pair's chunks run in order on one thread) ends where decoding did.
         var c = w.Config;
         using var pool = new WorkerPool(2);
-        using var engine = new Transformer(w, 80, pool) { AttentionChunk = 8 };
+        using var engine = new Transformer(w, 80, pool) { AttentionChunk = 8, AttentionInlineLimit = 0 };
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
         var logits = new float[c.VocabSize];
         engine.Forward(tokens.Select((t, i) => new BatchToken(t, 0, i, i == tokens.Length - 1)).ToArray(), [cache], logits);
@@ -96,7 +96,7 @@ public unsafe class SplitAttentionTests
         }
         var c = w.Config;
         using var pool = new WorkerPool(2);
-        using var engine = new Transformer(w, 80, pool) { AttentionChunk = chunk };
+        using var engine = new Transformer(w, 80, pool) { AttentionChunk = chunk, AttentionInlineLimit = 0 };
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.Int8);
         var logits = new float[c.VocabSize];
         engine.Forward(tokens.Select((t, i) => new BatchToken(t, 0, i, i == tokens.Length - 1)).ToArray(), [cache], logits);
@@ -113,7 +113,7 @@ public unsafe class SplitAttentionTests
         var aloneA = Decode(w, 2, 8, KvCacheType.F16, a);
         var aloneB = Decode(w, 2, 8, KvCacheType.F16, b);
         using var pool = new WorkerPool(2);
-        using var engine = new Transformer(w, 8, pool) { AttentionChunk = 8 };
+        using var engine = new Transformer(w, 8, pool) { AttentionChunk = 8, AttentionInlineLimit = 0 };
         using var ca = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F16);
         using var cb = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F16);
         var logits = new float[2 * c.VocabSize];
