@@ -7,7 +7,9 @@ using BitNetSharp.Benchmarks;
 // Trainer matmul:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-matmul [threads]
 // Decode kernels:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-decode [layers] [rounds] [seconds] | quick-decode head [rounds] [seconds] | quick-decode threads [threads] [layers] [rounds] [seconds] | quick-decode qhead [rounds] [seconds]
 // Prefill lookup:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-prefill [tokens] [rounds] [threads...]
-// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory; QUICK_ATTENTION_TYPES=int8,f16: only those)
+// Attention:        dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-attention [depth] [threads...]   (QUICK_ATTENTION_LAYERS=30: the cache from memory; QUICK_ATTENTION_TYPES=int8,f16: only those; QUICK_ATTENTION_HUGEPAGES=1: buffers advised for huge pages)
+// Int8 hot/cold:     dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-cold [rounds]   (one kv head's int8 kernels in cache and from memory, beside a plain read)
+// Through KvCache:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-cache [rounds]  (QUICK_CACHE_LAYERS=64: rotate layers from memory)
 // Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
 // GQA groups:       dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-gqa [positions] [headDim] [kvHeads]
 // Worker wake-up:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-wake [rounds] [trials]
@@ -19,6 +21,16 @@ if (args.Length > 0 && args[0] == "quick-wake")
 if (args.Length > 0 && args[0] == "quick-gqa")
 {
     BitNetSharp.Benchmarks.QuickGqaAttention.Run(args.Length > 1 ? int.Parse(args[1]) : 132, args.Length > 2 ? int.Parse(args[2]) : 64, args.Length > 3 ? int.Parse(args[3]) : 2);
+    return;
+}
+if (args.Length > 0 && args[0] == "quick-int8-cache")
+{
+    QuickInt8CacheCalls.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    return;
+}
+if (args.Length > 0 && args[0] == "quick-int8-cold")
+{
+    QuickInt8AttentionCold.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
     return;
 }
 if (args.Length > 0 && args[0] == "quick-int8-attention")

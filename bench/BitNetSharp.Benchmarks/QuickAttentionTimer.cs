@@ -29,6 +29,7 @@ public static class QuickAttentionTimer
 
     public static void Run(int depth, int[] threadCounts)
     {
+        if (Environment.GetEnvironmentVariable("QUICK_ATTENTION_HUGEPAGES") == "1") BitNetSharp.Memory.HugePages.Enabled = true;
         var shape = new SyntheticShape("2b4t-attention", 2560, Layers, 20, 5, 256, 512, depth + 16);
         using var weights = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(shape, 1, GgmlType.F16).ToArray(), "attention.gguf"), ownsFile: true);
         var c = weights.Config;
