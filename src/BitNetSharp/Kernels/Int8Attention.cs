@@ -71,6 +71,77 @@ internal static unsafe class Int8Attention
         return max / WeightLevels;
     }
 
+    /// <summary>
+    /// <see cref="QuantizeWeights"/> for the four heads of a group at once (weights + g·weightStride to u16 + g·uStride,
+    /// scales to us[g]), with the same results bit for bit: each row scale is loaded once for the four heads, and each
+    /// head's maximum is reduced across lanes by shuffles instead of sixteen scalar steps (a maximum does not depend on
+    /// the order it is taken in). 512-bit vectors only.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void QuantizeWeights4(float* weights, int weightStride, float* rowScales, int count, short* u16, int uStride, float* us)
+    {
+        float* w0 = weights, w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
+        var m0 = Vector512<float>.Zero; var m1 = m0; var m2 = m0; var m3 = m0;
+        var bad = Vector512<float>.Zero;
+        int i = 0;
+        for (; i <= count - 16; i += 16)
+        {
+            var r = Vector512.Load(rowScales + i);
+            var v0 = Vector512.Load(w0 + i) * r;
+            var v1 = Vector512.Load(w1 + i) * r;
+            var v2 = Vector512.Load(w2 + i) * r;
+            var v3 = Vector512.Load(w3 + i) * r;
+            m0 = Vector512.Max(m0, Vector512.Abs(v0));
+            m1 = Vector512.Max(m1, Vector512.Abs(v1));
+            m2 = Vector512.Max(m2, Vector512.Abs(v2));
+            m3 = Vector512.Max(m3, Vector512.Abs(v3));
+            bad |= ~(Vector512.Equals(v0, v0) & Vector512.Equals(v1, v1) & Vector512.Equals(v2, v2) & Vector512.Equals(v3, v3));
+        }
+        // NaN per head: a lane's NaN in any head marks all four here, so recheck per head only then (rare).
+        bool anyNan = bad != Vector512<float>.Zero;
+        float* max = stackalloc float[4] { MaxLane(m0), MaxLane(m1), MaxLane(m2), MaxLane(m3) };
+        bool* nan = stackalloc bool[4];
+        for (int g = 0; g < 4; g++)
+        {
+            float* w = weights + g * weightStride;
+            bool isNan = false;
+            if (anyNan)
+                for (int j = 0; j < i; j += 16)
+                {
+                    var v = Vector512.Load(w + j) * Vector512.Load(rowScales + j);
+                    isNan |= !Vector512.EqualsAll(v, v);
+                }
+            for (int j = i; j < count; j++)
+            {
+                float v = w[j] * rowScales[j];
+                isNan |= float.IsNaN(v);
+                max[g] = MathF.Max(max[g], MathF.Abs(v));
+            }
+            nan[g] = isNan;
+        }
+        for (int g = 0; g < 4; g++)
+        {
+            float m = max[g];
+            if (nan[g] || !float.IsFinite(m)) { us[g] = float.NaN; continue; }
+            if (m == 0f) { us[g] = 0f; continue; }
+            float inv = WeightLevels / m;
+            if (!float.IsFinite(inv)) { us[g] = float.NaN; continue; }
+            RoundProducts(weights + g * weightStride, rowScales, inv, count, u16 + g * uStride);
+            us[g] = m / WeightLevels;
+        }
+    }
+
+    /// <summary>The largest of a vector's lanes (no NaN among them: the callers check separately).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static float MaxLane(Vector512<float> m)
+    {
+        var h = Vector256.Max(m.GetLower(), m.GetUpper());
+        var q = Vector128.Max(h.GetLower(), h.GetUpper());
+        q = Vector128.Max(q, Vector128.Shuffle(q, Vector128.Create(2, 3, 0, 1)));
+        q = Vector128.Max(q, Vector128.Shuffle(q, Vector128.Create(1, 0, 3, 2)));
+        return q.ToScalar();
+    }
+
     /// <summary>max_i |x[i] · y[i]| (y null: |x[i]|); NaN if any product is NaN.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static float MaxAbsProduct(float* x, float* y, int n)
@@ -127,10 +198,12 @@ internal static unsafe class Int8Attention
             {
                 var v = Vector512.Load(x + i);
                 if (y != null) v *= Vector512.Load(y + i);
-                Avx512F.ConvertToVector256Int16(Vector512.ConvertToInt32(Vector512.Round(v * f))).Store(output + i);
+                // vcvtps2dq rounds to nearest even (the default MXCSR mode .NET keeps), as Round does, in one instruction;
+                // |value| ≤ 32767, so neither needs the saturating conversion's fix-ups.
+                Avx512F.ConvertToVector256Int16(Avx512F.ConvertToVector512Int32(v * f)).Store(output + i);
             }
         }
-        else if (Vector256.IsHardwareAccelerated)
+        else if (Vector256.IsHardwareAccelerated && Avx.IsSupported)
         {
             var f = Vector256.Create(inv);
             for (; i <= n - 16; i += 16)
@@ -143,7 +216,7 @@ internal static unsafe class Int8Attention
                     b *= Vector256.Load(y + i + 8);
                 }
                 // |value| ≤ 32767, so the narrowing keeps every value exactly.
-                Vector256.Narrow(Vector256.ConvertToInt32(Vector256.Round(a * f)), Vector256.ConvertToInt32(Vector256.Round(b * f))).Store(output + i);
+                Vector256.Narrow(Avx.ConvertToVector256Int32(a * f), Avx.ConvertToVector256Int32(b * f)).Store(output + i);
             }
         }
         for (; i < n; i++)
@@ -332,10 +405,12 @@ internal static unsafe class Int8Attention
             int count = Math.Min(Block, positions - p0);
             byte* block = rows + (long)p0 * stride;
             bool finite = true, any = false;
+            AttentionKernels.Prefetch((byte*)(rowScales + p0 + Block), Block * sizeof(float)); // the next block's row scales
+            if (wide) QuantizeWeights4(weights + p0, weightStride, rowScales + p0, count, u16, Block + 2, us);
             for (int g = 0; g < 4; g++)
             {
                 short* u = u16 + g * (Block + 2);
-                us[g] = QuantizeWeights(weights + g * weightStride + p0, rowScales + p0, count, u);
+                if (!wide) us[g] = QuantizeWeights(weights + g * weightStride + p0, rowScales + p0, count, u);
                 finite &= !float.IsNaN(us[g]);
                 any |= us[g] != 0f;
                 if (us[g] == 0f) new Span<short>(u, count).Clear(); // a head with no weight here adds zeros

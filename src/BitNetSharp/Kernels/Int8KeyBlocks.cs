@@ -26,6 +26,9 @@ internal static unsafe class Int8KeyBlocks
     /// <summary>Whether keys of <paramref name="n"/> values use blocks (whole 32-value groups, within the integer kernels' range).</summary>
     public static bool Serves(int n) => n % 32 == 0 && Int8Attention.Serves(n);
 
+    /// <summary>Positions ahead whose row scales the score loop requests (a block's sixteen scales are one cache line).</summary>
+    private const int ScaleAhead = 8 * Rows;
+
     /// <summary>Positions to allocate for <paramref name="positions"/>: whole blocks.</summary>
     public static int RoundUp(int positions) => (positions + Rows - 1) / Rows * Rows;
 
@@ -91,6 +94,7 @@ internal static unsafe class Int8KeyBlocks
         {
             byte* block = blocks + BlockOffset(b0, n);
             long ahead = AttentionKernels.PrefetchBytes; // one hint per 64 bytes read, in the loop
+            AttentionKernels.PrefetchLine((byte*)(rowScales + b0 + ScaleAhead)); // a block's row scales are one line
             Vector512<int> a0 = default, a1 = default, a2 = default, a3 = default, b0v = default, b1 = default, b2 = default, b3 = default;
             int* p0 = q0, p1 = q1, p2 = q2, p3 = q3;
             for (sbyte* k = (sbyte*)block, end = k + Rows * n; k < end; k += 4 * Rows, p0 += 2, p1 += 2, p2 += 2, p3 += 2)

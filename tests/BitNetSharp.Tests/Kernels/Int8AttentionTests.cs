@@ -136,4 +136,24 @@ public unsafe class Int8AttentionTests
                 Assert.True(float.IsNaN(Int8Attention.QuantizeQuery(px, n, pq)), $"n {n}: a NaN query value gives NaN");
         }
     }
+
+    /// <summary>
+    /// Products exactly halfway between two integers round to the even one, in the vector body and the scalar tail alike
+    /// (the vectors convert with the CPU's round-to-nearest-even, the tail with MathF.Round): with the largest product
+    /// 32767 the scale is 1, so the rounded values are the products themselves.
+    /// </summary>
+    [Fact]
+    public void RoundingTiesGoToEven()
+    {
+        float[] products = [32767f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 3.5f, 100.5f, 101.5f, -32766.5f, 4f, -4f, 0f, 7.5f, 8.5f];
+        var x = Enumerable.Range(0, 37).Select(i => products[i % products.Length]).ToArray(); // 37: two 16-value vectors and a tail of 5
+        var y = Enumerable.Repeat(1f, x.Length).ToArray();
+        var u16 = new short[x.Length];
+        float scale;
+        fixed (float* px = x, py = y)
+        fixed (short* pu = u16)
+            scale = Int8Attention.QuantizeWeights(px, py, x.Length, pu);
+        Assert.Equal(1f, scale);
+        for (int i = 0; i < x.Length; i++) Assert.True((short)Math.Round(x[i], MidpointRounding.ToEven) == u16[i], $"weight {i} ({x[i]}): {u16[i]}");
+    }
 }
