@@ -60,6 +60,10 @@ internal unsafe interface ILaneWidening
 
     /// <summary>A weight of the weighted sum of V in this widening's unit.</summary>
     static abstract float Weight(float w);
+
+    /// <summary>The magnitude a query value or a weight must stay below for <see cref="Weight"/> (and the query's scaling)
+    /// to be exact; infinite for widenings that do not scale.</summary>
+    static virtual float Limit => float.PositiveInfinity;
 }
 
 /// <summary>The row type's own values (<see cref="IKvRow.Widen16"/>); weights as they are.</summary>
@@ -96,7 +100,9 @@ internal readonly unsafe struct ScaledHalfLanes : ILaneWidening
     public const int MaxHeadDim = 1024;
 
     /// <summary>The largest magnitude whose product with 2^112 is finite with room for the FMA: 2^16 exclusive.</summary>
-    public const float Limit = 65536f;
+    public const float Bound = 65536f;
+
+    public static float Limit => Bound;
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static Vector512<float> Widen16(byte* row, int i) =>
@@ -109,59 +115,96 @@ internal readonly unsafe struct ScaledHalfLanes : ILaneWidening
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static float Weight(float w) => w * Up;
 
-    /// <summary>scaled[i] = x[i] · 2^112 when every |x[i]| is below <see cref="Limit"/> (NaN is not); false otherwise.</summary>
-    public static bool TryScale(float* x, int count, float* scaled)
+    /// <summary>scaled[i] = x[i] · 2^112 when every |x[i]| is below <see cref="Bound"/> (NaN is not); false otherwise.</summary>
+    public static bool TryScale(float* x, int count, float* scaled) => LaneScaling.TryScale(x, count, scaled, Up, Bound);
+
+    /// <summary>Whether every weight of the <paramref name="heads"/> heads (weights + g·stride, positions each; a GQA group of four unless told) is below <see cref="Bound"/> in magnitude.</summary>
+    public static bool CanScale(float* weights, int stride, int positions, int heads = 4) => LaneScaling.AllBelow(weights, stride, positions, heads, Bound);
+}
+
+/// <summary>
+/// Fp8 (E4M3) codes times 2^−120, in two operations after the sign-extending load (shift, mask: <see cref="Fp8Row.Widen16"/>
+/// without its multiply), for the group kernels, whose query or weight carries the 2^120 instead — as
+/// <see cref="ScaledHalfLanes"/> for F16: both scalings exact (the smallest code, 2^−9, becomes 2^−129, an fp32
+/// subnormal the FMA reads exactly), so every product and sum is <see cref="Fp8Row"/>'s, bit for bit.
+/// </summary>
+internal readonly unsafe struct ScaledFp8Lanes : ILaneWidening
+{
+    /// <summary>2^120.</summary>
+    public const float Up = 1.329227995784916e36f;
+
+    /// <summary>Magnitudes below 2^8 stay finite times 2^120.</summary>
+    public const float Bound = 256f;
+
+    public static float Limit => Bound;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Widen16(byte* row, int i) =>
+        (Vector512.ShiftLeft(Avx512F.ConvertToVector512Int32(Vector128.Load((sbyte*)row + i)), 20) & Vector512.Create(unchecked((int)0x87F00000))).AsSingle();
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static float Weight(float w) => w * Up;
+
+    /// <summary>scaled[i] = x[i] · 2^120 when every |x[i]| is below <see cref="Bound"/> (NaN is not); false otherwise.</summary>
+    public static bool TryScale(float* x, int count, float* scaled) => LaneScaling.TryScale(x, count, scaled, Up, Bound);
+}
+
+/// <summary>The checks and copies of the scaled lane widenings (<see cref="ScaledHalfLanes"/>, <see cref="ScaledFp8Lanes"/>).</summary>
+internal static unsafe class LaneScaling
+{
+    /// <summary>scaled[i] = x[i] · <paramref name="up"/> when every |x[i]| is below <paramref name="limit"/> (NaN is not); false otherwise.</summary>
+    public static bool TryScale(float* x, int count, float* scaled, float up, float limit)
     {
         int i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
-            var limit = Vector512.Create(Limit);
-            var up = Vector512.Create(Up);
+            var l = Vector512.Create(limit);
+            var u = Vector512.Create(up);
             for (; i + 16 <= count; i += 16)
             {
                 var v = Vector512.Load(x + i);
-                if (!Vector512.LessThanAll(Vector512.Abs(v), limit)) return false;
-                (v * up).Store(scaled + i);
+                if (!Vector512.LessThanAll(Vector512.Abs(v), l)) return false;
+                (v * u).Store(scaled + i);
             }
         }
         else if (Vector256.IsHardwareAccelerated)
         {
-            var limit = Vector256.Create(Limit);
-            var up = Vector256.Create(Up);
+            var l = Vector256.Create(limit);
+            var u = Vector256.Create(up);
             for (; i + 8 <= count; i += 8)
             {
                 var v = Vector256.Load(x + i);
-                if (!Vector256.LessThanAll(Vector256.Abs(v), limit)) return false;
-                (v * up).Store(scaled + i);
+                if (!Vector256.LessThanAll(Vector256.Abs(v), l)) return false;
+                (v * u).Store(scaled + i);
             }
         }
         for (; i < count; i++)
         {
-            if (!(MathF.Abs(x[i]) < Limit)) return false;
-            scaled[i] = x[i] * Up;
+            if (!(MathF.Abs(x[i]) < limit)) return false;
+            scaled[i] = x[i] * up;
         }
         return true;
     }
 
-    /// <summary>Whether every weight of the <paramref name="heads"/> heads (weights + g·stride, positions each; a GQA group of four unless told) is below <see cref="Limit"/> in magnitude.</summary>
-    public static bool CanScale(float* weights, int stride, int positions, int heads = 4)
+    /// <summary>Whether every value of the <paramref name="heads"/> rows (values + g·stride, count each) is below <paramref name="limit"/> in magnitude (NaN is not).</summary>
+    public static bool AllBelow(float* values, int stride, int count, int heads, float limit)
     {
         for (int g = 0; g < heads; g++)
         {
-            float* w = weights + (long)g * stride;
+            float* w = values + (long)g * stride;
             int i = 0;
             if (Vector512.IsHardwareAccelerated)
             {
-                for (; i + 16 <= positions; i += 16)
-                    if (!Vector512.LessThanAll(Vector512.Abs(Vector512.Load(w + i)), Vector512.Create(Limit))) return false;
+                for (; i + 16 <= count; i += 16)
+                    if (!Vector512.LessThanAll(Vector512.Abs(Vector512.Load(w + i)), Vector512.Create(limit))) return false;
             }
             else if (Vector256.IsHardwareAccelerated)
             {
-                for (; i + 8 <= positions; i += 8)
-                    if (!Vector256.LessThanAll(Vector256.Abs(Vector256.Load(w + i)), Vector256.Create(Limit))) return false;
+                for (; i + 8 <= count; i += 8)
+                    if (!Vector256.LessThanAll(Vector256.Abs(Vector256.Load(w + i)), Vector256.Create(limit))) return false;
             }
-            for (; i < positions; i++)
-                if (!(MathF.Abs(w[i]) < Limit)) return false;
+            for (; i < count; i++)
+                if (!(MathF.Abs(w[i]) < limit)) return false;
         }
         return true;
     }
@@ -431,6 +474,15 @@ internal static unsafe class AttentionKernels
                 return;
             }
         }
+        if (typeof(TRow) == typeof(Fp8Row) && n <= ScaledHalfLanes.MaxHeadDim)
+        {
+            float* scaled = stackalloc float[4 * n];
+            if (ScaledFp8Lanes.TryScale(q, 4 * n, scaled))
+            {
+                ScoresGroup4Lanes<TRow, ScaledFp8Lanes>(rows, rowScales, stride, n, scaled, scores, scoresStride, positions, scale);
+                return;
+            }
+        }
         ScoresGroup4Lanes<TRow, RowLanes<TRow>>(rows, rowScales, stride, n, q, scores, scoresStride, positions, scale);
     }
 
@@ -449,7 +501,46 @@ internal static unsafe class AttentionKernels
         {
             int m = Math.Min(16, positions - p0);
             int i = 0;
-            // Two key rows per pass: each query block is loaded once for both (the loads, not the FMAs, were the limit).
+            // Four key rows per pass: each query block is loaded once for the four and the loop's own work is shared
+            // (16 accumulators, 4 widened rows and a query block: 21 of the 32 registers).
+            for (; i + 4 <= m; i += 4)
+            {
+                byte* r0 = rows + (long)(p0 + i) * stride, r1 = r0 + stride, r2 = r1 + stride, r3 = r2 + stride;
+                Prefetch(r0 + PrefetchBytes, 4 * stride);
+                Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
+                Vector512<float> c0 = default, c1 = default, c2 = default, c3 = default, e0 = default, e1 = default, e2 = default, e3 = default;
+                for (int d = 0; d < n; d += 16)
+                {
+                    var k0 = TLanes.Widen16(r0, d);
+                    var k1 = TLanes.Widen16(r1, d);
+                    var k2 = TLanes.Widen16(r2, d);
+                    var k3 = TLanes.Widen16(r3, d);
+                    var x = Vector512.Load(q + d);
+                    a0 = Vector512.FusedMultiplyAdd(x, k0, a0);
+                    b0 = Vector512.FusedMultiplyAdd(x, k1, b0);
+                    c0 = Vector512.FusedMultiplyAdd(x, k2, c0);
+                    e0 = Vector512.FusedMultiplyAdd(x, k3, e0);
+                    x = Vector512.Load(q1 + d);
+                    a1 = Vector512.FusedMultiplyAdd(x, k0, a1);
+                    b1 = Vector512.FusedMultiplyAdd(x, k1, b1);
+                    c1 = Vector512.FusedMultiplyAdd(x, k2, c1);
+                    e1 = Vector512.FusedMultiplyAdd(x, k3, e1);
+                    x = Vector512.Load(q2 + d);
+                    a2 = Vector512.FusedMultiplyAdd(x, k0, a2);
+                    b2 = Vector512.FusedMultiplyAdd(x, k1, b2);
+                    c2 = Vector512.FusedMultiplyAdd(x, k2, c2);
+                    e2 = Vector512.FusedMultiplyAdd(x, k3, e2);
+                    x = Vector512.Load(q3 + d);
+                    a3 = Vector512.FusedMultiplyAdd(x, k0, a3);
+                    b3 = Vector512.FusedMultiplyAdd(x, k1, b3);
+                    c3 = Vector512.FusedMultiplyAdd(x, k2, c3);
+                    e3 = Vector512.FusedMultiplyAdd(x, k3, e3);
+                }
+                lanes[i] = a0; lanes[16 + i] = a1; lanes[32 + i] = a2; lanes[48 + i] = a3;
+                lanes[i + 1] = b0; lanes[17 + i] = b1; lanes[33 + i] = b2; lanes[49 + i] = b3;
+                lanes[i + 2] = c0; lanes[18 + i] = c1; lanes[34 + i] = c2; lanes[50 + i] = c3;
+                lanes[i + 3] = e0; lanes[19 + i] = e1; lanes[35 + i] = e2; lanes[51 + i] = e3;
+            }
             for (; i + 2 <= m; i += 2)
             {
                 byte* r0 = rows + (long)(p0 + i) * stride, r1 = r0 + stride;
@@ -518,10 +609,9 @@ internal static unsafe class AttentionKernels
         }
         if (TRow.AlwaysFinite)
         {
-            if (typeof(TRow) == typeof(F16FiniteRow) && ScaledHalfLanes.CanScale(weights, weightStride, positions))
-                AccumulateGroup4Lanes<TRow, ScaledHalfLanes>(rows, rowScales, stride, n, weights, weightStride, output, positions);
-            else
-                AccumulateGroup4Lanes<TRow, RowLanes<TRow>>(rows, rowScales, stride, n, weights, weightStride, output, positions);
+            if (typeof(TRow) == typeof(F16FiniteRow)) AccumulateGroup4Blocks<TRow, ScaledHalfLanes>(rows, rowScales, stride, n, weights, weightStride, output, positions);
+            else if (typeof(TRow) == typeof(Fp8Row)) AccumulateGroup4Blocks<TRow, ScaledFp8Lanes>(rows, rowScales, stride, n, weights, weightStride, output, positions);
+            else AccumulateGroup4Blocks<TRow, RowLanes<TRow>>(rows, rowScales, stride, n, weights, weightStride, output, positions);
             return;
         }
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
@@ -551,14 +641,74 @@ internal static unsafe class AttentionKernels
         }
     }
 
-    /// <summary>The register-resident weighted sum of <see cref="AccumulateGroup4{TRow}"/> for <see cref="IKvRow.AlwaysFinite"/>
-    /// types, value rows widened by <typeparamref name="TLanes"/> and weights put in its unit.</summary>
-    private static void AccumulateGroup4Lanes<TRow, TLanes>(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
+    /// <summary>
+    /// The register-resident weighted sum of <see cref="AccumulateGroup4{TRow}"/> for <see cref="IKvRow.AlwaysFinite"/>
+    /// types, in blocks of 64 positions: the block's four rows of weights (times the row scales) are put in the lane
+    /// unit once, into a buffer each pass over the dimensions broadcasts from, and the passes after the first read the
+    /// block's rows from L1. <typeparamref name="TScaled"/> widens without a multiply where the block's weights allow
+    /// it (below its <see cref="ILaneWidening.Limit"/>), <see cref="RowLanes{TRow}"/> otherwise; the products are the
+    /// same reals either way, so the sums are the same bits, block by block.
+    /// </summary>
+    [SkipLocalsInit] // the block's weights are written before they are read
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+    private static void AccumulateGroup4Blocks<TRow, TScaled>(byte* rows, float* rowScales, int stride, int n, float* weights, int weightStride, float* output, int positions)
+        where TRow : IKvRow where TScaled : ILaneWidening
+    {
+        const int Block = 64;
+        float* w = stackalloc float[4 * Block];
+        PrefetchStart(rows, stride, positions);
+        for (int p0 = 0; p0 < positions; p0 += Block)
+        {
+            int count = Math.Min(Block, positions - p0);
+            byte* block = rows + (long)p0 * stride;
+            if (BlockWeights<TRow, TScaled>(weights + p0, weightStride, TRow.HasScale ? rowScales + p0 : null, w, count))
+                AccumulateGroup4Block<TScaled>(block, stride, n, w, output, count);
+            else
+            {
+                BlockWeights<TRow, RowLanes<TRow>>(weights + p0, weightStride, TRow.HasScale ? rowScales + p0 : null, w, count);
+                AccumulateGroup4Block<RowLanes<TRow>>(block, stride, n, w, output, count);
+            }
+        }
+    }
+
+    /// <summary>
+    /// w[g·64 + j] = <typeparamref name="TLanes"/>'s weight of weights[g·stride + j] (times rowScales[j] for scaled
+    /// types), j &lt; count, for the four heads; false (w partly written) when one is not below its limit.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static bool BlockWeights<TRow, TLanes>(float* weights, int weightStride, float* rowScales, float* w, int count)
         where TRow : IKvRow where TLanes : ILaneWidening
     {
+        bool limited = TLanes.Limit != float.PositiveInfinity;
+        var limit = Vector512.Create(TLanes.Limit);
+        for (int g = 0; g < 4; g++)
+        {
+            float* source = weights + (long)g * weightStride, destination = w + g * 64;
+            int j = 0;
+            for (; j + 16 <= count; j += 16)
+            {
+                var x = Vector512.Load(source + j);
+                if (TRow.HasScale) x *= Vector512.Load(rowScales + j);
+                if (limited && !Vector512.LessThanAll(Vector512.Abs(x), limit)) return false;
+                // Weight(x) is x times the widening's unit, so Weight(1) is that unit (1 for RowLanes: x as it is).
+                (limited ? x * Vector512.Create(TLanes.Weight(1f)) : x).Store(destination + j);
+            }
+            for (; j < count; j++)
+            {
+                float x = TRow.HasScale ? source[j] * rowScales[j] : source[j];
+                if (limited && !(MathF.Abs(x) < TLanes.Limit)) return false;
+                destination[j] = TLanes.Weight(x);
+            }
+        }
+        return true;
+    }
+
+    /// <summary>One block of <see cref="AccumulateGroup4Blocks{TRow, TScaled}"/>: output + g·n += Σ_p w[g·64 + p] · row p, widened by <typeparamref name="TLanes"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void AccumulateGroup4Block<TLanes>(byte* rows, int stride, int n, float* w, float* output, int positions)
+        where TLanes : ILaneWidening
+    {
         float* o1 = output + n, o2 = output + 2 * n, o3 = output + 3 * n;
-        float* w1 = weights + weightStride, w2 = weights + 2 * weightStride, w3 = weights + 3 * weightStride;
-        PrefetchStart(rows, stride, positions);
         int d = 0;
         for (; d + 64 <= n; d += 64)
         {
@@ -570,18 +720,17 @@ internal static unsafe class AttentionKernels
             for (int p = 0; p < positions; p++, row += stride)
             {
                 if (d == 0) Prefetch(row + PrefetchBytes, stride);
-                float s = TRow.HasScale ? rowScales[p] : 1f;
                 var v0 = TLanes.Widen16(row, d);
                 var v1 = TLanes.Widen16(row, d + 16);
                 var v2 = TLanes.Widen16(row, d + 32);
                 var v3 = TLanes.Widen16(row, d + 48);
-                var x = Vector512.Create(TLanes.Weight(TRow.HasScale ? weights[p] * s : weights[p]));
+                var x = Vector512.Create(w[p]);
                 a0 = Vector512.FusedMultiplyAdd(x, v0, a0); a1 = Vector512.FusedMultiplyAdd(x, v1, a1); a2 = Vector512.FusedMultiplyAdd(x, v2, a2); a3 = Vector512.FusedMultiplyAdd(x, v3, a3);
-                x = Vector512.Create(TLanes.Weight(TRow.HasScale ? w1[p] * s : w1[p]));
+                x = Vector512.Create(w[64 + p]);
                 b0 = Vector512.FusedMultiplyAdd(x, v0, b0); b1 = Vector512.FusedMultiplyAdd(x, v1, b1); b2 = Vector512.FusedMultiplyAdd(x, v2, b2); b3 = Vector512.FusedMultiplyAdd(x, v3, b3);
-                x = Vector512.Create(TLanes.Weight(TRow.HasScale ? w2[p] * s : w2[p]));
+                x = Vector512.Create(w[128 + p]);
                 c0 = Vector512.FusedMultiplyAdd(x, v0, c0); c1 = Vector512.FusedMultiplyAdd(x, v1, c1); c2 = Vector512.FusedMultiplyAdd(x, v2, c2); c3 = Vector512.FusedMultiplyAdd(x, v3, c3);
-                x = Vector512.Create(TLanes.Weight(TRow.HasScale ? w3[p] * s : w3[p]));
+                x = Vector512.Create(w[192 + p]);
                 e0 = Vector512.FusedMultiplyAdd(x, v0, e0); e1 = Vector512.FusedMultiplyAdd(x, v1, e1); e2 = Vector512.FusedMultiplyAdd(x, v2, e2); e3 = Vector512.FusedMultiplyAdd(x, v3, e3);
             }
             a0.Store(output + d); a1.Store(output + d + 16); a2.Store(output + d + 32); a3.Store(output + d + 48);
@@ -595,12 +744,12 @@ internal static unsafe class AttentionKernels
             byte* row = rows;
             for (int p = 0; p < positions; p++, row += stride)
             {
-                float s = TRow.HasScale ? rowScales[p] : 1f;
+                if (d == 0) Prefetch(row + PrefetchBytes, stride);
                 var v = TLanes.Widen16(row, d);
-                a = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? weights[p] * s : weights[p])), v, a);
-                b = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? w1[p] * s : w1[p])), v, b);
-                c = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? w2[p] * s : w2[p])), v, c);
-                e = Vector512.FusedMultiplyAdd(Vector512.Create(TLanes.Weight(TRow.HasScale ? w3[p] * s : w3[p])), v, e);
+                a = Vector512.FusedMultiplyAdd(Vector512.Create(w[p]), v, a);
+                b = Vector512.FusedMultiplyAdd(Vector512.Create(w[64 + p]), v, b);
+                c = Vector512.FusedMultiplyAdd(Vector512.Create(w[128 + p]), v, c);
+                e = Vector512.FusedMultiplyAdd(Vector512.Create(w[192 + p]), v, e);
             }
             a.Store(output + d); b.Store(o1 + d); c.Store(o2 + d); e.Store(o3 + d);
         }

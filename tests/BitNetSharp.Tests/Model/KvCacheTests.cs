@@ -325,6 +325,72 @@ public unsafe class KvCacheTests
             }
     }
 
+    [Fact]
+    public void ScaledFp8WideningIsTheCodeTimesTwoToTheMinus120OnEveryCodeACacheHolds()
+    {
+        Assert.SkipUnless(System.Runtime.Intrinsics.Vector512.IsHardwareAccelerated, "the scaled widening is the 512-bit lane path");
+        Assert.Equal(ScaledFp8Lanes.Up, MathF.ScaleB(1f, 120));
+        var codes = new byte[256];
+        for (int i = 0; i < codes.Length; i++) codes[i] = (byte)i;
+        fixed (byte* c = codes)
+            for (int i = 0; i < codes.Length; i += 16)
+            {
+                var wide = ScaledFp8Lanes.Widen16(c, i);
+                for (int j = 0; j < 16; j++)
+                {
+                    if ((i + j & 0x7F) == 0x7F) continue; // the NaN codes, which Encode never writes
+                    Assert.Equal((double)Fp8E4M3.ToFloat((byte)(i + j)), (double)wide[j] * Math.ScaleB(1.0, 120));
+                }
+            }
+    }
+
+    /// <summary>
+    /// The FP8 group kernels move the widening's × 2^120 onto the query or the block's weights (<see cref="ScaledFp8Lanes"/>).
+    /// Scores and outputs must stay those of the general FP8 path bit for bit: rows with subnormal codes and codes at
+    /// 448, queries and weights × row scales just under the 2^8 limit (scaled) and at it (not scaled, for that block
+    /// only), a NaN query, and a head past the scaled copies' size.
+    /// </summary>
+    [Fact]
+    public void Fp8ScaledLanesEqualTheGeneralPathAtTheLimits()
+    {
+        var rng = new Random(53);
+        foreach (int headDim in new[] { 64, 128, ScaledHalfLanes.MaxHeadDim + 16 })
+        {
+            const int positions = 150, stride = 160;
+            using var cache = new KvCache(1, 1, headDim, positions, KvCacheType.Fp8E4M3);
+            for (int p = 0; p < positions; p++)
+            {
+                // Each row's largest magnitude is 448, so its scale is 1 and a weight is its own product with the scale.
+                var k = Enumerable.Range(0, headDim).Select(i => i == 0 ? 448f : i % 7 == 0 ? 0.003f * (float)(rng.NextDouble() - 0.5) : (float)(rng.NextDouble() * 200 - 100)).ToArray();
+                var v = Enumerable.Range(0, headDim).Select(i => i == 1 ? -448f : i % 5 == 0 ? 0.002f * (float)(rng.NextDouble() - 0.5) : (float)(rng.NextDouble() * 200 - 100)).ToArray();
+                cache.Write(0, p, k, v);
+            }
+            float under = BitConverter.Int32BitsToSingle(BitConverter.SingleToInt32Bits(256f) - 1);
+            foreach (float big in new[] { 1f, under, 256f, float.NaN })
+            {
+                var q = Enumerable.Range(0, 4 * headDim).Select(i => i == 3 * headDim + 5 ? big : i % 9 == 0 ? 1e-30f : (float)(rng.NextDouble() * 2 - 1)).ToArray();
+                var grouped = new float[4 * stride];
+                cache.ScoresGroup(0, 0, q, 4, grouped, stride, positions, 0.125f);
+                for (int g = 0; g < 4; g++)
+                {
+                    var general = new float[positions];
+                    cache.ScoresCore<Fp8Row, WidestVector>(0, 0, q.AsSpan(g * headDim, headDim), general, 0, positions, 0.125f);
+                    Assert.Equal(general, grouped.AsSpan(g * stride, positions).ToArray());
+                }
+
+                var weights = new float[4 * stride];
+                for (int i = 0; i < weights.Length; i++) weights[i] = i % 11 == 0 ? 1e-40f : (float)rng.NextDouble();
+                weights[2 * stride + 70] = float.IsNaN(big) ? 0.5f : big; // in the second block of 64 positions
+                var output = Enumerable.Range(0, 4 * headDim).Select(i => (i % 5) * 0.25f - 0.5f).ToArray();
+                var expected = (float[])output.Clone();
+                cache.AccumulateVGroup(0, 0, weights, 4, stride, output, positions);
+                for (int g = 0; g < 4; g++)
+                    cache.AccumulateCore<Fp8Row, WidestVector>(0, 0, weights.AsSpan(g * stride, positions), expected.AsSpan(g * headDim, headDim), 0, positions);
+                Assert.Equal(expected, output);
+            }
+        }
+    }
+
     /// <summary>
     /// GQA groups: ScoresGroup / AccumulateVGroup equal one Scores / AccumulateV call per query head, bit for bit, for
     /// every cache type and group size (a group of four on a finite F16 cache takes the shared-widening path), with
