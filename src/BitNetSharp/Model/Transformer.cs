@@ -222,6 +222,8 @@ public sealed unsafe class Transformer : IDisposable
     /// <summary>Fewest vocabulary rows per chunk of the output head (16-row blocks; 1.3 MB of an F16 head at width 2560).</summary>
     private const int HeadMinRows = 256;
 
+
+
     private void Layer(int l, ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches)
     {
         int n = batch.Length, qDim = _c.QDim, kvDim = _c.KvDim, ff = _c.FeedForward;
@@ -232,18 +234,11 @@ public sealed unsafe class Transformer : IDisposable
         _qDim.Tokens = n;
         var rows = _matmul.Prepare(_kernel, _qDim); // laid out once for the three products
         var lw = _w.Layers[l];
-        p?.BeginLinear(ProfileOp.Q, l, lw.Q, n);
-        _matmul.Run(_kernel, lw.Q, rows, (float*)_q.Pointer, qDim);
-        p?.End();
-        p?.BeginLinear(ProfileOp.K, l, lw.K, n);
-        _matmul.Run(_kernel, lw.K, rows, (float*)_k.Pointer, kvDim);
-        p?.End();
         // A decode step's cache writes come after v: their lines are requested now (see KvCache.PrefetchWrite).
         if (n <= PrefetchWriteTokens)
             for (int t = 0; t < n; t++) caches[batch[t].Sequence].PrefetchWrite(l, batch[t].Position);
-        p?.BeginLinear(ProfileOp.V, l, lw.V, n);
-        _matmul.Run(_kernel, lw.V, rows, (float*)_v.Pointer, kvDim);
-        p?.End();
+        Products(OpProfiler.GroupQkv, l, n, rows, ProfileOp.Q, lw.Q, (float*)_q.Pointer, qDim, ProfileOp.K, lw.K, (float*)_k.Pointer, kvDim,
+            ProfileOp.V, lw.V, (float*)_v.Pointer, kvDim);
 
         Stage(Stage_Rope, l, batch);
         p?.Begin(ProfileOp.Attention, l, n);
@@ -270,18 +265,47 @@ public sealed unsafe class Transformer : IDisposable
         Stage(Stage_ResidualFfnIn, l, batch);
         _qDim.Tokens = n;
         rows = _matmul.Prepare(_kernel, _qDim);
-        p?.BeginLinear(ProfileOp.Gate, l, lw.Gate, n);
-        _matmul.Run(_kernel, lw.Gate, rows, (float*)_hb.Pointer, ff);
-        p?.End();
-        p?.BeginLinear(ProfileOp.Up, l, lw.Up, n);
-        _matmul.Run(_kernel, lw.Up, rows, (float*)_hb2.Pointer, ff);
-        p?.End();
+        Products(OpProfiler.GroupGateUp, l, n, rows, ProfileOp.Gate, lw.Gate, (float*)_hb.Pointer, ff, ProfileOp.Up, lw.Up, (float*)_hb2.Pointer, ff);
         Stage(Stage_FfnAct, l, batch);
         _qFf.Tokens = n;
         p?.BeginLinear(ProfileOp.Down, l, lw.Down, n);
         _matmul.Run(_kernel, lw.Down, _qFf, (float*)_tmp.Pointer, _c.Dim);
         p?.End();
         Stage(Stage_Residual, l, batch);
+    }
+
+    /// <summary>
+    /// Two or three projections of one quantized input (q, k, v; gate, up) through <see cref="TernaryMatMul.RunMany"/>:
+    /// one pass over the pool for a decode step, the same floats as one product after another. Profiled as the pass
+    /// (its time shared by weight bytes, <see cref="OpProfiler.BeginProducts"/>) when it is one, else product by product.
+    /// </summary>
+    private void Products(int group, int layer, int n, in ActivationRows rows, ProfileOp op0, TernaryMatrix w0, float* y0, int stride0,
+        ProfileOp op1, TernaryMatrix w1, float* y1, int stride1, ProfileOp op2 = default, TernaryMatrix? w2 = null, float* y2 = null, int stride2 = 0)
+    {
+        var p = _active;
+        int count = w2 is null ? 2 : 3;
+        if (p is null)
+        {
+            _matmul.RunMany(_kernel, rows, count, w0, y0, stride0, w1, y1, stride1, w2, y2, stride2);
+            return;
+        }
+        if (_matmul.RunsAsOnePass(_kernel, rows, w0, w1, w2))
+        {
+            p.BeginProducts(group, layer, n, op0, w0, op1, w1, op2, w2);
+            _matmul.RunMany(_kernel, rows, count, w0, y0, stride0, w1, y1, stride1, w2, y2, stride2);
+            p.EndProducts();
+            return;
+        }
+        p.BeginLinear(op0, layer, w0, n);
+        _matmul.Run(_kernel, w0, rows, y0, stride0);
+        p.End();
+        p.BeginLinear(op1, layer, w1, n);
+        _matmul.Run(_kernel, w1, rows, y1, stride1);
+        p.End();
+        if (w2 is null) return;
+        p.BeginLinear(op2, layer, w2, n);
+        _matmul.Run(_kernel, w2, rows, y2, stride2);
+        p.End();
     }
 
     /// <summary>

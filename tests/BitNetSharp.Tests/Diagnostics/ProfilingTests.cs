@@ -402,4 +402,95 @@ public class ProfilingTests
         using var t = JsonDocument.Parse(File.ReadAllText(trace));
         Assert.True(t.RootElement.GetProperty("traceEvents").GetArrayLength() > 10);
     }
+    /// <summary>
+    /// A decode step's q, k, v (and gate, up) run as one pass when two threads share products this large
+    /// (<see cref="Kernels.TernaryMatMul.RunMany"/>): the logits equal one thread's (products one after another) bit for
+    /// bit, for one to three sequences; profiled, each projection still has its row (its calls, its weight bytes, its
+    /// MACs, a share of the pass's time by bytes) and the trace shows the pass as one span, "L0 q+k+v" / "L0 gate+up".
+    /// </summary>
+    [Fact]
+    public void DecodeProductsOfOneInputRunAsOnePassAndProfileAsTheirParts()
+    {
+        int before = BitNetSharp.Kernels.TernaryKernel.WeightStreams;
+        try
+        {
+            BitNetSharp.Kernels.TernaryKernel.WeightStreams = 4;
+            using var dir = new TestGguf.TempDirectory();
+            string path = dir.File("wide.gguf");
+            // Every product 1024 × 1024 = 2^20 multiply-adds a token: large enough to share on two threads.
+            SyntheticModel.Build(new SyntheticShape("wide", 1024, 1, 8, 8, 1024, 256, 64), 5).WriteFile(path);
+            using var w = ModelWeights.Load(path);
+            var c = w.Config;
+            using var pool1 = new WorkerPool(1);
+            using var pool2 = new WorkerPool(2);
+            // A kernel on rows (not the lookup kernel's blocks, which a model this small gets on Zen 5 and which runs the
+            // products one after another).
+            var kernel = BitNetSharp.Kernels.KernelRegistry.SupportedTernary.First(k => k.RowAlignment <= 8);
+            using var one = new Transformer(w, 8, pool1, kernel);
+            using var two = new Transformer(w, 8, pool2, kernel);
+            float[] Decode(Transformer engine, int sequences, OpProfiler? profiler)
+            {
+                var caches = Enumerable.Range(0, sequences).Select(_ => new KvCache(c.Layers, c.KvHeads, c.HeadDim, 8)).ToArray();
+                try
+                {
+                    var logits = new float[sequences * c.VocabSize];
+                    var prompt = Enumerable.Range(0, sequences).SelectMany(s => new[] { new BatchToken(3 + s, s, 0), new BatchToken(7, s, 1) }).ToArray();
+                    engine.Forward(prompt, caches, new float[0]);
+                    engine.Profiler = profiler;
+                    var step = Enumerable.Range(0, sequences).Select(s => new BatchToken(11 + s, s, 2, true)).ToArray();
+                    engine.Forward(step, caches, logits);
+                    engine.Profiler = null;
+                    return logits;
+                }
+                finally
+                {
+                    foreach (var cache in caches) cache.Dispose();
+                }
+            }
+            for (int sequences = 1; sequences <= 3; sequences++)
+                Assert.Equal(Decode(one, sequences, null), Decode(two, sequences, null));
+
+            var stats = new OpStats(c.Layers);
+            var trace = new SpanLog(256);
+            Assert.Equal(Decode(one, 1, null), Decode(two, 1, new OpProfiler(c.Layers, 2) { Stats = stats, Trace = trace }));
+            var lw = w.Layers[0];
+            foreach (var (op, m) in new[] { (ProfileOp.Q, lw.Q), (ProfileOp.K, lw.K), (ProfileOp.V, lw.V), (ProfileOp.Gate, lw.Gate), (ProfileOp.Up, lw.Up) })
+            {
+                int i = OpStats.Index(op, 0);
+                Assert.Equal(1, stats.Calls[i]);
+                Assert.Equal(m.ByteLength, stats.Bytes[i]);
+                Assert.Equal((long)m.Rows * m.Cols, stats.Macs[i]);
+                Assert.True(stats.Ticks[i] > 0, $"{op} has no time");
+            }
+            var spans = trace.Spans.ToArray().ToList();
+            var qkv = Assert.Single(spans, s => s.Kind == SpanKind.Products && s.Code == OpProfiler.GroupQkv);
+            Assert.Single(spans, s => s.Kind == SpanKind.Products && s.Code == OpProfiler.GroupGateUp);
+            Assert.DoesNotContain(spans, s => s.Kind == SpanKind.Op && (ProfileOp)s.Code is ProfileOp.Q or ProfileOp.K or ProfileOp.V or ProfileOp.Gate or ProfileOp.Up);
+            // The pass's time shared by bytes: q, k and v have equal bytes here, so equal shares within a tick.
+            long wall = qkv.End - qkv.Start;
+            long sum = stats.Ticks[OpStats.Index(ProfileOp.Q, 0)] + stats.Ticks[OpStats.Index(ProfileOp.K, 0)] + stats.Ticks[OpStats.Index(ProfileOp.V, 0)];
+            Assert.InRange(sum, wall - 3, wall);
+            Assert.Equal(3 * 1024, qkv.Out);
+
+            // The whole session: its trace names the passes.
+            var report = ProfileSession.Run(w, pool2, new ProfileOptions
+            {
+                Prompt = [1, 2, 3, 4], DecodeSteps = 2, BandwidthProbeBytes = 16 << 20, PeakSeconds = 0.02, Kernel = kernel,
+            });
+            var ms = new MemoryStream();
+            ChromeTraceWriter.Write(ms, report);
+            using var doc = JsonDocument.Parse(ms.ToArray());
+            var names = doc.RootElement.GetProperty("traceEvents").EnumerateArray().Where(e => e.GetProperty("ph").GetString() == "X")
+                .Select(e => e.GetProperty("name").GetString()).ToHashSet();
+            Assert.Contains("L0 q+k+v", names);
+            Assert.Contains("L0 gate+up", names);
+            var rows = ProfileRow.ByOp(report.Decode, report.BandwidthGBps, report.PeakGmacDecode);
+            foreach (var name in new[] { "q", "k", "v", "gate", "up" })
+                Assert.Contains(rows, r => r.Name == name && r.GBps > 0);
+        }
+        finally
+        {
+            BitNetSharp.Kernels.TernaryKernel.WeightStreams = before;
+        }
+    }
 }

@@ -302,6 +302,94 @@ public unsafe class TernaryKernelTests
         }
     }
 
+    /// <summary>
+    /// <see cref="TernaryMatMul.RunMany"/> (q, k and v; gate and up as one pass): each product's floats equal the
+    /// reference's, the rest of every output untouched, for one to three tokens, two and three threads, one and four
+    /// weight streams, products whose slices leave rows past four quarters, and sets too small for one pass (then one
+    /// product after another). <see cref="TernaryMatMul.RunsAsOnePass"/> says which, and the one-pass plan is taken
+    /// in some of the cases, so both paths are checked.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public void ProductsOfOneInputAsOnePassEqualReference(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        var rng = new Random(80);
+        int before = TernaryKernel.WeightStreams;
+        int onePass = 0, apart = 0;
+        try
+        {
+            foreach (int threads in new[] { 2, 3 })
+            {
+                using var pool = new WorkerPool(threads);
+                using var op = new TernaryMatMul(pool);
+                foreach (var (k, shapes) in new (int, int[])[] { (2560, [1000, 450, 451]), (1024, [2561, 2563]), (2560, [643, 100, 100]), (256, [64, 64]) })
+                {
+                    var ws = shapes.Select(n => RandomTernary(rng, n, k)).ToArray();
+                    try
+                    {
+                        foreach (int tokens in new[] { 1, 2, 3, 5 })
+                        {
+                            using var x = Quantize(Enumerable.Range(0, tokens).Select(_ => Activations(rng, k, Pattern.Random)).ToArray());
+                            var expected = ws.Select(w => Run(new ReferenceTernaryKernel(), w, x)).ToArray();
+                            foreach (int streams in new[] { 1, 4 })
+                            {
+                                TernaryKernel.WeightStreams = streams;
+                                var rows = op.Prepare(kernel, x);
+                                bool one = op.RunsAsOnePass(kernel, rows, ws[0], ws[1], ws.Length > 2 ? ws[2] : null);
+                                bool expectOne = streams == 4 && tokens <= 3 && kernel.RowAlignment <= 8 && !kernel.SplitsByTokens(tokens)
+                                    && ws.All(w => (long)w.Rows * w.Cols * tokens >= (long)threads << 19 && w.Rows / threads / 4 >= 8);
+                                Assert.Equal(expectOne, one);
+                                if (one) onePass++; else apart++;
+                                // Outputs with a stride past each product's rows: the gap must stay untouched.
+                                var ys = ws.Select(w => Enumerable.Repeat(float.NaN, (w.Rows + 5) * tokens).ToArray()).ToArray();
+                                fixed (float* y0 = ys[0], y1 = ys[1], y2 = ws.Length > 2 ? ys[2] : null)
+                                {
+                                    if (ws.Length == 3) op.RunMany(kernel, rows, 3, ws[0], y0, ws[0].Rows + 5, ws[1], y1, ws[1].Rows + 5, ws[2], y2, ws[2].Rows + 5);
+                                    else op.RunMany(kernel, rows, 2, ws[0], y0, ws[0].Rows + 5, ws[1], y1, ws[1].Rows + 5);
+                                }
+                                for (int i = 0; i < ws.Length; i++)
+                                {
+                                    int n = ws[i].Rows;
+                                    for (int t = 0; t < tokens; t++)
+                                    {
+                                        for (int r = 0; r < n; r++)
+                                            Assert.True(BitConverter.SingleToInt32Bits(expected[i][t * n + r]) == BitConverter.SingleToInt32Bits(ys[i][t * (n + 5) + r]),
+                                                $"{name}, {threads} threads, {streams} stream(s), {tokens} token(s), product {i} ({n}x{k}, one pass: {one}): row {r} of token {t} is {ys[i][t * (n + 5) + r]}, reference {expected[i][t * n + r]}");
+                                        for (int r = n; r < n + 5; r++)
+                                            Assert.True(float.IsNaN(ys[i][t * (n + 5) + r]), $"{name}: product {i} wrote past its rows (token {t}, slot {r})");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    finally
+                    {
+                        foreach (var w in ws) w.Dispose();
+                    }
+                }
+            }
+        }
+        finally
+        {
+            TernaryKernel.WeightStreams = before;
+        }
+        if (KernelRegistry.SelectTernary(name).RowAlignment <= 8) Assert.True(onePass > 0, $"{name}: no case took the one-pass plan");
+        Assert.True(apart > 0);
+
+        using var pool1 = new WorkerPool(2);
+        using var op1 = new TernaryMatMul(pool1);
+        using var wa = RandomTernary(rng, 64, 256);
+        using var wb = RandomTernary(rng, 64, 512);
+        using var xa = Quantize([Activations(rng, 256, Pattern.Random)]);
+        var ra = op1.Prepare(kernel, xa);
+        var out1 = new float[64];
+        Assert.Throws<ArgumentOutOfRangeException>(() => { fixed (float* po = out1) op1.RunMany(kernel, ra, 4, wa, po, 64); });
+        Assert.Throws<ArgumentNullException>(() => { fixed (float* po = out1) op1.RunMany(kernel, ra, 2, wa, po, 64); });
+        var e = Assert.Throws<ArgumentException>(() => { fixed (float* po = out1) op1.RunMany(kernel, ra, 2, wa, po, 64, wb, po, 64); });
+        Assert.Contains("product 1", e.Message);
+    }
+
     /// <summary>How decode products are shared out: one under 2^19 multiply-adds per thread stays whole on the calling thread
     /// (a small model's decode is dispatch-bound); a larger one is one slice per thread, the owner's claims from the front
     /// of its slice (quarter positions with four weight streams: items, not rows).</summary>

@@ -66,6 +66,12 @@ public static class ChromeTraceWriter
                 j.WriteString("shape", $"{s.In}→{s.Out}");
                 j.WriteString("packed_layout", op == ProfileOp.Head ? "output head (" + report.HeadType + ")" : layout);
             }
+            else if (s.Kind == SpanKind.Products)
+            {
+                j.WriteString("projection", OpProfiler.ProductGroupNames[s.Code]);
+                j.WriteString("shape", $"{s.In}→{s.Out}");
+                j.WriteString("packed_layout", layout);
+            }
             j.WriteEndObject();
             j.WriteEndObject();
         }
@@ -117,6 +123,7 @@ public static class ChromeTraceWriter
         SpanKind.Phase => s.Code == 0 ? "prefill" : "decode",
         SpanKind.Step => s.Code == 0 ? $"prefill step ({s.Tokens} tokens)" : $"decode step {s.Code}",
         SpanKind.Stage => $"L{s.Layer} {OpProfiler.StageNames[s.Code]}",
+        SpanKind.Products => $"L{s.Layer} {OpProfiler.ProductGroupNames[s.Code]}",
         _ => s.Layer >= 0 ? $"L{s.Layer} {ProfileOps.Name((ProfileOp)s.Code)}" : ProfileOps.Name((ProfileOp)s.Code),
     };
 }

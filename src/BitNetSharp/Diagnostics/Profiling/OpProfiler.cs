@@ -77,6 +77,52 @@ public sealed class OpProfiler
         Started();
     }
 
+    /// <summary>
+    /// Two or three ternary projections on the same activations run as one pass (<see cref="TernaryMatMul.RunMany"/>):
+    /// <see cref="EndProducts"/> shares the pass's wall time between them in proportion to their weight bytes (they
+    /// stream the same way through the same pass, so bytes are what their time follows) and the trace shows the pass as
+    /// one span named by <see cref="ProductGroupNames"/>[<paramref name="group"/>]. Pass <paramref name="w2"/> null for two.
+    /// </summary>
+    public void BeginProducts(int group, int layer, int tokens, ProfileOp op0, TernaryMatrix w0, ProfileOp op1, TernaryMatrix w1,
+        ProfileOp op2 = default, TernaryMatrix? w2 = null)
+    {
+        _group = group;
+        _layer = layer;
+        _tokens = tokens;
+        _productCount = w2 is null ? 2 : 3;
+        (_productOps[0], _productOps[1], _productOps[2]) = (op0, op1, op2);
+        _productBytes[0] = w0.ByteLength; _productBytes[1] = w1.ByteLength; _productBytes[2] = w2?.ByteLength ?? 0;
+        _productMacs[0] = (long)w0.Rows * w0.Cols * tokens; _productMacs[1] = (long)w1.Rows * w1.Cols * tokens;
+        _productMacs[2] = w2 is null ? 0 : (long)w2.Rows * w2.Cols * tokens;
+        _in = w0.Cols;
+        _out = w0.Rows + w1.Rows + (w2?.Rows ?? 0);
+        if (Trace is { } trace && Timeline is { } timeline) timeline.Tag = trace.Count;
+        if (ProfileEventSource.Log.IsEnabled()) ProfileEventSource.Log.OpStart(ProductGroupNames[group], layer, tokens, _in, _out);
+        _start = Stopwatch.GetTimestamp();
+    }
+
+    public void EndProducts()
+    {
+        long end = Stopwatch.GetTimestamp();
+        long wall = end - _start, bytes = 0;
+        for (int i = 0; i < _productCount; i++) bytes += _productBytes[i];
+        if (Stats is { } stats)
+            for (int i = 0; i < _productCount; i++)
+                stats.Add(_productOps[i], _layer, bytes > 0 ? (long)((double)wall * _productBytes[i] / bytes) : wall / _productCount, _productBytes[i], _productMacs[i]);
+        Trace?.Add(new TraceSpan(_start, end, SpanKind.Products, _group, _layer, _tokens, _in, _out));
+        if (ProfileEventSource.Log.IsEnabled()) ProfileEventSource.Log.OpStop(ProductGroupNames[_group], _layer, bytes);
+    }
+
+    /// <summary>The product groups the engine runs as one pass (<see cref="BeginProducts"/>'s group).</summary>
+    public static readonly string[] ProductGroupNames = ["q+k+v", "gate+up"];
+
+    /// <summary><see cref="BeginProducts"/>'s groups: q, k and v; gate and up.</summary>
+    public const int GroupQkv = 0, GroupGateUp = 1;
+
+    private int _group, _productCount;
+    private readonly ProfileOp[] _productOps = new ProfileOp[3];
+    private readonly long[] _productBytes = new long[3], _productMacs = new long[3];
+
     /// <summary>The output head: every row of <paramref name="head"/> against each wanted token.</summary>
     public void BeginHead(EmbeddingTable head, int tokens)
     {

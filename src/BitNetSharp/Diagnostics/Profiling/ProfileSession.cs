@@ -32,6 +32,9 @@ public sealed record ProfileOptions
     /// requests): the prefill is one batch of all their prompts, and each decode step one token of each.</summary>
     public int Sequences { get; init; } = 1;
 
+    /// <summary>The ternary kernel to profile (null: the one the engine picks for the model, <see cref="Kernels.KernelRegistry.ForModel"/>).</summary>
+    public Kernels.TernaryKernel? Kernel { get; init; }
+
     /// <summary>Most sequences a profile batches (as `bench -s`).</summary>
     public const int MaxSequences = 256;
 }
@@ -107,7 +110,7 @@ public static class ProfileSession
             return gbps;
         }
         double bandwidth = Probe();
-        using var engine = new Transformer(weights, promptLen * sequences, pool);
+        using var engine = new Transformer(weights, promptLen * sequences, pool, o.Kernel);
         // The ceilings at the phases' own token counts: a decode step is one token per sequence.
         int prefillTokens = promptLen * sequences;
         double peakDecode = KernelPeak.Measure(pool, engine.Kernel, c.Dim, sequences, o.PeakSeconds);

@@ -1,8 +1,9 @@
 namespace BitNetSharp.Diagnostics.Profiling;
 
 /// <summary>What a <see cref="TraceSpan"/> is: <see cref="TraceSpan.Code"/> is a <see cref="ProfileOp"/> for Op, the
-/// engine's stage number for Stage, the step index for Step, and 0 (prefill) or 1 (decode) for Phase.</summary>
-public enum SpanKind : byte { Phase, Step, Op, Stage }
+/// engine's stage number for Stage, the step index for Step, 0 (prefill) or 1 (decode) for Phase, and for Products
+/// (several projections run as one pass) the index in <see cref="OpProfiler.ProductGroupNames"/>.</summary>
+public enum SpanKind : byte { Phase, Step, Op, Stage, Products }
 
 /// <summary>One span on the thread that drives the forward pass, in Stopwatch ticks; In/Out are a projection's shape.</summary>
 public readonly record struct TraceSpan(long Start, long End, SpanKind Kind, int Code, int Layer, int Tokens, int In, int Out);
