@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using BitNetSharp.Kernels;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
@@ -11,7 +12,7 @@ namespace BitNetSharp.Benchmarks;
 /// up, down per layer; weights far larger than the caches) on several threads, one token (and two) at a time, with the
 /// rows shared out in different ways — <see cref="TernaryMatMul"/>'s owned ranges (today), chunks from one shared counter
 /// (the grain before, and coarser ones), one static slice per thread — and plain sums of the same bytes split the same
-/// way, alternated over rounds in one process. Prints the median GB/s of weights per variant. Every variant is checked
+/// way, and the four-stream loops with other software prefetches (the kernel's own is prefetchnta 2 KiB ahead), alternated over rounds in one process. Prints the median GB/s of weights per variant. Every variant is checked
 /// bit for bit against <see cref="TernaryMatMul"/> first.
 /// </summary>
 public static unsafe class QuickDecodeThreads
@@ -39,6 +40,11 @@ public static unsafe class QuickDecodeThreads
         {
             fixed (float* py = y) foreach (var w in ws) m.Run(kernel, w, Rows(x, w), py, w.Rows);
         }
+        void With(TernaryKernel? variant, (ActivationRows, ActivationRows) x, TernaryMatMul m)
+        {
+            var k = variant ?? kernel;
+            fixed (float* py = y) foreach (var w in ws) m.Run(k, w, Rows(x, w), py, w.Rows);
+        }
         void Chunked((ActivationRows, ActivationRows) x, Func<TernaryMatrix, int> grain)
         {
             fixed (float* py = y)
@@ -58,9 +64,14 @@ public static unsafe class QuickDecodeThreads
             }
         }
         int Before(TernaryMatrix w, int tokens) => op.Grain(w.Rows, w.Cols, tokens);
-        var variants = new (string Name, Action Run)[]
+        var candidates = new (string Name, Action Run)[]
         {
             ($"1 token: owned ranges ({TernaryKernel.WeightStreams} stream(s))", () => Production(one, op)),
+            ("1 token: streams prefetcht1 1 KiB (before)", () => With(FetchT1At1K, one, op)),
+            ("1 token: streams prefetcht0 2 KiB", () => With(FetchT0At2K, one, op)),
+            ("1 token: streams prefetchnta 1 KiB", () => With(FetchNtaAt1K, one, op)),
+            ("1 token: streams prefetchnta 4 KiB", () => With(FetchNtaAt4K, one, op)),
+            ("1 token: streams without prefetch", () => With(NoFetch, one, op)),
             ("1 token: chunks, grain before", () => Chunked(one, w => Before(w, 1))),
             ("1 token: chunks of rows/4", () => Chunked(one, w => (w.Rows / 4 + 15) / 16 * 16)),
             ("1 token: one slice per thread", () => Chunked(one, _ => 0)),
@@ -70,6 +81,8 @@ public static unsafe class QuickDecodeThreads
             ("sum: one slice per thread, 4 streams", () => Summed(true)),
             ("sum: the same bytes in one buffer, 4 streams", () => pool.Run(whole, threads, 1)),
         };
+        // The prefetch rows need the avx512gfni kernel's loops (FetchVariantKernel); elsewhere they are left out.
+        var variants = candidates.Where(v => NoFetch is not null || !v.Name.StartsWith("1 token: streams", StringComparison.Ordinal)).ToArray();
 
         // The share-outs must all give TernaryMatMul's floats (exact integer sums: the split cannot change them).
         var expect = new float[2 * Ffn];
@@ -108,6 +121,13 @@ public static unsafe class QuickDecodeThreads
     }
 
     private static readonly List<IDisposable> KeptAlive = [];
+
+    // The production kernel (BalancedSplit codes) with another prefetch in its four-stream loops; null without GFNI.
+    private static readonly TernaryKernel? FetchT1At1K = Fetching<FetchT1<D1K>>(), FetchT0At2K = Fetching<FetchT0<D2K>>(),
+        FetchNtaAt1K = Fetching<FetchNta<D1K>>(), FetchNtaAt4K = Fetching<FetchNta<D4K>>(), NoFetch = Fetching<FetchNone>();
+
+    private static TernaryKernel? Fetching<TFetch>() where TFetch : IStreamFetch =>
+        Avx512BW.IsSupported && Gfni.V512.IsSupported ? new FetchVariantKernel<FetchSplit<TFetch>>() : null;
 
     private static ActivationRows Prepared(TernaryKernel kernel, Random rng, int k, int tokens)
     {
@@ -208,4 +228,37 @@ public static unsafe class QuickDecodeThreads
             s_sink += Vector256.Sum(a0 + a1 + a2 + a3);
         }
     }
+}
+
+public interface IFetchDistance { static abstract long Bytes { get; } }
+public readonly struct D1K : IFetchDistance { public static long Bytes => 1024; }
+public readonly struct D2K : IFetchDistance { public static long Bytes => 2048; }
+public readonly struct D4K : IFetchDistance { public static long Bytes => 4096; }
+
+public unsafe interface IStreamFetch { static abstract void Fetch(byte* line); }
+public readonly unsafe struct FetchNta<TD> : IStreamFetch where TD : IFetchDistance { public static void Fetch(byte* line) => Sse.PrefetchNonTemporal(line + TD.Bytes); }
+public readonly unsafe struct FetchT0<TD> : IStreamFetch where TD : IFetchDistance { public static void Fetch(byte* line) => Sse.Prefetch0(line + TD.Bytes); }
+public readonly unsafe struct FetchT1<TD> : IStreamFetch where TD : IFetchDistance { public static void Fetch(byte* line) => Sse.Prefetch1(line + TD.Bytes); }
+public readonly unsafe struct FetchNone : IStreamFetch { public static void Fetch(byte* line) { } }
+
+/// <summary><see cref="BalancedSplit"/>'s codes with <typeparamref name="TFetch"/> as the four-stream loops' prefetch.</summary>
+public readonly unsafe struct FetchSplit<TFetch> : ICodeSplit512 where TFetch : IStreamFetch
+{
+    public static Vector512<byte> Code0(Vector512<byte> packed) => BalancedSplit.Code0(packed);
+    public static Vector512<byte> Code1(Vector512<byte> packed) => BalancedSplit.Code1(packed);
+    public static Vector512<byte> Code2(Vector512<byte> packed) => BalancedSplit.Code2(packed);
+    public static Vector512<byte> Code3(Vector512<byte> packed) => BalancedSplit.Code3(packed);
+    public static void FetchStream(byte* line) => TFetch.Fetch(line);
+}
+
+/// <summary>The avx512gfni kernel with <typeparamref name="TSplit"/>'s prefetch (its activation layout, its drivers).</summary>
+public sealed unsafe class FetchVariantKernel<TSplit> : TernaryKernel where TSplit : ICodeSplit512
+{
+    public override string Name => "avx512gfni (prefetch variant)";
+    public override bool IsSupported => Avx512BW.IsSupported && Gfni.V512.IsSupported;
+    protected override void MatMulCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
+        TernaryDriver.RunPairs<Avx512TernaryKernel.Dot512<TSplit>>(w, x, y, yStride, rowStart, rowEnd);
+    protected override void MatVecQuartersCore(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int sliceStart, int quarter, int from, int to) =>
+        TernaryDriver.Quarters<Avx512TernaryKernel.Dot512<TSplit>>(w, x, y, yStride, sliceStart, quarter, from, to);
+    public override ActivationRows Prepare(QuantizedActivations x, ref Memory.NativeBuffer? scratch) => Avx512TernaryKernel.InterleavedRows(x, ref scratch);
 }

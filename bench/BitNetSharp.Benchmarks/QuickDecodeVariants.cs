@@ -177,7 +177,11 @@ public static unsafe class QuickDecodeVariants
             ("4 adjacent rows, next 4 prefetched (before)", () => HeadAdjacent(w, rows, n, scaled, y, 8L * n)),
             ("4 adjacent rows, no prefetch", () => HeadAdjacent(w, rows, n, scaled, y, -1)),
             ("4 quarter streams, prefetch 1 row on", () => HeadQuarters(w, rows, n, scaled, y, 4, 1)),
-            ("4 quarter streams, prefetch 2 KiB on (t1)", () => HeadQuarters(w, rows, n, scaled, y, 4, 0, 2048)),
+            ("4 quarter streams, prefetcht1 2 KiB on (before)", () => HeadQuarters(w, rows, n, scaled, y, 4, 0, 2048)),
+            ("4 quarter streams, prefetchnta 2 KiB on", () => HeadQuartersFetch<LineNonTemporal>(w, rows, n, scaled, y, 2048)),
+            ("4 quarter streams, prefetchnta 1 KiB on", () => HeadQuartersFetch<LineNonTemporal>(w, rows, n, scaled, y, 1024)),
+            ("4 quarter streams, prefetchnta 4 KiB on", () => HeadQuartersFetch<LineNonTemporal>(w, rows, n, scaled, y, 4096)),
+            ("4 quarter streams, prefetcht0 2 KiB on", () => HeadQuartersFetch<LineToL1>(w, rows, n, scaled, y, 2048)),
             ("2 half streams x 2 rows, prefetch 2 rows on", () => HeadQuarters(w, rows, n, scaled, y, 2, 2)),
             ("8 eighth streams, no prefetch", () => HeadEighths(w, rows, n, scaled, y)),
             ("MatMul, 2 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 2, py, rows, 0, rows); }),
@@ -235,6 +239,16 @@ public static unsafe class QuickDecodeVariants
                     HeadKernels.DotRawF16Rows4(w + (long)r * n, w + (long)(r + 1) * n, w + (long)(r + part) * n, w + (long)(r + part + 1) * n, n, px,
                         py + r, py + r + 1, py + r + part, py + r + part + 1, 2L * n * rowsAhead);
         }
+    }
+
+    /// <summary>Four quarter streams, each prefetched <paramref name="bytesAhead"/> on by <typeparamref name="TFetch"/>.</summary>
+    private static void HeadQuartersFetch<TFetch>(ushort* w, int rows, int n, float[] x, float[] y, long bytesAhead) where TFetch : ILinePrefetch
+    {
+        int part = rows / 4;
+        fixed (float* px = x, py = y)
+            for (int r = 0; r < part; r++)
+                HeadKernels.DotRawF16Rows4<TFetch>(w + (long)r * n, w + (long)(r + part) * n, w + (long)(r + 2 * part) * n, w + (long)(r + 3 * part) * n, n, px,
+                    py + r, py + r + part, py + r + 2 * part, py + r + 3 * part, bytesAhead);
     }
 
     /// <summary>Eight streams: one row from each eighth of the table per pass, eight FMA chains.</summary>

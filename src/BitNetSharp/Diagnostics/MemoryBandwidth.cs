@@ -16,6 +16,10 @@ public enum BandwidthPattern
 
     /// <summary>Four interleaved streams per thread (four quarters of its slice read side by side): more lines in flight.</summary>
     MultiStream,
+
+    /// <summary>Four streams per thread as <see cref="MultiStream"/>, each line prefetched non-temporally 2 KiB ahead, as the
+    /// ternary kernels' and the F16 head's stream loops do (prefetchnta: into L1, not installed in L2 or L3).</summary>
+    MultiStreamNonTemporal,
 }
 
 /// <summary>
@@ -83,7 +87,8 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
         {
             BandwidthPattern.Prefetch => Stream(p, n, prefetch: true),
             BandwidthPattern.Plain => Stream(p, n, prefetch: false),
-            _ => FourStreams(p, n),
+            BandwidthPattern.MultiStream => FourStreams(p, n, nonTemporal: false),
+            _ => FourStreams(p, n, nonTemporal: true),
         };
         _sink[worker % _sink.Length] += sum;
     }
@@ -137,8 +142,9 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
         return Vector128.Sum((e + f) + (g + h));
     }
 
-    /// <summary>Four streams, one per quarter of the slice, one 64-byte line of each per iteration.</summary>
-    private static long FourStreams(byte* p, long n)
+    /// <summary>Four streams, one per quarter of the slice, one 64-byte line of each per iteration; with
+    /// <paramref name="nonTemporal"/> each stream's line <see cref="StreamPrefetchBytes"/> ahead prefetched non-temporally.</summary>
+    private static long FourStreams(byte* p, long n, bool nonTemporal)
     {
         long q = n / 4 / 64 * 64;
         byte* p0 = p, p1 = p + q, p2 = p + 2 * q, p3 = p + 3 * q;
@@ -148,6 +154,7 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
             Vector512<long> a = default, b = default, c = default, d = default;
             for (long i = 0; i < q; i += 64)
             {
+                if (nonTemporal) PrefetchNonTemporal(p0 + i, p1 + i, p2 + i, p3 + i);
                 a += Vector512.Load((long*)(p0 + i));
                 b += Vector512.Load((long*)(p1 + i));
                 c += Vector512.Load((long*)(p2 + i));
@@ -160,6 +167,7 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
             Vector256<long> a = default, b = default, c = default, d = default;
             for (long i = 0; i < q; i += 64)
             {
+                if (nonTemporal) PrefetchNonTemporal(p0 + i, p1 + i, p2 + i, p3 + i);
                 a += Vector256.Load((long*)(p0 + i)) + Vector256.Load((long*)(p0 + i + 32));
                 b += Vector256.Load((long*)(p1 + i)) + Vector256.Load((long*)(p1 + i + 32));
                 c += Vector256.Load((long*)(p2 + i)) + Vector256.Load((long*)(p2 + i + 32));
@@ -169,6 +177,19 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
         }
         for (long i = 4 * q; i < n; i += 8) sum += *(long*)(p + i); // the tail when n is not a multiple of 256
         return sum;
+    }
+
+    /// <summary>How far ahead <see cref="BandwidthPattern.MultiStreamNonTemporal"/> prefetches each stream (the kernels' distance).</summary>
+    private const long StreamPrefetchBytes = Kernels.Avx512TernaryKernel.Dot512<Kernels.ShiftSplit>.StreamPrefetchBytes;
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveInlining)]
+    private static void PrefetchNonTemporal(byte* p0, byte* p1, byte* p2, byte* p3)
+    {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return;
+        System.Runtime.Intrinsics.X86.Sse.PrefetchNonTemporal(p0 + StreamPrefetchBytes);
+        System.Runtime.Intrinsics.X86.Sse.PrefetchNonTemporal(p1 + StreamPrefetchBytes);
+        System.Runtime.Intrinsics.X86.Sse.PrefetchNonTemporal(p2 + StreamPrefetchBytes);
+        System.Runtime.Intrinsics.X86.Sse.PrefetchNonTemporal(p3 + StreamPrefetchBytes);
     }
 
     public void Dispose() => _buffer.Dispose();

@@ -130,22 +130,22 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
 
         /// <summary>
         /// How far ahead of the four streams' current lines <see cref="DotRows4Streams"/> and <see cref="DotRows4Streams2"/>
-        /// prefetch (prefetcht1, each stream's line once per 64-byte step). On the Zen 5 EPYC (2B4T shape, 2 threads,
-        /// `bitnet profile --synthetic 2b4t -n 32 --kv-type int8`, the ternary rows' weight bytes over their time, runs
-        /// alternating between builds) 1 KiB read 48.4 GB/s mean over ten runs against 44.8 without (decode 44.2 against
-        /// 42.1 tok/s); 512 B and 2 KiB were in between and 4 KiB no better than none, as the 8 KiB
-        /// <see cref="TernaryKernel.PrefetchDistance"/> measured 6 % slower than none before. Two sequences (`-s 2`, three
-        /// pairs) 17.5–18.2 -> 18.9–20.2 GB/s, 39.9–40.9 -> 42.9–44.6 tok/s. One thread: level within the host's noise.
+        /// prefetch (<see cref="ICodeSplit512.FetchStream"/>: prefetchnta, each stream's line once per 64-byte step).
+        /// Before: prefetcht1 1 KiB ahead, which on the Zen 5 EPYC (2B4T shape, 2 threads, `bitnet profile`, alternating
+        /// builds) read 48.4 GB/s against 44.8 with no prefetch; 512 B and 2 KiB were in between, 4 KiB no better than none.
+        /// Now prefetchnta 2 KiB ahead: the line goes to L1 without being installed in L2 (nor, evicted, in the L3 that
+        /// Zen fills with L2's victims), so a weight stream read once no longer pushes out what is used again. `quick-decode
+        /// threads` (BitNetSharp.Benchmarks; 16 2B4T layers, 278 MB, one process, variants alternating, medians of 15
+        /// rounds), Zen 5 EPYC, 2 threads, four runs: 57.6, 52.7, 67.5, 69.8 GB/s against 49.9, 42.4, 58.8, 55.2 for t1 at
+        /// 1 KiB; prefetcht0 2 KiB 57.0, 53.4, 68.0 (level with nta); nta 1 KiB, 3 KiB and 4 KiB in between. One thread
+        /// 30.8 against 27.2. The bench keeps the alternatives as rows, to be measured on each CPU.
         /// </summary>
-        internal const long StreamPrefetchBytes = 1024;
+        internal const long StreamPrefetchBytes = 2048;
 
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         private static void PrefetchStreams(byte* w0, byte* w1, byte* w2, byte* w3)
         {
-            Sse.Prefetch1(w0 + StreamPrefetchBytes);
-            Sse.Prefetch1(w1 + StreamPrefetchBytes);
-            Sse.Prefetch1(w2 + StreamPrefetchBytes);
-            Sse.Prefetch1(w3 + StreamPrefetchBytes);
+            TSplit.FetchStream(w0); TSplit.FetchStream(w1); TSplit.FetchStream(w2); TSplit.FetchStream(w3);
         }
 
         /// <summary>64-byte steps per int16 chunk of the scaled sums: 8 steps × 2 pair sums × (−2048) = −32768.</summary>
@@ -486,12 +486,18 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
 
 /// <summary>Extracts the 2-bit code vectors (bit shift 6, 4, 2, 0) from 64 packed bytes. Four separate methods
 /// rather than one returning a tuple: a tuple of four Vector512 is returned through memory.</summary>
-public interface ICodeSplit512
+public unsafe interface ICodeSplit512
 {
     static abstract Vector512<byte> Code0(Vector512<byte> packed);
     static abstract Vector512<byte> Code1(Vector512<byte> packed);
     static abstract Vector512<byte> Code2(Vector512<byte> packed);
     static abstract Vector512<byte> Code3(Vector512<byte> packed);
+
+    /// <summary>The software prefetch of one weight stream's line at <paramref name="line"/> in the four-stream decode loops
+    /// (<see cref="Avx512TernaryKernel.Dot512{TSplit}.StreamPrefetchBytes"/> ahead, non-temporal). A split type may
+    /// replace it, which is how `quick-decode threads` times other prefetches against it in one process.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static virtual void FetchStream(byte* line) => Sse.PrefetchNonTemporal(line + Avx512TernaryKernel.Dot512<ShiftSplit>.StreamPrefetchBytes);
 }
 
 /// <summary>16-bit shifts plus a byte mask: 7 operations per 64 bytes.</summary>

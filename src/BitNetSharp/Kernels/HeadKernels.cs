@@ -66,8 +66,8 @@ public static unsafe class HeadKernels
                     // Four rows per pass, each its own FMA chain (one chain per row is latency-bound), on activations
                     // scaled for raw half bits. With four weight streams (TernaryKernel.WeightStreams) one row from each
                     // quarter of the range: four sequential streams far apart, which the hardware prefetchers follow, at
-                    // 512 bits each also prefetched StreamPrefetchBytes ahead; otherwise four adjacent rows, the same
-                    // columns of the next four prefetched. The rows left over take DotF16, which gives the same sums.
+                    // 512 bits each also prefetched StreamPrefetchBytes ahead (prefetchnta: read once, kept out of L2);
+                    // otherwise four adjacent rows, the same columns of the next four prefetched. The rows left over take DotF16, which gives the same sums.
                     int n = m.Cols;
                     int r = rowStart;
                     if (TernaryKernel.WeightStreams == 4)
@@ -77,7 +77,7 @@ public static unsafe class HeadKernels
                         {
                             int r1 = r + quarter, r2 = r1 + quarter, r3 = r2 + quarter;
                             ushort* w0 = (ushort*)m.Row(r), w1 = (ushort*)m.Row(r1), w2 = (ushort*)m.Row(r2), w3 = (ushort*)m.Row(r3);
-                            if (wide) DotRawF16Rows4(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, StreamPrefetchBytes);
+                            if (wide) DotRawF16Rows4<LineNonTemporal>(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, StreamPrefetchBytes);
                             else DotRawF16Rows4Avx2(w0, w1, w2, w3, n, scaled, y + r, y + r1, y + r2, y + r3, 0);
                         }
                         r = rowStart + 4 * quarter;
@@ -616,12 +616,23 @@ public static unsafe class HeadKernels
     /// 31–36 GB/s for the four streams, 24–27 for four adjacent rows with the next four prefetched, 20–22 without that
     /// prefetch, 27–31 for eight streams and 24–25 for a plain one-stream sum of the same bytes.
     /// </summary>
-    public static void DotRawF16Rows4(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, long prefetchAhead)
+    public static void DotRawF16Rows4(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, long prefetchAhead) =>
+        DotRawF16Rows4<LineToL2>(w0, w1, w2, w3, n, x, y0, y1, y2, y3, prefetchAhead);
+
+    /// <summary><see cref="DotRawF16Rows4(ushort*, ushort*, ushort*, ushort*, int, float*, float*, float*, float*, float*, long)"/>
+    /// with <typeparamref name="TFetch"/> as its prefetch (`quick-decode head` times the kinds against each other).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void DotRawF16Rows4<TFetch>(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, float* y0, float* y1, float* y2, float* y3, long prefetchAhead)
+        where TFetch : ILinePrefetch
     {
         Vector512<float> a0 = default, a1 = default, a2 = default, a3 = default;
         for (int i = 0; i < n; i += 32)
         {
-            if (prefetchAhead != 0) PrefetchRows4(w0 + i, w1 + i, w2 + i, w3 + i, prefetchAhead);
+            if (prefetchAhead != 0)
+            {
+                TFetch.Line((byte*)(w0 + i) + prefetchAhead); TFetch.Line((byte*)(w1 + i) + prefetchAhead);
+                TFetch.Line((byte*)(w2 + i) + prefetchAhead); TFetch.Line((byte*)(w3 + i) + prefetchAhead);
+            }
             var v = Vector512.Load(x + i);
             a0 = Vector512.FusedMultiplyAdd(RawHalves(w0 + i), v, a0); a1 = Vector512.FusedMultiplyAdd(RawHalves(w1 + i), v, a1);
             a2 = Vector512.FusedMultiplyAdd(RawHalves(w2 + i), v, a2); a3 = Vector512.FusedMultiplyAdd(RawHalves(w3 + i), v, a3);
@@ -645,7 +656,13 @@ public static unsafe class HeadKernels
     /// it and `quick-decode head` 30.2 against 27.1, and once `bitnet profile` stopped timing the JIT's recompiles, its
     /// head row (`profile --synthetic 2b4t -n 16|32 --kv-type int8`, six alternating pairs, 2 threads) read 46.1, 60.8,
     /// 59.7, 56.7, 55.4, 59.3 GB/s against 42.2, 49.8, 51.0, 55.1, 51.5, 53.3 without (every pair up, mean +11 %); with
-    /// one thread level within noise (mean 31.4 against 30.9, three pairs each way).
+    /// one thread level within noise (mean 31.4 against 30.9, three pairs each way). The single token's stream loop
+    /// prefetches non-temporally (<see cref="LineNonTemporal"/>; the few-token loops still prefetcht1): the lines go to L1
+    /// without being installed in L2, or in the L3 that Zen fills with L2's victims, as the ternary kernels' stream loops
+    /// (<see cref="Avx512TernaryKernel.Dot512{TSplit}.StreamPrefetchBytes"/>). `quick-decode head` (one thread, seven
+    /// rounds) 34.8 GB/s at 2 KiB against 32.5 for prefetcht1; `bitnet profile --synthetic 2b4t --kv-type int8 -n 64 -t 2`
+    /// (one build, a switch read at start, runs alternating), the head's median 8494, 8885, 9138 µs against 9064, 9230,
+    /// 9725 for prefetcht1 (1 KiB non-temporal: 9145, 9404, 10271, worse than both).
     /// </summary>
     internal const long StreamPrefetchBytes = 2048;
 
@@ -1114,4 +1131,28 @@ public static unsafe class HeadKernels
         }
         return sum;
     }
+}
+
+/// <summary>A software prefetch of one cache line, as a type, so that a loop can be specialized on it.</summary>
+public unsafe interface ILinePrefetch { static abstract void Line(byte* address); }
+
+/// <summary>prefetcht1: into L2 (and L3).</summary>
+public readonly unsafe struct LineToL2 : ILinePrefetch
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Line(byte* address) { if (Sse.IsSupported) Sse.Prefetch1(address); }
+}
+
+/// <summary>prefetcht0: into L1 and every level below.</summary>
+public readonly unsafe struct LineToL1 : ILinePrefetch
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Line(byte* address) { if (Sse.IsSupported) Sse.Prefetch0(address); }
+}
+
+/// <summary>prefetchnta: into L1, not installed in the outer levels (data read once).</summary>
+public readonly unsafe struct LineNonTemporal : ILinePrefetch
+{
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Line(byte* address) { if (Sse.IsSupported) Sse.PrefetchNonTemporal(address); }
 }
