@@ -171,6 +171,8 @@ public static unsafe class QuickDecodeVariants
         var x3 = new float[4 * n];
         x.CopyTo(x3, 0);
         for (int i = n; i < 4 * n; i++) x3[i] = (float)(rng.NextDouble() - 0.5);
+        var scaled3 = new float[4 * n]; // the four tokens scaled as the raw-half loops take them
+        for (int i = 0; i < 4 * n; i++) scaled3[i] = x3[i] * MathF.ScaleB(1f, 112);
         var variants = new (string Name, Action Run)[]
         {
             ($"MatVec, {TernaryKernel.WeightStreams} weight stream(s)", () => { fixed (float* px = x, py = y) HeadKernels.MatVec(head, px, py, 0, rows); }),
@@ -187,6 +189,10 @@ public static unsafe class QuickDecodeVariants
             ("MatMul, 2 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 2, py, rows, 0, rows); }),
             ("MatMul, 3 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 3, py, rows, 0, rows); }),
             ("MatMul, 4 tokens (weights GB/s)", () => { fixed (float* px = x3, py = y) HeadKernels.MatMul(head, px, 4, py, rows, 0, rows); }),
+            ("2 tokens, quarter streams, prefetcht1 2 KiB (before)", () => HeadFewFetch<HeadKernels.TwoTokens, LineToL2>(w, rows, n, scaled3, y, 2048)),
+            ("2 tokens, quarter streams, prefetcht0 2 KiB", () => HeadFewFetch<HeadKernels.TwoTokens, LineToL1>(w, rows, n, scaled3, y, 2048)),
+            ("2 tokens, quarter streams, prefetchnta 1 KiB", () => HeadFewFetch<HeadKernels.TwoTokens, LineNonTemporal>(w, rows, n, scaled3, y, 1024)),
+            ("4 tokens, quarter streams, prefetcht1 2 KiB (before)", () => HeadFewFetch<HeadKernels.FourTokens, LineToL2>(w, rows, n, scaled3, y, 2048)),
         };
         fixed (float* px = x, pc = check)
             for (int r = 0; r < rows; r++) pc[r] = HeadKernels.DotF16(w + (long)r * n, px, n);
@@ -239,6 +245,23 @@ public static unsafe class QuickDecodeVariants
                     HeadKernels.DotRawF16Rows4(w + (long)r * n, w + (long)(r + 1) * n, w + (long)(r + part) * n, w + (long)(r + part + 1) * n, n, px,
                         py + r, py + r + 1, py + r + part, py + r + part + 1, 2L * n * rowsAhead);
         }
+    }
+
+    /// <summary>The few-token head's loop (HeadKernels.MatMul, two to four tokens, four weight streams) with
+    /// <typeparamref name="TFetch"/> as its prefetch, <paramref name="bytesAhead"/> on: one row from each quarter per pass,
+    /// each widened once for <typeparamref name="TTile"/>'s tokens; y holds token 0's sums (what the check compares).</summary>
+    private static void HeadFewFetch<TTile, TFetch>(ushort* w, int rows, int n, float[] scaled, float[] y, long bytesAhead)
+        where TTile : struct, HeadKernels.IHeadTile where TFetch : ILinePrefetch
+    {
+        int part = rows / 4;
+        var acc = stackalloc Vector512<float>[16];
+        fixed (float* px = scaled, py = y)
+            for (int r = 0; r < part; r++)
+            {
+                HeadKernels.DotRawF16Rows4xT<HeadKernels.Raw512, Vector512<float>, TTile, TFetch>(w + (long)r * n, w + (long)(r + part) * n,
+                    w + (long)(r + 2 * part) * n, w + (long)(r + 3 * part) * n, n, px, n, bytesAhead, acc);
+                py[r] = Vector512.Sum(acc[0]); py[r + part] = Vector512.Sum(acc[1]); py[r + 2 * part] = Vector512.Sum(acc[2]); py[r + 3 * part] = Vector512.Sum(acc[3]);
+            }
     }
 
     /// <summary>Four quarter streams, each prefetched <paramref name="bytesAhead"/> on by <typeparamref name="TFetch"/>.</summary>

@@ -657,7 +657,7 @@ public static unsafe class HeadKernels
     /// head row (`profile --synthetic 2b4t -n 16|32 --kv-type int8`, six alternating pairs, 2 threads) read 46.1, 60.8,
     /// 59.7, 56.7, 55.4, 59.3 GB/s against 42.2, 49.8, 51.0, 55.1, 51.5, 53.3 without (every pair up, mean +11 %); with
     /// one thread level within noise (mean 31.4 against 30.9, three pairs each way). The single token's stream loop
-    /// prefetches non-temporally (<see cref="LineNonTemporal"/>; the few-token loops still prefetcht1): the lines go to L1
+    /// prefetches non-temporally (<see cref="LineNonTemporal"/>, as the few-token loop's four streams): the lines go to L1
     /// without being installed in L2, or in the L3 that Zen fills with L2's victims, as the ternary kernels' stream loops
     /// (<see cref="Avx512TernaryKernel.Dot512{TSplit}.StreamPrefetchBytes"/>). `quick-decode head` (one thread, seven
     /// rounds) 34.8 GB/s at 2 KiB against 32.5 for prefetcht1; `bitnet profile --synthetic 2b4t --kv-type int8 -n 64 -t 2`
@@ -676,6 +676,12 @@ public static unsafe class HeadKernels
     /// <see cref="DotF16"/>'s order, so every logit equals <see cref="MatVec"/>'s bit for bit. Before, two and three tokens
     /// took the generic per-row loop: on the 2B4T head (Zen 5 EPYC, 2 threads) a two-sequence decode step spent 27 ms in the
     /// head against ~11 ms for one sequence, for the same 657 MB; four tokens took the tiles below (~20 ms).
+    /// <para>The four streams prefetch non-temporally, as the single token's (they were prefetcht1, into L2). Zen 5 EPYC,
+    /// `bitnet profile --synthetic 2b4t --kv-type int8 -n 24|32`, one build with the prefetch read from a switch at start,
+    /// runs alternating, head median per step: 2 threads, 2 sequences: nta 11234, 11162, 11317 µs, t1 11672, 11442, 11411,
+    /// t0 11081, 11239, 11220; 1 thread, 2 sequences: nta 21301, 21148, t1 21936, 22871, t0 21317, 21587; 2 threads, 4
+    /// sequences: nta 15309, 14802, 14680, 18878, t1 16694, 15575, 19476, 20771, t0 14393, 14167, 15148, 18825. nta and t0
+    /// are level within the host's noise and both ahead of t1; nta keeps one rule for every stream loop.</para>
     /// </summary>
     private static void MatMulF16Few<TOps, TVec>(HeadMatrix m, float* x, float* scaled, int tokens, float* y, long yStride, int rowStart, int rowEnd)
         where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
@@ -687,12 +693,12 @@ public static unsafe class HeadKernels
         {
             int quarter = (rowEnd - rowStart) / 4;
             for (; r < rowStart + quarter; r++)
-                FewRows4<TOps, TVec>(m, scaled, tokens, y, yStride, r, r + quarter, r + 2 * quarter, r + 3 * quarter, StreamPrefetchBytes, acc);
+                FewRows4<TOps, TVec, LineNonTemporal>(m, scaled, tokens, y, yStride, r, r + quarter, r + 2 * quarter, r + 3 * quarter, StreamPrefetchBytes, acc);
             r = rowStart + 4 * quarter;
         }
         else
         {
-            for (; r + 4 <= rowEnd; r += 4) FewRows4<TOps, TVec>(m, scaled, tokens, y, yStride, r, r + 1, r + 2, r + 3, 8L * n, acc);
+            for (; r + 4 <= rowEnd; r += 4) FewRows4<TOps, TVec, LineToL2>(m, scaled, tokens, y, yStride, r, r + 1, r + 2, r + 3, 8L * n, acc);
         }
         for (; r < rowEnd; r++)
             for (int t = 0; t < tokens; t++) y[t * yStride + r] = DotF16((ushort*)m.Row(r), x + (long)t * n, n);
@@ -701,17 +707,17 @@ public static unsafe class HeadKernels
     /// <summary>Rows r0..r3 against the scaled tokens of <see cref="MatMulF16Few{TOps, TVec}"/>: one pass for all of them
     /// with 512-bit vectors; with 256-bit ones tokens 0 and 1 in one pass and a third in a second over the same rows.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void FewRows4<TOps, TVec>(HeadMatrix m, float* scaled, int tokens, float* y, long yStride, int r0, int r1, int r2, int r3, long prefetchAhead, TVec* acc)
-        where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged
+    private static void FewRows4<TOps, TVec, TFetch>(HeadMatrix m, float* scaled, int tokens, float* y, long yStride, int r0, int r1, int r2, int r3, long prefetchAhead, TVec* acc)
+        where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged where TFetch : ILinePrefetch
     {
         int n = m.Cols;
         ushort* w0 = (ushort*)m.Row(r0), w1 = (ushort*)m.Row(r1), w2 = (ushort*)m.Row(r2), w3 = (ushort*)m.Row(r3);
         int done = tokens;
-        if (TOps.Lanes == 16 && tokens == 4) DotRawF16Rows4xT<TOps, TVec, FourTokens>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
-        else if (TOps.Lanes == 16 && tokens == 3) DotRawF16Rows4xT<TOps, TVec, ThreeTokens>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
+        if (TOps.Lanes == 16 && tokens == 4) DotRawF16Rows4xT<TOps, TVec, FourTokens, TFetch>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
+        else if (TOps.Lanes == 16 && tokens == 3) DotRawF16Rows4xT<TOps, TVec, ThreeTokens, TFetch>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
         else
         {
-            DotRawF16Rows4xT<TOps, TVec, TwoTokens>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
+            DotRawF16Rows4xT<TOps, TVec, TwoTokens, TFetch>(w0, w1, w2, w3, n, scaled, n, prefetchAhead, acc);
             done = 2;
         }
         for (int t = 0; t < done; t++)
@@ -733,10 +739,10 @@ public static unsafe class HeadKernels
     /// vectors scaled by 2^112 (token j at x + j·<paramref name="stride"/>): acc[4j + k] is row k's sums with token j, each
     /// one FMA chain in <see cref="DotF16"/>'s order (lane l takes columns l, l + L, l + 2L, …). Each weight vector is
     /// widened once for all the tokens. With <paramref name="prefetchAhead"/> ≠ 0 each row's line that many bytes on is
-    /// prefetched into L2 once per 64 bytes read.
+    /// prefetched by <typeparamref name="TFetch"/> once per 64 bytes read.
     /// </summary>
-    public static void DotRawF16Rows4xT<TOps, TVec, TTile>(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, long stride, long prefetchAhead, TVec* acc)
-        where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged where TTile : struct, IHeadTile
+    public static void DotRawF16Rows4xT<TOps, TVec, TTile, TFetch>(ushort* w0, ushort* w1, ushort* w2, ushort* w3, int n, float* x, long stride, long prefetchAhead, TVec* acc)
+        where TOps : struct, IRawHalfOps<TVec> where TVec : unmanaged where TTile : struct, IHeadTile where TFetch : ILinePrefetch
     {
         int tokens = TTile.Tokens;
         TVec a0 = default, a1 = default, a2 = default, a3 = default, b0 = default, b1 = default, b2 = default, b3 = default;
@@ -744,7 +750,11 @@ public static unsafe class HeadKernels
         float* x1 = x + stride, x2 = x + 2 * stride, x3 = x + 3 * stride;
         for (int i = 0; i < n; i += TOps.Lanes)
         {
-            if (prefetchAhead != 0 && (i & 31) == 0) PrefetchRows4(w0 + i, w1 + i, w2 + i, w3 + i, prefetchAhead);
+            if (prefetchAhead != 0 && (i & 31) == 0)
+            {
+                TFetch.Line((byte*)(w0 + i) + prefetchAhead); TFetch.Line((byte*)(w1 + i) + prefetchAhead);
+                TFetch.Line((byte*)(w2 + i) + prefetchAhead); TFetch.Line((byte*)(w3 + i) + prefetchAhead);
+            }
             var h0 = TOps.Raw(w0 + i);
             var h1 = TOps.Raw(w1 + i);
             var h2 = TOps.Raw(w2 + i);
