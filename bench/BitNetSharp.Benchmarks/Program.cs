@@ -13,6 +13,12 @@ using BitNetSharp.Benchmarks;
 // Int8 attention:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-int8-attention [rounds]
 // GQA groups:       dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-gqa [positions] [headDim] [kvHeads]
 // Worker wake-up:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-wake [rounds] [trials]
+// Multiply rates:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-ops [rounds]   (ns per vpmaddubsw/vpmaddwd/vpdpbusd on this core)
+if (args.Length > 0 && args[0] == "quick-ops")
+{
+    QuickInstructionRates.Run(args.Length > 1 ? int.Parse(args[1]) : 7);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-wake")
 {
     BitNetSharp.Benchmarks.QuickWorkerWake.Run(args.Length > 1 ? int.Parse(args[1]) : 300, args.Length > 2 ? int.Parse(args[2]) : 3);
