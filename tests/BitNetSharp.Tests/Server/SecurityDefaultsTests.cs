@@ -195,7 +195,16 @@ public class SecurityDefaultsTests
         await TestServer.EventuallyAsync(async () =>
         {
             using var again = await KeepAliveAsync(endpoint);
-            return await HealthAsync(again) == 200;
+            try
+            {
+                return await HealthAsync(again) == 200;
+            }
+            catch (Xunit.Sdk.XunitException)
+            {
+                // While the slot is being released a new connection can be cut mid-answer (once, under a loaded CI run, it
+                // got fewer than 12 bytes); that is "not yet", and the wait still fails if no connection is ever served.
+                return false;
+            }
         }, "a freed connection slot");
         Assert.Equal(200, await HealthAsync(second)); // the held connection still works
     }
@@ -227,7 +236,9 @@ public class SecurityDefaultsTests
                 if (end < 0) continue;
                 var length = System.Text.RegularExpressions.Regex.Match(t, @"(?im)^content-length: *(\d+)");
                 if (length.Success && t.Length - end - 4 < int.Parse(length.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)) continue;
-                return int.Parse(t.AsSpan(9, 3), System.Globalization.CultureInfo.InvariantCulture);
+                var status = System.Text.RegularExpressions.Regex.Match(t, @"^HTTP/\d\.\d (\d{3})");
+                if (!status.Success) throw new Xunit.Sdk.XunitException($"not an HTTP answer: \"{t.ReplaceLineEndings("\\r\\n")}\"");
+                return int.Parse(status.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
             }
         }
         catch (SocketException)
