@@ -14,6 +14,11 @@ using BitNetSharp.Benchmarks;
 // GQA groups:       dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-gqa [positions] [headDim] [kvHeads]
 // Worker wake-up:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-wake [rounds] [trials]
 // Multiply rates:   dotnet run -c Release --project bench/BitNetSharp.Benchmarks -- quick-ops [rounds]   (ns per vpmaddubsw/vpmaddwd/vpdpbusd on this core)
+if (args.Length > 0 && args[0] == "quick-attn-variants")
+{
+    QuickAttentionVariants.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-ops")
 {
     QuickInstructionRates.Run(args.Length > 1 ? int.Parse(args[1]) : 7);

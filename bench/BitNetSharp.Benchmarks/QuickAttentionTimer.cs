@@ -19,6 +19,13 @@ namespace BitNetSharp.Benchmarks;
 /// </summary>
 public static class QuickAttentionTimer
 {
+    /// <summary>
+    /// QUICK_ATTENTION_AB=values: the weighted sum with its steady value prefetch stream and with the
+    /// first-pass prefetch before it (<see cref="BitNetSharp.Kernels.AttentionKernels.StreamValues"/>), alternating, instead
+    /// of split against whole.
+    /// </summary>
+    private static readonly bool Ab = Environment.GetEnvironmentVariable("QUICK_ATTENTION_AB") == "values";
+
     private static readonly int Layers = int.TryParse(Environment.GetEnvironmentVariable("QUICK_ATTENTION_LAYERS"), out int l) ? l : 4;
 
     /// <summary>QUICK_ATTENTION_TYPES=int8,f16 (names of <see cref="KvCacheType"/>, any case): only those types; default all.</summary>
@@ -48,6 +55,20 @@ public static class QuickAttentionTimer
                 using var whole = new Transformer(weights, 1, pool) { AttentionChunk = c.ContextLength };
                 double bestSplit = double.MaxValue, bestWhole = double.MaxValue;
                 var logits = new float[c.VocabSize];
+                if (Ab)
+                {
+                    // The weighted sum's value prefetch, the steady stream (on) against the first-pass hints (off), alternating rounds.
+                    double on = double.MaxValue, off = double.MaxValue;
+                    for (int round = 0; round < 7; round++)
+                    {
+                        BitNetSharp.Kernels.AttentionKernels.StreamValues = false;
+                        off = Math.Min(off, AttentionSeconds(split, cache, depth, logits));
+                        BitNetSharp.Kernels.AttentionKernels.StreamValues = true;
+                        on = Math.Min(on, AttentionSeconds(split, cache, depth, logits));
+                    }
+                    Console.WriteLine($"  {type,-8} values streamed on {on * 1e3 / Layers,7:F3} ms  off {off * 1e3 / Layers,7:F3} ms  speed {off / on:F2}x");
+                    continue;
+                }
                 for (int round = 0; round < 5; round++)
                 {
                     bestWhole = Math.Min(bestWhole, AttentionSeconds(whole, cache, depth, logits));
