@@ -26,6 +26,13 @@ public static class QuickAttentionTimer
     /// </summary>
     private static readonly bool Ab = Environment.GetEnvironmentVariable("QUICK_ATTENTION_AB") == "values";
 
+    /// <summary>
+    /// QUICK_ATTENTION_CHUNKS=256,1024,8192: the engine at each of these chunk lengths (Transformer.AttentionChunk),
+    /// alternating rounds, instead of split against whole: how the time grows with the number of chunks.
+    /// </summary>
+    private static readonly int[] Chunks = Array.ConvertAll((Environment.GetEnvironmentVariable("QUICK_ATTENTION_CHUNKS") ?? "")
+        .Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries), int.Parse);
+
     private static readonly int Layers = int.TryParse(Environment.GetEnvironmentVariable("QUICK_ATTENTION_LAYERS"), out int l) ? l : 4;
 
     /// <summary>QUICK_ATTENTION_TYPES=int8,f16 (names of <see cref="KvCacheType"/>, any case): only those types; default all.</summary>
@@ -67,6 +74,19 @@ public static class QuickAttentionTimer
                         on = Math.Min(on, AttentionSeconds(split, cache, depth, logits));
                     }
                     Console.WriteLine($"  {type,-8} values streamed on {on * 1e3 / Layers,7:F3} ms  off {off * 1e3 / Layers,7:F3} ms  speed {off / on:F2}x");
+                    continue;
+                }
+                if (Chunks.Length > 0)
+                {
+                    var engines = Array.ConvertAll(Chunks, n => new Transformer(weights, 1, pool) { AttentionChunk = n });
+                    var best = new double[Chunks.Length];
+                    Array.Fill(best, double.MaxValue);
+                    for (int round = 0; round < 7; round++)
+                        for (int e = 0; e < engines.Length; e++) best[e] = Math.Min(best[e], AttentionSeconds(engines[e], cache, depth, logits));
+                    foreach (var e in engines) e.Dispose();
+                    Console.Write($"  {type,-8} ms a layer by chunk:");
+                    for (int e = 0; e < Chunks.Length; e++) Console.Write($"  {Chunks[e]} {best[e] * 1e3 / Layers:F3}");
+                    Console.WriteLine();
                     continue;
                 }
                 for (int round = 0; round < 5; round++)

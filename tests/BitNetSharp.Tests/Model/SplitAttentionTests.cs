@@ -224,6 +224,50 @@ public unsafe class SplitAttentionTests
         }
     }
 
+    /// <summary>
+    /// The merge gives, bit for bit, f₀·o₀ then one fused multiply-add per chunk in order, with f_c = e^(m_c − M) / L, at
+    /// every head size through each vector path (171 = 128 + 32 + 8 + 3 values: the eight-chain block, the 32- and
+    /// 8-value slices and the scalar tail) and for one to forty chunks.
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(17)]
+    [InlineData(40)]
+    public void MergeIsTheOrderedFusedSumAtEveryWidth(int chunks)
+    {
+        var rng = new Random(chunks);
+        const int n = 171, stride = n + 2;
+        var partials = new float[chunks * stride];
+        for (int c = 0; c < chunks; c++)
+        {
+            for (int d = 0; d < n; d++) partials[c * stride + d] = (float)(rng.NextDouble() * 8 - 4);
+            partials[c * stride + n] = (float)(rng.NextDouble() * 6 - 3);     // the chunk's maximum
+            partials[c * stride + n + 1] = (float)(rng.NextDouble() * 50 + 1); // its sum
+        }
+        float top = float.NegativeInfinity;
+        for (int c = 0; c < chunks; c++) top = MathF.Max(top, partials[c * stride + n]);
+        var e = new float[chunks];
+        double total = 0;
+        for (int c = 0; c < chunks; c++)
+        {
+            e[c] = MathF.Exp(partials[c * stride + n] - top);
+            total += (double)partials[c * stride + n + 1] * e[c];
+        }
+        var f = new float[chunks];
+        for (int c = 0; c < chunks; c++) f[c] = (float)(e[c] / total);
+        var output = new float[n];
+        fixed (float* pp = partials)
+        fixed (float* po = output)
+            PartialSoftmax.Merge(pp, chunks, stride, n, n + 1, n, po);
+        for (int d = 0; d < n; d++)
+        {
+            float want = f[0] * partials[d];
+            for (int c = 1; c < chunks; c++) want = MathF.FusedMultiplyAdd(f[c], partials[c * stride + d], want);
+            Assert.True(BitConverter.SingleToInt32Bits(want) == BitConverter.SingleToInt32Bits(output[d]), $"d {d}: {output[d]:R} against {want:R}");
+        }
+    }
+
     /// <summary>Each chunk's partial, as the engine makes it: exponentiate, then Σ weight · V.</summary>
     private static void Merged(float[] s, float[][] v, int chunk, float* partials, int stride)
     {

@@ -40,7 +40,7 @@ public static unsafe class ArgMax
         {
             var m = Vector512.Create(float.NegativeInfinity);
             for (; i <= n - 16; i += 16) m = Vector512.Max(m, Vector512.Load(p + i));
-            max = MaxAcross(Vector256.Max(m.GetLower(), m.GetUpper()));
+            max = MaxAcross(m);
         }
         else if (TWidth.Bits >= 256 && Vector256.IsHardwareAccelerated && n >= 8)
         {
@@ -62,6 +62,9 @@ public static unsafe class ArgMax
     {
         fixed (float* p = x) return Max<WidestVector>(p, x.Length);
     }
+
+    /// <summary>The largest lane, taken as <see cref="Max{TWidth}"/> takes it.</summary>
+    internal static float MaxAcross(Vector512<float> m) => MaxAcross(Vector256.Max(m.GetLower(), m.GetUpper()));
 
     private static float MaxAcross(Vector256<float> m) => MaxAcross(Vector128.Max(m.GetLower(), m.GetUpper()));
 

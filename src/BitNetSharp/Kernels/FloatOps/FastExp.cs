@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace BitNetSharp.Kernels.FloatOps;
 
@@ -71,10 +72,23 @@ public static class FastExp
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P4));
         p = Vector512.FusedMultiplyAdd(p, r, Vector512.Create(P5));
         p = Vector512.FusedMultiplyAdd(p, r * r, r + Vector512<float>.One);
-        var k = Vector512.ConvertToInt32(n);
-        var half = Vector512.ShiftRightArithmetic(k, 1);
-        var bias = Vector512.Create(127);
-        var e = p * Vector512.ShiftLeft(half + bias, 23).AsSingle() * Vector512.ShiftLeft(k - half + bias, 23).AsSingle();
+        Vector512<float> e;
+        if (Avx512F.IsSupported)
+        {
+            // One vscalefps: p·2^n rounded once. The two-factor form below is the same number: its first factor
+            // (2^⌊n/2⌋, |⌊n/2⌋| ≤ 64) scales exactly, so only the second rounds, to the same correctly rounded p·2^n,
+            // +∞ included. It replaces the saturating float→int conversion (four instructions in .NET 10), the shifts,
+            // adds and the two multiplies: 11 of the ~40 instructions a vector. EXP_SPLIT=1 quick-attn-variants:
+            // attention's exponentials and sums per chunk of four heads on the Zen 5 EPYC 1.74 → see bench/results.
+            e = Avx512F.Scale(p, n);
+        }
+        else
+        {
+            var k = Vector512.ConvertToInt32(n);
+            var half = Vector512.ShiftRightArithmetic(k, 1);
+            var bias = Vector512.Create(127);
+            e = p * Vector512.ShiftLeft(half + bias, 23).AsSingle() * Vector512.ShiftLeft(k - half + bias, 23).AsSingle();
+        }
         e &= Vector512.GreaterThanOrEqual(x, Vector512.Create(Lowest)); // 0 below the clamp (NaN too, restored next)
         return Vector512.ConditionalSelect(Vector512.Equals(x, x), e, x);
     }
