@@ -78,8 +78,9 @@ public static class FastExp
             // One vscalefps: p·2^n rounded once. The two-factor form below is the same number: its first factor
             // (2^⌊n/2⌋, |⌊n/2⌋| ≤ 64) scales exactly, so only the second rounds, to the same correctly rounded p·2^n,
             // +∞ included. It replaces the saturating float→int conversion (four instructions in .NET 10), the shifts,
-            // adds and the two multiplies: 11 of the ~40 instructions a vector. EXP_SPLIT=1 quick-attn-variants:
-            // attention's exponentials and sums per chunk of four heads on the Zen 5 EPYC 1.74 → see bench/results.
+            // adds and the two multiplies: 11 of the ~40 instructions a vector. Zen 5 EPYC, EXP_SPLIT=1 quick-attn-variants,
+            // ns a position of four heads: bare exponential 0.92 → 0.61, attention's exponentiate 1.75 → 1.48
+            // (bench/results/attention-chunk-costs-amd-epyc-zen5-2core.md).
             e = Avx512F.Scale(p, n);
         }
         else
