@@ -14,7 +14,7 @@ namespace BitNetSharp.Benchmarks;
 /// scores two adjacent blocks a step (each broadcast query pair serves 32 positions) and four blocks from the four
 /// quarters (four streams); the weighted sum over V stored as position pairs interleaved by dimension (no unpack, one
 /// sign extension per 32 values). EXP_SPLIT=1 instead times the softmax pieces (maximum, exponentials and sum, bare
-/// exponential) per position of four heads. Kernels kept in the engine are in Kernels/; these stayed here because the
+/// exponential, the merge of 17 chunk partials) per position of four heads. Kernels kept in the engine are in Kernels/; these stayed here because the
 /// engine-level measurement did not support them (see bench/results/attention-value-stream-amd-epyc-zen5-2core.md).
 /// </summary>
 internal static unsafe class QuickAttentionVariants
