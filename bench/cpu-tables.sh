@@ -115,11 +115,17 @@ L.append("")
 for kv in ("int8", "f16"): L.append(f"- `{cmd('e2e-' + kv)}`")
 L.append(f"- ternary kernel dispatched: {json.load(open(os.path.join(work, 'e2e-int8.out'))).get('kernel', '?')}")
 L.append("")
-L.append("Attention ms/token = attention share × the step's p50 latency. Ratio = tg at the depth ÷ tg at depth 0. Probe = the")
+L.append("Attention ms/token = attention share × the step's p50 latency. Ratio = tg at the depth ÷ tg at depth 0, the median of the")
+L.append("ratios of repetitions run together (bench interleaves the depths), with their range. Probe = the")
 L.append("read bandwidth `bench` measured around that thread count's tests (the bound is probe ÷ bytes per token).")
 L.append("")
 L.append(f"| KV | threads | pp d0 t/s | tg d0 t/s | probe GB/s | tg d0 % of bound | tg d{depth} t/s | ratio | attention ms/token at d{depth} |")
 L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+def ratio(tgd, tg0):
+    if not tgd or not tg0: return "-"
+    if tgd.get("depth_ratio") is not None:
+        return f"{tgd['depth_ratio']:.2f} ({tgd['depth_ratio_min']:.2f}–{tgd['depth_ratio_max']:.2f})"
+    return f"{tgd['tokens_per_second'] / tg0['tokens_per_second']:.2f}"
 for kv in ("int8", "f16"):
     doc = json.load(open(os.path.join(work, f"e2e-{kv}.out")))
     res = doc["results"]
@@ -130,7 +136,7 @@ for kv in ("int8", "f16"):
         att = tgd["attention_share"] * tgd["latency_p50_ms"] if tgd and tgd.get("attention_share") is not None and tgd.get("latency_p50_ms") else None
         f = lambda r, k, fmt="{:.2f}": fmt.format(r[k]) if r and r.get(k) is not None else "-"
         L.append(f"| {kv} | {t} | {f(pp0, 'tokens_per_second')} | {f(tg0, 'tokens_per_second')} ± {f(tg0, 'stddev')} | {f(tg0, 'bandwidth_gbps', '{:.1f}')} | {f(tg0, 'percent_of_bound', '{:.1f} %')} | "
-                 f"{f(tgd, 'tokens_per_second')} ± {f(tgd, 'stddev')} | {(tgd['tokens_per_second'] / tg0['tokens_per_second']) if tgd and tg0 else float('nan'):.2f} | "
+                 f"{f(tgd, 'tokens_per_second')} ± {f(tgd, 'stddev')} | {ratio(tgd, tg0)} | "
                  f"{'-' if att is None else f'{att:.1f}'} |")
 L.append("")
 L.append("## Sequences decoding together (continuous batching), all threads")

@@ -29,7 +29,7 @@ public static class BenchCommand
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
         var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
         var sequences = new Option<string>("--sequences", "-s") { Description = "tg: sequences decoding together, comma-separated (e.g. 1,8); the figure is their aggregate tokens/s.", DefaultValueFactory = _ => "1" };
-        var depths = new Option<string?>("--depth", "-d", "--n-depth") { Description = "Tokens already in the KV cache before each pp/tg test, comma-separated (e.g. 0,1024,4096; llama-bench's -d): a prefill of that many tokens, not timed. Giving it also reports each test's attention share (one extra profiled pass)." };
+        var depths = new Option<string?>("--depth", "-d", "--n-depth") { Description = "Tokens already in the KV cache before each pp/tg test, comma-separated (e.g. 0,1024,4096; llama-bench's -d): a prefill of that many tokens, not timed. Giving it also reports each test's attention share (one extra profiled pass). Decode runs every depth's repetition r before any depth's r + 1 (all depths' caches held at once), and each tg row past the first depth shows its ratio to the first, paired by repetition: a drifting host slows both sides of each pair alike." };
         var ctxSize = new Option<int>("--ctx", "-c") { Description = "Context to allocate (default: the model's). Larger than the model's extends it, as llama-bench does for -d + -p/-n beyond the trained context." };
         var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions per test.", DefaultValueFactory = _ => 5 };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
@@ -120,6 +120,7 @@ public static class BenchCommand
                 return gbps;
             }
             var rows = new List<Row>();
+            var ratios = new Dictionary<ThroughputSample, PairedRatio>(ReferenceEqualityComparer.Instance);
             foreach (int t in threadCounts)
             {
                 using var pool = new WorkerPool(t);
@@ -129,38 +130,65 @@ public static class BenchCommand
                 int every = result.GetValue(healthAb) ?? -1;
                 if (result.GetValue(healthAb) is < 0) throw new UsageException($"--health-ab must be ≥ 0 (0: only the NaN/Inf checks); got {every}.");
                 int p = result.GetValue(prompt), n = result.GetValue(gen);
-                foreach (int d in depthList)
+                // One untimed fill per depth, shared by its pp and tg tests (each repetition truncates back to it). Every
+                // depth's cache is held at once, so that decode can interleave the depths repetition by repetition.
+                var prefixes = new KvCache?[depthList.Length];
+                try
                 {
-                    // One untimed fill per depth, shared by its pp and tg tests (each repetition truncates back to it).
-                    KvCache? prefix = null;
-                    if (d > 0)
+                    for (int i = 0; i < depthList.Length; i++)
                     {
+                        int d = depthList[i];
+                        if (d == 0) continue;
                         long fillStart = Stopwatch.GetTimestamp();
-                        prefix = ThroughputBenchmark.FillDepth(weights, pool, d, d + Math.Max(p, n), kv);
+                        prefixes[i] = ThroughputBenchmark.FillDepth(weights, pool, d, d + Math.Max(p, n), kv);
                         cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"depth {d}: cache filled in {Stopwatch.GetElapsedTime(fillStart).TotalSeconds:F1} s (not timed)"));
                     }
-                    try
+                    var byDepth = new List<ThroughputSample>[depthList.Length];
+                    for (int i = 0; i < depthList.Length; i++)
                     {
-                        if (p > 0) samples.Add(ThroughputBenchmark.Prefill(weights, pool, p, repetitions, kv, prefix, depthGiven));
-                        if (n > 0)
-                            foreach (int b in sequenceCounts)
+                        byDepth[i] = [];
+                        if (p > 0) byDepth[i].Add(ThroughputBenchmark.Prefill(weights, pool, p, repetitions, kv, prefixes[i], depthGiven));
+                    }
+                    if (n > 0)
+                        foreach (int b in sequenceCounts)
+                        {
+                            if (every >= 0)
                             {
-                                if (every < 0 || d > 0)
+                                // Health A/B at depth 0; the other depths as plain decode tests.
+                                for (int i = 0; i < depthList.Length; i++)
                                 {
-                                    samples.Add(ThroughputBenchmark.Decode(weights, pool, n, repetitions, kv, b, prefix, depthGiven));
-                                    continue;
+                                    if (depthList[i] > 0)
+                                    {
+                                        byDepth[i].Add(ThroughputBenchmark.Decode(weights, pool, n, repetitions, kv, b, prefixes[i], depthGiven));
+                                        continue;
+                                    }
+                                    var (off, on) = ThroughputBenchmark.DecodeHealthAB(weights, pool, n, repetitions, every, kv, b);
+                                    byDepth[i].Add(off);
+                                    byDepth[i].Add(on);
+                                    cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                                        $"health A/B, {t} threads, {b} sequence(s): on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
                                 }
-                                var (off, on) = ThroughputBenchmark.DecodeHealthAB(weights, pool, n, repetitions, every, kv, b);
-                                samples.Add(off);
-                                samples.Add(on);
-                                cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                                    $"health A/B, {t} threads, {b} sequence(s): on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
+                                continue;
                             }
-                    }
-                    finally
-                    {
-                        prefix?.Dispose();
-                    }
+                            // Every depth's repetition r before any depth's r + 1: the depth ratios pair samples taken together.
+                            var tg = ThroughputBenchmark.DecodeDepths(weights, pool, n, repetitions, prefixes, kv, b, depthGiven);
+                            for (int i = 0; i < tg.Length; i++)
+                            {
+                                byDepth[i].Add(tg[i]);
+                                if (i == 0) continue;
+                                if (ThroughputBenchmark.Paired(tg[i], tg[0]) is { } ratio)
+                                {
+                                    ratios[tg[i]] = ratio;
+                                    cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                                        $"{tg[i].Test} over depth {ratio.BaseDepth}, {t} thread(s), paired by repetition: {ratio.Median:F3} (range {ratio.Min:F3}–{ratio.Max:F3})"));
+                                }
+                            }
+                        }
+                    foreach (var atDepth in byDepth) samples.AddRange(atDepth);
+                }
+                finally
+                {
+                    foreach (var prefix in prefixes) prefix?.Dispose();
                 }
                 if (result.GetValue(profileAb) is { } pab)
                 {
@@ -173,7 +201,7 @@ public static class BenchCommand
                         $"profile A/B, {t} threads: on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
                 }
                 double bandwidth = Math.Max(before, Probe(pool));
-                rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken)));
+                rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken, ratios.TryGetValue(sample, out var ratio) ? ratio : null)));
             }
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
@@ -196,7 +224,8 @@ public static class BenchCommand
         return r.Length % 2 == 1 ? r[r.Length / 2] : (r[r.Length / 2 - 1] + r[r.Length / 2]) / 2;
     }
 
-    private sealed record Row(ThroughputSample Sample, double BandwidthGBps, long BytesPerToken)
+    /// <summary><paramref name="DepthRatio"/>: tg at this depth over tg at the first depth given, paired by repetition (null elsewhere).</summary>
+    private sealed record Row(ThroughputSample Sample, double BandwidthGBps, long BytesPerToken, PairedRatio? DepthRatio = null)
     {
         public bool IsGeneration => Sample.Test.StartsWith("tg", StringComparison.Ordinal);
         /// <summary>Weights read per second: a batched step reads them once for all its sequences.</summary>
@@ -267,25 +296,34 @@ public static class BenchCommand
             .AddColumn(new TableColumn("weights GB/s").RightAligned()).AddColumn(new TableColumn("read BW GB/s").RightAligned())
             .AddColumn(new TableColumn("BW bound t/s").RightAligned()).AddColumn(new TableColumn("% of bound").RightAligned())
             .AddColumn(new TableColumn("latency p50/p99 ms").RightAligned()).AddColumn(new TableColumn("attention %").RightAligned());
+        bool anyRatio = rows.Any(r => r.DepthRatio is not null);
+        if (anyRatio) table.AddColumn(new TableColumn("vs first depth").RightAligned());
         foreach (var r in rows)
-            table.AddRow(r.Sample.Test, r.Sample.Depth.ToString(CultureInfo.InvariantCulture), r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
+        {
+            var cells = new List<string>
+            {
+                r.Sample.Test, r.Sample.Depth.ToString(CultureInfo.InvariantCulture), r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
                 r.IsGeneration ? F(r.WeightGBps) : "-", F(r.BandwidthGBps), r.IsGeneration ? F(r.BoundTokensPerSecond) : "-",
                 r.IsGeneration ? F(r.PercentOfBound) + "%" : "-",
                 r.Sample.Latency is { Count: > 0 } l ? $"{F(l.P50 * 1e3, "F2")} / {F(l.P99 * 1e3, "F2")}" : "-",
-                r.Sample.AttentionShare is { } share ? F(100 * share) + "%" : "-");
+                r.Sample.AttentionShare is { } share ? F(100 * share) + "%" : "-",
+            };
+            if (anyRatio) cells.Add(r.DepthRatio is { } q ? $"{F(q.Median, "F3")} ({F(q.Min, "F3")}–{F(q.Max, "F3")})" : "-");
+            table.AddRow(cells.ToArray());
+        }
         cli.Ansi.Write(table);
     }
 
     private static void WriteCsv(CliConsole cli, Info info, List<Row> rows)
     {
         cli.Output.WriteLine("model,test,threads,tokens_per_second,stddev,weight_gbps,bandwidth_gbps,bound_tokens_per_second,percent_of_bound,load_seconds,peak_rss_bytes,file_bytes,"
-            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms,depth,attention_share");
+            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms,depth,attention_share,depth_ratio");
         foreach (var r in rows)
             cli.Output.WriteLine(string.Join(',', $"\"{info.Model}\"", r.Sample.Test, r.Sample.Threads, F(r.Sample.Mean, "F3"), F(r.Sample.StdDev, "F3"),
                 F(r.WeightGBps, "F3"), F(r.BandwidthGBps, "F3"), F(r.BoundTokensPerSecond, "F3"), F(r.PercentOfBound, "F2"),
                 F(info.LoadSeconds, "F3"), info.PeakRssBytes?.ToString(CultureInfo.InvariantCulture) ?? "", info.FileBytes,
                 Lat(r, l => l.P50), Lat(r, l => l.P95), Lat(r, l => l.P99), Lat(r, l => l.StdDev), r.IsGeneration ? "" : Lat(r, l => l.Mean),
-                r.Sample.Depth, r.Sample.AttentionShare is { } share ? F(share, "F4") : ""));
+                r.Sample.Depth, r.Sample.AttentionShare is { } share ? F(share, "F4") : "", r.DepthRatio is { } q ? F(q.Median, "F4") : ""));
     }
 
     private static string Lat(Row r, Func<Diagnostics.Profiling.LatencySummary, double> pick) =>
@@ -326,6 +364,10 @@ public static class BenchCommand
                 latency_p99_ms = r.Sample.Latency is { Count: > 0 } l3 ? l3.P99 * 1e3 : (double?)null,
                 latency_stddev_ms = r.Sample.Latency is { Count: > 0 } l4 ? l4.StdDev * 1e3 : (double?)null,
                 ttft_ms = !r.IsGeneration && r.Sample.Latency is { Count: > 0 } l5 ? l5.Mean * 1e3 : (double?)null,
+                depth_ratio = r.DepthRatio?.Median,
+                depth_ratio_min = r.DepthRatio?.Min,
+                depth_ratio_max = r.DepthRatio?.Max,
+                depth_ratio_base = r.DepthRatio?.BaseDepth,
             }),
         };
         output.WriteLine(JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));

@@ -34,6 +34,9 @@ public sealed record ThroughputSample(string Test, int Threads, double[] TokensP
     }
 }
 
+/// <summary>Throughput at one depth over throughput at <paramref name="BaseDepth"/>, paired by repetition: the median of the per-pair ratios and their range.</summary>
+public readonly record struct PairedRatio(double Median, double Min, double Max, int BaseDepth);
+
 /// <summary>
 /// llama-bench's two measurements on a loaded model: prompt processing (pp: one batch of N prompt tokens, logits
 /// for the last) and token generation (tg: N tokens one at a time from an empty context, logits every step, as
@@ -138,75 +141,131 @@ public static class ThroughputBenchmark
     /// name "tgN @ dD". <paramref name="attentionShare"/>: one more, profiled, run for <see cref="ThroughputSample.AttentionShare"/>.
     /// </summary>
     public static ThroughputSample Decode(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16, int sequences = 1,
-        KvCache? prefix = null, bool attentionShare = false)
+        KvCache? prefix = null, bool attentionShare = false) =>
+        DecodeDepths(weights, pool, tokens, repetitions, [prefix], kv, sequences, attentionShare)[0];
+
+    /// <summary>
+    /// <see cref="Decode"/> at several depths at once (one prefix per depth, null for an empty context), their
+    /// repetitions interleaved: repetition r runs at every depth, in order, before repetition r + 1 runs at any. A
+    /// host whose speed drifts (a shared VM) then slows every depth alike, and sample r of one depth pairs with sample
+    /// r of another taken in the same seconds: <see cref="PairedRatio"/> of two results is the depth ratio without the
+    /// drift between two blocks of runs. One engine serves every depth; each depth keeps its own caches.
+    /// <paramref name="onTimedRun"/> is told (depth index, repetition) before each timed run.
+    /// </summary>
+    public static ThroughputSample[] DecodeDepths(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, IReadOnlyList<KvCache?> prefixes,
+        KvCacheType kv = KvCacheType.F16, int sequences = 1, bool attentionShare = false, Action<int, int>? onTimedRun = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(repetitions);
+        if (prefixes.Count == 0) throw new ArgumentException("At least one depth (a null prefix for depth 0) is needed.", nameof(prefixes));
         var c = weights.Config;
-        int depth = prefix?.Length ?? 0;
-        if (prefix is not null && (prefix.Type != kv || depth + tokens > prefix.ContextLength))
-            throw new ArgumentException($"The prefix cache ({prefix.Type}, {depth} of {prefix.ContextLength} positions) has no room for {tokens} {kv} tokens.", nameof(prefix));
+        int depths = prefixes.Count;
+        var depthOf = new int[depths];
+        for (int i = 0; i < depths; i++)
+        {
+            var prefix = prefixes[i];
+            depthOf[i] = prefix?.Length ?? 0;
+            if (prefix is not null && (prefix.Type != kv || depthOf[i] + tokens > prefix.ContextLength))
+                throw new ArgumentException($"The prefix cache ({prefix.Type}, {depthOf[i]} of {prefix.ContextLength} positions) has no room for {tokens} {kv} tokens.", nameof(prefixes));
+        }
         using var engine = new Transformer(weights, sequences, pool);
-        var caches = new KvCache[sequences];
+        var caches = new KvCache[depths][];
         var logits = new float[(long)sequences * c.VocabSize];
         var batch = new BatchToken[sequences];
-        var samples = new double[repetitions];
-        var steps = new double[(long)tokens * repetitions];
-        void Run(int repetition)
+        var samples = new double[depths][];
+        var steps = new double[depths][];
+        void Run(int d, int repetition)
         {
-            foreach (var cache in caches) cache.Truncate(depth);
+            foreach (var cache in caches[d]) cache.Truncate(depthOf[d]);
             int token = 1;
             long last = Stopwatch.GetTimestamp();
             for (int i = 0; i < tokens; i++)
             {
                 for (int s = 0; s < sequences; s++)
                 {
-                    batch[s] = new BatchToken(token, s, depth + i, true);
+                    batch[s] = new BatchToken(token, s, depthOf[d] + i, true);
                     token = (token * 31 + 7) % c.VocabSize;
                 }
-                engine.Forward(batch, caches, logits);
+                engine.Forward(batch, caches[d], logits);
                 long now = Stopwatch.GetTimestamp();
-                if (repetition >= 0) steps[(long)repetition * tokens + i] = (double)(now - last) / Stopwatch.Frequency;
+                if (repetition >= 0) steps[d][(long)repetition * tokens + i] = (double)(now - last) / Stopwatch.Frequency;
                 last = now;
             }
         }
         try
         {
-            for (int s = 0; s < sequences; s++)
+            for (int d = 0; d < depths; d++)
             {
-                if (s == 0 && prefix is not null)
+                var prefix = prefixes[d];
+                caches[d] = new KvCache[sequences];
+                samples[d] = new double[repetitions];
+                steps[d] = new double[(long)tokens * repetitions];
+                for (int s = 0; s < sequences; s++)
                 {
-                    caches[0] = prefix;
-                    continue;
+                    if (s == 0 && prefix is not null)
+                    {
+                        caches[d][0] = prefix;
+                        continue;
+                    }
+                    caches[d][s] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, prefix?.ContextLength ?? Math.Min(c.ContextLength, tokens + 1), kv);
+                    if (prefix is not null) caches[d][s].CopyFrom(prefix);
                 }
-                caches[s] = new KvCache(c.Layers, c.KvHeads, c.HeadDim, prefix?.ContextLength ?? Math.Min(c.ContextLength, tokens + 1), kv);
-                if (prefix is not null) caches[s].CopyFrom(prefix);
             }
-            Run(-1); // warm-up
+            for (int d = 0; d < depths; d++) Run(d, -1); // warm-up
             Profiling.JitQuiet.Settle();
-            Run(-1);
+            for (int d = 0; d < depths; d++) Run(d, -1);
             for (int r = 0; r < repetitions; r++)
-            {
-                long start = Stopwatch.GetTimestamp();
-                Run(r);
-                samples[r] = (double)tokens * sequences / Stopwatch.GetElapsedTime(start).TotalSeconds;
-            }
+                for (int d = 0; d < depths; d++)
+                {
+                    onTimedRun?.Invoke(d, r);
+                    long start = Stopwatch.GetTimestamp();
+                    Run(d, r);
+                    samples[d][r] = (double)tokens * sequences / Stopwatch.GetElapsedTime(start).TotalSeconds;
+                }
             string name = sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}";
-            return new ThroughputSample(AtDepth(name, depth), pool.ThreadCount, samples, sequences)
+            var results = new ThroughputSample[depths];
+            for (int d = 0; d < depths; d++)
             {
-                Latency = LatencySummary.Of(steps),
-                Depth = depth,
-                AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, () => Run(-1)) : null,
-            };
+                int at = d;
+                results[d] = new ThroughputSample(AtDepth(name, depthOf[d]), pool.ThreadCount, samples[d], sequences)
+                {
+                    Latency = LatencySummary.Of(steps[d]),
+                    Depth = depthOf[d],
+                    AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, () => Run(at, -1)) : null,
+                };
+            }
+            return results;
         }
         finally
         {
-            foreach (var cache in caches)
+            for (int d = 0; d < depths; d++)
             {
-                if (cache is null) continue;
-                if (ReferenceEquals(cache, prefix)) cache.Truncate(depth);
-                else cache.Dispose();
+                if (caches[d] is null) continue;
+                foreach (var cache in caches[d])
+                {
+                    if (cache is null) continue;
+                    if (ReferenceEquals(cache, prefixes[d])) cache.Truncate(depthOf[d]);
+                    else cache.Dispose();
+                }
             }
         }
+    }
+
+    /// <summary>
+    /// The ratio of two results' throughput paired by repetition, sample r of <paramref name="test"/> over sample r of
+    /// <paramref name="baseline"/> (taken in the same seconds by <see cref="DecodeDepths"/>): the median of those ratios
+    /// and their range. Null when the two do not have the same number of samples.
+    /// </summary>
+    public static PairedRatio? Paired(ThroughputSample test, ThroughputSample baseline)
+    {
+        int n = test.TokensPerSecond.Length;
+        if (n == 0 || n != baseline.TokensPerSecond.Length) return null;
+        var r = new double[n];
+        for (int i = 0; i < n; i++) r[i] = test.TokensPerSecond[i] / baseline.TokensPerSecond[i];
+        Array.Sort(r);
+        double median = n % 2 == 1 ? r[n / 2] : (r[n / 2 - 1] + r[n / 2]) / 2;
+        return new PairedRatio(median, r[0], r[n - 1], baseline.Depth);
     }
 
     private static string AtDepth(string test, int depth) => depth > 0 ? $"{test} @ d{depth}" : test;

@@ -47,6 +47,38 @@ public class DepthBenchTests
     }
 
     [Fact]
+    public void DepthsInterleaveRepetitionByRepetitionAndPairTheirSamples()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var weights = ModelWeights.Load(TinyModel(dir));
+        using var pool = new WorkerPool(1);
+        using var d24 = ThroughputBenchmark.FillDepth(weights, pool, 24, 40, KvCacheType.Int8);
+        using var d8 = ThroughputBenchmark.FillDepth(weights, pool, 8, 40, KvCacheType.Int8);
+        var order = new List<(int Depth, int Repetition)>();
+        var results = ThroughputBenchmark.DecodeDepths(weights, pool, 6, 3, [null, d24, d8], KvCacheType.Int8, sequences: 2, attentionShare: true,
+            onTimedRun: (d, r) => order.Add((d, r)));
+        Assert.Equal([(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1), (0, 2), (1, 2), (2, 2)], order);
+        Assert.Equal(["tg6×2", "tg6×2 @ d24", "tg6×2 @ d8"], results.Select(r => r.Test));
+        Assert.Equal([0, 24, 8], results.Select(r => r.Depth));
+        Assert.All(results, r => Assert.Equal(3, r.TokensPerSecond.Length));
+        Assert.All(results, r => Assert.Equal(18, r.Latency!.Count)); // 6 steps x 3 repetitions each
+        Assert.All(results, r => Assert.InRange(r.AttentionShare!.Value, 1e-6, 1));
+        Assert.Equal(24, d24.Length); // truncated back: the prefixes are reusable
+        Assert.Equal(8, d8.Length);
+
+        // The paired ratio is the median of sample-by-sample ratios, with their range; no pairing across unequal counts.
+        var a = new ThroughputSample("tg", 1, [10, 20, 40]) { Depth = 4096 };
+        var b = new ThroughputSample("tg", 1, [20, 25, 50]) { Depth = 0 };
+        var q = ThroughputBenchmark.Paired(a, b)!.Value;
+        Assert.Equal(0.8, q.Median, 12);
+        Assert.Equal(0.5, q.Min, 12);
+        Assert.Equal(0.8, q.Max, 12);
+        Assert.Equal(0, q.BaseDepth);
+        Assert.Null(ThroughputBenchmark.Paired(a, new ThroughputSample("tg", 1, [1, 2])));
+        Assert.Equal(0.85, ThroughputBenchmark.Paired(new ThroughputSample("tg", 1, [5, 8, 9, 40]), new ThroughputSample("tg", 1, [10, 10, 10, 10]))!.Value.Median, 12);
+    }
+
+    [Fact]
     public void FillDepthEqualsTheSameTokensRunAsOnePrompt()
     {
         // The fill runs in batches of up to 512; a depth under that is one batch, so it must equal a plain prefill of
@@ -112,11 +144,20 @@ public class DepthBenchTests
             Assert.Equal(["pp8", "tg4", "pp8 @ d32", "tg4 @ d32"], results.EnumerateArray().Select(e => e.GetProperty("test").GetString()));
             Assert.Equal([0, 0, 32, 32], results.EnumerateArray().Select(e => e.GetProperty("depth").GetInt32()));
             Assert.All(results.EnumerateArray(), e => Assert.InRange(e.GetProperty("attention_share").GetDouble(), 1e-6, 1));
+            // The tg row past the first depth carries its ratio to the first, paired by repetition; the others none.
+            var deep = results[3];
+            double ratio = deep.GetProperty("depth_ratio").GetDouble();
+            Assert.Equal(0, deep.GetProperty("depth_ratio_base").GetInt32());
+            Assert.Equal(deep.GetProperty("samples")[0].GetDouble() / results[1].GetProperty("samples")[0].GetDouble(), ratio, 12); // one repetition: its own pair
+            Assert.Equal(ratio, deep.GetProperty("depth_ratio_min").GetDouble());
+            Assert.Equal(JsonValueKind.Null, results[1].GetProperty("depth_ratio").ValueKind);
+            Assert.Equal(JsonValueKind.Null, results[2].GetProperty("depth_ratio").ValueKind);
         }
+        Assert.Contains("tg4 @ d32 over depth 0, 1 thread(s), paired by repetition:", r.Error);
         var csv = Bench("-p", "8", "-n", "0", "-d", "16", "--csv");
         Assert.Equal(0, csv.Code);
         var lines = csv.Output.Trim().Split('\n');
-        Assert.EndsWith(",depth,attention_share", lines[0]);
+        Assert.EndsWith(",depth,attention_share,depth_ratio", lines[0]);
         Assert.Contains(",16,", lines[1]);
 
         var bad = Bench("-d", "x");
