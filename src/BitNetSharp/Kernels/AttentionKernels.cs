@@ -1638,7 +1638,7 @@ internal readonly unsafe struct Fp8Row : IKvRow
         if (float.IsInfinity(inv)) // max below ~1.3e-36: scale through double so 0·∞ never makes a NaN code
             for (int i = 0; i < x.Length; i++) row[i] = Fp8E4M3.FromFloat((float)(x[i] * (double)Fp8E4M3.MaxValue / max));
         else
-            for (int i = 0; i < x.Length; i++) row[i] = Fp8E4M3.FromFloat(x[i] * inv);
+            fixed (float* px = x) Fp8E4M3.Encode(px, inv, row, x.Length);
         return max / Fp8E4M3.MaxValue;
     }
 

@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 
 namespace BitNetSharp.Kernels.FloatOps;
 
@@ -34,6 +35,63 @@ public static class Fp8E4M3
         uint mantissa = bits & 0x7FFFFF;
         uint rounded = (mantissa + 0x7FFFF + ((mantissa >> 20) & 1)) >> 20; // 3 bits, may carry into the exponent
         return (byte)(sign | (((exponent + 7) << 3) + (int)rounded));
+    }
+
+    /// <summary>
+    /// codes[i] = <see cref="FromFloat"/>(x[i] · scale) for every i, sixteen (AVX-512) or thirty-two (AVX2) values a
+    /// step, the same bits as the scalar encoder: the normal range rounds the fp32 mantissa to three bits by integer add
+    /// (nearest even, the carry running into the exponent) and rebiases the exponent; below 2^−6 the code is
+    /// round_half_even(|y|·512) (<c>vcvtps2dq</c> in the default rounding mode); beyond 448 (±∞ included) it saturates
+    /// to 0x7E; NaN gives 0x7F; the sign is bit 7. The KV cache's fp8 rows are written through it.
+    /// </summary>
+    public static unsafe void Encode(float* x, float scale, byte* codes, int n)
+    {
+        int i = 0;
+        if (Vector512.IsHardwareAccelerated && Avx512F.IsSupported)
+        {
+            var f = Vector512.Create(scale);
+            for (; i <= n - 16; i += 16)
+                Avx512F.ConvertToVector128Byte(Encode16(Vector512.Load(x + i) * f)).Store(codes + i);
+        }
+        else if (Avx2.IsSupported)
+        {
+            var f = Vector256.Create(scale);
+            for (; i <= n - 32; i += 32)
+            {
+                var a = Vector256.Narrow(Encode8(Vector256.Load(x + i) * f), Encode8(Vector256.Load(x + i + 8) * f));
+                var b = Vector256.Narrow(Encode8(Vector256.Load(x + i + 16) * f), Encode8(Vector256.Load(x + i + 24) * f));
+                Vector256.Narrow(a, b).AsByte().Store(codes + i);
+            }
+        }
+        for (; i < n; i++) codes[i] = FromFloat(x[i] * scale);
+    }
+
+    private const uint SmallestNormalBits = 0x3C800000; // 2^−6
+    private const uint InfinityBits = 0x7F800000;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<uint> Encode16(Vector512<float> y)
+    {
+        var bits = y.AsUInt32();
+        var a = bits & Vector512.Create(0x7FFFFFFFu);
+        var normal = Vector512.ShiftRightLogical(a + Vector512.Create(0x7FFFFu) + (Vector512.ShiftRightLogical(a, 20) & Vector512<uint>.One), 20) - Vector512.Create(120u << 3);
+        var subnormal = Avx512F.ConvertToVector512UInt32(a.AsSingle() * Vector512.Create(512f)); // 0..8, rounded to nearest even
+        var code = Vector512.Min(Vector512.ConditionalSelect(Vector512.LessThan(a, Vector512.Create(SmallestNormalBits)), subnormal, normal), Vector512.Create(0x7Eu));
+        code = Vector512.ConditionalSelect(Vector512.GreaterThan(a, Vector512.Create(InfinityBits)), Vector512.Create((uint)NaNCode), code);
+        return code | (Vector512.ShiftRightLogical(bits, 24) & Vector512.Create(0x80u));
+    }
+
+    /// <summary><see cref="Encode16"/> in 256 bits, with signed compares (AVX2 has no unsigned ones; every magnitude here is below 2^31).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector256<int> Encode8(Vector256<float> y)
+    {
+        var bits = y.AsInt32();
+        var a = bits & Vector256.Create(0x7FFFFFFF);
+        var normal = Vector256.ShiftRightLogical(a + Vector256.Create(0x7FFFF) + (Vector256.ShiftRightLogical(a, 20) & Vector256<int>.One), 20) - Vector256.Create(120 << 3);
+        var subnormal = Avx.ConvertToVector256Int32(a.AsSingle() * Vector256.Create(512f));
+        var code = Vector256.Min(Vector256.ConditionalSelect(Vector256.LessThan(a, Vector256.Create((int)SmallestNormalBits)), subnormal, normal), Vector256.Create(0x7E));
+        code = Vector256.ConditionalSelect(Vector256.GreaterThan(a, Vector256.Create((int)InfinityBits)), Vector256.Create((int)NaNCode), code);
+        return code | (Vector256.ShiftRightLogical(bits, 24) & Vector256.Create(0x80));
     }
 
     /// <summary>The definition: (−1)^s · 2^(e−7) · (1 + m/8), subnormals 2^−6 · m/8, code 0x7F/0xFF NaN.</summary>

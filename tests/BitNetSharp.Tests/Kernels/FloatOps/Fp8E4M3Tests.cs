@@ -46,6 +46,42 @@ public class Fp8E4M3Tests
     }
 
     [Fact]
+    public unsafe void TheVectorEncoderGivesTheScalarCodesOverEveryExponent()
+    {
+        // Every 241st fp32 bit pattern (17.8 M values: every exponent, both signs, NaNs, infinities, fp32 subnormals),
+        // in blocks of 61 so each block runs the vector steps and a scalar tail, at scale 1; then the same values through
+        // scales that put them near the fp8 boundaries (2^−6, 448, the subnormal steps, ties).
+        const int Block = 61;
+        float* x = stackalloc float[Block];
+        byte* codes = stackalloc byte[Block];
+        uint bits = 0;
+        for (long done = 0; done < (1L << 32) / 241; done += Block)
+        {
+            for (int i = 0; i < Block; i++, bits += 241) x[i] = BitConverter.UInt32BitsToSingle(bits);
+            Fp8E4M3.Encode(x, 1f, codes, Block);
+            for (int i = 0; i < Block; i++)
+                if (codes[i] != Fp8E4M3.FromFloat(x[i]))
+                    Assert.Fail($"{x[i]:R} (0x{BitConverter.SingleToUInt32Bits(x[i]):X8}): vector 0x{codes[i]:X2}, scalar 0x{Fp8E4M3.FromFloat(x[i]):X2}");
+        }
+        var rng = new Random(11);
+        float[] scales = [1f, 448f, 0.015625f, 1f / 512, 1f / 1024, 3f / 2048, 448f / 0.7f, 1.0000001f, 0.99999994f];
+        for (int round = 0; round < 2000; round++)
+        {
+            for (int i = 0; i < Block; i++)
+                x[i] = (rng.Next(4)) switch
+                {
+                    0 => (float)(rng.NextDouble() * 2 - 1),
+                    1 => Fp8E4M3.ToFloat((byte)rng.Next(256)) * (rng.Next(2) == 0 ? 1f : 1.0625f),
+                    2 => (rng.Next(17) - 8) / 512f + (rng.Next(2) == 0 ? 0 : 1f / 1024),
+                    _ => (float)(rng.NextDouble() * 900 - 450),
+                };
+            float scale = scales[round % scales.Length];
+            Fp8E4M3.Encode(x, scale, codes, Block);
+            for (int i = 0; i < Block; i++) Assert.Equal(Fp8E4M3.FromFloat(x[i] * scale), codes[i]);
+        }
+    }
+
+    [Fact]
     public void RoundsToNearestEven()
     {
         Assert.Equal(1f, Fp8E4M3.ToFloat(Fp8E4M3.FromFloat(1.0625f)));     // halfway 1 | 1.125 → even mantissa 0
