@@ -44,6 +44,18 @@ if (args.Length > 0 && args[0] == "quick-int8-cold")
     QuickInt8AttentionCold.Run(args.Length > 1 ? int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
     return;
 }
+if (args.Length > 0 && args[0] == "quick-small-attention")
+{
+    foreach (var t in (args.Length > 2 ? args[2] : "f16,int8").Split(','))
+        if (Environment.GetEnvironmentVariable("SMALL_2B4T") == "1") QuickSmallAttention.Run(args.Length > 1 ? int.Parse(args[1]) : 64, Enum.Parse<BitNetSharp.Model.KvCacheType>(t, true), 20, 5, 128);
+        else QuickSmallAttention.Run(args.Length > 1 ? int.Parse(args[1]) : 64, Enum.Parse<BitNetSharp.Model.KvCacheType>(t, true));
+    return;
+}
+if (args.Length > 0 && args[0] == "quick-chunk-cost")
+{
+    QuickChunkCost.Run(args.Length > 1 ? int.Parse(args[1]) : 3);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-int8-attention")
 {
     QuickInt8AttentionKernels.Run(args.Length > 1 ? int.Parse(args[1]) : 3);
