@@ -51,6 +51,16 @@ if (args.Length > 0 && args[0] == "quick-small-attention")
         else QuickSmallAttention.Run(args.Length > 1 ? int.Parse(args[1]) : 64, Enum.Parse<BitNetSharp.Model.KvCacheType>(t, true));
     return;
 }
+if (args.Length > 1 && args[0] == "quick-spin-ab")
+{
+    QuickSpinAb.Run(args[1], args.Length > 2 ? int.Parse(args[2]) : 64, args.Length > 3 ? int.Parse(args[3]) : 5);
+    return;
+}
+if (args.Length > 0 && args[0] == "quick-call-latency")
+{
+    QuickCallLatency.Run(args.Length > 1 ? double.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture) : 3);
+    return;
+}
 if (args.Length > 0 && args[0] == "quick-chunk-cost")
 {
     QuickChunkCost.Run(args.Length > 1 ? int.Parse(args[1]) : 3);
