@@ -15,7 +15,7 @@ internal static class QuickSmallAttention
     public static void Run(int positions, KvCacheType type, int heads = 6, int kvHeads = 2, int hd = 64)
     {
         int group = heads / kvHeads, stride = positions;
-        using var cache = new KvCache(1, kvHeads, hd, 256, type);
+        using var cache = new KvCache(1, kvHeads, hd, Math.Max(256, positions), type);
         var rng = new Random(3);
         var k = new float[kvHeads * hd]; var v = new float[kvHeads * hd];
         for (int p = 0; p < positions; p++)
