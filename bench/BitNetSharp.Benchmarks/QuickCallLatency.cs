@@ -6,7 +6,8 @@ namespace BitNetSharp.Benchmarks;
 /// <summary>
 /// `quick-call-latency [gap µs]`: a two-thread <see cref="WorkerPool"/>'s round trip for a call of two empty items after
 /// the caller worked alone for gap µs (a decode step's serial stages between products), with the waits polling through
-/// <see cref="SpinWait"/> (yielding) and with <c>pause</c> alone (tight, <see cref="WorkerPool.TightSpin"/>), alternating.
+/// <see cref="SpinWait"/> (yielding) and with <c>pause</c> alone (tight, <see cref="WorkerPool.TightSpin"/>, inside a
+/// <see cref="WorkerPool.BeginTight"/> stretch as a forward pass is), alternating.
 /// </summary>
 internal static class QuickCallLatency
 {
@@ -24,6 +25,7 @@ internal static class QuickCallLatency
             foreach (bool tight in new[] { false, true })
             {
                 WorkerPool.TightSpin = tight;
+                pool.BeginTight(); // as inside a forward pass
                 var samples = new double[4000];
                 for (int i = 0; i < samples.Length; i++)
                 {
@@ -33,6 +35,7 @@ internal static class QuickCallLatency
                     pool.Run(work, 2, 1);
                     samples[i] = Stopwatch.GetElapsedTime(t0).TotalNanoseconds;
                 }
+                pool.EndTight();
                 Array.Sort(samples);
                 Console.WriteLine($"round {round + 1} {(tight ? "tight   " : "yielding")}: call ns p50 {samples[2000]:F0} p90 {samples[3600]:F0} p99 {samples[3960]:F0}");
             }

@@ -166,6 +166,20 @@ public sealed unsafe class Transformer : IDisposable
     /// </summary>
     public void Forward(ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches, Span<float> logits)
     {
+        // The pass's calls follow each other within microseconds: the pool's waits poll tight until it ends.
+        _pool.BeginTight();
+        try
+        {
+            ForwardPass(batch, caches, logits);
+        }
+        finally
+        {
+            _pool.EndTight();
+        }
+    }
+
+    private void ForwardPass(ReadOnlySpan<BatchToken> batch, IReadOnlyList<KvCache> caches, Span<float> logits)
+    {
         int n = batch.Length;
         if (n == 0) return;
         if (n > MaxBatchTokens) throw new ArgumentException($"The batch has {n} tokens; this engine was sized for at most {MaxBatchTokens}.", nameof(batch));

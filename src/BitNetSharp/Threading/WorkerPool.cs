@@ -24,18 +24,33 @@ public sealed class WorkerPool : IDisposable
     public static readonly TimeSpan SpinTime = TimeSpan.FromMilliseconds(5);
 
     /// <summary>
-    /// For this long after a call (<see cref="TightSpinTime"/>), a waiting thread (an idle worker, or the caller waiting
-    /// for the workers to finish) polls with <c>pause</c> alone; only later does it poll through <see cref="SpinWait"/>,
-    /// whose spins turn into <c>sched_yield</c> system calls after ten rounds, which left a decode step's next call waiting
-    /// about 0.7 µs longer for its worker. Zen 5 EPYC, two threads, `quick-call-latency 3` (an empty call after 3 µs of
-    /// caller-only work): round trip p50 1.1 µs yielding, 0.4 µs tight; the bundled model's decode on two threads
-    /// (`quick-spin-ab`, seven alternating rounds) +1.5 to +17 % (median +2.8 %), the 2B4T shape level. A field so that a
-    /// benchmark compares both in one process.
+    /// Inside a stretch of back-to-back calls (<see cref="BeginTight"/>: the engine marks each forward pass), for
+    /// <see cref="TightSpinTime"/> after a call a waiting thread (an idle worker, or the caller waiting for the workers)
+    /// polls with <c>pause</c> alone; otherwise it polls through <see cref="SpinWait"/>, whose spins turn into
+    /// <c>sched_yield</c> system calls after ten rounds, which left a decode step's next call waiting about 0.7 µs longer
+    /// for its worker. Between forward passes the waits yield as before, so other threads (a server's request handlers,
+    /// on a machine whose cores all compute) get a core between steps. Zen 5 EPYC, two threads, `quick-call-latency 3`
+    /// (an empty call after 3 µs of caller-only work): round trip p50 1.1 µs yielding, 0.4 µs tight; the bundled model's
+    /// decode on two threads (`quick-spin-ab`) +2.7 % median, the 2B4T shape level. A field so that a benchmark compares
+    /// both in one process.
     /// </summary>
     internal static bool TightSpin = true;
 
-    /// <summary>How long a waiting thread polls with <c>pause</c> alone before it polls through <see cref="SpinWait"/> (50 µs).</summary>
+    /// <summary>How long a waiting thread polls with <c>pause</c> alone, inside a <see cref="BeginTight"/> stretch, before it polls through <see cref="SpinWait"/> (50 µs).</summary>
     public static readonly TimeSpan TightSpinTime = TimeSpan.FromMicroseconds(50);
+
+    private int _tight;
+
+    /// <summary>
+    /// Starts a stretch of calls that follow each other closely (a forward pass: products, attention, the head), in
+    /// which the pool's waits poll tight (see <see cref="TightSpin"/>); pair with <see cref="EndTight"/>. Nests.
+    /// </summary>
+    public void BeginTight() => Interlocked.Increment(ref _tight);
+
+    /// <summary>Ends a stretch begun by <see cref="BeginTight"/>.</summary>
+    public void EndTight() => Interlocked.Decrement(ref _tight);
+
+    private bool Tight => TightSpin && Volatile.Read(ref _tight) > 0;
 
     private static readonly long TightTicks = (long)(TightSpinTime.TotalSeconds * Stopwatch.Frequency);
 
@@ -189,7 +204,7 @@ public sealed class WorkerPool : IDisposable
         Participate(work, 0);
 
         var spinner = new SpinWait();
-        if (TightSpin)
+        if (Tight)
         {
             long t0 = Stopwatch.GetTimestamp();
             while (Volatile.Read(ref _pending) != 0)
@@ -220,7 +235,7 @@ public sealed class WorkerPool : IDisposable
             while (Volatile.Read(ref _generation) == seen && !_disposed)
             {
                 long idle = Stopwatch.GetTimestamp() - started;
-                if (TightSpin && idle < TightTicks)
+                if (idle < TightTicks && Tight)
                 {
                     Thread.SpinWait(1);
                     continue;

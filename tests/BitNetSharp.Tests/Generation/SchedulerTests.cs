@@ -154,12 +154,16 @@ public sealed class SchedulerTests : IDisposable
         var e = await Assert.ThrowsAsync<TimeoutException>(() => Collect(waiting));
         Assert.Contains("0.02 s", e.Message);
 
+        // The engine holds before its second forward pass (the first gives the running request its first token) until the
+        // deadline has passed, whatever the machine's load: no race between this thread and 250 fast steps.
+        int forwards = 0;
+        using var hold = new ManualResetEventSlim(false);
+        s.BeforeForward = () => { if (Interlocked.Increment(ref forwards) == 2) hold.Wait(); };
         var running = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 250, IgnoreStopTokens = true, Timeout = TimeSpan.FromMilliseconds(30) });
         using var read = new CancellationTokenSource(Bound);
         await running.Events.ReadAsync(read.Token);
-        s.StepGate.Reset();
         Thread.Sleep(60); // past the deadline with tokens still to go
-        s.StepGate.Set();
+        hold.Set();
         await Assert.ThrowsAsync<TimeoutException>(async () => { await foreach (var _ in running.Events.ReadAllAsync(read.Token)) { } });
         Assert.Equal(2, s.Statistics.TimedOut);
         Assert.Equal(0, s.Statistics.RunningSequences);
