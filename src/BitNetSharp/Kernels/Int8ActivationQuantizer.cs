@@ -1,5 +1,6 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using BitNetSharp.Quantization;
 
 namespace BitNetSharp.Kernels;
@@ -76,7 +77,7 @@ public static unsafe class Int8ActivationQuantizer
 
     /// <summary>Vectorized quantization; <paramref name="q"/> past x.Length is zeroed (kernel padding).</summary>
     public static void Quantize(ReadOnlySpan<float> x, Span<sbyte> q, out float scale, out int sum) =>
-        Quantize(x, q, out scale, out sum, Vector256.IsHardwareAccelerated ? 256 : Vector128.IsHardwareAccelerated ? 128 : 0);
+        Quantize(x, q, out scale, out sum, Vector512.IsHardwareAccelerated && Avx512F.IsSupported ? 512 : Vector256.IsHardwareAccelerated ? 256 : Vector128.IsHardwareAccelerated ? 128 : 0);
 
     /// <summary>
     /// <see cref="Quantize(ReadOnlySpan{float}, Span{sbyte}, out float, out int)"/> with the vector width chosen
@@ -93,7 +94,48 @@ public static unsafe class Int8ActivationQuantizer
         fixed (float* px = x)
         fixed (sbyte* pq = q)
         {
-            if (vectorBits >= 256 && Vector256.IsHardwareAccelerated && n >= 32)
+            if (vectorBits >= 512 && Vector512.IsHardwareAccelerated && Avx512F.IsSupported && n >= 64)
+            {
+                // As the 256-bit path, 64 values a step: r = round_half_even(y) by vrndscaleps, then vcvtps2dq of the
+                // integral r (exact; .NET 10's saturating conversion takes four instructions where this takes one), a NaN
+                // lane (a row holding NaN) set to code 0 as that conversion gives, the clamp, vpmovdb.
+                var vs = Vector512.Create(s);
+                var near = Vector512.Create(NearTie);
+                var lo = Vector512.Create(-128);
+                var hi = Vector512.Create(127);
+                var acc = Vector512<int>.Zero;
+                for (; i <= n - 64; i += 64)
+                {
+                    var ya = Vector512.Load(px + i) * vs;
+                    var yb = Vector512.Load(px + i + 16) * vs;
+                    var yc = Vector512.Load(px + i + 32) * vs;
+                    var yd = Vector512.Load(px + i + 48) * vs;
+                    var ra = Vector512.Round(ya);
+                    var rb = Vector512.Round(yb);
+                    var rc = Vector512.Round(yc);
+                    var rd = Vector512.Round(yd);
+                    var a = Codes(ra, lo, hi);
+                    var b = Codes(rb, lo, hi);
+                    var c = Codes(rc, lo, hi);
+                    var d = Codes(rd, lo, hi);
+                    acc += (a + b) + (c + d);
+                    Avx512F.ConvertToVector128SByte(a).Store(pq + i);
+                    Avx512F.ConvertToVector128SByte(b).Store(pq + i + 16);
+                    Avx512F.ConvertToVector128SByte(c).Store(pq + i + 32);
+                    Avx512F.ConvertToVector128SByte(d).Store(pq + i + 48);
+                    var off = Vector512.MaxNative(Vector512.MaxNative(Vector512.Abs(ya - ra), Vector512.Abs(yb - rb)), Vector512.MaxNative(Vector512.Abs(yc - rc), Vector512.Abs(yd - rd)));
+                    if (Vector512.GreaterThanAny(off, near))
+                    {
+                        ulong lanes = Vector512.GreaterThan(Vector512.Abs(ya - ra), near).ExtractMostSignificantBits()
+                            | Vector512.GreaterThan(Vector512.Abs(yb - rb), near).ExtractMostSignificantBits() << 16
+                            | Vector512.GreaterThan(Vector512.Abs(yc - rc), near).ExtractMostSignificantBits() << 32
+                            | Vector512.GreaterThan(Vector512.Abs(yd - rd), near).ExtractMostSignificantBits() << 48;
+                        sum += FixNearTies(px + i, pq + i, lanes, gamma);
+                    }
+                }
+                sum += Vector512.Sum(acc);
+            }
+            if (vectorBits >= 256 && Vector256.IsHardwareAccelerated && n - i >= 32)
             {
                 var vs = Vector256.Create(s);
                 var near = Vector256.Create(NearTie);
@@ -128,7 +170,7 @@ public static unsafe class Int8ActivationQuantizer
                 }
                 sum += Vector256.Sum(acc);
             }
-            else if (vectorBits >= 128 && Vector128.IsHardwareAccelerated && n >= 16)
+            else if (vectorBits >= 128 && vectorBits < 512 && Vector128.IsHardwareAccelerated && n - i >= 16)
             {
                 var vs = Vector128.Create(s);
                 var near = Vector128.Create(NearTie);
@@ -230,6 +272,11 @@ public static unsafe class Int8ActivationQuantizer
         return MathF.Abs(y - r) > NearTie ? ExactCode(x, gamma) : Math.Clamp((int)r, -128, 127);
     }
 
+    /// <summary>clamp((int)r, −128, 127) of integral (or NaN) r: one vcvtps2dq, NaN lanes 0 as the saturating conversion gives.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector512<int> Codes(Vector512<float> r, Vector512<int> lo, Vector512<int> hi) =>
+        Vector512.Clamp(Avx512F.ConvertToVector512Int32(r) & Vector512.Equals(r, r).AsInt32(), lo, hi);
+
     /// <summary>Recodes the elements of a block whose bit is set in <paramref name="lanes"/> exactly; returns the change of Σq.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
     private static int FixNearTies(float* x, sbyte* q, ulong lanes, double gamma)
@@ -255,7 +302,21 @@ public static unsafe class Int8ActivationQuantizer
         float m = 0f;
         fixed (float* p = x)
         {
-            if (Vector256.IsHardwareAccelerated && n >= 8)
+            if (Vector512.IsHardwareAccelerated && n >= 64)
+            {
+                Vector512<float> a0 = Vector512<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
+                for (; i <= n - 64; i += 64)
+                {
+                    a0 = Vector512.Max(a0, Vector512.Abs(Vector512.Load(p + i)));
+                    a1 = Vector512.Max(a1, Vector512.Abs(Vector512.Load(p + i + 16)));
+                    a2 = Vector512.Max(a2, Vector512.Abs(Vector512.Load(p + i + 32)));
+                    a3 = Vector512.Max(a3, Vector512.Abs(Vector512.Load(p + i + 48)));
+                }
+                for (; i <= n - 16; i += 16) a0 = Vector512.Max(a0, Vector512.Abs(Vector512.Load(p + i)));
+                var acc = Vector512.Max(Vector512.Max(a0, a1), Vector512.Max(a2, a3));
+                for (int k = 0; k < 16; k++) m = MathF.Max(m, acc[k]);
+            }
+            else if (Vector256.IsHardwareAccelerated && n >= 8)
             {
                 Vector256<float> a0 = Vector256<float>.Zero, a1 = a0, a2 = a0, a3 = a0;
                 for (; i <= n - 32; i += 32)

@@ -144,6 +144,7 @@ public class ActivationQuantizerTieTests(ITestOutputHelper output)
     }
 
     [Theory]
+    [InlineData(512)]
     [InlineData(256)]
     [InlineData(128)]
     [InlineData(0)]
@@ -155,6 +156,32 @@ public class ActivationQuantizerTieTests(ITestOutputHelper output)
             Int8ActivationQuantizer.QuantizeReference(x, expected, out float s1, out int sum1);
             var actual = new sbyte[x.Length + 7];
             actual.AsSpan().Fill(99);
+            Int8ActivationQuantizer.Quantize(x, actual, out float s2, out int sum2, vectorBits);
+            Assert.Equal(s1, s2);
+            Assert.Equal(sum1, sum2);
+            Assert.Equal(expected, actual);
+        }
+    }
+
+    [Theory]
+    [InlineData(512)]
+    [InlineData(256)]
+    [InlineData(128)]
+    [InlineData(0)]
+    public void NonFiniteRowsGiveTheReferenceCodesAtEveryWidth(int vectorBits)
+    {
+        // A row with a NaN or an infinity (a corrupted weight upstream): whatever codes the reference gives, every path gives.
+        var rng = new Random(3);
+        foreach (float bad in new[] { float.NaN, float.PositiveInfinity, float.NegativeInfinity })
+        foreach (int length in new[] { 70, 130, 200 })
+        foreach (int at in new[] { 0, 17, length - 1 })
+        {
+            var x = new float[length];
+            for (int i = 0; i < length; i++) x[i] = (float)(rng.NextDouble() * 2 - 1);
+            x[at] = bad;
+            var expected = new sbyte[length];
+            Int8ActivationQuantizer.QuantizeReference(x, expected, out float s1, out int sum1);
+            var actual = new sbyte[length];
             Int8ActivationQuantizer.Quantize(x, actual, out float s2, out int sum2, vectorBits);
             Assert.Equal(s1, s2);
             Assert.Equal(sum1, sum2);
