@@ -50,6 +50,11 @@ public sealed class CliConsole
             Error.WriteLine($"error: {e.Message}");
             return 1;
         }
+        catch (InsufficientMemoryException e)
+        {
+            Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
         catch (Monitoring.NonFiniteLogitsException e)
         {
             Error.WriteLine($"error: {e.Message}");

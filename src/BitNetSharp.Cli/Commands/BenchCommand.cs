@@ -37,13 +37,14 @@ public static class BenchCommand
         var csv = new Option<bool>("--csv") { Description = "Print CSV." };
         var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
         var bandwidthOnly = new Option<bool>("--bandwidth-only") { Description = "Only measure this machine's read bandwidth per thread count (each access pattern, and the best: the bound) and exit." };
-        var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux)." };
+        var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux). The model file's bytes: --weight-pages." };
+        var weightPages = ModelOptions.NewWeightPagesOption();
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
         var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
-            model, synthetic, headType, prompt, gen, threads, sequences, depths, ctxSize, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages, bandwidthOnly,
+            model, synthetic, headType, prompt, gen, threads, sequences, depths, ctxSize, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages, weightPages, bandwidthOnly,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -77,7 +78,7 @@ public static class BenchCommand
                     using var probe = new MemoryBandwidth();
                     double best = probe.Measure(pool, repetitions: 5);
                     cli.Output.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                        $"threads {t}: {best:F1} GB/s ({probe.BestPattern.ToString().ToLowerInvariant()}) — {string.Join(", ", probe.ByPattern.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value:F1}"))}"));
+                        $"threads {t}: {best:F1} GB/s ({probe.BestPattern.ToString().ToLowerInvariant()}, {(probe.InHugePages ? "2 MiB" : "4 KiB")} pages) — {string.Join(", ", probe.ByPattern.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value:F1}"))}"));
                 }
                 return 0;
             }
@@ -86,7 +87,8 @@ public static class BenchCommand
             long t0 = Stopwatch.GetTimestamp();
             if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
             var headOnLoad = synth is null ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
-            using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption, HeadType = headOnLoad });
+            var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
+            using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption, HeadType = headOnLoad, WeightPages = pages });
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int context = weights.Config.ContextLength, maxDepth = depthList.Max();
@@ -113,7 +115,7 @@ public static class BenchCommand
                 {
                     gbps = probe.Measure(pool);
                     cli.Error.WriteLine(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                        $"read bandwidth, {pool.ThreadCount} thread(s): {gbps:F1} GB/s — best of {string.Join(", ", probe.ByPattern.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value:F1}"))}"));
+                        $"read bandwidth, {pool.ThreadCount} thread(s): {gbps:F1} GB/s — best of {string.Join(", ", probe.ByPattern.Select(kv => $"{kv.Key.ToString().ToLowerInvariant()} {kv.Value:F1}"))} ({(probe.InHugePages ? "2 MiB" : "4 KiB")} pages)"));
                 }
                 GC.Collect();
                 ResetPeakRss();
@@ -206,7 +208,8 @@ public static class BenchCommand
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
                 projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
-                $"{Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name}, {Kernels.TernaryKernel.WeightStreams} weight stream(s)", kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes());
+                $"{Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name}, {Kernels.TernaryKernel.WeightStreams} weight stream(s)", kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes(),
+                ModelOptions.DescribeWeightPages(weights), weights.Gguf?.InHugePages ?? false);
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
@@ -235,7 +238,8 @@ public static class BenchCommand
     }
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
-        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes);
+        long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes,
+        string WeightPages, bool WeightsInHugePages);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
     internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
@@ -290,6 +294,7 @@ public static class BenchCommand
         facts.AddRow("RSS after the tests", info.RssEndBytes is { } end ? $"{end / 1e9:F3} GB" : "-");
         facts.AddRow("kernel / KV cache", $"{info.Kernel} / {info.KvType}");
         facts.AddRow("head", $"{info.HeadType}, {info.HeadBytes / 1e6:F1} MB");
+        facts.AddRow("weights in memory", Markup.Escape(info.WeightPages));
         cli.Ansi.Write(facts);
         var table = new Table().Border(TableBorder.Rounded)
             .AddColumn("test").AddColumn(new TableColumn("depth").RightAligned()).AddColumn("threads").AddColumn(new TableColumn("t/s").RightAligned())
@@ -345,6 +350,8 @@ public static class BenchCommand
             kv_type = info.KvType,
             head_type = info.HeadType,
             head_bytes = info.HeadBytes,
+            weight_pages = info.WeightsInHugePages ? "huge" : "file",
+            weights_in_memory = info.WeightPages,
             results = rows.Select(r => new
             {
                 test = r.Sample.Test,

@@ -37,6 +37,7 @@ public static class EvalCommand
         };
         var bits = ModelOptions.NewActivationBitsOption();
         var headType = ModelOptions.NewHeadTypeOption();
+        var weightPages = ModelOptions.NewWeightPagesOption();
         var klBits = ModelOptions.NewActivationBitsOption("--kl-activation-bits");
         klBits.Description = "The reference's activation bit widths (same syntax as --activation-bits, over the reference model's own); without --kl-reference the reference is this model with them.";
         var saveLogits = new Option<string?>("--save-logits") { Description = "Save this model's next-token distributions to FILE, to be a later --kl-reference." };
@@ -46,7 +47,7 @@ public static class EvalCommand
         };
         var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
         {
-            model, data, ctx, stride, json, threads, kvType, bits, headType, klReference, klKvType, klBits, saveLogits, saveTop,
+            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -55,7 +56,7 @@ public static class EvalCommand
                 string dataPath = r.GetRequiredValue(data);
                 string text = TrainingCorpus.ReadText(dataPath);
                 var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)),
-                    new ModelLoadOptions { HeadType = ModelOptions.ParseHeadType(r.GetValue(headType)) });
+                    new ModelLoadOptions { HeadType = ModelOptions.ParseHeadType(r.GetValue(headType)), WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) });
                 using var _ = weights;
                 if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; eval needs one to turn the text into tokens.");
                 var fileBits = weights.ActivationBits;
@@ -102,7 +103,7 @@ public static class EvalCommand
                         var refKv = refKvText is null ? KvCacheType.F32 : ModelOptions.ParseKvType(refKvText);
                         if (refPath is not null)
                         {
-                            var (w2, t2) = ModelOptions.Load(refPath);
+                            var (w2, t2) = ModelOptions.Load(refPath, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) });
                             refWeights = w2;
                             if (w2.Config.VocabSize != weights.Config.VocabSize)
                                 throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");

@@ -21,6 +21,35 @@ public sealed class ModelOptions
 
     public Option<string?> HeadType { get; } = NewHeadTypeOption();
 
+    public Option<string?> WeightPagesSpec { get; } = NewWeightPagesOption();
+
+    public static Option<string?> NewWeightPagesOption() => new("--weight-pages")
+    {
+        Description = "Where a GGUF model's bytes live while it runs: file (the file mapped: nothing copied, shared with other processes), "
+            + "huge (a private copy in 2 MiB pages, Linux transparent huge pages: decode streams every weight, and 4 KiB pages cost a TLB miss each), "
+            + "auto (huge for models of 64 MiB or more where THP is available and free memory holds the copy, else file). Default: auto.",
+    };
+
+    /// <summary>--weight-pages's value (null: auto).</summary>
+    public static WeightPages ParseWeightPages(string? value) => value?.Trim().ToLowerInvariant() switch
+    {
+        null or "auto" => WeightPages.Auto,
+        "file" or "map" or "mmap" => WeightPages.File,
+        "huge" or "hugepages" => WeightPages.Huge,
+        _ => throw new UsageException($"--weight-pages '{value}' is not one of auto, file, huge."),
+    };
+
+    /// <summary>How the loaded model's bytes are held, for reports: "2 MiB pages (copy): N of M MiB backed" or "file mapping".</summary>
+    public static string DescribeWeightPages(ModelWeights weights)
+    {
+        if (weights.Gguf is not { } g) return "file mapping";
+        if (!g.InHugePages) return "file mapping (4 KiB pages)";
+        long backed = Math.Min(g.HugePageBackedBytes, g.FileLength);
+        return backed >= 0
+            ? $"private copy, 2 MiB pages: {backed / 1048576.0:F0} of {g.FileLength / 1048576.0:F0} MiB backed"
+            : "private copy advised for 2 MiB pages";
+    }
+
     public static Option<string?> NewHeadTypeOption() => new("--head-type")
     {
         Description = "Re-encode the output head as the model loads: f16, q8_0 or q6_k (default: as stored; the official 2B4T GGUF stores f16). "
@@ -37,8 +66,8 @@ public sealed class ModelOptions
         _ => throw new UsageException($"--head-type '{value}' is not one of f16, q8_0, q6_k."),
     };
 
-    /// <summary>What -c does not change but loading does: --head-type.</summary>
-    public ModelLoadOptions LoadOptions(ParseResult r) => new() { HeadType = ParseHeadType(r.GetValue(HeadType)) };
+    /// <summary>What -c does not change but loading does: --head-type, --weight-pages.</summary>
+    public ModelLoadOptions LoadOptions(ParseResult r) => new() { HeadType = ParseHeadType(r.GetValue(HeadType)), WeightPages = ParseWeightPages(r.GetValue(WeightPagesSpec)) };
 
     public static Option<string?> NewActivationBitsOption(string name = "--activation-bits") => new(name)
     {
@@ -54,6 +83,7 @@ public sealed class ModelOptions
         command.Options.Add(KvType);
         command.Options.Add(ActivationBitsSpec);
         command.Options.Add(HeadType);
+        command.Options.Add(WeightPagesSpec);
     }
 
     /// <summary>Loads the model of -m (or the bundled one) with --activation-bits applied.</summary>

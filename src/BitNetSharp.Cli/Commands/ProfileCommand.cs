@@ -33,12 +33,13 @@ public static class ProfileCommand
         var ab = new Option<int>("--ab") { Description = "Afterwards, decode N times with profiling off and on, alternating, and print the cost of profiling." };
         var peakMs = new Option<int>("--peak-ms") { Description = "Milliseconds each kernel-ceiling and unpack-split measurement runs.", DefaultValueFactory = _ => 250 };
         var mlock = new Option<bool>("--mlock") { Description = "Lock the model file's pages in RAM first (Linux mlock; needs RLIMIT_MEMLOCK)." };
-        var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux)." };
+        var hugePages = new Option<bool>("--hugepages") { Description = "Ask for transparent huge pages (madvise) on the runtime buffers ≥ 2 MiB: activations, KV cache, repacked weights (Linux). The model file's bytes: --weight-pages." };
+        var weightPages = ModelOptions.NewWeightPagesOption();
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var probeMb = new Option<int>("--probe-mb") { Description = "Size of the read-bandwidth probe buffer, MiB.", DefaultValueFactory = _ => 1024 };
         var command = new Command("profile", "Where each microsecond of prefill and decode goes, per operation and layer, against this machine's limits.")
         {
-            model, synthetic, headType, prompt, promptTokens, gen, threads, sequences, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock, hugePages,
+            model, synthetic, headType, prompt, promptTokens, gen, threads, sequences, kvType, layers, json, trace, ab, probeMb, cpus, peakMs, mlock, hugePages, weightPages,
         };
         command.SetAction(result => cli.Guard(() =>
         {
@@ -80,7 +81,7 @@ public static class ProfileCommand
 
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
             if (result.GetValue(hugePages)) EnableHugePages();
-            var (weights, tokenizer) = ModelOptions.Load(path);
+            var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(result.GetValue(weightPages)) });
             using var _ = weights;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int[] ids;
@@ -122,7 +123,7 @@ public static class ProfileCommand
             }
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes);
-            else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes);
+            else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights));
             if (result.GetValue(hugePages)) cli.Error.WriteLine(HugePagesReport());
             return 0;
         }));
@@ -194,7 +195,7 @@ public static class ProfileCommand
 
     private static string Ms(double seconds) => F(seconds * 1e3, "F2");
 
-    private static void WriteText(CliConsole cli, string name, ProfileReport r, bool layers, string? tracePath, long? traceBytes)
+    private static void WriteText(CliConsole cli, string name, ProfileReport r, bool layers, string? tracePath, long? traceBytes, string weightPages)
     {
         var o = cli.Output;
         var c = r.Config;
@@ -226,7 +227,7 @@ public static class ProfileCommand
         o.WriteLine();
         if (r.HardwareCountersUnavailable is { } hw) o.WriteLine($"hardware counters not available: {hw}");
         if (r.SoftwareCountersUnavailable is { } sw) o.WriteLine($"software counters not available: {sw}");
-        o.WriteLine($"memory: peak RSS {Gb(r.PeakRssBytes)}, weights mapped resident {Gb(r.Decode.After.MappedFileBytes)}, anonymous {Gb(r.Decode.After.AnonymousBytes)}");
+        o.WriteLine($"memory: peak RSS {Gb(r.PeakRssBytes)}, file-mapped resident {Gb(r.Decode.After.MappedFileBytes)}, anonymous {Gb(r.Decode.After.AnonymousBytes)}; weights: {weightPages}");
         if (r.AbOffTokensPerSecond is { } off && r.AbOnTokensPerSecond is { } on)
         {
             double mOff = off.Average(), mOn = on.Average();

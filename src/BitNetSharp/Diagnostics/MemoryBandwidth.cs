@@ -36,7 +36,9 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
 
     public MemoryBandwidth(long bytes = 1L << 30)
     {
-        _buffer = new NativeBuffer(bytes / (4 << 20) * (4 << 20), zero: false);
+        // In 2 MiB pages where Linux offers them: a plain loop over huge pages reads faster than over 4 KiB pages (fewer
+        // TLB misses; 72–77 against 56–63 GB/s on two Zen 5 threads), and the model's weights load into them too.
+        _buffer = new NativeBuffer(bytes / (4 << 20) * (4 << 20), zero: false, hugePages: Memory.HugePages.Available);
         for (long i = 0; i < _buffer.ByteLength; i += 1 << 20)
             new Span<byte>(_buffer.Pointer + i, (int)Math.Min(1 << 20, _buffer.ByteLength - i)).Fill(1);
         _sink = new long[64];
@@ -44,6 +46,9 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
 
     /// <summary>The pattern that gave the last <see cref="Measure"/>'s result, and every pattern's best GB/s.</summary>
     public BandwidthPattern BestPattern { get; private set; }
+
+    /// <summary>Whether the probe's buffer is in 2 MiB pages (advised; Linux with transparent huge pages available).</summary>
+    public bool InHugePages => _buffer.InHugePages;
 
     public IReadOnlyDictionary<BandwidthPattern, double> ByPattern => _byPattern;
 

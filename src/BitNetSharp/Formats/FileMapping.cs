@@ -16,6 +16,7 @@ internal sealed unsafe class FileMapping : IDisposable
     private GCHandle _pin;
     private byte* _pointer;
     private bool _pointerAcquired;
+    private void* _copy; // InHugePages: the 2 MiB-aligned private copy
     private bool _disposed;
 
     private FileMapping() { }
@@ -33,6 +34,15 @@ internal sealed unsafe class FileMapping : IDisposable
 
     public bool IsDisposed => _disposed;
 
+    /// <summary>
+    /// Whether the file was read into a private copy in 2 MiB-aligned memory advised for transparent huge pages
+    /// (<see cref="Open(string, bool)"/> with hugePages), instead of mapped.
+    /// </summary>
+    public bool InHugePages => _copy != null;
+
+    /// <summary>Bytes of the copy the kernel backs with huge pages now (−1: not a copy, or unknown).</summary>
+    public long HugePageBackedBytes => _copy != null ? Memory.HugePages.BackedBytes(_copy, Length) : -1;
+
     private const int MadvDontNeed = 4;
 
     [DllImport("libc", SetLastError = true)]
@@ -46,15 +56,40 @@ internal sealed unsafe class FileMapping : IDisposable
     /// </summary>
     public void ReleasePages(byte* start, long length)
     {
-        if (!_pointerAcquired || !OperatingSystem.IsLinux() || length <= 0) return;
+        if (!(_pointerAcquired || _copy != null) || !OperatingSystem.IsLinux() || length <= 0) return;
         if (start < _pointer || start + length > _pointer + Length) throw new ArgumentOutOfRangeException(nameof(start), "The range is outside the file.");
         long page = Environment.SystemPageSize;
         long first = ((long)start + page - 1) / page * page, end = ((long)start + length) / page * page;
-        if (end > first) madvise((void*)first, (nuint)(end - first), MadvDontNeed);
+        if (end <= first) return;
+        // A mapping's dropped pages fault back in from the file; a copy's read as zeros from now on, so the range is
+        // remembered and a later request for a tensor inside it fails instead of returning zeros.
+        if (_copy != null) _released.Add((first - (long)_pointer, end - (long)_pointer));
+        madvise((void*)first, (nuint)(end - first), MadvDontNeed);
+    }
+
+    private readonly List<(long Start, long End)> _released = [];
+
+    /// <summary>Throws when [offset, offset + length) of a copy overlaps bytes <see cref="ReleasePages"/> discarded.</summary>
+    public void CheckNotReleased(long offset, long length, string what)
+    {
+        foreach (var (start, end) in _released)
+            if (offset < end && offset + length > start)
+                throw new InvalidOperationException(
+                    $"{what}: its bytes were released from memory after the model re-encoded it at load (--head-type); open the file again to read it.");
     }
 
     /// <summary>Maps <paramref name="path"/> read-only; I/O failures become <see cref="ModelFormatException"/> naming the file.</summary>
-    public static FileMapping Open(string path)
+    public static FileMapping Open(string path) => Open(path, hugePages: false);
+
+    /// <summary>
+    /// <paramref name="path"/> as one pointer: mapped read-only, or with <paramref name="hugePages"/> (and a file of at
+    /// least 2 MiB) read into a private copy in 2 MiB-aligned memory advised MADV_HUGEPAGE, where Linux backs it with
+    /// 2 MiB pages: a decode step streams every weight once, and with 4 KiB pages that is a TLB miss every 4 KiB
+    /// (bench/results/weight-pages-amd-epyc-zen5-2core.md). The copy is private memory (not the shared page cache) and
+    /// costs a read of the file at open. I/O failures become <see cref="ModelFormatException"/> naming the file; memory
+    /// the copy cannot get is an <see cref="InsufficientMemoryException"/> saying so.
+    /// </summary>
+    public static FileMapping Open(string path, bool hugePages)
     {
         FileStream stream;
         try
@@ -81,6 +116,11 @@ internal sealed unsafe class FileMapping : IDisposable
                 mapping.PinArray([]);
                 return mapping;
             }
+            if (hugePages && mapping.Length >= Memory.HugePages.PageBytes)
+            {
+                using (stream) mapping.ReadCopy(stream, path);
+                return mapping;
+            }
             mapping._file = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
             mapping._view = mapping._file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             byte* p = null;
@@ -99,6 +139,46 @@ internal sealed unsafe class FileMapping : IDisposable
         {
             stream.Dispose();
             mapping.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Bytes each reader of <see cref="ReadCopy"/> takes at a time.</summary>
+    private const long CopyChunk = 64L << 20;
+
+    /// <summary>
+    /// Reads the whole file into a new huge-page-advised copy, a few chunks at once: first touches of fresh memory are
+    /// the slow part (the kernel, and under a hypervisor the host, back each new page), and they proceed in parallel.
+    /// </summary>
+    private void ReadCopy(FileStream stream, string path)
+    {
+        _copy = Memory.HugePages.AllocateAdvised(Length, out _, out _);
+        if (_copy == null)
+            throw new InsufficientMemoryException(
+                $"{path}: no {Length / 1e9:F2} GB of memory for a private copy of the model in huge pages; map the file instead (--weight-pages file).");
+        _pointer = (byte*)_copy;
+        nint start = (nint)_copy;
+        long length = Length;
+        var handle = stream.SafeFileHandle;
+        int chunks = (int)((length + CopyChunk - 1) / CopyChunk);
+        try
+        {
+            Parallel.For(0, chunks, new ParallelOptions { MaxDegreeOfParallelism = Math.Clamp(Environment.ProcessorCount, 1, 8) }, c =>
+            {
+                long at = c * CopyChunk, end = Math.Min(length, at + CopyChunk);
+                while (at < end)
+                {
+                    int n = RandomAccess.Read(handle, new Span<byte>((byte*)start + at, (int)(end - at)), at);
+                    if (n <= 0) throw new ModelFormatException(path, $"the file ended at byte {at} of {length} while it was read (was it truncated meanwhile?)");
+                    at += n;
+                }
+            });
+        }
+        catch (AggregateException e)
+        {
+            var first = e.Flatten().InnerExceptions[0];
+            if (first is IOException io) throw new ModelFormatException(path, $"cannot read the file: {io.Message}", inner: io);
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(first).Throw();
             throw;
         }
     }
@@ -125,6 +205,11 @@ internal sealed unsafe class FileMapping : IDisposable
         _view?.Dispose();
         _file?.Dispose();
         if (_pin.IsAllocated) _pin.Free();
+        if (_copy != null)
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree(_copy);
+            _copy = null;
+        }
         _pointer = null;
     }
 }

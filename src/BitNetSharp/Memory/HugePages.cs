@@ -76,11 +76,88 @@ public static unsafe class HugePages
         return -1;
     }
 
-    /// <summary>Allocates for <see cref="NativeBuffer"/>: 2 MiB-aligned and advised when enabled and large enough, else null.</summary>
-    internal static void* TryAllocate(long byteLength, out bool advised)
+    /// <summary>Whether huge pages can be asked for here: Linux with transparent huge pages not set to never.</summary>
+    public static bool Available => OperatingSystem.IsLinux() && SystemSetting() is { } s && !s.Contains("[never]", StringComparison.Ordinal);
+
+    /// <summary>
+    /// <paramref name="byteLength"/> bytes (rounded up to whole 2 MiB pages, <paramref name="rounded"/>), 2 MiB-aligned
+    /// and advised MADV_HUGEPAGE whatever <see cref="Enabled"/> says; <paramref name="advised"/> is false where the
+    /// kernel refused the advice. Not zeroed. Free with <see cref="NativeMemory.AlignedFree"/>; null when the memory
+    /// cannot be had.
+    /// </summary>
+    internal static void* AllocateAdvised(long byteLength, out long rounded, out bool advised)
     {
         advised = false;
-        if (!Enabled || byteLength < PageBytes || !OperatingSystem.IsLinux()) return null;
+        rounded = (Math.Max(byteLength, 1) + PageBytes - 1) / PageBytes * PageBytes;
+        void* p;
+        try
+        {
+            p = NativeMemory.AlignedAlloc((nuint)rounded, (nuint)PageBytes);
+        }
+        catch (OutOfMemoryException)
+        {
+            return null;
+        }
+        if (OperatingSystem.IsLinux() && madvise(p, (nuint)rounded, MadvHugePage) == 0)
+        {
+            Interlocked.Add(ref _advised, rounded);
+            advised = true;
+        }
+        else if (OperatingSystem.IsLinux()) LastError = Marshal.GetLastPInvokeError();
+        return p;
+    }
+
+    /// <summary>MemAvailable of /proc/meminfo (memory the kernel could hand out without swapping), or null where unknown.</summary>
+    public static long? AvailableMemoryBytes()
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/meminfo"))
+                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
+                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        {
+        }
+        return null;
+    }
+
+    /// <summary>Huge-page-backed bytes of [p, p + length) now (AnonHugePages of its mapping in /proc/self/smaps), or −1 when unreadable.</summary>
+    public static long BackedBytes(void* p, long length)
+    {
+        if (!OperatingSystem.IsLinux()) return -1;
+        try
+        {
+            ulong start = (ulong)p, end = start + (ulong)length, sum = 0;
+            bool inside = false, any = false;
+            foreach (var line in File.ReadLines("/proc/self/smaps"))
+            {
+                int dash = line.IndexOf('-');
+                int space = line.IndexOf(' ');
+                if (dash > 0 && space > dash && ulong.TryParse(line.AsSpan(0, dash), System.Globalization.NumberStyles.HexNumber, null, out ulong lo)
+                    && ulong.TryParse(line.AsSpan(dash + 1, space - dash - 1), System.Globalization.NumberStyles.HexNumber, null, out ulong hi))
+                {
+                    inside = lo < end && hi > start; // a mapping header line
+                    any |= inside;
+                    continue;
+                }
+                if (inside && line.StartsWith("AnonHugePages:", StringComparison.Ordinal))
+                    sum += ulong.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+            }
+            return any ? (long)sum : -1;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        {
+            return -1;
+        }
+    }
+
+    /// <summary>Allocates for <see cref="NativeBuffer"/>: 2 MiB-aligned and advised when enabled and large enough, else null.</summary>
+    internal static void* TryAllocate(long byteLength, out bool advised, bool force = false)
+    {
+        advised = false;
+        if (!(Enabled || force) || byteLength < PageBytes || !OperatingSystem.IsLinux()) return null;
         long rounded = (byteLength + PageBytes - 1) / PageBytes * PageBytes;
         void* p = NativeMemory.AlignedAlloc((nuint)rounded, (nuint)PageBytes);
         if (madvise(p, (nuint)rounded, MadvHugePage) == 0)

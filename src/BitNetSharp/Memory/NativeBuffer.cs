@@ -13,17 +13,25 @@ public sealed unsafe class NativeBuffer : IDisposable
     private void* _pointer;
     private readonly bool _hugePages;
 
-    public NativeBuffer(long byteLength, bool zero = true)
+    public NativeBuffer(long byteLength, bool zero = true) : this(byteLength, zero, hugePages: false)
+    {
+    }
+
+    /// <param name="hugePages">Advise huge pages for this buffer (≥ 2 MiB, Linux) even while <see cref="HugePages.Enabled"/> is off.</param>
+    public NativeBuffer(long byteLength, bool zero, bool hugePages)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(byteLength);
         ByteLength = byteLength;
-        _pointer = HugePages.TryAllocate(byteLength, out _hugePages);
+        _pointer = HugePages.TryAllocate(byteLength, out _hugePages, force: hugePages);
         if (_pointer == null) _pointer = NativeMemory.AlignedAlloc((nuint)Math.Max(byteLength, 1), Alignment);
         if (zero) NativeMemory.Clear(_pointer, (nuint)Math.Max(byteLength, 1));
         if (byteLength > 0) GC.AddMemoryPressure(byteLength);
     }
 
     public long ByteLength { get; }
+
+    /// <summary>Whether the buffer is 2 MiB-aligned and advised for transparent huge pages.</summary>
+    public bool InHugePages => _hugePages;
 
     public byte* Pointer
     {

@@ -35,9 +35,15 @@ public sealed unsafe class GgufFile : IDisposable
     }
 
     /// <summary>Maps and validates <paramref name="path"/>; any defect is a <see cref="ModelFormatException"/>.</summary>
-    public static GgufFile Open(string path)
+    public static GgufFile Open(string path) => Open(path, hugePages: false);
+
+    /// <summary>
+    /// Opens and validates <paramref name="path"/>; with <paramref name="hugePages"/> (a file of at least 2 MiB) read
+    /// into a private copy in huge pages instead of mapped (see <see cref="InHugePages"/>).
+    /// </summary>
+    public static GgufFile Open(string path, bool hugePages)
     {
-        var mapping = FileMapping.Open(path);
+        var mapping = FileMapping.Open(path, hugePages);
         try
         {
             return new GgufFile(mapping, GgufReader.Parse(mapping.Pointer, mapping.Length, path));
@@ -66,6 +72,12 @@ public sealed unsafe class GgufFile : IDisposable
     }
 
     public string FilePath { get; }
+
+    /// <summary>Whether the file's bytes are a private copy in 2 MiB-aligned, huge-page-advised memory rather than a mapping.</summary>
+    public bool InHugePages => _mapping.InHugePages;
+
+    /// <summary>Bytes of that copy the kernel backs with 2 MiB pages now (−1: mapped, or unknown).</summary>
+    public long HugePageBackedBytes => _mapping.HugePageBackedBytes;
 
     /// <summary>2 or 3.</summary>
     public uint Version { get; }
@@ -107,6 +119,7 @@ public sealed unsafe class GgufFile : IDisposable
         ArgumentNullException.ThrowIfNull(tensor);
         if ((uint)tensor.Index >= (uint)_tensors.Length || !ReferenceEquals(_tensors[tensor.Index], tensor))
             throw new ArgumentException($"Tensor '{tensor.Name}' does not belong to {FilePath}.", nameof(tensor));
+        _mapping.CheckNotReleased(DataOffset + tensor.Offset, tensor.ByteSize, $"{FilePath}: tensor '{tensor.Name}'");
         return _mapping.Pointer + DataOffset + tensor.Offset;
     }
 

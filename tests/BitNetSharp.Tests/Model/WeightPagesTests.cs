@@ -1,0 +1,127 @@
+using System.Text.Json;
+using BitNetSharp.Cli;
+using BitNetSharp.Cli.Commands;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Memory;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Threading;
+
+namespace BitNetSharp.Tests.Model;
+
+/// <summary><see cref="ModelLoadOptions.WeightPages"/> (<c>--weight-pages</c>): a model file read into a private copy in 2 MiB pages.</summary>
+public class WeightPagesTests
+{
+    private static string Fixture => RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
+
+    private static void SkipWithoutHugePages() =>
+        Assert.SkipUnless(HugePages.Available, "transparent huge pages need Linux with THP not set to never");
+
+    [Fact]
+    public unsafe void HugePageCopyHoldsTheFileBytesAndSmallFilesAreMapped()
+    {
+        SkipWithoutHugePages();
+        using var dir = new TestGguf.TempDirectory();
+        string big = dir.File("big.bin"), small = dir.File("small.bin");
+        var bytes = new byte[5 * (int)HugePages.PageBytes / 2 + 123]; // 5 MiB + 123: a partial last page
+        new Random(5).NextBytes(bytes);
+        File.WriteAllBytes(big, bytes);
+        File.WriteAllBytes(small, bytes.AsSpan(0, 1 << 20).ToArray());
+
+        using (var copy = FileMapping.Open(big, hugePages: true))
+        {
+            Assert.True(copy.InHugePages);
+            Assert.Equal(0, (long)copy.Pointer % HugePages.PageBytes);
+            Assert.Equal(bytes.Length, copy.Length);
+            Assert.True(new ReadOnlySpan<byte>(copy.Pointer, bytes.Length).SequenceEqual(bytes));
+            Assert.InRange(copy.HugePageBackedBytes, 0, HugePages.PageBytes * 3);
+        }
+        using (var mapped = FileMapping.Open(big, hugePages: false))
+        {
+            Assert.False(mapped.InHugePages);
+            Assert.True(new ReadOnlySpan<byte>(mapped.Pointer, bytes.Length).SequenceEqual(bytes));
+        }
+        using (var below = FileMapping.Open(small, hugePages: true)) // under one huge page: mapped as before
+            Assert.False(below.InHugePages);
+    }
+
+    private static float[] Logits(ModelWeights w, int[] tokens)
+    {
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, tokens.Length, pool);
+        using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, tokens.Length);
+        var logits = new float[tokens.Length * w.Config.VocabSize];
+        engine.Forward(tokens.Select((t, i) => new BatchToken(t, 0, i, true)).ToArray(), [cache], logits);
+        return logits;
+    }
+
+    [Fact]
+    public void ACopyRunsTheSameModelAsTheMapping()
+    {
+        SkipWithoutHugePages();
+        using var mapped = ModelWeights.Load(Fixture, new ModelLoadOptions { WeightPages = WeightPages.File });
+        using var copied = ModelWeights.Load(Fixture, new ModelLoadOptions { WeightPages = WeightPages.Huge });
+        Assert.False(mapped.Gguf!.InHugePages);
+        Assert.True(copied.Gguf!.InHugePages);
+        int[] tokens = [1, 17, 300, 4, 99, 2048];
+        Assert.Equal(Logits(mapped, tokens), Logits(copied, tokens));
+    }
+
+    /// <summary>
+    /// A head re-encoded at load releases the stored table's pages. A mapping faults them back in from the file; a
+    /// copy would read zeros, so reading that tensor afterwards is refused with a message instead.
+    /// </summary>
+    [Fact]
+    public void AReleasedTableOfACopyIsRefusedNotReadAsZeros()
+    {
+        SkipWithoutHugePages();
+        using var mapped = ModelWeights.Load(Fixture, new ModelLoadOptions { WeightPages = WeightPages.File, HeadType = GgmlType.F16 });
+        using var copied = ModelWeights.Load(Fixture, new ModelLoadOptions { WeightPages = WeightPages.Huge, HeadType = GgmlType.F16 });
+        using var original = GgufFile.Open(Fixture);
+        var stored = original.GetTensorData("token_embd.weight").ToArray();
+        Assert.True(mapped.Gguf!.GetTensorData("token_embd.weight").SequenceEqual(stored));
+        var e = Assert.Throws<InvalidOperationException>(() => copied.Gguf!.GetTensorData("token_embd.weight").ToArray());
+        Assert.Contains("token_embd.weight", e.Message);
+        Assert.Contains("released", e.Message);
+        Assert.True(copied.Gguf!.GetTensorData("output_norm.weight").SequenceEqual(original.GetTensorData("output_norm.weight"))); // the rest reads as stored
+        int[] tokens = [1, 5, 9];
+        Assert.Equal(Logits(mapped, tokens), Logits(copied, tokens));
+    }
+
+    [Fact]
+    public void AutoCopiesLargeFilesOnly()
+    {
+        var auto = new ModelLoadOptions();
+        Assert.Equal(WeightPages.Auto, auto.WeightPages);
+        Assert.False(auto.UseHugePages(ModelLoadOptions.AutoHugePagesMinBytes - 1));
+        Assert.True(new ModelLoadOptions { WeightPages = WeightPages.Huge }.UseHugePages(10));
+        Assert.False(new ModelLoadOptions { WeightPages = WeightPages.File }.UseHugePages(1L << 40));
+        if (!HugePages.Available) Assert.False(auto.UseHugePages(1L << 30));
+        Assert.False(auto.UseHugePages(1L << 50)); // more than any machine's free memory: mapped
+    }
+
+    [Fact]
+    public void CliTakesWeightPagesAndReportsThem()
+    {
+        Assert.Equal(WeightPages.Huge, ModelOptions.ParseWeightPages("huge"));
+        Assert.Equal(WeightPages.File, ModelOptions.ParseWeightPages("FILE"));
+        Assert.Equal(WeightPages.Auto, ModelOptions.ParseWeightPages(null));
+        var bad = Assert.Throws<UsageException>(() => ModelOptions.ParseWeightPages("big"));
+        Assert.Contains("--weight-pages", bad.Message);
+
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.Equal(2, Program.Run(["generate", "-m", Fixture, "-p", "Once", "-n", "1", "--weight-pages", "big"], output, error));
+        Assert.Contains("--weight-pages 'big'", error.ToString());
+
+        SkipWithoutHugePages();
+        output = new StringWriter();
+        error = new StringWriter();
+        int code = Program.Run(["bench", "-m", Fixture, "-p", "0", "-n", "2", "-t", "1", "-r", "1", "--weight-pages", "huge", "--json"], output, error);
+        Assert.True(code == 0, error.ToString());
+        using var doc = JsonDocument.Parse(output.ToString());
+        Assert.Equal("huge", doc.RootElement.GetProperty("weight_pages").GetString());
+        Assert.Contains("2 MiB pages", doc.RootElement.GetProperty("weights_in_memory").GetString());
+    }
+}
