@@ -16,7 +16,7 @@ public class HeadTypeOnLoadTests
 
     private static string BundledModel => RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf");
 
-    private static unsafe float[] Logits(ModelWeights w, int[] tokens)
+    internal static unsafe float[] Logits(ModelWeights w, int[] tokens)
     {
         using var pool = new WorkerPool(1);
         using var engine = new Transformer(w, tokens.Length, pool);

@@ -6,7 +6,6 @@ using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Memory;
 using BitNetSharp.Model;
 using BitNetSharp.Tests.Formats;
-using BitNetSharp.Threading;
 
 namespace BitNetSharp.Tests.Model;
 
@@ -46,15 +45,7 @@ public class WeightPagesTests
             Assert.False(below.InHugePages);
     }
 
-    private static float[] Logits(ModelWeights w, int[] tokens)
-    {
-        using var pool = new WorkerPool(2);
-        using var engine = new Transformer(w, tokens.Length, pool);
-        using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, tokens.Length);
-        var logits = new float[tokens.Length * w.Config.VocabSize];
-        engine.Forward(tokens.Select((t, i) => new BatchToken(t, 0, i, true)).ToArray(), [cache], logits);
-        return logits;
-    }
+    private static float[] Logits(ModelWeights w, int[] tokens) => HeadTypeOnLoadTests.Logits(w, tokens);
 
     [Fact]
     public void ACopyRunsTheSameModelAsTheMapping()
