@@ -118,6 +118,7 @@ public static class ServeCommand
             string path = ModelOptions.ResolveModel(VariableFor(result, model.Model, env, ModelVariable) ?? result.GetValue(model.Model));
             string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
             var loadOptions = model.LoadOptions(result);
+            string? weightsNote = null;
             var generator = model.Generator(result) with
             {
                 Threads = IntSetting(result, model.Threads, env, ThreadsVariable, 0, 4096, "a number of threads (0: physical cores)"),
@@ -186,6 +187,7 @@ public static class ServeCommand
                 LoadModel = () =>
                 {
                     var (weights, tokenizer) = ModelOptions.Load(path, loadOptions);
+                    weightsNote = ModelOptions.DescribeWeightPages(weights);
                     try
                     {
                         ModelOptions.ApplyActivationBits(weights, bitsSpec);
@@ -206,7 +208,7 @@ public static class ServeCommand
             {
                 throw new UsageException(e.Message.Split(" (Parameter '")[0]);
             }
-            return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), cancellation).GetAwaiter().GetResult();
+            return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, cancellation).GetAwaiter().GetResult();
         })));
         return command;
     }
@@ -214,7 +216,7 @@ public static class ServeCommand
     public const string ShutdownTimeoutOption = "--shutdown-timeout";
     public const double DefaultShutdownSeconds = 25;
 
-    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, TimeSpan drain, CancellationToken cancellation)
+    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, TimeSpan drain, Func<string?> weightsNote, CancellationToken cancellation)
     {
         await using var server = await BitNetServer.StartAsync(options, cancellation);
         bool loopback = IPAddress.IsLoopback(BitNetServer.ParseHost(options.Host));
@@ -225,6 +227,7 @@ public static class ServeCommand
         {
             await server.Ready.WaitAsync(cancellation);
             cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics); Ctrl-C stops.");
+            if (weightsNote() is { } note) cli.Error.WriteLine($"weights in memory: {note} (--weight-pages)");
             await Task.Delay(Timeout.Infinite, cancellation);
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)

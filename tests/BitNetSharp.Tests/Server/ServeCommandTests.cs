@@ -143,6 +143,7 @@ public class ServeCommandTests
             lock (stderr) log = stderr.ToString();
             Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}:\n{log}");
             Assert.Contains("for up to 7 s", log);
+            Assert.Contains("weights in memory: file mapping (4 KiB pages)", log); // a 5 MB model stays mapped under --weight-pages auto
         }
         finally
         {
