@@ -123,13 +123,17 @@ public static unsafe class HugePages
         return null;
     }
 
-    /// <summary>Huge-page-backed bytes of [p, p + length) now (AnonHugePages of its mapping in /proc/self/smaps), or −1 when unreadable.</summary>
+    /// <summary>
+    /// Huge-page-backed bytes of [p, p + length) now, or −1 when unreadable: per mapping of /proc/self/smaps that overlaps
+    /// the range, its AnonHugePages capped at the overlap. Adjacent advised buffers can share one mapping, so where they
+    /// do this is an upper bound.
+    /// </summary>
     public static long BackedBytes(void* p, long length)
     {
         if (!OperatingSystem.IsLinux()) return -1;
         try
         {
-            ulong start = (ulong)p, end = start + (ulong)length, sum = 0;
+            ulong start = (ulong)p, end = start + (ulong)length, sum = 0, overlap = 0;
             bool inside = false, any = false;
             foreach (var line in File.ReadLines("/proc/self/smaps"))
             {
@@ -139,11 +143,12 @@ public static unsafe class HugePages
                     && ulong.TryParse(line.AsSpan(dash + 1, space - dash - 1), System.Globalization.NumberStyles.HexNumber, null, out ulong hi))
                 {
                     inside = lo < end && hi > start; // a mapping header line
+                    overlap = inside ? Math.Min(hi, end) - Math.Max(lo, start) : 0;
                     any |= inside;
                     continue;
                 }
                 if (inside && line.StartsWith("AnonHugePages:", StringComparison.Ordinal))
-                    sum += ulong.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+                    sum += Math.Min(overlap, ulong.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024);
             }
             return any ? (long)sum : -1;
         }
