@@ -51,6 +51,16 @@ if (args.Length > 0 && args[0] == "quick-small-attention")
         else QuickSmallAttention.Run(args.Length > 1 ? int.Parse(args[1]) : 64, Enum.Parse<BitNetSharp.Model.KvCacheType>(t, true));
     return;
 }
+if (args.Length > 1 && args[0] == "quick-product-timeline")
+{
+    QuickProductTimeline.Run(int.Parse(args[1]), int.Parse(args[2]), args.Length > 3 ? int.Parse(args[3]) : 2);
+    return;
+}
+if (args.Length > 1 && args[0] == "quick-least-claims")
+{
+    QuickLeastClaims.Run(args[1], args.Length > 2 ? int.Parse(args[2]) : 7, args.Length > 3 ? int.Parse(args[3]) : 2, args.Length > 4 ? int.Parse(args[4]) : 64);
+    return;
+}
 if (args.Length > 1 && args[0] == "quick-kv-pages")
 {
     QuickKvPages.Run(args[1], args.Length > 2 ? int.Parse(args[2]) : 4096, args.Length > 3 ? int.Parse(args[3]) : 5, args.Length > 4 ? int.Parse(args[4]) : 2);

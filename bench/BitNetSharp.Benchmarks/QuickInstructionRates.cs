@@ -27,6 +27,9 @@ public static class QuickInstructionRates
             ("vpmaddwd zmm (32 s16×s16 products)", 32, MaddWd512),
         };
         if (AvxVnni.IsSupported) tests.Add(("vpdpbusd ymm, AVX-VNNI (32 products, accumulated)", 32, DpBusd256));
+        tests.Add(("decode step mix, per 64 B (+1 vpaddb, shift, 4 and, 4 madd, 4 add)", 0, StepMix));
+        if (Gfni.V512.IsSupported) tests.Add(("decode step mix, per 64 B (+1 vpaddb, 2 gfni, 2 and, 4 madd, 4 add)", 0, StepMixGfni));
+        if (Gfni.V512.IsSupported) tests.Add(("vgf2p8affineqb zmm", 0, Gfni512));
         if (!Avx512BW.IsSupported)
         {
             Console.WriteLine("quick-ops needs AVX-512BW (this CPU lacks it).");
@@ -49,6 +52,75 @@ public static class QuickInstructionRates
             string macs = t.MacsPerOp > 0 ? $"{t.MacsPerOp / ns,7:F0} MAC/ns" : "";
             Console.WriteLine($"  {t.Name,-52} {ns,6:F3} ns/op  {ns / add,5:F2}× vpaddd  {macs}");
         }
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static long StepMix()
+    {
+        var m3 = Vector512.Create((byte)3); var m12 = Vector512.Create((byte)12);
+        var q0 = Vector512.Create((sbyte)1); var q1 = Vector512.Create((sbyte)2); var q2 = Vector512.Create((sbyte)3); var q3 = Vector512.Create((sbyte)4);
+        var p0 = Vector512.Create((byte)0x5A); var p1 = Vector512.Create((byte)0x1B); var p2 = Vector512.Create((byte)0x66); var p3 = Vector512.Create((byte)0x24);
+        Vector512<short> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        for (int i = 0; i < Iterations; i++)
+        {
+            p0 += m3; p1 += m3; p2 += m3; p3 += m3;
+            Step(p0, q0, q1, q2, q3, m3, m12, ref a0, ref b0); Step(p1, q0, q1, q2, q3, m3, m12, ref a1, ref b1);
+            Step(p2, q0, q1, q2, q3, m3, m12, ref a2, ref b2); Step(p3, q0, q1, q2, q3, m3, m12, ref a3, ref b3);
+        }
+        Keep((a0 + b0 + a1 + b1 + a2 + b2 + a3 + b3).AsInt32());
+        return 4L * Iterations;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Step(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3, Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
+    {
+        var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
+        s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m12, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
+        s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m3, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static long StepMixGfni()
+    {
+        var m3 = Vector512.Create((byte)3); var m12 = Vector512.Create((byte)12);
+        var q0 = Vector512.Create((sbyte)1); var q1 = Vector512.Create((sbyte)2); var q2 = Vector512.Create((sbyte)3); var q3 = Vector512.Create((sbyte)4);
+        var p0 = Vector512.Create((byte)0x5A); var p1 = Vector512.Create((byte)0x1B); var p2 = Vector512.Create((byte)0x66); var p3 = Vector512.Create((byte)0x24);
+        Vector512<short> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
+        for (int i = 0; i < Iterations; i++)
+        {
+            p0 += m3; p1 += m3; p2 += m3; p3 += m3;
+            StepG(p0, q0, q1, q2, q3, m3, m12, ref a0, ref b0); StepG(p1, q0, q1, q2, q3, m3, m12, ref a1, ref b1);
+            StepG(p2, q0, q1, q2, q3, m3, m12, ref a2, ref b2); StepG(p3, q0, q1, q2, q3, m3, m12, ref a3, ref b3);
+        }
+        Keep((a0 + b0 + a1 + b1 + a2 + b2 + a3 + b3).AsInt32());
+        return 4L * Iterations;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void StepG(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3, Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
+    {
+        var h0 = Gfni.V512.GaloisFieldAffineTransform(p, Vector512.Create(0x40UL << 40 | 0x80UL << 32).AsByte(), 0);
+        var h1 = Gfni.V512.GaloisFieldAffineTransform(p, Vector512.Create(0x10UL << 56 | 0x20UL << 48).AsByte(), 0);
+        s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(h0, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
+        s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(h1, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
+    }
+
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private static long Gfni512()
+    {
+        var m = Vector512.Create(0x10UL << 56 | 0x20UL << 48).AsByte();
+        Vector512<byte> s0 = Vector512.Create((byte)1), s1 = s0, s2 = s0, s3 = s0, s4 = s0, s5 = s0, s6 = s0, s7 = s0, s8 = s0, s9 = s0, s10 = s0, s11 = s0;
+        for (int i = 0; i < Iterations; i++)
+        {
+            s0 = Gfni.V512.GaloisFieldAffineTransform(s0, m, 1); s1 = Gfni.V512.GaloisFieldAffineTransform(s1, m, 1);
+            s2 = Gfni.V512.GaloisFieldAffineTransform(s2, m, 1); s3 = Gfni.V512.GaloisFieldAffineTransform(s3, m, 1);
+            s4 = Gfni.V512.GaloisFieldAffineTransform(s4, m, 1); s5 = Gfni.V512.GaloisFieldAffineTransform(s5, m, 1);
+            s6 = Gfni.V512.GaloisFieldAffineTransform(s6, m, 1); s7 = Gfni.V512.GaloisFieldAffineTransform(s7, m, 1);
+            s8 = Gfni.V512.GaloisFieldAffineTransform(s8, m, 1); s9 = Gfni.V512.GaloisFieldAffineTransform(s9, m, 1);
+            s10 = Gfni.V512.GaloisFieldAffineTransform(s10, m, 1); s11 = Gfni.V512.GaloisFieldAffineTransform(s11, m, 1);
+        }
+        Keep((s0 ^ s1 ^ s2 ^ s3 ^ s4 ^ s5 ^ s6 ^ s7 ^ s8 ^ s9 ^ s10 ^ s11).AsInt32());
+        return 12L * Iterations;
     }
 
     private static double Median(List<double> values)

@@ -108,10 +108,14 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         long minimum = (MinClaimBytes + 4 * rowBytes - 1) / (4 * rowBytes); // positions (4 rows each), or rows / 4
         long grain = streams ? Math.Max(minimum, smallest / Claims) : Math.Max(4 * minimum, smallest / Claims);
         _ownedGrain = (int)(streams && !blocked ? grain : (grain + align - 1) / align * align);
+        _ownedMinGrain = (int)(streams && !blocked ? minimum : (4 * minimum + align - 1) / align * align);
         return true;
     }
 
     private int _ownedGrain;
+
+    /// <summary>The least claim of the owned plan (<see cref="MinClaimBytes"/> of weights): the claims shrink to it at the end of each slice.</summary>
+    private int _ownedMinGrain;
 
     /// <summary>Claims per owned slice (at most; see <see cref="MinClaimBytes"/>).</summary>
     private const int Claims = 8;
@@ -185,7 +189,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
                 _manyCount = count;
                 try
                 {
-                    _pool.RunOwned(this, _bounds, _ownedGrain);
+                    _pool.RunOwned(this, _bounds, _ownedGrain, _ownedMinGrain);
                 }
                 finally
                 {
@@ -280,6 +284,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
             smallest = Math.Min(smallest, own);
         }
         _ownedGrain = (int)Math.Max(minimum, smallest / (Claims * count));
+        _ownedMinGrain = (int)minimum;
         return true;
     }
 
@@ -331,7 +336,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
             else if (x.Tokens <= OwnedMaxTokens && _pool.ThreadCount > 1 && (long)w.Rows * w.Cols * x.Tokens >= (long)_pool.ThreadCount << 19 && PlanOwned(w.Rows, w.RowBytes, TernaryKernel.WeightStreams == 4, kernel.RowAlignment))
             {
                 _ownedPlan = true;
-                _pool.RunOwned(this, _bounds, _ownedGrain);
+                _pool.RunOwned(this, _bounds, _ownedGrain, _ownedMinGrain);
             }
             else _pool.Run(this, w.Rows, Grain(w.Rows, w.Cols, x.Tokens, kernel.RowAlignment));
         }

@@ -142,14 +142,25 @@ public sealed class WorkerPool : IDisposable
 
     private int _minGrain;
 
+    /// <summary>Whether <see cref="RunOwned"/> honours its least claim (else the grain is the least, as before it had one):
+    /// a field so that a benchmark compares the two in one process (`quick-least-claims`).</summary>
+    internal static bool LeastClaims = true;
+
+    /// <summary>The least claim of the current <see cref="RunOwned"/> call.</summary>
+    private int _ownedMinGrain;
+
     /// <summary>Longs between two threads' range words: 64 bytes, one cache line each.</summary>
     private const int RangeStride = 8;
 
     /// <summary>
     /// Runs <paramref name="work"/> over [0, bounds[^1]) where thread i owns the items [bounds[i], bounds[i + 1]): each
-    /// thread takes from the front of its own range, in order, half of what is left at a time (at least
-    /// <paramref name="grain"/> items), and when that is used up takes <paramref name="grain"/> items at a time from the
-    /// back of the other threads' ranges, round the pool, until no items are left. So as long as
+    /// thread takes from the front of its own range, in order, half of what is left at a time, and when that is used up
+    /// takes from the back of the other threads' ranges, round the pool, half of what is left of the range at a time up to
+    /// <paramref name="grain"/> items, until no items are left. No claim is under <paramref name="minGrain"/> items (or,
+    /// without one, under <paramref name="grain"/>) unless that is all that is left. The owner's claims shrink as its
+    /// range runs out, so a thread that finishes first finds something to take until about one least claim before the
+    /// end: with the least claim at a grain (an eighth of a slice), one of two threads on the 2B4T shape's gate waited
+    /// 2.5–5 µs (median) for the other at the end of each product. So as long as
     /// the threads keep pace each one reads one long stretch of memory from start to end (decode's mat-vec: the hardware
     /// prefetchers stay on their streams, where chunks handed out from one counter restart them at every chunk), and a
     /// thread slowed by the host is helped from the far end of its range without breaking its streams.
@@ -157,7 +168,7 @@ public sealed class WorkerPool : IDisposable
     /// an item varies, as with a grain in <see cref="Run"/>. Not reentrant.
     /// </summary>
     /// <exception cref="ArgumentException">Bounds of the wrong length, not starting at 0, or decreasing.</exception>
-    public void RunOwned(IParallelWork work, ReadOnlySpan<int> bounds, int grain)
+    public void RunOwned(IParallelWork work, ReadOnlySpan<int> bounds, int grain, int minGrain = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (bounds.Length != ThreadCount + 1 || bounds[0] != 0)
@@ -175,6 +186,7 @@ public sealed class WorkerPool : IDisposable
             return;
         }
         _owned = true;
+        _ownedMinGrain = LeastClaims && minGrain > 0 && minGrain < grain ? minGrain : Math.Max(1, grain);
         Start(work, itemCount, Math.Max(1, grain));
     }
 
@@ -289,11 +301,14 @@ public sealed class WorkerPool : IDisposable
                         long seen = Volatile.Read(ref range);
                         int front = (int)seen, back = (int)(seen >> 32);
                         if (front >= back) break;
-                        // The owner takes half of what is left (at least a grain), others a grain: few claims on the
-                        // owner's stretch (from memory, each claim's kernel call costs the streams a restart), and still
-                        // half a slice for another thread to take should the owner stall in its first claim.
+                        // The owner takes half of what is left, others half of what is left of that range up to a grain;
+                        // neither less than the least claim (a grain without one). Few claims on the owner's stretch, and
+                        // still half a slice for another thread to take should the owner stall in its first claim; and as
+                        // the range runs out the claims shrink, so that the threads finish within about one least claim
+                        // of each other (see RunOwned).
                         int left = back - front;
-                        int take = Math.Min(left, k == 0 ? Math.Max(grain, left / 2) : grain);
+                        int half = Math.Max(_ownedMinGrain, left / 2);
+                        int take = Math.Min(left, k == 0 ? half : Math.Min(grain, half));
                         int start = k == 0 ? front : back - take;
                         long next = k == 0 ? seen + take : (long)(back - take) << 32 | (uint)front;
                         if (Interlocked.CompareExchange(ref range, next, seen) != seen) continue;

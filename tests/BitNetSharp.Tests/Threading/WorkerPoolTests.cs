@@ -185,6 +185,59 @@ public class WorkerPoolTests
         Assert.All(work.Chunks.Where(c => c.Worker == 1), c => Assert.True(c.Start >= 100, $"the worker ran item {c.Start} of the caller's range"));
     }
 
+    [Theory]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void OwnedClaimsWithALeastClaimRunEveryItemOnceAndStayWithinTheirBounds(int threads)
+    {
+        using var pool = new WorkerPool(threads);
+        var rng = new Random(9);
+        foreach (int count in new[] { 1, 7, 640, 2561 })
+            foreach (var (grain, least) in new[] { (64, 8), (300, 1), (5000, 40), (16, 16) })
+            {
+                var cuts = Enumerable.Range(0, threads - 1).Select(_ => rng.Next(count + 1)).Order().ToList();
+                int[] bounds = [0, .. cuts, count];
+                var work = new ChunkLog(count);
+                for (int call = 0; call < 20; call++) pool.RunOwned(work, bounds, grain, least);
+                Assert.All(work.Marks, m => Assert.Equal(20, m));
+                foreach (var (start, end, worker) in work.Chunks)
+                {
+                    int owner = Enumerable.Range(0, threads).Single(o => bounds[o] <= start && start < bounds[o + 1]);
+                    Assert.True(end <= bounds[owner + 1], $"claim [{start}, {end}) crosses the end of owner {owner}'s range");
+                    // At most half of what can be left (the range from the claim's start), unless that is under the
+                    // least claim; another thread's claims at most a grain.
+                    int left = bounds[owner + 1] - start;
+                    Assert.True(end - start <= Math.Max(least, (left + 1) / 2) || end - start == left,
+                        $"claim [{start}, {end}) of [{bounds[owner]}, {bounds[owner + 1]}) by thread {worker} is more than half of what was left");
+                    if (worker != owner) Assert.True(end - start <= grain, $"claim [{start}, {end}) by thread {worker} is more than a grain ({grain})");
+                }
+            }
+    }
+
+    [Fact]
+    public void OwnedClaimsShrinkToTheLeastClaimAndATakerLeavesTheOwnerHalf()
+    {
+        using var pool = new WorkerPool(2);
+        // The worker stalls in its first claim ([1000, 1500): half of its range), so the calling thread runs its own range
+        // alone, then takes from the back of the worker's (its first claim waits until the worker holds its own).
+        int stalled = 0;
+        var work = new ChunkLog(2000, (start, end, worker) =>
+        {
+            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) Thread.Sleep(300);
+            if (worker == 0 && start == 0) SpinWait.SpinUntil(() => Volatile.Read(ref stalled) == 1, TimeSpan.FromSeconds(10));
+            return true;
+        });
+        pool.RunOwned(work, [0, 1000, 2000], grain: 400, minGrain: 10);
+        Assert.All(work.Marks, m => Assert.Equal(1, m));
+        var own = work.Chunks.Where(c => c.Worker == 0 && c.Start < 1000).OrderBy(c => c.Start).Select(c => c.End - c.Start).ToList();
+        // Half of what is left each time, down to the least claim (with the grain as the least, the last claims were 400, 100).
+        Assert.Equal([500, 250, 125, 62, 31, 16, 10, 6], own);
+        var taken = work.Chunks.Where(c => c.Worker == 0 && c.Start >= 1000).OrderByDescending(c => c.Start).Select(c => c.End - c.Start).ToList();
+        // From the back of the 500 unclaimed: at most half of what is left (the grain, 400, took four fifths of it before).
+        Assert.Equal(250, taken[0]);
+        Assert.Equal(500, taken.Sum());
+    }
+
     [Fact]
     public void OwnedBoundsAreChecked()
     {
