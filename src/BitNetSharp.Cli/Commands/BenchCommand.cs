@@ -60,7 +60,12 @@ public static class BenchCommand
                 : [WorkerPool.DefaultThreadCount()];
             int[] sequenceCounts = result.GetValue(sequences)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                 int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
-            int repetitions = Math.Max(1, result.GetValue(reps));
+            int repetitions = result.GetValue(reps);
+            if (repetitions < 1) throw new UsageException($"--repetitions must be at least 1; got {repetitions}.");
+            if (result.GetValue(prompt) < 0) throw new UsageException($"--n-prompt must be 0 (no pp test) or more; got {result.GetValue(prompt)}.");
+            if (result.GetValue(gen) < 0) throw new UsageException($"--n-gen must be 0 (no tg test) or more; got {result.GetValue(gen)}.");
+            if (result.GetValue(prompt) == 0 && result.GetValue(gen) == 0 && !result.GetValue(bandwidthOnly))
+                throw new UsageException("-p and -n are both 0: there is no test to run (give -p for prefill, -n for decode, or --bandwidth-only).");
             bool depthGiven = result.GetValue(depths) is not null;
             int[] depthList = (result.GetValue(depths) ?? "0").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                 int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n : throw new UsageException($"--depth: '{t}' is not a non-negative integer.")).ToArray();

@@ -27,6 +27,8 @@ public static class ChatCommand
         command.SetAction(result => cli.Guard(() =>
         {
             var parameters = sampling.Parse(result);
+            int answerTokens = result.GetValue(count);
+            if (answerTokens < 1) throw new UsageException($"--n-predict (-n) must be at least 1; got {answerTokens}.");
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
@@ -55,10 +57,12 @@ public static class ChatCommand
                     string? line = reader.ReadLine();
                     if (string.IsNullOrWhiteSpace(line)) return 0;
                     messages.Add(ChatMessage.User(line));
-                    var prompt = tokenizer.Encode(chatTemplate.Render(messages, addGenerationPrompt: true), addBos: false, parseSpecial: true);
+                    var prompt = FitToContext(messages, m => tokenizer.Encode(chatTemplate.Render(m, addGenerationPrompt: true), addBos: false, parseSpecial: true),
+                        generator.ContextLength, answerTokens, cli.Error);
+                    if (prompt is null) continue;
                     answer = new CancellationTokenSource();
                     var reply = new System.Text.StringBuilder();
-                    foreach (var token in generator.Generate(prompt, Math.Min(result.GetValue(count), generator.ContextLength - prompt.Length), parameters, cancellation: answer.Token))
+                    foreach (var token in generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), parameters, cancellation: answer.Token))
                     {
                         reply.Append(token.Text);
                         cli.Output.Write(token.Text);
@@ -79,5 +83,38 @@ public static class ChatCommand
             }
         }));
         return command;
+    }
+
+    /// <summary>
+    /// The conversation's prompt (<paramref name="encode"/> of <paramref name="messages"/>), made to fit a context of
+    /// <paramref name="context"/> tokens with room for an answer of min(<paramref name="answerTokens"/>, context / 2): the
+    /// oldest messages after a system prompt are dropped from <paramref name="messages"/> (said on <paramref name="log"/>)
+    /// until it fits. When the newest message does not fit even alone, it is taken out again, the reason is said, and null
+    /// is returned: the conversation goes on without it.
+    /// </summary>
+    internal static int[]? FitToContext(List<ChatMessage> messages, Func<List<ChatMessage>, int[]> encode, int context, int answerTokens, TextWriter log)
+    {
+        int room = Math.Max(1, Math.Min(answerTokens, context / 2));
+        int first = messages.Count > 0 && messages[0].Role == "system" ? 1 : 0;
+        int dropped = 0;
+        var prompt = encode(messages);
+        while (prompt.Length + room > context && messages.Count - first > 1)
+        {
+            // A turn at a time: a user message with the answer to it, so the conversation still starts with a question.
+            messages.RemoveAt(first);
+            dropped++;
+            if (messages.Count - first > 1 && messages[first].Role == "assistant")
+            {
+                messages.RemoveAt(first);
+                dropped++;
+            }
+            prompt = encode(messages);
+        }
+        if (dropped > 0)
+            log.WriteLine($"[context full ({context} tokens, --ctx): the oldest {dropped} message(s) are dropped from the conversation]");
+        if (prompt.Length < context) return prompt;
+        messages.RemoveAt(messages.Count - 1);
+        log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template, and the context holds {context} (--ctx); it was not sent. Write a shorter one, or start chat with a larger --ctx.");
+        return null;
     }
 }

@@ -42,6 +42,7 @@ public static class GenerateCommand
             if (text is null == ids is null)
                 throw new UsageException("give exactly one of --prompt TEXT or --prompt-ids 1,2,3.");
             var parameters = sampling.Parse(result);
+            if (result.GetValue(count) < 0) throw new UsageException($"--n-predict (-n) must be 0 or more; got {result.GetValue(count)}.");
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             int[] promptTokens;

@@ -137,12 +137,18 @@ public sealed class ModelOptions
         yield return Path.Combine(Environment.CurrentDirectory, "models", BundledModelFile);
     }
 
-    public GeneratorOptions Generator(ParseResult r) => new()
+    public GeneratorOptions Generator(ParseResult r)
     {
-        Threads = r.GetValue(Threads),
-        ContextLength = r.GetValue(Context),
-        KvType = ParseKvType(r.GetValue(KvType) ?? "f16"),
-    };
+        int threads = r.GetValue(Threads), context = r.GetValue(Context);
+        if (threads < 0) throw new UsageException($"--threads (-t) must be 0 (physical cores) or more; got {threads}.");
+        if (context < 0) throw new UsageException($"--ctx (-c) must be 0 (the model's context) or more; got {context}.");
+        return new()
+        {
+            Threads = threads,
+            ContextLength = context,
+            KvType = ParseKvType(r.GetValue(KvType) ?? "f16"),
+        };
+    }
 
     public static KvCacheType ParseKvType(string value) => value.Trim().ToLowerInvariant() switch
     {

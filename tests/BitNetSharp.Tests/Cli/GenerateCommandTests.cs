@@ -181,8 +181,52 @@ public class BenchCommandTests
     }
 }
 
+public class GenerateArgumentTests
+{
+    [Theory]
+    [InlineData("-n", "-1", "--n-predict (-n) must be 0 or more")]
+    [InlineData("--ctx", "-4", "--ctx (-c) must be 0 (the model's context) or more")]
+    [InlineData("-t", "-2", "--threads (-t) must be 0 (physical cores) or more")]
+    public void NegativeCountsAreRefusedByName(string option, string value, string message)
+    {
+        var error = new StringWriter();
+        int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "hi", option, value], new StringWriter(), error);
+        Assert.NotEqual(0, code);
+        Assert.Contains(message, error.ToString());
+    }
+}
+
 public class ChatCommandTests
 {
+    [Fact]
+    public void AConversationLongerThanTheContextDropsItsOldestTurnsAndAnOversizedMessageIsRefused()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        // Four turns in a 64-token context: the third and fourth only fit without the first turns. Before, the first turn
+        // that did not fit ended the chat with "maxTokens ('-39') must be a non-negative value".
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", model, "--ctx", "64", "-n", "8", "--temp", "0", "-t", "1", "--template", "chatml"], output, error,
+            new StringReader("Tell me a story about a cat and a dog who lived in a big house near the sea\nhi\nwhat next\nand then\n\n"));
+        Assert.Equal(0, code);
+        var lines = error.ToString().Split('\n');
+        Assert.Equal(4, lines.Count(l => l.StartsWith("[", StringComparison.Ordinal) && l.Contains("generated", StringComparison.Ordinal)));
+        Assert.Contains(lines, l => l.StartsWith("[context full (64 tokens, --ctx): the oldest 2 message(s) are dropped", StringComparison.Ordinal));
+
+        // A message that cannot fit even alone is not sent; the chat goes on, and the next message is answered.
+        error = new StringWriter();
+        code = Program.Run(["chat", "-m", model, "--ctx", "40", "-n", "4", "--temp", "0", "-t", "1", "--template", "chatml"], new StringWriter(), error,
+            new StringReader("Tell me a long story about a cat and a dog who lived in a big house near the sea with many friends\nhi\n\n"));
+        Assert.Equal(0, code);
+        Assert.Contains("it was not sent", error.ToString());
+        Assert.Contains("the context holds 40 (--ctx)", error.ToString());
+        Assert.Single(error.ToString().Split('\n'), l => l.StartsWith("[", StringComparison.Ordinal) && l.Contains("generated", StringComparison.Ordinal));
+
+        var badCount = new StringWriter();
+        Assert.NotEqual(0, Program.Run(["chat", "-m", model, "-n", "0"], new StringWriter(), badCount, new StringReader("")));
+        Assert.Contains("--n-predict (-n) must be at least 1", badCount.ToString());
+    }
+
     [Fact]
     public void TwoTurnsReuseTheCachedHistory()
     {

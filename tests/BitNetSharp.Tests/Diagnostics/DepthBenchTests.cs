@@ -160,6 +160,18 @@ public class DepthBenchTests
         Assert.EndsWith(",depth,attention_share,depth_ratio", lines[0]);
         Assert.Contains(",16,", lines[1]);
 
+        foreach (var (args, what) in new (string[], string)[]
+        {
+            (["-n", "-1"], "--n-gen"), (["-p", "-3"], "--n-prompt"), (["-p", "0", "-n", "0"], "both 0"),
+        })
+        {
+            var wrong = Bench(args);
+            Assert.NotEqual(0, wrong.Code);
+            Assert.Contains(what, wrong.Error);
+        }
+        var noReps = new StringWriter();
+        Assert.NotEqual(0, Program.Run(["bench", "--synthetic", "tiny", "-t", "1", "-r", "0"], new StringWriter(), noReps));
+        Assert.Contains("--repetitions must be at least 1", noReps.ToString());
         var bad = Bench("-d", "x");
         Assert.NotEqual(0, bad.Code);
         Assert.Contains("--depth", bad.Error);
