@@ -38,6 +38,8 @@ public sealed class TrainingCorpus
     public static string ReadText(string path)
     {
         var strict = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+        if (Directory.Exists(path)) throw new InvalidDataException($"{path} is a directory; give a UTF-8 text file.");
+        if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such file; give a UTF-8 text file.", path);
         var bytes = File.ReadAllBytes(path);
         if (bytes.All(b => b is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t'))
             throw new InvalidDataException($"{path}: the file is empty; it needs text.");

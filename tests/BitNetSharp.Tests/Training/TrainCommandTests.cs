@@ -148,6 +148,8 @@ public class TrainCommandTests
     [InlineData("fpbits", "the full-precision twin has no activation quantizer")]
     [InlineData("empty", "empty")]
     [InlineData("latin1", "not valid UTF-8")]
+    [InlineData("dir", "is a directory; give a UTF-8 text file")]
+    [InlineData("missing", "no such file; give a UTF-8 text file")]
     [InlineData("heads", "heads do not divide the model dimension")]
     [InlineData("kvheads", "KV heads do not divide")]
     [InlineData("vocab", "supports at most")]
@@ -163,6 +165,8 @@ public class TrainCommandTests
         {
             "empty" => TinyArgs(Write(dir, "empty.txt", []), model),
             "latin1" => TinyArgs(Write(dir, "latin1.txt", [0x63, 0x61, 0x66, 0xE9, 0x20, 0x6F, 0x6B]), model),
+            "dir" => TinyArgs(Directory.CreateDirectory(Path.Combine(dir.Path, "texts")).FullName, model),
+            "missing" => TinyArgs(dir.File("nowhere.txt"), model),
             "heads" => Replace(TinyArgs(data, model), "--heads", "3"),
             "kvheads" => Replace(Replace(TinyArgs(data, model), "--heads", "4"), "--kv-heads", "3"),
             "vocab" => Replace(TinyArgs(data, model), "--vocab", "5000"),
