@@ -27,8 +27,8 @@ public static class QuickInstructionRates
             ("vpmaddwd zmm (32 s16×s16 products)", 32, MaddWd512),
         };
         if (AvxVnni.IsSupported) tests.Add(("vpdpbusd ymm, AVX-VNNI (32 products, accumulated)", 32, DpBusd256));
-        tests.Add(("decode step mix, per 64 B (+1 vpaddb, shift, 4 and, 4 madd, 4 add)", 0, StepMix));
-        if (Gfni.V512.IsSupported) tests.Add(("decode step mix, per 64 B (+1 vpaddb, 2 gfni, 2 and, 4 madd, 4 add)", 0, StepMixGfni));
+        tests.Add(("decode step mix, per 64 B (+1 vpaddb, shift, 4 and, 4 madd, 4 add)", 0, StepMix<ShiftStep>));
+        if (Gfni.V512.IsSupported) tests.Add(("decode step mix, per 64 B (+1 vpaddb, 2 gfni, 2 and, 4 madd, 4 add)", 0, StepMix<GfniStep>));
         if (Gfni.V512.IsSupported) tests.Add(("vgf2p8affineqb zmm", 0, Gfni512));
         if (!Avx512BW.IsSupported)
         {
@@ -54,8 +54,44 @@ public static class QuickInstructionRates
         }
     }
 
+    /// <summary>One 64-byte step of the four-stream decode loop on registers: the code split, four multiplies, four adds.</summary>
+    private interface IStep
+    {
+        static abstract void Step(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
+            Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4);
+    }
+
+    /// <summary>The engine's split (`Dot512.ScaledStep`): a 16-bit shift and four ANDs.</summary>
+    private readonly struct ShiftStep : IStep
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Step(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
+            Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
+        {
+            var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
+            s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m12, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
+            s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m3, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
+        }
+    }
+
+    /// <summary>The two high code groups by GFNI (tried, not kept: bench/results/owned-claims-tail-amd-epyc-zen5-2core.md).</summary>
+    private readonly struct GfniStep : IStep
+    {
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void Step(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3,
+            Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
+        {
+            var h0 = Gfni.V512.GaloisFieldAffineTransform(p, Vector512.Create(0x40UL << 40 | 0x80UL << 32).AsByte(), 0);
+            var h1 = Gfni.V512.GaloisFieldAffineTransform(p, Vector512.Create(0x10UL << 56 | 0x20UL << 48).AsByte(), 0);
+            s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(h0, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
+            s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(h1, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
+        }
+    }
+
+    /// <summary>Four independent steps per iteration; the code vectors change every iteration (one vpaddb each) so that
+    /// nothing is hoisted out of the loop. Returns the steps run.</summary>
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private static long StepMix()
+    private static long StepMix<TStep>() where TStep : IStep
     {
         var m3 = Vector512.Create((byte)3); var m12 = Vector512.Create((byte)12);
         var q0 = Vector512.Create((sbyte)1); var q1 = Vector512.Create((sbyte)2); var q2 = Vector512.Create((sbyte)3); var q3 = Vector512.Create((sbyte)4);
@@ -64,45 +100,11 @@ public static class QuickInstructionRates
         for (int i = 0; i < Iterations; i++)
         {
             p0 += m3; p1 += m3; p2 += m3; p3 += m3;
-            Step(p0, q0, q1, q2, q3, m3, m12, ref a0, ref b0); Step(p1, q0, q1, q2, q3, m3, m12, ref a1, ref b1);
-            Step(p2, q0, q1, q2, q3, m3, m12, ref a2, ref b2); Step(p3, q0, q1, q2, q3, m3, m12, ref a3, ref b3);
+            TStep.Step(p0, q0, q1, q2, q3, m3, m12, ref a0, ref b0); TStep.Step(p1, q0, q1, q2, q3, m3, m12, ref a1, ref b1);
+            TStep.Step(p2, q0, q1, q2, q3, m3, m12, ref a2, ref b2); TStep.Step(p3, q0, q1, q2, q3, m3, m12, ref a3, ref b3);
         }
         Keep((a0 + b0 + a1 + b1 + a2 + b2 + a3 + b3).AsInt32());
         return 4L * Iterations;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Step(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3, Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
-    {
-        var p4 = Avx512BW.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
-        s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m12, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
-        s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(p4 & m3, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
-    }
-
-    [MethodImpl(MethodImplOptions.NoInlining)]
-    private static long StepMixGfni()
-    {
-        var m3 = Vector512.Create((byte)3); var m12 = Vector512.Create((byte)12);
-        var q0 = Vector512.Create((sbyte)1); var q1 = Vector512.Create((sbyte)2); var q2 = Vector512.Create((sbyte)3); var q3 = Vector512.Create((sbyte)4);
-        var p0 = Vector512.Create((byte)0x5A); var p1 = Vector512.Create((byte)0x1B); var p2 = Vector512.Create((byte)0x66); var p3 = Vector512.Create((byte)0x24);
-        Vector512<short> a0 = default, b0 = default, a1 = default, b1 = default, a2 = default, b2 = default, a3 = default, b3 = default;
-        for (int i = 0; i < Iterations; i++)
-        {
-            p0 += m3; p1 += m3; p2 += m3; p3 += m3;
-            StepG(p0, q0, q1, q2, q3, m3, m12, ref a0, ref b0); StepG(p1, q0, q1, q2, q3, m3, m12, ref a1, ref b1);
-            StepG(p2, q0, q1, q2, q3, m3, m12, ref a2, ref b2); StepG(p3, q0, q1, q2, q3, m3, m12, ref a3, ref b3);
-        }
-        Keep((a0 + b0 + a1 + b1 + a2 + b2 + a3 + b3).AsInt32());
-        return 4L * Iterations;
-    }
-
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void StepG(Vector512<byte> p, Vector512<sbyte> q0, Vector512<sbyte> q1, Vector512<sbyte> q2, Vector512<sbyte> q3, Vector512<byte> m3, Vector512<byte> m12, ref Vector512<short> s1, ref Vector512<short> s4)
-    {
-        var h0 = Gfni.V512.GaloisFieldAffineTransform(p, Vector512.Create(0x40UL << 40 | 0x80UL << 32).AsByte(), 0);
-        var h1 = Gfni.V512.GaloisFieldAffineTransform(p, Vector512.Create(0x10UL << 56 | 0x20UL << 48).AsByte(), 0);
-        s4 = Avx512BW.Add(s4, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(h0, q0), Avx512BW.MultiplyAddAdjacent(p & m12, q2)));
-        s1 = Avx512BW.Add(s1, Avx512BW.Add(Avx512BW.MultiplyAddAdjacent(h1, q1), Avx512BW.MultiplyAddAdjacent(p & m3, q3)));
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
