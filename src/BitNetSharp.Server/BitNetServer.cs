@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Net;
 using System.Security.Cryptography;
 using System.Text;
+using BitNetSharp.Monitoring.Alerts;
 using BitNetSharp.Server.Api;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
@@ -99,6 +100,19 @@ public sealed class BitNetServer : IAsyncDisposable
         host.Start();
         return new BitNetServer(app, host, new Uri(bound.EndsWith('/') ? bound : bound + "/"));
     }
+
+    /// <summary>
+    /// Reads an alert rule file for <see cref="MonitoringOptions.AlertRules"/> and checks that every metric its rules
+    /// name is one a served model's alerts can read; otherwise an <see cref="ArgumentException"/> names the file, the
+    /// rule and the metric, and lists the names that work (a rule on any other name would load and never fire).
+    /// </summary>
+    public static IReadOnlyList<AlertRule> LoadAlertRules(string path)
+    {
+        var rules = AlertRules.Load(path);
+        AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics, path);
+        return rules;
+    }
+
 
     /// <summary>An IP address, "localhost" (IPv4 loopback) or "*" (all interfaces).</summary>
     public static IPAddress ParseHost(string host) => host.Trim() switch

@@ -51,6 +51,7 @@ internal sealed class ModelMonitor : IDisposable
                 WebhookUrl = options.AlertWebhook,
                 Labels = new Dictionary<string, string> { ["model"] = modelId },
                 Log = message => logger.LogWarning("{Alert}", message),
+                KnownMetrics = AlertMetrics,
             });
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
                 string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Metric} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")));
@@ -104,17 +105,52 @@ internal sealed class ModelMonitor : IDisposable
         Alerts?.Start();
     }
 
+    /// <summary>
+    /// The serving signals alert rules may name, under the names /metrics exports them by (the scheduler's meters):
+    /// its gauges and counters. Histograms (time to first token, step duration, …) are not signals: a rule compares
+    /// one number, and the health set carries the token-latency spread.
+    /// </summary>
+    private static readonly (string Name, Func<SchedulerStatistics, SchedulerOptions, double> Read)[] Serving =
+    [
+        ("bitnet_requests_waiting", (s, _) => s.WaitingRequests),
+        ("bitnet_requests_running", (s, _) => s.RunningRequests),
+        ("bitnet_requests_max_queue", (_, o) => o.MaxQueue),
+        ("bitnet_sequences_running", (s, _) => s.RunningSequences),
+        ("bitnet_sequences_max", (_, o) => o.MaxSequences),
+        ("bitnet_kv_cache_usage_ratio", (s, _) => s.KvCacheUsage),
+        ("bitnet_prompt_tokens_total", (s, _) => s.PromptTokens),
+        ("bitnet_generation_tokens_total", (s, _) => s.GenerationTokens),
+        ("bitnet_engine_steps_total", (s, _) => s.Steps),
+        ("bitnet_requests_cancelled_total", (s, _) => s.Cancelled),
+        ("bitnet_requests_timed_out_total", (s, _) => s.TimedOut),
+        ("bitnet_requests_rejected_total", (s, _) => s.Rejected),
+        ("bitnet_requests_failed_total", (s, _) => s.Failed),
+        ("bitnet_speculative_steps_total", (s, _) => s.SpeculativeSteps),
+        ("bitnet_speculative_drafted_tokens_total", (s, _) => s.DraftedTokens),
+        ("bitnet_speculative_accepted_tokens_total", (s, _) => s.AcceptedTokens),
+        ("bitnet_speculative_emitted_tokens_total", (s, _) => s.SpeculativeTokens),
+    ];
+
+    private const string Success = "bitnet_request_success_total";
+
+    /// <summary>Every metric an alert rule on a server may name: the health signals and the serving ones.</summary>
+    public static IReadOnlyCollection<string> AlertMetrics { get; } = BuildAlertMetrics();
+
+    private static HashSet<string> BuildAlertMetrics()
+    {
+        var names = new HashSet<string>(HealthMeters.SignalNames, StringComparer.Ordinal) { Success };
+        foreach (var (name, _) in Serving) names.Add(name);
+        return names;
+    }
+
     /// <summary>The health signals plus the serving ones the rules may name.</summary>
     public void CollectSignals(SignalSet set)
     {
         Meters.CollectSignals(set);
         var s = _scheduler.Statistics;
-        set.Add("bitnet_requests_waiting", s.WaitingRequests);
-        set.Add("bitnet_requests_running", s.RunningRequests);
-        set.Add("bitnet_requests_max_queue", _scheduler.Options.MaxQueue);
-        set.Add("bitnet_sequences_running", s.RunningSequences);
-        set.Add("bitnet_kv_cache_usage_ratio", s.KvCacheUsage);
-        set.Add("bitnet_requests_failed_total", s.Failed);
+        foreach (var (name, read) in Serving) set.Add(name, read(s, _scheduler.Options));
+        set.Add(Success, s.FinishedStop, "finish_reason", "stop");
+        set.Add(Success, s.FinishedLength, "finish_reason", "length");
     }
 
     public void Dispose()

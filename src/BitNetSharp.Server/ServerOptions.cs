@@ -121,6 +121,12 @@ public sealed record MonitoringOptions
         if (AlertInterval <= TimeSpan.Zero) throw new ArgumentException($"The alert interval must be positive; got {AlertInterval}.", nameof(AlertInterval));
         if (AlertWebhook is { } u && u.Scheme is not ("http" or "https"))
             throw new ArgumentException($"The alert webhook must be an http(s) URL; got {u}.", nameof(AlertWebhook));
+        if (VerifyWeightsInterval is { } w && w > MaxVerifyInterval)
+            throw new ArgumentException($"The weight verification interval must be at most {MaxVerifyInterval.TotalDays:0} days ({MaxVerifyInterval.TotalSeconds:0} s); got {w.TotalSeconds} s.", nameof(VerifyWeightsInterval));
         foreach (var r in AlertRules ?? []) r.Validate("alert rules");
+        if (AlertRules is { } rules) BitNetSharp.Monitoring.Alerts.AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics);
     }
+
+    /// <summary>The longest weight re-check interval (a timed wait takes at most 2^31 − 1 ms, about 24.8 days).</summary>
+    public static readonly TimeSpan MaxVerifyInterval = TimeSpan.FromDays(24);
 }

@@ -139,6 +139,7 @@ public static class ServeCommand
                 listenHost = hostVariable;
             }
             int listenPort = IntSetting(result, port, env, PortVariable, 0, 65535, "a port number (0-65535)");
+            CheckServingFlags(result, seqs, maxBatched, maxQueue, maxTokens, maxN, healthEvery, maxConnections);
             var scheduler = new SchedulerOptions
             {
                 MaxSequences = seqs,
@@ -153,19 +154,22 @@ public static class ServeCommand
             double drainSeconds = ShutdownSeconds(result, shutdownTimeout, env);
             if (!(drainSeconds >= 0) || drainSeconds > 3600) throw new UsageException($"{ShutdownTimeoutOption} must be 0 to 3600 seconds; got {drainSeconds}.");
             double? verify = result.GetValue(verifyWeights);
-            if (verify is { } v && !(v > 0)) throw new UsageException($"--verify-weights must be a positive number of seconds; got {v}.");
+            double maxVerify = MonitoringOptions.MaxVerifyInterval.TotalSeconds;
+            if (verify is { } v && (!(v > 0) || v > maxVerify))
+                throw new UsageException($"--verify-weights must be a positive number of seconds, at most {maxVerify} ({MonitoringOptions.MaxVerifyInterval.TotalDays:0} days); got {v}.");
             Uri? webhook = null;
             if (result.GetValue(alertWebhook) is { } hook && (!Uri.TryCreate(hook, UriKind.Absolute, out webhook) || webhook.Scheme is not ("http" or "https")))
                 throw new UsageException($"--alert-webhook must be an http:// or https:// URL; got '{hook}'.");
             var monitoring = new MonitoringOptions
             {
                 VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
-                AlertRules = result.GetValue(alertRules) is { } rulesPath ? Monitoring.Alerts.AlertRules.Load(rulesPath) : null,
+                AlertRules = result.GetValue(alertRules) is { } rulesPath ? BitNetServer.LoadAlertRules(rulesPath) : null,
                 AlertWebhook = webhook,
                 TelemetryLog = TelemetrySink(result.GetValue(telemetryLog), result.GetValue(telemetryMax)),
             };
             double seconds = result.GetValue(timeout);
-            if (!(seconds > 0)) throw new UsageException($"--timeout must be a positive number of seconds; got {seconds}.");
+            if (!(seconds > 0) || seconds > MaxTimeoutSeconds)
+                throw new UsageException($"--timeout must be a positive number of seconds, at most {MaxTimeoutSeconds} (a year); got {seconds}.");
             string? key = result.GetValue(apiKey) ?? env(ApiKeyVariable);
             if (key is { Length: 0 }) key = null;
             string id = result.GetValue(alias) ?? ModelId(path);
@@ -183,7 +187,7 @@ public static class ServeCommand
                 Monitoring = monitoring,
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
                 MaxTokensLimit = result.GetValue(maxTokens),
-                MaxChoices = result.GetValue(maxN) is > 0 and var n ? n : Math.Max(1, seqs),
+                MaxChoices = result.GetResult(maxN) is { Implicit: false } ? result.GetValue(maxN) : Math.Max(1, seqs),
                 LoadModel = () =>
                 {
                     var (weights, tokenizer) = ModelOptions.Load(path, loadOptions);
@@ -211,6 +215,30 @@ public static class ServeCommand
             return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, cancellation).GetAwaiter().GetResult();
         })));
         return command;
+    }
+
+    /// <summary>The longest --timeout, in seconds (a year).</summary>
+    public const double MaxTimeoutSeconds = 365 * 24 * 3600;
+
+    /// <summary>
+    /// The serving limits by their flags, before they become options whose errors would name properties
+    /// (MaxBatchedTokens, MaxChoices) the user never typed.
+    /// </summary>
+    private static void CheckServingFlags(ParseResult result, int seqs, Option<int> maxBatched, Option<int> maxQueue, Option<int> maxTokens, Option<int> maxN,
+        Option<int> healthEvery, Option<long> maxConnections)
+    {
+        int batched = result.GetValue(maxBatched);
+        if (batched < seqs)
+            throw new UsageException($"--max-batched-tokens ({batched}) must be at least --max-seqs ({seqs}): every running sequence puts its next token into each engine step.");
+        if (result.GetValue(maxQueue) is < 0 and var queue)
+            throw new UsageException($"--max-queue must be 0 or more (0: refuse a request when every sequence is busy); got {queue}.");
+        if (result.GetValue(maxTokens) is < 1 and var limit) throw new UsageException($"--max-tokens-limit must be at least 1; got {limit}.");
+        if (result.GetResult(maxN) is { Implicit: false } && result.GetValue(maxN) is var n && (n < 1 || n > seqs))
+            throw new UsageException($"--max-n must be between 1 and --max-seqs ({seqs}): each choice runs as its own sequence; got {n}.");
+        if (result.GetValue(healthEvery) is < 0 and var every)
+            throw new UsageException($"--health-every must be 0 (off) or a number of engine steps; got {every}.");
+        if (result.GetValue(maxConnections) is < 1 and var connections)
+            throw new UsageException($"--max-connections must be at least 1; got {connections}.");
     }
 
     public const string ShutdownTimeoutOption = "--shutdown-timeout";

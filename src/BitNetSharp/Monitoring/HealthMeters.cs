@@ -97,6 +97,10 @@ public sealed class HealthMeters : IDisposable
             }),
         ];
         foreach (var s in _signals)
+            if (!SignalNames.Contains(s.PrometheusName))
+                throw new InvalidOperationException($"HealthMeters.SignalNames lacks '{s.PrometheusName}'.");
+        if (_signals.Length != SignalNames.Count) throw new InvalidOperationException("HealthMeters.SignalNames lists a signal the meters do not declare.");
+        foreach (var s in _signals)
         {
             var signal = s;
             if (s.Counter) Meter.CreateObservableCounter(s.Instrument, () => Observe(signal), s.Unit, s.Description);
@@ -105,6 +109,20 @@ public sealed class HealthMeters : IDisposable
     }
 
     public Meter Meter { get; }
+
+    /// <summary>
+    /// The Prometheus names of <see cref="Signals"/>, known before any scheduler exists (a server checks its alert
+    /// rules against them before it loads the model); the constructor throws if the two ever disagree.
+    /// </summary>
+    public static IReadOnlyCollection<string> SignalNames { get; } = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",
+        "bitnet_health_residual_rms", "bitnet_health_residual_max_abs", "bitnet_health_residual_relative_change_ratio", "bitnet_health_residual_blowup",
+        "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
+        "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_token_latency_stddev_seconds",
+        "bitnet_weights_checksum_mismatches_total", "bitnet_weights_probe_mismatches_total", "bitnet_weights_verifications_total",
+        "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_alerts_total", "bitnet_alerts_firing",
+    };
 
     public IReadOnlyList<Signal> Signals => _signals;
 

@@ -230,6 +230,9 @@ public sealed class WeightVerifier : IDisposable
     {
         ArgumentNullException.ThrowIfNull(integrity);
         if (interval <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(interval), interval, "The verification interval must be positive (seconds).");
+        // A timed wait takes at most int.MaxValue ms; a longer interval would kill the verifier thread (and the process) at its first wait.
+        if (interval.TotalMilliseconds > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(interval), interval, $"The verification interval must be at most {int.MaxValue / 86_400_000.0:0.#} days.");
         _integrity = integrity;
         _interval = interval;
         _thread = new Thread(Run) { IsBackground = true, Priority = ThreadPriority.Lowest, Name = "bitnet-weight-verifier" };

@@ -90,17 +90,39 @@ public sealed class SchedulerTests : IDisposable
     public async Task QueueOverflowFailsFastAndCountsTheRejection()
     {
         using var s = Scheduler(maxSeqs: 1, maxBatched: 8, maxQueue: 2);
-        s.StepGate.Reset(); // hold the engine: nothing is admitted, so both submissions stay queued
+        s.StepGate.Reset(); // hold the engine: nothing is admitted, so the submissions stay queued
+        // The one free sequence will take the first; two more may wait; the fourth is refused.
         var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4 });
         var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4 });
+        var c = Submit(s, new GenerationRequest { Prompt = [7], MaxTokens = 4 });
         var e = Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
         Assert.Contains("2 requests are already waiting", e.Message);
-        Assert.Equal(2, s.Statistics.WaitingRequests);
+        Assert.Equal(3, s.Statistics.WaitingRequests);
         Assert.Equal(1, s.Statistics.Rejected);
         s.StepGate.Set();
         await Collect(a);
         await Collect(b);
+        await Collect(c);
         Assert.Equal(0, s.Statistics.WaitingRequests);
+        Assert.Single(await Collect(Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 })));
+    }
+
+    /// <summary>
+    /// MaxQueue 0 refuses only what cannot start: requests up to the free sequences are taken (before, every request
+    /// was refused, and a server with --max-queue 0 failed its own warm-up), one more while they run is refused.
+    /// </summary>
+    [Fact]
+    public async Task AnEmptyQueueStillTakesRequestsForFreeSequences()
+    {
+        using var s = Scheduler(maxSeqs: 2, maxBatched: 8, maxQueue: 0);
+        s.StepGate.Reset();
+        var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4 });
+        var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4 });
+        var e = Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
+        Assert.Equal(1, s.Statistics.Rejected);
+        s.StepGate.Set();
+        Assert.Single(await Collect(a));
+        Assert.Single(await Collect(b));
         Assert.Single(await Collect(Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 })));
     }
 

@@ -94,6 +94,25 @@ public class AlertEngineTests
         Assert.Equal(1, e.Evaluations);
     }
 
+    /// <summary>With the collector's names known, a rule on any other name (a typo, a histogram) is refused instead of never firing.</summary>
+    [Fact]
+    public void RulesOnUnknownMetricsAreRefusedWhenTheNamesAreKnown()
+    {
+        string[] known = ["a_total", "b", "cap"];
+        var options = new AlertEngineOptions { KnownMetrics = known };
+        using (new AlertEngine([new AlertRule { Name = "Ok", Metric = "a_total + b", DivideBy = "cap", Threshold = 0 }], _ => { }, options)) { }
+        var e = Assert.Throws<ArgumentException>(() => new AlertEngine([new AlertRule { Name = "Typo", Metric = "a_totl", Threshold = 0 }], _ => { }, options));
+        Assert.Contains("rule 'Typo'", e.Message);
+        Assert.Contains("\"metric\" names 'a_totl'", e.Message);
+        Assert.Contains("a_total, b, cap", e.Message);
+        e = Assert.Throws<ArgumentException>(() => new AlertEngine([new AlertRule { Name = "Sum", Metric = "a_total + nope", Threshold = 0 }], _ => { }, options));
+        Assert.Contains("'nope'", e.Message);
+        e = Assert.Throws<ArgumentException>(() => new AlertEngine([new AlertRule { Name = "Ratio", Metric = "b", DivideBy = "capacity", Threshold = 0 }], _ => { }, options));
+        Assert.Contains("\"divide_by\" names 'capacity'", e.Message);
+        // Without the names (a collector of the caller's own), any name is taken, as before.
+        using (new AlertEngine([new AlertRule { Name = "Any", Metric = "whatever", Threshold = 0 }], _ => { })) { }
+    }
+
     [Theory]
     [InlineData("{", "not a valid rule file")]
     [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"op\": \"=>\"}]}", "\"op\"")]

@@ -189,5 +189,57 @@ public class FaultDrillTests
             Assert.True(families.ContainsKey(signal.PrometheusName), $"{signal.PrometheusName} is not in /metrics");
         }
         Assert.True(families.ContainsKey("bitnet_requests_max_queue"));
+        // Every name an alert rule may read is a /metrics family under the same name (the health ones checked above).
+        foreach (var name in ModelMonitor.AlertMetrics)
+            Assert.True(families.ContainsKey(name), $"alert signal {name} is not in /metrics");
+        foreach (var rule in AlertRules.Default)
+            foreach (var metric in AlertRules.MetricsOf(rule))
+                Assert.Contains(metric, ModelMonitor.AlertMetrics);
+    }
+
+    /// <summary>
+    /// A rule on a serving counter /metrics exports (requests refused with 429): before, the alert engine had no such
+    /// signal, and the rule loaded and never fired.
+    /// </summary>
+    [Fact]
+    public async Task RejectedRequestsFireARuleOnTheRejectedCounter()
+    {
+        var rule = new AlertRule { Name = "Rejecting", Metric = "bitnet_requests_rejected_total", Aggregate = "increase", WindowSeconds = 60, Op = ">", Threshold = 0, Component = "serving" };
+        // One sequence, no queue: with the engine held, the first request takes the sequence and the second is refused
+        // (the warm-up requests run first: the queue limit leaves room for free sequences).
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            Scheduler = o.Scheduler with { MaxSequences = 1, MaxBatchedTokens = 16, MaxQueue = 0 },
+            MaxChoices = 1,
+            Monitoring = new MonitoringOptions { AlertInterval = TimeSpan.FromMilliseconds(40), AlertRules = [rule] },
+        });
+        Assert.False(await FiringAsync(s, "Rejecting"));
+        s.Scheduler.StepGate.Reset();
+        HttpStatusCode status;
+        try
+        {
+            var first = s.PostAsync("v1/completions", Completion("hello"));
+            await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 1), "the first request to queue");
+            (status, _, _) = await s.PostAsync("v1/completions", Completion("again"));
+            s.Scheduler.StepGate.Set();
+            Assert.Equal(HttpStatusCode.OK, (await first).Status);
+        }
+        finally
+        {
+            s.Scheduler.StepGate.Set();
+        }
+        Assert.Equal(HttpStatusCode.TooManyRequests, status);
+        Assert.Equal(1, TestServer.Sample(await s.MetricsAsync(), "bitnet_requests_rejected_total"));
+        await TestServer.EventuallyAsync(() => FiringAsync(s, "Rejecting"), "the rejection alert fires");
+    }
+
+    /// <summary>A server's rules on a metric its alerts cannot read (a typo, a histogram) are refused before it starts.</summary>
+    [Fact]
+    public void ServerOptionsRefuseRulesOnUnknownMetrics()
+    {
+        var histogram = new AlertRule { Name = "Slow", Metric = "bitnet_time_to_first_token_seconds", Threshold = 1 };
+        var e = Assert.Throws<ArgumentException>(() => new ServerOptions { LoadModel = () => throw new NotImplementedException(), Monitoring = new MonitoringOptions { AlertRules = [histogram] } }.Validate());
+        Assert.Contains("rule 'Slow'", e.Message);
+        Assert.Contains("bitnet_requests_rejected_total", e.Message); // the list of names that work
     }
 }

@@ -108,7 +108,7 @@ public class SecurityDefaultsTests
     [Theory]
     [InlineData("--cors", "example.com", "is not * or an origin")]
     [InlineData("--cors", "https://app.example.com/path", "is not * or an origin")]
-    [InlineData("--max-connections", "0", "MaxConcurrentConnections must be")]
+    [InlineData("--max-connections", "0", "--max-connections must be at least 1")]
     [InlineData("--max-body-mb", "0", "--max-body-mb must be between")]
     [InlineData("--telemetry-max-mb", "0.01", "--telemetry-max-mb must be at least 0.0625")]
     public void BadSecuritySettingsAreUsageErrors(string flag, string value, string message)

@@ -40,14 +40,43 @@ public class ServeCommandTests
 
     [Theory]
     [InlineData("--host", "example.com", "is not an IP address")]
-    [InlineData("--max-batched-tokens", "2", "must be at least MaxSequences")]
+    [InlineData("--max-batched-tokens", "2", "--max-batched-tokens (2) must be at least --max-seqs (8)")]
     [InlineData("--timeout", "0", "--timeout must be a positive number")]
-    [InlineData("--max-n", "99", "MaxChoices must be between 1 and MaxSequences")]
+    [InlineData("--timeout", "1e300", "--timeout must be a positive number of seconds, at most 31536000")]
+    [InlineData("--timeout", "Infinity", "--timeout must be a positive number of seconds, at most 31536000")]
+    [InlineData("--max-n", "99", "--max-n must be between 1 and --max-seqs (8)")]
+    [InlineData("--max-n", "0", "--max-n must be between 1 and --max-seqs (8)")]
+    [InlineData("--max-n", "-5", "--max-n must be between 1 and --max-seqs (8)")]
+    [InlineData("--max-queue", "-1", "--max-queue must be 0 or more")]
+    [InlineData("--max-tokens-limit", "0", "--max-tokens-limit must be at least 1")]
+    [InlineData("--health-every", "-1", "--health-every must be 0 (off) or a number of engine steps")]
+    [InlineData("--verify-weights", "0", "--verify-weights must be a positive number of seconds")]
+    [InlineData("--verify-weights", "2592000", "--verify-weights must be a positive number of seconds, at most 2073600 (24 days)")]
     [InlineData("--port", "70000", "The port must be 0-65535")]
     public void BadSettingsAreUsageErrors(string flag, string value, string message)
     {
         var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", flag, value);
         AssertUsageError(code, error, message);
+    }
+
+    /// <summary>An alert rule file whose rule reads a metric the server's alerts cannot (here a histogram) stops serve before it loads the model.</summary>
+    [Fact]
+    public void AlertRulesOnUnknownMetricsStopServe()
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"bitnet-rules-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, """{"rules": [{"name": "SlowStart", "metric": "bitnet_time_to_first_token_seconds", "threshold": 2}]}""");
+        try
+        {
+            var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", "--alert-rules", path);
+            Assert.Equal(1, code);
+            Assert.StartsWith($"error: {path}: rule 'SlowStart': \"metric\" names 'bitnet_time_to_first_token_seconds'", error);
+            Assert.Contains("bitnet_requests_rejected_total", error);
+            Assert.Single(error.Trim().Split('\n'));
+        }
+        finally
+        {
+            File.Delete(path);
+        }
     }
 
     [Theory]
@@ -82,9 +111,9 @@ public class ServeCommandTests
     public void VariablesStandInForAbsentFlags()
     {
         var (code, error) = BitnetWith(new() { ["BITNET_MAX_SEQS"] = "3", ["BITNET_PORT"] = " " }, "serve", "-m", "does-not-matter.gguf", "--max-batched-tokens", "2");
-        AssertUsageError(code, error, "MaxBatchedTokens (2) must be at least MaxSequences (3)");
+        AssertUsageError(code, error, "--max-batched-tokens (2) must be at least --max-seqs (3)");
         (code, error) = BitnetWith(new() { ["BITNET_MAX_SEQS"] = "" }, "serve", "-m", "does-not-matter.gguf", "--max-batched-tokens", "2");
-        AssertUsageError(code, error, "MaxBatchedTokens (2) must be at least MaxSequences (8)");
+        AssertUsageError(code, error, "--max-batched-tokens (2) must be at least --max-seqs (8)");
     }
 
     /// <summary>

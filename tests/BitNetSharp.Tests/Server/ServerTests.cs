@@ -360,13 +360,17 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         s.Scheduler.StepGate.Reset();
         try
         {
-            var queued = s.PostAsync("v1/completions", new { prompt = "first", max_tokens = 2 });
+            // The engine is held: the first request is for the free sequence, the second may wait, the third is refused.
+            var first = s.PostAsync("v1/completions", new { prompt = "first", max_tokens = 2 });
             await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 1), "the first request to queue");
+            var queued = s.PostAsync("v1/completions", new { prompt = "queued", max_tokens = 2 });
+            await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 2), "the second request to queue");
             var (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "second", max_tokens = 2 });
             Assert.Equal((HttpStatusCode)429, status);
             Assert.Equal("queue_full", body.GetProperty("error").GetProperty("code").GetString());
             Assert.Equal("1", response.Headers.RetryAfter?.ToString());
             s.Scheduler.StepGate.Set();
+            Assert.Equal(HttpStatusCode.OK, (await first).Status);
             Assert.Equal(HttpStatusCode.OK, (await queued).Status);
         }
         finally

@@ -152,13 +152,17 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// Cancelling <paramref name="cancellation"/> is <see cref="GenerationHandle.Cancel"/>.
     /// </summary>
     /// <exception cref="ArgumentException">The request cannot run here (empty prompt, an id outside the vocabulary, past the context, too many choices, bad sampling settings).</exception>
-    /// <exception cref="SchedulerQueueFullException">MaxQueue requests are already waiting.</exception>
+    /// <exception cref="SchedulerQueueFullException">MaxQueue requests are already waiting beyond what the free sequences can take.</exception>
     public GenerationHandle Submit(GenerationRequest request, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         ObjectDisposedException.ThrowIf(_disposed, this);
         Check(request);
-        if (Interlocked.Increment(ref _queued) > Options.MaxQueue)
+        // Every request passes through the queue, free sequences or not (the engine admits between steps), so the
+        // limit counts only the requests that the free sequences (as of the last step) cannot take: with MaxQueue 0 a
+        // request is refused only when every sequence is busy, and a burst into an idle server is not refused.
+        int free = Math.Max(0, Options.MaxSequences - Volatile.Read(ref _counters.RunningSequences));
+        if (Interlocked.Increment(ref _queued) > Options.MaxQueue + free)
         {
             Interlocked.Decrement(ref _queued);
             Interlocked.Increment(ref _counters.Rejected);

@@ -16,7 +16,10 @@ public sealed record SchedulerOptions
     /// </summary>
     public int MaxBatchedTokens { get; init; } = 256;
 
-    /// <summary>Requests that may wait for a free sequence; one more is refused at once with <see cref="SchedulerQueueFullException"/>.</summary>
+    /// <summary>
+    /// Requests that may wait for a free sequence, beyond those the free sequences take at the next step; one more is
+    /// refused at once with <see cref="SchedulerQueueFullException"/>. 0: refuse whatever cannot start at once.
+    /// </summary>
     public int MaxQueue { get; init; } = 64;
 
     /// <summary>KV-cache positions per sequence (≤ 0: the model's context length).</summary>

@@ -84,6 +84,12 @@ public sealed record AlertEngineOptions
     /// <summary>Extra labels on every alert (e.g. instance).</summary>
     public IReadOnlyDictionary<string, string>? Labels { get; init; }
 
+    /// <summary>
+    /// Every metric name the collector can supply. When set, a rule naming any other metric is refused at construction
+    /// (<see cref="AlertRules.CheckMetrics"/>) instead of loading and never firing.
+    /// </summary>
+    public IReadOnlyCollection<string>? KnownMetrics { get; init; }
+
     /// <summary>Where state changes are written (the server's logger, the CLI's stderr).</summary>
     public Action<string>? Log { get; init; }
 }
@@ -128,6 +134,7 @@ public sealed class AlertEngine : IDisposable
         _rules = [.. rules];
         _collect = collect;
         _options = options ?? new AlertEngineOptions();
+        if (_options.KnownMetrics is { } known) AlertRules.CheckMetrics(_rules, known);
         if (_options.Interval <= TimeSpan.Zero) throw new ArgumentException($"The alert evaluation interval must be positive; got {_options.Interval}.", nameof(options));
         _state = _rules.Select(_ => new State()).ToArray();
         if (_options.WebhookUrl is { } url)

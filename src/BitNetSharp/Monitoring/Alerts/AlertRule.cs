@@ -102,6 +102,34 @@ public static class AlertRules
         return rules;
     }
 
+    /// <summary>The metric names a rule reads: each part of <see cref="AlertRule.Metric"/> (joined by " + ") and its <see cref="AlertRule.DivideBy"/>.</summary>
+    public static IEnumerable<string> MetricsOf(AlertRule rule)
+    {
+        foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries)) yield return part;
+        if (rule.DivideBy is { Length: > 0 } d) yield return d.Trim();
+    }
+
+    /// <summary>
+    /// Throws an <see cref="ArgumentException"/> naming the rule, the metric and the names it can use when a rule reads a
+    /// metric outside <paramref name="known"/>: such a rule would load and never fire (its signal never has a value).
+    /// </summary>
+    public static void CheckMetrics(IReadOnlyList<AlertRule> rules, IReadOnlyCollection<string> known, string source = "alert rules")
+    {
+        foreach (var rule in rules)
+            foreach (var metric in MetricsOf(rule))
+            {
+                bool found = false;
+                foreach (var k in known)
+                    if (string.Equals(k, metric, StringComparison.Ordinal)) { found = true; break; }
+                if (found) continue;
+                var names = new List<string>(known);
+                names.Sort(StringComparer.Ordinal);
+                string field = rule.DivideBy is { } d && d.Trim() == metric ? "divide_by" : "metric";
+                throw new ArgumentException($"{source}: rule '{rule.Name}': \"{field}\" names '{metric}', which is not a signal alert rules can read, so the rule would never fire. " +
+                    $"Histograms and metrics outside this list are not evaluated; use one of: {string.Join(", ", names)}.");
+            }
+    }
+
     /// <summary>
     /// The built-in rules, the same as deploy/prometheus/bitnet-alerts.yml. Thresholds: healthy BitNet models keep
     /// far fewer than 5 % of an input's codes at the clamp limits (absmax scaling puts only the largest entries
