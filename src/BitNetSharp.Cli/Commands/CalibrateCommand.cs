@@ -63,6 +63,10 @@ public static class CalibrateCommand
         if (!(budget > 0) || !double.IsFinite(budget)) throw new UsageException($"--kl-budget must be a positive number of nats; got {budget.ToString(CultureInfo.InvariantCulture)}.");
         if (samples < 2) throw new UsageException($"--samples must be at least 2 (one window for statistics, one held out); got {samples}.");
         if (maxSteps < 0) throw new UsageException($"--max-steps must be ≥ 0; got {maxSteps}.");
+        if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
+        if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
+        if (reportPath is not null && (Directory.Exists(reportPath) || reportPath.EndsWith('/') || reportPath.EndsWith(Path.DirectorySeparatorChar)))
+            throw new UsageException($"--report {reportPath} is a directory; give a file path such as {Path.Combine(reportPath, "calibration.md")}.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the calibrated model is a GGUF; give a path ending in .gguf.");
         string outFull = Path.GetFullPath(outPath);
         string stem = outFull[..^".gguf".Length];
@@ -78,6 +82,9 @@ public static class CalibrateCommand
         if (weights.Gguf is not { } gguf)
             throw new UsageException($"{weights.SourcePath} is not a GGUF; calibrate writes a copy of a GGUF. Convert it first: bitnet convert {weights.SourcePath} model.gguf");
         if (Path.GetFullPath(gguf.FilePath) == outFull) throw new UsageException($"--out {outPath} is the input model; write to another file.");
+        foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })
+            if (written == outFull || written == Path.GetFullPath(gguf.FilePath))
+                throw new UsageException($"--report {reportPath} would overwrite {written}, the {(written == outFull ? "calibrated" : "input")} model; give another report path.");
         if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; calibrate needs one to turn the text into tokens.");
         var c = weights.Config;
         int window = ctxOption > 0 ? ctxOption : Math.Min(c.ContextLength, 256);
@@ -111,9 +118,17 @@ public static class CalibrateCommand
             maxSteps > 0 ? maxSteps : int.MaxValue, log);
         var baseline = result.Kl.Reference;
 
-        // Outputs: the report (Markdown + SVG), then the model; each written whole or not at all.
-        WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, samples, seed, budget, summary, result);
+        // Outputs: the model (what the search was for), then the report (Markdown + SVG); each written whole or not at
+        // all, and a report that cannot be written does not take the model with it.
         GgufCopy.WithMetadata(gguf, outFull, [new(ActivationBits.GgufKey, GgufValue.FromArray(GgufArray.Create(BitsArray(result.Bits, c.Layers))))]);
+        try
+        {
+            WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, samples, seed, budget, summary, result);
+        }
+        catch (IOException e)
+        {
+            throw new IOException($"{e.Message} The calibrated model was written to {outFull}.", e);
+        }
 
         var ic = CultureInfo.InvariantCulture;
         if (json)

@@ -53,6 +53,9 @@ public static class EvalCommand
         {
             try
             {
+                if (r.GetValue(ctx) is < 0 and var badCtx) throw new UsageException($"--ctx (-c) must be a window length in tokens (0: the model's context); got {badCtx}.");
+                if (r.GetValue(stride) is < 0 and var badStride) throw new UsageException($"--stride must be a number of tokens (0: the window length); got {badStride}.");
+                if (r.GetValue(threads) is < 0 and var badThreads) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {badThreads}.");
                 string dataPath = r.GetRequiredValue(data);
                 string text = TrainingCorpus.ReadText(dataPath);
                 var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)),

@@ -85,6 +85,7 @@ public static class LogsCommand
         if (s.Follow) return Follow(cli, s, cancellation);
 
         var reader = TelemetryLogReader.Open(s.Files);
+        CheckOutputs(s, reader);
         HashSet<long>? requestSteps = null;
         if (s.Request is not null)
         {
@@ -151,6 +152,29 @@ public static class LogsCommand
         }
     }
 
+    /// <summary>
+    /// --out and --plot must not replace a log being read (the rows are read first and the result renamed over the
+    /// path, so the log would be lost), nor add a non-log file that a later read of the directory would take for one.
+    /// </summary>
+    private static void CheckOutputs(Settings s, TelemetryLogReader reader)
+    {
+        foreach (var (option, path) in new[] { ("--out", s.Out), ("--plot", s.Plot) })
+        {
+            if (path is null) continue;
+            string full = Path.GetFullPath(path);
+            foreach (var f in reader.Files)
+                if (string.Equals(Path.GetFullPath(f.Path), full, StringComparison.Ordinal))
+                    throw new UsageException($"{option} {path} is one of the telemetry logs being read; writing it would replace the log. Give another path.");
+            if (full.EndsWith(TelemetryLogSchema.FileExtension, StringComparison.OrdinalIgnoreCase))
+                foreach (var input in s.Files)
+                    if (Directory.Exists(input) && string.Equals(Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar), Path.GetDirectoryName(full), StringComparison.Ordinal))
+                        throw new UsageException($"{option} {path} would put a {TelemetryLogSchema.FileExtension} file that is not a telemetry log into the log directory {input}. Give another name or directory.");
+        }
+    }
+
+    /// <summary>The longest --follow-timeout (a cancellation timer takes at most about 49 days; 24 days is plenty).</summary>
+    internal const double MaxFollowSeconds = 24 * 86400;
+
     private static void Validate(Settings s)
     {
         if (s.Export is not null && s.Export is not ("csv" or "jsonl"))
@@ -169,11 +193,16 @@ public static class LogsCommand
             throw new UsageException("--follow prints rows as they arrive; it cannot be combined with --summary, --export or --plot.");
         if (s.FollowTimeout is not null && !s.Follow)
             throw new UsageException("--follow-timeout needs --follow.");
-        if (s.FollowTimeout is <= 0 or double.NaN)
-            throw new UsageException("--follow-timeout must be a positive number of seconds.");
-        foreach (var path in new[] { s.Out, s.Plot })
-            if (path is not null && Path.GetDirectoryName(Path.GetFullPath(path)) is { } dir && !Directory.Exists(dir))
+        if (s.FollowTimeout is <= 0 or double.NaN or > MaxFollowSeconds)
+            throw new UsageException($"--follow-timeout must be a positive number of seconds, at most {MaxFollowSeconds} (24 days); got {s.FollowTimeout}.");
+        foreach (var (option, path) in new[] { ("--out", s.Out), ("--plot", s.Plot) })
+        {
+            if (path is null) continue;
+            if (Directory.Exists(path) || path.EndsWith('/') || path.EndsWith(Path.DirectorySeparatorChar))
+                throw new UsageException($"{option} {path} is a directory; give a file path.");
+            if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } dir && !Directory.Exists(dir))
                 throw new IOException($"{path}: directory {dir} does not exist.");
+        }
     }
 
     private static bool Keep(in TelemetryRow row, Settings s, HashSet<long>? requestSteps)
@@ -219,7 +248,11 @@ public static class LogsCommand
             if (text.EndsWith(suffix, StringComparison.Ordinal)
                 && double.TryParse(text.AsSpan(0, text.Length - suffix.Length), NumberStyles.Float, CultureInfo.InvariantCulture, out double amount)
                 && amount >= 0)
-                return ToUnixNanos(now - TimeSpan.FromSeconds(amount * unit));
+            {
+                // Longer ago than the Unix epoch (1e9d, ∞): every row; TimeSpan would overflow.
+                double seconds = amount * unit;
+                return seconds < (now - DateTimeOffset.UnixEpoch).TotalSeconds ? ToUnixNanos(now - TimeSpan.FromSeconds(seconds)) : 0;
+            }
         if (DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var t))
             return ToUnixNanos(t);
         throw new UsageException($"{option} '{text}' is neither an ISO-8601 time nor a duration like 10m.");
@@ -415,7 +448,7 @@ public static class LogsCommand
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepRows * 1e3:0.###} ms, latency mean {(_latencyRows == 0 ? double.NaN : _latencySum / _latencyRows * 1e3):0.###} ms, max {_latencyMax * 1e3:0.###} ms"));
+                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepRows * 1e3:0.###} ms, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
                 w.WriteLine($"logits: {logits}; non-finite {_nonFiniteTokens:N0} in {_nonFiniteRows:N0} tokens");

@@ -74,6 +74,8 @@ public static class ProfileCommand
             int peak = result.GetValue(peakMs);
             if (peak < 1) throw new UsageException($"--peak-ms must be at least 1; got {peak}.");
             string? tracePath = result.GetValue(trace);
+            if (tracePath is not null && (Directory.Exists(tracePath) || tracePath.EndsWith('/') || tracePath.EndsWith(Path.DirectorySeparatorChar)))
+                throw new UsageException($"--trace {tracePath} is a directory; give a file path such as {Path.Combine(tracePath, "profile.json")}.");
             if (tracePath is not null && Path.GetDirectoryName(Path.GetFullPath(tracePath)) is { } traceDir && !Directory.Exists(traceDir))
                 throw new UsageException($"--trace: the folder '{traceDir}' does not exist.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
@@ -116,15 +118,30 @@ public static class ProfileCommand
                 Sequences = seqs,
             });
             long? traceBytes = null;
+            string? traceError = null;
             if (tracePath is not null)
             {
-                ChromeTraceWriter.Write(tracePath, report);
-                traceBytes = new FileInfo(tracePath).Length;
+                // After minutes of profiling, a trace that cannot be written must not take the report with it.
+                try
+                {
+                    ChromeTraceWriter.Write(tracePath, report);
+                    traceBytes = new FileInfo(tracePath).Length;
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    traceError = $"error: the trace could not be written to {tracePath}: {e.Message}";
+                    tracePath = null;
+                }
             }
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes);
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights));
             if (result.GetValue(hugePages)) cli.Error.WriteLine(HugePagesReport());
+            if (traceError is not null)
+            {
+                cli.Error.WriteLine(traceError);
+                return 1;
+            }
             return 0;
         }));
         return command;

@@ -365,6 +365,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "-s", "0" }, "--sequences")]
     [InlineData(new[] { "--synthetic", "tiny", "--sequences", "257" }, "--sequences")]
     [InlineData(new[] { "--synthetic", "tiny", "--trace", "/nonexistent-folder/t.json" }, "--trace")]
+    [InlineData(new[] { "--synthetic", "tiny", "--trace", "/tmp" }, "--trace /tmp is a directory")]
+    [InlineData(new[] { "--synthetic", "tiny", "--trace", "/tmp/" }, "--trace /tmp/ is a directory")]
     [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "4096" }, "--cpus: CPU 4096")]

@@ -95,6 +95,8 @@ public class CalibrateTests
     [InlineData("--samples", "1", "--samples must be at least 2")]
     [InlineData("--samples", "400", "fewer than --samples 400")]
     [InlineData("--ctx", "100000", "--ctx 100000 must be 4 to")]
+    [InlineData("--ctx", "-512", "--ctx must be a window length in tokens")]
+    [InlineData("--threads", "-3", "--threads must be ≥ 0")]
     public void BadSettingsAreUsageErrorsAndWriteNothing(string option, string value, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -127,6 +129,16 @@ public class CalibrateTests
         (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.bin"));
         Assert.Equal(2, code);
         Assert.Contains("ending in .gguf", error);
+        Assert.False(File.Exists(dir.File("o.gguf")));
+        // A report path that is a directory (before: the whole search ran, then the report and the model were lost), or
+        // that would overwrite the model, is refused before anything runs.
+        Directory.CreateDirectory(dir.File("reports"));
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.gguf"), "--report", dir.File("reports") + "/");
+        Assert.Equal(2, code);
+        Assert.Contains("is a directory", error);
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.gguf"), "--report", dir.File("o.gguf"));
+        Assert.Equal(2, code);
+        Assert.Contains("would overwrite", error);
         Assert.False(File.Exists(dir.File("o.gguf")));
     }
 }

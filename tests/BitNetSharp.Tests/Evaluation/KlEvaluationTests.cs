@@ -230,5 +230,15 @@ public class KlEvaluationTests
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kv-type", "q4");
         Assert.Equal(2, code);
         Assert.Contains("--kv-type 'q4'", error);
+        // Negative sizes were taken as "default" silently (and then failed with a window length the user never gave).
+        foreach (var (option, value, message) in new[]
+        {
+            ("--ctx", "-512", "--ctx (-c) must be a window length"), ("--stride", "-1", "--stride must be a number of tokens"), ("-t", "-3", "--threads (-t) must be ≥ 0"),
+        })
+        {
+            (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, option, value);
+            Assert.Equal(2, code);
+            Assert.Contains(message, error);
+        }
     }
 }

@@ -204,4 +204,53 @@ public class LogsCommandTests
         Assert.Contains("no/such/dir/out.csv", error);
         Assert.Empty(Directory.GetFiles(dir.Path, ".*tmp*"));
     }
+
+    /// <summary>
+    /// An output path naming a log being read (or a directory, or an .arrow name in the log directory) is refused before
+    /// anything is written: before, --export/--plot renamed their result over the log and reported success.
+    /// </summary>
+    [Fact]
+    public void OutputsNeverReplaceALogBeingRead()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        byte[] log = File.ReadAllBytes(path);
+        foreach (var args in new[]
+        {
+            new[] { "logs", path, "--export", "csv", "--out", path },
+            ["logs", path, "--plot", path],
+            ["logs", dir.Path, "--export", "jsonl", "--out", path],
+        })
+        {
+            var (code, output, error) = Bitnet(args);
+            Assert.Equal(2, code);
+            Assert.Contains("is one of the telemetry logs being read", error);
+            Assert.Equal("", output);
+            Assert.Equal(log, File.ReadAllBytes(path));
+        }
+        var (c, _, e) = Bitnet("logs", dir.Path, "--export", "csv", "--out", dir.File("export.arrow"));
+        Assert.Equal(2, c);
+        Assert.Contains("not a telemetry log into the log directory", e);
+        Assert.False(File.Exists(dir.File("export.arrow")));
+        (c, _, e) = Bitnet("logs", path, "--export", "csv", "--out", dir.Path);
+        Assert.Equal(2, c);
+        Assert.Contains("is a directory", e);
+        Assert.Equal(log, File.ReadAllBytes(path));
+        Assert.Empty(Directory.GetFiles(dir.Path, ".*tmp*"));
+    }
+
+    /// <summary>Huge durations are a clear error (--follow-timeout) or mean "everything" (--since), not an overflow's stack trace.</summary>
+    [Fact]
+    public void HugeDurationsDoNotOverflow()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        var (code, output, error) = Bitnet("logs", path, "--since", "1e9d");
+        Assert.Equal(0, code);
+        Assert.Equal("", error);
+        Assert.Contains("rows: 21 (", output);
+        (code, _, error) = Bitnet("logs", path, "-f", "--follow-timeout", "1e300");
+        Assert.Equal(2, code);
+        Assert.Contains("--follow-timeout must be a positive number of seconds, at most", error);
+    }
 }

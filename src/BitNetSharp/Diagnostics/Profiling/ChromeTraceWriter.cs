@@ -99,10 +99,20 @@ public static class ChromeTraceWriter
         j.WriteEndObject();
     }
 
+    /// <summary>Writes the trace whole or not at all (a temporary file beside it, renamed over the path when complete).</summary>
     public static void Write(string path, ProfileReport report)
     {
-        using var f = File.Create(path);
-        Write(f, report);
+        string temp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", "." + Path.GetFileName(path) + ".partial");
+        try
+        {
+            using (var f = File.Create(temp)) Write(f, report);
+            File.Move(temp, path, overwrite: true);
+        }
+        catch
+        {
+            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+            throw;
+        }
     }
 
     private static void Meta(Utf8JsonWriter j, int pid, int tid, string kind, string name)
