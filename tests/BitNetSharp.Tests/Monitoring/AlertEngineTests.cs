@@ -104,9 +104,11 @@ public class AlertEngineTests
         var e = Assert.Throws<ArgumentException>(() => new AlertEngine([new AlertRule { Name = "Typo", Metric = "a_totl", Threshold = 0 }], _ => { }, options));
         Assert.Contains("rule 'Typo'", e.Message);
         Assert.Contains("\"metric\" names 'a_totl'", e.Message);
+        Assert.Contains("Did you mean 'a_total'?", e.Message);
         Assert.Contains("a_total, b, cap", e.Message);
         e = Assert.Throws<ArgumentException>(() => new AlertEngine([new AlertRule { Name = "Sum", Metric = "a_total + nope", Threshold = 0 }], _ => { }, options));
         Assert.Contains("'nope'", e.Message);
+        Assert.DoesNotContain("Did you mean", e.Message);
         e = Assert.Throws<ArgumentException>(() => new AlertEngine([new AlertRule { Name = "Ratio", Metric = "b", DivideBy = "capacity", Threshold = 0 }], _ => { }, options));
         Assert.Contains("\"divide_by\" names 'capacity'", e.Message);
         // Without the names (a collector of the caller's own), any name is taken, as before.

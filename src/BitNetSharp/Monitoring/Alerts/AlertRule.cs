@@ -125,9 +125,36 @@ public static class AlertRules
                 var names = new List<string>(known);
                 names.Sort(StringComparer.Ordinal);
                 string field = rule.DivideBy is { } d && d.Trim() == metric ? "divide_by" : "metric";
-                throw new ArgumentException($"{source}: rule '{rule.Name}': \"{field}\" names '{metric}', which is not a signal alert rules can read, so the rule would never fire. " +
+                string? nearest = null;
+                int best = int.MaxValue;
+                foreach (var k in names)
+                {
+                    int distance = EditDistance(k, metric);
+                    if (distance < best) (best, nearest) = (distance, k);
+                }
+                string hint = best <= Math.Max(2, metric.Length / 8) ? $" Did you mean '{nearest}'?" : "";
+                throw new ArgumentException($"{source}: rule '{rule.Name}': \"{field}\" names '{metric}', which is not a signal alert rules can read, so the rule would never fire.{hint} " +
                     $"Histograms and metrics outside this list are not evaluated; use one of: {string.Join(", ", names)}.");
             }
+    }
+
+    /// <summary>Levenshtein distance (insertions, deletions, substitutions), for "did you mean".</summary>
+    private static int EditDistance(string a, string b)
+    {
+        var row = new int[b.Length + 1];
+        for (int j = 0; j <= b.Length; j++) row[j] = j;
+        for (int i = 1; i <= a.Length; i++)
+        {
+            int diagonal = row[0];
+            row[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int above = row[j];
+                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
+                diagonal = above;
+            }
+        }
+        return row[b.Length];
     }
 
     /// <summary>
