@@ -123,7 +123,7 @@ public sealed class TelemetryLogReader
             {
                 if (!TryReadNext(reader, out var batch))
                 {
-                    lock (_truncated) _truncated.Add(file.Path);
+                    lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path); // once, however many passes read it
                     break;
                 }
                 if (batch is null) break;
