@@ -69,6 +69,7 @@ public static class TrainCommand
             try
             {
                 string outPath = Path.GetFullPath(r.GetRequiredValue(output));
+                CheckSettings(r, lr, warmup, weightDecay, threads, ff, kvHeads, vocab);
                 int d = r.GetValue(dim), h = r.GetValue(heads);
                 var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
                     r.GetValue(ff) is > 0 and var f ? f : (8 * d / 3 + 127) / 128 * 128, r.GetValue(ctx), r.GetValue(ropeTheta));
@@ -101,6 +102,8 @@ public static class TrainCommand
                     throw new UsageException($"--plot {r.GetValue(plotPath)}: the loss curve is written as SVG (no native graphics libraries in the tool); " +
                         $"give a path ending in .svg, e.g. {Path.ChangeExtension(r.GetValue(plotPath), ".svg")}.");
                 if (Path.GetDirectoryName(plot) != Path.GetDirectoryName(outPath)) RequireWritable(plot);
+                CheckOutputsAreNotInputs(r.GetRequiredValue(data), ("--out", outPath), ("--plot", plot), ("the checkpoint", outPath + ".ckpt"),
+                    ("--heldout", r.GetValue(heldOut) is { } h2 ? Path.GetFullPath(h2) : null));
 
                 using var pool = new WorkerPool(r.GetValue(threads));
                 string checkpoint = outPath + ".ckpt";
@@ -172,6 +175,32 @@ public static class TrainCommand
             }
         }));
         return command;
+    }
+
+    /// <summary>The training hyper-parameters by their flags: a negative or non-finite value was taken silently (or as "default").</summary>
+    private static void CheckSettings(ParseResult r, Option<float> lr, Option<int> warmup, Option<float> weightDecay, Option<int> threads, Option<int> ff,
+        Option<int> kvHeads, Option<int> vocab)
+    {
+        if (r.GetValue(lr) is var rate && !(float.IsFinite(rate) && rate > 0)) throw new UsageException($"--lr must be a positive learning rate; got {rate}.");
+        if (r.GetValue(warmup) is < 0 and var w) throw new UsageException($"--warmup must be 0 or more steps; got {w}.");
+        if (r.GetValue(weightDecay) is var decay && !(float.IsFinite(decay) && decay >= 0)) throw new UsageException($"--weight-decay must be 0 or more; got {decay}.");
+        if (r.GetValue(threads) is < 0 and var t) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {t}.");
+        if (r.GetValue(ff) is < 0 and var f) throw new UsageException($"--ff must be a positive width (0 or absent: 8/3·dim); got {f}.");
+        if (r.GetValue(kvHeads) is < 0 and var kv) throw new UsageException($"--kv-heads must be a positive number dividing --heads (0 or absent: --heads); got {kv}.");
+        if (r.GetValue(vocab) is < 257 and var v)
+            throw new UsageException($"--vocab {v} cannot hold the end-of-text token and the 256 byte tokens; use at least 257 (merges come on top).");
+    }
+
+    /// <summary>No file train writes may be one of its --data files: the text would be replaced (by the model, the plot, or its own last 5 %).</summary>
+    private static void CheckOutputsAreNotInputs(string[] data, params (string Option, string? Path)[] outputs)
+    {
+        foreach (var input in data)
+        {
+            string full = Path.GetFullPath(input);
+            foreach (var (option, path) in outputs)
+                if (path is not null && string.Equals(path, full, StringComparison.Ordinal))
+                    throw new UsageException($"{option} {path} is a --data file; writing it would replace the training text. Give another path.");
+        }
     }
 
     private static void RequireWritable(string path)

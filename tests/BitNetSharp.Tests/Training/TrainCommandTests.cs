@@ -156,6 +156,15 @@ public class TrainCommandTests
     [InlineData("unwritable", "does not exist")]
     [InlineData("i2s", "multiple of 128")]
     [InlineData("png", "the loss curve is written as SVG")]
+    [InlineData("lr", "--lr must be a positive learning rate")]
+    [InlineData("lrnan", "--lr must be a positive learning rate")]
+    [InlineData("warmup", "--warmup must be 0 or more")]
+    [InlineData("decay", "--weight-decay must be 0 or more")]
+    [InlineData("threads", "--threads (-t) must be ≥ 0")]
+    [InlineData("ff", "--ff must be a positive width")]
+    [InlineData("smallvocab", "use at least 257")]
+    [InlineData("heldout-is-data", "is a --data file; writing it would replace the training text")]
+    [InlineData("out-is-data", "is a --data file; writing it would replace the training text")]
     public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -174,6 +183,16 @@ public class TrainCommandTests
             "png" => TinyArgs(data, model, "--plot", dir.File("loss.png")),
             "bits" => TinyArgs(data, model, "--activation-bits", "qkv=7"),
             "fpbits" => TinyArgs(data, model, "--activation-bits", "4", "--full-precision"),
+            "lr" => TinyArgs(data, model, "--lr", "-1"),
+            "lrnan" => TinyArgs(data, model, "--lr", "NaN"),
+            "warmup" => TinyArgs(data, model, "--warmup", "-1"),
+            "decay" => TinyArgs(data, model, "--weight-decay", "-0.5"),
+            "threads" => Replace(TinyArgs(data, model), "-t", "-2"),
+            "ff" => Replace(TinyArgs(data, model), "--ff", "-5"),
+            "smallvocab" => Replace(TinyArgs(data, model), "--vocab", "10"),
+            // Before: the corpus was replaced by its own last 5 % (--heldout) or by the model (--out) with no word.
+            "heldout-is-data" => TinyArgs(data, model, "--heldout", data),
+            "out-is-data" => TinyArgs(data, data),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
         var (code, _, error) = Bitnet(args);
@@ -181,6 +200,7 @@ public class TrainCommandTests
         Assert.Contains(message, error);
         Assert.StartsWith("error: ", error);
         Assert.DoesNotContain(Directory.GetFiles(dir.Path), f => !f.EndsWith(".txt", StringComparison.Ordinal));
+        Assert.Equal(string.Concat(Enumerable.Repeat(TrainingRunTests.Story, 6)), File.ReadAllText(data)); // the corpus untouched
     }
 
     private static string[] Replace(string[] args, string option, string value)
