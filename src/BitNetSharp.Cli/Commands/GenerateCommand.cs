@@ -43,6 +43,8 @@ public static class GenerateCommand
                 throw new UsageException("give exactly one of --prompt TEXT or --prompt-ids 1,2,3.");
             var parameters = sampling.Parse(result);
             if (result.GetValue(count) < 0) throw new UsageException($"--n-predict (-n) must be 0 or more; got {result.GetValue(count)}.");
+            if (result.GetValue(logitsOut) is { } logitsPath) OutputFile.Check("--logits-out", logitsPath);
+            if (result.GetValue(idsOut) is { } idsPath) OutputFile.Check("--ids-out", idsPath);
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             int[] promptTokens;

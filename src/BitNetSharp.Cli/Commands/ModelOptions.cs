@@ -221,7 +221,28 @@ public sealed class SamplingOptions
             FrequencyPenalty = r.GetValue(FrequencyPenalty),
             Seed = r.GetValue(Seed),
         };
-        p.Validate();
+        try
+        {
+            p.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            // The library names the API's fields (temperature, top_k); here the user typed flags.
+            Option? flag = e.ParamName switch
+            {
+                nameof(SamplingParameters.Temperature) => Temperature,
+                nameof(SamplingParameters.TopK) => TopK,
+                nameof(SamplingParameters.TopP) => TopP,
+                nameof(SamplingParameters.MinP) => MinP,
+                nameof(SamplingParameters.TypicalP) => TypicalP,
+                nameof(SamplingParameters.RepetitionPenalty) => RepeatPenalty,
+                nameof(SamplingParameters.PenaltyLastN) => RepeatLastN,
+                nameof(SamplingParameters.PresencePenalty) => PresencePenalty,
+                nameof(SamplingParameters.FrequencyPenalty) => FrequencyPenalty,
+                _ => null,
+            };
+            throw new UsageException(flag is null ? e.Message.Split(" (Parameter '")[0] : $"{flag.Name}: {e.Message.Split(" (Parameter '")[0]}");
+        }
         return p;
     }
 }

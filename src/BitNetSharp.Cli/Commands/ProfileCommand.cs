@@ -74,10 +74,7 @@ public static class ProfileCommand
             int peak = result.GetValue(peakMs);
             if (peak < 1) throw new UsageException($"--peak-ms must be at least 1; got {peak}.");
             string? tracePath = result.GetValue(trace);
-            if (tracePath is not null && (Directory.Exists(tracePath) || tracePath.EndsWith('/') || tracePath.EndsWith(Path.DirectorySeparatorChar)))
-                throw new UsageException($"--trace {tracePath} is a directory; give a file path such as {Path.Combine(tracePath, "profile.json")}.");
-            if (tracePath is not null && Path.GetDirectoryName(Path.GetFullPath(tracePath)) is { } traceDir && !Directory.Exists(traceDir))
-                throw new UsageException($"--trace: the folder '{traceDir}' does not exist.");
+            if (tracePath is not null) OutputFile.Check("--trace", tracePath);
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 

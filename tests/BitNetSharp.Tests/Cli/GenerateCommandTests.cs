@@ -187,12 +187,18 @@ public class GenerateArgumentTests
     [InlineData("-n", "-1", "--n-predict (-n) must be 0 or more")]
     [InlineData("--ctx", "-4", "--ctx (-c) must be 0 (the model's context) or more")]
     [InlineData("-t", "-2", "--threads (-t) must be 0 (physical cores) or more")]
+    [InlineData("--temp", "-1", "--temp: temperature must be a finite number ≥ 0")]
+    [InlineData("--top-p", "1.5", "--top-p: top_p must be in (0, 1]")]
+    [InlineData("--repeat-last-n", "-5", "--repeat-last-n: penalty_last_n must be ≥ −1")]
+    [InlineData("--logits-out", "/tmp", "--logits-out /tmp is a directory")]
+    [InlineData("--ids-out", "/no/such/folder/ids.json", "--ids-out /no/such/folder/ids.json: the folder '/no/such/folder' does not exist")]
     public void NegativeCountsAreRefusedByName(string option, string value, string message)
     {
         var error = new StringWriter();
         int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "hi", option, value], new StringWriter(), error);
         Assert.NotEqual(0, code);
         Assert.Contains(message, error.ToString());
+        Assert.DoesNotContain("tok/s", error.ToString()); // refused before generating
     }
 }
 
