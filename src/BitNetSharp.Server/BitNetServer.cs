@@ -19,7 +19,7 @@ namespace BitNetSharp.Server;
 /// <see cref="StartAsync"/> returns once the port is bound; the model loads and warms up in the background while
 /// /health answers 503, and every model route answers 503 with Retry-After until it is ready.
 /// <para>
-/// Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /health, GET /metrics, GET /dashboard,
+/// Routes: POST /v1/completions, POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health, GET /metrics, GET /dashboard,
 /// POST /tokenize, POST /detokenize. Errors are OpenAI-shaped <c>{"error":{"message","type","param","code"}}</c>.
 /// Secure by default: loopback only, no CORS headers unless origins are allowed, with an API key every route but
 /// /health and the dashboard page needs it (compared in constant time), and limits on body size, max_tokens, prompt
@@ -171,6 +171,7 @@ public sealed class BitNetServer : IAsyncDisposable
             ("POST", "/v1/completions", completions.Completions),
             ("POST", "/v1/chat/completions", completions.ChatCompletions),
             ("GET", "/v1/models", service.Models),
+            ("GET", "/v1/models/{id}", service.Model),
             ("GET", "/health", service.Health),
             ("GET", "/metrics", service.Metrics),
             ("GET", "/dashboard", service.Dashboard),
@@ -206,9 +207,21 @@ public sealed class BitNetServer : IAsyncDisposable
         headers.AccessControlExposeHeaders = "Retry-After";
         if (!HttpMethods.IsOptions(context.Request.Method) || !context.Request.Headers.ContainsKey("Access-Control-Request-Method")) return false;
         headers.AccessControlAllowMethods = "GET, POST";
-        headers.AccessControlAllowHeaders = "Authorization, Content-Type";
+        // The headers the page asks for, when they are header names: OpenAI's JS SDK sends its own x-stainless-* on
+        // every call, and a fixed list made the browser block each one.
+        string asked = context.Request.Headers.AccessControlRequestHeaders.ToString();
+        headers.AccessControlAllowHeaders = asked.Length > 0 && asked.Length <= 4096 && IsHeaderList(asked) ? asked : "Authorization, Content-Type";
         headers.AccessControlMaxAge = "600";
         context.Response.StatusCode = StatusCodes.Status204NoContent;
+        return true;
+    }
+
+    /// <summary>A comma-separated list of HTTP header names (RFC 9110 tokens), nothing else.</summary>
+    private static bool IsHeaderList(string value)
+    {
+        foreach (char ch in value)
+            if (!(char.IsAsciiLetterOrDigit(ch) || ch is '-' or '_' or '.' or '!' or '#' or '$' or '%' or '&' or '\'' or '*' or '+' or '^' or '`' or '|' or '~' or ',' or ' '))
+                return false;
         return true;
     }
 

@@ -9,30 +9,45 @@ internal sealed class ServiceEndpoints(ModelHost host)
     public async Task Models(HttpContext context)
     {
         var model = host.RequireReady();
-        var c = model.Scheduler.Config;
         await OpenAiJson.WriteJsonAsync(context.Response, 200, w =>
         {
             w.WriteStartObject();
             w.WriteString("object", "list");
             w.WriteStartArray("data");
-            w.WriteStartObject();
-            w.WriteString("id", model.Id);
-            w.WriteString("object", "model");
-            w.WriteNumber("created", model.Created);
-            w.WriteString("owned_by", "bitnetsharp");
-            w.WriteStartObject("meta");
-            w.WriteString("architecture", c.Architecture);
-            w.WriteNumber("n_vocab", c.VocabSize);
-            w.WriteNumber("n_ctx", model.ContextLength);
-            w.WriteNumber("n_ctx_train", c.ContextLength);
-            w.WriteNumber("n_embd", c.Dim);
-            w.WriteNumber("n_layer", c.Layers);
-            w.WriteNumber("max_sequences", model.Scheduler.Options.MaxSequences);
-            w.WriteEndObject();
-            w.WriteEndObject();
+            WriteModel(w, model);
             w.WriteEndArray();
             w.WriteEndObject();
         }, context.RequestAborted);
+    }
+
+    /// <summary>GET /v1/models/{id} (the SDKs' models.retrieve): the served model, or 404 model_not_found naming it.</summary>
+    public async Task Model(HttpContext context)
+    {
+        var model = host.RequireReady();
+        string id = context.Request.RouteValues["id"] as string ?? "";
+        if (!string.Equals(id, model.Id, StringComparison.Ordinal))
+            throw new ApiException(404, $"The model '{id}' does not exist; this server serves '{model.Id}' (see GET /v1/models).", "invalid_request_error", "model", "model_not_found");
+        await OpenAiJson.WriteJsonAsync(context.Response, 200, w => WriteModel(w, model), context.RequestAborted);
+    }
+
+    private static void WriteModel(System.Text.Json.Utf8JsonWriter w, ServedModel model)
+    {
+        var c = model.Scheduler.Config;
+        w.WriteStartObject();
+        w.WriteString("id", model.Id);
+        w.WriteString("object", "model");
+        w.WriteNumber("created", model.Created);
+        w.WriteString("owned_by", "bitnetsharp");
+        w.WriteStartObject("meta");
+        w.WriteString("architecture", c.Architecture);
+        w.WriteNumber("n_vocab", c.VocabSize);
+        w.WriteNumber("n_ctx", model.ContextLength);
+        w.WriteNumber("n_ctx_train", c.ContextLength);
+        w.WriteNumber("n_embd", c.Dim);
+        w.WriteNumber("n_layer", c.Layers);
+        w.WriteNumber("max_sequences", model.Scheduler.Options.MaxSequences);
+        w.WriteEndObject();
+        w.WriteEndObject();
     }
 
     /// <summary>

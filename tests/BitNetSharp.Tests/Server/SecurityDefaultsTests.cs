@@ -142,8 +142,21 @@ public class SecurityDefaultsTests
             Assert.Equal(HttpStatusCode.NoContent, preflight.StatusCode);
             Assert.Equal(app, preflight.Headers.GetValues("Access-Control-Allow-Origin").Single());
             Assert.Contains("POST", preflight.Headers.GetValues("Access-Control-Allow-Methods").Single());
-            Assert.Contains("Authorization", preflight.Headers.GetValues("Access-Control-Allow-Headers").Single());
+            Assert.Equal("authorization, content-type", preflight.Headers.GetValues("Access-Control-Allow-Headers").Single());
             Assert.Contains("Origin", preflight.Headers.Vary);
+            // OpenAI's JS SDK sends x-stainless-* headers on every call: a preflight asking for them is answered with them.
+            using var sdk = Preflight(app);
+            sdk.Headers.Remove("Access-Control-Request-Headers");
+            sdk.Headers.Add("Access-Control-Request-Headers", "authorization,content-type,x-stainless-os,x-stainless-retry-count");
+            using var sdkPreflight = await anonymous.SendAsync(sdk, Ct);
+            Assert.Equal(HttpStatusCode.NoContent, sdkPreflight.StatusCode);
+            Assert.Equal("authorization,content-type,x-stainless-os,x-stainless-retry-count", sdkPreflight.Headers.GetValues("Access-Control-Allow-Headers").Single());
+            // Something that is not a list of header names is not echoed.
+            using var odd = Preflight(app);
+            odd.Headers.Remove("Access-Control-Request-Headers");
+            odd.Headers.TryAddWithoutValidation("Access-Control-Request-Headers", "x-a; evil=1");
+            using var oddPreflight = await anonymous.SendAsync(odd, Ct);
+            Assert.Equal("Authorization, Content-Type", oddPreflight.Headers.GetValues("Access-Control-Allow-Headers").Single());
 
             using var other = await anonymous.SendAsync(Preflight("https://evil.example"), Ct);
             Assert.False(other.Headers.Contains("Access-Control-Allow-Origin"));

@@ -41,6 +41,13 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var model = Assert.Single(models);
         Assert.Equal(TestServer.ModelId, model.Id);
         Assert.Equal("bitnetsharp", model.OwnedBy);
+        // GET /v1/models/{id}, the SDK's models.retrieve (before: 404 "no route").
+        var one = (await S.OpenAi.GetOpenAIModelClient().GetModelAsync(TestServer.ModelId, Ct)).Value;
+        Assert.Equal(TestServer.ModelId, one.Id);
+        Assert.Equal("bitnetsharp", one.OwnedBy);
+        var missing = await S.Http.GetAsync("v1/models/gpt-4o", Ct);
+        Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
+        Assert.Contains("model_not_found", await missing.Content.ReadAsStringAsync(Ct));
 
         var (status, body, _) = await S.PostAsync("tokenize", new { content = " the cat", with_pieces = true });
         Assert.Equal(HttpStatusCode.OK, status);
