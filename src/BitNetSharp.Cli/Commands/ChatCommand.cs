@@ -57,7 +57,7 @@ public static class ChatCommand
                     string? line = reader.ReadLine();
                     if (string.IsNullOrWhiteSpace(line)) return 0;
                     messages.Add(ChatMessage.User(line));
-                    var prompt = FitToContext(messages, m => tokenizer.Encode(chatTemplate.Render(m, addGenerationPrompt: true), addBos: false, parseSpecial: true),
+                    var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
                         generator.ContextLength, answerTokens, cli.Error);
                     if (prompt is null) continue;
                     answer = new CancellationTokenSource();

@@ -130,7 +130,7 @@ internal sealed record CompletionRequest(
             list.Add(new ChatMessage(role == "developer" ? "system" : role, Content(mr, p)));
             i++;
         }
-        return tokenizer.Encode(template.Render(list, addGenerationPrompt: true), addBos: false, parseSpecial: true);
+        return template.Encode(tokenizer, list, addGenerationPrompt: true);
     }
 
     /// <summary>A message's content: a string, or an array of {"type": "text", "text": ...} parts joined; null for none.</summary>

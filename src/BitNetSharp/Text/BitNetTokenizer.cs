@@ -134,14 +134,29 @@ public abstract class BitNetTokenizer
         return [.. output];
     }
 
+    /// <summary>
+    /// As <see cref="Encode(string, bool, bool)"/> with <paramref name="parseSpecial"/>, except that control-token text
+    /// inside <paramref name="plainSpans"/> (a chat message's content) is tokenized as ordinary characters, as it would
+    /// be without <paramref name="parseSpecial"/>. Text is split exactly where it would be otherwise.
+    /// </summary>
+    public int[] Encode(string text, bool addBos, bool parseSpecial, IReadOnlyList<Range>? plainSpans)
+    {
+        ArgumentNullException.ThrowIfNull(text);
+        var output = new List<int>(text.Length / 3 + 2);
+        Encode(text, addBos, parseSpecial, output, plainSpans);
+        return [.. output];
+    }
+
     /// <summary>As <see cref="Encode(string, bool, bool)"/>, appending to <paramref name="output"/>.</summary>
-    public void Encode(string text, bool addBos, bool parseSpecial, List<int> output)
+    public void Encode(string text, bool addBos, bool parseSpecial, List<int> output) => Encode(text, addBos, parseSpecial, output, null);
+
+    private void Encode(string text, bool addBos, bool parseSpecial, List<int> output, IReadOnlyList<Range>? plainSpans)
     {
         ArgumentNullException.ThrowIfNull(text);
         ArgumentNullException.ThrowIfNull(output);
         int first = output.Count;
         bool atSegmentStart = true;
-        foreach (var fragment in Partition(text, parseSpecial))
+        foreach (var fragment in Partition(text, parseSpecial, plainSpans))
         {
             if (fragment.TokenId >= 0)
             {
@@ -240,11 +255,23 @@ public abstract class BitNetTokenizer
 
     private readonly record struct Fragment(int Start, int Length, int TokenId);
 
+    /// <summary>Whether [start, start + length) overlaps one of <paramref name="spans"/>.</summary>
+    private static bool InPlainSpan(IReadOnlyList<Range>? spans, int textLength, int start, int length)
+    {
+        if (spans is null) return false;
+        foreach (var r in spans)
+        {
+            var (s, n) = r.GetOffsetAndLength(textLength);
+            if (start < s + n && s < start + length) return true;
+        }
+        return false;
+    }
+
     /// <summary>
     /// Splits the input into plain-text runs and special tokens, one special token at a time in
     /// <see cref="_partitionOrder"/> (the order llama.cpp's tokenizer_st_partition uses).
     /// </summary>
-    private List<Fragment> Partition(string text, bool parseSpecial)
+    private List<Fragment> Partition(string text, bool parseSpecial, IReadOnlyList<Range>? plainSpans = null)
     {
         var fragments = new List<Fragment>();
         if (text.Length == 0) return fragments;
@@ -266,16 +293,22 @@ public abstract class BitNetTokenizer
                     next.Add(f);
                     continue;
                 }
-                int pos = f.Start, end = f.Start + f.Length;
+                int pos = f.Start, end = f.Start + f.Length, run = f.Start; // run: where the pending text starts
                 while (pos < end)
                 {
                     int hit = text.AsSpan(pos, end - pos).IndexOf(special, StringComparison.Ordinal);
                     if (hit < 0) break;
-                    if (hit > 0) next.Add(new Fragment(pos, hit, -1));
-                    next.Add(new Fragment(pos + hit, special.Length, id));
-                    pos += hit + special.Length;
+                    int at = pos + hit;
+                    if (_kinds[id] != TokenKind.UserDefined && InPlainSpan(plainSpans, text.Length, at, special.Length))
+                    {
+                        pos = at + 1; // a message's own text: stays text
+                        continue;
+                    }
+                    if (at > run) next.Add(new Fragment(run, at - run, -1));
+                    next.Add(new Fragment(at, special.Length, id));
+                    pos = run = at + special.Length;
                 }
-                if (pos < end) next.Add(new Fragment(pos, end - pos, -1));
+                if (run < end) next.Add(new Fragment(run, end - run, -1));
             }
             (fragments, next) = (next, fragments);
         }

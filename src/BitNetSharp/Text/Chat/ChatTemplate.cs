@@ -24,11 +24,47 @@ public abstract class ChatTemplate
             if (m.Content is null) throw new ArgumentException($"Message {i} ({m.Role}) has no content.", nameof(messages));
         }
         var text = new StringBuilder();
-        Render(messages, addGenerationPrompt, text);
+        Render(messages, addGenerationPrompt, text, null);
         return text.ToString();
     }
 
-    private protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text);
+    /// <summary>
+    /// <see cref="Render(IReadOnlyList{ChatMessage}, bool)"/>, with where each message's content landed in the text
+    /// (<paramref name="contentSpans"/>, appended in order), so an encoder can read the template's markup as control
+    /// tokens and the messages' own text as text (<see cref="Encode"/>).
+    /// </summary>
+    public string Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, List<Range> contentSpans)
+    {
+        ArgumentNullException.ThrowIfNull(contentSpans);
+        Render(messages, addGenerationPrompt); // the checks
+        var text = new StringBuilder();
+        Render(messages, addGenerationPrompt, text, contentSpans);
+        return text.ToString();
+    }
+
+    /// <summary>
+    /// The conversation as prompt tokens: the template's markup (<c>&lt;|eot_id|&gt;</c>, headers, BOS text) as the
+    /// model's control tokens, and the messages' content as ordinary text even where it spells a control token — as
+    /// OpenAI's API treats it — so a message cannot end its own turn or forge another role's.
+    /// </summary>
+    public int[] Encode(BitNetTokenizer tokenizer, IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt = true)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var spans = new List<Range>();
+        string text = Render(messages, addGenerationPrompt, spans);
+        return tokenizer.Encode(text, addBos: false, parseSpecial: true, plainSpans: spans);
+    }
+
+    private protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans);
+
+    /// <summary>Appends a message's content, recording its span.</summary>
+    private protected static StringBuilder Content(StringBuilder text, string content, List<Range>? spans)
+    {
+        int start = text.Length;
+        text.Append(content);
+        spans?.Add(start..text.Length);
+        return text;
+    }
 
     public override string ToString() => Name;
 
@@ -46,10 +82,10 @@ public sealed class BitNetChatTemplate : ChatTemplate
 {
     public override string Name => "bitnet";
 
-    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
         text.Append("<|begin_of_text|>");
-        foreach (var m in messages) text.Append(Capitalize(m.Role)).Append(": ").Append(m.Content.Trim()).Append("<|eot_id|>");
+        foreach (var m in messages) Content(text.Append(Capitalize(m.Role)).Append(": "), m.Content.Trim(), spans).Append("<|eot_id|>");
         if (addGenerationPrompt) text.Append("Assistant: ");
     }
 }
@@ -59,11 +95,11 @@ public sealed class Llama3ChatTemplate : ChatTemplate
 {
     public override string Name => "llama3";
 
-    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
         text.Append("<|begin_of_text|>");
         foreach (var m in messages)
-            text.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n").Append(m.Content.Trim()).Append("<|eot_id|>");
+            Content(text.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n"), m.Content.Trim(), spans).Append("<|eot_id|>");
         if (addGenerationPrompt) text.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
     }
 }
@@ -77,7 +113,7 @@ public sealed class Llama2ChatTemplate : ChatTemplate
 {
     public override string Name => "llama2";
 
-    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
         string? system = null;
         foreach (var m in messages)
@@ -88,18 +124,18 @@ public sealed class Llama2ChatTemplate : ChatTemplate
                     system = m.Content.Trim();
                     break;
                 case "assistant":
-                    text.Append(' ').Append(m.Content.Trim()).Append(" </s>");
+                    Content(text.Append(' '), m.Content.Trim(), spans).Append(" </s>");
                     break;
                 default:
                     text.Append("<s>[INST] ");
-                    if (system != null) text.Append("<<SYS>>\n").Append(system).Append("\n<</SYS>>\n\n");
+                    if (system != null) Content(text.Append("<<SYS>>\n"), system, spans).Append("\n<</SYS>>\n\n");
                     system = null;
-                    text.Append(m.Content.Trim()).Append(" [/INST]");
+                    Content(text, m.Content.Trim(), spans).Append(" [/INST]");
                     break;
             }
         }
         // A system message with no user turn after it still reaches the model.
-        if (system != null) text.Append("<s>[INST] <<SYS>>\n").Append(system).Append("\n<</SYS>>\n\n [/INST]");
+        if (system != null) Content(text.Append("<s>[INST] <<SYS>>\n"), system, spans).Append("\n<</SYS>>\n\n [/INST]");
     }
 }
 
@@ -108,9 +144,9 @@ public sealed class ChatMlTemplate : ChatTemplate
 {
     public override string Name => "chatml";
 
-    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text)
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
-        foreach (var m in messages) text.Append("<|im_start|>").Append(m.Role).Append('\n').Append(m.Content).Append("<|im_end|>\n");
+        foreach (var m in messages) Content(text.Append("<|im_start|>").Append(m.Role).Append('\n'), m.Content, spans).Append("<|im_end|>\n");
         if (addGenerationPrompt) text.Append("<|im_start|>assistant\n");
     }
 }
