@@ -220,6 +220,9 @@ internal sealed record CompletionRequest(
             RepetitionPenalty = r.Number("repetition_penalty", 1e-3, 100) ?? 1f,
             PresencePenalty = r.Number("presence_penalty", -2, 2) ?? 0f,
             FrequencyPenalty = r.Number("frequency_penalty", -2, 2) ?? 0f,
+            // OpenAI's penalties count the tokens sampled so far in this completion, not the prompt, and not only the last 64.
+            PenaltyLastN = -1,
+            PenalizePrompt = false,
             Seed = r.Integer("seed", long.MinValue, long.MaxValue) is { } seed ? unchecked((ulong)seed) : null,
             LogitBias = LogitBias(r, model),
         };

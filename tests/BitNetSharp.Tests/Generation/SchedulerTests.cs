@@ -126,6 +126,36 @@ public sealed class SchedulerTests : IDisposable
         Assert.Single(await Collect(Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 })));
     }
 
+    /// <summary>
+    /// OpenAI's penalties (PenalizePrompt false, the server's): a token the prompt holds is not penalized until it is
+    /// generated, and a generated token is penalized however long ago it came. llama.cpp's (the default) count the prompt.
+    /// </summary>
+    [Fact]
+    public async Task PenaltiesCanLeaveThePromptOut()
+    {
+        using var s = Scheduler();
+        var greedy = new SamplingParameters { Temperature = 0f };
+        async Task<List<int>> Run(int[] prompt, SamplingParameters p, int n = 1) =>
+            (await Collect(Submit(s, new GenerationRequest { Prompt = prompt, MaxTokens = n, IgnoreStopTokens = true, Sampling = p })))[0].Tokens;
+        // A prompt whose greedy next token already occurs in it.
+        int[]? prompt = null;
+        int next = -1;
+        for (int t = 0; t < 256 && prompt is null; t++)
+        {
+            int[] candidate = [t, (t * 7 + 3) % 256, t];
+            int first = (await Run(candidate, greedy))[0];
+            if (candidate.Contains(first)) (prompt, next) = (candidate, first);
+        }
+        Assert.NotNull(prompt);
+        var heavy = greedy with { PresencePenalty = 50f, FrequencyPenalty = 50f };
+        Assert.NotEqual(next, (await Run(prompt, heavy))[0]); // the prompt counts: the token is pushed down
+        Assert.Equal(next, (await Run(prompt, heavy with { PenalizePrompt = false, PenaltyLastN = -1 }))[0]); // it does not
+        // Generated tokens count over the whole completion: no token repeats in 40.
+        var tokens = await Run(prompt, heavy with { PenalizePrompt = false, PenaltyLastN = -1 }, 40);
+        Assert.Equal(40, tokens.Count);
+        Assert.Equal(tokens.Count, tokens.Distinct().Count());
+    }
+
     /// <summary>With one slot, a long request holds it; cancelling the request frees the slot and the waiting one runs.</summary>
     [Fact]
     public async Task CancellationFreesTheSlotForTheNextRequest()

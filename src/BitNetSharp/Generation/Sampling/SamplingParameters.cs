@@ -34,6 +34,13 @@ public sealed record SamplingParameters
     /// <summary>How many of the last history tokens the penalties look at; −1 means all of them, 0 none.</summary>
     public int PenaltyLastN { get; init; } = 64;
 
+    /// <summary>
+    /// Whether the penalties' history includes the prompt (llama.cpp's penalties, the CLI's) or only the generated
+    /// tokens (OpenAI's presence and frequency penalties: how often a token was sampled so far; the server's). Read by
+    /// the batch scheduler, which owns the history.
+    /// </summary>
+    public bool PenalizePrompt { get; init; } = true;
+
     /// <summary>Token id → value added to its logit first of all; −∞ bans the token.</summary>
     public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
 

@@ -432,7 +432,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>Samples a sequence's next token from its logits row and delivers it, ending the choice at a stop token, a stop string or its length.</summary>
     private int Step(Sequence s, ReadOnlySpan<float> logits, long now)
     {
-        int token = s.Sampler.Sample(logits, CollectionsMarshal.AsSpan(s.History));
+        int token = s.Sampler.Sample(logits, s.PenaltyHistory);
         Deliver(s, token, now);
         return token;
     }
@@ -469,7 +469,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             var row = _logits.AsSpan((first + i) * vocab, vocab);
             if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
             int draft = s.Drafts![i];
-            s.Sampler.Distribution(row, CollectionsMarshal.AsSpan(s.History), _p);
+            s.Sampler.Distribution(row, s.PenaltyHistory, _p);
             bool ok = SpeculativeAcceptance.AcceptPointMass(s.Sampler, _p, draft, out int token);
             s.Sampler.SetLogProbs(row, token);
             if (!ok)

@@ -18,6 +18,11 @@ internal sealed class Sequence(GenerationHandle request, int choice, int slot, S
 
     public int PromptLength => Request.Request.Prompt.Count;
 
+    /// <summary>What the penalties look at: <see cref="History"/>, or its generated part when the request's sampling leaves the prompt out.</summary>
+    public ReadOnlySpan<int> PenaltyHistory => Request.Request.Sampling.PenalizePrompt
+        ? System.Runtime.InteropServices.CollectionsMarshal.AsSpan(History)
+        : System.Runtime.InteropServices.CollectionsMarshal.AsSpan(History)[Math.Min(PromptLength, History.Count)..];
+
     /// <summary>Prompt tokens already sent to the engine.</summary>
     public int Prefilled;
 
