@@ -245,6 +245,12 @@ internal sealed record CompletionRequest(
                 throw ApiException.BadRequest($"logit_bias for token {id} must be a number between -100 and 100.", "logit_bias", "invalid_value");
             bias[id] = v <= -100 ? float.NegativeInfinity : (float)v;
         }
+        // Every token banned: nothing could be sampled, and the sampler's failure would reach the client as a 500.
+        int usable = Math.Min(model.VocabSize, model.Tokenizer?.VocabularySize ?? model.VocabSize), banned = 0;
+        foreach (var (id, v) in bias)
+            if (id < usable && float.IsNegativeInfinity(v)) banned++;
+        if (banned >= usable)
+            throw ApiException.BadRequest($"logit_bias bans every one of the {usable} tokens (-100 each), so none could be sampled; leave at least one.", "logit_bias", "invalid_value");
         return bias;
     }
 

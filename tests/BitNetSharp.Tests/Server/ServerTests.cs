@@ -194,6 +194,8 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
     {
         string big = "{\"prompt\": \"" + new string('x', 70 * 1024) + "\"}";
         var overContext = JsonSerializer.Serialize(new { prompt = Enumerable.Range(0, 300).Select(i => i % 256).ToArray() });
+        // Every token banned: before, a 500 generation_failed (which clients retry); now a 400 on logit_bias.
+        var banAll = JsonSerializer.Serialize(new { prompt = "hi", logit_bias = Enumerable.Range(0, TinyChatModel.VocabSize).ToDictionary(i => i.ToString(), _ => -100) });
         var cases = new (string Path, string Body, int Status, string? Param, string? Code)[]
         {
             ("v1/completions", "{not json", 400, null, "invalid_json"),
@@ -209,6 +211,7 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             ("v1/completions", "{\"prompt\": \"hi\", \"stream\": \"yes\"}", 400, "stream", "invalid_type"),
             ("v1/completions", "{\"prompt\": \"hi\", \"stop\": [1]}", 400, "stop[0]", "invalid_type"),
             ("v1/completions", "{\"prompt\": \"hi\", \"logit_bias\": {\"abc\": 1}}", 400, "logit_bias", "invalid_value"),
+            ("v1/completions", banAll, 400, "logit_bias", "invalid_value"),
             ("v1/completions", "{\"prompt\": [1, 2, 99999]}", 400, "prompt", "invalid_value"),
             ("v1/completions", "{\"prompt\": [\"a\", [1]]}", 400, "prompt", "invalid_type"),
             ("v1/completions", "{\"prompt\": []}", 400, "prompt", "empty_array"),
@@ -358,6 +361,19 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(1, TestServer.Sample(metrics, "bitnet_requests_cancelled_total"));
         Assert.Equal(0, TestServer.Sample(metrics, "bitnet_sequences_running"));
         Assert.Equal(0, TestServer.Sample(metrics, "bitnet_requests_waiting"));
+    }
+
+    /// <summary>More prompts in one request than the sequences and the queue can ever hold together: 400, not a 429 no retry can cure.</summary>
+    [Fact]
+    public async Task MorePromptsThanTheServerCanHoldAre400()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { Scheduler = o.Scheduler with { MaxSequences = 2, MaxBatchedTokens = 16, MaxQueue = 0 }, MaxChoices = 1, WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = new[] { "a", "b", "c" }, max_tokens = 1 });
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("too_many_prompts", body.GetProperty("error").GetProperty("code").GetString());
+        (status, body, _) = await s.PostAsync("v1/completions", new { prompt = new[] { "a", "b" }, max_tokens = 1 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(2, body.GetProperty("choices").GetArrayLength());
     }
 
     [Fact]
