@@ -79,6 +79,29 @@ internal static class OpenAiJson
     public static string TokenText(BitNetTokenizer? t, int id) =>
         t is null ? id.ToString(System.Globalization.CultureInfo.InvariantCulture) : Encoding.UTF8.GetString(t.TokenBytes(id));
 
+    private static readonly UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
+
+    /// <summary>
+    /// A token's text for the legacy completions log-probabilities, whose top_logprobs are objects keyed by it: a token
+    /// that is not whole UTF-8 (a piece of a multi-byte character) is spelled "bytes:\xe6\x97" as OpenAI spells it,
+    /// so such tokens no longer all become the one key U+FFFD (JSON clients kept only the last of the duplicates).
+    /// </summary>
+    public static string LegacyTokenText(BitNetTokenizer? t, int id)
+    {
+        if (t is null) return id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        var bytes = t.TokenBytes(id);
+        try
+        {
+            return StrictUtf8.GetString(bytes);
+        }
+        catch (DecoderFallbackException)
+        {
+            var text = new StringBuilder("bytes:", 6 + 4 * bytes.Length);
+            foreach (byte b in bytes) text.Append("\\x").Append(b.ToString("x2", System.Globalization.CultureInfo.InvariantCulture));
+            return text.ToString();
+        }
+    }
+
     /// <summary>The "logprobs" member of a choice: the legacy completions shape or the chat shape, or null.</summary>
     public static void LogProbs(Utf8JsonWriter w, ResponseHeader h, IReadOnlyList<TokenLogProbEntry>? entries)
     {
@@ -111,16 +134,20 @@ internal static class OpenAiJson
         else
         {
             w.WriteStartArray("tokens");
-            foreach (var e in entries) w.WriteStringValue(TokenText(h.Tokenizer, e.Token));
+            foreach (var e in entries) w.WriteStringValue(LegacyTokenText(h.Tokenizer, e.Token));
             w.WriteEndArray();
             w.WriteStartArray("token_logprobs");
             foreach (var e in entries) w.WriteNumberValue(Finite(e.LogProb));
             w.WriteEndArray();
             w.WriteStartArray("top_logprobs");
+            var keys = new HashSet<string>(StringComparer.Ordinal);
             foreach (var e in entries)
             {
                 w.WriteStartObject();
-                foreach (var t in e.Top ?? []) w.WriteNumber(TokenText(h.Tokenizer, t.Token), Finite(t.LogProb));
+                keys.Clear();
+                // Keys are token texts; two tokens with one text (rare once partial UTF-8 is spelled as bytes) keep the first, the likelier.
+                foreach (var t in e.Top ?? [])
+                    if (keys.Add(LegacyTokenText(h.Tokenizer, t.Token))) w.WriteNumber(LegacyTokenText(h.Tokenizer, t.Token), Finite(t.LogProb));
                 w.WriteEndObject();
             }
             w.WriteEndArray();

@@ -498,3 +498,21 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.True(sw.Elapsed < TestServer.Bound);
     }
 }
+
+/// <summary>Token texts in the legacy completions log-probabilities.</summary>
+public class LegacyTokenTextTests
+{
+    /// <summary>Pieces of a multi-byte character are spelled as their bytes, each differently (before: all U+FFFD, one JSON key for all).</summary>
+    [Fact]
+    public void PartialUtf8TokensAreSpelledAsBytes()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var _ = weights;
+        var ids = tokenizer.Encode("日本", addBos: false);
+        var texts = ids.Distinct().Select(id => BitNetSharp.Server.Api.OpenAiJson.LegacyTokenText(tokenizer, id)).ToArray(); // "日本" holds the byte e6 twice
+        Assert.All(texts, t => Assert.DoesNotContain('\uFFFD', t));
+        Assert.Contains(@"bytes:\xe6", texts);
+        Assert.Equal(texts.Length, texts.Distinct().Count());
+        Assert.Equal(" the", BitNetSharp.Server.Api.OpenAiJson.LegacyTokenText(tokenizer, tokenizer.Encode(" the", addBos: false).Single()));
+    }
+}
