@@ -39,6 +39,8 @@ public static class ConvertCommand
                 var other => throw new UsageException($"--embedding-type '{other}' is not one of keep, f16, q8_0, q6_k."),
             };
             string outPath = result.GetRequiredValue(output);
+            if (Directory.Exists(outPath) || outPath.EndsWith('/') || outPath.EndsWith(Path.DirectorySeparatorChar))
+                throw new UsageException($"the output {outPath} is a directory; give a file path such as {Path.Combine(outPath, "model.gguf")}.");
             string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"the output folder {dir} does not exist.");
             string inPath = result.GetRequiredValue(input);

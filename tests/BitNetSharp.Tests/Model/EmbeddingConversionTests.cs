@@ -124,6 +124,13 @@ public class EmbeddingConversionTests
         Assert.NotEqual(0, Program.Run(["convert", Fixture("autobitlinear-online-gqa-f32"), path, "--embedding-type", "q4_0"], new StringWriter(), error));
         Assert.Contains("keep, f16, q8_0, q6_k", error.ToString());
         Assert.False(File.Exists(path));
+        // An output that is a directory: a usage error naming it (before: "Is a directory : '/tmp'" or "Could not find a part of the path").
+        foreach (var dir in new[] { Path.GetTempPath().TrimEnd('/'), Path.GetTempPath() })
+        {
+            error = new StringWriter();
+            Assert.Equal(2, Program.Run(["convert", Fixture("autobitlinear-online-gqa-f32"), dir], new StringWriter(), error));
+            Assert.Contains("is a directory; give a file path", error.ToString());
+        }
     }
 
     private static float[] Logits(ModelWeights w, int[] prompt)
