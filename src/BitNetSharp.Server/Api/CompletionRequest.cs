@@ -35,6 +35,7 @@ internal sealed record CompletionRequest(
         {
             if (so.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType("stream_options", "an object", so);
             includeUsage = new JsonRequest(so).Bool("include_usage") ?? false;
+            if (!stream) throw ApiException.BadRequest("stream_options is only allowed when stream is true.", "stream_options", "invalid_value");
         }
         Unsupported(r, chat);
         r.String("user"); // accepted for OpenAI compatibility (an end-user id); only its type is checked
@@ -48,7 +49,9 @@ internal sealed record CompletionRequest(
                 chat ? "messages" : "prompt", "context_length_exceeded");
 
         int n = (int)(r.Integer("n", 1, options.MaxChoices) ?? 1);
-        long? requested = r.Integer("max_completion_tokens", 1, options.MaxTokensLimit) ?? r.Integer("max_tokens", 1, options.MaxTokensLimit);
+        // Both are read (each checked), so a bad max_tokens is not hidden by a max_completion_tokens beside it; the newer one wins.
+        long? legacyMax = r.Integer("max_tokens", 1, options.MaxTokensLimit);
+        long? requested = r.Integer("max_completion_tokens", 1, options.MaxTokensLimit) ?? legacyMax;
         int maxTokens;
         if (requested is { } m)
         {

@@ -212,6 +212,8 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             ("v1/completions", "{\"prompt\": \"hi\", \"stop\": [1]}", 400, "stop[0]", "invalid_type"),
             ("v1/completions", "{\"prompt\": \"hi\", \"logit_bias\": {\"abc\": 1}}", 400, "logit_bias", "invalid_value"),
             ("v1/completions", banAll, 400, "logit_bias", "invalid_value"),
+            ("v1/completions", "{\"prompt\": \"hi\", \"stream_options\": {\"include_usage\": true}}", 400, "stream_options", "invalid_value"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"max_completion_tokens\": 2, \"max_tokens\": \"x\"}", 400, "max_tokens", "invalid_type"),
             ("v1/completions", "{\"prompt\": [1, 2, 99999]}", 400, "prompt", "invalid_value"),
             ("v1/completions", "{\"prompt\": [\"a\", [1]]}", 400, "prompt", "invalid_type"),
             ("v1/completions", "{\"prompt\": []}", 400, "prompt", "empty_array"),
