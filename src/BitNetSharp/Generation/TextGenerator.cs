@@ -124,6 +124,9 @@ public sealed partial class TextGenerator : IDisposable
     /// <summary>Checks the row a token will be sampled from, adds it to a sampled step and publishes the step.</summary>
     private void Inspect(ReadOnlySpan<float> row, int rowIndex)
     {
+        // The tokens only: ids past the tokenizer (a padded embedding's untrained rows) are never sampled, and their
+        // logits widened the range so that a collapse of the real ones went unseen.
+        if (Tokenizer is not null && Tokenizer.VocabularySize < row.Length) row = row[..Tokenizer.VocabularySize];
         int bad = LogitStats.CountNonFinite(row);
         if (bad > 0)
         {

@@ -166,6 +166,7 @@ public sealed unsafe class WeightIntegrity
     public IntegrityResult Verify(CancellationToken cancellation = default)
     {
         var start = System.Diagnostics.Stopwatch.GetTimestamp();
+        long reportsBefore = Interlocked.Read(ref _reports);
         List<string>? bad = null;
         long bytes = 0;
         foreach (var e in _entries)
@@ -173,11 +174,18 @@ public sealed unsafe class WeightIntegrity
             cancellation.ThrowIfCancellationRequested();
             if (e.Compute() != e.Hash) (bad ??= []).Add(e.Name);
             bytes += e.Length;
+            AfterHash?.Invoke(e.Name);
         }
         Interlocked.Increment(ref _verifications);
         LastVerified = DateTimeOffset.UtcNow;
         var result = new IntegrityResult(bad ?? (IReadOnlyList<string>)[], System.Diagnostics.Stopwatch.GetElapsedTime(start), bytes);
-        if (bad is null) _verified = 1;
+        // A clean pass clears the flag only if no probe found a change while it ran: the probe may have seen a tensor
+        // this pass had already hashed, and "verified" would then read 1 over changed bytes until the next pass.
+        if (bad is null)
+        {
+            lock (_reportLock)
+                if (Interlocked.Read(ref _reports) == reportsBefore) _verified = 1;
+        }
         else Report(bad, ref _mismatches);
         return result;
     }
@@ -210,9 +218,19 @@ public sealed unsafe class WeightIntegrity
     {
         Interlocked.Add(ref counter, bad.Count);
         _lastMismatch = bad[0];
-        _verified = 0;
+        lock (_reportLock)
+        {
+            Interlocked.Increment(ref _reports);
+            _verified = 0;
+        }
         MismatchFound?.Invoke(bad);
     }
+
+    /// <summary>Called by <see cref="Verify"/> after each tensor is hashed (tests interleave a probe there).</summary>
+    internal Action<string>? AfterHash;
+
+    private long _reports; // mismatch reports so far (checks and probes)
+    private readonly Lock _reportLock = new();
 }
 
 /// <summary>

@@ -156,6 +156,54 @@ public sealed class SchedulerTests : IDisposable
         Assert.Equal(tokens.Count, tokens.Distinct().Count());
     }
 
+    /// <summary>
+    /// A model whose vocabulary is padded past its tokenizer's (as 2B4T's is): the health's logit statistics cover the
+    /// tokens only. Before, the padded ids' logits (never sampled) were in the minimum, maximum and range, so a flat
+    /// distribution over the real tokens could not trip the collapse alert.
+    /// </summary>
+    [Fact]
+    public async Task LogitStatisticsLeaveOutPaddedVocabulary()
+    {
+        const int padded = 300;
+        var writer = SyntheticModel.Build(TinyChatModel.Shape with { VocabSize = padded }, 11);
+        var tokens = new List<string>();
+        for (int b = 0; b < 256; b++) tokens.Add(ByteLevelEncoding.ByteToChar((byte)b).ToString());
+        tokens.AddRange(["Ġt", "he", "Ġthe", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]);
+        writer.AddString("tokenizer.ggml.model", "gpt2").AddString("tokenizer.ggml.pre", "gpt-2")
+            .AddArray("tokenizer.ggml.tokens", tokens.ToArray())
+            .AddArray("tokenizer.ggml.token_type", tokens.Select((_, i) => i >= TinyChatModel.EndOfText ? 3 : 1).ToArray())
+            .AddArray("tokenizer.ggml.merges", new[] { "Ġ t", "h e", "Ġt he" })
+            .AddUInt32("tokenizer.ggml.bos_token_id", TinyChatModel.EndOfText).AddUInt32("tokenizer.ggml.eos_token_id", TinyChatModel.EndOfText);
+        var file = BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "padded.gguf");
+        var tokenizer = TokenizerLoader.FromGguf(file);
+        using var weights = ModelWeights.FromGguf(file, ownsFile: true);
+        Assert.Equal(padded, weights.Config.VocabSize);
+        Assert.Equal(TinyChatModel.VocabSize, tokenizer.VocabularySize);
+        // A prompt whose last row's extreme logit is a padded id's (from the engine directly), so the test can tell.
+        int[] prompt = [];
+        var logits = new float[padded];
+        BitNetSharp.Monitoring.LogitStats real = default, all = default;
+        using (var pool = new BitNetSharp.Threading.WorkerPool(2))
+        using (var engine = new Transformer(weights, 4, pool))
+        using (var cache = new KvCache(weights.Config.Layers, weights.Config.KvHeads, weights.Config.HeadDim, 16, KvCacheType.F16))
+            for (int t = 0; t < 100; t++)
+            {
+                prompt = [5, 9, 13, (t * 37 + 1) % 256];
+                cache.Truncate(0);
+                engine.Forward(prompt.Select((id, i) => new BatchToken(id, 0, i, i == prompt.Length - 1)).ToArray(), [cache], logits);
+                real = BitNetSharp.Monitoring.LogitStats.Compute(logits.AsSpan(0, TinyChatModel.VocabSize));
+                all = BitNetSharp.Monitoring.LogitStats.Compute(logits);
+                if (all.Min < real.Min || all.Max > real.Max) break;
+            }
+        Assert.True(all.Min < real.Min || all.Max > real.Max, "the padded ids must widen the range for this test to mean anything");
+
+        using var s = new ContinuousBatchScheduler(weights, tokenizer, new SchedulerOptions { MaxSequences = 1, MaxBatchedTokens = 8, Threads = 2, HealthSampleEvery = 1, KvType = KvCacheType.F16 });
+        await Collect(Submit(s, new GenerationRequest { Prompt = prompt, MaxTokens = 1, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy }));
+        var (min, max) = s.Health.Read(h => (h.LogitMin, h.LogitMax));
+        Assert.Equal(real.Min, min, 4);
+        Assert.Equal(real.Max, max, 4);
+    }
+
     /// <summary>With one slot, a long request holds it; cancelling the request frees the slot and the waiting one runs.</summary>
     [Fact]
     public async Task CancellationFreesTheSlotForTheNextRequest()

@@ -21,6 +21,50 @@ public sealed class SpeculativeSchedulerTests : IDisposable
 
     private static int[] Prompt(int i) => Enumerable.Range(0, 6 + i * 5 % 31).Select(k => (k % (2 + i % 4) * 37 + i * 11) % 256).ToArray();
 
+    private sealed class CollectingSink : BitNetSharp.Monitoring.Telemetry.ITelemetrySink
+    {
+        public readonly List<BitNetSharp.Monitoring.Telemetry.TelemetryStepRecord> Steps = [];
+
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryStepRecord record)
+        {
+            lock (Steps) Steps.Add(record);
+        }
+
+        public void Write(BitNetSharp.Monitoring.Telemetry.TelemetryLayerRecord record) { }
+
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryEvent record) { }
+    }
+
+    /// <summary>
+    /// With speculation every delivered token has its telemetry row (before: accepted drafts and replacements had none,
+    /// so a request's rows were not its completion), and the jitter window holds one gap per step, not a zero for each
+    /// token delivered with another (which made a steady engine read as jittery).
+    /// </summary>
+    [Fact]
+    public async Task SpeculatingSequencesLogEveryTokenAndNoZeroLatencies()
+    {
+        var sink = new CollectingSink();
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions
+        {
+            MaxSequences = 2, MaxBatchedTokens = 40, Threads = 2, HealthSampleEvery = 1, Speculation = new SpeculativeOptions { DraftTokens = 4 },
+        }) { Telemetry = sink };
+        // One request at a time, the prompts the batched test accepts drafts on, until some drafts were accepted.
+        int expectedGaps = 0, requests = 0;
+        for (int i = 0; i < 12 && (s.Statistics.AcceptedTokens == 0 || requests < 3); i++, requests++)
+        {
+            string id = $"r{i}";
+            var tokens = await Tokens(s.Submit(new GenerationRequest { Prompt = Prompt(i), MaxTokens = 20, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy, RequestId = id },
+                TestContext.Current.CancellationToken));
+            List<BitNetSharp.Monitoring.Telemetry.TelemetryStepRecord> rows;
+            lock (sink.Steps) rows = [.. sink.Steps.Where(r => r.RequestId == id)];
+            Assert.Equal(tokens, rows.Select(r => r.Token).ToList());
+            expectedGaps += rows.Select(r => r.Step).Distinct().Count() - 1;
+        }
+        Assert.True(s.Statistics.AcceptedTokens > 0, $"{s.Statistics}");
+        Assert.True(expectedGaps < s.Statistics.GenerationTokens - requests, $"{expectedGaps} gaps for {s.Statistics.GenerationTokens} tokens");
+        Assert.Equal(expectedGaps, s.TokenLatency.Count);
+    }
+
     private static async Task<List<int>> Tokens(GenerationHandle h)
     {
         var tokens = new List<int>();

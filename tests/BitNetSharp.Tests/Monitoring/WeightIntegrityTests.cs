@@ -44,6 +44,39 @@ public class WeightIntegrityTests
         Assert.True(integrity.Verified);
     }
 
+    /// <summary>
+    /// A probe that finds a change while a full check runs (in a tensor the check had already hashed) is not undone by
+    /// the check ending clean: "verified" stays false until a check passes with nothing found meanwhile.
+    /// </summary>
+    [Fact]
+    public unsafe void AProbeMismatchDuringACheckIsNotClearedByIt()
+    {
+        using var w = TransformerTests.TinyModel();
+        var integrity = new WeightIntegrity(w);
+        var down = w.Layers[1].Down;
+        long offset = integrity.FirstProbeOffset("blk.1.ffn_down.weight");
+        integrity.AfterHash = name =>
+        {
+            if (name != "blk.1.ffn_down.weight") return;
+            down.Data[offset] ^= 0x04; // corrupted just after the check hashed it
+            Assert.False(integrity.Probe().Ok);
+        };
+        try
+        {
+            Assert.True(integrity.Verify(TestContext.Current.CancellationToken).Ok); // this pass saw the old bytes
+            Assert.False(integrity.Verified); // before: true, over changed bytes
+            integrity.AfterHash = null;
+            Assert.False(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+            Assert.False(integrity.Verified);
+        }
+        finally
+        {
+            down.Data[offset] ^= 0x04;
+        }
+        Assert.True(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+        Assert.True(integrity.Verified);
+    }
+
     /// <summary>The lookup kernel reads its own repack of each projection: that copy is hashed and probed too, named after
     /// its tensor, and leaves the model checksum (which names the weights as stored) unchanged.</summary>
     [Fact]

@@ -259,6 +259,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
         long step = Volatile.Read(ref _counters.Steps);
         bool sampling = Health.Sampling;
         var telemetry = Telemetry;
+        // What Deliver writes into each delivered token's telemetry row (accepted drafts and replacements included).
+        _stepRecord = sampling && telemetry is not null ? new StepContext(telemetry, step, n, (float)SchedulerMeters.Seconds(after - before)) : null;
         for (int r = 0, group = 1; r < rows; r += group)
         {
             var seq = _rowOwner[r]!;
@@ -271,7 +273,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 for (int g = 0; g < group && bad == 0; g++)
                 {
                     badRow = r + g;
-                    bad = LogitStats.CountNonFinite(_logits.AsSpan(badRow * _config.VocabSize, _config.VocabSize));
+                    bad = LogitStats.CountNonFinite(_logits.AsSpan(badRow * _config.VocabSize, UsableVocab));
                 }
                 if (bad > 0)
                 {
@@ -287,32 +289,23 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 {
                     // Accepted drafts are delivered in Verify; a rejection's replacement here; after all accepted,
                     // the bonus token is sampled from the last row below, as a plain decode step would.
-                    int accepted = Verify(seq, r, after, out int replacement);
+                    int accepted = Verify(seq, r, after, sampling, out int replacement, out LogitStats replacementStats);
                     if (seq.Finished) continue;
                     if (replacement >= 0)
                     {
-                        Deliver(seq, replacement, after);
+                        Deliver(seq, replacement, after, replacementStats);
                         continue;
                     }
                     sampleRow = r + accepted;
                 }
                 var row = _logits.AsSpan(sampleRow * _config.VocabSize, _config.VocabSize);
-                LogitStats stats = default;
-                if (sampling)
-                {
-                    stats = LogitStats.Compute(row);
-                    Health.AddLogits(stats);
-                }
-                float latency = seq.LastTokenTicks == 0 ? float.NaN : (float)SchedulerMeters.Seconds(after - seq.LastTokenTicks);
-                // Ids past the tokenizer (a padded embedding) cannot be detokenized: never sample them.
-                if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
-                int sampled = Step(seq, row, after);
-                if (sampling && telemetry is not null)
-                {
-                    var req = seq.Request.Request;
-                    telemetry.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step, req.RequestId, req.TraceId, seq.Choice, sampled, n,
-                        (float)SchedulerMeters.Seconds(after - before), latency, stats.Min, stats.Max, stats.Entropy, 0));
-                }
+                // The statistics cover the tokens that can be sampled: ids past the tokenizer (a padded embedding's
+                // untrained rows) widened the range, so a collapse of the real logits went unseen.
+                LogitStats stats = sampling ? LogitStats.Compute(row[..UsableVocab]) : default;
+                if (sampling) Health.AddLogits(stats);
+                // Ids past the tokenizer cannot be detokenized: never sample them.
+                if (UsableVocab < row.Length) row[UsableVocab..].Fill(float.NegativeInfinity);
+                Step(seq, row, after, stats);
             }
             catch (Exception e)
             {
@@ -320,6 +313,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Fail(seq.Request, e as InvalidOperationException ?? new InvalidOperationException($"Sampling failed: {e.Message}", e), ref _counters.Failed);
             }
         }
+        _stepRecord = null;
         Health.Publish();
         if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0 && !integrity.Probe().Ok)
             telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "weight_mismatch", null, null, $"weight probe: {integrity.LastMismatch} changed since load"));
@@ -430,12 +424,20 @@ public sealed class ContinuousBatchScheduler : IDisposable
     }
 
     /// <summary>Samples a sequence's next token from its logits row and delivers it, ending the choice at a stop token, a stop string or its length.</summary>
-    private int Step(Sequence s, ReadOnlySpan<float> logits, long now)
+    private int Step(Sequence s, ReadOnlySpan<float> logits, long now, in LogitStats stats)
     {
         int token = s.Sampler.Sample(logits, s.PenaltyHistory);
-        Deliver(s, token, now);
+        Deliver(s, token, now, stats);
         return token;
     }
+
+    /// <summary>The logits columns that are tokens: the tokenizer's vocabulary when the model's rows are padded past it.</summary>
+    private int UsableVocab => _tokenizer is not null && _tokenizer.VocabularySize < _config.VocabSize ? _tokenizer.VocabularySize : _config.VocabSize;
+
+    /// <summary>A sampled step's telemetry: the sink, the step number, its tokens and its duration.</summary>
+    private sealed record StepContext(ITelemetrySink Sink, long Step, int Tokens, float Seconds);
+
+    private StepContext? _stepRecord;
 
     /// <summary>
     /// The draft tokens sequence <paramref name="s"/> feeds with its next token (at most <paramref name="budget"/>):
@@ -459,15 +461,18 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// exact acceptance rule, delivers the accepted ones, and rolls the KV cache back past the rejected ones. Returns
     /// how many were accepted; <paramref name="replacement"/> is the token drawn at the first rejection (−1 if none).
     /// </summary>
-    private int Verify(Sequence s, int first, long now, out int replacement)
+    private int Verify(Sequence s, int first, long now, bool sampling, out int replacement, out LogitStats replacementStats)
     {
         int vocab = _config.VocabSize, drafts = s.DraftCount, accepted = 0;
         replacement = -1;
+        replacementStats = default;
         s.DraftCount = 0;
         for (int i = 0; i < drafts && !s.Finished; i++)
         {
             var row = _logits.AsSpan((first + i) * vocab, vocab);
-            if (_tokenizer is not null && _tokenizer.VocabularySize < row.Length) row[_tokenizer.VocabularySize..].Fill(float.NegativeInfinity);
+            LogitStats stats = sampling ? LogitStats.Compute(row[..UsableVocab]) : default;
+            if (sampling) Health.AddLogits(stats);
+            if (UsableVocab < row.Length) row[UsableVocab..].Fill(float.NegativeInfinity);
             int draft = s.Drafts![i];
             s.Sampler.Distribution(row, s.PenaltyHistory, _p);
             bool ok = SpeculativeAcceptance.AcceptPointMass(s.Sampler, _p, draft, out int token);
@@ -475,10 +480,11 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (!ok)
             {
                 replacement = token;
+                replacementStats = stats;
                 break;
             }
             accepted++;
-            Deliver(s, draft, now);
+            Deliver(s, draft, now, stats);
         }
         SchedulerCounters.Add(ref _counters.SpeculativeSteps, 1);
         SchedulerCounters.Add(ref _counters.DraftedTokens, drafts);
@@ -493,7 +499,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     }
 
     /// <summary>Delivers a chosen token: counts it, streams its text, ends the choice at a stop token, a stop string or its length.</summary>
-    private void Deliver(Sequence s, int token, long now)
+    private void Deliver(Sequence s, int token, long now, in LogitStats stats)
     {
         var h = s.Request;
         var r = h.Request;
@@ -502,13 +508,20 @@ public sealed class ContinuousBatchScheduler : IDisposable
             h.FirstTokenSeen = true;
             _samples.Write(MetricKind.TimeToFirstToken, SchedulerMeters.Seconds(now - h.SubmittedTicks));
         }
+        float latency = float.NaN;
         if (s.LastTokenTicks != 0)
         {
             double itl = SchedulerMeters.Seconds(now - s.LastTokenTicks);
+            latency = (float)itl;
             _samples.Write(MetricKind.InterTokenLatency, itl);
-            TokenLatency.Add(itl);
+            // The jitter window holds the gaps between a sequence's steps: tokens delivered together (accepted drafts)
+            // add no zeros, which made a steady speculating engine read as jittery (std-dev ≈ 0.47 of its step).
+            if (now != s.LastTokenTicks) TokenLatency.Add(itl);
         }
         s.LastTokenTicks = now;
+        if (_stepRecord is { } step)
+            step.Sink.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step.Step, r.RequestId, r.TraceId, s.Choice, token, step.Tokens,
+                step.Seconds, latency, stats.Min, stats.Max, stats.Entropy, 0));
 
         if (!r.IgnoreStopTokens && _tokenizer is not null && _tokenizer.IsStopToken(token))
         {
