@@ -91,11 +91,24 @@ public static class GenerateCommand
                 $"prompt: {s.PromptTokens} tokens, {s.PromptTokensPerSecond:F1} tok/s | generation: {s.GeneratedTokens} tokens, {s.GenerationTokensPerSecond:F1} tok/s | {generator.Threads} threads"));
             if (speculative is not null && s.Speculative is { } spec) cli.Error.WriteLine(SpeculationOptions.Describe(speculative, spec));
             report?.Write(cli.Error);
+            if (report is not null) cli.Error.WriteLine(RepetitionLine(promptTokens, generated));
             if (result.GetValue(logitsOut) is { } lp) WriteLogits(lp, promptLogits!);
             if (result.GetValue(idsOut) is { } ip) WriteIds(ip, promptTokens, generated);
             return 0;
         })));
         return command;
+    }
+
+    /// <summary>--health's repetition line: the server's bitnet_health_repetition_ratio, for this one generation.</summary>
+    public static string RepetitionLine(IReadOnlyList<int> prompt, IReadOnlyList<int> generated)
+    {
+        var tracker = new Monitoring.RepetitionTracker();
+        foreach (int t in prompt) tracker.AddPrompt(t);
+        foreach (int t in generated) tracker.AddGenerated(t);
+        return double.IsNaN(tracker.Share)
+            ? $"repetition: fewer than {Monitoring.RepetitionTracker.MinTokens} tokens generated"
+            : string.Create(CultureInfo.InvariantCulture,
+                $"repetition: {tracker.Share * 100:0}% of the last {Math.Min(generated.Count, Monitoring.RepetitionTracker.Window)} generated tokens repeat an earlier {Monitoring.RepetitionTracker.N}-gram{(tracker.Share > 0.9 ? " (a loop)" : "")}");
     }
 
     private static void WriteLogits(string path, List<float[]> rows) => WriteJson(path, w =>

@@ -62,6 +62,12 @@ public sealed class HealthMeters : IDisposable
                     var (_, sd) = _scheduler.TokenLatency.Statistics();
                     if (!double.IsNaN(sd)) m.Add(new(sd));
                 }),
+            new("bitnet.health.repetition", "1", "bitnet_health_repetition_ratio", false,
+                "Largest share, over the running sequences, of the last 64 generated tokens that repeat a 4-gram seen earlier in the sequence (a loop reads near 1).", m =>
+                {
+                    double share = _scheduler.RepetitionShare;
+                    if (!double.IsNaN(share)) m.Add(new(share));
+                }),
             new("bitnet.weights.checksum_mismatches", "{tensor}", "bitnet_weights_checksum_mismatches_total", true,
                 "Tensors a full checksum found changed since load.", m => { if (_integrity() is { } w) m.Add(new(w.Mismatches)); }),
             new("bitnet.weights.probe_mismatches", "{tensor}", "bitnet_weights_probe_mismatches_total", true,
@@ -119,7 +125,7 @@ public sealed class HealthMeters : IDisposable
         "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",
         "bitnet_health_residual_rms", "bitnet_health_residual_max_abs", "bitnet_health_residual_relative_change_ratio", "bitnet_health_residual_blowup",
         "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
-        "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_token_latency_stddev_seconds",
+        "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_token_latency_stddev_seconds", "bitnet_health_repetition_ratio",
         "bitnet_weights_checksum_mismatches_total", "bitnet_weights_probe_mismatches_total", "bitnet_weights_verifications_total",
         "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_alerts_total", "bitnet_alerts_firing",
     };

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using BitNetSharp.Cli;
+using BitNetSharp.Cli.Commands;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Model;
 using BitNetSharp.Tests.Formats;
@@ -183,6 +184,20 @@ public class BenchCommandTests
 
 public class GenerateArgumentTests
 {
+    /// <summary>generate --health on the bundled model: the per-layer table, then the repetition line (forced into a loop by a repetition-free greedy story, or not).</summary>
+    [Fact]
+    public void HealthReportEndsWithTheRepetitionShare()
+    {
+        var error = new StringWriter();
+        int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "Once upon a time", "-n", "40", "--temp", "0", "--ignore-eos", "--health", "-t", "2"],
+            new StringWriter(), error);
+        Assert.True(code == 0, error.ToString());
+        Assert.Matches(@"repetition: \d+% of the last 40 generated tokens repeat an earlier 4-gram", error.ToString());
+        Assert.Equal("repetition: 100% of the last 64 generated tokens repeat an earlier 4-gram (a loop)",
+            GenerateCommand.RepetitionLine([1, 2, 3], [.. Enumerable.Repeat(new[] { 4, 5 }, 50).SelectMany(x => x)]));
+        Assert.Equal("repetition: fewer than 16 tokens generated", GenerateCommand.RepetitionLine([1, 2, 3], [4, 5]));
+    }
+
     [Theory]
     [InlineData("-n", "-1", "--n-predict (-n) must be 0 or more")]
     [InlineData("--ctx", "-4", "--ctx (-c) must be 0 (the model's context) or more")]

@@ -174,6 +174,33 @@ public class FaultDrillTests
         Assert.Equal(1, s.Server.Monitor!.Alerts!.TimesFired("Jitter"));
     }
 
+    /// <summary>
+    /// A sequence stuck in a loop (one token forced by logit_bias): the repetition share reads 1 while it runs, a rule on
+    /// it fires, and a sequence that never repeats itself (a large frequency penalty) reads 0.
+    /// </summary>
+    [Fact]
+    public async Task ALoopingSequenceRaisesTheRepetitionShareAndItsAlert()
+    {
+        var rule = new AlertRule { Name = "Looping", Metric = "bitnet_health_repetition_ratio", Op = ">", Threshold = 0.9, For = 2, Component = "model" };
+        var (s, _) = await StartAsync(m => m with { AlertRules = [rule] });
+        await using var owned = s;
+        double highest = double.NaN;
+        s.Scheduler.BeforeForward = () =>
+        {
+            Thread.Sleep(3); // long enough a run for the 40 ms evaluations to see it
+            if (s.Scheduler.RepetitionShare is var r && !(r <= highest)) highest = r;
+        };
+        var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 150, temperature = 0, ignore_eos = true, logit_bias = new Dictionary<string, int> { ["7"] = 100 } });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(1.0, highest);
+        await TestServer.EventuallyAsync(async () => s.Server.Monitor!.Alerts!.TimesFired("Looping") > 0 || await FiringAsync(s, "Looping"), "the repetition alert fires");
+
+        highest = double.NaN;
+        (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 60, temperature = 0, ignore_eos = true, frequency_penalty = 2, presence_penalty = 2 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.True(highest < 0.2, $"repetition {highest} with penalties that forbid repeats");
+    }
+
     /// <summary>Every health instrument's declared Prometheus name is what the exporter makes of its name and unit, and /metrics has them.</summary>
     [Fact]
     public async Task DeclaredPrometheusNamesMatchTheExporter()

@@ -120,6 +120,14 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>Recent inter-token latencies, for their standard deviation.</summary>
     public LatencyWindow TokenLatency { get; } = new();
 
+    /// <summary>
+    /// The largest <see cref="RepetitionTracker.Share"/> among the running sequences as of the last step (NaN when none
+    /// has generated <see cref="RepetitionTracker.MinTokens"/> tokens): near 1 while a sequence loops.
+    /// </summary>
+    public double RepetitionShare => Volatile.Read(ref _repetition);
+
+    private double _repetition = double.NaN;
+
     /// <summary>When set (before requests arrive), the engine probes the weights every <see cref="SchedulerOptions.WeightProbeEvery"/> steps.</summary>
     public WeightIntegrity? Integrity { get; set; }
 
@@ -367,6 +375,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                     _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false, atTextStart: false),
                     r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);
                 seq.History.AddRange(r.Prompt);
+                foreach (int t in r.Prompt) seq.Repetition.AddPrompt(t);
                 sequences[c] = seq;
                 _running.Add(seq);
             }
@@ -533,6 +542,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
 
         s.Generated++;
         s.History.Add(token);
+        s.Repetition.AddGenerated(token);
         SchedulerCounters.Add(ref _counters.GenerationTokens, 1);
         TokenLogProb[]? top = r.Sampling.LogProbs is > 0 ? s.Sampler.TopLogProbs.ToArray() : null;
         float logProb = s.Sampler.ChosenLogProb;
@@ -608,6 +618,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
         foreach (var s in _running) kv += s.CacheLength;
         SchedulerCounters.Set(ref _counters.KvPositionsInUse, kv);
         SchedulerCounters.Set(ref _counters.RunningSequences, _running.Count);
+        double repetition = double.NaN;
+        foreach (var s in _running)
+            if (!s.Finished && s.Repetition.Share is var share && !double.IsNaN(share) && !(share <= repetition)) repetition = share;
+        Volatile.Write(ref _repetition, repetition);
         SchedulerCounters.Set(ref _counters.RunningRequests, _runningRequests.Count);
     }
 
