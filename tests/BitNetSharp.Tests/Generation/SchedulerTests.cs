@@ -392,4 +392,44 @@ public sealed class SchedulerTests : IDisposable
         }
         Assert.Throws<ObjectDisposedException>(() => Submit(s, new GenerationRequest { Prompt = [1] }));
     }
+
+    private sealed class RowSink : BitNetSharp.Monitoring.Telemetry.ITelemetrySink
+    {
+        public readonly List<long> StepRows = [], LayerRows = [];
+
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryStepRecord record)
+        {
+            lock (StepRows) StepRows.Add(record.Step);
+        }
+
+        public void Write(BitNetSharp.Monitoring.Telemetry.TelemetryLayerRecord record)
+        {
+            lock (StepRows) LayerRows.Add(record.Step);
+        }
+
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryEvent record) { }
+    }
+
+    /// <summary>
+    /// A forward the health collector counted but the scheduler never finished (an engine failure mid-pass) used to
+    /// shift every later token row's step one behind its layer rows, so a log's token could not be joined to its layers.
+    /// </summary>
+    [Fact]
+    public async Task TokenRowsAndLayerRowsShareStepNumbersAfterAnAbortedForward()
+    {
+        var sink = new RowSink();
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions { MaxSequences = 2, MaxBatchedTokens = 32, Threads = 2, HealthSampleEvery = 1 })
+        {
+            Telemetry = sink,
+        };
+        await Collect(Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 3, IgnoreStopTokens = true }));
+        s.Health.BeginForward(1); // what an engine failure after the pass began leaves behind
+        await Collect(Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4, IgnoreStopTokens = true }));
+        lock (sink.StepRows)
+        {
+            Assert.Equal(7, sink.StepRows.Count);
+            Assert.All(sink.StepRows, step => Assert.Contains(step, sink.LayerRows));
+            Assert.Equal(sink.LayerRows.Max(), sink.StepRows[^1]); // the last step made the last token
+        }
+    }
 }

@@ -264,7 +264,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
             return;
         }
         long after = Stopwatch.GetTimestamp();
-        long step = Volatile.Read(ref _counters.Steps);
+        // The health collector's number for this forward, so step rows and layer rows share it even after an engine
+        // failure that began a forward (counted there) without finishing the step (not counted in Steps).
+        long step = Health.Steps - 1;
         bool sampling = Health.Sampling;
         var telemetry = Telemetry;
         // What Deliver writes into each delivered token's telemetry row (accepted drafts and replacements included).
