@@ -26,6 +26,7 @@ internal sealed class PrometheusTextExporter : IDisposable
     private readonly Action? _beforeCollect;
     private readonly MeterListener _listener = new();
     private readonly Lock _lock = new();
+    private readonly Lock _collect = new(); // one collection at a time: each clears the observables' series, then reads them
     private readonly List<Family> _families = [];
     private readonly Dictionary<Instrument, Family> _byInstrument = [];
 
@@ -71,14 +72,25 @@ internal sealed class PrometheusTextExporter : IDisposable
         }
     }
 
-    /// <summary>Collects the observable instruments and writes every family.</summary>
+    /// <summary>
+    /// Collects the observable instruments and writes every family. An observable's series are what this collection
+    /// reported: one it no longer reports (a gauge with nothing to measure) leaves /metrics instead of repeating its last
+    /// value for ever.
+    /// </summary>
     public void Write(StringBuilder output)
     {
-        _beforeCollect?.Invoke();
-        _listener.RecordObservableInstruments();
-        lock (_lock)
+        lock (_collect)
         {
-            foreach (var f in _families) f.Write(output);
+            _beforeCollect?.Invoke();
+            lock (_lock)
+            {
+                foreach (var f in _families) f.ClearIfObservable();
+            }
+            _listener.RecordObservableInstruments();
+            lock (_lock)
+            {
+                foreach (var f in _families) f.Write(output);
+            }
         }
     }
 
@@ -98,6 +110,7 @@ internal sealed class PrometheusTextExporter : IDisposable
     {
         private readonly Kind _kind;
         private readonly bool _additive; // push counters and up-down counters add measurements; everything else reports a value
+        private readonly bool _observable; // read at each collection: its series are that collection's
         private readonly double[] _bounds;
         private readonly Dictionary<string, Series> _series = new(StringComparer.Ordinal);
 
@@ -106,6 +119,7 @@ internal sealed class PrometheusTextExporter : IDisposable
             var type = instrument.GetType();
             var generic = type.IsGenericType ? type.GetGenericTypeDefinition() : type;
             _additive = generic == typeof(Counter<>) || generic == typeof(UpDownCounter<>);
+            _observable = generic == typeof(ObservableCounter<>) || generic == typeof(ObservableGauge<>) || generic == typeof(ObservableUpDownCounter<>);
             _kind = generic == typeof(Counter<>) || generic == typeof(ObservableCounter<>) ? Kind.Counter
                 : generic == typeof(Histogram<>) ? Kind.Histogram
                 : Kind.Gauge;
@@ -145,6 +159,11 @@ internal sealed class PrometheusTextExporter : IDisposable
                     else s.Value = value;
                     break;
             }
+        }
+
+        public void ClearIfObservable()
+        {
+            if (_observable) _series.Clear();
         }
 
         public void Write(StringBuilder o)

@@ -63,11 +63,8 @@ public sealed class HealthMeters : IDisposable
                     if (!double.IsNaN(sd)) m.Add(new(sd));
                 }),
             new("bitnet.health.repetition", "1", "bitnet_health_repetition_ratio", false,
-                "Largest share, over the running sequences, of the last 64 generated tokens that repeat a 4-gram seen earlier in the sequence (a loop reads near 1).", m =>
-                {
-                    double share = _scheduler.RepetitionShare;
-                    if (!double.IsNaN(share)) m.Add(new(share));
-                }),
+                "Largest share, over the running sequences, of the last 64 generated tokens that repeat a 4-gram seen earlier in the sequence (a loop reads near 1; 0 when no sequence has 16 generated tokens).",
+                m => m.Add(new(_scheduler.RepetitionShare))),
             new("bitnet.weights.checksum_mismatches", "{tensor}", "bitnet_weights_checksum_mismatches_total", true,
                 "Tensors a full checksum found changed since load.", m => { if (_integrity() is { } w) m.Add(new(w.Mismatches)); }),
             new("bitnet.weights.probe_mismatches", "{tensor}", "bitnet_weights_probe_mismatches_total", true,

@@ -194,6 +194,9 @@ public class FaultDrillTests
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal(1.0, highest);
         await TestServer.EventuallyAsync(async () => s.Server.Monitor!.Alerts!.TimesFired("Looping") > 0 || await FiringAsync(s, "Looping"), "the repetition alert fires");
+        // The loop ended: the gauge reads 0 on the idle server and the rule resolves (it stayed firing on the last value).
+        await TestServer.EventuallyAsync(async () => !await FiringAsync(s, "Looping"), "the repetition alert resolves once the loop ended");
+        Assert.Contains("bitnet_health_repetition_ratio 0\n", await s.Http.GetStringAsync("metrics", TestContext.Current.CancellationToken));
 
         highest = double.NaN;
         (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 60, temperature = 0, ignore_eos = true, frequency_penalty = 2, presence_penalty = 2 });

@@ -121,12 +121,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
     public LatencyWindow TokenLatency { get; } = new();
 
     /// <summary>
-    /// The largest <see cref="RepetitionTracker.Share"/> among the running sequences as of the last step (NaN when none
-    /// has generated <see cref="RepetitionTracker.MinTokens"/> tokens): near 1 while a sequence loops.
+    /// The largest <see cref="RepetitionTracker.Share"/> among the running sequences as of the last step: near 1 while a
+    /// sequence loops, 0 when none has generated <see cref="RepetitionTracker.MinTokens"/> tokens (an idle server loops
+    /// nowhere: a NaN here left the gauge, and a rule on it, at the last loop's value after that loop ended).
     /// </summary>
     public double RepetitionShare => Volatile.Read(ref _repetition);
 
-    private double _repetition = double.NaN;
+    private double _repetition;
 
     /// <summary>When set (before requests arrive), the engine probes the weights every <see cref="SchedulerOptions.WeightProbeEvery"/> steps.</summary>
     public WeightIntegrity? Integrity { get; set; }
@@ -620,9 +621,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
         foreach (var s in _running) kv += s.CacheLength;
         SchedulerCounters.Set(ref _counters.KvPositionsInUse, kv);
         SchedulerCounters.Set(ref _counters.RunningSequences, _running.Count);
-        double repetition = double.NaN;
+        double repetition = 0;
         foreach (var s in _running)
-            if (!s.Finished && s.Repetition.Share is var share && !double.IsNaN(share) && !(share <= repetition)) repetition = share;
+            if (!s.Finished && s.Repetition.Share is var share && share > repetition) repetition = share;
         Volatile.Write(ref _repetition, repetition);
         SchedulerCounters.Set(ref _counters.RunningRequests, _runningRequests.Count);
     }
