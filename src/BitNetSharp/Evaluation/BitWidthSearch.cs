@@ -29,7 +29,7 @@ public static class BitWidthSearch
         {
             // The reference: the starting widths' distributions, full rows (top 64 + rest on vocabularies above 32k).
             int topK = c.VocabSize > 32768 ? 64 : 0;
-            long positions = (long)windowStarts.Count * (ctx - ctx / 2);
+            long positions = (long)windowStarts.Count * (ctx - QualityEvaluator.Plan(ctx + 1, ctx, ctx).FirstScored);
             var header = new LogitsFileHeader(c.VocabSize, ctx, ctx, bosId, topK, LogitsFileHeader.HashTokens(tokens), positions, "calibration reference");
             using (var writer = new LogitsFileWriter(refPath, header))
             {

@@ -39,21 +39,50 @@ public static class Distributions
     /// </summary>
     public static double KlDivergenceTopK(ReadOnlySpan<int> ids, ReadOnlySpan<float> logP, double logRest, ReadOnlySpan<double> logQ)
     {
-        double kl = 0, topQ = 0;
+        double kl = 0;
         for (int j = 0; j < ids.Length; j++)
         {
             double lq = logQ[ids[j]];
-            topQ += Math.Exp(lq);
             double p = Math.Exp(logP[j]);
             if (p > 0) kl += p * (logP[j] - lq);
         }
         double restP = Math.Exp(logRest);
-        if (restP > 0)
-        {
-            double restQ = Math.Max(1 - topQ, double.Epsilon);
-            kl += restP * (logRest - Math.Log(restQ));
-        }
+        // Q's rest mass summed over the other tokens in log space: 1 − (Q's top mass) cancelled to 0 when Q held nearly
+        // everything on P's top tokens, and a floor of 5e-324 then added up to ~744 × restP nats.
+        if (restP > 0) kl += restP * (logRest - LogSumExpExcept(logQ, ids));
         return Math.Max(0, kl);
+    }
+
+    /// <summary>ln Σ exp(<paramref name="logs"/>[i]) over the indices not in <paramref name="excluded"/> (−∞ when none is left), summed without cancellation.</summary>
+    public static double LogSumExpExcept(ReadOnlySpan<double> logs, ReadOnlySpan<int> excluded)
+    {
+        int[]? rented = null;
+        Span<int> sorted = excluded.Length <= 256 ? stackalloc int[excluded.Length] : (rented = System.Buffers.ArrayPool<int>.Shared.Rent(excluded.Length)).AsSpan(0, excluded.Length);
+        try
+        {
+            excluded.CopyTo(sorted);
+            sorted.Sort();
+            double max = double.NegativeInfinity;
+            for (int i = 0, e = 0; i < logs.Length; i++)
+            {
+                while (e < sorted.Length && sorted[e] < i) e++;
+                if (e < sorted.Length && sorted[e] == i) continue;
+                if (logs[i] > max) max = logs[i];
+            }
+            if (double.IsNegativeInfinity(max) || double.IsNaN(max)) return max;
+            double sum = 0;
+            for (int i = 0, e = 0; i < logs.Length; i++)
+            {
+                while (e < sorted.Length && sorted[e] < i) e++;
+                if (e < sorted.Length && sorted[e] == i) continue;
+                sum += Math.Exp(logs[i] - max);
+            }
+            return max + Math.Log(sum);
+        }
+        finally
+        {
+            if (rented is not null) System.Buffers.ArrayPool<int>.Shared.Return(rented);
+        }
     }
 
     /// <summary>Index of the largest value (the first of equals).</summary>

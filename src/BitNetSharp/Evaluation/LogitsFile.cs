@@ -102,18 +102,14 @@ public sealed class LogitsFileWriter : IDisposable
         else
         {
             Distributions.TopK(logProbs, _top);
-            double topMass = 0;
             for (int j = 0; j < _top.Length; j++)
             {
                 BinaryPrimitives.WriteInt32LittleEndian(s[(8 + 8 * j)..], _top[j]);
                 BinaryPrimitives.WriteSingleLittleEndian(s[(12 + 8 * j)..], (float)logProbs[_top[j]]);
-                topMass += Math.Exp(logProbs[_top[j]]);
             }
-            // The rest's mass summed directly (1 − top mass would lose it to rounding when the top holds nearly all).
-            double rest = 0;
-            foreach (double lp in logProbs) rest += Math.Exp(lp);
-            rest = Math.Max(0, rest - topMass);
-            BinaryPrimitives.WriteSingleLittleEndian(s[(8 + 8 * _top.Length)..], rest > 0 ? (float)Math.Log(rest) : float.NegativeInfinity);
+            // The rest's mass summed over the other tokens in log space (total − top mass lost it to rounding when the
+            // top held nearly all, writing ln 0 for a mass of 1e-12).
+            BinaryPrimitives.WriteSingleLittleEndian(s[(8 + 8 * _top.Length)..], (float)Distributions.LogSumExpExcept(logProbs, _top));
         }
         _stream.Write(_row);
         _written++;

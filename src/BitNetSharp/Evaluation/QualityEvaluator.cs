@@ -59,10 +59,14 @@ public sealed class KlReference
 /// </summary>
 public static class QualityEvaluator
 {
-    /// <summary>How many positions a plan scores: windows × (ctx − first scored position).</summary>
+    /// <summary>
+    /// How many positions a plan scores: windows × (ctx − first scored position). The first scored position is ctx/2,
+    /// or ctx − stride when windows overlap more than that, so no target is scored twice (with an odd ctx and stride
+    /// ctx/2 rounded down, positions from ctx/2 scored one target in two windows).
+    /// </summary>
     public static (int Windows, int FirstScored, long Positions) Plan(int tokenCount, int ctx, int stride)
     {
-        int firstScored = stride >= ctx / 2 ? ctx / 2 : ctx - stride;
+        int firstScored = Math.Max(ctx / 2, ctx - stride);
         int windows = (tokenCount - 1 - ctx) / stride + 1;
         return (windows, firstScored, (long)windows * (ctx - firstScored));
     }

@@ -22,7 +22,8 @@ public sealed record PerplexityResult(double NegativeLogLikelihood, long ScoredT
 /// <c>stride</c> tokens (default ctx: non-overlapping chunks, as llama-perplexity); each window is run from an empty
 /// KV cache and only its tokens at positions ≥ ctx/2 are scored (predicted from at least ctx/2 tokens of context), so
 /// a token's score never depends on where a window happens to begin. With stride = ctx/2 every token after the first
-/// ctx/2 is scored exactly once; a stride below ctx/2 scores the last stride positions of each window instead.
+/// ctx/2 is scored exactly once; a stride below ctx/2 (or ctx/2 rounded down, for an odd ctx) scores the last stride
+/// positions of each window instead, so no token is scored twice.
 /// When <c>bosId</c> ≥ 0 the first token of every window is replaced by BOS, as llama-perplexity does for models that
 /// add one. Bits per byte = Σ NLL / ln 2 / Σ UTF-8 bytes of the scored tokens.
 /// </summary>

@@ -26,6 +26,25 @@ public class KlEvaluationTests
         return lp;
     }
 
+    /// <summary>
+    /// A model that puts all but 2e-18 of its mass on the reference's top token: the coarse KL stays below the full one
+    /// (1 − top mass cancelled to 0 and a 5e-324 floor made it ~7.4 nats against 0.35), and the rest mass a logits file
+    /// saves is the other tokens' (it was ln 0).
+    /// </summary>
+    [Fact]
+    public void TopKKlHasNoCancellationWhenTheModelIsPeaked()
+    {
+        double[] q = [-2e-18, Math.Log(1e-18), Math.Log(1e-18)];
+        double[] p = [Math.Log(0.99), Math.Log(0.005), Math.Log(0.005)];
+        double full = Distributions.KlDivergence(p, q);
+        double coarse = Distributions.KlDivergenceTopK([0], [(float)p[0]], Math.Log(0.01), q);
+        Assert.InRange(coarse, 0, full + 1e-9);
+        Assert.Equal(0.99 * Math.Log(0.99) + 0.01 * Math.Log(0.01 / 2e-18), coarse, 4);
+        Assert.Equal(Math.Log(2e-18), Distributions.LogSumExpExcept(q, [0]), 9);
+        Assert.Equal(Math.Log(2e-18), Distributions.LogSumExpExcept([Math.Log(1e-18), 0, -1e-300, Math.Log(1e-18)], [2, 1]), 9);
+        Assert.Equal(double.NegativeInfinity, Distributions.LogSumExpExcept(q, [2, 0, 1]));
+    }
+
     /// <summary>P = (1/2, 1/4, 1/4), Q = (1/4, 1/2, 1/4): KL(P‖Q) = ½ ln 2 − ¼ ln 2 = ¼ ln 2.</summary>
     [Fact]
     public void KlOfAHandComputedPair()
@@ -125,6 +144,32 @@ public class KlEvaluationTests
             }
             else Assert.InRange(fileKl.MeanKl, 0, int8Kl.MeanKl + 1e-5);
         }
+    }
+
+    /// <summary>
+    /// No plan scores a target twice, odd windows included (ctx 11 with stride 5 scored 6 positions a window while
+    /// windows advanced 5), and a stride of ctx/2 still scores every target after the first window's first half.
+    /// </summary>
+    [Theory]
+    [InlineData(10, 3, 1)]
+    [InlineData(100, 11, 5)]
+    [InlineData(100, 11, 6)]
+    [InlineData(100, 11, 11)]
+    [InlineData(100, 8, 4)]
+    [InlineData(100, 8, 3)]
+    [InlineData(57, 9, 2)]
+    public void APlanScoresEachTargetAtMostOnce(int tokenCount, int ctx, int stride)
+    {
+        var (windows, first, positions) = QualityEvaluator.Plan(tokenCount, ctx, stride);
+        var targets = new List<int>();
+        for (int w = 0; w < windows; w++)
+            for (int pos = first; pos < ctx; pos++) targets.Add(w * stride + pos + 1);
+        Assert.Equal(positions, targets.Count);
+        Assert.Equal(targets.Count, targets.Distinct().Count());
+        Assert.True(targets.Max() < tokenCount);
+        Assert.True(first >= ctx / 2, "every scored token has at least ctx/2 tokens of context");
+        if (stride <= ctx - ctx / 2) // windows overlap by at least half: the scored targets are contiguous
+            Assert.Equal(Enumerable.Range(first + 1, targets.Count), targets);
     }
 
     /// <summary>Windows given by their starts score exactly like the plan they spell out, and a subset like those windows alone.</summary>
