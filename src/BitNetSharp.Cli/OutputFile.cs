@@ -16,4 +16,33 @@ internal static class OutputFile
             throw new UsageException($"{option} {path}: the folder '{dir}' does not exist.");
         return full;
     }
+
+    /// <summary>
+    /// <see cref="Check"/>, and a <see cref="UsageException"/> when the path is one of the command's inputs (a link to it
+    /// included), which the finished output would replace.
+    /// </summary>
+    public static string CheckNotInput(string option, string path, params (string Option, string? Path)[] inputs)
+    {
+        string full = Check(option, path);
+        string resolved = Resolve(full);
+        foreach (var (inputOption, input) in inputs)
+        {
+            if (input is null || Directory.Exists(input)) continue;
+            if (Resolve(Path.GetFullPath(input)) == resolved)
+                throw new UsageException($"{option} {path} is the {inputOption} file; the output would replace it. Give another path.");
+        }
+        return full;
+    }
+
+    private static string Resolve(string full)
+    {
+        try
+        {
+            return File.Exists(full) && new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true) is { } target ? target.FullName : full;
+        }
+        catch (IOException)
+        {
+            return full;
+        }
+    }
 }

@@ -142,13 +142,13 @@ public static class CalibrateCommand
                 w.WriteString("report", reportPath);
                 w.WriteString("activation_bits", result.Bits.ToString());
                 w.WriteNumber("kl_budget", budget);
-                w.WriteNumber("kl_mean", result.Kl.MeanKl);
-                w.WriteNumber("kl_median", result.Kl.MedianKl);
-                w.WriteNumber("kl_p99", result.Kl.P99Kl);
-                w.WriteNumber("kl_max", result.Kl.MaxKl);
-                w.WriteNumber("top_token_agreement", result.Kl.TopAgreement);
-                w.WriteNumber("perplexity_8bit", baseline.Perplexity);
-                w.WriteNumber("perplexity", result.Model.Perplexity);
+                w.WriteMeasured("kl_mean", result.Kl.MeanKl);
+                w.WriteMeasured("kl_median", result.Kl.MedianKl);
+                w.WriteMeasured("kl_p99", result.Kl.P99Kl);
+                w.WriteMeasured("kl_max", result.Kl.MaxKl);
+                w.WriteMeasured("top_token_agreement", result.Kl.TopAgreement);
+                w.WriteMeasured("perplexity_8bit", baseline.Perplexity);
+                w.WriteMeasured("perplexity", result.Model.Perplexity);
                 w.WriteNumber("evaluations", result.Evaluations);
                 w.WriteStartArray("steps");
                 foreach (var s in result.Steps)
@@ -158,7 +158,7 @@ public static class CalibrateCommand
                     w.WriteString("input", HealthNames.InputLabels[(int)s.Input]);
                     w.WriteNumber("from", s.FromBits);
                     w.WriteNumber("to", s.ToBits);
-                    w.WriteNumber("kl_mean", s.MeanKl);
+                    w.WriteMeasured("kl_mean", s.MeanKl);
                     w.WriteEndObject();
                 }
                 w.WriteEndArray();

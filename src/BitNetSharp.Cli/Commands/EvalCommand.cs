@@ -103,7 +103,7 @@ public static class EvalCommand
                     }
                     else if (refPath is not null || refKvText is not null || refBitsText is not null)
                     {
-                        var refKv = refKvText is null ? KvCacheType.F32 : ModelOptions.ParseKvType(refKvText);
+                        var refKv = refKvText is null ? KvCacheType.F32 : ModelOptions.ParseKvType(refKvText, "--kl-kv-type");
                         if (refPath is not null)
                         {
                             var (w2, t2) = ModelOptions.Load(refPath, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) });
@@ -130,6 +130,7 @@ public static class EvalCommand
                     if (step > window) throw new UsageException($"--stride {step} is longer than the window ({window}).");
                     if (r.GetValue(saveLogits) is { } savePath)
                     {
+                        OutputFile.CheckNotInput("--save-logits", savePath, ("--data", dataPath), ("-m", weights.SourcePath), ("--kl-reference", refPath));
                         int top = r.GetValue(saveTop);
                         if (top < 0 || top > weights.Config.VocabSize)
                             throw new UsageException($"--save-logits-top {top} must be 0 (full rows) to {weights.Config.VocabSize} (the vocabulary).");
@@ -186,23 +187,23 @@ public static class EvalCommand
                         w.WriteNumber("windows", result.Windows);
                         w.WriteNumber("scored_tokens", result.ScoredTokens);
                         w.WriteNumber("scored_bytes", result.ScoredBytes);
-                        w.WriteNumber("nll_nats_per_token", result.MeanNll);
-                        w.WriteNumber("perplexity", result.Perplexity);
-                        w.WriteNumber("bits_per_byte", result.BitsPerByte);
+                        w.WriteMeasured("nll_nats_per_token", result.MeanNll);
+                        w.WriteMeasured("perplexity", result.Perplexity);
+                        w.WriteMeasured("bits_per_byte", result.BitsPerByte);
                         if (kl is not null)
                         {
                             w.WriteStartObject("kl");
                             w.WriteString("reference", refDescription);
-                            w.WriteNumber("reference_perplexity", kl.Reference.Perplexity);
-                            w.WriteNumber("reference_bits_per_byte", kl.Reference.BitsPerByte);
-                            w.WriteNumber("delta_perplexity", result.Perplexity - kl.Reference.Perplexity);
+                            w.WriteMeasured("reference_perplexity", kl.Reference.Perplexity);
+                            w.WriteMeasured("reference_bits_per_byte", kl.Reference.BitsPerByte);
+                            w.WriteMeasured("delta_perplexity", result.Perplexity - kl.Reference.Perplexity);
                             w.WriteNumber("positions", kl.Positions);
-                            w.WriteNumber("mean", kl.MeanKl);
+                            w.WriteMeasured("mean", kl.MeanKl);
                             if (double.IsFinite(kl.MeanKlStdErr)) w.WriteNumber("mean_stderr", kl.MeanKlStdErr);
-                            w.WriteNumber("median", kl.MedianKl);
-                            w.WriteNumber("p99", kl.P99Kl);
-                            w.WriteNumber("max", kl.MaxKl);
-                            w.WriteNumber("top_token_agreement", kl.TopAgreement);
+                            w.WriteMeasured("median", kl.MedianKl);
+                            w.WriteMeasured("p99", kl.P99Kl);
+                            w.WriteMeasured("max", kl.MaxKl);
+                            w.WriteMeasured("top_token_agreement", kl.TopAgreement);
                             w.WriteNumber("reference_top_k", kl.TopK);
                             w.WriteEndObject();
                         }

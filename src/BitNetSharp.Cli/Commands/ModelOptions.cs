@@ -150,13 +150,13 @@ public sealed class ModelOptions
         };
     }
 
-    public static KvCacheType ParseKvType(string value) => value.Trim().ToLowerInvariant() switch
+    public static KvCacheType ParseKvType(string value, string option = "--kv-type") => value.Trim().ToLowerInvariant() switch
     {
         "f32" or "fp32" => KvCacheType.F32,
         "f16" or "fp16" => KvCacheType.F16,
         "int8" or "i8" or "q8" => KvCacheType.Int8,
         "fp8" or "f8" or "e4m3" => KvCacheType.Fp8E4M3,
-        _ => throw new UsageException($"--kv-type '{value}' is not one of f32, f16, int8, fp8."),
+        _ => throw new UsageException($"{option} '{value}' is not one of f32, f16, int8, fp8."),
     };
 
     /// <summary>Loads weights and, when the file has one, the tokenizer.</summary>

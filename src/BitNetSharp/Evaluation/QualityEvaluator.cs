@@ -136,11 +136,20 @@ public static class QualityEvaluator
                     if (!batch[i].WantLogits) continue;
                     int target = tokens[start + p0 + i + 1];
                     var z = logits.AsSpan(row * vocab, vocab);
-                    if (!needRows) nll += PerplexityEvaluator.NegativeLogProbability(z, target);
+                    double tokenNll;
+                    if (!needRows) tokenNll = PerplexityEvaluator.NegativeLogProbability(z, target);
                     else
                     {
                         Distributions.LogSoftmax(z, logQ);
-                        nll -= logQ[target];
+                        tokenNll = -logQ[target];
+                    }
+                    // NaN or ±Inf logits make a NaN score (a perplexity of NaN, which JSON cannot even hold): say where.
+                    if (double.IsNaN(tokenNll))
+                        throw new InvalidDataException($"The model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i} " +
+                            $"(token {target}): its weights or scales are broken; `bitnet generate --health` names the layer where values first go non-finite.");
+                    nll += tokenNll;
+                    if (needRows)
+                    {
                         save?.Write(target, logQ);
                         if (refEngine is not null)
                         {

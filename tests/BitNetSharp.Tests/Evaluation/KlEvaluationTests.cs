@@ -172,6 +172,32 @@ public class KlEvaluationTests
             Assert.Equal(Enumerable.Range(first + 1, targets.Count), targets);
     }
 
+    /// <summary>
+    /// A model with a NaN scale: the evaluation stops with an error saying where the logits went non-finite (it returned
+    /// a NaN perplexity, and `eval --json` then failed inside the JSON writer); an infinite value is written as null.
+    /// </summary>
+    [Fact]
+    public void NonFiniteLogitsStopTheEvaluationNamingThePosition()
+    {
+        var (weights, tokens, bos) = Load();
+        using var _ = weights;
+        using var engine = new Transformer(weights, 32);
+        weights.Layers[1].Q.RowScales[2] = float.NaN;
+        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos));
+        Assert.Contains("not finite", e.Message);
+        Assert.Contains("window 1 of", e.Message);
+
+        using var stream = new MemoryStream();
+        using (var w = new Utf8JsonWriter(stream))
+        {
+            w.WriteStartObject();
+            w.WriteMeasured("perplexity", double.PositiveInfinity);
+            w.WriteMeasured("bits_per_byte", 1.5);
+            w.WriteEndObject();
+        }
+        Assert.Equal("""{"perplexity":null,"bits_per_byte":1.5}""", System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+    }
+
     /// <summary>Windows given by their starts score exactly like the plan they spell out, and a subset like those windows alone.</summary>
     [Fact]
     public void ExplicitWindowStartsMatchThePlan()
@@ -275,6 +301,21 @@ public class KlEvaluationTests
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kv-type", "q4");
         Assert.Equal(2, code);
         Assert.Contains("--kv-type 'q4'", error);
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-kv-type", "q4");
+        Assert.Equal(2, code);
+        Assert.Contains("--kl-kv-type 'q4'", error);
+        // The saved logits replaced the corpus (or the reference file being read) and the run said nothing.
+        string before = File.ReadAllText(data);
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--save-logits", data);
+        Assert.Equal(2, code);
+        Assert.Contains("--save-logits", error);
+        Assert.Contains("--data", error);
+        Assert.Equal(before, File.ReadAllText(data));
+        long savedLength = new FileInfo(saved).Length;
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--save-logits", saved);
+        Assert.Equal(2, code);
+        Assert.Contains("--kl-reference", error);
+        Assert.Equal(savedLength, new FileInfo(saved).Length);
         // Negative sizes were taken as "default" silently (and then failed with a window length the user never gave).
         foreach (var (option, value, message) in new[]
         {
