@@ -15,6 +15,18 @@ public sealed record ThroughputSample(string Test, int Threads, double[] TokensP
     /// <summary>Tokens already in the KV cache when the test ran (llama-bench's <c>-d</c>).</summary>
     public int Depth { get; init; }
 
+    /// <summary>Tokens each sequence processed in one repetition (pp: the prompt; tg: the decode steps).</summary>
+    public int Tokens { get; init; }
+
+    /// <summary>
+    /// KV-cache bytes a decode step reads on average (all sequences): each step attends over the depth plus the tokens
+    /// generated so far, (tokens + 1) / 2 of them on average. 0 for prompt processing.
+    /// </summary>
+    public long KvBytesPerStep(ModelConfig config, KvCacheType type) =>
+        Test.StartsWith("tg", StringComparison.Ordinal)
+            ? Sequences * KvCache.BytesFor(config.Layers, config.KvHeads, config.HeadDim, Depth + (Tokens + 1) / 2, type)
+            : 0;
+
     /// <summary>
     /// The fraction of the step's wall time spent in attention (the KV-cache write and the attention over the cached
     /// positions, the profiler's <c>attention</c> operation), from one extra profiled pass of the test; null where not measured.
@@ -121,6 +133,7 @@ public static class ThroughputBenchmark
             }
             return new ThroughputSample(AtDepth($"pp{tokens}", depth), pool.ThreadCount, samples)
             {
+                Tokens = tokens,
                 Latency = LatencySummary.Of(seconds),
                 Depth = depth,
                 AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, Run) : null,
@@ -230,6 +243,7 @@ public static class ThroughputBenchmark
                 int at = d;
                 results[d] = new ThroughputSample(AtDepth(name, depthOf[d]), pool.ThreadCount, samples[d], sequences)
                 {
+                    Tokens = tokens,
                     Latency = LatencySummary.Of(steps[d]),
                     Depth = depthOf[d],
                     AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, () => Run(at, -1)) : null,
@@ -354,8 +368,8 @@ public static class ThroughputBenchmark
             foreach (var cache in caches) cache.Dispose();
         }
         string name = sequences == 1 ? $"tg{tokens}" : $"tg{tokens}×{sequences}";
-        return (new ThroughputSample(name + " health off", pool.ThreadCount, off, sequences),
-            new ThroughputSample(name + $" health 1/{sampleEvery}", pool.ThreadCount, on, sequences));
+        return (new ThroughputSample(name + " health off", pool.ThreadCount, off, sequences) { Tokens = tokens },
+            new ThroughputSample(name + $" health 1/{sampleEvery}", pool.ThreadCount, on, sequences) { Tokens = tokens });
     }
 
     /// <summary>
@@ -406,11 +420,11 @@ public static class ThroughputBenchmark
             if (r % 2 == 0) { off[r] = Run(false); on[r] = Run(true); }
             else { on[r] = Run(true); off[r] = Run(false); }
         }
-        return (new ThroughputSample($"tg{tokens} profile off", pool.ThreadCount, off), new ThroughputSample($"tg{tokens} profile on", pool.ThreadCount, on));
+        return (new ThroughputSample($"tg{tokens} profile off", pool.ThreadCount, off) { Tokens = tokens }, new ThroughputSample($"tg{tokens} profile on", pool.ThreadCount, on) { Tokens = tokens });
     }
 
-    /// <summary>Bytes a decode step must read from memory: every projection, the head, one embedding row and the norms
-    /// (the KV cache of a short context is negligible next to them and is left out).</summary>
+    /// <summary>Weight bytes a decode step must read from memory: every projection, the head, one embedding row and the
+    /// norms (the KV cache a step reads depends on the depth: <see cref="ThroughputSample.KvBytesPerStep"/>).</summary>
     public static long BytesPerToken(ModelWeights w)
     {
         long bytes = w.Output.ByteLength + w.TokenEmbedding.RowBytes + w.OutputNorm.Length * 4L;

@@ -152,13 +152,40 @@ public class DepthBenchTests
             Assert.Equal(ratio, deep.GetProperty("depth_ratio_min").GetDouble());
             Assert.Equal(JsonValueKind.Null, results[1].GetProperty("depth_ratio").ValueKind);
             Assert.Equal(JsonValueKind.Null, results[2].GetProperty("depth_ratio").ValueKind);
+            // The bound counts the KV cache a step reads (depth + the tokens generated so far, 2.5 on average for tg4):
+            // it was the weights alone, the same at every depth.
+            var c = BitNetSharp.Model.SyntheticShape.ByName("tiny");
+            long perToken = doc.RootElement.GetProperty("bytes_per_token").GetInt64();
+            var kvType = Enum.Parse<BitNetSharp.Model.KvCacheType>(doc.RootElement.GetProperty("kv_type").GetString()!);
+            foreach (var (row, positions) in new[] { (results[1], 2), (results[3], 34) })
+            {
+                long kvBytes = row.GetProperty("kv_bytes_per_step").GetInt64();
+                Assert.Equal(BitNetSharp.Model.KvCache.BytesFor(c.Layers, c.KvHeads, c.Dim / c.Heads, positions, kvType), kvBytes);
+                Assert.Equal(row.GetProperty("bandwidth_gbps").GetDouble() * 1e9 / (perToken + kvBytes), row.GetProperty("bound_tokens_per_second").GetDouble(), 6);
+            }
+            Assert.Equal(JsonValueKind.Null, results[0].GetProperty("kv_bytes_per_step").ValueKind);
         }
         Assert.Contains("tg4 @ d32 over depth 0, 1 thread(s), paired by repetition:", r.Error);
         var csv = Bench("-p", "8", "-n", "0", "-d", "16", "--csv");
         Assert.Equal(0, csv.Code);
         var lines = csv.Output.Trim().Split('\n');
-        Assert.EndsWith(",depth,attention_share,depth_ratio", lines[0]);
+        Assert.EndsWith(",depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps", lines[0]);
         Assert.Contains(",16,", lines[1]);
+        var ppCells = lines[1].Split(',');
+        Assert.Equal(["", "", ""], new[] { ppCells[5], ppCells[7], ppCells[8] }); // no weight rate or bound for prompt processing (it read "550 GB/s")
+
+        // --profile-ab is checked before the tests run (it failed after them, losing their results).
+        var ab = Bench("-p", "8", "-n", "4", "--profile-ab", "0");
+        Assert.Equal(2, ab.Code);
+        Assert.Contains("--profile-ab must be at least 1", ab.Error);
+        Assert.DoesNotContain("read bandwidth", ab.Error);
+        var both = Bench("--json", "--csv");
+        Assert.Equal(2, both.Code);
+        Assert.Contains("give one output format", both.Error);
+        var probe = Bench("--bandwidth-only", "--json");
+        Assert.Equal(0, probe.Code);
+        using (var doc = JsonDocument.Parse(probe.Output))
+            Assert.True(doc.RootElement[0].GetProperty("bandwidth_gbps").GetDouble() > 0);
 
         foreach (var (args, what) in new (string[], string)[]
         {
