@@ -66,6 +66,13 @@ internal sealed class ModelMonitor : IDisposable
             };
             foreach (var w in warnings) logger.LogWarning("BITNET_LOG_CONTEXT: {Warning}", w);
             scheduler.Telemetry = open(context);
+            // A log that cannot be written (a full disk, a directory taken away) drops rows on its own thread: say so.
+            if (scheduler.Telemetry is TelemetryLogWriter log)
+                log.FailureChanged += e =>
+                {
+                    if (e is null) logger.LogWarning("telemetry log: writing again ({Rows} rows dropped so far)", log.DroppedRecords);
+                    else logger.LogWarning("telemetry log: rows are being dropped, {Error} (bitnet_telemetry_dropped_rows_total counts them)", e.Message);
+                };
         }
         // Unpacking every tensor takes seconds on a 2B model: off the load path.
         Task.Run(() =>

@@ -281,7 +281,7 @@ public static class ServeCommand
     private static Func<IReadOnlyDictionary<string, string>, Monitoring.Telemetry.ITelemetrySink>? TelemetrySink(string? path, double maxMb)
     {
         if (path is null) return null;
-        if (!(maxMb >= 1.0 / 16)) throw new UsageException($"--telemetry-max-mb must be at least 0.0625 (64 KiB); got {maxMb}.");
+        if (!(maxMb >= 1.0 / 16 && maxMb <= 65536)) throw new UsageException($"--telemetry-max-mb must be from 0.0625 (64 KiB) to 65536 (64 GiB) per file; got {maxMb}.");
         long file = (long)(maxMb * 1024 * 1024);
         var options = new Monitoring.Telemetry.TelemetryLogOptions { Path = path, MaxFileBytes = file, MaxTotalBytes = file * 16 };
         try
@@ -291,6 +291,20 @@ public static class ServeCommand
         catch (ArgumentException e)
         {
             throw new UsageException($"--telemetry-log: {e.Message.Split(" (Parameter '")[0]}");
+        }
+        // The writer drops rows it cannot write rather than stop the server; a folder it can never write is a usage
+        // error now, before the model loads, instead of a log that silently stays empty.
+        var (directory, _) = options.Resolve();
+        string probe = Path.Combine(directory, $".bitnet-write-check-{Environment.ProcessId}");
+        try
+        {
+            Directory.CreateDirectory(directory);
+            File.WriteAllBytes(probe, []);
+            File.Delete(probe);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"--telemetry-log {path}: cannot write to the folder '{directory}' ({e.Message}). Give a folder this user can write.");
         }
         return context => new Monitoring.Telemetry.TelemetryLogWriter(options, context);
     }

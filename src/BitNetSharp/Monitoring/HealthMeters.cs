@@ -90,6 +90,11 @@ public sealed class HealthMeters : IDisposable
                 }),
             new("bitnet.weights.degenerate_tensors", "{tensor}", "bitnet_weights_degenerate_tensors", false,
                 "Packed projections with no -1 or no +1 codes (all one sign or all zero).", m => { if (_codes() is { } c) m.Add(new(c.Degenerate)); }),
+            new("bitnet.telemetry.dropped_rows", "{row}", "bitnet_telemetry_dropped_rows_total", true,
+                "Telemetry log rows lost to write errors or a writer too far behind (present with --telemetry-log).", m =>
+                {
+                    if (_scheduler.Telemetry is Telemetry.TelemetryLogWriter w) m.Add(new(w.DroppedRecords));
+                }),
             new("bitnet.alerts", "{alert}", "bitnet_alerts_total", true, "Times each alert rule started firing.", m =>
             {
                 if (_alerts() is { } a) foreach (var s in a.States) m.Add(new(s.TimesFired, new KeyValuePair<string, object?>("rule", s.Rule.Name)));
@@ -124,7 +129,8 @@ public sealed class HealthMeters : IDisposable
         "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
         "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_token_latency_stddev_seconds", "bitnet_health_repetition_ratio",
         "bitnet_weights_checksum_mismatches_total", "bitnet_weights_probe_mismatches_total", "bitnet_weights_verifications_total",
-        "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_alerts_total", "bitnet_alerts_firing",
+        "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_telemetry_dropped_rows_total",
+        "bitnet_alerts_total", "bitnet_alerts_firing",
     };
 
     public IReadOnlyList<Signal> Signals => _signals;

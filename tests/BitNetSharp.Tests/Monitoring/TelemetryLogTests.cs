@@ -215,13 +215,24 @@ public class TelemetryLogTests(ITestOutputHelper output)
         File.WriteAllText(dir.File("not-a-directory"), "x");
         var options = new TelemetryLogOptions { Path = Path.Combine(dir.File("not-a-directory"), "logs") + "/" };
         var writer = new TelemetryLogWriter(options, Context);
+        var changes = new List<Exception?>();
+        writer.FailureChanged += e => { lock (changes) changes.Add(e); };
         for (int i = 0; i < 10; i++) writer.Write(Step(i, i, "r"));
         writer.Flush();
         writer.Write(Layer(1, 1, 1));
+        writer.Flush();
+        lock (changes) Assert.Single(changes); // said once when rows started being lost, not once per batch
+        Assert.NotNull(changes[0]);
+        // The obstacle goes away: the next batch is written, and that is said too.
+        File.Delete(dir.File("not-a-directory"));
+        writer.Write(Step(20, 20, "r"));
+        writer.Flush();
+        lock (changes) Assert.Equal(2, changes.Count);
+        Assert.Null(changes[1]);
         writer.Dispose();
         writer.Write(Step(2, 2, "after dispose"));
         Assert.Equal(12, writer.DroppedRecords);
-        Assert.Equal(0, writer.RowsWritten);
+        Assert.Equal(1, writer.RowsWritten);
         Assert.NotNull(writer.LastError);
     }
 

@@ -110,13 +110,29 @@ public class SecurityDefaultsTests
     [InlineData("--cors", "https://app.example.com/path", "is not * or an origin")]
     [InlineData("--max-connections", "0", "--max-connections must be at least 1")]
     [InlineData("--max-body-mb", "0", "--max-body-mb must be between")]
-    [InlineData("--telemetry-max-mb", "0.01", "--telemetry-max-mb must be at least 0.0625")]
+    [InlineData("--telemetry-max-mb", "0.01", "--telemetry-max-mb must be from 0.0625")]
+    [InlineData("--telemetry-max-mb", "1e12", "--telemetry-max-mb must be from 0.0625")] // × 16 overflowed into a negative total cap
     public void BadSecuritySettingsAreUsageErrors(string flag, string value, string message)
     {
         var error = new StringWriter();
         int code = Program.Run(["serve", "-m", "does-not-matter.gguf", "--telemetry-log", Path.GetTempPath(), flag, value], new StringWriter(), error);
         Assert.Equal(2, code);
         Assert.Contains(message, error.ToString());
+    }
+
+    /// <summary>A telemetry folder that cannot be created or written is refused before the model loads (the writer dropped every row and the server never said so).</summary>
+    [Fact]
+    public void AnUnwritableTelemetryFolderIsAUsageError()
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        string file = dir.File("not-a-folder");
+        File.WriteAllText(file, "x");
+        var error = new StringWriter();
+        int code = Program.Run(["serve", "-m", "does-not-matter.gguf", "--telemetry-log", Path.Combine(file, "logs") + "/"], new StringWriter(), error);
+        Assert.Equal(2, code);
+        Assert.Contains("--telemetry-log", error.ToString());
+        Assert.Contains("cannot write to the folder", error.ToString());
+        Assert.Empty(Directory.GetFiles(dir.Path, ".bitnet-write-check-*"));
     }
 
     [Fact]

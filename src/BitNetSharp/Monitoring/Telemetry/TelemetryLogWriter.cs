@@ -99,6 +99,30 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
     /// <summary>The most recent write error, or null.</summary>
     public Exception? LastError => Volatile.Read(ref _lastError);
 
+    /// <summary>
+    /// Raised (on the writer's thread) when a batch is lost to a write error after the previous one was written (or
+    /// the first batch fails), and with null when writing works again: a server logs it, so a log that cannot be
+    /// written is not silent. Handlers must not throw.
+    /// </summary>
+    public event Action<Exception?>? FailureChanged;
+
+    private bool _failing;
+
+    private void SetFailing(Exception? error)
+    {
+        bool failing = error is not null;
+        if (failing == _failing) return;
+        _failing = failing;
+        try
+        {
+            FailureChanged?.Invoke(error);
+        }
+        catch (Exception)
+        {
+            // A handler's bug must not end the writer thread (or the process).
+        }
+    }
+
     /// <summary>The file being written, or null between files.</summary>
     public string? CurrentPath { get { lock (_io) return _currentPath; } }
 
@@ -283,6 +307,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             Interlocked.Add(ref _rowsWritten, batch.Count);
             EnforceTotalCap();
             if (_currentLength >= _options.MaxFileBytes) CloseFile();
+            SetFailing(null);
         }
         catch (Exception e)
         {
@@ -290,6 +315,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             Interlocked.Add(ref _dropped, batch.Count);
             Volatile.Write(ref _lastError, e);
             AbandonFile();
+            SetFailing(e);
         }
     }
 
