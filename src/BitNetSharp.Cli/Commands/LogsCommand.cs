@@ -60,6 +60,12 @@ public static class LogsCommand
             {
                 return Run(cli, settings, cancellation);
             }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                // Ctrl-C while reading: no export or plot is renamed into place (an existing --out is kept).
+                cli.Error.WriteLine("cancelled: nothing written.");
+                return 130;
+            }
             catch (InvalidDataException e)
             {
                 // A file that is not a telemetry log is the user's file, not a bug: one line and exit 1.
@@ -191,6 +197,8 @@ public static class LogsCommand
             throw new UsageException($"unknown --input '{s.Input}': expected {string.Join(", ", HealthNames.InputLabels)}.");
         if (s.Follow && (s.Export is not null || s.Plot is not null || s.Summary))
             throw new UsageException("--follow prints rows as they arrive; it cannot be combined with --summary, --export or --plot.");
+        if (s.Since is { } from && s.Until is { } to && from > to)
+            throw new UsageException("--since is later than --until: no row can match; swap them.");
         if (s.FollowTimeout is not null && !s.Follow)
             throw new UsageException("--follow-timeout needs --follow.");
         if (s.FollowTimeout is <= 0 or double.NaN or > MaxFollowSeconds)
@@ -258,7 +266,12 @@ public static class LogsCommand
         throw new UsageException($"{option} '{text}' is neither an ISO-8601 time nor a duration like 10m.");
     }
 
-    private static long ToUnixNanos(DateTimeOffset t) => (t.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks) * 100;
+    /// <summary>Nanoseconds since the epoch, clamped: years past 2262 (or before 1677) wrapped around into times that dropped every row.</summary>
+    private static long ToUnixNanos(DateTimeOffset t)
+    {
+        long ticks = t.UtcTicks - DateTimeOffset.UnixEpoch.UtcTicks;
+        return ticks > long.MaxValue / 100 ? long.MaxValue : ticks < long.MinValue / 100 ? long.MinValue : ticks * 100;
+    }
 
     private static int InputIndex(string? input) => input is null ? 0 : Array.IndexOf(HealthNames.InputLabels, input);
 

@@ -252,5 +252,55 @@ public class LogsCommandTests
         (code, _, error) = Bitnet("logs", path, "-f", "--follow-timeout", "1e300");
         Assert.Equal(2, code);
         Assert.Contains("--follow-timeout must be a positive number of seconds, at most", error);
+        // Times past 2262 wrapped around to negative nanoseconds and dropped every row.
+        Assert.Contains("rows: 21 (", Bitnet("logs", path, "--until", "9999-12-31").Output);
+        Assert.Contains("rows: 21 (", Bitnet("logs", path, "--since", "0001-01-01", "--until", "3000-01-01").Output);
+        (code, _, error) = Bitnet("logs", path, "--since", "3000-01-01", "--until", "2020-01-01");
+        Assert.Equal(2, code);
+        Assert.Contains("--since is later than --until", error);
+    }
+
+    /// <summary>
+    /// A log file cut off before its schema (the writer killed right after creating it) holds no rows and is listed as
+    /// cut off; it made every read of its folder fail with "not a BitNetSharp telemetry log".
+    /// </summary>
+    [Fact]
+    public void AFileCutOffBeforeItsSchemaDoesNotBlockItsFolder()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        string torn = dir.File("zz-torn.arrow");
+        File.WriteAllBytes(torn, "ARROW1\0\0"u8.ToArray());
+        var (code, output, error) = Bitnet("logs", dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("rows: 21 (", output);
+        Assert.Contains(torn, output + error);
+        File.WriteAllBytes(torn, [.. "ARROW1\0\0"u8, 0xFF, 0xFF, 0xFF, 0xFF, 0x40, 0x00]); // torn inside the schema's length
+        (code, output, error) = Bitnet("logs", dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("rows: 21 (", output);
+    }
+
+    /// <summary>A file named twice, or by its folder and by name, is read once (its rows were counted twice).</summary>
+    [Fact]
+    public void AFileNamedTwiceIsReadOnce()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        Assert.Contains("rows: 21 (", Bitnet("logs", dir.Path, path).Output);
+        Assert.Contains("rows: 21 (", Bitnet("logs", path, Path.GetRelativePath(Environment.CurrentDirectory, path)).Output);
+    }
+
+    /// <summary>A cancelled read throws (it ended quietly, so an export cut short was renamed into place and reported as written).</summary>
+    [Fact]
+    public void ACancelledReadThrowsInsteadOfEndingQuietly()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        using var cts = new CancellationTokenSource();
+        cts.Cancel();
+        var reader = TelemetryLogReader.Open(path);
+        Assert.Throws<OperationCanceledException>(() => reader.ReadRows(cts.Token).ToList());
+        Assert.Equal(21, reader.ReadRows(TestContext.Current.CancellationToken).Count());
     }
 }

@@ -5,7 +5,8 @@ using Apache.Arrow.Ipc;
 namespace BitNetSharp.Monitoring.Telemetry;
 
 /// <summary>One file of a telemetry log: its size, whether it was closed with a footer, and its context metadata.</summary>
-public sealed record TelemetryLogFile(string Path, long Bytes, bool HasFooter, IReadOnlyDictionary<string, string> Context);
+/// <param name="NoSchema">The file ends before its schema (created, then cut off before the first batch was written): it holds no rows.</param>
+public sealed record TelemetryLogFile(string Path, long Bytes, bool HasFooter, IReadOnlyDictionary<string, string> Context, bool NoSchema = false);
 
 /// <summary>
 /// One row of the log as the record it was written from: <see cref="StepRecord"/>, <see cref="LayerRecord"/> or
@@ -62,12 +63,18 @@ public sealed class TelemetryLogReader
     public static TelemetryLogReader Open(params IEnumerable<string> paths)
     {
         var all = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal); // a file named twice (or by its folder too) is read once
         foreach (var p in paths)
         {
             if (Directory.Exists(p))
-                all.AddRange(Directory.EnumerateFiles(p, "*" + TelemetryLogSchema.FileExtension));
+            {
+                foreach (var f in Directory.EnumerateFiles(p, "*" + TelemetryLogSchema.FileExtension))
+                    if (seen.Add(Path.GetFullPath(f))) all.Add(Path.GetFullPath(f));
+            }
             else if (File.Exists(p))
-                all.Add(Path.GetFullPath(p));
+            {
+                if (seen.Add(Path.GetFullPath(p))) all.Add(Path.GetFullPath(p));
+            }
             else
                 throw new FileNotFoundException($"{p}: no such telemetry log file or directory.", p);
         }
@@ -84,16 +91,29 @@ public sealed class TelemetryLogReader
         var head = new byte[Magic.Length];
         if (length < Magic.Length || stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false) < head.Length || !head.AsSpan().SequenceEqual(Magic))
             throw new InvalidDataException($"{path}: not an Arrow IPC file (no ARROW1 magic).");
-        Schema schema;
+        bool footer = false;
+        if (length >= 2 * Magic.Length)
+        {
+            var tail = new byte[6];
+            stream.Position = length - tail.Length;
+            footer = stream.ReadAtLeast(tail, tail.Length, throwOnEndOfStream: false) == tail.Length && tail.AsSpan().SequenceEqual(Magic.AsSpan(0, 6));
+            stream.Position = Magic.Length;
+        }
+        Schema? schema;
         try
         {
             using var reader = new ArrowStreamReader(stream, leaveOpen: true);
             schema = reader.Schema;
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (Exception e)
         {
+            // A file cut off inside its schema (killed right after it was created): no rows, not a reason to refuse the
+            // whole directory. A complete file (with its footer) whose schema is unreadable is damaged. A corrupt length
+            // makes Arrow ask for gigabytes: that OutOfMemoryException is the file's fault, not the machine's.
+            if (!footer) return new TelemetryLogFile(path, length, false, new Dictionary<string, string>(), NoSchema: true);
             throw new InvalidDataException($"{path}: unreadable Arrow schema ({e.Message}).", e);
         }
+        if (schema is null && !footer) return new TelemetryLogFile(path, length, false, new Dictionary<string, string>(), NoSchema: true);
         if (schema is null || !schema.HasMetadata || !schema.Metadata.ContainsKey(TelemetryLogSchema.MarkerKey))
             throw new InvalidDataException($"{path}: an Arrow file, but not a BitNetSharp telemetry log (no {TelemetryLogSchema.MarkerKey} metadata).");
         if (schema.GetFieldIndex("kind", StringComparer.Ordinal) < 0 || schema.GetFieldIndex("time", StringComparer.Ordinal) < 0)
@@ -101,26 +121,30 @@ public sealed class TelemetryLogReader
         var context = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (k, v) in schema.Metadata)
             if (k != TelemetryLogSchema.MarkerKey) context[k] = v;
-        bool footer = false;
-        if (length >= 2 * Magic.Length)
-        {
-            var tail = new byte[6];
-            stream.Position = length - tail.Length;
-            footer = stream.ReadAtLeast(tail, tail.Length, throwOnEndOfStream: false) == tail.Length && tail.AsSpan().SequenceEqual(Magic.AsSpan(0, 6));
-        }
         return new TelemetryLogFile(path, length, footer, context);
     }
 
-    /// <summary>The RecordBatches of every file in order; the caller owns (and may dispose) each.</summary>
+    /// <summary>
+    /// The RecordBatches of every file in order; the caller owns (and may dispose) each. Cancellation throws
+    /// <see cref="OperationCanceledException"/> (ending quietly made a cut-short read look complete: an export renamed
+    /// into place and reported as written).
+    /// </summary>
     public IEnumerable<RecordBatch> ReadBatches(CancellationToken cancellation = default)
     {
         foreach (var file in Files)
         {
+            cancellation.ThrowIfCancellationRequested();
+            if (file.NoSchema)
+            {
+                lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path);
+                continue;
+            }
             using var stream = OpenShared(file.Path);
             stream.Position = Magic.Length;
             using var reader = new ArrowStreamReader(stream, leaveOpen: true);
-            while (!cancellation.IsCancellationRequested)
+            while (true)
             {
+                cancellation.ThrowIfCancellationRequested();
                 if (!TryReadNext(reader, out var batch))
                 {
                     lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path); // once, however many passes read it
@@ -189,9 +213,10 @@ public sealed class TelemetryLogReader
             batch = reader.ReadNextRecordBatch();
             return true;
         }
-        catch (Exception e) when (e is not OutOfMemoryException)
+        catch (Exception)
         {
-            // A torn last message (kill -9 mid-write, or a follow cancelled mid-message).
+            // A torn last message (kill -9 mid-write, or a follow cancelled mid-message); or a corrupt length that made
+            // Arrow ask for gigabytes (an OutOfMemoryException caused by the file, which crashed the command).
             batch = null;
             return false;
         }
