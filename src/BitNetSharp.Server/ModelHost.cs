@@ -69,6 +69,9 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             _served = served;
             logger.LogInformation("Loaded {Model} in {Seconds:F1} s; warming up.", loaded.Id, sw.Elapsed.TotalSeconds);
             Warmup(scheduler);
+            // Warm-up's gaps include JIT compilation: left in the jitter window they could fire the latency alert on an
+            // idle server that had not served anyone yet.
+            scheduler.TokenLatency.Clear();
             monitor.Start();
             _state = (int)ModelState.Ready;
             _ready.TrySetResult();

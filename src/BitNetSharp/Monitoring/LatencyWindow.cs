@@ -23,6 +23,12 @@ public sealed class LatencyWindow(int capacity = 256)
         }
     }
 
+    /// <summary>Empties the window (a server clears it after warm-up, whose first, JIT-compiling steps are not service).</summary>
+    public void Clear()
+    {
+        lock (_lock) _next = _count = 0;
+    }
+
     public int Count
     {
         get

@@ -119,6 +119,27 @@ public sealed partial class DashboardBrowserTests
         Assert.Contains("The engine measured model health.", firingSummary);
         Assert.Contains("warning", firingSummary);
         Assert.Equal("ok", statusText); // a warning does not make the server degraded; a critical alert would
+
+        // Repetition, as /metrics has it (0 on this idle server: no running sequence loops).
+        Assert.Equal(samples[("bitnet_health_repetition_ratio", "", "", "")] * 100, double.Parse(await page.InnerTextAsync("#repetition"), CultureInfo.InvariantCulture), 2);
+        // Label values holding "}" or escapes are parsed (the rule vanished from the table or never matched /health), -Inf is a number,
+        // and a restart's negative bucket differences give no quantile (they showed "-248500000.0 ms").
+        Assert.Equal("a}b\"c\nd|-Infinity|2", await page.EvaluateAsync<string>("""
+            () => { const f = parse('x{rule="a}b\\"c\\nd",le="1"} -Inf\ny 2'); const x = f.get('x')[0];
+                    return [x.labels.rule, String(x.value), String(f.get('y')[0].value)].join('|'); }
+            """));
+        Assert.Equal("NaN", await page.EvaluateAsync<string>("() => String(quantile(0.5, new Map([[0.001, 0], [Infinity, 3]]), new Map([[0.001, 100], [Infinity, 500]])))"));
+
+        // A server that stops answering: the page says so within seconds (it kept "ok"), and polls do not pile up behind it.
+        int metricsRequests = 0;
+        page.Request += (_, r) => { if (r.Url.Contains("/metrics", StringComparison.Ordinal)) Interlocked.Increment(ref metricsRequests); };
+        await page.RouteAsync("**/metrics", _ => Task.CompletedTask); // never answered
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent.startsWith('unreachable')", null, new() { Timeout = 15_000 });
+        Assert.Contains("no answer in 3 s", await page.InnerTextAsync("#status"));
+        int atUnreachable = Volatile.Read(ref metricsRequests);
+        await Task.Delay(4500, Ct);
+        Assert.InRange(Volatile.Read(ref metricsRequests) - atUnreachable, 0, 2); // one poll at a time: ≤ 2 in 4.5 s, not 4-5
+        Assert.Empty(consoleErrors);
     }
 }
 

@@ -525,10 +525,14 @@ public sealed class ContinuousBatchScheduler : IDisposable
         {
             double itl = SchedulerMeters.Seconds(now - s.LastTokenTicks);
             latency = (float)itl;
-            _samples.Write(MetricKind.InterTokenLatency, itl);
-            // The jitter window holds the gaps between a sequence's steps: tokens delivered together (accepted drafts)
-            // add no zeros, which made a steady speculating engine read as jittery (std-dev ≈ 0.47 of its step).
-            if (now != s.LastTokenTicks) TokenLatency.Add(itl);
+            // The histogram and the jitter window hold the gaps between a sequence's steps: tokens delivered together
+            // (accepted drafts) add no zeros, which made a steady speculating engine read as jittery (std-dev ≈ 0.47 of
+            // its step) and pulled the ITL median below a millisecond while steps took tens.
+            if (now != s.LastTokenTicks)
+            {
+                _samples.Write(MetricKind.InterTokenLatency, itl);
+                TokenLatency.Add(itl);
+            }
         }
         s.LastTokenTicks = now;
         if (_stepRecord is { } step)

@@ -80,7 +80,7 @@ public sealed class SchedulerMeters : IDisposable
 
         _histograms = new Histogram<double>[Enum.GetValues<MetricKind>().Length];
         Histogram(MetricKind.TimeToFirstToken, "bitnet.time_to_first_token", "s", "Time from submission to a request's first generated token.", LatencyBuckets);
-        Histogram(MetricKind.InterTokenLatency, "bitnet.inter_token_latency", "s", "Time between consecutive tokens of one sequence.", LatencyBuckets);
+        Histogram(MetricKind.InterTokenLatency, "bitnet.inter_token_latency", "s", "Time between consecutive deliveries of one sequence's tokens (tokens delivered in the same step, e.g. accepted drafts, count once).", LatencyBuckets);
         Histogram(MetricKind.EndToEndLatency, "bitnet.e2e_request_latency", "s", "Time from submission to a request's last token.", LatencyBuckets);
         Histogram(MetricKind.QueueTime, "bitnet.request.queue_time", "s", "Time a request waited for free sequences.", LatencyBuckets);
         Histogram(MetricKind.PromptLength, "bitnet.request.prompt_tokens", "{token}", "Prompt length of each admitted request.", LengthBuckets);
