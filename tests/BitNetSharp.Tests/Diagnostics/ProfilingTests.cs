@@ -27,6 +27,23 @@ public class ProfilingTests
         return ModelWeights.Load(path);
     }
 
+    /// <summary>A model loaded through a link (as Hugging Face hub snapshots are) has its resident mapped bytes found: smaps names the real file.</summary>
+    [Fact]
+    public void MappedResidentBytesAreFoundThroughALink()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "/proc/self/smaps is Linux's");
+        using var dir = new TestGguf.TempDirectory();
+        string real = dir.File("blob-0123");
+        SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(real);
+        string link = dir.File("model.gguf");
+        File.CreateSymbolicLink(link, real);
+        using var w = ModelWeights.Load(link);
+        _ = w.Layers[0].Q.RowScales[0];
+        var memory = ProcessMemory.Read(link);
+        Assert.NotNull(memory.MappedFileBytes);
+        Assert.Null(ProcessMemory.Read(dir.File("lob-0123")).MappedFileBytes); // a suffix of the real name is not the file
+    }
+
     [Fact]
     public void SoftwareCountersCountBusyWorkAndHardwareCountersReadOrSayWhy()
     {
@@ -205,6 +222,11 @@ public class ProfilingTests
         Assert.Contains("ternary", args.GetProperty("packed_layout").GetString());
         Assert.Contains(spans, e => e.GetProperty("name").GetString() == "decode" && e.GetProperty("tid").GetInt32() == 0);
         Assert.Contains(spans, e => e.GetProperty("tid").GetInt32() == 0 && e.GetProperty("name").GetString()!.EndsWith(" chunk", StringComparison.Ordinal));
+        // Every chunk is the profiled work's: the bandwidth probe after decode recorded its own pool runs as "sampling chunk" bars.
+        var decode = spans.First(e => e.GetProperty("name").GetString() == "decode" && e.GetProperty("tid").GetInt32() == 0);
+        double decodeEnd = decode.GetProperty("ts").GetDouble() + decode.GetProperty("dur").GetDouble();
+        Assert.All(spans.Where(e => e.GetProperty("name").GetString()!.EndsWith(" chunk", StringComparison.Ordinal)),
+            e => Assert.True(e.GetProperty("ts").GetDouble() <= decodeEnd + 1e-3, $"{e.GetProperty("name").GetString()} at {e.GetProperty("ts").GetDouble()} starts after decode ended at {decodeEnd}"));
     }
 
     [Fact]

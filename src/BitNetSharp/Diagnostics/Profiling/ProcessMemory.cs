@@ -31,7 +31,7 @@ public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? Ano
                 }
                 foreach (var line in File.ReadLines("/proc/self/smaps_rollup"))
                     if (line.StartsWith("Anonymous:", StringComparison.Ordinal)) anon = Kb(line);
-                if (mappedFile is not null) mapped = MappedResident(Path.GetFullPath(mappedFile));
+                if (mappedFile is not null) mapped = MappedResident(Resolve(mappedFile));
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
             {
@@ -52,7 +52,23 @@ public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? Ano
         }
     }
 
-    /// <summary>Sum of Rss over the mappings of <paramref name="path"/> in /proc/self/smaps.</summary>
+    /// <summary>The file's real path: smaps names a mapping by it, so a model given through a link (a Hugging Face hub
+    /// snapshot links to its blobs) matched nothing and the resident size read "-".</summary>
+    private static string Resolve(string path)
+    {
+        string full = Path.GetFullPath(path);
+        try
+        {
+            return new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true)?.FullName ?? full;
+        }
+        catch (IOException)
+        {
+            return full;
+        }
+    }
+
+    /// <summary>Sum of Rss over the mappings of <paramref name="path"/> in /proc/self/smaps (the whole path after the
+    /// header's fields, not a suffix that another file's path could share).</summary>
     private static long? MappedResident(string path)
     {
         long total = 0;
@@ -61,7 +77,7 @@ public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? Ano
         {
             if (line.Length > 0 && IsMappingHeader(line))
             {
-                inFile = line.EndsWith(path, StringComparison.Ordinal);
+                inFile = line.EndsWith(path, StringComparison.Ordinal) && line.Length > path.Length && line[line.Length - path.Length - 1] == ' ';
                 found |= inFile;
             }
             else if (inFile && line.StartsWith("Rss:", StringComparison.Ordinal)) total += Kb(line);

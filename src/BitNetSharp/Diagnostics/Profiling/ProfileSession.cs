@@ -220,10 +220,12 @@ public static class ProfileSession
             // (2B4T, 2 threads: the first decode step 40–49 ms against 21–25 for the rest, in every run; 22–38 ms without
             // the sleep), as after any idle spell on this host, and a profile is of steady work.
             JitQuiet.Settle();
-            var mem0 = ProcessMemory.Read(o.ModelPath);
             Attach(false);
             Prefill(null);
             Attach(true);
+            // After the untimed pass: what it compiled or collected is not the timed phase's (the JIT and GC counts came
+            // from before it, so they counted the very compiles the pass is there to absorb).
+            var mem0 = ProcessMemory.Read(o.ModelPath);
             var perf0 = counters.Read();
             long a0 = GC.GetTotalAllocatedBytes(precise: true);
             long t0 = Stopwatch.GetTimestamp();
@@ -237,11 +239,11 @@ public static class ProfileSession
             var mem1 = ProcessMemory.Read(o.ModelPath);
 
             JitQuiet.Settle();
-            var mem2 = ProcessMemory.Read(o.ModelPath);
             Attach(false);
             DecodeStep(0, null); // untimed; the timed step 0 recomputes the same greedy token at the same position
             foreach (var cache in caches) cache.Truncate(promptLen);
             Attach(true);
+            var mem2 = ProcessMemory.Read(o.ModelPath);
             var perf2 = counters.Read();
             long a2 = GC.GetTotalAllocatedBytes(precise: true);
             long t2 = Stopwatch.GetTimestamp();
@@ -259,6 +261,8 @@ public static class ProfileSession
             spans.Add(new TraceSpan(t2, t3, SpanKind.Phase, 1, -1, o.DecodeSteps * sequences, 0, 0));
             _ = prefillEnd;
 
+            // Detached: the probe's pool runs recorded chunks after the decode phase, drawn in the trace as "sampling chunk" work.
+            Attach(false);
             bandwidth = Math.Max(bandwidth, Probe());
             var prefill = new PhaseProfile("prefill", prefillStats, promptLen * sequences, Seconds(t1 - t0), perf1.Minus(perf0), mem0, mem1, a1 - a0, Busy(chunks, t0, t1));
             var decode = new PhaseProfile("decode", decodeStats, o.DecodeSteps * sequences, Seconds(t3 - t2), perf3.Minus(perf2), mem2, mem3, a3 - a2, Busy(chunks, t2, t3));
@@ -321,6 +325,7 @@ public static class ProfileSession
             Prefill(null);
             Sample(promptLen);
             Attach(profiled);
+            profiler.Stats = profiled ? stats : null; // Prefill(null) left it null: the "on" runs skipped the per-op accounting they measure
             spans.Clear();
             chunks.Clear();
             stats.Clear();
