@@ -27,6 +27,22 @@ public class ProfilingTests
         return ModelWeights.Load(path);
     }
 
+    /// <summary>
+    /// A user without CAP_PERFMON under perf_event_paranoid 2 (most distributions' default) still gets task-clock and the
+    /// fault counts, counted in user mode (all software events were refused, with advice to set the value it already had).
+    /// Runs where that is the situation: `setpriv --reuid=65534 ... dotnet test` as root shows it.
+    /// </summary>
+    [Fact]
+    public void SoftwareCountersWorkForAnUnprivilegedUserUnderParanoid2()
+    {
+        string paranoid = File.Exists("/proc/sys/kernel/perf_event_paranoid") ? File.ReadAllText("/proc/sys/kernel/perf_event_paranoid").Trim() : "";
+        Assert.SkipUnless(OperatingSystem.IsLinux() && paranoid == "2" && !Environment.IsPrivilegedProcess,
+            $"needs a non-root user and kernel.perf_event_paranoid 2 (here: {(Environment.IsPrivilegedProcess ? "root" : "not root")}, paranoid '{paranoid}')");
+        using var counters = PerfCounters.Open();
+        Assert.True(counters.IsAvailable(PerfEvent.TaskClock), counters.SoftwareUnavailableReason);
+        Assert.False(counters.IsAvailable(PerfEvent.ContextSwitches)); // kernel-mode only: unavailable, not a false 0
+    }
+
     /// <summary>A model loaded through a link (as Hugging Face hub snapshots are) has its resident mapped bytes found: smaps names the real file.</summary>
     [Fact]
     public void MappedResidentBytesAreFoundThroughALink()

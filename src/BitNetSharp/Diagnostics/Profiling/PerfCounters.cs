@@ -124,9 +124,18 @@ public sealed unsafe class PerfCounters : IDisposable
         for (int e = 0; e < EventCount; e++)
         {
             var ev = (PerfEvent)e;
+            bool userOnly = false;
             foreach (int tid in tids)
             {
-                int fd = OpenEvent(ev, tid, out int errno);
+                int fd = OpenEvent(ev, tid, out int errno, userOnly);
+                // perf_event_paranoid 2 (the usual default) refuses any event that counts kernel mode to a non-root user,
+                // software ones included: count user mode, where task-clock and faults still mean what they say. Context
+                // switches and migrations happen only in kernel mode, so they stay unavailable rather than read 0.
+                if (fd < 0 && errno == Eacces && !IsHardware(ev) && ev is not (PerfEvent.ContextSwitches or PerfEvent.CpuMigrations))
+                {
+                    userOnly = true;
+                    fd = OpenEvent(ev, tid, out errno, userOnly);
+                }
                 if (fd >= 0)
                 {
                     counters._fds[e].Add(fd);
@@ -178,7 +187,7 @@ public sealed unsafe class PerfCounters : IDisposable
         return s;
     }
 
-    private static int OpenEvent(PerfEvent e, int tid, out int errno)
+    private static int OpenEvent(PerfEvent e, int tid, out int errno, bool userOnly = false)
     {
         // struct perf_event_attr, PERF_ATTR_SIZE_VER5 (112 bytes, Linux ≥ 4.1): type, size, config, sample_period,
         // sample_type, read_format, then the flag bits (bit 5 exclude_kernel, bit 6 exclude_hv).
@@ -202,9 +211,9 @@ public sealed unsafe class PerfCounters : IDisposable
             _ => 6, // major faults
         };
         *(ulong*)(attr + 32) = ReadTotalTimeEnabled | ReadTotalTimeRunning;
-        // User space only for the hardware events (what perf_event_paranoid 2 allows); the software events are counted
-        // by the kernel for the thread whatever the mode.
-        *(ulong*)(attr + 40) = hw ? (1UL << 5) | (1UL << 6) : 0;
+        // User space only for the hardware events (what perf_event_paranoid 2 allows), and for the software ones when
+        // the kernel refused them in every mode.
+        *(ulong*)(attr + 40) = hw || userOnly ? (1UL << 5) | (1UL << 6) : 0;
         long nr = RuntimeInformation.ProcessArchitecture == Architecture.Arm64 ? 241 : 298;
         const ulong PerfFlagFdCloexec = 8;
         int fd = (int)syscall(nr, attr, tid, -1, -1, PerfFlagFdCloexec);
@@ -212,13 +221,13 @@ public sealed unsafe class PerfCounters : IDisposable
         return fd;
     }
 
-    private const int Esrch = 3;
+    private const int Esrch = 3, Eacces = 13;
 
     private static string Describe(int errno) => errno switch
     {
         2 => "ENOENT (this CPU or hypervisor does not expose the event)",
         95 => "EOPNOTSUPP (the PMU is not exposed, as in most virtual machines)",
-        13 => "EACCES (kernel.perf_event_paranoid forbids it; try `sysctl kernel.perf_event_paranoid=2` or lower)",
+        13 => "EACCES (kernel.perf_event_paranoid forbids it: 2 allows user-mode counting only, which this event cannot do; `sysctl kernel.perf_event_paranoid=1` or CAP_PERFMON allows it)",
         1 => "EPERM (perf_event_open is blocked, e.g. by a container's seccomp profile, or perf_event_paranoid is 3+)",
         38 => "ENOSYS (the kernel has no perf events)",
         19 => "ENODEV (no such PMU)",
