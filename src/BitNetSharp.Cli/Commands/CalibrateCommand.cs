@@ -43,7 +43,14 @@ public static class CalibrateCommand
         {
             try
             {
-                if (r.GetValue(tune))
+                // An option of the other mode was ignored without a word (--tune --json printed text, breaking scripts).
+                bool tuning = r.GetValue(tune);
+                foreach (var option in tuning ? new Option[] { samples, budget, maxSteps, report, json } : [tuneSteps, tuneLr])
+                    if (r.GetResult(option) is { Implicit: false })
+                        throw new UsageException(tuning
+                            ? $"{option.Name} applies to the bit-width search, not to --tune (which takes --data, --ctx, --steps, --lr, --seed, --out, -t)."
+                            : $"{option.Name} applies to --tune only.");
+                if (tuning)
                     return CalibrateTune.Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(ctx), r.GetValue(tuneSteps), r.GetValue(tuneLr),
                         r.GetValue(seed), r.GetRequiredValue(output), r.GetValue(threads));
                 return Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(samples), r.GetValue(ctx), r.GetValue(budget), r.GetValue(seed),

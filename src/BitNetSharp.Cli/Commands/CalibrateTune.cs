@@ -16,6 +16,10 @@ internal static class CalibrateTune
     public static int Run(CliConsole cli, string? modelPath, string dataPath, int ctxOption, int steps, float lr, int seed, string outPath, int threads)
     {
         if (steps < 1) throw new UsageException($"--steps must be at least 1; got {steps}.");
+        if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
+        if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
+        if (outPath == dataPath || Path.GetFullPath(outPath) == Path.GetFullPath(dataPath))
+            throw new UsageException($"--out {outPath} is the --data file; the tuned model would replace the text. Give another path.");
         if (!(lr > 0) || !float.IsFinite(lr)) throw new UsageException($"--lr must be a positive number; got {lr.ToString(CultureInfo.InvariantCulture)}.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the tuned model is a GGUF; give a path ending in .gguf.");
         string outFull = Path.GetFullPath(outPath);

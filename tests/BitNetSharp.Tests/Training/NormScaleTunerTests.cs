@@ -122,13 +122,27 @@ public class NormScaleTunerTests(ITestOutputHelper output)
             (new[] { "--steps", "0" }, "--steps must be at least 1"),
             (new[] { "--lr", "-1" }, "--lr must be a positive number"),
             (new[] { "--ctx", "4096" }, "must be 2 to"),
+            // Taken silently before: a negative --ctx as the default, -t -3 as every core, the search's options ignored.
+            (new[] { "--ctx", "-5" }, "--ctx must be a window length"),
+            (new[] { "-t", "-3" }, "--threads must be ≥ 0"),
+            (new[] { "--json" }, "--json applies to the bit-width search"),
+            (new[] { "--kl-budget", "0.1" }, "--kl-budget applies to the bit-width search"),
         })
         {
-            var (badCode, _, badError) = Bitnet(["calibrate", "--tune", "-m", source, "--data", data, "--out", tuned, "-t", "1", .. args]);
+            string[] threads = args.Contains("-t") ? [] : ["-t", "1"];
+            var (badCode, _, badError) = Bitnet(["calibrate", "--tune", "-m", source, "--data", data, "--out", tuned, .. threads, .. args]);
             Assert.NotEqual(0, badCode);
             Assert.Contains(message, badError);
             Assert.False(File.Exists(tuned));
         }
+    }
+
+    [Fact]
+    public void TheSearchRefusesTuneOnlyOptions()
+    {
+        var (code, _, error) = Bitnet("calibrate", "--data", "whatever.txt", "--out", "x.gguf", "--steps", "5");
+        Assert.Equal(2, code);
+        Assert.Contains("--steps applies to --tune only", error);
     }
 
     private static (int ExitCode, string Output, string Error) Bitnet(params string[] args)
