@@ -25,7 +25,7 @@ public sealed class ActivationStatistics
     private readonly object _gate = new();
     private readonly int _layers;
     private readonly List<float>[] _absMax;
-    private readonly double[] _crest;
+    private readonly List<double>[] _crest; // per token, summed in sorted order: the mean does not depend on which worker came first
     private readonly long[][] _outliers;
     private readonly long[][] _histogram;
 
@@ -34,7 +34,7 @@ public sealed class ActivationStatistics
         _layers = c.Layers;
         int n = c.Layers * HealthNames.InputCount;
         _absMax = new List<float>[n];
-        _crest = new double[n];
+        _crest = new List<double>[n];
         _outliers = new long[n][];
         _histogram = new long[n][];
         for (int l = 0; l < c.Layers; l++)
@@ -42,6 +42,7 @@ public sealed class ActivationStatistics
             {
                 int k = l * HealthNames.InputCount + i;
                 _absMax[k] = [];
+                _crest[k] = [];
                 _histogram[k] = new long[Bins];
                 _outliers[k] = new long[(BitLinearInput)i switch
                 {
@@ -71,7 +72,7 @@ public sealed class ActivationStatistics
         lock (_gate)
         {
             _absMax[k].Add(absMax);
-            _crest[k] += rms > 0 ? absMax / rms : 0;
+            _crest[k].Add(rms > 0 ? absMax / rms : 0);
             var h = _histogram[k];
             for (int b = 0; b < Bins; b++) h[b] += bins[b];
             if (rms > 0)
@@ -81,6 +82,15 @@ public sealed class ActivationStatistics
                     if (Math.Abs(x[c]) >= threshold) o[c]++;
             }
         }
+    }
+
+    private static double SortedSum(List<double> values)
+    {
+        var sorted = values.ToArray();
+        Array.Sort(sorted);
+        double sum = 0;
+        foreach (double v in sorted) sum += v;
+        return sum;
     }
 
     public IReadOnlyList<InputStatistics> Summarize()
@@ -107,7 +117,7 @@ public sealed class ActivationStatistics
                     foreach (long c in _histogram[k]) entries += c;
                     var hist = Array.ConvertAll(_histogram[k], c => entries > 0 ? (double)c / entries : 0);
                     result.Add(new InputStatistics(l, (BitLinearInput)i, tokens, KlResult.Quantile(sorted, 0.5), KlResult.Quantile(sorted, 0.99),
-                        tokens > 0 ? sorted[^1] : double.NaN, tokens > 0 ? _crest[k] / tokens : double.NaN, outlierChannels,
+                        tokens > 0 ? sorted[^1] : double.NaN, tokens > 0 ? SortedSum(_crest[k]) / tokens : double.NaN, outlierChannels,
                         tokens > 0 ? (double)top / tokens : 0, hist));
                 }
         }

@@ -45,6 +45,31 @@ public class CalibrateTests
         Assert.Equal(0, stats.Summarize().Single(r => r.Layer == 0 && r.Input == BitLinearInput.Qkv).Tokens);
     }
 
+    /// <summary>The crest mean is the same bits whatever order the workers reported tokens in (a running sum depended on it).</summary>
+    [Fact]
+    public void CrestMeanDoesNotDependOnTheOrderTokensArrive()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        var c = tiny.Config;
+        var rng = new Random(7);
+        // Crest factors spread from ~1 to ~sqrt(dim): a random spike on random noise.
+        var tokens = Enumerable.Range(0, 400).Select(_ =>
+        {
+            var x = Enumerable.Range(0, c.Dim).Select(_ => (float)(rng.NextDouble() * 2 - 1)).ToArray();
+            x[rng.Next(c.Dim)] = (float)(rng.NextDouble() * 40);
+            return x;
+        }).ToList();
+        double Crest(IEnumerable<float[]> order)
+        {
+            var stats = new ActivationStatistics(c);
+            foreach (var x in order) stats.Observe(0, BitLinearInput.Qkv, x);
+            return stats.Summarize().Single(r => r.Layer == 0 && r.Input == BitLinearInput.Qkv).CrestMean;
+        }
+        double forward = Crest(tokens);
+        Assert.Equal(BitConverter.DoubleToInt64Bits(forward), BitConverter.DoubleToInt64Bits(Crest(Enumerable.Reverse(tokens))));
+        Assert.Equal(BitConverter.DoubleToInt64Bits(forward), BitConverter.DoubleToInt64Bits(Crest(tokens.OrderBy(_ => rng.Next()))));
+    }
+
     /// <summary>
     /// The search stays within the budget on its held-out windows, the written file carries exactly the chosen widths
     /// and otherwise equals the input byte for byte in every tensor, the report is written, and one thread or two
