@@ -179,7 +179,8 @@ public sealed class BitNetServer : IAsyncDisposable
             ("POST", "/tokenize", tokenize.Tokenize),
             ("POST", "/detokenize", tokenize.Detokenize),
         };
-        foreach (var (method, path, handler) in routes) app.MapMethods(path, [method], handler);
+        // GET routes answer HEAD too (uptime checkers probe /health with HEAD; Kestrel sends no body for it).
+        foreach (var (method, path, handler) in routes) app.MapMethods(path, method == "GET" ? ["GET", "HEAD"] : [method], handler);
         string list = string.Join(", ", routes.Select(r => $"{r.Method} {r.Path}"));
         app.MapFallback(context =>
         {

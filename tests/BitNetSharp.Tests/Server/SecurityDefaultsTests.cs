@@ -67,7 +67,7 @@ public class SecurityDefaultsTests
             }
             Assert.True(withoutKey.StatusCode == HttpStatusCode.Unauthorized, $"{method} {path} without the key: {(int)withoutKey.StatusCode}");
             Assert.Equal("Bearer", withoutKey.Headers.WwwAuthenticate.ToString());
-            Assert.Contains("invalid_api_key", await withoutKey.Content.ReadAsStringAsync(Ct));
+            if (method != "HEAD") Assert.Contains("invalid_api_key", await withoutKey.Content.ReadAsStringAsync(Ct)); // HEAD answers carry no body
             Assert.True(withWrongKey.StatusCode == HttpStatusCode.Unauthorized, $"{method} {path} with a wrong key: {(int)withWrongKey.StatusCode}");
             Assert.True(withKey.StatusCode != HttpStatusCode.Unauthorized, $"{method} {path} with the key: 401");
         }

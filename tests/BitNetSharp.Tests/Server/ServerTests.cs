@@ -251,6 +251,12 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var wrongMethod = await S.Http.GetAsync("v1/completions", Ct);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
         Assert.Contains("\"error\"", await wrongMethod.Content.ReadAsStringAsync(Ct));
+        // Uptime checkers probe with HEAD: the status without a body (it was a 405).
+        using (var head = await S.Http.SendAsync(new HttpRequestMessage(HttpMethod.Head, "health"), Ct))
+        {
+            Assert.Equal(HttpStatusCode.OK, head.StatusCode);
+            Assert.Empty(await head.Content.ReadAsByteArrayAsync(Ct));
+        }
         var noRoute = await S.Http.GetAsync("v2/nothing", Ct);
         Assert.Equal(HttpStatusCode.NotFound, noRoute.StatusCode);
         Assert.Contains("not_found", await noRoute.Content.ReadAsStringAsync(Ct));
