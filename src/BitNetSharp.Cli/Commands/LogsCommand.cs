@@ -389,9 +389,10 @@ public static class LogsCommand
         private long _first = long.MaxValue, _last = long.MinValue;
         private readonly HashSet<string> _requests = [];
         private readonly HashSet<long> _steps = [];
+        private readonly Dictionary<long, float> _stepSeconds = []; // one duration per step: a batched step has a row per token
         private readonly SortedDictionary<int, LayerStats> _layers = [];
         private readonly List<TelemetryEvent> _events = [];
-        private long _stepRows, _nonFiniteTokens, _nonFiniteRows, _finiteLogitRows;
+        private long _stepRows, _finiteLogitRows;
         private float _logitMin = float.PositiveInfinity, _logitMax = float.NegativeInfinity;
         private double _entropySum, _stepSecondsSum, _latencySum;
         private float _latencyMax;
@@ -409,15 +410,13 @@ public static class LogsCommand
                     _steps.Add(row.Step);
                     if (s.RequestId is not null) _requests.Add(s.RequestId);
                     _stepRows++;
-                    _stepSecondsSum += s.StepSeconds;
+                    if (_stepSeconds.TryAdd(row.Step, s.StepSeconds)) _stepSecondsSum += s.StepSeconds;
                     if (float.IsFinite(s.LatencySeconds))
                     {
                         _latencySum += s.LatencySeconds;
                         _latencyMax = Math.Max(_latencyMax, s.LatencySeconds);
                         _latencyRows++;
                     }
-                    _nonFiniteTokens += s.NonFinite;
-                    if (s.NonFinite > 0) _nonFiniteRows++;
                     if (float.IsFinite(s.LogitMin) && float.IsFinite(s.LogitMax) && float.IsFinite(s.LogitEntropy))
                     {
                         _finiteLogitRows++;
@@ -461,10 +460,12 @@ public static class LogsCommand
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepRows * 1e3:0.###} ms, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
+                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepSeconds.Count * 1e3:0.###} ms over {_stepSeconds.Count:N0} steps, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
-                w.WriteLine($"logits: {logits}; non-finite {_nonFiniteTokens:N0} in {_nonFiniteRows:N0} tokens");
+                // A sequence whose logits went non-finite ends before its token is logged: the events count them.
+                int nonFinite = _events.Count(e => e.Kind == "nonfinite_logits");
+                w.WriteLine($"logits: {logits}; sequences ended by non-finite logits: {nonFinite:N0}");
             }
             if (_layers.Count > 0)
             {

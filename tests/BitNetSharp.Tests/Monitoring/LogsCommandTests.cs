@@ -56,7 +56,8 @@ public class LogsCommandTests
         Assert.Contains("15.625 / 25.000", output); // saturation mean / max in %
         Assert.Contains("50.000 / 50.000", output); // underflow
         Assert.Contains("7.00 / 7.00", output); // crest of the down input
-        Assert.Contains("logits: min -4.5, max 12.25, entropy mean 2.5; non-finite 0 in 0 tokens", output);
+        Assert.Contains("logits: min -4.5, max 12.25, entropy mean 2.5; sequences ended by non-finite logits: 0", output);
+        Assert.Contains("step time mean 20 ms over 4 steps", output);
         Assert.Contains("alert_firing  request a  saturation qkv high", output);
         Assert.Equal(output, Bitnet("logs", dir.Path, "--summary").Output);
     }
@@ -279,6 +280,25 @@ public class LogsCommandTests
         (code, output, error) = Bitnet("logs", dir.Path);
         Assert.True(code == 0, error);
         Assert.Contains("rows: 21 (", output);
+    }
+
+    /// <summary>The step time is a mean over steps (a 3-token step counted 3 times), and ended-by-NaN sequences are counted from their events.</summary>
+    [Fact]
+    public void StepTimeIsAMeanOverStepsAndNonFiniteSequencesAreCounted()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            writer.Write(Step(Start, 1, "a") with { StepSeconds = 0.02f });
+            for (int i = 0; i < 3; i++) writer.Write(Step(Start + 1000, 2, "a", sequence: i) with { StepSeconds = 0.06f });
+            writer.Write(new TelemetryEvent(Start + 2000, "nonfinite_logits", "b", null, "NaN from layer 3"));
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        var output = Bitnet("logs", path).Output;
+        Assert.Contains("step time mean 40 ms over 2 steps", output); // 50 ms when averaged per token row
+        Assert.Contains("sequences ended by non-finite logits: 1", output);
     }
 
     /// <summary>A file named twice, or by its folder and by name, is read once (its rows were counted twice).</summary>
