@@ -356,4 +356,68 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.InRange(perLayer, 100, 200);
         Assert.InRange(perStep, 100, 260);
     }
+    private static List<TelemetryRow> FollowUntil(string path, string request, Action? opened, bool fromStart = false)
+    {
+        using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        stop.CancelAfter(TimeSpan.FromSeconds(10));
+        var rows = new List<TelemetryRow>();
+        foreach (var batch in TelemetryLogReader.Follow(path, TimeSpan.FromMilliseconds(20), stop.Token, fromStart, opened))
+            using (batch)
+            {
+                rows.AddRange(TelemetryLogReader.Rows(batch));
+                if (rows.Any(r => r.RequestId == request)) return rows;
+            }
+        Assert.Fail($"following {path} never showed request {request} ({rows.Count} rows)");
+        return rows;
+    }
+
+    /// <summary>Following skips what the file held when it began, and only that: a batch appended while the skip is
+    /// still reading the old ones is printed (it used to be skipped along with them).</summary>
+    [Fact]
+    public void FollowPrintsBatchesAppendedWhileItSkipsTheOldOnes()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("live.arrow"), FlushInterval = TimeSpan.FromHours(1) }, Context);
+        for (int batch = 0; batch < 3; batch++)
+        {
+            writer.Write(Step(batch, batch, "old"));
+            writer.Flush();
+        }
+        bool appended = false;
+        var rows = FollowUntil(writer.CurrentPath!, "new", () =>
+        {
+            if (appended) return;
+            appended = true;
+            writer.Write(Step(9, 9, "new"));
+            writer.Flush();
+        });
+        Assert.Equal(["new"], rows.Select(r => r.RequestId));
+    }
+
+    /// <summary>The followed file deleted by the total-size cap before the follower reached its end: following goes on
+    /// in the next file (it used to wait for ever, the deleted file's name not being among the files listed).</summary>
+    [Fact]
+    public void FollowMovesOnWhenTheFollowedFileIsDeleted()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 48 << 10, BatchRows = 50, FlushInterval = TimeSpan.FromHours(1) };
+        using var writer = new TelemetryLogWriter(options, Context);
+        writer.Write(Step(0, 0, "first"));
+        writer.Flush();
+        string first = writer.CurrentPath!;
+        bool rotated = false;
+        var rows = FollowUntil(first, "last", () =>
+        {
+            if (rotated) return;
+            rotated = true;
+            for (int step = 1; step < 400; step++)
+                for (int layer = 0; layer < 4; layer++)
+                    writer.Write(Layer(step, step, layer));
+            writer.Write(Step(400, 400, "last"));
+            writer.Flush();
+            Assert.False(File.Exists(first), "the cap should have deleted the first file");
+        }, fromStart: true);
+        Assert.Equal("first", rows[0].RequestId);
+        Assert.Equal(400, rows[^1].Step);
+    }
 }

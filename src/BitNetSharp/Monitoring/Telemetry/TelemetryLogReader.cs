@@ -170,27 +170,36 @@ public sealed class TelemetryLogReader
     /// <paramref name="fromStart"/>), polling every <paramref name="poll"/>; when the file is closed and a newer file
     /// of the same log appears (rotation), goes on with that one. Ends when <paramref name="cancellation"/> fires.
     /// </summary>
-    public static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart = false)
+    public static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart = false) =>
+        Follow(path, poll, cancellation, fromStart, opened: null);
+
+    /// <param name="opened">Called once a file is open and, for the first, its length taken (tests append here).</param>
+    internal static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart, Action? opened)
     {
         Describe(path);
         string current = Path.GetFullPath(path);
-        bool skipping = !fromStart;
+        // Batches that begin before this offset of the first file were there when following began: skipped unless
+        // fromStart. Batches appended while those are skipped begin past it, so they are printed (the end of the file
+        // as first seen, not whenever the skip happens to catch up with the writer).
+        long skipBefore = fromStart ? 0 : -1;
         while (!cancellation.IsCancellationRequested)
         {
             using (var file = OpenShared(current))
             {
+                if (skipBefore < 0) skipBefore = file.Length;
+                opened?.Invoke();
                 var tail = new TailStream(file, poll, cancellation, () => NewerFile(current) is not null);
                 if (tail.ReadAtLeast(new byte[Magic.Length], Magic.Length, throwOnEndOfStream: false) < Magic.Length) yield break;
                 using var reader = new ArrowStreamReader(tail, leaveOpen: true);
                 while (true)
                 {
-                    if (skipping && tail.AtEnd) skipping = false;
+                    bool skip = tail.Position < skipBefore;
                     if (!TryReadNext(reader, out var batch) || batch is null) break;
-                    if (skipping) batch.Dispose();
+                    if (skip) batch.Dispose();
                     else yield return batch;
                 }
             }
-            skipping = false;
+            skipBefore = 0;
             string? next;
             while ((next = NewerFile(current)) is null)
                 if (cancellation.WaitHandle.WaitOne(poll)) yield break;
@@ -243,6 +252,8 @@ public sealed class TelemetryLogReader
         var candidates = new List<string>();
         foreach (var p in Directory.EnumerateFiles(dir, prefix + "-*" + TelemetryLogSchema.FileExtension))
             if (TelemetryLogSchema.TryParseFileName(p, prefix, out _, out _)) candidates.Add(p);
+        // The followed file may be gone (deleted by the writer's total-size cap): its name still places it in time.
+        if (!candidates.Contains(current)) candidates.Add(current);
         var ordered = TelemetryLogSchema.InTimeOrder(candidates);
         int at = ordered.IndexOf(current);
         return at >= 0 && at + 1 < ordered.Count ? ordered[at + 1] : null;
