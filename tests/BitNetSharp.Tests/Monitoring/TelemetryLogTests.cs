@@ -247,6 +247,8 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Equal("Path", Assert.Throws<ArgumentException>(() => new TelemetryLogWriter(ok with { Path = " " }, Context)).ParamName);
         Assert.Equal(("/var/log/bitnet", "run"), new TelemetryLogOptions { Path = "/var/log/bitnet/run.arrow" }.Resolve());
         Assert.Equal(("/var/log/bitnet", TelemetryLogOptions.DefaultPrefix), new TelemetryLogOptions { Path = "/var/log/bitnet/" }.Resolve());
+        // A new folder with a dot in its name is a folder, not a prefix in its parent.
+        Assert.Equal(("/var/log/bitnet/v1.2", TelemetryLogOptions.DefaultPrefix), new TelemetryLogOptions { Path = "/var/log/bitnet/v1.2" }.Resolve());
     }
 
     [Fact]

@@ -1,10 +1,11 @@
 namespace BitNetSharp.Monitoring.Telemetry;
 
 /// <summary>
-/// Where and how a <see cref="TelemetryLogWriter"/> writes. <see cref="Path"/> is a directory (an existing one, one
-/// ending in a separator, or a name without extension), whose files are then named
-/// <c>telemetry-yyyyMMddTHHmmssZ-0001.arrow</c>; or a file path such as <c>logs/run.arrow</c>, whose directory and
-/// name without extension (<c>run</c>) are used as the directory and prefix.
+/// Where and how a <see cref="TelemetryLogWriter"/> writes. <see cref="Path"/> is a file path ending in <c>.arrow</c>,
+/// such as <c>logs/run.arrow</c>, whose directory and name without extension (<c>run</c>) are used as the directory
+/// and prefix; anything else (<c>logs</c>, <c>logs/</c>, <c>logs/v1.2</c>) is a directory, whose files are then named
+/// <c>telemetry-yyyyMMddTHHmmssZ-0001.arrow</c>. (A new folder named <c>v1.2</c> used to become the prefix
+/// <c>v1</c> in its parent.)
 /// </summary>
 public sealed record TelemetryLogOptions
 {
@@ -45,7 +46,7 @@ public sealed record TelemetryLogOptions
         string full = System.IO.Path.GetFullPath(Path);
         bool isDirectory = Directory.Exists(full)
             || Path.EndsWith(System.IO.Path.DirectorySeparatorChar) || Path.EndsWith(System.IO.Path.AltDirectorySeparatorChar)
-            || !System.IO.Path.HasExtension(full);
+            || !System.IO.Path.GetExtension(full).Equals(TelemetryLogSchema.FileExtension, StringComparison.OrdinalIgnoreCase);
         if (isDirectory) return (full.TrimEnd(System.IO.Path.DirectorySeparatorChar, System.IO.Path.AltDirectorySeparatorChar), DefaultPrefix);
         return (System.IO.Path.GetDirectoryName(full)!, System.IO.Path.GetFileNameWithoutExtension(full));
     }
