@@ -49,9 +49,13 @@ internal sealed class ModelMonitor : IDisposable
             {
                 Interval = options.AlertInterval,
                 WebhookUrl = options.AlertWebhook,
-                Labels = new Dictionary<string, string> { ["model"] = modelId },
+                // instance tells replicas apart: without it two servers of one model sent the same fingerprint, and
+                // a receiver that deduplicates on it let one replica's "resolved" clear the other's "firing".
+                Labels = new Dictionary<string, string> { ["model"] = modelId, ["instance"] = Environment.MachineName },
                 Log = message => logger.LogWarning("{Alert}", message),
                 KnownMetrics = AlertMetrics,
+                SampledMetrics = HealthMeters.SampledSignalNames,
+                SampleCounter = "bitnet_health_samples_total",
             });
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
                 string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Metric} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")));

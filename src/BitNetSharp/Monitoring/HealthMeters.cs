@@ -103,6 +103,11 @@ public sealed class HealthMeters : IDisposable
             {
                 if (_alerts() is { } a) foreach (var s in a.States) m.Add(new(s.Firing ? 1 : 0, new KeyValuePair<string, object?>("rule", s.Rule.Name)));
             }),
+            new("bitnet.alerts.webhook_failures", "{notification}", "bitnet_alerts_webhook_failures_total", true,
+                "Alert notifications the --alert-webhook never took (refused or unreachable on every try, or pushed out of a full queue).", m =>
+                {
+                    if (_alerts() is { } a && a.HasWebhook) m.Add(new(a.WebhookFailures));
+                }),
         ];
         foreach (var s in _signals)
             if (!SignalNames.Contains(s.PrometheusName))
@@ -130,7 +135,18 @@ public sealed class HealthMeters : IDisposable
         "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_token_latency_stddev_seconds", "bitnet_health_repetition_ratio",
         "bitnet_weights_checksum_mismatches_total", "bitnet_weights_probe_mismatches_total", "bitnet_weights_verifications_total",
         "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_telemetry_dropped_rows_total",
-        "bitnet_alerts_total", "bitnet_alerts_firing",
+        "bitnet_alerts_total", "bitnet_alerts_firing", "bitnet_alerts_webhook_failures_total",
+    };
+
+    /// <summary>
+    /// The signals measured on sampled steps only (their gauges hold the last sampled step): alert rules over them
+    /// count "for" in new samples, told by bitnet_health_samples_total (<see cref="Alerts.AlertEngineOptions.SampledMetrics"/>).
+    /// </summary>
+    public static IReadOnlyCollection<string> SampledSignalNames { get; } = new HashSet<string>(StringComparer.Ordinal)
+    {
+        "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",
+        "bitnet_health_residual_rms", "bitnet_health_residual_max_abs", "bitnet_health_residual_relative_change_ratio", "bitnet_health_residual_blowup",
+        "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
     };
 
     public IReadOnlyList<Signal> Signals => _signals;

@@ -195,11 +195,163 @@ public class AlertEngineTests
     {
         double v = 5;
         using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => v,
-            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{FreePort()}/nobody/") });
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{FreePort()}/nobody/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(10) });
         e.Evaluate();
         for (int i = 0; i < 200 && e.WebhookFailures == 0; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
         Assert.Equal(1, e.WebhookFailures);
         Assert.Single(e.Firing);
+    }
+
+    /// <summary>Rule files with nulls or an empty divide_by are refused naming the rule (they crashed the server, or loaded and never fired).</summary>
+    [Theory]
+    [InlineData("{\"rules\": [null]}", "rule #1 is null")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"match\": {\"input\": null}}]}", "\"match\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"divide_by\": \" \"}]}", "\"divide_by\" is empty")]
+    public void NullsAndEmptyFieldsAreRefusedNamingTheRule(string json, string expected)
+    {
+        var ex = Assert.Throws<ArgumentException>(() => AlertRules.Parse(json, "rules.json"));
+        Assert.Contains("rules.json", ex.Message);
+        Assert.Contains(expected, ex.Message);
+    }
+
+    [Fact]
+    public void DivideByIsReadTrimmedAndZeroOverZeroHoldsNoCondition()
+    {
+        double w = 10, cap = 10, accepted = 0, drafted = 0;
+        using var e = new AlertEngine([
+            new AlertRule { Name = "Q", Metric = "w", DivideBy = " cap", Aggregate = "sum", Op = ">", Threshold = 0.5 },
+            new AlertRule { Name = "Accept", Metric = "accepted", DivideBy = "drafted", Aggregate = "sum", Op = "<", Threshold = 0.2 }],
+            s => { s.Add("w", w); s.Add("cap", cap); s.Add("accepted", accepted); s.Add("drafted", drafted); },
+            new AlertEngineOptions { KnownMetrics = ["w", "cap", "accepted", "drafted"] });
+        e.Evaluate();
+        // Nothing drafted (no --speculate): 0/0 is no acceptance rate, not a rate of 0 that fires for ever.
+        Assert.Equal(["Q"], e.Firing.Select(f => f.Rule.Name));
+        accepted = 1;
+        drafted = 10;
+        e.Evaluate();
+        Assert.Equal(["Accept", "Q"], e.Firing.Select(f => f.Rule.Name).Order());
+        accepted = drafted = 0;
+        e.Evaluate();
+        Assert.Equal(["Q"], e.Firing.Select(f => f.Rule.Name));
+        w = 1;
+        cap = 0; // x/0 is +Inf: over any threshold
+        e.Evaluate();
+        Assert.Equal(["Q"], e.Firing.Select(f => f.Rule.Name));
+    }
+
+    [Theory]
+    [InlineData("max", "<")]
+    [InlineData("min", ">")]
+    [InlineData("max", ">")]
+    [InlineData("avg", "<")]
+    public void NaNInAnySeriesTripsTheRuleWhateverItsDirection(string aggregate, string op)
+    {
+        using var e = new AlertEngine([new AlertRule { Name = "N", Metric = "m", Aggregate = aggregate, Op = op, Threshold = 0.1 }], s =>
+        {
+            s.Add("m", 0.5, "layer", "0");
+            s.Add("m", double.NaN, "layer", "1");
+            s.Add("m", 0.05, "layer", "2");
+        });
+        e.Evaluate();
+        Assert.True(double.IsNaN(Assert.Single(e.Firing).Value));
+    }
+
+    /// <summary>An increase window no longer than the evaluation interval still sees growth (its baseline used to be the new value itself).</summary>
+    [Fact]
+    public void AnIncreaseWindowShorterThanTheIntervalSeesGrowth()
+    {
+        double total = 0;
+        using var e = Engine(new AlertRule { Name = "C", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 0, WindowSeconds = 0.05 }, () => total, metric: "c_total");
+        e.Evaluate();
+        total = 1;
+        Thread.Sleep(100);
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        Thread.Sleep(100);
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+    }
+
+    /// <summary>
+    /// Rules over sampled-step gauges count "for" in new samples: one bad sample followed by silence does not fire a
+    /// "for: 2" rule however long the server idles, and a firing alert keeps its state until a new sample says otherwise.
+    /// </summary>
+    [Fact]
+    public void SampledGaugesCountForInSamplesNotEvaluations()
+    {
+        double change = 1, samples = 0, latency = 1;
+        using var e = new AlertEngine([
+            new AlertRule { Name = "BlowUp", Metric = "change", Op = ">", Threshold = 8, For = 2 },
+            new AlertRule { Name = "Jitter", Metric = "latency", Op = ">", Threshold = 0.5, For = 2 }],
+            s => { s.Add("change", change); s.Add("samples_total", samples); s.Add("latency", latency); },
+            new AlertEngineOptions { SampledMetrics = ["change"], SampleCounter = "samples_total" });
+        samples = 1;
+        change = 9; // one bad sample, then nothing new
+        for (int i = 0; i < 5; i++) e.Evaluate();
+        Assert.Equal(["Jitter"], e.Firing.Select(f => f.Rule.Name)); // a rule on other signals counts evaluations, as before
+        samples = 2; // a second bad sample
+        e.Evaluate();
+        Assert.Equal(["BlowUp", "Jitter"], e.Firing.Select(f => f.Rule.Name).Order());
+        change = 1; // the gauge moved without a new sample: not looked at
+        e.Evaluate();
+        Assert.Contains(e.Firing, f => f.Rule.Name == "BlowUp");
+        samples = 3;
+        e.Evaluate();
+        Assert.DoesNotContain(e.Firing, f => f.Rule.Name == "BlowUp");
+    }
+
+    /// <summary>A notification the webhook refuses is sent again (it used to be dropped after one try).</summary>
+    [Fact]
+    public async Task ARefusedNotificationIsRetried()
+    {
+        using var listener = new HttpListener();
+        int port = FreePort();
+        listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
+        listener.Start();
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(20) });
+        e.Evaluate();
+        var statuses = new List<string>();
+        foreach (int code in new[] { 503, 200 })
+        {
+            var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            using var body = await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken);
+            statuses.Add(body.RootElement.GetProperty("status").GetString()!);
+            ctx.Response.StatusCode = code;
+            ctx.Response.Close();
+        }
+        Assert.Equal(["firing", "firing"], statuses);
+        for (int i = 0; i < 100 && e.WebhookSent < 1; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        Assert.Equal(1, e.WebhookSent);
+        Assert.Equal(0, e.WebhookFailures);
+    }
+
+    /// <summary>Changes reach Changed handlers in the order they happened, even when evaluations overlap.</summary>
+    [Fact]
+    public async Task OverlappingEvaluationsPublishInOrder()
+    {
+        double v = 5;
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => v);
+        var order = new List<bool>();
+        using var gate = new ManualResetEventSlim();
+        using var inHandler = new ManualResetEventSlim();
+        e.Changed += c =>
+        {
+            if (c.Firing)
+            {
+                inHandler.Set();
+                gate.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+            }
+            lock (order) order.Add(c.Firing);
+        };
+        var first = Task.Run(e.Evaluate, TestContext.Current.CancellationToken);
+        Assert.True(inHandler.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
+        v = 0;
+        var second = Task.Run(e.Evaluate, TestContext.Current.CancellationToken);
+        await Task.Delay(200, TestContext.Current.CancellationToken);
+        gate.Set();
+        await Task.WhenAll(first, second);
+        Assert.Equal([true, false], order);
     }
 
     internal static int FreePort()

@@ -155,7 +155,12 @@ public class FaultDrillTests
         var metrics = await s.MetricsAsync();
         Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{input=\"qkv\",layer=\"0\"}"));
         Assert.True(TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{input=\"qkv\",layer=\"1\"}") < 0.6);
-        await TestServer.EventuallyAsync(() => FiringAsync(s, "BitNetActivationUnderflow"), "the underflow alert fires");
+        // The rule counts "for: 5" in evaluations that see a new sample: traffic goes on until it fires.
+        await TestServer.EventuallyAsync(async () =>
+        {
+            await s.PostAsync("v1/completions", Completion("hello", 6));
+            return await FiringAsync(s, "BitNetActivationUnderflow");
+        }, "the underflow alert fires");
     }
 
     /// <summary>Injected latency jitter (steps alternately delayed): the token-latency std-dev rises and the jitter rule fires.</summary>

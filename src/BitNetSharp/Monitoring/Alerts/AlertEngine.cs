@@ -35,19 +35,23 @@ public sealed class SignalSet
         if (!_series.TryGetValue(metric, out var list)) return null;
         double acc = aggregate switch { "max" => double.NegativeInfinity, "min" => double.PositiveInfinity, _ => 0 };
         int count = 0;
+        bool nan = false;
         foreach (var (labels, value) in list)
         {
             if (!Matches(labels, match)) continue;
             count++;
-            // NaN (a layer whose values are not finite) must trip max/min rules, not vanish in Math.Max.
+            // NaN (a layer whose values are not finite) makes the whole reduction NaN, which trips every threshold
+            // rule, whatever its direction (it used to become +Inf for max, so a "max < x" rule never saw it).
+            nan |= double.IsNaN(value);
             acc = aggregate switch
             {
-                "max" => double.IsNaN(value) ? double.PositiveInfinity : Math.Max(acc, value),
-                "min" => double.IsNaN(value) ? double.NegativeInfinity : Math.Min(acc, value),
+                "max" => Math.Max(acc, value),
+                "min" => Math.Min(acc, value),
                 _ => acc + value,
             };
         }
         if (count == 0) return null;
+        if (nan) return double.NaN;
         return aggregate == "avg" ? acc / count : acc;
     }
 
@@ -78,6 +82,16 @@ public sealed record AlertEngineOptions
     /// <summary>When set, firing and resolved alerts are POSTed here in Alertmanager's webhook JSON (version 4).</summary>
     public Uri? WebhookUrl { get; init; }
 
+    /// <summary>
+    /// A notification the webhook refused or could not take (an error status, a refused connection, a timeout) is
+    /// sent again after this delay, doubling each time, <see cref="WebhookAttempts"/> times in all; only then is it
+    /// counted in <see cref="AlertEngine.WebhookFailures"/> and dropped.
+    /// </summary>
+    public TimeSpan WebhookRetryDelay { get; init; } = TimeSpan.FromSeconds(1);
+
+    /// <summary>Tries per notification, the first included (5: about 15 s of retries at the default delay).</summary>
+    public int WebhookAttempts { get; init; } = 5;
+
     /// <summary>The externalURL / generatorURL the webhook payload carries (the server's address).</summary>
     public string? ExternalUrl { get; init; }
 
@@ -92,6 +106,17 @@ public sealed record AlertEngineOptions
 
     /// <summary>Where state changes are written (the server's logger, the CLI's stderr).</summary>
     public Action<string>? Log { get; init; }
+
+    /// <summary>
+    /// Gauges that change only when the engine measures a step (the last sampled step's health). A rule that reads
+    /// only these, not as an increase, counts "for" in new samples, seen through <see cref="SampleCounter"/> growing:
+    /// an idle server's frozen value is not counted again each evaluation, so one bad sample cannot fire a "for: 2" rule
+    /// (it used to, after two seconds of silence), and a firing alert keeps its state until the next sample.
+    /// </summary>
+    public IReadOnlyCollection<string>? SampledMetrics { get; init; }
+
+    /// <summary>The counter of samples for <see cref="SampledMetrics"/> (the server's bitnet_health_samples_total).</summary>
+    public string? SampleCounter { get; init; }
 }
 
 /// <summary>
@@ -108,10 +133,15 @@ public sealed class AlertEngine : IDisposable
     private readonly AlertEngineOptions _options;
     private readonly SignalSet _signals = new();
     private readonly Lock _lock = new();
+    // Held through an evaluation and the publication of its changes, so changes reach Changed handlers and the webhook
+    // in the order they happened (two overlapping timer callbacks could publish "resolved" before "firing").
+    private readonly Lock _evaluation = new();
+    private readonly bool[] _sampled;
     private readonly State[] _state;
     private readonly Channel<JsonObject>? _outbox;
     private readonly HttpClient? _http;
     private readonly Task? _sender;
+    private readonly CancellationTokenSource _stopping = new();
     private Timer? _timer;
     private long _webhookSent, _webhookFailures, _evaluations;
 
@@ -124,6 +154,7 @@ public sealed class AlertEngine : IDisposable
         public double Value = double.NaN;
         public readonly Queue<(DateTimeOffset At, double Value)> Counter = new();
         public long TimesFired;
+        public double SamplesSeen = double.NaN;
     }
 
     public AlertEngine(IReadOnlyList<AlertRule> rules, Action<SignalSet> collect, AlertEngineOptions? options = null)
@@ -137,19 +168,29 @@ public sealed class AlertEngine : IDisposable
         if (_options.KnownMetrics is { } known) AlertRules.CheckMetrics(_rules, known);
         if (_options.Interval <= TimeSpan.Zero) throw new ArgumentException($"The alert evaluation interval must be positive; got {_options.Interval}.", nameof(options));
         _state = _rules.Select(_ => new State()).ToArray();
+        _sampled = _rules.Select(r => _options.SampleCounter is not null && _options.SampledMetrics is { } sampled && r.Aggregate != "increase"
+            && AlertRules.MetricsOf(r).All(sampled.Contains)).ToArray();
         if (_options.WebhookUrl is { } url)
         {
             if (url.Scheme is not ("http" or "https")) throw new ArgumentException($"The alert webhook must be an http(s) URL; got {url}.", nameof(options));
+            if (_options.WebhookAttempts < 1) throw new ArgumentException($"WebhookAttempts must be at least 1; got {_options.WebhookAttempts}.", nameof(options));
+            if (_options.WebhookRetryDelay < TimeSpan.Zero) throw new ArgumentException($"WebhookRetryDelay must not be negative; got {_options.WebhookRetryDelay}.", nameof(options));
             _http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
-            _outbox = Channel.CreateBounded<JsonObject>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropOldest });
+            // A notification pushed out of a full queue is lost: counted as a failure, like one the webhook refused.
+            _outbox = Channel.CreateBounded<JsonObject>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropOldest },
+                _ => Interlocked.Increment(ref _webhookFailures));
             _sender = Task.Run(SendLoop);
         }
     }
 
     public IReadOnlyList<AlertRule> Rules => _rules;
 
+    /// <summary>True when notifications are POSTed to a webhook.</summary>
+    public bool HasWebhook => _outbox is not null;
+
     public long Evaluations => Interlocked.Read(ref _evaluations);
     public long WebhookSent => Interlocked.Read(ref _webhookSent);
+    /// <summary>Notifications lost: refused on every try, or pushed out of a full queue (256 waiting).</summary>
     public long WebhookFailures => Interlocked.Read(ref _webhookFailures);
 
     /// <summary>Raised (on the evaluating thread) when a rule starts or stops firing.</summary>
@@ -190,6 +231,11 @@ public sealed class AlertEngine : IDisposable
     /// <summary>Collects the signals and evaluates every rule once.</summary>
     public void Evaluate()
     {
+        lock (_evaluation) EvaluateAndPublish();
+    }
+
+    private void EvaluateAndPublish()
+    {
         List<AlertState>? changes = null;
         lock (_lock)
         {
@@ -205,14 +251,23 @@ public sealed class AlertEngine : IDisposable
                 return;
             }
             Interlocked.Increment(ref _evaluations);
+            double? samples = _options.SampleCounter is { } counter ? _signals.Reduce(counter, "sum", null) : null;
             for (int i = 0; i < _rules.Length; i++)
             {
                 var rule = _rules[i];
                 var st = _state[i];
-                double? value = Value(rule, st, now);
+                if (_sampled[i])
+                {
+                    // No new sample since this rule last counted: its gauges hold the same step's values; keep the state.
+                    if (samples is not { } n || n == st.SamplesSeen) continue;
+                    st.SamplesSeen = n;
+                }
+                double? value = Value(rule, st, now, out bool undefined);
                 if (value is null) continue; // no such signal yet (e.g. no sampled step): keep the state
                 st.Value = value.Value;
-                bool holds = rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<=");
+                // NaN from the model trips every threshold rule; 0/0 of a ratio (nothing drafted, no queue) holds no
+                // condition, as in Prometheus, where the division gives NaN and the comparison drops the series.
+                bool holds = !undefined && (rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<="));
                 if (holds)
                 {
                     if (st.Consecutive++ == 0) st.ConditionSince = now;
@@ -246,8 +301,9 @@ public sealed class AlertEngine : IDisposable
         }
     }
 
-    private double? Value(AlertRule rule, State st, DateTimeOffset now)
+    private double? Value(AlertRule rule, State st, DateTimeOffset now, out bool undefined)
     {
+        undefined = false;
         double? total = null;
         foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
         {
@@ -258,18 +314,22 @@ public sealed class AlertEngine : IDisposable
         if (total is null) return null;
         if (rule.Aggregate == "increase")
         {
-            // Growth since the oldest value inside the window; a counter that went down (a restart) starts over.
+            // Growth since the last value taken at or before the window's start (the oldest one when the window
+            // reaches further back than the history); a counter that went down (a restart) starts over. Keeping that
+            // baseline, rather than only values inside the window, lets a window no longer than the evaluation
+            // interval see growth: with only values inside it, the baseline was always the new value itself.
             var q = st.Counter;
             if (q.Count > 0 && total.Value < q.Last().Value) q.Clear();
             q.Enqueue((now, total.Value));
-            while (q.Count > 1 && (now - q.Peek().At).TotalSeconds > rule.WindowSeconds) q.Dequeue();
+            while (q.Count > 1 && (now - q.ElementAt(1).At).TotalSeconds >= rule.WindowSeconds) q.Dequeue();
             total = total.Value - q.Peek().Value;
         }
         if (rule.DivideBy is { } d)
         {
-            var denominator = _signals.Reduce(d, "sum", null);
+            var denominator = _signals.Reduce(d.Trim(), "sum", null);
             if (denominator is null) return null;
-            total = denominator.Value == 0 ? 0 : total.Value / denominator.Value;
+            undefined = total.Value == 0 && denominator.Value == 0;
+            total = total.Value / denominator.Value; // x/0 is ±Inf, as in Prometheus
         }
         return total;
     }
@@ -315,21 +375,45 @@ public sealed class AlertEngine : IDisposable
     {
         await foreach (var payload in _outbox!.Reader.ReadAllAsync())
         {
-            try
+            var delay = _options.WebhookRetryDelay;
+            for (int attempt = 1; ; attempt++)
             {
-                using var response = await _http!.PostAsJsonAsync(_options.WebhookUrl, payload);
-                if (response.IsSuccessStatusCode) Interlocked.Increment(ref _webhookSent);
-                else
+                string? error = await TrySend(payload);
+                if (error is null)
+                {
+                    Interlocked.Increment(ref _webhookSent);
+                    break;
+                }
+                if (attempt >= _options.WebhookAttempts || _stopping.IsCancellationRequested)
                 {
                     Interlocked.Increment(ref _webhookFailures);
-                    _options.Log?.Invoke($"alert webhook {_options.WebhookUrl} answered {(int)response.StatusCode}");
+                    _options.Log?.Invoke($"alert webhook {_options.WebhookUrl}: {error}; gave up after {attempt} tries, the notification is lost (bitnet_alerts_webhook_failures_total counts these)");
+                    break;
                 }
+                _options.Log?.Invoke($"alert webhook {_options.WebhookUrl}: {error}; trying again in {delay.TotalSeconds:G3} s");
+                try
+                {
+                    await Task.Delay(delay, _stopping.Token);
+                }
+                catch (OperationCanceledException)
+                {
+                }
+                delay *= 2;
             }
-            catch (Exception e) when (e is HttpRequestException or TaskCanceledException or JsonException)
-            {
-                Interlocked.Increment(ref _webhookFailures);
-                _options.Log?.Invoke($"alert webhook {_options.WebhookUrl} failed: {e.Message}");
-            }
+        }
+    }
+
+    /// <returns>Null when the webhook took the notification, else what went wrong.</returns>
+    private async Task<string?> TrySend(JsonObject payload)
+    {
+        try
+        {
+            using var response = await _http!.PostAsJsonAsync(_options.WebhookUrl, payload, _stopping.Token);
+            return response.IsSuccessStatusCode ? null : $"answered {(int)response.StatusCode}";
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException or JsonException)
+        {
+            return $"failed: {e.Message}";
         }
     }
 
@@ -339,11 +423,18 @@ public sealed class AlertEngine : IDisposable
         _outbox?.Writer.TryComplete();
         try
         {
-            _sender?.Wait(TimeSpan.FromSeconds(5));
+            // Queued notifications (a shutdown's last resolutions) get a few seconds; then retries and sends stop.
+            if (_sender?.Wait(TimeSpan.FromSeconds(5)) == false)
+            {
+                _stopping.Cancel();
+                _sender.Wait(TimeSpan.FromSeconds(2));
+            }
         }
         catch (AggregateException)
         {
         }
+        _stopping.Cancel();
         _http?.Dispose();
+        _stopping.Dispose();
     }
 }

@@ -39,6 +39,10 @@ public sealed record AlertRule
         string where = $"{source}: rule '{Name}'";
         if (string.IsNullOrWhiteSpace(Name)) throw new ArgumentException($"{source}: a rule has no \"name\".");
         if (string.IsNullOrWhiteSpace(Metric)) throw new ArgumentException($"{where} has no \"metric\".");
+        if (DivideBy is not null && string.IsNullOrWhiteSpace(DivideBy)) throw new ArgumentException($"{where}: \"divide_by\" is empty; name a metric or leave the field out.");
+        if (Match is not null)
+            foreach (var (label, value) in Match)
+                if (string.IsNullOrEmpty(label) || value is null) throw new ArgumentException($"{where}: \"match\" needs a label name and a string value for each entry (\"label\": \"value\" or \"!value\"); got '{label}': null.");
         if (Array.IndexOf(Aggregates, Aggregate) < 0) throw new ArgumentException($"{where}: \"aggregate\" must be one of {string.Join(", ", Aggregates)}; got '{Aggregate}'.");
         if (Array.IndexOf(Ops, Op) < 0) throw new ArgumentException($"{where}: \"op\" must be one of {string.Join(" ", Ops)}; got '{Op}'.");
         if (!double.IsFinite(Threshold)) throw new ArgumentException($"{where}: \"threshold\" must be a finite number.");
@@ -94,8 +98,9 @@ public static class AlertRules
         }
         var rules = file?.Rules ?? throw new ArgumentException($"{source} has no \"rules\" array.", nameof(json));
         var names = new HashSet<string>(StringComparer.Ordinal);
-        foreach (var r in rules)
+        for (int i = 0; i < rules.Count; i++)
         {
+            var r = rules[i] ?? throw new ArgumentException($"{source}: rule #{i + 1} is null; each entry of \"rules\" must be an object.", nameof(json));
             r.Validate(source);
             if (!names.Add(r.Name)) throw new ArgumentException($"{source}: the rule name '{r.Name}' is used twice.", nameof(json));
         }
