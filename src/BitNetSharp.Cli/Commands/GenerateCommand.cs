@@ -78,12 +78,22 @@ public static class GenerateCommand
             if (!result.GetValue(noEcho))
                 output.Write(tokenizer is not null && text is not null ? text : string.Join(' ', promptTokens) + " |");
             output.Flush();
-            foreach (var token in tokens)
+            try
             {
-                if (token.Id >= 0) generated.Add(token.Id);
-                if (tokenizer is null && token.Id >= 0) output.Write(" " + token.Id.ToString(CultureInfo.InvariantCulture));
-                else output.Write(token.Text);
-                output.Flush();
+                foreach (var token in tokens)
+                {
+                    if (token.Id >= 0) generated.Add(token.Id);
+                    if (tokenizer is null && token.Id >= 0) output.Write(" " + token.Id.ToString(CultureInfo.InvariantCulture));
+                    else output.Write(token.Text);
+                    output.Flush();
+                }
+            }
+            catch (NonFiniteLogitsException)
+            {
+                // The run that most needs the health table is the one whose logits went bad: print it, then the error.
+                output.WriteLine();
+                report?.Write(cli.Error);
+                throw;
             }
             output.WriteLine();
             var s = generator.LastStats!;

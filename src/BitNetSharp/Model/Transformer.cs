@@ -203,7 +203,11 @@ public sealed unsafe class Transformer : IDisposable
         var p = _active = _profiler ?? (ProfileEventSource.Log.IsEnabled() ? _eventProfiler ??= new OpProfiler(_c.Layers, _pool.ThreadCount) : null);
         health?.BeginForward(n);
         p?.Begin(ProfileOp.Embedding, -1, n);
-        for (int t = 0; t < n; t++) _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
+        for (int t = 0; t < n; t++)
+        {
+            _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
+            health?.MapToken(t, batch[t].Sequence);
+        }
         p?.End();
 
         for (int l = 0; l < _c.Layers; l++) Layer(l, batch, caches);

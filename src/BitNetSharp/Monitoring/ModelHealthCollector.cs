@@ -123,6 +123,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     private readonly float[] _rms, _maxAbs, _change;    // [token][layer]
     private readonly int[] _origin;                     // [token]: Finite, Embedding, or the first layer
     private readonly int[] _rowToken;                   // logits row → batch token
+    private readonly int[] _sequence;                   // [token]: its sequence
     private readonly NativeBuffer _before;              // [token][dim]: the residual at the layer's start (sampled steps)
     private readonly HealthSnapshot _pending, _latest;
     private readonly Lock _lock = new();
@@ -147,6 +148,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _change = new float[maxTokens * _layers];
         _origin = new int[maxTokens];
         _rowToken = new int[maxTokens];
+        _sequence = new int[maxTokens];
         _before = new NativeBuffer((long)maxTokens * _dim * sizeof(float));
         _pending = new HealthSnapshot(_layers);
         _latest = new HealthSnapshot(_layers);
@@ -208,6 +210,9 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         Sampling = _sampleEvery > 0 && step % _sampleEvery == 0;
         _origin.AsSpan(0, tokens).Fill(Finite);
     }
+
+    /// <summary>Batch token <paramref name="token"/> belongs to sequence <paramref name="sequence"/>.</summary>
+    internal void MapToken(int token, int sequence) => _sequence[token] = sequence;
 
     /// <summary>Logits row <paramref name="row"/> belongs to batch token <paramref name="token"/>.</summary>
     internal void MapRow(int row, int token) => _rowToken[row] = token;
@@ -281,7 +286,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             p.ResidualChange[l] = d * inv;
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
-            p.BlowUp[l] = l == 0 ? float.IsNaN(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
+            p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
         }
         p.Step = _steps - 1;
         p.Tokens = n;
@@ -297,7 +302,22 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     /// Where logits row <paramref name="row"/>'s token first had non-finite values: <see cref="Finite"/> (the residual
     /// stream stayed finite: the final norm or the output head made them), <see cref="Embedding"/>, or a layer index.
     /// </summary>
-    public int NonFiniteOrigin(int row) => _origin[_rowToken[row]];
+    /// <remarks>
+    /// Non-finite values reach a token's residual from its own computation or, through attention, from an earlier
+    /// token of its sequence: when the row's token is not finite, the answer is the earliest origin among the tokens of
+    /// its sequence in this step (a NaN embedding two positions back is reported as the embedding, not as layer 0,
+    /// where attention carried it over). Values already in the KV cache from an earlier step show as the first layer
+    /// that read them.
+    /// </remarks>
+    public int NonFiniteOrigin(int row)
+    {
+        int token = _rowToken[row], origin = _origin[token];
+        if (origin == Finite) return origin;
+        int sequence = _sequence[token];
+        for (int t = 0; t < _tokens; t++)
+            if (_sequence[t] == sequence && _origin[t] != Finite && _origin[t] < origin) origin = _origin[t];
+        return origin;
+    }
 
     /// <summary>Words for <see cref="NonFiniteOrigin"/>, for error messages.</summary>
     public static string DescribeOrigin(int origin) => origin switch
@@ -379,7 +399,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
                 {
                     var v = Vector256.Load(p + i);
                     zero += BitOperations.PopCount(Vector256.Equals(v, Vector256<sbyte>.Zero).ExtractMostSignificantBits());
-                    sat += BitOperations.PopCount((Vector256.Equals(v, hi) | Vector256.LessThanOrEqual(v, lo)).ExtractMostSignificantBits());
+                    sat += BitOperations.PopCount((Vector256.GreaterThanOrEqual(v, hi) | Vector256.LessThanOrEqual(v, lo)).ExtractMostSignificantBits());
                 }
             }
             for (; i < n; i++)
@@ -402,12 +422,15 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         {
             if (Vector256.IsHardwareAccelerated && n >= 8)
             {
-                var acc = Vector256<float>.Zero;
+                // Squares are summed in double lanes: float lanes overflowed to ∞ at |x| ≈ 1e18 (a blow-up the
+                // monitor must still measure), where the scalar tail, in double, did not.
+                var acc = Vector256<double>.Zero;
                 var mx = Vector256<float>.Zero;
                 for (; i <= n - 8; i += 8)
                 {
                     var v = Vector256.Load(p + i);
-                    acc += v * v;
+                    var (v0, v1) = Vector256.Widen(v);
+                    acc += v0 * v0 + v1 * v1;
                     mx = Vector256.Max(mx, Vector256.Abs(v));
                 }
                 s = Vector256.Sum(acc);
@@ -434,15 +457,20 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         {
             if (Vector256.IsHardwareAccelerated && n >= 8)
             {
-                Vector256<float> vs = default, vd = default, vb = default, mx = default;
+                // In double lanes, as the scalar tail: float sums overflowed at |x| ≈ 1e18, giving an RMS of ∞ and
+                // changes of 0 or NaN exactly in the blow-up range this measures.
+                Vector256<double> vs = default, vd = default, vb = default;
+                Vector256<float> mx = default;
                 for (; i <= n - 8; i += 8)
                 {
                     var v = Vector256.Load(p + i);
-                    var w = Vector256.Load(q + i);
-                    var diff = v - w;
-                    vs += v * v;
-                    vd += diff * diff;
-                    vb += w * w;
+                    var (v0, v1) = Vector256.Widen(v);
+                    var (w0, w1) = Vector256.Widen(Vector256.Load(q + i));
+                    var d0 = v0 - w0;
+                    var d1 = v1 - w1;
+                    vs += v0 * v0 + v1 * v1;
+                    vd += d0 * d0 + d1 * d1;
+                    vb += w0 * w0 + w1 * w1;
                     mx = Vector256.Max(mx, Vector256.Abs(v));
                 }
                 s = Vector256.Sum(vs);

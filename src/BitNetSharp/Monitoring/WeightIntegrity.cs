@@ -154,7 +154,17 @@ public sealed unsafe class WeightIntegrity
     /// <summary>True until a check or probe finds a change (and again after a full check finds none).</summary>
     public bool Verified => _verified != 0;
 
-    public DateTimeOffset? LastVerified { get; private set; }
+    /// <summary>When the last full check finished (null: none yet). Stored as ticks so /health never reads a torn value.</summary>
+    public DateTimeOffset? LastVerified
+    {
+        get
+        {
+            long ticks = Interlocked.Read(ref _lastVerifiedTicks);
+            return ticks == 0 ? null : new DateTimeOffset(ticks, TimeSpan.Zero);
+        }
+    }
+
+    private long _lastVerifiedTicks;
 
     /// <summary>Raised (on the checking thread) with the names of the tensors that changed.</summary>
     public event Action<IReadOnlyList<string>>? MismatchFound;
@@ -177,7 +187,7 @@ public sealed unsafe class WeightIntegrity
             AfterHash?.Invoke(e.Name);
         }
         Interlocked.Increment(ref _verifications);
-        LastVerified = DateTimeOffset.UtcNow;
+        Interlocked.Exchange(ref _lastVerifiedTicks, DateTimeOffset.UtcNow.UtcTicks);
         var result = new IntegrityResult(bad ?? (IReadOnlyList<string>)[], System.Diagnostics.Stopwatch.GetElapsedTime(start), bytes);
         // A clean pass clears the flag only if no probe found a change while it ran: the probe may have seen a tensor
         // this pass had already hashed, and "verified" would then read 1 over changed bytes until the next pass.

@@ -33,6 +33,32 @@ public class GenerateCommandTests
         return path;
     }
 
+    /// <summary>The run whose logits go non-finite still prints the --health table (it was lost with the exception).</summary>
+    [Fact]
+    public void HealthTableIsPrintedWhenLogitsGoNonFinite()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir);
+        long offset;
+        int dim;
+        using (var file = GgufFile.Open(model))
+        {
+            var norm = file.GetTensor("blk.1.attn_norm.weight");
+            offset = file.DataOffset + norm.Offset;
+            dim = (int)norm.Dims[0];
+        }
+        using (var stream = new FileStream(model, FileMode.Open, FileAccess.Write))
+        {
+            stream.Position = offset;
+            for (int i = 0; i < dim; i++) stream.Write(BitConverter.GetBytes(float.NaN));
+        }
+        var (code, _, error) = Bitnet("generate", "-m", model, "--prompt-ids", "1,2,3", "-n", "4", "--temp", "0", "--health");
+        Assert.NotEqual(0, code);
+        Assert.Contains("model health over", error);
+        Assert.Contains("layer 1", error);
+        Assert.True(error.IndexOf("model health over", StringComparison.Ordinal) < error.LastIndexOf("layer 1", StringComparison.Ordinal), error);
+    }
+
     [Fact]
     public void GreedyFromIdsIsReproducibleAndWritesIdsAndLogits()
     {

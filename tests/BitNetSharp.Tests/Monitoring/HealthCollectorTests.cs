@@ -237,6 +237,60 @@ public class HealthCollectorBatchTests
         Assert.Equal(alone, both.AsSpan(c.VocabSize).ToArray());
     }
 
+    /// <summary>A NaN embedding two positions back reaches the logits row through attention: the origin is the embedding, not layer 0.</summary>
+    [Fact]
+    public unsafe void NaNCarriedByAttentionIsTracedToItsOrigin()
+    {
+        var writer = SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16);
+        AddOutputHead(writer, SyntheticShape.Tiny.Dim, SyntheticShape.Tiny.VocabSize);
+        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-untied.gguf"), ownsFile: true);
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 8, pool);
+        using var health = new ModelHealthCollector(c, 8) { SampleEvery = 1 };
+        engine.Health = health;
+        ((ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes))[3] = 0x7E00;
+        var logits = new float[2 * c.VocabSize];
+        using var c0 = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
+        using var c1 = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
+        engine.Forward([new BatchToken(90, 0, 0), new BatchToken(5, 0, 1, true), new BatchToken(5, 1, 0), new BatchToken(6, 1, 1, true)], [c0, c1], logits);
+        Assert.True(float.IsNaN(logits[0]));
+        Assert.Equal(ModelHealthCollector.Embedding, health.NonFiniteOrigin(0));
+        Assert.Equal(ModelHealthCollector.Finite, health.NonFiniteOrigin(1));
+    }
+
+    /// <summary>
+    /// Layer 0's output turning +∞ is flagged (only NaN was); squares sum in double, so residuals near 1e18 give their
+    /// RMS, not ∞; codes past the clamp limit count as saturated in the vector path too.
+    /// </summary>
+    [Fact]
+    public void InfinityHugeValuesAndCodesPastTheLimitAreMeasured()
+    {
+        using var w = TransformerTests.TinyModel();
+        var c = w.Config;
+        using var health = new ModelHealthCollector(c, 1) { SampleEvery = 1 };
+        var ones = Enumerable.Repeat(1f, c.Dim).ToArray();
+        var inf = (float[])ones.Clone();
+        inf[3] = float.PositiveInfinity;
+        health.BeginForward(1);
+        health.LayerStart(0, 0, ones);
+        health.LayerEnd(0, 0, inf);
+        var huge = Enumerable.Repeat(2e18f, c.Dim).ToArray();
+        for (int l = 1; l < c.Layers; l++)
+        {
+            health.LayerStart(l, 0, huge);
+            health.LayerEnd(l, 0, huge);
+        }
+        health.EndForward();
+        health.Publish();
+        var snap = health.Latest;
+        Assert.True(snap.BlowUp[0]);
+        Assert.Equal(2e18, snap.ResidualRms[1], 2e18 * 1e-6);
+        Assert.Equal(0f, snap.ResidualChange[1]);
+        ModelHealthCollector.CountCodes(Enumerable.Repeat((sbyte)127, 32).ToArray(), out int saturated, out _, maxCode: 7);
+        Assert.Equal(32, saturated);
+    }
+
     /// <summary>Adds a random F32 "output.weight" so the model's head is not its embedding.</summary>
     internal static void AddOutputHead(BitNetSharp.Formats.Gguf.GgufWriter writer, int dim, int vocab)
     {

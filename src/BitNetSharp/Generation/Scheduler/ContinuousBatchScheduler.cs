@@ -289,7 +289,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 if (bad > 0)
                 {
                     // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
-                    var error = new NonFiniteLogitsException(bad, _config.VocabSize, Health.NonFiniteOrigin(badRow));
+                    var error = new NonFiniteLogitsException(bad, UsableVocab, Health.NonFiniteOrigin(badRow));
                     SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
                     telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
                     Fail(seq.Request, error, ref _counters.Failed);
