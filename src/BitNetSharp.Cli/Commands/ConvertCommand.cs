@@ -44,6 +44,8 @@ public static class ConvertCommand
             string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));
             if (dir is not null && !Directory.Exists(dir)) throw new UsageException($"the output folder {dir} does not exist.");
             string inPath = result.GetRequiredValue(input);
+            // On Linux the rename would replace the mapped source with its own re-encoding; on Windows it would fail after all the work.
+            OutputFile.CheckNotInput("the output", outPath, ("input model", inPath));
             // Read once, tensor by tensor: mapped, never copied into huge pages.
             using var weights = ModelWeights.Load(inPath, new ModelLoadOptions { WeightPages = WeightPages.File });
             ModelConverter.CheckShapes(weights, packed, embeddingType);

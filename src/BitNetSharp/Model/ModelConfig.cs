@@ -61,7 +61,7 @@ public sealed record ModelConfig
         int kvHeads = m.TryGetInt32(m.ArchitectureKey("attention.head_count_kv"), out int kv) ? kv : heads;
         int vocab = m.TryGetInt32(m.ArchitectureKey("vocab_size"), out int v) ? v
             : m.TryGetArray("tokenizer.ggml.tokens", out var tokens) ? (int)tokens.Count
-            : (int)file.GetTensor("token_embd.weight").Dims[1];
+            : EmbeddingRows(file);
         var activation = family == ModelFamily.BitNet158 ? FeedForwardActivation.ReluSquared : FeedForwardActivation.Silu;
         if (m.TryGetString(m.ArchitectureKey("hidden_activation"), out var act))
             activation = ParseActivation(file.FilePath, m.ArchitectureKey("hidden_activation"), act);
@@ -138,6 +138,16 @@ public sealed record ModelConfig
         _ => throw new ModelFormatException(path, $"activation '{value}' is not supported; expected relu2 or silu", key),
     };
 
+    /// <summary>The vocabulary from the embedding's second dimension (no vocab_size key and no tokenizer).</summary>
+    private static int EmbeddingRows(GgufFile file)
+    {
+        if (!file.TryGetTensor("token_embd.weight", out var embedding))
+            throw new ModelFormatException(file.FilePath, "no vocab_size key, no tokenizer.ggml.tokens and no token_embd.weight tensor to take the vocabulary from", "token_embd.weight");
+        if (embedding.Dims.Length != 2 || embedding.Dims[1] <= 0 || embedding.Dims[1] > int.MaxValue)
+            throw new ModelFormatException(file.FilePath, $"expected a 2-D [dim, vocab] tensor with a positive vocabulary below 2^31, got [{string.Join(", ", embedding.Dims.ToArray())}]", "token_embd.weight");
+        return (int)embedding.Dims[1];
+    }
+
     private void Validate(string path)
     {
         void Require(bool ok, string what)
@@ -147,6 +157,9 @@ public sealed record ModelConfig
         Require(Dim > 0 && Layers > 0 && Heads > 0 && KvHeads > 0 && HeadDim > 0 && FeedForward > 0 && VocabSize > 0 && ContextLength > 0,
             $"every size must be positive (dim {Dim}, layers {Layers}, heads {Heads}, kv heads {KvHeads}, head dim {HeadDim}, ff {FeedForward}, vocab {VocabSize}, context {ContextLength})");
         Require(Heads % KvHeads == 0, $"{Heads} attention heads do not divide into {KvHeads} KV heads");
+        // Sizes the engine multiplies in int: a head count × head dimension that wrapped passed every shape check.
+        Require((long)Heads * HeadDim <= 1 << 24 && Dim <= 1 << 24 && FeedForward <= 1 << 24,
+            $"the sizes (dim {Dim}, {Heads} heads × head dim {HeadDim}, ff {FeedForward}) are beyond what this runtime supports (2^24 per dimension)");
         Require(HeadDim % 2 == 0, $"head dimension {HeadDim} must be even for RoPE");
         Require(float.IsFinite(RmsEps) && RmsEps > 0, $"RMS norm epsilon {RmsEps} must be positive");
         Require(float.IsFinite(RopeTheta) && RopeTheta > 0, $"RoPE base {RopeTheta} must be positive");

@@ -61,7 +61,9 @@ public static class ModelConverter
     {
         CheckShapes(weights, type, embeddingType);
         var c = weights.Config;
-        string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : "bitnet";
+        // A model with NORM RoPE (a llama-arch GGUF: q/k rows stored permuted, kept so) is written as llama again; as
+        // "bitnet" it reloaded with NEOX RoPE over the permuted rows and gave other logits without a word.
+        string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : c.Rope == Kernels.FloatOps.RopeStyle.Norm ? "llama" : "bitnet";
         var w = new GgufWriter();
         var source = weights.Gguf?.Metadata;
         string? name = source?.TryGetString("general.name", out var n) == true ? n : null;
@@ -73,7 +75,7 @@ public static class ModelConverter
             _ => GgufModelMetadata.FileTypeF16,
         };
         GgufModelMetadata.Write(w, c, arch, name, fileType,
-            arch == "bitnet" ? (c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2") : null);
+            arch == "bitnet" || (arch == "llama" && c.Activation != FeedForwardActivation.Silu) ? (c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2") : null);
         if (source is not null)
         {
             foreach (var (key, value) in source.Entries)

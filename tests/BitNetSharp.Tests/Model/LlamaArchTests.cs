@@ -69,5 +69,13 @@ public class LlamaArchTests
         // The same products summed in another order inside the q·k dot: equal to fp32 rounding.
         double range = neox.Max() - neox.Min();
         for (int i = 0; i < neox.Length; i++) Assert.True(Math.Abs(neox[i] - norm[i]) <= 1e-5 * range, $"logit {i}: {neox[i]} vs {norm[i]}");
+        // Converted, the llama-arch model stays llama (NORM RoPE over its permuted rows): as "bitnet" it reloaded
+        // with NEOX RoPE and gave other logits.
+        byte[] converted;
+        using (var w = ModelWeights.FromGguf(GgufFile.Parse(llama.ToArray(), "llama.gguf"), ownsFile: true))
+            converted = ModelConverter.ToGguf(w, PackedWeightType.I2_S).ToArray();
+        var again = Run(converted, "converted.gguf", out var c3);
+        Assert.Equal(ModelFamily.TernaryLlama, c3.Family);
+        for (int i = 0; i < neox.Length; i++) Assert.True(Math.Abs(neox[i] - again[i]) <= 1e-5 * range, $"converted logit {i}: {neox[i]} vs {again[i]}");
     }
 }

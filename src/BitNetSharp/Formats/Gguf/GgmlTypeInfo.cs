@@ -88,6 +88,11 @@ public static class GgmlTypeInfo
                 return TryTl2ByteSize(dims, out bytes, out error);
             case GgmlType.B1_128:
                 // Rows padded to 128 columns (16 bytes per block), then the 32-byte scale tail.
+                if (dims[0] > long.MaxValue - 127)
+                {
+                    error = "the byte size overflows 64 bits";
+                    return false;
+                }
                 long rowBlocks = (dims[0] + 127) / 128;
                 long rows = dims[0] == 0 ? 0 : elements / dims[0];
                 if (rows > 0 && rowBlocks > long.MaxValue / 16 / rows)

@@ -89,6 +89,8 @@ internal static unsafe class GgufReader
         uint? fileType = values.TryGetValue("general.file_type", out var ft) && ft.TryGetInteger(out var ftValue) &&
                          ftValue >= 0 && ftValue <= uint.MaxValue ? (uint)ftValue : null;
 
+        if (tensorCount > int.MaxValue)
+            throw new ModelFormatException(path, $"the header declares {tensorCount} tensors, more than this reader supports ({int.MaxValue})");
         var raw = new List<RawTensor>((int)Math.Min(tensorCount, 4096));
         var names = new HashSet<string>((int)Math.Min(tensorCount, 4096), StringComparer.Ordinal);
         for (int i = 0; i < (int)tensorCount; i++)

@@ -33,8 +33,9 @@ public sealed class GgufWriter
     /// </param>
     public GgufWriter(int alignment = GgufFile.DefaultAlignment)
     {
-        if (alignment < 8 || (alignment & (alignment - 1)) != 0 || alignment > 1 << 30)
-            throw new ArgumentOutOfRangeException(nameof(alignment), alignment, "The alignment must be a power of two between 8 and 2^30.");
+        // The reader's rule (the spec's multiple of 8): a file it opens can be copied (calibrate writes through GgufCopy).
+        if (alignment < 8 || alignment % 8 != 0 || alignment > 1 << 30)
+            throw new ArgumentOutOfRangeException(nameof(alignment), alignment, "The alignment must be a multiple of 8 between 8 and 2^30.");
         Alignment = alignment;
     }
 

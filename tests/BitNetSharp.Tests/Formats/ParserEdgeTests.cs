@@ -1,0 +1,92 @@
+using BitNetSharp.Cli;
+using BitNetSharp.Formats;
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+
+namespace BitNetSharp.Tests.Formats;
+
+/// <summary>Header values past what the arithmetic holds, and conversions that must keep what the source meant.</summary>
+public class ParserEdgeTests
+{
+    private static ModelFormatException Fails(byte[] bytes) => Assert.Throws<ModelFormatException>(() => GgufFile.Parse(bytes, "bad.gguf"));
+
+    /// <summary>A B1_128 row length near 2^63 wrapped the byte size negative, and the tensor was accepted.</summary>
+    [Fact]
+    public void AB1RowLengthThatOverflowsIsRefused()
+    {
+        Assert.False(GgmlTypeInfo.TryByteSize(GgmlType.B1_128, [long.MaxValue], out _, out var error));
+        Assert.Contains("overflows", error);
+        var bytes = new RawBytes().GgufHeader(3, 1, 0).TensorInfo("b", (uint)GgmlType.B1_128, 0, (ulong)long.MaxValue).PadTo(32).Zeros(32).ToArray();
+        Assert.Equal("b", Fails(bytes).Item);
+    }
+
+    /// <summary>A file the reader opens with a spec-valid alignment of 24 can be copied (calibrate's GgufCopy threw).</summary>
+    [Fact]
+    public void AFileWithAlignment24CanBeCopied()
+    {
+        var bytes = new RawBytes().GgufHeader(3, 1, 1).KvU32("general.alignment", 24)
+            .TensorInfo("w", 0, 24, 2).PadTo(24).Zeros(48).ToArray();
+        using var source = GgufFile.Parse(bytes, "a24.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("copy.gguf");
+        GgufCopy.WithMetadata(source, path, [new("general.name", GgufValue.FromString("copy"))]);
+        using var copy = GgufFile.Open(path);
+        Assert.Equal(24, copy.Alignment);
+        Assert.Equal("copy", copy.Metadata.GetString("general.name"));
+        Assert.Equal(source.GetTensorData("w").ToArray(), copy.GetTensorData("w").ToArray());
+    }
+
+    /// <summary>A 1-D token_embd.weight without a vocab_size key crashed with an IndexOutOfRangeException.</summary>
+    [Fact]
+    public void AOneDimensionalEmbeddingIsNamed()
+    {
+        var source = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, 3).ToArray(), "tiny.gguf");
+        var w = new GgufWriter();
+        foreach (var (key, value) in source.Metadata.Entries)
+            if (!key.EndsWith(".vocab_size", StringComparison.Ordinal) && !key.StartsWith("tokenizer.", StringComparison.Ordinal)) w.Add(key, value);
+        foreach (var t in source.Tensors)
+        {
+            if (t.Name == "token_embd.weight") w.AddTensor(t.Name, GgmlType.F32, [8], new byte[32]);
+            else w.AddTensor(t.Name, t.Type, t.Dims.ToArray(), source.GetTensorData(t).ToArray());
+        }
+        source.Dispose();
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.FromGguf(GgufFile.Parse(w.ToArray(), "one-d.gguf")));
+        Assert.Equal("token_embd.weight", e.Item);
+    }
+
+    /// <summary>head_count × key_length that wraps int (2^30+4 heads × 4 = 16) passed every shape check.</summary>
+    [Fact]
+    public void HeadSizesThatWrapAreRefused()
+    {
+        var source = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, 3).ToArray(), "tiny.gguf");
+        string arch = source.Metadata.GetString("general.architecture");
+        var w = new GgufWriter();
+        foreach (var (key, value) in source.Metadata.Entries)
+        {
+            if (key == arch + ".attention.head_count") w.AddUInt32(key, (1u << 30) + 4);
+            else if (key == arch + ".attention.head_count_kv") w.AddUInt32(key, 1);
+            else if (key is not null && key != arch + ".attention.key_length" && key != arch + ".attention.value_length") w.Add(key, value);
+        }
+        w.AddUInt32(arch + ".attention.key_length", 4);
+        w.AddUInt32(arch + ".attention.value_length", 4);
+        foreach (var t in source.Tensors) w.AddTensor(t.Name, t.Type, t.Dims.ToArray(), source.GetTensorData(t).ToArray());
+        source.Dispose();
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.FromGguf(GgufFile.Parse(w.ToArray(), "wrap.gguf")));
+        Assert.Contains("beyond what this runtime supports", e.Message);
+    }
+
+    /// <summary>convert onto its own input replaced the source with its re-encoding.</summary>
+    [Fact]
+    public void ConvertRefusesToWriteOverItsInput()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = dir.File("m.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(model);
+        byte[] before = File.ReadAllBytes(model);
+        var error = new StringWriter();
+        int code = Program.Run(["convert", model, model, "--embedding-type", "q8_0"], new StringWriter(), error);
+        Assert.NotEqual(0, code);
+        Assert.Contains("is the input model file", error.ToString());
+        Assert.Equal(before, File.ReadAllBytes(model));
+    }
+}
