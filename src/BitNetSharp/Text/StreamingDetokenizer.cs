@@ -56,6 +56,7 @@ public sealed class StreamingDetokenizer
     {
         var text = _pendingLength == 0 ? string.Empty : Encoding.UTF8.GetString(_pending, 0, _pendingLength);
         _pendingLength = 0;
+        _stripNext = _stripLeadingSpace; // reused, the next stream starts as a new one would
         return text;
     }
 

@@ -129,6 +129,32 @@ public class GenerateCommandTests
         Assert.Equal("15496,995", t.Output.Trim());
     }
 
+    /// <summary>On a SentencePiece vocabulary the generated text keeps the space before its first word ("Once upon a" +
+    /// "▁time" printed "Once upon atime"): what generate prints is the decoding of prompt and generated ids together.</summary>
+    [Fact]
+    public void SentencePieceOutputKeepsTheSpaceBeforeTheFirstGeneratedWord()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir, vocab);
+        string ids = dir.File("ids.json");
+        using var file = GgufFile.Open(model);
+        var tokenizer = BitNetSharp.Tokenization.TokenizerLoader.FromGguf(file);
+        // Sampled, seed by seed, until the first generated token starts a word (random weights pick any token).
+        for (int seed = 1; ; seed++)
+        {
+            Assert.True(seed < 40, "no seed made a word-starting first token");
+            var r = Bitnet("generate", "-m", model, "-p", "Once upon a", "-n", "6", "--seed", seed.ToString(), "--ignore-eos", "--ids-out", ids);
+            Assert.Equal(0, r.ExitCode);
+            using var doc = JsonDocument.Parse(File.ReadAllText(ids));
+            int[] prompt = [.. doc.RootElement.GetProperty("prompt_ids").EnumerateArray().Select(e => e.GetInt32())];
+            int[] generated = [.. doc.RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32())];
+            if (!tokenizer.TokenText(generated[0]).StartsWith('\u2581') || tokenizer.IsSpecial(generated[0])) continue;
+            Assert.Equal("Once upon a" + tokenizer.Decode([.. prompt, .. generated])[tokenizer.Decode(prompt).Length..], r.Output.TrimEnd('\n'));
+            return;
+        }
+    }
+
     [Theory]
     [InlineData("i2_s")]
     [InlineData("tq2_0")]

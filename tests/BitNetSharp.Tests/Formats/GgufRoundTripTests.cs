@@ -175,7 +175,7 @@ public class GgufRoundTripTests
         w.AddString("k", "v");
         Assert.Throws<ArgumentException>(() => w.AddString("k", "again"));
         Assert.Throws<ArgumentException>(() => w.AddUInt32("general.alignment", 64));
-        Assert.Throws<ArgumentOutOfRangeException>(() => new GgufWriter(24));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new GgufWriter(12));
         Assert.Throws<ArgumentOutOfRangeException>(() => new GgufWriter(0));
     }
 

@@ -18,6 +18,19 @@ public class StreamingDetokenizerTests
         Assert.Equal(0, stream.PendingByteCount);
     }
 
+    /// <summary>After Flush, a reused detokenizer strips SentencePiece's leading space again, as a new one does.</summary>
+    [Fact]
+    public void AFlushedDetokenizerStartsTheNextStreamAsANewOne()
+    {
+        var tokenizer = TestTokenizers.LlamaSpm;
+        int world = tokenizer.Encode("world", addBos: false).Single();
+        var stream = new StreamingDetokenizer(tokenizer);
+        Assert.Equal("world", stream.Append(world));
+        Assert.Equal(" world", stream.Append(world));
+        stream.Flush();
+        Assert.Equal("world", stream.Append(world));
+    }
+
     [Fact]
     public void CjkSplitAcrossByteLevelTokensComesOutWhole()
     {
