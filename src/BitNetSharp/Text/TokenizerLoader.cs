@@ -125,7 +125,9 @@ public static class TokenizerLoader
         var tokenizerModel = Path.Combine(directory, "tokenizer.model");
         var vocabJson = Path.Combine(directory, "vocab.json");
         var mergesTxt = Path.Combine(directory, "merges.txt");
-        if (File.Exists(tokenizerJson)) return FromTokenizerJson(tokenizerJson, config);
+        // Llama-2-style folders ship a SentencePiece-style tokenizer.json (ByteFallback, no ByteLevel) beside the
+        // tokenizer.model it was made from: that one is read instead of failing on the JSON.
+        if (File.Exists(tokenizerJson) && !(File.Exists(tokenizerModel) && !JsonUsesByteLevel(tokenizerJson))) return FromTokenizerJson(tokenizerJson, config);
         if (File.Exists(tokenizerModel)) return FromTokenizerModel(tokenizerModel, config);
         if (File.Exists(vocabJson) && File.Exists(mergesTxt)) return FromVocabAndMerges(vocabJson, mergesTxt, config);
         throw new ModelFormatException(directory, "no tokenizer found: expected tokenizer.json, tokenizer.model, or vocab.json with merges.txt");
@@ -181,7 +183,34 @@ public static class TokenizerLoader
         return new SentencePieceBpeTokenizer(vocabulary, [.. model.Scores], model.AddDummyPrefix);
     }
 
+    private static bool JsonUsesByteLevel(string path)
+    {
+        try
+        {
+            using var document = ParseJson(path);
+            return document.RootElement.ValueKind == JsonValueKind.Object && UsesByteLevel(document.RootElement);
+        }
+        catch (Exception e) when (e is ModelFormatException or InvalidOperationException)
+        {
+            return true; // let the full read report what is wrong with it
+        }
+    }
+
     private static BitNetTokenizer FromTokenizerJson(string path, HfTokenizerConfig config)
+    {
+        try
+        {
+            return ReadTokenizerJson(path, config);
+        }
+        catch (InvalidOperationException e)
+        {
+            // JsonElement's accessors throw this when a value has another kind than the format's (a vocab id given as
+            // a string, a merge as numbers, the whole file an array).
+            throw new ModelFormatException(path, $"a value has the wrong JSON type for a Hugging Face tokenizer.json ({e.Message})", null, e);
+        }
+    }
+
+    private static BitNetTokenizer ReadTokenizerJson(string path, HfTokenizerConfig config)
     {
         using var document = ParseJson(path);
         var root = document.RootElement;

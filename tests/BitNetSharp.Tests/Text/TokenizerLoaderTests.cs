@@ -85,6 +85,30 @@ public class TokenizerLoaderTests
         }
     }
 
+    /// <summary>A Llama-2-style folder: a SentencePiece-style tokenizer.json beside tokenizer.model loads the .model (it failed).</summary>
+    [Fact]
+    public void HfDirectoryWithASentencePieceJsonUsesTokenizerModel()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/llama2_tokenizer.model"), dir.File("tokenizer.model"));
+        File.WriteAllText(dir.File("tokenizer.json"), """{"model":{"type":"BPE","vocab":{"a":0}},"decoder":{"type":"ByteFallback"}}""");
+        Assert.IsType<SentencePieceBpeTokenizer>(TokenizerLoader.FromHfDirectory(dir.Path));
+    }
+
+    /// <summary>JSON of the wrong shape is a ModelFormatException naming the file (InvalidOperationException escaped as a crash).</summary>
+    [Theory]
+    [InlineData("[]")]
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":"1"}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":0,"b":1},"merges":[[1,2]]},"pre_tokenizer":{"type":"ByteLevel"}}""")]
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":0}},"pre_tokenizer":{"type":"ByteLevel"},"added_tokens":["x"]}""")]
+    public void WrongJsonShapesAreNamedErrors(string json)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("tokenizer.json"), json);
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("tokenizer.json", e.Message);
+    }
+
     [Fact]
     public void HfDirectoryWithVocabJsonAndMergesTxtMatchesGpt2Vectors()
     {
