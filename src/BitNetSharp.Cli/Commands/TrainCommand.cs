@@ -95,6 +95,7 @@ public static class TrainCommand
                 int batchSize = r.GetValue(batch);
                 if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
                 if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
+                Steps(r.GetValue(tokens), batchSize, shape.ContextLength); // a count of steps past int is refused before any work
                 if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
                 RequireWritable(outPath);
                 string plot = Path.GetFullPath(r.GetValue(plotPath) ?? Path.ChangeExtension(outPath, ".loss.svg"));
@@ -111,19 +112,19 @@ public static class TrainCommand
                 if (r.GetValue(resume) && File.Exists(checkpoint))
                 {
                     // --tokens on a resume re-plans the run's length (e.g. a run slower than planned); otherwise the checkpoint's stands.
-                    int? newSteps = r.GetResult(tokens) is { Implicit: false }
-                        ? (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength))
-                        : null;
+                    // Counted in steps of the checkpoint's batch, which the run keeps (the command line's --batch is not used on a resume).
+                    long? newTokens = r.GetResult(tokens) is { Implicit: false } ? r.GetValue(tokens) : null;
+                    bool newSteps = newTokens is not null;
                     try
                     {
-                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, newSteps);
+                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, totalTokens: newTokens);
                     }
                     catch (InvalidOperationException e)
                     {
                         throw new UsageException($"--tokens {r.GetValue(tokens)}: {e.Message}");
                     }
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
-                        (newSteps is not null ? " (run length from --tokens)" : ""));
+                        (newSteps ? " (run length from --tokens)" : ""));
                 }
                 else
                 {
@@ -141,7 +142,7 @@ public static class TrainCommand
                     var validation = corpus.EncodeValidation(tokenizer);
                     var options = new TrainingOptions
                     {
-                        Shape = shape, Batch = batchSize, TotalSteps = (int)Math.Max(1, r.GetValue(tokens) / ((long)batchSize * shape.ContextLength)),
+                        Shape = shape, Batch = batchSize, TotalSteps = Steps(r.GetValue(tokens), batchSize, shape.ContextLength),
                         LearningRate = r.GetValue(lr), WarmupSteps = r.GetValue(warmup), WeightDecay = r.GetValue(weightDecay),
                         FullPrecision = r.GetValue(fullPrecision), Seed = r.GetValue(seed),
                         ActivationBits = bits.AllEight ? null : bits,
@@ -200,6 +201,18 @@ public static class TrainCommand
             foreach (var (option, path) in outputs)
                 if (path is not null && string.Equals(path, full, StringComparison.Ordinal))
                     throw new UsageException($"{option} {path} is a --data file; writing it would replace the training text. Give another path.");
+        }
+    }
+
+    private static int Steps(long tokens, int batch, int contextLength)
+    {
+        try
+        {
+            return TrainingRun.StepsFor(tokens, batch, contextLength);
+        }
+        catch (InvalidOperationException e)
+        {
+            throw new UsageException($"--tokens: {e.Message}");
         }
     }
 

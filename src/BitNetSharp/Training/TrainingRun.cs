@@ -233,7 +233,18 @@ public sealed class TrainingRun
     /// resumed step on (the learning rate moves to where the new schedule puts that step); below the steps already
     /// done it throws <see cref="InvalidOperationException"/>.
     /// </summary>
-    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null, int? totalSteps = null)
+    /// <param name="totalTokens">A new run length in tokens, turned into steps with the checkpoint's own batch and context (not the command line's).</param>
+    /// <summary>Steps that cover <paramref name="tokens"/> at batch × context tokens each (at least 1); more than int.MaxValue steps is an <see cref="InvalidOperationException"/>.</summary>
+    public static int StepsFor(long tokens, int batch, int contextLength)
+    {
+        long steps = Math.Max(1, tokens / ((long)batch * contextLength));
+        if (steps > int.MaxValue)
+            throw new InvalidOperationException($"{tokens} tokens at {batch} × {contextLength} per step are {steps} steps, more than a run can count ({int.MaxValue}); give fewer --tokens.");
+        return (int)steps;
+    }
+
+    public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null, int? totalSteps = null,
+        long? totalTokens = null)
     {
         using var stream = File.OpenRead(path);
         using var r = new BinaryReader(stream);
@@ -264,6 +275,7 @@ public sealed class TrainingRun
             var tokenizer = new TrainedTokenizer(tokens, merges, specials, r.ReadInt32(), r.ReadInt32());
             int[] train = ReadInts(r), validation = ReadInts(r);
             int step = r.ReadInt32();
+            if (totalTokens is { } tokenCount) totalSteps = StepsFor(tokenCount, options.Batch, shape.ContextLength);
             if (totalSteps is { } steps && steps != options.TotalSteps)
             {
                 if (steps < Math.Max(step, 1))

@@ -118,6 +118,27 @@ public class TrainCommandTests
         var (again, againOutput, againError) = Bitnet([.. withoutTokens]);
         Assert.True(again == 0, againError);
         Assert.Contains("at step 6/6", againOutput);
+
+        // --tokens on a resume counts in the checkpoint's batch (2), not the command line's default of 8: 256 tokens
+        // are 8 steps, where the default batch made 2, "before step 6", and refused the resume.
+        var defaultBatch = WithTokens("256", "--resume").ToList();
+        defaultBatch.RemoveRange(defaultBatch.IndexOf("--batch"), 2);
+        (code, output, error) = Bitnet([.. defaultBatch]);
+        Assert.True(code == 0, error);
+        Assert.Contains("at step 6/8 (run length from --tokens)", output);
+    }
+
+    /// <summary>A step count past int wrapped to 0 or below, and the run "finished" at once, exporting random weights.</summary>
+    [Fact]
+    public void TokensThatOverflowTheStepCountAreRefused()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var args = TinyArgs(Corpus(dir), dir.File("huge.gguf"));
+        args[Array.IndexOf(args, "--tokens") + 1] = "137438953472";
+        var (code, _, error) = Bitnet(args);
+        Assert.Equal(2, code);
+        Assert.Contains("more than a run can count", error);
+        Assert.False(File.Exists(dir.File("huge.gguf")));
     }
 
     /// <summary>
