@@ -75,7 +75,7 @@ public static class ServeCommand
         var port = new Option<int>("--port") { Description = "TCP port (0 picks a free one).", DefaultValueFactory = _ => 8080 };
         var maxSeqs = new Option<int>("--max-seqs") { Description = "Sequences decoded together; each holds one KV cache of --ctx positions.", DefaultValueFactory = _ => 8 };
         var maxBatched = new Option<int>("--max-batched-tokens") { Description = "Tokens per engine step (decode tokens plus prompt chunks).", DefaultValueFactory = _ => 256 };
-        var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a free sequence; beyond it the server answers 429.", DefaultValueFactory = _ => 64 };
+        var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a free sequence (a request with n choices counts n); beyond it the server answers 429.", DefaultValueFactory = _ => 64 };
         var timeout = new Option<double>("--timeout") { Description = "Seconds a request may take, waiting included.", DefaultValueFactory = _ => 600 };
         var apiKey = new Option<string?>("--api-key") { Description = $"Require 'Authorization: Bearer KEY' on every route but /health and the dashboard page (or set {ApiKeyVariable})." };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "The largest max_tokens a request may ask for.", DefaultValueFactory = _ => 4096 };

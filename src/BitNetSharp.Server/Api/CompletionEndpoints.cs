@@ -99,12 +99,14 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
     private GenerationHandle[] Submit(ServedModel model, CompletionRequest request, string id, string? traceId, CancellationToken aborted)
     {
         var handles = new List<GenerationHandle>(request.Prompts.Count);
-        // Each prompt is its own scheduler request: more than the queue and the sequences can ever hold together would
-        // be refused with 429 however long the client retried.
+        // Each prompt is its own scheduler request of n sequences: more than the queue and the sequences can ever hold
+        // together would be refused with 429 however long the client retried.
         var limits = model.Scheduler.Options;
-        if (request.Prompts.Count > limits.MaxQueue + limits.MaxSequences)
-            throw ApiException.BadRequest($"The request has {request.Prompts.Count} prompts; this server takes at most {limits.MaxQueue + limits.MaxSequences} at once " +
-                $"({limits.MaxSequences} sequences plus a queue of {limits.MaxQueue}). Send fewer prompts per request.", "prompt", "too_many_prompts");
+        long sequences = (long)request.Prompts.Count * request.Choices;
+        if (sequences > limits.MaxQueue + limits.MaxSequences)
+            throw ApiException.BadRequest($"The request needs {sequences} sequences ({request.Prompts.Count} prompts × n = {request.Choices}); this server takes at most " +
+                $"{limits.MaxQueue + limits.MaxSequences} at once ({limits.MaxSequences} sequences plus a queue of {limits.MaxQueue}). Send fewer prompts or a smaller n per request.",
+                "prompt", "too_many_prompts");
         try
         {
             foreach (var prompt in request.Prompts)

@@ -96,7 +96,7 @@ public sealed class SchedulerTests : IDisposable
         var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4 });
         var c = Submit(s, new GenerationRequest { Prompt = [7], MaxTokens = 4 });
         var e = Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
-        Assert.Contains("2 requests are already waiting", e.Message);
+        Assert.Contains("queue of 2 waiting sequences is full", e.Message);
         Assert.Equal(3, s.Statistics.WaitingRequests);
         Assert.Equal(1, s.Statistics.Rejected);
         s.StepGate.Set();
@@ -105,6 +105,29 @@ public sealed class SchedulerTests : IDisposable
         await Collect(c);
         Assert.Equal(0, s.Statistics.WaitingRequests);
         Assert.Single(await Collect(Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 })));
+    }
+
+    /// <summary>
+    /// The queue counts sequences: a request with n choices waits for n. Counting requests let two n = 2 requests
+    /// wait behind a full engine with MaxQueue 2, four sequences where the limit allows two.
+    /// </summary>
+    [Fact]
+    public async Task TheQueueLimitCountsEveryChoice()
+    {
+        using var s = Scheduler(maxSeqs: 2, maxBatched: 8, maxQueue: 2);
+        s.StepGate.Reset();
+        // The two free sequences take the first request (n = 2); a second n = 2 request fills the queue of 2.
+        var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4, Choices = 2 });
+        var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4, Choices = 2 });
+        Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4, Choices = 2 }));
+        Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
+        Assert.Equal(2, s.Statistics.WaitingRequests);
+        Assert.Equal(2, s.Statistics.Rejected);
+        s.StepGate.Set();
+        Assert.Equal(2, (await Collect(a)).Length);
+        Assert.Equal(2, (await Collect(b)).Length);
+        // Admission and completion gave the counted sequences back: the full limit is open again.
+        Assert.Equal(2, (await Collect(Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4, Choices = 2 }))).Length);
     }
 
     /// <summary>

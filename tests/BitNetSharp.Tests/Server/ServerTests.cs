@@ -384,6 +384,20 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(2, body.GetProperty("choices").GetArrayLength());
     }
 
+    /// <summary>Two prompts with n = 2 need four sequences: a server of two sequences and no queue answers 400, not a 429 for ever.</summary>
+    [Fact]
+    public async Task PromptsTimesChoicesPastTheServerAre400()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { Scheduler = o.Scheduler with { MaxSequences = 2, MaxBatchedTokens = 16, MaxQueue = 0 }, MaxChoices = 2, WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = new[] { "a", "b" }, max_tokens = 1, n = 2 });
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("too_many_prompts", body.GetProperty("error").GetProperty("code").GetString());
+        Assert.Contains("4 sequences", body.GetProperty("error").GetProperty("message").GetString());
+        (status, body, _) = await s.PostAsync("v1/completions", new { prompt = "a", max_tokens = 1, n = 2 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(2, body.GetProperty("choices").GetArrayLength());
+    }
+
     [Fact]
     public async Task FullQueueAnswers429WithRetryAfter()
     {

@@ -53,6 +53,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly Thread _thread;
     private volatile bool _stopping;
     private int _queued;      // submitted, not yet admitted or dropped
+    private int _queuedSequences; // the choices of those requests: what the queue limit counts
     private long _nextId;
     private volatile bool _disposed;
 
@@ -161,7 +162,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// Cancelling <paramref name="cancellation"/> is <see cref="GenerationHandle.Cancel"/>.
     /// </summary>
     /// <exception cref="ArgumentException">The request cannot run here (empty prompt, an id outside the vocabulary, past the context, too many choices, bad sampling settings).</exception>
-    /// <exception cref="SchedulerQueueFullException">MaxQueue requests are already waiting beyond what the free sequences can take.</exception>
+    /// <exception cref="SchedulerQueueFullException">The request's choices would put more than MaxQueue sequences waiting beyond what the free sequences can take.</exception>
     public GenerationHandle Submit(GenerationRequest request, CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -170,13 +171,16 @@ public sealed class ContinuousBatchScheduler : IDisposable
         // Every request passes through the queue, free sequences or not (the engine admits between steps), so the
         // limit counts only the requests that the free sequences (as of the last step) cannot take: with MaxQueue 0 a
         // request is refused only when every sequence is busy, and a burst into an idle server is not refused.
+        // A request waits for all its choices at once, so the limit counts sequences: n requests of n = 8 each wait
+        // for 64 sequences, not 8 (counting requests let such a burst overrun MaxQueue eightfold).
         int free = Math.Max(0, Options.MaxSequences - Volatile.Read(ref _counters.RunningSequences));
-        if (Interlocked.Increment(ref _queued) > Options.MaxQueue + free)
+        if (Interlocked.Add(ref _queuedSequences, request.Choices) > Options.MaxQueue + free)
         {
-            Interlocked.Decrement(ref _queued);
+            Interlocked.Add(ref _queuedSequences, -request.Choices);
             Interlocked.Increment(ref _counters.Rejected);
             throw new SchedulerQueueFullException(Options.MaxQueue);
         }
+        Interlocked.Increment(ref _queued);
         long now = Stopwatch.GetTimestamp();
         var timeout = request.Timeout ?? Options.DefaultTimeout;
         long deadline = timeout is { } t ? now + (long)Math.Min(t.TotalSeconds * Stopwatch.Frequency, long.MaxValue / 4) : long.MaxValue;
@@ -367,6 +371,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             var h = _waiting[0];
             _waiting.RemoveAt(0);
             Interlocked.Decrement(ref _queued);
+            Interlocked.Add(ref _queuedSequences, -h.Request.Choices);
             var r = h.Request;
             var sequences = new Sequence[r.Choices];
             for (int c = 0; c < r.Choices; c++)
@@ -614,6 +619,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         else if (_waiting.Remove(h))
         {
             Interlocked.Decrement(ref _queued);
+            Interlocked.Add(ref _queuedSequences, -h.Request.Choices);
         }
         SchedulerCounters.Add(ref counter, 1);
         h.Complete(error);

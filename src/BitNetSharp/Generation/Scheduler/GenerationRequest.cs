@@ -52,7 +52,7 @@ public readonly record struct GenerationEvent(int Choice, int Token, string Text
 
 /// <summary>The queue of waiting requests is full; retry later (HTTP 429).</summary>
 public sealed class SchedulerQueueFullException(int maxQueue)
-    : Exception($"The server is busy: {maxQueue} requests are already waiting for a free sequence. Retry in a moment.")
+    : Exception($"The server is busy: its queue of {maxQueue} waiting sequences is full (a request with n choices takes n). Retry in a moment.")
 {
     public int MaxQueue { get; } = maxQueue;
 }

@@ -17,8 +17,10 @@ public sealed record SchedulerOptions
     public int MaxBatchedTokens { get; init; } = 256;
 
     /// <summary>
-    /// Requests that may wait for a free sequence, beyond those the free sequences take at the next step; one more is
-    /// refused at once with <see cref="SchedulerQueueFullException"/>. 0: refuse whatever cannot start at once.
+    /// Sequences that may wait to start, beyond those the free sequences take at the next step; a request that would
+    /// pass it is refused at once with <see cref="SchedulerQueueFullException"/>. A request counts its
+    /// <see cref="GenerationRequest.Choices"/> (n), so for n = 1 this is the number of waiting requests. 0: refuse
+    /// whatever cannot start at once.
     /// </summary>
     public int MaxQueue { get; init; } = 64;
 
