@@ -165,7 +165,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             c.Tokens++;
             if (format != LogProbFormat.None)
             {
-                entry = new TokenLogProbEntry(e.Token, e.LogProb, e.TopLogProbs, c.Text.Length);
+                entry = new TokenLogProbEntry(e.Token, e.LogProb, e.TopLogProbs, e.TextOffset);
                 (c.LogProbs ??= []).Add(entry.Value);
             }
         }

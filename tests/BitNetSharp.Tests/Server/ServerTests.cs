@@ -163,6 +163,37 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.True(alone.Sum(a => a.Count) > 16, "the greedy answers were (nearly) all empty; the comparison proves little");
     }
 
+    /// <summary>
+    /// Legacy text_offset is where each token's own text starts, also when a stop string that never completes holds
+    /// a token's last char back: it arrives with the next token, whose offset used to point at the held char.
+    /// </summary>
+    [Fact]
+    public async Task TextOffsetsIgnoreTextHeldBackForAStopString()
+    {
+        var request = new Dictionary<string, object> { ["prompt"] = "Once upon a time", ["max_tokens"] = 12, ["temperature"] = 0, ["ignore_eos"] = true, ["logprobs"] = 1 };
+        var (_, plain, _) = await S.PostAsync("v1/completions", request);
+        var logprobs = plain.GetProperty("choices")[0].GetProperty("logprobs");
+        var tokens = logprobs.GetProperty("tokens").EnumerateArray().Select(t => t.GetString()!).ToArray();
+        var offsets = logprobs.GetProperty("text_offset").EnumerateArray().Select(t => t.GetInt32()).ToArray();
+        string text = plain.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        Assert.Equal(tokens.Length, offsets.Length);
+        // A token k that ends some text, and a stop string starting with that text's last char, completed by a char
+        // the model never writes: the char is held back after token k and delivered with token k + 1.
+        int k = Enumerable.Range(0, offsets.Length - 1).First(i => offsets[i + 1] > 0);
+        request["stop"] = text[offsets[k + 1] - 1] + "\u0001";
+        var (_, held, _) = await S.PostAsync("v1/completions", request);
+        var heldLogprobs = held.GetProperty("choices")[0].GetProperty("logprobs");
+        Assert.Equal(text, held.GetProperty("choices")[0].GetProperty("text").GetString());
+        Assert.Equal(offsets, heldLogprobs.GetProperty("text_offset").EnumerateArray().Select(t => t.GetInt32()).ToArray());
+
+        request["stream"] = true;
+        var events = await S.StreamAsync("v1/completions", request);
+        var streamed = events.Where(e => e != "[DONE]").Select(e => JsonDocument.Parse(e).RootElement.GetProperty("choices")[0])
+            .Where(c => c.GetProperty("logprobs").ValueKind == JsonValueKind.Object)
+            .SelectMany(c => c.GetProperty("logprobs").GetProperty("text_offset").EnumerateArray().Select(t => t.GetInt32())).ToArray();
+        Assert.Equal(offsets, streamed);
+    }
+
     [Fact]
     public async Task SeveralChoicesStopStringsAndSeedsOverHttp()
     {

@@ -561,29 +561,36 @@ public sealed class ContinuousBatchScheduler : IDisposable
         string text = s.Detokenizer?.Append(token) ?? "";
         bool last = s.Generated == r.MaxTokens;
         if (last) text += s.Detokenizer?.Flush() ?? "";
+        int offset = s.DecodedChars;
+        s.DecodedChars += text.Length;
         if (s.Stops is { } stops)
         {
             text = stops.Push(text, out bool stopped);
             if (stopped)
             {
-                Emit(s, token, text, logProb, top, FinishReason.Stop);
+                Emit(s, token, text, logProb, top, FinishReason.Stop, offset);
                 return;
             }
             if (last) text += stops.Flush();
         }
         if (last)
         {
-            Emit(s, token, text, logProb, top, FinishReason.Length);
+            Emit(s, token, text, logProb, top, FinishReason.Length, offset);
             return;
         }
-        Emit(s, token, text, logProb, top, FinishReason.None);
+        Emit(s, token, text, logProb, top, FinishReason.None, offset);
         s.NextToken = token;
     }
 
-    private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish)
+    private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish, int offset = -1)
     {
         var h = s.Request;
-        h.Writer.TryWrite(new GenerationEvent(s.Choice, token, text, logProb, top, finish));
+        int delivered = s.DeliveredChars;
+        s.DeliveredChars += text.Length;
+        // Text held back for a stop string is not delivered yet but has its place: the offset counts it. The token a
+        // stop string cut may start past the final text (capped there); a stop token's leftover (−1) sits at the end.
+        int textOffset = offset < 0 ? delivered : finish == FinishReason.Stop ? Math.Min(offset, s.DeliveredChars) : offset;
+        h.Writer.TryWrite(new GenerationEvent(s.Choice, token, text, logProb, top, finish) { TextOffset = textOffset });
         if (finish == FinishReason.None) return;
         Release(s);
         _samples.Write(MetricKind.GenerationLength, s.Generated);

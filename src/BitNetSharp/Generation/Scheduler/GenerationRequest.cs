@@ -48,7 +48,15 @@ public sealed record GenerationRequest
 /// <see cref="Token"/> = −1, only the text left over when the choice ends at a stop token. The last event of a
 /// choice has <see cref="Finish"/> set.
 /// </summary>
-public readonly record struct GenerationEvent(int Choice, int Token, string Text, float LogProb, TokenLogProb[]? TopLogProbs, FinishReason Finish);
+public readonly record struct GenerationEvent(int Choice, int Token, string Text, float LogProb, TokenLogProb[]? TopLogProbs, FinishReason Finish)
+{
+    /// <summary>
+    /// Where <see cref="Token"/>'s own text starts in the choice's text (chars; for the token a stop string ends,
+    /// capped at the final text). Not the length delivered so far: text held back for a possible stop string arrives
+    /// with a later token, in front of that token's own text (OpenAI's legacy <c>text_offset</c>).
+    /// </summary>
+    public int TextOffset { get; init; }
+}
 
 /// <summary>The queue of waiting requests is full; retry later (HTTP 429).</summary>
 public sealed class SchedulerQueueFullException(int maxQueue)

@@ -37,6 +37,12 @@ internal sealed class Sequence(GenerationHandle request, int choice, int slot, S
 
     public int Generated;
 
+    /// <summary>Chars of text the generated tokens have decoded to so far, delivered or held back for a stop string.</summary>
+    public int DecodedChars;
+
+    /// <summary>Chars delivered in events so far.</summary>
+    public int DeliveredChars;
+
     /// <summary>Speculation: the draft tokens fed after <see cref="NextToken"/> in the step in flight (DraftCount of them).</summary>
     public int[]? Drafts;
     public int DraftCount;
