@@ -139,7 +139,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
     }
 
     /// <summary>Every event of every prompt's request, with the choice index OpenAI gives it: prompt × n + choice.</summary>
-    private static async IAsyncEnumerable<(int Index, GenerationEvent Event)> Events(GenerationHandle[] handles, int n, [EnumeratorCancellation] CancellationToken cancellation)
+    internal static async IAsyncEnumerable<(int Index, GenerationEvent Event)> Events(GenerationHandle[] handles, int n, [EnumeratorCancellation] CancellationToken cancellation)
     {
         if (handles.Length == 1)
         {
@@ -149,7 +149,16 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         var merged = Channel.CreateUnbounded<(int, GenerationEvent)>(new UnboundedChannelOptions { SingleReader = true });
         var pumps = handles.Select((h, p) => Task.Run(async () =>
         {
-            await foreach (var e in h.Events.ReadAllAsync(cancellation)) merged.Writer.TryWrite((p * n + e.Choice, e));
+            try
+            {
+                await foreach (var e in h.Events.ReadAllAsync(cancellation)) merged.Writer.TryWrite((p * n + e.Choice, e));
+            }
+            catch (Exception e)
+            {
+                // One prompt's failure ends the response now: waiting for the other prompts kept the client (and a
+                // timeout's 504) waiting for their whole generations, which the caller then cancels anyway.
+                merged.Writer.TryComplete(e);
+            }
         }, cancellation)).ToArray();
         _ = Task.WhenAll(pumps).ContinueWith(t => merged.Writer.TryComplete(t.Exception?.InnerException ?? (t.IsCanceled ? new OperationCanceledException() : null)),
             CancellationToken.None, TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
@@ -216,6 +225,18 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
     private static async Task StreamAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens)
     {
         var aborted = context.RequestAborted;
+        // The status line waits for the first event: a request that times out or is refused while it waits in the
+        // queue gets its 504/503 (with Retry-After) like a non-streamed one, not a 200 whose stream holds an error.
+        await using var events = Events(handles, request.Choices, aborted).GetAsyncEnumerator(aborted);
+        bool more;
+        try
+        {
+            more = await events.MoveNextAsync();
+        }
+        catch (Exception e) when (EndsGeneration(e))
+        {
+            throw GenerationError(e, aborted) ?? (Exception)new OperationCanceledException(aborted); // null: the client went away
+        }
         var response = context.Response;
         response.StatusCode = 200;
         response.ContentType = "text/event-stream; charset=utf-8";
@@ -227,8 +248,9 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             if (header.Chat)
                 for (int i = 0; i < choices.Length; i++)
                     await sse.SendAsync(w => Chunk(w, header, request, i, "", null, null, role: true), aborted);
-            await foreach (var (index, e) in Events(handles, request.Choices, aborted))
+            for (; more; more = await events.MoveNextAsync())
             {
+                var (index, e) = events.Current;
                 var entry = Apply(choices[index], e, request.LogProbs);
                 string? finish = OpenAiJson.FinishReason(e.Finish);
                 if (e.Text.Length == 0 && entry is null && finish is null) continue;

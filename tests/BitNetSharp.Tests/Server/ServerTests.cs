@@ -415,6 +415,28 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(2, body.GetProperty("choices").GetArrayLength());
     }
 
+    /// <summary>
+    /// A streamed request that times out while it waits in the queue gets 504 with the OpenAI error body, as a
+    /// non-streamed one does: the status line waits for the first event (it used to be 200 with an SSE error event).
+    /// </summary>
+    [Fact]
+    public async Task AStreamTimingOutInTheQueueIs504()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { RequestTimeout = TimeSpan.FromMilliseconds(300), WarmupRequests = 0 });
+        s.Scheduler.StepGate.Reset(); // hold the engine: the request stays queued past its timeout
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/chat/completions")
+        {
+            Content = new StringContent("""{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true}""", Encoding.UTF8, "application/json"),
+        };
+        var sent = s.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        await Task.Delay(600, Ct);
+        s.Scheduler.StepGate.Set();
+        using var response = await sent;
+        Assert.Equal(HttpStatusCode.GatewayTimeout, response.StatusCode);
+        using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct));
+        Assert.Equal("timeout", body.RootElement.GetProperty("error").GetProperty("code").GetString());
+    }
+
     /// <summary>Two prompts with n = 2 need four sequences: a server of two sequences and no queue answers 400, not a 429 for ever.</summary>
     [Fact]
     public async Task PromptsTimesChoicesPastTheServerAre400()
