@@ -62,8 +62,11 @@ public static class ModelConverter
         CheckShapes(weights, type, embeddingType);
         var c = weights.Config;
         // A model with NORM RoPE (a llama-arch GGUF: q/k rows stored permuted, kept so) is written as llama again; as
-        // "bitnet" it reloaded with NEOX RoPE over the permuted rows and gave other logits without a word.
-        string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : c.Rope == Kernels.FloatOps.RopeStyle.Norm ? "llama" : "bitnet";
+        // "bitnet" it reloaded with NEOX RoPE over the permuted rows and gave other logits without a word. A ternary
+        // Llama in HF layout (NEOX order, no sub-norms: LlamaForCausalLM + bitnet) is written as llama too, its q/k
+        // rows permuted to NORM order as llama.cpp's converter does: llama.cpp's "bitnet" requires sub-norms.
+        bool toNorm = c.Family != ModelFamily.BitNet158 && !c.HasSubNorms && c.Rope == Kernels.FloatOps.RopeStyle.Neox;
+        string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : c.Rope == Kernels.FloatOps.RopeStyle.Norm || toNorm ? "llama" : "bitnet";
         var w = new GgufWriter();
         var source = weights.Gguf?.Metadata;
         string? name = source?.TryGetString("general.name", out var n) == true ? n : null;
@@ -74,8 +77,11 @@ public static class ModelConverter
             PackedWeightType.TQ1_0 => GgufModelMetadata.FileTypeTq1_0,
             _ => GgufModelMetadata.FileTypeF16,
         };
+        // The activation key whenever it differs from what a reader assumes for the arch (relu² for bitnet-b1.58, SiLU
+        // otherwise; always for bitnet): a SiLU BitNetForCausalLM lost it and reloaded as relu².
+        var assumed = arch == "bitnet-b1.58" ? FeedForwardActivation.ReluSquared : FeedForwardActivation.Silu;
         GgufModelMetadata.Write(w, c, arch, name, fileType,
-            arch == "bitnet" || (arch == "llama" && c.Activation != FeedForwardActivation.Silu) ? (c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2") : null);
+            arch == "bitnet" || c.Activation != assumed ? (c.Activation == FeedForwardActivation.Silu ? "silu" : "relu2") : null);
         if (source is not null)
         {
             foreach (var (key, value) in source.Entries)
@@ -107,8 +113,18 @@ public static class ModelConverter
             var lw = weights.Layers[l];
             string p = $"blk.{l}.";
             w.AddTensor(p + "attn_norm.weight", GgmlType.F32, [c.Dim], F32(lw.AttnNorm)); Step();
-            Projection(w, p + "attn_q.weight", lw.Q, type); Step();
-            Projection(w, p + "attn_k.weight", lw.K, type); Step();
+            if (toNorm)
+            {
+                using (var q = NormRopeOrder(lw.Q, c.Heads)) Projection(w, p + "attn_q.weight", q, type);
+                Step();
+                using (var k = NormRopeOrder(lw.K, c.KvHeads)) Projection(w, p + "attn_k.weight", k, type);
+                Step();
+            }
+            else
+            {
+                Projection(w, p + "attn_q.weight", lw.Q, type); Step();
+                Projection(w, p + "attn_k.weight", lw.K, type); Step();
+            }
             Projection(w, p + "attn_v.weight", lw.V, type); Step();
             if (lw.AttnSubNorm is { } asn) { w.AddTensor(p + "attn_sub_norm.weight", GgmlType.F32, [c.QDim], F32(asn)); Step(); }
             Projection(w, p + "attn_output.weight", lw.O, type); Step();
@@ -119,6 +135,25 @@ public static class ModelConverter
             Projection(w, p + "ffn_down.weight", lw.Down, type); Step();
         }
         return w;
+    }
+
+    /// <summary>
+    /// q or k rows from rotate-half (NEOX) order to llama.cpp's interleaved-pair (NORM) order: within each head, row
+    /// a·(hd/2)+i moves to 2i+a, so NORM RoPE over the new rows rotates the pairs NEOX RoPE rotated over the old.
+    /// </summary>
+    internal static unsafe TernaryMatrix NormRopeOrder(TernaryMatrix m, int heads)
+    {
+        int hd = m.Rows / heads, half = hd / 2;
+        var p = TernaryMatrix.Allocate(m.Rows, m.Cols);
+        for (int h = 0; h < heads; h++)
+        for (int a = 0; a < 2; a++)
+        for (int i = 0; i < half; i++)
+        {
+            int from = h * hd + a * half + i, to = h * hd + 2 * i + a;
+            Buffer.MemoryCopy(m.Row(from), p.Row(to), p.RowBytes, m.RowBytes);
+            p.RowScales[to] = m.RowScales[from];
+        }
+        return p;
     }
 
     private static void Projection(GgufWriter w, string name, TernaryMatrix m, PackedWeightType type)

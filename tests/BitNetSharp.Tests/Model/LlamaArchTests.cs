@@ -27,6 +27,17 @@ public class LlamaArchTests
         return I2S.Encode(p);
     }
 
+    /// <summary>Layer 0's k projection as ternary values row by row, whatever its packed type.</summary>
+    private static int[] FirstKeyProjection(byte[] file, string name)
+    {
+        using var w = ModelWeights.FromGguf(GgufFile.Parse(file, name), ownsFile: true);
+        var k = w.Layers[0].K;
+        var values = new int[k.Rows * k.Cols];
+        for (int r = 0; r < k.Rows; r++)
+        for (int c = 0; c < k.Cols; c++) values[r * k.Cols + c] = k.Get(r, c);
+        return values;
+    }
+
     [Fact]
     public void PermutedQkWithNormRopeEqualsNeoxLayout()
     {
@@ -77,5 +88,62 @@ public class LlamaArchTests
         var again = Run(converted, "converted.gguf", out var c3);
         Assert.Equal(ModelFamily.TernaryLlama, c3.Family);
         for (int i = 0; i < neox.Length; i++) Assert.True(Math.Abs(neox[i] - again[i]) <= 1e-5 * range, $"converted logit {i}: {neox[i]} vs {again[i]}");
+
+        // A ternary Llama in HF layout (NEOX order, no sub-norms) converts to llama with its q/k rows permuted to
+        // NORM order, as llama.cpp's converter writes it; as "bitnet" llama.cpp refused it for the missing sub-norms.
+        using (var w = ModelWeights.FromGguf(GgufFile.Parse(bitnetBytes, "bitnet.gguf"), ownsFile: true))
+            converted = ModelConverter.ToGguf(w, PackedWeightType.I2_S).ToArray();
+        using (var file = GgufFile.Parse(converted, "from-neox.gguf"))
+            Assert.Equal("llama", file.Metadata.GetString("general.architecture"));
+        Assert.Equal(FirstKeyProjection(llama.ToArray(), "llama.gguf"), FirstKeyProjection(converted, "from-neox.gguf"));
+        var fromNeox = Run(converted, "from-neox.gguf", out var c4);
+        Assert.Equal(BitNetSharp.Kernels.FloatOps.RopeStyle.Norm, c4.Rope);
+        for (int i = 0; i < neox.Length; i++) Assert.True(Math.Abs(neox[i] - fromNeox[i]) <= 1e-5 * range, $"NEOX-converted logit {i}: {neox[i]} vs {fromNeox[i]}");
+    }
+
+    /// <summary>
+    /// A BitNetForCausalLM with hidden_act silu keeps SiLU through convert: bitnet-b1.58 readers assume relu², and the
+    /// converter wrote the activation key only for other archs, so the GGUF reloaded as relu² with other logits.
+    /// </summary>
+    [Fact]
+    public void ConvertingASiluBitNet158KeepsTheActivation()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"bitnet-silu-{Environment.ProcessId}");
+        Directory.CreateDirectory(dir);
+        try
+        {
+            string fixture = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "bitlinear-offline-untied-f32"));
+            File.Copy(Path.Combine(fixture, "model.safetensors"), Path.Combine(dir, "model.safetensors"), overwrite: true);
+            string config = File.ReadAllText(Path.Combine(fixture, "config.json"));
+            Assert.Contains("\"hidden_act\": \"relu2\"", config);
+            File.WriteAllText(Path.Combine(dir, "config.json"), config.Replace("\"hidden_act\": \"relu2\"", "\"hidden_act\": \"silu\""));
+
+            float[] Logits(ModelWeights w)
+            {
+                using var engine = new Transformer(w, 8, new BitNetSharp.Threading.WorkerPool(1));
+                using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, w.Config.ContextLength, KvCacheType.F32);
+                var logits = new float[w.Config.VocabSize];
+                int[] tokens = [3, 1, 4, 1, 5, 9];
+                engine.Forward(tokens.Select((tk, i) => new BatchToken(tk, 0, i, i == tokens.Length - 1)).ToArray(), [cache], logits);
+                return logits;
+            }
+
+            float[] expected;
+            byte[] converted;
+            using (var hf = ModelWeights.Load(dir))
+            {
+                Assert.Equal(FeedForwardActivation.Silu, hf.Config.Activation);
+                expected = Logits(hf);
+                converted = ModelConverter.ToGguf(hf, PackedWeightType.I2_S).ToArray();
+            }
+            using var gguf = ModelWeights.FromGguf(GgufFile.Parse(converted, "silu.gguf"), ownsFile: true);
+            Assert.Equal("bitnet-b1.58", gguf.Config.Architecture);
+            Assert.Equal(FeedForwardActivation.Silu, gguf.Config.Activation);
+            Assert.Equal(expected, Logits(gguf));
+        }
+        finally
+        {
+            Directory.Delete(dir, recursive: true);
+        }
     }
 }
