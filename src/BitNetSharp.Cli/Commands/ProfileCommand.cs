@@ -79,6 +79,8 @@ public static class ProfileCommand
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 
             string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
+            // The trace replaces its path when written: never the model (a synthetic one included) it profiles.
+            if (tracePath is not null) OutputFile.CheckNotInput("--trace", tracePath, (shape is not null ? "synthetic model" : "-m model", path));
             if (result.GetValue(hugePages)) EnableHugePages();
             var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(result.GetValue(weightPages)) });
             using var _ = weights;

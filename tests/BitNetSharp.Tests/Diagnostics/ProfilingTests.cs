@@ -415,6 +415,25 @@ public class ProfilingTests
         Assert.Contains(expected, r.Error);
     }
 
+    /// <summary>--trace naming the model (or a link to it) is refused before the run; the trace replaced the model with JSON.</summary>
+    [Fact]
+    public void TheTraceNeverReplacesTheModel()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = dir.File("m.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(model);
+        long length = new FileInfo(model).Length;
+        string link = dir.File("link.json");
+        File.CreateSymbolicLink(link, model);
+        foreach (var trace in new[] { model, link })
+        {
+            var r = Bitnet("profile", "-m", model, "--trace", trace, "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains("--trace", r.Error);
+            Assert.Equal(length, new FileInfo(model).Length);
+        }
+    }
+
     [Fact]
     public void ProfileCommandPrintsJsonAndWritesATrace()
     {
