@@ -220,7 +220,9 @@ public sealed partial class TextGenerator : IDisposable
         var history = new List<int>(prompt.Count + maxTokens);
         history.AddRange(prompt);
         int generated = 0;
-        if (Speculation is not null)
+        // maxTokens 0 yields nothing, as plain decoding does: the speculative run samples its first token before any
+        // length check, never met Generated == 0 again, and ran to the end of the context.
+        if (Speculation is not null && maxTokens > 0)
         {
             var spec = new SpeculativeRun(this, sampling, sampler, detok, history, maxTokens, ignoreStop, cancellation);
             try

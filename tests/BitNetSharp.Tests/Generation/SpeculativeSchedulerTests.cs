@@ -118,6 +118,15 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         }
     }
 
+    /// <summary>maxTokens 0 with speculation yields nothing, as plain decoding does (it ran to the end of the context).</summary>
+    [Fact]
+    public void SpeculativeGenerationOfZeroTokensYieldsNothing()
+    {
+        using var g = new TextGenerator(_weights, _tokenizer, new GeneratorOptions { Threads = 1, Speculation = new SpeculativeOptions() });
+        Assert.Empty(g.Generate([1, 2, 3], 0, SamplingParameters.Greedy, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).ToList());
+        Assert.Equal(4, g.Generate([1, 2, 3], 4, SamplingParameters.Greedy, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).Count(t => t.Id >= 0));
+    }
+
     [Fact]
     public void SchedulerRefusesADraftModel()
     {
