@@ -12,6 +12,15 @@ public class SafetensorsTests
     private static ModelFormatException FailsHeader(string header, int dataLength = 64) =>
         Fails(TestSafetensors.Assemble(header, new byte[dataLength]));
 
+    /// <summary>The format's no-holes rule: bytes before the first tensor, between two, or after the last are refused.</summary>
+    [Theory]
+    [InlineData("""{"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}""", 8, "must start at 0")]
+    [InlineData("""{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}""", 8, "no trailing bytes")]
+    [InlineData("""{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[4,6]}}""", 6, "belong to no tensor")]
+    [InlineData("""{}""", 8, "no trailing bytes")]
+    public void BytesNoTensorAccountsForAreRefused(string header, int dataLength, string expected) =>
+        Assert.Contains(expected, FailsHeader(header, dataLength).Message);
+
     [Fact]
     public void ReadsTensorsMetadataAndValues()
     {

@@ -195,7 +195,16 @@ public sealed unsafe class SafetensorsFile : IDisposable
             var previous = byBegin[i - 1];
             if (byBegin[i].DataBegin < previous.DataEnd)
                 throw new ModelFormatException(path, $"bytes [{previous.DataBegin}, {previous.DataEnd}) overlap tensor '{byBegin[i].Name}' at [{byBegin[i].DataBegin}, {byBegin[i].DataEnd})", previous.Name);
+            // The format's rule (and the reference parser's): tensors index the whole byte buffer, without holes, so a
+            // file cannot carry bytes no tensor accounts for (polyglot files).
+            if (byBegin[i].DataBegin > previous.DataEnd)
+                throw new ModelFormatException(path, $"bytes [{previous.DataEnd}, {byBegin[i].DataBegin}) between tensor '{previous.Name}' and this one belong to no tensor; safetensors allows no holes", byBegin[i].Name);
         }
+        if (byBegin.Length > 0 && byBegin[0].DataBegin != 0)
+            throw new ModelFormatException(path, $"the first tensor starts at byte {byBegin[0].DataBegin} of the data; safetensors allows no holes (it must start at 0)", byBegin[0].Name);
+        long end = byBegin.Length > 0 ? byBegin.Max(static t => t.DataEnd) : 0;
+        if (end != dataLength)
+            throw new ModelFormatException(path, $"the tensors end at byte {end} of the data but the file holds {dataLength} data bytes; safetensors allows no trailing bytes (was something appended to the file?)");
         return (tensors.ToArray(), metadata);
     }
 
