@@ -83,7 +83,7 @@ public sealed class BitNetServer : IAsyncDisposable
         builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, EmbeddedLifetime>();
         var app = builder.Build();
         var host = new ModelHost(options, app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("BitNetSharp.Server"));
-        Map(app, host, options);
+        Map(app, host, options, IPAddress.IsLoopback(ip));
         // Generations in flight end at once (503 or an SSE error event) instead of holding shutdown until they finish.
         app.Lifetime.ApplicationStopping.Register(host.Dispose);
         try
@@ -123,16 +123,30 @@ public sealed class BitNetServer : IAsyncDisposable
         var h => throw new ArgumentException($"--host '{h}' is not an IP address; use 127.0.0.1 (the default), ::1, 0.0.0.0 or localhost.", nameof(host)),
     };
 
-    private static void Map(WebApplication app, ModelHost host, ServerOptions options)
+    private static void Map(WebApplication app, ModelHost host, ServerOptions options, bool loopbackBind)
     {
         byte[]? key = options.ApiKey is null ? null : HashApiKey(options.ApiKey);
         var cors = options.CorsOrigins.Count == 0 ? null : new HashSet<string>(options.CorsOrigins.Select(o => o.TrimEnd('/')), StringComparer.OrdinalIgnoreCase);
+        // Host names answered: on a loopback bind the loopback names and those listed; elsewhere any, unless some are listed.
+        string[]? hosts = loopbackBind || options.AllowedHosts.Count > 0 ? [.. options.AllowedHosts] : null;
+        if (hosts is not null && hosts.Contains("*")) hosts = null;
         app.Use(async (context, next) =>
         {
             try
             {
+                // DNS rebinding: a page at http://evil.example:8080/ whose name now resolves to 127.0.0.1 is the same
+                // origin as this server in the browser's eyes, so only the Host header shows what it is.
+                if (hosts is not null && !HostAllowed(context.Request.Host.Host, hosts))
+                    throw new ApiException(403, $"This server does not answer requests for host '{context.Request.Host.Host}': it listens on {(loopbackBind ? "a loopback address and answers loopback names (localhost, 127.0.0.1, [::1])" : "names given with --allowed-host")}. "
+                        + "Start it with --allowed-host NAME to answer that name too (a reverse proxy can instead send 'Host: localhost').", "invalid_request_error", code: "host_not_allowed");
                 // CORS first: a browser's preflight carries no Authorization header.
                 if (cors is not null && Cors(context, cors)) return;
+                // Cross-site request forgery: a page on another site can POST a "simple" request (text/plain, no
+                // preflight) to a keyless server. Browsers name the page's origin on every such request.
+                if (!HttpMethods.IsGet(context.Request.Method) && !HttpMethods.IsHead(context.Request.Method) && !HttpMethods.IsOptions(context.Request.Method)
+                    && context.Request.Headers.Origin.ToString() is { Length: > 0 } origin && !OriginAllowed(context.Request, origin, cors))
+                    throw new ApiException(403, $"This server does not accept {context.Request.Method} requests from pages at {origin}. Start it with --cors {origin} to let that page call the API.",
+                        "invalid_request_error", code: "origin_not_allowed");
                 if (key is not null && !IsPublic(context.Request.Path) && !Authorized(context.Request, key))
                     throw new ApiException(401, "Missing or invalid API key: send it as 'Authorization: Bearer YOUR_KEY'.", "invalid_request_error", code: "invalid_api_key");
                 await next(context);
@@ -216,6 +230,48 @@ public sealed class BitNetServer : IAsyncDisposable
         context.Response.StatusCode = StatusCodes.Status204NoContent;
         return true;
     }
+
+    /// <summary>Whether a Host header's name (port removed) is a loopback name or matches one of <paramref name="allowed"/>.</summary>
+    internal static bool HostAllowed(string host, string[] allowed)
+    {
+        if (host.Length == 0) return true; // HTTP/1.0 without Host: no browser sends that
+        host = host.TrimEnd('.');
+        if (host.Equals("localhost", StringComparison.OrdinalIgnoreCase) || host.EndsWith(".localhost", StringComparison.OrdinalIgnoreCase)) return true;
+        if (IPAddress.TryParse(host.Trim('[', ']'), out var ip))
+        {
+            if (ip.IsIPv4MappedToIPv6) ip = ip.MapToIPv4();
+            if (IPAddress.IsLoopback(ip)) return true;
+        }
+        foreach (var pattern in allowed)
+        {
+            if (pattern.StartsWith("*.", StringComparison.Ordinal)
+                    ? host.EndsWith(pattern[1..], StringComparison.OrdinalIgnoreCase) && host.Length > pattern.Length - 1
+                    : host.Trim('[', ']').Equals(pattern.Trim('[', ']'), StringComparison.OrdinalIgnoreCase))
+                return true;
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// Whether a state-changing request from a page at <paramref name="origin"/> is let through: an origin allowed
+    /// by --cors, or the server's own (the origin's host and port are those the request was sent to, or those a
+    /// reverse proxy names in X-Forwarded-Host; a cross-site page cannot set that header without a preflight,
+    /// which only --cors origins pass).
+    /// </summary>
+    internal static bool OriginAllowed(HttpRequest request, string origin, HashSet<string>? cors)
+    {
+        if (cors is not null && (cors.Contains("*") || cors.Contains(origin.TrimEnd('/')))) return true;
+        if (!Uri.TryCreate(origin, UriKind.Absolute, out var page) || page.Scheme is not ("http" or "https")) return false; // "null": sandboxed frames, files
+        if (SameAuthority(page, request.Host)) return true;
+        string forwarded = request.Headers["X-Forwarded-Host"].ToString();
+        int comma = forwarded.IndexOf(',');
+        if (comma >= 0) forwarded = forwarded[..comma];
+        return forwarded.Trim() is { Length: > 0 } f && SameAuthority(page, new HostString(f));
+    }
+
+    private static bool SameAuthority(Uri page, HostString target) =>
+        target.HasValue && string.Equals(page.IdnHost.Trim('[', ']'), target.Host.Trim('[', ']'), StringComparison.OrdinalIgnoreCase)
+        && page.Port == (target.Port ?? (page.Scheme == "https" ? 443 : 80));
 
     /// <summary>A comma-separated list of HTTP header names (RFC 9110 tokens), nothing else.</summary>
     private static bool IsHeaderList(string value)

@@ -27,6 +27,14 @@ public sealed record ServerOptions
     /// </summary>
     public IReadOnlyList<string> CorsOrigins { get; init; } = [];
 
+    /// <summary>
+    /// Host names (the Host header, port ignored; <c>*.example.com</c> for its subdomains, <c>*</c> for any) this
+    /// server answers besides the loopback names (localhost, *.localhost, 127.x.y.z, [::1]). On a loopback bind only
+    /// those loopback names are answered unless more are listed here, so a web page that rebinds its own DNS name to
+    /// 127.0.0.1 cannot drive a keyless local server. On other binds any Host is answered unless this list is set.
+    /// </summary>
+    public IReadOnlyList<string> AllowedHosts { get; init; } = [];
+
     /// <summary>Open TCP connections Kestrel accepts at once; further ones are closed at once (null: no limit).</summary>
     public long? MaxConcurrentConnections { get; init; } = 256;
 
@@ -83,6 +91,18 @@ public sealed record ServerOptions
         foreach (var origin in CorsOrigins ?? throw new ArgumentNullException(nameof(CorsOrigins)))
             if (!IsCorsOrigin(origin))
                 throw new ArgumentException($"The CORS origin '{origin}' is not * or an origin such as https://app.example.com (scheme, host and optional port; no path).", nameof(CorsOrigins));
+        foreach (var name in AllowedHosts ?? throw new ArgumentNullException(nameof(AllowedHosts)))
+            if (!IsHostPattern(name))
+                throw new ArgumentException($"The allowed host '{name}' is not *, a host name (api.example.com), *.example.com or an IP address (no scheme, port or path).", nameof(AllowedHosts));
+    }
+
+    /// <summary>"*", a DNS name or IP address, or "*." and a DNS name.</summary>
+    private static bool IsHostPattern(string name)
+    {
+        if (name == "*") return true;
+        string host = name.StartsWith("*.", StringComparison.Ordinal) ? name[2..] : name;
+        if (System.Net.IPAddress.TryParse(host.Trim('[', ']'), out _)) return !name.StartsWith('*');
+        return host.Length is > 0 and <= 253 && Uri.CheckHostName(host) == UriHostNameType.Dns;
     }
 
     /// <summary>"*", or scheme://host[:port] of http or https with nothing after it.</summary>

@@ -7,7 +7,7 @@ namespace BitNetSharp.Cli.Commands;
 
 /// <summary>
 /// <c>bitnet serve [-m MODEL] [--host 127.0.0.1] [--port 8080] [--max-seqs 8] [--max-batched-tokens 256]
-/// [--max-queue 64] [--timeout 600] [--api-key KEY] [--cors ORIGIN] [--max-connections 256] [--max-body-mb 1]</c>: the
+/// [--max-queue 64] [--timeout 600] [--api-key KEY] [--cors ORIGIN] [--allowed-host NAME] [--max-connections 256] [--max-body-mb 1]</c>: the
 /// OpenAI-compatible server until Ctrl-C. The model, address, port, threads, sequences, context, drain timeout and API
 /// key may also come from environment variables (<see cref="Variables"/>; what a container image or a Kubernetes pod
 /// sets); a flag on the command line wins over its variable.
@@ -96,6 +96,12 @@ public static class ServeCommand
             Description = "Let browser pages from this origin (https://app.example.com; * for any) call the API; repeat for several. Off by default: no CORS headers.",
             AllowMultipleArgumentsPerToken = true,
         };
+        var allowedHosts = new Option<string[]>("--allowed-host")
+        {
+            Description = "Also answer requests whose Host header names this host (api.example.com, *.example.com; * for any); repeat for several. "
+                + "On a loopback --host only localhost, 127.0.0.1 and [::1] are answered by default (a guard against DNS rebinding); on other addresses, any name unless this is given.",
+            AllowMultipleArgumentsPerToken = true,
+        };
         var maxConnections = new Option<long>("--max-connections") { Description = "Open TCP connections accepted at once; more are closed at once.", DefaultValueFactory = _ => 256 };
         var maxBody = new Option<double>("--max-body-mb") { Description = "Request bodies larger than this (MB) get 413.", DefaultValueFactory = _ => 1 };
         var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
@@ -110,7 +116,7 @@ public static class ServeCommand
         {
             host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
             speculate, draftTokens,
-            cors, maxConnections, maxBody,
+            cors, allowedHosts, maxConnections, maxBody,
         };
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
@@ -181,6 +187,7 @@ public static class ServeCommand
                 Port = listenPort,
                 ApiKey = key,
                 CorsOrigins = result.GetValue(cors) ?? [],
+                AllowedHosts = result.GetValue(allowedHosts) ?? [],
                 MaxConcurrentConnections = result.GetValue(maxConnections),
                 MaxRequestBodyBytes = (long)(bodyMb * 1024 * 1024),
                 Scheduler = scheduler,

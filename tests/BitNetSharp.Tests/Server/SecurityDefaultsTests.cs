@@ -201,6 +201,133 @@ public class SecurityDefaultsTests
         }
     }
 
+    /// <summary>
+    /// DNS rebinding: a page at http://evil.example:PORT/ whose name the attacker re-points at 127.0.0.1 is
+    /// same-origin with a loopback server, so the browser lets it read every answer. Only the Host header tells.
+    /// </summary>
+    [Fact]
+    public async Task LoopbackServerAnswersOnlyLoopbackHostNames()
+    {
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }))
+        {
+            int port = s.Server.Address.Port;
+            foreach (var path in new[] { "v1/models", "health", "metrics", "dashboard" })
+            {
+                using var rebound = new HttpRequestMessage(HttpMethod.Get, path) { Headers = { Host = $"evil.example:{port}" } };
+                using var r = await s.Http.SendAsync(rebound, Ct);
+                Assert.Equal(HttpStatusCode.Forbidden, r.StatusCode);
+                string body = await r.Content.ReadAsStringAsync(Ct);
+                Assert.Contains("host_not_allowed", body);
+                Assert.Contains("--allowed-host", body);
+            }
+            using var post = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+            {
+                Content = new StringContent("{\"prompt\":\"hi\",\"max_tokens\":2}", Encoding.UTF8, "text/plain"),
+                Headers = { Host = $"evil.example:{port}" },
+            };
+            using (var r = await s.Http.SendAsync(post, Ct)) Assert.Equal(HttpStatusCode.Forbidden, r.StatusCode);
+            Assert.Equal(0, s.Scheduler.Statistics.PromptTokens);
+            foreach (var name in new[] { $"localhost:{port}", $"LOCALHOST:{port}", $"app.localhost:{port}", $"127.0.0.1:{port}", $"127.1.2.3:{port}", $"[::1]:{port}", "localhost" })
+            {
+                using var ok = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { Host = name } };
+                using var r = await s.Http.SendAsync(ok, Ct);
+                Assert.True(r.StatusCode == HttpStatusCode.OK, $"Host {name}: {r.StatusCode}");
+            }
+        }
+
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, AllowedHosts = ["api.example.com", "*.lan.example"] }))
+        {
+            foreach (var (name, allowed) in new[] { ("api.example.com", true), ("API.example.com:8443", true), ("gpu.lan.example", true), ("lan.example", false), ("evilapi.example.com", false), ("localhost", true) })
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Get, "health") { Headers = { Host = name } };
+                using var r = await s.Http.SendAsync(request, Ct);
+                Assert.True((r.StatusCode != HttpStatusCode.Forbidden) == allowed, $"Host {name}: {r.StatusCode}");
+            }
+        }
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, AllowedHosts = ["*"] }))
+        {
+            using var request = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { Host = "anything.example" } };
+            using var r = await s.Http.SendAsync(request, Ct);
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+        }
+    }
+
+    [Fact]
+    public void HostNamesOnOtherBindsAreCheckedOnlyWhenListed()
+    {
+        Assert.True(BitNetServer.HostAllowed("", []));
+        Assert.True(BitNetServer.HostAllowed("[::ffff:127.0.0.1]", []));
+        Assert.True(BitNetServer.HostAllowed("localhost.", []));
+        Assert.False(BitNetServer.HostAllowed("10.0.0.5", []));
+        Assert.True(BitNetServer.HostAllowed("10.0.0.5", ["10.0.0.5"]));
+        Assert.True(BitNetServer.HostAllowed("[fe80::1]", ["fe80::1"]));
+        Assert.False(BitNetServer.HostAllowed("localhost.evil.example", []));
+        foreach (var bad in new[] { "http://api.example.com", "api.example.com:8080", "api.example.com/v1", "*", "*.10.0.0.1", "" })
+        {
+            var options = new ServerOptions { LoadModel = () => throw new NotImplementedException(), AllowedHosts = [bad] };
+            if (bad == "*") options.Validate();
+            else Assert.Contains("allowed host", Assert.Throws<ArgumentException>(options.Validate).Message);
+        }
+        var error = new StringWriter();
+        Assert.Equal(2, Program.Run(["serve", "-m", "does-not-matter.gguf", "--allowed-host", "http://api.example.com"], new StringWriter(), error));
+        Assert.Contains("http://api.example.com", error.ToString());
+    }
+
+    /// <summary>
+    /// Cross-site request forgery: any web page can POST a text/plain body to a keyless server without a preflight,
+    /// and browsers name the page in Origin. Only the server's own origin and --cors origins may POST.
+    /// </summary>
+    [Fact]
+    public async Task PostsFromOtherSitesAreRefused()
+    {
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }))
+        {
+            int port = s.Server.Address.Port;
+            foreach (var origin in new[] { "https://evil.example", "null", $"http://127.0.0.1:{port + 1}", "file://" })
+            {
+                foreach (var path in new[] { "v1/completions", "v1/chat/completions", "tokenize" })
+                {
+                    using var forged = new HttpRequestMessage(HttpMethod.Post, path)
+                    {
+                        Content = new StringContent("{\"prompt\":\"hi\",\"max_tokens\":2,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}", Encoding.UTF8, "text/plain"),
+                        Headers = { { "Origin", origin } },
+                    };
+                    using var r = await s.Http.SendAsync(forged, Ct);
+                    Assert.True(r.StatusCode == HttpStatusCode.Forbidden, $"{origin} POST {path}: {r.StatusCode}");
+                    string body = await r.Content.ReadAsStringAsync(Ct);
+                    Assert.Contains("origin_not_allowed", body);
+                    Assert.Contains("--cors", body);
+                }
+            }
+            Assert.Equal(0, s.Scheduler.Statistics.PromptTokens);
+
+            // The server's own pages, a reverse proxy's public name, and clients that send no Origin (curl, SDKs).
+            var own = new (string Origin, string? Forwarded)[] { ($"http://127.0.0.1:{port}", null), ($"http://localhost:{port}", null), ("https://chat.example.com", "chat.example.com"), ("http://chat.example.com:8080", "chat.example.com:8080, 10.0.0.1"), ("", null) };
+            foreach (var (origin, forwarded) in own)
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions") { Content = new StringContent("{\"prompt\":\"hi\",\"max_tokens\":2}", Encoding.UTF8, "application/x-www-form-urlencoded") };
+                if (origin.Length > 0) request.Headers.Add("Origin", origin);
+                if (origin.StartsWith("http://localhost", StringComparison.Ordinal)) request.Headers.Host = $"localhost:{port}";
+                if (forwarded is not null) request.Headers.Add("X-Forwarded-Host", forwarded);
+                using var r = await s.Http.SendAsync(request, Ct);
+                Assert.True(r.StatusCode == HttpStatusCode.OK, $"Origin '{origin}' (forwarded {forwarded}): {r.StatusCode} {await r.Content.ReadAsStringAsync(Ct)}");
+            }
+            using var wrongPort = new HttpRequestMessage(HttpMethod.Post, "tokenize") { Content = new StringContent("{\"content\":\"hi\"}"), Headers = { { "Origin", "http://chat.example.com:8081" }, { "X-Forwarded-Host", "chat.example.com:8080" } } };
+            using (var r = await s.Http.SendAsync(wrongPort, Ct)) Assert.Equal(HttpStatusCode.Forbidden, r.StatusCode);
+        }
+
+        const string app = "https://app.example.com";
+        await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, CorsOrigins = [app] }))
+        {
+            foreach (var (origin, status) in new[] { (app, HttpStatusCode.OK), (app + "/", HttpStatusCode.OK), ("https://evil.example", HttpStatusCode.Forbidden) })
+            {
+                using var request = new HttpRequestMessage(HttpMethod.Post, "tokenize") { Content = new StringContent("{\"content\":\"hi\"}"), Headers = { { "Origin", origin } } };
+                using var r = await s.Http.SendAsync(request, Ct);
+                Assert.True(r.StatusCode == status, $"{origin}: {r.StatusCode}");
+            }
+        }
+    }
+
     private static HttpRequestMessage Preflight(string origin) => new(HttpMethod.Options, "v1/chat/completions")
     {
         Headers = { { "Origin", origin }, { "Access-Control-Request-Method", "POST" }, { "Access-Control-Request-Headers", "authorization, content-type" } },
@@ -252,7 +379,7 @@ public class SecurityDefaultsTests
         timeout.CancelAfter(TestServer.Bound);
         try
         {
-            await socket.SendAsync("GET /health HTTP/1.1\r\nHost: x\r\n\r\n"u8.ToArray(), SocketFlags.None, timeout.Token);
+            await socket.SendAsync("GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n"u8.ToArray(), SocketFlags.None, timeout.Token);
             var buffer = new byte[4096];
             var text = new StringBuilder();
             while (true)
