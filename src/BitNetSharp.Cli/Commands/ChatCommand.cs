@@ -39,7 +39,15 @@ public static class ChatCommand
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { Speculation = speculative });
             var messages = new List<ChatMessage>();
-            if (result.GetValue(system) is { Length: > 0 } s) messages.Add(ChatMessage.System(s));
+            if (result.GetValue(system) is { } s && !string.IsNullOrWhiteSpace(s))
+            {
+                messages.Add(ChatMessage.System(s));
+                // A system prompt that leaves no room for any message would refuse every one, each time blaming the message.
+                int systemTokens = chatTemplate.Encode(tokenizer, messages, addGenerationPrompt: true).Length;
+                if (systemTokens + Math.Max(1, Math.Min(answerTokens, generator.ContextLength / 2)) >= generator.ContextLength)
+                    throw new UsageException($"--system: the system prompt takes {systemTokens} tokens with the {chatTemplate.Name} template, which leaves no room for a message and an answer "
+                        + $"in the context of {generator.ContextLength} tokens (--ctx). Shorten it, or raise --ctx.");
+            }
             var reader = input ?? Console.In;
             CancellationTokenSource? answer = null;
             ConsoleCancelEventHandler onCancel = (_, e) =>
@@ -89,32 +97,43 @@ public static class ChatCommand
     /// The conversation's prompt (<paramref name="encode"/> of <paramref name="messages"/>), made to fit a context of
     /// <paramref name="context"/> tokens with room for an answer of min(<paramref name="answerTokens"/>, context / 2): the
     /// oldest messages after a system prompt are dropped from <paramref name="messages"/> (said on <paramref name="log"/>)
-    /// until it fits. When the newest message does not fit even alone, it is taken out again, the reason is said, and null
-    /// is returned: the conversation goes on without it.
+    /// until it fits. When the newest message does not fit even alone, it is taken out again, the reason is said, null
+    /// is returned, and the conversation goes on without it, its history untouched (the turns tried out of it are kept).
     /// </summary>
     internal static int[]? FitToContext(List<ChatMessage> messages, Func<List<ChatMessage>, int[]> encode, int context, int answerTokens, TextWriter log)
     {
         int room = Math.Max(1, Math.Min(answerTokens, context / 2));
         int first = messages.Count > 0 && messages[0].Role == "system" ? 1 : 0;
         int dropped = 0;
-        var prompt = encode(messages);
-        while (prompt.Length + room > context && messages.Count - first > 1)
+        // Turns are dropped from a copy: only a prompt that fits makes the drop real (an oversized message used to wipe
+        // the whole history on its way to being refused).
+        var trial = new List<ChatMessage>(messages);
+        var prompt = encode(trial);
+        while (prompt.Length + room > context && trial.Count - first > 1)
         {
             // A turn at a time: a user message with the answer to it, so the conversation still starts with a question.
-            messages.RemoveAt(first);
+            trial.RemoveAt(first);
             dropped++;
-            if (messages.Count - first > 1 && messages[first].Role == "assistant")
+            if (trial.Count - first > 1 && trial[first].Role == "assistant")
             {
-                messages.RemoveAt(first);
+                trial.RemoveAt(first);
                 dropped++;
             }
-            prompt = encode(messages);
+            prompt = encode(trial);
         }
-        if (dropped > 0)
-            log.WriteLine($"[context full ({context} tokens, --ctx): the oldest {dropped} message(s) are dropped from the conversation]");
-        if (prompt.Length < context) return prompt;
+        if (prompt.Length < context)
+        {
+            if (dropped > 0)
+            {
+                messages.Clear();
+                messages.AddRange(trial);
+                log.WriteLine($"[context full ({context} tokens, --ctx): the oldest {dropped} message(s) are dropped from the conversation]");
+            }
+            return prompt;
+        }
         messages.RemoveAt(messages.Count - 1);
-        log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template, and the context holds {context} (--ctx); it was not sent. Write a shorter one, or start chat with a larger --ctx.");
+        string system = first == 1 ? $" ({encode([messages[0]]).Length} of them the --system prompt's)" : "";
+        log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template{system}, and the context holds {context} (--ctx); it was not sent. Write a shorter one, or start chat with a larger --ctx.");
         return null;
     }
 }

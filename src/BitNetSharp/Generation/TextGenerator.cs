@@ -187,7 +187,14 @@ public sealed partial class TextGenerator : IDisposable
         var last = new float[vocab];
         for (int start = reuse; start < prompt.Count;)
         {
-            cancellation.ThrowIfCancellationRequested();
+            // Cancelled while the prompt is read: the same final Cancelled token as during decoding (it threw, and the
+            // chat command's Ctrl-C ended the program instead of the answer). The cache keeps the chunks already run.
+            if (cancellation.IsCancellationRequested)
+            {
+                LastStats = new GenerationStats(start, reuse, sw.Elapsed.TotalSeconds, 0, 0);
+                yield return new GeneratedToken(-1, "", float.NaN, null, FinishReason.Cancelled);
+                yield break;
+            }
             int n = Math.Min(_batch.Length, prompt.Count - start);
             int wanted = 0;
             for (int i = 0; i < n; i++)

@@ -300,6 +300,46 @@ public class ChatCommandTests
         Assert.Contains("--n-predict (-n) must be at least 1", badCount.ToString());
     }
 
+    /// <summary>
+    /// A message too long to fit even alone is refused without touching the history: the turns dropped while trying
+    /// to make room for it used to stay dropped, so one oversized paste wiped the whole conversation.
+    /// </summary>
+    [Fact]
+    public void AnOversizedMessageLeavesTheHistoryAlone()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string longMessage = string.Join(' ', Enumerable.Repeat("the cat and the dog went to the big house near the sea", 10));
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", model, "--ctx", "96", "-n", "4", "--temp", "0", "-t", "1", "--template", "chatml"], new StringWriter(), error,
+            new StringReader($"hi\n{longMessage}\nok\n\n"));
+        Assert.Equal(0, code);
+        string log = error.ToString();
+        Assert.Contains("it was not sent", log);
+        Assert.DoesNotContain("are dropped", log);
+        var stats = log.Split('\n').Where(l => l.StartsWith('[') && l.Contains("generated", StringComparison.Ordinal)).ToArray();
+        Assert.Equal(2, stats.Length);
+        Assert.DoesNotContain("(0 reused)", stats[1]); // "ok" continues the first turn, still in the history and the cache
+    }
+
+    /// <summary>A --system prompt that leaves no room for a message is a usage error naming --system; a blank one is no system prompt.</summary>
+    [Fact]
+    public void ASystemPromptMustLeaveRoomForAMessage()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", model, "--ctx", "48", "-n", "4", "--template", "chatml", "--system", string.Join(' ', Enumerable.Repeat("be very kind and brief", 12))],
+            new StringWriter(), error, new StringReader("hi\n\n"));
+        Assert.Equal(2, code);
+        Assert.Contains("--system", error.ToString());
+        Assert.Contains("--ctx", error.ToString());
+
+        var blank = new StringWriter();
+        var withBlank = new StringWriter();
+        Assert.Equal(0, Program.Run(["chat", "-m", model, "--ctx", "64", "-n", "4", "--temp", "0", "-t", "1", "--template", "chatml"], blank, new StringWriter(), new StringReader("hi\n\n")));
+        Assert.Equal(0, Program.Run(["chat", "-m", model, "--ctx", "64", "-n", "4", "--temp", "0", "-t", "1", "--template", "chatml", "--system", "   "], withBlank, new StringWriter(), new StringReader("hi\n\n")));
+        Assert.Equal(blank.ToString(), withBlank.ToString());
+    }
+
     [Fact]
     public void TwoTurnsReuseTheCachedHistory()
     {

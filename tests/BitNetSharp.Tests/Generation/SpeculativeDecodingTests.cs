@@ -21,6 +21,32 @@ public sealed class SpeculativeDecodingTests
             .Where(t => t.Id >= 0).Select(t => t.Id).ToList();
     }
 
+    /// <summary>
+    /// Cancelled while the prompt is read: one final Cancelled token, as when cancelled while decoding (it
+    /// threw OperationCanceledException, and chat's Ctrl-C during a long prompt ended the program), with and without
+    /// speculation; the generator stays usable.
+    /// </summary>
+    [Fact]
+    public void CancellingDuringThePromptEndsWithACancelledToken()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var _ = weights;
+        var options = new GeneratorOptions { Threads = 1, PrefillChunk = 4 };
+        foreach (var speculation in new SpeculativeOptions?[] { null, new SpeculativeOptions { DraftTokens = 3 } })
+        {
+            using var g = new TextGenerator(weights, tokenizer, options with { Speculation = speculation });
+            int[] prompt = [.. Enumerable.Range(1, 20)];
+            using var cts = new CancellationTokenSource();
+            cts.Cancel();
+            var tokens = g.Generate(prompt, 4, SamplingParameters.Greedy, cancellation: cts.Token).ToList();
+            Assert.Equal(FinishReason.Cancelled, Assert.Single(tokens).Finish);
+            Assert.Equal(0, g.LastStats!.GeneratedTokens);
+
+            var expected = g.Generate(prompt, 4, SamplingParameters.Greedy, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).Select(t => t.Id).ToList();
+            Assert.Equal(4, expected.Count);
+        }
+    }
+
     /// <summary>Story openings that repeat names and phrases (so prompt lookup finds matches), built from small lists.</summary>
     private static IEnumerable<string> StoryPrompts(int count)
     {
