@@ -185,7 +185,7 @@ public sealed class BitNetServer : IAsyncDisposable
             ("POST", "/v1/completions", completions.Completions),
             ("POST", "/v1/chat/completions", completions.ChatCompletions),
             ("GET", "/v1/models", service.Models),
-            ("GET", "/v1/models/{id}", service.Model),
+            ("GET", "/v1/models/{**id}", service.Model), // ids such as "org/model" hold slashes
             ("GET", "/health", service.Health),
             ("GET", "/metrics", service.Metrics),
             ("GET", "/dashboard", service.Dashboard),
@@ -196,13 +196,25 @@ public sealed class BitNetServer : IAsyncDisposable
         // GET routes answer HEAD too (uptime checkers probe /health with HEAD; Kestrel sends no body for it).
         foreach (var (method, path, handler) in routes) app.MapMethods(path, method == "GET" ? ["GET", "HEAD"] : [method], handler);
         string list = string.Join(", ", routes.Select(r => $"{r.Method} {r.Path}"));
-        app.MapFallback(context =>
+        // "{**path}": every path, dotted ones included (the default fallback pattern skips "file" paths such as
+        // /v2/x.json, which then got an empty 404).
+        app.MapFallback("{**path}", context =>
         {
-            var route = routes.FirstOrDefault(r => string.Equals(r.Path, context.Request.Path.Value?.TrimEnd('/'), StringComparison.OrdinalIgnoreCase));
+            string path = context.Request.Path.Value?.TrimEnd('/') is { Length: > 0 } p ? p : "/";
+            var route = routes.FirstOrDefault(r => RouteMatches(r.Path, path));
             if (route.Path is not null)
-                throw new ApiException(405, $"{context.Request.Method} is not allowed on {route.Path}; use {route.Method}.", "invalid_request_error", code: "method_not_allowed");
+                throw new ApiException(405, $"{context.Request.Method} is not allowed on {route.Path}; use {route.Method}.", "invalid_request_error", code: "method_not_allowed")
+                    { Allow = route.Method == "GET" ? "GET, HEAD" : route.Method };
             throw new ApiException(404, $"There is no route {context.Request.Method} {context.Request.Path}. Routes: {list}.", "invalid_request_error", code: "not_found");
         });
+    }
+
+    /// <summary>Whether a path is one a route pattern takes: literally, or with a "{**name}" tail standing for any non-empty rest.</summary>
+    private static bool RouteMatches(string pattern, string path)
+    {
+        int tail = pattern.IndexOf("{**", StringComparison.Ordinal);
+        return tail < 0 ? string.Equals(pattern, path, StringComparison.OrdinalIgnoreCase)
+            : path.Length > tail && path.StartsWith(pattern.AsSpan(0, tail), StringComparison.OrdinalIgnoreCase);
     }
 
     /// <summary>
@@ -321,6 +333,7 @@ public sealed class BitNetServer : IAsyncDisposable
         }
         if (e.RetryAfterSeconds is { } s) context.Response.Headers.RetryAfter = s.ToString(CultureInfo.InvariantCulture);
         if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
+        if (e.Allow is { } allow) context.Response.Headers.Allow = allow;
         return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None);
     }
 

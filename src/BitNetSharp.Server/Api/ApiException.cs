@@ -14,6 +14,9 @@ internal sealed class ApiException(int status, string message, string type, stri
     /// <summary>Seconds a client should wait before retrying (429 and 503), written as Retry-After.</summary>
     public int? RetryAfterSeconds { get; init; }
 
+    /// <summary>The methods a 405's path does take, written as Allow (RFC 9110 requires it on a 405).</summary>
+    public string? Allow { get; init; }
+
     public static ApiException BadRequest(string message, string? param = null, string? code = null) =>
         new(400, message, "invalid_request_error", param, code);
 }

@@ -130,16 +130,22 @@ internal sealed record CompletionRequest(
             var mr = new JsonRequest(m);
             var role = mr.String("role") ?? throw ApiException.BadRequest($"{p}.role is required.", $"{p}.role", "missing_required_parameter");
             if (!Roles.Contains(role)) throw ApiException.BadRequest($"{p}.role '{role}' is not one of: {string.Join(", ", Roles)}.", $"{p}.role", "invalid_value");
-            list.Add(new ChatMessage(role == "developer" ? "system" : role, Content(mr, p)));
+            list.Add(new ChatMessage(role == "developer" ? "system" : role, Content(mr, p, role)));
             i++;
         }
         return template.Encode(tokenizer, list, addGenerationPrompt: true);
     }
 
-    /// <summary>A message's content: a string, or an array of {"type": "text", "text": ...} parts joined; null for none.</summary>
-    private static string Content(JsonRequest m, string p)
+    /// <summary>
+    /// A message's content: a string, or an array of {"type": "text", "text": ...} parts joined (an assistant's
+    /// {"type": "refusal", "refusal": ...} parts too, as OpenAI returns them). Only an assistant message may leave it
+    /// out or null (OpenAI's rule: one that made tool calls has none); for any other role that is a 400.
+    /// </summary>
+    private static string Content(JsonRequest m, string p, string role)
     {
-        if (!m.TryGet("content", out var c)) return "";
+        if (!m.TryGet("content", out var c))
+            return role == "assistant" ? ""
+                : throw ApiException.BadRequest($"{p}.content is required for a {role} message: a string or an array of text parts.", $"{p}.content", "missing_required_parameter");
         if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
         if (c.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType($"{p}.content", "a string or an array of text parts", c);
         var text = new System.Text.StringBuilder();
@@ -150,6 +156,11 @@ internal sealed record CompletionRequest(
             if (part.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(pp, "an object", part);
             var pr = new JsonRequest(part);
             var type = pr.String("type");
+            if (type == "refusal" && role == "assistant")
+            {
+                text.Append(pr.String("refusal") ?? throw ApiException.BadRequest($"{pp}.refusal is required.", $"{pp}.refusal", "missing_required_parameter"));
+                continue;
+            }
             if (type != "text") throw ApiException.BadRequest($"{pp}.type '{type}' is not supported; this model reads text parts only.", $"{pp}.type", "unsupported_content");
             text.Append(pr.String("text") ?? throw ApiException.BadRequest($"{pp}.text is required.", $"{pp}.text", "missing_required_parameter"));
         }

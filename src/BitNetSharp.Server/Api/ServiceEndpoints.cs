@@ -24,7 +24,8 @@ internal sealed class ServiceEndpoints(ModelHost host)
     public async Task Model(HttpContext context)
     {
         var model = host.RequireReady();
-        string id = context.Request.RouteValues["id"] as string ?? "";
+        // A catch-all route value keeps escapes: the OpenAI SDK sends "org/name" as org%2Fname, which Kestrel leaves encoded.
+        string id = Uri.UnescapeDataString(context.Request.RouteValues["id"] as string ?? "");
         if (!string.Equals(id, model.Id, StringComparison.Ordinal))
             throw new ApiException(404, $"The model '{id}' does not exist; this server serves '{model.Id}' (see GET /v1/models).", "invalid_request_error", "model", "model_not_found");
         await OpenAiJson.WriteJsonAsync(context.Response, 200, w => WriteModel(w, model), context.RequestAborted);

@@ -30,6 +30,31 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
 
+    /// <summary>Hugging Face style ids ("org/name") are retrieved by GET /v1/models/{id}, as the SDK sends them (404 before).</summary>
+    [Fact]
+    public async Task AModelIdWithASlashIsRetrieved()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        {
+            var (weights, tokenizer) = TinyChatModel.Load();
+            return new LoadedModel(weights, tokenizer, "microsoft/tiny-chat");
+        });
+        var one = (await s.OpenAi.GetOpenAIModelClient().GetModelAsync("microsoft/tiny-chat", Ct)).Value;
+        Assert.Equal("microsoft/tiny-chat", one.Id);
+        using var raw = await s.Http.GetAsync("v1/models/microsoft/tiny-chat", Ct);
+        Assert.Equal(HttpStatusCode.OK, raw.StatusCode);
+        using var other = await s.Http.GetAsync("v1/models/microsoft/other", Ct);
+        Assert.Equal(HttpStatusCode.NotFound, other.StatusCode);
+        Assert.Contains("model_not_found", await other.Content.ReadAsStringAsync(Ct));
+
+        // An assistant turn with no content (it made tool calls) or refusal parts reads as OpenAI returns them.
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", """
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null},
+                          {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]}, {"role": "user", "content": "ok"}], "max_tokens": 2}
+            """);
+        Assert.True(status == HttpStatusCode.OK, body.ToString());
+    }
+
     [Fact]
     public async Task HealthModelsTokenizeAndDetokenize()
     {
@@ -258,6 +283,10 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             ("v1/chat/completions", "{\"messages\": [{\"content\": \"hi\"}]}", 400, "messages[0].role", "missing_required_parameter"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"wizard\", \"content\": \"hi\"}]}", 400, "messages[0].role", "invalid_value"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}", 400, "messages[0].content", "invalid_type"),
+            // Only an assistant message may leave content out (OpenAI's rule); the others were sent as empty turns.
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\"}]}", 400, "messages[0].content", "missing_required_parameter"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"system\", \"content\": null}, {\"role\": \"user\", \"content\": \"hi\"}]}", 400, "messages[0].content", "missing_required_parameter"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"refusal\", \"refusal\": \"no\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_logprobs\": 2}", 400, "top_logprobs", null),
             ("tokenize", "{\"content\": 5}", 400, "content", "invalid_type"),
@@ -282,6 +311,18 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var wrongMethod = await S.Http.GetAsync("v1/completions", Ct);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
         Assert.Contains("\"error\"", await wrongMethod.Content.ReadAsStringAsync(Ct));
+        Assert.Equal(["POST"], wrongMethod.Content.Headers.Allow); // RFC 9110: a 405 says what the path takes
+        using (var post = await S.Http.PostAsync("v1/models/tiny-chat", new StringContent("{}"), Ct))
+        {
+            Assert.Equal(HttpStatusCode.MethodNotAllowed, post.StatusCode);
+            Assert.Equal(["GET", "HEAD"], post.Content.Headers.Allow);
+        }
+        // A dotted path is a route miss like any other: the JSON error, not an empty 404.
+        using (var dotted = await S.Http.GetAsync("v2/models.json", Ct))
+        {
+            Assert.Equal(HttpStatusCode.NotFound, dotted.StatusCode);
+            Assert.Contains("not_found", await dotted.Content.ReadAsStringAsync(Ct));
+        }
         // Uptime checkers probe with HEAD: the status without a body (it was a 405).
         using (var head = await S.Http.SendAsync(new HttpRequestMessage(HttpMethod.Head, "health"), Ct))
         {

@@ -21,6 +21,10 @@ public abstract class ChatTemplate
         {
             var m = messages[i] ?? throw new ArgumentException($"Message {i} is null.", nameof(messages));
             if (string.IsNullOrEmpty(m.Role)) throw new ArgumentException($"Message {i} has no role.", nameof(messages));
+            // The role goes into the prompt outside the plain-text spans: "user<|eot_id|>..." would forge turns.
+            foreach (char ch in m.Role)
+                if (!(char.IsAsciiLetterOrDigit(ch) || ch is '_' or '-'))
+                    throw new ArgumentException($"Message {i}'s role '{m.Role}' is not a name (ASCII letters, digits, '_' and '-' only).", nameof(messages));
             if (m.Content is null) throw new ArgumentException($"Message {i} ({m.Role}) has no content.", nameof(messages));
         }
         var text = new StringBuilder();
@@ -115,27 +119,37 @@ public sealed class Llama2ChatTemplate : ChatTemplate
 
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
-        string? system = null;
+        // System messages not yet folded into a user turn: several (an OpenAI request's system and developer messages)
+        // share one <<SYS>> block as paragraphs; the last one used to replace the others.
+        var system = new List<string>();
         foreach (var m in messages)
         {
             switch (m.Role)
             {
                 case "system":
-                    system = m.Content.Trim();
+                    system.Add(m.Content.Trim());
                     break;
                 case "assistant":
                     Content(text.Append(' '), m.Content.Trim(), spans).Append(" </s>");
                     break;
                 default:
                     text.Append("<s>[INST] ");
-                    if (system != null) Content(text.Append("<<SYS>>\n"), system, spans).Append("\n<</SYS>>\n\n");
-                    system = null;
+                    SystemBlock(text, system, spans);
                     Content(text, m.Content.Trim(), spans).Append(" [/INST]");
                     break;
             }
         }
         // A system message with no user turn after it still reaches the model.
-        if (system != null) Content(text.Append("<s>[INST] <<SYS>>\n"), system, spans).Append("\n<</SYS>>\n\n [/INST]");
+        if (system.Count > 0) SystemBlock(text.Append("<s>[INST] "), system, spans).Append(" [/INST]");
+    }
+
+    private static StringBuilder SystemBlock(StringBuilder text, List<string> system, List<Range>? spans)
+    {
+        if (system.Count == 0) return text;
+        text.Append("<<SYS>>\n");
+        for (int i = 0; i < system.Count; i++) Content(i == 0 ? text : text.Append("\n\n"), system[i], spans);
+        system.Clear();
+        return text.Append("\n<</SYS>>\n\n");
     }
 }
 
