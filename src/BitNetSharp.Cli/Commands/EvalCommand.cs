@@ -12,7 +12,7 @@ namespace BitNetSharp.Cli.Commands;
 /// <summary>
 /// <c>bitnet eval -m MODEL --data FILE [--ctx N] [--stride S] [--kv-type T] [--head-type T] [--kl-reference REF] [--kl-kv-type T]
 /// [--save-logits FILE] [--json]</c>: perplexity and bits per byte of a text under a model (windows of ctx tokens every
-/// stride tokens, the second half of each scored), and with a reference — another model, the same model with other
+/// stride tokens, positions from max(ctx/2, ctx − stride) of each scored), and with a reference — another model, the same model with other
 /// settings, or a saved-logits file — the KL divergence of the model's next-token distributions from the
 /// reference's (mean, median, p99, max), top-token agreement and Δppl, llama-perplexity --kl-divergence style.
 /// </summary>
@@ -23,7 +23,8 @@ public static class EvalCommand
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
         var data = new Option<string>("--data") { Description = "A UTF-8 text file to score.", Required = true };
         var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: the model's context)." };
-        var stride = new Option<int>("--stride") { Description = "Tokens between window starts (default: the window length)." };
+        var stride = new Option<int>("--stride") { Description = "Tokens between window starts (default: the window length). Each window scores its positions from max(ctx/2, ctx - stride) on, "
+            + "so every scored token has at least ctx/2 of context and none is scored twice; a stride up to ctx/2 scores every token after the first window's first half, a longer one skips the first half of each window." };
         var json = new Option<bool>("--json") { Description = "Print one JSON document." };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type of the evaluated model: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f32" };
@@ -53,7 +54,10 @@ public static class EvalCommand
         {
             try
             {
-                if (r.GetValue(ctx) is < 0 and var badCtx) throw new UsageException($"--ctx (-c) must be a window length in tokens (0: the model's context); got {badCtx}.");
+                if (r.GetValue(ctx) is var badCtx && badCtx is < 0 or 1) throw new UsageException($"--ctx (-c) must be a window length of at least 2 tokens (0: the model's context); got {badCtx}.");
+                // Without --save-logits the top-K setting has nothing to apply to: an accepted, ignored flag misleads.
+                if (r.GetResult(saveTop) is { Implicit: false } && r.GetValue(saveLogits) is null)
+                    throw new UsageException("--save-logits-top only applies with --save-logits FILE.");
                 if (r.GetValue(stride) is < 0 and var badStride) throw new UsageException($"--stride must be a number of tokens (0: the window length); got {badStride}.");
                 if (r.GetValue(threads) is < 0 and var badThreads) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {badThreads}.");
                 string dataPath = r.GetRequiredValue(data);

@@ -66,8 +66,12 @@ public static class QualityEvaluator
     /// </summary>
     public static (int Windows, int FirstScored, long Positions) Plan(int tokenCount, int ctx, int stride)
     {
+        if (ctx < 2) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, "The window must be at least 2 tokens.");
+        if (stride < 1 || stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be 1 to the window ({ctx}).");
         int firstScored = Math.Max(ctx / 2, ctx - stride);
-        int windows = (tokenCount - 1 - ctx) / stride + 1;
+        // A window needs ctx + 1 tokens; text shorter than one window scores nothing (integer division toward zero
+        // made that 1 window, and far shorter text a negative count).
+        int windows = tokenCount < ctx + 1 ? 0 : (tokenCount - 1 - ctx) / stride + 1;
         return (windows, firstScored, (long)windows * (ctx - firstScored));
     }
 

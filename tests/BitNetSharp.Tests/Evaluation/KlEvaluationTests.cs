@@ -160,6 +160,10 @@ public class KlEvaluationTests
     [InlineData(57, 9, 2)]
     public void APlanScoresEachTargetAtMostOnce(int tokenCount, int ctx, int stride)
     {
+        // Text shorter than one window (ctx + 1 tokens) plans no window: it was 1 window, and far shorter text a negative count.
+        Assert.Equal((0, 0L), (QualityEvaluator.Plan(ctx, ctx, stride).Windows, QualityEvaluator.Plan(ctx, ctx, stride).Positions));
+        Assert.Equal(0, QualityEvaluator.Plan(1, ctx, stride).Windows);
+        Assert.Equal(1, QualityEvaluator.Plan(ctx + 1, ctx, stride).Windows);
         var (windows, first, positions) = QualityEvaluator.Plan(tokenCount, ctx, stride);
         var targets = new List<int>();
         for (int w = 0; w < windows; w++)
@@ -320,6 +324,10 @@ public class KlEvaluationTests
         foreach (var (option, value, message) in new[]
         {
             ("--ctx", "-512", "--ctx (-c) must be a window length"), ("--stride", "-1", "--stride must be a number of tokens"), ("-t", "-3", "--threads (-t) must be ≥ 0"),
+            // A one-token window reached the library and exited 1 with a message naming no option.
+            ("--ctx", "1", "--ctx (-c) must be a window length of at least 2"),
+            // Ignored without --save-logits, even when out of range.
+            ("--save-logits-top", "-5", "--save-logits-top only applies with --save-logits"),
         })
         {
             (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, option, value);
