@@ -86,7 +86,18 @@ public sealed unsafe class KvCache : IDisposable
     public long ByteLength => _keys.ByteLength + _values.ByteLength + _scales.ByteLength;
 
     /// <summary>Bytes holding the <see cref="Length"/> positions written so far.</summary>
-    public long BytesInUse => ByteLength / ContextLength * Length;
+    public long BytesInUse
+    {
+        get
+        {
+            // Int8 keys in 16-position blocks hold whole blocks; spreading the rounded-up allocation over the context
+            // (the old ByteLength / ContextLength · Length) miscounted any context not a multiple of 16.
+            int length = Length;
+            long keyPositions = _keyBlocks ? Math.Min(Int8KeyBlocks.RoundUp(length), _keyPositions) : length;
+            return (RowCount(Layers, KvHeads, length) + RowCount(Layers, KvHeads, (int)keyPositions)) * _rowBytes
+                   + (HasScale(Type) ? 2 * RowCount(Layers, KvHeads, length) * sizeof(float) : 0);
+        }
+    }
 
     /// <summary>What a cache of this shape will allocate, for planning memory before creating one.</summary>
     public static long BytesFor(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type)

@@ -726,6 +726,17 @@ public unsafe class KvCacheTests
             Fill(cache, 2, 1);
             Assert.Equal(cache.ByteLength / 5 * 2, cache.BytesInUse);
         }
+        // Int8 keys with a head of 32 are stored in 16-position blocks: a context of 17 allocates 32 key positions.
+        // In use is what the written positions' rows take (whole key blocks), and all of it once full.
+        using (var blocked = new KvCache(1, 1, 32, 17, KvCacheType.Int8))
+        {
+            var r = new float[32];
+            r[0] = 1;
+            blocked.Write(0, 0, r, r);
+            Assert.Equal(16 * 32 + 32 + 2 * 4, blocked.BytesInUse);
+            for (int p = 1; p < 17; p++) blocked.Write(0, p, r, r);
+            Assert.Equal(blocked.ByteLength, blocked.BytesInUse);
+        }
     }
 
     [Fact]
