@@ -8,7 +8,7 @@ namespace BitNetSharp.Training;
 /// <see cref="Tokens"/> are id → token text (special tokens as written; every other token as its bytes through GPT-2's
 /// byte → character map), <see cref="Merges"/> are "left right" in rank order. <see cref="Encode"/> is the encoder
 /// the trainer uses for its data (GPT-2 pre-tokenization, then merges by rank); the runtime's GGUF tokenizer
-/// (pre-tokenizer "gpt-2") gives the same ids for the same text.
+/// (pre-tokenizer "gpt-2") gives the same ids for the same text (with special-token text read as the tokens on both sides).
 /// </summary>
 public sealed partial class TrainedTokenizer
 {

@@ -38,6 +38,22 @@ public class BpeTrainerTests(ITestOutputHelper output)
         Assert.Equal(tokenizer.IdOf("Ġthe"), tokenizer.Encode(" the", parseSpecial: false).Single());
     }
 
+    /// <summary>
+    /// A corpus that separates its documents with &lt;|endoftext|&gt; (TinyStoriesV2 does) trains on EOS there, as the
+    /// trainer that cut the marker out when counting pairs assumed; the corpus encoded it as a dozen text ids.
+    /// </summary>
+    [Fact]
+    public void TheTrainingStreamReadsASpecialTokenInADocumentAsThatToken()
+    {
+        string[] docs = ["once upon a time<|endoftext|>the end", "a cat sat\nthe end"];
+        var tokenizer = BpeTrainer.Train(docs, 270, [BpeTrainer.EndOfText]);
+        var stream = TrainingCorpus.Split(docs, 0).EncodeTrain(tokenizer);
+        Assert.Equal(2, stream.Count(id => id == tokenizer.EosId)); // the one in the text and the one between documents
+        Assert.DoesNotContain("endoftext", tokenizer.Decode([.. stream.Where(id => id != tokenizer.EosId)]));
+        var held = TrainingCorpus.Split(["a story<|endoftext|>the next one\nand its end<|endoftext|>x"], 0.5).EncodeValidation(tokenizer);
+        Assert.Contains(tokenizer.EosId, held);
+    }
+
     [Fact]
     public void TiesBreakToTheLexicographicallyGreaterPair()
     {
