@@ -47,6 +47,22 @@ public sealed class SpeculativeDecodingTests
         }
     }
 
+    /// <summary>
+    /// A prompt ending in a padding id (an embedding row past the tokenizer's vocabulary, as in padded checkpoints) is a
+    /// valid prompt: it threw from the tokenizer after the whole prompt had been run.
+    /// </summary>
+    [Fact]
+    public void APromptEndingInAPaddingIdGenerates()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load(modelVocab: 272);
+        using var _ = weights;
+        Assert.True(tokenizer.VocabularySize < weights.Config.VocabSize);
+        using var g = new TextGenerator(weights, tokenizer, new GeneratorOptions { Threads = 1 });
+        var tokens = g.Generate([TinyChatModel.EndOfText, 5, 270], 3, SamplingParameters.Greedy, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(3, tokens.Count);
+        Assert.All(tokens, t => Assert.True(t.Id < tokenizer.VocabularySize));
+    }
+
     /// <summary>Story openings that repeat names and phrases (so prompt lookup finds matches), built from small lists.</summary>
     private static IEnumerable<string> StoryPrompts(int count)
     {

@@ -19,9 +19,10 @@ internal static class TinyChatModel
     public static SyntheticShape Shape { get; } = SyntheticShape.Tiny with { Name = "tiny-chat", VocabSize = VocabSize, ContextLength = 256 };
 
     /// <param name="layers">More layers make each token slower, for tests that need a generation to outlast something.</param>
-    public static GgufWriter Build(int seed = 11, int contextLength = 256, int layers = 2)
+    /// <param name="modelVocab">The embedding's rows: more than the tokenizer's 262 makes a padded vocabulary.</param>
+    public static GgufWriter Build(int seed = 11, int contextLength = 256, int layers = 2, int modelVocab = VocabSize)
     {
-        var w = SyntheticModel.Build(Shape with { ContextLength = contextLength, Layers = layers }, seed);
+        var w = SyntheticModel.Build(Shape with { ContextLength = contextLength, Layers = layers, VocabSize = modelVocab }, seed);
         var tokens = new List<string>();
         for (int b = 0; b < 256; b++) tokens.Add(ByteLevelEncoding.ByteToChar((byte)b).ToString());
         tokens.AddRange(["Ġt", "he", "Ġthe", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]);
@@ -37,9 +38,9 @@ internal static class TinyChatModel
     }
 
     /// <summary>The model in memory, with its tokenizer.</summary>
-    public static (ModelWeights Weights, BitNetTokenizer Tokenizer) Load(int seed = 11, int contextLength = 256, int layers = 2)
+    public static (ModelWeights Weights, BitNetTokenizer Tokenizer) Load(int seed = 11, int contextLength = 256, int layers = 2, int modelVocab = VocabSize)
     {
-        var file = GgufFile.Parse(Build(seed, contextLength, layers).ToArray(), "tiny-chat.gguf");
+        var file = GgufFile.Parse(Build(seed, contextLength, layers, modelVocab).ToArray(), "tiny-chat.gguf");
         var tokenizer = TokenizerLoader.FromGguf(file);
         return (ModelWeights.FromGguf(file, ownsFile: true), tokenizer);
     }
