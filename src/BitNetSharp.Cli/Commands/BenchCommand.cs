@@ -17,6 +17,12 @@ namespace BitNetSharp.Cli.Commands;
 /// </summary>
 public static class BenchCommand
 {
+    /// <summary>The most --repetitions (each a full pass of every test).</summary>
+    public const int MaxRepetitions = 10_000;
+
+    /// <summary>The largest --ctx: 16 Mi positions (a KV cache past that is terabytes for any real shape).</summary>
+    public const int MaxContext = 1 << 24;
+
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory." };
@@ -51,17 +57,26 @@ public static class BenchCommand
             string? synth = result.GetValue(synthetic);
             if (synth is not null == result.GetValue(model) is not null && synth is not null)
                 throw new UsageException("give either -m MODEL or --synthetic SHAPE, not both.");
-            string path = synth is not null
-                ? SyntheticFile(SyntheticShape.ByName(synth), result.GetValue(headType) ?? "f16", cli)
-                : ModelOptions.ResolveModel(result.GetValue(model));
+            // The shape's name is checked now; its file is built (minutes for 2b4t) only once every option has passed.
+            SyntheticShape? shape;
+            try
+            {
+                shape = synth is null ? null : SyntheticShape.ByName(synth);
+            }
+            catch (ArgumentException e)
+            {
+                throw new UsageException($"--synthetic: {e.Message.Split(" (Parameter '")[0]}");
+            }
             int[] threadCounts = result.GetValue(threads) is { } list
                 ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
-                    int.TryParse(t, out int n) && n > 0 ? n : throw new UsageException($"--threads: '{t}' is not a positive integer.")).ToArray()
+                    int.TryParse(t, out int n) && n is > 0 and <= 4096 ? n : throw new UsageException($"--threads: '{t}' is not an integer from 1 to 4096.")).ToArray()
                 : [WorkerPool.DefaultThreadCount()];
+            if (threadCounts.Length == 0) throw new UsageException("--threads: give at least one thread count (e.g. 1,2,4).");
             int[] sequenceCounts = result.GetValue(sequences)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                 int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
+            if (sequenceCounts.Length == 0) throw new UsageException("--sequences: give at least one sequence count (e.g. 1,4).");
             int repetitions = result.GetValue(reps);
-            if (repetitions < 1) throw new UsageException($"--repetitions must be at least 1; got {repetitions}.");
+            if (repetitions is < 1 or > MaxRepetitions) throw new UsageException($"--repetitions must be 1 to {MaxRepetitions}; got {repetitions}.");
             if (result.GetValue(prompt) < 0) throw new UsageException($"--n-prompt must be 0 (no pp test) or more; got {result.GetValue(prompt)}.");
             if (result.GetValue(gen) < 0) throw new UsageException($"--n-gen must be 0 (no tg test) or more; got {result.GetValue(gen)}.");
             if (result.GetValue(prompt) == 0 && result.GetValue(gen) == 0 && !result.GetValue(bandwidthOnly))
@@ -71,7 +86,7 @@ public static class BenchCommand
                 int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n : throw new UsageException($"--depth: '{t}' is not a non-negative integer.")).ToArray();
             if (depthList.Length == 0) throw new UsageException("--depth: give at least one depth (0 for an empty cache).");
             int ctxOption = result.GetValue(ctxSize);
-            if (ctxOption < 0) throw new UsageException($"--ctx must be positive; got {ctxOption}.");
+            if (ctxOption is < 0 or > MaxContext) throw new UsageException($"--ctx must be 1 to {MaxContext} positions (0: the model's context); got {ctxOption}.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
             if (result.GetValue(json) && result.GetValue(csv)) throw new UsageException("--json and --csv: give one output format.");
@@ -108,6 +123,9 @@ public static class BenchCommand
                 return 0;
             }
             ResetPeakRss();
+            string path = shape is not null
+                ? SyntheticFile(shape, result.GetValue(headType) ?? "f16", cli)
+                : ModelOptions.ResolveModel(result.GetValue(model));
 
             long t0 = Stopwatch.GetTimestamp();
             if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
@@ -118,7 +136,7 @@ public static class BenchCommand
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int context = weights.Config.ContextLength, maxDepth = depthList.Max();
             foreach (var (flag, count) in new[] { ("-p", result.GetValue(prompt)), ("-n", result.GetValue(gen)) })
-                if (count > 0 && maxDepth + count > context)
+                if (count > 0 && (long)maxDepth + count > context) // long: a depth near int.MaxValue wrapped past the check
                     throw new UsageException(ctxOption > 0
                         ? $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; --ctx {ctxOption} allocates {context}."
                         : $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; the model's context is {context} (pass --ctx {maxDepth + Math.Max(result.GetValue(prompt), result.GetValue(gen))} to allocate more).");
@@ -286,11 +304,25 @@ public static class BenchCommand
         };
         string dir = Path.Combine(Path.GetTempPath(), "bitnet-synthetic");
         Directory.CreateDirectory(dir);
-        string path = Path.Combine(dir, $"{shape.Name}-{headType.ToLowerInvariant()}.gguf");
+        // Keyed by every dimension of the shape, not its name alone: a shape changed between versions found the old
+        // file and benchmarked it. Written under a temporary name and moved, so an interrupted write leaves no file
+        // that a later run would take for the model.
+        uint key = 2166136261;
+        foreach (char ch in shape.ToString()) key = (key ^ ch) * 16777619;
+        string path = Path.Combine(dir, $"{shape.Name}-{key:x8}-{headType.ToLowerInvariant()}.gguf");
         if (!File.Exists(path))
         {
             cli.Error.WriteLine($"writing synthetic {shape.Name} model to {path} (once)...");
-            SyntheticModel.Build(shape, seed: 1, embeddingType: type).WriteFile(path);
+            string partial = $"{path}.{Environment.ProcessId}.partial";
+            try
+            {
+                SyntheticModel.Build(shape, seed: 1, embeddingType: type).WriteFile(partial);
+                File.Move(partial, path, overwrite: true);
+            }
+            finally
+            {
+                File.Delete(partial);
+            }
             GC.Collect();
         }
         return path;

@@ -198,7 +198,20 @@ public class DepthBenchTests
         }
         var noReps = new StringWriter();
         Assert.NotEqual(0, Program.Run(["bench", "--synthetic", "tiny", "-t", "1", "-r", "0"], new StringWriter(), noReps));
-        Assert.Contains("--repetitions must be at least 1", noReps.ToString());
+        Assert.Contains("--repetitions must be 1 to", noReps.ToString());
+        // Each a usage error (exit 2) naming its option, before any model is built: empty lists ran nothing and said
+        // nothing, a depth near int.MaxValue wrapped past the context check, and an unknown shape exited 1.
+        foreach (var (args, what) in new (string[], string)[]
+        {
+            (["--synthetic", "tiny", "-t", ","], "--threads"), (["--synthetic", "tiny", "-t", "1", "-s", ","], "--sequences"),
+            (["--synthetic", "tiny", "-t", "1", "-r", "2000000000"], "--repetitions"), (["--synthetic", "tiny", "-t", "1", "--ctx", "2000000000"], "--ctx"),
+            (["--synthetic", "tiny", "-t", "1", "-p", "0", "-n", "8", "-d", "2147483647"], "-d 2147483647"), (["--synthetic", "huge", "-t", "1"], "--synthetic"),
+        })
+        {
+            var error = new StringWriter();
+            Assert.Equal(2, Program.Run(["bench", .. args], new StringWriter(), error));
+            Assert.Contains(what, error.ToString());
+        }
         var bad = Bench("-d", "x");
         Assert.NotEqual(0, bad.Code);
         Assert.Contains("--depth", bad.Error);
