@@ -148,6 +148,9 @@ public sealed record ModelConfig
         return (int)embedding.Dims[1];
     }
 
+    /// <summary>The longest context a model may declare: 16 Mi positions (the RoPE table and the KV cache are sized by it).</summary>
+    public const int MaxContextLength = 1 << 24;
+
     private void Validate(string path)
     {
         void Require(bool ok, string what)
@@ -162,6 +165,8 @@ public sealed record ModelConfig
             $"the sizes (dim {Dim}, {Heads} heads × head dim {HeadDim}, ff {FeedForward}) are beyond what this runtime supports (2^24 per dimension)");
         Require(HeadDim % 2 == 0, $"head dimension {HeadDim} must be even for RoPE");
         Require(float.IsFinite(RmsEps) && RmsEps > 0, $"RMS norm epsilon {RmsEps} must be positive");
-        Require(float.IsFinite(RopeTheta) && RopeTheta > 0, $"RoPE base {RopeTheta} must be positive");
+        // The RoPE table's own rule (θ^(−2i/d) must fall with i): a base of 1 or below loaded and then failed at the first forward pass.
+        Require(float.IsFinite(RopeTheta) && RopeTheta > 1, $"RoPE base (rope_theta / rope.freq_base) {RopeTheta} must be a finite number above 1");
+        Require(ContextLength <= MaxContextLength, $"context length {ContextLength} is beyond what this runtime supports ({MaxContextLength} positions)");
     }
 }

@@ -113,6 +113,10 @@ public class HfModelDirectoryTests
 
         var norm = Config(""","quantization_config":{"quant_method":"bitnet","use_rms_norm":true}""");
         Assert.Equal("quantization_config.use_rms_norm", Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(norm)).Item);
+
+        // A base of 1 or below, or a context past 2^24, loaded and then failed in the engine (the RoPE table refuses such a base).
+        foreach (var (json, what) in new[] { (""","rope_theta":1.0""", "RoPE base"), (""","rope_theta":0.5""", "RoPE base"), (""","max_position_embeddings":2000000000""", "context length") })
+            Assert.Contains(what, Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(Config(json))).Message);
     }
 
     [Theory]
