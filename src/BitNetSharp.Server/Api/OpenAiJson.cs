@@ -148,6 +148,9 @@ internal static class OpenAiJson
                 // Keys are token texts; two tokens with one text (rare once partial UTF-8 is spelled as bytes) keep the first, the likelier.
                 foreach (var t in e.Top ?? [])
                     if (keys.Add(LegacyTokenText(h.Tokenizer, t.Token))) w.WriteNumber(LegacyTokenText(h.Tokenizer, t.Token), Finite(t.LogProb));
+                // OpenAI's rule: the sampled token is always listed, so there may be logprobs + 1 entries (logprobs: 0 gives just it).
+                string chosen = LegacyTokenText(h.Tokenizer, e.Token);
+                if (keys.Add(chosen)) w.WriteNumber(chosen, Finite(e.LogProb));
                 w.WriteEndObject();
             }
             w.WriteEndArray();

@@ -118,6 +118,39 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(completion.Usage.InputTokenCount, usage.InputTokenCount);
     }
 
+    /// <summary>
+    /// Legacy top_logprobs always hold the sampled token (OpenAI: "up to logprobs+1 elements"): logprobs 0 lists just it,
+    /// and a sampled token outside the top k is added with its own log-probability (before: left out, and logprobs 0 gave {}).
+    /// </summary>
+    [Fact]
+    public async Task LegacyTopLogProbsIncludeTheSampledToken()
+    {
+        var (status, body, _) = await S.PostAsync("v1/completions", new { prompt = "Once upon a time", max_tokens = 6, temperature = 0, ignore_eos = true, logprobs = 0 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        var lp = body.GetProperty("choices")[0].GetProperty("logprobs");
+        for (int i = 0; i < 6; i++)
+        {
+            var only = Assert.Single(lp.GetProperty("top_logprobs")[i].EnumerateObject());
+            Assert.Equal(lp.GetProperty("tokens")[i].GetString(), only.Name);
+            Assert.Equal(lp.GetProperty("token_logprobs")[i].GetDouble(), only.Value.GetDouble());
+        }
+
+        (status, body, _) = await S.PostAsync("v1/completions", new { prompt = "Once upon a time", max_tokens = 24, temperature = 2.0, seed = 11, ignore_eos = true, logprobs = 1 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        lp = body.GetProperty("choices")[0].GetProperty("logprobs");
+        int extra = 0;
+        for (int i = 0; i < 24; i++)
+        {
+            var top = lp.GetProperty("top_logprobs")[i].EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble());
+            string token = lp.GetProperty("tokens")[i].GetString()!;
+            Assert.True(top.ContainsKey(token), $"position {i}: sampled '{token}' missing from top_logprobs");
+            Assert.Equal(lp.GetProperty("token_logprobs")[i].GetDouble(), top[token]);
+            Assert.InRange(top.Count, 1, 2);
+            if (top.Count == 2) extra++;
+        }
+        Assert.True(extra > 0, "at temperature 2 some sampled token should fall outside the top 1");
+    }
+
     /// <summary>/v1/completions through the official client's pipeline (auth, transport): non-streaming and SSE, with usage and finish reasons.</summary>
     [Fact]
     public async Task OpenAiClientPipelineCompletionsStreamingAndNot()
