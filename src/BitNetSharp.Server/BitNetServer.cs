@@ -50,6 +50,8 @@ public sealed class BitNetServer : IAsyncDisposable
 
     internal ModelMonitor? Monitor => _host.Served?.Monitor;
 
+    internal ServedModel? Served => _host.Served;
+
     /// <summary>Completes when the model is loaded and warmed up; faults if that failed.</summary>
     public Task Ready => _host.Ready;
 

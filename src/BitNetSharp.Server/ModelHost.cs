@@ -59,7 +59,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             _loaded = loaded;
             _state = (int)ModelState.WarmingUp;
             var scheduler = new ContinuousBatchScheduler(loaded.Weights, loaded.Tokenizer, options.Scheduler with { DefaultTimeout = options.RequestTimeout });
-            var template = loaded.Tokenizer is null ? null : ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
+            var template = loaded.Tokenizer is null ? null : options.ChatTemplate ?? ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger);
             _monitor = monitor;
             var process = new ProcessMeters(() => InFlight);

@@ -70,6 +70,9 @@ public sealed record ServerOptions
     /// <summary>Weight checks, alerts and the telemetry log.</summary>
     public MonitoringOptions Monitoring { get; init; } = new();
 
+    /// <summary>The chat template for /v1/chat/completions (serve --template); null: chosen from the model (<see cref="BitNetSharp.Tokenization.ChatTemplates.ForModel"/>).</summary>
+    public BitNetSharp.Tokenization.ChatTemplate? ChatTemplate { get; init; }
+
     /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that makes no sense.</summary>
     public void Validate()
     {

@@ -20,7 +20,8 @@ public static class ChatCommand
         var template = new Option<string?>("--template") { Description = $"Chat template: {string.Join(", ", ChatTemplates.Names)} (default: chosen by model)." };
         var system = new Option<string?>("--system") { Description = "A system prompt." };
         var count = new Option<int>("--n-predict", "-n") { Description = "Tokens per answer at most.", DefaultValueFactory = _ => 256 };
-        var command = new Command("chat", "Chat with a model in the terminal.") { template, system, count };
+        var stop = GenerateCommand.StopOption();
+        var command = new Command("chat", "Chat with a model in the terminal.") { template, system, count, stop };
         model.AddTo(command);
         sampling.AddTo(command);
         speculation.AddTo(command);
@@ -35,6 +36,8 @@ public static class ChatCommand
             var chatTemplate = result.GetValue(template) is { } name
                 ? ChatTemplates.ByName(name)
                 : ChatTemplates.ForModel(weights.Config.Architecture, tokenizer);
+            // The template's turn markers that this vocabulary spells as text end an answer too (no stop token would).
+            var stops = GenerateCommand.Stops(result, stop).Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { Speculation = speculative });
@@ -70,7 +73,7 @@ public static class ChatCommand
                     if (prompt is null) continue;
                     answer = new CancellationTokenSource();
                     var reply = new System.Text.StringBuilder();
-                    foreach (var token in generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), parameters, cancellation: answer.Token))
+                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), parameters, cancellation: answer.Token), stops))
                     {
                         reply.Append(token.Text);
                         cli.Output.Write(token.Text);

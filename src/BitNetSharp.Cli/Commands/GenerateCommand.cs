@@ -28,9 +28,10 @@ public static class GenerateCommand
         var healthEvery = new Option<int?>("--health-every") { Description = "Measure every N forward calls instead of every one (with --health or the --log-* flags)." };
         var logResidual = new Option<bool>("--log-residual-stats") { Description = "Print one line per layer and measured step: residual RMS, max |x|, relative change, and the int8 saturation/underflow of each BitLinear input (stderr)." };
         var logLogits = new Option<bool>("--log-logits") { Description = "Print one line per measured step: logits min, max, range and entropy (stderr)." };
+        var stop = StopOption();
         var command = new Command("generate", "Generate text from a prompt, streamed as it comes.")
         {
-            prompt, promptIds, count, ignoreEos, noEcho, logitsOut, idsOut, health, healthEvery, logResidual, logLogits,
+            prompt, promptIds, count, ignoreEos, noEcho, stop, logitsOut, idsOut, health, healthEvery, logResidual, logLogits,
         };
         model.AddTo(command);
         sampling.AddTo(command);
@@ -52,6 +53,8 @@ public static class GenerateCommand
             else if (tokenizer is null)
                 throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
             else promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
+            var stops = Stops(result, stop);
+            if (stops.Length > 0 && tokenizer is null) throw new UsageException($"--stop needs text, and {weights.SourcePath} has no tokenizer.");
 
             bool wantHealth = result.GetValue(health), wantResidual = result.GetValue(logResidual), wantLogits = result.GetValue(logLogits);
             int every = result.GetValue(healthEvery) ?? 1;
@@ -74,7 +77,7 @@ public static class GenerateCommand
             var generated = new List<int>();
             var output = cli.Output;
             // Generate validates (context, token ids) before the first token, so errors come before any output.
-            var tokens = generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation);
+            var tokens = StopStrings.Apply(generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation), stops);
             if (!result.GetValue(noEcho))
                 output.Write(tokenizer is not null && text is not null ? text : string.Join(' ', promptTokens) + " |");
             output.Flush();
@@ -107,6 +110,22 @@ public static class GenerateCommand
             return 0;
         })));
         return command;
+    }
+
+    /// <summary>--stop TEXT, repeatable (OpenAI's "stop"; llama.cpp's reverse prompt).</summary>
+    internal static Option<string[]> StopOption() => new("--stop")
+    {
+        Description = "End the output where this text appears (repeatable); the text itself is not printed.",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    /// <summary>The --stop texts; an empty one is a usage error.</summary>
+    internal static string[] Stops(ParseResult result, Option<string[]> option)
+    {
+        var stops = result.GetValue(option) ?? [];
+        foreach (var s in stops)
+            if (string.IsNullOrEmpty(s)) throw new UsageException("--stop: a stop text is empty; give the text the output should end at.");
+        return stops;
     }
 
     /// <summary>--health's repetition line: the server's bitnet_health_repetition_ratio, for this one generation.</summary>

@@ -102,6 +102,7 @@ public static class ServeCommand
                 + "On a loopback --host only localhost, 127.0.0.1 and [::1] are answered by default (a guard against DNS rebinding); on other addresses, any name unless this is given.",
             AllowMultipleArgumentsPerToken = true,
         };
+        var template = new Option<string?>("--template") { Description = $"Chat template for /v1/chat/completions: {string.Join(", ", BitNetSharp.Tokenization.ChatTemplates.Names)} (default: chosen by model)." };
         var maxConnections = new Option<long>("--max-connections") { Description = "Open TCP connections accepted at once; more are closed at once.", DefaultValueFactory = _ => 256 };
         var maxBody = new Option<double>("--max-body-mb") { Description = "Request bodies larger than this (MB) get 413.", DefaultValueFactory = _ => 1 };
         var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
@@ -115,7 +116,7 @@ public static class ServeCommand
             + "environment variables when set: " + string.Join(", ", Variables.Select(v => $"{v.Variable} ({v.Flag})")) + ".")
         {
             host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
-            speculate, draftTokens,
+            speculate, draftTokens, template,
             cors, allowedHosts, maxConnections, maxBody,
         };
         model.AddTo(command);
@@ -179,6 +180,18 @@ public static class ServeCommand
             string? key = result.GetValue(apiKey) ?? env(ApiKeyVariable);
             if (key is { Length: 0 }) key = null;
             string id = result.GetValue(alias) ?? ModelId(path);
+            BitNetSharp.Tokenization.ChatTemplate? chatTemplate = null;
+            if (result.GetValue(template) is { } templateName)
+            {
+                try
+                {
+                    chatTemplate = BitNetSharp.Tokenization.ChatTemplates.ByName(templateName);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException("--template: " + e.Message.Split(" (Parameter '")[0]);
+                }
+            }
             double bodyMb = result.GetValue(maxBody);
             if (!(bodyMb >= 1.0 / 1024) || bodyMb > 1024) throw new UsageException($"--max-body-mb must be between 0.001 and 1024; got {bodyMb}.");
             var options = new ServerOptions
@@ -192,6 +205,7 @@ public static class ServeCommand
                 MaxRequestBodyBytes = (long)(bodyMb * 1024 * 1024),
                 Scheduler = scheduler,
                 Monitoring = monitoring,
+                ChatTemplate = chatTemplate,
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
                 MaxTokensLimit = result.GetValue(maxTokens),
                 MaxChoices = result.GetResult(maxN) is { Implicit: false } ? result.GetValue(maxN) : Math.Max(1, seqs),

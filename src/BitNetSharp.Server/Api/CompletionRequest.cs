@@ -86,7 +86,14 @@ internal sealed record CompletionRequest(
         bool? speculate = r.Bool("speculate");
         if (speculate == true && options.Scheduler.Speculation is null)
             throw ApiException.BadRequest("speculate: true needs a server started with --speculate ngram.", "speculate");
-        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, ParseStop(r), r.Bool("ignore_eos") ?? false, logProbs, speculate);
+        bool ignoreEos = r.Bool("ignore_eos") ?? false;
+        IReadOnlyList<string>? stops = ParseStop(r);
+        // A chat answer also ends at the template's turn markers that this vocabulary spells as text (ChatML on a
+        // vocabulary without <|im_start|>): no stop token would end it, and it would run on into a made-up next turn.
+        // ignore_eos, which ignores the stop tokens, ignores these too.
+        if (chat && !ignoreEos && model.Tokenizer is { } tk && model.Template is { } tpl && tpl.TextStops(tk) is { Count: > 0 } markers)
+            stops = [.. (stops ?? []).Concat(markers).Distinct(StringComparer.Ordinal)];
+        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, stops, ignoreEos, logProbs, speculate);
     }
 
     public static void CheckModel(JsonRequest r, ServedModel model)

@@ -33,6 +33,28 @@ public class GenerateCommandTests
         return path;
     }
 
+    /// <summary>--stop ends the output where its text appears, without printing it (there was no way to stop at a text in the CLI).</summary>
+    [Fact]
+    public void StopTextEndsTheOutput()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var (code, full, _) = Bitnet("generate", "-m", model, "-p", "Once upon a time", "-n", "40", "--temp", "0", "--no-echo", "--ignore-eos");
+        Assert.Equal(0, code);
+        full = full.TrimEnd('\n', '\r');
+        // A word from the middle of the greedy continuation, at its first occurrence.
+        var words = full.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        string stop = words.Skip(4).First(w => w.Length >= 3 && full.IndexOf(w, StringComparison.Ordinal) > 10);
+        int at = full.IndexOf(stop, StringComparison.Ordinal);
+        var (code2, cut, error) = Bitnet("generate", "-m", model, "-p", "Once upon a time", "-n", "40", "--temp", "0", "--no-echo", "--ignore-eos", "--stop", "zzqx", "--stop", stop);
+        Assert.Equal(0, code2);
+        Assert.Equal(full[..at], cut.TrimEnd('\n', '\r'));
+        Assert.DoesNotContain("generation: 40 tokens", error);
+
+        var (bad, _, message) = Bitnet("generate", "-m", model, "-p", "x", "--stop", "");
+        Assert.Equal(2, bad);
+        Assert.Contains("--stop", message);
+    }
+
     /// <summary>The run whose logits go non-finite still prints the --health table (it was lost with the exception).</summary>
     [Fact]
     public void HealthTableIsPrintedWhenLogitsGoNonFinite()

@@ -139,3 +139,46 @@ public class ChatTemplateTests
         Assert.Throws<ArgumentException>(() => ChatTemplates.BitNet.Render([new ChatMessage("user", null!)]));
     }
 }
+
+/// <summary>Turn markers a vocabulary spells as text become stop strings, and the stop-string stream over generated tokens.</summary>
+public class ChatTextStopTests
+{
+    /// <summary>Only the markers that are not one token of the vocabulary need a stop string.</summary>
+    [Fact]
+    public void TextStopsAreTheMarkersTheVocabularyLacks()
+    {
+        var (weights, tokenizer) = BitNetSharp.Tests.Server.TinyChatModel.Load();
+        using var _ = weights;
+        Assert.Empty(ChatTemplates.ChatMl.TextStops(tokenizer)); // <|im_start|> and <|im_end|> are its tokens
+        Assert.Equal(["<|eot_id|>", "<|start_header_id|>"], ChatTemplates.Llama3.TextStops(tokenizer));
+        Assert.Equal(["<|eot_id|>"], ChatTemplates.BitNet.TextStops(tokenizer));
+        Assert.Equal(["</s>", "[INST]"], ChatTemplates.Llama2.TextStops(tokenizer));
+    }
+
+    private static IEnumerable<BitNetSharp.Generation.GeneratedToken> Tokens(List<int> consumed, params string[] texts)
+    {
+        for (int i = 0; i < texts.Length; i++)
+        {
+            consumed.Add(i);
+            yield return new(i, texts[i], -1f, null, i == texts.Length - 1 ? BitNetSharp.Generation.FinishReason.Length : BitNetSharp.Generation.FinishReason.None);
+        }
+    }
+
+    /// <summary>A stop split over tokens is found, none of it is delivered, and generation ends at the token that completes it.</summary>
+    [Fact]
+    public void StopStringsSplitOverTokensEndTheStream()
+    {
+        var consumed = new List<int>();
+        var got = BitNetSharp.Generation.StopStrings.Apply(Tokens(consumed, "ab", "<|im", "_en", "d|>xy", "more", "end"), ["<|im_end|>"]).ToList();
+        Assert.Equal("ab", string.Concat(got.Select(t => t.Text)));
+        Assert.Equal(BitNetSharp.Generation.FinishReason.Stop, got[^1].Finish);
+        Assert.Equal(3, got[^1].Id);
+        Assert.Equal(4, consumed.Count); // the generator was not asked for another token
+
+        // A held-back prefix that never completes is delivered with the last token.
+        got = BitNetSharp.Generation.StopStrings.Apply(Tokens(consumed, "a", "<|i"), ["<|im_end|>"]).ToList();
+        Assert.Equal(["a", "<|i"], got.Select(t => t.Text));
+        Assert.Equal(BitNetSharp.Generation.FinishReason.Length, got[^1].Finish);
+        Assert.Throws<ArgumentException>(() => BitNetSharp.Generation.StopStrings.Apply(Tokens(consumed, "a"), [""]));
+    }
+}

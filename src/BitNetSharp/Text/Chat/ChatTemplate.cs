@@ -61,6 +61,24 @@ public abstract class ChatTemplate
 
     private protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans);
 
+    /// <summary>The markup that ends an assistant turn or starts the next one (<c>&lt;|im_end|&gt;</c>, <c>&lt;|eot_id|&gt;</c>, ...).</summary>
+    private protected abstract string[] TurnMarkers { get; }
+
+    /// <summary>
+    /// Stop strings an answer needs with this tokenizer: the template's turn markers that are not one control token in
+    /// the vocabulary. Such a marker (ChatML on a vocabulary without <c>&lt;|im_start|&gt;</c>) is written as plain
+    /// text, so no stop token ends the turn, and a model that learnt the format writes it as text and would run on into
+    /// the next turn. Markers that are control tokens need nothing: the stop token ends the answer.
+    /// </summary>
+    public IReadOnlyList<string> TextStops(BitNetTokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var stops = new List<string>();
+        foreach (var m in TurnMarkers)
+            if (!tokenizer.TryGetTokenId(m, out _)) stops.Add(m);
+        return stops;
+    }
+
     /// <summary>Appends a message's content, recording its span.</summary>
     private protected static StringBuilder Content(StringBuilder text, string content, List<Range>? spans)
     {
@@ -86,6 +104,8 @@ public sealed class BitNetChatTemplate : ChatTemplate
 {
     public override string Name => "bitnet";
 
+    private protected override string[] TurnMarkers => ["<|eot_id|>"];
+
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
         text.Append("<|begin_of_text|>");
@@ -98,6 +118,8 @@ public sealed class BitNetChatTemplate : ChatTemplate
 public sealed class Llama3ChatTemplate : ChatTemplate
 {
     public override string Name => "llama3";
+
+    private protected override string[] TurnMarkers => ["<|eot_id|>", "<|start_header_id|>"];
 
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
@@ -116,6 +138,8 @@ public sealed class Llama3ChatTemplate : ChatTemplate
 public sealed class Llama2ChatTemplate : ChatTemplate
 {
     public override string Name => "llama2";
+
+    private protected override string[] TurnMarkers => ["</s>", "[INST]"];
 
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
@@ -157,6 +181,8 @@ public sealed class Llama2ChatTemplate : ChatTemplate
 public sealed class ChatMlTemplate : ChatTemplate
 {
     public override string Name => "chatml";
+
+    private protected override string[] TurnMarkers => ["<|im_end|>", "<|im_start|>"];
 
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {

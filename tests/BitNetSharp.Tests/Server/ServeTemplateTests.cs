@@ -1,0 +1,56 @@
+using System.Net;
+using System.Text.Json;
+using BitNetSharp.Server;
+using BitNetSharp.Server.Api;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>serve --template, and the turn markers a vocabulary spells as text as stop strings of chat requests.</summary>
+public class ServeTemplateTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task ChosenTemplateRendersChatAndItsTextMarkersStopAnswers()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { ChatTemplate = ChatTemplates.Llama3 });
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", new { messages = new[] { new { role = "user", content = "the cat" } }, max_tokens = 2, temperature = 0 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        var served = s.Server.Served!;
+        Assert.Same(ChatTemplates.Llama3, served.Template);
+        int expected = ChatTemplates.Llama3.Encode(served.Tokenizer!, [ChatMessage.User("the cat")]).Length;
+        Assert.Equal(expected, body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+
+        // The tiny vocabulary has no <|eot_id|>: the template writes it as text, so chat requests stop at it as text.
+        var options = new ServerOptions { LoadModel = () => throw new NotSupportedException() };
+        using var chat = JsonDocument.Parse("""{"messages":[{"role":"user","content":"hi"}],"stop":"zz"}""");
+        var parsed = CompletionRequest.Parse(new JsonRequest(chat.RootElement), chat: true, served, options);
+        Assert.Equal(["zz", "<|eot_id|>", "<|start_header_id|>"], parsed.Stop);
+        using var ignoring = JsonDocument.Parse("""{"messages":[{"role":"user","content":"hi"}],"ignore_eos":true}""");
+        Assert.Null(CompletionRequest.Parse(new JsonRequest(ignoring.RootElement), chat: true, served, options).Stop);
+        using var legacy = JsonDocument.Parse("""{"prompt":"hi"}""");
+        Assert.Null(CompletionRequest.Parse(new JsonRequest(legacy.RootElement), chat: false, served, options).Stop);
+    }
+
+    /// <summary>A template ChatML's tokens serve needs no text stops.</summary>
+    [Fact]
+    public async Task DefaultTemplateWithControlMarkersAddsNoStops()
+    {
+        await using var s = await TestServer.StartAsync();
+        var options = new ServerOptions { LoadModel = () => throw new NotSupportedException() };
+        using var chat = JsonDocument.Parse("""{"messages":[{"role":"user","content":"hi"}]}""");
+        Assert.Null(CompletionRequest.Parse(new JsonRequest(chat.RootElement), chat: true, s.Server.Served!, options).Stop);
+    }
+
+    [Fact]
+    public void UnknownTemplateIsAUsageError()
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = BitNetSharp.Cli.Program.Run(["serve", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--template", "vicuna", "--port", "0"], output, error);
+        Assert.Equal(2, code);
+        Assert.Contains("--template", error.ToString());
+        Assert.Contains("chatml", error.ToString());
+    }
+}
