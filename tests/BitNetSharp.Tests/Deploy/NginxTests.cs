@@ -89,7 +89,7 @@ public sealed class NginxTests
             int n = 0;
             text = Regex.Replace(text, @"^(\s*)server 127\.0\.0\.1:\d+ ", m => n < replicas.Length ? $"{m.Groups[1].Value}server {replicas[n++].Authority} " : $"{m.Groups[1].Value}# ", RegexOptions.Multiline);
             Assert.Equal(replicas.Length, n);
-            text = Regex.Replace(text, @"listen 8080;", $"listen 127.0.0.1:{port};");
+            text = Regex.Replace(text, @"listen 8080( default_server)?;", m => $"listen 127.0.0.1:{port}{m.Groups[1].Value};");
             string copy = Path.Combine(dir, "bitnet.conf");
             File.WriteAllText(copy, text);
             // Test instrumentation: which replica(s) each answer came from ("A, B": A failed, B answered).
@@ -99,6 +99,20 @@ public sealed class NginxTests
 
             using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/"), Timeout = TimeSpan.FromSeconds(30) };
             await WaitForAsync(async () => (await http.GetAsync("health", Ct)).StatusCode == HttpStatusCode.OK, "nginx answering /health 200");
+
+            // The replicas see Host: localhost whatever the client sent, so the proxy itself must turn away foreign names
+            // (DNS rebinding): such a request's connection is closed. Before, nginx passed it on and the replica answered.
+            using (var rebound = new HttpRequestMessage(HttpMethod.Get, "v1/models"))
+            {
+                rebound.Headers.Host = $"attacker.example:{port}";
+                await Assert.ThrowsAsync<HttpRequestException>(() => http.SendAsync(rebound, Ct));
+            }
+            // A page of another site posting through an allowed name: its Origin is not the proxy's own name.
+            using (var forged = new HttpRequestMessage(HttpMethod.Post, "tokenize") { Content = new StringContent("{\"content\":\"hi\"}", System.Text.Encoding.UTF8, "text/plain") })
+            {
+                forged.Headers.Add("Origin", $"http://attacker.example:{port}");
+                Assert.Equal(HttpStatusCode.Forbidden, (await http.SendAsync(forged, Ct)).StatusCode);
+            }
 
             // Streams first (each until its first event), non-streaming requests alongside, then SIGKILL.
             const int StreamTokens = 240, Tokens = 200;
