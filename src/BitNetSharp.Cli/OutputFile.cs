@@ -27,7 +27,16 @@ internal static class OutputFile
         string resolved = Resolve(full);
         foreach (var (inputOption, input) in inputs)
         {
-            if (input is null || Directory.Exists(input)) continue;
+            if (input is null) continue;
+            if (Directory.Exists(input))
+            {
+                // A model directory (Hugging Face): a new file beside its files is fine, replacing one of them is not
+                // (a trace over model.safetensors destroyed the weights).
+                string folder = Resolve(Path.TrimEndingDirectorySeparator(Path.GetFullPath(input))) + Path.DirectorySeparatorChar;
+                if (File.Exists(resolved) && (resolved.StartsWith(folder, StringComparison.Ordinal) || full.StartsWith(folder, StringComparison.Ordinal)))
+                    throw new UsageException($"{option} {path} is a file of the {inputOption} directory {input}; the output would replace it. Give another path.");
+                continue;
+            }
             if (Resolve(Path.GetFullPath(input)) == resolved)
                 throw new UsageException($"{option} {path} is the {inputOption} file; the output would replace it. Give another path.");
         }

@@ -54,7 +54,7 @@ public static class CalibrateCommand
                     return CalibrateTune.Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(ctx), r.GetValue(tuneSteps), r.GetValue(tuneLr),
                         r.GetValue(seed), r.GetRequiredValue(output), r.GetValue(threads));
                 return Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(samples), r.GetValue(ctx), r.GetValue(budget), r.GetValue(seed),
-                    r.GetValue(maxSteps), r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json));
+                    r.GetResult(maxSteps) is { Implicit: false } ? r.GetValue(maxSteps) : null, r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json));
             }
             catch (InvalidDataException e)
             {
@@ -64,12 +64,13 @@ public static class CalibrateCommand
         return command;
     }
 
-    private static int Run(CliConsole cli, string? modelPath, string dataPath, int samples, int ctxOption, double budget, int seed, int maxSteps,
+    private static int Run(CliConsole cli, string? modelPath, string dataPath, int samples, int ctxOption, double budget, int seed, int? maxSteps,
         string outPath, string? reportPath, int threads, bool json)
     {
         if (!(budget > 0) || !double.IsFinite(budget)) throw new UsageException($"--kl-budget must be a positive number of nats; got {budget.ToString(CultureInfo.InvariantCulture)}.");
         if (samples < 2) throw new UsageException($"--samples must be at least 2 (one window for statistics, one held out); got {samples}.");
-        if (maxSteps < 0) throw new UsageException($"--max-steps must be ≥ 0; got {maxSteps}.");
+        // 0 ran the whole search (0 stood for "not given"), which may take hours and lowers widths the user asked to keep.
+        if (maxSteps < 1) throw new UsageException($"--max-steps must be at least 1; got {maxSteps}. Leave it out to search until the budget is spent.");
         if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
         if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
         if (reportPath is not null && (Directory.Exists(reportPath) || reportPath.EndsWith('/') || reportPath.EndsWith(Path.DirectorySeparatorChar)))
@@ -82,6 +83,10 @@ public static class CalibrateCommand
         foreach (var path in new[] { outFull, reportPath })
             if (Path.GetDirectoryName(path) is { } dir && !Directory.Exists(dir))
                 throw new UsageException($"Cannot write {path}: the directory {dir} does not exist.");
+        // The text is read first and the outputs are moved into place after the search: one of them on --data replaced it.
+        OutputFile.CheckNotInput("--out", outFull, ("--data", dataPath));
+        foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })
+            OutputFile.CheckNotInput("--report", written, ("--data", dataPath));
 
         string text = TrainingCorpus.ReadText(dataPath);
         var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(modelPath));
@@ -122,7 +127,7 @@ public static class CalibrateCommand
         log?.Invoke(string.Create(CultureInfo.InvariantCulture,
             $"calibration: {statStarts.Count} windows of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
         var result = BitWidthSearch.Run(engine, tokens, window, heldStarts, bos, budget, Path.GetDirectoryName(outFull) ?? ".", bytes,
-            maxSteps > 0 ? maxSteps : int.MaxValue, log);
+            maxSteps ?? int.MaxValue, log);
         var baseline = result.Kl.Reference;
 
         // Outputs: the model (what the search was for), then the report (Markdown + SVG); each written whole or not at

@@ -415,6 +415,33 @@ public class ProfilingTests
         Assert.Contains(expected, r.Error);
     }
 
+    /// <summary>
+    /// A file of a Hugging Face model directory given as --trace (or as convert's output) is refused before the run; the
+    /// check skipped directories, and the trace replaced model.safetensors. A new file in the directory is still fine.
+    /// </summary>
+    [Fact]
+    public void TheTraceNeverReplacesAFileOfAModelDirectory()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = Path.Combine(dir.Path, "hf");
+        Directory.CreateDirectory(model);
+        foreach (var f in Directory.GetFiles(RepositoryFiles.Path("tests/fixtures/hf-bitnet/autobitlinear-offline-gqa-f32")))
+            File.Copy(f, Path.Combine(model, Path.GetFileName(f)));
+        foreach (var name in new[] { "model.safetensors", "config.json" })
+        {
+            string victim = Path.Combine(model, name);
+            var before = File.ReadAllBytes(victim);
+            var r = Bitnet("profile", "-m", model + "/", "--trace", victim, "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
+            Assert.Equal(2, r.ExitCode);
+            Assert.Contains("--trace", r.Error);
+            Assert.Equal(before, File.ReadAllBytes(victim));
+        }
+        var c = Bitnet("convert", model, Path.Combine(model, "config.json"));
+        Assert.Equal(2, c.ExitCode);
+        var ok = Bitnet("profile", "-m", model, "--trace", Path.Combine(model, "trace.json"), "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
+        Assert.True(ok.ExitCode == 0, ok.Error);
+    }
+
     /// <summary>--trace naming the model (or a link to it) is refused before the run; the trace replaced the model with JSON.</summary>
     [Fact]
     public void TheTraceNeverReplacesTheModel()

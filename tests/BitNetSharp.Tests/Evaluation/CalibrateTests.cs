@@ -122,6 +122,7 @@ public class CalibrateTests
     [InlineData("--ctx", "100000", "--ctx 100000 must be 4 to")]
     [InlineData("--ctx", "-512", "--ctx must be a window length in tokens")]
     [InlineData("--threads", "-3", "--threads must be ≥ 0")]
+    [InlineData("--max-steps", "0", "--max-steps must be at least 1")] // ran the whole search
     public void BadSettingsAreUsageErrorsAndWriteNothing(string option, string value, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -132,6 +133,28 @@ public class CalibrateTests
         Assert.Equal(2, code);
         Assert.Contains(message, error);
         Assert.Equal([data], Directory.GetFiles(dir.Path));
+    }
+
+    /// <summary>No output may land on the --data text: the report (or an SVG beside it) or --out replaced it after the search.</summary>
+    [Fact]
+    public void OutputsNeverReplaceTheText()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string text = string.Concat(Enumerable.Repeat(Story, 8));
+        foreach (var (name, args) in new (string, string[])[]
+        {
+            ("notes.md", ["--report", "notes.md", "--out", "o.gguf"]),
+            ("x-crest.svg", ["--report", "x.md", "--out", "o.gguf"]),
+            ("data.gguf", ["--out", "data.gguf"]),
+        })
+        {
+            string data = dir.File(name);
+            File.WriteAllText(data, text);
+            var (code, _, error) = Cli(["calibrate", "-m", BundledModel, "--data", data, "--ctx", "64", "--samples", "4", .. args.Select(a => a.Contains('.') ? dir.File(a) : a)]);
+            Assert.Equal(2, code);
+            Assert.Contains("--data", error);
+            Assert.Equal(text, File.ReadAllText(data));
+        }
     }
 
     [Fact]
