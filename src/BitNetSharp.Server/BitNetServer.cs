@@ -149,7 +149,7 @@ public sealed class BitNetServer : IAsyncDisposable
                     && context.Request.Headers.Origin.ToString() is { Length: > 0 } origin && !OriginAllowed(context.Request, origin, cors))
                     throw new ApiException(403, $"This server does not accept {context.Request.Method} requests from pages at {origin}. Start it with --cors {origin} to let that page call the API.",
                         "invalid_request_error", code: "origin_not_allowed");
-                if (key is not null && !IsPublic(context.Request.Path) && !Authorized(context.Request, key))
+                if (key is not null && !IsPublic(context.Request) && !Authorized(context.Request, key))
                     throw new ApiException(401, "Missing or invalid API key: send it as 'Authorization: Bearer YOUR_KEY'.", "invalid_request_error", code: "invalid_api_key");
                 await next(context);
             }
@@ -300,8 +300,12 @@ public sealed class BitNetServer : IAsyncDisposable
     internal IReadOnlyList<Endpoint> Endpoints =>
         ((Microsoft.AspNetCore.Routing.IEndpointRouteBuilder)_app).DataSources.SelectMany(d => d.Endpoints).ToArray();
 
-    /// <summary>Paths served without the API key: the health probe and the dashboard page (which holds no data).</summary>
-    private static bool IsPublic(PathString path) => path == "/health" || path == "/dashboard" || path == "/";
+    /// <summary>
+    /// Requests served without the API key: the plain health probe and the dashboard page (which holds no data).
+    /// <c>/health?verbose</c> needs the key: it names the model, its checksum and the firing alerts with their values.
+    /// </summary>
+    private static bool IsPublic(HttpRequest request) =>
+        request.Path == "/health" ? !request.Query.ContainsKey("verbose") : request.Path == "/dashboard" || request.Path == "/";
 
     private static bool Authorized(HttpRequest request, byte[] key) => ApiKeyMatches(request.Headers.Authorization.ToString(), key);
 

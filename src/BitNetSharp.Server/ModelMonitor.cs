@@ -78,8 +78,9 @@ internal sealed class ModelMonitor : IDisposable
                     else logger.LogWarning("telemetry log: rows are being dropped, {Error} (bitnet_telemetry_dropped_rows_total counts them)", e.Message);
                 };
         }
-        // Unpacking every tensor takes seconds on a 2B model: off the load path.
-        Task.Run(() =>
+        // Unpacking every tensor takes seconds on a 2B model: off the load path. Dispose waits for it, since the weights
+        // are unmapped right after (it kept reading them: a crash at shutdown).
+        CodeStats = Task.Run(() =>
         {
             try
             {
@@ -89,10 +90,17 @@ internal sealed class ModelMonitor : IDisposable
             catch (OperationCanceledException)
             {
             }
+            catch (Exception e)
+            {
+                logger.LogWarning("weight code statistics failed: {Error}", e.Message);
+            }
         });
     }
 
     public WeightIntegrity? Integrity { get; }
+
+    /// <summary>The background count of each projection's ternary codes; complete once <see cref="Dispose"/> returns.</summary>
+    internal Task CodeStats { get; }
 
     /// <summary>The GGUF type of the first packed projection ("i2_s", "tq2_0", …), or the source kind for an HF directory.</summary>
     private static string ProjectionType(ModelWeights weights)
@@ -168,6 +176,8 @@ internal sealed class ModelMonitor : IDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _stop.Cancel();
+        // It checks the token between tensors: at most one tensor's count to wait for.
+        CodeStats.Wait(TimeSpan.FromMinutes(1));
         _verifier?.Dispose();
         Alerts?.Dispose();
         Meters.Dispose();

@@ -9,6 +9,23 @@ public class AlertEngineTests
     private static AlertEngine Engine(AlertRule rule, Func<double> value, AlertEngineOptions? options = null, string metric = "m") =>
         new([rule], s => s.Add(metric, value()), options);
 
+    /// <summary>A throwing Changed handler (a telemetry sink) neither escapes Evaluate nor keeps the batch's other changes from the other handlers.</summary>
+    [Fact]
+    public void AThrowingHandlerLosesNoChanges()
+    {
+        var lines = new List<string>();
+        using var e = new AlertEngine([new AlertRule { Name = "A", Metric = "m", Op = ">", Threshold = 0 }, new AlertRule { Name = "B", Metric = "m", Op = ">", Threshold = 0 }],
+            s => s.Add("m", 1), new AlertEngineOptions { Log = lines.Add });
+        var seen = new List<string>();
+        e.Changed += c => { if (c.Rule.Name == "A") throw new IOException("sink full"); };
+        e.Changed += c => seen.Add(c.Rule.Name);
+        e.Evaluate();
+        Assert.Equal(["A", "B"], seen);
+        Assert.Equal(2, e.Firing.Count);
+        Assert.Equal(1, e.NotifyFailures);
+        Assert.Contains(lines, l => l.Contains("sink full", StringComparison.Ordinal));
+    }
+
     [Fact]
     public void FiresAfterForConsecutiveEvaluationsAndResolves()
     {

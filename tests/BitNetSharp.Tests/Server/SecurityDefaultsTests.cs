@@ -72,6 +72,15 @@ public class SecurityDefaultsTests
             Assert.True(withKey.StatusCode != HttpStatusCode.Unauthorized, $"{method} {path} with the key: 401");
         }
         Assert.Equal(PublicPaths.Order(), open.Distinct().Order());
+
+        // The probe is public; its verbose form (model id, checksum, firing alerts with values) is not. It was public.
+        using var plain = await anonymous.GetAsync("health", Ct);
+        Assert.Equal(HttpStatusCode.OK, plain.StatusCode);
+        Assert.DoesNotContain(TestServer.ModelId, await plain.Content.ReadAsStringAsync(Ct));
+        using var verbose = await anonymous.GetAsync("health?verbose", Ct);
+        Assert.Equal(HttpStatusCode.Unauthorized, verbose.StatusCode);
+        using var keyed = await s.Http.GetAsync("health?verbose", Ct);
+        Assert.Contains("\"components\"", await keyed.Content.ReadAsStringAsync(Ct));
     }
 
     [Fact]

@@ -54,3 +54,17 @@ public class ServeTemplateTests
         Assert.Contains("chatml", error.ToString());
     }
 }
+
+/// <summary>The monitor's background work ends before the weights it reads are freed.</summary>
+public class ModelMonitorShutdownTests
+{
+    /// <summary>The per-tensor code count is waited for by Dispose (it was never awaited, and read unmapped weights at shutdown).</summary>
+    [Fact]
+    public async Task CodeStatisticsAreDoneWhenTheServerStops()
+    {
+        var s = await TestServer.StartAsync(layers: 24);
+        var monitor = s.Server.Monitor!;
+        await s.DisposeAsync();
+        Assert.True(monitor.CodeStats.IsCompleted);
+    }
+}

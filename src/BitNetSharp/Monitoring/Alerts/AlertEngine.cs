@@ -196,6 +196,11 @@ public sealed class AlertEngine : IDisposable
     /// <summary>Raised (on the evaluating thread) when a rule starts or stops firing.</summary>
     public event Action<AlertState>? Changed;
 
+    private long _notifyFailures;
+
+    /// <summary>Notifications (log lines, <see cref="Changed"/> handlers) that threw; each change still reached the others.</summary>
+    public long NotifyFailures => Interlocked.Read(ref _notifyFailures);
+
     /// <summary>
     /// Evaluates once now (so counters have their baseline before anything can happen: an increase rule compares
     /// with it), then every <see cref="AlertEngineOptions.Interval"/> on a timer thread.
@@ -291,13 +296,38 @@ public sealed class AlertEngine : IDisposable
             }
         }
         if (changes is null) return;
+        // The state change is committed: every change reaches the webhook, the log and every handler, whatever one of
+        // them throws (a throwing handler lost the rest of the batch, and on the timer thread ended the process).
         foreach (var c in changes)
         {
-            _options.Log?.Invoke(c.Firing
-                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Metric} = {c.Value:G6} {c.Rule.Op} {c.Rule.Threshold:G6}. {c.Rule.Description}")
-                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Metric} = {c.Value:G6}"));
-            Changed?.Invoke(c);
             _outbox?.Writer.TryWrite(WebhookPayload(c));
+            Notify(() => _options.Log?.Invoke(c.Firing
+                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Metric} = {c.Value:G6} {c.Rule.Op} {c.Rule.Threshold:G6}. {c.Rule.Description}")
+                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Metric} = {c.Value:G6}")), c, "the log");
+            if (Changed is { } handlers)
+                foreach (var h in handlers.GetInvocationList())
+                    Notify(() => ((Action<AlertState>)h)(c), c, "a Changed handler");
+        }
+    }
+
+    /// <summary>Runs one notification; a failure is logged (if the log itself works) and goes no further.</summary>
+    private void Notify(Action notify, AlertState c, string what)
+    {
+        try
+        {
+            notify();
+        }
+        catch (Exception e)
+        {
+            Interlocked.Increment(ref _notifyFailures);
+            try
+            {
+                _options.Log?.Invoke($"alert {c.Rule.Name}: {what} failed: {e.GetType().Name}: {e.Message}");
+            }
+            catch (Exception)
+            {
+                // The log is what failed: nothing left to report it to.
+            }
         }
     }
 
