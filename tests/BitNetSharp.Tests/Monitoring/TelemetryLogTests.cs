@@ -29,6 +29,48 @@ public class TelemetryLogTests(ITestOutputHelper output)
 
     private static List<TelemetryRow> ReadAll(string path) => [.. TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken)];
 
+    /// <summary>
+    /// A damaged string offset is an error naming the file and the batch's byte (Arrow read past the buffer: garbage in
+    /// the export, or a crash), and a zeroed length in the middle of a complete file is an error, not a quiet end.
+    /// </summary>
+    [Fact]
+    public void DamageInsideAFileIsAnErrorNamingIt()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        long firstBatchEnd;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow"), FlushInterval = TimeSpan.FromHours(1) }, Context))
+        {
+            writer.Write(new TelemetryEvent(1, "k", null, null, "ZZZZZZZZ"));
+            writer.Flush();
+            firstBatchEnd = writer.BytesWritten;
+            for (int batch = 1; batch < 3; batch++)
+            {
+                for (int i = 0; i < 10; i++) writer.Write(Step(batch * 10 + i, batch, "r", token: i));
+                writer.Flush();
+            }
+            path = writer.CurrentPath!;
+        }
+        Assert.Equal(21, ReadAll(path).Count);
+        var good = File.ReadAllBytes(path);
+
+        var bad = (byte[])good.Clone();
+        int text = bad.AsSpan().IndexOf("ZZZZZZZZ"u8);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(bad.AsSpan(text - 4), 4096); // the message's end offset
+        File.WriteAllBytes(path, bad);
+        var e = Assert.Throws<InvalidDataException>(() => ReadAll(path));
+        Assert.Contains(path, e.Message);
+        Assert.Contains("offsets", e.Message);
+
+        bad = (byte[])good.Clone();
+        bad.AsSpan((int)firstBatchEnd, 8).Fill(0); // the second batch's continuation and length: an end-of-stream marker
+        File.WriteAllBytes(path, bad);
+        Assert.True(TelemetryLogReader.Open(path).Files[0].HasFooter);
+        e = Assert.Throws<InvalidDataException>(() => ReadAll(path));
+        Assert.Contains(path, e.Message);
+        Assert.Contains($"byte {firstBatchEnd}", e.Message);
+    }
+
     [Fact]
     public void AllThreeKindsRoundTripWithTheirContext()
     {

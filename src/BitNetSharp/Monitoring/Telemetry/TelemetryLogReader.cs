@@ -1,6 +1,7 @@
 using System.Text;
 using Apache.Arrow;
 using Apache.Arrow.Ipc;
+using Apache.Arrow.Types;
 
 namespace BitNetSharp.Monitoring.Telemetry;
 
@@ -140,17 +141,39 @@ public sealed class TelemetryLogReader
                 continue;
             }
             using var stream = OpenShared(file.Path);
+            // Where the messages end: before the footer of a finished file, at the end of a live or killed one.
+            long messagesEnd = file.HasFooter ? FooterStart(stream, file.Path) : stream.Length;
             stream.Position = Magic.Length;
             using var reader = new ArrowStreamReader(stream, leaveOpen: true);
             while (true)
             {
                 cancellation.ThrowIfCancellationRequested();
+                long at = stream.Position;
                 if (!TryReadNext(reader, out var batch))
                 {
+                    // Only the last message of a file without footer can be torn (kill -9 mid-write); in a finished
+                    // file an unreadable message is damage, and the rows after it must not vanish without a word.
+                    if (file.HasFooter)
+                        throw new InvalidDataException($"{file.Path}: damaged message at byte {at} of a complete log file; the rows from there on cannot be read.");
                     lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path); // once, however many passes read it
                     break;
                 }
-                if (batch is null) break;
+                if (batch is null)
+                {
+                    // The end-of-stream marker comes last; read earlier, it is a length overwritten with zeros.
+                    if (stream.Position < messagesEnd)
+                        throw new InvalidDataException($"{file.Path}: an end-of-stream marker at byte {at}, but the messages go on to byte {messagesEnd}; the file is damaged there.");
+                    break;
+                }
+                try
+                {
+                    Validate(batch);
+                }
+                catch (InvalidDataException e)
+                {
+                    batch.Dispose();
+                    throw new InvalidDataException($"{file.Path}: the record batch at byte {at} is damaged: {e.Message}", e);
+                }
                 yield return batch;
             }
         }
@@ -194,7 +217,17 @@ public sealed class TelemetryLogReader
                 while (true)
                 {
                     bool skip = tail.Position < skipBefore;
+                    long at = tail.Position;
                     if (!TryReadNext(reader, out var batch) || batch is null) break;
+                    try
+                    {
+                        Validate(batch);
+                    }
+                    catch (InvalidDataException e)
+                    {
+                        batch.Dispose();
+                        throw new InvalidDataException($"{current}: the record batch at byte {at} is damaged: {e.Message}", e);
+                    }
                     if (skip) batch.Dispose();
                     else yield return batch;
                 }
@@ -213,6 +246,77 @@ public sealed class TelemetryLogReader
         var view = new BatchView(batch);
         for (int i = 0; i < batch.Length; i++)
             if (view.TryRow(i, out var row)) yield return row;
+    }
+
+    /// <summary>The offset of a finished file's footer (its length is the int32 before the closing magic).</summary>
+    private static long FooterStart(FileStream stream, string path)
+    {
+        Span<byte> len = stackalloc byte[4];
+        stream.Position = stream.Length - 10;
+        stream.ReadExactly(len);
+        long start = stream.Length - 10 - System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(len);
+        if (start < Magic.Length || start > stream.Length - 10)
+            throw new InvalidDataException($"{path}: the footer length is out of range; the end of the file is damaged.");
+        return start;
+    }
+
+    /// <summary>
+    /// Checks that a batch's buffers hold what its columns say (lengths, null bitmaps, string offsets within the data):
+    /// Arrow reads strings through unchecked pointers, so a damaged offset read memory past the buffer (garbage in the
+    /// export, or a crash no handler can catch).
+    /// </summary>
+    internal static void Validate(RecordBatch batch)
+    {
+        for (int c = 0; c < batch.ColumnCount; c++)
+        {
+            var data = batch.Column(c).Data;
+            string name = batch.Schema.GetFieldByIndex(c).Name;
+            if (data.Length != batch.Length)
+                throw new InvalidDataException($"column {name} holds {data.Length} values in a batch of {batch.Length} rows.");
+            Validate(data, name);
+        }
+    }
+
+    private static void Validate(ArrayData data, string name)
+    {
+        if (data.Length < 0 || data.Offset < 0 || data.Buffers is null || data.Buffers.Length == 0)
+            throw new InvalidDataException($"column {name}: invalid length or offset.");
+        long end = (long)data.Offset + data.Length;
+        if (data.NullCount != 0 && data.Buffers[0].Length < (end + 7) / 8)
+            throw new InvalidDataException($"column {name}: the null bitmap is shorter than its {data.Length} values.");
+        switch (data.DataType)
+        {
+            case DictionaryType dict:
+                if (data.Dictionary is null) throw new InvalidDataException($"column {name}: a dictionary column without its dictionary.");
+                Fixed(data, name, ((FixedWidthType)dict.IndexType).BitWidth / 8, end);
+                Validate(data.Dictionary, name + " (dictionary)");
+                break;
+            case StringType:
+                if (data.Buffers.Length < 3) throw new InvalidDataException($"column {name}: missing string buffers.");
+                if (data.Length == 0) break;
+                var offsets = data.Buffers[1].Span;
+                if (offsets.Length < (end + 1) * 4) throw new InvalidDataException($"column {name}: the offsets buffer is shorter than its {data.Length} values.");
+                var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, int>(offsets[..(int)((end + 1) * 4)]);
+                int previous = values[data.Offset];
+                if (previous < 0) throw new InvalidDataException($"column {name}: a negative string offset.");
+                for (int i = data.Offset + 1; i <= end; i++)
+                {
+                    if (values[i] < previous) throw new InvalidDataException($"column {name}: string offsets go backwards at value {i - data.Offset}.");
+                    previous = values[i];
+                }
+                if (previous > data.Buffers[2].Length)
+                    throw new InvalidDataException($"column {name}: string offsets point past the {data.Buffers[2].Length}-byte data buffer.");
+                break;
+            case FixedWidthType fixedWidth when fixedWidth.BitWidth >= 8:
+                Fixed(data, name, fixedWidth.BitWidth / 8, end);
+                break;
+        }
+    }
+
+    private static void Fixed(ArrayData data, string name, int width, long end)
+    {
+        if (data.Buffers.Length < 2 || data.Buffers[1].Length < end * width)
+            throw new InvalidDataException($"column {name}: the values buffer is shorter than its {data.Length} values.");
     }
 
     private static bool TryReadNext(ArrowStreamReader reader, out RecordBatch? batch)
