@@ -71,6 +71,33 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Contains($"byte {firstBatchEnd}", e.Message);
     }
 
+    /// <summary>Two writers on one folder: rotation never deletes the other's live file (its rows went into a deleted file).</summary>
+    [Fact]
+    public void RotationSparesAnotherWritersLiveFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var o = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 48 << 10, BatchRows = 50, FlushInterval = TimeSpan.FromHours(1) };
+        string first;
+        using (var a = new TelemetryLogWriter(o, Context))
+        {
+            a.Write(Step(0, 0, "a1"));
+            a.Flush();
+            first = a.CurrentPath!;
+            using (var b = new TelemetryLogWriter(o, Context))
+            {
+                for (int s = 0; s < 400; s++)
+                    for (int l = 0; l < 4; l++) b.Write(Layer(s, s, l));
+                b.Flush();
+                Assert.True(b.FilesWritten > 3, "the second writer should have rotated");
+            }
+            Assert.True(File.Exists(first));
+            a.Write(Step(1, 1, "a2"));
+        }
+        var requests = TelemetryLogReader.Open(dir.Path).ReadRows(TestContext.Current.CancellationToken).Select(r => r.RequestId).ToList();
+        Assert.Contains("a1", requests);
+        Assert.Contains("a2", requests);
+    }
+
     [Fact]
     public void AllThreeKindsRoundTripWithTheirContext()
     {

@@ -382,9 +382,49 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         {
             var (path, bytes) = _olderFiles[0];
             _olderFiles.RemoveAt(0);
+            // Another process's current file (a second server on the same folder, or an old one still draining): it
+            // keeps writing into a deleted file and its rows vanish. Its bytes still count; ours go instead.
+            if (HeldByAnotherWriter(path)) continue;
             total -= bytes;
             try { File.Delete(path); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Volatile.Write(ref _lastError, e); }
+        }
+    }
+
+    /// <summary>
+    /// Whether a file without footer is open elsewhere: every open .NET FileStream but FileShare.None holds a shared
+    /// lock (flock on Unix, share modes on Windows), so an exclusive open fails while its writer (or a reader) has it.
+    /// Such a file is left for a later rotation; a killed writer's file (no footer, nobody holding it) is deleted.
+    /// </summary>
+    private static bool HeldByAnotherWriter(string path)
+    {
+        try
+        {
+            // A finished file (footer written) has no writer: delete it even while a reader follows it.
+            using (var read = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1))
+            {
+                Span<byte> tail = stackalloc byte[6];
+                if (read.Length >= 14)
+                {
+                    read.Position = read.Length - 6;
+                    read.ReadExactly(tail);
+                    if (tail.SequenceEqual("ARROW1"u8)) return false;
+                }
+            }
+            using var probe = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.None, 1);
+            return false;
+        }
+        catch (FileNotFoundException)
+        {
+            return false;
+        }
+        catch (IOException)
+        {
+            return true;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return false;
         }
     }
 
