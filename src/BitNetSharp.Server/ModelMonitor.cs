@@ -56,6 +56,8 @@ internal sealed class ModelMonitor : IDisposable
                 KnownMetrics = AlertMetrics,
                 SampledMetrics = HealthMeters.SampledSignalNames,
                 SampleCounter = "bitnet_health_samples_total",
+                // The latency spread changes only as tokens are delivered: an idle server's last window cannot fire it.
+                CountedMetrics = new Dictionary<string, string> { ["bitnet_health_token_latency_stddev_seconds"] = "bitnet_generation_tokens_total" },
             });
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
                 string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Metric} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")));

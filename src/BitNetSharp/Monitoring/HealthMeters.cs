@@ -57,8 +57,10 @@ public sealed class HealthMeters : IDisposable
             new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
                 "Engine steps whose health was measured.", m => m.Add(new(_scheduler.Health.Samples))),
             new("bitnet.health.token_latency.stddev", "s", "bitnet_health_token_latency_stddev_seconds", false,
-                "Standard deviation of the last 256 inter-token latencies.", m =>
+                $"Standard deviation of the last 256 inter-token latencies (absent until {MinJitterWindow} are in).", m =>
                 {
+                    // Two latencies (one of them across a prefill chunk) made a 0.3 s spread that fired the alert.
+                    if (_scheduler.TokenLatency.Count < MinJitterWindow) return;
                     var (_, sd) = _scheduler.TokenLatency.Statistics();
                     if (!double.IsNaN(sd)) m.Add(new(sd));
                 }),
@@ -127,6 +129,9 @@ public sealed class HealthMeters : IDisposable
     /// The Prometheus names of <see cref="Signals"/>, known before any scheduler exists (a server checks its alert
     /// rules against them before it loads the model); the constructor throws if the two ever disagree.
     /// </summary>
+    /// <summary>Inter-token latencies the jitter gauge needs before it reports a spread.</summary>
+    public const int MinJitterWindow = 32;
+
     public static IReadOnlyCollection<string> SignalNames { get; } = new HashSet<string>(StringComparer.Ordinal)
     {
         "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",

@@ -317,6 +317,33 @@ public class AlertEngineTests
         Assert.DoesNotContain(e.Firing, f => f.Rule.Name == "BlowUp");
     }
 
+    /// <summary>
+    /// A gauge counted by its own counter (the latency spread, by delivered tokens) counts "for" only as the counter
+    /// grows: an idle server's frozen jittery window no longer fires (it did, 5 s after one burst, and stayed firing).
+    /// </summary>
+    [Fact]
+    public void CountedGaugesCountForOnlyAsTheirCounterGrows()
+    {
+        double tokens = 100, latency = 0.4;
+        using var e = new AlertEngine([new AlertRule { Name = "Jitter", Metric = "latency", Op = ">", Threshold = 0.25, For = 3 }],
+            s => { s.Add("latency", latency); s.Add("tokens_total", tokens); },
+            new AlertEngineOptions { CountedMetrics = new Dictionary<string, string> { ["latency"] = "tokens_total" } });
+        for (int i = 0; i < 10; i++) e.Evaluate();
+        Assert.Empty(e.Firing); // one window, evaluated ten times: one observation
+        for (int i = 0; i < 3; i++)
+        {
+            tokens += 5;
+            e.Evaluate();
+        }
+        Assert.Single(e.Firing);
+        latency = 0.01; // the spread fell without new tokens: not looked at
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        tokens++;
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+    }
+
     /// <summary>A notification the webhook refuses is sent again (it used to be dropped after one try).</summary>
     [Fact]
     public async Task ARefusedNotificationIsRetried()

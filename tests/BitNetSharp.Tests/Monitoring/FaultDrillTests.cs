@@ -182,7 +182,8 @@ public class FaultDrillTests
         await using var owned = s;
         int step = 0;
         s.Scheduler.BeforeForward = () => { if (step++ % 2 == 0) Thread.Sleep(100); };
-        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 12));
+        // The spread needs 32 latencies, and the rule counts only while tokens are delivered: a longer answer.
+        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 56));
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.True(TestServer.Sample(await s.MetricsAsync(), "bitnet_health_token_latency_stddev_seconds") > 0.02);
         await TestServer.EventuallyAsync(() => FiringAsync(s, "Jitter"), "the jitter alert fires");

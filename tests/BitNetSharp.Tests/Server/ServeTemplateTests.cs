@@ -68,3 +68,20 @@ public class ModelMonitorShutdownTests
         Assert.True(monitor.CodeStats.IsCompleted);
     }
 }
+
+/// <summary>The token-latency spread gauge needs a window worth the name.</summary>
+public class JitterGaugeTests
+{
+    /// <summary>Two latencies made a spread (0.33 s for 0.05 and 0.7) that fired the jitter alert on an idle server.</summary>
+    [Fact]
+    public async Task TheSpreadIsAbsentUntilTheWindowHoldsEnoughLatencies()
+    {
+        await using var s = await TestServer.StartAsync();
+        s.Scheduler.TokenLatency.Clear();
+        s.Scheduler.TokenLatency.Add(0.05);
+        s.Scheduler.TokenLatency.Add(0.7);
+        Assert.DoesNotContain("\nbitnet_health_token_latency_stddev_seconds ", await s.MetricsAsync());
+        for (int i = 0; i < BitNetSharp.Monitoring.HealthMeters.MinJitterWindow; i++) s.Scheduler.TokenLatency.Add(0.05);
+        Assert.True(TestServer.Sample(await s.MetricsAsync(), "bitnet_health_token_latency_stddev_seconds") > 0.1);
+    }
+}

@@ -117,6 +117,13 @@ public sealed record AlertEngineOptions
 
     /// <summary>The counter of samples for <see cref="SampledMetrics"/> (the server's bitnet_health_samples_total).</summary>
     public string? SampleCounter { get; init; }
+
+    /// <summary>
+    /// More gauges that change only when a counter grows, each with its counter (the token-latency spread, which
+    /// changes only as tokens are delivered: bitnet_generation_tokens_total). Rules over them count "for" as
+    /// <see cref="SampledMetrics"/> rules do, so an idle server's frozen value cannot fire or hold an alert.
+    /// </summary>
+    public IReadOnlyDictionary<string, string>? CountedMetrics { get; init; }
 }
 
 /// <summary>
@@ -136,7 +143,7 @@ public sealed class AlertEngine : IDisposable
     // Held through an evaluation and the publication of its changes, so changes reach Changed handlers and the webhook
     // in the order they happened (two overlapping timer callbacks could publish "resolved" before "firing").
     private readonly Lock _evaluation = new();
-    private readonly bool[] _sampled;
+    private readonly string?[] _gate; // the counter whose growth a rule's evaluation waits for, or null
     private readonly State[] _state;
     private readonly Channel<JsonObject>? _outbox;
     private readonly HttpClient? _http;
@@ -168,8 +175,7 @@ public sealed class AlertEngine : IDisposable
         if (_options.KnownMetrics is { } known) AlertRules.CheckMetrics(_rules, known);
         if (_options.Interval <= TimeSpan.Zero) throw new ArgumentException($"The alert evaluation interval must be positive; got {_options.Interval}.", nameof(options));
         _state = _rules.Select(_ => new State()).ToArray();
-        _sampled = _rules.Select(r => _options.SampleCounter is not null && _options.SampledMetrics is { } sampled && r.Aggregate != "increase"
-            && AlertRules.MetricsOf(r).All(sampled.Contains)).ToArray();
+        _gate = _rules.Select(Gate).ToArray();
         if (_options.WebhookUrl is { } url)
         {
             if (url.Scheme is not ("http" or "https")) throw new ArgumentException($"The alert webhook must be an http(s) URL; got {url}.", nameof(options));
@@ -256,15 +262,14 @@ public sealed class AlertEngine : IDisposable
                 return;
             }
             Interlocked.Increment(ref _evaluations);
-            double? samples = _options.SampleCounter is { } counter ? _signals.Reduce(counter, "sum", null) : null;
             for (int i = 0; i < _rules.Length; i++)
             {
                 var rule = _rules[i];
                 var st = _state[i];
-                if (_sampled[i])
+                if (_gate[i] is { } counter)
                 {
                     // No new sample since this rule last counted: its gauges hold the same step's values; keep the state.
-                    if (samples is not { } n || n == st.SamplesSeen) continue;
+                    if (_signals.Reduce(counter, "sum", null) is not { } n || n == st.SamplesSeen) continue;
                     st.SamplesSeen = n;
                 }
                 double? value = Value(rule, st, now, out bool undefined);
@@ -308,6 +313,18 @@ public sealed class AlertEngine : IDisposable
                 foreach (var h in handlers.GetInvocationList())
                     Notify(() => ((Action<AlertState>)h)(c), c, "a Changed handler");
         }
+    }
+
+    /// <summary>The counter a rule waits on: every metric it reads is sampled, or counted by one same counter; not for increase rules.</summary>
+    private string? Gate(AlertRule r)
+    {
+        if (r.Aggregate == "increase") return null;
+        var metrics = AlertRules.MetricsOf(r).ToList();
+        if (metrics.Count == 0) return null;
+        if (_options.SampleCounter is { } samples && _options.SampledMetrics is { } sampled && metrics.All(sampled.Contains)) return samples;
+        if (_options.CountedMetrics is { } counted && counted.TryGetValue(metrics[0], out var counter)
+            && metrics.All(m => counted.TryGetValue(m, out var c) && c == counter)) return counter;
+        return null;
     }
 
     /// <summary>Runs one notification; a failure is logged (if the log itself works) and goes no further.</summary>
