@@ -16,11 +16,17 @@ namespace BitNetSharp.Cli.Commands;
 /// </summary>
 public static class ProfileCommand
 {
+    /// <summary>The most prompt tokens or decode steps a profile takes (a context of 2^24).</summary>
+    private const int MaxTokens = 1 << 24;
+
+    /// <summary>The largest bandwidth probe buffer, in MB.</summary>
+    private const int MaxProbeMb = 1 << 16;
+
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory (default: the bundled model)." };
         var synthetic = new Option<string?>("--synthetic") { Description = "Profile a random-weight model of a known shape instead: 2b4t, large or tiny." };
-        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32.", DefaultValueFactory = _ => "f16" };
+        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32. With -m: re-encode the file's F16 head at load (f16, q8_0, q6_k), as bench does.", DefaultValueFactory = _ => "f16" };
         var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (needs the model's tokenizer)." };
         var promptTokens = new Option<int?>("--prompt-tokens") { Description = "Prompt of N token ids instead of text (default 32)." };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Decode steps after the prompt.", DefaultValueFactory = _ => 16 };
@@ -59,18 +65,18 @@ public static class ProfileCommand
                 }
             }
             int steps = result.GetValue(gen);
-            if (steps < 1) throw new UsageException($"--n-gen (-n) must be at least 1; got {steps}.");
+            if (steps < 1 || steps > MaxTokens) throw new UsageException($"--n-gen (-n) must be from 1 to {MaxTokens}; got {steps}.");
             string? text = result.GetValue(prompt);
             int? nPrompt = result.GetValue(promptTokens);
             if (text is not null && nPrompt is not null) throw new UsageException("give either --prompt (-p) TEXT or --prompt-tokens N, not both.");
-            if (nPrompt is < 1) throw new UsageException($"--prompt-tokens must be at least 1; got {nPrompt}.");
+            if (nPrompt is < 1 or > MaxTokens) throw new UsageException($"--prompt-tokens must be from 1 to {MaxTokens}; got {nPrompt}.");
             if (result.GetValue(threads) is < 1 and var t) throw new UsageException($"--threads (-t) must be at least 1; got {t}.");
             int seqs = result.GetValue(sequences);
             if (seqs is < 1 or > ProfileOptions.MaxSequences) throw new UsageException($"--sequences (-s) must be from 1 to {ProfileOptions.MaxSequences}; got {seqs}.");
             int abReps = result.GetValue(ab);
             if (abReps < 0) throw new UsageException($"--ab must be ≥ 0; got {abReps}.");
             int probe = result.GetValue(probeMb);
-            if (probe < 16) throw new UsageException($"--probe-mb must be at least 16 (the probe must be far larger than the caches); got {probe}.");
+            if (probe < 16 || probe > MaxProbeMb) throw new UsageException($"--probe-mb must be from 16 (the probe must be far larger than the caches) to {MaxProbeMb}; got {probe}.");
             int peak = result.GetValue(peakMs);
             if (peak < 1) throw new UsageException($"--peak-ms must be at least 1; got {peak}.");
             string? tracePath = result.GetValue(trace);
@@ -82,7 +88,9 @@ public static class ProfileCommand
             // The trace replaces its path when written: never the model (a synthetic one included) it profiles.
             if (tracePath is not null) OutputFile.CheckNotInput("--trace", tracePath, (shape is not null ? "synthetic model" : "-m model", path));
             if (result.GetValue(hugePages)) EnableHugePages();
-            var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(result.GetValue(weightPages)) });
+            // --head-type on a model file re-encodes its head at load, as bench does (it was ignored without a word).
+            var headOnLoad = shape is null && result.GetResult(headType) is { Implicit: false } ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
+            var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(result.GetValue(weightPages)), HeadType = headOnLoad });
             using var _ = weights;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int[] ids;
@@ -99,7 +107,7 @@ public static class ProfileCommand
                 ids = new int[count];
                 for (int i = 0; i < count; i++) ids[i] = rng.Next(weights.Config.VocabSize);
             }
-            if (ids.Length + steps > weights.Config.ContextLength)
+            if ((long)ids.Length + steps > weights.Config.ContextLength)
                 throw new UsageException($"{ids.Length} prompt tokens + {steps} decode steps (-n) exceed the model's context of {weights.Config.ContextLength}.");
 
             using var pool = new WorkerPool(result.GetValue(threads) ?? 0);

@@ -234,7 +234,8 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _sat[cell] = (float)saturated / x.Length;
         _under[cell] = (float)zeros / x.Length;
         double rms = Math.Sqrt(sumSquares / x.Length);
-        _crest[cell] = rms > 0 ? (float)(absMax / rms) : 0f;
+        // NaN in the input stays NaN (the rules trip on it); `rms > 0` turned it into a healthy-looking 0.
+        _crest[cell] = rms > 0 || double.IsNaN(rms) ? (float)(absMax / rms) : 0f;
     }
 
     /// <summary>At a layer's end: finiteness always, the residual statistics when sampling.</summary>

@@ -408,6 +408,9 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "4096" }, "--cpus: CPU 4096")]
+    [InlineData(new[] { "--synthetic", "tiny", "-n", "2147483647" }, "-n")] // wrapped the context check after the probe ran
+    [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "2147483647" }, "--prompt-tokens")] // OutOfMemoryException
+    [InlineData(new[] { "--synthetic", "tiny", "--probe-mb", "100000000" }, "--probe-mb")]
     public void BadOptionsAreUsageErrorsNamingTheOption(string[] args, string expected)
     {
         var r = Bitnet(["profile", .. args]);
@@ -440,6 +443,21 @@ public class ProfilingTests
         Assert.Equal(2, c.ExitCode);
         var ok = Bitnet("profile", "-m", model, "--trace", Path.Combine(model, "trace.json"), "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
         Assert.True(ok.ExitCode == 0, ok.Error);
+    }
+
+    /// <summary>--head-type with -m re-encodes the file's head at load, as bench does (it was ignored, a bad name too).</summary>
+    [Fact]
+    public void HeadTypeAppliesToAModelFile()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var bad = Bitnet("profile", "-m", model, "--head-type", "bogus", "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
+        Assert.Equal(2, bad.ExitCode);
+        Assert.Contains("--head-type", bad.Error);
+        var plain = Bitnet("profile", "-m", model, "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
+        var q8 = Bitnet("profile", "-m", model, "--head-type", "q8_0", "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1");
+        Assert.True(q8.ExitCode == 0, q8.Error);
+        Assert.Contains("head Q8_0", q8.Output);
+        Assert.DoesNotContain("head Q8_0", plain.Output);
     }
 
     /// <summary>--trace naming the model (or a link to it) is refused before the run; the trace replaced the model with JSON.</summary>

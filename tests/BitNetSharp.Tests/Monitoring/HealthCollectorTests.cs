@@ -291,6 +291,22 @@ public class HealthCollectorBatchTests
         Assert.Equal(32, saturated);
     }
 
+    /// <summary>A BitLinear input holding NaN reads NaN as its crest factor, which trips the rules (it read a healthy 0).</summary>
+    [Fact]
+    public void NaNInputGivesNaNCrestFactor()
+    {
+        using var w = TransformerTests.TinyModel();
+        using var health = new ModelHealthCollector(w.Config, 1) { SampleEvery = 1 };
+        var x = Enumerable.Repeat(1f, w.Config.Dim).ToArray();
+        x[5] = float.NaN;
+        var codes = new sbyte[x.Length];
+        health.BeginForward(1);
+        health.Quantized(0, BitLinearInput.Qkv, 0, x, codes);
+        health.EndForward();
+        health.Publish();
+        Assert.True(float.IsNaN(health.Latest.CrestFactor[(int)BitLinearInput.Qkv]));
+    }
+
     /// <summary>Adds a random F32 "output.weight" so the model's head is not its embedding.</summary>
     internal static void AddOutputHead(BitNetSharp.Formats.Gguf.GgufWriter writer, int dim, int vocab)
     {
