@@ -134,6 +134,7 @@ internal sealed class ModelMonitor : IDisposable
     private static readonly (string Name, Func<SchedulerStatistics, SchedulerOptions, double> Read)[] Serving =
     [
         ("bitnet_requests_waiting", (s, _) => s.WaitingRequests),
+        ("bitnet_sequences_waiting", (s, _) => s.WaitingSequences),
         ("bitnet_requests_running", (s, _) => s.RunningRequests),
         ("bitnet_requests_max_queue", (_, o) => o.MaxQueue),
         ("bitnet_sequences_running", (s, _) => s.RunningSequences),

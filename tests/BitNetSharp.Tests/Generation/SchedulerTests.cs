@@ -122,6 +122,7 @@ public sealed class SchedulerTests : IDisposable
         Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4, Choices = 2 }));
         Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
         Assert.Equal(2, s.Statistics.WaitingRequests);
+        Assert.Equal(4, s.Statistics.WaitingSequences); // what the limit counts, and what the queue alert reads
         Assert.Equal(2, s.Statistics.Rejected);
         s.StepGate.Set();
         Assert.Equal(2, (await Collect(a)).Length);

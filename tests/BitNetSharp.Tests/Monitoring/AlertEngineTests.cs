@@ -9,6 +9,52 @@ public class AlertEngineTests
     private static AlertEngine Engine(AlertRule rule, Func<double> value, AlertEngineOptions? options = null, string metric = "m") =>
         new([rule], s => s.Add(metric, value()), options);
 
+    /// <summary>
+    /// The built-in checksum rule fires while the weights read unverified, however long ago the mismatch was counted
+    /// (it read the mismatch counters' 5-minute increase, and resolved on an idle server while bitnet_weights_verified
+    /// still read 0), and resolves once a full check passes.
+    /// </summary>
+    [Fact]
+    public void TheChecksumRuleFiresWhileTheWeightsReadUnverified()
+    {
+        double verified = 1;
+        var rule = AlertRules.Default.Single(r => r.Name == "BitNetWeightChecksumMismatch");
+        using var e = new AlertEngine([rule], s =>
+        {
+            s.Add("bitnet_weights_verified", verified);
+            s.Add("bitnet_weights_checksum_mismatches_total", 1); // counted long ago: no increase in any window
+            s.Add("bitnet_weights_probe_mismatches_total", 0);
+        });
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+        verified = 0;
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        verified = 1;
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+    }
+
+    /// <summary>
+    /// The built-in queue rule reads waiting sequences against the queue limit, which counts sequences: one request
+    /// with n = 8 fills a queue of 8 (waiting requests read 1/8 while the queue refused more).
+    /// </summary>
+    [Fact]
+    public void TheQueueRuleCountsWaitingSequences()
+    {
+        var rule = AlertRules.Default.Single(r => r.Name == "BitNetQueueSaturation") with { For = 1 };
+        using var e = new AlertEngine([rule], s =>
+        {
+            s.Add("bitnet_requests_waiting", 1);
+            s.Add("bitnet_sequences_waiting", 8);
+            s.Add("bitnet_requests_max_queue", 8);
+        });
+        e.Evaluate();
+        Assert.Single(e.Firing);
+    }
+
     /// <summary>A throwing Changed handler (a telemetry sink) neither escapes Evaluate nor keeps the batch's other changes from the other handlers.</summary>
     [Fact]
     public void AThrowingHandlerLosesNoChanges()

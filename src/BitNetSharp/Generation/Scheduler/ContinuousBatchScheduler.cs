@@ -153,7 +153,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Volatile.Read(ref c.PromptTokens), Volatile.Read(ref c.GenerationTokens), Volatile.Read(ref c.Steps), Volatile.Read(ref c.StepTokens),
                 Volatile.Read(ref c.FinishedStop), Volatile.Read(ref c.FinishedLength), Volatile.Read(ref c.Cancelled), Volatile.Read(ref c.TimedOut),
                 Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected), Volatile.Read(ref c.NonFiniteSequences),
-                Volatile.Read(ref c.SpeculativeSteps), Volatile.Read(ref c.DraftedTokens), Volatile.Read(ref c.AcceptedTokens), Volatile.Read(ref c.SpeculativeTokens));
+                Volatile.Read(ref c.SpeculativeSteps), Volatile.Read(ref c.DraftedTokens), Volatile.Read(ref c.AcceptedTokens), Volatile.Read(ref c.SpeculativeTokens),
+                Volatile.Read(ref _queuedSequences));
         }
     }
 

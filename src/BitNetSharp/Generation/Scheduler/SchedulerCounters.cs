@@ -56,7 +56,8 @@ public readonly record struct SchedulerStatistics(
     long SpeculativeSteps = 0,
     long DraftedTokens = 0,
     long AcceptedTokens = 0,
-    long SpeculativeTokens = 0)
+    long SpeculativeTokens = 0,
+    int WaitingSequences = 0)
 {
     /// <summary>Accepted ÷ drafted tokens of speculating sequences (0 before any draft).</summary>
     public double DraftAcceptanceRate => DraftedTokens == 0 ? 0 : (double)AcceptedTokens / DraftedTokens;

@@ -36,8 +36,10 @@ public sealed class SchedulerMeters : IDisposable
             "Requests with at least one sequence in the running batch.");
         m.CreateObservableGauge("bitnet.requests.waiting", () => _scheduler.Statistics.WaitingRequests, "{request}",
             "Requests waiting in the queue for free sequences.");
-        m.CreateObservableGauge("bitnet.requests.max_queue", () => _scheduler.Options.MaxQueue, "{request}",
-            "The most requests that may wait; one more is refused with 429.");
+        m.CreateObservableGauge("bitnet.sequences.waiting", () => _scheduler.Statistics.WaitingSequences, "{sequence}",
+            "Sequences (choices) of the waiting requests: what the queue limit counts (a request with n choices waits for n).");
+        m.CreateObservableGauge("bitnet.requests.max_queue", () => _scheduler.Options.MaxQueue, "{sequence}",
+            "The most sequences that may wait beyond the free ones; a request that would pass it is refused with 429.");
         m.CreateObservableGauge("bitnet.sequences.running", () => _scheduler.Statistics.RunningSequences, "{sequence}",
             "Sequences (choices) in the running batch, each holding one KV-cache slot.");
         m.CreateObservableGauge("bitnet.sequences.max", () => _scheduler.Options.MaxSequences, "{sequence}",
