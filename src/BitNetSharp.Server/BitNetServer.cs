@@ -111,7 +111,7 @@ public sealed class BitNetServer : IAsyncDisposable
     public static IReadOnlyList<AlertRule> LoadAlertRules(string path)
     {
         var rules = AlertRules.Load(path);
-        AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics, path);
+        AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics, path, ModelMonitor.AlertLabels);
         return rules;
     }
 

@@ -54,6 +54,7 @@ internal sealed class ModelMonitor : IDisposable
                 Labels = new Dictionary<string, string> { ["model"] = modelId, ["instance"] = Environment.MachineName },
                 Log = message => logger.LogWarning("{Alert}", message),
                 KnownMetrics = AlertMetrics,
+                KnownLabels = AlertLabels,
                 SampledMetrics = HealthMeters.SampledSignalNames,
                 SampleCounter = "bitnet_health_samples_total",
                 // The latency spread changes only as tokens are delivered: an idle server's last window cannot fire it.
@@ -157,6 +158,10 @@ internal sealed class ModelMonitor : IDisposable
 
     /// <summary>Every metric an alert rule on a server may name: the health signals and the serving ones.</summary>
     public static IReadOnlyCollection<string> AlertMetrics { get; } = BuildAlertMetrics();
+
+    /// <summary>The label names of <see cref="AlertMetrics"/> that carry labels (the rest carry none).</summary>
+    public static IReadOnlyDictionary<string, string[]> AlertLabels { get; } =
+        new Dictionary<string, string[]>(HealthMeters.SignalLabels, StringComparer.Ordinal) { [Success] = ["finish_reason"] };
 
     private static HashSet<string> BuildAlertMetrics()
     {

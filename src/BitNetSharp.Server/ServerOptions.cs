@@ -147,7 +147,7 @@ public sealed record MonitoringOptions
         if (VerifyWeightsInterval is { } w && w > MaxVerifyInterval)
             throw new ArgumentException($"The weight verification interval must be at most {MaxVerifyInterval.TotalDays:0} days ({MaxVerifyInterval.TotalSeconds:0} s); got {w.TotalSeconds} s.", nameof(VerifyWeightsInterval));
         foreach (var r in AlertRules ?? []) r.Validate("alert rules");
-        if (AlertRules is { } rules) BitNetSharp.Monitoring.Alerts.AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics);
+        if (AlertRules is { } rules) BitNetSharp.Monitoring.Alerts.AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics, labels: ModelMonitor.AlertLabels);
     }
 
     /// <summary>The longest weight re-check interval (a timed wait takes at most 2^31 − 1 ms, about 24.8 days).</summary>

@@ -144,6 +144,24 @@ public sealed class HealthMeters : IDisposable
     };
 
     /// <summary>
+    /// The label names of the labelled signals (the rest carry none), for checking an alert rule's "match" at load; a
+    /// test compares them with the series a running server collects.
+    /// </summary>
+    public static IReadOnlyDictionary<string, string[]> SignalLabels { get; } = new Dictionary<string, string[]>(StringComparer.Ordinal)
+    {
+        ["bitnet_health_activation_saturation_ratio"] = ["layer", "input"],
+        ["bitnet_health_activation_underflow_ratio"] = ["layer", "input"],
+        ["bitnet_health_activation_crest_factor"] = ["layer", "input"],
+        ["bitnet_health_residual_rms"] = ["layer"],
+        ["bitnet_health_residual_max_abs"] = ["layer"],
+        ["bitnet_health_residual_relative_change_ratio"] = ["layer"],
+        ["bitnet_health_residual_blowup"] = ["layer"],
+        ["bitnet_weights_code_share_ratio"] = ["layer", "projection", "code"],
+        ["bitnet_alerts_total"] = ["rule"],
+        ["bitnet_alerts_firing"] = ["rule"],
+    };
+
+    /// <summary>
     /// The signals measured on sampled steps only (their gauges hold the last sampled step): alert rules over them
     /// count "for" in new samples, told by bitnet_health_samples_total (<see cref="Alerts.AlertEngineOptions.SampledMetrics"/>).
     /// </summary>

@@ -55,6 +55,36 @@ public class AlertEngineTests
         Assert.Single(e.Firing);
     }
 
+    /// <summary>A "metric" with an empty part ("+", "a +") or a non-name ("a - b") is refused naming the rule (it loaded and read nothing, or only part).</summary>
+    [Theory]
+    [InlineData("+", "an empty part")]
+    [InlineData("m_total +", "an empty part")]
+    [InlineData("a - b", "'a - b', which is not a metric name")]
+    public void AMetricThatIsNotNamesIsRefused(string metric, string expected)
+    {
+        var e = Assert.Throws<ArgumentException>(() => AlertRules.Parse($"{{\"rules\": [{{\"name\": \"R\", \"metric\": \"{metric}\", \"threshold\": 1}}]}}", "rules.json"));
+        Assert.Contains("rule 'R'", e.Message);
+        Assert.Contains(expected, e.Message);
+    }
+
+    /// <summary>
+    /// An increase rule's counter denominator is taken over the same window (failures per request in the window); it
+    /// divided by the lifetime total, so 5 failures of the last 10 requests read 5/1010 after 1000 earlier requests.
+    /// </summary>
+    [Fact]
+    public void AnIncreaseRuleDividesByTheCountersIncreaseOverTheSameWindow()
+    {
+        double failed = 0, requests = 1000;
+        using var e = new AlertEngine([new AlertRule { Name = "FailShare", Metric = "failed_total", Aggregate = "increase", DivideBy = "requests_total", Op = ">", Threshold = 0.1 }],
+            s => { s.Add("failed_total", failed); s.Add("requests_total", requests); });
+        e.Evaluate();
+        failed = 5;
+        requests = 1010;
+        e.Evaluate();
+        var firing = Assert.Single(e.Firing);
+        Assert.Equal(0.5, firing.Value, 9);
+    }
+
     /// <summary>A throwing Changed handler (a telemetry sink) neither escapes Evaluate nor keeps the batch's other changes from the other handlers.</summary>
     [Fact]
     public void AThrowingHandlerLosesNoChanges()

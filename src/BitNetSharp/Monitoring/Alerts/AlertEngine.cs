@@ -29,6 +29,13 @@ public sealed class SignalSet
 
     public bool Has(string metric) => _series.TryGetValue(metric, out var l) && l.Count > 0;
 
+    /// <summary>Every series held (tests compare their label names with the declared ones).</summary>
+    internal IEnumerable<(string Metric, string[] Labels)> AllSeries()
+    {
+        foreach (var (metric, list) in _series)
+            foreach (var (labels, _) in list) yield return (metric, labels);
+    }
+
     /// <summary>Reduces the matching series; null when the metric has none (the rule is then not evaluated).</summary>
     public double? Reduce(string metric, string aggregate, IReadOnlyDictionary<string, string>? match)
     {
@@ -104,6 +111,9 @@ public sealed record AlertEngineOptions
     /// </summary>
     public IReadOnlyCollection<string>? KnownMetrics { get; init; }
 
+    /// <summary>The label names each of <see cref="KnownMetrics"/> carries (unlisted: none); a "match" on a label a metric lacks is refused.</summary>
+    public IReadOnlyDictionary<string, string[]>? KnownLabels { get; init; }
+
     /// <summary>Where state changes are written (the server's logger, the CLI's stderr).</summary>
     public Action<string>? Log { get; init; }
 
@@ -143,6 +153,10 @@ public sealed class AlertEngine : IDisposable
     // Held through an evaluation and the publication of its changes, so changes reach Changed handlers and the webhook
     // in the order they happened (two overlapping timer callbacks could publish "resolved" before "firing").
     private readonly Lock _evaluation = new();
+    // "for_seconds" and increase windows are measured on a monotonic clock (the wall clock at start plus elapsed
+    // time): an NTP step or a manual clock change no longer fires or resets a rule.
+    private readonly DateTimeOffset _origin = DateTimeOffset.UtcNow;
+    private readonly long _originTicks = Stopwatch.GetTimestamp();
     private readonly string?[] _gate; // the counter whose growth a rule's evaluation waits for, or null
     private readonly State[] _state;
     private readonly Channel<JsonObject>? _outbox;
@@ -160,6 +174,7 @@ public sealed class AlertEngine : IDisposable
         public DateTimeOffset FiringSince;
         public double Value = double.NaN;
         public readonly Queue<(DateTimeOffset At, double Value)> Counter = new();
+        public readonly Queue<(DateTimeOffset At, double Value)> DenominatorCounter = new();
         public long TimesFired;
         public double SamplesSeen = double.NaN;
     }
@@ -172,7 +187,7 @@ public sealed class AlertEngine : IDisposable
         _rules = [.. rules];
         _collect = collect;
         _options = options ?? new AlertEngineOptions();
-        if (_options.KnownMetrics is { } known) AlertRules.CheckMetrics(_rules, known);
+        if (_options.KnownMetrics is { } known) AlertRules.CheckMetrics(_rules, known, labels: _options.KnownLabels);
         if (_options.Interval <= TimeSpan.Zero) throw new ArgumentException($"The alert evaluation interval must be positive; got {_options.Interval}.", nameof(options));
         _state = _rules.Select(_ => new State()).ToArray();
         _gate = _rules.Select(Gate).ToArray();
@@ -250,7 +265,7 @@ public sealed class AlertEngine : IDisposable
         List<AlertState>? changes = null;
         lock (_lock)
         {
-            var now = DateTimeOffset.UtcNow;
+            var now = _origin + Stopwatch.GetElapsedTime(_originTicks);
             _signals.Clear();
             try
             {
@@ -359,26 +374,34 @@ public sealed class AlertEngine : IDisposable
             total = (total ?? 0) + v.Value;
         }
         if (total is null) return null;
-        if (rule.Aggregate == "increase")
-        {
-            // Growth since the last value taken at or before the window's start (the oldest one when the window
-            // reaches further back than the history); a counter that went down (a restart) starts over. Keeping that
-            // baseline, rather than only values inside the window, lets a window no longer than the evaluation
-            // interval see growth: with only values inside it, the baseline was always the new value itself.
-            var q = st.Counter;
-            if (q.Count > 0 && total.Value < q.Last().Value) q.Clear();
-            q.Enqueue((now, total.Value));
-            while (q.Count > 1 && (now - q.ElementAt(1).At).TotalSeconds >= rule.WindowSeconds) q.Dequeue();
-            total = total.Value - q.Peek().Value;
-        }
+        if (rule.Aggregate == "increase") total = Increase(st.Counter, total.Value, now, rule.WindowSeconds);
         if (rule.DivideBy is { } d)
         {
             var denominator = _signals.Reduce(d.Trim(), "sum", null);
             if (denominator is null) return null;
+            // An increase over a counter's lifetime total mixed a window's growth with everything since start: a
+            // counter denominator (named *_total) of an increase rule is taken over the same window, as
+            // increase(a[w]) / increase(b[w]) in Prometheus; a gauge denominator is read as it is.
+            if (rule.Aggregate == "increase" && d.Trim().EndsWith("_total", StringComparison.Ordinal))
+                denominator = Increase(st.DenominatorCounter, denominator.Value, now, rule.WindowSeconds);
             undefined = total.Value == 0 && denominator.Value == 0;
             total = total.Value / denominator.Value; // x/0 is ±Inf, as in Prometheus
         }
         return total;
+    }
+
+    /// <summary>
+    /// A counter's growth since the last value taken at or before the window's start (the oldest one when the window
+    /// reaches further back than the history); a counter that went down (a restart) starts over. Keeping that
+    /// baseline, rather than only values inside the window, lets a window no longer than the evaluation interval see
+    /// growth: with only values inside it, the baseline was always the new value itself.
+    /// </summary>
+    private static double Increase(Queue<(DateTimeOffset At, double Value)> q, double value, DateTimeOffset now, double windowSeconds)
+    {
+        if (q.Count > 0 && value < q.Last().Value) q.Clear();
+        q.Enqueue((now, value));
+        while (q.Count > 1 && (now - q.ElementAt(1).At).TotalSeconds >= windowSeconds) q.Dequeue();
+        return value - q.Peek().Value;
     }
 
     /// <summary>One alert in Alertmanager's webhook format (version 4), with the rule's labels and annotations.</summary>

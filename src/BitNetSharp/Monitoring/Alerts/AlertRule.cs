@@ -39,7 +39,13 @@ public sealed record AlertRule
         string where = $"{source}: rule '{Name}'";
         if (string.IsNullOrWhiteSpace(Name)) throw new ArgumentException($"{source}: a rule has no \"name\".");
         if (string.IsNullOrWhiteSpace(Metric)) throw new ArgumentException($"{where} has no \"metric\".");
+        foreach (var part in Metric.Split('+', StringSplitOptions.TrimEntries))
+            if (!IsMetricName(part))
+                throw new ArgumentException($"{where}: \"metric\" '{Metric}' has {(part.Length == 0 ? "an empty part" : $"'{part}', which is not a metric name")}; " +
+                    "give one metric name (letters, digits, '_' and ':') or several joined by ' + '.");
         if (DivideBy is not null && string.IsNullOrWhiteSpace(DivideBy)) throw new ArgumentException($"{where}: \"divide_by\" is empty; name a metric or leave the field out.");
+        if (DivideBy is not null && !IsMetricName(DivideBy.Trim()))
+            throw new ArgumentException($"{where}: \"divide_by\" '{DivideBy}' is not a metric name; give one metric name (letters, digits, '_' and ':').");
         if (Match is not null)
             foreach (var (label, value) in Match)
                 if (string.IsNullOrEmpty(label) || value is null) throw new ArgumentException($"{where}: \"match\" needs a label name and a string value for each entry (\"label\": \"value\" or \"!value\"); got '{label}': null.");
@@ -50,6 +56,15 @@ public sealed record AlertRule
         if (!(WindowSeconds > 0) || !double.IsFinite(WindowSeconds)) throw new ArgumentException($"{where}: \"window_seconds\" must be > 0; got {WindowSeconds}.");
         if (ForSeconds < 0 || !double.IsFinite(ForSeconds)) throw new ArgumentException($"{where}: \"for_seconds\" must be ≥ 0; got {ForSeconds}.");
         if (Severity is not ("info" or "warning" or "critical")) throw new ArgumentException($"{where}: \"severity\" must be info, warning or critical; got '{Severity}'.");
+    }
+
+    /// <summary>A Prometheus metric name: [a-zA-Z_:][a-zA-Z0-9_:]*.</summary>
+    internal static bool IsMetricName(string name)
+    {
+        if (name.Length == 0 || char.IsAsciiDigit(name[0])) return false;
+        foreach (char c in name)
+            if (!(char.IsAsciiLetterOrDigit(c) || c is '_' or ':')) return false;
+        return true;
     }
 
     public bool Holds(double value) => Op switch
@@ -118,9 +133,27 @@ public static class AlertRules
     /// Throws an <see cref="ArgumentException"/> naming the rule, the metric and the names it can use when a rule reads a
     /// metric outside <paramref name="known"/>: such a rule would load and never fire (its signal never has a value).
     /// </summary>
-    public static void CheckMetrics(IReadOnlyList<AlertRule> rules, IReadOnlyCollection<string> known, string source = "alert rules")
+    /// <param name="labels">
+    /// The label names each known metric's series carry (a metric not listed has none). When given, a rule whose
+    /// "match" names a label that one of its metrics does not carry is refused: such a match never selects a series (or,
+    /// negated, excludes nothing), so the rule would load and silently never fire or alert on everything.
+    /// </param>
+    public static void CheckMetrics(IReadOnlyList<AlertRule> rules, IReadOnlyCollection<string> known, string source = "alert rules",
+        IReadOnlyDictionary<string, string[]>? labels = null)
     {
         foreach (var rule in rules)
+        {
+            if (labels is not null && rule.Match is { } match)
+                foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+                {
+                    if (!known.Contains(part)) continue; // reported below, with the names it could use
+                    var have = labels.TryGetValue(part, out var l) ? l : [];
+                    foreach (var label in match.Keys)
+                        if (Array.IndexOf(have, label) < 0)
+                            throw new ArgumentException($"{source}: rule '{rule.Name}': \"match\" names the label '{label}', which '{part}' does not carry, so the match " +
+                                (match[label].StartsWith('!') ? "would exclude nothing" : "would select nothing and the rule never fire") +
+                                $". Its labels: {(have.Length == 0 ? "none" : string.Join(", ", have))}.");
+                }
             foreach (var metric in MetricsOf(rule))
             {
                 bool found = false;
@@ -141,6 +174,7 @@ public static class AlertRules
                 throw new ArgumentException($"{source}: rule '{rule.Name}': \"{field}\" names '{metric}', which is not a signal alert rules can read, so the rule would never fire.{hint} " +
                     $"Histograms and metrics outside this list are not evaluated; use one of: {string.Join(", ", names)}.");
             }
+        }
     }
 
     /// <summary>Levenshtein distance (insertions, deletions, substitutions), for "did you mean".</summary>
