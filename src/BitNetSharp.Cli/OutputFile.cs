@@ -1,3 +1,5 @@
+using BitNetSharp.Formats;
+
 namespace BitNetSharp.Cli;
 
 /// <summary>Checks an output path given on the command line before the work that produces the file.</summary>
@@ -33,25 +35,20 @@ internal static class OutputFile
                 // A model directory (Hugging Face): a new file beside its files is fine, replacing one of them is not
                 // (a trace over model.safetensors destroyed the weights).
                 string folder = Resolve(Path.TrimEndingDirectorySeparator(Path.GetFullPath(input))) + Path.DirectorySeparatorChar;
-                if (File.Exists(resolved) && (resolved.StartsWith(folder, StringComparison.Ordinal) || full.StartsWith(folder, StringComparison.Ordinal)))
+                if (File.Exists(resolved) && (resolved.StartsWith(folder, PathComparison) || full.StartsWith(folder, PathComparison)))
                     throw new UsageException($"{option} {path} is a file of the {inputOption} directory {input}; the output would replace it. Give another path.");
                 continue;
             }
-            if (Resolve(Path.GetFullPath(input)) == resolved)
+            if (string.Equals(Resolve(Path.GetFullPath(input)), resolved, PathComparison))
                 throw new UsageException($"{option} {path} is the {inputOption} file; the output would replace it. Give another path.");
         }
         return full;
     }
 
-    private static string Resolve(string full)
-    {
-        try
-        {
-            return File.Exists(full) && new FileInfo(full).ResolveLinkTarget(returnFinalTarget: true) is { } target ? target.FullName : full;
-        }
-        catch (IOException)
-        {
-            return full;
-        }
-    }
+    /// <summary>Whether two paths name the same file, however spelled (see <see cref="PathIdentity"/>).</summary>
+    public static bool SameFile(string a, string b) => PathIdentity.SameFile(a, b);
+
+    private static StringComparison PathComparison => PathIdentity.Comparison;
+
+    private static string Resolve(string full) => PathIdentity.Resolve(full);
 }

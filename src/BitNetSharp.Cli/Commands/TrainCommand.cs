@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text;
+using BitNetSharp.Formats;
 using BitNetSharp.Model;
 using BitNetSharp.Threading;
 using BitNetSharp.Training;
@@ -68,7 +69,7 @@ public static class TrainCommand
         {
             try
             {
-                string outPath = Path.GetFullPath(r.GetRequiredValue(output));
+                string outPath = OutputFile.Check("--out", r.GetRequiredValue(output));
                 CheckSettings(r, lr, warmup, weightDecay, threads, ff, kvHeads, vocab);
                 int d = r.GetValue(dim), h = r.GetValue(heads);
                 var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
@@ -102,9 +103,12 @@ public static class TrainCommand
                 if (!plot.EndsWith(".svg", StringComparison.OrdinalIgnoreCase))
                     throw new UsageException($"--plot {r.GetValue(plotPath)}: the loss curve is written as SVG (no native graphics libraries in the tool); " +
                         $"give a path ending in .svg, e.g. {Path.ChangeExtension(r.GetValue(plotPath), ".svg")}.");
+                if (r.GetValue(plotPath) is { } plotGiven) OutputFile.Check("--plot", plotGiven);
                 if (Path.GetDirectoryName(plot) != Path.GetDirectoryName(outPath)) RequireWritable(plot);
-                CheckOutputsAreNotInputs(r.GetRequiredValue(data), ("--out", outPath), ("--plot", plot), ("the checkpoint", outPath + ".ckpt"),
-                    ("--heldout", r.GetValue(heldOut) is { } h2 ? Path.GetFullPath(h2) : null));
+                string? heldOutPath = r.GetValue(heldOut) is { } h2 ? OutputFile.Check("--heldout", h2) : null;
+                if (heldOutPath is not null && Path.GetDirectoryName(heldOutPath) != Path.GetDirectoryName(outPath)) RequireWritable(heldOutPath);
+                CheckOutputsAreNotInputs(r.GetRequiredValue(data), ("--out", outPath), ("--plot", plot), ("the checkpoint", outPath + ".ckpt"), ("--heldout", heldOutPath));
+                CheckAttentionFits(shape, batchSize);
 
                 using var pool = new WorkerPool(r.GetValue(threads));
                 string checkpoint = outPath + ".ckpt";
@@ -123,6 +127,13 @@ public static class TrainCommand
                     {
                         throw new UsageException($"--tokens {r.GetValue(tokens)}: {e.Message}");
                     }
+                    if (r.GetValue(fullPrecision) != run.Options.FullPrecision)
+                    {
+                        throw new UsageException(run.Options.FullPrecision
+                            ? $"{checkpoint} is a full-precision run; add --full-precision to continue it, or start a new run without --resume."
+                            : $"{checkpoint} is a ternary (QAT) run; drop --full-precision to continue it, or start a new run without --resume.");
+                    }
+                    if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, run.Tokenizer.Decode(run.Validation));
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
                         (newSteps ? " (run length from --tokens)" : ""));
                 }
@@ -130,12 +141,6 @@ public static class TrainCommand
                 {
                     if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
                     var corpus = TrainingCorpus.Load(r.GetRequiredValue(data));
-                    if (r.GetValue(heldOut) is { } heldOutPath)
-                    {
-                        RequireWritable(Path.GetFullPath(heldOutPath));
-                        File.WriteAllText(heldOutPath, corpus.ValidationText, new UTF8Encoding(encoderShouldEmitUTF8Identifier: false));
-                        cli.Output.WriteLine($"wrote the held-out text to {heldOutPath}");
-                    }
                     cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
                     var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
                     var train = corpus.EncodeTrain(tokenizer);
@@ -148,6 +153,9 @@ public static class TrainCommand
                         ActivationBits = bits.AllEight ? null : bits,
                     };
                     run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+                    // Written once the run has started (the vocabulary and the corpus passed their checks), so a refused
+                    // run leaves no file behind.
+                    if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, corpus.ValidationText);
                     cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
                         $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : bits.AllEight ? "ternary (QAT)" : $"ternary (QAT), activation bits {bits}")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
                 }
@@ -192,16 +200,41 @@ public static class TrainCommand
             throw new UsageException($"--vocab {v} cannot hold the end-of-text token and the 256 byte tokens; use at least 257 (merges come on top).");
     }
 
-    /// <summary>No file train writes may be one of its --data files: the text would be replaced (by the model, the plot, or its own last 5 %).</summary>
+    /// <summary>
+    /// No file train writes may be one of its --data files, by any name (a link to it included): the text would be
+    /// replaced (by the model, the plot, or its own last 5 %).
+    /// </summary>
     private static void CheckOutputsAreNotInputs(string[] data, params (string Option, string? Path)[] outputs)
     {
-        foreach (var input in data)
+        foreach (var (option, path) in outputs)
         {
-            string full = Path.GetFullPath(input);
-            foreach (var (option, path) in outputs)
-                if (path is not null && string.Equals(path, full, StringComparison.Ordinal))
-                    throw new UsageException($"{option} {path} is a --data file; writing it would replace the training text. Give another path.");
+            if (path is null) continue;
+            foreach (var input in data)
+                if (OutputFile.SameFile(path, input))
+                    throw new UsageException($"{option} {path} is the --data file {input}; writing it would replace the training text. Give another path.");
         }
+    }
+
+    /// <summary>
+    /// The attention probabilities take batch·heads·ctx² floats per layer, held in one array: past 2^31 elements the
+    /// run cannot start, and it used to fail with an OverflowException only after the tokenizer was trained.
+    /// </summary>
+    private static void CheckAttentionFits(TrainingShape shape, int batch)
+    {
+        long probs = (long)batch * shape.Heads * shape.ContextLength * shape.ContextLength;
+        if (probs > Array.MaxLength)
+            throw new UsageException($"--ctx {shape.ContextLength} with --batch {batch} and --heads {shape.Heads}: the attention buffer would hold batch·heads·ctx² = {probs:N0} " +
+                $"values per layer, more than one array can ({Array.MaxLength:N0}). Lower --ctx, --batch or --heads.");
+    }
+
+    private static void WriteHeldOut(CliConsole cli, string path, string text)
+    {
+        AtomicFile.Write(path, stream =>
+        {
+            var bytes = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false).GetBytes(text);
+            stream.Write(bytes);
+        });
+        cli.Output.WriteLine($"wrote the held-out text to {path}");
     }
 
     private static int Steps(long tokens, int batch, int contextLength)

@@ -196,8 +196,15 @@ public sealed class TrainingRun
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
     /// weights and both Adam moments. Written through <see cref="AtomicFile"/> (temporary file, fsync, rename), so a kill during the write leaves the previous checkpoint.
     /// </summary>
+    /// <exception cref="TrainingDivergedException">The latent weights are no longer finite; the checkpoint on disk (the last good one) is kept.</exception>
     public void SaveCheckpoint(string path)
     {
+        // A diverged run must not replace the last good checkpoint: resuming it (with a lower --lr, or --tokens to end
+        // early) is the way back. The full-precision twin has no other check on its weights.
+        var p = Model.Parameters;
+        for (int i = 0; i < p.Length; i++)
+            if (!float.IsFinite(p[i]))
+                throw new TrainingDivergedException($"the weights are no longer finite at step {Step}: training diverged. {(File.Exists(path) ? $"The last good checkpoint, {path}, was kept; resume it with a lower --lr (or raise --warmup)" : "Lower --lr (or raise --warmup) and start again")}.");
         // The default BinaryWriter encoding (UTF-8, no BOM, throwing on invalid text), kept open for the fsync.
         AtomicFile.Write(path, stream =>
         {

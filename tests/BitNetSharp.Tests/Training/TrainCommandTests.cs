@@ -184,8 +184,14 @@ public class TrainCommandTests
     [InlineData("threads", "--threads (-t) must be ≥ 0")]
     [InlineData("ff", "--ff must be a positive width")]
     [InlineData("smallvocab", "use at least 257")]
-    [InlineData("heldout-is-data", "is a --data file; writing it would replace the training text")]
-    [InlineData("out-is-data", "is a --data file; writing it would replace the training text")]
+    [InlineData("heldout-is-data", "writing it would replace the training text")]
+    [InlineData("out-is-data", "writing it would replace the training text")]
+    [InlineData("heldout-links-data", "--heldout")]
+    [InlineData("out-through-linked-folder", "writing it would replace the training text")]
+    [InlineData("out-is-folder", "--out")]
+    [InlineData("heldout-is-folder", "--heldout")]
+    [InlineData("vocab-with-heldout", "supports at most")]
+    [InlineData("attention-too-big", "more than one array can")]
     public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -214,14 +220,63 @@ public class TrainCommandTests
             // Before: the corpus was replaced by its own last 5 % (--heldout) or by the model (--out) with no word.
             "heldout-is-data" => TinyArgs(data, model, "--heldout", data),
             "out-is-data" => TinyArgs(data, data),
+            // A link to the corpus, or to its folder, was another file to the check: the corpus became its own last 5 %, or the model.
+            "heldout-links-data" => TinyArgs(data, model, "--heldout", File.CreateSymbolicLink(dir.File("held.txt"), data).FullName),
+            "out-through-linked-folder" => TinyArgs(data, Path.Combine(Directory.CreateSymbolicLink(dir.File("alias.txt"), dir.Path).FullName, "corpus.txt")),
+            // A folder as --out trained every step before the export failed; as --heldout the error named no option.
+            "out-is-folder" => TinyArgs(data, Directory.CreateDirectory(dir.File("models.txt")).FullName),
+            "heldout-is-folder" => TinyArgs(data, model, "--heldout", Directory.CreateDirectory(dir.File("held.txt")).FullName),
+            // The held-out text was written before the vocabulary check refused the run, and left behind.
+            "vocab-with-heldout" => Replace(TinyArgs(data, model, "--heldout", dir.File("held.out")), "--vocab", "5000"),
+            // batch·heads·ctx² past one array: an OverflowException after the tokenizer was trained.
+            "attention-too-big" => Replace(Replace(Replace(Replace(TinyArgs(data, model), "--ctx", "23200"), "--tokens", "46400"), "--heads", "2"), "--batch", "2"),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
         var (code, _, error) = Bitnet(args);
         Assert.NotEqual(0, code);
         Assert.Contains(message, error);
         Assert.StartsWith("error: ", error);
+        Assert.DoesNotContain("   at ", error);
         Assert.DoesNotContain(Directory.GetFiles(dir.Path), f => !f.EndsWith(".txt", StringComparison.Ordinal));
         Assert.Equal(string.Concat(Enumerable.Repeat(TrainingRunTests.Story, 6)), File.ReadAllText(data)); // the corpus untouched
+    }
+
+    /// <summary>
+    /// --resume with --heldout writes the held-out text (it was silently skipped), and a resume that switches between
+    /// ternary and --full-precision is refused (the run went on in its old mode without a word).
+    /// </summary>
+    [Fact]
+    public void ResumeWritesTheHeldOutTextAndRefusesAnotherMode()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("tiny.gguf");
+        Assert.Equal(0, Bitnet(TinyArgs(data, model)).ExitCode);
+        var held = dir.File("held.txt");
+        var (code, _, error) = Bitnet(TinyArgs(data, model, "--resume", "--heldout", held));
+        Assert.True(code == 0, error);
+        Assert.Equal(BitNetSharp.Training.TrainingCorpus.Load([data]).ValidationText, File.ReadAllText(held));
+
+        var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume", "--full-precision"));
+        Assert.Equal(2, badCode);
+        Assert.Contains("is a ternary (QAT) run; drop --full-precision", badError);
+    }
+
+    /// <summary>A diverging run keeps its last good checkpoint (the non-finite weights replaced it before the check ran).</summary>
+    [Fact]
+    public void ADivergedRunKeepsTheLastGoodCheckpoint()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("tiny.gguf");
+        var (code, _, error) = Bitnet(Replace(Replace(TinyArgs(data, model, "--full-precision", "--lr", "1e30", "--warmup", "0"), "--checkpoint-every", "1"), "--val-every", "100"));
+        Assert.Equal(1, code);
+        Assert.Contains("diverged", error);
+        Assert.True(File.Exists(model + ".ckpt"), "no checkpoint was written before the weights went non-finite: " + error);
+        using var pool = new BitNetSharp.Threading.WorkerPool(1);
+        var run = BitNetSharp.Training.TrainingRun.Resume(model + ".ckpt", pool);
+        Assert.All(run.Model.Parameters, p => Assert.True(float.IsFinite(p)));
+        Assert.Contains("was kept", error);
     }
 
     private static string[] Replace(string[] args, string option, string value)

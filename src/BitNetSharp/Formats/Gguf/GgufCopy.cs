@@ -9,7 +9,7 @@ public static class GgufCopy
     /// </summary>
     public static void WithMetadata(GgufFile source, string path, IReadOnlyList<KeyValuePair<string, GgufValue>> set)
     {
-        if (Path.GetFullPath(path) == Path.GetFullPath(source.FilePath))
+        if (PathIdentity.SameFile(path, source.FilePath))
             throw new ArgumentException($"The output {path} is the input model; write to another file.", nameof(path));
         var w = new GgufWriter(source.Alignment);
         var replaced = new HashSet<string>(set.Select(kv => kv.Key), StringComparer.Ordinal) { GgufFile.AlignmentKey };
