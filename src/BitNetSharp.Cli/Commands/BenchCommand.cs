@@ -313,7 +313,9 @@ public static class BenchCommand
         if (!File.Exists(path))
         {
             cli.Error.WriteLine($"writing synthetic {shape.Name} model to {path} (once)...");
-            string partial = $"{path}.{Environment.ProcessId}.partial";
+            // Unique per writer, not only per process: two commands in one process (a host running bench and profile,
+            // the tests) wrote the same partial file, and one moved or deleted it under the other.
+            string partial = $"{path}.{Environment.ProcessId}.{Guid.NewGuid():N}.partial";
             try
             {
                 SyntheticModel.Build(shape, seed: 1, embeddingType: type).WriteFile(partial);

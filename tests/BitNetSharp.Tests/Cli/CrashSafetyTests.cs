@@ -51,11 +51,19 @@ public class CrashSafetyTests
     }
 
     /// <summary>Starts the CLI, waits <paramref name="delay"/>, kills it with SIGKILL; true when it was still running.</summary>
-    private static async Task<bool> KillAfterAsync(TimeSpan delay, params string[] args)
+    private static Task<bool> KillAfterAsync(TimeSpan delay, params string[] args) => KillAfterAsync(delay, null, args);
+
+    /// <summary>
+    /// As above, the delay counted from when <paramref name="ready"/> holds (polled; at most a minute), so a kill lands
+    /// past a milestone however slowly the process starts on a loaded machine.
+    /// </summary>
+    private static async Task<bool> KillAfterAsync(TimeSpan delay, Func<bool>? ready, params string[] args)
     {
         using var p = Start(args);
         p.BeginOutputReadLine();
         p.BeginErrorReadLine();
+        if (ready is not null)
+            for (var until = DateTime.UtcNow.AddMinutes(1); !ready() && !p.HasExited && DateTime.UtcNow < until;) await Task.Delay(20, Ct);
         await Task.Delay(delay, Ct);
         bool running = !p.HasExited;
         if (running) p.Kill(); // SIGKILL on Unix
@@ -127,9 +135,11 @@ public class CrashSafetyTests
         int lastStep = -1, killed = 0, leftTemporaries = 0;
         for (int i = 0; i < 8; i++)
         {
-            var delay = TimeSpan.FromMilliseconds(250 + rng.Next(900));
-            if (await KillAfterAsync(delay, args)) killed++;
-            string context = $"kill {i} after {delay.TotalMilliseconds:F0} ms";
+            // Even runs are killed at a time from the start (before or after the first checkpoint, by chance), odd runs
+            // at a time after a checkpoint exists: at least half the kills land mid-run, whatever the machine's speed.
+            var delay = TimeSpan.FromMilliseconds(i % 2 == 0 ? 250 + rng.Next(900) : rng.Next(600));
+            if (await KillAfterAsync(delay, i % 2 == 0 ? null : () => File.Exists(checkpoint), args)) killed++;
+            string context = $"kill {i} after {delay.TotalMilliseconds:F0} ms{(i % 2 == 0 ? "" : " past a checkpoint")}";
             if (File.Exists(checkpoint))
             {
                 var run = TrainingRun.Resume(checkpoint, pool);

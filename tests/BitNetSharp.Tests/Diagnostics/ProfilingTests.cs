@@ -506,6 +506,12 @@ public class ProfilingTests
         using var t = JsonDocument.Parse(File.ReadAllText(trace));
         Assert.True(t.RootElement.GetProperty("traceEvents").GetArrayLength() > 10);
     }
+}
+
+/// <summary>The one-pass decode products, profiled; it sets the process-wide weight-stream count, so it runs in that collection.</summary>
+[Collection(nameof(BitNetSharp.Tests.Kernels.WeightStreamsCollection))]
+public class OnePassProfilingTests
+{
     /// <summary>
     /// A decode step's q, k, v (and gate, up) run as one pass when two threads share products this large
     /// (<see cref="Kernels.TernaryMatMul.RunMany"/>): the logits equal one thread's (products one after another) bit for

@@ -5,6 +5,14 @@ using static BitNetSharp.Tests.Kernels.KernelTestData;
 
 namespace BitNetSharp.Tests.Kernels;
 
+/// <summary>
+/// The tests that set the process-wide <see cref="TernaryKernel.WeightStreams"/> (the kernel, head and profiler tests)
+/// run one at a time: one test's setting changed how another's products were grouped (seen only on a loaded CI machine).
+/// </summary>
+[CollectionDefinition(nameof(WeightStreamsCollection))]
+public sealed class WeightStreamsCollection;
+
+[Collection(nameof(WeightStreamsCollection))]
 public unsafe class TernaryKernelTests
 {
     /// <summary>Every variant this CPU supports, by name (the reference included, checked against the oracle).</summary>

@@ -135,6 +135,7 @@ public unsafe class EmbeddingTableBatchTests
     }
 }
 
+[Collection(nameof(BitNetSharp.Tests.Kernels.WeightStreamsCollection))]
 public unsafe class EmbeddingTableF16BatchEdgeTests
 {
     /// <summary>

@@ -133,15 +133,19 @@ public class AlertEngineTests
     public void CountersAlertOnTheirIncrease()
     {
         double total = 5;
-        using var e = Engine(new AlertRule { Name = "C", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 0, WindowSeconds = 0.3 }, () => total, metric: "c_total");
+        var clock = new ManualTime();
+        using var e = Engine(new AlertRule { Name = "C", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 0, WindowSeconds = 0.3 }, () => total,
+            new AlertEngineOptions { Time = clock }, metric: "c_total");
         e.Evaluate(); // first look: the baseline, no increase
         Assert.Empty(e.Firing);
         total = 6;
+        clock.Advance(0.1);
         e.Evaluate();
         Assert.Single(e.Firing);
+        clock.Advance(0.1);
         e.Evaluate();
-        Assert.Single(e.Firing); // still inside the window
-        Thread.Sleep(400);
+        Assert.Single(e.Firing); // still inside the window (a wall-clock test lost this to a 0.3 s stall)
+        clock.Advance(0.4);
         e.Evaluate();
         Assert.Empty(e.Firing); // the growth left the window
         total = 0; // a restart: the counter starts over, no negative growth
@@ -481,5 +485,15 @@ public class AlertEngineTests
         int port = ((IPEndPoint)l.LocalEndpoint).Port;
         l.Stop();
         return port;
+    }
+
+    /// <summary>A clock the test moves.</summary>
+    internal sealed class ManualTime : TimeProvider
+    {
+        private long _ticks = 1_000_000;
+        public override long TimestampFrequency => 1_000_000;
+        public override long GetTimestamp() => _ticks;
+        public override DateTimeOffset GetUtcNow() => new DateTimeOffset(2026, 1, 1, 0, 0, 0, TimeSpan.Zero).AddTicks(_ticks * 10);
+        public void Advance(double seconds) => _ticks += (long)(seconds * TimestampFrequency);
     }
 }

@@ -181,9 +181,16 @@ public class FaultDrillTests
         var (s, _) = await StartAsync(m => m with { AlertRules = [rule] });
         await using var owned = s;
         int step = 0;
-        s.Scheduler.BeforeForward = () => { if (step++ % 2 == 0) Thread.Sleep(100); };
+        var alerts = s.Server.Monitor!.Alerts!;
+        // The engine evaluates the rules itself before each step, so every evaluation sees new tokens: the 40 ms timer
+        // alone could miss the short stretch between the 32nd latency and the answer's end on a loaded machine.
+        s.Scheduler.BeforeForward = () =>
+        {
+            if (step++ % 2 == 0) Thread.Sleep(100);
+            alerts.Evaluate();
+        };
         // The spread needs 32 latencies, and the rule counts only while tokens are delivered: a longer answer.
-        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 56));
+        var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 56, temperature = 0, ignore_eos = true });
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.True(TestServer.Sample(await s.MetricsAsync(), "bitnet_health_token_latency_stddev_seconds") > 0.02);
         await TestServer.EventuallyAsync(() => FiringAsync(s, "Jitter"), "the jitter alert fires");
@@ -201,10 +208,11 @@ public class FaultDrillTests
         var (s, _) = await StartAsync(m => m with { AlertRules = [rule] });
         await using var owned = s;
         double highest = double.NaN;
+        var alerts = s.Server.Monitor!.Alerts!;
         s.Scheduler.BeforeForward = () =>
         {
-            Thread.Sleep(3); // long enough a run for the 40 ms evaluations to see it
             if (s.Scheduler.RepetitionShare is var r && !(r <= highest)) highest = r;
+            alerts.Evaluate(); // each step, not only on the 40 ms timer, which a loaded machine can starve through the whole loop
         };
         var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 150, temperature = 0, ignore_eos = true, logit_bias = new Dictionary<string, int> { ["7"] = 100 } });
         Assert.Equal(HttpStatusCode.OK, status);

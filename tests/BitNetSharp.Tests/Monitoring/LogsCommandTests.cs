@@ -151,20 +151,29 @@ public class LogsCommandTests
         writer.Flush();
         string path = writer.CurrentPath!;
 
-        var follow = Task.Run(() => Bitnet("logs", path, "--follow", "--follow-timeout", "4"));
-        await Task.Delay(1000, TestContext.Current.CancellationToken);
-        writer.Write(Step(Start + 1, 2, "after"));
-        writer.Write(Layer(Start + 1, 2, 5));
-        writer.Flush();
+        var follow = Task.Run(() => Bitnet("logs", path, "--follow", "--follow-timeout", "5"));
+        // Rows keep coming for 3 s, so however late the follower opens the file (a loaded machine), some come after it;
+        // a single write after a fixed 1 s wait missed the follower that opened later, which then printed nothing.
+        for (int i = 0; i < 15; i++)
+        {
+            await Task.Delay(200, TestContext.Current.CancellationToken);
+            writer.Write(Step(Start + 1 + i, 2 + i, "after"));
+            writer.Write(Layer(Start + 1 + i, 2 + i, 5));
+            writer.Flush();
+        }
         var (code, output, error) = await follow;
         writer.Dispose();
 
         Assert.Equal("", error);
         Assert.Equal(0, code);
-        var kinds = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
-        Assert.Equal(2, kinds.Count);
-        Assert.Equal("after", kinds[0].GetProperty("request_id").GetString());
-        Assert.Equal(5, kinds[1].GetProperty("layer").GetInt32());
+        var rows = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.NotEmpty(rows);
+        Assert.Equal(0, rows.Count % 2); // whole batches: a step and its layer
+        for (int i = 0; i < rows.Count; i += 2)
+        {
+            Assert.Equal("after", rows[i].GetProperty("request_id").GetString());
+            Assert.Equal(5, rows[i + 1].GetProperty("layer").GetInt32());
+        }
         Assert.DoesNotContain("before", output);
     }
 

@@ -162,7 +162,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
         {
             for (int i = 0; i < 2500; i++) writer.Write(Step(i, i, "r", token: i));
             // Two full batches go out on the background thread; the last 500 rows wait for Dispose.
-            for (int t = 0; t < 200 && writer.RowsWritten < 2000; t++) Thread.Sleep(10);
+            for (int t = 0; t < 3000 && writer.RowsWritten < 2000; t++) Thread.Sleep(10); // waits up to 30 s: a loaded machine
             Assert.Equal(2000, writer.RowsWritten);
         }
         var rows = ReadAll(dir.Path);
@@ -177,7 +177,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
         using var dir = new TestGguf.TempDirectory();
         using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.Path, FlushInterval = TimeSpan.FromMilliseconds(50) }, Context);
         writer.Write(Step(1, 1, "r"));
-        for (int t = 0; t < 300 && writer.RowsWritten == 0; t++) Thread.Sleep(10);
+        for (int t = 0; t < 3000 && writer.RowsWritten == 0; t++) Thread.Sleep(10); // waits up to 30 s: a loaded machine
         Assert.Equal(1, writer.RowsWritten);
         Assert.Single(ReadAll(dir.Path));
     }

@@ -503,7 +503,9 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             Content = new StringContent("""{"messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true}""", Encoding.UTF8, "application/json"),
         };
         var sent = s.Http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
-        await Task.Delay(600, Ct);
+        // Past its deadline once it is queued (a fixed wait from sending could end before a slow request got there).
+        await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 1), "the request is queued");
+        await Task.Delay(450, Ct);
         s.Scheduler.StepGate.Set();
         using var response = await sent;
         Assert.Equal(HttpStatusCode.GatewayTimeout, response.StatusCode);

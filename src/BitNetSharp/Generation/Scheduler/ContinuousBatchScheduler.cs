@@ -601,6 +601,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         {
             _samples.Write(MetricKind.EndToEndLatency, SchedulerMeters.Seconds(Stopwatch.GetTimestamp() - h.SubmittedTicks));
             _runningRequests.Remove(h);
+            PublishGauges(); // before the caller sees the end: its slot already reads free
             h.Complete(null);
         }
     }
@@ -630,15 +631,22 @@ public sealed class ContinuousBatchScheduler : IDisposable
             Interlocked.Add(ref _queuedSequences, -h.Request.Choices);
         }
         SchedulerCounters.Add(ref counter, 1);
+        PublishGauges();
         h.Complete(error);
     }
 
     private void PublishGauges()
     {
         long kv = 0;
-        foreach (var s in _running) kv += s.CacheLength;
+        int running = 0;
+        foreach (var s in _running)
+        {
+            if (s.Finished) continue; // released this step, removed from the list at the next
+            kv += s.CacheLength;
+            running++;
+        }
         SchedulerCounters.Set(ref _counters.KvPositionsInUse, kv);
-        SchedulerCounters.Set(ref _counters.RunningSequences, _running.Count);
+        SchedulerCounters.Set(ref _counters.RunningSequences, running);
         double repetition = 0;
         foreach (var s in _running)
             if (!s.Finished && s.Repetition.Share is var share && share > repetition) repetition = share;

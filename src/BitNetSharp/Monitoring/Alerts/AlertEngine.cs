@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Net.Http.Json;
 using System.Text.Json;
@@ -111,6 +110,9 @@ public sealed record AlertEngineOptions
     /// </summary>
     public IReadOnlyCollection<string>? KnownMetrics { get; init; }
 
+    /// <summary>The clock "for_seconds" and increase windows are measured on (its timestamps; null: the system's). Tests pass a manual one.</summary>
+    public TimeProvider? Time { get; init; }
+
     /// <summary>The label names each of <see cref="KnownMetrics"/> carries (unlisted: none); a "match" on a label a metric lacks is refused.</summary>
     public IReadOnlyDictionary<string, string[]>? KnownLabels { get; init; }
 
@@ -155,8 +157,9 @@ public sealed class AlertEngine : IDisposable
     private readonly Lock _evaluation = new();
     // "for_seconds" and increase windows are measured on a monotonic clock (the wall clock at start plus elapsed
     // time): an NTP step or a manual clock change no longer fires or resets a rule.
-    private readonly DateTimeOffset _origin = DateTimeOffset.UtcNow;
-    private readonly long _originTicks = Stopwatch.GetTimestamp();
+    private readonly DateTimeOffset _origin;
+    private readonly long _originTicks;
+    private readonly TimeProvider _time;
     private readonly string?[] _gate; // the counter whose growth a rule's evaluation waits for, or null
     private readonly State[] _state;
     private readonly Channel<JsonObject>? _outbox;
@@ -187,6 +190,9 @@ public sealed class AlertEngine : IDisposable
         _rules = [.. rules];
         _collect = collect;
         _options = options ?? new AlertEngineOptions();
+        _time = _options.Time ?? TimeProvider.System;
+        _origin = _time.GetUtcNow();
+        _originTicks = _time.GetTimestamp();
         if (_options.KnownMetrics is { } known) AlertRules.CheckMetrics(_rules, known, labels: _options.KnownLabels);
         if (_options.Interval <= TimeSpan.Zero) throw new ArgumentException($"The alert evaluation interval must be positive; got {_options.Interval}.", nameof(options));
         _state = _rules.Select(_ => new State()).ToArray();
@@ -265,7 +271,7 @@ public sealed class AlertEngine : IDisposable
         List<AlertState>? changes = null;
         lock (_lock)
         {
-            var now = _origin + Stopwatch.GetElapsedTime(_originTicks);
+            var now = _origin + _time.GetElapsedTime(_originTicks);
             _signals.Clear();
             try
             {
