@@ -130,13 +130,13 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
     {
         if (!file.Metadata.TryGetValue(GgufKey, out var value)) return null;
         if (value.Value is not GgufArray array || array.Count != layers * Inputs || !array.TryGetInt64s(out var values))
-            throw new InvalidDataException($"{file.FilePath}: '{GgufKey}' must be an array of {layers * Inputs} integer bit widths ({layers} layers × qkv, o, gate_up, down).");
+            throw new Formats.ModelFormatException(file.FilePath, $"must be an array of {layers * Inputs} integer bit widths ({layers} layers × qkv, o, gate_up, down); recalibrate with `bitnet calibrate` (its --out writes the key) or convert from the uncalibrated model.", GgufKey);
         var bits = new byte[layers * Inputs];
         for (int i = 0; i < bits.Length; i++)
         {
             long b = values[i];
             if (b is < 2 or > 8 || Array.IndexOf(Allowed, (int)b) < 0)
-                throw new InvalidDataException($"{file.FilePath}: '{GgufKey}'[{i}] is {b}; bit widths are {string.Join(", ", Allowed)}.");
+                throw new Formats.ModelFormatException(file.FilePath, $"[{i}] is {b}; bit widths are {string.Join(", ", Allowed)}.", GgufKey);
             bits[i] = (byte)b;
         }
         return new ActivationBits(layers, bits);

@@ -200,6 +200,29 @@ public class InspectCommandTests
         Assert.Single(error.TrimEnd().Split('\n'));
     }
 
+    /// <summary>
+    /// A malformed activation-width key is a one-line error naming the file and key (exit 1) for every command that
+    /// reads it; it used to escape the CLI as an InvalidDataException stack trace.
+    /// </summary>
+    [Theory]
+    [InlineData("inspect")]
+    [InlineData("generate")]
+    public void MalformedActivationBitsKeyIsAnErrorNamingFileAndKey(string command)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("badbits.gguf");
+        var w = BitNetSharp.Model.SyntheticModel.Build(BitNetSharp.Model.SyntheticShape.Tiny, 3);
+        w.AddArray(BitNetSharp.Model.ActivationBits.GgufKey, new byte[] { 8, 8, 8, 7 });
+        w.WriteFile(path);
+        string[] args = command == "inspect" ? ["inspect", path] : ["generate", "-m", path, "--prompt-ids", "1,2", "-n", "2"];
+        var (code, _, error) = Bitnet(args);
+        Assert.Equal(1, code);
+        Assert.StartsWith("error: ", error);
+        Assert.Contains("badbits.gguf", error);
+        Assert.Contains(BitNetSharp.Model.ActivationBits.GgufKey, error);
+        Assert.Single(error.TrimEnd().Split('\n'));
+    }
+
     [Fact]
     public void MissingArgumentIsAUsageError()
     {

@@ -60,15 +60,16 @@ public class ActivationBitsTests
         bits.WriteTo(w);
         using var file = GgufFile.Parse(w.ToArray(), "bits.gguf");
         Assert.Equal(bits, ActivationBits.FromGguf(file, 2));
-        Assert.Contains("must be an array of 12", Assert.Throws<InvalidDataException>(() => ActivationBits.FromGguf(file, 3)).Message);
+        Assert.Contains("must be an array of 12", Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ActivationBits.FromGguf(file, 3)).Message);
 
         using var none = GgufFile.Parse(new GgufWriter().ToArray(), "none.gguf");
         Assert.Null(ActivationBits.FromGguf(none, 2));
 
         var bad = new GgufWriter().AddArray(ActivationBits.GgufKey, new byte[] { 8, 8, 8, 7 });
         using var badFile = GgufFile.Parse(bad.ToArray(), "bad.gguf");
-        var e = Assert.Throws<InvalidDataException>(() => ActivationBits.FromGguf(badFile, 1));
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ActivationBits.FromGguf(badFile, 1));
         Assert.Contains("bad.gguf", e.Message);
         Assert.Contains("[3] is 7", e.Message);
+        Assert.Contains(ActivationBits.GgufKey, e.Message);
     }
 }
