@@ -105,7 +105,7 @@ public static class KernelRegistry
         string n = name.Trim().ToLowerInvariant() switch
         {
             "avxvnni" => "avx2",
-            "avx512gfni" => "avx512",
+            "avx512gfni" or "avx512lut" => "avx512",
             "neondot" => "neon",
             var other => other,
         };

@@ -15,6 +15,27 @@ public unsafe class BinaryKernelTests
         return y;
     }
 
+    /// <summary>
+    /// BITNET_KERNEL is one variable for both families: every ternary name picks a binary kernel (or says this CPU cannot
+    /// run it). avx512lut named no binary kernel, so a binary model failed to load under it.
+    /// </summary>
+    [Fact]
+    public void EveryTernaryKernelNameSelectsABinaryKernel()
+    {
+        foreach (var ternary in KernelRegistry.AllTernary)
+        {
+            try
+            {
+                var binary = KernelRegistry.SelectBinary(ternary.Name);
+                Assert.True(binary.IsSupported, ternary.Name);
+            }
+            catch (ArgumentException e)
+            {
+                Assert.Contains("this CPU cannot run it", e.Message);
+            }
+        }
+    }
+
     [Theory]
     [MemberData(nameof(Supported))]
     public void EqualsOracleAndReference(string name)

@@ -28,8 +28,9 @@ public sealed class GgufWriter
     private sealed record PendingTensor(string Name, GgmlType Type, long[] Dims, ReadOnlyMemory<byte> Data);
 
     /// <param name="alignment">
-    /// Data alignment; written as <c>general.alignment</c> only when it differs from 32. It must be a power of two
-    /// of at least 8: the spec only asks for a multiple of 8, but llama.cpp refuses anything that is not a power of two.
+    /// Data alignment; written as <c>general.alignment</c> only when it differs from 32. It must be a multiple of 8 (the
+    /// spec's rule, which the reader applies too, so any file it opens can be copied); note that llama.cpp also refuses
+    /// an alignment that is not a power of two.
     /// </param>
     public GgufWriter(int alignment = GgufFile.DefaultAlignment)
     {
