@@ -26,10 +26,11 @@ public static class ModelConverter
                 throw new ArgumentException($"{type} packs rows in blocks of 256 weights, but {name} has rows of {m.Cols}; use --type i2_s or f16 for this model.");
             if (type == PackedWeightType.I2_S && (long)m.Rows * m.Cols % 128 != 0)
                 throw new ArgumentException($"I2_S packs the tensor in blocks of 128 weights, but {name} has {m.Rows}×{m.Cols} = {(long)m.Rows * m.Cols}; use --type f16 for this model.");
-            if (type is not PackedWeightType.F16)
+            // TQ2_0/TQ1_0 keep a d per 256-block (so per row) and F16 stores ±β_r; only I2_S has one scale per tensor.
+            if (type == PackedWeightType.I2_S)
                 for (int r = 1; r < m.Rows; r++)
                     if (m.RowScales[r] != m.RowScales[0])
-                        throw new ArgumentException($"{name} has a scale per row, which {type} cannot store (one per tensor, or per 256-block); use --type f16.");
+                        throw new ArgumentException($"{name} has a scale per row, which I2_S cannot store (one per tensor); use --type tq2_0, tq1_0 or f16.");
         }
     }
 
@@ -157,6 +158,19 @@ public static class ModelConverter
     }
 
     private static void Projection(GgufWriter w, string name, TernaryMatrix m, PackedWeightType type)
+    {
+        try
+        {
+            Encode(w, name, m, type);
+        }
+        catch (ArgumentException e)
+        {
+            // The codecs name the row ("Row 3 has scale 1e9, which fp16 cannot hold"); the user needs the tensor.
+            throw new ArgumentException($"{name}: {e.Message} Use --type f16 or i2_s for this model.", e);
+        }
+    }
+
+    private static void Encode(GgufWriter w, string name, TernaryMatrix m, PackedWeightType type)
     {
         long[] dims = [m.Cols, m.Rows];
         switch (type)

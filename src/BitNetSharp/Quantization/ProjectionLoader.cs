@@ -123,29 +123,41 @@ public static unsafe class ProjectionLoader
     }
 
     /// <summary>
-    /// Float weights: if every value is 0 or ±a for one a (weights a converter already ternarized, as bitnet.cpp's
-    /// and ours write F16/F32 "ternary" tensors), the codes and a are taken exactly; otherwise they are latent
-    /// weights and are ternarized by absmean. Re-running absmean on already-ternary weights would keep the codes
-    /// but shrink the scale to a·(share of non-zeros), changing every output.
+    /// Float weights: if every row holds only 0 and ±a_r for one a_r per row (weights a converter already ternarized,
+    /// as bitnet.cpp's and ours write F16/F32 "ternary" tensors, with one scale per tensor or per row), the codes and
+    /// scales are taken exactly; otherwise they are latent weights and are ternarized by absmean. Re-running absmean
+    /// on already-ternary weights would keep the codes but shrink the scale to a·(share of non-zeros), and merge
+    /// per-row scales into one, changing every output.
     /// </summary>
     private static TernaryMatrix FromFloats(float[] w, int rows, int cols)
     {
-        float a = 0f;
-        bool ternary = true;
-        foreach (float v in w)
-        {
-            float m = MathF.Abs(v);
-            if (m == 0f) continue;
-            if (a == 0f) a = m;
-            else if (m != a) { ternary = false; break; }
-        }
-        if (!ternary || a == 0f) return AbsmeanTernarizer.FromFloat32(w, rows, cols);
-        var matrix = TernaryMatrix.Allocate(rows, cols, a);
+        var scales = new float[rows];
+        float any = 0f;
         for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
         {
-            float v = w[(long)r * cols + c];
-            if (v != 0f) matrix.Set(r, c, v > 0 ? 1 : -1);
+            float a = 0f;
+            var row = w.AsSpan((int)((long)r * cols), cols);
+            foreach (float v in row)
+            {
+                float m = MathF.Abs(v);
+                if (m == 0f) continue;
+                if (!float.IsFinite(m) || (a != 0f && m != a)) return AbsmeanTernarizer.FromFloat32(w, rows, cols);
+                a = m;
+            }
+            scales[r] = a;
+            if (any == 0f) any = a;
+        }
+        if (any == 0f) return AbsmeanTernarizer.FromFloat32(w, rows, cols);
+        var matrix = TernaryMatrix.Allocate(rows, cols, any);
+        for (int r = 0; r < rows; r++)
+        {
+            // An all-zero row outputs 0 whatever its scale; it takes the first row's, so a per-tensor model stays one.
+            matrix.RowScales[r] = scales[r] == 0f ? any : scales[r];
+            for (int c = 0; c < cols; c++)
+            {
+                float v = w[(long)r * cols + c];
+                if (v != 0f) matrix.Set(r, c, v > 0 ? 1 : -1);
+            }
         }
         return matrix;
     }

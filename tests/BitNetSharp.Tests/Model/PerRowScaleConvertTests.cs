@@ -1,0 +1,71 @@
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Model;
+
+/// <summary>
+/// A projection with one scale per output row (as TQ2_0/TQ1_0 files may carry: each 256-block has its own fp16 d)
+/// survives convert to every type that can hold it: TQ2_0/TQ1_0 keep one d per block, F16 writes ±β_r. Convert
+/// refused TQ2_0 and TQ1_0, and F16 was re-ternarized on reload by absmean with one scale for the whole tensor.
+/// </summary>
+public class PerRowScaleConvertTests
+{
+    private static readonly SyntheticShape Shape = SyntheticShape.Tiny with { Name = "tiny256", Dim = 256, FeedForward = 512 };
+
+    [Theory]
+    [InlineData(PackedWeightType.TQ2_0)]
+    [InlineData(PackedWeightType.TQ1_0)]
+    [InlineData(PackedWeightType.F16)]
+    public void PerRowScalesRoundTrip(PackedWeightType type)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string tq2 = dir.File("tq2.gguf"), converted = dir.File("converted.gguf");
+        using (var source = ModelWeights.Load(WriteSynthetic(dir)))
+            ModelConverter.ToGguf(source, PackedWeightType.TQ2_0).WriteFile(tq2);
+
+        using var perRow = ModelWeights.Load(tq2);
+        var q = perRow.Layers[0].Q;
+        for (int r = 0; r < q.Rows; r++) q.RowScales[r] *= (r % 3) switch { 0 => 1f, 1 => 2f, _ => 0.5f };
+        ModelConverter.ToGguf(perRow, type).WriteFile(converted);
+
+        using var back = ModelWeights.Load(converted);
+        var q2 = back.Layers[0].Q;
+        Assert.Equal(q.RowScales, q2.RowScales);
+        for (int r = 0; r < q.Rows; r++)
+        for (int c = 0; c < q.Cols; c++)
+            Assert.Equal(q.Get(r, c), q2.Get(r, c));
+        int[] tokens = [1, 7, 42, 3, 200];
+        Assert.Equal(HeadTypeOnLoadTests.Logits(perRow, tokens), HeadTypeOnLoadTests.Logits(back, tokens));
+    }
+
+    [Fact]
+    public void I2SStillRefusesPerRowScalesNamingTheTensor()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = ModelWeights.Load(WriteSynthetic(dir));
+        var k = w.Layers[1].K;
+        var scales = k.RowScales;
+        if (scales.Length > 1) scales[1] = scales[0] * 2f;
+        var e = Assert.Throws<ArgumentException>(() => ModelConverter.CheckShapes(w, PackedWeightType.I2_S));
+        Assert.Contains("blk.1.attn_k.weight", e.Message);
+    }
+
+    /// <summary>A row scale fp16 cannot hold is refused naming the tensor, not only "Row 3".</summary>
+    [Fact]
+    public void ScaleFp16CannotHoldNamesTheTensor()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = ModelWeights.Load(WriteSynthetic(dir));
+        w.Layers[1].Up.RowScales[3] = 1e9f;
+        var e = Assert.Throws<ArgumentException>(() => ModelConverter.ToGguf(w, PackedWeightType.TQ2_0));
+        Assert.Contains("blk.1.ffn_up.weight", e.Message);
+        Assert.Contains("fp16", e.Message);
+    }
+
+    private static string WriteSynthetic(TestGguf.TempDirectory dir)
+    {
+        string path = dir.File("synthetic.gguf");
+        SyntheticModel.Build(Shape, 5).WriteFile(path);
+        return path;
+    }
+}
