@@ -74,7 +74,12 @@ public static class ConvertCommand
                     tokenizerNote = "no tokenizer";
                     tokenizer = null;
                 }
-                else tokenizerNote = $"tokenizer written ({tokenizer!.VocabularySize:N0} tokens, {tokenizer.Description})";
+                else
+                {
+                    int rows = weights.Config.VocabSize, known = tokenizer!.VocabularySize;
+                    tokenizerNote = $"tokenizer written ({known:N0} tokens, {tokenizer.Description})"
+                        + (rows > known ? $"; padded with {rows - known:N0} unused [PADn] tokens to the embedding's {rows:N0} rows" : "");
+                }
             }
             var writer = cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {

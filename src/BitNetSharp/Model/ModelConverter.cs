@@ -93,7 +93,7 @@ public static class ModelConverter
         {
             if (tokenizer.VocabularySize > c.VocabSize)
                 throw new ArgumentException($"the tokenizer has {tokenizer.VocabularySize} tokens but the model's embedding only {c.VocabSize} rows; they do not belong together.");
-            BitNetSharp.Tokenization.GgufTokenizerWriter.Write(tokenizer, w);
+            BitNetSharp.Tokenization.GgufTokenizerWriter.Write(tokenizer, w, c.VocabSize);
         }
 
         // The widths the weights carry now (the file's, or an override set on them).

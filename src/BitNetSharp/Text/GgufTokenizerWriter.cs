@@ -20,20 +20,31 @@ public static class GgufTokenizerWriter
     };
 
     /// <summary>Adds the tokenizer keys to <paramref name="writer"/>.</summary>
+    /// <param name="vocabularySize">
+    /// The model's embedding rows, when more than the tokenizer's ids (models pad their vocabulary, e.g. to a multiple
+    /// of 64): the extra ids, and ids the source left without a text, are written as unused "[PADn]" tokens, as
+    /// llama.cpp's converter does. llama.cpp takes the vocabulary size from the token list and refuses a token
+    /// embedding of another shape.
+    /// </param>
     /// <exception cref="NotSupportedException">The tokenizer has no GGUF form (<see cref="CannotWrite"/> says why).</exception>
-    public static void Write(BitNetTokenizer tokenizer, GgufWriter writer)
+    public static void Write(BitNetTokenizer tokenizer, GgufWriter writer, int vocabularySize = 0)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         ArgumentNullException.ThrowIfNull(writer);
         if (CannotWrite(tokenizer) is { } reason) throw new NotSupportedException($"The tokenizer cannot be stored in GGUF: {reason}.");
 
-        int n = tokenizer.VocabularySize;
+        int known = tokenizer.VocabularySize;
+        int n = Math.Max(known, vocabularySize);
         var tokens = new string[n];
         var types = new int[n];
         for (int id = 0; id < n; id++)
         {
-            tokens[id] = tokenizer.TokenText(id);
-            types[id] = (int)tokenizer.KindOf(id);
+            var kind = id < known ? tokenizer.KindOf(id) : TokenKind.Unused;
+            string text = id < known ? tokenizer.TokenText(id) : "";
+            // An unused slot without a text would be one of many "" tokens, which llama.cpp's vocabulary cannot tell apart.
+            if (kind == TokenKind.Unused && text.Length == 0) text = $"[PAD{id}]";
+            tokens[id] = text;
+            types[id] = (int)kind;
         }
 
         switch (tokenizer)
@@ -54,7 +65,7 @@ public static class GgufTokenizerWriter
                 break;
             case SentencePieceBpeTokenizer s:
                 var scores = new float[n];
-                for (int id = 0; id < n; id++) scores[id] = s.Score(id);
+                for (int id = 0; id < n; id++) scores[id] = id < known ? s.Score(id) : -10000f;
                 writer.AddString("tokenizer.ggml.model", "llama");
                 writer.AddArray("tokenizer.ggml.tokens", tokens);
                 writer.AddArray("tokenizer.ggml.scores", scores);

@@ -61,6 +61,33 @@ public class GgufTokenizerWriterTests
         AssertSameTokenizer(tiktoken, back, Sample());
     }
 
+    /// <summary>
+    /// A model's embedding padded past its tokenizer (GPT-2's 50,257 ids in 50,304 rows): the GGUF token list covers
+    /// every row, the extra ids as unused "[PADn]" tokens (llama.cpp refuses a token_embd of another size than the
+    /// list), and the text still encodes to the same ids.
+    /// </summary>
+    [Theory]
+    [InlineData("gpt2")]
+    [InlineData("spm")]
+    public void VocabularyIsPaddedToTheModelsRows(string which)
+    {
+        var tokenizer = which == "gpt2" ? TestTokenizers.Gpt2 : TestTokenizers.LlamaSpm;
+        int rows = tokenizer.VocabularySize + 47;
+        var writer = new GgufWriter();
+        GgufTokenizerWriter.Write(tokenizer, writer, rows);
+        using var file = GgufFile.Parse(writer.ToArray(), "padded.gguf");
+        var tokens = file.Metadata.GetStringArray("tokenizer.ggml.tokens");
+        Assert.Equal(rows, tokens.Length);
+        Assert.Equal(rows, tokens.Distinct().Count());
+        Assert.Equal($"[PAD{rows - 1}]", tokens[^1]);
+        var back = TokenizerLoader.FromGguf(file);
+        Assert.Equal(rows, back.VocabularySize);
+        Assert.Equal(TokenKind.Unused, back.KindOf(rows - 1));
+        Assert.Equal("", back.Decode([rows - 1]));
+        string text = Sample();
+        Assert.Equal(tokenizer.Encode(text, addBos: true, parseSpecial: true), back.Encode(text, addBos: true, parseSpecial: true));
+    }
+
     [Fact]
     public void CustomRegexIsReportedNotWritten()
     {
@@ -106,13 +133,20 @@ public class GgufTokenizerWriterTests
         var error = new StringWriter();
         Assert.True(Program.Run(["convert", dir.Path, gguf, "--type", "i2_s"], output, error) == 0, error.ToString());
         Assert.Contains("tokenizer written (33 tokens", output.ToString());
+        Assert.Contains("padded with 95 unused [PADn] tokens to the embedding's 128 rows", output.ToString());
 
         var fromDir = TokenizerLoader.FromHfDirectory(dir.Path);
         using (var file = GgufFile.Open(gguf))
         {
             var fromGguf = TokenizerLoader.FromGguf(file);
             Assert.Equal([29, 26, 29, 26, 2, 0, 19], fromGguf.Encode("the the cat", addBos: false)); // the, Ġ the, Ġ c a t: no "Ġ the" merge fires
-            AssertSameTokenizer(fromDir, fromGguf, "the theme then other bathe <|endoftext|>");
+            Assert.Equal(128, fromGguf.VocabularySize); // every embedding row has a token, as llama.cpp requires
+            Assert.Equal("[PAD127]", fromGguf.TokenText(127));
+            string text = "the theme then other bathe <|endoftext|>";
+            var ids = fromDir.Encode(text, addBos: true, parseSpecial: true);
+            Assert.Equal(ids, fromGguf.Encode(text, addBos: true, parseSpecial: true));
+            Assert.Equal(fromDir.Decode(ids), fromGguf.Decode(ids));
+            Assert.Equal(fromDir.EosId, fromGguf.EosId);
         }
 
         output = new StringWriter();
