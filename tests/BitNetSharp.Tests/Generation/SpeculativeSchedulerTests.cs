@@ -69,6 +69,46 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         Assert.Contains($"bitnet_inter_token_latency_seconds_count {expectedGaps}\n", metrics);
     }
 
+    /// <summary>
+    /// Drafts take only what decode tokens and waiting prompt chunks leave of a step's budget: a speculating sequence
+    /// (1 token + 8 drafts of a 10-token budget) left a new prompt 1 token on its drafting steps, so its first
+    /// token waited for more steps than 9 tokens a step need, and the longer drafts ran, the longer every new request starved.
+    /// </summary>
+    [Fact]
+    public async Task DraftsDoNotStarveAWaitingPrompt()
+    {
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions
+        {
+            MaxSequences = 2, MaxBatchedTokens = 10, Threads = 1, Speculation = new SpeculativeOptions { DraftTokens = 8 },
+        });
+        // Steps that carried prompt tokens (the counter grows in the batch build, before the forward hook).
+        long lastPrompt = 0;
+        int prefillSteps = 0;
+        s.BeforeForward = () =>
+        {
+            long p = s.Statistics.PromptTokens;
+            if (p > lastPrompt) { prefillSteps++; lastPrompt = p; }
+        };
+        // A looping history: prompt lookup proposes drafts on most steps.
+        int[] loop = [.. Enumerable.Range(0, 48).Select(i => 10 + i % 4)];
+        var a = s.Submit(new GenerationRequest { Prompt = loop, MaxTokens = 200, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy },
+            TestContext.Current.CancellationToken);
+        var first = a.Events.ReadAllAsync(TestContext.Current.CancellationToken).GetAsyncEnumerator(TestContext.Current.CancellationToken);
+        Assert.True(await first.MoveNextAsync());
+        await TestServer.EventuallyAsync(() => Task.FromResult(s.Statistics.DraftedTokens > 16), "drafts proposed");
+        s.StepGate.Reset();
+        await Task.Delay(50, TestContext.Current.CancellationToken);
+        Volatile.Write(ref prefillSteps, 0);
+        int[] longPrompt = [.. Prompt(3), .. Prompt(4), .. Prompt(5), .. Prompt(6), .. Prompt(7)];
+        var b = s.Submit(new GenerationRequest { Prompt = longPrompt[..90], MaxTokens = 1, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy },
+            TestContext.Current.CancellationToken);
+        s.StepGate.Set();
+        Assert.Single(await Tokens(b));
+        // 90 prompt tokens at 9 a step: the budget less a's decode token.
+        Assert.True(Volatile.Read(ref prefillSteps) <= 10, $"the prompt took {prefillSteps} steps; {s.Statistics}");
+        await first.DisposeAsync();
+    }
+
     private static async Task<List<int>> Tokens(GenerationHandle h)
     {
         var tokens = new List<int>();

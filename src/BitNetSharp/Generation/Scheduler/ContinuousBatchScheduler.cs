@@ -397,16 +397,24 @@ public sealed class ContinuousBatchScheduler : IDisposable
         }
     }
 
-    /// <summary>Decode tokens of every running sequence first, then prompt chunks in admission order up to the token budget.</summary>
+    /// <summary>
+    /// Decode tokens of every running sequence first, then prompt chunks in admission order up to the token budget;
+    /// speculative drafts only in what both leave.
+    /// </summary>
     private int BuildBatch(out int rows)
     {
         int n = 0;
         rows = 0;
         int decoding = 0;
+        long prefill = 0;
         foreach (var s in _running)
+        {
             if (s.NextToken >= 0) decoding++;
-        // Draft tokens share what the decode tokens leave of the step's budget, first come first served.
-        int spare = _batch.Length - decoding;
+            else prefill += s.PromptLength - s.Prefilled;
+        }
+        // Draft tokens share what the decode tokens and the waiting prompt chunks leave of the step's budget, first
+        // come first served: drafts are a guess, and taking prompt chunks' room starved new requests' prefill.
+        int spare = (int)Math.Max(0, _batch.Length - decoding - prefill);
         foreach (var s in _running)
         {
             if (s.NextToken < 0) continue;
