@@ -129,8 +129,8 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
     public static ActivationBits? FromGguf(GgufFile file, int layers)
     {
         if (!file.Metadata.TryGetValue(GgufKey, out var value)) return null;
-        if (value.Value is not GgufArray array || array.Count != layers * Inputs || !array.TryGetInt64s(out var values))
-            throw new Formats.ModelFormatException(file.FilePath, $"must be an array of {layers * Inputs} integer bit widths ({layers} layers × qkv, o, gate_up, down); recalibrate with `bitnet calibrate` (its --out writes the key) or convert from the uncalibrated model.", GgufKey);
+        if (value.Value is not GgufArray array || array.Count != (long)layers * Inputs || !array.TryGetInt64s(out var values))
+            throw new Formats.ModelFormatException(file.FilePath, $"must be an array of {(long)layers * Inputs} integer bit widths ({layers} layers × qkv, o, gate_up, down); recalibrate with `bitnet calibrate` (its --out writes the key) or convert from the uncalibrated model.", GgufKey);
         var bits = new byte[layers * Inputs];
         for (int i = 0; i < bits.Length; i++)
         {

@@ -204,7 +204,7 @@ public sealed unsafe class KvCache : IDisposable
     {
         CheckRange(layer, kvHead, start, count);
         if (group <= 0 || q.Length < group * HeadDim) throw new ArgumentException($"{group} queries of {HeadDim} values need {group * HeadDim}; got {q.Length}.", nameof(q));
-        if (stride < count || scores.Length < (group - 1) * stride + count) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
+        if (stride < count || scores.Length < (long)(group - 1) * stride + count) throw new ArgumentException("The scores buffer is too small for the group.", nameof(scores));
         // Four heads at a time through the group kernels (each key row read and widened once for the four); for the float
         // types that gain (PadsGroups), a remainder of three heads padded to four with a zero query, whose scores are
         // dropped; the rest head by head.

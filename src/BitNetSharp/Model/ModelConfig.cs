@@ -169,4 +169,22 @@ public sealed record ModelConfig
         Require(float.IsFinite(RopeTheta) && RopeTheta > 1, $"RoPE base (rope_theta / rope.freq_base) {RopeTheta} must be a finite number above 1");
         Require(ContextLength <= MaxContextLength, $"context length {ContextLength} is beyond what this runtime supports ({MaxContextLength} positions)");
     }
+
+    /// <summary>
+    /// <see cref="Validate"/> and the limits that depend on the context the model runs with, which a load option may
+    /// shorten: a file whose own context is too long for them loads with a shorter --ctx.
+    /// </summary>
+    internal ModelConfig Validated(string path)
+    {
+        Validate(path);
+        void Require(bool ok, string what)
+        {
+            if (!ok) throw new ModelFormatException(path, what);
+        }
+        // The attention buffers the engine sizes in int: a query group's scores over the context, and its chunk
+        // partials. A wrapped product loaded, then crashed the process at the first token.
+        Require((long)GroupSize * ContextLength <= Array.MaxLength && (long)GroupSize * (HeadDim + 2) * ((ContextLength + 255) / 256) <= Array.MaxLength,
+            $"{Heads / KvHeads} query heads per KV head ({Heads} heads, {KvHeads} KV heads) over a context of {ContextLength} positions need attention buffers beyond what this runtime supports; load with a shorter context (--ctx)");
+        return this;
+    }
 }

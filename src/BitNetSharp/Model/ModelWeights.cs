@@ -131,7 +131,7 @@ public sealed class ModelWeights : IDisposable
         try
         {
             var c = ModelConfig.FromGguf(file);
-            if (options is not null) c = options.Apply(c);
+            c = (options?.Apply(c) ?? c).Validated(file.FilePath);
             var embd = Table(file, "token_embd.weight", c.VocabSize, c.Dim);
             var output = file.TryGetTensor("output.weight", out _) ? Table(file, "output.weight", c.VocabSize, c.Dim) : embd;
             if (options?.HeadType is { } headType && headType != output.Type)
@@ -182,7 +182,7 @@ public sealed class ModelWeights : IDisposable
         try
         {
             var c = ModelConfig.FromHf(dir.Config);
-            if (options is not null) c = options.Apply(c);
+            c = (options?.Apply(c) ?? c).Validated(dir.Config.FilePath);
             var w = dir.Weights;
             var q = dir.Config.Quantization;
             var embd = Table(w, "model.embed_tokens.weight", c.VocabSize, c.Dim);

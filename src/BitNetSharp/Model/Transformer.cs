@@ -514,6 +514,8 @@ public sealed unsafe class Transformer : IDisposable
                 if (value == _chunk) return;
                 _chunk = value;
                 int maxChunks = (c.ContextLength + value - 1) / value;
+                if ((long)maxChunks * _partialSize > Array.MaxLength || (long)SplitPairsPerThread * _threads * maxChunks > Array.MaxLength)
+                    throw new ArgumentOutOfRangeException(nameof(value), value, $"Chunks of {value} positions over a context of {c.ContextLength} need more partial results than one array holds; use a longer chunk.");
                 _ownPartials = new float[_threads][];
                 for (int i = 0; i < _threads; i++) _ownPartials[i] = maxChunks > 1 ? new float[maxChunks * _partialSize] : [];
                 _splitPartials = [];
