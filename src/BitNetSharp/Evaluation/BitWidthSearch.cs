@@ -27,8 +27,11 @@ public static class BitWidthSearch
         string refPath = Path.Combine(scratchDirectory, $"calibrate-reference-{Environment.ProcessId}-{Guid.NewGuid():N}.bnlg");
         try
         {
-            // The reference: the starting widths' distributions, full rows (top 64 + rest on vocabularies above 32k).
-            int topK = c.VocabSize > 32768 ? 64 : 0;
+            // The reference: the starting widths' distributions, full rows on every vocabulary. Top 64 + rest (as eval
+            // --save-logits-top keeps) is a lower bound on the KL: a budget checked against it let the search pick
+            // widths over the budget. On 2B4T 512 positions take 512 × 128,256 × 4 B = 263 MB of scratch disk,
+            // read back from the page cache in a fraction of one evaluation's forward passes.
+            const int topK = 0;
             long positions = (long)windowStarts.Count * (ctx - QualityEvaluator.Plan(ctx + 1, ctx, ctx).FirstScored);
             var header = new LogitsFileHeader(c.VocabSize, ctx, ctx, bosId, topK, LogitsFileHeader.HashTokens(tokens), positions, "calibration reference");
             using (var writer = new LogitsFileWriter(refPath, header))

@@ -114,6 +114,34 @@ public class CalibrateTests
         Assert.Equal(bits.ToString(), JsonDocument.Parse(output).RootElement.GetProperty("activation_bits").GetString());
     }
 
+    /// <summary>
+    /// On a vocabulary above 32k the search's reference kept only the top 64 tokens and one "rest" bucket, a lower bound on
+    /// the KL: the widths it accepted could break the budget, and the KL it reported was not the model's. The KL it
+    /// reports is now the full-row KL an engine reference measures, and that one is within the budget.
+    /// </summary>
+    [Fact]
+    public void LargeVocabularySearchKeepsTheBudgetOnTheFullKl()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("wide.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny with { Name = "wide", VocabSize = 40_000 }, 3).WriteFile(path);
+        using var w = ModelWeights.Load(path);
+        const int ctx = 32;
+        int[] tokens = [.. Enumerable.Range(0, 4 * ctx + 1).Select(i => i * 7919 % 40_000)];
+        int[] starts = [0, 32, 64, 96];
+        const double budget = 0.02;
+        using var engine = new Transformer(w, ctx);
+        var r = BitWidthSearch.Run(engine, tokens, ctx, starts, -1, budget, dir.Path);
+        Assert.NotEmpty(r.Steps);
+        using var reference = new Transformer(w, ctx); // the starting widths: 8 everywhere
+        engine.ActivationBits = r.Bits;
+        var (_, full) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, reference: KlReference.FromEngine(reference, KvCacheType.F32), windowStarts: starts);
+        Assert.NotNull(full);
+        Assert.InRange(full.MeanKl, 0, budget);
+        Assert.Equal(full.MeanKl, r.Kl.MeanKl, 1e-6); // the file keeps float rows; the top-64 bound was 3e-4 low here
+        Assert.Empty(Directory.GetFiles(dir.Path, "*.bnlg"));
+    }
+
     [Theory]
     [InlineData("--kl-budget", "0", "--kl-budget must be a positive number")]
     [InlineData("--kl-budget", "-1", "--kl-budget must be a positive number")]
