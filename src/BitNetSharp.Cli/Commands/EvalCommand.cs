@@ -24,7 +24,14 @@ public static class EvalCommand
         var data = new Option<string>("--data") { Description = "A UTF-8 text file to score.", Required = true };
         var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: the model's context)." };
         var stride = new Option<int>("--stride") { Description = "Tokens between window starts (default: the window length). Each window scores its positions from max(ctx/2, ctx - stride) on, "
-            + "so every scored token has at least ctx/2 of context and none is scored twice; a stride up to ctx/2 scores every token after the first window's first half, a longer one skips the first half of each window." };
+            + "so every scored token has at least ctx/2 of context and none is scored twice: a stride of ctx/2 scores every token after the first window's first half; a shorter one "
+            + "scores only the last stride positions of each window (the first window's positions ctx/2 to ctx - stride are skipped); a longer one skips the first half of each window." };
+        var llama = new Option<bool>("--llama-perplexity")
+        {
+            Description = "Score exactly as llama.cpp's llama-perplexity does, so figures compare with its published ones: the text tokenized with BOS when the model adds one, "
+                + "tokens/ctx chunks of ctx tokens (each starting with BOS), scoring positions ctx/2 to ctx-2 of each chunk. Without it every window also scores its last "
+                + "position (the next window's first token) and the stream has no BOS of its own.",
+        };
         var json = new Option<bool>("--json") { Description = "Print one JSON document." };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type of the evaluated model: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f32" };
@@ -48,7 +55,7 @@ public static class EvalCommand
         };
         var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
         {
-            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop,
+            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop, llama,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -60,6 +67,11 @@ public static class EvalCommand
                     throw new UsageException("--save-logits-top only applies with --save-logits FILE.");
                 if (r.GetValue(stride) is < 0 and var badStride) throw new UsageException($"--stride must be a number of tokens (0: the window length); got {badStride}.");
                 if (r.GetValue(threads) is < 0 and var badThreads) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {badThreads}.");
+                bool llamaChunks = r.GetValue(llama);
+                if (llamaChunks && r.GetValue(saveLogits) is not null)
+                    throw new UsageException("--llama-perplexity cannot be combined with --save-logits: a saved logits file follows this tool's own windows.");
+                if (llamaChunks && r.GetValue(klReference) is { } rp && LogitsFile.IsLogitsFile(rp))
+                    throw new UsageException($"--llama-perplexity cannot compare with a saved logits file ({rp}); give a reference model or run without --llama-perplexity.");
                 string dataPath = r.GetRequiredValue(data);
                 string text = TrainingCorpus.ReadText(dataPath);
                 var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)),
@@ -73,8 +85,11 @@ public static class EvalCommand
                     throw new UsageException($"--ctx {window} is longer than the model's context of {weights.Config.ContextLength} tokens.");
                 int step = r.GetValue(stride) is > 0 and var s ? s : window;
                 if (step > window) throw new UsageException($"--stride {step} is longer than the window ({window}).");
+                if (llamaChunks && step != window) throw new UsageException($"--llama-perplexity scores chunks that do not overlap; leave --stride out (it was {step}, the window {window}).");
 
-                var tokens = tokenizer.Encode(text, addBos: false);
+                // llama-perplexity tokenizes with the model's BOS in front (and then sets each chunk's first token to BOS).
+                bool streamBos = llamaChunks && tokenizer.AddBosToken && tokenizer.BosId >= 0;
+                var tokens = tokenizer.Encode(text, addBos: streamBos);
                 var kv = ModelOptions.ParseKvType(r.GetValue(kvType) ?? "f32");
                 int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
                 using var pool = new WorkerPool(r.GetValue(threads));
@@ -114,7 +129,7 @@ public static class EvalCommand
                             refWeights = w2;
                             if (w2.Config.VocabSize != weights.Config.VocabSize)
                                 throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");
-                            if (t2 is not null && !t2.Encode(text, addBos: false).AsSpan().SequenceEqual(tokens))
+                            if (t2 is not null && !t2.Encode(text, addBos: streamBos).AsSpan().SequenceEqual(tokens))
                                 throw new UsageException($"--kl-reference {refPath} tokenizes the text differently from {weights.SourcePath}; KL needs the same tokens.");
                             ModelOptions.ApplyActivationBits(w2, refBitsText);
                             refEngine = new Transformer(w2, Math.Min(window, 128), pool);
@@ -147,7 +162,7 @@ public static class EvalCommand
                     }
 
                     (PerplexityResult Model, KlResult? Kl) Run(Action<int, int>? progress) =>
-                        QualityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos, progress, kv, reference, writer);
+                        QualityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos, progress, kv, reference, writer, llamaChunks: llamaChunks);
                     if (!r.GetValue(json) && ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected)
                     {
                         AnsiConsole.Progress()
@@ -188,6 +203,7 @@ public static class EvalCommand
                         w.WriteNumber("tokens", tokens.Length);
                         w.WriteNumber("ctx", window);
                         w.WriteNumber("stride", step);
+                        w.WriteString("scoring", llamaChunks ? "llama-perplexity" : "half-windows");
                         w.WriteNumber("windows", result.Windows);
                         w.WriteNumber("scored_tokens", result.ScoredTokens);
                         w.WriteNumber("scored_bytes", result.ScoredBytes);
@@ -221,7 +237,7 @@ public static class EvalCommand
                 void Row(string k, string v) => table.AddRow(new Text(k), new Text(v));
                 Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()}, activation bits {engine.ActivationBits})");
                 Row("data", $"{dataPath} ({tokens.Length:N0} tokens)");
-                Row("windows", string.Create(CultureInfo.InvariantCulture, $"{result.Windows} × {window} tokens, stride {step}"));
+                Row("windows", string.Create(CultureInfo.InvariantCulture, $"{result.Windows} × {window} tokens, stride {step}{(llamaChunks ? " (llama-perplexity chunks)" : "")}"));
                 Row("scored", $"{result.ScoredTokens:N0} tokens, {result.ScoredBytes:N0} bytes");
                 Row("perplexity", F(result.Perplexity));
                 Row("bits per byte", F(result.BitsPerByte));

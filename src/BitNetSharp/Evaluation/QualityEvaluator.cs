@@ -64,10 +64,20 @@ public static class QualityEvaluator
     /// or ctx − stride when windows overlap more than that, so no target is scored twice (with an odd ctx and stride
     /// ctx/2 rounded down, positions from ctx/2 scored one target in two windows).
     /// </summary>
-    public static (int Windows, int FirstScored, long Positions) Plan(int tokenCount, int ctx, int stride)
+    /// <param name="llamaChunks">
+    /// llama-perplexity's own plan instead: tokenCount / ctx chunks of ctx tokens, each scoring positions ctx/2 to
+    /// ctx − 2 (the targets inside the chunk: ctx − 1 − ctx/2 a chunk); the stride must be ctx.
+    /// </param>
+    public static (int Windows, int FirstScored, long Positions) Plan(int tokenCount, int ctx, int stride, bool llamaChunks = false)
     {
         if (ctx < 2) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, "The window must be at least 2 tokens.");
         if (stride < 1 || stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be 1 to the window ({ctx}).");
+        if (llamaChunks)
+        {
+            if (stride != ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"llama-perplexity's chunks do not overlap: the stride must be the window ({ctx}).");
+            int chunks = Math.Max(0, tokenCount) / ctx;
+            return (chunks, ctx / 2, (long)chunks * (ctx - 1 - ctx / 2));
+        }
         int firstScored = Math.Max(ctx / 2, ctx - stride);
         // A window needs ctx + 1 tokens; text shorter than one window scores nothing (integer division toward zero
         // made that 1 window, and far shorter text a negative count).
@@ -79,14 +89,20 @@ public static class QualityEvaluator
     /// (calibration scores a seeded sample of windows); each needs ctx + 1 tokens from its start.</param>
     public static (PerplexityResult Model, KlResult? Kl) Evaluate(Transformer engine, ReadOnlySpan<int> tokens, int ctx, int stride = 0,
         Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null,
-        KvCacheType kvType = KvCacheType.F32, KlReference? reference = null, LogitsFileWriter? save = null, IReadOnlyList<int>? windowStarts = null)
+        KvCacheType kvType = KvCacheType.F32, KlReference? reference = null, LogitsFileWriter? save = null, IReadOnlyList<int>? windowStarts = null,
+        bool llamaChunks = false)
     {
         var c = engine.Config;
         if (ctx < 2 || ctx > c.ContextLength) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, $"The window must be 2 to {c.ContextLength} tokens (the model's context).");
         if (stride <= 0) stride = ctx;
         if (stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be at most the window ({ctx}).");
-        if (tokens.Length < ctx + 1) throw new ArgumentException($"The text is {tokens.Length} tokens; one window of {ctx} needs {ctx + 1}. Use a smaller --ctx or more text.", nameof(tokens));
-        var (windows, firstScored, _) = Plan(tokens.Length, ctx, stride);
+        int needed = llamaChunks ? ctx : ctx + 1;
+        if (tokens.Length < needed) throw new ArgumentException($"The text is {tokens.Length} tokens; one window of {ctx} needs {needed}. Use a smaller --ctx or more text.", nameof(tokens));
+        if (llamaChunks && (windowStarts is not null || save is not null || reference?.File is not null))
+            throw new ArgumentException("llama-perplexity's chunks are a plan of their own: they take no window starts or logits files.", nameof(llamaChunks));
+        var (windows, firstScored, _) = Plan(tokens.Length, ctx, stride, llamaChunks);
+        // The last position's target lies outside a llama chunk, which llama-perplexity does not score.
+        int scoredEnd = llamaChunks ? ctx - 1 : ctx;
         if (windowStarts is not null)
         {
             windows = windowStarts.Count;
@@ -130,7 +146,7 @@ public static class QualityEvaluator
                 {
                     int pos = p0 + i;
                     int token = pos == 0 && bosId >= 0 ? bosId : tokens[start + pos];
-                    batch[i] = new BatchToken(token, 0, pos, pos >= firstScored);
+                    batch[i] = new BatchToken(token, 0, pos, pos >= firstScored && pos < scoredEnd);
                 }
                 engine.Forward(batch.AsSpan(0, n), [cache], logits);
                 refEngine?.Forward(batch.AsSpan(0, n), [refCache!], refLogits);
@@ -158,6 +174,10 @@ public static class QualityEvaluator
                         if (refEngine is not null)
                         {
                             Distributions.LogSoftmax(refLogits.AsSpan(row * vocab, vocab), logP);
+                            // One NaN or +Inf logit makes the whole row NaN, whose KL terms all read as 0: say so instead.
+                            if (double.IsNaN(logP[target]))
+                                throw new InvalidDataException($"The reference model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i}: " +
+                                    "its weights or scales are broken, and a KL against it would read as 0.");
                             refNll -= logP[target];
                             kl!.Add(Distributions.KlDivergence(logP, logQ));
                             if (Distributions.ArgMax(logP) == Distributions.ArgMax(logQ)) agree++;
@@ -167,6 +187,8 @@ public static class QualityEvaluator
                             refFile.Next();
                             if (refFile.Target != target)
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} predicts token {refFile.Target}, this run {target}; the file was saved from other text.");
+                            if (double.IsNaN(refFile.TargetLogProb) || (refFile.Header.TopK > 0 && double.IsNaN(refFile.LogRest)))
+                                throw new InvalidDataException($"{refFile.Path}: position {scored} holds non-finite log-probabilities; the file is corrupt or was saved from a broken model.");
                             refNll -= refFile.TargetLogProb;
                             if (refFile.Header.TopK == 0)
                             {

@@ -18,14 +18,15 @@ public sealed record PerplexityResult(double NegativeLogLikelihood, long ScoredT
 }
 
 /// <summary>
-/// Perplexity of a token stream under the engine, llama-perplexity style: windows of ctx tokens start every
-/// <c>stride</c> tokens (default ctx: non-overlapping chunks, as llama-perplexity); each window is run from an empty
+/// Perplexity of a token stream under the engine: windows of ctx tokens start every <c>stride</c> tokens (default
+/// ctx: non-overlapping chunks); each window is run from an empty
 /// KV cache and only its tokens at positions ≥ ctx/2 are scored (predicted from at least ctx/2 tokens of context), so
 /// a token's score never depends on where a window happens to begin. With stride = ctx/2 every token after the first
 /// ctx/2 is scored exactly once; a stride below ctx/2 (or ctx/2 rounded down, for an odd ctx) scores the last stride
 /// positions of each window instead, so no token is scored twice.
 /// When <c>bosId</c> ≥ 0 the first token of every window is replaced by BOS, as llama-perplexity does for models that
-/// add one. Bits per byte = Σ NLL / ln 2 / Σ UTF-8 bytes of the scored tokens.
+/// add one. Unlike llama-perplexity each window also scores its last position (the next window's first token);
+/// <see cref="Evaluation.QualityEvaluator.Evaluate"/> with llamaChunks follows llama-perplexity exactly. Bits per byte = Σ NLL / ln 2 / Σ UTF-8 bytes of the scored tokens.
 /// </summary>
 public static class PerplexityEvaluator
 {

@@ -1,0 +1,115 @@
+using System.Text.Json;
+using BitNetSharp.Evaluation;
+using BitNetSharp.Model;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Evaluation;
+
+/// <summary>
+/// `eval --llama-perplexity`: llama.cpp's perplexity plan (tools/perplexity: tokens with BOS, n_chunk = tokens / n_ctx,
+/// each chunk's first token set to BOS, positions n_ctx/2 … n_ctx − 2 scored against the next token of the chunk),
+/// so a figure compares with llama-perplexity's (2B4T's published 17.1090 on WikiText-2). Also: a broken reference
+/// model is an error, not a KL of 0.
+/// </summary>
+public class LlamaPerplexityTests
+{
+    private const string Story =
+        "Once upon a time, there was a little girl named Lily. She loved to play in the park with her dog, Max. One day, " +
+        "Lily saw a big red ball under a tree. She ran to get it, but Max got there first. They laughed and played all day. ";
+
+    private static string BundledModel => RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+
+    [Fact]
+    public void PlanIsLlamaPerplexitys()
+    {
+        // 9 tokens, ctx 4: chunks [t0..t3], [t4..t7]; each scores position 2 (predicting t3, t7).
+        Assert.Equal((2, 2, 2L), QualityEvaluator.Plan(9, 4, 4, llamaChunks: true));
+        Assert.Equal((12, 4, 36L), QualityEvaluator.Plan(100, 8, 8, llamaChunks: true));
+        Assert.Equal((0, 32, 0L), QualityEvaluator.Plan(63, 64, 64, llamaChunks: true));
+        Assert.Throws<ArgumentOutOfRangeException>(() => QualityEvaluator.Plan(100, 8, 4, llamaChunks: true));
+    }
+
+    /// <summary>The evaluator's NLL equals a plain loop written from llama-perplexity's description.</summary>
+    [Fact]
+    public void NllEqualsAnIndependentLoopOverTheChunks()
+    {
+        using var weights = ModelWeights.Load(BundledModel);
+        var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
+        bool addBos = tokenizer.AddBosToken && tokenizer.BosId >= 0;
+        int bos = addBos ? tokenizer.BosId : -1;
+        var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 4)), addBos: addBos);
+        const int ctx = 48;
+        int chunks = tokens.Length / ctx;
+        Assert.True(chunks >= 2);
+
+        using var engine = new Transformer(weights, ctx);
+        var (result, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, llamaChunks: true);
+
+        using var plain = new Transformer(weights, ctx);
+        int vocab = weights.Config.VocabSize;
+        var logits = new float[ctx * vocab];
+        double nll = 0;
+        long count = 0;
+        for (int i = 0; i < chunks; i++)
+        {
+            using var cache = new KvCache(weights.Config.Layers, weights.Config.KvHeads, weights.Config.HeadDim, ctx, KvCacheType.F32);
+            var batch = new BatchToken[ctx];
+            for (int j = 0; j < ctx; j++) batch[j] = new BatchToken(j == 0 && bos >= 0 ? bos : tokens[i * ctx + j], 0, j, true);
+            plain.Forward(batch, [cache], logits);
+            for (int j = ctx / 2; j < ctx - 1; j++)
+            {
+                var z = logits.AsSpan(j * vocab, vocab);
+                double max = double.NegativeInfinity;
+                foreach (float v in z) max = Math.Max(max, v);
+                double sum = 0;
+                foreach (float v in z) sum += Math.Exp(v - max);
+                nll += Math.Log(sum) + max - z[tokens[i * ctx + j + 1]];
+                count++;
+            }
+        }
+        Assert.Equal(count, result.ScoredTokens);
+        Assert.Equal((long)chunks * (ctx - 1 - ctx / 2), result.ScoredTokens);
+        Assert.Equal(nll, result.NegativeLogLikelihood, 1e-9 * nll);
+    }
+
+    [Fact]
+    public void CliReportsTheScoringAndRefusesWhatDoesNotApply()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 6)));
+        var (code, output, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--llama-perplexity", "--json");
+        Assert.True(code == 0, error);
+        var j = JsonDocument.Parse(output).RootElement;
+        Assert.Equal("llama-perplexity", j.GetProperty("scoring").GetString());
+        int tokens = j.GetProperty("tokens").GetInt32();
+        Assert.Equal(tokens / 64 * 31, j.GetProperty("scored_tokens").GetInt64());
+
+        var plain = JsonDocument.Parse(KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--json").Output).RootElement;
+        Assert.Equal("half-windows", plain.GetProperty("scoring").GetString());
+
+        (code, _, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--stride", "32", "--llama-perplexity");
+        Assert.Equal(2, code);
+        Assert.Contains("--stride", error);
+        (code, _, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--llama-perplexity", "--save-logits", dir.File("x.bnlg"));
+        Assert.Equal(2, code);
+        Assert.Contains("--save-logits", error);
+        Assert.False(File.Exists(dir.File("x.bnlg")));
+    }
+
+    /// <summary>A reference with a NaN scale made every KL term NaN, skipped as zero mass: "KL 0, perfect agreement".</summary>
+    [Fact]
+    public void ABrokenReferenceIsAnErrorNotAZeroKl()
+    {
+        using var weights = ModelWeights.Load(BundledModel);
+        using var broken = ModelWeights.Load(BundledModel);
+        broken.Layers[1].Q.RowScales[2] = float.NaN;
+        var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
+        var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 3)), addBos: false);
+        using var engine = new Transformer(weights, 32);
+        using var reference = new Transformer(broken, 32);
+        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, reference: KlReference.FromEngine(reference, KvCacheType.F32)));
+        Assert.Contains("reference", e.Message);
+    }
+}
