@@ -36,8 +36,20 @@ internal static class CalibrateTune
         int window = ctxOption > 0 ? ctxOption : Math.Min(weights.Config.ContextLength, 256);
         if (window < 2 || window > weights.Config.ContextLength) throw new UsageException($"--ctx {window} must be 2 to {weights.Config.ContextLength} (the model's context).");
 
-        var train = tokenizer.Encode(string.Concat(corpus.TrainDocuments), addBos: false);
-        var held = tokenizer.Encode(corpus.ValidationText, addBos: false);
+        // The trainer's streams (TrainingCorpus.EncodeTrain): documents joined by EOS, a special token's text in them
+        // (TinyStories' <|endoftext|>) read as that token; as plain text it became a dozen ids the model never saw.
+        int[] Stream(IReadOnlyList<string> documents)
+        {
+            var ids = new List<int>();
+            for (int i = 0; i < documents.Count; i++)
+            {
+                if (i > 0 && tokenizer.EosId >= 0) ids.Add(tokenizer.EosId);
+                ids.AddRange(tokenizer.Encode(documents[i], addBos: false, parseSpecial: true));
+            }
+            return [.. ids];
+        }
+        var train = Stream(corpus.TrainDocuments);
+        var held = Stream(corpus.ValidationDocuments);
         if (train.Length < window + 1 || held.Length < window + 1)
             throw new UsageException($"{dataPath} is too short: {train.Length:N0} tuning and {held.Length:N0} held-out tokens, each needs at least one window of {window + 1} (give more text or a smaller --ctx).");
 

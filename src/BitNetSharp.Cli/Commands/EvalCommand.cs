@@ -131,7 +131,7 @@ public static class EvalCommand
                                 throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");
                             if (t2 is not null && !t2.Encode(text, addBos: streamBos).AsSpan().SequenceEqual(tokens))
                                 throw new UsageException($"--kl-reference {refPath} tokenizes the text differently from {weights.SourcePath}; KL needs the same tokens.");
-                            ModelOptions.ApplyActivationBits(w2, refBitsText);
+                            ModelOptions.ApplyActivationBits(w2, refBitsText, "--kl-activation-bits");
                             refEngine = new Transformer(w2, Math.Min(window, 128), pool);
                             refDescription = $"{refPath} (KV {refKv.ToString().ToLowerInvariant()}, activation bits {refEngine.ActivationBits})";
                         }
@@ -139,7 +139,7 @@ public static class EvalCommand
                         {
                             refEngine = new Transformer(weights, Math.Min(window, 128), pool);
                             // Without --kl-activation-bits the variant keeps the file's widths (not this run's override).
-                            refEngine.ActivationBits = (refBitsText is null ? fileBits : ActivationBits.Parse(refBitsText, weights.Config.Layers, fileBits))
+                            refEngine.ActivationBits = (refBitsText is null ? fileBits : ActivationBits.Parse(refBitsText, weights.Config.Layers, fileBits, "--kl-activation-bits"))
                                 ?? ActivationBits.Uniform(weights.Config.Layers);
                             refDescription = $"this model with KV {refKv.ToString().ToLowerInvariant()}, activation bits {refEngine.ActivationBits}";
                         }

@@ -103,12 +103,12 @@ public sealed class ModelOptions
     }
 
     /// <summary>Parses a bit-width spec over the weights' own widths (a usage error names the bad item).</summary>
-    public static ActivationBits? ParseActivationBits(ModelWeights weights, string? spec)
+    public static ActivationBits? ParseActivationBits(ModelWeights weights, string? spec, string option = "--activation-bits")
     {
         if (spec is null) return weights.ActivationBits;
         try
         {
-            return ActivationBits.Parse(spec, weights.Config.Layers, weights.ActivationBits);
+            return ActivationBits.Parse(spec, weights.Config.Layers, weights.ActivationBits, option);
         }
         catch (ArgumentException e)
         {
@@ -116,7 +116,8 @@ public sealed class ModelOptions
         }
     }
 
-    public static void ApplyActivationBits(ModelWeights weights, string? spec) => weights.ActivationBits = ParseActivationBits(weights, spec);
+    public static void ApplyActivationBits(ModelWeights weights, string? spec, string option = "--activation-bits") =>
+        weights.ActivationBits = ParseActivationBits(weights, spec, option);
 
     /// <summary>The model path from -m, else the bundled model next to the tool or in the repository's models/.</summary>
     public static string ResolveModel(string? path)

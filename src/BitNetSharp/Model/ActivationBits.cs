@@ -73,15 +73,15 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
     /// one layer's inputs), applied left to right. Inputs: qkv, o, gate_up, down. A bad item is an
     /// <see cref="ArgumentException"/> naming it.
     /// </summary>
-    public static ActivationBits Parse(string spec, int layers, ActivationBits? start = null)
+    public static ActivationBits Parse(string spec, int layers, ActivationBits? start = null, string option = "--activation-bits")
     {
-        if (string.IsNullOrWhiteSpace(spec)) throw new ArgumentException("--activation-bits is empty; give e.g. 4, 8,8,4,4 or qkv=4,gate_up=4.");
+        if (string.IsNullOrWhiteSpace(spec)) throw new ArgumentException($"{option} is empty; give e.g. 4, 8,8,4,4 or qkv=4,gate_up=4.");
         var bits = (byte[])(start ?? Uniform(layers))._bits.Clone();
         var items = spec.Split(',', StringSplitOptions.TrimEntries);
         int Number(string text, string item)
         {
             if (!int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out int b) || Array.IndexOf(Allowed, b) < 0)
-                throw new ArgumentException($"--activation-bits: '{item}': the bit width must be one of {string.Join(", ", Allowed)}.");
+                throw new ArgumentException($"{option}: '{item}': the bit width must be one of {string.Join(", ", Allowed)}.");
             return b;
         }
         if (Array.TrueForAll(items, i => !i.Contains('=')))
@@ -92,14 +92,14 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
                 return new ActivationBits(layers, bits);
             }
             if (items.Length != layers)
-                throw new ArgumentException($"--activation-bits lists {items.Length} widths; the model has {layers} layers (give one per layer, or one for all).");
+                throw new ArgumentException($"{option} lists {items.Length} widths; the model has {layers} layers (give one per layer, or one for all).");
             for (int l = 0; l < layers; l++) bits.AsSpan(l * Inputs, Inputs).Fill((byte)Number(items[l], items[l]));
             return new ActivationBits(layers, bits);
         }
         foreach (var item in items)
         {
             int eq = item.IndexOf('=');
-            if (eq < 0) throw new ArgumentException($"--activation-bits: '{item}' mixes a bare width with input=width items; write e.g. qkv=4,down=8.");
+            if (eq < 0) throw new ArgumentException($"{option}: '{item}' mixes a bare width with input=width items; write e.g. qkv=4,down=8.");
             string target = item[..eq].Trim();
             int b = Number(item[(eq + 1)..].Trim(), item);
             int colon = target.IndexOf(':');
@@ -107,19 +107,19 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
             string inputText = colon >= 0 ? target[(colon + 1)..] : target;
             if (colon < 0 && int.TryParse(target, NumberStyles.None, CultureInfo.InvariantCulture, out int onlyLayer))
             {
-                if (onlyLayer >= layers) throw new ArgumentException($"--activation-bits: '{item}': the model has layers 0 to {layers - 1}.");
+                if (onlyLayer >= layers) throw new ArgumentException($"{option}: '{item}': the model has layers 0 to {layers - 1}.");
                 bits.AsSpan(onlyLayer * Inputs, Inputs).Fill((byte)b);
                 continue;
             }
             if (!TryInput(inputText, out var input))
-                throw new ArgumentException($"--activation-bits: '{item}': '{inputText}' is not one of {string.Join(", ", HealthNames.InputLabels)}.");
+                throw new ArgumentException($"{option}: '{item}': '{inputText}' is not one of {string.Join(", ", HealthNames.InputLabels)}.");
             if (colon < 0)
             {
                 for (int l = 0; l < layers; l++) bits[l * Inputs + (int)input] = (byte)b;
                 continue;
             }
             if (!int.TryParse(layerText, NumberStyles.None, CultureInfo.InvariantCulture, out int layer) || layer >= layers)
-                throw new ArgumentException($"--activation-bits: '{item}': '{layerText}' is not a layer of this model (0 to {layers - 1}).");
+                throw new ArgumentException($"{option}: '{item}': '{layerText}' is not a layer of this model (0 to {layers - 1}).");
             bits[layer * Inputs + (int)input] = (byte)b;
         }
         return new ActivationBits(layers, bits);

@@ -264,6 +264,23 @@ public class KlEvaluationTests
     }
 
     /// <summary>Runs the CLI in process: exit code, stdout, stderr.</summary>
+    /// <summary>A bad --kl-activation-bits names that option (the message blamed --activation-bits, which was not given).</summary>
+    [Theory]
+    [InlineData("7")]
+    [InlineData("9:qkv=4")]
+    public void BadKlActivationBitsNameTheirOption(string spec)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 3)));
+        var (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--kl-activation-bits", spec);
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: --kl-activation-bits", error);
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--kl-reference", BundledModel, "--kl-activation-bits", spec);
+        Assert.Equal(2, code);
+        Assert.StartsWith("error: --kl-activation-bits", error);
+    }
+
     internal static (int Code, string Output, string Error) Cli(params string[] args)
     {
         var output = new StringWriter();

@@ -101,6 +101,31 @@ public class NormScaleTunerTests(ITestOutputHelper output)
         Assert.Contains("Convert to I2_S first", e.Message);
     }
 
+    /// <summary>
+    /// --tune reads the domain text as the trainer does: a special token's text (TinyStories' &lt;|endoftext|&gt;) is
+    /// that token, not a dozen byte-level ids the model never saw.
+    /// </summary>
+    [Fact]
+    public void CalibrateTuneReadsSpecialTokensAsTheTrainerDoes()
+    {
+        var (run, pool) = TrainTiny();
+        using var _ = pool;
+        using var dir = new TestGguf.TempDirectory();
+        string source = dir.File("m.gguf"), tuned = dir.File("t.gguf"), data = dir.File("domain.txt");
+        run.Export(source);
+        string text = string.Concat(Enumerable.Repeat(Domain + "\n<|endoftext|>\n", 12));
+        File.WriteAllText(data, text);
+        BitNetSharp.Tokenization.BitNetTokenizer tokenizer;
+        using (var sourceFile = GgufFile.Open(source)) tokenizer = BitNetSharp.Tokenization.TokenizerLoader.FromGguf(sourceFile);
+        Assert.True(tokenizer.TryGetTokenId("<|endoftext|>", out int _));
+        var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(data)], 0.1);
+        int expected = tokenizer.Encode(string.Concat(corpus.TrainDocuments), addBos: false, parseSpecial: true).Length;
+        Assert.True(expected < tokenizer.Encode(string.Concat(corpus.TrainDocuments), addBos: false).Length);
+        var (code, stdout, error) = Bitnet("calibrate", "--tune", "-m", source, "--data", data, "--steps", "1", "--ctx", "16", "-t", "1", "--out", tuned);
+        Assert.True(code == 0, error);
+        Assert.Contains($"on {expected:N0} tokens", stdout);
+    }
+
     /// <summary>The command end to end (a few steps), and its refusals: exit ≠ 0, one line, no output file.</summary>
     [Fact]
     public void CalibrateTuneWritesAModelOfTheSameSizeAndRefusesBadInput()
