@@ -41,6 +41,8 @@ public static class ChatCommand
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { Speculation = speculative });
+            // ... and so do the markers that are tokens but not stop tokens: a turn opener such as <|im_start|>.
+            generator.StopTokenIds = chatTemplate.StopTokens(tokenizer);
             var messages = new List<ChatMessage>();
             if (result.GetValue(system) is { } s && !string.IsNullOrWhiteSpace(s))
             {

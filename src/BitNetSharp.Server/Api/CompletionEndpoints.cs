@@ -118,6 +118,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
                     Sampling = request.Sampling,
                     StopStrings = request.Stop,
                     IgnoreStopTokens = request.IgnoreEos,
+                    StopTokenIds = request.StopTokens,
                     Speculate = request.Speculate,
                     Choices = request.Choices,
                     RequestId = id,

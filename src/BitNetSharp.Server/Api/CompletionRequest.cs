@@ -22,7 +22,8 @@ internal sealed record CompletionRequest(
     IReadOnlyList<string>? Stop,
     bool IgnoreEos,
     LogProbFormat LogProbs,
-    bool? Speculate = null)
+    bool? Speculate = null,
+    IReadOnlyList<int>? StopTokens = null)
 {
     private static readonly HashSet<string> Roles = ["system", "developer", "user", "assistant", "tool"];
 
@@ -64,7 +65,7 @@ internal sealed record CompletionRequest(
         else
         {
             // OpenAI's defaults: 16 for legacy completions, as much as fits for chat (capped by the server's limit).
-            maxTokens = Math.Min(chat ? options.MaxTokensLimit : 16, ctx - longest);
+            maxTokens = Math.Min(chat ? options.MaxTokensLimit : Math.Min(16, options.MaxTokensLimit), ctx - longest);
         }
 
         var logProbs = LogProbFormat.None;
@@ -88,12 +89,16 @@ internal sealed record CompletionRequest(
             throw ApiException.BadRequest("speculate: true needs a server started with --speculate ngram.", "speculate");
         bool ignoreEos = r.Bool("ignore_eos") ?? false;
         IReadOnlyList<string>? stops = ParseStop(r);
+        // Without a tokenizer no text is decoded, so a stop string could never match: refuse it, as text prompts are.
+        if (stops is { Count: > 0 } && model.Tokenizer is null) RequireTokenizer(model, "stop");
         // A chat answer also ends at the template's turn markers that this vocabulary spells as text (ChatML on a
         // vocabulary without <|im_start|>): no stop token would end it, and it would run on into a made-up next turn.
         // ignore_eos, which ignores the stop tokens, ignores these too.
         if (chat && !ignoreEos && model.Tokenizer is { } tk && model.Template is { } tpl && tpl.TextStops(tk) is { Count: > 0 } markers)
             stops = [.. (stops ?? []).Concat(markers).Distinct(StringComparer.Ordinal)];
-        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, stops, ignoreEos, logProbs, speculate);
+        // ... and at the markers that are tokens but not stop tokens (a turn opener such as <|im_start|>).
+        IReadOnlyList<int>? stopTokens = chat && !ignoreEos && model.Tokenizer is { } tk2 && model.Template is { } tpl2 && tpl2.StopTokens(tk2) is { Count: > 0 } ids ? ids : null;
+        return new CompletionRequest(chat, stream, includeUsage, prompts, n, maxTokens, sampling, stops, ignoreEos, logProbs, speculate, stopTokens);
     }
 
     public static void CheckModel(JsonRequest r, ServedModel model)
@@ -110,6 +115,11 @@ internal sealed record CompletionRequest(
         {
             if (r.TryGet("tools", out var tools) && tools.ValueKind == JsonValueKind.Array && tools.GetArrayLength() > 0)
                 throw ApiException.BadRequest("Tools (function calling) are not supported by this server.", "tools", "unsupported_parameter");
+            // The deprecated spelling of the same (still sent by older clients).
+            if (r.TryGet("functions", out var functions) && functions.ValueKind == JsonValueKind.Array && functions.GetArrayLength() > 0)
+                throw ApiException.BadRequest("Functions (function calling) are not supported by this server.", "functions", "unsupported_parameter");
+            if (r.TryGet("function_call", out var fc) && !(fc.ValueKind == JsonValueKind.String && fc.GetString() is "none" or "auto") && fc.ValueKind != JsonValueKind.Null)
+                throw ApiException.BadRequest("function_call other than \"none\" or \"auto\" asks for a function call, which this server does not support.", "function_call", "unsupported_parameter");
             if (r.TryGet("response_format", out var rf) && !(rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text"))
                 throw ApiException.BadRequest("Only response_format {\"type\": \"text\"} is supported.", "response_format", "unsupported_parameter");
         }

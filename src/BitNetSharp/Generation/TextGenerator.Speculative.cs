@@ -108,7 +108,7 @@ public sealed partial class TextGenerator
             Generated++;
             end = true;
             TokenLogProb[]? top = sampling.LogProbs is > 0 ? sampler.TopLogProbs.ToArray() : null;
-            if (!ignoreStop && g.Tokenizer is not null && g.Tokenizer.IsStopToken(token))
+            if (!ignoreStop && g.IsStop(token))
                 return new GeneratedToken(token, detok?.Flush() ?? "", sampler.ChosenLogProb, top, FinishReason.Stop);
             string text = detok?.Append(token) ?? "";
             if (Generated == maxTokens)

@@ -111,6 +111,14 @@ public sealed partial class TextGenerator : IDisposable
     public BitNetTokenizer? Tokenizer { get; }
     public ModelConfig Config => _weights.Config;
     public int ContextLength { get; }
+
+    /// <summary>
+    /// Token ids that end a generation besides the tokenizer's stop tokens (a chat template's turn openers, see
+    /// <see cref="BitNetSharp.Tokenization.ChatTemplate.StopTokens"/>); ignored with ignoreStop like the others.
+    /// </summary>
+    public IReadOnlyList<int> StopTokenIds { get; set; } = [];
+
+    internal bool IsStop(int token) => (Tokenizer is not null && Tokenizer.IsStopToken(token)) || (StopTokenIds.Count > 0 && StopTokenIds.Contains(token));
     public int Threads => _pool.ThreadCount;
     public GenerationStats? LastStats { get; private set; }
 
@@ -256,7 +264,7 @@ public sealed partial class TextGenerator : IDisposable
                 if (Tokenizer is not null && Tokenizer.VocabularySize < vocab) last.AsSpan(Tokenizer.VocabularySize).Fill(float.NegativeInfinity);
                 int token = sampler.Sample(last, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
                 generated++;
-                bool stop = !ignoreStop && Tokenizer is not null && Tokenizer.IsStopToken(token);
+                bool stop = !ignoreStop && IsStop(token);
                 TokenLogProb[]? top = sampling.LogProbs is > 0 ? sampler.TopLogProbs.ToArray() : null;
                 if (stop)
                 {

@@ -553,7 +553,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             step.Sink.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step.Step, r.RequestId, r.TraceId, s.Choice, token, step.Tokens,
                 step.Seconds, latency, stats.Min, stats.Max, stats.Entropy, 0));
 
-        if (!r.IgnoreStopTokens && _tokenizer is not null && _tokenizer.IsStopToken(token))
+        if (!r.IgnoreStopTokens && ((_tokenizer is not null && _tokenizer.IsStopToken(token)) || (r.StopTokenIds is { Count: > 0 } extra && extra.Contains(token))))
         {
             string rest = s.Detokenizer?.Flush() ?? "";
             if (s.Stops is { } m) rest = m.Push(rest, out _) + m.Flush();

@@ -20,8 +20,11 @@ public sealed record GenerationRequest
     /// <summary>Texts that end a choice (finish reason Stop); the text from the match on is not delivered.</summary>
     public IReadOnlyList<string>? StopStrings { get; init; }
 
-    /// <summary>Keep going past the tokenizer's end-of-sequence and end-of-turn tokens.</summary>
+    /// <summary>Keep going past the tokenizer's end-of-sequence and end-of-turn tokens (and <see cref="StopTokenIds"/>).</summary>
     public bool IgnoreStopTokens { get; init; }
+
+    /// <summary>Token ids that end a choice besides the tokenizer's stop tokens (a chat template's turn openers); not delivered.</summary>
+    public IReadOnlyList<int>? StopTokenIds { get; init; }
 
     /// <summary>Independent continuations of the prompt (OpenAI n), each its own sequence with its own KV cache.</summary>
     public int Choices { get; init; } = 1;

@@ -79,6 +79,21 @@ public abstract class ChatTemplate
         return stops;
     }
 
+    /// <summary>
+    /// Token ids that end an answer besides the tokenizer's stop tokens: the template's turn markers that are one token in
+    /// this vocabulary but not a stop token (<c>&lt;|im_start|&gt;</c>, <c>&lt;|start_header_id|&gt;</c>). A model that opens
+    /// the next turn without closing its own ran on into a made-up turn, hidden (control tokens decode to nothing)
+    /// and ended by length.
+    /// </summary>
+    public IReadOnlyList<int> StopTokens(BitNetTokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var ids = new List<int>();
+        foreach (var m in TurnMarkers)
+            if (tokenizer.TryGetTokenId(m, out int id) && !tokenizer.IsStopToken(id) && !ids.Contains(id)) ids.Add(id);
+        return ids;
+    }
+
     /// <summary>Appends a message's content, recording its span.</summary>
     private protected static StringBuilder Content(StringBuilder text, string content, List<Range>? spans)
     {

@@ -1,0 +1,76 @@
+using System.Net;
+using System.Text.Json;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>Request fields whose meaning the server honoured only in part: each case was a 200 that did not do what was asked.</summary>
+public class RequestSemanticsTests
+{
+    /// <summary>
+    /// A chat answer ends at the template's turn opener when the vocabulary spells it as one token (&lt;|im_start|&gt; in
+    /// ChatML): it is not a stop token and decodes to nothing, so the answer ran on into a hidden made-up turn and
+    /// ended by length. ignore_eos still runs past it.
+    /// </summary>
+    [Fact]
+    public async Task AControlTokenTurnOpenerEndsTheChatAnswer()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var bias = new Dictionary<string, int> { [TinyChatModel.ImStart.ToString()] = 100 };
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", new
+        {
+            messages = new[] { new { role = "user", content = "hi" } }, max_tokens = 8, temperature = 0, logit_bias = bias,
+        });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal("stop", body.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+        Assert.Equal("", body.GetProperty("choices")[0].GetProperty("message").GetProperty("content").GetString());
+
+        (status, body, _) = await s.PostAsync("v1/chat/completions", new
+        {
+            messages = new[] { new { role = "user", content = "hi" } }, max_tokens = 8, temperature = 0, logit_bias = bias, ignore_eos = true,
+        });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal("length", body.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+    }
+
+    /// <summary>The legacy default of 16 tokens is capped by the server's --max-tokens-limit, which an explicit 16 is refused by.</summary>
+    [Fact]
+    public async Task TheCompletionsDefaultKeepsTheServersLimit()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { MaxTokensLimit = 4, WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = "hi", ignore_eos = true, temperature = 0 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        Assert.Equal(4, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        (status, _, _) = await s.PostAsync("v1/completions", new { prompt = "hi", max_tokens = 16 });
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+    }
+
+    /// <summary>The deprecated functions / function_call ask for function calling as tools does, and are refused the same way.</summary>
+    [Theory]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f","parameters":{}}]}""", "functions")]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"function_call":{"name":"f"}}""", "function_call")]
+    public async Task FunctionCallingIsRefusedInEitherSpelling(string json, string param)
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", json);
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal(param, body.GetProperty("error").GetProperty("param").GetString());
+        Assert.Equal("unsupported_parameter", body.GetProperty("error").GetProperty("code").GetString());
+
+        (status, _, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"function_call":"none","functions":[]}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+
+    /// <summary>Without a tokenizer nothing is decoded, so a stop string could never match: it is refused like a text prompt.</summary>
+    [Fact]
+    public async Task StopWithoutATokenizerIsRefused()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 },
+            load: () => new BitNetSharp.Server.LoadedModel(TinyChatModel.Load().Weights, null, TestServer.ModelId));
+        var (status, body, _) = await s.PostAsync("v1/completions", """{"prompt":[1,2,3],"stop":["a"],"max_tokens":4}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("stop", body.GetProperty("error").GetProperty("param").GetString());
+        Assert.Equal("no_tokenizer", body.GetProperty("error").GetProperty("code").GetString());
+        (status, _, _) = await s.PostAsync("v1/completions", """{"prompt":[1,2,3],"max_tokens":4}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+}
