@@ -85,7 +85,33 @@ public sealed record ModelConfig
             HasSubNorms = file.TryGetTensor("blk.0.attn_sub_norm.weight", out _),
         };
         config.Validate(file.FilePath);
+        CheckPlainRope(file, headDim);
         return config;
+    }
+
+    /// <summary>
+    /// Refuses RoPE variants the engine does not implement, which llama.cpp would honour: a scaling factor other than 1
+    /// (linear is llama.cpp's default type when only the factor is given; yarn, longrope), a frequency-factor tensor
+    /// (llama3-style rope_freqs.weight) and partial rotary (rope.dimension_count below the head dimension). They loaded
+    /// and ran as plain RoPE. The no-op the upstream bitnet converter writes (linear, factor 1) loads.
+    /// </summary>
+    private static void CheckPlainRope(GgufFile file, int headDim)
+    {
+        var m = file.Metadata;
+        string typeKey = m.ArchitectureKey("rope.scaling.type"), factorKey = m.ArchitectureKey("rope.scaling.factor"), oldKey = m.ArchitectureKey("rope.scale_linear");
+        string? type = m.TryGetString(typeKey, out var t) ? t : null;
+        float factor = m.TryGetFloat32(factorKey, out float f) ? f : m.TryGetFloat32(oldKey, out float f2) ? f2 : 0f;
+        bool scaled = factor != 0f && factor != 1f;
+        if (type is not (null or "none" or "linear" or "yarn" or "longrope"))
+            throw new ModelFormatException(file.FilePath, $"RoPE scaling type '{type}' is not one this runtime knows; only plain RoPE is supported", typeKey);
+        if (type != "none" && scaled)
+            throw new ModelFormatException(file.FilePath, $"RoPE scaling {type ?? "linear"} × {factor} rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (no scaling, or factor 1) is supported",
+                m.ContainsKey(factorKey) ? factorKey : oldKey);
+        if (file.TryGetTensor("rope_freqs.weight", out _))
+            throw new ModelFormatException(file.FilePath, "per-frequency RoPE factors (llama3-style rope scaling) are not implemented by this runtime; only plain RoPE is supported", "rope_freqs.weight");
+        string rotKey = m.ArchitectureKey("rope.dimension_count");
+        if (m.TryGetInt32(rotKey, out int rot) && rot != headDim)
+            throw new ModelFormatException(file.FilePath, $"rotates {rot} of each head's {headDim} dimensions (partial rotary), which this runtime does not implement; it rotates whole heads", rotKey);
     }
 
     public static ModelConfig FromHf(HfConfig hf)
@@ -101,7 +127,7 @@ public sealed record ModelConfig
         };
         if (hf.RopeType is { } ropeType && !string.Equals(ropeType, "default", StringComparison.OrdinalIgnoreCase))
             throw new ModelFormatException(hf.FilePath,
-                $"RoPE type '{ropeType}' rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (rope_type \"default\") is supported", "rope_parameters.rope_type");
+                $"RoPE type '{ropeType}' rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (rope_type \"default\") is supported", hf.RopeTypeKey ?? "rope_parameters.rope_type");
         if (hf.Quantization?.UseRmsNorm == true)
             throw new ModelFormatException(hf.FilePath,
                 "use_rms_norm = true (an extra RMSNorm inside every BitLinear before activation quantization) is not supported by this runtime", "quantization_config.use_rms_norm");
@@ -119,7 +145,8 @@ public sealed record ModelConfig
             FeedForward = hf.IntermediateSize,
             VocabSize = hf.VocabSize,
             ContextLength = hf.MaxPositionEmbeddings ?? 2048,
-            RmsEps = (float)(hf.RmsNormEps ?? 1e-5),
+            // transformers' defaults: BitNetConfig 1e-5; LlamaConfig (and 1bitLLM's BitnetConfig) 1e-6.
+            RmsEps = (float)(hf.RmsNormEps ?? (family == ModelFamily.BitNet158 ? 1e-5 : 1e-6)),
             // transformers' defaults when the config names no base: BitNetConfig 500000, Llama and 1bitLLM 10000.
             RopeTheta = (float)(hf.RopeTheta ?? (family == ModelFamily.BitNet158 ? 500000.0 : 10000.0)),
             Activation = activation,

@@ -99,15 +99,17 @@ public class HfModelDirectoryTests
         Assert.Equal(500000f, BitNetSharp.Model.ModelConfig.FromHf(bare).RopeTheta);
 
         // Frequency-rescaling RoPE types are refused by name instead of being run as plain RoPE.
-        foreach (var json in new[]
+        // The error names the field the type came from (it always said rope_parameters.rope_type).
+        foreach (var (json, key) in new[]
         {
-            ""","rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0}""",
-            ""","rope_theta":500000.0,"rope_scaling":{"type":"linear","factor":2.0}""",
+            (""","rope_parameters":{"rope_theta":500000.0,"rope_type":"llama3","factor":8.0}""", "rope_parameters.rope_type"),
+            (""","rope_theta":500000.0,"rope_scaling":{"type":"linear","factor":2.0}""", "rope_scaling.type"),
+            (""","rope_theta":500000.0,"rope_scaling":{"rope_type":"yarn","factor":2.0}""", "rope_scaling.rope_type"),
         })
         {
             var scaled = Config(json);
             var e = Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(scaled));
-            Assert.Equal("rope_parameters.rope_type", e.Item);
+            Assert.Equal(key, e.Item);
             Assert.Contains("does not implement", e.Message);
         }
 

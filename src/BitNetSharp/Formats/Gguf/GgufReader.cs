@@ -101,10 +101,13 @@ internal static unsafe class GgufReader
             if (!names.Add(name))
                 throw new ModelFormatException(path, "duplicate tensor name", name);
             uint nDims = c.ReadUInt32("n_dims", name);
-            if (nDims is < 1 or > GgmlTypeInfo.MaxDimensions)
-                throw new ModelFormatException(path, $"has {nDims} dimensions, expected 1 to {GgmlTypeInfo.MaxDimensions}", name);
-            var dims = new long[nDims];
-            for (int d = 0; d < dims.Length; d++)
+            if (nDims > GgmlTypeInfo.MaxDimensions)
+                throw new ModelFormatException(path, $"has {nDims} dimensions, expected 0 to {GgmlTypeInfo.MaxDimensions}", name);
+            // A 0-d tensor is a scalar, as ggml reads it (missing dimensions are 1): gguf-py writes n_dims = len(shape),
+            // so a converter's scalar (a per-tensor scale) has none. It is held as [1].
+            var dims = new long[Math.Max(nDims, 1u)];
+            if (nDims == 0) dims[0] = 1;
+            for (int d = 0; d < nDims; d++)
             {
                 ulong dim = c.ReadUInt64($"dimension {d}", name);
                 if (dim is 0 or > long.MaxValue)

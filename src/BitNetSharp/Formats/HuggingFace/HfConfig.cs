@@ -38,6 +38,9 @@ public sealed class HfConfig
     /// </summary>
     public string? RopeType { get; init; }
 
+    /// <summary>Where <see cref="RopeType"/> was read (<c>rope_scaling.type</c>, <c>rope_parameters.rope_type</c>…), for errors.</summary>
+    public string? RopeTypeKey { get; init; }
+
     public int? MaxPositionEmbeddings { get; init; }
 
     /// <summary>e.g. "relu2" (2B4T) or "silu".</summary>
@@ -110,6 +113,7 @@ public sealed class HfConfig
                 RmsNormEps = r.OptionalDouble("rms_norm_eps"),
                 RopeTheta = r.OptionalDouble("rope_theta") ?? RopeField(root, path, "rope_parameters", r2 => r2.OptionalDouble("rope_theta")),
                 RopeType = RopeField(root, path, "rope_parameters", RopeTypeOf) ?? RopeField(root, path, "rope_scaling", RopeTypeOf),
+                RopeTypeKey = RopeField(root, path, "rope_parameters", f => RopeTypeKeyOf(f, "rope_parameters")) ?? RopeField(root, path, "rope_scaling", f => RopeTypeKeyOf(f, "rope_scaling")),
                 MaxPositionEmbeddings = r.OptionalInt("max_position_embeddings"),
                 HiddenAct = r.OptionalString("hidden_act"),
                 TieWordEmbeddings = r.OptionalBool("tie_word_embeddings"),
@@ -123,6 +127,9 @@ public sealed class HfConfig
     }
 
     private static string? RopeTypeOf(Fields f) => f.OptionalString("rope_type") ?? f.OptionalString("type");
+
+    private static string? RopeTypeKeyOf(Fields f, string section) =>
+        f.OptionalString("rope_type") is not null ? section + ".rope_type" : f.OptionalString("type") is not null ? section + ".type" : null;
 
     /// <summary>A field of the <paramref name="section"/> object (rope_parameters / rope_scaling), null when absent.</summary>
     private static T? RopeField<T>(JsonElement root, string path, string section, Func<Fields, T?> read)

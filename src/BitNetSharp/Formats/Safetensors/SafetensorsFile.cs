@@ -174,6 +174,8 @@ public sealed unsafe class SafetensorsFile : IDisposable
                 throw new ModelFormatException(path, "the header lists this name twice", name);
             if (name == "__metadata__")
             {
+                // The reference parser's metadata is optional: null is "none", as absent is.
+                if (property.Value.ValueKind == JsonValueKind.Null) continue;
                 if (property.Value.ValueKind != JsonValueKind.Object)
                     throw new ModelFormatException(path, $"found a JSON {property.Value.ValueKind}, expected an object of strings", name);
                 foreach (var entry in property.Value.EnumerateObject())
