@@ -24,8 +24,16 @@ public static class TokenizeCommand
                 cli.Output.WriteLine(string.Join(',', ids.Select(i => i.ToString(CultureInfo.InvariantCulture))));
                 return 0;
             }
+            // Each token's own bytes (SentencePiece's "▁world" is " world": decoding it alone dropped the space, so it
+            // printed the same as "world"); a piece that is part of a character shows as its bytes.
             foreach (int id in ids)
-                cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{id,8} {System.Text.Json.JsonSerializer.Serialize(tokenizer.Decode([id], includeSpecial: true))}"));
+            {
+                var bytes = tokenizer.TokenBytes(id);
+                string piece = System.Text.Unicode.Utf8.IsValid(bytes)
+                    ? System.Text.Json.JsonSerializer.Serialize(System.Text.Encoding.UTF8.GetString(bytes))
+                    : "bytes " + string.Join(' ', bytes.ToArray().Select(b => $"0x{b:X2}"));
+                cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{id,8} {piece}"));
+            }
             cli.Output.WriteLine($"{ids.Length} tokens");
             return 0;
         }));

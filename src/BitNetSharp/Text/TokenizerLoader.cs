@@ -284,7 +284,8 @@ public static class TokenizerLoader
         var entries = new List<(string Text, int Id, TokenKind Kind)>();
         foreach (var p in document.RootElement.EnumerateObject())
         {
-            if (!p.Value.TryGetInt32(out var id) || id < 0) throw new ModelFormatException(vocabPath, $"token \"{p.Name}\" has id {p.Value}, expected a non-negative integer");
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out var id) || id < 0)
+                throw new ModelFormatException(vocabPath, $"token \"{p.Name}\" has id {p.Value.GetRawText()}, expected a non-negative integer");
             entries.Add((p.Name, id, p.Name == "<|endoftext|>" ? TokenKind.Control : TokenKind.Normal));
         }
         var vocabulary = BuildVocabulary(entries, vocabPath);
@@ -300,10 +301,18 @@ public static class TokenizerLoader
         return new ByteLevelBpeTokenizer(vocabulary, merges, PreTokenizer.Gpt2, mergesPath, "merges");
     }
 
+    /// <summary>Unused ids a vocabulary may leave between its tokens (models pad to multiples of 64 or 128; 2B4T's has none).</summary>
+    private const int MaxVocabularyHoles = 1 << 20;
+
     private static TokenizerVocabulary BuildVocabulary(List<(string Text, int Id, TokenKind Kind)> entries, string path)
     {
-        int count = 0;
-        foreach (var e in entries) count = Math.Max(count, e.Id + 1);
+        // Ids may leave holes (unused slots), but not more than a real vocabulary has: an id of 2^31 − 1 wrapped the
+        // count to 0 (IndexOutOfRangeException), and 10^9 from a 60-byte file sized gigabytes of arrays.
+        long maxId = -1;
+        foreach (var e in entries) maxId = Math.Max(maxId, e.Id);
+        if (maxId >= entries.Count + MaxVocabularyHoles)
+            throw new ModelFormatException(path, $"token ids run to {maxId:N0} for {entries.Count:N0} tokens; ids that far apart mean a corrupt file");
+        int count = (int)(maxId + 1);
         var texts = new string[count];
         var kinds = new TokenKind[count];
         Array.Fill(texts, "");

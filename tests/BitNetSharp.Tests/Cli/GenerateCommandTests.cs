@@ -33,6 +33,21 @@ public class GenerateCommandTests
         return path;
     }
 
+    /// <summary>
+    /// bitnet tokenize shows each token's own text: SentencePiece's "▁world" (3186) is " world", not "world" (11526),
+    /// which it printed identically (each token was decoded alone, dropping the leading space as for a text's start).
+    /// </summary>
+    [Fact]
+    public void TokenizeShowsSentencePiecePiecesWithTheirSpace()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir, SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-llama-spm.gguf"));
+        var (code, output, error) = Bitnet("tokenize", "-m", model, "Hello world");
+        Assert.True(code == 0, error);
+        Assert.Contains("15043 \" Hello\"", output);
+        Assert.Contains("3186 \" world\"", output);
+    }
+
     /// <summary>--stop ends the output where its text appears, without printing it (there was no way to stop at a text in the CLI).</summary>
     [Fact]
     public void StopTextEndsTheOutput()

@@ -10,6 +10,21 @@ public class TokenizerBehaviorTests
 
     public static TheoryData<string> Names => new() { "gpt-2", "llama-spm", "llama3-tiktoken", "llama3-gguf" };
 
+    /// <summary>
+    /// A lone surrogate is U+FFFD's bytes on both Llama 3 paths (as tiktoken itself replaces it); a valid pair is
+    /// untouched. (A review suspected the tiktoken path of writing CESU-8 bytes; this pins that it does not.)
+    /// </summary>
+    [Theory]
+    [InlineData("a\uD800b")]
+    [InlineData("x\uDC00")]
+    [InlineData("pair \uD83D\uDE00 and lone \uD83D end")]
+    public void LoneSurrogatesEncodeAlikeOnBothLlama3Paths(string text)
+    {
+        var gguf = TestTokenizers.Llama3Gguf.Encode(text, addBos: false);
+        Assert.Equal(gguf, TestTokenizers.Llama3Tiktoken.Encode(text, addBos: false));
+        Assert.Equal(TestTokenizers.Llama3Gguf.Decode(gguf), TestTokenizers.Llama3Tiktoken.Decode(gguf));
+    }
+
     private static BitNetTokenizer Get(string name) => name switch
     {
         "gpt-2" => TestTokenizers.Gpt2,

@@ -101,12 +101,29 @@ public class TokenizerLoaderTests
     [InlineData("""{"model":{"type":"BPE","vocab":{"a":"1"}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
     [InlineData("""{"model":{"type":"BPE","vocab":{"a":0,"b":1},"merges":[[1,2]]},"pre_tokenizer":{"type":"ByteLevel"}}""")]
     [InlineData("""{"model":{"type":"BPE","vocab":{"a":0}},"pre_tokenizer":{"type":"ByteLevel"},"added_tokens":["x"]}""")]
+    // Ids that wrapped the vocabulary size (IndexOutOfRangeException) or sized gigabytes of arrays from a tiny file.
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":2147483647}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":1000000000}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":0}},"pre_tokenizer":{"type":"ByteLevel"},"added_tokens":[{"id":2147483647,"content":"x"}]}""")]
     public void WrongJsonShapesAreNamedErrors(string json)
     {
         using var dir = new TestGguf.TempDirectory();
         File.WriteAllText(dir.File("tokenizer.json"), json);
         var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
         Assert.Contains("tokenizer.json", e.Message);
+    }
+
+    /// <summary>vocab.json with a string id escaped as InvalidOperationException (TryGetInt32 on a string).</summary>
+    [Theory]
+    [InlineData("""{"a":"1"}""")]
+    [InlineData("""{"a":2147483647}""")]
+    public void BadVocabJsonIdsAreNamedErrors(string json)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("vocab.json"), json);
+        File.WriteAllText(dir.File("merges.txt"), "");
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("vocab.json", e.Message);
     }
 
     [Fact]
