@@ -31,7 +31,7 @@ public sealed class CliConsole
     public IAnsiConsole Ansi { get; }
 
     /// <summary>
-    /// Runs a command body; a bad or missing model file or an I/O failure becomes "error: ..." on one line and exit
+    /// Runs a command body; a bad or missing model or data file or an I/O failure becomes "error: ..." on one line and exit
     /// code 1, because a stack trace tells a user nothing about their file. Other exceptions are bugs and propagate.
     /// </summary>
     public int Guard(Func<int> body)
@@ -47,6 +47,12 @@ public sealed class CliConsole
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (InvalidDataException e)
+        {
+            // The library's word for a bad data file (a checkpoint, a logits file, a corpus): the user's file, not a bug.
             Error.WriteLine($"error: {e.Message}");
             return 1;
         }

@@ -143,6 +143,9 @@ public sealed class ModelWeights : IDisposable
                 if (tied) embd = output;
                 file.Mapping.ReleasePages(stored.Data, stored.ByteLength);
             }
+            // A llama-arch file's ternary weights are I2_S or exact ±a values: other floats are an ordinary Llama.
+            bool latent = c.Family != ModelFamily.TernaryLlama;
+            TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures) => ModelWeights.Projection(file, name, outFeatures, inFeatures, latent);
             for (int l = 0; l < c.Layers; l++)
             {
                 string p = $"blk.{l}.";
@@ -267,12 +270,12 @@ public sealed class ModelWeights : IDisposable
         Check(l.Gate, c.Dim, "gate_proj"); Check(l.Up, c.Dim, "up_proj"); Check(l.Down, c.FeedForward, "down_proj");
     }
 
-    private static TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures)
+    private static TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures, bool latentFloats = true)
     {
         var info = file.GetTensor(name);
         if (info.DimensionCount != 2 || info.Dims[0] != inFeatures || info.Dims[1] != outFeatures)
             throw new ModelFormatException(file.FilePath, $"expected shape [{inFeatures}, {outFeatures}] (ne0 = inputs), found {info.ShapeText}", name);
-        return ProjectionLoader.LoadTernary(file, info);
+        return ProjectionLoader.LoadTernary(file, info, latentFloats);
     }
 
     private static unsafe EmbeddingTable Table(GgufFile file, string name, int rows, int cols)

@@ -15,7 +15,12 @@ namespace BitNetSharp.Quantization;
 public static unsafe class ProjectionLoader
 {
     /// <summary>A GGUF linear weight (ne0 = in-features, ne1 = out-features) as a ternary matrix.</summary>
-    public static TernaryMatrix LoadTernary(GgufFile file, GgufTensorInfo tensor)
+    /// <param name="latentFloats">
+    /// Whether float weights that are not already ternary may be ternarized by absmean (latent weights of a BitNet
+    /// checkpoint). False for arch "llama", whose ternary files hold I2_S or exact ±a values: non-ternary floats there
+    /// are an ordinary Llama, which ternarizing turns into noise.
+    /// </param>
+    public static TernaryMatrix LoadTernary(GgufFile file, GgufTensorInfo tensor, bool latentFloats = true)
     {
         var (rows, cols) = MatrixShape(file.FilePath, tensor.Name, tensor.Dims);
         try
@@ -26,9 +31,9 @@ public static unsafe class ProjectionLoader
                 GgmlType.I2_S => I2S.WrapOrDecode(file.GetTensorPointer(tensor), tensor.ByteSize, rows, cols, file),
                 GgmlType.TQ2_0 => Tq2_0.Decode(data, rows, cols),
                 GgmlType.TQ1_0 => Tq1_0.Decode(data, rows, cols),
-                GgmlType.F32 => FromFloats(Cast<float>(data).ToArray(), rows, cols),
-                GgmlType.F16 => FromFloats(Widen(Cast<ushort>(data), HalfConversions.HalfToFloat), rows, cols),
-                GgmlType.BF16 => FromFloats(Widen(Cast<ushort>(data), HalfConversions.BFloat16ToFloat), rows, cols),
+                GgmlType.F32 => Floats(Cast<float>(data).ToArray()),
+                GgmlType.F16 => Floats(Widen(Cast<ushort>(data), HalfConversions.HalfToFloat)),
+                GgmlType.BF16 => Floats(Widen(Cast<ushort>(data), HalfConversions.BFloat16ToFloat)),
                 _ => throw new ModelFormatException(file.FilePath,
                     $"type {GgmlTypeInfo.Name(tensor.Type)} cannot be read as ternary weights; expected i2_s, tq2_0, tq1_0, f32, f16 or bf16", tensor.Name),
             };
@@ -36,6 +41,16 @@ public static unsafe class ProjectionLoader
         catch (Exception e) when (e is ArgumentException or InvalidDataException)
         {
             throw new ModelFormatException(file.FilePath, e.Message, tensor.Name, e);
+        }
+
+        TernaryMatrix Floats(float[] w)
+        {
+            var (rows, cols) = MatrixShape(file.FilePath, tensor.Name, tensor.Dims);
+            if (TryExactTernary(w, rows, cols) is { } exact) return exact;
+            if (!latentFloats)
+                throw new ModelFormatException(file.FilePath, $"holds full-precision {GgmlTypeInfo.Name(tensor.Type)} weights, not ternary ones (0 and ±a per row): "
+                    + "this is an ordinary Llama, which BitNetSharp does not run (ternarizing it would give noise). Use a ternary model (BitNet b1.58, Llama3-8B-1.58, Falcon3-1.58bit)", tensor.Name);
+            return AbsmeanTernarizer.FromFloat32(w, rows, cols);
         }
     }
 
@@ -129,7 +144,10 @@ public static unsafe class ProjectionLoader
     /// on already-ternary weights would keep the codes but shrink the scale to a·(share of non-zeros), and merge
     /// per-row scales into one, changing every output.
     /// </summary>
-    private static TernaryMatrix FromFloats(float[] w, int rows, int cols)
+    private static TernaryMatrix FromFloats(float[] w, int rows, int cols) => TryExactTernary(w, rows, cols) ?? AbsmeanTernarizer.FromFloat32(w, rows, cols);
+
+    /// <summary>The codes and per-row scales of weights already ternary (0 and ±a_r in every row), else null.</summary>
+    private static TernaryMatrix? TryExactTernary(float[] w, int rows, int cols)
     {
         var scales = new float[rows];
         float any = 0f;
@@ -141,13 +159,13 @@ public static unsafe class ProjectionLoader
             {
                 float m = MathF.Abs(v);
                 if (m == 0f) continue;
-                if (!float.IsFinite(m) || (a != 0f && m != a)) return AbsmeanTernarizer.FromFloat32(w, rows, cols);
+                if (!float.IsFinite(m) || (a != 0f && m != a)) return null;
                 a = m;
             }
             scales[r] = a;
             if (any == 0f) any = a;
         }
-        if (any == 0f) return AbsmeanTernarizer.FromFloat32(w, rows, cols);
+        if (any == 0f) return null;
         var matrix = TernaryMatrix.Allocate(rows, cols, any);
         for (int r = 0; r < rows; r++)
         {

@@ -70,4 +70,17 @@ public class LoaderConventionTests
         var config = HfConfig.Parse(System.Text.Encoding.UTF8.GetBytes(json), "config.json");
         Assert.Equal(eps, ModelConfig.FromHf(config).RmsEps);
     }
+
+    /// <summary>
+    /// A plain F16 Llama (arch "llama" with full-precision projections) is refused naming the first projection: it
+    /// loaded, its weights ternarized by absmean, and generated noise. Ternary llama-arch files hold I2_S or ±a values.
+    /// </summary>
+    [Fact]
+    public void APlainLlamaIsRefusedNotTernarized()
+    {
+        var path = SharedData.RequirePath("models/llama-2-tiny-random.gguf");
+        var e = Assert.Throws<ModelFormatException>(() => ModelWeights.Load(path).Dispose());
+        Assert.Equal("blk.0.attn_q.weight", e.Item);
+        Assert.Contains("not ternary", e.Message);
+    }
 }
