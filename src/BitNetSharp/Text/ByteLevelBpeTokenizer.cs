@@ -68,6 +68,9 @@ public sealed class ByteLevelBpeTokenizer : BitNetTokenizer
 
     private static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;
 
+    /// <summary>Plain text (no special tokens) to ids, for a tokenizer that encodes through this one (tiktoken's ranks).</summary>
+    internal void EncodePlain(string text, int start, int length, List<int> output) => EncodeText(text, start, length, afterSpecial: false, output);
+
     private protected override void EncodeText(string text, int start, int length, bool afterSpecial, List<int> output)
     {
         var words = new List<(int Start, int Length)>();

@@ -75,10 +75,77 @@ public sealed partial class PreTokenizer
         new("custom", ignoreMerges, new Regex(pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled));
 
     /// <summary>Appends the pieces of text[start..start+length) to <paramref name="pieces"/> as (start, length) pairs.</summary>
+    /// <remarks>
+    /// The patterns are matched over code points, as llama.cpp's and tiktoken's splitters do: .NET's regexes see
+    /// UTF-16 units, where a letter or digit outside the BMP (𝐀, 𝟏, CJK extension B) is two surrogates of category Cs,
+    /// "other", so "Call 𝟏𝟐𝟑𝟒" split differently and gave other ids. Text with surrogates is matched through a stand-in
+    /// with one BMP character of the same Unicode category per code point, and the pieces mapped back.
+    /// </remarks>
     public void Split(string text, int start, int length, List<(int Start, int Length)> pieces)
     {
         ArgumentNullException.ThrowIfNull(text);
         ArgumentNullException.ThrowIfNull(pieces);
+        if (length > 0 && text.AsSpan(start, length).ContainsAnyInRange('\uD800', '\uDFFF'))
+        {
+            SplitByCodePoint(text, start, length, pieces);
+            return;
+        }
+        SplitUnits(text, start, length, pieces);
+    }
+
+    private void SplitByCodePoint(string text, int start, int length, List<(int Start, int Length)> pieces)
+    {
+        var proxy = new char[length];
+        var offset = new int[length + 1]; // proxy index → text index
+        int n = 0;
+        for (int i = start; i < start + length; n++)
+        {
+            offset[n] = i;
+            if (char.IsHighSurrogate(text[i]) && i + 1 < start + length && char.IsLowSurrogate(text[i + 1]))
+            {
+                proxy[n] = StandIn(System.Globalization.CharUnicodeInfo.GetUnicodeCategory(char.ConvertToUtf32(text[i], text[i + 1])));
+                i += 2;
+            }
+            else proxy[n] = text[i++];
+        }
+        offset[n] = start + length;
+        var local = new List<(int Start, int Length)>();
+        SplitUnits(new string(proxy, 0, n), 0, n, local);
+        foreach (var (s, l) in local) pieces.Add((offset[s], offset[s + l] - offset[s]));
+    }
+
+    /// <summary>A BMP character of <paramref name="category"/> that no pattern names literally (not ASCII, no CJK or Hangul).</summary>
+    private static char StandIn(System.Globalization.UnicodeCategory category) => category switch
+    {
+        System.Globalization.UnicodeCategory.UppercaseLetter => '\u00C0',
+        System.Globalization.UnicodeCategory.LowercaseLetter => '\u00DF',
+        System.Globalization.UnicodeCategory.TitlecaseLetter => '\u01C5',
+        System.Globalization.UnicodeCategory.ModifierLetter => '\u02B0',
+        System.Globalization.UnicodeCategory.OtherLetter => '\u00AA',
+        System.Globalization.UnicodeCategory.NonSpacingMark => '\u0300',
+        System.Globalization.UnicodeCategory.SpacingCombiningMark => '\u0903',
+        System.Globalization.UnicodeCategory.EnclosingMark => '\u20DD',
+        System.Globalization.UnicodeCategory.DecimalDigitNumber => '\u0660',
+        System.Globalization.UnicodeCategory.LetterNumber => '\u2160',
+        System.Globalization.UnicodeCategory.OtherNumber => '\u00B2',
+        System.Globalization.UnicodeCategory.Format => '\u00AD',
+        System.Globalization.UnicodeCategory.PrivateUse => '\uE000',
+        System.Globalization.UnicodeCategory.MathSymbol => '\u00AC',
+        System.Globalization.UnicodeCategory.CurrencySymbol => '\u00A2',
+        System.Globalization.UnicodeCategory.ModifierSymbol => '\u00A8',
+        System.Globalization.UnicodeCategory.OtherSymbol => '\u00A9',
+        System.Globalization.UnicodeCategory.ConnectorPunctuation => '\u203F',
+        System.Globalization.UnicodeCategory.DashPunctuation => '\u2010',
+        System.Globalization.UnicodeCategory.OpenPunctuation => '\u2045',
+        System.Globalization.UnicodeCategory.ClosePunctuation => '\u2046',
+        System.Globalization.UnicodeCategory.InitialQuotePunctuation => '\u00AB',
+        System.Globalization.UnicodeCategory.FinalQuotePunctuation => '\u00BB',
+        System.Globalization.UnicodeCategory.OtherPunctuation => '\u00A1',
+        _ => '\u0378', // unassigned
+    };
+
+    private void SplitUnits(string text, int start, int length, List<(int Start, int Length)> pieces)
+    {
         int first = pieces.Count;
         if (length == 0) return;
         pieces.Add((start, length));

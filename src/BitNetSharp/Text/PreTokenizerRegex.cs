@@ -2,7 +2,7 @@ using System.Text.RegularExpressions;
 
 namespace BitNetSharp.Tokenization;
 
-/// <summary>Regexes shared with the Microsoft.ML.Tokenizers adapters.</summary>
+/// <summary>Regexes shared between pre-tokenizers.</summary>
 internal static partial class PreTokenizerRegex
 {
     /// <summary>Meta's Llama 3 pattern with the case-insensitive contractions spelled out (same matches, no culture lookup).</summary>

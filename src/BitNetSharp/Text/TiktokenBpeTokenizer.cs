@@ -1,27 +1,34 @@
 using BitNetSharp.Formats;
-using Ml = Microsoft.ML.Tokenizers;
 
 namespace BitNetSharp.Tokenization;
 
 /// <summary>
 /// A tiktoken vocabulary (Meta's Llama 3 <c>tokenizer.model</c>, which BitNet b1.58 2B4T ships too): ranked byte
-/// sequences, merged by rank, with the Llama 3 pre-tokenizer. Encoding of plain text is done by
-/// Microsoft.ML.Tokenizers' <see cref="Ml.TiktokenTokenizer"/>; special tokens, BOS, decoding and id checks are ours,
-/// so it behaves like every other <see cref="BitNetTokenizer"/>. Token texts are given in byte-level form ("Ġthe"),
+/// sequences, merged by rank, with the Llama 3 pre-tokenizer. Plain text is encoded by our byte-level BPE over the
+/// merges the ranks imply (<see cref="DeriveMerges"/>, built at the first encode): the same ids as merging by rank
+/// (Meta's vectors and llama.cpp's llama-bpe ones pass), in O(n log n) per piece — Microsoft.ML.Tokenizers' rank
+/// merge rescanned the piece on every merge, minutes for a megabyte of one letter — and with the code-point
+/// pre-tokenizer llama.cpp uses. Special tokens, BOS, decoding and id checks are the base class's. Token texts are given in byte-level form ("Ġthe"),
 /// the same strings a GGUF conversion of this vocabulary stores.
 /// </summary>
 public sealed class TiktokenBpeTokenizer : BitNetTokenizer
 {
-    private readonly Ml.TiktokenTokenizer _model;
-
+    private readonly TokenizerVocabulary _vocabulary;
+    private readonly string _path;
     private readonly int _rankCount;
+    private ByteLevelBpeTokenizer? _bpe;
 
-    private TiktokenBpeTokenizer(TokenizerVocabulary vocabulary, Ml.TiktokenTokenizer model, int rankCount)
+    private TiktokenBpeTokenizer(TokenizerVocabulary vocabulary, int rankCount, string path)
         : base(vocabulary, static (text, _) => ByteLevelEncoding.Decode(text))
     {
-        _model = model;
+        _vocabulary = vocabulary;
         _rankCount = rankCount;
+        _path = path;
     }
+
+    /// <summary>The merge engine over <see cref="DeriveMerges"/> (about a second for Llama 3's 128,000 ranks, once).</summary>
+    private ByteLevelBpeTokenizer Bpe =>
+        Volatile.Read(ref _bpe) ?? LazyInitializer.EnsureInitialized(ref _bpe, () => new ByteLevelBpeTokenizer(_vocabulary, DeriveMerges(), PreTokenizer.Llama3, _path, "ranks"));
 
     /// <summary>
     /// The merge list equivalent to the ranks, as Hugging Face's tiktoken converter derives it for Llama 3's
@@ -48,7 +55,7 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
         return [.. merges];
     }
 
-    public override string Description => "tiktoken BPE (Microsoft.ML.Tokenizers), llama3 pre-tokenizer";
+    public override string Description => "tiktoken BPE (merged by rank), llama3 pre-tokenizer";
 
     /// <summary>
     /// Llama 3's 256 special tokens after the 128000 ranks, named as Meta's original Llama 3 tokenizer (and BitNet's
@@ -77,15 +84,12 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
     {
         // The ranked bytes are read here too: the library does not expose them, and decoding needs them.
         var ranked = ReadRanks(file, path);
-        Ml.TiktokenTokenizer model;
-        try
-        {
-            model = Ml.TiktokenTokenizer.Create(new MemoryStream(file, writable: false), new Ml.RegexPreTokenizer(PreTokenizerRegex.Llama3(), null), normalizer: null);
-        }
-        catch (Exception e) when (e is FormatException or ArgumentException or InvalidOperationException)
-        {
-            throw new ModelFormatException(path, $"not a tiktoken vocabulary: {e.Message}", inner: e);
-        }
+        // Every text must be spellable: the 256 single bytes are ranked tokens in any byte-level vocabulary.
+        var single = new bool[256];
+        foreach (var bytes in ranked)
+            if (bytes.Length == 1) single[bytes[0]] = true;
+        if (Array.IndexOf(single, false) is var missing and >= 0)
+            throw new ModelFormatException(path, $"not a tiktoken vocabulary: the single byte 0x{missing:X2} has no rank (a byte-level vocabulary ranks all 256)");
         var texts = new string[ranked.Length + specialTokens.Length];
         var kinds = new TokenKind[texts.Length];
         for (int id = 0; id < ranked.Length; id++)
@@ -100,7 +104,7 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
         }
         var vocabulary = new TokenizerVocabulary(texts, kinds);
         configure(vocabulary);
-        return new TiktokenBpeTokenizer(vocabulary, model, ranked.Length);
+        return new TiktokenBpeTokenizer(vocabulary, ranked.Length, path);
     }
 
     private static byte[][] ReadRanks(byte[] file, string path)
@@ -129,7 +133,6 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
 
     private protected override void EncodeText(string text, int start, int length, bool afterSpecial, List<int> output)
     {
-        var ids = _model.EncodeToIds(text.AsSpan(start, length), considerPreTokenization: true, considerNormalization: false);
-        for (int i = 0; i < ids.Count; i++) output.Add(ids[i]);
+        Bpe.EncodePlain(text, start, length, output);
     }
 }

@@ -11,6 +11,36 @@ public class TokenizerBehaviorTests
     public static TheoryData<string> Names => new() { "gpt-2", "llama-spm", "llama3-tiktoken", "llama3-gguf" };
 
     /// <summary>
+    /// Letters and digits outside the BMP are letters and digits to the Llama 3 splitter, as to llama.cpp's and
+    /// tiktoken's (code points): .NET's UTF-16 regex saw surrogates ("other"), so " 𝟏" became one piece with its space
+    /// and "𝐉𝐨𝐡𝐧's" lost its 's contraction. Expected ids: tiktoken's rank merge over code-point pieces.
+    /// </summary>
+    [Theory]
+    [InlineData("Call \U0001D7CF\U0001D7D0\U0001D7D1\U0001D7D2 now", new[] { 7368, 220, 57352, 253, 237, 57352, 253, 238, 57352, 253, 239, 57352, 253, 240, 1457 })]
+    public void SupplementaryLettersAndDigitsSplitByCodePoint(string text, int[] expected)
+    {
+        Assert.Equal(expected, TestTokenizers.Llama3Gguf.Encode(text, addBos: false));
+        Assert.Equal(expected, TestTokenizers.Llama3Tiktoken.Encode(text, addBos: false));
+        var pieces = new List<(int Start, int Length)>();
+        PreTokenizer.Llama3.Split(text, 0, text.Length, pieces);
+        Assert.Equal(["Call", " ", "\U0001D7CF\U0001D7D0\U0001D7D1", "\U0001D7D2", " now"], pieces.Select(p => text.Substring(p.Start, p.Length)));
+    }
+
+    [Fact]
+    public void SupplementaryLettersKeepTheirContraction()
+    {
+        string text = "\U0001D409\U0001D428\U0001D421\U0001D427's";
+        var pieces = new List<(int Start, int Length)>();
+        PreTokenizer.Llama3.Split(text, 0, text.Length, pieces);
+        Assert.Equal(["\U0001D409\U0001D428\U0001D421\U0001D427", "'s"], pieces.Select(p => text.Substring(p.Start, p.Length)));
+        Assert.Equal(596, TestTokenizers.Llama3Gguf.Encode(text, addBos: false)[^1]);
+        // A lone surrogate is still its own "other" character.
+        pieces.Clear();
+        PreTokenizer.Llama3.Split("a\uD800b", 0, 3, pieces);
+        Assert.Equal(3, pieces.Sum(p => p.Length));
+    }
+
+    /// <summary>
     /// A lone surrogate is U+FFFD's bytes on both Llama 3 paths (as tiktoken itself replaces it); a valid pair is
     /// untouched. (A review suspected the tiktoken path of writing CESU-8 bytes; this pins that it does not.)
     /// </summary>
@@ -179,5 +209,32 @@ public class TokenizerBehaviorTests
         Assert.Equal(text, tokenizer.Decode(ids));
         var longWord = new string('x', 20_000);
         Assert.Equal(longWord, tokenizer.Decode(tokenizer.Encode(longWord, addBos: false)));
+    }
+
+    /// <summary>
+    /// One long piece (a word of one letter) grows linearly on both Llama 3 paths: the tiktoken file's encoder rescanned
+    /// the piece on every merge (Microsoft.ML.Tokenizers), about 0.4·n² steps — seconds at 100 K characters, minutes at
+    /// 1 MB, a cheap way to stall a server. Ten times the word may take at most 30 times as long.
+    /// </summary>
+    [Theory]
+    [InlineData("llama3-tiktoken")]
+    [InlineData("llama3-gguf")]
+    public void ALongPieceEncodesInNearLinearTime(string name)
+    {
+        var tokenizer = Get(name);
+        tokenizer.Encode("warm up", addBos: false);
+        double Best(string t)
+        {
+            double best = double.MaxValue;
+            for (int i = 0; i < 3; i++)
+            {
+                long start = System.Diagnostics.Stopwatch.GetTimestamp();
+                tokenizer.Encode(t, addBos: false);
+                best = Math.Min(best, System.Diagnostics.Stopwatch.GetElapsedTime(start).TotalMilliseconds);
+            }
+            return best;
+        }
+        double small = Best(new string('x', 5_000)), large = Best(new string('x', 50_000));
+        Assert.True(large < 30 * small + 50, $"50 K letters took {large:F1} ms, 5 K {small:F1} ms: encoding one piece grows faster than linearly");
     }
 }
