@@ -181,4 +181,24 @@ public class ChatTextStopTests
         Assert.Equal(BitNetSharp.Generation.FinishReason.Length, got[^1].Finish);
         Assert.Throws<ArgumentException>(() => BitNetSharp.Generation.StopStrings.Apply(Tokens(consumed, "a"), [""]));
     }
+
+    /// <summary>
+    /// A rendered chat is tokenized with the vocabulary's BOS rule, as llama-server does: ChatML (no BOS text of its own)
+    /// on a vocabulary that adds BOS starts with it (it had none), and a format that writes BOS gets no second.
+    /// </summary>
+    [Fact]
+    public void ChatPromptsFollowTheTokenizersBosRule()
+    {
+        var spm = TestTokenizers.LlamaSpm;
+        Assert.True(spm.AddBosToken);
+        ChatMessage[] messages = [ChatMessage.System("S"), ChatMessage.User("U")];
+        var chatMl = ChatTemplates.ChatMl.Encode(spm, messages);
+        Assert.Equal(spm.BosId, chatMl[0]);
+        Assert.NotEqual(spm.BosId, chatMl[1]);
+        var llama2 = ChatTemplates.Llama2.Encode(spm, messages);
+        Assert.Equal(spm.BosId, llama2[0]);
+        Assert.Equal(1, llama2.Count(id => id == spm.BosId));
+        Assert.False(TestTokenizers.Gpt2.AddBosToken);
+        Assert.NotEqual(TestTokenizers.Gpt2.BosId, ChatTemplates.ChatMl.Encode(TestTokenizers.Gpt2, messages)[0]);
+    }
 }

@@ -105,26 +105,33 @@ public class WorkerSeparationTests
         int[] ran = [];
         long separations = 0;
         bool refused = false;
+        int attempts = 0;
         var t = new Thread(() =>
         {
             Assert.True(ThreadPlacement.Allow([x])); // the caller on x (this thread only)
             using var pool = new WorkerPool(2);
-            var onX = new Allow([x]);
-            pool.Run(onX, 2); // static slices: item 1 on the worker, which now may run on x only
-            var widen = new Allow([x, y]);
-            pool.Run(widen, 2); // may run on x or y, still on x: widening does not migrate a thread
-            Thread.Sleep(3);    // past the worker's once-a-millisecond limit, short of its sleep
-            var probe = new Allow([x, y]);
-            pool.Run(probe, 2);
-            ran = probe.Ran;
-            refused = onX.Refused || widen.Refused || probe.Refused;
+            // On a loaded machine (the suite's other tests on y) the scheduler may put the worker back on x right after
+            // it moved off, before it reads its CPU: a few attempts, each a full move, make the check about the move.
+            for (attempts = 1; attempts <= 5; attempts++)
+            {
+                var onX = new Allow([x]);
+                pool.Run(onX, 2); // static slices: item 1 on the worker, which now may run on x only
+                var widen = new Allow([x, y]);
+                pool.Run(widen, 2); // may run on x or y, still on x: widening does not migrate a thread
+                Thread.Sleep(3);    // past the worker's once-a-millisecond limit
+                var probe = new Allow([x, y]);
+                pool.Run(probe, 2);
+                ran = probe.Ran;
+                refused |= onX.Refused || widen.Refused || probe.Refused;
+                if (ran[1] != x) break;
+            }
             separations = pool.Separations;
         });
         t.Start();
         t.Join();
         Assert.False(refused, "the kernel refused an affinity change");
         Assert.Equal(x, ran[0]);
-        Assert.NotEqual(x, ran[1]); // the worker left the caller's CPU
+        Assert.True(ran[1] != x, $"the worker stayed on the caller's CPU in {attempts - 1} attempts"); // it left the caller's CPU
         Assert.True(separations >= 1, $"separations: {separations}");
     }
 }

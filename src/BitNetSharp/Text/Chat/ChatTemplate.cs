@@ -56,7 +56,9 @@ public abstract class ChatTemplate
         ArgumentNullException.ThrowIfNull(tokenizer);
         var spans = new List<Range>();
         string text = Render(messages, addGenerationPrompt, spans);
-        return tokenizer.Encode(text, addBos: false, parseSpecial: true, plainSpans: spans);
+        // The tokenizer's BOS rule, as llama-server tokenizes a rendered chat (add_special): a format without BOS text of
+        // its own (ChatML) still starts with BOS on a vocabulary that adds one; one that writes it gets no second.
+        return tokenizer.Encode(text, addBos: tokenizer.AddBosToken, parseSpecial: true, plainSpans: spans);
     }
 
     private protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans);
