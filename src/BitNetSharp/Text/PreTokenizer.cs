@@ -74,6 +74,17 @@ public sealed partial class PreTokenizer
     public static PreTokenizer FromPattern(string pattern, bool ignoreMerges) =>
         new("custom", ignoreMerges, new Regex(pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled));
 
+    /// <summary>
+    /// A pre-tokenizer from a tokenizer.json sequence of steps, each a regex whose matches and the text between them
+    /// become pieces (a Split with behavior Isolated; Digits, Punctuation and ByteLevel's own regex read the same way),
+    /// applied in order to the pieces of the one before, as the tokenizers library's Sequence does.
+    /// </summary>
+    public static PreTokenizer FromPatterns(IReadOnlyList<string> patterns, bool ignoreMerges) =>
+        new("custom", ignoreMerges, [.. patterns.Select(p => new Regex(p, RegexOptions.CultureInvariant | RegexOptions.Compiled))]);
+
+    /// <summary>GPT-2's regex, the one a tokenizer.json ByteLevel step with use_regex applies.</summary>
+    internal const string Gpt2RegexPattern = Gpt2Pattern;
+
     /// <summary>Appends the pieces of text[start..start+length) to <paramref name="pieces"/> as (start, length) pairs.</summary>
     /// <remarks>
     /// The patterns are matched over code points, as llama.cpp's and tiktoken's splitters do: .NET's regexes see

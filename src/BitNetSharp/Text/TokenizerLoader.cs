@@ -258,13 +258,14 @@ public static class TokenizerLoader
         }
 
         bool ignoreMerges = model.TryGetProperty("ignore_merges", out var im) && im.ValueKind == JsonValueKind.True;
-        var split = FindSplitPattern(root);
-        var pre = split switch
+        var steps = PreTokenizerSteps(root, path);
+        var pre = steps switch
         {
-            null => PreTokenizer.Gpt2,
-            Llama3SplitPattern => PreTokenizer.Llama3,
-            Qwen2SplitPattern => PreTokenizer.Qwen2,
-            _ => CompilePattern(split, path),
+            null or [] => PreTokenizer.Gpt2,
+            [Llama3SplitPattern] => PreTokenizer.Llama3,
+            [Qwen2SplitPattern] => PreTokenizer.Qwen2,
+            [PreTokenizer.Gpt2RegexPattern] => PreTokenizer.Gpt2,
+            _ => CompilePatterns(steps, path),
         };
         pre = pre.WithIgnoreMerges(ignoreMerges);
 
@@ -327,11 +328,11 @@ public static class TokenizerLoader
         return new TokenizerVocabulary(texts, kinds);
     }
 
-    private static PreTokenizer CompilePattern(string pattern, string path)
+    private static PreTokenizer CompilePatterns(List<string> patterns, string path)
     {
         try
         {
-            return PreTokenizer.FromPattern(pattern, ignoreMerges: false);
+            return PreTokenizer.FromPatterns(patterns, ignoreMerges: false);
         }
         catch (ArgumentException e)
         {
@@ -367,25 +368,60 @@ public static class TokenizerLoader
     }
 
     /// <summary>The regex of the first <c>Split</c> pre-tokenizer step, or null (then ByteLevel's own GPT-2 regex applies).</summary>
-    private static string? FindSplitPattern(JsonElement root)
+    /// <summary>
+    /// The pre_tokenizer as regex steps in order: Split (a Regex or String pattern, behavior Isolated, not inverted),
+    /// Digits (runs, or single digits), Punctuation (Isolated) and ByteLevel with use_regex (GPT-2's regex; the
+    /// default) each become one step; ByteLevel without use_regex adds none. Null when there is no pre_tokenizer.
+    /// Anything else (Metaspace, Whitespace, BertPreTokenizer, another behavior) is refused naming it: only the first
+    /// Split was read, the rest ignored, and the ids came out wrong without a word (deepseek-llm's list of Splits,
+    /// Falcon's Digits and Punctuation).
+    /// </summary>
+    private static List<string>? PreTokenizerSteps(JsonElement root, string path)
     {
-        if (!root.TryGetProperty("pre_tokenizer", out var pre)) return null;
-        return Find(pre);
+        if (!root.TryGetProperty("pre_tokenizer", out var pre) || pre.ValueKind == JsonValueKind.Null) return null;
+        var steps = new List<string>();
+        Walk(pre, "pre_tokenizer");
+        return steps;
 
-        static string? Find(JsonElement e)
+        void Walk(JsonElement e, string where)
         {
-            if (e.ValueKind == JsonValueKind.Array)
+            if (e.ValueKind != JsonValueKind.Object)
+                throw new ModelFormatException(path, $"found a JSON {e.ValueKind}, expected a pre-tokenizer object", where);
+            string? type = e.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+            switch (type)
             {
-                foreach (var item in e.EnumerateArray())
-                    if (Find(item) is { } found) return found;
-                return null;
+                case "Sequence":
+                    if (!e.TryGetProperty("pretokenizers", out var list) || list.ValueKind != JsonValueKind.Array)
+                        throw new ModelFormatException(path, "a Sequence needs a pretokenizers array", where);
+                    int i = 0;
+                    foreach (var item in list.EnumerateArray()) Walk(item, $"{where}.pretokenizers[{i++}]");
+                    break;
+                case "ByteLevel":
+                    if (!e.TryGetProperty("use_regex", out var useRegex) || useRegex.ValueKind != JsonValueKind.False) steps.Add(PreTokenizer.Gpt2RegexPattern);
+                    break;
+                case "Split":
+                    if (e.TryGetProperty("invert", out var invert) && invert.ValueKind == JsonValueKind.True)
+                        throw new ModelFormatException(path, "a Split with invert: true is not supported", where);
+                    if (e.TryGetProperty("behavior", out var behavior) && behavior.ValueKind == JsonValueKind.String && behavior.GetString() != "Isolated")
+                        throw new ModelFormatException(path, $"a Split with behavior {behavior.GetString()} is not supported (only Isolated)", where);
+                    if (e.TryGetProperty("pattern", out var pattern) && pattern.ValueKind == JsonValueKind.Object)
+                    {
+                        if (pattern.TryGetProperty("Regex", out var regex) && regex.ValueKind == JsonValueKind.String) { steps.Add(regex.GetString()!); break; }
+                        if (pattern.TryGetProperty("String", out var literal) && literal.ValueKind == JsonValueKind.String) { steps.Add(System.Text.RegularExpressions.Regex.Escape(literal.GetString()!)); break; }
+                    }
+                    throw new ModelFormatException(path, "a Split needs a pattern {\"Regex\": ...} or {\"String\": ...}", where);
+                case "Digits":
+                    steps.Add(e.TryGetProperty("individual_digits", out var single) && single.ValueKind == JsonValueKind.True ? @"\p{N}" : @"\p{N}+");
+                    break;
+                case "Punctuation":
+                    if (e.TryGetProperty("behavior", out var pb) && pb.ValueKind == JsonValueKind.String && pb.GetString() != "Isolated")
+                        throw new ModelFormatException(path, $"Punctuation with behavior {pb.GetString()} is not supported (only Isolated)", where);
+                    // The tokenizers library's is_punc: Unicode punctuation and ASCII's punctuation symbols, one at a time.
+                    steps.Add(@"[\p{P}\$\+<=>\^`\|~]");
+                    break;
+                default:
+                    throw new ModelFormatException(path, $"the pre-tokenizer step {type ?? "(no type)"} is not supported by this runtime (Split, Digits, Punctuation, ByteLevel and Sequences of them are)", where);
             }
-            if (e.ValueKind != JsonValueKind.Object) return null;
-            if (e.TryGetProperty("type", out var type) && type.ValueKind == JsonValueKind.String && type.GetString() == "Split" &&
-                e.TryGetProperty("pattern", out var pattern) && pattern.ValueKind == JsonValueKind.Object &&
-                pattern.TryGetProperty("Regex", out var regex) && regex.ValueKind == JsonValueKind.String)
-                return regex.GetString();
-            return e.TryGetProperty("pretokenizers", out var list) ? Find(list) : null;
         }
     }
 

@@ -165,6 +165,66 @@ public class TokenizerLoaderTests
         Assert.Empty(VocabVectors.Failures(tokenizer, VocabVectors.Load("gpt-2")));
     }
 
+    private static string Gpt2TokenizerJson(object preTokenizer)
+    {
+        var vocab = JsonDocument.Parse(File.ReadAllText(SharedData.RequirePath("tokenizers/cs336_gpt2_vocab.json"))).RootElement;
+        var merges = File.ReadAllLines(SharedData.RequirePath("tokenizers/cs336_gpt2_merges.txt")).Where(l => l.Length > 0 && !l.StartsWith("#version", StringComparison.Ordinal));
+        return JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["added_tokens"] = new[] { new { id = 50256, content = "<|endoftext|>", special = true } },
+            ["pre_tokenizer"] = preTokenizer,
+            ["model"] = new { type = "BPE", vocab, merges = merges.ToArray() },
+        });
+    }
+
+    /// <summary>
+    /// Every step of a tokenizer.json pre_tokenizer Sequence applies in order (only the first Split was read, the rest
+    /// ignored): Digits with individual_digits splits "2024" into four digits before GPT-2's regex, as the tokenizers
+    /// library does; a list of Splits applies each.
+    /// </summary>
+    [Fact]
+    public void PreTokenizerSequenceAppliesEveryStep()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("tokenizer.json"), Gpt2TokenizerJson(new
+        {
+            type = "Sequence",
+            pretokenizers = new object[] { new { type = "Digits", individual_digits = true }, new { type = "ByteLevel", add_prefix_space = false, use_regex = true } },
+        }));
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Equal([17, 15, 17, 19], tokenizer.Encode("2024", addBos: false)); // "2", "0", "2", "4"
+        Assert.Equal(TestTokenizers.Gpt2.Encode("Hello world", addBos: false), tokenizer.Encode("Hello world", addBos: false));
+
+        File.WriteAllText(dir.File("tokenizer.json"), Gpt2TokenizerJson(new
+        {
+            type = "Sequence",
+            pretokenizers = new object[]
+            {
+                new { type = "Split", pattern = new { Regex = "[\\r\\n]" }, behavior = "Isolated", invert = false },
+                new { type = "Split", pattern = new { Regex = "[0-9]" }, behavior = "Isolated", invert = false },
+                new { type = "Split", pattern = new { String = "," }, behavior = "Isolated", invert = false },
+                new { type = "ByteLevel", add_prefix_space = false, use_regex = false },
+            },
+        }));
+        tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        // The second Split cuts the digits apart (read alone, the first left "2024" one piece: 20 + 24).
+        Assert.Equal([17, 15, 17, 19], tokenizer.Encode("2024", addBos: false));
+        Assert.Equal(4, tokenizer.Encode("2\n,4", addBos: false).Length);
+    }
+
+    /// <summary>A pre-tokenizer step this runtime cannot apply is refused naming it, not ignored.</summary>
+    [Theory]
+    [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Metaspace","replacement":"▁"},{"type":"ByteLevel","use_regex":false}]}""", "Metaspace")]
+    [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Whitespace"},{"type":"ByteLevel"}]}""", "Whitespace")]
+    [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"x"},"behavior":"MergedWithPrevious"},{"type":"ByteLevel","use_regex":false}]}""", "MergedWithPrevious")]
+    public void UnsupportedPreTokenizerStepsAreRefused(string step, string named)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("tokenizer.json"), Gpt2TokenizerJson(JsonDocument.Parse(step).RootElement));
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.True(e.Message.Contains(named) && e.Message.Contains("pre_tokenizer"), e.Message);
+    }
+
     [Fact]
     public void HfDirectoryWithTiktokenModelTakesSpecialNamesFromTokenizerConfig()
     {
