@@ -35,7 +35,7 @@ internal sealed record CompletionRequest(
         if (r.TryGet("stream_options", out var so))
         {
             if (so.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType("stream_options", "an object", so);
-            includeUsage = new JsonRequest(so).Bool("include_usage") ?? false;
+            includeUsage = new JsonRequest(so, "stream_options.").Bool("include_usage") ?? false;
             if (!stream) throw ApiException.BadRequest("stream_options is only allowed when stream is true.", "stream_options", "invalid_value");
         }
         Unsupported(r, chat);
@@ -144,7 +144,7 @@ internal sealed record CompletionRequest(
         {
             string p = $"messages[{i}]";
             if (m.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(p, "an object with role and content", m);
-            var mr = new JsonRequest(m);
+            var mr = new JsonRequest(m, p + ".");
             var role = mr.String("role") ?? throw ApiException.BadRequest($"{p}.role is required.", $"{p}.role", "missing_required_parameter");
             if (!Roles.Contains(role)) throw ApiException.BadRequest($"{p}.role '{role}' is not one of: {string.Join(", ", Roles)}.", $"{p}.role", "invalid_value");
             list.Add(new ChatMessage(role == "developer" ? "system" : role, Content(mr, p, role)));
@@ -171,7 +171,7 @@ internal sealed record CompletionRequest(
         {
             string pp = $"{p}.content[{k++}]";
             if (part.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(pp, "an object", part);
-            var pr = new JsonRequest(part);
+            var pr = new JsonRequest(part, pp + ".");
             var type = pr.String("type");
             if (type == "refusal" && role == "assistant")
             {

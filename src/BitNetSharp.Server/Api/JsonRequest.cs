@@ -13,7 +13,7 @@ namespace BitNetSharp.Server.Api;
 /// (absent) and turns a value of the wrong type or range into a 400 that names the field — so a client learns
 /// which field to fix, not where a deserializer gave up.
 /// </summary>
-internal readonly struct JsonRequest(JsonElement root)
+internal readonly struct JsonRequest(JsonElement root, string prefix = "")
 {
     public JsonElement Root => root;
 
@@ -112,6 +112,9 @@ internal readonly struct JsonRequest(JsonElement root)
         return $"bytes {bytes} after \"{before}\" (byte {at} of the JSON object)";
     }
 
+    /// <summary>The field's full path in the request ("messages[1].role"), as errors name it (and OpenAI's do).</summary>
+    private string Path(string name) => prefix + name;
+
     public bool TryGet(string name, out JsonElement value)
     {
         if (root.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null) return true;
@@ -124,7 +127,7 @@ internal readonly struct JsonRequest(JsonElement root)
     public string? String(string name)
     {
         if (!TryGet(name, out var v)) return null;
-        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw WrongType(name, "a string", v);
+        return v.ValueKind == JsonValueKind.String ? v.GetString() : throw WrongType(Path(name), "a string", v);
     }
 
     public bool? Bool(string name)
@@ -134,7 +137,7 @@ internal readonly struct JsonRequest(JsonElement root)
         {
             JsonValueKind.True => true,
             JsonValueKind.False => false,
-            _ => throw WrongType(name, "true or false", v),
+            _ => throw WrongType(Path(name), "true or false", v),
         };
     }
 
@@ -145,17 +148,17 @@ internal readonly struct JsonRequest(JsonElement root)
         {
             // 2.0 is an integer too, as JSON writers of some languages send it.
             if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) n = (long)d;
-            else throw WrongType(name, "an integer", v);
+            else throw WrongType(Path(name), "an integer", v);
         }
-        if (n < min || n > max) throw ApiException.BadRequest($"{name} must be between {min} and {max}; got {n}.", name, "invalid_value");
+        if (n < min || n > max) throw ApiException.BadRequest($"{Path(name)} must be between {min} and {max}; got {n}.", Path(name), "invalid_value");
         return n;
     }
 
     public float? Number(string name, double min, double max)
     {
         if (!TryGet(name, out var v)) return null;
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d)) throw WrongType(name, "a number", v);
-        if (!(d >= min && d <= max)) throw ApiException.BadRequest($"{name} must be between {min} and {max}; got {d}.", name, "invalid_value");
+        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d)) throw WrongType(Path(name), "a number", v);
+        if (!(d >= min && d <= max)) throw ApiException.BadRequest($"{Path(name)} must be between {min} and {max}; got {d}.", Path(name), "invalid_value");
         return (float)d;
     }
 

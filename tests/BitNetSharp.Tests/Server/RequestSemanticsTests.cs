@@ -73,4 +73,19 @@ public class RequestSemanticsTests
         (status, _, _) = await s.PostAsync("v1/completions", """{"prompt":[1,2,3],"max_tokens":4}""");
         Assert.Equal(HttpStatusCode.OK, status);
     }
+
+    /// <summary>A wrong type inside a message or stream_options names its full path, as OpenAI's errors do (it said "role").</summary>
+    [Theory]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"},{"role":5,"content":"x"}]}""", "messages[1].role")]
+    [InlineData("""{"messages":[{"role":"user","content":[{"type":3,"text":"x"}]}]}""", "messages[0].content[0].type")]
+    [InlineData("""{"messages":[{"role":"user","content":[{"type":"text","text":7}]}]}""", "messages[0].content[0].text")]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":"yes"}}""", "stream_options.include_usage")]
+    public async Task NestedFieldErrorsNameTheirPath(string json, string param)
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", json);
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal(param, body.GetProperty("error").GetProperty("param").GetString());
+        Assert.StartsWith(param + " must be", body.GetProperty("error").GetProperty("message").GetString());
+    }
 }
