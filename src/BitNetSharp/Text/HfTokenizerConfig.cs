@@ -15,6 +15,9 @@ internal sealed class HfTokenizerConfig
 
     public string? EosToken { get; private init; }
 
+    /// <summary><c>pad_token</c>'s text, when the configuration names one.</summary>
+    public string? PadToken { get; private init; }
+
     public List<(int Id, string Content, bool Special)> AddedTokens { get; } = [];
 
     /// <summary>The parsed file, or an empty configuration when it does not exist.</summary>
@@ -29,6 +32,7 @@ internal sealed class HfTokenizerConfig
             AddBosToken = root.TryGetProperty("add_bos_token", out var add) && add.ValueKind is JsonValueKind.True or JsonValueKind.False ? add.GetBoolean() : null,
             BosToken = TokenContent(root, "bos_token"),
             EosToken = TokenContent(root, "eos_token"),
+            PadToken = TokenContent(root, "pad_token"),
         };
         if (root.TryGetProperty("added_tokens_decoder", out var decoder) && decoder.ValueKind == JsonValueKind.Object)
         {
@@ -73,5 +77,6 @@ internal sealed class HfTokenizerConfig
         int eos = vocabulary.Find(EosToken ?? defaultEos ?? "");
         if (eos >= 0) vocabulary.EosId = eos;
         vocabulary.AddBos = AddBosToken ?? defaultAddBos;
+        if (PadToken is { } pad && vocabulary.Find(pad) is var padId and >= 0) vocabulary.PaddingId = padId;
     }
 }

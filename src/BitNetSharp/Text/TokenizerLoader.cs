@@ -174,13 +174,29 @@ public static class TokenizerLoader
         if (model.ModelType != SentencePieceModelFile.ModelTypeBpe)
             throw new ModelFormatException(path,
                 $"SentencePiece model type {(model.ModelType == SentencePieceModelFile.ModelTypeUnigram ? "unigram" : model.ModelType.ToString(System.Globalization.CultureInfo.InvariantCulture))} is not supported; only BPE (Llama 2 style) is");
-        var vocabulary = new TokenizerVocabulary([.. model.Pieces], [.. model.Kinds]);
+        // Tokens tokenizer_config.json adds after the model's pieces (1bitLLM's <pad> = 32000): the vocabulary grows to
+        // hold them (they were dropped: "<pad>" unknown, no padding id, never split out of text).
+        var pieces = new List<string>(model.Pieces);
+        var kinds = new List<TokenKind>(model.Kinds);
+        var scores = new List<float>(model.Scores);
+        int last = -1;
+        foreach (var (id, _, _) in config.AddedTokens) last = Math.Max(last, id);
+        if (last >= pieces.Count + MaxVocabularyHoles)
+            throw new ModelFormatException(path, $"tokenizer_config.json adds token {last} to a model of {pieces.Count} pieces; ids that far apart mean a corrupt file", "added_tokens_decoder");
+        while (pieces.Count <= last)
+        {
+            pieces.Add("");
+            kinds.Add(TokenKind.Unused);
+            scores.Add(0f);
+        }
+        var vocabulary = new TokenizerVocabulary([.. pieces], [.. kinds]);
+        config.ApplyAddedTokens(vocabulary, path);
         vocabulary.UnknownId = vocabulary.InRange(model.UnknownId);
         vocabulary.BosId = vocabulary.InRange(model.BosId);
         vocabulary.EosId = vocabulary.InRange(model.EosId);
         vocabulary.PaddingId = vocabulary.InRange(model.PadId);
         config.ApplySpecialIds(vocabulary, null, null, defaultAddBos: true);
-        return new SentencePieceBpeTokenizer(vocabulary, [.. model.Scores], model.AddDummyPrefix);
+        return new SentencePieceBpeTokenizer(vocabulary, [.. scores], model.AddDummyPrefix);
     }
 
     private static bool JsonUsesByteLevel(string path)

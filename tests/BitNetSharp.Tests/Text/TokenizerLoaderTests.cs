@@ -225,6 +225,28 @@ public class TokenizerLoaderTests
         Assert.True(e.Message.Contains(named) && e.Message.Contains("pre_tokenizer"), e.Message);
     }
 
+    /// <summary>
+    /// A SentencePiece directory's added tokens (1bitLLM: &lt;pad&gt; = 32000 after Llama 2's 32000 pieces) join the
+    /// vocabulary, and pad_token names the padding id; they were dropped.
+    /// </summary>
+    [Fact]
+    public void SentencePieceDirectoryKeepsItsAddedTokens()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/llama2_tokenizer.model"), dir.File("tokenizer.model"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), """
+            {"added_tokens_decoder": {"32000": {"content": "<pad>", "special": true}}, "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>"}
+            """);
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.IsType<SentencePieceBpeTokenizer>(tokenizer);
+        Assert.Equal(32001, tokenizer.VocabularySize);
+        Assert.True(tokenizer.TryGetTokenId("<pad>", out int pad));
+        Assert.Equal(32000, pad);
+        Assert.Equal(32000, tokenizer.PaddingId);
+        Assert.Contains(32000, tokenizer.Encode("Hello<pad>world", addBos: false, parseSpecial: true));
+        Assert.Equal(TestTokenizers.LlamaSpm.Encode("Hello world", addBos: true), tokenizer.Encode("Hello world", addBos: true));
+    }
+
     [Fact]
     public void HfDirectoryWithTiktokenModelTakesSpecialNamesFromTokenizerConfig()
     {
