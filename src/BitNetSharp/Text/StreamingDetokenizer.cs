@@ -81,7 +81,10 @@ public sealed class StreamingDetokenizer
             byte b = bytes[n - back];
             if ((b & 0xC0) == 0x80) continue;
             int need = b < 0x80 ? 1 : (b & 0xE0) == 0xC0 ? 2 : (b & 0xF0) == 0xE0 ? 3 : (b & 0xF8) == 0xF0 ? 4 : 1;
-            return back < need ? n - back : n;
+            if (back >= need) return n;
+            // Held only while later bytes could still complete it: C0/C1, F5-F7, ED A0 (a surrogate), E0 80 (overlong)
+            // and F4 90 (past U+10FFFF) never can, and waited for more bytes before.
+            return System.Text.Rune.DecodeFromUtf8(bytes[(n - back)..], out _, out _) == System.Buffers.OperationStatus.NeedMoreData ? n - back : n;
         }
         return n;
     }

@@ -116,6 +116,16 @@ public class StreamingDetokenizerTests
     [InlineData(new byte[] { 0xF0, 0x9F, 0xA6, 0x99 }, 4)]
     [InlineData(new byte[] { 0x80, 0x80, 0x80, 0x80 }, 4)]
     [InlineData(new byte[] { 0x41, 0xFF }, 2)]
+    // Lead bytes no later byte can complete (held before, delaying the text for nothing).
+    [InlineData(new byte[] { 0xC0 }, 1)]
+    [InlineData(new byte[] { 0xC1 }, 1)]
+    [InlineData(new byte[] { 0xF5 }, 1)]
+    [InlineData(new byte[] { 0xED, 0xA0 }, 2)]
+    [InlineData(new byte[] { 0xE0, 0x80 }, 2)]
+    [InlineData(new byte[] { 0xF4, 0x90 }, 2)]
+    // Valid prefixes still wait.
+    [InlineData(new byte[] { 0xED, 0x9F }, 0)]
+    [InlineData(new byte[] { 0xF4, 0x8F, 0xBF }, 0)]
     public void CompletePrefixStopsBeforeAnUnfinishedSequence(byte[] bytes, int expected) =>
         Assert.Equal(expected, StreamingDetokenizer.CompletePrefixLength(bytes));
 }
