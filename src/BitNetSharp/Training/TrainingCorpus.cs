@@ -34,12 +34,19 @@ public sealed class TrainingCorpus
         return Split([.. paths.Select(ReadText)], validationFraction);
     }
 
+    /// <summary>The largest text file read whole (a string of up to 2^30 characters).</summary>
+    public const long MaxFileBytes = 1L << 30;
+
     /// <summary>A whole file as text, strictly UTF-8 (a leading BOM is dropped); empty or whitespace-only and malformed files are errors.</summary>
     public static string ReadText(string path)
     {
         var strict = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
         if (Directory.Exists(path)) throw new InvalidDataException($"{path} is a directory; give a UTF-8 text file.");
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such file; give a UTF-8 text file.", path);
+        // One .NET string holds about 2^30 characters: a larger file failed with a message that did not name it.
+        long size = new FileInfo(path).Length;
+        if (size > MaxFileBytes)
+            throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (1 GiB). Split it into several files and pass each with --data.");
         var bytes = File.ReadAllBytes(path);
         if (bytes.All(b => b is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t'))
             throw new InvalidDataException($"{path}: the file is empty; it needs text.");
@@ -73,6 +80,9 @@ public sealed class TrainingCorpus
             int cut = (int)Math.Max(1, document.Length - held);
             int newline = document.IndexOf('\n', cut);
             if (newline >= 0 && newline + 1 < document.Length) cut = newline + 1;
+            // No line starts after the cut (the held-out part lies in the last line): take the start of that line
+            // instead, so no line is split, unless it is the only one or would hold out more than twice the share.
+            else if (document.LastIndexOf('\n', cut - 1) is var before and > 0 && document.Length - (before + 1) <= 2 * held) cut = before + 1;
             train.Add(document[..cut]);
             validation.Add(document[cut..]);
         }
