@@ -169,11 +169,10 @@ public static class GenerateCommand
     /// <summary>Writes to a temporary name and renames, so a reader never sees half a file.</summary>
     internal static void WriteJson(string path, Action<Utf8JsonWriter> write)
     {
-        string full = Path.GetFullPath(path);
-        string temp = full + ".tmp";
-        using (var stream = File.Create(temp))
-        using (var writer = new Utf8JsonWriter(stream))
+        BitNetSharp.Formats.AtomicFile.Write(path, stream =>
+        {
+            using var writer = new Utf8JsonWriter(stream);
             write(writer);
-        File.Move(temp, full, overwrite: true);
+        });
     }
 }

@@ -354,8 +354,11 @@ internal static class LossPlot
             foreach (var p in run.ValidationLosses) val.Add((p.Step, p.Loss));
             plot.Series.Add(new("validation", val) { Color = "#ff4500", Width = 2, Markers = true });
         }
-        var temp = path + ".tmp";
-        using (var w = new StreamWriter(temp, false, new System.Text.UTF8Encoding(false))) plot.Write(w);
-        File.Move(temp, path, overwrite: true);
+        // A unique hidden temporary, removed on failure (a fixed "path.tmp" was left behind, and shared by two runs).
+        BitNetSharp.Formats.AtomicFile.Write(path, stream =>
+        {
+            using var w = new StreamWriter(stream, new System.Text.UTF8Encoding(false), leaveOpen: true);
+            plot.Write(w);
+        });
     }
 }
