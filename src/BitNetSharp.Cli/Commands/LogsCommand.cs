@@ -444,6 +444,7 @@ public static class LogsCommand
             foreach (var f in reader.Files)
                 w.WriteLine($"  {f.Path}  {f.Bytes:N0} bytes{(f.HasFooter ? "" : "  (no footer: still being written, or the writer was killed)")}");
             foreach (var t in reader.TruncatedFiles) w.WriteLine($"  {t}: torn final batch ignored");
+            foreach (var t in reader.VanishedFiles) w.WriteLine($"  {t}: deleted while reading (the writer's size cap), skipped");
             w.WriteLine("context:");
             foreach (var (k, v) in reader.Context.OrderBy(p => p.Key, StringComparer.Ordinal)) w.WriteLine($"  {k} = {v}");
             long total = _rowsByKind[0] + _rowsByKind[1] + _rowsByKind[2];

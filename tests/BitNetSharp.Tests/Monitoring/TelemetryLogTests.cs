@@ -98,6 +98,42 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Contains("a2", requests);
     }
 
+    /// <summary>
+    /// A live file listed without its footer and closed before it is read (rotation, server shutdown) reads normally:
+    /// its end-of-stream marker before the new footer was taken for damage, and the whole command failed.
+    /// </summary>
+    [Fact]
+    public void AFileClosedAfterListingReadsNormally()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var w = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow"), FlushInterval = TimeSpan.FromHours(1) }, Context);
+        w.Write(Step(1, 1, "r"));
+        w.Flush();
+        var reader = TelemetryLogReader.Open(dir.Path);
+        Assert.False(reader.Files[0].HasFooter);
+        w.Dispose(); // writes the end-of-stream marker and the footer, as rotation does
+        Assert.Single(reader.ReadRows(TestContext.Current.CancellationToken));
+        Assert.Empty(reader.TruncatedFiles);
+    }
+
+    /// <summary>A file deleted after listing (a live writer's size cap) is skipped and reported; the rest still read.</summary>
+    [Fact]
+    public void AFileDeletedAfterListingIsSkipped()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        foreach (var name in new[] { "a.arrow", "b.arrow" })
+            using (var w = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File(name) }, Context))
+            {
+                w.Write(Step(1, 1, name));
+                w.Flush();
+            }
+        var reader = TelemetryLogReader.Open(dir.Path);
+        Assert.Equal(2, reader.Files.Count);
+        File.Delete(reader.Files[0].Path);
+        Assert.Single(reader.ReadRows(TestContext.Current.CancellationToken));
+        Assert.Equal([reader.Files[0].Path], reader.VanishedFiles);
+    }
+
     [Fact]
     public void AllThreeKindsRoundTripWithTheirContext()
     {

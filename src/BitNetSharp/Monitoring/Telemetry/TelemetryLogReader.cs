@@ -44,6 +44,7 @@ public sealed class TelemetryLogReader
 {
     private static readonly byte[] Magic = "ARROW1\0\0"u8.ToArray();
     private readonly List<string> _truncated = [];
+    private readonly List<string> _vanished = [];
 
     private TelemetryLogReader(List<TelemetryLogFile> files) => Files = files;
 
@@ -55,6 +56,9 @@ public sealed class TelemetryLogReader
 
     /// <summary>Files whose last message was torn, found while reading.</summary>
     public IReadOnlyList<string> TruncatedFiles => _truncated;
+
+    /// <summary>Files listed by <see cref="Open"/> that were gone when read (a live writer's size cap deletes the oldest).</summary>
+    public IReadOnlyList<string> VanishedFiles => _vanished;
 
     /// <summary>
     /// Opens log files (a directory stands for its <c>*.arrow</c> files) and checks each one's header and schema.
@@ -84,6 +88,16 @@ public sealed class TelemetryLogReader
         return new TelemetryLogReader(files);
     }
 
+    /// <summary>Whether the file ends with the Arrow file footer's closing magic (a finished file); leaves the position anywhere.</summary>
+    private static bool EndsWithFooter(Stream stream)
+    {
+        long length = stream.Length;
+        if (length < 2 * Magic.Length) return false;
+        var tail = new byte[6];
+        stream.Position = length - tail.Length;
+        return stream.ReadAtLeast(tail, tail.Length, throwOnEndOfStream: false) == tail.Length && tail.AsSpan().SequenceEqual(Magic.AsSpan(0, 6));
+    }
+
     /// <summary>Checks one file's header and schema and reads its context.</summary>
     public static TelemetryLogFile Describe(string path)
     {
@@ -92,14 +106,8 @@ public sealed class TelemetryLogReader
         var head = new byte[Magic.Length];
         if (length < Magic.Length || stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false) < head.Length || !head.AsSpan().SequenceEqual(Magic))
             throw new InvalidDataException($"{path}: not an Arrow IPC file (no ARROW1 magic).");
-        bool footer = false;
-        if (length >= 2 * Magic.Length)
-        {
-            var tail = new byte[6];
-            stream.Position = length - tail.Length;
-            footer = stream.ReadAtLeast(tail, tail.Length, throwOnEndOfStream: false) == tail.Length && tail.AsSpan().SequenceEqual(Magic.AsSpan(0, 6));
-            stream.Position = Magic.Length;
-        }
+        bool footer = EndsWithFooter(stream);
+        stream.Position = Magic.Length;
         Schema? schema;
         try
         {
@@ -140,9 +148,23 @@ public sealed class TelemetryLogReader
                 lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path);
                 continue;
             }
-            using var stream = OpenShared(file.Path);
-            // Where the messages end: before the footer of a finished file, at the end of a live or killed one.
-            long messagesEnd = file.HasFooter ? FooterStart(stream, file.Path) : stream.Length;
+            FileStream stream;
+            try
+            {
+                stream = OpenShared(file.Path);
+            }
+            catch (FileNotFoundException)
+            {
+                // Deleted since it was listed (a live writer's size cap removes the oldest files): the others still read.
+                lock (_vanished) if (!_vanished.Contains(file.Path)) _vanished.Add(file.Path);
+                continue;
+            }
+            using var _ = stream;
+            // Where the messages end: before the footer of a finished file, at the end of a live or killed one. Looked at
+            // now, not when listed: a live file closed since (rotation, shutdown) has its footer, and its end-of-stream
+            // marker before it read as damage.
+            bool hasFooter = EndsWithFooter(stream);
+            long messagesEnd = hasFooter ? FooterStart(stream, file.Path) : stream.Length;
             stream.Position = Magic.Length;
             using var reader = new ArrowStreamReader(stream, leaveOpen: true);
             while (true)
@@ -153,7 +175,7 @@ public sealed class TelemetryLogReader
                 {
                     // Only the last message of a file without footer can be torn (kill -9 mid-write); in a finished
                     // file an unreadable message is damage, and the rows after it must not vanish without a word.
-                    if (file.HasFooter)
+                    if (hasFooter)
                         throw new InvalidDataException($"{file.Path}: damaged message at byte {at} of a complete log file; the rows from there on cannot be read.");
                     lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path); // once, however many passes read it
                     break;
