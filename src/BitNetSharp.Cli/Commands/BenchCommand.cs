@@ -91,6 +91,14 @@ public static class BenchCommand
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
             if (result.GetValue(json) && result.GetValue(csv)) throw new UsageException("--json and --csv: give one output format.");
             // Checked before any test runs (they were checked after the first thread count's tests, losing them).
+            if (result.GetValue(healthAb) is { } healthEvery)
+            {
+                if (healthEvery < 0) throw new UsageException($"--health-ab must be ≥ 0 (0: only the NaN/Inf checks); got {healthEvery}.");
+                // It runs at depth 0 on decode steps: anywhere else it was accepted and silently did nothing.
+                if (result.GetValue(bandwidthOnly)) throw new UsageException("--health-ab measures decoding; it does not apply with --bandwidth-only.");
+                if (result.GetValue(gen) < 1) throw new UsageException("--health-ab needs decode steps: -n must be at least 1.");
+                if (Array.IndexOf(depthList, 0) < 0) throw new UsageException("--health-ab runs at depth 0: include 0 in --depth (e.g. -d 0,512).");
+            }
             if (result.GetValue(profileAb) is { } abRuns && !result.GetValue(bandwidthOnly))
             {
                 if (abRuns < 1) throw new UsageException($"--profile-ab must be at least 1; got {abRuns}.");
@@ -122,15 +130,16 @@ public static class BenchCommand
                             $"threads {p.Threads}: {p.Best:F1} GB/s ({p.Pattern}, {(p.HugePages ? "2 MiB" : "4 KiB")} pages) — {string.Join(", ", p.ByPattern.Select(kv => $"{kv.Key} {kv.Value:F1}"))}"));
                 return 0;
             }
+            // Checked before the synthetic file is built (minutes for 2b4t): a bad value failed after it.
+            var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
+            if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
+            var headOnLoad = synth is null ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
             ResetPeakRss();
             string path = shape is not null
                 ? SyntheticFile(shape, result.GetValue(headType) ?? "f16", cli)
                 : ModelOptions.ResolveModel(result.GetValue(model));
 
             long t0 = Stopwatch.GetTimestamp();
-            if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
-            var headOnLoad = synth is null ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
-            var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
             using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption, HeadType = headOnLoad, WeightPages = pages });
             double loadSeconds = Stopwatch.GetElapsedTime(t0).TotalSeconds;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
@@ -173,7 +182,6 @@ public static class BenchCommand
                 double before = Probe(pool);
                 var samples = new List<ThroughputSample>();
                 int every = result.GetValue(healthAb) ?? -1;
-                if (result.GetValue(healthAb) is < 0) throw new UsageException($"--health-ab must be ≥ 0 (0: only the NaN/Inf checks); got {every}.");
                 int p = result.GetValue(prompt), n = result.GetValue(gen);
                 // One untimed fill per depth, shared by its pp and tg tests (each repetition truncates back to it). Every
                 // depth's cache is held at once, so that decode can interleave the depths repetition by repetition.

@@ -22,6 +22,9 @@ public static class ProfileCommand
     /// <summary>The largest bandwidth probe buffer, in MB.</summary>
     private const int MaxProbeMb = 1 << 16;
 
+    /// <summary>The most worker threads, as bench and serve allow (more started a thread each, or overflowed the pool).</summary>
+    private const int MaxThreads = 4096;
+
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory (default: the bundled model)." };
@@ -70,7 +73,7 @@ public static class ProfileCommand
             int? nPrompt = result.GetValue(promptTokens);
             if (text is not null && nPrompt is not null) throw new UsageException("give either --prompt (-p) TEXT or --prompt-tokens N, not both.");
             if (nPrompt is < 1 or > MaxTokens) throw new UsageException($"--prompt-tokens must be from 1 to {MaxTokens}; got {nPrompt}.");
-            if (result.GetValue(threads) is < 1 and var t) throw new UsageException($"--threads (-t) must be at least 1; got {t}.");
+            if (result.GetValue(threads) is (< 1 or > MaxThreads) and var t) throw new UsageException($"--threads (-t) must be from 1 to {MaxThreads}; got {t}.");
             int seqs = result.GetValue(sequences);
             if (seqs is < 1 or > ProfileOptions.MaxSequences) throw new UsageException($"--sequences (-s) must be from 1 to {ProfileOptions.MaxSequences}; got {seqs}.");
             int abReps = result.GetValue(ab);
@@ -84,13 +87,15 @@ public static class ProfileCommand
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
 
-            string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
-            // The trace replaces its path when written: never the model (a synthetic one included) it profiles.
-            if (tracePath is not null) OutputFile.CheckNotInput("--trace", tracePath, (shape is not null ? "synthetic model" : "-m model", path));
+            // Checked before the synthetic file is built (minutes for 2b4t): a bad value failed after it.
+            var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
             if (result.GetValue(hugePages)) EnableHugePages();
             // --head-type on a model file re-encodes its head at load, as bench does (it was ignored without a word).
             var headOnLoad = shape is null && result.GetResult(headType) is { Implicit: false } ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
-            var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(result.GetValue(weightPages)), HeadType = headOnLoad });
+            string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
+            // The trace replaces its path when written: never the model (a synthetic one included) it profiles.
+            if (tracePath is not null) OutputFile.CheckNotInput("--trace", tracePath, (shape is not null ? "synthetic model" : "-m model", path));
+            var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = pages, HeadType = headOnLoad });
             using var _ = weights;
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int[] ids;

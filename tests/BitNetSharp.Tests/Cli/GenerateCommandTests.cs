@@ -269,6 +269,26 @@ public class BenchCommandTests
         Assert.True(results[1].GetProperty("bandwidth_gbps").GetDouble() > 0);
         Assert.Equal(2, results[1].GetProperty("samples").GetArrayLength());
     }
+
+    /// <summary>
+    /// --health-ab where it cannot run (no depth 0, no decode steps, --bandwidth-only) and a negative value are usage
+    /// errors before anything runs; they were ignored without a word, or refused after the model load and the probe.
+    /// </summary>
+    [Theory]
+    [InlineData(new[] { "-p", "0", "-n", "2", "--health-ab", "-1" }, "--health-ab must be ≥ 0")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "--health-ab", "2", "-d", "8" }, "include 0 in --depth")]
+    [InlineData(new[] { "-p", "4", "-n", "0", "--health-ab", "2" }, "-n must be at least 1")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "--health-ab", "2", "--bandwidth-only" }, "--bandwidth-only")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "--weight-pages", "bogus" }, "--weight-pages")]
+    public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
+    {
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["bench", "--synthetic", "tiny", "-r", "1", "-t", "1", .. extra], output, error);
+        Assert.Equal(2, code);
+        Assert.Contains(message, error.ToString());
+        Assert.DoesNotContain("GB/s", error.ToString()); // no bandwidth probe ran
+    }
 }
 
 public class GenerateArgumentTests

@@ -411,6 +411,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "-n", "2147483647" }, "-n")] // wrapped the context check after the probe ran
     [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "2147483647" }, "--prompt-tokens")] // OutOfMemoryException
     [InlineData(new[] { "--synthetic", "tiny", "--probe-mb", "100000000" }, "--probe-mb")]
+    [InlineData(new[] { "--synthetic", "tiny", "-t", "100000" }, "--threads")] // started 99,999 threads; 2^31-1 overflowed the pool
+    [InlineData(new[] { "--synthetic", "tiny", "--weight-pages", "bogus" }, "--weight-pages")]
     public void BadOptionsAreUsageErrorsNamingTheOption(string[] args, string expected)
     {
         var r = Bitnet(["profile", .. args]);
