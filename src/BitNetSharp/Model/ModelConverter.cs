@@ -166,7 +166,7 @@ public static class ModelConverter
         catch (ArgumentException e)
         {
             // The codecs name the row ("Row 3 has scale 1e9, which fp16 cannot hold"); the user needs the tensor.
-            throw new ArgumentException($"{name}: {e.Message} Use --type f16 or i2_s for this model.", e);
+            throw new ArgumentException($"{name}: {e.Message} fp16 holds scales of about 6e-8 to 65504 (TQ2_0, TQ1_0 and F16 all store fp16); --type i2_s keeps an fp32 scale, one per tensor.", e);
         }
     }
 
@@ -179,6 +179,10 @@ public static class ModelConverter
             case PackedWeightType.TQ2_0: w.AddTensor(name, GgmlType.TQ2_0, dims, Tq2_0.Encode(m)); break;
             case PackedWeightType.TQ1_0: w.AddTensor(name, GgmlType.TQ1_0, dims, Tq1_0.Encode(m)); break;
             default:
+                // ±β_r as halves: a scale fp16 cannot hold became ±Inf (or 0), which reloaded as garbage or was refused.
+                for (int r = 0; r < m.Rows; r++)
+                    if (m.RowScales[r] != 0f && HalfConversions.HalfToFloat(HalfConversions.FloatToHalf(m.RowScales[r])) is var h && (!float.IsFinite(h) || h == 0f))
+                        throw new ArgumentException($"Row {r} has scale {m.RowScales[r]}, which fp16 cannot hold (F16 stores ±scale as halves).");
                 var halves = new byte[(long)m.Rows * m.Cols * 2];
                 for (int r = 0; r < m.Rows; r++)
                 for (int col = 0; col < m.Cols; col++)

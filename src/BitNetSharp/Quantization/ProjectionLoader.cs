@@ -165,7 +165,8 @@ public static unsafe class ProjectionLoader
             scales[r] = a;
             if (any == 0f) any = a;
         }
-        if (any == 0f) return null;
+        // All zero: exactly ternary too (a pruned projection); its outputs are 0 whatever the scale.
+        if (any == 0f) return TernaryMatrix.Allocate(rows, cols, 1f);
         var matrix = TernaryMatrix.Allocate(rows, cols, any);
         for (int r = 0; r < rows; r++)
         {

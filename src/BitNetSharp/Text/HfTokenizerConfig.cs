@@ -65,6 +65,8 @@ internal sealed class HfTokenizerConfig
         {
             if (id >= vocabulary.Count)
                 throw new ModelFormatException(path, $"tokenizer_config.json adds token {id} (\"{content}\") beyond the vocabulary of {vocabulary.Count} tokens", "added_tokens_decoder");
+            // The same text over an unknown-token or byte piece only says it is special: it keeps its own kind.
+            if (vocabulary.Texts[id] == content && vocabulary.Kinds[id] is TokenKind.Unknown or TokenKind.Byte) continue;
             vocabulary.Rename(id, content, special ? TokenKind.Control : TokenKind.UserDefined);
         }
     }

@@ -9,8 +9,8 @@ namespace BitNetSharp.Tokenization;
 /// \p{..} have the Unicode meaning the originals assume).
 /// </summary>
 /// <remarks>
-/// .NET regexes see UTF-16 code units, so a letter or digit outside the BMP (e.g. U+1D400) is not \p{L}/\p{N}
-/// here; it is still kept intact, as a run of "other" characters, like emoji are.
+/// .NET regexes see UTF-16 code units; <see cref="Split"/> matches text with characters outside the BMP through a
+/// stand-in string of one BMP character of the same category per code point, so U+1D400 is \p{L} as in llama.cpp.
 /// </remarks>
 public sealed partial class PreTokenizer
 {
@@ -22,6 +22,12 @@ public sealed partial class PreTokenizer
         IgnoreMerges = ignoreMerges;
         _stages = stages;
     }
+
+    /// <summary>
+    /// Whether a stage stands in for llama.cpp's explicit list of cased letters (deepseek-llm's [\p{Lu}\p{Ll}\p{Lt}]),
+    /// which holds no code point outside the BMP: there a supplementary cased letter is an uncased letter.
+    /// </summary>
+    private bool CasedLettersAreBmpOnly => Name == "deepseek-llm";
 
     /// <summary>The llama.cpp pre-tokenizer name this implements ("llama3", "gpt-2", ...).</summary>
     public string Name { get; }
@@ -114,7 +120,10 @@ public sealed partial class PreTokenizer
             offset[n] = i;
             if (char.IsHighSurrogate(text[i]) && i + 1 < start + length && char.IsLowSurrogate(text[i + 1]))
             {
-                proxy[n] = StandIn(System.Globalization.CharUnicodeInfo.GetUnicodeCategory(char.ConvertToUtf32(text[i], text[i + 1])));
+                var category = System.Globalization.CharUnicodeInfo.GetUnicodeCategory(char.ConvertToUtf32(text[i], text[i + 1]));
+                if (CasedLettersAreBmpOnly && category is System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.LowercaseLetter
+                    or System.Globalization.UnicodeCategory.TitlecaseLetter) category = System.Globalization.UnicodeCategory.OtherLetter;
+                proxy[n] = StandIn(category);
                 i += 2;
             }
             else proxy[n] = text[i++];
@@ -125,7 +134,10 @@ public sealed partial class PreTokenizer
         foreach (var (s, l) in local) pieces.Add((offset[s], offset[s + l] - offset[s]));
     }
 
-    /// <summary>A BMP character of <paramref name="category"/> that no pattern names literally (not ASCII, no CJK or Hangul).</summary>
+    /// <summary>
+    /// A BMP character of <paramref name="category"/> that no pattern names literally: not ASCII, and outside the CJK
+    /// and Hangul ranges the deepseek patterns list (U+0800-U+9FA5, U+AC00-U+D7FF).
+    /// </summary>
     private static char StandIn(System.Globalization.UnicodeCategory category) => category switch
     {
         System.Globalization.UnicodeCategory.UppercaseLetter => '\u00C0',
@@ -134,10 +146,10 @@ public sealed partial class PreTokenizer
         System.Globalization.UnicodeCategory.ModifierLetter => '\u02B0',
         System.Globalization.UnicodeCategory.OtherLetter => '\u00AA',
         System.Globalization.UnicodeCategory.NonSpacingMark => '\u0300',
-        System.Globalization.UnicodeCategory.SpacingCombiningMark => '\u0903',
-        System.Globalization.UnicodeCategory.EnclosingMark => '\u20DD',
+        System.Globalization.UnicodeCategory.SpacingCombiningMark => '\uA823',
+        System.Globalization.UnicodeCategory.EnclosingMark => '\uA670',
         System.Globalization.UnicodeCategory.DecimalDigitNumber => '\u0660',
-        System.Globalization.UnicodeCategory.LetterNumber => '\u2160',
+        System.Globalization.UnicodeCategory.LetterNumber => '\uA6E6',
         System.Globalization.UnicodeCategory.OtherNumber => '\u00B2',
         System.Globalization.UnicodeCategory.Format => '\u00AD',
         System.Globalization.UnicodeCategory.PrivateUse => '\uE000',
@@ -145,10 +157,10 @@ public sealed partial class PreTokenizer
         System.Globalization.UnicodeCategory.CurrencySymbol => '\u00A2',
         System.Globalization.UnicodeCategory.ModifierSymbol => '\u00A8',
         System.Globalization.UnicodeCategory.OtherSymbol => '\u00A9',
-        System.Globalization.UnicodeCategory.ConnectorPunctuation => '\u203F',
-        System.Globalization.UnicodeCategory.DashPunctuation => '\u2010',
-        System.Globalization.UnicodeCategory.OpenPunctuation => '\u2045',
-        System.Globalization.UnicodeCategory.ClosePunctuation => '\u2046',
+        System.Globalization.UnicodeCategory.ConnectorPunctuation => '\uFE33',
+        System.Globalization.UnicodeCategory.DashPunctuation => '\uFE58',
+        System.Globalization.UnicodeCategory.OpenPunctuation => '\uFE59',
+        System.Globalization.UnicodeCategory.ClosePunctuation => '\uFE5A',
         System.Globalization.UnicodeCategory.InitialQuotePunctuation => '\u00AB',
         System.Globalization.UnicodeCategory.FinalQuotePunctuation => '\u00BB',
         System.Globalization.UnicodeCategory.OtherPunctuation => '\u00A1',

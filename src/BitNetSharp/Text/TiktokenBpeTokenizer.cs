@@ -16,7 +16,7 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
     private readonly TokenizerVocabulary _vocabulary;
     private readonly string _path;
     private readonly int _rankCount;
-    private ByteLevelBpeTokenizer? _bpe;
+    private readonly Lazy<ByteLevelBpeTokenizer> _bpe;
 
     private TiktokenBpeTokenizer(TokenizerVocabulary vocabulary, int rankCount, string path)
         : base(vocabulary, static (text, _) => ByteLevelEncoding.Decode(text))
@@ -24,11 +24,12 @@ public sealed class TiktokenBpeTokenizer : BitNetTokenizer
         _vocabulary = vocabulary;
         _rankCount = rankCount;
         _path = path;
+        // Built once however many requests race for it (each racer derived its own 280 K merges).
+        _bpe = new Lazy<ByteLevelBpeTokenizer>(() => new ByteLevelBpeTokenizer(_vocabulary, DeriveMerges(), PreTokenizer.Llama3, _path, "ranks"), LazyThreadSafetyMode.ExecutionAndPublication);
     }
 
     /// <summary>The merge engine over <see cref="DeriveMerges"/> (about a second for Llama 3's 128,000 ranks, once).</summary>
-    private ByteLevelBpeTokenizer Bpe =>
-        Volatile.Read(ref _bpe) ?? LazyInitializer.EnsureInitialized(ref _bpe, () => new ByteLevelBpeTokenizer(_vocabulary, DeriveMerges(), PreTokenizer.Llama3, _path, "ranks"));
+    private ByteLevelBpeTokenizer Bpe => _bpe.Value;
 
     /// <summary>
     /// The merge list equivalent to the ranks, as Hugging Face's tiktoken converter derives it for Llama 3's

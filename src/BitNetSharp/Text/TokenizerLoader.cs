@@ -244,14 +244,15 @@ public static class TokenizerLoader
         var entries = new List<(string Text, int Id, TokenKind Kind)>();
         foreach (var p in vocab.EnumerateObject())
         {
-            if (!p.Value.TryGetInt32(out var id) || id < 0) throw new ModelFormatException(path, $"token \"{p.Name}\" has id {p.Value}, expected a non-negative integer", "model.vocab");
+            if (p.Value.ValueKind != JsonValueKind.Number || !p.Value.TryGetInt32(out var id) || id < 0)
+                throw new ModelFormatException(path, $"token \"{p.Name}\" has id {p.Value.GetRawText()}, expected a non-negative integer", "model.vocab");
             entries.Add((p.Name, id, TokenKind.Normal));
         }
         if (root.TryGetProperty("added_tokens", out var added) && added.ValueKind == JsonValueKind.Array)
         {
             foreach (var token in added.EnumerateArray())
             {
-                if (!token.TryGetProperty("id", out var idElement) || !idElement.TryGetInt32(out var id) || id < 0 ||
+                if (!token.TryGetProperty("id", out var idElement) || idElement.ValueKind != JsonValueKind.Number || !idElement.TryGetInt32(out var id) || id < 0 ||
                     !token.TryGetProperty("content", out var content) || content.ValueKind != JsonValueKind.String)
                     throw new ModelFormatException(path, $"an added token lacks an id or content: {token}", "added_tokens");
                 bool special = token.TryGetProperty("special", out var sp) && sp.ValueKind == JsonValueKind.True;
@@ -277,7 +278,8 @@ public static class TokenizerLoader
         var steps = PreTokenizerSteps(root, path);
         var pre = steps switch
         {
-            null or [] => PreTokenizer.Gpt2,
+            null => PreTokenizer.Gpt2,
+            [] => PreTokenizer.FromPatterns([], ignoreMerges: false), // ByteLevel without its regex: the text is one piece
             [Llama3SplitPattern] => PreTokenizer.Llama3,
             [Qwen2SplitPattern] => PreTokenizer.Qwen2,
             [PreTokenizer.Gpt2RegexPattern] => PreTokenizer.Gpt2,
@@ -352,7 +354,7 @@ public static class TokenizerLoader
         }
         catch (ArgumentException e)
         {
-            throw new ModelFormatException(path, $"the Split regex cannot be compiled by .NET: {e.Message}", "pre_tokenizer", e);
+            throw new ModelFormatException(path, $"a pre_tokenizer regex cannot be compiled by .NET ({e.Message}); a character range past U+FFFF, which .NET classes cannot express, is the usual cause. Use a GGUF of this model, whose tokenizer.ggml.pre names the split", "pre_tokenizer", e);
         }
     }
 
@@ -413,6 +415,9 @@ public static class TokenizerLoader
                     foreach (var item in list.EnumerateArray()) Walk(item, $"{where}.pretokenizers[{i++}]");
                     break;
                 case "ByteLevel":
+                    // add_prefix_space puts a space before the text (RoBERTa): a different encoding this reader does not make.
+                    if (e.TryGetProperty("add_prefix_space", out var prefixSpace) && prefixSpace.ValueKind == JsonValueKind.True)
+                        throw new ModelFormatException(path, "a ByteLevel step with add_prefix_space: true is not supported by this runtime", where);
                     if (!e.TryGetProperty("use_regex", out var useRegex) || useRegex.ValueKind != JsonValueKind.False) steps.Add(PreTokenizer.Gpt2RegexPattern);
                     break;
                 case "Split":
@@ -430,11 +435,15 @@ public static class TokenizerLoader
                     steps.Add(e.TryGetProperty("individual_digits", out var single) && single.ValueKind == JsonValueKind.True ? @"\p{N}" : @"\p{N}+");
                     break;
                 case "Punctuation":
-                    if (e.TryGetProperty("behavior", out var pb) && pb.ValueKind == JsonValueKind.String && pb.GetString() != "Isolated")
-                        throw new ModelFormatException(path, $"Punctuation with behavior {pb.GetString()} is not supported (only Isolated)", where);
-                    // The tokenizers library's is_punc: Unicode punctuation and ASCII's punctuation symbols, one at a time.
-                    steps.Add(@"[\p{P}\$\+<=>\^`\|~]");
+                {
+                    // The tokenizers library's is_punc: Unicode punctuation and ASCII's punctuation symbols; Isolated
+                    // makes each its own piece, Contiguous each run (Falcon's).
+                    string behaviorName = e.TryGetProperty("behavior", out var pb) && pb.ValueKind == JsonValueKind.String ? pb.GetString()! : "Isolated";
+                    if (behaviorName is not ("Isolated" or "Contiguous"))
+                        throw new ModelFormatException(path, $"Punctuation with behavior {behaviorName} is not supported (Isolated and Contiguous are)", where);
+                    steps.Add(behaviorName == "Contiguous" ? @"[\p{P}\$\+<=>\^`\|~]+" : @"[\p{P}\$\+<=>\^`\|~]");
                     break;
+                }
                 default:
                     throw new ModelFormatException(path, $"the pre-tokenizer step {type ?? "(no type)"} is not supported by this runtime (Split, Digits, Punctuation, ByteLevel and Sequences of them are)", where);
             }

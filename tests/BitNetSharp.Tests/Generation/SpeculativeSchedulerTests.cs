@@ -84,10 +84,18 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         // Steps that carried prompt tokens (the counter grows in the batch build, before the forward hook).
         long lastPrompt = 0;
         int prefillSteps = 0;
+        // Paused from the engine's own step once drafts run, so a is still decoding (and drafting) when b arrives:
+        // polled from here, a fast machine finished a first and the test passed on the old code too.
+        var drafting = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         s.BeforeForward = () =>
         {
             long p = s.Statistics.PromptTokens;
             if (p > lastPrompt) { prefillSteps++; lastPrompt = p; }
+            if (!drafting.Task.IsCompleted && s.Statistics.DraftedTokens > 16)
+            {
+                s.StepGate.Reset(); // the next step waits
+                drafting.TrySetResult();
+            }
         };
         // A looping history: prompt lookup proposes drafts on most steps.
         int[] loop = [.. Enumerable.Range(0, 48).Select(i => 10 + i % 4)];
@@ -95,9 +103,8 @@ public sealed class SpeculativeSchedulerTests : IDisposable
             TestContext.Current.CancellationToken);
         var first = a.Events.ReadAllAsync(TestContext.Current.CancellationToken).GetAsyncEnumerator(TestContext.Current.CancellationToken);
         Assert.True(await first.MoveNextAsync());
-        await TestServer.EventuallyAsync(() => Task.FromResult(s.Statistics.DraftedTokens > 16), "drafts proposed");
-        s.StepGate.Reset();
-        await Task.Delay(50, TestContext.Current.CancellationToken);
+        await drafting.Task.WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+        Assert.Equal(1, s.Statistics.RunningSequences); // a is still decoding
         Volatile.Write(ref prefillSteps, 0);
         int[] longPrompt = [.. Prompt(3), .. Prompt(4), .. Prompt(5), .. Prompt(6), .. Prompt(7)];
         var b = s.Submit(new GenerationRequest { Prompt = longPrompt[..90], MaxTokens = 1, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy },

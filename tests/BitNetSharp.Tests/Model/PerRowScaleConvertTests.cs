@@ -1,3 +1,4 @@
+using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Model;
 using BitNetSharp.Tests.Formats;
 
@@ -51,15 +52,45 @@ public class PerRowScaleConvertTests
     }
 
     /// <summary>A row scale fp16 cannot hold is refused naming the tensor, not only "Row 3".</summary>
-    [Fact]
-    public void ScaleFp16CannotHoldNamesTheTensor()
+    /// <summary>... for F16 too (±β as halves: it wrote ±Inf without a word), and the advice names the type that can hold it.</summary>
+    [Theory]
+    [InlineData(PackedWeightType.TQ2_0)]
+    [InlineData(PackedWeightType.F16)]
+    public void ScaleFp16CannotHoldNamesTheTensor(PackedWeightType type)
     {
         using var dir = new TestGguf.TempDirectory();
         using var w = ModelWeights.Load(WriteSynthetic(dir));
         w.Layers[1].Up.RowScales[3] = 1e9f;
-        var e = Assert.Throws<ArgumentException>(() => ModelConverter.ToGguf(w, PackedWeightType.TQ2_0));
+        var e = Assert.Throws<ArgumentException>(() => ModelConverter.ToGguf(w, type));
         Assert.Contains("blk.1.ffn_up.weight", e.Message);
         Assert.Contains("fp16", e.Message);
+        Assert.Contains("--type i2_s keeps an fp32 scale", e.Message);
+    }
+
+    /// <summary>An all-zero projection is exactly ternary: a llama-arch F16 file with one loads (it was refused as full precision).</summary>
+    [Fact]
+    public void AnAllZeroFloatProjectionLoadsAsTernary()
+    {
+        var shape = SyntheticShape.Tiny;
+        var source = GgufFile.Parse(SyntheticModel.Build(shape, 21, GgmlType.F32, subNorms: false, architecture: "bitnet").ToArray(), "bitnet.gguf");
+        var llama = new GgufWriter();
+        foreach (var (key, value) in source.Metadata.Entries)
+            llama.Add(key == "general.architecture" ? key : key.StartsWith("bitnet.", StringComparison.Ordinal) ? "llama." + key["bitnet.".Length..] : key,
+                key == "general.architecture" ? GgufValue.FromString("llama") : value);
+        foreach (var t in source.Tensors)
+        {
+            if (t.Name == "blk.0.attn_v.weight") llama.AddTensor(t.Name, GgmlType.F16, t.Dims.ToArray(), new byte[t.ElementCount * 2]);
+            else llama.AddTensor(t.Name, t.Type, t.Dims.ToArray(), source.GetTensorData(t).ToArray());
+        }
+        source.Dispose();
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("zero.gguf");
+        llama.WriteFile(path);
+        using var w = ModelWeights.Load(path);
+        var v = w.Layers[0].V;
+        for (int r = 0; r < v.Rows; r++)
+        for (int c = 0; c < v.Cols; c++)
+            Assert.Equal(0, v.Get(r, c));
     }
 
     private static string WriteSynthetic(TestGguf.TempDirectory dir)

@@ -26,6 +26,20 @@ public class TokenizerBehaviorTests
         Assert.Equal(["Call", " ", "\U0001D7CF\U0001D7D0\U0001D7D1", "\U0001D7D2", " now"], pieces.Select(p => text.Substring(p.Start, p.Length)));
     }
 
+    /// <summary>
+    /// The stand-ins keep llama.cpp's deepseek splits: a supplementary cased letter is not in its explicit cased-letter
+    /// list, and a supplementary mark is not in its CJK ranges (stand-ins inside U+0800-U+4E00 joined CJK runs).
+    /// </summary>
+    [Theory]
+    [InlineData("x\U0001D409", new[] { "x", "\U0001D409" })]
+    [InlineData("\u4E2D\U00011000", new[] { "\u4E2D", "\U00011000" })]
+    public void DeepSeekSplitsOfSupplementaryCharactersFollowLlamaCpp(string text, string[] expected)
+    {
+        var pieces = new List<(int Start, int Length)>();
+        PreTokenizer.DeepSeekLlm.Split(text, 0, text.Length, pieces);
+        Assert.Equal(expected, pieces.Select(p => text.Substring(p.Start, p.Length)));
+    }
+
     [Fact]
     public void SupplementaryLettersKeepTheirContraction()
     {

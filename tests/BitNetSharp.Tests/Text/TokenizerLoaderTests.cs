@@ -210,6 +210,54 @@ public class TokenizerLoaderTests
         // The second Split cuts the digits apart (read alone, the first left "2024" one piece: 20 + 24).
         Assert.Equal([17, 15, 17, 19], tokenizer.Encode("2024", addBos: false));
         Assert.Equal(4, tokenizer.Encode("2\n,4", addBos: false).Length);
+
+        // Falcon's steps: contiguous punctuation runs, GPT-2's regex, digit runs, threes.
+        File.WriteAllText(dir.File("tokenizer.json"), Gpt2TokenizerJson(new
+        {
+            type = "Sequence",
+            pretokenizers = new object[]
+            {
+                new { type = "Punctuation", behavior = "Contiguous" },
+                new { type = "ByteLevel", add_prefix_space = false, use_regex = true },
+                new { type = "Digits", individual_digits = false },
+                new { type = "Split", pattern = new { Regex = "[0-9][0-9][0-9]" }, behavior = "Isolated", invert = false },
+            },
+        }));
+        tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        var falcon = new List<(int Start, int Length)>();
+        string sample = "Hello!!! world 1234567";
+        PreTokenizer.Falcon.Split(sample, 0, sample.Length, falcon);
+        var expected = new List<int>();
+        foreach (var (start, length) in falcon) expected.AddRange(TestTokenizers.Gpt2.Encode(sample.Substring(start, length), addBos: false));
+        Assert.Equal(expected, tokenizer.Encode(sample, addBos: false));
+
+        // ByteLevel without its regex alone: the text is one piece (no split), not GPT-2's.
+        File.WriteAllText(dir.File("tokenizer.json"), Gpt2TokenizerJson(new { type = "ByteLevel", add_prefix_space = false, use_regex = false }));
+        tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        var pieces = new List<(int Start, int Length)>();
+        ((ByteLevelBpeTokenizer)tokenizer).PreTokenizer.Split("a b, c", 0, 6, pieces);
+        Assert.Single(pieces);
+    }
+
+    /// <summary>A string id in tokenizer.json's vocab names the token (an InvalidOperationException was wrapped without it).</summary>
+    [Fact]
+    public void AStringIdInTokenizerJsonNamesTheToken()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("tokenizer.json"), """{"model":{"type":"BPE","vocab":{"a":"0"},"merges":[]},"pre_tokenizer":{"type":"ByteLevel"}}""");
+        var e = Assert.Throws<ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("\"a\"", e.Message);
+    }
+
+    /// <summary>Marking Llama 2's &lt;unk&gt; special in tokenizer_config keeps it the unknown token (it became a control token).</summary>
+    [Fact]
+    public void AnAddedUnknownTokenKeepsItsKind()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/llama2_tokenizer.model"), dir.File("tokenizer.model"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), """{"added_tokens_decoder": {"0": {"content": "<unk>", "special": true}}}""");
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Equal(TokenKind.Unknown, tokenizer.KindOf(0));
     }
 
     /// <summary>A pre-tokenizer step this runtime cannot apply is refused naming it, not ignored.</summary>
@@ -217,6 +265,9 @@ public class TokenizerLoaderTests
     [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Metaspace","replacement":"▁"},{"type":"ByteLevel","use_regex":false}]}""", "Metaspace")]
     [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Whitespace"},{"type":"ByteLevel"}]}""", "Whitespace")]
     [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"x"},"behavior":"MergedWithPrevious"},{"type":"ByteLevel","use_regex":false}]}""", "MergedWithPrevious")]
+    [InlineData("""{"type":"ByteLevel","add_prefix_space":true,"use_regex":true}""", "add_prefix_space")]
+    // A class range past U+FFFF (deepseek-llm's Splits) cannot be a .NET class: refused naming the cause.
+    [InlineData("""{"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":"[\uD801\uDC00-\uD801\uDC4F]+"},"behavior":"Isolated"},{"type":"ByteLevel","use_regex":false}]}""", "past U+FFFF")]
     public void UnsupportedPreTokenizerStepsAreRefused(string step, string named)
     {
         using var dir = new TestGguf.TempDirectory();
