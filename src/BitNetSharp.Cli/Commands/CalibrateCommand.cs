@@ -19,6 +19,16 @@ namespace BitNetSharp.Cli.Commands;
 /// </summary>
 public static class CalibrateCommand
 {
+    /// <summary>The most the bit-width search's reference distributions may take on disk (2B4T: 512 positions are 0.26 GB).</summary>
+    public const long MaxReferenceBytes = 4L << 30;
+
+    /// <summary>Scored positions of the held-out windows and the bytes of their full distributions (float per token).</summary>
+    public static (long Positions, long Bytes) ReferenceSize(int samples, int window, int vocab)
+    {
+        long positions = (long)(samples - (samples + 1) / 2) * (window - window / 2);
+        return (positions, positions * vocab * 4);
+    }
+
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf model (default: the bundled model). Hugging Face directories: convert to GGUF first." };
@@ -101,10 +111,17 @@ public static class CalibrateCommand
         var c = weights.Config;
         int window = ctxOption > 0 ? ctxOption : Math.Min(c.ContextLength, 256);
         if (window < 4 || window > c.ContextLength) throw new UsageException($"--ctx {window} must be 4 to {c.ContextLength} (the model's context).");
-        var tokens = tokenizer.Encode(text, addBos: false);
+        // Special tokens' text (TinyStories' <|endoftext|>) as those tokens, as the trainer and --tune read it.
+        var tokens = tokenizer.Encode(text, addBos: false, parseSpecial: true);
         int available = (tokens.Length - 1) / window;
         if (available < samples)
             throw new UsageException($"{dataPath} is {tokens.Length:N0} tokens: {available} windows of {window}, fewer than --samples {samples}. Give more text, fewer samples or a smaller --ctx.");
+        // The search keeps the held-out windows' full next-token distributions on disk beside --out (the exact KL the
+        // budget promises): refuse a size that would not stay in the page cache, before any work.
+        var (heldPositions, referenceBytes) = ReferenceSize(samples, window, c.VocabSize);
+        if (referenceBytes > MaxReferenceBytes)
+            throw new UsageException(string.Create(CultureInfo.InvariantCulture,
+                $"--samples {samples} --ctx {window} would keep {referenceBytes / 1e9:F1} GB of reference distributions ({heldPositions:N0} positions × {c.VocabSize:N0} tokens × 4 B); the limit is {MaxReferenceBytes / 1e9:F1} GB. Use fewer --samples or a smaller --ctx."));
         int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
 
         // Seeded draw of non-overlapping windows: the first half for statistics, the rest held out.

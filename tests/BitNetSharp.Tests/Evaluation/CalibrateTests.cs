@@ -114,6 +114,16 @@ public class CalibrateTests
         Assert.Equal(bits.ToString(), JsonDocument.Parse(output).RootElement.GetProperty("activation_bits").GetString());
     }
 
+    /// <summary>The full-row reference is sized before any work: 2B4T's defaults are 0.26 GB, --ctx 4096 --samples 16 is refused.</summary>
+    [Fact]
+    public void TheReferenceSizeIsBoundedUpFront()
+    {
+        var (positions, bytes) = BitNetSharp.Cli.Commands.CalibrateCommand.ReferenceSize(8, 256, 128_256);
+        Assert.Equal(512, positions);
+        Assert.InRange(bytes, 0.26e9, 0.27e9);
+        Assert.True(BitNetSharp.Cli.Commands.CalibrateCommand.ReferenceSize(16, 4096, 128_256).Bytes > BitNetSharp.Cli.Commands.CalibrateCommand.MaxReferenceBytes);
+    }
+
     /// <summary>
     /// On a vocabulary above 32k the search's reference kept only the top 64 tokens and one "rest" bucket, a lower bound on
     /// the KL: the widths it accepted could break the budget, and the KL it reported was not the model's. The KL it
