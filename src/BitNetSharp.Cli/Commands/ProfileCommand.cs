@@ -146,7 +146,8 @@ public static class ProfileCommand
                 }
             }
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
-            if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes);
+            if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights),
+                BitNetSharp.Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type));
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights));
             if (result.GetValue(hugePages)) cli.Error.WriteLine(HugePagesReport());
             if (traceError is not null)
@@ -306,7 +307,7 @@ public static class ProfileCommand
         return t;
     }
 
-    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes)
+    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes, string weightPages, string headType)
     {
         object Phase(PhaseProfile p, double peak) => new
         {
@@ -349,6 +350,9 @@ public static class ProfileCommand
             model = name,
             architecture = r.Config.Architecture,
             kernel = r.Kernel,
+            // The settings the text report shows, so a JSON run says what it measured.
+            head_type = headType,
+            weight_pages = weightPages,
             threads = r.Threads,
             sequences = r.Sequences,
             bandwidth_gbps = r.BandwidthGBps,
