@@ -34,8 +34,10 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
     private readonly long[] _sink;
     private BandwidthPattern _pattern;
 
+    /// <exception cref="ArgumentOutOfRangeException">Under 4 MiB: the probe reads whole 4 MiB blocks (it measured 0 bytes and reported 0 GB/s).</exception>
     public MemoryBandwidth(long bytes = 1L << 30)
     {
+        ArgumentOutOfRangeException.ThrowIfLessThan(bytes, 4L << 20);
         // In 2 MiB pages where Linux offers them: a plain loop over huge pages reads faster than over 4 KiB pages (fewer
         // TLB misses; 72–77 against 56–63 GB/s on two Zen 5 threads), and the model's weights load into them too.
         _buffer = new NativeBuffer(bytes / (4 << 20) * (4 << 20), zero: false, hugePages: Memory.HugePages.Available);

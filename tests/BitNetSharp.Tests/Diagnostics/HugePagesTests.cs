@@ -45,4 +45,13 @@ public class BandwidthProbeTests
         // A plain loop over 2 MiB pages reads faster than over 4 KiB pages, so where they exist the probe reads them.
         Assert.Equal(HugePages.Available, probe.InHugePages);
     }
+
+    /// <summary>Under one 4 MiB block the probe read nothing and reported 0 GB/s; it is refused naming the size.</summary>
+    [Fact]
+    public void AProbeUnderOneBlockIsRefused()
+    {
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new BitNetSharp.Diagnostics.MemoryBandwidth(1L << 20));
+        Assert.Equal("bytes", e.ParamName);
+        using var ok = new BitNetSharp.Diagnostics.MemoryBandwidth(4L << 20);
+    }
 }
