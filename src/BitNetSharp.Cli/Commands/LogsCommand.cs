@@ -92,12 +92,12 @@ public static class LogsCommand
 
         var reader = TelemetryLogReader.Open(s.Files);
         CheckOutputs(s, reader);
-        HashSet<long>? requestSteps = null;
+        HashSet<(string?, long)>? requestSteps = null;
         if (s.Request is not null)
         {
             requestSteps = [];
             foreach (var row in reader.ReadRows(cancellation))
-                if (row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add(row.Step);
+                if (row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add((row.Run, row.Step));
         }
 
         var stats = s.Summary || (s.Export is null && s.Plot is null) ? new Summary() : null;
@@ -108,13 +108,15 @@ public static class LogsCommand
             if (exportTemp is not null)
             {
                 exportWriter = new StreamWriter(exportTemp, false, new UTF8Encoding(false));
-                if (s.Export == "csv") exportWriter.WriteLine(string.Join(',', TelemetryLogSchema.ColumnNames));
+                if (s.Export == "csv") exportWriter.WriteLine(string.Join(',', TelemetryLogSchema.ColumnNames) + ",run");
             }
             var plot = s.Plot is null ? null : new PlotData(s.Metric ?? "saturation", InputIndex(s.Input));
             long exported = 0;
             var jsonBuffer = new System.Buffers.ArrayBufferWriter<byte>();
             foreach (var row in reader.ReadRows(cancellation))
             {
+                // Step rows appended by a live writer since the first pass: their layer rows come after them.
+                if (requestSteps is not null && row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add((row.Run, row.Step));
                 if (!Keep(row, s, requestSteps)) continue;
                 stats?.Add(row);
                 plot?.Add(row);
@@ -213,13 +215,14 @@ public static class LogsCommand
         }
     }
 
-    private static bool Keep(in TelemetryRow row, Settings s, HashSet<long>? requestSteps)
+    /// <summary>Layer rows belong to a request through its steps, numbered per run: (run, step) names one engine step.</summary>
+    private static bool Keep(in TelemetryRow row, Settings s, HashSet<(string?, long)>? requestSteps)
     {
         if (s.Since is { } since && row.TimeUnixNanos < since) return false;
         if (s.Until is { } until && row.TimeUnixNanos > until) return false;
         if (s.Layer is { } layer && row.Kind == TelemetryRowKind.Layer && row.Layer != layer) return false;
         if (s.Request is { } request)
-            return row.Kind == TelemetryRowKind.Layer ? requestSteps!.Contains(row.Step) : row.RequestId == request;
+            return row.Kind == TelemetryRowKind.Layer ? requestSteps!.Contains((row.Run, row.Step)) : row.RequestId == request;
         return true;
     }
 
@@ -231,13 +234,13 @@ public static class LogsCommand
         if (s.FollowTimeout is { } seconds) stop.CancelAfter(TimeSpan.FromSeconds(seconds));
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
-        var requestSteps = s.Request is null ? null : new HashSet<long>();
+        var requestSteps = s.Request is null ? null : new HashSet<(string?, long)>();
         foreach (var batch in TelemetryLogReader.Follow(reader.Files[^1].Path, TimeSpan.FromMilliseconds(200), stop.Token))
         {
             using (batch)
                 foreach (var row in TelemetryLogReader.Rows(batch))
                 {
-                    if (requestSteps is not null && row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add(row.Step);
+                    if (requestSteps is not null && row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add((row.Run, row.Step));
                     if (!Keep(row, s, requestSteps)) continue;
                     WriteJsonLine(cli.Output, row, buffer);
                 }
@@ -350,6 +353,9 @@ public static class LogsCommand
             if (v.AsSpan().IndexOfAny(",\"\r\n") >= 0) w.Write("\"" + v.Replace("\"", "\"\"") + "\"");
             else w.Write(v);
         }
+        // The run the row's step belongs to (steps restart at 0 in each run), after the schema's columns.
+        w.Write(',');
+        if (row.Run is { } run) w.Write(run);
         w.WriteLine();
     }
 
@@ -377,6 +383,7 @@ public static class LogsCommand
                 }
                 json.WriteRawValue(v);
             }
+            if (row.Run is { } run) json.WriteString("run", run);
             json.WriteEndObject();
         }
         w.WriteLine(Encoding.UTF8.GetString(buffer.WrittenSpan));
@@ -388,8 +395,9 @@ public static class LogsCommand
         private readonly long[] _rowsByKind = new long[3];
         private long _first = long.MaxValue, _last = long.MinValue;
         private readonly HashSet<string> _requests = [];
-        private readonly HashSet<long> _steps = [];
-        private readonly Dictionary<long, float> _stepSeconds = []; // one duration per step: a batched step has a row per token
+        // Steps are numbered per run (a restarted server starts at 0 again): (run, step) names one engine step.
+        private readonly HashSet<(string?, long)> _steps = [];
+        private readonly Dictionary<(string?, long), float> _stepSeconds = []; // one duration per step: a batched step has a row per token
         private readonly SortedDictionary<int, LayerStats> _layers = [];
         private readonly List<TelemetryEvent> _events = [];
         private long _stepRows, _finiteLogitRows;
@@ -407,10 +415,10 @@ public static class LogsCommand
             {
                 case TelemetryRowKind.Step:
                     var s = row.StepRecord;
-                    _steps.Add(row.Step);
+                    _steps.Add((row.Run, row.Step));
                     if (s.RequestId is not null) _requests.Add(s.RequestId);
                     _stepRows++;
-                    if (_stepSeconds.TryAdd(row.Step, s.StepSeconds)) _stepSecondsSum += s.StepSeconds;
+                    if (_stepSeconds.TryAdd((row.Run, row.Step), s.StepSeconds)) _stepSecondsSum += s.StepSeconds;
                     if (float.IsFinite(s.LatencySeconds))
                     {
                         _latencySum += s.LatencySeconds;
@@ -427,7 +435,7 @@ public static class LogsCommand
                     break;
                 case TelemetryRowKind.Layer:
                     var l = row.LayerRecord!;
-                    _steps.Add(row.Step);
+                    _steps.Add((row.Run, row.Step));
                     if (!_layers.TryGetValue(l.Layer, out var stats)) _layers[l.Layer] = stats = new LayerStats();
                     stats.Add(l);
                     break;
@@ -438,6 +446,46 @@ public static class LogsCommand
             }
         }
 
+        /// <summary>
+        /// One run: its context, as always. Several (a restarted server, replicas sharing a directory): each run with its
+        /// files, the context every run shares, then what differs, run by run.
+        /// </summary>
+        private static void WriteContext(TextWriter w, IReadOnlyList<TelemetryLogRun> runs)
+        {
+            if (runs.Count <= 1)
+            {
+                w.WriteLine("context:");
+                if (runs.Count == 1)
+                    foreach (var (k, v) in runs[0].Context.OrderBy(p => p.Key, StringComparer.Ordinal)) w.WriteLine($"  {k} = {v}");
+                return;
+            }
+            w.WriteLine($"runs: {runs.Count} (steps are numbered per run)");
+            foreach (var r in runs)
+                w.WriteLine($"  {RunName(r.Id)}  {r.Files.Count} file{(r.Files.Count == 1 ? "" : "s")}, first {Path.GetFileName(r.Files[0].Path)}");
+            var keys = new SortedSet<string>(StringComparer.Ordinal);
+            foreach (var r in runs) keys.UnionWith(r.Context.Keys);
+            var shared = new List<string>();
+            var differing = new List<string>();
+            foreach (var k in keys)
+            {
+                string? first = runs[0].Context.GetValueOrDefault(k);
+                bool same = first is not null;
+                foreach (var r in runs) same &= r.Context.TryGetValue(k, out var v) && v == first;
+                (same ? shared : differing).Add(k);
+            }
+            w.WriteLine("context (every run):");
+            foreach (var k in shared) w.WriteLine($"  {k} = {runs[0].Context[k]}");
+            if (differing.Count == 0) return;
+            w.WriteLine("context (by run):");
+            foreach (var r in runs)
+            {
+                w.WriteLine($"  {RunName(r.Id)}:");
+                foreach (var k in differing) w.WriteLine($"    {k} = {r.Context.GetValueOrDefault(k) ?? "(absent)"}");
+            }
+        }
+
+        private static string RunName(string? id) => id is null ? "run (no run id: written before run ids)" : "run " + id;
+
         public void Write(TextWriter w, TelemetryLogReader reader)
         {
             w.WriteLine("files:");
@@ -445,8 +493,7 @@ public static class LogsCommand
                 w.WriteLine($"  {f.Path}  {f.Bytes:N0} bytes{(f.HasFooter ? "" : "  (no footer: still being written, or the writer was killed)")}");
             foreach (var t in reader.TruncatedFiles) w.WriteLine($"  {t}: torn final batch ignored");
             foreach (var t in reader.VanishedFiles) w.WriteLine($"  {t}: deleted while reading (the writer's size cap), skipped");
-            w.WriteLine("context:");
-            foreach (var (k, v) in reader.Context.OrderBy(p => p.Key, StringComparer.Ordinal)) w.WriteLine($"  {k} = {v}");
+            WriteContext(w, reader.Runs);
             long total = _rowsByKind[0] + _rowsByKind[1] + _rowsByKind[2];
             if (total == 0)
             {

@@ -24,17 +24,17 @@ public class LogsCommandTests
     /// Steps 1-4, each with a token of requests a and b and layers 0-2 (sat = 0.0625 × step, so mean 15.625 %, max 25 %),
     /// one second apart, and an alert event for request a.
     /// </summary>
-    private static string WriteLog(TestGguf.TempDirectory dir)
+    private static string WriteLog(TestGguf.TempDirectory dir, string a = "a", string b = "b", Dictionary<string, string>? context = null)
     {
-        using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context);
+        using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, context ?? Context);
         for (int step = 1; step <= 4; step++)
         {
             long t = Start + step * 1_000_000_000L;
-            writer.Write(Step(t, step, "a", sequence: 0));
-            writer.Write(Step(t, step, "b", sequence: 1));
+            writer.Write(Step(t, step, a, sequence: 0));
+            writer.Write(Step(t, step, b, sequence: 1));
             for (int layer = 0; layer < 3; layer++) writer.Write(Layer(t, step, layer));
         }
-        writer.Write(new TelemetryEvent(Start + 5_000_000_000L, "alert_firing", "a", null, "saturation qkv high"));
+        writer.Write(new TelemetryEvent(Start + 5_000_000_000L, "alert_firing", a, null, "saturation qkv high"));
         writer.Flush();
         return writer.CurrentPath!;
     }
@@ -60,6 +60,47 @@ public class LogsCommandTests
         Assert.Contains("step time mean 20 ms over 4 steps", output);
         Assert.Contains("alert_firing  request a  saturation qkv high", output);
         Assert.Equal(output, Bitnet("logs", dir.Path, "--summary").Output);
+    }
+
+    [Fact]
+    public void TwoRunsInOneDirectoryAreCountedApartAndListed()
+    {
+        // A restarted server logs into the same directory: its steps are numbered from the start again.
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        WriteLog(dir, "c", "d", new Dictionary<string, string>(Context) { ["model"] = "other" });
+        var (code, output, error) = Bitnet("logs", dir.Path);
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        Assert.Contains("rows: 42 (step 16, layer 24, event 2)", output);
+        Assert.Contains("requests: 4", output);
+        Assert.Contains("steps: 8", output); // 4 per run; keyed by step alone this read 4
+        Assert.Contains("step time mean 20 ms over 8 steps", output);
+        Assert.Contains("runs: 2", output);
+        Assert.Contains("context (every run):\n  kernel = avx2", output.ReplaceLineEndings("\n"));
+        Assert.Contains("    model = tiny", output);
+        Assert.Contains("    model = other", output);
+        var runs = TelemetryLogReader.Open(dir.Path).Runs;
+        Assert.Equal(2, runs.Count);
+        Assert.All(runs, r => Assert.Contains("run " + r.Id, output));
+        // One run's summary keeps its plain context block.
+        Assert.DoesNotContain("runs:", Bitnet("logs", runs[0].Files[0].Path).Output);
+    }
+
+    [Fact]
+    public void RequestFilterKeepsOnlyItsOwnRunsLayerRows()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        WriteLog(dir, "c", "d");
+        // Request a's steps 1-4 are also steps 1-4 of the second run: keyed by step alone, its 12 layer rows came along.
+        Assert.Contains("rows: 17 (step 4, layer 12, event 1)", Bitnet("logs", dir.Path, "--request", "a").Output);
+        string jsonl = dir.File("a.jsonl");
+        Assert.Equal(0, Bitnet("logs", dir.Path, "--request", "a", "--export", "jsonl", "--out", jsonl).ExitCode);
+        var docs = File.ReadAllLines(jsonl).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal(17, docs.Count);
+        string run = TelemetryLogReader.Open(dir.Path).Runs[0].Id!;
+        Assert.All(docs, d => Assert.Equal(run, d.GetProperty("run").GetString()));
     }
 
     [Fact]
@@ -91,7 +132,7 @@ public class LogsCommandTests
         Assert.Equal(0, code);
         Assert.Contains("wrote 8 rows", output);
         var lines = File.ReadAllLines(csv);
-        Assert.Equal(string.Join(',', TelemetryLogSchema.ColumnNames), lines[0]);
+        Assert.Equal(string.Join(',', TelemetryLogSchema.ColumnNames) + ",run", lines[0]);
         Assert.Equal(9, lines.Length);
         var header = lines[0].Split(',');
         var layerRow = lines.Skip(1).Select(l => l.Split(',')).First(c => c[1] == "layer");
@@ -101,6 +142,7 @@ public class LogsCommandTests
         var stepRow = lines.Skip(1).Select(l => l.Split(',')).First(c => c[1] == "step");
         Assert.Equal("b", stepRow[Array.IndexOf(header, "request_id")]);
         Assert.Equal("12.25", stepRow[Array.IndexOf(header, "logit_max")]);
+        Assert.Equal(TelemetryLogReader.Open(path).Files[0].RunId, stepRow[Array.IndexOf(header, "run")]);
 
         (code, _, _) = Bitnet("logs", path, "--export", "jsonl", "--out", jsonl);
         Assert.Equal(0, code);

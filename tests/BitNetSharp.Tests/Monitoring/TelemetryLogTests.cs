@@ -249,6 +249,66 @@ public class TelemetryLogTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void EveryFileOfAWriterCarriesItsRunId()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 1 << 30, BatchRows = 50 };
+        // The context cannot set the log's own keys (BITNET_LOG_CONTEXT=bitnet.telemetry.run=... would merge two runs).
+        var context = new Dictionary<string, string>(Context) { [TelemetryLogSchema.RunKey] = "spoof" };
+        string first, second;
+        using (var writer = new TelemetryLogWriter(options, context))
+        {
+            first = writer.RunId;
+            for (int step = 0; step < 200; step++)
+                for (int layer = 0; layer < 4; layer++)
+                    writer.Write(Layer(step, step, layer));
+            writer.Flush();
+            Assert.True(writer.FilesWritten > 2, $"{writer.FilesWritten} files");
+        }
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            second = writer.RunId;
+            writer.Write(Step(1, 0, "r"));
+            writer.Flush();
+        }
+        Assert.Matches("^[0-9a-f]{16}$", first);
+        Assert.NotEqual(first, second);
+        var reader = TelemetryLogReader.Open(dir.Path);
+        Assert.Equal([first, second], reader.Runs.Select(r => r.Id));
+        Assert.Single(reader.Runs[1].Files);
+        Assert.Equal(reader.Files.Count - 1, reader.Runs[0].Files.Count);
+        Assert.DoesNotContain(reader.Context.Keys, TelemetryLogSchema.IsReserved);
+        Assert.Equal("tiny", reader.Context["model"]);
+        var rows = reader.ReadRows(TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(801, rows.Count);
+        Assert.All(rows.Take(800), r => Assert.Equal(first, r.Run));
+        Assert.Equal(second, rows[^1].Run);
+    }
+
+    [Fact]
+    public void AClockSteppedBackKeepsARunsFilesInOrder()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var clock = new AlertEngineTests.ManualTime();
+        var options = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 1 << 30, BatchRows = 50, Time = clock };
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            for (int step = 0; step < 400; step++)
+            {
+                if (step == 200)
+                {
+                    writer.Flush();
+                    clock.Advance(-3600); // NTP or a resumed VM: the files from here on must still sort after the earlier ones
+                }
+                for (int layer = 0; layer < 4; layer++) writer.Write(Layer(step, step, layer));
+            }
+            writer.Flush();
+        }
+        var rows = TelemetryLogReader.Open(dir.Path).ReadRows(TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(Enumerable.Range(0, 400), rows.Where(r => r.Layer == 0).Select(r => (int)r.Step));
+    }
+
+    [Fact]
     public void AFileWithoutFooterYieldsAllCompleteBatches()
     {
         using var dir = new TestGguf.TempDirectory();

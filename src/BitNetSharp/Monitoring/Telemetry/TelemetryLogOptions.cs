@@ -25,6 +25,9 @@ public sealed record TelemetryLogOptions
     /// <summary>A partial batch is written at least this often.</summary>
     public TimeSpan FlushInterval { get; init; } = TimeSpan.FromSeconds(1);
 
+    /// <summary>The clock that names files (tests step it back); the system clock when null.</summary>
+    public TimeProvider? Time { get; init; }
+
     /// <summary>Throws an <see cref="ArgumentException"/> naming the first invalid parameter.</summary>
     public void Validate()
     {

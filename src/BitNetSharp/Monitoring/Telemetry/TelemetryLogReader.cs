@@ -7,7 +7,13 @@ namespace BitNetSharp.Monitoring.Telemetry;
 
 /// <summary>One file of a telemetry log: its size, whether it was closed with a footer, and its context metadata.</summary>
 /// <param name="NoSchema">The file ends before its schema (created, then cut off before the first batch was written): it holds no rows.</param>
-public sealed record TelemetryLogFile(string Path, long Bytes, bool HasFooter, IReadOnlyDictionary<string, string> Context, bool NoSchema = false);
+/// <param name="RunId">The writer that made it (<see cref="TelemetryLogSchema.RunKey"/>); null for files written before run ids.</param>
+public sealed record TelemetryLogFile(string Path, long Bytes, bool HasFooter, IReadOnlyDictionary<string, string> Context, bool NoSchema = false,
+    string? RunId = null);
+
+/// <summary>One writer's files (a server run) within a log, oldest first, and its context.</summary>
+/// <param name="Id">The run id, or null for the files that have none (written before run ids existed).</param>
+public sealed record TelemetryLogRun(string? Id, IReadOnlyList<TelemetryLogFile> Files, IReadOnlyDictionary<string, string> Context);
 
 /// <summary>
 /// One row of the log as the record it was written from: <see cref="StepRecord"/>, <see cref="LayerRecord"/> or
@@ -21,6 +27,9 @@ public readonly record struct TelemetryRow(
     TelemetryLayerRecord? LayerRecord,
     TelemetryEvent Event)
 {
+    /// <summary>The run (writer) the row comes from; null in files written before run ids. Steps are numbered per run.</summary>
+    public string? Run { get; init; }
+
     /// <summary>The layer of a layer row, else -1.</summary>
     public int Layer => LayerRecord?.Layer ?? -1;
 
@@ -51,8 +60,33 @@ public sealed class TelemetryLogReader
     /// <summary>The files, oldest first.</summary>
     public IReadOnlyList<TelemetryLogFile> Files { get; }
 
-    /// <summary>The context of the first file (every file of one writer has the same).</summary>
+    /// <summary>The context of the first file (every file of one writer has the same; see <see cref="Runs"/> for the others).</summary>
     public IReadOnlyDictionary<string, string> Context => Files.Count > 0 ? Files[0].Context : new Dictionary<string, string>();
+
+    /// <summary>
+    /// The runs (writers) whose files were opened, in the order their first file appears; files cut off before their
+    /// schema belong to none. Several runs share a directory when a server restarts or replicas log side by side.
+    /// </summary>
+    public IReadOnlyList<TelemetryLogRun> Runs
+    {
+        get
+        {
+            var runs = new List<TelemetryLogRun>();
+            var files = new Dictionary<string, List<TelemetryLogFile>>(StringComparer.Ordinal);
+            foreach (var f in Files)
+            {
+                if (f.NoSchema) continue;
+                string key = f.RunId ?? "";
+                if (!files.TryGetValue(key, out var list))
+                {
+                    files[key] = list = [];
+                    runs.Add(new TelemetryLogRun(f.RunId, list, f.Context));
+                }
+                list.Add(f);
+            }
+            return runs;
+        }
+    }
 
     /// <summary>Files whose last message was torn, found while reading.</summary>
     public IReadOnlyList<string> TruncatedFiles => _truncated;
@@ -84,8 +118,22 @@ public sealed class TelemetryLogReader
                 throw new FileNotFoundException($"{p}: no such telemetry log file or directory.", p);
         }
         var files = new List<TelemetryLogFile>();
-        foreach (var p in TelemetryLogSchema.InTimeOrder(all)) files.Add(Describe(p));
-        return new TelemetryLogReader(files);
+        var vanished = new List<string>();
+        foreach (var p in TelemetryLogSchema.InTimeOrder(all))
+        {
+            try
+            {
+                files.Add(Describe(p));
+            }
+            catch (FileNotFoundException) when (!File.Exists(p))
+            {
+                // Listed, then deleted by a live writer's size cap before it was opened: the others still read.
+                vanished.Add(p);
+            }
+        }
+        var reader = new TelemetryLogReader(files);
+        reader._vanished.AddRange(vanished);
+        return reader;
     }
 
     /// <summary>Whether the file ends with the Arrow file footer's closing magic (a finished file); leaves the position anywhere.</summary>
@@ -129,8 +177,8 @@ public sealed class TelemetryLogReader
             throw new InvalidDataException($"{path}: a telemetry log without kind or time column.");
         var context = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (k, v) in schema.Metadata)
-            if (k != TelemetryLogSchema.MarkerKey) context[k] = v;
-        return new TelemetryLogFile(path, length, footer, context);
+            if (!TelemetryLogSchema.IsReserved(k)) context[k] = v;
+        return new TelemetryLogFile(path, length, footer, context, RunId: RunOf(schema));
     }
 
     /// <summary>
@@ -415,10 +463,14 @@ public sealed class TelemetryLogReader
         public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
+    private static string? RunOf(Schema schema) =>
+        schema.HasMetadata && schema.Metadata.TryGetValue(TelemetryLogSchema.RunKey, out var run) && run.Length > 0 ? run : null;
+
     /// <summary>Typed columns of one batch, found by name.</summary>
     private sealed class BatchView
     {
         private readonly RecordBatch _batch;
+        private readonly string? _run;
         private readonly TimestampArray? _time;
         private readonly TelemetryRowKind[] _kinds;
         private readonly IArrowArray? _kindIndices;
@@ -431,6 +483,7 @@ public sealed class TelemetryLogReader
         public BatchView(RecordBatch batch)
         {
             _batch = batch;
+            _run = RunOf(batch.Schema);
             _time = Column<TimestampArray>(TelemetryLogSchema.Time);
             _step = Column<Int64Array>(TelemetryLogSchema.Step);
             _layer = Column<Int16Array>(TelemetryLogSchema.Layer);
@@ -497,7 +550,7 @@ public sealed class TelemetryLogReader
                         _token?.GetValue(i) ?? 0, _batchTokens?.GetValue(i) ?? 0, F(TelemetryLogSchema.StepSeconds, i),
                         F(TelemetryLogSchema.LatencySeconds, i), F(TelemetryLogSchema.LogitMin, i), F(TelemetryLogSchema.LogitMax, i),
                         F(TelemetryLogSchema.LogitEntropy, i), _nonFinite?.GetValue(i) ?? 0);
-                    row = new TelemetryRow(kind, time, step, s, null, default);
+                    row = new TelemetryRow(kind, time, step, s, null, default) { Run = _run };
                     return true;
                 case TelemetryRowKind.Layer:
                     var l = new TelemetryLayerRecord
@@ -516,11 +569,11 @@ public sealed class TelemetryLogReader
                         l.Underflow[k] = F(TelemetryLogSchema.Underflow + k, i);
                         l.CrestFactor[k] = F(TelemetryLogSchema.Crest + k, i);
                     }
-                    row = new TelemetryRow(kind, time, step, default, l, default);
+                    row = new TelemetryRow(kind, time, step, default, l, default) { Run = _run };
                     return true;
                 case TelemetryRowKind.Event:
                     var e = new TelemetryEvent(time, S(_eventKind, i) ?? "", S(_requestId, i), S(_traceId, i), S(_message, i) ?? "");
-                    row = new TelemetryRow(kind, time, step, default, null, e);
+                    row = new TelemetryRow(kind, time, step, default, null, e) { Run = _run };
                     return true;
                 default:
                     row = default;

@@ -16,10 +16,10 @@ public enum TelemetryRowKind : sbyte { Step = 0, Layer = 1, Event = 2 }
 /// latency_seconds, logit_min, logit_max, logit_entropy (float32);</item>
 /// <item>layer rows: layer (int16), batch_tokens (int32, the tokens the step averaged over), sat_*, under_*, crest_*
 /// per BitLinear input (float32, shares in [0, 1] and crest factor max|x|/rms), residual_rms, residual_max_abs,
-/// residual_change (float32, ‖after − before‖/‖before‖);</item>
+/// residual_change (float32, ‖after − before‖/‖before‖, the largest over the step's tokens);</item>
 /// <item>event rows: event_kind, message (utf8), request_id and trace_id where the event has them.</item>
 /// </list>
-/// The schema's custom metadata holds the run's context (<see cref="TelemetryContext"/>) and <see cref="MarkerKey"/>.
+/// The schema's custom metadata holds the run's context (<see cref="TelemetryContext"/>), <see cref="MarkerKey"/> and <see cref="RunKey"/>.
 /// </summary>
 public static class TelemetryLogSchema
 {
@@ -27,6 +27,16 @@ public static class TelemetryLogSchema
     public const string MarkerKey = "bitnet.telemetry.schema";
 
     public const string Version = "1";
+
+    /// <summary>
+    /// Metadata key holding the id of the writer that made the file (random, 16 hex digits): every file of one writer
+    /// has the same, so the files of several runs in one directory (a restarted server, replicas) are told apart. Step
+    /// numbers restart at 0 in each run; (run, step) names one engine step. Files written before the key existed have none.
+    /// </summary>
+    public const string RunKey = "bitnet.telemetry.run";
+
+    /// <summary>Keys the log itself writes (marker, run id); a run's context cannot set them.</summary>
+    public static bool IsReserved(string key) => key.StartsWith("bitnet.telemetry.", StringComparison.Ordinal);
 
     public const string FileExtension = ".arrow";
 
@@ -76,8 +86,8 @@ public static class TelemetryLogSchema
         _ => FloatType.Default,
     };
 
-    /// <summary>The schema with <paramref name="context"/> (plus the marker) as custom metadata.</summary>
-    public static Schema Create(IReadOnlyDictionary<string, string> context)
+    /// <summary>The schema with <paramref name="context"/> (plus the marker and the run id, when given) as custom metadata.</summary>
+    public static Schema Create(IReadOnlyDictionary<string, string> context, string? runId = null)
     {
         var builder = new Schema.Builder();
         for (int c = 0; c < ColumnCount; c++)
@@ -86,8 +96,9 @@ public static class TelemetryLogSchema
             builder.Field(new Field(ColumnNames[c], TypeOf(c), nullable));
         }
         foreach (var (key, value) in context)
-            if (key != MarkerKey) builder.Metadata(key, value);
+            if (!IsReserved(key)) builder.Metadata(key, value);
         builder.Metadata(MarkerKey, Version);
+        if (runId is not null) builder.Metadata(RunKey, runId);
         return builder.Build();
     }
 

@@ -57,6 +57,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
     private long _currentLength;
     private readonly List<(string Path, long Bytes)> _olderFiles = [];
     private int _fileCounter;
+    private DateTime _lastFileTime;
 
     private long _bytesWritten;
     private long _rowsWritten;
@@ -71,7 +72,8 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         options.Validate();
         _options = options;
         (_directory, _prefix) = options.Resolve();
-        _schema = TelemetryLogSchema.Create(context);
+        RunId = Convert.ToHexStringLower(System.Security.Cryptography.RandomNumberGenerator.GetBytes(8));
+        _schema = TelemetryLogSchema.Create(context, RunId);
         // Managed buffers: disposing each written RecordBatch also disposes this shared dictionary, which must survive.
         var offsets = new int[TelemetryLogSchema.KindNames.Length + 1];
         var text = new List<byte>();
@@ -86,6 +88,9 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         _flusher = new Thread(FlushLoop) { IsBackground = true, Name = "telemetry-log" };
         _flusher.Start();
     }
+
+    /// <summary>This writer's run id (<see cref="TelemetryLogSchema.RunKey"/>), written into every file it makes.</summary>
+    public string RunId { get; }
 
     /// <summary>Bytes written to the log's files so far (headers, batches and footers).</summary>
     public long BytesWritten => Interlocked.Read(ref _bytesWritten);
@@ -329,7 +334,12 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
     {
         if (_arrow is not null) return;
         Directory.CreateDirectory(_directory);
-        var now = DateTime.UtcNow;
+        // Names order a log's files (reader, --follow, the size cap): a clock stepped back (NTP, a VM resumed) must not
+        // name a newer file older than the last, or the cap deleted this run's newest file and --follow stopped at it.
+        var now = (_options.Time ?? TimeProvider.System).GetUtcNow().UtcDateTime;
+        now = new DateTime(now.Ticks - now.Ticks % TimeSpan.TicksPerSecond, DateTimeKind.Utc);
+        if (now < _lastFileTime) now = _lastFileTime;
+        _lastFileTime = now;
         string path;
         do path = Path.Combine(_directory, TelemetryLogSchema.FileName(_prefix, now, ++_fileCounter));
         while (File.Exists(path));
