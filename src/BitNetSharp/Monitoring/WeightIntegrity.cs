@@ -166,7 +166,7 @@ public sealed unsafe class WeightIntegrity
 
     private long _lastVerifiedTicks;
 
-    /// <summary>Raised (on the checking thread) with the names of the tensors that changed.</summary>
+    /// <summary>Raised (on the checking thread) with the names of the tensors found changed, each once until a full check passes again.</summary>
     public event Action<IReadOnlyList<string>>? MismatchFound;
 
     /// <summary>The byte offset of a packed tensor's first sampled word (tests flip a bit there).</summary>
@@ -194,9 +194,15 @@ public sealed unsafe class WeightIntegrity
         if (bad is null)
         {
             lock (_reportLock)
-                if (Interlocked.Read(ref _reports) == reportsBefore) _verified = 1;
+                if (Interlocked.Read(ref _reports) == reportsBefore)
+                {
+                    _verified = 1;
+                    _reported.Clear(); // a tensor that changes again is news
+                    _countedByProbe.Clear();
+                    _countedByCheck.Clear();
+                }
         }
-        else Report(bad, ref _mismatches);
+        else Report(bad, ref _mismatches, _countedByCheck);
         return result;
     }
 
@@ -220,21 +226,39 @@ public sealed unsafe class WeightIntegrity
         }
         Interlocked.Increment(ref _probes_);
         var result = new IntegrityResult(bad ?? (IReadOnlyList<string>)[], System.Diagnostics.Stopwatch.GetElapsedTime(start), bytes);
-        if (bad is not null) Report(bad, ref _probeMismatches);
+        if (bad is not null) Report(bad, ref _probeMismatches, _countedByProbe);
         return result;
     }
 
-    private void Report(List<string> bad, ref long counter)
+    /// <summary>
+    /// Marks the weights unverified, counts the tensors this kind of check had not found before, and reports those no
+    /// check had: a tensor that stays changed is found again by every probe (every 256 steps) and every full check,
+    /// which counted it (and logged it, and wrote a telemetry event) each time. Both lists reset when a full check
+    /// passes; <see cref="Verified"/> stays false meanwhile, so the alert still fires.
+    /// </summary>
+    private void Report(List<string> bad, ref long counter, HashSet<string> counted)
     {
-        Interlocked.Add(ref counter, bad.Count);
         _lastMismatch = bad[0];
+        List<string>? fresh = null;
+        int newlyCounted = 0;
         lock (_reportLock)
         {
             Interlocked.Increment(ref _reports);
             _verified = 0;
+            foreach (var name in bad)
+            {
+                if (counted.Add(name)) newlyCounted++;
+                if (_reported.Add(name)) (fresh ??= []).Add(name);
+            }
         }
-        MismatchFound?.Invoke(bad);
+        Interlocked.Add(ref counter, newlyCounted);
+        if (fresh is not null) MismatchFound?.Invoke(fresh);
     }
+
+    // Under _reportLock, since the last clean full check: tensors reported, and those each kind of check counted.
+    private readonly HashSet<string> _reported = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _countedByProbe = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _countedByCheck = new(StringComparer.Ordinal);
 
     /// <summary>Called by <see cref="Verify"/> after each tensor is hashed (tests interleave a probe there).</summary>
     internal Action<string>? AfterHash;

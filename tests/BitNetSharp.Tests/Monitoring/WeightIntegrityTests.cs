@@ -45,6 +45,49 @@ public class WeightIntegrityTests
     }
 
     /// <summary>
+    /// A tensor that stays changed is reported (the event the server logs and writes to the telemetry log) and counted
+    /// once, not again by every probe and full check (every 256 steps: a counter that grew forever and an error per
+    /// probe); it stays unverified meanwhile, and once a full check passes, a new change is news again.
+    /// </summary>
+    [Fact]
+    public unsafe void APersistentChangeIsReportedAndCountedOnce()
+    {
+        using var w = TransformerTests.TinyModel();
+        var integrity = new WeightIntegrity(w);
+        var reports = new List<IReadOnlyList<string>>();
+        integrity.MismatchFound += bad => reports.Add(bad);
+        var down = w.Layers[1].Down;
+        long offset = integrity.FirstProbeOffset("blk.1.ffn_down.weight");
+        down.Data[offset] ^= 0x04;
+        try
+        {
+            for (int i = 0; i < 5; i++) Assert.False(integrity.Probe().Ok);
+            Assert.False(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+            Assert.False(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+            Assert.Single(reports);
+            Assert.Equal(1, integrity.ProbeMismatches);
+            Assert.Equal(1, integrity.Mismatches);
+            Assert.False(integrity.Verified);
+        }
+        finally
+        {
+            down.Data[offset] ^= 0x04;
+        }
+        Assert.True(integrity.Verify(TestContext.Current.CancellationToken).Ok);
+        down.Data[offset] ^= 0x04;
+        try
+        {
+            Assert.False(integrity.Probe().Ok);
+            Assert.Equal(2, reports.Count);
+            Assert.Equal(2, integrity.ProbeMismatches);
+        }
+        finally
+        {
+            down.Data[offset] ^= 0x04;
+        }
+    }
+
+    /// <summary>
     /// A probe that finds a change while a full check runs (in a tensor the check had already hashed) is not undone by
     /// the check ending clean: "verified" stays false until a check passes with nothing found meanwhile.
     /// </summary>

@@ -331,8 +331,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
         }
         _stepRecord = null;
         Health.Publish();
-        if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0 && !integrity.Probe().Ok)
-            telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "weight_mismatch", null, null, $"weight probe: {integrity.LastMismatch} changed since load"));
+        // A mismatch raises WeightIntegrity.MismatchFound, whose handler (the server's ModelMonitor) logs it and writes the
+        // one weight_mismatch event; writing another here doubled every probe's event, naming whatever a concurrent
+        // full check had found last.
+        if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0) integrity.Probe();
         SchedulerCounters.Add(ref _counters.Steps, 1);
         SchedulerCounters.Add(ref _counters.StepTokens, n);
         SchedulerCounters.Set(ref _counters.LastStepTicks, after);
@@ -452,7 +454,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>Samples a sequence's next token from its logits row and delivers it, ending the choice at a stop token, a stop string or its length.</summary>
     private int Step(Sequence s, ReadOnlySpan<float> logits, long now, in LogitStats stats)
     {
-        int token = s.Sampler.Sample(logits, s.PenaltyHistory);
+        int token = s.Sampler.Sample(logits, CollectionsMarshal.AsSpan(s.History), s.PromptLength);
         Deliver(s, token, now, stats);
         return token;
     }
@@ -500,7 +502,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (sampling) Health.AddLogits(stats);
             if (UsableVocab < row.Length) row[UsableVocab..].Fill(float.NegativeInfinity);
             int draft = s.Drafts![i];
-            s.Sampler.Distribution(row, s.PenaltyHistory, _p);
+            s.Sampler.Distribution(row, CollectionsMarshal.AsSpan(s.History), _p, s.PromptLength);
             bool ok = SpeculativeAcceptance.AcceptPointMass(s.Sampler, _p, draft, out int token);
             s.Sampler.SetLogProbs(row, token);
             if (!ok)
