@@ -42,16 +42,16 @@ public sealed class HealthMeters : IDisposable
             PerLayer("bitnet.health.residual.rms", "{value}", "bitnet_health_residual_rms", "RMS of the residual stream after the layer, last sampled step.", s => s.ResidualRms),
             PerLayer("bitnet.health.residual.max_abs", "{value}", "bitnet_health_residual_max_abs", "Largest |x| of the residual stream after the layer, last sampled step.", s => s.ResidualMaxAbs),
             PerLayer("bitnet.health.residual.relative_change", "1", "bitnet_health_residual_relative_change_ratio",
-                "||x_after - x_before|| / ||x_before|| of the layer's residual update, last sampled step.", s => s.ResidualChange),
+                "||x_after - x_before|| / ||x_before|| of the layer's residual update, largest over the last sampled step's tokens (one diverging sequence is not averaged away by the batch).", s => s.ResidualChange),
             new("bitnet.health.residual.blowup", "{flag}", "bitnet_health_residual_blowup", false,
-                "1 when the layer's relative change crossed the blow-up threshold (or was not finite) in the last sampled step.", m => ReadSnapshot(m, s =>
+                "1 when the layer's relative change crossed the blow-up threshold (or was not finite) for a token of the last sampled step.", m => ReadSnapshot(m, s =>
                 {
                     for (int l = 0; l < s.Layers; l++) m.Add(new(s.BlowUp[l] ? 1 : 0, Layer(l)));
                 })),
-            Logit("bitnet.health.logits.min", "bitnet_health_logits_min", "Smallest logit of the last sampled step's rows.", s => s.LogitMin),
-            Logit("bitnet.health.logits.max", "bitnet_health_logits_max", "Largest logit of the last sampled step's rows.", s => s.LogitMax),
-            Logit("bitnet.health.logits.range", "bitnet_health_logits_range", "Smallest max-min among the last sampled step's logits rows (flat output shows here).", s => s.LogitRange),
-            Logit("bitnet.health.logits.entropy", "bitnet_health_logits_entropy", "Mean softmax entropy (nats) of the last sampled step's logits rows.", s => s.LogitEntropy),
+            Logit("bitnet.health.logits.min", "bitnet_health_logits_min", "Smallest logit of the last sampled step with logits rows.", s => s.LogitMin),
+            Logit("bitnet.health.logits.max", "bitnet_health_logits_max", "Largest logit of the last sampled step with logits rows.", s => s.LogitMax),
+            Logit("bitnet.health.logits.range", "bitnet_health_logits_range", "Smallest max-min among the logits rows of the last sampled step with any (flat output shows here).", s => s.LogitRange),
+            Logit("bitnet.health.logits.entropy", "bitnet_health_logits_entropy", "Mean softmax entropy (nats) of the logits rows of the last sampled step with any.", s => s.LogitEntropy),
             new("bitnet.health.nonfinite_sequences", "{sequence}", "bitnet_health_nonfinite_sequences_total", true,
                 "Sequences ended because their logits held NaN or Inf.", m => m.Add(new(_scheduler.Statistics.NonFiniteSequences))),
             new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
@@ -68,9 +68,9 @@ public sealed class HealthMeters : IDisposable
                 "Largest share, over the running sequences, of the last 64 generated tokens that repeat a 4-gram seen earlier in the sequence (a loop reads near 1; 0 when no sequence has 16 generated tokens).",
                 m => m.Add(new(_scheduler.RepetitionShare))),
             new("bitnet.weights.checksum_mismatches", "{tensor}", "bitnet_weights_checksum_mismatches_total", true,
-                "Tensors a full checksum found changed since load.", m => { if (_integrity() is { } w) m.Add(new(w.Mismatches)); }),
+                "Tensors a full checksum found changed since load (each counted once until a full check passes).", m => { if (_integrity() is { } w) m.Add(new(w.Mismatches)); }),
             new("bitnet.weights.probe_mismatches", "{tensor}", "bitnet_weights_probe_mismatches_total", true,
-                "Packed tensors whose sampled words a probe found changed since load.", m => { if (_integrity() is { } w) m.Add(new(w.ProbeMismatches)); }),
+                "Packed tensors whose sampled words a probe found changed since load (each counted once until a full check passes).", m => { if (_integrity() is { } w) m.Add(new(w.ProbeMismatches)); }),
             new("bitnet.weights.verifications", "{check}", "bitnet_weights_verifications_total", true,
                 "Full weight checksum passes completed.", m => { if (_integrity() is { } w) m.Add(new(w.Verifications)); }),
             new("bitnet.weights.verified", "{flag}", "bitnet_weights_verified", false,
@@ -181,8 +181,19 @@ public sealed class HealthMeters : IDisposable
         return list;
     }
 
-    /// <summary>Adds every signal's current series to <paramref name="set"/> under its Prometheus name.</summary>
-    public void CollectSignals(SignalSet set)
+    /// <summary>
+    /// Adds every signal's current series to <paramref name="set"/> under its Prometheus name. All of them are read under
+    /// the health collector's lock, so no sampled step is published in between: the samples counter (which gates the
+    /// sampled rules' <c>for</c>) used to be read after the gauges, so a step published between the two paired the
+    /// new count with the old values, and one bad sample counted twice.
+    /// </summary>
+    public void CollectSignals(SignalSet set) => _scheduler.Health.Read(_ =>
+    {
+        CollectAll(set);
+        return 0;
+    });
+
+    private void CollectAll(SignalSet set)
     {
         var list = new List<Measurement<double>>();
         foreach (var s in _signals)

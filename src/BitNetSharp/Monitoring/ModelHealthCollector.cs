@@ -52,12 +52,20 @@ public sealed class HealthSnapshot
 
     public float[] ResidualMaxAbs { get; }
 
+    /// <summary>
+    /// The layer's relative change ‖after − before‖/‖before‖, the largest over the step's tokens (NaN if any was not
+    /// finite): the mean divided one diverging sequence's blow-up by the batch's tokens, below the threshold.
+    /// </summary>
     public float[] ResidualChange { get; }
 
-    /// <summary>Layers whose mean relative change crossed <see cref="ModelHealthCollector.BlowUpThreshold"/>.</summary>
+    /// <summary>Layers where a token's relative change crossed <see cref="ModelHealthCollector.BlowUpThreshold"/> (or was not finite).</summary>
     public bool[] BlowUp { get; }
 
-    /// <summary>Logits rows analysed in this step (0: the logits fields are NaN).</summary>
+    /// <summary>
+    /// Logits rows behind the logits fields (0: none yet, the fields are NaN). A sampled step without logits rows (a
+    /// prompt chunk only) keeps the previous sampled step's: the gauges vanished from /metrics there, which reset a
+    /// Prometheus alert's <c>for</c> and resolved a firing one.
+    /// </summary>
     public int LogitRows { get; internal set; }
 
     public float LogitMin { get; internal set; } = float.NaN;
@@ -280,11 +288,11 @@ public sealed unsafe class ModelHealthCollector : IDisposable
                 int cell = t * _layers + l;
                 r += _rms[cell];
                 m = MathF.Max(m, _maxAbs[cell]);
-                d += _change[cell];
+                d = MathF.Max(d, _change[cell]); // NaN propagates
             }
             p.ResidualRms[l] = r * inv;
             p.ResidualMaxAbs[l] = m;
-            p.ResidualChange[l] = d * inv;
+            p.ResidualChange[l] = d;
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
             p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
@@ -358,6 +366,14 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         lock (_lock)
         {
             _pending.Samples = ++_samples;
+            if (_pending.LogitRows == 0 && _latest.LogitRows > 0)
+            {
+                _pending.LogitRows = _latest.LogitRows;
+                _pending.LogitMin = _latest.LogitMin;
+                _pending.LogitMax = _latest.LogitMax;
+                _pending.LogitRange = _latest.LogitRange;
+                _pending.LogitEntropy = _latest.LogitEntropy;
+            }
             _pending.CopyTo(_latest);
         }
         Published?.Invoke(_latest);

@@ -291,6 +291,115 @@ public class HealthCollectorBatchTests
         Assert.Equal(32, saturated);
     }
 
+    /// <summary>
+    /// One token blowing a layer up is flagged however many tokens share the step: the change was the mean over the
+    /// step's tokens, so one diverging sequence in a batch of 16 read (100 + 15 × 0.3) / 16 = 6.5, under the threshold 8.
+    /// </summary>
+    [Fact]
+    public void OneDivergingTokenIsFlaggedWhateverTheBatch()
+    {
+        using var w = TransformerTests.TinyModel();
+        var c = w.Config;
+        Assert.True(c.Layers >= 2);
+        const int tokens = 16;
+        using var health = new ModelHealthCollector(c, tokens) { SampleEvery = 1 };
+        var before = Enumerable.Range(0, c.Dim).Select(i => 1f + i % 3).ToArray();
+        float[] Scaled(float k) => before.Select(v => v * k).ToArray();
+        health.BeginForward(tokens);
+        for (int l = 0; l < c.Layers; l++)
+            for (int t = 0; t < tokens; t++)
+            {
+                health.LayerStart(l, t, before);
+                health.LayerEnd(l, t, l == 1 && t == 0 ? Scaled(101) : Scaled(1.3f));
+            }
+        health.EndForward();
+        health.Publish();
+        var snap = health.Latest;
+        Assert.Equal(100f, snap.ResidualChange[1], 1e-3f);
+        Assert.True(snap.BlowUp[1]);
+        Assert.Equal(0.3f, snap.ResidualChange[0], 1e-5f);
+        Assert.False(snap.BlowUp[0]);
+    }
+
+    /// <summary>
+    /// The alert engine's signals are one sample's: the samples counter (which gates the sampled rules' <c>for</c>) was
+    /// read after the gauges, so a step published in between paired the new count with the old values and one bad
+    /// sample counted twice. Here each published sample k changes layer 1 by k/1000, and every collection must read
+    /// the change of the sample it counts.
+    /// </summary>
+    [Fact]
+    public async Task SignalsAreReadFromOneSample()
+    {
+        var (weights, tokenizer) = BitNetSharp.Tests.Server.TinyChatModel.Load();
+        using var _ = weights;
+        using var scheduler = new BitNetSharp.Generation.Scheduler.ContinuousBatchScheduler(weights, tokenizer,
+            new BitNetSharp.Generation.Scheduler.SchedulerOptions { MaxSequences = 1, Threads = 1, HealthSampleEvery = 1 });
+        using var meters = new HealthMeters(scheduler, () => null, () => null, () => null);
+        var health = scheduler.Health;
+        var c = weights.Config;
+        var before = Enumerable.Repeat(1f, c.Dim).ToArray();
+        using var stop = new CancellationTokenSource();
+        var publisher = Task.Run(() =>
+        {
+            var after = new float[c.Dim];
+            for (long k = health.Samples + 1; !stop.IsCancellationRequested; k++)
+            {
+                Array.Fill(after, 1f + k / 1000f);
+                health.BeginForward(1);
+                for (int l = 0; l < c.Layers; l++)
+                {
+                    health.LayerStart(l, 0, before);
+                    health.LayerEnd(l, 0, after);
+                }
+                health.EndForward();
+                health.Publish();
+            }
+        }, TestContext.Current.CancellationToken);
+        try
+        {
+            var set = new BitNetSharp.Monitoring.Alerts.SignalSet();
+            var layer1 = new Dictionary<string, string> { ["layer"] = "1" };
+            for (int i = 0; i < 3000; i++)
+            {
+                set.Clear();
+                meters.CollectSignals(set);
+                double samples = set.Reduce("bitnet_health_samples_total", "max", null) ?? 0;
+                if (samples == 0) continue;
+                double change = set.Reduce("bitnet_health_residual_relative_change_ratio", "max", layer1)!.Value;
+                Assert.Equal(samples / 1000, change, 1e-4);
+            }
+        }
+        finally
+        {
+            stop.Cancel();
+            await publisher;
+        }
+    }
+
+    /// <summary>
+    /// A sampled step without logits rows (a prompt chunk only) keeps the last logits statistics: they were NaN there, so
+    /// the logits gauges left /metrics, which reset a Prometheus alert's pending time and resolved a firing one.
+    /// </summary>
+    [Fact]
+    public void AStepWithoutLogitsKeepsTheLastLogitsStatistics()
+    {
+        using var w = TransformerTests.TinyModel();
+        using var health = new ModelHealthCollector(w.Config, 1) { SampleEvery = 1 };
+        var stats = LogitStats.Compute([0.5f, 0.25f, 0.75f]);
+        health.BeginForward(1);
+        health.EndForward();
+        health.AddLogits(stats);
+        health.Publish();
+        health.BeginForward(1);
+        health.EndForward();
+        health.Publish();
+        var snap = health.Latest;
+        Assert.Equal(2, snap.Samples);
+        Assert.Equal(1, snap.LogitRows);
+        Assert.Equal(stats.Range, snap.LogitRange);
+        Assert.Equal(stats.Entropy, snap.LogitEntropy);
+    }
+
     /// <summary>A BitLinear input holding NaN reads NaN as its crest factor, which trips the rules (it read a healthy 0).</summary>
     [Fact]
     public void NaNInputGivesNaNCrestFactor()
