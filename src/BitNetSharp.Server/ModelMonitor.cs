@@ -136,6 +136,7 @@ internal sealed class ModelMonitor : IDisposable
     [
         ("bitnet_requests_waiting", (s, _) => s.WaitingRequests),
         ("bitnet_sequences_waiting", (s, _) => s.WaitingSequences),
+        ("bitnet_sequences_queued", (s, _) => s.QueuedSequences),
         ("bitnet_requests_running", (s, _) => s.RunningRequests),
         ("bitnet_requests_max_queue", (_, o) => o.MaxQueue),
         ("bitnet_sequences_running", (s, _) => s.RunningSequences),

@@ -1,5 +1,6 @@
 using System.Net;
 using System.Text.Json;
+using BitNetSharp.Generation.Scheduler;
 using BitNetSharp.Monitoring.Alerts;
 
 namespace BitNetSharp.Tests.Monitoring;
@@ -38,21 +39,45 @@ public class AlertEngineTests
     }
 
     /// <summary>
-    /// The built-in queue rule reads waiting sequences against the queue limit, which counts sequences: one request
+    /// The built-in queue rule reads queued sequences against the queue limit, which counts sequences: one request
     /// with n = 8 fills a queue of 8 (waiting requests read 1/8 while the queue refused more).
     /// </summary>
     [Fact]
-    public void TheQueueRuleCountsWaitingSequences()
+    public void TheQueueRuleCountsQueuedSequences()
     {
         var rule = AlertRules.Default.Single(r => r.Name == "BitNetQueueSaturation") with { For = 1 };
         using var e = new AlertEngine([rule], s =>
         {
             s.Add("bitnet_requests_waiting", 1);
-            s.Add("bitnet_sequences_waiting", 8);
+            s.Add("bitnet_sequences_waiting", 10);
+            s.Add("bitnet_sequences_queued", 8);
             s.Add("bitnet_requests_max_queue", 8);
         });
         e.Evaluate();
         Assert.Single(e.Firing);
+    }
+
+    /// <summary>
+    /// Requests that free sequences take at the next step are not queue use: every request waits for the next step, so
+    /// waiting ÷ max_queue fired with --max-queue 0 (+Inf) whenever anything arrived mid-step, on an idle server.
+    /// </summary>
+    [Fact]
+    public void TheQueueRuleIgnoresRequestsFreeSequencesWillTake()
+    {
+        var rule = AlertRules.Default.Single(r => r.Name == "BitNetQueueSaturation") with { For = 1 };
+        var stats = new SchedulerStatistics(RunningRequests: 1, WaitingRequests: 2, RunningSequences: 1, MaxSequences: 8, KvPositionsInUse: 0,
+            KvPositionsCapacity: 1, PromptTokens: 0, GenerationTokens: 0, Steps: 0, StepTokens: 0, FinishedStop: 0, FinishedLength: 0, Cancelled: 0,
+            TimedOut: 0, Failed: 0, Rejected: 0, WaitingSequences: 2);
+        Assert.Equal(0, stats.QueuedSequences);
+        Assert.Equal(3, (stats with { WaitingSequences = 10 }).QueuedSequences); // 7 free slots take 7 of the 10
+        using var e = new AlertEngine([rule], s =>
+        {
+            s.Add("bitnet_sequences_waiting", stats.WaitingSequences);
+            s.Add("bitnet_sequences_queued", stats.QueuedSequences);
+            s.Add("bitnet_requests_max_queue", 0);
+        });
+        e.Evaluate();
+        Assert.Empty(e.Firing);
     }
 
     /// <summary>A "metric" with an empty part ("+", "a +") or a non-name ("a - b") is refused naming the rule (it loaded and read nothing, or only part).</summary>
@@ -154,6 +179,31 @@ public class AlertEngineTests
         total = 2;
         e.Evaluate();
         Assert.Single(e.Firing);
+    }
+
+    /// <summary>
+    /// A counter that went down was reset and counted up again: 5, then 3, is an increase of 3, as Prometheus reads it.
+    /// Starting over read 0, so the events right after a reset never fired.
+    /// </summary>
+    [Fact]
+    public void ACounterResetCountsItsNewValueAsGrowth()
+    {
+        double total = 5;
+        var clock = new ManualTime();
+        using var e = Engine(new AlertRule { Name = "C", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 2, WindowSeconds = 10 }, () => total,
+            new AlertEngineOptions { Time = clock }, metric: "c_total");
+        e.Evaluate();
+        total = 3;
+        clock.Advance(1);
+        e.Evaluate();
+        Assert.Single(e.Firing); // 3 > 2
+        total = 4;
+        clock.Advance(1);
+        e.Evaluate();
+        Assert.Single(e.Firing); // 4 in the window
+        clock.Advance(20);
+        e.Evaluate();
+        Assert.Empty(e.Firing);
     }
 
     [Fact]

@@ -65,6 +65,13 @@ public readonly record struct SchedulerStatistics(
     /// <summary>Tokens emitted per speculative decode step of a sequence (1 would be plain decoding).</summary>
     public double TokensPerSpeculativeStep => SpeculativeSteps == 0 ? 0 : (double)SpeculativeTokens / SpeculativeSteps;
 
+    /// <summary>
+    /// Waiting sequences beyond those the free sequences will take at the next step: what the queue limit
+    /// (<see cref="SchedulerOptions.MaxQueue"/>) counts. Every request waits for the next step, so waiting sequences
+    /// alone read a burst into an idle server as a full queue.
+    /// </summary>
+    public int QueuedSequences => Math.Max(0, WaitingSequences - Math.Max(0, MaxSequences - RunningSequences));
+
     /// <summary>Fraction of all KV-cache positions holding a token.</summary>
     public double KvCacheUsage => KvPositionsCapacity == 0 ? 0 : (double)KvPositionsInUse / KvPositionsCapacity;
 }

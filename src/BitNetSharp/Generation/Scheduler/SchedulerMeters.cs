@@ -38,6 +38,8 @@ public sealed class SchedulerMeters : IDisposable
             "Requests waiting in the queue for free sequences.");
         m.CreateObservableGauge("bitnet.sequences.waiting", () => _scheduler.Statistics.WaitingSequences, "{sequence}",
             "Sequences (choices) of the waiting requests: what the queue limit counts (a request with n choices waits for n).");
+        m.CreateObservableGauge("bitnet.sequences.queued", () => _scheduler.Statistics.QueuedSequences, "{sequence}",
+            "Waiting sequences beyond those the free sequences take at the next step: the queue use --max-queue limits.");
         m.CreateObservableGauge("bitnet.requests.max_queue", () => _scheduler.Options.MaxQueue, "{sequence}",
             "The most sequences that may wait beyond the free ones; a request that would pass it is refused with 429.");
         m.CreateObservableGauge("bitnet.sequences.running", () => _scheduler.Statistics.RunningSequences, "{sequence}",

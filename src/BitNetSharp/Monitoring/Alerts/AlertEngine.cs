@@ -176,8 +176,8 @@ public sealed class AlertEngine : IDisposable
         public bool Firing;
         public DateTimeOffset FiringSince;
         public double Value = double.NaN;
-        public readonly Queue<(DateTimeOffset At, double Value)> Counter = new();
-        public readonly Queue<(DateTimeOffset At, double Value)> DenominatorCounter = new();
+        public readonly CounterWindow Counter = new();
+        public readonly CounterWindow DenominatorCounter = new();
         public long TimesFired;
         public double SamplesSeen = double.NaN;
     }
@@ -398,16 +398,27 @@ public sealed class AlertEngine : IDisposable
 
     /// <summary>
     /// A counter's growth since the last value taken at or before the window's start (the oldest one when the window
-    /// reaches further back than the history); a counter that went down (a restart) starts over. Keeping that
-    /// baseline, rather than only values inside the window, lets a window no longer than the evaluation interval see
-    /// growth: with only values inside it, the baseline was always the new value itself.
+    /// reaches further back than the history). Keeping that baseline, rather than only values inside the window, lets
+    /// a window no longer than the evaluation interval see growth: with only values inside it, the baseline was always
+    /// the new value itself. A counter that went down was reset (a restart, a summed series that lost a part) and
+    /// counted up from 0 to its new value, as Prometheus reads it: starting over threw that growth away, so the
+    /// events that came right after a reset never fired an increase rule.
     /// </summary>
-    private static double Increase(Queue<(DateTimeOffset At, double Value)> q, double value, DateTimeOffset now, double windowSeconds)
+    private static double Increase(CounterWindow w, double value, DateTimeOffset now, double windowSeconds)
     {
-        if (q.Count > 0 && value < q.Last().Value) q.Clear();
-        q.Enqueue((now, value));
-        while (q.Count > 1 && (now - q.ElementAt(1).At).TotalSeconds >= windowSeconds) q.Dequeue();
-        return value - q.Peek().Value;
+        if (w.Samples.Count > 0 && value < w.LastRaw) w.Offset += w.LastRaw;
+        w.LastRaw = value; // tracked: Queue.Last() walked every sample of a day-long window on each evaluation
+        double adjusted = value + w.Offset;
+        w.Samples.Enqueue((now, adjusted));
+        while (w.Samples.Count > 1 && (now - w.Samples.ElementAt(1).At).TotalSeconds >= windowSeconds) w.Samples.Dequeue();
+        return adjusted - w.Samples.Peek().Value;
+    }
+
+    /// <summary>A counter's recent samples (reset-adjusted values) for <see cref="Increase"/>.</summary>
+    internal sealed class CounterWindow
+    {
+        public readonly Queue<(DateTimeOffset At, double Value)> Samples = new();
+        public double LastRaw, Offset;
     }
 
     /// <summary>One alert in Alertmanager's webhook format (version 4), with the rule's labels and annotations.</summary>

@@ -228,7 +228,9 @@ public static class AlertRules
         new() { Name = "BitNetTokenLatencyJitter", Metric = "bitnet_health_token_latency_stddev_seconds", Aggregate = "max", Op = ">", Threshold = 0.25, For = 5,
             Severity = "warning", Component = "serving", Summary = "Token latency is jittery",
             Description = "The standard deviation of recent inter-token latencies is above 250 ms." },
-        new() { Name = "BitNetQueueSaturation", Metric = "bitnet_sequences_waiting", DivideBy = "bitnet_requests_max_queue", Aggregate = "sum", Op = ">", Threshold = 0.9, For = 5,
+        // Queued, not waiting: every request waits for the next step, so waiting ÷ max_queue read requests that free
+        // sequences were about to take as queue use (+Inf with --max-queue 0 whenever anything arrived mid-step).
+        new() { Name = "BitNetQueueSaturation", Metric = "bitnet_sequences_queued", DivideBy = "bitnet_requests_max_queue", Aggregate = "sum", Op = ">", Threshold = 0.9, For = 5,
             Severity = "warning", Component = "serving", Summary = "The request queue is nearly full",
             Description = "More than 90% of the waiting queue is in use; new requests will be rejected." },
     ];
