@@ -191,8 +191,8 @@ public sealed class ModelOptions
 public sealed class SamplingOptions
 {
     public Option<float> Temperature { get; } = new("--temp") { Description = "Temperature; 0 = greedy.", DefaultValueFactory = _ => 0.8f };
-    public Option<int> TopK { get; } = new("--top-k") { Description = "Keep the k most likely tokens (0 = off).", DefaultValueFactory = _ => 40 };
-    public Option<float> TopP { get; } = new("--top-p") { Description = "Nucleus sampling mass (1 = off).", DefaultValueFactory = _ => 0.95f };
+    public Option<int> TopK { get; } = new("--top-k") { Description = "Keep the k most likely tokens (0 or less = off, as in llama.cpp).", DefaultValueFactory = _ => 40 };
+    public Option<float> TopP { get; } = new("--top-p") { Description = "Nucleus sampling mass (1 = off; 0 keeps only the most likely token, as in llama.cpp).", DefaultValueFactory = _ => 0.95f };
     public Option<float> MinP { get; } = new("--min-p") { Description = "Drop tokens below this fraction of the top probability (0 = off).", DefaultValueFactory = _ => 0.05f };
     public Option<float> TypicalP { get; } = new("--typical-p") { Description = "Locally typical sampling mass (1 = off).", DefaultValueFactory = _ => 1f };
     public Option<float> RepeatPenalty { get; } = new("--repeat-penalty") { Description = "Repetition penalty (1 = off).", DefaultValueFactory = _ => 1f };
@@ -222,6 +222,10 @@ public sealed class SamplingOptions
             FrequencyPenalty = r.GetValue(FrequencyPenalty),
             Seed = r.GetValue(Seed),
         };
+        // llama.cpp's meanings, which these flags are named after (they were usage errors): top-k ≤ 0 is off, and
+        // top-p 0 keeps the single most likely token (the sampler's top-k 1, as the server maps the API's top_p 0).
+        if (p.TopK < 0) p = p with { TopK = 0 };
+        if (p.TopP == 0f) p = p with { TopP = 1f, TopK = 1 };
         try
         {
             p.Validate();

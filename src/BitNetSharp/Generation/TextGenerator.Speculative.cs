@@ -17,8 +17,9 @@ public sealed partial class TextGenerator
     /// token, and the cache forgets the rejected drafts' positions.
     /// </summary>
     private sealed class SpeculativeRun(TextGenerator g, SamplingParameters sampling, Sampler sampler, StreamingDetokenizer? detok,
-        List<int> history, int maxTokens, bool ignoreStop, CancellationToken cancellation)
+        List<int> history, int promptLength, int maxTokens, bool ignoreStop, CancellationToken cancellation)
     {
+
         private readonly int[] _drafts = new int[SpeculativeOptions.MaxDraftTokens];
         private readonly Sampler? _draftSampler = g._draftEngine is null ? null
             : new Sampler(sampling with { Seed = sampler.Seed + 0x9E3779B97F4A7C15UL, LogProbs = null }, g.Config.VocabSize);
@@ -34,7 +35,7 @@ public sealed partial class TextGenerator
             int vocab = g.Config.VocabSize;
             var spec = g.Speculation!;
             MaskPadding(last);
-            int pending = sampler.Sample(last, CollectionsMarshal.AsSpan(history));
+            int pending = sampler.Sample(last, CollectionsMarshal.AsSpan(history), promptLength);
             while (true)
             {
                 if (cancellation.IsCancellationRequested)
@@ -71,7 +72,7 @@ public sealed partial class TextGenerator
                     var row = g._logits.AsSpan(i * vocab, vocab);
                     MaskPadding(row);
                     int draft = _drafts[i];
-                    sampler.Distribution(row, CollectionsMarshal.AsSpan(history), g._p);
+                    sampler.Distribution(row, CollectionsMarshal.AsSpan(history), g._p, promptLength);
                     bool ok = SampledDraft
                         ? SpeculativeAcceptance.AcceptSampled(sampler, g._p, g._q.AsSpan(i * vocab, vocab), draft, out int chosen)
                         : SpeculativeAcceptance.AcceptPointMass(sampler, g._p, draft, out chosen);
@@ -92,7 +93,7 @@ public sealed partial class TextGenerator
                 {
                     var row = g._logits.AsSpan(k * vocab, vocab);
                     MaskPadding(row);
-                    next = sampler.Sample(row, CollectionsMarshal.AsSpan(history));
+                    next = sampler.Sample(row, CollectionsMarshal.AsSpan(history), promptLength);
                 }
                 Stats = Stats with { Emitted = Stats.Emitted + 1 };
                 int keep = position + 1 + accepted;
@@ -171,7 +172,7 @@ public sealed partial class TextGenerator
                     if (LogitStats.CountNonFinite(row) > 0) return i;
                     MaskPadding(row);
                     var q = g._q.AsSpan(i * vocab, vocab);
-                    drafter.Distribution(row, CollectionsMarshal.AsSpan(history), q);
+                    drafter.Distribution(row, CollectionsMarshal.AsSpan(history), q, promptLength);
                     int d = drafter.DrawFrom(q);
                     _drafts[i] = d;
                     history.Add(d); // the draft's penalties see its own drafts, as the model's will

@@ -240,7 +240,7 @@ public sealed partial class TextGenerator : IDisposable
         // length check, never met Generated == 0 again, and ran to the end of the context.
         if (Speculation is not null && maxTokens > 0)
         {
-            var spec = new SpeculativeRun(this, sampling, sampler, detok, history, maxTokens, ignoreStop, cancellation);
+            var spec = new SpeculativeRun(this, sampling, sampler, detok, history, prompt.Count, maxTokens, ignoreStop, cancellation);
             try
             {
                 foreach (var t in spec.Run(last)) yield return t;
@@ -262,7 +262,7 @@ public sealed partial class TextGenerator : IDisposable
                 }
                 // Ids past the tokenizer (a padded embedding) cannot be detokenized: never sample them.
                 if (Tokenizer is not null && Tokenizer.VocabularySize < vocab) last.AsSpan(Tokenizer.VocabularySize).Fill(float.NegativeInfinity);
-                int token = sampler.Sample(last, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history));
+                int token = sampler.Sample(last, System.Runtime.InteropServices.CollectionsMarshal.AsSpan(history), prompt.Count);
                 generated++;
                 bool stop = !ignoreStop && IsStop(token);
                 TokenLogProb[]? top = sampling.LogProbs is > 0 ? sampler.TopLogProbs.ToArray() : null;

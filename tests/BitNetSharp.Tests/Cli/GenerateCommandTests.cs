@@ -307,6 +307,32 @@ public class GenerateArgumentTests
         Assert.Equal("repetition: fewer than 16 tokens generated", GenerateCommand.RepetitionLine([1, 2, 3], [4, 5]));
     }
 
+    /// <summary>
+    /// The sampling flags take llama.cpp's meanings, which they are named after: --top-p 0 keeps the most likely token
+    /// (greedy, whatever the temperature) and --top-k -1 is off. Both were usage errors.
+    /// </summary>
+    [Fact]
+    public void TopPZeroIsGreedyAndNegativeTopKIsOff()
+    {
+        static (int ExitCode, string Output, string Error) Bitnet(string[] args)
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = Program.Run(args, output, error);
+            return (code, output.ToString(), error.ToString());
+        }
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string[] Args(params string[] extra) => ["generate", "-m", model, "-p", "Once upon a time", "-n", "12", "--ignore-eos", "-t", "1", .. extra];
+        var greedy = Bitnet(Args("--temp", "0"));
+        Assert.True(greedy.ExitCode == 0, greedy.Error);
+        var topP0 = Bitnet(Args("--temp", "1.5", "--top-p", "0", "--seed", "7"));
+        Assert.True(topP0.ExitCode == 0, topP0.Error);
+        Assert.Equal(greedy.Output, topP0.Output);
+        var noTopK = Bitnet(Args("--top-k", "-1", "--seed", "7"));
+        Assert.True(noTopK.ExitCode == 0, noTopK.Error);
+        Assert.Equal(noTopK.Output, Bitnet(Args("--top-k", "0", "--seed", "7")).Output);
+    }
+
     [Theory]
     [InlineData("-n", "-1", "--n-predict (-n) must be 0 or more")]
     [InlineData("--ctx", "-4", "--ctx (-c) must be 0 (the model's context) or more")]

@@ -125,6 +125,23 @@ public class SamplerTests
         return order;
     }
 
+    /// <summary>
+    /// "Whichever keeps fewer" with typical-p between top-k and top-p, where the nucleus is over 64 tokens: the bucketed
+    /// search credited each candidate with the probability of the token whose id was its position (typical reorders
+    /// them), so the boundary fell in the wrong place.
+    /// </summary>
+    [Fact]
+    public void WhicheverKeepsFewerAfterTypicalKeepsTheWholeDistributionsNucleus()
+    {
+        const int vocab = 300;
+        var logits = Enumerable.Range(0, vocab).Select(i => i < 250 ? -0.005f * i : -50f).ToArray();
+        var sampler = new Sampler(new SamplingParameters { TopK = 250, TypicalP = 0.9999f, TopP = 0.5f, TopKOrTopPWhicheverKeepsFewer = true, Seed = 1 }, vocab);
+        sampler.Sample(logits, []);
+        var nucleus = Nucleus(logits, Enumerable.Range(0, vocab).ToArray(), 0.5f);
+        Assert.Equal(89, nucleus.Length);
+        Assert.Equal(nucleus, sampler.Candidates.ToArray().Order().ToArray());
+    }
+
     [Fact]
     public void TopKThenTopPSequentialVersusWhicheverKeepsFewer()
     {
@@ -195,6 +212,33 @@ public class SamplerTests
         window.Sample(logits, history);
         Assert.Equal([1f, -2f, 1f, 0.5f, 2f], window.ProcessedLogits.ToArray());
         Assert.Throws<ArgumentOutOfRangeException>(() => window.Sample(logits, [0, 7]));
+    }
+
+    /// <summary>
+    /// The server's sampling (OpenAI's presence/frequency over the generated tokens only) still applies the repetition
+    /// penalty to the prompt's tokens, as llama.cpp, HF and vLLM do: it saw only the generated ones, so a request's
+    /// repetition_penalty did nothing until the answer repeated itself.
+    /// </summary>
+    [Fact]
+    public void RepetitionPenaltyCountsThePromptWherePresenceDoesNot()
+    {
+        float[] logits = [2f, -2f, 1f, 0.5f, 3f];
+        int[] history = [0, 1, 0, 4]; // prompt 0 1, generated 0 4
+        var server = new Sampler(new SamplingParameters { RepetitionPenalty = 2f, PresencePenalty = 0.5f, Temperature = 0f, PenaltyLastN = -1, PenalizePrompt = false }, 5);
+        server.Sample(logits, history, promptLength: 2);
+        // 0: 2/2 − 0.5 (generated once); 1: −2·2, prompt only, no presence; 4: 3/2 − 0.5.
+        Assert.Equal([0.5f, -4f, 1f, 0.5f, 1f], server.ProcessedLogits.ToArray());
+        // With the prompt counted, presence applies to token 1 too, and 0 is counted once (presence is per token).
+        var cli = new Sampler(new SamplingParameters { RepetitionPenalty = 2f, PresencePenalty = 0.5f, Temperature = 0f, PenaltyLastN = -1 }, 5);
+        cli.Sample(logits, history, promptLength: 2);
+        Assert.Equal([0.5f, -4.5f, 1f, 0.5f, 1f], cli.ProcessedLogits.ToArray());
+        // Presence alone, prompt left out: only the generated tokens move; the counts clear between calls.
+        var openAi = new Sampler(new SamplingParameters { PresencePenalty = 1f, Temperature = 0f, PenaltyLastN = -1, PenalizePrompt = false }, 5);
+        for (int i = 0; i < 2; i++)
+        {
+            openAi.Sample(logits, history, promptLength: 2);
+            Assert.Equal([1f, -2f, 1f, 0.5f, 2f], openAi.ProcessedLogits.ToArray());
+        }
     }
 
     [Fact]

@@ -86,6 +86,32 @@ public sealed class SchedulerTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// One set of sampling parameters acts the same in both engines: with the prompt left out of the penalties (the
+    /// server's OpenAI-style presence penalty), TextGenerator penalized the prompt anyway.
+    /// </summary>
+    [Fact]
+    public async Task PenaltiesLeaveThePromptOutInBothEnginesAlike()
+    {
+        var sampling = new SamplingParameters { Temperature = 0f, PresencePenalty = 100f, PenalizePrompt = false, PenaltyLastN = -1 };
+        var prompts = Enumerable.Range(0, 6).Select(Prompt).ToArray();
+        using var s = Scheduler();
+        using var generator = new TextGenerator(_weights, _tokenizer, new GeneratorOptions { Threads = 2 });
+        List<int> Alone(int[] prompt, SamplingParameters p)
+        {
+            generator.Reset();
+            return generator.Generate(prompt, 6, p, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).Select(t => t.Id).ToList();
+        }
+        bool promptMatters = false;
+        foreach (var prompt in prompts)
+        {
+            var scheduled = (await Collect(Submit(s, new GenerationRequest { Prompt = prompt, MaxTokens = 6, Sampling = sampling, IgnoreStopTokens = true })))[0].Tokens;
+            Assert.Equal(scheduled, Alone(prompt, sampling));
+            promptMatters |= !Alone(prompt, sampling with { PenalizePrompt = true }).SequenceEqual(scheduled);
+        }
+        Assert.True(promptMatters, "no prompt's penalty changed the output: the test shows nothing");
+    }
+
     [Fact]
     public async Task QueueOverflowFailsFastAndCountsTheRejection()
     {

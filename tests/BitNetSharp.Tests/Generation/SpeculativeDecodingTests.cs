@@ -185,6 +185,25 @@ public sealed class SpeculativeDecodingTests
         Assert.Equal([6, 5], output[..2].ToArray());
     }
 
+    [Fact]
+    public void NGramDraftInsideARepeatedRunTakesTheMatchWithAFullDraft()
+    {
+        // Eight 7s: the latest "7 7 7" overlaps the suffix and has one token after it; the earliest has five. Whitespace,
+        // indentation and repeated punctuation are such runs: one draft per step there wasted most of the speculation.
+        Span<int> output = stackalloc int[5];
+        Assert.Equal(5, NGramDraft.Propose([7, 7, 7, 7, 7, 7, 7, 7], 3, 1, output));
+        Assert.Equal([7, 7, 7, 7, 7], output.ToArray());
+        // Period 2 ("a b a b ..."): a full draft copies the period on.
+        Assert.Equal(4, NGramDraft.Propose([1, 2, 1, 2, 1, 2, 1, 2], 3, 1, output[..4]));
+        Assert.Equal([1, 2, 1, 2], output[..4].ToArray());
+        // The latest "3" has only "5 3" after it; an earlier one has a full draft.
+        Assert.Equal(4, NGramDraft.Propose([3, 9, 8, 3, 5, 3], 1, 1, output[..4]));
+        Assert.Equal([9, 8, 3, 5], output[..4].ToArray());
+        // With no match that has k tokens after it, the one with the most wins.
+        Assert.Equal(4, NGramDraft.Propose([9, 3, 8, 3, 5, 3], 1, 1, output));
+        Assert.Equal([8, 3, 5, 3], output[..4].ToArray());
+    }
+
     private static readonly float[] P = [0.30f, 0.05f, 0.20f, 0f, 0.15f, 0.10f, 0.12f, 0.08f];
     private static readonly float[] Q = [0.05f, 0.25f, 0.10f, 0.20f, 0.15f, 0.05f, 0.05f, 0.15f];
 

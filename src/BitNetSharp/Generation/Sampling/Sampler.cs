@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+using System.Runtime.CompilerServices;
 using BitNetSharp.Kernels.FloatOps;
 
 namespace BitNetSharp.Generation.Sampling;
@@ -81,13 +83,15 @@ public sealed class Sampler
     internal ReadOnlySpan<int> Candidates => _ids.AsSpan(0, _candidateCount);
 
     /// <summary>
-    /// The next token for a sequence whose last logits row is <paramref name="logits"/> and whose tokens so far
-    /// (the caller decides whether the prompt counts) are <paramref name="history"/>.
+    /// The next token for a sequence whose last logits row is <paramref name="logits"/> and whose tokens so far are
+    /// <paramref name="history"/>, the first <paramref name="promptLength"/> of them its prompt: the repetition penalty
+    /// counts them (llama.cpp, HF, vLLM), the presence and frequency penalties only where
+    /// <see cref="SamplingParameters.PenalizePrompt"/> says so.
     /// </summary>
     /// <exception cref="InvalidOperationException">Every token's logit is −∞ after bias and penalties.</exception>
-    public int Sample(ReadOnlySpan<float> logits, ReadOnlySpan<int> history)
+    public int Sample(ReadOnlySpan<float> logits, ReadOnlySpan<int> history, int promptLength = 0)
     {
-        var work = Process(logits, history);
+        var work = Process(logits, history, promptLength);
         _candidateCount = 0;
         int chosen = _p.Temperature == 0f ? ArgMax.Of(work) : SampleFromFiltered(work);
         if (_p.LogProbs is not null) ComputeLogProbs(logits, chosen);
@@ -99,11 +103,11 @@ public sealed class Sampler
     /// <paramref name="probs"/>: after bias, penalties, filters and temperature (zero for every filtered token; at
     /// temperature 0 all mass on the argmax). Speculative decoding's acceptance rule needs it whole. Draws nothing.
     /// </summary>
-    public void Distribution(ReadOnlySpan<float> logits, ReadOnlySpan<int> history, Span<float> probs)
+    public void Distribution(ReadOnlySpan<float> logits, ReadOnlySpan<int> history, Span<float> probs, int promptLength = 0)
     {
         if (probs.Length != VocabSize)
             throw new ArgumentException($"The probability row has {probs.Length} values; the vocabulary has {VocabSize} tokens.", nameof(probs));
-        var work = Process(logits, history);
+        var work = Process(logits, history, promptLength);
         _candidateCount = 0;
         probs.Clear();
         if (_p.Temperature == 0f)
@@ -137,14 +141,14 @@ public sealed class Sampler
     }
 
     /// <summary>Copies the logits and applies bias and penalties; checks that some token can still be chosen.</summary>
-    private Span<float> Process(ReadOnlySpan<float> logits, ReadOnlySpan<int> history)
+    private Span<float> Process(ReadOnlySpan<float> logits, ReadOnlySpan<int> history, int promptLength)
     {
         if (logits.Length != VocabSize)
             throw new ArgumentException($"The logits row has {logits.Length} values; the vocabulary has {VocabSize} tokens.", nameof(logits));
         var work = _logits.AsSpan();
         logits.CopyTo(work);
         foreach (var (token, bias) in _bias) work[token] += bias;
-        ApplyPenalties(work, history);
+        ApplyPenalties(work, history, promptLength);
 
         float max = ArgMax.Max(work);
         if (float.IsNegativeInfinity(max))
@@ -154,31 +158,43 @@ public sealed class Sampler
         return work;
     }
 
-    /// <summary>llama.cpp's penalties: a positive logit is divided by the repetition penalty, a non-positive one multiplied;
-    /// then count·frequency + presence is subtracted. Each token is penalized once however often it occurs.</summary>
-    private void ApplyPenalties(Span<float> work, ReadOnlySpan<int> history)
+    /// <summary>
+    /// llama.cpp's penalties over the last <see cref="SamplingParameters.PenaltyLastN"/> history tokens: a positive logit
+    /// is divided by the repetition penalty, a non-positive one multiplied; then count·frequency + presence is
+    /// subtracted. Each token is penalized once however often it occurs. The repetition penalty sees the prompt too
+    /// (llama.cpp, HF and vLLM alike); presence and frequency skip its first <paramref name="promptLength"/> tokens
+    /// unless <see cref="SamplingParameters.PenalizePrompt"/> (OpenAI counts only the tokens sampled so far).
+    /// </summary>
+    private void ApplyPenalties(Span<float> work, ReadOnlySpan<int> history, int promptLength)
     {
         if (_p.RepetitionPenalty == 1f && _p.PresencePenalty == 0f && _p.FrequencyPenalty == 0f) return;
-        int n = _p.PenaltyLastN < 0 ? history.Length : Math.Min(_p.PenaltyLastN, history.Length);
-        var window = history[^n..];
-        foreach (int token in window)
+        int length = history.Length;
+        int start = _p.PenaltyLastN < 0 ? 0 : length - Math.Min(_p.PenaltyLastN, length);
+        int counted = _p.PenalizePrompt ? start : Math.Max(start, Math.Min(Math.Max(promptLength, 0), length));
+        for (int i = start; i < length; i++)
         {
+            int token = history[i];
             if ((uint)token >= (uint)VocabSize)
             {
                 _counts.AsSpan().Clear();
                 throw new ArgumentOutOfRangeException(nameof(history), token, $"History holds token {token}, outside the vocabulary of {VocabSize}.");
             }
-            _counts[token]++;
+            if (i >= counted) _counts[token]++;
         }
-        foreach (int token in window)
+        bool repetition = _p.RepetitionPenalty != 1f;
+        // -1 marks a token already penalized; every mark is cleared by the last pass.
+        for (int i = repetition ? start : counted; i < length; i++)
         {
+            int token = history[i];
             int count = _counts[token];
-            if (count == 0) continue;
-            _counts[token] = 0;
+            if (count < 0) continue;
+            _counts[token] = -1;
             float logit = work[token];
-            logit = logit <= 0f ? logit * _p.RepetitionPenalty : logit / _p.RepetitionPenalty;
-            work[token] = logit - (count * _p.FrequencyPenalty + _p.PresencePenalty);
+            if (repetition) logit = logit <= 0f ? logit * _p.RepetitionPenalty : logit / _p.RepetitionPenalty;
+            if (count > 0) logit -= count * _p.FrequencyPenalty + _p.PresencePenalty;
+            work[token] = logit;
         }
+        for (int i = start; i < length; i++) _counts[history[i]] = 0;
     }
 
     private int SampleFromFiltered(ReadOnlySpan<float> work)
@@ -281,7 +297,11 @@ public sealed class Sampler
             sorted = true;
             return keep;
         }
-        // Here the candidates are the whole distribution, so _probs[i] still holds e^(cand_i − max) from Normalizer.
+        // When the candidates are the distribution, _probs[i] still holds e^(cand_i − max) from Normalizer. In "whichever
+        // keeps fewer" mode the distribution is the whole vocabulary in id order while the candidates are the top-k
+        // survivors (reordered by typical-p): _probs[i] was token i's, not candidate i's.
+        if (distribution.Length != n || !Unsafe.AreSame(ref MemoryMarshal.GetReference(distribution), ref _cand[0]))
+            for (int i = 0; i < n; i++) _probs[i] = MathF.Exp(_cand[i] - max);
         return BucketedNucleus(n, max, sum, p);
     }
 

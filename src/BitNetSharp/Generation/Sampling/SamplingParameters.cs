@@ -35,9 +35,9 @@ public sealed record SamplingParameters
     public int PenaltyLastN { get; init; } = 64;
 
     /// <summary>
-    /// Whether the penalties' history includes the prompt (llama.cpp's penalties, the CLI's) or only the generated
-    /// tokens (OpenAI's presence and frequency penalties: how often a token was sampled so far; the server's). Read by
-    /// the batch scheduler, which owns the history.
+    /// Whether the presence and frequency penalties count the prompt's tokens (llama.cpp's penalties, the CLI's) or only
+    /// the generated ones (OpenAI's: how often a token was sampled so far; the server's). The repetition penalty counts
+    /// the prompt either way, as llama.cpp, HF and vLLM do. Both engines pass the sampler the prompt's length.
     /// </summary>
     public bool PenalizePrompt { get; init; } = true;
 

@@ -21,11 +21,6 @@ internal sealed class Sequence(GenerationHandle request, int choice, int slot, S
     /// <summary>How much of this sequence's recent output repeats itself (a loop reads near 1).</summary>
     public BitNetSharp.Monitoring.RepetitionTracker Repetition { get; } = new();
 
-    /// <summary>What the penalties look at: <see cref="History"/>, or its generated part when the request's sampling leaves the prompt out.</summary>
-    public ReadOnlySpan<int> PenaltyHistory => Request.Request.Sampling.PenalizePrompt
-        ? System.Runtime.InteropServices.CollectionsMarshal.AsSpan(History)
-        : System.Runtime.InteropServices.CollectionsMarshal.AsSpan(History)[Math.Min(PromptLength, History.Count)..];
-
     /// <summary>Prompt tokens already sent to the engine.</summary>
     public int Prefilled;
 
