@@ -21,7 +21,7 @@ public static class EvalCommand
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
-        var data = new Option<string>("--data") { Description = "A UTF-8 text file to score.", Required = true };
+        var data = new Option<string>("--data") { Description = "A UTF-8 text file to score (special-token text such as <|endoftext|> is read as the token, as train and calibrate read it; not with --llama-perplexity).", Required = true };
         var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: the model's context)." };
         var stride = new Option<int>("--stride") { Description = "Tokens between window starts (default: the window length). Each window scores its positions from max(ctx/2, ctx - stride) on, "
             + "so every scored token has at least ctx/2 of context and none is scored twice: a stride of ctx/2 scores every token after the first window's first half; a shorter one "
@@ -89,7 +89,10 @@ public static class EvalCommand
 
                 // llama-perplexity tokenizes with the model's BOS in front (and then sets each chunk's first token to BOS).
                 bool streamBos = llamaChunks && tokenizer.AddBosToken && tokenizer.BosId >= 0;
-                var tokens = tokenizer.Encode(text, addBos: streamBos);
+                // Special-token text (<|endoftext|> between documents, as `train --heldout` writes it) is read as the
+                // token, as train and calibrate read it: as plain text it was a dozen byte tokens the model never saw.
+                // --llama-perplexity tokenizes as llama-perplexity does, which reads it as text.
+                var tokens = tokenizer.Encode(text, addBos: streamBos, parseSpecial: !llamaChunks);
                 var kv = ModelOptions.ParseKvType(r.GetValue(kvType) ?? "f32");
                 int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
                 using var pool = new WorkerPool(r.GetValue(threads));

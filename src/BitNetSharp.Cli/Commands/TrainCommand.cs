@@ -108,7 +108,7 @@ public static class TrainCommand
                 string? heldOutPath = r.GetValue(heldOut) is { } h2 ? OutputFile.Check("--heldout", h2) : null;
                 if (heldOutPath is not null && Path.GetDirectoryName(heldOutPath) != Path.GetDirectoryName(outPath)) RequireWritable(heldOutPath);
                 CheckOutputsAreNotInputs(r.GetRequiredValue(data), ("--out", outPath), ("--plot", plot), ("the checkpoint", outPath + ".ckpt"), ("--heldout", heldOutPath));
-                CheckAttentionFits(shape, batchSize);
+                CheckBuffersFit(shape, batchSize);
 
                 using var pool = new WorkerPool(r.GetValue(threads));
                 string checkpoint = outPath + ".ckpt";
@@ -119,9 +119,13 @@ public static class TrainCommand
                     // Counted in steps of the checkpoint's batch, which the run keeps (the command line's --batch is not used on a resume).
                     long? newTokens = r.GetResult(tokens) is { Implicit: false } ? r.GetValue(tokens) : null;
                     bool newSteps = newTokens is not null;
+                    // --lr and --warmup given on a resume replace the checkpoint's: after a divergence the advice is to
+                    // resume the last good checkpoint with a lower rate, which used to replay the same steps into the same NaN.
+                    float? newRate = r.GetResult(lr) is { Implicit: false } ? r.GetValue(lr) : null;
+                    int? newWarmup = r.GetResult(warmup) is { Implicit: false } ? r.GetValue(warmup) : null;
                     try
                     {
-                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, totalTokens: newTokens);
+                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, totalTokens: newTokens, learningRate: newRate, warmupSteps: newWarmup);
                     }
                     catch (InvalidOperationException e)
                     {
@@ -134,8 +138,12 @@ public static class TrainCommand
                             : $"{checkpoint} is a ternary (QAT) run; drop --full-precision to continue it, or start a new run without --resume.");
                     }
                     if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, run.Tokenizer.Decode(run.Validation));
+                    var changed = new List<string>();
+                    if (newSteps) changed.Add("run length from --tokens");
+                    if (newRate is not null) changed.Add(string.Create(CultureInfo.InvariantCulture, $"peak learning rate {run.Options.LearningRate:0.###e0} from --lr"));
+                    if (newWarmup is not null) changed.Add($"warm-up {run.Options.WarmupSteps} steps from --warmup");
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
-                        (newSteps ? " (run length from --tokens)" : ""));
+                        (changed.Count > 0 ? $" ({string.Join("; ", changed)})" : ""));
                 }
                 else
                 {
@@ -155,7 +163,9 @@ public static class TrainCommand
                     run = TrainingRun.Start(options, tokenizer, train, validation, pool);
                     // Written once the run has started (the vocabulary and the corpus passed their checks), so a refused
                     // run leaves no file behind.
-                    if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, corpus.ValidationText);
+                    // The validation stream's text (slices with <|endoftext|> between them, as a resumed run writes it):
+                    // `bitnet eval` reads that marker as the token, so it scores the tokens validation scores.
+                    if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, corpus.ValidationTextWith(tokenizer.Tokens[tokenizer.EosId]));
                     cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
                         $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : bits.AllEight ? "ternary (QAT)" : $"ternary (QAT), activation bits {bits}")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
                 }
@@ -175,6 +185,10 @@ public static class TrainCommand
             catch (TrainingDivergedException e)
             {
                 cli.Error.WriteLine($"error: {e.Message}");
+                // The check inside a step cannot know of the checkpoint; the way back is the same.
+                string checkpointPath = r.GetRequiredValue(output) + ".ckpt";
+                if (!e.Message.Contains("was kept", StringComparison.Ordinal) && File.Exists(checkpointPath))
+                    cli.Error.WriteLine($"The last good checkpoint, {checkpointPath}, was kept: resume it with --resume and a lower --lr (or a longer --warmup).");
                 return 1;
             }
             catch (InvalidDataException e)
@@ -216,15 +230,15 @@ public static class TrainCommand
     }
 
     /// <summary>
-    /// The attention probabilities take batch·heads·ctx² floats per layer, held in one array: past 2^31 elements the
-    /// run cannot start, and it used to fail with an OverflowException only after the tokenizer was trained.
+    /// Every activation buffer of the run must fit one array (the attention probabilities, batch·heads·ctx², and the
+    /// logits, batch·ctx·vocab, first of all): a run that cannot start used to fail with an OverflowException (a stack
+    /// trace) only after the tokenizer was trained.
     /// </summary>
-    private static void CheckAttentionFits(TrainingShape shape, int batch)
+    private static void CheckBuffersFit(TrainingShape shape, int batch)
     {
-        long probs = (long)batch * shape.Heads * shape.ContextLength * shape.ContextLength;
-        if (probs > Array.MaxLength)
-            throw new UsageException($"--ctx {shape.ContextLength} with --batch {batch} and --heads {shape.Heads}: the attention buffer would hold batch·heads·ctx² = {probs:N0} " +
-                $"values per layer, more than one array can ({Array.MaxLength:N0}). Lower --ctx, --batch or --heads.");
+        if (TrainingModel.BufferTooLarge(shape, batch) is { } tooLarge)
+            throw new UsageException($"--ctx {shape.ContextLength} with --batch {batch}, --heads {shape.Heads}, --vocab {shape.VocabSize}: {tooLarge}. " +
+                "Lower --ctx, --batch, --vocab or --heads.");
     }
 
     private static void WriteHeldOut(CliConsole cli, string path, string text)

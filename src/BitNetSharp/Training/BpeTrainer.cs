@@ -45,13 +45,17 @@ public static class BpeTrainer
         // 1–2. Pre-token counts.
         var counts = new Dictionary<string, long>(StringComparer.Ordinal);
         var split = new Regex(string.Join("|", specialTokens.OrderByDescending(s => s.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant);
-        var regex = TrainedTokenizer.Gpt2Regex();
+        var pieces = new List<(int Start, int Length)>();
         foreach (var text in texts)
         foreach (var part in split.Split(text))
-        foreach (var m in regex.EnumerateMatches(part))
         {
-            var key = part.Substring(m.Index, m.Length);
-            counts[key] = counts.TryGetValue(key, out long c) ? c + 1 : 1;
+            pieces.Clear();
+            TrainedTokenizer.PreTokenize(part, pieces);
+            foreach (var (start, length) in pieces)
+            {
+                var key = part.Substring(start, length);
+                counts[key] = counts.TryGetValue(key, out long c) ? c + 1 : 1;
+            }
         }
 
         // Symbols: byte values 0..255 are symbols 0..255; merge k creates symbol 256 + k.

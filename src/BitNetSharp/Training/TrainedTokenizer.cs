@@ -12,7 +12,11 @@ namespace BitNetSharp.Training;
 /// </summary>
 public sealed partial class TrainedTokenizer
 {
-    /// <summary>GPT-2's pre-tokenizer (tiktoken "gpt2" / the cs336 reference), with the final <c>\s+</c> alternative.</summary>
+    /// <summary>
+    /// GPT-2's pre-tokenizer (tiktoken "gpt2" / the cs336 reference), with the final <c>\s+</c> alternative; applied
+    /// through the runtime's "gpt-2" <see cref="Tokenization.PreTokenizer"/> (the same pieces: text no alternative matches
+    /// is a piece there too), by code point.
+    /// </summary>
     public const string Gpt2Pattern = @"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
     /// <summary>GGUF token_type values (FORMATS.md §1.4).</summary>
@@ -56,8 +60,13 @@ public sealed partial class TrainedTokenizer
     public int EosId { get; }
     public int Count => Tokens.Count;
 
-    [GeneratedRegex(Gpt2Pattern, RegexOptions.CultureInvariant)]
-    internal static partial Regex Gpt2Regex();
+    /// <summary>
+    /// The pieces of <paramref name="text"/> as the runtime splits them (the exported GGUF's "gpt-2" pre-tokenizer,
+    /// matched by code point): the trainer's own regex saw UTF-16 units, so a letter or digit outside the BMP (𝐀, 𝟏) was
+    /// two "other" surrogates there, merged with its punctuation, and the model trained on ids the runtime never gives.
+    /// </summary>
+    internal static void PreTokenize(string text, List<(int Start, int Length)> pieces) =>
+        Tokenization.PreTokenizer.Gpt2.Split(text, 0, text.Length, pieces);
 
     /// <summary>Id of a token text, or −1.</summary>
     public int IdOf(string token) => _ids.TryGetValue(token, out int id) ? id : -1;
@@ -86,9 +95,11 @@ public sealed partial class TrainedTokenizer
 
     private void EncodeOrdinary(string text, List<int> output)
     {
-        foreach (var match in Gpt2Regex().EnumerateMatches(text))
+        var pieces = new List<(int Start, int Length)>();
+        PreTokenize(text, pieces);
+        foreach (var (start, length) in pieces)
         {
-            string piece = ByteLevel.Encode(text.AsSpan(match.Index, match.Length));
+            string piece = ByteLevel.Encode(text.AsSpan(start, length));
             if (!_cache.TryGetValue(piece, out var ids))
             {
                 ids = Bpe(piece);

@@ -20,7 +20,14 @@ public sealed class TrainingCorpus
     /// <summary>The held-out slice of each document that gave one, in document order.</summary>
     public IReadOnlyList<string> ValidationDocuments { get; }
 
-    /// <summary>The held-out slices joined into one text (what `bitnet train --heldout FILE` writes for `bitnet eval`).</summary>
+    /// <summary>
+    /// The held-out slices as the text of the validation stream (what `bitnet train --heldout FILE` writes for `bitnet
+    /// eval`): the slices with <paramref name="separator"/> (the end-of-text token's text) between them, as
+    /// <see cref="EncodeValidation"/> puts EOS there. Joined with nothing, two files' slices ran together ("everyday.Once").
+    /// </summary>
+    public string ValidationTextWith(string separator) => string.Join(separator, ValidationDocuments);
+
+    /// <summary>The held-out slices joined with nothing between them (their size, for the log line).</summary>
     public string ValidationText => string.Concat(ValidationDocuments);
 
     /// <summary>

@@ -56,10 +56,34 @@ public sealed unsafe class TrainingModel
         public float* ResIn, Rstd1, Xq1, Sx1, Q, K, V, Probs, Att, Rstd2, Xq2, Sx2, ResMid, Rstd3, Xq3, Sx3, G, U, M, Rstd4, Xq4, Sx4;
     }
 
+    /// <summary>
+    /// The largest buffer a model of this shape and batch allocates that one array cannot hold (past
+    /// <see cref="Array.MaxLength"/> elements), named with its size formula and the values it would need; null when all fit.
+    /// Checked before any work: a run that cannot start used to fail with an OverflowException after its tokenizer was trained.
+    /// </summary>
+    public static string? BufferTooLarge(TrainingShape shape, int maxBatch)
+    {
+        double n = (double)maxBatch * shape.ContextLength;
+        (string Name, double Count)[] buffers =
+        [
+            ("attention probabilities, batch·heads·ctx²", n * shape.Heads * shape.ContextLength),
+            ("logits, batch·ctx·vocab", n * shape.VocabSize),
+            ("feed-forward activations, batch·ctx·ff", n * shape.FeedForward),
+            ("activations, batch·ctx·dim", n * Math.Max(shape.Dim, shape.QDim)),
+            ("transposed embedding, dim·vocab", (double)shape.Dim * shape.VocabSize),
+        ];
+        foreach (var (name, count) in buffers)
+            if (count > Array.MaxLength)
+                return string.Create(System.Globalization.CultureInfo.InvariantCulture, $"the {name} buffer would hold {count:N0} values, more than one array can ({Array.MaxLength:N0})");
+        return null;
+    }
+
     public TrainingModel(TrainingShape shape, int maxBatch, bool quantized, WorkerPool pool)
     {
         shape.Validate();
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatch);
+        if (BufferTooLarge(shape, maxBatch) is { } tooLarge)
+            throw new ArgumentException($"Batch {maxBatch} of shape {shape}: {tooLarge}. Lower the context, batch or vocabulary.", nameof(maxBatch));
         _s = shape;
         _layout = new ParameterLayout(shape);
         _pool = pool;

@@ -250,9 +250,13 @@ public sealed class TrainingRun
         return (int)steps;
     }
 
+    /// <param name="learningRate">A new peak learning rate (the way back from a divergence: resume the last good checkpoint lower); null keeps the checkpoint's.</param>
+    /// <param name="warmupSteps">New warm-up steps; null keeps the checkpoint's.</param>
     public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null, int? totalSteps = null,
-        long? totalTokens = null)
+        long? totalTokens = null, float? learningRate = null, int? warmupSteps = null)
     {
+        if (learningRate is { } lr && !(float.IsFinite(lr) && lr > 0)) throw new ArgumentOutOfRangeException(nameof(learningRate), lr, "The learning rate must be positive and finite.");
+        if (warmupSteps is < 0) throw new ArgumentOutOfRangeException(nameof(warmupSteps), warmupSteps, "Warm-up steps must be 0 or more.");
         using var stream = File.OpenRead(path);
         using var r = new BinaryReader(stream);
         try
@@ -290,6 +294,8 @@ public sealed class TrainingRun
                         $"{path} is at step {step}; a new length of {steps} steps would end before it. Give more --tokens (at least {(long)step * options.Batch * shape.ContextLength}).");
                 options = options with { TotalSteps = steps };
             }
+            if (learningRate is { } newRate) options = options with { LearningRate = newRate };
+            if (warmupSteps is { } newWarmup) options = options with { WarmupSteps = newWarmup };
             var run = new TrainingRun(options, tokenizer, train, validation, pool);
             run.Step = step;
             run._rng.State = r.ReadUInt64();

@@ -109,6 +109,28 @@ public class ModelExporterTests(ITestOutputHelper output)
         Assert.Equal(sample, runtime.Decode(theirs));
     }
 
+    /// <summary>
+    /// Letters and digits outside the BMP are split by code point in training as at run time: the trainer's regex saw
+    /// two "other" surrogates, merged "(𝐀)" into one token, and trained on ids the runtime never gives for that text.
+    /// </summary>
+    [Fact]
+    public void TrainerAndRuntimeSplitSupplementaryLettersAlike()
+    {
+        var tokenizer = BpeTrainer.Train([string.Concat(Enumerable.Repeat("(𝐀) 𝟏𝟐 x𠀀y ", 200))], 268, [BpeTrainer.EndOfText]);
+        var shape = new TrainingShape(tokenizer.Count, Dim: 128, Layers: 1, Heads: 2, KvHeads: 1, FeedForward: 128, ContextLength: 16);
+        var bytes = ModelExporter.Build(shape, new float[new ParameterLayout(shape).Count], tokenizer, "tok").ToArray();
+        using var file = GgufFile.Parse(bytes, "tok.gguf");
+        var runtime = TokenizerLoader.FromGguf(file);
+        foreach (string sample in new[] { "(𝐀)", " 𝟏𝟐", "x𠀀y", "(𝐀) 𝟏𝟐 x𠀀y (𝐀)." })
+        {
+            var ours = tokenizer.Encode(sample);
+            Assert.Equal(runtime.Encode(sample, addBos: false), ours);
+            Assert.Equal(sample, runtime.Decode(ours));
+        }
+        // "(", "𝐀", ")" are three pieces on both sides: no merge may span them.
+        Assert.True(tokenizer.Encode("(𝐀)").Length >= 3);
+    }
+
     [Fact]
     public void ShapesThatI2SCannotPackAreRefusedByName()
     {

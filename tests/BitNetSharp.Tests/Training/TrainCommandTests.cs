@@ -192,6 +192,7 @@ public class TrainCommandTests
     [InlineData("heldout-is-folder", "--heldout")]
     [InlineData("vocab-with-heldout", "supports at most")]
     [InlineData("attention-too-big", "more than one array can")]
+    [InlineData("logits-too-big", "the logits, batch·ctx·vocab buffer would hold")]
     public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -230,6 +231,8 @@ public class TrainCommandTests
             "vocab-with-heldout" => Replace(TinyArgs(data, model, "--heldout", dir.File("held.out")), "--vocab", "5000"),
             // batch·heads·ctx² past one array: an OverflowException after the tokenizer was trained.
             "attention-too-big" => Replace(Replace(Replace(Replace(TinyArgs(data, model), "--ctx", "23200"), "--tokens", "46400"), "--heads", "2"), "--batch", "2"),
+            // batch·ctx·vocab past one array: an OverflowException (a stack trace) after the whole BPE vocabulary was trained.
+            "logits-too-big" => Replace(Replace(Replace(Replace(TinyArgs(data, model), "--ctx", "2048"), "--tokens", "32768"), "--batch", "16"), "--vocab", "65536"),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
         var (code, _, error) = Bitnet(args);
@@ -260,6 +263,50 @@ public class TrainCommandTests
         var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume", "--full-precision"));
         Assert.Equal(2, badCode);
         Assert.Contains("is a ternary (QAT) run; drop --full-precision", badError);
+    }
+
+    /// <summary>
+    /// The held-out file is the validation stream's text whether the run is fresh or resumed: a fresh run joined two
+    /// files' slices with nothing between them ("everyday.Once"), a resumed one with &lt;|endoftext|&gt;, where the
+    /// validation stream has EOS; and eval reads that marker as the token, so it scores the tokens validation does.
+    /// </summary>
+    [Fact]
+    public void TheHeldOutTextIsTheValidationStreamFreshOrResumed()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var second = dir.File("second.txt");
+        File.WriteAllText(second, string.Concat(Enumerable.Repeat(TrainingRunTests.Story, 4)).TrimEnd('\n'));
+        var model = dir.File("tiny.gguf");
+        string fresh = dir.File("fresh.txt"), resumed = dir.File("resumed.txt");
+        var (code, _, error) = Bitnet([.. TinyArgs(data, model, "--heldout", fresh), "--data", second]);
+        Assert.True(code == 0, error);
+        (code, _, error) = Bitnet([.. TinyArgs(data, model, "--resume", "--heldout", resumed), "--data", second]);
+        Assert.True(code == 0, error);
+        string text = File.ReadAllText(fresh);
+        Assert.Equal(text, File.ReadAllText(resumed));
+        var corpus = BitNetSharp.Training.TrainingCorpus.Load([data, second]);
+        Assert.Equal(string.Join("<|endoftext|>", corpus.ValidationDocuments), text);
+    }
+
+    /// <summary>
+    /// --lr and --warmup on a resume replace the checkpoint's: the divergence message says to resume the last good
+    /// checkpoint with a lower --lr, and the resume ignored it, replaying the same steps into the same divergence.
+    /// </summary>
+    [Fact]
+    public void AResumeTakesANewLearningRate()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("tiny.gguf");
+        Assert.Equal(0, Bitnet(TinyArgs(data, model)).ExitCode);
+        var (code, output, error) = Bitnet(Replace(TinyArgs(data, model, "--resume", "--lr", "5e-4", "--warmup", "3"), "--tokens", "256"));
+        Assert.True(code == 0, error);
+        Assert.Contains("peak learning rate 5e-4 from --lr; warm-up 3 steps from --warmup", output);
+        using var pool = new BitNetSharp.Threading.WorkerPool(1);
+        var run = BitNetSharp.Training.TrainingRun.Resume(model + ".ckpt", pool);
+        Assert.Equal(5e-4f, run.Options.LearningRate);
+        Assert.Equal(3, run.Options.WarmupSteps);
     }
 
     /// <summary>A diverging run keeps its last good checkpoint (the non-finite weights replaced it before the check ran).</summary>
