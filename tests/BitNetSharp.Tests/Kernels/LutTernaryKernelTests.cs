@@ -187,7 +187,9 @@ public unsafe class LutTernaryKernelTests
             return;
         }
         bool lookup = KernelRegistry.LookupByDefault;
-        Assert.Equal(Avx512BW.IsSupported && TernaryKernel.AmdFamily() >= 0x1A, lookup);
+        bool intel = TernaryKernel.IsIntelWithVbmi();
+        Assert.Equal(Avx512BW.IsSupported && (TernaryKernel.AmdFamily() >= 0x1A || intel), lookup);
+        Assert.Equal(lookup && intel, KernelRegistry.LookupFromMemory);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(2_400_000).Name);
         if (lookup)
         {
@@ -197,8 +199,18 @@ public unsafe class LutTernaryKernelTests
             Assert.False(((LutTernaryKernel)KernelRegistry.ForModel(12_000_000, 1536)).LookupPrefill);
         }
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes).Name);
-        Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
-        Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(521_000_000));
+        // Past the caches: the lookup kernel only where it was measured faster from memory (Intel with VBMI), without
+        // prefill by lookup for a wide model (2B4T's 2560).
+        if (KernelRegistry.LookupFromMemory)
+        {
+            Assert.Equal("avx512lut", KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1).Name);
+            Assert.False(((LutTernaryKernel)KernelRegistry.ForModel(521_000_000, 2560)).LookupPrefill);
+        }
+        else
+        {
+            Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
+            Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(521_000_000));
+        }
     }
 
     /// <summary>The repacked copy is owned by its matrix: made once, and disposed with it.</summary>
