@@ -112,8 +112,8 @@ public static class QuickAttentionTimer
             // Small keys keep the scores within a few units of each other, as a trained model's are: no softmax weight
             // underflows to 0 (a zero weight skips its V row, which would make the timing depend on the random data).
             // Their magnitudes (1e-4 to 2e-4) stay normal numbers in fp16: keys of ±1e-7 were fp16 subnormals, which
-            // Intel cores convert through a microcode assist (the F16 rows read 0.3 GB/s on Ice Lake, 60× slower than
-            // a trained model's keys decode), a cost of the data, not of the kernel.
+            // an Ice Lake core handles about 25× slower (a microcode assist, by all appearances): the F16 rows read
+            // 0.3 GB/s there, a cost of the data, not of the kernel.
             for (int i = 0; i < k.Length; i++)
             {
                 double magnitude = 1e-4 + rng.NextDouble() * 1e-4;
