@@ -285,6 +285,35 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Equal(second, rows[^1].Run);
     }
 
+    /// <summary>
+    /// A name another writer takes between the check and the rename (two replicas starting a file in the same second)
+    /// moves this writer on to the next name: the rename failed, and the whole batch was dropped.
+    /// </summary>
+    [Fact]
+    public void ANameTakenByAnotherWriterMovesOnToTheNext()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string? taken = null, written;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            writer.BeforeClaim = path =>
+            {
+                if (taken is not null) return;
+                taken = path;
+                File.WriteAllBytes(path, []); // the other writer's file
+            };
+            writer.Write(Step(1, 1, "r"));
+            writer.Flush();
+            Assert.Equal(0, writer.DroppedRecords);
+            Assert.NotNull(taken);
+            Assert.NotEqual(taken, writer.CurrentPath);
+            Assert.EndsWith("-0002.arrow", writer.CurrentPath);
+            written = writer.CurrentPath!;
+        }
+        Assert.Equal(0, new FileInfo(taken!).Length); // the other writer's file is left alone
+        Assert.Single(ReadAll(written));
+    }
+
     [Fact]
     public void AClockSteppedBackKeepsARunsFilesInOrder()
     {

@@ -128,6 +128,9 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         }
     }
 
+    /// <summary>Called with a new file's name just before it is claimed (tests take the name first, as a racing writer would).</summary>
+    internal Action<string>? BeforeClaim;
+
     /// <summary>The file being written, or null between files.</summary>
     public string? CurrentPath { get { lock (_io) return _currentPath; } }
 
@@ -356,7 +359,23 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             var arrow = new ArrowFileWriter(stream, _schema, leaveOpen: true);
             arrow.WriteStart();
             stream.Flush();
-            File.Move(temp, path);
+            // The name was free when chosen, but another writer of the same prefix (a replica starting its first file in
+            // the same second) may take it before the rename, which fails then (no overwrite): the whole batch was lost.
+            // Take the next free name instead.
+            for (int attempt = 0; ; attempt++)
+            {
+                BeforeClaim?.Invoke(path);
+                try
+                {
+                    File.Move(temp, path);
+                    break;
+                }
+                catch (IOException) when (attempt < 64 && File.Exists(path))
+                {
+                    do path = Path.Combine(_directory, TelemetryLogSchema.FileName(_prefix, now, ++_fileCounter));
+                    while (File.Exists(path));
+                }
+            }
             _stream = stream;
             _arrow = arrow;
         }
