@@ -142,6 +142,32 @@ public class SamplerTests
         Assert.Equal(nucleus, sampler.Candidates.ToArray().Order().ToArray());
     }
 
+    /// <summary>
+    /// Buffers handed from one sampler to the next (the scheduler's per-slot scratch) give the same tokens as fresh ones,
+    /// whatever the previous sampler did with them (penalties, top-p buckets, a throw on a bad history).
+    /// </summary>
+    [Fact]
+    public void ReusedBuffersSampleAsFreshOnesDo()
+    {
+        var rng = new Random(12);
+        const int vocab = 3000;
+        var buffers = new SamplerBuffers(vocab);
+        var before = new Sampler(new SamplingParameters { TopP = 0.3f, TopK = 0, RepetitionPenalty = 1.3f, PresencePenalty = 0.5f, Seed = 4 }, vocab, buffers);
+        int[] history = Enumerable.Range(0, 200).Select(_ => rng.Next(vocab)).ToArray();
+        for (int i = 0; i < 20; i++) before.Sample(RandomLogits(rng, vocab, 5f), history);
+        Assert.Throws<ArgumentOutOfRangeException>(() => before.Sample(RandomLogits(rng, vocab, 5f), [1, vocab + 3]));
+        var parameters = new SamplingParameters { TopP = 0.9f, TopK = 50, FrequencyPenalty = 0.7f, PenaltyLastN = -1, Seed = 9, LogProbs = 3 };
+        var reused = new Sampler(parameters, vocab, buffers);
+        var fresh = new Sampler(parameters, vocab);
+        for (int i = 0; i < 30; i++)
+        {
+            var logits = RandomLogits(rng, vocab, 5f);
+            Assert.Equal(fresh.Sample(logits, history), reused.Sample(logits, history));
+            Assert.Equal(fresh.TopLogProbs.ToArray(), reused.TopLogProbs.ToArray());
+        }
+        Assert.Throws<ArgumentException>(() => new Sampler(parameters, vocab + 1, buffers));
+    }
+
     [Fact]
     public void TopKThenTopPSequentialVersusWhicheverKeepsFewer()
     {

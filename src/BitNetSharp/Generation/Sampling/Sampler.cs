@@ -22,7 +22,7 @@ namespace BitNetSharp.Generation.Sampling;
 public sealed class Sampler
 {
     private const int NucleusFirstGuess = 64;
-    private const int Buckets = 4096;
+    internal const int Buckets = 4096;
 
     private readonly SamplingParameters _p;
     private readonly (int Token, float Bias)[] _bias;
@@ -33,7 +33,7 @@ public sealed class Sampler
     private readonly float[] _tmpLogits;
     private readonly float[] _probs;
     private readonly int[] _counts;     // per-token occurrences in the penalty window; all zero between calls
-    private readonly double[] _bucketMass = new double[Buckets];
+    private readonly double[] _bucketMass;
     private readonly TokenLogProb[] _top;
     private readonly int[] _topIds;
     private readonly float[] _topLogits;
@@ -41,22 +41,30 @@ public sealed class Sampler
     private int _candidateCount;
     private Xoshiro256StarStar _rng;
 
-    public Sampler(SamplingParameters parameters, int vocabSize)
+    /// <param name="buffers">
+    /// Scratch arrays to use instead of allocating them (seven of the vocabulary's size: 3.6 MB on the large-object heap
+    /// at 128k tokens, per sequence); one sampler at a time may use them, as a KV-cache slot hosts one sequence at a time.
+    /// </param>
+    public Sampler(SamplingParameters parameters, int vocabSize, SamplerBuffers? buffers = null)
     {
         ArgumentNullException.ThrowIfNull(parameters);
         parameters.Validate(vocabSize);
+        if (buffers is not null && buffers.VocabSize != vocabSize)
+            throw new ArgumentException($"The buffers are sized for {buffers.VocabSize} tokens; the vocabulary has {vocabSize}.", nameof(buffers));
         _p = parameters;
         VocabSize = vocabSize;
         Seed = parameters.Seed ?? (ulong)Random.Shared.NextInt64();
         _rng = new Xoshiro256StarStar(Seed);
         _bias = parameters.LogitBias?.Select(kv => (kv.Key, kv.Value)).OrderBy(b => b.Key).ToArray() ?? [];
-        _logits = new float[vocabSize];
-        _ids = new int[vocabSize];
-        _cand = new float[vocabSize];
-        _tmpIds = new int[vocabSize];
-        _tmpLogits = new float[vocabSize];
-        _probs = new float[vocabSize];
-        _counts = new int[vocabSize];
+        buffers ??= new SamplerBuffers(vocabSize);
+        _logits = buffers.Logits;
+        _ids = buffers.Ids;
+        _cand = buffers.Candidates;
+        _tmpIds = buffers.TmpIds;
+        _tmpLogits = buffers.TmpLogits;
+        _probs = buffers.Probs;
+        _counts = buffers.Counts;
+        _bucketMass = buffers.BucketMass;
         int n = parameters.LogProbs ?? 0;
         _top = new TokenLogProb[n];
         _topIds = new int[n];
@@ -442,4 +450,37 @@ public sealed class Sampler
         _topCount = TopKSelection.Select(raw, [], _top.Length, _topIds, _topLogits);
         for (int i = 0; i < _topCount; i++) _top[i] = new TokenLogProb(_topIds[i], _topLogits[i] - logZ);
     }
+}
+
+/// <summary>
+/// A sampler's vocabulary-sized scratch arrays, to reuse from one sequence to the next (the batch scheduler keeps one set
+/// per KV-cache slot): a new set per request allocated seven arrays of the vocabulary's size on the large-object heap,
+/// which a busy server churned into full garbage collections. The penalty counts are all zero between calls.
+/// </summary>
+public sealed class SamplerBuffers
+{
+    public SamplerBuffers(int vocabSize)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(vocabSize);
+        VocabSize = vocabSize;
+        Logits = new float[vocabSize];
+        Ids = new int[vocabSize];
+        Candidates = new float[vocabSize];
+        TmpIds = new int[vocabSize];
+        TmpLogits = new float[vocabSize];
+        Probs = new float[vocabSize];
+        Counts = new int[vocabSize];
+        BucketMass = new double[Sampler.Buckets];
+    }
+
+    public int VocabSize { get; }
+
+    internal float[] Logits { get; }
+    internal int[] Ids { get; }
+    internal float[] Candidates { get; }
+    internal int[] TmpIds { get; }
+    internal float[] TmpLogits { get; }
+    internal float[] Probs { get; }
+    internal int[] Counts { get; }
+    internal double[] BucketMass { get; }
 }

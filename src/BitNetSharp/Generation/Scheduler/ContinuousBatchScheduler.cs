@@ -38,6 +38,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly bool _ownsPool;
     private readonly Transformer _engine;
     private readonly KvCache[] _caches;           // (MaxSequences) one per slot
+    private readonly SamplerBuffers?[] _samplerBuffers; // (MaxSequences) the sampler scratch of each slot's sequence, made at first use
     private readonly Stack<int> _freeSlots;
     private readonly float[] _logits;             // (MaxSequences, vocab): at most one row per sequence per step
     private readonly BatchToken[] _batch;         // (MaxBatchedTokens)
@@ -85,6 +86,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             throw;
         }
         _freeSlots = new Stack<int>(Enumerable.Range(0, options.MaxSequences).Reverse());
+        _samplerBuffers = new SamplerBuffers?[options.MaxSequences];
         // A speculating sequence wants a logits row for its next token and each of its drafts.
         int rowsPerSequence = 1 + (options.Speculation?.DraftTokens ?? 0);
         int maxRows = (int)Math.Min((long)options.MaxSequences * rowsPerSequence, options.MaxBatchedTokens);
@@ -382,7 +384,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
                 // Sampler with LogProbs = 0 runs a top-0 selection that indexes an empty heap; ask it for one and deliver none.
                 if (sampling.LogProbs == 0) sampling = sampling with { LogProbs = 1 };
-                var seq = new Sequence(h, c, _freeSlots.Pop(), new Sampler(sampling, _config.VocabSize),
+                int slot = _freeSlots.Pop();
+                var buffers = _samplerBuffers[slot] ??= new SamplerBuffers(_config.VocabSize);
+                var seq = new Sequence(h, c, slot, new Sampler(sampling, _config.VocabSize, buffers),
                     _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false, atTextStart: false),
                     r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);
                 seq.History.AddRange(r.Prompt);
