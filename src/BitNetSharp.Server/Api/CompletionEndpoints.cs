@@ -170,6 +170,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
     private static TokenLogProbEntry? Apply(Choice c, GenerationEvent e, LogProbFormat format)
     {
         TokenLogProbEntry? entry = null;
+        if (e.StopToken >= 0) c.Tokens++; // usage counts the stop token, as llama-server and vLLM do; it has no text or logprobs entry
         if (e.Token >= 0)
         {
             c.Tokens++;

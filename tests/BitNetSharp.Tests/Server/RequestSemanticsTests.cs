@@ -32,6 +32,30 @@ public class RequestSemanticsTests
         Assert.Equal("length", body.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
     }
 
+    /// <summary>
+    /// Usage counts the stop token that ended a choice, as llama-server and vLLM do: it was sampled from a forward step
+    /// like any other. A completion that ended at once read 0 completion tokens, and the engine's counter missed it too.
+    /// </summary>
+    [Fact]
+    public async Task UsageCountsTheStopToken()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        long before = s.Scheduler.Statistics.GenerationTokens;
+        var bias = new Dictionary<string, int> { [TinyChatModel.EndOfText.ToString()] = 100 };
+        var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = "hi", max_tokens = 8, temperature = 0, logit_bias = bias });
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choice = body.GetProperty("choices")[0];
+        Assert.Equal("stop", choice.GetProperty("finish_reason").GetString());
+        Assert.Equal("", choice.GetProperty("text").GetString());
+        Assert.Equal(1, body.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+        Assert.Equal(before + 1, s.Scheduler.Statistics.GenerationTokens);
+        // Streamed, the final usage chunk counts it too.
+        var events = await s.StreamAsync("v1/completions", new { prompt = "hi", max_tokens = 8, temperature = 0, logit_bias = bias, stream = true,
+            stream_options = new { include_usage = true } });
+        Assert.Equal("[DONE]", events[^1]);
+        Assert.Equal(1, JsonDocument.Parse(events[^2]).RootElement.GetProperty("usage").GetProperty("completion_tokens").GetInt32());
+    }
+
     /// <summary>The legacy default of 16 tokens is capped by the server's --max-tokens-limit, which an explicit 16 is refused by.</summary>
     [Fact]
     public async Task TheCompletionsDefaultKeepsTheServersLimit()

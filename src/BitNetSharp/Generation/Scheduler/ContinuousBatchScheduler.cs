@@ -563,7 +563,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
         {
             string rest = s.Detokenizer?.Flush() ?? "";
             if (s.Stops is { } m) rest = m.Push(rest, out _) + m.Flush();
-            Emit(s, -1, rest, float.NaN, null, FinishReason.Stop);
+            // The stop token was sampled from a forward step like any other: generated, and counted (usage, tok/s).
+            s.Generated++;
+            SchedulerCounters.Add(ref _counters.GenerationTokens, 1);
+            Emit(s, -1, rest, float.NaN, null, FinishReason.Stop, stopToken: token);
             return;
         }
 
@@ -597,7 +600,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         s.NextToken = token;
     }
 
-    private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish, int offset = -1)
+    private void Emit(Sequence s, int token, string text, float logProb, TokenLogProb[]? top, FinishReason finish, int offset = -1, int stopToken = -1)
     {
         var h = s.Request;
         int delivered = s.DeliveredChars;
@@ -605,7 +608,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         // Text held back for a stop string is not delivered yet but has its place: the offset counts it. The token a
         // stop string cut may start past the final text (capped there); a stop token's leftover (−1) sits at the end.
         int textOffset = offset < 0 ? delivered : finish == FinishReason.Stop ? Math.Min(offset, s.DeliveredChars) : offset;
-        h.Writer.TryWrite(new GenerationEvent(s.Choice, token, text, logProb, top, finish) { TextOffset = textOffset });
+        h.Writer.TryWrite(new GenerationEvent(s.Choice, token, text, logProb, top, finish) { TextOffset = textOffset, StopToken = stopToken });
         if (finish == FinishReason.None) return;
         Release(s);
         _samples.Write(MetricKind.GenerationLength, s.Generated);

@@ -59,6 +59,12 @@ public readonly record struct GenerationEvent(int Choice, int Token, string Text
     /// with a later token, in front of that token's own text (OpenAI's legacy <c>text_offset</c>).
     /// </summary>
     public int TextOffset { get; init; }
+
+    /// <summary>
+    /// The stop token (end of text, end of turn) that ended the choice, on its last event (<see cref="Token"/> = −1);
+    /// −1 otherwise. It was sampled like any other token, and usage counts it as llama-server and vLLM do.
+    /// </summary>
+    public int StopToken { get; init; } = -1;
 }
 
 /// <summary>The queue of waiting requests is full; retry later (HTTP 429).</summary>
