@@ -21,7 +21,12 @@ public static class EvalCommand
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
-        var data = new Option<string>("--data") { Description = "A UTF-8 text file to score (special-token text such as <|endoftext|> is read as the token, as train and calibrate read it; not with --llama-perplexity).", Required = true };
+        var data = new Option<string>("--data") { Description = "A UTF-8 text file to score.", Required = true };
+        var parseSpecial = new Option<bool>("--parse-special")
+        {
+            Description = "Read special-token text in the file (<|endoftext|> between documents, as `train --heldout` writes it) as the tokens, as train and calibrate do. "
+                + "Off by default, as in llama-perplexity: text such as WikiText's <unk> stays text.",
+        };
         var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: the model's context)." };
         var stride = new Option<int>("--stride") { Description = "Tokens between window starts (default: the window length). Each window scores its positions from max(ctx/2, ctx - stride) on, "
             + "so every scored token has at least ctx/2 of context and none is scored twice: a stride of ctx/2 scores every token after the first window's first half; a shorter one "
@@ -55,7 +60,7 @@ public static class EvalCommand
         };
         var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
         {
-            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop, llama,
+            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop, llama, parseSpecial,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -89,10 +94,12 @@ public static class EvalCommand
 
                 // llama-perplexity tokenizes with the model's BOS in front (and then sets each chunk's first token to BOS).
                 bool streamBos = llamaChunks && tokenizer.AddBosToken && tokenizer.BosId >= 0;
-                // Special-token text (<|endoftext|> between documents, as `train --heldout` writes it) is read as the
-                // token, as train and calibrate read it: as plain text it was a dozen byte tokens the model never saw.
-                // --llama-perplexity tokenizes as llama-perplexity does, which reads it as text.
-                var tokens = tokenizer.Encode(text, addBos: streamBos, parseSpecial: !llamaChunks);
+                // --parse-special: special-token text (<|endoftext|> between documents, as `train --heldout` writes it) is
+                // read as the token, as train and calibrate read it; as plain text it is a dozen byte tokens the model
+                // never saw there. Off by default, as llama-perplexity tokenizes: WikiText's <unk> must stay text.
+                bool special = r.GetValue(parseSpecial);
+                if (special && llamaChunks) throw new UsageException("--parse-special: llama-perplexity reads special-token text as text; drop one of the two.");
+                var tokens = tokenizer.Encode(text, addBos: streamBos, parseSpecial: special);
                 var kv = ModelOptions.ParseKvType(r.GetValue(kvType) ?? "f32");
                 int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
                 using var pool = new WorkerPool(r.GetValue(threads));
@@ -132,7 +139,7 @@ public static class EvalCommand
                             refWeights = w2;
                             if (w2.Config.VocabSize != weights.Config.VocabSize)
                                 throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");
-                            if (t2 is not null && !t2.Encode(text, addBos: streamBos).AsSpan().SequenceEqual(tokens))
+                            if (t2 is not null && !t2.Encode(text, addBos: streamBos, parseSpecial: special).AsSpan().SequenceEqual(tokens))
                                 throw new UsageException($"--kl-reference {refPath} tokenizes the text differently from {weights.SourcePath}; KL needs the same tokens.");
                             ModelOptions.ApplyActivationBits(w2, refBitsText, "--kl-activation-bits");
                             refEngine = new Transformer(w2, Math.Min(window, 128), pool);

@@ -58,7 +58,7 @@ public static class TrainCommand
         var heldOut = new Option<string?>("--heldout")
         {
             Description = "Also write the held-out validation text (the last 5% of each --data file, cut at a line start) to this file, " +
-                "so `bitnet eval --data FILE` scores the model on text it never trained on.",
+                "so `bitnet eval --data FILE --parse-special` scores the model on text it never trained on (the files' slices are joined by <|endoftext|>, read as the token).",
         };
         var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")
         {
@@ -164,7 +164,7 @@ public static class TrainCommand
                     // Written once the run has started (the vocabulary and the corpus passed their checks), so a refused
                     // run leaves no file behind.
                     // The validation stream's text (slices with <|endoftext|> between them, as a resumed run writes it):
-                    // `bitnet eval` reads that marker as the token, so it scores the tokens validation scores.
+                    // `bitnet eval --parse-special` reads that marker as the token, so it scores the tokens validation scores.
                     if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, corpus.ValidationTextWith(tokenizer.Tokens[tokenizer.EosId]));
                     cli.Output.WriteLine($"{train.Length:N0} training tokens, {validation.Length:N0} validation tokens; model {shape}, " +
                         $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : bits.AllEight ? "ternary (QAT)" : $"ternary (QAT), activation bits {bits}")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
@@ -248,7 +248,7 @@ public static class TrainCommand
             var bytes = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false).GetBytes(text);
             stream.Write(bytes);
         });
-        cli.Output.WriteLine($"wrote the held-out text to {path}");
+        cli.Output.WriteLine($"wrote the held-out text to {path} (score it with `bitnet eval --data {path} --parse-special`)");
     }
 
     private static int Steps(long tokens, int batch, int contextLength)

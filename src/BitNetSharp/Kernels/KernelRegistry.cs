@@ -50,6 +50,11 @@ public static class KernelRegistry
     /// counts. Measured on the Zen 5 EPYC (bench/results/lut-kernel-amd-epyc-zen5-2core.md): the bundled 2.4 MB model
     /// generates 1.39–1.47× faster; one 2B4T layer (17 MB, `quick-decode 1`) 1.06×; from memory (the 700M shape, 2B4T) it
     /// reads 0.8–0.97× as fast, its tables (21 bytes per weight column) competing with the weight streams for L1.
+    /// Past this size the int8 kernel stays the default also where the lookup kernel reads faster from memory: its
+    /// repack is a second resident copy of the weights (prefill reads the original through the int8 tiles). Ice Lake-SP,
+    /// 2B4T shape, alternating runs: tg32 11.3–12.3 t/s against avx512gfni's 10.0–10.2 on one thread (92–101 % of the
+    /// read bound against 82–86 %), 20.8–21.5 against 19.5–19.8 on two, for 1.67 GB resident against 1.21 GB;
+    /// BITNET_KERNEL=avx512lut takes that trade.
     /// </summary>
     public const long LookupMaxBytes = 16L << 20;
 
@@ -67,8 +72,8 @@ public static class KernelRegistry
 
     /// <summary>
     /// The ternary kernel for a model whose projections hold <paramref name="ternaryBytes"/> packed bytes: BITNET_KERNEL
-    /// when set (avx512lut with prefill by lookup for a model at most <see cref="LookupPrefillMaxWidth"/> wide); else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>),
-    /// or of any size where that was measured faster (<see cref="LookupFromMemory"/>), on a CPU where it was measured faster (<see cref="LookupByDefault"/>), prefilling by lookup too when the model is at
+    /// when set (avx512lut with prefill by lookup for a model at most <see cref="LookupPrefillMaxWidth"/> wide); else the lookup kernel for a model small enough to run from the caches (<see cref="LookupMaxBytes"/>)
+    /// on a CPU where it was measured faster (<see cref="LookupByDefault"/>), prefilling by lookup too when the model is at
     /// most <see cref="LookupPrefillMaxWidth"/> wide (<paramref name="width"/>: its embedding length); else <see cref="Ternary"/>.
     /// </summary>
     public static TernaryKernel ForModel(long ternaryBytes, int width = int.MaxValue)
@@ -76,7 +81,7 @@ public static class KernelRegistry
         // Forced: that kernel; the lookup kernel still prefills by lookup where that was measured faster (narrow models).
         if (!string.IsNullOrWhiteSpace(Environment.GetEnvironmentVariable(EnvironmentVariable)))
             return Ternary is LutTernaryKernel && width <= LookupPrefillMaxWidth ? LookupWithPrefill : Ternary;
-        if (!LookupByDefault || (ternaryBytes > LookupMaxBytes && !LookupFromMemory)) return Ternary;
+        if (!LookupByDefault || ternaryBytes > LookupMaxBytes) return Ternary;
         return width <= LookupPrefillMaxWidth ? LookupWithPrefill : Lookup;
     }
 
@@ -85,18 +90,11 @@ public static class KernelRegistry
     /// with AVX-512 VBMI (Ice Lake and later), where it was measured. Its cost rests on <c>vpermw</c>, whose throughput
     /// differs from core to core (Zen 4 runs 512-bit operations as two halves; Skylake-X splits vpermw), so elsewhere it
     /// is BITNET_KERNEL=avx512lut until measured. Ice Lake-SP, 2 vCPUs (bench/results/cpu-tables-intel-xeon-processor-2-80ghz-2core.md):
-    /// the bundled model generates 1.06× (1 thread) and 1.96× (2 threads) as fast as with avx512gfni, and prefills 1.31× / 1.69×.
+    /// the bundled model generates 1.06× (1 thread) and 1.96× (2 threads) as fast as with avx512gfni, and prefills 1.31× / 1.69×;
+    /// larger models: see <see cref="LookupMaxBytes"/>.
     /// </summary>
     public static bool LookupByDefault { get; } = Lookup.IsSupported && (TernaryKernel.AmdFamily() >= 0x1A || TernaryKernel.IsIntelWithVbmi());
 
-    /// <summary>
-    /// Whether <see cref="ForModel"/> picks the lookup kernel for models of any size, read from memory: on Intel with
-    /// VBMI, where it was measured faster there too. Ice Lake-SP, 2B4T shape, alternating runs of one process each:
-    /// tg32 11.3–12.3 t/s against avx512gfni's 10.0–10.2 on one thread (92–101 % of the read bound against 82–86 %),
-    /// 20.8–21.5 against 19.5–19.8 on two; `quick-decode 16` reads 18.2 GB/s against 12.1. Prefill is the same (it runs
-    /// the GFNI tiles in both). On Zen 5 it read 0.8–0.97× as fast from memory, so there it stays with small models.
-    /// </summary>
-    public static bool LookupFromMemory { get; } = Lookup.IsSupported && TernaryKernel.IsIntelWithVbmi();
 
     /// <summary>The named ternary variant, or the best supported one when <paramref name="name"/> is empty.</summary>
     /// <exception cref="ArgumentException">Unknown name, or a variant this CPU cannot run.</exception>

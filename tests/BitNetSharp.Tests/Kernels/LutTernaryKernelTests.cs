@@ -189,7 +189,6 @@ public unsafe class LutTernaryKernelTests
         bool lookup = KernelRegistry.LookupByDefault;
         bool intel = TernaryKernel.IsIntelWithVbmi();
         Assert.Equal(Avx512BW.IsSupported && (TernaryKernel.AmdFamily() >= 0x1A || intel), lookup);
-        Assert.Equal(lookup && intel, KernelRegistry.LookupFromMemory);
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(2_400_000).Name);
         if (lookup)
         {
@@ -199,18 +198,9 @@ public unsafe class LutTernaryKernelTests
             Assert.False(((LutTernaryKernel)KernelRegistry.ForModel(12_000_000, 1536)).LookupPrefill);
         }
         Assert.Equal(lookup ? "avx512lut" : KernelRegistry.Ternary.Name, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes).Name);
-        // Past the caches: the lookup kernel only where it was measured faster from memory (Intel with VBMI), without
-        // prefill by lookup for a wide model (2B4T's 2560).
-        if (KernelRegistry.LookupFromMemory)
-        {
-            Assert.Equal("avx512lut", KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1).Name);
-            Assert.False(((LutTernaryKernel)KernelRegistry.ForModel(521_000_000, 2560)).LookupPrefill);
-        }
-        else
-        {
-            Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
-            Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(521_000_000));
-        }
+        // Past the caches the int8 kernel, everywhere: the lookup repack would be a second resident copy of the weights.
+        Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(KernelRegistry.LookupMaxBytes + 1));
+        Assert.Same(KernelRegistry.Ternary, KernelRegistry.ForModel(521_000_000));
     }
 
     /// <summary>The repacked copy is owned by its matrix: made once, and disposed with it.</summary>

@@ -287,6 +287,20 @@ public class TrainCommandTests
         Assert.Equal(text, File.ReadAllText(resumed));
         var corpus = BitNetSharp.Training.TrainingCorpus.Load([data, second]);
         Assert.Equal(string.Join("<|endoftext|>", corpus.ValidationDocuments), text);
+
+        // eval --parse-special scores exactly the validation stream's tokens (the marker as EOS); without it the marker
+        // is text. A reference model must tokenize it the same way (it was compared without --parse-special).
+        using var pool = new BitNetSharp.Threading.WorkerPool(1);
+        var run = BitNetSharp.Training.TrainingRun.Resume(model + ".ckpt", pool);
+        int Tokens(params string[] extra)
+        {
+            var (c, o, e) = Bitnet(["eval", "-m", model, "--data", fresh, "--json", "-t", "1", .. extra]);
+            Assert.True(c == 0, e);
+            return JsonDocument.Parse(o).RootElement.GetProperty("tokens").GetInt32();
+        }
+        Assert.Equal(run.Validation.Length, Tokens("--parse-special"));
+        Assert.True(Tokens() > run.Validation.Length);
+        Assert.Equal(run.Validation.Length, Tokens("--parse-special", "--kl-reference", model));
     }
 
     /// <summary>
