@@ -206,7 +206,7 @@ public sealed unsafe class Transformer : IDisposable
         for (int t = 0; t < n; t++)
         {
             _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
-            health?.MapToken(t, batch[t].Sequence);
+            health?.MapToken(t, batch[t].Sequence, batch[t].Position);
         }
         p?.End();
 

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Diagnostics.Metrics;
 using System.Globalization;
 using BitNetSharp.Generation.Scheduler;
@@ -189,7 +190,15 @@ public sealed class HealthMeters : IDisposable
     /// </summary>
     public void CollectSignals(SignalSet set) => _scheduler.Health.Read(_ =>
     {
-        CollectAll(set);
+        t_collectingForAlerts = true;
+        try
+        {
+            CollectAll(set);
+        }
+        finally
+        {
+            t_collectingForAlerts = false;
+        }
         return 0;
     });
 
@@ -239,11 +248,22 @@ public sealed class HealthMeters : IDisposable
             for (int l = 0; l < s.Layers; l++) m.Add(new(v[l], Layer(l)));
         }));
 
-    private Signal Logit(string name, string prom, string description, Func<HealthSnapshot, float> value) =>
-        new(name, "{value}", prom, false, description, m => ReadSnapshot(m, s =>
+    /// <summary>
+    /// A logits gauge. A sampled step without logits rows (a prompt chunk alone) has none: /metrics keeps the last value
+    /// that had them (the series vanished there, which reset a Prometheus alert's <c>for</c> and resolved a firing one),
+    /// while the in-process alert engine sees no value, so it does not count the old one again as a new sample.
+    /// </summary>
+    private Signal Logit(string name, string prom, string description, Func<HealthSnapshot, float> value)
+    {
+        var last = new StrongBox<double>(double.NaN); // under the collector's lock, as every read is
+        return new(name, "{value}", prom, false, description, m => ReadSnapshot(m, s =>
         {
-            if (s.LogitRows > 0) m.Add(new(value(s)));
+            if (s.LogitRows > 0) m.Add(new(last.Value = value(s)));
+            else if (!t_collectingForAlerts && !double.IsNaN(last.Value)) m.Add(new(last.Value));
         }));
+    }
+
+    [ThreadStatic] private static bool t_collectingForAlerts;
 
     public void Dispose() => Meter.Dispose();
 }

@@ -54,18 +54,16 @@ public sealed class HealthSnapshot
 
     /// <summary>
     /// The layer's relative change ‖after − before‖/‖before‖, the largest over the step's tokens (NaN if any was not
-    /// finite): the mean divided one diverging sequence's blow-up by the batch's tokens, below the threshold.
+    /// finite): the mean divided one diverging sequence's blow-up by the batch's tokens, below the threshold. A
+    /// sequence's first token counts only when the step has no other (it is the attention sink, which many models blow up
+    /// on purpose).
     /// </summary>
     public float[] ResidualChange { get; }
 
     /// <summary>Layers where a token's relative change crossed <see cref="ModelHealthCollector.BlowUpThreshold"/> (or was not finite).</summary>
     public bool[] BlowUp { get; }
 
-    /// <summary>
-    /// Logits rows behind the logits fields (0: none yet, the fields are NaN). A sampled step without logits rows (a
-    /// prompt chunk only) keeps the previous sampled step's: the gauges vanished from /metrics there, which reset a
-    /// Prometheus alert's <c>for</c> and resolved a firing one.
-    /// </summary>
+    /// <summary>Logits rows analysed in this step (0: the logits fields are NaN; a prompt chunk alone has none).</summary>
     public int LogitRows { get; internal set; }
 
     public float LogitMin { get; internal set; } = float.NaN;
@@ -132,6 +130,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     private readonly int[] _origin;                     // [token]: Finite, Embedding, or the first layer
     private readonly int[] _rowToken;                   // logits row → batch token
     private readonly int[] _sequence;                   // [token]: its sequence
+    private readonly bool[] _atStart;                   // [token]: at position 0 of its sequence
     private readonly NativeBuffer _before;              // [token][dim]: the residual at the layer's start (sampled steps)
     private readonly HealthSnapshot _pending, _latest;
     private readonly Lock _lock = new();
@@ -157,6 +156,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _origin = new int[maxTokens];
         _rowToken = new int[maxTokens];
         _sequence = new int[maxTokens];
+        _atStart = new bool[maxTokens];
         _before = new NativeBuffer((long)maxTokens * _dim * sizeof(float));
         _pending = new HealthSnapshot(_layers);
         _latest = new HealthSnapshot(_layers);
@@ -217,10 +217,15 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _tokens = tokens;
         Sampling = _sampleEvery > 0 && step % _sampleEvery == 0;
         _origin.AsSpan(0, tokens).Fill(Finite);
+        _atStart.AsSpan(0, tokens).Clear();
     }
 
-    /// <summary>Batch token <paramref name="token"/> belongs to sequence <paramref name="sequence"/>.</summary>
-    internal void MapToken(int token, int sequence) => _sequence[token] = sequence;
+    /// <summary>Batch token <paramref name="token"/> belongs to sequence <paramref name="sequence"/>, at <paramref name="position"/>.</summary>
+    internal void MapToken(int token, int sequence, int position = -1)
+    {
+        _sequence[token] = sequence;
+        _atStart[token] = position == 0;
+    }
 
     /// <summary>Logits row <paramref name="row"/> belongs to batch token <paramref name="token"/>.</summary>
     internal void MapRow(int row, int token) => _rowToken[row] = token;
@@ -282,17 +287,27 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         }
         for (int l = 0; l < _layers; l++)
         {
-            float r = 0, m = 0, d = 0;
+            // The change is the largest over the step's tokens, except a sequence's first token (unless it is all the step
+            // has, or is not finite): the attention sink, whose residual many models grow by orders of magnitude in an
+            // early layer by design ("massive activations"), would flag every prefill that starts a sequence.
+            float r = 0, m = 0, d = 0, first = 0;
+            bool others = false;
             for (int t = 0; t < n; t++)
             {
                 int cell = t * _layers + l;
                 r += _rms[cell];
                 m = MathF.Max(m, _maxAbs[cell]);
-                d = MathF.Max(d, _change[cell]); // NaN propagates
+                float change = _change[cell];
+                if (_atStart[t] && float.IsFinite(change)) first = MathF.Max(first, change);
+                else
+                {
+                    d = MathF.Max(d, change); // NaN propagates
+                    others = true;
+                }
             }
             p.ResidualRms[l] = r * inv;
             p.ResidualMaxAbs[l] = m;
-            p.ResidualChange[l] = d;
+            p.ResidualChange[l] = others ? d : first;
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
             p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
@@ -366,14 +381,6 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         lock (_lock)
         {
             _pending.Samples = ++_samples;
-            if (_pending.LogitRows == 0 && _latest.LogitRows > 0)
-            {
-                _pending.LogitRows = _latest.LogitRows;
-                _pending.LogitMin = _latest.LogitMin;
-                _pending.LogitMax = _latest.LogitMax;
-                _pending.LogitRange = _latest.LogitRange;
-                _pending.LogitEntropy = _latest.LogitEntropy;
-            }
             _pending.CopyTo(_latest);
         }
         Published?.Invoke(_latest);

@@ -112,6 +112,31 @@ public sealed class SchedulerTests : IDisposable
         Assert.True(promptMatters, "no prompt's penalty changed the output: the test shows nothing");
     }
 
+    /// <summary>
+    /// A failed forward pass fails the requests with tokens in that batch, not a running request whose prompt was waiting
+    /// for budget: the forward never touched its cache, and it was failed for another request's fault.
+    /// </summary>
+    [Fact]
+    public async Task AFailedForwardFailsOnlyTheRequestsInItsBatch()
+    {
+        using var s = Scheduler(maxSeqs: 2, maxBatched: 8);
+        int forwards = 0;
+        s.StepGate.Reset(); // both admitted in the same step
+        var a = Submit(s, new GenerationRequest { Prompt = Prompt(7), MaxTokens = 4, IgnoreStopTokens = true }); // 38 tokens: five steps of prefill
+        var b = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4, IgnoreStopTokens = true });
+        s.BeforeForward = () =>
+        {
+            if (Interlocked.Increment(ref forwards) == 2) throw new InvalidOperationException("simulated engine failure");
+        };
+        s.StepGate.Set();
+        var failure = await Assert.ThrowsAnyAsync<Exception>(() => Collect(a));
+        Assert.Contains("simulated engine failure", failure.ToString());
+        var outB = (await Collect(b))[0];
+        Assert.Equal(FinishReason.Length, outB.Finish);
+        Assert.Equal(4, outB.Tokens.Count);
+        Assert.Equal(1, s.Statistics.Failed);
+    }
+
     [Fact]
     public async Task QueueOverflowFailsFastAndCountsTheRejection()
     {

@@ -258,16 +258,22 @@ public sealed class ContinuousBatchScheduler : IDisposable
             _wake.Wait(IdleWait(now));
             return;
         }
-        BeforeForward?.Invoke();
         long before = Stopwatch.GetTimestamp();
         try
         {
+            BeforeForward?.Invoke(); // part of the forward: a hook that throws stands for a failed forward pass (tests)
             _engine.Forward(_batch.AsSpan(0, n), _caches, _logits);
         }
         catch (Exception e)
         {
-            // A bug or an exhausted resource: everything in this batch is in an unknown state.
-            foreach (var r in _runningRequests.ToArray()) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
+            // A bug or an exhausted resource: everything in this batch is in an unknown state (its KV rows, its
+            // logits). A running request with no token in the batch (a prompt waiting for budget) has a cache the
+            // forward never touched: it goes on. Failing every running request ended those for another's fault.
+            var inBatch = new bool[_caches.Length];
+            for (int i = 0; i < n; i++) inBatch[_batch[i].Sequence] = true;
+            var error = new InvalidOperationException($"The engine failed: {e.Message}", e);
+            foreach (var r in _runningRequests.ToArray())
+                if (Array.Exists(r.Sequences!, q => !q.Finished && inBatch[q.Slot])) Fail(r, error, ref _counters.Failed);
             _running.RemoveAll(static s => s.Finished);
             return;
         }

@@ -37,7 +37,7 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableGauge("bitnet.requests.waiting", () => _scheduler.Statistics.WaitingRequests, "{request}",
             "Requests waiting in the queue for free sequences.");
         m.CreateObservableGauge("bitnet.sequences.waiting", () => _scheduler.Statistics.WaitingSequences, "{sequence}",
-            "Sequences (choices) of the waiting requests: what the queue limit counts (a request with n choices waits for n).");
+            "Sequences (choices) of the waiting requests, those free sequences take at the next step included (a request with n choices waits for n); bitnet_sequences_queued is what the queue limit counts.");
         m.CreateObservableGauge("bitnet.sequences.queued", () => _scheduler.Statistics.QueuedSequences, "{sequence}",
             "Waiting sequences beyond those the free sequences take at the next step: the queue use --max-queue limits.");
         m.CreateObservableGauge("bitnet.requests.max_queue", () => _scheduler.Options.MaxQueue, "{sequence}",
