@@ -552,12 +552,12 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.InRange(perLayer, 100, 200);
         Assert.InRange(perStep, 100, 260);
     }
-    private static List<TelemetryRow> FollowUntil(string path, string request, Action? opened, bool fromStart = false)
+    private static List<TelemetryRow> FollowUntil(string path, string request, Action? opened, bool fromStart = false, TimeSpan? otherRunAfter = null)
     {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         stop.CancelAfter(TimeSpan.FromSeconds(10));
         var rows = new List<TelemetryRow>();
-        foreach (var batch in TelemetryLogReader.Follow(path, TimeSpan.FromMilliseconds(20), stop.Token, fromStart, opened))
+        foreach (var batch in TelemetryLogReader.Follow(path, TimeSpan.FromMilliseconds(20), stop.Token, fromStart, opened, otherRunAfter))
             using (batch)
             {
                 rows.AddRange(TelemetryLogReader.Rows(batch));
@@ -565,6 +565,53 @@ public class TelemetryLogTests(ITestOutputHelper output)
             }
         Assert.Fail($"following {path} never showed request {request} ({rows.Count} rows)");
         return rows;
+    }
+
+    /// <summary>
+    /// Two runs logging into one directory (replicas): following one run's live file stays with it when the other run
+    /// starts a newer file; it left for the newer file at the first idle poll, and the live run's later rows were lost.
+    /// </summary>
+    [Fact]
+    public void FollowStaysWithItsRunBesideAnotherRunsNewerFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.File("run.arrow"), FlushInterval = TimeSpan.FromHours(1) };
+        using var a = new TelemetryLogWriter(options, Context);
+        a.Write(Step(1, 1, "a1"));
+        a.Flush();
+        using var b = new TelemetryLogWriter(options, Context);
+        bool started = false;
+        var rows = FollowUntil(a.CurrentPath!, "a2", () =>
+        {
+            if (started) return;
+            started = true;
+            b.Write(Step(1, 1, "b1"));
+            b.Flush();
+            Assert.NotEqual(a.CurrentPath, b.CurrentPath);
+            Task.Run(() =>
+            {
+                Thread.Sleep(300); // many polls at the end of a's file, beside b's newer one
+                a.Write(Step(2, 2, "a2"));
+                a.Flush();
+            }, TestContext.Current.CancellationToken);
+        }, fromStart: true);
+        Assert.Equal(["a1", "a2"], rows.Select(r => r.RequestId));
+    }
+
+    /// <summary>A run that stopped writing (killed, no footer) is left for another run's newer file once it has been idle a while.</summary>
+    [Fact]
+    public void FollowLeavesAnIdleRunForAnotherRunsNewerFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.File("run.arrow"), FlushInterval = TimeSpan.FromHours(1) };
+        using var killed = new TelemetryLogWriter(options, Context);
+        killed.Write(Step(1, 1, "old"));
+        killed.Flush();
+        using var restarted = new TelemetryLogWriter(options, Context);
+        restarted.Write(Step(1, 1, "new"));
+        restarted.Flush();
+        var rows = FollowUntil(killed.CurrentPath!, "new", null, fromStart: true, otherRunAfter: TimeSpan.FromMilliseconds(300));
+        Assert.Equal(["old", "new"], rows.Select(r => r.RequestId));
     }
 
     /// <summary>Following skips what the file held when it began, and only that: a batch appended while the skip is

@@ -266,9 +266,19 @@ public sealed class TelemetryLogReader
     public static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart = false) =>
         Follow(path, poll, cancellation, fromStart, opened: null);
 
+    /// <summary>
+    /// How long the followed file must have stopped growing before following moves to another run's newer file: the
+    /// next file of the same run (rotation) is taken at once, but a newer file of another run (a replica logging into the
+    /// same directory, or a server restarted after a kill) may sit beside a live file that is only between flushes.
+    /// </summary>
+    public static readonly TimeSpan OtherRunAfter = TimeSpan.FromSeconds(5);
+
     /// <param name="opened">Called once a file is open and, for the first, its length taken (tests append here).</param>
-    internal static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart, Action? opened)
+    /// <param name="otherRunAfter">Overrides <see cref="OtherRunAfter"/> (tests).</param>
+    internal static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart, Action? opened,
+        TimeSpan? otherRunAfter = null)
     {
+        var patience = otherRunAfter ?? OtherRunAfter;
         Describe(path);
         string current = Path.GetFullPath(path);
         // Batches that begin before this offset of the first file were there when following began: skipped unless
@@ -277,11 +287,15 @@ public sealed class TelemetryLogReader
         long skipBefore = fromStart ? 0 : -1;
         while (!cancellation.IsCancellationRequested)
         {
+            string? run = RunOfFile(current);
+            long lastGrowth = System.Diagnostics.Stopwatch.GetTimestamp();
             using (var file = OpenShared(current))
             {
                 if (skipBefore < 0) skipBefore = file.Length;
                 opened?.Invoke();
-                var tail = new TailStream(file, poll, cancellation, () => NewerFile(current) is not null);
+                TailStream? tail = null;
+                // A file created but not yet given its schema has no run id to read: read it again when needed.
+                tail = new TailStream(file, poll, cancellation, () => NextFile(current, run ??= RunOfFile(current), System.Diagnostics.Stopwatch.GetElapsedTime(tail!.LastGrowth), patience) is not null);
                 if (tail.ReadAtLeast(new byte[Magic.Length], Magic.Length, throwOnEndOfStream: false) < Magic.Length) yield break;
                 using var reader = new ArrowStreamReader(tail, leaveOpen: true);
                 while (true)
@@ -301,10 +315,11 @@ public sealed class TelemetryLogReader
                     if (skip) batch.Dispose();
                     else yield return batch;
                 }
+                lastGrowth = tail.LastGrowth;
             }
             skipBefore = 0;
             string? next;
-            while ((next = NewerFile(current)) is null)
+            while ((next = NextFile(current, run ??= RunOfFile(current), System.Diagnostics.Stopwatch.GetElapsedTime(lastGrowth), patience)) is null)
                 if (cancellation.WaitHandle.WaitOne(poll)) yield break;
             current = next;
         }
@@ -417,26 +432,57 @@ public sealed class TelemetryLogReader
         }
     }
 
-    // The oldest file of the same log (directory and prefix) that is newer than current.
-    private static string? NewerFile(string current)
+    /// <summary>
+    /// Where following goes after <paramref name="current"/>, or null to stay: the oldest newer file of the same run (its
+    /// rotation) at once; a newer file of another run only once current has not grown for <paramref name="patience"/>
+    /// (a replica's files sat beside a live one between its flushes, and following left the live one for good). Files
+    /// without a run id (written before run ids) follow each other as before.
+    /// </summary>
+    private static string? NextFile(string current, string? run, TimeSpan idle, TimeSpan patience)
+    {
+        var newer = NewerFiles(current);
+        if (newer.Count == 0) return null;
+        if (run is null) return newer[0];
+        foreach (var f in newer)
+            if (RunOfFile(f) == run) return f;
+        return idle >= patience ? newer[0] : null;
+    }
+
+    /// <summary>A log file's run id; null when it has none, or cannot be read yet (created, schema not written) or any more.</summary>
+    private static string? RunOfFile(string path)
+    {
+        try
+        {
+            return Describe(path).RunId;
+        }
+        catch (Exception e) when (e is IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    // The files of the same log (directory and prefix) that are newer than current, oldest first.
+    private static List<string> NewerFiles(string current)
     {
         string? prefix = TelemetryLogSchema.PrefixOf(current);
         string? dir = Path.GetDirectoryName(current);
-        if (prefix is null || dir is null || !Directory.Exists(dir)) return null;
+        if (prefix is null || dir is null || !Directory.Exists(dir)) return [];
         var candidates = new List<string>();
         foreach (var p in Directory.EnumerateFiles(dir, prefix + "-*" + TelemetryLogSchema.FileExtension))
             if (TelemetryLogSchema.TryParseFileName(p, prefix, out _, out _)) candidates.Add(p);
-        // The followed file may be gone (deleted by the writer's total-size cap): its name still places it in time.
         if (!candidates.Contains(current)) candidates.Add(current);
         var ordered = TelemetryLogSchema.InTimeOrder(candidates);
         int at = ordered.IndexOf(current);
-        return at >= 0 && at + 1 < ordered.Count ? ordered[at + 1] : null;
+        return at < 0 ? [] : ordered.GetRange(at + 1, ordered.Count - at - 1);
     }
 
     /// <summary>A read-only view of a growing file: at its end, waits for more bytes instead of returning 0.</summary>
     private sealed class TailStream(FileStream inner, TimeSpan poll, CancellationToken cancellation, Func<bool> superseded) : Stream
     {
         public bool AtEnd => inner.Position >= inner.Length;
+
+        /// <summary>When the last bytes were read (Stopwatch ticks): how long the file has not grown.</summary>
+        public long LastGrowth { get; private set; } = System.Diagnostics.Stopwatch.GetTimestamp();
 
         public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
 
@@ -445,6 +491,7 @@ public sealed class TelemetryLogReader
             while (true)
             {
                 int n = inner.Read(buffer);
+                if (n > 0) LastGrowth = System.Diagnostics.Stopwatch.GetTimestamp();
                 if (n > 0 || buffer.IsEmpty) return n;
                 // A file that stopped growing while a newer one exists was abandoned (writer killed, then restarted).
                 if (superseded()) return 0;
