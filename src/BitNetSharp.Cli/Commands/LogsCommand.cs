@@ -592,8 +592,11 @@ public static class LogsCommand
     /// <summary>The points of one metric per layer, x in seconds since the first row.</summary>
     private sealed class PlotData(string metric, int input)
     {
-        private readonly SortedDictionary<int, List<(double X, double Y)>> _series = [];
-        private long _origin = long.MinValue;
+        // Raw times: files are read run by run, not in time order (replicas overlap, a clock stepped back), so the origin
+        // is the earliest row and each series is drawn in time order; the first row read as origin gave negative times
+        // and lines that ran back and forth.
+        private readonly SortedDictionary<int, List<(long T, double Y)>> _series = [];
+        private long _origin = long.MaxValue;
 
         public int SeriesCount => _series.Count;
 
@@ -602,7 +605,6 @@ public static class LogsCommand
         public void Add(in TelemetryRow row)
         {
             if (row.Kind != TelemetryRowKind.Layer) return;
-            if (_origin == long.MinValue) _origin = row.TimeUnixNanos;
             var l = row.LayerRecord!;
             float y = metric switch
             {
@@ -613,7 +615,9 @@ public static class LogsCommand
                 _ => l.ResidualChange,
             };
             if (!_series.TryGetValue(l.Layer, out var points)) _series[l.Layer] = points = [];
-            if (float.IsFinite(y)) points.Add(((row.TimeUnixNanos - _origin) / 1e9, y));
+            if (!float.IsFinite(y)) return;
+            points.Add((row.TimeUnixNanos, y));
+            _origin = Math.Min(_origin, row.TimeUnixNanos);
         }
 
         public void Write(TextWriter w, IReadOnlyList<TelemetryLogFile> files)
@@ -621,7 +625,7 @@ public static class LogsCommand
             var plot = new SvgLinePlot
             {
                 Title = $"{Title} per layer ({(files.Count == 1 ? Path.GetFileName(files[0].Path) : files.Count + " files")})",
-                XLabel = _origin == long.MinValue ? "time (s)" : $"time since {FormatTime(_origin)[..19]}Z (s)",
+                XLabel = _origin == long.MaxValue ? "time (s)" : $"time since {FormatTime(_origin)[..19]}Z (s)",
                 YLabel = metric switch
                 {
                     "saturation" or "underflow" => $"{metric} (share of codes)",
@@ -630,7 +634,13 @@ public static class LogsCommand
                     _ => "residual change (relative)",
                 },
             };
-            foreach (var (layer, points) in _series) plot.Series.Add(new($"layer {layer}", points));
+            foreach (var (layer, points) in _series)
+            {
+                points.Sort((a, b) => a.T.CompareTo(b.T));
+                var xy = new List<(double X, double Y)>(points.Count);
+                foreach (var (t, y) in points) xy.Add(((t - _origin) / 1e9, y));
+                plot.Series.Add(new($"layer {layer}", xy));
+            }
             plot.Write(w);
         }
     }

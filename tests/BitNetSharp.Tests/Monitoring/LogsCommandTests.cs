@@ -24,12 +24,12 @@ public class LogsCommandTests
     /// Steps 1-4, each with a token of requests a and b and layers 0-2 (sat = 0.0625 × step, so mean 15.625 %, max 25 %),
     /// one second apart, and an alert event for request a.
     /// </summary>
-    private static string WriteLog(TestGguf.TempDirectory dir, string a = "a", string b = "b", Dictionary<string, string>? context = null)
+    private static string WriteLog(TestGguf.TempDirectory dir, string a = "a", string b = "b", Dictionary<string, string>? context = null, long offsetNanos = 0)
     {
         using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, context ?? Context);
         for (int step = 1; step <= 4; step++)
         {
-            long t = Start + step * 1_000_000_000L;
+            long t = Start + offsetNanos + step * 1_000_000_000L;
             writer.Write(Step(t, step, a, sequence: 0));
             writer.Write(Step(t, step, b, sequence: 1));
             for (int layer = 0; layer < 3; layer++) writer.Write(Layer(t, step, layer));
@@ -156,6 +156,32 @@ public class LogsCommandTests
         Assert.Equal(0.0625, layer.GetProperty("sat_qkv").GetDouble());
         Assert.EndsWith("Z", layer.GetProperty("time").GetString());
         Assert.Empty(Directory.GetFiles(dir.Path, ".*tmp*"));
+    }
+
+    /// <summary>
+    /// Two runs whose files read in one order and whose rows lie in the other (a replica that started earlier, a clock
+    /// stepped back): the plot's x axis starts at the earliest row and each line runs forward in time (the first row
+    /// read was the origin, so x went negative, and the lines ran back and forth).
+    /// </summary>
+    [Fact]
+    public void PlotLinesRunForwardInTimeAcrossRuns()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        WriteLog(dir, "c", "d", offsetNanos: -30_000_000_000L);
+        string svg = dir.File("sat.svg");
+        var (code, _, error) = Bitnet("logs", dir.Path, "--plot", svg);
+        Assert.True(code == 0, error);
+        var doc = XDocument.Load(svg);
+        XNamespace ns = "http://www.w3.org/2000/svg";
+        var lines = doc.Descendants(ns + "polyline").ToList();
+        Assert.Equal(3, lines.Count);
+        foreach (var line in lines)
+        {
+            var xs = ((string)line.Attribute("points")!).Split(' ').Select(p => double.Parse(p.Split(',')[0], System.Globalization.CultureInfo.InvariantCulture)).ToList();
+            Assert.Equal(8, xs.Count);
+            Assert.Equal(xs.Order(), xs);
+        }
     }
 
     [Fact]
