@@ -140,6 +140,22 @@ public sealed partial class DashboardBrowserTests
         await Task.Delay(4500, Ct);
         Assert.InRange(Volatile.Read(ref metricsRequests) - atUnreachable, 0, 2); // one poll at a time: ≤ 2 in 4.5 s, not 4-5
         Assert.Empty(consoleErrors);
+
+        // An error page instead of metrics (a proxy's 502 while this replica is down): an error on the page, the tiles
+        // kept, and no rate spike after it. It read as every counter 0 under a green status, and the next good poll's
+        // rate was the lifetime token count per second.
+        await page.UnrouteAsync("**/metrics");
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent === 'ok'", null, new() { Timeout = 15_000 });
+        string total = await page.InnerTextAsync("#gen_total");
+        Assert.NotEqual("0", total);
+        await page.RouteAsync("**/metrics", r => r.FulfillAsync(new() { Status = 502, ContentType = "text/html", Body = "<html><body>502 Bad Gateway</body></html>" }));
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent.includes('HTTP 502')", null, new() { Timeout = 15_000 });
+        Assert.Equal(total, await page.InnerTextAsync("#gen_total"));
+        await page.UnrouteAsync("**/metrics");
+        await page.WaitForFunctionAsync("n => Number(document.body.dataset.polls) >= n", await page.EvaluateAsync<int>("() => Number(document.body.dataset.polls) + 2"), new() { Timeout = 15_000 });
+        double spike = await page.EvaluateAsync<double>("() => Math.max(0, ...rates.slice(-3))");
+        Assert.True(spike < double.Parse(total, NumberStyles.Any, CultureInfo.InvariantCulture) / 2, $"a rate spike of {spike} tok/s after the error page ({total} tokens in all)");
+        Assert.Equal("polite", await page.GetAttributeAsync("#status", "aria-live"));
     }
 }
 
