@@ -101,7 +101,7 @@ public static class BenchCommand
             }
             if (result.GetValue(profileAb) is { } abRuns && !result.GetValue(bandwidthOnly))
             {
-                if (abRuns < 1) throw new UsageException($"--profile-ab must be at least 1; got {abRuns}.");
+                if (abRuns is < 1 or > MaxRepetitions) throw new UsageException($"--profile-ab must be from 1 to {MaxRepetitions}; got {abRuns}.");
                 if (result.GetValue(gen) < 1) throw new UsageException("--profile-ab needs decode steps: -n must be at least 1.");
             }
             if (result.GetValue(bandwidthOnly))
@@ -134,10 +134,11 @@ public static class BenchCommand
             var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
             if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
             var headOnLoad = synth is null ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
-            ResetPeakRss();
             string path = shape is not null
                 ? SyntheticFile(shape, result.GetValue(headType) ?? "f16", cli)
                 : ModelOptions.ResolveModel(result.GetValue(model));
+            // After the synthetic model is built (in memory, then written): its build is not the benchmark's memory.
+            ResetPeakRss();
 
             long t0 = Stopwatch.GetTimestamp();
             using var weights = ModelWeights.Load(path, new ModelLoadOptions { ContextLength = ctxOption, HeadType = headOnLoad, WeightPages = pages });

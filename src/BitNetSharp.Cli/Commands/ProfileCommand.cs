@@ -21,6 +21,8 @@ public static class ProfileCommand
 
     /// <summary>The largest bandwidth probe buffer, in MB.</summary>
     private const int MaxProbeMb = 1 << 16;
+    /// <summary>The longest --peak-ms: each of the ceiling measurements runs this long (10 minutes is far past useful).</summary>
+    public const int MaxPeakMs = 600_000;
 
     /// <summary>The most worker threads, as bench and serve allow (more started a thread each, or overflowed the pool).</summary>
     private const int MaxThreads = 4096;
@@ -77,11 +79,12 @@ public static class ProfileCommand
             int seqs = result.GetValue(sequences);
             if (seqs is < 1 or > ProfileOptions.MaxSequences) throw new UsageException($"--sequences (-s) must be from 1 to {ProfileOptions.MaxSequences}; got {seqs}.");
             int abReps = result.GetValue(ab);
-            if (abReps < 0) throw new UsageException($"--ab must be ≥ 0; got {abReps}.");
+            // A value past the array limit threw OutOfMemoryException (a stack trace) only after the whole profile.
+            if (abReps is < 0 or > BenchCommand.MaxRepetitions) throw new UsageException($"--ab must be from 0 to {BenchCommand.MaxRepetitions}; got {abReps}.");
             int probe = result.GetValue(probeMb);
             if (probe < 16 || probe > MaxProbeMb) throw new UsageException($"--probe-mb must be from 16 (the probe must be far larger than the caches) to {MaxProbeMb}; got {probe}.");
             int peak = result.GetValue(peakMs);
-            if (peak < 1) throw new UsageException($"--peak-ms must be at least 1; got {peak}.");
+            if (peak is < 1 or > MaxPeakMs) throw new UsageException($"--peak-ms must be from 1 to {MaxPeakMs}; got {peak}.");
             string? tracePath = result.GetValue(trace);
             if (tracePath is not null) OutputFile.Check("--trace", tracePath);
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
@@ -139,7 +142,7 @@ public static class ProfileCommand
                     ChromeTraceWriter.Write(tracePath, report);
                     traceBytes = new FileInfo(tracePath).Length;
                 }
-                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutOfMemoryException or OverflowException)
                 {
                     traceError = $"error: the trace could not be written to {tracePath}: {e.Message}";
                     tracePath = null;

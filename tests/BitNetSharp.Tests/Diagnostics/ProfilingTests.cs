@@ -181,6 +181,45 @@ public class ProfilingTests
         Assert.Throws<ArgumentException>(() => engine.Profiler = new OpProfiler(c.Layers + 1, 2));
     }
 
+    /// <summary>
+    /// The trace streams to its file as it is written: unflushed, the JSON writer held the whole document in one growing
+    /// array (gigabytes for a long profile, and a crash near 2 GB that took the report with it).
+    /// </summary>
+    [Fact]
+    public void TheTraceStreamsToItsFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        using var pool = new WorkerPool(2);
+        var report = ProfileSession.Run(w, pool, new ProfileOptions
+        {
+            Prompt = [1, 2, 3, 4, 5, 6, 7, 8], DecodeSteps = 96, BandwidthProbeBytes = 16 << 20, PeakSeconds = 0.02,
+        });
+        var stream = new WriteRecordingStream();
+        ChromeTraceWriter.Write(stream, report);
+        Assert.True(stream.Length > 256 << 10, $"a trace of {stream.Length} bytes shows nothing");
+        Assert.True(stream.LargestWrite < 96 << 10, $"one write of {stream.LargestWrite} bytes: the trace was buffered whole");
+        using var doc = JsonDocument.Parse(stream.ToArray());
+        Assert.True(doc.RootElement.GetProperty("traceEvents").GetArrayLength() > 1000);
+    }
+
+    private sealed class WriteRecordingStream : MemoryStream
+    {
+        public long LargestWrite;
+
+        public override void Write(byte[] buffer, int offset, int count)
+        {
+            LargestWrite = Math.Max(LargestWrite, count);
+            base.Write(buffer, offset, count);
+        }
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            LargestWrite = Math.Max(LargestWrite, buffer.Length);
+            base.Write(buffer);
+        }
+    }
+
     [Fact]
     public void SessionTraceIsValidChromeJsonWithNestedSpansPerThread()
     {
@@ -400,6 +439,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "0" }, "--prompt-tokens")]
     [InlineData(new[] { "--synthetic", "tiny", "-t", "0" }, "--threads")]
     [InlineData(new[] { "--synthetic", "tiny", "--ab", "-1" }, "--ab")]
+    [InlineData(new[] { "--synthetic", "tiny", "--ab", "2147483647" }, "--ab must be from 0 to")] // OutOfMemoryException after the whole profile
+    [InlineData(new[] { "--synthetic", "tiny", "--peak-ms", "2147483647" }, "--peak-ms must be from 1 to")]
     [InlineData(new[] { "--synthetic", "tiny", "-s", "0" }, "--sequences")]
     [InlineData(new[] { "--synthetic", "tiny", "--sequences", "257" }, "--sequences")]
     [InlineData(new[] { "--synthetic", "tiny", "--trace", "/nonexistent-folder/t.json" }, "--trace")]

@@ -74,6 +74,7 @@ public static class ChromeTraceWriter
             }
             j.WriteEndObject();
             j.WriteEndObject();
+            FlushSometimes(j);
         }
 
         for (int w = 0; w < chunks.Workers; w++)
@@ -94,15 +95,27 @@ public static class ChromeTraceWriter
                 j.WriteNumber("items_end", c.ItemEnd);
                 j.WriteEndObject();
                 j.WriteEndObject();
+                FlushSometimes(j);
             }
         j.WriteEndArray();
         j.WriteEndObject();
     }
 
+    /// <summary>
+    /// Hands the writer's buffer to the stream every 64 KiB: unflushed, a Utf8JsonWriter keeps the whole document in one
+    /// growing array, so a long profile's trace (tens of millions of events) needed gigabytes and failed near 2 GB.
+    /// </summary>
+    private static void FlushSometimes(Utf8JsonWriter j)
+    {
+        if (j.BytesPending >= 1 << 16) j.Flush();
+    }
+
     /// <summary>Writes the trace whole or not at all (a temporary file beside it, renamed over the path when complete).</summary>
     public static void Write(string path, ProfileReport report)
     {
-        string temp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".", "." + Path.GetFileName(path) + ".partial");
+        // A name of its own: two profiles writing the same --trace truncated each other's temporary file.
+        string temp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".",
+            $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.partial");
         try
         {
             using (var f = File.Create(temp)) Write(f, report);
