@@ -151,7 +151,8 @@ public static class BenchCommand
                         ? $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; --ctx {ctxOption} allocates {context}."
                         : $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; the model's context is {context} (pass --ctx {maxDepth + Math.Max(result.GetValue(prompt), result.GetValue(gen))} to allocate more).");
             long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
-            long perToken = ThroughputBenchmark.BytesPerToken(weights);
+            // As the engine's kernel reads them: the lookup kernel decodes from its own layout, 2 bytes per 9 weights.
+            long perToken = ThroughputBenchmark.BytesPerToken(weights, Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim));
             long projectionParams = weights.Layers.Sum(l => (long)l.Q.Rows * l.Q.Cols + (long)l.K.Rows * l.K.Cols + (long)l.V.Rows * l.V.Cols
                 + (long)l.O.Rows * l.O.Cols + (long)l.Gate.Rows * l.Gate.Cols + (long)l.Up.Rows * l.Up.Cols + (long)l.Down.Rows * l.Down.Cols);
             long projectionBytes = weights.Layers.Sum(l => l.PackedBytes);

@@ -423,13 +423,19 @@ public static class ThroughputBenchmark
         return (new ThroughputSample($"tg{tokens} profile off", pool.ThreadCount, off) { Tokens = tokens }, new ThroughputSample($"tg{tokens} profile on", pool.ThreadCount, on) { Tokens = tokens });
     }
 
-    /// <summary>Weight bytes a decode step must read from memory: every projection, the head, one embedding row and the
-    /// norms (the KV cache a step reads depends on the depth: <see cref="ThroughputSample.KvBytesPerStep"/>).</summary>
-    public static long BytesPerToken(ModelWeights w)
+    /// <summary>Weight bytes a decode step must read from memory: every projection (as <paramref name="kernel"/> reads it:
+    /// the lookup kernel from its own, smaller layout), the head, one embedding row and the norms (the KV cache a step
+    /// reads depends on the depth: <see cref="ThroughputSample.KvBytesPerStep"/>).</summary>
+    public static long BytesPerToken(ModelWeights w, Kernels.TernaryKernel? kernel = null)
     {
         long bytes = w.Output.ByteLength + w.TokenEmbedding.RowBytes + w.OutputNorm.Length * 4L;
         foreach (var l in w.Layers)
-            bytes += l.PackedBytes + (l.AttnNorm.Length + l.FfnNorm.Length + (l.AttnSubNorm?.Length ?? 0) + (l.FfnSubNorm?.Length ?? 0)) * 4L;
+        {
+            bytes += kernel is null ? l.PackedBytes
+                : kernel.BytesRead(l.Q, 1) + kernel.BytesRead(l.K, 1) + kernel.BytesRead(l.V, 1) + kernel.BytesRead(l.O, 1)
+                  + kernel.BytesRead(l.Gate, 1) + kernel.BytesRead(l.Up, 1) + kernel.BytesRead(l.Down, 1);
+            bytes += (l.AttnNorm.Length + l.FfnNorm.Length + (l.AttnSubNorm?.Length ?? 0) + (l.FfnSubNorm?.Length ?? 0)) * 4L;
+        }
         return bytes;
     }
 

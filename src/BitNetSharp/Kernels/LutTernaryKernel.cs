@@ -69,6 +69,9 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
     /// </summary>
     public const int MaxLookupTokens = 3;
 
+    /// <summary>Decode (and prefill by lookup) reads the repacked layout, 2 bytes per 9 weights; prefill on the tiles the packed matrix.</summary>
+    public override long BytesRead(TernaryMatrix w, int tokens) => tokens <= MaxLookupTokens || LookupPrefill ? Layout(w).ByteLength : w.ByteLength;
+
     /// <summary>The int8 kernel for prefill tiles (AVX-512, GFNI when the CPU has it).</summary>
     private static TernaryKernel Tiles => s_tiles ??= Gfni.V512.IsSupported ? new Avx512GfniTernaryKernel() : new Avx512TernaryKernel();
 

@@ -115,6 +115,12 @@ public abstract unsafe class TernaryKernel
     /// whole block for a range that cuts one). <see cref="TernaryMatMul"/> plans its slices and chunks in these units.</summary>
     public virtual int RowAlignment => 8;
 
+    /// <summary>
+    /// Bytes of <paramref name="w"/> a product of <paramref name="tokens"/> tokens reads: the packed matrix, or the
+    /// variant's own layout where it reads that (the profiler's GB/s and bench's bound count what is read).
+    /// </summary>
+    public virtual long BytesRead(TernaryMatrix w, int tokens) => w.ByteLength;
+
     /// <summary>Lays <paramref name="w"/> out as this variant reads it, ahead of the first product (a load-time repack);
     /// nothing for the variants that read <see cref="TernaryMatrix"/>'s own layout.</summary>
     public virtual void PrepareWeights(TernaryMatrix w) { }

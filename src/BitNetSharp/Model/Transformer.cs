@@ -149,6 +149,7 @@ public sealed unsafe class Transformer : IDisposable
             if (value is not null && (value.Layers != _c.Layers || value.Threads < _pool.ThreadCount))
                 throw new ArgumentException($"The profiler is sized for {value.Layers} layers and {value.Threads} threads; this engine has {_c.Layers} and {_pool.ThreadCount}.", nameof(value));
             _profiler = value;
+            if (value is not null) value.BytesRead = _kernel.BytesRead;
         }
     }
 
@@ -200,7 +201,7 @@ public sealed unsafe class Transformer : IDisposable
             throw new ArgumentException($"The logits buffer holds {logits.Length} values; {wanted} rows of {_c.VocabSize} are needed.", nameof(logits));
 
         var health = _health;
-        var p = _active = _profiler ?? (ProfileEventSource.Log.IsEnabled() ? _eventProfiler ??= new OpProfiler(_c.Layers, _pool.ThreadCount) : null);
+        var p = _active = _profiler ?? (ProfileEventSource.Log.IsEnabled() ? _eventProfiler ??= new OpProfiler(_c.Layers, _pool.ThreadCount) { BytesRead = _kernel.BytesRead } : null);
         health?.BeginForward(n);
         p?.Begin(ProfileOp.Embedding, -1, n);
         for (int t = 0; t < n; t++)

@@ -64,13 +64,21 @@ public sealed class OpProfiler
         Started();
     }
 
+    /// <summary>
+    /// The bytes a product of a matrix over so many tokens reads (set by the engine from its kernel: the lookup kernel
+    /// decodes from its own, smaller layout); the packed matrix's size when null.
+    /// </summary>
+    public Func<TernaryMatrix, int, long>? BytesRead { get; set; }
+
+    private long Read(TernaryMatrix w, int tokens) => BytesRead?.Invoke(w, tokens) ?? w.ByteLength;
+
     /// <summary>A ternary projection: <paramref name="w"/> is read once (bytes), and each token costs rows × cols MACs.</summary>
     public void BeginLinear(ProfileOp op, int layer, TernaryMatrix w, int tokens)
     {
         _op = op;
         _layer = layer;
         _tokens = tokens;
-        _bytes = w.ByteLength;
+        _bytes = Read(w, tokens);
         _macs = (long)w.Rows * w.Cols * tokens;
         _in = w.Cols;
         _out = w.Rows;
@@ -91,7 +99,7 @@ public sealed class OpProfiler
         _tokens = tokens;
         _productCount = w2 is null ? 2 : 3;
         (_productOps[0], _productOps[1], _productOps[2]) = (op0, op1, op2);
-        _productBytes[0] = w0.ByteLength; _productBytes[1] = w1.ByteLength; _productBytes[2] = w2?.ByteLength ?? 0;
+        _productBytes[0] = Read(w0, tokens); _productBytes[1] = Read(w1, tokens); _productBytes[2] = w2 is null ? 0 : Read(w2, tokens);
         _productMacs[0] = (long)w0.Rows * w0.Cols * tokens; _productMacs[1] = (long)w1.Rows * w1.Cols * tokens;
         _productMacs[2] = w2 is null ? 0 : (long)w2.Rows * w2.Cols * tokens;
         _in = w0.Cols;
