@@ -352,6 +352,29 @@ public class HealthCollectorBatchTests
         Assert.Equal(20f, health.Latest.ResidualChange[1], 1e-3f);
     }
 
+    /// <summary>An idle scheduler sampling every step's health, with the health meters over it; tests drive its collector.</summary>
+    private sealed class MeteredScheduler : IDisposable
+    {
+        public MeteredScheduler()
+        {
+            (Weights, var tokenizer) = BitNetSharp.Tests.Server.TinyChatModel.Load();
+            Scheduler = new BitNetSharp.Generation.Scheduler.ContinuousBatchScheduler(Weights, tokenizer,
+                new BitNetSharp.Generation.Scheduler.SchedulerOptions { MaxSequences = 1, Threads = 1, HealthSampleEvery = 1 });
+            Meters = new HealthMeters(Scheduler, () => null, () => null, () => null);
+        }
+
+        public ModelWeights Weights { get; }
+        public BitNetSharp.Generation.Scheduler.ContinuousBatchScheduler Scheduler { get; }
+        public HealthMeters Meters { get; }
+
+        public void Dispose()
+        {
+            Meters.Dispose();
+            Scheduler.Dispose();
+            Weights.Dispose();
+        }
+    }
+
     /// <summary>
     /// The alert engine's signals are one sample's: the samples counter (which gates the sampled rules' <c>for</c>) was
     /// read after the gauges, so a step published in between paired the new count with the old values and one bad
@@ -361,13 +384,8 @@ public class HealthCollectorBatchTests
     [Fact]
     public async Task SignalsAreReadFromOneSample()
     {
-        var (weights, tokenizer) = BitNetSharp.Tests.Server.TinyChatModel.Load();
-        using var _ = weights;
-        using var scheduler = new BitNetSharp.Generation.Scheduler.ContinuousBatchScheduler(weights, tokenizer,
-            new BitNetSharp.Generation.Scheduler.SchedulerOptions { MaxSequences = 1, Threads = 1, HealthSampleEvery = 1 });
-        using var meters = new HealthMeters(scheduler, () => null, () => null, () => null);
-        var health = scheduler.Health;
-        var c = weights.Config;
+        using var m = new MeteredScheduler();
+        var (meters, health, c) = (m.Meters, m.Scheduler.Health, m.Weights.Config);
         var before = Enumerable.Repeat(1f, c.Dim).ToArray();
         using var stop = new CancellationTokenSource();
         var publisher = Task.Run(() =>
@@ -423,12 +441,8 @@ public class HealthCollectorBatchTests
     [Fact]
     public void AStepWithoutLogitsKeepsTheLastLogitsGaugesForPrometheusOnly()
     {
-        var (weights, tokenizer) = BitNetSharp.Tests.Server.TinyChatModel.Load();
-        using var _ = weights;
-        using var scheduler = new BitNetSharp.Generation.Scheduler.ContinuousBatchScheduler(weights, tokenizer,
-            new BitNetSharp.Generation.Scheduler.SchedulerOptions { MaxSequences = 1, Threads = 1, HealthSampleEvery = 1 });
-        using var meters = new HealthMeters(scheduler, () => null, () => null, () => null);
-        var health = scheduler.Health;
+        using var m = new MeteredScheduler();
+        var (meters, health) = (m.Meters, m.Scheduler.Health);
         var range = meters.Signals.Single(x => x.PrometheusName == "bitnet_health_logits_range");
         var stats = LogitStats.Compute([0.5f, 0.25f, 0.75f]);
         double? Scraped()
