@@ -245,6 +245,9 @@ public static class ProfileCommand
             ? $"decode: {r.Decode.Tokens} steps, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s; per-token latency"
             : $"decode: {r.Decode.Tokens / r.Sequences} steps × {r.Sequences} sequences, {F(r.Decode.Tokens / r.Decode.WallSeconds, "F2")} tok/s in all; per-step latency";
         o.WriteLine($"{decodeHead} p50 {Ms(lat.P50)} ms, p95 {Ms(lat.P95)}, p99 {Ms(lat.P99)}, sd {Ms(lat.StdDev)}, min {Ms(lat.Min)}, max {Ms(lat.Max)}");
+        // The recorder's buffers are sized from the warm-up; a run that outgrew them lost the rest silently.
+        if (r.Spans.Dropped > 0 || r.Chunks.Dropped > 0)
+            cli.Error.WriteLine($"warning: the recorder dropped {r.Spans.Dropped} spans and {r.Chunks.Dropped} pool chunks (its buffers filled): the trace misses them and \"threads busy\" reads low.");
         foreach (var (phase, peak) in new[] { (r.Prefill, r.PeakGmacPrefill), (r.Decode, r.PeakGmacDecode) })
         {
             o.WriteLine();
@@ -372,6 +375,8 @@ public static class ProfileCommand
             ab = r.AbOffTokensPerSecond is null ? null : new { off_tokens_per_second = r.AbOffTokensPerSecond, on_tokens_per_second = r.AbOnTokensPerSecond },
             trace = tracePath,
             trace_bytes = traceBytes,
+            dropped_spans = r.Spans.Dropped,
+            dropped_chunks = r.Chunks.Dropped,
         };
         output.WriteLine(JsonSerializer.Serialize(doc, new JsonSerializerOptions { WriteIndented = true }));
     }

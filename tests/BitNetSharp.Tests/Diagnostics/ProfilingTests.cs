@@ -222,12 +222,15 @@ public class ProfilingTests
         {
             Prompt = [1, 2, 3, 4, 5, 6, 7, 8], DecodeSteps = 96, BandwidthProbeBytes = 16 << 20, PeakSeconds = 0.02,
         });
+        // A full span log drops what follows and says so (in the trace here; the CLI warns and its JSON counts them).
+        while (report.Spans.Dropped < 3) report.Spans.Add(report.Spans.Spans[0]);
         var stream = new WriteRecordingStream();
         ChromeTraceWriter.Write(stream, report);
         Assert.True(stream.Length > 256 << 10, $"a trace of {stream.Length} bytes shows nothing");
         Assert.True(stream.LargestWrite < 96 << 10, $"one write of {stream.LargestWrite} bytes: the trace was buffered whole");
         using var doc = JsonDocument.Parse(stream.ToArray());
         Assert.True(doc.RootElement.GetProperty("traceEvents").GetArrayLength() > 1000);
+        Assert.Equal(3, doc.RootElement.GetProperty("otherData").GetProperty("dropped_spans").GetInt64());
     }
 
     private sealed class WriteRecordingStream : MemoryStream

@@ -32,6 +32,8 @@ public static class ChromeTraceWriter
         j.WriteString("kernel", report.Kernel);
         j.WriteNumber("threads", report.Threads);
         j.WriteString("architecture", report.Config.Architecture);
+        j.WriteNumber("dropped_spans", report.Spans.Dropped); // events the recorder's full buffers could not hold
+        j.WriteNumber("dropped_chunks", report.Chunks.Dropped);
         j.WriteEndObject();
         j.WriteStartArray("traceEvents");
 
