@@ -43,7 +43,7 @@ public static unsafe class QuickQuantHead
         float* y = (float*)NativeMemory.Alloc((nuint)(tokens * rows * 4));
         float* r4 = stackalloc float[4];
         int g = Cols / 16, quarter = rows / 4;
-        for (int r = 0; r < Math.Min(rows, 4096); r++)
+        for (int r = 0; HeadQ6K512.IsSupported && r < Math.Min(rows, 4096); r++)
         {
             HeadQ6K512.Dot(w + r * rowBytes, q, Cols, d, s, blocks, tokens, r4);
             for (int t = 0; t < tokens; t++)
@@ -60,9 +60,13 @@ public static unsafe class QuickQuantHead
             ("Q6_K 4 tokens, 256-bit", () => { float* o = stackalloc float[4]; for (int r = 0; r < rows; r++) { HeadKernels.DotQ6_KQ8Kx4(w + r * rowBytes, q, Cols, d, s, blocks, o); y[r] = o[0]; } }),
             ("Q6_K 4 tokens, 512-bit", () => { float* o = stackalloc float[4]; for (int r = 0; r < rows; r++) { HeadQ6K512.Dot(w + r * rowBytes, q, Cols, d, s, blocks, 4, o); y[r] = o[0]; } }),
         };
-        Report($"{rows} rows, {rows * rowBytes / 1e6:F1} MB", rows * rowBytes, variants, rounds, seconds);
+        Report($"{rows} rows, {rows * rowBytes / 1e6:F1} MB", rows * rowBytes, Supported(variants, HeadQ6K512.IsSupported), rounds, seconds);
         NativeMemory.AlignedFree(w);
     }
+
+    /// <summary>The 512-bit variants only where they run (DOTNET_EnableAVX512=0, AVX2-only cores): they threw PlatformNotSupportedException.</summary>
+    private static (string Name, Action Run)[] Supported((string Name, Action Run)[] variants, bool wide) =>
+        wide ? variants : Array.FindAll(variants, v => !v.Name.Contains("512-bit", StringComparison.Ordinal));
 
     private static void Q8(int rows, int rounds, double seconds)
     {
@@ -77,12 +81,12 @@ public static unsafe class QuickQuantHead
         float* d = (float*)NativeMemory.Alloc((nuint)(tokens * blocks * 4));
         fixed (float* px = x)
             for (int t = 0; t < tokens; t++) HeadKernels.QuantizeQ8Blocks(px + t * Cols, Cols, q + t * Cols, d + t * blocks);
-        HeadQ8_0512.Widen(q, x16, tokens * Cols);
+        if (HeadQ8_0512.IsSupported) HeadQ8_0512.Widen(q, x16, tokens * Cols);
         float* y = (float*)NativeMemory.Alloc((nuint)(tokens * rows * 4));
         float* r4 = stackalloc float[4];
         float* one = stackalloc float[4];
         int quarter = rows / 4;
-        for (int r = 0; r < Math.Min(rows, 4096); r++)
+        for (int r = 0; HeadQ8_0512.IsSupported && r < Math.Min(rows, 4096); r++)
         {
             HeadQ8_0512.Dot(w + r * rowBytes, x16, Cols, d, blocks, tokens, r4);
             for (int t = 0; t < tokens; t++)
@@ -103,7 +107,7 @@ public static unsafe class QuickQuantHead
             ("Q8_0 4 tokens, 256-bit (two pairs)", () => { float* o = stackalloc float[4]; for (int r = 0; r < rows; r++) { HeadKernels.DotQ8_0Q8x2(w + r * rowBytes, q, q + Cols, d, d + blocks, blocks, o); HeadKernels.DotQ8_0Q8x2(w + r * rowBytes, q + 2 * Cols, q + 3 * Cols, d + 2 * blocks, d + 3 * blocks, blocks, o + 2); y[r] = o[0]; } }),
             ("Q8_0 4 tokens, 512-bit", () => { float* o = stackalloc float[4]; for (int r = 0; r < rows; r++) { HeadQ8_0512.Dot(w + r * rowBytes, x16, Cols, d, blocks, 4, o); y[r] = o[0]; } }),
         };
-        Report($"{rows} rows, {rows * rowBytes / 1e6:F1} MB", rows * rowBytes, variants, rounds, seconds);
+        Report($"{rows} rows, {rows * rowBytes / 1e6:F1} MB", rows * rowBytes, Supported(variants, HeadQ8_0512.IsSupported), rounds, seconds);
         NativeMemory.AlignedFree(w);
     }
 
