@@ -36,7 +36,7 @@ public static class CalibrateCommand
         var samples = new Option<int>("--samples") { Description = "Windows of --ctx tokens drawn from the text (seeded): the first half for statistics, the rest held out for the search.", DefaultValueFactory = _ => 8 };
         var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: min(model context, 256))." };
         var budget = new Option<double>("--kl-budget") { Description = "Largest mean KL divergence (nats per position) from the 8-bit model the chosen widths may cost.", DefaultValueFactory = _ => 0.01 };
-        var seed = new Option<int>("--seed") { Description = "Seed for drawing the windows.", DefaultValueFactory = _ => 1 };
+        var seed = new Option<int>("--seed") { Description = "Seed for drawing the windows (0 or more).", DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "Stop after this many accepted steps (default: until the budget is spent)." };
         var output = new Option<string>("--out", "-o") { Description = "The calibrated .gguf to write (the input with bitnetsharp.activation_bits set).", Required = true };
         var report = new Option<string?>("--report") { Description = "Markdown report to write (default: OUT without .gguf + .calibration.md, with -crest.svg and -histogram.svg beside it)." };
@@ -55,6 +55,8 @@ public static class CalibrateCommand
             {
                 // An option of the other mode was ignored without a word (--tune --json printed text, breaking scripts).
                 bool tuning = r.GetValue(tune);
+                // System.Random(int) draws from |seed|: --seed -3 drew the windows of --seed 3.
+                if (r.GetValue(seed) < 0) throw new UsageException($"--seed must be 0 to {int.MaxValue}; got {r.GetValue(seed)}.");
                 foreach (var option in tuning ? new Option[] { samples, budget, maxSteps, report, json } : [tuneSteps, tuneLr])
                     if (r.GetResult(option) is { Implicit: false })
                         throw new UsageException(tuning
@@ -103,9 +105,9 @@ public static class CalibrateCommand
         using var _ = weights;
         if (weights.Gguf is not { } gguf)
             throw new UsageException($"{weights.SourcePath} is not a GGUF; calibrate writes a copy of a GGUF. Convert it first: bitnet convert {weights.SourcePath} model.gguf");
-        if (Path.GetFullPath(gguf.FilePath) == outFull) throw new UsageException($"--out {outPath} is the input model; write to another file.");
+        OutputFile.CheckNotInput("--out", outPath, ("--model", gguf.FilePath));
         foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })
-            if (written == outFull || written == Path.GetFullPath(gguf.FilePath))
+            if (OutputFile.SameFile(written, outFull) || OutputFile.SameFile(written, gguf.FilePath))
                 throw new UsageException($"--report {reportPath} would overwrite {written}, the {(written == outFull ? "calibrated" : "input")} model; give another report path.");
         if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; calibrate needs one to turn the text into tokens.");
         var c = weights.Config;
@@ -221,6 +223,9 @@ public static class CalibrateCommand
         md.Append(ic, $"Result: activation bits `{result.Bits}` — held-out perplexity {result.Kl.Reference.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4}; KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %.\n\n");
         md.Append("## Activation statistics (per token, before quantization)\n\n");
         md.Append("Outlier channel: |x_c| ≥ 6·RMS of the token in ≥ 5 % of tokens. Crest = absmax/RMS: an 8-bit code gives a typical entry about 127/crest levels.\n\n");
+        foreach (var s in stats)
+            if (s.NonFiniteTokens > 0)
+                md.Append(ic, $"**Layer {s.Layer} {HealthNames.InputLabels[(int)s.Input]}: {s.NonFiniteTokens} token(s) with NaN or ±∞ entries**, left out of the row below.\n\n");
         md.Append("| layer | input | tokens | absmax p50 | absmax p99 | absmax max | crest mean | outlier channels | top channel's share | bits |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         foreach (var s in stats)
             md.Append(ic, $"| {s.Layer} | {HealthNames.InputLabels[(int)s.Input]} | {s.Tokens} | {s.AbsMaxP50:G4} | {s.AbsMaxP99:G4} | {s.AbsMaxMax:G4} | {s.CrestMean:F2} | {s.OutlierChannels} | {100 * s.TopOutlierShare:F1} % | {result.Bits[s.Layer, s.Input]} |\n");

@@ -18,20 +18,18 @@ internal static class CalibrateTune
         if (steps < 1) throw new UsageException($"--steps must be at least 1; got {steps}.");
         if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
         if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
-        if (outPath == dataPath || Path.GetFullPath(outPath) == Path.GetFullPath(dataPath))
-            throw new UsageException($"--out {outPath} is the --data file; the tuned model would replace the text. Give another path.");
         if (!(lr > 0) || !float.IsFinite(lr)) throw new UsageException($"--lr must be a positive number; got {lr.ToString(CultureInfo.InvariantCulture)}.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the tuned model is a GGUF; give a path ending in .gguf.");
-        string outFull = Path.GetFullPath(outPath);
-        if (Path.GetDirectoryName(outFull) is { } dir && !Directory.Exists(dir))
-            throw new UsageException($"Cannot write {outFull}: the directory {dir} does not exist.");
+        // A directory, a missing folder, the text itself (through a link too): refused before the run, which the rename
+        // at its end would otherwise fail after every step.
+        string outFull = OutputFile.CheckNotInput("--out", outPath, ("--data", dataPath));
 
         var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(dataPath)], 0.1);
         var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(modelPath));
         using var _ = weights;
         if (weights.Gguf is not { } gguf)
             throw new UsageException($"{weights.SourcePath} is not a GGUF; --tune writes a copy of a GGUF. Convert it first: bitnet convert {weights.SourcePath} model.gguf --type i2_s");
-        if (Path.GetFullPath(gguf.FilePath) == outFull) throw new UsageException($"--out {outPath} is the input model; write to another file.");
+        OutputFile.CheckNotInput("--out", outPath, ("--model", gguf.FilePath));
         if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; --tune needs one to turn the text into tokens.");
         int window = ctxOption > 0 ? ctxOption : Math.Min(weights.Config.ContextLength, 256);
         if (window < 2 || window > weights.Config.ContextLength) throw new UsageException($"--ctx {window} must be 2 to {weights.Config.ContextLength} (the model's context).");
@@ -66,9 +64,11 @@ internal static class CalibrateTune
         var ic = CultureInfo.InvariantCulture;
         const int heldWindows = 64;
         double before = tuner.Loss(held, heldWindows);
+        // What the loss is over: the first 64 windows of the held-out tokens, not all of them.
+        long scored = (long)Math.Min(heldWindows, (held.Length - 1) / window) * window;
         cli.Output.WriteLine(string.Create(ic,
             $"tuning {tuner.TunableCount:N0} values (RMSNorm gains and per-tensor scales; ternary codes fixed, activation bits {tuner.Model.ActivationBits}) " +
-            $"on {train.Length:N0} tokens of {Path.GetFileName(dataPath)}: {steps} steps of 8×{window}, lr {lr:G3}; held-out {held.Length:N0} tokens, loss {before:F4} (ppl {Math.Exp(before):F2})"));
+            $"on {train.Length:N0} tokens of {Path.GetFileName(dataPath)}: {steps} steps of 8×{window}, lr {lr:G3}; held-out loss {before:F4} (ppl {Math.Exp(before):F2}) over {scored:N0} of its {held.Length:N0} tokens"));
         var clock = Stopwatch.StartNew();
         float smoothed = float.NaN;
         int every = Math.Max(1, steps / 10);
@@ -76,7 +76,7 @@ internal static class CalibrateTune
         {
             smoothed = float.IsNaN(smoothed) ? loss : 0.9f * smoothed + 0.1f * loss;
             if (step % every == 0 || step == steps)
-                cli.Output.WriteLine(string.Create(ic, $"step {step}/{steps} loss {smoothed:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));
+                cli.Output.WriteLine(string.Create(ic, $"step {step}/{steps} training loss (moving average) {smoothed:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));
         });
         double after = tuner.Loss(held, heldWindows);
         tuner.Write(outFull);

@@ -5,12 +5,15 @@ namespace BitNetSharp.Evaluation;
 
 /// <summary>What one BitLinear input of one layer looked like over the calibration tokens.</summary>
 /// <param name="AbsMaxP50">Median of the per-token absmax (the quantization range).</param>
-/// <param name="CrestMean">Mean absmax/RMS per token: a typical entry uses about 2^(b−1)/crest of the b-bit levels.</param>
+/// <param name="Tokens">Tokens with every entry finite: the ones the distributions below describe.</param>
+/// <param name="CrestMean">Mean absmax/RMS over the tokens that are not all zero: a typical entry uses about (2^(b−1)−1)/crest of the b-bit codes.</param>
 /// <param name="OutlierChannels">Channels that are outliers (|x_c| ≥ 6·RMS of the token) in at least 5% of tokens.</param>
 /// <param name="TopOutlierShare">The share of tokens in which the most frequent outlier channel is one.</param>
 /// <param name="Histogram">Share of entries by |x|/absmax in <see cref="ActivationStatistics.Bins"/> equal bins over [0, 1].</param>
+/// <param name="NonFiniteTokens">Tokens with a NaN or infinite entry, left out of everything above (a NaN absmax sorted
+/// first and hid under a finite maximum, and its entries all landed in the histogram's first bin).</param>
 public sealed record InputStatistics(int Layer, BitLinearInput Input, long Tokens, double AbsMaxP50, double AbsMaxP99, double AbsMaxMax,
-    double CrestMean, int OutlierChannels, double TopOutlierShare, double[] Histogram);
+    double CrestMean, int OutlierChannels, double TopOutlierShare, double[] Histogram, long NonFiniteTokens = 0);
 
 /// <summary>
 /// Collects per-layer, per-input activation statistics from the forward pass (set as <see cref="Transformer.Observer"/>):
@@ -28,6 +31,7 @@ public sealed class ActivationStatistics
     private readonly List<double>[] _crest; // per token, summed in sorted order: the mean does not depend on which worker came first
     private readonly long[][] _outliers;
     private readonly long[][] _histogram;
+    private readonly long[] _nonFinite;
 
     public ActivationStatistics(ModelConfig c)
     {
@@ -37,6 +41,7 @@ public sealed class ActivationStatistics
         _crest = new List<double>[n];
         _outliers = new long[n][];
         _histogram = new long[n][];
+        _nonFinite = new long[n];
         for (int l = 0; l < c.Layers; l++)
             for (int i = 0; i < HealthNames.InputCount; i++)
             {
@@ -63,16 +68,21 @@ public sealed class ActivationStatistics
             absMax = MathF.Max(absMax, MathF.Abs(v));
             ss += (double)v * v;
         }
+        int k = layer * HealthNames.InputCount + (int)input;
+        if (!float.IsFinite(absMax))
+        {
+            lock (_gate) _nonFinite[k]++;
+            return;
+        }
         double rms = Math.Sqrt(ss / x.Length);
         Span<int> bins = stackalloc int[Bins];
         double inv = absMax > 0 ? Bins / (double)absMax : 0;
         for (int i = 0; i < x.Length; i++) bins[Math.Min(Bins - 1, (int)(Math.Abs(x[i]) * inv))]++;
-        int k = layer * HealthNames.InputCount + (int)input;
         double threshold = OutlierRms * rms;
         lock (_gate)
         {
             _absMax[k].Add(absMax);
-            _crest[k].Add(rms > 0 ? absMax / rms : 0);
+            if (rms > 0) _crest[k].Add(absMax / rms); // an all-zero token (relu² with every gate ≤ 0) has no crest; 0 pulled the mean down
             var h = _histogram[k];
             for (int b = 0; b < Bins; b++) h[b] += bins[b];
             if (rms > 0)
@@ -117,8 +127,8 @@ public sealed class ActivationStatistics
                     foreach (long c in _histogram[k]) entries += c;
                     var hist = Array.ConvertAll(_histogram[k], c => entries > 0 ? (double)c / entries : 0);
                     result.Add(new InputStatistics(l, (BitLinearInput)i, tokens, KlResult.Quantile(sorted, 0.5), KlResult.Quantile(sorted, 0.99),
-                        tokens > 0 ? sorted[^1] : double.NaN, tokens > 0 ? SortedSum(_crest[k]) / tokens : double.NaN, outlierChannels,
-                        tokens > 0 ? (double)top / tokens : 0, hist));
+                        tokens > 0 ? sorted[^1] : double.NaN, _crest[k].Count > 0 ? SortedSum(_crest[k]) / _crest[k].Count : double.NaN, outlierChannels,
+                        tokens > 0 ? (double)top / tokens : 0, hist, _nonFinite[k]));
                 }
         }
         return result;

@@ -22,6 +22,8 @@ public static class BitWidthSearch
         string scratchDirectory, Func<int, int>? tokenByteCount = null, int maxSteps = int.MaxValue, Action<string>? log = null)
     {
         if (!(klBudget > 0) || !double.IsFinite(klBudget)) throw new ArgumentOutOfRangeException(nameof(klBudget), klBudget, "The KL budget must be a positive number of nats.");
+        // No held-out positions: every KL read 0 and every step down to 2 bits was "within budget".
+        if (windowStarts.Count == 0) throw new ArgumentException("The search needs at least one held-out window to measure the KL on.", nameof(windowStarts));
         var start = engine.ActivationBits;
         var c = engine.Config;
         string refPath = Path.Combine(scratchDirectory, $"calibrate-reference-{Environment.ProcessId}-{Guid.NewGuid():N}.bnlg");
@@ -69,14 +71,15 @@ public static class BitWidthSearch
                         }
                         int to = ActivationBits.Allowed[at + 1];
                         var (model, kl) = Measure(current.With(l, (BitLinearInput)i, to));
-                        if (kl.MeanKl > klBudget) exhausted[k] = true;
+                        if (!(kl.MeanKl <= klBudget)) exhausted[k] = true; // NaN is over any budget
                         else if (best is null || kl.MeanKl < best.Value.Kl) best = (l, i, to, kl.MeanKl, model.Perplexity);
                     }
                 if (best is not { } b) break;
                 var input = (BitLinearInput)b.Input;
                 steps.Add(new BitWidthStep(b.Layer, input, current[b.Layer, input], b.Bits, b.Kl, b.Ppl));
                 current = current.With(b.Layer, input, b.Bits);
-                log?.Invoke($"step {steps.Count}: layer {b.Layer} {HealthNames.InputLabels[b.Input]} {steps[^1].FromBits} → {b.Bits} bits, mean KL {b.Kl:G4} nats (budget {klBudget:G4})");
+                log?.Invoke(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"step {steps.Count}: layer {b.Layer} {HealthNames.InputLabels[b.Input]} {steps[^1].FromBits} → {b.Bits} bits, mean KL {b.Kl:G4} nats (budget {klBudget:G4})"));
             }
             var final = Measure(current);
             engine.ActivationBits = current;

@@ -45,6 +45,48 @@ public class CalibrateTests
         Assert.Equal(0, stats.Summarize().Single(r => r.Layer == 0 && r.Input == BitLinearInput.Qkv).Tokens);
     }
 
+    /// <summary>
+    /// A token with a NaN entry is counted apart and left out of the distributions (its NaN absmax sorted first and hid
+    /// under a finite maximum, and its entries all went to the first bin); an all-zero token has no crest (0 pulled the
+    /// mean down).
+    /// </summary>
+    [Fact]
+    public void NonFiniteAndZeroTokensDoNotHideInTheStatistics()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        var c = tiny.Config;
+        var stats = new ActivationStatistics(c);
+        var ones = Enumerable.Repeat(1f, c.Dim).ToArray();
+        var bad = (float[])ones.Clone();
+        bad[5] = float.NaN;
+        var inf = (float[])ones.Clone();
+        inf[0] = float.PositiveInfinity;
+        stats.Observe(0, BitLinearInput.Qkv, ones);
+        stats.Observe(0, BitLinearInput.Qkv, bad);
+        stats.Observe(0, BitLinearInput.Qkv, inf);
+        stats.Observe(0, BitLinearInput.Qkv, new float[c.Dim]);
+        var s = stats.Summarize().Single(r => r.Layer == 0 && r.Input == BitLinearInput.Qkv);
+        Assert.Equal(2, s.NonFiniteTokens);
+        Assert.Equal(2, s.Tokens);
+        Assert.Equal(1, s.AbsMaxMax);
+        Assert.Equal(1, s.CrestMean, 9);
+        // The ones token's entries all sit in the last bin; the zero token's in the first.
+        Assert.Equal(0.5, s.Histogram[^1], 9);
+        Assert.Equal(0.5, s.Histogram[0], 9);
+    }
+
+    /// <summary>With no held-out window every KL read 0 and the search lowered every input to 2 bits.</summary>
+    [Fact]
+    public void TheSearchNeedsAHeldOutWindow()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        using var dir = new TestGguf.TempDirectory();
+        using var engine = new Transformer(tiny, 8);
+        var tokens = Enumerable.Range(0, 40).Select(i => i % tiny.Config.VocabSize).ToArray();
+        var e = Assert.Throws<ArgumentException>(() => BitWidthSearch.Run(engine, tokens, 8, [], -1, 0.01, dir.Path));
+        Assert.Contains("held-out window", e.Message);
+    }
+
     /// <summary>The crest mean is the same bits whatever order the workers reported tokens in (a running sum depended on it).</summary>
     [Fact]
     public void CrestMeanDoesNotDependOnTheOrderTokensArrive()
@@ -161,6 +203,7 @@ public class CalibrateTests
     [InlineData("--ctx", "-512", "--ctx must be a window length in tokens")]
     [InlineData("--threads", "-3", "--threads must be ≥ 0")]
     [InlineData("--max-steps", "0", "--max-steps must be at least 1")] // ran the whole search
+    [InlineData("--seed", "-3", "--seed must be 0 to")] // drew --seed 3's windows
     public void BadSettingsAreUsageErrorsAndWriteNothing(string option, string value, string message)
     {
         using var dir = new TestGguf.TempDirectory();

@@ -152,6 +152,7 @@ public class NormScaleTunerTests(ITestOutputHelper output)
             (new[] { "-t", "-3" }, "--threads must be ≥ 0"),
             (new[] { "--json" }, "--json applies to the bit-width search"),
             (new[] { "--kl-budget", "0.1" }, "--kl-budget applies to the bit-width search"),
+            (new[] { "--seed", "-3" }, "--seed must be 0 to"),
         })
         {
             string[] threads = args.Contains("-t") ? [] : ["-t", "1"];
@@ -160,6 +161,20 @@ public class NormScaleTunerTests(ITestOutputHelper output)
             Assert.Contains(message, badError);
             Assert.False(File.Exists(tuned));
         }
+
+        // An --out the final rename cannot take (a directory), or the model itself through a link: refused before the
+        // first step (both failed after every step, the run lost).
+        Directory.CreateDirectory(dir.File("d.gguf"));
+        string link = dir.File("link.gguf");
+        File.CreateSymbolicLink(link, source);
+        foreach (var (outPath, message) in new[] { (dir.File("d.gguf"), "is a directory"), (link, "is the --model file") })
+        {
+            var (badCode, badOut, badError) = Bitnet("calibrate", "--tune", "-m", source, "--data", data, "--steps", "1", "--ctx", "16", "-t", "1", "--out", outPath);
+            Assert.Equal(2, badCode);
+            Assert.Contains(message, badError);
+            Assert.DoesNotContain("held-out loss", badOut);
+        }
+        Assert.Equal(new FileInfo(source).Length, File.ReadAllBytes(link).Length);
     }
 
     [Fact]
