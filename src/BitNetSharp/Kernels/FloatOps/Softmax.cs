@@ -27,8 +27,10 @@ public static unsafe class Softmax
 
     /// <summary>
     /// Softmax for attention scores: like <see cref="InPlace(Span{float})"/>, but scores holding NaN or +∞ (from
-    /// corrupted weights) become NaN instead of throwing, so the values flow on into the residual stream, where the
-    /// health monitor names the layer, and only the sequences they belong to fail.
+    /// corrupted weights), or all −∞ (an overflowed key times a negative query: the F16 cache stores ±∞ past 65504),
+    /// become NaN instead of throwing, so the values flow on into the residual stream, where the health monitor names
+    /// the layer, and only the sequences they belong to fail (the chunked path, <see cref="PartialSoftmax"/>, gives NaN
+    /// there too; all −∞ threw here and failed every request in the batch).
     /// </summary>
     public static void AttentionInPlace(Span<float> x)
     {
@@ -37,12 +39,11 @@ public static unsafe class Softmax
         {
             int n = x.Length;
             float max = ArgMax.Max<WidestVector>(p, n);
-            if (float.IsNaN(max) || float.IsPositiveInfinity(max))
+            if (!float.IsFinite(max))
             {
                 x.Fill(float.NaN);
                 return;
             }
-            CheckMax(max);
             double sum = ExpAndSum<WidestVector>(p, n, max);
             Scale<WidestVector>(p, n, (float)(1.0 / sum));
         }

@@ -156,6 +156,36 @@ public class FloatOpsTests
         Assert.Throws<ArgumentException>(() => Softmax.InPlace(new[] { 1f, float.NaN }));
     }
 
+    /// <summary>
+    /// Attention scores that cannot be normalized (NaN, +∞, or all −∞: an F16 key past 65504 is stored as ∞, and a
+    /// negative query component makes its score −∞) become NaN for the health monitor to name; all −∞ threw, and the
+    /// scheduler failed every request in the batch.
+    /// </summary>
+    [Fact]
+    public void AttentionSoftmaxTurnsUndefinedScoresIntoNaN()
+    {
+        foreach (var scores in new[] { new[] { float.NegativeInfinity, float.NegativeInfinity }, [1f, float.NaN], [float.PositiveInfinity, 0f], [float.NegativeInfinity] })
+        {
+            Softmax.AttentionInPlace(scores);
+            Assert.All(scores, v => Assert.True(float.IsNaN(v)));
+        }
+        float[] fine = [0f, MathF.Log(3f)];
+        Softmax.AttentionInPlace(fine);
+        Assert.Equal(0.25f, fine[0], 6);
+
+        using var cache = new BitNetSharp.Model.KvCache(1, 1, 16, 2, BitNetSharp.Model.KvCacheType.F16);
+        var key = Enumerable.Repeat(1f, 16).ToArray();
+        key[3] = 1e6f;
+        cache.Write(0, 0, key, Enumerable.Repeat(1f, 16).ToArray());
+        var q = new float[16];
+        q[3] = -1f;
+        var s = new float[1];
+        cache.Scores(0, 0, q, s, 1, 0.25f);
+        Assert.Equal(float.NegativeInfinity, s[0]);
+        Softmax.AttentionInPlace(s);
+        Assert.True(float.IsNaN(s[0]));
+    }
+
     private sealed class GateCheck : IWidthCheck
     {
         public void Run<TWidth>() where TWidth : struct, IVectorWidth
