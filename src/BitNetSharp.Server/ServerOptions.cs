@@ -90,6 +90,9 @@ public sealed record ServerOptions
         if (MaxRequestBodyBytes < 1024) throw new ArgumentException($"MaxRequestBodyBytes must be ≥ 1024; got {MaxRequestBodyBytes}.", nameof(MaxRequestBodyBytes));
         if (WarmupRequests < 0) throw new ArgumentException($"WarmupRequests must be ≥ 0; got {WarmupRequests}.", nameof(WarmupRequests));
         if (ApiKey is { Length: 0 }) throw new ArgumentException("The API key is empty; leave it unset for none.", nameof(ApiKey));
+        // A client's key is read trimmed (and a header cannot carry CR/LF): "key\n" from `echo key > secret` never matched.
+        if (ApiKey is { } key && key.Trim().Length != key.Length)
+            throw new ArgumentException("The API key starts or ends with white space (a line break from the file it came from?), which no request can send; trim it.", nameof(ApiKey));
         if (MaxConcurrentConnections is < 1) throw new ArgumentException($"MaxConcurrentConnections must be ≥ 1; got {MaxConcurrentConnections}.", nameof(MaxConcurrentConnections));
         foreach (var origin in CorsOrigins ?? throw new ArgumentNullException(nameof(CorsOrigins)))
             if (!IsCorsOrigin(origin))

@@ -177,8 +177,12 @@ public static class ServeCommand
             double seconds = result.GetValue(timeout);
             if (!(seconds > 0) || seconds > MaxTimeoutSeconds)
                 throw new UsageException($"--timeout must be a positive number of seconds, at most {MaxTimeoutSeconds} (a year); got {seconds}.");
-            string? key = result.GetValue(apiKey) ?? env(ApiKeyVariable);
-            if (key is { Length: 0 }) key = null;
+            // Given on the command line, an empty key is an error: `--api-key "$KEY"` with KEY unset served without one.
+            // The variable, like every BITNET_* one, counts only when not blank. Both are trimmed: a key read from a file
+            // keeps its line break, and a client's key is read trimmed, so it never matched.
+            string? key = result.GetResult(apiKey) is { Implicit: false } ? result.GetValue(apiKey)?.Trim() : VariableFor(result, apiKey, env, ApiKeyVariable);
+            if (key is { Length: 0 })
+                throw new UsageException("--api-key is empty (an unset shell variable?); give the key, or leave the option out to serve without one.");
             string id = result.GetValue(alias) ?? ModelId(path);
             BitNetSharp.Tokenization.ChatTemplate? chatTemplate = null;
             if (result.GetValue(template) is { } templateName)

@@ -121,6 +121,8 @@ public class SecurityDefaultsTests
     [InlineData("--max-body-mb", "0", "--max-body-mb must be between")]
     [InlineData("--telemetry-max-mb", "0.01", "--telemetry-max-mb must be from 0.0625")]
     [InlineData("--telemetry-max-mb", "1e12", "--telemetry-max-mb must be from 0.0625")] // × 16 overflowed into a negative total cap
+    [InlineData("--api-key", "", "--api-key is empty")] // `--api-key "$KEY"` with KEY unset served with no key at all
+    [InlineData("--api-key", " \n", "--api-key is empty")]
     public void BadSecuritySettingsAreUsageErrors(string flag, string value, string message)
     {
         var error = new StringWriter();

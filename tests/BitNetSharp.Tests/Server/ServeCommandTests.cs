@@ -138,7 +138,7 @@ public class ServeCommandTests
         psi.Environment["BITNET_MAX_SEQS"] = "3";
         psi.Environment["BITNET_CTX"] = "96";
         psi.Environment["BITNET_SHUTDOWN_TIMEOUT"] = "7";
-        psi.Environment["BITNET_API_KEY"] = "variable-key";
+        psi.Environment["BITNET_API_KEY"] = "variable-key\r\n"; // as a CRLF env file gives it: trimmed, as the client's key is
         using var process = Process.Start(psi)!;
         var stderr = new StringBuilder();
         var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
