@@ -56,7 +56,20 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
         {
             var sw = Stopwatch.StartNew();
             var loaded = options.LoadModel() ?? throw new InvalidOperationException("The model loader returned nothing.");
-            _loaded = loaded;
+            lock (_lifecycle)
+            {
+                // Stopped while loading: Dispose did not wait for the load (a large model takes minutes, and SIGTERM to a
+                // starting pod ran past the shutdown timeout); what was loaded is freed here.
+                if (Volatile.Read(ref _disposed) != 0)
+                {
+                    loaded.Weights.Dispose();
+                    Error = "The server stopped before the model was ready.";
+                    _state = (int)ModelState.Failed;
+                    _ready.TrySetCanceled();
+                    return;
+                }
+                _loaded = loaded;
+            }
             _state = (int)ModelState.WarmingUp;
             var scheduler = new ContinuousBatchScheduler(loaded.Weights, loaded.Tokenizer, options.Scheduler with { DefaultTimeout = options.RequestTimeout });
             var template = loaded.Tokenizer is null ? null : options.ChatTemplate ?? ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
@@ -76,6 +89,14 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             _state = (int)ModelState.Ready;
             _ready.TrySetResult();
         }
+        catch (Exception e) when (Volatile.Read(ref _disposed) != 0)
+        {
+            // Stopped during warm-up: its requests ended with the engine; not a load failure.
+            Error = "The server stopped before the model was ready.";
+            _state = (int)ModelState.Failed;
+            logger.LogInformation("Stopped before the model was ready ({Reason}).", e.Message);
+            _ready.TrySetCanceled();
+        }
         catch (Exception e)
         {
             Error = e.Message;
@@ -92,14 +113,16 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
         int vocab = scheduler.Config.VocabSize;
         int promptLength = Math.Max(1, Math.Min(8, scheduler.ContextLength / 2));
         int maxTokens = Math.Max(1, Math.Min(8, scheduler.ContextLength - promptLength));
+        var stop = _stop.Token;
         var handles = Enumerable.Range(0, n).Select(i => scheduler.Submit(new GenerationRequest
         {
             Prompt = Enumerable.Range(0, promptLength).Select(k => (k * 31 + i * 7) % vocab).ToArray(),
             MaxTokens = maxTokens,
             IgnoreStopTokens = true,
-        })).ToArray();
+        }, stop)).ToArray();
         foreach (var h in handles)
-            Task.Run(async () => { await foreach (var _ in h.Events.ReadAllAsync()) { } }).GetAwaiter().GetResult();
+            Task.Run(async () => { await foreach (var _ in h.Events.ReadAllAsync(stop)) { } }, stop).GetAwaiter().GetResult();
+        stop.ThrowIfCancellationRequested();
     }
 
     /// <summary>The served model, or a 503 (loading, warming up) or 500 (failed) for the client.</summary>
@@ -145,10 +168,21 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
 
     public void ExitRequest() => Interlocked.Decrement(ref _inFlight);
 
-    /// <summary>Stops the engine (requests in flight end with <see cref="ObjectDisposedException"/>) and frees the model; safe to call twice.</summary>
+    private readonly object _lifecycle = new();
+    private readonly CancellationTokenSource _stop = new();
+
+    /// <summary>
+    /// Stops the engine (requests in flight end with <see cref="ObjectDisposedException"/>) and frees the model; safe to
+    /// call twice. While the model is still loading it returns at once (the load thread frees the model when the loader
+    /// returns); during warm-up it stops the engine first, so the warm-up requests end instead of running out.
+    /// </summary>
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _stop.Cancel();
+        lock (_lifecycle)
+            if (_loaded is null && _thread is { IsAlive: true }) return;
+        _served?.Scheduler.Dispose();
         _thread?.Join();
         _served?.Exporter.Dispose();
         _process?.Dispose();

@@ -30,12 +30,23 @@ public static class ChatCommand
             var parameters = sampling.Parse(result);
             int answerTokens = result.GetValue(count);
             if (answerTokens < 1) throw new UsageException($"--n-predict (-n) must be at least 1; got {answerTokens}.");
+            // The template's name is checked before the model loads (a typo was reported after loading gigabytes).
+            ChatTemplate? named = null;
+            if (result.GetValue(template) is { } name)
+            {
+                try
+                {
+                    named = ChatTemplates.ByName(name);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException("--template: " + e.Message.Split(" (Parameter '")[0]);
+                }
+            }
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
-            var chatTemplate = result.GetValue(template) is { } name
-                ? ChatTemplates.ByName(name)
-                : ChatTemplates.ForModel(weights.Config.Architecture, tokenizer);
+            var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer);
             // The template's turn markers that this vocabulary spells as text end an answer too (no stop token would).
             var stops = GenerateCommand.Stops(result, stop).Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);

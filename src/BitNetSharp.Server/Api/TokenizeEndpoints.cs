@@ -81,7 +81,9 @@ internal sealed class TokenizeEndpoints(ModelHost host)
                 i++;
             }
         }
-        string text = tokenizer.Decode(ids);
+        // Control tokens as their text, as llama-server gives them (and as /tokenize parses them by default): the round
+        // trip kept "hi" of "<|im_start|>hi".
+        string text = tokenizer.Decode(ids, includeSpecial: true);
         await OpenAiJson.WriteJsonAsync(context.Response, 200, w =>
         {
             w.WriteStartObject();

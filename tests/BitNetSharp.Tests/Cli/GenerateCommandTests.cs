@@ -381,6 +381,12 @@ public class ChatCommandTests
         var badCount = new StringWriter();
         Assert.NotEqual(0, Program.Run(["chat", "-m", model, "-n", "0"], new StringWriter(), badCount, new StringReader("")));
         Assert.Contains("--n-predict (-n) must be at least 1", badCount.ToString());
+
+        // An unknown template is named before the model loads (a missing model hid it; a large one made it wait).
+        var badTemplate = new StringWriter();
+        Assert.Equal(2, Program.Run(["chat", "-m", "no-such-model.gguf", "--template", "nope"], new StringWriter(), badTemplate, new StringReader("")));
+        Assert.Contains("--template", badTemplate.ToString());
+        Assert.Contains("nope", badTemplate.ToString());
     }
 
     /// <summary>
@@ -447,7 +453,7 @@ public class ChatCommandTests
         Assert.DoesNotContain("(0 reused)", stats[1]); // the second turn prefills only what is new
 
         var bad = Program.Run(["chat", "-m", model, "--template", "nope"], new StringWriter(), error = new StringWriter(), new StringReader(""));
-        Assert.Equal(1, bad);
+        Assert.Equal(2, bad); // a usage error, found before the model loads
         Assert.Contains("chatml", error.ToString()); // the error lists the valid names
     }
 }

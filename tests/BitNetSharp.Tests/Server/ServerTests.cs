@@ -83,6 +83,14 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         (status, body, _) = await S.PostAsync("detokenize", new { tokens = ids });
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.Equal(" the cat", body.GetProperty("content").GetString());
+
+        // Control tokens round-trip too, as in llama-server (tokenize parses them by default; detokenize dropped them).
+        (status, body, _) = await S.PostAsync("tokenize", new { content = "<|endoftext|> the" });
+        Assert.Equal(HttpStatusCode.OK, status);
+        ids = body.GetProperty("tokens").EnumerateArray().Select(t => t.GetInt32()).ToArray();
+        Assert.Equal(TinyChatModel.EndOfText, ids[0]);
+        (status, body, _) = await S.PostAsync("detokenize", new { tokens = ids });
+        Assert.Equal("<|endoftext|> the", body.GetProperty("content").GetString());
     }
 
     /// <summary>The official client's chat calls, streaming and not, agree with each other and report text, usage and a finish reason.</summary>
@@ -628,6 +636,49 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(ModelState.Ready, s.Server.State);
     }
 
+    /// <summary>
+    /// Stopping while the model loads does not wait for the load: SIGTERM to a starting replica waited for the whole load
+    /// and warm-up, past the shutdown timeout. The load thread frees what it loaded when the loader returns.
+    /// </summary>
+    [Fact]
+    public async Task StoppingWhileLoadingDoesNotWaitForTheLoad()
+    {
+        var release = new ManualResetEventSlim(false);
+        var loaderReturned = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var s = await TestServer.StartAsync(o => o with
+        {
+            LoadModel = () =>
+            {
+                try
+                {
+                    release.Wait(TestServer.Bound);
+                    var (w, t) = TinyChatModel.Load();
+                    return new LoadedModel(w, t, TestServer.ModelId);
+                }
+                finally
+                {
+                    loaderReturned.TrySetResult();
+                }
+            },
+        }, waitReady: false);
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            await s.Server.StopAsync(Ct).WaitAsync(TimeSpan.FromSeconds(10), Ct);
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10));
+            Assert.False(loaderReturned.Task.IsCompleted);
+        }
+        finally
+        {
+            release.Set();
+        }
+        await loaderReturned.Task.WaitAsync(TestServer.Bound, Ct);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => s.Server.Ready.WaitAsync(TestServer.Bound, Ct));
+        Assert.Equal(ModelState.Failed, s.Server.State);
+        await s.DisposeAsync();
+        release.Dispose();
+    }
+
     [Fact]
     public async Task AFailedLoadIsReportedByHealth()
     {
@@ -647,6 +698,9 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var sw = Stopwatch.StartNew();
         Assert.Throws<ArgumentException>(() => new ServerOptions { LoadModel = () => throw new NotImplementedException(), MaxChoices = 99 }.Validate());
         Assert.True(sw.Elapsed < TestServer.Bound);
+        // A key no request can send (clients' keys are read trimmed): every request was a 401.
+        foreach (var key in new[] { "key\n", " key", "" })
+            Assert.Contains("API key", Assert.Throws<ArgumentException>(() => new ServerOptions { LoadModel = () => throw new NotImplementedException(), ApiKey = key }.Validate()).Message);
     }
 }
 
