@@ -36,6 +36,31 @@ public class ParserEdgeTests
         Assert.Equal(source.GetTensorData("w").ToArray(), copy.GetTensorData("w").ToArray());
     }
 
+    /// <summary>
+    /// The copy reads each tensor from the mapped file: it took a managed copy of every tensor (the whole model again,
+    /// 1.2 GB for 2B4T) and threw NotSupportedException for a tensor past 2 GiB, after calibrate's whole search.
+    /// </summary>
+    [Fact]
+    public void CopyingStreamsTensorsFromTheMap()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        const int n = 16 << 20; // 64 MiB of F32
+        var data = new byte[n * 4L];
+        new Random(3).NextBytes(data);
+        string sourcePath = dir.File("big.gguf"), copyPath = dir.File("copy.gguf");
+        new GgufWriter().AddString("general.name", "big").AddTensor("w", GgmlType.F32, [n], data).WriteFile(sourcePath);
+        using (var source = GgufFile.Open(sourcePath))
+        {
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            GgufCopy.WithMetadata(source, copyPath, [new("general.name", GgufValue.FromString("copy"))]);
+            long allocated = GC.GetAllocatedBytesForCurrentThread() - before;
+            Assert.True(allocated < 8 << 20, $"the copy allocated {allocated:N0} bytes");
+        }
+        using var copy = GgufFile.Open(copyPath);
+        Assert.Equal("copy", copy.Metadata.GetString("general.name"));
+        Assert.True(copy.GetTensorData("w").SequenceEqual(data));
+    }
+
     /// <summary>A 1-D token_embd.weight without a vocab_size key crashed with an IndexOutOfRangeException.</summary>
     [Fact]
     public void AOneDimensionalEmbeddingIsNamed()

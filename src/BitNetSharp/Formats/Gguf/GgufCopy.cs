@@ -1,7 +1,7 @@
 namespace BitNetSharp.Formats.Gguf;
 
 /// <summary>Copies a GGUF with some metadata keys set or replaced and every tensor byte for byte (same types, order and alignment).</summary>
-public static class GgufCopy
+public static unsafe class GgufCopy
 {
     /// <summary>
     /// Writes <paramref name="path"/> (through a temporary file, renamed when complete, so a failure leaves nothing)
@@ -16,8 +16,10 @@ public static class GgufCopy
         foreach (var (key, value) in source.Metadata.Entries)
             if (!replaced.Contains(key)) w.Add(key, value);
         foreach (var (key, value) in set) w.Add(key, value);
+        // Straight from the mapped file: a managed copy of each tensor doubled the memory (1.2 GB more for 2B4T) and
+        // could not hold a tensor past 2 GiB.
         foreach (var t in source.Tensors)
-            w.AddTensor(t.Name, t.Type, t.Dims, source.GetTensorData(t).ToArray());
+            w.AddTensor(t.Name, t.Type, t.Dims, source.GetTensorPointer(t), t.ByteSize);
         w.WriteFile(path);
     }
 }

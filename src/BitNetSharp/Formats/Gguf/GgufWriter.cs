@@ -10,7 +10,7 @@ namespace BitNetSharp.Formats.Gguf;
 /// llama.cpp would reject for size. Files are written to a temporary name and renamed, so a crash never leaves a
 /// partial file under the final name.
 /// </summary>
-public sealed class GgufWriter
+public sealed unsafe class GgufWriter
 {
     /// <summary>ggml's GGML_MAX_NAME is 64 including the terminating NUL.</summary>
     public const int MaxTensorNameBytes = 63;
@@ -25,7 +25,8 @@ public sealed class GgufWriter
     private readonly List<PendingTensor> _tensors = [];
     private readonly HashSet<string> _tensorNames = new(StringComparer.Ordinal);
 
-    private sealed record PendingTensor(string Name, GgmlType Type, long[] Dims, ReadOnlyMemory<byte> Data);
+    /// <summary>A tensor to write: its bytes in <see cref="Data"/>, or at <see cref="Pointer"/> (a mapped file's, which may pass 2 GiB).</summary>
+    private sealed record PendingTensor(string Name, GgmlType Type, long[] Dims, ReadOnlyMemory<byte> Data, nint Pointer, long Length);
 
     /// <param name="alignment">
     /// Data alignment; written as <c>general.alignment</c> only when it differs from 32. It must be a multiple of 8 (the
@@ -56,6 +57,9 @@ public sealed class GgufWriter
         return this;
     }
 
+    /// <summary>Whether <paramref name="key"/> was added.</summary>
+    public bool Contains(string key) => _keys.Contains(key);
+
     public GgufWriter AddString(string key, string value) => Add(key, GgufValue.FromString(value));
     public GgufWriter AddUInt32(string key, uint value) => Add(key, GgufValue.FromUInt32(value));
     public GgufWriter AddInt32(string key, int value) => Add(key, GgufValue.FromInt32(value));
@@ -69,16 +73,35 @@ public sealed class GgufWriter
     /// </summary>
     public GgufWriter AddTensor(string name, GgmlType type, ReadOnlySpan<long> dims, ReadOnlyMemory<byte> data)
     {
+        CheckTensor(name, type, dims, data.Length);
+        _tensors.Add(new PendingTensor(name, type, dims.ToArray(), data, 0, data.Length));
+        return this;
+    }
+
+    /// <summary>
+    /// Adds a tensor whose <paramref name="length"/> bytes at <paramref name="data"/> (a mapped file's, for example) are
+    /// already in <paramref name="type"/>'s encoding; they are read when the file is written, so the memory must stay
+    /// valid until then. No size limit: a tensor past 2 GiB (a 152k × 4096 F32 embedding) is written in pieces.
+    /// </summary>
+    public GgufWriter AddTensor(string name, GgmlType type, ReadOnlySpan<long> dims, byte* data, long length)
+    {
+        if (data == null && length > 0) throw new ArgumentNullException(nameof(data));
+        CheckTensor(name, type, dims, length);
+        _tensors.Add(new PendingTensor(name, type, dims.ToArray(), default, (nint)data, length));
+        return this;
+    }
+
+    private void CheckTensor(string name, GgmlType type, ReadOnlySpan<long> dims, long length)
+    {
         ArgumentException.ThrowIfNullOrEmpty(name);
         if (Encoding.UTF8.GetByteCount(name) > MaxTensorNameBytes)
             throw new ArgumentException($"Tensor name '{name}' is longer than {MaxTensorNameBytes} bytes, which ggml cannot load.", nameof(name));
         if (!GgmlTypeInfo.TryByteSize(type, dims, out long expected, out var error))
             throw new ArgumentException($"Tensor '{name}': {error}.", nameof(dims));
-        if (data.Length != expected)
-            throw new ArgumentException($"Tensor '{name}' ({GgmlTypeInfo.Name(type)} [{string.Join(", ", dims.ToArray())}]) needs {expected} bytes, got {data.Length}.", nameof(data));
-        if (!_tensorNames.Add(name)) throw new ArgumentException($"Tensor '{name}' was already added.", nameof(name));
-        _tensors.Add(new PendingTensor(name, type, dims.ToArray(), data));
-        return this;
+        if (length != expected)
+            throw new ArgumentException($"Tensor '{name}' ({GgmlTypeInfo.Name(type)} [{string.Join(", ", dims.ToArray())}]) needs {expected} bytes, got {length}.", nameof(length));
+        if (_tensorNames.Contains(name)) throw new ArgumentException($"Tensor '{name}' was already added.", nameof(name));
+        _tensorNames.Add(name);
     }
 
     /// <summary>
@@ -123,15 +146,22 @@ public sealed class GgufWriter
             foreach (var d in t.Dims) w.UInt64((ulong)d);
             w.UInt32(GgmlTypeInfo.FileId(t.Type));
             w.UInt64((ulong)offset);
-            offset += Pad(t.Data.Length);
+            offset += Pad(t.Length);
         }
 
         // A file without tensors ends right after its header, as llama.cpp's vocabulary-only files do.
         if (_tensors.Count > 0) w.Zeros(Pad(w.Written) - w.Written);
         foreach (var t in _tensors)
         {
-            w.Bytes(t.Data.Span);
-            w.Zeros(Pad(t.Data.Length) - t.Data.Length);
+            if (t.Pointer == 0) w.Bytes(t.Data.Span);
+            else
+                for (long done = 0; done < t.Length;)
+                {
+                    int piece = (int)Math.Min(t.Length - done, 1 << 30);
+                    w.Bytes(new ReadOnlySpan<byte>((byte*)t.Pointer + done, piece));
+                    done += piece;
+                }
+            w.Zeros(Pad(t.Length) - t.Length);
         }
         w.Flush();
     }
