@@ -87,7 +87,10 @@ public static class ModelConverter
         {
             foreach (var (key, value) in source.Entries)
                 if (key.StartsWith("tokenizer.", StringComparison.Ordinal)
-                    || (key.StartsWith("bitnetsharp.", StringComparison.Ordinal) && key != ActivationBits.GgufKey)) w.Add(key, value);
+                    || (key.StartsWith("bitnetsharp.", StringComparison.Ordinal) && key != ActivationBits.GgufKey)
+                    // The model card's keys (license, basename, size_label, tags, source.*) were dropped; the ones this
+                    // file describes anew (architecture, name, file_type, quantization_version) are written above.
+                    || (key.StartsWith("general.", StringComparison.Ordinal) && key != GgufFile.AlignmentKey && !w.Contains(key))) w.Add(key, value);
         }
         else if (tokenizer is not null)
         {

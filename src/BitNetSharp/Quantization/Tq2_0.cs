@@ -191,6 +191,9 @@ public static unsafe class Tq2_0
         ushort d = HalfConversions.FloatToHalf(scale);
         if ((d & 0x7C00) == 0x7C00)
             throw new ArgumentException($"Row {row} has scale {scale}, which fp16 cannot hold ({typeName} stores its scales as fp16).");
+        // A nonzero scale under fp16's smallest subnormal (about 3e-8) became 0: the row reloaded as all zeros, silently.
+        if ((d & 0x7FFF) == 0 && scale != 0f)
+            throw new ArgumentException($"Row {row} has scale {scale}, which fp16 rounds to 0 ({typeName} stores its scales as fp16).");
         return d;
     }
 

@@ -53,14 +53,18 @@ public class PerRowScaleConvertTests
 
     /// <summary>A row scale fp16 cannot hold is refused naming the tensor, not only "Row 3".</summary>
     /// <summary>... for F16 too (±β as halves: it wrote ±Inf without a word), and the advice names the type that can hold it.</summary>
+    /// <summary>... and a nonzero scale fp16 rounds to 0 (TQ2_0 and TQ1_0 wrote 0: the row reloaded as zeros, silently).</summary>
     [Theory]
-    [InlineData(PackedWeightType.TQ2_0)]
-    [InlineData(PackedWeightType.F16)]
-    public void ScaleFp16CannotHoldNamesTheTensor(PackedWeightType type)
+    [InlineData(PackedWeightType.TQ2_0, 1e9f)]
+    [InlineData(PackedWeightType.F16, 1e9f)]
+    [InlineData(PackedWeightType.TQ2_0, 1e-8f)]
+    [InlineData(PackedWeightType.TQ1_0, 1e-8f)]
+    [InlineData(PackedWeightType.F16, 1e-8f)]
+    public void ScaleFp16CannotHoldNamesTheTensor(PackedWeightType type, float scale)
     {
         using var dir = new TestGguf.TempDirectory();
         using var w = ModelWeights.Load(WriteSynthetic(dir));
-        w.Layers[1].Up.RowScales[3] = 1e9f;
+        w.Layers[1].Up.RowScales[3] = scale;
         var e = Assert.Throws<ArgumentException>(() => ModelConverter.ToGguf(w, type));
         Assert.Contains("blk.1.ffn_up.weight", e.Message);
         Assert.Contains("fp16", e.Message);
@@ -91,6 +95,24 @@ public class PerRowScaleConvertTests
         for (int r = 0; r < v.Rows; r++)
         for (int c = 0; c < v.Cols; c++)
             Assert.Equal(0, v.Get(r, c));
+    }
+
+    /// <summary>Converting keeps the model card's general.* keys (license, tags, source URL were dropped) and writes its own where the file is new.</summary>
+    [Fact]
+    public void ConvertKeepsTheModelCardKeys()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("card.gguf");
+        SyntheticModel.Build(Shape, 5).AddString("general.license", "mit").AddString("general.source.url", "https://example.org/m")
+            .AddArray("general.tags", new[] { "bitnet", "ternary" }).WriteFile(path);
+        using var w = ModelWeights.Load(path);
+        using var converted = GgufFile.Parse(ModelConverter.ToGguf(w, PackedWeightType.TQ2_0).ToArray(), "converted.gguf");
+        var m = converted.Metadata;
+        Assert.Equal("mit", m.GetString("general.license"));
+        Assert.Equal("https://example.org/m", m.GetString("general.source.url"));
+        Assert.Equal($"synthetic-{Shape.Name}", m.GetString("general.name"));
+        Assert.Equal(GgufModelMetadata.FileTypeTq2_0, m.GetUInt32("general.file_type"));
+        Assert.Equal(["bitnet", "ternary"], m.GetStringArray("general.tags"));
     }
 
     private static string WriteSynthetic(TestGguf.TempDirectory dir)
