@@ -28,6 +28,13 @@ public static class InspectCommand
                 WriteTables(cli.Ansi, summary, result.GetValue(tensors));
                 if (result.GetValue(codes)) WriteCodes(cli.Output, result.GetRequiredValue(path));
             }
+            // The rest of the file is described (this is the tool for finding out what is wrong), and the key the
+            // engine would refuse is the error.
+            if (summary.ActivationBitsError is { } problem)
+            {
+                cli.Error.WriteLine("error: " + problem);
+                return 1;
+            }
             return 0;
         }));
         return command;
@@ -127,7 +134,8 @@ public static class InspectCommand
         Row("name", s.Name);
         if (s.FileType is { } ft) Row("file type", ft.ToString(CultureInfo.InvariantCulture) + (ft == 40 ? " (mostly I2_S)" : ""));
         if (s.Quantization is not null) Row("quantization", s.Quantization);
-        Row("activation bits", s.ActivationBits is { } bits ? $"{bits} (from the file; --activation-bits overrides)" : "8 (every BitLinear input)");
+        Row("activation bits", s.ActivationBitsError is not null ? "invalid (see the error below)"
+            : s.ActivationBits is { } bits ? $"{bits} (from the file; --activation-bits overrides)" : "8 (every BitLinear input)");
         Row("embedding length", Int(h.EmbeddingLength));
         Row("layers", Int(h.BlockCount));
         Row("heads / kv heads", $"{Int(h.HeadCount)} / {Int(h.HeadCountKv)}");

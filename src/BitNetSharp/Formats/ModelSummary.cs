@@ -72,6 +72,9 @@ public sealed class ModelSummary
 
     /// <summary>The activation bit widths the file asks for (<see cref="Model.ActivationBits"/> spec), or null (8 everywhere).</summary>
     public string? ActivationBits { get; init; }
+
+    /// <summary>Why the file's activation-bits key cannot be used (the engine refuses the file), or null.</summary>
+    public string? ActivationBitsError { get; init; }
     public required ModelHyperParameters HyperParameters { get; init; }
     public required TokenizerSummary Tokenizer { get; init; }
     public required IReadOnlyList<TensorSummary> Tensors { get; init; }
@@ -131,11 +134,33 @@ public sealed class ModelSummary
     {
         var m = file.Metadata;
         string? arch = m.Architecture;
-        int? ArchInt(string suffix) => arch is not null && m.TryGetUInt32(arch + "." + suffix, out var v) ? checked((int)Math.Min(v, int.MaxValue)) : null;
+        // inspect describes files the engine refuses too (the tool for finding out why): a key of another type (a
+        // per-layer array of head counts, as OpenELM writes) reads as absent here instead of aborting the summary.
+        static T? Lenient<T>(Func<T?> read)
+        {
+            try
+            {
+                return read();
+            }
+            catch (ModelFormatException)
+            {
+                return default;
+            }
+        }
+        int? ArchInt(string suffix) => Lenient<int?>(() => arch is not null && m.TryGetUInt32(arch + "." + suffix, out var v) ? checked((int)Math.Min(v, int.MaxValue)) : null);
         // float32 → shortest decimal → double, so 1e-5f reports as 1E-05 rather than 9.999999747378752E-06.
-        double? ArchFloat(string suffix) => arch is not null && m.TryGetFloat32(arch + "." + suffix, out var v)
+        double? ArchFloat(string suffix) => Lenient<double?>(() => arch is not null && m.TryGetFloat32(arch + "." + suffix, out var v)
             ? double.Parse(v.ToString(System.Globalization.CultureInfo.InvariantCulture), System.Globalization.CultureInfo.InvariantCulture)
-            : null;
+            : null);
+        string? activationBits = null, activationBitsError = null;
+        try
+        {
+            activationBits = ArchInt("block_count") is { } layers && Model.ActivationBits.FromGguf(file, layers) is { } bits ? bits.ToString() : null;
+        }
+        catch (ModelFormatException e)
+        {
+            activationBitsError = e.Message;
+        }
 
         m.TryGetStringArray("tokenizer.ggml.tokens", out var tokens);
         m.TryGetArray("tokenizer.ggml.merges", out var merges);
@@ -158,8 +183,8 @@ public sealed class ModelSummary
             Pre = m.TryGetString("tokenizer.ggml.pre", out var pre) ? pre : null,
             TokenCount = tokens?.Length,
             MergeCount = merges?.Count,
-            BosTokenId = m.TryGetInt32("tokenizer.ggml.bos_token_id", out var bos) ? bos : null,
-            EosTokenIds = m.TryGetInt32("tokenizer.ggml.eos_token_id", out var eos) ? [eos] : [],
+            BosTokenId = Lenient<int?>(() => m.TryGetInt32("tokenizer.ggml.bos_token_id", out var bos) ? bos : null),
+            EosTokenIds = Lenient<int?>(() => m.TryGetInt32("tokenizer.ggml.eos_token_id", out var eos) ? eos : null) is { } eosId ? [eosId] : [],
         };
 
         var tensors = new List<TensorSummary>(file.Tensors.Count);
@@ -177,7 +202,8 @@ public sealed class ModelSummary
             Name = m.TryGetString("general.name", out var name) ? name : null,
             FileType = m.TryGetUInt32("general.file_type", out var ft) ? ft : null,
             MetadataCount = m.Count,
-            ActivationBits = hyper.BlockCount is { } layers && Model.ActivationBits.FromGguf(file, layers) is { } bits ? bits.ToString() : null,
+            ActivationBits = activationBits,
+            ActivationBitsError = activationBitsError,
             HyperParameters = hyper,
             Tokenizer = tokenizer,
             Tensors = tensors,

@@ -1,4 +1,5 @@
 using System.Text.Json;
+using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Cli;
 using BitNetSharp.Tests.Formats;
 
@@ -31,6 +32,29 @@ public class InspectCommandTests
         Assert.Contains("blk.0.attn_q.weight", output);
         Assert.Contains("[256, 256]", output);
         Assert.Contains("16,416", output); // I2_S bytes: 256·256/4 + 32
+    }
+
+    /// <summary>
+    /// inspect describes a file whose keys the engine would refuse (it is the tool for finding out why): a per-layer
+    /// array of head counts and an activation-bits array of the wrong length aborted the whole summary.
+    /// </summary>
+    [Fact]
+    public void InspectDescribesAFileWithKeysOfUnexpectedShapes()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("odd.gguf");
+        var w = new GgufWriter();
+        w.AddString("general.architecture", "llama").AddString("general.name", "odd")
+         .AddUInt32("llama.block_count", 2).AddUInt32("llama.embedding_length", 64)
+         .AddArray("llama.attention.head_count_kv", new[] { 2, 4 })
+         .AddArray(BitNetSharp.Model.ActivationBits.GgufKey, new byte[] { 8, 8, 8 });
+        w.AddTensor("w", GgmlType.F32, [4], new byte[16]).WriteFile(path);
+        var (code, output, error) = Bitnet("inspect", path);
+        Assert.Equal(1, code); // the key the engine refuses is still the error ...
+        Assert.Contains(BitNetSharp.Model.ActivationBits.GgufKey, error);
+        Assert.Contains("odd", output); // ... after the rest of the file is described
+        Assert.Contains("invalid", output);
+        Assert.Contains("[4]", Bitnet("inspect", path, "--tensors").Output);
     }
 
     [Fact]
