@@ -129,6 +129,22 @@ public sealed partial class DashboardBrowserTests
                     return [x.labels.rule, String(x.value), String(f.get('y')[0].value)].join('|'); }
             """));
         Assert.Equal("NaN", await page.EvaluateAsync<string>("() => String(quantile(0.5, new Map([[0.001, 0], [Infinity, 3]]), new Map([[0.001, 100], [Infinity, 500]])))"));
+        // A NaN health gauge reads "NaN" in the heatmap (it read "–", as a missing series does); a rule that resolved between
+        // the /health and /metrics fetches shows no firing details beside its "ok".
+        Assert.Equal("NaN", await page.EvaluateAsync<string>("""
+            () => { drawHeatmap(parse('bitnet_health_residual_rms{layer="0"} NaN\n'));
+                    return document.querySelector('#heatmap td[data-metric="bitnet_health_residual_rms"][data-layer="0"]').textContent; }
+            """));
+        string resolved = await page.EvaluateAsync<string>("""
+            () => { drawAlerts(parse('bitnet_alerts_firing{rule="R"} 0\n'), { firing: [{ name: "R", severity: "critical", since: 0, value: 3, summary: "stale details" }] });
+                    return document.querySelector('#alerts tr[data-rule="R"]').innerText; }
+            """);
+        Assert.Contains("ok", resolved);
+        Assert.DoesNotContain("stale details", resolved);
+        Assert.DoesNotContain("critical", resolved);
+        // The header's model line is read again (every 30 polls, and after a restart): it kept the first model for the page's life.
+        await page.EvaluateAsync("() => { document.getElementById('model').textContent = 'model: stale'; modelAge = MODEL_POLLS; }");
+        await page.WaitForFunctionAsync("() => document.getElementById('model').textContent.includes('tiny-chat')", null, new() { Timeout = 15_000 });
 
         // A server that stops answering: the page says so within seconds (it kept "ok"), and polls do not pile up behind it.
         int metricsRequests = 0;
