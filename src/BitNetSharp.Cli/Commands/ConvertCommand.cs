@@ -94,7 +94,5 @@ public static class ConvertCommand
         return command;
     }
 
-    private static bool HasTokenizerFiles(string directory) =>
-        File.Exists(Path.Combine(directory, "tokenizer.json")) || File.Exists(Path.Combine(directory, "tokenizer.model")) ||
-        (File.Exists(Path.Combine(directory, "vocab.json")) && File.Exists(Path.Combine(directory, "merges.txt")));
+    private static bool HasTokenizerFiles(string directory) => Formats.HuggingFace.HfModelDirectory.HasVocabulary(directory);
 }

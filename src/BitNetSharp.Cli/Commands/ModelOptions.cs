@@ -169,7 +169,9 @@ public sealed class ModelOptions
             BitNetTokenizer? tokenizer = null;
             if (weights.Gguf is { } gguf && gguf.Metadata.ContainsKey("tokenizer.ggml.model"))
                 tokenizer = TokenizerLoader.FromGguf(gguf);
-            else if (weights.HfDirectory is { } dir && dir.TokenizerFiles.Count > 0)
+            // A vocabulary, not any tokenizer-related file: generation_config.json alone (save_pretrained writes it)
+            // failed the whole load with "no tokenizer found".
+            else if (weights.HfDirectory is { } dir && dir.HasTokenizer)
                 tokenizer = TokenizerLoader.FromHfDirectory(dir.DirectoryPath);
             return (weights, tokenizer);
         }

@@ -160,6 +160,23 @@ public class HfGoldenTests
     }
 
     /// <summary>
+    /// A directory as save_pretrained leaves it, generation_config.json beside the weights and no vocabulary, loads
+    /// without a tokenizer (the file alone failed the whole load with "no tokenizer found").
+    /// </summary>
+    [Fact]
+    public void AConfigOnlyTokenizerFileIsNotAVocabulary()
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        foreach (var file in Directory.GetFiles(FixtureDirectory("bitlinear-offline-untied-f32")))
+            File.Copy(file, Path.Combine(dir.Path, Path.GetFileName(file)));
+        File.WriteAllText(dir.File("generation_config.json"), """{"bos_token_id": 1, "eos_token_id": 2}""");
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["generate", "-m", dir.Path, "--prompt-ids", "1,2,3", "-n", "2", "--temp", "0"], output, error);
+        Assert.True(code == 0, error.ToString());
+    }
+
+    /// <summary>
     /// The user's path: `bitnet generate` on the HF directory, greedy, with --logits-out / --ids-out. The KV cache is
     /// f32 here: with the default f16 cache (K/V rounded to 11 bits) this tiny random model's 10th greedy token
     /// differs — each rounding moves many int8 activation codes by one step in a 160-wide model — while the f32

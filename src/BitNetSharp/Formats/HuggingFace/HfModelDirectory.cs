@@ -32,6 +32,17 @@ public sealed class HfModelDirectory : IDisposable
     /// <summary>Names (not paths) of the <see cref="KnownTokenizerFiles"/> that exist in the directory.</summary>
     public IReadOnlyList<string> TokenizerFiles { get; }
 
+    /// <summary>
+    /// Whether a vocabulary is here (tokenizer.json, tokenizer.model, or vocab.json with merges.txt): config-only files
+    /// (generation_config.json, which save_pretrained writes beside every model, tokenizer_config.json) are not one.
+    /// </summary>
+    public bool HasTokenizer => HasVocabulary(DirectoryPath);
+
+    /// <inheritdoc cref="HasTokenizer"/>
+    public static bool HasVocabulary(string directory) =>
+        File.Exists(Path.Combine(directory, "tokenizer.json")) || File.Exists(Path.Combine(directory, "tokenizer.model")) ||
+        (File.Exists(Path.Combine(directory, "vocab.json")) && File.Exists(Path.Combine(directory, "merges.txt")));
+
     public static HfModelDirectory Open(string directory)
     {
         if (!Directory.Exists(directory))
