@@ -49,10 +49,10 @@ public sealed class HealthMeters : IDisposable
                 {
                     for (int l = 0; l < s.Layers; l++) m.Add(new(s.BlowUp[l] ? 1 : 0, Layer(l)));
                 })),
-            Logit("bitnet.health.logits.min", "bitnet_health_logits_min", "Smallest logit of the last sampled step with logits rows.", s => s.LogitMin),
-            Logit("bitnet.health.logits.max", "bitnet_health_logits_max", "Largest logit of the last sampled step with logits rows.", s => s.LogitMax),
-            Logit("bitnet.health.logits.range", "bitnet_health_logits_range", "Smallest max-min among the logits rows of the last sampled step with any (flat output shows here).", s => s.LogitRange),
-            Logit("bitnet.health.logits.entropy", "bitnet_health_logits_entropy", "Mean softmax entropy (nats) of the logits rows of the last sampled step with any.", s => s.LogitEntropy),
+            Logit("bitnet.health.logits.min", "bitnet_health_logits_min", "Smallest logit of the last sampled step with logits rows.", s => s.LogitMin, s => s.LastLogitMin),
+            Logit("bitnet.health.logits.max", "bitnet_health_logits_max", "Largest logit of the last sampled step with logits rows.", s => s.LogitMax, s => s.LastLogitMax),
+            Logit("bitnet.health.logits.range", "bitnet_health_logits_range", "Smallest max-min among the logits rows of the last sampled step with any (flat output shows here).", s => s.LogitRange, s => s.LastLogitRange),
+            Logit("bitnet.health.logits.entropy", "bitnet_health_logits_entropy", "Mean softmax entropy (nats) of the logits rows of the last sampled step with any.", s => s.LogitEntropy, s => s.LastLogitEntropy),
             new("bitnet.health.nonfinite_sequences", "{sequence}", "bitnet_health_nonfinite_sequences_total", true,
                 "Sequences ended because their logits held NaN or Inf.", m => m.Add(new(_scheduler.Statistics.NonFiniteSequences))),
             new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
@@ -249,19 +249,18 @@ public sealed class HealthMeters : IDisposable
         }));
 
     /// <summary>
-    /// A logits gauge. A sampled step without logits rows (a prompt chunk alone) has none: /metrics keeps the last value
-    /// that had them (the series vanished there, which reset a Prometheus alert's <c>for</c> and resolved a firing one),
-    /// while the in-process alert engine sees no value, so it does not count the old one again as a new sample.
+    /// A logits gauge. A sampled step without logits rows (a prompt chunk alone) has none: /metrics keeps the value of the
+    /// last published step that had them (<paramref name="last"/>; the series vanished there, which reset a Prometheus
+    /// alert's <c>for</c> and resolved a firing one), while the in-process alert engine sees no value, so it does not
+    /// count the old one again as a new sample. The carried value is the collector's, not the last one a reader saw:
+    /// a step with logits that no scrape read before a prompt chunk replaced it showed the one before it.
     /// </summary>
-    private Signal Logit(string name, string prom, string description, Func<HealthSnapshot, float> value)
-    {
-        var last = new StrongBox<double>(double.NaN); // under the collector's lock, as every read is
-        return new(name, "{value}", prom, false, description, m => ReadSnapshot(m, s =>
+    private Signal Logit(string name, string prom, string description, Func<HealthSnapshot, float> value, Func<HealthSnapshot, float> last) =>
+        new(name, "{value}", prom, false, description, m => ReadSnapshot(m, s =>
         {
-            if (s.LogitRows > 0) m.Add(new(last.Value = value(s)));
-            else if (!t_collectingForAlerts && !double.IsNaN(last.Value)) m.Add(new(last.Value));
+            if (s.LogitRows > 0) m.Add(new(value(s)));
+            else if (!t_collectingForAlerts && !float.IsNaN(last(s))) m.Add(new(last(s)));
         }));
-    }
 
     [ThreadStatic] private static bool t_collectingForAlerts;
 

@@ -75,6 +75,16 @@ public sealed class HealthSnapshot
     /// <summary>Mean softmax entropy of the step's rows, nats.</summary>
     public float LogitEntropy { get; internal set; } = float.NaN;
 
+    /// <summary>
+    /// The logits fields of the last published step that had logits rows (this one when it has any; NaN before the
+    /// first): what /metrics shows through prompt-only steps. Kept by the collector at publication, so a step with logits
+    /// that no reader saw before a prompt chunk replaced it still counts.
+    /// </summary>
+    public float LastLogitMin { get; internal set; } = float.NaN;
+    public float LastLogitMax { get; internal set; } = float.NaN;
+    public float LastLogitRange { get; internal set; } = float.NaN;
+    public float LastLogitEntropy { get; internal set; } = float.NaN;
+
     public int Index(int layer, BitLinearInput input) => layer * HealthNames.InputCount + (int)input;
 
     internal void CopyTo(HealthSnapshot other)
@@ -95,6 +105,10 @@ public sealed class HealthSnapshot
         other.LogitMax = LogitMax;
         other.LogitRange = LogitRange;
         other.LogitEntropy = LogitEntropy;
+        other.LastLogitMin = LastLogitMin;
+        other.LastLogitMax = LastLogitMax;
+        other.LastLogitRange = LastLogitRange;
+        other.LastLogitEntropy = LastLogitEntropy;
     }
 
     public HealthSnapshot Clone()
@@ -381,6 +395,13 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         lock (_lock)
         {
             _pending.Samples = ++_samples;
+            if (_pending.LogitRows > 0)
+            {
+                _pending.LastLogitMin = _pending.LogitMin;
+                _pending.LastLogitMax = _pending.LogitMax;
+                _pending.LastLogitRange = _pending.LogitRange;
+                _pending.LastLogitEntropy = _pending.LogitEntropy;
+            }
             _pending.CopyTo(_latest);
         }
         Published?.Invoke(_latest);

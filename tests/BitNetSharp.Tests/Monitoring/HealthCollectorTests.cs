@@ -469,6 +469,19 @@ public class HealthCollectorBatchTests
         Assert.Equal(0, health.Latest.LogitRows);
         Assert.Equal(stats.Range, Scraped()!.Value, 1e-6);
         Assert.Null(Collected());
+
+        // A step with logits that no reader saw, then a prompt chunk: /metrics shows that step's value (it showed the
+        // value the last reader happened to see, and on a fresh server no series at all).
+        var flat = LogitStats.Compute([0.5f, 0.5f, 0.5f + 1e-3f]);
+        health.BeginForward(1);
+        health.EndForward();
+        health.AddLogits(flat);
+        health.Publish();
+        health.BeginForward(1);
+        health.EndForward();
+        health.Publish();
+        Assert.Equal(flat.Range, Scraped()!.Value, 1e-6);
+        Assert.Null(Collected());
     }
 
     /// <summary>A BitLinear input holding NaN reads NaN as its crest factor, which trips the rules (it read a healthy 0).</summary>
