@@ -81,7 +81,11 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
                 new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish), monitor);
             _served = served;
             logger.LogInformation("Loaded {Model} in {Seconds:F1} s; warming up.", loaded.Id, sw.Elapsed.TotalSeconds);
+            // Warm-up is not served traffic: it counts in no counter or histogram (each rollout showed two phantom
+            // requests and a time-to-first-token p99 of the JIT's seconds).
+            scheduler.WarmingUp = true;
             Warmup(scheduler);
+            scheduler.WarmingUp = false;
             // Warm-up's gaps include JIT compilation: left in the jitter window they could fire the latency alert on an
             // idle server that had not served anyone yet.
             scheduler.TokenLatency.Clear();

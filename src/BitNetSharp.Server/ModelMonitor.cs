@@ -174,8 +174,11 @@ internal sealed class ModelMonitor : IDisposable
     /// <summary>The health signals plus the serving ones the rules may name.</summary>
     public void CollectSignals(SignalSet set)
     {
-        Meters.CollectSignals(set);
+        // The counts before the gauges: a token is added to the latency window before it is counted, so read in this
+        // order a token delivered in between shows in the next evaluation's count too. Read after, it paired the new count
+        // with the old spread, and the jitter rule (evaluated only when the count moves) kept that stale spread while idle.
         var s = _scheduler.Statistics;
+        Meters.CollectSignals(set);
         foreach (var (name, read) in Serving) set.Add(name, read(s, _scheduler.Options));
         set.Add(Success, s.FinishedStop, "finish_reason", "stop");
         set.Add(Success, s.FinishedLength, "finish_reason", "length");

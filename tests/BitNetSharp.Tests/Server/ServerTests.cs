@@ -409,6 +409,34 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(HttpStatusCode.OK, ok);
     }
 
+    /// <summary>
+    /// Warm-up is not served traffic: after it, every request, token and latency count is 0, and the first real request
+    /// counts once. Each rollout showed the warm-up's requests and a time-to-first-token p99 of the JIT's seconds.
+    /// </summary>
+    [Fact]
+    public async Task WarmUpCountsInNoMetric()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 2 });
+        // A histogram nothing was recorded in has no series yet: that reads 0 too.
+        static double Value(string metrics, string series) =>
+            metrics.Split('\n').Any(l => l.StartsWith(series + " ", StringComparison.Ordinal)) ? TestServer.Sample(metrics, series) : 0;
+        string text = await s.MetricsAsync();
+        foreach (var series in new[]
+        {
+            "bitnet_request_success_total{finish_reason=\"length\"}", "bitnet_generation_tokens_total", "bitnet_prompt_tokens_total",
+            "bitnet_time_to_first_token_seconds_count", "bitnet_e2e_request_latency_seconds_count", "bitnet_engine_steps_total",
+            "bitnet_engine_step_duration_seconds_count",
+        })
+            Assert.True(Value(text, series) == 0, $"{series} = {Value(text, series)} after warm-up alone");
+        var (status, _, _) = await s.PostAsync("v1/completions", new { prompt = "counted", max_tokens = 3, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        text = await s.MetricsAsync();
+        Assert.Equal(1, TestServer.Sample(text, "bitnet_request_success_total{finish_reason=\"length\"}"));
+        Assert.Equal(3, TestServer.Sample(text, "bitnet_generation_tokens_total"));
+        Assert.Equal(1, TestServer.Sample(text, "bitnet_time_to_first_token_seconds_count"));
+        Assert.True(s.Scheduler.Statistics.Steps >= 3);
+    }
+
     /// <summary>/metrics is Prometheus text: every family has HELP and TYPE, every sample parses, the instruments the engine feeds are there, and promtool finds nothing to lint.</summary>
     [Fact]
     public async Task MetricsAreValidPrometheusText()

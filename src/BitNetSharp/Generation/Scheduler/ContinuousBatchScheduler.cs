@@ -49,7 +49,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly List<GenerationHandle> _waiting = [];   // FIFO; engine thread only
     private readonly ConcurrentQueue<GenerationHandle> _inbox = new();
     private readonly ManualResetEventSlim _wake = new(false);
-    private readonly SchedulerCounters _counters = new();
+    // The counters readers see (Statistics, /metrics) and the engine thread's current target: the same object, except
+    // while WarmingUp, when the engine counts into a throwaway one (switched at the top of a step, on the engine thread,
+    // so no step is split between them).
+    private readonly SchedulerCounters _served = new();
+    private readonly SchedulerCounters _uncounted = new();
+    private SchedulerCounters _counters;
+    private volatile bool _warmingUp;
     private readonly MetricSampleRing _samples = new(1 << 16);
     private readonly Thread _thread;
     private volatile bool _stopping;
@@ -60,6 +66,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
 
     public ContinuousBatchScheduler(ModelWeights weights, BitNetTokenizer? tokenizer, SchedulerOptions? options = null, WorkerPool? pool = null)
     {
+        _counters = _served;
         ArgumentNullException.ThrowIfNull(weights);
         options ??= new SchedulerOptions();
         options.Validate();
@@ -148,7 +155,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     {
         get
         {
-            var c = _counters;
+            var c = _served;
             return new SchedulerStatistics(
                 Volatile.Read(ref c.RunningRequests), Volatile.Read(ref _queued), Volatile.Read(ref c.RunningSequences), Options.MaxSequences,
                 Volatile.Read(ref c.KvPositionsInUse), (long)Options.MaxSequences * ContextLength,
@@ -176,11 +183,11 @@ public sealed class ContinuousBatchScheduler : IDisposable
         // request is refused only when every sequence is busy, and a burst into an idle server is not refused.
         // A request waits for all its choices at once, so the limit counts sequences: n requests of n = 8 each wait
         // for 64 sequences, not 8 (counting requests let such a burst overrun MaxQueue eightfold).
-        int free = Math.Max(0, Options.MaxSequences - Volatile.Read(ref _counters.RunningSequences));
+        int free = Math.Max(0, Options.MaxSequences - Volatile.Read(ref _served.RunningSequences));
         if (Interlocked.Add(ref _queuedSequences, request.Choices) > Options.MaxQueue + free)
         {
             Interlocked.Add(ref _queuedSequences, -request.Choices);
-            Interlocked.Increment(ref _counters.Rejected);
+            Interlocked.Increment(ref _served.Rejected);
             throw new SchedulerQueueFullException(Options.MaxQueue);
         }
         Interlocked.Increment(ref _queued);
@@ -219,6 +226,27 @@ public sealed class ContinuousBatchScheduler : IDisposable
 
     internal void Wake() => _wake.Set();
 
+    /// <summary>
+    /// While true the engine's work counts in no statistic, counter or histogram: a server's warm-up requests (their
+    /// latencies are JIT compilation) were counted as served traffic, so every rollout showed phantom requests and a
+    /// time-to-first-token spike. Set it before submitting the warm-up and clear it once its requests have ended; the
+    /// engine switches at the top of its next step, so no step is split between the two.
+    /// </summary>
+    public bool WarmingUp
+    {
+        get => _warmingUp;
+        set
+        {
+            _warmingUp = value;
+            _wake.Set();
+        }
+    }
+
+    private void Observe(MetricKind kind, double value)
+    {
+        if (ReferenceEquals(_counters, _served)) _samples.Write(kind, value);
+    }
+
     // ---- The engine thread ------------------------------------------------------------------------------------
 
     private void Loop()
@@ -247,6 +275,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     {
         StepGate.Wait();
         _wake.Reset();
+        _counters = _warmingUp ? _uncounted : _served;
         long now = Stopwatch.GetTimestamp();
         while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
         Reap(now);
@@ -346,8 +375,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
         SchedulerCounters.Add(ref _counters.Steps, 1);
         SchedulerCounters.Add(ref _counters.StepTokens, n);
         SchedulerCounters.Set(ref _counters.LastStepTicks, after);
-        _samples.Write(MetricKind.StepTokens, n);
-        _samples.Write(MetricKind.StepDuration, SchedulerMeters.Seconds(after - before));
+        Observe(MetricKind.StepTokens, n);
+        Observe(MetricKind.StepDuration, SchedulerMeters.Seconds(after - before));
         _running.RemoveAll(static s => s.Finished);
     }
 
@@ -404,8 +433,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             h.UnfinishedChoices = r.Choices;
             h.Admitted = true;
             _runningRequests.Add(h);
-            _samples.Write(MetricKind.QueueTime, SchedulerMeters.Seconds(now - h.SubmittedTicks));
-            _samples.Write(MetricKind.PromptLength, r.Prompt.Count);
+            Observe(MetricKind.QueueTime, SchedulerMeters.Seconds(now - h.SubmittedTicks));
+            Observe(MetricKind.PromptLength, r.Prompt.Count);
         }
     }
 
@@ -544,7 +573,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         if (!h.FirstTokenSeen)
         {
             h.FirstTokenSeen = true;
-            _samples.Write(MetricKind.TimeToFirstToken, SchedulerMeters.Seconds(now - h.SubmittedTicks));
+            Observe(MetricKind.TimeToFirstToken, SchedulerMeters.Seconds(now - h.SubmittedTicks));
         }
         float latency = float.NaN;
         if (s.LastTokenTicks != 0)
@@ -556,8 +585,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             // its step) and pulled the ITL median below a millisecond while steps took tens.
             if (now != s.LastTokenTicks)
             {
-                _samples.Write(MetricKind.InterTokenLatency, itl);
-                TokenLatency.Add(itl);
+                Observe(MetricKind.InterTokenLatency, itl);
+                if (!_warmingUp) TokenLatency.Add(itl);
             }
         }
         s.LastTokenTicks = now;
@@ -617,12 +646,12 @@ public sealed class ContinuousBatchScheduler : IDisposable
         h.Writer.TryWrite(new GenerationEvent(s.Choice, token, text, logProb, top, finish) { TextOffset = textOffset, StopToken = stopToken });
         if (finish == FinishReason.None) return;
         Release(s);
-        _samples.Write(MetricKind.GenerationLength, s.Generated);
+        Observe(MetricKind.GenerationLength, s.Generated);
         if (finish == FinishReason.Length) SchedulerCounters.Add(ref _counters.FinishedLength, 1);
         else SchedulerCounters.Add(ref _counters.FinishedStop, 1);
         if (--h.UnfinishedChoices == 0)
         {
-            _samples.Write(MetricKind.EndToEndLatency, SchedulerMeters.Seconds(Stopwatch.GetTimestamp() - h.SubmittedTicks));
+            Observe(MetricKind.EndToEndLatency, SchedulerMeters.Seconds(Stopwatch.GetTimestamp() - h.SubmittedTicks));
             _runningRequests.Remove(h);
             PublishGauges(); // before the caller sees the end: its slot already reads free
             h.Complete(null);
@@ -668,13 +697,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
             kv += s.CacheLength;
             running++;
         }
-        SchedulerCounters.Set(ref _counters.KvPositionsInUse, kv);
-        SchedulerCounters.Set(ref _counters.RunningSequences, running);
+        SchedulerCounters.Set(ref _served.KvPositionsInUse, kv); // gauges: the state, warm-up or not
+        SchedulerCounters.Set(ref _served.RunningSequences, running);
         double repetition = 0;
         foreach (var s in _running)
             if (!s.Finished && s.Repetition.Share is var share && share > repetition) repetition = share;
         Volatile.Write(ref _repetition, repetition);
-        SchedulerCounters.Set(ref _counters.RunningRequests, _runningRequests.Count);
+        SchedulerCounters.Set(ref _served.RunningRequests, _runningRequests.Count);
     }
 
     /// <summary>How long an idle engine may sleep: until the nearest waiting request's deadline, at most a second.</summary>

@@ -8,7 +8,7 @@ namespace BitNetSharp.Generation.Scheduler;
 internal sealed class SchedulerCounters
 {
     public long PromptTokens;       // prompt tokens run through the model (each choice prefills its own copy)
-    public long GenerationTokens;   // tokens delivered, stop tokens not counted
+    public long GenerationTokens;   // tokens delivered, the stop token that ended a choice included
     public long Steps;
     public long StepTokens;
     public long FinishedStop;

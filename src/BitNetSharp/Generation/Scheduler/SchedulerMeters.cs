@@ -35,7 +35,7 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableGauge("bitnet.requests.running", () => _scheduler.Statistics.RunningRequests, "{request}",
             "Requests with at least one sequence in the running batch.");
         m.CreateObservableGauge("bitnet.requests.waiting", () => _scheduler.Statistics.WaitingRequests, "{request}",
-            "Requests waiting in the queue for free sequences.");
+            "Requests submitted and not yet admitted, those that start at the next step included (a request arriving during a step waits for its end even with sequences free); bitnet_sequences_queued counts what waits for a busy sequence.");
         m.CreateObservableGauge("bitnet.sequences.waiting", () => _scheduler.Statistics.WaitingSequences, "{sequence}",
             "Sequences (choices) of the waiting requests, those free sequences take at the next step included (a request with n choices waits for n); bitnet_sequences_queued is what the queue limit counts.");
         m.CreateObservableGauge("bitnet.sequences.queued", () => _scheduler.Statistics.QueuedSequences, "{sequence}",
@@ -53,7 +53,7 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableCounter("bitnet.prompt_tokens", () => _scheduler.Statistics.PromptTokens, "{token}",
             "Prompt tokens run through the model (each choice of a request prefills its own copy).");
         m.CreateObservableCounter("bitnet.generation_tokens", () => _scheduler.Statistics.GenerationTokens, "{token}",
-            "Generated tokens delivered to requests (end-of-sequence tokens not counted).");
+            "Generated tokens, the stop token that ended a choice included (as usage.completion_tokens counts them).");
         m.CreateObservableCounter("bitnet.engine.steps", () => _scheduler.Statistics.Steps, "{step}",
             "Engine steps (forward passes over one batch).");
         m.CreateObservableCounter("bitnet.request.success", () =>
