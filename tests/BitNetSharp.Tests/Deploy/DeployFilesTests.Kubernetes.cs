@@ -184,7 +184,7 @@ public sealed partial class DeployFilesTests
         Assert.Contains(metrics, m => Str(m, "type") == "Resource" && Str(m, "resource", "name") == "cpu");
         var pods = metrics.Single(m => Str(m, "type") == "Pods");
         string name = Str(pods, "pods", "metric", "name")!;
-        Assert.Equal("bitnet_requests_waiting", name);
+        Assert.Equal("bitnet_sequences_queued", name); // requests_waiting counted requests that start at the next step: idle replicas scaled out
 
         var rule = (YamlMappingNode)Seq(Yaml("prometheus-adapter-rules.yaml"), "rules").Single();
         Assert.Equal(name, Str(rule, "name", "as"));
