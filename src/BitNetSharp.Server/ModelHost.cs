@@ -78,7 +78,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             var process = new ProcessMeters(() => InFlight);
             _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
-                new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish), monitor);
+                new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish, monitor.Meters.OneSnapshot), monitor);
             _served = served;
             logger.LogInformation("Loaded {Model} in {Seconds:F1} s; warming up.", loaded.Id, sw.Elapsed.TotalSeconds);
             // Warm-up is not served traffic: it counts in no counter or histogram (each rollout showed two phantom

@@ -24,6 +24,7 @@ internal sealed class PrometheusTextExporter : IDisposable
 
     private readonly HashSet<Meter> _meters;
     private readonly Action? _beforeCollect;
+    private readonly Action<Action>? _around;
     private readonly MeterListener _listener = new();
     private readonly Lock _lock = new();
     private readonly Lock _collect = new(); // one collection at a time: each clears the observables' series, then reads them
@@ -32,10 +33,13 @@ internal sealed class PrometheusTextExporter : IDisposable
 
     /// <param name="meters">The meters to export (by instance, so two servers in one process do not mix).</param>
     /// <param name="beforeCollect">Runs before each collection, e.g. to flush buffered histogram samples.</param>
-    public PrometheusTextExporter(IEnumerable<Meter> meters, Action? beforeCollect = null)
+    /// <param name="around">Runs each collection of the observable instruments (the action it is given), e.g. with every
+    /// health gauge reading one sampled step (<see cref="Monitoring.HealthMeters.OneSnapshot"/>).</param>
+    public PrometheusTextExporter(IEnumerable<Meter> meters, Action? beforeCollect = null, Action<Action>? around = null)
     {
         _meters = [.. meters];
         _beforeCollect = beforeCollect;
+        _around = around;
         _listener.InstrumentPublished = (instrument, listener) =>
         {
             if (!_meters.Contains(instrument.Meter)) return;
@@ -86,7 +90,8 @@ internal sealed class PrometheusTextExporter : IDisposable
             {
                 foreach (var f in _families) f.ClearIfObservable();
             }
-            _listener.RecordObservableInstruments();
+            if (_around is { } around) around(_listener.RecordObservableInstruments);
+            else _listener.RecordObservableInstruments();
             lock (_lock)
             {
                 foreach (var f in _families) f.Write(output);

@@ -56,7 +56,7 @@ public sealed class HealthMeters : IDisposable
             new("bitnet.health.nonfinite_sequences", "{sequence}", "bitnet_health_nonfinite_sequences_total", true,
                 "Sequences ended because their logits held NaN or Inf.", m => m.Add(new(_scheduler.Statistics.NonFiniteSequences))),
             new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
-                "Engine steps whose health was measured.", m => m.Add(new(_scheduler.Health.Samples))),
+                "Engine steps whose health was measured.", m => m.Add(new(t_collection?.Samples ?? _scheduler.Health.Samples))),
             new("bitnet.health.token_latency.stddev", "s", "bitnet_health_token_latency_stddev_seconds", false,
                 $"Standard deviation of the last 256 inter-token latencies (absent until {MinJitterWindow} are in).", m =>
                 {
@@ -225,12 +225,41 @@ public sealed class HealthMeters : IDisposable
 
     private static KeyValuePair<string, object?> Layer(int l) => new("layer", l.ToString(CultureInfo.InvariantCulture));
 
-    private void ReadSnapshot(List<Measurement<double>> m, Action<HealthSnapshot> read) =>
+    private void ReadSnapshot(List<Measurement<double>> m, Action<HealthSnapshot> read)
+    {
+        if (t_collection is { } one)
+        {
+            if (one.Samples > 0) read(one);
+            return;
+        }
         _scheduler.Health.Read(s =>
         {
             if (s.Samples > 0) read(s);
             return 0;
         });
+    }
+
+    [ThreadStatic] private static HealthSnapshot? t_collection;
+
+    /// <summary>
+    /// Runs <paramref name="collect"/> (a scrape's collection of the instruments) with every health signal reading one
+    /// copy of the last sampled step. Each used to take the collector's lock on its own, so one scrape could pair a
+    /// layer's blow-up flag with another step's relative change, and the samples counter with neither. A copy, not the
+    /// lock held throughout: the alert gauges take the alert engine's lock, which the engine holds while it takes this one.
+    /// </summary>
+    public void OneSnapshot(Action collect)
+    {
+        var previous = t_collection;
+        t_collection = _scheduler.Health.Read(s => s.Clone());
+        try
+        {
+            collect();
+        }
+        finally
+        {
+            t_collection = previous;
+        }
+    }
 
     private Signal PerInput(string name, string unit, string prom, string description, Func<HealthSnapshot, float[]> values) =>
         new(name, unit, prom, false, description, m => ReadSnapshot(m, s =>

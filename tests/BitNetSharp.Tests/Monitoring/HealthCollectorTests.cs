@@ -376,6 +376,48 @@ public class HealthCollectorBatchTests
     }
 
     /// <summary>
+    /// A scrape reads every health gauge from one sampled step (HealthMeters.OneSnapshot, which the server's exporter runs
+    /// its collection in): each gauge took the collector's lock on its own, so a step published mid-scrape paired one
+    /// family's values with another step's.
+    /// </summary>
+    [Fact]
+    public void AScrapeReadsOneSampledStep()
+    {
+        using var m = new MeteredScheduler();
+        var (meters, health, c) = (m.Meters, m.Scheduler.Health, m.Weights.Config);
+        var before = Enumerable.Repeat(1f, c.Dim).ToArray();
+        void Publish(float change)
+        {
+            var after = Enumerable.Repeat(1f + change, c.Dim).ToArray();
+            health.BeginForward(1);
+            for (int l = 0; l < c.Layers; l++)
+            {
+                health.LayerStart(l, 0, before);
+                health.LayerEnd(l, 0, after);
+            }
+            health.EndForward();
+            health.Publish();
+        }
+        double Read(string name)
+        {
+            var list = new List<System.Diagnostics.Metrics.Measurement<double>>();
+            meters.Signals.Single(x => x.PrometheusName == name).Read(list);
+            return list.Count == 0 ? double.NaN : list[^1].Value;
+        }
+        Publish(0.5f);
+        double samples = double.NaN, change = double.NaN;
+        meters.OneSnapshot(() =>
+        {
+            samples = Read("bitnet_health_samples_total");
+            Publish(20f); // a step published between two families' reads
+            change = Read("bitnet_health_residual_relative_change_ratio");
+        });
+        Assert.Equal(health.Samples - 1, samples);
+        Assert.Equal(0.5, change, 1e-4);
+        Assert.Equal(20, Read("bitnet_health_residual_relative_change_ratio"), 1e-3); // outside a scrape: the latest step
+    }
+
+    /// <summary>
     /// The alert engine's signals are one sample's: the samples counter (which gates the sampled rules' <c>for</c>) was
     /// read after the gauges, so a step published in between paired the new count with the old values and one bad
     /// sample counted twice. Here each published sample k changes layer 1 by k/1000, and every collection must read
