@@ -187,6 +187,7 @@ public sealed class ModelWeights : IDisposable
             var c = ModelConfig.FromHf(dir.Config);
             c = (options?.Apply(c) ?? c).Validated(dir.Config.FilePath);
             var w = dir.Weights;
+            CheckNoBiases(dir);
             var q = dir.Config.Quantization;
             var embd = Table(w, "model.embed_tokens.weight", c.VocabSize, c.Dim);
             bool tied = dir.Config.TieWordEmbeddings ?? true;
@@ -228,6 +229,22 @@ public sealed class ModelWeights : IDisposable
             if (ownsDirectory) dir.Dispose();
             throw;
         }
+    }
+
+    /// <summary>
+    /// A checkpoint whose projections or norms carry a bias (Llama's attention_bias / mlp_bias, or *.bias tensors) is
+    /// refused: transformers adds the bias, the engine does not, and the model loaded and gave other logits without a word.
+    /// </summary>
+    private static void CheckNoBiases(HfModelDirectory dir)
+    {
+        var config = dir.Config;
+        if (config.AttentionBias == true)
+            throw new ModelFormatException(config.FilePath, "is true: the attention projections have biases, which BitNetSharp does not add (BitNet models have none)", "attention_bias");
+        if (config.MlpBias == true)
+            throw new ModelFormatException(config.FilePath, "is true: the feed-forward projections have biases, which BitNetSharp does not add (BitNet models have none)", "mlp_bias");
+        foreach (var t in dir.Weights.Tensors)
+            if (t.Name.EndsWith(".bias", StringComparison.Ordinal))
+                throw new ModelFormatException(t.File.FilePath, "is a bias, which BitNetSharp does not add (BitNet models have none): the logits would differ from transformers'", t.Name);
     }
 
     /// <summary>

@@ -177,6 +177,28 @@ public class HfGoldenTests
     }
 
     /// <summary>
+    /// A config with attention_bias or mlp_bias true is refused naming the field: transformers adds those biases, the
+    /// engine does not, and the model loaded and gave other logits without a word. transformers 5's "dtype" is read.
+    /// </summary>
+    [Theory]
+    [InlineData("attention_bias")]
+    [InlineData("mlp_bias")]
+    public void BiasesAreRefusedByName(string field)
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        foreach (var file in Directory.GetFiles(FixtureDirectory("bitlinear-offline-untied-f32")))
+            File.Copy(file, Path.Combine(dir.Path, Path.GetFileName(file)));
+        string config = dir.File("config.json");
+        var json = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(config))!.AsObject();
+        Assert.Equal("float32", BitNetSharp.Formats.HuggingFace.HfConfig.Load(config).TorchDType); // transformers 5 writes "dtype"
+        json[field] = true;
+        File.WriteAllText(config, json.ToJsonString());
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
+        Assert.Equal(field, e.Item);
+        Assert.EndsWith("config.json", e.FilePath);
+    }
+
+    /// <summary>
     /// The user's path: `bitnet generate` on the HF directory, greedy, with --logits-out / --ids-out. The KV cache is
     /// f32 here: with the default f16 cache (K/V rounded to 11 bits) this tiny random model's 10th greedy token
     /// differs — each rounding moves many int8 activation codes by one step in a 160-wide model — while the f32

@@ -52,7 +52,12 @@ public sealed class HfConfig
     /// <summary><c>eos_token_id</c>, which may be one id or a list; empty when absent.</summary>
     public required IReadOnlyList<int> EosTokenIds { get; init; }
 
+    /// <summary><c>torch_dtype</c>, or <c>dtype</c> as transformers 5 writes it.</summary>
     public string? TorchDType { get; init; }
+
+    /// <summary><c>attention_bias</c> / <c>mlp_bias</c> (Llama's config): projections with a bias, which the engine does not add.</summary>
+    public bool? AttentionBias { get; init; }
+    public bool? MlpBias { get; init; }
 
     /// <summary><c>head_dim</c> when the config states it; otherwise hidden_size / heads applies.</summary>
     public int? HeadDim { get; init; }
@@ -119,7 +124,9 @@ public sealed class HfConfig
                 TieWordEmbeddings = r.OptionalBool("tie_word_embeddings"),
                 BosTokenId = r.OptionalInt("bos_token_id"),
                 EosTokenIds = r.IntOrIntList("eos_token_id"),
-                TorchDType = r.OptionalString("torch_dtype"),
+                TorchDType = r.OptionalString("torch_dtype") ?? r.OptionalString("dtype"),
+                AttentionBias = r.OptionalBool("attention_bias"),
+                MlpBias = r.OptionalBool("mlp_bias"),
                 HeadDim = r.OptionalInt("head_dim"),
                 Quantization = HfQuantizationConfig.Read(root, path),
             };
