@@ -180,9 +180,13 @@ public static class ServeCommand
             // Given on the command line, an empty key is an error: `--api-key "$KEY"` with KEY unset served without one.
             // The variable, like every BITNET_* one, counts only when not blank. Both are trimmed: a key read from a file
             // keeps its line break, and a client's key is read trimmed, so it never matched.
-            string? key = result.GetResult(apiKey) is { Implicit: false } ? result.GetValue(apiKey)?.Trim() : VariableFor(result, apiKey, env, ApiKeyVariable);
+            // Unlike the other BITNET_* variables, a blank key variable is an error too: a Secret made from an unset
+            // shell variable, or a file holding only a line break, served with no key at all.
+            string? key = result.GetResult(apiKey) is { Implicit: false } ? result.GetValue(apiKey)?.Trim() : env(ApiKeyVariable)?.Trim();
             if (key is { Length: 0 })
-                throw new UsageException("--api-key is empty (an unset shell variable?); give the key, or leave the option out to serve without one.");
+                throw new UsageException(result.GetResult(apiKey) is { Implicit: false }
+                    ? "--api-key is empty (an unset shell variable?); give the key, or leave the option out to serve without one."
+                    : $"{ApiKeyVariable} is set but empty; give the key, or unset the variable to serve without one.");
             string id = result.GetValue(alias) ?? ModelId(path);
             BitNetSharp.Tokenization.ChatTemplate? chatTemplate = null;
             if (result.GetValue(template) is { } templateName)

@@ -131,6 +131,19 @@ public class SecurityDefaultsTests
         Assert.Contains(message, error.ToString());
     }
 
+    /// <summary>A key variable that is set but blank (a Secret from an unset shell variable, a file of one line break) is refused: it served with no key.</summary>
+    [Theory]
+    [InlineData("")]
+    [InlineData("\n")]
+    public void ABlankKeyVariableIsAUsageError(string value)
+    {
+        var error = new StringWriter();
+        int code = Program.Run(["serve", "-m", "does-not-matter.gguf"], new StringWriter(), error,
+            environment: name => name == "BITNET_API_KEY" ? value : null);
+        Assert.Equal(2, code);
+        Assert.Contains("BITNET_API_KEY is set but empty", error.ToString());
+    }
+
     /// <summary>A telemetry folder that cannot be created or written is refused before the model loads (the writer dropped every row and the server never said so).</summary>
     [Fact]
     public void AnUnwritableTelemetryFolderIsAUsageError()
