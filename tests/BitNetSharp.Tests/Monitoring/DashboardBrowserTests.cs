@@ -172,6 +172,14 @@ public sealed partial class DashboardBrowserTests
         double spike = await page.EvaluateAsync<double>("() => Math.max(0, ...rates.slice(-3))");
         Assert.True(spike < double.Parse(total, NumberStyles.Any, CultureInfo.InvariantCulture) / 2, $"a rate spike of {spike} tok/s after the error page ({total} tokens in all)");
         Assert.Equal("polite", await page.GetAttributeAsync("#status", "aria-live"));
+
+        // A /v1/models that keeps failing (warm-up; a proxy passing only /metrics): the model line's reads, started every
+        // MODEL_POLLS polls, share one retry chain instead of stacking one per start.
+        int modelRequests = 0;
+        await page.RouteAsync("**/v1/models", r => { Interlocked.Increment(ref modelRequests); return r.FulfillAsync(new() { Status = 503, Body = "{}" }); });
+        await page.EvaluateAsync("() => { for (let i = 0; i < 5; i++) model(); }");
+        await Task.Delay(4500, Ct);
+        Assert.InRange(Volatile.Read(ref modelRequests), 1, 4); // one chain: every 2 s (five chains: 15)
     }
 }
 
