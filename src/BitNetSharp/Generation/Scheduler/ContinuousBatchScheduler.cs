@@ -230,7 +230,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// While true the engine's work counts in no statistic, counter or histogram: a server's warm-up requests (their
     /// latencies are JIT compilation) were counted as served traffic, so every rollout showed phantom requests and a
     /// time-to-first-token spike. Set it before submitting the warm-up and clear it once its requests have ended; the
-    /// engine switches at the top of its next step, so no step is split between the two.
+    /// engine switches at the top of its next step, so no step is split between the two. The health collector still
+    /// samples those steps: they are real forwards of the model, and a model that is broken shows it before it serves.
     /// </summary>
     public bool WarmingUp
     {
@@ -275,9 +276,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
     {
         StepGate.Wait();
         _wake.Reset();
-        _counters = _warmingUp ? _uncounted : _served;
         long now = Stopwatch.GetTimestamp();
         while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
+        // After the inbox: WarmingUp is set before the warm-up is submitted, so a step that sees a warm-up request sees the flag.
+        _counters = _warmingUp ? _uncounted : _served;
         Reap(now);
         Admit(now);
         int n = BuildBatch(out int rows);
@@ -586,7 +588,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (now != s.LastTokenTicks)
             {
                 Observe(MetricKind.InterTokenLatency, itl);
-                if (!_warmingUp) TokenLatency.Add(itl);
+                if (ReferenceEquals(_counters, _served)) TokenLatency.Add(itl);
             }
         }
         s.LastTokenTicks = now;
