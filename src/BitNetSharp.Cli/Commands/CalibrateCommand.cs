@@ -108,7 +108,7 @@ public static class CalibrateCommand
         OutputFile.CheckNotInput("--out", outPath, ("--model", gguf.FilePath));
         foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })
             if (OutputFile.SameFile(written, outFull) || OutputFile.SameFile(written, gguf.FilePath))
-                throw new UsageException($"--report {reportPath} would overwrite {written}, the {(written == outFull ? "calibrated" : "input")} model; give another report path.");
+                throw new UsageException($"--report {reportPath} would overwrite {written}, the {(OutputFile.SameFile(written, outFull) ? "calibrated" : "input")} model; give another report path.");
         if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; calibrate needs one to turn the text into tokens.");
         var c = weights.Config;
         int window = ctxOption > 0 ? ctxOption : Math.Min(c.ContextLength, 256);

@@ -169,9 +169,10 @@ public sealed class ModelOptions
             BitNetTokenizer? tokenizer = null;
             if (weights.Gguf is { } gguf && gguf.Metadata.ContainsKey("tokenizer.ggml.model"))
                 tokenizer = TokenizerLoader.FromGguf(gguf);
-            // A vocabulary, not any tokenizer-related file: generation_config.json alone (save_pretrained writes it)
-            // failed the whole load with "no tokenizer found".
-            else if (weights.HfDirectory is { } dir && dir.HasTokenizer)
+            // generation_config.json alone (save_pretrained writes it beside every model) is no tokenizer: it failed the
+            // whole load with "no tokenizer found". Any other tokenizer file without a vocabulary (an interrupted
+            // download) still is that error.
+            else if (weights.HfDirectory is { } dir && (dir.HasTokenizer || dir.TokenizerFiles.Any(f => f != "generation_config.json")))
                 tokenizer = TokenizerLoader.FromHfDirectory(dir.DirectoryPath);
             return (weights, tokenizer);
         }

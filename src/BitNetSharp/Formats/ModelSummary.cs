@@ -321,6 +321,7 @@ public sealed class ModelSummary
         WriteNullable(w, "quantization", Quantization);
         w.WriteNumber("metadata_count", MetadataCount);
         WriteNullable(w, "activation_bits", ActivationBits);
+        if (ActivationBitsError is not null) w.WriteString("activation_bits_error", ActivationBitsError); // null above is not "8 everywhere" then
 
         w.WriteStartObject("hyperparameters");
         var h = HyperParameters;

@@ -55,6 +55,9 @@ public class InspectCommandTests
         Assert.Contains("odd", output); // ... after the rest of the file is described
         Assert.Contains("invalid", output);
         Assert.Contains("[4]", Bitnet("inspect", path, "--tensors").Output);
+        var json = Bitnet("inspect", path, "--json");
+        Assert.Equal(1, json.ExitCode);
+        Assert.Contains(BitNetSharp.Model.ActivationBits.GgufKey, JsonDocument.Parse(json.Output).RootElement.GetProperty("activation_bits_error").GetString());
     }
 
     [Fact]
