@@ -199,31 +199,30 @@ public sealed class NormScaleTuner
     public void Write(string path)
     {
         string full = Path.GetFullPath(path);
-        if (full == Path.GetFullPath(_file.FilePath)) throw new ArgumentException($"The output {path} is the input model; write to another file.", nameof(path));
-        var bytes = File.ReadAllBytes(_file.FilePath);
-        if (bytes.Length != _file.FileLength) throw new IOException($"{_file.FilePath} changed while it was being tuned.");
+        if (Formats.PathIdentity.SameFile(full, _file.FilePath)) throw new ArgumentException($"The output {path} is the input model; write to another file.", nameof(path));
         var p = Model.Parameters;
-        foreach (var t in _norms)
+        // Streamed: the input copied through a 1 MiB buffer, then the tuned values written over it in place. It was read
+        // whole into one array, which doubled the memory and failed (checked int offsets) for a model of 2 GiB or more,
+        // after the whole tuning run.
+        Formats.AtomicFile.Write(full, stream =>
         {
-            var info = _file.GetTensor(t.Name);
-            MemoryMarshal.AsBytes(p.AsSpan(t.Offset, t.Length)).CopyTo(bytes.AsSpan(checked((int)(_file.DataOffset + info.Offset))));
-        }
-        foreach (var t in _projections)
-        {
-            var info = _file.GetTensor(t.Name);
-            long tail = _file.DataOffset + info.Offset + (long)t.Rows * t.Cols / 4;
-            BinaryPrimitives.WriteSingleLittleEndian(bytes.AsSpan(checked((int)tail)), Model.BetaOf(t.Name));
-        }
-        var temp = Path.Combine(Path.GetDirectoryName(full) ?? ".", $".{Path.GetFileName(full)}.{Environment.ProcessId}.tmp");
-        try
-        {
-            File.WriteAllBytes(temp, bytes);
-            File.Move(temp, full, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
+            using (var source = new FileStream(_file.FilePath, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1 << 20))
+            {
+                if (source.Length != _file.FileLength) throw new IOException($"{_file.FilePath} changed while it was being tuned.");
+                source.CopyTo(stream, 1 << 20);
+            }
+            foreach (var t in _norms)
+            {
+                stream.Position = _file.DataOffset + _file.GetTensor(t.Name).Offset;
+                stream.Write(MemoryMarshal.AsBytes(p.AsSpan(t.Offset, t.Length)));
+            }
+            Span<byte> beta = stackalloc byte[4];
+            foreach (var t in _projections)
+            {
+                stream.Position = _file.DataOffset + _file.GetTensor(t.Name).Offset + (long)t.Rows * t.Cols / 4;
+                BinaryPrimitives.WriteSingleLittleEndian(beta, Model.BetaOf(t.Name));
+                stream.Write(beta);
+            }
+        });
     }
 }
