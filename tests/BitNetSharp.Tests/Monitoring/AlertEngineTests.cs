@@ -182,6 +182,33 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// Increase is taken per series, then summed, as sum(increase(...)) in Prometheus: over the sum, a series that vanished
+    /// (a label value no longer reported) made the others read as a reset and count their whole value again.
+    /// </summary>
+    [Fact]
+    public void IncreaseIsPerSeriesSoAVanishedSeriesIsNoGrowth()
+    {
+        bool both = true;
+        double a = 50;
+        var clock = new ManualTime();
+        using var e = new AlertEngine([new AlertRule { Name = "C", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 0, WindowSeconds = 10 }],
+            s =>
+            {
+                s.Add("c_total", a, "code", "a");
+                if (both) s.Add("c_total", 100, "code", "b");
+            }, new AlertEngineOptions { Time = clock });
+        e.Evaluate();
+        both = false; // "b" is no longer reported; "a" did not move
+        clock.Advance(1);
+        e.Evaluate();
+        Assert.Empty(e.Firing); // it read 50 of growth
+        a = 52;
+        clock.Advance(1);
+        e.Evaluate();
+        Assert.Equal(2, Assert.Single(e.Firing).Value, 9);
+    }
+
+    /// <summary>
     /// A counter that went down was reset and counted up again: 5, then 3, is an increase of 3, as Prometheus reads it.
     /// Starting over read 0, so the events right after a reset never fired.
     /// </summary>

@@ -61,6 +61,14 @@ public sealed class SignalSet
         return aggregate == "avg" ? acc / count : acc;
     }
 
+    /// <summary>The matching series of <paramref name="metric"/>, each with a key naming its label set.</summary>
+    internal IEnumerable<(string Key, double Value)> Series(string metric, IReadOnlyDictionary<string, string>? match)
+    {
+        if (!_series.TryGetValue(metric, out var list)) yield break;
+        foreach (var (labels, value) in list)
+            if (Matches(labels, match)) yield return (metric + "\u0001" + string.Join('\u0001', labels), value);
+    }
+
     private static bool Matches(string[] labels, IReadOnlyDictionary<string, string>? match)
     {
         if (match is null) return true;
@@ -176,8 +184,10 @@ public sealed class AlertEngine : IDisposable
         public bool Firing;
         public DateTimeOffset FiringSince;
         public double Value = double.NaN;
-        public readonly CounterWindow Counter = new();
-        public readonly CounterWindow DenominatorCounter = new();
+        // One window per series (metric and label set): increase is taken per series, then summed, as Prometheus'
+        // sum(increase(...)) does; over the sum, a series that vanished made the rest read as a reset and count again.
+        public readonly Dictionary<string, CounterWindow> Counters = new(StringComparer.Ordinal);
+        public readonly Dictionary<string, CounterWindow> DenominatorCounters = new(StringComparer.Ordinal);
         public long TimesFired;
         public double SamplesSeen = double.NaN;
     }
@@ -373,35 +383,47 @@ public sealed class AlertEngine : IDisposable
     {
         undefined = false;
         double? total = null;
+        bool increase = rule.Aggregate == "increase";
         foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
         {
-            var v = _signals.Reduce(part, rule.Aggregate == "increase" ? "sum" : rule.Aggregate, rule.Match);
+            var v = increase ? SumOfIncreases(st.Counters, part, rule.Match, now, rule.WindowSeconds) : _signals.Reduce(part, rule.Aggregate, rule.Match);
             if (v is null) continue;
             total = (total ?? 0) + v.Value;
         }
         if (total is null) return null;
-        if (rule.Aggregate == "increase") total = Increase(st.Counter, total.Value, now, rule.WindowSeconds);
         if (rule.DivideBy is { } d)
         {
-            var denominator = _signals.Reduce(d.Trim(), "sum", null);
-            if (denominator is null) return null;
             // An increase over a counter's lifetime total mixed a window's growth with everything since start: a
             // counter denominator (named *_total) of an increase rule is taken over the same window, as
             // increase(a[w]) / increase(b[w]) in Prometheus; a gauge denominator is read as it is.
-            if (rule.Aggregate == "increase" && d.Trim().EndsWith("_total", StringComparison.Ordinal))
-                denominator = Increase(st.DenominatorCounter, denominator.Value, now, rule.WindowSeconds);
+            var denominator = increase && d.Trim().EndsWith("_total", StringComparison.Ordinal)
+                ? SumOfIncreases(st.DenominatorCounters, d.Trim(), null, now, rule.WindowSeconds)
+                : _signals.Reduce(d.Trim(), "sum", null);
+            if (denominator is null) return null;
             undefined = total.Value == 0 && denominator.Value == 0;
             total = total.Value / denominator.Value; // x/0 is ±Inf, as in Prometheus
         }
         return total;
     }
 
+    /// <summary>The sum over <paramref name="metric"/>'s matching series of each one's <see cref="Increase"/>; null when it has none.</summary>
+    private double? SumOfIncreases(Dictionary<string, CounterWindow> windows, string metric, IReadOnlyDictionary<string, string>? match, DateTimeOffset now, double windowSeconds)
+    {
+        double? sum = null;
+        foreach (var (key, value) in _signals.Series(metric, match))
+        {
+            if (!windows.TryGetValue(key, out var w)) windows[key] = w = new CounterWindow();
+            sum = (sum ?? 0) + Increase(w, value, now, windowSeconds);
+        }
+        return sum;
+    }
+
     /// <summary>
     /// A counter's growth since the last value taken at or before the window's start (the oldest one when the window
     /// reaches further back than the history). Keeping that baseline, rather than only values inside the window, lets
     /// a window no longer than the evaluation interval see growth: with only values inside it, the baseline was always
-    /// the new value itself. A counter that went down was reset (a restart, a summed series that lost a part) and
-    /// counted up from 0 to its new value, as Prometheus reads it: starting over threw that growth away, so the
+    /// the new value itself. A counter that went down was reset (a restart) and
+    /// counted up from 0 to its new value, as Prometheus reads it (per series: see <see cref="SumOfIncreases"/>): starting over threw that growth away, so the
     /// events that came right after a reset never fired an increase rule.
     /// </summary>
     private static double Increase(CounterWindow w, double value, DateTimeOffset now, double windowSeconds)
