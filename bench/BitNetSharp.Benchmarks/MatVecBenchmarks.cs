@@ -31,9 +31,15 @@ public unsafe class MatVecBenchmarks : IBytesPerOperation
     private static readonly TernaryKernel AvxVnni = new AvxVnniTernaryKernel();
     private static readonly TernaryKernel Avx512 = new Avx512TernaryKernel();
     private static readonly TernaryKernel Avx512Gfni = new Avx512GfniTernaryKernel();
+    private static readonly TernaryKernel Lookup = new LutTernaryKernel();
+    private ActivationRows _lookupRows;
+    private NativeBuffer? _lookupScratch;
 
+    // The lookup kernel reads its own layout (2 bytes per 9 weights): the bytes its GB/s counts.
     public long BytesPerOperation(string method) =>
-        method == nameof(Float32) ? (long)_k * _n * sizeof(float) : (long)_n * TernaryMatrix.PadCols(_k) / 4;
+        method == nameof(Float32) ? (long)_k * _n * sizeof(float)
+        : method == nameof(Avx512Lookup) ? Lookup.BytesRead(_weights[0], 1)
+        : (long)_n * TernaryMatrix.PadCols(_k) / 4;
 
     [GlobalSetup]
     public void Setup()
@@ -72,6 +78,12 @@ public unsafe class MatVecBenchmarks : IBytesPerOperation
         _xFloat = new NativeBuffer((long)_k * sizeof(float));
         x.CopyTo(_xFloat.AsSpan<float>());
         _y = new NativeBuffer((long)_n * sizeof(float));
+        if (Lookup.IsSupported)
+        {
+            // Its repack of every copy, and the activations' tables laid out once, as the engine does per layer input.
+            foreach (var w in _weights) Lookup.PrepareWeights(w);
+            _lookupRows = Lookup.Prepare(_x, ref _lookupScratch);
+        }
     }
 
     [GlobalCleanup]
@@ -82,6 +94,7 @@ public unsafe class MatVecBenchmarks : IBytesPerOperation
         _x.Dispose();
         _xFloat.Dispose();
         _y.Dispose();
+        _lookupScratch?.Dispose();
     }
 
     private void Run(TernaryKernel kernel)
@@ -105,6 +118,14 @@ public unsafe class MatVecBenchmarks : IBytesPerOperation
 
     [Benchmark]
     public void Avx512GfniSplit() => Run(Avx512Gfni);
+
+    [Benchmark]
+    public void Avx512Lookup()
+    {
+        var w = _weights[_next];
+        _next = _next + 1 == _weights.Length ? 0 : _next + 1;
+        Lookup.MatMul(w, _lookupRows, (float*)_y.Pointer, _n, 0, _n);
+    }
 
     [Benchmark]
     public void Float32()
