@@ -37,6 +37,12 @@ public static class EvalCommand
                 + "tokens/ctx chunks of ctx tokens (each starting with BOS), scoring positions ctx/2 to ctx-2 of each chunk. Without it every window also scores its last "
                 + "position (the next window's first token) and the stream has no BOS of its own.",
         };
+        var preTokenizer = new Option<string?>("--pre-tokenizer")
+        {
+            Description = "Split text with this llama.cpp pre-tokenizer (a tokenizer.ggml.pre name) instead of the file's. The official 2B4T GGUF has none: "
+                + "BitNetSharp reads it as Llama 3's (as the model was trained), while bitnet.cpp's llama-perplexity falls back to \"default\"; "
+                + "give --pre-tokenizer default to score its token stream.",
+        };
         var json = new Option<bool>("--json") { Description = "Print one JSON document." };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type of the evaluated model: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f32" };
@@ -60,7 +66,7 @@ public static class EvalCommand
         };
         var command = new Command("eval", "Perplexity and bits per byte of a text file under a model, and KL divergence against a reference.")
         {
-            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop, llama, parseSpecial,
+            model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop, llama, parseSpecial, preTokenizer,
         };
         command.SetAction(r => cli.Guard(() =>
         {
@@ -73,6 +79,8 @@ public static class EvalCommand
                 if (r.GetValue(stride) is < 0 and var badStride) throw new UsageException($"--stride must be a number of tokens (0: the window length); got {badStride}.");
                 if (r.GetValue(threads) is < 0 and var badThreads) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {badThreads}.");
                 bool llamaChunks = r.GetValue(llama);
+                if (llamaChunks && r.GetValue(ctx) == 2)
+                    throw new UsageException("--llama-perplexity scores positions ctx/2 to ctx-2 of each chunk: --ctx 2 scores none; give at least 3.");
                 if (llamaChunks && r.GetValue(saveLogits) is not null)
                     throw new UsageException("--llama-perplexity cannot be combined with --save-logits: a saved logits file follows this tool's own windows.");
                 if (llamaChunks && r.GetValue(klReference) is { } rp && LogitsFile.IsLogitsFile(rp))
@@ -80,7 +88,8 @@ public static class EvalCommand
                 string dataPath = r.GetRequiredValue(data);
                 string text = TrainingCorpus.ReadText(dataPath);
                 var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)),
-                    new ModelLoadOptions { HeadType = ModelOptions.ParseHeadType(r.GetValue(headType)), WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) });
+                    new ModelLoadOptions { HeadType = ModelOptions.ParseHeadType(r.GetValue(headType)), WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) },
+                    r.GetValue(preTokenizer));
                 using var _ = weights;
                 if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; eval needs one to turn the text into tokens.");
                 var fileBits = weights.ActivationBits;
@@ -135,7 +144,7 @@ public static class EvalCommand
                         var refKv = refKvText is null ? KvCacheType.F32 : ModelOptions.ParseKvType(refKvText, "--kl-kv-type");
                         if (refPath is not null)
                         {
-                            var (w2, t2) = ModelOptions.Load(refPath, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) });
+                            var (w2, t2) = ModelOptions.Load(refPath, new ModelLoadOptions { WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) }, r.GetValue(preTokenizer));
                             refWeights = w2;
                             if (w2.Config.VocabSize != weights.Config.VocabSize)
                                 throw new UsageException($"--kl-reference {refPath} has a vocabulary of {w2.Config.VocabSize} tokens; {weights.SourcePath} has {weights.Config.VocabSize}. KL needs the same vocabulary.");
@@ -209,6 +218,8 @@ public static class EvalCommand
                         w.WriteString("model", weights.SourcePath);
                         w.WriteString("data", Path.GetFullPath(dataPath));
                         w.WriteString("kv_type", kv.ToString().ToLowerInvariant());
+                        w.WriteString("head_type", Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type)); // --head-type re-encodes it: runs differ by it
+                        if (r.GetValue(preTokenizer) is { } pre) w.WriteString("pre_tokenizer", pre);
                         w.WriteString("activation_bits", engine.ActivationBits.ToString());
                         w.WriteNumber("tokens", tokens.Length);
                         w.WriteNumber("ctx", window);
@@ -234,6 +245,22 @@ public static class EvalCommand
                             w.WriteMeasured("p99", kl.P99Kl);
                             w.WriteMeasured("max", kl.MaxKl);
                             w.WriteMeasured("top_token_agreement", kl.TopAgreement);
+                            if (double.IsFinite(kl.TopAgreementStdErr)) w.WriteNumber("top_token_agreement_stderr", kl.TopAgreementStdErr);
+                            if (kl.DeltaP is { } dp)
+                            {
+                                // llama-perplexity --kl-divergence's Δp: p(next token) under the model minus under the reference.
+                                w.WriteStartObject("delta_p");
+                                w.WriteMeasured("mean", dp.Mean);
+                                w.WriteMeasured("rms", dp.Rms);
+                                w.WriteMeasured("min", dp.Min);
+                                w.WriteMeasured("p01", dp.P01);
+                                w.WriteMeasured("p05", dp.P05);
+                                w.WriteMeasured("median", dp.Median);
+                                w.WriteMeasured("p95", dp.P95);
+                                w.WriteMeasured("p99", dp.P99);
+                                w.WriteMeasured("max", dp.Max);
+                                w.WriteEndObject();
+                            }
                             w.WriteNumber("reference_top_k", kl.TopK);
                             w.WriteEndObject();
                         }
@@ -245,7 +272,7 @@ public static class EvalCommand
                 }
                 var table = new Table().Border(TableBorder.Rounded).AddColumn("Property").AddColumn("Value");
                 void Row(string k, string v) => table.AddRow(new Text(k), new Text(v));
-                Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()}, activation bits {engine.ActivationBits})");
+                Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()}, head {Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type)}, activation bits {engine.ActivationBits})");
                 Row("data", $"{dataPath} ({tokens.Length:N0} tokens)");
                 Row("windows", string.Create(CultureInfo.InvariantCulture, $"{result.Windows} × {window} tokens, stride {step}{(llamaChunks ? " (llama-perplexity chunks)" : "")}"));
                 Row("scored", $"{result.ScoredTokens:N0} tokens, {result.ScoredBytes:N0} bytes");
@@ -258,8 +285,14 @@ public static class EvalCommand
                     Row("Δppl", $"{F(result.Perplexity - kl.Reference.Perplexity, "+0.0000;-0.0000;0.0000")} ({F(100 * (result.Perplexity / kl.Reference.Perplexity - 1), "+0.00;-0.00;0.00")} %)");
                     Row(kl.TopK == 0 ? "KL divergence, mean ± s.e." : $"KL divergence (reference's top {kl.TopK} + rest), mean ± s.e.",
                         $"{F(kl.MeanKl, "G4")} ± {F(kl.MeanKlStdErr, "G2")} nats");
-                    Row("KL median / p99 / max", $"{F(kl.MedianKl, "G4")} / {F(kl.P99Kl, "G4")} / {F(kl.MaxKl, "G4")}");
-                    Row("same top token", $"{F(100 * kl.TopAgreement, "F2")} %");
+                    Row(kl.TopK == 0 ? "KL median / p99 / max" : "KL median / p99 / max (lower bounds too)", $"{F(kl.MedianKl, "G4")} / {F(kl.P99Kl, "G4")} / {F(kl.MaxKl, "G4")}");
+                    Row("same top token", $"{F(100 * kl.TopAgreement, "F2")} ± {F(100 * kl.TopAgreementStdErr, "F2")} %");
+                    if (kl.DeltaP is { } dp)
+                    {
+                        Row("Δp of the next token, mean / RMS", $"{F(100 * dp.Mean, "+0.000;-0.000;0.000")} % / {F(100 * dp.Rms, "F3")} %");
+                        Row("Δp min / p1 / p5 / median / p95 / p99 / max",
+                            string.Join(" / ", new[] { dp.Min, dp.P01, dp.P05, dp.Median, dp.P95, dp.P99, dp.Max }.Select(v => F(100 * v, "+0.000;-0.000;0.000") + " %")));
+                    }
                 }
                 if (r.GetValue(saveLogits) is { } savedPath) Row("saved logits", $"{savedPath} ({new FileInfo(savedPath).Length:N0} bytes)");
                 cli.Ansi.Write(table);

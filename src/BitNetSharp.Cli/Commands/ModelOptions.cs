@@ -161,14 +161,26 @@ public sealed class ModelOptions
     };
 
     /// <summary>Loads weights and, when the file has one, the tokenizer.</summary>
-    public static (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(string path, ModelLoadOptions? options = null)
+    /// <param name="preTokenizer">A GGUF's byte-level pre-tokenizer by its tokenizer.ggml.pre name instead of the file's (eval --pre-tokenizer).</param>
+    public static (ModelWeights Weights, BitNetTokenizer? Tokenizer) Load(string path, ModelLoadOptions? options = null, string? preTokenizer = null)
     {
         var weights = ModelWeights.Load(path, options);
         try
         {
             BitNetTokenizer? tokenizer = null;
+            if (preTokenizer is not null && !(weights.Gguf is { } g && g.Metadata.TryGetString("tokenizer.ggml.model", out var kind) && kind == "gpt2"))
+                throw new UsageException($"--pre-tokenizer applies to a GGUF's byte-level (gpt2) vocabulary; {weights.SourcePath} has none.");
             if (weights.Gguf is { } gguf && gguf.Metadata.ContainsKey("tokenizer.ggml.model"))
-                tokenizer = TokenizerLoader.FromGguf(gguf);
+            {
+                try
+                {
+                    tokenizer = TokenizerLoader.FromGguf(gguf, preTokenizer);
+                }
+                catch (ArgumentException e) when (preTokenizer is not null)
+                {
+                    throw new UsageException("--pre-tokenizer: " + e.Message.Split(" (Parameter '")[0]);
+                }
+            }
             // generation_config.json alone (save_pretrained writes it beside every model) is no tokenizer: it failed the
             // whole load with "no tokenizer found". Any other tokenizer file without a vocabulary (an interrupted
             // download) still is that error.

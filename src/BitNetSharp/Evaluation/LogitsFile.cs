@@ -210,7 +210,15 @@ public sealed class LogitsFileReader : IDisposable
         TargetLogProb = BinaryPrimitives.ReadSingleLittleEndian(s[4..]);
         if (Header.TopK == 0)
         {
-            for (int i = 0; i < LogProbs.Length; i++) LogProbs[i] = BinaryPrimitives.ReadSingleLittleEndian(s[(8 + 4 * i)..]);
+            bool nan = false;
+            for (int i = 0; i < LogProbs.Length; i++)
+            {
+                double v = BinaryPrimitives.ReadSingleLittleEndian(s[(8 + 4 * i)..]);
+                nan |= double.IsNaN(v);
+                LogProbs[i] = v;
+            }
+            // A NaN entry (no checksum guards the rows) dropped out of the KL as zero mass and could be taken as the argmax.
+            if (nan) throw new InvalidDataException($"{Path}: position {_read - 1} holds a NaN log-probability; the file is corrupt or was saved from a broken model.");
             return;
         }
         for (int j = 0; j < TopIds.Length; j++)
@@ -219,6 +227,7 @@ public sealed class LogitsFileReader : IDisposable
             if ((uint)id >= (uint)Header.VocabSize) throw new InvalidDataException($"{Path}: position {_read - 1} names token {id}, outside the vocabulary of {Header.VocabSize}.");
             TopIds[j] = id;
             TopLogProbs[j] = BinaryPrimitives.ReadSingleLittleEndian(s[(12 + 8 * j)..]);
+            if (float.IsNaN(TopLogProbs[j])) throw new InvalidDataException($"{Path}: position {_read - 1} holds a NaN log-probability; the file is corrupt or was saved from a broken model.");
         }
         LogRest = BinaryPrimitives.ReadSingleLittleEndian(s[(8 + 8 * TopIds.Length)..]);
     }

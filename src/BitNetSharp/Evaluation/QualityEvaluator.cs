@@ -9,8 +9,11 @@ namespace BitNetSharp.Evaluation;
 /// <param name="TopAgreement">Share of positions where both put the same token first.</param>
 /// <param name="TopK">0 when the reference rows were full; k when only the reference's top k were kept (KL then
 /// compares the distributions coarsened to those k tokens and the rest: a lower bound on the full KL).</param>
+/// <param name="DeltaP">Δp = p_model(next token) − p_reference(next token) per position, as llama-perplexity
+/// --kl-divergence reports it: how much probability the model moved off (or onto) the token that came.</param>
+/// <param name="TopAgreementStdErr">Standard error of <see cref="TopAgreement"/>: √(a(1 − a)/positions).</param>
 public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr, double MedianKl, double P99Kl, double MaxKl,
-    double TopAgreement, PerplexityResult Reference, int TopK)
+    double TopAgreement, PerplexityResult Reference, int TopK, DeltaPStatistics? DeltaP = null, double TopAgreementStdErr = double.NaN)
 {
     /// <summary>Sorted per-position values to the q-quantile, linear between ranks (numpy's default).</summary>
     public static double Quantile(ReadOnlySpan<double> sorted, double q)
@@ -21,7 +24,7 @@ public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr
         return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo);
     }
 
-    internal static KlResult From(List<double> kl, long agree, PerplexityResult reference, int topK)
+    internal static KlResult From(List<double> kl, long agree, PerplexityResult reference, int topK, List<double>? deltaP = null)
     {
         var values = kl.ToArray();
         Array.Sort(values);
@@ -31,8 +34,26 @@ public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr
         double ss = 0;
         foreach (double v in values) ss += (v - mean) * (v - mean);
         double stderr = values.Length > 1 ? Math.Sqrt(ss / (values.Length - 1) / values.Length) : double.NaN;
+        double agreement = values.Length > 0 ? (double)agree / values.Length : double.NaN;
         return new KlResult(values.Length, mean, stderr, Quantile(values, 0.5), Quantile(values, 0.99),
-            values.Length > 0 ? values[^1] : double.NaN, values.Length > 0 ? (double)agree / values.Length : double.NaN, reference, topK);
+            values.Length > 0 ? values[^1] : double.NaN, agreement, reference, topK,
+            deltaP is null ? null : DeltaPStatistics.From(deltaP), values.Length > 0 ? Math.Sqrt(agreement * (1 - agreement) / values.Length) : double.NaN);
+    }
+}
+
+/// <summary>Δp = p_model(next token) − p_reference(next token) over the scored positions: mean, RMS and quantiles.</summary>
+public sealed record DeltaPStatistics(double Mean, double Rms, double Min, double P01, double P05, double Median, double P95, double P99, double Max)
+{
+    internal static DeltaPStatistics From(List<double> dp)
+    {
+        var v = dp.ToArray();
+        Array.Sort(v);
+        double sum = 0, ss = 0;
+        foreach (double x in v) { sum += x; ss += x * x; }
+        int n = Math.Max(1, v.Length);
+        return new DeltaPStatistics(v.Length > 0 ? sum / n : double.NaN, v.Length > 0 ? Math.Sqrt(ss / n) : double.NaN,
+            v.Length > 0 ? v[0] : double.NaN, KlResult.Quantile(v, 0.01), KlResult.Quantile(v, 0.05), KlResult.Quantile(v, 0.5),
+            KlResult.Quantile(v, 0.95), KlResult.Quantile(v, 0.99), v.Length > 0 ? v[^1] : double.NaN);
     }
 }
 
@@ -75,6 +96,8 @@ public static class QualityEvaluator
         if (llamaChunks)
         {
             if (stride != ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"llama-perplexity's chunks do not overlap: the stride must be the window ({ctx}).");
+            // Positions ctx/2 to ctx-2: none in a chunk of 2, which scored nothing and read a perfect perplexity of 1.
+            if (ctx < 3) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, "llama-perplexity's chunks score positions ctx/2 to ctx-2: the window must be at least 3 tokens.");
             int chunks = Math.Max(0, tokenCount) / ctx;
             return (chunks, ctx / 2, (long)chunks * (ctx - 1 - ctx / 2));
         }
@@ -132,6 +155,7 @@ public static class QualityEvaluator
         var logQ = needRows ? new double[vocab] : [];
         var logP = refEngine is not null ? new double[vocab] : [];
         var kl = reference is null ? null : new List<double>();
+        var deltaP = reference is null ? null : new List<double>();
         double nll = 0, refNll = 0;
         long scored = 0, bytes = 0, agree = 0;
         for (int w = 0; w < windows; w++)
@@ -179,6 +203,7 @@ public static class QualityEvaluator
                                 throw new InvalidDataException($"The reference model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i}: " +
                                     "its weights or scales are broken, and a KL against it would read as 0.");
                             refNll -= logP[target];
+                            deltaP!.Add(Math.Exp(logQ[target]) - Math.Exp(logP[target]));
                             kl!.Add(Distributions.KlDivergence(logP, logQ));
                             if (Distributions.ArgMax(logP) == Distributions.ArgMax(logQ)) agree++;
                         }
@@ -190,6 +215,7 @@ public static class QualityEvaluator
                             if (double.IsNaN(refFile.TargetLogProb) || (refFile.Header.TopK > 0 && double.IsNaN(refFile.LogRest)))
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} holds non-finite log-probabilities; the file is corrupt or was saved from a broken model.");
                             refNll -= refFile.TargetLogProb;
+                            deltaP!.Add(Math.Exp(logQ[target]) - Math.Exp(refFile.TargetLogProb));
                             if (refFile.Header.TopK == 0)
                             {
                                 kl!.Add(Distributions.KlDivergence(refFile.LogProbs, logQ));
@@ -210,7 +236,7 @@ public static class QualityEvaluator
             progress?.Invoke(w + 1, windows);
         }
         var model = new PerplexityResult(nll, scored, bytes, windows);
-        KlResult? result = kl is null ? null : KlResult.From(kl, agree, new PerplexityResult(refNll, scored, bytes, windows), refFile?.Header.TopK ?? 0);
+        KlResult? result = kl is null ? null : KlResult.From(kl, agree, new PerplexityResult(refNll, scored, bytes, windows), refFile?.Header.TopK ?? 0, deltaP);
         return (model, result);
     }
 

@@ -110,6 +110,8 @@ public class KlEvaluationTests
         Assert.NotNull(selfKl);
         Assert.Equal(0, selfKl.MeanKl);
         Assert.Equal(1, selfKl.TopAgreement);
+        Assert.Equal(0, selfKl.TopAgreementStdErr);
+        Assert.Equal(new DeltaPStatistics(0, 0, 0, 0, 0, 0, 0, 0, 0), selfKl.DeltaP); // Δp = p_model − p_ref of the next token
         Assert.Equal(self.Perplexity, selfKl.Reference.Perplexity, 12);
         Assert.Equal(QualityEvaluator.Plan(tokens.Length, ctx, stride).Positions, selfKl.Positions);
 
@@ -118,6 +120,11 @@ public class KlEvaluationTests
         Assert.InRange(int8Kl!.MeanKl, 1e-7, 0.05);
         Assert.True(int8Kl.MaxKl >= int8Kl.P99Kl && int8Kl.P99Kl >= int8Kl.MedianKl);
         Assert.InRange(int8Kl.TopAgreement, 0.8, 1);
+        var dp = int8Kl.DeltaP!;
+        Assert.True(dp.Rms > 0 && dp.Rms >= Math.Abs(dp.Mean));
+        Assert.True(dp.Min <= dp.P01 && dp.P01 <= dp.P05 && dp.P05 <= dp.Median && dp.Median <= dp.P95 && dp.P95 <= dp.P99 && dp.P99 <= dp.Max);
+        Assert.InRange(dp.Min, -1, 1);
+        Assert.InRange(dp.Max, -1, 1);
         Assert.NotEqual(int8.Perplexity, self.Perplexity);
 
         using var dir = new TestGguf.TempDirectory();
@@ -137,6 +144,8 @@ public class KlEvaluationTests
             var (_, fileKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8, reference: KlReference.FromFile(reader));
             Assert.Equal(top, fileKl!.TopK);
             Assert.Equal(int8Kl.Reference.Perplexity, fileKl.Reference.Perplexity, 4); // ln p(target) stored as f32
+            Assert.Equal(int8Kl.DeltaP!.Mean, fileKl.DeltaP!.Mean, 5); // from the stored ln p(target), whatever the top-k
+            Assert.Equal(int8Kl.DeltaP.Rms, fileKl.DeltaP.Rms, 5);
             if (top == 0)
             {
                 Assert.Equal(int8Kl.MeanKl, fileKl.MeanKl, 5);
@@ -251,6 +260,17 @@ public class KlEvaluationTests
         string cut = dir.File("cut.bnlg");
         File.WriteAllBytes(cut, File.ReadAllBytes(path)[..^10]);
         Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => new LogitsFileReader(cut)).Message);
+        // A NaN log-probability (no checksum guards the rows) is refused: it dropped out of the KL as zero mass.
+        string flipped = dir.File("flipped.bnlg");
+        var bytes = File.ReadAllBytes(path);
+        int rowBytes = 8 * 8 + 12;
+        BitConverter.TryWriteBytes(bytes.AsSpan(bytes.Length - rowBytes + 12), float.NaN); // the last position's top entry
+        File.WriteAllBytes(flipped, bytes);
+        using (var reader = new LogitsFileReader(flipped))
+        {
+            var e = Assert.Throws<InvalidDataException>(() => { for (long i = 0; i < reader.Header.Positions; i++) reader.Next(); });
+            Assert.Contains("NaN log-probability", e.Message);
+        }
         string notOurs = dir.File("model.gguf");
         File.WriteAllText(notOurs, "GGUF not really");
         Assert.False(LogitsFile.IsLogitsFile(notOurs));
@@ -304,6 +324,8 @@ public class KlEvaluationTests
         Assert.Equal("this model with KV f32, activation bits 8", kl.GetProperty("reference").GetString());
         Assert.InRange(kl.GetProperty("mean").GetDouble(), 1e-7, 0.1);
         double fp8Mean = kl.GetProperty("mean").GetDouble();
+        Assert.True(kl.GetProperty("delta_p").GetProperty("rms").GetDouble() > 0);
+        Assert.InRange(kl.GetProperty("top_token_agreement_stderr").GetDouble(), 0, 0.5);
 
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--save-logits", saved, "--save-logits-top", "0", "--json");
         Assert.True(code == 0, error);

@@ -96,6 +96,27 @@ public class LlamaPerplexityTests
         Assert.Equal(2, code);
         Assert.Contains("--save-logits", error);
         Assert.False(File.Exists(dir.File("x.bnlg")));
+        // A chunk of 2 has no position from ctx/2 to ctx-2: it scored nothing and read a perplexity of 1.
+        (code, _, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "2", "--llama-perplexity");
+        Assert.Equal(2, code);
+        Assert.Contains("at least 3", error);
+        Assert.Throws<ArgumentOutOfRangeException>(() => QualityEvaluator.Plan(100, 2, 2, llamaChunks: true));
+
+        // --pre-tokenizer splits the text as that llama.cpp pre-tokenizer does (bitnet.cpp reads the official 2B4T GGUF,
+        // which names none, as "default"); the report says which, and the head type the run had.
+        (code, output, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", "64", "--llama-perplexity", "--pre-tokenizer", "default", "--json");
+        Assert.True(code == 0, error);
+        j = JsonDocument.Parse(output).RootElement;
+        Assert.Equal("default", j.GetProperty("pre_tokenizer").GetString());
+        Assert.False(string.IsNullOrEmpty(j.GetProperty("head_type").GetString()));
+        using (var gguf = BitNetSharp.Formats.Gguf.GgufFile.Open(BundledModel))
+        {
+            var pre = TokenizerLoader.FromGguf(gguf, "default");
+            Assert.Equal(pre.Encode(File.ReadAllText(data), addBos: pre.AddBosToken && pre.BosId >= 0).Length, j.GetProperty("tokens").GetInt32());
+        }
+        (code, _, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--pre-tokenizer", "nope");
+        Assert.Equal(2, code);
+        Assert.Contains("Unknown pre-tokenizer", error);
     }
 
     /// <summary>A reference with a NaN scale made every KL term NaN, skipped as zero mass: "KL 0, perfect agreement".</summary>
