@@ -99,8 +99,10 @@ public static class BenchCommand
                 if (result.GetValue(gen) < 1) throw new UsageException("--health-ab needs decode steps: -n must be at least 1.");
                 if (Array.IndexOf(depthList, 0) < 0) throw new UsageException("--health-ab runs at depth 0: include 0 in --depth (e.g. -d 0,512).");
             }
-            if (result.GetValue(profileAb) is { } abRuns && !result.GetValue(bandwidthOnly))
+            if (result.GetValue(profileAb) is { } abRuns)
             {
+                // As --health-ab: accepted with --bandwidth-only, it silently did nothing.
+                if (result.GetValue(bandwidthOnly)) throw new UsageException("--profile-ab measures decoding; it does not apply with --bandwidth-only.");
                 if (abRuns is < 1 or > MaxRepetitions) throw new UsageException($"--profile-ab must be from 1 to {MaxRepetitions}; got {abRuns}.");
                 if (result.GetValue(gen) < 1) throw new UsageException("--profile-ab needs decode steps: -n must be at least 1.");
             }
@@ -152,7 +154,8 @@ public static class BenchCommand
                         : $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; the model's context is {context} (pass --ctx {maxDepth + Math.Max(result.GetValue(prompt), result.GetValue(gen))} to allocate more).");
             long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
             // As the engine's kernel reads them: the lookup kernel decodes from its own layout, 2 bytes per 9 weights.
-            long perToken = ThroughputBenchmark.BytesPerToken(weights, Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim));
+            var kernel = Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
+            long perToken = ThroughputBenchmark.BytesPerToken(weights, kernel);
             long projectionParams = weights.Layers.Sum(l => (long)l.Q.Rows * l.Q.Cols + (long)l.K.Rows * l.K.Cols + (long)l.V.Rows * l.V.Cols
                 + (long)l.O.Rows * l.O.Cols + (long)l.Gate.Rows * l.Gate.Cols + (long)l.Up.Rows * l.Up.Cols + (long)l.Down.Rows * l.Down.Cols);
             long projectionBytes = weights.Layers.Sum(l => l.PackedBytes);
@@ -254,7 +257,9 @@ public static class BenchCommand
                         $"profile A/B, {t} threads: on/off = {on.Mean / off.Mean:F4} (median of per-pair ratios {Median(on.TokensPerSecond, off.TokensPerSecond):F4})"));
                 }
                 double bandwidth = Math.Max(before, Probe(pool));
-                rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, perToken, sample.KvBytesPerStep(weights.Config, kv), ratios.TryGetValue(sample, out var ratio) ? ratio : null)));
+                // Per row: a step of n sequences multiplies n tokens, and the lookup kernel reads its own layout only up to a few.
+                rows.AddRange(samples.Select(sample => new Row(sample, bandwidth, sample.Sequences == 1 ? perToken : ThroughputBenchmark.BytesPerToken(weights, kernel, sample.Sequences),
+                    sample.KvBytesPerStep(weights.Config, kv), ratios.TryGetValue(sample, out var ratio) ? ratio : null)));
             }
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,

@@ -425,15 +425,17 @@ public static class ThroughputBenchmark
 
     /// <summary>Weight bytes a decode step must read from memory: every projection (as <paramref name="kernel"/> reads it:
     /// the lookup kernel from its own, smaller layout), the head, one embedding row and the norms (the KV cache a step
-    /// reads depends on the depth: <see cref="ThroughputSample.KvBytesPerStep"/>).</summary>
-    public static long BytesPerToken(ModelWeights w, Kernels.TernaryKernel? kernel = null)
+    /// reads depends on the depth: <see cref="ThroughputSample.KvBytesPerStep"/>). <paramref name="tokens"/>: the products'
+    /// token count (a step of n sequences: n), which decides the layout the lookup kernel reads (its own up to a few
+    /// tokens, the int8 kernel's 2-bit one past them).</summary>
+    public static long BytesPerToken(ModelWeights w, Kernels.TernaryKernel? kernel = null, int tokens = 1)
     {
         long bytes = w.Output.ByteLength + w.TokenEmbedding.RowBytes + w.OutputNorm.Length * 4L;
         foreach (var l in w.Layers)
         {
             bytes += kernel is null ? l.PackedBytes
-                : kernel.BytesRead(l.Q, 1) + kernel.BytesRead(l.K, 1) + kernel.BytesRead(l.V, 1) + kernel.BytesRead(l.O, 1)
-                  + kernel.BytesRead(l.Gate, 1) + kernel.BytesRead(l.Up, 1) + kernel.BytesRead(l.Down, 1);
+                : kernel.BytesRead(l.Q, tokens) + kernel.BytesRead(l.K, tokens) + kernel.BytesRead(l.V, tokens) + kernel.BytesRead(l.O, tokens)
+                  + kernel.BytesRead(l.Gate, tokens) + kernel.BytesRead(l.Up, tokens) + kernel.BytesRead(l.Down, tokens);
             bytes += (l.AttnNorm.Length + l.FfnNorm.Length + (l.AttnSubNorm?.Length ?? 0) + (l.FfnSubNorm?.Length ?? 0)) * 4L;
         }
         return bytes;

@@ -167,7 +167,8 @@ public static unsafe class HugePages
         void* p = NativeMemory.AlignedAlloc((nuint)rounded, (nuint)PageBytes);
         if (madvise(p, (nuint)rounded, MadvHugePage) == 0)
         {
-            Interlocked.Add(ref _advised, rounded);
+            // A forced buffer is a tool's own (the bandwidth probe's 1 GiB): not a runtime buffer the report counts.
+            if (!force) Interlocked.Add(ref _advised, rounded);
             advised = true;
         }
         else LastError = Marshal.GetLastPInvokeError();

@@ -279,6 +279,7 @@ public class BenchCommandTests
     [InlineData(new[] { "-p", "0", "-n", "2", "--health-ab", "2", "-d", "8" }, "include 0 in --depth")]
     [InlineData(new[] { "-p", "4", "-n", "0", "--health-ab", "2" }, "-n must be at least 1")]
     [InlineData(new[] { "-p", "0", "-n", "2", "--health-ab", "2", "--bandwidth-only" }, "--bandwidth-only")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "--profile-ab", "2", "--bandwidth-only" }, "--profile-ab measures decoding")] // ran the probe, ignored it
     [InlineData(new[] { "-p", "0", "-n", "2", "--weight-pages", "bogus" }, "--weight-pages")]
     public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
     {

@@ -27,6 +27,12 @@ public class HugePagesTests
             HugePages.Enabled = false;
         }
         Assert.True(HugePages.AnonHugePagesBytes() >= 0);
+
+        // The bandwidth probe's buffer is the tool's own, not a runtime buffer: `bench --hugepages` reported 4 GiB
+        // "advised" and a huge-page peak of its 1 GiB probes.
+        long beforeProbe = HugePages.AdvisedBytes;
+        using (var probe = new BitNetSharp.Diagnostics.MemoryBandwidth(8L << 20)) Assert.Equal(HugePages.Available, probe.InHugePages);
+        Assert.Equal(beforeProbe, HugePages.AdvisedBytes);
     }
 }
 
