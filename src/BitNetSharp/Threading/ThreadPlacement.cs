@@ -10,9 +10,12 @@ namespace BitNetSharp.Threading;
 /// </summary>
 public static unsafe class ThreadPlacement
 {
-    /// <summary>"0,2,4-7" → [0, 2, 4, 5, 6, 7]; every CPU must exist on this machine.</summary>
+    /// <summary>"0,2,4-7" → [0, 2, 4, 5, 6, 7]; every CPU must be one this process may run on.</summary>
     public static int[] ParseCpuList(string list, string option = "--cpus")
     {
+        // The CPUs the process may use (its affinity, a container's cpuset), by number: Environment.ProcessorCount is a
+        // count, so in a cpuset of CPUs 2-3 it refused 2 and 3 and let 0 and 1 through to a refused pin.
+        var allowed = ProcessCpus();
         var cpus = new List<int>();
         foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
         {
@@ -22,8 +25,8 @@ public static unsafe class ThreadPlacement
                 throw new ArgumentException($"{option}: '{part}' is not a CPU number or range (e.g. 0,2,4-7).");
             for (int c = from; c <= to; c++)
             {
-                if (c >= Environment.ProcessorCount)
-                    throw new ArgumentException($"{option}: CPU {c} does not exist here (this process sees CPUs 0–{Environment.ProcessorCount - 1}).");
+                if (allowed.Length > 0 ? Array.IndexOf(allowed, c) < 0 : c >= Environment.ProcessorCount)
+                    throw new ArgumentException($"{option}: CPU {c} is not one this process may run on (it may use {Describe(allowed.Length > 0 ? allowed : [.. Enumerable.Range(0, Environment.ProcessorCount)])}).");
                 cpus.Add(c);
             }
         }
@@ -110,6 +113,33 @@ public static unsafe class ThreadPlacement
     }
 
     /// <summary>The CPUs the calling thread may run on (Linux; empty elsewhere or if the kernel refuses).</summary>
+    /// <summary>The CPUs the process (its main thread's affinity) may run on, Linux; empty elsewhere or when the kernel does not say.</summary>
+    internal static int[] ProcessCpus()
+    {
+        if (!OperatingSystem.IsLinux()) return [];
+        ulong* mask = stackalloc ulong[16];
+        new Span<ulong>(mask, 16).Clear();
+        if (sched_getaffinity(Environment.ProcessId, 16 * sizeof(ulong), mask) != 0) return [];
+        var cpus = new List<int>();
+        for (int c = 0; c < 16 * 64; c++)
+            if ((mask[c / 64] & (1UL << (c % 64))) != 0) cpus.Add(c);
+        return [.. cpus];
+    }
+
+    /// <summary>"0-3,6" for [0, 1, 2, 3, 6].</summary>
+    internal static string Describe(int[] cpus)
+    {
+        var parts = new List<string>();
+        for (int i = 0; i < cpus.Length;)
+        {
+            int j = i;
+            while (j + 1 < cpus.Length && cpus[j + 1] == cpus[j] + 1) j++;
+            parts.Add(j == i ? cpus[i].ToString(CultureInfo.InvariantCulture) : string.Create(CultureInfo.InvariantCulture, $"{cpus[i]}-{cpus[j]}"));
+            i = j + 1;
+        }
+        return string.Join(',', parts);
+    }
+
     internal static int[] AllowedCpus()
     {
         if (!OperatingSystem.IsLinux()) return [];

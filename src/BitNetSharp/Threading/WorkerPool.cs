@@ -135,6 +135,7 @@ public sealed class WorkerPool : IDisposable
             return;
         }
 
+        if (Volatile.Read(ref _inFlight) != 0) throw Reentered(); // before the settings of the call in flight are overwritten
         _owned = false;
         _minGrain = grain > 0 && minGrain > 0 && minGrain < grain ? minGrain : 0;
         Start(work, itemCount, Math.Max(0, grain));
@@ -171,6 +172,7 @@ public sealed class WorkerPool : IDisposable
     public void RunOwned(IParallelWork work, ReadOnlySpan<int> bounds, int grain, int minGrain = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
+        if (ThreadCount > 1 && Volatile.Read(ref _inFlight) != 0) throw Reentered(); // before the ranges of the call in flight are overwritten
         if (bounds.Length != ThreadCount + 1 || bounds[0] != 0)
             throw new ArgumentException($"Owned ranges need {ThreadCount + 1} bounds starting at 0; got {bounds.Length}.", nameof(bounds));
         for (int i = 0; i < ThreadCount; i++)
@@ -199,8 +201,28 @@ public sealed class WorkerPool : IDisposable
         timeline?.Add(0, started, 0, itemCount);
     }
 
+    private int _inFlight;
+
+    private static InvalidOperationException Reentered() =>
+        new("A WorkerPool runs one call at a time: this one was made while another was running on it (from its work, or from another thread). Use another pool.");
+
     /// <summary>Publishes a call to the workers, takes part, and waits for them.</summary>
     private void Start(IParallelWork work, int itemCount, int grain)
+    {
+        // A second call while one runs overwrote its work, count and pending counter: items went missing, then the
+        // outer call waited for ever.
+        if (Interlocked.CompareExchange(ref _inFlight, 1, 0) != 0) throw Reentered();
+        try
+        {
+            StartInFlight(work, itemCount, grain);
+        }
+        finally
+        {
+            Volatile.Write(ref _inFlight, 0);
+        }
+    }
+
+    private void StartInFlight(IParallelWork work, int itemCount, int grain)
     {
         _work = work;
         _itemCount = itemCount;

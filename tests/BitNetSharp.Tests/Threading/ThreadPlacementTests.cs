@@ -8,13 +8,36 @@ public class ThreadPlacementTests
     [Fact]
     public void CpuListsParseRangesAndRejectBadOrMissingCpus()
     {
-        Assert.Equal([0], ThreadPlacement.ParseCpuList("0"));
-        if (Environment.ProcessorCount >= 2) Assert.Equal([0, 1, 0], ThreadPlacement.ParseCpuList("0-1, 0"));
+        var allowed = ThreadPlacement.ProcessCpus();
+        int first = allowed.Length > 0 ? allowed[0] : 0;
+        Assert.Equal([first], ThreadPlacement.ParseCpuList(first.ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        if (allowed is [0, 1, ..] || allowed.Length == 0 && Environment.ProcessorCount >= 2) Assert.Equal([0, 1, 0], ThreadPlacement.ParseCpuList("0-1, 0"));
         Assert.Contains("'x'", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("x")).Message);
         Assert.Contains("'3-1'", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("3-1")).Message);
         Assert.Contains("'-1'", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("-1")).Message);
-        Assert.Contains("does not exist", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("4096")).Message);
+        Assert.Contains("not one this process may run on", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("4096")).Message);
         Assert.Contains("empty", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList(" , ")).Message);
+    }
+
+    /// <summary>
+    /// A process limited to CPU 1 (taskset; a container's cpuset) may name CPU 1: the check counted CPUs
+    /// (Environment.ProcessorCount is 1 there) and refused it as "does not exist".
+    /// </summary>
+    [Fact]
+    public void TheCpusAProcessMayUseAreTheOnesItMayName()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() && Environment.ProcessorCount >= 2 && ThreadPlacement.ProcessCpus().Contains(1), "needs Linux and CPU 1");
+        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
+        string? taskset = new[] { "/usr/bin/taskset", "/bin/taskset" }.FirstOrDefault(File.Exists);
+        Assert.SkipUnless(File.Exists(exe) && taskset is not null, "needs the CLI's apphost and taskset (util-linux)");
+        var psi = new System.Diagnostics.ProcessStartInfo(taskset!) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        // --json --csv is refused right after --cpus is read: the error says which check came first.
+        foreach (var a in new[] { "-c", "1", exe, "bench", "--bandwidth-only", "--cpus", "1", "--json", "--csv" }) psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        string error = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.Equal(2, p.ExitCode);
+        Assert.Contains("--json and --csv", error);
     }
 
     private sealed class WhereAmI(int threads) : IParallelWork

@@ -36,6 +36,41 @@ public class WorkerPoolTests
         }
     }
 
+    private sealed class NestedWork(WorkerPool pool, int[] marks) : IParallelWork
+    {
+        public Exception? Inner;
+
+        public void Execute(int start, int end, int worker)
+        {
+            if (worker != 0) return;
+            try
+            {
+                pool.Run(new MarkWork(marks), marks.Length);
+            }
+            catch (Exception e)
+            {
+                Inner = e;
+            }
+        }
+    }
+
+    /// <summary>
+    /// A call made while another runs on the same pool is refused: it overwrote the running call's work and counters,
+    /// so items went missing and the outer call then waited for ever.
+    /// </summary>
+    [Fact]
+    public async Task ANestedCallIsRefusedAndTheOuterOneFinishes()
+    {
+        using var pool = new WorkerPool(2);
+        var marks = new int[8];
+        var nested = new NestedWork(pool, marks);
+        await Task.Run(() => pool.Run(nested, 2), TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+        Assert.IsType<InvalidOperationException>(nested.Inner);
+        Assert.All(marks, m => Assert.Equal(0, m));
+        pool.Run(new MarkWork(marks), marks.Length); // the pool is usable afterwards
+        Assert.All(marks, m => Assert.Equal(1, m));
+    }
+
     /// <summary>Records every chunk it is given (thread-safe).</summary>
     private sealed class ChunkLog(int count, Func<int, int, int, bool>? before = null) : IParallelWork
     {
