@@ -375,6 +375,19 @@ public class HealthCollectorBatchTests
         }
     }
 
+    /// <summary>One sampled one-token step in which every layer takes the stream from <paramref name="before"/> to <paramref name="after"/>.</summary>
+    private static void PublishEveryLayer(ModelHealthCollector health, int layers, float[] before, float[] after)
+    {
+        health.BeginForward(1);
+        for (int l = 0; l < layers; l++)
+        {
+            health.LayerStart(l, 0, before);
+            health.LayerEnd(l, 0, after);
+        }
+        health.EndForward();
+        health.Publish();
+    }
+
     /// <summary>
     /// A scrape reads every health gauge from one sampled step (HealthMeters.OneSnapshot, which the server's exporter runs
     /// its collection in): each gauge took the collector's lock on its own, so a step published mid-scrape paired one
@@ -386,18 +399,7 @@ public class HealthCollectorBatchTests
         using var m = new MeteredScheduler();
         var (meters, health, c) = (m.Meters, m.Scheduler.Health, m.Weights.Config);
         var before = Enumerable.Repeat(1f, c.Dim).ToArray();
-        void Publish(float change)
-        {
-            var after = Enumerable.Repeat(1f + change, c.Dim).ToArray();
-            health.BeginForward(1);
-            for (int l = 0; l < c.Layers; l++)
-            {
-                health.LayerStart(l, 0, before);
-                health.LayerEnd(l, 0, after);
-            }
-            health.EndForward();
-            health.Publish();
-        }
+        void Publish(float change) => PublishEveryLayer(health, c.Layers, before, Enumerable.Repeat(1f + change, c.Dim).ToArray());
         double Read(string name)
         {
             var list = new List<System.Diagnostics.Metrics.Measurement<double>>();
@@ -436,14 +438,7 @@ public class HealthCollectorBatchTests
             for (long k = health.Samples + 1; !stop.IsCancellationRequested; k++)
             {
                 Array.Fill(after, 1f + k / 1000f);
-                health.BeginForward(1);
-                for (int l = 0; l < c.Layers; l++)
-                {
-                    health.LayerStart(l, 0, before);
-                    health.LayerEnd(l, 0, after);
-                }
-                health.EndForward();
-                health.Publish();
+                PublishEveryLayer(health, c.Layers, before, after);
             }
         }, TestContext.Current.CancellationToken);
         try
