@@ -38,6 +38,20 @@ public class HfModelDirectoryTests
         }
         """;
 
+    /// <summary>
+    /// num_key_value_heads as transformers reads it: absent from a BitNetConfig (model_type "bitnet") is that class's
+    /// default, 5; an explicit null is num_attention_heads. Absent read as the head count, and the 2B4T config without
+    /// the key failed on k_proj's shape, blaming the weights.
+    /// </summary>
+    [Fact]
+    public void KeyValueHeadsAbsentOrNullFollowTransformers()
+    {
+        static HfConfig Parse(string json) => HfConfig.Parse(Encoding.UTF8.GetBytes(json), "config.json");
+        Assert.Equal(5, Parse(BitNet2B4TConfig.Replace("\"num_key_value_heads\": 5,", "")).NumKeyValueHeads);
+        Assert.Equal(20, Parse(BitNet2B4TConfig.Replace("\"num_key_value_heads\": 5,", "\"num_key_value_heads\": null,")).NumKeyValueHeads);
+        Assert.Equal(20, Parse(BitNet2B4TConfig.Replace("\"num_key_value_heads\": 5,", "").Replace("\"model_type\": \"bitnet\",", "\"model_type\": \"llama\",")).NumKeyValueHeads);
+    }
+
     [Fact]
     public void ParsesTheBitNet2B4TConfig()
     {

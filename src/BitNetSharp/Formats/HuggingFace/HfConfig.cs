@@ -113,7 +113,10 @@ public sealed class HfConfig
                 IntermediateSize = r.RequiredInt("intermediate_size"),
                 NumHiddenLayers = r.RequiredInt("num_hidden_layers"),
                 NumAttentionHeads = heads,
-                NumKeyValueHeads = r.OptionalInt("num_key_value_heads") ?? heads,
+                // transformers: absent means the config class's default (BitNetConfig: 5, 2B4T's), an explicit null
+                // means num_attention_heads (every class's "backward compatibility" rule, and Llama's default).
+                NumKeyValueHeads = r.OptionalInt("num_key_value_heads")
+                    ?? (!root.TryGetProperty("num_key_value_heads", out _) && IsBitNetConfig(root) ? BitNetDefaultKeyValueHeads : heads),
                 VocabSize = r.RequiredInt("vocab_size"),
                 RmsNormEps = r.OptionalDouble("rms_norm_eps"),
                 RopeTheta = r.OptionalDouble("rope_theta") ?? RopeField(root, path, "rope_parameters", r2 => r2.OptionalDouble("rope_theta")),
@@ -137,6 +140,13 @@ public sealed class HfConfig
 
     private static string? RopeTypeKeyOf(Fields f, string section) =>
         f.OptionalString("rope_type") is not null ? section + ".rope_type" : f.OptionalString("type") is not null ? section + ".type" : null;
+
+    /// <summary>transformers' BitNetConfig default for num_key_value_heads (the 2B4T shape's).</summary>
+    public const int BitNetDefaultKeyValueHeads = 5;
+
+    /// <summary>Whether transformers builds this config as a BitNetConfig (model_type "bitnet"), whose defaults differ from Llama's.</summary>
+    private static bool IsBitNetConfig(JsonElement root) =>
+        root.TryGetProperty("model_type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "bitnet";
 
     /// <summary>A field of the <paramref name="section"/> object (rope_parameters / rope_scaling), null when absent.</summary>
     private static T? RopeField<T>(JsonElement root, string path, string section, Func<Fields, T?> read)
