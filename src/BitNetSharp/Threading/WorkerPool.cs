@@ -250,8 +250,9 @@ public sealed class WorkerPool : IDisposable
         else
             while (Volatile.Read(ref _pending) != 0) spinner.SpinOnce(sleep1Threshold: -1);
         _work = null;
-        if (_failure is { } failure)
-            throw new AggregateException("A worker thread failed while running parallel work.", failure);
+        // The work's own exception, its worker's stack kept, as the one-thread path throws it: wrapped, callers that
+        // report e.Message (the scheduler's "The engine failed: ...") said "A worker thread failed" at two threads.
+        if (_failure is { } failure) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failure).Throw();
     }
 
     /// <summary>The slice of [0, count) that worker <paramref name="worker"/> of <paramref name="workers"/> owns.</summary>
