@@ -24,10 +24,19 @@ public static unsafe class WeightLock
         string current = getrlimit(8 /* RLIMIT_MEMLOCK */, limit) == 0
             ? limit[0] == ulong.MaxValue ? "unlimited" : $"{limit[0] / 1024} KiB"
             : "unknown";
-        throw new InvalidOperationException(
-            $"--mlock: the kernel refused to lock the {mapping.Length / 1e9:F2} GB model in RAM (errno {errno}): RLIMIT_MEMLOCK is {current}. "
-            + "Raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity under systemd, --ulimit memlock=-1 in Docker) or grant CAP_IPC_LOCK.");
+        throw new InvalidOperationException(Message(mapping.Length, errno, current));
     }
+
+    /// <summary>
+    /// The refusal explained: with the limit already unlimited (or the capability held) the cause is memory, not the limit,
+    /// and advice to raise it sent the user after the wrong setting.
+    /// </summary>
+    internal static string Message(long bytes, int errno, string limit) =>
+        limit == "unlimited"
+            ? $"--mlock: the kernel refused to lock the {bytes / 1e9:F2} GB model in RAM (errno {errno}) although RLIMIT_MEMLOCK is unlimited: "
+              + "there is not enough free memory (or a cgroup memory limit) to hold it locked. Free memory, raise the container's memory limit, or run without --mlock."
+            : $"--mlock: the kernel refused to lock the {bytes / 1e9:F2} GB model in RAM (errno {errno}): RLIMIT_MEMLOCK is {limit}. "
+              + "Raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity under systemd, --ulimit memlock=-1 in Docker) or grant CAP_IPC_LOCK.";
 
     [DllImport("libc", SetLastError = true)]
     private static extern int mlock(void* address, nuint length);

@@ -431,6 +431,11 @@ public class ProfilingTests
         {
             Assert.Contains("RLIMIT_MEMLOCK", e.Message);
         }
+        // With the limit unlimited the refusal is memory, not the limit: the advice to raise it sent users after the wrong setting.
+        Assert.Contains("Raise it", BitNetSharp.Memory.WeightLock.Message(1L << 30, 12, "64 KiB"));
+        string unlimited = BitNetSharp.Memory.WeightLock.Message(1L << 30, 12, "unlimited");
+        Assert.DoesNotContain("Raise it", unlimited);
+        Assert.Contains("not enough free memory", unlimited);
     }
 
     private sealed class OpListener : EventListener
