@@ -125,9 +125,17 @@ public sealed record ModelConfig
             _ => throw new ModelFormatException(hf.FilePath,
                 $"architecture '{arch}' is not a BitNet model this runtime runs; expected BitNetForCausalLM, BitnetForCausalLM or LlamaForCausalLM with quantization_config.quant_method = bitnet", "architectures"),
         };
-        if (hf.RopeType is { } ropeType && !string.Equals(ropeType, "default", StringComparison.OrdinalIgnoreCase))
+        // As the GGUF path reads it: plain RoPE, or linear/dynamic scaling by 1 (a no-op). A factor other than 1 without a
+        // type rescaled in transformers and ran plain here; linear × 1 was refused here and loads from the GGUF.
+        bool unitFactor = hf.RopeFactor is null or 1.0;
+        bool plainType = hf.RopeType is null || hf.RopeType.Equals("default", StringComparison.OrdinalIgnoreCase) || hf.RopeType.Equals("none", StringComparison.OrdinalIgnoreCase)
+            || (unitFactor && (hf.RopeType.Equals("linear", StringComparison.OrdinalIgnoreCase) || hf.RopeType.Equals("dynamic", StringComparison.OrdinalIgnoreCase)));
+        if (!plainType)
             throw new ModelFormatException(hf.FilePath,
-                $"RoPE type '{ropeType}' rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (rope_type \"default\") is supported", hf.RopeTypeKey ?? "rope_parameters.rope_type");
+                $"RoPE type '{hf.RopeType}' rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (rope_type \"default\") is supported", hf.RopeTypeKey ?? "rope_parameters.rope_type");
+        if (!unitFactor && !(hf.RopeType?.Equals("none", StringComparison.OrdinalIgnoreCase) ?? false))
+            throw new ModelFormatException(hf.FilePath,
+                $"RoPE scaling × {hf.RopeFactor} rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (no scaling, or factor 1) is supported", hf.RopeFactorKey);
         if (hf.Quantization?.UseRmsNorm == true)
             throw new ModelFormatException(hf.FilePath,
                 "use_rms_norm = true (an extra RMSNorm inside every BitLinear before activation quantization) is not supported by this runtime", "quantization_config.use_rms_norm");

@@ -127,6 +127,12 @@ public class HfModelDirectoryTests
             Assert.Contains("does not implement", e.Message);
         }
 
+        // As the GGUF path reads it: linear × 1 is a no-op and loads (it was refused here); a factor without a type
+        // rescales in transformers and is refused (it ran as plain RoPE).
+        Assert.Equal(500000f, BitNetSharp.Model.ModelConfig.FromHf(Config(""","rope_theta":500000.0,"rope_scaling":{"type":"linear","factor":1.0}""")).RopeTheta);
+        Assert.Equal("rope_scaling.factor", Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(Config(""","rope_scaling":{"factor":4.0}"""))).Item);
+        Assert.Equal("rope_parameters.factor", Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(Config(""","rope_parameters":{"rope_theta":10000.0,"factor":2.0}"""))).Item);
+
         var norm = Config(""","quantization_config":{"quant_method":"bitnet","use_rms_norm":true}""");
         Assert.Equal("quantization_config.use_rms_norm", Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelConfig.FromHf(norm)).Item);
 

@@ -41,6 +41,12 @@ public sealed class HfConfig
     /// <summary>Where <see cref="RopeType"/> was read (<c>rope_scaling.type</c>, <c>rope_parameters.rope_type</c>…), for errors.</summary>
     public string? RopeTypeKey { get; init; }
 
+    /// <summary>The RoPE scaling factor (<c>rope_parameters.factor</c> or <c>rope_scaling.factor</c>), null when absent.</summary>
+    public double? RopeFactor { get; init; }
+
+    /// <summary>Where <see cref="RopeFactor"/> was read, for errors.</summary>
+    public string RopeFactorKey { get; init; } = "rope_scaling.factor";
+
     public int? MaxPositionEmbeddings { get; init; }
 
     /// <summary>e.g. "relu2" (2B4T) or "silu".</summary>
@@ -122,6 +128,8 @@ public sealed class HfConfig
                 RopeTheta = r.OptionalDouble("rope_theta") ?? RopeField(root, path, "rope_parameters", r2 => r2.OptionalDouble("rope_theta")),
                 RopeType = RopeField(root, path, "rope_parameters", RopeTypeOf) ?? RopeField(root, path, "rope_scaling", RopeTypeOf),
                 RopeTypeKey = RopeField(root, path, "rope_parameters", f => RopeTypeKeyOf(f, "rope_parameters")) ?? RopeField(root, path, "rope_scaling", f => RopeTypeKeyOf(f, "rope_scaling")),
+                RopeFactor = RopeField(root, path, "rope_parameters", f => f.OptionalDouble("factor")) ?? RopeField(root, path, "rope_scaling", f => f.OptionalDouble("factor")),
+                RopeFactorKey = RopeField(root, path, "rope_parameters", f => f.OptionalDouble("factor")) is not null ? "rope_parameters.factor" : "rope_scaling.factor",
                 MaxPositionEmbeddings = r.OptionalInt("max_position_embeddings"),
                 HiddenAct = r.OptionalString("hidden_act"),
                 TieWordEmbeddings = r.OptionalBool("tie_word_embeddings"),
