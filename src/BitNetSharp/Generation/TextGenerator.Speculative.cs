@@ -36,6 +36,7 @@ public sealed partial class TextGenerator
             var spec = g.Speculation!;
             MaskPadding(last);
             int pending = sampler.Sample(last, CollectionsMarshal.AsSpan(history), promptLength);
+            bool pendingFromStep = false; // the first token comes from the prompt's forward, not from a verification step
             while (true)
             {
                 if (cancellation.IsCancellationRequested)
@@ -43,6 +44,8 @@ public sealed partial class TextGenerator
                     yield return new GeneratedToken(-1, detok?.Flush() ?? "", float.NaN, null, FinishReason.Cancelled);
                     yield break;
                 }
+                // Counted when emitted: a step's replacement or bonus token that a cancellation kept back is not.
+                if (pendingFromStep) Stats = Stats with { Emitted = Stats.Emitted + 1 };
                 var token = Emit(pending, out bool end);
                 yield return token;
                 if (end) yield break;
@@ -58,18 +61,19 @@ public sealed partial class TextGenerator
                 g._engine.Forward(g._batch.AsSpan(0, k + 1), g._caches, g._logits);
                 g._cached.Add(pending);
                 for (int i = 0; i < k; i++) g._cached.Add(_drafts[i]);
-                for (int r = 0; r < k; r++)
-                {
-                    var row = g._logits.AsSpan(r * vocab, vocab);
-                    if (LogitStats.CountNonFinite(row) > 0) g.Inspect(row, r); // throws, naming the origin
-                }
-                g.Inspect(g._logits.AsSpan(k * vocab, vocab), k);
-                Stats = Stats with { Steps = Stats.Steps + 1, Drafted = Stats.Drafted + k };
+                Stats = Stats with { Steps = Stats.Steps + 1 };
 
+                // Each row is checked (and the first one's statistics taken) when it is used: a row after a rejected
+                // draft is conditioned on a token plain decoding never feeds, and its NaN (a draft that overflowed
+                // the model) ended a generation that plain decoding finishes. The health statistics came from the
+                // last row, not from the row the step's first token was sampled from.
                 int accepted = 0, next = -1;
                 for (int i = 0; i < k; i++)
                 {
                     var row = g._logits.AsSpan(i * vocab, vocab);
+                    g.Inspect(row, i); // throws on NaN/Inf, naming the origin
+                    // Counted as verified only when reached: drafts after a stop in an accepted one were never verified.
+                    Stats = Stats with { Drafted = Stats.Drafted + 1 };
                     MaskPadding(row);
                     int draft = _drafts[i];
                     sampler.Distribution(row, CollectionsMarshal.AsSpan(history), g._p, promptLength);
@@ -83,6 +87,13 @@ public sealed partial class TextGenerator
                         break;
                     }
                     accepted++;
+                    if (cancellation.IsCancellationRequested)
+                    {
+                        // As plain decoding: nothing past the cancellation (all of a step's accepted drafts came out).
+                        KeepCache(position + accepted);
+                        yield return new GeneratedToken(-1, detok?.Flush() ?? "", float.NaN, null, FinishReason.Cancelled);
+                        yield break;
+                    }
                     Stats = Stats with { Accepted = Stats.Accepted + 1, Emitted = Stats.Emitted + 1 };
                     token = Emit(draft, out end);
                     yield return token;
@@ -92,15 +103,21 @@ public sealed partial class TextGenerator
                 if (next < 0)
                 {
                     var row = g._logits.AsSpan(k * vocab, vocab);
+                    g.Inspect(row, k);
                     MaskPadding(row);
                     next = sampler.Sample(row, CollectionsMarshal.AsSpan(history), promptLength);
                 }
-                Stats = Stats with { Emitted = Stats.Emitted + 1 };
-                int keep = position + 1 + accepted;
-                g._cache.Truncate(keep);
-                g._cached.RemoveRange(keep, g._cached.Count - keep);
+                KeepCache(position + 1 + accepted);
                 pending = next;
+                pendingFromStep = true;
             }
+        }
+
+        /// <summary>Drops the cached positions from <paramref name="keep"/> on (rejected or never-emitted drafts).</summary>
+        private void KeepCache(int keep)
+        {
+            g._cache.Truncate(keep);
+            g._cached.RemoveRange(keep, g._cached.Count - keep);
         }
 
         /// <summary>Counts and detokenizes one generated token; <paramref name="end"/> when it ends the generation.</summary>

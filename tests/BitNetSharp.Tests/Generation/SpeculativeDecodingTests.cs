@@ -119,6 +119,42 @@ public sealed class SpeculativeDecodingTests
         Assert.True(total[2].TokensPerStep > 4, $"{total[2].TokensPerStep} tokens per step with a perfect draft of 6");
     }
 
+    /// <summary>
+    /// Cancelled mid-step, speculation stops where plain decoding does (all of a step's accepted drafts came out first),
+    /// and a stop inside an accepted draft leaves the drafts after it out of "drafted": they were never verified, and
+    /// the acceptance rate read 2 of 6 for a draft that matched every token it was checked on.
+    /// </summary>
+    [Fact]
+    public void CancellationAndStopsEndASpeculativeStepWhereTheyShould()
+    {
+        using var weights = ModelWeights.Load(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
+        var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
+        var options = new GeneratorOptions { Threads = 1, ContextLength = 128 };
+        using var self = new TextGenerator(weights, tokenizer, options with { Speculation = new SpeculativeOptions { Source = DraftSource.Model, DraftModel = weights, DraftTokens = 6 } });
+        var prompt = tokenizer.Encode("Once upon a time", addBos: tokenizer.AddBosToken);
+
+        using var cts = new CancellationTokenSource();
+        var got = new List<GeneratedToken>();
+        foreach (var t in self.Generate(prompt, 20, SamplingParameters.Greedy, ignoreStop: true, cancellation: cts.Token))
+        {
+            got.Add(t);
+            if (got.Count == 2) cts.Cancel();
+        }
+        Assert.Equal(3, got.Count); // t0, t1, then the cancellation: plain decoding's count (it printed t2..t6 first)
+        Assert.Equal(FinishReason.Cancelled, got[2].Finish);
+
+        self.Reset();
+        var greedy = Run(self, prompt, 8, SamplingParameters.Greedy);
+        int stop = greedy[2];
+        Assert.SkipWhen(greedy[0] == stop || greedy[1] == stop, "the third greedy token repeats an earlier one");
+        self.Reset();
+        self.StopTokenIds = [stop];
+        var stopped = self.Generate(prompt, 8, SamplingParameters.Greedy, cancellation: TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(FinishReason.Stop, stopped[^1].Finish);
+        var stats = self.LastStats!.Speculative!.Value;
+        Assert.Equal(stats.Drafted, stats.Accepted); // every verified draft matched; the ones after the stop were never verified
+    }
+
     [Fact]
     public void SyntheticModelGreedyOutputIsIdenticalOver50PromptsWithPenaltiesAndBias()
     {

@@ -324,21 +324,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (seq.Finished) continue;
             try
             {
-                int bad = 0, badRow = r;
-                for (int g = 0; g < group && bad == 0; g++)
-                {
-                    badRow = r + g;
-                    bad = LogitStats.CountNonFinite(_logits.AsSpan(badRow * _config.VocabSize, UsableVocab));
-                }
-                if (bad > 0)
-                {
-                    // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
-                    var error = new NonFiniteLogitsException(bad, UsableVocab, Health.NonFiniteOrigin(badRow));
-                    SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
-                    telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
-                    Fail(seq.Request, error, ref _counters.Failed);
-                    continue;
-                }
+                // The rows are checked as they are used (CheckRow): the first one here, a draft's when it is verified,
+                // the bonus row before it is sampled. A row after a rejected draft is conditioned on a token plain
+                // decoding never feeds: its NaN (a draft that overflowed the model) failed a request plain decoding finishes.
+                CheckRow(r);
                 int sampleRow = r;
                 if (seq.DraftCount > 0)
                 {
@@ -352,6 +341,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                         continue;
                     }
                     sampleRow = r + accepted;
+                    CheckRow(sampleRow);
                 }
                 var row = _logits.AsSpan(sampleRow * _config.VocabSize, _config.VocabSize);
                 // The statistics cover the tokens that can be sampled: ids past the tokenizer (a padded embedding's
@@ -361,6 +351,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 // Ids past the tokenizer cannot be detokenized: never sample them.
                 if (UsableVocab < row.Length) row[UsableVocab..].Fill(float.NegativeInfinity);
                 Step(seq, row, after, stats);
+            }
+            catch (NonFiniteLogitsException error)
+            {
+                // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
+                SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
+                telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
+                Fail(seq.Request, error, ref _counters.Failed);
             }
             catch (Exception e)
             {
@@ -532,12 +529,14 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// </summary>
     private int Verify(Sequence s, int first, long now, bool sampling, out int replacement, out LogitStats replacementStats)
     {
-        int vocab = _config.VocabSize, drafts = s.DraftCount, accepted = 0;
+        int vocab = _config.VocabSize, drafts = s.DraftCount, accepted = 0, verified = 0;
         replacement = -1;
         replacementStats = default;
         s.DraftCount = 0;
         for (int i = 0; i < drafts && !s.Finished; i++)
         {
+            if (i > 0) CheckRow(first + i);
+            verified++; // drafts after a stop in an accepted one are never verified: "drafted" counts these only
             var row = _logits.AsSpan((first + i) * vocab, vocab);
             LogitStats stats = sampling ? LogitStats.Compute(row[..UsableVocab]) : default;
             if (sampling) Health.AddLogits(stats);
@@ -556,7 +555,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             Deliver(s, draft, now, stats);
         }
         SchedulerCounters.Add(ref _counters.SpeculativeSteps, 1);
-        SchedulerCounters.Add(ref _counters.DraftedTokens, drafts);
+        SchedulerCounters.Add(ref _counters.DraftedTokens, verified);
         SchedulerCounters.Add(ref _counters.AcceptedTokens, accepted);
         SchedulerCounters.Add(ref _counters.SpeculativeTokens, accepted + (s.Finished ? 0 : 1));
         if (!s.Finished)
@@ -565,6 +564,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
             _caches[s.Slot].Truncate(s.CacheLength);
         }
         return accepted;
+    }
+
+    /// <summary>A <see cref="NonFiniteLogitsException"/> naming where the values first went bad when logits row <paramref name="row"/> holds NaN or ±Inf.</summary>
+    private void CheckRow(int row)
+    {
+        int bad = LogitStats.CountNonFinite(_logits.AsSpan(row * _config.VocabSize, UsableVocab));
+        if (bad > 0) throw new NonFiniteLogitsException(bad, UsableVocab, Health.NonFiniteOrigin(row));
     }
 
     /// <summary>Delivers a chosen token: counts it, streams its text, ends the choice at a stop token, a stop string or its length.</summary>
