@@ -46,6 +46,9 @@ public sealed class SpeculationOptions
         switch (mode)
         {
             case null when !model:
+                // Accepted and ignored, --draft-tokens read as if it turned speculation on.
+                if (r.GetResult(DraftTokens) is { Implicit: false })
+                    throw new UsageException("--draft-tokens applies with --speculate ngram or a draft (--draft MODEL, --draft-layers N); speculation is off.");
                 return (null, null);
             case null or "draft" or "model" when model:
                 break;

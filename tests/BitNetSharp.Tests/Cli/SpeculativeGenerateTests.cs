@@ -94,5 +94,8 @@ public class SpeculativeGenerateTests
         r = Bitnet([.. common, "--speculate", "draft"]);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("needs --draft MODEL or --draft-layers N", r.Error);
+        r = Bitnet([.. common, "--draft-tokens", "4"]); // without speculation it was accepted and ignored
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("speculation is off", r.Error);
     }
 }
