@@ -219,16 +219,26 @@ public abstract class BitNetTokenizer
 
     /// <summary>
     /// The bytes <paramref name="id"/> adds to decoded text: empty for hidden special tokens, without the leading
-    /// space SentencePiece added when <paramref name="stripSpace"/> is set (which it then clears, and which a
-    /// special token sets again when <see cref="StripsLeadingSpace"/>).
+    /// space SentencePiece added when <paramref name="stripSpace"/> is set (which it then clears, and which a special
+    /// token that is written sets again when <see cref="StripsLeadingSpace"/>: the encoder adds that space after every
+    /// special fragment). A hidden one leaves the text as if it were not there, as transformers decodes with
+    /// skip_special_tokens: "▁Hello &lt;/s&gt; &lt;s&gt; ▁World" is "Hello World" (the space after it was dropped: "HelloWorld").
     /// </summary>
     internal ReadOnlySpan<byte> PieceForOutput(int id, bool includeSpecial, ref bool stripSpace)
     {
         CheckId(id);
         if (_kinds[id] is TokenKind.Control or TokenKind.Unknown)
         {
+            if (!includeSpecial) return default;
             stripSpace = StripsLeadingSpace;
-            return includeSpecial ? _pieces[id] : default;
+            return _pieces[id];
+        }
+        if (_kinds[id] == TokenKind.UserDefined)
+        {
+            // Always written as its text, and the encoder adds the space prefix after it as after a control token:
+            // "a</s>b" (phi-3's user-defined </s>) decoded as "a</s> b".
+            stripSpace = StripsLeadingSpace;
+            return _pieces[id];
         }
         ReadOnlySpan<byte> piece = _pieces[id];
         if (stripSpace && !piece.IsEmpty)

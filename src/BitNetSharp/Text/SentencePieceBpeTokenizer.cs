@@ -55,7 +55,17 @@ public sealed class SentencePieceBpeTokenizer : BitNetTokenizer
             int o = 0;
             if (s.prefix) dst[o++] = SpaceMark;
             var src = s.text.AsSpan(s.start, s.length);
-            for (int i = 0; i < src.Length; i++) dst[o++] = src[i] == ' ' ? SpaceMark : src[i];
+            for (int i = 0; i < src.Length; i++)
+            {
+                char c = src[i];
+                // A lone surrogate is U+FFFD, as its UTF-8 (and the byte-level path) has it: alone it matched no piece
+                // and fell back to the three bytes EF BF BD instead of the "�" token.
+                if (char.IsSurrogate(c) && !(char.IsHighSurrogate(c) && i + 1 < src.Length && char.IsLowSurrogate(src[i + 1])))
+                {
+                    if (!(char.IsLowSurrogate(c) && i > 0 && char.IsHighSurrogate(src[i - 1]))) c = '\uFFFD';
+                }
+                dst[o++] = c == ' ' ? SpaceMark : c;
+            }
         });
         new MergeSession(this, escaped).Run(output);
     }

@@ -20,7 +20,7 @@ public sealed class StreamingDetokenizer
     /// <param name="includeSpecial">Whether control tokens are written as their text (hidden by default).</param>
     /// <param name="atTextStart">
     /// True when the first id starts a text (SentencePiece's leading space on it is dropped, as <see cref="BitNetTokenizer.Decode(ReadOnlySpan{int}, bool)"/> does);
-    /// false when the ids continue a prompt, so "▁world" after "Hello" keeps its space. Either way the space after a special token is dropped.
+    /// false when the ids continue a prompt, so "▁world" after "Hello" keeps its space. Either way the space after a special token written as text (or a user-defined one) is dropped; a hidden one leaves the text as if it were not there.
     /// </param>
     public StreamingDetokenizer(BitNetTokenizer tokenizer, bool includeSpecial = false, bool atTextStart = true)
     {

@@ -31,6 +31,32 @@ public class StreamingDetokenizerTests
         Assert.Equal("world", stream.Append(world));
     }
 
+    /// <summary>
+    /// A hidden control token leaves the text as if it were not there (transformers' skip_special_tokens): the space of
+    /// "▁World" after "&lt;/s&gt;&lt;s&gt;" stays ("HelloWorld" before); written as text, the space after it goes, as
+    /// the encoder added it. A lone surrogate encodes as the "�" piece, as U+FFFD does (it fell back to three bytes).
+    /// </summary>
+    [Fact]
+    public void SentencePieceSpacesAroundHiddenSpecialsAndLoneSurrogates()
+    {
+        var t = TestTokenizers.LlamaSpm;
+        int hello = t.Encode("Hello", addBos: false).Single(), world = t.Encode("World", addBos: false).Single();
+        int[] ids = [t.BosId, hello, t.EosId, t.BosId, world];
+        Assert.Equal("Hello World", t.Decode(ids));
+        Assert.Equal("<s>Hello</s><s>World", t.Decode(ids, includeSpecial: true));
+        var stream = new StreamingDetokenizer(t, atTextStart: false);
+        Assert.Equal(" Hello World", string.Concat(ids[1..].Select(stream.Append)));
+        Assert.Equal(t.Encode("a\uFFFDb", addBos: false), t.Encode("a\uD800b", addBos: false));
+        Assert.Equal(t.Encode("a\uFFFDb", addBos: false), t.Encode("a\uDC00b", addBos: false));
+        Assert.Equal(t.Encode("a🦙b", addBos: false), t.Encode("a\uD83E\uDD99b", addBos: false)); // a pair stays one character
+
+        // A user-defined token (phi-3's "</s>") is text, and the encoder adds the space prefix after it as after a control
+        // token: decoding dropped nothing, so "a</s>b" came back as "a</s> b".
+        using var phi3 = BitNetSharp.Formats.Gguf.GgufFile.Open(SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-phi-3.gguf"));
+        var p = TokenizerLoader.FromGguf(phi3);
+        Assert.Equal("a</s>b", p.Decode(p.Encode("a</s>b", addBos: false), includeSpecial: true));
+    }
+
     [Fact]
     public void CjkSplitAcrossByteLevelTokensComesOutWhole()
     {
