@@ -238,6 +238,7 @@ public static class TokenizerLoader
         if (!UsesByteLevel(root))
             throw new ModelFormatException(path,
                 "is a SentencePiece-style BPE (no ByteLevel step); load the model's tokenizer.model instead", "pre_tokenizer");
+        CheckNoNormalizer(root, path);
         if (!model.TryGetProperty("vocab", out var vocab) || vocab.ValueKind != JsonValueKind.Object)
             throw new ModelFormatException(path, "has no vocab object", "model.vocab");
 
@@ -294,6 +295,22 @@ public static class TokenizerLoader
             vocabulary.Find("<|end_of_text|>") >= 0 ? "<|end_of_text|>" : "<|endoftext|>",
             defaultAddBos: bosText != null);
         return new ByteLevelBpeTokenizer(vocabulary, merges, pre, path, "model.merges");
+    }
+
+    /// <summary>
+    /// tokenizer.json's normalizer: none is the only one this runtime applies. Any other (NFC, Lowercase, Replace, ...)
+    /// is refused by name: it was ignored, and text it changes (such as "e\u0301", which NFC makes "é") got other ids than
+    /// transformers gives it. (The runtime is built with invariant globalization, which has no Unicode normalization tables.)
+    /// </summary>
+    private static void CheckNoNormalizer(JsonElement root, string path)
+    {
+        if (!root.TryGetProperty("normalizer", out var n) || n.ValueKind == JsonValueKind.Null) return;
+        static string? TypeOf(JsonElement e) => e.ValueKind == JsonValueKind.Object && e.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String ? t.GetString() : null;
+        if (TypeOf(n) == "Sequence" && n.TryGetProperty("normalizers", out var list) && list.ValueKind == JsonValueKind.Array && list.GetArrayLength() == 0) return;
+        string what = TypeOf(n) == "Sequence" && n.TryGetProperty("normalizers", out var steps) && steps.ValueKind == JsonValueKind.Array
+            ? "Sequence of " + string.Join(", ", steps.EnumerateArray().Select(e => TypeOf(e) ?? "?"))
+            : TypeOf(n) ?? n.ValueKind.ToString();
+        throw new ModelFormatException(path, $"normalizer \"{what}\" is not applied by this runtime (text it changes would get other ids than transformers gives it); only tokenizers without a normalizer load", "normalizer");
     }
 
     private static BitNetTokenizer FromVocabAndMerges(string vocabPath, string mergesPath, HfTokenizerConfig config)

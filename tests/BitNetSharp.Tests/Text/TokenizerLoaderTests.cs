@@ -165,6 +165,32 @@ public class TokenizerLoaderTests
         Assert.Empty(VocabVectors.Failures(tokenizer, VocabVectors.Load("gpt-2")));
     }
 
+    /// <summary>
+    /// A tokenizer.json normalizer is refused by name (it was ignored: "e\u0301" got other ids than transformers, which
+    /// NFC-normalizes it to "é"); none, or an empty Sequence, loads.
+    /// </summary>
+    [Fact]
+    public void NormalizersAreRefusedByName()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var doc = JsonSerializer.Deserialize<Dictionary<string, object?>>(Gpt2TokenizerJson(new { type = "ByteLevel", add_prefix_space = false, use_regex = true }))!;
+        foreach (var (normalizer, name) in new (object, string)[]
+        {
+            (new { type = "NFC" }, "NFC"),
+            (new { type = "Sequence", normalizers = new object[] { new { type = "NFKC" }, new { type = "Lowercase" } } }, "Sequence of NFKC, Lowercase"),
+        })
+        {
+            doc["normalizer"] = normalizer;
+            File.WriteAllText(dir.File("tokenizer.json"), JsonSerializer.Serialize(doc));
+            var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+            Assert.Equal("normalizer", e.Item);
+            Assert.Contains(name, e.Message);
+        }
+        doc["normalizer"] = new { type = "Sequence", normalizers = Array.Empty<object>() };
+        File.WriteAllText(dir.File("tokenizer.json"), JsonSerializer.Serialize(doc));
+        Assert.Equal(TestTokenizers.Gpt2.Encode("Hello world", addBos: false), TokenizerLoader.FromHfDirectory(dir.Path).Encode("Hello world", addBos: false));
+    }
+
     private static string Gpt2TokenizerJson(object preTokenizer)
     {
         var vocab = JsonDocument.Parse(File.ReadAllText(SharedData.RequirePath("tokenizers/cs336_gpt2_vocab.json"))).RootElement;
