@@ -74,7 +74,7 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableCounter("bitnet.requests.failed", () => _scheduler.Statistics.Failed, "{request}",
             "Requests ended by an engine or sampling error.");
         m.CreateObservableCounter("bitnet.speculative.steps", () => _scheduler.Statistics.SpeculativeSteps, "{step}",
-            "Speculative decode steps: a sequence's next token fed with draft tokens, all verified in one forward.");
+            "Speculative decode steps: a sequence's next token fed with draft tokens, all verified in one forward (steps that found no draft are not counted, unlike the CLI's per-forward figure).");
         m.CreateObservableCounter("bitnet.speculative.drafted_tokens", () => _scheduler.Statistics.DraftedTokens, "{token}",
             "Draft tokens verified (prompt lookup); acceptance rate = accepted ÷ drafted.");
         m.CreateObservableCounter("bitnet.speculative.accepted_tokens", () => _scheduler.Statistics.AcceptedTokens, "{token}",

@@ -75,7 +75,11 @@ public readonly record struct SpeculativeStats(long Steps, long Drafted, long Ac
     /// <summary>Accepted ÷ drafted (0 when nothing was drafted).</summary>
     public double AcceptanceRate => Drafted > 0 ? (double)Accepted / Drafted : 0;
 
-    /// <summary>Tokens emitted per verification forward (1 is plain decoding).</summary>
+    /// <summary>
+    /// Tokens emitted per verification forward (1 is plain decoding). Every forward of the generation counts, those that
+    /// found no draft included: the speed-up in forwards. The server's bitnet_speculative_* counters count only the
+    /// steps that drafted (emitted ÷ steps there is the gain where a draft was tried).
+    /// </summary>
     public double TokensPerStep => Steps > 0 ? (double)Emitted / Steps : 0;
 
     public static SpeculativeStats operator +(SpeculativeStats a, SpeculativeStats b) =>
