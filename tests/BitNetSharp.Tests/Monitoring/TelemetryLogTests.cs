@@ -337,6 +337,50 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Equal(Enumerable.Range(0, 400), rows.Where(r => r.Layer == 0).Select(r => (int)r.Step));
     }
 
+    /// <summary>
+    /// A run that starts in the second of the last run's newest file, or on a clock behind it, names its files after
+    /// that one: its first file was -0001 of that second and sorted before the old run's -0004 (CI saw it as a
+    /// flaky EveryFileOfAWriterCarriesItsRunId when the first writer's rotations crossed a second).
+    /// </summary>
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(-3600.0)]
+    public void ANewRunsFilesSortAfterThePreviousRuns(double secondRunClock)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var clock = new AlertEngineTests.ManualTime();
+        var options = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 1 << 30, BatchRows = 50, Time = clock };
+        string first, second;
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            first = writer.RunId;
+            for (int step = 0; step < 200; step++)
+            {
+                if (step == 100)
+                {
+                    writer.Flush();
+                    clock.Advance(1); // rotations cross a second: -0001..-0003 in the first, -0004.. in the next
+                }
+                for (int layer = 0; layer < 4; layer++) writer.Write(Layer(step, step, layer));
+            }
+            writer.Flush();
+            Assert.True(writer.FilesWritten > 3, $"{writer.FilesWritten} files");
+        }
+        clock.Advance(secondRunClock);
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            second = writer.RunId;
+            writer.Write(Step(1, 0, "r"));
+            writer.Flush();
+        }
+        var reader = TelemetryLogReader.Open(dir.Path);
+        Assert.Equal([first, second], reader.Runs.Select(r => r.Id));
+        var rows = reader.ReadRows(TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(801, rows.Count);
+        Assert.All(rows.Take(800), r => Assert.Equal(first, r.Run));
+        Assert.Equal(second, rows[^1].Run);
+    }
+
     [Fact]
     public void AFileWithoutFooterYieldsAllCompleteBatches()
     {

@@ -342,11 +342,20 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         var now = (_options.Time ?? TimeProvider.System).GetUtcNow().UtcDateTime;
         now = new DateTime(now.Ticks - now.Ticks % TimeSpan.TicksPerSecond, DateTimeKind.Utc);
         if (now < _lastFileTime) now = _lastFileTime;
+        // The same holds across runs: a server restarted within the second of the last run's newest file (or on a
+        // clock behind it) named its first file -0001 of that second, which sorts before the old run's -0004, so the
+        // reader interleaved the two runs and the cap deleted the new run's file first. Names follow the newest one.
+        ScanOlderFiles(null);
+        if (_olderFiles.Count > 0
+            && TelemetryLogSchema.TryParseFileName(_olderFiles[^1].Path, _prefix, out var newest, out int newestCounter))
+        {
+            if (now < newest) now = newest;
+            if (now == newest && _fileCounter < newestCounter) _fileCounter = newestCounter;
+        }
         _lastFileTime = now;
         string path;
         do path = Path.Combine(_directory, TelemetryLogSchema.FileName(_prefix, now, ++_fileCounter));
         while (File.Exists(path));
-        ScanOlderFiles(path);
         AtomicFile.RemoveStaleTemporaries(_directory, _prefix + "-*" + TelemetryLogSchema.FileExtension);
         // The file gets its name only once its header and schema are written: a kill between creating it and the
         // first flush would otherwise leave an empty or torn .arrow file that no reader can open. Renaming the open
@@ -390,7 +399,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         Interlocked.Increment(ref _filesWritten);
     }
 
-    private void ScanOlderFiles(string current)
+    private void ScanOlderFiles(string? current)
     {
         _olderFiles.Clear();
         var paths = new List<string>();
