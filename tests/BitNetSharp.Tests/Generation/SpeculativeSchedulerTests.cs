@@ -165,6 +165,40 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         }
     }
 
+    /// <summary>
+    /// "Drafted" counts the drafts the step verified: a stop token among accepted drafts ends the sequence there, and
+    /// the drafts after it were never checked. Each speculative step rejects at most one draft, so drafted − accepted
+    /// never exceeds the speculative steps (it read 6 drafted, 2 accepted for one step that stopped on the second).
+    /// </summary>
+    [Fact]
+    public async Task DraftsAfterAStopAreNotCountedAsDrafted()
+    {
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions
+        {
+            MaxSequences = 4, MaxBatchedTokens = 40, Threads = 2, Speculation = new SpeculativeOptions { DraftTokens = 4 },
+        });
+        int stopsAfterAcceptedDrafts = 0;
+        for (int i = 0; i < 8; i++)
+        {
+            var request = new GenerationRequest { Prompt = Prompt(i), MaxTokens = 20, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy };
+            long accepted0 = s.Statistics.AcceptedTokens;
+            var output = await Tokens(s.Submit(request, TestContext.Current.CancellationToken));
+            if (s.Statistics.AcceptedTokens == accepted0) continue;
+            // Stop at each later token of the greedy output in turn: some of them arrive as an accepted draft mid-step.
+            for (int j = 2; j < output.Count; j++)
+            {
+                var before = s.Statistics;
+                var stopped = await Tokens(s.Submit(request with { IgnoreStopTokens = false, StopTokenIds = [output[j]] }, TestContext.Current.CancellationToken));
+                var after = s.Statistics;
+                long drafted = after.DraftedTokens - before.DraftedTokens, accepted = after.AcceptedTokens - before.AcceptedTokens;
+                long steps = after.SpeculativeSteps - before.SpeculativeSteps;
+                Assert.True(drafted - accepted <= steps, $"prompt {i}, stop at {j}: drafted {drafted}, accepted {accepted}, in {steps} speculative steps");
+                if (stopped.Count < output.Count && accepted > 0) stopsAfterAcceptedDrafts++;
+            }
+        }
+        Assert.True(stopsAfterAcceptedDrafts > 0);
+    }
+
     /// <summary>maxTokens 0 with speculation yields nothing, as plain decoding does (it ran to the end of the context).</summary>
     [Fact]
     public void SpeculativeGenerationOfZeroTokensYieldsNothing()
