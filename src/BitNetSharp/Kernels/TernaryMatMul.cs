@@ -182,7 +182,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
             for (int i = 0; i < count; i++)
                 if (_manyW[i]!.PaddedCols != x.Stride)
                     throw new ArgumentException($"Weight rows of product {i} have {_manyW[i]!.PaddedCols} padded inputs but the activation rows have {x.Stride}.", nameof(x));
-            if (OnePass(kernel, x, count) && PlanMany(count))
+            if (OnePass(kernel, x.Tokens, count) && PlanMany(count))
             {
                 (_kernel, _binaryKernel, _w, _bw, _x) = (kernel, null, null, null, null);
                 _rows = x;
@@ -209,12 +209,17 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     }
 
     /// <summary>Whether <see cref="RunMany"/> runs these products (w2 null for two) on <paramref name="x"/> as one pass.</summary>
-    public bool RunsAsOnePass(TernaryKernel kernel, in ActivationRows x, TernaryMatrix w0, TernaryMatrix w1, TernaryMatrix? w2 = null)
+    public bool RunsAsOnePass(TernaryKernel kernel, in ActivationRows x, TernaryMatrix w0, TernaryMatrix w1, TernaryMatrix? w2 = null) =>
+        RunsAsOnePass(kernel, x.Tokens, w0, w1, w2);
+
+    /// <summary><see cref="RunsAsOnePass(TernaryKernel, in ActivationRows, TernaryMatrix, TernaryMatrix, TernaryMatrix?)"/> for
+    /// activations of <paramref name="tokens"/> tokens, before they are prepared.</summary>
+    public bool RunsAsOnePass(TernaryKernel kernel, int tokens, TernaryMatrix w0, TernaryMatrix w1, TernaryMatrix? w2 = null)
     {
         _manyW[0] = w0; _manyW[1] = w1; _manyW[2] = w2;
         try
         {
-            return OnePass(kernel, x, w2 is null ? 2 : 3);
+            return OnePass(kernel, tokens, w2 is null ? 2 : 3);
         }
         finally
         {
@@ -239,16 +244,16 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     /// (<see cref="Run(TernaryKernel, TernaryMatrix, in ActivationRows, float*, int)"/>'s threshold) with slices of at least
     /// <see cref="StreamMinRows"/> rows per quarter.
     /// </summary>
-    private bool OnePass(TernaryKernel kernel, in ActivationRows x, int count)
+    private bool OnePass(TernaryKernel kernel, int tokens, int count)
     {
         int threads = _pool.ThreadCount;
-        if (count < 2 || x.Tokens > OwnedMaxTokens || threads < 2 || TernaryKernel.WeightStreams != 4 || kernel.RowAlignment > 8
-            || !kernel.IsSupported || kernel.SplitsByTokens(x.Tokens))
+        if (count < 2 || tokens > OwnedMaxTokens || threads < 2 || TernaryKernel.WeightStreams != 4 || kernel.RowAlignment > 8
+            || !kernel.IsSupported || kernel.SplitsByTokens(tokens))
             return false;
         for (int i = 0; i < count; i++)
         {
             var w = _manyW[i]!;
-            if ((long)w.Rows * w.Cols * x.Tokens < (long)threads << 19) return false;
+            if ((long)w.Rows * w.Cols * tokens < (long)threads << 19) return false;
             if (w.Rows / threads / 4 < StreamMinRows) return false;
         }
         return true;

@@ -251,12 +251,11 @@ public sealed unsafe class Transformer : IDisposable
         // Attention block: one int8 quantization of the normed input serves q, k and v.
         Stage(Stage_AttnIn, l, batch);
         _qDim.Tokens = n;
-        var rows = _matmul.Prepare(_kernel, _qDim); // laid out once for the three products
         var lw = _w.Layers[l];
         // A decode step's cache writes come after v: their lines are requested now (see KvCache.PrefetchWrite).
         if (n <= PrefetchWriteTokens)
             for (int t = 0; t < n; t++) caches[batch[t].Sequence].PrefetchWrite(l, batch[t].Position);
-        Products(OpProfiler.GroupQkv, l, n, rows, ProfileOp.Q, lw.Q, (float*)_q.Pointer, qDim, ProfileOp.K, lw.K, (float*)_k.Pointer, kvDim,
+        Products(OpProfiler.GroupQkv, l, n, _qDim, ProfileOp.Q, lw.Q, (float*)_q.Pointer, qDim, ProfileOp.K, lw.K, (float*)_k.Pointer, kvDim,
             ProfileOp.V, lw.V, (float*)_v.Pointer, kvDim);
 
         Stage(Stage_Rope, l, batch);
@@ -283,8 +282,7 @@ public sealed unsafe class Transformer : IDisposable
         // Feed-forward block: one quantization serves gate and up.
         Stage(Stage_ResidualFfnIn, l, batch);
         _qDim.Tokens = n;
-        rows = _matmul.Prepare(_kernel, _qDim);
-        Products(OpProfiler.GroupGateUp, l, n, rows, ProfileOp.Gate, lw.Gate, (float*)_hb.Pointer, ff, ProfileOp.Up, lw.Up, (float*)_hb2.Pointer, ff);
+        Products(OpProfiler.GroupGateUp, l, n, _qDim, ProfileOp.Gate, lw.Gate, (float*)_hb.Pointer, ff, ProfileOp.Up, lw.Up, (float*)_hb2.Pointer, ff);
         Stage(Stage_FfnAct, l, batch);
         _qFf.Tokens = n;
         p?.BeginLinear(ProfileOp.Down, l, lw.Down, n);
@@ -298,24 +296,27 @@ public sealed unsafe class Transformer : IDisposable
     /// one pass over the pool for a decode step, the same floats as one product after another. Profiled as the pass
     /// (its time shared by weight bytes, <see cref="OpProfiler.BeginProducts"/>) when it is one, else product by product.
     /// </summary>
-    private void Products(int group, int layer, int n, in ActivationRows rows, ProfileOp op0, TernaryMatrix w0, float* y0, int stride0,
+    private void Products(int group, int layer, int n, QuantizedActivations x, ProfileOp op0, TernaryMatrix w0, float* y0, int stride0,
         ProfileOp op1, TernaryMatrix w1, float* y1, int stride1, ProfileOp op2 = default, TernaryMatrix? w2 = null, float* y2 = null, int stride2 = 0)
     {
         var p = _active;
         int count = w2 is null ? 2 : 3;
         if (p is null)
         {
-            _matmul.RunMany(_kernel, rows, count, w0, y0, stride0, w1, y1, stride1, w2, y2, stride2);
+            _matmul.RunMany(_kernel, _matmul.Prepare(_kernel, x), count, w0, y0, stride0, w1, y1, stride1, w2, y2, stride2);
             return;
         }
-        if (_matmul.RunsAsOnePass(_kernel, rows, w0, w1, w2))
+        // The input laid out once for the products (the lookup kernel builds its tables here) is timed with them, as in
+        // o and down's own product: it fell outside every op, so q+k+v and gate+up read faster than o and down.
+        if (_matmul.RunsAsOnePass(_kernel, n, w0, w1, w2))
         {
             p.BeginProducts(group, layer, n, op0, w0, op1, w1, op2, w2);
-            _matmul.RunMany(_kernel, rows, count, w0, y0, stride0, w1, y1, stride1, w2, y2, stride2);
+            _matmul.RunMany(_kernel, _matmul.Prepare(_kernel, x), count, w0, y0, stride0, w1, y1, stride1, w2, y2, stride2);
             p.EndProducts();
             return;
         }
         p.BeginLinear(op0, layer, w0, n);
+        var rows = _matmul.Prepare(_kernel, x);
         _matmul.Run(_kernel, w0, rows, y0, stride0);
         p.End();
         p.BeginLinear(op1, layer, w1, n);
@@ -391,8 +392,11 @@ public sealed unsafe class Transformer : IDisposable
             case Stage_AttnOut:
             {
                 var a = Row(_att, t, qDim);
-                if (lw.AttnSubNorm is { } sub) RmsNorm.Apply(a, sub, a, _c.RmsEps);
-                p?.Lap(worker, ProfileOp.Norm);
+                if (lw.AttnSubNorm is { } sub)
+                {
+                    RmsNorm.Apply(a, sub, a, _c.RmsEps);
+                    p?.Lap(worker, ProfileOp.Norm); // only when there is one: a model without sub-norms read 4 norm calls a layer
+                }
                 int oMax = QuantizeInput(layer, BitLinearInput.O, a, _qAtt, t);
                 p?.Lap(worker, ProfileOp.Quantize);
                 health?.Quantized(layer, BitLinearInput.O, t, a, _qAtt.RowSpan(t), oMax);
@@ -413,8 +417,11 @@ public sealed unsafe class Transformer : IDisposable
                 if (_c.Activation == FeedForwardActivation.ReluSquared) GatedActivation.ReluSquared(g, Row(_hb2, t, ff), g);
                 else GatedActivation.Silu(g, Row(_hb2, t, ff), g);
                 p?.Lap(worker, ProfileOp.Activation);
-                if (lw.FfnSubNorm is { } sub) RmsNorm.Apply(g, sub, g, _c.RmsEps);
-                p?.Lap(worker, ProfileOp.Norm);
+                if (lw.FfnSubNorm is { } sub)
+                {
+                    RmsNorm.Apply(g, sub, g, _c.RmsEps);
+                    p?.Lap(worker, ProfileOp.Norm);
+                }
                 int downMax = QuantizeInput(layer, BitLinearInput.Down, g, _qFf, t);
                 p?.Lap(worker, ProfileOp.Quantize);
                 health?.Quantized(layer, BitLinearInput.Down, t, g, _qFf.RowSpan(t), downMax);

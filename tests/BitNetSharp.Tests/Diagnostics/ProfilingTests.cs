@@ -211,6 +211,57 @@ public class ProfilingTests
         Assert.Throws<ArgumentException>(() => engine.Profiler = new OpProfiler(c.Layers + 1, 2));
     }
 
+    /// <summary>A kernel whose activation layout takes 2 ms (as the lookup kernel's table build takes time), products by the reference.</summary>
+    private sealed unsafe class SlowPrepareKernel : BitNetSharp.Kernels.TernaryKernel
+    {
+        private readonly BitNetSharp.Kernels.ReferenceTernaryKernel _reference = new();
+        public override string Name => "slow-prepare";
+        public override bool IsSupported => true;
+
+        public override BitNetSharp.Kernels.ActivationRows Prepare(BitNetSharp.Quantization.QuantizedActivations x, ref BitNetSharp.Memory.NativeBuffer? scratch)
+        {
+            long end = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 500;
+            while (Stopwatch.GetTimestamp() < end) { }
+            return base.Prepare(x, ref scratch);
+        }
+
+        protected override void MatMulCore(BitNetSharp.Quantization.TernaryMatrix w, in BitNetSharp.Kernels.ActivationRows x, float* y, int yStride, int rowStart, int rowEnd) =>
+            _reference.MatMul(w, x, y, yStride, rowStart, rowEnd);
+    }
+
+    /// <summary>
+    /// Every product's time includes laying out its input: q+k+v's and gate+up's layout ran outside every op (only o and
+    /// down, whose product prepares its own, carried theirs), so a kernel with a costly layout made them read faster than
+    /// o and down. And the norm row counts a sub-norm only where a layer has one: a model without them read four norm
+    /// calls a layer for two norms.
+    /// </summary>
+    [Fact]
+    public void ProductsIncludeTheirInputsLayoutAndNormsCountOnlyNormsThatRan()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("plain.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny, 3, subNorms: false, architecture: "bitnet").WriteFile(path);
+        using var w = ModelWeights.Load(path);
+        using var pool = new WorkerPool(1);
+        using var engine = new Transformer(w, 4, pool, new SlowPrepareKernel());
+        var c = w.Config;
+        var stats = new OpStats(c.Layers);
+        engine.Profiler = new OpProfiler(c.Layers, pool.ThreadCount) { Stats = stats };
+        using (var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, 8))
+            engine.Forward([new BatchToken(5, 0, 0, true)], [cache], new float[c.VocabSize]);
+        engine.Profiler = null;
+        long layout = Stopwatch.Frequency / 500;
+        for (int l = 0; l < c.Layers; l++)
+        {
+            Assert.Equal(2, stats.Calls[OpStats.Index(ProfileOp.Norm, l)]);
+            long qkv = stats.Ticks[OpStats.Index(ProfileOp.Q, l)] + stats.Ticks[OpStats.Index(ProfileOp.K, l)] + stats.Ticks[OpStats.Index(ProfileOp.V, l)];
+            long gateUp = stats.Ticks[OpStats.Index(ProfileOp.Gate, l)] + stats.Ticks[OpStats.Index(ProfileOp.Up, l)];
+            Assert.True(qkv >= layout, $"layer {l}: q+k+v took {qkv} ticks, less than its input's layout ({layout})");
+            Assert.True(gateUp >= layout, $"layer {l}: gate+up took {gateUp} ticks, less than its input's layout ({layout})");
+            Assert.True(stats.Ticks[OpStats.Index(ProfileOp.O, l)] >= layout);
+        }
+    }
+
     /// <summary>
     /// The trace streams to its file as it is written: unflushed, the JSON writer held the whole document in one growing
     /// array (gigabytes for a long profile, and a crash near 2 GB that took the report with it).
@@ -378,36 +429,57 @@ public class ProfilingTests
         Assert.Equal(2, full.Dropped);
     }
 
-    [Fact]
-    public unsafe void UnpackOnlyKernelFoldsEveryCodeAndSharesAreFractions()
+    /// <summary>
+    /// The unpack-only variant unpacks what the kernel does: 4-token tiles with the kernel's split, leftover tokens two
+    /// at a time with decode's one-shift split, and the odd last block at 256 bits (it was skipped: at the tiny model's
+    /// width of one block the variant did nothing, and its share read about 0).
+    /// </summary>
+    [Theory]
+    [InlineData(1)]
+    [InlineData(4)]
+    public unsafe void UnpackOnlyKernelFoldsEveryCodeAndSharesAreFractions(int tokens)
     {
+        Assert.Equal((0, 1), UnpackOnlyKernel<BitNetSharp.Kernels.ShiftSplit>.Passes(1));
+        Assert.Equal((0, 1), UnpackOnlyKernel<BitNetSharp.Kernels.ShiftSplit>.Passes(2));
+        Assert.Equal((0, 2), UnpackOnlyKernel<BitNetSharp.Kernels.ShiftSplit>.Passes(3));
+        Assert.Equal((1, 0), UnpackOnlyKernel<BitNetSharp.Kernels.ShiftSplit>.Passes(4));
+        Assert.Equal((1, 2), UnpackOnlyKernel<BitNetSharp.Kernels.ShiftSplit>.Passes(7));
         using var pool = new WorkerPool(1);
+        static byte Tile(byte b) => (byte)((b >> 6 & 3) ^ (b >> 4 & 3) ^ (b >> 2 & 3) ^ (b & 3));
+        static byte Shift(byte b) => (byte)((b >> 4 & 15) ^ (b & 15));
         foreach (var name in new[] { "avx512", "avx512gfni" })
         {
             var real = BitNetSharp.Kernels.KernelRegistry.AllTernary.FirstOrDefault(k => k.Name == name);
             if (real is not { IsSupported: true }) continue;
             var unpack = KernelPeak.UnpackOnly(real)!;
-            const int rows = 3, cols = 512;
-            using var w = BitNetSharp.Quantization.TernaryMatrix.Allocate(rows, cols);
-            var rng = new Random(2);
-            for (int r = 0; r < rows; r++)
-                for (int c = 0; c < cols; c++) w.Set(r, c, rng.Next(3) - 1);
-            using var x = new BitNetSharp.Quantization.QuantizedActivations(1, cols) { Tokens = 1 };
-            var y = new float[rows];
-            fixed (float* py = y) unpack.MatMul(w, x, py, rows, 0, rows);
-            for (int r = 0; r < rows; r++)
+            foreach (int cols in new[] { 128, 384, 512 })
             {
-                var acc = new byte[64];
-                byte* row = w.Row(r);
-                for (int p = 0; p < w.RowBytes / 64; p++)
-                    for (int i = 0; i < 64; i++)
-                    {
-                        byte b = row[p * 64 + i];
-                        acc[i] ^= (byte)((b >> 6 & 3) ^ (b >> 4 & 3) ^ (b >> 2 & 3) ^ (b & 3));
-                    }
-                Assert.Equal(BitConverter.ToInt32(acc), BitConverter.SingleToInt32Bits(y[r]));
+                const int rows = 3;
+                using var w = BitNetSharp.Quantization.TernaryMatrix.Allocate(rows, cols);
+                var rng = new Random(2);
+                for (int r = 0; r < rows; r++)
+                    for (int c = 0; c < cols; c++) w.Set(r, c, rng.Next(3) - 1);
+                using var x = new BitNetSharp.Quantization.QuantizedActivations(tokens, cols) { Tokens = tokens };
+                var y = new float[tokens * rows];
+                fixed (float* py = y) unpack.MatMul(w, x, py, rows, 0, rows);
+                int blocks = w.PaddedCols / 128;
+                for (int r = 0; r < rows; r++)
+                {
+                    var acc = new byte[64];
+                    byte* row = w.Row(r);
+                    for (int p = 0; p < blocks / 2; p++)
+                        for (int i = 0; i < 64; i++)
+                        {
+                            byte b = row[p * 64 + i];
+                            acc[i] ^= tokens == 4 ? Tile(b) : Shift(b);
+                        }
+                    if (blocks % 2 == 1)
+                        for (int i = 0; i < 32; i++) acc[i] ^= Shift(row[(blocks - 1) * 32 + i]);
+                    Assert.True(BitConverter.ToInt32(acc) == BitConverter.SingleToInt32Bits(y[r]), $"{name}, {cols} columns, {tokens} tokens, row {r}");
+                    Assert.NotEqual(0, BitConverter.ToInt32(acc));
+                }
             }
-            double? share = KernelPeak.UnpackShare(pool, real, 2560, 1, 0.02);
+            double? share = KernelPeak.UnpackShare(pool, real, 2560, tokens, 0.02);
             Assert.NotNull(share);
             Assert.InRange(share!.Value, 0.01, 1.0);
         }
