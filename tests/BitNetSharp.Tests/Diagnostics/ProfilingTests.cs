@@ -60,6 +60,25 @@ public class ProfilingTests
         Assert.Null(ProcessMemory.Read(dir.File("lob-0123")).MappedFileBytes); // a suffix of the real name is not the file
     }
 
+    /// <summary>A model in a directory reached through a link (models -> /data/models): smaps names the real path, and
+    /// only the last component's link was resolved, so the resident size read "-".</summary>
+    [Fact]
+    public void MappedResidentBytesAreFoundThroughALinkedDirectory()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "/proc/self/smaps is Linux's");
+        using var dir = new TestGguf.TempDirectory();
+        Directory.CreateDirectory(dir.File("real"));
+        SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(Path.Combine(dir.File("real"), "m.gguf"));
+        Directory.CreateSymbolicLink(dir.File("alias"), dir.File("real"));
+        File.CreateSymbolicLink(dir.File("again.gguf"), Path.Combine("alias", "m.gguf")); // a relative link through the linked directory
+        foreach (string path in new[] { Path.Combine(dir.File("alias"), "m.gguf"), dir.File("again.gguf") })
+        {
+            using var w = ModelWeights.Load(path);
+            _ = w.Layers[0].Q.RowScales[0];
+            Assert.True(ProcessMemory.Read(path).MappedFileBytes is not null, path);
+        }
+    }
+
     [Fact]
     public void SoftwareCountersCountBusyWorkAndHardwareCountersReadOrSayWhy()
     {
@@ -302,6 +321,33 @@ public class ProfilingTests
             LargestWrite = Math.Max(LargestWrite, buffer.Length);
             base.Write(buffer);
         }
+    }
+
+    /// <summary>
+    /// The lookup kernel's spans name the layout their products read: its repacked indices at decode, the packed 2-bit
+    /// matrix for prefill (every span named the repacked layout).
+    /// </summary>
+    [Fact]
+    public void LookupKernelTraceNamesTheLayoutEachSpanRead()
+    {
+        var lut = new BitNetSharp.Kernels.LutTernaryKernel();
+        Assert.SkipUnless(lut.IsSupported, "the lookup kernel needs AVX-512BW");
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        using var pool = new WorkerPool(1);
+        var report = ProfileSession.Run(w, pool, new ProfileOptions
+        {
+            Prompt = [1, 2, 3, 4, 5, 6, 7, 8], DecodeSteps = 2, BandwidthProbeBytes = 16 << 20, PeakSeconds = 0.02, AbRepetitions = 1, Kernel = lut,
+        });
+        var ms = new MemoryStream();
+        ChromeTraceWriter.Write(ms, report);
+        using var doc = JsonDocument.Parse(ms.ToArray());
+        var layouts = doc.RootElement.GetProperty("traceEvents").EnumerateArray()
+            .Where(e => e.GetProperty("ph").GetString() == "X" && e.GetProperty("name").GetString() == "L0 q")
+            .Select(e => (Tokens: e.GetProperty("args").GetProperty("tokens").GetInt32(), Layout: e.GetProperty("args").GetProperty("packed_layout").GetString()!))
+            .ToList();
+        Assert.Contains(layouts, l => l.Tokens == 8 && l.Layout.Contains("2-bit", StringComparison.Ordinal));
+        Assert.Contains(layouts, l => l.Tokens == 1 && l.Layout.Contains("5-bit", StringComparison.Ordinal));
     }
 
     [Fact]

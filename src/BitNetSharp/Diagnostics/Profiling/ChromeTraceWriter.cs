@@ -41,9 +41,11 @@ public static class ChromeTraceWriter
         for (int w = 0; w < chunks.Workers; w++)
             Meta(j, pid, w, "thread_name", w == 0 ? "caller (worker 0)" : $"bitnet-worker-{w}");
 
-        string layout = report.Kernel == "avx512lut"
-            ? "ternary 5-bit indices of weight triples, 32-row blocks (repacked at load), kernel avx512lut"
-            : $"ternary 2-bit codes, 128-weight blocks (I2_S order), kernel {report.Kernel}";
+        // The lookup kernel reads its repacked layout up to a few tokens and the packed matrix past them (prefill): each
+        // span names what its products read (every span read as the repacked layout).
+        string lookup = $"ternary 5-bit indices of weight triples, 32-row blocks (repacked at load), kernel {report.Kernel}";
+        string packed = $"ternary 2-bit codes, 128-weight blocks (I2_S order), kernel {report.Kernel}";
+        string Layout(int tokens) => tokens <= report.LookupLayoutTokens ? lookup : packed;
         // Parents before children at equal start, so viewers nest them: sort by start, then longer first.
         var ordered = spans.ToArray();
         Array.Sort(ordered, (a, b) => a.Start != b.Start ? a.Start.CompareTo(b.Start) : b.End.CompareTo(a.End));
@@ -66,13 +68,13 @@ public static class ChromeTraceWriter
                 var op = (ProfileOp)s.Code;
                 j.WriteString("projection", ProfileOps.Name(op));
                 j.WriteString("shape", $"{s.In}→{s.Out}");
-                j.WriteString("packed_layout", op == ProfileOp.Head ? "output head (" + report.HeadType + ")" : layout);
+                j.WriteString("packed_layout", op == ProfileOp.Head ? "output head (" + report.HeadType + ")" : Layout(s.Tokens));
             }
             else if (s.Kind == SpanKind.Products)
             {
                 j.WriteString("projection", OpProfiler.ProductGroupNames[s.Code]);
                 j.WriteString("shape", $"{s.In}→{s.Out}");
-                j.WriteString("packed_layout", layout);
+                j.WriteString("packed_layout", Layout(s.Tokens));
             }
             j.WriteEndObject();
             j.WriteEndObject();

@@ -56,6 +56,10 @@ public sealed class ProfileReport
     public required string HeadType { get; init; }
     public required int Threads { get; init; }
 
+    /// <summary>The most tokens whose products read the lookup kernel's own layout (0: every product reads the packed
+    /// 2-bit matrix; the lookup kernel reads that for prefill unless it looks prefill up too).</summary>
+    public int LookupLayoutTokens { get; init; }
+
     /// <summary>Sequences decoding together (<see cref="ProfileOptions.Sequences"/>): each decode step produces this many
     /// tokens, and the phases' token counts include all of them.</summary>
     public int Sequences { get; init; } = 1;
@@ -96,7 +100,7 @@ public static class ProfileSession
         int sequences = o.Sequences;
         if (sequences is < 1 or > ProfileOptions.MaxSequences)
             throw new ArgumentException($"Sequences must be from 1 to {ProfileOptions.MaxSequences}; got {sequences}.", nameof(o));
-        if (promptLen + o.DecodeSteps > c.ContextLength)
+        if ((long)promptLen + o.DecodeSteps > c.ContextLength) // long: DecodeSteps near int.MaxValue wrapped and passed
             throw new ArgumentException($"{promptLen} prompt tokens and {o.DecodeSteps} decode steps exceed the model's context of {c.ContextLength} tokens.", nameof(o));
 
         // The host's bandwidth drifts (shared memory controllers), so the run is bracketed by two probes and bounded by
@@ -294,6 +298,7 @@ public static class ProfileSession
             {
                 Config = c,
                 Kernel = engine.Kernel.Name,
+                LookupLayoutTokens = engine.Kernel is Kernels.LutTernaryKernel lut ? (lut.LookupPrefill ? int.MaxValue : Kernels.LutTernaryKernel.MaxLookupTokens) : 0,
                 HeadType = weights.Output.Type.ToString(),
                 Threads = pool.ThreadCount,
                 Sequences = sequences,
