@@ -79,6 +79,16 @@ public class ProfilingTests
         }
     }
 
+    /// <summary>EACCES under paranoid 3 or 4 (Debian's, Ubuntu's) is that setting, not paranoid 2's user-mode-only limit.</summary>
+    [Fact]
+    public void PerfRefusalNamesTheParanoidSettingInForce()
+    {
+        Assert.Contains("paranoid is 3", PerfCounters.Describe(13, 3));
+        Assert.DoesNotContain("which this event cannot do", PerfCounters.Describe(13, 4));
+        Assert.Contains("user-mode counting only", PerfCounters.Describe(13, 2));
+        Assert.Contains("user-mode counting only", PerfCounters.Describe(13, null));
+    }
+
     [Fact]
     public void SoftwareCountersCountBusyWorkAndHardwareCountersReadOrSayWhy()
     {

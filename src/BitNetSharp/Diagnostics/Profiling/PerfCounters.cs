@@ -223,10 +223,32 @@ public sealed unsafe class PerfCounters : IDisposable
 
     private const int Esrch = 3, Eacces = 13;
 
-    private static string Describe(int errno) => errno switch
+    private static string Describe(int errno) => Describe(errno, Paranoid());
+
+    /// <summary>kernel.perf_event_paranoid, or null where it cannot be read.</summary>
+    private static int? Paranoid()
+    {
+        try
+        {
+            return int.TryParse(File.ReadAllText("/proc/sys/kernel/perf_event_paranoid").Trim(), System.Globalization.NumberStyles.AllowLeadingSign,
+                System.Globalization.CultureInfo.InvariantCulture, out int v) ? v : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Why perf_event_open failed with <paramref name="errno"/> under <paramref name="paranoid"/>. Debian's and Ubuntu's
+    /// paranoid 3 and 4 refuse every unprivileged open with EACCES, user-only ones included: that was described as
+    /// paranoid 2's user-mode-only limit, wrong for the events already opened user-only.
+    /// </summary>
+    internal static string Describe(int errno, int? paranoid) => errno switch
     {
         2 => "ENOENT (this CPU or hypervisor does not expose the event)",
         95 => "EOPNOTSUPP (the PMU is not exposed, as in most virtual machines)",
+        13 when paranoid >= 3 => $"EACCES (kernel.perf_event_paranoid is {paranoid}: no perf events at all without CAP_PERFMON; `sysctl kernel.perf_event_paranoid=2` allows user-mode counting, 1 kernel-mode too)",
         13 => "EACCES (kernel.perf_event_paranoid forbids it: 2 allows user-mode counting only, which this event cannot do; `sysctl kernel.perf_event_paranoid=1` or CAP_PERFMON allows it)",
         1 => "EPERM (perf_event_open is blocked, e.g. by a container's seccomp profile, or perf_event_paranoid is 3+)",
         38 => "ENOSYS (the kernel has no perf events)",
