@@ -235,7 +235,16 @@ public static class LogsCommand
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
         var requestSteps = s.Request is null ? null : new HashSet<(string?, long)>();
-        foreach (var batch in TelemetryLogReader.Follow(reader.Files[^1].Path, TimeSpan.FromMilliseconds(200), stop.Token))
+        // The newest file still being written (no footer), else the newest: a second instance started beside a live
+        // one and stopped owns the newest name, and following its finished file never showed the live writer's rows.
+        var start = reader.Files[^1];
+        for (int i = reader.Files.Count - 1; i >= 0; i--)
+            if (!reader.Files[i].HasFooter)
+            {
+                start = reader.Files[i];
+                break;
+            }
+        foreach (var batch in TelemetryLogReader.Follow(start.Path, TimeSpan.FromMilliseconds(200), stop.Token))
         {
             using (batch)
                 foreach (var row in TelemetryLogReader.Rows(batch))
@@ -523,7 +532,19 @@ public static class LogsCommand
                 w.WriteLine("residual stream:");
                 w.WriteLine($"  {"layer",5} {"rows",8} {"rms mean",10} {"rms max",10} {"max|x|",10} {"change mean",12} {"change max",11}");
                 foreach (var (layer, s) in _layers)
-                    w.WriteLine($"  {layer,5} {s.Rows,8:N0} {G(s.Rms.Mean),10} {G(s.Rms.Max),10} {G(s.MaxAbs.Max),10} {G(s.Change.Mean),12} {G(s.Change.Max),11}");
+                    w.WriteLine($"  {layer,5} {s.Rows,8:N0} {G(s.Rms.Mean, s.Rms),10} {G(s.Rms.Max, s.Rms),10} {G(s.MaxAbs.Max, s.MaxAbs),10} {G(s.Change.Mean, s.Change),12} {G(s.Change.Max, s.Change),11}");
+                // The statistics above are over finite values: the rows where a layer blew up (NaN or ±∞, which the
+                // engine logs as they are) are named here, with the first step, as what to look at first.
+                bool any = false;
+                foreach (var (_, s) in _layers) any |= s.NonFiniteRows > 0;
+                if (!any) w.WriteLine("non-finite values (NaN, ±∞) in layer rows: none");
+                else
+                {
+                    w.WriteLine("non-finite values (NaN, ±∞) in layer rows (left out of the statistics above):");
+                    foreach (var (layer, s) in _layers)
+                        if (s.NonFiniteRows > 0)
+                            w.WriteLine($"  layer {layer}: {s.NonFiniteRows:N0} of {s.Rows:N0} rows, first at step {s.FirstNonFiniteStep} ({s.FirstNonFiniteFields})");
+                }
             }
             w.WriteLine($"events: {_events.Count:N0}");
             foreach (var e in _events)
@@ -541,21 +562,25 @@ public static class LogsCommand
                 var line = new StringBuilder($"  {layer,5}");
                 foreach (var stat in pick(s))
                 {
-                    string cell = (stat.Mean * scale).ToString(format, CultureInfo.InvariantCulture) + " / " + (stat.Max * scale).ToString(format, CultureInfo.InvariantCulture);
+                string cell = stat.Count == 0 ? "-" // every value non-finite: no statistic (the max read 0)
+                    : (stat.Mean * scale).ToString(format, CultureInfo.InvariantCulture) + " / " + (stat.Max * scale).ToString(format, CultureInfo.InvariantCulture);
                     line.Append($" {cell,17}");
                 }
                 w.WriteLine(line.ToString());
             }
         }
 
-        private static string G(double v) => v.ToString("G5", CultureInfo.InvariantCulture);
+        private static string G(double v, in Stat of) => of.Count == 0 ? "-" : v.ToString("G5", CultureInfo.InvariantCulture);
     }
 
+    /// <summary>Mean and max over the finite values (the non-finite ones are counted by the layer's row).</summary>
     private struct Stat
     {
         private double _sum;
         private long _count;
         public double Max;
+
+        public readonly long Count => _count;
 
         public readonly double Mean => _count == 0 ? double.NaN : _sum / _count;
 
@@ -573,10 +598,31 @@ public static class LogsCommand
         public long Rows;
         public readonly Stat[] Saturation = new Stat[HealthNames.InputCount], Underflow = new Stat[HealthNames.InputCount], Crest = new Stat[HealthNames.InputCount];
         public Stat Rms, MaxAbs, Change;
+        public long NonFiniteRows, FirstNonFiniteStep = -1;
+        public string FirstNonFiniteFields = "";
 
         public void Add(TelemetryLayerRecord l)
         {
             Rows++;
+            List<string>? bad = null;
+            for (int k = 0; k < HealthNames.InputCount; k++)
+            {
+                if (!float.IsFinite(l.Saturation[k])) (bad ??= []).Add("saturation " + HealthNames.InputLabels[k]);
+                if (!float.IsFinite(l.Underflow[k])) (bad ??= []).Add("underflow " + HealthNames.InputLabels[k]);
+                if (!float.IsFinite(l.CrestFactor[k])) (bad ??= []).Add("crest " + HealthNames.InputLabels[k]);
+            }
+            if (!float.IsFinite(l.ResidualRms)) (bad ??= []).Add("residual rms");
+            if (!float.IsFinite(l.ResidualMaxAbs)) (bad ??= []).Add("residual max|x|");
+            if (!float.IsFinite(l.ResidualChange)) (bad ??= []).Add("residual change");
+            if (bad is not null)
+            {
+                NonFiniteRows++;
+                if (FirstNonFiniteStep < 0 || l.Step < FirstNonFiniteStep)
+                {
+                    FirstNonFiniteStep = l.Step;
+                    FirstNonFiniteFields = string.Join(", ", bad);
+                }
+            }
             for (int k = 0; k < HealthNames.InputCount; k++)
             {
                 Saturation[k].Add(l.Saturation[k]);

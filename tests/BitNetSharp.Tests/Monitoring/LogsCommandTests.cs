@@ -62,6 +62,54 @@ public class LogsCommandTests
         Assert.Equal(output, Bitnet("logs", dir.Path, "--summary").Output);
     }
 
+    /// <summary>
+    /// A layer that went NaN or ∞ is named with its first step: the statistics skip non-finite values, so a layer that
+    /// blew up read as its finite rows (and one whose every value was NaN read max 0).
+    /// </summary>
+    [Fact]
+    public void SummaryNamesTheLayersThatWentNonFinite()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            writer.Write(Layer(Start + 1, 1, 3));
+            writer.Write(Layer(Start + 1, 1, 4));
+            var bad = Layer(Start + 2, 2, 3);
+            bad.ResidualChange = float.NaN;
+            bad.ResidualMaxAbs = float.PositiveInfinity;
+            bad.CrestFactor[0] = float.NaN;
+            writer.Write(bad);
+            var all = Layer(Start + 2, 2, 4);
+            all.ResidualChange = float.NaN;
+            writer.Write(all);
+            writer.Flush();
+        }
+        var (code, output, error) = Bitnet("logs", dir.Path);
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        Assert.Contains("layer 3: 1 of 2 rows, first at step 2 (crest qkv, residual max|x|, residual change)", output);
+        Assert.Contains("layer 4: 1 of 2 rows, first at step 2 (residual change)", output);
+        using var dir2 = new TestGguf.TempDirectory();
+        string healthy = WriteLog(dir2);
+        Assert.Contains("non-finite values (NaN, ±∞) in layer rows: none", Bitnet("logs", healthy).Output);
+    }
+
+    /// <summary>The path given to the writer (`serve --telemetry-log logs/run.arrow`) reads the files it wrote: it was
+    /// "no such telemetry log file".</summary>
+    [Fact]
+    public void TheWritersPathReadsItsFiles()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        var (code, output, error) = Bitnet("logs", dir.File("run.arrow"));
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        Assert.Contains("rows: 21", output);
+        var (missing, _, message) = Bitnet("logs", dir.File("other.arrow"));
+        Assert.Equal(1, missing);
+        Assert.Contains("other-*.arrow", message);
+    }
+
     [Fact]
     public void TwoRunsInOneDirectoryAreCountedApartAndListed()
     {
@@ -243,6 +291,36 @@ public class LogsCommandTests
             Assert.Equal(5, rows[i + 1].GetProperty("layer").GetInt32());
         }
         Assert.DoesNotContain("before", output);
+    }
+
+    /// <summary>
+    /// Following a directory starts at the newest file still being written: a second instance started beside a live
+    /// one and stopped owned the newest name, and following read its finished file and never the live writer's rows.
+    /// </summary>
+    [Fact]
+    public async Task FollowingADirectoryStartsAtTheLiveFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.File("live.arrow"), FlushInterval = TimeSpan.FromHours(1) };
+        using var live = new TelemetryLogWriter(options, Context);
+        live.Write(Step(Start, 1, "a-before"));
+        live.Flush();
+        using (var stopped = new TelemetryLogWriter(options, Context))
+        {
+            stopped.Write(Step(Start, 1, "b"));
+            stopped.Flush();
+        }
+        var follow = Task.Run(() => Bitnet("logs", dir.Path, "--follow", "--follow-timeout", "4"));
+        for (int i = 0; i < 12; i++)
+        {
+            await Task.Delay(200, TestContext.Current.CancellationToken);
+            live.Write(Step(Start + 1 + i, 2 + i, "a-after"));
+            live.Flush();
+        }
+        var (code, output, error) = await follow;
+        Assert.Equal("", error);
+        Assert.Equal(0, code);
+        Assert.Contains("a-after", output);
     }
 
     [Fact]

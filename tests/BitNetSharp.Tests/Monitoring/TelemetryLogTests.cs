@@ -596,12 +596,13 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.InRange(perLayer, 100, 200);
         Assert.InRange(perStep, 100, 260);
     }
-    private static List<TelemetryRow> FollowUntil(string path, string request, Action? opened, bool fromStart = false, TimeSpan? otherRunAfter = null)
+    private static List<TelemetryRow> FollowUntil(string path, string request, Action? opened, bool fromStart = false, TimeSpan? otherRunAfter = null,
+        Action<string>? beforeOpen = null)
     {
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         stop.CancelAfter(TimeSpan.FromSeconds(10));
         var rows = new List<TelemetryRow>();
-        foreach (var batch in TelemetryLogReader.Follow(path, TimeSpan.FromMilliseconds(20), stop.Token, fromStart, opened, otherRunAfter))
+        foreach (var batch in TelemetryLogReader.Follow(path, TimeSpan.FromMilliseconds(20), stop.Token, fromStart, opened, otherRunAfter, beforeOpen))
             using (batch)
             {
                 rows.AddRange(TelemetryLogReader.Rows(batch));
@@ -609,6 +610,34 @@ public class TelemetryLogTests(ITestOutputHelper output)
             }
         Assert.Fail($"following {path} never showed request {request} ({rows.Count} rows)");
         return rows;
+    }
+
+    /// <summary>
+    /// A file that following moves on to, deleted before it is opened (the writer's size cap, a cleanup), is passed over
+    /// for the one after it: following ended with "no such telemetry log file".
+    /// </summary>
+    [Fact]
+    public void FollowPassesOverAFileDeletedBeforeItIsOpened()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var options = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 1 << 30, BatchRows = 50 };
+        using (var writer = new TelemetryLogWriter(options, Context))
+        {
+            for (int step = 0; step < 200; step++)
+                for (int layer = 0; layer < 4; layer++) writer.Write(Layer(step, step, layer));
+            writer.Write(Step(1, 200, "last"));
+            writer.Flush();
+            Assert.True(writer.FilesWritten >= 3, $"{writer.FilesWritten} files");
+        }
+        var files = TelemetryLogReader.Open(dir.Path).Files.Select(f => f.Path).ToList();
+        string deleted = files[1];
+        var rows = FollowUntil(files[0], "last", null, fromStart: true, beforeOpen: p =>
+        {
+            if (p == deleted) File.Delete(p);
+        });
+        Assert.False(File.Exists(deleted));
+        Assert.Contains(rows, r => r.Step == 0);
+        Assert.Equal("last", rows[^1].RequestId);
     }
 
     /// <summary>

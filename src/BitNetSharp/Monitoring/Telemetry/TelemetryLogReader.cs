@@ -99,6 +99,20 @@ public sealed class TelemetryLogReader
     /// </summary>
     /// <exception cref="FileNotFoundException">A path does not exist.</exception>
     /// <exception cref="InvalidDataException">A file is not an Arrow telemetry log of ours; the message names it.</exception>
+    /// <summary>The files a writer given <paramref name="path"/> (NAME.arrow) writes: NAME-yyyyMMddTHHmmssZ-NNNN.arrow in its folder.</summary>
+    private static List<string> LogFilesOf(string path)
+    {
+        var files = new List<string>();
+        if (!path.EndsWith(TelemetryLogSchema.FileExtension, StringComparison.Ordinal)) return files;
+        string full = Path.GetFullPath(path);
+        string? directory = Path.GetDirectoryName(full);
+        string prefix = Path.GetFileNameWithoutExtension(full);
+        if (directory is null || prefix.Length == 0 || !Directory.Exists(directory)) return files;
+        foreach (var f in Directory.EnumerateFiles(directory, prefix + "-*" + TelemetryLogSchema.FileExtension))
+            if (TelemetryLogSchema.TryParseFileName(f, prefix, out _, out _)) files.Add(Path.GetFullPath(f));
+        return files;
+    }
+
     public static TelemetryLogReader Open(params IEnumerable<string> paths)
     {
         var all = new List<string>();
@@ -114,8 +128,15 @@ public sealed class TelemetryLogReader
             {
                 if (seen.Add(Path.GetFullPath(p))) all.Add(Path.GetFullPath(p));
             }
+            else if (LogFilesOf(p) is { Count: > 0 } named)
+            {
+                // The path given to the writer (`serve --telemetry-log logs/run.arrow`), which writes run-<time>-NNNN.arrow
+                // beside it: its files, as the server's help says to read them with `bitnet logs` (that was "no such file").
+                foreach (var f in named)
+                    if (seen.Add(f)) all.Add(f);
+            }
             else
-                throw new FileNotFoundException($"{p}: no such telemetry log file or directory.", p);
+                throw new FileNotFoundException($"{p}: no such telemetry log file or directory (nor {Path.GetFileNameWithoutExtension(p)}-*{TelemetryLogSchema.FileExtension} files a writer given this path writes).", p);
         }
         var files = new List<TelemetryLogFile>();
         var vanished = new List<string>();
@@ -275,8 +296,9 @@ public sealed class TelemetryLogReader
 
     /// <param name="opened">Called once a file is open and, for the first, its length taken (tests append here).</param>
     /// <param name="otherRunAfter">Overrides <see cref="OtherRunAfter"/> (tests).</param>
+    /// <param name="beforeOpen">Called with each file following moves on to, before it is opened (tests delete it here).</param>
     internal static IEnumerable<RecordBatch> Follow(string path, TimeSpan poll, CancellationToken cancellation, bool fromStart, Action? opened,
-        TimeSpan? otherRunAfter = null)
+        TimeSpan? otherRunAfter = null, Action<string>? beforeOpen = null)
     {
         var patience = otherRunAfter ?? OtherRunAfter;
         Describe(path);
@@ -289,7 +311,20 @@ public sealed class TelemetryLogReader
         {
             string? run = RunOfFile(current);
             long lastGrowth = System.Diagnostics.Stopwatch.GetTimestamp();
-            using (var file = OpenShared(current))
+            FileStream? opening;
+            if (skipBefore >= 0) beforeOpen?.Invoke(current);
+            try
+            {
+                opening = OpenShared(current);
+            }
+            catch (FileNotFoundException) when (skipBefore >= 0 && !File.Exists(current))
+            {
+                // A later file listed, then deleted by the writer's size cap (or a cleanup) before it was opened: on to
+                // the one after it (this ended following with "no such telemetry log file").
+                opening = null;
+            }
+            if (opening is not null)
+            using (var file = opening)
             {
                 if (skipBefore < 0) skipBefore = file.Length;
                 opened?.Invoke();
