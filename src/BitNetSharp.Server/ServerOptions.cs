@@ -149,7 +149,7 @@ public sealed record MonitoringOptions
             throw new ArgumentException($"The alert webhook must be an http(s) URL; got {u}.", nameof(AlertWebhook));
         if (VerifyWeightsInterval is { } w && w > MaxVerifyInterval)
             throw new ArgumentException($"The weight verification interval must be at most {MaxVerifyInterval.TotalDays:0} days ({MaxVerifyInterval.TotalSeconds:0} s); got {w.TotalSeconds} s.", nameof(VerifyWeightsInterval));
-        foreach (var r in AlertRules ?? []) r.Validate("alert rules");
+        if (AlertRules is { } all) BitNetSharp.Monitoring.Alerts.AlertRules.Validate(all);
         if (AlertRules is { } rules) BitNetSharp.Monitoring.Alerts.AlertRules.CheckMetrics(rules, ModelMonitor.AlertMetrics, labels: ModelMonitor.AlertLabels);
     }
 

@@ -69,12 +69,15 @@ public static class GenerateCommand
                 generator.Health.Published += snap =>
                 {
                     report?.Add(snap);
-                    if (wantLogits) cli.Error.WriteLine(HealthReport.LogitsLine(snap));
+                    // A prompt chunk before the last has no logits rows: its NaN fields read as a numerical failure.
+                    if (wantLogits && snap.LogitRows > 0) cli.Error.WriteLine(HealthReport.LogitsLine(snap));
                     if (wantResidual)
                         for (int l = 0; l < snap.Layers; l++) cli.Error.WriteLine(HealthReport.LayerLine(snap, l));
                 };
             var promptLogits = result.GetValue(logitsOut) is null ? null : new List<float[]>();
             var generated = new List<int>();
+            var repetitionIds = new List<int>(); // as the server's gauge: without the stop token that ended the text
+            bool ignoringEos = result.GetValue(ignoreEos);
             var output = cli.Output;
             // Generate validates (context, token ids) before the first token, so errors come before any output.
             var tokens = StopStrings.Apply(generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation), stops);
@@ -86,6 +89,8 @@ public static class GenerateCommand
                 foreach (var token in tokens)
                 {
                     if (token.Id >= 0) generated.Add(token.Id);
+                    if (token.Id >= 0 && !(token.Finish == FinishReason.Stop && !ignoringEos && tokenizer is not null && tokenizer.IsStopToken(token.Id)))
+                        repetitionIds.Add(token.Id);
                     if (tokenizer is null && token.Id >= 0) output.Write(" " + token.Id.ToString(CultureInfo.InvariantCulture));
                     else output.Write(token.Text);
                     output.Flush();
@@ -104,7 +109,7 @@ public static class GenerateCommand
                 $"prompt: {s.PromptTokens} tokens, {s.PromptTokensPerSecond:F1} tok/s | generation: {s.GeneratedTokens} tokens, {s.GenerationTokensPerSecond:F1} tok/s | {generator.Threads} threads"));
             if (speculative is not null && s.Speculative is { } spec) cli.Error.WriteLine(SpeculationOptions.Describe(speculative, spec));
             report?.Write(cli.Error);
-            if (report is not null) cli.Error.WriteLine(RepetitionLine(promptTokens, generated));
+            if (report is not null) cli.Error.WriteLine(RepetitionLine(promptTokens, repetitionIds));
             if (result.GetValue(logitsOut) is { } lp) WriteLogits(lp, promptLogits!);
             if (result.GetValue(idsOut) is { } ip) WriteIds(ip, promptTokens, generated);
             return 0;

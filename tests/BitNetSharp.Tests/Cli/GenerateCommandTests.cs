@@ -294,6 +294,21 @@ public class BenchCommandTests
 
 public class GenerateArgumentTests
 {
+    /// <summary>--log-logits prints the steps that have logits: a prompt longer than one chunk printed its first chunk
+    /// as "min=NaN max=NaN", which reads as a numerical failure.</summary>
+    [Fact]
+    public void LogLogitsSkipsPromptChunksWithoutLogits()
+    {
+        var error = new StringWriter();
+        string ids = string.Join(",", Enumerable.Range(0, 100).Select(i => 1 + i * 7 % 250));
+        int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--prompt-ids", ids, "-n", "2", "--temp", "0", "--log-logits", "-t", "1"],
+            new StringWriter(), error);
+        Assert.True(code == 0, error.ToString());
+        var lines = error.ToString().Split('\n').Where(l => l.StartsWith("logits step=", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(lines);
+        Assert.All(lines, l => Assert.DoesNotContain("NaN", l));
+    }
+
     /// <summary>generate --health on the bundled model: the per-layer table, then the repetition line (forced into a loop by a repetition-free greedy story, or not).</summary>
     [Fact]
     public void HealthReportEndsWithTheRepetitionShare()

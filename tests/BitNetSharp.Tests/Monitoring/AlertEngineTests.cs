@@ -291,10 +291,11 @@ public class AlertEngineTests
 
     [Theory]
     [InlineData("{", "not a valid rule file")]
-    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"op\": \"=>\"}]}", "\"op\"")]
-    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"for\": 0}]}", "\"for\"")]
-    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"aggregate\": \"p99\"}]}", "\"aggregate\"")]
-    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\"}, {\"name\": \"a\", \"metric\": \"n\"}]}", "used twice")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"op\": \"=>\"}]}", "\"op\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"for\": 0}]}", "\"for\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"aggregate\": \"p99\"}]}", "\"aggregate\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1}, {\"name\": \"a\", \"metric\": \"n\", \"threshold\": 1}]}", "used twice")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\"}]}", "threshold")] // it read "m > 0"
     [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"treshold\": 1}]}", "not a valid rule file")]
     [InlineData("{}", "no \"rules\"")]
     public void BadRuleFilesAreRefusedClearly(string json, string expected)
@@ -336,10 +337,15 @@ public class AlertEngineTests
         listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
         listener.Start();
         double v = 5;
+        // A clock far from the wall clock: endsAt came from DateTimeOffset.UtcNow and startsAt from the engine's clock,
+        // so a resolved alert could end before it started.
+        var clock = new ManualTime();
+        clock.Advance(75.0 * 365 * 86400);
         using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Op = ">", Threshold = 1, Severity = "critical", Component = "model", Summary = "too hot" }, () => v,
-            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), Labels = new Dictionary<string, string> { ["instance"] = "test" } });
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), Labels = new Dictionary<string, string> { ["instance"] = "test" }, Time = clock });
         e.Evaluate();
         v = 0;
+        clock.Advance(3);
         e.Evaluate();
         var bodies = new List<JsonDocument>();
         for (int i = 0; i < 2; i++)
@@ -360,6 +366,10 @@ public class AlertEngineTests
         Assert.Equal("too hot", alert.GetProperty("annotations").GetProperty("summary").GetString());
         Assert.True(DateTimeOffset.TryParse(alert.GetProperty("startsAt").GetString(), out _));
         Assert.Equal("resolved", bodies[1].RootElement.GetProperty("status").GetString());
+        var resolved = bodies[1].RootElement.GetProperty("alerts")[0];
+        var started = DateTimeOffset.Parse(resolved.GetProperty("startsAt").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
+        var ended = DateTimeOffset.Parse(resolved.GetProperty("endsAt").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal(TimeSpan.FromSeconds(3), ended - started);
         for (int i = 0; i < 100 && e.WebhookSent < 2; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
         Assert.Equal(2, e.WebhookSent);
     }
@@ -379,8 +389,8 @@ public class AlertEngineTests
     /// <summary>Rule files with nulls or an empty divide_by are refused naming the rule (they crashed the server, or loaded and never fired).</summary>
     [Theory]
     [InlineData("{\"rules\": [null]}", "rule #1 is null")]
-    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"match\": {\"input\": null}}]}", "\"match\"")]
-    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"divide_by\": \" \"}]}", "\"divide_by\" is empty")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"match\": {\"input\": null}}]}", "\"match\"")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"divide_by\": \" \"}]}", "\"divide_by\" is empty")]
     public void NullsAndEmptyFieldsAreRefusedNamingTheRule(string json, string expected)
     {
         var ex = Assert.Throws<ArgumentException>(() => AlertRules.Parse(json, "rules.json"));

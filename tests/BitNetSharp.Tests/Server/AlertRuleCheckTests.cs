@@ -33,6 +33,35 @@ public sealed class AlertRuleCheckTests
         Assert.Contains(consequence, e.Message);
     }
 
+    /// <summary>A value no series has (the code is exported as "+1", the input as "gate_up") is refused at load: the rule
+    /// loaded and never fired, or, negated, excluded nothing.</summary>
+    [Theory]
+    [InlineData("""{"name": "Ternary", "metric": "bitnet_weights_code_share_ratio", "match": {"code": "1"}, "op": "<", "threshold": 0.05}""", "code '1'", "-1, 0, +1")]
+    [InlineData("""{"name": "Gate", "metric": "bitnet_health_activation_saturation_ratio", "match": {"input": "gate"}, "op": ">", "threshold": 0.05}""", "input 'gate'", "gate_up")]
+    [InlineData("""{"name": "NotDown", "metric": "bitnet_health_activation_underflow_ratio", "match": {"input": "!Down"}, "op": ">", "threshold": 0.5}""", "exclude nothing", "qkv")]
+    [InlineData("""{"name": "L", "metric": "bitnet_health_residual_rms", "match": {"layer": "one"}, "op": ">", "threshold": 100}""", "layer 'one'", "layer index")]
+    [InlineData("""{"name": "F", "metric": "bitnet_request_success_total", "match": {"finish_reason": "eos"}, "aggregate": "increase", "op": ">", "threshold": 1}""", "finish_reason 'eos'", "stop, length")]
+    [InlineData("""{"name": "A", "metric": "bitnet_alerts_firing", "match": {"rule": "Nope"}, "op": ">", "threshold": 0}""", "rule 'Nope'", "A")]
+    public void AMatchOnAValueNoSeriesHasIsRefusedAtLoad(string rule, string named, string values)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = RuleFile(dir, rule);
+        var e = Assert.Throws<ArgumentException>(() => BitNetServer.LoadAlertRules(path));
+        Assert.Contains(path, e.Message);
+        Assert.Contains(named, e.Message);
+        Assert.Contains(values, e.Message);
+    }
+
+    /// <summary>Two rules of one name are refused wherever rules come in, not only from a file: both exported under one
+    /// rule label, and one's "resolved" cleared the other's "firing" at the webhook.</summary>
+    [Fact]
+    public void TwoRulesOfOneNameAreRefusedEverywhere()
+    {
+        var r = new AlertRule { Name = "X", Metric = "bitnet_health_residual_rms", Threshold = 1 };
+        Assert.Contains("used twice", Assert.Throws<ArgumentException>(() => new AlertEngine([r, r with { Threshold = 5 }], _ => { })).Message);
+        Assert.Contains("used twice", Assert.Throws<ArgumentException>(() => new MonitoringOptions { AlertRules = [r, r with { Threshold = 5 }] }.Validate()).Message);
+    }
+
     [Fact]
     public void AMatchOnLabelsTheMetricCarriesLoads()
     {
@@ -62,6 +91,10 @@ public sealed class AlertRuleCheckTests
             var names = Enumerable.Range(0, labels.Length / 2).Select(i => labels[2 * i]).Order(StringComparer.Ordinal).ToArray();
             Assert.Equal(declared.Order(StringComparer.Ordinal).ToArray(), names);
             if (names.Length > 0) labelled++;
+            // Every value a series carries is one a rule may match.
+            for (int i = 0; i < labels.Length; i += 2)
+                if (labels[i] != "rule")
+                    AlertRules.CheckMetrics([new AlertRule { Name = "R", Metric = metric, Match = new() { [labels[i]] = labels[i + 1] } }], ModelMonitor.AlertMetrics, labels: ModelMonitor.AlertLabels);
         }
         Assert.True(labelled > 10, $"only {labelled} labelled series were collected; the health sample did not run");
     }

@@ -86,7 +86,11 @@ public sealed class SignalSet
 }
 
 /// <summary>An alert's state change or current state.</summary>
-public sealed record AlertState(AlertRule Rule, bool Firing, double Value, DateTimeOffset Since, long TimesFired);
+public sealed record AlertState(AlertRule Rule, bool Firing, double Value, DateTimeOffset Since, long TimesFired)
+{
+    /// <summary>When a resolved alert stopped firing, on the engine's clock (as <see cref="Since"/>); null while firing.</summary>
+    public DateTimeOffset? Ended { get; init; }
+}
 
 public sealed record AlertEngineOptions
 {
@@ -196,7 +200,7 @@ public sealed class AlertEngine : IDisposable
     {
         ArgumentNullException.ThrowIfNull(rules);
         ArgumentNullException.ThrowIfNull(collect);
-        foreach (var r in rules) r.Validate("alert rules");
+        AlertRules.Validate(rules);
         _rules = [.. rules];
         _collect = collect;
         _options = options ?? new AlertEngineOptions();
@@ -326,7 +330,7 @@ public sealed class AlertEngine : IDisposable
                     if (st.Firing)
                     {
                         st.Firing = false;
-                        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired));
+                        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
                     }
                 }
             }
@@ -461,7 +465,9 @@ public sealed class AlertEngine : IDisposable
             ["labels"] = labels.DeepClone(),
             ["annotations"] = annotations.DeepClone(),
             ["startsAt"] = s.Since.ToString("O", CultureInfo.InvariantCulture),
-            ["endsAt"] = s.Firing ? "0001-01-01T00:00:00Z" : DateTimeOffset.UtcNow.ToString("O", CultureInfo.InvariantCulture),
+            // The end on the clock that gave the start: the wall clock's "now" (stepped back, or a test's clock) could
+            // put endsAt before startsAt.
+            ["endsAt"] = s.Firing ? "0001-01-01T00:00:00Z" : (s.Ended ?? _origin + _time.GetElapsedTime(_originTicks)).ToString("O", CultureInfo.InvariantCulture),
             ["generatorURL"] = external,
             ["fingerprint"] = Convert.ToHexStringLower(System.IO.Hashing.XxHash3.Hash(System.Text.Encoding.UTF8.GetBytes(labels.ToJsonString()))),
         };

@@ -20,7 +20,8 @@ public sealed record AlertRule
     [JsonPropertyName("match")] public Dictionary<string, string>? Match { get; init; }
     [JsonPropertyName("divide_by")] public string? DivideBy { get; init; }
     [JsonPropertyName("op")] public string Op { get; init; } = ">";
-    [JsonPropertyName("threshold")] public double Threshold { get; init; }
+    /// <summary>Required in a rule file: without it a rule read "value &gt; 0", which a saturation rule always meets.</summary>
+    [JsonPropertyName("threshold"), JsonRequired] public double Threshold { get; init; }
     [JsonPropertyName("for")] public int For { get; init; } = 1;
     [JsonPropertyName("for_seconds")] public double ForSeconds { get; init; }
     /// <summary>For "increase": the counter's growth over this many seconds (Prometheus' increase(x[5m]) is 300).</summary>
@@ -112,14 +113,58 @@ public static class AlertRules
             throw new ArgumentException($"{source} is not a valid rule file ({{\"rules\": [...]}}): {e.Message}", nameof(json), e);
         }
         var rules = file?.Rules ?? throw new ArgumentException($"{source} has no \"rules\" array.", nameof(json));
-        var names = new HashSet<string>(StringComparer.Ordinal);
         for (int i = 0; i < rules.Count; i++)
-        {
-            var r = rules[i] ?? throw new ArgumentException($"{source}: rule #{i + 1} is null; each entry of \"rules\" must be an object.", nameof(json));
-            r.Validate(source);
-            if (!names.Add(r.Name)) throw new ArgumentException($"{source}: the rule name '{r.Name}' is used twice.", nameof(json));
-        }
+            if (rules[i] is null) throw new ArgumentException($"{source}: rule #{i + 1} is null; each entry of \"rules\" must be an object.", nameof(json));
+        Validate(rules, source);
         return rules;
+    }
+
+    /// <summary>
+    /// Each rule's fields (<see cref="AlertRule.Validate"/>) and that no two share a name: both would export under one
+    /// rule label (the later series hiding the other's firing state) and send the same webhook fingerprint, so one
+    /// rule's "resolved" cleared the other's "firing".
+    /// </summary>
+    public static void Validate(IReadOnlyList<AlertRule> rules, string source = "alert rules")
+    {
+        var names = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var r in rules)
+        {
+            ArgumentNullException.ThrowIfNull(r, nameof(rules));
+            r.Validate(source);
+            if (!names.Add(r.Name)) throw new ArgumentException($"{source}: the rule name '{r.Name}' is used twice.");
+        }
+    }
+
+    /// <summary>
+    /// What a label's values are when <paramref name="value"/> is not one of them (null when it is, or the label's values
+    /// are open): a typo such as {"code": "1"} (exported as "+1") or {"input": "gate"} ("gate_up") loaded and never fired.
+    /// </summary>
+    private static string? LabelValueError(string label, string value, IReadOnlyList<AlertRule> rules)
+    {
+        string[]? values = label switch
+        {
+            "input" => HealthNames.InputLabels,
+            "projection" => HealthNames.ProjectionLabels,
+            "code" => ["-1", "0", "+1"],
+            "finish_reason" => ["stop", "length"],
+            _ => null,
+        };
+        if (values is not null) return Array.IndexOf(values, value) >= 0 ? null : "one of " + string.Join(", ", values);
+        if (label == "layer")
+        {
+            bool digits = value.Length > 0 && (value == "0" || value[0] != '0');
+            foreach (char c in value) digits &= char.IsAsciiDigit(c);
+            return digits ? null : "a layer index (0, 1, 2, ...)";
+        }
+        if (label == "rule")
+        {
+            foreach (var r in rules)
+                if (r.Name == value) return null;
+            var names = new List<string>();
+            foreach (var r in rules) names.Add(r.Name);
+            return "the name of a rule of this set: " + string.Join(", ", names);
+        }
+        return null;
     }
 
     /// <summary>The metric names a rule reads: each part of <see cref="AlertRule.Metric"/> (joined by " + ") and its <see cref="AlertRule.DivideBy"/>.</summary>
@@ -153,6 +198,14 @@ public static class AlertRules
                             throw new ArgumentException($"{source}: rule '{rule.Name}': \"match\" names the label '{label}', which '{part}' does not carry, so the match " +
                                 (match[label].StartsWith('!') ? "would exclude nothing" : "would select nothing and the rule never fire") +
                                 $". Its labels: {(have.Length == 0 ? "none" : string.Join(", ", have))}.");
+                    foreach (var (label, given) in match)
+                    {
+                        string value = given.StartsWith('!') ? given[1..] : given;
+                        string? expected = LabelValueError(label, value, rules);
+                        if (expected is not null)
+                            throw new ArgumentException($"{source}: rule '{rule.Name}': \"match\" gives {label} '{value}', which no series of '{part}' has, so the match " +
+                                (given.StartsWith('!') ? "would exclude nothing" : "would select nothing and the rule never fire") + $"; {label} is {expected}.");
+                    }
                 }
             foreach (var metric in MetricsOf(rule))
             {
