@@ -95,7 +95,7 @@ public static class TrainCommand
                     throw new UsageException($"--activation-bits {bits} with --full-precision: the full-precision twin has no activation quantizer; drop one of the two.");
                 int batchSize = r.GetValue(batch);
                 if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
-                if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {batchSize * shape.ContextLength}).");
+                if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {(long)batchSize * shape.ContextLength}).");
                 Steps(r.GetValue(tokens), batchSize, shape.ContextLength); // a count of steps past int is refused before any work
                 if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
                 RequireWritable(outPath);
@@ -170,6 +170,8 @@ public static class TrainCommand
                         $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : bits.AllEight ? "ternary (QAT)" : $"ternary (QAT), activation bits {bits}")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
                 }
 
+                if (run.Options.EffectiveWarmupSteps < run.Options.WarmupSteps)
+                    cli.Output.WriteLine($"warm-up: {run.Options.EffectiveWarmupSteps} steps, half the run's {run.Options.TotalSteps} (--warmup {run.Options.WarmupSteps} would leave no decay)");
                 Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
 
                 bool best = r.GetValue(keepBest) && run.BestStep >= 0;

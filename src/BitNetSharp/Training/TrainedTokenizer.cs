@@ -122,14 +122,19 @@ public sealed partial class TrainedTokenizer
                     (bestRank, bestAt, bestId) = (m.Rank, i, m.Id);
             if (bestAt < 0) break;
             var (left, right) = (symbols[bestAt], symbols[bestAt + 1]);
-            for (int i = 0; i + 1 < symbols.Count; i++)
+            // Every occurrence, left to right, compacted in one pass: RemoveAt per merge was quadratic, and a long run of
+            // one character (base64 padding, a line of '=') took minutes.
+            int write = 0;
+            for (int i = 0; i < symbols.Count; i++)
             {
-                if (symbols[i] == left && symbols[i + 1] == right)
+                if (i + 1 < symbols.Count && symbols[i] == left && symbols[i + 1] == right)
                 {
-                    symbols[i] = bestId;
-                    symbols.RemoveAt(i + 1);
+                    symbols[write++] = bestId;
+                    i++;
                 }
+                else symbols[write++] = symbols[i];
             }
+            symbols.RemoveRange(write, symbols.Count - write);
         }
         return [.. symbols];
     }

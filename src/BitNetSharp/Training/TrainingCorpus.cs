@@ -55,16 +55,18 @@ public sealed class TrainingCorpus
         if (size > MaxFileBytes)
             throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (1 GiB). Split it into several files and pass each with --data.");
         var bytes = File.ReadAllBytes(path);
-        if (bytes.All(b => b is (byte)' ' or (byte)'\n' or (byte)'\r' or (byte)'\t'))
+        int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
+        // After the byte-order mark: a file of a BOM and blank lines passed, and failed later naming no file.
+        if (bytes.AsSpan(skip).IndexOfAnyExcept(" \n\r\t"u8) < 0)
             throw new InvalidDataException($"{path}: the file is empty; it needs text.");
         try
         {
-            int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
             return strict.GetString(bytes, skip, bytes.Length - skip);
         }
         catch (DecoderFallbackException e)
         {
-            throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {e.Index}); convert the file to UTF-8 first.", e);
+            // The decoder counts from where it started, after the byte-order mark: the offset in the file is 3 more.
+            throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {e.Index + skip}); convert the file to UTF-8 first.", e);
         }
     }
 
@@ -90,6 +92,10 @@ public sealed class TrainingCorpus
             // No line starts after the cut (the held-out part lies in the last line): take the start of that line
             // instead, so no line is split, unless it is the only one or would hold out more than twice the share.
             else if (document.LastIndexOf('\n', cut - 1) is var before and > 0 && document.Length - (before + 1) <= 2 * held) cut = before + 1;
+            // Cut inside the line: never between the halves of a surrogate pair (each half encoded as U+FFFD's bytes, text
+            // the corpus does not have).
+            if (char.IsLowSurrogate(document[cut]) && char.IsHighSurrogate(document[cut - 1])) cut = cut + 1 < document.Length ? cut + 1 : cut - 1;
+            if (cut <= 0) { train.Add(document); continue; }
             train.Add(document[..cut]);
             validation.Add(document[cut..]);
         }

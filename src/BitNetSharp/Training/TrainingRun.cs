@@ -27,7 +27,15 @@ public sealed record TrainingOptions
     /// <summary>At most this many held-out windows are scored by <see cref="TrainingRun.Validate"/>.</summary>
     public int MaxValidationWindows { get; init; } = 64;
 
-    public LearningRateSchedule Schedule => new(LearningRate, Math.Min(WarmupSteps, TotalSteps), TotalSteps);
+    /// <summary>
+    /// Warm-up, then cosine decay to the floor at <see cref="TotalSteps"/>. The warm-up takes at most half the run: one
+    /// at least as long as the run (the default 50 steps and a 40-step trial) never decayed, and the weights were
+    /// exported from a step at the peak rate.
+    /// </summary>
+    public LearningRateSchedule Schedule => new(LearningRate, EffectiveWarmupSteps, TotalSteps);
+
+    /// <summary><see cref="WarmupSteps"/>, capped at half of <see cref="TotalSteps"/>.</summary>
+    public int EffectiveWarmupSteps => Math.Min(WarmupSteps, TotalSteps / 2);
 }
 
 /// <summary>
@@ -105,11 +113,17 @@ public sealed class TrainingRun
         return loss;
     }
 
-    /// <summary>Mean loss over up to <see cref="TrainingOptions.MaxValidationWindows"/> consecutive held-out windows (NaN when the held-out text is shorter than one window).</summary>
+    /// <summary>
+    /// Mean loss over up to <see cref="TrainingOptions.MaxValidationWindows"/> held-out windows spread evenly over the
+    /// whole held-out stream (NaN when it is shorter than one window). Consecutive windows from its start scored only
+    /// the first file's held-out tail once that was longer than 64 windows, so the logged loss and --keep-best ignored
+    /// every other file, and disagreed with `bitnet eval` on the --heldout text.
+    /// </summary>
     public float Validate()
     {
         int T = Options.Shape.ContextLength, B = Options.Batch;
-        int windows = Math.Min(Options.MaxValidationWindows, (Validation.Length - 1) / T);
+        long available = (Validation.Length - 1) / T;
+        int windows = (int)Math.Min(Options.MaxValidationWindows, available);
         if (windows <= 0) return float.NaN;
         double sum = 0;
         for (int w0 = 0; w0 < windows; w0 += B)
@@ -117,8 +131,9 @@ public sealed class TrainingRun
             int rows = Math.Min(B, windows - w0);
             for (int b = 0; b < rows; b++)
             {
-                Validation.AsSpan((w0 + b) * T, T).CopyTo(_inputs.AsSpan(b * T));
-                Validation.AsSpan((w0 + b) * T + 1, T).CopyTo(_targets.AsSpan(b * T));
+                int start = (int)((w0 + b) * available / windows * T);
+                Validation.AsSpan(start, T).CopyTo(_inputs.AsSpan(b * T));
+                Validation.AsSpan(start + 1, T).CopyTo(_targets.AsSpan(b * T));
             }
             sum += (double)Model.Forward(_inputs.AsSpan(0, rows * T), _targets.AsSpan(0, rows * T), rows, T) * rows;
         }

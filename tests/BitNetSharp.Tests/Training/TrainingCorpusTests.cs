@@ -34,4 +34,45 @@ public class TrainingCorpusTests
         Assert.Contains("huge.txt", e.Message);
         Assert.Contains("1 GiB", e.Message);
     }
+
+    /// <summary>A cut inside a line never falls between the halves of a surrogate pair (both halves encoded as U+FFFD).</summary>
+    [Fact]
+    public void TheHeldOutCutNeverSplitsASurrogatePair()
+    {
+        string text = string.Concat(Enumerable.Repeat("😀", 110));
+        var corpus = TrainingCorpus.Split([text], 0.05);
+        string train = corpus.TrainDocuments.Single(), held = corpus.ValidationDocuments.Single();
+        Assert.Equal(text, train + held);
+        Assert.False(char.IsHighSurrogate(train[^1]));
+        Assert.False(char.IsLowSurrogate(held[0]));
+    }
+
+    /// <summary>A file of a byte-order mark and blank lines is empty by name; a bad byte's offset counts the mark.</summary>
+    [Fact]
+    public void ByteOrderMarksNeitherHideAnEmptyFileNorShiftAnOffset()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string empty = dir.File("a.txt"), bad = dir.File("b.txt");
+        File.WriteAllBytes(empty, [0xEF, 0xBB, 0xBF, (byte)'\n', (byte)' ']);
+        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(empty));
+        Assert.Contains("a.txt", e.Message);
+        Assert.Contains("empty", e.Message);
+        File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
+        Assert.Contains("offset 5", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad)).Message);
+    }
+
+    /// <summary>The trainer's encoder is linear in a long run of one character (it removed each merged symbol from a
+    /// list: a megabyte of 'a' took minutes), and gives the runtime tokenizer's ids for it.</summary>
+    [Fact]
+    public void ALongRunOfOneCharacterEncodesQuickly()
+    {
+        var tokenizer = BpeTrainer.Train([string.Concat(Enumerable.Repeat("aaaa bbb aa a\n", 50))], 262, [BpeTrainer.EndOfText]);
+        string run = new('a', 1 << 20);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var ids = new List<int>();
+        tokenizer.Encode(run, ids);
+        TestContext.Current.TestOutputHelper?.WriteLine($"{run.Length:N0} characters in {watch.Elapsed.TotalSeconds:F2} s, {ids.Count:N0} ids");
+        Assert.Equal(run, tokenizer.Decode(ids.ToArray()));
+        Assert.True(ids.Count < run.Length / 2, $"{ids.Count} ids: the merges were not applied");
+    }
 }

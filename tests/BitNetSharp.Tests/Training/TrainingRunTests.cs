@@ -55,6 +55,36 @@ public class TrainingRunTests
         Assert.Empty(Directory.GetFiles(dir.Path, "*.tmp"));
     }
 
+    /// <summary>
+    /// Validation scores windows spread over the whole held-out stream: it scored the first windows only, so with
+    /// more held-out text than the window budget, the second half (the other files' held-out tails) never counted.
+    /// </summary>
+    [Fact]
+    public void ValidationCoversTheWholeHeldOutStream()
+    {
+        var (options, tokenizer, train, _) = Setup(1);
+        options = options with { MaxValidationWindows = 2 };
+        int T = options.Shape.ContextLength;
+        int[] Stream(bool changeSecondHalf) =>
+            [.. Enumerable.Repeat(5, 2 * T + 1), .. Enumerable.Range(0, 2 * T + 1).Select(i => changeSecondHalf ? 7 : 9 + i % 50)];
+        using var pool = new WorkerPool(1);
+        float a = TrainingRun.Start(options, tokenizer, train, Stream(false), pool).Validate();
+        float b = TrainingRun.Start(options, tokenizer, train, Stream(true), pool).Validate();
+        Assert.NotEqual(a, b);
+    }
+
+    /// <summary>A warm-up as long as the run is capped at half of it, so the rate still decays to its floor at the end
+    /// (the whole run was warm-up and the weights came from a step at the peak rate).</summary>
+    [Fact]
+    public void AWarmupAsLongAsTheRunStillEndsAtTheFloor()
+    {
+        var options = new TrainingOptions { Shape = new TrainingShape(300, 64, 2, 4, 2, 128, 16), Batch = 2, TotalSteps = 4, WarmupSteps = 50, LearningRate = 2e-3f };
+        Assert.Equal(2, options.EffectiveWarmupSteps);
+        Assert.Equal(2e-4f, options.Schedule.At(4), 6);
+        Assert.Equal(2e-3f, options.Schedule.At(2), 6);
+        Assert.Equal(10, (options with { TotalSteps = 1000, WarmupSteps = 10 }).EffectiveWarmupSteps);
+    }
+
     [Fact]
     public void ResumingWithAnotherShapeIsRefused()
     {
