@@ -99,6 +99,41 @@ public class TelemetryLogTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// Where locks are not enforced (NFS, SMB, DOTNET_SYSTEM_IO_DISABLEFILELOCKING) the exclusive-open probe succeeds on a
+    /// replica's live file, and the cap deleted it: there a footerless file written in the last hour is spared, and an
+    /// older one (a killed writer's) still goes. With locks, an unheld footerless file goes at once, as before.
+    /// </summary>
+    [Theory]
+    [InlineData(false, 0.0, true)]
+    [InlineData(false, 2.0, false)]
+    [InlineData(true, 0.0, false)]
+    public void WithoutLocksARecentlyWrittenFootlessFileIsSpared(bool locksWork, double hoursOld, bool kept)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var o = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 48 << 10, BatchRows = 50, FlushInterval = TimeSpan.FromHours(1) };
+        // A replica's live file, as another process holds it (no footer, unheld here: its lock did not reach us).
+        string replica;
+        using (var other = new TelemetryLogWriter(o, Context))
+        {
+            other.Write(Step(0, 0, "replica"));
+            other.Flush();
+            replica = other.CurrentPath!;
+            File.Copy(replica, dir.File("copy.tmp"));
+        }
+        File.Delete(replica);
+        File.Move(dir.File("copy.tmp"), replica);
+        File.SetLastWriteTimeUtc(replica, DateTime.UtcNow.AddHours(-hoursOld));
+        using (var w = new TelemetryLogWriter(o, Context) { LocksWorkOverride = locksWork })
+        {
+            for (int s = 0; s < 400; s++)
+                for (int l = 0; l < 4; l++) w.Write(Layer(s, s, l));
+            w.Flush();
+            Assert.True(w.FilesWritten > 3);
+        }
+        Assert.Equal(kept, File.Exists(replica));
+    }
+
+    /// <summary>
     /// A live file listed without its footer and closed before it is read (rotation, server shutdown) reads normally:
     /// its end-of-stream marker before the new footer was taken for damage, and the whole command failed.
     /// </summary>

@@ -422,7 +422,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             _olderFiles.RemoveAt(0);
             // Another process's current file (a second server on the same folder, or an old one still draining): it
             // keeps writing into a deleted file and its rows vanish. Its bytes still count; ours go instead.
-            if (HeldByAnotherWriter(path)) continue;
+            if (HeldByAnotherWriter(path, LocksWork())) continue;
             total -= bytes;
             try { File.Delete(path); }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { Volatile.Write(ref _lastError, e); }
@@ -434,21 +434,18 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
     /// lock (flock on Unix, share modes on Windows), so an exclusive open fails while its writer (or a reader) has it.
     /// Such a file is left for a later rotation; a killed writer's file (no footer, nobody holding it) is deleted.
     /// </summary>
-    private static bool HeldByAnotherWriter(string path)
+    private static bool HeldByAnotherWriter(string path, bool locksWork)
     {
         try
         {
+            // Where locks are not enforced (NFS, SMB/CIFS: .NET takes no lock for a writable handle there; or
+            // DOTNET_SYSTEM_IO_DISABLEFILELOCKING), the exclusive open below succeeds on a replica's live file too, and
+            // the cap deleted it under the replica. There, a file without footer written to in the last hour is taken as
+            // live; a killed writer's file goes once it is older.
+            if (!locksWork && DateTime.UtcNow - File.GetLastWriteTimeUtc(path) < UnlockedLiveWindow)
+                return !HasFooter(path);
             // A finished file (footer written) has no writer: delete it even while a reader follows it.
-            using (var read = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1))
-            {
-                Span<byte> tail = stackalloc byte[6];
-                if (read.Length >= 14)
-                {
-                    read.Position = read.Length - 6;
-                    read.ReadExactly(tail);
-                    if (tail.SequenceEqual("ARROW1"u8)) return false;
-                }
-            }
+            if (HasFooter(path)) return false;
             using var probe = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.None, 1);
             return false;
         }
@@ -464,6 +461,49 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         {
             return false;
         }
+    }
+
+    /// <summary>How long a footerless file counts as live where locks are not enforced (see <see cref="HeldByAnotherWriter"/>).</summary>
+    internal static readonly TimeSpan UnlockedLiveWindow = TimeSpan.FromHours(1);
+
+    private static bool HasFooter(string path)
+    {
+        using var read = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite | FileShare.Delete, 1);
+        Span<byte> tail = stackalloc byte[6];
+        if (read.Length < 14) return false;
+        read.Position = read.Length - 6;
+        read.ReadExactly(tail);
+        return tail.SequenceEqual("ARROW1"u8);
+    }
+
+    /// <summary>Tests set this to act as on a file system without locks.</summary>
+    internal bool? LocksWorkOverride;
+
+    private bool? _locksWork;
+
+    /// <summary>
+    /// Whether an exclusive open fails on this writer's own open file, as it does wherever .NET's shared locks hold (a
+    /// second open of a file whose lock conflicts fails in the same process too); measured once per writer.
+    /// </summary>
+    private bool LocksWork()
+    {
+        if (LocksWorkOverride is { } forced) return forced;
+        if (_locksWork is { } known) return known;
+        if (_currentPath is null) return true;
+        try
+        {
+            using var probe = new FileStream(_currentPath, FileMode.Open, FileAccess.Read, FileShare.None, 1);
+            _locksWork = false;
+        }
+        catch (IOException)
+        {
+            _locksWork = true;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return true;
+        }
+        return _locksWork.Value;
     }
 
     private void CloseFile()
