@@ -235,16 +235,7 @@ public static class LogsCommand
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
         var requestSteps = s.Request is null ? null : new HashSet<(string?, long)>();
-        // The newest file still being written (no footer), else the newest: a second instance started beside a live
-        // one and stopped owns the newest name, and following its finished file never showed the live writer's rows.
-        var start = reader.Files[^1];
-        for (int i = reader.Files.Count - 1; i >= 0; i--)
-            if (!reader.Files[i].HasFooter)
-            {
-                start = reader.Files[i];
-                break;
-            }
-        foreach (var batch in TelemetryLogReader.Follow(start.Path, TimeSpan.FromMilliseconds(200), stop.Token))
+        foreach (var batch in TelemetryLogReader.Follow(TelemetryLogReader.FollowStart(reader.Files), TimeSpan.FromMilliseconds(200), stop.Token))
         {
             using (batch)
                 foreach (var row in TelemetryLogReader.Rows(batch))
@@ -446,7 +437,7 @@ public static class LogsCommand
                     var l = row.LayerRecord!;
                     _steps.Add((row.Run, row.Step));
                     if (!_layers.TryGetValue(l.Layer, out var stats)) _layers[l.Layer] = stats = new LayerStats();
-                    stats.Add(l);
+                    stats.Add(l, row.Run);
                     break;
                 case TelemetryRowKind.Event:
                     _events.Add(row.Event);
@@ -543,7 +534,7 @@ public static class LogsCommand
                     w.WriteLine("non-finite values (NaN, ±∞) in layer rows (left out of the statistics above):");
                     foreach (var (layer, s) in _layers)
                         if (s.NonFiniteRows > 0)
-                            w.WriteLine($"  layer {layer}: {s.NonFiniteRows:N0} of {s.Rows:N0} rows, first at step {s.FirstNonFiniteStep} ({s.FirstNonFiniteFields})");
+                            w.WriteLine($"  layer {layer}: {s.NonFiniteRows:N0} of {s.Rows:N0} rows, first at step {s.FirstNonFiniteStep}{(reader.Runs.Count > 1 && s.FirstNonFiniteRun is { } run ? " of run " + run : "")}, {FormatTime(s.FirstNonFiniteTime)} ({s.FirstNonFiniteFields})");
                 }
             }
             w.WriteLine($"events: {_events.Count:N0}");
@@ -598,10 +589,11 @@ public static class LogsCommand
         public long Rows;
         public readonly Stat[] Saturation = new Stat[HealthNames.InputCount], Underflow = new Stat[HealthNames.InputCount], Crest = new Stat[HealthNames.InputCount];
         public Stat Rms, MaxAbs, Change;
-        public long NonFiniteRows, FirstNonFiniteStep = -1;
+        public long NonFiniteRows, FirstNonFiniteStep = -1, FirstNonFiniteTime = long.MaxValue;
         public string FirstNonFiniteFields = "";
+        public string? FirstNonFiniteRun;
 
-        public void Add(TelemetryLayerRecord l)
+        public void Add(TelemetryLayerRecord l, string? run)
         {
             Rows++;
             List<string>? bad = null;
@@ -617,9 +609,12 @@ public static class LogsCommand
             if (bad is not null)
             {
                 NonFiniteRows++;
-                if (FirstNonFiniteStep < 0 || l.Step < FirstNonFiniteStep)
+                // The earliest by time: steps restart in each run of a directory, so the smallest step named another run.
+                if (l.TimeUnixNanos < FirstNonFiniteTime)
                 {
+                    FirstNonFiniteTime = l.TimeUnixNanos;
                     FirstNonFiniteStep = l.Step;
+                    FirstNonFiniteRun = run;
                     FirstNonFiniteFields = string.Join(", ", bad);
                 }
             }

@@ -34,8 +34,8 @@ public sealed record TrainingOptions
     /// </summary>
     public LearningRateSchedule Schedule => new(LearningRate, EffectiveWarmupSteps, TotalSteps);
 
-    /// <summary><see cref="WarmupSteps"/>, capped at half of <see cref="TotalSteps"/>.</summary>
-    public int EffectiveWarmupSteps => Math.Min(WarmupSteps, TotalSteps / 2);
+    /// <summary><see cref="WarmupSteps"/>, capped at half of <see cref="TotalSteps"/> (at least 1).</summary>
+    public int EffectiveWarmupSteps => Math.Min(WarmupSteps, Math.Max(1, TotalSteps / 2)); // a one-step run: that step at the peak
 }
 
 /// <summary>

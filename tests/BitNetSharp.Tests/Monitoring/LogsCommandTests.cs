@@ -87,8 +87,8 @@ public class LogsCommandTests
         var (code, output, error) = Bitnet("logs", dir.Path);
         Assert.Equal("", error);
         Assert.Equal(0, code);
-        Assert.Contains("layer 3: 1 of 2 rows, first at step 2 (crest qkv, residual max|x|, residual change)", output);
-        Assert.Contains("layer 4: 1 of 2 rows, first at step 2 (residual change)", output);
+        Assert.Matches(@"layer 3: 1 of 2 rows, first at step 2, \S+ \(crest qkv, residual max\|x\|, residual change\)", output);
+        Assert.Matches(@"layer 4: 1 of 2 rows, first at step 2, \S+ \(residual change\)", output);
         using var dir2 = new TestGguf.TempDirectory();
         string healthy = WriteLog(dir2);
         Assert.Contains("non-finite values (NaN, ±∞) in layer rows: none", Bitnet("logs", healthy).Output);
@@ -311,7 +311,8 @@ public class LogsCommandTests
             stopped.Flush();
         }
         var follow = Task.Run(() => Bitnet("logs", dir.Path, "--follow", "--follow-timeout", "4"));
-        for (int i = 0; i < 12; i++)
+        // Rows keep coming until the follower stops, so however late it opens the file (a loaded machine) some come after.
+        for (int i = 0; !follow.IsCompleted; i++)
         {
             await Task.Delay(200, TestContext.Current.CancellationToken);
             live.Write(Step(Start + 1 + i, 2 + i, "a-after"));

@@ -676,6 +676,81 @@ public class TelemetryLogTests(ITestOutputHelper output)
     }
 
     /// <summary>
+    /// A deleted file keeps following on its run: with no run id to read from it, following took the next file of any
+    /// run at once (another replica's, printed from its start).
+    /// </summary>
+    [Fact]
+    public void FollowKeepsItsRunPastADeletedFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var clock = new AlertEngineTests.ManualTime(); // one second for every file: the counters interleave the runs
+        var o = new TelemetryLogOptions { Path = dir.Path, MaxFileBytes = 16 << 10, MaxTotalBytes = 1 << 30, BatchRows = 50, Time = clock, FlushInterval = TimeSpan.FromHours(1) };
+        using var a = new TelemetryLogWriter(o, Context);
+        int step = 0;
+        void Until(int files)
+        {
+            while (a.FilesWritten < files)
+            {
+                for (int l = 0; l < 4; l++) a.Write(Layer(step, step, l));
+                step++;
+                a.Flush();
+            }
+        }
+        Until(2);
+        string first = TelemetryLogReader.Open(dir.Path).Files[0].Path, deleted = a.CurrentPath!;
+        using (var b = new TelemetryLogWriter(o, Context))
+        {
+            b.Write(Step(1, 1, "b"));
+            b.Flush();
+        }
+        Until(3);
+        a.Write(Step(2, step, "a-last"));
+        a.Flush();
+        var names = TelemetryLogReader.Open(dir.Path).Files.Select(f => Path.GetFileName(f.Path)).ToList();
+        Assert.Equal(4, names.Count); // a, a (deleted below), b, a
+        var rows = FollowUntil(first, "a-last", null, fromStart: true, beforeOpen: p =>
+        {
+            if (p == deleted) File.Delete(p);
+        });
+        Assert.DoesNotContain(rows, r => r.RequestId == "b");
+    }
+
+    /// <summary>Following a directory starts at a file a writer holds, not at a killed writer's footerless one (from
+    /// there it printed every later file from its start once idle).</summary>
+    [Fact]
+    public void FollowStartsAtAHeldFileNotAKilledOne()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var o = new TelemetryLogOptions { Path = dir.Path, FlushInterval = TimeSpan.FromHours(1) };
+        string killed;
+        using (var k = new TelemetryLogWriter(o, Context))
+        {
+            k.Write(Step(0, 0, "killed"));
+            k.Flush();
+            killed = k.CurrentPath!;
+            File.Copy(killed, dir.File("copy.tmp"));
+        }
+        File.Delete(killed);
+        File.Move(dir.File("copy.tmp"), killed); // footerless, held by nobody
+        string finished;
+        using (var f = new TelemetryLogWriter(o, Context))
+        {
+            f.Write(Step(1, 1, "finished"));
+            f.Flush();
+            finished = f.CurrentPath!;
+        }
+        Assert.Equal(finished, TelemetryLogReader.FollowStart(TelemetryLogReader.Open(dir.Path).Files));
+        using var live = new TelemetryLogWriter(o, Context);
+        live.Write(Step(2, 2, "live"));
+        live.Flush();
+        using var after = new TelemetryLogWriter(o, Context);
+        after.Write(Step(3, 3, "after"));
+        after.Flush();
+        after.Dispose(); // finished, newer than the live one
+        Assert.Equal(live.CurrentPath, TelemetryLogReader.FollowStart(TelemetryLogReader.Open(dir.Path).Files));
+    }
+
+    /// <summary>
     /// Two runs logging into one directory (replicas): following one run's live file stays with it when the other run
     /// starts a newer file; it left for the newer file at the first idle poll, and the live run's later rows were lost.
     /// </summary>

@@ -83,6 +83,7 @@ public class TrainingRunTests
         Assert.Equal(2e-4f, options.Schedule.At(4), 6);
         Assert.Equal(2e-3f, options.Schedule.At(2), 6);
         Assert.Equal(10, (options with { TotalSteps = 1000, WarmupSteps = 10 }).EffectiveWarmupSteps);
+        Assert.Equal(2e-3f, (options with { TotalSteps = 1 }).Schedule.At(1), 6); // a one-step run: that step at the peak
     }
 
     [Fact]

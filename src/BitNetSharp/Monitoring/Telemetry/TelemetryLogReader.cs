@@ -99,20 +99,6 @@ public sealed class TelemetryLogReader
     /// </summary>
     /// <exception cref="FileNotFoundException">A path does not exist.</exception>
     /// <exception cref="InvalidDataException">A file is not an Arrow telemetry log of ours; the message names it.</exception>
-    /// <summary>The files a writer given <paramref name="path"/> (NAME.arrow) writes: NAME-yyyyMMddTHHmmssZ-NNNN.arrow in its folder.</summary>
-    private static List<string> LogFilesOf(string path)
-    {
-        var files = new List<string>();
-        if (!path.EndsWith(TelemetryLogSchema.FileExtension, StringComparison.Ordinal)) return files;
-        string full = Path.GetFullPath(path);
-        string? directory = Path.GetDirectoryName(full);
-        string prefix = Path.GetFileNameWithoutExtension(full);
-        if (directory is null || prefix.Length == 0 || !Directory.Exists(directory)) return files;
-        foreach (var f in Directory.EnumerateFiles(directory, prefix + "-*" + TelemetryLogSchema.FileExtension))
-            if (TelemetryLogSchema.TryParseFileName(f, prefix, out _, out _)) files.Add(Path.GetFullPath(f));
-        return files;
-    }
-
     public static TelemetryLogReader Open(params IEnumerable<string> paths)
     {
         var all = new List<string>();
@@ -136,7 +122,9 @@ public sealed class TelemetryLogReader
                     if (seen.Add(f)) all.Add(f);
             }
             else
-                throw new FileNotFoundException($"{p}: no such telemetry log file or directory (nor {Path.GetFileNameWithoutExtension(p)}-*{TelemetryLogSchema.FileExtension} files a writer given this path writes).", p);
+                throw new FileNotFoundException(p.EndsWith(TelemetryLogSchema.FileExtension, StringComparison.OrdinalIgnoreCase)
+                    ? $"{p}: no such telemetry log file or directory (nor {Path.GetFileNameWithoutExtension(p)}-*{TelemetryLogSchema.FileExtension} files a writer given this path writes)."
+                    : $"{p}: no such telemetry log file or directory.", p);
         }
         var files = new List<TelemetryLogFile>();
         var vanished = new List<string>();
@@ -156,6 +144,35 @@ public sealed class TelemetryLogReader
         reader._vanished.AddRange(vanished);
         return reader;
     }
+
+    /// <summary>The files a writer given <paramref name="path"/> (NAME.arrow) writes: NAME-yyyyMMddTHHmmssZ-NNNN.arrow in its folder.</summary>
+    private static List<string> LogFilesOf(string path)
+    {
+        var files = new List<string>();
+        if (!path.EndsWith(TelemetryLogSchema.FileExtension, StringComparison.OrdinalIgnoreCase)) return files; // as the writer takes it
+        string full = Path.GetFullPath(path);
+        string? directory = Path.GetDirectoryName(full);
+        string prefix = Path.GetFileNameWithoutExtension(full);
+        if (directory is null || prefix.Length == 0 || !Directory.Exists(directory)) return files;
+        foreach (var f in Directory.EnumerateFiles(directory, prefix + "-*" + TelemetryLogSchema.FileExtension))
+            if (TelemetryLogSchema.TryParseFileName(f, prefix, out _, out _)) files.Add(Path.GetFullPath(f));
+        return files;
+    }
+
+    /// <summary>
+    /// Where `bitnet logs --follow` starts: the newest file a writer holds open (no footer, and an exclusive open fails),
+    /// else the newest. The newest name may be a second instance's finished file beside a live one (following it never
+    /// showed the live writer's rows); a footerless file nobody holds is a killed writer's, and starting there printed
+    /// every later file from its start once it had been idle a while.
+    /// </summary>
+    public static string FollowStart(IReadOnlyList<TelemetryLogFile> files)
+    {
+        if (files.Count == 0) throw new ArgumentException("No telemetry log files to follow.", nameof(files));
+        for (int i = files.Count - 1; i >= 0; i--)
+            if (!files[i].HasFooter && TelemetryLogWriter.IsHeldByAWriter(files[i].Path)) return files[i].Path;
+        return files[^1].Path;
+    }
+
 
     /// <summary>Whether the file ends with the Arrow file footer's closing magic (a finished file); leaves the position anywhere.</summary>
     private static bool EndsWithFooter(Stream stream)
@@ -307,9 +324,12 @@ public sealed class TelemetryLogReader
         // fromStart. Batches appended while those are skipped begin past it, so they are printed (the end of the file
         // as first seen, not whenever the skip happens to catch up with the writer).
         long skipBefore = fromStart ? 0 : -1;
+        string? previousRun = null;
         while (!cancellation.IsCancellationRequested)
         {
-            string? run = RunOfFile(current);
+            // A file deleted before it was opened has no run id to read: keep the run followed so far (with none,
+            // following took the next file of any run at once, another replica's).
+            string? run = RunOfFile(current) ?? previousRun;
             long lastGrowth = System.Diagnostics.Stopwatch.GetTimestamp();
             FileStream? opening;
             if (skipBefore >= 0) beforeOpen?.Invoke(current);
@@ -356,6 +376,7 @@ public sealed class TelemetryLogReader
             string? next;
             while ((next = NextFile(current, run ??= RunOfFile(current), System.Diagnostics.Stopwatch.GetElapsedTime(lastGrowth), patience)) is null)
                 if (cancellation.WaitHandle.WaitOne(poll)) yield break;
+            previousRun = run;
             current = next;
         }
     }

@@ -445,7 +445,28 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             if (!locksWork && DateTime.UtcNow - File.GetLastWriteTimeUtc(path) < UnlockedLiveWindow)
                 return !HasFooter(path);
             // A finished file (footer written) has no writer: delete it even while a reader follows it.
-            if (HasFooter(path)) return false;
+            return !HasFooter(path) && IsHeldByAWriter(path);
+        }
+        catch (FileNotFoundException)
+        {
+            return false;
+        }
+        catch (IOException)
+        {
+            return true;
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>Whether a writer (this process's or another's) holds <paramref name="path"/> open: an exclusive open of
+    /// it fails. False where locks are not enforced.</summary>
+    internal static bool IsHeldByAWriter(string path)
+    {
+        try
+        {
             using var probe = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.None, 1);
             return false;
         }
