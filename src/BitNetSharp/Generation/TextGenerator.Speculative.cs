@@ -76,11 +76,22 @@ public sealed partial class TextGenerator
                     Stats = Stats with { Drafted = Stats.Drafted + 1 };
                     MaskPadding(row);
                     int draft = _drafts[i];
-                    sampler.Distribution(row, CollectionsMarshal.AsSpan(history), g._p, promptLength);
-                    bool ok = SampledDraft
-                        ? SpeculativeAcceptance.AcceptSampled(sampler, g._p, g._q.AsSpan(i * vocab, vocab), draft, out int chosen)
-                        : SpeculativeAcceptance.AcceptPointMass(sampler, g._p, draft, out chosen);
-                    sampler.SetLogProbs(row, chosen);
+                    int chosen;
+                    bool ok;
+                    if (SampledDraft)
+                    {
+                        sampler.Distribution(row, CollectionsMarshal.AsSpan(history), g._p, promptLength);
+                        ok = SpeculativeAcceptance.AcceptSampled(sampler, g._p, g._q.AsSpan(i * vocab, vocab), draft, out chosen);
+                        sampler.SetLogProbs(row, chosen);
+                    }
+                    else
+                    {
+                        // A point-mass draft (n-gram, greedy draft model): the row sampled as plain decoding samples it,
+                        // the draft accepted iff it is that token (SpeculativeAcceptance's rule as a draw): a seed
+                        // gives plain decoding's tokens.
+                        chosen = sampler.Sample(row, CollectionsMarshal.AsSpan(history), promptLength);
+                        ok = chosen == draft;
+                    }
                     if (!ok)
                     {
                         next = chosen;

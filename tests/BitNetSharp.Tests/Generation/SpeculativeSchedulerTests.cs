@@ -199,6 +199,37 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         Assert.True(stopsAfterAcceptedDrafts > 0);
     }
 
+    /// <summary>
+    /// A seeded sampled request gives the same text with n-gram speculation as without, whatever else is in the batch
+    /// (drafting depends on the step's spare budget, so on the load): the acceptance rule spent the PRNG differently
+    /// from plain sampling, and the same seed replayed differently under load.
+    /// </summary>
+    [Fact]
+    public async Task ASeededRequestReplaysWithSpeculationUnderAnyLoad()
+    {
+        // Three allowed tokens at a high temperature, prompts of them: drafts are found, and both accepted and rejected.
+        int[] allowed = [65, 66, 67];
+        var bias = Enumerable.Range(0, TinyChatModel.VocabSize).Where(t => !allowed.Contains(t)).ToDictionary(t => t, _ => float.NegativeInfinity);
+        var requests = Enumerable.Range(0, 8).Select(i => new GenerationRequest
+        {
+            Prompt = [.. Enumerable.Range(0, 8 + i).Select(k => allowed[(k * (i + 1) + k / 3) % 3])], MaxTokens = 16, IgnoreStopTokens = true,
+            Sampling = new SamplingParameters { Temperature = 4f, LogitBias = bias, Seed = (ulong)(100 + i) },
+        }).ToArray();
+        async Task<List<int>[]> Run(SpeculativeOptions? speculation, int maxBatched)
+        {
+            using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions
+            {
+                MaxSequences = 8, MaxBatchedTokens = maxBatched, Threads = 2, Speculation = speculation,
+            });
+            var outputs = await Task.WhenAll(requests.Select(r => Tokens(s.Submit(r, TestContext.Current.CancellationToken))));
+            if (speculation is not null) Assert.True(s.Statistics.AcceptedTokens > 0 && s.Statistics.AcceptedTokens < s.Statistics.DraftedTokens, $"{s.Statistics}");
+            return outputs;
+        }
+        var plain = await Run(null, 64);
+        Assert.Equal(plain, await Run(new SpeculativeOptions { DraftTokens = 4 }, 64));
+        Assert.Equal(plain, await Run(new SpeculativeOptions { DraftTokens = 4 }, 12)); // a tight budget: fewer steps draft
+    }
+
     /// <summary>maxTokens 0 with speculation yields nothing, as plain decoding does (it ran to the end of the context).</summary>
     [Fact]
     public void SpeculativeGenerationOfZeroTokensYieldsNothing()

@@ -43,7 +43,6 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly float[] _logits;             // (MaxSequences, vocab): at most one row per sequence per step
     private readonly BatchToken[] _batch;         // (MaxBatchedTokens)
     private readonly Sequence?[] _rowOwner;       // first logits row of a sequence's group → the sequence
-    private readonly float[] _p;                  // speculative verification: the model's distribution at one position
     private readonly List<Sequence> _running = [];           // admission order; engine thread only
     private readonly List<GenerationHandle> _runningRequests = [];
     private readonly List<GenerationHandle> _waiting = [];   // FIFO; engine thread only
@@ -100,7 +99,6 @@ public sealed class ContinuousBatchScheduler : IDisposable
         _logits = new float[(long)Math.Max(maxRows, options.MaxSequences) * _config.VocabSize];
         _batch = new BatchToken[options.MaxBatchedTokens];
         _rowOwner = new Sequence?[Math.Max(maxRows, options.MaxSequences)];
-        _p = options.Speculation is null ? [] : new float[_config.VocabSize];
         KvCacheBytes = _caches.Sum(c => c.ByteLength);
         Health.Published += WriteLayers;
         Meters = new SchedulerMeters(this, _samples, KvCacheBytes);
@@ -542,9 +540,12 @@ public sealed class ContinuousBatchScheduler : IDisposable
             if (sampling) Health.AddLogits(stats);
             if (UsableVocab < row.Length) row[UsableVocab..].Fill(float.NegativeInfinity);
             int draft = s.Drafts![i];
-            s.Sampler.Distribution(row, CollectionsMarshal.AsSpan(s.History), _p, s.PromptLength);
-            bool ok = SpeculativeAcceptance.AcceptPointMass(s.Sampler, _p, draft, out int token);
-            s.Sampler.SetLogProbs(row, token);
+            // The point-mass rule as a draw: sample the row exactly as plain decoding does (one uniform) and accept the
+            // draft iff that is the token. Accepted with probability p(draft), replaced by p without it: the same law as
+            // accepting on u < p(draft), but the same tokens as plain decoding for a seed, whatever the load (whether a
+            // step drafts depends on the batch's spare budget, and the two rules spent the PRNG differently).
+            int token = s.Sampler.Sample(row, CollectionsMarshal.AsSpan(s.History), s.PromptLength);
+            bool ok = token == draft;
             if (!ok)
             {
                 replacement = token;

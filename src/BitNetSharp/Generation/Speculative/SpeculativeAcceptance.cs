@@ -7,7 +7,9 @@ namespace BitNetSharp.Generation.Speculative;
 /// model's final sampling distribution at a position and q the draft's: accept the draft token x with probability
 /// min(1, p(x)/q(x)); on rejection draw from max(0, p − q) renormalized. The emitted token is then distributed as p.
 /// A deterministic draft (n-gram lookup, or a greedy draft model) is a point mass at x: accept with probability p(x),
-/// else draw from p with x removed. At temperature 0, p is one-hot on the argmax, so both reduce to "accept iff x is
+/// else draw from p with x removed. The engines take that rule as a draw: the row's token drawn as plain sampling draws
+/// it, x accepted iff it is that token (P = p(x); a rejection leaves p conditioned on not x), which for a seed gives
+/// the tokens of decoding without speculation, whatever the load. At temperature 0, p is one-hot on the argmax, so both reduce to "accept iff x is
 /// the argmax, else emit the argmax", exactly plain greedy decoding.
 /// </summary>
 public static class SpeculativeAcceptance
