@@ -145,7 +145,9 @@ public sealed class ModelWeights : IDisposable
             }
             // A llama-arch file's ternary weights are I2_S or exact ±a values: other floats are an ordinary Llama.
             bool latent = c.Family != ModelFamily.TernaryLlama;
-            TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures) => ModelWeights.Projection(file, name, outFeatures, inFeatures, latent);
+            TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures) =>
+                ApplyScaleTensor(file, name, ModelWeights.Projection(file, name, outFeatures, inFeatures, latent));
+            CheckNoGgufBiases(file);
             for (int l = 0; l < c.Layers; l++)
             {
                 string p = $"blk.{l}.";
@@ -285,6 +287,44 @@ public sealed class ModelWeights : IDisposable
         }
         Check(l.Q, c.Dim, "q_proj"); Check(l.K, c.Dim, "k_proj"); Check(l.V, c.Dim, "v_proj"); Check(l.O, c.QDim, "o_proj");
         Check(l.Gate, c.Dim, "gate_proj"); Check(l.Up, c.Dim, "up_proj"); Check(l.Down, c.FeedForward, "down_proj");
+    }
+
+    /// <summary>
+    /// A projection's optional <c>NAME.scale</c> tensor (llama.cpp's bitnet arch: one F32 multiplied onto the product's
+    /// output) folded into its row scales. It was ignored: such a file loaded and every product was off by its scale.
+    /// </summary>
+    private static TernaryMatrix ApplyScaleTensor(GgufFile file, string weightName, TernaryMatrix m)
+    {
+        if (!weightName.EndsWith(".weight", StringComparison.Ordinal)) return m;
+        string name = weightName[..^".weight".Length] + ".scale";
+        if (!file.TryGetTensor(name, out var info)) return m;
+        try
+        {
+            if (info.Type != GgmlType.F32 || info.ElementCount != 1)
+                throw new ModelFormatException(file.FilePath, $"a projection scale must be one F32 value; found {info.Type} {info.ShapeText}", name);
+            float scale = BitConverter.ToSingle(file.GetTensorData(info)[..4]);
+            if (!float.IsFinite(scale))
+                throw new ModelFormatException(file.FilePath, $"the projection scale is {scale}; it must be a finite number", name);
+            var rows = m.RowScales;
+            for (int r = 0; r < rows.Length; r++) rows[r] *= scale;
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Refuses a GGUF with bias tensors (llama.cpp's llama graph adds optional blk.N.attn_q.bias and the like): the
+    /// engine has none to add, so such a file loaded and gave other logits without a word (the HF path refuses them too).
+    /// </summary>
+    private static void CheckNoGgufBiases(GgufFile file)
+    {
+        foreach (var t in file.Tensors)
+            if (t.Name.EndsWith(".bias", StringComparison.Ordinal))
+                throw new ModelFormatException(file.FilePath, "this model has bias tensors, which BitNet b1.58 models do not have and this engine does not apply; its logits would differ from the model's", t.Name);
     }
 
     private static TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures, bool latentFloats = true)

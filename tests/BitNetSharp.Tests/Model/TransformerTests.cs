@@ -141,6 +141,36 @@ public class TransformerTests
         Assert.Contains("context", e.Message);
     }
 
+    /// <summary>A GGUF with the tiny model's tensors plus <paramref name="extra"/> (name, type, dims, bytes).</summary>
+    private static GgufFile WithTensor(string name, GgmlType type, long[] dims, byte[] data)
+    {
+        using var full = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny).ToArray(), "full.gguf");
+        var w = new GgufWriter();
+        foreach (var (key, value) in full.Metadata.Entries) w.Add(key, value);
+        foreach (var t in full.Tensors) w.AddTensor(t.Name, t.Type, t.Dims, full.GetTensorData(t).ToArray());
+        w.AddTensor(name, type, dims, data);
+        return GgufFile.Parse(w.ToArray(), "extra.gguf");
+    }
+
+    /// <summary>
+    /// A projection's optional .scale tensor (llama.cpp's bitnet arch multiplies it onto the product) is applied, and a
+    /// .bias tensor is refused by name: both were ignored, and the logits differed from the model's without a word.
+    /// </summary>
+    [Fact]
+    public void ProjectionScaleTensorsApplyAndBiasTensorsAreRefused()
+    {
+        using var plain = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny).ToArray(), "plain.gguf"), ownsFile: true);
+        using var scaled = ModelWeights.FromGguf(WithTensor("blk.0.ffn_down.scale", GgmlType.F32, [1], BitConverter.GetBytes(0.5f)), ownsFile: true);
+        Assert.Equal(plain.Layers[0].Down.RowScales.Select(v => v * 0.5f), scaled.Layers[0].Down.RowScales);
+        Assert.Equal(plain.Layers[1].Down.RowScales, scaled.Layers[1].Down.RowScales);
+        Assert.Equal(plain.Layers[0].Up.RowScales, scaled.Layers[0].Up.RowScales);
+
+        var e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(WithTensor("blk.0.attn_q.bias", GgmlType.F32, [SyntheticShape.Tiny.Dim], new byte[4 * SyntheticShape.Tiny.Dim]), ownsFile: true));
+        Assert.Contains("blk.0.attn_q.bias", e.Message);
+        e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(WithTensor("blk.1.attn_k.scale", GgmlType.F32, [2], new byte[8]), ownsFile: true));
+        Assert.Contains("blk.1.attn_k.scale", e.Message);
+    }
+
     [Fact]
     public void MissingTensorIsNamed()
     {
