@@ -66,31 +66,55 @@ public sealed partial class TextGenerator : IDisposable
         Tokenizer = tokenizer;
         var c = weights.Config;
         ContextLength = options.ContextLength > 0 ? Math.Min(options.ContextLength, c.ContextLength) : c.ContextLength;
-        _pool = new WorkerPool(options.Threads);
         int chunk = Math.Clamp(options.PrefillChunk, 1, ContextLength);
-        _engine = new Transformer(weights, chunk, _pool);
-        Health = new ModelHealthCollector(c, chunk) { SampleEvery = options.HealthSampleEvery };
-        _engine.Health = Health;
-        _cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ContextLength, options.KvType);
-        _caches = [_cache];
-        _logits = new float[(long)chunk * c.VocabSize];
-        _batch = new BatchToken[chunk];
+        // Settings checked before the pool starts its threads; anything that throws after, frees what was built (the
+        // pool's threads waited for work for the rest of the process: 7 threads per failed construction at -t 8).
+        if (options.Speculation is { } settings)
+        {
+            settings.Validate();
+            if (chunk < 2) throw new ArgumentException($"Speculative decoding verifies several tokens per forward; the prefill chunk ({chunk}) must be at least 2.", nameof(options));
+            if (settings.Source == DraftSource.Model) SpeculativeOptions.CheckSameVocabulary(c, tokenizer, settings.DraftModel!.Config, null);
+        }
+        Speculation = options.Speculation;
+        _pool = new WorkerPool(options.Threads);
+        try
+        {
+            _engine = new Transformer(weights, chunk, _pool);
+            Health = new ModelHealthCollector(c, chunk) { SampleEvery = options.HealthSampleEvery };
+            _engine.Health = Health;
+            _cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ContextLength, options.KvType);
+            _caches = [_cache];
+            _logits = new float[(long)chunk * c.VocabSize];
+            _batch = new BatchToken[chunk];
+        }
+        catch
+        {
+            _engine?.Dispose();
+            Health?.Dispose();
+            _cache?.Dispose();
+            _pool.Dispose();
+            throw;
+        }
         if (options.Speculation is { } spec)
         {
-            spec.Validate();
-            if (chunk < 2) throw new ArgumentException($"Speculative decoding verifies several tokens per forward; the prefill chunk ({chunk}) must be at least 2.", nameof(options));
-            Speculation = spec;
             _p = new float[c.VocabSize];
             if (spec.Source == DraftSource.Model)
             {
                 var dw = spec.DraftModel!;
-                SpeculativeOptions.CheckSameVocabulary(c, tokenizer, dw.Config, null);
-                int draftContext = Math.Min(ContextLength, dw.Config.ContextLength);
-                _draftEngine = new Transformer(dw, chunk, _pool);
-                _draftCache = new KvCache(dw.Config.Layers, dw.Config.KvHeads, dw.Config.HeadDim, draftContext, options.KvType);
-                _draftCaches = [_draftCache];
-                _draftLogits = new float[(long)chunk * c.VocabSize];
-                _q = new float[(long)SpeculativeOptions.MaxDraftTokens * c.VocabSize];
+                try
+                {
+                    int draftContext = Math.Min(ContextLength, dw.Config.ContextLength);
+                    _draftEngine = new Transformer(dw, chunk, _pool);
+                    _draftCache = new KvCache(dw.Config.Layers, dw.Config.KvHeads, dw.Config.HeadDim, draftContext, options.KvType);
+                    _draftCaches = [_draftCache];
+                    _draftLogits = new float[(long)chunk * c.VocabSize];
+                    _q = new float[(long)SpeculativeOptions.MaxDraftTokens * c.VocabSize];
+                }
+                catch
+                {
+                    Dispose(); // the draft's engine and cache too, when built
+                    throw;
+                }
             }
         }
     }

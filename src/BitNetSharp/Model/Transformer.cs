@@ -41,13 +41,23 @@ public sealed unsafe class Transformer : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         _w = weights;
         _c = weights.Config;
+        // The kernel before the pool: BITNET_KERNEL naming one this CPU cannot run threw after the pool's threads
+        // started, and they waited for work for the rest of the process.
+        _kernel = kernel ?? KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
         _pool = pool ?? new WorkerPool();
         _ownsPool = pool is null;
-        _kernel = kernel ?? KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
         _matmul = new TernaryMatMul(_pool);
-        foreach (var layer in weights.Layers)
-            foreach (var m in (ReadOnlySpan<TernaryMatrix>)[layer.Q, layer.K, layer.V, layer.O, layer.Gate, layer.Up, layer.Down])
-                _kernel.PrepareWeights(m);
+        try
+        {
+            foreach (var layer in weights.Layers)
+                foreach (var m in (ReadOnlySpan<TernaryMatrix>)[layer.Q, layer.K, layer.V, layer.O, layer.Gate, layer.Up, layer.Down])
+                    _kernel.PrepareWeights(m);
+        }
+        catch
+        {
+            if (_ownsPool) _pool.Dispose();
+            throw;
+        }
         _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope);
         MaxBatchTokens = maxBatchTokens;
         int t = maxBatchTokens;

@@ -282,3 +282,22 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         Assert.Contains("speculate", error.GetProperty("error").GetProperty("message").GetString());
     }
 }
+
+/// <summary>A generator whose construction fails frees its worker threads (they waited for work for the rest of the
+/// process: 7 per failed construction at 8 threads). Counts process threads: runs with no other test in parallel.</summary>
+[Collection(nameof(BitNetSharp.Tests.Training.AllocationTests))]
+public sealed class GeneratorConstructionTests
+{
+    [Fact]
+    public void AFailedConstructionLeavesNoWorkerThreads()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var _ = weights;
+        int before = System.Diagnostics.Process.GetCurrentProcess().Threads.Count;
+        for (int i = 0; i < 10; i++)
+            Assert.Throws<ArgumentOutOfRangeException>(() => new TextGenerator(weights, tokenizer, new GeneratorOptions { Threads = 8, KvType = (KvCacheType)99 }));
+        Thread.Sleep(200); // disposed workers exit
+        int after = System.Diagnostics.Process.GetCurrentProcess().Threads.Count;
+        Assert.True(after - before < 20, $"{after - before} more threads after 10 failed constructions");
+    }
+}
