@@ -202,6 +202,12 @@ public sealed unsafe class Transformer : IDisposable
                 throw new ArgumentOutOfRangeException(nameof(batch), bt.Token, $"Token id {bt.Token} is outside the vocabulary of {_c.VocabSize} tokens.");
             if ((uint)bt.Sequence >= (uint)caches.Count)
                 throw new ArgumentOutOfRangeException(nameof(batch), bt.Sequence, $"Sequence {bt.Sequence} has no KV cache ({caches.Count} given).");
+            var cache = caches[bt.Sequence];
+            // Another model's cache: the same kv width in another head split ran without a word and gave garbage
+            // attention; fewer layers threw midway, after earlier layers of every sequence were written.
+            if (cache.Layers != _c.Layers || cache.KvHeads != _c.KvHeads || cache.HeadDim != _c.HeadDim)
+                throw new ArgumentException($"Sequence {bt.Sequence}'s KV cache has {cache.Layers} layers of {cache.KvHeads} heads × {cache.HeadDim}; " +
+                    $"this model needs {_c.Layers} layers of {_c.KvHeads} heads × {_c.HeadDim}.", nameof(caches));
             if ((uint)bt.Position >= (uint)Math.Min(_c.ContextLength, caches[bt.Sequence].ContextLength))
                 throw new ArgumentOutOfRangeException(nameof(batch), bt.Position,
                     $"Position {bt.Position} is past the context of {Math.Min(_c.ContextLength, caches[bt.Sequence].ContextLength)} tokens.");

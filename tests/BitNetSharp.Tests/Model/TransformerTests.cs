@@ -141,6 +141,27 @@ public class TransformerTests
         Assert.Contains("context", e.Message);
     }
 
+    /// <summary>A KV cache of another shape is refused before anything is written: the same kv width in another head
+    /// split ran and gave garbage attention, and fewer layers threw midway after other sequences' layers were written.</summary>
+    [Fact]
+    public void AKvCacheOfAnotherShapeIsRefusedBeforeAnyWrite()
+    {
+        using var w = ModelWeights.FromGguf(GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny).ToArray(), "t.gguf"), ownsFile: true);
+        var c = w.Config;
+        using var pool = new BitNetSharp.Threading.WorkerPool(1);
+        using var engine = new Transformer(w, 4, pool);
+        using var good = new KvCache(c.Layers, c.KvHeads, c.HeadDim, 8, KvCacheType.F32);
+        using var split = new KvCache(c.Layers, c.KvHeads * 2, c.HeadDim / 2, 8, KvCacheType.F32);
+        using var shallow = new KvCache(1, c.KvHeads, c.HeadDim, 8, KvCacheType.F32);
+        var logits = new float[2 * c.VocabSize];
+        foreach (var bad in new[] { split, shallow })
+        {
+            var e = Assert.Throws<ArgumentException>(() => engine.Forward([new BatchToken(1, 0, 0, true), new BatchToken(2, 1, 0, true)], [good, bad], logits));
+            Assert.Contains("Sequence 1's KV cache", e.Message);
+            Assert.Equal(0, good.LayerLength(0));
+        }
+    }
+
     /// <summary>A GGUF with the tiny model's tensors plus <paramref name="extra"/> (name, type, dims, bytes).</summary>
     private static GgufFile WithTensor(string name, GgmlType type, long[] dims, byte[] data)
     {
