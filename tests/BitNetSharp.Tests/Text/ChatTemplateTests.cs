@@ -38,11 +38,15 @@ public class ChatTemplateTests
     public void Llama2Format()
     {
         Assert.Equal(
-            "<s>[INST] <<SYS>>\nYou are helpful.\n<</SYS>>\n\nHi! [/INST] Hello. </s><s>[INST] 2+2? [/INST]",
+            "<s>[INST] <<SYS>>\n  You are helpful. \n<</SYS>>\n\nHi! [/INST] Hello. </s><s>[INST] 2+2? [/INST]",
             ChatTemplates.Llama2.Render(Conversation));
+        // Meta's template strips system block + first user text as one string: the system text and that user text's
+        // start are kept (each piece was trimmed).
+        Assert.Equal("<s>[INST] <<SYS>>\n A \n<</SYS>>\n\n hi [/INST]", ChatTemplates.Llama2.Render([ChatMessage.System(" A "), ChatMessage.User(" hi ")]));
+        Assert.Equal("<s>[INST] hi [/INST]", ChatTemplates.Llama2.Render([ChatMessage.User(" hi ")]));
         Assert.Equal("<s>[INST] Hi [/INST]", ChatTemplates.Llama2.Render([ChatMessage.User("Hi")]));
         // An OpenAI request's system and developer messages (both system here) share the block; the last one replaced the first.
-        Assert.Equal("<s>[INST] <<SYS>>\nA\n\nB\n<</SYS>>\n\nhi [/INST]",
+        Assert.Equal("<s>[INST] <<SYS>>\nA\n\n B \n<</SYS>>\n\nhi [/INST]",
             ChatTemplates.Llama2.Render([ChatMessage.System("A"), ChatMessage.System(" B "), ChatMessage.User("hi")]));
         Assert.Equal("<s>[INST] <<SYS>>\nA\n<</SYS>>\n\n [/INST]", ChatTemplates.Llama2.Render([ChatMessage.System("A")]));
     }

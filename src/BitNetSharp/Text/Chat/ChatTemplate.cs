@@ -168,15 +168,18 @@ public sealed class Llama2ChatTemplate : ChatTemplate
             switch (m.Role)
             {
                 case "system":
-                    system.Add(m.Content.Trim());
+                    system.Add(m.Content); // as Meta's template: the system text is not stripped
                     break;
                 case "assistant":
                     Content(text.Append(' '), m.Content.Trim(), spans).Append(" </s>");
                     break;
                 default:
                     text.Append("<s>[INST] ");
+                    // Meta's template strips "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user as one string: after a system
+                    // block only the user text's end is stripped (it trimmed the system text and the user text's start).
+                    bool afterSystem = system.Count > 0;
                     SystemBlock(text, system, spans);
-                    Content(text, m.Content.Trim(), spans).Append(" [/INST]");
+                    Content(text, afterSystem ? m.Content.TrimEnd() : m.Content.Trim(), spans).Append(" [/INST]");
                     break;
             }
         }
