@@ -254,7 +254,7 @@ internal sealed record CompletionRequest(
             // OpenAI's penalties count the tokens sampled so far in this completion, not the prompt, and not only the last 64.
             PenaltyLastN = -1,
             PenalizePrompt = false,
-            Seed = r.Integer("seed", long.MinValue, long.MaxValue) is { } seed ? unchecked((ulong)seed) : null,
+            Seed = r.Seed("seed"),
             LogitBias = LogitBias(r, model),
         };
         // top_p 0 keeps only the most likely token, which the sampler expresses as top-k 1.

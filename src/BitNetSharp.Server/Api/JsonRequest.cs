@@ -154,6 +154,23 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
         return n;
     }
 
+    /// <summary>
+    /// A seed: any 64-bit integer, signed or not (−2^63 to 2^64 − 1), as the bits of the sampler's unsigned seed. A seed
+    /// of 2^63 or more (what `--seed` and the library take) was refused as "an integer; got a number".
+    /// </summary>
+    public ulong? Seed(string name)
+    {
+        if (!TryGet(name, out var v)) return null;
+        if (v.ValueKind == JsonValueKind.Number)
+        {
+            if (v.TryGetInt64(out long signed)) return unchecked((ulong)signed);
+            if (v.TryGetUInt64(out ulong unsigned)) return unsigned;
+            if (v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) return unchecked((ulong)(long)d);
+            throw ApiException.BadRequest($"{Path(name)} must be an integer from {long.MinValue} to {ulong.MaxValue}; got {v.GetRawText()}.", Path(name), "invalid_value");
+        }
+        throw WrongType(Path(name), "an integer", v);
+    }
+
     public float? Number(string name, double min, double max)
     {
         if (!TryGet(name, out var v)) return null;

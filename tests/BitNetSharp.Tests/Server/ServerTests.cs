@@ -278,6 +278,16 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal("stop", stopped.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
         Assert.Equal(text[..text.IndexOf(stop, StringComparison.Ordinal)], stopped.GetProperty("choices")[0].GetProperty("text").GetString());
 
+        // Any 64-bit seed: 2^63 (what --seed and the library take) was a 400 "must be an integer"; its bits are −2^63's.
+        string Seeded(string seed) => $$"""{"prompt": "abc", "max_tokens": 12, "temperature": 1.2, "ignore_eos": true, "seed": {{seed}}}""";
+        var (big, high, _) = await S.PostAsync("v1/completions", Seeded("9223372036854775808"));
+        Assert.Equal(HttpStatusCode.OK, big);
+        var (_, low, _) = await S.PostAsync("v1/completions", Seeded("-9223372036854775808"));
+        Assert.Equal(low.GetProperty("choices")[0].GetProperty("text").GetString(), high.GetProperty("choices")[0].GetProperty("text").GetString());
+        var (tooBig, error, _) = await S.PostAsync("v1/completions", Seeded("18446744073709551616"));
+        Assert.Equal(HttpStatusCode.BadRequest, tooBig);
+        Assert.Contains("seed", error.GetProperty("error").GetProperty("message").GetString());
+
         // Several prompts: choices indexed prompt × n + choice, prompt tokens summed once per prompt.
         var (_, multi, _) = await S.PostAsync("v1/completions", new { prompt = new[] { new[] { 1, 2, 3 }, new[] { 4, 5 } }, max_tokens = 3, n = 2, temperature = 0, ignore_eos = true });
         Assert.Equal(4, multi.GetProperty("choices").GetArrayLength());
