@@ -11,6 +11,8 @@ internal static class OutputFile
     /// </summary>
     public static string Check(string option, string path)
     {
+        // An empty path (`--ids-out "$OUT"` with OUT unset) failed with "The value cannot be an empty string", no flag named.
+        if (string.IsNullOrWhiteSpace(path)) throw new UsageException($"{option} is empty; give a file path.");
         if (Directory.Exists(path) || path.EndsWith('/') || path.EndsWith(Path.DirectorySeparatorChar))
             throw new UsageException($"{option} {path} is a directory; give a file path such as {Path.Combine(path, "out.json")}.");
         string full = Path.GetFullPath(path);

@@ -122,13 +122,19 @@ public sealed class ModelOptions
     /// <summary>The model path from -m, else the bundled model next to the tool or in the repository's models/.</summary>
     public static string ResolveModel(string? path)
     {
-        if (!string.IsNullOrWhiteSpace(path)) return path;
+        // `-m "$MODEL"` with MODEL unset: an empty -m silently ran the bundled model.
+        if (path is not null && string.IsNullOrWhiteSpace(path))
+            throw new UsageException("--model (-m) is empty; give a .gguf file or a Hugging Face model directory, or leave -m out for the bundled model.");
+        if (path is not null) return path;
         foreach (var candidate in BundledModelCandidates())
             if (File.Exists(candidate)) return candidate;
         throw new UsageException("no model given and no bundled model found; pass -m path/to/model.gguf (or a Hugging Face model directory).");
     }
 
     public const string BundledModelFile = "bitnet-tinystories.gguf";
+
+    /// <summary>The most worker threads -t takes (as bench's --threads): 2^31 − 1 threw out of memory allocating the pool.</summary>
+    public const int MaxThreads = 4096;
 
     private static IEnumerable<string> BundledModelCandidates()
     {
@@ -142,6 +148,7 @@ public sealed class ModelOptions
     {
         int threads = r.GetValue(Threads), context = r.GetValue(Context);
         if (threads < 0) throw new UsageException($"--threads (-t) must be 0 (physical cores) or more; got {threads}.");
+        if (threads > MaxThreads) throw new UsageException($"--threads (-t) must be at most {MaxThreads}; got {threads}.");
         if (context < 0) throw new UsageException($"--ctx (-c) must be 0 (the model's context) or more; got {context}.");
         return new()
         {
@@ -159,6 +166,28 @@ public sealed class ModelOptions
         "fp8" or "f8" or "e4m3" => KvCacheType.Fp8E4M3,
         _ => throw new UsageException($"{option} '{value}' is not one of f32, f16, int8, fp8."),
     };
+
+    /// <summary>
+    /// The tokenizer alone, without the weights: a GGUF's vocabulary (any architecture, a vocab-only file too) or a
+    /// Hugging Face directory's tokenizer files. `tokenize` loaded, checked and copied the whole model for it, and
+    /// refused llama.cpp's vocab-only files and models of other architectures.
+    /// </summary>
+    public static BitNetTokenizer LoadTokenizer(string path)
+    {
+        switch (ModelPath.Detect(path))
+        {
+            case ModelPathKind.Gguf:
+                using (var file = GgufFile.Open(path))
+                {
+                    if (!file.Metadata.ContainsKey("tokenizer.ggml.model")) throw new UsageException($"{path} has no tokenizer (no tokenizer.ggml.model).");
+                    return TokenizerLoader.FromGguf(file);
+                }
+            case ModelPathKind.HuggingFaceDirectory:
+                return TokenizerLoader.FromHfDirectory(path);
+            default:
+                throw new UsageException($"{path} is a lone .safetensors file, which holds no tokenizer; pass its model directory or a .gguf file.");
+        }
+    }
 
     /// <summary>Loads weights and, when the file has one, the tokenizer.</summary>
     /// <param name="preTokenizer">A GGUF's byte-level pre-tokenizer by its tokenizer.ggml.pre name instead of the file's (eval --pre-tokenizer).</param>

@@ -6,6 +6,10 @@ namespace BitNetSharp.Cli.Commands;
 /// <summary><c>bitnet tokenize [-m MODEL] TEXT [--ids-only] [--no-bos]</c>: the model's token ids and pieces for a text.</summary>
 public static class TokenizeCommand
 {
+    /// <summary>Quoted as JSON strings but readable: only quotes, backslashes and control characters escaped (the default
+    /// encoder printed &lt;|begin_of_text|&gt; as \u003C|begin_of_text|\u003E, 's as \u0027s, and every non-ASCII letter as \uXXXX).</summary>
+    private static readonly System.Text.Json.JsonSerializerOptions Quoted = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
@@ -15,9 +19,7 @@ public static class TokenizeCommand
         var command = new Command("tokenize", "Show how the model's tokenizer splits a text.") { text, model, idsOnly, noBos };
         command.SetAction(result => cli.Guard(() =>
         {
-            var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(result.GetValue(model)));
-            using var _ = weights;
-            if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer.");
+            var tokenizer = ModelOptions.LoadTokenizer(ModelOptions.ResolveModel(result.GetValue(model)));
             var ids = tokenizer.Encode(result.GetRequiredValue(text), addBos: tokenizer.AddBosToken && !result.GetValue(noBos), parseSpecial: true);
             if (result.GetValue(idsOnly))
             {
@@ -30,7 +32,7 @@ public static class TokenizeCommand
             {
                 var bytes = tokenizer.TokenBytes(id);
                 string piece = System.Text.Unicode.Utf8.IsValid(bytes)
-                    ? System.Text.Json.JsonSerializer.Serialize(System.Text.Encoding.UTF8.GetString(bytes))
+                    ? System.Text.Json.JsonSerializer.Serialize(System.Text.Encoding.UTF8.GetString(bytes), Quoted)
                     : "bytes " + string.Join(' ', bytes.ToArray().Select(b => $"0x{b:X2}"));
                 cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{id,8} {piece}"));
             }

@@ -48,6 +48,37 @@ public class GenerateCommandTests
         Assert.Contains("3186 \" world\"", output);
     }
 
+    /// <summary>
+    /// tokenize reads the tokenizer alone: llama.cpp's vocab-only GGUFs (no tensors, architecture gpt2) work (they were
+    /// refused as "not a BitNet model"), and pieces print as readable JSON strings ('s, &lt;, é were \uXXXX escapes).
+    /// </summary>
+    [Fact]
+    public void TokenizeReadsVocabOnlyFilesAndPrintsReadablePieces()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+        var (code, output, error) = Bitnet("tokenize", "-m", vocab, "Hello world", "--ids-only");
+        Assert.True(code == 0, error);
+        Assert.Equal("15496,995", output.Trim());
+        (code, output, error) = Bitnet("tokenize", "-m", vocab, "it's <b> café");
+        Assert.True(code == 0, error);
+        Assert.Contains("\"'s\"", output);
+        Assert.Contains("\" <\"", output);
+        Assert.DoesNotContain("\\u00", output);
+    }
+
+    /// <summary>An empty -m (`-m "$MODEL"` with MODEL unset) is a usage error; it ran the bundled model.</summary>
+    [Fact]
+    public void AnEmptyModelPathIsAUsageError()
+    {
+        foreach (string command in new[] { "tokenize", "generate" })
+        {
+            var (code, output, error) = command == "tokenize" ? Bitnet("tokenize", "-m", "", "hi", "--ids-only") : Bitnet("generate", "-m", " ", "-p", "hi", "-n", "1");
+            Assert.Equal(2, code);
+            Assert.Contains("--model (-m) is empty", error);
+            Assert.Equal("", output);
+        }
+    }
+
     /// <summary>--stop ends the output where its text appears, without printing it (there was no way to stop at a text in the CLI).</summary>
     [Fact]
     public void StopTextEndsTheOutput()
@@ -358,13 +389,16 @@ public class GenerateArgumentTests
     [InlineData("--repeat-last-n", "-5", "--repeat-last-n: penalty_last_n must be ≥ −1")]
     [InlineData("--logits-out", "/tmp", "--logits-out /tmp is a directory")]
     [InlineData("--ids-out", "/no/such/folder/ids.json", "--ids-out /no/such/folder/ids.json: the folder '/no/such/folder' does not exist")]
+    [InlineData("--ids-out", "", "--ids-out is empty")]
+    [InlineData("-t", "2147483647", "--threads (-t) must be at most 4096")]
     public void NegativeCountsAreRefusedByName(string option, string value, string message)
     {
         var error = new StringWriter();
         int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "hi", option, value], new StringWriter(), error);
-        Assert.NotEqual(0, code);
+        Assert.Equal(2, code);
         Assert.Contains(message, error.ToString());
         Assert.DoesNotContain("tok/s", error.ToString()); // refused before generating
+        Assert.DoesNotContain("   at ", error.ToString());
     }
 }
 
