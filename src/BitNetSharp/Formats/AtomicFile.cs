@@ -75,6 +75,10 @@ public static class AtomicFile
             int pidDot = rest.LastIndexOf('.');
             if (pidDot < 0 || !int.TryParse(rest[(pidDot + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out int pid)) continue;
             if (pid == Environment.ProcessId || IsRunning(pid)) continue;
+            // A PID not running here may be a writer in another PID namespace or on another host sharing the folder
+            // (replicas on one volume): its temporary was deleted before its rename, which then failed and lost the file.
+            // Only a temporary nobody holds and nobody has written for a while is stale.
+            if (InUse(file)) continue;
             try
             {
                 File.Delete(file);
@@ -83,6 +87,31 @@ public static class AtomicFile
             catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
         }
         return removed;
+    }
+
+    /// <summary>How long a temporary of a process not running here must have been left unwritten to count as stale.</summary>
+    internal static readonly TimeSpan StaleAfter = TimeSpan.FromMinutes(10);
+
+    private static bool InUse(string file)
+    {
+        try
+        {
+            if (DateTime.UtcNow - File.GetLastWriteTimeUtc(file) < StaleAfter) return true;
+            using var probe = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.None, 1);
+            return false;
+        }
+        catch (FileNotFoundException)
+        {
+            return true; // gone already: nothing to delete
+        }
+        catch (IOException)
+        {
+            return true; // held open (a writer's lock)
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return true;
+        }
     }
 
     private static bool IsRunning(int pid)

@@ -40,10 +40,18 @@ public static unsafe class ThreadPlacement
     public static void Pin(WorkerPool pool, int[] cpus)
     {
         if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("--cpus pins threads with sched_setaffinity, which only Linux has.");
+        ArgumentNullException.ThrowIfNull(cpus);
+        if (cpus.Length == 0) throw new ArgumentException("--cpus: no CPU given.", nameof(cpus));
+        // The mask holds CPUs 0..1023: a number past it wrote outside the buffer, and −1 pinned to CPU 63.
+        foreach (int cpu in cpus)
+            if ((uint)cpu >= MaxCpus) throw new ArgumentOutOfRangeException(nameof(cpus), cpu, $"--cpus: CPU {cpu} is outside 0..{MaxCpus - 1}.");
         var work = new PinWork(cpus);
         pool.Run(work, pool.ThreadCount);
         if (work.Error is { } e) throw new InvalidOperationException(e);
     }
+
+    /// <summary>The CPUs an affinity mask here can name (16 × 64 bits).</summary>
+    public const int MaxCpus = 1024;
 
     /// <summary>The CPU the calling thread runs on now (Linux), or −1.</summary>
     public static int CurrentCpu() => OperatingSystem.IsLinux() ? sched_getcpu() : -1;
@@ -158,7 +166,11 @@ public static unsafe class ThreadPlacement
         if (!OperatingSystem.IsLinux()) return false;
         ulong* mask = stackalloc ulong[16];
         new Span<ulong>(mask, 16).Clear();
-        foreach (int c in cpus) mask[c / 64] |= 1UL << (c % 64);
+        foreach (int c in cpus)
+        {
+            if ((uint)c >= MaxCpus) return false;
+            mask[c / 64] |= 1UL << (c % 64);
+        }
         return sched_setaffinity(0, 16 * sizeof(ulong), mask) == 0;
     }
 

@@ -135,10 +135,19 @@ public sealed class WorkerPool : IDisposable
             return;
         }
 
-        if (Volatile.Read(ref _inFlight) != 0) throw Reentered(); // before the settings of the call in flight are overwritten
-        _owned = false;
-        _minGrain = grain > 0 && minGrain > 0 && minGrain < grain ? minGrain : 0;
-        Start(work, itemCount, Math.Max(0, grain));
+        // The pool is claimed before the call's settings are written: checked and then written, a call from another
+        // thread could claim it in between and run over these settings (another call's ranges, items past its count).
+        Claim();
+        try
+        {
+            _owned = false;
+            _minGrain = grain > 0 && minGrain > 0 && minGrain < grain ? minGrain : 0;
+            StartInFlight(work, itemCount, Math.Max(0, grain));
+        }
+        finally
+        {
+            Volatile.Write(ref _inFlight, 0);
+        }
     }
 
     private int _minGrain;
@@ -172,14 +181,10 @@ public sealed class WorkerPool : IDisposable
     public void RunOwned(IParallelWork work, ReadOnlySpan<int> bounds, int grain, int minGrain = 0)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        if (ThreadCount > 1 && Volatile.Read(ref _inFlight) != 0) throw Reentered(); // before the ranges of the call in flight are overwritten
         if (bounds.Length != ThreadCount + 1 || bounds[0] != 0)
             throw new ArgumentException($"Owned ranges need {ThreadCount + 1} bounds starting at 0; got {bounds.Length}.", nameof(bounds));
         for (int i = 0; i < ThreadCount; i++)
-        {
             if (bounds[i + 1] < bounds[i]) throw new ArgumentException($"Owned range bounds decrease at {i + 1}.", nameof(bounds));
-            _ranges[i * RangeStride] = (long)bounds[i + 1] << 32 | (uint)bounds[i];
-        }
         int itemCount = bounds[ThreadCount];
         if (itemCount <= 0) return;
         if (ThreadCount == 1)
@@ -187,9 +192,18 @@ public sealed class WorkerPool : IDisposable
             RunHere(work, itemCount);
             return;
         }
-        _owned = true;
-        _ownedMinGrain = LeastClaims && minGrain > 0 && minGrain < grain ? minGrain : Math.Max(1, grain);
-        Start(work, itemCount, Math.Max(1, grain));
+        Claim(); // before the ranges are written (see Run)
+        try
+        {
+            for (int i = 0; i < ThreadCount; i++) _ranges[i * RangeStride] = (long)bounds[i + 1] << 32 | (uint)bounds[i];
+            _owned = true;
+            _ownedMinGrain = LeastClaims && minGrain > 0 && minGrain < grain ? minGrain : Math.Max(1, grain);
+            StartInFlight(work, itemCount, Math.Max(1, grain));
+        }
+        finally
+        {
+            Volatile.Write(ref _inFlight, 0);
+        }
     }
 
     /// <summary>The whole range on the calling thread, in one call.</summary>
@@ -206,22 +220,25 @@ public sealed class WorkerPool : IDisposable
     private static InvalidOperationException Reentered() =>
         new("A WorkerPool runs one call at a time: this one was made while another was running on it (from its work, or from another thread). Use another pool.");
 
-    /// <summary>Publishes a call to the workers, takes part, and waits for them.</summary>
-    private void Start(IParallelWork work, int itemCount, int grain)
+    /// <summary>Whether a worker thread still runs (only asked once the pool is disposed: the caller must not return
+    /// while one may still execute the call's work).</summary>
+    private bool AnyWorkerAlive()
     {
-        // A second call while one runs overwrote its work, count and pending counter: items went missing, then the
-        // outer call waited for ever.
-        if (Interlocked.CompareExchange(ref _inFlight, 1, 0) != 0) throw Reentered();
-        try
-        {
-            StartInFlight(work, itemCount, grain);
-        }
-        finally
-        {
-            Volatile.Write(ref _inFlight, 0);
-        }
+        foreach (var t in _threads)
+            if (t.IsAlive) return true;
+        return false;
     }
 
+    /// <summary>
+    /// Takes the pool for one call (the caller releases <see cref="_inFlight"/>). A second call while one runs overwrote
+    /// its work, count and pending counter: items went missing, then the outer call waited for ever.
+    /// </summary>
+    private void Claim()
+    {
+        if (Interlocked.CompareExchange(ref _inFlight, 1, 0) != 0) throw Reentered();
+    }
+
+    /// <summary>Publishes a call to the workers, takes part, and waits for them (the pool claimed).</summary>
     private void StartInFlight(IParallelWork work, int itemCount, int grain)
     {
         _work = work;
@@ -243,12 +260,19 @@ public sealed class WorkerPool : IDisposable
             long t0 = Stopwatch.GetTimestamp();
             while (Volatile.Read(ref _pending) != 0)
             {
+                if (_disposed && !AnyWorkerAlive()) throw new ObjectDisposedException(nameof(WorkerPool), "The worker pool was disposed while a call was running on it.");
                 if (Stopwatch.GetTimestamp() - t0 < TightTicks) Thread.SpinWait(1);
                 else spinner.SpinOnce(sleep1Threshold: -1);
             }
         }
         else
-            while (Volatile.Read(ref _pending) != 0) spinner.SpinOnce(sleep1Threshold: -1);
+            while (Volatile.Read(ref _pending) != 0)
+            {
+                // Disposed during the call: a worker that had not taken the call left without counting itself done, and
+                // this loop spun for ever.
+                if (_disposed && !AnyWorkerAlive()) throw new ObjectDisposedException(nameof(WorkerPool), "The worker pool was disposed while a call was running on it.");
+                spinner.SpinOnce(sleep1Threshold: -1);
+            }
         _work = null;
         // The work's own exception, its worker's stack kept, as the one-thread path throws it: wrapped, callers that
         // report e.Message (the scheduler's "The engine failed: ...") said "A worker thread failed" at two threads.

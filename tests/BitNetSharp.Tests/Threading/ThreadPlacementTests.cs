@@ -19,6 +19,17 @@ public class ThreadPlacementTests
         Assert.Contains("empty", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList(" , ")).Message);
     }
 
+    /// <summary>Pin refuses CPU numbers outside its 1024-CPU mask: 1024 wrote past the stack buffer, and −1 pinned to CPU 63.</summary>
+    [Fact]
+    public void PinRefusesCpusOutsideItsMask()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sched_setaffinity is Linux's");
+        using var pool = new WorkerPool(1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => ThreadPlacement.Pin(pool, [1024]));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ThreadPlacement.Pin(pool, [-1]));
+        Assert.Throws<ArgumentException>(() => ThreadPlacement.Pin(pool, []));
+    }
+
     /// <summary>
     /// A process limited to CPU 1 (taskset; a container's cpuset) may name CPU 1: the check counted CPUs
     /// (Environment.ProcessorCount is 1 there) and refused it as "does not exist".
