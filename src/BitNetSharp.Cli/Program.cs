@@ -31,7 +31,19 @@ public static class Program
             ProfileCommand.Create(cli),
             CalibrateCommand.Create(cli),
         };
-        var parse = root.Parse(args);
+        // `bitnet` alone shows what it can do.
+        var parse = root.Parse(args.Length == 0 ? ["--help"] : args);
+        // A command line that does not parse is a usage error like any other: exit 2, the message on stderr. The default
+        // action exited 1 (the code of a bad model or data file) and wrote the help text to stdout, into `| jq`.
+        if (parse.Errors.Count > 0)
+        {
+            foreach (var e in parse.Errors) error.WriteLine($"error: {e.Message}");
+            var path = new List<string>();
+            for (var r = parse.CommandResult; r is not null; r = r.Parent as System.CommandLine.Parsing.CommandResult) path.Insert(0, r.Command.Name);
+            path[0] = "bitnet";
+            error.WriteLine($"Run '{string.Join(' ', path)} --help' for its options.");
+            return 2;
+        }
         var configuration = new InvocationConfiguration { Output = output, Error = error };
         // serve drains on SIGTERM/Ctrl-C: give it its --shutdown-timeout plus time to stop before the process is ended.
         if (parse.CommandResult.Command.Name == "serve")

@@ -253,8 +253,16 @@ public class InspectCommandTests
     [Fact]
     public void MissingArgumentIsAUsageError()
     {
-        var (code, _, error) = Bitnet("inspect");
-        Assert.NotEqual(0, code);
+        var (code, output, error) = Bitnet("inspect");
+        Assert.Equal(2, code);
         Assert.Contains("path", error);
+        Assert.Equal("", output);
+        // An unknown flag too: exit 2 (it was 1, the code of a bad model file) and nothing on stdout (the help text went
+        // there, into `| jq`).
+        (code, output, error) = Bitnet("inspect", "m.gguf", "--jsn");
+        Assert.Equal(2, code);
+        Assert.Contains("--jsn", error);
+        Assert.Contains("bitnet inspect --help", error);
+        Assert.Equal("", output);
     }
 }
