@@ -43,6 +43,8 @@ public static class ChatCommand
                     throw new UsageException("--template: " + e.Message.Split(" (Parameter '")[0]);
                 }
             }
+            var generatorOptions = model.Generator(result); // the flags before the model loads, as the template
+            speculation.Check(result);
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
@@ -51,7 +53,7 @@ public static class ChatCommand
             var stops = GenerateCommand.Stops(result, stop).Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
             using var __ = draftWeights;
-            using var generator = new TextGenerator(weights, tokenizer, model.Generator(result) with { Speculation = speculative });
+            using var generator = new TextGenerator(weights, tokenizer, generatorOptions with { Speculation = speculative });
             // ... and so do the markers that are tokens but not stop tokens: a turn opener such as <|im_start|>.
             generator.StopTokenIds = chatTemplate.StopTokens(tokenizer);
             var messages = new List<ChatMessage>();

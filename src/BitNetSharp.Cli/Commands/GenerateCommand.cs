@@ -46,6 +46,10 @@ public static class GenerateCommand
             if (result.GetValue(count) < 0) throw new UsageException($"--n-predict (-n) must be 0 or more; got {result.GetValue(count)}.");
             if (result.GetValue(logitsOut) is { } logitsPath) OutputFile.Check("--logits-out", logitsPath);
             if (result.GetValue(idsOut) is { } idsPath) OutputFile.Check("--ids-out", idsPath);
+            // Flags checked before the model loads (a typo waited out a multi-gigabyte load, or reported the file instead).
+            var generatorOptions = model.Generator(result);
+            speculation.Check(result);
+            if (result.GetValue(healthEvery) is < 1 and var badEvery) throw new UsageException($"--health-every must be ≥ 1; got {badEvery}.");
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             int[] promptTokens;
@@ -63,7 +67,7 @@ public static class GenerateCommand
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer,
-                model.Generator(result) with { HealthSampleEvery = measuring ? every : 0, Speculation = speculative });
+                generatorOptions with { HealthSampleEvery = measuring ? every : 0, Speculation = speculative });
             var report = wantHealth ? new HealthReport(weights.Config.Layers) : null;
             if (measuring)
                 generator.Health.Published += snap =>

@@ -33,7 +33,18 @@ public sealed class SpeculationOptions
     /// The speculative settings (null when off) and the draft weights they hold, which the caller disposes
     /// (after the generator). Refuses a draft whose vocabulary or tokenizer differs from the model's.
     /// </summary>
+    /// <summary>The flags' usage errors, before the model loads (a typo was reported after loading gigabytes).</summary>
+    public void Check(ParseResult r) => Validate(r);
+
     public (SpeculativeOptions? Options, ModelWeights? DraftWeights) Parse(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer)
+    {
+        var (ngram, needsDraft) = Validate(r);
+        if (!needsDraft) return (ngram, null);
+        return ParseDraft(r, target, tokenizer, r.GetValue(Draft), r.GetValue(DraftLayers), r.GetValue(DraftTokens));
+    }
+
+    /// <summary>Speculation off (null, false), n-gram (its options, false), or a draft model to load (null, true).</summary>
+    private (SpeculativeOptions? NGram, bool NeedsDraft) Validate(ParseResult r)
     {
         string? mode = r.GetValue(Speculate)?.Trim().ToLowerInvariant();
         string? draftPath = r.GetValue(Draft);
@@ -49,19 +60,22 @@ public sealed class SpeculationOptions
                 // Accepted and ignored, --draft-tokens read as if it turned speculation on.
                 if (r.GetResult(DraftTokens) is { Implicit: false })
                     throw new UsageException("--draft-tokens applies with --speculate ngram or a draft (--draft MODEL, --draft-layers N); speculation is off.");
-                return (null, null);
+                return (null, false);
             case null or "draft" or "model" when model:
-                break;
+                return (null, true);
             case "draft" or "model":
                 throw new UsageException("--speculate draft needs --draft MODEL or --draft-layers N.");
             case "ngram" or "prompt-lookup" when !model:
-                return (new SpeculativeOptions { Source = DraftSource.NGram, DraftTokens = k }, null);
+                return (new SpeculativeOptions { Source = DraftSource.NGram, DraftTokens = k }, false);
             case "ngram" or "prompt-lookup":
                 throw new UsageException("--speculate ngram drafts from the context; drop --draft/--draft-layers, or use --speculate draft.");
             default:
                 throw new UsageException($"--speculate '{r.GetValue(Speculate)}' is not one of ngram, draft.");
         }
+    }
 
+    private static (SpeculativeOptions? Options, ModelWeights? DraftWeights) ParseDraft(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer, string? draftPath, int? layers, int k)
+    {
         ModelWeights draft;
         if (layers is { } n)
         {

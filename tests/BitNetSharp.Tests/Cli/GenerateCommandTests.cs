@@ -66,6 +66,25 @@ public class GenerateCommandTests
         Assert.DoesNotContain("\\u00", output);
     }
 
+    /// <summary>The run flags are checked before the model loads: with a model that does not exist the flag's error
+    /// comes first (it waited out the load, and here reported the missing file instead).</summary>
+    [Theory]
+    [InlineData("generate", "--kv-type", "q4", "--kv-type 'q4'")]
+    [InlineData("chat", "--kv-type", "q4", "--kv-type 'q4'")]
+    [InlineData("generate", "-t", "-1", "--threads (-t)")]
+    [InlineData("chat", "--ctx", "-5", "--ctx (-c)")]
+    [InlineData("generate", "--speculate", "bogus", "--speculate 'bogus'")]
+    [InlineData("chat", "--draft-tokens", "0", "--draft-tokens must be between")]
+    [InlineData("generate", "--health-every", "0", "--health-every")]
+    public void RunFlagsAreCheckedBeforeTheModelLoads(string command, string option, string value, string message)
+    {
+        string[] args = command == "generate" ? ["generate", "-m", "no-such.gguf", "-p", "hi", option, value] : ["chat", "-m", "no-such.gguf", option, value];
+        var (code, _, error) = Bitnet(args);
+        Assert.Equal(2, code);
+        Assert.Contains(message, error);
+        Assert.DoesNotContain("no-such.gguf", error);
+    }
+
     /// <summary>An empty -m (`-m "$MODEL"` with MODEL unset) is a usage error; it ran the bundled model.</summary>
     [Fact]
     public void AnEmptyModelPathIsAUsageError()
