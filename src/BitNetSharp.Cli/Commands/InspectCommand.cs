@@ -21,6 +21,10 @@ public static class InspectCommand
         };
         command.SetAction(result => cli.Guard(() =>
         {
+            // --codes loads the model: a lone .safetensors file cannot be (it has no config), and the table came out
+            // before the load failed with exit 1.
+            if (result.GetValue(codes) && ModelPath.Detect(result.GetRequiredValue(path)) == ModelPathKind.Safetensors)
+                throw new UsageException("--codes loads the model, and a lone .safetensors file has no config.json to load it with; inspect its model directory.");
             var summary = ModelSummary.Load(result.GetRequiredValue(path));
             if (result.GetValue(json)) WriteJson(cli.Output, summary, result.GetValue(tensors), result.GetValue(codes) ? result.GetRequiredValue(path) : null);
             else

@@ -250,6 +250,21 @@ public class InspectCommandTests
         Assert.Single(error.TrimEnd().Split('\n'));
     }
 
+    /// <summary>--codes on a lone .safetensors file is a usage error before any output (the table came out, then the
+    /// load failed with exit 1).</summary>
+    [Fact]
+    public void CodesOfALoneSafetensorsFileIsRefusedBeforeAnyOutput()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string file = dir.File("model.safetensors");
+        File.WriteAllBytes(file, TestSafetensors.Small().ToArray());
+        var (code, output, error) = Bitnet("inspect", file, "--codes");
+        Assert.Equal(2, code);
+        Assert.Contains("--codes", error);
+        Assert.Equal("", output);
+        Assert.Equal(0, Bitnet("inspect", file).ExitCode);
+    }
+
     [Fact]
     public void MissingArgumentIsAUsageError()
     {
