@@ -75,14 +75,20 @@ public static class ChatCommand
             Console.CancelKeyPress += onCancel;
             try
             {
-                cli.Error.WriteLine($"chat template: {chatTemplate.Name}; empty line to quit, Ctrl-C stops an answer.");
+                cli.Error.WriteLine($"chat template: {chatTemplate.Name}; end a line with \\ to go on to the next, /reset starts over, an empty line or /quit ends; Ctrl-C stops an answer.");
                 while (true)
                 {
                     cli.Output.Write("> ");
                     cli.Output.Flush();
-                    string? line = reader.ReadLine();
-                    if (string.IsNullOrWhiteSpace(line)) return 0;
-                    messages.Add(ChatMessage.User(line));
+                    var (kind, line) = ReadMessage(reader);
+                    if (kind == ChatInput.Quit) return 0;
+                    if (kind == ChatInput.Reset)
+                    {
+                        messages.RemoveAll(m => m.Role != "system");
+                        cli.Error.WriteLine("[conversation cleared]");
+                        continue;
+                    }
+                    messages.Add(ChatMessage.User(line!));
                     var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
                         generator.ContextLength, answerTokens, cli.Error);
                     if (prompt is null) continue;
@@ -109,6 +115,37 @@ public static class ChatCommand
             }
         }));
         return command;
+    }
+
+    public enum ChatInput { Message, Reset, Quit }
+
+    /// <summary>
+    /// The next message from <paramref name="reader"/>: lines ending with a backslash go on to the next line (the message
+    /// keeps the line breaks, blank lines included), "/reset" clears the conversation, "/quit", "/exit", an empty line or
+    /// the end of the input ends the chat, and "//" starts a message that begins with "/". Before, every line was its own
+    /// message, and a blank line inside a pasted paragraph ended the chat.
+    /// </summary>
+    public static (ChatInput Kind, string? Text) ReadMessage(TextReader reader)
+    {
+        string? line = reader.ReadLine();
+        if (line is null || string.IsNullOrWhiteSpace(line)) return (ChatInput.Quit, null);
+        switch (line.Trim())
+        {
+            case "/quit" or "/exit": return (ChatInput.Quit, null);
+            case "/reset": return (ChatInput.Reset, null);
+        }
+        var text = new System.Text.StringBuilder();
+        while (true)
+        {
+            bool more = line.EndsWith('\\');
+            text.Append(more ? line[..^1] : line);
+            if (!more) break;
+            line = reader.ReadLine();
+            if (line is null) break;
+            text.Append('\n');
+        }
+        string message = text.ToString();
+        return (ChatInput.Message, message.StartsWith("//", StringComparison.Ordinal) ? message[1..] : message);
     }
 
     /// <summary>

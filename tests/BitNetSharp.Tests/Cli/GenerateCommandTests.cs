@@ -423,6 +423,31 @@ public class GenerateArgumentTests
 
 public class ChatCommandTests
 {
+    /// <summary>
+    /// A message goes on past a line ending with a backslash (blank lines included), /reset clears the conversation, and
+    /// /quit ends it: each line was its own message, and a blank line inside a pasted paragraph ended the chat.
+    /// </summary>
+    [Fact]
+    public void MessagesSpanLinesAndSlashCommandsResetOrQuit()
+    {
+        var reader = new StringReader("Summarize:\\\nline one\\\n\\\nline two\n/reset\n//quit is text\n/quit\nnever read\n");
+        Assert.Equal((ChatCommand.ChatInput.Message, "Summarize:\nline one\n\nline two"), ChatCommand.ReadMessage(reader));
+        Assert.Equal(ChatCommand.ChatInput.Reset, ChatCommand.ReadMessage(reader).Kind);
+        Assert.Equal((ChatCommand.ChatInput.Message, "/quit is text"), ChatCommand.ReadMessage(reader));
+        Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(reader).Kind);
+        Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(new StringReader("")).Kind);
+
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", model, "-n", "4", "--temp", "0", "-t", "1", "--template", "chatml"], new StringWriter(), error,
+            new StringReader("a cat\\\n\\\nand a dog\n/reset\nhi\n/quit\n"));
+        Assert.Equal(0, code);
+        var lines = error.ToString().Split('\n');
+        Assert.Equal(2, lines.Count(l => l.StartsWith("[", StringComparison.Ordinal) && l.Contains("generated", StringComparison.Ordinal)));
+        Assert.Contains("[conversation cleared]", lines);
+    }
+
+
     [Fact]
     public void AConversationLongerThanTheContextDropsItsOldestTurnsAndAnOversizedMessageIsRefused()
     {
