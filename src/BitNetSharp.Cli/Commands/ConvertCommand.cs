@@ -49,6 +49,7 @@ public static class ConvertCommand
             // Read once, tensor by tensor: mapped, never copied into huge pages.
             using var weights = ModelWeights.Load(inPath, new ModelLoadOptions { WeightPages = WeightPages.File });
             ModelConverter.CheckShapes(weights, packed, embeddingType);
+            foreach (var warning in ModelConverter.CompatibilityWarnings(weights, packed)) cli.Error.WriteLine("warning: " + warning);
             string tokenizerNote;
             BitNetTokenizer? tokenizer = null;
             if (weights.Gguf is { } gguf)

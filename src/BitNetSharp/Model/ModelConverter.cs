@@ -23,7 +23,7 @@ public static class ModelConverter
         foreach (var (name, m) in Projections(weights))
         {
             if (type is PackedWeightType.TQ2_0 or PackedWeightType.TQ1_0 && m.Cols % 256 != 0)
-                throw new ArgumentException($"{type} packs rows in blocks of 256 weights, but {name} has rows of {m.Cols}; use --type i2_s or f16 for this model.");
+                throw new ArgumentException($"{type} packs rows in blocks of 256 weights, but {name} has rows of {m.Cols}; use --type {(Cols128(weights) ? "i2_s or f16" : "f16")} for this model.");
             if (type == PackedWeightType.I2_S && (long)m.Rows * m.Cols % 128 != 0)
                 throw new ArgumentException($"I2_S packs the tensor in blocks of 128 weights, but {name} has {m.Rows}×{m.Cols} = {(long)m.Rows * m.Cols}; use --type f16 for this model.");
             // TQ2_0/TQ1_0 keep a d per 256-block (so per row) and F16 stores ±β_r; only I2_S has one scale per tensor.
@@ -32,6 +32,31 @@ public static class ModelConverter
                     if (m.RowScales[r] != m.RowScales[0])
                         throw new ArgumentException($"{name} has a scale per row, which I2_S cannot store (one per tensor); use --type tq2_0, tq1_0 or f16.");
         }
+    }
+
+    /// <summary>
+    /// What a reader other than this runtime would get wrong in the file <paramref name="type"/> makes of these weights.
+    /// bitnet.cpp's I2_S product starts each row at a fresh 128-weight block and drops a row's last cols % 128 weights,
+    /// so a tensor whose rows are not whole blocks (1bitLLM 3B's ffn_down, 8640 wide) loads there and computes wrong
+    /// outputs; this runtime reads the blocks across rows as written.
+    /// </summary>
+    public static IEnumerable<string> CompatibilityWarnings(ModelWeights weights, PackedWeightType type)
+    {
+        if (type != PackedWeightType.I2_S) yield break;
+        foreach (var (name, m) in Projections(weights))
+            if (m.Cols % 128 != 0)
+            {
+                yield return $"{name} has rows of {m.Cols} weights, not whole 128-weight blocks: bitnet.cpp reads such an I2_S tensor wrong (each row from a block's start, "
+                    + "its last weights dropped). This runtime reads it; for bitnet.cpp use --type f16.";
+                yield break;
+            }
+    }
+
+    private static bool Cols128(ModelWeights weights)
+    {
+        foreach (var (_, m) in Projections(weights))
+            if (m.Cols % 128 != 0) return false;
+        return true;
     }
 
     public static IEnumerable<(string Name, TernaryMatrix Matrix)> Projections(ModelWeights weights)

@@ -41,6 +41,27 @@ public class EmbeddingConversionTests
     }
 
     /// <summary>
+    /// convert --type i2_s warns when a tensor's rows are not whole 128-weight blocks (the tiny shape's down projection,
+    /// 320 wide): bitnet.cpp reads each I2_S row from a block's start and drops its tail, so such a file computes wrong
+    /// outputs there. A shape of whole blocks converts without the warning.
+    /// </summary>
+    [Fact]
+    public void I2SOfRowsThatAreNotWholeBlocksWarnsForBitnetCpp()
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        string tiny = dir.File("tiny.gguf"), even = dir.File("even.gguf");
+        SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(tiny);
+        SyntheticModel.Build(SyntheticShape.Tiny with { FeedForward = 384 }, 3).WriteFile(even);
+        var error = new StringWriter();
+        Assert.True(Program.Run(["convert", tiny, dir.File("a.gguf"), "--type", "i2_s"], new StringWriter(), error) == 0, error.ToString());
+        Assert.Contains("warning: blk.0.ffn_down.weight has rows of 320 weights", error.ToString());
+        Assert.Contains("bitnet.cpp", error.ToString());
+        error = new StringWriter();
+        Assert.True(Program.Run(["convert", even, dir.File("b.gguf"), "--type", "i2_s"], new StringWriter(), error) == 0, error.ToString());
+        Assert.DoesNotContain("warning", error.ToString());
+    }
+
+    /// <summary>
     /// The bundled model (trained, F32 embedding, tied head) converted with each embedding type: the GGUF holds that
     /// type, and its logits stay close to the original's. (A random fixture is no use here: its int8 activation codes
     /// flip under any 0.1 % input change and the logits move by 10 % of their range.)
