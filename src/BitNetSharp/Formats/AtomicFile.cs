@@ -74,11 +74,13 @@ public static class AtomicFile
             rest = rest[..guidDot];
             int pidDot = rest.LastIndexOf('.');
             if (pidDot < 0 || !int.TryParse(rest[(pidDot + 1)..], NumberStyles.None, CultureInfo.InvariantCulture, out int pid)) continue;
-            if (pid == Environment.ProcessId || IsRunning(pid)) continue;
-            // A PID not running here may be a writer in another PID namespace or on another host sharing the folder
-            // (replicas on one volume): its temporary was deleted before its rename, which then failed and lost the file.
-            // Only a temporary nobody holds and nobody has written for a while is stale.
-            if (InUse(file)) continue;
+            // A writer holds its temporary open (a shared lock on Linux, a share mode on Windows): one held is live,
+            // whatever its PID says (a writer in another PID namespace sharing the folder looks dead here, and its
+            // temporary was deleted before its rename). One nobody holds is a killed writer's, even with this process's
+            // PID (a container's PID 1 after a restart: those were never removed), unless that PID runs another
+            // process, which on a file system without locks may still be writing it.
+            if (Held(file)) continue;
+            if (pid != Environment.ProcessId && IsRunning(pid)) continue;
             try
             {
                 File.Delete(file);
@@ -89,14 +91,10 @@ public static class AtomicFile
         return removed;
     }
 
-    /// <summary>How long a temporary of a process not running here must have been left unwritten to count as stale.</summary>
-    internal static readonly TimeSpan StaleAfter = TimeSpan.FromMinutes(10);
-
-    private static bool InUse(string file)
+    private static bool Held(string file)
     {
         try
         {
-            if (DateTime.UtcNow - File.GetLastWriteTimeUtc(file) < StaleAfter) return true;
             using var probe = new FileStream(file, FileMode.Open, FileAccess.Read, FileShare.None, 1);
             return false;
         }
@@ -106,11 +104,11 @@ public static class AtomicFile
         }
         catch (IOException)
         {
-            return true; // held open (a writer's lock)
+            return true; // held open: a writer's lock
         }
         catch (UnauthorizedAccessException)
         {
-            return true;
+            return false; // unreadable (another user's 0600 file): deleting needs only the folder's permission
         }
     }
 

@@ -7,25 +7,23 @@ namespace BitNetSharp.Tests.FormatsAtomic;
 public class AtomicFileTests
 {
     /// <summary>
-    /// A temporary whose PID is not running here is stale only once nobody holds it and nobody has written it for
-    /// <see cref="AtomicFile.StaleAfter"/>: a writer in another PID namespace or on another host sharing the folder looks
-    /// dead here, and its temporary was deleted before its rename (which then failed and lost the file).
+    /// A temporary a writer holds open is live whatever its PID says (a writer in another PID namespace sharing the
+    /// folder looks dead here, and its temporary was deleted before its rename, which then lost the file); one nobody
+    /// holds is a killed writer's and goes, even with this process's PID (a container's PID 1 after a restart: those
+    /// were never removed).
     /// </summary>
     [Fact]
-    public void OnlyAnUntouchedUnheldTemporaryOfAMissingProcessIsRemoved()
+    public void AHeldTemporaryIsLiveAndAnUnheldOneGoesWhateverItsPid()
     {
         using var dir = new TestGguf.TempDirectory();
         const int missing = int.MaxValue - 7; // no such PID
-        string Temp(string tag) => dir.File($".out.gguf.{missing}.{Guid.NewGuid():N}.tmp");
-        string fresh = Temp("fresh"), old = Temp("old"), held = Temp("held");
-        foreach (var f in new[] { fresh, old, held }) File.WriteAllText(f, "partial");
-        var past = DateTime.UtcNow - AtomicFile.StaleAfter - TimeSpan.FromMinutes(1);
-        File.SetLastWriteTimeUtc(old, past);
-        File.SetLastWriteTimeUtc(held, past);
+        string Temp(int pid) => dir.File($".out.gguf.{pid}.{Guid.NewGuid():N}.tmp");
+        string held = Temp(missing), dead = Temp(missing), mine = Temp(Environment.ProcessId);
+        foreach (var f in new[] { held, dead, mine }) File.WriteAllText(f, "partial");
         using (new FileStream(held, FileMode.Open, FileAccess.Write, FileShare.ReadWrite))
-            Assert.Equal(1, AtomicFile.RemoveStaleTemporaries(dir.Path, "out.gguf"));
-        Assert.True(File.Exists(fresh));
-        Assert.False(File.Exists(old));
+            Assert.Equal(2, AtomicFile.RemoveStaleTemporaries(dir.Path, "out.gguf"));
         Assert.True(File.Exists(held));
+        Assert.False(File.Exists(dead));
+        Assert.False(File.Exists(mine));
     }
 }
