@@ -29,13 +29,13 @@ public sealed class SpeculationOptions
         command.Options.Add(DraftTokens);
     }
 
+    /// <summary>The flags' usage errors, before the model loads (a typo was reported after loading gigabytes).</summary>
+    public void Check(ParseResult r) => Validate(r);
+
     /// <summary>
     /// The speculative settings (null when off) and the draft weights they hold, which the caller disposes
     /// (after the generator). Refuses a draft whose vocabulary or tokenizer differs from the model's.
     /// </summary>
-    /// <summary>The flags' usage errors, before the model loads (a typo was reported after loading gigabytes).</summary>
-    public void Check(ParseResult r) => Validate(r);
-
     public (SpeculativeOptions? Options, ModelWeights? DraftWeights) Parse(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer)
     {
         var (ngram, needsDraft) = Validate(r);

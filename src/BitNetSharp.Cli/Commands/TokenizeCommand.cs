@@ -6,9 +6,31 @@ namespace BitNetSharp.Cli.Commands;
 /// <summary><c>bitnet tokenize [-m MODEL] TEXT [--ids-only] [--no-bos]</c>: the model's token ids and pieces for a text.</summary>
 public static class TokenizeCommand
 {
-    /// <summary>Quoted as JSON strings but readable: only quotes, backslashes and control characters escaped (the default
-    /// encoder printed &lt;|begin_of_text|&gt; as \u003C|begin_of_text|\u003E, 's as \u0027s, and every non-ASCII letter as \uXXXX).</summary>
-    private static readonly System.Text.Json.JsonSerializerOptions Quoted = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+    /// <summary>
+    /// <paramref name="text"/> as a JSON string that reads as the text: only quotes, backslashes and control characters
+    /// escaped. The default encoder printed &lt;|begin_of_text|&gt; as \u003C|begin_of_text|\u003E, 's as \u0027s and
+    /// every non-ASCII letter as \uXXXX; the relaxed one still escapes emoji and a list of other characters.
+    /// </summary>
+    internal static string Quoted(string text)
+    {
+        var b = new System.Text.StringBuilder(text.Length + 2).Append('"');
+        foreach (char c in text)
+        {
+            switch (c)
+            {
+                case '"': b.Append("\\\""); break;
+                case '\\': b.Append("\\\\"); break;
+                case '\n': b.Append("\\n"); break;
+                case '\r': b.Append("\\r"); break;
+                case '\t': b.Append("\\t"); break;
+                default:
+                    if (c < 0x20 || c == 0x7F) b.Append(CultureInfo.InvariantCulture, $"\\u{(int)c:X4}");
+                    else b.Append(c);
+                    break;
+            }
+        }
+        return b.Append('"').ToString();
+    }
 
     public static Command Create(CliConsole cli)
     {
@@ -32,7 +54,7 @@ public static class TokenizeCommand
             {
                 var bytes = tokenizer.TokenBytes(id);
                 string piece = System.Text.Unicode.Utf8.IsValid(bytes)
-                    ? System.Text.Json.JsonSerializer.Serialize(System.Text.Encoding.UTF8.GetString(bytes), Quoted)
+                    ? Quoted(System.Text.Encoding.UTF8.GetString(bytes))
                     : "bytes " + string.Join(' ', bytes.ToArray().Select(b => $"0x{b:X2}"));
                 cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{id,8} {piece}"));
             }

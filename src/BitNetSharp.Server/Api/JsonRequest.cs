@@ -166,7 +166,7 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
             if (v.TryGetInt64(out long signed)) return unchecked((ulong)signed);
             if (v.TryGetUInt64(out ulong unsigned)) return unsigned;
             if (v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) return unchecked((ulong)(long)d);
-            throw ApiException.BadRequest($"{Path(name)} must be an integer from {long.MinValue} to {ulong.MaxValue}; got {v.GetRawText()}.", Path(name), "invalid_value");
+            throw ApiException.BadRequest($"{Path(name)} must be an integer from {long.MinValue} to {ulong.MaxValue} written in digits; got {v.GetRawText()}.", Path(name), "invalid_value");
         }
         throw WrongType(Path(name), "an integer", v);
     }

@@ -97,9 +97,10 @@ public sealed partial class TextGenerator : IDisposable
         }
         if (options.Speculation is { } spec)
         {
-            _p = new float[c.VocabSize];
+            _p = []; // only a sampled draft model's p/q rule needs the row's distribution (point-mass drafts draw)
             if (spec.Source == DraftSource.Model)
             {
+                _p = new float[c.VocabSize];
                 var dw = spec.DraftModel!;
                 try
                 {

@@ -71,7 +71,7 @@ public sealed class WorkerPool : IDisposable
     private int _callerCpu = -1;
     private static readonly bool s_linux = ThreadPlacement.CanMoveThreads; // Linux, and the C library has the calls
 
-    /// <summary>Workers moved off the caller's CPU so far (see <see cref="Start"/>).</summary>
+    /// <summary>Workers moved off the caller's CPU so far (see <see cref="StartInFlight"/>).</summary>
     public long Separations => Interlocked.Read(ref _separations);
 
     private long _separations;

@@ -38,6 +38,10 @@ public sealed class NormScaleTuner
             var info = file.GetTensor(t.Name);
             if (t.IsProjection)
             {
+                // A .scale tensor multiplies the product at inference: tuned without it and written beside it, the tuned
+                // β would be scaled again on load.
+                if (t.Name.EndsWith(".weight", StringComparison.Ordinal) && file.TryGetTensor(t.Name[..^".weight".Length] + ".scale", out var scale))
+                    throw new ArgumentException($"{file.FilePath}: {scale.Name} scales {t.Name} at inference; --tune works on models without per-projection scale tensors.");
                 var data = file.GetTensorData(info);
                 using var m = I2S.Decode(data, t.Rows, t.Cols);
                 var codes = new sbyte[t.Length];

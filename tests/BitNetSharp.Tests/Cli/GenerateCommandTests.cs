@@ -59,7 +59,7 @@ public class GenerateCommandTests
         var (code, output, error) = Bitnet("tokenize", "-m", vocab, "Hello world", "--ids-only");
         Assert.True(code == 0, error);
         Assert.Equal("15496,995", output.Trim());
-        (code, output, error) = Bitnet("tokenize", "-m", vocab, "it's <b> café");
+        (code, output, error) = Bitnet("tokenize", "-m", vocab, "it's <b> café a\u00A0b \"q\"");
         Assert.True(code == 0, error);
         Assert.Contains("\"'s\"", output);
         Assert.Contains("\" <\"", output);
