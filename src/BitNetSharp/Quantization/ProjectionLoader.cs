@@ -102,9 +102,7 @@ public static unsafe class ProjectionLoader
                     int inFeatures = checked((int)shape[1]);
                     if (shape[0] * 4 != outFeatures)
                         throw new ModelFormatException(path, $"packed ternary weights have shape [out/4, in]; expected [{outFeatures / 4}, {inFeatures}] for {outFeatures} outputs, found {tensor.ShapeText}", weightName);
-                    string scaleName = weightName.EndsWith(".weight", StringComparison.Ordinal)
-                        ? weightName[..^".weight".Length] + ".weight_scale"
-                        : weightName + "_scale";
+                    string scaleName = ScaleName(weightName);
                     if (!weights.TryGetTensor(scaleName, out var scaleTensor))
                         throw new ModelFormatException(path, $"packed ternary weights need their scale tensor '{scaleName}', which is missing", weightName);
                     if (scaleTensor.ElementCount != 1)
@@ -120,12 +118,18 @@ public static unsafe class ProjectionLoader
                     int rows = checked((int)shape[0]), cols = checked((int)shape[1]);
                     if (rows != outFeatures)
                         throw new ModelFormatException(path, $"expected {outFeatures} output rows, found shape {tensor.ShapeText}", weightName);
-                    return tensor.DType switch
+                    var floats = tensor.DType switch
                     {
-                        SafetensorsDType.F32 => FromFloats(Cast<float>(data).ToArray(), rows, cols),
-                        SafetensorsDType.F16 => FromFloats(Widen(Cast<ushort>(data), HalfConversions.HalfToFloat), rows, cols),
-                        _ => FromFloats(Widen(Cast<ushort>(data), HalfConversions.BFloat16ToFloat), rows, cols),
+                        SafetensorsDType.F32 => Cast<float>(data).ToArray(),
+                        SafetensorsDType.F16 => Widen(Cast<ushort>(data), HalfConversions.HalfToFloat),
+                        _ => Widen(Cast<ushort>(data), HalfConversions.BFloat16ToFloat),
                     };
+                    // Unpacked codes with their weight_scale (transformers' AutoBitLinear skips unpacking a weight that
+                    // already has the model's dtype, and its forward still applies weight_scale): the scale was never read,
+                    // and every output was off by it.
+                    if (weights.TryGetTensor(ScaleName(weightName), out var codeScale))
+                        return FromCodes(floats, rows, cols, codeScale, quantization, weightName);
+                    return FromFloats(floats, rows, cols);
                 }
                 default:
                     throw new ModelFormatException(path, $"dtype {tensor.DTypeName} cannot hold linear weights; expected U8 (packed ternary), F32, F16 or BF16", weightName);
@@ -135,6 +139,25 @@ public static unsafe class ProjectionLoader
         {
             throw new ModelFormatException(path, e.Message, weightName, e);
         }
+    }
+
+    private static string ScaleName(string weightName) => weightName.EndsWith(".weight", StringComparison.Ordinal)
+        ? weightName[..^".weight".Length] + ".weight_scale"
+        : weightName + "_scale";
+
+    /// <summary>Float weights that are the codes −1, 0, +1, with the weight_scale applied as the linear class says.</summary>
+    private static TernaryMatrix FromCodes(float[] w, int rows, int cols, SafetensorsTensorInfo scaleTensor, HfQuantizationConfig? quantization, string weightName)
+    {
+        if (scaleTensor.ElementCount != 1)
+            throw new ArgumentException($"expected one value in {scaleTensor.Name}, found shape {scaleTensor.ShapeText}");
+        foreach (float v in w)
+            if (v is not (-1f or 0f or 1f))
+                throw new ArgumentException($"{weightName} has a weight_scale beside it, so its values must be the codes -1, 0, +1; found {v}");
+        float scale = HfPackedTernary.RowScale(scaleTensor.File.ReadFloat32(scaleTensor)[0], HfPackedTernary.RuleForLinearClass(quantization?.LinearClass));
+        var m = TernaryMatrix.Allocate(rows, cols, scale);
+        for (int r = 0, k = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++) m.Set(r, c, (int)w[k++]);
+        return m;
     }
 
     /// <summary>

@@ -180,4 +180,46 @@ public unsafe class ProjectionLoaderTests
         var e = Assert.Throws<ModelFormatException>(() => ProjectionLoader.LoadTernary(c2, "w.weight", 16, quant));
         Assert.Contains("w.weight_scale", e.Message);
     }
+
+    /// <summary>
+    /// Float weights that are the codes, with a weight_scale beside them (transformers' AutoBitLinear in offline mode
+    /// keeps an unpacked weight of the model's dtype and still applies weight_scale in forward): the scale is applied as
+    /// the linear class says. It was never read, and every output was off by it. Float weights beside a weight_scale
+    /// that are not codes are refused by name.
+    /// </summary>
+    [Theory]
+    [InlineData("autobitlinear", "BF16")]
+    [InlineData("bitlinear", "F32")]
+    public void FloatCodesWithAWeightScaleApplyIt(string linearClass, string dtype)
+    {
+        using var original = RandomTernary(16, 200, 1f, 12);
+        var values = new float[16 * 200];
+        for (int r = 0; r < 16; r++) for (int c = 0; c < 200; c++) values[r * 200 + c] = original.Get(r, c);
+        byte[] bytes = dtype == "F32"
+            ? System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray()
+            : values.SelectMany(v => BitConverter.GetBytes((ushort)(BitConverter.SingleToInt32Bits(v) >>> 16))).ToArray();
+        const float ws = 1.5f;
+        var st = new TestSafetensors()
+            .Add("model.layers.0.self_attn.q_proj.weight", dtype, [16, 200], bytes)
+            .Add("model.layers.0.self_attn.q_proj.weight_scale", "F32", [1], BitConverter.GetBytes(ws));
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("model.safetensors");
+        File.WriteAllBytes(path, st.ToArray());
+        using var checkpoint = SafetensorsCheckpoint.OpenFile(path);
+        var quant = new HfQuantizationConfig { QuantMethod = "bitnet", LinearClass = linearClass };
+        using var m = ProjectionLoader.LoadTernary(checkpoint, "model.layers.0.self_attn.q_proj.weight", 16, quant);
+        Assert.All(m.RowScales, v => Assert.Equal(linearClass == "autobitlinear" ? ws : 1f / ws, v));
+        for (int r = 0; r < 16; r++) for (int c = 0; c < 200; c++) Assert.Equal(original.Get(r, c), m.Get(r, c));
+
+        values[5] = 0.5f;
+        var latent = new TestSafetensors()
+            .Add("w.weight", "F32", [16, 200], System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray())
+            .Add("w.weight_scale", "F32", [1], BitConverter.GetBytes(ws));
+        string path2 = dir.File("latent.safetensors");
+        File.WriteAllBytes(path2, latent.ToArray());
+        using var c2 = SafetensorsCheckpoint.OpenFile(path2);
+        var e = Assert.Throws<ModelFormatException>(() => ProjectionLoader.LoadTernary(c2, "w.weight", 16, quant));
+        Assert.Contains("codes", e.Message);
+        Assert.Contains("w.weight", e.Message);
+    }
 }
