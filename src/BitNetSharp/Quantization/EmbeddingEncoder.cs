@@ -61,10 +61,24 @@ public static class EmbeddingEncoder
             switch (type)
             {
                 case GgmlType.F16:
-                    for (int i = 0; i < row.Length; i++) BitConverter.TryWriteBytes(dst[(2 * i)..], HalfConversions.FloatToHalf(row[i]));
+                    for (int i = 0; i < row.Length; i++)
+                    {
+                        // Past fp16's range it wrote ±∞ (NaN passed as is): a table this engine's loader then refused.
+                        var h = HalfConversions.FloatToHalf(row[i]);
+                        if (!float.IsFinite(row[i]) || !float.IsFinite(HalfConversions.HalfToFloat(h)))
+                            throw new ArgumentException($"Row {r} value {i} is {row[i]}, which F16 cannot hold (finite, |x| ≤ 65504); use --embedding-type q6_k or keep the source type.", nameof(table));
+                        BitConverter.TryWriteBytes(dst[(2 * i)..], h);
+                    }
                     break;
                 case GgmlType.Q8_0:
-                    EncodeQ8_0(row, dst);
+                    try
+                    {
+                        EncodeQ8_0(row, dst);
+                    }
+                    catch (ArgumentException e)
+                    {
+                        throw new ArgumentException($"Row {r}: {e.Message.Split(" (Parameter '")[0]}", nameof(table), e);
+                    }
                     break;
                 default:
                     Q6K.EncodeReference(row, dst);
@@ -89,7 +103,11 @@ public static class EmbeddingEncoder
             float d = amax / 127f;
             float id = d != 0f ? 1f / d : 0f;
             var dst = destination.Slice(b * 34, 34);
-            BitConverter.TryWriteBytes(dst, HalfConversions.FloatToHalf(d));
+            var hd = HalfConversions.FloatToHalf(d);
+            // A block scale past fp16's range was written as ∞: the table loaded and gave NaN logits.
+            if (!float.IsFinite(HalfConversions.HalfToFloat(hd)))
+                throw new ArgumentException($"Block {b} has max |x| = {amax}, whose Q8_0 scale ({d}) fp16 cannot hold; keep the source type.", nameof(x));
+            BitConverter.TryWriteBytes(dst, hd);
             for (int i = 0; i < 32; i++) dst[2 + i] = (byte)(sbyte)MathF.Round(block[i] * id, MidpointRounding.AwayFromZero);
         }
     }

@@ -1,0 +1,34 @@
+using BitNetSharp.Formats.Gguf;
+using BitNetSharp.Model;
+using BitNetSharp.Quantization;
+
+namespace BitNetSharp.Tests.Quantization;
+
+/// <summary>Re-encoding an embedding or head table refuses what the target type cannot hold.</summary>
+public class EmbeddingEncoderTests
+{
+    /// <summary>
+    /// A value past fp16's range for F16, or a block whose Q8_0 scale fp16 cannot hold, is refused naming the row: F16
+    /// wrote ±∞ (a table this engine's loader then refused), and Q8_0 wrote an ∞ scale whose table loaded and gave NaN
+    /// logits.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.F16, 70000f, "F16 cannot hold")]
+    [InlineData(GgmlType.F16, float.NaN, "F16 cannot hold")]
+    [InlineData(GgmlType.Q8_0, 1e7f, "fp16 cannot hold")]
+    public unsafe void ValuesTheTargetCannotHoldAreRefusedNamingTheRow(GgmlType type, float bad, string message)
+    {
+        const int rows = 3, cols = 64;
+        var values = new float[rows * cols];
+        for (int i = 0; i < values.Length; i++) values[i] = (i % 7 - 3) * 0.25f;
+        values[cols + 5] = bad;
+        fixed (float* p = values)
+        {
+            var table = new EmbeddingTable(GgmlType.F32, (byte*)p, values.Length * 4L, rows, cols, values, "t.gguf", "token_embd.weight");
+            var destination = new byte[EmbeddingEncoder.RowBytes(type, cols) * rows];
+            var e = Assert.Throws<ArgumentException>(() => EmbeddingEncoder.EncodeRows(table, type, 0, rows, destination));
+            Assert.Contains("Row 1", e.Message);
+            Assert.Contains(message, e.Message);
+        }
+    }
+}
