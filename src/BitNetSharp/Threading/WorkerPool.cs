@@ -417,18 +417,9 @@ public sealed class WorkerPool : IDisposable
         {
             if (OperatingSystem.IsLinux() && File.Exists("/proc/cpuinfo"))
             {
-                var cores = new HashSet<(string, string)>();
-                string physical = "0";
-                foreach (var line in File.ReadLines("/proc/cpuinfo"))
-                {
-                    int colon = line.IndexOf(':');
-                    if (colon < 0) continue;
-                    var key = line.AsSpan(0, colon).Trim();
-                    var value = line[(colon + 1)..].Trim();
-                    if (key.SequenceEqual("physical id")) physical = value;
-                    else if (key.SequenceEqual("core id")) cores.Add((physical, value));
-                }
-                if (cores.Count > 0) return Math.Clamp(cores.Count, 1, logical);
+                var allowed = ThreadPlacement.ProcessCpus();
+                int cores = CountCores(File.ReadLines("/proc/cpuinfo"), allowed.Length > 0 ? new HashSet<int>(allowed) : null);
+                if (cores > 0) return Math.Clamp(cores, 1, logical);
             }
         }
         catch (IOException)
@@ -438,6 +429,33 @@ public sealed class WorkerPool : IDisposable
         {
         }
         return Math.Max(1, logical);
+    }
+
+    /// <summary>
+    /// Distinct (physical id, core id) pairs of /proc/cpuinfo's processors in <paramref name="allowed"/> (all when null):
+    /// counted over the whole machine, a process allowed two SMT siblings of one core (taskset -c 0,4) got two threads
+    /// on that core.
+    /// </summary>
+    internal static int CountCores(IEnumerable<string> cpuinfo, IReadOnlySet<int>? allowed)
+    {
+        var cores = new HashSet<(string, string)>();
+        string physical = "0";
+        int processor = -1;
+        foreach (var line in cpuinfo)
+        {
+            int colon = line.IndexOf(':');
+            if (colon < 0) continue;
+            var key = line.AsSpan(0, colon).Trim();
+            var value = line[(colon + 1)..].Trim();
+            if (key.SequenceEqual("processor"))
+            {
+                processor = int.TryParse(value, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int p) ? p : -1;
+                physical = "0";
+            }
+            else if (key.SequenceEqual("physical id")) physical = value;
+            else if (key.SequenceEqual("core id") && (allowed is null || allowed.Contains(processor))) cores.Add((physical, value));
+        }
+        return cores.Count;
     }
 
     public void Dispose()

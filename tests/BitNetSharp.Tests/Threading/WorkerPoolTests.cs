@@ -344,4 +344,23 @@ public class WorkerPoolTests
         }
         Assert.True(WorkerPool.DefaultThreadCount() >= 1);
     }
+
+    /// <summary>The default thread count counts the cores of the CPUs this process may use: two SMT siblings of one core
+    /// (taskset -c 0,4 on a 4-core/8-thread machine) are one core; counted over the machine they gave two threads.</summary>
+    [Fact]
+    public void CoresAreCountedOverTheAllowedCpusOnly()
+    {
+        // 2 cores × 2 threads: processors 0,1 are cores 0,1; 2,3 their siblings.
+        string[] cpuinfo =
+        [
+            "processor\t: 0", "physical id\t: 0", "core id\t\t: 0", "",
+            "processor\t: 1", "physical id\t: 0", "core id\t\t: 1", "",
+            "processor\t: 2", "physical id\t: 0", "core id\t\t: 0", "",
+            "processor\t: 3", "physical id\t: 0", "core id\t\t: 1", "",
+        ];
+        Assert.Equal(2, WorkerPool.CountCores(cpuinfo, null));
+        Assert.Equal(1, WorkerPool.CountCores(cpuinfo, new HashSet<int> { 0, 2 }));
+        Assert.Equal(2, WorkerPool.CountCores(cpuinfo, new HashSet<int> { 0, 3 }));
+        Assert.Equal(0, WorkerPool.CountCores(cpuinfo, new HashSet<int> { 9 }));
+    }
 }
