@@ -27,3 +27,30 @@ public class AtomicFileTests
         Assert.False(File.Exists(mine));
     }
 }
+
+/// <summary>Whether two spellings name one file (outputs are checked against inputs with it).</summary>
+public class PathIdentityTests
+{
+    /// <summary>
+    /// ".." is read as .NET reads it, by spelling before any link (File APIs make a path full first): link/../m.gguf
+    /// opens the m.gguf beside the link, and is that file, not the one beside the link's target (the kernel's reading,
+    /// which a review proposed; .NET never opens that one through this spelling).
+    /// </summary>
+    [Fact]
+    public void DotDotIsReadAsDotNetOpensIt()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS(), "symbolic links without privileges");
+        using var dir = new TestGguf.TempDirectory();
+        Directory.CreateDirectory(Path.Combine(dir.Path, "x", "y"));
+        Directory.CreateDirectory(Path.Combine(dir.Path, "a"));
+        Directory.CreateSymbolicLink(Path.Combine(dir.Path, "a", "link"), Path.Combine(dir.Path, "x", "y"));
+        string besideTarget = Path.Combine(dir.Path, "x", "m.gguf"), besideLink = Path.Combine(dir.Path, "a", "m.gguf");
+        File.WriteAllText(besideTarget, "target's");
+        File.WriteAllText(besideLink, "link's");
+        string spelled = Path.Combine(dir.Path, "a", "link", "..", "m.gguf");
+        Assert.Equal("link's", File.ReadAllText(spelled));
+        Assert.True(PathIdentity.SameFile(spelled, besideLink));
+        Assert.False(PathIdentity.SameFile(spelled, besideTarget));
+        Assert.True(PathIdentity.SameFile(Path.Combine(dir.Path, "a", "link", "..", "link", "z", "..", "..", "m.gguf"), besideLink));
+    }
+}

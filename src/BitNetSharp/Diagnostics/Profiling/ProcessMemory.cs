@@ -55,24 +55,7 @@ public sealed record ProcessMemory(long? RssBytes, long? PeakRssBytes, long? Ano
     /// <summary>The file's real path, every link along it resolved (as realpath): smaps names a mapping by it, so a model
     /// given through a link (a Hugging Face hub snapshot links to its blobs), or in a directory reached through one
     /// (models -> /data/models, a linked ~/.cache), matched nothing and the resident size read "-".</summary>
-    private static string Resolve(string path) => RealPath(Path.GetFullPath(path), 0);
-
-    private static string RealPath(string full, int hops)
-    {
-        string? parent = Path.GetDirectoryName(full);
-        if (parent is null) return full; // the root
-        string resolved = Path.Combine(RealPath(parent, hops), Path.GetFileName(full));
-        if (hops >= 40) return resolved; // a loop of links: ELOOP for the kernel too
-        try
-        {
-            if (new FileInfo(resolved).LinkTarget is { } target)
-                return RealPath(Path.GetFullPath(target, Path.GetDirectoryName(resolved)!), hops + 1);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-        }
-        return resolved;
-    }
+    private static string Resolve(string path) => Formats.PathIdentity.Resolve(Path.GetFullPath(path));
 
     /// <summary>Sum of Rss over the mappings of <paramref name="path"/> in /proc/self/smaps (the whole path after the
     /// header's fields, not a suffix that another file's path could share).</summary>
