@@ -37,11 +37,12 @@ internal static class OutputFile
                 // A model directory (Hugging Face): a new file beside its files is fine, replacing one of them is not
                 // (a trace over model.safetensors destroyed the weights).
                 string folder = Resolve(Path.TrimEndingDirectorySeparator(Path.GetFullPath(input))) + Path.DirectorySeparatorChar;
-                if (File.Exists(resolved) && (resolved.StartsWith(folder, PathComparison) || full.StartsWith(folder, PathComparison)))
+                if (File.Exists(resolved) && (resolved.StartsWith(folder, PathComparison) || full.StartsWith(folder, PathComparison)
+                    || Path.GetDirectoryName(resolved) is { } outFolder && PathIdentity.SameFolder(outFolder, folder)))
                     throw new UsageException($"{option} {path} is a file of the {inputOption} directory {input}; the output would replace it. Give another path.");
                 continue;
             }
-            if (string.Equals(Resolve(Path.GetFullPath(input)), resolved, PathComparison))
+            if (PathIdentity.SameFile(input, full))
                 throw new UsageException($"{option} {path} is the {inputOption} file; the output would replace it. Give another path.");
         }
         return full;

@@ -1,14 +1,67 @@
+using System.Runtime.InteropServices;
+
 namespace BitNetSharp.Formats;
 
 /// <summary>
 /// Whether two paths name one file: outputs are checked against inputs with it, so that no spelling of an input (a
 /// link to it or to a folder above it, another letter case where the file system folds case) lets a command replace it.
 /// </summary>
-public static class PathIdentity
+public static unsafe class PathIdentity
 {
-    /// <summary>Whether two paths name the same file, however spelled: links resolved in every component, and case folded where the file system folds it.</summary>
-    public static bool SameFile(string a, string b) =>
-        string.Equals(Resolve(Path.GetFullPath(a)), Resolve(Path.GetFullPath(b)), Comparison);
+    /// <summary>
+    /// Whether two paths name the same file, however spelled: links resolved in every component, case folded where the
+    /// file system folds it, and on Linux one folder reached through two mount points (a bind mount, or the same file
+    /// system mounted twice) recognised by its device and inode. What is compared is the directory entry, not the file's
+    /// contents: a hard link is another entry, and since every output is written to a temporary file renamed over its
+    /// name, writing to a hard link of an input leaves the input as it was.
+    /// </summary>
+    public static bool SameFile(string a, string b)
+    {
+        string ra = Resolve(Path.GetFullPath(a)), rb = Resolve(Path.GetFullPath(b));
+        if (string.Equals(ra, rb, Comparison)) return true;
+        return string.Equals(Path.GetFileName(ra), Path.GetFileName(rb), Comparison)
+            && Path.GetDirectoryName(ra) is { } da && Path.GetDirectoryName(rb) is { } db && SameFolder(da, db);
+    }
+
+    /// <summary>
+    /// Whether two existing folders are one, by (device, inode) on Linux, where a bind mount shows one folder under two
+    /// paths that no link resolution joins; elsewhere, and when either cannot be read, by their resolved paths.
+    /// </summary>
+    public static bool SameFolder(string a, string b)
+    {
+        string ra = Resolve(Path.TrimEndingDirectorySeparator(Path.GetFullPath(a)));
+        string rb = Resolve(Path.TrimEndingDirectorySeparator(Path.GetFullPath(b)));
+        if (string.Equals(ra, rb, Comparison)) return true;
+        return FileId(ra) is { } ia && FileId(rb) is { } ib && ia == ib;
+    }
+
+    /// <summary>
+    /// (device, inode) of an existing path, links followed; null where it does not exist, cannot be read, or the
+    /// platform has no statx (not Linux, a libc older than glibc 2.28).
+    /// </summary>
+    public static (uint Major, uint Minor, ulong Inode)? FileId(string path)
+    {
+        if (!OperatingSystem.IsLinux() || !_statxAvailable) return null;
+        // struct statx has one layout on every Linux architecture: 256 bytes, stx_ino at 32, stx_dev_major/minor at 136/140.
+        byte* buffer = stackalloc byte[256];
+        try
+        {
+            if (statx(AtFdCwd, path, 0, StatxIno, buffer) != 0 || (*(uint*)buffer & StatxIno) == 0) return null;
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            _statxAvailable = false;
+            return null;
+        }
+        return (*(uint*)(buffer + 136), *(uint*)(buffer + 140), *(ulong*)(buffer + 32));
+    }
+
+    private const int AtFdCwd = -100;
+    private const uint StatxIno = 0x100;
+    private static volatile bool _statxAvailable = true;
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern int statx(int dirfd, [MarshalAs(UnmanagedType.LPUTF8Str)] string path, int flags, uint mask, byte* buffer);
 
     /// <summary>How paths compare here: case folded on Windows and macOS, whose file systems fold it by default.</summary>
     public static StringComparison Comparison =>

@@ -53,4 +53,69 @@ public class PathIdentityTests
         Assert.False(PathIdentity.SameFile(spelled, besideTarget));
         Assert.True(PathIdentity.SameFile(Path.Combine(dir.Path, "a", "link", "..", "link", "z", "..", "..", "m.gguf"), besideLink));
     }
+
+    /// <summary>
+    /// A bind mount shows one folder under a second path that no link resolution joins: the string compare called the
+    /// same file two files, so an output spelled through the mount replaced its input. A hard link is another entry
+    /// (an output written to it is renamed over that name, and the input keeps its bytes), so it is not the same.
+    /// </summary>
+    [Fact]
+    public void AFolderSeenThroughABindMountIsTheSameFolder()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        Directory.CreateDirectory(dir.File("real"));
+        Directory.CreateDirectory(dir.File("view"));
+        using var mount = BindMount.TryCreate(dir.File("real"), dir.File("view"));
+        Assert.SkipWhen(mount is null, "bind mounts need root (mount --bind); this machine refused one");
+        File.WriteAllText(dir.File("real/m.gguf"), "model");
+        Assert.Equal("model", File.ReadAllText(dir.File("view/m.gguf")));
+        Assert.True(PathIdentity.SameFile(dir.File("view/m.gguf"), dir.File("real/m.gguf")));
+        Assert.True(PathIdentity.SameFolder(dir.File("view"), dir.File("real")));
+        Assert.False(PathIdentity.SameFile(dir.File("view/other.gguf"), dir.File("real/m.gguf")));
+        Assert.False(PathIdentity.SameFolder(dir.File("view"), dir.Path));
+    }
+
+    [Fact]
+    public void AHardLinkIsAnotherEntry()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "ln");
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("m.gguf"), "model");
+        using (var ln = System.Diagnostics.Process.Start("ln", [dir.File("m.gguf"), dir.File("h.gguf")])) ln.WaitForExit();
+        Assert.Equal(PathIdentity.FileId(dir.File("m.gguf")), PathIdentity.FileId(dir.File("h.gguf")));
+        Assert.NotNull(PathIdentity.FileId(dir.File("m.gguf")));
+        Assert.False(PathIdentity.SameFile(dir.File("h.gguf"), dir.File("m.gguf")));
+        AtomicFile.Write(dir.File("h.gguf"), s => s.Write("new"u8));
+        Assert.Equal("model", File.ReadAllText(dir.File("m.gguf")));
+    }
+}
+
+/// <summary>A bind mount of one folder onto another for a test, unmounted on dispose; null where mount is refused (not root).</summary>
+internal sealed class BindMount : IDisposable
+{
+    private readonly string _target;
+    private BindMount(string target) => _target = target;
+
+    public static BindMount? TryCreate(string source, string target)
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        try
+        {
+            using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("mount", ["--bind", source, target])
+                { RedirectStandardError = true, RedirectStandardOutput = true })!;
+            p.WaitForExit();
+            return p.ExitCode == 0 ? new BindMount(target) : null;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            return null; // no mount binary
+        }
+    }
+
+    public void Dispose()
+    {
+        using var p = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("umount", [_target])
+            { RedirectStandardError = true, RedirectStandardOutput = true })!;
+        p.WaitForExit();
+    }
 }

@@ -2,6 +2,7 @@ using BitNetSharp.Cli;
 using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Model;
+using BitNetSharp.Tests.FormatsAtomic;
 
 namespace BitNetSharp.Tests.Formats;
 
@@ -102,15 +103,30 @@ public class ParserEdgeTests
 
     /// <summary>convert onto its own input replaced the source with its re-encoding.</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)] // through a link to its folder: the string compare saw two files, and the input was replaced
-    public void ConvertRefusesToWriteOverItsInput(bool throughLinkedFolder)
+    [InlineData("same")]
+    [InlineData("linked-folder")] // through a link to its folder: the string compare saw two files, and the input was replaced
+    [InlineData("bind-mount")] // through a bind mount of its folder: no link to resolve, the same folder by (device, inode)
+    public void ConvertRefusesToWriteOverItsInput(string spelling)
     {
         using var dir = new TestGguf.TempDirectory();
-        string model = dir.File("m.gguf");
+        Directory.CreateDirectory(dir.File("models"));
+        string model = dir.File("models/m.gguf");
         SyntheticModel.Build(SyntheticShape.Tiny, 3).WriteFile(model);
         byte[] before = File.ReadAllBytes(model);
-        string output = throughLinkedFolder ? Path.Combine(Directory.CreateSymbolicLink(dir.File("alias"), dir.Path).FullName, "m.gguf") : model;
+        BindMount? mount = null;
+        if (spelling == "bind-mount")
+        {
+            Directory.CreateDirectory(dir.File("view"));
+            mount = BindMount.TryCreate(dir.File("models"), dir.File("view"));
+            Assert.SkipWhen(mount is null, "bind mounts need root (mount --bind); this machine refused one");
+        }
+        using var unmount = mount;
+        string output = spelling switch
+        {
+            "linked-folder" => Path.Combine(Directory.CreateSymbolicLink(dir.File("alias"), dir.File("models")).FullName, "m.gguf"),
+            "bind-mount" => dir.File("view/m.gguf"),
+            _ => model,
+        };
         var error = new StringWriter();
         int code = Program.Run(["convert", model, output, "--embedding-type", "q8_0"], new StringWriter(), error);
         Assert.NotEqual(0, code);
