@@ -10,7 +10,10 @@ namespace BitNetSharp.Memory;
 /// </summary>
 public static unsafe class WeightLock
 {
-    /// <summary>Locks the mapped file of <paramref name="weights"/>; returns the bytes locked.</summary>
+    /// <summary>
+    /// Locks the mapped file of <paramref name="weights"/>, but for the pages the load released (a head re-encoded by
+    /// --head-type); returns the bytes locked.
+    /// </summary>
     /// <exception cref="PlatformNotSupportedException">Not Linux.</exception>
     /// <exception cref="InvalidOperationException">Not a GGUF model, or the kernel refused (the message names RLIMIT_MEMLOCK).</exception>
     public static long Lock(ModelWeights weights)
@@ -18,13 +21,28 @@ public static unsafe class WeightLock
         if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("--mlock uses Linux mlock(2); this is not Linux.");
         var gguf = weights.Gguf ?? throw new InvalidOperationException("--mlock locks a memory-mapped GGUF file; this model was loaded from a Hugging Face directory.");
         var mapping = gguf.Mapping;
-        if (mlock(mapping.Pointer, (nuint)mapping.Length) == 0) return mapping.Length;
-        int errno = Marshal.GetLastPInvokeError();
+        // Only the pages in use: a head re-encoded at load (--head-type) had its file pages dropped, and locking the
+        // whole map faulted them back in and pinned them for the life of the process.
+        long locked = 0;
+        int errno = 0;
+        foreach (var (start, end) in mapping.LiveRanges())
+        {
+            if (mlock(mapping.Pointer + start, (nuint)(end - start)) != 0)
+            {
+                errno = Marshal.GetLastPInvokeError();
+                break;
+            }
+            locked += end - start;
+        }
+        if (errno == 0) return locked;
+        if (locked > 0) munlock(mapping.Pointer, (nuint)mapping.Length); // all or nothing
+        long wanted = 0;
+        foreach (var (start, end) in mapping.LiveRanges()) wanted += end - start;
         var limit = stackalloc ulong[2];
         string current = getrlimit(8 /* RLIMIT_MEMLOCK */, limit) == 0
             ? limit[0] == ulong.MaxValue ? "unlimited" : $"{limit[0] / 1024} KiB"
             : "unknown";
-        throw new InvalidOperationException(Message(mapping.Length, errno, current));
+        throw new InvalidOperationException(Message(wanted, errno, current));
     }
 
     /// <summary>
@@ -40,6 +58,9 @@ public static unsafe class WeightLock
 
     [DllImport("libc", SetLastError = true)]
     private static extern int mlock(void* address, nuint length);
+
+    [DllImport("libc")]
+    private static extern int munlock(void* address, nuint length);
 
     [DllImport("libc")]
     private static extern int getrlimit(int resource, ulong* limit);
