@@ -29,6 +29,7 @@ public sealed class SvgLinePlot
         foreach (var s in series)
             foreach (var (x, y) in s.Points)
             {
+                if (!double.IsFinite(x) || !double.IsFinite(y)) continue; // a gap in the line (a NaN crest, a layer that blew up)
                 xMin = Math.Min(xMin, x); xMax = Math.Max(xMax, x);
                 yMin = Math.Min(yMin, y); yMax = Math.Max(yMax, y);
             }
@@ -72,10 +73,18 @@ public sealed class SvgLinePlot
         var line = new StringBuilder();
         for (int s = 0; s < series.Count; s++)
         {
-            line.Clear();
-            foreach (var (x, y) in series[s].Points)
-                line.Append(N(Px(x))).Append(',').Append(N(Py(y))).Append(' ');
-            w.WriteLine($"<polyline data-series=\"{Escape(series[s].Name)}\" stroke=\"{StrokeOf(series, s)}\" stroke-width=\"{N(series[s].Width)}\" points=\"{line.ToString().TrimEnd()}\"/>");
+            // One polyline per run of finite points: a NaN or infinite value breaks the line there instead of
+            // poisoning the axes (it made every tick NaN and the chart threw).
+            var points = series[s].Points;
+            for (int i = 0; i < points.Count;)
+            {
+                while (i < points.Count && !Finite(points[i])) i++;
+                if (i == points.Count) break;
+                line.Clear();
+                for (; i < points.Count && Finite(points[i]); i++)
+                    line.Append(N(Px(points[i].X))).Append(',').Append(N(Py(points[i].Y))).Append(' ');
+                w.WriteLine($"<polyline data-series=\"{Escape(series[s].Name)}\" stroke=\"{StrokeOf(series, s)}\" stroke-width=\"{N(series[s].Width)}\" points=\"{line.ToString().TrimEnd()}\"/>");
+            }
         }
         w.WriteLine("</g>");
         w.WriteLine("<g class=\"markers\">");
@@ -83,7 +92,7 @@ public sealed class SvgLinePlot
         {
             if (!series[s].Markers) continue;
             foreach (var (x, y) in series[s].Points)
-                w.WriteLine($"<circle data-series=\"{Escape(series[s].Name)}\" cx=\"{N(Px(x))}\" cy=\"{N(Py(y))}\" r=\"3\" fill=\"{StrokeOf(series, s)}\"/>");
+                if (Finite((x, y))) w.WriteLine($"<circle data-series=\"{Escape(series[s].Name)}\" cx=\"{N(Px(x))}\" cy=\"{N(Py(y))}\" r=\"3\" fill=\"{StrokeOf(series, s)}\"/>");
         }
         w.WriteLine("</g>");
 
@@ -99,6 +108,8 @@ public sealed class SvgLinePlot
         w.WriteLine("</g>");
         w.WriteLine("</svg>");
     }
+
+    private static bool Finite((double X, double Y) p) => double.IsFinite(p.X) && double.IsFinite(p.Y);
 
     private static string StrokeOf(List<SvgSeries> series, int index) => series[index].Color ?? Color(index, series.Count);
 
