@@ -136,6 +136,11 @@ public static class EvalCommand
                         // A saved run fixes the windows: take its settings unless given.
                         if (r.GetValue(ctx) <= 0) window = refFile.Header.Ctx;
                         if (r.GetValue(stride) <= 0) step = refFile.Header.Stride;
+                        // Windows other than the file's cannot be compared with it; say so by the file (a --ctx below the
+                        // file's stride was blamed on a --stride the user never gave).
+                        if (window != refFile.Header.Ctx || step != refFile.Header.Stride)
+                            throw new UsageException($"{refPath} was saved with --ctx {refFile.Header.Ctx} --stride {refFile.Header.Stride}; this run asks for --ctx {window} --stride {step}. "
+                                + "KL against saved logits needs the file's windows: leave out --ctx and --stride, or save the reference again with these.");
                         if (window > weights.Config.ContextLength)
                             throw new UsageException($"{refPath} was saved with --ctx {window}, longer than this model's context of {weights.Config.ContextLength} tokens.");
                     }

@@ -30,7 +30,7 @@ public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr
         Array.Sort(values);
         double mean = 0;
         foreach (double v in values) mean += v;
-        mean /= Math.Max(1, values.Length);
+        mean = values.Length > 0 ? mean / values.Length : double.NaN; // no position: no mean (it read a KL of 0)
         double ss = 0;
         foreach (double v in values) ss += (v - mean) * (v - mean);
         double stderr = values.Length > 1 ? Math.Sqrt(ss / (values.Length - 1) / values.Length) : double.NaN;
@@ -119,8 +119,13 @@ public static class QualityEvaluator
         if (ctx < 2 || ctx > c.ContextLength) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, $"The window must be 2 to {c.ContextLength} tokens (the model's context).");
         if (stride <= 0) stride = ctx;
         if (stride > ctx) throw new ArgumentOutOfRangeException(nameof(stride), stride, $"The stride must be at most the window ({ctx}).");
-        int needed = llamaChunks ? ctx : ctx + 1;
-        if (tokens.Length < needed) throw new ArgumentException($"The text is {tokens.Length} tokens; one window of {ctx} needs {needed}. Use a smaller --ctx or more text.", nameof(tokens));
+        // llama-perplexity refuses text shorter than two chunks ("you need at least 2*n_ctx tokens"): a figure it would
+        // never print is not one to compare with its published ones.
+        int needed = llamaChunks ? 2 * ctx : ctx + 1;
+        if (tokens.Length < needed)
+            throw new ArgumentException(llamaChunks
+                ? $"The text is {tokens.Length} tokens; llama-perplexity's chunks need at least 2 × --ctx = {needed} (llama.cpp refuses less). Use a smaller --ctx or more text."
+                : $"The text is {tokens.Length} tokens; one window of {ctx} needs {needed}. Use a smaller --ctx or more text.", nameof(tokens));
         if (llamaChunks && (windowStarts is not null || save is not null || reference?.File is not null))
             throw new ArgumentException("llama-perplexity's chunks are a plan of their own: they take no window starts or logits files.", nameof(llamaChunks));
         var (windows, firstScored, _) = Plan(tokens.Length, ctx, stride, llamaChunks);
@@ -129,9 +134,15 @@ public static class QualityEvaluator
         if (windowStarts is not null)
         {
             windows = windowStarts.Count;
+            // None scores nothing (a perplexity of 1, a KL of 0 read as perfect); one twice scores its targets twice.
+            if (windows == 0) throw new ArgumentException("No window starts were given: nothing would be scored.", nameof(windowStarts));
+            var seen = new HashSet<int>();
             foreach (int ws in windowStarts)
+            {
                 if (ws < 0 || ws + ctx >= tokens.Length)
                     throw new ArgumentOutOfRangeException(nameof(windowStarts), ws, $"A window at {ws} needs {ctx + 1} tokens; the text has {tokens.Length}.");
+                if (!seen.Add(ws)) throw new ArgumentException($"The window at {ws} is given twice; its targets would be scored twice.", nameof(windowStarts));
+            }
         }
         int vocab = c.VocabSize;
         var refEngine = reference?.Engine;

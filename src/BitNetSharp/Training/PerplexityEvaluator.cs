@@ -7,11 +7,11 @@ namespace BitNetSharp.Training;
 /// <param name="ScoredBytes">UTF-8 bytes of the scored tokens (0 when no byte counts were given).</param>
 public sealed record PerplexityResult(double NegativeLogLikelihood, long ScoredTokens, long ScoredBytes, int Windows)
 {
-    /// <summary>exp(mean NLL per token).</summary>
-    public double Perplexity => Math.Exp(NegativeLogLikelihood / Math.Max(1, ScoredTokens));
+    /// <summary>exp(mean NLL per token); NaN when nothing was scored (it read a perfect 1).</summary>
+    public double Perplexity => Math.Exp(MeanNll);
 
-    /// <summary>Mean NLL per token in nats.</summary>
-    public double MeanNll => NegativeLogLikelihood / Math.Max(1, ScoredTokens);
+    /// <summary>Mean NLL per token in nats; NaN when nothing was scored.</summary>
+    public double MeanNll => ScoredTokens > 0 ? NegativeLogLikelihood / ScoredTokens : double.NaN;
 
     /// <summary>Total NLL in bits over the UTF-8 bytes of the scored text (NaN without byte counts).</summary>
     public double BitsPerByte => ScoredBytes > 0 ? NegativeLogLikelihood / Math.Log(2) / ScoredBytes : double.NaN;

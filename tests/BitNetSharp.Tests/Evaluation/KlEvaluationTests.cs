@@ -335,6 +335,13 @@ public class KlEvaluationTests
         Assert.Equal(64, r.GetProperty("ctx").GetInt32()); // taken from the file
         Assert.Equal(fp8Mean, r.GetProperty("kl").GetProperty("mean").GetDouble(), 5); // 1 thread or 2: the same numbers
 
+        // Other windows than the file's: named by the file and its settings (a --ctx below the file's stride was
+        // blamed on a --stride never given: "--stride 64 is longer than the window (32)").
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--ctx", "32");
+        Assert.Equal(2, code);
+        Assert.Contains($"{saved} was saved with --ctx 64 --stride 64", error);
+        Assert.DoesNotContain("--stride 64 is longer", error);
+
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--kl-kv-type", "f16");
         Assert.Equal(2, code); // a usage error
         Assert.Contains("--kl-kv-type applies to a reference model", error);

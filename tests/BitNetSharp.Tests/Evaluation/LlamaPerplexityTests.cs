@@ -3,6 +3,7 @@ using BitNetSharp.Evaluation;
 using BitNetSharp.Model;
 using BitNetSharp.Tests.Formats;
 using BitNetSharp.Tokenization;
+using BitNetSharp.Training;
 
 namespace BitNetSharp.Tests.Evaluation;
 
@@ -71,6 +72,47 @@ public class LlamaPerplexityTests
         Assert.Equal(count, result.ScoredTokens);
         Assert.Equal((long)chunks * (ctx - 1 - ctx / 2), result.ScoredTokens);
         Assert.Equal(nll, result.NegativeLogLikelihood, 1e-9 * nll);
+    }
+
+    /// <summary>
+    /// llama-perplexity refuses text shorter than 2 × n_ctx tokens ("you need at least 2*n_ctx tokens to evaluate
+    /// perplexity", tools/perplexity); a one-chunk figure it would never print is refused here too.
+    /// </summary>
+    [Fact]
+    public void TextShorterThanTwoChunksIsRefusedAsLlamaPerplexityDoes()
+    {
+        using var weights = ModelWeights.Load(BundledModel);
+        var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
+        bool addBos = tokenizer.AddBosToken && tokenizer.BosId >= 0;
+        var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 2)), addBos: addBos);
+        int ctx = tokens.Length / 2 + 1; // ctx ≤ tokens < 2·ctx: one chunk
+        Assert.True(ctx >= 3 && ctx <= tokens.Length && ctx <= weights.Config.ContextLength);
+        using var engine = new Transformer(weights, ctx);
+        var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, llamaChunks: true));
+        Assert.Contains($"at least 2 × --ctx = {2 * ctx}", e.Message);
+        var (result, _) = QualityEvaluator.Evaluate(engine, tokens, tokens.Length / 2, tokens.Length / 2, llamaChunks: true); // exactly two chunks' worth
+        Assert.Equal(2, result.Windows);
+
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 2)));
+        var (code, _, error) = KlEvaluationTests.Cli("eval", "-m", BundledModel, "--data", data, "--ctx", ctx.ToString(System.Globalization.CultureInfo.InvariantCulture), "--llama-perplexity");
+        Assert.Equal(2, code);
+        Assert.Contains($"{2 * ctx}", error);
+    }
+
+    /// <summary>No window, or one given twice: a perplexity of 1 and a KL of 0 read as perfect, or targets scored twice.</summary>
+    [Fact]
+    public void WindowStartsMustBeDistinctAndSomething()
+    {
+        using var weights = ModelWeights.Load(BundledModel);
+        var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
+        var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 2)), addBos: false);
+        using var engine = new Transformer(weights, 32);
+        Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, windowStarts: []));
+        var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, windowStarts: [0, 0]));
+        Assert.Contains("twice", e.Message);
+        Assert.True(double.IsNaN(new PerplexityResult(0, 0, 0, 0).Perplexity));
     }
 
     [Fact]
