@@ -256,8 +256,7 @@ public sealed partial class TextGenerator : IDisposable
         // The generated ids continue the prompt: SentencePiece's leading space is stripped only at the start of text
         // (no prompt, or a prompt ending in a control token such as BOS); "Once upon a" + "▁time" printed "atime".
         var detok = Tokenizer is null ? null : new StreamingDetokenizer(Tokenizer, includeSpecial: false,
-            atTextStart: prompt.Count == 0 || prompt[prompt.Count - 1] >= Tokenizer.VocabularySize // a padding id past the tokenizer: no text
-                         || Tokenizer.IsSpecial(prompt[prompt.Count - 1]));
+            atTextStart: StreamingDetokenizer.StartsText(Tokenizer, prompt));
         var history = new List<int>(prompt.Count + maxTokens);
         history.AddRange(prompt);
         int generated = 0;

@@ -16,6 +16,20 @@ public sealed class StreamingDetokenizer
     private int _pendingLength;
     private bool _stripNext;
 
+    /// <summary>
+    /// Whether ids generated after <paramref name="prompt"/> start a text (the <c>atTextStart</c> of the constructor):
+    /// no prompt, or one ending in a control token such as BOS, or in a padding id past the tokenizer (no text).
+    /// The one rule both engines use, so the CLI and the server print the same text for the same ids.
+    /// </summary>
+    public static bool StartsText(BitNetTokenizer tokenizer, IReadOnlyList<int> prompt)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        ArgumentNullException.ThrowIfNull(prompt);
+        if (prompt.Count == 0) return true;
+        int last = prompt[prompt.Count - 1];
+        return last >= tokenizer.VocabularySize || tokenizer.IsSpecial(last);
+    }
+
     /// <param name="tokenizer">The tokenizer whose ids will be fed.</param>
     /// <param name="includeSpecial">Whether control tokens are written as their text (hidden by default).</param>
     /// <param name="atTextStart">

@@ -242,6 +242,36 @@ public class GenerateCommandTests
         }
     }
 
+    /// <summary>
+    /// The server's engine and the CLI's decode the first generated token alike: after a prompt ending in BOS the
+    /// SentencePiece space of "▁world" is the start of the text and goes (the scheduler kept it: " world" against the
+    /// CLI's "world").
+    /// </summary>
+    [Fact]
+    public async Task BothEnginesDecodeTheFirstTokenAfterBosAlike()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-llama-spm.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        using var weights = ModelWeights.Load(TinyModel(dir, vocab));
+        var tokenizer = BitNetSharp.Tokenization.TokenizerLoader.FromGguf(weights.Gguf!);
+        int world = tokenizer.Encode(" world", addBos: false)[^1];
+        Assert.Equal("\u2581world", tokenizer.TokenText(world));
+        var sampling = BitNetSharp.Generation.Sampling.SamplingParameters.Greedy with { LogitBias = new Dictionary<int, float> { [world] = 1e4f } };
+        foreach (int[] prompt in new[] { new[] { tokenizer.BosId }, tokenizer.Encode("Hello", addBos: true) })
+        {
+            using var generator = new BitNetSharp.Generation.TextGenerator(weights, tokenizer, new BitNetSharp.Generation.GeneratorOptions { Threads = 1 });
+            string alone = string.Concat(generator.Generate(prompt, 1, sampling, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).Select(t => t.Text));
+            using var scheduler = new BitNetSharp.Generation.Scheduler.ContinuousBatchScheduler(weights, tokenizer,
+                new BitNetSharp.Generation.Scheduler.SchedulerOptions { MaxSequences = 1, MaxBatchedTokens = 8, Threads = 1 });
+            var handle = scheduler.Submit(new BitNetSharp.Generation.Scheduler.GenerationRequest { Prompt = prompt, MaxTokens = 1, Sampling = sampling, IgnoreStopTokens = true },
+                TestContext.Current.CancellationToken);
+            string served = "";
+            await foreach (var e in handle.Events.ReadAllAsync(TestContext.Current.CancellationToken)) served += e.Text;
+            Assert.Equal(prompt.Length == 1 ? "world" : " world", alone);
+            Assert.Equal(alone, served);
+        }
+    }
+
     [Theory]
     [InlineData("i2_s")]
     [InlineData("tq2_0")]

@@ -137,6 +137,31 @@ public sealed class SchedulerTests : IDisposable
         Assert.Equal(1, s.Statistics.Failed);
     }
 
+    /// <summary>
+    /// A caller that changes its request's collections after Submit (checked there, read at admission on the engine's
+    /// thread): the bias map gained an id outside the vocabulary, the Sampler threw in admission, the request hung (in
+    /// no list), its slot was lost and every running request failed with "The engine failed". The request is a
+    /// snapshot now; a prompt cleared after Submit changes nothing either.
+    /// </summary>
+    [Fact]
+    public async Task ARequestChangedAfterSubmitRunsAsSubmittedAndHarmsNoOther()
+    {
+        using var s = Scheduler(maxSeqs: 2);
+        var bystander = Submit(s, new GenerationRequest { Prompt = Prompt(0), MaxTokens = 40, IgnoreStopTokens = true });
+        s.StepGate.Reset();
+        var bias = new Dictionary<int, float> { [1] = 0f };
+        var prompt = new List<int>(Prompt(1));
+        var changed = Submit(s, new GenerationRequest { Prompt = prompt, MaxTokens = 3, IgnoreStopTokens = true, Sampling = SamplingParameters.Greedy with { LogitBias = bias } });
+        bias[int.MaxValue] = 1f; // after Submit's check
+        prompt.Clear();
+        s.StepGate.Set();
+        var outs = await Collect(changed);
+        Assert.Equal(3, outs[0].Tokens.Count);
+        Assert.Equal(Prompt(1).Length, changed.Request.Prompt.Count);
+        Assert.Equal(40, (await Collect(bystander))[0].Tokens.Count);
+        Assert.Equal(2, (await Collect(Submit(s, new GenerationRequest { Prompt = Prompt(2), Choices = 2, MaxTokens = 2 }))).Length); // no slot lost
+    }
+
     [Fact]
     public async Task QueueOverflowFailsFastAndCountsTheRejection()
     {

@@ -175,6 +175,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
     {
         ArgumentNullException.ThrowIfNull(request);
         ObjectDisposedException.ThrowIf(_disposed, this);
+        request = Snapshot(request);
         Check(request);
         // Every request passes through the queue, free sequences or not (the engine admits between steps), so the
         // limit counts only the requests that the free sequences (as of the last step) cannot take: with MaxQueue 0 a
@@ -199,6 +200,24 @@ public sealed class ContinuousBatchScheduler : IDisposable
         // Disposed between the check above and the enqueue: the engine will never see it.
         if (_disposed) DrainInboxAfterStop();
         return handle;
+    }
+
+    /// <summary>
+    /// The request with its own copies of the collections it holds: the engine reads them later, on its thread, and a
+    /// caller that changed a list or the logit-bias map after Submit (checked here, read at admission) hung its request
+    /// and failed every running one; a prompt cleared after admission held its sequence for ever.
+    /// </summary>
+    private static GenerationRequest Snapshot(GenerationRequest r)
+    {
+        ArgumentNullException.ThrowIfNull(r.Prompt, nameof(r.Prompt));
+        ArgumentNullException.ThrowIfNull(r.Sampling, nameof(r.Sampling));
+        return r with
+        {
+            Prompt = r.Prompt.ToArray(),
+            StopStrings = r.StopStrings?.ToArray(),
+            StopTokenIds = r.StopTokenIds?.ToArray(),
+            Sampling = r.Sampling.LogitBias is { } bias ? r.Sampling with { LogitBias = new Dictionary<int, float>(bias) } : r.Sampling,
+        };
     }
 
     private void Check(GenerationRequest r)
@@ -411,21 +430,39 @@ public sealed class ContinuousBatchScheduler : IDisposable
             Interlocked.Add(ref _queuedSequences, -h.Request.Choices);
             var r = h.Request;
             var sequences = new Sequence[r.Choices];
-            for (int c = 0; c < r.Choices; c++)
+            int made = 0;
+            try
             {
-                var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
-                // Sampler with LogProbs = 0 runs a top-0 selection that indexes an empty heap; ask it for one and deliver none.
-                if (sampling.LogProbs == 0) sampling = sampling with { LogProbs = 1 };
-                int slot = _freeSlots.Pop();
-                var buffers = _samplerBuffers[slot] ??= new SamplerBuffers(_config.VocabSize);
-                var seq = new Sequence(h, c, slot, new Sampler(sampling, _config.VocabSize, buffers),
-                    _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false, atTextStart: false),
-                    r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);
-                seq.History.AddRange(r.Prompt);
-                foreach (int t in r.Prompt) seq.Repetition.AddPrompt(t);
-                sequences[c] = seq;
-                _running.Add(seq);
+                for (int c = 0; c < r.Choices; c++)
+                {
+                    var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
+                    // Sampler with LogProbs = 0 runs a top-0 selection that indexes an empty heap; ask it for one and deliver none.
+                    if (sampling.LogProbs == 0) sampling = sampling with { LogProbs = 1 };
+                    var buffers = _samplerBuffers[_freeSlots.Peek()] ??= new SamplerBuffers(_config.VocabSize);
+                    var sampler = new Sampler(sampling, _config.VocabSize, buffers);
+                    int slot = _freeSlots.Pop();
+                    // The same rule as TextGenerator: SentencePiece's leading space goes only at the start of text (a
+                    // prompt ending in BOS or another control token); the server printed " world" where the CLI printed "world".
+                    var seq = new Sequence(h, c, slot, sampler,
+                        _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false,
+                            atTextStart: StreamingDetokenizer.StartsText(_tokenizer, r.Prompt)),
+                        r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);
+                    sequences[made++] = seq;
+                    seq.History.AddRange(r.Prompt);
+                    foreach (int t in r.Prompt) seq.Repetition.AddPrompt(t);
+                }
             }
+            catch (Exception e)
+            {
+                // This request fails alone: its slots go back and its caller hears why (it was in no list: never
+                // completed, its slots lost, and the loop's catch failed every running request).
+                for (int c = 0; c < made; c++) _freeSlots.Push(sequences[c].Slot);
+                SchedulerCounters.Add(ref _counters.Failed, 1);
+                PublishGauges();
+                h.Complete(new InvalidOperationException($"The request could not start: {e.Message}", e));
+                continue;
+            }
+            foreach (var seq in sequences) _running.Add(seq);
             h.Sequences = sequences;
             h.UnfinishedChoices = r.Choices;
             h.Admitted = true;
