@@ -38,7 +38,7 @@ internal sealed record CompletionRequest(
             includeUsage = new JsonRequest(so, "stream_options.").Bool("include_usage") ?? false;
             if (!stream) throw ApiException.BadRequest("stream_options is only allowed when stream is true.", "stream_options", "invalid_value");
         }
-        Unsupported(r, chat);
+        Unsupported(r, chat, options);
         r.String("user"); // accepted for OpenAI compatibility (an end-user id); only its type is checked
 
         int[][] prompts = chat ? [ChatPrompt(r, model)] : CompletionPrompts(r, model, options);
@@ -109,7 +109,7 @@ internal sealed record CompletionRequest(
     }
 
     /// <summary>Options we do not implement are refused rather than silently ignored when they would change the answer.</summary>
-    private static void Unsupported(JsonRequest r, bool chat)
+    private static void Unsupported(JsonRequest r, bool chat, ServerOptions options)
     {
         if (chat)
         {
@@ -127,7 +127,8 @@ internal sealed record CompletionRequest(
         {
             if (r.Bool("echo") == true) throw ApiException.BadRequest("echo is not supported by this server.", "echo", "unsupported_parameter");
             if (r.String("suffix") is { Length: > 0 }) throw ApiException.BadRequest("suffix (insertion) is not supported by this server.", "suffix", "unsupported_parameter");
-            if (r.Integer("best_of", 1, 128) is { } bestOf && bestOf != (r.Integer("n", 1, 128) ?? 1))
+            // n is checked against the server's own limit (a bad n beside best_of was held to a range of 1 to 128).
+            if (r.Integer("best_of", 1, 128) is { } bestOf && bestOf != (r.Integer("n", 1, options.MaxChoices) ?? 1))
                 throw ApiException.BadRequest("best_of other than n is not supported by this server.", "best_of", "unsupported_parameter");
         }
     }
@@ -194,6 +195,10 @@ internal sealed record CompletionRequest(
         if (count == 0) throw ApiException.BadRequest("prompt is an empty array.", "prompt", "empty_array");
         var first = prompt[0];
         if (first.ValueKind == JsonValueKind.Number) return [TokenIds(prompt, "prompt", model)];
+        // What the first element is decides what the others must be; a first that is none of the kinds ("prompt[0] is
+        // null, but prompt[0] is null") is named as such.
+        if (first.ValueKind is not (JsonValueKind.String or JsonValueKind.Array))
+            throw JsonRequest.WrongType("prompt[0]", "a string, a token id or an array of token ids", first);
         if (count > options.MaxPrompts) throw ApiException.BadRequest($"prompt holds {count} prompts; this server takes at most {options.MaxPrompts} per request.", "prompt", "invalid_value");
         var result = new int[count][];
         int i = 0;

@@ -144,13 +144,19 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
     public long? Integer(string name, long min, long max)
     {
         if (!TryGet(name, out var v)) return null;
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetInt64(out long n))
+        if (v.ValueKind != JsonValueKind.Number) throw WrongType(Path(name), "an integer", v);
+        if (!v.TryGetInt64(out long n))
         {
+            bool finite = v.TryGetDouble(out double d) && double.IsFinite(d);
             // 2.0 is an integer too, as JSON writers of some languages send it.
-            if (v.ValueKind == JsonValueKind.Number && v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) n = (long)d;
-            else throw WrongType(Path(name), "an integer", v);
+            if (finite && d == Math.Floor(d) && Math.Abs(d) < 1e15) n = (long)d;
+            // A fraction is not an integer; a whole number past 64 bits (1e20, 2^63, 1e400) is out of range, not of
+            // another type ("must be an integer; got a number" said nothing a client could act on).
+            else if (finite && d != Math.Floor(d))
+                throw ApiException.BadRequest($"{Path(name)} must be an integer; got {v.GetRawText()}.", Path(name), "invalid_type");
+            else throw OutOfRange(name, min, max, v.GetRawText());
         }
-        if (n < min || n > max) throw ApiException.BadRequest($"{Path(name)} must be between {min} and {max}; got {n}.", Path(name), "invalid_value");
+        if (n < min || n > max) throw OutOfRange(name, min, max, n.ToString(CultureInfo.InvariantCulture));
         return n;
     }
 
@@ -174,10 +180,14 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
     public float? Number(string name, double min, double max)
     {
         if (!TryGet(name, out var v)) return null;
-        if (v.ValueKind != JsonValueKind.Number || !v.TryGetDouble(out double d)) throw WrongType(Path(name), "a number", v);
-        if (!(d >= min && d <= max)) throw ApiException.BadRequest($"{Path(name)} must be between {min} and {max}; got {d}.", Path(name), "invalid_value");
+        if (v.ValueKind != JsonValueKind.Number) throw WrongType(Path(name), "a number", v);
+        // A number past double's range (1e400) is a number out of range, not "a number; got a number".
+        if (!v.TryGetDouble(out double d) || !(d >= min && d <= max)) throw OutOfRange(name, min, max, v.GetRawText());
         return (float)d;
     }
+
+    private ApiException OutOfRange(string name, double min, double max, string got) =>
+        ApiException.BadRequest(string.Create(CultureInfo.InvariantCulture, $"{Path(name)} must be between {min} and {max}; got {got}."), Path(name), "invalid_value");
 
     public static ApiException WrongType(string name, string expected, JsonElement v) =>
         ApiException.BadRequest($"{name} must be {expected}; got {Describe(v)}.", name, "invalid_type");

@@ -112,4 +112,50 @@ public class RequestSemanticsTests
         Assert.Equal(param, body.GetProperty("error").GetProperty("param").GetString());
         Assert.StartsWith(param + " must be", body.GetProperty("error").GetProperty("message").GetString());
     }
+
+    /// <summary>
+    /// A number too large for its field is a range error: past 64 bits (or past double, 1e400) it was "must be an
+    /// integer; got a number", code invalid_type, which says nothing a client can fix.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"prompt":"hi","max_tokens":1e20}""", "max_tokens", "1e20")]
+    [InlineData("""{"prompt":"hi","n":9223372036854775808}""", "n", "9223372036854775808")]
+    [InlineData("""{"prompt":"hi","temperature":1e400}""", "temperature", "1e400")]
+    [InlineData("""{"prompt":"hi","max_tokens":-1e300}""", "max_tokens", "-1e300")]
+    public async Task HugeNumbersAreRangeErrors(string json, string param, string raw)
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/completions", json);
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        var e = body.GetProperty("error");
+        Assert.Equal(param, e.GetProperty("param").GetString());
+        Assert.Equal("invalid_value", e.GetProperty("code").GetString());
+        Assert.Equal($"{param} must be between", e.GetProperty("message").GetString()![..($"{param} must be between".Length)]);
+        Assert.EndsWith($"got {raw}.", e.GetProperty("message").GetString());
+
+        (status, body, _) = await s.PostAsync("v1/completions", """{"prompt":"hi","max_tokens":2.5}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("max_tokens must be an integer; got 2.5.", body.GetProperty("error").GetProperty("message").GetString());
+    }
+
+    /// <summary>
+    /// A prompt array whose first element is of no prompt kind was "prompt[0] is null, but prompt[0] is null"; a bad n
+    /// beside best_of was held to 1..128 rather than the server's limit.
+    /// </summary>
+    [Fact]
+    public async Task PromptArrayAndBestOfErrorsSayWhatIsWanted()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        foreach (var (json, got) in new[] { ("""{"prompt":[null]}""", "null"), ("""{"prompt":[true,false]}""", "a boolean") })
+        {
+            var (status, body, _) = await s.PostAsync("v1/completions", json);
+            Assert.Equal(HttpStatusCode.BadRequest, status);
+            var e = body.GetProperty("error");
+            Assert.Equal("prompt[0]", e.GetProperty("param").GetString());
+            Assert.Equal($"prompt[0] must be a string, a token id or an array of token ids; got {got}.", e.GetProperty("message").GetString());
+        }
+        var (st, b, _) = await s.PostAsync("v1/completions", """{"prompt":"hi","best_of":3,"n":0}""");
+        Assert.Equal(HttpStatusCode.BadRequest, st);
+        Assert.Contains("n must be between 1 and 4", b.GetProperty("error").GetProperty("message").GetString());
+    }
 }
