@@ -22,6 +22,7 @@ public abstract class BitNetTokenizer
     private readonly int[] _partitionOrder;
     private readonly bool _hasUserDefined;
     private readonly HashSet<int> _stopIds;
+    private readonly HashSet<int> _stripLeft, _stripRight;
 
     private protected BitNetTokenizer(TokenizerVocabulary vocabulary, Func<string, TokenKind, byte[]> pieceOf)
     {
@@ -34,6 +35,8 @@ public abstract class BitNetTokenizer
         UnknownId = vocabulary.UnknownId;
         PaddingId = vocabulary.PaddingId;
         AddBosToken = vocabulary.AddBos && BosId >= 0;
+        _stripLeft = [.. vocabulary.StripLeft];
+        _stripRight = [.. vocabulary.StripRight];
 
         _pieces = new byte[_texts.Length][];
         for (int id = 0; id < _texts.Length; id++)
@@ -277,6 +280,9 @@ public abstract class BitNetTokenizer
         return false;
     }
 
+    /// <summary>The whitespace a stripping token absorbs: C's isspace, as llama.cpp tests it (space, \t, \n, \v, \f, \r).</summary>
+    private static bool IsStrippedSpace(char c) => c is ' ' or '\t' or '\n' or '\v' or '\f' or '\r';
+
     /// <summary>
     /// Splits the input into plain-text runs and special tokens, one special token at a time in
     /// <see cref="_partitionOrder"/> (the order llama.cpp's tokenizer_st_partition uses).
@@ -314,9 +320,18 @@ public abstract class BitNetTokenizer
                         pos = at + 1; // a message's own text: stays text
                         continue;
                     }
-                    if (at > run) next.Add(new Fragment(run, at - run, -1));
+                    // A token that strips whitespace takes the spaces beside it in its fragment with it (Phi-3's
+                    // "<|user|>\nHi" is <|user|> ▁Hi, as llama.cpp and transformers tokenize it).
+                    int left = at;
+                    if (_stripLeft.Contains(id)) while (left > run && IsStrippedSpace(text[left - 1])) left--;
+                    if (left > run) next.Add(new Fragment(run, left - run, -1));
                     next.Add(new Fragment(at, special.Length, id));
                     pos = run = at + special.Length;
+                    if (_stripRight.Contains(id))
+                    {
+                        while (run < end && IsStrippedSpace(text[run])) run++;
+                        pos = run;
+                    }
                 }
                 if (run < end) next.Add(new Fragment(run, end - run, -1));
             }

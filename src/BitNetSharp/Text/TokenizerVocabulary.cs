@@ -37,6 +37,12 @@ internal sealed class TokenizerVocabulary
 
     public bool AddBos { get; set; }
 
+    /// <summary>Ids that absorb the whitespace before them when matched in text (HF lstrip, llama.cpp LSTRIP).</summary>
+    public HashSet<int> StripLeft { get; } = [];
+
+    /// <summary>Ids that absorb the whitespace after them when matched in text (HF rstrip, llama.cpp RSTRIP).</summary>
+    public HashSet<int> StripRight { get; } = [];
+
     public int Count => Texts.Length;
 
     /// <summary>Gives <paramref name="id"/> a new text and kind (tokenizer_config.json naming the special tokens).</summary>

@@ -343,6 +343,48 @@ public class TokenizerLoaderTests
         Assert.True(tokenizer.AddBosToken);
     }
 
+    /// <summary>
+    /// Phi-3's special tokens strip the whitespace after them: llama.cpp sets RSTRIP by the model's name (the GGUF does
+    /// not store it), as Phi-3's tokenizer.json marks its chat tokens rstrip. A chat turn was 14 tokens where llama.cpp
+    /// makes 8: [1, 32010, 317, 21554, 13, 17628, 32007, 32001]. A vocabulary of another name keeps its whitespace.
+    /// </summary>
+    [Fact]
+    public void Phi3SpecialTokensStripTheWhitespaceAfterThem()
+    {
+        const string turn = "<|user|>\nSYS\nHI<|end|>\n<|assistant|>\n";
+        using var file = GgufFile.Open(SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-phi-3.gguf"));
+        var phi3 = TokenizerLoader.FromGguf(file);
+        Assert.Equal([1, 32010, 317, 21554, 13, 17628, 32007, 32001], phi3.Encode(turn, addBos: true, parseSpecial: true));
+        Assert.Equal(phi3.Encode("<|user|>x", addBos: false, parseSpecial: true), phi3.Encode("<|user|> \n\tx", addBos: false, parseSpecial: true));
+        // <s> keeps what follows it (llama.cpp's exemption).
+        Assert.NotEqual(phi3.Encode("<s>x", addBos: false, parseSpecial: true), phi3.Encode("<s>\nx", addBos: false, parseSpecial: true));
+
+        var renamed = new BitNetSharp.Formats.Gguf.GgufWriter();
+        foreach (var (k, v) in file.Metadata.Entries)
+            if (k.StartsWith("tokenizer.", StringComparison.Ordinal)) renamed.Add(k, v);
+        renamed.AddString("general.name", "Llama");
+        var other = TokenizerLoader.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(renamed.ToArray(), "other.gguf").Metadata);
+        Assert.Equal([1, 32010, 29871, 13, 14816, 29903, 13, 17628, 32007, 29871, 13, 32001, 29871, 13], other.Encode(turn, addBos: true, parseSpecial: true));
+    }
+
+    /// <summary>A tokenizer.json added token's lstrip / rstrip: it takes the whitespace beside it (both were ignored).</summary>
+    [Fact]
+    public void HfAddedTokensStripAsMarked()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var doc = JsonSerializer.Deserialize<Dictionary<string, object?>>(Gpt2TokenizerJson(new { type = "ByteLevel", add_prefix_space = false, use_regex = true }))!;
+        doc["added_tokens"] = new object[]
+        {
+            new { id = 50256, content = "<|endoftext|>", special = true, lstrip = true, rstrip = true },
+        };
+        File.WriteAllText(dir.File("tokenizer.json"), JsonSerializer.Serialize(doc));
+        var t = TokenizerLoader.FromHfDirectory(dir.Path);
+        var gpt2 = TestTokenizers.Gpt2;
+        int[] expected = [.. gpt2.Encode("a", addBos: false), 50256, .. gpt2.Encode("b", addBos: false)];
+        Assert.Equal(expected, t.Encode("a \t<|endoftext|>\n b", addBos: false, parseSpecial: true));
+        Assert.NotEqual(expected, gpt2.Encode("a \t<|endoftext|>\n b", addBos: false, parseSpecial: true)); // without the flags the spaces are text
+    }
+
     [Fact]
     public void HfDirectoryWithSentencePieceModelMatchesLlamaSpmVectors()
     {
