@@ -83,7 +83,8 @@ public readonly record struct LogitStats(float Min, float Max, float Entropy, in
                     var finite = Vector256.Equals(v - v, Vector256<float>.Zero);
                     var d = Vector256.ConditionalSelect(finite, v - m, Vector256.Create(float.NegativeInfinity));
                     var e = Vector256.Exp(d);
-                    var ed = Vector256.ConditionalSelect(finite, e * d, Vector256<float>.Zero);
+                    // e = 0 adds nothing: a spread past float's range makes d −∞ and e·d NaN (0·∞).
+                    var ed = Vector256.ConditionalSelect(finite & Vector256.GreaterThan(e, Vector256<float>.Zero), e * d, Vector256<float>.Zero);
                     z0 += Vector256.WidenLower(e);
                     z1 += Vector256.WidenUpper(e);
                     e0 += Vector256.WidenLower(ed);
@@ -99,7 +100,7 @@ public readonly record struct LogitStats(float Min, float Max, float Entropy, in
                 float d = v - max;
                 float e = MathF.Exp(d);
                 z += e;
-                ez += (double)e * d;
+                if (e > 0) ez += (double)e * d;
             }
             float entropy = (float)Math.Max(0, Math.Log(z) - ez / z);
             return new LogitStats(min, max, entropy, bad);

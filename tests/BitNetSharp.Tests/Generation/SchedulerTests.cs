@@ -439,6 +439,27 @@ public sealed class SchedulerTests : IDisposable
         Assert.Equal(0, seen["bitnet.requests.running"]);
     }
 
+    /// <summary>
+    /// Observations the engine drops when nothing drains its ring are counted in a metric: the histograms undercount
+    /// then (step_duration_count below steps_total) and nothing said why.
+    /// </summary>
+    [Fact]
+    public void DroppedHistogramSamplesAreCounted()
+    {
+        using var s = Scheduler();
+        var ring = new MetricSampleRing(4);
+        using var meters = new SchedulerMeters(s, ring, 0);
+        for (int i = 0; i < 5; i++) ring.Write(MetricKind.StepDuration, 0.01);
+        long dropped = -1;
+        using var listener = new System.Diagnostics.Metrics.MeterListener();
+        listener.InstrumentPublished = (i, l) => { if (ReferenceEquals(i.Meter, meters.Meter) && i.Name == "bitnet.metric_samples.dropped") l.EnableMeasurementEvents(i); };
+        listener.SetMeasurementEventCallback<long>((i, v, _, _) => dropped = v);
+        listener.Start();
+        listener.RecordObservableInstruments();
+        Assert.Equal(ring.Dropped, dropped);
+        Assert.True(dropped >= 1);
+    }
+
     [Fact]
     public void BadRequestsAreRefusedBeforeQueueing()
     {

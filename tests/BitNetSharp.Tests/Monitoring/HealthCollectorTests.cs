@@ -53,6 +53,23 @@ public class HealthCollectorTests
         Assert.True(float.IsNaN(LogitStats.Compute([float.NaN, float.NaN]).Max));
     }
 
+    /// <summary>
+    /// Finite logits whose spread passes float's range (a model blowing up, before it reaches ∞): x − max was −∞ in
+    /// float, e^(−∞)·(−∞) NaN, and the entropy NaN where the reference gives 0. Both the scalar tail and the vector path.
+    /// </summary>
+    [Theory]
+    [InlineData(2)]
+    [InlineData(16)]
+    [InlineData(19)]
+    public void EntropyStaysFiniteWhenTheSpreadPassesFloatRange(int n)
+    {
+        var row = new float[n];
+        for (int i = 0; i < n; i++) row[i] = i % 2 == 0 ? float.MaxValue : -float.MaxValue;
+        var s = LogitStats.Compute(row);
+        Assert.False(float.IsNaN(s.Entropy));
+        Assert.Equal(LogitStats.Reference(row).Entropy, s.Entropy, 1e-5);
+    }
+
     [Fact]
     public void CodeCountsAndFinitenessMatchScalarLoops()
     {

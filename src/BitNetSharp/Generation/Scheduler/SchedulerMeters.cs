@@ -82,6 +82,9 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableCounter("bitnet.speculative.emitted_tokens", () => _scheduler.Statistics.SpeculativeTokens, "{token}",
             "Tokens emitted by speculative steps (accepted drafts plus the model's own token); tokens per step = emitted ÷ steps.");
 
+        m.CreateObservableCounter("bitnet.metric_samples.dropped", () => _samples.Dropped, "{sample}",
+            "Histogram observations the engine dropped because nothing drained its sample ring (a starved thread pool): while it grows, the latency and length histograms undercount.");
+
         _histograms = new Histogram<double>[Enum.GetValues<MetricKind>().Length];
         Histogram(MetricKind.TimeToFirstToken, "bitnet.time_to_first_token", "s", "Time from submission to a request's first generated token.", LatencyBuckets);
         Histogram(MetricKind.InterTokenLatency, "bitnet.inter_token_latency", "s", "Time between consecutive deliveries of one sequence's tokens (tokens delivered in the same step, e.g. accepted drafts, count once).", LatencyBuckets);
