@@ -50,6 +50,37 @@ public sealed partial class DashboardBrowserTests
         return result;
     }
 
+    /// <summary>
+    /// While the model loads /metrics is empty: the page said "unreachable: /metrics holds no bitnet samples (a proxy's
+    /// page?)" in red for the whole load. It shows /health's "loading", then the figures once the model is up.
+    /// </summary>
+    [Fact]
+    public async Task DashboardSaysLoadingWhileTheModelLoads()
+    {
+        string? chromium = FindChromium();
+        Assert.SkipWhen(chromium is null,
+            "chromium is not installed, so the dashboard browser test cannot run: `apt-get install chromium` (Debian; .ci/run does it), or set BITNET_CHROMIUM to a Chromium executable.");
+        using var release = new ManualResetEventSlim(false);
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            LoadModel = () =>
+            {
+                release.Wait(TestServer.Bound);
+                var (w, t) = TinyChatModel.Load();
+                return new LoadedModel(w, t, TestServer.ModelId);
+            },
+        }, waitReady: false);
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = chromium, Headless = true, Args = ["--no-sandbox"] });
+        var page = await browser.NewPageAsync();
+        await page.GotoAsync(new Uri(s.Server.Address, "dashboard").ToString());
+        await page.WaitForFunctionAsync("() => Number(document.body.dataset.polls || 0) >= 2", null, new() { Timeout = 30_000 });
+        Assert.Equal("loading", await page.InnerTextAsync("#status"));
+        release.Set();
+        await s.Server.Ready.WaitAsync(TestServer.Bound, Ct);
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent === 'ok'", null, new() { Timeout = 30_000 });
+    }
+
     [Fact]
     public async Task DashboardShowsPerLayerHealthAndAlertsAsMetricsSay()
     {
