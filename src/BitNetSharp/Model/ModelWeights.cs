@@ -148,6 +148,7 @@ public sealed class ModelWeights : IDisposable
             TernaryMatrix Projection(GgufFile file, string name, int outFeatures, int inFeatures) =>
                 ApplyScaleTensor(file, name, ModelWeights.Projection(file, name, outFeatures, inFeatures, latent));
             CheckNoGgufBiases(file);
+            CheckEveryGgufTensorIsUsed(file, c);
             for (int l = 0; l < c.Layers; l++)
             {
                 string p = $"blk.{l}.";
@@ -320,6 +321,50 @@ public sealed class ModelWeights : IDisposable
     /// Refuses a GGUF with bias tensors (llama.cpp's llama graph adds optional blk.N.attn_q.bias and the like): the
     /// engine has none to add, so such a file loaded and gave other logits without a word (the HF path refuses them too).
     /// </summary>
+    private static readonly string[] LayerNorms = ["attn_norm", "ffn_norm"], LayerSubNorms = ["attn_sub_norm", "ffn_sub_norm"],
+        LayerProjections = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
+
+    /// <summary>
+    /// Refuses a GGUF holding a tensor the graph does not read, as llama.cpp does ("wrong number of tensors"): a
+    /// block_count below the file's layers ran a model cut short, and a tensor of another variant (a q/k norm, one
+    /// sub-norm without the other) was dropped; both loaded and gave other logits without a word.
+    /// </summary>
+    private static void CheckEveryGgufTensorIsUsed(GgufFile file, ModelConfig c)
+    {
+        foreach (var t in file.Tensors)
+        {
+            string name = t.Name;
+            if (name is "token_embd.weight" or "output.weight" or "output_norm.weight") continue;
+            if (name.StartsWith("blk.", StringComparison.Ordinal))
+            {
+                int dot = name.IndexOf('.', 4);
+                if (dot > 4 && int.TryParse(name.AsSpan(4, dot - 4), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int layer))
+                {
+                    if (layer >= c.Layers)
+                        throw new ModelFormatException(file.FilePath,
+                            $"holds tensors of layer {layer}, but {c.Architecture}.block_count is {c.Layers}: the model would run with its layers cut short. Fix block_count or the file", name);
+                    string rest = name[(dot + 1)..];
+                    if (IsLayerTensor(rest, c.HasSubNorms)) continue;
+                    if (!c.HasSubNorms && (rest is "attn_sub_norm.weight" or "ffn_sub_norm.weight"))
+                        throw new ModelFormatException(file.FilePath,
+                            "has a sub-norm here but no blk.0.attn_sub_norm.weight: a BitNet b1.58 file has both sub-norms in every layer, a plain one none", name);
+                    // llama.cpp skips these (precomputed rotary tables of old Llama conversions).
+                    if (rest == "attn_rot_embd.weight") continue;
+                }
+            }
+            throw new ModelFormatException(file.FilePath,
+                $"holds a tensor this engine does not use for the {c.Architecture} graph; the model would run without it and give other logits", name);
+        }
+    }
+
+    private static bool IsLayerTensor(string rest, bool subNorms)
+    {
+        foreach (var n in LayerNorms) if (rest == n + ".weight") return true;
+        if (subNorms) foreach (var n in LayerSubNorms) if (rest == n + ".weight") return true;
+        foreach (var n in LayerProjections) if (rest == n + ".weight" || rest == n + ".scale") return true;
+        return false;
+    }
+
     private static void CheckNoGgufBiases(GgufFile file)
     {
         foreach (var t in file.Tensors)

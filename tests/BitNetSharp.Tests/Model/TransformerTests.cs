@@ -192,6 +192,41 @@ public class TransformerTests
         Assert.Contains("blk.1.attn_k.scale", e.Message);
     }
 
+    /// <summary>
+    /// A tensor the graph does not read is refused by name, as llama.cpp refuses a file with the wrong number of
+    /// tensors: a block_count below the file's layers ran a model cut short, and another variant's tensor (a q norm,
+    /// one sub-norm without the other) was dropped; each loaded and gave other logits without a word.
+    /// </summary>
+    [Fact]
+    public void TensorsTheGraphDoesNotReadAreRefused()
+    {
+        int dim = SyntheticShape.Tiny.Dim;
+        var e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(WithTensor("blk.0.attn_q_norm.weight", GgmlType.F32, [dim], new byte[4 * dim]), ownsFile: true));
+        Assert.Contains("blk.0.attn_q_norm.weight", e.Message);
+        Assert.Contains("does not use", e.Message);
+        e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(WithTensor("mystery.weight", GgmlType.F32, [dim], new byte[4 * dim]), ownsFile: true));
+        Assert.Contains("mystery.weight", e.Message);
+
+        // block_count 1 over a file of 2 layers.
+        using var full = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny).ToArray(), "full.gguf");
+        var w = new GgufWriter();
+        string arch = full.Metadata.GetString("general.architecture");
+        foreach (var (key, value) in full.Metadata.Entries) w.Add(key, key == arch + ".block_count" ? GgufValue.FromUInt32(1) : value);
+        foreach (var t in full.Tensors) w.AddTensor(t.Name, t.Type, t.Dims, full.GetTensorData(t).ToArray());
+        e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(GgufFile.Parse(w.ToArray(), "short.gguf"), ownsFile: true));
+        Assert.Contains("block_count is 1", e.Message);
+        Assert.Contains("blk.1.", e.Message);
+
+        // One sub-norm without the other: the ffn sub-norms were dropped.
+        using var plain = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, subNorms: false).ToArray(), "plain.gguf");
+        var half = new GgufWriter();
+        foreach (var (key, value) in plain.Metadata.Entries) half.Add(key, value);
+        foreach (var t in plain.Tensors) half.AddTensor(t.Name, t.Type, t.Dims, plain.GetTensorData(t).ToArray());
+        half.AddTensor("blk.0.ffn_sub_norm.weight", GgmlType.F32, [SyntheticShape.Tiny.FeedForward], new byte[4 * SyntheticShape.Tiny.FeedForward]);
+        e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(GgufFile.Parse(half.ToArray(), "half.gguf"), ownsFile: true));
+        Assert.Contains("both sub-norms", e.Message);
+    }
+
     [Fact]
     public void MissingTensorIsNamed()
     {
