@@ -162,8 +162,9 @@ public sealed class ModelSummary
             activationBitsError = e.Message;
         }
 
-        m.TryGetStringArray("tokenizer.ggml.tokens", out var tokens);
-        m.TryGetArray("tokenizer.ggml.merges", out var merges);
+        // Lenient too: a key of another type reads as absent (a string general.file_type threw out of inspect).
+        var tokens = Lenient(() => m.TryGetStringArray("tokenizer.ggml.tokens", out var t) ? t : null);
+        var merges = Lenient(() => m.TryGetArray("tokenizer.ggml.merges", out var a) ? a : null);
         int? heads = ArchInt("attention.head_count");
         var hyper = new ModelHyperParameters
         {
@@ -179,8 +180,8 @@ public sealed class ModelSummary
         };
         var tokenizer = new TokenizerSummary
         {
-            Model = m.TryGetString("tokenizer.ggml.model", out var model) ? model : null,
-            Pre = m.TryGetString("tokenizer.ggml.pre", out var pre) ? pre : null,
+            Model = Lenient(() => m.TryGetString("tokenizer.ggml.model", out var model) ? model : null),
+            Pre = Lenient(() => m.TryGetString("tokenizer.ggml.pre", out var pre) ? pre : null),
             TokenCount = tokens?.Length,
             MergeCount = merges?.Count,
             BosTokenId = Lenient<int?>(() => m.TryGetInt32("tokenizer.ggml.bos_token_id", out var bos) ? bos : null),
@@ -199,8 +200,8 @@ public sealed class ModelSummary
             FormatDescription = $"GGUF v{file.Version}",
             FileBytes = file.FileLength,
             Architecture = arch,
-            Name = m.TryGetString("general.name", out var name) ? name : null,
-            FileType = m.TryGetUInt32("general.file_type", out var ft) ? ft : null,
+            Name = Lenient(() => m.TryGetString("general.name", out var name) ? name : null),
+            FileType = Lenient<uint?>(() => m.TryGetUInt32("general.file_type", out var ft) ? ft : null),
             MetadataCount = m.Count,
             ActivationBits = activationBits,
             ActivationBitsError = activationBitsError,

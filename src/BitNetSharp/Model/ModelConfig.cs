@@ -119,7 +119,11 @@ public sealed record ModelConfig
         string arch = hf.Architectures.Count > 0 ? hf.Architectures[0] : hf.ModelType ?? "";
         var family = arch switch
         {
+            // Without "architectures" (a BitNetConfig saved on its own) transformers resolves model_type through its
+            // auto classes: "bitnet" is BitNetForCausalLM, "llama" LlamaForCausalLM.
             "BitNetForCausalLM" => ModelFamily.BitNet158,
+            "bitnet" when hf.Architectures.Count == 0 => ModelFamily.BitNet158,
+            "llama" when hf.Architectures.Count == 0 && string.Equals(hf.Quantization?.QuantMethod, "bitnet", StringComparison.OrdinalIgnoreCase) => ModelFamily.TernaryLlama,
             "BitnetForCausalLM" => ModelFamily.BitNetLlama,
             "LlamaForCausalLM" when string.Equals(hf.Quantization?.QuantMethod, "bitnet", StringComparison.OrdinalIgnoreCase) => ModelFamily.TernaryLlama,
             _ => throw new ModelFormatException(hf.FilePath,

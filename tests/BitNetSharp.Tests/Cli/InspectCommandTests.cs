@@ -1,4 +1,5 @@
 using System.Text.Json;
+using BitNetSharp.Formats;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Cli;
 using BitNetSharp.Tests.Formats;
@@ -212,6 +213,36 @@ public class InspectCommandTests
         Assert.Contains(missing, error);
         Assert.Single(error.TrimEnd().Split('\n'));
         Assert.DoesNotContain("   at ", error);
+    }
+
+    /// <summary>
+    /// Keys of another type than the spec's read as absent, as inspect already did for the hyper-parameters: a string
+    /// general.file_type (the runtime never reads it), a numeric general.name or tokenizer model threw out of inspect,
+    /// the tool for finding out what a file holds.
+    /// </summary>
+    [Fact]
+    public void KeysOfAnotherTypeReadAsAbsent()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("odd.gguf");
+        var w = TestGguf.Small();
+        w.AddString("general.file_type", "40");
+        w.AddInt32("general.name", 7);
+        w.AddUInt32("tokenizer.ggml.model", 2);
+        w.AddInt32("tokenizer.ggml.merges", 3);
+        w.WriteFile(path);
+        using (var f = GgufFile.Open(path))
+        {
+            var summary = ModelSummary.FromGguf(f);
+            Assert.Null(summary.FileType);
+            Assert.Null(summary.Name);
+            Assert.Null(summary.Tokenizer.Model);
+            Assert.Null(summary.Tokenizer.MergeCount);
+            Assert.Equal(4, summary.Tokenizer.TokenCount);
+        }
+        var (code, output, error) = Bitnet("inspect", path);
+        Assert.True(code == 0, error);
+        Assert.Contains("bitnet-b1.58", output);
     }
 
     [Fact]

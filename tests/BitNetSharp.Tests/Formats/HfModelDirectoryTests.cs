@@ -1,6 +1,7 @@
 using System.Text;
 using BitNetSharp.Formats;
 using BitNetSharp.Formats.HuggingFace;
+using BitNetSharp.Model;
 
 namespace BitNetSharp.Tests.Formats;
 
@@ -50,6 +51,23 @@ public class HfModelDirectoryTests
         Assert.Equal(5, Parse(BitNet2B4TConfig.Replace("\"num_key_value_heads\": 5,", "")).NumKeyValueHeads);
         Assert.Equal(20, Parse(BitNet2B4TConfig.Replace("\"num_key_value_heads\": 5,", "\"num_key_value_heads\": null,")).NumKeyValueHeads);
         Assert.Equal(20, Parse(BitNet2B4TConfig.Replace("\"num_key_value_heads\": 5,", "").Replace("\"model_type\": \"bitnet\",", "\"model_type\": \"llama\",")).NumKeyValueHeads);
+    }
+
+    /// <summary>
+    /// A config without "architectures" (BitNetConfig saved on its own) resolves by model_type as transformers' auto
+    /// classes do: "bitnet" is BitNetForCausalLM; "llama" with quant_method bitnet the ternary Llama; another type is
+    /// still refused. It was refused whatever model_type said.
+    /// </summary>
+    [Fact]
+    public void ModelTypeStandsInForAMissingArchitecturesList()
+    {
+        static HfConfig Parse(string json) => HfConfig.Parse(Encoding.UTF8.GetBytes(json), "config.json");
+        string bare = BitNet2B4TConfig.Replace("\"architectures\": [\"BitNetForCausalLM\"],", "");
+        Assert.Empty(Parse(bare).Architectures);
+        Assert.Equal(ModelFamily.BitNet158, ModelConfig.FromHf(Parse(bare)).Family);
+        Assert.Equal(ModelFamily.TernaryLlama, ModelConfig.FromHf(Parse(bare.Replace("\"model_type\": \"bitnet\",", "\"model_type\": \"llama\","))).Family); // quant_method bitnet
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelConfig.FromHf(Parse(bare.Replace("\"model_type\": \"bitnet\",", "\"model_type\": \"gpt2\","))));
+        Assert.Contains("'gpt2'", e.Message);
     }
 
     [Fact]
