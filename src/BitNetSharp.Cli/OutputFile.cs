@@ -38,7 +38,7 @@ internal static class OutputFile
                 // (a trace over model.safetensors destroyed the weights).
                 string folder = Resolve(Path.TrimEndingDirectorySeparator(Path.GetFullPath(input))) + Path.DirectorySeparatorChar;
                 if (File.Exists(resolved) && (resolved.StartsWith(folder, PathComparison) || full.StartsWith(folder, PathComparison)
-                    || Path.GetDirectoryName(resolved) is { } outFolder && PathIdentity.SameFolder(outFolder, folder)))
+                    || IsUnder(resolved, folder)))
                     throw new UsageException($"{option} {path} is a file of the {inputOption} directory {input}; the output would replace it. Give another path.");
                 continue;
             }
@@ -46,6 +46,17 @@ internal static class OutputFile
                 throw new UsageException($"{option} {path} is the {inputOption} file; the output would replace it. Give another path.");
         }
         return full;
+    }
+
+    /// <summary>
+    /// Whether a folder above <paramref name="path"/> is <paramref name="folder"/> by identity: a bind mount of the model
+    /// folder shows its files, nested ones included (original/params.json), under paths no string compare joins.
+    /// </summary>
+    private static bool IsUnder(string path, string folder)
+    {
+        for (string? dir = Path.GetDirectoryName(path); !string.IsNullOrEmpty(dir); dir = Path.GetDirectoryName(dir))
+            if (PathIdentity.SameFolder(dir, folder)) return true;
+        return false;
     }
 
     /// <summary>Whether two paths name the same file, however spelled (see <see cref="PathIdentity"/>).</summary>

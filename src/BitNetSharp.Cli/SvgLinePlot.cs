@@ -35,7 +35,10 @@ public sealed class SvgLinePlot
             }
         if (double.IsInfinity(xMin)) { xMin = 0; xMax = 1; yMin = 0; yMax = 1; }
         if (xMax <= xMin) xMax = xMin + 1;
-        if (yMax <= yMin) { yMax += Math.Abs(yMax) * 0.5 + 0.5; yMin -= Math.Abs(yMin) * 0.5 + 0.5; }
+        // A range of a few ulps (a constant series averaged into buckets: (0.1 + 0.1 + 0.1) / 3 ≠ 0.1) is flat: its tick
+        // step fell below an ulp and the tick loop never advanced.
+        if (yMax - yMin <= 1e-9 * Math.Max(Math.Abs(yMax), Math.Abs(yMin))) { yMax += Math.Abs(yMax) * 0.5 + 0.5; yMin -= Math.Abs(yMin) * 0.5 + 0.5; }
+        if (xMax - xMin <= 1e-9 * Math.Max(Math.Abs(xMax), Math.Abs(xMin))) xMax = xMin + Math.Max(1, Math.Abs(xMin) * 1e-6);
         var xTicks = Ticks(xMin, xMax, 8);
         var yTicks = Ticks(yMin, yMax, 6);
         xMin = Math.Min(xMin, xTicks[0]); xMax = Math.Max(xMax, xTicks[^1]);
@@ -81,8 +84,12 @@ public sealed class SvgLinePlot
                 while (i < points.Count && !Finite(points[i])) i++;
                 if (i == points.Count) break;
                 line.Clear();
+                int runStart = i;
                 for (; i < points.Count && Finite(points[i]); i++)
                     line.Append(N(Px(points[i].X))).Append(',').Append(N(Py(points[i].Y))).Append(' ');
+                // A lone point between gaps draws no line: a dot keeps it visible when the series has no markers.
+                if (i - runStart == 1 && !series[s].Markers)
+                    w.WriteLine($"<circle data-series=\"{Escape(series[s].Name)}\" cx=\"{N(Px(points[runStart].X))}\" cy=\"{N(Py(points[runStart].Y))}\" r=\"{N(Math.Max(1.5, series[s].Width))}\" fill=\"{StrokeOf(series, s)}\"/>");
                 w.WriteLine($"<polyline data-series=\"{Escape(series[s].Name)}\" stroke=\"{StrokeOf(series, s)}\" stroke-width=\"{N(series[s].Width)}\" points=\"{line.ToString().TrimEnd()}\"/>");
             }
         }
@@ -135,7 +142,10 @@ public sealed class SvgLinePlot
         double step = (raw / magnitude) switch { <= 1 => 1, <= 2 => 2, <= 5 => 5, _ => 10 } * magnitude;
         double first = Math.Floor(min / step) * step, last = Math.Ceiling(max / step) * step;
         var ticks = new List<double>();
-        for (double t = first; t <= last + step * 1e-9; t += step) ticks.Add(Math.Round(t / step) * step);
+        // Counted, not accumulated: t += step stops advancing once step is below half an ulp of t.
+        long n = (long)Math.Round((last - first) / step);
+        if (!double.IsFinite(step) || step <= 0 || n < 0 || n > 1000) return [min, max];
+        for (long k = 0; k <= n; k++) ticks.Add(Math.Round((first + k * step) / step) * step);
         return [.. ticks];
     }
 

@@ -317,10 +317,6 @@ public sealed class ModelWeights : IDisposable
         }
     }
 
-    /// <summary>
-    /// Refuses a GGUF with bias tensors (llama.cpp's llama graph adds optional blk.N.attn_q.bias and the like): the
-    /// engine has none to add, so such a file loaded and gave other logits without a word (the HF path refuses them too).
-    /// </summary>
     private static readonly string[] LayerNorms = ["attn_norm", "ffn_norm"], LayerSubNorms = ["attn_sub_norm", "ffn_sub_norm"],
         LayerProjections = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"];
 
@@ -365,6 +361,10 @@ public sealed class ModelWeights : IDisposable
         return false;
     }
 
+    /// <summary>
+    /// Refuses a GGUF with bias tensors (llama.cpp's llama graph adds optional blk.N.attn_q.bias and the like): the
+    /// engine has none to add, so such a file loaded and gave other logits without a word (the HF path refuses them too).
+    /// </summary>
     private static void CheckNoGgufBiases(GgufFile file)
     {
         foreach (var t in file.Tensors)

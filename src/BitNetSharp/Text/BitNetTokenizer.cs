@@ -23,6 +23,7 @@ public abstract class BitNetTokenizer
     private readonly bool _hasUserDefined;
     private readonly HashSet<int> _stopIds;
     private readonly HashSet<int> _stripLeft, _stripRight;
+    private readonly bool _stripUnicodeWhitespace;
 
     private protected BitNetTokenizer(TokenizerVocabulary vocabulary, Func<string, TokenKind, byte[]> pieceOf)
     {
@@ -37,6 +38,7 @@ public abstract class BitNetTokenizer
         AddBosToken = vocabulary.AddBos && BosId >= 0;
         _stripLeft = [.. vocabulary.StripLeft];
         _stripRight = [.. vocabulary.StripRight];
+        _stripUnicodeWhitespace = vocabulary.StripUnicodeWhitespace;
 
         _pieces = new byte[_texts.Length][];
         for (int id = 0; id < _texts.Length; id++)
@@ -280,8 +282,11 @@ public abstract class BitNetTokenizer
         return false;
     }
 
-    /// <summary>The whitespace a stripping token absorbs: C's isspace, as llama.cpp tests it (space, \t, \n, \v, \f, \r).</summary>
-    private static bool IsStrippedSpace(char c) => c is ' ' or '\t' or '\n' or '\v' or '\f' or '\r';
+    /// <summary>
+    /// The whitespace a stripping token absorbs: C's isspace for a GGUF, as llama.cpp tests it (space, \t, \n, \v, \f,
+    /// \r); any Unicode whitespace for tokenizer.json's flags, as the tokenizers library tests them.
+    /// </summary>
+    private bool IsStrippedSpace(char c) => _stripUnicodeWhitespace ? char.IsWhiteSpace(c) : c is ' ' or '\t' or '\n' or '\v' or '\f' or '\r';
 
     /// <summary>
     /// Splits the input into plain-text runs and special tokens, one special token at a time in

@@ -287,6 +287,7 @@ public static class TokenizerLoader
         // An added token's lstrip/rstrip: it takes the whitespace beside it when matched (they were read as nothing).
         vocabulary.StripLeft.UnionWith(stripLeft);
         vocabulary.StripRight.UnionWith(stripRight);
+        vocabulary.StripUnicodeWhitespace = true;
 
         var merges = new List<string>();
         if (model.TryGetProperty("merges", out var mergeArray) && mergeArray.ValueKind == JsonValueKind.Array)

@@ -43,6 +43,12 @@ internal sealed class TokenizerVocabulary
     /// <summary>Ids that absorb the whitespace after them when matched in text (HF rstrip, llama.cpp RSTRIP).</summary>
     public HashSet<int> StripRight { get; } = [];
 
+    /// <summary>
+    /// Whether stripping takes any Unicode whitespace (tokenizer.json flags: the tokenizers library tests
+    /// char::is_whitespace, so U+3000 goes too) rather than C's isspace set (llama.cpp's rule for GGUFs).
+    /// </summary>
+    public bool StripUnicodeWhitespace { get; set; }
+
     public int Count => Texts.Length;
 
     /// <summary>Gives <paramref name="id"/> a new text and kind (tokenizer_config.json naming the special tokens).</summary>

@@ -32,4 +32,31 @@ public class SvgLinePlotTests
         Assert.Equal(3, doc.Descendants(Svg + "circle").Count(c => (string?)c.Attribute("data-series") == "qkv"));
         Assert.Contains(doc.Descendants(Svg + "text"), t => t.Value == "down"); // still in the legend
     }
+
+    /// <summary>A lone finite point between gaps draws no line; without markers it was invisible. It gets a dot.</summary>
+    [Fact]
+    public void ALonePointBetweenGapsIsDrawn()
+    {
+        var plot = new SvgLinePlot { Title = "loss", XLabel = "step", YLabel = "loss" };
+        plot.Series.Add(new SvgSeries("train", [(0, double.NaN), (1, 2.0), (2, double.NaN)]));
+        var text = new StringWriter();
+        plot.Write(text);
+        var doc = XDocument.Parse(text.ToString());
+        Assert.Single(doc.Descendants(Svg + "circle"), c => (string?)c.Attribute("data-series") == "train");
+    }
+
+    /// <summary>
+    /// A constant series of more than 2000 points is averaged into buckets whose means differ by an ulp ((0.1 + 0.1 +
+    /// 0.1) / 3 ≠ 0.1): the tick step fell below an ulp and the tick loop never ended (logs --plot hung).
+    /// </summary>
+    [Fact(Timeout = 20_000)]
+    public async Task ARangeOfAFewUlpsEnds()
+    {
+        var plot = new SvgLinePlot { Title = "flat", XLabel = "step", YLabel = "v" };
+        plot.Series.Add(new SvgSeries("v", Enumerable.Range(0, 4999).Select(i => ((double)i, 0.1)).ToList()));
+        var text = new StringWriter();
+        await Task.Run(() => plot.Write(text), TestContext.Current.CancellationToken);
+        Assert.Contains("<polyline", text.ToString());
+        Assert.InRange(SvgLinePlot.Ticks(0.1, 0.10000000000000002, 6).Length, 1, 1001);
+    }
 }

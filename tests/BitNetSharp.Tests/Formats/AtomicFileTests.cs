@@ -84,6 +84,13 @@ public class PathIdentityTests
         using (var ln = System.Diagnostics.Process.Start("ln", [dir.File("m.gguf"), dir.File("h.gguf")])) ln.WaitForExit();
         Assert.Equal(PathIdentity.FileId(dir.File("m.gguf")), PathIdentity.FileId(dir.File("h.gguf")));
         Assert.NotNull(PathIdentity.FileId(dir.File("m.gguf")));
+        // Two files are two ids, two folders two folders: a misread struct (zeros, padding) would make everything one.
+        File.WriteAllText(dir.File("other.gguf"), "other");
+        Assert.NotEqual(PathIdentity.FileId(dir.File("m.gguf")), PathIdentity.FileId(dir.File("other.gguf")));
+        Directory.CreateDirectory(dir.File("x"));
+        Directory.CreateDirectory(dir.File("y"));
+        Assert.False(PathIdentity.SameFolder(dir.File("x"), dir.File("y")));
+        Assert.True(PathIdentity.SameFolder(dir.File("x"), dir.File("x/../x")));
         Assert.False(PathIdentity.SameFile(dir.File("h.gguf"), dir.File("m.gguf")));
         AtomicFile.Write(dir.File("h.gguf"), s => s.Write("new"u8));
         Assert.Equal("model", File.ReadAllText(dir.File("m.gguf")));

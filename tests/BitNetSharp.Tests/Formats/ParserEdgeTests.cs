@@ -101,6 +101,26 @@ public class ParserEdgeTests
         Assert.Contains("beyond what this runtime supports", e.Message);
     }
 
+    /// <summary>
+    /// An output inside a bind mount of the input model directory, in a subfolder (original/params.json), is a file of
+    /// that directory: only the output's own folder was compared by identity, so a nested file was replaced.
+    /// </summary>
+    [Fact]
+    public void AnOutputNestedInABindMountOfTheModelDirectoryIsRefused()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        Directory.CreateDirectory(dir.File("model/original"));
+        File.WriteAllText(dir.File("model/original/params.json"), "{}");
+        Directory.CreateDirectory(dir.File("view"));
+        using var mount = BindMount.TryCreate(dir.File("model"), dir.File("view"));
+        Assert.SkipWhen(mount is null, "bind mounts need root (mount --bind); this machine refused one");
+        var error = new StringWriter();
+        int code = Program.Run(["convert", dir.File("model"), dir.File("view/original/params.json")], new StringWriter(), error);
+        Assert.Equal(2, code);
+        Assert.Contains("is a file of the input model directory", error.ToString());
+        Assert.Equal("{}", File.ReadAllText(dir.File("model/original/params.json")));
+    }
+
     /// <summary>convert onto its own input replaced the source with its re-encoding.</summary>
     [Theory]
     [InlineData("same")]

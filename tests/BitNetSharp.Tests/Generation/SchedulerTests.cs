@@ -162,6 +162,25 @@ public sealed class SchedulerTests : IDisposable
         Assert.Equal(2, (await Collect(Submit(s, new GenerationRequest { Prompt = Prompt(2), Choices = 2, MaxTokens = 2 }))).Length); // no slot lost
     }
 
+    /// <summary>
+    /// A request whose admission throws (here at its second choice) fails alone, says why, and gives back every slot it
+    /// took: it was in no list (never completed, its slots lost) and the loop's catch failed every running request.
+    /// </summary>
+    [Fact]
+    public async Task AFailedAdmissionFailsThatRequestAloneAndKeepsEverySlot()
+    {
+        using var s = Scheduler(maxSeqs: 3);
+        var bystander = Submit(s, new GenerationRequest { Prompt = Prompt(0), MaxTokens = 30, IgnoreStopTokens = true });
+        await foreach (var _ in bystander.Events.ReadAllAsync(TestContext.Current.CancellationToken)) break; // running
+        s.AdmissionFault = c => { if (c == 1) throw new InvalidOperationException("injected"); };
+        var failing = Submit(s, new GenerationRequest { Prompt = Prompt(1), Choices = 2, MaxTokens = 3 });
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => Collect(failing));
+        Assert.Contains("could not start", e.Message + e.InnerException?.Message);
+        s.AdmissionFault = null;
+        Assert.Equal(29, (await Collect(bystander))[0].Tokens.Count); // all but the first, read above
+        Assert.Equal(3, (await Collect(Submit(s, new GenerationRequest { Prompt = Prompt(2), Choices = 3, MaxTokens = 2 }))).Length); // all three slots free
+    }
+
     [Fact]
     public async Task QueueOverflowFailsFastAndCountsTheRejection()
     {

@@ -383,6 +383,8 @@ public class TokenizerLoaderTests
         int[] expected = [.. gpt2.Encode("a", addBos: false), 50256, .. gpt2.Encode("b", addBos: false)];
         Assert.Equal(expected, t.Encode("a \t<|endoftext|>\n b", addBos: false, parseSpecial: true));
         Assert.NotEqual(expected, gpt2.Encode("a \t<|endoftext|>\n b", addBos: false, parseSpecial: true)); // without the flags the spaces are text
+        // Any Unicode whitespace, as the tokenizers library tests char::is_whitespace (an ideographic space after a chat token).
+        Assert.Equal(expected, t.Encode("a\u3000<|endoftext|>\u00a0b", addBos: false, parseSpecial: true));
     }
 
     [Fact]

@@ -149,6 +149,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>Tests close it to hold the engine between steps, making queue states deterministic.</summary>
     internal ManualResetEventSlim StepGate { get; } = new(true);
 
+    /// <summary>Tests: runs as each choice is admitted (its argument), so a throw shows what a failed admission leaves.</summary>
+    internal Action<int>? AdmissionFault { get; set; }
+
     public SchedulerStatistics Statistics
     {
         get
@@ -438,15 +441,18 @@ public sealed class ContinuousBatchScheduler : IDisposable
                     var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
                     // Sampler with LogProbs = 0 runs a top-0 selection that indexes an empty heap; ask it for one and deliver none.
                     if (sampling.LogProbs == 0) sampling = sampling with { LogProbs = 1 };
-                    var buffers = _samplerBuffers[_freeSlots.Peek()] ??= new SamplerBuffers(_config.VocabSize);
+                    // The slot is taken off the free stack only once its sequence exists, so a throw above leaves it there.
+                    int slot = _freeSlots.Peek();
+                    var buffers = _samplerBuffers[slot] ??= new SamplerBuffers(_config.VocabSize);
                     var sampler = new Sampler(sampling, _config.VocabSize, buffers);
-                    int slot = _freeSlots.Pop();
+                    AdmissionFault?.Invoke(c);
                     // The same rule as TextGenerator: SentencePiece's leading space goes only at the start of text (a
                     // prompt ending in BOS or another control token); the server printed " world" where the CLI printed "world".
                     var seq = new Sequence(h, c, slot, sampler,
                         _tokenizer is null ? null : new StreamingDetokenizer(_tokenizer, includeSpecial: false,
                             atTextStart: StreamingDetokenizer.StartsText(_tokenizer, r.Prompt)),
                         r.StopStrings is { Count: > 0 } stops ? new StopStringMatcher(stops) : null);
+                    _freeSlots.Pop();
                     sequences[made++] = seq;
                     seq.History.AddRange(r.Prompt);
                     foreach (int t in r.Prompt) seq.Repetition.AddPrompt(t);
