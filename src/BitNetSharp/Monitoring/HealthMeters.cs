@@ -57,6 +57,14 @@ public sealed class HealthMeters : IDisposable
                 "Sequences ended because their logits held NaN or Inf.", m => m.Add(new(_scheduler.Statistics.NonFiniteSequences))),
             new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
                 "Engine steps whose health was measured.", m => m.Add(new(t_collection?.Samples ?? _scheduler.Health.Samples))),
+            new("bitnet.health.logit_samples", "{step}", "bitnet_health_logit_samples_total", true,
+                "Measured steps that had logits rows (a prompt chunk alone has none, and the logits gauges keep their last value): rules over the logits gauges count new samples by it.",
+                m =>
+                {
+                    long n = 0; // 0 before the first sample, as bitnet_health_samples_total
+                    ReadSnapshot(m, s => n = s.LogitSamples);
+                    m.Add(new(n));
+                }),
             new("bitnet.health.token_latency.stddev", "s", "bitnet_health_token_latency_stddev_seconds", false,
                 $"Standard deviation of the last 256 inter-token latencies (absent until {MinJitterWindow} are in).", m =>
                 {
@@ -138,7 +146,7 @@ public sealed class HealthMeters : IDisposable
         "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",
         "bitnet_health_residual_rms", "bitnet_health_residual_max_abs", "bitnet_health_residual_relative_change_ratio", "bitnet_health_residual_blowup",
         "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
-        "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_token_latency_stddev_seconds", "bitnet_health_repetition_ratio",
+        "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_logit_samples_total", "bitnet_health_token_latency_stddev_seconds", "bitnet_health_repetition_ratio",
         "bitnet_weights_checksum_mismatches_total", "bitnet_weights_probe_mismatches_total", "bitnet_weights_verifications_total",
         "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_telemetry_dropped_rows_total",
         "bitnet_alerts_total", "bitnet_alerts_firing", "bitnet_alerts_webhook_failures_total",

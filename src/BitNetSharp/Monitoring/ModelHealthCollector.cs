@@ -33,6 +33,12 @@ public sealed class HealthSnapshot
     /// <summary>Sampled steps so far (this snapshot is the latest); 0 before the first.</summary>
     public long Samples { get; internal set; }
 
+    /// <summary>
+    /// Sampled steps so far that had logits rows (a prompt chunk alone has none): what tells a new logits value from
+    /// the one carried over, for rules over the logits gauges.
+    /// </summary>
+    public long LogitSamples { get; internal set; }
+
     /// <summary>The engine step (forward pass) this snapshot comes from.</summary>
     public long Step { get; internal set; }
 
@@ -90,6 +96,7 @@ public sealed class HealthSnapshot
     internal void CopyTo(HealthSnapshot other)
     {
         other.Samples = Samples;
+        other.LogitSamples = LogitSamples;
         other.Step = Step;
         other.TimeUnixNanos = TimeUnixNanos;
         other.Tokens = Tokens;
@@ -397,6 +404,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             _pending.Samples = ++_samples;
             if (_pending.LogitRows > 0)
             {
+                _pending.LogitSamples++;
                 _pending.LastLogitMin = _pending.LogitMin;
                 _pending.LastLogitMax = _pending.LogitMax;
                 _pending.LastLogitRange = _pending.LogitRange;

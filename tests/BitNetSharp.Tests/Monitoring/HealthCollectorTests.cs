@@ -536,6 +536,14 @@ public class HealthCollectorBatchTests
         health.Publish();
         Assert.Equal(flat.Range, Scraped()!.Value, 1e-6);
         Assert.Null(Collected());
+
+        // bitnet_health_logit_samples_total grows only with steps that had logits: what Prometheus's logits rule counts
+        // as a new sample (bitnet_health_samples_total counted the carried value again, a prompt-only prefill fired it).
+        var logitSamples = meters.Signals.Single(x => x.PrometheusName == "bitnet_health_logit_samples_total");
+        var read = new List<System.Diagnostics.Metrics.Measurement<double>>();
+        logitSamples.Read(read);
+        Assert.Equal(2, read.Single().Value);
+        Assert.Equal(4, health.Samples);
     }
 
     /// <summary>A BitLinear input holding NaN reads NaN as its crest factor, which trips the rules (it read a healthy 0).</summary>
