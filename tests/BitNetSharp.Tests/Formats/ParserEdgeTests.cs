@@ -38,6 +38,22 @@ public class ParserEdgeTests
     }
 
     /// <summary>
+    /// A tensor name past ggml's 63 bytes is refused at open, by name, as llama.cpp refuses it: the reader took it and
+    /// the writer did not, so calibrate ran its whole search and then failed copying the file. 63 bytes load.
+    /// </summary>
+    [Fact]
+    public void ATensorNamePastGgmlsLimitIsRefusedAtOpen()
+    {
+        string longName = new('a', 64);
+        var bytes = new RawBytes().GgufHeader(3, 1, 0).TensorInfo(longName, 0, 0, 2).PadTo(32).Zeros(32).ToArray();
+        var e = Assert.Throws<ModelFormatException>(() => GgufFile.Parse(bytes, "long.gguf"));
+        Assert.Contains("64 bytes, longer than the 63", e.Message);
+        Assert.Contains(longName, e.Message);
+        using var ok = GgufFile.Parse(new RawBytes().GgufHeader(3, 1, 0).TensorInfo(new string('a', 63), 0, 0, 2).PadTo(32).Zeros(32).ToArray(), "ok.gguf");
+        Assert.Single(ok.Tensors);
+    }
+
+    /// <summary>
     /// The copy reads each tensor from the mapped file: it took a managed copy of every tensor (the whole model again,
     /// 1.2 GB for 2B4T) and threw NotSupportedException for a tensor past 2 GiB, after calibrate's whole search.
     /// </summary>

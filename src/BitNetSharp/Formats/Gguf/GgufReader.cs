@@ -98,6 +98,10 @@ internal static unsafe class GgufReader
             string name = c.ReadString($"name of tensor #{i}");
             if (name.Length == 0)
                 throw new ModelFormatException(path, $"tensor #{i} has an empty name");
+            // ggml holds names in 64 bytes with the terminator: llama.cpp refuses a longer one at open, and our writer
+            // would not copy the file (calibrate ran to the end, then failed writing).
+            if (System.Text.Encoding.UTF8.GetByteCount(name) > GgufWriter.MaxTensorNameBytes)
+                throw new ModelFormatException(path, $"the tensor name is {System.Text.Encoding.UTF8.GetByteCount(name)} bytes, longer than the {GgufWriter.MaxTensorNameBytes} ggml allows (llama.cpp refuses such a file too)", name);
             if (!names.Add(name))
                 throw new ModelFormatException(path, "duplicate tensor name", name);
             uint nDims = c.ReadUInt32("n_dims", name);
