@@ -13,6 +13,7 @@ public sealed class SentencePieceBpeTokenizer : BitNetTokenizer
 
     private readonly float[] _scores;
     private readonly int[] _byteTokens = new int[256];
+    private readonly bool[] _hasByteToken = new bool[256];
 
     internal SentencePieceBpeTokenizer(TokenizerVocabulary vocabulary, float[] scores, bool addSpacePrefix)
         : base(vocabulary, PieceOf)
@@ -26,6 +27,7 @@ public sealed class SentencePieceBpeTokenizer : BitNetTokenizer
             // Vocabularies without byte tokens fall back to a token of that single character, then to <unk>.
             if (id < 0 && b < 0x80) id = vocabulary.Find(((char)b).ToString());
             _byteTokens[b] = id >= 0 ? id : vocabulary.UnknownId;
+            _hasByteToken[b] = id >= 0;
         }
     }
 
@@ -119,7 +121,8 @@ public sealed class SentencePieceBpeTokenizer : BitNetTokenizer
                 if (_prev[pair.Left] >= 0) TryQueue(_prev[pair.Left], pair.Left);
                 if (after >= 0) TryQueue(pair.Left, after);
             }
-            for (int i = 0; i >= 0 && count > 0; i = _next[i]) Emit(i, output);
+            bool afterUnknown = false;
+            for (int i = 0; i >= 0 && count > 0; i = _next[i]) afterUnknown = Emit(i, output, afterUnknown);
         }
 
         private void TryQueue(int left, int right)
@@ -129,18 +132,29 @@ public sealed class SentencePieceBpeTokenizer : BitNetTokenizer
             _queue.Enqueue((left, right, size), (_owner._scores[id], left));
         }
 
-        private void Emit(int symbol, List<int> output)
+        /// <summary>Emits a final symbol; returns whether it was written as &lt;unk&gt;.</summary>
+        private bool Emit(int symbol, List<int> output, bool afterUnknown)
         {
             var piece = _text.AsSpan(_start[symbol], _length[symbol]);
             if (_owner.TryGetTokenId(piece, out var id))
             {
                 output.Add(id);
-                return;
+                return false;
             }
             Span<byte> utf8 = stackalloc byte[4];
             int n = System.Text.Encoding.UTF8.GetBytes(piece, utf8);
+            bool bytes = true;
             for (int i = 0; i < n; i++)
-                if (_owner._byteTokens[utf8[i]] >= 0) output.Add(_owner._byteTokens[utf8[i]]);
+                if (!_owner._hasByteToken[utf8[i]]) bytes = false;
+            if (bytes)
+            {
+                for (int i = 0; i < n; i++) output.Add(_owner._byteTokens[utf8[i]]);
+                return false;
+            }
+            // No byte fallback for this character: one <unk> for it, and one for a run of such characters, as
+            // SentencePiece writes them (it was one <unk> per UTF-8 byte: "€€" took six).
+            if (!afterUnknown && _owner.UnknownId >= 0) output.Add(_owner.UnknownId);
+            return true;
         }
     }
 }

@@ -367,6 +367,23 @@ public class TokenizerLoaderTests
         Assert.Equal([1, 32010, 29871, 13, 14816, 29903, 13, 17628, 32007, 29871, 13, 32001, 29871, 13], other.Encode(turn, addBos: true, parseSpecial: true));
     }
 
+    /// <summary>
+    /// A SentencePiece vocabulary without &lt;0xNN&gt; pieces writes an unknown character as one &lt;unk&gt;, and a run of
+    /// them as one, as SentencePiece does: it wrote one per UTF-8 byte ("€€" was six), filling the context with them.
+    /// </summary>
+    [Fact]
+    public void UnknownCharactersWithoutByteFallbackAreOneUnk()
+    {
+        var w = new GgufWriter();
+        w.AddString("tokenizer.ggml.model", "llama");
+        w.AddArray("tokenizer.ggml.tokens", new[] { "<unk>", "<s>", "</s>", "\u2581", "a" });
+        w.AddArray("tokenizer.ggml.token_type", new[] { 2, 3, 3, 1, 1 });
+        w.AddArray("tokenizer.ggml.scores", new[] { 0f, 0f, 0f, -1f, -2f });
+        var t = TokenizerLoader.FromGguf(GgufFile.Parse(w.ToArray(), "nobytes.gguf").Metadata);
+        Assert.Equal([3, 4, 0], t.Encode("a€€", addBos: false));
+        Assert.Equal([3, 4, 0, 4, 0], t.Encode("a€€a日", addBos: false));
+    }
+
     /// <summary>A tokenizer.json added token's lstrip / rstrip: it takes the whitespace beside it (both were ignored).</summary>
     [Fact]
     public void HfAddedTokensStripAsMarked()
