@@ -24,10 +24,15 @@ public sealed partial class PreTokenizer
     }
 
     /// <summary>
-    /// Whether a stage stands in for llama.cpp's explicit list of cased letters (deepseek-llm's [\p{Lu}\p{Ll}\p{Lt}]),
-    /// which holds no code point outside the BMP: there a supplementary cased letter is an uncased letter.
+    /// Whether a stage matches llama.cpp's explicit list of cased letters (deepseek-llm): a supplementary code point is
+    /// a letter of that list only inside its seven supplementary ranges (Deseret, Osage, Old Hungarian, Warang Citi,
+    /// Adlam), whatever its Unicode category.
     /// </summary>
-    private bool CasedLettersAreBmpOnly => Name == "deepseek-llm";
+    private bool CasedLettersAreListed => Name == "deepseek-llm";
+
+    /// <summary>The supplementary ranges of llama.cpp's deepseek-llm letter list.</summary>
+    private static readonly (int First, int Last)[] DeepSeekSupplementaryLetters =
+        [(0x10400, 0x1044F), (0x104B0, 0x104D3), (0x104D8, 0x104FB), (0x10C80, 0x10CB2), (0x10CC0, 0x10CF2), (0x118A0, 0x118DF), (0x1E900, 0x1E943)];
 
     /// <summary>The llama.cpp pre-tokenizer name this implements ("llama3", "gpt-2", ...).</summary>
     public string Name { get; }
@@ -120,10 +125,18 @@ public sealed partial class PreTokenizer
             offset[n] = i;
             if (char.IsHighSurrogate(text[i]) && i + 1 < start + length && char.IsLowSurrogate(text[i + 1]))
             {
-                var category = System.Globalization.CharUnicodeInfo.GetUnicodeCategory(char.ConvertToUtf32(text[i], text[i + 1]));
-                if (CasedLettersAreBmpOnly && category is System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.LowercaseLetter
-                    or System.Globalization.UnicodeCategory.TitlecaseLetter) category = System.Globalization.UnicodeCategory.OtherLetter;
-                proxy[n] = StandIn(category);
+                int cp = char.ConvertToUtf32(text[i], text[i + 1]);
+                var category = System.Globalization.CharUnicodeInfo.GetUnicodeCategory(cp);
+                if (CasedLettersAreListed)
+                {
+                    bool listed = false;
+                    foreach (var (first, last) in DeepSeekSupplementaryLetters) listed |= cp >= first && cp <= last;
+                    // U+0100 is in the list (and no other stage's class); a cased letter the list leaves out is a letter
+                    // to the other stages only.
+                    proxy[n] = listed ? '\u0100' : category is System.Globalization.UnicodeCategory.UppercaseLetter or System.Globalization.UnicodeCategory.LowercaseLetter
+                        or System.Globalization.UnicodeCategory.TitlecaseLetter ? StandIn(System.Globalization.UnicodeCategory.OtherLetter) : StandIn(category);
+                }
+                else proxy[n] = StandIn(category);
                 i += 2;
             }
             else proxy[n] = text[i++];
@@ -234,8 +247,12 @@ public sealed partial class PreTokenizer
     [GeneratedRegex(@"[\u4E00-\u9FA5\u0800-\u4E00\uAC00-\uD7FF]+", RegexOptions.CultureInvariant)]
     private static partial Regex CjkHangulRunRegex();
 
-    /// <summary>DeepSeek LLM lists the cased letters (Unicode category LC = Lu, Ll, Lt) range by range; the categories say the same.</summary>
-    [GeneratedRegex(@"\s?[\p{Lu}\p{Ll}\p{Lt}]+", RegexOptions.CultureInvariant)]
+    /// <summary>
+    /// DeepSeek LLM's letters as llama.cpp lists them range by range (its BMP part here; the supplementary ranges go
+    /// through the proxy): the cased letters of an older Unicode, not today's categories, which also hold Armenian
+    /// small letters U+0560-0588, Georgian Mkhedruli, Latin Extended-D/E and others that llama.cpp splits apart.
+    /// </summary>
+    [GeneratedRegex(@"\s?[\u0041-\u005A\u0061-\u007A\u00B5\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u01BA\u01BC-\u01BF\u01C4-\u0293\u0295-\u02AF\u0370-\u0373\u0376\u0377\u037B-\u037D\u037F\u0386\u0388-\u038A\u038C\u038E-\u03A1\u03A3-\u03F5\u03F7-\u0481\u048A-\u052F\u0531-\u0556\u10A0-\u10C5\u13A0-\u13F5\u13F8-\u13FD\u1C90-\u1CBA\u1CBD-\u1CBF\u1D00-\u1D2B\u1D6B-\u1D77\u1D79-\u1D9A\u1E00-\u1F15\u1F18-\u1F1D\u1F20-\u1F45\u1F48-\u1F4D\u1F50-\u1F57\u1F59\u1F5B\u1F5D\u1F5F-\u1F7D\u1F80-\u1FB4\u1FB6-\u1FBC\u1FBE\u1FC2-\u1FC4\u1FC6-\u1FCC\u1FD0-\u1FD3\u1FD6-\u1FDB\u1FE0-\u1FEC\u1FF2-\u1FF4\u1FF6-\u1FFC\u2102\u2107\u210A-\u2113\u2115\u2119-\u211D\u2124\u2126\u2128\u212A-\u212D\u212F-\u2134\u2139\u213C-\u213F\u2145-\u2149\u214E\u2183\u2184\u2C00-\u2C7B\u2C7E-\u2CE4\u2CEB-\u2CEE\u2CF2\u2CF3\uA640-\uA66D\uA680-\uA69B\uA722-\uA76F\uA771-\uA787\uA78B-\uA78E\uAB70-\uABBF\uFB00-\uFB06\uFB13-\uFB17\uFF21-\uFF3A\uFF41-\uFF5A]+", RegexOptions.CultureInvariant)]
     private static partial Regex SpaceCasedLetterRunRegex();
 
     [GeneratedRegex(@"\s?[!-/:-~\uFF01-\uFF0F\uFF1A-\uFF5E\u2018-\u201F\u3000-\u3002]+", RegexOptions.CultureInvariant)]

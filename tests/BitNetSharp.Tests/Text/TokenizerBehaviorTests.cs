@@ -27,12 +27,18 @@ public class TokenizerBehaviorTests
     }
 
     /// <summary>
-    /// The stand-ins keep llama.cpp's deepseek splits: a supplementary cased letter is not in its explicit cased-letter
-    /// list, and a supplementary mark is not in its CJK ranges (stand-ins inside U+0800-U+4E00 joined CJK runs).
+    /// The stand-ins keep llama.cpp's deepseek splits: a supplementary cased letter is in its explicit letter list only
+    /// inside the list's own supplementary ranges, and a supplementary mark is not in its CJK ranges (stand-ins inside U+0800-U+4E00 joined CJK runs).
     /// </summary>
     [Theory]
     [InlineData("x\U0001D409", new[] { "x", "\U0001D409" })]
     [InlineData("\u4E2D\U00011000", new[] { "\u4E2D", "\U00011000" })]
+    // llama.cpp's list, not today's categories: Armenian small letters U+0560-0588 and Georgian Mkhedruli are out of it
+    // (they joined the word before them); Deseret and Adlam, supplementary, are in it (they were split off).
+    [InlineData("\u0532\u0561\u0580\u0565\u0582", new[] { "\u0532", "\u0561\u0580\u0565\u0582" })]
+    [InlineData("\u10A0\u2D00", new[] { "\u10A0", "\u2D00" })]
+    [InlineData("\u00E9\U00010400", new[] { "\u00E9\U00010400" })]
+    [InlineData(" \u00E9\U0001E900\u00FC", new[] { " \u00E9\U0001E900\u00FC" })]
     public void DeepSeekSplitsOfSupplementaryCharactersFollowLlamaCpp(string text, string[] expected)
     {
         var pieces = new List<(int Start, int Length)>();
