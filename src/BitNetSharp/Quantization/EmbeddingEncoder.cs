@@ -81,7 +81,18 @@ public static class EmbeddingEncoder
                     }
                     break;
                 default:
+                    // NaN or a magnitude whose super-block scale passes fp16 (≈ 65504 · 128 in a group) wrote an infinite
+                    // or NaN d: a table that loaded and gave NaN logits, as Q8_0's did.
+                    for (int i = 0; i < row.Length; i++)
+                        if (!float.IsFinite(row[i]))
+                            throw new ArgumentException($"Row {r} value {i} is {row[i]}; Q6_K holds finite numbers only.", nameof(table));
                     Q6K.EncodeReference(row, dst);
+                    for (int b = 0; b < row.Length / Q6K.BlockWeights; b++)
+                    {
+                        float d = HalfConversions.HalfToFloat(System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(dst.Slice(b * Q6K.BlockBytes + Q6K.DOffset, 2)));
+                        if (!float.IsFinite(d))
+                            throw new ArgumentException($"Row {r} block {b}: its values are too large for Q6_K's fp16 scale (the block would hold an infinite scale); keep the source type or f32.", nameof(table));
+                    }
                     break;
             }
         }

@@ -31,4 +31,26 @@ public class EmbeddingEncoderTests
             Assert.Contains(message, e.Message);
         }
     }
+
+    /// <summary>Q6_K too: NaN, or a block too large for its fp16 super-block scale, wrote a NaN or ∞ d that loaded.</summary>
+    [Theory]
+    [InlineData(1e10f, "fp16 scale")]
+    [InlineData(float.NaN, "finite numbers only")]
+    [InlineData(float.NegativeInfinity, "finite numbers only")]
+    public unsafe void Q6KRefusesWhatItsScaleCannotHold(float bad, string message)
+    {
+        const int rows = 3, cols = 256;
+        var values = new float[rows * cols];
+        for (int i = 0; i < values.Length; i++) values[i] = (i % 7 - 3) * 0.25f;
+        values[2 * cols + 9] = bad;
+        fixed (float* p = values)
+        {
+            var table = new EmbeddingTable(GgmlType.F32, (byte*)p, values.Length * 4L, rows, cols, values, "t.gguf", "token_embd.weight");
+            var destination = new byte[EmbeddingEncoder.RowBytes(GgmlType.Q6_K, cols) * rows];
+            var e = Assert.Throws<ArgumentException>(() => EmbeddingEncoder.EncodeRows(table, GgmlType.Q6_K, 0, rows, destination));
+            Assert.Contains("Row 2", e.Message);
+            Assert.Contains(message, e.Message);
+            EmbeddingEncoder.EncodeRows(table, GgmlType.Q6_K, 0, 2, destination); // the good rows encode
+        }
+    }
 }
