@@ -82,12 +82,12 @@ public static class ConvertCommand
                         + (rows > known ? $"; padded with {rows - known:N0} unused [PADn] tokens to the embedding's {rows:N0} rows" : "");
                 }
             }
-            var writer = cli.Ansi.Progress().AutoClear(true).Start(ctx =>
+            // Each tensor is encoded as it is written (one in memory at a time), so the bar runs over the write.
+            cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {
                 var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
-                return ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType);
+                ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType).WriteFile(outPath);
             });
-            writer.WriteFile(outPath);
             string embeddingNote = embeddingType is { } e ? $"embedding {GgmlTypeInfo.Name(e)}" : $"embedding {GgmlTypeInfo.Name(weights.TokenEmbedding.Type)} (kept)";
             cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}, {embeddingNote}, {tokenizerNote})");
             return 0;

@@ -129,42 +129,68 @@ public static class ModelConverter
 
         int total = 2 + (weights.TiedOutput ? 0 : 1) + c.Layers * (c.HasSubNorms ? 11 : 9), done = 0;
         void Step() => progress?.Invoke(++done, total);
+        // Every tensor is made when the file is written, one at a time (the encoded output was all held in memory
+        // first: 1.2 GB for 2B4T); progress counts tensors as they are written. The weights must stay open until then.
+        void Lazy(string name, GgmlType t, long[] dims, Func<ReadOnlyMemory<byte>> make) =>
+            w.AddTensor(name, t, dims, () => { var bytes = make(); Step(); return bytes; });
         void Table(string name, EmbeddingTable table)
         {
-            if (embeddingType is { } target && target != table.Type) w.AddTensor(name, target, [c.Dim, c.VocabSize], EmbeddingEncoder.Encode(table, target));
-            else w.AddTensor(name, table.Type, [c.Dim, c.VocabSize], table.Bytes);
+            if (embeddingType is { } target && target != table.Type) Lazy(name, target, [c.Dim, c.VocabSize], () => EmbeddingEncoder.Encode(table, target));
+            else Lazy(name, table.Type, [c.Dim, c.VocabSize], () => table.Bytes);
         }
-        Table("token_embd.weight", weights.TokenEmbedding); Step();
-        w.AddTensor("output_norm.weight", GgmlType.F32, [c.Dim], F32(weights.OutputNorm)); Step();
-        if (!weights.TiedOutput) { Table("output.weight", weights.Output); Step(); }
+        void Vector(string name, float[] values) => Lazy(name, GgmlType.F32, [values.Length], () => F32(values));
+        void Matrix(string name, TernaryMatrix m, Func<TernaryMatrix, TernaryMatrix>? reorder = null)
+        {
+            // Scales are checked now, before any byte is written: a scale fp16 cannot hold fails here, naming the tensor.
+            if (type != PackedWeightType.I2_S)
+            {
+                try
+                {
+                    for (int r = 0; r < m.Rows; r++) Tq2_0.ScaleToHalf(OutputTypeName(type), m.RowScales[r], r);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new ArgumentException($"{name}: {e.Message} fp16 holds scales of about 6e-8 to 65504 (TQ2_0, TQ1_0 and F16 all store fp16); --type i2_s keeps an fp32 scale, one per tensor.", e);
+                }
+            }
+            Lazy(name, OutputType(type), [m.Cols, m.Rows], () =>
+            {
+                if (reorder is null) return Projection(name, m, type);
+                using var reordered = reorder(m);
+                return Projection(name, reordered, type);
+            });
+        }
+        Table("token_embd.weight", weights.TokenEmbedding);
+        Vector("output_norm.weight", weights.OutputNorm);
+        if (!weights.TiedOutput) Table("output.weight", weights.Output);
         for (int l = 0; l < c.Layers; l++)
         {
             var lw = weights.Layers[l];
             string p = $"blk.{l}.";
-            w.AddTensor(p + "attn_norm.weight", GgmlType.F32, [c.Dim], F32(lw.AttnNorm)); Step();
-            if (toNorm)
-            {
-                using (var q = NormRopeOrder(lw.Q, c.Heads)) Projection(w, p + "attn_q.weight", q, type);
-                Step();
-                using (var k = NormRopeOrder(lw.K, c.KvHeads)) Projection(w, p + "attn_k.weight", k, type);
-                Step();
-            }
-            else
-            {
-                Projection(w, p + "attn_q.weight", lw.Q, type); Step();
-                Projection(w, p + "attn_k.weight", lw.K, type); Step();
-            }
-            Projection(w, p + "attn_v.weight", lw.V, type); Step();
-            if (lw.AttnSubNorm is { } asn) { w.AddTensor(p + "attn_sub_norm.weight", GgmlType.F32, [c.QDim], F32(asn)); Step(); }
-            Projection(w, p + "attn_output.weight", lw.O, type); Step();
-            w.AddTensor(p + "ffn_norm.weight", GgmlType.F32, [c.Dim], F32(lw.FfnNorm)); Step();
-            Projection(w, p + "ffn_gate.weight", lw.Gate, type); Step();
-            Projection(w, p + "ffn_up.weight", lw.Up, type); Step();
-            if (lw.FfnSubNorm is { } fsn) { w.AddTensor(p + "ffn_sub_norm.weight", GgmlType.F32, [c.FeedForward], F32(fsn)); Step(); }
-            Projection(w, p + "ffn_down.weight", lw.Down, type); Step();
+            Vector(p + "attn_norm.weight", lw.AttnNorm);
+            Matrix(p + "attn_q.weight", lw.Q, toNorm ? m => NormRopeOrder(m, c.Heads) : null);
+            Matrix(p + "attn_k.weight", lw.K, toNorm ? m => NormRopeOrder(m, c.KvHeads) : null);
+            Matrix(p + "attn_v.weight", lw.V);
+            if (lw.AttnSubNorm is { } asn) Vector(p + "attn_sub_norm.weight", asn);
+            Matrix(p + "attn_output.weight", lw.O);
+            Vector(p + "ffn_norm.weight", lw.FfnNorm);
+            Matrix(p + "ffn_gate.weight", lw.Gate);
+            Matrix(p + "ffn_up.weight", lw.Up);
+            if (lw.FfnSubNorm is { } fsn) Vector(p + "ffn_sub_norm.weight", fsn);
+            Matrix(p + "ffn_down.weight", lw.Down);
         }
         return w;
     }
+
+    private static string OutputTypeName(PackedWeightType type) => GgmlTypeInfo.Name(OutputType(type)).ToUpperInvariant();
+
+    private static GgmlType OutputType(PackedWeightType type) => type switch
+    {
+        PackedWeightType.I2_S => GgmlType.I2_S,
+        PackedWeightType.TQ2_0 => GgmlType.TQ2_0,
+        PackedWeightType.TQ1_0 => GgmlType.TQ1_0,
+        _ => GgmlType.F16,
+    };
 
     /// <summary>
     /// q or k rows from rotate-half (NEOX) order to llama.cpp's interleaved-pair (NORM) order: within each head, row
@@ -185,11 +211,11 @@ public static class ModelConverter
         return p;
     }
 
-    private static void Projection(GgufWriter w, string name, TernaryMatrix m, PackedWeightType type)
+    private static byte[] Projection(string name, TernaryMatrix m, PackedWeightType type)
     {
         try
         {
-            Encode(w, name, m, type);
+            return Encode(m, type);
         }
         catch (ArgumentException e)
         {
@@ -198,14 +224,13 @@ public static class ModelConverter
         }
     }
 
-    private static void Encode(GgufWriter w, string name, TernaryMatrix m, PackedWeightType type)
+    private static byte[] Encode(TernaryMatrix m, PackedWeightType type)
     {
-        long[] dims = [m.Cols, m.Rows];
         switch (type)
         {
-            case PackedWeightType.I2_S: w.AddTensor(name, GgmlType.I2_S, dims, I2S.Encode(m)); break;
-            case PackedWeightType.TQ2_0: w.AddTensor(name, GgmlType.TQ2_0, dims, Tq2_0.Encode(m)); break;
-            case PackedWeightType.TQ1_0: w.AddTensor(name, GgmlType.TQ1_0, dims, Tq1_0.Encode(m)); break;
+            case PackedWeightType.I2_S: return I2S.Encode(m);
+            case PackedWeightType.TQ2_0: return Tq2_0.Encode(m);
+            case PackedWeightType.TQ1_0: return Tq1_0.Encode(m);
             default:
                 // ±β_r as halves: a scale fp16 cannot hold became ±Inf (or 0), which reloaded as garbage or was refused.
                 for (int r = 0; r < m.Rows; r++)
@@ -215,8 +240,7 @@ public static class ModelConverter
                 for (int r = 0; r < m.Rows; r++)
                 for (int col = 0; col < m.Cols; col++)
                     BitConverter.TryWriteBytes(halves.AsSpan((int)(((long)r * m.Cols + col) * 2)), HalfConversions.FloatToHalf(m.GetFloat(r, col)));
-                w.AddTensor(name, GgmlType.F16, dims, halves);
-                break;
+                return halves;
         }
     }
 

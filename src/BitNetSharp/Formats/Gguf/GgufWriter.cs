@@ -26,7 +26,11 @@ public sealed unsafe class GgufWriter
     private readonly HashSet<string> _tensorNames = new(StringComparer.Ordinal);
 
     /// <summary>A tensor to write: its bytes in <see cref="Data"/>, or at <see cref="Pointer"/> (a mapped file's, which may pass 2 GiB).</summary>
-    private sealed record PendingTensor(string Name, GgmlType Type, long[] Dims, ReadOnlyMemory<byte> Data, nint Pointer, long Length);
+    private sealed record PendingTensor(string Name, GgmlType Type, long[] Dims, ReadOnlyMemory<byte> Data, nint Pointer, long Length)
+    {
+        /// <summary>Makes the bytes when the file is written (then they are dropped): one tensor in memory at a time.</summary>
+        public Func<ReadOnlyMemory<byte>>? Produce { get; init; }
+    }
 
     /// <param name="alignment">
     /// Data alignment; written as <c>general.alignment</c> only when it differs from 32. It must be a multiple of 8 (the
@@ -75,6 +79,21 @@ public sealed unsafe class GgufWriter
     {
         CheckTensor(name, type, dims, data.Length);
         _tensors.Add(new PendingTensor(name, type, dims.ToArray(), data, 0, data.Length));
+        return this;
+    }
+
+    /// <summary>
+    /// Adds a tensor whose bytes <paramref name="produce"/> makes when the file is written, and which are dropped once
+    /// written: a converter holds one encoded tensor at a time, not the whole output (1.2 GB for 2B4T). They must be
+    /// exactly the size <paramref name="type"/> and <paramref name="dims"/> give; an exception from it fails the write.
+    /// </summary>
+    public GgufWriter AddTensor(string name, GgmlType type, ReadOnlySpan<long> dims, Func<ReadOnlyMemory<byte>> produce)
+    {
+        ArgumentNullException.ThrowIfNull(produce);
+        if (!GgmlTypeInfo.TryByteSize(type, dims, out long length, out var error))
+            throw new ArgumentException($"Tensor '{name}': {error}.", nameof(dims));
+        CheckTensor(name, type, dims, length);
+        _tensors.Add(new PendingTensor(name, type, dims.ToArray(), default, 0, length) { Produce = produce });
         return this;
     }
 
@@ -153,7 +172,14 @@ public sealed unsafe class GgufWriter
         if (_tensors.Count > 0) w.Zeros(Pad(w.Written) - w.Written);
         foreach (var t in _tensors)
         {
-            if (t.Pointer == 0) w.Bytes(t.Data.Span);
+            if (t.Produce is { } produce)
+            {
+                var bytes = produce();
+                if (bytes.Length != t.Length)
+                    throw new InvalidOperationException($"Tensor '{t.Name}' was made {bytes.Length} bytes long; its type and shape need {t.Length}.");
+                w.Bytes(bytes.Span);
+            }
+            else if (t.Pointer == 0) w.Bytes(t.Data.Span);
             else
                 for (long done = 0; done < t.Length;)
                 {
