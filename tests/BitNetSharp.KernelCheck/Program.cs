@@ -116,9 +116,47 @@ string? CompareQuantizer(Random rng)
     return q[1] == -64 ? null : $"−1.1875 with absmax 2.375 (−63.5) coded {q[1]}, not −64";
 }
 
+// Attention past one chunk (256 positions): the split path with its partial-softmax merge and its prefetch hints,
+// which called an x86 intrinsic unguarded and threw on ARM64 at the first token that saw more than 256 positions.
+// Split (chunk 64) and unsplit (chunk 4096) must agree to rounding, and both be finite.
+string? AttentionPastOneChunk()
+{
+    const int positions = 300;
+    var shape = new BitNetSharp.Model.SyntheticShape("check", 128, 2, 4, 2, 256, 64, 512);
+    using var weights = BitNetSharp.Model.ModelWeights.FromGguf(
+        BitNetSharp.Formats.Gguf.GgufFile.Parse(BitNetSharp.Model.SyntheticModel.Build(shape, 7).ToArray(), "check.gguf"), ownsFile: true);
+    var c = weights.Config;
+    float[] Run(int chunk)
+    {
+        using var pool = new BitNetSharp.Threading.WorkerPool(2);
+        using var engine = new BitNetSharp.Model.Transformer(weights, positions, pool) { AttentionChunk = chunk };
+        using var cache = new BitNetSharp.Model.KvCache(c.Layers, c.KvHeads, c.HeadDim, positions);
+        var batch = new BitNetSharp.Model.BatchToken[positions];
+        for (int i = 0; i < positions; i++) batch[i] = new BitNetSharp.Model.BatchToken((i * 7 + 3) % c.VocabSize, 0, i, i == positions - 1);
+        var logits = new float[c.VocabSize];
+        engine.Forward(batch, [cache], logits);
+        return logits;
+    }
+    try
+    {
+        float[] split = Run(64), whole = Run(4096);
+        for (int i = 0; i < split.Length; i++)
+        {
+            if (!float.IsFinite(split[i]) || !float.IsFinite(whole[i])) return $"logit {i} is not finite: split {split[i]}, whole {whole[i]}";
+            if (Math.Abs(split[i] - whole[i]) > 1e-3f * (1 + Math.Abs(whole[i]))) return $"logit {i}: split {split[i]:R} vs whole {whole[i]:R}";
+        }
+        return null;
+    }
+    catch (Exception e)
+    {
+        return $"{e.GetType().Name}: {e.Message}";
+    }
+}
+
 var random = new Random(2024);
 foreach (var kernel in KernelRegistry.SupportedTernary) Report($"ternary {kernel.Name}", CompareTernary(kernel, random));
 foreach (var kernel in KernelRegistry.SupportedBinary) Report($"binary {kernel.Name}", CompareBinary(kernel, random));
 Report("activation quantizer (SIMD vs reference, exact ties)", CompareQuantizer(random));
+Report("attention past one chunk (split vs whole, 300 positions)", AttentionPastOneChunk());
 Console.WriteLine($"kernel-check: {passed} passed, {failed} failed");
 return failed == 0 ? 0 : 1;

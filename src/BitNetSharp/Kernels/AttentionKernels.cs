@@ -976,6 +976,7 @@ internal static unsafe class AttentionKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void PrefetchLine(byte* p)
     {
+        if (!Sse.IsSupported) return; // a hint only: on ARM64 the x86 intrinsic throws (a decode past 256 positions crashed)
         if (TernaryKernel.PrefetchIntoL1) Sse.Prefetch0(p);
         else Sse.Prefetch1(p);
     }
@@ -984,6 +985,7 @@ internal static unsafe class AttentionKernels
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void Prefetch(byte* p, int bytes)
     {
+        if (!Sse.IsSupported) return; // a hint only: on ARM64 the x86 intrinsic throws PlatformNotSupportedException
         if (TernaryKernel.PrefetchIntoL1)
             for (int i = 0; i < bytes; i += 64) Sse.Prefetch0(p + i);
         else

@@ -59,7 +59,12 @@ internal static unsafe class PartialSoftmax
         for (int c = 0; c < chunks; c++)
         {
             float* p = partials + (long)c * partialStride;
-            float e = MathF.Exp(p[maxOffset] - top);
+            float gap = p[maxOffset] - top;
+            // A chunk whose every weight lies more than 87 below the maximum adds nothing, as the unsplit softmax's
+            // FastExp makes such weights exactly 0; its row is cleared, so a ±∞ value it holds (an F16 cache past
+            // 65504, weighted ~1 inside its own chunk) cannot turn the head's output into NaN as 0·∞ or into ±∞.
+            float e = gap < -87f || float.IsNegativeInfinity(p[maxOffset]) ? 0f : MathF.Exp(gap);
+            if (e == 0f) new Span<float>(p, n).Clear();
             rescale[c] = e;
             total += (double)p[sumOffset] * e;
         }

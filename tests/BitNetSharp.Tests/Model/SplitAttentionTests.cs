@@ -268,6 +268,34 @@ public unsafe class SplitAttentionTests
         }
     }
 
+    /// <summary>
+    /// A chunk whose scores all lie far below another chunk's maximum adds nothing, as the unsplit softmax drops weights
+    /// more than 87 below its maximum: its partial row may hold ±∞ (an F16 cache stores values past 65504 as ∞, weighted
+    /// ~1 inside the chunk's own softmax), and the merge made the head NaN (0·∞, gap −400) or ±∞ (gap −95).
+    /// </summary>
+    [Theory]
+    [InlineData(400f)]
+    [InlineData(95f)]
+    public void AChunkFarBelowTheMaximumCannotPoisonTheMerge(float gap)
+    {
+        const int n = 16, chunk = 8, positions = 16;
+        var s = new float[positions]; // chunk 0 at 0, chunk 1 at gap above it
+        for (int p = chunk; p < positions; p++) s[p] = gap;
+        var v = Enumerable.Range(0, positions).Select(p => Enumerable.Repeat(p < chunk ? 5f : 1f, n).ToArray()).ToArray();
+        v[0][3] = float.PositiveInfinity;
+        int stride = n + 2;
+        var partials = new float[2 * stride];
+        var output = new float[n];
+        fixed (float* pp = partials)
+        fixed (float* po = output)
+        {
+            Merged(s, v, chunk, pp, stride);
+            Assert.True(float.IsPositiveInfinity(partials[3])); // chunk 0's own output holds the ∞
+            PartialSoftmax.Merge(pp, 2, stride, n, n + 1, n, po);
+        }
+        Assert.All(output, x => Assert.Equal(1f, x, 1e-6f)); // the softmax is all chunk 1's
+    }
+
     /// <summary>Each chunk's partial, as the engine makes it: exponentiate, then Σ weight · V.</summary>
     private static void Merged(float[] s, float[][] v, int chunk, float* partials, int stride)
     {
