@@ -32,6 +32,7 @@ public abstract unsafe class TernaryKernel
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     public static void PrefetchWeights(byte* line)
     {
+        if (!System.Runtime.Intrinsics.X86.Sse.IsSupported) return; // folded by the JIT; the intrinsic throws off x86
         if (PrefetchIntoL1) System.Runtime.Intrinsics.X86.Sse.Prefetch0(line + PrefetchDistance);
         else System.Runtime.Intrinsics.X86.Sse.Prefetch1(line + PrefetchDistance);
     }
