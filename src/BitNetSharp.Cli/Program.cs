@@ -45,23 +45,9 @@ public static class Program
             return 2;
         }
         var configuration = new InvocationConfiguration { Output = output, Error = error };
-        // serve drains on SIGTERM/Ctrl-C: give it its --shutdown-timeout plus time to stop before the process is ended.
-        if (parse.CommandResult.Command.Name == "serve")
-        {
-            double drain = ServeCommand.DefaultShutdownSeconds;
-            if (parse.CommandResult.Command.Options.FirstOrDefault(o => o.Name == ServeCommand.ShutdownTimeoutOption) is Option<double> o)
-            {
-                try
-                {
-                    if (ServeCommand.ShutdownSeconds(parse, o, environment) is >= 0 and <= 3600 and var d) drain = d;
-                }
-                catch (UsageException)
-                {
-                    // a bad BITNET_SHUTDOWN_TIMEOUT: serve reports it and exits before anything needs a drain
-                }
-            }
-            configuration.ProcessTerminationTimeout = TimeSpan.FromSeconds(drain + 10);
-        }
+        // serve handles SIGINT/SIGTERM itself (ServeSignals: drain, a deadline, a second signal exits at once); the
+        // library's handler completed its task again on a second signal and the process died of it.
+        if (parse.CommandResult.Command.Name == "serve") configuration.ProcessTerminationTimeout = null;
         return parse.Invoke(configuration);
     }
 }

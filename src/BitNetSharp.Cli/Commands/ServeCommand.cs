@@ -241,7 +241,9 @@ public static class ServeCommand
             {
                 throw new UsageException(e.Message.Split(" (Parameter '")[0]);
             }
-            return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, cancellation).GetAwaiter().GetResult();
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+            using var signals = ServeSignals.Register(stop, cli.Error, TimeSpan.FromSeconds(drainSeconds + 10));
+            return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, stop.Token).GetAwaiter().GetResult();
         })));
         return command;
     }

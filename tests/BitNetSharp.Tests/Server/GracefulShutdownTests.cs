@@ -107,4 +107,41 @@ public class GracefulShutdownTests
             Assert.Contains("stopped: every request in flight finished.", log);
         }
     }
+
+    /// <summary>
+    /// A second Ctrl-C or SIGTERM while serve drains: the command-line library's termination handler completed its task
+    /// a second time on the signal thread, and the process died of an unhandled InvalidOperationException (exit 134,
+    /// logs not flushed). Now serve handles the signals itself: the second one says so and exits at once with 128 +
+    /// the signal's number, as a second Ctrl-C does in other servers.
+    /// </summary>
+    [Fact]
+    public async Task ASecondSignalWhileDrainingExitsCleanly()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends signals with kill(1); Linux only");
+        Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
+        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1");
+        var process = server.Process;
+        var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
+        using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { prompt = "Once upon a time", max_tokens = 240, stream = true, ignore_eos = true }), Encoding.UTF8, "application/json"),
+        };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        string pid = process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        using (var kill = Process.Start("kill", ["-INT", pid])) await kill.WaitForExitAsync(Ct);
+        await TestServer.EventuallyAsync(() => Task.FromResult(server.Log.Contains("stopping: draining")), "serve to start draining");
+        using (var kill = Process.Start("kill", ["-INT", pid])) await kill.WaitForExitAsync(Ct);
+        await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        process.WaitForExit();
+        string log = server.Log;
+        Assert.DoesNotContain("Unhandled exception", log);
+        if (process.ExitCode == 0) Assert.Contains("stopped: every request in flight finished.", log); // the stream ended before the second signal
+        else
+        {
+            Assert.True(process.ExitCode == 130, $"exit code {process.ExitCode}:\n{log}");
+            Assert.Contains("second signal", log);
+        }
+    }
 }
