@@ -52,6 +52,7 @@ public static class ConvertCommand
             foreach (var warning in ModelConverter.CompatibilityWarnings(weights, packed)) cli.Error.WriteLine("warning: " + warning);
             string tokenizerNote;
             BitNetTokenizer? tokenizer = null;
+            IReadOnlyList<KeyValuePair<string, BitNetSharp.Formats.Gguf.GgufValue>> chatTemplates = [];
             if (weights.Gguf is { } gguf)
                 tokenizerNote = gguf.Metadata.ContainsKey("tokenizer.ggml.model") ? "tokenizer carried over" : "no tokenizer in the source";
             else if (!Directory.Exists(inPath) || !HasTokenizerFiles(inPath))
@@ -77,16 +78,23 @@ public static class ConvertCommand
                 }
                 else
                 {
+                    chatTemplates = GgufTokenizerWriter.ChatTemplates(inPath);
                     int rows = weights.Config.VocabSize, known = tokenizer!.VocabularySize;
                     tokenizerNote = $"tokenizer written ({known:N0} tokens, {tokenizer.Description})"
-                        + (rows > known ? $"; padded with {rows - known:N0} unused [PADn] tokens to the embedding's {rows:N0} rows" : "");
+                        + (rows > known ? $"; padded with {rows - known:N0} unused [PADn] tokens to the embedding's {rows:N0} rows" : "")
+                        + (chatTemplates.Count > 0 ? ", chat template" : "");
                 }
             }
             // Each tensor is encoded as it is written (one in memory at a time), so the bar runs over the write.
             cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {
                 var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
-                ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType).WriteFile(outPath);
+                var writer = ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType);
+                // The chat template comes along with the tokenizer (llama.cpp fell back to ChatML without it).
+                if (tokenizer is not null)
+                    foreach (var (key, value) in chatTemplates)
+                        if (!writer.Contains(key)) writer.Add(key, value);
+                writer.WriteFile(outPath);
             });
             string embeddingNote = embeddingType is { } e ? $"embedding {GgmlTypeInfo.Name(e)}" : $"embedding {GgmlTypeInfo.Name(weights.TokenEmbedding.Type)} (kept)";
             cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}, {embeddingNote}, {tokenizerNote})");

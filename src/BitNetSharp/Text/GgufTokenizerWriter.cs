@@ -19,6 +19,55 @@ public static class GgufTokenizerWriter
         _ => $"{tokenizer.GetType().Name} has no GGUF form",
     };
 
+    /// <summary>
+    /// The chat templates of a Hugging Face directory as GGUF keys, as gguf-py's converter writes them:
+    /// <c>chat_template.jinja</c> when present, else <c>tokenizer_config.json</c>'s <c>chat_template</c> — a string is
+    /// <c>tokenizer.chat_template</c>; a list of {name, template} puts "default" there, each other one in
+    /// <c>tokenizer.chat_template.NAME</c>, and their names in <c>tokenizer.chat_templates</c>. Empty when the directory
+    /// has none. Without it a converted model had no template, and llama.cpp fell back to ChatML for it.
+    /// </summary>
+    public static IReadOnlyList<KeyValuePair<string, GgufValue>> ChatTemplates(string directory)
+    {
+        ArgumentNullException.ThrowIfNull(directory);
+        var keys = new List<KeyValuePair<string, GgufValue>>();
+        string jinja = Path.Combine(directory, "chat_template.jinja");
+        if (File.Exists(jinja))
+        {
+            keys.Add(new("tokenizer.chat_template", GgufValue.FromString(File.ReadAllText(jinja))));
+            return keys;
+        }
+        string path = Path.Combine(directory, "tokenizer_config.json");
+        if (!File.Exists(path)) return keys;
+        using var document = TokenizerLoader.ParseJson(path);
+        if (document.RootElement.ValueKind != System.Text.Json.JsonValueKind.Object
+            || !document.RootElement.TryGetProperty("chat_template", out var template)
+            || template.ValueKind == System.Text.Json.JsonValueKind.Null) return keys;
+        if (template.ValueKind == System.Text.Json.JsonValueKind.String)
+        {
+            keys.Add(new("tokenizer.chat_template", GgufValue.FromString(template.GetString()!)));
+            return keys;
+        }
+        if (template.ValueKind != System.Text.Json.JsonValueKind.Array)
+            throw new Formats.ModelFormatException(path, "chat_template is neither a string nor a list of {name, template}", "chat_template");
+        var names = new List<string>();
+        foreach (var entry in template.EnumerateArray())
+        {
+            if (entry.ValueKind != System.Text.Json.JsonValueKind.Object
+                || !entry.TryGetProperty("name", out var name) || name.ValueKind != System.Text.Json.JsonValueKind.String
+                || !entry.TryGetProperty("template", out var text) || text.ValueKind != System.Text.Json.JsonValueKind.String)
+                throw new Formats.ModelFormatException(path, "a chat_template entry is not {\"name\": string, \"template\": string}", "chat_template");
+            string n = name.GetString()!;
+            if (n == "default") keys.Add(new("tokenizer.chat_template", GgufValue.FromString(text.GetString()!)));
+            else
+            {
+                names.Add(n);
+                keys.Add(new("tokenizer.chat_template." + n, GgufValue.FromString(text.GetString()!)));
+            }
+        }
+        if (names.Count > 0) keys.Add(new("tokenizer.chat_templates", GgufValue.FromArray(GgufArray.Create(names.ToArray()))));
+        return keys;
+    }
+
     /// <summary>Adds the tokenizer keys to <paramref name="writer"/>.</summary>
     /// <param name="vocabularySize">
     /// The model's embedding rows, when more than the tokenizer's ids (models pad their vocabulary, e.g. to a multiple

@@ -1,3 +1,4 @@
+using System.Text.Json;
 using BitNetSharp.Cli;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Tokenization;
@@ -153,6 +154,40 @@ public class GgufTokenizerWriterTests
         error = new StringWriter();
         Assert.True(Program.Run(["generate", "-m", gguf, "-p", "the cat", "-n", "4", "--temp", "0", "--ignore-eos"], output, error) == 0, error.ToString());
         Assert.StartsWith("the cat", output.ToString());
+    }
+
+    /// <summary>
+    /// The chat template comes along, as gguf-py writes it: tokenizer_config.json's string as tokenizer.chat_template; a
+    /// list of named templates as the default one there, the others under their names; chat_template.jinja first.
+    /// It was dropped, and llama.cpp served the converted model with ChatML.
+    /// </summary>
+    [Fact]
+    public void ConvertCarriesTheChatTemplate()
+    {
+        using var dir = new TempDirectory();
+        string source = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "autobitlinear-offline-gqa-f32"));
+        foreach (var name in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(source, name), Path.Combine(dir.Path, name));
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer.json"), TinyTokenizerJson());
+        const string template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}";
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer_config.json"), JsonSerializer.Serialize(new { chat_template = template }));
+        string gguf = Path.Combine(dir.Path, "out.gguf");
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.True(Program.Run(["convert", dir.Path, gguf, "--type", "i2_s"], output, error) == 0, error.ToString());
+        Assert.Contains("chat template", output.ToString());
+        using (var file = GgufFile.Open(gguf)) Assert.Equal(template, file.Metadata.GetString("tokenizer.chat_template"));
+
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer_config.json"), JsonSerializer.Serialize(new
+        {
+            chat_template = new[] { new { name = "default", template }, new { name = "tool_use", template = "{{ tools }}" } },
+        }));
+        var keys = GgufTokenizerWriter.ChatTemplates(dir.Path).ToDictionary(k => k.Key, k => k.Value.Value);
+        Assert.Equal(template, keys["tokenizer.chat_template"]);
+        Assert.Equal("{{ tools }}", keys["tokenizer.chat_template.tool_use"]);
+        Assert.Equal(["tool_use"], ((GgufArray)keys["tokenizer.chat_templates"]!).Items.Cast<string>());
+
+        File.WriteAllText(Path.Combine(dir.Path, "chat_template.jinja"), "{{ jinja }}");
+        Assert.Equal("{{ jinja }}", GgufTokenizerWriter.ChatTemplates(dir.Path).Single().Value.Value);
     }
 
     /// <summary>A tokenizer the runtime cannot read (WordPiece) does not stop the weights converting: convert warns and writes no vocabulary.</summary>
