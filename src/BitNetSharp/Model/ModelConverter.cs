@@ -136,7 +136,13 @@ public static class ModelConverter
         void Table(string name, EmbeddingTable table)
         {
             if (embeddingType is { } target && target != table.Type) Lazy(name, target, [c.Dim, c.VocabSize], () => EmbeddingEncoder.Encode(table, target));
-            else Lazy(name, table.Type, [c.Dim, c.VocabSize], () => table.Bytes);
+            else if (table.ByteLength <= int.MaxValue) Lazy(name, table.Type, [c.Dim, c.VocabSize], () => table.Bytes);
+            else
+            {
+                // In place by pointer: a table of 2 GiB or more (an F32 152k × 4096 head) overflowed the span of Bytes.
+                unsafe { w.AddTensor(name, table.Type, [c.Dim, c.VocabSize], table.Data, table.ByteLength); }
+                Step();
+            }
         }
         void Vector(string name, float[] values) => Lazy(name, GgmlType.F32, [values.Length], () => F32(values));
         void Matrix(string name, TernaryMatrix m, Func<TernaryMatrix, TernaryMatrix>? reorder = null)
