@@ -86,7 +86,8 @@ public sealed partial class DeployFilesTests
         Assert.True(shutdown >= ServeCommand.DefaultShutdownSeconds, $"BITNET_SHUTDOWN_TIMEOUT {shutdown} is below the server's default {ServeCommand.DefaultShutdownSeconds}");
         int preStop = int.Parse(Str(container, "lifecycle", "preStop", "sleep", "seconds")!, System.Globalization.CultureInfo.InvariantCulture);
         int grace = int.Parse(Str(pod, "terminationGracePeriodSeconds")!, System.Globalization.CultureInfo.InvariantCulture);
-        Assert.True(grace > preStop + shutdown + 5, $"terminationGracePeriodSeconds {grace} leaves no margin over preStop {preStop} s + drain {shutdown} s");
+        // serve allows itself 10 s after the drain to stop (ServeSignals' deadline, then exit 1): SIGKILL must come later.
+        Assert.True(grace > preStop + shutdown + 10, $"terminationGracePeriodSeconds {grace} does not outlast preStop {preStop} s + drain {shutdown} s + serve's 10 s stop margin");
         Assert.True(grace > preStop + ServeCommand.DefaultShutdownSeconds, "terminationGracePeriodSeconds is not above the default --shutdown-timeout");
 
         Assert.Equal("true", Str(pod, "securityContext", "runAsNonRoot"));
