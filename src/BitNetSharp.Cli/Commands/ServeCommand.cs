@@ -54,7 +54,14 @@ public static class ServeCommand
 
     private static int IntSetting(ParseResult result, Option<int> option, Func<string, string?> environment, string variable, int min, int max, string expected)
     {
-        if (VariableFor(result, option, environment, variable) is not { } raw) return result.GetValue(option);
+        if (VariableFor(result, option, environment, variable) is not { } raw)
+        {
+            // The flag meets the same range as its variable (--max-seqs 0 failed later naming "MaxSequences", 5000 passed).
+            int value = result.GetValue(option);
+            if (value < min || value > max)
+                throw new UsageException(string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{option.Name} must be {expected}; got {value}."));
+            return value;
+        }
         return int.TryParse(raw, System.Globalization.NumberStyles.Integer, System.Globalization.CultureInfo.InvariantCulture, out int v) && v >= min && v <= max
             ? v : throw BadVariable(variable, raw, expected);
     }
@@ -131,7 +138,7 @@ public static class ServeCommand
                 Threads = IntSetting(result, model.Threads, env, ThreadsVariable, 0, 4096, "a number of threads (0: physical cores)"),
                 ContextLength = IntSetting(result, model.Context, env, ContextVariable, 0, int.MaxValue, "a context length (0: the model's)"),
             };
-            int seqs = IntSetting(result, maxSeqs, env, MaxSeqsVariable, 1, 4096, "a number of sequences (1 or more)");
+            int seqs = IntSetting(result, maxSeqs, env, MaxSeqsVariable, 1, 4096, "a number of sequences from 1 to 4096");
             string listenHost = result.GetValue(host) ?? "127.0.0.1";
             if (VariableFor(result, host, env, HostVariable) is { } hostVariable)
             {
@@ -172,7 +179,7 @@ public static class ServeCommand
                 VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
                 AlertRules = result.GetValue(alertRules) is { } rulesPath ? BitNetServer.LoadAlertRules(rulesPath) : null,
                 AlertWebhook = webhook,
-                TelemetryLog = TelemetrySink(result.GetValue(telemetryLog), result.GetValue(telemetryMax)),
+                TelemetryLog = TelemetrySink(result.GetValue(telemetryLog), result.GetValue(telemetryMax), result.GetResult(telemetryMax) is { Implicit: false }),
             };
             double seconds = result.GetValue(timeout);
             if (!(seconds > 0) || seconds > MaxTimeoutSeconds)
@@ -309,8 +316,10 @@ public static class ServeCommand
     }
 
     /// <summary>Opens the Arrow telemetry log at <paramref name="path"/> once the model is loaded (null: no log); bad sizes are usage errors now, not at load.</summary>
-    private static Func<IReadOnlyDictionary<string, string>, Monitoring.Telemetry.ITelemetrySink>? TelemetrySink(string? path, double maxMb)
+    private static Func<IReadOnlyDictionary<string, string>, Monitoring.Telemetry.ITelemetrySink>? TelemetrySink(string? path, double maxMb, bool maxGiven)
     {
+        // A size for a log never asked for was accepted and ignored without a word (even -5).
+        if (path is null && maxGiven) throw new UsageException("--telemetry-max-mb only applies with --telemetry-log PATH; give the log's path too.");
         if (path is null) return null;
         if (!(maxMb >= 1.0 / 16 && maxMb <= 65536)) throw new UsageException($"--telemetry-max-mb must be from 0.0625 (64 KiB) to 65536 (64 GiB) per file; got {maxMb}.");
         long file = (long)(maxMb * 1024 * 1024);

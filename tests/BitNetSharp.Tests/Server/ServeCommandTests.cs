@@ -52,7 +52,12 @@ public class ServeCommandTests
     [InlineData("--health-every", "-1", "--health-every must be 0 (off) or a number of engine steps")]
     [InlineData("--verify-weights", "0", "--verify-weights must be a positive number of seconds")]
     [InlineData("--verify-weights", "2592000", "--verify-weights must be a positive number of seconds, at most 2073600 (24 days)")]
-    [InlineData("--port", "70000", "The port must be 0-65535")]
+    [InlineData("--port", "70000", "--port must be a port number (0-65535); got 70000")]
+    // The flag meets the range its variable does, named by the flag (0 said "MaxSequences must be ≥ 1"; 5000 passed).
+    [InlineData("--max-seqs", "0", "--max-seqs must be a number of sequences from 1 to 4096; got 0")]
+    [InlineData("--max-seqs", "5000", "--max-seqs must be a number of sequences from 1 to 4096; got 5000")]
+    // A size for a log not asked for was ignored without a word.
+    [InlineData("--telemetry-max-mb", "-5", "--telemetry-max-mb only applies with --telemetry-log")]
     public void BadSettingsAreUsageErrors(string flag, string value, string message)
     {
         var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", flag, value);
@@ -103,7 +108,7 @@ public class ServeCommandTests
         var environment = ServeCommand.Variables.ToDictionary(v => v.Variable, _ => "not-a-value");
         var (code, error) = BitnetWith(environment, "serve", "-m", "does-not-matter.gguf", "--host", "127.0.0.1", "--port", "70000", "-t", "1",
             "--max-seqs", "2", "--ctx", "64", "--shutdown-timeout", "5", "--api-key", "k");
-        AssertUsageError(code, error, "The port must be 0-65535");
+        AssertUsageError(code, error, "--port must be a port number (0-65535); got 70000");
     }
 
     /// <summary>A variable stands in for its absent flag (BITNET_MAX_SEQS=3 meets --max-batched-tokens 2); a blank one is not set.</summary>
