@@ -374,6 +374,40 @@ public class AlertEngineTests
         Assert.Equal(2, e.WebhookSent);
     }
 
+    /// <summary>
+    /// An alert still firing when the engine stops is sent resolved: its instance label names this process, so no later
+    /// one would resolve it, and the receiver held the incident open for ever.
+    /// </summary>
+    [Fact]
+    public async Task AnAlertFiringAtShutdownIsSentResolved()
+    {
+        using var listener = new HttpListener();
+        int port = FreePort();
+        listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
+        listener.Start();
+        var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Op = ">", Threshold = 1 }, () => 5,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/") });
+        e.Evaluate();
+        var statuses = new List<(string Status, string Description)>();
+        async Task Receive()
+        {
+            var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            using var body = await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken);
+            var alert = body.RootElement.GetProperty("alerts")[0];
+            statuses.Add((alert.GetProperty("status").GetString()!, alert.GetProperty("annotations").GetProperty("description").GetString()!));
+            ctx.Response.StatusCode = 200;
+            ctx.Response.Close();
+        }
+        await Receive();
+        var disposing = Task.Run(e.Dispose, TestContext.Current.CancellationToken);
+        await Receive();
+        await disposing.WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+        Assert.Equal("firing", statuses[0].Status);
+        Assert.Equal("resolved", statuses[1].Status);
+        Assert.Contains("server stopped", statuses[1].Description);
+        Assert.Equal(0, e.WebhookFailures);
+    }
+
     [Fact]
     public async Task AnUnreachableWebhookIsCountedNotThrown()
     {

@@ -180,6 +180,7 @@ public sealed class AlertEngine : IDisposable
     private readonly CancellationTokenSource _stopping = new();
     private Timer? _timer;
     private long _webhookSent, _webhookFailures, _evaluations;
+    private bool _disposed;
 
     private sealed class State
     {
@@ -535,6 +536,30 @@ public sealed class AlertEngine : IDisposable
     public void Dispose()
     {
         _timer?.Dispose();
+        // Under the evaluation lock: a timer evaluation in progress finishes (and queues its changes) first.
+        lock (_evaluation)
+        {
+            if (_outbox is not null && !_disposed)
+            {
+                // A firing alert ends with this process: send it resolved, or a receiver holds the incident open for
+                // ever (its instance label names this pod, and no later process resolves it).
+                lock (_lock)
+                {
+                    var now = _origin + _time.GetElapsedTime(_originTicks);
+                    for (int i = 0; i < _rules.Length; i++)
+                    {
+                        var st = _state[i];
+                        if (!st.Firing) continue;
+                        st.Firing = false;
+                        var payload = WebhookPayload(new AlertState(_rules[i], false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
+                        foreach (var alert in payload["alerts"]!.AsArray())
+                            alert!["annotations"]!["description"] = alert["annotations"]!["description"]!.GetValue<string>() + " Resolved because the server stopped.";
+                        if (!_outbox.Writer.TryWrite(payload)) Interlocked.Increment(ref _webhookFailures);
+                    }
+                }
+            }
+            _disposed = true;
+        }
         _outbox?.Writer.TryComplete();
         try
         {
