@@ -42,6 +42,16 @@ public static class ModelConverter
     /// </summary>
     public static IEnumerable<string> CompatibilityWarnings(ModelWeights weights, PackedWeightType type)
     {
+        // The activation key is this runtime's: bitnet.cpp's bitnet-b1.58 graph runs relu² and llama.cpp's llama graph
+        // SiLU whatever it says, so such a file computes other logits there without a word.
+        var c = weights.Config;
+        string arch = ArchitectureOf(c);
+        if (arch == "bitnet-b1.58" && c.Activation == FeedForwardActivation.Silu)
+            yield return "this model's feed-forward is SiLU: the file records it (bitnet-b1.58.hidden_activation = silu), which this runtime reads, "
+                + "but bitnet.cpp's bitnet-b1.58 graph always runs relu² and would compute other logits.";
+        if (arch == "llama" && c.Activation == FeedForwardActivation.ReluSquared)
+            yield return "this model's feed-forward is relu²: the file records it (llama.hidden_activation = relu2), which this runtime reads, "
+                + "but llama.cpp's llama graph always runs SiLU and would compute other logits.";
         if (type != PackedWeightType.I2_S) yield break;
         foreach (var (name, m) in Projections(weights))
             if (m.Cols % 128 != 0)
@@ -51,6 +61,12 @@ public static class ModelConverter
                 yield break;
             }
     }
+
+    private static bool ToNorm(ModelConfig c) => c.Family != ModelFamily.BitNet158 && !c.HasSubNorms && c.Rope == Kernels.FloatOps.RopeStyle.Neox;
+
+    /// <summary>The GGUF architecture a converted file is written as (see <see cref="ToGguf"/>).</summary>
+    private static string ArchitectureOf(ModelConfig c) =>
+        c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : c.Rope == Kernels.FloatOps.RopeStyle.Norm || ToNorm(c) ? "llama" : "bitnet";
 
     private static bool Cols128(ModelWeights weights)
     {
@@ -91,8 +107,8 @@ public static class ModelConverter
         // "bitnet" it reloaded with NEOX RoPE over the permuted rows and gave other logits without a word. A ternary
         // Llama in HF layout (NEOX order, no sub-norms: LlamaForCausalLM + bitnet) is written as llama too, its q/k
         // rows permuted to NORM order as llama.cpp's converter does: llama.cpp's "bitnet" requires sub-norms.
-        bool toNorm = c.Family != ModelFamily.BitNet158 && !c.HasSubNorms && c.Rope == Kernels.FloatOps.RopeStyle.Neox;
-        string arch = c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : c.Rope == Kernels.FloatOps.RopeStyle.Norm || toNorm ? "llama" : "bitnet";
+        bool toNorm = ToNorm(c);
+        string arch = ArchitectureOf(c);
         var w = new GgufWriter();
         var source = weights.Gguf?.Metadata;
         string? name = source?.TryGetString("general.name", out var n) == true ? n : null;

@@ -135,6 +135,9 @@ public class LlamaArchTests
                 Assert.Equal(FeedForwardActivation.Silu, hf.Config.Activation);
                 expected = Logits(hf);
                 converted = ModelConverter.ToGguf(hf, PackedWeightType.I2_S).ToArray();
+                // bitnet.cpp's bitnet-b1.58 graph ignores the key and runs relu²: convert says so.
+                Assert.Contains(ModelConverter.CompatibilityWarnings(hf, PackedWeightType.I2_S), w => w.Contains("always runs relu²"));
+                Assert.Contains(ModelConverter.CompatibilityWarnings(hf, PackedWeightType.TQ2_0), w => w.Contains("always runs relu²"));
             }
             using var gguf = ModelWeights.FromGguf(GgufFile.Parse(converted, "silu.gguf"), ownsFile: true);
             Assert.Equal("bitnet-b1.58", gguf.Config.Architecture);
