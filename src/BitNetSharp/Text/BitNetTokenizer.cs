@@ -71,6 +71,15 @@ public abstract class BitNetTokenizer
         EotId = vocabulary.EotId >= 0 ? vocabulary.EotId : (_idByText.TryGetValue("<|eot_id|>", out var eot) ? eot : -1);
     }
 
+    /// <summary>Ids that take the whitespace before them when matched in text (tokenizer.json lstrip), sorted.</summary>
+    public IReadOnlyList<int> StripsLeft => [.. _stripLeft.Order()];
+
+    /// <summary>Ids that take the whitespace after them when matched in text (tokenizer.json rstrip; Phi-3's by name), sorted.</summary>
+    public IReadOnlyList<int> StripsRight => [.. _stripRight.Order()];
+
+    /// <summary>Whether stripping takes any Unicode whitespace (tokenizer.json's rule) rather than C's isspace set (llama.cpp's).</summary>
+    public bool StripsUnicodeWhitespace => _stripUnicodeWhitespace;
+
     /// <summary>Number of token ids; every valid id is in [0, VocabularySize).</summary>
     public int VocabularySize => _texts.Length;
 

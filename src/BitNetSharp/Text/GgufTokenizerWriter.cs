@@ -132,7 +132,18 @@ public static class GgufTokenizerWriter
         Id("tokenizer.ggml.unknown_token_id", tokenizer.UnknownId);
         Id("tokenizer.ggml.padding_token_id", tokenizer.PaddingId);
         writer.AddBool("tokenizer.ggml.add_bos_token", tokenizer.AddBosToken);
+        // GGUF has no per-token strip flags (llama.cpp sets them by model name only): tokenizer.json's lstrip/rstrip go
+        // under this runtime's keys, so the converted file tokenizes as the directory did (they were lost).
+        if (tokenizer.StripsLeft.Count > 0 || tokenizer.StripsRight.Count > 0)
+        {
+            writer.AddArray(StripLeftKey, tokenizer.StripsLeft.ToArray());
+            writer.AddArray(StripRightKey, tokenizer.StripsRight.ToArray());
+            writer.AddBool(StripUnicodeKey, tokenizer.StripsUnicodeWhitespace);
+        }
     }
+
+    /// <summary>Token ids that strip the whitespace before / after them, and whether any Unicode whitespace: this runtime's keys.</summary>
+    public const string StripLeftKey = "bitnetsharp.tokenizer.lstrip", StripRightKey = "bitnetsharp.tokenizer.rstrip", StripUnicodeKey = "bitnetsharp.tokenizer.strip_unicode_whitespace";
 
     /// <summary>
     /// The <c>tokenizer.ggml.pre</c> name that selects <paramref name="pre"/> in llama.cpp and in our loader, or null

@@ -102,6 +102,12 @@ public static class TokenizerLoader
     /// </summary>
     private static void ApplyGgufStripRules(GgufMetadata metadata, TokenizerVocabulary vocabulary)
     {
+        // Flags a tokenizer.json gave, kept by our converter under its own keys.
+        foreach (var (key, set) in new[] { (GgufTokenizerWriter.StripLeftKey, vocabulary.StripLeft), (GgufTokenizerWriter.StripRightKey, vocabulary.StripRight) })
+            if (metadata.TryGetInt32Array(key, out var ids))
+                foreach (int id in ids)
+                    set.Add(vocabulary.InRange(id) is >= 0 and var inRange ? inRange : throw new ModelFormatException(metadata.FilePath, $"token {id} is outside the vocabulary of {vocabulary.Count}", key));
+        if (metadata.TryGetBool(GgufTokenizerWriter.StripUnicodeKey, out bool unicode)) vocabulary.StripUnicodeWhitespace = unicode;
         if (!metadata.TryGetString("general.name", out var name)) return;
         string lower = name.ToLowerInvariant();
         if (!lower.Contains("phi-3", StringComparison.Ordinal) && !lower.Contains("phi3", StringComparison.Ordinal)) return;

@@ -402,6 +402,13 @@ public class TokenizerLoaderTests
         Assert.NotEqual(expected, gpt2.Encode("a \t<|endoftext|>\n b", addBos: false, parseSpecial: true)); // without the flags the spaces are text
         // Any Unicode whitespace, as the tokenizers library tests char::is_whitespace (an ideographic space after a chat token).
         Assert.Equal(expected, t.Encode("a\u3000<|endoftext|>\u00a0b", addBos: false, parseSpecial: true));
+
+        // Through a converted GGUF (which has no strip flags of its own) the flags come back from this runtime's keys.
+        var w = new GgufWriter();
+        GgufTokenizerWriter.Write(t, w);
+        var back = TokenizerLoader.FromGguf(GgufFile.Parse(w.ToArray(), "strip.gguf").Metadata);
+        Assert.Equal(expected, back.Encode("a \t<|endoftext|>\n b", addBos: false, parseSpecial: true));
+        Assert.Equal(expected, back.Encode("a\u3000<|endoftext|>\u00a0b", addBos: false, parseSpecial: true));
     }
 
     [Fact]
