@@ -72,7 +72,9 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             }
             _state = (int)ModelState.WarmingUp;
             var scheduler = new ContinuousBatchScheduler(loaded.Weights, loaded.Tokenizer, options.Scheduler with { DefaultTimeout = options.RequestTimeout });
-            var template = loaded.Tokenizer is null ? null : options.ChatTemplate ?? ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer);
+            string templateReason = "--template";
+            var template = loaded.Tokenizer is null ? null : options.ChatTemplate ?? ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer, out templateReason);
+            if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger);
             _monitor = monitor;
             var process = new ProcessMeters(() => InFlight);

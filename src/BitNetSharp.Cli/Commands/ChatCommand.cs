@@ -48,7 +48,8 @@ public static class ChatCommand
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
-            var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer);
+            string how = "--template";
+            var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer, out how);
             // The template's turn markers that this vocabulary spells as text end an answer too (no stop token would).
             var stops = GenerateCommand.Stops(result, stop).Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
@@ -75,7 +76,7 @@ public static class ChatCommand
             Console.CancelKeyPress += onCancel;
             try
             {
-                cli.Error.WriteLine($"chat template: {chatTemplate.Name}; end a line with \\ to go on to the next, /reset starts over, an empty line or /quit ends; Ctrl-C stops an answer.");
+                cli.Error.WriteLine($"chat template: {chatTemplate.Name} ({how}); end a line with \\ to go on to the next, /reset starts over, an empty line or /quit ends; Ctrl-C stops an answer.");
                 while (true)
                 {
                     cli.Output.Write("> ");

@@ -108,6 +108,13 @@ public abstract class BitNetTokenizer
     public abstract string Description { get; }
 
     /// <summary>
+    /// The model's own chat template as its file stores it (Jinja source: GGUF <c>tokenizer.chat_template</c>, a
+    /// Hugging Face directory's <c>chat_template.jinja</c> or <c>tokenizer_config.json</c> <c>chat_template</c>), or null.
+    /// <see cref="ChatTemplates.ForModel"/> reads which built-in format it is.
+    /// </summary>
+    public string? EmbeddedChatTemplate { get; internal set; }
+
+    /// <summary>
     /// Whether decoding drops one leading space from the first text piece and from the first one after each special
     /// token: SentencePiece models put a space in front of the text at exactly those places when encoding
     /// (<c>add_space_prefix</c>), so <c>Decode(Encode(x, parseSpecial: true), includeSpecial: true) == x</c>.

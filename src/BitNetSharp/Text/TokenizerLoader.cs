@@ -33,6 +33,13 @@ public static class TokenizerLoader
     public static BitNetTokenizer FromGguf(GgufMetadata metadata, string? preTokenizer = null)
     {
         ArgumentNullException.ThrowIfNull(metadata);
+        var tokenizer = FromGgufVocabulary(metadata, preTokenizer);
+        if (metadata.TryGetString("tokenizer.chat_template", out var template) && template.Length > 0) tokenizer.EmbeddedChatTemplate = template;
+        return tokenizer;
+    }
+
+    private static BitNetTokenizer FromGgufVocabulary(GgufMetadata metadata, string? preTokenizer)
+    {
         var path = metadata.FilePath;
         var model = metadata.GetString("tokenizer.ggml.model");
         var texts = metadata.GetStringArray("tokenizer.ggml.tokens");
@@ -150,6 +157,30 @@ public static class TokenizerLoader
         var tokenizerModel = Path.Combine(directory, "tokenizer.model");
         var vocabJson = Path.Combine(directory, "vocab.json");
         var mergesTxt = Path.Combine(directory, "merges.txt");
+        var tokenizer = FromHfFiles(directory, config, tokenizerJson, tokenizerModel, vocabJson, mergesTxt);
+        tokenizer.EmbeddedChatTemplate = EmbeddedChatTemplate(directory);
+        return tokenizer;
+    }
+
+    /// <summary>
+    /// The directory's default chat template (what convert writes as <c>tokenizer.chat_template</c>), or null. A
+    /// malformed one reads as none: a template only picks the chat format, and the model still generates without it.
+    /// </summary>
+    private static string? EmbeddedChatTemplate(string directory)
+    {
+        try
+        {
+            foreach (var (key, value) in GgufTokenizerWriter.ChatTemplates(directory))
+                if (key == "tokenizer.chat_template" && value.Value is string { Length: > 0 } text) return text;
+        }
+        catch (ModelFormatException)
+        {
+        }
+        return null;
+    }
+
+    private static BitNetTokenizer FromHfFiles(string directory, HfTokenizerConfig config, string tokenizerJson, string tokenizerModel, string vocabJson, string mergesTxt)
+    {
         // Llama-2-style folders ship a SentencePiece-style tokenizer.json (ByteFallback, no ByteLevel) beside the
         // tokenizer.model it was made from: that one is read instead of failing on the JSON.
         if (File.Exists(tokenizerJson) && !(File.Exists(tokenizerModel) && !JsonUsesByteLevel(tokenizerJson))) return FromTokenizerJson(tokenizerJson, config);

@@ -205,4 +205,114 @@ public class ChatTextStopTests
         Assert.False(TestTokenizers.Gpt2.AddBosToken);
         Assert.NotEqual(TestTokenizers.Gpt2.BosId, ChatTemplates.ChatMl.Encode(TestTokenizers.Gpt2, messages)[0]);
     }
+
+    /// <summary>llama.cpp's test-chat-template conversation (tests/test-chat-template.cpp).</summary>
+    private static readonly ChatMessage[] LlamaCppConversation =
+    [
+        ChatMessage.System("You are a helpful assistant"),
+        ChatMessage.User("Hello"),
+        ChatMessage.Assistant("Hi there"),
+        ChatMessage.User("Who are you"),
+        ChatMessage.Assistant("   I am an assistant   "),
+        ChatMessage.User("Another question"),
+    ];
+
+    [Fact]
+    public void Phi3AndFalcon3RenderLlamaCppsExpectedText()
+    {
+        Assert.Equal(
+            "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n"
+            + "<|assistant|>\n   I am an assistant   <|end|>\n<|user|>\nAnother question<|end|>\n<|assistant|>\n",
+            ChatTemplates.Phi3.Render(LlamaCppConversation));
+        Assert.Equal(
+            "<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\nHi there\n<|user|>\nWho are you\n"
+            + "<|assistant|>\n   I am an assistant   \n<|user|>\nAnother question\n<|assistant|>\n",
+            ChatTemplates.Falcon3.Render(LlamaCppConversation));
+        Assert.Same(ChatTemplates.Phi3, ChatTemplates.ByName("PHI3"));
+        Assert.Same(ChatTemplates.Falcon3, ChatTemplates.ByName("falcon3"));
+    }
+
+    [Theory]
+    // Template sources from llama.cpp's tests (OpenHermes, Llama-3, Phi-3-small) and a Falcon 3 style one.
+    [InlineData("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}", "chatml")]
+    [InlineData("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}", "llama3")]
+    [InlineData("{{ bos_token }}{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}", "phi3")]
+    [InlineData("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{% endfor %}{# <|user|> <|assistant|> </s> #}", "falcon3")]
+    [InlineData("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = '<<SYS>>\\n' + messages[0]['content'].strip() + '\\n<</SYS>>\\n\\n' %}{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}", "llama2")]
+    [InlineData("chatml", "chatml")]
+    public void DetectReadsTheBuiltInFormatFromATemplatesSource(string source, string expected) =>
+        Assert.Equal(expected, ChatTemplates.Detect(source)?.Name);
+
+    [Theory]
+    // Phi-4 (ChatML markers with <|im_sep|>), Mistral v1, Gemma, GLM-Edge, Zephyr: formats with no built-in template.
+    [InlineData("{% for m in messages %}{{'<|im_start|>' + m['role'] + '<|im_sep|>' + m['content'] + '<|im_end|>'}}{% endfor %}")]
+    [InlineData("{{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}")]
+    [InlineData("{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}")]
+    [InlineData("{% for item in messages %}<|user|>\n{{ item['content'] }}{% endfor %}<|assistant|>")]
+    [InlineData("{% for m in messages %}<|user|>\n{{ m['content'] }}<|endoftext|>{% endfor %}")]
+    [InlineData("")]
+    public void DetectGivesNullForOtherFormats(string source) => Assert.Null(ChatTemplates.Detect(source));
+
+    [Fact]
+    public void ForModelFollowsTheModelsEmbeddedTemplate()
+    {
+        // Phi-3's GGUF stores its template; its SentencePiece vocabulary with <s>/</s> got Llama 2's [INST] format.
+        using var file = BitNetSharp.Formats.Gguf.GgufFile.Open(SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-phi-3.gguf"));
+        var phi3 = TokenizerLoader.FromGguf(file);
+        Assert.Contains("<|assistant|>", phi3.EmbeddedChatTemplate);
+        Assert.Same(ChatTemplates.Phi3, ChatTemplates.ForModel("llama", phi3, out var reason));
+        Assert.Equal("the model's chat template", reason);
+        // Its chat turn is llama.cpp's tokens: BOS, <|user|>, the text, <|end|>, <|assistant|> (markup as control tokens).
+        var ids = ChatTemplates.Phi3.Encode(phi3, [ChatMessage.User("Hello")]);
+        Assert.Equal(phi3.BosId, ids[0]);
+        Assert.True(phi3.TryGetTokenId("<|user|>", out int user));
+        Assert.True(phi3.TryGetTokenId("<|end|>", out int end));
+        Assert.True(phi3.TryGetTokenId("<|assistant|>", out int assistant));
+        Assert.Equal(user, ids[1]);
+        Assert.Equal([end, assistant], ids[^2..]);
+        // <|end|> closes an answer although it is not the tokenizer's stop token.
+        Assert.Contains(end, ChatTemplates.Phi3.StopTokens(phi3).Concat(phi3.StopTokenIds));
+    }
+
+    [Fact]
+    public void ForModelKeepsTheBitNetFormatOverAnEmbeddedTemplateAndFallsBackByVocabulary()
+    {
+        var llama3 = TokenizerLoader.FromGguf(Llama3GgufWithTemplate("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"));
+        Assert.Same(ChatTemplates.BitNet, ChatTemplates.ForModel("bitnet-b1.58", llama3));
+        Assert.Same(ChatTemplates.ChatMl, ChatTemplates.ForModel("llama", llama3, out var reason));
+        Assert.Equal("the model's chat template", reason);
+        var gemma = TokenizerLoader.FromGguf(Llama3GgufWithTemplate("{{ '<start_of_turn>' + role + '\\n' }}"));
+        Assert.Same(ChatTemplates.Llama3, ChatTemplates.ForModel("llama", gemma, out reason));
+        Assert.Contains("none of the built-in formats", reason);
+        Assert.Same(ChatTemplates.Llama3, ChatTemplates.ForModel("llama", TestTokenizers.Llama3Gguf, out reason));
+        Assert.Equal("by the model's vocabulary", reason);
+    }
+
+    [Fact]
+    public void AHuggingFaceDirectorysTemplateIsRead()
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        File.Copy(SharedData.RequirePath("tokenizers/llama3_tokenizer.model"), dir.File("tokenizer.model"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), """{"chat_template": [{"name": "default", "template": "<|im_start|>{{ m }}"}, {"name": "tool_use", "template": "x"}]}""");
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Equal("<|im_start|>{{ m }}", tokenizer.EmbeddedChatTemplate);
+        Assert.Same(ChatTemplates.ChatMl, ChatTemplates.ForModel("llama", tokenizer));
+        // chat_template.jinja comes first, as in transformers.
+        File.WriteAllText(dir.File("chat_template.jinja"), "{{ '<|start_header_id|>' }}<|end_header_id|>");
+        Assert.Same(ChatTemplates.Llama3, ChatTemplates.ForModel("llama", TokenizerLoader.FromHfDirectory(dir.Path)));
+        // A malformed template is none: the model still loads.
+        File.Delete(dir.File("chat_template.jinja"));
+        File.WriteAllText(dir.File("tokenizer_config.json"), """{"chat_template": 5}""");
+        Assert.Null(TokenizerLoader.FromHfDirectory(dir.Path).EmbeddedChatTemplate);
+    }
+
+    private static BitNetSharp.Formats.Gguf.GgufMetadata Llama3GgufWithTemplate(string template)
+    {
+        using var source = BitNetSharp.Formats.Gguf.GgufFile.Parse(TestTokenizers.Llama3GgufBytes, "llama3.gguf");
+        var writer = new BitNetSharp.Formats.Gguf.GgufWriter();
+        foreach (var (key, value) in source.Metadata.Entries) writer.Add(key, value);
+        writer.AddString("tokenizer.chat_template", template);
+        using var file = BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "llama3-with-template.gguf");
+        return file.Metadata;
+    }
 }

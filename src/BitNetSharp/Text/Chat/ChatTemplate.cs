@@ -210,3 +210,38 @@ public sealed class ChatMlTemplate : ChatTemplate
         if (addGenerationPrompt) text.Append("<|im_start|>assistant\n");
     }
 }
+
+/// <summary>
+/// Phi-3: <c>&lt;|{role}|&gt;\n{content}&lt;|end|&gt;\n</c> per message, then <c>&lt;|assistant|&gt;\n</c>; content as
+/// written (Microsoft's template does not trim it). BOS comes from the tokenizer's rule.
+/// </summary>
+public sealed class Phi3ChatTemplate : ChatTemplate
+{
+    public override string Name => "phi3";
+
+    private protected override string[] TurnMarkers => ["<|end|>", "<|user|>"];
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
+    {
+        foreach (var m in messages) Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append("<|end|>\n");
+        if (addGenerationPrompt) text.Append("<|assistant|>\n");
+    }
+}
+
+/// <summary>
+/// Falcon 3 Instruct (Falcon3-1.58bit), as llama.cpp renders it: <c>&lt;|{role}|&gt;\n{content}\n</c> per message,
+/// then <c>&lt;|assistant|&gt;\n</c>. An answer ends with the tokenizer's end-of-text token; a model that opens the
+/// next user turn is stopped there.
+/// </summary>
+public sealed class Falcon3ChatTemplate : ChatTemplate
+{
+    public override string Name => "falcon3";
+
+    private protected override string[] TurnMarkers => ["<|user|>"];
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
+    {
+        foreach (var m in messages) Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append('\n');
+        if (addGenerationPrompt) text.Append("<|assistant|>\n");
+    }
+}

@@ -11,7 +11,11 @@ public static class ChatTemplates
 
     public static ChatTemplate ChatMl { get; } = new ChatMlTemplate();
 
-    public static IReadOnlyList<ChatTemplate> All { get; } = [BitNet, Llama3, Llama2, ChatMl];
+    public static ChatTemplate Phi3 { get; } = new Phi3ChatTemplate();
+
+    public static ChatTemplate Falcon3 { get; } = new Falcon3ChatTemplate();
+
+    public static IReadOnlyList<ChatTemplate> All { get; } = [BitNet, Llama3, Llama2, ChatMl, Phi3, Falcon3];
 
     /// <summary>The names <see cref="ByName"/> accepts.</summary>
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(t => t.Name)];
@@ -26,20 +30,63 @@ public static class ChatTemplates
     }
 
     /// <summary>
-    /// The template for a model, from its architecture and vocabulary: a BitNet architecture ("bitnet", "bitnet-25",
-    /// "bitnet-b1.58") with the Llama 3 vocabulary gets the format 2B4T was trained with (<see cref="BitNet"/>),
-    /// never the GGUF-embedded one; other Llama 3 vocabularies get <see cref="Llama3"/>; a vocabulary with
-    /// <c>&lt;|im_start|&gt;</c> gets <see cref="ChatMl"/>; a SentencePiece vocabulary with &lt;s&gt;/&lt;/s&gt; gets
-    /// <see cref="Llama2"/>. Anything else falls back to <see cref="ChatMl"/>.
+    /// The template for a model. A BitNet architecture ("bitnet", "bitnet-25", "bitnet-b1.58") with the Llama 3
+    /// vocabulary gets the format 2B4T was trained with (<see cref="BitNet"/>), never the GGUF-embedded one (models loop
+    /// on it). Otherwise the model's own template (<see cref="BitNetTokenizer.EmbeddedChatTemplate"/>) names the format
+    /// when it is one of the built-in ones (<see cref="Detect"/>). Without one that is: a Llama 3 vocabulary gets
+    /// <see cref="Llama3"/>; a vocabulary with <c>&lt;|im_start|&gt;</c> gets <see cref="ChatMl"/>; a SentencePiece
+    /// vocabulary with &lt;s&gt;/&lt;/s&gt; gets <see cref="Llama2"/>; anything else <see cref="ChatMl"/>.
     /// </summary>
-    public static ChatTemplate ForModel(string? architecture, BitNetTokenizer tokenizer)
+    public static ChatTemplate ForModel(string? architecture, BitNetTokenizer tokenizer) => ForModel(architecture, tokenizer, out _);
+
+    /// <summary><see cref="ForModel(string?, BitNetTokenizer)"/>, saying how the template was chosen (for the chat banner and logs).</summary>
+    public static ChatTemplate ForModel(string? architecture, BitNetTokenizer tokenizer, out string reason)
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         bool llama3Vocabulary = tokenizer.TryGetTokenId("<|begin_of_text|>", out _) && tokenizer.TryGetTokenId("<|eot_id|>", out _);
-        if (llama3Vocabulary)
-            return architecture != null && architecture.StartsWith("bitnet", StringComparison.OrdinalIgnoreCase) ? BitNet : Llama3;
+        if (llama3Vocabulary && architecture != null && architecture.StartsWith("bitnet", StringComparison.OrdinalIgnoreCase))
+        {
+            reason = "the format BitNet b1.58 2B4T was trained with";
+            return BitNet;
+        }
+        string embedded = tokenizer.EmbeddedChatTemplate is { Length: > 0 } ? "the model's chat template" : "";
+        if (tokenizer.EmbeddedChatTemplate is { Length: > 0 } text && Detect(text) is { } detected)
+        {
+            reason = embedded;
+            return detected;
+        }
+        string fallback = embedded.Length > 0 ? "the model's chat template is none of the built-in formats; by its vocabulary" : "by the model's vocabulary";
+        reason = fallback;
+        if (llama3Vocabulary) return Llama3;
         if (tokenizer.TryGetTokenId("<|im_start|>", out _) && tokenizer.TryGetTokenId("<|im_end|>", out _)) return ChatMl;
         if (tokenizer is SentencePieceBpeTokenizer && tokenizer.TryGetTokenId("<s>", out _) && tokenizer.TryGetTokenId("</s>", out _)) return Llama2;
         return ChatMl;
+    }
+
+    /// <summary>
+    /// Which built-in format a Jinja chat template renders, by the markers in its source, in llama.cpp's order
+    /// (<c>llm_chat_detect_template</c>), or null when it is another format (Phi-4, Mistral's, Gemma, GLM, ...) or not
+    /// recognisable. A template name (<c>"chatml"</c>, <c>"phi3"</c>) is read as that template.
+    /// </summary>
+    public static ChatTemplate? Detect(string template)
+    {
+        ArgumentNullException.ThrowIfNull(template);
+        foreach (var t in All)
+            if (t != BitNet && string.Equals(t.Name, template.Trim(), StringComparison.Ordinal)) return t;
+        bool Has(string marker) => template.Contains(marker, StringComparison.Ordinal);
+        if (Has("<|im_start|>")) return Has("<|im_sep|>") || Has("<end_of_utterance>") ? null : ChatMl;
+        if (template.StartsWith("mistral", StringComparison.Ordinal) || Has("[INST]"))
+            // Mistral's own formats (no <<SYS>> block, other spacing) are not Meta's.
+            return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") || !Has("<<SYS>>") ? null : Llama2;
+        if (Has("<|assistant|>") && Has("<|end|>")) return Phi3;
+        if (Has("[gMASK]<sop>")) return null;
+        if (Has("<|assistant|>") && Has("<|user|>")) return Has("</s>") ? Falcon3 : null;
+        if (Has("<|{{ item['role'] }}|>") && Has("<|begin_of_image|>")) return null;
+        if (Has("<|user|>") && Has("<|endoftext|>")) return null; // Zephyr
+        if (Has("bos_token + message['role']") || Has("<start_of_turn>") || Has("'\\n\\nAssistant: ' + eos_token") || Has("GPT4 Correct ")
+            || (Has("USER: ") && Has("ASSISTANT: ")) || (Has("### Instruction:") && Has("<|EOT|>"))
+            || (Has("<|START_OF_TURN_TOKEN|>") && Has("<|USER_TOKEN|>"))) return null;
+        if (Has("<|start_header_id|>") && Has("<|end_header_id|>")) return Llama3;
+        return null;
     }
 }
