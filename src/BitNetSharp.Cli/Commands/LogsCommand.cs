@@ -150,7 +150,11 @@ public static class LogsCommand
                 }
                 cli.Output.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
             }
-            stats?.Write(cli.Output, reader);
+            if (stats is not null) stats.Write(cli.Output, reader);
+            else
+                // An export or a plot names what it left out too (it said "wrote N rows" and nothing of a file cut off or
+                // deleted by the writer's size cap while it read).
+                foreach (var line in FileNotes(reader)) cli.Error.WriteLine("note: " + line);
             return 0;
         }
         finally
@@ -158,6 +162,13 @@ public static class LogsCommand
             exportWriter?.Dispose();
             if (exportTemp is not null) TryDelete(exportTemp);
         }
+    }
+
+    /// <summary>What the reader could not read whole: files cut off at the end, files deleted while reading.</summary>
+    private static IEnumerable<string> FileNotes(TelemetryLogReader reader)
+    {
+        foreach (var t in reader.TruncatedFiles) yield return $"{t}: cut off (a write or a copy cut short); the batches before the cut were read";
+        foreach (var t in reader.VanishedFiles) yield return $"{t}: deleted while reading (the writer's size cap), skipped";
     }
 
     /// <summary>
@@ -491,8 +502,7 @@ public static class LogsCommand
             w.WriteLine("files:");
             foreach (var f in reader.Files)
                 w.WriteLine($"  {f.Path}  {f.Bytes:N0} bytes{(f.HasFooter ? "" : "  (no footer: still being written, or the writer was killed)")}");
-            foreach (var t in reader.TruncatedFiles) w.WriteLine($"  {t}: torn final batch ignored");
-            foreach (var t in reader.VanishedFiles) w.WriteLine($"  {t}: deleted while reading (the writer's size cap), skipped");
+            foreach (var line in FileNotes(reader)) w.WriteLine("  " + line);
             WriteContext(w, reader.Runs);
             long total = _rowsByKind[0] + _rowsByKind[1] + _rowsByKind[2];
             if (total == 0)

@@ -63,6 +63,26 @@ public class LogsCommandTests
     }
 
     /// <summary>
+    /// An export of a file cut off at its end (here inside its footer) writes every row before the cut and says on stderr
+    /// which file was cut off: it said only "wrote N rows", and before that the cut footer failed the whole command.
+    /// </summary>
+    [Fact]
+    public void AnExportNamesAFileCutOff()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string whole = WriteLog(dir);
+        string cut = dir.File("cut-20250101T000000Z-0001.arrow");
+        File.WriteAllBytes(cut, File.ReadAllBytes(whole)[..^3]);
+        File.Delete(whole);
+        string csv = dir.File("out.csv");
+        var (code, output, error) = Bitnet("logs", cut, "--export", "csv", "--out", csv);
+        Assert.True(code == 0, error);
+        Assert.Contains("wrote 21 rows", output);
+        Assert.Contains($"note: {cut}: cut off", error);
+        Assert.Contains($"{cut}: cut off", Bitnet("logs", cut).Output);
+    }
+
+    /// <summary>
     /// A layer that went NaN or ∞ is named with its first step: the statistics skip non-finite values, so a layer that
     /// blew up read as its finite rows (and one whose every value was NaN read max 0).
     /// </summary>

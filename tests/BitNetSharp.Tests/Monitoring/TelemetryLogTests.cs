@@ -450,6 +450,130 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Equal([torn], reader.TruncatedFiles);
     }
 
+    /// <summary>Three batches of ten step rows; the bytes a kill -9 leaves (no footer), where each batch ends, and the finished file.</summary>
+    private static (byte[] Killed, long[] BatchEnds, byte[] Finished) ThreeBatches(TestGguf.TempDirectory dir)
+    {
+        var ends = new long[3];
+        byte[] killed;
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("src.arrow"), FlushInterval = TimeSpan.FromHours(1) }, Context))
+        {
+            for (int batch = 0; batch < 3; batch++)
+            {
+                for (int i = 0; i < 10; i++) writer.Write(Step(batch * 10 + i, batch, "r", token: batch * 10 + i));
+                writer.Flush();
+                ends[batch] = writer.BytesWritten;
+            }
+            path = writer.CurrentPath!;
+            killed = File.ReadAllBytes(path);
+        }
+        return (killed, ends, File.ReadAllBytes(path));
+    }
+
+    /// <summary>
+    /// A file whose footer was cut short (disk full while closing, a copy interrupted), or whose tail a host crash left as
+    /// zeros, holds every row before the cut: they are read and the file listed as cut off. It stopped the whole command
+    /// ("an end-of-stream marker ... the file is damaged there"), so no other file of the directory was read either.
+    /// </summary>
+    [Fact]
+    public void AFileCutInsideItsFooterOrEndingInZerosReadsAllItsRows()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (killed, _, finished) = ThreeBatches(dir);
+        var cases = new Dictionary<string, byte[]>
+        {
+            ["footer-20250101T000000Z-0001.arrow"] = finished[..^3],
+            ["half-20250101T000000Z-0001.arrow"] = finished[..(killed.Length + (finished.Length - killed.Length) / 2)],
+            ["zeros-20250101T000000Z-0001.arrow"] = [.. killed, .. new byte[4096]],
+            ["marker-zeros-20250101T000000Z-0001.arrow"] = [.. finished[..(killed.Length + 8)], .. new byte[100_000]],
+        };
+        foreach (var (name, bytes) in cases)
+        {
+            string path = dir.File(name);
+            File.WriteAllBytes(path, bytes);
+            var reader = TelemetryLogReader.Open(path);
+            Assert.Equal(Enumerable.Range(0, 30), reader.ReadRows(TestContext.Current.CancellationToken).Select(r => r.StepRecord.Token));
+            if (name.StartsWith("zeros", StringComparison.Ordinal)) Assert.Equal([path], reader.TruncatedFiles);
+        }
+    }
+
+    /// <summary>
+    /// In a file without footer only a message the end of the file cuts is a torn write. A whole message Arrow cannot read,
+    /// with whole ones after it, is damage: an error naming the file and byte (it read as a "torn final batch" and the
+    /// third batch was gone without a word). A message cut by the end is still a torn write.
+    /// </summary>
+    [Fact]
+    public void DamageInAFileWithoutFooterIsAnErrorNotATornWrite()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (killed, ends, _) = ThreeBatches(dir);
+        string path = dir.File("damaged-20250101T000000Z-0001.arrow");
+        var bad = (byte[])killed.Clone();
+        bad.AsSpan((int)ends[1] + 8, 16).Fill(0xFF); // inside the third batch's metadata, its length prefix intact
+        File.WriteAllBytes(path, bad);
+        var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Contains(path, e.Message);
+        Assert.Contains($"byte {ends[1]}", e.Message);
+
+        // The same bytes cut inside that message's metadata: a torn write, the batches before it read.
+        File.WriteAllBytes(path, bad[..((int)ends[1] + 24)]);
+        var reader = TelemetryLogReader.Open(path);
+        Assert.Equal(20, reader.ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Equal([path], reader.TruncatedFiles);
+    }
+
+    /// <summary>A log file of one event row written by hand with <paramref name="fields"/> and the marker set to <paramref name="version"/>.</summary>
+    private static string HandWrittenLog(TestGguf.TempDirectory dir, string name, Field[] fields, string version = TelemetryLogSchema.Version)
+    {
+        var b = new Schema.Builder();
+        foreach (var f in fields) b.Field(f);
+        foreach (var (k, v) in TelemetryLogSchema.Create(Context).Metadata) b.Metadata(k, k == TelemetryLogSchema.MarkerKey ? version : v);
+        var schema = b.Build();
+        var columns = new List<IArrowArray>();
+        foreach (var f in fields)
+            columns.Add(f.Name switch
+            {
+                "time" => new TimestampArray.Builder((TimestampType)f.DataType).Append(DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_123)).Build(),
+                "kind" => new StringArray.Builder().Append("event").Build(),
+                "message" => new StringArray.Builder().Append("hello").Build(),
+                "layer" => new Int32Array.Builder().Append(3).Build(),
+                _ => new StringArray.Builder().Append("note").Build(),
+            });
+        string path = dir.File(name);
+        using var stream = File.Create(path);
+        using var w = new ArrowFileWriter(stream, schema);
+        w.WriteRecordBatch(new RecordBatch(schema, columns, 1));
+        w.WriteEnd();
+        return path;
+    }
+
+    /// <summary>
+    /// A newer schema version is refused saying so (it was read as version 1); a column of another type is refused by
+    /// name (a layer column of int32 read as absent: layer -1 on every row); a time in microseconds (a file rewritten by
+    /// pyarrow) reads in its unit (it read 1000× too small).
+    /// </summary>
+    [Fact]
+    public void SchemaVersionColumnTypesAndTimeUnitsAreChecked()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var nanos = new Field("time", TelemetryLogSchema.TimeType, false);
+        var kind = new Field("kind", StringType.Default, false);
+        var message = new Field("message", StringType.Default, true);
+        string v2 = HandWrittenLog(dir, "v2.arrow", [nanos, kind, message], version: "2");
+        var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(v2));
+        Assert.Contains("schema version \"2\"", e.Message);
+        Assert.Contains(v2, e.Message);
+
+        string int32Layer = HandWrittenLog(dir, "layer32.arrow", [nanos, kind, new Field("layer", Int32Type.Default, true)]);
+        e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(int32Layer));
+        Assert.Contains("column layer is int32", e.Message);
+
+        string micro = HandWrittenLog(dir, "micro.arrow", [new Field("time", new TimestampType(TimeUnit.Microsecond, "UTC"), false), kind, message]);
+        var row = Assert.Single(TelemetryLogReader.Open(micro).ReadRows(TestContext.Current.CancellationToken));
+        Assert.Equal(1_700_000_000_123L * 1_000_000, row.TimeUnixNanos);
+        Assert.Equal("hello", row.Event.Message);
+    }
+
     [Fact]
     public void ConcurrentWritersLoseNothing()
     {

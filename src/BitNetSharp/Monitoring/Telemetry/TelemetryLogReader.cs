@@ -211,12 +211,42 @@ public sealed class TelemetryLogReader
         if (schema is null && !footer) return new TelemetryLogFile(path, length, false, new Dictionary<string, string>(), NoSchema: true);
         if (schema is null || !schema.HasMetadata || !schema.Metadata.ContainsKey(TelemetryLogSchema.MarkerKey))
             throw new InvalidDataException($"{path}: an Arrow file, but not a BitNetSharp telemetry log (no {TelemetryLogSchema.MarkerKey} metadata).");
+        string version = schema.Metadata[TelemetryLogSchema.MarkerKey];
+        if (version != TelemetryLogSchema.Version)
+            throw new InvalidDataException(
+                $"{path}: a telemetry log of schema version \"{version}\"; this bitnet reads version {TelemetryLogSchema.Version}. Read it with the bitnet that wrote it, or a newer one.");
         if (schema.GetFieldIndex("kind", StringComparer.Ordinal) < 0 || schema.GetFieldIndex("time", StringComparer.Ordinal) < 0)
             throw new InvalidDataException($"{path}: a telemetry log without kind or time column.");
+        CheckColumnTypes(path, schema);
         var context = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var (k, v) in schema.Metadata)
             if (!TelemetryLogSchema.IsReserved(k)) context[k] = v;
         return new TelemetryLogFile(path, length, footer, context, RunId: RunOf(schema));
+    }
+
+    /// <summary>
+    /// A column of another type than the schema's (a file rewritten by another tool) read as absent: a layer column of
+    /// int32 gave layer -1 on every row, a time of another type 1970. Refused naming the column; the time column may
+    /// have any unit (read by it), the kind column plain strings.
+    /// </summary>
+    private static void CheckColumnTypes(string path, Schema schema)
+    {
+        for (int c = 0; c < TelemetryLogSchema.ColumnCount; c++)
+        {
+            int index = schema.GetFieldIndex(TelemetryLogSchema.ColumnNames[c], StringComparer.Ordinal);
+            if (index < 0) continue;
+            var actual = schema.GetFieldByIndex(index).DataType;
+            var expected = TelemetryLogSchema.TypeOf(c);
+            bool ok = c switch
+            {
+                TelemetryLogSchema.Time => actual is TimestampType,
+                TelemetryLogSchema.Kind => actual is StringType || (actual is DictionaryType d && d.ValueType is StringType && d.IndexType is Int8Type or Int16Type or Int32Type),
+                _ => actual.TypeId == expected.TypeId,
+            };
+            if (!ok)
+                throw new InvalidDataException(
+                    $"{path}: column {TelemetryLogSchema.ColumnNames[c]} is {actual.Name}, where a telemetry log has {expected.Name}; the file was rewritten with other types, or is damaged.");
+        }
     }
 
     /// <summary>
@@ -253,26 +283,50 @@ public sealed class TelemetryLogReader
             long messagesEnd = hasFooter ? FooterStart(stream, file.Path) : stream.Length;
             stream.Position = Magic.Length;
             using var reader = new ArrowStreamReader(stream, leaveOpen: true);
+            // Where the schema ends: a footer (which repeats the schema) cut short is bounded by it.
+            long schemaEnd;
+            try
+            {
+                GC.KeepAlive(reader.Schema);
+                schemaEnd = stream.Position;
+            }
+            catch (Exception)
+            {
+                schemaEnd = stream.Length;
+            }
+            int batches = 0;
             while (true)
             {
                 cancellation.ThrowIfCancellationRequested();
                 long at = stream.Position;
-                if (!TryReadNext(reader, out var batch))
+                if (!TryReadNext(reader, out var batch, out var error))
                 {
-                    // Only the last message of a file without footer can be torn (kill -9 mid-write); in a finished
-                    // file an unreadable message is damage, and the rows after it must not vanish without a word.
+                    // In a finished file an unreadable message is damage, and the rows after it must not vanish without a
+                    // word. Without a footer, a message the end of the file cuts is a write cut short (kill -9, disk full,
+                    // a copy interrupted); one that is whole is damage all the same, reported with what Arrow said (a
+                    // file rewritten with compressed buffers was a "torn final batch" and its rows gone).
                     if (hasFooter)
-                        throw new InvalidDataException($"{file.Path}: damaged message at byte {at} of a complete log file; the rows from there on cannot be read.");
-                    lock (_truncated) if (!_truncated.Contains(file.Path)) _truncated.Add(file.Path); // once, however many passes read it
+                        throw new InvalidDataException($"{file.Path}: damaged message at byte {at} of a complete log file ({error}); the rows from there on cannot be read.");
+                    if (!CutByTheEnd(stream, at, messagesEnd))
+                        throw new InvalidDataException($"{file.Path}: unreadable message at byte {at} ({error}). The file has no footer, but the message is whole, so it was not cut short by a crash: the file is damaged there, and the rows from there on cannot be read.");
+                    MarkTruncated(file.Path);
                     break;
                 }
                 if (batch is null)
                 {
-                    // The end-of-stream marker comes last; read earlier, it is a length overwritten with zeros.
-                    if (stream.Position < messagesEnd)
-                        throw new InvalidDataException($"{file.Path}: an end-of-stream marker at byte {at}, but the messages go on to byte {messagesEnd}; the file is damaged there.");
+                    // The end-of-stream marker comes last; read earlier, it is a length overwritten with zeros. In a file
+                    // without footer a footer cut short may follow it (disk full, a copy interrupted), or the zeros a host
+                    // crash leaves: the rows before it are all there.
+                    long after = stream.Position;
+                    if (after < messagesEnd)
+                    {
+                        if (hasFooter || !IsCutFooter(stream, after, messagesEnd, schemaEnd, batches))
+                            throw new InvalidDataException($"{file.Path}: an end-of-stream marker at byte {at}, but the messages go on to byte {messagesEnd}; the file is damaged there.");
+                        MarkTruncated(file.Path);
+                    }
                     break;
                 }
+                batches++;
                 try
                 {
                     Validate(batch);
@@ -460,20 +514,104 @@ public sealed class TelemetryLogReader
             throw new InvalidDataException($"column {name}: the values buffer is shorter than its {data.Length} values.");
     }
 
-    private static bool TryReadNext(ArrowStreamReader reader, out RecordBatch? batch)
+    private static bool TryReadNext(ArrowStreamReader reader, out RecordBatch? batch) => TryReadNext(reader, out batch, out _);
+
+    private static bool TryReadNext(ArrowStreamReader reader, out RecordBatch? batch, out string error)
     {
         try
         {
             batch = reader.ReadNextRecordBatch();
+            error = "";
             return true;
         }
-        catch (Exception)
+        catch (Exception e)
         {
             // A torn last message (kill -9 mid-write, or a follow cancelled mid-message); or a corrupt length that made
             // Arrow ask for gigabytes (an OutOfMemoryException caused by the file, which crashed the command).
             batch = null;
+            error = e.Message;
             return false;
         }
+    }
+
+    private void MarkTruncated(string path)
+    {
+        lock (_truncated) if (!_truncated.Contains(path)) _truncated.Add(path); // once, however many passes read it
+    }
+
+    /// <summary>
+    /// Whether the IPC messages from <paramref name="at"/> run into the end of the data (<paramref name="end"/>): each
+    /// message's length prefix and its metadata's body length are followed until one is cut (true), the data ends
+    /// after whole messages (false), or a length is impossible (false: damage). A zero length (an end-of-stream marker)
+    /// counts as cut only when nothing but zeros follows it (the tail a host crash leaves).
+    /// </summary>
+    private static bool CutByTheEnd(FileStream stream, long at, long end)
+    {
+        Span<byte> prefix = stackalloc byte[8];
+        long pos = at;
+        while (true)
+        {
+            if (pos >= end) return false;
+            if (end - pos < 8) return true;
+            stream.Position = pos;
+            stream.ReadExactly(prefix);
+            int first = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(prefix);
+            long metaStart = first == -1 ? pos + 8 : pos + 4;
+            int metaLength = first == -1 ? System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(prefix[4..]) : first;
+            if (metaLength == 0) return AllZero(stream, pos, end);
+            if (metaLength < 0) return false;
+            if (metaStart + metaLength > end) return true;
+            var meta = new byte[metaLength];
+            stream.Position = metaStart;
+            stream.ReadExactly(meta);
+            if (!TryBodyLength(meta, out long body) || body < 0 || body % 8 != 0) return false;
+            if (metaStart + metaLength + body > end) return true;
+            pos = metaStart + metaLength + body;
+        }
+    }
+
+    /// <summary>
+    /// Whether the bytes after an end-of-stream marker in a file without footer are a footer cut short (or zeros): no
+    /// more than a footer could be, which repeats the schema and lists each batch's block.
+    /// </summary>
+    private static bool IsCutFooter(FileStream stream, long after, long end, long schemaEnd, int batches) =>
+        AllZero(stream, after, end) || end - after <= 2 * schemaEnd + 64L * (batches + 4) + 4096;
+
+    private static bool AllZero(FileStream stream, long from, long end)
+    {
+        var buffer = new byte[64 * 1024];
+        stream.Position = from;
+        for (long pos = from; pos < end;)
+        {
+            int n = stream.Read(buffer, 0, (int)Math.Min(buffer.Length, end - pos));
+            if (n <= 0) return true;
+            if (buffer.AsSpan(0, n).ContainsAnyExcept((byte)0)) return false;
+            pos += n;
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// The <c>bodyLength</c> of an Arrow IPC <c>Message</c> flatbuffer (its field 3; absent reads 0), with every offset
+    /// checked against the buffer.
+    /// </summary>
+    private static bool TryBodyLength(ReadOnlySpan<byte> meta, out long body)
+    {
+        body = 0;
+        if (meta.Length < 8) return false;
+        uint root = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta);
+        if (root > meta.Length - 4) return false;
+        long vtable = root - (long)System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(meta[(int)root..]);
+        if (vtable < 0 || vtable > meta.Length - 4) return false;
+        int vtableSize = System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)vtable..]);
+        if (vtableSize < 4 || vtable + vtableSize > meta.Length) return false;
+        const int field = 3;
+        if (4 + 2 * field + 2 > vtableSize) return true;
+        int offset = System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)(vtable + 4 + 2 * field)..]);
+        if (offset == 0) return true;
+        if (root + offset + 8 > meta.Length) return false;
+        body = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(meta[(int)(root + offset)..]);
+        return true;
     }
 
     private static FileStream OpenShared(string path)
@@ -575,6 +713,7 @@ public sealed class TelemetryLogReader
         private readonly RecordBatch _batch;
         private readonly string? _run;
         private readonly TimestampArray? _time;
+        private readonly long _timeScale;
         private readonly TelemetryRowKind[] _kinds;
         private readonly IArrowArray? _kindIndices;
         private readonly Int64Array? _step;
@@ -588,6 +727,14 @@ public sealed class TelemetryLogReader
             _batch = batch;
             _run = RunOf(batch.Schema);
             _time = Column<TimestampArray>(TelemetryLogSchema.Time);
+            // Nanoseconds as written; a file rewritten in another unit (pyarrow keeps the metadata) read 1000× off.
+            _timeScale = (_time?.Data.DataType as TimestampType)?.Unit switch
+            {
+                TimeUnit.Second => 1_000_000_000,
+                TimeUnit.Millisecond => 1_000_000,
+                TimeUnit.Microsecond => 1_000,
+                _ => 1,
+            };
             _step = Column<Int64Array>(TelemetryLogSchema.Step);
             _layer = Column<Int16Array>(TelemetryLogSchema.Layer);
             _requestId = Column<StringArray>(TelemetryLogSchema.RequestId);
@@ -644,7 +791,7 @@ public sealed class TelemetryLogReader
         public bool TryRow(int i, out TelemetryRow row)
         {
             var kind = KindOf(i);
-            long time = _time is null ? 0 : _time.Values[i];
+            long time = _time is null ? 0 : _time.Values[i] * _timeScale;
             long step = _step?.GetValue(i) ?? 0;
             switch (kind)
             {
