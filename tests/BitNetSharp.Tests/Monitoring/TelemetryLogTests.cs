@@ -633,6 +633,32 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.NotNull(writer.LastError);
     }
 
+    /// <summary>
+    /// A disk too slow to keep up (the writer thread stalled, batches piling up) drops the oldest batches and says so
+    /// through <see cref="TelemetryLogWriter.FailureChanged"/>, which the server logs as a warning: nothing was raised
+    /// (only write errors were), though the README promised the warning. A batch written later without drops says
+    /// writing works again.
+    /// </summary>
+    [Fact]
+    public void RowsDroppedBecauseTheWriterFellBehindAreReported()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var gate = new ManualResetEventSlim();
+        const int batch = 1 << 16;
+        using var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow"), BatchRows = batch, FlushInterval = TimeSpan.FromHours(1) }, Context);
+        var changes = new List<Exception?>();
+        writer.FailureChanged += e => { lock (changes) changes.Add(e); };
+        writer.BeforeClaim = _ => gate.Wait(TestContext.Current.CancellationToken); // the writer thread stalls holding the file lock
+        for (int i = 0; i < 7 * batch; i++) writer.Write(Step(i, i, "r"));
+        Assert.True(writer.DroppedRecords > 0);
+        gate.Set();
+        writer.Flush();
+        // Said once the stalled write went through, then "writing again" with the next batch written without drops.
+        lock (changes) Assert.Equal(2, changes.Count);
+        Assert.Contains("behind", changes[0]!.Message);
+        Assert.Null(changes[1]);
+    }
+
     [Fact]
     public void OptionsAreValidatedNamingTheParameter()
     {

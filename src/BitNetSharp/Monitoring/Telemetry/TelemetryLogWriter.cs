@@ -113,6 +113,9 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
 
     private bool _failing;
 
+    // Rows dropped because the writer fell behind, since the last batch written (set under _gate, taken by the writer).
+    private Exception? _behind;
+
     private void SetFailing(Exception? error)
     {
         bool failing = error is not null;
@@ -261,7 +264,11 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             // The disk is not keeping up: drop the oldest waiting batch rather than grow without bound.
             var oldest = _pending.Dequeue();
             Interlocked.Add(ref _dropped, oldest.Count);
-            Volatile.Write(ref _lastError, new IOException($"Telemetry log writer is {_pending.Count} batches behind; dropped {oldest.Count} rows."));
+            var behind = new IOException($"Telemetry log writer is {_pending.Count} batches behind; dropped {oldest.Count} rows.");
+            Volatile.Write(ref _lastError, behind);
+            // Reported from the writer's thread with its next write (FailureChanged is raised there): a disk too slow
+            // to keep up dropped rows without the warning the server logs for a failing one.
+            Volatile.Write(ref _behind, behind);
             oldest.Clear();
             _free.Push(oldest);
         }
@@ -315,7 +322,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             Interlocked.Add(ref _rowsWritten, batch.Count);
             EnforceTotalCap();
             if (_currentLength >= _options.MaxFileBytes) CloseFile();
-            SetFailing(null);
+            SetFailing(Interlocked.Exchange(ref _behind, null));
         }
         catch (Exception e)
         {
