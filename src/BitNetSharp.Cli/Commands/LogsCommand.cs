@@ -646,10 +646,14 @@ public static class LogsCommand
         // Raw times: files are read run by run, not in time order (replicas overlap, a clock stepped back), so the origin
         // is the earliest row and each series is drawn in time order; the first row read as origin gave negative times
         // and lines that ran back and forth.
-        private readonly SortedDictionary<int, List<(long T, double Y)>> _series = [];
+        // One series per (run, layer): two replicas logging into one folder at once drew each layer's line zig-zagging
+        // between the two models' values.
+        private readonly SortedDictionary<(string Run, int Layer), List<(long T, double Y)>> _series = new(
+            Comparer<(string Run, int Layer)>.Create((a, b) => string.CompareOrdinal(a.Run, b.Run) is var c && c != 0 ? c : a.Layer.CompareTo(b.Layer)));
         private long _origin = long.MaxValue;
 
-        public int SeriesCount => _series.Count;
+        /// <summary>The lines drawn (set by <see cref="Write"/>).</summary>
+        public int SeriesCount { get; private set; }
 
         public string Title => metric is "saturation" or "underflow" or "crest" ? $"{metric} {HealthNames.InputLabels[input]}" : metric;
 
@@ -665,8 +669,9 @@ public static class LogsCommand
                 "residual_rms" => l.ResidualRms,
                 _ => l.ResidualChange,
             };
-            if (!_series.TryGetValue(l.Layer, out var points)) _series[l.Layer] = points = [];
-            if (!float.IsFinite(y)) return;
+            var key = (row.Run ?? "", l.Layer);
+            if (!_series.TryGetValue(key, out var points)) _series[key] = points = [];
+            // A NaN or ∞ is kept: the plot draws it as a gap (dropped, a layer that blew up was drawn as a clean line).
             points.Add((row.TimeUnixNanos, y));
             _origin = Math.Min(_origin, row.TimeUnixNanos);
         }
@@ -685,13 +690,30 @@ public static class LogsCommand
                     _ => "residual change (relative)",
                 },
             };
-            foreach (var (layer, points) in _series)
+            // Runs one after another (a restarted server) continue each layer's line; runs that overlap in time (replicas
+            // logging into one folder) get a line each per layer, named by run.
+            var spans = new Dictionary<string, (long First, long Last)>(StringComparer.Ordinal);
+            foreach (var ((run, _), points) in _series)
+                foreach (var (t, _) in points)
+                    spans[run] = spans.TryGetValue(run, out var sp) ? (Math.Min(sp.First, t), Math.Max(sp.Last, t)) : (t, t);
+            var ordered = spans.Values.OrderBy(sp => sp.First).ToList();
+            bool overlap = false;
+            for (int i = 1; i < ordered.Count; i++) overlap |= ordered[i].First <= ordered[i - 1].Last;
+            var lines = new SortedDictionary<(string Run, int Layer), List<(long T, double Y)>>(_series.Comparer);
+            foreach (var ((run, layer), points) in _series)
+            {
+                var key = overlap ? (run, layer) : ("", layer);
+                if (!lines.TryGetValue(key, out var line)) lines[key] = line = [];
+                line.AddRange(points);
+            }
+            foreach (var ((run, layer), points) in lines)
             {
                 points.Sort((a, b) => a.T.CompareTo(b.T));
                 var xy = new List<(double X, double Y)>(points.Count);
                 foreach (var (t, y) in points) xy.Add(((t - _origin) / 1e9, y));
-                plot.Series.Add(new($"layer {layer}", xy));
+                plot.Series.Add(new(overlap ? $"run {(run.Length == 0 ? "(no id)" : run)} layer {layer}" : $"layer {layer}", xy));
             }
+            SeriesCount = lines.Count;
             plot.Write(w);
         }
     }

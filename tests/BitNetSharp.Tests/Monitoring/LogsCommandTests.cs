@@ -252,6 +252,47 @@ public class LogsCommandTests
         }
     }
 
+    /// <summary>
+    /// Two replicas logging into one folder at the same time get a line per run and layer (their rows were merged into one
+    /// line per layer, zig-zagging between the two models' values); a layer's ∞ is a gap in its line (it was dropped, and
+    /// a layer that blew up was drawn as a clean line).
+    /// </summary>
+    [Fact]
+    public void PlotSeparatesOverlappingRunsAndBreaksLinesAtNonFiniteValues()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        WriteLog(dir, "c", "d", offsetNanos: 500_000_000L);
+        string svg = dir.File("sat.svg");
+        var (code, output, error) = Bitnet("logs", dir.Path, "--plot", svg);
+        Assert.True(code == 0, error);
+        Assert.Contains("wrote 6 layer series", output);
+        XNamespace ns = "http://www.w3.org/2000/svg";
+        var lines = XDocument.Load(svg).Descendants(ns + "polyline").ToList();
+        Assert.Equal(6, lines.Count);
+        Assert.All(lines, l => Assert.StartsWith("run ", (string)l.Attribute("data-series")!));
+        Assert.All(lines, l => Assert.Equal(4, ((string)l.Attribute("points")!).Split(' ').Length));
+
+        using var other = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = other.File("run.arrow") }, Context))
+        {
+            for (int step = 1; step <= 4; step++)
+            {
+                var layer = Layer(Start + step * 1_000_000_000L, step, 0);
+                if (step == 2) layer.ResidualChange = float.PositiveInfinity;
+                writer.Write(layer);
+            }
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        svg = other.File("change.svg");
+        (code, _, error) = Bitnet("logs", path, "--plot", svg, "--metric", "residual_change");
+        Assert.True(code == 0, error);
+        var runs = XDocument.Load(svg).Descendants(ns + "polyline").Select(l => ((string)l.Attribute("points")!).Split(' ').Length).ToList();
+        Assert.Equal([1, 2], runs); // step 1 alone, the gap at step 2, steps 3-4
+    }
+
     [Fact]
     public void PlotIsWellFormedSvgWithOneLinePerLayer()
     {
