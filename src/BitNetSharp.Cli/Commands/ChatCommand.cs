@@ -45,13 +45,14 @@ public static class ChatCommand
             }
             var generatorOptions = model.Generator(result); // the flags before the model loads, as the template
             speculation.Check(result);
+            var userStops = GenerateCommand.Stops(result, stop);
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
             string how = "--template";
             var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer, out how);
             // The template's turn markers that this vocabulary spells as text end an answer too (no stop token would).
-            var stops = GenerateCommand.Stops(result, stop).Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
+            var stops = userStops.Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer, generatorOptions with { Speculation = speculative });
@@ -77,6 +78,7 @@ public static class ChatCommand
             try
             {
                 cli.Error.WriteLine($"chat template: {chatTemplate.Name} ({how}); end a line with \\ to go on to the next, /reset starts over, an empty line or /quit ends; Ctrl-C stops an answer.");
+                int turn = 0;
                 while (true)
                 {
                     cli.Output.Write("> ");
@@ -95,7 +97,11 @@ public static class ChatCommand
                     if (prompt is null) continue;
                     answer = new CancellationTokenSource();
                     var reply = new System.Text.StringBuilder();
-                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), parameters, cancellation: answer.Token), stops))
+                    // One --seed, a different stream each answer (as llama.cpp's one sampler for the session): the same
+                    // seed every turn made each answer draw the same random numbers (after /reset, the same answer again).
+                    var turnParameters = parameters.Seed is { } seed ? parameters with { Seed = unchecked(seed + (ulong)turn) } : parameters;
+                    turn++;
+                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), turnParameters, cancellation: answer.Token), stops))
                     {
                         reply.Append(token.Text);
                         cli.Output.Write(token.Text);

@@ -50,6 +50,9 @@ public static class GenerateCommand
             var generatorOptions = model.Generator(result);
             speculation.Check(result);
             if (result.GetValue(healthEvery) is < 1 and var badEvery) throw new UsageException($"--health-every must be ≥ 1; got {badEvery}.");
+            if (result.GetValue(healthEvery) is not null && !(result.GetValue(health) || result.GetValue(logResidual) || result.GetValue(logLogits)))
+                throw new UsageException("--health-every sets how often --health, --log-residual or --log-logits measure; give one of them (alone it was accepted and measured nothing).");
+            var stops = Stops(result, stop);
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
             int[] promptTokens;
@@ -57,7 +60,6 @@ public static class GenerateCommand
             else if (tokenizer is null)
                 throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
             else promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
-            var stops = Stops(result, stop);
             if (stops.Length > 0 && tokenizer is null) throw new UsageException($"--stop needs text, and {weights.SourcePath} has no tokenizer.");
 
             bool wantHealth = result.GetValue(health), wantResidual = result.GetValue(logResidual), wantLogits = result.GetValue(logLogits);

@@ -48,6 +48,10 @@ public sealed class SpeculationOptions
     {
         string? mode = r.GetValue(Speculate)?.Trim().ToLowerInvariant();
         string? draftPath = r.GetValue(Draft);
+        // --draft "$DRAFT" with the variable unset: named here, before the main model loads (it failed after, saying
+        // only "The value cannot be an empty string").
+        if (draftPath is not null && string.IsNullOrWhiteSpace(draftPath))
+            throw new UsageException("--draft: the draft model's path is empty; give a .gguf file or HF directory, or leave --draft out.");
         int? layers = r.GetValue(DraftLayers);
         int k = r.GetValue(DraftTokens);
         if (k < 1 || k > SpeculativeOptions.MaxDraftTokens)

@@ -191,7 +191,7 @@ public sealed partial class TextGenerator : IDisposable
         ArgumentNullException.ThrowIfNull(prompt);
         if (prompt.Count == 0) throw new ArgumentException("The prompt is empty: give at least one token (a BOS token will do).", nameof(prompt));
         ArgumentOutOfRangeException.ThrowIfNegative(maxTokens);
-        if (prompt.Count + maxTokens > ContextLength)
+        if ((long)prompt.Count + maxTokens > ContextLength) // long: -n 2147483647 wrapped and passed, then failed after the prefill
             throw new ArgumentException(
                 $"The prompt ({prompt.Count} tokens) plus up to {maxTokens} new tokens exceeds the context of {ContextLength} tokens; " +
                 $"shorten the prompt, lower -n, or raise --ctx (this model allows up to {Config.ContextLength}).");

@@ -76,6 +76,12 @@ public class GenerateCommandTests
     [InlineData("generate", "--speculate", "bogus", "--speculate 'bogus'")]
     [InlineData("chat", "--draft-tokens", "0", "--draft-tokens must be between")]
     [InlineData("generate", "--health-every", "0", "--health-every")]
+    [InlineData("generate", "--health-every", "4", "--health-every sets how often")] // alone it measured nothing
+    [InlineData("generate", "--draft", "", "--draft: the draft model's path is empty")] // failed after the load, naming no flag
+    [InlineData("generate", "--stop", "", "--stop")] // checked after the load
+    [InlineData("chat", "--stop", "", "--stop")]
+    [InlineData("generate", "--repeat-penalty", "1e-38", "--repeat-penalty")] // logit / 1e-38 overflowed; the forward pass was blamed
+    [InlineData("generate", "--presence-penalty", "5000", "--presence-penalty")]
     public void RunFlagsAreCheckedBeforeTheModelLoads(string command, string option, string value, string message)
     {
         string[] args = command == "generate" ? ["generate", "-m", "no-such.gguf", "-p", "hi", option, value] : ["chat", "-m", "no-such.gguf", option, value];
@@ -183,6 +189,11 @@ public class GenerateCommandTests
         Assert.Equal(1, tooLong.ExitCode);
         Assert.Equal("", tooLong.Output);
         Assert.Contains("exceeds the context of 256 tokens", tooLong.Error);
+        // -n near int.MaxValue wrapped the check negative: the prompt was echoed and prefilled, then a bare error.
+        var wrapped = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "2147483647");
+        Assert.Equal(1, wrapped.ExitCode);
+        Assert.Equal("", wrapped.Output);
+        Assert.Contains("exceeds the context of 256 tokens", wrapped.Error);
 
         var badId = Bitnet("generate", "-m", model, "--prompt-ids", "1,999999");
         Assert.Equal(1, badId.ExitCode);
@@ -477,6 +488,28 @@ public class ChatCommandTests
         Assert.Contains("[conversation cleared]", lines);
     }
 
+
+    /// <summary>
+    /// One --seed gives each answer its own random stream, as llama.cpp's one sampler per session: every turn drew the same
+    /// numbers, so the same message after /reset got the same answer. The session still replays with the seed.
+    /// </summary>
+    [Fact]
+    public void ChatDrawsANewStreamEachTurnFromOneSeed()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string[] Answers()
+        {
+            var output = new StringWriter();
+            int code = Program.Run(["chat", "-m", model, "-n", "16", "--temp", "1", "--seed", "7", "-t", "1", "--template", "chatml"], output, new StringWriter(),
+                new StringReader("Once upon a time\n/reset\nOnce upon a time\n/quit\n"));
+            Assert.Equal(0, code);
+            return output.ToString().Split("> ", StringSplitOptions.RemoveEmptyEntries).Select(a => a.Trim()).Where(a => a.Length > 0).ToArray();
+        }
+        var first = Answers();
+        Assert.Equal(2, first.Length);
+        Assert.NotEqual(first[0], first[1]);
+        Assert.Equal(first, Answers());
+    }
 
     [Fact]
     public void AConversationLongerThanTheContextDropsItsOldestTurnsAndAnOversizedMessageIsRefused()

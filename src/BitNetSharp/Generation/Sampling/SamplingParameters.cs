@@ -44,6 +44,9 @@ public sealed record SamplingParameters
     /// <summary>Token id → value added to its logit first of all; −∞ bans the token.</summary>
     public IReadOnlyDictionary<int, float>? LogitBias { get; init; }
 
+    /// <summary>Bounds of <see cref="RepetitionPenalty"/>, <see cref="PresencePenalty"/> and <see cref="FrequencyPenalty"/>.</summary>
+    public const float MinRepetitionPenalty = 1e-3f, MaxRepetitionPenalty = 1e3f, MaxAdditivePenalty = 1e3f;
+
     /// <summary>Seed of the sampler's own PRNG (xoshiro256**), so a seed replays the same tokens on any .NET version; null picks one at random.</summary>
     public ulong? Seed { get; init; }
 
@@ -72,10 +75,14 @@ public sealed record SamplingParameters
         if (!(TopP > 0f && TopP <= 1f)) Fail(nameof(TopP), $"top_p must be in (0, 1] (1 turns it off); got {TopP}.");
         if (!(MinP >= 0f && MinP <= 1f)) Fail(nameof(MinP), $"min_p must be in [0, 1] (0 turns it off); got {MinP}.");
         if (!(TypicalP > 0f && TypicalP <= 1f)) Fail(nameof(TypicalP), $"typical_p must be in (0, 1] (1 turns it off); got {TypicalP}.");
-        if (!(RepetitionPenalty > 0f) || float.IsInfinity(RepetitionPenalty))
-            Fail(nameof(RepetitionPenalty), $"repetition_penalty must be a finite number > 0 (1 turns it off); got {RepetitionPenalty}.");
-        if (!float.IsFinite(PresencePenalty)) Fail(nameof(PresencePenalty), $"presence_penalty must be finite; got {PresencePenalty}.");
-        if (!float.IsFinite(FrequencyPenalty)) Fail(nameof(FrequencyPenalty), $"frequency_penalty must be finite; got {FrequencyPenalty}.");
+        // Bounded so a penalised logit stays finite (logit / 1e-38, or count × −3e38, overflowed to ∞ and the sampler
+        // blamed the forward pass); the bounds are far past any useful setting.
+        if (!(RepetitionPenalty >= MinRepetitionPenalty && RepetitionPenalty <= MaxRepetitionPenalty))
+            Fail(nameof(RepetitionPenalty), $"repetition_penalty must be between {MinRepetitionPenalty} and {MaxRepetitionPenalty} (1 turns it off); got {RepetitionPenalty}.");
+        if (!(Math.Abs(PresencePenalty) <= MaxAdditivePenalty))
+            Fail(nameof(PresencePenalty), $"presence_penalty must be between -{MaxAdditivePenalty} and {MaxAdditivePenalty}; got {PresencePenalty}.");
+        if (!(Math.Abs(FrequencyPenalty) <= MaxAdditivePenalty))
+            Fail(nameof(FrequencyPenalty), $"frequency_penalty must be between -{MaxAdditivePenalty} and {MaxAdditivePenalty}; got {FrequencyPenalty}.");
         if (PenaltyLastN < -1) Fail(nameof(PenaltyLastN), $"penalty_last_n must be ≥ −1 (−1 means the whole history); got {PenaltyLastN}.");
         if (LogProbs < 0) Fail(nameof(LogProbs), $"the number of top log-probabilities must be ≥ 0; got {LogProbs}.");
         if (LogitBias is not null)
