@@ -55,6 +55,7 @@ public static class GenerateCommand
             var stops = Stops(result, stop);
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
+            model.NoteContext(result, weights, cli.Error);
             int[] promptTokens;
             if (ids is not null) promptTokens = ModelOptions.ParseIds(ids);
             else if (tokenizer is null)

@@ -14,7 +14,7 @@ public sealed class ModelOptions
 {
     public Option<string?> Model { get; } = new("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
     public Option<int> Threads { get; } = new("--threads", "-t") { Description = "Worker threads (default: physical cores)." };
-    public Option<int> Context { get; } = new("--ctx", "-c") { Description = "Context length to allocate (default: the model's)." };
+    public Option<int> Context { get; } = new("--ctx", "-c") { Description = "Context length to allocate (default and most: the model's)." };
     public Option<string> KvType { get; } = new("--kv-type") { Description = "KV-cache element type: f32, f16, int8 or fp8.", DefaultValueFactory = _ => "f16" };
 
     public Option<string?> ActivationBitsSpec { get; } = NewActivationBitsOption();
@@ -142,6 +142,17 @@ public sealed class ModelOptions
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
             yield return Path.Combine(dir.FullName, "models", BundledModelFile);
         yield return Path.Combine(Environment.CurrentDirectory, "models", BundledModelFile);
+    }
+
+    /// <summary>
+    /// Says on <paramref name="error"/> when --ctx asks for more positions than the model has (it was cut to the model's
+    /// silently, and a chat reported "context full (256 tokens, --ctx)" to a user who asked for 4096).
+    /// </summary>
+    public void NoteContext(ParseResult r, ModelWeights weights, TextWriter error)
+    {
+        int context = r.GetValue(Context);
+        if (context > weights.Config.ContextLength)
+            error.WriteLine($"note: --ctx {context} is more than the model's context of {weights.Config.ContextLength} tokens (its positions end there); using {weights.Config.ContextLength}.");
     }
 
     public GeneratorOptions Generator(ParseResult r)

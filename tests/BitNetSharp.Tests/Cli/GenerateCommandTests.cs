@@ -195,6 +195,11 @@ public class GenerateCommandTests
         Assert.Equal("", wrapped.Output);
         Assert.Contains("exceeds the context of 256 tokens", wrapped.Error);
 
+        // A --ctx past the model's is said (it was cut to the model's without a word).
+        var bigContext = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "1", "--ctx", "4096");
+        Assert.Equal(0, bigContext.ExitCode);
+        Assert.Contains("--ctx 4096 is more than the model's context of 256 tokens", bigContext.Error);
+
         var badId = Bitnet("generate", "-m", model, "--prompt-ids", "1,999999");
         Assert.Equal(1, badId.ExitCode);
         Assert.Contains("999999", badId.Error);
