@@ -36,7 +36,7 @@ public static class TrainCommand
         var weightDecay = new Option<float>("--weight-decay") { Description = "AdamW weight decay on matrices.", DefaultValueFactory = _ => 0.1f };
         var ropeTheta = new Option<float>("--rope-theta") { Description = "RoPE base.", DefaultValueFactory = _ => 10000f };
         var fullPrecision = new Option<bool>("--full-precision") { Description = "Train the full-precision twin (quantizers off); the export is still ternarized." };
-        var resume = new Option<bool>("--resume") { Description = "Continue from OUT.ckpt: the shape options must match; tokenizer, token streams and hyper-parameters come from the checkpoint." };
+        var resume = new Option<bool>("--resume") { Description = "Continue from OUT.ckpt: the shape options must match; tokenizer, token streams, batch, seed and hyper-parameters come from the checkpoint (--tokens, --lr, --warmup and --weight-decay given replace its own)." };
         var seed = new Option<ulong>("--seed") { Description = "Initialization and data-sampling seed.", DefaultValueFactory = _ => 1UL };
         var valEvery = new Option<int>("--val-every") { Description = "Validation interval in steps.", DefaultValueFactory = _ => 50 };
         var checkpointEvery = new Option<int>("--checkpoint-every") { Description = "Checkpoint interval in steps.", DefaultValueFactory = _ => 100 };
@@ -95,8 +95,18 @@ public static class TrainCommand
                     throw new UsageException($"--activation-bits {bits} with --full-precision: the full-precision twin has no activation quantizer; drop one of the two.");
                 int batchSize = r.GetValue(batch);
                 if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
-                if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {(long)batchSize * shape.ContextLength}).");
-                Steps(r.GetValue(tokens), batchSize, shape.ContextLength); // a count of steps past int is refused before any work
+                // A resumed run keeps its checkpoint's batch: its step count and buffers are checked once it is read (the
+                // command line's --batch, default 8, refused a resume whose own batch fitted).
+                bool resuming = r.GetValue(resume) && File.Exists(outPath + ".ckpt");
+                if (!resuming)
+                {
+                    if (r.GetValue(tokens) < (long)batchSize * shape.ContextLength) throw new UsageException($"--tokens must be at least one step (batch·ctx = {(long)batchSize * shape.ContextLength}).");
+                    Steps(r.GetValue(tokens), batchSize, shape.ContextLength); // a count of steps past int is refused before any work
+                    // Without --resume a new run would replace the checkpoint at its first checkpoint step: forgetting
+                    // --resume lost a long run.
+                    if (File.Exists(outPath + ".ckpt"))
+                        throw new UsageException($"{outPath}.ckpt exists: a run that can be continued. Add --resume to continue it, or delete it to start a new run.");
+                }
                 if (r.GetValue(valEvery) < 1 || r.GetValue(checkpointEvery) < 1) throw new UsageException("--val-every and --checkpoint-every must be at least 1.");
                 RequireWritable(outPath);
                 string plot = Path.GetFullPath(r.GetValue(plotPath) ?? Path.ChangeExtension(outPath, ".loss.svg"));
@@ -108,7 +118,7 @@ public static class TrainCommand
                 string? heldOutPath = r.GetValue(heldOut) is { } h2 ? OutputFile.Check("--heldout", h2) : null;
                 if (heldOutPath is not null && Path.GetDirectoryName(heldOutPath) != Path.GetDirectoryName(outPath)) RequireWritable(heldOutPath);
                 CheckOutputsAreNotInputs(r.GetRequiredValue(data), ("--out", outPath), ("--plot", plot), ("the checkpoint", outPath + ".ckpt"), ("--heldout", heldOutPath));
-                CheckBuffersFit(shape, batchSize);
+                if (!resuming) CheckBuffersFit(shape, batchSize);
 
                 using var pool = new WorkerPool(r.GetValue(threads));
                 string checkpoint = outPath + ".ckpt";
@@ -123,14 +133,22 @@ public static class TrainCommand
                     // resume the last good checkpoint with a lower rate, which used to replay the same steps into the same NaN.
                     float? newRate = r.GetResult(lr) is { Implicit: false } ? r.GetValue(lr) : null;
                     int? newWarmup = r.GetResult(warmup) is { Implicit: false } ? r.GetValue(warmup) : null;
+                    // --weight-decay too (the b1.58 recipe's second stage turns it off); it was parsed and dropped.
+                    float? newDecay = r.GetResult(weightDecay) is { Implicit: false } ? r.GetValue(weightDecay) : null;
                     try
                     {
-                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, totalTokens: newTokens, learningRate: newRate, warmupSteps: newWarmup);
+                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, totalTokens: newTokens, learningRate: newRate, warmupSteps: newWarmup, weightDecay: newDecay);
                     }
                     catch (InvalidOperationException e)
                     {
                         throw new UsageException($"--tokens {r.GetValue(tokens)}: {e.Message}");
                     }
+                    // The batch and the seed are the run's (its step count and data order): one given that differs was dropped without a word.
+                    if (r.GetResult(batch) is { Implicit: false } && batchSize != run.Options.Batch)
+                        throw new UsageException($"--batch {batchSize}: {checkpoint} trains with batch {run.Options.Batch}, which a resumed run keeps; drop --batch, or start a new run.");
+                    if (r.GetResult(seed) is { Implicit: false } && r.GetValue(seed) != run.Options.Seed)
+                        throw new UsageException($"--seed {r.GetValue(seed)}: {checkpoint} was started with seed {run.Options.Seed}, and its data order goes on from where it stopped; drop --seed, or start a new run.");
+                    CheckBuffersFit(shape, run.Options.Batch);
                     if (r.GetValue(fullPrecision) != run.Options.FullPrecision)
                     {
                         throw new UsageException(run.Options.FullPrecision
@@ -142,6 +160,7 @@ public static class TrainCommand
                     if (newSteps) changed.Add("run length from --tokens");
                     if (newRate is not null) changed.Add(string.Create(CultureInfo.InvariantCulture, $"peak learning rate {run.Options.LearningRate:0.###e0} from --lr"));
                     if (newWarmup is not null) changed.Add($"warm-up {run.Options.WarmupSteps} steps from --warmup");
+                    if (newDecay is not null) changed.Add(string.Create(CultureInfo.InvariantCulture, $"weight decay {run.Options.WeightDecay:0.###} from --weight-decay"));
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
                         (changed.Count > 0 ? $" ({string.Join("; ", changed)})" : ""));
                 }

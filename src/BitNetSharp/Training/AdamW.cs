@@ -58,6 +58,10 @@ public sealed class AdamW : IParallelWork
         foreach (double s in _chunkSums) sq += s;
         float norm = (float)Math.Sqrt(sq);
         LastGradNorm = norm;
+        // A NaN norm failed "norm > ClipNorm" and went through unclipped; an infinite one scaled by 0 gave ∞·0 = NaN.
+        // Refused before any weight or moment changes.
+        if (!float.IsFinite(norm))
+            throw new TrainingDivergedException($"the gradient norm is {norm.ToString(System.Globalization.CultureInfo.InvariantCulture)} at step {step}: training diverged; the weights are left as they were. Lower --lr (or raise --warmup).");
         _scale = ClipNorm > 0 && norm > ClipNorm ? ClipNorm / norm : 1f;
         _lr = lr;
         _bc1 = 1f - MathF.Pow(Beta1, step);

@@ -106,9 +106,15 @@ public sealed class TrainingRun
             Train.AsSpan(start + 1, T).CopyTo(_targets.AsSpan(b * T));
         }
         float loss = Model.Forward(_inputs, _targets, B, T);
+        // Checked before the update, so the weights and the optimizer's moments stay at the last good step: a NaN (from a
+        // norm or the embedding, which the projections' check does not see) went through AdamW into every weight, and a
+        // full-precision run, which has no other check, trained on NaN until its next checkpoint refused to save.
+        if (!float.IsFinite(loss))
+            throw new TrainingDivergedException($"the loss is {loss.ToString(System.Globalization.CultureInfo.InvariantCulture)} at step {Step + 1}: training diverged; the weights are left as they were after step {Step}. Lower --lr (or raise --warmup).");
         Model.Backward();
-        Step++;
-        Optimizer.Step(Step, _schedule.At(Step));
+        int next = Step + 1;
+        Optimizer.Step(next, _schedule.At(next));
+        Step = next;
         TrainLosses.Add((Step, loss));
         return loss;
     }
@@ -268,8 +274,9 @@ public sealed class TrainingRun
     /// <param name="learningRate">A new peak learning rate (the way back from a divergence: resume the last good checkpoint lower); null keeps the checkpoint's.</param>
     /// <param name="warmupSteps">New warm-up steps; null keeps the checkpoint's.</param>
     public static TrainingRun Resume(string path, WorkerPool pool, TrainingShape? expectedShape = null, ActivationBits? expectedBits = null, int? totalSteps = null,
-        long? totalTokens = null, float? learningRate = null, int? warmupSteps = null)
+        long? totalTokens = null, float? learningRate = null, int? warmupSteps = null, float? weightDecay = null)
     {
+        if (weightDecay is { } wd && !(float.IsFinite(wd) && wd >= 0)) throw new ArgumentOutOfRangeException(nameof(weightDecay), wd, "The weight decay must be 0 or more and finite.");
         if (learningRate is { } lr && !(float.IsFinite(lr) && lr > 0)) throw new ArgumentOutOfRangeException(nameof(learningRate), lr, "The learning rate must be positive and finite.");
         if (warmupSteps is < 0) throw new ArgumentOutOfRangeException(nameof(warmupSteps), warmupSteps, "Warm-up steps must be 0 or more.");
         using var stream = File.OpenRead(path);
@@ -298,8 +305,22 @@ public sealed class TrainingRun
             var tokens = ReadStrings(r);
             var merges = ReadStrings(r);
             var specials = ReadStrings(r);
-            var tokenizer = new TrainedTokenizer(tokens, merges, specials, r.ReadInt32(), r.ReadInt32());
+            TrainedTokenizer tokenizer;
+            try
+            {
+                tokenizer = new TrainedTokenizer(tokens, merges, specials, r.ReadInt32(), r.ReadInt32());
+            }
+            catch (Exception e) when (e is ArgumentException or KeyNotFoundException)
+            {
+                // A damaged merge list (a merge of tokens that are not in the vocabulary) threw KeyNotFoundException, and
+                // the command printed a stack trace.
+                throw new InvalidDataException($"{path}: the checkpoint's tokenizer is damaged ({e.Message}).", e);
+            }
             int[] train = ReadInts(r), validation = ReadInts(r);
+            foreach (var (ids, name) in new[] { (train, "training"), (validation, "validation") })
+                for (int i = 0; i < ids.Length; i++)
+                    if ((uint)ids[i] >= (uint)tokens.Length)
+                        throw new InvalidDataException($"{path}: the checkpoint's {name} tokens are damaged (token {ids[i]} at position {i}; the vocabulary has {tokens.Length}).");
             int step = r.ReadInt32();
             if (totalTokens is { } tokenCount) totalSteps = StepsFor(tokenCount, options.Batch, shape.ContextLength);
             if (totalSteps is { } steps && steps != options.TotalSteps)
@@ -311,6 +332,7 @@ public sealed class TrainingRun
             }
             if (learningRate is { } newRate) options = options with { LearningRate = newRate };
             if (warmupSteps is { } newWarmup) options = options with { WarmupSteps = newWarmup };
+            if (weightDecay is { } newDecay) options = options with { WeightDecay = newDecay };
             var run = new TrainingRun(options, tokenizer, train, validation, pool);
             run.Step = step;
             run._rng.State = r.ReadUInt64();
@@ -336,6 +358,10 @@ public sealed class TrainingRun
         catch (EndOfStreamException e)
         {
             throw new InvalidDataException($"{path}: the checkpoint is truncated.", e);
+        }
+        catch (InvalidDataException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal))
+        {
+            throw new InvalidDataException($"{path}: {e.Message}", e);
         }
     }
 

@@ -128,6 +128,50 @@ public class TrainCommandTests
         Assert.Contains("at step 6/8 (run length from --tokens)", output);
     }
 
+    /// <summary>
+    /// On a resume --weight-decay replaces the checkpoint's, as --lr does (it was parsed and dropped: the b1.58 recipe's
+    /// second stage, without weight decay, kept 0.1); a --batch or --seed that differs from the run's is refused (dropped
+    /// without a word); and without --resume an existing checkpoint is not replaced (forgetting --resume lost the run).
+    /// </summary>
+    [Fact]
+    public void ResumeTakesWeightDecayRefusesAnotherBatchOrSeedAndANewRunKeepsTheCheckpoint()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("wd.gguf");
+        var args = TinyArgs(data, model);
+        args[Array.IndexOf(args, "--tokens") + 1] = "64"; // 2 steps, checkpointed at step 2
+        Assert.Equal(0, Bitnet(args).ExitCode);
+        string checkpoint = model + ".ckpt";
+        var saved = File.ReadAllBytes(checkpoint);
+
+        var (code, _, error) = Bitnet(args);
+        Assert.Equal(2, code);
+        Assert.Contains("--resume", error);
+        Assert.Equal(saved, File.ReadAllBytes(checkpoint));
+
+        var otherBatch = TinyArgs(data, model, "--resume");
+        otherBatch[Array.IndexOf(otherBatch, "--batch") + 1] = "4";
+        (code, _, error) = Bitnet(otherBatch);
+        Assert.Equal(2, code);
+        Assert.Contains("--batch 4", error);
+        (code, _, error) = Bitnet(TinyArgs(data, model, "--resume", "--seed", "99"));
+        Assert.Equal(2, code);
+        Assert.Contains("--seed 99", error);
+
+        // Without --batch, 96 tokens are 3 steps of the checkpoint's batch 2; the up-front check counted them in the
+        // default batch of 8 ("--tokens must be at least one step (batch·ctx = 128)").
+        var resumed = TinyArgs(data, model, "--resume", "--weight-decay", "0").ToList();
+        resumed[resumed.IndexOf("--tokens") + 1] = "96";
+        resumed.RemoveRange(resumed.IndexOf("--batch"), 2);
+        (code, var output, error) = Bitnet([.. resumed]);
+        Assert.True(code == 0, error);
+        Assert.Contains("at step 2/3", output);
+        Assert.Contains("weight decay 0 from --weight-decay", output);
+        using var pool = new BitNetSharp.Threading.WorkerPool(1);
+        Assert.Equal(0f, BitNetSharp.Training.TrainingRun.Resume(checkpoint, pool).Options.WeightDecay);
+    }
+
     /// <summary>A step count past int wrapped to 0 or below, and the run "finished" at once, exporting random weights.</summary>
     [Fact]
     public void TokensThatOverflowTheStepCountAreRefused()

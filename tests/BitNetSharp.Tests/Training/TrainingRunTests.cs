@@ -56,6 +56,68 @@ public class TrainingRunTests
     }
 
     /// <summary>
+    /// A damaged checkpoint is an InvalidDataException naming the file: a merge of tokens not in the vocabulary threw
+    /// KeyNotFoundException (the command printed a stack trace), and a token id outside the vocabulary in the stored
+    /// streams only failed at the first forward, naming no file.
+    /// </summary>
+    [Fact]
+    public void ADamagedCheckpointIsAnErrorNamingIt()
+    {
+        var (options, tokenizer, train, validation) = Setup(2);
+        using var pool = new WorkerPool(1);
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("run.ckpt");
+        TrainingRun.Start(options, tokenizer, train, validation, pool).SaveCheckpoint(path);
+        var good = File.ReadAllBytes(path);
+
+        // A merge whose right half becomes a character no token is made of with its left half.
+        string merge = tokenizer.Merges.First(m => m.Length == 3 && m[1] == ' ' && m[0] < 128 && m[2] < 128);
+        int at = good.AsSpan().IndexOf(System.Text.Encoding.UTF8.GetBytes(merge));
+        Assert.True(at > 0);
+        var bad = (byte[])good.Clone();
+        bad[at + 2] = (byte)'\u007f';
+        File.WriteAllBytes(path, bad);
+        var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
+        Assert.StartsWith(path, e.Message);
+
+        // A stored training token past the vocabulary: the int32 just after the streams' length prefix.
+        bad = (byte[])good.Clone();
+        var ids = new byte[8];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(ids, train[0]);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(ids.AsSpan(4), train[1]);
+        int stream = bad.AsSpan().IndexOf(ids);
+        Assert.True(stream > 0);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(bad.AsSpan(stream), 1_000_000);
+        File.WriteAllBytes(path, bad);
+        e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
+        Assert.StartsWith(path, e.Message);
+        Assert.Contains("1000000", e.Message);
+    }
+
+    /// <summary>
+    /// A NaN outside the projections (here the output norm) is refused before the update: one step went through AdamW
+    /// (a NaN gradient norm is not above the clip norm) into every weight and moment, and a full-precision run, with no
+    /// other check, trained on NaN until its next checkpoint. The weights, moments and step stay as they were.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ANonFiniteLossStopsTheRunBeforeTheUpdate(bool fullPrecision)
+    {
+        var (options, tokenizer, train, validation) = Setup(6, fullPrecision);
+        using var pool = new WorkerPool(2);
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        run.StepOnce();
+        run.Model.Parameters[run.Model.Layout.OutputNorm] = float.NaN;
+        var before = (float[])run.Model.Parameters.Clone();
+        var m = (float[])run.Optimizer.M.Clone();
+        Assert.Throws<TrainingDivergedException>(() => run.StepOnce());
+        Assert.Equal(1, run.Step);
+        Assert.Equal(before, run.Model.Parameters);
+        Assert.Equal(m, run.Optimizer.M);
+    }
+
+    /// <summary>
     /// Validation scores windows spread over the whole held-out stream: it scored the first windows only, so with
     /// more held-out text than the window budget, the second half (the other files' held-out tails) never counted.
     /// </summary>
