@@ -85,6 +85,7 @@ public static class BenchCommand
             int[] depthList = (result.GetValue(depths) ?? "0").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                 int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n : throw new UsageException($"--depth: '{t}' is not a non-negative integer.")).ToArray();
             if (depthList.Length == 0) throw new UsageException("--depth: give at least one depth (0 for an empty cache).");
+            if (depthList.Max() > MaxContext) throw new UsageException($"--depth {depthList.Max()} is past the largest context bench allocates ({MaxContext} positions).");
             int ctxOption = result.GetValue(ctxSize);
             if (ctxOption is < 0 or > MaxContext) throw new UsageException($"--ctx must be 1 to {MaxContext} positions (0: the model's context); got {ctxOption}.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
@@ -108,13 +109,19 @@ public static class BenchCommand
             }
             if (result.GetValue(bandwidthOnly))
             {
+                // It measures memory, not a model: flags about a model or its tests were accepted and ignored (a bad
+                // --weight-pages passed, -r was replaced by 5).
+                foreach (var option in new Option[] { model, synthetic, headType, prompt, gen, sequences, depths, ctxSize, kvType, mlock, weightPages })
+                    if (result.GetResult(option) is { Implicit: false })
+                        throw new UsageException($"{option.Name} does not apply with --bandwidth-only (it measures the machine's read bandwidth, not a model).");
+                if (result.GetValue(hugePages)) ProfileCommand.EnableHugePages();
                 var probes = new List<(int Threads, double Best, string Pattern, bool HugePages, Dictionary<string, double> ByPattern)>();
                 foreach (int t in threadCounts)
                 {
                     using var pool = new WorkerPool(t);
                     if (cpuList is not null) ProfileCommand.Pin(pool, cpuList);
                     using var probe = new MemoryBandwidth();
-                    double best = probe.Measure(pool, repetitions: 5);
+                    double best = probe.Measure(pool, repetitions: repetitions);
                     probes.Add((t, best, probe.BestPattern.ToString().ToLowerInvariant(), probe.InHugePages,
                         probe.ByPattern.ToDictionary(kv => kv.Key.ToString().ToLowerInvariant(), kv => kv.Value)));
                 }
@@ -148,10 +155,16 @@ public static class BenchCommand
             if (result.GetValue(mlock)) cli.Error.WriteLine($"locked {ProfileCommand.LockWeights(weights) / 1e9:F2} GB of weights in RAM");
             int context = weights.Config.ContextLength, maxDepth = depthList.Max();
             foreach (var (flag, count) in new[] { ("-p", result.GetValue(prompt)), ("-n", result.GetValue(gen)) })
-                if (count > 0 && (long)maxDepth + count > context) // long: a depth near int.MaxValue wrapped past the check
+            {
+                long needed = (long)maxDepth + count, both = (long)maxDepth + Math.Max(result.GetValue(prompt), result.GetValue(gen));
+                // long throughout: the message's sums wrapped to a negative count of positions.
+                if (count > 0 && needed > context)
                     throw new UsageException(ctxOption > 0
-                        ? $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; --ctx {ctxOption} allocates {context}."
-                        : $"-d {maxDepth} with {flag} {count} needs {maxDepth + count} positions; the model's context is {context} (pass --ctx {maxDepth + Math.Max(result.GetValue(prompt), result.GetValue(gen))} to allocate more).");
+                        ? $"-d {maxDepth} with {flag} {count} needs {needed} positions; --ctx {ctxOption} allocates {context}."
+                        : both <= MaxContext
+                            ? $"-d {maxDepth} with {flag} {count} needs {needed} positions; the model's context is {context} (pass --ctx {both} to allocate more)."
+                            : $"-d {maxDepth} with {flag} {count} needs {needed} positions, more than bench allocates ({MaxContext}); lower -d or {flag}.");
+            }
             long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
             // As the engine's kernel reads them: the lookup kernel decodes from its own layout, 2 bytes per 9 weights.
             var kernel = Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);

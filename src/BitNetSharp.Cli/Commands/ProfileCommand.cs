@@ -150,7 +150,7 @@ public static class ProfileCommand
             }
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights),
-                BitNetSharp.Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type));
+                BitNetSharp.Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type), weights.Gguf is { InHugePages: true });
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights));
             if (result.GetValue(hugePages)) cli.Error.WriteLine(HugePagesReport());
             if (traceError is not null)
@@ -313,7 +313,7 @@ public static class ProfileCommand
         return t;
     }
 
-    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes, string weightPages, string headType)
+    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes, string weightPages, string headType, bool hugeWeights)
     {
         object Phase(PhaseProfile p, double peak) => new
         {
@@ -358,7 +358,10 @@ public static class ProfileCommand
             kernel = r.Kernel,
             // The settings the text report shows, so a JSON run says what it measured.
             head_type = headType,
-            weight_pages = weightPages,
+            // As bench's JSON: "huge" or "file", and the description beside it (profile put the description in
+            // weight_pages, so one field meant two things across the two commands).
+            weight_pages = hugeWeights ? "huge" : "file",
+            weights_in_memory = weightPages,
             threads = r.Threads,
             sequences = r.Sequences,
             bandwidth_gbps = r.BandwidthGBps,

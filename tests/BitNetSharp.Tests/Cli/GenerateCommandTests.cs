@@ -377,6 +377,9 @@ public class BenchCommandTests
     [InlineData(new[] { "-p", "0", "-n", "2", "--health-ab", "2", "--bandwidth-only" }, "--bandwidth-only")]
     [InlineData(new[] { "-p", "0", "-n", "2", "--profile-ab", "2", "--bandwidth-only" }, "--profile-ab measures decoding")] // ran the probe, ignored it
     [InlineData(new[] { "-p", "0", "-n", "2", "--weight-pages", "bogus" }, "--weight-pages")]
+    [InlineData(new[] { "--bandwidth-only", "--weight-pages", "bogus" }, "does not apply with --bandwidth-only")] // exit 0: a model's flags accepted and ignored
+    [InlineData(new[] { "-p", "0", "-n", "128", "-d", "2147483600" }, "--depth 2147483600 is past the largest context")] // "needs -2147483568 positions"
+    [InlineData(new[] { "-p", "0", "-n", "1000000", "-d", "16000000" }, "17000000 positions, more than bench allocates")] // advised a --ctx it refuses
     public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
     {
         var output = new StringWriter();
