@@ -330,14 +330,18 @@ public static class BenchCommand
             "f32" => GgmlType.F32,
             _ => throw new UsageException($"--head-type '{headType}' is not one of f16, q8_0, q6_k, f32."),
         };
-        string dir = Path.Combine(Path.GetTempPath(), "bitnet-synthetic");
-        Directory.CreateDirectory(dir);
-        // Keyed by every dimension of the shape, not its name alone: a shape changed between versions found the old
-        // file and benchmarked it. Written under a temporary name and moved, so an interrupted write leaves no file
-        // that a later run would take for the model.
+        string dir = SyntheticCacheDirectory();
+        // Keyed by every dimension of the shape and the generator's version, not the name alone: a shape or a generator
+        // changed between versions found the old file and benchmarked it. Written under a temporary name and moved, so an
+        // interrupted write leaves no file that a later run would take for the model.
         uint key = 2166136261;
-        foreach (char ch in shape.ToString()) key = (key ^ ch) * 16777619;
+        foreach (char ch in $"{shape} v{SyntheticModel.BuildVersion}") key = (key ^ ch) * 16777619;
         string path = Path.Combine(dir, $"{shape.Name}-{key:x8}-{headType.ToLowerInvariant()}.gguf");
+        if (File.Exists(path) && !ReadsAsModel(path))
+        {
+            cli.Error.WriteLine($"{path} is not a readable model file; writing it again.");
+            File.Delete(path);
+        }
         if (!File.Exists(path))
         {
             cli.Error.WriteLine($"writing synthetic {shape.Name} model to {path} (once)...");
@@ -356,6 +360,45 @@ public static class BenchCommand
             GC.Collect();
         }
         return path;
+    }
+
+    /// <summary>
+    /// The user's own cache folder for synthetic models ($XDG_CACHE_HOME/bitnet/synthetic, else ~/.cache/bitnet/synthetic),
+    /// created readable by its owner only: a fixed folder in the shared /tmp let another user plant the file bench loads.
+    /// </summary>
+    internal static string SyntheticCacheDirectory()
+    {
+        string? root = Environment.GetEnvironmentVariable("XDG_CACHE_HOME") is { Length: > 0 } x && Path.IsPathRooted(x) ? x : null;
+        string home = Environment.GetFolderPath(Environment.SpecialFolder.UserProfile);
+        root ??= home.Length > 0 ? Path.Combine(home, ".cache") : Path.Combine(Path.GetTempPath(), $"bitnet-{Environment.UserName}");
+        string dir = Path.Combine(root, "bitnet", "synthetic");
+        if (OperatingSystem.IsWindows()) Directory.CreateDirectory(dir);
+        else
+        {
+            const UnixFileMode owner = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute;
+            Directory.CreateDirectory(dir, owner);
+            try
+            {
+                if (File.GetUnixFileMode(dir) != owner) File.SetUnixFileMode(dir, owner); // one made earlier, more open
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
+        }
+        return dir;
+    }
+
+    private static bool ReadsAsModel(string path)
+    {
+        try
+        {
+            using var file = GgufFile.Open(path);
+            return file.Tensors.Count > 0;
+        }
+        catch (Exception e) when (e is BitNetSharp.Formats.ModelFormatException or IOException or InvalidDataException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     /// <summary>Linux: writing 5 to clear_refs resets the peak-RSS watermark, so building a synthetic model does not count.</summary>

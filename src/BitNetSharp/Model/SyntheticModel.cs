@@ -31,6 +31,12 @@ public sealed record SyntheticShape(string Name, int Dim, int Layers, int Heads,
 /// </summary>
 public static class SyntheticModel
 {
+    /// <summary>
+    /// Changes whenever <see cref="Build"/> writes other bytes for the same shape (layout, packing, metadata): cached
+    /// files are keyed by it, so an older file is not benchmarked as the current one.
+    /// </summary>
+    public const int BuildVersion = 1;
+
     public static GgufWriter Build(SyntheticShape shape, int seed = 1, GgmlType embeddingType = GgmlType.F16, bool subNorms = true, string architecture = "bitnet-b1.58")
     {
         if (embeddingType == GgmlType.Q6_K && shape.Dim % Q6K.BlockWeights != 0)

@@ -112,6 +112,28 @@ public class DepthBenchTests
         Assert.Equal(20, copy.Length);
     }
 
+    /// <summary>
+    /// Synthetic models are cached in the user's own folder (owner-only), keyed by the generator's version; a cached file
+    /// that does not read as a model is written again. It was a fixed folder in the shared /tmp, loaded without a check
+    /// (another user could plant the file; a damaged one failed every bench run until deleted by hand).
+    /// </summary>
+    [Fact]
+    public void TheSyntheticModelCacheIsTheUsersAndRebuildsAnUnreadableFile()
+    {
+        // The f32 head: no other test uses that file, so damaging it races with nothing.
+        var first = Bench("--head-type", "f32", "-p", "0", "-n", "1");
+        Assert.True(first.Code == 0, first.Error);
+        string? xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        string dir = Path.Combine(xdg is { Length: > 0 } && Path.IsPathRooted(xdg) ? xdg : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache"), "bitnet", "synthetic");
+        string file = Assert.Single(Directory.GetFiles(dir, "tiny-*-f32.gguf"));
+        if (!OperatingSystem.IsWindows())
+            Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(dir));
+        File.WriteAllText(file, "not a model");
+        var again = Bench("--head-type", "f32", "-p", "0", "-n", "1");
+        Assert.True(again.Code == 0, again.Error);
+        Assert.Contains("not a readable model file; writing it again", again.Error);
+    }
+
     [Fact]
     public void ContextOptionExtendsThePositionsTheModelRuns()
     {
