@@ -103,6 +103,9 @@ public static class ThroughputBenchmark
     public static ThroughputSample Prefill(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16,
         KvCache? prefix = null, bool attentionShare = false)
     {
+        // As DecodeDepths: 0 repetitions returned a sample whose Mean threw "Sequence contains no elements" later.
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(repetitions);
         var c = weights.Config;
         int depth = prefix?.Length ?? 0;
         if (prefix is not null && (prefix.Type != kv || depth + tokens > prefix.ContextLength))
@@ -321,6 +324,8 @@ public static class ThroughputBenchmark
         int sampleEvery, KvCacheType kv = KvCacheType.F16, int sequences = 1)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(sequences);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(repetitions);
         ArgumentOutOfRangeException.ThrowIfNegative(sampleEvery);
         var c = weights.Config;
         using var engine = new Transformer(weights, sequences, pool);
@@ -384,6 +389,8 @@ public static class ThroughputBenchmark
     public static (ThroughputSample Off, ThroughputSample On) DecodeProfileAB(ModelWeights weights, WorkerPool pool, int tokens, int repetitions,
         KvCacheType kv = KvCacheType.F16)
     {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(tokens);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(repetitions);
         var c = weights.Config;
         using var engine = new Transformer(weights, 1, pool);
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens + 1), kv);

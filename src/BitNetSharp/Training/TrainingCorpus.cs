@@ -41,8 +41,11 @@ public sealed class TrainingCorpus
         return Split([.. paths.Select(ReadText)], validationFraction);
     }
 
-    /// <summary>The largest text file read whole (a string of up to 2^30 characters).</summary>
-    public const long MaxFileBytes = 1L << 30;
+    /// <summary>
+    /// The largest text file read whole: .NET's longest string (0x3FFFFFDF characters). It was 2^30 bytes, 33 more: an ASCII
+    /// file of that size passed the check and failed decoding with an OutOfMemoryException.
+    /// </summary>
+    public const long MaxFileBytes = 0x3FFFFFDF;
 
     /// <summary>A whole file as text, strictly UTF-8 (a leading BOM is dropped); empty or whitespace-only and malformed files are errors.</summary>
     public static string ReadText(string path)
@@ -53,7 +56,7 @@ public sealed class TrainingCorpus
         // One .NET string holds about 2^30 characters: a larger file failed with a message that did not name it.
         long size = new FileInfo(path).Length;
         if (size > MaxFileBytes)
-            throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (1 GiB). Split it into several files and pass each with --data.");
+            throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (just under 1 GiB). Split it into several files and pass each with --data.");
         var bytes = File.ReadAllBytes(path);
         int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
         // After the byte-order mark: a file of a BOM and blank lines passed, and failed later naming no file.

@@ -134,6 +134,19 @@ public class DepthBenchTests
         Assert.Contains("not a readable model file; writing it again", again.Error);
     }
 
+    /// <summary>The library's benchmark entry points refuse no tokens or no repetitions (a sample with none threw later, in Mean).</summary>
+    [Fact]
+    public void BenchmarkEntryPointsRefuseNoTokensOrRepetitions()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var weights = ModelWeights.Load(TinyModel(dir));
+        using var pool = new WorkerPool(1);
+        Assert.Throws<ArgumentOutOfRangeException>(() => ThroughputBenchmark.Prefill(weights, pool, 8, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ThroughputBenchmark.Prefill(weights, pool, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ThroughputBenchmark.DecodeProfileAB(weights, pool, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => ThroughputBenchmark.DecodeHealthAB(weights, pool, 4, 0, 1));
+    }
+
     [Fact]
     public void ContextOptionExtendsThePositionsTheModelRuns()
     {

@@ -29,10 +29,12 @@ public class TrainingCorpusTests
     {
         using var dir = new TestGguf.TempDirectory();
         string path = dir.File("huge.txt");
-        using (var f = File.Create(path)) f.SetLength((1L << 30) + 1); // sparse: no disk used
+        // One byte past .NET's longest string (0x3FFFFFDF characters), 33 bytes under 1 GiB: the limit was 1 GiB, so a file
+        // this size was read and failed decoding with an OutOfMemoryException.
+        using (var f = File.Create(path)) f.SetLength(0x3FFFFFDF + 1); // sparse: no disk used
         var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(path));
         Assert.Contains("huge.txt", e.Message);
-        Assert.Contains("1 GiB", e.Message);
+        Assert.Contains("1,073,741,791", e.Message);
     }
 
     /// <summary>A cut inside a line never falls between the halves of a surrogate pair (both halves encoded as U+FFFD).</summary>
