@@ -97,7 +97,7 @@ public static class LogsCommand
         {
             requestSteps = [];
             foreach (var row in reader.ReadRows(cancellation))
-                if (row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add((row.Run, row.Step));
+                if (IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
         }
 
         var stats = s.Summary || (s.Export is null && s.Plot is null) ? new Summary() : null;
@@ -116,7 +116,7 @@ public static class LogsCommand
             foreach (var row in reader.ReadRows(cancellation))
             {
                 // Step rows appended by a live writer since the first pass: their layer rows come after them.
-                if (requestSteps is not null && row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add((row.Run, row.Step));
+                if (requestSteps is not null && IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
                 if (!Keep(row, s, requestSteps)) continue;
                 stats?.Add(row);
                 plot?.Add(row);
@@ -227,6 +227,14 @@ public static class LogsCommand
     }
 
     /// <summary>Layer rows belong to a request through its steps, numbered per run: (run, step) names one engine step.</summary>
+    /// <summary>
+    /// A step of the request: its step rows, and its non-finite-logits event's step (that step wrote no step row for the
+    /// request, so the layer rows showing the blow-up were filtered out of `--request`).
+    /// </summary>
+    private static bool IsRequestStep(in TelemetryRow row, string? request) =>
+        request is not null && row.RequestId == request
+        && (row.Kind == TelemetryRowKind.Step || (row.Kind == TelemetryRowKind.Event && row.Event.Kind == "nonfinite_logits"));
+
     private static bool Keep(in TelemetryRow row, Settings s, HashSet<(string?, long)>? requestSteps)
     {
         if (s.Since is { } since && row.TimeUnixNanos < since) return false;
@@ -251,7 +259,7 @@ public static class LogsCommand
             using (batch)
                 foreach (var row in TelemetryLogReader.Rows(batch))
                 {
-                    if (requestSteps is not null && row.Kind == TelemetryRowKind.Step && row.StepRecord.RequestId == s.Request) requestSteps.Add((row.Run, row.Step));
+                    if (requestSteps is not null && IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
                     if (!Keep(row, s, requestSteps)) continue;
                     WriteJsonLine(cli.Output, row, buffer);
                 }

@@ -63,6 +63,35 @@ public class LogsCommandTests
     }
 
     /// <summary>
+    /// A request's non-finite logits: the step that produced them writes no step row for it (the check throws first), only
+    /// the event, and that step's layer rows show the blow-up. The event carries that step, and `--request` keeps those
+    /// layer rows (it dropped them; the event named the last step written, an earlier one).
+    /// </summary>
+    [Fact]
+    public void RequestFilterKeepsTheLayerRowsOfTheStepWhoseLogitsWentNonFinite()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            writer.Write(Step(Start + 8, 8, "a"));
+            writer.Write(Layer(Start + 8, 8, 0));
+            writer.Write(new TelemetryEvent(Start + 16, "nonfinite_logits", "a", null, "NaN in the logits") { Step = 16 });
+            var blown = Layer(Start + 16, 16, 0);
+            blown.ResidualChange = float.NaN;
+            writer.Write(blown);
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        string jsonl = dir.File("a.jsonl");
+        var (code, _, error) = Bitnet("logs", path, "--request", "a", "--export", "jsonl", "--out", jsonl);
+        Assert.True(code == 0, error);
+        var rows = File.ReadAllLines(jsonl).Select(l => System.Text.Json.JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Equal([8L, 16L], rows.Where(r => r.GetProperty("kind").GetString() == "layer").Select(r => r.GetProperty("step").GetInt64()));
+        Assert.Equal(16, rows.Single(r => r.GetProperty("kind").GetString() == "event").GetProperty("step").GetInt64());
+    }
+
+    /// <summary>
     /// An export of a file cut off at its end (here inside its footer) writes every row before the cut and says on stderr
     /// which file was cut off: it said only "wrote N rows", and before that the cut footer failed the whole command.
     /// </summary>

@@ -376,7 +376,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             {
                 // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
                 SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
-                telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message));
+                // With this step's number: its layer rows (the blow-up) are matched by it, and `logs --request` keeps them.
+                telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message) { Step = step });
                 Fail(seq.Request, error, ref _counters.Failed);
             }
             catch (Exception e)

@@ -196,7 +196,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             if (!TryAppend(out var b, out int i)) return;
             b.Kind[i] = (sbyte)TelemetryRowKind.Event;
             b.Time[i] = record.TimeUnixNanos;
-            b.Step[i] = _lastStep;
+            b.Step[i] = record.Step ?? _lastStep;
             b.RequestId[i] = record.RequestId;
             b.TraceId[i] = record.TraceId;
             b.EventKind[i] = record.Kind;

@@ -40,4 +40,11 @@ public sealed class TelemetryLayerRecord
 }
 
 /// <summary>Something that happened once: an alert firing or resolving, a sequence ended by non-finite logits, a weight mismatch.</summary>
-public readonly record struct TelemetryEvent(long TimeUnixNanos, string Kind, string? RequestId, string? TraceId, string Message);
+public readonly record struct TelemetryEvent(long TimeUnixNanos, string Kind, string? RequestId, string? TraceId, string Message)
+{
+    /// <summary>
+    /// The engine step the event belongs to (a sequence's non-finite logits: the step that produced them), matching its
+    /// layer rows; null: the last step written (the column was always that, often the previous sampled step).
+    /// </summary>
+    public long? Step { get; init; }
+}
