@@ -163,7 +163,7 @@ public static class ChatCommand
     /// until it fits. When the newest message does not fit even alone, it is taken out again, the reason is said, null
     /// is returned, and the conversation goes on without it, its history untouched (the turns tried out of it are kept).
     /// </summary>
-    internal static int[]? FitToContext(List<ChatMessage> messages, Func<List<ChatMessage>, int[]> encode, int context, int answerTokens, TextWriter log)
+    public static int[]? FitToContext(List<ChatMessage> messages, Func<List<ChatMessage>, int[]> encode, int context, int answerTokens, TextWriter log)
     {
         int room = Math.Max(1, Math.Min(answerTokens, context / 2));
         int first = messages.Count > 0 && messages[0].Role == "system" ? 1 : 0;
@@ -192,6 +192,10 @@ public static class ChatCommand
                 messages.AddRange(trial);
                 log.WriteLine($"[context full ({context} tokens, --ctx): the oldest {dropped} message(s) are dropped from the conversation]");
             }
+            // Sent, but with less room than an answer is promised (no older turn left to drop): said, not a silent
+            // one-token answer ended by length.
+            if (prompt.Length + room > context)
+                log.WriteLine($"[context nearly full ({context} tokens, --ctx): this message leaves room for {context - prompt.Length} answer token(s) of {answerTokens} (-n)]");
             return prompt;
         }
         messages.RemoveAt(messages.Count - 1);

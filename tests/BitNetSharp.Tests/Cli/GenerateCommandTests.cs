@@ -498,6 +498,22 @@ public class ChatCommandTests
 
 
     /// <summary>
+    /// A message with no older turn left to drop, which leaves less room than an answer is promised, is sent and the
+    /// shortfall said (a one-token answer ended by length, without a word).
+    /// </summary>
+    [Fact]
+    public void AMessageThatLeavesLittleRoomForTheAnswerIsSaid()
+    {
+        var log = new StringWriter();
+        var prompt = ChatCommand.FitToContext([BitNetSharp.Tokenization.ChatMessage.User("x")], _ => new int[63], context: 64, answerTokens: 8, log);
+        Assert.Equal(63, prompt!.Length);
+        Assert.Contains("room for 1 answer token(s) of 8 (-n)", log.ToString());
+        log = new StringWriter();
+        ChatCommand.FitToContext([BitNetSharp.Tokenization.ChatMessage.User("x")], _ => new int[40], context: 64, answerTokens: 8, log);
+        Assert.Equal("", log.ToString());
+    }
+
+    /// <summary>
     /// One --seed gives each answer its own random stream, as llama.cpp's one sampler per session: every turn drew the same
     /// numbers, so the same message after /reset got the same answer. The session still replays with the seed.
     /// </summary>
