@@ -81,6 +81,33 @@ public sealed partial class DashboardBrowserTests
         await page.WaitForFunctionAsync("() => document.getElementById('status').textContent === 'ok'", null, new() { Timeout = 30_000 });
     }
 
+    /// <summary>
+    /// A server restarted behind the page (the same address, now loading, /metrics empty): the previous process's
+    /// figures are cleared, not shown beside "loading" as if current.
+    /// </summary>
+    [Fact]
+    public async Task DashboardClearsTheFiguresOfAProcessThatRestarted()
+    {
+        string? chromium = FindChromium();
+        Assert.SkipWhen(chromium is null,
+            "chromium is not installed, so the dashboard browser test cannot run: `apt-get install chromium` (Debian; .ci/run does it), or set BITNET_CHROMIUM to a Chromium executable.");
+        await using var s = await TestServer.StartAsync();
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = chromium, Headless = true, Args = ["--no-sandbox"] });
+        var page = await browser.NewPageAsync();
+        await page.GotoAsync(new Uri(s.Server.Address, "dashboard").ToString());
+        await page.WaitForFunctionAsync("() => Number(document.body.dataset.polls || 0) >= 2", null, new() { Timeout = 30_000 });
+        Assert.NotEqual("–", await page.InnerTextAsync("#sequences"));
+        // The restarted process while it loads: /health 503 "loading", /metrics with no samples.
+        await page.RouteAsync("**/health*", r => r.FulfillAsync(new() { Status = 503, ContentType = "application/json", Body = "{\"status\":\"loading\"}" }));
+        await page.RouteAsync("**/metrics", r => r.FulfillAsync(new() { Status = 200, ContentType = "text/plain", Body = "" }));
+        int polls = int.Parse(await page.EvaluateAsync<string>("() => document.body.dataset.polls"), CultureInfo.InvariantCulture);
+        await page.WaitForFunctionAsync($"() => Number(document.body.dataset.polls || 0) >= {polls + 2}", null, new() { Timeout = 30_000 });
+        Assert.Equal("loading", await page.InnerTextAsync("#status"));
+        Assert.Equal("–", await page.InnerTextAsync("#sequences"));
+        Assert.Equal("–", await page.InnerTextAsync("#gen_total"));
+    }
+
     [Fact]
     public async Task DashboardShowsPerLayerHealthAndAlertsAsMetricsSay()
     {
