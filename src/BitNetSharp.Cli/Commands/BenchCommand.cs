@@ -383,6 +383,8 @@ public static class BenchCommand
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
+                // Another user's folder (say /tmp/bitnet-NAME made first by someone else): its files are not to be loaded.
+                throw new IOException($"{dir}: the synthetic-model cache folder is not yours to keep private ({e.Message}); set XDG_CACHE_HOME to a folder of your own.", e);
             }
         }
         return dir;

@@ -34,7 +34,8 @@ public static class TokenizerLoader
     {
         ArgumentNullException.ThrowIfNull(metadata);
         var tokenizer = FromGgufVocabulary(metadata, preTokenizer);
-        if (metadata.TryGetString("tokenizer.chat_template", out var template) && template.Length > 0) tokenizer.EmbeddedChatTemplate = template;
+        // Read leniently: a key of another type (TryGetString throws on one) is no template, not a model that cannot load.
+        if (metadata.TryGetValue("tokenizer.chat_template", out var template) && template.Value is string { Length: > 0 } text) tokenizer.EmbeddedChatTemplate = text;
         return tokenizer;
     }
 
@@ -173,7 +174,7 @@ public static class TokenizerLoader
             foreach (var (key, value) in GgufTokenizerWriter.ChatTemplates(directory))
                 if (key == "tokenizer.chat_template" && value.Value is string { Length: > 0 } text) return text;
         }
-        catch (ModelFormatException)
+        catch (Exception e) when (e is ModelFormatException or IOException or UnauthorizedAccessException)
         {
         }
         return null;

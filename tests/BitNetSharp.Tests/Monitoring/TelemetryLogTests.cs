@@ -523,6 +523,83 @@ public class TelemetryLogTests(ITestOutputHelper output)
     }
 
     /// <summary>A log file of one event row written by hand with <paramref name="fields"/> and the marker set to <paramref name="version"/>.</summary>
+    /// <summary>
+    /// A file still being written, read past the length it had when opened: a batch half written there is a write in
+    /// progress (cut off), not damage (the end seen at open made it "whole", and the command failed).
+    /// </summary>
+    [Fact]
+    public void ALiveFileThatGrowsWhileReadIsNotDamaged()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (killed, ends, _) = ThreeBatches(dir);
+        string path = dir.File("live-20250101T000000Z-0001.arrow");
+        File.WriteAllBytes(path, killed[..(int)ends[0]]);
+        var reader = TelemetryLogReader.Open(path);
+        using var batches = reader.ReadBatches(TestContext.Current.CancellationToken).GetEnumerator();
+        Assert.True(batches.MoveNext());
+        batches.Current.Dispose();
+        using (var append = new FileStream(path, FileMode.Append, FileAccess.Write, FileShare.ReadWrite))
+            append.Write(killed.AsSpan((int)ends[0], (int)(ends[1] - ends[0]) + 100));
+        int more = 0;
+        while (batches.MoveNext()) { batches.Current.Dispose(); more++; }
+        Assert.Equal(1, more);
+        Assert.Equal([path], reader.TruncatedFiles);
+    }
+
+    /// <summary>
+    /// Cuts and damage in a file without footer, each told apart: a file cut inside a length prefix is listed as cut off
+    /// (it was not listed); a zeroed length prefix with a whole batch after it is damage (read as a cut footer, the batch
+    /// gone); a batch Arrow refuses, with whole batches after it and a crash's zeros at the end, is damage (the walk to the
+    /// zeros made it a cut).
+    /// </summary>
+    [Fact]
+    public void CutsAndDamageWithoutAFooterAreToldApart()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (killed, ends, _) = ThreeBatches(dir);
+        string path = dir.File("x-20250101T000000Z-0001.arrow");
+
+        File.WriteAllBytes(path, killed[..((int)ends[1] + 6)]);
+        var reader = TelemetryLogReader.Open(path);
+        Assert.Equal(20, reader.ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Equal([path], reader.TruncatedFiles);
+
+        var zeroed = (byte[])killed.Clone();
+        zeroed.AsSpan((int)ends[1], 8).Clear();
+        File.WriteAllBytes(path, zeroed);
+        var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Contains($"byte {ends[1]}", e.Message);
+
+        // The second batch's first buffer made longer than its body: Arrow refuses the batch, its lengths still whole.
+        var refused = (byte[])killed.Clone();
+        SetFirstBufferLength(refused.AsSpan((int)ends[0]), 1 << 30);
+        File.WriteAllBytes(path, [.. refused, .. new byte[4096]]);
+        e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Contains($"byte {ends[0]}", e.Message);
+    }
+
+    /// <summary>
+    /// Sets the length of the first buffer of the record batch message at the start of <paramref name="message"/>
+    /// (continuation, length, then the Message flatbuffer: header → RecordBatch, its field 2 the buffers vector of
+    /// 16-byte (offset, length) structs).
+    /// </summary>
+    private static void SetFirstBufferLength(Span<byte> message, long length)
+    {
+        static int I32(Span<byte> b, int at) => System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(b[at..]);
+        static int U16(Span<byte> b, int at) => System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(b[at..]);
+        Assert.Equal(-1, I32(message, 0));
+        var meta = message[8..];
+        static int Field(Span<byte> meta, int table, int id) { int vt = table - I32(meta, table); return 4 + 2 * id + 2 > U16(meta, vt) ? 0 : U16(meta, vt + 4 + 2 * id); }
+        int root = I32(meta, 0);
+        Assert.Equal(3, meta[root + Field(meta, root, 1)]); // a record batch
+        int headerField = root + Field(meta, root, 2);
+        int batch = headerField + I32(meta, headerField);
+        int buffersField = batch + Field(meta, batch, 2);
+        int buffers = buffersField + I32(meta, buffersField);
+        Assert.True(I32(meta, buffers) > 0);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(meta[(buffers + 4 + 8)..], length);
+    }
+
     private static string HandWrittenLog(TestGguf.TempDirectory dir, string name, Field[] fields, string version = TelemetryLogSchema.Version)
     {
         var b = new Schema.Builder();

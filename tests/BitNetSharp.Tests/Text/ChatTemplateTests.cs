@@ -240,6 +240,7 @@ public class ChatTextStopTests
     [InlineData("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{% endfor %}{# <|user|> <|assistant|> </s> #}", "falcon3")]
     [InlineData("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = '<<SYS>>\\n' + messages[0]['content'].strip() + '\\n<</SYS>>\\n\\n' %}{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}", "llama2")]
     [InlineData("chatml", "chatml")]
+    [InlineData("{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}", "llama2")] // Llama 2 without <<SYS>>
     public void DetectReadsTheBuiltInFormatFromATemplatesSource(string source, string expected) =>
         Assert.Equal(expected, ChatTemplates.Detect(source)?.Name);
 
@@ -281,6 +282,9 @@ public class ChatTextStopTests
         Assert.Same(ChatTemplates.BitNet, ChatTemplates.ForModel("bitnet-b1.58", llama3));
         Assert.Same(ChatTemplates.ChatMl, ChatTemplates.ForModel("llama", llama3, out var reason));
         Assert.Equal("the model's chat template", reason);
+        // A key of another type is no template (GgufMetadata.TryGetString threw on it, and the model did not load).
+        var typed = TokenizerLoader.FromGguf(Llama3GgufWithTemplate(null));
+        Assert.Null(typed.EmbeddedChatTemplate);
         var gemma = TokenizerLoader.FromGguf(Llama3GgufWithTemplate("{{ '<start_of_turn>' + role + '\\n' }}"));
         Assert.Same(ChatTemplates.Llama3, ChatTemplates.ForModel("llama", gemma, out reason));
         Assert.Contains("none of the built-in formats", reason);
@@ -306,12 +310,13 @@ public class ChatTextStopTests
         Assert.Null(TokenizerLoader.FromHfDirectory(dir.Path).EmbeddedChatTemplate);
     }
 
-    private static BitNetSharp.Formats.Gguf.GgufMetadata Llama3GgufWithTemplate(string template)
+    private static BitNetSharp.Formats.Gguf.GgufMetadata Llama3GgufWithTemplate(string? template)
     {
         using var source = BitNetSharp.Formats.Gguf.GgufFile.Parse(TestTokenizers.Llama3GgufBytes, "llama3.gguf");
         var writer = new BitNetSharp.Formats.Gguf.GgufWriter();
         foreach (var (key, value) in source.Metadata.Entries) writer.Add(key, value);
-        writer.AddString("tokenizer.chat_template", template);
+        if (template is null) writer.AddUInt32("tokenizer.chat_template", 1);
+        else writer.AddString("tokenizer.chat_template", template);
         using var file = BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "llama3-with-template.gguf");
         return file.Metadata;
     }

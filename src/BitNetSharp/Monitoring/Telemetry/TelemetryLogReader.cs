@@ -307,7 +307,9 @@ public sealed class TelemetryLogReader
                     // file rewritten with compressed buffers was a "torn final batch" and its rows gone).
                     if (hasFooter)
                         throw new InvalidDataException($"{file.Path}: damaged message at byte {at} of a complete log file ({error}); the rows from there on cannot be read.");
-                    if (!CutByTheEnd(stream, at, messagesEnd))
+                    // The end as it is now: a live file grows while it is read, and a batch half written past the length
+                    // seen at open is a write in progress, not damage.
+                    if (!CutByTheEnd(stream, at, stream.Length))
                         throw new InvalidDataException($"{file.Path}: unreadable message at byte {at} ({error}). The file has no footer, but the message is whole, so it was not cut short by a crash: the file is damaged there, and the rows from there on cannot be read.");
                     MarkTruncated(file.Path);
                     break;
@@ -318,12 +320,23 @@ public sealed class TelemetryLogReader
                     // without footer a footer cut short may follow it (disk full, a copy interrupted), or the zeros a host
                     // crash leaves: the rows before it are all there.
                     long after = stream.Position;
-                    if (after < messagesEnd)
+                    if (hasFooter)
                     {
-                        if (hasFooter || !IsCutFooter(stream, after, messagesEnd, schemaEnd, batches))
+                        if (after < messagesEnd)
                             throw new InvalidDataException($"{file.Path}: an end-of-stream marker at byte {at}, but the messages go on to byte {messagesEnd}; the file is damaged there.");
-                        MarkTruncated(file.Path);
+                        break;
                     }
+                    long end = stream.Length;
+                    // Fewer than 8 bytes (a length prefix cut short) read as the end too; a marker with nothing after it is
+                    // a file closed without its footer: cut off either way, every batch before read.
+                    if (end - at < 8 || after >= end)
+                    {
+                        if (end > at) MarkTruncated(file.Path);
+                        break;
+                    }
+                    if (!IsCutFooter(stream, Math.Max(after, at + 8), end, schemaEnd, batches))
+                        throw new InvalidDataException($"{file.Path}: an end-of-stream marker at byte {at}, but the messages go on to byte {end}; the file is damaged there.");
+                    MarkTruncated(file.Path);
                     break;
                 }
                 batches++;
@@ -540,13 +553,15 @@ public sealed class TelemetryLogReader
     }
 
     /// <summary>
-    /// Whether the IPC messages from <paramref name="at"/> run into the end of the data (<paramref name="end"/>): each
-    /// message's length prefix and its metadata's body length are followed until one is cut (true), the data ends
-    /// after whole messages (false), or a length is impossible (false: damage). A zero length (an end-of-stream marker)
-    /// counts as cut only when nothing but zeros follows it (the tail a host crash leaves).
+    /// Whether the read that failed at <paramref name="at"/> failed because the end of the data (<paramref name="end"/>)
+    /// cuts its messages: the dictionary batches and the record batch one read takes are followed by their length
+    /// prefixes and metadata's body length until one is cut (true), or the record batch is whole, or a length is
+    /// impossible (false: damage; whole batches after it must not vanish as a "cut"). A zero length (an end-of-stream
+    /// marker) counts as cut only when nothing but zeros follows it (the tail a host crash leaves).
     /// </summary>
     private static bool CutByTheEnd(FileStream stream, long at, long end)
     {
+        const int RecordBatch = 3, MaxMetadata = 16 << 20;
         Span<byte> prefix = stackalloc byte[8];
         long pos = at;
         while (true)
@@ -561,21 +576,35 @@ public sealed class TelemetryLogReader
             if (metaLength == 0) return AllZero(stream, pos, end);
             if (metaLength < 0) return false;
             if (metaStart + metaLength > end) return true;
+            if (metaLength > MaxMetadata) return false; // no telemetry batch has metadata this large: a damaged length
             var meta = new byte[metaLength];
             stream.Position = metaStart;
             stream.ReadExactly(meta);
-            if (!TryBodyLength(meta, out long body) || body < 0 || body % 8 != 0) return false;
+            if (!TryMessageHeader(meta, out byte header, out long body) || body < 0 || body % 8 != 0) return false;
             if (metaStart + metaLength + body > end) return true;
+            if (header == RecordBatch) return false; // the batch the read ended on is whole: Arrow refused it
             pos = metaStart + metaLength + body;
         }
     }
 
     /// <summary>
-    /// Whether the bytes after an end-of-stream marker in a file without footer are a footer cut short (or zeros): no
-    /// more than a footer could be, which repeats the schema and lists each batch's block.
+    /// The bytes after an end-of-stream marker (its 8 bytes; Arrow stops after the first 4 when they are zero) in a file
+    /// without footer are a footer cut short (or zeros) when they are
+    /// no more than a footer could be (it repeats the schema and lists each batch's block) and do not start as a
+    /// message does (a continuation marker: a length overwritten with zeros, and whole batches after it).
     /// </summary>
-    private static bool IsCutFooter(FileStream stream, long after, long end, long schemaEnd, int batches) =>
-        AllZero(stream, after, end) || end - after <= 2 * schemaEnd + 64L * (batches + 4) + 4096;
+    private static bool IsCutFooter(FileStream stream, long after, long end, long schemaEnd, int batches)
+    {
+        if (AllZero(stream, after, end)) return true;
+        if (end - after > 2 * schemaEnd + 64L * (batches + 4) + 4096) return false;
+        var tail = new byte[end - after];
+        stream.Position = after;
+        if (stream.ReadAtLeast(tail, tail.Length, throwOnEndOfStream: false) < tail.Length) return true;
+        // A message's continuation marker, or the metadata of a batch whose length prefix was zeroed (what reads as the
+        // marker): a message goes on there, not a footer.
+        if (tail.Length >= 4 && System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(tail) == -1) return false;
+        return !(TryMessageHeader(tail, out byte header, out long body) && header is 2 or 3 && body >= 0 && body % 8 == 0 && body <= tail.Length);
+    }
 
     private static bool AllZero(FileStream stream, long from, long end)
     {
@@ -592,11 +621,12 @@ public sealed class TelemetryLogReader
     }
 
     /// <summary>
-    /// The <c>bodyLength</c> of an Arrow IPC <c>Message</c> flatbuffer (its field 3; absent reads 0), with every offset
-    /// checked against the buffer.
+    /// The <c>header_type</c> (field 1: 2 a dictionary batch, 3 a record batch) and <c>bodyLength</c> (field 3; absent
+    /// reads 0) of an Arrow IPC <c>Message</c> flatbuffer, with every offset checked against the buffer.
     /// </summary>
-    private static bool TryBodyLength(ReadOnlySpan<byte> meta, out long body)
+    private static bool TryMessageHeader(ReadOnlySpan<byte> meta, out byte header, out long body)
     {
+        header = 0;
         body = 0;
         if (meta.Length < 8) return false;
         uint root = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta);
@@ -605,12 +635,18 @@ public sealed class TelemetryLogReader
         if (vtable < 0 || vtable > meta.Length - 4) return false;
         int vtableSize = System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)vtable..]);
         if (vtableSize < 4 || vtable + vtableSize > meta.Length) return false;
-        const int field = 3;
-        if (4 + 2 * field + 2 > vtableSize) return true;
-        int offset = System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)(vtable + 4 + 2 * field)..]);
-        if (offset == 0) return true;
-        if (root + offset + 8 > meta.Length) return false;
-        body = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(meta[(int)(root + offset)..]);
+        int headerAt = 4 + 2 * 1 + 2 > vtableSize ? 0 : System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)(vtable + 4 + 2 * 1)..]);
+        int bodyAt = 4 + 2 * 3 + 2 > vtableSize ? 0 : System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)(vtable + 4 + 2 * 3)..]);
+        if (headerAt != 0)
+        {
+            if (root + headerAt + 1 > meta.Length) return false;
+            header = meta[(int)(root + headerAt)];
+        }
+        if (bodyAt != 0)
+        {
+            if (root + bodyAt + 8 > meta.Length) return false;
+            body = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(meta[(int)(root + bodyAt)..]);
+        }
         return true;
     }
 

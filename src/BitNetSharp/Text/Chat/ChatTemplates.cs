@@ -76,8 +76,9 @@ public static class ChatTemplates
         bool Has(string marker) => template.Contains(marker, StringComparison.Ordinal);
         if (Has("<|im_start|>")) return Has("<|im_sep|>") || Has("<end_of_utterance>") ? null : ChatMl;
         if (template.StartsWith("mistral", StringComparison.Ordinal) || Has("[INST]"))
-            // Mistral's own formats (no <<SYS>> block, other spacing) are not Meta's.
-            return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") || !Has("<<SYS>>") ? null : Llama2;
+            // Mistral's v1/v3/v7 formats (other spacing, tools, [SYSTEM_PROMPT]) are not Meta's; the other [INST] ones are
+            // Llama 2's and its variants (llama.cpp's llama2, llama2-sys...), which the built-in one is closest to.
+            return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") ? null : Llama2;
         if (Has("<|assistant|>") && Has("<|end|>")) return Phi3;
         if (Has("[gMASK]<sop>")) return null;
         if (Has("<|assistant|>") && Has("<|user|>")) return Has("</s>") ? Falcon3 : null;
