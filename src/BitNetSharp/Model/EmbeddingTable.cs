@@ -41,6 +41,21 @@ public sealed unsafe class EmbeddingTable
         _owner = owner;
         if (type == GgmlType.F16 && HeadKernels.FirstNonFiniteHalf((ushort*)data, (long)rows * cols) is long bad and >= 0)
             throw new ModelFormatException(path, $"value {bad % cols} of row {bad / cols} is infinite or NaN; the table must hold finite numbers", name);
+        // The blocks' fp16 scales too: the vector head kernels read them as finite halves (an infinite scale became
+        // 65536, NaN 98304), so such a file gave finite logits on AVX2/AVX-512 and ∞/NaN on the other paths.
+        if (type is GgmlType.Q8_0 or GgmlType.Q6_K)
+        {
+            int blockBytes = type == GgmlType.Q8_0 ? 34 : Q6K.BlockBytes, scaleAt = type == GgmlType.Q8_0 ? 0 : Q6K.DOffset;
+            int blockWeights = type == GgmlType.Q8_0 ? 32 : Q6K.BlockWeights;
+            long blocks = byteLength / blockBytes;
+            for (long b = 0; b < blocks; b++)
+                if ((*(ushort*)(data + b * blockBytes + scaleAt) & 0x7C00) == 0x7C00)
+                {
+                    long first = b * blockWeights;
+                    throw new ModelFormatException(path,
+                        $"the {GgmlTypeInfo.Name(type)} block holding values {first % cols}..{first % cols + blockWeights - 1} of row {first / cols} has an infinite or NaN scale; the table must hold finite numbers", name);
+                }
+        }
     }
 
     public GgmlType Type { get; }

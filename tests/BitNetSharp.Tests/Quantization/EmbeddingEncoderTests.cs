@@ -53,4 +53,29 @@ public class EmbeddingEncoderTests
             EmbeddingEncoder.EncodeRows(table, GgmlType.Q6_K, 0, 2, destination); // the good rows encode
         }
     }
+
+    /// <summary>
+    /// A Q8_0 or Q6_K table (a third-party file) with an infinite or NaN block scale is refused at load naming the row:
+    /// the vector head kernels read such a scale as a finite number (∞ as 65536), so the logits were finite there and
+    /// ∞/NaN on the other paths.
+    /// </summary>
+    [Theory]
+    [InlineData(GgmlType.Q8_0, (ushort)0x7C00)]
+    [InlineData(GgmlType.Q8_0, (ushort)0x7E00)]
+    [InlineData(GgmlType.Q6_K, (ushort)0xFC00)]
+    public unsafe void AQuantizedTableWithANonFiniteScaleIsRefused(GgmlType type, ushort scale)
+    {
+        int cols = type == GgmlType.Q8_0 ? 64 : Q6K.BlockWeights, blockBytes = type == GgmlType.Q8_0 ? 34 : Q6K.BlockBytes;
+        int blocks = 2 * cols / (type == GgmlType.Q8_0 ? 32 : Q6K.BlockWeights); // two rows
+        var data = new byte[blocks * blockBytes];
+        int last = (blocks - 1) * blockBytes + (type == GgmlType.Q8_0 ? 0 : Q6K.DOffset);
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt16LittleEndian(data.AsSpan(last), scale);
+        fixed (byte* p = data)
+        {
+            byte* ptr = p;
+            var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => new EmbeddingTable(type, ptr, data.Length, 2, cols, data, "t.gguf", "output.weight"));
+            Assert.Contains("row 1", e.Message);
+            Assert.Contains("output.weight", e.Message);
+        }
+    }
 }
