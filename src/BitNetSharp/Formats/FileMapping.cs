@@ -40,6 +40,9 @@ internal sealed unsafe class FileMapping : IDisposable
     /// </summary>
     public bool InHugePages => _copy != null;
 
+    /// <summary>Whether ranges were released from a private copy (they read as zeros now; <see cref="CheckNotReleased"/> refuses them).</summary>
+    public bool CopyHasReleasedRanges => _copy != null && _released.Count > 0;
+
     /// <summary>Bytes of the copy the kernel backs with huge pages now (−1: not a copy, or unknown).</summary>
     public long HugePageBackedBytes => _copy != null ? Memory.HugePages.BackedBytes(_copy, Length) : -1;
 
@@ -97,7 +100,7 @@ internal sealed unsafe class FileMapping : IDisposable
         foreach (var (start, end) in _released)
             if (offset < end && offset + length > start)
                 throw new InvalidOperationException(
-                    $"{what}: its bytes were released from memory after the model re-encoded it at load (--head-type); open the file again to read it.");
+                    $"{what}: its bytes were released from memory after the model decoded or re-encoded it at load into memory of its own (a projection not in I2_S, or --head-type); open the file again to read it.");
     }
 
     /// <summary>Maps <paramref name="path"/> read-only; I/O failures become <see cref="ModelFormatException"/> naming the file.</summary>

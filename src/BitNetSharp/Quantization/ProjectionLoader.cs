@@ -26,7 +26,7 @@ public static unsafe class ProjectionLoader
         try
         {
             var data = file.GetTensorData(tensor);
-            return tensor.Type switch
+            var matrix = tensor.Type switch
             {
                 GgmlType.I2_S => I2S.WrapOrDecode(file.GetTensorPointer(tensor), tensor.ByteSize, rows, cols, file),
                 GgmlType.TQ2_0 => Tq2_0.Decode(data, rows, cols),
@@ -37,6 +37,12 @@ public static unsafe class ProjectionLoader
                 _ => throw new ModelFormatException(file.FilePath,
                     $"type {GgmlTypeInfo.Name(tensor.Type)} cannot be read as ternary weights; expected i2_s, tq2_0, tq1_0, f32, f16 or bf16", tensor.Name),
             };
+            // Decoded into a buffer of its own (all but I2_S wrapped in place): the file's bytes are never read again.
+            // They stayed resident (with a private 2 MiB-page copy of the file, unreclaimable: a TQ2_0 model held the file
+            // and its decoded weights), and --mlock locked them.
+            byte* stored = file.GetTensorPointer(tensor);
+            if (matrix.Data != stored) file.Mapping.ReleasePages(stored, tensor.ByteSize);
+            return matrix;
         }
         catch (Exception e) when (e is ArgumentException or InvalidDataException)
         {

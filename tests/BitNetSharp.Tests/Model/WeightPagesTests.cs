@@ -80,6 +80,34 @@ public class WeightPagesTests
         Assert.Equal(Logits(mapped, tokens), Logits(copied, tokens));
     }
 
+    /// <summary>
+    /// Projections decoded into buffers of their own (TQ2_0 here) release the file's bytes: they stayed resident (in a
+    /// private 2 MiB-page copy, unreclaimable: the file and its decoded weights both held) and --mlock locked them. A copy
+    /// of the file (calibrate's output) still reads those tensors as stored, from the file.
+    /// </summary>
+    [Fact]
+    public void DecodedProjectionsReleaseTheFilesBytesAndACopyStillReadsThem()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string tq2 = dir.File("tq2.gguf");
+        using (var source = ModelWeights.Load(Fixture)) ModelConverter.ToGguf(source, PackedWeightType.TQ2_0).WriteFile(tq2);
+        var pages = HugePages.Available ? WeightPages.Huge : WeightPages.File;
+        using var w = ModelWeights.Load(tq2, new ModelLoadOptions { WeightPages = pages });
+        var tensors = w.Gguf!.Tensors.Where(t => t.Type == GgmlType.TQ2_0).ToList();
+        Assert.NotEmpty(tensors);
+        long projections = tensors.Sum(t => t.ByteSize);
+        long live = w.Gguf.Mapping.LiveRanges().Sum(r => r.End - r.Start);
+        Assert.True(live <= w.Gguf.Mapping.Length - projections + tensors.Count * 2L * Environment.SystemPageSize,
+            $"{live} bytes live of {w.Gguf.Mapping.Length}; the {projections} bytes of decoded projections should be released");
+
+        string copy = dir.File("copy.gguf");
+        GgufCopy.WithMetadata(w.Gguf, copy, [new("general.name", GgufValue.FromString("copied"))]);
+        using var original = GgufFile.Open(tq2);
+        using var copied = GgufFile.Open(copy);
+        foreach (var t in original.Tensors)
+            Assert.True(copied.GetTensorData(t.Name).SequenceEqual(original.GetTensorData(t)), t.Name);
+    }
+
     [Fact]
     public void AutoCopiesLargeFilesOnly()
     {

@@ -17,9 +17,30 @@ public static unsafe class GgufCopy
             if (!replaced.Contains(key)) w.Add(key, value);
         foreach (var (key, value) in set) w.Add(key, value);
         // Straight from the mapped file: a managed copy of each tensor doubled the memory (1.2 GB more for 2B4T) and
-        // could not hold a tensor past 2 GiB.
-        foreach (var t in source.Tensors)
-            w.AddTensor(t.Name, t.Type, t.Dims, source.GetTensorPointer(t), t.ByteSize);
-        w.WriteFile(path);
+        // could not hold a tensor past 2 GiB. A private copy whose decoded tensors were released holds zeros there: those
+        // are read from a fresh mapping of the file.
+        GgufFile? fresh = null;
+        try
+        {
+            if (source.Mapping.CopyHasReleasedRanges)
+            {
+                fresh = GgufFile.Open(source.FilePath);
+                if (fresh.DataOffset != source.DataOffset || fresh.Tensors.Count != source.Tensors.Count)
+                    throw new InvalidDataException($"{source.FilePath} changed on disk since it was loaded; load it again to copy it.");
+            }
+            for (int i = 0; i < source.Tensors.Count; i++)
+            {
+                var t = source.Tensors[i];
+                if (fresh is not null && (fresh.Tensors[i].Offset != t.Offset || fresh.Tensors[i].ByteSize != t.ByteSize || fresh.Tensors[i].Name != t.Name))
+                    throw new InvalidDataException($"{source.FilePath} changed on disk since it was loaded; load it again to copy it.");
+                byte* data = fresh is null ? source.GetTensorPointer(t) : fresh.GetTensorPointer(fresh.Tensors[i]);
+                w.AddTensor(t.Name, t.Type, t.Dims, data, t.ByteSize);
+            }
+            w.WriteFile(path);
+        }
+        finally
+        {
+            fresh?.Dispose();
+        }
     }
 }
