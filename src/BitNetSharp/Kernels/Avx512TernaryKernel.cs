@@ -35,7 +35,10 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
         long need = (long)x.Tokens * x.PaddedCols;
         if (scratch is null || scratch.ByteLength < need)
         {
+            // Dropped before the new one is made: an allocation that throws left the disposed buffer in place, its old
+            // size passed the check, and every later call failed with ObjectDisposedException.
             scratch?.Dispose();
+            scratch = null;
             scratch = new Memory.NativeBuffer(Math.Max(need, 1 << 16), zero: false);
         }
         var rows = (sbyte*)scratch.Pointer;

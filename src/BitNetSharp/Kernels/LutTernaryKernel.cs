@@ -174,6 +174,7 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
         if (scratch is null || scratch.ByteLength < need)
         {
             scratch?.Dispose();
+            scratch = null; // a failed allocation must not leave the disposed buffer to pass the size check
             scratch = new NativeBuffer(Math.Max(need, 1 << 16), zero: false);
         }
         for (int t = 0; t < x.Tokens; t++) BuildTables(x.Row(t), x.PaddedCols, (short*)(scratch.Pointer + t * perToken));
@@ -288,6 +289,7 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
         if (t_tables is null || t_tables.ByteLength < perToken)
         {
             t_tables?.Dispose();
+            t_tables = null; // as above
             t_tables = new NativeBuffer(perToken, zero: false);
         }
         short* tables = (short*)t_tables.Pointer;

@@ -404,6 +404,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
             if (scratch is null || scratch.ByteLength < need)
             {
                 scratch?.Dispose();
+                scratch = null; // a failed allocation must not leave the disposed buffer to pass the size check
                 scratch = new Memory.NativeBuffer(Math.Max(need, 1 << 16), zero: false);
             }
             kernel.PrepareTokens(_rows, start, end, scratch.Pointer);

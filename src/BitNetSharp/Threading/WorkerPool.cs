@@ -85,17 +85,32 @@ public sealed class WorkerPool : IDisposable
         _sleeping = new int[ThreadCount - 1];
         _ranges = new long[ThreadCount * RangeStride];
         _spinTicks = (long)(SpinTime.TotalSeconds * Stopwatch.Frequency);
-        for (int i = 0; i < _threads.Length; i++)
+        int started = 0;
+        try
         {
-            _wake[i] = new SemaphoreSlim(0);
-            int worker = i + 1;
-            _threads[i] = new Thread(() => WorkerLoop(worker))
+            for (int i = 0; i < _threads.Length; i++)
             {
-                IsBackground = true,
-                Name = $"bitnet-worker-{worker}",
-                Priority = ThreadPriority.AboveNormal,
-            };
-            _threads[i].Start();
+                _wake[i] = new SemaphoreSlim(0);
+                int worker = i + 1;
+                _threads[i] = new Thread(() => WorkerLoop(worker))
+                {
+                    IsBackground = true,
+                    Name = $"bitnet-worker-{worker}",
+                    Priority = ThreadPriority.AboveNormal,
+                };
+                _threads[i].Start();
+                started++;
+            }
+        }
+        catch
+        {
+            // A thread that cannot start (a container's pids.max, RLIMIT_NPROC): the ones started would wait on their
+            // semaphores for ever, holding their thread slots, with no pool left to dispose. Stopped before rethrowing.
+            _disposed = true;
+            for (int i = 0; i < started; i++) _wake[i].Release();
+            for (int i = 0; i < started; i++) _threads[i].Join();
+            foreach (var w in _wake) w?.Dispose();
+            throw;
         }
     }
 
@@ -398,8 +413,10 @@ public sealed class WorkerPool : IDisposable
                 int start = Interlocked.Add(ref _nextItem, grain) - grain;
                 if (start >= count || start < 0) break; // < 0: the counter wrapped past int.MaxValue
                 long started = timeline is null ? 0 : ChunkTimeline.Now();
-                work.Execute(start, Math.Min(count, start + grain), worker);
-                timeline?.Add(worker, started, start, Math.Min(count, start + grain));
+                // long: the last chunk's start + grain passed int.MaxValue, wrapped negative, and its items never ran.
+                int end = (int)Math.Min(count, (long)start + grain);
+                work.Execute(start, end, worker);
+                timeline?.Add(worker, started, start, end);
             }
         }
         catch (Exception e)

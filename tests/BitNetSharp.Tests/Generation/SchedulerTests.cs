@@ -434,7 +434,7 @@ public sealed class SchedulerTests : IDisposable
         using var s = Scheduler();
         // Ban every token but 'a' and end-of-text, then favour end-of-text after one 'a': finish reason stop, no stop token delivered.
         var bias = Enumerable.Range(0, TinyChatModel.VocabSize).ToDictionary(i => i, i => i == 'a' || i == TinyChatModel.EndOfText ? 0f : float.NegativeInfinity);
-        var sampling = SamplingParameters.Greedy with { LogitBias = bias, PresencePenalty = 1e6f };
+        var sampling = SamplingParameters.Greedy with { LogitBias = bias, PresencePenalty = SamplingParameters.MaxAdditivePenalty };
         var outs = await Collect(Submit(s, new GenerationRequest { Prompt = [(int)'b'], MaxTokens = 10, Sampling = sampling }));
         Assert.Equal(FinishReason.Stop, outs[0].Finish);
         Assert.DoesNotContain(TinyChatModel.EndOfText, outs[0].Tokens);

@@ -363,4 +363,24 @@ public class WorkerPoolTests
         Assert.Equal(2, WorkerPool.CountCores(cpuinfo, new HashSet<int> { 0, 3 }));
         Assert.Equal(0, WorkerPool.CountCores(cpuinfo, new HashSet<int> { 9 }));
     }
+
+    private sealed class CountWork : IParallelWork
+    {
+        public long Total;
+
+        public void Execute(int start, int end, int worker) => Interlocked.Add(ref Total, (long)end - start);
+    }
+
+    /// <summary>
+    /// A fixed grain up to int.MaxValue items runs every item: the last chunk's start + grain wrapped negative, and its
+    /// items never ran while Run returned normally.
+    /// </summary>
+    [Fact]
+    public void AFixedGrainRunsEveryItemUpToIntMaxValue()
+    {
+        using var pool = new WorkerPool(2);
+        var work = new CountWork();
+        pool.Run(work, int.MaxValue, grain: 1 << 20);
+        Assert.Equal(int.MaxValue, work.Total);
+    }
 }
