@@ -85,6 +85,8 @@ public static class CalibrateCommand
         if (maxSteps < 1) throw new UsageException($"--max-steps must be at least 1; got {maxSteps}. Leave it out to search until the budget is spent.");
         if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
         if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
+        if (string.IsNullOrWhiteSpace(dataPath)) throw new UsageException("--data: the path is empty; give the calibration text file.");
+        if (reportPath is not null && string.IsNullOrWhiteSpace(reportPath)) throw new UsageException("--report: the path is empty; give a Markdown file path, or leave --report out.");
         if (reportPath is not null && (Directory.Exists(reportPath) || reportPath.EndsWith('/') || reportPath.EndsWith(Path.DirectorySeparatorChar)))
             throw new UsageException($"--report {reportPath} is a directory; give a file path such as {Path.Combine(reportPath, "calibration.md")}.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the calibrated model is a GGUF; give a path ending in .gguf.");

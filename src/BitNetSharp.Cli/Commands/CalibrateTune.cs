@@ -19,6 +19,7 @@ internal static class CalibrateTune
         if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
         if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
         if (!(lr > 0) || !float.IsFinite(lr)) throw new UsageException($"--lr must be a positive number; got {lr.ToString(CultureInfo.InvariantCulture)}.");
+        if (string.IsNullOrWhiteSpace(dataPath)) throw new UsageException("--data: the path is empty; give the domain text file.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the tuned model is a GGUF; give a path ending in .gguf.");
         // A directory, a missing folder, the text itself (through a link too): refused before the run, which the rename
         // at its end would otherwise fail after every step.
@@ -72,13 +73,29 @@ internal static class CalibrateTune
         var clock = Stopwatch.StartNew();
         float smoothed = float.NaN;
         int every = Math.Max(1, steps / 10);
-        tuner.Tune(train, steps, lr, (ulong)seed, (step, loss) =>
+        try
         {
-            smoothed = float.IsNaN(smoothed) ? loss : 0.9f * smoothed + 0.1f * loss;
-            if (step % every == 0 || step == steps)
-                cli.Output.WriteLine(string.Create(ic, $"step {step}/{steps} training loss (moving average) {smoothed:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));
-        });
+            tuner.Tune(train, steps, lr, (ulong)seed, (step, loss) =>
+            {
+                smoothed = float.IsNaN(smoothed) ? loss : 0.9f * smoothed + 0.1f * loss;
+                if (step % every == 0 || step == steps)
+                    cli.Output.WriteLine(string.Create(ic, $"step {step}/{steps} training loss (moving average) {smoothed:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));
+            });
+        }
+        catch (TrainingDivergedException e)
+        {
+            cli.Error.WriteLine($"error: {e.Message} Nothing was written.");
+            return 1;
+        }
         double after = tuner.Loss(held, heldWindows);
+        // A tuned model no better on the held-out text than the input is not written (it was, with exit 0): the user
+        // keeps the input, and is told what to change.
+        if (!(after <= before))
+        {
+            cli.Error.WriteLine(string.Create(ic,
+                $"error: the held-out loss went from {before:F4} to {after:F4} nats/token: the tuned model is no better than the input, so it was not written. Lower --lr, change --steps, or give more --data."));
+            return 1;
+        }
         tuner.Write(outFull);
         cli.Output.WriteLine(string.Create(ic,
             $"held-out loss {before:F4} → {after:F4} nats/token (ppl {Math.Exp(before):F2} → {Math.Exp(after):F2}); wrote {outFull} ({new FileInfo(outFull).Length:N0} bytes, as the input)"));

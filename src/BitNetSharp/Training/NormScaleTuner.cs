@@ -157,6 +157,10 @@ public sealed class NormScaleTuner
                 tokens.AsSpan(start + 1, T).CopyTo(targets.AsSpan(b * T));
             }
             float loss = Model.Forward(inputs, targets, B, T);
+            // A NaN gradient norm is not above 1, so it was not clipped, and β went NaN or overflowed: the run failed at
+            // the end with "β must be positive and finite", naming no flag. Stopped at the step, saying what to change.
+            if (!float.IsFinite(loss))
+                throw new TrainingDivergedException($"the loss is {loss.ToString(System.Globalization.CultureInfo.InvariantCulture)} at tuning step {step}: tuning diverged; lower --lr.");
             Model.Backward();
 
             int j = 0;
@@ -171,6 +175,8 @@ public sealed class NormScaleTuner
             }
             double norm2 = 0;
             foreach (float v in _grad) norm2 += (double)v * v;
+            if (!double.IsFinite(norm2))
+                throw new TrainingDivergedException($"the gradient is not finite at tuning step {step}: tuning diverged; lower --lr.");
             float clip = norm2 > 1 ? (float)(1 / Math.Sqrt(norm2)) : 1f;
 
             float lr = schedule.At(step);
@@ -193,7 +199,13 @@ public sealed class NormScaleTuner
         var p = Model.Parameters;
         int j = 0;
         foreach (var t in _norms) { _theta.AsSpan(j, t.Length).CopyTo(p.AsSpan(t.Offset)); j += t.Length; }
-        foreach (var t in _projections) Model.SetBeta(t.Name, MathF.Exp(_theta[j++]));
+        foreach (var t in _projections)
+        {
+            float beta = MathF.Exp(_theta[j++]);
+            if (!(float.IsFinite(beta) && beta > 0))
+                throw new TrainingDivergedException($"the scale of {t.Name} left float's range ({beta.ToString(System.Globalization.CultureInfo.InvariantCulture)}): tuning diverged; lower --lr.");
+            Model.SetBeta(t.Name, beta);
+        }
     }
 
     /// <summary>

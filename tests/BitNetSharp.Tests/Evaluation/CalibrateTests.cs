@@ -204,6 +204,7 @@ public class CalibrateTests
     [InlineData("--threads", "-3", "--threads must be ≥ 0")]
     [InlineData("--max-steps", "0", "--max-steps must be at least 1")] // ran the whole search
     [InlineData("--seed", "-3", "--seed must be 0 to")] // drew --seed 3's windows
+    [InlineData("--report", "", "--report: the path is empty")] // exit 1, "The value cannot be an empty string."
     public void BadSettingsAreUsageErrorsAndWriteNothing(string option, string value, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -214,6 +215,19 @@ public class CalibrateTests
         Assert.Equal(2, code);
         Assert.Contains(message, error);
         Assert.Equal([data], Directory.GetFiles(dir.Path));
+    }
+
+    /// <summary>An empty --data (`--data "$TEXT"` with the variable unset) names the option (exit 1 with .NET's "The value cannot be an empty string.").</summary>
+    [Fact]
+    public void AnEmptyDataPathNamesTheOption()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        foreach (var tune in new[] { false, true })
+        {
+            var (code, _, error) = Cli(["calibrate", "-m", BundledModel, "--data", "", .. tune ? new[] { "--tune" } : [], "--out", dir.File("out.gguf")]);
+            Assert.Equal(2, code);
+            Assert.Contains("--data: the path is empty", error);
+        }
     }
 
     /// <summary>No output may land on the --data text: the report (or an SVG beside it) or --out replaced it after the search.</summary>

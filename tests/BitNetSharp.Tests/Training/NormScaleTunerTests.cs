@@ -153,6 +153,9 @@ public class NormScaleTunerTests(ITestOutputHelper output)
             (new[] { "--json" }, "--json applies to the bit-width search"),
             (new[] { "--kl-budget", "0.1" }, "--kl-budget applies to the bit-width search"),
             (new[] { "--seed", "-3" }, "--seed must be 0 to"),
+            // A rate that blows the scales up: a NaN-poisoned run failed at the end with "β must be positive and finite",
+            // and a worse model was written with exit 0.
+            (new[] { "--lr", "1e6", "--steps", "4", "--ctx", "16" }, "--lr"),
         })
         {
             string[] threads = args.Contains("-t") ? [] : ["-t", "1"];
