@@ -135,6 +135,10 @@ public static class CalibrateCommand
         var statStarts = order.Take(statCount).Select(w => w * window).Order().ToList();
         var heldStarts = order.Skip(statCount).Take(samples - statCount).Select(w => w * window).Order().ToList();
 
+        // The search starts from 8 bits and measures against the 8-bit model: widths the input already holds (a model
+        // trained with --activation-bits) are replaced by what it finds. Said, not done silently.
+        if (ActivationBits.FromGguf(gguf, c.Layers) is { AllEight: false } stored)
+            cli.Error.WriteLine($"note: {gguf.FilePath} holds activation bits {stored}; the search starts from 8 bits everywhere against the 8-bit model, and the widths it writes replace them.");
         using var pool = new WorkerPool(threads);
         using var engine = new Transformer(weights, Math.Min(window, 128), pool) { ActivationBits = ActivationBits.Uniform(c.Layers) };
         var stats = new ActivationStatistics(c);
@@ -156,7 +160,7 @@ public static class CalibrateCommand
         GgufCopy.WithMetadata(gguf, outFull, [new(ActivationBits.GgufKey, GgufValue.FromArray(GgufArray.Create(BitsArray(result.Bits, c.Layers))))]);
         try
         {
-            WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, samples, seed, budget, summary, result);
+            WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, statStarts.Count, heldStarts.Count, seed, budget, summary, result, maxSteps);
         }
         catch (IOException e)
         {
@@ -215,13 +219,17 @@ public static class CalibrateCommand
         return b;
     }
 
-    private static void WriteReport(string path, string stem, string model, string data, int ctx, int samples, int seed, double budget,
-        IReadOnlyList<InputStatistics> stats, BitWidthSearchResult result)
+    private static void WriteReport(string path, string stem, string model, string data, int ctx, int statWindows, int heldWindows, int seed, double budget,
+        IReadOnlyList<InputStatistics> stats, BitWidthSearchResult result, int? maxSteps)
     {
         var ic = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
         md.Append(ic, $"# Calibration of {Path.GetFileName(model)}\n\n");
-        md.Append(ic, $"Text `{data}`, {samples} windows of {ctx} tokens (seed {seed}): half for the statistics, half held out for the bit-width search. KL budget {budget:G4} nats (mean per position, against the 8-bit model).\n\n");
+        // The split as made ("half and half" was printed for an odd --samples too), and the held-out KL for what it is:
+        // measured on the windows the search chose with, so an in-sample figure.
+        md.Append(ic, $"Text `{data}`, {statWindows + heldWindows} windows of {ctx} tokens (seed {seed}): {statWindows} for the statistics, {heldWindows} held out for the bit-width search (its KL figures are measured on those windows, the ones it chose with). KL budget {budget:G4} nats (mean per position, against the 8-bit model).\n\n");
+        if (maxSteps is { } limit && result.Steps.Count >= limit)
+            md.Append(ic, $"The search stopped at --max-steps {limit}, not at the budget.\n\n");
         md.Append(ic, $"Result: activation bits `{result.Bits}` — held-out perplexity {result.Kl.Reference.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4}; KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %.\n\n");
         md.Append("## Activation statistics (per token, before quantization)\n\n");
         md.Append("Outlier channel: |x_c| ≥ 6·RMS of the token in ≥ 5 % of tokens. Crest = absmax/RMS: an 8-bit code gives a typical entry about 127/crest levels.\n\n");

@@ -217,6 +217,28 @@ public class CalibrateTests
         Assert.Equal([data], Directory.GetFiles(dir.Path));
     }
 
+    /// <summary>
+    /// Calibrating a model that already holds activation widths says they are replaced (it was silent); the report gives
+    /// the split as made (it said "half and half" for 3 samples) and says when --max-steps, not the budget, ended the search.
+    /// </summary>
+    [Fact]
+    public void CalibrationSaysWhatItReplacesAndHowTheSearchEnded()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 8)));
+        string stored = dir.File("m4.gguf");
+        using (var source = GgufFile.Open(BundledModel))
+            GgufCopy.WithMetadata(source, stored, [new(ActivationBits.GgufKey, GgufValue.FromArray(GgufArray.Create(ActivationBits.Uniform(4, 6).ToArray())))]);
+        var (code, _, error) = Cli("calibrate", "-m", stored, "--data", data, "--ctx", "64", "--samples", "3", "--kl-budget", "1", "--max-steps", "1",
+            "--out", dir.File("c.gguf"), "-t", "1");
+        Assert.True(code == 0, error);
+        Assert.Contains("holds activation bits 6", error);
+        string report = File.ReadAllText(dir.File("c.calibration.md"));
+        Assert.Contains("3 windows of 64 tokens (seed 1): 2 for the statistics, 1 held out", report);
+        Assert.Contains("stopped at --max-steps 1", report);
+    }
+
     /// <summary>An empty --data (`--data "$TEXT"` with the variable unset) names the option (exit 1 with .NET's "The value cannot be an empty string.").</summary>
     [Fact]
     public void AnEmptyDataPathNamesTheOption()
