@@ -46,7 +46,12 @@ public static unsafe class HfPackedTernary
         if (!float.IsFinite(weightScale) || (rule == HfWeightScaleRule.Divide && weightScale == 0f))
             throw new ArgumentException(
                 $"weight_scale is {weightScale}, which cannot scale a ternary weight (rule: {rule}); the checkpoint is corrupt.", nameof(weightScale));
-        return rule == HfWeightScaleRule.Multiply ? weightScale : 1f / weightScale;
+        float scale = rule == HfWeightScaleRule.Multiply ? weightScale : 1f / weightScale;
+        // The result too: 1/ws of a finite ws below about 3e-39 is +∞, which made every weight ±∞ and zeros NaN.
+        if (!float.IsFinite(scale))
+            throw new ArgumentException(
+                $"weight_scale is {weightScale}, whose inverse is not a finite float (rule: {rule}); the checkpoint is corrupt.", nameof(weightScale));
+        return scale;
     }
 
     /// <summary>The <c>weight_scale</c> that stores a row scale under a rule (the inverse of <see cref="RowScale"/>).</summary>

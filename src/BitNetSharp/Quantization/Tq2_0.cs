@@ -123,6 +123,9 @@ public static unsafe class Tq2_0
             var xb = x.Slice(b * BlockWeights, BlockWeights);
             var yb = destination.Slice(b * BlockBytes, BlockBytes);
             float d = ReferenceBlockScale(xb);
+            // As Encode does: a scale fp16 cannot hold (a block's max past 65504, or NaN) wrote bytes Decode refuses.
+            if (!float.IsFinite(d) || !float.IsFinite(HalfConversions.HalfToFloat(HalfConversions.FloatToHalf(d))))
+                throw new ArgumentException($"TQ2_0 block {b}: its scale {d} is not a finite fp16 number (a value past 65504, or NaN or ±∞ in the block).", nameof(x));
             float id = d != 0f ? 1f / d : 0f;
             yb[..QsBytes].Clear();
             for (int e = 0; e < BlockWeights; e++)

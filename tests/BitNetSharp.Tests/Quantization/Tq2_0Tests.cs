@@ -154,4 +154,21 @@ public class Tq2_0Tests
         Assert.Equal([1f, 1f, -1f, 0f], values[..4]);
         Assert.Equal(HalfOne, BinaryPrimitives.ReadUInt16LittleEndian(bytes.AsSpan(64)));
     }
+
+    /// <summary>
+    /// The reference quantizers refuse a block whose scale fp16 cannot hold (a value past 65504, NaN, ∞), as Encode does:
+    /// they wrote an ∞ or NaN scale that Decode then refused.
+    /// </summary>
+    [Theory]
+    [InlineData(70000f)]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    public void ReferenceQuantizersRefuseAScaleFp16CannotHold(float value)
+    {
+        var x = new float[256];
+        x[5] = 0.5f;
+        x[9] = value;
+        Assert.Throws<ArgumentException>(() => Tq2_0.QuantizeReference(x, new byte[Tq2_0.BlockBytes]));
+        Assert.Throws<ArgumentException>(() => Tq1_0.QuantizeReference(x, new byte[Tq1_0.BlockBytes]));
+    }
 }
