@@ -98,12 +98,9 @@ public static unsafe class HugePages
         {
             return null;
         }
-        if (OperatingSystem.IsLinux() && madvise(p, (nuint)rounded, MadvHugePage) == 0)
-        {
-            Interlocked.Add(ref _advised, rounded);
-            advised = true;
-        }
-        else if (OperatingSystem.IsLinux()) LastError = Marshal.GetLastPInvokeError();
+        // The model file's copy: not one of the runtime buffers the report's "advised N MiB of runtime buffers" counts
+        // (the whole model was added to it), and a refusal here is said by the weights' own report, not as theirs.
+        advised = OperatingSystem.IsLinux() && madvise(p, (nuint)rounded, MadvHugePage) == 0;
         return p;
     }
 
@@ -171,7 +168,7 @@ public static unsafe class HugePages
             if (!force) Interlocked.Add(ref _advised, rounded);
             advised = true;
         }
-        else LastError = Marshal.GetLastPInvokeError();
+        else if (!force) LastError = Marshal.GetLastPInvokeError(); // a tool's own buffer's refusal is not the runtime's
         return p;
     }
 }

@@ -41,6 +41,12 @@ public sealed unsafe class Transformer : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatchTokens);
         _w = weights;
         _c = weights.Config;
+        // Activation rows are indexed token × width in int: past int.MaxValue the products wrapped (a negative size, or a
+        // positive one too small that a batch then overran). Refused before any thread or buffer exists.
+        long widest = Math.Max(Math.Max(_c.Dim, _c.QDim), Math.Max(_c.KvDim, _c.FeedForward));
+        if ((long)maxBatchTokens * widest > int.MaxValue)
+            throw new ArgumentOutOfRangeException(nameof(maxBatchTokens), maxBatchTokens,
+                $"A step of {maxBatchTokens} tokens (--max-batched-tokens) is more than this model's activation buffers can index: at most {int.MaxValue / widest} tokens.");
         // The kernel before the pool: BITNET_KERNEL naming one this CPU cannot run threw after the pool's threads
         // started, and they waited for work for the rest of the process.
         _kernel = kernel ?? KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
@@ -52,32 +58,34 @@ public sealed unsafe class Transformer : IDisposable
             foreach (var layer in weights.Layers)
                 foreach (var m in (ReadOnlySpan<TernaryMatrix>)[layer.Q, layer.K, layer.V, layer.O, layer.Gate, layer.Up, layer.Down])
                     _kernel.PrepareWeights(m);
+            _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope);
+            MaxBatchTokens = maxBatchTokens;
+            long t = maxBatchTokens;
+            _x = Floats(t * _c.Dim);
+            _xb = Floats(t * _c.Dim);
+            _q = Floats(t * _c.QDim);
+            _k = Floats(t * _c.KvDim);
+            _v = Floats(t * _c.KvDim);
+            _att = Floats(t * _c.QDim);
+            _tmp = Floats(t * _c.Dim);
+            _hb = Floats(t * _c.FeedForward);
+            _hb2 = Floats(t * _c.FeedForward);
+            _logitsHidden = Floats(t * _c.Dim);
+            _qDim = new QuantizedActivations(maxBatchTokens, _c.Dim);
+            _qAtt = new QuantizedActivations(maxBatchTokens, _c.QDim);
+            _qFf = new QuantizedActivations(maxBatchTokens, _c.FeedForward);
+            _attention = new AttentionWork(_c, _pool.ThreadCount);
+            _head = new HeadWork(weights.Output);
+            _stages = new TokenStageWork(this);
+            ActivationBits = weights.ActivationBits ?? ActivationBits.Uniform(_c.Layers);
         }
         catch
         {
+            // Anything after the pool started (the RoPE table, a buffer the machine cannot give): a pool this engine
+            // owns would keep its threads for the life of the process.
             if (_ownsPool) _pool.Dispose();
             throw;
         }
-        _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope);
-        MaxBatchTokens = maxBatchTokens;
-        int t = maxBatchTokens;
-        _x = Floats(t * _c.Dim);
-        _xb = Floats(t * _c.Dim);
-        _q = Floats(t * _c.QDim);
-        _k = Floats(t * _c.KvDim);
-        _v = Floats(t * _c.KvDim);
-        _att = Floats(t * _c.QDim);
-        _tmp = Floats(t * _c.Dim);
-        _hb = Floats(t * _c.FeedForward);
-        _hb2 = Floats(t * _c.FeedForward);
-        _logitsHidden = Floats(t * _c.Dim);
-        _qDim = new QuantizedActivations(t, _c.Dim);
-        _qAtt = new QuantizedActivations(t, _c.QDim);
-        _qFf = new QuantizedActivations(t, _c.FeedForward);
-        _attention = new AttentionWork(_c, _pool.ThreadCount);
-        _head = new HeadWork(weights.Output);
-        _stages = new TokenStageWork(this);
-        ActivationBits = weights.ActivationBits ?? ActivationBits.Uniform(_c.Layers);
     }
 
     public ModelConfig Config => _c;

@@ -14,6 +14,23 @@ public class TransformerTests
 
     private static readonly int[] Prompt = [5, 17, 200, 3, 3, 99, 42, 7, 128, 255, 0, 64];
 
+    /// <summary>
+    /// A step too large for the activation rows' int indexing is refused, naming the limit and the flag, before any thread
+    /// or buffer exists: token × width wrapped (a negative size, or a positive one too small that a batch overran).
+    /// </summary>
+    [Fact]
+    public void AStepTooLargeToIndexIsRefusedNamingTheLimit()
+    {
+        using var w = TinyModel();
+        var c = w.Config;
+        long widest = Math.Max(Math.Max(c.Dim, c.QDim), Math.Max(c.KvDim, c.FeedForward));
+        int tooMany = (int)(int.MaxValue / widest) + 1;
+        using var pool = new WorkerPool(1);
+        var e = Assert.Throws<ArgumentOutOfRangeException>(() => new Transformer(w, tooMany, pool));
+        Assert.Contains($"at most {int.MaxValue / widest} tokens", e.Message);
+        Assert.Contains("--max-batched-tokens", e.Message);
+    }
+
     /// <summary>A small model's decode stays on the calling thread: its products are below the pool's threshold and its
     /// attention below <see cref="Transformer.AttentionInlineMacs"/>, so no step wakes the other worker (whose wake-up
     /// cost more than the attention itself: 14 µs a layer on two threads against 4.9 on one).</summary>
