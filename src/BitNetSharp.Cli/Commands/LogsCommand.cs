@@ -415,10 +415,18 @@ public static class LogsCommand
         private long _first = long.MaxValue, _last = long.MinValue;
         private readonly HashSet<string> _requests = [];
         // Steps are numbered per run (a restarted server starts at 0 again): (run, step) names one engine step.
-        private readonly HashSet<(string?, long)> _steps = [];
-        private readonly Dictionary<(string?, long), float> _stepSeconds = []; // one duration per step: a batched step has a row per token
+        // Every step seen (step or layer rows), with its duration once a step row gave one (NaN until then): one entry a
+        // step, where a set of steps and a map of durations held two. A batched step has a row per token.
+        private readonly Dictionary<(string?, long), float> _steps = [];
+        private long _timedSteps;
         private readonly SortedDictionary<int, LayerStats> _layers = [];
-        private readonly List<TelemetryEvent> _events = [];
+        // Events: counted by kind, the first and the last ShownEvents kept to print (every one was kept and printed: a
+        // log of 10,000 alert transitions printed 10,000 lines and held them all).
+        private const int ShownEvents = 20;
+        private readonly SortedDictionary<string, long> _eventKinds = new(StringComparer.Ordinal);
+        private readonly List<TelemetryEvent> _firstEvents = [];
+        private readonly Queue<TelemetryEvent> _lastEvents = new();
+        private long _eventCount;
         private long _stepRows, _finiteLogitRows;
         private float _logitMin = float.PositiveInfinity, _logitMax = float.NegativeInfinity;
         private double _entropySum, _stepSecondsSum, _latencySum;
@@ -434,10 +442,15 @@ public static class LogsCommand
             {
                 case TelemetryRowKind.Step:
                     var s = row.StepRecord;
-                    _steps.Add((row.Run, row.Step));
                     if (s.RequestId is not null) _requests.Add(s.RequestId);
                     _stepRows++;
-                    if (_stepSeconds.TryAdd((row.Run, row.Step), s.StepSeconds)) _stepSecondsSum += s.StepSeconds;
+                    ref float seconds = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(_steps, (row.Run, row.Step), out bool seen);
+                    if (!seen || float.IsNaN(seconds))
+                    {
+                        seconds = s.StepSeconds;
+                        _stepSecondsSum += s.StepSeconds;
+                        _timedSteps++;
+                    }
                     if (float.IsFinite(s.LatencySeconds))
                     {
                         _latencySum += s.LatencySeconds;
@@ -454,12 +467,19 @@ public static class LogsCommand
                     break;
                 case TelemetryRowKind.Layer:
                     var l = row.LayerRecord!;
-                    _steps.Add((row.Run, row.Step));
+                    _steps.TryAdd((row.Run, row.Step), float.NaN);
                     if (!_layers.TryGetValue(l.Layer, out var stats)) _layers[l.Layer] = stats = new LayerStats();
                     stats.Add(l, row.Run);
                     break;
                 case TelemetryRowKind.Event:
-                    _events.Add(row.Event);
+                    _eventCount++;
+                    _eventKinds[row.Event.Kind] = _eventKinds.GetValueOrDefault(row.Event.Kind) + 1;
+                    if (_firstEvents.Count < ShownEvents) _firstEvents.Add(row.Event);
+                    else
+                    {
+                        _lastEvents.Enqueue(row.Event);
+                        if (_lastEvents.Count > ShownEvents) _lastEvents.Dequeue();
+                    }
                     if (row.Event.RequestId is not null) _requests.Add(row.Event.RequestId);
                     break;
             }
@@ -526,11 +546,11 @@ public static class LogsCommand
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _stepSeconds.Count * 1e3:0.###} ms over {_stepSeconds.Count:N0} steps, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
+                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _timedSteps * 1e3:0.###} ms over {_timedSteps:N0} steps, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
                 // A sequence whose logits went non-finite ends before its token is logged: the events count them.
-                int nonFinite = _events.Count(e => e.Kind == "nonfinite_logits");
+                long nonFinite = _eventKinds.GetValueOrDefault("nonfinite_logits");
                 w.WriteLine($"logits: {logits}; sequences ended by non-finite logits: {nonFinite:N0}");
             }
             if (_layers.Count > 0)
@@ -555,9 +575,12 @@ public static class LogsCommand
                             w.WriteLine($"  layer {layer}: {s.NonFiniteRows:N0} of {s.Rows:N0} rows, first at step {s.FirstNonFiniteStep}{(reader.Runs.Count > 1 && s.FirstNonFiniteRun is { } run ? " of run " + run : "")}, {FormatTime(s.FirstNonFiniteTime)} ({s.FirstNonFiniteFields})");
                 }
             }
-            w.WriteLine($"events: {_events.Count:N0}");
-            foreach (var e in _events)
-                w.WriteLine($"  {FormatTime(e.TimeUnixNanos)}  {e.Kind}{(e.RequestId is null ? "" : "  request " + e.RequestId)}  {e.Message}");
+            w.WriteLine(_eventCount == 0 ? "events: 0" : $"events: {_eventCount:N0} ({string.Join(", ", _eventKinds.Select(k => $"{k.Key} {k.Value:N0}"))})");
+            void Line(in TelemetryEvent e) => w.WriteLine($"  {FormatTime(e.TimeUnixNanos)}  {e.Kind}{(e.RequestId is null ? "" : "  request " + e.RequestId)}  {e.Message}");
+            foreach (var e in _firstEvents) Line(e);
+            long between = _eventCount - _firstEvents.Count - _lastEvents.Count;
+            if (between > 0) w.WriteLine($"  ... {between:N0} more (--export jsonl lists every event) ...");
+            foreach (var e in _lastEvents) Line(e);
         }
 
         private void WriteTable(TextWriter w, string title, Func<LayerStats, Stat[]> pick, double scale, string format)

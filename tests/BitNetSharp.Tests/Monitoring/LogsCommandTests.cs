@@ -63,6 +63,33 @@ public class LogsCommandTests
     }
 
     /// <summary>
+    /// Events are counted by kind and the first and last twenty printed (every one was kept and printed: thousands of
+    /// alert transitions flooded the summary and were all held in memory).
+    /// </summary>
+    [Fact]
+    public void SummaryCountsEventsByKindAndPrintsTheFirstAndLast()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            for (int i = 0; i < 50; i++)
+                writer.Write(new TelemetryEvent(Start + i * 1_000_000L, i % 2 == 0 ? "alert_firing" : "alert_resolved", null, null, $"transition {i}"));
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        var (code, output, error) = Bitnet("logs", path);
+        Assert.True(code == 0, error);
+        Assert.Contains("events: 50 (alert_firing 25, alert_resolved 25)", output);
+        Assert.Contains("transition 0", output);
+        Assert.Contains("transition 19", output);
+        Assert.DoesNotContain("transition 20\n", output.Replace("\r", ""));
+        Assert.Contains("... 10 more (--export jsonl lists every event) ...", output);
+        Assert.Contains("transition 49", output);
+        Assert.Equal(40, output.Split('\n').Count(l => l.Contains("  transition ", StringComparison.Ordinal)));
+    }
+
+    /// <summary>
     /// A request's non-finite logits: the step that produced them writes no step row for it (the check throws first), only
     /// the event, and that step's layer rows show the blow-up. The event carries that step, and `--request` keeps those
     /// layer rows (it dropped them; the event named the last step written, an earlier one).
