@@ -547,7 +547,42 @@ public sealed class SchedulerTests : IDisposable
             lock (StepRows) LayerRows.Add(record.Step);
         }
 
-        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryEvent record) { }
+        public readonly List<(string Kind, long? Step)> Events = [];
+
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryEvent record)
+        {
+            lock (StepRows) Events.Add((record.Kind, record.Step));
+        }
+    }
+
+    /// <summary>
+    /// A sequence's non-finite logits: the event carries the step that produced them, the step whose layer rows show the
+    /// blow-up (the log wrote the last step it had seen, an earlier one).
+    /// </summary>
+    [Fact]
+    public async Task TheNonFiniteLogitsEventCarriesTheStepOfItsLayerRows()
+    {
+        var sink = new RowSink();
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions { MaxSequences = 2, MaxBatchedTokens = 32, Threads = 2, HealthSampleEvery = 1 })
+        {
+            Telemetry = sink,
+        };
+        await Collect(Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 3, IgnoreStopTokens = true }));
+        unsafe
+        {
+            // 'Z': a NaN in its embedding row (the head is tied, so from now on every sequence's logits hold a NaN).
+            var row = (ushort*)(_weights.TokenEmbedding.Data + 90 * _weights.TokenEmbedding.RowBytes);
+            row[3] = 0x7E00;
+        }
+        await Assert.ThrowsAnyAsync<Exception>(() => Collect(Submit(s, new GenerationRequest { Prompt = [90, 90], MaxTokens = 3, IgnoreStopTokens = true })));
+        lock (sink.StepRows)
+        {
+            var (_, step) = Assert.Single(sink.Events, e => e.Kind == "nonfinite_logits");
+            Assert.NotNull(step);
+            Assert.Contains(step!.Value, sink.LayerRows);
+            Assert.Equal(sink.LayerRows.Max(), step.Value); // the failing step, the last one measured
+            Assert.True(step.Value > sink.StepRows.Max()); // no token row for it: the check threw first
+        }
     }
 
     /// <summary>
