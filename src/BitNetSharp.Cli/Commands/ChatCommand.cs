@@ -153,6 +153,9 @@ public static class ChatCommand
             text.Append('\n');
         }
         string message = text.ToString();
+        // Nothing but continuations ("\" then the end of input, or blank lines): an empty message ends the chat as an
+        // empty line does (it was sent to the model as an empty user turn).
+        if (string.IsNullOrWhiteSpace(message)) return (ChatInput.Quit, null);
         return (ChatInput.Message, message.StartsWith("//", StringComparison.Ordinal) ? message[1..] : message);
     }
 

@@ -485,6 +485,9 @@ public class ChatCommandTests
         Assert.Equal((ChatCommand.ChatInput.Message, "/quit is text"), ChatCommand.ReadMessage(reader));
         Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(reader).Kind);
         Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(new StringReader("")).Kind);
+        // Only continuations: no message (an empty user turn was sent).
+        Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(new StringReader("\\")).Kind);
+        Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(new StringReader("\\\n  \n")).Kind);
 
         string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
         var error = new StringWriter();
