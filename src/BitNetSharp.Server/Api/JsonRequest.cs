@@ -51,7 +51,7 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
         }
         // Likewise a \uD800 escape without its other half is valid JSON but no text: GetString() throws
         // InvalidOperationException wherever such a field is read. Only bodies with \u escapes are walked.
-        if (raw.IndexOf("\\u"u8) >= 0 && FindLoneSurrogate(doc.RootElement, "") is { } at)
+        if (raw.IndexOf("\\u"u8) >= 0 && BitNetSharp.Formats.JsonText.FindLoneSurrogate(doc.RootElement) is { } at)
         {
             doc.Dispose();
             bool field = at.Length > 0 && !at.StartsWith("a property name", StringComparison.Ordinal);
@@ -59,46 +59,6 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
                 field ? at : null, "invalid_unicode");
         }
         return (doc, new JsonRequest(doc.RootElement));
-    }
-
-    /// <summary>The path (messages[0].content) of the first string or property name that is not valid UTF-16, or null.</summary>
-    private static string? FindLoneSurrogate(JsonElement e, string path)
-    {
-        switch (e.ValueKind)
-        {
-            case JsonValueKind.String:
-                try
-                {
-                    e.GetString();
-                    return null;
-                }
-                catch (InvalidOperationException)
-                {
-                    return path;
-                }
-            case JsonValueKind.Array:
-                int i = 0;
-                foreach (var item in e.EnumerateArray())
-                    if (FindLoneSurrogate(item, $"{path}[{i++}]") is { } found) return found;
-                return null;
-            case JsonValueKind.Object:
-                foreach (var p in e.EnumerateObject())
-                {
-                    string name;
-                    try
-                    {
-                        name = p.Name;
-                    }
-                    catch (InvalidOperationException)
-                    {
-                        return path.Length == 0 ? "a property name" : $"a property name in {path}";
-                    }
-                    if (FindLoneSurrogate(p.Value, path.Length == 0 ? name : $"{path}.{name}") is { } found) return found;
-                }
-                return null;
-            default:
-                return null;
-        }
     }
 
     private static string DescribeInvalidUtf8(ReadOnlySpan<byte> utf8)

@@ -561,7 +561,13 @@ public static class TokenizerLoader
         try
         {
             using var stream = File.OpenRead(path);
-            return JsonDocument.Parse(stream, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            var document = JsonDocument.Parse(stream, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            if (JsonText.Check(document.RootElement) is { } problem)
+            {
+                document.Dispose();
+                throw new ModelFormatException(path, problem);
+            }
+            return document;
         }
         catch (JsonException e)
         {

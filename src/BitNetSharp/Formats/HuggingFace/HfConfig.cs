@@ -105,6 +105,7 @@ public sealed class HfConfig
         }
         using (document)
         {
+            JsonText.Require(document.RootElement, path);
             var root = document.RootElement;
             if (root.ValueKind != JsonValueKind.Object)
                 throw new ModelFormatException(path, $"the top level is a JSON {root.ValueKind}, expected an object");

@@ -124,6 +124,7 @@ public sealed class SafetensorsCheckpoint : IDisposable
         try
         {
             using var document = JsonDocument.Parse(bytes);
+            JsonText.Require(document.RootElement, indexPath);
             if (document.RootElement.ValueKind != JsonValueKind.Object ||
                 !document.RootElement.TryGetProperty("weight_map", out var map) || map.ValueKind != JsonValueKind.Object)
                 throw new ModelFormatException(indexPath, "the index has no 'weight_map' object", "weight_map");

@@ -55,6 +55,7 @@ public sealed unsafe class SafetensorsFile : IDisposable
         }
         using (document)
         {
+            JsonText.Require(document.RootElement, path);
             (_tensors, Metadata) = ReadHeader(document.RootElement, length - DataOffset, path);
         }
         _byName = new Dictionary<string, SafetensorsTensorInfo>(_tensors.Length, StringComparer.Ordinal);

@@ -1,0 +1,114 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using System.Text.Unicode;
+
+namespace BitNetSharp.Formats;
+
+/// <summary>
+/// Whether every string and property name of a parsed JSON document is text. System.Text.Json checks structure when
+/// it parses, not what strings hold: bytes that are not UTF-8, or a <c>\u</c> escape of half a UTF-16 surrogate pair
+/// (<c>\uD800</c> without its partner, valid JSON but no text), surface later as an InvalidOperationException from
+/// whichever <c>GetString()</c> or <c>JsonProperty.Name</c> reads them. The parsers check once, up front.
+/// </summary>
+public static class JsonText
+{
+    /// <summary>Null when every string reads; else what is wrong and where (a path like <c>messages[0].content</c>).</summary>
+    public static string? Check(JsonElement root)
+    {
+        var raw = JsonMarshal.GetRawUtf8Value(root);
+        if (!Utf8.IsValid(raw))
+        {
+            int at = 0;
+            while (at < raw.Length && System.Text.Rune.DecodeFromUtf8(raw[at..], out _, out int consumed) == System.Buffers.OperationStatus.Done) at += consumed;
+            return $"bytes that are not UTF-8 text at byte {at} of the JSON (save the file as UTF-8)";
+        }
+        if (!MayHoldSurrogateEscape(raw)) return null;
+        return FindLoneSurrogate(root) is { } where
+            ? $"{(where.Length == 0 ? "the document" : where)} holds a \\u escape of half a UTF-16 surrogate pair (\\uD800-\\uDFFF without its partner), which is no text"
+            : null;
+    }
+
+    /// <summary>As <see cref="Check"/>, throwing a <see cref="ModelFormatException"/> naming <paramref name="path"/>.</summary>
+    public static void Require(JsonElement root, string path)
+    {
+        if (Check(root) is { } problem) throw new ModelFormatException(path, problem);
+    }
+
+    /// <summary>
+    /// The path of the first string or property name holding half a surrogate pair ("a property name" or "a
+    /// property name in PATH" for a name), or null. The document's UTF-8 must already be valid.
+    /// </summary>
+    public static string? FindLoneSurrogate(JsonElement root) => Walk(root);
+
+    /// <summary>A <c>\u</c> escape in D800-DFFF occurs somewhere (an escaped backslash may make it a false alarm).</summary>
+    private static bool MayHoldSurrogateEscape(ReadOnlySpan<byte> raw)
+    {
+        int from = 0;
+        while (true)
+        {
+            int i = raw[from..].IndexOf("\\u"u8);
+            if (i < 0) return false;
+            i += from;
+            if (i + 3 < raw.Length && (raw[i + 2] | 0x20) == 'd' && raw[i + 3] is (>= (byte)'8' and <= (byte)'9') or (>= (byte)'a' and <= (byte)'f') or (>= (byte)'A' and <= (byte)'F'))
+                return true;
+            from = i + 2;
+        }
+    }
+
+    // The path is built on the way back from a find, not for every element on the way down (tokenizer.json's
+    // hundreds of thousands of strings).
+    private const string NameMark = "\0name";
+
+    private static string? Walk(JsonElement root)
+    {
+        if (Find(root) is not { } relative) return null;
+        bool name = relative.EndsWith(NameMark, StringComparison.Ordinal);
+        string path = (name ? relative[..^NameMark.Length] : relative).TrimStart('.');
+        return !name ? path : path.Length == 0 ? "a property name" : $"a property name in {path}";
+    }
+
+    /// <summary>Null, "" (this string), a relative path like ".a[2]" or "[0].b", or a path ending in <see cref="NameMark"/>.</summary>
+    private static string? Find(JsonElement e)
+    {
+        switch (e.ValueKind)
+        {
+            case JsonValueKind.String:
+                try
+                {
+                    e.GetString();
+                    return null;
+                }
+                catch (InvalidOperationException)
+                {
+                    return "";
+                }
+            case JsonValueKind.Array:
+                int i = 0;
+                foreach (var item in e.EnumerateArray())
+                {
+                    if (Find(item) is { } found) return Join($"[{i}]", found);
+                    i++;
+                }
+                return null;
+            case JsonValueKind.Object:
+                foreach (var p in e.EnumerateObject())
+                {
+                    string name;
+                    try
+                    {
+                        name = p.Name;
+                    }
+                    catch (InvalidOperationException)
+                    {
+                        return NameMark;
+                    }
+                    if (Find(p.Value) is { } found) return Join("." + name, found);
+                }
+                return null;
+            default:
+                return null;
+        }
+    }
+
+    private static string Join(string step, string rest) => step + rest;
+}
