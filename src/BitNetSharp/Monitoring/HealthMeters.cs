@@ -110,9 +110,13 @@ public sealed class HealthMeters : IDisposable
             {
                 if (_alerts() is { } a) foreach (var s in a.States) m.Add(new(s.TimesFired, new KeyValuePair<string, object?>("rule", s.Rule.Name)));
             }),
-            new("bitnet.alerts.firing", "{alert}", "bitnet_alerts_firing", false, "1 while the alert rule is firing.", m =>
+            // The rule's severity rides along so Prometheus can forward the server's own evaluation with it (the
+            // BitNetServerRuleFiring rule in deploy/prometheus): the server counts "for" in samples, however sparse.
+            new("bitnet.alerts.firing", "{alert}", "bitnet_alerts_firing", false, "1 while the alert rule is firing (severity: the rule's).", m =>
             {
-                if (_alerts() is { } a) foreach (var s in a.States) m.Add(new(s.Firing ? 1 : 0, new KeyValuePair<string, object?>("rule", s.Rule.Name)));
+                if (_alerts() is { } a)
+                    foreach (var s in a.States)
+                        m.Add(new(s.Firing ? 1 : 0, new KeyValuePair<string, object?>("rule", s.Rule.Name), new KeyValuePair<string, object?>("severity", s.Rule.Severity)));
             }),
             new("bitnet.alerts.webhook_failures", "{notification}", "bitnet_alerts_webhook_failures_total", true,
                 "Alert notifications the --alert-webhook never took (refused or unreachable on every try, or pushed out of a full queue).", m =>
@@ -167,7 +171,7 @@ public sealed class HealthMeters : IDisposable
         ["bitnet_health_residual_blowup"] = ["layer"],
         ["bitnet_weights_code_share_ratio"] = ["layer", "projection", "code"],
         ["bitnet_alerts_total"] = ["rule"],
-        ["bitnet_alerts_firing"] = ["rule"],
+        ["bitnet_alerts_firing"] = ["rule", "severity"],
     };
 
     /// <summary>

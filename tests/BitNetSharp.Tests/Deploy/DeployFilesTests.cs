@@ -28,6 +28,9 @@ public sealed partial class DeployFilesTests
         "BitNetActivationUnderflow", "BitNetResidualBlowUp", "BitNetTokenLatencyJitter", "BitNetQueueSaturation",
     ];
 
+    /// <summary>The file's one rule beyond the server's: it forwards the server's own evaluation (bitnet_alerts_firing).</summary>
+    private const string ForwardingRule = "BitNetServerRuleFiring";
+
     // ------------------------------------------------------------------------------------------------ promtool
 
     /// <summary>promtool accepts the rules, passes their unit tests (every rule firing and not, at its <c>for:</c> boundary) and accepts the scrape config with the rules it loads.</summary>
@@ -41,7 +44,7 @@ public sealed partial class DeployFilesTests
         var (code, output) = await RunPromtoolAsync(promtool, PrometheusDir, [.. command.Split(' '), file]);
         Assert.True(code == 0, $"promtool {command} {file} (exit {code}):\n{output}");
         Assert.Contains("SUCCESS", output);
-        if (command != "test rules") Assert.Contains($"{AlertNames.Length} rules found", output);
+        if (command != "test rules") Assert.Contains($"{AlertNames.Length + 1} rules found", output);
     }
 
     /// <summary>Every dashboard query is valid PromQL: promtool checks them as recording rules (Grafana's variables replaced by values).</summary>
@@ -182,8 +185,23 @@ public sealed partial class DeployFilesTests
     public void AlertRulesAreTheServersRules()
     {
         var rules = AlertExpressions(File.ReadAllText(AlertsFile));
-        Assert.Equal(AlertNames.Order(StringComparer.Ordinal), rules.Select(r => r.Alert).Order(StringComparer.Ordinal));
+        Assert.Equal(AlertNames.Append(ForwardingRule).Order(StringComparer.Ordinal), rules.Select(r => r.Alert).Order(StringComparer.Ordinal));
         foreach (var (alert, expr) in rules) Assert.True(MetricNames(expr).Any(), $"{alert}: no bitnet metric found in '{expr}'");
+    }
+
+    /// <summary>
+    /// Every aggregation keeps the replica's namespace and pod (the Kubernetes scrape job's labels): five rules
+    /// aggregated by (instance, job) only, so their alerts named a pod IP and escaped routing by namespace.
+    /// </summary>
+    [Fact]
+    public void EveryAggregationKeepsThePodLabels()
+    {
+        foreach (var (alert, expr) in AlertExpressions(File.ReadAllText(AlertsFile)))
+            foreach (System.Text.RegularExpressions.Match m in System.Text.RegularExpressions.Regex.Matches(expr, @"\bby\s*\(([^)]*)\)"))
+            {
+                var labels = m.Groups[1].Value.Split(',', StringSplitOptions.TrimEntries);
+                Assert.True(labels.Contains("namespace") && labels.Contains("pod"), $"{alert}: '{m.Value}' drops namespace or pod");
+            }
     }
 
     /// <summary>The extractor finds metric names and only them: not label names, label values, regexes, functions, keywords, Grafana variables or ALERTS.</summary>

@@ -128,7 +128,7 @@ public sealed partial class DashboardBrowserTests
         });
         var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "Once upon a time", max_tokens = 6, temperature = 0, ignore_eos = true });
         Assert.Equal(HttpStatusCode.OK, status);
-        await TestServer.EventuallyAsync(async () => (await s.MetricsAsync()).Contains("bitnet_alerts_firing{rule=\"HealthSampled\"} 1"), "the HealthSampled alert to fire");
+        await TestServer.EventuallyAsync(async () => Regex.IsMatch(await s.MetricsAsync(), "bitnet_alerts_firing\\{rule=\"HealthSampled\",severity=\"warning\"\\} 1"), "the HealthSampled alert to fire");
 
         using var playwright = await Playwright.CreateAsync();
         await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = chromium, Headless = true, Args = ["--no-sandbox"] });

@@ -188,6 +188,8 @@ public sealed class AlertEngine : IDisposable
         public DateTimeOffset ConditionSince;
         public bool Firing;
         public DateTimeOffset FiringSince;
+        /// <summary>While firing: the first evaluation since which the condition has not held (keep_firing_for_seconds).</summary>
+        public DateTimeOffset? ClearSince;
         public double Value = double.NaN;
         // One window per series (metric and label set): increase is taken per series, then summed, as Prometheus'
         // sum(increase(...)) does; over the sum, a series that vanished made the rest read as a reset and count again.
@@ -316,6 +318,7 @@ public sealed class AlertEngine : IDisposable
                 bool holds = !undefined && (rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<="));
                 if (holds)
                 {
+                    st.ClearSince = null;
                     if (st.Consecutive++ == 0) st.ConditionSince = now;
                     if (!st.Firing && st.Consecutive >= rule.For && (now - st.ConditionSince).TotalSeconds >= rule.ForSeconds)
                     {
@@ -328,8 +331,10 @@ public sealed class AlertEngine : IDisposable
                 else
                 {
                     st.Consecutive = 0;
-                    if (st.Firing)
+                    // keep_firing_for_seconds: a firing alert resolves once the condition has been clear that long.
+                    if (st.Firing && (now - (st.ClearSince ??= now)).TotalSeconds >= rule.KeepFiringForSeconds)
                     {
+                        st.ClearSince = null;
                         st.Firing = false;
                         (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
                     }

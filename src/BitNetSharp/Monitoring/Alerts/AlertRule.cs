@@ -26,6 +26,11 @@ public sealed record AlertRule
     [JsonPropertyName("for_seconds")] public double ForSeconds { get; init; }
     /// <summary>For "increase": the counter's growth over this many seconds (Prometheus' increase(x[5m]) is 300).</summary>
     [JsonPropertyName("window_seconds")] public double WindowSeconds { get; init; } = 300;
+    /// <summary>
+    /// Once firing, the alert stays firing until the condition has not held for this many seconds (Prometheus'
+    /// keep_firing_for): a dip of one evaluation under sustained trouble neither resolves it nor fires it again.
+    /// </summary>
+    [JsonPropertyName("keep_firing_for_seconds")] public double KeepFiringForSeconds { get; init; }
     [JsonPropertyName("severity")] public string Severity { get; init; } = "warning";
     [JsonPropertyName("component")] public string Component { get; init; } = "model";
     [JsonPropertyName("summary")] public string? Summary { get; init; }
@@ -56,6 +61,8 @@ public sealed record AlertRule
         if (For < 1) throw new ArgumentException($"{where}: \"for\" must be ≥ 1 (consecutive evaluations); got {For}.");
         if (!(WindowSeconds > 0) || !double.IsFinite(WindowSeconds)) throw new ArgumentException($"{where}: \"window_seconds\" must be > 0; got {WindowSeconds}.");
         if (ForSeconds < 0 || !double.IsFinite(ForSeconds)) throw new ArgumentException($"{where}: \"for_seconds\" must be ≥ 0; got {ForSeconds}.");
+        if (KeepFiringForSeconds < 0 || !double.IsFinite(KeepFiringForSeconds))
+            throw new ArgumentException($"{where}: \"keep_firing_for_seconds\" must be ≥ 0; got {KeepFiringForSeconds}.");
         if (Severity is not ("info" or "warning" or "critical")) throw new ArgumentException($"{where}: \"severity\" must be info, warning or critical; got '{Severity}'.");
     }
 
@@ -101,6 +108,26 @@ public static class AlertRules
         return Parse(text, path);
     }
 
+    /// <summary>
+    /// The serializer's message in the file's terms: where (rules[1], line 4) and what, without .NET type names
+    /// ("missing required properties including: 'threshold'" for a rule, not for type 'BitNetSharp…AlertRule').
+    /// </summary>
+    private static string Describe(JsonException e)
+    {
+        string message = e.Message;
+        int cut = message.IndexOf(" Path: ", StringComparison.Ordinal);
+        if (cut >= 0) message = message[..cut];
+        message = System.Text.RegularExpressions.Regex.Replace(message, @"(?:\.NET )?(?:member contained in )?type '[\w.`+\[\], ]+'", "a rule's fields");
+        string? where = e.Path is { Length: > 1 } path ? path.TrimStart('$').TrimStart('.') : null;
+        string at = (where, e.LineNumber) switch
+        {
+            ({ Length: > 0 }, long line) => $"at {where}, line {line + 1}: ",
+            (_, long line) => $"at line {line + 1}: ",
+            _ => where is { Length: > 0 } ? $"at {where}: " : "",
+        };
+        return at + message.TrimEnd();
+    }
+
     public static IReadOnlyList<AlertRule> Parse(string json, string source = "alert rules")
     {
         RuleFile? file;
@@ -110,7 +137,7 @@ public static class AlertRules
         }
         catch (JsonException e)
         {
-            throw new ArgumentException($"{source} is not a valid rule file ({{\"rules\": [...]}}): {e.Message}", nameof(json), e);
+            throw new ArgumentException($"{source} is not a valid rule file ({{\"rules\": [...]}}): {Describe(e)}", nameof(json), e);
         }
         var rules = file?.Rules ?? throw new ArgumentException($"{source} has no \"rules\" array.", nameof(json));
         for (int i = 0; i < rules.Count; i++)
@@ -283,7 +310,9 @@ public static class AlertRules
             Description = "The standard deviation of recent inter-token latencies is above 250 ms." },
         // Queued, not waiting: every request waits for the next step, so waiting ÷ max_queue read requests that free
         // sequences were about to take as queue use (+Inf with --max-queue 0 whenever anything arrived mid-step).
+        // Held through dips for 10 s: a full queue drops below 90 % for an evaluation whenever a batch is admitted.
         new() { Name = "BitNetQueueSaturation", Metric = "bitnet_sequences_queued", DivideBy = "bitnet_requests_max_queue", Aggregate = "sum", Op = ">", Threshold = 0.9, For = 5,
+            KeepFiringForSeconds = 10,
             Severity = "warning", Component = "serving", Summary = "The request queue is nearly full",
             Description = "More than 90% of the waiting queue is in use; new requests will be rejected." },
     ];
