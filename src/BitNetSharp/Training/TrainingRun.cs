@@ -297,6 +297,8 @@ public sealed class TrainingRun
                 WeightDecay = r.ReadSingle(), ClipNorm = r.ReadSingle(), FullPrecision = r.ReadBoolean(), Seed = r.ReadUInt64(),
                 MaxValidationWindows = r.ReadInt32(),
             };
+            if (DamagedSetting(options) is { } damaged)
+                throw new InvalidDataException($"{path}: the checkpoint's settings are damaged ({damaged}); no run writes that. Start a new run without --resume.");
             var bits = version == 1 ? ActivationBits.Uniform(shape.Layers) : ReadBits(r, shape.Layers, path);
             if (expectedBits is not null && !expectedBits.Equals(bits))
                 throw new InvalidDataException($"{path}: the checkpoint trains with --activation-bits {bits}; the command line asks for {expectedBits}. " +
@@ -333,7 +335,17 @@ public sealed class TrainingRun
             if (learningRate is { } newRate) options = options with { LearningRate = newRate };
             if (warmupSteps is { } newWarmup) options = options with { WarmupSteps = newWarmup };
             if (weightDecay is { } newDecay) options = options with { WeightDecay = newDecay };
-            var run = new TrainingRun(options, tokenizer, train, validation, pool);
+            TrainingRun run;
+            try
+            {
+                run = new TrainingRun(options, tokenizer, train, validation, pool);
+            }
+            catch (ArgumentException e)
+            {
+                // What the settings make (buffers past one array, a stream shorter than a window) said "lower the batch"
+                // or "use more text" with no file named, of a checkpoint no run could have written.
+                throw new InvalidDataException($"{path}: the checkpoint cannot be resumed: {e.Message}", e);
+            }
             run.Step = step;
             run._rng.State = r.ReadUInt64();
             ReadLosses(r, run.TrainLosses);
@@ -359,11 +371,28 @@ public sealed class TrainingRun
         {
             throw new InvalidDataException($"{path}: the checkpoint is truncated.", e);
         }
+        catch (Exception e) when (e is IOException or FormatException && e is not InvalidDataException and not FileNotFoundException)
+        {
+            // BinaryReader.ReadString's length prefix: "invalid string length" (IOException) or a 7-bit encoding past
+            // int (FormatException), with no file named.
+            throw new InvalidDataException($"{path}: the checkpoint is corrupt ({e.Message}).", e);
+        }
         catch (InvalidDataException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal))
         {
             throw new InvalidDataException($"{path}: {e.Message}", e);
         }
     }
+
+    /// <summary>The first stored setting no run could have (a batch below 1, a NaN learning rate, …), or null.</summary>
+    private static string? DamagedSetting(TrainingOptions o) =>
+        o.Batch < 1 ? $"batch {o.Batch}"
+        : o.TotalSteps < 1 ? $"{o.TotalSteps} steps"
+        : !(float.IsFinite(o.LearningRate) && o.LearningRate > 0) ? $"learning rate {o.LearningRate}"
+        : o.WarmupSteps < 0 ? $"{o.WarmupSteps} warm-up steps"
+        : !(float.IsFinite(o.WeightDecay) && o.WeightDecay >= 0) ? $"weight decay {o.WeightDecay}"
+        : !(float.IsFinite(o.ClipNorm) && o.ClipNorm >= 0) ? $"clip norm {o.ClipNorm}"
+        : o.MaxValidationWindows < 0 ? $"{o.MaxValidationWindows} validation windows"
+        : null;
 
     private static ActivationBits ReadBits(BinaryReader r, int layers, string path)
     {

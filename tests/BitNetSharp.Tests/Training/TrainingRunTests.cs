@@ -95,6 +95,46 @@ public class TrainingRunTests
     }
 
     /// <summary>
+    /// The run's settings after the shape (batch at byte 48, then steps, learning rate, warm-up, weight decay, clip norm,
+    /// the full-precision flag, the seed and the validation windows) are checked as read: a batch of 0 or -1 was an
+    /// ArgumentOutOfRangeException without the file, 2^20 advised "lower the context, batch…", a NaN learning rate
+    /// trained on. Every damaged value here resumes or is an InvalidDataException naming the file.
+    /// </summary>
+    [Fact]
+    public void DamagedSettingsInACheckpointAreAnErrorNamingIt()
+    {
+        var (options, tokenizer, train, validation) = Setup(2);
+        using var pool = new WorkerPool(1);
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("run.ckpt");
+        TrainingRun.Start(options, tokenizer, train, validation, pool).SaveCheckpoint(path);
+        var good = File.ReadAllBytes(path);
+        var bits = options.ActivationBits ?? ActivationBits.Uniform(options.Shape.Layers);
+        int refused = 0;
+        foreach (int offset in new[] { 48, 52, 56, 60, 64, 68, 81 })
+            foreach (uint value in new uint[] { 0, uint.MaxValue, 1u << 20, 0x7FC00000u, 0xFF800000u })
+            {
+                var bad = (byte[])good.Clone();
+                System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(bad.AsSpan(offset), value);
+                File.WriteAllBytes(path, bad);
+                try
+                {
+                    var run = TrainingRun.Resume(path, pool, options.Shape, bits);
+                    Assert.True(run.Options.Batch >= 1 && run.Options.TotalSteps >= 1 && float.IsFinite(run.Options.LearningRate) && run.Options.LearningRate > 0
+                        && run.Options.WarmupSteps >= 0 && float.IsFinite(run.Options.WeightDecay) && run.Options.WeightDecay >= 0
+                        && float.IsFinite(run.Options.ClipNorm) && run.Options.ClipNorm >= 0 && run.Options.MaxValidationWindows >= 0,
+                        $"byte {offset} = 0x{value:X8} resumed with {run.Options}");
+                }
+                catch (InvalidDataException e)
+                {
+                    Assert.StartsWith(path, e.Message);
+                    refused++;
+                }
+            }
+        Assert.True(refused > 20, $"{refused} refused");
+    }
+
+    /// <summary>
     /// A NaN outside the projections (here the output norm) is refused before the update: one step went through AdamW
     /// (a NaN gradient norm is not above the clip norm) into every weight and moment, and a full-precision run, with no
     /// other check, trained on NaN until its next checkpoint. The weights, moments and step stay as they were.
