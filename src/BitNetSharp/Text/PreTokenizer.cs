@@ -83,7 +83,15 @@ public sealed partial class PreTokenizer
 
     /// <summary>A pre-tokenizer from one regex given by a tokenizer.json <c>Split</c> step (compiled at load).</summary>
     public static PreTokenizer FromPattern(string pattern, bool ignoreMerges) =>
-        new("custom", ignoreMerges, new Regex(pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled));
+        new("custom", ignoreMerges, Custom(pattern));
+
+    /// <summary>
+    /// How long one match of a model file's own pattern may run. The built-in patterns are linear; a file's may
+    /// backtrack catastrophically ((a+)+$ on "aaaa…!") and would hold the encoding thread for ever.
+    /// </summary>
+    public static readonly TimeSpan CustomMatchTimeout = TimeSpan.FromSeconds(2);
+
+    private static Regex Custom(string pattern) => new(pattern, RegexOptions.CultureInvariant | RegexOptions.Compiled, CustomMatchTimeout);
 
     /// <summary>
     /// A pre-tokenizer from a tokenizer.json sequence of steps, each a regex whose matches and the text between them
@@ -91,7 +99,7 @@ public sealed partial class PreTokenizer
     /// applied in order to the pieces of the one before, as the tokenizers library's Sequence does.
     /// </summary>
     public static PreTokenizer FromPatterns(IReadOnlyList<string> patterns, bool ignoreMerges) =>
-        new("custom", ignoreMerges, [.. patterns.Select(p => new Regex(p, RegexOptions.CultureInvariant | RegexOptions.Compiled))]);
+        new("custom", ignoreMerges, [.. patterns.Select(Custom)]);
 
     /// <summary>GPT-2's regex, the one a tokenizer.json ByteLevel step with use_regex applies.</summary>
     internal const string Gpt2RegexPattern = Gpt2Pattern;
@@ -195,12 +203,21 @@ public sealed partial class PreTokenizer
                 var (pieceStart, pieceLength) = pieces[i];
                 int pos = 0;
                 var piece = text.AsSpan(pieceStart, pieceLength);
-                foreach (var m in regex.EnumerateMatches(piece))
+                try
                 {
-                    if (m.Length == 0) continue;
-                    if (m.Index > pos) scratch.Add((pieceStart + pos, m.Index - pos));
-                    scratch.Add((pieceStart + m.Index, m.Length));
-                    pos = m.Index + m.Length;
+                    foreach (var m in regex.EnumerateMatches(piece))
+                    {
+                        if (m.Length == 0) continue;
+                        if (m.Index > pos) scratch.Add((pieceStart + pos, m.Index - pos));
+                        scratch.Add((pieceStart + m.Index, m.Length));
+                        pos = m.Index + m.Length;
+                    }
+                }
+                catch (RegexMatchTimeoutException e)
+                {
+                    throw new InvalidOperationException(
+                        $"The model's pre-tokenizer pattern /{e.Pattern}/ (its tokenizer.json Split step) ran over {e.MatchTimeout.TotalSeconds:0.#} s on one match of a " +
+                        $"{pieceLength}-character piece of this text: it backtracks catastrophically. Fix the pattern in tokenizer.json, or convert the model to GGUF with a named pre-tokenizer.", e);
                 }
                 if (pos < pieceLength) scratch.Add((pieceStart + pos, pieceLength - pos));
             }

@@ -204,6 +204,34 @@ public class TokenizerLoaderTests
     }
 
     /// <summary>
+    /// A tokenizer.json Split pattern is the model file's code: one that backtracks catastrophically ((a+)+$ on a run of
+    /// a's and a '!') held the encoding thread for ever (a server worker, or `bitnet generate`). Its matches are timed
+    /// out, and the error names the pattern and the file's pre-tokenizer.
+    /// </summary>
+    [Fact]
+    public async Task ACatastrophicSplitPatternIsTimedOutNotHung()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("tokenizer.json"), Gpt2TokenizerJson(new
+        {
+            type = "Sequence",
+            pretokenizers = new object[]
+            {
+                new { type = "Split", pattern = new { Regex = "(a+)+$" }, behavior = "Isolated", invert = false },
+                new { type = "ByteLevel", add_prefix_space = false, use_regex = false },
+            },
+        }));
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.NotEmpty(tokenizer.Encode("aaa", addBos: false)); // an ordinary text encodes
+        var encode = Task.Run(() => tokenizer.Encode(new string('a', 64) + "!", addBos: false), TestContext.Current.CancellationToken);
+        var finished = await Task.WhenAny(encode, Task.Delay(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken));
+        Assert.True(finished == encode, "the encoding still runs after 60 s");
+        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => encode);
+        Assert.Contains("(a+)+$", e.Message);
+        Assert.Contains("pre-tokenizer", e.Message);
+    }
+
+    /// <summary>
     /// Every step of a tokenizer.json pre_tokenizer Sequence applies in order (only the first Split was read, the rest
     /// ignored): Digits with individual_digits splits "2024" into four digits before GPT-2's regex, as the tokenizers
     /// library does; a list of Splits applies each.

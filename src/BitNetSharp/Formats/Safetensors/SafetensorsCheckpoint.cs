@@ -69,9 +69,12 @@ public sealed class SafetensorsCheckpoint : IDisposable
     {
         var weightMap = ReadWeightMap(indexPath);
         var directory = Path.GetDirectoryName(Path.GetFullPath(indexPath)) ?? ".";
+        // In order of first mention, each once (a HashSet beside the list: List.Contains made an index of many
+        // distinct names quadratic before the first missing file was reported).
         var shardNames = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
         foreach (var shard in weightMap.Values)
-            if (!shardNames.Contains(shard)) shardNames.Add(shard);
+            if (seen.Add(shard)) shardNames.Add(shard);
 
         var files = new List<SafetensorsFile>(shardNames.Count);
         try
