@@ -31,12 +31,14 @@ public static class ServeCommand
     ];
 
     /// <summary>serve's --speculate: prompt lookup only (a draft model would need its own batched engine and cache slots).</summary>
-    private static Generation.Speculative.SpeculativeOptions? ParseSpeculation(string? mode, int draftTokens)
+    private static Generation.Speculative.SpeculativeOptions? ParseSpeculation(string? mode, int draftTokens, bool draftTokensGiven)
     {
         if (draftTokens < 1 || draftTokens > Generation.Speculative.SpeculativeOptions.MaxDraftTokens)
             throw new UsageException($"--draft-tokens must be between 1 and {Generation.Speculative.SpeculativeOptions.MaxDraftTokens}; got {draftTokens}.");
         return mode?.Trim().ToLowerInvariant() switch
         {
+            // Accepted and ignored, as if --draft-tokens turned speculation on (generate refuses it too).
+            null or "none" or "off" when draftTokensGiven => throw new UsageException("--draft-tokens applies with --speculate ngram; speculation is off."),
             null or "none" or "off" => null,
             "ngram" or "prompt-lookup" => new Generation.Speculative.SpeculativeOptions { DraftTokens = draftTokens },
             "draft" or "model" => throw new UsageException("serve speculates by prompt lookup only (--speculate ngram); a draft model runs with generate."),
@@ -163,7 +165,7 @@ public static class ServeCommand
                 KvType = generator.KvType,
                 Threads = generator.Threads,
                 HealthSampleEvery = result.GetValue(healthEvery),
-                Speculation = ParseSpeculation(result.GetValue(speculate), result.GetValue(draftTokens)),
+                Speculation = ParseSpeculation(result.GetValue(speculate), result.GetValue(draftTokens), result.GetResult(draftTokens) is { Implicit: false }),
             };
             double drainSeconds = ShutdownSeconds(result, shutdownTimeout, env);
             if (!(drainSeconds >= 0) || drainSeconds > 3600) throw new UsageException($"{ShutdownTimeoutOption} must be 0 to 3600 seconds; got {drainSeconds}.");

@@ -15,7 +15,7 @@ public sealed class SpeculationOptions
     public Option<string?> Speculate { get; } = new("--speculate")
     {
         Description = "Speculative decoding: 'ngram' (prompt lookup: drafts copied from earlier context, no second model) or 'draft' "
-            + "(a smaller model, --draft or --draft-layers). Greedy output is unchanged; sampling keeps its distribution.",
+            + "(a smaller model, --draft or --draft-layers); 'none' (the default) is off. Greedy output is unchanged; sampling keeps its distribution.",
     };
     public Option<string?> Draft { get; } = new("--draft") { Description = "A draft model with the same vocabulary (.gguf or HF directory); implies --speculate draft." };
     public Option<int?> DraftLayers { get; } = new("--draft-layers") { Description = "Draft with the model's own first N layers (early exit); implies --speculate draft." };
@@ -58,6 +58,11 @@ public sealed class SpeculationOptions
             throw new UsageException($"--draft-tokens must be between 1 and {SpeculativeOptions.MaxDraftTokens}; got {k}.");
         if (draftPath is not null && layers is not null) throw new UsageException("give one of --draft MODEL or --draft-layers N, not both.");
         bool model = draftPath is not null || layers is not null;
+        if (mode is "none" or "off")
+        {
+            if (model) throw new UsageException($"--speculate {mode} turns speculation off; drop --draft/--draft-layers, or use --speculate draft.");
+            mode = null;
+        }
         switch (mode)
         {
             case null when !model:
@@ -74,7 +79,7 @@ public sealed class SpeculationOptions
             case "ngram" or "prompt-lookup":
                 throw new UsageException("--speculate ngram drafts from the context; drop --draft/--draft-layers, or use --speculate draft.");
             default:
-                throw new UsageException($"--speculate '{r.GetValue(Speculate)}' is not one of ngram, draft.");
+                throw new UsageException($"--speculate '{r.GetValue(Speculate)}' is not one of ngram, draft, none.");
         }
     }
 

@@ -187,6 +187,9 @@ public sealed partial class TextGenerator
             var batch = g._batch;
             for (int start = common; start < count;)
             {
+                // The draft reads the prompt here, in the first step, chunk by chunk: a Ctrl-C waited for all of it.
+                // What it has read stays cached; the step goes on without drafts and the run sees the cancellation.
+                if (cancellation.IsCancellationRequested) return 0;
                 int n = Math.Min(batch.Length, count - start);
                 for (int i = 0; i < n; i++) batch[i] = new BatchToken(history[start + i], 0, start + i, start + i == count - 1);
                 engine.Forward(batch.AsSpan(0, n), g._draftCaches!, logits);

@@ -73,7 +73,8 @@ public sealed partial class TextGenerator : IDisposable
         {
             settings.Validate();
             if (chunk < 2) throw new ArgumentException($"Speculative decoding verifies several tokens per forward; the prefill chunk ({chunk}) must be at least 2.", nameof(options));
-            if (settings.Source == DraftSource.Model) SpeculativeOptions.CheckSameVocabulary(c, tokenizer, settings.DraftModel!.Config, null);
+            if (settings.Source == DraftSource.Model)
+                SpeculativeOptions.CheckSameVocabulary(c, tokenizer, settings.DraftModel!.Config, DraftTokenizer(weights, settings.DraftModel, tokenizer));
         }
         Speculation = options.Speculation;
         _pool = new WorkerPool(options.Threads);
@@ -133,6 +134,9 @@ public sealed partial class TextGenerator : IDisposable
     private readonly float[]? _q;
     private readonly List<int> _draftTokens = [];
 
+    /// <summary>Tokens the draft model's cache holds (tests).</summary>
+    internal int DraftCachedTokens => _draftTokens.Count;
+
     public BitNetTokenizer? Tokenizer { get; }
     public ModelConfig Config => _weights.Config;
     public int ContextLength { get; }
@@ -153,6 +157,24 @@ public sealed partial class TextGenerator : IDisposable
     /// with <see cref="NonFiniteLogitsException"/> naming where the values first appeared.
     /// </summary>
     public ModelHealthCollector Health { get; }
+
+    /// <summary>
+    /// The draft model's own tokenizer, to compare token by token with the target's (the size alone let a draft whose
+    /// ids meant other tokens through); null when there is nothing to compare: no target tokenizer, a draft cut from
+    /// the target's own file (--draft-layers), or a draft file without a readable vocabulary.
+    /// </summary>
+    private static BitNetTokenizer? DraftTokenizer(ModelWeights target, ModelWeights draft, BitNetTokenizer? tokenizer)
+    {
+        if (tokenizer is null || draft.Gguf is not { } file || ReferenceEquals(file, target.Gguf)) return null;
+        try
+        {
+            return TokenizerLoader.FromGguf(file);
+        }
+        catch (Formats.ModelFormatException)
+        {
+            return null;
+        }
+    }
 
     /// <summary>Checks the row a token will be sampled from, adds it to a sampled step and publishes the step.</summary>
     private void Inspect(ReadOnlySpan<float> row, int rowIndex)

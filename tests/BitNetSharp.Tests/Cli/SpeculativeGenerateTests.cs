@@ -87,7 +87,7 @@ public class SpeculativeGenerateTests
         Assert.Contains("--draft-layers must be between 1 and 3", r.Error);
         r = Bitnet([.. common, "--speculate", "magic"]);
         Assert.NotEqual(0, r.ExitCode);
-        Assert.Contains("not one of ngram, draft", r.Error);
+        Assert.Contains("not one of ngram, draft, none", r.Error);
         r = Bitnet([.. common, "--speculate", "ngram", "--draft-tokens", "0"]);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("--draft-tokens must be between 1 and", r.Error);
@@ -97,5 +97,15 @@ public class SpeculativeGenerateTests
         r = Bitnet([.. common, "--draft-tokens", "4"]); // without speculation it was accepted and ignored
         Assert.Equal(2, r.ExitCode);
         Assert.Contains("speculation is off", r.Error);
+        // "none" and "off" turn it off, as serve's --speculate does (generate refused them as unknown).
+        r = Bitnet([.. common, "--speculate", "none"]);
+        Assert.Equal(0, r.ExitCode);
+        Assert.DoesNotContain("acceptance", r.Error);
+        r = Bitnet([.. common, "--speculate", "off", "--draft-tokens", "4"]);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("speculation is off", r.Error);
+        r = Bitnet([.. common, "--speculate", "none", "--draft-layers", "2"]);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--speculate none", r.Error);
     }
 }

@@ -63,6 +63,38 @@ public sealed class SpeculativeDecodingTests
         Assert.All(tokens, t => Assert.True(t.Id < tokenizer.VocabularySize));
     }
 
+    /// <summary>
+    /// The draft model reads the prompt in the first decoding step, chunk by chunk; a cancellation then (Ctrl-C right
+    /// after the first token) waited for the whole prompt to go through the draft. It now stops between chunks.
+    /// </summary>
+    [Fact]
+    public void ACancellationStopsTheDraftsPromptRead()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var target = weights;
+        var (draftWeights, _) = TinyChatModel.Load(seed: 12);
+        using var draft = draftWeights;
+        using var g = new TextGenerator(target, tokenizer, new GeneratorOptions
+        {
+            Threads = 1,
+            Speculation = new SpeculativeOptions { Source = DraftSource.Model, DraftModel = draft, DraftTokens = 2 },
+        });
+        var prompt = Enumerable.Range(0, 200).Select(i => 32 + i % 90).ToArray();
+        using var cancel = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        var tokens = new List<GeneratedToken>();
+        foreach (var t in g.Generate(prompt, 8, SamplingParameters.Greedy, ignoreStop: true, cancellation: cancel.Token))
+        {
+            tokens.Add(t);
+            cancel.Cancel(); // at the first token
+        }
+        Assert.Equal(FinishReason.Cancelled, tokens[^1].Finish);
+        Assert.True(g.DraftCachedTokens < prompt.Length, $"the draft read {g.DraftCachedTokens} tokens after the cancellation");
+        // Uncancelled, the next generation drafts as before.
+        var again = g.Generate(prompt, 8, SamplingParameters.Greedy, ignoreStop: true, cancellation: TestContext.Current.CancellationToken).ToList();
+        Assert.Equal(8, again.Count);
+        Assert.True(g.LastStats!.Speculative!.Value.Drafted > 0);
+    }
+
     /// <summary>Story openings that repeat names and phrases (so prompt lookup finds matches), built from small lists.</summary>
     private static IEnumerable<string> StoryPrompts(int count)
     {
@@ -78,6 +110,35 @@ public sealed class SpeculativeDecodingTests
                 1 => $"{name} had a {thing}. The {thing} was very special. Every day, {name} would {verb} with the {thing}. {name} said, \"I love my {thing}!\"",
                 _ => $"One day, {name} went to {verb} in the park. In the park, {name} saw a {thing}.",
             };
+        }
+    }
+
+    /// <summary>
+    /// A library caller's draft model of the same vocabulary size but another tokenizer is refused, as the CLI refuses
+    /// it: its ids meant other tokens, every draft was rejected, and speculation was pure overhead without a word.
+    /// </summary>
+    [Fact]
+    public void ALibraryDraftWithAnotherTokenizerIsRefused()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var target = weights;
+        var w = SyntheticModel.Build(TinyChatModel.Shape, 3);
+        var tokens = new List<string>();
+        for (int b = 0; b < 256; b++) tokens.Add(BitNetSharp.Tokenization.ByteLevelEncoding.ByteToChar((byte)b).ToString());
+        tokens.AddRange(["he", "Ġt", "Ġthe", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]); // 256 and 257 swapped
+        w.AddString("tokenizer.ggml.model", "gpt2").AddString("tokenizer.ggml.pre", "gpt-2")
+         .AddArray("tokenizer.ggml.tokens", tokens.ToArray())
+         .AddArray("tokenizer.ggml.token_type", tokens.Select((_, i) => i >= TinyChatModel.EndOfText ? 3 : 1).ToArray())
+         .AddArray("tokenizer.ggml.merges", new[] { "h e", "Ġ t", "Ġt he" });
+        using var draft = ModelWeights.FromGguf(GgufFile.Parse(w.ToArray(), "draft.gguf"), ownsFile: true);
+        var options = new GeneratorOptions { Threads = 1, Speculation = new SpeculativeOptions { Source = DraftSource.Model, DraftModel = draft, DraftTokens = 2 } };
+        var e = Assert.Throws<ArgumentException>(() => new TextGenerator(target, tokenizer, options));
+        Assert.Contains("token 256", e.Message);
+        // The same tokenizer (another model's weights) is accepted.
+        var (same, _) = TinyChatModel.Load(seed: 12);
+        using (same)
+        using (new TextGenerator(target, tokenizer, options with { Speculation = options.Speculation with { DraftModel = same } }))
+        {
         }
     }
 

@@ -58,6 +58,8 @@ public class ServeCommandTests
     [InlineData("--max-seqs", "5000", "--max-seqs must be a number of sequences from 1 to 4096; got 5000")]
     // A size for a log not asked for was ignored without a word.
     [InlineData("--telemetry-max-mb", "-5", "--telemetry-max-mb only applies with --telemetry-log")]
+    // Accepted and ignored without --speculate (generate refuses it).
+    [InlineData("--draft-tokens", "8", "--draft-tokens applies with --speculate ngram; speculation is off")]
     public void BadSettingsAreUsageErrors(string flag, string value, string message)
     {
         var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", flag, value);
