@@ -1,12 +1,12 @@
 using System.Text;
-using System.Text.RegularExpressions;
 
 namespace BitNetSharp.Training;
 
 /// <summary>
 /// Trains a byte-level BPE vocabulary (GPT-2 / Sennrich et al. 2016) on text:
 /// <list type="number">
-/// <item>the text is cut at every occurrence of a special token (special tokens never take part in merges);</item>
+/// <item>the text is cut at every occurrence of a special token, longest first as the runtime cuts it (special tokens
+/// never take part in merges);</item>
 /// <item>each piece is pre-tokenized by GPT-2's regex (<see cref="TrainedTokenizer.Gpt2Pattern"/>) and every
 /// pre-token is counted as a sequence of its UTF-8 bytes;</item>
 /// <item>repeatedly, the adjacent symbol pair with the highest count summed over all pre-tokens (counted with
@@ -44,11 +44,13 @@ public static class BpeTrainer
 
         // 1–2. Pre-token counts.
         var counts = new Dictionary<string, long>(StringComparer.Ordinal);
-        var split = new Regex(string.Join("|", specialTokens.OrderByDescending(s => s.Length).Select(Regex.Escape)), RegexOptions.CultureInvariant);
+        var specialsLongestFirst = specialTokens.OrderByDescending(s => s.Length).ToArray();
         var pieces = new List<(int Start, int Length)>();
         foreach (var text in texts)
-        foreach (var part in split.Split(text))
+        foreach (var (partStart, partLength, special) in TrainedTokenizer.Partition(text, specialsLongestFirst))
         {
+            if (special >= 0) continue;
+            string part = text.Substring(partStart, partLength);
             pieces.Clear();
             TrainedTokenizer.PreTokenize(part, pieces);
             foreach (var (start, length) in pieces)

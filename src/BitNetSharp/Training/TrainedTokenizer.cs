@@ -1,5 +1,4 @@
 using System.Text;
-using System.Text.RegularExpressions;
 
 namespace BitNetSharp.Training;
 
@@ -25,7 +24,7 @@ public sealed partial class TrainedTokenizer
     private readonly Dictionary<string, int> _ids = new(StringComparer.Ordinal);
     private readonly Dictionary<(int, int), (int Rank, int Id)> _mergeRanks = [];
     private readonly Dictionary<string, int[]> _cache = new(StringComparer.Ordinal);
-    private readonly Regex? _specialSplit;
+    private readonly string[] _specialOrder; // longest first, ties in the given order (the runtime's partition order)
 
     public TrainedTokenizer(IReadOnlyList<string> tokens, IReadOnlyList<string> merges, IReadOnlyList<string> specialTokens, int bosId, int eosId)
     {
@@ -46,8 +45,7 @@ public sealed partial class TrainedTokenizer
             string left = merges[r][..space], right = merges[r][(space + 1)..];
             _mergeRanks[(_ids[left], _ids[right])] = (r, _ids[left + right]);
         }
-        if (specialTokens.Count > 0)
-            _specialSplit = new Regex("(" + string.Join("|", specialTokens.OrderByDescending(s => s.Length).Select(Regex.Escape)) + ")", RegexOptions.CultureInvariant);
+        _specialOrder = [.. specialTokens.OrderByDescending(s => s.Length)];
         if ((uint)bosId >= (uint)tokens.Count || (uint)eosId >= (uint)tokens.Count)
             throw new ArgumentException($"BOS {bosId} / EOS {eosId} are outside the vocabulary of {tokens.Count}.");
     }
@@ -68,20 +66,57 @@ public sealed partial class TrainedTokenizer
     internal static void PreTokenize(string text, List<(int Start, int Length)> pieces) =>
         Tokenization.PreTokenizer.Gpt2.Split(text, 0, text.Length, pieces);
 
+    /// <summary>
+    /// Cuts <paramref name="text"/> at its special tokens the way the runtime (and llama.cpp's tokenizer_st_partition)
+    /// does: one special at a time, longest first (<paramref name="specialsLongestFirst"/>), each cutting every text run
+    /// left by the ones before. A single regex of alternatives took the leftmost match instead: with specials "ab" and
+    /// "bcd", "abcd" trained as [ab] c d while the runtime gives a [bcd]. Special is an index into the list, −1 for text.
+    /// </summary>
+    internal static List<(int Start, int Length, int Special)> Partition(string text, IReadOnlyList<string> specialsLongestFirst)
+    {
+        var fragments = new List<(int Start, int Length, int Special)>();
+        if (text.Length == 0) return fragments;
+        fragments.Add((0, text.Length, -1));
+        var next = new List<(int Start, int Length, int Special)>();
+        for (int k = 0; k < specialsLongestFirst.Count; k++)
+        {
+            string special = specialsLongestFirst[k];
+            if (!text.Contains(special, StringComparison.Ordinal)) continue;
+            next.Clear();
+            foreach (var f in fragments)
+            {
+                if (f.Special >= 0 || f.Length < special.Length)
+                {
+                    next.Add(f);
+                    continue;
+                }
+                int run = f.Start, end = f.Start + f.Length;
+                while (run < end)
+                {
+                    int hit = text.AsSpan(run, end - run).IndexOf(special, StringComparison.Ordinal);
+                    if (hit < 0) break;
+                    if (hit > 0) next.Add((run, hit, -1));
+                    next.Add((run + hit, special.Length, k));
+                    run += hit + special.Length;
+                }
+                if (run < end) next.Add((run, end - run, -1));
+            }
+            (fragments, next) = (next, fragments);
+        }
+        return fragments;
+    }
+
     /// <summary>Id of a token text, or −1.</summary>
     public int IdOf(string token) => _ids.TryGetValue(token, out int id) ? id : -1;
 
     /// <summary>The ids of <paramref name="text"/>: special tokens (when <paramref name="parseSpecial"/>) as themselves, the rest by BPE.</summary>
     public void Encode(string text, List<int> output, bool parseSpecial = true)
     {
-        if (parseSpecial && _specialSplit is not null)
+        if (parseSpecial && _specialOrder.Length > 0)
         {
-            var parts = _specialSplit.Split(text);
-            for (int i = 0; i < parts.Length; i++)
-            {
-                if (i % 2 == 1) output.Add(_ids[parts[i]]);
-                else EncodeOrdinary(parts[i], output);
-            }
+            foreach (var (start, length, special) in Partition(text, _specialOrder))
+                if (special >= 0) output.Add(_ids[_specialOrder[special]]);
+                else EncodeOrdinary(text.Substring(start, length), output);
         }
         else EncodeOrdinary(text, output);
     }

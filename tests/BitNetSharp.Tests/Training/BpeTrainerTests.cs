@@ -26,6 +26,31 @@ public class BpeTrainerTests(ITestOutputHelper output)
         for (int id = 0; id < tokenizer.Count; id++) Assert.Equal(referenceVocab[tokenizer.Tokens[id]], id);
     }
 
+    /// <summary>
+    /// Overlapping special tokens are cut longest first, as the runtime (and llama.cpp) cuts them: with "ab" and "bcd",
+    /// "abcd" trained and encoded as [ab] c d while the exported model's runtime tokenizer gives a [bcd], so the model
+    /// trained on ids it never sees.
+    /// </summary>
+    [Fact]
+    public void OverlappingSpecialTokensAreCutAsTheRuntimeCutsThem()
+    {
+        string[] specials = [BpeTrainer.EndOfText, "ab", "bcd"];
+        const string text = "xx abcd yy abcd zz the cat sat on the mat<|endoftext|>abcd";
+        var tokenizer = BpeTrainer.Train([text, text], 270, specials);
+        var w = new BitNetSharp.Formats.Gguf.GgufWriter();
+        w.AddString("tokenizer.ggml.model", "gpt2").AddString("tokenizer.ggml.pre", "gpt-2")
+         .AddArray("tokenizer.ggml.tokens", tokenizer.Tokens.ToArray())
+         .AddArray("tokenizer.ggml.token_type", tokenizer.TokenTypes.ToArray())
+         .AddArray("tokenizer.ggml.merges", tokenizer.Merges.ToArray())
+         .AddUInt32("tokenizer.ggml.bos_token_id", (uint)tokenizer.BosId)
+         .AddUInt32("tokenizer.ggml.eos_token_id", (uint)tokenizer.EosId);
+        using var file = BitNetSharp.Formats.Gguf.GgufFile.Parse(w.ToArray(), "trained.gguf");
+        var runtime = BitNetSharp.Tokenization.TokenizerLoader.FromGguf(file);
+        foreach (var probe in new[] { "abcd", "xabcdx abcd", "ab bcd abcd<|endoftext|>abcdbcd" })
+            Assert.Equal(runtime.Encode(probe, addBos: false, parseSpecial: true), tokenizer.Encode(probe));
+        Assert.Equal([tokenizer.IdOf("a"), tokenizer.IdOf("bcd")], tokenizer.Encode("abcd"));
+    }
+
     [Fact]
     public void EncodeDecodeRoundTripsAndUsesTheMerges()
     {
