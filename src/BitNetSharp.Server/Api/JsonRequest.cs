@@ -50,8 +50,8 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
             throw ApiException.BadRequest($"The request body is not valid UTF-8: {where}. JSON must be sent encoded as UTF-8.", code: "invalid_utf8");
         }
         // Likewise a \uD800 escape without its other half is valid JSON but no text: GetString() throws
-        // InvalidOperationException wherever such a field is read. Only bodies with \u escapes are walked.
-        if (raw.IndexOf("\\u"u8) >= 0 && BitNetSharp.Formats.JsonText.FindLoneSurrogate(doc.RootElement) is { } at)
+        // InvalidOperationException wherever such a field is read. Only bodies with such an escape are walked.
+        if (BitNetSharp.Formats.JsonText.MayHoldLoneSurrogate(raw) && BitNetSharp.Formats.JsonText.FindLoneSurrogate(doc.RootElement) is { } at)
         {
             doc.Dispose();
             bool field = at.Length > 0 && !at.StartsWith("a property name", StringComparison.Ordinal);

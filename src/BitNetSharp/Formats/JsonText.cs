@@ -22,7 +22,7 @@ public static class JsonText
             while (at < raw.Length && System.Text.Rune.DecodeFromUtf8(raw[at..], out _, out int consumed) == System.Buffers.OperationStatus.Done) at += consumed;
             return $"bytes that are not UTF-8 text at byte {at} of the JSON (save the file as UTF-8)";
         }
-        if (!MayHoldSurrogateEscape(raw)) return null;
+        if (!MayHoldLoneSurrogate(raw)) return null;
         return FindLoneSurrogate(root) is { } where
             ? $"{(where.Length == 0 ? "the document" : where)} holds a \\u escape of half a UTF-16 surrogate pair (\\uD800-\\uDFFF without its partner), which is no text"
             : null;
@@ -40,8 +40,12 @@ public static class JsonText
     /// </summary>
     public static string? FindLoneSurrogate(JsonElement root) => Walk(root);
 
-    /// <summary>A <c>\u</c> escape in D800-DFFF occurs somewhere (an escaped backslash may make it a false alarm).</summary>
-    private static bool MayHoldSurrogateEscape(ReadOnlySpan<byte> raw)
+    /// <summary>
+    /// Whether a <c>\u</c> escape of half a surrogate pair may occur in <paramref name="raw"/>: a high one (D800-DBFF)
+    /// not followed at once by a low one (DC00-DFFF), or a low one alone. A pair (an emoji as Python's json.dump writes
+    /// it) is text and no reason to walk the document. An escaped backslash before "u" may make it a false alarm.
+    /// </summary>
+    public static bool MayHoldLoneSurrogate(ReadOnlySpan<byte> raw)
     {
         int from = 0;
         while (true)
@@ -49,10 +53,24 @@ public static class JsonText
             int i = raw[from..].IndexOf("\\u"u8);
             if (i < 0) return false;
             i += from;
-            if (i + 3 < raw.Length && (raw[i + 2] | 0x20) == 'd' && raw[i + 3] is (>= (byte)'8' and <= (byte)'9') or (>= (byte)'a' and <= (byte)'f') or (>= (byte)'A' and <= (byte)'F'))
-                return true;
+            if (SurrogateEscape(raw, i) is { } high)
+            {
+                if (!high || SurrogateEscape(raw, i + 6) != false) return true; // a low half alone, or a high one unpaired
+                from = i + 12;
+                continue;
+            }
             from = i + 2;
         }
+    }
+
+    /// <summary>True: a \uD800-\uDBFF escape at <paramref name="i"/>; false: \uDC00-\uDFFF; null: neither.</summary>
+    private static bool? SurrogateEscape(ReadOnlySpan<byte> raw, int i)
+    {
+        if (i + 5 >= raw.Length || raw[i] != '\\' || raw[i + 1] != 'u' || (raw[i + 2] | 0x20) != 'd') return null;
+        int third = raw[i + 3] | 0x20;
+        if (third is >= '8' and <= '9' or 'a' or 'b') return true;
+        if (third is >= 'c' and <= 'f') return false;
+        return null;
     }
 
     // The path is built on the way back from a find, not for every element on the way down (tokenizer.json's

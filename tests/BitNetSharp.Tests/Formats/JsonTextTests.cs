@@ -59,6 +59,20 @@ public class JsonTextTests
         Assert.Contains("UTF-8", e.Message);
     }
 
+    /// <summary>
+    /// Only a document that may hold half a pair is walked: a pair (an emoji as Python's json.dump escapes it) is text,
+    /// and a tokenizer.json with one emoji token had every one of its strings read twice at each load.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"a":"\ud83d\ude00 and \uD83D\uDE00"}""", false)]
+    [InlineData("""{"a":"\u00e9\u0041"}""", false)]
+    [InlineData("""{"a":"\ud83d"}""", true)]
+    [InlineData("""{"a":"\ude00"}""", true)]
+    [InlineData("""{"a":"\ud83d\u0041"}""", true)]
+    [InlineData("""{"a":"x\ud83d""", true)]
+    public void OnlyAnUnpairedEscapeIsLookedInto(string json, bool expected) =>
+        Assert.Equal(expected, JsonText.MayHoldLoneSurrogate(System.Text.Encoding.UTF8.GetBytes(json)));
+
     [Fact]
     public void TheWalkerNamesTheFirstUnreadableString()
     {

@@ -184,6 +184,12 @@ public class AlertEngineTests
             queued = 56; // a batch admitted: one evaluation below 90 %
             e.Evaluate();
             clock.Advance(1);
+            if (round > 0)
+            {
+                // Held, it shows the value it last fired on (as Prometheus does), not the dip's 87.5 %.
+                Assert.Equal(1.0, Assert.Single(e.Firing).Value);
+                Assert.Single(changes); // and has not resolved on the way
+            }
         }
         Assert.Equal([true], changes.Select(c => c.Firing));
         Assert.Equal(1, e.TimesFired("BitNetQueueSaturation"));
@@ -203,6 +209,29 @@ public class AlertEngineTests
         Assert.Contains("keep_firing_for_seconds", bad.Message);
     }
 
+    /// <summary>
+    /// A held rule over sampled gauges resolves when its hold runs out after a good sample, though no further sample
+    /// comes: a rule skips evaluations without a new sample, so after one good sample and silence it stayed firing.
+    /// </summary>
+    [Fact]
+    public void AHeldSampledRuleResolvesWhenItsHoldRunsOutOnAnIdleServer()
+    {
+        double change = 9, samples = 1;
+        var clock = new ManualTime();
+        using var e = new AlertEngine([new AlertRule { Name = "BlowUp", Metric = "change", Op = ">", Threshold = 8, KeepFiringForSeconds = 5 }],
+            s => { s.Add("change", change); s.Add("samples_total", samples); },
+            new AlertEngineOptions { Time = clock, SampledMetrics = ["change"], SampleCounter = "samples_total" });
+        e.Evaluate();
+        Assert.Single(e.Firing);
+        change = 1;
+        samples = 2; // one good sample, then the server goes idle
+        e.Evaluate();
+        Assert.Single(e.Firing); // held
+        clock.Advance(60);
+        e.Evaluate();
+        Assert.Empty(e.Firing);
+    }
+
     /// <summary>A rule file's error names the rule by its place in the file and the line (.NET's message names neither).</summary>
     [Fact]
     public void ARuleFileErrorNamesTheRuleAndLine()
@@ -220,7 +249,19 @@ public class AlertEngineTests
         Assert.DoesNotContain("BitNetSharp.Monitoring", e.Message);
         var unknown = Assert.Throws<ArgumentException>(() => AlertRules.Parse("""{"rules": [{"name": "A", "metric": "m", "threshold": 1, "treshold": 2}]}""", "rules.json"));
         Assert.Contains("rules[0]", unknown.Message);
-        Assert.Contains("treshold", unknown.Message);
+        Assert.Contains("'treshold' is not a field of a rule", unknown.Message);
+        foreach (var (json, expected) in new[]
+        {
+            ("""{"rules": {}}""", "a list ([...])"),
+            ("""{"rules": [{"name": "A", "metric": "m", "threshold": "x"}]}""", "a number"),
+            ("""{"rules": [{"name": "A", "metric": "m", "threshold": 1, "match": []}]}""", "an object ({...})"),
+        })
+        {
+            var m = Assert.Throws<ArgumentException>(() => AlertRules.Parse(json, "rules.json")).Message;
+            Assert.Contains(expected, m);
+            Assert.DoesNotContain("System.", m);
+            Assert.DoesNotContain("BitNetSharp.", m);
+        }
     }
 
     [Fact]

@@ -153,7 +153,7 @@ public sealed record AlertEngineOptions
 /// <summary>
 /// Evaluates alert rules over the signals a collector callback supplies: on a timer (<see cref="Start"/>) or when
 /// called (<see cref="Evaluate"/>). A rule that starts firing is logged, counted (<see cref="TimesFired"/>; the server
-/// exports bitnet_alerts_total{rule} and bitnet_alerts_firing{rule}), raised as <see cref="Changed"/>, and POSTed to the
+/// exports bitnet_alerts_total{rule} and bitnet_alerts_firing{rule,severity}), raised as <see cref="Changed"/>, and POSTed to the
 /// webhook when one is set; so is its resolution. Webhook delivery runs on its own task and never blocks evaluation;
 /// failures are counted in <see cref="WebhookFailures"/>.
 /// </summary>
@@ -283,6 +283,13 @@ public sealed class AlertEngine : IDisposable
         lock (_evaluation) EvaluateAndPublish();
     }
 
+    private static void Resolve(AlertRule rule, State st, DateTimeOffset now, ref List<AlertState>? changes)
+    {
+        st.ClearSince = null;
+        st.Firing = false;
+        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
+    }
+
     private void EvaluateAndPublish()
     {
         List<AlertState>? changes = null;
@@ -307,11 +314,19 @@ public sealed class AlertEngine : IDisposable
                 if (_gate[i] is { } counter)
                 {
                     // No new sample since this rule last counted: its gauges hold the same step's values; keep the state.
-                    if (_signals.Reduce(counter, "sum", null) is not { } n || n == st.SamplesSeen) continue;
+                    // A firing alert whose condition has been clear since a good sample still resolves when its hold
+                    // (keep_firing_for_seconds) runs out: an idle server sends no further sample to end it.
+                    if (_signals.Reduce(counter, "sum", null) is not { } n || n == st.SamplesSeen)
+                    {
+                        if (st.Firing && st.ClearSince is { } clear && (now - clear).TotalSeconds >= rule.KeepFiringForSeconds)
+                            Resolve(rule, st, now, ref changes);
+                        continue;
+                    }
                     st.SamplesSeen = n;
                 }
                 double? value = Value(rule, st, now, out bool undefined);
                 if (value is null) continue; // no such signal yet (e.g. no sampled step): keep the state
+                double last = st.Value;
                 st.Value = value.Value;
                 // NaN from the model trips every threshold rule; 0/0 of a ratio (nothing drafted, no queue) holds no
                 // condition, as in Prometheus, where the division gives NaN and the comparison drops the series.
@@ -331,12 +346,12 @@ public sealed class AlertEngine : IDisposable
                 else
                 {
                     st.Consecutive = 0;
-                    // keep_firing_for_seconds: a firing alert resolves once the condition has been clear that long.
-                    if (st.Firing && (now - (st.ClearSince ??= now)).TotalSeconds >= rule.KeepFiringForSeconds)
+                    // keep_firing_for_seconds: a firing alert resolves once the condition has been clear that long; held,
+                    // it shows the value it last fired on (as Prometheus does), not the dip's.
+                    if (st.Firing)
                     {
-                        st.ClearSince = null;
-                        st.Firing = false;
-                        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
+                        if ((now - (st.ClearSince ??= now)).TotalSeconds >= rule.KeepFiringForSeconds) Resolve(rule, st, now, ref changes);
+                        else st.Value = last;
                     }
                 }
             }

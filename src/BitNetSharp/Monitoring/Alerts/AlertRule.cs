@@ -117,16 +117,29 @@ public static class AlertRules
         string message = e.Message;
         int cut = message.IndexOf(" Path: ", StringComparison.Ordinal);
         if (cut >= 0) message = message[..cut];
-        message = System.Text.RegularExpressions.Regex.Replace(message, @"(?:\.NET )?(?:member contained in )?type '[\w.`+\[\], ]+'", "a rule's fields");
+        foreach (var (pattern, replacement) in DotNetTerms)
+            message = System.Text.RegularExpressions.Regex.Replace(message, pattern, replacement);
         string? where = e.Path is { Length: > 1 } path ? path.TrimStart('$').TrimStart('.') : null;
-        string at = (where, e.LineNumber) switch
-        {
-            ({ Length: > 0 }, long line) => $"at {where}, line {line + 1}: ",
-            (_, long line) => $"at line {line + 1}: ",
-            _ => where is { Length: > 0 } ? $"at {where}: " : "",
-        };
+        string at = e.LineNumber is { } line
+            ? (where is { Length: > 0 } ? $"at {where}, line {line + 1}: " : $"at line {line + 1}: ")
+            : where is { Length: > 0 } ? $"at {where}: " : "";
         return at + message.TrimEnd();
     }
+
+    /// <summary>.NET's wording → the rule file's (type names mean nothing to someone writing JSON).</summary>
+    private static readonly (string Pattern, string Replacement)[] DotNetTerms =
+    [
+        (@"could not be mapped to any \.NET member contained in type '[^']+'", "is not a field of a rule (a misspelling?)"),
+        (@"JSON deserialization for type '[^']+' was missing required properties including: ", "a rule lacks the required field(s) "),
+        (@"System\.Collections\.Generic\.List`1\[[^\]]+\]", "a list ([...])"),
+        (@"System\.Collections\.Generic\.Dictionary`2\[[^\]]+\]", "an object ({...})"),
+        (@"System\.(Double|Single)", "a number"),
+        (@"System\.Int32", "an integer"),
+        (@"System\.String", "a string"),
+        (@"System\.Boolean", "true or false"),
+        (@"type '[^']+'", "a rule"),
+        (@"BitNetSharp\.[\w.+]+", "a rule"),
+    ];
 
     public static IReadOnlyList<AlertRule> Parse(string json, string source = "alert rules")
     {
