@@ -215,7 +215,8 @@ public sealed partial class PreTokenizer
                 }
                 catch (RegexMatchTimeoutException e)
                 {
-                    throw new InvalidOperationException(
+                    // InvalidDataException: the model file's content is at fault (the CLI says so as an error, not a bug).
+                    throw new InvalidDataException(
                         $"The model's pre-tokenizer pattern /{e.Pattern}/ (its tokenizer.json Split step) ran over {e.MatchTimeout.TotalSeconds:0.#} s on one match of a " +
                         $"{pieceLength}-character piece of this text: it backtracks catastrophically. Fix the pattern in tokenizer.json, or convert the model to GGUF with a named pre-tokenizer.", e);
                 }

@@ -226,9 +226,16 @@ public class TokenizerLoaderTests
         var encode = Task.Run(() => tokenizer.Encode(new string('a', 64) + "!", addBos: false), TestContext.Current.CancellationToken);
         var finished = await Task.WhenAny(encode, Task.Delay(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken));
         Assert.True(finished == encode, "the encoding still runs after 60 s");
-        var e = await Assert.ThrowsAsync<InvalidOperationException>(() => encode);
+        var e = await Assert.ThrowsAsync<InvalidDataException>(() => encode);
         Assert.Contains("(a+)+$", e.Message);
         Assert.Contains("pre-tokenizer", e.Message);
+        // The CLI says so as an error (exit 1), not a crash with a stack trace.
+        File.WriteAllText(dir.File("config.json"), "{}"); // tokenize reads only the directory's tokenizer
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.Equal(1, BitNetSharp.Cli.Program.Run(["tokenize", "-m", dir.Path, new string('a', 64) + "!"], output, error));
+        Assert.StartsWith("error: ", error.ToString());
+        Assert.Contains("(a+)+$", error.ToString(), StringComparison.Ordinal);
     }
 
     /// <summary>
