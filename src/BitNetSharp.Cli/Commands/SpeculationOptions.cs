@@ -86,6 +86,7 @@ public sealed class SpeculationOptions
     private static (SpeculativeOptions? Options, ModelWeights? DraftWeights) ParseDraft(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer, string? draftPath, int? layers, int k)
     {
         ModelWeights draft;
+        BitNetTokenizer? draftVocabulary = null;
         if (layers is { } n)
         {
             if (n < 1 || n >= target.Config.Layers)
@@ -105,8 +106,9 @@ public sealed class SpeculationOptions
                 throw new UsageException(e.Message);
             }
             draft = weights;
+            draftVocabulary = draftTokenizer;
         }
-        return (new SpeculativeOptions { Source = DraftSource.Model, DraftTokens = k, DraftModel = draft }, draft);
+        return (new SpeculativeOptions { Source = DraftSource.Model, DraftTokens = k, DraftModel = draft, DraftTokenizer = draftVocabulary }, draft);
     }
 
     /// <summary>"speculative (ngram, k=5): 40 steps, acceptance 63.2% (126/200), 3.15 tokens/step".</summary>

@@ -74,7 +74,8 @@ public sealed partial class TextGenerator : IDisposable
             settings.Validate();
             if (chunk < 2) throw new ArgumentException($"Speculative decoding verifies several tokens per forward; the prefill chunk ({chunk}) must be at least 2.", nameof(options));
             if (settings.Source == DraftSource.Model)
-                SpeculativeOptions.CheckSameVocabulary(c, tokenizer, settings.DraftModel!.Config, DraftTokenizer(weights, settings.DraftModel, tokenizer));
+                SpeculativeOptions.CheckSameVocabulary(c, tokenizer, settings.DraftModel!.Config,
+                    settings.DraftTokenizer ?? DraftTokenizer(weights, settings.DraftModel, tokenizer));
         }
         Speculation = options.Speculation;
         _pool = new WorkerPool(options.Threads);

@@ -7,7 +7,8 @@ namespace BitNetSharp.Monitoring;
 /// </summary>
 public sealed class LatencyWindow(int capacity = 256)
 {
-    private readonly double[] _values = new double[capacity];
+    private readonly double[] _values = new double[capacity > 0 ? capacity
+        : throw new ArgumentOutOfRangeException(nameof(capacity), capacity, "A latency window holds at least one value.")];
     private readonly Lock _lock = new();
     private int _next, _count;
 

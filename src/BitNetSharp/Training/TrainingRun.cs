@@ -375,7 +375,7 @@ public sealed class TrainingRun
         {
             // BinaryReader.ReadString's length prefix: "invalid string length" (IOException) or a 7-bit encoding past
             // int (FormatException), with no file named.
-            throw new InvalidDataException($"{path}: the checkpoint is corrupt ({e.Message}).", e);
+            throw new InvalidDataException($"{path}: the checkpoint cannot be read ({e.Message}).", e);
         }
         catch (InvalidDataException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal))
         {

@@ -137,8 +137,15 @@ public sealed class SpeculativeDecodingTests
         // The same tokenizer (another model's weights) is accepted.
         var (same, _) = TinyChatModel.Load(seed: 12);
         using (same)
-        using (new TextGenerator(target, tokenizer, options with { Speculation = options.Speculation with { DraftModel = same } }))
         {
+            using (new TextGenerator(target, tokenizer, options with { Speculation = options.Speculation with { DraftModel = same } }))
+            {
+            }
+            // A tokenizer given with the draft (the CLI's, already loaded; an HF directory's) is the one compared.
+            var other = TokenizerLoader.FromGguf(draft.Gguf!);
+            e = Assert.Throws<ArgumentException>(() => new TextGenerator(target, tokenizer,
+                options with { Speculation = options.Speculation with { DraftModel = same, DraftTokenizer = other } }));
+            Assert.Contains("token 256", e.Message);
         }
     }
 

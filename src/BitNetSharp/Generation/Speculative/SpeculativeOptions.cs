@@ -34,6 +34,12 @@ public sealed record SpeculativeOptions
     /// <summary>The draft model (<see cref="DraftSource.Model"/>); the caller owns it. Must have the target's vocabulary.</summary>
     public ModelWeights? DraftModel { get; init; }
 
+    /// <summary>
+    /// The draft model's tokenizer, compared token by token with the model's; when null it is read from the draft's
+    /// GGUF (a draft from a Hugging Face directory without it is compared by vocabulary size only).
+    /// </summary>
+    public Tokenization.BitNetTokenizer? DraftTokenizer { get; init; }
+
     public const int MaxDraftTokens = 32;
 
     /// <summary>Throws <see cref="ArgumentException"/> naming the first setting that makes no sense.</summary>
