@@ -49,7 +49,7 @@ internal sealed class HealthReport(int layers)
     public void Write(TextWriter w)
     {
         var ic = CultureInfo.InvariantCulture;
-        w.WriteLine(string.Create(ic, $"model health over {_steps} measured forward calls (saturation: share of int8 codes at ±127; underflow: share of zero codes; crest: absmax/RMS)"));
+        w.WriteLine(string.Create(ic, $"model health over {_steps} measured forward calls (saturation: share of codes at the clamp limit, ±127 at 8 bits; underflow: share of zero codes; crest: absmax/RMS)"));
         w.WriteLine("layer | sat qkv   o  g/u  down | under qkv   o  g/u  down | crest qkv    o   g/u  down | resid rms     max  change (max)");
         for (int l = 0; l < _rms.Length; l++)
         {

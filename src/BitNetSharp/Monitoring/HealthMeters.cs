@@ -35,9 +35,9 @@ public sealed class HealthMeters : IDisposable
         _signals =
         [
             PerInput("bitnet.health.activation.saturation", "1", "bitnet_health_activation_saturation_ratio",
-                "Share of a BitLinear input's int8 codes at the clamp limits (|q| >= 127), last sampled step, mean over its tokens.", s => s.Saturation),
+                "Share of a BitLinear input's codes at the clamp limits (|q| >= 127 at 8 bits, 2^(bits-1)-1 at fewer), last sampled step, mean over its tokens.", s => s.Saturation, withBits: true),
             PerInput("bitnet.health.activation.underflow", "1", "bitnet_health_activation_underflow_ratio",
-                "Share of a BitLinear input's int8 codes that are 0 (below half a quantization step), last sampled step.", s => s.Underflow),
+                "Share of a BitLinear input's codes that are 0 (below half a quantization step), last sampled step.", s => s.Underflow, withBits: true),
             PerInput("bitnet.health.activation.crest_factor", "{factor}", "bitnet_health_activation_crest_factor",
                 "absmax/RMS of a BitLinear input per token (about 127/crest int8 levels carry a typical entry), last sampled step.", s => s.CrestFactor),
             PerLayer("bitnet.health.residual.rms", "{value}", "bitnet_health_residual_rms", "RMS of the residual stream after the layer, last sampled step.", s => s.ResidualRms),
@@ -162,8 +162,8 @@ public sealed class HealthMeters : IDisposable
     /// </summary>
     public static IReadOnlyDictionary<string, string[]> SignalLabels { get; } = new Dictionary<string, string[]>(StringComparer.Ordinal)
     {
-        ["bitnet_health_activation_saturation_ratio"] = ["layer", "input"],
-        ["bitnet_health_activation_underflow_ratio"] = ["layer", "input"],
+        ["bitnet_health_activation_saturation_ratio"] = ["layer", "input", "bits"],
+        ["bitnet_health_activation_underflow_ratio"] = ["layer", "input", "bits"],
         ["bitnet_health_activation_crest_factor"] = ["layer", "input"],
         ["bitnet_health_residual_rms"] = ["layer"],
         ["bitnet_health_residual_max_abs"] = ["layer"],
@@ -273,14 +273,21 @@ public sealed class HealthMeters : IDisposable
         }
     }
 
-    private Signal PerInput(string name, string unit, string prom, string description, Func<HealthSnapshot, float[]> values) =>
+    /// <param name="withBits">Adds the input's activation bits as a "bits" label (saturation and underflow shares mean other things at fewer bits).</param>
+    private Signal PerInput(string name, string unit, string prom, string description, Func<HealthSnapshot, float[]> values, bool withBits = false) =>
         new(name, unit, prom, false, description, m => ReadSnapshot(m, s =>
         {
             var v = values(s);
             for (int l = 0; l < s.Layers; l++)
                 for (int i = 0; i < HealthNames.InputCount; i++)
-                    m.Add(new(v[l * HealthNames.InputCount + i], Layer(l), new KeyValuePair<string, object?>("input", HealthNames.InputLabels[i])));
+                {
+                    int c = l * HealthNames.InputCount + i;
+                    var input = new KeyValuePair<string, object?>("input", HealthNames.InputLabels[i]);
+                    m.Add(withBits ? new(v[c], Layer(l), input, new KeyValuePair<string, object?>("bits", BitsLabels[s.Bits[c]])) : new(v[c], Layer(l), input));
+                }
         }));
+
+    private static readonly string[] BitsLabels = [.. Enumerable.Range(0, 9).Select(b => b.ToString(System.Globalization.CultureInfo.InvariantCulture))];
 
     private Signal PerLayer(string name, string unit, string prom, string description, Func<HealthSnapshot, float[]> values) =>
         new(name, unit, prom, false, description, m => ReadSnapshot(m, s =>

@@ -22,6 +22,8 @@ public sealed class HealthSnapshot
         Saturation = new float[layers * HealthNames.InputCount];
         Underflow = new float[layers * HealthNames.InputCount];
         CrestFactor = new float[layers * HealthNames.InputCount];
+        Bits = new byte[layers * HealthNames.InputCount];
+        Array.Fill(Bits, (byte)8);
         ResidualRms = new float[layers];
         ResidualMaxAbs = new float[layers];
         ResidualChange = new float[layers];
@@ -53,6 +55,13 @@ public sealed class HealthSnapshot
     public float[] Underflow { get; }
 
     public float[] CrestFactor { get; }
+
+    /// <summary>
+    /// [layer·4 + input]: the bits the input is quantized to (8 unless a model's activation bits say less). Saturation and
+    /// underflow mean other things at fewer bits: a healthy 4-bit input has about half its codes at 0, and at 2 bits
+    /// every code is 0 or at the limit; the default alert rules read 8-bit inputs only (the metrics' "bits" label).
+    /// </summary>
+    public byte[] Bits { get; }
 
     public float[] ResidualRms { get; }
 
@@ -103,6 +112,7 @@ public sealed class HealthSnapshot
         Saturation.CopyTo(other.Saturation, 0);
         Underflow.CopyTo(other.Underflow, 0);
         CrestFactor.CopyTo(other.CrestFactor, 0);
+        Bits.CopyTo(other.Bits, 0);
         ResidualRms.CopyTo(other.ResidualRms, 0);
         ResidualMaxAbs.CopyTo(other.ResidualMaxAbs, 0);
         ResidualChange.CopyTo(other.ResidualChange, 0);
@@ -147,6 +157,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
 
     private readonly int _layers, _maxTokens, _dim;
     private readonly float[] _sat, _under, _crest;      // [token][layer][input]
+    private readonly byte[] _bits;                       // [layer][input]: the width each input was last quantized to
     private readonly float[] _rms, _maxAbs, _change;    // [token][layer]
     private readonly int[] _origin;                     // [token]: Finite, Embedding, or the first layer
     private readonly int[] _rowToken;                   // logits row → batch token
@@ -171,6 +182,8 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _sat = new float[cells];
         _under = new float[cells];
         _crest = new float[cells];
+        _bits = new byte[_layers * HealthNames.InputCount];
+        Array.Fill(_bits, (byte)8);
         _rms = new float[maxTokens * _layers];
         _maxAbs = new float[maxTokens * _layers];
         _change = new float[maxTokens * _layers];
@@ -270,6 +283,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         double rms = Math.Sqrt(sumSquares / x.Length);
         // NaN in the input stays NaN (the rules trip on it); `rms > 0` turned it into a healthy-looking 0.
         _crest[cell] = rms > 0 || double.IsNaN(rms) ? (float)(absMax / rms) : 0f;
+        _bits[layer * HealthNames.InputCount + (int)input] = (byte)(System.Numerics.BitOperations.Log2((uint)maxCode + 1) + 1); // 2^(b−1) − 1 → b
     }
 
     /// <summary>At a layer's end: finiteness always, the residual statistics when sampling.</summary>
@@ -306,6 +320,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             p.Underflow[c] = u * inv;
             p.CrestFactor[c] = k * inv;
         }
+        _bits.CopyTo(p.Bits, 0);
         for (int l = 0; l < _layers; l++)
         {
             // The change is the largest over the step's tokens, except a sequence's first token (unless it is all the step

@@ -546,6 +546,38 @@ public class HealthCollectorBatchTests
         Assert.Equal(4, health.Samples);
     }
 
+    /// <summary>
+    /// Saturation and underflow carry the input's activation bits as a "bits" label, and the default rules read 8-bit
+    /// inputs only: a healthy 4-bit input (a calibrated or a4.8-style model) has about half its codes at 0, and the
+    /// 8-bit thresholds fired BitNetActivationUnderflow on it for good.
+    /// </summary>
+    [Fact]
+    public void LowBitInputsCarryTheirBitsAndTheDefaultRulesLeaveThemOut()
+    {
+        using var m = new MeteredScheduler();
+        var (meters, health) = (m.Meters, m.Scheduler.Health);
+        int dim = m.Weights.Config.Dim;
+        var x = Enumerable.Range(0, dim).Select(i => (float)Math.Sin(i * 0.7)).ToArray();
+        var codes = new sbyte[dim]; // all zero: 100 % underflow
+        var rules = BitNetSharp.Monitoring.Alerts.AlertRules.Default.Where(r => r.Name == "BitNetActivationUnderflow").Select(r => r with { For = 1 }).ToList();
+        foreach (var (maxCode, fires) in new[] { (7, false), (127, true) })
+        {
+            health.BeginForward(1);
+            health.Quantized(0, BitLinearInput.Qkv, 0, x, codes, maxCode);
+            health.EndForward();
+            health.Publish();
+            Assert.Equal(maxCode == 7 ? 4 : 8, health.Latest.Bits[(int)BitLinearInput.Qkv]);
+            var series = new List<System.Diagnostics.Metrics.Measurement<double>>();
+            meters.Signals.Single(s => s.PrometheusName == "bitnet_health_activation_underflow_ratio").Read(series);
+            var qkv = series.Single(s => s.Tags.ToArray().Contains(new("layer", "0")) && s.Tags.ToArray().Contains(new("input", "qkv")));
+            Assert.Contains(new KeyValuePair<string, object?>("bits", maxCode == 7 ? "4" : "8"), qkv.Tags.ToArray());
+            Assert.Equal(1.0, qkv.Value);
+            using var alerts = new BitNetSharp.Monitoring.Alerts.AlertEngine(rules, meters.CollectSignals);
+            alerts.Evaluate();
+            Assert.Equal(fires, alerts.Firing.Count == 1);
+        }
+    }
+
     /// <summary>A BitLinear input holding NaN reads NaN as its crest factor, which trips the rules (it read a healthy 0).</summary>
     [Fact]
     public void NaNInputGivesNaNCrestFactor()

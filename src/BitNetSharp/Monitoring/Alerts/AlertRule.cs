@@ -187,6 +187,7 @@ public static class AlertRules
             "projection" => HealthNames.ProjectionLabels,
             "code" => ["-1", "0", "+1"],
             "finish_reason" => ["stop", "length"],
+            "bits" => ["2", "3", "4", "5", "6", "8"], // ActivationBits.Allowed
             _ => null,
         };
         if (values is not null) return Array.IndexOf(values, value) >= 0 ? null : "one of " + string.Join(", ", values);
@@ -307,11 +308,14 @@ public static class AlertRules
         new() { Name = "BitNetWeightChecksumMismatch", Metric = "bitnet_weights_verified", Aggregate = "min", Op = "<", Threshold = 1,
             Severity = "critical", Component = "weights", Summary = "Weights changed since load",
             Description = "A full checksum or a sampled probe found weight bytes that differ from their load-time values, and no full check has passed since." },
+        // 8-bit inputs only: at fewer bits (a calibrated or a4.8-style model) healthy codes sit at 0 and at the limit far
+        // more often (about half at 0 at 4 bits; every code at 0 or the limit at 2), and these thresholds fired on them.
         new() { Name = "BitNetActivationSaturation", Metric = "bitnet_health_activation_saturation_ratio", Aggregate = "max", Op = ">", Threshold = 0.05, For = 5,
+            Match = new() { ["bits"] = "8" },
             Severity = "warning", Component = "model", Summary = "Activations pile up at the int8 limits",
             Description = "Over 5% of a BitLinear input's int8 codes sit at ±127." },
         new() { Name = "BitNetActivationUnderflow", Metric = "bitnet_health_activation_underflow_ratio", Aggregate = "max", Op = ">", Threshold = 0.6, For = 5,
-            Match = new() { ["input"] = "!down" },
+            Match = new() { ["input"] = "!down", ["bits"] = "8" },
             Severity = "warning", Component = "model", Summary = "Activations underflow to zero codes",
             Description = "Over 60% of a BitLinear input's int8 codes are 0: its signal is below one quantization step." },
         new() { Name = "BitNetResidualBlowUp", Metric = "bitnet_health_residual_relative_change_ratio", Aggregate = "max", Op = ">", Threshold = 8, For = 2,
