@@ -26,7 +26,8 @@ public static class InspectCommand
             if (result.GetValue(codes) && ModelPath.Detect(result.GetRequiredValue(path)) == ModelPathKind.Safetensors)
                 throw new UsageException("--codes loads the model, and a lone .safetensors file has no config.json to load it with; inspect its model directory.");
             var summary = ModelSummary.Load(result.GetRequiredValue(path));
-            if (result.GetValue(json)) WriteJson(cli.Output, summary, result.GetValue(tensors), result.GetValue(codes) ? result.GetRequiredValue(path) : null);
+            string? codesError = null;
+            if (result.GetValue(json)) codesError = WriteJson(cli.Output, summary, result.GetValue(tensors), result.GetValue(codes) ? result.GetRequiredValue(path) : null);
             else
             {
                 WriteTables(cli.Ansi, summary, result.GetValue(tensors));
@@ -37,6 +38,11 @@ public static class InspectCommand
             if (summary.ActivationBitsError is { } problem)
             {
                 cli.Error.WriteLine("error: " + problem);
+                return 1;
+            }
+            if (codesError is not null)
+            {
+                cli.Error.WriteLine("error: " + codesError);
                 return 1;
             }
             return 0;
@@ -68,8 +74,10 @@ public static class InspectCommand
     /// model checksum, every tensor's checksum (so two files can be compared tensor by tensor, e.g. after a convert) and
     /// each packed projection's code shares.
     /// </summary>
-    private static void WriteJson(TextWriter output, ModelSummary summary, bool includeTensors, string? codesOf)
+    /// <returns>Why the model could not be loaded for its codes (the document then says so under "codes"), or null.</returns>
+    private static string? WriteJson(TextWriter output, ModelSummary summary, bool includeTensors, string? codesOf)
     {
+        string? codesError = null;
         using var stream = new MemoryStream();
         using (var writer = new Utf8JsonWriter(stream, new JsonWriterOptions { Indented = true }))
         {
@@ -81,16 +89,31 @@ public static class InspectCommand
                 using var document = JsonDocument.Parse(summaryStream.ToArray());
                 writer.WriteStartObject();
                 foreach (var property in document.RootElement.EnumerateObject()) property.WriteTo(writer);
-                WriteCodesJson(writer, codesOf);
+                codesError = WriteCodesJson(writer, codesOf);
                 writer.WriteEndObject();
             }
         }
         output.WriteLine(System.Text.Encoding.UTF8.GetString(stream.ToArray()));
+        return codesError;
     }
 
-    private static void WriteCodesJson(Utf8JsonWriter w, string path)
+    private static string? WriteCodesJson(Utf8JsonWriter w, string path)
     {
-        using var weights = Model.ModelWeights.Load(path);
+        Model.ModelWeights weights;
+        try
+        {
+            weights = Model.ModelWeights.Load(path);
+        }
+        catch (Exception e) when (e is ModelFormatException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException)
+        {
+            // The engine refuses the file: the summary is still printed (this is the tool for finding out why; the whole
+            // document was lost), with the reason where the codes would be.
+            w.WriteStartObject("codes");
+            w.WriteString("error", e.Message);
+            w.WriteEndObject();
+            return e.Message;
+        }
+        using var _ = weights;
         var stats = Monitoring.WeightCodeStats.Compute(weights);
         var integrity = new Monitoring.WeightIntegrity(weights, probeWords: 0);
         w.WriteStartObject("codes");
@@ -123,6 +146,7 @@ public static class InspectCommand
         w.WriteEndArray();
         w.WriteNumber("degenerate", stats.Degenerate);
         w.WriteEndObject();
+        return null;
     }
 
     private static void WriteTables(IAnsiConsole console, ModelSummary s, bool includeTensors)

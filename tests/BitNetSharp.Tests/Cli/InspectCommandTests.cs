@@ -59,6 +59,13 @@ public class InspectCommandTests
         var json = Bitnet("inspect", path, "--json");
         Assert.Equal(1, json.ExitCode);
         Assert.Contains(BitNetSharp.Model.ActivationBits.GgufKey, JsonDocument.Parse(json.Output).RootElement.GetProperty("activation_bits_error").GetString());
+        // With --codes the model load fails: the document is still printed, the reason under "codes" (stdout was empty).
+        var codes = Bitnet("inspect", path, "--json", "--codes");
+        Assert.Equal(1, codes.ExitCode);
+        var root = JsonDocument.Parse(codes.Output).RootElement;
+        Assert.Equal("odd", root.GetProperty("name").GetString());
+        Assert.False(string.IsNullOrEmpty(root.GetProperty("codes").GetProperty("error").GetString()));
+        Assert.StartsWith("error: ", codes.Error);
     }
 
     [Fact]
