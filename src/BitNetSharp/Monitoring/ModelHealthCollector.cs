@@ -346,7 +346,9 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             p.ResidualChange[l] = others ? d : first;
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
-            p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
+            // A step of sequence starts only (a prompt of just BOS) reports their change but flags only a non-finite one:
+            // the sink's growth was flagged or not by whether other tokens shared the step.
+            p.BlowUp[l] = l == 0 || !others ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
         }
         p.Step = _steps - 1;
         p.Tokens = n;

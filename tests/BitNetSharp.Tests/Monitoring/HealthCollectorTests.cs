@@ -338,7 +338,7 @@ public class HealthCollectorBatchTests
         Assert.False(snap.BlowUp[0]);
 
         // A sequence's first token (the attention sink, which many models blow up in an early layer on purpose) is left
-        // out while the step has other tokens; alone, it counts; not finite, it always does.
+        // out while the step has other tokens; alone, its change is reported but not flagged; not finite, it always counts.
         void Step(Func<int, float> changeOfToken0)
         {
             health.BeginForward(tokens);
@@ -367,6 +367,9 @@ public class HealthCollectorBatchTests
         health.EndForward();
         health.Publish();
         Assert.Equal(20f, health.Latest.ResidualChange[1], 1e-3f);
+        // ... reported, but not flagged a blow-up: the same healthy sink was flagged or not by whether other tokens
+        // shared its step (a prompt of just BOS was; a longer one was not).
+        Assert.False(health.Latest.BlowUp[1]);
     }
 
     /// <summary>An idle scheduler sampling every step's health, with the health meters over it; tests drive its collector.</summary>
