@@ -104,13 +104,20 @@ public sealed unsafe class WeightIntegrity
             long words = bytes / 8;
             int k = (int)Math.Min(probeWords, words);
             if (k == 0) return;
+            // k distinct words (Floyd's sampling; drawn with replacement, a tensor of k words had about a third of them
+            // never probed), in address order.
+            var chosen = new HashSet<long>(k);
+            for (long j = words - k; j < words; j++)
+            {
+                long t = rng.NextInt64(j + 1);
+                chosen.Add(chosen.Contains(t) ? j : t);
+            }
             var offsets = new long[k];
             var snapshot = new ulong[k];
-            for (int i = 0; i < k; i++)
-            {
-                offsets[i] = rng.NextInt64(words) * 8;
-                snapshot[i] = *(ulong*)(data + offsets[i]);
-            }
+            int n = 0;
+            foreach (long word in chosen) offsets[n++] = word * 8;
+            Array.Sort(offsets);
+            for (int i = 0; i < k; i++) snapshot[i] = *(ulong*)(data + offsets[i]);
             probes.Add(new ProbeSet(name, data, offsets, snapshot));
         }
         _entries = [.. entries];

@@ -45,6 +45,34 @@ public class WeightIntegrityTests
     }
 
     /// <summary>
+    /// With as many probe words as a tensor has, every word is probed: the offsets were drawn with replacement, so about
+    /// a third of the words were never looked at while others were read twice.
+    /// </summary>
+    [Fact]
+    public unsafe void ProbeOffsetsAreDistinct()
+    {
+        using var w = TransformerTests.TinyModel();
+        var down = w.Layers[1].Down;
+        long words = down.ByteLength / 8;
+        var integrity = new WeightIntegrity(w, probeWords: (int)words);
+        int missed = 0;
+        for (long word = 0; word < words; word++)
+        {
+            down.Data[word * 8 + 3] ^= 0x10;
+            try
+            {
+                if (integrity.Probe().Ok) missed++;
+            }
+            finally
+            {
+                down.Data[word * 8 + 3] ^= 0x10;
+            }
+        }
+        Assert.Equal(0, missed);
+        Assert.True(integrity.Probe().Ok);
+    }
+
+    /// <summary>
     /// A tensor that stays changed is reported (the event the server logs and writes to the telemetry log) and counted
     /// once, not again by every probe and full check (every 256 steps: a counter that grew forever and an error per
     /// probe); it stays unverified meanwhile, and once a full check passes, a new change is news again.
