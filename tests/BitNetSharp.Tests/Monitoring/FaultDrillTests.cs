@@ -153,8 +153,8 @@ public class FaultDrillTests
         var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 6));
         Assert.Equal(HttpStatusCode.OK, status);
         var metrics = await s.MetricsAsync();
-        Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{input=\"qkv\",layer=\"0\"}"));
-        Assert.True(TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{input=\"qkv\",layer=\"1\"}") < 0.6);
+        Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{bits=\"8\",input=\"qkv\",layer=\"0\"}"));
+        Assert.True(TestServer.Sample(metrics, "bitnet_health_activation_underflow_ratio{bits=\"8\",input=\"qkv\",layer=\"1\"}") < 0.6);
         // The rule counts "for: 5" in evaluations that see a new sample: traffic goes on until it fires.
         await TestServer.EventuallyAsync(async () =>
         {
