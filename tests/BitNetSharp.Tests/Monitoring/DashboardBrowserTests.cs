@@ -193,6 +193,14 @@ public sealed partial class DashboardBrowserTests
             () => { drawHeatmap(parse('bitnet_health_residual_rms{layer="0"} NaN\n'));
                     return document.querySelector('#heatmap td[data-metric="bitnet_health_residual_rms"][data-layer="0"]').textContent; }
             """));
+        // A 4-bit input's shares are shown marked and not coloured (the thresholds are 8-bit ones: a healthy 4-bit input
+        // has about half its codes at 0, and drew full red); an 8-bit one at the same share is.
+        Assert.Equal("55.00 (4b)||55.00|rgb", await page.EvaluateAsync<string>("""
+            () => { drawHeatmap(parse('bitnet_health_activation_underflow_ratio{bits="4",input="qkv",layer="0"} 0.55\n' +
+                                      'bitnet_health_activation_underflow_ratio{bits="8",input="qkv",layer="1"} 0.55\n'));
+                    const cell = l => document.querySelector('#heatmap td[data-metric="bitnet_health_activation_underflow_ratio"][data-layer="' + l + '"][data-input="qkv"]');
+                    return [cell(0).textContent, cell(0).style.background, cell(1).textContent, cell(1).style.background.slice(0, 3)].join('|'); }
+            """));
         string resolved = await page.EvaluateAsync<string>("""
             () => { drawAlerts(parse('bitnet_alerts_firing{rule="R"} 0\n'), { firing: [{ name: "R", severity: "critical", since: 0, value: 3, summary: "stale details" }] });
                     return document.querySelector('#alerts tr[data-rule="R"]').innerText; }
