@@ -26,7 +26,7 @@ public static class GenerateCommand
         var idsOut = new Option<string?>("--ids-out") { Description = "Write the prompt and generated token ids as JSON." };
         var health = new Option<bool>("--health") { Description = "Measure the model's numerical health on every forward call and print a per-layer table at the end (stderr)." };
         var healthEvery = new Option<int?>("--health-every") { Description = "Measure every N forward calls instead of every one (with --health or the --log-* flags)." };
-        var logResidual = new Option<bool>("--log-residual-stats") { Description = "Print one line per layer and measured step: residual RMS, max |x|, relative change, and the int8 saturation/underflow of each BitLinear input (stderr)." };
+        var logResidual = new Option<bool>("--log-residual-stats") { Description = "Print one line per layer and measured step: residual RMS, max |x|, relative change, and the saturation/underflow of each BitLinear input's codes (stderr)." };
         var logLogits = new Option<bool>("--log-logits") { Description = "Print one line per measured step: logits min, max, range and entropy (stderr)." };
         var stop = StopOption();
         var command = new Command("generate", "Generate text from a prompt, streamed as it comes.")

@@ -555,7 +555,7 @@ public static class LogsCommand
             }
             if (_layers.Count > 0)
             {
-                WriteTable(w, "saturation % (share of int8 codes at the clamp), mean / max", l => l.Saturation, 100, "0.000");
+                WriteTable(w, "saturation % (share of codes at the clamp, ±127 at 8 bits), mean / max", l => l.Saturation, 100, "0.000");
                 WriteTable(w, "underflow % (share of zero codes), mean / max", l => l.Underflow, 100, "0.000");
                 WriteTable(w, "crest factor (max|x| / rms), mean / max", l => l.Crest, 1, "0.00");
                 w.WriteLine("residual stream:");

@@ -43,23 +43,24 @@ public static class JsonText
     /// <summary>
     /// Whether a <c>\u</c> escape of half a surrogate pair may occur in <paramref name="raw"/>: a high one (D800-DBFF)
     /// not followed at once by a low one (DC00-DFFF), or a low one alone. A pair (an emoji as Python's json.dump writes
-    /// it) is text and no reason to walk the document. An escaped backslash before "u" may make it a false alarm.
+    /// it) is text and no reason to walk the document.
     /// </summary>
     public static bool MayHoldLoneSurrogate(ReadOnlySpan<byte> raw)
     {
-        int from = 0;
+        // Escapes are read in order, so an escaped backslash ("\\uD83D" is the text "\uD83D") is never taken for one.
+        int i = 0;
         while (true)
         {
-            int i = raw[from..].IndexOf("\\u"u8);
-            if (i < 0) return false;
-            i += from;
+            int next = raw[i..].IndexOf((byte)'\\');
+            if (next < 0) return false;
+            i += next;
             if (SurrogateEscape(raw, i) is { } high)
             {
                 if (!high || SurrogateEscape(raw, i + 6) != false) return true; // a low half alone, or a high one unpaired
-                from = i + 12;
-                continue;
+                i += 12;
             }
-            from = i + 2;
+            else i += 2; // any other escape: \\, \", \n, \u0041, ...
+            if (i >= raw.Length) return false;
         }
     }
 

@@ -7,8 +7,9 @@ using BitNetSharp.Model;
 namespace BitNetSharp.Monitoring;
 
 /// <summary>
-/// What one sampled engine step looked like inside the model, per layer: for each BitLinear input the share of int8
-/// codes at the clamp limits (|q| ≥ 127: the token's signal is dominated by its largest entries), the share of codes
+/// What one sampled engine step looked like inside the model, per layer: for each BitLinear input the share of codes at
+/// the clamp limits (|q| ≥ 127 at 8 bits, 2^(b−1) − 1 at b: the token's signal is dominated by its largest entries;
+/// <see cref="HealthSnapshot.Bits"/>), the share of codes
 /// that are 0 (entries below half a quantization step: signal lost), and the crest factor absmax/RMS (how many of the
 /// 127 levels a typical entry really uses is about 127/crest); and the residual stream after the layer: RMS, max |x|,
 /// and ‖x_after − x_before‖/‖x_before‖. Token-level values are averaged over the step's tokens, except max |x| (the
@@ -323,10 +324,10 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _bits.CopyTo(p.Bits, 0);
         for (int l = 0; l < _layers; l++)
         {
-            // The change is the largest over the step's tokens, except a sequence's first token (unless it is all the step
-            // has, or is not finite): the attention sink, whose residual many models grow by orders of magnitude in an
+            // The change is the largest over the step's tokens, except a sequence's first token (unless it is not
+            // finite): the attention sink, whose residual many models grow by orders of magnitude in an
             // early layer by design ("massive activations"), would flag every prefill that starts a sequence.
-            float r = 0, m = 0, d = 0, first = 0;
+            float r = 0, m = 0, d = 0;
             bool others = false;
             for (int t = 0; t < n; t++)
             {
@@ -334,21 +335,18 @@ public sealed unsafe class ModelHealthCollector : IDisposable
                 r += _rms[cell];
                 m = MathF.Max(m, _maxAbs[cell]);
                 float change = _change[cell];
-                if (_atStart[t] && float.IsFinite(change)) first = MathF.Max(first, change);
-                else
-                {
-                    d = MathF.Max(d, change); // NaN propagates
-                    others = true;
-                }
+                if (_atStart[t] && float.IsFinite(change)) continue; // the sink
+                d = MathF.Max(d, change); // NaN propagates
+                others = true;
             }
             p.ResidualRms[l] = r * inv;
             p.ResidualMaxAbs[l] = m;
-            p.ResidualChange[l] = others ? d : first;
+            // A step of sequence starts only (a prompt of just BOS) measures nothing but the sink: its change is reported
+            // as 0 and not flagged. Reported, the alert rule over the gauge counted the sink's designed-in growth.
+            p.ResidualChange[l] = others ? d : 0f;
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
-            // A step of sequence starts only (a prompt of just BOS) reports their change but flags only a non-finite one:
-            // the sink's growth was flagged or not by whether other tokens shared the step.
-            p.BlowUp[l] = l == 0 || !others ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
+            p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
         }
         p.Step = _steps - 1;
         p.Tokens = n;

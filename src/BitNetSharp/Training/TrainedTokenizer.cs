@@ -81,7 +81,8 @@ public sealed partial class TrainedTokenizer
         for (int k = 0; k < specialsLongestFirst.Count; k++)
         {
             string special = specialsLongestFirst[k];
-            if (!text.Contains(special, StringComparison.Ordinal)) continue;
+            // An empty special (a damaged checkpoint's) would match everywhere and never advance.
+            if (special.Length == 0 || !text.Contains(special, StringComparison.Ordinal)) continue;
             next.Clear();
             foreach (var f in fragments)
             {

@@ -70,6 +70,8 @@ public class JsonTextTests
     [InlineData("""{"a":"\ude00"}""", true)]
     [InlineData("""{"a":"\ud83d\u0041"}""", true)]
     [InlineData("""{"a":"x\ud83d""", true)]
+    [InlineData("""{"a":"\\uD83D\uDE00"}""", true)] // an escaped backslash, then a low half alone
+    [InlineData("""{"a":"\\\ud83d\ude00 \\"}""", false)]
     public void OnlyAnUnpairedEscapeIsLookedInto(string json, bool expected) =>
         Assert.Equal(expected, JsonText.MayHoldLoneSurrogate(System.Text.Encoding.UTF8.GetBytes(json)));
 

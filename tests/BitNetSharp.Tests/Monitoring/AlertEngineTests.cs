@@ -221,6 +221,8 @@ public class AlertEngineTests
         using var e = new AlertEngine([new AlertRule { Name = "BlowUp", Metric = "change", Op = ">", Threshold = 8, KeepFiringForSeconds = 5 }],
             s => { s.Add("change", change); s.Add("samples_total", samples); },
             new AlertEngineOptions { Time = clock, SampledMetrics = ["change"], SampleCounter = "samples_total" });
+        var changes = new List<AlertState>();
+        e.Changed += changes.Add;
         e.Evaluate();
         Assert.Single(e.Firing);
         change = 1;
@@ -230,6 +232,7 @@ public class AlertEngineTests
         clock.Advance(60);
         e.Evaluate();
         Assert.Empty(e.Firing);
+        Assert.Equal(1, changes[^1].Value); // resolved on the good sample's value (it said "resolved: change = 9")
     }
 
     /// <summary>A rule file's error names the rule by its place in the file and the line (.NET's message names neither).</summary>
@@ -255,6 +258,8 @@ public class AlertEngineTests
             ("""{"rules": {}}""", "a list ([...])"),
             ("""{"rules": [{"name": "A", "metric": "m", "threshold": "x"}]}""", "a number"),
             ("""{"rules": [{"name": "A", "metric": "m", "threshold": 1, "match": []}]}""", "an object ({...})"),
+            ("""{"rulez": []}""", "'rulez' is not a field of the rule file"),
+            ("""[]""", "the rule file"),
         })
         {
             var m = Assert.Throws<ArgumentException>(() => AlertRules.Parse(json, "rules.json")).Message;

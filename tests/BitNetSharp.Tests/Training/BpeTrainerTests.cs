@@ -49,6 +49,8 @@ public class BpeTrainerTests(ITestOutputHelper output)
         foreach (var probe in new[] { "abcd", "xabcdx abcd", "ab bcd abcd<|endoftext|>abcdbcd" })
             Assert.Equal(runtime.Encode(probe, addBos: false, parseSpecial: true), tokenizer.Encode(probe));
         Assert.Equal([tokenizer.IdOf("a"), tokenizer.IdOf("bcd")], tokenizer.Encode("abcd"));
+        // An empty special (a damaged checkpoint's) is skipped: it matched everywhere and the cut never advanced.
+        Assert.Equal([(0, 1, -1), (1, 1, 1), (2, 1, -1)], TrainedTokenizer.Partition("abc", ["", "b"]));
     }
 
     [Fact]

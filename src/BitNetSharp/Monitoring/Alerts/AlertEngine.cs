@@ -190,6 +190,8 @@ public sealed class AlertEngine : IDisposable
         public DateTimeOffset FiringSince;
         /// <summary>While firing: the first evaluation since which the condition has not held (keep_firing_for_seconds).</summary>
         public DateTimeOffset? ClearSince;
+        /// <summary>The value of the last evaluation (<see cref="Value"/> holds the firing value through a hold).</summary>
+        public double Latest = double.NaN;
         public double Value = double.NaN;
         // One window per series (metric and label set): increase is taken per series, then summed, as Prometheus'
         // sum(increase(...)) does; over the sum, a series that vanished made the rest read as a reset and count again.
@@ -319,7 +321,10 @@ public sealed class AlertEngine : IDisposable
                     if (_signals.Reduce(counter, "sum", null) is not { } n || n == st.SamplesSeen)
                     {
                         if (st.Firing && st.ClearSince is { } clear && (now - clear).TotalSeconds >= rule.KeepFiringForSeconds)
+                        {
+                            st.Value = st.Latest; // resolved on the good sample's value, as a resolve on a new sample is
                             Resolve(rule, st, now, ref changes);
+                        }
                         continue;
                     }
                     st.SamplesSeen = n;
@@ -327,7 +332,7 @@ public sealed class AlertEngine : IDisposable
                 double? value = Value(rule, st, now, out bool undefined);
                 if (value is null) continue; // no such signal yet (e.g. no sampled step): keep the state
                 double last = st.Value;
-                st.Value = value.Value;
+                st.Value = st.Latest = value.Value;
                 // NaN from the model trips every threshold rule; 0/0 of a ratio (nothing drafted, no queue) holds no
                 // condition, as in Prometheus, where the division gives NaN and the comparison drops the series.
                 bool holds = !undefined && (rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<="));

@@ -117,9 +117,11 @@ public static class AlertRules
         string message = e.Message;
         int cut = message.IndexOf(" Path: ", StringComparison.Ordinal);
         if (cut >= 0) message = message[..cut];
-        foreach (var (pattern, replacement) in DotNetTerms)
-            message = System.Text.RegularExpressions.Regex.Replace(message, pattern, replacement);
         string? where = e.Path is { Length: > 1 } path ? path.TrimStart('$').TrimStart('.') : null;
+        // Inside rules[i] the type is a rule; outside it (a top-level "rulez", a file that is a list), the rule file.
+        bool inRule = where is not null && where.StartsWith("rules[", StringComparison.Ordinal) && where.Contains(']', StringComparison.Ordinal);
+        foreach (var (pattern, replacement) in DotNetTerms)
+            message = System.Text.RegularExpressions.Regex.Replace(message, pattern, inRule ? replacement : replacement.Replace("a rule", "the rule file ({\"rules\": [...]})", StringComparison.Ordinal));
         string at = e.LineNumber is { } line
             ? (where is { Length: > 0 } ? $"at {where}, line {line + 1}: " : $"at line {line + 1}: ")
             : where is { Length: > 0 } ? $"at {where}: " : "";
