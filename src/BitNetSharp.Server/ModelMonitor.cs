@@ -66,7 +66,8 @@ internal sealed class ModelMonitor : IDisposable
         if (options.TelemetryLog is { } open)
         {
             var context = new Dictionary<string, string>(TelemetryContext.Create(out var warnings, Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name, scheduler.Threads, modelId,
-                Integrity?.ModelChecksumHex, ProjectionType(weights), scheduler.Options.KvType.ToString()))
+                Integrity?.ModelChecksumHex, ProjectionType(weights), scheduler.Options.KvType.ToString(),
+                (weights.ActivationBits ?? Model.ActivationBits.Uniform(weights.Config.Layers)).ToString()))
             {
                 ["model.path"] = weights.SourcePath,
                 ["health.sample_every"] = scheduler.Options.HealthSampleEvery.ToString(CultureInfo.InvariantCulture),

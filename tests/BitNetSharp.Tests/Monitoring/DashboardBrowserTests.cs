@@ -267,6 +267,22 @@ public sealed class ServerTelemetryTests
         public void Write(in TelemetryEvent record) { }
     }
 
+    /// <summary>
+    /// The telemetry log's run context names the activation bits (the layer rows' saturation and underflow mean other
+    /// things at fewer bits; a reader of the log could not tell).
+    /// </summary>
+    [Fact]
+    public async Task TheTelemetryContextNamesTheActivationBits()
+    {
+        IReadOnlyDictionary<string, string>? context = null;
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            Monitoring = new MonitoringOptions { TelemetryLog = c => { context = c; return new CollectingSink(); } },
+        });
+        Assert.NotNull(context);
+        Assert.Equal("8", context["activation.bits"]);
+    }
+
     /// <summary>Each step record carries the token sampled from its logits: one request's records, detokenized, are its completion.</summary>
     [Fact]
     public async Task StepRecordsCarryTheSampledTokens()

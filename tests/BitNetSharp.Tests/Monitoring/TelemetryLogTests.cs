@@ -790,7 +790,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
         {
             Environment.SetEnvironmentVariable(TelemetryContext.EnvironmentVariable, "site=lab,bad");
             var context = TelemetryContext.Create(out var w, kernel: "avx512-gfni", threads: 8, model: "m.gguf", modelChecksum: "xxh3:1234",
-                projectionType: "i2_s", kvType: "f16");
+                projectionType: "i2_s", kvType: "f16", activationBits: "qkv=4,gate_up=4");
             Assert.Equal("lab", context["site"]);
             Assert.Single(w);
             Assert.Equal("avx512-gfni", context["kernel"]);
@@ -798,6 +798,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
             Assert.Equal("xxh3:1234", context["model.checksum"]);
             Assert.Equal("i2_s", context["projection.type"]);
             Assert.Equal("f16", context["kv.type"]);
+            Assert.Equal("qkv=4,gate_up=4", context["activation.bits"]);
             Assert.False(string.IsNullOrEmpty(context["engine.version"]));
             Assert.False(string.IsNullOrEmpty(context["cpu.model"]));
             if (System.Runtime.Intrinsics.X86.Avx2.IsSupported) Assert.Contains("AVX2", context["cpu.isa"]);

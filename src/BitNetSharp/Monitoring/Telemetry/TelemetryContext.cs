@@ -26,7 +26,8 @@ public static class TelemetryContext
         string? model = null,
         string? modelChecksum = null,
         string? projectionType = null,
-        string? kvType = null)
+        string? kvType = null,
+        string? activationBits = null)
     {
         var context = new Dictionary<string, string>(StringComparer.Ordinal)
         {
@@ -47,6 +48,8 @@ public static class TelemetryContext
         Add("model.checksum", modelChecksum);
         Add("projection.type", projectionType);
         Add("kv.type", kvType);
+        // The layer rows' saturation and underflow mean other things at fewer bits: a reader needs the widths.
+        Add("activation.bits", activationBits);
         var list = new List<string>();
         ParsePairs(Environment.GetEnvironmentVariable(EnvironmentVariable), context, list);
         warnings = list;
