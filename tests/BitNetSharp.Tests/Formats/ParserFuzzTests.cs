@@ -8,7 +8,7 @@ using BitNetSharp.Formats.Safetensors;
 namespace BitNetSharp.Tests.Formats;
 
 /// <summary>
-/// Seeded mutation fuzzing of both parsers: every mutated file must either open (and then every tensor span and
+/// Seeded mutation fuzzing of the model-file parsers (GGUF, safetensors, config.json, SentencePiece): every mutated file must either open (and then every tensor span and
 /// value must be readable) or fail with <see cref="ModelFormatException"/>. Anything else — an index exception, an
 /// out-of-memory from a trusted count, a hang — is a bug. Seeds are fixed so a failure reproduces exactly.
 /// </summary>
@@ -176,13 +176,94 @@ public class ParserFuzzTests
         var rng = new Random(4321);
         for (int i = 0; i < 4000; i++)
         {
-            byte[] mutated = (i % 2) switch
+            byte[] mutated = (i % 3) switch
             {
                 0 => Mutate(original, rng, original.Length),
-                _ => TestSafetensors.Assemble(MutateJsonNumbers(header, rng), data),
+                1 => TestSafetensors.Assemble(MutateJsonNumbers(header, rng), data),
+                _ => TestSafetensors.Assemble(MutateJsonStrings(header, rng), data),
             };
             AssertOpensOrFailsCleanly(mutated, b => SafetensorsFile.Parse(b, "fuzz.safetensors"), TouchSafetensors, $"safetensors seed 4321 iteration {i}");
         }
+    }
+
+    /// <summary>
+    /// config.json (a real fixture's): every mutation of its numbers, strings and bytes parses or is a
+    /// ModelFormatException naming the file (config.json had no fuzz test; half a surrogate pair threw
+    /// InvalidOperationException here too).
+    /// </summary>
+    [Fact]
+    public void MutatedConfigJsonParsesOrFailsCleanly()
+    {
+        string json = File.ReadAllText(RepositoryFiles.Path("tests/fixtures/hf-bitnet/bitlinear-offline-untied-f32/config.json"));
+        var original = Encoding.UTF8.GetBytes(json);
+        var rng = new Random(2468);
+        for (int i = 0; i < 3000; i++)
+        {
+            byte[] mutated = (i % 3) switch
+            {
+                0 => Mutate(original, rng, original.Length),
+                1 => Encoding.UTF8.GetBytes(MutateJsonNumbers(json, rng)),
+                _ => Encoding.UTF8.GetBytes(MutateJsonStrings(json, rng)),
+            };
+            AssertOpensOrFailsCleanly(mutated, b =>
+            {
+                var config = BitNetSharp.Formats.HuggingFace.HfConfig.Parse(b, "config.json");
+                _ = BitNetSharp.Model.ModelConfig.FromHf(config);
+                return new MemoryStream();
+            }, _ => { }, $"config.json seed 2468 iteration {i}");
+        }
+    }
+
+    /// <summary>
+    /// A SentencePiece tokenizer.model (Llama 2's) with its head mutated loads as a tokenizer that encodes, or is a
+    /// ModelFormatException: the protobuf reader's lengths and varints come from the file.
+    /// </summary>
+    [Fact]
+    public void MutatedSentencePieceModelLoadsOrFailsCleanly()
+    {
+        var original = File.ReadAllBytes(SharedData.RequirePath("tokenizers/llama2_tokenizer.model"));
+        using var dir = new TestGguf.TempDirectory();
+        var rng = new Random(1357);
+        for (int i = 0; i < 150; i++)
+        {
+            var mutated = Mutate(original, rng, rng.Next(2) == 0 ? 4096 : original.Length);
+            AssertOpensOrFailsCleanly(mutated, b =>
+            {
+                File.WriteAllBytes(dir.File("tokenizer.model"), b);
+                var tokenizer = BitNetSharp.Tokenization.TokenizerLoader.FromHfDirectory(dir.Path);
+                _ = tokenizer.Encode("Hello world, 𝟏𝟐 café", addBos: true);
+                return new MemoryStream();
+            }, _ => { }, $"tokenizer.model seed 1357 iteration {i}");
+        }
+    }
+
+    /// <summary>
+    /// Replaces the text of a few string literals (names, metadata keys and values, dtypes) with escapes and edge texts,
+    /// keeping the JSON well-formed: half a surrogate pair (valid JSON, no text: GetString() threw
+    /// InvalidOperationException, which byte and number mutations never reach), NUL, a pair, quotes, a name another
+    /// entry has, a long run; or nests the header deep.
+    /// </summary>
+    private static string MutateJsonStrings(string header, Random rng)
+    {
+        string[] texts = [@"\ud800", @"a\udc00", @"\uDBFF\u0041", @"\ud83d\ude00", @"\u0000", @"\\", @"\""", "", "__metadata__", "dtype", "a", new string('x', 5000), "\u00e9"];
+        if (rng.Next(20) == 0)
+        {
+            int depth = 1 + rng.Next(40);
+            return new string('[', depth) + header + new string(']', depth);
+        }
+        var sb = new StringBuilder(header);
+        int changes = 1 + rng.Next(2);
+        for (int c = 0; c < changes; c++)
+        {
+            var text = sb.ToString();
+            int open = text.IndexOf('"', rng.Next(text.Length));
+            if (open < 0) continue;
+            int close = open + 1;
+            while (close < text.Length && text[close] != '"') close += text[close] == '\\' ? 2 : 1;
+            if (close >= text.Length) continue;
+            sb.Remove(open + 1, close - open - 1).Insert(open + 1, texts[rng.Next(texts.Length)]);
+        }
+        return sb.ToString();
     }
 
     /// <summary>Replaces a few numbers or dtype strings in the header with edge values, keeping the JSON well-formed.</summary>
