@@ -88,7 +88,7 @@ public class RequestFuzzTests
         async Task Check(FuzzCase c)
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
-            int status = await SendAsync(endpoint, c);
+            var (status, response) = await SendForAnswerAsync(endpoint, c);
             lock (slowest)
             {
                 slowest.Add((sw.Elapsed, c.ToString()));
@@ -96,6 +96,12 @@ public class RequestFuzzTests
             }
             lock (statuses) statuses[status] = statuses.GetValueOrDefault(status) + 1;
             if (status >= 500) throw new Xunit.Sdk.XunitException($"{status} for {c}");
+            // A stream's 200 is sent before generation ends: an exception after it aborts the connection, which the status
+            // alone cannot show. A stream must end as the protocol says: [DONE], then the chunked body's end.
+            int head = response.IndexOf("\r\n\r\n", StringComparison.Ordinal);
+            if (status == 200 && head > 0 && response[..head].Contains("text/event-stream", StringComparison.OrdinalIgnoreCase)
+                && !(response.Contains("data: [DONE]", StringComparison.Ordinal) && response.EndsWith("\r\n0\r\n\r\n", StringComparison.Ordinal)))
+                throw new Xunit.Sdk.XunitException($"a stream cut short (no [DONE] and end of body) for {c}:\n{response[Math.Max(0, response.Length - 400)..]}");
         }
 
         // The fixed-seed run: the same cases on every machine. Every failure is reported, not just the first.
@@ -314,11 +320,10 @@ public class RequestFuzzTests
     }
 
     /// <summary>
-    /// Sends the case on a fresh connection (Connection: close) and reads the answer to its end: the status, or -1
-    /// when the server closed the connection without one (only allowed where the request itself was cut short).
+    /// Sends the case on a fresh connection (Connection: close) and reads the answer to its end: the status and the
+    /// answer's text, or status -1 when the server closed the connection without one (only allowed where the request
+    /// itself was cut short).
     /// </summary>
-    private static async Task<int> SendAsync(IPEndPoint endpoint, FuzzCase c) => (await SendForAnswerAsync(endpoint, c)).Status;
-
     private static async Task<(int Status, string Response)> SendForAnswerAsync(IPEndPoint endpoint, FuzzCase c)
     {
         using var timeout = CancellationTokenSource.CreateLinkedTokenSource(Ct);
