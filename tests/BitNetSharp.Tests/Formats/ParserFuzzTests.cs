@@ -24,7 +24,7 @@ public class ParserFuzzTests
     /// <summary>u32 values that are value-type ids, ggml type ids and dimension counts.</summary>
     private static readonly uint[] InterestingU32 = [0, 1, 2, 4, 5, 7, 8, 9, 10, 12, 13, 14, 30, 34, 35, 36, 37, 38, 39, 40, 255, uint.MaxValue];
 
-    private static byte[] Mutate(byte[] original, Random rng, int hotRegion)
+    internal static byte[] Mutate(byte[] original, Random rng, int hotRegion)
     {
         var bytes = new List<byte>(original);
         Span<byte> field = stackalloc byte[8];
@@ -243,7 +243,7 @@ public class ParserFuzzTests
     /// InvalidOperationException, which byte and number mutations never reach), NUL, a pair, quotes, a name another
     /// entry has, a long run; or nests the header deep.
     /// </summary>
-    private static string MutateJsonStrings(string header, Random rng)
+    internal static string MutateJsonStrings(string header, Random rng)
     {
         string[] texts = [@"\ud800", @"a\udc00", @"\uDBFF\u0041", @"\ud83d\ude00", @"\u0000", @"\\", @"\""", "", "__metadata__", "dtype", "a", new string('x', 5000), "\u00e9"];
         if (rng.Next(20) == 0)
@@ -267,7 +267,7 @@ public class ParserFuzzTests
     }
 
     /// <summary>Replaces a few numbers or dtype strings in the header with edge values, keeping the JSON well-formed.</summary>
-    private static string MutateJsonNumbers(string header, Random rng)
+    internal static string MutateJsonNumbers(string header, Random rng)
     {
         string[] numbers = ["0", "-1", "1", "7", "8", "4294967296", "9223372036854775807", "18446744073709551615", "1e309", "0.5", "null", "\"x\"", "[]", "{}"];
         string[] dtypes = ["\"F32\"", "\"BF16\"", "\"U8\"", "\"F64\"", "\"Q4\"", "7", "\"\""];

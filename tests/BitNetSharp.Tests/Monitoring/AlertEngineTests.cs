@@ -235,6 +235,47 @@ public class AlertEngineTests
         Assert.Equal(1, changes[^1].Value); // resolved on the good sample's value (it said "resolved: change = 9")
     }
 
+    /// <summary>
+    /// Seeded mutations of a rule file (bytes, numbers, strings: half surrogate pairs, NUL, quotes, deep nesting) load or
+    /// are an ArgumentException naming the file; the file is read at serve's start, and anything else was a stack trace.
+    /// </summary>
+    [Fact]
+    public void MutatedRuleFilesLoadOrFailCleanly()
+    {
+        const string json = """
+            {"rules": [
+              {"name": "Hot", "metric": "bitnet_health_residual_relative_change_ratio", "match": {"layer": "!0"}, "op": ">", "threshold": 8, "for": 2, "severity": "critical"},
+              {"name": "Queue", "metric": "bitnet_sequences_queued", "divide_by": "bitnet_requests_max_queue", "aggregate": "sum", "threshold": 0.9, "for_seconds": 5, "keep_firing_for_seconds": 10},
+              {"name": "Nan", "metric": "bitnet_health_nonfinite_sequences_total", "aggregate": "increase", "window_seconds": 300, "threshold": 0, "component": "model"}
+            ]}
+            """;
+        var original = System.Text.Encoding.UTF8.GetBytes(json);
+        var rng = new Random(97531);
+        for (int i = 0; i < 3000; i++)
+        {
+            string text = (i % 3) switch
+            {
+                0 => System.Text.Encoding.UTF8.GetString(BitNetSharp.Tests.Formats.ParserFuzzTests.Mutate(original, rng, original.Length)),
+                1 => BitNetSharp.Tests.Formats.ParserFuzzTests.MutateJsonNumbers(json, rng),
+                _ => BitNetSharp.Tests.Formats.ParserFuzzTests.MutateJsonStrings(json, rng),
+            };
+            try
+            {
+                var rules = AlertRules.Parse(text, "rules.json");
+                using var e = new AlertEngine(rules, s => s.Add("bitnet_sequences_queued", 1));
+                e.Evaluate();
+            }
+            catch (ArgumentException e)
+            {
+                Assert.Contains("rules.json", e.Message);
+            }
+            catch (Exception e)
+            {
+                Assert.Fail($"iteration {i}: {e.GetType().Name} instead of ArgumentException: {e.Message}\n{text}");
+            }
+        }
+    }
+
     /// <summary>A rule file's error names the rule by its place in the file and the line (.NET's message names neither).</summary>
     [Fact]
     public void ARuleFileErrorNamesTheRuleAndLine()
