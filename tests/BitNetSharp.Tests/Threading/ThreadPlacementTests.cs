@@ -140,29 +140,42 @@ public class WorkerSeparationTests
         long separations = 0;
         bool refused = false;
         int attempts = 0;
+        // A woken thread goes to an idle CPU where one shares the cache (the kernel's select_idle_sibling): with y idle the
+        // worker often woke on y, never on the caller's CPU, so there was nothing to move (CI: "separations: 0" at the first
+        // attempt). A thread spinning on y keeps y busy, so the worker wakes where it last ran and where its waker is: x.
+        bool stop = false;
+        var spinner = new Thread(() =>
+        {
+            ThreadPlacement.Allow([y]);
+            while (!Volatile.Read(ref stop)) Thread.SpinWait(64);
+        }) { IsBackground = true };
+        spinner.Start();
         var t = new Thread(() =>
         {
             Assert.True(ThreadPlacement.Allow([x])); // the caller on x (this thread only)
             using var pool = new WorkerPool(2);
-            // On a loaded machine (the suite's other tests on y) the scheduler may put the worker back on x right after
-            // it moved off, before it reads its CPU: a few attempts, each a full move, make the check about the move.
-            for (attempts = 1; attempts <= 5; attempts++)
+            // On a loaded machine the scheduler may still wake the worker elsewhere, or put it back on x right after it
+            // moved off, before it reads its CPU: an attempt counts when the worker was moved and then ran off x.
+            for (attempts = 1; attempts <= 20; attempts++)
             {
                 var onX = new Allow([x]);
                 pool.Run(onX, 2); // static slices: item 1 on the worker, which now may run on x only
                 var widen = new Allow([x, y]);
                 pool.Run(widen, 2); // may run on x or y, still on x: widening does not migrate a thread
                 Thread.Sleep(3);    // past the worker's once-a-millisecond limit
+                long before = pool.Separations;
                 var probe = new Allow([x, y]);
                 pool.Run(probe, 2);
                 ran = probe.Ran;
                 refused |= onX.Refused || widen.Refused || probe.Refused;
-                if (ran[1] != x) break;
+                if (pool.Separations > before && ran[1] != x) break;
             }
             separations = pool.Separations;
         });
         t.Start();
         t.Join();
+        Volatile.Write(ref stop, true);
+        spinner.Join();
         Assert.False(refused, "the kernel refused an affinity change");
         Assert.Equal(x, ran[0]);
         Assert.True(ran[1] != x, $"the worker stayed on the caller's CPU in {attempts - 1} attempts"); // it left the caller's CPU
