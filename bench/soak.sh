@@ -72,7 +72,7 @@ dotnet "$driver" --soak --url "$url" --pid "$server" --duration "$duration" --cl
   --sample "$sample" --out "$prefix" "$@" >/dev/null || rc=$?
 
 # Graceful stop: SIGTERM drains (nothing is in flight by now) and must exit 0.
-kill -TERM $server
+kill -TERM "$server" 2>/dev/null || echo "soak: bitnet serve (pid $server) had already exited before SIGTERM" >&2
 code=0
 wait $server || code=$?
 trap - EXIT

@@ -25,14 +25,15 @@ using BitNetSharp.Tokenization;
 //
 // Against a server that is already running (a replica, or nginx in front of several; see ExternalLoad.cs):
 // dotnet run -c Release --project bench/BitNetSharp.LoadBench -- --url http://127.0.0.1:8080/ [--clients 6]
-//   [--duration 30] [--stream-ratio 0.5] [--max-tokens 64] [--prompt TEXT] [--log requests.jsonl]
-// counts every request's outcome: complete, an explicit error (HTTP status, SSE error event, broken connection), or a
-// silent truncation (exit code 3 if any).
+//   [--duration 30] [--stream-ratio 0.5] [--max-tokens 64] [--prompt TEXT] [--request-timeout 120] [--log requests.jsonl]
+// counts every request's outcome: complete, an explicit error (HTTP status, SSE error event, broken connection), a
+// timeout, or a silent truncation (exit code 3 if any; 4 if no request ended ok).
 //
 // A soak against a running server (see Soak.cs and bench/soak.sh, which starts `bitnet serve` and runs it):
 // dotnet run -c Release --project bench/BitNetSharp.LoadBench -- --soak --url http://127.0.0.1:8080/ [--duration 1800]
 //   [--clients 16] [--sample 5] [--max-tokens 48] [--pid SERVER_PID] [--warmup S] [--idle-timeout 60] [--rss-tolerance 0.05]
 //   [--latency-tolerance 1.5] [--body-limit 1048576] [--mix completion=25,...] [--seed 1] [--api-key KEY] [--out PREFIX]
+//   [--request-timeout 600]
 // streaming and non-streaming completions and chat, client disconnects, malformed and oversized requests at saturation;
 // samples RSS, GC heap, sequences, queue, KV use and client latency; writes PREFIX.{md,csv,svg} and exits 1 on a failed verdict.
 
@@ -47,9 +48,26 @@ catch (ArgumentException e)
     return 2;
 }
 if (args_.ContainsKey("soak")) return await Soak.RunCliAsync(args_);
-if (args_.ContainsKey("url")) return await ExternalLoad.RunAsync(args_);
+if (args_.ContainsKey("url"))
+{
+    try
+    {
+        return await ExternalLoad.RunAsync(args_);
+    }
+    catch (Exception e) when (e is ArgumentException or FormatException or UriFormatException)
+    {
+        Console.Error.WriteLine($"error: {e.Message}");
+        return 2;
+    }
+}
 var shape = ShapeFrom(args_.GetValueOrDefault("shape", "large"));
 int[] streams = args_.GetValueOrDefault("streams", "1,4,8,16").Split(',').Select(int.Parse).ToArray();
+if (streams.Distinct().Count() != streams.Length || streams.Any(n => n < 1))
+{
+    // rounds are kept per concurrency and paired by cycle: a repeated value would pair one cycle with another's round
+    Console.Error.WriteLine($"error: --streams must list distinct positive counts; got {string.Join(',', streams)}.");
+    return 2;
+}
 int maxTokens = int.Parse(args_.GetValueOrDefault("max-tokens", "64"), CultureInfo.InvariantCulture);
 int promptTokens = int.Parse(args_.GetValueOrDefault("prompt-tokens", "32"), CultureInfo.InvariantCulture);
 int threads = int.Parse(args_.GetValueOrDefault("threads", "0"), CultureInfo.InvariantCulture);
@@ -102,7 +120,7 @@ for (int cycle = 0; cycle < repeat; cycle++)
     foreach (int n in streams)
     {
         var (tokS, ttft, itl, stepTokens, stepMs) = await Round(n, maxTokens);
-        rounds[n].Add((tokS, n * 1000 / itl.Average(), ttft, itl, stepTokens, stepMs));
+        rounds[n].Add((tokS, itl.Count == 0 ? double.NaN : n * 1000 / itl.Average(), ttft, itl, stepTokens, stepMs)); // no gaps: one text event per stream
     }
 bool haveSingle = rounds.ContainsKey(1);
 double Ratio(int n, int cycle, bool decode) => decode ? rounds[n][cycle].Decode / rounds[1][cycle].Decode : rounds[n][cycle].TokS / rounds[1][cycle].TokS;
@@ -193,8 +211,8 @@ static double Median(IEnumerable<double> xs)
 
 static double P(List<double> xs, double p)
 {
-    if (xs.Count == 0) return double.NaN;
     var sorted = xs.Where(double.IsFinite).Order().ToArray();
+    if (sorted.Length == 0) return double.NaN;
     double rank = p / 100 * (sorted.Length - 1);
     int lo = (int)Math.Floor(rank), hi = (int)Math.Ceiling(rank);
     return sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo);

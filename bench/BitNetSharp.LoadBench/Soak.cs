@@ -36,6 +36,9 @@ internal sealed record SoakOptions
     public int Seed { get; init; } = 1;
     public string? ApiKey { get; init; }
 
+    /// <summary>A request with no complete answer by then (headers and body) ends as <c>timeout</c>, a failure.</summary>
+    public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromMinutes(10);
+
     public TimeSpan EffectiveWarmup => Warmup ?? TimeSpan.FromSeconds(Math.Max(20, Duration.TotalSeconds * 0.1));
 
     public void Validate()
@@ -50,6 +53,7 @@ internal sealed record SoakOptions
         if (!(RssTolerance > 0 && RssTolerance < 10)) throw new ArgumentException($"--rss-tolerance must be a fraction > 0 (0.05 is 5 %); got {RssTolerance}.");
         if (!(LatencyTolerance == 0 || LatencyTolerance >= 1)) throw new ArgumentException($"--latency-tolerance must be 0 (not judged) or ≥ 1; got {LatencyTolerance}.");
         if (BodyLimit < 1024 || BodyLimit > 256L << 20) throw new ArgumentException($"--body-limit must be 1024 bytes to 256 MiB; got {BodyLimit}.");
+        if (RequestTimeout <= TimeSpan.Zero) throw new ArgumentException($"--request-timeout must be positive; got {RequestTimeout.TotalSeconds} s.");
         if (Pid is { } p && !File.Exists($"/proc/{p}/status")) throw new ArgumentException($"--pid {p}: /proc/{p}/status does not exist (no such process, or not Linux).");
     }
 }
@@ -59,8 +63,8 @@ internal sealed record SoakRequest(double Start, double End, int Client, SoakKin
 {
     public bool Valid => Kind is SoakKind.Completion or SoakKind.CompletionStream or SoakKind.Chat or SoakKind.ChatStream or SoakKind.Disconnect;
 
-    /// <summary>Null when the request went as it must; otherwise why it is a failure.</summary>
-    public string? Failure => Kind is SoakKind.Malformed or SoakKind.Oversized
+    /// <summary>Null when the request went as it must; otherwise why it is a failure (worked out once: every sample counts them).</summary>
+    public string? Failure { get; } = Kind is SoakKind.Malformed or SoakKind.Oversized
         ? Status is >= 400 and < 500 ? null : Status == 0 ? $"no HTTP status ({Outcome}: {Detail})" : $"HTTP {Status}, not a 4xx ({Detail})"
         : Outcome is "ok" or "disconnected" ? null : $"{Outcome}: {Detail}";
 }
@@ -94,7 +98,7 @@ internal static class Soak
         using var http = new HttpClient(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(2), MaxResponseDrainSize = 0 })
         {
             BaseAddress = url,
-            Timeout = TimeSpan.FromMinutes(10),
+            Timeout = Timeout.InfiniteTimeSpan, // OneAsync's RequestTimeout covers headers and body; SendBadAsync reads whole bodies
         };
         using var probe = new HttpClient { BaseAddress = url, Timeout = TimeSpan.FromSeconds(15) };
         if (options.ApiKey is { } key)
@@ -112,7 +116,7 @@ internal static class Soak
                 using var health = await probe.GetAsync("health", cancellation);
                 if (health.IsSuccessStatusCode) break;
             }
-            catch (HttpRequestException) { }
+            catch (Exception e) when (e is HttpRequestException or TaskCanceledException && !cancellation.IsCancellationRequested) { } // refused, or the probe's 15 s
             if (ready.Elapsed > TimeSpan.FromSeconds(120)) throw new InvalidOperationException($"{url}health did not answer 200 within 120 s: is the server running and ready?");
             await Task.Delay(250, cancellation);
         }
@@ -128,6 +132,7 @@ internal static class Soak
         if (before.Count == 0) throw new InvalidOperationException($"{url}metrics is empty: the server exports no metrics yet.");
 
         var requests = new List<SoakRequest>();
+        int failuresSoFar = 0; // under requests' lock
         var samples = new List<SoakSample>();
         var clock = Stopwatch.StartNew();
         string phase = "load";
@@ -161,7 +166,7 @@ internal static class Soak
             lock (requests)
             {
                 window = requests.Where(r => r.End > lastSampleT && r.End <= t).ToList();
-                failures = requests.Count(r => r.Failure is not null);
+                failures = failuresSoFar;
             }
             var latency = window.Where(r => r.Valid && r.Outcome == "ok").Select(r => r.End - r.Start).ToList();
             var ttft = window.Where(r => r.Valid && double.IsFinite(r.FirstTokenSeconds)).Select(r => r.FirstTokenSeconds).ToList();
@@ -197,10 +202,14 @@ internal static class Soak
         }, cancellation);
 
         var end = options.Duration;
+        // The load stops early when the server's process has gone (--pid): the clients would only collect refusals.
+        using var stopLoad = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
+        string? serverGone = null;
         var workers = Enumerable.Range(0, options.Clients).Select(c => Task.Run(async () =>
         {
             var rng = new Random(options.Seed * 7919 + c);
-            while (clock.Elapsed < end)
+            var backoff = new ExternalLoad.Backoff();
+            while (clock.Elapsed < end && !stopLoad.IsCancellationRequested)
             {
                 cancellation.ThrowIfCancellationRequested();
                 var kind = options.Mix.Pick(rng);
@@ -221,16 +230,39 @@ internal static class Soak
                     string prompt = SoakMix.Prompts[rng.Next(SoakMix.Prompts.Length)];
                     // A dropped stream asks for a long answer, so the server is certainly still generating when the client goes.
                     int maxTokens = kind == SoakKind.Disconnect ? disconnectMaxTokens : options.MaxTokens;
-                    var reply = await ExternalLoad.OneAsync(http, stream, prompt, maxTokens, chat, disconnectAfter, cancellation);
+                    var reply = await ExternalLoad.OneAsync(http, stream, prompt, maxTokens, chat, disconnectAfter, cancellation, options.RequestTimeout);
                     r = new SoakRequest(start, clock.Elapsed.TotalSeconds, c, kind, chat ? "chat" : "completion", reply.Status, reply.Outcome, reply.Detail, reply.FirstTokenSeconds);
                 }
-                lock (requests) requests.Add(r);
+                lock (requests)
+                {
+                    requests.Add(r);
+                    if (r.Failure is not null) failuresSoFar++;
+                }
+                // A connection that failed outright (a dead or restarting server): wait before the next, 0.1 s doubling to 2 s.
+                if (backoff.After(new ExternalLoad.Reply(r.Outcome, r.Detail, 0, r.Status, double.NaN)) is { } wait)
+                {
+                    if (options.Pid is { } pid && !File.Exists($"/proc/{pid}/status"))
+                    {
+                        serverGone ??= string.Create(CultureInfo.InvariantCulture, $"the server's process {pid} ended at t={clock.Elapsed.TotalSeconds:F1} s");
+                        await stopLoad.CancelAsync();
+                        break;
+                    }
+                    try
+                    {
+                        await Task.Delay(wait, stopLoad.Token);
+                    }
+                    catch (OperationCanceledException) when (!cancellation.IsCancellationRequested) { }
+                }
             }
         }, cancellation)).ToArray();
         var drainWatch = Task.Run(async () =>
         {
             var left = end - clock.Elapsed;
-            if (left > TimeSpan.Zero) await Task.Delay(left, cancellation);
+            try
+            {
+                if (left > TimeSpan.Zero) await Task.Delay(left, stopLoad.Token);
+            }
+            catch (OperationCanceledException) when (!cancellation.IsCancellationRequested) { } // the server's process ended
             phase = "drain";
         }, cancellation);
         await Task.WhenAll(workers);
@@ -243,19 +275,32 @@ internal static class Soak
         // Idle: every request has had its answer; the server must let go of every sequence, queue entry and KV position.
         SoakSample? idle = null;
         var idleDeadline = clock.Elapsed + options.IdleTimeout;
-        while (idle is null && clock.Elapsed <= idleDeadline)
+        while (idle is null && serverGone is null && clock.Elapsed <= idleDeadline)
         {
             await Task.Delay(250, cancellation);
             var s = await SampleAsync();
             if (s.Idle) idle = s;
         }
         double idleAfter = clock.Elapsed.TotalSeconds - loadEnded;
-        var after = await ScrapeAsync(probe, cancellation);
+        Dictionary<string, double> after;
+        try
+        {
+            after = await ScrapeAsync(probe, cancellation);
+        }
+        catch (Exception e) when (e is HttpRequestException or TaskCanceledException or IOException && !cancellation.IsCancellationRequested)
+        {
+            after = []; // the counters' verdicts read NaN and fail
+            scrapeErrors++;
+            if (scrapeErrorDetails.Count < 10) scrapeErrorDetails.Add($"the final scrape: {ExternalLoad.Describe(e)}");
+        }
+
+        if (serverGone is null && options.Pid is { } gone && !File.Exists($"/proc/{gone}/status"))
+            serverGone = $"the server's process {gone} had ended by the end of the soak";
 
         List<SoakSample> series;
         lock (samples) series = [.. samples.OrderBy(s => s.T)];
         lock (requests) requests.Sort((x, y) => x.Start.CompareTo(y.Start));
-        return new SoakReport(options, url, modelId, contextLength, maxSequences, requests, series, idle, idleAfter, loadEnded, before, after, scrapeErrors, scrapeErrorDetails).Judge();
+        return new SoakReport(options, url, modelId, contextLength, maxSequences, requests, series, idle, idleAfter, loadEnded, before, after, scrapeErrors, scrapeErrorDetails, serverGone).Judge();
     }
 
     private const double Mi = 1024.0 * 1024;
@@ -337,7 +382,7 @@ internal static class Soak
         string? prefix = a.GetValueOrDefault("out");
         try
         {
-            string[] known = ["soak", "url", "duration", "clients", "sample", "max-tokens", "pid", "warmup", "idle-timeout", "rss-tolerance", "latency-tolerance", "body-limit", "mix", "seed", "api-key", "out", "log"];
+            string[] known = ["soak", "url", "duration", "clients", "sample", "max-tokens", "pid", "warmup", "idle-timeout", "rss-tolerance", "latency-tolerance", "body-limit", "mix", "seed", "api-key", "out", "log", "request-timeout"];
             foreach (var k in a.Keys)
                 if (!known.Contains(k)) throw new ArgumentException($"--soak does not take --{k}; it takes {string.Join(", ", known.Skip(1).Select(x => "--" + x))}.");
             if (!a.TryGetValue("url", out var u) || !Uri.TryCreate(u, UriKind.Absolute, out var url) || url.Scheme is not ("http" or "https"))
@@ -358,6 +403,7 @@ internal static class Soak
                 Mix = SoakMix.Parse(a.GetValueOrDefault("mix", SoakMix.Default)),
                 Seed = Integer(a, "seed") ?? 1,
                 ApiKey = a.GetValueOrDefault("api-key") ?? Environment.GetEnvironmentVariable("BITNET_API_KEY"),
+                RequestTimeout = Seconds(a, "request-timeout") ?? TimeSpan.FromMinutes(10),
             };
             options.Validate();
             if (prefix is not null && Path.GetDirectoryName(Path.GetFullPath(prefix)) is { } dir && !Directory.Exists(dir))
@@ -380,9 +426,14 @@ internal static class Soak
         {
             report = await RunAsync(options, Console.Error, interrupt.Token);
         }
-        catch (Exception e) when (e is ArgumentException or InvalidOperationException or HttpRequestException)
+        catch (OperationCanceledException) when (interrupt.IsCancellationRequested)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine("soak: interrupted (Ctrl-C); no verdict and no report.");
+            return 130;
+        }
+        catch (Exception e) when (e is ArgumentException or InvalidOperationException or HttpRequestException or TaskCanceledException)
+        {
+            Console.Error.WriteLine($"error: {(e is TaskCanceledException ? $"{options.Url} did not answer within 15 s ({e.Message})" : e.Message)}");
             return 2;
         }
         if (prefix is not null)

@@ -13,6 +13,8 @@ internal sealed record SoakVerdict(string Name, string Criterion, string Measure
 /// SVG plot, one JSON line per request).
 /// <para>Verdicts (all must pass):</para>
 /// <list type="bullet">
+/// <item>server alive (with <c>--pid</c>): the server's process did not end during the soak (the load stops early
+/// when it does, instead of collecting refusals);</item>
 /// <item>traffic: every kind in the mix ran at least once (a soak that skipped malformed requests proves nothing);</item>
 /// <item>no 5xx: no response of any request had a 5xx status;</item>
 /// <item>malformed → 4xx: every malformed and oversized request got a 4xx (a 2xx, a 5xx or a broken connection fails);</item>
@@ -32,7 +34,7 @@ internal sealed record SoakVerdict(string Name, string Criterion, string Measure
 /// </summary>
 internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, int contextLength, int maxSequences, List<SoakRequest> requests,
     List<SoakSample> samples, SoakSample? idle, double idleAfterSeconds, double loadEndedSeconds, Dictionary<string, double> before,
-    Dictionary<string, double> after, int scrapeErrors, List<string> scrapeErrorDetails)
+    Dictionary<string, double> after, int scrapeErrors, List<string> scrapeErrorDetails, string? serverGone = null)
 {
     private const double Mi = 1024.0 * 1024;
 
@@ -57,6 +59,9 @@ internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, i
     {
         var v = _verdicts;
         v.Clear();
+
+        if (options.Pid is not null)
+            v.Add(new("server alive", "the server's process (--pid) lived through the load", serverGone ?? "yes", serverGone is null));
 
         var missing = Enum.GetValues<SoakKind>().Where(k => options.Mix.Weight(k) > 0 && !requests.Any(r => r.Kind == k)).ToList();
         v.Add(new("traffic", "every kind with a weight in the mix ran at least once",

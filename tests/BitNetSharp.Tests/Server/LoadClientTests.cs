@@ -1,0 +1,155 @@
+using System.Diagnostics;
+using System.Net;
+using System.Text;
+using BitNetSharp.LoadBench;
+using BitNetSharp.Tests.Formats;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>
+/// The load client of bench/BitNetSharp.LoadBench (ExternalLoad.OneAsync, used by `--url` and the soak) against canned
+/// answers: a server that sends its headers and stalls, a 200 that reports max_tokens but carries no text, and no
+/// server at all. Each is a way a broken server or balancer passed, or held the benchmark for ever.
+/// </summary>
+public sealed class LoadClientTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>A body whose first bytes arrive and whose rest never does (a stalled server or a frozen balancer).</summary>
+    private sealed class StallingStream(byte[] first) : Stream
+    {
+        private int _sent;
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            if (_sent < first.Length)
+            {
+                int n = Math.Min(buffer.Length, first.Length - _sent);
+                first.AsMemory(_sent, n).CopyTo(buffer);
+                _sent += n;
+                return n;
+            }
+            await Task.Delay(Timeout.Infinite, cancellationToken);
+            return 0;
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException("read asynchronously");
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+    }
+
+    private sealed class CannedHandler(Func<HttpContent> content) : HttpMessageHandler
+    {
+        protected override Task<HttpResponseMessage> SendAsync(HttpRequestMessage request, CancellationToken cancellationToken) =>
+            Task.FromResult(new HttpResponseMessage(HttpStatusCode.OK) { Content = content() });
+    }
+
+    private static HttpClient Client(Func<HttpContent> content) =>
+        new(new CannedHandler(content)) { BaseAddress = new Uri("http://127.0.0.1:1/"), Timeout = Timeout.InfiniteTimeSpan };
+
+    private static HttpContent Text(string body) => new StringContent(body, Encoding.UTF8, "application/json");
+
+    /// <summary>
+    /// Headers, one text event, then nothing: the request ends as <c>timeout</c> at the request timeout. HttpClient's
+    /// own Timeout covers only the headers when the body is read as it comes, so this held the soak for ever.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task AStalledBodyEndsAsATimeout(bool stream)
+    {
+        var first = stream ? "data: {\"choices\":[{\"text\":\" Once\",\"finish_reason\":null}]}\n\n" : "{\"choices\":[";
+        using var http = Client(() => new StreamContent(new StallingStream(Encoding.UTF8.GetBytes(first))));
+        var clock = Stopwatch.StartNew();
+        var reply = await ExternalLoad.OneAsync(http, stream, "Once upon a time", 8, cancellation: Ct, timeout: TimeSpan.FromMilliseconds(300))
+            .WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        Assert.Equal("timeout", reply.Outcome);
+        Assert.Contains("within 0.3 s", reply.Detail);
+        Assert.Equal(stream ? 1 : 0, reply.Tokens);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20));
+    }
+
+    /// <summary>The caller's own cancellation is not a timeout: it propagates.</summary>
+    [Fact]
+    public async Task TheCallersCancellationIsNotATimeout()
+    {
+        using var http = Client(() => new StreamContent(new StallingStream([])));
+        using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(200));
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() =>
+            ExternalLoad.OneAsync(http, true, "x", 8, cancellation: cancel.Token, timeout: TimeSpan.FromMinutes(5)).WaitAsync(TimeSpan.FromSeconds(30), Ct));
+    }
+
+    /// <summary>A 200 that reports max_tokens and finish_reason "length" but carries no text is a silent truncation, streamed or not, completion or chat.</summary>
+    [Fact]
+    public async Task UsageWithoutTextIsASilentTruncation()
+    {
+        const string emptyStream = "data: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}],\"usage\":{\"completion_tokens\":8}}\n\ndata: [DONE]\n\n";
+        const string fullStream = "data: {\"choices\":[{\"text\":\" Once\",\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}],\"usage\":{\"completion_tokens\":8}}\n\ndata: [DONE]\n\n";
+        const string emptyChatStream = "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"length\"}],\"usage\":{\"completion_tokens\":8}}\n\ndata: [DONE]\n\n";
+        const string emptyBody = "{\"choices\":[{\"text\":\"\",\"finish_reason\":\"length\"}],\"usage\":{\"completion_tokens\":8}}";
+        const string nullChat = "{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":null},\"finish_reason\":\"length\"}],\"usage\":{\"completion_tokens\":8}}";
+        const string fullBody = "{\"choices\":[{\"text\":\" Once upon\",\"finish_reason\":\"length\"}],\"usage\":{\"completion_tokens\":8}}";
+        foreach (var (body, stream, chat, expected) in new[]
+        {
+            (emptyStream, true, false, "silent_truncation"), (emptyChatStream, true, true, "silent_truncation"),
+            (emptyBody, false, false, "silent_truncation"), (nullChat, false, true, "silent_truncation"),
+            (fullStream, true, false, "ok"), (fullBody, false, false, "ok"),
+        })
+        {
+            using var http = Client(() => Text(body));
+            var reply = await ExternalLoad.OneAsync(http, stream, "Once upon a time", 8, chat, cancellation: Ct, timeout: TimeSpan.FromSeconds(30));
+            Assert.True(expected == reply.Outcome, $"{body} (stream {stream}, chat {chat}): {reply.Outcome} {reply.Detail}");
+        }
+    }
+
+    /// <summary>
+    /// `--url` against a port nothing listens on: every request is refused, so the run exits 4 (it exited 0: nothing
+    /// was silently truncated), and each client backs off instead of sending thousands of refused requests a second.
+    /// </summary>
+    [Fact]
+    public async Task NoServerExitsFourAndTheClientsBackOff()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string log = dir.File("requests.jsonl");
+        var args = new Dictionary<string, string> { ["url"] = "http://127.0.0.1:1/", ["clients"] = "2", ["duration"] = "1.5", ["log"] = log };
+        var stdout = Console.Out;
+        int code;
+        try
+        {
+            Console.SetOut(TextWriter.Null);
+            code = await ExternalLoad.RunAsync(args).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+        }
+        finally
+        {
+            Console.SetOut(stdout);
+        }
+        Assert.Equal(4, code);
+        var lines = File.ReadAllLines(log);
+        Assert.NotEmpty(lines);
+        Assert.All(lines, l => Assert.Contains("\"io_error\"", l));
+        // 0.1 + 0.2 + 0.4 + 0.8 s of waits fill 1.5 s: at most about 5 requests per client.
+        Assert.True(lines.Length <= 14, $"{lines.Length} requests in 1.5 s from 2 clients");
+    }
+
+    [Fact]
+    public void BackoffDoublesToTwoSecondsAfterRefusalsOnlyAndResets()
+    {
+        var b = new ExternalLoad.Backoff();
+        var refused = new ExternalLoad.Reply("io_error", "Connection refused", 0, 0, double.NaN);
+        var waits = Enumerable.Range(0, 7).Select(_ => b.After(refused)!.Value.TotalMilliseconds).ToArray();
+        Assert.Equal([100, 200, 400, 800, 1600, 2000, 2000], waits);
+        Assert.Null(b.After(new ExternalLoad.Reply("io_error", "reset mid-body", 3, 200, 0.1))); // a broken body is not a dead server
+        Assert.Equal(100, b.After(refused)!.Value.TotalMilliseconds);
+        Assert.Null(b.After(new ExternalLoad.Reply("ok", "", 8, 200, 0.1)));
+    }
+}
