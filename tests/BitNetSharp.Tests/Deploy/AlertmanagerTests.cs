@@ -77,14 +77,24 @@ public sealed class AlertmanagerTests
             using (var post = await http.PostAsync("/api/v2/alerts", new StringContent(alerts.ToJsonString(), Encoding.UTF8, "application/json"), Ct))
                 Assert.True(post.IsSuccessStatusCode, $"POST /api/v2/alerts: {(int)post.StatusCode} {await post.Content.ReadAsStringAsync(Ct)}");
 
+            // The inhibitor learns of the source alerts in its own goroutine after the POST returns: poll until every
+            // alert is listed and every expected suppression shows (or 15 s pass), then judge the states.
             var states = new Dictionary<(string Alert, string Rule, string Instance), string>();
-            using (var doc = JsonDocument.Parse(await http.GetStringAsync("/api/v2/alerts", Ct)))
+            var clock = Stopwatch.StartNew();
+            do
+            {
+                if (states.Count > 0) await Task.Delay(100, Ct);
+                states.Clear();
+                using var doc = JsonDocument.Parse(await http.GetStringAsync("/api/v2/alerts", Ct));
                 foreach (var a in doc.RootElement.EnumerateArray())
                 {
                     var labels = a.GetProperty("labels");
                     string Label(string name) => labels.TryGetProperty(name, out var v) ? v.GetString()! : "";
                     states[(Label("alertname"), Label("rule"), Label("instance"))] = a.GetProperty("status").GetProperty("state").GetString()!;
                 }
+            }
+            while (clock.Elapsed < TimeSpan.FromSeconds(15)
+                   && (states.Count < alerts.Count || AlertRules.Default.Any(r => states.GetValueOrDefault((ForwardingRule, r.Name, "a")) != "suppressed")));
             Assert.Equal(alerts.Count, states.Count);
             foreach (var rule in serverRules)
             {

@@ -374,14 +374,16 @@ public sealed class SchedulerTests : IDisposable
         Assert.Contains("0.02 s", e.Message);
 
         // The engine holds before its second forward pass (the first gives the running request its first token) until the
-        // deadline has passed, whatever the machine's load: no race between this thread and 250 fast steps.
+        // deadline has passed, whatever the machine's load: no race between this thread and 250 fast steps. The deadline
+        // is 1 s, not a few ms: it counts from Submit, and the first forward must come before it (on a loaded 2-core CI
+        // host the engine thread can wake 30 ms late, and the request timed out before its first token).
         int forwards = 0;
         using var hold = new ManualResetEventSlim(false);
         s.BeforeForward = () => { if (Interlocked.Increment(ref forwards) == 2) hold.Wait(); };
-        var running = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 250, IgnoreStopTokens = true, Timeout = TimeSpan.FromMilliseconds(30) });
+        var running = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 250, IgnoreStopTokens = true, Timeout = TimeSpan.FromSeconds(1) });
         using var read = new CancellationTokenSource(Bound);
         await running.Events.ReadAsync(read.Token);
-        Thread.Sleep(60); // past the deadline with tokens still to go
+        Thread.Sleep(1100); // past the deadline with tokens still to go
         hold.Set();
         await Assert.ThrowsAsync<TimeoutException>(async () => { await foreach (var _ in running.Events.ReadAllAsync(read.Token)) { } });
         Assert.Equal(2, s.Statistics.TimedOut);
@@ -575,6 +577,11 @@ public sealed class SchedulerTests : IDisposable
             row[3] = 0x7E00;
         }
         await Assert.ThrowsAnyAsync<Exception>(() => Collect(Submit(s, new GenerationRequest { Prompt = [90, 90], MaxTokens = 3, IgnoreStopTokens = true })));
+        // The request fails inside the step; its layer rows are written when the step ends (Health.Publish), which the
+        // engine thread may not have reached when the failure reaches this thread.
+        for (var wait = System.Diagnostics.Stopwatch.StartNew(); wait.Elapsed < Bound; await Task.Delay(10, TestContext.Current.CancellationToken))
+            lock (sink.StepRows)
+                if (sink.Events.FirstOrDefault(e => e.Kind == "nonfinite_logits").Step is { } failed && sink.LayerRows.Contains(failed)) break;
         lock (sink.StepRows)
         {
             var (_, step) = Assert.Single(sink.Events, e => e.Kind == "nonfinite_logits");
@@ -600,6 +607,10 @@ public sealed class SchedulerTests : IDisposable
         await Collect(Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 3, IgnoreStopTokens = true }));
         s.Health.BeginForward(1); // what an engine failure after the pass began leaves behind
         await Collect(Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4, IgnoreStopTokens = true }));
+        // The last token reaches this thread before its step's layer rows are written (Health.Publish ends the step).
+        for (var wait = System.Diagnostics.Stopwatch.StartNew(); wait.Elapsed < Bound; await Task.Delay(10, TestContext.Current.CancellationToken))
+            lock (sink.StepRows)
+                if (sink.StepRows.Count > 0 && sink.LayerRows.Contains(sink.StepRows[^1])) break;
         lock (sink.StepRows)
         {
             Assert.Equal(7, sink.StepRows.Count);

@@ -385,9 +385,9 @@ public class LogsCommandTests
         string path = writer.CurrentPath!;
 
         var follow = Task.Run(() => Bitnet("logs", path, "--follow", "--follow-timeout", "5"));
-        // Rows keep coming for 3 s, so however late the follower opens the file (a loaded machine), some come after it;
-        // a single write after a fixed 1 s wait missed the follower that opened later, which then printed nothing.
-        for (int i = 0; i < 15; i++)
+        // Rows keep coming until the follower stops, so however late it opens the file (a loaded machine: thread-pool
+        // start and first-use JIT), some come after it; a fixed 3 s of writes could end before a late follower opened.
+        for (int i = 0; !follow.IsCompleted; i++)
         {
             await Task.Delay(200, TestContext.Current.CancellationToken);
             writer.Write(Step(Start + 1 + i, 2 + i, "after"));
