@@ -245,17 +245,19 @@ public sealed class BitNetServer : IAsyncDisposable
         return true;
     }
 
-    /// <summary>Whether a Host header's name (port removed) is a loopback name or matches one of <paramref name="allowed"/>.</summary>
+    /// <summary>
+    /// Whether a Host header's name (port removed) is a loopback name, an IP address, or matches one of
+    /// <paramref name="allowed"/>. DNS rebinding needs a name the attacker controls: a browser sends an address as the
+    /// Host only for a page whose origin is that address, so an address is answered whatever the list. (Refusing
+    /// addresses other than loopback turned the kubelet's probes, Host podIP:8080, and Prometheus scraping a replica
+    /// by its address into 403s on a server started with --allowed-host, as deploy/README suggests behind nginx.)
+    /// </summary>
     internal static bool HostAllowed(string host, string[] allowed)
     {
         if (host.Length == 0) return true; // HTTP/1.0 without Host: no browser sends that
         host = host.TrimEnd('.');
         if (host.Equals("localhost", StringComparison.OrdinalIgnoreCase) || host.EndsWith(".localhost", StringComparison.OrdinalIgnoreCase)) return true;
-        if (IPAddress.TryParse(host.Trim('[', ']'), out var ip))
-        {
-            if (ip.IsIPv4MappedToIPv6) ip = ip.MapToIPv4();
-            if (IPAddress.IsLoopback(ip)) return true;
-        }
+        if (IPAddress.TryParse(host.Trim('[', ']'), out _) && (host.Contains(':') || IsDottedQuad(host))) return true;
         foreach (var pattern in allowed)
         {
             if (pattern.StartsWith("*.", StringComparison.Ordinal)
@@ -264,6 +266,16 @@ public sealed class BitNetServer : IAsyncDisposable
                 return true;
         }
         return false;
+    }
+
+    /// <summary>Four decimal parts, as a browser writes an IPv4 host (IPAddress.TryParse also reads "1", "0x7f.1" and the like, which are names to a resolver).</summary>
+    private static bool IsDottedQuad(string host)
+    {
+        var parts = host.Split('.');
+        if (parts.Length != 4) return false;
+        foreach (var p in parts)
+            if (p.Length is 0 or > 3 || !p.All(char.IsAsciiDigit)) return false;
+        return true;
     }
 
     /// <summary>

@@ -108,7 +108,7 @@ public static class ServeCommand
         var allowedHosts = new Option<string[]>("--allowed-host")
         {
             Description = "Also answer requests whose Host header names this host (api.example.com, *.example.com; * for any); repeat for several. "
-                + "On a loopback --host only localhost, 127.0.0.1 and [::1] are answered by default (a guard against DNS rebinding); on other addresses, any name unless this is given.",
+                + "On a loopback --host only localhost names and IP addresses are answered by default (a guard against DNS rebinding, which needs a name); on other addresses, any name unless this is given. IP addresses (probes, scrapes by address) are always answered.",
             AllowMultipleArgumentsPerToken = true,
         };
         var template = new Option<string?>("--template") { Description = $"Chat template for /v1/chat/completions: {string.Join(", ", BitNetSharp.Tokenization.ChatTemplates.Names)} (default: chosen by model)." };

@@ -261,12 +261,13 @@ public class SecurityDefaultsTests
 
         await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, AllowedHosts = ["api.example.com", "*.lan.example"] }))
         {
-            foreach (var (name, allowed) in new[] { ("api.example.com", true), ("API.example.com:8443", true), ("gpu.lan.example", true), ("lan.example", false), ("evilapi.example.com", false), ("localhost", true) })
-            {
-                using var request = new HttpRequestMessage(HttpMethod.Get, "health") { Headers = { Host = name } };
-                using var r = await s.Http.SendAsync(request, Ct);
-                Assert.True((r.StatusCode != HttpStatusCode.Forbidden) == allowed, $"Host {name}: {r.StatusCode}");
-            }
+            foreach (var (name, allowed) in new[] { ("api.example.com", true), ("API.example.com:8443", true), ("gpu.lan.example", true), ("lan.example", false), ("evilapi.example.com", false), ("localhost", true), ("10.1.2.3:8080", true), ("[fd00::7]:8080", true), ("evil.example:8080", false) })
+                foreach (var path in new[] { "health", "metrics" }) // the kubelet's probe and a scrape by the pod's address
+                {
+                    using var request = new HttpRequestMessage(HttpMethod.Get, path) { Headers = { Host = name } };
+                    using var r = await s.Http.SendAsync(request, Ct);
+                    Assert.True((r.StatusCode != HttpStatusCode.Forbidden) == allowed, $"Host {name}, /{path}: {r.StatusCode}");
+                }
         }
         await using (var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, AllowedHosts = ["*"] }))
         {
@@ -282,8 +283,14 @@ public class SecurityDefaultsTests
         Assert.True(BitNetServer.HostAllowed("", []));
         Assert.True(BitNetServer.HostAllowed("[::ffff:127.0.0.1]", []));
         Assert.True(BitNetServer.HostAllowed("localhost.", []));
-        Assert.False(BitNetServer.HostAllowed("10.0.0.5", []));
-        Assert.True(BitNetServer.HostAllowed("10.0.0.5", ["10.0.0.5"]));
+        // An address is answered whatever the list (rebinding needs a name): the kubelet probes podIP:8080, and Prometheus
+        // scrapes replicas by address. Only the forms a browser writes count as addresses; the rest are names.
+        Assert.True(BitNetServer.HostAllowed("10.0.0.5", []));
+        Assert.True(BitNetServer.HostAllowed("10.0.0.5", ["api.example.com"]));
+        Assert.True(BitNetServer.HostAllowed("[fd00::5]", ["api.example.com"]));
+        Assert.False(BitNetServer.HostAllowed("10.5", ["api.example.com"]));
+        Assert.False(BitNetServer.HostAllowed("0x7f.1", []));
+        Assert.False(BitNetServer.HostAllowed("1.2.3.4.evil.example", []));
         Assert.True(BitNetServer.HostAllowed("[fe80::1]", ["fe80::1"]));
         Assert.False(BitNetServer.HostAllowed("localhost.evil.example", []));
         foreach (var bad in new[] { "http://api.example.com", "api.example.com:8080", "api.example.com/v1", "*", "*.10.0.0.1", "" })
