@@ -134,6 +134,16 @@ public sealed class BitNetServer : IAsyncDisposable
         if (hosts is not null && hosts.Contains("*")) hosts = null;
         app.Use(async (context, next) =>
         {
+            // Draining: every answer closes its connection, so a client's retry of the 503 (and a keep-alive pool's next
+            // request) opens a new one, which the balancer sends to another replica; kube-proxy leaves established
+            // connections where they are, and a pooled client retried on the draining replica until it stopped.
+            // (Set as the headers go out: an error answer clears the headers set before it.)
+            if (host.Draining)
+                context.Response.OnStarting(static state =>
+                {
+                    ((HttpResponse)state).Headers.Connection = "close";
+                    return Task.CompletedTask;
+                }, context.Response);
             try
             {
                 // DNS rebinding: a page at http://evil.example:8080/ whose name now resolves to 127.0.0.1 is the same

@@ -32,6 +32,8 @@ public class GracefulShutdownTests
             Assert.Equal(HttpStatusCode.ServiceUnavailable, status);
             Assert.Equal("shutting_down", body.GetProperty("error").GetProperty("code").GetString());
             Assert.Equal("1", response.Headers.RetryAfter?.ToString());
+            Assert.True(response.Headers.ConnectionClose, "the 503 keeps its connection: a pooled client retries on this replica");
+            Assert.True(health.Headers.ConnectionClose, "the draining /health keeps its connection");
             Assert.False(drain.IsCompleted);
 
             s.Scheduler.StepGate.Set();
@@ -39,6 +41,51 @@ public class GracefulShutdownTests
             Assert.Equal("[DONE]", events[^1]);
             Assert.DoesNotContain(events, e => e.Contains("\"error\""));
             Assert.Equal("length", JsonDocument.Parse(events[^2]).RootElement.GetProperty("choices")[0].GetProperty("finish_reason").GetString());
+            Assert.Equal(0, await drain);
+        }
+        finally
+        {
+            s.Scheduler.StepGate.Set();
+        }
+    }
+
+    /// <summary>
+    /// While draining, a keep-alive client's next request goes out on a new connection (which a balancer can send to
+    /// another replica): the draining server closes each connection after its answer. Counted at the client's connect.
+    /// </summary>
+    [Fact]
+    public async Task DrainingClosesEachConnectionAfterItsAnswer()
+    {
+        await using var s = await TestServer.StartAsync();
+        int connects = 0;
+        using var http = new HttpClient(new SocketsHttpHandler
+        {
+            MaxConnectionsPerServer = 1,
+            ConnectCallback = async (context, token) =>
+            {
+                Interlocked.Increment(ref connects);
+                var socket = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp) { NoDelay = true };
+                await socket.ConnectAsync(context.DnsEndPoint, token);
+                return new System.Net.Sockets.NetworkStream(socket, ownsSocket: true);
+            },
+        }) { BaseAddress = s.Http.BaseAddress };
+        using (var warm = await http.GetAsync("health", Ct)) Assert.Equal(HttpStatusCode.OK, warm.StatusCode);
+        using (var again = await http.GetAsync("health", Ct)) Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+        Assert.Equal(1, connects); // kept alive before the drain
+        s.Scheduler.StepGate.Reset();
+        try
+        {
+            var stream = s.StreamAsync("v1/completions", Stream(3));
+            await TestServer.EventuallyAsync(() => Task.FromResult(s.Server.InFlightRequests == 1), "the stream to be in flight");
+            var drain = s.Server.DrainAsync(TimeSpan.FromSeconds(30), Ct);
+            for (int i = 0; i < 3; i++)
+            {
+                using var refused = await http.PostAsync("v1/completions", new StringContent("{\"prompt\":\"x\",\"max_tokens\":2}", Encoding.UTF8, "application/json"), Ct);
+                Assert.Equal(HttpStatusCode.ServiceUnavailable, refused.StatusCode);
+            }
+            Assert.Equal(3, connects); // the first 503 on the kept-alive connection, which it closes; each later one on a new one
+            s.Scheduler.StepGate.Set();
+            await stream;
             Assert.Equal(0, await drain);
         }
         finally
