@@ -153,6 +153,19 @@ string? AttentionPastOneChunk()
     }
 }
 
+// KERNELCHECK_EXPECT=neondot,neon (tests/arm64/run.sh, per emulated CPU): those ternary variants must be supported
+// and the first of them chosen by default; otherwise a CPU whose features went undetected would compare only the
+// reference with itself and pass.
+if (Environment.GetEnvironmentVariable("KERNELCHECK_EXPECT") is { Length: > 0 } expect)
+{
+    var wanted = expect.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+    var have = KernelRegistry.SupportedTernary.Select(k => k.Name).ToList();
+    var missing = wanted.Where(w => !have.Contains(w)).ToList();
+    Report($"expected variants ({expect}) supported, {wanted[0]} chosen",
+        missing.Count > 0 ? $"not supported here: {string.Join(", ", missing)} (supported: {string.Join(", ", have)})"
+        : KernelRegistry.Ternary.Name != wanted[0] ? $"the default ternary kernel is {KernelRegistry.Ternary.Name}, not {wanted[0]}" : null);
+}
+
 var random = new Random(2024);
 foreach (var kernel in KernelRegistry.SupportedTernary) Report($"ternary {kernel.Name}", CompareTernary(kernel, random));
 foreach (var kernel in KernelRegistry.SupportedBinary) Report($"binary {kernel.Name}", CompareBinary(kernel, random));

@@ -25,12 +25,17 @@ if [ ! -e "$root/lib/ld-linux-aarch64.so.1" ]; then
   for f in "$work"/debs/*.deb; do dpkg -x "$f" "$root"; done
 fi
 
+# The check must compile: a C# error is a failure (1), not an environment that could not be prepared (2).
+dotnet build tests/BitNetSharp.KernelCheck -c Release >"$work/build.log" 2>&1 \
+  || { echo "arm64: tests/BitNetSharp.KernelCheck does not build (see $work/build.log)"; tail -20 "$work/build.log"; exit 1; }
+
 dotnet publish tests/BitNetSharp.KernelCheck -c Release -r linux-arm64 --self-contained -o "$work/publish" >"$work/publish.log" 2>&1 \
   || { echo "arm64: publish for linux-arm64 failed (see $work/publish.log)"; cat "$work/publish.log" | tail -20; exit 2; }
 
 status=0
-for cpu in max cortex-a57; do
-  echo "arm64: qemu-aarch64 -cpu $cpu"
-  DOTNET_EnableWriteXorExecute=0 timeout 900 qemu-aarch64-static -cpu "$cpu" -L "$root" "$work/publish/BitNetSharp.KernelCheck" || status=1
+for run in max:neondot,neon cortex-a57:neon; do
+  cpu=${run%%:*}
+  echo "arm64: qemu-aarch64 -cpu $cpu (expects ternary variants ${run#*:})"
+  KERNELCHECK_EXPECT=${run#*:} DOTNET_EnableWriteXorExecute=0 timeout 900 qemu-aarch64-static -cpu "$cpu" -L "$root" "$work/publish/BitNetSharp.KernelCheck" || status=1
 done
 exit $status
