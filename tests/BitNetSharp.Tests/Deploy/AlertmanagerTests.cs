@@ -96,11 +96,11 @@ public sealed class AlertmanagerTests
             while (clock.Elapsed < TimeSpan.FromSeconds(15)
                    && (states.Count < alerts.Count || AlertRules.Default.Any(r => states.GetValueOrDefault((ForwardingRule, r.Name, "a")) != "suppressed")));
             Assert.Equal(alerts.Count, states.Count);
-            foreach (var rule in serverRules)
+            foreach (var rule in serverRules) Assert.Equal("active", states[(rule.Alert, rule.Alert, "a")]);
+            foreach (var rule in AlertRules.Default)
             {
-                Assert.Equal("active", states[(rule.Alert, rule.Alert, "a")]);
-                Assert.True(states[(ForwardingRule, rule.Alert, "a")] == "suppressed", $"the forwarded {rule.Alert} on replica a, where the Prometheus rule fires, was not inhibited");
-                Assert.True(states[(ForwardingRule, rule.Alert, "b")] == "active", $"the forwarded {rule.Alert} on replica b, where no Prometheus rule fires, was inhibited");
+                Assert.True(states[(ForwardingRule, rule.Name, "a")] == "suppressed", $"the forwarded {rule.Name} on replica a, where the Prometheus rule fires, was not inhibited");
+                Assert.True(states[(ForwardingRule, rule.Name, "b")] == "active", $"the forwarded {rule.Name} on replica b, where no Prometheus rule fires, was inhibited");
             }
             Assert.Equal("active", states[(ForwardingRule, "MyCustomRule", "a")]);
         }

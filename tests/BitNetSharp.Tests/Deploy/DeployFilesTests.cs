@@ -28,8 +28,11 @@ public sealed partial class DeployFilesTests
         "BitNetActivationUnderflow", "BitNetResidualBlowUp", "BitNetTokenLatencyJitter", "BitNetQueueSaturation",
     ];
 
-    /// <summary>The file's one rule beyond the server's: it forwards the server's own evaluation (bitnet_alerts_firing).</summary>
+    /// <summary>The file's rule beyond the server's that forwards the server's own evaluation (bitnet_alerts_firing).</summary>
     private const string ForwardingRule = "BitNetServerRuleFiring";
+
+    /// <summary>The file's rule on Prometheus' own `up`: a replica it cannot scrape, for which no other rule can fire.</summary>
+    private const string ScrapeRule = "BitNetScrapeFailing";
 
     // ------------------------------------------------------------------------------------------------ promtool
 
@@ -44,7 +47,7 @@ public sealed partial class DeployFilesTests
         var (code, output) = await RunPromtoolAsync(promtool, PrometheusDir, [.. command.Split(' '), file]);
         Assert.True(code == 0, $"promtool {command} {file} (exit {code}):\n{output}");
         Assert.Contains("SUCCESS", output);
-        if (command != "test rules") Assert.Contains($"{AlertNames.Length + 1} rules found", output);
+        if (command != "test rules") Assert.Contains($"{AlertNames.Length + 2} rules found", output); // the server's, the forwarding rule and the scrape rule
     }
 
     /// <summary>Every dashboard query is valid PromQL: promtool checks them as recording rules (Grafana's variables replaced by values).</summary>
@@ -185,8 +188,15 @@ public sealed partial class DeployFilesTests
     public void AlertRulesAreTheServersRules()
     {
         var rules = AlertExpressions(File.ReadAllText(AlertsFile));
-        Assert.Equal(AlertNames.Append(ForwardingRule).Order(StringComparer.Ordinal), rules.Select(r => r.Alert).Order(StringComparer.Ordinal));
-        foreach (var (alert, expr) in rules) Assert.True(MetricNames(expr).Any(), $"{alert}: no bitnet metric found in '{expr}'");
+        Assert.Equal(AlertNames.Append(ForwardingRule).Append(ScrapeRule).Order(StringComparer.Ordinal), rules.Select(r => r.Alert).Order(StringComparer.Ordinal));
+        foreach (var (alert, expr) in rules)
+            if (alert != ScrapeRule) Assert.True(MetricNames(expr).Any(), $"{alert}: no bitnet metric found in '{expr}'");
+        // The scrape rule covers both scrape jobs: prometheus.yml's and the Kubernetes pod-discovery job.
+        string scrape = rules.Single(r => r.Alert == ScrapeRule).Expr;
+        var jobs = System.Text.RegularExpressions.Regex.Match(scrape, "job=~\"([^\"]+)\"").Groups[1].Value;
+        Assert.Matches($"^(?:{jobs})$", "bitnet");
+        Assert.Matches($"^(?:{jobs})$", "bitnet-kubernetes-pods");
+        Assert.DoesNotMatch($"^(?:{jobs})$", "node");
     }
 
     /// <summary>
