@@ -12,7 +12,7 @@ namespace BitNetSharp.Cli.Commands;
 /// key may also come from environment variables (<see cref="Variables"/>; what a container image or a Kubernetes pod
 /// sets); a flag on the command line wins over its variable.
 /// </summary>
-public static class ServeCommand
+public static partial class ServeCommand
 {
     public const string ApiKeyVariable = "BITNET_API_KEY";
     public const string ModelVariable = "BITNET_MODEL";
@@ -51,6 +51,9 @@ public static class ServeCommand
         result.GetResult(option) is { Implicit: false } ? null
         : environment(variable) is { } raw && !string.IsNullOrWhiteSpace(raw) ? raw.Trim()
         : null;
+
+    [System.Text.RegularExpressions.GeneratedRegex(@"^(tcp|udp|sctp)://[^/\s]+:[0-9]{1,5}$")]
+    private static partial System.Text.RegularExpressions.Regex ServiceLinkAddress();
 
     private static UsageException BadVariable(string variable, string value, string expected) => new($"{variable}: '{value}' is not {expected}.");
 
@@ -154,7 +157,18 @@ public static class ServeCommand
                 }
                 listenHost = hostVariable;
             }
-            int listenPort = IntSetting(result, port, env, PortVariable, 0, 65535, "a port number (0-65535)");
+            // Kubernetes' service links give every pod in a namespace with a Service named "bitnet" BITNET_PORT=tcp://IP:PORT,
+            // over the image's BITNET_PORT=8080: that is the Service's address, not a port for this server to listen on.
+            string? serviceLink = null;
+            int listenPort = IntSetting(result, port, name =>
+            {
+                string? raw = env(name);
+                if (name != PortVariable || raw is null || !ServiceLinkAddress().IsMatch(raw.Trim())) return raw;
+                serviceLink = raw.Trim();
+                return null;
+            }, PortVariable, 0, 65535, "a port number (0-65535)");
+            if (serviceLink is not null)
+                cli.Error.WriteLine($"warning: {PortVariable}='{serviceLink}' is the address Kubernetes gives pods for a Service named 'bitnet' (service links), not a port; ignored, listening on port {listenPort}. Set enableServiceLinks: false or {PortVariable} in the pod spec.");
             CheckServingFlags(result, seqs, maxBatched, maxQueue, maxTokens, maxN, healthEvery, maxConnections);
             var scheduler = new SchedulerOptions
             {

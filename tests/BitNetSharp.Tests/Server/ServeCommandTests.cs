@@ -66,6 +66,24 @@ public class ServeCommandTests
         AssertUsageError(code, error, message);
     }
 
+    /// <summary>
+    /// Kubernetes' service links put BITNET_PORT=tcp://IP:PORT (the address of a Service named "bitnet") over the
+    /// image's BITNET_PORT=8080 in every pod of the namespace: serve warns and keeps its port (it exited 2, "not a port
+    /// number", and the pod crash-looped). A value that is neither is still an error.
+    /// </summary>
+    [Fact]
+    public void AServiceLinkAddressInBitnetPortIsIgnoredWithAWarning()
+    {
+        // --max-n 99 stops serve (a usage error) right after the port is settled, before it loads or listens.
+        var (code, error) = BitnetWith(new() { ["BITNET_PORT"] = "tcp://10.96.0.12:80" }, "serve", "-m", "does-not-matter.gguf", "--max-n", "99");
+        Assert.Equal(2, code);
+        Assert.Contains("warning: BITNET_PORT='tcp://10.96.0.12:80' is the address Kubernetes gives pods for a Service named 'bitnet'", error);
+        Assert.Contains("listening on port 8080", error);
+        Assert.Contains("--max-n must be between 1 and --max-seqs (8)", error);
+        var (code2, error2) = BitnetWith(new() { ["BITNET_PORT"] = "tcp://bitnet" }, "serve", "-m", "does-not-matter.gguf");
+        AssertUsageError(code2, error2, "BITNET_PORT: 'tcp://bitnet' is not a port number (0-65535).");
+    }
+
     /// <summary>An alert rule file whose rule reads a metric the server's alerts cannot (here a histogram) stops serve before it loads the model.</summary>
     [Fact]
     public void AlertRulesOnUnknownMetricsStopServe()
