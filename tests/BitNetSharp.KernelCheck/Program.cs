@@ -119,6 +119,70 @@ string? CompareQuantizer(Random rng)
 // Attention past one chunk (256 positions): the split path with its partial-softmax merge and its prefetch hints,
 // which called an x86 intrinsic unguarded and threw on ARM64 at the first token that saw more than 256 positions.
 // Split (chunk 64) and unsplit (chunk 4096) must agree to rounding, and both be finite.
+// The Q8_0 and Q6_K output heads quantize the hidden state (Q8_0 blocks of 32, Q8_K blocks of 256) and take integer
+// dots, on every CPU; a float-activation path differs from that by the quantization error, far above 64 u.
+unsafe string? QuantizedHeads(Random rng)
+{
+    const double u = 1.0 / (1 << 24);
+    foreach (var type in new[] { BitNetSharp.Formats.Gguf.GgmlType.Q8_0, BitNetSharp.Formats.Gguf.GgmlType.Q6_K })
+    {
+        bool q8 = type == BitNetSharp.Formats.Gguf.GgmlType.Q8_0;
+        int cols = 512, rows = 9, blockWeights = q8 ? 32 : Q6K.BlockWeights, blockBytes = q8 ? 34 : Q6K.BlockBytes, blocks = cols / blockWeights;
+        var table = new byte[rows * blocks * blockBytes];
+        rng.NextBytes(table);
+        for (int b = 0; b < rows * blocks; b++)
+            BitConverter.TryWriteBytes(table.AsSpan(b * blockBytes + (q8 ? 0 : Q6K.DOffset)), HalfConversions.FloatToHalf((float)(rng.NextDouble() - 0.5) * 0.05f));
+        foreach (int tokens in new[] { 1, 2, 5 })
+        {
+            var x = new float[tokens * cols];
+            for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() * 6 - 3);
+            var y = new float[tokens * rows];
+            var w = new float[cols];
+            var q = new sbyte[cols];
+            var d = new float[blocks];
+            var sums = new short[cols / 16];
+            fixed (byte* pt = table)
+            fixed (float* px = x, py = y, pw = w, pd = d)
+            fixed (sbyte* pq = q)
+            fixed (short* ps = sums)
+            {
+                var m = new HeadMatrix(type, pt, blocks * blockBytes, cols);
+                if (tokens == 1) HeadKernels.MatVec(m, px, py, 0, rows);
+                else HeadKernels.MatMul(m, px, tokens, py, rows, 0, rows);
+                for (int t = 0; t < tokens; t++)
+                {
+                    if (q8) HeadKernels.QuantizeQ8Blocks(px + t * cols, cols, pq, pd);
+                    else HeadKernels.QuantizeQ8KBlocks(px + t * cols, cols, pq, pd, ps);
+                    for (int r = 0; r < rows; r++)
+                    {
+                        byte* row = pt + r * blocks * blockBytes;
+                        for (int b = 0; b < blocks; b++)
+                        {
+                            if (q8)
+                            {
+                                float dw = HalfConversions.HalfToFloat(*(ushort*)(row + b * 34));
+                                for (int i = 0; i < 32; i++) pw[b * 32 + i] = dw * ((sbyte*)(row + b * 34 + 2))[i];
+                            }
+                            else Q6K.DequantizeBlock(row + b * Q6K.BlockBytes, pw + b * Q6K.BlockWeights);
+                        }
+                        double exact = 0, magnitude = 0;
+                        for (int i = 0; i < cols; i++)
+                        {
+                            double term = (double)pw[i] * (q[i] * (double)d[i / blockWeights]);
+                            exact += term;
+                            magnitude += Math.Abs(term);
+                        }
+                        double got = py[t * rows + r];
+                        if (!(Math.Abs(got - exact) <= 64 * u * magnitude))
+                            return $"{type}, {tokens} tokens, token {t} row {r}: {got:R}, quantized dot {exact:R} (|Δ| {Math.Abs(got - exact):E2} > {64 * u * magnitude:E2})";
+                    }
+                }
+            }
+        }
+    }
+    return null;
+}
+
 string? AttentionPastOneChunk()
 {
     const int positions = 300;
@@ -163,7 +227,7 @@ if (Environment.GetEnvironmentVariable("KERNELCHECK_EXPECT") is { Length: > 0 } 
     var missing = wanted.Where(w => !have.Contains(w)).ToList();
     Report($"expected variants ({expect}) supported, {wanted[0]} chosen",
         missing.Count > 0 ? $"not supported here: {string.Join(", ", missing)} (supported: {string.Join(", ", have)})"
-        : KernelRegistry.Ternary.Name != wanted[0] ? $"the default ternary kernel is {KernelRegistry.Ternary.Name}, not {wanted[0]}" : null);
+        : KernelRegistry.SelectTernary(null).Name != wanted[0] ? $"the default ternary kernel is {KernelRegistry.SelectTernary(null).Name}, not {wanted[0]}" : null); // the CPU's choice, whatever BITNET_KERNEL says
 }
 
 var random = new Random(2024);
@@ -171,5 +235,6 @@ foreach (var kernel in KernelRegistry.SupportedTernary) Report($"ternary {kernel
 foreach (var kernel in KernelRegistry.SupportedBinary) Report($"binary {kernel.Name}", CompareBinary(kernel, random));
 Report("activation quantizer (SIMD vs reference, exact ties)", CompareQuantizer(random));
 Report("attention past one chunk (split vs whole, 300 positions)", AttentionPastOneChunk());
+Report("Q8_0 and Q6_K heads: quantized activations, integer dots (1, 2, 5 tokens vs float64)", QuantizedHeads(random));
 Console.WriteLine($"kernel-check: {passed} passed, {failed} failed");
 return failed == 0 ? 0 : 1;

@@ -140,7 +140,14 @@ public static unsafe class HeadKernels
                 }
                 else
                 {
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0(m.Row(r), x, m.Cols);
+                    // Without AVX2 (ARM64, old x86) the same function: activations quantized to Q8_0 blocks, integer
+                    // dots per block. (The float activations were used here: logits differed from every other CPU's by
+                    // the activation quantization error, enough to flip a greedy token at a near tie.)
+                    int blocks = m.Cols / 32;
+                    sbyte* qx = stackalloc sbyte[m.Cols];
+                    float* dx = stackalloc float[blocks];
+                    QuantizeQ8Blocks(x, m.Cols, qx, dx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ8_0Q8Portable(m.Row(r), qx, dx, blocks);
                 }
                 break;
             case GgmlType.Q6_K:
@@ -180,7 +187,13 @@ public static unsafe class HeadKernels
                 }
                 else
                 {
-                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_K(m.Row(r), x, m.Cols);
+                    // Without AVX2 the same function as above (Q8_K activations, integer dots per block), as for Q8_0.
+                    int blocks = m.Cols / Q6K.BlockWeights;
+                    sbyte* qx = stackalloc sbyte[m.Cols];
+                    float* dx = stackalloc float[blocks];
+                    short* sx = stackalloc short[m.Cols / 16];
+                    QuantizeQ8KBlocks(x, m.Cols, qx, dx, sx);
+                    for (int r = rowStart; r < rowEnd; r++) y[r] = DotQ6_KQ8KPortable(m.Row(r), qx, dx, sx, blocks);
                 }
                 break;
         }
@@ -339,6 +352,12 @@ public static unsafe class HeadKernels
                 return;
             }
         }
+        if (m.Type is GgmlType.Q8_0 or GgmlType.Q6_K)
+        {
+            // Without AVX2: each token as MatVec does it (quantized activations, portable integer dots).
+            for (int t = 0; t < tokens; t++) MatVec(m, x + (long)t * m.Cols, y + t * yStride, rowStart, rowEnd);
+            return;
+        }
         for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
         {
             int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
@@ -353,8 +372,7 @@ public static unsafe class HeadKernels
                         GgmlType.F32 => FloatMatVec.Dot((float*)row, xt, m.Cols),
                         GgmlType.F16 => DotF16((ushort*)row, xt, m.Cols),
                         GgmlType.BF16 => DotBF16((ushort*)row, xt, m.Cols),
-                        GgmlType.Q6_K => DotQ6_K(row, xt, m.Cols),
-                        _ => DotQ8_0(row, xt, m.Cols),
+                        _ => throw new InvalidOperationException($"no head kernel for {m.Type}"),
                     };
                 }
             }
@@ -941,35 +959,24 @@ public static unsafe class HeadKernels
         return sum;
     }
 
-    /// <summary>Q8_0 (32 int8 + an fp16 scale per block) against float activations, one block at a time.</summary>
-    public static float DotQ8_0(byte* w, float* x, int n)
+    /// <summary>
+    /// <see cref="DotQ8_0Q8"/> without AVX2 (ARM64, x86 before Haswell): the same int32 sum per block (exact), then one
+    /// fused multiply-add by d_w·d_x per block in block order. Equal to DotQ8_0Q8 up to float summation order.
+    /// </summary>
+    public static float DotQ8_0Q8Portable(byte* w, sbyte* qx, float* dx, int blocks)
     {
         float sum = 0f;
-        for (int b = 0; b < n / 32; b++, w += 34, x += 32)
+        for (int b = 0; b < blocks; b++, w += 34)
         {
-            float d = HalfConversions.HalfToFloat(*(ushort*)w);
             sbyte* q = (sbyte*)(w + 2);
-            float block;
-            if (Vector256.IsHardwareAccelerated)
-            {
-                var all = Vector256.Load(q); // exactly the block's 32 values
-                var lo = Vector256.WidenLower(all);
-                var hi = Vector256.WidenUpper(all);
-                var acc = Vector256.ConvertToSingle(Vector256.WidenLower(lo)) * Vector256.Load(x);
-                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Vector256.WidenUpper(lo)), Vector256.Load(x + 8), acc);
-                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Vector256.WidenLower(hi)), Vector256.Load(x + 16), acc);
-                acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(Vector256.WidenUpper(hi)), Vector256.Load(x + 24), acc);
-                block = Vector256.Sum(acc);
-            }
-            else
-            {
-                block = 0f;
-                for (int j = 0; j < 32; j++) block += q[j] * x[j];
-            }
-            sum += d * block;
+            sbyte* a = qx + b * 32;
+            int isum = 0;
+            for (int i = 0; i < 32; i++) isum += q[i] * a[i];
+            sum = MathF.FusedMultiplyAdd(isum, FiniteHalfToSingle(*(short*)w) * dx[b], sum);
         }
         return sum;
     }
+
     /// <summary>
     /// ggml's Q8_K quantization of activations, the partner of Q6_K weights: per 256-value block d = max|x|/127 and
     /// q = round(x/d), plus the sum of the codes of every 16 values (for the −32 offset of the Q6_K codes).
@@ -1023,6 +1030,42 @@ public static unsafe class HeadKernels
             acc = Vector256.FusedMultiplyAdd(Vector256.ConvertToSingle(isum), Vector256.Create(d), acc);
         }
         return Vector256.Sum(acc);
+    }
+
+    /// <summary>
+    /// <see cref="DotQ6_KQ8K"/> without AVX2: per block Σ scale·(code − 32)·q over the 16 groups as one exact int32
+    /// (the −32 offset through the per-16 sums, as there), then one fused multiply-add by d_w·d_x. Equal to DotQ6_KQ8K up
+    /// to float summation order.
+    /// </summary>
+    public static float DotQ6_KQ8KPortable(byte* w, sbyte* qx, float* dx, short* sums, int blocks)
+    {
+        float sum = 0f;
+        for (int b = 0; b < blocks; b++, w += Q6K.BlockBytes)
+        {
+            sbyte* sc = (sbyte*)(w + Q6K.ScalesOffset);
+            sbyte* xb = qx + b * Q6K.BlockWeights;
+            int isum = 0;
+            for (int g = 0; g < 16; g++) isum -= 32 * sc[g] * sums[b * 16 + g];
+            for (int h = 0; h < 2; h++)
+            {
+                byte* ql = w + 64 * h;
+                byte* qh = w + Q6K.QhOffset + 32 * h;
+                for (int k = 0; k < 4; k++)
+                {
+                    byte* low = ql + 32 * (k & 1);
+                    int lowShift = k < 2 ? 0 : 4;
+                    for (int g = 0; g < 2; g++)
+                    {
+                        int group = 0;
+                        for (int l = 16 * g; l < 16 * g + 16; l++)
+                            group += ((low[l] >> lowShift & 0xF) | (qh[l] >> 2 * k & 3) << 4) * xb[128 * h + 32 * k + l];
+                        isum += sc[8 * h + 2 * k + g] * group;
+                    }
+                }
+            }
+            sum = MathF.FusedMultiplyAdd(isum, HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset)) * dx[b], sum);
+        }
+        return sum;
     }
 
     /// <summary>
@@ -1108,8 +1151,8 @@ public static unsafe class HeadKernels
     }
 
     /// <summary>
-    /// Q6_K against float activations, without SIMD (the fallback where AVX2 is missing): per 16-weight group the
-    /// codes are decoded and dotted in float, then scaled once by d·scale.
+    /// Q6_K against float activations, without SIMD: per 16-weight group the codes are decoded and dotted in float, then
+    /// scaled once by d·scale. The format's definition, a reference for the tests (the head quantizes its activations).
     /// </summary>
     public static float DotQ6_K(byte* w, float* x, int n)
     {
