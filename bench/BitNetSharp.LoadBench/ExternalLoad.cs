@@ -30,8 +30,10 @@ namespace BitNetSharp.LoadBench;
 /// </summary>
 internal static class ExternalLoad
 {
-    public static async Task<int> RunAsync(Dictionary<string, string> a)
+    public static async Task<int> RunAsync(Dictionary<string, string> a, TextWriter? output = null, TextWriter? error = null)
     {
+        var o = output ?? Console.Out;
+        var e = error ?? Console.Error;
         var url = new Uri(a["url"].EndsWith('/') ? a["url"] : a["url"] + "/");
         int clients = Int(a, "clients", 6);
         double duration = double.Parse(a.GetValueOrDefault("duration", "30"), CultureInfo.InvariantCulture);
@@ -49,7 +51,7 @@ internal static class ExternalLoad
         };
         var results = new List<Result>();
         var clock = Stopwatch.StartNew();
-        Console.Error.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loadbench-external: t0={DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0:F3}"));
+        e.WriteLine(string.Create(CultureInfo.InvariantCulture, $"loadbench-external: t0={DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0:F3}"));
         var end = TimeSpan.FromSeconds(duration);
         var workers = Enumerable.Range(0, clients).Select(c => Task.Run(async () =>
         {
@@ -71,30 +73,30 @@ internal static class ExternalLoad
         if (logPath is not null)
             await File.WriteAllLinesAsync(logPath, results.Select(r => JsonSerializer.Serialize(r)));
 
-        Console.WriteLine($"# load against {url}");
-        Console.WriteLine();
-        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+        o.WriteLine($"# load against {url}");
+        o.WriteLine();
+        o.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{clients} clients for {duration:0.#} s, {streamRatio:P0} streaming, prompt \"{prompt}\", max_tokens {maxTokens} (ignore_eos: a complete answer has exactly that many tokens)"));
-        Console.WriteLine();
-        Console.WriteLine("| second | started | ok | http_error | sse_error | io_error | timeout | silent_truncation |");
-        Console.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        o.WriteLine();
+        o.WriteLine("| second | started | ok | http_error | sse_error | io_error | timeout | silent_truncation |");
+        o.WriteLine("|---:|---:|---:|---:|---:|---:|---:|---:|");
         foreach (var g in results.GroupBy(r => (int)r.Start).OrderBy(g => g.Key))
-            Console.WriteLine($"| {g.Key} | {g.Count()} | {Count(g, "ok")} | {Count(g, "http_error")} | {Count(g, "sse_error")} | {Count(g, "io_error")} | {Count(g, "timeout")} | {Count(g, "silent_truncation")} |");
-        Console.WriteLine();
+            o.WriteLine($"| {g.Key} | {g.Count()} | {Count(g, "ok")} | {Count(g, "http_error")} | {Count(g, "sse_error")} | {Count(g, "io_error")} | {Count(g, "timeout")} | {Count(g, "silent_truncation")} |");
+        o.WriteLine();
         foreach (var kind in new[] { false, true })
         {
             var k = results.Where(r => r.Stream == kind).ToList();
-            Console.WriteLine($"- {(kind ? "streaming" : "non-streaming")}: {k.Count} requests, {Count(k, "ok")} ok, {Count(k, "http_error")} http_error, {Count(k, "sse_error")} sse_error, {Count(k, "io_error")} io_error, {Count(k, "timeout")} timeout, {Count(k, "silent_truncation")} silent_truncation");
+            o.WriteLine($"- {(kind ? "streaming" : "non-streaming")}: {k.Count} requests, {Count(k, "ok")} ok, {Count(k, "http_error")} http_error, {Count(k, "sse_error")} sse_error, {Count(k, "io_error")} io_error, {Count(k, "timeout")} timeout, {Count(k, "silent_truncation")} silent_truncation");
         }
         foreach (var r in results.Where(r => r.Outcome != "ok"))
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            o.WriteLine(string.Create(CultureInfo.InvariantCulture,
                 $"  - t={r.Start:F2}–{r.End:F2} s client {r.Client} #{r.Index} {(r.Stream ? "stream" : "non-stream")}: {r.Outcome} ({r.Detail}; {r.Tokens} tokens received)"));
-        Console.WriteLine();
-        Console.WriteLine($"loadbench-external: total={results.Count} ok={Count(results, "ok")} http_error={Count(results, "http_error")} sse_error={Count(results, "sse_error")} io_error={Count(results, "io_error")} timeout={Count(results, "timeout")} silent_truncation={Count(results, "silent_truncation")}");
+        o.WriteLine();
+        o.WriteLine($"loadbench-external: total={results.Count} ok={Count(results, "ok")} http_error={Count(results, "http_error")} sse_error={Count(results, "sse_error")} io_error={Count(results, "io_error")} timeout={Count(results, "timeout")} silent_truncation={Count(results, "silent_truncation")}");
         if (Count(results, "silent_truncation") > 0) return 3;
         if (Count(results, "ok") == 0)
         {
-            Console.Error.WriteLine($"loadbench-external: no request ended ok ({results.Count} sent): is the server at {url} up and serving?");
+            e.WriteLine($"loadbench-external: no request ended ok ({results.Count} sent): is the server at {url} up and serving?");
             return 4;
         }
         return 0;

@@ -98,7 +98,7 @@ internal static class Soak
         using var http = new HttpClient(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(2), MaxResponseDrainSize = 0 })
         {
             BaseAddress = url,
-            Timeout = Timeout.InfiniteTimeSpan, // OneAsync's RequestTimeout covers headers and body; SendBadAsync reads whole bodies
+            Timeout = options.RequestTimeout, // SendBadAsync reads whole answers under it; OneAsync's own limit covers a streamed body too
         };
         using var probe = new HttpClient { BaseAddress = url, Timeout = TimeSpan.FromSeconds(15) };
         if (options.ApiKey is { } key)

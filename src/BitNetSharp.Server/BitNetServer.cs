@@ -137,19 +137,20 @@ public sealed class BitNetServer : IAsyncDisposable
             // Draining: every answer closes its connection, so a client's retry of the 503 (and a keep-alive pool's next
             // request) opens a new one, which the balancer sends to another replica; kube-proxy leaves established
             // connections where they are, and a pooled client retried on the draining replica until it stopped.
-            // (Set as the headers go out: an error answer clears the headers set before it.)
-            if (host.Draining)
-                context.Response.OnStarting(static state =>
-                {
-                    ((HttpResponse)state).Headers.Connection = "close";
-                    return Task.CompletedTask;
-                }, context.Response);
+            // (Decided as the headers go out: an error answer clears the headers set before it, and a request admitted
+            // before the drain began can still be answered 503 by it.)
+            context.Response.OnStarting(static state =>
+            {
+                var (response, served) = ((HttpResponse, ModelHost))state;
+                if (served.Draining) response.Headers.Connection = "close";
+                return Task.CompletedTask;
+            }, (context.Response, host));
             try
             {
                 // DNS rebinding: a page at http://evil.example:8080/ whose name now resolves to 127.0.0.1 is the same
                 // origin as this server in the browser's eyes, so only the Host header shows what it is.
                 if (hosts is not null && !HostAllowed(context.Request.Host.Host, hosts))
-                    throw new ApiException(403, $"This server does not answer requests for host '{context.Request.Host.Host}': it listens on {(loopbackBind ? "a loopback address and answers loopback names (localhost, 127.0.0.1, [::1])" : "names given with --allowed-host")}. "
+                    throw new ApiException(403, $"This server does not answer requests for host '{context.Request.Host.Host}': it listens on {(loopbackBind ? "a loopback address and answers localhost names and IP addresses" : "names given with --allowed-host (and IP addresses)")}. "
                         + "Start it with --allowed-host NAME to answer that name too (a reverse proxy can instead send 'Host: localhost').", "invalid_request_error", code: "host_not_allowed");
                 // CORS first: a browser's preflight carries no Authorization header.
                 if (cors is not null && Cors(context, cors)) return;

@@ -122,18 +122,10 @@ public sealed class LoadClientTests
         using var dir = new TestGguf.TempDirectory();
         string log = dir.File("requests.jsonl");
         var args = new Dictionary<string, string> { ["url"] = "http://127.0.0.1:1/", ["clients"] = "2", ["duration"] = "1.5", ["log"] = log };
-        var stdout = Console.Out;
-        int code;
-        try
-        {
-            Console.SetOut(TextWriter.Null);
-            code = await ExternalLoad.RunAsync(args).WaitAsync(TimeSpan.FromSeconds(60), Ct);
-        }
-        finally
-        {
-            Console.SetOut(stdout);
-        }
+        var error = new StringWriter();
+        int code = await ExternalLoad.RunAsync(args, TextWriter.Null, error).WaitAsync(TimeSpan.FromSeconds(60), Ct);
         Assert.Equal(4, code);
+        Assert.Contains("no request ended ok", error.ToString());
         var lines = File.ReadAllLines(log);
         Assert.NotEmpty(lines);
         Assert.All(lines, l => Assert.Contains("\"io_error\"", l));
