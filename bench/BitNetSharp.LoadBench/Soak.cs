@@ -138,7 +138,7 @@ internal static class Soak
         string phase = "load";
         int scrapeErrors = 0;
         var scrapeErrorDetails = new List<string>();
-        double lastSampleT = 0, lastTokens = Metric(before, "bitnet_generation_tokens_total");
+        double lastSampleT = 0, lastTokens = Metric(before, "bitnet_generation_tokens_total"), lastTokensT = 0;
         progress.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"soak: {options.Clients} clients for {options.Duration.TotalSeconds:0.#} s against {url} (model {modelId}, ctx {contextLength}, {maxSequences} sequences); mix {options.Mix}; sampling every {options.SampleInterval.TotalSeconds:0.##} s"));
 
@@ -173,9 +173,9 @@ internal static class Soak
             var sample = new SoakSample(t, phase, rss, Metric(m, "bitnet_process_gc_heap_bytes"), Metric(m, "bitnet_process_gc_committed_bytes"),
                 Metric(m, "bitnet_process_gc_collections_total{generation=\"2\"}"), Metric(m, "bitnet_sequences_running"), maxSequences,
                 Metric(m, "bitnet_requests_running"), Metric(m, "bitnet_requests_waiting"), Metric(m, "bitnet_server_requests_in_flight"), Metric(m, "bitnet_kv_cache_usage_ratio"),
-                window.Count, window.Count / dt, (tokens - lastTokens) / dt, Percentile(ttft, 50), Percentile(ttft, 99), Percentile(latency, 50), Percentile(latency, 99), failures);
+                window.Count, window.Count / dt, (tokens - lastTokens) / Math.Max(1e-3, t - lastTokensT), Percentile(ttft, 50), Percentile(ttft, 99), Percentile(latency, 50), Percentile(latency, 99), failures);
             lastSampleT = t;
-            if (double.IsFinite(tokens)) lastTokens = tokens;
+            if (double.IsFinite(tokens)) (lastTokens, lastTokensT) = (tokens, t); // after a failed scrape the rate spans both intervals (it doubled)
             lock (samples) samples.Add(sample);
             return sample;
         }

@@ -183,6 +183,48 @@ unsafe string? QuantizedHeads(Random rng)
     return null;
 }
 
+// The float dots of the F32/F16/BF16 heads at whatever vector width this CPU accelerates (128 bits on ARM64), against
+// float64 on the same (exactly converted) values: within the summation bound n·u·Σ|w·x|.
+unsafe string? FloatDots(Random rng)
+{
+    const double u = 1.0 / (1 << 24);
+    foreach (int n in new[] { 1, 3, 7, 8, 15, 16, 17, 31, 64, 100, 1000, 2560 })
+    {
+        var x = new float[n];
+        var f32 = new float[n];
+        var f16 = new ushort[n];
+        var bf16 = new ushort[n];
+        for (int i = 0; i < n; i++)
+        {
+            x[i] = (float)(rng.NextDouble() * 4 - 2);
+            f32[i] = (float)(rng.NextDouble() * 2 - 1);
+            f16[i] = HalfConversions.FloatToHalf((float)(rng.NextDouble() * 2 - 1) * (i % 5 == 0 ? 1e-5f : 1f)); // subnormal halves too
+            bf16[i] = (ushort)(BitConverter.SingleToUInt32Bits((float)(rng.NextDouble() * 2 - 1)) >> 16);
+        }
+        fixed (float* px = x, p32 = f32)
+        fixed (ushort* p16 = f16, pb = bf16)
+        {
+            foreach (var (name, got, weight) in new (string, float, Func<int, double>)[]
+            {
+                ("F32", FloatMatVec.Dot(p32, px, n), i => f32[i]),
+                ("F16", HeadKernels.DotF16(p16, px, n), i => HalfConversions.HalfToFloat(f16[i])),
+                ("BF16", HeadKernels.DotBF16(pb, px, n), i => BitConverter.UInt32BitsToSingle((uint)bf16[i] << 16)),
+            })
+            {
+                double exact = 0, magnitude = 0;
+                for (int i = 0; i < n; i++)
+                {
+                    exact += weight(i) * x[i];
+                    magnitude += Math.Abs(weight(i) * x[i]);
+                }
+                if (!(Math.Abs(got - exact) <= (n + 2) * u * magnitude))
+                    return $"{name}, n {n}: {got:R}, float64 {exact:R} (|Δ| {Math.Abs(got - exact):E2} > {(n + 2) * u * magnitude:E2})";
+            }
+        }
+    }
+    return null;
+}
+
 string? AttentionPastOneChunk()
 {
     const int positions = 300;
@@ -236,5 +278,6 @@ foreach (var kernel in KernelRegistry.SupportedBinary) Report($"binary {kernel.N
 Report("activation quantizer (SIMD vs reference, exact ties)", CompareQuantizer(random));
 Report("attention past one chunk (split vs whole, 300 positions)", AttentionPastOneChunk());
 Report("Q8_0 and Q6_K heads: quantized activations, integer dots (1, 2, 5 tokens vs float64)", QuantizedHeads(random));
+Report("F32, F16 and BF16 dots (heads, small matrices) vs float64", FloatDots(random));
 Console.WriteLine($"kernel-check: {passed} passed, {failed} failed");
 return failed == 0 ? 0 : 1;

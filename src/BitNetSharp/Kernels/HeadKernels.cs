@@ -904,6 +904,10 @@ public static unsafe class HeadKernels
     private static Vector512<float> HalfToSingle(Vector512<int> signExtended) =>
         (Vector512.ShiftLeft(signExtended, 13) & Vector512.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector512.Create(0x77800000).AsSingle();
 
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static Vector128<float> HalfToSingle(Vector128<int> signExtended) =>
+        (Vector128.ShiftLeft(signExtended, 13) & Vector128.Create(unchecked((int)0x8FFFE000))).AsSingle() * Vector128.Create(0x77800000).AsSingle();
+
     public static float DotF16(ushort* w, float* x, int n)
     {
         int i = 0;
@@ -924,6 +928,20 @@ public static unsafe class HeadKernels
             for (; i <= n - 8; i += 8)
                 a = Vector256.FusedMultiplyAdd(HalfToSingle(Vector256.WidenLower(Vector128.Load((short*)(w + i)).ToVector256Unsafe())), Vector256.Load(x + i), a);
             sum = Vector256.Sum(a);
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 8)
+        {
+            // 128-bit vectors only (ARM64's AdvSimd): two accumulators, lane k of the first taking columns k, k+8, …
+            // and of the second k+4, k+12, … (one would wait on each FMA's latency); the batched head calls this per
+            // token on such CPUs, so a sequence's logits still do not depend on its batch. Was a scalar loop there.
+            Vector128<float> a = default, b = default;
+            for (; i <= n - 8; i += 8)
+            {
+                var h = Vector128.Load((short*)(w + i));
+                a = Vector128.FusedMultiplyAdd(HalfToSingle(Vector128.WidenLower(h)), Vector128.Load(x + i), a);
+                b = Vector128.FusedMultiplyAdd(HalfToSingle(Vector128.WidenUpper(h)), Vector128.Load(x + i + 4), b);
+            }
+            sum = Vector128.Sum(a + b);
         }
         for (; i < n; i++) sum += HalfConversions.HalfToFloat(w[i]) * x[i];
         return sum;
@@ -954,6 +972,18 @@ public static unsafe class HeadKernels
                 b = Vector256.FusedMultiplyAdd(Vector256.ShiftLeft(Vector256.WidenUpper(h), 16).AsSingle(), Vector256.Load(x + i + 8), b);
             }
             sum = Vector256.Sum(a + b);
+        }
+        else if (Vector128.IsHardwareAccelerated && n >= 8)
+        {
+            // 128-bit vectors only (ARM64): the same at 128 bits.
+            Vector128<float> a = default, b = default;
+            for (; i <= n - 8; i += 8)
+            {
+                var h = Vector128.Load(w + i);
+                a = Vector128.FusedMultiplyAdd(Vector128.ShiftLeft(Vector128.WidenLower(h), 16).AsSingle(), Vector128.Load(x + i), a);
+                b = Vector128.FusedMultiplyAdd(Vector128.ShiftLeft(Vector128.WidenUpper(h), 16).AsSingle(), Vector128.Load(x + i + 4), b);
+            }
+            sum = Vector128.Sum(a + b);
         }
         for (; i < n; i++) sum += HalfConversions.BFloat16ToFloat(w[i]) * x[i];
         return sum;

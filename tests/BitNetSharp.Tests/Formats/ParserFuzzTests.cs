@@ -89,7 +89,7 @@ public class ParserFuzzTests
             Assert.Fail($"{context}: {e.GetType().Name} instead of ModelFormatException: {e.Message}\n{e.StackTrace}");
         }
         // Parsing is linear in the input; a few megabytes take milliseconds, so seconds mean a pathology.
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"{context}: parsing took {clock.Elapsed}");
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(30), $"{context}: parsing took {clock.Elapsed}"); // a hang, not a slow host (one GC pause of a loaded CI machine could pass 5 s)
     }
 
     private static void TouchGguf(IDisposable d)
