@@ -48,10 +48,10 @@ public static unsafe class FloatMatVec
             Vector128<float> s0 = default, s1 = default, s2 = default, s3 = default;
             for (; i <= n - 16; i += 16)
             {
-                s0 = Vector128.FusedMultiplyAdd(Vector128.Load(a + i), Vector128.Load(b + i), s0);
-                s1 = Vector128.FusedMultiplyAdd(Vector128.Load(a + i + 4), Vector128.Load(b + i + 4), s1);
-                s2 = Vector128.FusedMultiplyAdd(Vector128.Load(a + i + 8), Vector128.Load(b + i + 8), s2);
-                s3 = Vector128.FusedMultiplyAdd(Vector128.Load(a + i + 12), Vector128.Load(b + i + 12), s3);
+                s0 = HeadKernels.MulAdd128(Vector128.Load(a + i), Vector128.Load(b + i), s0);
+                s1 = HeadKernels.MulAdd128(Vector128.Load(a + i + 4), Vector128.Load(b + i + 4), s1);
+                s2 = HeadKernels.MulAdd128(Vector128.Load(a + i + 8), Vector128.Load(b + i + 8), s2);
+                s3 = HeadKernels.MulAdd128(Vector128.Load(a + i + 12), Vector128.Load(b + i + 12), s3);
             }
             sum = Vector128.Sum((s0 + s1) + (s2 + s3));
         }
