@@ -104,20 +104,85 @@ public static unsafe class HugePages
         return p;
     }
 
-    /// <summary>MemAvailable of /proc/meminfo (memory the kernel could hand out without swapping), or null where unknown.</summary>
+    /// <summary>
+    /// Memory this process can take without swapping or meeting its container's limit: MemAvailable of /proc/meminfo,
+    /// or the cgroup's headroom (<see cref="CgroupHeadroomBytes"/>) where that is less; null where neither is known.
+    /// MemAvailable is the host's: in a pod limited to 192 MiB on a 64 GiB node, `--weight-pages auto` copied a model
+    /// the limit could not hold, and the kernel killed the pod.
+    /// </summary>
     public static long? AvailableMemoryBytes()
     {
         if (!OperatingSystem.IsLinux()) return null;
+        long? host = null;
         try
         {
             foreach (var line in File.ReadLines("/proc/meminfo"))
                 if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
-                    return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+                {
+                    host = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+                    break;
+                }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        {
+        }
+        return (host, CgroupHeadroomBytes()) switch
+        {
+            ({ } h, { } c) => Math.Min(h, c),
+            (var h, var c) => h ?? c,
+        };
+    }
+
+    /// <summary>
+    /// What this process's memory cgroup may still charge before its limit: the limit less the usage, plus the inactive
+    /// file pages in the usage (page cache the kernel reclaims before it would kill). cgroup v2 (memory.max,
+    /// memory.current, inactive_file) or v1 (memory.limit_in_bytes, memory.usage_in_bytes, total_inactive_file), found
+    /// through <paramref name="selfCgroup"/> under <paramref name="root"/> (or at the root, where a container sees its
+    /// own cgroup there). Null without a limit or where the files cannot be read.
+    /// </summary>
+    internal static long? CgroupHeadroomBytes(string root = "/sys/fs/cgroup", string selfCgroup = "/proc/self/cgroup")
+    {
+        try
+        {
+            if (!File.Exists(selfCgroup)) return null;
+            string? v2 = null, v1 = null;
+            foreach (var line in File.ReadLines(selfCgroup))
+            {
+                var parts = line.Split(':', 3);
+                if (parts.Length != 3) continue;
+                if (parts[0] == "0" && parts[1].Length == 0) v2 = parts[2];
+                else if (parts[1].Split(',').Contains("memory")) v1 = parts[2];
+            }
+            if (v1 is not null)
+                foreach (var dir in new[] { Path.Join(root, "memory", v1), Path.Join(root, "memory") })
+                    if (Headroom(dir, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file") is { } h1) return h1 < 0 ? null : h1;
+            if (v2 is not null)
+                foreach (var dir in new[] { Path.Join(root, v2), root })
+                    if (Headroom(dir, "memory.max", "memory.current", "inactive_file") is { } h2) return h2 < 0 ? null : h2;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
         {
         }
         return null;
+
+        // The headroom in a cgroup directory; −1 for no limit; null where its files are not there.
+        static long? Headroom(string dir, string limitFile, string usageFile, string inactiveKey)
+        {
+            string limitPath = Path.Join(dir, limitFile), usagePath = Path.Join(dir, usageFile);
+            if (!File.Exists(limitPath) || !File.Exists(usagePath)) return null;
+            string limitText = File.ReadAllText(limitPath).Trim();
+            if (limitText == "max") return -1;
+            long limit = long.Parse(limitText, System.Globalization.CultureInfo.InvariantCulture);
+            if (limit >= 1L << 60) return -1; // v1 writes "no limit" as a page-rounded 2^63 − 1
+            long usage = long.Parse(File.ReadAllText(usagePath).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+            long inactive = 0;
+            string statPath = Path.Join(dir, "memory.stat");
+            if (File.Exists(statPath))
+                foreach (var line in File.ReadLines(statPath))
+                    if (line.StartsWith(inactiveKey + " ", StringComparison.Ordinal))
+                        inactive = long.Parse(line.AsSpan(inactiveKey.Length + 1), System.Globalization.CultureInfo.InvariantCulture);
+            return Math.Max(0, limit - usage + Math.Min(inactive, usage));
+        }
     }
 
     /// <summary>

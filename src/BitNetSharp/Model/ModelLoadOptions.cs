@@ -52,7 +52,8 @@ public sealed record ModelLoadOptions
 public enum WeightPages
 {
     /// <summary><see cref="Huge"/> for files of at least <see cref="ModelLoadOptions.AutoHugePagesMinBytes"/> where
-    /// Linux offers transparent huge pages (not set to never) and MemAvailable holds the copy with a quarter to spare,
+    /// Linux offers transparent huge pages (not set to never) and the memory available holds the copy with a quarter to
+    /// spare (MemAvailable, or the memory cgroup's headroom where that is less: a container's limit, not the host's memory),
     /// else <see cref="File"/>.</summary>
     Auto,
 

@@ -4,6 +4,61 @@ namespace BitNetSharp.Tests.Diagnostics;
 
 public class HugePagesTests
 {
+    /// <summary>
+    /// The memory `--weight-pages auto` may use is bounded by the container's cgroup limit as well as by the host's
+    /// MemAvailable (which alone let a pod limited to 192 MiB copy a model it could not hold): cgroup v2 and v1 files
+    /// laid out as a container sees them, with page cache (inactive file pages) counted as reclaimable.
+    /// </summary>
+    [Fact]
+    public void CgroupHeadroomIsTheLimitLessTheUsageThatCannotBeReclaimed()
+    {
+        var root = Directory.CreateTempSubdirectory("bitnet-cgroup-").FullName;
+        try
+        {
+            string self = Path.Join(root, "self-cgroup");
+            void Write(string relative, string text)
+            {
+                string path = Path.Join(root, relative);
+                Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+                File.WriteAllText(path, text);
+            }
+
+            // v2, the process's own cgroup path under the root (a host or a container without a cgroup namespace).
+            File.WriteAllText(self, "0::/kubepods/pod1/c1\n");
+            Write("kubepods/pod1/c1/memory.max", "201326592\n"); // 192 MiB
+            Write("kubepods/pod1/c1/memory.current", "150000000\n");
+            Write("kubepods/pod1/c1/memory.stat", "anon 100000000\nfile 50000000\ninactive_file 30000000\nactive_file 20000000\n");
+            Assert.Equal(201326592L - 150000000 + 30000000, HugePages.CgroupHeadroomBytes(root, self));
+            // No limit: none from the cgroup.
+            Write("kubepods/pod1/c1/memory.max", "max\n");
+            Assert.Null(HugePages.CgroupHeadroomBytes(root, self));
+            // A container with its own cgroup namespace sees "0::/" and its files at the root.
+            File.WriteAllText(self, "0::/\n");
+            Write("memory.max", "1073741824\n");
+            Write("memory.current", "1100000000\n"); // over the limit (reclaim pending): no headroom, not negative
+            Assert.Equal(0L, HugePages.CgroupHeadroomBytes(root, self));
+
+            // v1: the memory controller's line, its directory under memory/ (here only the root one exists).
+            File.WriteAllText(self, "12:pids:/x\n4:memory:/docker/abc\n0::/\n");
+            Write("memory/memory.limit_in_bytes", "536870912\n");
+            Write("memory/memory.usage_in_bytes", "100000000\n");
+            Write("memory/memory.stat", "cache 60000000\ntotal_inactive_file 40000000\n");
+            Assert.Equal(536870912L - 100000000 + 40000000, HugePages.CgroupHeadroomBytes(root, self));
+            Write("memory/memory.limit_in_bytes", "9223372036854771712\n"); // v1's "no limit"
+            Assert.Null(HugePages.CgroupHeadroomBytes(root, self));
+
+            // Nothing readable: unknown.
+            Assert.Null(HugePages.CgroupHeadroomBytes(Path.Join(root, "absent"), Path.Join(root, "absent-self")));
+            File.WriteAllText(self, "0::/\n");
+            File.WriteAllText(Path.Join(root, "memory.max"), "garbage\n");
+            Assert.Null(HugePages.CgroupHeadroomBytes(root, self));
+        }
+        finally
+        {
+            Directory.Delete(root, recursive: true);
+        }
+    }
+
     /// <summary>With --hugepages a large runtime buffer is 2 MiB-aligned and advised; small ones and the default path are untouched.</summary>
     [Fact]
     public unsafe void LargeBuffersAreAlignedAndAdvised()
