@@ -67,17 +67,67 @@ unsafe string? CompareBinary(BinaryKernel kernel, Random rng)
         int n = 1 + rng.Next(9), tokens = 1 + rng.Next(4);
         using var w = new BinaryMatrix(n, k);
         for (int r = 0; r < n; r++) for (int c = 0; c < k; c++) w.Set(r, c, rng.Next(2) * 2 - 1);
-        using var x = new QuantizedActivations(tokens, k);
-        for (int t = 0; t < tokens; t++) Int8ActivationQuantizer.Quantize(Activations(rng, k, 0), x, t);
-        var a = new float[n * tokens];
-        var b = new float[n * tokens];
-        fixed (float* pa = a) reference.MatMul(w, x, pa, n, 0, n);
-        fixed (float* pb = b) kernel.MatMul(w, x, pb, n, 0, n);
-        for (int i = 0; i < a.Length; i++)
-            if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i]))
-                return $"K={k} element {i}: reference {a[i]:R} vs {b[i]:R}";
+        for (int pattern = 0; pattern < 5; pattern++) // 4: every activation −128 (the widest code, the sign trick's edge)
+        {
+            using var x = new QuantizedActivations(tokens, k);
+            for (int t = 0; t < tokens; t++)
+            {
+                if (pattern < 4) Int8ActivationQuantizer.Quantize(Activations(rng, k, pattern), x, t);
+                else { x.RowSpan(t).Fill(-128); x.Scales[t] = 1f; x.Sums[t] = -128 * k; }
+            }
+            var a = new float[n * tokens];
+            var b = new float[n * tokens];
+            fixed (float* pa = a) reference.MatMul(w, x, pa, n, 0, n);
+            fixed (float* pb = b) kernel.MatMul(w, x, pb, n, 0, n);
+            for (int i = 0; i < a.Length; i++)
+                if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i]))
+                    return $"K={k} pattern={pattern} element {i}: reference {a[i]:R} vs {b[i]:R}";
+        }
     }
     return null;
+}
+
+// The threaded products the engine runs (TernaryMatMul over a two-thread pool: owned ranges for 1-3 tokens, the
+// four-stream quarters with BITNET_WEIGHT_STREAMS=4, shared-counter chunks for more tokens) with this CPU's default
+// kernel, bit for bit against the reference kernel run whole.
+unsafe string? ThreadedProducts(Random rng)
+{
+    var reference = new ReferenceTernaryKernel();
+    var kernel = KernelRegistry.SelectTernary(null);
+    int saved = TernaryKernel.WeightStreams;
+    using var pool = new BitNetSharp.Threading.WorkerPool(2);
+    using var product = new TernaryMatMul(pool);
+    try
+    {
+        const int n = 512, k = 2560;
+        using var w = TernaryMatrix.Allocate(n, k);
+        for (int r = 0; r < n; r++)
+        {
+            w.RowScales[r] = 0.5f + (float)rng.NextDouble();
+            for (int c = 0; c < k; c++) w.Set(r, c, rng.Next(3) - 1);
+        }
+        foreach (int streams in new[] { 1, 4 })
+        {
+            TernaryKernel.WeightStreams = streams;
+            foreach (int tokens in new[] { 1, 2, 3, 5 })
+            {
+                using var x = new QuantizedActivations(tokens, k);
+                for (int t = 0; t < tokens; t++) Int8ActivationQuantizer.Quantize(Activations(rng, k, 0), x, t);
+                var a = new float[n * tokens];
+                var b = new float[n * tokens];
+                fixed (float* pa = a) reference.MatMul(w, x, pa, n, 0, n);
+                fixed (float* pb = b) product.Run(kernel, w, x, pb, n);
+                for (int i = 0; i < a.Length; i++)
+                    if (BitConverter.SingleToInt32Bits(a[i]) != BitConverter.SingleToInt32Bits(b[i]))
+                        return $"{kernel.Name}, weight streams {streams}, {tokens} tokens, element {i}: reference {a[i]:R} vs {b[i]:R}";
+            }
+        }
+        return null;
+    }
+    finally
+    {
+        TernaryKernel.WeightStreams = saved;
+    }
 }
 
 // Exact ties (issue #15), bf16-valued: with absmax 127/64, x = ±j/128 for odd j is the tie ±j/2, whose code is the even
@@ -279,5 +329,6 @@ Report("activation quantizer (SIMD vs reference, exact ties)", CompareQuantizer(
 Report("attention past one chunk (split vs whole, 300 positions)", AttentionPastOneChunk());
 Report("Q8_0 and Q6_K heads: quantized activations, integer dots (1, 2, 5 tokens vs float64)", QuantizedHeads(random));
 Report("F32, F16 and BF16 dots (heads, small matrices) vs float64", FloatDots(random));
+Report("threaded products (two threads; weight streams 1 and 4; 1, 2, 3, 5 tokens) vs reference", ThreadedProducts(random));
 Console.WriteLine($"kernel-check: {passed} passed, {failed} failed");
 return failed == 0 ? 0 : 1;
