@@ -107,26 +107,30 @@ public static unsafe class HugePages
     /// <summary>
     /// Memory this process can take without swapping or meeting its container's limit: MemAvailable of /proc/meminfo,
     /// or the cgroup's headroom (<see cref="CgroupHeadroomBytes"/>) where that is less; null where neither is known.
-    /// MemAvailable is the host's: in a pod limited to 192 MiB on a 64 GiB node, `--weight-pages auto` copied a model
-    /// the limit could not hold, and the kernel killed the pod.
+    /// MemAvailable is the host's: in a pod limited to 192 MiB on a 64 GiB node, `--weight-pages auto` went by the
+    /// node's free memory.
     /// </summary>
-    public static long? AvailableMemoryBytes()
+    public static long? AvailableMemoryBytes() =>
+        OperatingSystem.IsLinux() ? AvailableMemoryBytes("/proc/meminfo", "/sys/fs/cgroup", "/proc/self/cgroup") : null;
+
+    /// <summary><see cref="AvailableMemoryBytes()"/> from the given files (tests lay them out).</summary>
+    internal static long? AvailableMemoryBytes(string meminfo, string cgroupRoot, string selfCgroup)
     {
-        if (!OperatingSystem.IsLinux()) return null;
         long? host = null;
         try
         {
-            foreach (var line in File.ReadLines("/proc/meminfo"))
-                if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
-                {
-                    host = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
-                    break;
-                }
+            if (File.Exists(meminfo))
+                foreach (var line in File.ReadLines(meminfo))
+                    if (line.StartsWith("MemAvailable:", StringComparison.Ordinal))
+                    {
+                        host = long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture) * 1024;
+                        break;
+                    }
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException or IndexOutOfRangeException)
         {
         }
-        return (host, CgroupHeadroomBytes()) switch
+        return (host, CgroupHeadroomBytes(cgroupRoot, selfCgroup)) switch
         {
             ({ } h, { } c) => Math.Min(h, c),
             (var h, var c) => h ?? c,
@@ -134,11 +138,12 @@ public static unsafe class HugePages
     }
 
     /// <summary>
-    /// What this process's memory cgroup may still charge before its limit: the limit less the usage, plus the inactive
-    /// file pages in the usage (page cache the kernel reclaims before it would kill). cgroup v2 (memory.max,
-    /// memory.current, inactive_file) or v1 (memory.limit_in_bytes, memory.usage_in_bytes, total_inactive_file), found
-    /// through <paramref name="selfCgroup"/> under <paramref name="root"/> (or at the root, where a container sees its
-    /// own cgroup there). Null without a limit or where the files cannot be read.
+    /// What this process's memory cgroup may still charge before a limit: the limit less the usage, plus the inactive
+    /// file pages in the usage (page cache the kernel reclaims before it would kill). cgroup v2: the process's cgroup
+    /// and every ancestor with a memory.max (a limit on a parent slice binds too), the least headroom; v1: its
+    /// memory.limit_in_bytes or the hierarchical_memory_limit of memory.stat (ancestors included), whichever is less.
+    /// Found through <paramref name="selfCgroup"/> under <paramref name="root"/>, or at the root where a container sees
+    /// its own cgroup there. Null without a limit or where the files cannot be read.
     /// </summary>
     internal static long? CgroupHeadroomBytes(string root = "/sys/fs/cgroup", string selfCgroup = "/proc/self/cgroup")
     {
@@ -155,10 +160,24 @@ public static unsafe class HugePages
             }
             if (v1 is not null)
                 foreach (var dir in new[] { Path.Join(root, "memory", v1), Path.Join(root, "memory") })
-                    if (Headroom(dir, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file") is { } h1) return h1 < 0 ? null : h1;
+                    if (Headroom(dir, "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file", "hierarchical_memory_limit") is { } h1)
+                        return h1 < 0 ? null : h1;
             if (v2 is not null)
-                foreach (var dir in new[] { Path.Join(root, v2), root })
-                    if (Headroom(dir, "memory.max", "memory.current", "inactive_file") is { } h2) return h2 < 0 ? null : h2;
+            {
+                // From the process's cgroup up to the root: the least headroom of the levels with a limit.
+                long? least = null;
+                bool found = false;
+                for (string level = v2.TrimEnd('/'); ; level = level[..Math.Max(0, level.LastIndexOf('/'))])
+                {
+                    if (Headroom(Path.Join(root, level), "memory.max", "memory.current", "inactive_file", null) is { } h2)
+                    {
+                        found = true;
+                        if (h2 >= 0) least = least is { } l ? Math.Min(l, h2) : h2;
+                    }
+                    if (level.Length == 0) break;
+                }
+                if (found) return least;
+            }
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException)
         {
@@ -166,21 +185,24 @@ public static unsafe class HugePages
         return null;
 
         // The headroom in a cgroup directory; −1 for no limit; null where its files are not there.
-        static long? Headroom(string dir, string limitFile, string usageFile, string inactiveKey)
+        static long? Headroom(string dir, string limitFile, string usageFile, string inactiveKey, string? hierarchicalKey)
         {
             string limitPath = Path.Join(dir, limitFile), usagePath = Path.Join(dir, usageFile);
             if (!File.Exists(limitPath) || !File.Exists(usagePath)) return null;
             string limitText = File.ReadAllText(limitPath).Trim();
-            if (limitText == "max") return -1;
-            long limit = long.Parse(limitText, System.Globalization.CultureInfo.InvariantCulture);
-            if (limit >= 1L << 60) return -1; // v1 writes "no limit" as a page-rounded 2^63 − 1
-            long usage = long.Parse(File.ReadAllText(usagePath).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+            long limit = limitText == "max" ? long.MaxValue : long.Parse(limitText, System.Globalization.CultureInfo.InvariantCulture);
             long inactive = 0;
             string statPath = Path.Join(dir, "memory.stat");
             if (File.Exists(statPath))
                 foreach (var line in File.ReadLines(statPath))
+                {
                     if (line.StartsWith(inactiveKey + " ", StringComparison.Ordinal))
                         inactive = long.Parse(line.AsSpan(inactiveKey.Length + 1), System.Globalization.CultureInfo.InvariantCulture);
+                    else if (hierarchicalKey is not null && line.StartsWith(hierarchicalKey + " ", StringComparison.Ordinal))
+                        limit = Math.Min(limit, long.Parse(line.AsSpan(hierarchicalKey.Length + 1), System.Globalization.CultureInfo.InvariantCulture));
+                }
+            if (limit >= 1L << 60) return -1; // no limit ("max"; v1 writes it as a page-rounded 2^63 − 1)
+            long usage = long.Parse(File.ReadAllText(usagePath).Trim(), System.Globalization.CultureInfo.InvariantCulture);
             return Math.Max(0, limit - usage + Math.Min(inactive, usage));
         }
     }

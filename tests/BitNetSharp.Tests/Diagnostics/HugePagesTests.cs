@@ -29,9 +29,25 @@ public class HugePagesTests
             Write("kubepods/pod1/c1/memory.current", "150000000\n");
             Write("kubepods/pod1/c1/memory.stat", "anon 100000000\nfile 50000000\ninactive_file 30000000\nactive_file 20000000\n");
             Assert.Equal(201326592L - 150000000 + 30000000, HugePages.CgroupHeadroomBytes(root, self));
-            // No limit: none from the cgroup.
+            // No limit on the process's cgroup, none above it: none from the cgroup.
             Write("kubepods/pod1/c1/memory.max", "max\n");
             Assert.Null(HugePages.CgroupHeadroomBytes(root, self));
+            // A limit on a parent (a pod's, a systemd slice's) binds the process too: the least headroom of the levels.
+            Write("kubepods/pod1/memory.max", "300000000\n");
+            Write("kubepods/pod1/memory.current", "280000000\n");
+            Assert.Equal(20000000L, HugePages.CgroupHeadroomBytes(root, self));
+            Write("kubepods/pod1/c1/memory.max", "160000000\n");
+            Assert.Equal(20000000L, HugePages.CgroupHeadroomBytes(root, self)); // 160M − 150M + 30M = 40M at the leaf: the parent's is less
+            Write("kubepods/pod1/memory.max", "max\n");
+            Assert.Equal(40000000L, HugePages.CgroupHeadroomBytes(root, self));
+            // Page cache counts as reclaimable up to the usage (an inactive_file above it is clamped).
+            Write("kubepods/pod1/c1/memory.stat", "inactive_file 900000000\n");
+            Assert.Equal(160000000L, HugePages.CgroupHeadroomBytes(root, self));
+            // With MemAvailable: the lesser of the host's and the cgroup's.
+            Write("meminfo", "MemTotal:       65536000 kB\nMemAvailable:   60000000 kB\n");
+            Assert.Equal(160000000L, HugePages.AvailableMemoryBytes(Path.Join(root, "meminfo"), root, self));
+            Write("kubepods/pod1/c1/memory.max", "max\n");
+            Assert.Equal(60000000L * 1024, HugePages.AvailableMemoryBytes(Path.Join(root, "meminfo"), root, self));
             // A container with its own cgroup namespace sees "0::/" and its files at the root.
             File.WriteAllText(self, "0::/\n");
             Write("memory.max", "1073741824\n");
@@ -46,6 +62,14 @@ public class HugePagesTests
             Assert.Equal(536870912L - 100000000 + 40000000, HugePages.CgroupHeadroomBytes(root, self));
             Write("memory/memory.limit_in_bytes", "9223372036854771712\n"); // v1's "no limit"
             Assert.Null(HugePages.CgroupHeadroomBytes(root, self));
+            // The process's own v1 cgroup first (limited), not the unlimited root beside it; an ancestor's limit through
+            // hierarchical_memory_limit.
+            Write("memory/docker/abc/memory.limit_in_bytes", "268435456\n");
+            Write("memory/docker/abc/memory.usage_in_bytes", "68435456\n");
+            Write("memory/docker/abc/memory.stat", "total_inactive_file 0\nhierarchical_memory_limit 9223372036854771712\n");
+            Assert.Equal(200000000L, HugePages.CgroupHeadroomBytes(root, self));
+            Write("memory/docker/abc/memory.stat", "hierarchical_memory_limit 168435456\ntotal_inactive_file 0\n");
+            Assert.Equal(100000000L, HugePages.CgroupHeadroomBytes(root, self));
 
             // Nothing readable: unknown.
             Assert.Null(HugePages.CgroupHeadroomBytes(Path.Join(root, "absent"), Path.Join(root, "absent-self")));
