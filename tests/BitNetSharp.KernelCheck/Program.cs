@@ -272,6 +272,32 @@ unsafe string? FloatDots(Random rng)
             }
         }
     }
+    // Every finite half and bfloat16 value, alone in a lane against x = 1 there and 0 elsewhere: the dot is the value
+    // itself, bit for bit (the vector conversions, subnormal halves included, against the scalar definition).
+    var one = new float[16];
+    var lane = new ushort[16];
+    fixed (float* po = one)
+    fixed (ushort* pl = lane)
+        for (int bits = 0; bits < 65536; bits++)
+        {
+            int k = bits % 16;
+            one.AsSpan().Clear();
+            lane.AsSpan().Clear();
+            one[k] = 1f;
+            lane[k] = (ushort)bits;
+            if ((bits & 0x7C00) != 0x7C00)
+            {
+                float want = HalfConversions.HalfToFloat((ushort)bits), got = HeadKernels.DotF16(pl, po, 16);
+                if (BitConverter.SingleToInt32Bits(got) != BitConverter.SingleToInt32Bits(want) && !(want == 0 && got == 0))
+                    return $"F16 0x{bits:X4}: {got:R}, expected {want:R}";
+            }
+            if ((bits & 0x7F80) != 0x7F80)
+            {
+                float want = BitConverter.UInt32BitsToSingle((uint)bits << 16), got = HeadKernels.DotBF16(pl, po, 16);
+                if (BitConverter.SingleToInt32Bits(got) != BitConverter.SingleToInt32Bits(want) && !(want == 0 && got == 0))
+                    return $"BF16 0x{bits:X4}: {got:R}, expected {want:R}";
+            }
+        }
     return null;
 }
 

@@ -354,8 +354,32 @@ public static unsafe class HeadKernels
         }
         if (m.Type is GgmlType.Q8_0 or GgmlType.Q6_K)
         {
-            // Without AVX2: each token as MatVec does it (quantized activations, portable integer dots).
-            for (int t = 0; t < tokens; t++) MatVec(m, x + (long)t * m.Cols, y + t * yStride, rowStart, rowEnd);
+            // Without AVX2: every token's activations quantized once (64 at a time), then row blocks outer and tokens
+            // inner, so the table streams from memory once per call (token by token it streamed once per sequence);
+            // each (row, token) sum is MatVec's portable dot, so the logits equal MatVec's.
+            bool q8 = m.Type == GgmlType.Q8_0;
+            int blocks = m.Cols / (q8 ? 32 : Q6K.BlockWeights), groups = m.Cols / 16;
+            sbyte* qx = stackalloc sbyte[m.Cols * Math.Min(tokens, 64)];
+            float* dx = stackalloc float[blocks * Math.Min(tokens, 64)];
+            short* sx = stackalloc short[groups * Math.Min(tokens, 64)];
+            for (int t0 = 0; t0 < tokens; t0 += 64)
+            {
+                int n = Math.Min(64, tokens - t0);
+                for (int t = 0; t < n; t++)
+                {
+                    if (q8) QuantizeQ8Blocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks);
+                    else QuantizeQ8KBlocks(x + (long)(t0 + t) * m.Cols, m.Cols, qx + t * m.Cols, dx + t * blocks, sx + t * groups);
+                }
+                for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
+                {
+                    int blockEnd = Math.Min(rowEnd, block + HeadRowBlock);
+                    for (int t = 0; t < n; t++)
+                        for (int r = block; r < blockEnd; r++)
+                            y[(t0 + t) * yStride + r] = q8
+                                ? DotQ8_0Q8Portable(m.Row(r), qx + t * m.Cols, dx + t * blocks, blocks)
+                                : DotQ6_KQ8KPortable(m.Row(r), qx + t * m.Cols, dx + t * blocks, sx + t * groups, blocks);
+                }
+            }
             return;
         }
         for (int block = rowStart; block < rowEnd; block += HeadRowBlock)
