@@ -43,24 +43,11 @@ public sealed class AlertmanagerTests
         Assert.NotEmpty(serverRules);
 
         using var dir = new TestGguf.TempDirectory();
-        int port = FreePort();
-        var psi = new ProcessStartInfo(alertmanager,
-        [
-            $"--config.file={ConfigFile}", $"--storage.path={dir.Path}", $"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=", // no gossip port
-        ])
-        { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        using var process = Process.Start(psi)!;
-        var log = new StringBuilder();
-        process.ErrorDataReceived += (_, e) => { lock (log) log.AppendLine(e.Data); };
-        process.OutputDataReceived += (_, e) => { lock (log) log.AppendLine(e.Data); };
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
+        var (process, http, _) = await StartAsync(alertmanager, dir.Path);
+        using var started = process;
+        using var client = http;
         try
         {
-            using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(10) };
-            await WaitReadyAsync(http, process, log);
-
             // Replica a: every Prometheus rule fires, and the server forwards each of its own rules (the same names).
             // Replica b: only the forwarded copies (its traffic too sparse for scrape-based for:). Replica a also
             // forwards a custom rule of an --alert-rules file, which no Prometheus rule mirrors.
@@ -142,6 +129,41 @@ public sealed class AlertmanagerTests
         var set = new JsonObject { ["instance"] = instance, ["job"] = "bitnet" };
         foreach (var (k, v) in labels) set[k] = v;
         return new JsonObject { ["labels"] = set };
+    }
+
+    /// <summary>
+    /// Alertmanager with the config on a free port, ready. A port found free can be taken by another test before the
+    /// child binds it: an exit saying so is retried on another port (three tries).
+    /// </summary>
+    private static async Task<(Process Process, HttpClient Http, StringBuilder Log)> StartAsync(string alertmanager, string storage)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            int port = FreePort();
+            var psi = new ProcessStartInfo(alertmanager,
+            [
+                $"--config.file={ConfigFile}", $"--storage.path={storage}", $"--web.listen-address=127.0.0.1:{port}",
+                "--cluster.listen-address=", // no gossip port
+            ])
+            { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+            var process = Process.Start(psi)!;
+            var log = new StringBuilder();
+            process.ErrorDataReceived += (_, e) => { lock (log) log.AppendLine(e.Data); };
+            process.OutputDataReceived += (_, e) => { lock (log) log.AppendLine(e.Data); };
+            process.BeginErrorReadLine();
+            process.BeginOutputReadLine();
+            var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}"), Timeout = TimeSpan.FromSeconds(10) };
+            try
+            {
+                await WaitReadyAsync(http, process, log);
+                return (process, http, log);
+            }
+            catch (Xunit.Sdk.XunitException) when (attempt < 3 && process.HasExited && log.ToString().Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+            {
+                http.Dispose();
+                process.Dispose();
+            }
+        }
     }
 
     private static async Task WaitReadyAsync(HttpClient http, Process process, StringBuilder log)

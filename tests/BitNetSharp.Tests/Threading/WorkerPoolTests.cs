@@ -153,11 +153,14 @@ public class WorkerPoolTests
     public void ChunksGoToTheThreadThatIsFree()
     {
         using var pool = new WorkerPool(2);
-        // The worker stalls on its first chunk; the calling thread must take the rest instead of waiting for it.
-        int stalled = 0;
+        // The worker stalls on its first chunk until the calling thread has run every other one (a 300 ms sleep was the
+        // stall, which a loaded host could outlast before the caller got going); the caller must not wait for it.
+        int stalled = 0, byCallerSoFar = 0;
+        using var release = new ManualResetEventSlim(false);
         var work = new ChunkLog(200, (start, end, worker) =>
         {
-            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) Thread.Sleep(300);
+            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) release.Wait(TimeSpan.FromSeconds(10));
+            if (worker == 0 && Interlocked.Add(ref byCallerSoFar, end - start) >= 199) release.Set();
             return true;
         });
         pool.Run(work, 200, grain: 1);
@@ -209,12 +212,14 @@ public class WorkerPoolTests
     public void OwnedRangeOfAStalledThreadIsTakenByTheOther()
     {
         using var pool = new WorkerPool(2);
-        // The worker stalls on its first claim (the first half of its range); the calling thread must finish its own range
-        // and then the rest of the worker's, from the back.
-        int stalled = 0;
+        // The worker stalls on its first claim (the first half of its range) until the calling thread has run 150 items;
+        // the calling thread must finish its own range and then the rest of the worker's, from the back.
+        int stalled = 0, byCallerSoFar = 0;
+        using var release = new ManualResetEventSlim(false);
         var work = new ChunkLog(200, (start, end, worker) =>
         {
-            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) Thread.Sleep(300);
+            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) release.Wait(TimeSpan.FromSeconds(10));
+            if (worker == 0 && Interlocked.Add(ref byCallerSoFar, end - start) >= 150) release.Set();
             return true;
         });
         pool.RunOwned(work, [0, 100, 200], grain: 1);
@@ -260,11 +265,14 @@ public class WorkerPoolTests
         using var pool = new WorkerPool(2);
         // The worker stalls in its first claim ([1000, 1500): half of its range), so the calling thread runs its own range
         // alone, then takes from the back of the worker's (its first claim waits until the worker holds its own).
-        int stalled = 0;
+        // The stall lasts until the calling thread has run 1500 items (its range and the 500 it takes), not 300 ms.
+        int stalled = 0, byCallerSoFar = 0;
+        using var release = new ManualResetEventSlim(false);
         var work = new ChunkLog(2000, (start, end, worker) =>
         {
-            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) Thread.Sleep(300);
+            if (worker == 1 && Interlocked.Exchange(ref stalled, 1) == 0) release.Wait(TimeSpan.FromSeconds(10));
             if (worker == 0 && start == 0) SpinWait.SpinUntil(() => Volatile.Read(ref stalled) == 1, TimeSpan.FromSeconds(10));
+            if (worker == 0 && Interlocked.Add(ref byCallerSoFar, end - start) >= 1500) release.Set();
             return true;
         });
         pool.RunOwned(work, [0, 1000, 2000], grain: 400, minGrain: 10);
