@@ -1102,6 +1102,14 @@ public static unsafe class HeadKernels
     }
 
     /// <summary>
+    /// The 6-bit code (0..63, before the −32 offset) of weight 128·h + 32·k + l of a Q6_K block: the low four bits from
+    /// ql (the low or high nibble of its 32 + 32 bytes per half), the high two from qh (two bits per quarter).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static int Q6Code(byte* block, int h, int k, int l) =>
+        (block[64 * h + 32 * (k & 1) + l] >> (k < 2 ? 0 : 4) & 0xF) | (block[Q6K.QhOffset + 32 * h + l] >> 2 * k & 3) << 4;
+
+    /// <summary>
     /// <see cref="DotQ6_KQ8K"/> without AVX2: per block Σ scale·(code − 32)·q over the 16 groups as one exact int32
     /// (the −32 offset through the per-16 sums, as there), then one fused multiply-add by d_w·d_x. Equal to DotQ6_KQ8K up
     /// to float summation order.
@@ -1116,22 +1124,13 @@ public static unsafe class HeadKernels
             int isum = 0;
             for (int g = 0; g < 16; g++) isum -= 32 * sc[g] * sums[b * 16 + g];
             for (int h = 0; h < 2; h++)
-            {
-                byte* ql = w + 64 * h;
-                byte* qh = w + Q6K.QhOffset + 32 * h;
                 for (int k = 0; k < 4; k++)
-                {
-                    byte* low = ql + 32 * (k & 1);
-                    int lowShift = k < 2 ? 0 : 4;
                     for (int g = 0; g < 2; g++)
                     {
                         int group = 0;
-                        for (int l = 16 * g; l < 16 * g + 16; l++)
-                            group += ((low[l] >> lowShift & 0xF) | (qh[l] >> 2 * k & 3) << 4) * xb[128 * h + 32 * k + l];
+                        for (int l = 16 * g; l < 16 * g + 16; l++) group += Q6Code(w, h, k, l) * xb[128 * h + 32 * k + l];
                         isum += sc[8 * h + 2 * k + g] * group;
                     }
-                }
-            }
             sum = MulAdd(isum, HalfConversions.HalfToFloat(*(ushort*)(w + Q6K.DOffset)) * dx[b], sum);
         }
         return sum;
@@ -1232,20 +1231,12 @@ public static unsafe class HeadKernels
             sbyte* sc = (sbyte*)(w + Q6K.ScalesOffset);
             for (int h = 0; h < 2; h++, x += 128)
             {
-                byte* ql = w + 64 * h;
-                byte* qh = w + Q6K.QhOffset + 32 * h;
                 for (int k = 0; k < 4; k++)
                 {
-                    byte* low = ql + 32 * (k & 1);
-                    int lowShift = k < 2 ? 0 : 4;
                     for (int g = 0; g < 2; g++)
                     {
                         float group = 0f;
-                        for (int l = 16 * g; l < 16 * g + 16; l++)
-                        {
-                            int q = (low[l] >> lowShift & 0xF) | (qh[l] >> 2 * k & 3) << 4;
-                            group += (q - 32) * x[32 * k + l];
-                        }
+                        for (int l = 16 * g; l < 16 * g + 16; l++) group += (Q6Code(w, h, k, l) - 32) * x[32 * k + l];
                         sum += d * sc[8 * h + 2 * k + g] * group;
                     }
                 }

@@ -28,7 +28,7 @@ public sealed class AlertmanagerTests
     public async Task AmtoolAcceptsTheConfig()
     {
         string amtool = Require("amtool");
-        var (code, output) = await RunAsync(amtool, ["check-config", ConfigFile], TimeSpan.FromSeconds(60));
+        var (code, output) = await ProcessTools.RunAsync(amtool, ["check-config", ConfigFile], TimeSpan.FromSeconds(60));
         Assert.True(code == 0, $"amtool check-config {ConfigFile} (exit {code}):\n{output}");
         Assert.Contains("1 inhibit rules", output);
     }
@@ -139,7 +139,7 @@ public sealed class AlertmanagerTests
     {
         for (int attempt = 1; ; attempt++)
         {
-            int port = FreePort();
+            int port = ProcessTools.FreePort();
             var psi = new ProcessStartInfo(alertmanager,
             [
                 $"--config.file={ConfigFile}", $"--storage.path={storage}", $"--web.listen-address=127.0.0.1:{port}",
@@ -192,23 +192,5 @@ public sealed class AlertmanagerTests
             if (dir.Length > 0 && File.Exists(Path.Combine(dir, tool))) return Path.Combine(dir, tool);
         Assert.Skip($"{tool} is not on PATH (Debian/Ubuntu: apt-get install -y --no-install-recommends prometheus-alertmanager); deploy/prometheus/alertmanager.yml was not checked.");
         return "";
-    }
-
-    private static int FreePort()
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
-
-    private static async Task<(int ExitCode, string Output)> RunAsync(string file, string[] arguments, TimeSpan timeout)
-    {
-        using var p = Process.Start(new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false })!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct).WaitAsync(timeout, Ct);
-        return (p.ExitCode, await stdout + await stderr);
     }
 }

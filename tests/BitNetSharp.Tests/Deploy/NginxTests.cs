@@ -30,7 +30,7 @@ public sealed class NginxTests
         try
         {
             string conf = WriteHarness(dir, ConfFile);
-            var (code, output) = await RunAsync(nginx, ["-t", "-p", dir, "-c", conf], TimeSpan.FromSeconds(30));
+            var (code, output) = await ProcessTools.RunAsync(nginx, ["-t", "-p", dir, "-c", conf], TimeSpan.FromSeconds(30));
             Assert.True(code == 0, $"nginx -t (exit {code}):\n{output}");
             Assert.Contains("test is successful", output);
         }
@@ -84,7 +84,7 @@ public sealed class NginxTests
             processes.AddRange(starts.Select(s => s.Process));
             var replicas = await Task.WhenAll(starts.Select(s => s.Ready.WaitAsync(TimeSpan.FromSeconds(60), Ct)));
 
-            int port = FreePort();
+            int port = ProcessTools.FreePort();
             string text = File.ReadAllText(ConfFile);
             int n = 0;
             text = Regex.Replace(text, @"^(\s*)server 127\.0\.0\.1:\d+ ", m => n < replicas.Length ? $"{m.Groups[1].Value}server {replicas[n++].Authority} " : $"{m.Groups[1].Value}# ", RegexOptions.Multiline);
@@ -281,15 +281,6 @@ public sealed class NginxTests
         return conf;
     }
 
-    private static int FreePort()
-    {
-        var listener = new TcpListener(IPAddress.Loopback, 0);
-        listener.Start();
-        int port = ((IPEndPoint)listener.LocalEndpoint).Port;
-        listener.Stop();
-        return port;
-    }
-
     private static async Task WaitForAsync(Func<Task<bool>> condition, string what)
     {
         var deadline = Stopwatch.StartNew();
@@ -305,14 +296,5 @@ public sealed class NginxTests
             await Task.Delay(100, Ct);
         }
         throw new Xunit.Sdk.XunitException($"timed out waiting for {what}");
-    }
-
-    private static async Task<(int ExitCode, string Output)> RunAsync(string file, string[] arguments, TimeSpan timeout)
-    {
-        using var p = Process.Start(new ProcessStartInfo(file, arguments) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false })!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        var stderr = p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct).WaitAsync(timeout, Ct);
-        return (p.ExitCode, await stdout + await stderr);
     }
 }
