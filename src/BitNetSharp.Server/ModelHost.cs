@@ -27,6 +27,9 @@ internal sealed record ServedModel(string Id, long Created, ContinuousBatchSched
 /// </summary>
 internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDisposable
 {
+    /// <summary>How long the engine may hold work without finishing a step before /health calls it stalled.</summary>
+    public TimeSpan EngineStallAfter => options.Monitoring.EngineStallAfter;
+
     private readonly TaskCompletionSource _ready = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private volatile int _state = (int)ModelState.Loading;
     private volatile ServedModel? _served;

@@ -146,6 +146,7 @@ internal sealed class ModelMonitor : IDisposable
         ("bitnet_prompt_tokens_total", (s, _) => s.PromptTokens),
         ("bitnet_generation_tokens_total", (s, _) => s.GenerationTokens),
         ("bitnet_engine_steps_total", (s, _) => s.Steps),
+        ("bitnet_engine_stall_seconds", (s, _) => s.StallSeconds),
         ("bitnet_requests_cancelled_total", (s, _) => s.Cancelled),
         ("bitnet_requests_timed_out_total", (s, _) => s.TimedOut),
         ("bitnet_requests_rejected_total", (s, _) => s.Rejected),

@@ -135,6 +135,13 @@ public sealed record MonitoringOptions
     /// <summary>POST firing and resolved alerts here in Alertmanager's webhook JSON.</summary>
     public Uri? AlertWebhook { get; init; }
 
+    /// <summary>
+    /// /health answers 503 "stalled" (readiness fails, so a balancer sends new work elsewhere) while the engine has had
+    /// requests running or waiting this long without finishing a step (bitnet_engine_stall_seconds); a step of any
+    /// model this runs takes seconds at most. The default alert rule BitNetEngineStalled fires at the same 30 s.
+    /// </summary>
+    public TimeSpan EngineStallAfter { get; init; } = TimeSpan.FromSeconds(30);
+
     /// <summary>Opens the telemetry log once the model is loaded, given the log's context metadata (null: no log).</summary>
     public Func<IReadOnlyDictionary<string, string>, ITelemetrySink>? TelemetryLog { get; init; }
 
@@ -145,6 +152,7 @@ public sealed record MonitoringOptions
         if (VerifyWeightsInterval is not null && !Checksums)
             throw new ArgumentException("Verifying the weights needs the load-time checksums; do not turn checksums off.", nameof(VerifyWeightsInterval));
         if (AlertInterval <= TimeSpan.Zero) throw new ArgumentException($"The alert interval must be positive; got {AlertInterval}.", nameof(AlertInterval));
+        if (EngineStallAfter <= TimeSpan.Zero) throw new ArgumentException($"The engine stall threshold must be positive; got {EngineStallAfter}.", nameof(EngineStallAfter));
         if (AlertWebhook is { } u && u.Scheme is not ("http" or "https"))
             throw new ArgumentException($"The alert webhook must be an http(s) URL; got {u}.", nameof(AlertWebhook));
         if (VerifyWeightsInterval is { } w && w > MaxVerifyInterval)

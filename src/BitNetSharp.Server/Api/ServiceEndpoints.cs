@@ -52,7 +52,9 @@ internal sealed class ServiceEndpoints(ModelHost host)
     }
 
     /// <summary>
-    /// 200 {"status":"ok"} when ready; 503 while loading, warming up or draining for shutdown ({"status":"draining"}); 500 when loading failed. With <c>?verbose</c>,
+    /// 200 {"status":"ok"} when ready; 503 while loading, warming up or draining for shutdown ({"status":"draining"}), and
+    /// while the engine is stalled ({"status":"stalled"}: work held past MonitoringOptions.EngineStallAfter without a
+    /// finished step, so readiness fails and a balancer sends new work elsewhere); 500 when loading failed. With <c>?verbose</c>,
     /// "components" says where each part stands — model loaded, warm, weights verified, model health sampling, alerts
     /// (firing ones listed) — and "status" is "degraded" (still 200: the process serves) while a critical alert fires
     /// or the weights failed a check.
@@ -60,7 +62,9 @@ internal sealed class ServiceEndpoints(ModelHost host)
     public Task Health(HttpContext context)
     {
         var state = host.State;
-        int status = host.Draining ? 503 : state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
+        double stall = state == ModelState.Ready ? host.Served?.Scheduler.Statistics.StallSeconds ?? 0 : 0;
+        bool stalled = stall > host.EngineStallAfter.TotalSeconds;
+        int status = host.Draining || stalled ? 503 : state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
         if (status == 503) context.Response.Headers.RetryAfter = "1";
         bool verbose = context.Request.Query.ContainsKey("verbose");
         var monitor = host.Served?.Monitor;
@@ -72,18 +76,20 @@ internal sealed class ServiceEndpoints(ModelHost host)
             w.WriteStartObject();
             w.WriteString("status", host.Draining ? "draining" : state switch
             {
+                ModelState.Ready when stalled => "stalled",
                 ModelState.Ready => degraded && verbose ? "degraded" : "ok",
                 ModelState.Loading => "loading",
                 ModelState.WarmingUp => "warming_up",
                 _ => "error",
             });
             if (state == ModelState.Failed) w.WriteString("error", host.Error);
-            if (verbose) WriteComponents(w, state, monitor, firing);
+            if (verbose) WriteComponents(w, state, monitor, firing, stall, stalled);
             w.WriteEndObject();
         }, context.RequestAborted);
     }
 
-    private void WriteComponents(System.Text.Json.Utf8JsonWriter w, ModelState state, ModelMonitor? monitor, IReadOnlyList<Monitoring.Alerts.AlertState> firing)
+    private void WriteComponents(System.Text.Json.Utf8JsonWriter w, ModelState state, ModelMonitor? monitor, IReadOnlyList<Monitoring.Alerts.AlertState> firing,
+        double stall, bool stalled)
     {
         var scheduler = host.Served?.Scheduler;
         w.WriteStartObject("components");
@@ -108,6 +114,19 @@ internal sealed class ServiceEndpoints(ModelHost host)
         }
         else w.WriteString("status", state == ModelState.Ready ? "unchecked" : "pending");
         if (monitor?.Codes is { } codes) w.WriteNumber("degenerate_tensors", codes.Degenerate);
+        w.WriteEndObject();
+        w.WriteStartObject("engine");
+        if (scheduler is not null)
+        {
+            var st = scheduler.Statistics;
+            w.WriteString("status", stalled ? "stalled" : "ok");
+            w.WriteNumber("stall_seconds", Math.Round(stall, 3));
+            w.WriteNumber("stall_after_seconds", host.EngineStallAfter.TotalSeconds);
+            w.WriteNumber("steps", st.Steps);
+            w.WriteNumber("requests_running", st.RunningRequests);
+            w.WriteNumber("requests_waiting", st.WaitingRequests);
+        }
+        else w.WriteString("status", "pending");
         w.WriteEndObject();
         w.WriteStartObject("health");
         if (scheduler is not null)

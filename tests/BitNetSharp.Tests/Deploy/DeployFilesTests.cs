@@ -26,6 +26,7 @@ public sealed partial class DeployFilesTests
     [
         "BitNetNonFiniteLogits", "BitNetLogitRangeCollapse", "BitNetWeightChecksumMismatch", "BitNetActivationSaturation",
         "BitNetActivationUnderflow", "BitNetResidualBlowUp", "BitNetTokenLatencyJitter", "BitNetQueueSaturation",
+        "BitNetEngineStalled",
     ];
 
     /// <summary>The file's rule beyond the server's that forwards the server's own evaluation (bitnet_alerts_firing).</summary>

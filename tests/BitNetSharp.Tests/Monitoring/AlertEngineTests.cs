@@ -480,7 +480,7 @@ public class AlertEngineTests
             File.Delete(path);
         }
         Assert.Throws<ArgumentException>(() => AlertRules.Load(path));
-        Assert.Equal(8, AlertRules.Default.Count);
+        Assert.Equal(9, AlertRules.Default.Count);
         foreach (var r in AlertRules.Default) r.Validate("defaults");
     }
 

@@ -164,8 +164,21 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Volatile.Read(ref c.FinishedStop), Volatile.Read(ref c.FinishedLength), Volatile.Read(ref c.Cancelled), Volatile.Read(ref c.TimedOut),
                 Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected), Volatile.Read(ref c.NonFiniteSequences),
                 Volatile.Read(ref c.SpeculativeSteps), Volatile.Read(ref c.DraftedTokens), Volatile.Read(ref c.AcceptedTokens), Volatile.Read(ref c.SpeculativeTokens),
-                Volatile.Read(ref _queuedSequences));
+                Volatile.Read(ref _queuedSequences), StallSeconds());
         }
+    }
+
+    /// <summary>
+    /// Seconds the engine has had work (requests running or waiting) without finishing a step: since its last step, or
+    /// since work arrived at an idle scheduler, whichever is later; 0 when nothing is running or waiting. A forward that
+    /// hangs (a deadlock, a stalled worker) leaves requests running and steps frozen, and grows this without bound;
+    /// nothing else showed it (/health answered ok, and request timeouts are reaped by the engine thread itself).
+    /// </summary>
+    private double StallSeconds()
+    {
+        if (Volatile.Read(ref _served.RunningRequests) + Volatile.Read(ref _queued) <= 0) return 0;
+        long since = Math.Max(Volatile.Read(ref _served.LastStepTicks), Volatile.Read(ref _served.BusySinceTicks));
+        return since == 0 ? 0 : Math.Max(0, (Stopwatch.GetTimestamp() - since) / (double)Stopwatch.Frequency);
     }
 
     /// <summary>
@@ -192,8 +205,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
             Interlocked.Increment(ref _served.Rejected);
             throw new SchedulerQueueFullException(Options.MaxQueue);
         }
-        Interlocked.Increment(ref _queued);
         long now = Stopwatch.GetTimestamp();
+        // Work arriving at an idle scheduler starts the stall clock (StallSeconds); a busy one's runs from its last step.
+        if (Interlocked.Increment(ref _queued) == 1 && Volatile.Read(ref _served.RunningRequests) == 0) SchedulerCounters.Set(ref _served.BusySinceTicks, now);
         var timeout = request.Timeout ?? Options.DefaultTimeout;
         long deadline = timeout is { } t ? now + (long)Math.Min(t.TotalSeconds * Stopwatch.Frequency, long.MaxValue / 4) : long.MaxValue;
         var handle = new GenerationHandle(this, Interlocked.Increment(ref _nextId), request, now, deadline);

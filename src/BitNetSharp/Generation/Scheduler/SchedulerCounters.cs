@@ -26,6 +26,7 @@ internal sealed class SchedulerCounters
     public int RunningSequences;
     public long KvPositionsInUse;
     public long LastStepTicks;
+    public long BusySinceTicks;     // when work last arrived at an idle scheduler (nothing running or waiting)
 
     public static void Add(ref long field, long n) => Volatile.Write(ref field, field + n);
 
@@ -57,7 +58,8 @@ public readonly record struct SchedulerStatistics(
     long DraftedTokens = 0,
     long AcceptedTokens = 0,
     long SpeculativeTokens = 0,
-    int WaitingSequences = 0)
+    int WaitingSequences = 0,
+    double StallSeconds = 0)
 {
     /// <summary>Accepted ÷ drafted tokens of speculating sequences (0 before any draft).</summary>
     public double DraftAcceptanceRate => DraftedTokens == 0 ? 0 : (double)AcceptedTokens / DraftedTokens;

@@ -50,6 +50,9 @@ public sealed class SchedulerMeters : IDisposable
             "Fraction of all KV-cache positions (slots × context) holding a token.");
         m.CreateObservableGauge("bitnet.kv_cache.size", () => kvBytes, "By", "Bytes allocated for the KV caches of all slots.");
 
+        m.CreateObservableGauge("bitnet.engine.stall", () => _scheduler.Statistics.StallSeconds, "s",
+            "Seconds the engine has had requests running or waiting without finishing a step (0 when idle or progressing): a hung forward pass grows it.");
+
         m.CreateObservableCounter("bitnet.prompt_tokens", () => _scheduler.Statistics.PromptTokens, "{token}",
             "Prompt tokens run through the model (each choice of a request prefills its own copy).");
         m.CreateObservableCounter("bitnet.generation_tokens", () => _scheduler.Statistics.GenerationTokens, "{token}",

@@ -334,5 +334,10 @@ public static class AlertRules
             KeepFiringForSeconds = 10,
             Severity = "warning", Component = "serving", Summary = "The request queue is nearly full",
             Description = "More than 90% of the waiting queue is in use; new requests will be rejected." },
+        // A hung forward pass (a deadlock, a stalled worker): requests stay running and steps stop. The gauge grows on
+        // every evaluation while it lasts, so one evaluation past 30 s is enough; a single step is far shorter.
+        new() { Name = "BitNetEngineStalled", Metric = "bitnet_engine_stall_seconds", Aggregate = "max", Op = ">", Threshold = 30, For = 1,
+            Severity = "critical", Component = "serving", Summary = "The engine has stopped making progress",
+            Description = "Requests are running or waiting and no engine step has finished for more than 30 s." },
     ];
 }
