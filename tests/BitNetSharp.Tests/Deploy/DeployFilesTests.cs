@@ -184,6 +184,39 @@ public sealed partial class DeployFilesTests
 
     // ------------------------------------------------------------------------------------------------ metric names
 
+    /// <summary>
+    /// The activation bars colour by the 8-bit thresholds only the 8-bit inputs: a calibrated model's healthy 4-bit input
+    /// (far more codes at 0 and at its limits) was drawn red with no alert behind it. An override by display name
+    /// ("… (N-bit)") gives the other widths one neutral colour, as the built-in dashboard leaves them uncoloured.
+    /// </summary>
+    [Fact]
+    public void ActivationBarsColourOnlyEightBitInputsByTheThresholds()
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(DashboardFile));
+        int checkedPanels = 0;
+        foreach (var panel in doc.RootElement.GetProperty("panels").EnumerateArray())
+        {
+            if (panel.GetProperty("type").GetString() != "bargauge") continue;
+            var exprs = panel.GetProperty("targets").EnumerateArray().Select(t => t.GetProperty("expr").GetString()!).ToList();
+            if (!exprs.Any(e => e.Contains("activation_saturation_ratio") || e.Contains("activation_underflow_ratio"))) continue;
+            checkedPanels++;
+            string title = panel.GetProperty("title").GetString()!;
+            var legends = panel.GetProperty("targets").EnumerateArray().Select(t => t.GetProperty("legendFormat").GetString()!).ToList();
+            Assert.All(legends, l => Assert.EndsWith("({{bits}}-bit)", l));
+            var overrides = panel.GetProperty("fieldConfig").GetProperty("overrides").EnumerateArray()
+                .Where(o => o.GetProperty("matcher").GetProperty("id").GetString() == "byRegexp").ToList();
+            var neutral = Assert.Single(overrides);
+            var regex = new System.Text.RegularExpressions.Regex(neutral.GetProperty("matcher").GetProperty("options").GetString()!);
+            foreach (var bits in new[] { "2", "3", "4", "6" }) Assert.Matches(regex, $"L3 qkv ({bits}-bit)");
+            Assert.DoesNotMatch(regex, "L3 qkv (8-bit)");
+            Assert.DoesNotMatch(regex, "L13 gate_up (8-bit)");
+            var steps = neutral.GetProperty("properties").EnumerateArray().Single(p => p.GetProperty("id").GetString() == "thresholds")
+                .GetProperty("value").GetProperty("steps");
+            Assert.True(steps.GetArrayLength() == 1, $"{title}: the low-bit override has {steps.GetArrayLength()} colours, not one");
+        }
+        Assert.Equal(2, checkedPanels);
+    }
+
     /// <summary>The rules file holds exactly the server's rules, each with an expression that reads bitnet metrics.</summary>
     [Fact]
     public void AlertRulesAreTheServersRules()
