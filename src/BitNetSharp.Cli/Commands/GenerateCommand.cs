@@ -44,8 +44,19 @@ public static class GenerateCommand
                 throw new UsageException("give exactly one of --prompt TEXT or --prompt-ids 1,2,3.");
             var parameters = sampling.Parse(result);
             if (result.GetValue(count) < 0) throw new UsageException($"--n-predict (-n) must be 0 or more; got {result.GetValue(count)}.");
-            if (result.GetValue(logitsOut) is { } logitsPath) OutputFile.Check("--logits-out", logitsPath);
-            if (result.GetValue(idsOut) is { } idsPath) OutputFile.Check("--ids-out", idsPath);
+            // The outputs replace their paths: never the model or the draft run here (an --ids-out over the model file
+            // exited 0 and left 37 bytes of JSON where the weights were), nor each other.
+            if (result.GetValue(logitsOut) is not null || result.GetValue(idsOut) is not null)
+            {
+                (string, string?)[] inputs = [("-m", ModelOptions.ResolveModel(result.GetValue(model.Model))), ("--draft", result.GetValue(speculation.Draft))];
+                string? logitsFull = result.GetValue(logitsOut) is { } logitsPath ? OutputFile.CheckNotInput("--logits-out", logitsPath, inputs) : null;
+                if (result.GetValue(idsOut) is { } idsPath)
+                {
+                    string idsFull = OutputFile.CheckNotInput("--ids-out", idsPath, inputs);
+                    if (logitsFull is not null && (idsFull == logitsFull || OutputFile.SameFile(idsFull, logitsFull)))
+                        throw new UsageException($"--ids-out and --logits-out are the same file ({idsPath}); the second would replace the first. Give two paths.");
+                }
+            }
             // Flags checked before the model loads (a typo waited out a multi-gigabyte load, or reported the file instead).
             var generatorOptions = model.Generator(result);
             speculation.Check(result);

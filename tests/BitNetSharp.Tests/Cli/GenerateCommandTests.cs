@@ -18,6 +18,42 @@ public class GenerateCommandTests
         return (code, output.ToString(), error.ToString());
     }
 
+    /// <summary>
+    /// --ids-out and --logits-out replace their paths when written: over the model (or the draft) they destroyed it
+    /// and exited 0 (found by a sweep of bad inputs); over each other the second lost the first. Refused before the
+    /// model loads; the model's bytes are untouched.
+    /// </summary>
+    [Fact]
+    public void OutputsThatWouldReplaceTheModelOrEachOtherAreRefused()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = dir.File("m.gguf"), draft = dir.File("d.gguf");
+        File.Copy(RepositoryFiles.Path("models/bitnet-tinystories.gguf"), model);
+        File.Copy(model, draft);
+        byte[] before = File.ReadAllBytes(model);
+        File.CreateSymbolicLink(dir.File("link.gguf"), model);
+        foreach (var (args, message) in new (string[], string)[]
+        {
+            (["--ids-out", model], "--ids-out " + model + " is the -m file"),
+            (["--logits-out", model], "--logits-out " + model + " is the -m file"),
+            (["--ids-out", dir.File("link.gguf")], "is the -m file"),
+            (["--ids-out", draft, "--draft", draft], "is the --draft file"),
+            (["--ids-out", dir.File("x.json"), "--logits-out", dir.File("x.json")], "--ids-out and --logits-out are the same file"),
+        })
+        {
+            var (code, _, error) = Bitnet(["generate", "-m", model, "-p", "Once", "-n", "2", "-t", "1", .. args]);
+            Assert.True(code == 2, $"{string.Join(' ', args)}: exit {code}, {error}");
+            Assert.Contains(message, error);
+        }
+        Assert.Equal(before, File.ReadAllBytes(model));
+        Assert.Equal(before, File.ReadAllBytes(draft));
+        Assert.False(File.Exists(dir.File("x.json")));
+        // A path beside the model is fine.
+        var (ok, _, okError) = Bitnet("generate", "-m", model, "-p", "Once", "-n", "2", "-t", "1", "--ids-out", dir.File("ids.json"));
+        Assert.True(ok == 0, okError);
+        Assert.True(File.Exists(dir.File("ids.json")));
+    }
+
     private static string TinyModel(TestGguf.TempDirectory dir, string? tokenizerFrom = null)
     {
         var shape = SyntheticShape.Tiny;
