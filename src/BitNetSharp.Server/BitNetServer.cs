@@ -72,6 +72,9 @@ public sealed class BitNetServer : IAsyncDisposable
         {
             builder.Logging.AddSimpleConsole(o => o.SingleLine = true);
             builder.Logging.SetMinimumLevel(level);
+            // The host logs a failed start (a port in use) with its stack trace before StartAsync throws the same
+            // exception to the caller, which says it (`bitnet serve`: one line); only once, then.
+            builder.Logging.AddFilter("Microsoft.Extensions.Hosting.Internal.Host", Microsoft.Extensions.Logging.LogLevel.None);
         }
         builder.WebHost.ConfigureKestrel(k =>
         {

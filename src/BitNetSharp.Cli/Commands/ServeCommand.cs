@@ -264,6 +264,9 @@ public static partial class ServeCommand
             {
                 throw new UsageException(e.Message.Split(" (Parameter '")[0]);
             }
+            // A path that names no model fails here, one line, after the flags and before the server listens (it was
+            // found by the load after the listen, and logged with a stack trace).
+            BitNetSharp.Formats.ModelPath.Detect(path);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
             using var signals = ServeSignals.Register(stop, cli.Error, TimeSpan.FromSeconds(drainSeconds + 10));
             return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, stop.Token).GetAwaiter().GetResult();
@@ -295,12 +298,30 @@ public static partial class ServeCommand
             throw new UsageException($"--max-connections must be at least 1; got {connections}.");
     }
 
+    /// <summary>Whether binding failed because the address is taken (Kestrel's AddressInUseException over a SocketException).</summary>
+    private static bool AddressInUse(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+            if (x is System.Net.Sockets.SocketException { SocketErrorCode: System.Net.Sockets.SocketError.AddressAlreadyInUse } || x.GetType().Name == "AddressInUseException")
+                return true;
+        return false;
+    }
+
     public const string ShutdownTimeoutOption = "--shutdown-timeout";
     public const double DefaultShutdownSeconds = 25;
 
     private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, TimeSpan drain, Func<string?> weightsNote, CancellationToken cancellation)
     {
-        await using var server = await BitNetServer.StartAsync(options, cancellation);
+        BitNetServer started;
+        try
+        {
+            started = await BitNetServer.StartAsync(options, cancellation);
+        }
+        catch (IOException e) when (AddressInUse(e))
+        {
+            throw new IOException($"port {options.Port} on {options.Host} is in use (another server?): choose another --port, or --port 0 for a free one.", e);
+        }
+        await using var server = started;
         bool loopback = IPAddress.IsLoopback(BitNetServer.ParseHost(options.Host));
         cli.Error.WriteLine($"bitnet serve: listening on {server.Address} (loading {path}; /health answers 503 until ready)");
         if (!loopback && options.ApiKey is null)

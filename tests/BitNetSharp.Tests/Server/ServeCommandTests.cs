@@ -67,6 +67,33 @@ public class ServeCommandTests
     }
 
     /// <summary>
+    /// A model path that names no model, and a port in use, are one-line errors (exit 1): the path was found by the load
+    /// after the server listened, and logged with a stack trace; the port's failure came with the host's stack trace.
+    /// </summary>
+    [Fact]
+    public void AMissingModelAndATakenPortAreOneLineErrors()
+    {
+        var (code, error) = Bitnet("serve", "-m", "/nonexistent/model.gguf", "--port", "0");
+        Assert.Equal(1, code);
+        Assert.Equal("error: /nonexistent/model.gguf: no such file or directory", error.Trim());
+
+        var taken = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        try
+        {
+            int port = ((IPEndPoint)taken.LocalEndpoint).Port;
+            var (code2, error2) = Bitnet("serve", "--port", port.ToString(CultureInfo.InvariantCulture));
+            Assert.Equal(1, code2);
+            Assert.Contains($"port {port} on 127.0.0.1 is in use (another server?): choose another --port, or --port 0 for a free one.", error2);
+            Assert.DoesNotContain("   at ", error2); // no stack trace
+        }
+        finally
+        {
+            taken.Stop();
+        }
+    }
+
+    /// <summary>
     /// Kubernetes' service links put BITNET_PORT=tcp://IP:PORT (the address of a Service named "bitnet") over the
     /// image's BITNET_PORT=8080 in every pod of the namespace: serve warns and keeps its port (it exited 2, "not a port
     /// number", and the pod crash-looped). A value that is neither is still an error.
