@@ -97,6 +97,10 @@ public static class TrainCommand
                 if (batchSize < 1) throw new UsageException("--batch must be at least 1.");
                 // A resumed run keeps its checkpoint's batch: its step count and buffers are checked once it is read (the
                 // command line's --batch, default 8, refused a resume whose own batch fitted).
+                // The checkpoint's path is derived from --out: a directory there failed at the first checkpoint, the run
+                // so far lost (and --resume said "no checkpoint", starting a new run).
+                if (Directory.Exists(outPath + ".ckpt"))
+                    throw new UsageException($"{outPath}.ckpt, where the checkpoint goes, is a directory; move it or give another --out.");
                 bool resuming = r.GetValue(resume) && File.Exists(outPath + ".ckpt");
                 if (!resuming)
                 {
@@ -114,10 +118,12 @@ public static class TrainCommand
                     throw new UsageException($"--plot {r.GetValue(plotPath)}: the loss curve is written as SVG (no native graphics libraries in the tool); " +
                         $"give a path ending in .svg, e.g. {Path.ChangeExtension(r.GetValue(plotPath), ".svg")}.");
                 if (r.GetValue(plotPath) is { } plotGiven) OutputFile.Check("--plot", plotGiven);
+                else if (Directory.Exists(plot)) throw new UsageException($"{plot}, the default --plot (OUT.loss.svg), is a directory; give --plot FILE.svg.");
                 if (Path.GetDirectoryName(plot) != Path.GetDirectoryName(outPath)) RequireWritable(plot);
                 string? heldOutPath = r.GetValue(heldOut) is { } h2 ? OutputFile.Check("--heldout", h2) : null;
                 if (heldOutPath is not null && Path.GetDirectoryName(heldOutPath) != Path.GetDirectoryName(outPath)) RequireWritable(heldOutPath);
                 CheckOutputsAreNotInputs(r.GetRequiredValue(data), ("--out", outPath), ("--plot", plot), ("the checkpoint", outPath + ".ckpt"), ("--heldout", heldOutPath));
+                CheckOutputsDiffer(("--out", outPath), ("--plot", plot), ("the checkpoint (OUT.ckpt)", outPath + ".ckpt"), ("--heldout", heldOutPath));
                 if (!resuming) CheckBuffersFit(shape, batchSize);
 
                 using var pool = new WorkerPool(r.GetValue(threads));
@@ -239,6 +245,21 @@ public static class TrainCommand
     /// No file train writes may be one of its --data files, by any name (a link to it included): the text would be
     /// replaced (by the model, the plot, or its own last 5 %).
     /// </summary>
+    /// <summary>
+    /// The run's outputs are different files: --heldout over --out (or the plot, or the checkpoint) was replaced by the
+    /// model when it was written, and the run still pointed `bitnet eval` at it.
+    /// </summary>
+    private static void CheckOutputsDiffer(params (string Option, string? Path)[] outputs)
+    {
+        for (int i = 0; i < outputs.Length; i++)
+            for (int j = i + 1; j < outputs.Length; j++)
+            {
+                if (outputs[i].Path is not { } a || outputs[j].Path is not { } b) continue;
+                if (string.Equals(Path.GetFullPath(a), Path.GetFullPath(b), PathIdentity.Comparison) || OutputFile.SameFile(a, b))
+                    throw new UsageException($"{outputs[i].Option} and {outputs[j].Option} are the same file ({a}); one would replace the other. Give another path.");
+            }
+    }
+
     private static void CheckOutputsAreNotInputs(string[] data, params (string Option, string? Path)[] outputs)
     {
         foreach (var (option, path) in outputs)

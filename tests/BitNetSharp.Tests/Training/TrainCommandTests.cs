@@ -29,6 +29,40 @@ public class TrainCommandTests
         return path;
     }
 
+    /// <summary>
+    /// The run's outputs are distinct files, and its derived paths (OUT.ckpt, OUT.loss.svg) are not directories:
+    /// --heldout over --out was replaced by the model (and the run told `bitnet eval` to score it), a directory at
+    /// OUT.ckpt failed at the first checkpoint with the run lost. Refused before any work (found by a bad-input sweep).
+    /// </summary>
+    [Fact]
+    public void OutputsThatCollideOrDerivedPathsThatAreDirectoriesAreRefused()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = Corpus(dir), model = dir.File("m.gguf");
+        foreach (var (extra, message) in new (string[], string)[]
+        {
+            (["--heldout", model], "--out and --heldout are the same file"),
+            (["--heldout", dir.File("p.svg"), "--plot", dir.File("p.svg")], "--plot and --heldout are the same file"),
+            (["--heldout", model + ".ckpt"], "the checkpoint (OUT.ckpt) and --heldout are the same file"),
+            (["--plot", model + ".ckpt.svg", "--heldout", dir.File("./m.gguf.ckpt.svg")], "--plot and --heldout are the same file"),
+        })
+        {
+            var (code, _, error) = Bitnet(TinyArgs(data, model, extra));
+            Assert.True(code == 2, $"{string.Join(' ', extra)}: exit {code}, {error}");
+            Assert.Contains(message, error);
+        }
+        Directory.CreateDirectory(model + ".ckpt");
+        var (ckptCode, _, ckptError) = Bitnet(TinyArgs(data, model, "--resume"));
+        Assert.Equal(2, ckptCode);
+        Assert.Contains("m.gguf.ckpt, where the checkpoint goes, is a directory", ckptError);
+        Directory.Delete(model + ".ckpt");
+        Directory.CreateDirectory(dir.File("m.loss.svg"));
+        var (plotCode, _, plotError) = Bitnet(TinyArgs(data, model));
+        Assert.Equal(2, plotCode);
+        Assert.Contains("the default --plot (OUT.loss.svg), is a directory", plotError);
+        Assert.False(File.Exists(model));
+    }
+
     [Fact]
     public void TrainsExportsPlotsAndEvaluates()
     {
