@@ -40,6 +40,9 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
 
     public ModelState State => (ModelState)_state;
 
+    /// <summary>When this server started: /metrics (bitnet_server_start_time_seconds) and /health?verbose carry it.</summary>
+    public DateTimeOffset Started { get; } = DateTimeOffset.UtcNow;
+
     public string? Error { get; private set; }
 
     /// <summary>Completes when the model is ready; faults when loading or warm-up failed.</summary>
@@ -80,7 +83,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger);
             _monitor = monitor;
-            var process = new ProcessMeters(() => InFlight);
+            var process = new ProcessMeters(() => InFlight, Started);
             _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
                 new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish, monitor.Meters.OneSnapshot), monitor);

@@ -83,7 +83,13 @@ internal sealed class ServiceEndpoints(ModelHost host)
                 _ => "error",
             });
             if (state == ModelState.Failed) w.WriteString("error", host.Error);
-            if (verbose) WriteComponents(w, state, monitor, firing, stall, stalled);
+            if (verbose)
+            {
+                // Which process answered: behind a balancer successive polls reach different replicas, and a restart
+                // starts every counter again; the dashboard tells them apart by this (and /metrics' start time).
+                w.WriteString("started", host.Started);
+                WriteComponents(w, state, monitor, firing, stall, stalled);
+            }
             w.WriteEndObject();
         }, context.RequestAborted);
     }
@@ -119,7 +125,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         if (scheduler is not null)
         {
             var st = scheduler.Statistics;
-            w.WriteString("status", stalled ? "stalled" : "ok");
+            w.WriteString("status", stalled ? "stalled" : Worst(firing, "serving"));
             w.WriteNumber("stall_seconds", Math.Round(stall, 3));
             w.WriteNumber("stall_after_seconds", host.EngineStallAfter.TotalSeconds);
             w.WriteNumber("steps", st.Steps);
@@ -132,7 +138,11 @@ internal sealed class ServiceEndpoints(ModelHost host)
         if (scheduler is not null)
         {
             var h = scheduler.Health;
-            w.WriteString("status", h.SampleEvery == 0 ? "off" : "ok");
+            // The model's health: what its alerts say (it read "ok" beside a firing BitNetNonFiniteLogits, the sampling
+            // switch being the only thing it reported); whether steps are sampled at all is "sampling".
+            string worst = Worst(firing, "model");
+            w.WriteString("status", worst != "ok" ? worst : h.SampleEvery == 0 ? "off" : "ok");
+            w.WriteString("sampling", h.SampleEvery == 0 ? "off" : "on");
             w.WriteNumber("sample_every", h.SampleEvery);
             w.WriteNumber("samples", h.Samples);
             w.WriteNumber("nonfinite_sequences", scheduler.Statistics.NonFiniteSequences);
@@ -142,6 +152,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         w.WriteStartObject("alerts");
         w.WriteString("status", firing.Count == 0 ? "ok" : "firing");
         w.WriteNumber("rules", monitor?.Alerts?.Rules.Count ?? 0);
+        w.WriteNumber("critical", firing.Count(a => a.Rule.Severity == "critical"));
         w.WriteStartArray("firing");
         foreach (var a in firing)
         {
@@ -158,6 +169,19 @@ internal sealed class ServiceEndpoints(ModelHost host)
         w.WriteEndArray();
         w.WriteEndObject();
         w.WriteEndObject();
+    }
+
+    /// <summary>"degraded" while a critical alert of the component fires, "warning" while only lesser ones do, else "ok".</summary>
+    private static string Worst(IReadOnlyList<Monitoring.Alerts.AlertState> firing, string component)
+    {
+        string worst = "ok";
+        foreach (var a in firing)
+        {
+            if (a.Rule.Component != component) continue;
+            if (a.Rule.Severity == "critical") return "degraded";
+            worst = "warning";
+        }
+        return worst;
     }
 
     private static readonly Lazy<byte[]> DashboardPage = new(() =>

@@ -11,9 +11,13 @@ internal sealed class ProcessMeters : IDisposable
 {
     public const string MeterName = "BitNetSharp.Server";
 
-    public ProcessMeters(Func<int> requestsInFlight)
+    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started)
     {
         Meter = new Meter(MeterName);
+        double startSeconds = started.ToUnixTimeMilliseconds() / 1000.0;
+        Meter.CreateObservableGauge("bitnet.server.start_time", () => startSeconds, "s",
+            "When this server started (Unix time). Another value means another process answered: a restart, or another " +
+            "replica behind the same address; counters are not comparable across it.");
         Meter.CreateObservableGauge("bitnet.process.resident_memory", () => Environment.WorkingSet, "By",
             "Resident set size of the server process.");
         Meter.CreateObservableGauge("bitnet.process.gc_heap", () => GC.GetGCMemoryInfo().HeapSizeBytes, "By",

@@ -35,6 +35,9 @@ public sealed partial class DeployFilesTests
     /// <summary>The file's rule on Prometheus' own `up`: a replica it cannot scrape, for which no other rule can fire.</summary>
     private const string ScrapeRule = "BitNetScrapeFailing";
 
+    /// <summary>The file's rule for a replica that answers scrapes but exports nothing: its model never loaded.</summary>
+    private const string NotServingRule = "BitNetNotServing";
+
     // ------------------------------------------------------------------------------------------------ promtool
 
     /// <summary>promtool accepts the rules, passes their unit tests (every rule firing and not, at its <c>for:</c> boundary) and accepts the scrape config with the rules it loads.</summary>
@@ -48,7 +51,7 @@ public sealed partial class DeployFilesTests
         var (code, output) = await RunPromtoolAsync(promtool, PrometheusDir, [.. command.Split(' '), file]);
         Assert.True(code == 0, $"promtool {command} {file} (exit {code}):\n{output}");
         Assert.Contains("SUCCESS", output);
-        if (command != "test rules") Assert.Contains($"{AlertNames.Length + 2} rules found", output); // the server's, the forwarding rule and the scrape rule
+        if (command != "test rules") Assert.Contains($"{AlertNames.Length + 3} rules found", output); // the server's, the forwarding, scrape and not-serving rules
     }
 
     /// <summary>Every dashboard query is valid PromQL: promtool checks them as recording rules (Grafana's variables replaced by values).</summary>
@@ -157,6 +160,38 @@ public sealed partial class DeployFilesTests
         Assert.True(data >= 16, $"only {data} panels");
     }
 
+    /// <summary>
+    /// The token-latency spread is a window of the last 256 tokens, frozen while none flow: every panel query of it is
+    /// gated on tokens flowing, as both alert rules are (an idle replica drew a flat, stale line, possibly in the red).
+    /// </summary>
+    [Fact]
+    public void LatencySpreadPanelsShowOnlyWhileTokensFlow()
+    {
+        var root = JsonDocument.Parse(File.ReadAllText(DashboardFile)).RootElement;
+        var spread = DashboardQueries(root, variables: false).Where(q => q.Expr.Contains("bitnet_health_token_latency_stddev_seconds", StringComparison.Ordinal)).ToList();
+        Assert.True(spread.Count >= 2, $"{spread.Count} queries of the latency spread");
+        foreach (var (_, expr) in spread)
+            Assert.Matches(@"\band on\(instance, job\) \(rate\(bitnet_generation_tokens_total\{[^}]*\}\[\$__rate_interval\]\) > 0\)", expr);
+    }
+
+    /// <summary>
+    /// "Weights verified" says what the flag is: 1 from load on until a check or a probe finds changed bytes, compared
+    /// with the checksums taken at load. It said "matched the model file" after "the last full checksum", none of which holds.
+    /// </summary>
+    [Fact]
+    public void WeightsVerifiedSaysWhatTheFlagMeans()
+    {
+        var root = JsonDocument.Parse(File.ReadAllText(DashboardFile)).RootElement;
+        string description = AllPanels(root).Single(p => p.GetProperty("title").GetString() == "Weights verified").GetProperty("description").GetString()!;
+        Assert.Contains("probe", description);
+        Assert.Contains("checksums taken at load", description);
+        Assert.Contains("before any check", description);
+        Assert.DoesNotContain("matched the model file", description);
+        // The flags it names exist.
+        Assert.Contains("--verify-weights SECONDS", description);
+        Assert.Contains("--verify-weights", File.ReadAllText(RepositoryFiles.Path(Path.Combine("src", "BitNetSharp.Cli", "Commands", "ServeCommand.cs"))));
+    }
+
     /// <summary>Panels at the top level and inside collapsed rows.</summary>
     private static IEnumerable<JsonElement> AllPanels(JsonElement root)
     {
@@ -222,15 +257,18 @@ public sealed partial class DeployFilesTests
     public void AlertRulesAreTheServersRules()
     {
         var rules = AlertExpressions(File.ReadAllText(AlertsFile));
-        Assert.Equal(AlertNames.Append(ForwardingRule).Append(ScrapeRule).Order(StringComparer.Ordinal), rules.Select(r => r.Alert).Order(StringComparer.Ordinal));
+        Assert.Equal(AlertNames.Append(ForwardingRule).Append(ScrapeRule).Append(NotServingRule).Order(StringComparer.Ordinal), rules.Select(r => r.Alert).Order(StringComparer.Ordinal));
         foreach (var (alert, expr) in rules)
             if (alert != ScrapeRule) Assert.True(MetricNames(expr).Any(), $"{alert}: no bitnet metric found in '{expr}'");
-        // The scrape rule covers both scrape jobs: prometheus.yml's and the Kubernetes pod-discovery job.
-        string scrape = rules.Single(r => r.Alert == ScrapeRule).Expr;
-        var jobs = System.Text.RegularExpressions.Regex.Match(scrape, "job=~\"([^\"]+)\"").Groups[1].Value;
-        Assert.Matches($"^(?:{jobs})$", "bitnet");
-        Assert.Matches($"^(?:{jobs})$", "bitnet-kubernetes-pods");
-        Assert.DoesNotMatch($"^(?:{jobs})$", "node");
+        // The rules on `up` cover both scrape jobs: prometheus.yml's and the Kubernetes pod-discovery job.
+        foreach (var rule in new[] { ScrapeRule, NotServingRule })
+        {
+            string scrape = rules.Single(r => r.Alert == rule).Expr;
+            var jobs = System.Text.RegularExpressions.Regex.Match(scrape, "job=~\"([^\"]+)\"").Groups[1].Value;
+            Assert.Matches($"^(?:{jobs})$", "bitnet");
+            Assert.Matches($"^(?:{jobs})$", "bitnet-kubernetes-pods");
+            Assert.DoesNotMatch($"^(?:{jobs})$", "node");
+        }
     }
 
     /// <summary>

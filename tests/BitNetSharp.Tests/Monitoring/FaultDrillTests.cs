@@ -106,7 +106,13 @@ public class FaultDrillTests
         var health = await s.Http.GetAsync("health", TestContext.Current.CancellationToken);
         Assert.Equal(HttpStatusCode.OK, health.StatusCode);
         await TestServer.EventuallyAsync(() => FiringAsync(s, "BitNetNonFiniteLogits"), "the non-finite alert fires");
-        Assert.Equal("degraded", (await VerboseHealthAsync(s)).GetProperty("status").GetString());
+        var verbose = await VerboseHealthAsync(s);
+        Assert.Equal("degraded", verbose.GetProperty("status").GetString());
+        // The component the alert is about says so too (it read "ok", the sampling switch being all it reported).
+        var components = verbose.GetProperty("components");
+        Assert.Equal("degraded", components.GetProperty("health").GetProperty("status").GetString());
+        Assert.Equal("on", components.GetProperty("health").GetProperty("sampling").GetString());
+        Assert.True(components.GetProperty("alerts").GetProperty("critical").GetInt32() >= 1);
         var metrics = await s.MetricsAsync();
         Assert.True(TestServer.Sample(metrics, "bitnet_alerts_total{rule=\"BitNetNonFiniteLogits\"}") >= 1);
         Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_residual_blowup{layer=\"1\"}"));
@@ -115,6 +121,11 @@ public class FaultDrillTests
         (status, _, _) = await s.PostAsync("v1/completions", Completion("hello"));
         Assert.Equal(HttpStatusCode.OK, status);
         await TestServer.EventuallyAsync(async () => !await FiringAsync(s, "BitNetNonFiniteLogits"), "the alert resolves once no new sequence fails");
+        await TestServer.EventuallyAsync(async () =>
+        {
+            var c = (await VerboseHealthAsync(s)).GetProperty("components");
+            return c.GetProperty("health").GetProperty("status").GetString() == "ok" && c.GetProperty("alerts").GetProperty("critical").GetInt32() == 0;
+        }, "the model's component back to ok once no critical alert fires");
     }
 
     /// <summary>A flipped bit in a packed weight in memory: the background verifier names the tensor, the alert fires, /health says so, and requests are still served.</summary>

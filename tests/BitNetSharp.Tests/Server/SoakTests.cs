@@ -208,6 +208,13 @@ public class SoakTests
         Assert.Equal("gauge", families["bitnet_server_requests_in_flight"]);
         Assert.Equal("counter", families["bitnet_process_jit_compiled_methods_total"]);
         Assert.Equal("counter", families["bitnet_process_jit_compilation_time_seconds_total"]);
+        // Which server answered: its start time, in /metrics and /health?verbose alike (the dashboard tells replicas and
+        // restarts apart by it).
+        Assert.Equal("gauge", families["bitnet_server_start_time_seconds"]);
+        double started = TestServer.Sample(text, "bitnet_server_start_time_seconds");
+        Assert.InRange(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0 - started, 0, 600);
+        using (var verbose = System.Text.Json.JsonDocument.Parse(await s.Http.GetStringAsync("health?verbose", TestContext.Current.CancellationToken)))
+            Assert.Equal(started, verbose.RootElement.GetProperty("started").GetDateTimeOffset().ToUnixTimeMilliseconds() / 1000.0, 3);
         // The server has compiled its own routes by now: both totals are positive, and the count is at least what this
         // process had compiled before the scrape (it only grows).
         long compiledBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
