@@ -18,6 +18,20 @@ internal static class OutputFile
         string full = Path.GetFullPath(path);
         if (Path.GetDirectoryName(full) is { } dir && !Directory.Exists(dir))
             throw new UsageException($"{option} {path}: the folder '{dir}' does not exist.");
+        // A pipe or device is written in place (AtomicFile); anything else needs a file created beside it, and a folder
+        // this user cannot write was found only at the end of the run, in an error naming a temporary file.
+        if (!PathIdentity.IsSpecialFile(full) && Path.GetDirectoryName(PathIdentity.Resolve(full)) is { } target && Directory.Exists(target))
+        {
+            string probe = Path.Combine(target, $".bitnet-write-check-{Environment.ProcessId}-{Guid.NewGuid():N}");
+            try
+            {
+                using (new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new UsageException($"{option} {path}: cannot write in the folder '{target}' ({(e is UnauthorizedAccessException ? "permission denied" : e.Message.Replace(probe, target, StringComparison.Ordinal))}); give a folder this user can write.");
+            }
+        }
         return full;
     }
 

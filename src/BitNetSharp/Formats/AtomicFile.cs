@@ -9,7 +9,9 @@ namespace BitNetSharp.Formats;
 /// the same directory (<c>.NAME.PID.GUID.tmp</c>, so the rename never crosses file systems), which is flushed to disk
 /// and renamed over <c>NAME</c>; on Linux the directory is then synced so the rename survives a power cut too. A kill
 /// at any point leaves either the previous file or the new one. The temporary file of a writer that was killed is
-/// removed by the next write to the same name (only when its process is gone).
+/// removed by the next write to the same name (only when its process is gone). A symbolic link at the name stays a link:
+/// the file it points to is the one replaced. A FIFO, device or socket at the name (/dev/null, /dev/stdout, a pipe) is
+/// written in place: a rename would replace the node itself (as root, an output at /dev/full replaced the device).
 /// </summary>
 public static class AtomicFile
 {
@@ -20,17 +22,40 @@ public static class AtomicFile
     {
         ArgumentNullException.ThrowIfNull(write);
         var full = Path.GetFullPath(path);
+        if (PathIdentity.IsSpecialFile(full))
+        {
+            WriteInPlace(full, write, bufferSize);
+            return;
+        }
+        full = PathIdentity.Resolve(full);
         var directory = Path.GetDirectoryName(full) ?? ".";
         RemoveStaleTemporaries(directory, Path.GetFileName(full));
         var temp = TemporaryPath(full);
         try
         {
-            using (var stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize))
+            FileStream stream;
+            try
+            {
+                stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                // The error named the hidden temporary (".out.json.1234.9f3c….tmp"), not the file the user asked for.
+                throw new IOException($"cannot write {full}: {(e is UnauthorizedAccessException ? $"permission denied in the folder {directory}" : e.Message.Replace(temp, full, StringComparison.Ordinal))}", e);
+            }
+            using (stream)
             {
                 write(stream);
                 stream.Flush(flushToDisk: true);
             }
-            File.Move(temp, full, overwrite: true);
+            try
+            {
+                File.Move(temp, full, overwrite: true);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new IOException($"cannot replace {full}: {e.Message.Replace(temp, full, StringComparison.Ordinal)}", e);
+            }
         }
         catch
         {
@@ -38,6 +63,21 @@ public static class AtomicFile
             throw;
         }
         SyncDirectory(directory);
+    }
+
+    /// <summary>A FIFO or device: opened as it is and written through (nothing to make atomic in a stream).</summary>
+    private static void WriteInPlace(string full, Action<FileStream> write, int bufferSize)
+    {
+        using var stream = new FileStream(full, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, bufferSize);
+        try
+        {
+            write(stream);
+            stream.Flush();
+        }
+        catch (NotSupportedException e)
+        {
+            throw new IOException($"{full} is a pipe or device, and this output is written out of order (it seeks); give a regular file.", e);
+        }
     }
 
     /// <summary>The hidden temporary name <see cref="Write"/> uses for <paramref name="path"/> in this process.</summary>

@@ -56,6 +56,30 @@ public static unsafe class PathIdentity
         return (*(uint*)(buffer + 136), *(uint*)(buffer + 140), *(ulong*)(buffer + 32));
     }
 
+    /// <summary>
+    /// Whether the path exists (links followed) and is neither a regular file nor a folder: a FIFO, a device or a socket
+    /// (/dev/null, /dev/stdout, bash's &gt;(…) pipes). Such outputs are written in place, never renamed over. Linux only;
+    /// elsewhere, or where statx is missing, false.
+    /// </summary>
+    public static bool IsSpecialFile(string path)
+    {
+        if (!OperatingSystem.IsLinux() || !_statxAvailable) return false;
+        // stx_mode: a 16-bit field at offset 28 of struct statx; S_IFMT 0xF000, regular 0x8000, folder 0x4000.
+        byte* buffer = stackalloc byte[256];
+        try
+        {
+            if (statx(AtFdCwd, path, 0, StatxType, buffer) != 0 || (*(uint*)buffer & StatxType) == 0) return false;
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            _statxAvailable = false;
+            return false;
+        }
+        int type = *(ushort*)(buffer + 28) & 0xF000;
+        return type is not (0x8000 or 0x4000);
+    }
+
+    private const uint StatxType = 0x1;
     private const int AtFdCwd = -100;
     private const uint StatxIno = 0x100;
     private static volatile bool _statxAvailable = true;

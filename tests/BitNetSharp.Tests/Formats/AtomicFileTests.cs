@@ -26,6 +26,90 @@ public class AtomicFileTests
         Assert.False(File.Exists(dead));
         Assert.False(File.Exists(mine));
     }
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int mkfifo([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, uint mode);
+
+    /// <summary>
+    /// A symbolic link at the output stays a link, its target replaced; it was replaced by a regular file, so the file
+    /// it pointed to kept its old contents.
+    /// </summary>
+    [Fact]
+    public void ALinkIsWrittenThroughAndStaysALink()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string target = dir.File("real.json"), link = dir.File("link.json");
+        File.WriteAllText(target, "old");
+        File.CreateSymbolicLink(link, target);
+        AtomicFile.Write(link, s => s.Write("new"u8));
+        Assert.Equal(target, new FileInfo(link).LinkTarget);
+        Assert.Equal("new", File.ReadAllText(target));
+        Assert.Empty(Directory.GetFiles(dir.Path, ".*.tmp"));
+    }
+
+    /// <summary>
+    /// A FIFO at the output is written into, and stays a FIFO: the rename replaced the node with a file, and its reader
+    /// got nothing (as root, an output at /dev/full replaced the device node the same way).
+    /// </summary>
+    [Fact]
+    public void AFifoIsWrittenInPlace()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "FIFOs are made with Linux's mkfifo here.");
+        using var dir = new TestGguf.TempDirectory();
+        string fifo = dir.File("ids.fifo");
+        Assert.Equal(0, mkfifo(fifo, 0x180));
+        string? read = null;
+        var reader = new Thread(() => read = File.ReadAllText(fifo)) { IsBackground = true };
+        reader.Start();
+        AtomicFile.Write(fifo, s => s.Write("through the pipe"u8));
+        Assert.True(reader.Join(TimeSpan.FromSeconds(30)), "the FIFO's reader got no end of file");
+        Assert.Equal("through the pipe", read);
+        Assert.True(PathIdentity.IsSpecialFile(fifo), "the FIFO was replaced by a regular file");
+        Assert.False(PathIdentity.IsSpecialFile(dir.File("none")));
+        Assert.False(PathIdentity.IsSpecialFile(dir.Path));
+
+        // An output that seeks cannot go through a pipe: said, naming it (NotSupportedException before).
+        var seeker = new Thread(() => { try { using var f = File.OpenRead(fifo); f.CopyTo(Stream.Null); } catch (IOException) { } }) { IsBackground = true };
+        seeker.Start();
+        var e = Assert.Throws<IOException>(() => AtomicFile.Write(fifo, s => { s.Write("x"u8); s.Seek(0, SeekOrigin.Begin); }));
+        Assert.Contains(fifo, e.Message);
+        Assert.Contains("pipe or device", e.Message);
+        seeker.Join(TimeSpan.FromSeconds(30));
+    }
+
+    /// <summary>A folder that refuses the temporary file: the error names the output, not the hidden temporary.</summary>
+    [Fact]
+    public void AFailedWriteNamesTheOutputNotItsTemporary()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string locked = Directory.CreateDirectory(dir.File("locked")).FullName;
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        try
+        {
+            string? folder = new[] { locked, "/sys" }.FirstOrDefault(f => Directory.Exists(f) && !CanCreateFileIn(f));
+            Assert.SkipWhen(folder is null, "no folder here refuses this user a new file (root, and no read-only /sys)");
+            string output = Path.Combine(folder, "out.json");
+            var e = Assert.ThrowsAny<IOException>(() => AtomicFile.Write(output, s => s.Write("x"u8)));
+            Assert.Contains("cannot write " + output, e.Message);
+            Assert.DoesNotContain(".tmp", e.Message);
+        }
+        finally
+        {
+            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+    }
+
+    private static bool CanCreateFileIn(string folder)
+    {
+        try
+        {
+            using (new FileStream(Path.Combine(folder, $".probe-{Guid.NewGuid():N}"), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
 }
 
 /// <summary>Whether two spellings name one file (outputs are checked against inputs with it).</summary>
