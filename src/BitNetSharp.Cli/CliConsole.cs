@@ -81,5 +81,8 @@ public sealed class CliConsole
     }
 }
 
-/// <summary>A command line that parses but makes no sense (e.g. neither --prompt nor --prompt-ids): exit code 2.</summary>
-public sealed class UsageException(string message) : Exception(message);
+/// <summary>
+/// A command line that parses but makes no sense (e.g. neither --prompt nor --prompt-ids): exit code 2.
+/// Built from a library's ArgumentException message too: its " (Parameter 'name')" suffix, .NET's wording, is dropped.
+/// </summary>
+public sealed class UsageException(string message) : Exception(message.Split(" (Parameter '")[0]);

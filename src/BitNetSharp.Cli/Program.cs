@@ -37,7 +37,7 @@ public static class Program
         // action exited 1 (the code of a bad model or data file) and wrote the help text to stdout, into `| jq`.
         if (parse.Errors.Count > 0)
         {
-            foreach (var e in parse.Errors) error.WriteLine($"error: {e.Message}");
+            foreach (var e in parse.Errors) error.WriteLine($"error: {Describe(e)}");
             var path = new List<string>();
             for (var r = parse.CommandResult; r is not null; r = r.Parent as System.CommandLine.Parsing.CommandResult) path.Insert(0, r.Command.Name);
             path[0] = "bitnet";
@@ -49,5 +49,30 @@ public static class Program
         // library's handler completed its task again on a second signal and the process died of it.
         if (parse.CommandResult.Command.Name == "serve") configuration.ProcessTerminationTimeout = null;
         return parse.Invoke(configuration);
+    }
+
+    /// <summary>
+    /// The parser's message, with a value that does not convert said in words: it named the .NET type
+    /// ("as expected type 'System.Nullable`1[System.UInt64]'"), which tells a user nothing.
+    /// </summary>
+    internal static string Describe(System.CommandLine.Parsing.ParseError e)
+    {
+        System.CommandLine.Parsing.OptionResult? option = null;
+        for (var r = e.SymbolResult; r is not null && option is null; r = r.Parent) option = r as System.CommandLine.Parsing.OptionResult;
+        if (option is null) return e.Message;
+        var type = option.Option.ValueType;
+        if (!e.Message.Contains(type.ToString(), StringComparison.Ordinal)) return e.Message;
+        var plain = Nullable.GetUnderlyingType(type) ?? type;
+        string expected =
+            plain == typeof(int) ? $"a whole number from {int.MinValue} to {int.MaxValue}" :
+            plain == typeof(long) ? "a whole number" :
+            plain == typeof(uint) ? $"a whole number from 0 to {uint.MaxValue}" :
+            plain == typeof(ulong) ? $"a whole number from 0 to {ulong.MaxValue}" :
+            plain == typeof(float) || plain == typeof(double) ? "a number" :
+            plain == typeof(bool) ? "true or false" :
+            plain.IsEnum ? "one of " + string.Join(", ", Enum.GetNames(plain)).ToLowerInvariant() :
+            "a valid value";
+        string given = option.Tokens.Count > 0 ? option.Tokens[^1].Value : "";
+        return $"{option.Option.Name} '{given}' is not {expected}.";
     }
 }

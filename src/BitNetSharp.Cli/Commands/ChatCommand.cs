@@ -48,7 +48,7 @@ public static class ChatCommand
             var userStops = GenerateCommand.Stops(result, stop);
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
-            model.NoteContext(result, weights, cli.Error);
+            model.NoteModel(result, weights, tokenizer, cli.Error);
             if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot chat.");
             string how = "--template";
             var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer, out how);

@@ -39,6 +39,8 @@ public static class ConvertCommand
                 var other => throw new UsageException($"--embedding-type '{other}' is not one of keep, f16, q8_0, q6_k."),
             };
             string outPath = result.GetRequiredValue(output);
+            // `convert IN "$OUT"` with OUT unset failed with .NET's "The value cannot be an empty string".
+            if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("the output path is empty; give a file path such as model.gguf.");
             if (Directory.Exists(outPath) || outPath.EndsWith('/') || outPath.EndsWith(Path.DirectorySeparatorChar))
                 throw new UsageException($"the output {outPath} is a directory; give a file path such as {Path.Combine(outPath, "model.gguf")}.");
             string? dir = Path.GetDirectoryName(Path.GetFullPath(outPath));

@@ -64,11 +64,12 @@ public static class GenerateCommand
             if (result.GetValue(healthEvery) is not null && !(result.GetValue(health) || result.GetValue(logResidual) || result.GetValue(logLogits)))
                 throw new UsageException("--health-every sets how often --health, --log-residual or --log-logits measure; give one of them (alone it was accepted and measured nothing).");
             var stops = Stops(result, stop);
+            int[]? givenIds = ids is not null ? ModelOptions.ParseIds(ids) : null;
             var (weights, tokenizer) = model.Load(result);
             using var _ = weights;
-            model.NoteContext(result, weights, cli.Error);
+            model.NoteModel(result, weights, tokenizer, cli.Error);
             int[] promptTokens;
-            if (ids is not null) promptTokens = ModelOptions.ParseIds(ids);
+            if (givenIds is not null) promptTokens = givenIds;
             else if (tokenizer is null)
                 throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
             else promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);

@@ -91,6 +91,9 @@ public static class LogsCommand
         if (s.Follow) return Follow(cli, s, cancellation);
 
         var reader = TelemetryLogReader.Open(s.Files);
+        // A folder with no logs in it printed an empty report and exited 0, as if the run had logged nothing.
+        if (reader.Files.Count == 0)
+            throw new IOException($"{string.Join(", ", s.Files)}: no telemetry logs (*{TelemetryLogSchema.FileExtension}) found; give the folder serve --telemetry-log wrote to.");
         CheckOutputs(s, reader);
         HashSet<(string?, long)>? requestSteps = null;
         if (s.Request is not null)
@@ -212,6 +215,8 @@ public static class LogsCommand
             throw new UsageException("--follow prints rows as they arrive; it cannot be combined with --summary, --export or --plot.");
         if (s.Since is { } from && s.Until is { } to && from > to)
             throw new UsageException("--since is later than --until: no row can match; swap them.");
+        if (s.Layer is < 0 and var badLayer)
+            throw new UsageException($"--layer must be a layer index, 0 or more; got {badLayer}.");
         if (s.FollowTimeout is not null && !s.Follow)
             throw new UsageException("--follow-timeout needs --follow.");
         if (s.FollowTimeout is <= 0 or double.NaN or > MaxFollowSeconds)

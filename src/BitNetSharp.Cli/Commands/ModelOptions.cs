@@ -152,7 +152,30 @@ public sealed class ModelOptions
     {
         int context = r.GetValue(Context);
         if (context > weights.Config.ContextLength)
-            error.WriteLine($"note: --ctx {context} is more than the model's context of {weights.Config.ContextLength} tokens (its positions end there); using {weights.Config.ContextLength}.");
+            error.WriteLine($"note: --ctx {context} is more than the model's context of {weights.Config.ContextLength} tokens (its positions end there); using {weights.Config.ContextLength}.");    }
+
+    /// <summary><see cref="NoteContext"/>, and the tokenizer checked against the model's vocabulary (<see cref="VocabularyWarning"/>).</summary>
+    public void NoteModel(ParseResult r, ModelWeights weights, BitNetTokenizer? tokenizer, TextWriter error)
+    {
+        NoteContext(r, weights, error);
+        if (VocabularyWarning(weights, tokenizer) is { } warning) error.WriteLine("warning: " + warning);
+    }
+
+    /// <summary>
+    /// A warning when the tokenizer does not fit the model's vocabulary, else null: a GGUF whose token list is shorter
+    /// than its embedding (100 tokens for 4096 rows ran and printed garbage without a word), or a Hugging Face
+    /// tokenizer under half the rows or over them (a few hundred padding rows past the tokenizer are common there).
+    /// </summary>
+    public static string? VocabularyWarning(ModelWeights weights, BitNetTokenizer? tokenizer)
+    {
+        if (tokenizer is null) return null;
+        int tokens = tokenizer.VocabularySize, rows = weights.Config.VocabSize;
+        bool gguf = weights.Gguf is not null;
+        if (tokens < rows && (gguf || tokens < rows / 2))
+            return $"the tokenizer has {tokens} tokens and the model {rows} vocabulary rows: ids {tokens} to {rows - 1} can never be written as text and are not sampled. Is this the model's own tokenizer?";
+        if (tokens > rows)
+            return $"the tokenizer has {tokens} tokens and the model only {rows} vocabulary rows: text that encodes to an id from {rows} on cannot be read. Is this the model's own tokenizer?";
+        return null;
     }
 
     public GeneratorOptions Generator(ParseResult r)
@@ -226,6 +249,12 @@ public sealed class ModelOptions
             // download) still is that error.
             else if (weights.HfDirectory is { } dir && (dir.HasTokenizer || dir.TokenizerFiles.Any(f => f != "generation_config.json")))
                 tokenizer = TokenizerLoader.FromHfDirectory(dir.DirectoryPath);
+            // A GGUF's token list and its embedding are one vocabulary (llama.cpp requires it): more tokens than rows
+            // means ids the model cannot embed, a file put together from two models.
+            if (tokenizer is not null && weights.Gguf is not null && tokenizer.VocabularySize > weights.Config.VocabSize)
+                throw new ModelFormatException(weights.SourcePath,
+                    $"the tokenizer has {tokenizer.VocabularySize} tokens but the model's embedding only {weights.Config.VocabSize} rows: ids from {weights.Config.VocabSize} on cannot be embedded; the tokenizer is not this model's",
+                    "tokenizer.ggml.tokens");
             return (weights, tokenizer);
         }
         catch
@@ -235,11 +264,25 @@ public sealed class ModelOptions
         }
     }
 
-    public static int[] ParseIds(string text) =>
-        text.Split([',', ' '], StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-            .Select(s => int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0
-                ? id
-                : throw new UsageException($"--prompt-ids: '{s}' is not a token id (a non-negative integer).")).ToArray();
+    /// <summary>Token ids separated by commas or spaces ("1,2,3", "1 2 3"); an empty id between commas is an error (a lost id).</summary>
+    public static int[] ParseIds(string text)
+    {
+        var ids = new List<int>();
+        string[] parts = text.Split(',');
+        for (int i = 0; i < parts.Length; i++)
+        {
+            string[] items = parts[i].Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
+            // "1,,2" read as [1, 2]: an id dropped from a pasted list went unnoticed.
+            if (items.Length == 0 && parts.Length > 1)
+                throw new UsageException($"--prompt-ids '{text}': id {i + 1} is empty (two commas in a row, or one at an end); give ids such as 1,2,3.");
+            foreach (var s in items)
+                ids.Add(int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0
+                    ? id
+                    : throw new UsageException($"--prompt-ids: '{s}' is not a token id (a non-negative integer)."));
+        }
+        if (ids.Count == 0) throw new UsageException("--prompt-ids is empty; give token ids such as 1,2,3.");
+        return [.. ids];
+    }
 }
 
 /// <summary>Sampling flags with llama.cpp's names and defaults; --temp 0 means greedy.</summary>

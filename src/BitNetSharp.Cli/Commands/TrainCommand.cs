@@ -178,6 +178,9 @@ public static class TrainCommand
                     var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
                     var train = corpus.EncodeTrain(tokenizer);
                     var validation = corpus.EncodeValidation(tokenizer);
+                    // Shorter than one window, validation scored nothing: "val NaN" every time, and --keep-best kept nothing.
+                    if (validation.Length < shape.ContextLength + 1)
+                        throw new UsageException($"the held-out text ({corpus.ValidationText.Length:N0} characters, {validation.Length:N0} tokens) is shorter than one validation window of --ctx {shape.ContextLength} ({shape.ContextLength + 1} tokens); give more text or a smaller --ctx.");
                     var options = new TrainingOptions
                     {
                         Shape = shape, Batch = batchSize, TotalSteps = Steps(r.GetValue(tokens), batchSize, shape.ContextLength),

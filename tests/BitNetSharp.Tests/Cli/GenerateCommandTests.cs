@@ -54,11 +54,11 @@ public class GenerateCommandTests
         Assert.True(File.Exists(dir.File("ids.json")));
     }
 
-    private static string TinyModel(TestGguf.TempDirectory dir, string? tokenizerFrom = null)
+    private static string TinyModel(TestGguf.TempDirectory dir, string? tokenizerFrom = null, int? rows = null)
     {
         var shape = SyntheticShape.Tiny;
         GgufFile? tok = tokenizerFrom is null ? null : GgufFile.Open(tokenizerFrom);
-        if (tok is not null) shape = shape with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
+        if (tok is not null) shape = shape with { VocabSize = rows ?? tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
         var w = SyntheticModel.Build(shape, 5);
         if (tok is not null)
             foreach (var (k, v) in tok.Metadata.Entries)
@@ -125,6 +125,145 @@ public class GenerateCommandTests
         Assert.Equal(2, code);
         Assert.Contains(message, error);
         Assert.DoesNotContain("no-such.gguf", error);
+    }
+
+    /// <summary>
+    /// An empty id in --prompt-ids ("1,,2": an id lost from a pasted list) is refused, before the model loads; it was
+    /// dropped and the rest ran.
+    /// </summary>
+    [Theory]
+    [InlineData("1,,2", "id 2 is empty")]
+    [InlineData(",1", "id 1 is empty")]
+    [InlineData("1,", "id 2 is empty")]
+    [InlineData("", "--prompt-ids is empty")]
+    [InlineData(" , ", "id 1 is empty")]
+    public void AnEmptyPromptIdIsRefusedBeforeTheModelLoads(string ids, string message)
+    {
+        var (code, output, error) = Bitnet("generate", "-m", "no-such.gguf", "--prompt-ids", ids, "-n", "1");
+        Assert.Equal(2, code);
+        Assert.Contains(message, error);
+        Assert.DoesNotContain("no-such.gguf", error);
+        Assert.Equal("", output);
+    }
+
+    /// <summary>Commas, spaces, and both, still read as ids.</summary>
+    [Fact]
+    public void PromptIdsTakeCommasAndSpaces()
+    {
+        Assert.Equal([1, 2, 3], ModelOptions.ParseIds("1,2,3"));
+        Assert.Equal([1, 2, 3], ModelOptions.ParseIds(" 1 2  3 "));
+        Assert.Equal([1, 2, 3, 4], ModelOptions.ParseIds("1, 2,3 4"));
+    }
+
+    /// <summary>
+    /// A value that does not convert is said in words, naming the option: the parser's message named the .NET type
+    /// ("as expected type 'System.Nullable`1[System.UInt64]'").
+    /// </summary>
+    [Theory]
+    [InlineData("--seed", "abc", "--seed 'abc' is not a whole number from 0 to 18446744073709551615.")]
+    [InlineData("--seed", "-1", "--seed '-1' is not a whole number from 0 to 18446744073709551615.")]
+    [InlineData("-n", "lots", "'lots' is not a whole number")]
+    [InlineData("--temp", "hot", "--temp 'hot' is not a number.")]
+    public void AValueThatDoesNotConvertIsSaidInWords(string option, string value, string message)
+    {
+        var (code, output, error) = Bitnet("generate", "-m", "no-such.gguf", "-p", "hi", option, value);
+        Assert.Equal(2, code);
+        Assert.Contains(message, error);
+        Assert.DoesNotContain("System.", error);
+        Assert.DoesNotContain("expected type", error);
+        Assert.Equal("", output);
+    }
+
+    /// <summary>An argument error from the library reaches the user without .NET's " (Parameter 'name')".</summary>
+    [Fact]
+    public void UsageErrorsCarryNoParameterSuffix()
+    {
+        Assert.Equal("the text is too short", new UsageException("the text is too short (Parameter 'tokens')").Message);
+    }
+
+    /// <summary>
+    /// An output in a folder this user cannot write is refused before the run, naming the output and the folder; it was
+    /// found at the write, after the generation, in an error naming a hidden temporary file.
+    /// </summary>
+    [Fact]
+    public void AnOutputInAFolderThatCannotBeWrittenIsRefusedFirst()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir);
+        string locked = Directory.CreateDirectory(dir.File("locked")).FullName;
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserExecute);
+        try
+        {
+            // Root writes a read-only folder regardless; /sys refuses new files even to root on Linux.
+            string? folder = new[] { locked, "/sys" }.FirstOrDefault(f => Directory.Exists(f) && !CanCreateFileIn(f));
+            Assert.SkipWhen(folder is null, "no folder here refuses this user a new file (root, and no read-only /sys)");
+            string ids = Path.Combine(folder, "ids.json");
+            var (code, output, error) = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "2", "--ids-out", ids);
+            Assert.Equal(2, code);
+            Assert.Contains($"--ids-out {ids}: cannot write in the folder '{folder}'", error);
+            Assert.DoesNotContain(".tmp", error);
+            Assert.Equal("", output);
+        }
+        finally
+        {
+            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        }
+    }
+
+    private static bool CanCreateFileIn(string folder)
+    {
+        try
+        {
+            using (new FileStream(Path.Combine(folder, $".probe-{Guid.NewGuid():N}"), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+            return true;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// A GGUF whose tokenizer has fewer tokens than the model has vocabulary rows runs with a warning (it printed text
+    /// from a vocabulary that was not the model's without a word); one with more tokens than rows is refused, naming the
+    /// file and the field.
+    /// </summary>
+    [Fact]
+    public void ATokenizerThatDoesNotFitTheModelIsSaid()
+    {
+        string vocab = SharedData.RequirePath("llama.cpp-vocab/ggml-vocab-gpt-2.gguf");
+        using var dir = new TestGguf.TempDirectory();
+        string padded = TinyModel(dir, vocab, rows: 50257 + 1000);
+        var (code, output, error) = Bitnet("generate", "-m", padded, "-p", "Once", "-n", "2", "--seed", "1");
+        Assert.Equal(0, code);
+        Assert.Contains("warning: the tokenizer has 50257 tokens and the model 51257 vocabulary rows", error);
+        Assert.StartsWith("Once", output);
+
+        File.Move(padded, dir.File("padded.gguf"));
+        string small = TinyModel(dir, vocab, rows: 1000);
+        (code, output, error) = Bitnet("generate", "-m", small, "-p", "Once", "-n", "2");
+        Assert.Equal(1, code);
+        Assert.Contains("the tokenizer has 50257 tokens but the model's embedding only 1000 rows", error);
+        Assert.Contains("tokenizer.ggml.tokens", error);
+        Assert.Contains(small, error);
+        Assert.Equal("", output);
+
+        // The model's own tokenizer: no warning.
+        File.Move(small, dir.File("small.gguf"));
+        (code, _, error) = Bitnet("generate", "-m", TinyModel(dir, vocab), "-p", "Once", "-n", "2");
+        Assert.Equal(0, code);
+        Assert.DoesNotContain("warning", error);
+    }
+
+    /// <summary>An empty output path for convert (`convert IN "$OUT"` with OUT unset) is a usage error naming it; it leaked .NET's wording.</summary>
+    [Fact]
+    public void ConvertWithAnEmptyOutputIsAUsageError()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (code, output, error) = Bitnet("convert", TinyModel(dir), "");
+        Assert.Equal(2, code);
+        Assert.Contains("the output path is empty", error);
+        Assert.Equal("", output);
     }
 
     /// <summary>An empty -m (`-m "$MODEL"` with MODEL unset) is a usage error; it ran the bundled model.</summary>

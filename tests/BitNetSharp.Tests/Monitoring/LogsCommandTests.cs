@@ -473,6 +473,20 @@ public class LogsCommandTests
         Assert.Equal(2, code);
         Assert.Contains("--since", error);
 
+        // A negative layer matched nothing and said nothing.
+        (code, output, error) = Bitnet("logs", path, "--layer", "-1");
+        Assert.Equal(2, code);
+        Assert.Contains("--layer must be a layer index, 0 or more; got -1", error);
+        Assert.Equal("", output);
+
+        // A folder without logs printed an empty summary and exited 0, as if the run had logged nothing.
+        string empty = Directory.CreateDirectory(dir.File("empty")).FullName;
+        (code, output, error) = Bitnet("logs", empty, "--export", "csv", "--out", csv);
+        Assert.Equal(1, code);
+        Assert.Contains("no telemetry logs (*.arrow) found", error);
+        Assert.Equal("", output);
+        Assert.False(File.Exists(csv));
+
         (code, _, error) = Bitnet("logs", path, "--export", "csv", "--out", dir.File("no/such/dir/out.csv"));
         Assert.Equal(1, code);
         Assert.Contains("no/such/dir/out.csv", error);

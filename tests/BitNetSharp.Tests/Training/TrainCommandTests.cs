@@ -271,6 +271,7 @@ public class TrainCommandTests
     [InlineData("vocab-with-heldout", "supports at most")]
     [InlineData("attention-too-big", "more than one array can")]
     [InlineData("logits-too-big", "the logits, batch·ctx·vocab buffer would hold")]
+    [InlineData("short-validation", "is shorter than one validation window of --ctx 128")]
     public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -310,6 +311,8 @@ public class TrainCommandTests
             // batch·heads·ctx² past one array: an OverflowException after the tokenizer was trained.
             "attention-too-big" => Replace(Replace(Replace(Replace(TinyArgs(data, model), "--ctx", "23200"), "--tokens", "46400"), "--heads", "2"), "--batch", "2"),
             // batch·ctx·vocab past one array: an OverflowException (a stack trace) after the whole BPE vocabulary was trained.
+            // Less held-out text than one window: every validation said "val NaN" and the run went on.
+            "short-validation" => Replace(Replace(TinyArgs(data, model, "--heldout", dir.File("held.out")), "--ctx", "128"), "--tokens", "256"),
             "logits-too-big" => Replace(Replace(Replace(Replace(TinyArgs(data, model), "--ctx", "2048"), "--tokens", "32768"), "--batch", "16"), "--vocab", "65536"),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
