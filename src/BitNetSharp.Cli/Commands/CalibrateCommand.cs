@@ -268,18 +268,10 @@ public static class CalibrateCommand
         WriteAtomically(path, w => w.Write(md.ToString()));
     }
 
-    private static void WriteAtomically(string path, Action<TextWriter> write)
-    {
-        string temp = path + ".partial";
-        try
+    private static void WriteAtomically(string path, Action<TextWriter> write) =>
+        BitNetSharp.Formats.AtomicFile.Write(path, stream =>
         {
-            using (var w = new StreamWriter(temp, false, new UTF8Encoding(false))) write(w);
-            File.Move(temp, path, overwrite: true);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            try { File.Delete(temp); } catch (IOException) { }
-            throw new IOException($"Cannot write {path}: {e.Message}", e);
-        }
-    }
+            using var w = new StreamWriter(stream, new UTF8Encoding(false), 1 << 16, leaveOpen: true);
+            write(w);
+        }, 1 << 16);
 }

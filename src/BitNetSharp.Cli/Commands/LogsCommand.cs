@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using BitNetSharp.Formats;
 using BitNetSharp.Monitoring;
 using BitNetSharp.Monitoring.Telemetry;
 
@@ -104,13 +105,15 @@ public static class LogsCommand
         }
 
         var stats = s.Summary || (s.Export is null && s.Plot is null) ? new Summary() : null;
-        string? exportTemp = s.Export is null ? null : TempFor(s.Out!);
+        // Through AtomicFile: a link at --out or --plot keeps pointing at the new file and a FIFO is written in place
+        // (the rename replaced either).
+        var exportFile = s.Export is null ? null : AtomicFile.Begin(s.Out!);
         StreamWriter? exportWriter = null;
         try
         {
-            if (exportTemp is not null)
+            if (exportFile is not null)
             {
-                exportWriter = new StreamWriter(exportTemp, false, new UTF8Encoding(false));
+                exportWriter = new StreamWriter(exportFile.Stream, new UTF8Encoding(false), 1 << 16, leaveOpen: true);
                 if (s.Export == "csv") exportWriter.WriteLine(string.Join(',', TelemetryLogSchema.ColumnNames) + ",run");
             }
             var plot = s.Plot is null ? null : new PlotData(s.Metric ?? "saturation", InputIndex(s.Input));
@@ -134,23 +137,16 @@ public static class LogsCommand
             {
                 exportWriter.Dispose();
                 exportWriter = null;
-                File.Move(exportTemp!, s.Out!, overwrite: true);
-                exportTemp = null;
+                exportFile!.Commit();
                 cli.Output.WriteLine($"wrote {exported:N0} rows to {s.Out}");
             }
             if (plot is not null)
             {
-                string temp = TempFor(s.Plot!);
-                try
+                AtomicFile.Write(s.Plot!, stream =>
                 {
-                    using (var w = new StreamWriter(temp, false, new UTF8Encoding(false))) plot.Write(w, reader.Files);
-                    File.Move(temp, s.Plot!, overwrite: true);
-                }
-                catch
-                {
-                    TryDelete(temp);
-                    throw;
-                }
+                    using var w = new StreamWriter(stream, new UTF8Encoding(false), 1 << 16, leaveOpen: true);
+                    plot.Write(w, reader.Files);
+                }, 1 << 16);
                 cli.Output.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
             }
             if (stats is not null) stats.Write(cli.Output, reader);
@@ -163,7 +159,7 @@ public static class LogsCommand
         finally
         {
             exportWriter?.Dispose();
-            if (exportTemp is not null) TryDelete(exportTemp);
+            exportFile?.Dispose();
         }
     }
 
@@ -301,14 +297,6 @@ public static class LogsCommand
     }
 
     private static int InputIndex(string? input) => input is null ? 0 : Array.IndexOf(HealthNames.InputLabels, input);
-
-    private static string TempFor(string path) =>
-        Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path))!, "." + Path.GetFileName(path) + ".tmp-" + Guid.NewGuid().ToString("N")[..8]);
-
-    private static void TryDelete(string path)
-    {
-        try { File.Delete(path); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-    }
 
     /// <summary>ISO-8601 UTC with nanoseconds.</summary>
     internal static string FormatTime(long unixNanos)

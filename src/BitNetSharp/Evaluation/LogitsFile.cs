@@ -3,6 +3,8 @@ using System.IO.Hashing;
 using System.Runtime.InteropServices;
 using System.Text;
 
+using BitNetSharp.Formats;
+
 namespace BitNetSharp.Evaluation;
 
 /// <summary>
@@ -45,7 +47,8 @@ public static class LogitsFile
 /// <summary>Writes a saved-logits file to a temporary name beside it and renames it into place on <see cref="Complete"/>; disposed without completing, it leaves nothing behind.</summary>
 public sealed class LogitsFileWriter : IDisposable
 {
-    private readonly string _path, _temp;
+    private readonly string _path;
+    private readonly AtomicFile.PendingFile _file;
     private readonly FileStream _stream;
     private readonly LogitsFileHeader _header;
     private readonly byte[] _row;
@@ -58,16 +61,18 @@ public sealed class LogitsFileWriter : IDisposable
         if (header.TopK < 0 || header.TopK > header.VocabSize)
             throw new ArgumentOutOfRangeException(nameof(header), header.TopK, $"top-k must be 0 (full rows) to {header.VocabSize} (the vocabulary).");
         _path = Path.GetFullPath(path);
-        _temp = _path + ".partial";
         _header = header;
+        // Through AtomicFile: a link at the path keeps pointing at the new file, a FIFO is written in place (a rename
+        // replaced either), and two writers of one path no longer share one ".partial" name.
         try
         {
-            _stream = new FileStream(_temp, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 16);
+            _file = AtomicFile.Begin(_path, 1 << 16);
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        catch (IOException e)
         {
             throw new IOException($"Cannot write the logits file {path}: {e.Message}", e);
         }
+        _stream = _file.Stream;
         int rowBytes = 8 + (header.TopK == 0 ? 4 * header.VocabSize : 8 * header.TopK + 4);
         _row = new byte[rowBytes];
         _top = new int[header.TopK];
@@ -120,23 +125,14 @@ public sealed class LogitsFileWriter : IDisposable
     {
         if (_written != _header.Positions)
             throw new InvalidOperationException($"The logits file {_path} was planned for {_header.Positions} positions; {_written} were written.");
-        _stream.Flush(flushToDisk: true);
-        _stream.Dispose();
-        File.Move(_temp, _path, overwrite: true);
+        _file.Commit();
         _done = true;
     }
 
     public void Dispose()
     {
         if (_done) return;
-        _stream.Dispose();
-        try
-        {
-            File.Delete(_temp);
-        }
-        catch (IOException)
-        {
-        }
+        _file.Dispose();
     }
 }
 

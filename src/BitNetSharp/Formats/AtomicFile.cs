@@ -21,11 +21,36 @@ public static class AtomicFile
     public static void Write(string path, Action<FileStream> write, int bufferSize = 1 << 20)
     {
         ArgumentNullException.ThrowIfNull(write);
+        using var file = Begin(path, bufferSize);
+        try
+        {
+            write(file.Stream);
+        }
+        catch (NotSupportedException e) when (file.InPlace)
+        {
+            throw new IOException($"{file.Path} is a pipe or device, and this output is written out of order (it seeks); give a regular file.", e);
+        }
+        file.Commit();
+    }
+
+    /// <summary>
+    /// Starts writing <paramref name="path"/> for a writer that streams its output over a while (a logits file, an
+    /// export): write <see cref="PendingFile.Stream"/>, then <see cref="PendingFile.Commit"/>; disposed without the
+    /// commit, it leaves the previous file as it was and no temporary behind.
+    /// </summary>
+    public static PendingFile Begin(string path, int bufferSize = 1 << 20)
+    {
         var full = Path.GetFullPath(path);
         if (PathIdentity.IsSpecialFile(full))
         {
-            WriteInPlace(full, write, bufferSize);
-            return;
+            try
+            {
+                return new PendingFile(full, null, new FileStream(full, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, bufferSize));
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new IOException($"cannot write {full}: {e.Message}", e);
+            }
         }
         full = PathIdentity.Resolve(full);
         var directory = Path.GetDirectoryName(full) ?? ".";
@@ -33,50 +58,70 @@ public static class AtomicFile
         var temp = TemporaryPath(full);
         try
         {
-            FileStream stream;
-            try
-            {
-                stream = new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize);
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                // The error named the hidden temporary (".out.json.1234.9f3c….tmp"), not the file the user asked for.
-                throw new IOException($"cannot write {full}: {(e is UnauthorizedAccessException ? $"permission denied in the folder {directory}" : e.Message.Replace(temp, full, StringComparison.Ordinal))}", e);
-            }
-            using (stream)
-            {
-                write(stream);
-                stream.Flush(flushToDisk: true);
-            }
-            try
-            {
-                File.Move(temp, full, overwrite: true);
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                throw new IOException($"cannot replace {full}: {e.Message.Replace(temp, full, StringComparison.Ordinal)}", e);
-            }
+            return new PendingFile(full, temp, new FileStream(temp, FileMode.CreateNew, FileAccess.Write, FileShare.None, bufferSize));
         }
-        catch
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
+            // The error named the hidden temporary (".out.json.1234.9f3c….tmp"), not the file the user asked for.
+            throw new IOException($"cannot write {full}: {(e is UnauthorizedAccessException ? $"permission denied in the folder {directory}" : e.Message.Replace(temp, full, StringComparison.Ordinal))}", e);
         }
-        SyncDirectory(directory);
     }
 
-    /// <summary>A FIFO or device: opened as it is and written through (nothing to make atomic in a stream).</summary>
-    private static void WriteInPlace(string full, Action<FileStream> write, int bufferSize)
+    /// <summary>An output being written: a temporary beside it, or (a FIFO or device) the path itself.</summary>
+    public sealed class PendingFile : IDisposable
     {
-        using var stream = new FileStream(full, FileMode.Open, FileAccess.Write, FileShare.ReadWrite, bufferSize);
-        try
+        private readonly string? _temp;
+        private bool _committed, _disposed;
+
+        internal PendingFile(string path, string? temp, FileStream stream)
         {
-            write(stream);
-            stream.Flush();
+            Path = path;
+            _temp = temp;
+            Stream = stream;
         }
-        catch (NotSupportedException e)
+
+        /// <summary>The output's full path (a link's target).</summary>
+        public string Path { get; }
+
+        /// <summary>Where the bytes go: the temporary file, or the FIFO or device itself.</summary>
+        public FileStream Stream { get; }
+
+        /// <summary>A FIFO or device, written in place: nothing to rename, and the output cannot seek.</summary>
+        public bool InPlace => _temp is null;
+
+        /// <summary>Flushes the bytes to disk and renames the temporary over the path (then syncs the folder on Linux).</summary>
+        public void Commit()
         {
-            throw new IOException($"{full} is a pipe or device, and this output is written out of order (it seeks); give a regular file.", e);
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_temp is null)
+            {
+                Stream.Flush();
+                Stream.Dispose();
+                _committed = true;
+                return;
+            }
+            Stream.Flush(flushToDisk: true);
+            Stream.Dispose();
+            try
+            {
+                File.Move(_temp, Path, overwrite: true);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new IOException($"cannot replace {Path}: {e.Message.Replace(_temp, Path, StringComparison.Ordinal)}", e);
+            }
+            _committed = true;
+            SyncDirectory(System.IO.Path.GetDirectoryName(Path) ?? ".");
+        }
+
+        /// <summary>Without <see cref="Commit"/>: the temporary is deleted and the path left as it was.</summary>
+        public void Dispose()
+        {
+            if (_disposed) return;
+            _disposed = true;
+            try { Stream.Dispose(); } catch (IOException) { }
+            if (!_committed && _temp is not null)
+                try { File.Delete(_temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }
     }
 

@@ -441,6 +441,38 @@ public class LogsCommandTests
         Assert.Contains("a-after", output);
     }
 
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int mkfifo([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, uint mode);
+
+    /// <summary>
+    /// An export into a named pipe reaches its reader, and a plot through a link lands in the link's target: both were
+    /// renamed over the path (the FIFO replaced by a file nobody read, the link by a plain file).
+    /// </summary>
+    [Fact]
+    public void ExportsGoThroughPipesAndLinks()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "FIFOs are made with Linux's mkfifo here.");
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir), fifo = dir.File("rows.fifo");
+        Assert.Equal(0, mkfifo(fifo, 0x180));
+        string? read = null;
+        var reader = new Thread(() => read = File.ReadAllText(fifo)) { IsBackground = true };
+        reader.Start();
+        var (code, _, error) = Bitnet("logs", path, "--export", "csv", "--out", fifo);
+        Assert.True(code == 0, error);
+        Assert.True(reader.Join(TimeSpan.FromSeconds(30)), "the pipe's reader got no end of file");
+        Assert.StartsWith("time,kind,step,", read);
+        Assert.True(read!.Split('\n', StringSplitOptions.RemoveEmptyEntries).Length > 4, read);
+
+        string target = dir.File("plot.svg"), link = dir.File("latest.svg");
+        File.WriteAllText(target, "old");
+        File.CreateSymbolicLink(link, target);
+        (code, _, error) = Bitnet("logs", path, "--plot", link);
+        Assert.True(code == 0, error);
+        Assert.Equal(target, new FileInfo(link).LinkTarget);
+        Assert.StartsWith("<svg", File.ReadAllText(target).TrimStart().Replace("<?xml", "<svg", StringComparison.Ordinal));
+    }
+
     [Fact]
     public void BadInputGetsOneClearErrorAndNoOutputFile()
     {

@@ -114,23 +114,8 @@ public static class ChromeTraceWriter
         if (j.BytesPending >= 1 << 16) j.Flush();
     }
 
-    /// <summary>Writes the trace whole or not at all (a temporary file beside it, renamed over the path when complete).</summary>
-    public static void Write(string path, ProfileReport report)
-    {
-        // A name of its own: two profiles writing the same --trace truncated each other's temporary file.
-        string temp = Path.Combine(Path.GetDirectoryName(Path.GetFullPath(path)) ?? ".",
-            $".{Path.GetFileName(path)}.{Environment.ProcessId}.{Guid.NewGuid():N}.partial");
-        try
-        {
-            using (var f = File.Create(temp)) Write(f, report);
-            File.Move(temp, path, overwrite: true);
-        }
-        catch
-        {
-            try { File.Delete(temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
-            throw;
-        }
-    }
+    /// <summary>Writes the trace whole or not at all (<see cref="Formats.AtomicFile"/>: a temporary file beside it, renamed over the path when complete).</summary>
+    public static void Write(string path, ProfileReport report) => Formats.AtomicFile.Write(path, f => Write(f, report), 1 << 16);
 
     private static void Meta(Utf8JsonWriter j, int pid, int tid, string kind, string name)
     {
