@@ -18,19 +18,34 @@ internal static class OutputFile
         string full = Path.GetFullPath(path);
         if (Path.GetDirectoryName(full) is { } dir && !Directory.Exists(dir))
             throw new UsageException($"{option} {path}: the folder '{dir}' does not exist.");
-        // A pipe or device is written in place (AtomicFile); anything else needs a file created beside it, and a folder
-        // this user cannot write was found only at the end of the run, in an error naming a temporary file.
-        if (!PathIdentity.IsSpecialFile(full) && Path.GetDirectoryName(PathIdentity.Resolve(full)) is { } target && Directory.Exists(target))
+        // A pipe, device or open descriptor is written in place (AtomicFile); anything else needs a file created beside
+        // its target, and a folder this user cannot write was found only at the end of the run, in an error naming a
+        // temporary file. The probe has the temporary's own name, so a probe left by a killed run is cleaned up like one.
+        if (!AtomicFile.WritesInPlace(full))
         {
-            string probe = Path.Combine(target, $".bitnet-write-check-{Environment.ProcessId}-{Guid.NewGuid():N}");
+            string target;
             try
             {
-                using (new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+                target = AtomicFile.Target(full);
             }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            catch (IOException e)
             {
-                throw new UsageException($"{option} {path}: cannot write in the folder '{target}' ({(e is UnauthorizedAccessException ? "permission denied" : e.Message.Replace(probe, target, StringComparison.Ordinal))}); give a folder this user can write.");
+                throw new UsageException($"{option} {path}: {e.Message}");
             }
+            if (Path.GetDirectoryName(target) is { } folder && Directory.Exists(folder))
+            {
+                string probe = AtomicFile.TemporaryPath(target);
+                try
+                {
+                    using (new FileStream(probe, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    throw new UsageException($"{option} {path}: cannot write in the folder '{folder}' ({(e is UnauthorizedAccessException ? "permission denied" : e.Message.Replace(probe, folder, StringComparison.Ordinal))}); give a folder this user can write.");
+                }
+            }
+            else if (target != full)
+                throw new UsageException($"{option} {path} is a link to {target}, whose folder does not exist; give the file itself, or remove the link.");
         }
         return full;
     }

@@ -49,7 +49,7 @@ public sealed class LogitsFileWriter : IDisposable
 {
     private readonly string _path;
     private readonly AtomicFile.PendingFile _file;
-    private readonly FileStream _stream;
+    private readonly Stream _stream;
     private readonly LogitsFileHeader _header;
     private readonly byte[] _row;
     private readonly int[] _top;

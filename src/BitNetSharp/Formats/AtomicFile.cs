@@ -18,7 +18,7 @@ public static class AtomicFile
     private const string TempSuffix = ".tmp";
 
     /// <summary>Writes <paramref name="path"/> with <paramref name="write"/> through a temporary file and a rename.</summary>
-    public static void Write(string path, Action<FileStream> write, int bufferSize = 1 << 20)
+    public static void Write(string path, Action<Stream> write, int bufferSize = 1 << 20)
     {
         ArgumentNullException.ThrowIfNull(write);
         using var file = Begin(path, bufferSize);
@@ -41,6 +41,11 @@ public static class AtomicFile
     public static PendingFile Begin(string path, int bufferSize = 1 << 20)
     {
         var full = Path.GetFullPath(path);
+        // A descriptor this process holds (/dev/stdout, /dev/fd/N): written through it at its offset, as a shell would.
+        // Resolved as a path it led to the file stdout was redirected to, which the rename then replaced (the text
+        // already written to it lost).
+        if (OpenDescriptor(full) is int fd)
+            return new PendingFile(full, null, new DescriptorStream(fd, full));
         if (PathIdentity.IsSpecialFile(full))
         {
             try
@@ -52,7 +57,7 @@ public static class AtomicFile
                 throw new IOException($"cannot write {full}: {e.Message}", e);
             }
         }
-        full = PathIdentity.Resolve(full);
+        full = Target(full);
         var directory = Path.GetDirectoryName(full) ?? ".";
         RemoveStaleTemporaries(directory, Path.GetFileName(full));
         var temp = TemporaryPath(full);
@@ -67,13 +72,134 @@ public static class AtomicFile
         }
     }
 
+    /// <summary>
+    /// Whether a write to <paramref name="path"/> goes into it as it stands, with no temporary and rename: a descriptor
+    /// this process holds (/dev/stdout, /dev/fd/N), a FIFO, a device or a socket.
+    /// </summary>
+    public static bool WritesInPlace(string path)
+    {
+        var full = Path.GetFullPath(path);
+        return OpenDescriptor(full) is not null || PathIdentity.IsSpecialFile(full) || (!OperatingSystem.IsLinux() && full.StartsWith("/dev/", StringComparison.Ordinal));
+    }
+
+    /// <summary>
+    /// The file a write to <paramref name="full"/> replaces: the path itself, or where a symbolic link at it leads, as
+    /// the kernel follows it (so its protections hold: Linux refuses to follow another user's link in a sticky
+    /// world-writable folder such as /tmp, where reading the link ourselves would have let that user point an output at
+    /// any file of ours). A link that leads nowhere, or in a loop, or that the system will not follow is an
+    /// <see cref="IOException"/> saying so.
+    /// </summary>
+    public static string Target(string full)
+    {
+        FileInfo info;
+        try
+        {
+            info = new FileInfo(full);
+            if (info.LinkTarget is null) return full;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return full;
+        }
+        if (!OperatingSystem.IsLinux())
+        {
+            FileSystemInfo? final;
+            try
+            {
+                final = info.ResolveLinkTarget(returnFinalTarget: true);
+            }
+            catch (IOException e)
+            {
+                throw new IOException($"cannot follow the link {full}: {e.Message}", e);
+            }
+            return final is { Exists: true } ? final.FullName
+                : throw new IOException($"{full} is a link to {info.LinkTarget}, which does not exist; give the file itself, or remove the link.");
+        }
+        int fd = open(full, OPath | OCloexec);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException(errno switch
+            {
+                2 => $"{full} is a link to {info.LinkTarget}, which does not exist; give the file itself, or remove the link.",
+                13 => $"{full} is a link that the system does not follow for this user (one another user made in a shared folder such as /tmp); give another path.",
+                40 => $"{full} is a loop of links; give the file itself.",
+                _ => $"cannot follow the link {full}: {Marshal.GetPInvokeErrorMessage(errno)}.",
+            });
+        }
+        try
+        {
+            string? target = new FileInfo($"/proc/self/fd/{fd.ToString(CultureInfo.InvariantCulture)}").LinkTarget;
+            return target is not null && target.StartsWith('/') ? target : full;
+        }
+        finally
+        {
+            close(fd);
+        }
+    }
+
+    /// <summary>The descriptor a path names in this process (/dev/stdout, /dev/stderr, /dev/fd/N, /proc/self/fd/N), or null.</summary>
+    internal static int? OpenDescriptor(string full)
+    {
+        if (OperatingSystem.IsWindows()) return null;
+        if (full == "/dev/stdout") return 1;
+        if (full == "/dev/stderr") return 2;
+        string self = "/proc/" + Environment.ProcessId.ToString(CultureInfo.InvariantCulture) + "/fd/";
+        foreach (var prefix in new[] { "/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/", self })
+            if (full.StartsWith(prefix, StringComparison.Ordinal)
+                && int.TryParse(full.AsSpan(prefix.Length), NumberStyles.None, CultureInfo.InvariantCulture, out int fd) && fd >= 0)
+                return fd;
+        return null;
+    }
+
+    /// <summary>Writes straight to a descriptor this process holds (write(2): its offset and O_APPEND are the kernel's); never closes it.</summary>
+    private sealed unsafe class DescriptorStream(int fd, string path) : Stream
+    {
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            fixed (byte* start = buffer)
+            {
+                byte* p = start;
+                long left = buffer.Length;
+                while (left > 0)
+                {
+                    nint n = write(fd, p, (nint)left);
+                    if (n < 0)
+                    {
+                        int errno = Marshal.GetLastPInvokeError();
+                        if (errno == 4) continue; // EINTR
+                        throw new IOException($"cannot write {path}: {Marshal.GetPInvokeErrorMessage(errno)}");
+                    }
+                    p += n;
+                    left -= n;
+                }
+            }
+        }
+    }
+
+    private const int OPath = 0x200000, OCloexec = 0x80000;
+
+    [DllImport("libc", SetLastError = true)]
+    private static extern unsafe nint write(int fd, byte* buffer, nint count);
+
     /// <summary>An output being written: a temporary beside it, or (a FIFO or device) the path itself.</summary>
     public sealed class PendingFile : IDisposable
     {
         private readonly string? _temp;
         private bool _committed, _disposed;
 
-        internal PendingFile(string path, string? temp, FileStream stream)
+        internal PendingFile(string path, string? temp, Stream stream)
         {
             Path = path;
             _temp = temp;
@@ -83,8 +209,8 @@ public static class AtomicFile
         /// <summary>The output's full path (a link's target).</summary>
         public string Path { get; }
 
-        /// <summary>Where the bytes go: the temporary file, or the FIFO or device itself.</summary>
-        public FileStream Stream { get; }
+        /// <summary>Where the bytes go: the temporary file, or the FIFO, device or descriptor itself.</summary>
+        public Stream Stream { get; }
 
         /// <summary>A FIFO or device, written in place: nothing to rename, and the output cannot seek.</summary>
         public bool InPlace => _temp is null;
@@ -100,7 +226,7 @@ public static class AtomicFile
                 _committed = true;
                 return;
             }
-            Stream.Flush(flushToDisk: true);
+            ((FileStream)Stream).Flush(flushToDisk: true);
             Stream.Dispose();
             try
             {

@@ -76,6 +76,89 @@ public class AtomicFileTests
         seeker.Join(TimeSpan.FromSeconds(30));
     }
 
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int open([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, int flags);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int close(int fd);
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int lchown([System.Runtime.InteropServices.MarshalAs(System.Runtime.InteropServices.UnmanagedType.LPUTF8Str)] string path, int owner, int group);
+
+    [System.Runtime.InteropServices.DllImport("libc")]
+    private static extern int geteuid();
+
+    /// <summary>
+    /// A descriptor named as a path (/proc/self/fd/N, as /dev/stdout is): written through at its offset, the file it is
+    /// open on kept. Resolved as a path, it led to that file, which the rename replaced (`--ids-out /dev/stdout &gt; out.txt`
+    /// lost the text already in out.txt).
+    /// </summary>
+    [Fact]
+    public void ADescriptorIsWrittenThrough()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "/proc/self/fd is Linux's.");
+        using var dir = new TestGguf.TempDirectory();
+        string file = dir.File("stdout.txt");
+        File.WriteAllText(file, "generated text\n");
+        var before = PathIdentity.FileId(file);
+        int fd = open(file, 0x1 | 0x400 | 0x80000); // O_WRONLY | O_APPEND | O_CLOEXEC
+        Assert.True(fd >= 0);
+        try
+        {
+            AtomicFile.Write($"/proc/self/fd/{fd}", s => s.Write("{\"ids\":[1]}\n"u8));
+        }
+        finally
+        {
+            close(fd);
+        }
+        Assert.Equal("generated text\n{\"ids\":[1]}\n", File.ReadAllText(file));
+        Assert.Equal(before, PathIdentity.FileId(file));
+        Assert.True(AtomicFile.WritesInPlace("/dev/stdout"));
+        Assert.False(AtomicFile.WritesInPlace(file));
+    }
+
+    /// <summary>A link to nowhere, and a loop of links, are said before anything is written (a loop replaced whichever link the resolution stopped on).</summary>
+    [Fact]
+    public void ALinkToNowhereOrALoopIsSaid()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string dangling = dir.File("dangling.json");
+        File.CreateSymbolicLink(dangling, dir.File("gone/out.json"));
+        var e = Assert.Throws<IOException>(() => AtomicFile.Write(dangling, s => s.Write("x"u8)));
+        Assert.Contains("which does not exist", e.Message);
+        Assert.Equal(dir.File("gone/out.json"), new FileInfo(dangling).LinkTarget);
+        string a = dir.File("a"), b = dir.File("b");
+        File.CreateSymbolicLink(a, b);
+        File.CreateSymbolicLink(b, a);
+        e = Assert.Throws<IOException>(() => AtomicFile.Write(a, s => s.Write("x"u8)));
+        Assert.Contains("loop", e.Message);
+        Assert.Equal(b, new FileInfo(a).LinkTarget);
+        Assert.Equal(a, new FileInfo(b).LinkTarget);
+    }
+
+    /// <summary>
+    /// Another user's link in a sticky world-writable folder (a /tmp) is not followed, as the kernel would not follow it:
+    /// read by hand, it let that user point our output at any file of ours (the write replaced the file it named).
+    /// </summary>
+    [Fact]
+    public void AnotherUsersLinkInASharedFolderIsNotFollowed()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "Linux's protected_symlinks.");
+        Assert.SkipUnless(File.Exists("/proc/sys/fs/protected_symlinks") && File.ReadAllText("/proc/sys/fs/protected_symlinks").Trim() == "1",
+            "fs.protected_symlinks is off here, so the kernel follows such links too.");
+        Assert.SkipUnless(geteuid() == 0, "making a link owned by another user needs root.");
+        using var dir = new TestGguf.TempDirectory();
+        string shared = Directory.CreateDirectory(dir.File("shared")).FullName;
+        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(shared, (UnixFileMode)0x3FF); // 1777: sticky, world-writable
+        string precious = dir.File("authorized_keys"), link = Path.Combine(shared, "out.json");
+        File.WriteAllText(precious, "keep me");
+        File.CreateSymbolicLink(link, precious);
+        Assert.Equal(0, lchown(link, 65534, 65534));
+        var e = Assert.Throws<IOException>(() => AtomicFile.Write(link, s => s.Write("attacker's choice"u8)));
+        Assert.Contains("does not follow", e.Message);
+        Assert.Equal("keep me", File.ReadAllText(precious));
+    }
+
     /// <summary>A folder that refuses the temporary file: the error names the output, not the hidden temporary.</summary>
     [Fact]
     public void AFailedWriteNamesTheOutputNotItsTemporary()
