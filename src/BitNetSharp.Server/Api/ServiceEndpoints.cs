@@ -208,10 +208,14 @@ internal sealed class ServiceEndpoints(ModelHost host)
         await context.Response.Body.WriteAsync(page, context.RequestAborted);
     }
 
-    /// <summary>Prometheus text; empty until the model (and with it the scheduler's meters) exists.</summary>
+    /// <summary>
+    /// Prometheus text; empty until the model (and with it the scheduler's meters) exists, and after a failed load or
+    /// warm-up: a scheduler whose warm-up threw exported live-looking series beside /health's 500, so Prometheus' rule
+    /// for a replica that never serves (BitNetNotServing: scraped, no bitnet series) could not fire.
+    /// </summary>
     public async Task Metrics(HttpContext context)
     {
-        var text = host.Served?.Exporter.Write() ?? "";
+        var text = host.State == ModelState.Failed ? "" : host.Served?.Exporter.Write() ?? "";
         context.Response.StatusCode = 200;
         context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
         await context.Response.WriteAsync(text, Encoding.UTF8, context.RequestAborted);

@@ -69,8 +69,12 @@ public sealed partial class DashboardBrowserTests
             }
             await route.FulfillAsync(new() { Response = response, Body = text });
         });
+        int modelReads = 0;
+        page.Request += (_, r) => { if (r.Url.Contains("/v1/models", StringComparison.Ordinal)) Interlocked.Increment(ref modelReads); };
         await WaitPollsAsync(page, 6);
         Assert.Contains("several replicas answer at this address", await page.InnerTextAsync("#instance"));
+        // The model line is not read again at every change of replica (it was: /v1/models every poll).
+        Assert.InRange(Volatile.Read(ref modelReads), 0, 2);
         double spike = await page.EvaluateAsync<double>("() => Math.max(0, ...rates)");
         Assert.True(spike < 1, $"a rate of {spike} tok/s on an idle server, taken across two processes");
         string rate = await page.InnerTextAsync("#gen_rate");
@@ -119,6 +123,7 @@ public sealed partial class DashboardBrowserTests
         await using var __ = browser;
         await page.WaitForFunctionAsync("() => document.getElementById('status').textContent.startsWith('error')", null, new() { Timeout = 30_000 });
         Assert.Equal("error: model.gguf: tensor blk.3.attn_q.weight is truncated", await page.InnerTextAsync("#status"));
+        Assert.Equal("model: (load failed)", await page.InnerTextAsync("#model"));
 
         // A proxy's HTML page in place of /health: its status, not a JSON parser's complaint about '<'.
         await page.RouteAsync("**/health*", r => r.FulfillAsync(new() { Status = 502, ContentType = "text/html", Body = "<html><body>502 Bad Gateway</body></html>" }));

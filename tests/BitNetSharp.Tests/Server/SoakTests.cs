@@ -194,6 +194,23 @@ public class SoakTests
         }
     }
 
+    /// <summary>
+    /// A warm-up that fails (here: a context too short for the warm-up's prompt and answer) leaves /health at 500 with its
+    /// reason and /metrics empty: the scheduler, created before the warm-up, exported series beside the 500, so the
+    /// Prometheus rule for a replica that never serves (answers scrapes, no bitnet series) could not fire.
+    /// </summary>
+    [Fact]
+    public async Task AFailedWarmupExportsNothing()
+    {
+        await using var s = await TestServer.StartAsync(contextLength: 1, waitReady: false);
+        await TestServer.EventuallyAsync(async () => (await s.Http.GetAsync("health", Ct)).StatusCode == HttpStatusCode.InternalServerError, "the warm-up to fail");
+        using var health = await s.Http.GetAsync("health", Ct);
+        string body = await health.Content.ReadAsStringAsync(Ct);
+        Assert.Contains("\"error\"", body);
+        Assert.NotNull(s.Server.Scheduler); // the load passed and made the scheduler: the warm-up failed
+        Assert.Equal("", await s.MetricsAsync());
+    }
+
     /// <summary>The process gauges the soak reads: RSS agrees with /proc/self/status, the GC heap is there, requests in flight count a held stream.</summary>
     [Fact]
     public async Task ProcessMetricsShowMemoryAndRequestsInFlight()
