@@ -85,4 +85,12 @@ public sealed class CliConsole
 /// A command line that parses but makes no sense (e.g. neither --prompt nor --prompt-ids): exit code 2.
 /// Built from a library's ArgumentException message too: its " (Parameter 'name')" suffix, .NET's wording, is dropped.
 /// </summary>
-public sealed class UsageException(string message) : Exception(message.Split(" (Parameter '")[0]);
+public sealed class UsageException(string message) : Exception(WithoutParameterSuffix(message))
+{
+    /// <summary>The message without a trailing " (Parameter 'name')" (one inside the text, say in a path, is kept).</summary>
+    private static string WithoutParameterSuffix(string message)
+    {
+        int at = message.LastIndexOf(" (Parameter '", StringComparison.Ordinal);
+        return at >= 0 && message.EndsWith("')", StringComparison.Ordinal) && message.IndexOf('\'', at + 13) == message.Length - 2 ? message[..at] : message;
+    }
+}

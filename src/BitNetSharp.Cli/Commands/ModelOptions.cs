@@ -152,7 +152,8 @@ public sealed class ModelOptions
     {
         int context = r.GetValue(Context);
         if (context > weights.Config.ContextLength)
-            error.WriteLine($"note: --ctx {context} is more than the model's context of {weights.Config.ContextLength} tokens (its positions end there); using {weights.Config.ContextLength}.");    }
+            error.WriteLine($"note: --ctx {context} is more than the model's context of {weights.Config.ContextLength} tokens (its positions end there); using {weights.Config.ContextLength}.");
+    }
 
     /// <summary><see cref="NoteContext"/>, and the tokenizer checked against the model's vocabulary (<see cref="VocabularyWarning"/>).</summary>
     public void NoteModel(ParseResult r, ModelWeights weights, BitNetTokenizer? tokenizer, TextWriter error)
@@ -264,17 +265,22 @@ public sealed class ModelOptions
         }
     }
 
-    /// <summary>Token ids separated by commas or spaces ("1,2,3", "1 2 3"); an empty id between commas is an error (a lost id).</summary>
+    /// <summary>
+    /// Token ids separated by commas or white space ("1,2,3", "1 2 3", one per line as `jq -r '.ids[]'` prints them);
+    /// one comma at the end is allowed (a `printf '%s,'` loop). An empty id between commas, or a comma first, is an
+    /// error naming where: it was dropped, and an id lost from a pasted list went unnoticed.
+    /// </summary>
     public static int[] ParseIds(string text)
     {
         var ids = new List<int>();
         string[] parts = text.Split(',');
         for (int i = 0; i < parts.Length; i++)
         {
-            string[] items = parts[i].Split([' ', '\t'], StringSplitOptions.RemoveEmptyEntries);
-            // "1,,2" read as [1, 2]: an id dropped from a pasted list went unnoticed.
-            if (items.Length == 0 && parts.Length > 1)
-                throw new UsageException($"--prompt-ids '{text}': id {i + 1} is empty (two commas in a row, or one at an end); give ids such as 1,2,3.");
+            string[] items = parts[i].Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            if (items.Length == 0 && parts.Length > 1 && !(i == parts.Length - 1 && ids.Count > 0))
+                throw new UsageException(ids.Count == 0
+                    ? $"--prompt-ids '{text}': the list starts with an empty id (a comma first); give ids such as 1,2,3."
+                    : $"--prompt-ids '{text}': an empty id after id {ids.Count} ({ids[^1]}): two commas in a row; give ids such as 1,2,3.");
             foreach (var s in items)
                 ids.Add(int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0
                     ? id

@@ -132,11 +132,12 @@ public class GenerateCommandTests
     /// dropped and the rest ran.
     /// </summary>
     [Theory]
-    [InlineData("1,,2", "id 2 is empty")]
-    [InlineData(",1", "id 1 is empty")]
-    [InlineData("1,", "id 2 is empty")]
+    [InlineData("1,,2", "an empty id after id 1 (1)")]
+    [InlineData("1 2,,3", "an empty id after id 2 (2)")]
+    [InlineData(",1", "starts with an empty id")]
+    [InlineData("1,2,,", "an empty id after id 2 (2)")]
     [InlineData("", "--prompt-ids is empty")]
-    [InlineData(" , ", "id 1 is empty")]
+    [InlineData(" , ", "starts with an empty id")]
     public void AnEmptyPromptIdIsRefusedBeforeTheModelLoads(string ids, string message)
     {
         var (code, output, error) = Bitnet("generate", "-m", "no-such.gguf", "--prompt-ids", ids, "-n", "1");
@@ -153,6 +154,9 @@ public class GenerateCommandTests
         Assert.Equal([1, 2, 3], ModelOptions.ParseIds("1,2,3"));
         Assert.Equal([1, 2, 3], ModelOptions.ParseIds(" 1 2  3 "));
         Assert.Equal([1, 2, 3, 4], ModelOptions.ParseIds("1, 2,3 4"));
+        Assert.Equal([1, 2, 3], ModelOptions.ParseIds("1\n2\n3\n"));   // jq -r '.ids[]'
+        Assert.Equal([1, 2, 3], ModelOptions.ParseIds("1,2,3,"));      // printf '%s,'
+        Assert.Equal([1, 2, 3], ModelOptions.ParseIds("1,2,3\r\n"));
     }
 
     /// <summary>
@@ -179,6 +183,7 @@ public class GenerateCommandTests
     public void UsageErrorsCarryNoParameterSuffix()
     {
         Assert.Equal("the text is too short", new UsageException("the text is too short (Parameter 'tokens')").Message);
+        Assert.Equal("no file at /tmp/a (Parameter 'x')/b.json", new UsageException("no file at /tmp/a (Parameter 'x')/b.json").Message);
     }
 
     /// <summary>
