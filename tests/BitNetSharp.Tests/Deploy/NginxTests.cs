@@ -84,21 +84,36 @@ public sealed class NginxTests
             processes.AddRange(starts.Select(s => s.Process));
             var replicas = await Task.WhenAll(starts.Select(s => s.Ready.WaitAsync(TimeSpan.FromSeconds(60), Ct)));
 
-            int port = ProcessTools.FreePort();
-            string text = File.ReadAllText(ConfFile);
-            int n = 0;
-            text = Regex.Replace(text, @"^(\s*)server 127\.0\.0\.1:\d+ ", m => n < replicas.Length ? $"{m.Groups[1].Value}server {replicas[n++].Authority} " : $"{m.Groups[1].Value}# ", RegexOptions.Multiline);
-            Assert.Equal(replicas.Length, n);
-            text = Regex.Replace(text, @"listen 8080( default_server)?;", m => $"listen 127.0.0.1:{port}{m.Groups[1].Value};");
-            string copy = Path.Combine(dir, "bitnet.conf");
-            File.WriteAllText(copy, text);
-            // Test instrumentation: which replica(s) each answer came from ("A, B": A failed, B answered).
-            string conf = WriteHarness(dir, copy, "add_header X-Upstream $upstream_addr always;");
-            var proxy = Process.Start(new ProcessStartInfo(nginx, ["-p", dir, "-c", conf]) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false })!;
-            processes.Add(proxy);
-
-            using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/"), Timeout = TimeSpan.FromSeconds(30) };
-            await WaitForAsync(async () => (await http.GetAsync("health", Ct)).StatusCode == HttpStatusCode.OK, "nginx answering /health 200");
+            // A free port can be taken between the probe and nginx's bind (an outgoing connection's ephemeral port):
+            // nginx then exits "Address already in use", and the test waited out its deadline and failed. Another port.
+            int port = 0;
+            HttpClient? client = null;
+            for (int attempt = 1; client is null; attempt++)
+            {
+                port = ProcessTools.FreePort();
+                string text = File.ReadAllText(ConfFile);
+                int n = 0;
+                text = Regex.Replace(text, @"^(\s*)server 127\.0\.0\.1:\d+ ", m => n < replicas.Length ? $"{m.Groups[1].Value}server {replicas[n++].Authority} " : $"{m.Groups[1].Value}# ", RegexOptions.Multiline);
+                Assert.Equal(replicas.Length, n);
+                text = Regex.Replace(text, @"listen 8080( default_server)?;", m => $"listen 127.0.0.1:{port}{m.Groups[1].Value};");
+                string copy = Path.Combine(dir, "bitnet.conf");
+                File.WriteAllText(copy, text);
+                // Test instrumentation: which replica(s) each answer came from ("A, B": A failed, B answered).
+                string conf = WriteHarness(dir, copy, "add_header X-Upstream $upstream_addr always;");
+                var proxy = Process.Start(new ProcessStartInfo(nginx, ["-p", dir, "-c", conf]) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false })!;
+                processes.Add(proxy);
+                var candidate = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}/"), Timeout = TimeSpan.FromSeconds(30) };
+                await WaitForAsync(async () => proxy.HasExited || (await candidate.GetAsync("health", Ct)).StatusCode == HttpStatusCode.OK, "nginx answering /health 200");
+                if (!proxy.HasExited)
+                {
+                    client = candidate;
+                    break;
+                }
+                candidate.Dispose();
+                string error = await proxy.StandardError.ReadToEndAsync(Ct);
+                if (attempt == 3 || !error.Contains("in use", StringComparison.Ordinal)) Assert.Fail($"nginx exited {proxy.ExitCode}: {error}");
+            }
+            using var http = client;
 
             // The replicas see Host: localhost whatever the client sent, so the proxy itself must turn away foreign names
             // (DNS rebinding): such a request's connection is closed. Before, nginx passed it on and the replica answered.

@@ -488,10 +488,7 @@ public class AlertEngineTests
     [Fact]
     public async Task WebhookGetsAlertmanagerJson()
     {
-        using var listener = new HttpListener();
-        int port = FreePort();
-        listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
-        listener.Start();
+        using var listener = ListenForHook(out int port);
         double v = 5;
         // A clock far from the wall clock: endsAt came from DateTimeOffset.UtcNow and startsAt from the engine's clock,
         // so a resolved alert could end before it started.
@@ -537,10 +534,7 @@ public class AlertEngineTests
     [Fact]
     public async Task AnAlertFiringAtShutdownIsSentResolved()
     {
-        using var listener = new HttpListener();
-        int port = FreePort();
-        listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
-        listener.Start();
+        using var listener = ListenForHook(out int port);
         var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Op = ">", Threshold = 1 }, () => 5,
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/") });
         e.Evaluate();
@@ -705,10 +699,7 @@ public class AlertEngineTests
     [Fact]
     public async Task ARefusedNotificationIsRetried()
     {
-        using var listener = new HttpListener();
-        int port = FreePort();
-        listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
-        listener.Start();
+        using var listener = ListenForHook(out int port);
         using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(20) });
         e.Evaluate();
@@ -753,6 +744,29 @@ public class AlertEngineTests
         gate.Set();
         await Task.WhenAll(first, second);
         Assert.Equal([true, false], order);
+    }
+
+    /// <summary>
+    /// An HttpListener on http://127.0.0.1:PORT/hook/ at a free port: another port when the probed one was taken before
+    /// the listener bound it (an outgoing connection's ephemeral port), which failed the test.
+    /// </summary>
+    private static HttpListener ListenForHook(out int port)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            var listener = new HttpListener();
+            port = FreePort();
+            listener.Prefixes.Add($"http://127.0.0.1:{port}/hook/");
+            try
+            {
+                listener.Start();
+                return listener;
+            }
+            catch (HttpListenerException) when (attempt < 5)
+            {
+                listener.Close();
+            }
+        }
     }
 
     internal static int FreePort()

@@ -179,33 +179,30 @@ public class ServeCommandTests
         Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGTERM with kill(1); Linux only");
         string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
         Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
-        int port = FreePort();
-        var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        psi.ArgumentList.Add("serve");
-        foreach (var (variable, _) in ServeCommand.Variables) psi.Environment.Remove(variable);
-        psi.Environment["BITNET_MODEL"] = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf"); // id "model", not the bundled model's
-        psi.Environment["BITNET_HOST"] = "127.0.0.1";
-        psi.Environment["BITNET_PORT"] = port.ToString(CultureInfo.InvariantCulture);
-        psi.Environment["BITNET_THREADS"] = "1";
-        psi.Environment["BITNET_MAX_SEQS"] = "3";
-        psi.Environment["BITNET_CTX"] = "96";
-        psi.Environment["BITNET_SHUTDOWN_TIMEOUT"] = "7";
-        psi.Environment["BITNET_API_KEY"] = "variable-key\r\n"; // as a CRLF env file gives it: trimmed, as the client's key is
-        using var process = Process.Start(psi)!;
+        // A free port can be taken between the probe and the server's bind (an outgoing connection's ephemeral port):
+        // serve then exits 1 saying the port is in use. Another port, twice at most.
+        int port = 0;
+        Process process = null!;
         var stderr = new StringBuilder();
-        var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
-        process.ErrorDataReceived += (_, e) =>
+        Task<Uri> ready = null!;
+        for (int attempt = 1; ; attempt++)
         {
-            if (e.Data is null) return;
-            lock (stderr) stderr.AppendLine(e.Data);
-            var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
-            if (m.Success) ready.TrySetResult(new Uri(m.Groups[1].Value));
-        };
-        process.BeginErrorReadLine();
-        process.BeginOutputReadLine();
+            port = FreePort();
+            (process, ready) = StartServe(exe, port, stderr);
+            var first = await Task.WhenAny(ready, process.WaitForExitAsync(Ct)).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            if (first == ready || !process.HasExited) break;
+            process.WaitForExit();
+            string log;
+            lock (stderr) log = stderr.ToString();
+            int exit = process.ExitCode;
+            process.Dispose();
+            if (attempt == 3 || !log.Contains("is in use", StringComparison.Ordinal)) Assert.Fail($"serve exited {exit}:\n{log}");
+            lock (stderr) stderr.Clear();
+        }
+        using var _ = process;
         try
         {
-            var address = await ready.Task.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            var address = await ready.WaitAsync(TimeSpan.FromSeconds(60), Ct);
             Assert.Equal(new Uri($"http://127.0.0.1:{port}/"), address);
             using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(30) };
             using (var anonymous = await http.GetAsync("v1/models", Ct)) Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
@@ -230,6 +227,34 @@ public class ServeCommandTests
         {
             if (!process.HasExited) process.Kill(entireProcessTree: true);
         }
+    }
+
+    /// <summary>`bitnet serve` configured only by its environment, as a container runs it; the task ends with its ready address.</summary>
+    private static (Process Process, Task<Uri> Ready) StartServe(string exe, int port, StringBuilder stderr)
+    {
+        var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        psi.ArgumentList.Add("serve");
+        foreach (var (variable, _) in ServeCommand.Variables) psi.Environment.Remove(variable);
+        psi.Environment["BITNET_MODEL"] = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf"); // id "model", not the bundled model's
+        psi.Environment["BITNET_HOST"] = "127.0.0.1";
+        psi.Environment["BITNET_PORT"] = port.ToString(CultureInfo.InvariantCulture);
+        psi.Environment["BITNET_THREADS"] = "1";
+        psi.Environment["BITNET_MAX_SEQS"] = "3";
+        psi.Environment["BITNET_CTX"] = "96";
+        psi.Environment["BITNET_SHUTDOWN_TIMEOUT"] = "7";
+        psi.Environment["BITNET_API_KEY"] = "variable-key\r\n"; // as a CRLF env file gives it: trimmed, as the client's key is
+        var process = Process.Start(psi)!;
+        var ready = new TaskCompletionSource<Uri>(TaskCreationOptions.RunContinuationsAsynchronously);
+        process.ErrorDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (stderr) stderr.AppendLine(e.Data);
+            var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
+            if (m.Success) ready.TrySetResult(new Uri(m.Groups[1].Value));
+        };
+        process.BeginErrorReadLine();
+        process.BeginOutputReadLine();
+        return (process, ready.Task);
     }
 
     private static int FreePort()
