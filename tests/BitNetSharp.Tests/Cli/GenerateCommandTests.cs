@@ -195,37 +195,15 @@ public class GenerateCommandTests
     {
         using var dir = new TestGguf.TempDirectory();
         string model = TinyModel(dir);
-        string locked = Directory.CreateDirectory(dir.File("locked")).FullName;
-        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserExecute);
-        try
-        {
-            // Root writes a read-only folder regardless; /sys refuses new files even to root on Linux.
-            string? folder = new[] { locked, "/sys" }.FirstOrDefault(f => Directory.Exists(f) && !CanCreateFileIn(f));
-            Assert.SkipWhen(folder is null, "no folder here refuses this user a new file (root, and no read-only /sys)");
-            string ids = Path.Combine(folder, "ids.json");
-            var (code, output, error) = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "2", "--ids-out", ids);
-            Assert.Equal(2, code);
-            Assert.Contains($"--ids-out {ids}: cannot write in the folder '{folder}'", error);
-            Assert.DoesNotContain(".tmp", error);
-            Assert.Equal("", output);
-        }
-        finally
-        {
-            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        }
-    }
-
-    private static bool CanCreateFileIn(string folder)
-    {
-        try
-        {
-            using (new FileStream(Path.Combine(folder, $".probe-{Guid.NewGuid():N}"), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
-            return true;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
-        }
+        using var unwritable = new UnwritableFolder(dir.Path);
+        string? folder = unwritable.Path;
+        Assert.SkipWhen(folder is null, UnwritableFolder.None);
+        string ids = Path.Combine(folder, "ids.json");
+        var (code, output, error) = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "2", "--ids-out", ids);
+        Assert.Equal(2, code);
+        Assert.Contains($"--ids-out {ids}: cannot write in the folder '{folder}'", error);
+        Assert.DoesNotContain(".tmp", error);
+        Assert.Equal("", output);
     }
 
     /// <summary>

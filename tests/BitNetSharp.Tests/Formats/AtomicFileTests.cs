@@ -164,34 +164,13 @@ public class AtomicFileTests
     public void AFailedWriteNamesTheOutputNotItsTemporary()
     {
         using var dir = new TestGguf.TempDirectory();
-        string locked = Directory.CreateDirectory(dir.File("locked")).FullName;
-        if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserExecute);
-        try
-        {
-            string? folder = new[] { locked, "/sys" }.FirstOrDefault(f => Directory.Exists(f) && !CanCreateFileIn(f));
-            Assert.SkipWhen(folder is null, "no folder here refuses this user a new file (root, and no read-only /sys)");
-            string output = Path.Combine(folder, "out.json");
-            var e = Assert.ThrowsAny<IOException>(() => AtomicFile.Write(output, s => s.Write("x"u8)));
-            Assert.Contains("cannot write " + output, e.Message);
-            Assert.DoesNotContain(".tmp", e.Message);
-        }
-        finally
-        {
-            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(locked, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-        }
-    }
-
-    private static bool CanCreateFileIn(string folder)
-    {
-        try
-        {
-            using (new FileStream(Path.Combine(folder, $".probe-{Guid.NewGuid():N}"), FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose)) { }
-            return true;
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            return false;
-        }
+        using var unwritable = new UnwritableFolder(dir.Path);
+        string? folder = unwritable.Path;
+        Assert.SkipWhen(folder is null, UnwritableFolder.None);
+        string output = Path.Combine(folder, "out.json");
+        var e = Assert.ThrowsAny<IOException>(() => AtomicFile.Write(output, s => s.Write("x"u8)));
+        Assert.Contains("cannot write " + output, e.Message);
+        Assert.DoesNotContain(".tmp", e.Message);
     }
 }
 
