@@ -330,8 +330,13 @@ public sealed class BitNetServer : IAsyncDisposable
     /// Requests served without the API key: the plain health probe and the dashboard page (which holds no data).
     /// <c>/health?verbose</c> needs the key: it names the model, its checksum and the firing alerts with their values.
     /// </summary>
-    private static bool IsPublic(HttpRequest request) =>
-        request.Path == "/health" ? !request.Query.ContainsKey("verbose") : request.Path == "/dashboard" || request.Path == "/";
+    private static bool IsPublic(HttpRequest request)
+    {
+        // As routing matches them: any case, and with a trailing slash (a probe set to /health/ got 401).
+        string path = (request.Path.Value ?? "").TrimEnd('/');
+        return path.Equals("/health", StringComparison.OrdinalIgnoreCase) ? !request.Query.ContainsKey("verbose")
+            : path.Length == 0 || path.Equals("/dashboard", StringComparison.OrdinalIgnoreCase);
+    }
 
     private static bool Authorized(HttpRequest request, byte[] key) => ApiKeyMatches(request.Headers.Authorization.ToString(), key);
 

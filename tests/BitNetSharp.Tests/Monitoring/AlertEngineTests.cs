@@ -484,6 +484,28 @@ public class AlertEngineTests
         foreach (var r in AlertRules.Default) r.Validate("defaults");
     }
 
+    /// <summary>
+    /// A key given twice is refused, naming the file: the last one won, so a stray "rules": [] at the end loaded no rule
+    /// at all (the built-in ones replaced: no alerting) and a second "threshold" quietly replaced the first.
+    /// </summary>
+    [Theory]
+    [InlineData("""{"rules":[{"name":"a","metric":"bitnet_requests_running","threshold":1}], "rules": []}""")]
+    [InlineData("""{"rules":[{"name":"a","metric":"bitnet_requests_running","threshold":1000,"threshold":-1}]}""")]
+    public void ARuleFileWithAKeyGivenTwiceIsRefused(string json)
+    {
+        string path = Path.Combine(Path.GetTempPath(), $"bitnet-rules-{Guid.NewGuid():N}.json");
+        File.WriteAllText(path, json);
+        try
+        {
+            var e = Assert.Throws<ArgumentException>(() => AlertRules.Load(path));
+            Assert.Contains(path, e.Message);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     /// <summary>A firing and a resolved alert reach a webhook in Alertmanager's JSON shape.</summary>
     [Fact]
     public async Task WebhookGetsAlertmanagerJson()
@@ -505,6 +527,9 @@ public class AlertEngineTests
         {
             var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
             Assert.Equal("POST", ctx.Request.HttpMethod);
+            // A Content-Length, not a chunked body: some receivers read nothing of a chunked one and still answer 200.
+            Assert.True(ctx.Request.ContentLength64 > 0, $"Content-Length {ctx.Request.ContentLength64}, Transfer-Encoding '{ctx.Request.Headers["Transfer-Encoding"]}'");
+            Assert.Null(ctx.Request.Headers["Transfer-Encoding"]);
             bodies.Add(await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken));
             ctx.Response.StatusCode = 200;
             ctx.Response.Close();

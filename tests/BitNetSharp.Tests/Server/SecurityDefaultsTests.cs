@@ -76,6 +76,13 @@ public class SecurityDefaultsTests
         // The probe is public; its verbose form (model id, checksum, firing alerts with values) is not. It was public.
         using var plain = await anonymous.GetAsync("health", Ct);
         Assert.Equal(HttpStatusCode.OK, plain.StatusCode);
+        // As routing matches them: with a trailing slash, in any case (a probe set to /health/ got 401).
+        foreach (var path in new[] { "health/", "HEALTH", "dashboard/" })
+        {
+            using var other = await anonymous.GetAsync(path, Ct);
+            Assert.True(other.StatusCode == HttpStatusCode.OK, $"{path}: {(int)other.StatusCode}");
+        }
+        using (var verboseSlash = await anonymous.GetAsync("health/?verbose", Ct)) Assert.Equal(HttpStatusCode.Unauthorized, verboseSlash.StatusCode);
         Assert.DoesNotContain(TestServer.ModelId, await plain.Content.ReadAsStringAsync(Ct));
         using var verbose = await anonymous.GetAsync("health?verbose", Ct);
         Assert.Equal(HttpStatusCode.Unauthorized, verbose.StatusCode);

@@ -549,7 +549,11 @@ public sealed class AlertEngine : IDisposable
     {
         try
         {
-            using var response = await _http!.PostAsJsonAsync(_options.WebhookUrl, payload, _stopping.Token);
+            // Serialized first and sent with a Content-Length: as a chunked body some receivers (Python's http.server)
+            // read nothing and still answered 200, and the alert was counted as delivered.
+            using var content = new ByteArrayContent(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(payload));
+            content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
+            using var response = await _http!.PostAsync(_options.WebhookUrl, content, _stopping.Token);
             return response.IsSuccessStatusCode ? null : $"answered {(int)response.StatusCode}";
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException or JsonException)

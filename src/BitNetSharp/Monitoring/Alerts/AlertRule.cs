@@ -91,7 +91,13 @@ public static class AlertRules
 {
     private sealed record RuleFile([property: JsonPropertyName("rules")] List<AlertRule>? Rules);
 
-    private static readonly JsonSerializerOptions Json = new() { ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow };
+    // Duplicate keys are refused: the last one won, so a file ending in a stray "rules": [] loaded no rules at all (the
+    // built-in ones replaced, and no alerting left) and "threshold": 1000, "threshold": -1 quietly became -1.
+    private static readonly JsonSerializerOptions Json = new()
+    {
+        ReadCommentHandling = JsonCommentHandling.Skip, AllowTrailingCommas = true, UnmappedMemberHandling = JsonUnmappedMemberHandling.Disallow,
+        AllowDuplicateProperties = false,
+    };
 
     /// <summary>Reads a rule file; an unreadable file, bad JSON, an unknown field or a bad rule is an <see cref="ArgumentException"/> naming the file.</summary>
     public static IReadOnlyList<AlertRule> Load(string path)
