@@ -102,8 +102,9 @@ public sealed class BitNetServer : IAsyncDisposable
         }
         var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.FirstOrDefault()
                     ?? throw new InvalidOperationException("Kestrel reported no bound address.");
-        host.Start();
-        return new BitNetServer(app, host, new Uri(bound.EndsWith('/') ? bound : bound + "/"));
+        var address = new Uri(bound.EndsWith('/') ? bound : bound + "/");
+        host.Start(address);
+        return new BitNetServer(app, host, address);
     }
 
     /// <summary>

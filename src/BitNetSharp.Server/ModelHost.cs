@@ -50,8 +50,12 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
 
     public ServedModel? Served => _served;
 
-    public void Start()
+    private Uri? _address;
+
+    /// <param name="address">The bound address: alerts name the replica by it (host and port), and link to its dashboard.</param>
+    public void Start(Uri? address = null)
     {
+        _address = address;
         _thread = new Thread(Load) { IsBackground = true, Name = "bitnet-model-load" };
         _thread.Start();
     }
@@ -81,7 +85,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             string templateReason = "--template";
             var template = loaded.Tokenizer is null ? null : options.ChatTemplate ?? ChatTemplates.ForModel(loaded.Weights.Config.Architecture, loaded.Tokenizer, out templateReason);
             if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
-            var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger);
+            var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger, _address);
             _monitor = monitor;
             var process = new ProcessMeters(() => InFlight, Started);
             _process = process;

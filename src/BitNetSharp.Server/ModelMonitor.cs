@@ -23,7 +23,20 @@ internal sealed class ModelMonitor : IDisposable
     private WeightVerifier? _verifier;
     private int _disposed;
 
-    public ModelMonitor(ModelWeights weights, string modelId, ContinuousBatchScheduler scheduler, MonitoringOptions options, ILogger logger)
+    /// <summary>This replica in an alert's labels: the machine's name and the port it listens on.</summary>
+    internal static string Instance(Uri? address) =>
+        address is null ? Environment.MachineName : string.Create(CultureInfo.InvariantCulture, $"{Environment.MachineName}:{address.Port}");
+
+    /// <summary>The dashboard's address for an alert's links (externalURL, generatorURL): a wildcard bind named by the machine.</summary>
+    internal static string? Dashboard(Uri? address)
+    {
+        if (address is null) return null;
+        string host = address.Host is "0.0.0.0" or "[::]" or "::" ? Environment.MachineName : address.Host;
+        return string.Create(CultureInfo.InvariantCulture, $"{address.Scheme}://{(host.Contains(':') && !host.StartsWith('[') ? "[" + host + "]" : host)}:{address.Port}/dashboard");
+    }
+
+    /// <param name="address">The server's bound address, which names this replica in alerts (null: the machine's name alone).</param>
+    public ModelMonitor(ModelWeights weights, string modelId, ContinuousBatchScheduler scheduler, MonitoringOptions options, ILogger logger, Uri? address = null)
     {
         _scheduler = scheduler;
         _options = options;
@@ -50,8 +63,10 @@ internal sealed class ModelMonitor : IDisposable
                 Interval = options.AlertInterval,
                 WebhookUrl = options.AlertWebhook,
                 // instance tells replicas apart: without it two servers of one model sent the same fingerprint, and
-                // a receiver that deduplicates on it let one replica's "resolved" clear the other's "firing".
-                Labels = new Dictionary<string, string> { ["model"] = modelId, ["instance"] = Environment.MachineName },
+                // a receiver that deduplicates on it let one replica's "resolved" clear the other's "firing". The machine's
+                // name alone did not: two servers on one host (two ports) still shared it.
+                Labels = new Dictionary<string, string> { ["model"] = modelId, ["instance"] = Instance(address) },
+                ExternalUrl = Dashboard(address),
                 Log = message => logger.LogWarning("{Alert}", message),
                 KnownMetrics = AlertMetrics,
                 KnownLabels = AlertLabels,

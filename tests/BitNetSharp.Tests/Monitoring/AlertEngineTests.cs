@@ -553,6 +553,40 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// Two servers on one machine are two instances in their alerts (the machine's name and the port), and each alert
+    /// links to its server's dashboard: both carried the machine's name alone, so a receiver deduplicating on the
+    /// labels let one server's "resolved" clear the other's "firing", and externalURL was empty.
+    /// </summary>
+    [Fact]
+    public async Task ServersOnOneMachineAreTwoInstancesInTheirAlerts()
+    {
+        using var listener = ListenForHook(out int port);
+        var rule = new AlertRule { Name = "Always", Metric = "bitnet_requests_running", Op = ">=", Threshold = 0, Severity = "info", Component = "serving" };
+        var configure = (BitNetSharp.Server.ServerOptions o) => o with
+        {
+            Monitoring = new BitNetSharp.Server.MonitoringOptions { AlertInterval = TimeSpan.FromMilliseconds(50), AlertRules = [rule], AlertWebhook = new Uri($"http://127.0.0.1:{port}/hook/") },
+        };
+        await using var a = await Server.TestServer.StartAsync(configure);
+        await using var b = await Server.TestServer.StartAsync(configure);
+        var seen = new Dictionary<string, string>();
+        while (seen.Count < 2)
+        {
+            var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            using var body = await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken);
+            ctx.Response.StatusCode = 200;
+            ctx.Response.Close();
+            var alert = body.RootElement.GetProperty("alerts")[0];
+            seen[alert.GetProperty("labels").GetProperty("instance").GetString()!] = body.RootElement.GetProperty("externalURL").GetString()!;
+        }
+        foreach (var s in new[] { a, b })
+        {
+            string instance = $"{Environment.MachineName}:{s.Server.Address.Port}";
+            Assert.True(seen.ContainsKey(instance), $"no alert from {instance}: {string.Join(", ", seen.Keys)}");
+            Assert.Equal($"http://127.0.0.1:{s.Server.Address.Port}/dashboard", seen[instance]);
+        }
+    }
+
+    /// <summary>
     /// An alert still firing when the engine stops is sent resolved: its instance label names this process, so no later
     /// one would resolve it, and the receiver held the incident open for ever.
     /// </summary>
