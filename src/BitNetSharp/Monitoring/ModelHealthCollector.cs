@@ -390,8 +390,18 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     /// <summary>Adds one logits row's statistics to the sampled step (call between the forward pass and <see cref="Publish"/>).</summary>
     public void AddLogits(in LogitStats stats)
     {
-        if (!Sampling || float.IsNaN(stats.Max)) return;
+        if (!Sampling) return;
         var p = _pending;
+        if (float.IsNaN(stats.Max))
+        {
+            // A row with no finite logits (a sequence failing on NaN): the step's logit figures are NaN, as a threshold
+            // rule reads it. The row was skipped, so the gauges kept the last healthy step's values while every request
+            // failed, and no rule on them could fire.
+            p.LogitMin = p.LogitMax = p.LogitRange = p.LogitEntropy = float.NaN;
+            _entropySum = double.NaN;
+            p.LogitRows++;
+            return;
+        }
         if (p.LogitRows == 0)
         {
             p.LogitMin = stats.Min;

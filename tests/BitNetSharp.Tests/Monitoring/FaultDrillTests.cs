@@ -116,6 +116,10 @@ public class FaultDrillTests
         var metrics = await s.MetricsAsync();
         Assert.True(TestServer.Sample(metrics, "bitnet_alerts_total{rule=\"BitNetNonFiniteLogits\"}") >= 1);
         Assert.Equal(1, TestServer.Sample(metrics, "bitnet_health_residual_blowup{layer=\"1\"}"));
+        // The sampled step's logit figures are NaN, as its logits were: they kept the warm-up's healthy values, which no
+        // threshold rule on them could see through.
+        Assert.True(double.IsNaN(TestServer.Sample(metrics, "bitnet_health_logits_range")), "logits_range " + TestServer.Sample(metrics, "bitnet_health_logits_range"));
+        Assert.True(double.IsNaN(TestServer.Sample(metrics, "bitnet_health_logits_entropy")));
 
         scales[2] = saved;
         (status, _, _) = await s.PostAsync("v1/completions", Completion("hello"));

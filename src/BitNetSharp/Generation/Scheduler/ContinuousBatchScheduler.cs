@@ -390,6 +390,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             {
                 // Only this sequence's values went bad (or every sequence's, each failing alone): end it, keep serving the rest.
                 SchedulerCounters.Add(ref _counters.NonFiniteSequences, 1);
+                // The sampled step's logit figures say so (NaN): they kept the last healthy step's values.
+                if (sampling) Health.AddLogits(new LogitStats(float.NaN, float.NaN, float.NaN, UsableVocab));
                 // With this step's number: its layer rows (the blow-up) are matched by it, and `logs --request` keeps them.
                 telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "nonfinite_logits", seq.Request.Request.RequestId, seq.Request.Request.TraceId, error.Message) { Step = step });
                 Fail(seq.Request, error, ref _counters.Failed);
