@@ -96,6 +96,8 @@ internal sealed class ModelMonitor : IDisposable
                     if (e is null) logger.LogWarning("telemetry log: writing again ({Rows} rows dropped so far)", log.DroppedRecords);
                     else logger.LogWarning("telemetry log: rows are being dropped, {Error} (bitnet_telemetry_dropped_rows_total counts them)", e.Message);
                 };
+            if (scheduler.Telemetry is TelemetryLogWriter writer)
+                writer.FileLost += path => logger.LogWarning("telemetry log: {Path} was removed or replaced while being written; going on in a new file (the rows written to it are gone with it)", path);
         }
         // Unpacking every tensor takes seconds on a 2B model: off the load path. Dispose waits for it, since the weights
         // are unmapped right after (it kept reading them: a crash at shutdown).

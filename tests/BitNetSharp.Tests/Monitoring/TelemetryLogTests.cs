@@ -72,6 +72,35 @@ public class TelemetryLogTests(ITestOutputHelper output)
     }
 
     /// <summary>Two writers on one folder: rotation never deletes the other's live file (its rows went into a deleted file).</summary>
+    /// <summary>
+    /// The log's folder removed while the server writes: the writer says so and goes on in a new file in the folder made
+    /// again. It wrote to the unlinked file until its size cap: every later row lost, none counted, nothing said.
+    /// </summary>
+    [Fact]
+    public void AFileRemovedUnderTheWriterIsSaidAndANewOneStarted()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string logs = Path.Combine(dir.Path, "logs");
+        var o = new TelemetryLogOptions { Path = logs, FlushInterval = TimeSpan.FromHours(1) };
+        var lost = new List<string>();
+        using (var w = new TelemetryLogWriter(o, Context))
+        {
+            w.FileLost += lost.Add;
+            w.Write(Step(0, 0, "before"));
+            w.Flush();
+            string first = w.CurrentPath!;
+            Directory.Delete(logs, recursive: true);
+            w.Write(Step(1, 1, "after"));
+            w.Flush();
+            Assert.Equal([first], lost);
+            Assert.NotNull(w.CurrentPath);
+            Assert.True(File.Exists(w.CurrentPath), "no new file");
+            Assert.Equal(0, w.DroppedRecords);
+        }
+        var requests = TelemetryLogReader.Open(logs).ReadRows(TestContext.Current.CancellationToken).Select(r => r.RequestId).ToList();
+        Assert.Equal(["after"], requests);
+    }
+
     [Fact]
     public void RotationSparesAnotherWritersLiveFile()
     {

@@ -111,6 +111,13 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
     /// </summary>
     public event Action<Exception?>? FailureChanged;
 
+    /// <summary>
+    /// Raised (on the writer's thread) with the path of the file being written when it was found removed or replaced
+    /// (its folder deleted, a log rotation tool moving it): the writer goes on in a new file. Rows went into the unlinked
+    /// file until its size cap, with nothing said and none counted as dropped.
+    /// </summary>
+    public event Action<string>? FileLost;
+
     private bool _failing;
 
     // Rows dropped because the writer fell behind, since the last batch written (set under _gate, taken by the writer).
@@ -314,6 +321,11 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
     {
         try
         {
+            if (_arrow is not null && _currentPath is { } open && !StillThere(open))
+            {
+                AbandonFile();
+                try { FileLost?.Invoke(open); } catch (Exception) { } // a handler's bug must not end the writer thread
+            }
             OpenFileIfNeeded();
             using (var recordBatch = batch.ToRecordBatch(_schema, _kindDictionary))
                 _arrow!.WriteRecordBatch(recordBatch);
@@ -402,8 +414,18 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             throw;
         }
         _currentPath = path;
+        _currentId = PathIdentity.FileId(path);
         _currentLength = 0;
         Interlocked.Increment(ref _filesWritten);
+    }
+
+    private (uint Major, uint Minor, ulong Inode)? _currentId;
+
+    /// <summary>Whether the open file is still at its path (the same file, where its identity can be read).</summary>
+    private bool StillThere(string path)
+    {
+        if (!File.Exists(path)) return false;
+        return _currentId is not { } id || PathIdentity.FileId(path) is not { } now || now == id;
     }
 
     private void ScanOlderFiles(string? current)
