@@ -587,6 +587,24 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// An alert still firing when the engine stops ends in the log and for every Changed handler (the telemetry log) too,
+    /// with or without a webhook: only the webhook heard of it, so a log's last word on the alert was "firing".
+    /// </summary>
+    [Fact]
+    public void AnAlertFiringAtShutdownEndsInTheLogAndForTheHandlers()
+    {
+        var logs = new List<string>();
+        var changes = new List<bool>();
+        var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Op = ">", Threshold = 1 }, () => 5, new AlertEngineOptions { Log = logs.Add });
+        e.Changed += c => changes.Add(c.Firing);
+        e.Evaluate();
+        e.Dispose();
+        e.Dispose();
+        Assert.Equal([true, false], changes);
+        Assert.Contains(logs, l => l.Contains("alert Hot resolved: the server stopped", StringComparison.Ordinal));
+    }
+
+    /// <summary>
     /// An alert still firing when the engine stops is sent resolved: its instance label names this process, so no later
     /// one would resolve it, and the receiver held the incident open for ever.
     /// </summary>

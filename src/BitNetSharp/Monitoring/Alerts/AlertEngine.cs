@@ -562,16 +562,23 @@ public sealed class AlertEngine : IDisposable
         }
     }
 
+    private int _disposeCalls;
+
     public void Dispose()
     {
+        // Once (a second call threw ObjectDisposedException from the disposed token source).
+        if (Interlocked.Exchange(ref _disposeCalls, 1) != 0) return;
         _timer?.Dispose();
         // Under the evaluation lock: a timer evaluation in progress finishes (and queues its changes) first.
         lock (_evaluation)
         {
-            if (_outbox is not null && !_disposed)
+            if (!_disposed)
             {
                 // A firing alert ends with this process: send it resolved, or a receiver holds the incident open for
-                // ever (its instance label names this pod, and no later process resolves it).
+                // ever (its instance label names this pod, and no later process resolves it). The log and the Changed
+                // handlers (the telemetry log) hear of it too: only the webhook did, so a log's last word on the alert
+                // was "firing", and without a webhook nothing said it ended.
+                List<AlertState>? ended = null;
                 lock (_lock)
                 {
                     var now = _origin + _time.GetElapsedTime(_originTicks);
@@ -580,11 +587,21 @@ public sealed class AlertEngine : IDisposable
                         var st = _state[i];
                         if (!st.Firing) continue;
                         st.Firing = false;
-                        var payload = WebhookPayload(new AlertState(_rules[i], false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
+                        var state = new AlertState(_rules[i], false, st.Value, st.FiringSince, st.TimesFired) { Ended = now };
+                        (ended ??= []).Add(state);
+                        if (_outbox is null) continue;
+                        var payload = WebhookPayload(state);
                         foreach (var alert in payload["alerts"]!.AsArray())
                             alert!["annotations"]!["description"] = alert["annotations"]!["description"]!.GetValue<string>() + " Resolved because the server stopped.";
                         if (!_outbox.Writer.TryWrite(payload)) Interlocked.Increment(ref _webhookFailures);
                     }
+                }
+                foreach (var c in ended ?? [])
+                {
+                    Notify(() => _options.Log?.Invoke($"alert {c.Rule.Name} resolved: the server stopped"), c, "the log");
+                    if (Changed is { } handlers)
+                        foreach (var h in handlers.GetInvocationList())
+                            Notify(() => ((Action<AlertState>)h)(c), c, "a Changed handler");
                 }
             }
             _disposed = true;
