@@ -94,7 +94,7 @@ public static partial class ServeCommand
         var maxN = new Option<int>("--max-n") { Description = "The largest n (choices per prompt); at most --max-seqs." };
         var alias = new Option<string?>("--alias") { Description = "The model id clients use (default: the model file's name)." };
         var healthEvery = new Option<int>("--health-every") { Description = "Measure the model's numerical health (activations, residual stream, logits) every N engine steps; 0 turns it off (the NaN/Inf check always runs).", DefaultValueFactory = _ => 8 };
-        var verifyWeights = new Option<double?>("--verify-weights") { Description = "Re-check every weight checksum this many seconds apart on a low-priority thread (a sampled probe runs every 256 steps regardless)." };
+        var verifyWeights = new Option<double?>("--verify-weights") { Description = "Re-check every weight checksum this many seconds apart on a low-priority thread, and at least nine times a pass's own time apart, so checks take at most a tenth of a core (a sampled probe runs every 256 steps regardless)." };
         var alertRules = new Option<string?>("--alert-rules") { Description = "A JSON alert rule file ({\"rules\": [...]}) to use instead of the built-in rules." };
         var telemetryLog = new Option<string?>("--telemetry-log") { Description = "Write sampled steps, per-layer health and events to Arrow IPC files in this directory, or as NAME-*.arrow for a path ending in .arrow (read them with `bitnet logs`)." };
         var telemetryMax = new Option<double>("--telemetry-max-mb") { Description = "Rotate telemetry files at this size (MB); the log keeps at most 16 files' worth.", DefaultValueFactory = _ => 64 };

@@ -211,6 +211,21 @@ public class WeightIntegrityTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new WeightVerifier(integrity, TimeSpan.Zero));
     }
 
+    /// <summary>
+    /// The wait after a pass is the interval, or nine times the pass when that is longer: checks take at most a tenth of
+    /// a core whatever interval was asked (--verify-weights 0.001 re-hashed without pause and slowed serving by 20 %).
+    /// </summary>
+    [Fact]
+    public void TheVerifierTakesAtMostATenthOfACore()
+    {
+        Assert.Equal(TimeSpan.FromSeconds(600), WeightVerifier.NextWait(TimeSpan.FromSeconds(600), TimeSpan.FromSeconds(2)));
+        Assert.Equal(TimeSpan.FromSeconds(18), WeightVerifier.NextWait(TimeSpan.FromMilliseconds(1), TimeSpan.FromSeconds(2)));
+        Assert.Equal(TimeSpan.FromMilliseconds(int.MaxValue), WeightVerifier.NextWait(TimeSpan.FromMilliseconds(1), TimeSpan.FromDays(30)));
+        var pass = TimeSpan.FromMilliseconds(50);
+        var wait = WeightVerifier.NextWait(TimeSpan.FromTicks(1), pass);
+        Assert.InRange(pass / (pass + wait), 0, WeightVerifier.MaxShare + 1e-9);
+    }
+
     [Fact]
     public void CodeSharesAndDegenerateTensors()
     {
