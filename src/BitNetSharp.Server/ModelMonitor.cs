@@ -56,6 +56,12 @@ internal sealed class ModelMonitor : IDisposable
         }
         Meters = new HealthMeters(scheduler, () => Integrity, () => _codes, () => Alerts);
         var rules = options.AlertRules ?? AlertRules.Default;
+        // A rule matching a layer this model does not have loaded and could never fire (the rule file is read before
+        // the model is known): the load fails saying so, as /health's error.
+        foreach (var rule in rules)
+            if (rule.Match is { } match && match.TryGetValue("layer", out var layerText)
+                && int.TryParse(layerText, NumberStyles.None, CultureInfo.InvariantCulture, out int layer) && layer >= weights.Config.Layers)
+                throw new InvalidDataException($"Alert rule {rule.Name} matches layer {layer}, but {modelId} has {weights.Config.Layers} layers (0 to {weights.Config.Layers - 1}): it could never fire. Fix the rule or drop its layer match.");
         if (rules.Count > 0)
         {
             Alerts = new AlertEngine(rules, CollectSignals, new AlertEngineOptions

@@ -587,6 +587,26 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// A rule matching a layer the served model does not have fails the load, saying so in /health's error: it loaded
+    /// (the file is read before the model is known) and could never fire.
+    /// </summary>
+    [Fact]
+    public async Task ARuleOnALayerTheModelLacksFailsTheLoad()
+    {
+        var rule = new AlertRule { Name = "SatLayer99", Metric = "bitnet_health_activation_saturation_ratio", Match = new() { ["layer"] = "99" }, Op = ">=", Threshold = 0 };
+        await using var s = await Server.TestServer.StartAsync(o => o with { Monitoring = new BitNetSharp.Server.MonitoringOptions { AlertRules = [rule] } }, waitReady: false);
+        string body = "";
+        await Server.TestServer.EventuallyAsync(async () =>
+        {
+            using var health = await s.Http.GetAsync("health", TestContext.Current.CancellationToken);
+            body = await health.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
+            return health.StatusCode == HttpStatusCode.InternalServerError;
+        }, "the load to fail");
+        Assert.Contains("SatLayer99 matches layer 99", body);
+        Assert.Contains("2 layers (0 to 1)", body);
+    }
+
+    /// <summary>
     /// An alert still firing when the engine stops ends in the log and for every Changed handler (the telemetry log) too,
     /// with or without a webhook: only the webhook heard of it, so a log's last word on the alert was "firing".
     /// </summary>
