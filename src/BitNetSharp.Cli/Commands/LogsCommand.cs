@@ -249,13 +249,26 @@ public static class LogsCommand
     private static int Follow(CliConsole cli, Settings s, CancellationToken cancellation)
     {
         var reader = TelemetryLogReader.Open(s.Files);
-        if (reader.Files.Count == 0) throw new IOException($"{string.Join(", ", s.Files)}: no telemetry log files to follow.");
         using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
         if (s.FollowTimeout is { } seconds) stop.CancelAfter(TimeSpan.FromSeconds(seconds));
+        bool fromStart = false;
+        if (reader.Files.Count == 0)
+        {
+            // A folder the server has not written to yet (the follower started first, as in `serve & logs -f DIR`): wait
+            // for its first file and read it from the start, every row in it being newer than the follower. It exited at once.
+            if (!s.Files.All(Directory.Exists)) throw new IOException($"{string.Join(", ", s.Files)}: no telemetry log files to follow.");
+            cli.Error.WriteLine($"note: no telemetry log in {string.Join(", ", s.Files)} yet; waiting for the first one.");
+            while (reader.Files.Count == 0)
+            {
+                if (stop.Token.WaitHandle.WaitOne(200)) return 0;
+                reader = TelemetryLogReader.Open(s.Files);
+            }
+            fromStart = true;
+        }
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
         var requestSteps = s.Request is null ? null : new HashSet<(string?, long)>();
-        foreach (var batch in TelemetryLogReader.Follow(TelemetryLogReader.FollowStart(reader.Files), TimeSpan.FromMilliseconds(200), stop.Token))
+        foreach (var batch in TelemetryLogReader.Follow(TelemetryLogReader.FollowStart(reader.Files), TimeSpan.FromMilliseconds(200), stop.Token, fromStart))
         {
             using (batch)
                 foreach (var row in TelemetryLogReader.Rows(batch))

@@ -411,6 +411,51 @@ public class LogsCommandTests
     }
 
     /// <summary>
+    /// Following a folder the server has not written to yet waits for its first file and prints it from the start: it
+    /// exited at once ("no telemetry log files to follow"), so `serve & logs -f DIR` lost the race every time.
+    /// </summary>
+    [Fact]
+    public async Task FollowingAnEmptyFolderWaitsForTheFirstFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string logs = Directory.CreateDirectory(dir.File("logs")).FullName;
+        // The file is made once the follower says it waits (a fixed delay could end before a late follower looked).
+        var error = new NoticingWriter("waiting for the first one");
+        var output = new StringWriter();
+        var follow = Task.Run(() => Program.Run(["logs", logs, "--follow", "--follow-timeout", "8"], output, error));
+        await error.Noticed.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = logs, FlushInterval = TimeSpan.FromHours(1) }, Context))
+        {
+            writer.Write(Step(Start, 1, "first"));
+            writer.Flush();
+            for (int i = 0; !follow.IsCompleted; i++)
+            {
+                await Task.Delay(200, TestContext.Current.CancellationToken);
+                writer.Write(Step(Start + 1 + i, 2 + i, "later"));
+                writer.Flush();
+            }
+        }
+        int code = await follow;
+        Assert.Equal(0, code);
+        Assert.Contains("\"first\"", output.ToString());
+        Assert.Contains("\"later\"", output.ToString());
+    }
+
+    /// <summary>A writer that completes <see cref="Noticed"/> once a line containing the given text is written.</summary>
+    private sealed class NoticingWriter(string text) : StringWriter
+    {
+        private readonly TaskCompletionSource _noticed = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public Task Noticed => _noticed.Task;
+
+        public override void WriteLine(string? value)
+        {
+            lock (this) base.WriteLine(value);
+            if (value?.Contains(text, StringComparison.Ordinal) == true) _noticed.TrySetResult();
+        }
+    }
+
+    /// <summary>
     /// Following a directory starts at the newest file still being written: a second instance started beside a live
     /// one and stopped owned the newest name, and following read its finished file and never the live writer's rows.
     /// </summary>
