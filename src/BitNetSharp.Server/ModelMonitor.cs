@@ -177,6 +177,7 @@ internal sealed class ModelMonitor : IDisposable
         ("bitnet_speculative_steps_total", (s, _) => s.SpeculativeSteps),
         ("bitnet_speculative_drafted_tokens_total", (s, _) => s.DraftedTokens),
         ("bitnet_speculative_accepted_tokens_total", (s, _) => s.AcceptedTokens),
+        ("bitnet_speculative_computed_draft_tokens_total", (s, _) => s.ComputedDraftTokens),
         ("bitnet_speculative_emitted_tokens_total", (s, _) => s.SpeculativeTokens),
     ];
 

@@ -269,6 +269,15 @@ public sealed class SpeculativeSchedulerTests : IDisposable
         double accepted = TestServer.Sample(metrics, "bitnet_speculative_accepted_tokens_total");
         Assert.True(drafted > 0, metrics);
         Assert.InRange(accepted, 0, drafted);
+        // Every draft fed through the model, the ones after a rejection too: at least those verified, and exactly the step
+        // tokens that are neither the prompt nor a decode step's own input. The one request's G tokens: the first from
+        // the prefill, then one per plain decode step and accepted + 1 per speculative step, so its decode steps fed
+        // G - 1 - emitted + speculative steps tokens of their own.
+        double computed = TestServer.Sample(metrics, "bitnet_speculative_computed_draft_tokens_total");
+        Assert.InRange(computed, drafted, double.MaxValue);
+        double ownInputs = TestServer.Sample(metrics, "bitnet_generation_tokens_total") - 1
+            - TestServer.Sample(metrics, "bitnet_speculative_emitted_tokens_total") + TestServer.Sample(metrics, "bitnet_speculative_steps_total");
+        Assert.Equal(TestServer.Sample(metrics, "bitnet_engine_step_tokens_sum") - TestServer.Sample(metrics, "bitnet_prompt_tokens_total") - ownInputs, computed);
         Assert.True(TestServer.Sample(metrics, "bitnet_speculative_steps_total") > 0);
         Assert.True(TestServer.Sample(metrics, "bitnet_speculative_emitted_tokens_total") > 0);
 

@@ -164,7 +164,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 Volatile.Read(ref c.FinishedStop), Volatile.Read(ref c.FinishedLength), Volatile.Read(ref c.Cancelled), Volatile.Read(ref c.TimedOut),
                 Volatile.Read(ref c.Failed), Volatile.Read(ref c.Rejected), Volatile.Read(ref c.NonFiniteSequences),
                 Volatile.Read(ref c.SpeculativeSteps), Volatile.Read(ref c.DraftedTokens), Volatile.Read(ref c.AcceptedTokens), Volatile.Read(ref c.SpeculativeTokens),
-                Volatile.Read(ref _queuedSequences), StallSeconds());
+                Volatile.Read(ref _queuedSequences), StallSeconds(), Volatile.Read(ref c.ComputedDraftTokens));
         }
     }
 
@@ -617,6 +617,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
         }
         SchedulerCounters.Add(ref _counters.SpeculativeSteps, 1);
         SchedulerCounters.Add(ref _counters.DraftedTokens, verified);
+        // Every draft fed through the model, those after a rejection or a stop too: the compute speculation spends.
+        SchedulerCounters.Add(ref _counters.ComputedDraftTokens, drafts);
         SchedulerCounters.Add(ref _counters.AcceptedTokens, accepted);
         SchedulerCounters.Add(ref _counters.SpeculativeTokens, accepted + (s.Finished ? 0 : 1));
         if (!s.Finished)

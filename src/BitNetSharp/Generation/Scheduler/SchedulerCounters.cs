@@ -21,6 +21,7 @@ internal sealed class SchedulerCounters
     public long SpeculativeSteps;   // decode steps of a sequence that fed draft tokens
     public long DraftedTokens;      // draft tokens verified
     public long AcceptedTokens;     // of them, accepted
+    public long ComputedDraftTokens; // draft tokens fed through the model, verified or not
     public long SpeculativeTokens;  // tokens those steps emitted (accepted drafts + the model's own next token)
     public int RunningRequests;
     public int RunningSequences;
@@ -59,7 +60,8 @@ public readonly record struct SchedulerStatistics(
     long AcceptedTokens = 0,
     long SpeculativeTokens = 0,
     int WaitingSequences = 0,
-    double StallSeconds = 0)
+    double StallSeconds = 0,
+    long ComputedDraftTokens = 0)
 {
     /// <summary>Accepted ÷ drafted tokens of speculating sequences (0 before any draft).</summary>
     public double DraftAcceptanceRate => DraftedTokens == 0 ? 0 : (double)AcceptedTokens / DraftedTokens;

@@ -79,7 +79,9 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableCounter("bitnet.speculative.steps", () => _scheduler.Statistics.SpeculativeSteps, "{step}",
             "Speculative decode steps: a sequence's next token fed with draft tokens, all verified in one forward (steps that found no draft are not counted, unlike the CLI's per-forward figure).");
         m.CreateObservableCounter("bitnet.speculative.drafted_tokens", () => _scheduler.Statistics.DraftedTokens, "{token}",
-            "Draft tokens verified (prompt lookup); acceptance rate = accepted ÷ drafted.");
+            "Draft tokens verified (prompt lookup): those up to the first rejection or stop; acceptance rate = accepted ÷ drafted.");
+        m.CreateObservableCounter("bitnet.speculative.computed_draft_tokens", () => _scheduler.Statistics.ComputedDraftTokens, "{token}",
+            "Draft tokens fed through the model, verified or not (those after a rejection or a stop are computed and thrown away): the forward work speculation spends; accepted ÷ computed is the share of it that paid.");
         m.CreateObservableCounter("bitnet.speculative.accepted_tokens", () => _scheduler.Statistics.AcceptedTokens, "{token}",
             "Draft tokens accepted by the model.");
         m.CreateObservableCounter("bitnet.speculative.emitted_tokens", () => _scheduler.Statistics.SpeculativeTokens, "{token}",
