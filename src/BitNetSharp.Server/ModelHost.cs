@@ -87,7 +87,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger, _address);
             _monitor = monitor;
-            var process = new ProcessMeters(() => InFlight, Started);
+            var process = new ProcessMeters(() => InFlight, Started, () => Refused);
             _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
                 new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish, monitor.Meters.OneSnapshot), monitor);
@@ -160,6 +160,11 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     /// <summary>True once <see cref="BeginDrain"/> was called: /health says "draining" (503) and new generations get 503.</summary>
     public bool Draining => _draining;
 
+    private long _refusedDraining, _refusedLoading;
+
+    /// <summary>Generation requests refused with 503 while draining (shutting_down) and while loading or warming up (model_loading).</summary>
+    public (long Draining, long Loading) Refused => (Interlocked.Read(ref _refusedDraining), Interlocked.Read(ref _refusedLoading));
+
     /// <summary>Generation requests being handled now (from routing to the last byte written).</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
 
@@ -175,7 +180,11 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
         try
         {
             if (_draining)
+            {
+                Interlocked.Increment(ref _refusedDraining);
                 throw new ApiException(503, "The server is shutting down; retry on another replica.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 };
+            }
+            if (State is ModelState.Loading or ModelState.WarmingUp) Interlocked.Increment(ref _refusedLoading);
             return RequireReady();
         }
         catch

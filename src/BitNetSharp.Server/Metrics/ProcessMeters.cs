@@ -11,7 +11,7 @@ internal sealed class ProcessMeters : IDisposable
 {
     public const string MeterName = "BitNetSharp.Server";
 
-    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started)
+    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started, Func<(long Draining, long Loading)>? refused = null)
     {
         Meter = new Meter(MeterName);
         double startSeconds = started.ToUnixTimeMilliseconds() / 1000.0;
@@ -37,6 +37,18 @@ internal sealed class ProcessMeters : IDisposable
             "Time the JIT has spent compiling, on any thread.");
         Meter.CreateObservableGauge("bitnet.server.requests_in_flight", requestsInFlight, "{request}",
             "Generation requests the HTTP server is handling, from routing to the last byte written.");
+        if (refused is not null)
+            Meter.CreateObservableCounter("bitnet.server.requests_refused", () =>
+            {
+                var (draining, loading) = refused();
+                return new[]
+                {
+                    new Measurement<long>(draining, new KeyValuePair<string, object?>("reason", "shutting_down")),
+                    new Measurement<long>(loading, new KeyValuePair<string, object?>("reason", "model_loading")),
+                };
+            }, "{request}",
+            "Generation requests answered 503 before reaching the engine: while draining for shutdown (a balancer still sending " +
+            "here after SIGTERM), or while the model was loading or warming up (counted from the load on; /metrics is empty before it).");
     }
 
     public Meter Meter { get; }

@@ -34,6 +34,10 @@ public class GracefulShutdownTests
             Assert.Equal("1", response.Headers.RetryAfter?.ToString());
             Assert.True(response.Headers.ConnectionClose, "the 503 keeps its connection: a pooled client retries on this replica");
             Assert.True(health.Headers.ConnectionClose, "the draining /health keeps its connection");
+            // Counted: refusals while draining were in no counter (a balancer still sending here after SIGTERM was invisible).
+            string metrics = await s.MetricsAsync();
+            Assert.Equal(1, TestServer.Sample(metrics, "bitnet_server_requests_refused_total{reason=\"shutting_down\"}"));
+            Assert.Equal(0, TestServer.Sample(metrics, "bitnet_server_requests_refused_total{reason=\"model_loading\"}"));
             Assert.False(drain.IsCompleted);
 
             s.Scheduler.StepGate.Set();
