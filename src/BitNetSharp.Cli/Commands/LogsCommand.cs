@@ -119,10 +119,17 @@ public static class LogsCommand
             var plot = s.Plot is null ? null : new PlotData(s.Metric ?? "saturation", InputIndex(s.Input));
             long exported = 0;
             var jsonBuffer = new System.Buffers.ArrayBufferWriter<byte>();
+            int topLayer = -1;
+            bool layerFound = false;
             foreach (var row in reader.ReadRows(cancellation))
             {
                 // Step rows appended by a live writer since the first pass: their layer rows come after them.
                 if (requestSteps is not null && IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
+                if (row.Kind == TelemetryRowKind.Layer)
+                {
+                    topLayer = Math.Max(topLayer, row.Layer);
+                    layerFound |= row.Layer == s.Layer;
+                }
                 if (!Keep(row, s, requestSteps)) continue;
                 stats?.Add(row);
                 plot?.Add(row);
@@ -149,6 +156,10 @@ public static class LogsCommand
                 }, 1 << 16);
                 cli.Output.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
             }
+            // A layer the logs do not have (past the model's last) matched nothing and said nothing.
+            if (s.Layer is { } wanted && !layerFound)
+                cli.Error.WriteLine(topLayer < 0 ? $"note: --layer {wanted}: these logs have no layer rows (serve --health-every writes them)."
+                    : $"note: --layer {wanted}: no rows of that layer; these logs have layers 0 to {topLayer}.");
             if (stats is not null) stats.Write(cli.Output, reader);
             else
                 // An export or a plot names what it left out too (it said "wrote N rows" and nothing of a file cut off or

@@ -556,6 +556,14 @@ public class LogsCommandTests
         Assert.Contains("--layer must be a layer index, 0 or more; got -1", error);
         Assert.Equal("", output);
 
+        // A layer past the logs' last matched nothing and said nothing.
+        (code, _, error) = Bitnet("logs", path, "--layer", "99");
+        Assert.Equal(0, code);
+        Assert.Contains("note: --layer 99: no rows of that layer; these logs have layers 0 to 2.", error);
+        (code, _, error) = Bitnet("logs", path, "--layer", "2");
+        Assert.Equal(0, code);
+        Assert.DoesNotContain("--layer", error);
+
         // A folder without logs printed an empty summary and exited 0, as if the run had logged nothing.
         string empty = Directory.CreateDirectory(dir.File("empty")).FullName;
         (code, output, error) = Bitnet("logs", empty, "--export", "csv", "--out", csv);
