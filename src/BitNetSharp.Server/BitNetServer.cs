@@ -248,7 +248,7 @@ public sealed class BitNetServer : IAsyncDisposable
         var headers = context.Response.Headers;
         headers.AccessControlAllowOrigin = any ? "*" : origin;
         if (!any) headers.Vary = "Origin";
-        headers.AccessControlExposeHeaders = "Retry-After";
+        headers.AccessControlExposeHeaders = "Retry-After, x-should-retry";
         if (!HttpMethods.IsOptions(context.Request.Method) || !context.Request.Headers.ContainsKey("Access-Control-Request-Method")) return false;
         headers.AccessControlAllowMethods = "GET, POST";
         // The headers the page asks for, when they are header names: OpenAI's JS SDK sends its own x-stainless-* on
@@ -357,6 +357,9 @@ public sealed class BitNetServer : IAsyncDisposable
     /// <summary>The form of the API key <see cref="ApiKeyMatches"/> compares against.</summary>
     internal static byte[] HashApiKey(string key) => SHA256.HashData(Encoding.UTF8.GetBytes(key));
 
+    /// <summary>The header the official OpenAI clients read before deciding to retry (<see cref="ApiException.ShouldRetry"/>).</summary>
+    internal const string ShouldRetryHeader = "x-should-retry";
+
     private static Task WriteError(HttpContext context, ApiException e)
     {
         // Clear() drops every header; an allowed origin's CORS headers stay, so the page can read the error.
@@ -366,10 +369,11 @@ public sealed class BitNetServer : IAsyncDisposable
         if (allowOrigin.Count > 0)
         {
             context.Response.Headers.AccessControlAllowOrigin = allowOrigin;
-            context.Response.Headers.AccessControlExposeHeaders = "Retry-After";
+            context.Response.Headers.AccessControlExposeHeaders = "Retry-After, x-should-retry";
             if (vary.Count > 0) context.Response.Headers.Vary = vary;
         }
         if (e.RetryAfterSeconds is { } s) context.Response.Headers.RetryAfter = s.ToString(CultureInfo.InvariantCulture);
+        if (e.ShouldRetry is { } retry) context.Response.Headers[ShouldRetryHeader] = retry ? "true" : "false";
         if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
         if (e.Allow is { } allow) context.Response.Headers.Allow = allow;
         return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None);

@@ -148,7 +148,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     public ServedModel RequireReady() => State switch
     {
         ModelState.Ready => _served!,
-        ModelState.Failed => throw new ApiException(500, $"The model failed to load: {Error}", "server_error", code: "model_load_failed"),
+        ModelState.Failed => throw new ApiException(500, $"The model failed to load: {Error}", "server_error", code: "model_load_failed") { ShouldRetry = false },
         var s => throw new ApiException(503, s == ModelState.Loading ? "The model is still loading; retry in a moment." : "The model is warming up; retry in a moment.",
             "server_error", code: "model_loading") { RetryAfterSeconds = 1 },
     };

@@ -323,10 +323,12 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
     {
         _ when aborted.IsCancellationRequested => null,
         OperationCanceledException => new ApiException(503, "The request was cancelled by the server.", "server_error", code: "cancelled"),
+        // A request that timed out while it ran would run the whole timeout again on each of the client's retries; one that
+        // timed out in the queue may find room later.
+        RequestTimeoutException { Started: true } => new ApiException(504, e.Message, "server_error", code: "timeout") { ShouldRetry = false },
         TimeoutException => new ApiException(504, e.Message, "server_error", code: "timeout"),
         ObjectDisposedException => new ApiException(503, "The server is shutting down.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 },
-        Monitoring.NonFiniteLogitsException => new ApiException(500, e.Message, "server_error", code: "non_finite_logits"),
-        InvalidOperationException => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
-        _ => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
+        Monitoring.NonFiniteLogitsException => new ApiException(500, e.Message, "server_error", code: "non_finite_logits") { ShouldRetry = false },
+        _ => new ApiException(500, e.Message, "server_error", code: "generation_failed") { ShouldRetry = false },
     };
 }

@@ -25,7 +25,9 @@ internal sealed record CompletionRequest(
     bool? Speculate = null,
     IReadOnlyList<int>? StopTokens = null)
 {
-    private static readonly HashSet<string> Roles = ["system", "developer", "user", "assistant", "tool"];
+    /// <summary>The message roles taken: "developer" is read as "system", and the deprecated "function" (a function's
+    /// result, which older LangChain and AutoGen histories still replay) as "tool".</summary>
+    private static readonly HashSet<string> Roles = ["system", "developer", "user", "assistant", "tool", "function"];
 
     public static CompletionRequest Parse(JsonRequest r, bool chat, ServedModel model, ServerOptions options)
     {
@@ -148,7 +150,7 @@ internal sealed record CompletionRequest(
             var mr = new JsonRequest(m, p + ".");
             var role = mr.String("role") ?? throw ApiException.BadRequest($"{p}.role is required.", $"{p}.role", "missing_required_parameter");
             if (!Roles.Contains(role)) throw ApiException.BadRequest($"{p}.role '{role}' is not one of: {string.Join(", ", Roles)}.", $"{p}.role", "invalid_value");
-            list.Add(new ChatMessage(role == "developer" ? "system" : role, Content(mr, p, role)));
+            list.Add(new ChatMessage(role switch { "developer" => "system", "function" => "tool", _ => role }, Content(mr, p, role)));
             i++;
         }
         return template.Encode(tokenizer, list, addGenerationPrompt: true);
@@ -157,12 +159,13 @@ internal sealed record CompletionRequest(
     /// <summary>
     /// A message's content: a string, or an array of {"type": "text", "text": ...} parts joined (an assistant's
     /// {"type": "refusal", "refusal": ...} parts too, as OpenAI returns them). Only an assistant message may leave it
-    /// out or null (OpenAI's rule: one that made tool calls has none); for any other role that is a 400.
+    /// out or null (OpenAI's rule: one that made tool calls has none), and a "function" message (its content is optional
+    /// in OpenAI's schema); for any other role that is a 400.
     /// </summary>
     private static string Content(JsonRequest m, string p, string role)
     {
         if (!m.TryGet("content", out var c))
-            return role == "assistant" ? ""
+            return role is "assistant" or "function" ? ""
                 : throw ApiException.BadRequest($"{p}.content is required for a {role} message: a string or an array of text parts.", $"{p}.content", "missing_required_parameter");
         if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
         if (c.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType($"{p}.content", "a string or an array of text parts", c);

@@ -62,6 +62,18 @@ internal static class OpenAiJson
         w.WriteNumber("prompt_tokens", prompt);
         w.WriteNumber("completion_tokens", completion);
         w.WriteNumber("total_tokens", prompt + completion);
+        // OpenAI's breakdowns, always present there (clients written against it read them without a check). This server
+        // keeps no prompt cache and has no reasoning, audio or predicted-output tokens: all zero, and true.
+        w.WriteStartObject("prompt_tokens_details");
+        w.WriteNumber("cached_tokens", 0);
+        w.WriteNumber("audio_tokens", 0);
+        w.WriteEndObject();
+        w.WriteStartObject("completion_tokens_details");
+        w.WriteNumber("reasoning_tokens", 0);
+        w.WriteNumber("audio_tokens", 0);
+        w.WriteNumber("accepted_prediction_tokens", 0);
+        w.WriteNumber("rejected_prediction_tokens", 0);
+        w.WriteEndObject();
         w.WriteEndObject();
     }
 

@@ -84,6 +84,25 @@ public class RequestSemanticsTests
         Assert.Equal(HttpStatusCode.OK, status);
     }
 
+    /// <summary>
+    /// A history with the deprecated "function" role (a function's result, still replayed by older LangChain and AutoGen
+    /// code) is taken as a "tool" message, its content optional as in OpenAI's schema (it was a 400 invalid_value).
+    /// </summary>
+    [Fact]
+    public async Task TheDeprecatedFunctionRoleReadsAsATool()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var (status, function, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"},{"role":"function","name":"f","content":"42"}],"max_tokens":1}""");
+        Assert.True(status == HttpStatusCode.OK, function.ToString());
+        var (_, tool, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"},{"role":"tool","tool_call_id":"c","content":"42"}],"max_tokens":1}""");
+        Assert.Equal(tool.GetProperty("usage").GetProperty("prompt_tokens").GetInt32(), function.GetProperty("usage").GetProperty("prompt_tokens").GetInt32());
+        (status, var body, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"},{"role":"function","name":"f","content":null}],"max_tokens":1}""");
+        Assert.True(status == HttpStatusCode.OK, body.ToString());
+        (status, body, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"},{"role":"robot","content":"x"}],"max_tokens":1}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Contains("function", body.GetProperty("error").GetProperty("message").GetString());
+    }
+
     /// <summary>Without a tokenizer nothing is decoded, so a stop string could never match: it is refused like a text prompt.</summary>
     [Fact]
     public async Task StopWithoutATokenizerIsRefused()

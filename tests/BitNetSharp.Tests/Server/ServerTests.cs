@@ -557,6 +557,51 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.Equal(HttpStatusCode.GatewayTimeout, response.StatusCode);
         using var body = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct));
         Assert.Equal("timeout", body.RootElement.GetProperty("error").GetProperty("code").GetString());
+        Assert.Contains("waiting in the queue", body.RootElement.GetProperty("error").GetProperty("message").GetString());
+        // Queued: a retry may find room, so the clients' own rule stands (no x-should-retry).
+        Assert.False(response.Headers.Contains(BitNetServer.ShouldRetryHeader));
+    }
+
+    /// <summary>
+    /// A request that times out while it runs is 504 with x-should-retry: false, which the official OpenAI clients obey
+    /// before their rule of retrying every 5xx twice (each retry would run the whole timeout again); so are a failed load
+    /// and an engine failure. A full queue's 429 keeps no such header (a retry is right there).
+    /// </summary>
+    [Fact]
+    public async Task ErrorsARetryWouldRepeatSayShouldRetryFalse()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { RequestTimeout = TimeSpan.FromMilliseconds(300), WarmupRequests = 0 });
+        s.Scheduler.BeforeForward = () => Thread.Sleep(50); // 40 tokens take ≥ 2 s: admitted at once, past its timeout while it runs
+        var (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "Once", max_tokens = 40, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.GatewayTimeout, status);
+        Assert.Equal("timeout", body.GetProperty("error").GetProperty("code").GetString());
+        Assert.DoesNotContain("queue", body.GetProperty("error").GetProperty("message").GetString());
+        Assert.Equal("false", Assert.Single(response.Headers.GetValues(BitNetServer.ShouldRetryHeader)));
+
+        s.Scheduler.BeforeForward = () => throw new InvalidOperationException("the forward pass failed (test)");
+        (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "Once", max_tokens = 2 });
+        Assert.Equal(HttpStatusCode.InternalServerError, status);
+        Assert.Equal("false", Assert.Single(response.Headers.GetValues(BitNetServer.ShouldRetryHeader)));
+    }
+
+    /// <summary>usage carries OpenAI's prompt_tokens_details and completion_tokens_details (clients read them unchecked), zero here, in a response and in a stream's usage chunk.</summary>
+    [Fact]
+    public async Task UsageHasOpenAisTokenDetails()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", new { messages = new[] { new { role = "user", content = "hi" } }, max_tokens = 3 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        AssertDetails(body.GetProperty("usage"));
+        var events = await s.StreamAsync("v1/completions", new { prompt = "hi", max_tokens = 3, stream = true, stream_options = new { include_usage = true } });
+        using var last = JsonDocument.Parse(events[^2]);
+        AssertDetails(last.RootElement.GetProperty("usage"));
+
+        static void AssertDetails(JsonElement usage)
+        {
+            Assert.Equal(0, usage.GetProperty("prompt_tokens_details").GetProperty("cached_tokens").GetInt32());
+            Assert.Equal(0, usage.GetProperty("completion_tokens_details").GetProperty("reasoning_tokens").GetInt32());
+            Assert.Equal(0, usage.GetProperty("completion_tokens_details").GetProperty("accepted_prediction_tokens").GetInt32());
+        }
     }
 
     /// <summary>Two prompts with n = 2 need four sequences: a server of two sequences and no queue answers 400, not a 429 for ever.</summary>
@@ -589,6 +634,7 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             Assert.Equal((HttpStatusCode)429, status);
             Assert.Equal("queue_full", body.GetProperty("error").GetProperty("code").GetString());
             Assert.Equal("1", response.Headers.RetryAfter?.ToString());
+            Assert.False(response.Headers.Contains(BitNetServer.ShouldRetryHeader));
             s.Scheduler.StepGate.Set();
             Assert.Equal(HttpStatusCode.OK, (await first).Status);
             Assert.Equal(HttpStatusCode.OK, (await queued).Status);
@@ -725,6 +771,10 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var health = await s.Http.GetAsync("health", Ct);
         Assert.Equal(HttpStatusCode.InternalServerError, health.StatusCode);
         Assert.Contains("nowhere.gguf", await health.Content.ReadAsStringAsync(Ct));
+        var (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "hi", max_tokens = 1 });
+        Assert.Equal(HttpStatusCode.InternalServerError, status);
+        Assert.Equal("model_load_failed", body.GetProperty("error").GetProperty("code").GetString());
+        Assert.Equal("false", Assert.Single(response.Headers.GetValues(BitNetServer.ShouldRetryHeader)));
     }
 
     [Fact]

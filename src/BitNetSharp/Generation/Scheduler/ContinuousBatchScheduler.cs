@@ -434,10 +434,11 @@ public sealed class ContinuousBatchScheduler : IDisposable
         _running.RemoveAll(static s => s.Finished);
     }
 
-    private TimeoutException TimedOut(GenerationHandle h)
+    private RequestTimeoutException TimedOut(GenerationHandle h)
     {
         var t = h.Request.Timeout ?? Options.DefaultTimeout;
-        return new TimeoutException($"The request did not finish within its timeout of {t?.TotalSeconds:0.###} s.");
+        return new RequestTimeoutException(
+            $"The request did not finish within its timeout of {t?.TotalSeconds:0.###} s" + (h.Admitted ? "." : " (it was still waiting in the queue)."), h.Admitted);
     }
 
     private void Admit(long now)

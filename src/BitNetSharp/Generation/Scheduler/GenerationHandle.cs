@@ -5,7 +5,7 @@ namespace BitNetSharp.Generation.Scheduler;
 /// <summary>
 /// A submitted request: its events arrive on <see cref="Events"/> as the engine produces them, and the channel
 /// completes when every choice has finished — with an <see cref="OperationCanceledException"/> after
-/// <see cref="Cancel"/>, a <see cref="TimeoutException"/> after the timeout, or the engine's error if it failed.
+/// <see cref="Cancel"/>, a <see cref="RequestTimeoutException"/> after the timeout, or the engine's error if it failed.
 /// The engine thread owns every mutable field below except the cancellation flag.
 /// </summary>
 public sealed class GenerationHandle
@@ -63,4 +63,11 @@ public sealed class GenerationHandle
         _channel.Writer.TryComplete(error);
         _registration.Dispose();
     }
+}
+
+/// <summary>A request that did not finish within its timeout; <see cref="Started"/>: whether it had been admitted to
+/// the batch (it ran) or was still waiting in the queue.</summary>
+public sealed class RequestTimeoutException(string message, bool started) : TimeoutException(message)
+{
+    public bool Started { get; } = started;
 }
