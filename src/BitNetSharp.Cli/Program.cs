@@ -32,7 +32,9 @@ public static class Program
             CalibrateCommand.Create(cli),
         };
         // `bitnet` alone shows what it can do.
-        var parse = root.Parse(args.Length == 0 ? ["--help"] : args);
+        // Every value literal: System.CommandLine's response files read any token starting with @ as a file of more
+        // options, so `-p "@user hi"` failed ("Response file not found") and `-p @notes.txt` ran the file's lines as options.
+        var parse = root.Parse(args.Length == 0 ? ["--help"] : args, new ParserConfiguration { ResponseFileTokenReplacer = null });
         // A command line that does not parse is a usage error like any other: exit 2, the message on stderr. The default
         // action exited 1 (the code of a bad model or data file) and wrote the help text to stdout, into `| jq`.
         if (parse.Errors.Count > 0)

@@ -138,6 +138,8 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             Prompt = Enumerable.Range(0, promptLength).Select(k => (k * 31 + i * 7) % vocab).ToArray(),
             MaxTokens = maxTokens,
             IgnoreStopTokens = true,
+            // Named in the telemetry log: its steps (the JIT's first compilations among them) are not traffic.
+            RequestId = BitNetSharp.Monitoring.Telemetry.TelemetryLogSchema.WarmupRequestIdPrefix + i.ToString(System.Globalization.CultureInfo.InvariantCulture),
         }, stop)).ToArray();
         foreach (var h in handles)
             Task.Run(async () => { await foreach (var _ in h.Events.ReadAllAsync(stop)) { } }, stop).GetAwaiter().GetResult();

@@ -49,7 +49,9 @@ public static class CalibrateCommand
         {
             model, data, samples, ctx, budget, seed, maxSteps, output, report, threads, json, tune, tuneSteps, tuneLr,
         };
-        command.SetAction(r => cli.Guard(() =>
+        // With the cancellation token: Ctrl-C stops the search between forward passes, so its scratch reference file (263 MB
+        // on 2B4T) is deleted; without it the process ended at once and left the file.
+        command.SetAction((r, cancellation) => Task.FromResult(cli.Guard(() =>
         {
             try
             {
@@ -64,20 +66,25 @@ public static class CalibrateCommand
                             : $"{option.Name} applies to --tune only.");
                 if (tuning)
                     return CalibrateTune.Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(ctx), r.GetValue(tuneSteps), r.GetValue(tuneLr),
-                        r.GetValue(seed), r.GetRequiredValue(output), r.GetValue(threads));
+                        r.GetValue(seed), r.GetRequiredValue(output), r.GetValue(threads), cancellation);
                 return Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(samples), r.GetValue(ctx), r.GetValue(budget), r.GetValue(seed),
-                    r.GetResult(maxSteps) is { Implicit: false } ? r.GetValue(maxSteps) : null, r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json));
+                    r.GetResult(maxSteps) is { Implicit: false } ? r.GetValue(maxSteps) : null, r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json), cancellation);
+            }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                cli.Error.WriteLine("cancelled: nothing written.");
+                return 130;
             }
             catch (InvalidDataException e)
             {
                 throw new IOException(e.Message, e);
             }
-        }));
+        })));
         return command;
     }
 
     private static int Run(CliConsole cli, string? modelPath, string dataPath, int samples, int ctxOption, double budget, int seed, int? maxSteps,
-        string outPath, string? reportPath, int threads, bool json)
+        string outPath, string? reportPath, int threads, bool json, CancellationToken cancellation = default)
     {
         if (!(budget > 0) || !double.IsFinite(budget)) throw new UsageException($"--kl-budget must be a positive number of nats; got {budget.ToString(CultureInfo.InvariantCulture)}.");
         if (samples < 2) throw new UsageException($"--samples must be at least 2 (one window for statistics, one held out); got {samples}.");
@@ -90,6 +97,9 @@ public static class CalibrateCommand
         if (reportPath is not null && (Directory.Exists(reportPath) || reportPath.EndsWith('/') || reportPath.EndsWith(Path.DirectorySeparatorChar)))
             throw new UsageException($"--report {reportPath} is a directory; give a file path such as {Path.Combine(reportPath, "calibration.md")}.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the calibrated model is a GGUF; give a path ending in .gguf.");
+        // The report is Markdown with its plots beside it (REPORT-crest.svg, ...): --report y.svg wrote Markdown into y.svg.
+        if (reportPath is not null && !reportPath.EndsWith(".md", StringComparison.OrdinalIgnoreCase))
+            throw new UsageException($"--report {reportPath}: the report is Markdown (its plots are written beside it); give a path ending in .md.");
         string outFull = Path.GetFullPath(outPath);
         string stem = outFull[..^".gguf".Length];
         reportPath = reportPath is null ? stem + ".calibration.md" : Path.GetFullPath(reportPath);
@@ -144,7 +154,7 @@ public static class CalibrateCommand
         var stats = new ActivationStatistics(c);
         engine.Observer = stats;
         Func<int, int> bytes = id => tokenizer.TokenBytes(id).Length;
-        QualityEvaluator.Evaluate(engine, tokens, window, window, bytes, bos, windowStarts: statStarts);
+        QualityEvaluator.Evaluate(engine, tokens, window, window, bytes, bos, windowStarts: statStarts, cancellation: cancellation);
         engine.Observer = null;
         var summary = stats.Summarize();
 
@@ -152,7 +162,7 @@ public static class CalibrateCommand
         log?.Invoke(string.Create(CultureInfo.InvariantCulture,
             $"calibration: {statStarts.Count} windows of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
         var result = BitWidthSearch.Run(engine, tokens, window, heldStarts, bos, budget, Path.GetDirectoryName(outFull) ?? ".", bytes,
-            maxSteps ?? int.MaxValue, log);
+            maxSteps ?? int.MaxValue, log, cancellation);
         var baseline = result.Kl.Reference;
 
         // Outputs: the model (what the search was for), then the report (Markdown + SVG); each written whole or not at

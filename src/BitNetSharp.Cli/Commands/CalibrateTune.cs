@@ -13,7 +13,8 @@ namespace BitNetSharp.Cli.Commands;
 /// </summary>
 internal static class CalibrateTune
 {
-    public static int Run(CliConsole cli, string? modelPath, string dataPath, int ctxOption, int steps, float lr, int seed, string outPath, int threads)
+    public static int Run(CliConsole cli, string? modelPath, string dataPath, int ctxOption, int steps, float lr, int seed, string outPath, int threads,
+        CancellationToken cancellation = default)
     {
         if (steps < 1) throw new UsageException($"--steps must be at least 1; got {steps}.");
         if (ctxOption < 0) throw new UsageException($"--ctx must be a window length in tokens (0: the default); got {ctxOption}.");
@@ -77,6 +78,7 @@ internal static class CalibrateTune
         {
             tuner.Tune(train, steps, lr, (ulong)seed, (step, loss) =>
             {
+                cancellation.ThrowIfCancellationRequested(); // Ctrl-C: stop between steps, nothing written
                 smoothed = float.IsNaN(smoothed) ? loss : 0.9f * smoothed + 0.1f * loss;
                 if (step % every == 0 || step == steps)
                     cli.Output.WriteLine(string.Create(ic, $"step {step}/{steps} training loss (moving average) {smoothed:F4}  elapsed {clock.Elapsed:hh\\:mm\\:ss}"));

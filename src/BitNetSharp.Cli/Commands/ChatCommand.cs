@@ -69,6 +69,14 @@ public static class ChatCommand
                     throw new UsageException($"--system: the system prompt takes {systemTokens} tokens with the {chatTemplate.Name} template, which leaves no room for a message and an answer "
                         + $"in the context of {generator.ContextLength} tokens (--ctx). Shorten it, or raise --ctx.");
             }
+            else
+            {
+                // Likewise the template's own tokens around one message: with --ctx below them every message was refused.
+                int frame = chatTemplate.Encode(tokenizer, [ChatMessage.User("")], addGenerationPrompt: true).Length;
+                if (frame + Math.Max(1, Math.Min(answerTokens, generator.ContextLength / 2)) >= generator.ContextLength)
+                    throw new UsageException($"--ctx {generator.ContextLength}: the {chatTemplate.Name} template takes {frame} tokens around a message, which leaves no room "
+                        + "for a message and an answer. Raise --ctx.");
+            }
             var reader = input ?? Console.In;
             CancellationTokenSource? answer = null;
             ConsoleCancelEventHandler onCancel = (_, e) =>

@@ -68,7 +68,9 @@ public static class EvalCommand
         {
             model, data, ctx, stride, json, threads, kvType, bits, headType, weightPages, klReference, klKvType, klBits, saveLogits, saveTop, llama, parseSpecial, preTokenizer,
         };
-        command.SetAction(r => cli.Guard(() =>
+        // With the cancellation token: Ctrl-C stops between forward passes and a --save-logits file in progress is removed
+        // (the process ended at once, leaving its hidden temporary, which on a large vocabulary with full rows is gigabytes).
+        command.SetAction((r, cancellation) => Task.FromResult(cli.Guard(() =>
         {
             try
             {
@@ -187,7 +189,7 @@ public static class EvalCommand
                     }
 
                     (PerplexityResult Model, KlResult? Kl) Run(Action<int, int>? progress) =>
-                        QualityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos, progress, kv, reference, writer, llamaChunks: llamaChunks);
+                        QualityEvaluator.Evaluate(engine, tokens, window, step, id => tokenizer.TokenBytes(id).Length, bos, progress, kv, reference, writer, llamaChunks: llamaChunks, cancellation: cancellation);
                     if (!r.GetValue(json) && ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected)
                     {
                         AnsiConsole.Progress()
@@ -304,12 +306,17 @@ public static class EvalCommand
                 cli.Ansi.Write(table);
                 return 0;
             }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                cli.Error.WriteLine("cancelled: nothing written.");
+                return 130;
+            }
             catch (InvalidDataException e)
             {
                 // A bad data file or checkpoint is the user's file, not a bug: one line and exit 1, like the model errors.
                 throw new IOException(e.Message, e);
             }
-        }));
+        })));
         return command;
     }
 }

@@ -62,7 +62,7 @@ public static class GenerateCommand
             speculation.Check(result);
             if (result.GetValue(healthEvery) is < 1 and var badEvery) throw new UsageException($"--health-every must be ≥ 1; got {badEvery}.");
             if (result.GetValue(healthEvery) is not null && !(result.GetValue(health) || result.GetValue(logResidual) || result.GetValue(logLogits)))
-                throw new UsageException("--health-every sets how often --health, --log-residual or --log-logits measure; give one of them (alone it was accepted and measured nothing).");
+                throw new UsageException("--health-every sets how often --health, --log-residual-stats or --log-logits measure; give one of them (alone it was accepted and measured nothing).");
             var stops = Stops(result, stop);
             int[]? givenIds = ids is not null ? ModelOptions.ParseIds(ids) : null;
             var (weights, tokenizer) = model.Load(result);
@@ -98,8 +98,19 @@ public static class GenerateCommand
             var repetitionIds = new List<int>(); // as the server's gauge: without the stop token that ended the text
             bool ignoringEos = result.GetValue(ignoreEos);
             var output = cli.Output;
-            // Generate validates (context, token ids) before the first token, so errors come before any output.
-            var tokens = StopStrings.Apply(generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation), stops);
+            // Generate validates (context, token ids) before the first token, so errors come before any output; they are
+            // the user's (a prompt past --ctx, an id outside the vocabulary, an empty prompt): usage errors, exit 2.
+            IEnumerable<GeneratedToken> tokens;
+            try
+            {
+                tokens = StopStrings.Apply(generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation), stops);
+            }
+            catch (ArgumentException e)
+            {
+                // Without .NET's " (Parameter 'prompt')" and, for a range error, its "Actual value was …" line after it.
+                throw new UsageException(e.Message.Split(" (Parameter '")[0]);
+            }
+            bool interrupted = false;
             if (!result.GetValue(noEcho))
                 output.Write(tokenizer is not null && text is not null ? text : string.Join(' ', promptTokens) + " |");
             output.Flush();
@@ -108,6 +119,7 @@ public static class GenerateCommand
                 foreach (var token in tokens)
                 {
                     if (token.Id >= 0) generated.Add(token.Id);
+                    if (token.Finish == FinishReason.Cancelled) interrupted = true;
                     if (token.Id >= 0 && !(token.Finish == FinishReason.Stop && !ignoringEos && tokenizer is not null && tokenizer.IsStopToken(token.Id)))
                         repetitionIds.Add(token.Id);
                     if (tokenizer is null && token.Id >= 0) output.Write(" " + token.Id.ToString(CultureInfo.InvariantCulture));
@@ -131,6 +143,12 @@ public static class GenerateCommand
             if (report is not null) cli.Error.WriteLine(RepetitionLine(promptTokens, repetitionIds));
             if (result.GetValue(logitsOut) is { } lp) WriteLogits(lp, promptLogits!);
             if (result.GetValue(idsOut) is { } ip) WriteIds(ip, promptTokens, generated);
+            if (interrupted)
+            {
+                // Written whole up to the interruption, but not what was asked: a script must tell it from a finished run.
+                cli.Error.WriteLine($"interrupted after {generated.Count} generated tokens.");
+                return 130;
+            }
             return 0;
         })));
         return command;

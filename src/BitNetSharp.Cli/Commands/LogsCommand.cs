@@ -120,7 +120,7 @@ public static class LogsCommand
             long exported = 0;
             var jsonBuffer = new System.Buffers.ArrayBufferWriter<byte>();
             int topLayer = -1;
-            bool layerFound = false;
+            bool layerFound = false, requestFound = false;
             foreach (var row in reader.ReadRows(cancellation))
             {
                 // Step rows appended by a live writer since the first pass: their layer rows come after them.
@@ -130,6 +130,7 @@ public static class LogsCommand
                     topLayer = Math.Max(topLayer, row.Layer);
                     layerFound |= row.Layer == s.Layer;
                 }
+                requestFound |= s.Request is not null && row.RequestId == s.Request;
                 if (!Keep(row, s, requestSteps)) continue;
                 stats?.Add(row);
                 plot?.Add(row);
@@ -160,6 +161,10 @@ public static class LogsCommand
             if (s.Layer is { } wanted && !layerFound)
                 cli.Error.WriteLine(topLayer < 0 ? $"note: --layer {wanted}: these logs have no layer rows (serve --health-every writes them)."
                     : $"note: --layer {wanted}: no rows of that layer; these logs have layers 0 to {topLayer}.");
+            // Likewise a request id that is not in the logs (a typo, another server's logs): it printed "rows: 0" or drew an
+            // empty chart, as if the request had run without a step.
+            if (s.Request is { } id && !requestFound)
+                cli.Error.WriteLine($"note: --request {id}: no request with that id in these logs (ids are in the summary's slowest-requests list and in --export).");
             if (stats is not null) stats.Write(cli.Output, reader);
             else
                 // An export or a plot names what it left out too (it said "wrote N rows" and nothing of a file cut off or
@@ -218,6 +223,9 @@ public static class LogsCommand
             throw new UsageException("--metric and --input need --plot PATH.svg.");
         if (s.Input is not null && Array.IndexOf(HealthNames.InputLabels, s.Input) < 0)
             throw new UsageException($"unknown --input '{s.Input}': expected {string.Join(", ", HealthNames.InputLabels)}.");
+        // The residual-stream metrics are one per layer, not per projection input: --input was ignored without a word.
+        if (s.Input is not null && s.Metric is "residual_rms" or "residual_change")
+            throw new UsageException($"--input picks a projection input for saturation, underflow and crest; --metric {s.Metric} has one value per layer. Leave out --input.");
         if (s.Follow && (s.Export is not null || s.Plot is not null || s.Summary))
             throw new UsageException("--follow prints rows as they arrive; it cannot be combined with --summary, --export or --plot.");
         if (s.Since is { } from && s.Until is { } to && from > to)
@@ -449,6 +457,9 @@ public static class LogsCommand
         private double _entropySum, _stepSecondsSum, _latencySum;
         private float _latencyMax;
         private long _latencyRows; // a sequence's first token has no previous token: its latency is NaN
+        private long _warmupRows;
+        private double _warmupSeconds;
+        private readonly HashSet<(string?, long)> _warmupSteps = [];
 
         public void Add(in TelemetryRow row)
         {
@@ -459,6 +470,14 @@ public static class LogsCommand
             {
                 case TelemetryRowKind.Step:
                     var s = row.StepRecord;
+                    if (s.RequestId is not null && s.RequestId.StartsWith(TelemetryLogSchema.WarmupRequestIdPrefix, StringComparison.Ordinal))
+                    {
+                        // The server's warm-up: its steps include the JIT's first compilations (one took 78 ms where
+                        // served steps took 1), so they are counted apart from the traffic's tokens, step times and latencies.
+                        _warmupRows++;
+                        if (_warmupSteps.Add((row.Run, row.Step))) _warmupSeconds += s.StepSeconds;
+                        break;
+                    }
                     if (s.RequestId is not null) _requests.Add(s.RequestId);
                     _stepRows++;
                     ref float seconds = ref System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(_steps, (row.Run, row.Step), out bool seen);
@@ -570,6 +589,9 @@ public static class LogsCommand
                 long nonFinite = _eventKinds.GetValueOrDefault("nonfinite_logits");
                 w.WriteLine($"logits: {logits}; sequences ended by non-finite logits: {nonFinite:N0}");
             }
+            if (_warmupRows > 0)
+                w.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"warm-up: {_warmupRows:N0} tokens over {_warmupSteps.Count:N0} steps, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above)"));
             if (_layers.Count > 0)
             {
                 WriteTable(w, "saturation % (share of codes at the clamp, ±127 at 8 bits), mean / max", l => l.Saturation, 100, "0.000");

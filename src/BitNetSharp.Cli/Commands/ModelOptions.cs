@@ -350,6 +350,8 @@ public sealed class SamplingOptions
                 nameof(SamplingParameters.FrequencyPenalty) => FrequencyPenalty,
                 _ => null,
             };
+            // The flag's own range where it is wider than the API's (--top-p 0 is taken; the library's "(0, 1]" read as if not).
+            if (flag == TopP) throw new UsageException($"--top-p must be in [0, 1] (1 turns it off; 0 keeps only the most likely token); got {r.GetValue(TopP).ToString(System.Globalization.CultureInfo.InvariantCulture)}.");
             throw new UsageException(flag is null ? e.Message.Split(" (Parameter '")[0] : $"{flag.Name}: {e.Message.Split(" (Parameter '")[0]}");
         }
         return p;

@@ -19,14 +19,19 @@ public sealed record BitWidthSearchResult(ActivationBits Bits, IReadOnlyList<Bit
 public static class BitWidthSearch
 {
     public static BitWidthSearchResult Run(Transformer engine, int[] tokens, int ctx, IReadOnlyList<int> windowStarts, int bosId, double klBudget,
-        string scratchDirectory, Func<int, int>? tokenByteCount = null, int maxSteps = int.MaxValue, Action<string>? log = null)
+        string scratchDirectory, Func<int, int>? tokenByteCount = null, int maxSteps = int.MaxValue, Action<string>? log = null,
+        CancellationToken cancellation = default)
     {
         if (!(klBudget > 0) || !double.IsFinite(klBudget)) throw new ArgumentOutOfRangeException(nameof(klBudget), klBudget, "The KL budget must be a positive number of nats.");
         // No held-out positions: every KL read 0 and every step down to 2 bits was "within budget".
         if (windowStarts.Count == 0) throw new ArgumentException("The search needs at least one held-out window to measure the KL on.", nameof(windowStarts));
         var start = engine.ActivationBits;
         var c = engine.Config;
-        string refPath = Path.Combine(scratchDirectory, $"calibrate-reference-{Environment.ProcessId}-{Guid.NewGuid():N}.bnlg");
+        // A hidden temporary in AtomicFile's form (.calibrate-reference.bnlg.PID.GUID.tmp): one a killed run left (263 MB on
+        // 2B4T, under a visible name no later run removed) is deleted by the next search in the folder.
+        const string scratchName = "calibrate-reference.bnlg";
+        BitNetSharp.Formats.AtomicFile.RemoveStaleTemporaries(scratchDirectory, scratchName);
+        string refPath = BitNetSharp.Formats.AtomicFile.TemporaryPath(Path.Combine(scratchDirectory, scratchName));
         try
         {
             // The reference: the starting widths' distributions, full rows on every vocabulary. Top 64 + rest (as eval
@@ -38,7 +43,7 @@ public static class BitWidthSearch
             var header = new LogitsFileHeader(c.VocabSize, ctx, ctx, bosId, topK, LogitsFileHeader.HashTokens(tokens), positions, "calibration reference");
             using (var writer = new LogitsFileWriter(refPath, header))
             {
-                QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, save: writer, windowStarts: windowStarts);
+                QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, save: writer, windowStarts: windowStarts, cancellation: cancellation);
                 writer.Complete();
             }
             int evaluations = 0;
@@ -46,7 +51,7 @@ public static class BitWidthSearch
             {
                 engine.ActivationBits = bits;
                 using var reader = new LogitsFileReader(refPath);
-                var (model, kl) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, reference: KlReference.FromFile(reader), windowStarts: windowStarts);
+                var (model, kl) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, reference: KlReference.FromFile(reader), windowStarts: windowStarts, cancellation: cancellation);
                 evaluations++;
                 return (model, kl!);
             }

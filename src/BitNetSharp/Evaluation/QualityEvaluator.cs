@@ -113,7 +113,7 @@ public static class QualityEvaluator
     public static (PerplexityResult Model, KlResult? Kl) Evaluate(Transformer engine, ReadOnlySpan<int> tokens, int ctx, int stride = 0,
         Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null,
         KvCacheType kvType = KvCacheType.F32, KlReference? reference = null, LogitsFileWriter? save = null, IReadOnlyList<int>? windowStarts = null,
-        bool llamaChunks = false)
+        bool llamaChunks = false, CancellationToken cancellation = default)
     {
         var c = engine.Config;
         if (ctx < 2 || ctx > c.ContextLength) throw new ArgumentOutOfRangeException(nameof(ctx), ctx, $"The window must be 2 to {c.ContextLength} tokens (the model's context).");
@@ -183,6 +183,9 @@ public static class QualityEvaluator
                     int token = pos == 0 && bosId >= 0 ? bosId : tokens[start + pos];
                     batch[i] = new BatchToken(token, 0, pos, pos >= firstScored && pos < scoredEnd);
                 }
+                // Checked before each forward (a chunk of the window): Ctrl-C stops within one chunk, so the callers'
+                // cleanup runs (a scratch reference file, a partial --save-logits) before the process ends.
+                cancellation.ThrowIfCancellationRequested();
                 engine.Forward(batch.AsSpan(0, n), [cache], logits);
                 refEngine?.Forward(batch.AsSpan(0, n), [refCache!], refLogits);
                 int row = 0;

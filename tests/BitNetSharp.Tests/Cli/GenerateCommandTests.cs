@@ -118,6 +118,8 @@ public class GenerateCommandTests
     [InlineData("chat", "--stop", "", "--stop")]
     [InlineData("generate", "--repeat-penalty", "1e-38", "--repeat-penalty")] // logit / 1e-38 overflowed; the forward pass was blamed
     [InlineData("generate", "--presence-penalty", "5000", "--presence-penalty")]
+    [InlineData("generate", "--top-p", "-0.5", "--top-p must be in [0, 1]")] // said "(0, 1]" though --top-p 0 is taken
+    [InlineData("generate", "--health-every", "2", "--log-residual-stats")] // named a flag that does not exist
     public void RunFlagsAreCheckedBeforeTheModelLoads(string command, string option, string value, string message)
     {
         string[] args = command == "generate" ? ["generate", "-m", "no-such.gguf", "-p", "hi", option, value] : ["chat", "-m", "no-such.gguf", option, value];
@@ -125,6 +127,55 @@ public class GenerateCommandTests
         Assert.Equal(2, code);
         Assert.Contains(message, error);
         Assert.DoesNotContain("no-such.gguf", error);
+    }
+
+    /// <summary>
+    /// Values are literal: a prompt starting with @ was a System.CommandLine response file ("@home" failed with "Response
+    /// file not found"; "@notes.txt" ran the file's lines as options).
+    /// </summary>
+    [Fact]
+    public void AValueStartingWithAtIsLiteral()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string rsp = dir.File("opts.txt");
+        File.WriteAllText(rsp, "Hello\n--ids-out " + dir.File("injected.json") + "\n");
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var (code, output, error) = Bitnet("tokenize", "-m", model, "@home is where");
+        Assert.True(code == 0, error);
+        Assert.Contains("@", output);
+        (code, _, error) = Bitnet("generate", "-m", model, "-p", "@" + rsp, "-n", "2", "--temp", "0", "-t", "1");
+        Assert.True(code == 0, error);
+        Assert.False(File.Exists(dir.File("injected.json")), "the file's lines were read as options");
+    }
+
+    /// <summary>
+    /// The prompt checks made once the model is loaded (past --ctx, an id outside the vocabulary, an empty prompt) are
+    /// usage errors, exit 2 as the README says (they exited 1, the code of a bad model file).
+    /// </summary>
+    [Theory]
+    [InlineData("-p", "Once upon a time", "-n", "256", "exceeds the context")]
+    [InlineData("--prompt-ids", "999999", "-n", "2", "outside the vocabulary")]
+    [InlineData("-p", "", "-n", "2", "The prompt is empty")]
+    public void PromptErrorsAfterTheLoadAreUsageErrors(string promptOption, string prompt, string countOption, string count, string message)
+    {
+        var (code, output, error) = Bitnet("generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), promptOption, prompt, countOption, count, "-t", "1");
+        Assert.Equal(2, code);
+        Assert.Contains(message, error);
+        Assert.DoesNotContain("(Parameter", error);
+        Assert.Equal("", output);
+    }
+
+    /// <summary>chat with a --ctx below its template's own tokens around a message refused every message, each time blaming
+    /// it; now it says so at the start, naming --ctx (as an oversized --system already was).</summary>
+    [Fact]
+    public void ChatWithAContextTooSmallForItsTemplateIsRefusedAtTheStart()
+    {
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-n", "10", "-c", "20", "--template", "chatml", "-t", "1"],
+            new StringWriter(), error, new StringReader("hi\n"));
+        Assert.Equal(2, code);
+        Assert.Contains("--ctx 20", error.ToString());
+        Assert.Contains("chatml", error.ToString());
     }
 
     /// <summary>

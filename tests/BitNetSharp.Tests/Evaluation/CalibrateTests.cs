@@ -83,7 +83,7 @@ public class CalibrateTests
         using var dir = new TestGguf.TempDirectory();
         using var engine = new Transformer(tiny, 8);
         var tokens = Enumerable.Range(0, 40).Select(i => i % tiny.Config.VocabSize).ToArray();
-        var e = Assert.Throws<ArgumentException>(() => BitWidthSearch.Run(engine, tokens, 8, [], -1, 0.01, dir.Path));
+        var e = Assert.Throws<ArgumentException>(() => BitWidthSearch.Run(engine, tokens, 8, [], -1, 0.01, dir.Path, cancellation: TestContext.Current.CancellationToken));
         Assert.Contains("held-out window", e.Message);
     }
 
@@ -149,11 +149,34 @@ public class CalibrateTests
         Assert.Equal(source.Metadata.Count + 1, written.Metadata.Count);
         Assert.Contains("| layer | input | tokens |", File.ReadAllText(dir.File("one.calibration.md")));
         Assert.True(File.Exists(dir.File("one.calibration-crest.svg")));
+        // The scratch reference is gone (a hidden temporary while it lives), and one a killed run left is deleted by the next.
+        Assert.DoesNotContain(Directory.GetFiles(dir.Path), f => f.Contains("calibrate-reference"));
 
         // The calibrated model evaluates at its widths, and calibrating it again keeps them as the starting point's reference.
         var (code, output, error) = Cli("eval", "-m", dir.File("one.gguf"), "--data", data, "--ctx", "64", "--json");
         Assert.True(code == 0, error);
         Assert.Equal(bits.ToString(), JsonDocument.Parse(output).RootElement.GetProperty("activation_bits").GetString());
+    }
+
+    /// <summary>
+    /// The search's scratch reference (the full-row distributions, 263 MB on 2B4T) is a hidden temporary in AtomicFile's
+    /// form: one left by a killed run (its process gone) is deleted by the next search in the folder; it was a visible
+    /// calibrate-reference-PID-GUID.bnlg that no later run removed.
+    /// </summary>
+    [Fact]
+    public void AKilledSearchsScratchIsRemovedByTheNext()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 4)));
+        // No process has a PID this high (Linux caps PIDs at 2^22).
+        string stale = dir.File($".calibrate-reference.bnlg.{int.MaxValue}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllBytes(stale, new byte[4096]);
+        var (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", data, "--ctx", "64", "--samples", "2", "--max-steps", "1", "--out", dir.File("out.gguf"), "-t", "1");
+        Assert.True(code == 0, error);
+        Assert.False(File.Exists(stale), "the stale scratch file is still there");
+        Assert.Equal(["out.calibration-crest.svg", "out.calibration-histogram.svg", "out.calibration.md", "out.gguf", "text.txt"],
+            Directory.GetFiles(dir.Path).Select(Path.GetFileName).Order(StringComparer.Ordinal));
     }
 
     /// <summary>The full-row reference is sized before any work: 2B4T's defaults are 0.26 GB, --ctx 4096 --samples 16 is refused.</summary>
@@ -183,11 +206,11 @@ public class CalibrateTests
         int[] starts = [0, 32, 64, 96];
         const double budget = 0.02;
         using var engine = new Transformer(w, ctx);
-        var r = BitWidthSearch.Run(engine, tokens, ctx, starts, -1, budget, dir.Path);
+        var r = BitWidthSearch.Run(engine, tokens, ctx, starts, -1, budget, dir.Path, cancellation: TestContext.Current.CancellationToken);
         Assert.NotEmpty(r.Steps);
         using var reference = new Transformer(w, ctx); // the starting widths: 8 everywhere
         engine.ActivationBits = r.Bits;
-        var (_, full) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, reference: KlReference.FromEngine(reference, KvCacheType.F32), windowStarts: starts);
+        var (_, full) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, reference: KlReference.FromEngine(reference, KvCacheType.F32), windowStarts: starts, cancellation: TestContext.Current.CancellationToken);
         Assert.NotNull(full);
         Assert.InRange(full.MeanKl, 0, budget);
         Assert.Equal(full.MeanKl, r.Kl.MeanKl, 1e-6); // the file keeps float rows; the top-64 bound was 3e-4 low here
@@ -205,6 +228,7 @@ public class CalibrateTests
     [InlineData("--max-steps", "0", "--max-steps must be at least 1")] // ran the whole search
     [InlineData("--seed", "-3", "--seed must be 0 to")] // drew --seed 3's windows
     [InlineData("--report", "", "--report: the path is empty")] // exit 1, "The value cannot be an empty string."
+    [InlineData("--report", "y.svg", "give a path ending in .md")] // wrote Markdown into y.svg, plots as y.svg-crest.svg
     public void BadSettingsAreUsageErrorsAndWriteNothing(string option, string value, string message)
     {
         using var dir = new TestGguf.TempDirectory();

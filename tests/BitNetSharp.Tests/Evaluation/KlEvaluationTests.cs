@@ -106,7 +106,7 @@ public class KlEvaluationTests
         using var refEngine = new Transformer(weights, 32, pool);
         const int ctx = 64, stride = 32;
 
-        var (self, selfKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, reference: KlReference.FromEngine(refEngine, KvCacheType.F32));
+        var (self, selfKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, reference: KlReference.FromEngine(refEngine, KvCacheType.F32), cancellation: TestContext.Current.CancellationToken);
         Assert.NotNull(selfKl);
         Assert.Equal(0, selfKl.MeanKl);
         Assert.Equal(1, selfKl.TopAgreement);
@@ -116,7 +116,7 @@ public class KlEvaluationTests
         Assert.Equal(QualityEvaluator.Plan(tokens.Length, ctx, stride).Positions, selfKl.Positions);
 
         var (int8, int8Kl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8,
-            reference: KlReference.FromEngine(refEngine, KvCacheType.F32));
+            reference: KlReference.FromEngine(refEngine, KvCacheType.F32), cancellation: TestContext.Current.CancellationToken);
         Assert.InRange(int8Kl!.MeanKl, 1e-7, 0.05);
         Assert.True(int8Kl.MaxKl >= int8Kl.P99Kl && int8Kl.P99Kl >= int8Kl.MedianKl);
         Assert.InRange(int8Kl.TopAgreement, 0.8, 1);
@@ -135,13 +135,13 @@ public class KlEvaluationTests
                 QualityEvaluator.Plan(tokens.Length, ctx, stride).Positions, "test");
             using (var writer = new LogitsFileWriter(path, header))
             {
-                var (saved, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, save: writer);
+                var (saved, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, save: writer, cancellation: TestContext.Current.CancellationToken);
                 Assert.Equal(self.Perplexity, saved.Perplexity, 12);
                 writer.Complete();
             }
             Assert.True(LogitsFile.IsLogitsFile(path));
             using var reader = new LogitsFileReader(path);
-            var (_, fileKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8, reference: KlReference.FromFile(reader));
+            var (_, fileKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8, reference: KlReference.FromFile(reader), cancellation: TestContext.Current.CancellationToken);
             Assert.Equal(top, fileKl!.TopK);
             Assert.Equal(int8Kl.Reference.Perplexity, fileKl.Reference.Perplexity, 4); // ln p(target) stored as f32
             Assert.Equal(int8Kl.DeltaP!.Mean, fileKl.DeltaP!.Mean, 5); // from the stored ln p(target), whatever the top-k
@@ -196,7 +196,7 @@ public class KlEvaluationTests
         using var _ = weights;
         using var engine = new Transformer(weights, 32);
         weights.Layers[1].Q.RowScales[2] = float.NaN;
-        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos));
+        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos, cancellation: TestContext.Current.CancellationToken));
         Assert.Contains("not finite", e.Message);
         Assert.Contains("window 1 of", e.Message);
 
@@ -219,13 +219,13 @@ public class KlEvaluationTests
         using var _ = weights;
         using var engine = new Transformer(weights, 32);
         const int ctx = 32;
-        var (plan, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos);
+        var (plan, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, cancellation: TestContext.Current.CancellationToken);
         var starts = Enumerable.Range(0, plan.Windows).Select(w => w * ctx).ToList();
-        var (explicitStarts, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, windowStarts: starts);
+        var (explicitStarts, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, windowStarts: starts, cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(plan.NegativeLogLikelihood, explicitStarts.NegativeLogLikelihood);
         Assert.Equal(plan.ScoredTokens, explicitStarts.ScoredTokens);
-        var (second, _) = QualityEvaluator.Evaluate(engine, tokens[ctx..], ctx, ctx, bosId: bos);
-        var (skipFirst, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, windowStarts: starts.Skip(1).Take(second.Windows).ToList());
+        var (second, _) = QualityEvaluator.Evaluate(engine, tokens[ctx..], ctx, ctx, bosId: bos, cancellation: TestContext.Current.CancellationToken);
+        var (skipFirst, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, windowStarts: starts.Skip(1).Take(second.Windows).ToList(), cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(second.NegativeLogLikelihood, skipFirst.NegativeLogLikelihood);
     }
 
@@ -241,20 +241,20 @@ public class KlEvaluationTests
         var header = new LogitsFileHeader(weights.Config.VocabSize, 64, 64, bos, 8, LogitsFileHeader.HashTokens(tokens), QualityEvaluator.Plan(tokens.Length, 64, 64).Positions, "");
         using (var writer = new LogitsFileWriter(path, header))
         {
-            QualityEvaluator.Evaluate(engine, tokens, 64, 64, bosId: bos, save: writer);
+            QualityEvaluator.Evaluate(engine, tokens, 64, 64, bosId: bos, save: writer, cancellation: TestContext.Current.CancellationToken);
             writer.Complete();
         }
         Assert.False(File.Exists(path + ".partial"));
 
         using (var reader = new LogitsFileReader(path))
         {
-            var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens[1..], 64, 64, bosId: bos, reference: KlReference.FromFile(reader)));
+            var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens[1..], 64, 64, bosId: bos, reference: KlReference.FromFile(reader), cancellation: TestContext.Current.CancellationToken));
             Assert.Contains("other text", e.Message);
             Assert.Contains(path, e.Message);
         }
         using (var reader = new LogitsFileReader(path))
         {
-            var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos, reference: KlReference.FromFile(reader)));
+            var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos, reference: KlReference.FromFile(reader), cancellation: TestContext.Current.CancellationToken));
             Assert.Contains("--ctx 64 --stride 64", e.Message);
         }
         string cut = dir.File("cut.bnlg");

@@ -45,7 +45,7 @@ public class LlamaPerplexityTests
         Assert.True(chunks >= 2);
 
         using var engine = new Transformer(weights, ctx);
-        var (result, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, llamaChunks: true);
+        var (result, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, bosId: bos, llamaChunks: true, cancellation: TestContext.Current.CancellationToken);
 
         using var plain = new Transformer(weights, ctx);
         int vocab = weights.Config.VocabSize;
@@ -88,9 +88,9 @@ public class LlamaPerplexityTests
         int ctx = tokens.Length / 2 + 1; // ctx ≤ tokens < 2·ctx: one chunk
         Assert.True(ctx >= 3 && ctx <= tokens.Length && ctx <= weights.Config.ContextLength);
         using var engine = new Transformer(weights, ctx);
-        var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, llamaChunks: true));
+        var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, llamaChunks: true, cancellation: TestContext.Current.CancellationToken));
         Assert.Contains($"at least 2 × --ctx = {2 * ctx}", e.Message);
-        var (result, _) = QualityEvaluator.Evaluate(engine, tokens, tokens.Length / 2, tokens.Length / 2, llamaChunks: true); // exactly two chunks' worth
+        var (result, _) = QualityEvaluator.Evaluate(engine, tokens, tokens.Length / 2, tokens.Length / 2, llamaChunks: true, cancellation: TestContext.Current.CancellationToken); // exactly two chunks' worth
         Assert.Equal(2, result.Windows);
 
         using var dir = new TestGguf.TempDirectory();
@@ -109,8 +109,8 @@ public class LlamaPerplexityTests
         var tokenizer = TokenizerLoader.FromGguf(weights.Gguf!);
         var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 2)), addBos: false);
         using var engine = new Transformer(weights, 32);
-        Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, windowStarts: []));
-        var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, windowStarts: [0, 0]));
+        Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, windowStarts: [], cancellation: TestContext.Current.CancellationToken));
+        var e = Assert.Throws<ArgumentException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, windowStarts: [0, 0], cancellation: TestContext.Current.CancellationToken));
         Assert.Contains("twice", e.Message);
         Assert.True(double.IsNaN(new PerplexityResult(0, 0, 0, 0).Perplexity));
     }
@@ -172,7 +172,7 @@ public class LlamaPerplexityTests
         var tokens = tokenizer.Encode(string.Concat(Enumerable.Repeat(Story, 3)), addBos: false);
         using var engine = new Transformer(weights, 32);
         using var reference = new Transformer(broken, 32);
-        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, reference: KlReference.FromEngine(reference, KvCacheType.F32)));
+        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, reference: KlReference.FromEngine(reference, KvCacheType.F32), cancellation: TestContext.Current.CancellationToken));
         Assert.Contains("reference", e.Message);
     }
 }

@@ -673,6 +673,50 @@ public class LogsCommandTests
         Assert.Contains("sequences ended by non-finite logits: 1", output);
     }
 
+    /// <summary>
+    /// The server's warm-up steps (request ids warmup-N; the JIT's first compilations make them slow) are counted apart:
+    /// they were in the tokens, step time and latency of the traffic (a 78 ms warm-up step beside 1 ms served ones).
+    /// </summary>
+    [Fact]
+    public void WarmupStepsAreKeptOutOfTheTrafficFigures()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            writer.Write(Step(Start, 1, TelemetryLogSchema.WarmupRequestIdPrefix + "0") with { StepSeconds = 0.5f, LatencySeconds = 0.5f });
+            writer.Write(Step(Start, 1, TelemetryLogSchema.WarmupRequestIdPrefix + "1", sequence: 1) with { StepSeconds = 0.5f, LatencySeconds = 0.5f });
+            writer.Write(Step(Start + 1000, 2, "a") with { StepSeconds = 0.02f });
+            writer.Write(Step(Start + 2000, 3, "a") with { StepSeconds = 0.04f });
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        var output = Bitnet("logs", path).Output;
+        Assert.Contains("requests: 1", output);
+        Assert.Contains("tokens: 2, step time mean 30 ms over 2 steps", output);
+        Assert.DoesNotContain("max 500", output);
+        Assert.Contains("warm-up: 2 tokens over 1 steps, 500 ms", output);
+    }
+
+    /// <summary>A --request id the logs do not have is said (it printed "rows: 0" or an empty chart and exit 0), and --input
+    /// with a residual metric, which has no inputs, is refused (it was ignored).</summary>
+    [Fact]
+    public void ARequestNotInTheLogsIsSaidAndInputWithAResidualMetricIsRefused()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        var (code, _, error) = Bitnet("logs", path, "--request", "nosuch");
+        Assert.Equal(0, code);
+        Assert.Contains("note: --request nosuch: no request with that id in these logs", error);
+        (code, _, error) = Bitnet("logs", path, "--request", "a");
+        Assert.Equal(0, code);
+        Assert.DoesNotContain("--request", error);
+        (code, _, error) = Bitnet("logs", path, "--plot", dir.File("p.svg"), "--metric", "residual_rms", "--input", "down");
+        Assert.Equal(2, code);
+        Assert.Contains("Leave out --input", error);
+        Assert.False(File.Exists(dir.File("p.svg")));
+    }
+
     /// <summary>A file named twice, or by its folder and by name, is read once (its rows were counted twice).</summary>
     [Fact]
     public void AFileNamedTwiceIsReadOnce()

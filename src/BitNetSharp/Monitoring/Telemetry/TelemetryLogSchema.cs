@@ -40,6 +40,10 @@ public static class TelemetryLogSchema
 
     public const string FileExtension = ".arrow";
 
+    /// <summary>The request ids of a server's warm-up generations ("warmup-0", ...): the server's own, before serving, and
+    /// whatever their steps cost (the JIT's first compilations) is not traffic (<c>bitnet logs</c> keeps them apart).</summary>
+    public const string WarmupRequestIdPrefix = "warmup-";
+
     public static readonly string[] KindNames = ["step", "layer", "event"];
 
     public static readonly TimestampType TimeType = new(TimeUnit.Nanosecond, "UTC");
