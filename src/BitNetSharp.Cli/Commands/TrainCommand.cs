@@ -67,6 +67,7 @@ public static class TrainCommand
         };
         command.SetAction(r => cli.Guard(() =>
         {
+            TrainingRun? current = null; // for the advice after a divergence
             try
             {
                 string outPath = OutputFile.Check("--out", r.GetRequiredValue(output));
@@ -74,14 +75,23 @@ public static class TrainCommand
                 int d = r.GetValue(dim), h = r.GetValue(heads);
                 var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
                     r.GetValue(ff) is > 0 and var f ? f : (8 * d / 3 + 127) / 128 * 128, r.GetValue(ctx), r.GetValue(ropeTheta));
-                shape.Validate();
                 var pack = r.GetValue(packing)?.ToLowerInvariant() switch
                 {
                     "i2_s" or "i2s" => ProjectionPacking.I2S,
                     "tq2_0" or "tq2" => ProjectionPacking.Tq2_0,
                     var other => throw new UsageException($"--packing '{other}' is not one of i2_s, tq2_0."),
                 };
-                ModelExporter.CheckPackable(shape, pack);
+                try
+                {
+                    // The shape is the user's flags (--dim 64 --heads 3, --rope-theta 0, --packing tq2_0 at --dim 64): a
+                    // usage error, exit 2 (it exited 1, the code of a bad file).
+                    shape.Validate();
+                    ModelExporter.CheckPackable(shape, pack);
+                }
+                catch (ArgumentException e)
+                {
+                    throw new UsageException(e.Message.Split(" (Parameter '")[0]);
+                }
                 ActivationBits bits;
                 try
                 {
@@ -198,6 +208,7 @@ public static class TrainCommand
                         $"{run.Model.Layout.Count:N0} parameters, {(options.FullPrecision ? "full precision" : bits.AllEight ? "ternary (QAT)" : $"ternary (QAT), activation bits {bits}")}; {options.TotalSteps} steps of {run.TokensPerStep} tokens");
                 }
 
+                current = run;
                 if (run.Options.EffectiveWarmupSteps < run.Options.WarmupSteps)
                     cli.Output.WriteLine($"warm-up: {run.Options.EffectiveWarmupSteps} steps, half the run's {run.Options.TotalSteps} (--warmup {run.Options.WarmupSteps} would leave no decay)");
                 Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
@@ -218,7 +229,7 @@ public static class TrainCommand
                 // The check inside a step cannot know of the checkpoint; the way back is the same.
                 string checkpointPath = r.GetRequiredValue(output) + ".ckpt";
                 if (!e.Message.Contains("was kept", StringComparison.Ordinal) && File.Exists(checkpointPath))
-                    cli.Error.WriteLine($"The last good checkpoint, {checkpointPath}, was kept: resume it with --resume and a lower --lr (or a longer --warmup).");
+                    cli.Error.WriteLine((current?.DivergenceAdvice(checkpointPath) ?? $"The last checkpoint, {checkpointPath}, was kept: resume it with --resume and a lower --lr (or a longer --warmup)") + ".");
                 return 1;
             }
             catch (InvalidDataException e)

@@ -23,7 +23,7 @@ public static class ModelConverter
         foreach (var (name, m) in Projections(weights))
         {
             if (type is PackedWeightType.TQ2_0 or PackedWeightType.TQ1_0 && m.Cols % 256 != 0)
-                throw new ArgumentException($"{type} packs rows in blocks of 256 weights, but {name} has rows of {m.Cols}; use --type {(Cols128(weights) ? "i2_s or f16" : "f16")} for this model.");
+                throw new ArgumentException($"{type} packs rows in blocks of 256 weights, but {name} has rows of {m.Cols}; use --type {(I2SPackable(weights) ? "i2_s or f16" : "f16")} for this model.");
             if (type == PackedWeightType.I2_S && (long)m.Rows * m.Cols % 128 != 0)
                 throw new ArgumentException($"I2_S packs the tensor in blocks of 128 weights, but {name} has {m.Rows}×{m.Cols} = {(long)m.Rows * m.Cols}; use --type f16 for this model.");
             // TQ2_0/TQ1_0 keep a d per 256-block (so per row) and F16 stores ±β_r; only I2_S has one scale per tensor.
@@ -68,10 +68,12 @@ public static class ModelConverter
     private static string ArchitectureOf(ModelConfig c) =>
         c.Family == ModelFamily.BitNet158 ? "bitnet-b1.58" : c.Rope == Kernels.FloatOps.RopeStyle.Norm || ToNorm(c) ? "llama" : "bitnet";
 
-    private static bool Cols128(ModelWeights weights)
+    /// <summary>I2_S's size rule below (the whole tensor in blocks of 128 weights, not each row): a model of 64-wide rows
+    /// packs as I2_S, and the TQ2_0 error told it to use f16 only.</summary>
+    private static bool I2SPackable(ModelWeights weights)
     {
         foreach (var (_, m) in Projections(weights))
-            if (m.Cols % 128 != 0) return false;
+            if ((long)m.Rows * m.Cols % 128 != 0) return false;
         return true;
     }
 

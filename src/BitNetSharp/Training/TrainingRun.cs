@@ -225,7 +225,7 @@ public sealed class TrainingRun
         var p = Model.Parameters;
         for (int i = 0; i < p.Length; i++)
             if (!float.IsFinite(p[i]))
-                throw new TrainingDivergedException($"the weights are no longer finite at step {Step}: training diverged. {(File.Exists(path) ? $"The last good checkpoint, {path}, was kept; resume it with a lower --lr (or raise --warmup)" : "Lower --lr (or raise --warmup) and start again")}.");
+                throw new TrainingDivergedException($"the weights are no longer finite at step {Step}: training diverged. {DivergenceAdvice(path)}.");
         // The default BinaryWriter encoding (UTF-8, no BOM, throwing on invalid text), kept open for the fsync.
         AtomicFile.Write(path, stream =>
         {
@@ -252,6 +252,30 @@ public sealed class TrainingRun
             w.Write(Magic);
             w.Flush();
         });
+        CheckpointStep = Step;
+    }
+
+    /// <summary>The step of the checkpoint this run last wrote, or resumed from; −1 for none.</summary>
+    public int CheckpointStep { get; private set; } = -1;
+
+    /// <summary>
+    /// What to do after a divergence, about the checkpoint at <paramref name="path"/>: its step and validation loss, and
+    /// whether resuming it is the way back. A checkpoint is written whatever the loss, so one taken while the validation
+    /// loss was already far above the best (more than 1 nat a token: the run was diverging, e.g. 1.2e9 against 5.3) was
+    /// called "the last good checkpoint", and resuming it with a lower rate stayed there.
+    /// </summary>
+    public string DivergenceAdvice(string path)
+    {
+        var ic = System.Globalization.CultureInfo.InvariantCulture;
+        if (CheckpointStep < 0 || !File.Exists(path)) return "Lower --lr (or raise --warmup) and start again";
+        float? val = null;
+        foreach (var (step, loss) in ValidationLosses)
+            if (step <= CheckpointStep) val = loss;
+        string at = val is { } v ? string.Create(ic, $"step {CheckpointStep}, val {v:G4}") : string.Create(ic, $"step {CheckpointStep}");
+        if (val is { } risen && BestStep >= 0 && BestStep < CheckpointStep && !(risen <= BestValidationLoss + 1f))
+            return string.Create(ic, $"The last checkpoint, {path} ({at}), was kept, but its validation loss had already risen from {BestValidationLoss:F3} at step {BestStep}: ") +
+                "the run was diverging before it, and resuming it keeps the damage. Start again with a lower --lr (or a longer --warmup)";
+        return $"The last good checkpoint, {path} ({at}), was kept; resume it with --resume and a lower --lr (or raise --warmup)";
     }
 
     /// <summary>
@@ -281,6 +305,9 @@ public sealed class TrainingRun
         if (warmupSteps is < 0) throw new ArgumentOutOfRangeException(nameof(warmupSteps), warmupSteps, "Warm-up steps must be 0 or more.");
         using var stream = File.OpenRead(path);
         using var r = new BinaryReader(stream);
+        // Shorter than the magic and version (an empty or junk file at OUT.ckpt): not a checkpoint, rather than "truncated".
+        if (stream.Length < sizeof(ulong) + sizeof(int))
+            throw new InvalidDataException($"{path}: not a bitnet training checkpoint ({stream.Length} bytes); delete it to start a new run, or give --resume the run's own OUT.ckpt.");
         try
         {
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: not a bitnet training checkpoint.");
@@ -365,6 +392,7 @@ public sealed class TrainingRun
             }
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: the checkpoint is truncated or corrupt (end marker missing).");
             run._lastCodes = run.TernaryCodes();
+            run.CheckpointStep = run.Step;
             return run;
         }
         catch (EndOfStreamException e)

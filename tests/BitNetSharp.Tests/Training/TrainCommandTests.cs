@@ -318,6 +318,8 @@ public class TrainCommandTests
         };
         var (code, _, error) = Bitnet(args);
         Assert.NotEqual(0, code);
+        // The shape is the user's flags: a usage error (they exited 1, the code of a bad file).
+        if (scenario is "heads" or "kvheads" or "i2s") Assert.Equal(2, code);
         Assert.Contains(message, error);
         Assert.StartsWith("error: ", error);
         Assert.DoesNotContain("   at ", error);
@@ -419,6 +421,59 @@ public class TrainCommandTests
         var run = BitNetSharp.Training.TrainingRun.Resume(model + ".ckpt", pool);
         Assert.All(run.Model.Parameters, p => Assert.True(float.IsFinite(p)));
         Assert.Contains("was kept", error);
+    }
+
+    /// <summary>
+    /// A run whose validation loss had blown up before its last checkpoint (checkpoints are written whatever the loss) is not
+    /// told that checkpoint is "the last good" one to resume: the advice names its step and validation loss against the
+    /// best, and says to start again (resuming a checkpoint at val 1.2e9 with a lower rate stayed there).
+    /// </summary>
+    [Fact]
+    public void ADivergenceAfterTheValidationLossRoseSaysToStartAgain()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("tiny.gguf");
+        var args = Replace(Replace(Replace(TinyArgs(data, model, "--full-precision", "--lr", "300", "--warmup", "40"), "--tokens", "1280"), "--checkpoint-every", "4"), "-t", "1");
+        var (code, _, error) = Bitnet(args);
+        Assert.Equal(1, code);
+        Assert.Contains("diverged", error);
+        Assert.Contains("had already risen from", error);
+        Assert.Contains("Start again with a lower --lr", error);
+        Assert.DoesNotContain("last good checkpoint", error);
+        Assert.Matches(@"\(step \d+, val [0-9.E+]+\)", error);
+    }
+
+    /// <summary>An empty or junk OUT.ckpt given to --resume is "not a checkpoint" (it said "truncated"), naming what to do.</summary>
+    [Fact]
+    public void AJunkCheckpointIsNotCalledTruncated()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("tiny.gguf");
+        File.WriteAllBytes(model + ".ckpt", [1, 2, 3, 4, 5]);
+        var (code, _, error) = Bitnet(TinyArgs(data, model, "--resume"));
+        Assert.Equal(1, code);
+        Assert.Contains("not a bitnet training checkpoint (5 bytes); delete it", error);
+    }
+
+    /// <summary>
+    /// A model of 64-wide rows cannot be TQ2_0 (blocks of 256 per row) but packs as I2_S (blocks of 128 over the whole
+    /// tensor): convert's error offers i2_s (it said f16 only, checking each row against 128).
+    /// </summary>
+    [Fact]
+    public void ConvertOffersI2SForRowsNarrowerThanABlock()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("narrow.gguf");
+        var (code, _, error) = Bitnet(Replace(Replace(TinyArgs(data, model, "--packing", "i2_s"), "--dim", "64"), "--ff", "128"));
+        Assert.True(code == 0, error);
+        (code, _, error) = Bitnet("convert", model, dir.File("tq2.gguf"), "--type", "tq2_0");
+        Assert.NotEqual(0, code);
+        Assert.Contains("use --type i2_s or f16", error);
+        (code, _, error) = Bitnet("convert", model, dir.File("i2s.gguf"), "--type", "i2_s");
+        Assert.True(code == 0, error);
     }
 
     private static string[] Replace(string[] args, string option, string value)
