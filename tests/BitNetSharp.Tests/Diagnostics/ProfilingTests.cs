@@ -364,6 +364,22 @@ public class ProfilingTests
         Assert.Contains(layouts, l => l.Tokens == 1 && l.Layout.Contains("5-bit", StringComparison.Ordinal));
     }
 
+    /// <summary>
+    /// The MAC ceiling is taken over every projection input width, the feed-forward one included: measured at the model
+    /// width alone, the wider down projection ran at 131 % of "peak" (found by a runtime sweep).
+    /// </summary>
+    [Fact]
+    public void TheCeilingCoversEveryProjectionWidth()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = TinyWeights(dir);
+        var c = w.Config;
+        Assert.Equal(new[] { c.Dim, c.QDim, c.FeedForward }.Distinct().Order(), KernelPeak.ProjectionWidths(c));
+        Assert.Contains(c.FeedForward, KernelPeak.ProjectionWidths(c));
+        var shape = new BitNetSharp.Training.TrainingShape(300, 64, 1, 2, 1, 1024, 32, 10000f).ToModelConfig();
+        Assert.Equal([64, 1024], KernelPeak.ProjectionWidths(shape));
+    }
+
     [Fact]
     public void SessionTraceIsValidChromeJsonWithNestedSpansPerThread()
     {
