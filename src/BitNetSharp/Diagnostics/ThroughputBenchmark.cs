@@ -18,6 +18,9 @@ public sealed record ThroughputSample(string Test, int Threads, double[] TokensP
     /// <summary>Tokens each sequence processed in one repetition (pp: the prompt; tg: the decode steps).</summary>
     public int Tokens { get; init; }
 
+    /// <summary>Untimed forward passes before the timed ones (pp; 0 where not counted).</summary>
+    public int WarmupRuns { get; init; }
+
     /// <summary>
     /// KV-cache bytes a decode step reads on average (all sequences): step i (from 0) attends over the depth plus i + 1
     /// positions, so the mean over the test's steps (the integer mean positions, (tokens + 1) / 2 rounded down, counted
@@ -100,6 +103,13 @@ public static class ThroughputBenchmark
     /// cache is truncated back to the prefix); test name "ppN @ dD". <paramref name="attentionShare"/>: one more,
     /// profiled, pass for <see cref="ThroughputSample.AttentionShare"/>.
     /// </summary>
+    /// <summary>Most untimed prompt passes before <see cref="Prefill"/>'s timed ones (besides the first and the last): past
+    /// the runtime's two ~30-call promotions of a method to optimized code, for the methods a forward pass calls once.</summary>
+    public const int WarmupPasses = 64;
+
+    /// <summary>Longest <see cref="Prefill"/> warm-up (seconds), however few passes that allows.</summary>
+    public const double WarmupSeconds = 2.0;
+
     public static ThroughputSample Prefill(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16,
         KvCache? prefix = null, bool attentionShare = false)
     {
@@ -126,10 +136,23 @@ public static class ThroughputBenchmark
                 engine.Forward(batch, [cache], logits);
             }
             Run(); // warm-up: JIT, page faults
-            // The optimized recompiles the warm-up set off, before the timed runs; then one more untimed run, as the
-            // first pass after the quiet spell's sleep runs slower (see ProfileSession).
-            Profiling.JitQuiet.Settle();
+            // The runtime promotes a method to optimized code in two rounds of ~30 calls (instrumented, then optimized with
+            // the profile), and the ones called once per forward pass get there only after ~60 passes: with two warm-up
+            // passes a small model's first pp test was timed in unoptimized code (1823 against 5631 t/s for the same test
+            // run third). So two rounds of up to WarmupPasses / 2 passes, each followed by a quiet spell for the
+            // recompiles it set off, within WarmupSeconds in all (a large model's passes take seconds, where those
+            // calls cost nothing).
+            int warmups = 1;
+            long started = Stopwatch.GetTimestamp();
+            for (int round = 0; round < 2; round++)
+            {
+                for (int i = 0; i < WarmupPasses / 2 && Stopwatch.GetElapsedTime(started).TotalSeconds < WarmupSeconds; i++, warmups++) Run();
+                // The optimized recompiles the passes set off, before the timed runs.
+                Profiling.JitQuiet.Settle();
+            }
+            // One more untimed run, as the first pass after the quiet spell's sleep runs slower (see ProfileSession).
             Run();
+            warmups++;
             for (int r = 0; r < repetitions; r++)
             {
                 cache.Truncate(depth);
@@ -143,6 +166,7 @@ public static class ThroughputBenchmark
                 Tokens = tokens,
                 Latency = LatencySummary.Of(seconds),
                 Depth = depth,
+                WarmupRuns = warmups,
                 AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, Run) : null,
             };
         }
