@@ -71,9 +71,10 @@ public static class ChatCommand
             }
             else
             {
-                // Likewise the template's own tokens around one message: with --ctx below them every message was refused.
+                // Likewise the template's own tokens around one message: with --ctx at or below them every message was
+                // refused (a shorter --ctx than -n asks for is sent anyway, with a note, so only a full frame is refused here).
                 int frame = chatTemplate.Encode(tokenizer, [ChatMessage.User("")], addGenerationPrompt: true).Length;
-                if (frame + Math.Max(1, Math.Min(answerTokens, generator.ContextLength / 2)) >= generator.ContextLength)
+                if (frame + 1 >= generator.ContextLength)
                     throw new UsageException($"--ctx {generator.ContextLength}: the {chatTemplate.Name} template takes {frame} tokens around a message, which leaves no room "
                         + "for a message and an answer. Raise --ctx.");
             }

@@ -50,7 +50,15 @@ public static class ConvertCommand
             OutputFile.CheckNotInput("the output", outPath, ("input model", inPath));
             // Read once, tensor by tensor: mapped, never copied into huge pages.
             using var weights = ModelWeights.Load(inPath, new ModelLoadOptions { WeightPages = WeightPages.File });
-            ModelConverter.CheckShapes(weights, packed, embeddingType);
+            try
+            {
+                ModelConverter.CheckShapes(weights, packed, embeddingType);
+            }
+            catch (ArgumentException shape)
+            {
+                // A --type or --embedding-type this model's shapes cannot hold: the user's choice, exit 2 (as train's --packing).
+                throw new UsageException(shape.Message.Split(" (Parameter '")[0]);
+            }
             foreach (var warning in ModelConverter.CompatibilityWarnings(weights, packed)) cli.Error.WriteLine("warning: " + warning);
             string tokenizerNote;
             BitNetTokenizer? tokenizer = null;

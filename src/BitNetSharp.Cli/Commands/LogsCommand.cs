@@ -164,7 +164,7 @@ public static class LogsCommand
             // Likewise a request id that is not in the logs (a typo, another server's logs): it printed "rows: 0" or drew an
             // empty chart, as if the request had run without a step.
             if (s.Request is { } id && !requestFound)
-                cli.Error.WriteLine($"note: --request {id}: no request with that id in these logs (ids are in the summary's slowest-requests list and in --export).");
+                cli.Error.WriteLine($"note: --request {id}: no request with that id in these logs (the ids are in --export's request_id column).");
             if (stats is not null) stats.Write(cli.Output, reader);
             else
                 // An export or a plot names what it left out too (it said "wrote N rows" and nothing of a file cut off or
@@ -516,7 +516,8 @@ public static class LogsCommand
                         _lastEvents.Enqueue(row.Event);
                         if (_lastEvents.Count > ShownEvents) _lastEvents.Dequeue();
                     }
-                    if (row.Event.RequestId is not null) _requests.Add(row.Event.RequestId);
+                    if (row.Event.RequestId is not null && !row.Event.RequestId.StartsWith(TelemetryLogSchema.WarmupRequestIdPrefix, StringComparison.Ordinal))
+                        _requests.Add(row.Event.RequestId);
                     break;
             }
         }
@@ -578,7 +579,10 @@ public static class LogsCommand
             w.WriteLine($"time: {FormatTime(_first)} .. {FormatTime(_last)} ({span.ToString("0.###", CultureInfo.InvariantCulture)} s)");
             w.WriteLine($"rows: {total:N0} (step {_rowsByKind[0]:N0}, layer {_rowsByKind[1]:N0}, event {_rowsByKind[2]:N0})");
             w.WriteLine($"requests: {_requests.Count:N0}");
-            w.WriteLine($"steps: {_steps.Count:N0}");
+            // Warm-up steps are counted on the warm-up line (their layer rows, the model's numbers, stay in the tables below).
+            int servedSteps = 0;
+            foreach (var key in _steps.Keys) if (!_warmupSteps.Contains(key)) servedSteps++;
+            w.WriteLine($"steps: {servedSteps:N0}");
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,

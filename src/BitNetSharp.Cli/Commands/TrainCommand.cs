@@ -228,8 +228,10 @@ public static class TrainCommand
                 cli.Error.WriteLine($"error: {e.Message}");
                 // The check inside a step cannot know of the checkpoint; the way back is the same.
                 string checkpointPath = r.GetRequiredValue(output) + ".ckpt";
-                if (!e.Message.Contains("was kept", StringComparison.Ordinal) && File.Exists(checkpointPath))
-                    cli.Error.WriteLine((current?.DivergenceAdvice(checkpointPath) ?? $"The last checkpoint, {checkpointPath}, was kept: resume it with --resume and a lower --lr (or a longer --warmup)") + ".");
+                string advice = current?.DivergenceAdvice(checkpointPath) ?? $"The last checkpoint, {checkpointPath}, was kept: resume it with --resume and a lower --lr (or a longer --warmup)";
+                // Only advice about the checkpoint: the exception's message already says to lower the rate.
+                if (!e.Message.Contains("was kept", StringComparison.Ordinal) && File.Exists(checkpointPath) && advice.Contains(checkpointPath, StringComparison.Ordinal))
+                    cli.Error.WriteLine(advice + ".");
                 return 1;
             }
             catch (InvalidDataException e)

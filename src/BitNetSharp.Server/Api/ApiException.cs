@@ -16,9 +16,9 @@ internal sealed class ApiException(int status, string message, string type, stri
 
     /// <summary>
     /// Written as <c>x-should-retry: true|false</c>, the header the official OpenAI clients obey before their own rule
-    /// (they retry every 5xx, 408, 409 and 429 twice by default). False on errors that a retry would only repeat: a model
-    /// that failed to load, weights giving non-finite logits, an engine failure, a request that timed out while it ran
-    /// (three runs of up to the whole timeout each). Null: no header, the client's own rule.
+    /// (the Python and Node SDKs; they retry every 5xx, 408, 409 and 429 twice by default). False on errors that a retry
+    /// would only repeat: a model that failed to load, weights giving non-finite logits, a request that timed out while it
+    /// ran (three runs of up to the whole timeout each). Null: no header, the client's own rule.
     /// </summary>
     public bool? ShouldRetry { get; init; }
 

@@ -329,6 +329,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         TimeoutException => new ApiException(504, e.Message, "server_error", code: "timeout"),
         ObjectDisposedException => new ApiException(503, "The server is shutting down.", "server_error", code: "shutting_down") { RetryAfterSeconds = 1 },
         Monitoring.NonFiniteLogitsException => new ApiException(500, e.Message, "server_error", code: "non_finite_logits") { ShouldRetry = false },
-        _ => new ApiException(500, e.Message, "server_error", code: "generation_failed") { ShouldRetry = false },
+        // An engine failure may be transient (memory, a batch-mate's failure): the clients' own rule stands.
+        _ => new ApiException(500, e.Message, "server_error", code: "generation_failed"),
     };
 }

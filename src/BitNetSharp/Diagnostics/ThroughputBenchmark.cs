@@ -97,19 +97,19 @@ public static class ThroughputBenchmark
         }
     }
 
+    /// <summary>Most untimed prompt passes before <see cref="Prefill"/>'s timed ones (besides the first and the last): past
+    /// the runtime's two ~30-call promotions of a method to optimized code, for the methods a forward pass calls once.</summary>
+    public const int WarmupPasses = 64;
+
+    /// <summary>Longest time the warm-up passes of <see cref="Prefill"/> may take in all (seconds; the quiet spells after them not counted), however few passes that allows.</summary>
+    public const double WarmupSeconds = 2.0;
+
     /// <summary>
     /// Prompt processing: one batch of <paramref name="tokens"/> tokens, logits for the last. With <paramref name="prefix"/>
     /// (from <see cref="FillDepth"/>) the batch continues its positions and every repetition starts from them again (the
     /// cache is truncated back to the prefix); test name "ppN @ dD". <paramref name="attentionShare"/>: one more,
     /// profiled, pass for <see cref="ThroughputSample.AttentionShare"/>.
     /// </summary>
-    /// <summary>Most untimed prompt passes before <see cref="Prefill"/>'s timed ones (besides the first and the last): past
-    /// the runtime's two ~30-call promotions of a method to optimized code, for the methods a forward pass calls once.</summary>
-    public const int WarmupPasses = 64;
-
-    /// <summary>Longest <see cref="Prefill"/> warm-up (seconds), however few passes that allows.</summary>
-    public const double WarmupSeconds = 2.0;
-
     public static ThroughputSample Prefill(ModelWeights weights, WorkerPool pool, int tokens, int repetitions, KvCacheType kv = KvCacheType.F16,
         KvCache? prefix = null, bool attentionShare = false)
     {
@@ -143,10 +143,15 @@ public static class ThroughputBenchmark
             // recompiles it set off, within WarmupSeconds in all (a large model's passes take seconds, where those
             // calls cost nothing).
             int warmups = 1;
-            long started = Stopwatch.GetTimestamp();
+            double passSeconds = 0; // the passes' own time: a quiet spell stretched by other work must not use up the budget
             for (int round = 0; round < 2; round++)
             {
-                for (int i = 0; i < WarmupPasses / 2 && Stopwatch.GetElapsedTime(started).TotalSeconds < WarmupSeconds; i++, warmups++) Run();
+                for (int i = 0; i < WarmupPasses / 2 && passSeconds < WarmupSeconds; i++, warmups++)
+                {
+                    long pass = Stopwatch.GetTimestamp();
+                    Run();
+                    passSeconds += Stopwatch.GetElapsedTime(pass).TotalSeconds;
+                }
                 // The optimized recompiles the passes set off, before the timed runs.
                 Profiling.JitQuiet.Settle();
             }

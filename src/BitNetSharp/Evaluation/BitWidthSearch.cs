@@ -29,8 +29,10 @@ public static class BitWidthSearch
         var c = engine.Config;
         // A hidden temporary in AtomicFile's form (.calibrate-reference.bnlg.PID.GUID.tmp): one a killed run left (263 MB on
         // 2B4T, under a visible name no later run removed) is deleted by the next search in the folder.
+        // The writer's own temporary of that name (killed while the reference was written) is one level deeper.
         const string scratchName = "calibrate-reference.bnlg";
         BitNetSharp.Formats.AtomicFile.RemoveStaleTemporaries(scratchDirectory, scratchName);
+        BitNetSharp.Formats.AtomicFile.RemoveStaleTemporaries(scratchDirectory, "." + scratchName + ".*" + ".tmp");
         string refPath = BitNetSharp.Formats.AtomicFile.TemporaryPath(Path.Combine(scratchDirectory, scratchName));
         try
         {
@@ -46,6 +48,9 @@ public static class BitWidthSearch
                 QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, save: writer, windowStarts: windowStarts, cancellation: cancellation);
                 writer.Complete();
             }
+            // Held open for the whole search (each evaluation opens it again): another search in this folder, in this
+            // process or another PID namespace, reads a file nobody holds as a killed run's and would delete it.
+            using var hold = new FileStream(refPath, FileMode.Open, FileAccess.Read, FileShare.Read | FileShare.Delete);
             int evaluations = 0;
             (PerplexityResult Model, KlResult Kl) Measure(ActivationBits bits)
             {

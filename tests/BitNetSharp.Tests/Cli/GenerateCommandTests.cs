@@ -394,13 +394,14 @@ public class GenerateCommandTests
     {
         using var dir = new TestGguf.TempDirectory();
         string model = TinyModel(dir);
+        // The user's numbers, found once the model is loaded: usage errors, exit 2 (they exited 1).
         var tooLong = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "100000");
-        Assert.Equal(1, tooLong.ExitCode);
+        Assert.Equal(2, tooLong.ExitCode);
         Assert.Equal("", tooLong.Output);
         Assert.Contains("exceeds the context of 256 tokens", tooLong.Error);
         // -n near int.MaxValue wrapped the check negative: the prompt was echoed and prefilled, then a bare error.
         var wrapped = Bitnet("generate", "-m", model, "--prompt-ids", "1", "-n", "2147483647");
-        Assert.Equal(1, wrapped.ExitCode);
+        Assert.Equal(2, wrapped.ExitCode);
         Assert.Equal("", wrapped.Output);
         Assert.Contains("exceeds the context of 256 tokens", wrapped.Error);
 
@@ -410,7 +411,7 @@ public class GenerateCommandTests
         Assert.Contains("--ctx 4096 is more than the model's context of 256 tokens", bigContext.Error);
 
         var badId = Bitnet("generate", "-m", model, "--prompt-ids", "1,999999");
-        Assert.Equal(1, badId.ExitCode);
+        Assert.Equal(2, badId.ExitCode);
         Assert.Contains("999999", badId.Error);
 
         var noTokenizer = Bitnet("generate", "-m", model, "-p", "hello");
@@ -546,7 +547,7 @@ public class GenerateCommandTests
         string model = TinyModel(dir); // dim 128: q_proj rows are 128 weights
         string output = dir.File("out.gguf");
         var r = Bitnet("convert", model, output, "--type", "tq2_0");
-        Assert.Equal(1, r.ExitCode);
+        Assert.Equal(2, r.ExitCode); // the user's --type: a usage error (it exited 1, the code of a bad file)
         Assert.Contains("256", r.Error);
         Assert.Contains("blk.0.attn_q.weight has rows of 128", r.Error);
         Assert.False(File.Exists(output));
@@ -662,7 +663,7 @@ public class GenerateArgumentTests
     [InlineData("--ctx", "-4", "--ctx (-c) must be 0 (the model's context) or more")]
     [InlineData("-t", "-2", "--threads (-t) must be 0 (physical cores) or more")]
     [InlineData("--temp", "-1", "--temp: temperature must be a finite number ≥ 0")]
-    [InlineData("--top-p", "1.5", "--top-p: top_p must be in (0, 1]")]
+    [InlineData("--top-p", "1.5", "--top-p must be in [0, 1]")]
     [InlineData("--repeat-last-n", "-5", "--repeat-last-n: penalty_last_n must be ≥ −1")]
     [InlineData("--logits-out", "/tmp", "--logits-out /tmp is a directory")]
     [InlineData("--ids-out", "/no/such/folder/ids.json", "--ids-out /no/such/folder/ids.json: the folder '/no/such/folder' does not exist")]

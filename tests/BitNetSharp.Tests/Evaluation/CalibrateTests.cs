@@ -87,6 +87,53 @@ public class CalibrateTests
         Assert.Contains("held-out window", e.Message);
     }
 
+    /// <summary>
+    /// Ctrl-C (the command's cancellation token) stops the search before its next forward pass and leaves no scratch
+    /// reference behind (the process used to end at once, keeping it); a search's reference is held open while it runs,
+    /// so another search in the folder does not take it for a killed run's.
+    /// </summary>
+    [Fact]
+    public void ACancelledSearchStopsAndLeavesNoScratch()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        using var dir = new TestGguf.TempDirectory();
+        using var engine = new Transformer(tiny, 8);
+        var tokens = Enumerable.Range(0, 40).Select(i => i % tiny.Config.VocabSize).ToArray();
+        using var cancel = new CancellationTokenSource();
+        cancel.Cancel();
+        Assert.ThrowsAny<OperationCanceledException>(() => BitWidthSearch.Run(engine, tokens, 8, [0, 8], -1, 0.01, dir.Path, cancellation: cancel.Token));
+        Assert.Empty(Directory.GetFiles(dir.Path, "*", SearchOption.AllDirectories));
+
+        // Cancelled from the log of its first step: the reference was written and is removed.
+        using var later = new CancellationTokenSource();
+        bool sawReference = false;
+        Assert.ThrowsAny<OperationCanceledException>(() => BitWidthSearch.Run(engine, tokens, 8, [0, 8, 16], -1, 10, dir.Path, log: _ =>
+        {
+            string scratch = Assert.Single(Directory.GetFiles(dir.Path, ".calibrate-reference.bnlg.*.tmp"));
+            // Held: the stale-scratch rule would not delete it (it is this process's and nobody else's to remove).
+            Assert.Equal(0, BitNetSharp.Formats.AtomicFile.RemoveStaleTemporaries(dir.Path, "calibrate-reference.bnlg"));
+            sawReference = File.Exists(scratch);
+            later.Cancel();
+        }, cancellation: later.Token));
+        Assert.True(sawReference, "the search logged no step before it was cancelled");
+        Assert.Empty(Directory.GetFiles(dir.Path, "*", SearchOption.AllDirectories));
+    }
+
+    /// <summary>A writer killed while it wrote the scratch reference leaves AtomicFile's temporary of the scratch name, one
+    /// level deeper: the next search removes that too.</summary>
+    [Fact]
+    public void AKilledReferenceWritersTemporaryIsRemovedByTheNextSearch()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        using var dir = new TestGguf.TempDirectory();
+        using var engine = new Transformer(tiny, 8);
+        var tokens = Enumerable.Range(0, 40).Select(i => i % tiny.Config.VocabSize).ToArray();
+        string nested = dir.File($"..calibrate-reference.bnlg.{int.MaxValue}.{Guid.NewGuid():N}.tmp.{int.MaxValue}.{Guid.NewGuid():N}.tmp");
+        File.WriteAllBytes(nested, new byte[1024]);
+        BitWidthSearch.Run(engine, tokens, 8, [0, 8], -1, 0.01, dir.Path, maxSteps: 1, cancellation: TestContext.Current.CancellationToken);
+        Assert.Empty(Directory.GetFiles(dir.Path, "*", SearchOption.AllDirectories));
+    }
+
     /// <summary>The crest mean is the same bits whatever order the workers reported tokens in (a running sum depended on it).</summary>
     [Fact]
     public void CrestMeanDoesNotDependOnTheOrderTokensArrive()
@@ -327,7 +374,7 @@ public class CalibrateTests
         Assert.Contains("is a directory", error);
         (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.gguf"), "--report", dir.File("o.gguf"));
         Assert.Equal(2, code);
-        Assert.Contains("would overwrite", error);
+        Assert.Contains("give a path ending in .md", error); // a report must be Markdown, so it cannot land on a model
         Assert.False(File.Exists(dir.File("o.gguf")));
     }
 }

@@ -31,6 +31,27 @@ public class KlEvaluationTests
     /// (1 − top mass cancelled to 0 and a 5e-324 floor made it ~7.4 nats against 0.35), and the rest mass a logits file
     /// saves is the other tokens' (it was ln 0).
     /// </summary>
+    /// <summary>
+    /// A cancelled evaluation (eval's Ctrl-C) stops before its next forward pass, and the --save-logits file it was
+    /// writing leaves nothing behind once disposed (the process used to end at once, leaving the hidden temporary).
+    /// </summary>
+    [Fact]
+    public void ACancelledEvaluationStopsAndItsSavedLogitsLeaveNothing()
+    {
+        using var tiny = BitNetSharp.Tests.Model.TransformerTests.TinyModel();
+        using var engine = new Transformer(tiny, 8);
+        var tokens = Enumerable.Range(0, 40).Select(i => i % tiny.Config.VocabSize).ToArray();
+        using var dir = new TestGguf.TempDirectory();
+        var header = new LogitsFileHeader(tiny.Config.VocabSize, 8, 8, -1, 0, LogitsFileHeader.HashTokens(tokens), QualityEvaluator.Plan(tokens.Length, 8, 8).Positions, "test");
+        using var cancel = new CancellationTokenSource();
+        int windows = 0;
+        using (var writer = new LogitsFileWriter(dir.File("saved.bnlg"), header))
+            Assert.ThrowsAny<OperationCanceledException>(() => QualityEvaluator.Evaluate(engine, tokens, 8, 8, save: writer,
+                progress: (done, _) => { windows = done; if (done == 1) cancel.Cancel(); }, cancellation: cancel.Token));
+        Assert.Equal(1, windows); // stopped at the next window, not at the end
+        Assert.Empty(Directory.GetFiles(dir.Path, "*", SearchOption.AllDirectories));
+    }
+
     [Fact]
     public void TopKKlHasNoCancellationWhenTheModelIsPeaked()
     {

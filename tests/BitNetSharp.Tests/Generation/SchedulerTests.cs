@@ -370,8 +370,9 @@ public sealed class SchedulerTests : IDisposable
         var waiting = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 4, Timeout = TimeSpan.FromMilliseconds(20) });
         Thread.Sleep(60);
         s.StepGate.Set();
-        var e = await Assert.ThrowsAsync<TimeoutException>(() => Collect(waiting));
+        var e = await Assert.ThrowsAsync<RequestTimeoutException>(() => Collect(waiting));
         Assert.Contains("0.02 s", e.Message);
+        Assert.False(e.Started); // timed out in the queue: the server leaves a retry to the client's rule
 
         // The engine holds before its second forward pass (the first gives the running request its first token) until the
         // deadline has passed, whatever the machine's load: no race between this thread and 250 fast steps. The deadline
@@ -385,7 +386,8 @@ public sealed class SchedulerTests : IDisposable
         await running.Events.ReadAsync(read.Token);
         Thread.Sleep(1100); // past the deadline with tokens still to go
         hold.Set();
-        await Assert.ThrowsAsync<TimeoutException>(async () => { await foreach (var _ in running.Events.ReadAllAsync(read.Token)) { } });
+        var ran = await Assert.ThrowsAsync<RequestTimeoutException>(async () => { await foreach (var _ in running.Events.ReadAllAsync(read.Token)) { } });
+        Assert.True(ran.Started); // timed out while running: the server says x-should-retry: false
         Assert.Equal(2, s.Statistics.TimedOut);
         Assert.Equal(0, s.Statistics.RunningSequences);
         // The slot is free again.

@@ -283,6 +283,27 @@ public sealed class ServerTelemetryTests
         Assert.Equal("8", context["activation.bits"]);
     }
 
+    /// <summary>The warm-up's step records carry the request ids warmup-N (`bitnet logs` keeps them out of the traffic's
+    /// figures); a served request's do not.</summary>
+    [Fact]
+    public async Task WarmupStepRecordsAreNamedAsWarmup()
+    {
+        var sink = new CollectingSink();
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            WarmupRequests = 2,
+            Scheduler = o.Scheduler with { HealthSampleEvery = 1 },
+            Monitoring = new MonitoringOptions { TelemetryLog = _ => sink },
+        });
+        string[] warmup;
+        lock (sink.Steps) warmup = [.. sink.Steps.Select(r => r.RequestId!).Distinct().Order(StringComparer.Ordinal)];
+        Assert.Equal([TelemetryLogSchema.WarmupRequestIdPrefix + "0", TelemetryLogSchema.WarmupRequestIdPrefix + "1"], warmup);
+        lock (sink.Steps) sink.Steps.Clear();
+        var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "Once", max_tokens = 2 });
+        Assert.Equal(HttpStatusCode.OK, status);
+        lock (sink.Steps) Assert.All(sink.Steps, r => Assert.DoesNotContain("warmup", r.RequestId));
+    }
+
     /// <summary>Each step record carries the token sampled from its logits: one request's records, detokenized, are its completion.</summary>
     [Fact]
     public async Task StepRecordsCarryTheSampledTokens()

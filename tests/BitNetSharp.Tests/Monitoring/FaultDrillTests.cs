@@ -70,10 +70,12 @@ public class FaultDrillTests
         var good = s.PostAsync("v1/completions", Completion("hello", 8));
         await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests + s.Scheduler.Statistics.RunningRequests == 2), "both requests queued");
         s.Scheduler.StepGate.Set();
-        var (badStatus, badBody, _) = await bad;
+        var (badStatus, badBody, badResponse) = await bad;
         var (goodStatus, goodBody, _) = await good;
         Assert.Equal(HttpStatusCode.InternalServerError, badStatus);
         Assert.Equal("non_finite_logits", badBody.GetProperty("error").GetProperty("code").GetString());
+        // The same weights give the same NaN: the official clients are told not to retry (they retry every 5xx twice).
+        Assert.Equal("false", Assert.Single(badResponse.Headers.GetValues(BitNetSharp.Server.BitNetServer.ShouldRetryHeader)));
         Assert.Contains("token embedding", badBody.GetProperty("error").GetProperty("message").GetString());
         Assert.True(goodStatus == HttpStatusCode.OK, goodBody.ToString());
         Assert.Equal("length", goodBody.GetProperty("choices")[0].GetProperty("finish_reason").GetString());

@@ -686,6 +686,8 @@ public class LogsCommandTests
         {
             writer.Write(Step(Start, 1, TelemetryLogSchema.WarmupRequestIdPrefix + "0") with { StepSeconds = 0.5f, LatencySeconds = 0.5f });
             writer.Write(Step(Start, 1, TelemetryLogSchema.WarmupRequestIdPrefix + "1", sequence: 1) with { StepSeconds = 0.5f, LatencySeconds = 0.5f });
+            writer.Write(Layer(Start, 1, 0));
+            writer.Write(new TelemetryEvent(Start, "request_started", TelemetryLogSchema.WarmupRequestIdPrefix + "0", null, "warm-up"));
             writer.Write(Step(Start + 1000, 2, "a") with { StepSeconds = 0.02f });
             writer.Write(Step(Start + 2000, 3, "a") with { StepSeconds = 0.04f });
             writer.Flush();
@@ -693,6 +695,7 @@ public class LogsCommandTests
         }
         var output = Bitnet("logs", path).Output;
         Assert.Contains("requests: 1", output);
+        Assert.Contains("steps: 2", output); // the warm-up step's layer row does not count it among the served steps
         Assert.Contains("tokens: 2, step time mean 30 ms over 2 steps", output);
         Assert.DoesNotContain("max 500", output);
         Assert.Contains("warm-up: 2 tokens over 1 steps, 500 ms", output);

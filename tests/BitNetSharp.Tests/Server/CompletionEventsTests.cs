@@ -22,7 +22,7 @@ public sealed class CompletionEventsTests
         var running = s.Submit(new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 200, IgnoreStopTokens = true }, ct);
         var waiting = s.Submit(new GenerationRequest { Prompt = [4, 5], MaxTokens = 4, Timeout = TimeSpan.FromMilliseconds(100) }, ct);
         int events = 0;
-        await Assert.ThrowsAsync<TimeoutException>(async () =>
+        await Assert.ThrowsAsync<RequestTimeoutException>(async () =>
         {
             await foreach (var _ in CompletionEndpoints.Events([running, waiting], 1, ct)) events++;
         });

@@ -12,12 +12,12 @@ namespace BitNetSharp.Diagnostics.Profiling;
 /// </summary>
 public static unsafe class KernelPeak
 {
-    /// <summary>Best GMAC/s (1e9 multiply-accumulates per second) over about <paramref name="seconds"/> of repeated
-    /// products of a cache-resident <paramref name="cols"/>-wide matrix with <paramref name="tokens"/> tokens.</summary>
     /// <summary>The input widths of the model's ternary projections (q/k/v and gate/up read Dim, o reads QDim, down
     /// FeedForward), each once, ascending: where the profile measures its ceiling and the kernel's unpack share.</summary>
     public static SortedSet<int> ProjectionWidths(Model.ModelConfig c) => [c.Dim, c.QDim, c.FeedForward];
 
+    /// <summary>Best GMAC/s (1e9 multiply-accumulates per second) over about <paramref name="seconds"/> of repeated
+    /// products of a cache-resident <paramref name="cols"/>-wide matrix with <paramref name="tokens"/> tokens.</summary>
     public static double Measure(WorkerPool pool, TernaryKernel kernel, int cols, int tokens, double seconds = 0.25) =>
         Rate(pool, kernel, cols, tokens, seconds, 7);
 
