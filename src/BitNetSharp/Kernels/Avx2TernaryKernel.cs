@@ -211,6 +211,66 @@ public sealed unsafe class Avx2TernaryKernel : TernaryKernel
             Avx2.ShiftRightArithmetic(LaneSums(b0, b1, b2, b3, b4, b5, b6, b7), 2).Store(result + 8);
         }
 
+        public static bool HasDotRows8x3 => true;
+
+        /// <summary>
+        /// <see cref="DotLanes2Times4"/> for three tokens: each block's codes are split once and used three times. Twelve
+        /// vpmaddubsw a block whatever the split; what three at once saves is the second split and load of the weights: on the
+        /// Zen 2 EPYC (one thread, 2560-wide rows, one process, alternating) 13.5 against 14.4 cycles a block with the rows in
+        /// L2, 14.0 against 15.6 from memory, for two tokens and then one.
+        /// </summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void DotLanes3Times4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, int blocks, out Vector256<int> lanes0, out Vector256<int> lanes1, out Vector256<int> lanes2)
+        {
+            var m3 = Vector256.Create((byte)3);
+            var m12 = Vector256.Create((byte)12);
+            Vector256<int> a0 = default, a1 = default, a2 = default;
+            byte* wp = w;
+            byte* wEnd = w + blocks * 32;
+            long o = 0;
+            while (wp < wEnd)
+            {
+                byte* chunkEnd = wEnd - wp > 2 * ScaledSteps * 32 ? wp + 2 * ScaledSteps * 32 : wEnd;
+                Vector256<short> s1 = default, s4 = default, t1 = default, t4 = default, u1 = default, u4 = default;
+                for (; wp < chunkEnd; wp += 32, o += 128)
+                {
+                    if ((o & 128) == 0) TernaryKernel.PrefetchWeights(wp);
+                    var p = Avx.LoadVector256(wp);
+                    var p4 = Avx2.ShiftRightLogical(p.AsUInt16(), 4).AsByte();
+                    var c0 = p4 & m12; var c1 = p4 & m3; var c2 = p & m12; var c3 = p & m3;
+                    s4 = Avx2.Add(s4, Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(q0 + o)), Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(q0 + o + 64))));
+                    s1 = Avx2.Add(s1, Avx2.Add(Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(q0 + o + 32)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(q0 + o + 96))));
+                    t4 = Avx2.Add(t4, Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(q1 + o)), Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(q1 + o + 64))));
+                    t1 = Avx2.Add(t1, Avx2.Add(Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(q1 + o + 32)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(q1 + o + 96))));
+                    u4 = Avx2.Add(u4, Avx2.Add(Avx2.MultiplyAddAdjacent(c0, Avx.LoadVector256(q2 + o)), Avx2.MultiplyAddAdjacent(c2, Avx.LoadVector256(q2 + o + 64))));
+                    u1 = Avx2.Add(u1, Avx2.Add(Avx2.MultiplyAddAdjacent(c1, Avx.LoadVector256(q2 + o + 32)), Avx2.MultiplyAddAdjacent(c3, Avx.LoadVector256(q2 + o + 96))));
+                }
+                a0 = Avx2.Add(a0, Widen(s1, s4));
+                a1 = Avx2.Add(a1, Widen(t1, t4));
+                a2 = Avx2.Add(a2, Widen(u1, u4));
+            }
+            lanes0 = a0;
+            lanes1 = a1;
+            lanes2 = a2;
+        }
+
+        /// <summary><see cref="DotRows8"/> for three tokens (<see cref="ITernaryRowPairDot.DotRows8x3"/>).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        public static void DotRows8x3(byte* w, long rowBytes, sbyte* q0, sbyte* q1, sbyte* q2, int blocks, int* result)
+        {
+            DotLanes3Times4(w, q0, q1, q2, blocks, out var a0, out var b0, out var c0);
+            DotLanes3Times4(w + rowBytes, q0, q1, q2, blocks, out var a1, out var b1, out var c1);
+            DotLanes3Times4(w + 2 * rowBytes, q0, q1, q2, blocks, out var a2, out var b2, out var c2);
+            DotLanes3Times4(w + 3 * rowBytes, q0, q1, q2, blocks, out var a3, out var b3, out var c3);
+            DotLanes3Times4(w + 4 * rowBytes, q0, q1, q2, blocks, out var a4, out var b4, out var c4);
+            DotLanes3Times4(w + 5 * rowBytes, q0, q1, q2, blocks, out var a5, out var b5, out var c5);
+            DotLanes3Times4(w + 6 * rowBytes, q0, q1, q2, blocks, out var a6, out var b6, out var c6);
+            DotLanes3Times4(w + 7 * rowBytes, q0, q1, q2, blocks, out var a7, out var b7, out var c7);
+            Avx2.ShiftRightArithmetic(LaneSums(a0, a1, a2, a3, a4, a5, a6, a7), 2).Store(result);
+            Avx2.ShiftRightArithmetic(LaneSums(b0, b1, b2, b3, b4, b5, b6, b7), 2).Store(result + 8);
+            Avx2.ShiftRightArithmetic(LaneSums(c0, c1, c2, c3, c4, c5, c6, c7), 2).Store(result + 16);
+        }
+
         [MethodImpl(MethodImplOptions.AggressiveInlining)]
         public static void Dot4(byte* w, sbyte* q0, sbyte* q1, sbyte* q2, sbyte* q3, int blocks, int* result)
         {

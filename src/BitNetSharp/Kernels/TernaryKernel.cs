@@ -264,6 +264,15 @@ public unsafe interface ITernaryRowPairDot : ITernaryRowDot
     /// <summary><see cref="DotRows4Streams"/> for two tokens, each weight unpacked once for both: result[k] with
     /// <paramref name="q0"/>, result[4 + k] with <paramref name="q1"/> (two or three sequences decoding together).</summary>
     static abstract void DotRows4Streams2(byte* w, long streamBytes, sbyte* q0, sbyte* q1, int blocks, int* result);
+
+    /// <summary>Whether <see cref="DotRows8x3"/> is implemented (else three tokens run as two, then one).</summary>
+    static virtual bool HasDotRows8x3 => false;
+
+    /// <summary><see cref="DotRows8"/> for three tokens, each weight unpacked once for all three: result[r], result[8 + r]
+    /// and result[16 + r] with <paramref name="q0"/>, <paramref name="q1"/> and <paramref name="q2"/> (three sequences
+    /// decoding together, one weight stream).</summary>
+    static virtual void DotRows8x3(byte* w, long rowBytes, sbyte* q0, sbyte* q1, sbyte* q2, int blocks, int* result) =>
+        throw new NotSupportedException("This row dot has no three-token form; check HasDotRows8x3.");
 }
 
 /// <summary>Int8 activation rows as the kernels read them: a base pointer and a row stride, so a variant may
@@ -346,7 +355,7 @@ public static unsafe class TernaryDriver
         float[] rowScales = w.RowScales;
         float[] xs = x.Scales;
         int[] sums = x.Sums;
-        int* d = stackalloc int[16];
+        int* d = stackalloc int[24]; // SingleTokens: three tokens' eight rows
         int fullTiles = tokens / 4 * 4;
         for (int block = rowStart; block < rowEnd; block += RowBlock)
         {
@@ -387,7 +396,7 @@ public static unsafe class TernaryDriver
     private static void RunRows8<TDot>(TernaryMatrix w, in ActivationRows x, float* y, int yStride, int rowStart, int rowEnd)
         where TDot : ITernaryRowPairDot
     {
-        int* d = stackalloc int[16];
+        int* d = stackalloc int[24]; // SingleTokens: three tokens' eight rows
         if (x.Tokens == 1)
         {
             // One token: the whole range in one call, so that four weight streams span it (not one row block).
@@ -421,6 +430,11 @@ public static unsafe class TernaryDriver
         where TDot : ITernaryRowPairDot
     {
         int t = firstToken;
+        if (TDot.HasDotRows8x3 && x.Tokens - t == 3)
+        {
+            ThreeTokens<TDot>(w, x, t, y + (long)t * yStride, yStride, rowStart, rowEnd, d);
+            return;
+        }
         for (; t + 2 <= x.Tokens; t += 2)
             TwoTokens<TDot>(w, x, t, y + (long)t * yStride, yStride, rowStart, rowEnd, d);
         if (t < x.Tokens)
@@ -458,6 +472,45 @@ public static unsafe class TernaryDriver
             {
                 y0[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q0, blocks), sum0, scale0, scales[n]);
                 y1[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q1, blocks), sum1, scale1, scales[n]);
+            }
+        }
+    }
+
+    /// <summary>Tokens <paramref name="t"/> to t + 2 against rows [<paramref name="rowStart"/>, <paramref name="rowEnd"/>),
+    /// eight at a time with <see cref="ITernaryRowPairDot.DotRows8x3"/> (each weight unpacked once for the three, where two
+    /// and then one unpacked it twice), then each token's epilogue on eight lanes. <paramref name="d"/>: 24 ints.</summary>
+    [MethodImpl(MethodImplOptions.NoInlining | MethodImplOptions.AggressiveOptimization)]
+    private static void ThreeTokens<TDot>(TernaryMatrix w, in ActivationRows x, int t, float* y0, int yStride, int rowStart, int rowEnd, int* d)
+        where TDot : ITernaryRowPairDot
+    {
+        int blocks = w.PaddedCols / TernaryMatrix.BlockSize;
+        long rowBytes = w.RowBytes;
+        sbyte* q0 = x.Row(t), q1 = x.Row(t + 1), q2 = x.Row(t + 2);
+        int sum0 = x.Sums[t], sum1 = x.Sums[t + 1], sum2 = x.Sums[t + 2];
+        float scale0 = x.Scales[t], scale1 = x.Scales[t + 1], scale2 = x.Scales[t + 2];
+        var sums0 = Vector256.Create(sum0);
+        var sums1 = Vector256.Create(sum1);
+        var sums2 = Vector256.Create(sum2);
+        var activationScale0 = Vector256.Create(scale0);
+        var activationScale1 = Vector256.Create(scale1);
+        var activationScale2 = Vector256.Create(scale2);
+        float* y1 = y0 + yStride, y2 = y1 + yStride;
+        int n = rowStart;
+        fixed (float* scales = w.RowScales)
+        {
+            for (; n + 8 <= rowEnd; n += 8)
+            {
+                TDot.DotRows8x3(w.Row(n), rowBytes, q0, q1, q2, blocks, d);
+                var rowScale = Vector256.Load(scales + n);
+                (Vector256.ConvertToSingle(Vector256.Load(d) - sums0) / activationScale0 * rowScale).Store(y0 + n);
+                (Vector256.ConvertToSingle(Vector256.Load(d + 8) - sums1) / activationScale1 * rowScale).Store(y1 + n);
+                (Vector256.ConvertToSingle(Vector256.Load(d + 16) - sums2) / activationScale2 * rowScale).Store(y2 + n);
+            }
+            for (; n < rowEnd; n++)
+            {
+                y0[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q0, blocks), sum0, scale0, scales[n]);
+                y1[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q1, blocks), sum1, scale1, scales[n]);
+                y2[n] = TernaryKernel.Epilogue(TDot.Dot(w.Row(n), q2, blocks), sum2, scale2, scales[n]);
             }
         }
     }
