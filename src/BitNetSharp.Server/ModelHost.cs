@@ -138,6 +138,9 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             Prompt = Enumerable.Range(0, promptLength).Select(k => (k * 31 + i * 7) % vocab).ToArray(),
             MaxTokens = maxTokens,
             IgnoreStopTokens = true,
+            // No deadline: --timeout is for clients' requests (a short one made every warm-up time out, and the server
+            // refused to start, blaming the model); the stop token ends the warm-up at shutdown.
+            Timeout = TimeSpan.MaxValue,
             // Named in the telemetry log: its steps (the JIT's first compilations among them) are not traffic.
             RequestId = BitNetSharp.Monitoring.Telemetry.TelemetryLogSchema.WarmupRequestIdPrefix + i.ToString(System.Globalization.CultureInfo.InvariantCulture),
         }, stop)).ToArray();

@@ -196,6 +196,12 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         {
             throw GenerationError(e, aborted) ?? (Exception)new OperationCanceledException(aborted); // null: the client went away
         }
+        // Tokens held back for a stop string got their offsets before the cut: the ones past the final text (a token of the
+        // stop text itself) were out of order and past the end (36 in a 32-character text). Capped at the text's end.
+        foreach (var c in choices)
+            if (c.LogProbs is { } entries)
+                for (int i = 0; i < entries.Count; i++)
+                    if (entries[i].TextOffset > c.Text.Length) entries[i] = entries[i] with { TextOffset = c.Text.Length };
         await OpenAiJson.WriteJsonAsync(context.Response, 200, w =>
         {
             OpenAiJson.Start(w, header, chunk: false);

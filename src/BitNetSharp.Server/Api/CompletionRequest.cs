@@ -115,11 +115,17 @@ internal sealed record CompletionRequest(
     {
         if (chat)
         {
-            if (r.TryGet("tools", out var tools) && tools.ValueKind == JsonValueKind.Array && tools.GetArrayLength() > 0)
+            // Not an array is the wrong type (an object or a string passed as if none were asked for).
+            if (r.TryGet("tools", out var tools) && tools.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("tools", "an array of tools", tools);
+            if (r.TryGet("tools", out tools) && tools.GetArrayLength() > 0)
                 throw ApiException.BadRequest("Tools (function calling) are not supported by this server.", "tools", "unsupported_parameter");
             // The deprecated spelling of the same (still sent by older clients).
-            if (r.TryGet("functions", out var functions) && functions.ValueKind == JsonValueKind.Array && functions.GetArrayLength() > 0)
+            if (r.TryGet("functions", out var functions) && functions.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("functions", "an array of functions", functions);
+            if (r.TryGet("functions", out functions) && functions.GetArrayLength() > 0)
                 throw ApiException.BadRequest("Functions (function calling) are not supported by this server.", "functions", "unsupported_parameter");
+            // tool_choice "required" or naming a function demands a call this server never makes (it was answered with text).
+            if (r.TryGet("tool_choice", out var tc) && !(tc.ValueKind == JsonValueKind.String && tc.GetString() is "none" or "auto"))
+                throw ApiException.BadRequest("tool_choice other than \"none\" or \"auto\" asks for a tool call, which this server does not support.", "tool_choice", "unsupported_parameter");
             if (r.TryGet("function_call", out var fc) && !(fc.ValueKind == JsonValueKind.String && fc.GetString() is "none" or "auto") && fc.ValueKind != JsonValueKind.Null)
                 throw ApiException.BadRequest("function_call other than \"none\" or \"auto\" asks for a function call, which this server does not support.", "function_call", "unsupported_parameter");
             if (r.TryGet("response_format", out var rf) && !(rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text"))

@@ -24,8 +24,9 @@ internal sealed class ServiceEndpoints(ModelHost host)
     public async Task Model(HttpContext context)
     {
         var model = host.RequireReady();
-        // A catch-all route value keeps escapes: the OpenAI SDK sends "org/name" as org%2Fname, which Kestrel leaves encoded.
-        string id = Uri.UnescapeDataString(context.Request.RouteValues["id"] as string ?? "");
+        // Kestrel has decoded every escape of the path but %2F (the OpenAI SDK sends "org/name" as org%2Fname): only that is
+        // left to decode. Unescaping the whole value decoded twice (an id "a%41b", sent as a%2541b, was looked up as "aAb").
+        string id = (context.Request.RouteValues["id"] as string ?? "").Replace("%2F", "/", StringComparison.OrdinalIgnoreCase);
         if (!string.Equals(id, model.Id, StringComparison.Ordinal))
             throw new ApiException(404, $"The model '{id}' does not exist; this server serves '{model.Id}' (see GET /v1/models).", "invalid_request_error", "model", "model_not_found");
         await OpenAiJson.WriteJsonAsync(context.Response, 200, w => WriteModel(w, model), context.RequestAborted);

@@ -72,6 +72,8 @@ public class RequestSemanticsTests
     [Theory]
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f","parameters":{}}]}""", "functions")]
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"function_call":{"name":"f"}}""", "function_call")]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required"}""", "tool_choice")] // answered with text
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"function","function":{"name":"f"}}}""", "tool_choice")]
     public async Task FunctionCallingIsRefusedInEitherSpelling(string json, string param)
     {
         await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
@@ -80,8 +82,12 @@ public class RequestSemanticsTests
         Assert.Equal(param, body.GetProperty("error").GetProperty("param").GetString());
         Assert.Equal("unsupported_parameter", body.GetProperty("error").GetProperty("code").GetString());
 
-        (status, _, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"function_call":"none","functions":[]}""");
+        (status, _, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"function_call":"none","functions":[],"tool_choice":"auto","tools":[]}""");
         Assert.Equal(HttpStatusCode.OK, status);
+        // Not an array: the wrong type (an object of one tool was taken as no tools, and answered with text).
+        (status, body, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"tools":{"type":"function"}}""");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal("tools", body.GetProperty("error").GetProperty("param").GetString());
     }
 
     /// <summary>

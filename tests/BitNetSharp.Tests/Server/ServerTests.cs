@@ -55,6 +55,66 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         Assert.True(status == HttpStatusCode.OK, body.ToString());
     }
 
+    /// <summary>An id is decoded once: "a%41b" (sent as a%2541b) is found, and "aAb" is not it (both were looked up as
+    /// "aAb": the route value, already decoded by Kestrel, was unescaped again).</summary>
+    [Fact]
+    public async Task AModelIdIsDecodedOnce()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        {
+            var (weights, tokenizer) = TinyChatModel.Load();
+            return new LoadedModel(weights, tokenizer, "org/a%41b");
+        });
+        using var found = await s.Http.GetAsync("v1/models/org%2Fa%2541b", Ct);
+        Assert.Equal(HttpStatusCode.OK, found.StatusCode);
+        Assert.Contains("\"org/a%41b\"", await found.Content.ReadAsStringAsync(Ct));
+        using var decodedTwice = await s.Http.GetAsync("v1/models/org/aAb", Ct);
+        Assert.Equal(HttpStatusCode.NotFound, decodedTwice.StatusCode);
+    }
+
+    /// <summary>--timeout is for clients' requests: a server whose timeout is shorter than its warm-up starts (it refused
+    /// to, every warm-up request timing out and the model blamed).</summary>
+    [Fact]
+    public async Task AShortRequestTimeoutDoesNotStopTheWarmup()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { RequestTimeout = TimeSpan.FromTicks(1), WarmupRequests = 2 });
+        Assert.Equal(ModelState.Ready, s.Server.State);
+        var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = "Once", max_tokens = 4, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.GatewayTimeout, status);
+        Assert.Equal("timeout", body.GetProperty("error").GetProperty("code").GetString());
+    }
+
+    /// <summary>
+    /// Legacy text_offset never passes the final text nor goes back when a stop string cuts it: the tokens held back for
+    /// the stop kept offsets past the cut (36 in a 32-character text, then 32).
+    /// </summary>
+    [Fact]
+    public async Task TextOffsetsStayInTheTextAStopStringCut()
+    {
+        // The bundled model: its BPE tokens span several characters (the tiny chat model's are bytes).
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        {
+            var (weights, tokenizer) = BitNetSharp.Cli.Commands.ModelOptions.Load(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
+            return new LoadedModel(weights, tokenizer, TestServer.ModelId);
+        });
+        var (_, plain, _) = await s.PostAsync("v1/completions", new { prompt = "Once upon a time", max_tokens = 30, temperature = 0, ignore_eos = true, logprobs = 1 });
+        string text = plain.GetProperty("choices")[0].GetProperty("text").GetString()!;
+        int[] offsets = [.. plain.GetProperty("choices")[0].GetProperty("logprobs").GetProperty("text_offset").EnumerateArray().Select(e => e.GetInt32())];
+        // A stop from inside one token (two characters or more) to the end of the one after next: the middle one is held
+        // back (sent with its offset before the stop is known), then cut with the rest.
+        int i = Enumerable.Range(1, offsets.Length - 4).First(k => offsets[k + 1] - offsets[k] >= 2 && offsets[k + 2] > offsets[k + 1] && offsets[k + 3] > offsets[k + 2]
+            && text.IndexOf(text[(offsets[k] + 1)..offsets[k + 3]], StringComparison.Ordinal) == offsets[k] + 1);
+        string stop = text[(offsets[i] + 1)..offsets[i + 3]];
+        var (status, cut, _) = await s.PostAsync("v1/completions", new { prompt = "Once upon a time", max_tokens = 30, temperature = 0, ignore_eos = true, logprobs = 1, stop });
+        Assert.Equal(HttpStatusCode.OK, status);
+        var choice = cut.GetProperty("choices")[0];
+        int length = choice.GetProperty("text").GetString()!.Length;
+        Assert.Equal(offsets[i] + 1, length);
+        int[] cutOffsets = [.. choice.GetProperty("logprobs").GetProperty("text_offset").EnumerateArray().Select(e => e.GetInt32())];
+        Assert.All(cutOffsets, o => Assert.InRange(o, 0, length));
+        Assert.Equal(cutOffsets.Order(), cutOffsets);
+    }
+
     [Fact]
     public async Task HealthModelsTokenizeAndDetokenize()
     {
