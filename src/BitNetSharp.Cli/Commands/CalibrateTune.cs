@@ -65,7 +65,7 @@ internal static class CalibrateTune
         }
         var ic = CultureInfo.InvariantCulture;
         const int heldWindows = 64;
-        double before = tuner.Loss(held, heldWindows);
+        double before = tuner.Loss(held, heldWindows, () => cancellation.IsCancellationRequested);
         // What the loss is over: the first 64 windows of the held-out tokens, not all of them.
         long scored = (long)Math.Min(heldWindows, (held.Length - 1) / window) * window;
         cli.Output.WriteLine(string.Create(ic,
@@ -89,7 +89,7 @@ internal static class CalibrateTune
             cli.Error.WriteLine($"error: {e.Message} Nothing was written.");
             return 1;
         }
-        double after = tuner.Loss(held, heldWindows);
+        double after = tuner.Loss(held, heldWindows, () => cancellation.IsCancellationRequested);
         // A tuned model no better on the held-out text than the input is not written (it was, with exit 0): the user
         // keeps the input, and is told what to change.
         if (!(after <= before))

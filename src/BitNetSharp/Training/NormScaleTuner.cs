@@ -112,7 +112,11 @@ public sealed class NormScaleTuner
     }
 
     /// <summary>Mean next-token cross-entropy (nats) over consecutive windows of <see cref="Shape"/>'s context (at most <paramref name="maxWindows"/>).</summary>
-    public double Loss(ReadOnlySpan<int> tokens, int maxWindows = int.MaxValue)
+    public double Loss(ReadOnlySpan<int> tokens, int maxWindows = int.MaxValue) => Loss(tokens, maxWindows, null);
+
+    /// <summary><see cref="Loss(ReadOnlySpan{int}, int)"/>, stopping with <see cref="OperationCanceledException"/> before a
+    /// batch once <paramref name="cancelled"/> says so (calibrate --tune's Ctrl-C: 64 windows of 2B4T take a while).</summary>
+    public double Loss(ReadOnlySpan<int> tokens, int maxWindows, Func<bool>? cancelled)
     {
         int T = Shape.ContextLength, B = Model.MaxBatch;
         int windows = Math.Min(maxWindows, (tokens.Length - 1) / T);
@@ -122,6 +126,7 @@ public sealed class NormScaleTuner
         double sum = 0;
         for (int w0 = 0; w0 < windows; w0 += B)
         {
+            if (cancelled?.Invoke() == true) throw new OperationCanceledException("The loss was cancelled.");
             int rows = Math.Min(B, windows - w0);
             for (int b = 0; b < rows; b++)
             {

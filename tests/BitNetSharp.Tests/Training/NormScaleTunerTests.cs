@@ -42,6 +42,11 @@ public class NormScaleTunerTests(ITestOutputHelper output)
             var tuner = NormScaleTuner.Load(file, 2, 16, pool);
             Assert.True(tuner.Model.FrozenCodes);
             before = tuner.Loss(domain);
+            // calibrate --tune's Ctrl-C reaches the held-out loss too (64 windows of 2B4T take a while): it stops before a batch.
+            int asked = 0;
+            Assert.Throws<OperationCanceledException>(() => tuner.Loss(domain, int.MaxValue, () => ++asked > 0));
+            Assert.Equal(1, asked);
+            Assert.Equal(before, tuner.Loss(domain, int.MaxValue, () => false));
             tuner.Tune(domain, 30, 1e-2f, 7);
             after = tuner.Loss(domain);
             tuner.Write(tuned);
