@@ -204,6 +204,7 @@ public sealed class ModelWeights : IDisposable
             }
             string attnSub = c.Family == ModelFamily.BitNetLlama ? "self_attn.inner_attn_ln.weight" : "self_attn.attn_sub_norm.weight";
             string ffnSub = c.Family == ModelFamily.BitNetLlama ? "mlp.ffn_layernorm.weight" : "mlp.ffn_sub_norm.weight";
+            CheckEveryHfTensorIsUsed(dir, c, attnSub, ffnSub);
             for (int l = 0; l < c.Layers; l++)
             {
                 string p = $"model.layers.{l}.";
@@ -353,6 +354,48 @@ public sealed class ModelWeights : IDisposable
         }
     }
 
+    /// <summary>
+    /// The HF counterpart of <see cref="CheckEveryGgufTensorIsUsed"/>: a tensor the graph does not read (a layer past
+    /// num_hidden_layers, a q_norm, a stray name) means the model would run without it and give other logits. A checkpoint
+    /// of 2 layers with num_hidden_layers 1 ran on its first layer without a word, and convert wrote it as a clean GGUF.
+    /// </summary>
+    private static void CheckEveryHfTensorIsUsed(HfModelDirectory dir, ModelConfig c, string attnSub, string ffnSub)
+    {
+        foreach (var t in dir.Weights.Tensors)
+        {
+            string name = t.Name;
+            // Precomputed rotary tables (older conversions): the engine computes its own, as transformers does.
+            if (name is "model.embed_tokens.weight" or "model.norm.weight" or "lm_head.weight" or "model.rotary_emb.inv_freq") continue;
+            const string prefix = "model.layers.";
+            if (name.StartsWith(prefix, StringComparison.Ordinal))
+            {
+                int dot = name.IndexOf('.', prefix.Length);
+                if (dot > prefix.Length && int.TryParse(name.AsSpan(prefix.Length, dot - prefix.Length), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int layer))
+                {
+                    if (layer >= c.Layers)
+                        throw new ModelFormatException(t.File.FilePath,
+                            $"holds tensors of layer {layer}, but config.json's num_hidden_layers is {c.Layers}: the model would run with its layers cut short. Fix num_hidden_layers or the checkpoint", name);
+                    string rest = name[(dot + 1)..];
+                    if (rest is "input_layernorm.weight" or "post_attention_layernorm.weight" or "self_attn.rotary_emb.inv_freq") continue;
+                    if (c.HasSubNorms && (rest == attnSub || rest == ffnSub)) continue;
+                    if (IsHfProjection(rest)) continue;
+                }
+            }
+            throw new ModelFormatException(t.File.FilePath,
+                $"holds a tensor this engine does not use for the {c.Architecture} graph; the model would run without it and give other logits", name);
+        }
+    }
+
+    private static bool IsHfProjection(string rest)
+    {
+        foreach (var p in HfProjections)
+            if (rest == p + ".weight" || rest == p + ".weight_scale") return true;
+        return false;
+    }
+
+    private static readonly string[] HfProjections =
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+
     private static bool IsLayerTensor(string rest, bool subNorms)
     {
         foreach (var n in LayerNorms) if (rest == n + ".weight") return true;
@@ -417,7 +460,17 @@ public sealed class ModelWeights : IDisposable
             case GgmlType.BF16: for (int i = 0; i < length; i++) result[i] = HalfConversions.BFloat16ToFloat(MemoryMarshal.Read<ushort>(data[(2 * i)..])); break;
             default: throw new ModelFormatException(file.FilePath, $"type {GgmlTypeInfo.Name(info.Type)} is not supported for a norm vector; expected f32, f16 or bf16", name);
         }
+        CheckFinite(result, file.FilePath, name);
         return result;
+    }
+
+    /// <summary>A norm's gains are finite: a NaN or ∞ loaded (and convert copied it) and failed only at the first forward
+    /// pass, as non-finite logits that named no tensor.</summary>
+    private static void CheckFinite(float[] values, string path, string name)
+    {
+        for (int i = 0; i < values.Length; i++)
+            if (!float.IsFinite(values[i]))
+                throw new ModelFormatException(path, $"value {i} is {(float.IsNaN(values[i]) ? "NaN" : "infinite")}: a norm's gains must be finite numbers; the file is corrupt", name);
     }
 
     private static float[] Vector(SafetensorsCheckpoint w, string name, int length)
@@ -427,7 +480,9 @@ public sealed class ModelWeights : IDisposable
             throw new ModelFormatException(info.File.FilePath, $"expected {length} values, found shape {info.ShapeText}", name);
         if (info.DType is not (SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16))
             throw new ModelFormatException(info.File.FilePath, $"dtype {info.DTypeName} is not supported for a norm vector; expected F32, F16 or BF16", name);
-        return info.File.ReadFloat32(info);
+        var result = info.File.ReadFloat32(info);
+        CheckFinite(result, info.File.FilePath, name);
+        return result;
     }
 
     public void Dispose()

@@ -143,7 +143,8 @@ public static unsafe class ProjectionLoader
         }
         catch (Exception e) when (e is ArgumentException or InvalidDataException or OverflowException)
         {
-            throw new ModelFormatException(path, e.Message, weightName, e);
+            // Without .NET's " (Parameter 'weights')" and what follows it: the message is the user's.
+            throw new ModelFormatException(path, e.Message.Split(" (Parameter '")[0], weightName, e);
         }
     }
 

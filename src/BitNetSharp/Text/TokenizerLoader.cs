@@ -418,15 +418,22 @@ public static class TokenizerLoader
         var kinds = new TokenKind[count];
         Array.Fill(texts, "");
         Array.Fill(kinds, TokenKind.Unused);
+        var seen = new bool[count];
         foreach (var (text, id, kind) in entries)
         {
-            // An added token repeating a vocabulary entry (same id) only upgrades its kind.
+            // An added token repeating a vocabulary entry (same id) only upgrades its kind; two texts for one id are a
+            // corrupt vocabulary (the second replaced the first, and every "a" of a prompt was dropped without a word).
+            if (seen[id] && texts[id] != text)
+                throw new ModelFormatException(path, $"token id {id} is given twice, as {Quote(texts[id])} and as {Quote(text)}; each id names one token", "model.vocab");
+            seen[id] = true;
             texts[id] = text;
             if (kind != TokenKind.Normal || kinds[id] == TokenKind.Unused) kinds[id] = kind;
         }
         if (count == 0) throw new ModelFormatException(path, "the vocabulary is empty");
         return new TokenizerVocabulary(texts, kinds);
     }
+
+    private static string Quote(string text) => System.Text.Json.JsonSerializer.Serialize(text);
 
     private static PreTokenizer CompilePatterns(List<string> patterns, string path)
     {

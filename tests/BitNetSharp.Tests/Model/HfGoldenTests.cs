@@ -198,6 +198,84 @@ public class HfGoldenTests
         Assert.EndsWith("config.json", e.FilePath);
     }
 
+    /// <summary>The fixture copied to a new directory, its safetensors header and data as one JSON object and bytes.</summary>
+    private static (BitNetSharp.Tests.Formats.TestGguf.TempDirectory Dir, System.Text.Json.Nodes.JsonObject Header, byte[] Data) CopyFixture(string variant)
+    {
+        var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        foreach (var file in Directory.GetFiles(FixtureDirectory(variant)))
+            File.Copy(file, Path.Combine(dir.Path, Path.GetFileName(file)));
+        var bytes = File.ReadAllBytes(dir.File("model.safetensors"));
+        int n = (int)BitConverter.ToUInt64(bytes, 0);
+        var header = System.Text.Json.Nodes.JsonNode.Parse(bytes.AsSpan(8, n))!.AsObject();
+        return (dir, header, bytes[(8 + n)..]);
+    }
+
+    private static void WriteSafetensors(string path, System.Text.Json.Nodes.JsonObject header, byte[] data)
+    {
+        var json = System.Text.Encoding.UTF8.GetBytes(header.ToJsonString());
+        using var f = File.Create(path);
+        f.Write(BitConverter.GetBytes((ulong)json.Length));
+        f.Write(json);
+        f.Write(data);
+    }
+
+    /// <summary>
+    /// A tensor the graph does not read is refused, naming it (the GGUF path already did): a layer past
+    /// num_hidden_layers ran the model cut short without a word (and convert wrote it as a clean GGUF), a q_norm or a
+    /// stray name was ignored.
+    /// </summary>
+    [Theory]
+    [InlineData("model.layers.0.self_attn.q_norm.weight", "does not use")]
+    [InlineData("foo.bar", "does not use")]
+    [InlineData("model.layers.2.input_layernorm.weight", "holds tensors of layer 2, but config.json's num_hidden_layers is 2")]
+    public void ATensorTheGraphDoesNotReadIsRefused(string name, string message)
+    {
+        var (dir, header, data) = CopyFixture("bitlinear-offline-untied-f32");
+        using var _ = dir;
+        header[name] = new System.Text.Json.Nodes.JsonObject { ["dtype"] = "F32", ["shape"] = new System.Text.Json.Nodes.JsonArray(4), ["data_offsets"] = new System.Text.Json.Nodes.JsonArray(data.Length, data.Length + 16) };
+        WriteSafetensors(dir.File("model.safetensors"), header, [.. data, .. new byte[16]]);
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
+        Assert.Equal(name, e.Item);
+        Assert.Contains(message, e.Message);
+        // The same checkpoint with fewer layers in its config: the last layer's tensors are the ones past it.
+        var (dir2, _, _) = CopyFixture("bitlinear-offline-untied-f32");
+        using var __ = dir2;
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir2.File("config.json")))!.AsObject();
+        config["num_hidden_layers"] = 1;
+        File.WriteAllText(dir2.File("config.json"), config.ToJsonString());
+        Assert.Contains("holds tensors of layer 1", Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir2.Path)).Message);
+    }
+
+    /// <summary>A NaN in a norm's gains is refused at load naming the tensor and value (it loaded, convert copied it, and
+    /// the first forward pass failed with non-finite logits naming no tensor).</summary>
+    [Fact]
+    public void ANonFiniteNormGainIsRefusedAtLoad()
+    {
+        var (dir, header, data) = CopyFixture("bitlinear-offline-untied-f32");
+        using var _ = dir;
+        int begin = header["model.norm.weight"]!["data_offsets"]![0]!.GetValue<int>();
+        BitConverter.GetBytes(float.NaN).CopyTo(data, begin + 3 * 4);
+        WriteSafetensors(dir.File("model.safetensors"), header, data);
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
+        Assert.Equal("model.norm.weight", e.Item);
+        Assert.Contains("value 3 is NaN", e.Message);
+    }
+
+    /// <summary>A context whose rotary table would not fit is refused at load naming the config (2^24 positions overflowed
+    /// the table's arrays with a stack trace, or took gigabytes before the first token).</summary>
+    [Fact]
+    public void AnAbsurdContextIsRefusedAtLoad()
+    {
+        var (dir, _, _) = CopyFixture("bitlinear-offline-untied-f32");
+        using var _ = dir;
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!.AsObject();
+        config["max_position_embeddings"] = 1 << 24;
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
+        Assert.Contains("rotary table", e.Message);
+        Assert.EndsWith("config.json", e.FilePath);
+    }
+
     /// <summary>
     /// The user's path: `bitnet generate` on the HF directory, greedy, with --logits-out / --ids-out. The KV cache is
     /// f32 here: with the default f16 cache (K/V rounded to 11 bits) this tiny random model's 10th greedy token

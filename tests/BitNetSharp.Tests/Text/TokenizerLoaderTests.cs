@@ -105,6 +105,8 @@ public class TokenizerLoaderTests
     [InlineData("""{"model":{"type":"BPE","vocab":{"a":2147483647}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
     [InlineData("""{"model":{"type":"BPE","vocab":{"a":1000000000}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
     [InlineData("""{"model":{"type":"BPE","vocab":{"a":0}},"pre_tokenizer":{"type":"ByteLevel"},"added_tokens":[{"id":2147483647,"content":"x"}]}""")]
+    // Two texts for one id: the second replaced the first, and every "a" of a prompt was dropped without a word.
+    [InlineData("""{"model":{"type":"BPE","vocab":{"a":0,"b":1,"zz":0}},"pre_tokenizer":{"type":"ByteLevel"}}""")]
     public void WrongJsonShapesAreNamedErrors(string json)
     {
         using var dir = new TestGguf.TempDirectory();

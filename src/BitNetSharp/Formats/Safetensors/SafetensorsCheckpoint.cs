@@ -138,7 +138,7 @@ public sealed class SafetensorsCheckpoint : IDisposable
                     throw new ModelFormatException(indexPath, $"weight_map value is a JSON {entry.Value.ValueKind}, expected a file name", entry.Name);
                 var shard = entry.Value.GetString()!;
                 // Shards must sit beside the index: a path would let a downloaded index point anywhere on disk.
-                if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('\\') || shard.Contains('/'))
+                if (shard.Length == 0 || shard != Path.GetFileName(shard) || shard is "." or ".." || shard.Contains('\\') || shard.Contains('/') || shard.Contains('\0'))
                     throw new ModelFormatException(indexPath, $"weight_map names '{shard}', expected a plain file name in the same directory", entry.Name);
                 if (!result.TryAdd(entry.Name, shard))
                     throw new ModelFormatException(indexPath, "weight_map lists this tensor twice", entry.Name);
