@@ -349,11 +349,19 @@ public class GenerateCommandTests
             offset = file.DataOffset + norm.Offset;
             dim = (int)norm.Dims[0];
         }
-        using (var stream = new FileStream(model, FileMode.Open, FileAccess.Write))
+        void Fill(float value)
         {
+            using var stream = new FileStream(model, FileMode.Open, FileAccess.Write);
             stream.Position = offset;
-            for (int i = 0; i < dim; i++) stream.Write(BitConverter.GetBytes(float.NaN));
+            for (int i = 0; i < dim; i++) stream.Write(BitConverter.GetBytes(value));
         }
+        // A NaN gain is refused at load, naming the tensor; a finite gain large enough to overflow gets through the load
+        // and blows up in the forward pass, where the health table names the layer.
+        Fill(float.NaN);
+        var (refused, _, why) = Bitnet("generate", "-m", model, "--prompt-ids", "1,2,3", "-n", "4", "--temp", "0", "--health");
+        Assert.Equal(1, refused);
+        Assert.Contains("blk.1.attn_norm.weight", why);
+        Fill(3e38f);
         var (code, _, error) = Bitnet("generate", "-m", model, "--prompt-ids", "1,2,3", "-n", "4", "--temp", "0", "--health");
         Assert.NotEqual(0, code);
         Assert.Contains("model health over", error);
