@@ -194,7 +194,14 @@ public sealed class ModelWeights : IDisposable
             var q = dir.Config.Quantization;
             var embd = Table(w, "model.embed_tokens.weight", c.VocabSize, c.Dim);
             bool tied = dir.Config.TieWordEmbeddings ?? true;
-            var output = !tied || w.TryGetTensor("lm_head.weight", out _) ? Table(w, "lm_head.weight", c.VocabSize, c.Dim) : embd;
+            bool storedHead = w.TryGetTensor("lm_head.weight", out _);
+            var output = !tied || storedHead ? Table(w, "lm_head.weight", c.VocabSize, c.Dim) : embd;
+            // tie_word_embeddings true beside a stored head that is not the embedding: the config and the weights disagree
+            // on the head (the stored one was used without a word; an all-zero one made every token 0).
+            if (dir.Config.TieWordEmbeddings == true && storedHead && !SameBytes(output, embd))
+                throw new ModelFormatException(dir.Config.FilePath,
+                    "is true, but the checkpoint also holds an lm_head.weight that differs from model.embed_tokens.weight. Set it to false to use the stored head, or remove lm_head.weight to tie the head to the embedding",
+                    "tie_word_embeddings");
             if (options?.HeadType is { } headType && headType != output.Type)
             {
                 bool same = ReferenceEquals(output, embd);
@@ -352,6 +359,17 @@ public sealed class ModelWeights : IDisposable
             throw new ModelFormatException(file.FilePath,
                 $"holds a tensor this engine does not use for the {c.Architecture} graph; the model would run without it and give other logits", name);
         }
+    }
+
+    private static unsafe bool SameBytes(EmbeddingTable a, EmbeddingTable b)
+    {
+        if (a.Type != b.Type || a.ByteLength != b.ByteLength) return false;
+        for (long at = 0; at < a.ByteLength; at += 1 << 30)
+        {
+            int n = (int)Math.Min(1 << 30, a.ByteLength - at);
+            if (!new ReadOnlySpan<byte>(a.Data + at, n).SequenceEqual(new ReadOnlySpan<byte>(b.Data + at, n))) return false;
+        }
+        return true;
     }
 
     /// <summary>

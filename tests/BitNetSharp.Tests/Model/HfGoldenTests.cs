@@ -246,6 +246,31 @@ public class HfGoldenTests
         Assert.Contains("holds tensors of layer 1", Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir2.Path)).Message);
     }
 
+    /// <summary>
+    /// tie_word_embeddings true beside a stored lm_head.weight that is not the embedding is refused naming the field (the
+    /// stored head was used without a word: an all-zero one made every token 0); a stored head equal to the embedding loads.
+    /// </summary>
+    [Fact]
+    public void ATiedConfigBesideADifferentStoredHeadIsRefused()
+    {
+        var (dir, header, data) = CopyFixture("bitlinear-offline-untied-f32");
+        using var _ = dir;
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!.AsObject();
+        config["tie_word_embeddings"] = true;
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
+        Assert.Equal("tie_word_embeddings", e.Item);
+        Assert.EndsWith("config.json", e.FilePath);
+
+        int[] Range(string name) => [header[name]!["data_offsets"]![0]!.GetValue<int>(), header[name]!["data_offsets"]![1]!.GetValue<int>()];
+        var (embd, head) = (Range("model.embed_tokens.weight"), Range("lm_head.weight"));
+        Assert.Equal(embd[1] - embd[0], head[1] - head[0]);
+        Array.Copy(data, embd[0], data, head[0], embd[1] - embd[0]);
+        WriteSafetensors(dir.File("model.safetensors"), header, data);
+        using var w = ModelWeights.Load(dir.Path);
+        Assert.Equal(w.Config.VocabSize, w.Output.Rows);
+    }
+
     /// <summary>A NaN in a norm's gains is refused at load naming the tensor and value (it loaded, convert copied it, and
     /// the first forward pass failed with non-finite logits naming no tensor).</summary>
     [Fact]
