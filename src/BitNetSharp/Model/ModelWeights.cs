@@ -494,8 +494,9 @@ public sealed class ModelWeights : IDisposable
     private static float[] Vector(SafetensorsCheckpoint w, string name, int length)
     {
         var info = w.GetTensor(name);
-        if (info.ElementCount != length)
-            throw new ModelFormatException(info.File.FilePath, $"expected {length} values, found shape {info.ShapeText}", name);
+        // One dimension, as transformers' RMSNorm weight is: a [2, 32] "norm" of a 64-wide model was taken by its count.
+        if (info.ElementCount != length || info.Shape.Length != 1)
+            throw new ModelFormatException(info.File.FilePath, $"expected {length} values in one dimension, found shape {info.ShapeText}", name);
         if (info.DType is not (SafetensorsDType.F32 or SafetensorsDType.F16 or SafetensorsDType.BF16))
             throw new ModelFormatException(info.File.FilePath, $"dtype {info.DTypeName} is not supported for a norm vector; expected F32, F16 or BF16", name);
         var result = info.File.ReadFloat32(info);

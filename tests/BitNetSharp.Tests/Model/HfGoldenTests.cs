@@ -284,6 +284,14 @@ public class HfGoldenTests
         var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
         Assert.Equal("model.norm.weight", e.Item);
         Assert.Contains("value 3 is NaN", e.Message);
+
+        // Two dimensions holding the right count are not a norm (they were taken by the count).
+        BitConverter.GetBytes(1f).CopyTo(data, begin + 3 * 4);
+        header["model.norm.weight"]!["shape"] = new System.Text.Json.Nodes.JsonArray(2, 80);
+        WriteSafetensors(dir.File("model.safetensors"), header, data);
+        e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path));
+        Assert.Equal("model.norm.weight", e.Item);
+        Assert.Contains("in one dimension", e.Message);
     }
 
     /// <summary>A context whose rotary table would not fit is refused at load naming the config (2^24 positions overflowed
