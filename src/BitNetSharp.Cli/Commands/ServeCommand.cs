@@ -329,7 +329,7 @@ public static partial class ServeCommand
         try
         {
             await server.Ready.WaitAsync(cancellation);
-            cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics); Ctrl-C stops.");
+            cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics, dashboard: {server.Address}dashboard); Ctrl-C stops.");
             if (weightsNote() is { } note) cli.Error.WriteLine($"weights in memory: {note} (--weight-pages)");
             await Task.Delay(Timeout.Infinite, cancellation);
         }

@@ -204,6 +204,8 @@ public class ServeCommandTests
         {
             var address = await ready.WaitAsync(TimeSpan.FromSeconds(60), Ct);
             Assert.Equal(new Uri($"http://127.0.0.1:{port}/"), address);
+            // The ready line names the dashboard, as the README says (it named the API and /metrics only).
+            lock (stderr) Assert.Contains($"dashboard: {address}dashboard)", stderr.ToString());
             using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(30) };
             using (var anonymous = await http.GetAsync("v1/models", Ct)) Assert.Equal(HttpStatusCode.Unauthorized, anonymous.StatusCode);
             using var request = new HttpRequestMessage(HttpMethod.Get, "v1/models") { Headers = { Authorization = new AuthenticationHeaderValue("Bearer", "variable-key") } };
