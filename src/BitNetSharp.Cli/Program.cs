@@ -46,6 +46,18 @@ public static class Program
             error.WriteLine($"Run '{string.Join(' ', path)} --help' for its options.");
             return 2;
         }
+        // The kernel tuning variables are read once by the kernels, which fall back to their defaults on a value they
+        // cannot use: a typo (BITNET_WEIGHT_STREAMS=3) was measured as the default without a word. Said here, as a usage
+        // error, by every command that runs a model (help, inspect, tokenize and logs run none).
+        if (parse.Action is not System.CommandLine.Help.HelpAction && parse.CommandResult.Command is not RootCommand && parse.CommandResult.Command.Name is not ("inspect" or "tokenize" or "logs"))
+        {
+            var problems = BitNetSharp.Kernels.KernelRegistry.EnvironmentProblems(environment);
+            if (problems.Count > 0)
+            {
+                foreach (var p in problems) error.WriteLine($"error: {p}");
+                return 2;
+            }
+        }
         var configuration = new InvocationConfiguration { Output = output, Error = error };
         // serve handles SIGINT/SIGTERM itself (ServeSignals: drain, a deadline, a second signal exits at once); the
         // library's handler completed its task again on a second signal and the process died of it.

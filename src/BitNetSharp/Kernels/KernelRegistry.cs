@@ -96,6 +96,33 @@ public static class KernelRegistry
     public static bool LookupByDefault { get; } = Lookup.IsSupported && (TernaryKernel.AmdFamily() >= 0x1A || TernaryKernel.IsIntelWithVbmi());
 
 
+    /// <summary>
+    /// What is wrong with the kernel tuning variables in <paramref name="environment"/> (BITNET_KERNEL, BITNET_WEIGHT_STREAMS,
+    /// BITNET_PREFETCH_DISTANCE, BITNET_PREFETCH_LEVEL), one message per variable, empty when all are unset or valid. The kernels
+    /// read them once, falling back to their defaults on a value they cannot use; a tool checks them first so that a typo
+    /// (BITNET_WEIGHT_STREAMS=3) is said rather than measured as the default without a word.
+    /// </summary>
+    public static IReadOnlyList<string> EnvironmentProblems(Func<string, string?> environment)
+    {
+        var problems = new List<string>();
+        string? kernel = environment(EnvironmentVariable);
+        if (!string.IsNullOrWhiteSpace(kernel))
+        {
+            try { SelectTernary(kernel); }
+            catch (ArgumentException e) { problems.Add(e.Message); }
+        }
+        string? streams = environment(TernaryKernel.WeightStreamsVariable);
+        if (!string.IsNullOrWhiteSpace(streams) && streams.Trim() is not ("1" or "4"))
+            problems.Add($"{TernaryKernel.WeightStreamsVariable}='{streams}' is not 1 or 4 (weight streams a decode reads; unset it for this CPU's default, {TernaryKernel.DefaultWeightStreams()}).");
+        string? distance = environment(TernaryKernel.PrefetchDistanceVariable);
+        if (!string.IsNullOrWhiteSpace(distance) && TernaryKernel.ParsePrefetchDistance(distance) is null)
+            problems.Add($"{TernaryKernel.PrefetchDistanceVariable}='{distance}' is not a number of bytes that is a multiple of 64 from 0 to 65536 (unset it for the default, 8192).");
+        string? level = environment(TernaryKernel.PrefetchLevelVariable);
+        if (!string.IsNullOrWhiteSpace(level) && !level.Trim().Equals("l1", StringComparison.OrdinalIgnoreCase) && !level.Trim().Equals("l2", StringComparison.OrdinalIgnoreCase))
+            problems.Add($"{TernaryKernel.PrefetchLevelVariable}='{level}' is not l1 or l2 (the cache level weights are prefetched into; unset it for the default, l2).");
+        return problems;
+    }
+
     /// <summary>The named ternary variant, or the best supported one when <paramref name="name"/> is empty.</summary>
     /// <exception cref="ArgumentException">Unknown name, or a variant this CPU cannot run.</exception>
     public static TernaryKernel SelectTernary(string? name)

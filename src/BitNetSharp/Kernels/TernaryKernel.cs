@@ -39,14 +39,21 @@ public abstract unsafe class TernaryKernel
 
     /// <summary>BITNET_PREFETCH_LEVEL=l1 makes <see cref="PrefetchWeights"/> (and the attention kernels' K/V hints) use prefetcht0 (the old behaviour), for
     /// comparing the two on a given CPU; anything else, or unset, is l2 (prefetcht1). Read once: the JIT folds it.</summary>
-    public static readonly bool PrefetchIntoL1 = string.Equals(Environment.GetEnvironmentVariable("BITNET_PREFETCH_LEVEL")?.Trim(), "l1", StringComparison.OrdinalIgnoreCase);
+    public static readonly bool PrefetchIntoL1 = string.Equals(Environment.GetEnvironmentVariable(PrefetchLevelVariable)?.Trim(), "l1", StringComparison.OrdinalIgnoreCase);
+
+    public const string PrefetchLevelVariable = "BITNET_PREFETCH_LEVEL";
+
+    public const string PrefetchDistanceVariable = "BITNET_PREFETCH_DISTANCE";
 
     /// <summary>BITNET_PREFETCH_DISTANCE overrides the distance (bytes, a multiple of 64 up to 64 KiB; the attention kernels use it too) for experiments on a given CPU; default 8192.</summary>
     private static int ReadPrefetchDistance()
     {
-        var text = Environment.GetEnvironmentVariable("BITNET_PREFETCH_DISTANCE");
-        return int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int d) && d % 64 == 0 && d <= 65536 ? d : 8192;
+        return ParsePrefetchDistance(Environment.GetEnvironmentVariable(PrefetchDistanceVariable)) ?? 8192;
     }
+
+    /// <summary>A prefetch distance as BITNET_PREFETCH_DISTANCE gives it (bytes, a multiple of 64 from 0 to 64 KiB), or null.</summary>
+    public static int? ParsePrefetchDistance(string? text) =>
+        int.TryParse(text?.Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out int d) && d % 64 == 0 && d <= 65536 ? d : null;
 
     /// <summary>
     /// How many far-apart sequential streams decode reads weights in: 4 (one row from each quarter of a worker's row

@@ -858,4 +858,40 @@ public class ChatCommandTests
         Assert.Equal(2, bad); // a usage error, found before the model loads
         Assert.Contains("chatml", error.ToString()); // the error lists the valid names
     }
+
+    /// <summary>
+    /// The kernel tuning variables are checked before a command that runs a model: BITNET_WEIGHT_STREAMS=3 and
+    /// BITNET_PREFETCH_DISTANCE=100 fell back to the defaults without a word (a measurement of "3 streams" measured one),
+    /// and an unknown BITNET_KERNEL exited 1, the code of a bad model file. Now usage errors (2) naming the variable and
+    /// what it takes; valid values, and commands that run no model, are untouched.
+    /// </summary>
+    [Fact]
+    public void BadKernelVariablesAreUsageErrorsNamingTheVariable()
+    {
+        foreach (var (name, value, message) in new[]
+        {
+            ("BITNET_KERNEL", "foo", "BITNET_KERNEL='foo' names no kernel"),
+            ("BITNET_WEIGHT_STREAMS", "3", "BITNET_WEIGHT_STREAMS='3' is not 1 or 4"),
+            ("BITNET_PREFETCH_DISTANCE", "100", "BITNET_PREFETCH_DISTANCE='100' is not a number of bytes that is a multiple of 64"),
+            ("BITNET_PREFETCH_DISTANCE", "131072", "BITNET_PREFETCH_DISTANCE='131072'"),
+            ("BITNET_PREFETCH_LEVEL", "l3", "BITNET_PREFETCH_LEVEL='l3' is not l1 or l2"),
+        })
+        {
+            foreach (string[] args in new[] { new[] { "generate", "-p", "Once", "-n", "1", "-t", "1" }, ["bench", "-p", "0", "-n", "1", "-r", "1"] })
+            {
+                var output = new StringWriter();
+                var error = new StringWriter();
+                int code = Program.Run(args, output, error, environment: n => n == name ? value : null);
+                Assert.True(code == 2, $"{name}={value} {args[0]}: exit {code}, {error}");
+                Assert.Contains(message, error.ToString());
+                Assert.Equal("", output.ToString());
+            }
+        }
+        // Valid values (and blank ones) pass; inspect runs no kernel and is not stopped by a bad one.
+        foreach (var (name, value) in new[] { ("BITNET_WEIGHT_STREAMS", " 4 "), ("BITNET_PREFETCH_DISTANCE", "4096"), ("BITNET_PREFETCH_LEVEL", "L1"), ("BITNET_KERNEL", "reference"), ("BITNET_KERNEL", " ") })
+            Assert.Empty(BitNetSharp.Kernels.KernelRegistry.EnvironmentProblems(n => n == name ? value : null));
+        var inspectOut = new StringWriter();
+        var inspectError = new StringWriter();
+        Assert.Equal(0, Program.Run(["inspect", RepositoryFiles.Path("models/bitnet-tinystories.gguf")], inspectOut, inspectError, environment: n => n == "BITNET_KERNEL" ? "foo" : null));
+    }
 }
