@@ -158,6 +158,29 @@ public class TrainingRunTests
     }
 
     /// <summary>
+    /// A NaN that reaches the attention scores (here a layer's input norm) is a non-finite loss like any other: the
+    /// training attention's softmax threw "Softmax input contains NaN" (an ArgumentException, which the CLI printed
+    /// as is: `calibrate --tune` at a moderate --lr ended so, naming no flag), before the loss check could say what to do.
+    /// </summary>
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ANonFiniteAttentionScoreIsADivergenceNotACrash(bool fullPrecision)
+    {
+        var (options, tokenizer, train, validation) = Setup(6, fullPrecision);
+        using var pool = new WorkerPool(2);
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        run.StepOnce();
+        run.Model.Parameters[run.Model.Layout.Layers[0].AttnNorm] = float.NaN;
+        var before = (float[])run.Model.Parameters.Clone();
+        var e = Assert.Throws<TrainingDivergedException>(() => run.StepOnce());
+        Assert.Contains("Lower --lr", e.Message);
+        Assert.Equal(1, run.Step);
+        Assert.Equal(before, run.Model.Parameters);
+        Assert.True(float.IsNaN(run.Validate()));
+    }
+
+    /// <summary>
     /// Validation scores windows spread over the whole held-out stream: it scored the first windows only, so with
     /// more held-out text than the window budget, the second half (the other files' held-out tails) never counted.
     /// </summary>

@@ -86,7 +86,9 @@ public sealed unsafe class CausalAttention : IParallelWork
                     if (!_backward)
                     {
                         for (int u = 0; u <= t; u++) p[u] = _scale * MatMulNT.Dot(q, kBase + (long)u * kvDim, hd);
-                        Softmax.InPlace(new Span<float>(p, t + 1));
+                        // NaN or +∞ scores (a diverging run) become NaN probabilities, so the loss is NaN and the run's
+                        // check stops it saying to lower --lr; Softmax.InPlace threw, naming neither.
+                        Softmax.AttentionInPlace(new Span<float>(p, t + 1));
                         float* o = _out + (row0 + t) * qDim + h * hd;
                         new Span<float>(o, hd).Clear();
                         for (int u = 0; u <= t; u++) MatMulNT.Axpy(p[u], vBase + (long)u * kvDim, o, hd);
