@@ -496,8 +496,10 @@ public sealed class TelemetryLogReader
         {
             case DictionaryType dict:
                 if (data.Dictionary is null) throw new InvalidDataException($"column {name}: a dictionary column without its dictionary.");
-                Fixed(data, name, ((FixedWidthType)dict.IndexType).BitWidth / 8, end);
+                int indexWidth = ((FixedWidthType)dict.IndexType).BitWidth / 8;
+                Fixed(data, name, indexWidth, end);
                 Validate(data.Dictionary, name + " (dictionary)");
+                DictionaryIndices(data, name, indexWidth, dict.IndexType is Int8Type or Int16Type or Int32Type or Int64Type, end);
                 break;
             case StringType:
                 if (data.Buffers.Length < 3) throw new InvalidDataException($"column {name}: missing string buffers.");
@@ -518,6 +520,33 @@ public sealed class TelemetryLogReader
             case FixedWidthType fixedWidth when fixedWidth.BitWidth >= 8:
                 Fixed(data, name, fixedWidth.BitWidth / 8, end);
                 break;
+        }
+    }
+
+    /// <summary>
+    /// Every non-null index of a dictionary column names one of its values: a flipped byte in the row kinds' indices
+    /// made a row of no kind, which the reader skipped without a word (a damaged log read one row short, exit 0).
+    /// </summary>
+    private static void DictionaryIndices(ArrayData data, string name, int width, bool signed, long end)
+    {
+        long count = data.Dictionary!.Length;
+        var bytes = data.Buffers[1].Span;
+        var validity = data.NullCount != 0 ? data.Buffers[0].Span : default;
+        for (long i = data.Offset; i < end; i++)
+        {
+            if (!validity.IsEmpty && (validity[(int)(i >> 3)] & (1 << (int)(i & 7))) == 0) continue;
+            long k = (width, signed) switch
+            {
+                (1, true) => (sbyte)bytes[(int)i],
+                (1, false) => bytes[(int)i],
+                (2, true) => System.Buffers.Binary.BinaryPrimitives.ReadInt16LittleEndian(bytes[(int)(i * 2)..]),
+                (2, false) => System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(bytes[(int)(i * 2)..]),
+                (4, true) => System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(bytes[(int)(i * 4)..]),
+                (4, false) => System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(bytes[(int)(i * 4)..]),
+                _ => System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(bytes[(int)(i * 8)..]) is var v && v >= 0 || signed ? System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(bytes[(int)(i * 8)..]) : long.MaxValue,
+            };
+            if (k < 0 || k >= count)
+                throw new InvalidDataException($"column {name}: value {i - data.Offset} is dictionary entry {k}, but the dictionary holds {count}.");
         }
     }
 
