@@ -184,6 +184,7 @@ public static class LogsCommand
     {
         foreach (var t in reader.TruncatedFiles) yield return $"{t}: cut off (a write or a copy cut short); the batches before the cut were read";
         foreach (var t in reader.VanishedFiles) yield return $"{t}: deleted while reading (the writer's size cap), skipped";
+        foreach (var (skipped, kept) in reader.DuplicateFiles) yield return $"{skipped}: a copy of {kept} (the same run and file name), read once";
     }
 
     /// <summary>

@@ -63,6 +63,38 @@ public class LogsCommandTests
     }
 
     /// <summary>
+    /// A copy of a log file read beside the original (a live folder and a backup of it) is read once, said in a note: its
+    /// rows, tokens and events were counted twice (rows 42, every event listed twice) while steps and requests were not.
+    /// The longer of the two is read (a copy cut short loses nothing the original has).
+    /// </summary>
+    [Fact]
+    public void ACopyOfAFileInAnotherFolderIsReadOnce()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        string backup = Path.Combine(dir.Path, "backup");
+        Directory.CreateDirectory(backup);
+        string copy = Path.Combine(backup, Path.GetFileName(path));
+        File.Copy(path, copy);
+        var (code, output, error) = Bitnet("logs", dir.Path, backup);
+        Assert.True(code == 0, error);
+        Assert.Contains("rows: 21 (step 8, layer 12, event 1)", output);
+        Assert.Contains($"{copy}: a copy of {path} (the same run and file name), read once", output);
+        var (exportCode, _, exportError) = Bitnet("logs", dir.Path, backup, "--export", "jsonl", "--out", dir.File("rows.jsonl"));
+        Assert.True(exportCode == 0, exportError);
+        Assert.Equal(21, File.ReadAllLines(dir.File("rows.jsonl")).Length);
+        Assert.Contains("read once", exportError);
+
+        // A copy cut short: the whole original is read, whichever is named first.
+        var bytes = File.ReadAllBytes(path);
+        File.WriteAllBytes(copy, bytes[..(bytes.Length / 2)]);
+        (code, output, error) = Bitnet("logs", backup, dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("rows: 21 (step 8, layer 12, event 1)", output);
+        Assert.Contains($"{copy}: a copy of {path}", output);
+    }
+
+    /// <summary>
     /// Events are counted by kind and the first and last twenty printed (every one was kept and printed: thousands of
     /// alert transitions flooded the summary and were all held in memory).
     /// </summary>

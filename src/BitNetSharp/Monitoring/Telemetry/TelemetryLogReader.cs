@@ -91,6 +91,11 @@ public sealed class TelemetryLogReader
     /// <summary>Files whose last message was torn, found while reading.</summary>
     public IReadOnlyList<string> TruncatedFiles => _truncated;
 
+    /// <summary>Files <see cref="Open"/> left out as copies of another it reads (the same run id and file name; the longer is read).</summary>
+    public IReadOnlyList<(string Skipped, string Kept)> DuplicateFiles => _duplicates;
+
+    private readonly List<(string Skipped, string Kept)> _duplicates = [];
+
     /// <summary>Files listed by <see cref="Open"/> that were gone when read (a live writer's size cap deletes the oldest).</summary>
     public IReadOnlyList<string> VanishedFiles => _vanished;
 
@@ -140,8 +145,30 @@ public sealed class TelemetryLogReader
                 vanished.Add(p);
             }
         }
-        var reader = new TelemetryLogReader(files);
+        // A copy of a file read beside it (a live folder and a backup of it: the same run id and file name) is read once,
+        // the longer of the two (a copy cut short is the shorter; a live file grows): every row, token and event was
+        // counted twice, while steps and requests, counted by (run, step), were not.
+        var duplicates = new List<(string Skipped, string Kept)>();
+        var byName = new Dictionary<(string Run, string Name), int>();
+        var kept = new List<TelemetryLogFile>();
+        foreach (var f in files)
+        {
+            if (f.RunId is null) { kept.Add(f); continue; }
+            var key = (f.RunId, Path.GetFileName(f.Path));
+            if (byName.TryGetValue(key, out int at))
+            {
+                var first = kept[at];
+                // Of two of one length, the one named first (the command line's order, not the time order's tie-break).
+                if (f.Bytes > first.Bytes || f.Bytes == first.Bytes && all.IndexOf(f.Path) < all.IndexOf(first.Path)) { kept[at] = f; duplicates.Add((first.Path, f.Path)); }
+                else duplicates.Add((f.Path, first.Path));
+                continue;
+            }
+            byName[key] = kept.Count;
+            kept.Add(f);
+        }
+        var reader = new TelemetryLogReader(kept);
         reader._vanished.AddRange(vanished);
+        reader._duplicates.AddRange(duplicates);
         return reader;
     }
 
