@@ -120,6 +120,8 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             // A bad or unreadable model file is the user's to fix, said in one line; anything else keeps its stack trace.
             if (e is BitNetSharp.Formats.ModelFormatException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException)
                 logger.LogError("Loading the model failed: {Message}", e.Message);
+            else if (e is BitNetSharp.Monitoring.Alerts.AlertRulesException)
+                logger.LogError("The alert rules do not fit the model: {Message}", e.Message);
             else logger.LogError(e, "Loading the model failed.");
             _ready.TrySetException(e);
         }

@@ -61,7 +61,7 @@ internal sealed class ModelMonitor : IDisposable
         foreach (var rule in rules)
             if (rule.Match is { } match && match.TryGetValue("layer", out var layerText)
                 && int.TryParse(layerText, NumberStyles.None, CultureInfo.InvariantCulture, out int layer) && layer >= weights.Config.Layers)
-                throw new InvalidDataException($"Alert rule {rule.Name} matches layer {layer}, but {modelId} has {weights.Config.Layers} layers (0 to {weights.Config.Layers - 1}): it could never fire. Fix the rule or drop its layer match.");
+                throw new AlertRulesException($"{options.AlertRulesFile ?? "alert rules"}: rule '{rule.Name}' matches layer {layer}, but {modelId} has {weights.Config.Layers} layers (0 to {weights.Config.Layers - 1}): it could never fire. Fix the rule or drop its layer match.");
         if (rules.Count > 0)
         {
             Alerts = new AlertEngine(rules, CollectSignals, new AlertEngineOptions

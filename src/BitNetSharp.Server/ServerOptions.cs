@@ -129,6 +129,9 @@ public sealed record MonitoringOptions
     /// <summary>Alert rules (null: <see cref="AlertRules.Default"/>; empty: no alerts).</summary>
     public IReadOnlyList<AlertRule>? AlertRules { get; init; }
 
+    /// <summary>The file <see cref="AlertRules"/> came from, named by the errors only the model can show (a layer match past its layers).</summary>
+    public string? AlertRulesFile { get; init; }
+
     /// <summary>How often the alert rules are evaluated.</summary>
     public TimeSpan AlertInterval { get; init; } = TimeSpan.FromSeconds(1);
 

@@ -194,6 +194,7 @@ public static partial class ServeCommand
             {
                 VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
                 AlertRules = result.GetValue(alertRules) is { } rulesPath ? BitNetServer.LoadAlertRules(rulesPath) : null,
+                AlertRulesFile = result.GetValue(alertRules),
                 AlertWebhook = webhook,
                 TelemetryLog = TelemetrySink(result.GetValue(telemetryLog), result.GetValue(telemetryMax), result.GetResult(telemetryMax) is { Implicit: false }),
             };
@@ -338,7 +339,10 @@ public static partial class ServeCommand
         }
         catch (Exception e) when (server.Ready.IsFaulted)
         {
-            cli.Error.WriteLine($"error: the model could not be loaded: {e.Message}");
+            // A rule file that does not fit the model (a layer match past its layers) is the rule file's error, not the model's.
+            cli.Error.WriteLine(e is BitNetSharp.Monitoring.Alerts.AlertRulesException || e.InnerException is BitNetSharp.Monitoring.Alerts.AlertRulesException
+                ? $"error: {(e as BitNetSharp.Monitoring.Alerts.AlertRulesException ?? e.InnerException)!.Message}"
+                : $"error: the model could not be loaded: {e.Message}");
             return 1;
         }
         // Graceful shutdown (SIGTERM, Ctrl-C): not ready and refusing new generations, in-flight ones get up to `drain`

@@ -602,7 +602,7 @@ public class AlertEngineTests
             body = await health.Content.ReadAsStringAsync(TestContext.Current.CancellationToken);
             return health.StatusCode == HttpStatusCode.InternalServerError;
         }, "the load to fail");
-        Assert.Contains("SatLayer99 matches layer 99", body);
+        Assert.Contains("alert rules: rule 'SatLayer99' matches layer 99", body);
         Assert.Contains("2 layers (0 to 1)", body);
     }
 

@@ -62,6 +62,16 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Contains(path, e.Message);
         Assert.Contains("offsets", e.Message);
 
+        // The schema damaged (its continuation marker read as a length of −256): one line naming the file and the
+        // schema's byte, without .NET's wording (it ran over two lines with "(Parameter 'minimumLength')").
+        bad = (byte[])good.Clone();
+        bad[8] = 0;
+        File.WriteAllBytes(path, bad);
+        e = Assert.Throws<InvalidDataException>(() => ReadAll(path));
+        Assert.StartsWith($"{path}: the schema (the message from byte 8) of a complete log file is damaged (", e.Message);
+        Assert.DoesNotContain("\n", e.Message);
+        Assert.DoesNotContain("(Parameter", e.Message);
+
         bad = (byte[])good.Clone();
         bad.AsSpan((int)firstBatchEnd, 8).Fill(0); // the second batch's continuation and length: an end-of-stream marker
         File.WriteAllBytes(path, bad);

@@ -131,6 +131,32 @@ public class ServeCommandTests
         }
     }
 
+    /// <summary>
+    /// A rule on a layer the model lacks (found at load, when the layers are known) is the rule file's error, naming it:
+    /// serve said "the model could not be loaded: Alert rule a matches layer 99", blaming the model and naming no file.
+    /// A directory given as the rule file says so (it read "Access to the path … is denied").
+    /// </summary>
+    [Fact]
+    public void ARuleFileThatDoesNotFitTheModelIsNamedNotTheModel()
+    {
+        using var dir = new Formats.TestGguf.TempDirectory();
+        string path = dir.File("rules.json");
+        File.WriteAllText(path, """{"rules": [{"name": "Deep", "metric": "bitnet_health_residual_rms", "match": {"layer": "99"}, "op": ">", "threshold": 1}]}""");
+        var (code, error) = Bitnet("serve", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "-t", "1", "--alert-rules", path);
+        Assert.Equal(1, code);
+        Assert.Contains($"error: {path}: rule 'Deep' matches layer 99, but bitnet-tinystories has 6 layers (0 to 5): it could never fire.", error);
+        Assert.DoesNotContain("could not be loaded", error);
+
+        var (dirCode, dirError) = Bitnet("serve", "-m", "does-not-matter.gguf", "--alert-rules", dir.Path);
+        Assert.Equal(1, dirCode);
+        Assert.Contains($"The alert rules file {dir.Path} is a directory", dirError);
+
+        File.WriteAllText(path, """{"rules": [{"name": "A", "metric": "bitnet_health_residual_rms", "op": null, "threshold": 1}]}""");
+        var (nullCode, nullError) = Bitnet("serve", "-m", "does-not-matter.gguf", "--alert-rules", path);
+        Assert.Equal(1, nullCode);
+        Assert.Contains("got null.", nullError);
+    }
+
     [Theory]
     [InlineData("BITNET_PORT", "abc", "BITNET_PORT: 'abc' is not a port number (0-65535).")]
     [InlineData("BITNET_PORT", "70000", "BITNET_PORT: '70000' is not a port number (0-65535).")]

@@ -55,8 +55,8 @@ public sealed record AlertRule
         if (Match is not null)
             foreach (var (label, value) in Match)
                 if (string.IsNullOrEmpty(label) || value is null) throw new ArgumentException($"{where}: \"match\" needs a label name and a string value for each entry (\"label\": \"value\" or \"!value\"); got '{label}': null.");
-        if (Array.IndexOf(Aggregates, Aggregate) < 0) throw new ArgumentException($"{where}: \"aggregate\" must be one of {string.Join(", ", Aggregates)}; got '{Aggregate}'.");
-        if (Array.IndexOf(Ops, Op) < 0) throw new ArgumentException($"{where}: \"op\" must be one of {string.Join(" ", Ops)}; got '{Op}'.");
+        if (Array.IndexOf(Aggregates, Aggregate) < 0) throw new ArgumentException($"{where}: \"aggregate\" must be one of {string.Join(", ", Aggregates)}; got {(Aggregate is null ? "null" : $"'{Aggregate}'")}.");
+        if (Array.IndexOf(Ops, Op) < 0) throw new ArgumentException($"{where}: \"op\" must be one of {string.Join(" ", Ops)}; got {(Op is null ? "null" : $"'{Op}'")}.");
         if (!double.IsFinite(Threshold)) throw new ArgumentException($"{where}: \"threshold\" must be a finite number.");
         if (For < 1) throw new ArgumentException($"{where}: \"for\" must be ≥ 1 (consecutive evaluations); got {For}.");
         if (!(WindowSeconds > 0) || !double.IsFinite(WindowSeconds)) throw new ArgumentException($"{where}: \"window_seconds\" must be > 0; got {WindowSeconds}.");
@@ -103,6 +103,8 @@ public static class AlertRules
     public static IReadOnlyList<AlertRule> Load(string path)
     {
         string text;
+        // A folder is not a permission problem ("Access to the path … is denied" was all it said).
+        if (Directory.Exists(path)) throw new ArgumentException($"The alert rules file {path} is a directory; give the rules' JSON file.", nameof(path));
         try
         {
             text = File.ReadAllText(path);

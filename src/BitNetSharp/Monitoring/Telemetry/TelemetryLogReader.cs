@@ -233,7 +233,7 @@ public sealed class TelemetryLogReader
             // whole directory. A complete file (with its footer) whose schema is unreadable is damaged. A corrupt length
             // makes Arrow ask for gigabytes: that OutOfMemoryException is the file's fault, not the machine's.
             if (!footer) return new TelemetryLogFile(path, length, false, new Dictionary<string, string>(), NoSchema: true);
-            throw new InvalidDataException($"{path}: unreadable Arrow schema ({e.Message}).", e);
+            throw new InvalidDataException($"{path}: the schema (the message from byte {Magic.Length}) of a complete log file is damaged ({ArrowSaid(e)}); the file cannot be read.", e);
         }
         if (schema is null && !footer) return new TelemetryLogFile(path, length, false, new Dictionary<string, string>(), NoSchema: true);
         if (schema is null || !schema.HasMetadata || !schema.Metadata.ContainsKey(TelemetryLogSchema.MarkerKey))
@@ -598,9 +598,25 @@ public sealed class TelemetryLogReader
             // A torn last message (kill -9 mid-write, or a follow cancelled mid-message); or a corrupt length that made
             // Arrow ask for gigabytes (an OutOfMemoryException caused by the file, which crashed the command).
             batch = null;
-            error = e.Message;
+            error = ArrowSaid(e);
             return false;
         }
+    }
+
+    /// <summary>
+    /// What Arrow said about a damaged message, on one line and without .NET's parameter wording: its messages ran over
+    /// lines ("minimumLength ('-256') must be a non-negative value. (Parameter 'minimumLength')\nActual value was -256.").
+    /// </summary>
+    private static string ArrowSaid(Exception e)
+    {
+        string text = e.Message.ReplaceLineEndings(" ");
+        int at = text.IndexOf(" (Parameter '", StringComparison.Ordinal);
+        if (at >= 0)
+        {
+            int close = text.IndexOf("')", at, StringComparison.Ordinal);
+            text = close < 0 ? text[..at] : text[..at] + text[(close + 2)..];
+        }
+        return text.Trim().TrimEnd('.');
     }
 
     private void MarkTruncated(string path)
