@@ -35,14 +35,23 @@ public static class TokenizeCommand
     public static Command Create(CliConsole cli)
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or a Hugging Face model directory (default: the bundled model)." };
-        var text = new Argument<string>("text") { Description = "The text to tokenize (special tokens such as <|eot_id|> are recognized)." };
+        var text = new Argument<string>("text") { Description = "The text to tokenize (special tokens such as <|eot_id|> are recognized unless --no-parse-special; text starting with '-' goes after --)." };
         var idsOnly = new Option<bool>("--ids-only") { Description = "Print only the ids, comma-separated." };
         var noBos = new Option<bool>("--no-bos") { Description = "Do not add the beginning-of-sequence token." };
-        var command = new Command("tokenize", "Show how the model's tokenizer splits a text.") { text, model, idsOnly, noBos };
+        var noSpecial = new Option<bool>("--no-parse-special")
+        {
+            Description = "Read special-token strings such as <|eot_id|> as plain text, as chat and serve encode a message's content (and /tokenize with \"parse_special\": false).",
+        };
+        var command = new Command("tokenize", "Show how the model's tokenizer splits a text.") { text, model, idsOnly, noBos, noSpecial };
         command.SetAction(result => cli.Guard(() =>
         {
+            string input = result.GetRequiredValue(text);
+            // An option the command does not have was taken as the text to tokenize (`bitnet tokenize --bogus` printed
+            // the tokens of "--bogus", exit 0); text that starts with a dash goes after --, as with other tools.
+            if (input.Length > 1 && input[0] == '-' && !result.Tokens.Any(t => t.Type == System.CommandLine.Parsing.TokenType.DoubleDash))
+                throw new UsageException($"'{input}' is not an option of bitnet tokenize; to tokenize text that starts with '-', put it after --: bitnet tokenize -- '{input}'.");
             var tokenizer = ModelOptions.LoadTokenizer(ModelOptions.ResolveModel(result.GetValue(model)));
-            var ids = tokenizer.Encode(result.GetRequiredValue(text), addBos: tokenizer.AddBosToken && !result.GetValue(noBos), parseSpecial: true);
+            var ids = tokenizer.Encode(input, addBos: tokenizer.AddBosToken && !result.GetValue(noBos), parseSpecial: !result.GetValue(noSpecial));
             if (result.GetValue(idsOnly))
             {
                 cli.Output.WriteLine(string.Join(',', ids.Select(i => i.ToString(CultureInfo.InvariantCulture))));
@@ -58,7 +67,7 @@ public static class TokenizeCommand
                     : "bytes " + string.Join(' ', bytes.ToArray().Select(b => $"0x{b:X2}"));
                 cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{id,8} {piece}"));
             }
-            cli.Output.WriteLine($"{ids.Length} tokens");
+            cli.Output.WriteLine(ids.Length == 1 ? "1 token" : $"{ids.Length} tokens");
             return 0;
         }));
         return command;

@@ -149,6 +149,36 @@ public class GenerateCommandTests
     }
 
     /// <summary>
+    /// tokenize: --no-parse-special reads a special token's text as text, as chat and serve encode a message's content
+    /// (there was no way to see that split); an unknown option is refused, not tokenized as the text (`--bogus` printed
+    /// the tokens of "--bogus", exit 0), while text after -- may start with a dash; one token is "1 token".
+    /// </summary>
+    [Fact]
+    public void TokenizeReadsSpecialTokensAsTextOnRequestAndRefusesUnknownOptions()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var (code, output, error) = Bitnet("tokenize", "-m", model, "<|endoftext|> hi", "--ids-only");
+        Assert.True(code == 0, error);
+        Assert.StartsWith("0,", output);
+        (code, output, error) = Bitnet("tokenize", "-m", model, "<|endoftext|> hi", "--ids-only", "--no-parse-special");
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("0", output.Trim().Split(','));
+        Assert.True(output.Split(',').Length > 3, output);
+
+        (code, output, error) = Bitnet("tokenize", "-m", model, "--bogus");
+        Assert.Equal(2, code);
+        Assert.Equal("", output);
+        Assert.Contains("'--bogus' is not an option of bitnet tokenize", error);
+        (code, output, error) = Bitnet("tokenize", "-m", model, "--", "--bogus");
+        Assert.True(code == 0, error);
+        Assert.Contains("\"bo", output);
+
+        (code, output, _) = Bitnet("tokenize", "-m", model, " hi");
+        Assert.Equal(0, code);
+        Assert.EndsWith("1 token" + Environment.NewLine, output);
+    }
+
+    /// <summary>
     /// The prompt checks made once the model is loaded (past --ctx, an id outside the vocabulary, an empty prompt) are
     /// usage errors, exit 2 as the README says (they exited 1, the code of a bad model file).
     /// </summary>
