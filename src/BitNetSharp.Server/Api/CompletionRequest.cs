@@ -175,11 +175,13 @@ internal sealed record CompletionRequest(
                 : throw ApiException.BadRequest($"{p}.content is required for a {role} message: a string or an array of text parts.", $"{p}.content", "missing_required_parameter");
         if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
         if (c.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType($"{p}.content", "a string or an array of text parts", c);
+        // Parts joined by a newline, as vLLM and llama-server join them (glued together, "Hel" and "lo" read "Hello").
         var text = new System.Text.StringBuilder();
         int k = 0;
         foreach (var part in c.EnumerateArray())
         {
             string pp = $"{p}.content[{k++}]";
+            if (k > 1) text.Append('\n');
             if (part.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(pp, "an object", part);
             var pr = new JsonRequest(part, pp + ".");
             var type = pr.String("type");

@@ -33,6 +33,26 @@ public class RequestSemanticsTests
     }
 
     /// <summary>
+    /// A message's text parts are joined by a newline, as vLLM and llama-server join them: they were glued together
+    /// ("Hel" and "lo" read as "Hello"; two paragraphs sent as two parts ran into one line).
+    /// </summary>
+    [Fact]
+    public async Task TextPartsAreJoinedByANewline()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        async Task<int> PromptTokens(object content)
+        {
+            var (status, body, _) = await s.PostAsync("v1/chat/completions", new { messages = new[] { new { role = "user", content } }, max_tokens = 1 });
+            Assert.Equal(HttpStatusCode.OK, status);
+            return body.GetProperty("usage").GetProperty("prompt_tokens").GetInt32();
+        }
+        int parts = await PromptTokens(new[] { new { type = "text", text = "Hel" }, new { type = "text", text = "lo" } });
+        Assert.Equal(await PromptTokens("Hel\nlo"), parts);
+        Assert.Equal(await PromptTokens("Hello") + 1, parts); // the byte-level vocabulary: one token a byte
+        Assert.Equal(await PromptTokens("Hello"), await PromptTokens(new[] { new { type = "text", text = "Hello" } }));
+    }
+
+    /// <summary>
     /// Usage counts the stop token that ended a choice, as llama-server and vLLM do: it was sampled from a forward step
     /// like any other. A completion that ended at once read 0 completion tokens, and the engine's counter missed it too.
     /// </summary>
