@@ -64,7 +64,12 @@ public static class ConvertCommand
             BitNetTokenizer? tokenizer = null;
             IReadOnlyList<KeyValuePair<string, BitNetSharp.Formats.Gguf.GgufValue>> chatTemplates = [];
             if (weights.Gguf is { } gguf)
+            {
+                // The vocabulary is copied key by key: loaded first, so a tokenizer every other command refuses (a BOS id
+                // outside the vocabulary, a malformed merge, an empty token list) is not written into a new file with exit 0.
+                if (ModelOptions.HasGgufTokenizer(gguf, inPath)) TokenizerLoader.FromGguf(gguf);
                 tokenizerNote = gguf.Metadata.ContainsKey("tokenizer.ggml.model") ? "tokenizer carried over" : "no tokenizer in the source";
+            }
             else if (!Directory.Exists(inPath) || !HasTokenizerFiles(inPath))
                 tokenizerNote = "no tokenizer in the source (tokenizer.json, tokenizer.model or vocab.json + merges.txt)";
             else

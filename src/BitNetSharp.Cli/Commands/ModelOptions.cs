@@ -203,6 +203,19 @@ public sealed class ModelOptions
     };
 
     /// <summary>
+    /// Whether a GGUF has a tokenizer (tokenizer.ggml.model). A vocabulary without it (tokenizer.ggml.tokens present: the
+    /// key renamed or its bytes damaged) is a damaged file, exit 1 naming both keys: it read as "has no tokenizer; pass
+    /// --prompt-ids", a usage error, and convert copied the arrays into a file no command could read text with.
+    /// </summary>
+    public static bool HasGgufTokenizer(GgufFile file, string path)
+    {
+        if (file.Metadata.ContainsKey("tokenizer.ggml.model")) return true;
+        if (file.Metadata.ContainsKey("tokenizer.ggml.tokens"))
+            throw new ModelFormatException(path, "tokenizer.ggml.tokens is present but tokenizer.ggml.model, the kind of tokenizer, is missing: the tokenizer metadata is damaged (a key renamed or cut); restore the file from its source.");
+        return false;
+    }
+
+    /// <summary>
     /// The tokenizer alone, without the weights: a GGUF's vocabulary (any architecture, a vocab-only file too) or a
     /// Hugging Face directory's tokenizer files. `tokenize` loaded, checked and copied the whole model for it, and
     /// refused llama.cpp's vocab-only files and models of other architectures.
@@ -214,7 +227,7 @@ public sealed class ModelOptions
             case ModelPathKind.Gguf:
                 using (var file = GgufFile.Open(path))
                 {
-                    if (!file.Metadata.ContainsKey("tokenizer.ggml.model")) throw new UsageException($"{path} has no tokenizer (no tokenizer.ggml.model).");
+                    if (!HasGgufTokenizer(file, path)) throw new UsageException($"{path} has no tokenizer (no tokenizer.ggml.model).");
                     return TokenizerLoader.FromGguf(file);
                 }
             case ModelPathKind.HuggingFaceDirectory:
@@ -234,7 +247,7 @@ public sealed class ModelOptions
             BitNetTokenizer? tokenizer = null;
             if (preTokenizer is not null && !(weights.Gguf is { } g && g.Metadata.TryGetString("tokenizer.ggml.model", out var kind) && kind == "gpt2"))
                 throw new UsageException($"--pre-tokenizer applies to a GGUF's byte-level (gpt2) vocabulary; {weights.SourcePath} has none.");
-            if (weights.Gguf is { } gguf && gguf.Metadata.ContainsKey("tokenizer.ggml.model"))
+            if (weights.Gguf is { } gguf && HasGgufTokenizer(gguf, weights.SourcePath))
             {
                 try
                 {

@@ -149,6 +149,44 @@ public class GenerateCommandTests
     }
 
     /// <summary>
+    /// A GGUF's tokenizer that the commands refuse is refused by convert too (exit 1, nothing written): it copied the
+    /// keys (a BOS id outside the vocabulary) into a new file with exit 0, which generate then refused. A vocabulary
+    /// whose tokenizer.ggml.model key is gone (renamed, or its bytes damaged) is a damaged file, exit 1 naming both
+    /// keys: it read as "has no tokenizer; pass --prompt-ids", a usage error (found by a sweep of crafted GGUFs).
+    /// </summary>
+    [Fact]
+    public void ATokenizerTheCommandsRefuseIsRefusedByConvertAndAMissingModelKeyIsDamage()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string Model(string name, Func<string, GgufValue, GgufValue?> edit)
+        {
+            using var tok = GgufFile.Open(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
+            var shape = SyntheticShape.Tiny with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
+            var w = SyntheticModel.Build(shape, 5);
+            foreach (var (k, v) in tok.Metadata.Entries)
+                if (k.StartsWith("tokenizer.", StringComparison.Ordinal) && edit(k, v) is { } kept) w.Add(k, kept);
+            string path = dir.File(name);
+            w.WriteFile(path);
+            return path;
+        }
+        string badBos = Model("bos.gguf", (k, v) => k == "tokenizer.ggml.bos_token_id" ? GgufValue.FromUInt32(99999) : v);
+        string output = dir.File("out.gguf");
+        var (code, _, error) = Bitnet("convert", badBos, output, "--type", "i2_s");
+        Assert.True(code == 1, error);
+        Assert.Contains("tokenizer.ggml.bos_token_id", error);
+        Assert.False(File.Exists(output));
+
+        string noKind = Model("nokind.gguf", (k, v) => k == "tokenizer.ggml.model" ? null : v);
+        foreach (string[] args in new[] { new[] { "generate", "-m", noKind, "-p", "hi", "-n", "1" }, ["tokenize", "-m", noKind, "hi"], ["convert", noKind, output, "--type", "i2_s"] })
+        {
+            (code, _, error) = Bitnet(args);
+            Assert.True(code == 1, $"{args[0]}: exit {code}, {error}");
+            Assert.Contains("tokenizer.ggml.tokens is present but tokenizer.ggml.model, the kind of tokenizer, is missing", error);
+        }
+        Assert.False(File.Exists(output));
+    }
+
+    /// <summary>
     /// tokenize: --no-parse-special reads a special token's text as text, as chat and serve encode a message's content
     /// (there was no way to see that split); an unknown option is refused, not tokenized as the text (`--bogus` printed
     /// the tokens of "--bogus", exit 0), while text after -- may start with a dash; one token is "1 token".
