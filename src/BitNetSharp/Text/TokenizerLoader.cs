@@ -84,6 +84,11 @@ public static class TokenizerLoader
                 float[] scores = metadata.TryGetFloat32Array("tokenizer.ggml.scores", out var s) ? s : new float[texts.Length];
                 if (scores.Length < texts.Length)
                     throw new ModelFormatException(path, $"has {scores.Length} entries for {texts.Length} tokens", "tokenizer.ggml.scores");
+                // A NaN score compares false with every other, so merges went by which pair came first: text split
+                // differently from the vocabulary's own tokenizer, without a word.
+                int nan = Array.FindIndex(scores, float.IsNaN);
+                if (nan >= 0)
+                    throw new ModelFormatException(path, $"entry {nan} (token \"{texts[nan]}\") is NaN; a merge score must be a number", "tokenizer.ggml.scores");
                 vocabulary.UnknownId = vocabulary.InRange(0);
                 vocabulary.BosId = vocabulary.InRange(1);
                 vocabulary.EosId = vocabulary.InRange(2);

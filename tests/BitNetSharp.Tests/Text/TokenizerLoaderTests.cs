@@ -421,6 +421,22 @@ public class TokenizerLoaderTests
         Assert.Equal([3, 4, 0, 4, 0], t.Encode("a€€a日", addBos: false));
     }
 
+    /// <summary>
+    /// A NaN SentencePiece score is refused naming the key, entry and token: it compares false with every other score,
+    /// so merges went by position and text split otherwise than the vocabulary's own tokenizer splits it, without a word.
+    /// </summary>
+    [Fact]
+    public void ANaNSentencePieceScoreIsRefused()
+    {
+        var w = new GgufWriter();
+        w.AddString("tokenizer.ggml.model", "llama");
+        w.AddArray("tokenizer.ggml.tokens", new[] { "<unk>", "<s>", "</s>", "\u2581", "a" });
+        w.AddArray("tokenizer.ggml.token_type", new[] { 2, 3, 3, 1, 1 });
+        w.AddArray("tokenizer.ggml.scores", new[] { 0f, 0f, 0f, -1f, float.NaN });
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => TokenizerLoader.FromGguf(GgufFile.Parse(w.ToArray(), "nan.gguf").Metadata));
+        Assert.Equal("nan.gguf: tokenizer.ggml.scores: entry 4 (token \"a\") is NaN; a merge score must be a number", e.Message);
+    }
+
     /// <summary>A tokenizer.json added token's lstrip / rstrip: it takes the whitespace beside it (both were ignored).</summary>
     [Fact]
     public void HfAddedTokensStripAsMarked()
