@@ -26,13 +26,46 @@ public class InspectCommandTests
 
         var (code, output, error) = Bitnet("inspect", path, "--tensors");
         Assert.Equal(0, code);
-        Assert.Equal("", error);
+        // Not a model the engine runs (one layer's worth of tensors of every type): described, and said so, exit 0 (it
+        // said nothing; a file every other command refuses looked fine).
+        Assert.StartsWith($"warning: bitnet generate would refuse this file: {path}: ", error);
+        Assert.Single(error.Trim().Split('\n'));
         Assert.Contains("bitnet-b1.58", output);
         Assert.Contains("GGUF v3", output);
         Assert.Contains("7 (f16: 1, f32: 2, i2_s: 1, tq2_0: 1, tq1_0: 1, bf16: 1)", output);
         Assert.Contains("blk.0.attn_q.weight", output);
         Assert.Contains("[256, 256]", output);
         Assert.Contains("16,416", output); // I2_S bytes: 256·256/4 + 32
+    }
+
+    /// <summary>A long metadata value is cut in the table, with its length (a 20 MiB name took 20 s and printed 26 MB); --json keeps it whole.</summary>
+    [Fact]
+    public void LongValuesAreCutInTheTableAndWholeInJson()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("long.gguf");
+        string name = new('A', 100_000);
+        var w = new GgufWriter();
+        w.AddString("general.architecture", "llama").AddString("general.name", name).WriteFile(path);
+        var (code, output, _) = Bitnet("inspect", path);
+        Assert.Equal(0, code);
+        Assert.Contains("… (100,000 characters; --json has it whole)", output);
+        Assert.True(output.Length < 10_000, $"{output.Length} characters");
+        (code, output, _) = Bitnet("inspect", path, "--json");
+        Assert.Equal(0, code);
+        Assert.Contains(name, output);
+    }
+
+    /// <summary>A model the engine runs gets no warning, in tables or JSON.</summary>
+    [Fact]
+    public void InspectOfARunnableModelWarnsOfNothing()
+    {
+        foreach (string[] extra in new[] { Array.Empty<string>(), ["--json"] })
+        {
+            var (code, _, error) = Bitnet(["inspect", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), .. extra]);
+            Assert.Equal(0, code);
+            Assert.Equal("", error);
+        }
     }
 
     /// <summary>
