@@ -30,6 +30,21 @@ public class GgufErrorTests
             GgufFile.Parse(bytes.AsSpan(0, (int)length).ToArray()).Dispose();
     }
 
+    /// <summary>
+    /// A tensor count one short: the last record is read as the padding before the data, which is zeros. Refused
+    /// naming the count (the load blamed a tensor's codes, "the tensor is corrupt", every offset being off).
+    /// </summary>
+    [Fact]
+    public void ATensorCountShortOfTheRecordsIsRefusedNamingTheCount()
+    {
+        var bytes = File.ReadAllBytes(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
+        long count = BitConverter.ToInt64(bytes, 8);
+        BitConverter.GetBytes(count - 1).CopyTo(bytes, 8);
+        var e = Fails(bytes);
+        Assert.Contains($"is likely short of the records the file holds", e.Message);
+        Assert.Contains($"the header's tensor count ({count - 1})", e.Message);
+    }
+
     [Fact]
     public void EmptyAndTinyFilesOnDiskFail()
     {

@@ -129,6 +129,16 @@ internal static unsafe class GgufReader
         if (raw.Count > 0 && dataOffset > length)
             throw new ModelFormatException(path, $"the tensor data section would start at byte {dataOffset}, past the end of the file ({length} bytes); the file is truncated");
         long dataLength = Math.Max(0, length - dataOffset);
+        // The padding before the data is zeros (FORMATS.md §1; llama.cpp and gguf-py write zeros). Anything else is the
+        // rest of a tensor record the header's count left out, or damage: a count one short read the last record as
+        // padding, every offset landed in the wrong place, and the load blamed a tensor's codes ("the tensor is corrupt").
+        if (raw.Count > 0)
+        {
+            long checkedEnd = Math.Min(Math.Min(dataOffset, length), headerEnd + 65536);
+            for (long at = headerEnd; at < checkedEnd; at++)
+                if (data[at] != 0)
+                    throw new ModelFormatException(path, $"byte {at}, in the padding between the tensor records (which end at byte {headerEnd}) and the tensor data (at byte {dataOffset}), is 0x{data[at]:X2}, not zero: the header's tensor count ({tensorCount}) is likely short of the records the file holds, or the header is damaged");
+        }
 
         var tensors = BuildTensors(raw.ToArray(), alignment, dataLength, architecture, fileType, path);
         var byName = new Dictionary<string, GgufTensorInfo>(tensors.Length, StringComparer.Ordinal);
