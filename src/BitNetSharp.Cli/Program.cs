@@ -48,8 +48,8 @@ public static class Program
         }
         // The kernel tuning variables are read once by the kernels, which fall back to their defaults on a value they
         // cannot use: a typo (BITNET_WEIGHT_STREAMS=3) was measured as the default without a word. Said here, as a usage
-        // error, by every command that runs a model (help, inspect, tokenize and logs run none).
-        if (parse.Action is not System.CommandLine.Help.HelpAction && parse.CommandResult.Command is not RootCommand && parse.CommandResult.Command.Name is not ("inspect" or "tokenize" or "logs"))
+        // error, by every command that runs a model (help, inspect, tokenize, convert and logs run none).
+        if (parse.Action is not System.CommandLine.Help.HelpAction && parse.CommandResult.Command is not RootCommand && parse.CommandResult.Command.Name is not ("inspect" or "tokenize" or "logs" or "convert"))
         {
             var problems = BitNetSharp.Kernels.KernelRegistry.EnvironmentProblems(environment);
             if (problems.Count > 0)

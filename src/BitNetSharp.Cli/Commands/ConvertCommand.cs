@@ -65,10 +65,24 @@ public static class ConvertCommand
             IReadOnlyList<KeyValuePair<string, BitNetSharp.Formats.Gguf.GgufValue>> chatTemplates = [];
             if (weights.Gguf is { } gguf)
             {
-                // The vocabulary is copied key by key: loaded first, so a tokenizer every other command refuses (a BOS id
-                // outside the vocabulary, a malformed merge, an empty token list) is not written into a new file with exit 0.
-                if (ModelOptions.HasGgufTokenizer(gguf, inPath)) TokenizerLoader.FromGguf(gguf);
-                tokenizerNote = gguf.Metadata.ContainsKey("tokenizer.ggml.model") ? "tokenizer carried over" : "no tokenizer in the source";
+                // The vocabulary is copied key by key, as it is (nothing the source holds is lost). It is loaded first, so
+                // one that every other command refuses (a BOS id outside the vocabulary, a malformed merge, a missing
+                // tokenizer.ggml.model) is said rather than written into a new file without a word; as for a Hugging Face
+                // directory's tokenizer, a warning, the weights converted all the same.
+                string? tokenizerProblem = null;
+                try
+                {
+                    if (ModelOptions.HasGgufTokenizer(gguf, inPath)
+                        && ModelOptions.VocabularyWarning(weights, TokenizerLoader.FromGguf(gguf)) is { } mismatch) tokenizerProblem = mismatch;
+                }
+                catch (Exception refused) when (refused is BitNetSharp.Formats.ModelFormatException or ArgumentException or InvalidDataException or NotSupportedException)
+                {
+                    tokenizerProblem = refused.Message.Split(" (Parameter '")[0];
+                }
+                if (tokenizerProblem is not null)
+                    cli.Error.WriteLine($"warning: the tokenizer is carried over as the source has it, and bitnet cannot read text with it: {tokenizerProblem} Fix the source's tokenizer keys, or give the output's prompts as --prompt-ids.");
+                tokenizerNote = !gguf.Metadata.ContainsKey("tokenizer.ggml.model") && !gguf.Metadata.ContainsKey("tokenizer.ggml.tokens") ? "no tokenizer in the source"
+                    : tokenizerProblem is null ? "tokenizer carried over" : "tokenizer carried over as it is (see the warning)";
             }
             else if (!Directory.Exists(inPath) || !HasTokenizerFiles(inPath))
                 tokenizerNote = "no tokenizer in the source (tokenizer.json, tokenizer.model or vocab.json + merges.txt)";

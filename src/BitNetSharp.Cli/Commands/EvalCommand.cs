@@ -95,6 +95,7 @@ public static class EvalCommand
                 using var _ = weights;
                 if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; eval needs one to turn the text into tokens.");
                 if (ModelOptions.VocabularyWarning(weights, tokenizer) is { } vocabularyWarning) cli.Error.WriteLine("warning: " + vocabularyWarning);
+                if (tokenizer.CoverageWarning is { } coverage) cli.Error.WriteLine("warning: " + coverage);
                 var fileBits = weights.ActivationBits;
                 ModelOptions.ApplyActivationBits(weights, r.GetValue(bits));
                 int window = r.GetValue(ctx) is > 0 and var c ? c : weights.Config.ContextLength;

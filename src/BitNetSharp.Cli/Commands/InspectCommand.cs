@@ -47,13 +47,14 @@ public static class InspectCommand
             }
             // The table shows what the file says, right or wrong (a NaN norm epsilon, a missing tensor, three layers
             // named beside four layers' tensors), with no word: a file every other command refuses looked fine. It is
-            // loaded as generate loads it (mapped, not copied; --codes already did) and the reason said, as a warning:
+            // loaded as generate loads it (the file mapped, never copied to huge pages; --codes already loaded it) and the reason said, as a warning:
             // inspect also reads files this runtime does not run (other architectures, parts of models), exit 0.
-            if (!result.GetValue(codes) && summary.Tensors.Count > 0 && ModelPath.Detect(result.GetRequiredValue(path)) != ModelPathKind.Safetensors)
+            // A Hugging Face directory is not loaded for this: its latent weights would be quantized, a whole load's cost.
+            if (!result.GetValue(codes) && summary.Tensors.Count > 0 && ModelPath.Detect(result.GetRequiredValue(path)) == ModelPathKind.Gguf)
             {
                 try
                 {
-                    using var weights = Model.ModelWeights.Load(result.GetRequiredValue(path));
+                    using var weights = Model.ModelWeights.Load(result.GetRequiredValue(path), MappedOnly);
                 }
                 catch (Exception e) when (e is ModelFormatException or InvalidDataException or ArgumentException or NotSupportedException)
                 {
@@ -65,10 +66,13 @@ public static class InspectCommand
         return command;
     }
 
+    /// <summary>Loads for inspection map the file and copy nothing (the default copies a large file to huge pages when memory allows).</summary>
+    private static readonly Model.ModelLoadOptions MappedOnly = new() { WeightPages = Model.WeightPages.File };
+
     /// <summary>The code histogram of every packed projection (a load and one unpacking pass: seconds on a 2B model).</summary>
     private static void WriteCodes(TextWriter output, string path)
     {
-        using var weights = Model.ModelWeights.Load(path);
+        using var weights = Model.ModelWeights.Load(path, MappedOnly);
         var stats = Monitoring.WeightCodeStats.Compute(weights);
         var integrity = new Monitoring.WeightIntegrity(weights, probeWords: 0);
         var ic = CultureInfo.InvariantCulture;
@@ -117,7 +121,7 @@ public static class InspectCommand
         Model.ModelWeights weights;
         try
         {
-            weights = Model.ModelWeights.Load(path);
+            weights = Model.ModelWeights.Load(path, MappedOnly);
         }
         catch (Exception e) when (e is ModelFormatException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException)
         {
@@ -170,7 +174,7 @@ public static class InspectCommand
         // A value past 200 characters is cut, with its length: a 20 MiB general.name took 20 s and 632 MB to lay out as
         // a table and printed 26 MB. --json keeps every value whole.
         void Row(string name, string? value) => facts.AddRow(new Text(name), new Text(value is null ? "-"
-            : value.Length <= 200 ? value : string.Create(CultureInfo.InvariantCulture, $"{value[..200]}… ({value.Length:N0} characters; --json has it whole)")));
+            : value.Length <= 200 ? value : string.Create(CultureInfo.InvariantCulture, $"{value[..(char.IsHighSurrogate(value[199]) ? 199 : 200)]}… ({value.Length:N0} characters; --json has it whole)")));
         var h = s.HyperParameters;
 
         Row("path", s.Path);

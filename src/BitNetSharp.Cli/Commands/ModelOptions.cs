@@ -160,6 +160,7 @@ public sealed class ModelOptions
     {
         NoteContext(r, weights, error);
         if (VocabularyWarning(weights, tokenizer) is { } warning) error.WriteLine("warning: " + warning);
+        if (tokenizer?.CoverageWarning is { } coverage) error.WriteLine("warning: " + coverage);
     }
 
     /// <summary>
@@ -209,7 +210,8 @@ public sealed class ModelOptions
     /// </summary>
     public static bool HasGgufTokenizer(GgufFile file, string path)
     {
-        if (file.Metadata.ContainsKey("tokenizer.ggml.model")) return true;
+        // llama.cpp's marker for a model shipped without a vocabulary.
+        if (file.Metadata.TryGetString("tokenizer.ggml.model", out var kind)) return kind is not ("none" or "no_vocab");
         if (file.Metadata.ContainsKey("tokenizer.ggml.tokens"))
             throw new ModelFormatException(path, "tokenizer.ggml.tokens is present but tokenizer.ggml.model, the kind of tokenizer, is missing: the tokenizer metadata is damaged (a key renamed or cut); restore the file from its source.");
         return false;

@@ -49,8 +49,9 @@ public static class TokenizeCommand
             // An option the command does not have was taken as the text to tokenize (`bitnet tokenize --bogus` printed
             // the tokens of "--bogus", exit 0); text that starts with a dash goes after --, as with other tools.
             if (input.Length > 1 && input[0] == '-' && !result.Tokens.Any(t => t.Type == System.CommandLine.Parsing.TokenType.DoubleDash))
-                throw new UsageException($"'{input}' is not an option of bitnet tokenize; to tokenize text that starts with '-', put it after --: bitnet tokenize -- '{input}'.");
+                throw new UsageException($"'{(input.Length > 40 ? input[..40] + "…" : input)}' is not an option of bitnet tokenize; to tokenize text that starts with '-', put -- before it (bitnet tokenize [options] -- TEXT).");
             var tokenizer = ModelOptions.LoadTokenizer(ModelOptions.ResolveModel(result.GetValue(model)));
+            if (tokenizer.CoverageWarning is { } coverage) cli.Error.WriteLine("warning: " + coverage);
             var ids = tokenizer.Encode(input, addBos: tokenizer.AddBosToken && !result.GetValue(noBos), parseSpecial: !result.GetValue(noSpecial));
             if (result.GetValue(idsOnly))
             {

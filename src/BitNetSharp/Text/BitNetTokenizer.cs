@@ -121,6 +121,12 @@ public abstract class BitNetTokenizer
     /// </summary>
     public virtual bool StripsLeadingSpace => false;
 
+    /// <summary>
+    /// What this vocabulary cannot write, said once at load by the tools (null when it writes every text): a byte-level
+    /// vocabulary without a token for some of the 256 byte symbols drops those bytes from any text, as llama.cpp does.
+    /// </summary>
+    public virtual string? CoverageWarning => null;
+
     public bool IsStopToken(int id) => _stopIds.Contains(id);
 
     /// <summary>Control and unknown tokens: only produced from text with <c>parseSpecial</c>, omitted when decoding by default.</summary>

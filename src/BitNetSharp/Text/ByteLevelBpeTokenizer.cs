@@ -16,6 +16,24 @@ public sealed class ByteLevelBpeTokenizer : BitNetTokenizer
     private readonly int[] _byteTokens = new int[256];
     private readonly PreTokenizer _preTokenizer;
 
+    /// <inheritdoc/>
+    public override string? CoverageWarning
+    {
+        get
+        {
+            int missing = 0;
+            var examples = new List<string>();
+            for (int b = 0; b < 256; b++)
+            {
+                if (_byteTokens[b] >= 0) continue;
+                missing++;
+                if (examples.Count < 8) examples.Add(b is >= 0x21 and < 0x7F ? $"0x{b:X2} '{(char)b}'" : $"0x{b:X2}");
+            }
+            return missing == 0 ? null
+                : $"the vocabulary has no token for {missing} of the 256 bytes ({string.Join(", ", examples)}{(missing > examples.Count ? ", …" : "")}): text holding them loses them when encoded (as llama.cpp drops them). Is the vocabulary damaged?";
+        }
+    }
+
     internal ByteLevelBpeTokenizer(TokenizerVocabulary vocabulary, IReadOnlyList<string> merges, PreTokenizer preTokenizer, string sourcePath, string mergesItem)
         : base(vocabulary, static (text, _) => ByteLevelEncoding.Decode(text))
     {

@@ -86,9 +86,7 @@ public static class TokenizerLoader
                     throw new ModelFormatException(path, $"has {scores.Length} entries for {texts.Length} tokens", "tokenizer.ggml.scores");
                 // A NaN score compares false with every other, so merges went by which pair came first: text split
                 // differently from the vocabulary's own tokenizer, without a word.
-                int nan = Array.FindIndex(scores, float.IsNaN);
-                if (nan >= 0)
-                    throw new ModelFormatException(path, $"entry {nan} (token \"{texts[nan]}\") is NaN; a merge score must be a number", "tokenizer.ggml.scores");
+                CheckScores(scores, texts, path, "tokenizer.ggml.scores");
                 vocabulary.UnknownId = vocabulary.InRange(0);
                 vocabulary.BosId = vocabulary.InRange(1);
                 vocabulary.EosId = vocabulary.InRange(2);
@@ -230,6 +228,18 @@ public static class TokenizerLoader
         }, path);
     }
 
+    /// <summary>
+    /// A NaN SentencePiece score (of a token the vocabulary holds; entries past it are not read) is refused naming the
+    /// entry: it compares false with every other score, so merges went by position and text split otherwise than the
+    /// vocabulary's own tokenizer splits it, without a word.
+    /// </summary>
+    private static void CheckScores(float[] scores, IReadOnlyList<string> texts, string path, string item)
+    {
+        int nan = Array.FindIndex(scores, 0, Math.Min(scores.Length, texts.Count), float.IsNaN);
+        if (nan >= 0)
+            throw new ModelFormatException(path, $"entry {nan} (token \"{texts[nan]}\") is NaN; a merge score must be a number", item);
+    }
+
     private static BitNetTokenizer FromSentencePieceModel(string path, HfTokenizerConfig config)
     {
         var model = SentencePieceModelFile.Read(path);
@@ -251,6 +261,7 @@ public static class TokenizerLoader
             kinds.Add(TokenKind.Unused);
             scores.Add(0f);
         }
+        CheckScores([.. scores], pieces, path, "piece scores");
         var vocabulary = new TokenizerVocabulary([.. pieces], [.. kinds]);
         config.ApplyAddedTokens(vocabulary, path);
         vocabulary.UnknownId = vocabulary.InRange(model.UnknownId);

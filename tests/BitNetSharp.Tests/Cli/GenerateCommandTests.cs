@@ -148,9 +148,55 @@ public class GenerateCommandTests
         Assert.False(File.Exists(dir.File("injected.json")), "the file's lines were read as options");
     }
 
+    /// <summary>A tiny synthetic model with the bundled model's tokenizer keys, each passed through <paramref name="edit"/> (null drops it).</summary>
+    private static string TinyModelWithBundledTokenizer(TestGguf.TempDirectory dir, string name, Func<string, GgufValue, GgufValue?> edit)
+    {
+        using var tok = GgufFile.Open(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
+        var shape = SyntheticShape.Tiny with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
+        var w = SyntheticModel.Build(shape, 5);
+        foreach (var (k, v) in tok.Metadata.Entries)
+            if (k.StartsWith("tokenizer.", StringComparison.Ordinal) && edit(k, v) is { } kept) w.Add(k, kept);
+        string path = dir.File(name);
+        w.WriteFile(path);
+        return path;
+    }
+
     /// <summary>
-    /// A GGUF's tokenizer that the commands refuse is refused by convert too (exit 1, nothing written): it copied the
-    /// keys (a BOS id outside the vocabulary) into a new file with exit 0, which generate then refused. A vocabulary
+    /// A byte-level vocabulary without a token for some bytes drops them from any text (as llama.cpp does): said as a
+    /// warning by tokenize, generate and eval, naming the bytes ("Hello world wow" lost every w without a word).
+    /// </summary>
+    [Fact]
+    public void AVocabularyMissingByteTokensIsSaid()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModelWithBundledTokenizer(dir, "now.gguf", (k, v) =>
+        {
+            if (k != "tokenizer.ggml.tokens") return v;
+            string[] tokens = (string[])((GgufArray)v.Value).Items.Clone();
+            int w = Array.IndexOf(tokens, "w");
+            Assert.True(w >= 0);
+            tokens[w] = "zzz_unused";
+            return GgufValue.FromArray(GgufArray.Create(tokens));
+        });
+        File.WriteAllText(dir.File("text.txt"), string.Concat(Enumerable.Repeat("Hello world wow. ", 400)));
+        foreach (string[] args in new[]
+        {
+            new[] { "tokenize", "-m", model, "Hello world wow" },
+            ["generate", "-m", model, "-p", "wow", "-n", "1", "-t", "1"],
+            ["eval", "-m", model, "--data", dir.File("text.txt"), "--ctx", "32", "-t", "1"],
+        })
+        {
+            var (code, _, error) = Bitnet(args);
+            Assert.True(code == 0, $"{args[0]}: exit {code}, {error}");
+            Assert.Contains("warning: the vocabulary has no token for 1 of the 256 bytes (0x77 'w'): text holding them loses them", error);
+        }
+        var (_, _, bundledError) = Bitnet("tokenize", "Hello world wow");
+        Assert.DoesNotContain("warning", bundledError);
+    }
+
+    /// <summary>
+    /// A GGUF's tokenizer that the commands refuse is said by convert, which carries it over as it is (a BOS id outside
+    /// the vocabulary was copied into a new file without a word, which generate then refused). A vocabulary
     /// whose tokenizer.ggml.model key is gone (renamed, or its bytes damaged) is a damaged file, exit 1 naming both
     /// keys: it read as "has no tokenizer; pass --prompt-ids", a usage error (found by a sweep of crafted GGUFs).
     /// </summary>
@@ -158,32 +204,33 @@ public class GenerateCommandTests
     public void ATokenizerTheCommandsRefuseIsRefusedByConvertAndAMissingModelKeyIsDamage()
     {
         using var dir = new TestGguf.TempDirectory();
-        string Model(string name, Func<string, GgufValue, GgufValue?> edit)
-        {
-            using var tok = GgufFile.Open(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
-            var shape = SyntheticShape.Tiny with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
-            var w = SyntheticModel.Build(shape, 5);
-            foreach (var (k, v) in tok.Metadata.Entries)
-                if (k.StartsWith("tokenizer.", StringComparison.Ordinal) && edit(k, v) is { } kept) w.Add(k, kept);
-            string path = dir.File(name);
-            w.WriteFile(path);
-            return path;
-        }
+        string Model(string name, Func<string, GgufValue, GgufValue?> edit) => TinyModelWithBundledTokenizer(dir, name, edit);
         string badBos = Model("bos.gguf", (k, v) => k == "tokenizer.ggml.bos_token_id" ? GgufValue.FromUInt32(99999) : v);
         string output = dir.File("out.gguf");
-        var (code, _, error) = Bitnet("convert", badBos, output, "--type", "i2_s");
-        Assert.True(code == 1, error);
+        var (code, stdout, error) = Bitnet("convert", badBos, output, "--type", "i2_s");
+        Assert.True(code == 0, error);
+        Assert.Contains("warning: the tokenizer is carried over as the source has it, and bitnet cannot read text with it:", error);
         Assert.Contains("tokenizer.ggml.bos_token_id", error);
-        Assert.False(File.Exists(output));
+        Assert.Contains("tokenizer carried over as it is (see the warning)", stdout);
+        using (var written = GgufFile.Open(output)) Assert.Equal(99999L, (long)(uint)written.Metadata.GetValue("tokenizer.ggml.bos_token_id").Value);
+        File.Delete(output);
 
         string noKind = Model("nokind.gguf", (k, v) => k == "tokenizer.ggml.model" ? null : v);
-        foreach (string[] args in new[] { new[] { "generate", "-m", noKind, "-p", "hi", "-n", "1" }, ["tokenize", "-m", noKind, "hi"], ["convert", noKind, output, "--type", "i2_s"] })
+        foreach (string[] args in new[] { new[] { "generate", "-m", noKind, "-p", "hi", "-n", "1" }, ["tokenize", "-m", noKind, "hi"] })
         {
             (code, _, error) = Bitnet(args);
             Assert.True(code == 1, $"{args[0]}: exit {code}, {error}");
             Assert.Contains("tokenizer.ggml.tokens is present but tokenizer.ggml.model, the kind of tokenizer, is missing", error);
         }
-        Assert.False(File.Exists(output));
+        (code, _, error) = Bitnet("convert", noKind, output, "--type", "i2_s");
+        Assert.True(code == 0, error);
+        Assert.Contains("tokenizer.ggml.model, the kind of tokenizer, is missing", error);
+
+        // llama.cpp's marker for a model without a vocabulary is no tokenizer, not a damaged one.
+        string none = Model("none.gguf", (k, v) => k == "tokenizer.ggml.model" ? GgufValue.FromString("none") : k == "tokenizer.ggml.tokens" || k.StartsWith("tokenizer.ggml.merges", StringComparison.Ordinal) ? null : v);
+        (code, _, error) = Bitnet("generate", "-m", none, "-p", "hi", "-n", "1");
+        Assert.Equal(2, code);
+        Assert.Contains("has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids", error);
     }
 
     /// <summary>

@@ -85,6 +85,17 @@ public class LogsCommandTests
         Assert.Equal(21, File.ReadAllLines(dir.File("rows.jsonl")).Length);
         Assert.Contains("read once", exportError);
 
+        // Three copies of one length: each note names the one read (the first named), not a copy a later one replaced.
+        string third = Path.Combine(dir.Path, "third");
+        Directory.CreateDirectory(third);
+        File.Copy(path, Path.Combine(third, Path.GetFileName(path)));
+        (code, output, error) = Bitnet("logs", dir.Path, backup, third);
+        Assert.True(code == 0, error);
+        Assert.Contains("rows: 21 (step 8, layer 12, event 1)", output);
+        Assert.Contains($"{copy}: a copy of {path} (", output);
+        Assert.Contains($"{Path.Combine(third, Path.GetFileName(path))}: a copy of {path} (", output);
+        Directory.Delete(third, true);
+
         // A copy cut short: the whole original is read, whichever is named first.
         var bytes = File.ReadAllBytes(path);
         File.WriteAllBytes(copy, bytes[..(bytes.Length / 2)]);

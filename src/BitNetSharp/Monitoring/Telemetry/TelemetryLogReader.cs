@@ -148,7 +148,7 @@ public sealed class TelemetryLogReader
         // A copy of a file read beside it (a live folder and a backup of it: the same run id and file name) is read once,
         // the longer of the two (a copy cut short is the shorter; a live file grows): every row, token and event was
         // counted twice, while steps and requests, counted by (run, step), were not.
-        var duplicates = new List<(string Skipped, string Kept)>();
+        var skipped = new List<(string Path, int KeptAt)>();
         var byName = new Dictionary<(string Run, string Name), int>();
         var kept = new List<TelemetryLogFile>();
         foreach (var f in files)
@@ -159,13 +159,16 @@ public sealed class TelemetryLogReader
             {
                 var first = kept[at];
                 // Of two of one length, the one named first (the command line's order, not the time order's tie-break).
-                if (f.Bytes > first.Bytes || f.Bytes == first.Bytes && all.IndexOf(f.Path) < all.IndexOf(first.Path)) { kept[at] = f; duplicates.Add((first.Path, f.Path)); }
-                else duplicates.Add((f.Path, first.Path));
+                if (f.Bytes > first.Bytes || f.Bytes == first.Bytes && all.IndexOf(f.Path) < all.IndexOf(first.Path)) { kept[at] = f; skipped.Add((first.Path, at)); }
+                else skipped.Add((f.Path, at));
                 continue;
             }
             byName[key] = kept.Count;
             kept.Add(f);
         }
+        // Each note names the copy finally read (with three copies, not the one a later copy replaced).
+        var duplicates = new List<(string Skipped, string Kept)>(skipped.Count);
+        foreach (var (path, at) in skipped) duplicates.Add((path, kept[at].Path));
         var reader = new TelemetryLogReader(kept);
         reader._vanished.AddRange(vanished);
         reader._duplicates.AddRange(duplicates);
