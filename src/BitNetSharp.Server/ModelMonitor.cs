@@ -36,6 +36,28 @@ internal sealed class ModelMonitor : IDisposable
     }
 
     /// <param name="address">The server's bound address, which names this replica in alerts (null: the machine's name alone).</param>
+    /// <summary>
+    /// The sampled gauges whose alert rules count "for" in new health samples (bitnet_health_samples_total): activation
+    /// and residual health, measured on every sampled step.
+    /// </summary>
+    public static readonly IReadOnlyCollection<string> GatedSamples = HealthMeters.SampledSignalNames.Where(n => !n.StartsWith("bitnet_health_logits_", StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Gauges that change only with their own counter: the logits, only on sampled steps that had logits rows
+    /// (bitnet_health_logit_samples_total, as deploy/prometheus counts them; a prompt chunk alone is sampled without
+    /// logits and leaves them as they were, so counting all samples fired BitNetLogitRangeCollapse on one bad value
+    /// followed by prompt-only steps, where Prometheus did not); the latency spread, as tokens are delivered (an idle
+    /// server's last window cannot fire it).
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, string> GatedCounts = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["bitnet_health_token_latency_stddev_seconds"] = "bitnet_generation_tokens_total",
+        ["bitnet_health_logits_min"] = "bitnet_health_logit_samples_total",
+        ["bitnet_health_logits_max"] = "bitnet_health_logit_samples_total",
+        ["bitnet_health_logits_range"] = "bitnet_health_logit_samples_total",
+        ["bitnet_health_logits_entropy"] = "bitnet_health_logit_samples_total",
+    };
+
     public ModelMonitor(ModelWeights weights, string modelId, ContinuousBatchScheduler scheduler, MonitoringOptions options, ILogger logger, Uri? address = null)
     {
         _scheduler = scheduler;
@@ -76,10 +98,9 @@ internal sealed class ModelMonitor : IDisposable
                 Log = message => logger.LogWarning("{Alert}", message),
                 KnownMetrics = AlertMetrics,
                 KnownLabels = AlertLabels,
-                SampledMetrics = HealthMeters.SampledSignalNames,
+                SampledMetrics = GatedSamples,
                 SampleCounter = "bitnet_health_samples_total",
-                // The latency spread changes only as tokens are delivered: an idle server's last window cannot fire it.
-                CountedMetrics = new Dictionary<string, string> { ["bitnet_health_token_latency_stddev_seconds"] = "bitnet_generation_tokens_total" },
+                CountedMetrics = GatedCounts,
             });
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
                 string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Metric} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")));

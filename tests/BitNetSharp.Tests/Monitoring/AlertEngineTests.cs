@@ -210,6 +210,34 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// The server's logits rule counts "for" in samples that had logits (bitnet_health_logit_samples_total), as the
+    /// Prometheus rule in deploy/ does: it counted every health sample, so one bad logits value followed by sampled
+    /// prompt-only steps (which leave the logits gauges as they were) fired BitNetLogitRangeCollapse on a stale value.
+    /// </summary>
+    [Fact]
+    public void TheServersLogitsRuleCountsOnlySamplesWithLogits()
+    {
+        double range = 0.1, samples = 1, logitSamples = 1;
+        var rule = AlertRules.Default.Single(r => r.Name == "BitNetLogitRangeCollapse");
+        using var e = new AlertEngine([rule],
+            s => { s.Add("bitnet_health_logits_range", range); s.Add("bitnet_health_samples_total", samples); s.Add("bitnet_health_logit_samples_total", logitSamples); },
+            new AlertEngineOptions { SampledMetrics = BitNetSharp.Server.ModelMonitor.GatedSamples, SampleCounter = "bitnet_health_samples_total", CountedMetrics = BitNetSharp.Server.ModelMonitor.GatedCounts });
+        for (int i = 0; i < 6; i++)
+        {
+            samples++; // prompt-only sampled steps: no new logits
+            e.Evaluate();
+        }
+        Assert.Empty(e.Firing);
+        for (int i = 0; i < rule.For + 1; i++)
+        {
+            samples++;
+            logitSamples++; // steps with logits, still flat
+            e.Evaluate();
+        }
+        Assert.Single(e.Firing);
+    }
+
+    /// <summary>
     /// A held rule over sampled gauges resolves when its hold runs out after a good sample, though no further sample
     /// comes: a rule skips evaluations without a new sample, so after one good sample and silence it stayed firing.
     /// </summary>
