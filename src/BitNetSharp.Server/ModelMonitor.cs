@@ -103,7 +103,9 @@ internal sealed class ModelMonitor : IDisposable
                 CountedMetrics = GatedCounts,
             });
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
-                string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Metric} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")));
+                a.Firing
+                    ? string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Quantity} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")
+                    : string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: resolved; {a.Rule.Quantity} = {a.Value:G6}")));
         }
         if (options.TelemetryLog is { } open)
         {

@@ -110,6 +110,24 @@ public class AlertEngineTests
         Assert.Equal(0.5, firing.Value, 9);
     }
 
+    /// <summary>
+    /// A divide_by rule's messages name the ratio it compares (its value was printed as the numerator's:
+    /// "bitnet_prompt_tokens_total = 0.166667"), and a rule without a description logs no stray space.
+    /// </summary>
+    [Fact]
+    public void ARatioRuleNamesTheRatioItCompares()
+    {
+        var lines = new List<string>();
+        double a = 1, b = 6;
+        using var e = new AlertEngine([new AlertRule { Name = "Share", Metric = "a_total", DivideBy = "b_total", Op = ">", Threshold = 0.1 }],
+            s => { s.Add("a_total", a); s.Add("b_total", b); }, new AlertEngineOptions { Log = lines.Add });
+        e.Evaluate();
+        Assert.Equal("alert Share FIRING (warning): a_total / b_total = 0.166667 > 0.1.", Assert.Single(lines));
+        a = 0;
+        e.Evaluate();
+        Assert.Equal("alert Share resolved: a_total / b_total = 0", lines[^1]);
+    }
+
     /// <summary>A throwing Changed handler (a telemetry sink) neither escapes Evaluate nor keeps the batch's other changes from the other handlers.</summary>
     [Fact]
     public void AThrowingHandlerLosesNoChanges()

@@ -368,8 +368,8 @@ public sealed class AlertEngine : IDisposable
         {
             _outbox?.Writer.TryWrite(WebhookPayload(c));
             Notify(() => _options.Log?.Invoke(c.Firing
-                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Metric} = {c.Value:G6} {c.Rule.Op} {c.Rule.Threshold:G6}. {c.Rule.Description}")
-                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Metric} = {c.Value:G6}")), c, "the log");
+                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Quantity} = {c.Value:G6} {c.Rule.Op} {c.Rule.Threshold:G6}.{(c.Rule.Description is { } d ? " " + d : "")}")
+                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Quantity} = {c.Value:G6}")), c, "the log");
             if (Changed is { } handlers)
                 foreach (var h in handlers.GetInvocationList())
                     Notify(() => ((Action<AlertState>)h)(c), c, "a Changed handler");
@@ -481,7 +481,7 @@ public sealed class AlertEngine : IDisposable
         var annotations = new JsonObject
         {
             ["summary"] = s.Rule.Summary ?? s.Rule.Name,
-            ["description"] = (s.Rule.Description ?? "") + string.Create(CultureInfo.InvariantCulture, $" Value: {s.Value:G6} ({s.Rule.Metric} {s.Rule.Op} {s.Rule.Threshold:G6})."),
+            ["description"] = (s.Rule.Description is { } d ? d + " " : "") + string.Create(CultureInfo.InvariantCulture, $"Value: {s.Value:G6} ({s.Rule.Quantity} {s.Rule.Op} {s.Rule.Threshold:G6})."),
         };
         string status = s.Firing ? "firing" : "resolved";
         string external = _options.ExternalUrl ?? "";

@@ -75,6 +75,11 @@ public sealed record AlertRule
         return true;
     }
 
+    /// <summary>What the rule compares, as its messages name it: the metric, or the ratio for a <see cref="DivideBy"/> rule
+    /// (the ratio's value was printed as the numerator's: "bitnet_prompt_tokens_total = 0.166667").</summary>
+    [JsonIgnore]
+    public string Quantity => DivideBy is null ? Metric : $"{Metric} / {DivideBy.Trim()}";
+
     public bool Holds(double value) => Op switch
     {
         ">" => value > Threshold,
