@@ -245,6 +245,9 @@ public static partial class ServeCommand
                 {
                     var (weights, tokenizer) = ModelOptions.Load(path, loadOptions);
                     weightsNote = ModelOptions.DescribeWeightPages(weights);
+                    // What generate and eval warn of at load (a tokenizer that does not fit the model, bytes with no token).
+                    foreach (var warning in new[] { ModelOptions.VocabularyWarning(weights, tokenizer), tokenizer?.CoverageWarning })
+                        if (warning is not null) cli.Error.WriteLine("warning: " + warning);
                     try
                     {
                         ModelOptions.ApplyActivationBits(weights, bitsSpec);

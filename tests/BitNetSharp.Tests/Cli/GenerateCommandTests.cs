@@ -192,6 +192,12 @@ public class GenerateCommandTests
         }
         var (_, _, bundledError) = Bitnet("tokenize", "Hello world wow");
         Assert.DoesNotContain("warning", bundledError);
+
+        // serve says it at load too (here the load then fails on a rule file that does not fit, which ends the run).
+        File.WriteAllText(dir.File("rules.json"), """{"rules": [{"name": "Deep", "metric": "bitnet_health_residual_rms", "match": {"layer": "99"}, "op": ">", "threshold": 1}]}""");
+        var (serveCode, _, serveError) = Bitnet("serve", "-m", model, "--port", "0", "-t", "1", "--alert-rules", dir.File("rules.json"));
+        Assert.Equal(1, serveCode);
+        Assert.Contains("warning: the vocabulary has no token for 1 of the 256 bytes (0x77 'w')", serveError);
     }
 
     /// <summary>
