@@ -58,6 +58,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         activity?.SetTag("bitnet.request_id", id);
         activity?.SetTag("bitnet.stream", request.Stream);
         var handles = Submit(model, request, id, TraceId(context.Request), aborted);
+        bool serverEnded = false;
         try
         {
             var header = new ResponseHeader(id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
@@ -67,19 +68,33 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             activity?.SetTag("gen_ai.usage.input_tokens", promptTokens);
             if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens);
             else await RespondAsync(context, request, header, handles, choices, promptTokens);
+            serverEnded = true; // answered in full, or a stream ended by its own error event (a prompt of a list timed out)
             activity?.SetTag("gen_ai.usage.output_tokens", choices.Sum(c => c.Tokens));
             activity?.SetTag("gen_ai.response.finish_reasons", string.Join(',', choices.Select(c => c.Finish ?? "stop")));
         }
-        catch (Exception e) when (activity is not null)
+        catch (Exception e) when (Ended(e, ref serverEnded) && activity is not null)
         {
             activity.SetStatus(System.Diagnostics.ActivityStatusCode.Error, e.Message);
             throw;
         }
         finally
         {
-            // Nothing left to deliver to: stop whatever is still running (a no-op for finished requests).
-            foreach (var h in handles) h.Cancel();
+            // Nothing left to deliver to: stop whatever is still running (a no-op for finished requests). A client that
+            // went away cancels; the server ending the response itself (one prompt of a list timed out or failed)
+            // withdraws the others, which no client cancelled.
+            foreach (var h in handles)
+            {
+                if (serverEnded && !aborted.IsCancellationRequested) h.Withdraw();
+                else h.Cancel();
+            }
         }
+    }
+
+    /// <summary>Notes whether <paramref name="e"/> is the server's own answer (an API error it chose to send); never filters.</summary>
+    private static bool Ended(Exception e, ref bool serverEnded)
+    {
+        serverEnded = e is ApiException;
+        return true;
     }
 
     /// <summary>
@@ -111,6 +126,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         {
             foreach (var prompt in request.Prompts)
             {
+                int choiceOffset = handles.Count * request.Choices; // the response's index of this prompt's first choice
                 handles.Add(model.Scheduler.Submit(new GenerationRequest
                 {
                     Prompt = prompt,
@@ -123,13 +139,15 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
                     Choices = request.Choices,
                     RequestId = id,
                     TraceId = traceId,
+                    ChoiceOffset = choiceOffset,
                 }, aborted));
             }
             return [.. handles];
         }
         catch (Exception e) when (e is SchedulerQueueFullException or ArgumentException or ObjectDisposedException)
         {
-            foreach (var h in handles) h.Cancel();
+            // The server refuses the request: its prompts already queued are withdrawn, not counted as a client's cancellations.
+            foreach (var h in handles) h.Withdraw();
             throw e switch
             {
                 SchedulerQueueFullException => new ApiException(429, e.Message, "rate_limit_error", code: "queue_full") { RetryAfterSeconds = 1 },

@@ -537,13 +537,47 @@ public sealed class SchedulerTests : IDisposable
         Assert.Throws<ObjectDisposedException>(() => Submit(s, new GenerationRequest { Prompt = [1] }));
     }
 
+    /// <summary>
+    /// Withdraw stops a request as Cancel does without counting it as a client's cancellation; the first call decides.
+    /// ChoiceOffset numbers a request's step rows as its caller's response does (two prompts of one HTTP request were
+    /// both sequence 0 in the telemetry log).
+    /// </summary>
+    [Fact]
+    public async Task AWithdrawnRequestIsNotCountedCancelledAndChoicesAreNumberedFromTheirOffset()
+    {
+        var sink = new RowSink();
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions { MaxSequences = 4, MaxBatchedTokens = 32, Threads = 2, HealthSampleEvery = 1 })
+        {
+            Telemetry = sink,
+        };
+        var withdrawn = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 64, IgnoreStopTokens = true });
+        withdrawn.Withdraw();
+        withdrawn.Cancel(); // too late: withdrawn already
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Collect(withdrawn));
+        Assert.Equal(0, s.Statistics.Cancelled);
+        var cancelled = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 64, IgnoreStopTokens = true });
+        cancelled.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Collect(cancelled));
+        Assert.Equal(1, s.Statistics.Cancelled);
+
+        await Collect(Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 2, IgnoreStopTokens = true, Choices = 2, ChoiceOffset = 4, RequestId = "r" }));
+        lock (sink.StepRows)
+            Assert.Equal([4, 5], sink.Sequences.Where(x => x.Request == "r").Select(x => x.Sequence).Distinct().Order());
+    }
+
     private sealed class RowSink : BitNetSharp.Monitoring.Telemetry.ITelemetrySink
     {
         public readonly List<long> StepRows = [], LayerRows = [];
 
+        public readonly List<(string? Request, int Sequence)> Sequences = [];
+
         public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryStepRecord record)
         {
-            lock (StepRows) StepRows.Add(record.Step);
+            lock (StepRows)
+            {
+                StepRows.Add(record.Step);
+                Sequences.Add((record.RequestId, record.Sequence));
+            }
         }
 
         public void Write(BitNetSharp.Monitoring.Telemetry.TelemetryLayerRecord record)

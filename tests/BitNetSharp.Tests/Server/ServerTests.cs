@@ -707,6 +707,36 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
     }
 
     /// <summary>
+    /// A list of prompts refused with 429 part-way (the first queued, the second past the queue) counts one rejection and
+    /// no cancellation: the queued prompt the server withdrew was counted in bitnet_requests_cancelled_total, "a client
+    /// that went away", though the client waited for its answer (found by a sweep of the metrics' accounting).
+    /// </summary>
+    [Fact]
+    public async Task AMultiPromptRefusalCountsNoCancellation()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { Scheduler = o.Scheduler with { MaxSequences = 1, MaxBatchedTokens = 16, MaxQueue = 1 }, MaxChoices = 1, WarmupRequests = 0 });
+        s.Scheduler.StepGate.Reset();
+        try
+        {
+            var first = s.PostAsync("v1/completions", new { prompt = "first", max_tokens = 2 });
+            await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 1), "the first request to queue");
+            var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = new[] { "a", "b" }, max_tokens = 2 });
+            Assert.Equal((HttpStatusCode)429, status);
+            Assert.Equal("queue_full", body.GetProperty("error").GetProperty("code").GetString());
+            s.Scheduler.StepGate.Set();
+            Assert.Equal(HttpStatusCode.OK, (await first).Status);
+        }
+        finally
+        {
+            s.Scheduler.StepGate.Set();
+        }
+        await TestServer.EventuallyAsync(() => Task.FromResult(s.Scheduler.Statistics.WaitingRequests == 0), "the withdrawn prompt to leave the queue");
+        var metrics = await s.MetricsAsync();
+        Assert.Equal(1, TestServer.Sample(metrics, "bitnet_requests_rejected_total"));
+        Assert.Equal(0, TestServer.Sample(metrics, "bitnet_requests_cancelled_total"));
+    }
+
+    /// <summary>
     /// GET /dashboard (and /) serves the live page; every metric family the page's script reads is one /metrics
     /// exports (so a renamed instrument breaks this test, not the page), and so are the endpoints it polls.
     /// </summary>

@@ -422,13 +422,13 @@ public sealed class ContinuousBatchScheduler : IDisposable
         for (int i = _waiting.Count - 1; i >= 0; i--)
         {
             var h = _waiting[i];
-            if (h.IsCancelled) Fail(h, new OperationCanceledException("The request was cancelled."), ref _counters.Cancelled);
+            if (h.IsCancelled) Fail(h, new OperationCanceledException("The request was cancelled."), ref h.IsWithdrawn ? ref _counters.Withdrawn : ref _counters.Cancelled);
             else if (now >= h.DeadlineTicks) Fail(h, TimedOut(h), ref _counters.TimedOut);
         }
         for (int i = _runningRequests.Count - 1; i >= 0; i--)
         {
             var h = _runningRequests[i];
-            if (h.IsCancelled) Fail(h, new OperationCanceledException("The request was cancelled."), ref _counters.Cancelled);
+            if (h.IsCancelled) Fail(h, new OperationCanceledException("The request was cancelled."), ref h.IsWithdrawn ? ref _counters.Withdrawn : ref _counters.Cancelled);
             else if (now >= h.DeadlineTicks) Fail(h, TimedOut(h), ref _counters.TimedOut);
         }
         _running.RemoveAll(static s => s.Finished);
@@ -663,7 +663,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         }
         s.LastTokenTicks = now;
         if (_stepRecord is { } step)
-            step.Sink.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step.Step, r.RequestId, r.TraceId, s.Choice, token, step.Tokens,
+            step.Sink.Write(new TelemetryStepRecord(TelemetryClock.UnixNanos(), step.Step, r.RequestId, r.TraceId, r.ChoiceOffset + s.Choice, token, step.Tokens,
                 step.Seconds, latency, stats.Min, stats.Max, stats.Entropy, 0));
 
         if (!r.IgnoreStopTokens && ((_tokenizer is not null && _tokenizer.IsStopToken(token)) || (r.StopTokenIds is { Count: > 0 } extra && extra.Contains(token))))

@@ -36,10 +36,22 @@ public sealed class GenerationHandle
     /// <summary>Stops the request: its sequences leave the batch and free their KV caches at the engine's next step.</summary>
     public void Cancel()
     {
-        if (Interlocked.Exchange(ref _cancelled, 1) == 0) _scheduler.Wake();
+        if (Interlocked.CompareExchange(ref _cancelled, 1, 0) == 0) _scheduler.Wake();
+    }
+
+    /// <summary>
+    /// Stops the request as <see cref="Cancel"/> does, for its caller's own reasons (a sibling prompt of one HTTP request
+    /// was refused or failed), not its client's: it is not counted as cancelled (bitnet_requests_cancelled_total is "a
+    /// client that went away", and a multi-prompt 429 counted one). The first of the two calls decides.
+    /// </summary>
+    public void Withdraw()
+    {
+        if (Interlocked.CompareExchange(ref _cancelled, 2, 0) == 0) _scheduler.Wake();
     }
 
     internal bool IsCancelled => Volatile.Read(ref _cancelled) != 0;
+
+    internal bool IsWithdrawn => Volatile.Read(ref _cancelled) == 2;
 
     internal void Register(CancellationToken cancellation)
     {

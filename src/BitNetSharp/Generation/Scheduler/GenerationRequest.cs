@@ -43,6 +43,13 @@ public sealed record GenerationRequest
 
     /// <summary>The W3C trace id (32 hex digits) of the request's traceparent, carried into telemetry records.</summary>
     public string? TraceId { get; init; }
+
+    /// <summary>
+    /// Added to each choice's number in telemetry records: a caller that splits one request into several (the server, a
+    /// list of prompts: prompt × n) numbers them as its response does, so the step rows of two prompts under one
+    /// <see cref="RequestId"/> are told apart (every prompt's first choice was sequence 0).
+    /// </summary>
+    public int ChoiceOffset { get; init; }
 }
 
 /// <summary>

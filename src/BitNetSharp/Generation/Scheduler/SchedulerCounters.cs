@@ -14,6 +14,7 @@ internal sealed class SchedulerCounters
     public long FinishedStop;
     public long FinishedLength;
     public long Cancelled;
+    public long Withdrawn;          // stopped by the caller for its own reasons (GenerationHandle.Withdraw): no metric
     public long TimedOut;
     public long Failed;
     public long Rejected;
