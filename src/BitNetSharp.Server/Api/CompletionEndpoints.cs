@@ -274,13 +274,31 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             if (header.Chat)
                 for (int i = 0; i < choices.Length; i++)
                     await sse.SendAsync(w => Chunk(w, header, request, i, "", null, null, role: true), aborted);
+            // A token whose text is held back (it may begin a stop string, or ends inside a character) keeps its logprobs
+            // entry until its text goes out or the choice ends: sent at once, its text_offset pointed past text a stop
+            // string then cut (the non-streamed answer caps them; the stream could not take them back).
+            var held = new List<TokenLogProbEntry>?[choices.Length];
             for (; more; more = await events.MoveNextAsync())
             {
                 var (index, e) = events.Current;
                 var entry = Apply(choices[index], e, request.LogProbs);
                 string? finish = OpenAiJson.FinishReason(e.Finish);
-                if (e.Text.Length == 0 && entry is null && finish is null) continue;
-                await sse.SendAsync(w => Chunk(w, header, request, index, e.Text, entry, finish, role: false), aborted);
+                if (entry is { } en && e.Text.Length == 0 && finish is null)
+                {
+                    (held[index] ??= []).Add(en);
+                    continue;
+                }
+                List<TokenLogProbEntry>? entries = held[index];
+                held[index] = null;
+                if (entry is { } sent) (entries ??= []).Add(sent);
+                if (finish is not null && entries is not null)
+                {
+                    int end = choices[index].Text.Length;
+                    for (int k = 0; k < entries.Count; k++)
+                        if (entries[k].TextOffset > end) entries[k] = entries[k] with { TextOffset = end };
+                }
+                if (e.Text.Length == 0 && entries is null && finish is null) continue;
+                await sse.SendAsync(w => Chunk(w, header, request, index, e.Text, entries, finish, role: false), aborted);
             }
             if (request.IncludeUsage)
             {
@@ -316,7 +334,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         }
     }
 
-    private static void Chunk(Utf8JsonWriter w, ResponseHeader header, CompletionRequest request, int index, string text, TokenLogProbEntry? entry, string? finish, bool role)
+    private static void Chunk(Utf8JsonWriter w, ResponseHeader header, CompletionRequest request, int index, string text, IReadOnlyList<TokenLogProbEntry>? entries, string? finish, bool role)
     {
         OpenAiJson.Start(w, header, chunk: true);
         w.WriteStartArray("choices");
@@ -330,7 +348,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             w.WriteEndObject();
         }
         else w.WriteString("text", text);
-        OpenAiJson.LogProbs(w, header, entry is { } en ? [en] : null);
+        OpenAiJson.LogProbs(w, header, entries);
         if (finish is null) w.WriteNull("finish_reason"); else w.WriteString("finish_reason", finish);
         w.WriteEndObject();
         w.WriteEndArray();

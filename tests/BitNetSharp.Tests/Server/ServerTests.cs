@@ -113,6 +113,25 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         int[] cutOffsets = [.. choice.GetProperty("logprobs").GetProperty("text_offset").EnumerateArray().Select(e => e.GetInt32())];
         Assert.All(cutOffsets, o => Assert.InRange(o, 0, length));
         Assert.Equal(cutOffsets.Order(), cutOffsets);
+
+        // Streamed, the same: a held-back token's entry waits for its text or the end (it was sent at once, its offset
+        // past the text the stop string then cut), and each chunk's entries start within the text sent so far.
+        var events = await s.StreamAsync("v1/completions", new { prompt = "Once upon a time", max_tokens = 30, temperature = 0, ignore_eos = true, logprobs = 1, stop, stream = true });
+        var sentText = new System.Text.StringBuilder();
+        var streamed = new List<int>();
+        foreach (var e in events.Where(e => e != "[DONE]"))
+        {
+            var c = JsonDocument.Parse(e).RootElement.GetProperty("choices")[0];
+            sentText.Append(c.GetProperty("text").GetString());
+            if (c.GetProperty("logprobs").ValueKind != JsonValueKind.Object) continue;
+            foreach (var o in c.GetProperty("logprobs").GetProperty("text_offset").EnumerateArray())
+            {
+                Assert.InRange(o.GetInt32(), 0, sentText.Length);
+                streamed.Add(o.GetInt32());
+            }
+        }
+        Assert.Equal(choice.GetProperty("text").GetString(), sentText.ToString());
+        Assert.Equal(cutOffsets, streamed);
     }
 
     [Fact]
