@@ -58,10 +58,18 @@ public static class Program
                 return 2;
             }
         }
-        var configuration = new InvocationConfiguration { Output = output, Error = error };
-        // serve handles SIGINT/SIGTERM itself (ServeSignals: drain, a deadline, a second signal exits at once); the
-        // library's handler completed its task again on a second signal and the process died of it.
-        if (parse.CommandResult.Command.Name == "serve") configuration.ProcessTerminationTimeout = null;
+        // The library's SIGINT/SIGTERM handler is off for every command: on a second signal it completed its task again
+        // and the process died of it (exit 134; eval could leave its hidden partial output). serve handles the signals
+        // itself (ServeSignals: drain, a deadline, a second signal exits at once); the commands that stop cleanly get
+        // their cancellation token from CommandSignals; the rest end as a process does on the signal (chat's Ctrl-C
+        // stops an answer through its own handler).
+        var configuration = new InvocationConfiguration { Output = output, Error = error, ProcessTerminationTimeout = null };
+        string name = parse.CommandResult.Command.Name;
+        if (parse.CommandResult.Command is not RootCommand && name is "generate" or "eval" or "calibrate" or "logs")
+        {
+            using var signals = Commands.CommandSignals.Register(name, error);
+            return parse.InvokeAsync(configuration, signals.Token).GetAwaiter().GetResult();
+        }
         return parse.Invoke(configuration);
     }
 

@@ -1,0 +1,85 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+
+namespace BitNetSharp.Cli.Commands;
+
+/// <summary>
+/// SIGINT and SIGTERM for the commands that stop cleanly (generate, eval, calibrate, logs): the first cancels
+/// <see cref="Token"/>, which the command checks between steps (it writes what it must, removes its scratch files and
+/// exits 130); a second is said and otherwise ignored, since the command is already stopping (`timeout -s INT` signals
+/// the child and then its process group: two signals for one stop); a third exits at once. System.CommandLine's own
+/// handler did this job until a second signal came: it completed its task again, and the process died of the unhandled
+/// exception (exit 134), sometimes leaving a hidden partial output behind.
+/// </summary>
+internal sealed class CommandSignals : IDisposable
+{
+    private readonly CancellationTokenSource _cts = new();
+    private readonly TextWriter _error;
+    private readonly string _command;
+    private readonly List<PosixSignalRegistration> _registrations = [];
+    private int _signals;
+
+    private CommandSignals(string command, TextWriter error)
+    {
+        _command = command;
+        _error = error;
+    }
+
+    public CancellationToken Token => _cts.Token;
+
+    public static CommandSignals Register(string command, TextWriter error)
+    {
+        var signals = new CommandSignals(command, error);
+        foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
+        {
+            try
+            {
+                signals._registrations.Add(PosixSignalRegistration.Create(signal, signals.Handle));
+            }
+            catch (PlatformNotSupportedException)
+            {
+                // a platform without this signal: the default behaviour (the process ends) stays
+            }
+        }
+        return signals;
+    }
+
+    private void Handle(PosixSignalContext context)
+    {
+        context.Cancel = true; // the command ends itself
+        int n = Interlocked.Increment(ref _signals);
+        if (n == 1)
+        {
+            // Off the signal thread: whatever the cancellation runs belongs to the command.
+            ThreadPool.QueueUserWorkItem(static s => ((CancellationTokenSource)s!).Cancel(), _cts);
+            return;
+        }
+        int code = 128 + (context.Signal == PosixSignal.SIGINT ? 2 : 15);
+        if (n == 2)
+        {
+            Write($"bitnet {_command}: already stopping at its next step; a third signal exits at once (its partial files left behind).");
+            return;
+        }
+        Write(string.Create(CultureInfo.InvariantCulture, $"bitnet {_command}: third signal: exiting now."));
+        Environment.Exit(code);
+    }
+
+    private void Write(string message)
+    {
+        try
+        {
+            _error.WriteLine(message);
+            _error.Flush();
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            // stderr gone
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var r in _registrations) r.Dispose();
+        _cts.Dispose();
+    }
+}
