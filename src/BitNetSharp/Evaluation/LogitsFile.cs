@@ -174,7 +174,7 @@ public sealed class LogitsFileReader : IDisposable
             ulong hash = BinaryPrimitives.ReadUInt64LittleEndian(s[28..]);
             long positions = BinaryPrimitives.ReadInt64LittleEndian(s[36..]);
             int notesLength = BinaryPrimitives.ReadInt32LittleEndian(s[44..]);
-            if (vocab <= 0 || vocab > 1 << 24 || ctx < 2 || stride <= 0 || topK < 0 || topK > vocab || positions < 0 || notesLength < 0 || notesLength > 1 << 20)
+            if (vocab <= 0 || vocab > 1 << 24 || ctx < 2 || stride <= 0 || stride > ctx || topK < 0 || topK > vocab || positions < 0 || notesLength < 0 || notesLength > 1 << 20)
                 throw new InvalidDataException($"{path}: the logits file header is corrupt (vocab {vocab}, ctx {ctx}, stride {stride}, top-k {topK}, positions {positions}).");
             var notes = new byte[notesLength];
             if (_stream.ReadAtLeast(notes, notesLength, throwOnEndOfStream: false) != notesLength) throw new InvalidDataException($"{path}: the logits file ends inside its header.");
@@ -210,11 +210,11 @@ public sealed class LogitsFileReader : IDisposable
             for (int i = 0; i < LogProbs.Length; i++)
             {
                 double v = BinaryPrimitives.ReadSingleLittleEndian(s[(8 + 4 * i)..]);
-                nan |= double.IsNaN(v);
+                nan |= !(v <= 1e-6); // NaN, +∞ or a positive log-probability
                 LogProbs[i] = v;
             }
             // A NaN entry (no checksum guards the rows) dropped out of the KL as zero mass and could be taken as the argmax.
-            if (nan) throw new InvalidDataException($"{Path}: position {_read - 1} holds a NaN log-probability; the file is corrupt or was saved from a broken model.");
+            if (nan) throw new InvalidDataException($"{Path}: position {_read - 1} holds a log-probability that is NaN or above 0; the file is corrupt or was saved from a broken model.");
             return;
         }
         for (int j = 0; j < TopIds.Length; j++)
@@ -223,7 +223,7 @@ public sealed class LogitsFileReader : IDisposable
             if ((uint)id >= (uint)Header.VocabSize) throw new InvalidDataException($"{Path}: position {_read - 1} names token {id}, outside the vocabulary of {Header.VocabSize}.");
             TopIds[j] = id;
             TopLogProbs[j] = BinaryPrimitives.ReadSingleLittleEndian(s[(12 + 8 * j)..]);
-            if (float.IsNaN(TopLogProbs[j])) throw new InvalidDataException($"{Path}: position {_read - 1} holds a NaN log-probability; the file is corrupt or was saved from a broken model.");
+            if (!(TopLogProbs[j] <= 1e-6f)) throw new InvalidDataException($"{Path}: position {_read - 1} holds a log-probability that is NaN or above 0 ({TopLogProbs[j].ToString(System.Globalization.CultureInfo.InvariantCulture)}); the file is corrupt or was saved from a broken model.");
         }
         LogRest = BinaryPrimitives.ReadSingleLittleEndian(s[(8 + 8 * TopIds.Length)..]);
     }

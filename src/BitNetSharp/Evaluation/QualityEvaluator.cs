@@ -203,7 +203,7 @@ public static class QualityEvaluator
                     }
                     // NaN or ±Inf logits make a NaN score (a perplexity of NaN, which JSON cannot even hold): say where.
                     if (double.IsNaN(tokenNll))
-                        throw new InvalidDataException($"The model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i} " +
+                        throw new Monitoring.NonFiniteLogitsException($"The model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i} " +
                             $"(token {target}): its weights or scales are broken; `bitnet generate --health` names the layer where values first go non-finite.");
                     nll += tokenNll;
                     if (needRows)
@@ -214,7 +214,7 @@ public static class QualityEvaluator
                             Distributions.LogSoftmax(refLogits.AsSpan(row * vocab, vocab), logP);
                             // One NaN or +Inf logit makes the whole row NaN, whose KL terms all read as 0: say so instead.
                             if (double.IsNaN(logP[target]))
-                                throw new InvalidDataException($"The reference model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i}: " +
+                                throw new Monitoring.NonFiniteLogitsException($"The reference model's logits are not finite (NaN or ±Inf) in window {w + 1} of {windows} at position {p0 + i}: " +
                                     "its weights or scales are broken, and a KL against it would read as 0.");
                             refNll -= logP[target];
                             deltaP!.Add(Math.Exp(logQ[target]) - Math.Exp(logP[target]));
@@ -226,7 +226,9 @@ public static class QualityEvaluator
                             refFile.Next();
                             if (refFile.Target != target)
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} predicts token {refFile.Target}, this run {target}; the file was saved from other text.");
-                            if (double.IsNaN(refFile.TargetLogProb) || (refFile.Header.TopK > 0 && double.IsNaN(refFile.LogRest)))
+                            // A log-probability is at most 0 (a finite rest mass too): NaN, ±∞ or a positive value is a damaged file
+                            // (+∞ read as a KL of ∞ ± NaN, exit 0).
+                            if (!(refFile.TargetLogProb <= 1e-6 && double.IsFinite(refFile.TargetLogProb)) || (refFile.Header.TopK > 0 && !(refFile.LogRest <= 1e-6 && !double.IsNaN(refFile.LogRest))))
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} holds non-finite log-probabilities; the file is corrupt or was saved from a broken model.");
                             refNll -= refFile.TargetLogProb;
                             deltaP!.Add(Math.Exp(logQ[target]) - Math.Exp(refFile.TargetLogProb));

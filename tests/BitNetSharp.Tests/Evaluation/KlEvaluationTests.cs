@@ -217,7 +217,8 @@ public class KlEvaluationTests
         using var _ = weights;
         using var engine = new Transformer(weights, 32);
         weights.Layers[1].Q.RowScales[2] = float.NaN;
-        var e = Assert.Throws<InvalidDataException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos, cancellation: TestContext.Current.CancellationToken));
+        // The engine's non-finite-logits error, so `bitnet eval` exits 3 as generate does (it exited 1, a bad file's code).
+        var e = Assert.Throws<BitNetSharp.Monitoring.NonFiniteLogitsException>(() => QualityEvaluator.Evaluate(engine, tokens, 32, 32, bosId: bos, cancellation: TestContext.Current.CancellationToken));
         Assert.Contains("not finite", e.Message);
         Assert.Contains("window 1 of", e.Message);
 
@@ -290,8 +291,18 @@ public class KlEvaluationTests
         using (var reader = new LogitsFileReader(flipped))
         {
             var e = Assert.Throws<InvalidDataException>(() => { for (long i = 0; i < reader.Header.Positions; i++) reader.Next(); });
-            Assert.Contains("NaN log-probability", e.Message);
+            Assert.Contains("a log-probability that is NaN or above 0", e.Message);
         }
+        // +∞ or a positive log-probability likewise (+∞ read as a KL of ∞ ± NaN with exit 0).
+        BitConverter.TryWriteBytes(bytes.AsSpan(bytes.Length - rowBytes + 12), float.PositiveInfinity);
+        File.WriteAllBytes(flipped, bytes);
+        using (var reader = new LogitsFileReader(flipped))
+            Assert.Contains("above 0", Assert.Throws<InvalidDataException>(() => { for (long i = 0; i < reader.Header.Positions; i++) reader.Next(); }).Message);
+        // A stride past the window in the header is a corrupt header (it blamed a --stride the user never gave, exit 2).
+        bytes = File.ReadAllBytes(path);
+        BitConverter.TryWriteBytes(bytes.AsSpan(16), 320);
+        File.WriteAllBytes(flipped, bytes);
+        Assert.Contains("header is corrupt", Assert.Throws<InvalidDataException>(() => new LogitsFileReader(flipped)).Message);
         string notOurs = dir.File("model.gguf");
         File.WriteAllText(notOurs, "GGUF not really");
         Assert.False(LogitsFile.IsLogitsFile(notOurs));
