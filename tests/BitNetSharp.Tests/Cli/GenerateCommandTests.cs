@@ -762,6 +762,26 @@ public class GenerateArgumentTests
     }
 
     /// <summary>
+    /// The health table's mean relative change leaves out steps of sequence starts only, where ‖Δ‖/‖x‖ is not measured
+    /// (0): a 1-token prompt's first step pulled layer 1's mean from 0.786 to 0.590.
+    /// </summary>
+    [Fact]
+    public void TheHealthTablesMeanChangeLeavesOutSequenceStartSteps()
+    {
+        var error = new StringWriter();
+        int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "Hi", "-n", "4", "--temp", "0", "--log-residual-stats", "--health", "-t", "1"],
+            new StringWriter(), error);
+        Assert.True(code == 0, error.ToString());
+        var changes = error.ToString().Split('\n').Where(l => l.StartsWith("layer step=", StringComparison.Ordinal) && l.Contains(" layer=1 ", StringComparison.Ordinal))
+            .Select(l => double.Parse(System.Text.RegularExpressions.Regex.Match(l, @"change=([0-9.]+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)).ToList();
+        Assert.Equal(0, changes[0]); // the prompt's single token: a sequence start
+        var row = System.Text.RegularExpressions.Regex.Match(error.ToString(), @"\n\s+1 \|[^\n]*\|\s+\S+\s+\S+\s+([0-9.]+) \(([0-9.]+)\)");
+        Assert.True(row.Success, error.ToString());
+        double mean = double.Parse(row.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal(changes.Skip(1).Average(), mean, 0.0011);
+    }
+
+    /// <summary>
     /// The sampling flags take llama.cpp's meanings, which they are named after: --top-p 0 keeps the most likely token
     /// (greedy, whatever the temperature) and --top-k -1 is off. Both were usage errors.
     /// </summary>
