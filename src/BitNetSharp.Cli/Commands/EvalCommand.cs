@@ -182,7 +182,7 @@ public static class EvalCommand
                         if (top < 0 || top > weights.Config.VocabSize)
                             throw new UsageException($"--save-logits-top {top} must be 0 (full rows) to {weights.Config.VocabSize} (the vocabulary).");
                         if (tokens.Length < window + 1)
-                            throw new UsageException($"The text is {tokens.Length} tokens; one window of {window} needs {window + 1}. Use a smaller --ctx or more text.");
+                            throw new UsageException($"{dataPath}: the text is {tokens.Length} tokens; one window of {window} needs {window + 1}. Use a smaller --ctx or more text.");
                         var header = new LogitsFileHeader(weights.Config.VocabSize, window, step, bos, top, LogitsFileHeader.HashTokens(tokens),
                             QualityEvaluator.Plan(tokens.Length, window, step).Positions,
                             $"model {Path.GetFileName(weights.SourcePath)}, data {Path.GetFileName(dataPath)}, KV {kv.ToString().ToLowerInvariant()}");
@@ -206,7 +206,8 @@ public static class EvalCommand
                 }
                 catch (ArgumentException e) when (e is not ArgumentOutOfRangeException)
                 {
-                    throw new UsageException(e.Message);
+                    // A text too short for the windows: named, as the other data errors name their file.
+                    throw new UsageException(e.Message.StartsWith("The text is ", StringComparison.Ordinal) ? $"{dataPath}: the{e.Message[3..]}" : e.Message);
                 }
                 finally
                 {

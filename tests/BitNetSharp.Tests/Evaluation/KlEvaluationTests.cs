@@ -316,6 +316,21 @@ public class KlEvaluationTests
     }
 
     /// <summary>Runs the CLI in process: exit code, stdout, stderr.</summary>
+    /// <summary>A text shorter than one window names the --data file (with or without --save-logits), as the other data errors do.</summary>
+    [Fact]
+    public void ATextShorterThanAWindowNamesItsFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("short.txt");
+        File.WriteAllText(data, "Once upon a time.");
+        foreach (string[] extra in new[] { Array.Empty<string>(), ["--save-logits", dir.File("out.bnlg")] })
+        {
+            var (code, _, error) = Cli(["eval", "-m", BundledModel, "--data", data, "--ctx", "64", .. extra]);
+            Assert.Equal(2, code);
+            Assert.StartsWith($"error: {data}: the text is ", error);
+        }
+    }
+
     /// <summary>A bad --kl-activation-bits names that option (the message blamed --activation-bits, which was not given).</summary>
     [Theory]
     [InlineData("7")]
