@@ -9,10 +9,12 @@ namespace BitNetSharp.Cli;
 /// </summary>
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error);
+    public static int Main(string[] args) => Run(args, Console.Out, Console.Error, handleSignals: true);
 
     /// <param name="environment">Where serve reads its BITNET_* variables (default: the process environment); tests pass their own.</param>
-    public static int Run(string[] args, TextWriter output, TextWriter error, TextReader? input = null, Func<string, string?>? environment = null)
+    /// <param name="handleSignals">Whether SIGINT/SIGTERM stop the commands that stop cleanly (<see cref="Commands.CommandSignals"/>): the
+    /// process's own entry point only; a host running commands in-process (the tests) keeps its own handlers.</param>
+    public static int Run(string[] args, TextWriter output, TextWriter error, TextReader? input = null, Func<string, string?>? environment = null, bool handleSignals = false)
     {
         environment ??= Environment.GetEnvironmentVariable;
         var cli = new CliConsole(output, error);
@@ -65,7 +67,7 @@ public static class Program
         // stops an answer through its own handler).
         var configuration = new InvocationConfiguration { Output = output, Error = error, ProcessTerminationTimeout = null };
         string name = parse.CommandResult.Command.Name;
-        if (parse.CommandResult.Command is not RootCommand && name is "generate" or "eval" or "calibrate" or "logs")
+        if (handleSignals && parse.CommandResult.Command is not RootCommand && name is "generate" or "eval" or "calibrate" or "logs")
         {
             using var signals = Commands.CommandSignals.Register(name, error);
             return parse.InvokeAsync(configuration, signals.Token).GetAwaiter().GetResult();

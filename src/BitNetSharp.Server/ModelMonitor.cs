@@ -35,7 +35,6 @@ internal sealed class ModelMonitor : IDisposable
         return string.Create(CultureInfo.InvariantCulture, $"{address.Scheme}://{(host.Contains(':') && !host.StartsWith('[') ? "[" + host + "]" : host)}:{address.Port}/dashboard");
     }
 
-    /// <param name="address">The server's bound address, which names this replica in alerts (null: the machine's name alone).</param>
     /// <summary>
     /// The sampled gauges whose alert rules count "for" in new health samples (bitnet_health_samples_total): activation
     /// and residual health, measured on every sampled step.
@@ -58,6 +57,7 @@ internal sealed class ModelMonitor : IDisposable
         ["bitnet_health_logits_entropy"] = "bitnet_health_logit_samples_total",
     };
 
+    /// <param name="address">The server's bound address, which names this replica in alerts (null: the machine's name alone).</param>
     public ModelMonitor(ModelWeights weights, string modelId, ContinuousBatchScheduler scheduler, MonitoringOptions options, ILogger logger, Uri? address = null)
     {
         _scheduler = scheduler;

@@ -46,11 +46,19 @@ internal sealed class CommandSignals : IDisposable
 
     private void Handle(PosixSignalContext context)
     {
+        // A handler already on its way when the command ended (the runtime takes its list of handlers when the signal
+        // arrives): the process goes on to exit as it was about to; the signal's default would only race it.
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            context.Cancel = true;
+            return;
+        }
         context.Cancel = true; // the command ends itself
         int n = Interlocked.Increment(ref _signals);
         if (n == 1)
         {
-            // Off the signal thread: whatever the cancellation runs belongs to the command.
+            // Off the signal thread: whatever the cancellation runs belongs to the command. The source is never disposed
+            // (it holds no timer), so a cancellation that lands after the command returned is harmless.
             ThreadPool.QueueUserWorkItem(static s => ((CancellationTokenSource)s!).Cancel(), _cts);
             return;
         }
@@ -77,9 +85,11 @@ internal sealed class CommandSignals : IDisposable
         }
     }
 
+    private int _disposed;
+
     public void Dispose()
     {
+        Volatile.Write(ref _disposed, 1);
         foreach (var r in _registrations) r.Dispose();
-        _cts.Dispose();
     }
 }

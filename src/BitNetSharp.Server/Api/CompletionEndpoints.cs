@@ -58,7 +58,6 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         activity?.SetTag("bitnet.request_id", id);
         activity?.SetTag("bitnet.stream", request.Stream);
         var handles = Submit(model, request, id, TraceId(context.Request), aborted);
-        bool serverEnded = false;
         try
         {
             var header = new ResponseHeader(id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
@@ -68,11 +67,10 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             activity?.SetTag("gen_ai.usage.input_tokens", promptTokens);
             if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens);
             else await RespondAsync(context, request, header, handles, choices, promptTokens);
-            serverEnded = true; // answered in full, or a stream ended by its own error event (a prompt of a list timed out)
             activity?.SetTag("gen_ai.usage.output_tokens", choices.Sum(c => c.Tokens));
             activity?.SetTag("gen_ai.response.finish_reasons", string.Join(',', choices.Select(c => c.Finish ?? "stop")));
         }
-        catch (Exception e) when (Ended(e, ref serverEnded) && activity is not null)
+        catch (Exception e) when (activity is not null)
         {
             activity.SetStatus(System.Diagnostics.ActivityStatusCode.Error, e.Message);
             throw;
@@ -80,21 +78,14 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         finally
         {
             // Nothing left to deliver to: stop whatever is still running (a no-op for finished requests). A client that
-            // went away cancels; the server ending the response itself (one prompt of a list timed out or failed)
-            // withdraws the others, which no client cancelled.
+            // went away cancels; otherwise the server ended the response itself (one prompt of a list timed out or
+            // failed, or the server's own error) and withdraws the others, which no client cancelled.
             foreach (var h in handles)
             {
-                if (serverEnded && !aborted.IsCancellationRequested) h.Withdraw();
-                else h.Cancel();
+                if (aborted.IsCancellationRequested) h.Cancel();
+                else h.Withdraw();
             }
         }
-    }
-
-    /// <summary>Notes whether <paramref name="e"/> is the server's own answer (an API error it chose to send); never filters.</summary>
-    private static bool Ended(Exception e, ref bool serverEnded)
-    {
-        serverEnded = e is ApiException;
-        return true;
     }
 
     /// <summary>
@@ -283,19 +274,22 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
                 var (index, e) = events.Current;
                 var entry = Apply(choices[index], e, request.LogProbs);
                 string? finish = OpenAiJson.FinishReason(e.Finish);
-                if (entry is { } en && e.Text.Length == 0 && finish is null)
+                if (entry is { } en) (held[index] ??= []).Add(en);
+                // Entries go out once their token's text has begun to (offset within the text sent so far, this event's
+                // included), in order; at the end all of them, capped at the final text.
+                int delivered = choices[index].Text.Length;
+                List<TokenLogProbEntry>? entries = null;
+                if (held[index] is { Count: > 0 } waiting)
                 {
-                    (held[index] ??= []).Add(en);
-                    continue;
-                }
-                List<TokenLogProbEntry>? entries = held[index];
-                held[index] = null;
-                if (entry is { } sent) (entries ??= []).Add(sent);
-                if (finish is not null && entries is not null)
-                {
-                    int end = choices[index].Text.Length;
-                    for (int k = 0; k < entries.Count; k++)
-                        if (entries[k].TextOffset > end) entries[k] = entries[k] with { TextOffset = end };
+                    int ready = 0;
+                    while (ready < waiting.Count && (finish is not null || waiting[ready].TextOffset <= delivered)) ready++;
+                    if (ready > 0)
+                    {
+                        entries = waiting.GetRange(0, ready);
+                        waiting.RemoveRange(0, ready);
+                        for (int k = 0; k < entries.Count; k++)
+                            if (entries[k].TextOffset > delivered) entries[k] = entries[k] with { TextOffset = delivered };
+                    }
                 }
                 if (e.Text.Length == 0 && entries is null && finish is null) continue;
                 await sse.SendAsync(w => Chunk(w, header, request, index, e.Text, entries, finish, role: false), aborted);

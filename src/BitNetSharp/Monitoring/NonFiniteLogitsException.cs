@@ -23,7 +23,7 @@ public sealed class NonFiniteLogitsException : InvalidOperationException
 
     public int NonFinite { get; }
 
-    /// <summary><see cref="ModelHealthCollector.Finite"/> (output norm or head), <see cref="ModelHealthCollector.Embedding"/>, or a layer index.</summary>
+    /// <summary><see cref="ModelHealthCollector.Finite"/> (output norm or head, or not traced: an evaluation's score), <see cref="ModelHealthCollector.Embedding"/>, or a layer index.</summary>
     public int Origin { get; }
 
     /// <summary>The layer, or null when the values came from the embedding or the head.</summary>
