@@ -36,10 +36,10 @@ internal sealed class ModelMonitor : IDisposable
     }
 
     /// <summary>
-    /// The sampled gauges whose alert rules count "for" in new health samples (bitnet_health_samples_total): activation
-    /// and residual health, measured on every sampled step.
+    /// The sampled gauges whose alert rules count "for" in new health samples (bitnet_health_samples_total): activation,
+    /// residual and logit health. A rule on the logits alone waits on their own counter (<see cref="GatedCounts"/>).
     /// </summary>
-    public static readonly IReadOnlyCollection<string> GatedSamples = HealthMeters.SampledSignalNames.Where(n => !n.StartsWith("bitnet_health_logits_", StringComparison.Ordinal)).ToHashSet(StringComparer.Ordinal);
+    public static readonly IReadOnlyCollection<string> GatedSamples = HealthMeters.SampledSignalNames;
 
     /// <summary>
     /// Gauges that change only with their own counter: the logits, only on sampled steps that had logits rows

@@ -253,6 +253,15 @@ public class AlertEngineTests
             e.Evaluate();
         }
         Assert.Single(e.Firing);
+
+        // A rule mixing a logits gauge with an activation gauge still waits on new samples (it was ungated for a while:
+        // an idle server's last values counted again every second).
+        double saturation = 0.5;
+        using var mixed = new AlertEngine([new AlertRule { Name = "Mixed", Metric = "bitnet_health_logits_range", DivideBy = "bitnet_health_activation_saturation_ratio", Op = "<", Threshold = 1, For = 3 }],
+            s => { s.Add("bitnet_health_logits_range", range); s.Add("bitnet_health_activation_saturation_ratio", saturation); s.Add("bitnet_health_samples_total", samples); s.Add("bitnet_health_logit_samples_total", logitSamples); },
+            new AlertEngineOptions { SampledMetrics = BitNetSharp.Server.ModelMonitor.GatedSamples, SampleCounter = "bitnet_health_samples_total", CountedMetrics = BitNetSharp.Server.ModelMonitor.GatedCounts });
+        for (int i = 0; i < 10; i++) mixed.Evaluate(); // idle: no new samples
+        Assert.Empty(mixed.Firing);
     }
 
     /// <summary>

@@ -145,7 +145,9 @@ public sealed record AlertEngineOptions
     /// <summary>
     /// More gauges that change only when a counter grows, each with its counter (the token-latency spread, which
     /// changes only as tokens are delivered: bitnet_generation_tokens_total). Rules over them count "for" as
-    /// <see cref="SampledMetrics"/> rules do, so an idle server's frozen value cannot fire or hold an alert.
+    /// <see cref="SampledMetrics"/> rules do, so an idle server's frozen value cannot fire or hold an alert. A metric may be
+    /// in both: a rule reading only metrics of one counter here waits on that counter, one mixing them with other sampled
+    /// metrics on <see cref="SampleCounter"/>.
     /// </summary>
     public IReadOnlyDictionary<string, string>? CountedMetrics { get; init; }
 }
@@ -382,9 +384,11 @@ public sealed class AlertEngine : IDisposable
         if (r.Aggregate == "increase") return null;
         var metrics = AlertRules.MetricsOf(r).ToList();
         if (metrics.Count == 0) return null;
-        if (_options.SampleCounter is { } samples && _options.SampledMetrics is { } sampled && metrics.All(sampled.Contains)) return samples;
+        // A counter of its own first (the logits, counted only on samples that had them); a rule mixing such a metric
+        // with other sampled ones waits on the samples counter, as before.
         if (_options.CountedMetrics is { } counted && counted.TryGetValue(metrics[0], out var counter)
             && metrics.All(m => counted.TryGetValue(m, out var c) && c == counter)) return counter;
+        if (_options.SampleCounter is { } samples && _options.SampledMetrics is { } sampled && metrics.All(sampled.Contains)) return samples;
         return null;
     }
 
