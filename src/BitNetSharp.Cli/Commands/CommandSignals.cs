@@ -30,18 +30,26 @@ internal sealed class CommandSignals : IDisposable
     public static CommandSignals Register(string command, TextWriter error)
     {
         var signals = new CommandSignals(command, error);
+        signals._registrations.AddRange(OnInterruptAndTerminate(signals.Handle));
+        return signals;
+    }
+
+    /// <summary><paramref name="handler"/> registered for SIGINT and SIGTERM, where the platform has them.</summary>
+    internal static List<PosixSignalRegistration> OnInterruptAndTerminate(Action<PosixSignalContext> handler)
+    {
+        var registrations = new List<PosixSignalRegistration>(2);
         foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
         {
             try
             {
-                signals._registrations.Add(PosixSignalRegistration.Create(signal, signals.Handle));
+                registrations.Add(PosixSignalRegistration.Create(signal, handler));
             }
             catch (PlatformNotSupportedException)
             {
                 // a platform without this signal: the default behaviour (the process ends) stays
             }
         }
-        return signals;
+        return registrations;
     }
 
     private void Handle(PosixSignalContext context)

@@ -30,17 +30,7 @@ internal sealed class ServeSignals : IDisposable
     public static ServeSignals Register(CancellationTokenSource stop, TextWriter error, TimeSpan deadline)
     {
         var signals = new ServeSignals(stop, error, deadline);
-        foreach (var signal in new[] { PosixSignal.SIGINT, PosixSignal.SIGTERM })
-        {
-            try
-            {
-                signals._registrations.Add(PosixSignalRegistration.Create(signal, signals.Handle));
-            }
-            catch (PlatformNotSupportedException)
-            {
-                // a platform without this signal: the default behaviour (the process ends) stays
-            }
-        }
+        signals._registrations.AddRange(CommandSignals.OnInterruptAndTerminate(signals.Handle));
         return signals;
     }
 
