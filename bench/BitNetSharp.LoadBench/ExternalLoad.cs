@@ -64,7 +64,14 @@ internal static class ExternalLoad
                 double unix = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
                 var reply = await OneAsync(http, stream, prompt, maxTokens, timeout: timeout);
                 lock (results) results.Add(new Result(c, i, stream, start, clock.Elapsed.TotalSeconds, unix, reply.Outcome, reply.Detail, reply.Tokens));
-                if (backoff.After(reply) is { } wait && end - clock.Elapsed is { Ticks: > 0 } left) await Task.Delay(wait < left ? wait : left);
+                if (backoff.After(reply) is { } wait)
+                {
+                    // A backoff that reaches past the run's end ends this client: it waited out the rest and, the timer
+                    // firing a hair early, sent one more request at the very end (found by the backoff test's gaps).
+                    var left = end - clock.Elapsed;
+                    if (wait >= left) break;
+                    await Task.Delay(wait);
+                }
             }
         })).ToArray();
         await Task.WhenAll(workers);
