@@ -710,6 +710,36 @@ public class AlertEngineTests
         Assert.Equal(0, e.WebhookFailures);
     }
 
+    /// <summary>
+    /// Three alerts firing at shutdown reach a receiver that answers each POST in 2.5 s: the flush waits for them (a
+    /// fixed 5 s cancelled the third, which stayed firing at the receiver for ever).
+    /// </summary>
+    [Fact]
+    public async Task ShutdownResolutionsReachASlowReceiver()
+    {
+        using var listener = ListenForHook(out int port);
+        var e = new AlertEngine([new AlertRule { Name = "A", Metric = "m", Op = ">", Threshold = 1 }, new AlertRule { Name = "B", Metric = "m", Op = ">", Threshold = 1 }, new AlertRule { Name = "C", Metric = "m", Op = ">", Threshold = 1 }],
+            s => s.Add("m", 5), new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/") });
+        e.Evaluate();
+        var received = new List<(string Name, string Status)>();
+        async Task Receive(TimeSpan delay)
+        {
+            var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+            using var body = await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken);
+            var alert = body.RootElement.GetProperty("alerts")[0];
+            lock (received) received.Add((alert.GetProperty("labels").GetProperty("alertname").GetString()!, alert.GetProperty("status").GetString()!));
+            await Task.Delay(delay, TestContext.Current.CancellationToken);
+            ctx.Response.StatusCode = 200;
+            ctx.Response.Close();
+        }
+        for (int i = 0; i < 3; i++) await Receive(TimeSpan.Zero);
+        var disposing = Task.Run(e.Dispose, TestContext.Current.CancellationToken);
+        for (int i = 0; i < 3; i++) await Receive(TimeSpan.FromSeconds(2.5));
+        await disposing.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken);
+        Assert.Equal(["A", "B", "C"], received.Where(r => r.Status == "resolved").Select(r => r.Name).Order());
+        Assert.Equal(0, e.WebhookFailures);
+    }
+
     [Fact]
     public async Task AnUnreachableWebhookIsCountedNotThrown()
     {

@@ -610,11 +610,15 @@ public sealed class AlertEngine : IDisposable
             }
             _disposed = true;
         }
+        // Queued notifications (a shutdown's last resolutions) get 5 s and 3.5 s more each, up to 20 s; then retries and
+        // sends stop. A fixed 5 s lost the third of three resolutions to a receiver answering in 3 s (sent one at a
+        // time, in order, so a resolution never overtakes its alert's firing), and it stayed firing there for ever.
+        int pending = _outbox is { } box && box.Reader.CanCount ? box.Reader.Count : 0;
+        var flush = TimeSpan.FromSeconds(Math.Min(20, 5 + 3.5 * pending));
         _outbox?.Writer.TryComplete();
         try
         {
-            // Queued notifications (a shutdown's last resolutions) get a few seconds; then retries and sends stop.
-            if (_sender?.Wait(TimeSpan.FromSeconds(5)) == false)
+            if (_sender?.Wait(flush) == false)
             {
                 _stopping.Cancel();
                 _sender.Wait(TimeSpan.FromSeconds(2));
