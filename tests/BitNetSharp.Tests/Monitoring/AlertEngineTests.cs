@@ -126,6 +126,10 @@ public class AlertEngineTests
         a = 0;
         e.Evaluate();
         Assert.Equal("alert Share resolved: a_total / b_total = 0", lines[^1]);
+
+        // An increase rule names the increase it compares, not the counter (its resolve read "n_total = 0" at 2).
+        Assert.Equal("increase(n_total)", new AlertRule { Name = "N", Metric = "n_total", Aggregate = "increase", Threshold = 0 }.Quantity);
+        Assert.Equal("increase(f_total) / increase(r_total)", new AlertRule { Name = "F", Metric = "f_total", Aggregate = "increase", DivideBy = "r_total", Threshold = 0 }.Quantity);
     }
 
     /// <summary>A throwing Changed handler (a telemetry sink) neither escapes Evaluate nor keeps the batch's other changes from the other handlers.</summary>

@@ -78,7 +78,17 @@ public sealed record AlertRule
     /// <summary>What the rule compares, as its messages name it: the metric, or the ratio for a <see cref="DivideBy"/> rule
     /// (the ratio's value was printed as the numerator's: "bitnet_prompt_tokens_total = 0.166667").</summary>
     [JsonIgnore]
-    public string Quantity => DivideBy is null ? Metric : $"{Metric} / {DivideBy.Trim()}";
+    public string Quantity
+    {
+        get
+        {
+            // An increase rule compares the counter's increase over its window (its resolve read "… = 0" while the
+            // counter stood at 2, as if it had gone back to 0).
+            string metric = Aggregate == "increase" ? $"increase({Metric})" : Metric;
+            if (DivideBy is null) return metric;
+            return Aggregate == "increase" ? $"{metric} / increase({DivideBy.Trim()})" : $"{metric} / {DivideBy.Trim()}";
+        }
+    }
 
     public bool Holds(double value) => Op switch
     {
