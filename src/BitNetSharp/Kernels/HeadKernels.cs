@@ -50,8 +50,45 @@ public static unsafe class HeadKernels
         return -1;
     }
 
-    /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head.</summary>
+    /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head. With an F16 table, the largest and the
+    /// smallest logit are NaN when their row holds a non-finite half (see <see cref="GuardExtremeRows"/>).</summary>
     public static void MatVec(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
+    {
+        MatVecRows(m, x, y, rowStart, rowEnd);
+        if (m.Type == GgmlType.F16) GuardExtremeRows(m, y, 1, 0, rowStart, rowEnd);
+    }
+
+    /// <summary>
+    /// Every F16 kernel reads a half's bits shifted into a float's fields and scaled (<see cref="ScaleForRawHalves"/>,
+    /// <see cref="DotF16"/>), which is exact for finite halves and reads one whose exponent is all ones (±inf, NaN) as a
+    /// large finite weight, ±65536 · (1 + mantissa). Tables with such halves are refused at load (<see cref="FirstNonFiniteHalf"/>),
+    /// but a mapped file can change under a running process: then that row's logit came out huge and finite, won (or
+    /// lost) every step, and no non-finite check saw anything. So after a pass, for each token, the rows of the largest
+    /// and the smallest logit in [rowStart, rowEnd) are scanned (two rows, 2 · Cols bytes each, against a pass over every
+    /// row) and a row holding a non-finite half gets NaN, which is what its dot product is, for the caller's non-finite
+    /// check. A corrupted row whose logit is neither extreme neither wins nor goes unseen by the weights' checksum probe
+    /// (`--verify-weights`, the server's periodic check).
+    /// </summary>
+    private static void GuardExtremeRows(HeadMatrix m, float* y, int tokens, long yStride, int rowStart, int rowEnd)
+    {
+        if (rowEnd <= rowStart) return;
+        for (int t = 0; t < tokens; t++)
+        {
+            float* yt = y + t * yStride;
+            int high = rowStart, low = rowStart;
+            float max = yt[rowStart], min = max;
+            for (int r = rowStart + 1; r < rowEnd; r++)
+            {
+                float v = yt[r];
+                if (v > max) { max = v; high = r; }
+                else if (v < min) { min = v; low = r; }
+            }
+            if (FirstNonFiniteHalf((ushort*)m.Row(high), m.Cols) >= 0) yt[high] = float.NaN;
+            if (low != high && FirstNonFiniteHalf((ushort*)m.Row(low), m.Cols) >= 0) yt[low] = float.NaN;
+        }
+    }
+
+    private static void MatVecRows(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
     {
         switch (m.Type)
         {
@@ -211,6 +248,12 @@ public static unsafe class HeadKernels
             MatVec(m, x, y, rowStart, rowEnd);
             return;
         }
+        MatMulRows(m, x, tokens, y, yStride, rowStart, rowEnd);
+        if (m.Type == GgmlType.F16) GuardExtremeRows(m, y, tokens, yStride, rowStart, rowEnd);
+    }
+
+    private static void MatMulRows(HeadMatrix m, float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
+    {
         if (m.Type == GgmlType.Q8_0 && Avx2.IsSupported)
         {
             int blocks = m.Cols / 32;

@@ -166,6 +166,68 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
         }
     }
 
+    /// <summary>
+    /// A non-finite half written into a mapped F16 table after load (a file changed under a running server) was read by
+    /// the raw-half kernels as a large finite weight (±65536 · (1 + mantissa)): its row's logit came out huge and finite,
+    /// so that token won every step and no non-finite check saw it. The rows of each token's largest and smallest logit
+    /// are now checked and such a logit is NaN, on every path (one token, two, three, the 4- and 8-token tiles, the
+    /// portable loop past the fast paths' widths), with one weight stream or four; every other logit is unchanged.
+    /// </summary>
+    [Fact]
+    public void ANonFiniteHalfWrittenAfterLoadMakesItsExtremeLogitNaN()
+    {
+        int before = BitNetSharp.Kernels.TernaryKernel.WeightStreams;
+        try
+        {
+            foreach (int streams in new[] { 1, 4 })
+            {
+                BitNetSharp.Kernels.TernaryKernel.WeightStreams = streams;
+                foreach (int cols in new[] { 128, 1128 })
+                    foreach (int tokens in new[] { 1, 2, 3, 4, 8, 9 })
+                        CheckNonFiniteRows(cols, tokens);
+            }
+        }
+        finally
+        {
+            BitNetSharp.Kernels.TernaryKernel.WeightStreams = before;
+        }
+    }
+
+    private static void CheckNonFiniteRows(int cols, int tokens)
+    {
+        const int rows = 41;
+        var rng = new Random(cols + tokens);
+        var halves = new ushort[rows * cols];
+        for (int i = 0; i < halves.Length; i++) halves[i] = BitConverter.HalfToUInt16Bits((Half)(rng.NextDouble() - 0.5));
+        var x = new float[tokens * cols];
+        for (int i = 0; i < x.Length; i++) x[i] = (float)(rng.NextDouble() - 0.5);
+        for (int t = 0; t < tokens; t++)
+        {
+            x[t * cols + 3] = 1f;  // +inf at row 7, column 3: the raw read makes its logit ≈ +65536
+            x[t * cols + 5] = -1f; // NaN at row 30, column 5: ≈ −98304
+        }
+        var clean = new float[tokens * rows];
+        var y = new float[tokens * rows];
+        fixed (ushort* pw = halves)
+        fixed (float* px = x)
+        fixed (float* pc = clean)
+        fixed (float* py = y)
+        {
+            var m = new HeadMatrix(GgmlType.F16, (byte*)pw, 2L * cols, cols);
+            HeadKernels.MatMul(m, px, tokens, pc, rows, 0, rows);
+            pw[7 * cols + 3] = 0x7C00;
+            pw[30 * cols + 5] = 0x7E00;
+            HeadKernels.MatMul(m, px, tokens, py, rows, 0, rows);
+            for (int t = 0; t < tokens; t++)
+                for (int r = 0; r < rows; r++)
+                {
+                    float v = py[t * rows + r];
+                    if (r is 7 or 30) Assert.True(float.IsNaN(v), $"{cols} columns, {tokens} tokens: token {t}, row {r} (a non-finite half) gave {v}");
+                    else Assert.Equal(pc[t * rows + r], v);
+                }
+        }
+    }
+
     private static void CheckWidth(float outlier, int cols)
     {
         const int rows = 37; // several 16-row blocks, an odd row count, a MatVec remainder after groups of four rows
