@@ -63,6 +63,7 @@ public sealed class WorkerPool : IDisposable
     private int _grain;
     private int _nextItem;
     private readonly long[] _ranges; // per thread: what is left of its range, back << 32 | front; 64 bytes apart
+    private readonly long[] _accounted; // per worker: the last call it joined or was skipped in (see StartInFlight); 64 bytes apart
     private bool _owned;
     private long _generation;
     private int _pending;
@@ -84,6 +85,7 @@ public sealed class WorkerPool : IDisposable
         _wake = new SemaphoreSlim[ThreadCount - 1];
         _sleeping = new int[ThreadCount - 1];
         _ranges = new long[ThreadCount * RangeStride];
+        _accounted = new long[ThreadCount * RangeStride];
         _spinTicks = (long)(SpinTime.TotalSeconds * Stopwatch.Frequency);
         int started = 0;
         try
@@ -166,6 +168,9 @@ public sealed class WorkerPool : IDisposable
     }
 
     private int _minGrain;
+
+    /// <summary>Called on a worker thread when it has seen a new call, before it joins it (tests hold a worker back with it).</summary>
+    internal Action<int>? BeforeJoin { get; set; }
 
     /// <summary>Whether <see cref="RunOwned"/> honours its least claim (else the grain is the least, as before it had one):
     /// a field so that a benchmark compares the two in one process (`quick-least-claims`).</summary>
@@ -263,11 +268,23 @@ public sealed class WorkerPool : IDisposable
         _failure = null;
         if (s_linux) _callerCpu = ThreadPlacement.CurrentCpu();
         Volatile.Write(ref _pending, _threads.Length);
-        Interlocked.Increment(ref _generation);
+        long generation = Interlocked.Increment(ref _generation);
         for (int i = 0; i < _sleeping.Length; i++)
             if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
 
         Participate(work, 0);
+
+        // With chunks any thread may take (a grain, or owned ranges), the caller's share ends when no item is left, so a
+        // worker that has not yet joined this call has nothing to do in it: the caller counts it done instead of waiting
+        // for it to be scheduled (one compare-exchange on the worker's word decides which of the two got there first; the
+        // worker then skips the call). Without this, a machine with a core busy elsewhere made every call of a decode
+        // step wait for a worker queued behind that work: the bundled model's two-thread decode fell from ~2100 to
+        // 520–620 tokens/s beside one busy process on 2 vCPUs (one thread: ~1940). Slices (no grain) belong to their
+        // thread (ThreadPlacement.Pin, the bandwidth probe), so those calls still wait for every worker.
+        if (grain > 0)
+            for (int i = 0; i < _threads.Length; i++)
+                if (Interlocked.CompareExchange(ref _accounted[i * RangeStride], generation, generation - 1) == generation - 1)
+                    Interlocked.Decrement(ref _pending);
 
         var spinner = new SpinWait();
         if (Tight)
@@ -340,6 +357,9 @@ public sealed class WorkerPool : IDisposable
                 if (ThreadPlacement.MoveOff(_callerCpu)) Interlocked.Increment(ref _separations);
             }
 
+            BeforeJoin?.Invoke(worker);
+            // Joined, unless the caller has already counted this call done without us (see StartInFlight).
+            if (Interlocked.CompareExchange(ref _accounted[index * RangeStride], seen, seen - 1) != seen - 1) continue;
             Participate(_work!, worker);
             Interlocked.Decrement(ref _pending);
         }

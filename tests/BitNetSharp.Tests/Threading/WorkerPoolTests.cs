@@ -208,6 +208,85 @@ public class WorkerPoolTests
             }
     }
 
+    /// <summary>
+    /// A worker that has not joined a call by the time the caller has run out of items (it is queued behind other work on
+    /// a busy machine) is not waited for when any thread may take any chunk (a grain, owned ranges): the caller ran every
+    /// call of a decode step and then waited for the worker to be scheduled, ~4× slower than one thread beside one busy
+    /// process. Calls of slices (no grain) still wait, since a slice belongs to its thread. Every item runs once either way.
+    /// </summary>
+    [Fact]
+    public async Task ACallDoesNotWaitForAWorkerThatHasNotJoinedItUnlessItOwnsASlice()
+    {
+        using var pool = new WorkerPool(2);
+        using var release = new ManualResetEventSlim(false);
+        using var releaseSlices = new ManualResetEventSlim(false);
+        var gate = release;
+        int held = 0;
+        pool.BeforeJoin = worker =>
+        {
+            if (Interlocked.Exchange(ref held, 1) == 0) Volatile.Read(ref gate).Wait(TimeSpan.FromSeconds(30));
+        };
+        var work = new ChunkLog(64);
+        var calls = Task.Run(() =>
+        {
+            for (int call = 0; call < 50; call++)
+            {
+                pool.Run(work, 64, grain: 4);
+                pool.Run(work, 64, grain: 16, minGrain: 4);
+                pool.RunOwned(work, [0, 32, 64], grain: 4);
+            }
+        }, TestContext.Current.CancellationToken);
+        bool finished = await Task.WhenAny(calls, Task.Delay(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken)) == calls;
+        release.Set();
+        await calls;
+        Assert.True(finished, "150 calls waited for a worker held back before joining");
+        Assert.All(work.Marks, m => Assert.Equal(150, m));
+        Assert.All(work.Chunks, c => Assert.Equal(0, c.Worker)); // the held worker joined none of them
+
+        // Slices: the call waits for the worker (its slice runs on it), then the pool goes on with both threads.
+        Volatile.Write(ref gate, releaseSlices);
+        Volatile.Write(ref held, 0);
+        var slices = new ChunkLog(64);
+        var sliced = Task.Run(() => pool.Run(slices, 64), TestContext.Current.CancellationToken);
+        Assert.False(await Task.WhenAny(sliced, Task.Delay(200, TestContext.Current.CancellationToken)) == sliced, "a call of slices ended without its worker");
+        releaseSlices.Set();
+        await sliced;
+        Assert.Contains(slices.Chunks, c => c.Worker == 1 && c.Start == 32 && c.End == 64);
+        Assert.All(slices.Marks, m => Assert.Equal(1, m));
+    }
+
+    /// <summary>
+    /// Four pools of four threads on whatever cores the host has (two in CI): workers are preempted, skipped by callers
+    /// that ran out of items, and join later calls. Every item of every call runs exactly once, in every mode.
+    /// </summary>
+    [Fact]
+    public async Task OversubscribedPoolsRunEveryItemOnceInEveryMode()
+    {
+        var failures = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var runners = Enumerable.Range(0, 4).Select(p => Task.Run(() =>
+        {
+            using var pool = new WorkerPool(4);
+            var random = new Random(p);
+            for (int call = 0; call < 400; call++)
+            {
+                int count = random.Next(1, 300);
+                var work = new ChunkLog(count);
+                int q1 = random.Next(count + 1), q2 = random.Next(q1, count + 1), q3 = random.Next(q2, count + 1);
+                switch (call % 4)
+                {
+                    case 0: pool.Run(work, count); break;
+                    case 1: pool.Run(work, count, grain: random.Next(1, 20)); break;
+                    case 2: pool.Run(work, count, grain: 16, minGrain: random.Next(1, 16)); break;
+                    default: pool.RunOwned(work, [0, q1, q2, q3, count], grain: random.Next(1, 20), minGrain: random.Next(0, 4)); break;
+                }
+                for (int i = 0; i < count; i++)
+                    if (work.Marks[i] != 1) failures.Enqueue($"pool {p}, call {call} (mode {call % 4}): item {i} of {count} ran {work.Marks[i]} times");
+            }
+        }, TestContext.Current.CancellationToken)).ToArray();
+        await Task.WhenAll(runners).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+        Assert.Empty(failures);
+    }
+
     [Fact]
     public void OwnedRangeOfAStalledThreadIsTakenByTheOther()
     {
