@@ -105,6 +105,7 @@ public static class ChatCommand
                     var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
                         generator.ContextLength, answerTokens, cli.Error);
                     if (prompt is null) continue;
+                    ModelOptions.CheckEncoded(weights, prompt, "the conversation");
                     answer = new CancellationTokenSource();
                     var reply = new System.Text.StringBuilder();
                     // One --seed, a different stream each answer (as llama.cpp's one sampler for the session): the same

@@ -19,7 +19,11 @@ public static class ConvertCommand
             Description = "Token embedding / output head: keep (as stored), f16, q8_0 or q6_k (q6_k: 3.1x fewer head bytes per token than f16).",
             DefaultValueFactory = _ => "keep",
         };
-        var command = new Command("convert", "Convert a model to a GGUF with packed ternary weights.") { input, output, type, embedding };
+        var noTokenizer = new Option<bool>("--no-tokenizer")
+        {
+            Description = "Write the weights alone, without the source's tokenizer (one that cannot be read or stored in GGUF is otherwise an error).",
+        };
+        var command = new Command("convert", "Convert a model to a GGUF with packed ternary weights.") { input, output, type, embedding, noTokenizer };
         command.SetAction(result => cli.Guard(() =>
         {
             var packed = result.GetValue(type)!.Trim().ToLowerInvariant() switch
@@ -60,10 +64,14 @@ public static class ConvertCommand
                 throw new UsageException(shape.Message.Split(" (Parameter '")[0]);
             }
             foreach (var warning in ModelConverter.CompatibilityWarnings(weights, packed)) cli.Error.WriteLine("warning: " + warning);
+            if (weights.HfDirectory?.Note is { } note) cli.Error.WriteLine("note: " + note + ".");
             string tokenizerNote;
             BitNetTokenizer? tokenizer = null;
             IReadOnlyList<KeyValuePair<string, BitNetSharp.Formats.Gguf.GgufValue>> chatTemplates = [];
-            if (weights.Gguf is { } gguf)
+            bool withoutTokenizer = result.GetValue(noTokenizer);
+            if (withoutTokenizer)
+                tokenizerNote = "no tokenizer (--no-tokenizer)";
+            else if (weights.Gguf is { } gguf)
             {
                 // The vocabulary is copied key by key, as it is (nothing the source holds is lost). It is loaded first, so
                 // one that every other command refuses (a BOS id outside the vocabulary, a malformed merge, a missing
@@ -88,37 +96,30 @@ public static class ConvertCommand
                 tokenizerNote = "no tokenizer in the source (tokenizer.json, tokenizer.model or vocab.json + merges.txt)";
             else
             {
-                string? reason;
+                // A tokenizer that cannot be read or has no GGUF form stops the conversion: written without one (a warning,
+                // exit 0), a script went on with a model that could not read text. --no-tokenizer converts the weights alone.
+                const string WeightsAlone = "; pass --no-tokenizer to convert the weights alone";
                 try
                 {
                     tokenizer = TokenizerLoader.FromHfDirectory(inPath);
-                    reason = GgufTokenizerWriter.CannotWrite(tokenizer);
                 }
-                catch (BitNetSharp.Formats.ModelFormatException failure)
+                catch (BitNetSharp.Formats.ModelFormatException unreadable)
                 {
-                    // The weights convert on their own; say why the vocabulary did not come along instead of failing.
-                    reason = failure.Message;
+                    throw new BitNetSharp.Formats.ModelFormatException(unreadable.FilePath, unreadable.Reason + WeightsAlone, unreadable.Item, unreadable);
                 }
-                if (reason is not null)
-                {
-                    cli.Error.WriteLine($"warning: the tokenizer is not written to the GGUF: {reason}. Use the model with its directory's tokenizer files instead.");
-                    tokenizerNote = "no tokenizer";
-                    tokenizer = null;
-                }
-                else
-                {
-                    chatTemplates = GgufTokenizerWriter.ChatTemplates(inPath);
-                    int rows = weights.Config.VocabSize, known = tokenizer!.VocabularySize;
-                    tokenizerNote = $"tokenizer written ({known:N0} tokens, {tokenizer.Description})"
-                        + (rows > known ? $"; padded with {rows - known:N0} unused [PADn] tokens to the embedding's {rows:N0} rows" : "")
-                        + (chatTemplates.Count > 0 ? ", chat template" : "");
-                }
+                if (GgufTokenizerWriter.CannotWrite(tokenizer) is { } reason)
+                    throw new BitNetSharp.Formats.ModelFormatException(inPath, $"the tokenizer cannot be written to a GGUF: {reason}{WeightsAlone} (and keep the directory's tokenizer files to read text)");
+                chatTemplates = GgufTokenizerWriter.ChatTemplates(inPath);
+                int rows = weights.Config.VocabSize, known = tokenizer.VocabularySize;
+                tokenizerNote = $"tokenizer written ({known:N0} tokens, {tokenizer.Description})"
+                    + (rows > known ? $"; padded with {rows - known:N0} unused [PADn] tokens to the embedding's {rows:N0} rows" : "")
+                    + (chatTemplates.Count > 0 ? ", chat template" : "");
             }
             // Each tensor is encoded as it is written (one in memory at a time), so the bar runs over the write.
             cli.Ansi.Progress().AutoClear(true).Start(ctx =>
             {
                 var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
-                var writer = ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType);
+                var writer = ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType, sourceTokenizer: !withoutTokenizer);
                 // The chat template comes along with the tokenizer (llama.cpp fell back to ChatML without it).
                 if (tokenizer is not null)
                     foreach (var (key, value) in chatTemplates)

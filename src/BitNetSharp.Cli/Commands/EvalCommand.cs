@@ -113,6 +113,7 @@ public static class EvalCommand
                 bool special = r.GetValue(parseSpecial);
                 if (special && llamaChunks) throw new UsageException("--parse-special: llama-perplexity reads special-token text as text; drop one of the two.");
                 var tokens = tokenizer.Encode(text, addBos: streamBos, parseSpecial: special);
+                ModelOptions.CheckEncoded(weights, tokens, dataPath);
                 var kv = ModelOptions.ParseKvType(r.GetValue(kvType) ?? "f32");
                 int bos = tokenizer.AddBosToken ? tokenizer.BosId : -1;
                 using var pool = new WorkerPool(r.GetValue(threads));

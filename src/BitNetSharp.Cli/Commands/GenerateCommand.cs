@@ -72,7 +72,11 @@ public static class GenerateCommand
             if (givenIds is not null) promptTokens = givenIds;
             else if (tokenizer is null)
                 throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
-            else promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
+            else
+            {
+                promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
+                ModelOptions.CheckEncoded(weights, promptTokens, "the prompt");
+            }
             if (stops.Length > 0 && tokenizer is null) throw new UsageException($"--stop needs text, and {weights.SourcePath} has no tokenizer.");
 
             bool wantHealth = result.GetValue(health), wantResidual = result.GetValue(logResidual), wantLogits = result.GetValue(logLogits);

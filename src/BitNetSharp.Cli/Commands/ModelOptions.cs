@@ -159,6 +159,7 @@ public sealed class ModelOptions
     public void NoteModel(ParseResult r, ModelWeights weights, BitNetTokenizer? tokenizer, TextWriter error)
     {
         NoteContext(r, weights, error);
+        if (weights.HfDirectory?.Note is { } note) error.WriteLine("note: " + note + ".");
         if (VocabularyWarning(weights, tokenizer) is { } warning) error.WriteLine("warning: " + warning);
         if (tokenizer?.CoverageWarning is { } coverage) error.WriteLine("warning: " + coverage);
     }
@@ -178,6 +179,20 @@ public sealed class ModelOptions
         if (tokens > rows)
             return $"the tokenizer has {tokens} tokens and the model only {rows} vocabulary rows: text that encodes to an id from {rows} on cannot be read. Is this the model's own tokenizer?";
         return null;
+    }
+
+    /// <summary>
+    /// Refuses tokens the tokenizer made that the model has no row for (a tokenizer with more tokens than the model, see
+    /// <see cref="VocabularyWarning"/>): a model/tokenizer mismatch, exit 1 naming the model, where the engine's range
+    /// check read as the user's usage error (exit 2, "Token id 322 is outside the vocabulary of 256 tokens").
+    /// </summary>
+    public static void CheckEncoded(ModelWeights weights, ReadOnlySpan<int> tokens, string what)
+    {
+        int rows = weights.Config.VocabSize;
+        foreach (int id in tokens)
+            if ((uint)id >= (uint)rows)
+                throw new BitNetSharp.Formats.ModelFormatException(weights.SourcePath,
+                    $"the tokenizer turned {what} into token id {id}, and the model has {rows} vocabulary rows (ids 0 to {rows - 1}): the tokenizer does not belong to this model; use the model's own tokenizer");
     }
 
     public GeneratorOptions Generator(ParseResult r)

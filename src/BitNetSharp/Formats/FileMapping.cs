@@ -127,6 +127,8 @@ internal sealed unsafe class FileMapping : IDisposable
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            // .NET says "Access to the path is denied" for a directory: said as what it is.
+            if (Directory.Exists(path)) throw new ModelFormatException(path, "is a directory, not a file", inner: e);
             throw new ModelFormatException(path, $"cannot open the file: {e.Message}", inner: e);
         }
 

@@ -11,7 +11,11 @@ public sealed class ModelFormatException : Exception
     {
         FilePath = path;
         Item = item;
+        Reason = message;
     }
+
+    /// <summary>What is wrong, without the file and item in front (<see cref="Exception.Message"/> has them).</summary>
+    public string Reason { get; }
 
     /// <summary>The file (or directory) being read.</summary>
     public string FilePath { get; }

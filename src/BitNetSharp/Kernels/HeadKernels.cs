@@ -30,23 +30,45 @@ public readonly unsafe struct HeadMatrix(GgmlType type, byte* data, long rowByte
 public static unsafe class HeadKernels
 {
     /// <summary>Index of the first half whose exponent is all ones (±inf, NaN), or −1. The fast F16 dot product relies on there being none.</summary>
-    public static long FirstNonFiniteHalf(ushort* p, long n)
+    public static long FirstNonFiniteHalf(ushort* p, long n) => FirstAllOnes(p, n, 0x7C00);
+
+    /// <summary>Index of the first bfloat16 whose exponent is all ones (±inf, NaN), or −1.</summary>
+    public static long FirstNonFiniteBFloat16(ushort* p, long n) => FirstAllOnes(p, n, 0x7F80);
+
+    /// <summary>Index of the first float that is ±inf or NaN, or −1.</summary>
+    public static long FirstNonFiniteSingle(float* p, long n)
+    {
+        uint* u = (uint*)p;
+        long i = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            var mask = Vector256.Create(0x7F800000u);
+            for (; i <= n - 8; i += 8)
+                if (Vector256.EqualsAny(Vector256.Load(u + i) & mask, mask)) break;
+        }
+        for (; i < n; i++)
+            if ((u[i] & 0x7F800000u) == 0x7F800000u) return i;
+        return -1;
+    }
+
+    /// <summary>Index of the first 16-bit value whose bits under <paramref name="exponent"/> are all set, or −1.</summary>
+    private static long FirstAllOnes(ushort* p, long n, ushort exponent)
     {
         long i = 0;
         if (Vector512.IsHardwareAccelerated)
         {
-            var mask = Vector512.Create((ushort)0x7C00);
+            var mask = Vector512.Create(exponent);
             for (; i <= n - 32; i += 32)
                 if (Vector512.EqualsAny(Vector512.Load(p + i) & mask, mask)) break;
         }
         else if (Vector128.IsHardwareAccelerated)
         {
-            var mask = Vector128.Create((ushort)0x7C00);
+            var mask = Vector128.Create(exponent);
             for (; i <= n - 8; i += 8)
                 if (Vector128.EqualsAny(Vector128.Load(p + i) & mask, mask)) break;
         }
         for (; i < n; i++)
-            if ((p[i] & 0x7C00) == 0x7C00) return i;
+            if ((p[i] & exponent) == exponent) return i;
         return -1;
     }
 

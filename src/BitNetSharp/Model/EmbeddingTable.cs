@@ -39,7 +39,17 @@ public sealed unsafe class EmbeddingTable
             throw new ModelFormatException(path, $"{rows}×{cols} {GgmlTypeInfo.Name(type)} needs {RowBytes * rows} bytes, found {byteLength}", name);
         _data = data;
         _owner = owner;
-        if (type == GgmlType.F16 && HeadKernels.FirstNonFiniteHalf((ushort*)data, (long)rows * cols) is long bad and >= 0)
+        // Every encoding is checked (F32 and BF16 too: their kernels carry a NaN through to the logits, but only when the
+        // row is read, and `convert` copied such a table into a new file without a word, where norms and projections
+        // with one were refused at load).
+        long bad = type switch
+        {
+            GgmlType.F16 => HeadKernels.FirstNonFiniteHalf((ushort*)data, (long)rows * cols),
+            GgmlType.BF16 => HeadKernels.FirstNonFiniteBFloat16((ushort*)data, (long)rows * cols),
+            GgmlType.F32 => HeadKernels.FirstNonFiniteSingle((float*)data, (long)rows * cols),
+            _ => -1,
+        };
+        if (bad >= 0)
             throw new ModelFormatException(path, $"value {bad % cols} of row {bad / cols} is infinite or NaN; the table must hold finite numbers", name);
         // The blocks' fp16 scales too: the vector head kernels read them as finite halves (an infinite scale became
         // 65536, NaN 98304), so such a file gave finite logits on AVX2/AVX-512 and ∞/NaN on the other paths.

@@ -100,8 +100,9 @@ public static class ModelConverter
     /// </param>
     /// <param name="embeddingType">Re-encode the token embedding and output head into this type (F16, Q8_0, Q6_K;
     /// see <see cref="EmbeddingEncoder"/>); null keeps them as they are.</param>
+    /// <param name="sourceTokenizer">Whether a GGUF source's <c>tokenizer.*</c> keys are copied (false: the weights alone).</param>
     public static GgufWriter ToGguf(ModelWeights weights, PackedWeightType type, Action<int, int>? progress = null, BitNetSharp.Tokenization.BitNetTokenizer? tokenizer = null,
-        GgmlType? embeddingType = null)
+        GgmlType? embeddingType = null, bool sourceTokenizer = true)
     {
         CheckShapes(weights, type, embeddingType);
         var c = weights.Config;
@@ -129,7 +130,7 @@ public static class ModelConverter
         if (source is not null)
         {
             foreach (var (key, value) in source.Entries)
-                if (key.StartsWith("tokenizer.", StringComparison.Ordinal)
+                if ((sourceTokenizer && key.StartsWith("tokenizer.", StringComparison.Ordinal))
                     || (key.StartsWith("bitnetsharp.", StringComparison.Ordinal) && key != ActivationBits.GgufKey)
                     // The model card's keys (license, basename, size_label, tags, source.*) were dropped; the ones this
                     // file describes anew (architecture, name, file_type, quantization_version) are written above.

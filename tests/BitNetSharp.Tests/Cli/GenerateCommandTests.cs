@@ -410,6 +410,36 @@ public class GenerateCommandTests
         Assert.DoesNotContain("warning", error);
     }
 
+    /// <summary>
+    /// A Hugging Face directory whose tokenizer has more tokens than the model has rows runs with a warning until text
+    /// encodes to an id past the rows: then generate, chat and eval end with exit 1 naming the model and the mismatch (the
+    /// engine's range check read as the user's usage error, exit 2, "Token id 322 is outside the vocabulary").
+    /// </summary>
+    [Fact]
+    public void TextThatEncodesPastTheModelsRowsIsAModelTokenizerMismatch()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string source = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "autobitlinear-offline-mha-bf16")); // 128 rows
+        foreach (var name in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(source, name), dir.File(name));
+        File.Copy(SharedData.RequirePath("tokenizers/cs336_gpt2_vocab.json"), dir.File("vocab.json"));
+        File.Copy(SharedData.RequirePath("tokenizers/cs336_gpt2_merges.txt"), dir.File("merges.txt"));
+        File.WriteAllText(dir.File("text.txt"), string.Concat(Enumerable.Repeat("Once upon a time there was a cat. ", 40)));
+        foreach (var (args, input) in new[]
+        {
+            (new[] { "generate", "-m", dir.Path, "-p", "Once upon a time", "-n", "2" }, ""),
+            (["chat", "-m", dir.Path, "-n", "2"], "Once upon a time\n"),
+            (["eval", "-m", dir.Path, "--data", dir.File("text.txt"), "--ctx", "32"], ""),
+        })
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = Program.Run(args, output, error, new StringReader(input));
+            Assert.True(code == 1, $"{args[0]}: exit {code}, {error}");
+            Assert.Contains("the tokenizer does not belong to this model", error.ToString());
+            Assert.Contains(dir.Path, error.ToString());
+        }
+    }
+
     /// <summary>An empty output path for convert (`convert IN "$OUT"` with OUT unset) is a usage error naming it; it leaked .NET's wording.</summary>
     [Fact]
     public void ConvertWithAnEmptyOutputIsAUsageError()

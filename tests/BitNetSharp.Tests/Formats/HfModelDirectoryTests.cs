@@ -166,6 +166,7 @@ public class HfModelDirectoryTests
     [InlineData("""{"hidden_size":"8","intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16}""", "hidden_size", "expected a non-negative integer")]
     [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"eos_token_id":"x"}""", "eos_token_id", "expected an integer or a list")]
     [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"quantization_config":{"use_rms_norm":1}}""", "quantization_config.use_rms_norm", "expected true or false")]
+    [InlineData("""{"hidden_size":8,"intermediate_size":32,"num_hidden_layers":1,"num_attention_heads":2,"vocab_size":16,"bos_token_id":true}""", "bos_token_id", "found true, expected")] // "found true true" before
     public void BadFieldsNameTheField(string json, string field, string expected)
     {
         var e = Assert.Throws<ModelFormatException>(() => HfConfig.Parse(Encoding.UTF8.GetBytes(json), "dir/config.json"));
@@ -187,6 +188,29 @@ public class HfModelDirectoryTests
         Assert.Equal(7, m.Weights.Tensors.Count);
         Assert.Equal(["tokenizer.json", "tokenizer_config.json"], m.TokenizerFiles);
         Assert.Equal(ModelPathKind.HuggingFaceDirectory, ModelPath.Detect(dir.Path));
+    }
+
+    /// <summary>
+    /// model.safetensors is read before an index, as transformers' from_pretrained looks for them, and the index left
+    /// unread is said: with both present the index won here, and other weights ran than transformers runs, without a word.
+    /// A shard path that is a directory is said as such (it read "Access to the path is denied").
+    /// </summary>
+    [Fact]
+    public void ASingleFileIsReadBeforeAnIndexAndTheIndexIsNoted()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("config.json"), BitNet2B4TConfig);
+        File.WriteAllBytes(dir.File("model.safetensors"), TestSafetensors.Small().ToArray());
+        Directory.CreateDirectory(dir.File("shard.safetensors"));
+        File.WriteAllText(dir.File("model.safetensors.index.json"), """{"weight_map":{"a":"shard.safetensors"}}""");
+        using (var m = HfModelDirectory.Open(dir.Path))
+        {
+            Assert.Equal(7, m.Weights.Tensors.Count);
+            Assert.Contains("model.safetensors is read", m.Note);
+        }
+        File.Delete(dir.File("model.safetensors"));
+        var shard = Assert.Throws<ModelFormatException>(() => HfModelDirectory.Open(dir.Path));
+        Assert.Contains("is a directory", shard.Message);
     }
 
     [Fact]

@@ -49,6 +49,31 @@ public unsafe class EmbeddingTableTests
         }
     }
 
+    /// <summary>F32 and BF16 tables with a NaN or infinity are refused at load too (only F16 ones were: `convert` copied
+    /// such a table into a new file without a word, and the model failed only when the row was read).</summary>
+    [Theory]
+    [InlineData(GgmlType.F32, 0x7FC00000u)]
+    [InlineData(GgmlType.F32, 0xFF800000u)]
+    [InlineData(GgmlType.BF16, 0x7FC0u)]
+    [InlineData(GgmlType.BF16, 0xFF80u)]
+    public void NonFiniteF32AndBF16TablesAreRefusedAtLoad(GgmlType type, uint bits)
+    {
+        int size = type == GgmlType.F32 ? 4 : 2;
+        var data = new byte[4 * 40 * size];
+        int at = 2 * 40 + 37; // row 2, value 37: past the vector body of a 40-value row
+        if (type == GgmlType.F32) BitConverter.TryWriteBytes(data.AsSpan(at * 4), bits);
+        else BitConverter.TryWriteBytes(data.AsSpan(at * 2), (ushort)bits);
+        fixed (byte* p = data)
+        {
+            byte* q = p;
+            var e = Assert.Throws<ModelFormatException>(() => new EmbeddingTable(type, q, data.Length, 4, 40, data, "m.gguf", "token_embd.weight"));
+            Assert.Contains("value 37 of row 2", e.Message);
+        }
+        data.AsSpan().Clear();
+        fixed (byte* p = data)
+            Assert.Equal(4, new EmbeddingTable(type, p, data.Length, 4, 40, data, "m.gguf", "token_embd.weight").Rows);
+    }
+
     [Theory]
     [InlineData(GgmlType.F32)]
     [InlineData(GgmlType.F16)]

@@ -190,9 +190,13 @@ public class GgufTokenizerWriterTests
         Assert.Equal("{{ jinja }}", GgufTokenizerWriter.ChatTemplates(dir.Path).Single().Value.Value);
     }
 
-    /// <summary>A tokenizer the runtime cannot read (WordPiece) does not stop the weights converting: convert warns and writes no vocabulary.</summary>
+    /// <summary>
+    /// A tokenizer the runtime cannot read (WordPiece) stops the conversion, naming the file and --no-tokenizer (it was a
+    /// warning and exit 0: a script went on with a GGUF that could not read text), and nothing is written; with
+    /// --no-tokenizer the weights convert alone.
+    /// </summary>
     [Fact]
-    public void UnreadableTokenizerIsReportedAndTheWeightsStillConvert()
+    public void UnreadableTokenizerStopsTheConversionUnlessNoTokenizerIsGiven()
     {
         using var dir = new TempDirectory();
         string source = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "autobitlinear-offline-mha-bf16"));
@@ -201,12 +205,22 @@ public class GgufTokenizerWriterTests
         string gguf = Path.Combine(dir.Path, "out.gguf");
         var output = new StringWriter();
         var error = new StringWriter();
-        Assert.True(Program.Run(["convert", dir.Path, gguf], output, error) == 0, error.ToString());
-        Assert.Contains("warning: the tokenizer is not written", error.ToString());
+        Assert.Equal(1, Program.Run(["convert", dir.Path, gguf], output, error));
+        Assert.Contains("tokenizer.json", error.ToString());
         Assert.Contains("WordPiece", error.ToString());
-        Assert.Contains("no tokenizer", output.ToString());
-        using var file = GgufFile.Open(gguf);
-        Assert.False(file.Metadata.ContainsKey("tokenizer.ggml.model"));
+        Assert.Contains("--no-tokenizer", error.ToString());
+        Assert.False(File.Exists(gguf));
+        error = new StringWriter();
+        Assert.True(Program.Run(["convert", dir.Path, gguf, "--no-tokenizer"], output, error) == 0, error.ToString());
+        Assert.Contains("no tokenizer (--no-tokenizer)", output.ToString());
+        using (var file = GgufFile.Open(gguf))
+            Assert.False(file.Metadata.ContainsKey("tokenizer.ggml.model"));
+
+        // A GGUF source's tokenizer keys are left out too.
+        string again = Path.Combine(dir.Path, "again.gguf");
+        Assert.True(Program.Run(["convert", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), again, "--no-tokenizer"], output, error) == 0, error.ToString());
+        using (var file = GgufFile.Open(again))
+            Assert.DoesNotContain(file.Metadata.Entries, e => e.Key.StartsWith("tokenizer.", StringComparison.Ordinal));
     }
 
     private sealed class TempDirectory : IDisposable

@@ -241,6 +241,8 @@ public sealed class HfConfig
 
         private static string Describe(JsonElement v)
         {
+            // true, false and null are their own text ("found true true" before).
+            if (v.ValueKind is JsonValueKind.True or JsonValueKind.False or JsonValueKind.Null) return v.ValueKind.ToString().ToLowerInvariant();
             var text = v.GetRawText();
             return $"{v.ValueKind.ToString().ToLowerInvariant()} {(text.Length > 40 ? text[..40] + "…" : text)}";
         }

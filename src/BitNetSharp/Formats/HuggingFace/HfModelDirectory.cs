@@ -3,8 +3,8 @@ using BitNetSharp.Formats.Safetensors;
 namespace BitNetSharp.Formats.HuggingFace;
 
 /// <summary>
-/// A Hugging Face model directory: config.json, the weights (an index with shards, model.safetensors, or every
-/// *.safetensors file when there is neither), and whichever tokenizer files are present.
+/// A Hugging Face model directory: config.json, the weights (model.safetensors, else an index with shards, else every
+/// *.safetensors file), and whichever tokenizer files are present.
 /// </summary>
 public sealed class HfModelDirectory : IDisposable
 {
@@ -15,8 +15,9 @@ public sealed class HfModelDirectory : IDisposable
         "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json",
     ];
 
-    private HfModelDirectory(string path, HfConfig config, SafetensorsCheckpoint weights, IReadOnlyList<string> tokenizerFiles)
+    private HfModelDirectory(string path, HfConfig config, SafetensorsCheckpoint weights, IReadOnlyList<string> tokenizerFiles, string? note)
     {
+        Note = note;
         DirectoryPath = path;
         Config = config;
         Weights = weights;
@@ -24,6 +25,9 @@ public sealed class HfModelDirectory : IDisposable
     }
 
     public string DirectoryPath { get; }
+
+    /// <summary>Something about how the directory was read that a user should hear (files present but not read), or null.</summary>
+    public string? Note { get; }
 
     public HfConfig Config { get; }
 
@@ -50,10 +54,18 @@ public sealed class HfModelDirectory : IDisposable
         var config = HfConfig.Load(Path.Combine(directory, HfConfig.FileName));
 
         SafetensorsCheckpoint weights;
+        string? note = null;
         var index = Path.Combine(directory, SafetensorsCheckpoint.IndexFileName);
         var single = Path.Combine(directory, "model.safetensors");
-        if (File.Exists(index)) weights = SafetensorsCheckpoint.OpenIndex(index);
-        else if (File.Exists(single)) weights = SafetensorsCheckpoint.OpenFile(single);
+        // model.safetensors first, then the index, as transformers' from_pretrained looks for them: with both present
+        // (a re-saved model beside the shards of another) the index won here, and other weights ran than transformers runs.
+        if (File.Exists(single))
+        {
+            weights = SafetensorsCheckpoint.OpenFile(single);
+            if (File.Exists(index))
+                note = $"{directory} has both model.safetensors and {SafetensorsCheckpoint.IndexFileName}: model.safetensors is read, as transformers reads it, and the index with its shards is not";
+        }
+        else if (File.Exists(index)) weights = SafetensorsCheckpoint.OpenIndex(index);
         else
         {
             var files = Directory.GetFiles(directory, "*.safetensors");
@@ -66,7 +78,7 @@ public sealed class HfModelDirectory : IDisposable
         var tokenizerFiles = new List<string>();
         foreach (var name in KnownTokenizerFiles)
             if (File.Exists(Path.Combine(directory, name))) tokenizerFiles.Add(name);
-        return new HfModelDirectory(directory, config, weights, tokenizerFiles);
+        return new HfModelDirectory(directory, config, weights, tokenizerFiles, note);
     }
 
     public void Dispose() => Weights.Dispose();
