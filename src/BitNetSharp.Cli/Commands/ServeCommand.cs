@@ -211,6 +211,9 @@ public static partial class ServeCommand
                 throw new UsageException(result.GetResult(apiKey) is { Implicit: false }
                     ? "--api-key is empty (an unset shell variable?); give the key, or leave the option out to serve without one."
                     : $"{ApiKeyVariable} is set but empty; give the key, or unset the variable to serve without one.");
+            // Before the model loads: a key a browser cannot send (see ServerOptions) is the user's to change.
+            if (key is not null && key.AsSpan().IndexOfAnyExceptInRange('\x21', '\x7e') is >= 0 and var at)
+                throw new UsageException($"{(result.GetResult(apiKey) is { Implicit: false } ? "--api-key" : ApiKeyVariable)} holds a character outside printable ASCII (U+{(int)key[at]:X4} at position {at + 1}), which browsers and HTTP clients cannot all send in a header; use letters, digits and punctuation only.");
             string id = result.GetValue(alias) ?? ModelId(path);
             BitNetSharp.Tokenization.ChatTemplate? chatTemplate = null;
             if (result.GetValue(template) is { } templateName)

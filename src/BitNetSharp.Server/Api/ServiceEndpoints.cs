@@ -205,7 +205,10 @@ internal sealed class ServiceEndpoints(ModelHost host)
         context.Response.StatusCode = 200;
         context.Response.ContentType = "text/html; charset=utf-8";
         context.Response.Headers.CacheControl = "no-cache";
-        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:";
+        // No other site may frame the page (its key box could be overlaid: clickjacking), nor the body be read as another type.
+        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
+        context.Response.Headers.XFrameOptions = "DENY";
+        context.Response.Headers.XContentTypeOptions = "nosniff";
         await context.Response.Body.WriteAsync(page, context.RequestAborted);
     }
 

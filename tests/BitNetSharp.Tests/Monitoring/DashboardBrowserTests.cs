@@ -82,6 +82,46 @@ public sealed partial class DashboardBrowserTests
     }
 
     /// <summary>
+    /// A key a header cannot carry (a pasted zero-width space) is refused by the page, not stored, and the key box stays
+    /// open: it was saved, the box hidden, and every poll then failed inside fetch ("unreachable"), across reloads. A
+    /// server gone away leaves its last figures dimmed and dated, not shown as live; they come back live with the server.
+    /// The KV tile says a small cache in KiB ("0.0 % of 0 MiB").
+    /// </summary>
+    [Fact]
+    public async Task AnUnsendableKeyIsRefusedAndFiguresOfAServerGoneAreMarkedStale()
+    {
+        string? chromium = FindChromium();
+        Assert.SkipWhen(chromium is null,
+            "chromium is not installed, so the dashboard browser test cannot run: `apt-get install chromium` (Debian; .ci/run does it), or set BITNET_CHROMIUM to a Chromium executable.");
+        await using var s = await TestServer.StartAsync(o => o with { ApiKey = "k1", Scheduler = o.Scheduler with { ContextLength = 64 } }); // a KV cache under 1 MiB
+        using var playwright = await Playwright.CreateAsync();
+        await using var browser = await playwright.Chromium.LaunchAsync(new() { ExecutablePath = chromium, Headless = true, Args = ["--no-sandbox"] });
+        var page = await browser.NewPageAsync();
+        await page.GotoAsync(new Uri(s.Server.Address, "dashboard").ToString());
+        await page.WaitForFunctionAsync("() => document.getElementById('auth').style.display === 'block'", null, new() { Timeout = 30_000 });
+        await page.FillAsync("#key", "k1\u200b");
+        await page.ClickAsync("#save");
+        Assert.Contains("cannot carry", await page.InnerTextAsync("#status"));
+        Assert.True(await page.IsVisibleAsync("#key"));
+        Assert.Null(await page.EvaluateAsync<string?>("() => localStorage.getItem('bitnet.apiKey')"));
+
+        await page.FillAsync("#key", "k1");
+        await page.ClickAsync("#save");
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent === 'ok' && Number(document.body.dataset.polls || 0) >= 2", null, new() { Timeout = 30_000 });
+        Assert.Matches(@"^\d+\.\d % of \d+(\.\d)? KiB$", await page.InnerTextAsync("#kv"));
+        string sequences = await page.InnerTextAsync("#sequences");
+        Assert.False(await page.EvaluateAsync<bool>("() => document.body.classList.contains('stale')"));
+
+        // The server gone: every request fails at the network.
+        await page.RouteAsync("**/*", r => r.AbortAsync());
+        await page.WaitForFunctionAsync("() => document.body.classList.contains('stale')", null, new() { Timeout = 30_000 });
+        Assert.Matches(@"^unreachable: .*\(figures as of .+\)$", await page.InnerTextAsync("#status"));
+        Assert.Equal(sequences, await page.InnerTextAsync("#sequences")); // kept, dimmed
+        await page.UnrouteAllAsync();
+        await page.WaitForFunctionAsync("() => !document.body.classList.contains('stale') && document.getElementById('status').textContent === 'ok'", null, new() { Timeout = 30_000 });
+    }
+
+    /// <summary>
     /// A server restarted behind the page (the same address, now loading, /metrics empty): the previous process's
     /// figures are cleared, not shown beside "loading" as if current.
     /// </summary>

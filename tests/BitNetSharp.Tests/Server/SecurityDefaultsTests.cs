@@ -90,6 +90,17 @@ public class SecurityDefaultsTests
         Assert.Contains("\"components\"", await keyed.Content.ReadAsStringAsync(Ct));
     }
 
+    /// <summary>No other site may frame the dashboard (its key box could be overlaid) nor have its body sniffed as another type.</summary>
+    [Fact]
+    public async Task TheDashboardCannotBeFramed()
+    {
+        await using var s = await TestServer.StartAsync();
+        using var r = await s.Http.GetAsync("dashboard", Ct);
+        Assert.Contains("frame-ancestors 'none'", string.Join(";", r.Headers.GetValues("Content-Security-Policy")));
+        Assert.Equal("DENY", Assert.Single(r.Headers.GetValues("X-Frame-Options")));
+        Assert.Equal("nosniff", Assert.Single(r.Headers.GetValues("X-Content-Type-Options")));
+    }
+
     [Fact]
     public void TheKeyIsComparedAsAWholeInConstantTime()
     {
@@ -130,6 +141,9 @@ public class SecurityDefaultsTests
     [InlineData("--telemetry-max-mb", "1e12", "--telemetry-max-mb must be from 0.0625")] // × 16 overflowed into a negative total cap
     [InlineData("--api-key", "", "--api-key is empty")] // `--api-key "$KEY"` with KEY unset served with no key at all
     [InlineData("--api-key", " \n", "--api-key is empty")]
+    [InlineData("--api-key", "clé", "--api-key holds a character outside printable ASCII (U+00E9 at position 3)")] // a browser sent it as Latin-1 (400)
+    [InlineData("--api-key", "k1\u200b", "(U+200B at position 3)")] // the dashboard could not send it at all
+    [InlineData("--api-key", "two words", "(U+0020 at position 4)")]
     public void BadSecuritySettingsAreUsageErrors(string flag, string value, string message)
     {
         var error = new StringWriter();
