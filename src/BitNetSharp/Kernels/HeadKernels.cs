@@ -72,14 +72,6 @@ public static unsafe class HeadKernels
         return -1;
     }
 
-    /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head. With an F16 table, the largest and the
-    /// smallest logit are NaN when their row holds a non-finite half (see <see cref="GuardExtremeRows"/>).</summary>
-    public static void MatVec(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
-    {
-        MatVecRows(m, x, y, rowStart, rowEnd);
-        if (m.Type == GgmlType.F16) GuardExtremeRows(m, y, 1, 0, rowStart, rowEnd);
-    }
-
     /// <summary>
     /// Every F16 kernel reads a half's bits shifted into a float's fields and scaled (<see cref="ScaleForRawHalves"/>,
     /// <see cref="DotF16"/>), which is exact for finite halves and reads one whose exponent is all ones (±inf, NaN) as a
@@ -88,29 +80,66 @@ public static unsafe class HeadKernels
     /// lost) every step, and no non-finite check saw anything. So after a pass, for each token, the rows of the largest
     /// and the smallest logit in [rowStart, rowEnd) are scanned (two rows, 2 · Cols bytes each, against a pass over every
     /// row) and a row holding a non-finite half gets NaN, which is what its dot product is, for the caller's non-finite
-    /// check. A corrupted row whose logit is neither extreme neither wins nor goes unseen by the weights' checksum probe
-    /// (`--verify-weights`, the server's periodic check).
+    /// check. A corrupted row whose logit is not an extreme does not win, and the weights' checksum probe (`--verify-weights`,
+    /// the server's periodic check) sees it. Called once per head pass over every row (the engine does, after the threads'
+    /// chunks): per chunk it cost the bundled model's head 5–10 % (64 µs a token, Zen 2), where rows are short (384 values).
+    /// Does nothing for other encodings (their kernels carry a NaN through).
     /// </summary>
-    private static void GuardExtremeRows(HeadMatrix m, float* y, int tokens, long yStride, int rowStart, int rowEnd)
+    public static void GuardExtremeRows(HeadMatrix m, float* y, int tokens, long yStride, int rowStart, int rowEnd)
     {
+        if (m.Type != GgmlType.F16) return;
         if (rowEnd <= rowStart) return;
         for (int t = 0; t < tokens; t++)
         {
             float* yt = y + t * yStride;
-            int high = rowStart, low = rowStart;
-            float max = yt[rowStart], min = max;
-            for (int r = rowStart + 1; r < rowEnd; r++)
-            {
-                float v = yt[r];
-                if (v > max) { max = v; high = r; }
-                else if (v < min) { min = v; low = r; }
-            }
+            var (high, low) = Extremes(yt, rowStart, rowEnd);
             if (FirstNonFiniteHalf((ushort*)m.Row(high), m.Cols) >= 0) yt[high] = float.NaN;
             if (low != high && FirstNonFiniteHalf((ushort*)m.Row(low), m.Cols) >= 0) yt[low] = float.NaN;
         }
     }
 
-    private static void MatVecRows(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
+    /// <summary>The indices of the largest and the smallest of y[start..end) (NaN never chosen; the first of equals), eight
+    /// at a time where 256-bit vectors are accelerated.</summary>
+    private static (int High, int Low) Extremes(float* y, int start, int end)
+    {
+        float max = float.NegativeInfinity, min = float.PositiveInfinity;
+        int high = start, low = start, r = start;
+        if (Vector256.IsHardwareAccelerated && end - start >= 16)
+        {
+            var maxV = Vector256.Create(float.NegativeInfinity);
+            var minV = Vector256.Create(float.PositiveInfinity);
+            var index = Vector256.Create(0, 1, 2, 3, 4, 5, 6, 7) + Vector256.Create(start);
+            Vector256<int> highI = index, lowI = index, eight = Vector256.Create(8);
+            for (; r <= end - 8; r += 8, index += eight)
+            {
+                var v = Vector256.Load(y + r);
+                var above = Vector256.GreaterThan(v, maxV);
+                var below = Vector256.LessThan(v, minV);
+                maxV = Vector256.ConditionalSelect(above, v, maxV);
+                minV = Vector256.ConditionalSelect(below, v, minV);
+                highI = Vector256.ConditionalSelect(above.AsInt32(), index, highI);
+                lowI = Vector256.ConditionalSelect(below.AsInt32(), index, lowI);
+            }
+            for (int lane = 0; lane < 8; lane++)
+            {
+                float a = maxV.GetElement(lane), b = minV.GetElement(lane);
+                int ai = highI.GetElement(lane), bi = lowI.GetElement(lane);
+                if (a > max || (a == max && ai < high)) { max = a; high = ai; }
+                if (b < min || (b == min && bi < low)) { min = b; low = bi; }
+            }
+        }
+        for (; r < end; r++)
+        {
+            float v = y[r];
+            if (v > max) { max = v; high = r; }
+            if (v < min) { min = v; low = r; }
+        }
+        return (high, low);
+    }
+
+    /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head (an F16 table's non-finite halves read as
+    /// large finite weights: see <see cref="GuardExtremeRows"/>).</summary>
+    public static void MatVec(HeadMatrix m, float* x, float* y, int rowStart, int rowEnd)
     {
         switch (m.Type)
         {
@@ -270,12 +299,6 @@ public static unsafe class HeadKernels
             MatVec(m, x, y, rowStart, rowEnd);
             return;
         }
-        MatMulRows(m, x, tokens, y, yStride, rowStart, rowEnd);
-        if (m.Type == GgmlType.F16) GuardExtremeRows(m, y, tokens, yStride, rowStart, rowEnd);
-    }
-
-    private static void MatMulRows(HeadMatrix m, float* x, int tokens, float* y, long yStride, int rowStart, int rowEnd)
-    {
         if (m.Type == GgmlType.Q8_0 && Avx2.IsSupported)
         {
             int blocks = m.Cols / 32;

@@ -123,6 +123,10 @@ public sealed unsafe class EmbeddingTable
     /// <summary>y[r] = row r · x for r in [rowStart, rowEnd) — the output head (<see cref="HeadKernels.MatVec"/>).</summary>
     public void MatVec(float* x, float* y, int rowStart, int rowEnd) => HeadKernels.MatVec(Matrix, x, y, rowStart, rowEnd);
 
+    /// <summary>After a head pass over every row: a token's largest or smallest logit whose row holds a non-finite half
+    /// (written into a mapped F16 file after load) is made NaN (<see cref="HeadKernels.GuardExtremeRows"/>).</summary>
+    public void GuardNonFiniteRows(float* y, int tokens, long yStride) => HeadKernels.GuardExtremeRows(Matrix, y, tokens, yStride, 0, Rows);
+
     /// <summary>
     /// Logits of several hidden states at once: y[t·yStride + r] = row r · x_t for rows [rowStart, rowEnd)
     /// (<see cref="HeadKernels.MatMul"/>).

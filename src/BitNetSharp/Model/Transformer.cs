@@ -257,6 +257,7 @@ public sealed unsafe class Transformer : IDisposable
                 // Chunks of whole 16-row blocks taken by whichever thread is free: about an eighth of a thread's share
                 // at first, shrinking to 256 rows as the vocabulary runs out, so that no thread waits long at the end.
                 _pool.Run(_head, _c.VocabSize, Math.Max(HeadMinRows, (_c.VocabSize / (_pool.ThreadCount * 8) + 15) / 16 * 16), HeadMinRows);
+                _w.Output.GuardNonFiniteRows(pl, wanted, _c.VocabSize);
             }
             p?.End();
         }

@@ -254,6 +254,32 @@ public class HealthCollectorBatchTests
         Assert.Equal(alone, both.AsSpan(c.VocabSize).ToArray());
     }
 
+    /// <summary>
+    /// Infinities written into a tied F16 head row after load (a mapped file changed under a running process): the raw-half
+    /// kernels read them as ±65536, so that token's logit came out huge and finite (it won every step, or never could)
+    /// and nothing non-finite was seen. The engine's pass makes it NaN; every other logit is as before.
+    /// </summary>
+    [Fact]
+    public unsafe void AnInfiniteHeadRowWrittenAfterLoadGivesANaNLogit()
+    {
+        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16).ToArray(), "tiny.gguf"), ownsFile: true);
+        Assert.True(w.TiedOutput);
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 8, pool);
+        var before = new float[c.VocabSize];
+        using (var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32))
+            engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], before);
+        var row = (ushort*)(w.TokenEmbedding.Data + 100 * w.TokenEmbedding.RowBytes);
+        for (int j = 0; j < c.Dim; j++) row[j] = 0x7C00;
+        var after = new float[c.VocabSize];
+        using (var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32))
+            engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], after);
+        Assert.True(float.IsNaN(after[100]), $"token 100's logit: {after[100]}");
+        after[100] = before[100];
+        Assert.Equal(before, after);
+    }
+
     /// <summary>A NaN embedding two positions back reaches the logits row through attention: the origin is the embedding, not layer 0.</summary>
     [Fact]
     public unsafe void NaNCarriedByAttentionIsTracedToItsOrigin()
