@@ -14,7 +14,7 @@ internal static class OutputFile
         // An empty path (`--ids-out "$OUT"` with OUT unset) failed with "The value cannot be an empty string", no flag named.
         if (string.IsNullOrWhiteSpace(path)) throw new UsageException($"{option} is empty; give a file path.");
         if (Directory.Exists(path) || path.EndsWith('/') || path.EndsWith(Path.DirectorySeparatorChar))
-            throw new UsageException($"{option} {path} is a directory; give a file path such as {Path.Combine(path, "out.json")}.");
+            throw new UsageException($"{option} {path} is a directory; give a file path such as {Path.Combine(path, ExampleName(option, path))}.");
         string full = Path.GetFullPath(path);
         if (Path.GetDirectoryName(full) is { } dir && !Directory.Exists(dir))
             throw new UsageException($"{option} {path}: the folder '{dir}' does not exist.");
@@ -48,6 +48,26 @@ internal static class OutputFile
                 throw new UsageException($"{option} {path} is a link to {target}, whose folder does not exist; give the file itself, or remove the link.");
         }
         return full;
+    }
+
+    /// <summary>
+    /// A file name for the hint when <paramref name="path"/> is a directory: with the directory's own extension when it has
+    /// one (a folder named model.gguf), else the one the option writes (every option's hint said out.json).
+    /// </summary>
+    internal static string ExampleName(string option, string path)
+    {
+        string extension = Path.GetExtension(Path.TrimEndingDirectorySeparator(path));
+        if (extension.Length is > 1 and <= 8) return "out" + extension;
+        return option switch
+        {
+            "--out" or "the output" => "model.gguf",
+            "--plot" => "loss.svg",
+            "--heldout" => "heldout.txt",
+            "--report" => "report.md",
+            "--trace" => "trace.json",
+            "--save-logits" => "logits.bin",
+            _ => "out.json",
+        };
     }
 
     /// <summary>

@@ -67,7 +67,7 @@ public static class ChatCommand
                 int systemTokens = chatTemplate.Encode(tokenizer, messages, addGenerationPrompt: true).Length;
                 if (systemTokens + Math.Max(1, Math.Min(answerTokens, generator.ContextLength / 2)) >= generator.ContextLength)
                     throw new UsageException($"--system: the system prompt takes {systemTokens} tokens with the {chatTemplate.Name} template, which leaves no room for a message and an answer "
-                        + $"in the context of {generator.ContextLength} tokens (--ctx). Shorten it, or raise --ctx.");
+                        + $"in the context of {generator.ContextLength} tokens (--ctx). Shorten it, or {RoomAdvice(generator.ContextLength, weights.Config.ContextLength)}.");
             }
             else
             {
@@ -76,7 +76,7 @@ public static class ChatCommand
                 int frame = chatTemplate.Encode(tokenizer, [ChatMessage.User("")], addGenerationPrompt: true).Length;
                 if (frame + 1 >= generator.ContextLength)
                     throw new UsageException($"--ctx {generator.ContextLength}: the {chatTemplate.Name} template takes {frame} tokens around a message, which leaves no room "
-                        + "for a message and an answer. Raise --ctx.");
+                        + $"for a message and an answer; {RoomAdvice(generator.ContextLength, weights.Config.ContextLength)}.");
             }
             var reader = input ?? Console.In;
             CancellationTokenSource? answer = null;
@@ -125,6 +125,7 @@ public static class ChatCommand
                     cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"[{st.PromptTokens - st.ReusedPromptTokens} new prompt tokens ({st.ReusedPromptTokens} reused), {st.GeneratedTokens} generated, {st.GenerationTokensPerSecond:F1} tok/s]"));
                     if (speculative is not null && st.Speculative is { } spec) cli.Error.WriteLine("[" + SpeculationOptions.Describe(speculative, spec) + "]");
+                    if (kind == ChatInput.LastMessage) return 0;
                 }
             }
             finally
@@ -135,7 +136,16 @@ public static class ChatCommand
         return command;
     }
 
-    public enum ChatInput { Message, Reset, Quit }
+    /// <summary>How to get more room: a larger --ctx while the model allows one, else a template with fewer tokens around a
+    /// turn (it said "raise --ctx" on a model of 32 positions used whole, where a larger --ctx is cut back to 32).</summary>
+    private static string RoomAdvice(int context, int modelContext) => context < modelContext
+        ? $"raise --ctx (the model allows up to {modelContext})"
+        : $"use a template with fewer tokens around a turn (--template; the model's context of {modelContext} tokens is used whole)";
+
+    /// <summary>What <see cref="ReadMessage"/> read: a message, /reset, the end, or a message the input ended inside (a
+    /// continued line, then Ctrl-D): answered, then the chat ends, for a terminal's Ctrl-D ends only the read it
+    /// interrupts, and the next read waited for more.</summary>
+    public enum ChatInput { Message, Reset, Quit, LastMessage }
 
     /// <summary>
     /// The next message from <paramref name="reader"/>: lines ending with a backslash go on to the next line (the message
@@ -153,20 +163,25 @@ public static class ChatCommand
             case "/reset": return (ChatInput.Reset, null);
         }
         var text = new System.Text.StringBuilder();
+        bool ended = false;
         while (true)
         {
             bool more = line.EndsWith('\\');
             text.Append(more ? line[..^1] : line);
             if (!more) break;
             line = reader.ReadLine();
-            if (line is null) break;
+            if (line is null)
+            {
+                ended = true;
+                break;
+            }
             text.Append('\n');
         }
         string message = text.ToString();
         // Nothing but continuations ("\" then the end of input, or blank lines): an empty message ends the chat as an
         // empty line does (it was sent to the model as an empty user turn).
         if (string.IsNullOrWhiteSpace(message)) return (ChatInput.Quit, null);
-        return (ChatInput.Message, message.StartsWith("//", StringComparison.Ordinal) ? message[1..] : message);
+        return (ended ? ChatInput.LastMessage : ChatInput.Message, message.StartsWith("//", StringComparison.Ordinal) ? message[1..] : message);
     }
 
     /// <summary>
@@ -212,7 +227,8 @@ public static class ChatCommand
             return prompt;
         }
         messages.RemoveAt(messages.Count - 1);
-        string system = first == 1 ? $" ({encode([messages[0]]).Length} of them the --system prompt's)" : "";
+        // The system prompt with the template's frame around a turn (an assistant opener included): counted alone it read as the prompt's own tokens.
+        string system = first == 1 ? $" ({encode([messages[0]]).Length} of them the --system prompt in the template's frame)" : "";
         log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template{system}, and the context holds {context} (--ctx); it was not sent. Write a shorter one, or start chat with a larger --ctx.");
         return null;
     }

@@ -234,6 +234,12 @@ public static class TrainCommand
                     cli.Error.WriteLine(advice + ".");
                 return 1;
             }
+            catch (CheckpointMismatchException e)
+            {
+                // Options that do not match the checkpoint (its shape, its activation bits): a usage error, exit 2, as a
+                // --batch or --seed other than the run's is.
+                throw new UsageException(e.Message);
+            }
             catch (InvalidDataException e)
             {
                 // A bad data file or checkpoint is the user's file, not a bug: one line and exit 1, like the model errors.

@@ -317,7 +317,7 @@ public sealed class TrainingRun
             for (int i = 0; i < 7; i++) v[i] = r.ReadInt32();
             var shape = new TrainingShape(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r.ReadSingle(), r.ReadSingle());
             if (expectedShape is not null && expectedShape != shape)
-                throw new InvalidDataException($"{path}: the checkpoint is for a model of shape ({shape}); the command line asks for ({expectedShape}). Pass the same shape options, or start a new run without --resume.");
+                throw new CheckpointMismatchException($"{path}: the checkpoint is for a model of shape ({shape}); the command line asks for ({expectedShape}). Pass the same shape options, or start a new run without --resume.");
             var options = new TrainingOptions
             {
                 Shape = shape, Batch = r.ReadInt32(), TotalSteps = r.ReadInt32(), LearningRate = r.ReadSingle(), WarmupSteps = r.ReadInt32(),
@@ -328,7 +328,7 @@ public sealed class TrainingRun
                 throw new InvalidDataException($"{path}: the checkpoint's settings are damaged ({damaged}); no run writes that. Start a new run without --resume.");
             var bits = version == 1 ? ActivationBits.Uniform(shape.Layers) : ReadBits(r, shape.Layers, path);
             if (expectedBits is not null && !expectedBits.Equals(bits))
-                throw new InvalidDataException($"{path}: the checkpoint trains with --activation-bits {bits}; the command line asks for {expectedBits}. " +
+                throw new CheckpointMismatchException($"{path}: the checkpoint trains with --activation-bits {bits}; the command line asks for {expectedBits}. " +
                     $"Pass --activation-bits {bits} to continue it, or start a new run without --resume.");
             if (!bits.AllEight) options = options with { ActivationBits = bits };
             var tokens = ReadStrings(r);
@@ -494,3 +494,7 @@ public sealed class TrainingRun
         return n;
     }
 }
+
+/// <summary>A checkpoint that is sound but not the run the command line describes (another shape, other activation bits):
+/// the options are the user's to change (an argument exception), where <see cref="InvalidDataException"/> says the file is bad.</summary>
+public sealed class CheckpointMismatchException(string message) : ArgumentException(message);

@@ -861,6 +861,54 @@ public class GenerateArgumentTests
 
 public class ChatCommandTests
 {
+    /// <summary>Input that ends once, then would block (a terminal's Ctrl-D ends only the read it interrupts).</summary>
+    private sealed class EndsOnceReader(string text) : TextReader
+    {
+        private readonly StringReader _inner = new(text);
+        private bool _ended;
+
+        public override string? ReadLine()
+        {
+            if (_ended) throw new InvalidOperationException("read again after the end of input (a terminal would wait here)");
+            string? line = _inner.ReadLine();
+            _ended = line is null;
+            return line;
+        }
+    }
+
+    /// <summary>
+    /// A message whose continued line is ended by the end of input (`hello \`, Enter, Ctrl-D on a terminal) is answered
+    /// and then the chat ends: it read again and, on a terminal, waited for ever.
+    /// </summary>
+    [Fact]
+    public void AMessageEndedByTheEndOfInputIsAnsweredAndTheChatEnds()
+    {
+        Assert.Equal((ChatCommand.ChatInput.LastMessage, "hello "), ChatCommand.ReadMessage(new StringReader("hello \\")));
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["chat", "-n", "3", "--temp", "0", "-t", "1"], output, error, new EndsOnceReader("hello \\\n"));
+        Assert.True(code == 0, error.ToString());
+        Assert.Contains("generated", error.ToString()); // answered
+    }
+
+    /// <summary>
+    /// A directory given where a file goes is named with a file name that fits the option (every hint said out.json):
+    /// the directory's own extension, else the option's.
+    /// </summary>
+    [Fact]
+    public void ADirectoryForAnOutputSuggestsAFileOfItsKind()
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        Directory.CreateDirectory(dir.File("m.gguf"));
+        File.WriteAllText(dir.File("data.txt"), "Once upon a time.");
+        var error = new StringWriter();
+        Assert.Equal(2, Program.Run(["train", "--data", dir.File("data.txt"), "--out", dir.File("m.gguf")], new StringWriter(), error));
+        Assert.Contains(Path.Combine(dir.File("m.gguf"), "out.gguf"), error.ToString());
+        error = new StringWriter();
+        Assert.Equal(2, Program.Run(["profile", "--trace", dir.Path, "-n", "1"], new StringWriter(), error));
+        Assert.Contains(Path.Combine(dir.Path, "trace.json"), error.ToString());
+    }
+
     /// <summary>
     /// A message goes on past a line ending with a backslash (blank lines included), /reset clears the conversation, and
     /// /quit ends it: each line was its own message, and a blank line inside a pasted paragraph ended the chat.

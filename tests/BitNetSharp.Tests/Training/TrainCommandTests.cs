@@ -112,7 +112,7 @@ public class TrainCommandTests
 
         File.Delete(model);
         var (badCode, _, badError) = Bitnet([.. TinyArgs(data, model, "--resume").Select(a => a == "1" ? "2" : a)]); // --layers 1 → 2
-        Assert.Equal(1, badCode);
+        Assert.Equal(2, badCode); // the options, not the file: a usage error
         Assert.Contains("the checkpoint is for a model of shape", badError);
         Assert.False(File.Exists(model));
     }
@@ -221,7 +221,8 @@ public class TrainCommandTests
 
     /// <summary>
     /// <c>--activation-bits</c>: the run trains at the widths, the GGUF carries them (so eval uses them), and a resume
-    /// that asks for other widths (here the default 8) is refused naming both.
+    /// that asks for other widths (here the default 8) is refused naming both, as a usage error (exit 2, as another
+    /// --batch or --seed is; it exited 1, the code of a bad file).
     /// </summary>
     [Fact]
     public void TrainsAtLowerActivationBitsAndExportsThem()
@@ -237,7 +238,7 @@ public class TrainCommandTests
 
         File.Delete(model);
         var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume"));
-        Assert.Equal(1, badCode);
+        Assert.Equal(2, badCode);
         Assert.Contains("the checkpoint trains with --activation-bits qkv=4,gate_up=4; the command line asks for 8", badError);
         Assert.False(File.Exists(model));
     }

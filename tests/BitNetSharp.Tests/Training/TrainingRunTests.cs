@@ -219,7 +219,7 @@ public class TrainingRunTests
         using var dir = new TestGguf.TempDirectory();
         var path = dir.File("run.ckpt");
         TrainingRun.Start(options, tokenizer, train, validation, pool).SaveCheckpoint(path);
-        var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool, options.Shape with { Layers = 3 }));
+        var e = Assert.Throws<CheckpointMismatchException>(() => TrainingRun.Resume(path, pool, options.Shape with { Layers = 3 }));
         Assert.Contains("layers 3", e.Message);
         Assert.Contains("layers 2", e.Message);
     }
@@ -291,7 +291,7 @@ public class TrainingRunTests
         using var dir = new TestGguf.TempDirectory();
         var path = dir.File("run.ckpt");
         TrainingRun.Start(options, tokenizer, train, validation, pool).SaveCheckpoint(path);
-        var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(2)));
+        var e = Assert.Throws<CheckpointMismatchException>(() => TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(2)));
         Assert.Contains("the checkpoint trains with --activation-bits qkv=4,gate_up=4; the command line asks for 8", e.Message);
         Assert.Equal(options.ActivationBits, TrainingRun.Resume(path, pool, options.Shape, options.ActivationBits).Options.ActivationBits);
     }
