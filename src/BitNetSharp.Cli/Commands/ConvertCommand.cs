@@ -109,6 +109,8 @@ public static class ConvertCommand
                 }
                 if (GgufTokenizerWriter.CannotWrite(tokenizer) is { } reason)
                     throw new BitNetSharp.Formats.ModelFormatException(inPath, $"the tokenizer cannot be written to a GGUF: {reason}{WeightsAlone} (and keep the directory's tokenizer files to read text)");
+                if (GgufTokenizerWriter.StopsNotWritten(tokenizer) is { Count: > 0 } lost)
+                    cli.Error.WriteLine($"warning: the source's generation stops at token id(s) {string.Join(", ", lost)} (eos_token_id), which a GGUF cannot mark beside its EOS ({tokenizer.EosId}) and end-of-turn ({GgufTokenizerWriter.EotToWrite(tokenizer)}) tokens: the converted model runs on through them; pass --stop with their text when running it.");
                 chatTemplates = GgufTokenizerWriter.ChatTemplates(inPath);
                 int rows = weights.Config.VocabSize, known = tokenizer.VocabularySize;
                 tokenizerNote = $"tokenizer written ({known:N0} tokens, {tokenizer.Description})"

@@ -129,6 +129,28 @@ public abstract class BitNetTokenizer
 
     public bool IsStopToken(int id) => _stopIds.Contains(id);
 
+    private readonly List<int> _configuredStops = [];
+
+    /// <summary>Stop tokens a Hugging Face directory's generation settings add (generation_config.json's, else config.json's
+    /// <c>eos_token_id</c>, one id or a list, as transformers' generate stops on them), in their order.</summary>
+    public IReadOnlyList<int> ConfiguredStopIds => _configuredStops;
+
+    /// <summary>Whether <paramref name="id"/> ends generation by its text alone (<c>&lt;|eot_id|&gt;</c>, <c>&lt;|im_end|&gt;</c>, …),
+    /// which a reloaded vocabulary finds again without being told.</summary>
+    public bool IsStopByText(int id) =>
+        (uint)id < (uint)_texts.Length && _kinds[id] != TokenKind.Byte && Array.IndexOf(StopTokenTexts, _texts[id]) >= 0;
+
+    /// <summary>Adds <see cref="ConfiguredStopIds"/> (at load, before the tokenizer is shared).</summary>
+    internal void AddConfiguredStops(IEnumerable<int> ids)
+    {
+        foreach (int id in ids)
+        {
+            CheckId(id);
+            _stopIds.Add(id);
+            if (!_configuredStops.Contains(id)) _configuredStops.Add(id);
+        }
+    }
+
     /// <summary>Control and unknown tokens: only produced from text with <c>parseSpecial</c>, omitted when decoding by default.</summary>
     public bool IsSpecial(int id) => _kinds[CheckId(id)] is TokenKind.Control or TokenKind.Unknown;
 

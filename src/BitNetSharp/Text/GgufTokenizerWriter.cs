@@ -11,6 +11,26 @@ namespace BitNetSharp.Tokenization;
 public static class GgufTokenizerWriter
 {
     /// <summary>Why <paramref name="tokenizer"/> cannot be written as GGUF metadata, or null when it can.</summary>
+    /// <summary>The end-of-turn id written: the tokenizer's, else the first configured stop id (generation_config.json)
+    /// that a reloaded vocabulary would not find again (not the EOS, not a known end-of-turn text).</summary>
+    public static int EotToWrite(BitNetTokenizer tokenizer)
+    {
+        if (tokenizer.EotId >= 0) return tokenizer.EotId;
+        foreach (int id in tokenizer.ConfiguredStopIds)
+            if (id != tokenizer.EosId && !tokenizer.IsStopByText(id)) return id;
+        return -1;
+    }
+
+    /// <summary>Configured stop ids a GGUF cannot mark (it keeps one EOS and one EOT id): a converted model does not stop on them.</summary>
+    public static IReadOnlyList<int> StopsNotWritten(BitNetTokenizer tokenizer)
+    {
+        int eot = EotToWrite(tokenizer);
+        var lost = new List<int>();
+        foreach (int id in tokenizer.ConfiguredStopIds)
+            if (id != tokenizer.EosId && id != eot && !tokenizer.IsStopByText(id)) lost.Add(id);
+        return lost;
+    }
+
     public static string? CannotWrite(BitNetTokenizer tokenizer) => tokenizer switch
     {
         ByteLevelBpeTokenizer b when GgufPreName(b.PreTokenizer) is null =>
@@ -128,7 +148,7 @@ public static class GgufTokenizerWriter
         }
         Id("tokenizer.ggml.bos_token_id", tokenizer.BosId);
         Id("tokenizer.ggml.eos_token_id", tokenizer.EosId);
-        Id("tokenizer.ggml.eot_token_id", tokenizer.EotId);
+        Id("tokenizer.ggml.eot_token_id", EotToWrite(tokenizer));
         Id("tokenizer.ggml.unknown_token_id", tokenizer.UnknownId);
         Id("tokenizer.ggml.padding_token_id", tokenizer.PaddingId);
         writer.AddBool("tokenizer.ggml.add_bos_token", tokenizer.AddBosToken);

@@ -163,6 +163,13 @@ public static class TokenizerLoader
         var mergesTxt = Path.Combine(directory, "merges.txt");
         var tokenizer = FromHfFiles(directory, config, tokenizerJson, tokenizerModel, vocabJson, mergesTxt);
         tokenizer.EmbeddedChatTemplate = EmbeddedChatTemplate(directory);
+        // What transformers' generate stops on (generation_config.json, else config.json): a model whose stop id is not
+        // the tokenizer's EOS nor a known end-of-turn text ran on through it.
+        var (stops, source) = BitNetSharp.Formats.HuggingFace.HfConfig.GenerationStopIds(directory);
+        foreach (int id in stops)
+            if (id >= tokenizer.VocabularySize)
+                throw new ModelFormatException(source!, $"token {id} is outside the tokenizer's vocabulary of {tokenizer.VocabularySize} tokens", "eos_token_id");
+        tokenizer.AddConfiguredStops(stops);
         return tokenizer;
     }
 

@@ -21,10 +21,10 @@ public class EmbeddingEncoderTests
         const int rows = 3, cols = 64;
         var values = new float[rows * cols];
         for (int i = 0; i < values.Length; i++) values[i] = (i % 7 - 3) * 0.25f;
-        values[cols + 5] = bad;
         fixed (float* p = values)
         {
             var table = new EmbeddingTable(GgmlType.F32, (byte*)p, values.Length * 4L, rows, cols, values, "t.gguf", "token_embd.weight");
+            values[cols + 5] = bad; // after load, which refuses a non-finite F32 table itself
             var destination = new byte[EmbeddingEncoder.RowBytes(type, cols) * rows];
             var e = Assert.Throws<ArgumentException>(() => EmbeddingEncoder.EncodeRows(table, type, 0, rows, destination));
             Assert.Contains("Row 1", e.Message);
@@ -42,10 +42,10 @@ public class EmbeddingEncoderTests
         const int rows = 3, cols = 256;
         var values = new float[rows * cols];
         for (int i = 0; i < values.Length; i++) values[i] = (i % 7 - 3) * 0.25f;
-        values[2 * cols + 9] = bad;
         fixed (float* p = values)
         {
             var table = new EmbeddingTable(GgmlType.F32, (byte*)p, values.Length * 4L, rows, cols, values, "t.gguf", "token_embd.weight");
+            values[2 * cols + 9] = bad; // after load, which refuses a non-finite F32 table itself
             var destination = new byte[EmbeddingEncoder.RowBytes(GgmlType.Q6_K, cols) * rows];
             var e = Assert.Throws<ArgumentException>(() => EmbeddingEncoder.EncodeRows(table, GgmlType.Q6_K, 0, rows, destination));
             Assert.Contains("Row 2", e.Message);

@@ -157,6 +157,57 @@ public class GgufTokenizerWriterTests
     }
 
     /// <summary>
+    /// A Hugging Face directory's generation stops where transformers' does: on generation_config.json's eos_token_id
+    /// (else config.json's), not only the tokenizer's EOS (it ran on through them); convert writes such an id as the GGUF's
+    /// end-of-turn token, so the converted model stops there too (its padded vocabulary samples other ids here, so the
+    /// file's key is checked), and says which ids a GGUF cannot mark; an id outside
+    /// the vocabulary is refused naming the file and the field.
+    /// </summary>
+    [Fact]
+    public void GenerationConfigStopIdsEndGenerationAndSurviveConvert()
+    {
+        using var dir = new TempDirectory();
+        string source = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "autobitlinear-offline-gqa-f32"));
+        foreach (var name in new[] { "config.json", "model.safetensors" }) File.Copy(Path.Combine(source, name), Path.Combine(dir.Path, name));
+        File.WriteAllText(Path.Combine(dir.Path, "tokenizer.json"), TinyTokenizerJson());
+        using var outputs = new TempDirectory(); // outside the model directory, which generate will not write into
+        string ids = Path.Combine(outputs.Path, "ids.json");
+        int[] Generated(string model, params string[] extra)
+        {
+            var error = new StringWriter();
+            Assert.True(Program.Run(["generate", "-m", model, "-p", "the cat", "-n", "8", "--temp", "0", "--ids-out", ids, .. extra], new StringWriter(), error) == 0, error.ToString());
+            using var json = JsonDocument.Parse(File.ReadAllText(ids));
+            return [.. json.RootElement.GetProperty("ids").EnumerateArray().Select(e => e.GetInt32())];
+        }
+        var free = Generated(dir.Path, "--ignore-eos");
+        int stop = free[2];
+        int first = Array.IndexOf(free, stop);
+        File.WriteAllText(Path.Combine(dir.Path, "generation_config.json"), "{\"eos_token_id\": [" + stop + ", 7]}");
+        var tokenizer = TokenizerLoader.FromHfDirectory(dir.Path);
+        Assert.Equal([stop, 7], tokenizer.ConfiguredStopIds);
+        var stopped = Generated(dir.Path);
+        Assert.True(stopped.Length <= first + 1, $"ran on past {stop}: {string.Join(",", stopped)}");
+        Assert.Equal(free[..first], stopped[..first]);
+
+        string gguf = Path.Combine(outputs.Path, "out.gguf");
+        var output = new StringWriter();
+        var convertError = new StringWriter();
+        Assert.True(Program.Run(["convert", dir.Path, gguf], output, convertError) == 0, convertError.ToString());
+        Assert.Contains("stops at token id(s) 7 (eos_token_id), which a GGUF cannot mark", convertError.ToString());
+        using (var file = GgufFile.Open(gguf))
+        {
+            Assert.True(file.Metadata.TryGetInt32("tokenizer.ggml.eot_token_id", out int eot));
+            Assert.Equal(stop, eot);
+            Assert.True(TokenizerLoader.FromGguf(file).IsStopToken(stop));
+        }
+
+        File.WriteAllText(Path.Combine(dir.Path, "generation_config.json"), "{\"eos_token_id\": 500}");
+        var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => TokenizerLoader.FromHfDirectory(dir.Path));
+        Assert.Contains("generation_config.json", e.Message);
+        Assert.Equal("eos_token_id", e.Item);
+    }
+
+    /// <summary>
     /// The chat template comes along, as gguf-py writes it: tokenizer_config.json's string as tokenizer.chat_template; a
     /// list of named templates as the default one there, the others under their names; chat_template.jinja first.
     /// It was dropped, and llama.cpp served the converted model with ChatML.

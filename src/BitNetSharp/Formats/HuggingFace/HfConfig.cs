@@ -89,6 +89,45 @@ public sealed class HfConfig
         return Parse(bytes, path);
     }
 
+    /// <summary>
+    /// The ids a Hugging Face model's generation stops on, as transformers reads them: generation_config.json's
+    /// <c>eos_token_id</c> (one id or a list) when that file exists, else config.json's; with the file that holds them
+    /// (null when neither says). A missing or unreadable config.json gives none (the weights' loader reports it).
+    /// </summary>
+    public static (IReadOnlyList<int> Ids, string? Source) GenerationStopIds(string directory)
+    {
+        string generation = Path.Combine(directory, "generation_config.json");
+        if (File.Exists(generation)) return (EosIds(generation), generation);
+        string config = Path.Combine(directory, FileName);
+        return File.Exists(config) ? (EosIds(config), config) : ([], null);
+    }
+
+    private static IReadOnlyList<int> EosIds(string path)
+    {
+        byte[] bytes;
+        try
+        {
+            bytes = File.ReadAllBytes(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new ModelFormatException(path, $"cannot read the file: {e.Message}", inner: e);
+        }
+        if (!System.Text.Unicode.Utf8.IsValid(bytes)) throw new ModelFormatException(path, "not valid UTF-8 text");
+        try
+        {
+            using var document = JsonDocument.Parse(bytes, new JsonDocumentOptions { AllowTrailingCommas = true, CommentHandling = JsonCommentHandling.Skip });
+            JsonText.Require(document.RootElement, path);
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+                throw new ModelFormatException(path, $"the top level is a JSON {document.RootElement.ValueKind}, expected an object");
+            return new Fields(document.RootElement, path).IntOrIntList("eos_token_id");
+        }
+        catch (JsonException e)
+        {
+            throw new ModelFormatException(path, $"not valid JSON: {e.Message}", inner: e);
+        }
+    }
+
     /// <summary>Parses config.json bytes; <paramref name="path"/> is used in error messages.</summary>
     public static HfConfig Parse(ReadOnlyMemory<byte> json, string path)
     {
