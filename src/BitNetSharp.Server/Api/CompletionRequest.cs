@@ -117,8 +117,11 @@ internal sealed record CompletionRequest(
         {
             // Not an array is the wrong type (an object or a string passed as if none were asked for).
             if (r.TryGet("tools", out var tools) && tools.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("tools", "an array of tools", tools);
-            if (r.TryGet("tools", out tools) && tools.GetArrayLength() > 0)
-                throw ApiException.BadRequest("Tools (function calling) are not supported by this server.", "tools", "unsupported_parameter");
+            // With tool_choice "none" the answer is text whatever the tools are (agent frameworks send the list every turn
+            // and force a text turn so): accepted, the tools not shown to the model. Otherwise a call may be asked for.
+            bool noToolCall = r.TryGet("tool_choice", out var choice) && choice.ValueKind == JsonValueKind.String && choice.GetString() == "none";
+            if (r.TryGet("tools", out tools) && tools.GetArrayLength() > 0 && !noToolCall)
+                throw ApiException.BadRequest("Tools (function calling) are not supported by this server (with tool_choice \"none\" the tools are accepted and not used).", "tools", "unsupported_parameter");
             // The deprecated spelling of the same (still sent by older clients).
             if (r.TryGet("functions", out var functions) && functions.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("functions", "an array of functions", functions);
             if (r.TryGet("functions", out functions) && functions.GetArrayLength() > 0)
@@ -128,6 +131,12 @@ internal sealed record CompletionRequest(
                 throw ApiException.BadRequest("tool_choice other than \"none\" or \"auto\" asks for a tool call, which this server does not support.", "tool_choice", "unsupported_parameter");
             if (r.TryGet("function_call", out var fc) && !(fc.ValueKind == JsonValueKind.String && fc.GetString() is "none" or "auto") && fc.ValueKind != JsonValueKind.Null)
                 throw ApiException.BadRequest("function_call other than \"none\" or \"auto\" asks for a function call, which this server does not support.", "function_call", "unsupported_parameter");
+            // Audio output and web search change what the answer is; an answer without them looked like success.
+            if (r.TryGet("modalities", out var modalities) && (modalities.ValueKind != JsonValueKind.Array
+                || modalities.EnumerateArray().Any(m => m.ValueKind != JsonValueKind.String || m.GetString() != "text")))
+                throw ApiException.BadRequest("Only the \"text\" modality is supported by this server.", "modalities", "unsupported_parameter");
+            if (r.TryGet("audio", out _)) throw ApiException.BadRequest("Audio output is not supported by this server.", "audio", "unsupported_parameter");
+            if (r.TryGet("web_search_options", out _)) throw ApiException.BadRequest("Web search is not supported by this server.", "web_search_options", "unsupported_parameter");
             if (r.TryGet("response_format", out var rf) && !(rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text"))
                 throw ApiException.BadRequest("Only response_format {\"type\": \"text\"} is supported.", "response_format", "unsupported_parameter");
         }

@@ -94,6 +94,10 @@ public class RequestSemanticsTests
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"function_call":{"name":"f"}}""", "function_call")]
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"tool_choice":"required"}""", "tool_choice")] // answered with text
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"tool_choice":{"type":"function","function":{"name":"f"}}}""", "tool_choice")]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto"}""", "tools")]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"modalities":["text","audio"],"audio":{"voice":"alloy","format":"wav"}}""", "modalities")] // answered 200 without audio
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"audio":{"voice":"alloy","format":"wav"}}""", "audio")]
+    [InlineData("""{"messages":[{"role":"user","content":"hi"}],"web_search_options":{}}""", "web_search_options")]
     public async Task FunctionCallingIsRefusedInEitherSpelling(string json, string param)
     {
         await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
@@ -103,6 +107,9 @@ public class RequestSemanticsTests
         Assert.Equal("unsupported_parameter", body.GetProperty("error").GetProperty("code").GetString());
 
         (status, _, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"function_call":"none","functions":[],"tool_choice":"auto","tools":[]}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+        // Tools with tool_choice "none": a text turn an agent forces while sending its tool list (it was refused).
+        (status, _, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"tool_choice":"none","tools":[{"type":"function","function":{"name":"f"}}],"modalities":["text"]}""");
         Assert.Equal(HttpStatusCode.OK, status);
         // Not an array: the wrong type (an object of one tool was taken as no tools, and answered with text).
         (status, body, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"tools":{"type":"function"}}""");
