@@ -38,6 +38,10 @@ public static class CalibrateCommand
         var budget = new Option<double>("--kl-budget") { Description = "Largest mean KL divergence (nats per position) from the 8-bit model the chosen widths may cost.", DefaultValueFactory = _ => 0.01 };
         var seed = new Option<int>("--seed") { Description = "Seed for drawing the windows (0 or more).", DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "Stop after this many accepted steps (default: until the budget is spent)." };
+        var fullSearch = new Option<bool>("--full-search")
+        {
+            Description = "Measure every candidate every round (the exact greedy path; several times slower). By default each round re-measures candidates in order of their last KL and takes the first still cheapest.",
+        };
         var output = new Option<string>("--out", "-o") { Description = "The calibrated .gguf to write (the input with bitnetsharp.activation_bits set).", Required = true };
         var report = new Option<string?>("--report") { Description = "Markdown report to write (default: OUT without .gguf + .calibration.md, with -crest.svg and -histogram.svg beside it)." };
         var threads = new Option<int>("--threads", "-t") { Description = "Worker threads (default: physical cores); the result does not depend on it." };
@@ -47,7 +51,7 @@ public static class CalibrateCommand
         var tuneLr = new Option<float>("--lr") { Description = "With --tune: peak learning rate (on the gains and on log scale).", DefaultValueFactory = _ => 2e-3f };
         var command = new Command("calibrate", "Activation statistics and a per-layer activation bit-width search within a KL budget; writes a calibrated GGUF. With --tune: tunes norm gains and scales on domain text.")
         {
-            model, data, samples, ctx, budget, seed, maxSteps, output, report, threads, json, tune, tuneSteps, tuneLr,
+            model, data, samples, ctx, budget, seed, maxSteps, fullSearch, output, report, threads, json, tune, tuneSteps, tuneLr,
         };
         // With the cancellation token: Ctrl-C stops the search between forward passes, so its scratch reference file (263 MB
         // on 2B4T) is deleted; without it the process ended at once and left the file.
@@ -59,7 +63,7 @@ public static class CalibrateCommand
                 bool tuning = r.GetValue(tune);
                 // System.Random(int) draws from |seed|: --seed -3 drew the windows of --seed 3.
                 if (r.GetValue(seed) < 0) throw new UsageException($"--seed must be 0 to {int.MaxValue}; got {r.GetValue(seed)}.");
-                foreach (var option in tuning ? new Option[] { samples, budget, maxSteps, report, json } : [tuneSteps, tuneLr])
+                foreach (var option in tuning ? new Option[] { samples, budget, maxSteps, fullSearch, report, json } : [tuneSteps, tuneLr])
                     if (r.GetResult(option) is { Implicit: false })
                         throw new UsageException(tuning
                             ? $"{option.Name} applies to the bit-width search, not to --tune (which takes --data, --ctx, --steps, --lr, --seed, --out, -t)."
@@ -68,7 +72,8 @@ public static class CalibrateCommand
                     return CalibrateTune.Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(ctx), r.GetValue(tuneSteps), r.GetValue(tuneLr),
                         r.GetValue(seed), r.GetRequiredValue(output), r.GetValue(threads), cancellation);
                 return Run(cli, r.GetValue(model), r.GetRequiredValue(data), r.GetValue(samples), r.GetValue(ctx), r.GetValue(budget), r.GetValue(seed),
-                    r.GetResult(maxSteps) is { Implicit: false } ? r.GetValue(maxSteps) : null, r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json), cancellation);
+                    r.GetResult(maxSteps) is { Implicit: false } ? r.GetValue(maxSteps) : null, r.GetRequiredValue(output), r.GetValue(report), r.GetValue(threads), r.GetValue(json), cancellation,
+                    r.GetValue(fullSearch));
             }
             catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
             {
@@ -84,7 +89,7 @@ public static class CalibrateCommand
     }
 
     private static int Run(CliConsole cli, string? modelPath, string dataPath, int samples, int ctxOption, double budget, int seed, int? maxSteps,
-        string outPath, string? reportPath, int threads, bool json, CancellationToken cancellation = default)
+        string outPath, string? reportPath, int threads, bool json, CancellationToken cancellation = default, bool fullSearch = false)
     {
         if (!(budget > 0) || !double.IsFinite(budget)) throw new UsageException($"--kl-budget must be a positive number of nats; got {budget.ToString(CultureInfo.InvariantCulture)}.");
         if (samples < 2) throw new UsageException($"--samples must be at least 2 (one window for statistics, one held out); got {samples}.");
@@ -162,7 +167,7 @@ public static class CalibrateCommand
         log?.Invoke(string.Create(CultureInfo.InvariantCulture,
             $"calibration: {statStarts.Count} windows of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
         var result = BitWidthSearch.Run(engine, tokens, window, heldStarts, bos, budget, Path.GetDirectoryName(outFull) ?? ".", bytes,
-            maxSteps ?? int.MaxValue, log, cancellation);
+            maxSteps ?? int.MaxValue, log, cancellation, lazy: !fullSearch);
         var baseline = result.Kl.Reference;
 
         // Outputs: the model (what the search was for), then the report (Markdown + SVG); each written whole or not at
@@ -170,7 +175,7 @@ public static class CalibrateCommand
         GgufCopy.WithMetadata(gguf, outFull, [new(ActivationBits.GgufKey, GgufValue.FromArray(GgufArray.Create(BitsArray(result.Bits, c.Layers))))]);
         try
         {
-            WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, statStarts.Count, heldStarts.Count, seed, budget, summary, result, maxSteps);
+            WriteReport(reportPath, reportStem, weights.SourcePath, dataPath, window, statStarts.Count, heldStarts.Count, seed, budget, summary, result, maxSteps, fullSearch);
         }
         catch (IOException e)
         {
@@ -196,6 +201,7 @@ public static class CalibrateCommand
                 w.WriteMeasured("top_token_agreement", result.Kl.TopAgreement);
                 w.WriteMeasured("perplexity_8bit", baseline.Perplexity);
                 w.WriteMeasured("perplexity", result.Model.Perplexity);
+                w.WriteString("search", fullSearch ? "full" : "lazy");
                 w.WriteNumber("evaluations", result.Evaluations);
                 w.WriteStartArray("steps");
                 foreach (var s in result.Steps)
@@ -230,7 +236,7 @@ public static class CalibrateCommand
     }
 
     private static void WriteReport(string path, string stem, string model, string data, int ctx, int statWindows, int heldWindows, int seed, double budget,
-        IReadOnlyList<InputStatistics> stats, BitWidthSearchResult result, int? maxSteps)
+        IReadOnlyList<InputStatistics> stats, BitWidthSearchResult result, int? maxSteps, bool fullSearch)
     {
         var ic = CultureInfo.InvariantCulture;
         var md = new StringBuilder();
@@ -250,6 +256,7 @@ public static class CalibrateCommand
         foreach (var s in stats)
             md.Append(ic, $"| {s.Layer} | {HealthNames.InputLabels[(int)s.Input]} | {s.Tokens} | {s.AbsMaxP50:G4} | {s.AbsMaxP99:G4} | {s.AbsMaxMax:G4} | {s.CrestMean:F2} | {s.OutlierChannels} | {100 * s.TopOutlierShare:F1} % | {result.Bits[s.Layer, s.Input]} |\n");
         md.Append("\n## Search (greedy: the cheapest one-step lowering each round, while the mean KL stays within the budget)\n\n");
+        md.Append(ic, $"{(fullSearch ? "Every candidate measured every round (--full-search)" : "Lazy rounds: candidates re-measured in order of their last KL, the first still cheapest taken")}; {result.Evaluations} evaluations.\n\n");
         if (result.Steps.Count == 0) md.Append("No step fit the budget: every input stays at 8 bits.\n");
         else
         {

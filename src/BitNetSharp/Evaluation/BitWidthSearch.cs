@@ -15,12 +15,21 @@ public sealed record BitWidthSearchResult(ActivationBits Bits, IReadOnlyList<Bit
 /// KL of the whole configuration from the starting one on held-out windows, and accepts the cheapest step while the
 /// KL stays within the budget. An input whose step alone went over the budget is not tried again (lowering others
 /// only adds error). Deterministic: fixed order, ties to the first candidate, exact integer kernels.
+/// <para>Lazily (the default; <c>lazy: false</c> measures every candidate every round): on the same assumption, a
+/// candidate's KL measured in an earlier round is a lower bound on its KL now, so each round re-measures candidates in
+/// order of their last KL (ties to the first) and accepts the first whose fresh KL is still the smallest — the step the
+/// full round would accept where the assumption holds, without measuring the rest. It does not always hold (errors of
+/// two inputs can cancel, and a candidate's KL then falls), so the lazy path may differ from the full one; every step
+/// it accepts is measured under the widths it joins and within the budget. The 4M fixture at a 0.05 budget: full 40
+/// steps in 612 evaluations (KL 0.035), lazy 43 steps in 267 (KL 0.046). Every round measured every candidate: the
+/// bundled model's default search took 1,652 evaluations (~15 minutes on two Zen 2 cores) for 71 steps.</para>
 /// </summary>
 public static class BitWidthSearch
 {
+
     public static BitWidthSearchResult Run(Transformer engine, int[] tokens, int ctx, IReadOnlyList<int> windowStarts, int bosId, double klBudget,
         string scratchDirectory, Func<int, int>? tokenByteCount = null, int maxSteps = int.MaxValue, Action<string>? log = null,
-        CancellationToken cancellation = default)
+        CancellationToken cancellation = default, bool lazy = true)
     {
         if (!(klBudget > 0) || !double.IsFinite(klBudget)) throw new ArgumentOutOfRangeException(nameof(klBudget), klBudget, "The KL budget must be a positive number of nats.");
         // No held-out positions: every KL read 0 and every step down to 2 bits was "within budget".
@@ -63,27 +72,64 @@ public static class BitWidthSearch
 
             var current = start;
             var steps = new List<BitWidthStep>();
-            var exhausted = new bool[c.Layers * HealthNames.InputCount];
+            int candidates = c.Layers * HealthNames.InputCount;
+            var exhausted = new bool[candidates];
+            // Each candidate's last measured KL (−∞ before the first round: measured first) and the step it was measured at.
+            var lastKl = new double[candidates];
+            var lastPpl = new double[candidates];
+            var measuredAt = new int[candidates];
+            Array.Fill(lastKl, double.NegativeInfinity);
+            Array.Fill(measuredAt, -1);
+            // The next lower width of candidate k under the current widths, or −1 when it has none (it is exhausted).
+            int Lower(int k)
+            {
+                int at = Array.IndexOf(ActivationBits.Allowed, current[k / HealthNames.InputCount, (BitLinearInput)(k % HealthNames.InputCount)]);
+                return at < 0 || at == ActivationBits.Allowed.Length - 1 ? -1 : ActivationBits.Allowed[at + 1];
+            }
+            bool Remeasure(int k)
+            {
+                int to = Lower(k);
+                if (to < 0)
+                {
+                    exhausted[k] = true;
+                    return false;
+                }
+                var (model, kl) = Measure(current.With(k / HealthNames.InputCount, (BitLinearInput)(k % HealthNames.InputCount), to));
+                if (!(kl.MeanKl <= klBudget)) // NaN is over any budget
+                {
+                    exhausted[k] = true;
+                    return false;
+                }
+                lastKl[k] = kl.MeanKl;
+                lastPpl[k] = model.Perplexity;
+                measuredAt[k] = steps.Count;
+                return true;
+            }
             while (steps.Count < maxSteps)
             {
                 (int Layer, int Input, int Bits, double Kl, double Ppl)? best = null;
-                for (int l = 0; l < c.Layers; l++)
-                    for (int i = 0; i < HealthNames.InputCount; i++)
+                if (lazy)
+                {
+                    while (true)
                     {
-                        int k = l * HealthNames.InputCount + i;
-                        if (exhausted[k]) continue;
-                        int from = current[l, (BitLinearInput)i];
-                        int at = Array.IndexOf(ActivationBits.Allowed, from);
-                        if (at < 0 || at == ActivationBits.Allowed.Length - 1)
+                        int next = -1;
+                        for (int k = 0; k < candidates; k++)
+                            if (!exhausted[k] && (next < 0 || lastKl[k] < lastKl[next])) next = k;
+                        if (next < 0) break;
+                        if (measuredAt[next] == steps.Count)
                         {
-                            exhausted[k] = true;
-                            continue;
+                            best = (next / HealthNames.InputCount, next % HealthNames.InputCount, Lower(next), lastKl[next], lastPpl[next]);
+                            break;
                         }
-                        int to = ActivationBits.Allowed[at + 1];
-                        var (model, kl) = Measure(current.With(l, (BitLinearInput)i, to));
-                        if (!(kl.MeanKl <= klBudget)) exhausted[k] = true; // NaN is over any budget
-                        else if (best is null || kl.MeanKl < best.Value.Kl) best = (l, i, to, kl.MeanKl, model.Perplexity);
+                        Remeasure(next);
                     }
+                }
+                else
+                {
+                    for (int k = 0; k < candidates; k++)
+                        if (!exhausted[k] && Remeasure(k) && (best is null || lastKl[k] < best.Value.Kl))
+                            best = (k / HealthNames.InputCount, k % HealthNames.InputCount, Lower(k), lastKl[k], lastPpl[k]);
+                }
                 if (best is not { } b) break;
                 var input = (BitLinearInput)b.Input;
                 steps.Add(new BitWidthStep(b.Layer, input, current[b.Layer, input], b.Bits, b.Kl, b.Ppl));
