@@ -57,7 +57,7 @@ internal static class OutputFile
     internal static string ExampleName(string option, string path)
     {
         string extension = Path.GetExtension(Path.TrimEndingDirectorySeparator(path));
-        if (extension.Length is > 1 and <= 8) return "out" + extension;
+        if (extension.Length is > 1 and <= 8 && extension.AsSpan(1).IndexOfAnyExceptInRange('a', 'z') < 0) return "out" + extension; // not "v1.2"'s ".2"
         return option switch
         {
             "--out" or "the output" => "model.gguf",

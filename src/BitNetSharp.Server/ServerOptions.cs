@@ -95,8 +95,8 @@ public sealed record ServerOptions
             throw new ArgumentException("The API key starts or ends with white space (a line break from the file it came from?), which no request can send; trim it.", nameof(ApiKey));
         // A browser sends a header's non-ASCII characters as Latin-1 bytes (Kestrel then answers 400) or refuses to send
         // them, and the dashboard could not use such a key: keys are printable ASCII, as bearer tokens are.
-        if (ApiKey is { } ascii && ascii.AsSpan().IndexOfAnyExceptInRange('\x21', '\x7e') is >= 0 and var at)
-            throw new ArgumentException($"The API key holds a character outside printable ASCII (U+{(int)ascii[at]:X4} at position {at + 1}), which HTTP clients and browsers cannot all send; use letters, digits and punctuation only.", nameof(ApiKey));
+        if (ApiKey is { } ascii && ascii.AsSpan().IndexOfAnyExceptInRange('\x20', '\x7e') is >= 0 and var at)
+            throw new ArgumentException($"The API key holds a character outside printable ASCII (U+{(int)ascii[at]:X4} at position {at + 1}), which HTTP clients and browsers cannot all send; use letters, digits, punctuation and spaces only.", nameof(ApiKey));
         if (MaxConcurrentConnections is < 1) throw new ArgumentException($"MaxConcurrentConnections must be ≥ 1; got {MaxConcurrentConnections}.", nameof(MaxConcurrentConnections));
         foreach (var origin in CorsOrigins ?? throw new ArgumentNullException(nameof(CorsOrigins)))
             if (!IsCorsOrigin(origin))

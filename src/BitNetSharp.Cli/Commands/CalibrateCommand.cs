@@ -255,7 +255,7 @@ public static class CalibrateCommand
         md.Append("| layer | input | tokens | absmax p50 | absmax p99 | absmax max | crest mean | outlier channels | top channel's share | bits |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         foreach (var s in stats)
             md.Append(ic, $"| {s.Layer} | {HealthNames.InputLabels[(int)s.Input]} | {s.Tokens} | {s.AbsMaxP50:G4} | {s.AbsMaxP99:G4} | {s.AbsMaxMax:G4} | {s.CrestMean:F2} | {s.OutlierChannels} | {100 * s.TopOutlierShare:F1} % | {result.Bits[s.Layer, s.Input]} |\n");
-        md.Append("\n## Search (greedy: the cheapest one-step lowering each round, while the mean KL stays within the budget)\n\n");
+        md.Append("\n## Search (greedy: a one-step lowering each round, the cheapest found, while the mean KL stays within the budget)\n\n");
         md.Append(ic, $"{(fullSearch ? "Every candidate measured every round (--full-search)" : "Lazy rounds: candidates re-measured in order of their last KL, the first still cheapest taken")}; {result.Evaluations} evaluations.\n\n");
         if (result.Steps.Count == 0) md.Append("No step fit the budget: every input stays at 8 bits.\n");
         else

@@ -104,7 +104,11 @@ public static class ChatCommand
                     messages.Add(ChatMessage.User(line!));
                     var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
                         generator.ContextLength, answerTokens, cli.Error);
-                    if (prompt is null) continue;
+                    if (prompt is null)
+                    {
+                        if (kind == ChatInput.LastMessage) return 0; // the input has ended: no further read (a terminal's would wait)
+                        continue;
+                    }
                     ModelOptions.CheckEncoded(weights, prompt, "the conversation");
                     answer = new CancellationTokenSource();
                     var reply = new System.Text.StringBuilder();

@@ -107,6 +107,11 @@ public static class ConvertCommand
                 {
                     throw new BitNetSharp.Formats.ModelFormatException(unreadable.FilePath, unreadable.Reason + WeightsAlone, unreadable.Item, unreadable);
                 }
+                catch (Exception refused) when (refused is ArgumentException or InvalidDataException or NotSupportedException)
+                {
+                    // The same refusals the GGUF branch reads as a bad tokenizer: a model file's problem (exit 1), with the way out.
+                    throw new BitNetSharp.Formats.ModelFormatException(inPath, "the tokenizer cannot be read: " + refused.Message.Split(" (Parameter '")[0] + WeightsAlone, inner: refused);
+                }
                 if (GgufTokenizerWriter.CannotWrite(tokenizer) is { } reason)
                     throw new BitNetSharp.Formats.ModelFormatException(inPath, $"the tokenizer cannot be written to a GGUF: {reason}{WeightsAlone} (and keep the directory's tokenizer files to read text)");
                 if (GgufTokenizerWriter.StopsNotWritten(tokenizer) is { Count: > 0 } lost)

@@ -212,8 +212,8 @@ public static partial class ServeCommand
                     ? "--api-key is empty (an unset shell variable?); give the key, or leave the option out to serve without one."
                     : $"{ApiKeyVariable} is set but empty; give the key, or unset the variable to serve without one.");
             // Before the model loads: a key a browser cannot send (see ServerOptions) is the user's to change.
-            if (key is not null && key.AsSpan().IndexOfAnyExceptInRange('\x21', '\x7e') is >= 0 and var at)
-                throw new UsageException($"{(result.GetResult(apiKey) is { Implicit: false } ? "--api-key" : ApiKeyVariable)} holds a character outside printable ASCII (U+{(int)key[at]:X4} at position {at + 1}), which browsers and HTTP clients cannot all send in a header; use letters, digits and punctuation only.");
+            if (key is not null && key.AsSpan().IndexOfAnyExceptInRange('\x20', '\x7e') is >= 0 and var at)
+                throw new UsageException($"{(result.GetResult(apiKey) is { Implicit: false } ? "--api-key" : ApiKeyVariable)} holds a character outside printable ASCII (U+{(int)key[at]:X4} at position {at + 1}), which browsers and HTTP clients cannot all send in a header; use letters, digits, punctuation and spaces only.");
             string id = result.GetValue(alias) ?? ModelId(path);
             BitNetSharp.Tokenization.ChatTemplate? chatTemplate = null;
             if (result.GetValue(template) is { } templateName)
@@ -251,6 +251,7 @@ public static partial class ServeCommand
                     // What generate and eval warn of at load (a tokenizer that does not fit the model, bytes with no token).
                     foreach (var warning in new[] { ModelOptions.VocabularyWarning(weights, tokenizer), tokenizer?.CoverageWarning })
                         if (warning is not null) cli.Error.WriteLine("warning: " + warning);
+                    if (weights.HfDirectory?.Note is { } note) cli.Error.WriteLine("note: " + note + ".");
                     try
                     {
                         ModelOptions.ApplyActivationBits(weights, bitsSpec);

@@ -124,7 +124,8 @@ internal sealed record CompletionRequest(
                 throw ApiException.BadRequest("Tools (function calling) are not supported by this server (with tool_choice \"none\" the tools are accepted and not used).", "tools", "unsupported_parameter");
             // The deprecated spelling of the same (still sent by older clients).
             if (r.TryGet("functions", out var functions) && functions.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType("functions", "an array of functions", functions);
-            if (r.TryGet("functions", out functions) && functions.GetArrayLength() > 0)
+            bool noFunctionCall = r.TryGet("function_call", out var fcNone) && fcNone.ValueKind == JsonValueKind.String && fcNone.GetString() == "none";
+            if (r.TryGet("functions", out functions) && functions.GetArrayLength() > 0 && !noFunctionCall)
                 throw ApiException.BadRequest("Functions (function calling) are not supported by this server.", "functions", "unsupported_parameter");
             // tool_choice "required" or naming a function demands a call this server never makes (it was answered with text).
             if (r.TryGet("tool_choice", out var tc) && !(tc.ValueKind == JsonValueKind.String && tc.GetString() is "none" or "auto"))

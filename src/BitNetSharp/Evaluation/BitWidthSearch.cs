@@ -10,10 +10,10 @@ public sealed record BitWidthStep(int Layer, BitLinearInput Input, int FromBits,
 public sealed record BitWidthSearchResult(ActivationBits Bits, IReadOnlyList<BitWidthStep> Steps, KlResult Kl, PerplexityResult Model, int Evaluations);
 
 /// <summary>
-/// Greedy per-layer activation precision search: starting from the engine's widths (normally 8 everywhere), every
-/// round tries lowering each BitLinear input of each layer by one step (8 → 6 → 5 → 4 → 3 → 2), measures the mean
-/// KL of the whole configuration from the starting one on held-out windows, and accepts the cheapest step while the
-/// KL stays within the budget. An input whose step alone went over the budget is not tried again (lowering others
+/// Greedy per-layer activation precision search: starting from the engine's widths (normally 8 everywhere), each
+/// round accepts the cheapest one-step lowering (8 → 6 → 5 → 4 → 3 → 2) of a BitLinear input of a layer, by the mean
+/// KL of the whole configuration from the starting one on held-out windows, while the KL stays within the budget (with
+/// <c>lazy: false</c> every round measures every candidate; lazily, see below). An input whose step alone went over the budget is not tried again (lowering others
 /// only adds error). Deterministic: fixed order, ties to the first candidate, exact integer kernels.
 /// <para>Lazily (the default; <c>lazy: false</c> measures every candidate every round): on the same assumption, a
 /// candidate's KL measured in an earlier round is a lower bound on its KL now, so each round re-measures candidates in

@@ -83,18 +83,40 @@ public static unsafe class HeadKernels
     /// check. A corrupted row whose logit is not an extreme does not win, and the weights' checksum probe (`--verify-weights`,
     /// the server's periodic check) sees it. Called once per head pass over every row (the engine does, after the threads'
     /// chunks): per chunk it cost the bundled model's head 5–10 % (64 µs a token, Zen 2), where rows are short (384 values).
-    /// Does nothing for other encodings (their kernels carry a NaN through).
+    /// Q8_0 and Q6_K rows likewise by their blocks' fp16 scales (read as finite halves too: an infinite scale as 65536);
+    /// F32 and BF16 kernels carry a NaN through, and are not checked.
     /// </summary>
     public static void GuardExtremeRows(HeadMatrix m, float* y, int tokens, long yStride, int rowStart, int rowEnd)
     {
-        if (m.Type != GgmlType.F16) return;
+        if (m.Type is not (GgmlType.F16 or GgmlType.Q8_0 or GgmlType.Q6_K)) return;
         if (rowEnd <= rowStart) return;
         for (int t = 0; t < tokens; t++)
         {
             float* yt = y + t * yStride;
             var (high, low) = Extremes(yt, rowStart, rowEnd);
-            if (FirstNonFiniteHalf((ushort*)m.Row(high), m.Cols) >= 0) yt[high] = float.NaN;
-            if (low != high && FirstNonFiniteHalf((ushort*)m.Row(low), m.Cols) >= 0) yt[low] = float.NaN;
+            if (RowHoldsNonFiniteHalf(m, high)) yt[high] = float.NaN;
+            if (low != high && RowHoldsNonFiniteHalf(m, low)) yt[low] = float.NaN;
+        }
+    }
+
+    /// <summary>Whether row <paramref name="r"/> holds a half with an all-ones exponent: a weight (F16) or a block scale (Q8_0, Q6_K).</summary>
+    private static bool RowHoldsNonFiniteHalf(HeadMatrix m, int r)
+    {
+        byte* row = m.Row(r);
+        switch (m.Type)
+        {
+            case GgmlType.F16:
+                return FirstNonFiniteHalf((ushort*)row, m.Cols) >= 0;
+            case GgmlType.Q8_0:
+                for (int b = 0; b < m.Cols / 32; b++)
+                    if ((*(ushort*)(row + b * 34) & 0x7C00) == 0x7C00) return true;
+                return false;
+            case GgmlType.Q6_K:
+                for (int b = 0; b < m.Cols / Q6K.BlockWeights; b++)
+                    if ((*(ushort*)(row + b * Q6K.BlockBytes + Q6K.DOffset) & 0x7C00) == 0x7C00) return true;
+                return false;
+            default:
+                return false;
         }
     }
 

@@ -10,7 +10,6 @@ namespace BitNetSharp.Tokenization;
 /// </summary>
 public static class GgufTokenizerWriter
 {
-    /// <summary>Why <paramref name="tokenizer"/> cannot be written as GGUF metadata, or null when it can.</summary>
     /// <summary>The end-of-turn id written: the tokenizer's, else the first configured stop id (generation_config.json)
     /// that a reloaded vocabulary would not find again (not the EOS, not a known end-of-turn text).</summary>
     public static int EotToWrite(BitNetTokenizer tokenizer)
@@ -31,6 +30,7 @@ public static class GgufTokenizerWriter
         return lost;
     }
 
+    /// <summary>Why <paramref name="tokenizer"/> cannot be written as GGUF metadata, or null when it can.</summary>
     public static string? CannotWrite(BitNetTokenizer tokenizer) => tokenizer switch
     {
         ByteLevelBpeTokenizer b when GgufPreName(b.PreTokenizer) is null =>

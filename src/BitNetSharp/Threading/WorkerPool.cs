@@ -270,7 +270,9 @@ public sealed class WorkerPool : IDisposable
         Volatile.Write(ref _pending, _threads.Length);
         long generation = Interlocked.Increment(ref _generation);
         for (int i = 0; i < _sleeping.Length; i++)
-            if (Volatile.Read(ref _sleeping[i]) != 0) _wake[i].Release();
+            // The flag is cleared as the worker is woken: now that a call may skip a worker, one woken but not yet on a
+            // CPU saw a release per call and woke that many times later, spinning SpinTime at each idle period.
+            if (Interlocked.Exchange(ref _sleeping[i], 0) != 0) _wake[i].Release();
 
         Participate(work, 0);
 

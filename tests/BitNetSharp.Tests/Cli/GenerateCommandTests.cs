@@ -889,6 +889,12 @@ public class ChatCommandTests
         int code = Program.Run(["chat", "-n", "3", "--temp", "0", "-t", "1"], output, error, new EndsOnceReader("hello \\\n"));
         Assert.True(code == 0, error.ToString());
         Assert.Contains("generated", error.ToString()); // answered
+
+        // One too long for the context: refused, and the chat still ends (it went on to read again).
+        error = new StringWriter();
+        code = Program.Run(["chat", "-n", "3", "--ctx", "64", "-t", "1"], new StringWriter(), error, new EndsOnceReader(string.Concat(Enumerable.Repeat("the dog ran ", 40)) + "\\\n"));
+        Assert.True(code == 0, error.ToString());
+        Assert.Contains("it was not sent", error.ToString());
     }
 
     /// <summary>

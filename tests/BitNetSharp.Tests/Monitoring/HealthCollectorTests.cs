@@ -257,12 +257,17 @@ public class HealthCollectorBatchTests
     /// <summary>
     /// Infinities written into a tied F16 head row after load (a mapped file changed under a running process): the raw-half
     /// kernels read them as ±65536, so that token's logit came out huge and finite (it won every step, or never could)
-    /// and nothing non-finite was seen. The engine's pass makes it NaN; every other logit is as before.
+    /// and nothing non-finite was seen. The engine's pass makes it NaN; every other logit is as before. Q8_0 and Q6_K
+    /// heads likewise by their blocks' fp16 scales (read as finite halves too).
     /// </summary>
-    [Fact]
-    public unsafe void AnInfiniteHeadRowWrittenAfterLoadGivesANaNLogit()
+    [Theory]
+    [InlineData(BitNetSharp.Formats.Gguf.GgmlType.F16)]
+    [InlineData(BitNetSharp.Formats.Gguf.GgmlType.Q8_0)]
+    [InlineData(BitNetSharp.Formats.Gguf.GgmlType.Q6_K)]
+    public unsafe void AnInfiniteHeadRowWrittenAfterLoadGivesANaNLogit(BitNetSharp.Formats.Gguf.GgmlType type)
     {
-        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16).ToArray(), "tiny.gguf"), ownsFile: true);
+        var shape = type == BitNetSharp.Formats.Gguf.GgmlType.Q6_K ? SyntheticShape.Tiny with { Dim = 256 } : SyntheticShape.Tiny; // Q6_K rows are 256-value blocks
+        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(SyntheticModel.Build(shape, 7, type).ToArray(), "tiny.gguf"), ownsFile: true);
         Assert.True(w.TiedOutput);
         var c = w.Config;
         using var pool = new WorkerPool(2);
@@ -270,8 +275,13 @@ public class HealthCollectorBatchTests
         var before = new float[c.VocabSize];
         using (var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32))
             engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], before);
-        var row = (ushort*)(w.TokenEmbedding.Data + 100 * w.TokenEmbedding.RowBytes);
-        for (int j = 0; j < c.Dim; j++) row[j] = 0x7C00;
+        byte* row = w.TokenEmbedding.Data + 100 * w.TokenEmbedding.RowBytes;
+        if (type == BitNetSharp.Formats.Gguf.GgmlType.F16)
+            for (int j = 0; j < c.Dim; j++) ((ushort*)row)[j] = 0x7C00;
+        else if (type == BitNetSharp.Formats.Gguf.GgmlType.Q8_0)
+            for (int b = 0; b < c.Dim / 32; b++) *(ushort*)(row + b * 34) = 0x7C00; // every block's scale +inf
+        else
+            for (int b = 0; b < c.Dim / 256; b++) *(ushort*)(row + b * 210 + 208) = 0x7C00;
         var after = new float[c.VocabSize];
         using (var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32))
             engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], after);
