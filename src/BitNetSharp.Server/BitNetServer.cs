@@ -129,6 +129,14 @@ public sealed class BitNetServer : IAsyncDisposable
         var h => throw new ArgumentException($"--host '{h}' is not an IP address; use 127.0.0.1 (the default), ::1, 0.0.0.0 or localhost.", nameof(host)),
     };
 
+    /// <summary>The request's X-Request-Id when it is 1–128 printable ASCII characters, else a new "req_" and 32 hex digits.</summary>
+    internal static string RequestId(HttpRequest request)
+    {
+        string given = request.Headers["X-Request-Id"].ToString();
+        if (given.Length is > 0 and <= 128 && given.AsSpan().IndexOfAnyExceptInRange('\x21', '\x7e') < 0) return given;
+        return "req_" + Guid.NewGuid().ToString("N");
+    }
+
     private static void Map(WebApplication app, ModelHost host, ServerOptions options, bool loopbackBind)
     {
         byte[]? key = options.ApiKey is null ? null : HashApiKey(options.ApiKey);
@@ -143,12 +151,17 @@ public sealed class BitNetServer : IAsyncDisposable
             // connections where they are, and a pooled client retried on the draining replica until it stopped.
             // (Decided as the headers go out: an error answer clears the headers set before it, and a request admitted
             // before the drain began can still be answered 503 by it.)
+            // Every answer names its request (x-request-id, as OpenAI's API does and its SDKs read into _request_id): the
+            // id a proxy or client sent, when it is a short printable one, else a new one. Set as the headers go out, so
+            // an error answer (which clears the headers set before it) carries it too.
+            string requestId = RequestId(context.Request);
             context.Response.OnStarting(static state =>
             {
-                var (response, served) = ((HttpResponse, ModelHost))state;
+                var (response, served, id) = ((HttpResponse, ModelHost, string))state;
                 if (served.Draining) response.Headers.Connection = "close";
+                response.Headers["x-request-id"] = id;
                 return Task.CompletedTask;
-            }, (context.Response, host));
+            }, (context.Response, host, requestId));
             try
             {
                 // DNS rebinding: a page at http://evil.example:8080/ whose name now resolves to 127.0.0.1 is the same

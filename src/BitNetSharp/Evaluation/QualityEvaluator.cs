@@ -225,7 +225,7 @@ public static class QualityEvaluator
                         {
                             refFile.Next();
                             if (refFile.Target != target)
-                                throw new InvalidDataException($"{refFile.Path}: position {scored} predicts token {refFile.Target}, this run {target}; the file was saved from other text.");
+                                throw new InvalidDataException($"{refFile.Path}: position {scored} predicts token {refFile.Target}, this run {target}, though the file's token hash matches this text: the file is damaged (or was edited); save it again with --save-logits.");
                             // A log-probability is at most 0 (a finite rest mass too): NaN, ±∞ or a positive value is a damaged file
                             // (+∞ read as a KL of ∞ ± NaN, exit 0).
                             if (!(refFile.TargetLogProb <= 1e-6 && double.IsFinite(refFile.TargetLogProb)) || (refFile.Header.TopK > 0 && !(refFile.LogRest <= 1e-6 && !double.IsNaN(refFile.LogRest))))

@@ -382,6 +382,17 @@ public class KlEvaluationTests
         Assert.Equal(64, r.GetProperty("ctx").GetInt32()); // taken from the file
         Assert.Equal(fp8Mean, r.GetProperty("kl").GetProperty("mean").GetDouble(), 5); // 1 thread or 2: the same numbers
 
+        // A target changed inside the file (its header's token hash still matching the text): a damaged file, exit 1,
+        // said as such (it read "the file was saved from other text", which the hash had just ruled out).
+        string edited = dir.File("edited.bnlg");
+        var bytes = File.ReadAllBytes(saved);
+        int notes = BitConverter.ToInt32(bytes, 44), first = 48 + notes;
+        BitConverter.TryWriteBytes(bytes.AsSpan(first), (BitConverter.ToInt32(bytes, first) + 1) % 4096);
+        File.WriteAllBytes(edited, bytes);
+        (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", edited);
+        Assert.Equal(1, code);
+        Assert.Contains("the file is damaged", error);
+
         // Other windows than the file's: named by the file and its settings (a --ctx below the file's stride was
         // blamed on a --stride never given: "--stride 64 is longer than the window (32)").
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--ctx", "32");

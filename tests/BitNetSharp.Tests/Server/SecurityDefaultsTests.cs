@@ -90,6 +90,32 @@ public class SecurityDefaultsTests
         Assert.Contains("\"components\"", await keyed.Content.ReadAsStringAsync(Ct));
     }
 
+    /// <summary>
+    /// Every answer names its request in x-request-id, as OpenAI's API does (its SDKs read it into _request_id, which was
+    /// null here): a short printable id the client or a proxy sent is kept, anything else replaced by a new one; error
+    /// answers carry it too.
+    /// </summary>
+    [Fact]
+    public async Task EveryAnswerCarriesARequestId()
+    {
+        await using var s = await TestServer.StartAsync();
+        using (var r = await s.Http.GetAsync("health", Ct))
+            Assert.Matches("^req_[0-9a-f]{32}$", Assert.Single(r.Headers.GetValues("x-request-id")));
+        using (var request = new HttpRequestMessage(HttpMethod.Get, "v1/nowhere"))
+        {
+            request.Headers.Add("X-Request-Id", "trace-42");
+            using var r = await s.Http.SendAsync(request, Ct);
+            Assert.Equal(HttpStatusCode.NotFound, r.StatusCode);
+            Assert.Equal("trace-42", Assert.Single(r.Headers.GetValues("x-request-id")));
+        }
+        using (var request = new HttpRequestMessage(HttpMethod.Get, "health"))
+        {
+            request.Headers.TryAddWithoutValidation("X-Request-Id", new string('x', 200));
+            using var r = await s.Http.SendAsync(request, Ct);
+            Assert.StartsWith("req_", Assert.Single(r.Headers.GetValues("x-request-id")));
+        }
+    }
+
     /// <summary>No other site may frame the dashboard (its key box could be overlaid) nor have its body sniffed as another type.</summary>
     [Fact]
     public async Task TheDashboardCannotBeFramed()
