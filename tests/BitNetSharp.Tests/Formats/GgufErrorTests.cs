@@ -31,6 +31,28 @@ public class GgufErrorTests
     }
 
     /// <summary>
+    /// A file cut inside a tensor names that tensor, "runs past the end of the file": the offsets were checked first, so
+    /// the error named the next tensor in the file ("data offset … is past the end"), never the one that was cut.
+    /// </summary>
+    [Fact]
+    public void ACutInsideATensorNamesThatTensor()
+    {
+        var bytes = BitNetSharp.Model.SyntheticModel.Build(BitNetSharp.Model.SyntheticShape.Tiny, 5).ToArray();
+        string cutName;
+        int cutAt;
+        using (var whole = GgufFile.Parse(bytes))
+        {
+            var byOffset = whole.Tensors.OrderBy(t => t.Offset).ToArray();
+            var victim = byOffset[byOffset.Length / 2]; // one with tensors after it
+            cutName = victim.Name;
+            cutAt = (int)(whole.DataOffset + victim.Offset + victim.ByteSize / 2);
+        }
+        var e = Fails(bytes.AsSpan(0, cutAt).ToArray());
+        Assert.Equal(cutName, e.Item);
+        Assert.Contains("runs past the end of the file", e.Message);
+    }
+
+    /// <summary>
     /// A tensor count one short: the last record is read as the padding before the data, which is zeros. Refused
     /// naming the count (the load blamed a tensor's codes, "the tensor is corrupt", every offset being off).
     /// </summary>

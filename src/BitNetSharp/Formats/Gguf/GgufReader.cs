@@ -167,7 +167,9 @@ internal static unsafe class GgufReader
         for (int i = 0; i < raw.Length; i++)
         {
             var r = raw[i];
-            if (r.Offset > (ulong)dataLength)
+            // Offsets past the end are said in the walk below, in offset order: checked here, a file cut inside one tensor
+            // named the next one ("data offset … is past the end"), never the tensor that was cut.
+            if (r.Offset > (ulong)long.MaxValue)
                 throw new ModelFormatException(path, $"data offset {r.Offset} is past the end of the tensor data section ({dataLength} bytes); the file is truncated or corrupt", r.Name);
             if (r.Offset % (ulong)alignment != 0)
                 throw new ModelFormatException(path, $"data offset {r.Offset} is not a multiple of the alignment {alignment}", r.Name);
@@ -181,7 +183,10 @@ internal static unsafe class GgufReader
         {
             var r = raw[order[k]];
             long offset = offsets[k];
-            long limit = k + 1 < order.Length ? offsets[k + 1] : dataLength;
+            if (offset > dataLength)
+                throw new ModelFormatException(path, $"data offset {offset} is past the end of the tensor data section ({dataLength} bytes); the file is truncated or corrupt", r.Name);
+            long next = k + 1 < order.Length ? offsets[k + 1] : long.MaxValue;
+            long limit = Math.Min(next, dataLength);
             long available = limit - offset;
 
             var type = GgmlTypeResolver.Resolve(r.TypeId, architecture, fileType, r.Dims, available);
@@ -196,7 +201,7 @@ internal static unsafe class GgufReader
                 throw new ModelFormatException(path, $"shape [{string.Join(", ", r.Dims)}] does not fit type {GgmlTypeInfo.Name(type.Value)}: {error}", r.Name);
             if (size > available)
             {
-                string why = k + 1 < order.Length
+                string why = next <= dataLength
                     ? $"overlaps tensor '{raw[order[k + 1]].Name}', which starts at data offset {limit}"
                     : $"runs past the end of the file (the data section is {dataLength} bytes); the file is truncated";
                 throw new ModelFormatException(path, $"{GgmlTypeInfo.Name(type.Value)} [{string.Join(", ", r.Dims)}] needs {size} bytes from data offset {offset}, but {why}", r.Name);
