@@ -182,7 +182,7 @@ public static class InspectCommand
         Row("file size", FormatBytes(s.FileBytes));
         Row("architecture", s.Architecture);
         Row("name", s.Name);
-        if (s.FileType is { } ft) Row("file type", ft.ToString(CultureInfo.InvariantCulture) + (ft == 40 ? " (mostly I2_S)" : ""));
+        if (s.FileType is { } ft) Row("file type", ft.ToString(CultureInfo.InvariantCulture) + (FileTypeName(ft) is { } ftName ? $" ({ftName})" : ""));
         if (s.Quantization is not null) Row("quantization", s.Quantization);
         Row("activation bits", s.ActivationBitsError is not null ? "invalid (see the error below)"
             : s.ActivationBits is { } bits ? $"{bits} (from the file; --activation-bits overrides)" : "8 (every BitLinear input)");
@@ -245,5 +245,20 @@ public static class InspectCommand
         >= 1L << 20 => $"{bytes / (double)(1L << 20):0.##} MiB ({bytes:N0} B)",
         >= 1L << 10 => $"{bytes / 1024.0:0.##} KiB ({bytes:N0} B)",
         _ => $"{bytes} B",
+    };
+
+    /// <summary>llama.cpp's name for a general.file_type (its llama_ftype; 40 is bitnet.cpp's I2_S), for the types this
+    /// runtime reads or writes, else null (only 40 was named: the TQ1_0/TQ2_0/F16 files convert writes read as bare numbers).</summary>
+    public static string? FileTypeName(uint fileType) => fileType switch
+    {
+        0 => "all F32",
+        1 => "mostly F16",
+        7 => "mostly Q8_0",
+        18 => "mostly Q6_K",
+        32 => "mostly BF16",
+        36 => "mostly TQ1_0",
+        37 => "mostly TQ2_0",
+        40 => "mostly I2_S",
+        _ => null,
     };
 }

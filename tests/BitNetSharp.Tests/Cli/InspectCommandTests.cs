@@ -39,6 +39,21 @@ public class InspectCommandTests
     }
 
     /// <summary>A long metadata value is cut in the table, with its length (a 20 MiB name took 20 s and printed 26 MB); --json keeps it whole.</summary>
+    /// <summary>The file type is named for the types convert writes (only 40, I2_S, was; TQ2_0's 37 read as a bare number).</summary>
+    [Fact]
+    public void FileTypesAreNamed()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string tq2 = dir.File("tq2.gguf");
+        var (code, _, error) = Bitnet("convert", RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf"), tq2, "--type", "tq2_0");
+        Assert.True(code == 0, error);
+        (code, var output, error) = Bitnet("inspect", tq2);
+        Assert.True(code == 0, error);
+        Assert.Matches(@"file type\s*│?\s*37 \(mostly TQ2_0\)", output);
+        Assert.Equal("mostly I2_S", BitNetSharp.Cli.Commands.InspectCommand.FileTypeName(40));
+        Assert.Null(BitNetSharp.Cli.Commands.InspectCommand.FileTypeName(99));
+    }
+
     [Fact]
     public void LongValuesAreCutInTheTableAndWholeInJson()
     {
