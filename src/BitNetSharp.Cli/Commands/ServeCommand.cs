@@ -117,7 +117,7 @@ public static partial class ServeCommand
         var template = new Option<string?>("--template") { Description = $"Chat template for /v1/chat/completions: {string.Join(", ", BitNetSharp.Tokenization.ChatTemplates.Names)} (default: chosen by model)." };
         var maxConnections = new Option<long>("--max-connections") { Description = "Open TCP connections accepted at once; more are closed at once.", DefaultValueFactory = _ => 256 };
         var maxBody = new Option<double>("--max-body-mb") { Description = "Request bodies larger than this (MB) get 413.", DefaultValueFactory = _ => 1 };
-        var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON." };
+        var alertWebhook = new Option<string?>("--alert-webhook") { Description = "POST firing and resolved alerts to this URL in Alertmanager's webhook JSON (user:password@ in the URL is sent as basic auth)." };
         var speculate = new Option<string?>("--speculate")
         {
             Description = "Speculative decoding for every request: 'ngram' (prompt lookup; drafts verified in the same batched step, "
@@ -276,7 +276,7 @@ public static partial class ServeCommand
             // found by the load after the listen, and logged with a stack trace).
             BitNetSharp.Formats.ModelPath.Detect(path);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
-            using var signals = ServeSignals.Register(stop, cli.Error, TimeSpan.FromSeconds(drainSeconds + 10));
+            using var signals = ServeSignals.Register(stop, cli.Error, StopDeadline(drainSeconds, webhook is not null));
             return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, stop.Token).GetAwaiter().GetResult();
         })));
         return command;
@@ -314,6 +314,15 @@ public static partial class ServeCommand
                 return true;
         return false;
     }
+
+    /// <summary>
+    /// How long a stop may take before serve exits 1: the drain, 10 s to close the server and its logs, and with a
+    /// webhook the alert flush (<see cref="BitNetSharp.Monitoring.Alerts.AlertEngine.MaxShutdownFlush"/>), which runs after
+    /// the drain. Without it a receiver that was down cut a short drain's stop at drain + 10 s: exit 1, and the
+    /// telemetry log was left without its footer.
+    /// </summary>
+    public static TimeSpan StopDeadline(double drainSeconds, bool webhook) =>
+        TimeSpan.FromSeconds(drainSeconds + 10) + (webhook ? BitNetSharp.Monitoring.Alerts.AlertEngine.MaxShutdownFlush : TimeSpan.Zero);
 
     public const string ShutdownTimeoutOption = "--shutdown-timeout";
     public const double DefaultShutdownSeconds = 25;

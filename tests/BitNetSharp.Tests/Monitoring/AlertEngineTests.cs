@@ -756,11 +756,165 @@ public class AlertEngineTests
         Assert.Single(e.Firing);
     }
 
+    /// <summary>
+    /// A receiver that answers 500 to everything holds a stop for two tries a notification once the flush begins: the
+    /// alert's last resolution is still sent and the stop ends. The back-off ran on (1, 2, 4 s...) and the flush's budget
+    /// ran out before the resolution was tried: a dead receiver held every stop 12-16 s, and cut short drains at the
+    /// serve deadline (exit 1, the telemetry log without its footer).
+    /// </summary>
+    [Fact]
+    public async Task AStopGivesAFailingReceiverTwoTriesANotification()
+    {
+        using var listener = ListenForHook(out int port);
+        var seen = new List<string>();
+        var serving = Task.Run(async () =>
+        {
+            while (true)
+            {
+                HttpListenerContext ctx;
+                try { ctx = await listener.GetContextAsync(); }
+                catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
+                using (var body = await JsonDocument.ParseAsync(ctx.Request.InputStream))
+                    lock (seen) seen.Add(body.RootElement.GetProperty("status").GetString()!);
+                ctx.Response.StatusCode = 500;
+                ctx.Response.Close();
+            }
+        }, TestContext.Current.CancellationToken);
+        var log = new List<string>();
+        var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), Log = l => { lock (log) log.Add(l); } });
+        e.Evaluate();
+        for (int i = 0; i < 400 && Count() == 0; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
+        Assert.Equal(1, Count());
+        await Task.Run(e.Dispose, TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
+        listener.Stop();
+        await serving.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+        lock (seen)
+        {
+            // The firing: its first try, then two in the flush; the resolution: two.
+            Assert.Equal(["firing", "firing", "firing", "resolved", "resolved"], seen);
+        }
+        Assert.Equal(2, e.WebhookFailures);
+        lock (log) Assert.Contains(log, l => l.Contains("the server is stopping", StringComparison.Ordinal));
+        int Count() { lock (seen) return seen.Count; }
+    }
+
+    /// <summary>A client error (404: a wrong path) is not sent again: five tries only delayed every later notification.</summary>
+    [Fact]
+    public async Task AClientErrorIsNotRetried()
+    {
+        using var listener = ListenForHook(out int port);
+        int requests = 0;
+        var serving = Task.Run(async () =>
+        {
+            while (true)
+            {
+                HttpListenerContext ctx;
+                try { ctx = await listener.GetContextAsync(); }
+                catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
+                Interlocked.Increment(ref requests);
+                ctx.Response.StatusCode = 404;
+                ctx.Response.Close();
+            }
+        }, TestContext.Current.CancellationToken);
+        var log = new List<string>();
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(20), Log = l => { lock (log) log.Add(l); } });
+        e.Evaluate();
+        for (int i = 0; i < 400 && e.WebhookFailures == 0; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
+        Assert.Equal(1, e.WebhookFailures);
+        Assert.Equal(1, Volatile.Read(ref requests));
+        lock (log) Assert.Contains(log, l => l.Contains("answered 404", StringComparison.Ordinal) && l.Contains("not tried again", StringComparison.Ordinal));
+        listener.Stop();
+        await serving.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+    }
+
+    /// <summary>
+    /// user:password@ in the webhook URL is sent as basic auth (HttpClient sent nothing, so a receiver that asks for it
+    /// refused every notification), with a User-Agent; the logs show the URL without the password or the query's token.
+    /// </summary>
+    [Fact]
+    public async Task WebhookUserInfoIsBasicAuthAndNeverLogged()
+    {
+        using var listener = ListenForHook(out int port);
+        var log = new List<string>();
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
+            new AlertEngineOptions
+            {
+                WebhookUrl = new Uri($"http://alice:s3cr%40t@127.0.0.1:{port}/hook/?token=abc"),
+                WebhookRetryDelay = TimeSpan.FromMilliseconds(20),
+                Log = l => { lock (log) log.Add(l); },
+            });
+        e.Evaluate();
+        var headers = new List<(string? Auth, string? Agent)>();
+        foreach (int code in new[] { 503, 200 })
+        {
+            var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+            headers.Add((ctx.Request.Headers["Authorization"], ctx.Request.Headers["User-Agent"]));
+            ctx.Response.StatusCode = code;
+            ctx.Response.Close();
+        }
+        for (int i = 0; i < 100 && e.WebhookSent < 1; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        Assert.Equal(1, e.WebhookSent);
+        Assert.All(headers, h => Assert.Equal("Basic " + Convert.ToBase64String("alice:s3cr@t"u8.ToArray()), h.Auth));
+        Assert.All(headers, h => Assert.StartsWith("BitNetSharp/", h.Agent));
+        lock (log)
+        {
+            var retry = Assert.Single(log, l => l.Contains("answered 503", StringComparison.Ordinal));
+            Assert.Contains($"http://127.0.0.1:{port}/hook/?…", retry);
+            Assert.DoesNotContain("s3cr", retry);
+            Assert.DoesNotContain("alice", retry);
+            Assert.DoesNotContain("token", retry);
+        }
+    }
+
+    /// <summary>
+    /// Only the status counts: a receiver whose answer's body never ends has still taken the notification (the body was
+    /// read to its end, so a 200 with a slow or endless body timed out and was sent again, and a huge one was held in
+    /// memory: 200 MB raised the server's RSS by 465 MB).
+    /// </summary>
+    [Fact]
+    public async Task AReceiversBodyIsNeverRead()
+    {
+        using var listener = ListenForHook(out int port);
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/") });
+        e.Evaluate();
+        var ctx = await listener.GetContextAsync().WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken);
+        ctx.Response.StatusCode = 200;
+        ctx.Response.ContentLength64 = 1L << 30;
+        await ctx.Response.OutputStream.WriteAsync(new byte[4096], TestContext.Current.CancellationToken);
+        await ctx.Response.OutputStream.FlushAsync(TestContext.Current.CancellationToken);
+        for (int i = 0; i < 200 && e.WebhookSent < 1; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
+        Assert.Equal(1, e.WebhookSent);
+        Assert.Equal(0, e.WebhookFailures);
+        ctx.Response.Abort();
+    }
+
+    /// <summary>The group key quotes the rule's name as Alertmanager does: a quote in it made a malformed key.</summary>
+    [Fact]
+    public void TheGroupKeyQuotesTheRuleName()
+    {
+        using var e = Engine(new AlertRule { Name = "Hot \"x\"", Metric = "m", Threshold = 1 }, () => 5);
+        e.Evaluate();
+        var payload = e.WebhookPayload(Assert.Single(e.Firing));
+        Assert.Equal("{}:{alertname=\"Hot \\\"x\\\"\"}", payload["groupKey"]!.GetValue<string>());
+    }
+
+    [Fact]
+    public void StopDeadlineAllowsTheAlertFlush()
+    {
+        Assert.Equal(TimeSpan.FromSeconds(11), BitNetSharp.Cli.Commands.ServeCommand.StopDeadline(1, webhook: false));
+        Assert.True(BitNetSharp.Cli.Commands.ServeCommand.StopDeadline(1, webhook: true) >= TimeSpan.FromSeconds(11) + AlertEngine.MaxShutdownFlush);
+    }
+
     /// <summary>Rule files with nulls or an empty divide_by are refused naming the rule (they crashed the server, or loaded and never fired).</summary>
     [Theory]
     [InlineData("{\"rules\": [null]}", "rule #1 is null")]
     [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"match\": {\"input\": null}}]}", "\"match\"")]
     [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"divide_by\": \" \"}]}", "\"divide_by\" is empty")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"component\": null}]}", "\"component\" must be a non-empty string; got null")]
+    [InlineData("{\"rules\": [{\"name\": \"a\", \"metric\": \"m\", \"threshold\": 1, \"severity\": null}]}", "\"severity\" must be info, warning or critical; got null")]
     public void NullsAndEmptyFieldsAreRefusedNamingTheRule(string json, string expected)
     {
         var ex = Assert.Throws<ArgumentException>(() => AlertRules.Parse(json, "rules.json"));

@@ -180,6 +180,10 @@ public sealed class AlertEngine : IDisposable
     private readonly HttpClient? _http;
     private readonly Task? _sender;
     private readonly CancellationTokenSource _stopping = new();
+    // Cancelled when Dispose starts the flush: a retry waiting out its back-off is sent at once, and from then on each
+    // notification gets at most ShutdownTries tries (a dead receiver held every stop for its full back-off, 15 s).
+    private readonly CancellationTokenSource _flushing = new();
+    private readonly string _shownUrl = "";
     private Timer? _timer;
     private long _webhookSent, _webhookFailures, _evaluations;
     private bool _disposed;
@@ -224,6 +228,14 @@ public sealed class AlertEngine : IDisposable
             if (_options.WebhookAttempts < 1) throw new ArgumentException($"WebhookAttempts must be at least 1; got {_options.WebhookAttempts}.", nameof(options));
             if (_options.WebhookRetryDelay < TimeSpan.Zero) throw new ArgumentException($"WebhookRetryDelay must not be negative; got {_options.WebhookRetryDelay}.", nameof(options));
             _http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
+            _http.DefaultRequestHeaders.UserAgent.Add(new System.Net.Http.Headers.ProductInfoHeaderValue("BitNetSharp",
+                typeof(AlertEngine).Assembly.GetName().Version?.ToString(3) ?? "0"));
+            // user:password@ in the URL is sent as basic auth, as curl and Alertmanager's receivers expect (HttpClient
+            // sends none of it, so such a receiver refused every notification); the logs show the URL without it.
+            if (url.UserInfo.Length > 0)
+                _http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Basic",
+                    Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(Uri.UnescapeDataString(url.UserInfo))));
+            _shownUrl = ShownUrl(url);
             // A notification pushed out of a full queue is lost: counted as a failure, like one the webhook refused.
             _outbox = Channel.CreateBounded<JsonObject>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropOldest },
                 _ => Interlocked.Increment(ref _webhookFailures));
@@ -235,6 +247,21 @@ public sealed class AlertEngine : IDisposable
 
     /// <summary>True when notifications are POSTed to a webhook.</summary>
     public bool HasWebhook => _outbox is not null;
+
+    /// <summary>Tries each notification gets once the shutdown flush has begun (one more after a failure, then dropped).</summary>
+    public const int ShutdownTries = 2;
+
+    /// <summary>The longest <see cref="Dispose"/> waits for queued notifications (20 s) and for the sender to stop (2 s):
+    /// a process's stop deadline must allow for it, or the flush is cut by the deadline and the logs lose their ends.</summary>
+    public static readonly TimeSpan MaxShutdownFlush = TimeSpan.FromSeconds(22);
+
+    /// <summary>A webhook URL as logs may show it: no user info (a password) and no query (a token), only "?…".</summary>
+    public static string ShownUrl(Uri url)
+    {
+        var b = new UriBuilder(url) { UserName = "", Password = "", Query = "" };
+        string shown = b.Uri.GetComponents(UriComponents.SchemeAndServer | UriComponents.Path, UriFormat.UriEscaped);
+        return url.Query.Length > 1 ? shown + "?…" : shown;
+    }
 
     public long Evaluations => Interlocked.Read(ref _evaluations);
     public long WebhookSent => Interlocked.Read(ref _webhookSent);
@@ -477,6 +504,9 @@ public sealed class AlertEngine : IDisposable
         public double LastRaw, Offset;
     }
 
+    /// <summary>A label value quoted as Go's %q would: \" and \\ escaped, other text as it is.</summary>
+    private static readonly JsonSerializerOptions QuotedLabel = new() { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping };
+
     /// <summary>One alert in Alertmanager's webhook format (version 4), with the rule's labels and annotations.</summary>
     public JsonObject WebhookPayload(AlertState s)
     {
@@ -504,7 +534,8 @@ public sealed class AlertEngine : IDisposable
         return new JsonObject
         {
             ["version"] = "4",
-            ["groupKey"] = $"{{}}:{{alertname=\"{s.Rule.Name}\"}}",
+            // The label value quoted as Alertmanager writes it (Go's %q): a quote or newline in a rule's name broke the key.
+            ["groupKey"] = $"{{}}:{{alertname={JsonSerializer.Serialize(s.Rule.Name, QuotedLabel)}}}",
             ["truncatedAlerts"] = 0,
             ["status"] = status,
             ["receiver"] = "bitnet",
@@ -521,24 +552,33 @@ public sealed class AlertEngine : IDisposable
         await foreach (var payload in _outbox!.Reader.ReadAllAsync())
         {
             var delay = _options.WebhookRetryDelay;
+            int flushTries = 0;
             for (int attempt = 1; ; attempt++)
             {
-                string? error = await TrySend(payload);
+                if (_flushing.IsCancellationRequested) flushTries++;
+                var (error, final) = await TrySend(payload);
                 if (error is null)
                 {
                     Interlocked.Increment(ref _webhookSent);
                     break;
                 }
-                if (attempt >= _options.WebhookAttempts || _stopping.IsCancellationRequested)
+                if (final || attempt >= _options.WebhookAttempts || _stopping.IsCancellationRequested || flushTries >= ShutdownTries)
                 {
                     Interlocked.Increment(ref _webhookFailures);
-                    _options.Log?.Invoke($"alert webhook {_options.WebhookUrl}: {error}; gave up after {attempt} tries, the notification is lost (bitnet_alerts_webhook_failures_total counts these)");
+                    string why = final ? "not tried again (a client error: the receiver will not take it)"
+                        : flushTries >= ShutdownTries ? $"gave up after {attempt} tries, the server is stopping"
+                        : $"gave up after {attempt} tries";
+                    _options.Log?.Invoke($"alert webhook {_shownUrl}: {error}; {why}; the notification is lost (bitnet_alerts_webhook_failures_total counts these)");
                     break;
                 }
-                _options.Log?.Invoke($"alert webhook {_options.WebhookUrl}: {error}; trying again in {delay.TotalSeconds:G3} s");
+                // Once the flush has begun, one short wait (the first back-off) and no doubling.
+                var wait = _flushing.IsCancellationRequested ? _options.WebhookRetryDelay : delay;
+                _options.Log?.Invoke($"alert webhook {_shownUrl}: {error}; trying again in {wait.TotalSeconds:G3} s");
                 try
                 {
-                    await Task.Delay(delay, _stopping.Token);
+                    using var waiting = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token,
+                        _flushing.IsCancellationRequested ? CancellationToken.None : _flushing.Token);
+                    await Task.Delay(wait, waiting.Token);
                 }
                 catch (OperationCanceledException)
                 {
@@ -548,8 +588,9 @@ public sealed class AlertEngine : IDisposable
         }
     }
 
-    /// <returns>Null when the webhook took the notification, else what went wrong.</returns>
-    private async Task<string?> TrySend(JsonObject payload)
+    /// <returns>Error: null when the webhook took the notification, else what went wrong; final: a client error (4xx
+    /// but 408 and 429) that sending again cannot mend.</returns>
+    private async Task<(string? Error, bool Final)> TrySend(JsonObject payload)
     {
         try
         {
@@ -557,12 +598,16 @@ public sealed class AlertEngine : IDisposable
             // read nothing and still answered 200, and the alert was counted as delivered.
             using var content = new ByteArrayContent(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(payload));
             content.Headers.ContentType = new System.Net.Http.Headers.MediaTypeHeaderValue("application/json");
-            using var response = await _http!.PostAsync(_options.WebhookUrl, content, _stopping.Token);
-            return response.IsSuccessStatusCode ? null : $"answered {(int)response.StatusCode}";
+            using var request = new HttpRequestMessage(HttpMethod.Post, _options.WebhookUrl) { Content = content };
+            // The status is all that counts: the body is never read (a receiver's 200 MB answer was buffered in memory).
+            using var response = await _http!.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, _stopping.Token);
+            int code = (int)response.StatusCode;
+            if (response.IsSuccessStatusCode) return (null, false);
+            return ($"answered {code}", code is >= 400 and < 500 and not 408 and not 429);
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException or JsonException)
         {
-            return $"failed: {e.Message}";
+            return ($"failed: {e.Message}", false);
         }
     }
 
@@ -616,6 +661,7 @@ public sealed class AlertEngine : IDisposable
         int pending = _outbox is { } box && box.Reader.CanCount ? box.Reader.Count : 0;
         var flush = TimeSpan.FromSeconds(Math.Min(20, 5 + 3.5 * pending));
         _outbox?.Writer.TryComplete();
+        _flushing.Cancel();
         try
         {
             if (_sender?.Wait(flush) == false)

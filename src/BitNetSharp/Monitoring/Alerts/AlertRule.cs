@@ -63,7 +63,11 @@ public sealed record AlertRule
         if (ForSeconds < 0 || !double.IsFinite(ForSeconds)) throw new ArgumentException($"{where}: \"for_seconds\" must be ≥ 0; got {ForSeconds}.");
         if (KeepFiringForSeconds < 0 || !double.IsFinite(KeepFiringForSeconds))
             throw new ArgumentException($"{where}: \"keep_firing_for_seconds\" must be ≥ 0; got {KeepFiringForSeconds}.");
-        if (Severity is not ("info" or "warning" or "critical")) throw new ArgumentException($"{where}: \"severity\" must be info, warning or critical; got '{Severity}'.");
+        if (Severity is not ("info" or "warning" or "critical"))
+            throw new ArgumentException($"{where}: \"severity\" must be info, warning or critical; got {(Severity is null ? "null" : $"'{Severity}'")}.");
+        // A label value: Alertmanager's labels are strings (null reached the webhook as "component": null).
+        if (string.IsNullOrWhiteSpace(Component))
+            throw new ArgumentException($"{where}: \"component\" must be a non-empty string; got {(Component is null ? "null" : $"'{Component}'")} (what the alert is about: model, weights, serving, ...; leave it out for \"model\").");
     }
 
     /// <summary>A Prometheus metric name: [a-zA-Z_:][a-zA-Z0-9_:]*.</summary>
