@@ -48,6 +48,14 @@ public static class Program
             error.WriteLine($"Run '{string.Join(' ', path)} --help' for its options.");
             return 2;
         }
+        // The parser reads a float as .NET does, with ',' as a thousands separator: `--temp 0,8` (a decimal comma) ran at
+        // temperature 8, `--repeat-penalty 1,1` at 11, without a word. A comma in a number is refused instead.
+        if (CommaInANumber(parse) is { } comma)
+        {
+            error.WriteLine($"error: {comma}");
+            error.WriteLine($"Run 'bitnet {parse.CommandResult.Command.Name} --help' for its options.");
+            return 2;
+        }
         // The kernel tuning variables are read once by the kernels, which fall back to their defaults on a value they
         // cannot use: a typo (BITNET_WEIGHT_STREAMS=3) was measured as the default without a word. Said here, as a usage
         // error, by every command that runs a model (help, inspect, tokenize, convert and logs run none).
@@ -73,6 +81,25 @@ public static class Program
             return parse.InvokeAsync(configuration, signals.Token).GetAwaiter().GetResult();
         }
         return parse.Invoke(configuration);
+    }
+
+    /// <summary>The first float or double option given with a comma in its value, said as a usage error; else null.</summary>
+    internal static string? CommaInANumber(ParseResult parse)
+    {
+        for (System.CommandLine.Parsing.SymbolResult? r = parse.CommandResult; r is not null; r = r.Parent)
+        {
+            if (r is not System.CommandLine.Parsing.CommandResult command) continue;
+            foreach (var child in command.Children)
+            {
+                if (child is not System.CommandLine.Parsing.OptionResult option) continue;
+                var plain = Nullable.GetUnderlyingType(option.Option.ValueType) ?? option.Option.ValueType;
+                if (plain != typeof(double) && plain != typeof(float)) continue;
+                foreach (var token in option.Tokens)
+                    if (token.Value.Contains(','))
+                        return $"{option.Option.Name} '{token.Value}' is not a number: write a decimal with a point (0.8, not 0,8) and no thousands separators.";
+            }
+        }
+        return null;
     }
 
     /// <summary>

@@ -340,6 +340,10 @@ public class GenerateCommandTests
     [InlineData("--seed", "-1", "--seed '-1' is not a whole number from 0 to 18446744073709551615.")]
     [InlineData("-n", "lots", "'lots' is not a whole number")]
     [InlineData("--temp", "hot", "--temp 'hot' is not a number.")]
+    // A decimal comma was read as a thousands separator: temperature 8, a repeat penalty of 11, without a word.
+    [InlineData("--temp", "0,8", "--temp '0,8' is not a number: write a decimal with a point")]
+    [InlineData("--repeat-penalty", "1,1", "--repeat-penalty '1,1' is not a number")]
+    [InlineData("--temp", "1,,5", "--temp '1,,5' is not a number")]
     public void AValueThatDoesNotConvertIsSaidInWords(string option, string value, string message)
     {
         var (code, output, error) = Bitnet("generate", "-m", "no-such.gguf", "-p", "hi", option, value);
