@@ -18,7 +18,7 @@ public sealed record ThroughputSample(string Test, int Threads, double[] TokensP
     /// <summary>Tokens each sequence processed in one repetition (pp: the prompt; tg: the decode steps).</summary>
     public int Tokens { get; init; }
 
-    /// <summary>Untimed forward passes before the timed ones (pp; 0 where not counted).</summary>
+    /// <summary>Untimed forward passes before the timed ones (pp: prompt passes; tg: decode steps of each depth).</summary>
     public int WarmupRuns { get; init; }
 
     /// <summary>
@@ -261,9 +261,28 @@ public static class ThroughputBenchmark
                     if (prefix is not null) caches[d][s].CopyFrom(prefix);
                 }
             }
-            for (int d = 0; d < depths; d++) Run(d, -1); // warm-up
-            Profiling.JitQuiet.Settle();
+            // Warm-up as Prefill's: the methods called once per step reach optimized code only after ~60 steps, in two
+            // rounds of recompiles. Two untimed runs (16 steps at -n 8) left the first timed test to the tier-up: one
+            // step of 2.4-4.5 ms, that test at ~1,750 tok/s against ~3,400 for the same test run after it (bundled
+            // model, -t 1, `bench -p 0 -n 8 -s 1,1,1`), which skewed depth ratios and A/B ratios towards the side run
+            // later. Two rounds of at least WarmupPasses / 2 steps, each followed by a quiet spell, within WarmupSeconds.
+            double passSeconds = 0;
+            int steps0 = 0;
+            for (int round = 0; round < 2; round++)
+            {
+                do
+                {
+                    long pass = Stopwatch.GetTimestamp();
+                    for (int d = 0; d < depths; d++) Run(d, -1);
+                    passSeconds += Stopwatch.GetElapsedTime(pass).TotalSeconds;
+                    steps0 += tokens;
+                }
+                while (steps0 < (round + 1) * WarmupPasses / 2 && passSeconds < WarmupSeconds);
+                Profiling.JitQuiet.Settle();
+            }
+            // One more untimed run, as the first pass after the quiet spell's sleep runs slower (see ProfileSession).
             for (int d = 0; d < depths; d++) Run(d, -1);
+            steps0 += tokens;
             for (int r = 0; r < repetitions; r++)
                 for (int d = 0; d < depths; d++)
                 {
@@ -282,6 +301,7 @@ public static class ThroughputBenchmark
                     Tokens = tokens,
                     Latency = LatencySummary.Of(steps[d]),
                     Depth = depthOf[d],
+                    WarmupRuns = steps0,
                     AttentionShare = attentionShare ? MeasureAttentionShare(engine, pool, c.Layers, () => Run(at, -1)) : null,
                 };
             }
