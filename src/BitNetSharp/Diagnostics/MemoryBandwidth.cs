@@ -34,6 +34,59 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
     private readonly long[] _sink;
     private BandwidthPattern _pattern;
 
+    /// <summary>
+    /// The last-level cache of this machine in bytes (Linux: the highest cache level in
+    /// <paramref name="cpuRoot"/>/cpu*/cache/index*, its distinct instances summed, as `lscpu` counts them); null where
+    /// it cannot be read. A probe buffer not far larger than it reads the cache, not memory.
+    /// </summary>
+    public static long? LastLevelCacheBytes(string cpuRoot = "/sys/devices/system/cpu")
+    {
+        try
+        {
+            if (!Directory.Exists(cpuRoot)) return null;
+            int best = 0;
+            var instances = new Dictionary<string, long>(StringComparer.Ordinal);
+            foreach (var cpu in Directory.EnumerateDirectories(cpuRoot, "cpu*"))
+            {
+                string caches = Path.Combine(cpu, "cache");
+                if (!Directory.Exists(caches)) continue;
+                foreach (var index in Directory.EnumerateDirectories(caches, "index*"))
+                {
+                    string levelFile = Path.Combine(index, "level"), sizeFile = Path.Combine(index, "size");
+                    if (!File.Exists(levelFile) || !File.Exists(sizeFile)) continue;
+                    if (File.Exists(Path.Combine(index, "type")) && File.ReadAllText(Path.Combine(index, "type")).Trim() == "Instruction") continue;
+                    if (!int.TryParse(File.ReadAllText(levelFile).Trim(), System.Globalization.CultureInfo.InvariantCulture, out int level)) continue;
+                    if (ParseCacheSize(File.ReadAllText(sizeFile).Trim()) is not { } bytes) continue;
+                    if (level < best) continue;
+                    if (level > best)
+                    {
+                        best = level;
+                        instances.Clear();
+                    }
+                    string shared = Path.Combine(index, "shared_cpu_list");
+                    string key = File.Exists(shared) ? File.ReadAllText(shared).Trim() : cpu;
+                    instances[key] = bytes;
+                }
+            }
+            long total = 0;
+            foreach (var v in instances.Values) total += v;
+            return total > 0 ? total : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>sysfs's cache size ("16384K", "32M", "512"), in bytes; null when it is not one.</summary>
+    internal static long? ParseCacheSize(string text)
+    {
+        if (text.Length == 0) return null;
+        long unit = char.ToUpperInvariant(text[^1]) switch { 'K' => 1L << 10, 'M' => 1L << 20, 'G' => 1L << 30, _ => 1 };
+        var digits = unit == 1 ? text : text[..^1];
+        return long.TryParse(digits, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long n) && n > 0 ? n * unit : null;
+    }
+
     /// <exception cref="ArgumentOutOfRangeException">Under 4 MiB: the probe reads whole 4 MiB blocks (it measured 0 bytes and reported 0 GB/s).</exception>
     public MemoryBandwidth(long bytes = 1L << 30)
     {

@@ -209,12 +209,16 @@ public class DepthBenchTests
                 Assert.Equal(row.GetProperty("bandwidth_gbps").GetDouble() * 1e9 / (perToken + kvBytes), row.GetProperty("bound_tokens_per_second").GetDouble(), 6);
             }
             Assert.Equal(JsonValueKind.Null, results[0].GetProperty("kv_bytes_per_step").ValueKind);
+            // A tg row past its bound says it ran from the caches (the 4M model read "156.3 %" of a bound it cannot be held to).
+            foreach (var row in new[] { results[1], results[3] })
+                Assert.Equal(BitNetSharp.Cli.Commands.BenchCommand.AboveTheBound(row.GetProperty("percent_of_bound").GetDouble()), row.GetProperty("from_cache").GetBoolean());
+            Assert.Equal(JsonValueKind.Null, results[0].GetProperty("from_cache").ValueKind);
         }
         Assert.Contains("tg4 @ d32 over depth 0, 1 thread(s), paired by repetition:", r.Error);
         var csv = Bench("-p", "8", "-n", "0", "-d", "16", "--csv");
         Assert.Equal(0, csv.Code);
         var lines = csv.Output.Trim().Split('\n');
-        Assert.EndsWith(",depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps", lines[0]);
+        Assert.EndsWith(",depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps,from_cache", lines[0]);
         Assert.Contains(",16,", lines[1]);
         var ppCells = lines[1].Split(',');
         Assert.Equal(["", "", ""], new[] { ppCells[5], ppCells[7], ppCells[8] }); // no weight rate or bound for prompt processing (it read "550 GB/s")
