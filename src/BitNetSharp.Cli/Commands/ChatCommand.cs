@@ -114,7 +114,7 @@ public static class ChatCommand
                     var reply = new System.Text.StringBuilder();
                     // One --seed, a different stream each answer (as llama.cpp's one sampler for the session): the same
                     // seed every turn made each answer draw the same random numbers (after /reset, the same answer again).
-                    var turnParameters = parameters.Seed is { } seed ? parameters with { Seed = unchecked(seed + (ulong)turn) } : parameters;
+                    var turnParameters = parameters.Seed is { } seed ? parameters with { Seed = BitNetSharp.Generation.Sampling.SamplingParameters.StreamSeed(seed, turn) } : parameters;
                     turn++;
                     foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), turnParameters, cancellation: answer.Token), stops))
                     {

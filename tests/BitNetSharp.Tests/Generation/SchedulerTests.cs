@@ -409,7 +409,11 @@ public sealed class SchedulerTests : IDisposable
         Assert.Equal(full.Tokens.Take(stopped.Tokens.Count), stopped.Tokens);
     }
 
-    /// <summary>n choices are separate sequences: with a seed, choice i replays a single-choice request seeded seed + i.</summary>
+    /// <summary>
+    /// n choices are separate sequences: with a seed, choice i replays a single-choice request seeded with the choice's
+    /// stream seed (choice 0: the seed itself), and a request seeded one higher shares none of them (with seed + i,
+    /// seed 1235's choice 0 was seed 1234's choice 1).
+    /// </summary>
     [Fact]
     public async Task SeveralChoicesAreIndependentSeededSequences()
     {
@@ -421,7 +425,7 @@ public sealed class SchedulerTests : IDisposable
         Assert.NotEqual(outs[0].Tokens, outs[1].Tokens);
         for (int c = 0; c < 3; c++)
         {
-            var single = (await Collect(Submit(s, request with { Choices = 1, Sampling = sampling with { Seed = 1234 + (ulong)c } })))[0];
+            var single = (await Collect(Submit(s, request with { Choices = 1, Sampling = sampling with { Seed = SamplingParameters.StreamSeed(1234, c) } })))[0];
             Assert.Equal(single.Tokens, outs[c].Tokens);
             foreach (var e in outs[c].Events.Where(e => e.Token >= 0))
             {
@@ -430,6 +434,10 @@ public sealed class SchedulerTests : IDisposable
                 Assert.True(e.TopLogProbs[0].LogProb >= e.LogProb);
             }
         }
+        Assert.Equal(1234UL, SamplingParameters.StreamSeed(1234, 0));
+        var next = await Collect(Submit(s, request with { Sampling = sampling with { Seed = 1235 } }));
+        foreach (var o in next)
+            Assert.DoesNotContain(outs, x => x.Tokens.SequenceEqual(o.Tokens));
     }
 
     [Fact]

@@ -51,6 +51,21 @@ public sealed record SamplingParameters
     public ulong? Seed { get; init; }
 
     /// <summary>
+    /// The seed of stream <paramref name="stream"/> under <paramref name="seed"/> (a request's choice, a chat's answer):
+    /// stream 0 is the seed itself, so a single choice replays `generate --seed`; the others are a SplitMix64 mix of both,
+    /// so streams of neighbouring seeds share no draws. With seed + i, a request with seed 43 repeated choice 1 of the
+    /// same request with seed 42 (3 of 4 completions the same), and anyone stepping through seeds got correlated samples.
+    /// </summary>
+    public static ulong StreamSeed(ulong seed, int stream)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(stream);
+        if (stream == 0) return seed;
+        var mix = new Training.SplitMix64(seed);
+        var second = new Training.SplitMix64(mix.NextUInt64() ^ unchecked((ulong)stream * 0xD1B54A32D192ED03UL));
+        return second.NextUInt64();
+    }
+
+    /// <summary>
     /// With both top-k and top-p set: keep min(k, size of the nucleus of the whole distribution), the cutoff
     /// that keeps fewer tokens. Off (the default), top-p runs after top-k on the k survivors renormalized, as in
     /// llama.cpp, HF and vLLM.

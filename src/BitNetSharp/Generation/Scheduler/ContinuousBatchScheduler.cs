@@ -456,7 +456,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             {
                 for (int c = 0; c < r.Choices; c++)
                 {
-                    var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = seed + (ulong)c } : r.Sampling;
+                    var sampling = r.Sampling.Seed is { } seed && c > 0 ? r.Sampling with { Seed = SamplingParameters.StreamSeed(seed, c) } : r.Sampling;
                     // Sampler with LogProbs = 0 runs a top-0 selection that indexes an empty heap; ask it for one and deliver none.
                     if (sampling.LogProbs == 0) sampling = sampling with { LogProbs = 1 };
                     // The slot is taken off the free stack only once its sequence exists, so a throw above leaves it there.

@@ -12,7 +12,8 @@ public sealed record GenerationRequest
     public int MaxTokens { get; init; } = 16;
 
     /// <summary>
-    /// Sampling for every choice. With a seed, choice i uses seed + i, so n choices differ and each replays; with
+    /// Sampling for every choice. With a seed, choice i uses <see cref="SamplingParameters.StreamSeed"/>(seed, i) (choice 0 the seed itself), so n
+    /// choices differ, each replays, and neighbouring seeds share no choice; with
     /// LogProbs set, every token event carries its log-probabilities.
     /// </summary>
     public SamplingParameters Sampling { get; init; } = SamplingParameters.Greedy;
