@@ -338,7 +338,7 @@ public class GenerateCommandTests
     [Theory]
     [InlineData("--seed", "abc", "--seed 'abc' is not a whole number from 0 to 18446744073709551615.")]
     [InlineData("--seed", "-1", "--seed '-1' is not a whole number from 0 to 18446744073709551615.")]
-    [InlineData("-n", "lots", "'lots' is not a whole number")]
+    [InlineData("-n", "lots", "--n-predict 'lots' is not a whole number.")]
     [InlineData("--temp", "hot", "--temp 'hot' is not a number.")]
     // A decimal comma was read as a thousands separator: temperature 8, a repeat penalty of 11, without a word.
     [InlineData("--temp", "0,8", "--temp '0,8' is not a number: write a decimal with a point")]

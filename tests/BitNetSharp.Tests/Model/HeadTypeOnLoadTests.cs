@@ -92,6 +92,11 @@ public class HeadTypeOnLoadTests
         (code, _, error) = Cli("generate", "-m", BundledModel, "-p", "Once", "-n", "1", "--head-type", "q4");
         Assert.Equal(2, code);
         Assert.Contains("--head-type 'q4'", error);
+        // q6_k on rows that are not whole 256-value blocks (the bundled model's 384): the way out is named.
+        (code, _, error) = Cli("generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "Once", "-n", "1", "--head-type", "q6_k");
+        Assert.Equal(1, code);
+        Assert.Contains("cannot be re-encoded as Q6_K", error);
+        Assert.Contains("--head-type f16", error);
 
         string data = dir.File("story.txt");
         File.WriteAllText(data, string.Concat(Enumerable.Repeat(
