@@ -105,7 +105,7 @@ internal sealed class ModelMonitor : IDisposable
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
                 a.Firing
                     ? string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Quantity} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")
-                    : string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: resolved; {a.Rule.Quantity} = {a.Value:G6}")));
+                    : string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: resolved{(a.Reason is { } why ? $" ({why})" : "")}; {a.Rule.Quantity} = {a.Value:G6}")));
         }
         if (options.TelemetryLog is { } open)
         {

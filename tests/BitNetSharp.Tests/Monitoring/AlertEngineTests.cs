@@ -714,6 +714,26 @@ public class AlertEngineTests
         Assert.Equal(0, e.WebhookFailures);
     }
 
+    /// <summary>A resolution at shutdown says why (the telemetry log's read as if the condition had cleared).</summary>
+    [Fact]
+    public void AShutdownResolutionSaysTheServerStopped()
+    {
+        double v = 5;
+        var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => v);
+        var changes = new List<AlertState>();
+        e.Changed += changes.Add;
+        e.Evaluate();
+        v = 0;
+        e.Evaluate();
+        v = 7;
+        e.Evaluate();
+        e.Dispose();
+        Assert.Equal([true, false, true, false], changes.Select(c => c.Firing));
+        Assert.Null(changes[1].Reason); // cleared
+        Assert.Equal("the server stopped", changes[3].Reason);
+        Assert.Equal(7, changes[3].Value);
+    }
+
     /// <summary>
     /// Three alerts firing at shutdown reach a receiver that answers each POST in 2.5 s: the flush waits for them (a
     /// fixed 5 s cancelled the third, which stayed firing at the receiver for ever).

@@ -90,6 +90,9 @@ public sealed record AlertState(AlertRule Rule, bool Firing, double Value, DateT
 {
     /// <summary>When a resolved alert stopped firing, on the engine's clock (as <see cref="Since"/>); null while firing.</summary>
     public DateTimeOffset? Ended { get; init; }
+
+    /// <summary>Why a resolved alert ended when its condition did not clear ("the server stopped"); null otherwise.</summary>
+    public string? Reason { get; init; }
 }
 
 public sealed record AlertEngineOptions
@@ -636,7 +639,10 @@ public sealed class AlertEngine : IDisposable
                         var st = _state[i];
                         if (!st.Firing) continue;
                         st.Firing = false;
-                        var state = new AlertState(_rules[i], false, st.Value, st.FiringSince, st.TimesFired) { Ended = now };
+                        // The last value measured (through a keep_firing hold, not the one it fired with), and why it ended:
+                        // the telemetry log's resolution did not say the server stopped.
+                        double last = double.IsNaN(st.Latest) ? st.Value : st.Latest;
+                        var state = new AlertState(_rules[i], false, last, st.FiringSince, st.TimesFired) { Ended = now, Reason = "the server stopped" };
                         (ended ??= []).Add(state);
                         if (_outbox is null) continue;
                         var payload = WebhookPayload(state);
