@@ -279,11 +279,14 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         int cell = (token * _layers + layer) * HealthNames.InputCount + (int)input;
         CountCodes(codes[..x.Length], out int saturated, out int zeros, maxCode);
         SumSquaresAndMax(x, out double sumSquares, out float absMax);
-        _sat[cell] = (float)saturated / x.Length;
-        _under[cell] = (float)zeros / x.Length;
+        // NaN or ∞ in the input: the codes are what NaN quantized to (0), not a measure of it; saturation 0 and
+        // underflow 1 read as a healthy input and a wrong diagnosis. NaN instead, which trips the rules.
+        bool finite = double.IsFinite(sumSquares);
+        _sat[cell] = finite ? (float)saturated / x.Length : float.NaN;
+        _under[cell] = finite ? (float)zeros / x.Length : float.NaN;
         double rms = Math.Sqrt(sumSquares / x.Length);
         // NaN in the input stays NaN (the rules trip on it); `rms > 0` turned it into a healthy-looking 0.
-        _crest[cell] = rms > 0 || double.IsNaN(rms) ? (float)(absMax / rms) : 0f;
+        _crest[cell] = !finite ? float.NaN : rms > 0 ? (float)(absMax / rms) : 0f;
         _bits[layer * HealthNames.InputCount + (int)input] = (byte)(System.Numerics.BitOperations.Log2((uint)maxCode + 1) + 1); // 2^(b−1) − 1 → b
     }
 

@@ -617,20 +617,28 @@ public class HealthCollectorBatchTests
         }
     }
 
-    /// <summary>A BitLinear input holding NaN reads NaN as its crest factor, which trips the rules (it read a healthy 0).</summary>
-    [Fact]
-    public void NaNInputGivesNaNCrestFactor()
+    /// <summary>
+    /// A BitLinear input holding NaN or ∞ reads NaN as its crest factor, saturation and underflow, which trips the rules:
+    /// crest read a healthy 0, and saturation 0 and underflow 1 (the codes NaN quantized to, all 0), so a saturation
+    /// alert read healthy and the underflow one fired with the wrong diagnosis.
+    /// </summary>
+    [Theory]
+    [InlineData(float.NaN)]
+    [InlineData(float.PositiveInfinity)]
+    public void NonFiniteInputGivesNaNStatistics(float bad)
     {
         using var w = TransformerTests.TinyModel();
         using var health = new ModelHealthCollector(w.Config, 1) { SampleEvery = 1 };
         var x = Enumerable.Repeat(1f, w.Config.Dim).ToArray();
-        x[5] = float.NaN;
+        x[5] = bad;
         var codes = new sbyte[x.Length];
         health.BeginForward(1);
         health.Quantized(0, BitLinearInput.Qkv, 0, x, codes);
         health.EndForward();
         health.Publish();
         Assert.True(float.IsNaN(health.Latest.CrestFactor[(int)BitLinearInput.Qkv]));
+        Assert.True(float.IsNaN(health.Latest.Saturation[(int)BitLinearInput.Qkv]));
+        Assert.True(float.IsNaN(health.Latest.Underflow[(int)BitLinearInput.Qkv]));
     }
 
     /// <summary>Adds a random F32 "output.weight" so the model's head is not its embedding.</summary>
