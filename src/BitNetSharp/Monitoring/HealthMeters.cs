@@ -56,7 +56,7 @@ public sealed class HealthMeters : IDisposable
             new("bitnet.health.nonfinite_sequences", "{sequence}", "bitnet_health_nonfinite_sequences_total", true,
                 "Sequences ended because their logits held NaN or Inf.", m => m.Add(new(_scheduler.Statistics.NonFiniteSequences))),
             new("bitnet.health.samples", "{step}", "bitnet_health_samples_total", true,
-                "Engine steps whose health was measured.", m => m.Add(new(t_collection?.Samples ?? _scheduler.Health.Samples))),
+                "Engine steps whose health was measured, the warm-up's included (bitnet_engine_steps_total counts served steps only, so this can be the larger).", m => m.Add(new(t_collection?.Samples ?? _scheduler.Health.Samples))),
             new("bitnet.health.logit_samples", "{step}", "bitnet_health_logit_samples_total", true,
                 "Measured steps that had logits rows (a prompt chunk alone has none, and the logits gauges keep their last value): rules over the logits gauges count new samples by it.",
                 m =>

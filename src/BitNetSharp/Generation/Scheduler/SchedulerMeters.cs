@@ -58,7 +58,7 @@ public sealed class SchedulerMeters : IDisposable
         m.CreateObservableCounter("bitnet.generation_tokens", () => _scheduler.Statistics.GenerationTokens, "{token}",
             "Generated tokens, the stop token that ended a choice included (as usage.completion_tokens counts them).");
         m.CreateObservableCounter("bitnet.engine.steps", () => _scheduler.Statistics.Steps, "{step}",
-            "Engine steps (forward passes over one batch).");
+            "Engine steps (forward passes over one batch) serving requests; the warm-up's are not counted.");
         m.CreateObservableCounter("bitnet.request.success", () =>
         {
             var s = _scheduler.Statistics;
