@@ -742,6 +742,7 @@ public class LogsCommandTests
         Assert.Contains("tokens: 2, step time mean 30 ms over 2 steps", output);
         Assert.DoesNotContain("max 500", output);
         Assert.Contains("warm-up: 2 tokens over 1 steps, 500 ms", output);
+        Assert.Contains("but in the layer tables below", output); // the tables hold the warm-up rows: said, not silent
     }
 
     /// <summary>A --request id the logs do not have is said (it printed "rows: 0" or an empty chart and exit 0), and --input
