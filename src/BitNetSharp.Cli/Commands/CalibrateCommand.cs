@@ -117,7 +117,7 @@ public static class CalibrateCommand
         foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })
             OutputFile.CheckNotInput("--report", written, ("--data", dataPath));
 
-        string text = TrainingCorpus.ReadText(dataPath);
+        string text = TrainingCorpus.ReadText(dataPath, cancellation, m => cli.Error.WriteLine(m));
         var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(modelPath));
         using var _ = weights;
         if (weights.Gguf is not { } gguf)

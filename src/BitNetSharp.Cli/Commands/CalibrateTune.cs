@@ -26,7 +26,7 @@ internal static class CalibrateTune
         // at its end would otherwise fail after every step.
         string outFull = OutputFile.CheckNotInput("--out", outPath, ("--data", dataPath));
 
-        var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(dataPath)], 0.1);
+        var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(dataPath, cancellation, m => cli.Error.WriteLine(m))], 0.1);
         var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(modelPath));
         using var _ = weights;
         if (weights.Gguf is not { } gguf)

@@ -88,7 +88,7 @@ public static class EvalCommand
                 if (llamaChunks && r.GetValue(klReference) is { } rp && LogitsFile.IsLogitsFile(rp))
                     throw new UsageException($"--llama-perplexity cannot compare with a saved logits file ({rp}); give a reference model or run without --llama-perplexity.");
                 string dataPath = r.GetRequiredValue(data);
-                string text = TrainingCorpus.ReadText(dataPath);
+                string text = TrainingCorpus.ReadText(dataPath, cancellation, m => cli.Error.WriteLine(m));
                 var (weights, tokenizer) = ModelOptions.Load(ModelOptions.ResolveModel(r.GetValue(model)),
                     new ModelLoadOptions { HeadType = ModelOptions.ParseHeadType(r.GetValue(headType)), WeightPages = ModelOptions.ParseWeightPages(r.GetValue(weightPages)) },
                     r.GetValue(preTokenizer));

@@ -38,7 +38,7 @@ public sealed class TrainingCorpus
     public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05)
     {
         if (paths.Count == 0) throw new ArgumentException("No training data given; pass one or more UTF-8 text files with --data.", nameof(paths));
-        return Split([.. paths.Select(ReadText)], validationFraction);
+        return Split([.. paths.Select(p => ReadText(p))], validationFraction);
     }
 
     /// <summary>
@@ -47,8 +47,13 @@ public sealed class TrainingCorpus
     /// </summary>
     public const long MaxFileBytes = 0x3FFFFFDF;
 
-    /// <summary>A whole file as text, strictly UTF-8 (a leading BOM is dropped); empty or whitespace-only and malformed files are errors.</summary>
-    public static string ReadText(string path)
+    /// <summary>
+    /// A whole file as text, strictly UTF-8 (a leading BOM is dropped); empty or whitespace-only and malformed files are
+    /// errors. A pipe (`--data &lt;(zcat corpus.gz)`, a FIFO) is read to its end; one with no writer blocks in the open,
+    /// so after <see cref="WaitNotice"/> <paramref name="waiting"/> is told, and <paramref name="cancellation"/> ends the
+    /// wait (OperationCanceledException): `eval --data FIFO` hung silently and ignored the signal that asked it to stop.
+    /// </summary>
+    public static string ReadText(string path, CancellationToken cancellation = default, Action<string>? waiting = null)
     {
         var strict = new UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
         if (Directory.Exists(path)) throw new InvalidDataException($"{path} is a directory; give a UTF-8 text file.");
@@ -57,11 +62,13 @@ public sealed class TrainingCorpus
         long size = new FileInfo(path).Length;
         if (size > MaxFileBytes)
             throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (just under 1 GiB). Split it into several files and pass each with --data.");
-        var bytes = File.ReadAllBytes(path);
+        var bytes = ReadBytes(path, cancellation, waiting);
         int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
         // After the byte-order mark: a file of a BOM and blank lines passed, and failed later naming no file.
-        if (bytes.AsSpan(skip).IndexOfAnyExcept(" \n\r\t"u8) < 0)
+        if (bytes.Length == skip)
             throw new InvalidDataException($"{path}: the file is empty; it needs text.");
+        if (bytes.AsSpan(skip).IndexOfAnyExcept(" \n\r\t\v\f"u8) < 0)
+            throw new InvalidDataException($"{path}: the file holds only blank space; it needs text.");
         try
         {
             return strict.GetString(bytes, skip, bytes.Length - skip);
@@ -71,6 +78,30 @@ public sealed class TrainingCorpus
             // The decoder counts from where it started, after the byte-order mark: the offset in the file is 3 more.
             throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {e.Index + skip}); convert the file to UTF-8 first.", e);
         }
+    }
+
+    /// <summary>How long a read may block before the caller is told it is waiting (a pipe with no writer).</summary>
+    public static readonly TimeSpan WaitNotice = TimeSpan.FromSeconds(2);
+
+    private static byte[] ReadBytes(string path, CancellationToken cancellation, Action<string>? waiting)
+    {
+        if (!cancellation.CanBeCanceled && waiting is null) return File.ReadAllBytes(path);
+        // On a pool thread: the open of a FIFO blocks in the kernel until a writer comes, past any cancellation; the
+        // caller stops waiting for it (the thread is left blocked, and the process exits without it).
+        var read = Task.Run(() => File.ReadAllBytes(path), CancellationToken.None);
+        try
+        {
+            if (!read.Wait((int)WaitNotice.TotalMilliseconds, cancellation))
+            {
+                waiting?.Invoke($"{path}: waiting for data (a pipe with no writer yet?); Ctrl-C stops.");
+                read.Wait(cancellation);
+            }
+        }
+        catch (AggregateException)
+        {
+            // the read's own error, rethrown as itself below
+        }
+        return read.GetAwaiter().GetResult();
     }
 
     /// <summary>

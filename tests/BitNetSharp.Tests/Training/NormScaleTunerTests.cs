@@ -123,7 +123,7 @@ public class NormScaleTunerTests(ITestOutputHelper output)
         BitNetSharp.Tokenization.BitNetTokenizer tokenizer;
         using (var sourceFile = GgufFile.Open(source)) tokenizer = BitNetSharp.Tokenization.TokenizerLoader.FromGguf(sourceFile);
         Assert.True(tokenizer.TryGetTokenId("<|endoftext|>", out int _));
-        var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(data)], 0.1);
+        var corpus = TrainingCorpus.Split([TrainingCorpus.ReadText(data, TestContext.Current.CancellationToken)], 0.1);
         int expected = tokenizer.Encode(string.Concat(corpus.TrainDocuments), addBos: false, parseSpecial: true).Length;
         Assert.True(expected < tokenizer.Encode(string.Concat(corpus.TrainDocuments), addBos: false).Length);
         var (code, stdout, error) = Bitnet("calibrate", "--tune", "-m", source, "--data", data, "--steps", "1", "--ctx", "16", "-t", "1", "--out", tuned);

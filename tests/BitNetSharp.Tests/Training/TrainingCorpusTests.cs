@@ -32,7 +32,7 @@ public class TrainingCorpusTests
         // One byte past .NET's longest string (0x3FFFFFDF characters), 33 bytes under 1 GiB: the limit was 1 GiB, so a file
         // this size was read and failed decoding with an OutOfMemoryException.
         using (var f = File.Create(path)) f.SetLength(0x3FFFFFDF + 1); // sparse: no disk used
-        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(path));
+        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(path, TestContext.Current.CancellationToken));
         Assert.Contains("huge.txt", e.Message);
         Assert.Contains("1,073,741,791", e.Message);
     }
@@ -56,11 +56,49 @@ public class TrainingCorpusTests
         using var dir = new TestGguf.TempDirectory();
         string empty = dir.File("a.txt"), bad = dir.File("b.txt");
         File.WriteAllBytes(empty, [0xEF, 0xBB, 0xBF, (byte)'\n', (byte)' ']);
-        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(empty));
+        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(empty, TestContext.Current.CancellationToken));
         Assert.Contains("a.txt", e.Message);
-        Assert.Contains("empty", e.Message);
+        Assert.Contains("holds only blank space", e.Message); // not "empty": the file has bytes
+        File.WriteAllBytes(empty, [0xEF, 0xBB, 0xBF]);
+        Assert.Contains("a.txt: the file is empty", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(empty, TestContext.Current.CancellationToken)).Message);
+        File.WriteAllBytes(empty, "\v\f \t\r\n"u8.ToArray()); // vertical tab and form feed are blank space too
+        Assert.Contains("holds only blank space", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(empty, TestContext.Current.CancellationToken)).Message);
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
-        Assert.Contains("offset 5", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad)).Message);
+        Assert.Contains("offset 5", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+    }
+
+    /// <summary>
+    /// A pipe with no writer (a FIFO nobody opened): the reader is told it waits, and a cancellation ends the wait
+    /// (`eval --data FIFO` hung silently, and the signal that asked it to stop waited for a step that never came). A pipe
+    /// with a writer is read to its end, as `--data &lt;(zcat corpus.gz)` needs.
+    /// </summary>
+    [Fact]
+    public async Task APipeWithNoWriterCanBeCancelledAndOneWithAWriterIsRead()
+    {
+        if (!OperatingSystem.IsLinux() && !OperatingSystem.IsMacOS()) return;
+        using var dir = new TestGguf.TempDirectory();
+        string fifo = dir.File("fifo"), piped = dir.File("piped");
+        using (var mk = System.Diagnostics.Process.Start("mkfifo", [fifo, piped]))
+        {
+            await mk.WaitForExitAsync(TestContext.Current.CancellationToken);
+            Assert.Equal(0, mk.ExitCode);
+        }
+        using var cts = new CancellationTokenSource();
+        using var told = new SemaphoreSlim(0);
+        string? notice = null;
+        var reading = Task.Run(() => TrainingCorpus.ReadText(fifo, cts.Token, m => { notice = m; told.Release(); }), TestContext.Current.CancellationToken);
+        Assert.True(await told.WaitAsync(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken));
+        Assert.Contains("fifo: waiting for data", notice);
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => reading.WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken));
+        // Release the reader left blocked in its open: a writer comes and goes, the read sees an empty pipe.
+        await using (var unblock = new FileStream(fifo, FileMode.Open, FileAccess.Write)) { }
+
+        // Another pipe: on the first, the released reader's close could come between a new writer's open and its write.
+        var second = Task.Run(() => TrainingCorpus.ReadText(piped, CancellationToken.None, _ => { }), TestContext.Current.CancellationToken);
+        await using (var writer = new FileStream(piped, FileMode.Open, FileAccess.Write))
+            await writer.WriteAsync("Once upon a time\n"u8.ToArray(), TestContext.Current.CancellationToken);
+        Assert.Equal("Once upon a time\n", await second.WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken));
     }
 
     /// <summary>The trainer's encoder is linear in a long run of one character (it removed each merged symbol from a
