@@ -67,6 +67,9 @@ public sealed class TrainingCorpus
         // After the byte-order mark: a file of a BOM and blank lines passed, and failed later naming no file.
         if (bytes.Length == skip)
             throw new InvalidDataException($"{path}: the file is empty; it needs text.");
+        // A UTF-16 file (Windows' "Unicode") by its byte-order mark: "bad byte sequence at offset 0" did not say what it was.
+        if (bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFF, 0xFE]) || bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFE, 0xFF]))
+            throw new InvalidDataException($"{path}: the file is UTF-16 (its byte-order mark says so); convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8).");
         if (bytes.AsSpan(skip).IndexOfAnyExcept(" \n\r\t\v\f"u8) < 0)
             throw new InvalidDataException($"{path}: the file holds only blank space; it needs text.");
         try

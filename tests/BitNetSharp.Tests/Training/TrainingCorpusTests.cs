@@ -64,6 +64,9 @@ public class TrainingCorpusTests
         File.WriteAllBytes(empty, "\v\f \t\r\n"u8.ToArray()); // vertical tab and form feed are blank space too
         Assert.Contains("holds only blank space", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(empty, TestContext.Current.CancellationToken)).Message);
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
+        File.WriteAllBytes(bad, [0xFF, 0xFE, (byte)'a', 0, (byte)'b', 0]);
+        Assert.Contains("b.txt: the file is UTF-16", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
         Assert.Contains("offset 5", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
     }
 
