@@ -161,7 +161,7 @@ public sealed record MonitoringOptions
         if (AlertInterval <= TimeSpan.Zero) throw new ArgumentException($"The alert interval must be positive; got {AlertInterval}.", nameof(AlertInterval));
         if (EngineStallAfter <= TimeSpan.Zero) throw new ArgumentException($"The engine stall threshold must be positive; got {EngineStallAfter}.", nameof(EngineStallAfter));
         if (AlertWebhook is { } u && u.Scheme is not ("http" or "https"))
-            throw new ArgumentException($"The alert webhook must be an http(s) URL; got {u}.", nameof(AlertWebhook));
+            throw new ArgumentException($"The alert webhook must be an http(s) URL; got {BitNetSharp.Monitoring.Alerts.AlertEngine.ShownUrl(u)}.", nameof(AlertWebhook));
         if (VerifyWeightsInterval is { } w && w > MaxVerifyInterval)
             throw new ArgumentException($"The weight verification interval must be at most {MaxVerifyInterval.TotalDays:0} days ({MaxVerifyInterval.TotalSeconds:0} s); got {w.TotalSeconds} s.", nameof(VerifyWeightsInterval));
         if (AlertRules is { } all) BitNetSharp.Monitoring.Alerts.AlertRules.Validate(all);

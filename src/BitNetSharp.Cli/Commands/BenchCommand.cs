@@ -314,7 +314,9 @@ public static class BenchCommand
         public double BoundTokensPerSecond => Sample.Sequences * BandwidthGBps * 1e9 / BytesPerStep;
         public double PercentOfBound => 100 * Sample.Mean / BoundTokensPerSecond;
         /// <summary>A generation test past its memory bound: its weights came from the CPU caches (<see cref="AboveTheBound"/>).</summary>
-        public bool FromCache => IsGeneration && AboveTheBound(PercentOfBound);
+        public bool FromCache => IsGeneration && AboveTheBound(PercentOfBound) && FitsInCache(BytesPerStep, Sample.Threads);
+        /// <summary>Past its bound with more bytes a step than the caches its threads can fill hold: the probe under-measured.</summary>
+        public bool AboveTheProbe => IsGeneration && AboveTheBound(PercentOfBound) && !FitsInCache(BytesPerStep, Sample.Threads);
     }
 
     /// <summary>
@@ -323,6 +325,11 @@ public static class BenchCommand
     /// The table said "156.3 %" without a word.
     /// </summary>
     public static bool AboveTheBound(double percentOfBound) => percentOfBound > 105;
+
+    /// <summary>Whether <paramref name="bytes"/> a step could come from the last-level cache <paramref name="threads"/>
+    /// threads fill, L2s and slack included (twice it); true where the cache size is unknown.</summary>
+    public static bool FitsInCache(long bytes, int threads) =>
+        BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(threads) is not { } cache || bytes <= 2 * cache;
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
         long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes,
@@ -457,7 +464,7 @@ public static class BenchCommand
             {
                 r.Sample.Test, r.Sample.Depth.ToString(CultureInfo.InvariantCulture), r.Sample.Threads.ToString(CultureInfo.InvariantCulture), $"{F(r.Sample.Mean, "F2")} ± {F(r.Sample.StdDev, "F2")}",
                 r.IsGeneration ? F(r.ReadGBps) : "-", F(r.BandwidthGBps), r.IsGeneration ? F(r.BoundTokensPerSecond) : "-",
-                r.IsGeneration ? F(r.PercentOfBound) + (r.FromCache ? "% (cache)" : "%") : "-",
+                r.IsGeneration ? F(r.PercentOfBound) + (r.FromCache ? "% (cache)" : r.AboveTheProbe ? "% (above)" : "%") : "-",
                 r.Sample.Latency is { Count: > 0 } l ? $"{F(l.P50 * 1e3, "F2")} / {F(l.P99 * 1e3, "F2")}" : "-",
                 r.Sample.AttentionShare is { } share ? F(100 * share) + "%" : "-",
             };
@@ -467,6 +474,8 @@ public static class BenchCommand
         cli.Ansi.Write(table);
         if (rows.FirstOrDefault(r => r.FromCache) is { } cached)
             cli.Error.WriteLine($"note: {cached.Sample.Test} ran above the memory-bandwidth bound (cache): its {cached.BytesPerStep / 1e6:0.#} MB read per step fit in the CPU caches, so the bound, memory's, does not apply to it; it does to models larger than the caches.");
+        if (rows.FirstOrDefault(r => r.AboveTheProbe) is { } above)
+            cli.Error.WriteLine($"note: {above.Sample.Test} ran above the memory-bandwidth bound (above) with {above.BytesPerStep / 1e6:0.#} MB a step, more than the caches hold: the bandwidth probe read slower than the model did (a busy host while it ran?); rerun, or compare with --bandwidth-only.");
     }
 
     private static void WriteCsv(CliConsole cli, Info info, List<Row> rows)

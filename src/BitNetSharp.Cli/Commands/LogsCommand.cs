@@ -596,7 +596,7 @@ public static class LogsCommand
             }
             if (_warmupRows > 0)
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"warm-up: {_warmupRows:N0} tokens over {_warmupSteps.Count:N0} steps, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above, but in the layer tables below, which are the model's numbers: their means can differ from one request's `generate --health`)"));
+                    $"warm-up: {_warmupRows:N0} tokens over {_warmupSteps.Count:N0} steps, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above{(_layers.Count > 0 ? ", but in the layer tables below, which are the model's numbers: their means can differ from one request's `generate --health`" : "")})"));
             if (_layers.Count > 0)
             {
                 WriteTable(w, "saturation % (share of codes at the clamp, ±127 at 8 bits), mean / max", l => l.Saturation, 100, "0.000");

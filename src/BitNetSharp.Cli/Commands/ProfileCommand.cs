@@ -19,11 +19,12 @@ public static class ProfileCommand
     /// <summary>The most prompt tokens or decode steps a profile takes (a context of 2^24).</summary>
     private const int MaxTokens = 1 << 24;
 
-    /// <summary>A warning when a probe of <paramref name="probeBytes"/> is not at least four times the last-level cache
-    /// (<paramref name="cacheBytes"/>; null: unknown, no warning), else null.</summary>
+    /// <summary>A warning when a probe of <paramref name="probeBytes"/> is not at least four times the last-level cache its
+    /// threads can fill (<paramref name="cacheBytes"/>, <see cref="BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes"/>;
+    /// null: unknown, no warning), else null.</summary>
     public static string? ProbeInCache(long probeBytes, long? cacheBytes) =>
         cacheBytes is { } llc && probeBytes < 4 * llc
-            ? $"--probe-mb {probeBytes >> 20} is not far larger than this CPU's {llc / (1024.0 * 1024):0.#} MiB last-level cache: the probe reads the cache, not memory, so the read bandwidth and every % BW and memory/cache label are too flattering. Give at least {(4 * llc + (1 << 20) - 1) >> 20} (the default is 1024)."
+            ? $"--probe-mb {probeBytes >> 20} is not far larger than the {llc / (1024.0 * 1024):0.#} MiB of last-level cache the probe's threads can fill: it reads the cache, not memory, so the read bandwidth and every % BW and memory/cache label are too flattering. Give at least {(4 * llc + (1 << 20) - 1) >> 20}."
             : null;
 
     /// <summary>The largest bandwidth probe buffer, in MB.</summary>
@@ -92,7 +93,7 @@ public static class ProfileCommand
             if (probe < 16 || probe > MaxProbeMb) throw new UsageException($"--probe-mb must be from 16 (the probe must be far larger than the caches) to {MaxProbeMb}; got {probe}.");
             // A probe the last-level cache holds reads the cache: 16 MiB on a 16 MiB L3 read 52 GB/s against 19.5 for 1 GiB,
             // and every "% BW" and memory/cache label was measured against that.
-            if (ProbeInCache((long)probe << 20, BitNetSharp.Diagnostics.MemoryBandwidth.LastLevelCacheBytes()) is { } probeNote)
+            if (ProbeInCache((long)probe << 20, BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(result.GetValue(threads) is { } pt and > 0 ? pt : WorkerPool.DefaultThreadCount())) is { } probeNote)
                 cli.Error.WriteLine($"warning: {probeNote}");
             int peak = result.GetValue(peakMs);
             if (peak is < 1 or > MaxPeakMs) throw new UsageException($"--peak-ms must be from 1 to {MaxPeakMs}; got {peak}.");

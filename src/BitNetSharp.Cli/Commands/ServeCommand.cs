@@ -189,7 +189,7 @@ public static partial class ServeCommand
                 throw new UsageException($"--verify-weights must be a positive number of seconds, at most {maxVerify} ({MonitoringOptions.MaxVerifyInterval.TotalDays:0} days); got {v}.");
             Uri? webhook = null;
             if (result.GetValue(alertWebhook) is { } hook && (!Uri.TryCreate(hook, UriKind.Absolute, out webhook) || webhook.Scheme is not ("http" or "https")))
-                throw new UsageException($"--alert-webhook must be an http:// or https:// URL; got '{hook}'.");
+                throw new UsageException($"--alert-webhook must be an http:// or https:// URL; got '{(webhook is not null ? BitNetSharp.Monitoring.Alerts.AlertEngine.ShownUrl(webhook) : MaskUserInfo(hook))}'.");
             var monitoring = new MonitoringOptions
             {
                 VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
@@ -323,6 +323,16 @@ public static partial class ServeCommand
     /// </summary>
     public static TimeSpan StopDeadline(double drainSeconds, bool webhook) =>
         TimeSpan.FromSeconds(drainSeconds + 10) + (webhook ? BitNetSharp.Monitoring.Alerts.AlertEngine.MaxShutdownFlush : TimeSpan.Zero);
+
+    /// <summary>A URL-like text with anything between "://" and an '@' masked: a password in a mistyped URL stays out of the logs.</summary>
+    public static string MaskUserInfo(string text)
+    {
+        int scheme = text.IndexOf("://", StringComparison.Ordinal);
+        int start = scheme >= 0 ? scheme + 3 : 0;
+        int at = text.IndexOf('@', start);
+        int slash = text.IndexOf('/', start);
+        return at >= 0 && (slash < 0 || at < slash) ? text[..start] + "…@" + text[(at + 1)..] : text;
+    }
 
     public const string ShutdownTimeoutOption = "--shutdown-timeout";
     public const double DefaultShutdownSeconds = 25;

@@ -183,7 +183,7 @@ public static class TrainCommand
                 else
                 {
                     if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
-                    var corpus = TrainingCorpus.Load(r.GetRequiredValue(data));
+                    var corpus = TrainingCorpus.Load(r.GetRequiredValue(data), waiting: m => cli.Error.WriteLine(m));
                     cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
                     var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
                     var train = corpus.EncodeTrain(tokenizer);

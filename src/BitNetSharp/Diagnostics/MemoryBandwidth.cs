@@ -39,7 +39,19 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
     /// <paramref name="cpuRoot"/>/cpu*/cache/index*, its distinct instances summed, as `lscpu` counts them); null where
     /// it cannot be read. A probe buffer not far larger than it reads the cache, not memory.
     /// </summary>
-    public static long? LastLevelCacheBytes(string cpuRoot = "/sys/devices/system/cpu")
+    public static long? LastLevelCacheBytes(string cpuRoot = "/sys/devices/system/cpu") =>
+        LastLevelCache(cpuRoot) is { } c ? c.InstanceBytes * c.Instances : null;
+
+    /// <summary>
+    /// The last-level cache <paramref name="threads"/> threads can fill: one instance's size times the instances they
+    /// can spread over (an EPYC's L3 is one per CCX or CCD; a thread reaches its own). The sum over the machine (384 MiB
+    /// on a 12-CCD part) called a 1 GiB probe cache-sized there.
+    /// </summary>
+    public static long? ReachableCacheBytes(int threads, string cpuRoot = "/sys/devices/system/cpu") =>
+        LastLevelCache(cpuRoot) is { } c ? c.InstanceBytes * Math.Min(c.Instances, Math.Max(1, threads)) : null;
+
+    /// <summary>The highest cache level's largest instance size and its number of distinct instances; null where unknown.</summary>
+    public static (long InstanceBytes, int Instances)? LastLevelCache(string cpuRoot = "/sys/devices/system/cpu")
     {
         try
         {
@@ -68,9 +80,9 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
                     instances[key] = bytes;
                 }
             }
-            long total = 0;
-            foreach (var v in instances.Values) total += v;
-            return total > 0 ? total : null;
+            long largest = 0;
+            foreach (var v in instances.Values) largest = Math.Max(largest, v);
+            return largest > 0 ? (largest, instances.Count) : null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

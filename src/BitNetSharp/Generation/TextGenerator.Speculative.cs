@@ -24,7 +24,8 @@ public sealed partial class TextGenerator
         private readonly Sampler? _draftSampler = g._draftEngine is null ? null
             // The draft's stream must not overlap the target's: the xoshiro state is four SplitMix64 outputs, which step by
             // 0x9E3779B97F4A7C15, so a seed offset by that constant shared three of the four state words with the target's.
-            : new Sampler(sampling with { Seed = sampler.Seed + 0x5851F42D4C957F2DUL, LogProbs = null }, g.Config.VocabSize);
+            // A mixed seed, not an offset one: with seed + C, a request seeded s + C drew its tokens from seed s's draft stream.
+            : new Sampler(sampling with { Seed = SamplingParameters.StreamSeed(sampler.Seed ^ 0x5851F42D4C957F2DUL, 1), LogProbs = null }, g.Config.VocabSize);
 
         public int Generated;
         public SpeculativeStats Stats;

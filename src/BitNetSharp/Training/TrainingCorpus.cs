@@ -35,10 +35,10 @@ public sealed class TrainingCorpus
     /// characters (moved forward to the next line start, so no line is cut). Throws <see cref="InvalidDataException"/> for an
     /// empty file or one that is not valid UTF-8, naming the file and the byte offset.
     /// </summary>
-    public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05)
+    public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05, Action<string>? waiting = null)
     {
         if (paths.Count == 0) throw new ArgumentException("No training data given; pass one or more UTF-8 text files with --data.", nameof(paths));
-        return Split([.. paths.Select(p => ReadText(p))], validationFraction);
+        return Split([.. paths.Select(p => ReadText(p, CancellationToken.None, waiting))], validationFraction);
     }
 
     /// <summary>
@@ -62,12 +62,14 @@ public sealed class TrainingCorpus
         long size = new FileInfo(path).Length;
         if (size > MaxFileBytes)
             throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (just under 1 GiB). Split it into several files and pass each with --data.");
-        var bytes = ReadBytes(path, cancellation, waiting);
+        var bytes = ReadBytes(path, size, cancellation, waiting);
         int skip = bytes.AsSpan().StartsWith(Encoding.UTF8.Preamble) ? 3 : 0;
         // After the byte-order mark: a file of a BOM and blank lines passed, and failed later naming no file.
         if (bytes.Length == skip)
             throw new InvalidDataException($"{path}: the file is empty; it needs text.");
         // A UTF-16 file (Windows' "Unicode") by its byte-order mark: "bad byte sequence at offset 0" did not say what it was.
+        if (bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFF, 0xFE, 0, 0]) || bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0, 0, 0xFE, 0xFF]))
+            throw new InvalidDataException($"{path}: the file is UTF-32 (its byte-order mark says so); convert it to UTF-8 first (iconv -f UTF-32 -t UTF-8).");
         if (bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFF, 0xFE]) || bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFE, 0xFF]))
             throw new InvalidDataException($"{path}: the file is UTF-16 (its byte-order mark says so); convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8).");
         if (bytes.AsSpan(skip).IndexOfAnyExcept(" \n\r\t\v\f"u8) < 0)
@@ -83,15 +85,36 @@ public sealed class TrainingCorpus
         }
     }
 
+    /// <summary>
+    /// The file's bytes: a regular file at once (its size checked), one of no known size (a pipe: `&lt;(zcat ...)`) read
+    /// in blocks up to <see cref="MaxFileBytes"/>, past which it is refused by name (read whole, a pipe past the limit
+    /// failed with an OutOfMemoryException and a stack trace).
+    /// </summary>
+    internal static byte[] ReadAll(string path, long size, long max = MaxFileBytes)
+    {
+        if (size > 0) return File.ReadAllBytes(path);
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 1);
+        using var all = new MemoryStream();
+        var block = new byte[1 << 20];
+        int n;
+        while ((n = stream.Read(block, 0, block.Length)) > 0)
+        {
+            if (all.Length + n > max)
+                throw new InvalidDataException($"{path}: more than {max:N0} bytes; one text file may hold at most that (just under 1 GiB). Split it into several files and pass each with --data.");
+            all.Write(block, 0, n);
+        }
+        return all.ToArray();
+    }
+
     /// <summary>How long a read may block before the caller is told it is waiting (a pipe with no writer).</summary>
     public static readonly TimeSpan WaitNotice = TimeSpan.FromSeconds(2);
 
-    private static byte[] ReadBytes(string path, CancellationToken cancellation, Action<string>? waiting)
+    private static byte[] ReadBytes(string path, long size, CancellationToken cancellation, Action<string>? waiting)
     {
-        if (!cancellation.CanBeCanceled && waiting is null) return File.ReadAllBytes(path);
+        if (!cancellation.CanBeCanceled && waiting is null) return ReadAll(path, size);
         // On a pool thread: the open of a FIFO blocks in the kernel until a writer comes, past any cancellation; the
         // caller stops waiting for it (the thread is left blocked, and the process exits without it).
-        var read = Task.Run(() => File.ReadAllBytes(path), CancellationToken.None);
+        var read = Task.Run(() => ReadAll(path, size), CancellationToken.None);
         try
         {
             if (!read.Wait((int)WaitNotice.TotalMilliseconds, cancellation))

@@ -900,13 +900,17 @@ public class OnePassProfilingTests
         }
         Directory.CreateDirectory(Path.Combine(dir.Path, "cpufreq")); // not a cpu: no cache folder
         Assert.Equal(64L << 20, BitNetSharp.Diagnostics.MemoryBandwidth.LastLevelCacheBytes(dir.Path));
+        // What a probe's threads can fill: one thread its own L3, more the instances they spread over (the machine's sum
+        // called a 1 GiB probe cache-sized on a 12-CCD EPYC).
+        Assert.Equal(32L << 20, BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(1, dir.Path));
+        Assert.Equal(64L << 20, BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(8, dir.Path));
         Assert.Null(BitNetSharp.Diagnostics.MemoryBandwidth.LastLevelCacheBytes(Path.Combine(dir.Path, "none")));
         Assert.Equal(16L << 20, BitNetSharp.Diagnostics.MemoryBandwidth.ParseCacheSize("16M"));
         Assert.Null(BitNetSharp.Diagnostics.MemoryBandwidth.ParseCacheSize("-5K"));
 
         var warning = BitNetSharp.Cli.Commands.ProfileCommand.ProbeInCache(16L << 20, 16L << 20);
         Assert.NotNull(warning);
-        Assert.Contains("--probe-mb 16 is not far larger than this CPU's 16 MiB last-level cache", warning);
+        Assert.Contains("--probe-mb 16 is not far larger than the 16 MiB of last-level cache the probe's threads can fill", warning);
         Assert.Contains("at least 64", warning);
         Assert.Null(BitNetSharp.Cli.Commands.ProfileCommand.ProbeInCache(1024L << 20, 16L << 20));
         Assert.Null(BitNetSharp.Cli.Commands.ProfileCommand.ProbeInCache(16L << 20, null));
@@ -914,6 +918,7 @@ public class OnePassProfilingTests
         var output = new StringWriter();
         var error = new StringWriter();
         Assert.Equal(0, BitNetSharp.Cli.Program.Run(["profile", "--synthetic", "tiny", "-n", "1", "--prompt-tokens", "2", "--probe-mb", "16", "--peak-ms", "1"], output, error));
-        Assert.Equal(BitNetSharp.Diagnostics.MemoryBandwidth.LastLevelCacheBytes() is { } llc && (16L << 20) < 4 * llc, error.ToString().Contains("is not far larger than this CPU's", StringComparison.Ordinal));
+        Assert.Equal(BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(BitNetSharp.Threading.WorkerPool.DefaultThreadCount()) is { } llc && (16L << 20) < 4 * llc,
+            error.ToString().Contains("is not far larger than the", StringComparison.Ordinal));
     }
 }

@@ -382,7 +382,7 @@ public class CalibrateTests
         File.WriteAllText(good, string.Concat(Enumerable.Repeat(Story, 4)));
         var (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", empty, "--out", dir.File("o.gguf"));
         Assert.Equal(1, code);
-        Assert.Contains("empty", error);
+        Assert.Contains("empty.txt: the file holds only blank space", error);
         (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", binary, "--out", dir.File("o.gguf"));
         Assert.Equal(1, code);
         Assert.Contains("not valid UTF-8", error);

@@ -66,6 +66,8 @@ public class TrainingCorpusTests
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
         File.WriteAllBytes(bad, [0xFF, 0xFE, (byte)'a', 0, (byte)'b', 0]);
         Assert.Contains("b.txt: the file is UTF-16", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        File.WriteAllBytes(bad, [0xFF, 0xFE, 0, 0, (byte)'a', 0, 0, 0]);
+        Assert.Contains("b.txt: the file is UTF-32", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
         Assert.Contains("offset 5", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
     }
@@ -102,6 +104,23 @@ public class TrainingCorpusTests
         await using (var writer = new FileStream(piped, FileMode.Open, FileAccess.Write))
             await writer.WriteAsync("Once upon a time\n"u8.ToArray(), TestContext.Current.CancellationToken);
         Assert.Equal("Once upon a time\n", await second.WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken));
+
+        // A pipe has no size to check first: it is read in blocks and refused by name past the limit (read whole, one
+        // past the 1 GiB string limit failed with an OutOfMemoryException).
+        var capped = Task.Run(() => TrainingCorpus.ReadAll(piped, 0, max: 3 << 20), TestContext.Current.CancellationToken);
+        await using (var writer = new FileStream(piped, FileMode.Open, FileAccess.Write))
+        {
+            try
+            {
+                for (int i = 0; i < 8; i++) await writer.WriteAsync(new byte[1 << 20], TestContext.Current.CancellationToken);
+            }
+            catch (IOException)
+            {
+                // the reader gave up and closed the pipe: a broken pipe here
+            }
+        }
+        var tooLong = await Assert.ThrowsAsync<InvalidDataException>(() => capped.WaitAsync(TimeSpan.FromSeconds(20), TestContext.Current.CancellationToken));
+        Assert.Contains("piped: more than 3,145,728 bytes", tooLong.Message);
     }
 
     /// <summary>The trainer's encoder is linear in a long run of one character (it removed each merged symbol from a

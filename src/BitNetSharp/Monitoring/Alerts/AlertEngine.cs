@@ -227,7 +227,7 @@ public sealed class AlertEngine : IDisposable
         _gate = _rules.Select(Gate).ToArray();
         if (_options.WebhookUrl is { } url)
         {
-            if (url.Scheme is not ("http" or "https")) throw new ArgumentException($"The alert webhook must be an http(s) URL; got {url}.", nameof(options));
+            if (url.Scheme is not ("http" or "https")) throw new ArgumentException($"The alert webhook must be an http(s) URL; got {ShownUrl(url)}.", nameof(options));
             if (_options.WebhookAttempts < 1) throw new ArgumentException($"WebhookAttempts must be at least 1; got {_options.WebhookAttempts}.", nameof(options));
             if (_options.WebhookRetryDelay < TimeSpan.Zero) throw new ArgumentException($"WebhookRetryDelay must not be negative; got {_options.WebhookRetryDelay}.", nameof(options));
             _http = new HttpClient { Timeout = TimeSpan.FromSeconds(10) };
@@ -237,7 +237,7 @@ public sealed class AlertEngine : IDisposable
             // sends none of it, so such a receiver refused every notification); the logs show the URL without it.
             if (url.UserInfo.Length > 0)
                 _http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Basic",
-                    Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(Uri.UnescapeDataString(url.UserInfo))));
+                    Convert.ToBase64String(System.Text.Encoding.UTF8.GetBytes(BasicCredentials(url.UserInfo))));
             _shownUrl = ShownUrl(url);
             // A notification pushed out of a full queue is lost: counted as a failure, like one the webhook refused.
             _outbox = Channel.CreateBounded<JsonObject>(new BoundedChannelOptions(256) { FullMode = BoundedChannelFullMode.DropOldest },
@@ -258,12 +258,24 @@ public sealed class AlertEngine : IDisposable
     /// a process's stop deadline must allow for it, or the flush is cut by the deadline and the logs lose their ends.</summary>
     public static readonly TimeSpan MaxShutdownFlush = TimeSpan.FromSeconds(22);
 
-    /// <summary>A webhook URL as logs may show it: no user info (a password) and no query (a token), only "?…".</summary>
+    /// <summary>
+    /// A webhook URL as logs may show it: no user info (a password), the path's first segment only (Slack, Discord and
+    /// Teams keep their secret in the path) and no query (a token): "https://hooks.slack.com/services/…".
+    /// </summary>
     public static string ShownUrl(Uri url)
     {
-        var b = new UriBuilder(url) { UserName = "", Password = "", Query = "" };
-        string shown = b.Uri.GetComponents(UriComponents.SchemeAndServer | UriComponents.Path, UriFormat.UriEscaped);
+        string shown = url.GetComponents(UriComponents.Scheme | UriComponents.Host | UriComponents.Port, UriFormat.UriEscaped).TrimEnd('/');
+        string path = url.AbsolutePath;
+        int second = path.IndexOf('/', 1);
+        shown += second >= 0 && second < path.Length - 1 ? path[..(second + 1)] + "…" : path;
         return url.Query.Length > 1 ? shown + "?…" : shown;
+    }
+
+    /// <summary>RFC 7617's user-id ":" password from a URL's user info ("user" alone is "user:", as curl sends it).</summary>
+    internal static string BasicCredentials(string userInfo)
+    {
+        string plain = Uri.UnescapeDataString(userInfo);
+        return plain.Contains(':') ? plain : plain + ":";
     }
 
     public long Evaluations => Interlocked.Read(ref _evaluations);
@@ -565,6 +577,8 @@ public sealed class AlertEngine : IDisposable
                     Interlocked.Increment(ref _webhookSent);
                     break;
                 }
+                // A try under way when the flush began counts as one of its two.
+                if (flushTries == 0 && _flushing.IsCancellationRequested) flushTries = 1;
                 if (final || attempt >= _options.WebhookAttempts || _stopping.IsCancellationRequested || flushTries >= ShutdownTries)
                 {
                     Interlocked.Increment(ref _webhookFailures);
@@ -574,17 +588,22 @@ public sealed class AlertEngine : IDisposable
                     _options.Log?.Invoke($"alert webhook {_shownUrl}: {error}; {why}; the notification is lost (bitnet_alerts_webhook_failures_total counts these)");
                     break;
                 }
-                // Once the flush has begun, one short wait (the first back-off) and no doubling.
-                var wait = _flushing.IsCancellationRequested ? _options.WebhookRetryDelay : delay;
+                // Once the flush has begun, one short wait (the first back-off) and no doubling. The flag is read once: read
+                // again after the log line, a flush begun in between left a full back-off (8 s) uncut, past the budget.
+                bool flushing = _flushing.IsCancellationRequested;
+                var wait = flushing ? _options.WebhookRetryDelay : delay;
                 _options.Log?.Invoke($"alert webhook {_shownUrl}: {error}; trying again in {wait.TotalSeconds:G3} s");
                 try
                 {
-                    using var waiting = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token,
-                        _flushing.IsCancellationRequested ? CancellationToken.None : _flushing.Token);
+                    using var waiting = CancellationTokenSource.CreateLinkedTokenSource(_stopping.Token, flushing ? CancellationToken.None : _flushing.Token);
                     await Task.Delay(wait, waiting.Token);
                 }
-                catch (OperationCanceledException)
+                catch (Exception e) when (e is OperationCanceledException)
                 {
+                }
+                catch (ObjectDisposedException)
+                {
+                    return; // the engine is gone (its sender outlived the flush's wait)
                 }
                 delay *= 2;
             }
@@ -611,6 +630,11 @@ public sealed class AlertEngine : IDisposable
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException or JsonException)
         {
             return ($"failed: {e.Message}", false);
+        }
+        catch (ObjectDisposedException)
+        {
+            // The engine was disposed while the sender still ran (its flush wait ran out): nothing more can be sent.
+            return ("failed: the alert engine stopped", true);
         }
     }
 
