@@ -395,6 +395,9 @@ public sealed class BitNetServer : IAsyncDisposable
     /// <summary>Generation requests being handled now.</summary>
     public int InFlightRequests => _host.InFlight;
 
+    /// <summary>The context each sequence gets (the requested one, cut to the model's), once <see cref="Ready"/> has completed.</summary>
+    public int ContextLength => _host.Served?.ContextLength ?? 0;
+
     /// <summary>
     /// The first half of a graceful shutdown: from now on /health answers 503 {"status":"draining"} (a balancer stops
     /// sending) and new generations get 503 shutting_down; waits until the requests in flight have finished or

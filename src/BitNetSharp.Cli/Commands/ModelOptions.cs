@@ -214,7 +214,8 @@ public sealed class ModelOptions
         "f32" or "fp32" => KvCacheType.F32,
         "f16" or "fp16" => KvCacheType.F16,
         "int8" or "i8" or "q8" => KvCacheType.Int8,
-        "fp8" or "f8" or "e4m3" => KvCacheType.Fp8E4M3,
+        // "fp8e4m3": the type's name as bench/eval JSON and the telemetry context write it, so a result's kv_type reads back.
+        "fp8" or "f8" or "e4m3" or "fp8e4m3" or "fp8_e4m3" => KvCacheType.Fp8E4M3,
         _ => throw new UsageException($"{option} '{value}' is not one of f32, f16, int8, fp8."),
     };
 

@@ -358,6 +358,10 @@ public static partial class ServeCommand
             await server.Ready.WaitAsync(cancellation);
             cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics, dashboard: {server.Address}dashboard); Ctrl-C stops.");
             if (weightsNote() is { } note) cli.Error.WriteLine($"weights in memory: {note} (--weight-pages)");
+            // As generate and chat say it: the context was cut to the model's without a word (/v1/models read n_ctx 256
+            // for --ctx 1000).
+            if (options.Scheduler.ContextLength > server.ContextLength)
+                cli.Error.WriteLine($"note: --ctx {options.Scheduler.ContextLength} is more than the model's context of {server.ContextLength} tokens (its positions end there); using {server.ContextLength}.");
             await Task.Delay(Timeout.Infinite, cancellation);
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)

@@ -257,8 +257,39 @@ public class ServeCommandTests
         }
     }
 
+    /// <summary>A context past the model's is cut to it with a note, as generate and chat say it (serve said nothing).</summary>
+    [Fact]
+    public async Task AContextPastTheModelsIsNoted()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGTERM with kill(1); Linux only");
+        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
+        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
+        var stderr = new StringBuilder();
+        var (process, ready) = StartServe(exe, 0, stderr, ctx: "100000");
+        using var _ = process;
+        try
+        {
+            var address = await ready.WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            using var http = new HttpClient { BaseAddress = address };
+            http.DefaultRequestHeaders.Authorization = new System.Net.Http.Headers.AuthenticationHeaderValue("Bearer", "variable-key");
+            using var response = await http.GetAsync("v1/models", Ct);
+            int nCtx = JsonDocument.Parse(await response.Content.ReadAsStringAsync(Ct)).RootElement.GetProperty("data")[0].GetProperty("meta").GetProperty("n_ctx").GetInt32();
+            Assert.InRange(nCtx, 2, 99_999);
+            using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
+            await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+            process.WaitForExit();
+            string log;
+            lock (stderr) log = stderr.ToString();
+            Assert.Contains($"note: --ctx 100000 is more than the model's context of {nCtx} tokens (its positions end there); using {nCtx}.", log);
+        }
+        finally
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+        }
+    }
+
     /// <summary>`bitnet serve` configured only by its environment, as a container runs it; the task ends with its ready address.</summary>
-    private static (Process Process, Task<Uri> Ready) StartServe(string exe, int port, StringBuilder stderr)
+    private static (Process Process, Task<Uri> Ready) StartServe(string exe, int port, StringBuilder stderr, string ctx = "96")
     {
         var psi = new ProcessStartInfo(exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         psi.ArgumentList.Add("serve");
@@ -268,7 +299,7 @@ public class ServeCommandTests
         psi.Environment["BITNET_PORT"] = port.ToString(CultureInfo.InvariantCulture);
         psi.Environment["BITNET_THREADS"] = "1";
         psi.Environment["BITNET_MAX_SEQS"] = "3";
-        psi.Environment["BITNET_CTX"] = "96";
+        psi.Environment["BITNET_CTX"] = ctx;
         psi.Environment["BITNET_SHUTDOWN_TIMEOUT"] = "7";
         psi.Environment["BITNET_API_KEY"] = "variable-key\r\n"; // as a CRLF env file gives it: trimmed, as the client's key is
         var process = Process.Start(psi)!;
