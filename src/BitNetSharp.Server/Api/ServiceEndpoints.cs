@@ -48,6 +48,9 @@ internal sealed class ServiceEndpoints(ModelHost host)
         w.WriteNumber("n_embd", c.Dim);
         w.WriteNumber("n_layer", c.Layers);
         w.WriteNumber("max_sequences", model.Scheduler.Options.MaxSequences);
+        // The KV cache's element type, as --kv-type reads it back: int8 and fp8 allocate the same bytes, so the size gauge
+        // could not tell an operator which one a server ran.
+        w.WriteString("kv_type", model.Scheduler.Options.KvType.ToString().ToLowerInvariant());
         w.WriteEndObject();
         w.WriteEndObject();
     }

@@ -241,6 +241,7 @@ public class ServeCommandTests
             Assert.Equal("model", model.GetProperty("id").GetString());
             Assert.Equal(96, model.GetProperty("meta").GetProperty("n_ctx").GetInt32());
             Assert.Equal(3, model.GetProperty("meta").GetProperty("max_sequences").GetInt32());
+            Assert.Equal(BitNetSharp.Model.KvCacheType.F16, ModelOptions.ParseKvType(model.GetProperty("meta").GetProperty("kv_type").GetString()!));
 
             using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
             await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
