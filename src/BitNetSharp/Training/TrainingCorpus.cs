@@ -72,6 +72,10 @@ public sealed class TrainingCorpus
             throw new InvalidDataException($"{path}: the file is UTF-32 (its byte-order mark says so); convert it to UTF-8 first (iconv -f UTF-32 -t UTF-8).");
         if (bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFF, 0xFE]) || bytes.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xFE, 0xFF]))
             throw new InvalidDataException($"{path}: the file is UTF-16 (its byte-order mark says so); convert it to UTF-8 first (iconv -f UTF-16 -t UTF-8).");
+        // Without the mark: NUL is valid UTF-8, so UTF-16 text read as 4,000 tokens of letters and NULs (perplexity 11,714
+        // against 22 for the same text as UTF-8) and calibrate wrote a model tuned on it. Every other byte 0 says UTF-16.
+        if (LooksLikeUtf16(bytes.AsSpan(skip)) is { } order)
+            throw new InvalidDataException($"{path}: the file looks like UTF-16{order} without a byte-order mark (every other byte is 0); convert it to UTF-8 first (iconv -f UTF-16{order} -t UTF-8).");
         if (bytes.AsSpan(skip).IndexOfAnyExcept(" \n\r\t\v\f"u8) < 0)
             throw new InvalidDataException($"{path}: the file holds only blank space; it needs text.");
         try
@@ -104,6 +108,24 @@ public sealed class TrainingCorpus
             all.Write(block, 0, n);
         }
         return all.ToArray();
+    }
+
+    /// <summary>"LE" or "BE" when the first 4 KiB hold at least 16 byte pairs and 90 % of their odd (LE) or even (BE)
+    /// bytes are 0 while the other half are not mostly 0 (text in UTF-16); else null.</summary>
+    internal static string? LooksLikeUtf16(ReadOnlySpan<byte> text)
+    {
+        var head = text[..(Math.Min(text.Length, 4096) & ~1)];
+        int pairs = head.Length / 2;
+        if (pairs < 16) return null;
+        int evenZeros = 0, oddZeros = 0;
+        for (int i = 0; i < head.Length; i += 2)
+        {
+            if (head[i] == 0) evenZeros++;
+            if (head[i + 1] == 0) oddZeros++;
+        }
+        if (oddZeros >= 0.9 * pairs && evenZeros < 0.5 * pairs) return "LE";
+        if (evenZeros >= 0.9 * pairs && oddZeros < 0.5 * pairs) return "BE";
+        return null;
     }
 
     /// <summary>How long a read may block before the caller is told it is waiting (a pipe with no writer).</summary>

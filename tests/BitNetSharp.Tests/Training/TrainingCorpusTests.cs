@@ -66,6 +66,13 @@ public class TrainingCorpusTests
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
         File.WriteAllBytes(bad, [0xFF, 0xFE, (byte)'a', 0, (byte)'b', 0]);
         Assert.Contains("b.txt: the file is UTF-16", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        // UTF-16 without its mark: NULs are valid UTF-8, and the text read as letters and NULs (eval: perplexity 11,714).
+        File.WriteAllBytes(bad, System.Text.Encoding.Unicode.GetBytes("Once upon a time, there was a little girl named Lily."));
+        Assert.Contains("b.txt: the file looks like UTF-16LE without a byte-order mark", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        File.WriteAllBytes(bad, System.Text.Encoding.BigEndianUnicode.GetBytes("Once upon a time, there was a little girl named Lily."));
+        Assert.Contains("UTF-16BE", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        File.WriteAllBytes(bad, [.. "Once upon a time\0 a few NULs\0 in text are\0 byte tokens, as before\n"u8]);
+        Assert.Contains("a few NULs", TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken));
         File.WriteAllBytes(bad, [0xFF, 0xFE, 0, 0, (byte)'a', 0, 0, 0]);
         Assert.Contains("b.txt: the file is UTF-32", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
