@@ -202,6 +202,19 @@ public static class EvalCommand
                                 outcome = Run((done, total) => { task.MaxValue = total; task.Value = done; });
                             });
                     }
+                    else if (ReferenceEquals(cli.Error, Console.Error))
+                    {
+                        // --json or stdout piped: the bar cannot go there; progress on stderr instead.
+                        var lines = new ProgressLines(cli.Error, "eval: windows scored", terminal: !Console.IsErrorRedirected);
+                        try
+                        {
+                            outcome = Run(lines.Report);
+                        }
+                        finally
+                        {
+                            lines.Done();
+                        }
+                    }
                     else outcome = Run(null);
                     writer?.Complete();
                 }
