@@ -85,7 +85,11 @@ public sealed class TrainingCorpus
         catch (DecoderFallbackException e)
         {
             // The decoder counts from where it started, after the byte-order mark: the offset in the file is 3 more.
-            throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {e.Index + skip}); convert the file to UTF-8 first.", e);
+            long at = e.Index + skip;
+            // A character cut at the end (a file cut short, or still being written) is not an encoding problem.
+            if (CutCharacterAt(bytes) == at)
+                throw new InvalidDataException($"{path}: ends in the middle of a UTF-8 character (offset {at} of {bytes.Length}): the file was cut short, or is still being written.", e);
+            throw new InvalidDataException($"{path}: not valid UTF-8 (bad byte sequence at offset {at}); convert the file to UTF-8 first.", e);
         }
     }
 
@@ -108,6 +112,23 @@ public sealed class TrainingCorpus
             all.Write(block, 0, n);
         }
         return all.ToArray();
+    }
+
+    /// <summary>Whether the bytes end with the start of a multi-byte UTF-8 character whose continuation is missing.</summary>
+    internal static bool EndsInsideACharacter(ReadOnlySpan<byte> bytes) => CutCharacterAt(bytes) >= 0;
+
+    /// <summary>The offset of a multi-byte UTF-8 character cut by the end of <paramref name="bytes"/>, else -1.</summary>
+    internal static long CutCharacterAt(ReadOnlySpan<byte> bytes)
+    {
+        // Back over up to three continuation bytes to a lead byte; cut when the lead promises more than follow.
+        for (int back = 1; back <= Math.Min(4, bytes.Length); back++)
+        {
+            byte b = bytes[^back];
+            if ((b & 0xC0) == 0x80) continue;
+            int need = b >= 0xF0 && b <= 0xF4 ? 4 : b >= 0xE0 && b < 0xF0 ? 3 : b >= 0xC2 && b < 0xE0 ? 2 : 0;
+            return need > back ? bytes.Length - back : -1;
+        }
+        return -1;
     }
 
     /// <summary>"LE" or "BE" when the first 4 KiB hold at least 16 byte pairs and 90 % of their odd (LE) or even (BE)

@@ -75,6 +75,14 @@ public class TrainingCorpusTests
         Assert.Contains("a few NULs", TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken));
         File.WriteAllBytes(bad, [0xFF, 0xFE, 0, 0, (byte)'a', 0, 0, 0]);
         Assert.Contains("b.txt: the file is UTF-32", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        // A character cut at the end is a file cut short (or still being written), not another encoding.
+        File.WriteAllBytes(bad, [(byte)'a', (byte)'b', 0xF0, 0x9F, 0x98]);
+        Assert.Contains("b.txt: ends in the middle of a UTF-8 character (offset 2 of 5)", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
+        Assert.False(TrainingCorpus.EndsInsideACharacter([(byte)'a', 0xC3, 0xA9]));
+        Assert.False(TrainingCorpus.EndsInsideACharacter([(byte)'a', 0x80]));
+        Assert.True(TrainingCorpus.EndsInsideACharacter([(byte)'a', 0xE6, 0x97]));
+        File.WriteAllBytes(bad, [(byte)'a', 0xFF, (byte)'b', 0xE6, 0x97]); // a bad byte before the cut one: that is the error
+        Assert.Contains("not valid UTF-8 (bad byte sequence at offset 1)", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
         File.WriteAllBytes(bad, [0xEF, 0xBB, 0xBF, (byte)'a', (byte)'b', 0xC3, 0x28]);
         Assert.Contains("offset 5", Assert.Throws<InvalidDataException>(() => TrainingCorpus.ReadText(bad, TestContext.Current.CancellationToken)).Message);
     }
