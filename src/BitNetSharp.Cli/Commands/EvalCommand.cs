@@ -144,8 +144,14 @@ public static class EvalCommand
                         // Windows other than the file's cannot be compared with it; say so by the file (a --ctx below the
                         // file's stride was blamed on a --stride the user never gave).
                         if (window != refFile.Header.Ctx || step != refFile.Header.Stride)
-                            throw new UsageException($"{refPath} was saved with --ctx {refFile.Header.Ctx} --stride {refFile.Header.Stride}; this run asks for --ctx {window} --stride {step}. "
+                        {
+                            // Only what the user gave: "asks for --ctx 32 --stride 8" named a stride taken from the file.
+                            var asked = new List<string>(2);
+                            if (r.GetValue(ctx) > 0) asked.Add($"--ctx {window}");
+                            if (r.GetValue(stride) > 0) asked.Add($"--stride {step}");
+                            throw new UsageException($"{refPath} was saved with --ctx {refFile.Header.Ctx} --stride {refFile.Header.Stride}; this run asks for {string.Join(" ", asked)}. "
                                 + "KL against saved logits needs the file's windows: leave out --ctx and --stride, or save the reference again with these.");
+                        }
                         if (window > weights.Config.ContextLength)
                             throw new UsageException($"{refPath} was saved with --ctx {window}, longer than this model's context of {weights.Config.ContextLength} tokens.");
                     }

@@ -397,7 +397,7 @@ public class KlEvaluationTests
         // blamed on a --stride never given: "--stride 64 is longer than the window (32)").
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--ctx", "32");
         Assert.Equal(2, code);
-        Assert.Contains($"{saved} was saved with --ctx 64 --stride 64", error);
+        Assert.Contains($"{saved} was saved with --ctx 64 --stride 64; this run asks for --ctx 32. ", error); // not "--stride 64": the file's
         Assert.DoesNotContain("--stride 64 is longer", error);
 
         (code, _, error) = Cli("eval", "-m", BundledModel, "--data", data, "--kl-reference", saved, "--kl-kv-type", "f16");
