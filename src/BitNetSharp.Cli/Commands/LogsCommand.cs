@@ -146,7 +146,8 @@ public static class LogsCommand
                 exportWriter.Dispose();
                 exportWriter = null;
                 exportFile!.Commit();
-                cli.Output.WriteLine($"wrote {exported:N0} rows to {s.Out}");
+                // On stderr, as the notes: `--out /dev/stdout` ended with this line, which is not JSON or CSV.
+                cli.Error.WriteLine($"wrote {exported:N0} rows to {s.Out}");
             }
             if (plot is not null)
             {
@@ -155,7 +156,7 @@ public static class LogsCommand
                     using var w = new StreamWriter(stream, new UTF8Encoding(false), 1 << 16, leaveOpen: true);
                     plot.Write(w, reader.Files);
                 }, 1 << 16);
-                cli.Output.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
+                cli.Error.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
             }
             // A layer the logs do not have (past the model's last) matched nothing and said nothing.
             if (s.Layer is { } wanted && !layerFound)
@@ -212,6 +213,10 @@ public static class LogsCommand
 
     private static void Validate(Settings s)
     {
+        // A mistyped option (--sinse 1h) was read as a log path: "no such telemetry log file", exit 1 as for a missing log.
+        foreach (var f in s.Files)
+            if (f.StartsWith("--", StringComparison.Ordinal) && f.Length > 2 && !File.Exists(f) && !Directory.Exists(f))
+                throw new UsageException($"unrecognized option '{f}' (see bitnet logs --help); a log path that starts with -- goes after ./ or --.");
         if (s.Export is not null && s.Export is not ("csv" or "jsonl"))
             throw new UsageException($"unknown --export format '{s.Export}': expected csv or jsonl.");
         if (s.Export is not null && string.IsNullOrEmpty(s.Out))
@@ -240,6 +245,9 @@ public static class LogsCommand
         foreach (var (option, path) in new[] { ("--out", s.Out), ("--plot", s.Plot) })
         {
             if (path is null) continue;
+            // "-" made a file named "-" in the working directory.
+            if (path == "-")
+                throw new UsageException($"{option} -: give a file path (for standard output, {option} /dev/stdout).");
             if (Directory.Exists(path) || path.EndsWith('/') || path.EndsWith(Path.DirectorySeparatorChar))
                 throw new UsageException($"{option} {path} is a directory; give a file path.");
             if (Path.GetDirectoryName(Path.GetFullPath(path)) is { } dir && !Directory.Exists(dir))

@@ -97,7 +97,7 @@ public static partial class ServeCommand
         var verifyWeights = new Option<double?>("--verify-weights") { Description = "Re-check every weight checksum this many seconds apart on a low-priority thread, and at least nine times a pass's own time apart, so checks take at most a tenth of a core (a sampled probe runs every 256 steps regardless)." };
         var alertRules = new Option<string?>("--alert-rules") { Description = "A JSON alert rule file ({\"rules\": [...]}) to use instead of the built-in rules." };
         var telemetryLog = new Option<string?>("--telemetry-log") { Description = "Write sampled steps, per-layer health and events to Arrow IPC files in this directory, or as NAME-*.arrow for a path ending in .arrow (read them with `bitnet logs`)." };
-        var telemetryMax = new Option<double>("--telemetry-max-mb") { Description = "Rotate telemetry files at this size (MB); the log keeps at most 16 files' worth.", DefaultValueFactory = _ => 64 };
+        var telemetryMax = new Option<double>("--telemetry-max-mb") { Description = "Rotate telemetry files past this size (MB; a file closes after the 1,024-row batch that crosses it, ~160 KB, so small sizes are exceeded); the log keeps at most 16 files' worth.", DefaultValueFactory = _ => 64 };
         var shutdownTimeout = new Option<double>(ShutdownTimeoutOption)
         {
             Description = "On SIGTERM or Ctrl-C: report not-ready and refuse new generations, let those in flight finish for up to this many seconds, then end the rest cleanly and exit 0.",

@@ -176,7 +176,8 @@ public class LogsCommandTests
         string csv = dir.File("out.csv");
         var (code, output, error) = Bitnet("logs", cut, "--export", "csv", "--out", csv);
         Assert.True(code == 0, error);
-        Assert.Contains("wrote 21 rows", output);
+        Assert.Contains("wrote 21 rows", error); // on stderr: `--out /dev/stdout` ended with it, not JSON
+        Assert.DoesNotContain("wrote", output);
         Assert.Contains($"note: {cut}: cut off", error);
         Assert.Contains($"{cut}: cut off", Bitnet("logs", cut).Output);
     }
@@ -295,9 +296,9 @@ public class LogsCommandTests
         string path = WriteLog(dir);
         string csv = dir.File("rows.csv"), jsonl = dir.File("rows.jsonl");
 
-        var (code, output, _) = Bitnet("logs", path, "--export", "csv", "--out", csv, "--layer", "2", "--request", "b");
+        var (code, _, exportError) = Bitnet("logs", path, "--export", "csv", "--out", csv, "--layer", "2", "--request", "b");
         Assert.Equal(0, code);
-        Assert.Contains("wrote 8 rows", output);
+        Assert.Contains("wrote 8 rows", exportError);
         var lines = File.ReadAllLines(csv);
         Assert.Equal(string.Join(',', TelemetryLogSchema.ColumnNames) + ",run", lines[0]);
         Assert.Equal(9, lines.Length);
@@ -365,7 +366,7 @@ public class LogsCommandTests
         string svg = dir.File("sat.svg");
         var (code, output, error) = Bitnet("logs", dir.Path, "--plot", svg);
         Assert.True(code == 0, error);
-        Assert.Contains("wrote 6 layer series", output);
+        Assert.Contains("wrote 6 layer series", error);
         XNamespace ns = "http://www.w3.org/2000/svg";
         var lines = XDocument.Load(svg).Descendants(ns + "polyline").ToList();
         Assert.Equal(6, lines.Count);
@@ -399,9 +400,9 @@ public class LogsCommandTests
         string path = WriteLog(dir);
         string svg = dir.File("sat.svg");
         var (code, output, error) = Bitnet("logs", path, "--plot", svg, "--metric", "saturation", "--input", "gate_up");
-        Assert.Equal("", error);
+        Assert.Equal("", output);
         Assert.Equal(0, code);
-        Assert.Contains("wrote 3 layer series", output);
+        Assert.StartsWith("wrote 3 layer series", error); // the status alone on stderr
         var doc = XDocument.Load(svg);
         XNamespace ns = "http://www.w3.org/2000/svg";
         var lines = doc.Descendants(ns + "polyline").ToList();
@@ -592,6 +593,15 @@ public class LogsCommandTests
         (code, _, error) = Bitnet("logs", path, "--since", "yesterday-ish");
         Assert.Equal(2, code);
         Assert.Contains("--since", error);
+
+        // A mistyped option is a usage error (it was read as a log path: "no such telemetry log", exit 1), and "-" is
+        // no file name (it wrote a file named "-").
+        (code, _, error) = Bitnet("logs", path, "--sinse", "1h");
+        Assert.Equal(2, code);
+        Assert.Contains("unrecognized option '--sinse'", error);
+        (code, _, error) = Bitnet("logs", path, "--export", "csv", "--out", "-");
+        Assert.Equal(2, code);
+        Assert.Contains("--out /dev/stdout", error);
 
         // A negative layer matched nothing and said nothing.
         (code, output, error) = Bitnet("logs", path, "--layer", "-1");
