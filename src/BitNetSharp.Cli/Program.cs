@@ -56,6 +56,18 @@ public static class Program
             error.WriteLine($"Run 'bitnet {parse.CommandResult.Command.Name} --help' for its options.");
             return 2;
         }
+        // A mistyped option on a command of path arguments was read as a path: "--bogus: no such file or directory", exit 1
+        // as for a missing model. A usage error, as tokenize says it (a path that starts with -- goes after --).
+        if (parse.CommandResult.Command.Name is "inspect" or "convert" && !parse.Tokens.Any(t => t.Type == System.CommandLine.Parsing.TokenType.DoubleDash))
+            foreach (var child in parse.CommandResult.Children)
+                if (child is System.CommandLine.Parsing.ArgumentResult argument)
+                    foreach (var token in argument.Tokens)
+                        if (token.Value.Length > 2 && token.Value.StartsWith("--", StringComparison.Ordinal) && !File.Exists(token.Value) && !Directory.Exists(token.Value))
+                        {
+                            error.WriteLine($"error: '{token.Value}' is not an option of bitnet {parse.CommandResult.Command.Name}; a path that starts with -- goes after -- (bitnet {parse.CommandResult.Command.Name} [options] -- PATH).");
+                            error.WriteLine($"Run 'bitnet {parse.CommandResult.Command.Name} --help' for its options.");
+                            return 2;
+                        }
         // The kernel tuning variables are read once by the kernels, which fall back to their defaults on a value they
         // cannot use: a typo (BITNET_WEIGHT_STREAMS=3) was measured as the default without a word. Said here, as a usage
         // error, by every command that runs a model (help, inspect, tokenize, convert and logs run none).

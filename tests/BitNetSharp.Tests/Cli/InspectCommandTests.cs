@@ -366,4 +366,21 @@ public class InspectCommandTests
         Assert.Contains("bitnet inspect --help", error);
         Assert.Equal("", output);
     }
+
+    /// <summary>A mistyped option is a usage error (exit 2), not a missing file (exit 1), on inspect and convert.</summary>
+    [Fact]
+    public void AMistypedOptionIsAUsageError()
+    {
+        foreach (var args in new[] { new[] { "inspect", "--bogus" }, ["convert", "--bogus", "x.gguf"], ["convert", "in.gguf", "--typ"] })
+        {
+            var (code, output, error) = Bitnet(args);
+            Assert.Equal(2, code);
+            Assert.Contains("is not an option of bitnet " + args[0], error);
+            Assert.Equal("", output);
+        }
+        // After --, a path that starts with -- is a path: missing, exit 1 naming it.
+        var (missing, _, why) = Bitnet("inspect", "--", "--no-such-model.gguf");
+        Assert.Equal(1, missing);
+        Assert.Contains("--no-such-model.gguf", why);
+    }
 }
