@@ -311,7 +311,7 @@ public static class LogsCommand
     }
 
     /// <summary>ISO-8601 (UTC unless it says otherwise) or a duration before now: 90s, 10m, 2h, 1d, 500ms.</summary>
-    internal static long? ParseTime(string? text, string option, DateTimeOffset now)
+    public static long? ParseTime(string? text, string option, DateTimeOffset now)
     {
         if (string.IsNullOrWhiteSpace(text)) return null;
         text = text.Trim();
@@ -325,8 +325,18 @@ public static class LogsCommand
                 double seconds = amount * unit;
                 return seconds < (now - DateTimeOffset.UnixEpoch).TotalSeconds ? ToUnixNanos(now - TimeSpan.FromSeconds(seconds)) : 0;
             }
+        // The rows' times are in nanoseconds and printed with nine digits; DateTimeOffset keeps seven (100 ns): the last
+        // two digits are added back, so a bound copied from the tool's own output is exact.
+        long extra = 0;
+        var fraction = System.Text.RegularExpressions.Regex.Match(text, @"\.(\d{8,9})(?!\d)");
+        if (fraction.Success)
+        {
+            string digits = fraction.Groups[1].Value;
+            extra = long.Parse(digits[7..].PadRight(2, '0'), CultureInfo.InvariantCulture);
+            text = text.Remove(fraction.Index + 8, digits.Length - 7);
+        }
         if (DateTimeOffset.TryParse(text, CultureInfo.InvariantCulture, DateTimeStyles.AssumeUniversal, out var t))
-            return ToUnixNanos(t);
+            return ToUnixNanos(t) is var nanos && nanos is long.MaxValue or long.MinValue ? nanos : nanos + extra;
         throw new UsageException($"{option} '{text}' is neither an ISO-8601 time nor a duration like 10m.");
     }
 

@@ -796,4 +796,19 @@ public class LogsCommandTests
         Assert.Throws<OperationCanceledException>(() => reader.ReadRows(cts.Token).ToList());
         Assert.Equal(21, reader.ReadRows(TestContext.Current.CancellationToken).Count());
     }
+
+    /// <summary>
+    /// A bound with nine fractional digits, as the tool prints row times, is exact to the nanosecond (DateTimeOffset kept
+    /// seven: a bound copied from the output let through a row up to 99 ns outside it).
+    /// </summary>
+    [Fact]
+    public void TimeBoundsKeepTheirNanoseconds()
+    {
+        var now = DateTimeOffset.UtcNow;
+        long seven = BitNetSharp.Cli.Commands.LogsCommand.ParseTime("2026-12-07T11:28:46.9799168Z", "--since", now)!.Value;
+        Assert.Equal(seven + 1, BitNetSharp.Cli.Commands.LogsCommand.ParseTime("2026-12-07T11:28:46.979916801Z", "--since", now));
+        Assert.Equal(seven + 10, BitNetSharp.Cli.Commands.LogsCommand.ParseTime("2026-12-07T11:28:46.97991681Z", "--since", now));
+        Assert.Equal(seven + 1 + 3_600_000_000_000L, BitNetSharp.Cli.Commands.LogsCommand.ParseTime("2026-12-07T11:28:46.979916801-01:00", "--since", now));
+        Assert.Equal(seven, BitNetSharp.Cli.Commands.LogsCommand.ParseTime(" 2026-12-07T11:28:46.9799168 ", "--since", now)); // no zone: UTC
+    }
 }
