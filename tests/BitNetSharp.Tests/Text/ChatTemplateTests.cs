@@ -48,7 +48,25 @@ public class ChatTemplateTests
         // An OpenAI request's system and developer messages (both system here) share the block; the last one replaced the first.
         Assert.Equal("<s>[INST] <<SYS>>\nA\n\n B \n<</SYS>>\n\nhi [/INST]",
             ChatTemplates.Llama2.Render([ChatMessage.System("A"), ChatMessage.System(" B "), ChatMessage.User("hi")]));
-        Assert.Equal("<s>[INST] <<SYS>>\nA\n<</SYS>>\n\n [/INST]", ChatTemplates.Llama2.Render([ChatMessage.System("A")]));
+        // With no user text, the strip of block + text takes the block's closing "\n\n" (as Meta's template renders a
+        // system message and an empty user one); a system message alone is that turn.
+        Assert.Equal("<s>[INST] <<SYS>>\nsys  \n<</SYS>> [/INST]", ChatTemplates.Llama2.Render([ChatMessage.System("sys  "), ChatMessage.User(" \n")]));
+        Assert.Equal("<s>[INST] <<SYS>>\nA\n<</SYS>> [/INST]", ChatTemplates.Llama2.Render([ChatMessage.System("A")]));
+    }
+
+    /// <summary>
+    /// The templates that trim content trim as Jinja's <c>trim</c> (Python's <c>str.strip()</c>), which also takes
+    /// U+001C–U+001F; .NET's Trim left them in the prompt (checked against jinja2 3.1.6).
+    /// </summary>
+    [Fact]
+    public void TrimmingIsJinjas()
+    {
+        string content = "\u001C\u00A0 hi\u3000\u001F\n";
+        Assert.Equal("<|begin_of_text|>User: hi<|eot_id|>", ChatTemplates.BitNet.Render([ChatMessage.User(content)], addGenerationPrompt: false));
+        Assert.Equal("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+            ChatTemplates.Llama3.Render([ChatMessage.User(content)], addGenerationPrompt: false));
+        Assert.Equal("<s>[INST] hi [/INST]", ChatTemplates.Llama2.Render([ChatMessage.User(content)]));
+        Assert.Equal("<|im_start|>user\n" + content + "<|im_end|>\n", ChatTemplates.ChatMl.Render([ChatMessage.User(content)], addGenerationPrompt: false));
     }
 
     /// <summary>A role is a name: one carrying template markup would forge turns, since roles are not escaped like contents.</summary>

@@ -107,6 +107,28 @@ public abstract class ChatTemplate
 
     public override string ToString() => Name;
 
+    /// <summary>
+    /// Jinja's <c>trim</c> and Python's <c>str.strip()</c>: Unicode white space as <see cref="char.IsWhiteSpace(char)"/>
+    /// has it, and also U+001C–U+001F (the information separators, white space to Python, not to .NET).
+    /// </summary>
+    private protected static string Strip(string s)
+    {
+        int start = 0, end = s.Length;
+        while (start < end && IsPythonSpace(s[start])) start++;
+        while (end > start && IsPythonSpace(s[end - 1])) end--;
+        return start == 0 && end == s.Length ? s : s[start..end];
+    }
+
+    /// <summary>Python's <c>str.rstrip()</c> (see <see cref="Strip"/>).</summary>
+    private protected static string StripEnd(string s)
+    {
+        int end = s.Length;
+        while (end > 0 && IsPythonSpace(s[end - 1])) end--;
+        return end == s.Length ? s : s[..end];
+    }
+
+    private static bool IsPythonSpace(char c) => char.IsWhiteSpace(c) || c is >= '\u001C' and <= '\u001F';
+
     /// <summary>Jinja's <c>capitalize</c>: first character upper case, the rest lower case.</summary>
     private protected static string Capitalize(string s) =>
         s.Length == 0 ? s : char.ToUpperInvariant(s[0]) + s[1..].ToLowerInvariant();
@@ -126,7 +148,7 @@ public sealed class BitNetChatTemplate : ChatTemplate
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
         text.Append("<|begin_of_text|>");
-        foreach (var m in messages) Content(text.Append(Capitalize(m.Role)).Append(": "), m.Content.Trim(), spans).Append("<|eot_id|>");
+        foreach (var m in messages) Content(text.Append(Capitalize(m.Role)).Append(": "), Strip(m.Content), spans).Append("<|eot_id|>");
         if (addGenerationPrompt) text.Append("Assistant: ");
     }
 }
@@ -142,7 +164,7 @@ public sealed class Llama3ChatTemplate : ChatTemplate
     {
         text.Append("<|begin_of_text|>");
         foreach (var m in messages)
-            Content(text.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n"), m.Content.Trim(), spans).Append("<|eot_id|>");
+            Content(text.Append("<|start_header_id|>").Append(m.Role).Append("<|end_header_id|>\n\n"), Strip(m.Content), spans).Append("<|eot_id|>");
         if (addGenerationPrompt) text.Append("<|start_header_id|>assistant<|end_header_id|>\n\n");
     }
 }
@@ -171,29 +193,31 @@ public sealed class Llama2ChatTemplate : ChatTemplate
                     system.Add(m.Content); // as Meta's template: the system text is not stripped
                     break;
                 case "assistant":
-                    Content(text.Append(' '), m.Content.Trim(), spans).Append(" </s>");
+                    Content(text.Append(' '), Strip(m.Content), spans).Append(" </s>");
                     break;
                 default:
                     text.Append("<s>[INST] ");
                     // Meta's template strips "<<SYS>>\n" + system + "\n<</SYS>>\n\n" + user as one string: after a system
-                    // block only the user text's end is stripped (it trimmed the system text and the user text's start).
+                    // block only the user text's end is stripped (it trimmed the system text and the user text's start),
+                    // and with no user text the block's own closing "\n\n" is what the strip takes.
                     bool afterSystem = system.Count > 0;
-                    SystemBlock(text, system, spans);
-                    Content(text, afterSystem ? m.Content.TrimEnd() : m.Content.Trim(), spans).Append(" [/INST]");
+                    string user = afterSystem ? StripEnd(m.Content) : Strip(m.Content);
+                    SystemBlock(text, system, spans, stripped: user.Length == 0);
+                    Content(text, user, spans).Append(" [/INST]");
                     break;
             }
         }
         // A system message with no user turn after it still reaches the model.
-        if (system.Count > 0) SystemBlock(text.Append("<s>[INST] "), system, spans).Append(" [/INST]");
+        if (system.Count > 0) SystemBlock(text.Append("<s>[INST] "), system, spans, stripped: true).Append(" [/INST]");
     }
 
-    private static StringBuilder SystemBlock(StringBuilder text, List<string> system, List<Range>? spans)
+    private static StringBuilder SystemBlock(StringBuilder text, List<string> system, List<Range>? spans, bool stripped)
     {
         if (system.Count == 0) return text;
         text.Append("<<SYS>>\n");
         for (int i = 0; i < system.Count; i++) Content(i == 0 ? text : text.Append("\n\n"), system[i], spans);
         system.Clear();
-        return text.Append("\n<</SYS>>\n\n");
+        return text.Append(stripped ? "\n<</SYS>>" : "\n<</SYS>>\n\n");
     }
 }
 
