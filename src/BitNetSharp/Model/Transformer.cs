@@ -286,7 +286,13 @@ public sealed unsafe class Transformer : IDisposable
         Stage(Stage_Rope, l, batch);
         p?.Begin(ProfileOp.Attention, l, n);
         // Written in batch order: a cache takes a sequence's positions in increasing order, without gaps.
-        for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
+        var health = _health;
+        for (int t = 0; t < n; t++)
+        {
+            var cache = caches[batch[t].Sequence];
+            cache.Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
+            health?.KvWritten(l, t, cache, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
+        }
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
         // A pass this small runs on the calling thread (see AttentionInlineMacs). Chunks split across threads: each thread

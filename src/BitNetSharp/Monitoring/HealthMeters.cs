@@ -49,6 +49,16 @@ public sealed class HealthMeters : IDisposable
                 {
                     for (int l = 0; l < s.Layers; l++) m.Add(new(s.BlowUp[l] ? 1 : 0, Layer(l)));
                 })),
+            new("bitnet.health.kv.error", "1", "bitnet_health_kv_error_ratio", false,
+                "The KV cache's rounding of the key (tensor=\"k\") and value (\"v\") rows the last sampled step wrote to the layer, ||x - stored|| / ||x||, largest over its tokens (0 with an f32 cache).",
+                m => ReadSnapshot(m, s =>
+                {
+                    for (int l = 0; l < s.Layers; l++)
+                    {
+                        m.Add(new(s.KvKeyError[l], Layer(l), new("tensor", "k")));
+                        m.Add(new(s.KvValueError[l], Layer(l), new("tensor", "v")));
+                    }
+                })),
             Logit("bitnet.health.logits.min", "bitnet_health_logits_min", "Smallest logit of the last sampled step with logits rows.", s => s.LogitMin, s => s.LastLogitMin),
             Logit("bitnet.health.logits.max", "bitnet_health_logits_max", "Largest logit of the last sampled step with logits rows.", s => s.LogitMax, s => s.LastLogitMax),
             Logit("bitnet.health.logits.range", "bitnet_health_logits_range", "Smallest max-min among the logits rows of the last sampled step with any (flat output shows here).", s => s.LogitRange, s => s.LastLogitRange),
@@ -149,7 +159,7 @@ public sealed class HealthMeters : IDisposable
     {
         "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",
         "bitnet_health_residual_rms", "bitnet_health_residual_max_abs", "bitnet_health_residual_relative_change_ratio", "bitnet_health_residual_blowup",
-        "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
+        "bitnet_health_kv_error_ratio", "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
         "bitnet_health_nonfinite_sequences_total", "bitnet_health_samples_total", "bitnet_health_logit_samples_total", "bitnet_health_token_latency_stddev_seconds", "bitnet_health_repetition_ratio",
         "bitnet_weights_checksum_mismatches_total", "bitnet_weights_probe_mismatches_total", "bitnet_weights_verifications_total",
         "bitnet_weights_verified", "bitnet_weights_code_share_ratio", "bitnet_weights_degenerate_tensors", "bitnet_telemetry_dropped_rows_total",
@@ -169,6 +179,7 @@ public sealed class HealthMeters : IDisposable
         ["bitnet_health_residual_max_abs"] = ["layer"],
         ["bitnet_health_residual_relative_change_ratio"] = ["layer"],
         ["bitnet_health_residual_blowup"] = ["layer"],
+        ["bitnet_health_kv_error_ratio"] = ["layer", "tensor"],
         ["bitnet_weights_code_share_ratio"] = ["layer", "projection", "code"],
         ["bitnet_alerts_total"] = ["rule"],
         ["bitnet_alerts_firing"] = ["rule", "severity"],
@@ -182,7 +193,7 @@ public sealed class HealthMeters : IDisposable
     {
         "bitnet_health_activation_saturation_ratio", "bitnet_health_activation_underflow_ratio", "bitnet_health_activation_crest_factor",
         "bitnet_health_residual_rms", "bitnet_health_residual_max_abs", "bitnet_health_residual_relative_change_ratio", "bitnet_health_residual_blowup",
-        "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
+        "bitnet_health_kv_error_ratio", "bitnet_health_logits_min", "bitnet_health_logits_max", "bitnet_health_logits_range", "bitnet_health_logits_entropy",
     };
 
     public IReadOnlyList<Signal> Signals => _signals;

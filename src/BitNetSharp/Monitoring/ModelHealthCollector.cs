@@ -29,6 +29,8 @@ public sealed class HealthSnapshot
         ResidualMaxAbs = new float[layers];
         ResidualChange = new float[layers];
         BlowUp = new bool[layers];
+        KvKeyError = new float[layers];
+        KvValueError = new float[layers];
     }
 
     public int Layers { get; }
@@ -79,6 +81,16 @@ public sealed class HealthSnapshot
     /// <summary>Layers where a token's relative change crossed <see cref="ModelHealthCollector.BlowUpThreshold"/> (or was not finite).</summary>
     public bool[] BlowUp { get; }
 
+    /// <summary>
+    /// [layer]: the KV cache's rounding of the key rows the step wrote, ‖k − k̂‖/‖k‖ with k̂ the row read back from the
+    /// cache (int8 and fp8 with their per-head scales, f16; exactly 0 for an f32 cache), the largest over the step's
+    /// tokens (NaN if a row was not finite). What every later token's attention reads in place of the key.
+    /// </summary>
+    public float[] KvKeyError { get; }
+
+    /// <summary>[layer]: <see cref="KvKeyError"/> for the value rows.</summary>
+    public float[] KvValueError { get; }
+
     /// <summary>Logits rows analysed in this step (0: the logits fields are NaN; a prompt chunk alone has none).</summary>
     public int LogitRows { get; internal set; }
 
@@ -118,6 +130,8 @@ public sealed class HealthSnapshot
         ResidualMaxAbs.CopyTo(other.ResidualMaxAbs, 0);
         ResidualChange.CopyTo(other.ResidualChange, 0);
         BlowUp.CopyTo(other.BlowUp, 0);
+        KvKeyError.CopyTo(other.KvKeyError, 0);
+        KvValueError.CopyTo(other.KvValueError, 0);
         other.LogitRows = LogitRows;
         other.LogitMin = LogitMin;
         other.LogitMax = LogitMax;
@@ -160,6 +174,8 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     private readonly float[] _sat, _under, _crest;      // [token][layer][input]
     private readonly byte[] _bits;                       // [layer][input]: the width each input was last quantized to
     private readonly float[] _rms, _maxAbs, _change;    // [token][layer]
+    private readonly float[] _kvError;                  // [token][layer][K|V]
+    private readonly float[] _kvRead;                   // [K|V][kvDim]: a row read back from the cache (calling thread)
     private readonly int[] _origin;                     // [token]: Finite, Embedding, or the first layer
     private readonly int[] _rowToken;                   // logits row → batch token
     private readonly int[] _sequence;                   // [token]: its sequence
@@ -188,6 +204,8 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _rms = new float[maxTokens * _layers];
         _maxAbs = new float[maxTokens * _layers];
         _change = new float[maxTokens * _layers];
+        _kvError = new float[maxTokens * _layers * 2];
+        _kvRead = new float[2 * config.KvDim];
         _origin = new int[maxTokens];
         _rowToken = new int[maxTokens];
         _sequence = new int[maxTokens];
@@ -290,6 +308,42 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _bits[layer * HealthNames.InputCount + (int)input] = (byte)(System.Numerics.BitOperations.Log2((uint)maxCode + 1) + 1); // 2^(b−1) − 1 → b
     }
 
+    /// <summary>
+    /// After batch token <paramref name="token"/>'s key and value rows <paramref name="k"/>, <paramref name="v"/> were
+    /// written to <paramref name="cache"/> at <paramref name="position"/>: when sampling, how far the stored rows are from
+    /// them (relative RMS error; an f32 cache stores them exactly). Called on the thread that writes the cache.
+    /// </summary>
+    internal void KvWritten(int layer, int token, KvCache cache, int position, ReadOnlySpan<float> k, ReadOnlySpan<float> v)
+    {
+        if (!Sampling) return;
+        int cell = (token * _layers + layer) * 2;
+        if (cache.Type == KvCacheType.F32)
+        {
+            _kvError[cell] = _kvError[cell + 1] = 0f;
+            return;
+        }
+        var kHat = _kvRead.AsSpan(0, k.Length);
+        var vHat = _kvRead.AsSpan(k.Length, v.Length);
+        cache.Read(layer, position, kHat, vHat);
+        _kvError[cell] = RelativeError(k, kHat);
+        _kvError[cell + 1] = RelativeError(v, vHat);
+    }
+
+    /// <summary>‖x − y‖/‖x‖ (0 when both are 0, ∞ when only x is; NaN when either holds NaN/∞).</summary>
+    internal static float RelativeError(ReadOnlySpan<float> x, ReadOnlySpan<float> y)
+    {
+        double diff = 0, norm = 0;
+        for (int i = 0; i < x.Length; i++)
+        {
+            double d = (double)x[i] - y[i];
+            diff += d * d;
+            norm += (double)x[i] * x[i];
+        }
+        if (!double.IsFinite(diff) || !double.IsFinite(norm)) return float.NaN;
+        if (norm == 0) return diff == 0 ? 0f : float.PositiveInfinity;
+        return (float)Math.Sqrt(diff / norm);
+    }
+
     /// <summary>At a layer's end: finiteness always, the residual statistics when sampling.</summary>
     internal void LayerEnd(int layer, int token, ReadOnlySpan<float> x)
     {
@@ -350,6 +404,17 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
             p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
+            // The KV rounding: the largest over the step's tokens, the first token included (every later token attends
+            // to the sink's row, so its rounding matters most). NaN propagates.
+            float ek = 0, ev = 0;
+            for (int t = 0; t < n; t++)
+            {
+                int cell = (t * _layers + l) * 2;
+                ek = MathF.Max(ek, _kvError[cell]);
+                ev = MathF.Max(ev, _kvError[cell + 1]);
+            }
+            p.KvKeyError[l] = ek;
+            p.KvValueError[l] = ev;
         }
         p.Step = _steps - 1;
         p.Tokens = n;

@@ -796,6 +796,29 @@ public class GenerateArgumentTests
     }
 
     /// <summary>
+    /// With a KV cache that rounds, the health table has the rounding of the stored key and value rows per layer (mean
+    /// and max): int8 on the bundled model reads a fraction of a percent; an f32 cache, exact, has no such columns.
+    /// </summary>
+    [Fact]
+    public void TheHealthTableShowsTheKvCachesRounding()
+    {
+        string Table(string kv)
+        {
+            var error = new StringWriter();
+            int code = Program.Run(["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "Once upon a time", "-n", "8", "--temp", "0", "--health", "--kv-type", kv, "-t", "1"],
+                new StringWriter(), error);
+            Assert.True(code == 0, error.ToString());
+            return error.ToString();
+        }
+        string int8 = Table("int8");
+        Assert.Contains("| kv err k  (max)        v  (max)", int8);
+        var row = System.Text.RegularExpressions.Regex.Match(int8, @"\n    0 \|.*\| +(\d+\.\d\d)% \((\d+\.\d\d)%\) +(\d+\.\d\d)% \((\d+\.\d\d)%\)\n");
+        Assert.True(row.Success, int8);
+        for (int g = 1; g <= 4; g++) Assert.InRange(double.Parse(row.Groups[g].Value, System.Globalization.CultureInfo.InvariantCulture), 0.1, 5);
+        Assert.DoesNotContain("kv err", Table("f32"));
+    }
+
+    /// <summary>
     /// The health table's mean relative change leaves out steps of sequence starts only, where ‖Δ‖/‖x‖ is not measured
     /// (0): a 1-token prompt's first step pulled layer 1's mean from 0.786 to 0.590.
     /// </summary>

@@ -16,12 +16,13 @@ namespace BitNetSharp.Tests.Monitoring;
 /// </summary>
 public class FaultDrillTests
 {
-    private static async Task<(TestServer Server, ModelWeights Weights)> StartAsync(Func<MonitoringOptions, MonitoringOptions>? monitoring = null, bool untied = false)
+    private static async Task<(TestServer Server, ModelWeights Weights)> StartAsync(Func<MonitoringOptions, MonitoringOptions>? monitoring = null, bool untied = false,
+        KvCacheType kvType = KvCacheType.F16)
     {
         ModelWeights? weights = null;
         var server = await TestServer.StartAsync(o => o with
         {
-            Scheduler = o.Scheduler with { HealthSampleEvery = 1, WeightProbeEvery = 1 },
+            Scheduler = o.Scheduler with { HealthSampleEvery = 1, WeightProbeEvery = 1, KvType = kvType },
             // Counter rules look back 1 s instead of 5 min, so a drill can also see them resolve.
             Monitoring = (monitoring ?? (m => m))(new MonitoringOptions
             {
@@ -245,6 +246,24 @@ public class FaultDrillTests
         (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 60, temperature = 0, ignore_eos = true, frequency_penalty = 2, presence_penalty = 2 });
         Assert.Equal(HttpStatusCode.OK, status);
         Assert.True(highest < 0.2, $"repetition {highest} with penalties that forbid repeats");
+    }
+
+    /// <summary>
+    /// The KV cache's rounding is a gauge per layer and tensor: an int8 cache's keys and values read about 0.5 % (127
+    /// levels over a row's absmax), and a rule over the key rows fires on it.
+    /// </summary>
+    [Fact]
+    public async Task KvRoundingIsAGaugeARuleCanRead()
+    {
+        var rule = new AlertRule { Name = "KvRounding", Metric = "bitnet_health_kv_error_ratio", Match = new() { ["tensor"] = "k" }, Op = ">", Threshold = 0.001, Component = "model" };
+        var (s, _) = await StartAsync(m => m with { AlertRules = [rule] }, kvType: KvCacheType.Int8);
+        await using var owned = s;
+        var (status, _, _) = await s.PostAsync("v1/completions", Completion("hello", 8));
+        Assert.Equal(HttpStatusCode.OK, status);
+        var metrics = await s.MetricsAsync();
+        foreach (var series in new[] { "bitnet_health_kv_error_ratio{layer=\"0\",tensor=\"k\"}", "bitnet_health_kv_error_ratio{layer=\"1\",tensor=\"v\"}" })
+            Assert.InRange(TestServer.Sample(metrics, series), 0.001, 0.05);
+        await TestServer.EventuallyAsync(async () => s.Server.Monitor!.Alerts!.TimesFired("KvRounding") > 0 || await FiringAsync(s, "KvRounding"), "the KV rounding rule fires");
     }
 
     /// <summary>Every health instrument's declared Prometheus name is what the exporter makes of its name and unit, and /metrics has them.</summary>

@@ -158,6 +158,83 @@ public class HealthCollectorTests
         Assert.Equal(1, snap.LogitRows);
     }
 
+    /// <summary>
+    /// The KV rounding gauges: layer 0's key/value rows do not depend on the cache (attention comes after them), so an
+    /// f32 cache's rows are the exact ones and the rounded cache's rows read back give the error, computed here in
+    /// double; the f32 cache reads 0 everywhere.
+    /// </summary>
+    [Theory]
+    [InlineData(KvCacheType.Int8, 0.002, 0.05)]
+    [InlineData(KvCacheType.Fp8E4M3, 0.01, 0.07)]
+    [InlineData(KvCacheType.F16, 1e-5, 1e-3)]
+    public void KvRoundingIsTheStoredRowsDistanceFromTheExactOnes(KvCacheType type, double low, double high)
+    {
+        using var w = TransformerTests.TinyModel();
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var exactEngine = new Transformer(w, 4, pool);
+        using var engine = new Transformer(w, 4, pool);
+        using var health = new ModelHealthCollector(c, 4) { SampleEvery = 1 };
+        engine.Health = health;
+        using var exact = Cache(c);
+        using var rounded = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, type);
+        var logits = new float[3 * c.VocabSize];
+        BatchToken[] batch = [new(5, 0, 0, true), new(17, 0, 1, true), new(200, 0, 2, true)];
+        exactEngine.Forward(batch, [exact], logits);
+        engine.Forward(batch, [rounded], logits);
+        health.Publish();
+        var snap = health.Latest;
+
+        double key = 0, value = 0;
+        var k = new float[c.KvDim];
+        var v = new float[c.KvDim];
+        var kHat = new float[c.KvDim];
+        var vHat = new float[c.KvDim];
+        for (int t = 0; t < 3; t++)
+        {
+            exact.Read(0, t, k, v);
+            rounded.Read(0, t, kHat, vHat);
+            key = Math.Max(key, Distance(k, kHat));
+            value = Math.Max(value, Distance(v, vHat));
+        }
+        Assert.Equal(key, snap.KvKeyError[0], 1e-6);
+        Assert.Equal(value, snap.KvValueError[0], 1e-6);
+        for (int l = 0; l < c.Layers; l++)
+        {
+            Assert.InRange(snap.KvKeyError[l], low, high);
+            Assert.InRange(snap.KvValueError[l], low, high);
+        }
+
+        using var f32Health = new ModelHealthCollector(c, 4) { SampleEvery = 1 };
+        exactEngine.Health = f32Health;
+        using var exact2 = Cache(c);
+        exactEngine.Forward(batch, [exact2], logits);
+        f32Health.Publish();
+        Assert.All(f32Health.Latest.KvKeyError, e => Assert.Equal(0f, e));
+        Assert.All(f32Health.Latest.KvValueError, e => Assert.Equal(0f, e));
+
+        static double Distance(float[] x, float[] y)
+        {
+            double d = 0, n = 0;
+            for (int i = 0; i < x.Length; i++)
+            {
+                d += ((double)x[i] - y[i]) * ((double)x[i] - y[i]);
+                n += (double)x[i] * x[i];
+            }
+            return Math.Sqrt(d / n);
+        }
+    }
+
+    [Fact]
+    public void RelativeErrorOfSpecialRows()
+    {
+        Assert.Equal(0f, ModelHealthCollector.RelativeError([0f, 0f], [0f, 0f]));
+        Assert.Equal(float.PositiveInfinity, ModelHealthCollector.RelativeError([0f, 0f], [1f, 0f]));
+        Assert.True(float.IsNaN(ModelHealthCollector.RelativeError([float.NaN, 1f], [0f, 1f])));
+        Assert.True(float.IsNaN(ModelHealthCollector.RelativeError([float.PositiveInfinity, 1f], [float.PositiveInfinity, 1f])));
+        Assert.Equal(0.6f, ModelHealthCollector.RelativeError([3f, 4f], [3f, 1f]), 1e-6f);
+    }
+
     [Fact]
     public void SamplingRateIsHonoured()
     {

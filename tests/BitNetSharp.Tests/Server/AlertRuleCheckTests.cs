@@ -40,6 +40,7 @@ public sealed class AlertRuleCheckTests
     [InlineData("""{"name": "Gate", "metric": "bitnet_health_activation_saturation_ratio", "match": {"input": "gate"}, "op": ">", "threshold": 0.05}""", "input 'gate'", "gate_up")]
     [InlineData("""{"name": "NotDown", "metric": "bitnet_health_activation_underflow_ratio", "match": {"input": "!Down"}, "op": ">", "threshold": 0.5}""", "exclude nothing", "qkv")]
     [InlineData("""{"name": "L", "metric": "bitnet_health_residual_rms", "match": {"layer": "one"}, "op": ">", "threshold": 100}""", "layer 'one'", "layer index")]
+    [InlineData("""{"name": "K", "metric": "bitnet_health_kv_error_ratio", "match": {"tensor": "key"}, "op": ">", "threshold": 0.05}""", "tensor 'key'", "k, v")]
     [InlineData("""{"name": "F", "metric": "bitnet_request_success_total", "match": {"finish_reason": "eos"}, "aggregate": "increase", "op": ">", "threshold": 1}""", "finish_reason 'eos'", "stop, length")]
     [InlineData("""{"name": "A", "metric": "bitnet_alerts_firing", "match": {"rule": "Nope"}, "op": ">", "threshold": 0}""", "rule 'Nope'", "A")]
     public void AMatchOnAValueNoSeriesHasIsRefusedAtLoad(string rule, string named, string values)

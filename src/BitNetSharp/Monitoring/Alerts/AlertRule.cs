@@ -215,6 +215,7 @@ public static class AlertRules
             "input" => HealthNames.InputLabels,
             "projection" => HealthNames.ProjectionLabels,
             "code" => ["-1", "0", "+1"],
+            "tensor" => ["k", "v"], // bitnet_health_kv_error_ratio
             "finish_reason" => ["stop", "length"],
             "bits" => ["2", "3", "4", "5", "6", "8"], // ActivationBits.Allowed
             _ => null,
