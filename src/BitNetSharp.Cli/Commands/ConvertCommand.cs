@@ -24,7 +24,9 @@ public static class ConvertCommand
             Description = "Write the weights alone, without the source's tokenizer (one that cannot be read or stored in GGUF is otherwise an error).",
         };
         var command = new Command("convert", "Convert a model to a GGUF with packed ternary weights.") { input, output, type, embedding, noTokenizer };
-        command.SetAction(result => cli.Guard(() =>
+        // With the cancellation token: Ctrl-C/SIGTERM stops between tensors and removes the partial output (a hidden
+        // temporary of the model's size was left behind until the next convert to the same name).
+        command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
         {
             var packed = result.GetValue(type)!.Trim().ToLowerInvariant() switch
             {
@@ -123,20 +125,31 @@ public static class ConvertCommand
                     + (chatTemplates.Count > 0 ? ", chat template" : "");
             }
             // Each tensor is encoded as it is written (one in memory at a time), so the bar runs over the write.
-            cli.Ansi.Progress().AutoClear(true).Start(ctx =>
+            long written = 0;
+            try
             {
-                var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
-                var writer = ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType, sourceTokenizer: !withoutTokenizer);
-                // The chat template comes along with the tokenizer (llama.cpp fell back to ChatML without it).
-                if (tokenizer is not null)
-                    foreach (var (key, value) in chatTemplates)
-                        if (!writer.Contains(key)) writer.Add(key, value);
-                writer.WriteFile(outPath);
-            });
+                cli.Ansi.Progress().AutoClear(true).Start(ctx =>
+                {
+                    var task = ctx.AddTask($"packing {weights.Config.Layers} layers as {packed}");
+                    var writer = ModelConverter.ToGguf(weights, packed, (done, total) => { task.MaxValue = total; task.Value = done; }, tokenizer, embeddingType, sourceTokenizer: !withoutTokenizer);
+                    // The chat template comes along with the tokenizer (llama.cpp fell back to ChatML without it).
+                    if (tokenizer is not null)
+                        foreach (var (key, value) in chatTemplates)
+                            if (!writer.Contains(key)) writer.Add(key, value);
+                    written = writer.Write(outPath, cancellation);
+                });
+            }
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                cli.Error.WriteLine("cancelled: nothing written.");
+                return 130;
+            }
             string embeddingNote = embeddingType is { } e ? $"embedding {GgmlTypeInfo.Name(e)}" : $"embedding {GgmlTypeInfo.Name(weights.TokenEmbedding.Type)} (kept)";
-            cli.Output.WriteLine($"wrote {outPath} ({new FileInfo(outPath).Length:N0} bytes, {packed}, {embeddingNote}, {tokenizerNote})");
+            // On stderr, with the bytes written: `convert IN /dev/stdout | ...` ended its GGUF with this line, and the
+            // size read back was the /dev/stdout link's.
+            cli.Error.WriteLine($"wrote {outPath} ({written:N0} bytes, {packed}, {embeddingNote}, {tokenizerNote})");
             return 0;
-        }));
+        })));
         return command;
     }
 

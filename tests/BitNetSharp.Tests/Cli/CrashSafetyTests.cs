@@ -121,6 +121,42 @@ public class CrashSafetyTests
         Assert.Empty(Temporaries(dir.Path));
     }
 
+    /// <summary>
+    /// SIGINT or SIGTERM while convert writes stops it between tensors, removes its hidden temporary (the size of the
+    /// model: it was left behind until the next convert to that name) and exits 130 with nothing under the name; the
+    /// status line, on stderr, gives the bytes written (read back from the name, a /dev/stdout output read 15, its link).
+    /// </summary>
+    [Fact]
+    public async Task ASignalWhileConvertWritesRemovesItsPartialFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string output = dir.File("out.gguf");
+        int cancelled = 0;
+        for (int i = 0; i < 6 && cancelled < 2; i++)
+        {
+            using var p = Start("convert", Model, output, "--type", "f16", "--embedding-type", "f16");
+            var stderr = p.StandardError.ReadToEndAsync(Ct);
+            _ = p.StandardOutput.ReadToEndAsync(Ct);
+            for (var until = DateTime.UtcNow.AddMinutes(1); Temporaries(dir.Path).Length == 0 && !p.HasExited && DateTime.UtcNow < until;) await Task.Delay(2, Ct);
+            using (var kill = Process.Start("kill", [i % 2 == 0 ? "-INT" : "-TERM", p.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
+            await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            string error = await stderr;
+            if (p.ExitCode == 0)
+            {
+                // Finished before the signal landed: the whole file, its size said.
+                Assert.Contains($"wrote {output} ({new FileInfo(output).Length.ToString("N0", CultureInfo.CurrentCulture)} bytes", error);
+                File.Delete(output);
+                continue;
+            }
+            Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {error}");
+            Assert.Contains("cancelled: nothing written.", error);
+            Assert.False(File.Exists(output));
+            Assert.Empty(Temporaries(dir.Path));
+            cancelled++;
+        }
+        Assert.True(cancelled > 0, "no signal landed while convert was writing");
+    }
+
     [Fact]
     public async Task TrainKilledAnywhereLeavesALoadableCheckpointAndExport()
     {

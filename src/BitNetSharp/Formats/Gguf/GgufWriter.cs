@@ -129,6 +129,18 @@ public sealed unsafe class GgufWriter
     /// </summary>
     public void WriteFile(string path) => AtomicFile.Write(path, WriteTo);
 
+    /// <summary>
+    /// <see cref="WriteFile(string)"/>, stopping between tensors when <paramref name="cancellation"/> is cancelled (the
+    /// temporary file removed, the name left as it was); returns the bytes written (a pipe or device at the name has no
+    /// length to read back).
+    /// </summary>
+    public long Write(string path, CancellationToken cancellation)
+    {
+        long written = 0;
+        AtomicFile.Write(path, stream => written = WriteStream(stream, cancellation));
+        return written;
+    }
+
     /// <summary>The complete file as bytes (for tests and small files).</summary>
     public byte[] ToArray()
     {
@@ -138,7 +150,10 @@ public sealed unsafe class GgufWriter
     }
 
     /// <summary>Writes the whole file to <paramref name="stream"/> from its current position.</summary>
-    public void WriteTo(Stream stream)
+    public void WriteTo(Stream stream) => WriteStream(stream, CancellationToken.None);
+
+    /// <summary>Writes the whole file to <paramref name="stream"/>, checking <paramref name="cancellation"/> before each tensor; returns the bytes written.</summary>
+    private long WriteStream(Stream stream, CancellationToken cancellation)
     {
         ArgumentNullException.ThrowIfNull(stream);
         var w = new Output(stream);
@@ -172,6 +187,7 @@ public sealed unsafe class GgufWriter
         if (_tensors.Count > 0) w.Zeros(Pad(w.Written) - w.Written);
         foreach (var t in _tensors)
         {
+            cancellation.ThrowIfCancellationRequested();
             if (t.Produce is { } produce)
             {
                 var bytes = produce();
@@ -190,6 +206,7 @@ public sealed unsafe class GgufWriter
             w.Zeros(Pad(t.Length) - t.Length);
         }
         w.Flush();
+        return w.Written;
     }
 
     private long Pad(long x) => x + (Alignment - x % Alignment) % Alignment;
