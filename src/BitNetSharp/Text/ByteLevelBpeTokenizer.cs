@@ -40,7 +40,7 @@ public sealed class ByteLevelBpeTokenizer : BitNetTokenizer
         _preTokenizer = preTokenizer;
         for (int b = 0; b < 256; b++) _byteTokens[b] = vocabulary.Find(ByteLevelEncoding.ByteToChar((byte)b).ToString());
 
-        _merges = new Dictionary<long, (int, int)>(merges.Count);
+        _merges = new Dictionary<long, (int, int)>(merges.Count, PairComparer.Instance);
         var lookup = IdByText.GetAlternateLookup<ReadOnlySpan<char>>();
         char[] joined = new char[64];
         for (int rank = 0; rank < merges.Count; rank++)
@@ -85,6 +85,21 @@ public sealed class ByteLevelBpeTokenizer : BitNetTokenizer
     public override string Description => $"byte-level BPE, {_preTokenizer.Name} pre-tokenizer{(_preTokenizer.IgnoreMerges ? ", whole-word vocabulary hits" : "")}";
 
     private static long PairKey(int left, int right) => ((long)left << 32) | (uint)right;
+
+    /// <summary>
+    /// The merge table's hash: long's own is hi ^ lo, i.e. left ^ right, so every merge of a token with itself (548 in
+    /// Llama 3's table: "ĠĠ", "ĠĠ ĠĠ", ...) hashed to 0 and pairs of small ids crowded a few buckets; a run of one
+    /// repeated token walked that chain at every lookup (1 MB of spaces took 14 s with Llama 3's vocabulary). A
+    /// Fibonacci multiply spreads both halves over the whole word.
+    /// </summary>
+    internal sealed class PairComparer : IEqualityComparer<long>
+    {
+        public static readonly PairComparer Instance = new();
+
+        public bool Equals(long x, long y) => x == y;
+
+        public int GetHashCode(long key) => (int)((ulong)key * 0x9E3779B97F4A7C15UL >> 32);
+    }
 
     /// <summary>Plain text (no special tokens) to ids, for a tokenizer that encodes through this one (tiktoken's ranks).</summary>
     internal void EncodePlain(string text, int start, int length, List<int> output) => EncodeText(text, start, length, afterSpecial: false, output);
