@@ -101,22 +101,37 @@ public static class ChatCommand
                         cli.Error.WriteLine("[conversation cleared]");
                         continue;
                     }
+                    // Ctrl-C belongs to this message from the moment it is read: while the conversation is encoded (a long
+                    // paste takes a second or more) it abandons the message; it killed the chat there, the conversation lost.
+                    var pending = new CancellationTokenSource();
+                    answer = pending;
+                    var before = new List<ChatMessage>(messages);
                     messages.Add(ChatMessage.User(line!));
                     var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
                         generator.ContextLength, answerTokens, cli.Error);
                     if (prompt is null)
                     {
+                        answer = null; // refused (said), so a Ctrl-C meanwhile has nothing left to stop
                         if (kind == ChatInput.LastMessage) return 0; // the input has ended: no further read (a terminal's would wait)
                         continue;
                     }
+                    if (pending.IsCancellationRequested)
+                    {
+                        answer = null;
+                        messages.Clear();
+                        messages.AddRange(before); // the turns a long message pushed out come back with it gone
+                        cli.Output.WriteLine();
+                        cli.Error.WriteLine("[stopped before the answer began: the message was not sent]");
+                        if (kind == ChatInput.LastMessage) return 0;
+                        continue;
+                    }
                     ModelOptions.CheckEncoded(weights, prompt, "the conversation");
-                    answer = new CancellationTokenSource();
                     var reply = new System.Text.StringBuilder();
                     // One --seed, a different stream each answer (as llama.cpp's one sampler for the session): the same
                     // seed every turn made each answer draw the same random numbers (after /reset, the same answer again).
                     var turnParameters = parameters.Seed is { } seed ? parameters with { Seed = BitNetSharp.Generation.Sampling.SamplingParameters.StreamSeed(seed, turn) } : parameters;
                     turn++;
-                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), turnParameters, cancellation: answer.Token), stops))
+                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), turnParameters, cancellation: pending.Token), stops))
                     {
                         reply.Append(token.Text);
                         cli.Output.Write(token.Text);

@@ -80,4 +80,56 @@ public class GenerateProcessTests
         Assert.InRange(generated, 1, 249);
         Assert.Contains($"interrupted after {generated} generated tokens", error);
     }
+
+    /// <summary>
+    /// Ctrl-C (SIGINT) while chat encodes a message (a long paste takes seconds) does not end the chat: it killed the
+    /// process there (the handler only held an answer's token once generation began), the conversation lost. Held at a
+    /// known point: the signal is sent once a 5 MB line is taken, whose encoding takes seconds before it is refused as
+    /// longer than the context (a message that fits and is stopped there is dropped, "[stopped before the answer began]").
+    /// </summary>
+    [Fact]
+    public async Task CtrlCWhileAMessageIsEncodedAbandonsItAndTheChatGoesOn()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGINT with kill(1)");
+        Assert.SkipUnless(File.Exists(Exe), $"the CLI's apphost is not next to the tests ({Exe})");
+        int abandoned = 0;
+        for (int attempt = 0; attempt < 3 && abandoned == 0; attempt++)
+        {
+            var psi = new ProcessStartInfo(Exe) { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false };
+            foreach (var a in new[] { "chat", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-n", "4", "--temp", "0", "-t", "1" })
+                psi.ArgumentList.Add(a);
+            using var p = Process.Start(psi)!;
+            var error = new System.Text.StringBuilder();
+            p.ErrorDataReceived += (_, e) => { lock (error) error.AppendLine(e.Data); };
+            p.BeginErrorReadLine();
+            var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+            string Error() { lock (error) return error.ToString(); }
+            await p.StandardInput.WriteLineAsync("Hi".AsMemory(), Ct);
+            await p.StandardInput.FlushAsync(Ct);
+            for (var until = DateTime.UtcNow.AddSeconds(60); !Error().Contains(" generated, ") && !p.HasExited && DateTime.UtcNow < until;) await Task.Delay(20, Ct);
+            Assert.True(Error().Contains(" generated, "), Error());
+            await p.StandardInput.WriteLineAsync(string.Concat(Enumerable.Repeat("word ", 1_000_000)).AsMemory(), Ct);
+            await p.StandardInput.FlushAsync(Ct);
+            await Task.Delay(200, Ct);
+            using (var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
+            // The chat goes on: one more message answered, then the end of input.
+            try
+            {
+                await p.StandardInput.WriteLineAsync("Hello".AsMemory(), Ct);
+                p.StandardInput.Close();
+            }
+            catch (IOException)
+            {
+                // the signal landed at the prompt, after the refusal (a very fast machine): the process is gone; again
+            }
+            await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+            await stdout;
+            if (p.ExitCode == 130 && Error().Contains("it was not sent")) continue; // the signal came after the refusal, at the prompt
+            Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {Error()}");
+            Assert.Contains("it was not sent", Error()); // refused as longer than the context, once encoded
+            Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(Error(), " generated, ").Count); // "Hi" and "Hello" answered
+            abandoned++;
+        }
+        Assert.True(abandoned > 0, "the signal never landed while the long message was encoded");
+    }
 }
