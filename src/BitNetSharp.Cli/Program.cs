@@ -87,7 +87,7 @@ public static class Program
         // stops an answer through its own handler).
         var configuration = new InvocationConfiguration { Output = output, Error = error, ProcessTerminationTimeout = null };
         string name = parse.CommandResult.Command.Name;
-        if (handleSignals && parse.CommandResult.Command is not RootCommand && name is "generate" or "eval" or "calibrate" or "logs" or "convert")
+        if (handleSignals && parse.CommandResult.Command is not RootCommand && name is "generate" or "eval" or "calibrate" or "logs" or "convert" or "train")
         {
             using var signals = Commands.CommandSignals.Register(name, error);
             return parse.InvokeAsync(configuration, signals.Token).GetAwaiter().GetResult();

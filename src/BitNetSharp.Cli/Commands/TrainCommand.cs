@@ -65,7 +65,9 @@ public static class TrainCommand
             data, output, vocab, dim, layers, heads, kvHeads, ff, ctx, tokens, batch, lr, warmup, weightDecay, ropeTheta,
             fullPrecision, resume, seed, valEvery, checkpointEvery, packing, threads, plotPath, activationBits, keepBest, heldOut,
         };
-        command.SetAction(r => cli.Guard(() =>
+        // With the cancellation token: Ctrl-C/SIGTERM stops after the step in progress and saves a checkpoint to resume
+        // (the process died at once, losing up to --checkpoint-every steps).
+        command.SetAction((r, cancellation) => Task.FromResult(cli.Guard(() =>
         {
             TrainingRun? current = null; // for the advice after a divergence
             try
@@ -183,7 +185,7 @@ public static class TrainCommand
                 else
                 {
                     if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
-                    var corpus = TrainingCorpus.Load(r.GetRequiredValue(data), waiting: m => cli.Error.WriteLine(m));
+                    var corpus = TrainingCorpus.Load(r.GetRequiredValue(data), waiting: m => cli.Error.WriteLine(m), cancellation: cancellation);
                     cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
                     var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
                     var train = corpus.EncodeTrain(tokenizer);
@@ -211,7 +213,16 @@ public static class TrainCommand
                 current = run;
                 if (run.Options.EffectiveWarmupSteps < run.Options.WarmupSteps)
                     cli.Output.WriteLine($"warm-up: {run.Options.EffectiveWarmupSteps} steps, half the run's {run.Options.TotalSteps} (--warmup {run.Options.WarmupSteps} would leave no decay)");
-                Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery));
+                Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery), cancellation);
+                if (!run.Done)
+                {
+                    // Stopped by a signal between steps: the run so far is in the checkpoint, nothing else is written.
+                    if (run.CheckpointStep != run.Step) run.SaveCheckpoint(checkpoint);
+                    long tokensSoFar = (long)run.Step * run.TokensPerStep;
+                    cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                        $"stopped at step {run.Step} of {run.Options.TotalSteps}: checkpoint {checkpoint} saved, {outPath} not written. Resume with the same command and --resume; with --tokens {tokensSoFar} (in place of the run's) it ends there and exports the model as it is now."));
+                    return 130;
+                }
 
                 bool best = r.GetValue(keepBest) && run.BestStep >= 0;
                 run.Export(outPath, pack, best: best);
@@ -245,7 +256,13 @@ public static class TrainCommand
                 // A bad data file or checkpoint is the user's file, not a bug: one line and exit 1, like the model errors.
                 throw new IOException(e.Message, e);
             }
-        }));
+            catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
+            {
+                // Stopped before the run began (reading the data, training the tokenizer): nothing written.
+                cli.Error.WriteLine("cancelled before the first step: nothing written.");
+                return 130;
+            }
+        })));
         return command;
     }
 
@@ -343,7 +360,7 @@ public static class TrainCommand
         }
     }
 
-    private static void Loop(CliConsole cli, TrainingRun run, string checkpoint, int valEvery, int checkpointEvery)
+    private static void Loop(CliConsole cli, TrainingRun run, string checkpoint, int valEvery, int checkpointEvery, CancellationToken cancellation)
     {
         bool terminal = ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected;
         var clock = Stopwatch.StartNew();
@@ -384,7 +401,7 @@ public static class TrainCommand
 
         if (!terminal)
         {
-            while (!run.Done) StepAndReport(null);
+            while (!run.Done && !cancellation.IsCancellationRequested) StepAndReport(null);
             return;
         }
         AnsiConsole.Progress()
@@ -393,7 +410,7 @@ public static class TrainCommand
             {
                 var task = context.AddTask(Status(), maxValue: run.Options.TotalSteps);
                 task.Value = run.Step;
-                while (!run.Done)
+                while (!run.Done && !cancellation.IsCancellationRequested)
                 {
                     StepAndReport(s => task.Description = Markup.Escape(s));
                     task.Value = run.Step;

@@ -35,10 +35,10 @@ public sealed class TrainingCorpus
     /// characters (moved forward to the next line start, so no line is cut). Throws <see cref="InvalidDataException"/> for an
     /// empty file or one that is not valid UTF-8, naming the file and the byte offset.
     /// </summary>
-    public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05, Action<string>? waiting = null)
+    public static TrainingCorpus Load(IReadOnlyList<string> paths, double validationFraction = 0.05, Action<string>? waiting = null, CancellationToken cancellation = default)
     {
         if (paths.Count == 0) throw new ArgumentException("No training data given; pass one or more UTF-8 text files with --data.", nameof(paths));
-        return Split([.. paths.Select(p => ReadText(p, CancellationToken.None, waiting))], validationFraction);
+        return Split([.. paths.Select(p => ReadText(p, cancellation, waiting))], validationFraction);
     }
 
     /// <summary>

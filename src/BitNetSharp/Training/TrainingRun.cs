@@ -304,7 +304,9 @@ public sealed class TrainingRun
         if (learningRate is { } lr && !(float.IsFinite(lr) && lr > 0)) throw new ArgumentOutOfRangeException(nameof(learningRate), lr, "The learning rate must be positive and finite.");
         if (warmupSteps is < 0) throw new ArgumentOutOfRangeException(nameof(warmupSteps), warmupSteps, "Warm-up steps must be 0 or more.");
         using var stream = File.OpenRead(path);
-        using var r = new BinaryReader(stream);
+        // Strict UTF-8: the default decoder turned a damaged token into U+FFFD without a word, and the exported model lost
+        // that byte's token (text with it no longer encoded).
+        using var r = new BinaryReader(stream, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true));
         // Shorter than the magic and version (an empty or junk file at OUT.ckpt): not a checkpoint, rather than "truncated".
         if (stream.Length < sizeof(ulong) + sizeof(int))
             throw new InvalidDataException($"{path}: not a bitnet training checkpoint ({stream.Length} bytes); delete it to start a new run, or give --resume the run's own OUT.ckpt.");
@@ -331,9 +333,17 @@ public sealed class TrainingRun
                 throw new CheckpointMismatchException($"{path}: the checkpoint trains with --activation-bits {bits}; the command line asks for {expectedBits}. " +
                     $"Pass --activation-bits {bits} to continue it, or start a new run without --resume.");
             if (!bits.AllEight) options = options with { ActivationBits = bits };
-            var tokens = ReadStrings(r);
-            var merges = ReadStrings(r);
-            var specials = ReadStrings(r);
+            string[] tokens, merges, specials;
+            try
+            {
+                tokens = ReadStrings(r);
+                merges = ReadStrings(r);
+                specials = ReadStrings(r);
+            }
+            catch (System.Text.DecoderFallbackException e)
+            {
+                throw new InvalidDataException($"{path}: the checkpoint's tokenizer is damaged (a token is not valid UTF-8). Resume an intact copy, or start a new run without --resume.", e);
+            }
             TrainedTokenizer tokenizer;
             try
             {
@@ -380,6 +390,12 @@ public sealed class TrainingRun
             ReadFloats(r, run.Model.Parameters);
             ReadFloats(r, run.Optimizer.M);
             ReadFloats(r, run.Optimizer.V);
+            // A run never saves NaN/∞ weights (SaveCheckpoint refuses them) nor a negative second moment: such values are
+            // damage, and resumed they read as a divergence at the next step, whose advice ("resume the last good
+            // checkpoint with a lower --lr") pointed back at this very file.
+            CheckValues(path, "weights", run.Model.Parameters, nonNegative: false);
+            CheckValues(path, "Adam first moments", run.Optimizer.M, nonNegative: false);
+            CheckValues(path, "Adam second moments", run.Optimizer.V, nonNegative: true);
             if (version >= 3)
             {
                 run.BestStep = r.ReadInt32();
@@ -388,6 +404,7 @@ public sealed class TrainingRun
                 {
                     run.BestParameters = new float[run.Model.Parameters.Length];
                     ReadFloats(r, run.BestParameters);
+                    CheckValues(path, "best-validation weights", run.BestParameters, nonNegative: false);
                 }
             }
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: the checkpoint is truncated or corrupt (end marker missing).");
@@ -408,6 +425,17 @@ public sealed class TrainingRun
         catch (InvalidDataException e) when (!e.Message.StartsWith(path, StringComparison.Ordinal))
         {
             throw new InvalidDataException($"{path}: {e.Message}", e);
+        }
+    }
+
+    private static void CheckValues(string path, string what, float[] values, bool nonNegative)
+    {
+        for (int i = 0; i < values.Length; i++)
+        {
+            float v = values[i];
+            if (!float.IsFinite(v) || (nonNegative && v < 0))
+                throw new InvalidDataException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                    $"{path}: the checkpoint's {what} are damaged (value {i} of {values.Length} is {v}; no run saves that). Resume an intact copy, or start a new run without --resume."));
         }
     }
 

@@ -52,6 +52,12 @@ public sealed record TrainingShape(int VocabSize, int Dim, int Layers, int Heads
         HasSubNorms = true,
     };
 
+    /// <summary>
+    /// The shape in words; the RoPE base and norm epsilon only when they are not the defaults (they are part of the
+    /// shape: a resume with another --rope-theta was refused with two identical descriptions).
+    /// </summary>
     public override string ToString() =>
-        $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ff {FeedForward}, ctx {ContextLength}";
+        string.Create(System.Globalization.CultureInfo.InvariantCulture, $"vocab {VocabSize}, dim {Dim}, layers {Layers}, heads {Heads}/{KvHeads}, ff {FeedForward}, ctx {ContextLength}")
+        + (RopeTheta != 10000f ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $", rope theta {RopeTheta:R}") : "")
+        + (RmsEps != 1e-5f ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $", norm eps {RmsEps:R}") : "");
 }

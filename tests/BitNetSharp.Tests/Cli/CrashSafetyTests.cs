@@ -196,6 +196,46 @@ public class CrashSafetyTests
         Assert.Empty(Temporaries(dir.Path));
     }
 
+    /// <summary>
+    /// Ctrl-C (SIGINT) or SIGTERM stops train after the step in progress with the run saved in its checkpoint, the model
+    /// not written, exit 130 and the way on: it died at once (up to --checkpoint-every steps lost, no word). Resumed with
+    /// the --tokens it names, the run ends there and exports the model as it was.
+    /// </summary>
+    [Fact]
+    public async Task ASignalStopsTrainWithItsRunSavedInTheCheckpoint()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGINT with kill(1)");
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("corpus.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Training.TrainingRunTests.Story, 12)));
+        string model = dir.File("m.gguf"), checkpoint = model + ".ckpt";
+        string[] args = ["train", "--data", data, "--out", model, "--vocab", "300", "--dim", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1",
+                         "--ff", "128", "--ctx", "16", "--batch", "2", "--tokens", "320000", "--val-every", "5", "--checkpoint-every", "100000", "-t", "1"];
+        using var p = Start(args);
+        var lines = new List<string>();
+        p.OutputDataReceived += (_, e) => { if (e.Data is not null) lock (lines) lines.Add(e.Data); };
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        p.BeginOutputReadLine();
+        bool Past(int step) { lock (lines) return lines.Any(l => l.StartsWith($"step {step}/", StringComparison.Ordinal)); }
+        for (var until = DateTime.UtcNow.AddMinutes(1); !Past(10) && !p.HasExited && DateTime.UtcNow < until;) await Task.Delay(20, Ct);
+        Assert.True(Past(10), "train did not reach step 10");
+        using (var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
+        await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+        string error = await stderr;
+        Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {error}");
+        var stopped = Regex.Match(error, @"stopped at step (\d+) of 10000: checkpoint .*m\.gguf\.ckpt saved, .*m\.gguf not written\. Resume with the same command and --resume; with --tokens (\d+) \(in place of the run's\)");
+        Assert.True(stopped.Success, error);
+        int step = int.Parse(stopped.Groups[1].Value, CultureInfo.InvariantCulture);
+        Assert.InRange(step, 10, 9999);
+        Assert.False(File.Exists(model));
+        using (var pool = new WorkerPool(1)) Assert.Equal(step, TrainingRun.Resume(checkpoint, pool).Step);
+        Assert.Empty(Temporaries(dir.Path));
+
+        await RunAsync([.. args.Select(a => a == "320000" ? stopped.Groups[2].Value : a), "--resume"]);
+        using (var gguf = GgufFile.Open(model)) Assert.NotEmpty(gguf.Tensors);
+        using (var pool = new WorkerPool(1)) Assert.Equal(step, TrainingRun.Resume(checkpoint, pool).Step);
+    }
+
     [Fact]
     public async Task ServeKilledWhileRotatingTelemetryLeavesEveryFileReadable()
     {

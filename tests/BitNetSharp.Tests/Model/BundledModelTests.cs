@@ -49,7 +49,7 @@ public class BundledModelTests
         ];
         using var card = JsonDocument.Parse(File.ReadAllText(RepositoryFile("models/bitnet-tinystories.json")));
         var expected = card.RootElement.GetProperty("eval");
-        var corpus = TrainingCorpus.Load(corpusPaths, 0.05);
+        var corpus = TrainingCorpus.Load(corpusPaths, 0.05, cancellation: TestContext.Current.CancellationToken);
         string heldOut = Path.Combine(Path.GetTempPath(), $"bitnet-heldout-{Environment.ProcessId}.txt");
         File.WriteAllText(heldOut, corpus.ValidationText);
         try

@@ -73,7 +73,7 @@ public class TrainCommandTests
         var (code, output, error) = Bitnet(TinyArgs(data, model, "--heldout", heldOut));
         Assert.True(code == 0, error);
         Assert.Contains("4 steps of 32 tokens", output);
-        Assert.Equal(BitNetSharp.Training.TrainingCorpus.Load([data]).ValidationText, File.ReadAllText(heldOut));
+        Assert.Equal(BitNetSharp.Training.TrainingCorpus.Load([data], cancellation: TestContext.Current.CancellationToken).ValidationText, File.ReadAllText(heldOut));
         Assert.NotEmpty(File.ReadAllText(heldOut));
         Assert.Contains("val ", output);
         Assert.Contains("codes changed since the last checkpoint: L0 ", output);
@@ -342,7 +342,7 @@ public class TrainCommandTests
         var held = dir.File("held.txt");
         var (code, _, error) = Bitnet(TinyArgs(data, model, "--resume", "--heldout", held));
         Assert.True(code == 0, error);
-        Assert.Equal(BitNetSharp.Training.TrainingCorpus.Load([data]).ValidationText, File.ReadAllText(held));
+        Assert.Equal(BitNetSharp.Training.TrainingCorpus.Load([data], cancellation: TestContext.Current.CancellationToken).ValidationText, File.ReadAllText(held));
 
         var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume", "--full-precision"));
         Assert.Equal(2, badCode);
@@ -369,7 +369,7 @@ public class TrainCommandTests
         Assert.True(code == 0, error);
         string text = File.ReadAllText(fresh);
         Assert.Equal(text, File.ReadAllText(resumed));
-        var corpus = BitNetSharp.Training.TrainingCorpus.Load([data, second]);
+        var corpus = BitNetSharp.Training.TrainingCorpus.Load([data, second], cancellation: TestContext.Current.CancellationToken);
         Assert.Equal(string.Join("<|endoftext|>", corpus.ValidationDocuments), text);
 
         // eval --parse-special scores exactly the validation stream's tokens (the marker as EOS); without it the marker

@@ -92,7 +92,39 @@ public class TrainingRunTests
         e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
         Assert.StartsWith(path, e.Message);
         Assert.Contains("1000000", e.Message);
+
+        // A one-byte token turned into a byte that is not UTF-8: the default decoder read it as U+FFFD without a word,
+        // and the exported model lost that byte's token.
+        bad = (byte[])good.Clone();
+        int brace = bad.AsSpan().IndexOf(new byte[] { 1, (byte)'}' }); // the string's length prefix 1, then '}'
+        Assert.True(brace > 0);
+        bad[brace + 1] = 0xC3;
+        File.WriteAllBytes(path, bad);
+        e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
+        Assert.StartsWith(path, e.Message);
+        Assert.Contains("not valid UTF-8", e.Message);
+
+        // NaN weights, an infinite first moment, a negative second moment: damage no run saves, refused by name (resumed,
+        // they read as a divergence whose advice pointed back at this very file). Each is found in the file by a marker
+        // value saved in its place.
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        foreach (var (what, values, value) in new[] { ("weights", run.Model.Parameters, float.NaN), ("Adam first moments", run.Optimizer.M, float.PositiveInfinity), ("Adam second moments", run.Optimizer.V, -1f) })
+        {
+            float saved = values[7];
+            values[7] = 1234.5678f;
+            run.SaveCheckpoint(path);
+            values[7] = saved;
+            var marked = File.ReadAllBytes(path);
+            int offset = marked.AsSpan().IndexOf(BitConverter.GetBytes(1234.5678f));
+            Assert.True(offset > 0);
+            BitConverter.GetBytes(value).CopyTo(marked, offset);
+            File.WriteAllBytes(path, marked);
+            e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
+            Assert.StartsWith(path, e.Message);
+            Assert.Contains($"the checkpoint's {what} are damaged", e.Message);
+        }
     }
+
 
     /// <summary>
     /// The run's settings after the shape (batch at byte 48, then steps, learning rate, warm-up, weight decay, clip norm,
@@ -222,6 +254,10 @@ public class TrainingRunTests
         var e = Assert.Throws<CheckpointMismatchException>(() => TrainingRun.Resume(path, pool, options.Shape with { Layers = 3 }));
         Assert.Contains("layers 3", e.Message);
         Assert.Contains("layers 2", e.Message);
+        // The RoPE base is part of the shape: the refusal showed two identical descriptions.
+        e = Assert.Throws<CheckpointMismatchException>(() => TrainingRun.Resume(path, pool, options.Shape with { RopeTheta = 500000f }));
+        Assert.Contains("rope theta 500000", e.Message);
+        Assert.Single(System.Text.RegularExpressions.Regex.Matches(e.Message, "rope theta"));
     }
 
     /// <summary>A version-1 checkpoint (before activation bit widths) resumes as 8 bits everywhere.</summary>
@@ -366,10 +402,10 @@ public class TrainingRunTests
         using var dir = new TestGguf.TempDirectory();
         var empty = dir.File("empty.txt");
         File.WriteAllBytes(empty, []);
-        Assert.Contains("empty", Assert.Throws<InvalidDataException>(() => TrainingCorpus.Load([empty])).Message);
+        Assert.Contains("empty", Assert.Throws<InvalidDataException>(() => TrainingCorpus.Load([empty], cancellation: TestContext.Current.CancellationToken)).Message);
         var binary = dir.File("bad.txt");
         File.WriteAllBytes(binary, [0x61, 0x62, 0xC3, 0x28, 0x63]);
-        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.Load([binary]));
+        var e = Assert.Throws<InvalidDataException>(() => TrainingCorpus.Load([binary], cancellation: TestContext.Current.CancellationToken));
         Assert.Contains("not valid UTF-8", e.Message);
         Assert.Contains("offset", e.Message);
     }
