@@ -61,6 +61,8 @@ public static class InspectCommand
                     cli.Error.WriteLine($"warning: bitnet generate would refuse this file: {e.Message.Split(" (Parameter '")[0]}");
                 }
             }
+            else if (summary.Tensors.Count == 0 && ModelPath.Detect(result.GetRequiredValue(path)) == ModelPathKind.Gguf)
+                cli.Error.WriteLine("note: the file holds no tensors (a vocabulary-only GGUF): no model to run or convert; `bitnet tokenize -m` reads its tokenizer.");
             return 0;
         }));
         return command;

@@ -131,6 +131,10 @@ public sealed class ModelWeights : IDisposable
         var extra = new List<IDisposable>();
         try
         {
+            // A vocabulary-only GGUF (llama.cpp's ggml-vocab-*.gguf) said "token_embd.weight: required tensor is missing",
+            // or an architecture complaint, as if a model were damaged.
+            if (file.Tensors.Count == 0)
+                throw new ModelFormatException(file.FilePath, "the file holds no tensors (a vocabulary-only GGUF): there is no model to run or convert; `bitnet tokenize -m` reads its tokenizer");
             var c = ModelConfig.FromGguf(file);
             c = (options?.Apply(c) ?? c).Validated(file.FilePath);
             var embd = Table(file, "token_embd.weight", c.VocabSize, c.Dim);

@@ -17,6 +17,32 @@ public class InspectCommandTests
         return (code, output.ToString(), error.ToString());
     }
 
+    /// <summary>
+    /// A vocabulary-only GGUF (llama.cpp's ggml-vocab-*.gguf) is said to be one: convert and generate said
+    /// "token_embd.weight: required tensor is missing" (or an architecture complaint), inspect nothing at all.
+    /// </summary>
+    [Fact]
+    public void AVocabularyOnlyGgufIsSaidToBeOne()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("vocab.gguf");
+        var w = new GgufWriter();
+        w.AddString("general.architecture", "llama");
+        w.AddUInt32("llama.block_count", 2);
+        w.AddString("tokenizer.ggml.model", "gpt2");
+        w.WriteFile(path);
+        var (code, _, error) = Bitnet("inspect", path);
+        Assert.Equal(0, code);
+        Assert.Contains("no tensors (a vocabulary-only GGUF)", error);
+        (code, _, error) = Bitnet("convert", path, dir.File("out.gguf"), "--type", "i2_s");
+        Assert.Equal(1, code);
+        Assert.Contains($"{path}: the file holds no tensors (a vocabulary-only GGUF)", error);
+        Assert.False(File.Exists(dir.File("out.gguf")));
+        (code, _, error) = Bitnet("generate", "-m", path, "--prompt-ids", "1", "-n", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("no tensors (a vocabulary-only GGUF)", error);
+    }
+
     [Fact]
     public void InspectShowsArchitectureAndTensorCountOfAWrittenGguf()
     {
