@@ -17,7 +17,7 @@ namespace BitNetSharp.Cli.Commands;
 /// </summary>
 public static class LogsCommand
 {
-    public static readonly string[] Metrics = ["saturation", "underflow", "crest", "residual_rms", "residual_change"];
+    public static readonly string[] Metrics = ["saturation", "underflow", "crest", "residual_rms", "residual_change", "kv_err_k", "kv_err_v"];
 
     public static Command Create(CliConsole cli)
     {
@@ -32,7 +32,7 @@ public static class LogsCommand
         var export = new Option<string?>("--export") { Description = "Write the rows as csv or jsonl to --out." };
         var output = new Option<string?>("--out", "-o") { Description = "The export file." };
         var plot = new Option<string?>("--plot") { Description = "Write an SVG chart of --metric per layer over time to this path." };
-        var metric = new Option<string?>("--metric") { Description = "saturation, underflow, crest, residual_rms or residual_change (default saturation)." };
+        var metric = new Option<string?>("--metric") { Description = "saturation, underflow, crest, residual_rms, residual_change, kv_err_k or kv_err_v (the KV cache's rounding of keys and values) (default saturation)." };
         var input = new Option<string?>("--input") { Description = "BitLinear input of saturation, underflow and crest: qkv, o, gate_up or down (default qkv)." };
         var command = new Command("logs", "Summarize, filter, export, plot or follow telemetry logs (Arrow IPC files).")
         {
@@ -230,7 +230,7 @@ public static class LogsCommand
         if (s.Input is not null && Array.IndexOf(HealthNames.InputLabels, s.Input) < 0)
             throw new UsageException($"unknown --input '{s.Input}': expected {string.Join(", ", HealthNames.InputLabels)}.");
         // The residual-stream metrics are one per layer, not per projection input: --input was ignored without a word.
-        if (s.Input is not null && s.Metric is "residual_rms" or "residual_change")
+        if (s.Input is not null && s.Metric is "residual_rms" or "residual_change" or "kv_err_k" or "kv_err_v")
             throw new UsageException($"--input picks a projection input for saturation, underflow and crest; --metric {s.Metric} has one value per layer. Leave out --input.");
         if (s.Follow && (s.Export is not null || s.Plot is not null || s.Summary))
             throw new UsageException("--follow prints rows as they arrive; it cannot be combined with --summary, --export or --plot.");
@@ -395,6 +395,8 @@ public static class LogsCommand
                 c[TelemetryLogSchema.ResidualRms] = F(l.ResidualRms);
                 c[TelemetryLogSchema.ResidualMaxAbs] = F(l.ResidualMaxAbs);
                 c[TelemetryLogSchema.ResidualChange] = F(l.ResidualChange);
+                c[TelemetryLogSchema.KvKeyError] = F(l.KvKeyError);
+                c[TelemetryLogSchema.KvValueError] = F(l.KvValueError);
                 break;
             case TelemetryRowKind.Event:
                 c[TelemetryLogSchema.RequestId] = row.Event.RequestId;
@@ -624,6 +626,17 @@ public static class LogsCommand
                 w.WriteLine($"  {"layer",5} {"rows",8} {"rms mean",10} {"rms max",10} {"max|x|",10} {"change mean",12} {"change max",11}");
                 foreach (var (layer, s) in _layers)
                     w.WriteLine($"  {layer,5} {s.Rows,8:N0} {G(s.Rms.Mean, s.Rms),10} {G(s.Rms.Max, s.Rms),10} {G(s.MaxAbs.Max, s.MaxAbs),10} {G(s.Change.Mean, s.Change),12} {G(s.Change.Max, s.Change),11}");
+                // The KV cache's rounding, where the rows have it (a log written before the columns existed has none) and
+                // the cache rounds (an f32 cache's is 0 throughout).
+                bool kv = false;
+                foreach (var (_, s) in _layers) kv |= s.KvKey.Count > 0 && s.KvKey.Max > 0;
+                if (kv)
+                {
+                    w.WriteLine("KV cache rounding % (||x - stored|| / ||x|| of the rows written), mean / max:");
+                    w.WriteLine($"  {"layer",5} {"keys",17} {"values",17}");
+                    foreach (var (layer, s) in _layers)
+                        w.WriteLine($"  {layer,5} {Percent(s.KvKey),17} {Percent(s.KvValue),17}");
+                }
                 // The statistics above are over finite values: the rows where a layer blew up (NaN or ±∞, which the
                 // engine logs as they are) are named here, with the first step, as what to look at first.
                 bool any = false;
@@ -687,11 +700,14 @@ public static class LogsCommand
         }
     }
 
+    private static string Percent(Stat s) => s.Count == 0 ? "-"
+        : (s.Mean * 100).ToString("0.000", CultureInfo.InvariantCulture) + " / " + (s.Max * 100).ToString("0.000", CultureInfo.InvariantCulture);
+
     private sealed class LayerStats
     {
         public long Rows;
         public readonly Stat[] Saturation = new Stat[HealthNames.InputCount], Underflow = new Stat[HealthNames.InputCount], Crest = new Stat[HealthNames.InputCount];
-        public Stat Rms, MaxAbs, Change;
+        public Stat Rms, MaxAbs, Change, KvKey, KvValue;
         public long NonFiniteRows, FirstNonFiniteStep = -1, FirstNonFiniteTime = long.MaxValue;
         public string FirstNonFiniteFields = "";
         public string? FirstNonFiniteRun;
@@ -730,6 +746,8 @@ public static class LogsCommand
             Rms.Add(l.ResidualRms);
             MaxAbs.Add(l.ResidualMaxAbs);
             Change.Add(l.ResidualChange);
+            KvKey.Add(l.KvKeyError); // NaN (not recorded, or a non-finite row: said above by the residual) is left out
+            KvValue.Add(l.KvValueError);
         }
     }
 
@@ -760,6 +778,8 @@ public static class LogsCommand
                 "underflow" => l.Underflow[input],
                 "crest" => l.CrestFactor[input],
                 "residual_rms" => l.ResidualRms,
+                "kv_err_k" => l.KvKeyError,
+                "kv_err_v" => l.KvValueError,
                 _ => l.ResidualChange,
             };
             var key = (row.Run ?? "", l.Layer);
@@ -780,6 +800,7 @@ public static class LogsCommand
                     "saturation" or "underflow" => $"{metric} (share of codes)",
                     "crest" => "crest factor (max|x| / rms)",
                     "residual_rms" => "residual rms",
+                    "kv_err_k" or "kv_err_v" => "KV rounding ||x - stored|| / ||x||",
                     _ => "residual change (relative)",
                 },
             };

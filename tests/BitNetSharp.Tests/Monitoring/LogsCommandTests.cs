@@ -56,6 +56,9 @@ public class LogsCommandTests
         Assert.Contains("15.625 / 25.000", output); // saturation mean / max in %
         Assert.Contains("50.000 / 50.000", output); // underflow
         Assert.Contains("7.00 / 7.00", output); // crest of the down input
+        // The KV cache's rounding per layer, keys and values, in %.
+        Assert.Contains("KV cache rounding % (||x - stored|| / ||x|| of the rows written), mean / max:", output);
+        Assert.Matches(@"\n +2 +0\.700 / 0\.700 +0\.750 / 0\.750\n", output);
         Assert.Contains("logits: min -4.5, max 12.25, entropy mean 2.5; sequences ended by non-finite logits: 0", output);
         Assert.Contains("step time mean 20 ms over 4 steps", output);
         Assert.Contains("alert_firing  request a  saturation qkv high", output);
@@ -417,6 +420,9 @@ public class LogsCommandTests
         (code, _, _) = Bitnet("logs", path, "--plot", dir.File("rms.svg"), "--metric", "residual_rms", "--layer", "1");
         Assert.Equal(0, code);
         Assert.Single(XDocument.Load(dir.File("rms.svg")).Descendants(ns + "polyline"));
+        (code, _, _) = Bitnet("logs", path, "--plot", dir.File("kv.svg"), "--metric", "kv_err_v");
+        Assert.Equal(0, code);
+        Assert.Equal(3, XDocument.Load(dir.File("kv.svg")).Descendants(ns + "polyline").Count());
     }
 
     [Fact]

@@ -17,7 +17,8 @@ public class TelemetryLogTests(ITestOutputHelper output)
 
     internal static TelemetryLayerRecord Layer(long time, long step, int layer)
     {
-        var l = new TelemetryLayerRecord { TimeUnixNanos = time, Step = step, Layer = layer, Tokens = 3, ResidualRms = 1.5f + layer, ResidualMaxAbs = 20f, ResidualChange = 0.125f * step };
+        var l = new TelemetryLayerRecord { TimeUnixNanos = time, Step = step, Layer = layer, Tokens = 3, ResidualRms = 1.5f + layer, ResidualMaxAbs = 20f, ResidualChange = 0.125f * step,
+            KvKeyError = 0.005f + 0.001f * layer, KvValueError = 0.0075f };
         for (int k = 0; k < HealthNames.InputCount; k++)
         {
             l.Saturation[k] = 0.0625f * step;
@@ -244,6 +245,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Equal(expected.Underflow, l.Underflow);
         Assert.Equal(expected.CrestFactor, l.CrestFactor);
         Assert.Equal((expected.ResidualRms, expected.ResidualMaxAbs, expected.ResidualChange), (l.ResidualRms, l.ResidualMaxAbs, l.ResidualChange));
+        Assert.Equal((expected.KvKeyError, expected.KvValueError), (l.KvKeyError, l.KvValueError));
         Assert.Equal(new TelemetryEvent(1_000_000_300, "alert_firing", "req-1", null, "saturation qkv > 1 %"), rows[2].Event);
         Assert.Equal(5, rows[2].Step); // the last step logged before the event
         Assert.Null(rows[3].StepRecord.RequestId);
@@ -260,6 +262,8 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.True(batch.Column("sat_qkv").IsNull(0));
         Assert.True(batch.Column("logit_min").IsNull(1));
         Assert.True(batch.Column("message").IsNull(0));
+        Assert.True(batch.Column("kv_err_k").IsNull(0)); // a step row has no KV rounding
+        Assert.Equal(expected.KvKeyError, ((FloatArray)batch.Column("kv_err_k")).GetValue(1));
         Assert.Equal((short)17, ((Int16Array)batch.Column("layer")).GetValue(1));
     }
 
@@ -639,7 +643,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
         System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(meta[(buffers + 4 + 8)..], length);
     }
 
-    private static string HandWrittenLog(TestGguf.TempDirectory dir, string name, Field[] fields, string version = TelemetryLogSchema.Version)
+    private static string HandWrittenLog(TestGguf.TempDirectory dir, string name, Field[] fields, string version = TelemetryLogSchema.Version, string kind = "event")
     {
         var b = new Schema.Builder();
         foreach (var f in fields) b.Field(f);
@@ -650,9 +654,11 @@ public class TelemetryLogTests(ITestOutputHelper output)
             columns.Add(f.Name switch
             {
                 "time" => new TimestampArray.Builder((TimestampType)f.DataType).Append(DateTimeOffset.FromUnixTimeMilliseconds(1_700_000_000_123)).Build(),
-                "kind" => new StringArray.Builder().Append("event").Build(),
+                "kind" => new StringArray.Builder().Append(kind).Build(),
                 "message" => new StringArray.Builder().Append("hello").Build(),
+                "layer" when f.DataType is Int16Type => new Int16Array.Builder().Append(3).Build(),
                 "layer" => new Int32Array.Builder().Append(3).Build(),
+                "residual_rms" => new FloatArray.Builder().Append(2.5f).Build(),
                 _ => new StringArray.Builder().Append("note").Build(),
             });
         string path = dir.File(name);
@@ -717,6 +723,12 @@ public class TelemetryLogTests(ITestOutputHelper output)
         string int32Layer = HandWrittenLog(dir, "layer32.arrow", [nanos, kind, new Field("layer", Int32Type.Default, true)]);
         e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(int32Layer));
         Assert.Contains("column layer is int32", e.Message);
+
+        // A layer row of a log written before the KV rounding columns existed: read, its KV rounding NaN (not recorded).
+        string old = HandWrittenLog(dir, "old.arrow", [nanos, kind, new Field("layer", Int16Type.Default, true), new Field("residual_rms", FloatType.Default, true)], kind: "layer");
+        var layerRow = Assert.Single(TelemetryLogReader.Open(old).ReadRows(TestContext.Current.CancellationToken)).LayerRecord!;
+        Assert.Equal((3, 2.5f), (layerRow.Layer, layerRow.ResidualRms));
+        Assert.True(float.IsNaN(layerRow.KvKeyError) && float.IsNaN(layerRow.KvValueError));
 
         string micro = HandWrittenLog(dir, "micro.arrow", [new Field("time", new TimestampType(TimeUnit.Microsecond, "UTC"), false), kind, message]);
         var row = Assert.Single(TelemetryLogReader.Open(micro).ReadRows(TestContext.Current.CancellationToken));

@@ -808,6 +808,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             rec.ResidualRms = snap.ResidualRms[l];
             rec.ResidualMaxAbs = snap.ResidualMaxAbs[l];
             rec.ResidualChange = snap.ResidualChange[l];
+            rec.KvKeyError = snap.KvKeyError[l];
+            rec.KvValueError = snap.KvValueError[l];
             sink.Write(rec);
         }
     }

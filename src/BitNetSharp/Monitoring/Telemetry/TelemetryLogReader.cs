@@ -858,6 +858,8 @@ public sealed class TelemetryLogReader
             _nonFinite = Column<Int32Array>(TelemetryLogSchema.NonFinite);
             for (int c = TelemetryLogSchema.StepSeconds; c <= TelemetryLogSchema.ResidualChange; c++)
                 if (c != TelemetryLogSchema.NonFinite) _floats[c] = Column<FloatArray>(c);
+            _floats[TelemetryLogSchema.KvKeyError] = Column<FloatArray>(TelemetryLogSchema.KvKeyError); // absent in older files: NaN
+            _floats[TelemetryLogSchema.KvValueError] = Column<FloatArray>(TelemetryLogSchema.KvValueError);
 
             var kind = _batch.Column("kind");
             if (kind is DictionaryArray dict && dict.Dictionary is StringArray names)
@@ -923,6 +925,8 @@ public sealed class TelemetryLogReader
                         ResidualRms = F(TelemetryLogSchema.ResidualRms, i),
                         ResidualMaxAbs = F(TelemetryLogSchema.ResidualMaxAbs, i),
                         ResidualChange = F(TelemetryLogSchema.ResidualChange, i),
+                        KvKeyError = F(TelemetryLogSchema.KvKeyError, i),
+                        KvValueError = F(TelemetryLogSchema.KvValueError, i),
                     };
                     for (int k = 0; k < HealthNames.InputCount; k++)
                     {

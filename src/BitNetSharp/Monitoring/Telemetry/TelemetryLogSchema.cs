@@ -16,7 +16,9 @@ public enum TelemetryRowKind : sbyte { Step = 0, Layer = 1, Event = 2 }
 /// latency_seconds, logit_min, logit_max, logit_entropy (float32);</item>
 /// <item>layer rows: layer (int16), batch_tokens (int32, the tokens the step averaged over), sat_*, under_*, crest_*
 /// per BitLinear input (float32, shares in [0, 1] and crest factor max|x|/rms), residual_rms, residual_max_abs,
-/// residual_change (float32, ‖after − before‖/‖before‖, the largest over the step's tokens);</item>
+/// residual_change (float32, ‖after − before‖/‖before‖, the largest over the step's tokens), kv_err_k, kv_err_v (float32,
+/// the KV cache's rounding of the key and value rows, ‖x − stored‖/‖x‖, the largest over the step's tokens; columns added
+/// after the first files were written: a file without them reads NaN there, and older readers skip them);</item>
 /// <item>event rows: event_kind, message (utf8), request_id and trace_id where the event has them.</item>
 /// </list>
 /// The schema's custom metadata holds the run's context (<see cref="TelemetryContext"/>), <see cref="MarkerKey"/> and <see cref="RunKey"/>.
@@ -54,7 +56,7 @@ public static class TelemetryLogSchema
     public const int Time = 0, Kind = 1, Step = 2, Layer = 3, RequestId = 4, TraceId = 5, Sequence = 6, Token = 7,
         BatchTokens = 8, StepSeconds = 9, LatencySeconds = 10, LogitMin = 11, LogitMax = 12, LogitEntropy = 13,
         NonFinite = 14, Saturation = 15, Underflow = 19, Crest = 23, ResidualRms = 27, ResidualMaxAbs = 28,
-        ResidualChange = 29, EventKind = 30, Message = 31, ColumnCount = 32;
+        ResidualChange = 29, EventKind = 30, Message = 31, KvKeyError = 32, KvValueError = 33, ColumnCount = 34;
 
     /// <summary>Column names in schema order.</summary>
     public static readonly string[] ColumnNames = BuildNames();
@@ -76,6 +78,8 @@ public static class TelemetryLogSchema
         names[ResidualChange] = "residual_change";
         names[EventKind] = "event_kind";
         names[Message] = "message";
+        names[KvKeyError] = "kv_err_k";
+        names[KvValueError] = "kv_err_v";
         return names;
     }
 

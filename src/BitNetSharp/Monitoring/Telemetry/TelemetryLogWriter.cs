@@ -192,6 +192,8 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             b.Floats[ColumnBatch.FloatIndex(TelemetryLogSchema.ResidualRms), i] = record.ResidualRms;
             b.Floats[ColumnBatch.FloatIndex(TelemetryLogSchema.ResidualMaxAbs), i] = record.ResidualMaxAbs;
             b.Floats[ColumnBatch.FloatIndex(TelemetryLogSchema.ResidualChange), i] = record.ResidualChange;
+            b.Kv[0, i] = record.KvKeyError;
+            b.Kv[1, i] = record.KvValueError;
             Appended(b);
         }
     }
@@ -602,6 +604,9 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
         /// <summary>The float32 columns step_seconds … residual_change (NonFinite's slot unused), column-major.</summary>
         public readonly float[,] Floats;
 
+        /// <summary>kv_err_k and kv_err_v (layer rows), after the string columns.</summary>
+        public readonly float[,] Kv;
+
         public ColumnBatch(int capacity)
         {
             Capacity = capacity;
@@ -618,6 +623,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             EventKind = new string?[capacity];
             Message = new string?[capacity];
             Floats = new float[FloatColumns, capacity];
+            Kv = new float[2, capacity];
         }
 
         public static int FloatIndex(int column) => column - FirstFloat;
@@ -635,6 +641,7 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             System.Array.Clear(EventKind, 0, Count);
             System.Array.Clear(Message, 0, Count);
             System.Array.Clear(Floats);
+            System.Array.Clear(Kv);
             Count = 0;
         }
 
@@ -667,6 +674,12 @@ public sealed class TelemetryLogWriter : ITelemetrySink, IDisposable
             }
             columns[TelemetryLogSchema.EventKind] = Strings(EventKind, n);
             columns[TelemetryLogSchema.Message] = Strings(Message, n);
+            for (int k = 0; k < 2; k++)
+            {
+                var values = new byte[n * sizeof(float)];
+                MemoryMarshal.AsBytes(MemoryMarshal.CreateReadOnlySpan(ref Kv[k, 0], n)).CopyTo(values);
+                columns[TelemetryLogSchema.KvKeyError + k] = new FloatArray(new ArrowBuffer(values), layer, n, layerNulls, 0);
+            }
             return new RecordBatch(schema, columns, n);
         }
 

@@ -37,6 +37,12 @@ public sealed class TelemetryLayerRecord
     public float ResidualRms { get; set; }
     public float ResidualMaxAbs { get; set; }
     public float ResidualChange { get; set; }
+
+    /// <summary>The KV cache's rounding of the key rows (<see cref="HealthSnapshot.KvKeyError"/>); NaN where not recorded.</summary>
+    public float KvKeyError { get; set; } = float.NaN;
+
+    /// <summary>The KV cache's rounding of the value rows; NaN where not recorded.</summary>
+    public float KvValueError { get; set; } = float.NaN;
 }
 
 /// <summary>Something that happened once: an alert firing or resolving, a sequence ended by non-finite logits, a weight mismatch.</summary>
