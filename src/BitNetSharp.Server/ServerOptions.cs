@@ -46,6 +46,12 @@ public sealed record ServerOptions
     /// <summary>Per request, waiting included.</summary>
     public TimeSpan RequestTimeout { get; init; } = TimeSpan.FromSeconds(600);
 
+    /// <summary>
+    /// How long one write of a response may wait on a client that reads nothing before its connection is closed (the
+    /// request cancelled as a client that went away): see <see cref="Api.WriteStallWatch"/>.
+    /// </summary>
+    public TimeSpan WriteStallTimeout { get; init; } = Api.WriteStallWatch.DefaultTimeout;
+
     /// <summary>The largest max_tokens a request may ask for.</summary>
     public int MaxTokensLimit { get; init; } = 4096;
 

@@ -89,6 +89,11 @@ public static partial class ServeCommand
         var maxBatched = new Option<int>("--max-batched-tokens") { Description = "Tokens per engine step (decode tokens plus prompt chunks).", DefaultValueFactory = _ => 256 };
         var maxQueue = new Option<int>("--max-queue") { Description = "Requests that may wait for a free sequence (a request with n choices counts n); beyond it the server answers 429.", DefaultValueFactory = _ => 64 };
         var timeout = new Option<double>("--timeout") { Description = "Seconds a request may take, waiting included.", DefaultValueFactory = _ => 600 };
+        var writeTimeout = new Option<double>("--write-timeout")
+        {
+            Description = "Seconds one write of a response may wait on a client that reads nothing before the connection is closed (the request ends as cancelled).",
+            DefaultValueFactory = _ => 30,
+        };
         var apiKey = new Option<string?>("--api-key") { Description = $"Require 'Authorization: Bearer KEY' on every route but /health and the dashboard page (or set {ApiKeyVariable})." };
         var maxTokens = new Option<int>("--max-tokens-limit") { Description = "The largest max_tokens a request may ask for.", DefaultValueFactory = _ => 4096 };
         var maxN = new Option<int>("--max-n") { Description = "The largest n (choices per prompt); at most --max-seqs." };
@@ -127,7 +132,7 @@ public static partial class ServeCommand
         var command = new Command("serve", "Serve a model over an OpenAI-compatible HTTP API with continuous batching. Without the flag, these come from "
             + "environment variables when set: " + string.Join(", ", Variables.Select(v => $"{v.Variable} ({v.Flag})")) + ".")
         {
-            host, port, maxSeqs, maxBatched, maxQueue, timeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
+            host, port, maxSeqs, maxBatched, maxQueue, timeout, writeTimeout, apiKey, maxTokens, maxN, alias, healthEvery, verifyWeights, alertRules, alertWebhook, telemetryLog, telemetryMax, shutdownTimeout,
             speculate, draftTokens, template,
             cors, allowedHosts, maxConnections, maxBody,
         };
@@ -201,6 +206,9 @@ public static partial class ServeCommand
             double seconds = result.GetValue(timeout);
             if (!(seconds > 0) || seconds > MaxTimeoutSeconds)
                 throw new UsageException($"--timeout must be a positive number of seconds, at most {MaxTimeoutSeconds} (a year); got {seconds}.");
+            double writeSeconds = result.GetValue(writeTimeout);
+            if (!(writeSeconds > 0) || writeSeconds > MaxTimeoutSeconds)
+                throw new UsageException($"--write-timeout must be a positive number of seconds, at most {MaxTimeoutSeconds} (a year); got {writeSeconds}.");
             // Given on the command line, an empty key is an error: `--api-key "$KEY"` with KEY unset served without one.
             // The variable, like every BITNET_* one, counts only when not blank. Both are trimmed: a key read from a file
             // keeps its line break, and a client's key is read trimmed, so it never matched.
@@ -242,6 +250,7 @@ public static partial class ServeCommand
                 Monitoring = monitoring,
                 ChatTemplate = chatTemplate,
                 RequestTimeout = TimeSpan.FromSeconds(seconds),
+                WriteStallTimeout = TimeSpan.FromSeconds(writeSeconds),
                 MaxTokensLimit = result.GetValue(maxTokens),
                 MaxChoices = result.GetResult(maxN) is { Implicit: false } ? result.GetValue(maxN) : Math.Max(1, seqs),
                 LoadModel = () =>

@@ -36,11 +36,13 @@ internal static class OpenAiJson
         _ => null,
     };
 
-    public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation)
+    public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation, TimeSpan? stallTimeout = null)
     {
         response.StatusCode = status;
         response.ContentType = "application/json";
         using (var w = new Utf8JsonWriter(response.BodyWriter, WriterOptions)) body(w);
+        using var watch = new WriteStallWatch(response.HttpContext, stallTimeout ?? WriteStallWatch.DefaultTimeout);
+        watch.Arm();
         await response.BodyWriter.FlushAsync(cancellation);
     }
 
@@ -183,10 +185,46 @@ internal static class OpenAiJson
     }
 }
 
+/// <summary>
+/// Closes a connection whose client has stopped reading: a flush that has not completed after <see cref="Timeout"/>
+/// aborts the connection, which cancels the request (its generation ends as a client that went away does). Kestrel's
+/// minimum data rate lets each write's bytes buy time (240 B/s), so a client that took a few MB into its socket buffers
+/// and then stopped held its connection slot, and the response the engine had run ahead to produce, for hours: three
+/// such clients shut out a server with --max-connections 3 past its --timeout. Re-armed per flush, no allocation.
+/// </summary>
+internal sealed class WriteStallWatch : IDisposable
+{
+    /// <summary>How long one flush may wait on a client that reads nothing, unless the server says (nginx's send_timeout is 60 s).</summary>
+    public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly CancellationTokenSource _stall = new();
+    private readonly CancellationTokenRegistration _abort;
+    private readonly TimeSpan _timeout;
+
+    public WriteStallWatch(HttpContext context, TimeSpan timeout)
+    {
+        _timeout = timeout;
+        _abort = _stall.Token.Register(static c => ((HttpContext)c!).Abort(), context);
+    }
+
+    /// <summary>Starts the clock for the flush about to be awaited.</summary>
+    public void Arm() => _stall.CancelAfter(_timeout);
+
+    /// <summary>Stops it once the flush completed.</summary>
+    public void Disarm() => _stall.CancelAfter(System.Threading.Timeout.Infinite);
+
+    public void Dispose()
+    {
+        _abort.Dispose();
+        _stall.Dispose();
+    }
+}
+
 /// <summary>Server-sent events on a response: <c>data: {json}\n\n</c> per event, flushed at once, and the final <c>data: [DONE]</c>.</summary>
-internal sealed class SseWriter(PipeWriter pipe) : IDisposable
+internal sealed class SseWriter(PipeWriter pipe, HttpContext context, TimeSpan stallTimeout) : IDisposable
 {
     private readonly Utf8JsonWriter _json = new(pipe, OpenAiJson.WriterOptions);
+    private readonly WriteStallWatch _watch = new(context, stallTimeout);
 
     public async Task SendAsync(Action<Utf8JsonWriter> body, CancellationToken cancellation)
     {
@@ -195,14 +233,25 @@ internal sealed class SseWriter(PipeWriter pipe) : IDisposable
         body(_json);
         _json.Flush();
         pipe.Write("\n\n"u8);
-        await pipe.FlushAsync(cancellation);
+        await FlushAsync(cancellation);
     }
 
     public async Task DoneAsync(CancellationToken cancellation)
     {
         pipe.Write("data: [DONE]\n\n"u8);
-        await pipe.FlushAsync(cancellation);
+        await FlushAsync(cancellation);
     }
 
-    public void Dispose() => _json.Dispose();
+    private async ValueTask FlushAsync(CancellationToken cancellation)
+    {
+        _watch.Arm();
+        await pipe.FlushAsync(cancellation);
+        _watch.Disarm();
+    }
+
+    public void Dispose()
+    {
+        _json.Dispose();
+        _watch.Dispose();
+    }
 }

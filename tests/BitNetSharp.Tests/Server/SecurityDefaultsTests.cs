@@ -22,6 +22,44 @@ public class SecurityDefaultsTests
     /// <summary>The only paths served without the key. Adding one is a decision: change it here on purpose.</summary>
     private static readonly string[] PublicPaths = ["/health", "/dashboard", "/"];
 
+    /// <summary>
+    /// A client that stops reading a streamed answer loses its connection once a write has waited --write-stall
+    /// (WriteStallTimeout; 1 s here) on it: Kestrel's minimum data rate let each write's bytes buy time, so a client that
+    /// took a few MB into its socket buffers and stopped held its connection slot (and the answer the engine ran ahead to
+    /// produce) for minutes past --timeout — three such clients shut out a server with --max-connections 3. The request
+    /// ends as a client that went away, and the server goes on serving.
+    /// </summary>
+    [Fact]
+    public async Task AClientThatStopsReadingAStreamIsDisconnected()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WriteStallTimeout = TimeSpan.FromSeconds(1), MaxLogProbs = 20 }, contextLength: 1024);
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp) { ReceiveBufferSize = 4096 };
+        await socket.ConnectAsync(s.Server.Address.Host, s.Server.Address.Port, TestContext.Current.CancellationToken);
+        string body = System.Text.Json.JsonSerializer.Serialize(new
+        {
+            model = TestServer.ModelId, prompt = new[] { "hello", "world", "once", "upon" }, n = 4, max_tokens = 700, logprobs = 20,
+            ignore_eos = true, stream = true, temperature = 1,
+        });
+        string request = $"POST /v1/completions HTTP/1.1\r\nHost: {s.Server.Address.Authority}\r\nContent-Type: application/json\r\nContent-Length: {Encoding.UTF8.GetByteCount(body)}\r\n\r\n{body}";
+        await socket.SendAsync(Encoding.UTF8.GetBytes(request), TestContext.Current.CancellationToken);
+        // Nothing is read: once the socket buffers fill, the server's writes wait, and a second later it hangs up.
+        await TestServer.EventuallyAsync(async () => TestServer.Sample(await s.MetricsAsync(), "bitnet_server_requests_in_flight") == 0
+            && s.Scheduler.Statistics.RunningRequests == 0, "the stalled client's request ended");
+        // The server hung up: what the socket holds drains, then the connection ends (reset, or end of stream).
+        var buffer = new byte[1 << 16];
+        try
+        {
+            using var read = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            read.CancelAfter(TestServer.Bound);
+            while (await socket.ReceiveAsync(buffer, read.Token) > 0) { }
+        }
+        catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.ConnectionReset)
+        {
+        }
+        var (status, _, _) = await s.PostAsync("v1/completions", new { model = TestServer.ModelId, prompt = "hello", max_tokens = 4 });
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+
     [Fact]
     public async Task EveryMappedEndpointButHealthAndTheDashboardNeedsTheKey()
     {
