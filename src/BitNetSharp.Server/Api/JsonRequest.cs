@@ -75,6 +75,13 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
     /// <summary>The field's full path in the request ("messages[1].role"), as errors name it (and OpenAI's do).</summary>
     private string Path(string name) => prefix + name;
 
+    /// <summary>A value as the request wrote it, cut at 40 characters: a 5,000-digit max_tokens came back whole in the error.</summary>
+    private static string Shown(JsonElement v)
+    {
+        string raw = v.GetRawText();
+        return raw.Length <= 40 ? raw : string.Concat(raw.AsSpan(0, 40), string.Create(CultureInfo.InvariantCulture, $"… ({raw.Length:N0} characters)"));
+    }
+
     public bool TryGet(string name, out JsonElement value)
     {
         if (root.TryGetProperty(name, out value) && value.ValueKind != JsonValueKind.Null) return true;
@@ -113,8 +120,8 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
             // A fraction is not an integer; a whole number past 64 bits (1e20, 2^63, 1e400) is out of range, not of
             // another type ("must be an integer; got a number" said nothing a client could act on).
             else if (finite && d != Math.Floor(d))
-                throw ApiException.BadRequest($"{Path(name)} must be an integer; got {v.GetRawText()}.", Path(name), "invalid_type");
-            else throw OutOfRange(name, min, max, v.GetRawText());
+                throw ApiException.BadRequest($"{Path(name)} must be an integer; got {Shown(v)}.", Path(name), "invalid_type");
+            else throw OutOfRange(name, min, max, Shown(v));
         }
         if (n < min || n > max) throw OutOfRange(name, min, max, n.ToString(CultureInfo.InvariantCulture));
         return n;
@@ -132,7 +139,7 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
             if (v.TryGetInt64(out long signed)) return unchecked((ulong)signed);
             if (v.TryGetUInt64(out ulong unsigned)) return unsigned;
             if (v.TryGetDouble(out double d) && d == Math.Floor(d) && Math.Abs(d) < 1e15) return unchecked((ulong)(long)d);
-            throw ApiException.BadRequest($"{Path(name)} must be an integer from {long.MinValue} to {ulong.MaxValue} written in digits; got {v.GetRawText()}.", Path(name), "invalid_value");
+            throw ApiException.BadRequest($"{Path(name)} must be an integer from {long.MinValue} to {ulong.MaxValue} written in digits; got {Shown(v)}.", Path(name), "invalid_value");
         }
         throw WrongType(Path(name), "an integer", v);
     }
@@ -142,7 +149,7 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
         if (!TryGet(name, out var v)) return null;
         if (v.ValueKind != JsonValueKind.Number) throw WrongType(Path(name), "a number", v);
         // A number past double's range (1e400) is a number out of range, not "a number; got a number".
-        if (!v.TryGetDouble(out double d) || !(d >= min && d <= max)) throw OutOfRange(name, min, max, v.GetRawText());
+        if (!v.TryGetDouble(out double d) || !(d >= min && d <= max)) throw OutOfRange(name, min, max, Shown(v));
         return (float)d;
     }
 

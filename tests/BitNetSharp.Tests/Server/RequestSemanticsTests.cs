@@ -188,6 +188,13 @@ public class RequestSemanticsTests
         (status, body, _) = await s.PostAsync("v1/completions", """{"prompt":"hi","max_tokens":2.5}""");
         Assert.Equal(HttpStatusCode.BadRequest, status);
         Assert.Equal("max_tokens must be an integer; got 2.5.", body.GetProperty("error").GetProperty("message").GetString());
+
+        // A 5,000-digit number is shown cut (it came back whole: the request's size reflected in the answer).
+        (status, body, _) = await s.PostAsync("v1/completions", "{\"prompt\":\"hi\",\"max_tokens\":" + new string('9', 5000) + "}");
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        string message = body.GetProperty("error").GetProperty("message").GetString()!;
+        Assert.EndsWith($"got {new string('9', 40)}… (5,000 characters).", message);
+        Assert.True(message.Length < 200, message);
     }
 
     /// <summary>
