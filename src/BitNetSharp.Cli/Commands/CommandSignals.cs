@@ -4,7 +4,7 @@ using System.Runtime.InteropServices;
 namespace BitNetSharp.Cli.Commands;
 
 /// <summary>
-/// SIGINT and SIGTERM for the commands that stop cleanly (generate, eval, calibrate, logs): the first cancels
+/// SIGINT and SIGTERM for the commands that stop cleanly (generate, eval, calibrate, logs, convert, train): the first cancels
 /// <see cref="Token"/>, which the command checks between steps (it writes what it must, removes its scratch files and
 /// exits 130); a second is said and otherwise ignored, since the command is already stopping (`timeout -s INT` signals
 /// the child and then its process group: two signals for one stop); a third exits at once. System.CommandLine's own
@@ -68,6 +68,8 @@ internal sealed class CommandSignals : IDisposable
             // Off the signal thread: whatever the cancellation runs belongs to the command. The source is never disposed
             // (it holds no timer), so a cancellation that lands after the command returned is harmless.
             ThreadPool.QueueUserWorkItem(static s => ((CancellationTokenSource)s!).Cancel(), _cts);
+            // A training step or a large tensor can take seconds: said at once, so the wait is not read as a hang.
+            if (_command is "train") Write("bitnet train: stopping after the step in progress, with the run saved in its checkpoint.");
             return;
         }
         int code = 128 + (context.Signal == PosixSignal.SIGINT ? 2 : 15);

@@ -141,7 +141,10 @@ public static class ConvertCommand
             }
             catch (OperationCanceledException) when (cancellation.IsCancellationRequested)
             {
-                cli.Error.WriteLine("cancelled: nothing written.");
+                // A pipe or device is written in place: what went out cannot be taken back.
+                cli.Error.WriteLine(BitNetSharp.Formats.AtomicFile.WritesInPlace(outPath)
+                    ? $"cancelled: {outPath} (a pipe or device) received part of the GGUF, which is not a whole file."
+                    : "cancelled: nothing written.");
                 return 130;
             }
             string embeddingNote = embeddingType is { } e ? $"embedding {GgmlTypeInfo.Name(e)}" : $"embedding {GgmlTypeInfo.Name(weights.TokenEmbedding.Type)} (kept)";

@@ -46,8 +46,8 @@ internal sealed class HealthReport(int layers)
             if (s.BlowUp[l]) _blowUps++;
             _kvKey[l] += s.KvKeyError[l];
             _kvValue[l] += s.KvValueError[l];
-            _kvKeyMax[l] = MaxNaN(_kvKeyMax[l], s.KvKeyError[l]);
-            _kvValueMax[l] = MaxNaN(_kvValueMax[l], s.KvValueError[l]);
+            _kvKeyMax[l] = Math.Max(_kvKeyMax[l], s.KvKeyError[l]); // NaN stays NaN
+            _kvValueMax[l] = Math.Max(_kvValueMax[l], s.KvValueError[l]);
             _kvRounded |= s.KvKeyError[l] != 0 || s.KvValueError[l] != 0;
         }
         if (s.LogitRows > 0)
@@ -60,31 +60,44 @@ internal sealed class HealthReport(int layers)
         }
     }
 
-    private static double MaxNaN(double a, double b) => double.IsNaN(a) || double.IsNaN(b) ? double.NaN : Math.Max(a, b);
-
     public void Write(TextWriter w)
     {
         var ic = CultureInfo.InvariantCulture;
-        w.WriteLine(string.Create(ic, $"model health over {_steps} measured forward calls (saturation: share of codes at the clamp limit, ±127 at 8 bits; underflow: share of zero codes; crest: absmax/RMS{(_kvRounded ? "; kv err: the KV cache's rounding of the key and value rows, ‖x − stored‖/‖x‖" : "")})"));
-        w.WriteLine("layer | sat qkv   o  g/u  down | under qkv   o  g/u  down | crest qkv    o   g/u  down | resid rms     max  change (max)"
-            + (_kvRounded ? " | kv err k  (max)        v  (max)" : ""));
+        w.WriteLine(string.Create(ic, $"model health over {_steps} measured forward calls (saturation: share of codes at the clamp limit, ±127 at 8 bits; underflow: share of zero codes; crest: absmax/RMS)"));
+        w.WriteLine("layer | sat qkv   o  g/u  down | under qkv   o  g/u  down | crest qkv    o   g/u  down | resid rms     max  change (max)");
         for (int l = 0; l < _rms.Length; l++)
         {
             int b = l * HealthNames.InputCount;
             string Pct(double[] a, int i) => (a[b + i] / _steps * 100).ToString("0.0", ic).PadLeft(5);
             string F(double[] a, int i) => (a[b + i] / _steps).ToString("0.0", ic).PadLeft(5);
-            string kv = _kvRounded ? $" | {Percent(_kvKey[l] / _steps, _kvKeyMax[l])} {Percent(_kvValue[l] / _steps, _kvValueMax[l])}" : "";
             w.WriteLine(string.Create(ic,
-                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {(_changeSteps > 0 ? _change[l] / _changeSteps : 0),6:F3} ({_changeMax[l]:F3}){kv}"));
+                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {(_changeSteps > 0 ? _change[l] / _changeSteps : 0),6:F3} ({_changeMax[l]:F3})"));
         }
         if (_logitRows > 0)
             w.WriteLine(string.Create(ic, $"logits: min {_logitMin:G5}, max {_logitMax:G5}, smallest range {_rangeMin:G5}, mean entropy {_entropy / _logitRows:F3} nats over {_logitRows} rows"));
         w.WriteLine(_blowUps == 0 ? "residual: no blow-up flagged" : string.Create(ic, $"residual: {_blowUps} layer-steps flagged as blow-ups"));
+        // One line, not per-layer columns (they made the table ~150 characters wide, and the rounding hardly differs
+        // between layers); the layers' own figures are in /metrics and the telemetry log.
+        if (_kvRounded) w.WriteLine($"kv cache rounding (‖x − stored‖/‖x‖ of the rows written): keys {KvLine(_kvKey, _kvKeyMax)}; values {KvLine(_kvValue, _kvValueMax)}");
     }
 
-    /// <summary>"0.59% (0.74%)": a mean and its max as percentages, right-aligned under the header.</summary>
-    private static string Percent(double mean, double max) =>
-        string.Create(CultureInfo.InvariantCulture, $"{mean * 100:0.00}% ({max * 100:0.00}%)").PadLeft(15);
+    /// <summary>"mean 0.59 %, max 0.74 % (layer 2)": the mean over layers and steps, and the largest with its layer.</summary>
+    private string KvLine(double[] sums, double[] maxima)
+    {
+        double mean = 0, max = double.NegativeInfinity;
+        int at = 0;
+        for (int l = 0; l < sums.Length; l++)
+        {
+            mean += sums[l] / _steps / sums.Length;
+            if (double.IsNaN(maxima[l]) || maxima[l] > max)
+            {
+                max = maxima[l];
+                at = l;
+                if (double.IsNaN(max)) break;
+            }
+        }
+        return string.Create(CultureInfo.InvariantCulture, $"mean {mean * 100:0.00} %, max {max * 100:0.00} % (layer {at})");
+    }
 
     public static string LogitsLine(HealthSnapshot s) => string.Create(CultureInfo.InvariantCulture,
         $"logits step={s.Step} tokens={s.Tokens} min={s.LogitMin:G5} max={s.LogitMax:G5} range={s.LogitRange:G5} entropy={s.LogitEntropy:F4}");

@@ -213,7 +213,15 @@ public static class TrainCommand
                 current = run;
                 if (run.Options.EffectiveWarmupSteps < run.Options.WarmupSteps)
                     cli.Output.WriteLine($"warm-up: {run.Options.EffectiveWarmupSteps} steps, half the run's {run.Options.TotalSteps} (--warmup {run.Options.WarmupSteps} would leave no decay)");
+                int startStep = run.Step;
                 Loop(cli, run, checkpoint, r.GetValue(valEvery), r.GetValue(checkpointEvery), cancellation);
+                if (!run.Done && run.Step == startStep && run.CheckpointStep < 0)
+                {
+                    // Stopped before a first step (the signal came while the tokenizer was trained or the text encoded): a
+                    // step-0 checkpoint would only block a new run with other settings ("add --resume or delete it").
+                    cli.Error.WriteLine("cancelled before the first step: nothing written.");
+                    return 130;
+                }
                 if (!run.Done)
                 {
                     // Stopped by a signal between steps: the run so far is in the checkpoint, nothing else is written.

@@ -286,13 +286,7 @@ public sealed unsafe class Transformer : IDisposable
         Stage(Stage_Rope, l, batch);
         p?.Begin(ProfileOp.Attention, l, n);
         // Written in batch order: a cache takes a sequence's positions in increasing order, without gaps.
-        var health = _health;
-        for (int t = 0; t < n; t++)
-        {
-            var cache = caches[batch[t].Sequence];
-            cache.Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
-            health?.KvWritten(l, t, cache, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
-        }
+        for (int t = 0; t < n; t++) caches[batch[t].Sequence].Write(l, batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         _attention.Set(l, batch, caches, (float*)_q.Pointer, (float*)_att.Pointer);
         // A pass this small runs on the calling thread (see AttentionInlineMacs). Chunks split across threads: each thread
@@ -303,6 +297,11 @@ public sealed unsafe class Transformer : IDisposable
         else _pool.Run(_attention, _attention.Items, grain: 1);
         _attention.Clear();
         p?.End();
+        // The KV cache's rounding, on sampled steps (outside the attention's profile: it is the health probe's cost). The
+        // exact rows are still in _k/_v; the stored ones are read back.
+        if (_health is { Sampling: true } health)
+            for (int t = 0; t < n; t++)
+                if (ModelHealthCollector.MeasuresKv(t, n)) health.KvWritten(l, t, caches[batch[t].Sequence], batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         Stage(Stage_AttnOut, l, batch);
         _qAtt.Tokens = n;

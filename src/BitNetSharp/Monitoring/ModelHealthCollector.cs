@@ -84,7 +84,8 @@ public sealed class HealthSnapshot
     /// <summary>
     /// [layer]: the KV cache's rounding of the key rows the step wrote, ‖k − k̂‖/‖k‖ with k̂ the row read back from the
     /// cache (int8 and fp8 with their per-head scales, f16; exactly 0 for an f32 cache), the largest over the step's
-    /// tokens (NaN if a row was not finite). What every later token's attention reads in place of the key.
+    /// measured tokens (all of them up to 16, else 16 spread evenly: <see cref="ModelHealthCollector.MeasuresKv"/>; NaN
+    /// if a row was not finite). What every later token's attention reads in place of the key.
     /// </summary>
     public float[] KvKeyError { get; }
 
@@ -308,6 +309,17 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _bits[layer * HealthNames.InputCount + (int)input] = (byte)(System.Numerics.BitOperations.Log2((uint)maxCode + 1) + 1); // 2^(b−1) − 1 → b
     }
 
+    /// <summary>Tokens of a step whose KV rounding is measured, at most (spread evenly, the first included).</summary>
+    public const int KvTokensMeasured = 16;
+
+    /// <summary>
+    /// Whether batch token <paramref name="token"/> of a step of <paramref name="tokens"/> has its KV rounding measured:
+    /// every one up to <see cref="KvTokensMeasured"/>, else every ⌈tokens/16⌉-th from the first. Reading back and comparing
+    /// every row of a 512-token prefill chunk took 75–250 ms on 2B4T's shape, a stall of every sequence in that step.
+    /// </summary>
+    internal static bool MeasuresKv(int token, int tokens) =>
+        tokens <= KvTokensMeasured || token % ((tokens + KvTokensMeasured - 1) / KvTokensMeasured) == 0;
+
     /// <summary>
     /// After batch token <paramref name="token"/>'s key and value rows <paramref name="k"/>, <paramref name="v"/> were
     /// written to <paramref name="cache"/> at <paramref name="position"/>: when sampling, how far the stored rows are from
@@ -404,11 +416,12 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             // NaN counts as a blow-up. Layer 0 writes onto the raw token embedding, whose norm is small in trained models
             // (the bundled model's layer 0 changes it by ~31×), so only its non-finite values are flagged.
             p.BlowUp[l] = l == 0 ? !float.IsFinite(p.ResidualChange[l]) : !(p.ResidualChange[l] <= BlowUpThreshold);
-            // The KV rounding: the largest over the step's tokens, the first token included (every later token attends
-            // to the sink's row, so its rounding matters most). NaN propagates.
+            // The KV rounding: the largest over the step's measured tokens, the first included (every later token
+            // attends to the sink's row, so its rounding matters most). NaN propagates.
             float ek = 0, ev = 0;
             for (int t = 0; t < n; t++)
             {
+                if (!MeasuresKv(t, n)) continue; // its cell holds an earlier step's value
                 int cell = (t * _layers + l) * 2;
                 ek = MathF.Max(ek, _kvError[cell]);
                 ev = MathF.Max(ev, _kvError[cell + 1]);

@@ -226,6 +226,12 @@ public sealed class TrainingRun
         for (int i = 0; i < p.Length; i++)
             if (!float.IsFinite(p[i]))
                 throw new TrainingDivergedException($"the weights are no longer finite at step {Step}: training diverged. {DivergenceAdvice(path)}.");
+        // The moments too (a library run without gradient clipping can overflow them with finite weights): Resume refuses
+        // them as damage, so written they made a checkpoint no run could go on from.
+        foreach (var moments in new[] { Optimizer.M, Optimizer.V })
+            for (int i = 0; i < moments.Length; i++)
+                if (!float.IsFinite(moments[i]))
+                    throw new TrainingDivergedException($"the optimizer's moments are no longer finite at step {Step}: training diverged. {DivergenceAdvice(path)}.");
         // The default BinaryWriter encoding (UTF-8, no BOM, throwing on invalid text), kept open for the fsync.
         AtomicFile.Write(path, stream =>
         {

@@ -93,7 +93,7 @@ public class GenerateProcessTests
         Assert.SkipUnless(OperatingSystem.IsLinux(), "sends SIGINT with kill(1)");
         Assert.SkipUnless(File.Exists(Exe), $"the CLI's apphost is not next to the tests ({Exe})");
         int abandoned = 0;
-        for (int attempt = 0; attempt < 3 && abandoned == 0; attempt++)
+        for (int attempt = 0; attempt < 4 && abandoned == 0; attempt++)
         {
             var psi = new ProcessStartInfo(Exe) { RedirectStandardError = true, RedirectStandardOutput = true, RedirectStandardInput = true, UseShellExecute = false };
             foreach (var a in new[] { "chat", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-n", "4", "--temp", "0", "-t", "1" })
@@ -108,7 +108,7 @@ public class GenerateProcessTests
             await p.StandardInput.FlushAsync(Ct);
             for (var until = DateTime.UtcNow.AddSeconds(60); !Error().Contains(" generated, ") && !p.HasExited && DateTime.UtcNow < until;) await Task.Delay(20, Ct);
             Assert.True(Error().Contains(" generated, "), Error());
-            await p.StandardInput.WriteLineAsync(string.Concat(Enumerable.Repeat("word ", 1_000_000)).AsMemory(), Ct);
+            await p.StandardInput.WriteLineAsync(string.Concat(Enumerable.Repeat("word ", 2_000_000)).AsMemory(), Ct);
             await p.StandardInput.FlushAsync(Ct);
             await Task.Delay(200, Ct);
             using (var kill = Process.Start("kill", ["-INT", p.Id.ToString(CultureInfo.InvariantCulture)])) await kill.WaitForExitAsync(Ct);
@@ -124,7 +124,9 @@ public class GenerateProcessTests
             }
             await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
             await stdout;
-            if (p.ExitCode == 130 && Error().Contains("it was not sent")) continue; // the signal came after the refusal, at the prompt
+            // 130: the signal came outside the message's encoding (after its refusal, at the prompt, or before the line was
+            // taken on a loaded machine), where Ctrl-C ends the chat as documented: again.
+            if (p.ExitCode == 130) continue;
             Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {Error()}");
             Assert.Contains("it was not sent", Error()); // refused as longer than the context, once encoded
             Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(Error(), " generated, ").Count); // "Hi" and "Hello" answered

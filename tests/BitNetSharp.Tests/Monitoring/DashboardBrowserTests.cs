@@ -241,6 +241,19 @@ public sealed partial class DashboardBrowserTests
                     const cell = l => document.querySelector('#heatmap td[data-metric="bitnet_health_activation_underflow_ratio"][data-layer="' + l + '"][data-input="qkv"]');
                     return [cell(0).textContent, cell(0).style.background, cell(1).textContent, cell(1).style.background.slice(0, 3)].join('|'); }
             """));
+        // The down input's underflow (relu² makes it 80–95 % by design, and no default rule reads it) is shown, not
+        // coloured: measured against 100 % a healthy model's column was drawn dark red.
+        Assert.Equal("93.00|", await page.EvaluateAsync<string>("""
+            () => { drawHeatmap(parse('bitnet_health_activation_underflow_ratio{bits="8",input="down",layer="0"} 0.93\n'));
+                    const c = document.querySelector('#heatmap td[data-metric="bitnet_health_activation_underflow_ratio"][data-layer="0"][data-input="down"]');
+                    return c.textContent + '|' + c.style.background; }
+            """));
+        // A healthy repetition reads in a light colour on the dark panel (the cells' 16 % lightness made "0.00" unreadable).
+        Assert.Matches(@"^rgb\((\d+), (\d+), (\d+)\)$", await page.EvaluateAsync<string>("() => getComputedStyle(document.getElementById('repetition')).color"));
+        Assert.True(await page.EvaluateAsync<bool>("""
+            () => { const [r, g, b] = getComputedStyle(document.getElementById('repetition')).color.match(/\d+/g).map(Number);
+                    return (0.2126 * r + 0.7152 * g + 0.0722 * b) > 100; }
+            """), "the repetition figure is too dark to read");
         string resolved = await page.EvaluateAsync<string>("""
             () => { drawAlerts(parse('bitnet_alerts_firing{rule="R"} 0\n'), { firing: [{ name: "R", severity: "critical", since: 0, value: 3, summary: "stale details" }] });
                     return document.querySelector('#alerts tr[data-rule="R"]').innerText; }

@@ -225,6 +225,22 @@ public class HealthCollectorTests
         }
     }
 
+    /// <summary>At most 16 of a step's tokens have their KV rounding measured (a 512-token prefill chunk read back every row), the first always.</summary>
+    [Fact]
+    public void KvRoundingIsMeasuredOnAtMostSixteenTokensAStep()
+    {
+        foreach (int n in new[] { 1, 15, 16, 17, 40, 512, 4096 })
+        {
+            int measured = 0;
+            for (int t = 0; t < n; t++) if (ModelHealthCollector.MeasuresKv(t, n)) measured++;
+            Assert.InRange(measured, Math.Min(n, 9), 16);
+            Assert.True(ModelHealthCollector.MeasuresKv(0, n));
+        }
+        Assert.True(ModelHealthCollector.MeasuresKv(15, 16));
+        Assert.False(ModelHealthCollector.MeasuresKv(1, 40));
+        Assert.True(ModelHealthCollector.MeasuresKv(39, 40)); // every 3rd of 40
+    }
+
     [Fact]
     public void RelativeErrorOfSpecialRows()
     {
