@@ -217,7 +217,7 @@ public class GenerateCommandTests
         Assert.True(code == 0, error);
         Assert.Contains("warning: the tokenizer is carried over as the source has it, and bitnet cannot read text with it:", error);
         Assert.Contains("tokenizer.ggml.bos_token_id", error);
-        Assert.Contains("tokenizer carried over as it is (see the warning)", stdout);
+        Assert.Contains("tokenizer carried over as it is (see the warning)", error); // the "wrote" line is on stderr
         using (var written = GgufFile.Open(output)) Assert.Equal(99999L, (long)(uint)written.Metadata.GetValue("tokenizer.ggml.bos_token_id").Value);
         File.Delete(output);
 
@@ -676,7 +676,8 @@ public class GenerateCommandTests
         string converted = dir.File($"out-{type}.gguf");
         var r = Bitnet("convert", source, converted, "--type", type);
         Assert.Equal(0, r.ExitCode);
-        Assert.Contains("wrote", r.Output);
+        Assert.Contains($"wrote {converted} ({new FileInfo(converted).Length:N0} bytes", r.Error); // on stderr, the bytes written
+        Assert.Equal("", r.Output);
 
         float[] Logits(string path)
         {

@@ -133,8 +133,8 @@ public class GgufTokenizerWriterTests
         var output = new StringWriter();
         var error = new StringWriter();
         Assert.True(Program.Run(["convert", dir.Path, gguf, "--type", "i2_s"], output, error) == 0, error.ToString());
-        Assert.Contains("tokenizer written (33 tokens", output.ToString());
-        Assert.Contains("padded with 95 unused [PADn] tokens to the embedding's 128 rows", output.ToString());
+        Assert.Contains("tokenizer written (33 tokens", error.ToString());
+        Assert.Contains("padded with 95 unused [PADn] tokens to the embedding's 128 rows", error.ToString());
 
         var fromDir = TokenizerLoader.FromHfDirectory(dir.Path);
         using (var file = GgufFile.Open(gguf))
@@ -225,7 +225,7 @@ public class GgufTokenizerWriterTests
         var output = new StringWriter();
         var error = new StringWriter();
         Assert.True(Program.Run(["convert", dir.Path, gguf, "--type", "i2_s"], output, error) == 0, error.ToString());
-        Assert.Contains("chat template", output.ToString());
+        Assert.Contains("chat template", error.ToString());
         using (var file = GgufFile.Open(gguf)) Assert.Equal(template, file.Metadata.GetString("tokenizer.chat_template"));
 
         File.WriteAllText(Path.Combine(dir.Path, "tokenizer_config.json"), JsonSerializer.Serialize(new
@@ -263,7 +263,7 @@ public class GgufTokenizerWriterTests
         Assert.False(File.Exists(gguf));
         error = new StringWriter();
         Assert.True(Program.Run(["convert", dir.Path, gguf, "--no-tokenizer"], output, error) == 0, error.ToString());
-        Assert.Contains("no tokenizer (--no-tokenizer)", output.ToString());
+        Assert.Contains("no tokenizer (--no-tokenizer)", error.ToString());
         using (var file = GgufFile.Open(gguf))
             Assert.False(file.Metadata.ContainsKey("tokenizer.ggml.model"));
 
