@@ -43,7 +43,7 @@ public sealed partial class DashboardBrowserTests
         foreach (Match m in SampleLine().Matches(metrics.Replace("\r", "")))
         {
             var labels = LabelPair().Matches(m.Groups["labels"].Value).ToDictionary(p => p.Groups["k"].Value, p => p.Groups["v"].Value);
-            var key = (m.Groups["name"].Value, labels.GetValueOrDefault("layer", ""), labels.GetValueOrDefault("input", ""), labels.GetValueOrDefault("rule", ""));
+            var key = (m.Groups["name"].Value, labels.GetValueOrDefault("layer", ""), labels.GetValueOrDefault("input", labels.GetValueOrDefault("tensor", "")), labels.GetValueOrDefault("rule", ""));
             string v = m.Groups["value"].Value;
             result[key] = v switch { "NaN" => double.NaN, "+Inf" => double.PositiveInfinity, "-Inf" => double.NegativeInfinity, _ => double.Parse(v, CultureInfo.InvariantCulture) };
         }
@@ -182,7 +182,7 @@ public sealed partial class DashboardBrowserTests
 
         var web = new JsonSerializerOptions(JsonSerializerDefaults.Web);
         var cells = JsonSerializer.Deserialize<Cell[]>(await page.EvalOnSelectorAllAsync<string>("#heatmap td[data-metric]",
-            "els => JSON.stringify(els.map(e => ({ metric: e.dataset.metric, layer: e.dataset.layer, input: e.dataset.input || '', text: e.textContent })))"), web)!;
+            "els => JSON.stringify(els.map(e => ({ metric: e.dataset.metric, layer: e.dataset.layer, input: e.dataset.input || e.dataset.tensor || '', text: e.textContent })))"), web)!;
         var alertRows = JsonSerializer.Deserialize<AlertRow[]>(await page.EvalOnSelectorAllAsync<string>("#alerts tr[data-rule]",
             "els => JSON.stringify(els.map(e => ({ rule: e.dataset.rule, state: e.querySelector('[data-field=state]').textContent, times: e.querySelector('[data-field=times]').textContent })))"), web)!;
         string statusText = await page.InnerTextAsync("#status");
@@ -190,9 +190,9 @@ public sealed partial class DashboardBrowserTests
         var samples = Samples(await s.MetricsAsync());
         Assert.Empty(consoleErrors);
 
-        // Every layer × (4 inputs × saturation and underflow + residual change and RMS), each equal to /metrics.
+        // Every layer × (4 inputs × saturation and underflow + residual change and RMS + KV rounding of k and v), each equal to /metrics.
         int layers = JsonDocument.Parse(await s.Http.GetStringAsync("v1/models", Ct)).RootElement.GetProperty("data")[0].GetProperty("meta").GetProperty("n_layer").GetInt32();
-        Assert.Equal(layers * 10, cells.Length);
+        Assert.Equal(layers * 12, cells.Length);
         foreach (var c in cells)
         {
             double expected = samples[(c.Metric, c.Layer, c.Input, "")];
@@ -205,6 +205,7 @@ public sealed partial class DashboardBrowserTests
         }
         Assert.Contains(cells, c => c.Metric == "bitnet_health_residual_rms" && double.Parse(c.Text, CultureInfo.InvariantCulture) > 0);
         Assert.Contains(cells, c => c.Metric == "bitnet_health_activation_underflow_ratio" && c.Input == "down");
+        Assert.Contains(cells, c => c.Metric == "bitnet_health_kv_error_ratio" && c.Input == "v" && double.Parse(c.Text, CultureInfo.InvariantCulture) > 0); // the default f16 cache rounds
 
         // One row per rule, its state and count as /metrics has them; the firing rule's details come from /health?verbose.
         Assert.Equal(rules.Count, alertRows.Length);
