@@ -39,7 +39,9 @@ public static class ProfileCommand
     {
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf file or Hugging Face model directory (default: the bundled model)." };
         var synthetic = new Option<string?>("--synthetic") { Description = "Profile a random-weight model of a known shape instead: 2b4t, large or tiny." };
-        var headType = new Option<string>("--head-type") { Description = "Synthetic models: embedding/head type f16, q8_0, q6_k or f32. With -m: re-encode the file's F16 head at load (f16, q8_0, q6_k), as bench does.", DefaultValueFactory = _ => "f16" };
+        // No default in the help: a synthetic model's is f16, a -m file's head is kept as stored ("[default: f16]" read as
+        // if every model's head were re-encoded to f16).
+        var headType = new Option<string>("--head-type") { Description = "Synthetic models: the embedding/head type the file is written with, f16 (default), q8_0, q6_k or f32. -m files: re-encode the head at load, f16, q8_0 or q6_k (default: as stored), as bench does." };
         var prompt = new Option<string?>("--prompt", "-p") { Description = "Prompt text (needs the model's tokenizer)." };
         var promptTokens = new Option<int?>("--prompt-tokens") { Description = "Prompt of N token ids instead of text (default 32)." };
         var gen = new Option<int>("--n-gen", "-n") { Description = "Decode steps after the prompt.", DefaultValueFactory = _ => 16 };
@@ -107,7 +109,7 @@ public static class ProfileCommand
             if (result.GetValue(hugePages)) EnableHugePages();
             // --head-type on a model file re-encodes its head at load, as bench does (it was ignored without a word).
             var headOnLoad = shape is null && result.GetResult(headType) is { Implicit: false } ? ModelOptions.ParseHeadType(result.GetValue(headType)) : null;
-            string path = shape is not null ? BenchCommand.SyntheticFile(shape, result.GetValue(headType)!, cli) : ModelOptions.ResolveModel(result.GetValue(model));
+            string path = shape is not null ? BenchCommand.SyntheticFile(shape, (result.GetValue(headType) ?? "f16"), cli) : ModelOptions.ResolveModel(result.GetValue(model));
             // The trace replaces its path when written: never the model (a synthetic one included) it profiles.
             if (tracePath is not null) OutputFile.CheckNotInput("--trace", tracePath, (shape is not null ? "synthetic model" : "-m model", path));
             var (weights, tokenizer) = ModelOptions.Load(path, new ModelLoadOptions { WeightPages = pages, HeadType = headOnLoad });
@@ -160,7 +162,7 @@ public static class ProfileCommand
                     tracePath = null;
                 }
             }
-            string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType)} head)" : path;
+            string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType) ?? "f16"} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights),
                 BitNetSharp.Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type), weights.Gguf is { InHugePages: true });
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights));
