@@ -87,7 +87,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger, _address);
             _monitor = monitor;
-            var process = new ProcessMeters(() => InFlight, Started, () => Refused);
+            var process = new ProcessMeters(() => InFlight, Started, () => Refused, () => WriteTimeouts);
             _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
                 new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish, monitor.Meters.OneSnapshot), monitor);
@@ -174,6 +174,23 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
 
     /// <summary>Generation requests being handled now (from routing to the last byte written).</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
+
+    private long _writeTimeouts;
+
+    /// <summary>Connections closed because a write of the answer waited --write-timeout on a client that read nothing.</summary>
+    public long WriteTimeouts => Interlocked.Read(ref _writeTimeouts);
+
+    /// <summary>
+    /// Counts and logs a connection closed by <see cref="Api.WriteStallWatch"/>: the engine may have finished the answer
+    /// already (it runs ahead of the writer), so the request's outcome counters can read success for an answer the
+    /// client never received; this one says so.
+    /// </summary>
+    public void NoteWriteTimeout(string? requestId)
+    {
+        Interlocked.Increment(ref _writeTimeouts);
+        logger.LogWarning("Closed the connection of request {RequestId}: its client read nothing for {Seconds:F0} s (--write-timeout) while the answer was being written.",
+            requestId ?? "?", options.WriteStallTimeout.TotalSeconds);
+    }
 
     public void BeginDrain() => _draining = true;
 

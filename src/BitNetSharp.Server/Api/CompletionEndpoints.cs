@@ -65,8 +65,9 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             var choices = Enumerable.Range(0, handles.Length * request.Choices).Select(_ => new Choice()).ToArray();
             int promptTokens = request.Prompts.Sum(p => p.Length);
             activity?.SetTag("gen_ai.usage.input_tokens", promptTokens);
-            if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens, options.WriteStallTimeout);
-            else await RespondAsync(context, request, header, handles, choices, promptTokens, options.WriteStallTimeout);
+            Action stalled = () => host.NoteWriteTimeout(id);
+            if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens, options.WriteStallTimeout, stalled);
+            else await RespondAsync(context, request, header, handles, choices, promptTokens, options.WriteStallTimeout, stalled);
             activity?.SetTag("gen_ai.usage.output_tokens", choices.Sum(c => c.Tokens));
             activity?.SetTag("gen_ai.response.finish_reasons", string.Join(',', choices.Select(c => c.Finish ?? "stop")));
         }
@@ -194,7 +195,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         return entry;
     }
 
-    private static async Task RespondAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens, TimeSpan stallTimeout)
+    private static async Task RespondAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens, TimeSpan stallTimeout, Action stalled)
     {
         var aborted = context.RequestAborted;
         try
@@ -236,10 +237,10 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             w.WriteEndArray();
             OpenAiJson.Usage(w, promptTokens, choices.Sum(c => c.Tokens));
             w.WriteEndObject();
-        }, aborted, stallTimeout);
+        }, aborted, stallTimeout, stalled);
     }
 
-    private static async Task StreamAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens, TimeSpan stallTimeout)
+    private static async Task StreamAsync(HttpContext context, CompletionRequest request, ResponseHeader header, GenerationHandle[] handles, Choice[] choices, int promptTokens, TimeSpan stallTimeout, Action stalled)
     {
         var aborted = context.RequestAborted;
         // The status line waits for the first event: a request that times out or is refused while it waits in the
@@ -259,7 +260,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
         response.ContentType = "text/event-stream; charset=utf-8";
         response.Headers.CacheControl = "no-cache";
         response.Headers["X-Accel-Buffering"] = "no";
-        using var sse = new SseWriter(response.BodyWriter, context, stallTimeout);
+        using var sse = new SseWriter(response.BodyWriter, context, stallTimeout, stalled);
         try
         {
             if (header.Chat)

@@ -36,12 +36,13 @@ internal static class OpenAiJson
         _ => null,
     };
 
-    public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation, TimeSpan? stallTimeout = null)
+    public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation,
+        TimeSpan? stallTimeout = null, Action? stalled = null)
     {
         response.StatusCode = status;
         response.ContentType = "application/json";
         using (var w = new Utf8JsonWriter(response.BodyWriter, WriterOptions)) body(w);
-        using var watch = new WriteStallWatch(response.HttpContext, stallTimeout ?? WriteStallWatch.DefaultTimeout);
+        using var watch = new WriteStallWatch(response.HttpContext, stallTimeout ?? WriteStallWatch.DefaultTimeout, stalled);
         watch.Arm();
         await response.BodyWriter.FlushAsync(cancellation);
     }
@@ -201,10 +202,16 @@ internal sealed class WriteStallWatch : IDisposable
     private readonly CancellationTokenRegistration _abort;
     private readonly TimeSpan _timeout;
 
-    public WriteStallWatch(HttpContext context, TimeSpan timeout)
+    /// <param name="stalled">Called (on a timer thread) when the watch closes the connection, before it does.</param>
+    public WriteStallWatch(HttpContext context, TimeSpan timeout, Action? stalled = null)
     {
         _timeout = timeout;
-        _abort = _stall.Token.Register(static c => ((HttpContext)c!).Abort(), context);
+        _abort = _stall.Token.Register(static s =>
+        {
+            var (c, noted) = ((HttpContext, Action?))s!;
+            noted?.Invoke();
+            c.Abort();
+        }, (context, stalled));
     }
 
     /// <summary>Starts the clock for the flush about to be awaited.</summary>
@@ -221,10 +228,10 @@ internal sealed class WriteStallWatch : IDisposable
 }
 
 /// <summary>Server-sent events on a response: <c>data: {json}\n\n</c> per event, flushed at once, and the final <c>data: [DONE]</c>.</summary>
-internal sealed class SseWriter(PipeWriter pipe, HttpContext context, TimeSpan stallTimeout) : IDisposable
+internal sealed class SseWriter(PipeWriter pipe, HttpContext context, TimeSpan stallTimeout, Action? stalled = null) : IDisposable
 {
     private readonly Utf8JsonWriter _json = new(pipe, OpenAiJson.WriterOptions);
-    private readonly WriteStallWatch _watch = new(context, stallTimeout);
+    private readonly WriteStallWatch _watch = new(context, stallTimeout, stalled);
 
     public async Task SendAsync(Action<Utf8JsonWriter> body, CancellationToken cancellation)
     {

@@ -11,7 +11,7 @@ internal sealed class ProcessMeters : IDisposable
 {
     public const string MeterName = "BitNetSharp.Server";
 
-    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started, Func<(long Draining, long Loading)>? refused = null)
+    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started, Func<(long Draining, long Loading)>? refused = null, Func<long>? writeTimeouts = null)
     {
         Meter = new Meter(MeterName);
         double startSeconds = started.ToUnixTimeMilliseconds() / 1000.0;
@@ -49,9 +49,16 @@ internal sealed class ProcessMeters : IDisposable
             }, "{request}",
             "Generation requests answered 503 before reaching the engine: while draining for shutdown (a balancer still sending " +
             "here after SIGTERM), or while the model was loading or warming up (counted from the load on; /metrics is empty before it).");
+        if (writeTimeouts is not null) WriteTimeouts(writeTimeouts);
     }
 
     public Meter Meter { get; }
+
+    private void WriteTimeouts(Func<long> count) =>
+        Meter.CreateObservableCounter("bitnet.server.write_timeouts", count, "{connection}",
+            "Connections closed because a write of the answer waited --write-timeout on a client that read nothing. The engine " +
+            "runs ahead of the writer, so such a request's choices may already count as successes: this says the client " +
+            "never received them.");
 
     public void Dispose() => Meter.Dispose();
 }
