@@ -52,6 +52,9 @@ public sealed record ServerOptions
     /// </summary>
     public TimeSpan WriteStallTimeout { get; init; } = Api.WriteStallWatch.DefaultTimeout;
 
+    /// <summary>The longest <see cref="WriteStallTimeout"/>: a timer's limit, 2³² − 2 ms (about 49.7 days).</summary>
+    public static TimeSpan MaxWriteStallTimeout => Api.WriteStallWatch.MaxTimeout;
+
     /// <summary>The largest max_tokens a request may ask for.</summary>
     public int MaxTokensLimit { get; init; } = 4096;
 
@@ -88,6 +91,9 @@ public sealed record ServerOptions
         BitNetServer.ParseHost(Host);
         if (Port is < 0 or > 65535) throw new ArgumentException($"The port must be 0-65535; got {Port}.", nameof(Port));
         if (RequestTimeout <= TimeSpan.Zero) throw new ArgumentException($"The request timeout must be positive; got {RequestTimeout}.", nameof(RequestTimeout));
+        // A timer takes at most 2^32 - 2 ms: past it every answer failed with a 500 (the body already in the pipe before it).
+        if (WriteStallTimeout <= TimeSpan.Zero || WriteStallTimeout > Api.WriteStallWatch.MaxTimeout)
+            throw new ArgumentException($"The write timeout must be positive and at most {Api.WriteStallWatch.MaxTimeout.TotalSeconds:F0} s (about 49 days); got {WriteStallTimeout}.", nameof(WriteStallTimeout));
         if (MaxTokensLimit < 1) throw new ArgumentException($"MaxTokensLimit must be ≥ 1; got {MaxTokensLimit}.", nameof(MaxTokensLimit));
         if (MaxChoices < 1 || MaxChoices > Scheduler.MaxSequences)
             throw new ArgumentException($"MaxChoices must be between 1 and MaxSequences ({Scheduler.MaxSequences}); got {MaxChoices}.", nameof(MaxChoices));

@@ -143,7 +143,7 @@ public static class ConvertCommand
             {
                 // A pipe or device is written in place: what went out cannot be taken back.
                 cli.Error.WriteLine(BitNetSharp.Formats.AtomicFile.WritesInPlace(outPath)
-                    ? $"cancelled: {outPath} (a pipe or device) received part of the GGUF, which is not a whole file."
+                    ? $"cancelled: {outPath} (a pipe or device) may have received part of the GGUF, which is not a whole file."
                     : "cancelled: nothing written.");
                 return 130;
             }

@@ -207,8 +207,9 @@ public static partial class ServeCommand
             if (!(seconds > 0) || seconds > MaxTimeoutSeconds)
                 throw new UsageException($"--timeout must be a positive number of seconds, at most {MaxTimeoutSeconds} (a year); got {seconds}.");
             double writeSeconds = result.GetValue(writeTimeout);
-            if (!(writeSeconds > 0) || writeSeconds > MaxTimeoutSeconds)
-                throw new UsageException($"--write-timeout must be a positive number of seconds, at most {MaxTimeoutSeconds} (a year); got {writeSeconds}.");
+            double maxWrite = Math.Floor(BitNetSharp.Server.ServerOptions.MaxWriteStallTimeout.TotalSeconds);
+            if (!(writeSeconds > 0) || writeSeconds > maxWrite)
+                throw new UsageException($"--write-timeout must be a positive number of seconds, at most {maxWrite} (about 49 days: a timer's limit); got {writeSeconds}.");
             // Given on the command line, an empty key is an error: `--api-key "$KEY"` with KEY unset served without one.
             // The variable, like every BITNET_* one, counts only when not blank. Both are trimmed: a key read from a file
             // keeps its line break, and a client's key is read trimmed, so it never matched.

@@ -219,7 +219,7 @@ public static class TrainCommand
                 {
                     // Stopped before a first step (the signal came while the tokenizer was trained or the text encoded): a
                     // step-0 checkpoint would only block a new run with other settings ("add --resume or delete it").
-                    cli.Error.WriteLine("cancelled before the first step: nothing written.");
+                    cli.Error.WriteLine("cancelled before the first step: no checkpoint or model written.");
                     return 130;
                 }
                 if (!run.Done)

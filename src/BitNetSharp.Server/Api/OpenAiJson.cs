@@ -187,43 +187,110 @@ internal static class OpenAiJson
 }
 
 /// <summary>
-/// Closes a connection whose client has stopped reading: a flush that has not completed after <see cref="Timeout"/>
-/// aborts the connection, which cancels the request (its generation ends as a client that went away does). Kestrel's
-/// minimum data rate lets each write's bytes buy time (240 B/s), so a client that took a few MB into its socket buffers
-/// and then stopped held its connection slot, and the response the engine had run ahead to produce, for hours: three
-/// such clients shut out a server with --max-connections 3 past its --timeout. Re-armed per flush, no allocation.
+/// Closes a connection whose client has stopped reading: a flush that has waited the timeout with no byte of the answer
+/// acknowledged meanwhile (see <see cref="Elapsed"/>) aborts the connection, which cancels what the request still
+/// generates (as a client that went away does). Kestrel's minimum data rate lets each write's bytes buy time (240 B/s),
+/// so a client that took a few MB into its socket buffers and then stopped held its connection slot, and the answer the
+/// engine had run ahead to produce, for hours: three such clients shut out a server with --max-connections 3 past its
+/// --timeout. One timer a response, re-armed per flush.
 /// </summary>
 internal sealed class WriteStallWatch : IDisposable
 {
-    /// <summary>How long one flush may wait on a client that reads nothing, unless the server says (nginx's send_timeout is 60 s).</summary>
+    /// <summary>How long a write may wait on a client that reads nothing, unless the server says (nginx's send_timeout is 60 s).</summary>
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(30);
 
-    private readonly CancellationTokenSource _stall = new();
-    private readonly CancellationTokenRegistration _abort;
+    /// <summary>The longest timeout a timer takes (2³² − 2 ms, about 49.7 days).</summary>
+    public static readonly TimeSpan MaxTimeout = TimeSpan.FromMilliseconds(uint.MaxValue - 1);
+
+    private readonly HttpContext _context;
+    private readonly Action? _stalled;
     private readonly TimeSpan _timeout;
+    private readonly Timer _timer;
+    private readonly System.Net.Sockets.Socket? _socket;
+    private readonly Lock _lock = new();
+    private bool _armed, _disposed;
+    private long _acked;
 
     /// <param name="stalled">Called (on a timer thread) when the watch closes the connection, before it does.</param>
     public WriteStallWatch(HttpContext context, TimeSpan timeout, Action? stalled = null)
     {
+        _context = context;
+        _stalled = stalled;
         _timeout = timeout;
-        _abort = _stall.Token.Register(static s =>
-        {
-            var (c, noted) = ((HttpContext, Action?))s!;
-            noted?.Invoke();
-            c.Abort();
-        }, (context, stalled));
+        _socket = context.Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionSocketFeature>()?.Socket;
+        _timer = new Timer(static s => ((WriteStallWatch)s!).Elapsed(), this, System.Threading.Timeout.Infinite, System.Threading.Timeout.Infinite);
     }
 
     /// <summary>Starts the clock for the flush about to be awaited.</summary>
-    public void Arm() => _stall.CancelAfter(_timeout);
+    public void Arm()
+    {
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _armed = true;
+            _acked = Acked();
+            _timer.Change(_timeout, System.Threading.Timeout.InfiniteTimeSpan);
+        }
+    }
 
     /// <summary>Stops it once the flush completed.</summary>
-    public void Disarm() => _stall.CancelAfter(System.Threading.Timeout.Infinite);
+    public void Disarm()
+    {
+        lock (_lock)
+        {
+            _armed = false;
+            if (!_disposed) _timer.Change(System.Threading.Timeout.Infinite, System.Threading.Timeout.Infinite);
+        }
+    }
+
+    /// <summary>
+    /// The flush has waited the timeout. A client still reading, only slowly, keeps its connection: one flush waits for
+    /// the kernel to free a third of a send buffer that grows to MBs, which a 15 KB/s reader took 40 s to do. Where the
+    /// socket says how many bytes the client has acknowledged (Linux's TCP_INFO), any progress since the last look
+    /// starts the clock again; a client that took nothing is cut off. Elsewhere the wait alone decides.
+    /// </summary>
+    private void Elapsed()
+    {
+        lock (_lock)
+        {
+            if (!_armed || _disposed) return; // disarmed (the flush completed) as the timer fired
+            long acked = Acked();
+            if (acked >= 0 && acked != _acked)
+            {
+                _acked = acked;
+                _timer.Change(_timeout, System.Threading.Timeout.InfiniteTimeSpan);
+                return;
+            }
+            _armed = false;
+            _stalled?.Invoke();
+            _context.Abort(); // under the lock: Dispose waits, so a recycled context is never aborted
+        }
+    }
+
+    /// <summary>Bytes of the answer the client has acknowledged (tcpi_bytes_acked), or −1 where the socket cannot say.</summary>
+    private long Acked()
+    {
+        if (_socket is null || !OperatingSystem.IsLinux()) return -1;
+        try
+        {
+            Span<byte> info = stackalloc byte[256];
+            int n = _socket.GetRawSocketOption(6 /* IPPROTO_TCP */, 11 /* TCP_INFO */, info);
+            return n >= 128 ? System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(info[120..]) : -1;
+        }
+        catch (Exception e) when (e is System.Net.Sockets.SocketException or ObjectDisposedException or PlatformNotSupportedException)
+        {
+            return -1;
+        }
+    }
 
     public void Dispose()
     {
-        _abort.Dispose();
-        _stall.Dispose();
+        lock (_lock)
+        {
+            if (_disposed) return;
+            _disposed = true;
+            _timer.Dispose();
+        }
     }
 }
 

@@ -301,7 +301,7 @@ public sealed unsafe class Transformer : IDisposable
         // exact rows are still in _k/_v; the stored ones are read back.
         if (_health is { Sampling: true } health)
             for (int t = 0; t < n; t++)
-                if (ModelHealthCollector.MeasuresKv(t, n)) health.KvWritten(l, t, caches[batch[t].Sequence], batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
+                if (ModelHealthCollector.MeasuresKv(t, n) || batch[t].Position == 0) health.KvWritten(l, t, caches[batch[t].Sequence], batch[t].Position, Row(_k, t, kvDim), Row(_v, t, kvDim));
 
         Stage(Stage_AttnOut, l, batch);
         _qAtt.Tokens = n;

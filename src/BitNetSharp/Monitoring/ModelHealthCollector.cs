@@ -84,7 +84,7 @@ public sealed class HealthSnapshot
     /// <summary>
     /// [layer]: the KV cache's rounding of the key rows the step wrote, ‖k − k̂‖/‖k‖ with k̂ the row read back from the
     /// cache (int8 and fp8 with their per-head scales, f16; exactly 0 for an f32 cache), the largest over the step's
-    /// measured tokens (all of them up to 16, else 16 spread evenly: <see cref="ModelHealthCollector.MeasuresKv"/>; NaN
+    /// measured tokens (all of them up to 16, else at most 16 spread evenly, and a sequence's first row: <see cref="ModelHealthCollector.MeasuresKv"/>; NaN
     /// if a row was not finite). What every later token's attention reads in place of the key.
     /// </summary>
     public float[] KvKeyError { get; }
@@ -421,7 +421,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
             float ek = 0, ev = 0;
             for (int t = 0; t < n; t++)
             {
-                if (!MeasuresKv(t, n)) continue; // its cell holds an earlier step's value
+                if (!MeasuresKv(t, n) && !_atStart[t]) continue; // its cell holds an earlier step's value (a sequence's first row is always measured)
                 int cell = (t * _layers + l) * 2;
                 ek = MathF.Max(ek, _kvError[cell]);
                 ev = MathF.Max(ev, _kvError[cell + 1]);

@@ -42,7 +42,9 @@ public class SecurityDefaultsTests
         });
         string request = $"POST /v1/completions HTTP/1.1\r\nHost: {s.Server.Address.Authority}\r\nContent-Type: application/json\r\nContent-Length: {Encoding.UTF8.GetByteCount(body)}\r\n\r\n{body}";
         await socket.SendAsync(Encoding.UTF8.GetBytes(request), TestContext.Current.CancellationToken);
-        // Nothing is read: once the socket buffers fill, the server's writes wait, and a second later it hangs up.
+        // Nothing is read: once the socket buffers fill, the server's writes wait, and a second later it hangs up. (First
+        // the request is seen in flight: both gauges read 0 before it arrives, too.)
+        await TestServer.EventuallyAsync(async () => TestServer.Sample(await s.MetricsAsync(), "bitnet_server_requests_in_flight") >= 1, "the request arrived");
         await TestServer.EventuallyAsync(async () => TestServer.Sample(await s.MetricsAsync(), "bitnet_server_requests_in_flight") == 0
             && s.Scheduler.Statistics.RunningRequests == 0, "the stalled client's request ended");
         // The server hung up: what the socket holds drains, then the connection ends (reset, or end of stream).

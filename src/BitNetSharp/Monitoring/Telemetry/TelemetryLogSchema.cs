@@ -17,7 +17,7 @@ public enum TelemetryRowKind : sbyte { Step = 0, Layer = 1, Event = 2 }
 /// <item>layer rows: layer (int16), batch_tokens (int32, the tokens the step averaged over), sat_*, under_*, crest_*
 /// per BitLinear input (float32, shares in [0, 1] and crest factor max|x|/rms), residual_rms, residual_max_abs,
 /// residual_change (float32, ‖after − before‖/‖before‖, the largest over the step's tokens), kv_err_k, kv_err_v (float32,
-/// the KV cache's rounding of the key and value rows, ‖x − stored‖/‖x‖, the largest over the step's tokens; columns added
+/// the KV cache's rounding of the key and value rows, ‖x − stored‖/‖x‖, the largest over the step's measured tokens; columns added
 /// after the first files were written: a file without them reads NaN there, and older readers skip them);</item>
 /// <item>event rows: event_kind, message (utf8), request_id and trace_id where the event has them.</item>
 /// </list>
