@@ -183,7 +183,7 @@ public sealed class BitNetServer : IAsyncDisposable
             }
             catch (ApiException e) when (!context.Response.HasStarted)
             {
-                await WriteError(context, e);
+                await WriteError(context, host, e);
             }
             catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
             {
@@ -193,7 +193,7 @@ public sealed class BitNetServer : IAsyncDisposable
             {
                 // Kestrel's verdict on the request itself while the body was read (it ended before its Content-Length,
                 // broken chunked framing, too slow): the client's fault, with Kestrel's 4xx status.
-                await WriteError(context, new ApiException(e.StatusCode is >= 400 and < 500 ? e.StatusCode : 400,
+                await WriteError(context, host, new ApiException(e.StatusCode is >= 400 and < 500 ? e.StatusCode : 400,
                     $"Bad request: {e.Message}", "invalid_request_error", code: "bad_request"));
             }
             catch (BadHttpRequestException)
@@ -203,7 +203,7 @@ public sealed class BitNetServer : IAsyncDisposable
             catch (Exception e) when (!context.Response.HasStarted)
             {
                 app.Logger.LogError(e, "Unhandled error on {Method} {Path}", context.Request.Method, context.Request.Path);
-                await WriteError(context, new ApiException(500, $"Internal server error: {e.Message}", "server_error", code: "internal_error"));
+                await WriteError(context, host, new ApiException(500, $"Internal server error: {e.Message}", "server_error", code: "internal_error"));
             }
         });
 
@@ -373,7 +373,7 @@ public sealed class BitNetServer : IAsyncDisposable
     /// <summary>The header the official OpenAI clients read before deciding to retry (<see cref="ApiException.ShouldRetry"/>).</summary>
     internal const string ShouldRetryHeader = "x-should-retry";
 
-    private static Task WriteError(HttpContext context, ApiException e)
+    private static Task WriteError(HttpContext context, ModelHost host, ApiException e)
     {
         // Clear() drops every header; an allowed origin's CORS headers stay, so the page can read the error.
         var allowOrigin = context.Response.Headers.AccessControlAllowOrigin;
@@ -389,7 +389,7 @@ public sealed class BitNetServer : IAsyncDisposable
         if (e.ShouldRetry is { } retry) context.Response.Headers[ShouldRetryHeader] = retry ? "true" : "false";
         if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
         if (e.Allow is { } allow) context.Response.Headers.Allow = allow;
-        return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None);
+        return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None, host.WriteStallTimeout, host.WriteStalled(context));
     }
 
     /// <summary>Generation requests being handled now.</summary>

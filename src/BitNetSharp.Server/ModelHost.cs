@@ -185,12 +185,19 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     /// already (it runs ahead of the writer), so the request's outcome counters can read success for an answer the
     /// client never received; this one says so.
     /// </summary>
-    public void NoteWriteTimeout(string? requestId)
+    /// <param name="answer">What was being written: "request ID" for a generation, else the method and path.</param>
+    public void NoteWriteTimeout(string answer)
     {
         Interlocked.Increment(ref _writeTimeouts);
-        logger.LogWarning("Closed the connection of request {RequestId}: its client read nothing for {Seconds:F0} s (--write-timeout) while the answer was being written.",
-            requestId ?? "?", options.WriteStallTimeout.TotalSeconds);
+        logger.LogWarning("Closed the connection of {Answer}: its client read nothing for {Seconds:F0} s (--write-timeout) while the answer was being written.",
+            answer, options.WriteStallTimeout.TotalSeconds);
     }
+
+    /// <summary>How long a write of any answer may wait on a client that reads nothing (--write-timeout).</summary>
+    public TimeSpan WriteStallTimeout => options.WriteStallTimeout;
+
+    /// <summary>What an answer other than a generation's does when its write stalls: counted and logged by method and path.</summary>
+    public Action WriteStalled(Microsoft.AspNetCore.Http.HttpContext context) => () => NoteWriteTimeout($"{context.Request.Method} {context.Request.Path}");
 
     public void BeginDrain() => _draining = true;
 

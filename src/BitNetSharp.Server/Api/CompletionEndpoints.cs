@@ -65,7 +65,7 @@ internal sealed class CompletionEndpoints(ModelHost host, ServerOptions options)
             var choices = Enumerable.Range(0, handles.Length * request.Choices).Select(_ => new Choice()).ToArray();
             int promptTokens = request.Prompts.Sum(p => p.Length);
             activity?.SetTag("gen_ai.usage.input_tokens", promptTokens);
-            Action stalled = () => host.NoteWriteTimeout(id);
+            Action stalled = () => host.NoteWriteTimeout("request " + id);
             if (request.Stream) await StreamAsync(context, request, header, handles, choices, promptTokens, options.WriteStallTimeout, stalled);
             else await RespondAsync(context, request, header, handles, choices, promptTokens, options.WriteStallTimeout, stalled);
             activity?.SetTag("gen_ai.usage.output_tokens", choices.Sum(c => c.Tokens));

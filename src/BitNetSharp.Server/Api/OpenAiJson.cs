@@ -36,15 +36,39 @@ internal static class OpenAiJson
         _ => null,
     };
 
+    /// <summary>
+    /// Writes a JSON answer (with its Content-Length) as <see cref="WriteBodyAsync"/> does: every answer, not only a
+    /// generation's, can outgrow the socket's buffers (/tokenize with pieces for a 1 MB text is MBs).
+    /// </summary>
     public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation,
-        TimeSpan? stallTimeout = null, Action? stalled = null)
+        TimeSpan stallTimeout, Action? stalled)
     {
         response.StatusCode = status;
         response.ContentType = "application/json";
-        using (var w = new Utf8JsonWriter(response.BodyWriter, WriterOptions)) body(w);
-        using var watch = new WriteStallWatch(response.HttpContext, stallTimeout ?? WriteStallWatch.DefaultTimeout, stalled);
-        watch.Arm();
-        await response.BodyWriter.FlushAsync(cancellation);
+        var buffer = new ArrayBufferWriter<byte>(4096);
+        using (var w = new Utf8JsonWriter(buffer, WriterOptions)) body(w);
+        await WriteBodyAsync(response, buffer.WrittenMemory, cancellation, stallTimeout, stalled);
+    }
+
+    /// <summary>
+    /// Writes bytes as the answer's body (status and headers set by the caller) with its Content-Length, in slices each
+    /// flushed under a <see cref="WriteStallWatch"/>. One flush of the whole body was handed to Kestrel at once and
+    /// returned while the socket still held MBs back: a client that read none of it kept its connection for hours under
+    /// Kestrel's minimum data rate, out of the watch's sight.
+    /// </summary>
+    public static async Task WriteBodyAsync(HttpResponse response, ReadOnlyMemory<byte> body, CancellationToken cancellation, TimeSpan stallTimeout, Action? stalled)
+    {
+        const int Slice = 16 * 1024;
+        response.ContentLength = body.Length;
+        using var watch = new WriteStallWatch(response.HttpContext, stallTimeout, stalled);
+        for (int at = 0; at < body.Length || at == 0; at += Slice)
+        {
+            response.BodyWriter.Write(body.Span.Slice(at, Math.Min(Slice, body.Length - at)));
+            watch.Arm();
+            await response.BodyWriter.FlushAsync(cancellation);
+            watch.Disarm();
+            if (body.Length == 0) break;
+        }
     }
 
     public static void Error(Utf8JsonWriter w, ApiException e)
@@ -196,7 +220,7 @@ internal static class OpenAiJson
 /// </summary>
 internal sealed class WriteStallWatch : IDisposable
 {
-    /// <summary>How long a write may wait on a client that reads nothing, unless the server says (nginx's send_timeout is 60 s).</summary>
+    /// <summary>How long a write may wait on a client that reads nothing unless --write-timeout says (nginx's send_timeout is 60 s).</summary>
     public static readonly TimeSpan DefaultTimeout = TimeSpan.FromSeconds(30);
 
     /// <summary>The longest timeout a timer takes (2³² − 2 ms, about 49.7 days).</summary>

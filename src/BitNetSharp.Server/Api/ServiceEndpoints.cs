@@ -17,7 +17,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
             WriteModel(w, model);
             w.WriteEndArray();
             w.WriteEndObject();
-        }, context.RequestAborted);
+        }, context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 
     /// <summary>GET /v1/models/{id} (the SDKs' models.retrieve): the served model, or 404 model_not_found naming it.</summary>
@@ -29,7 +29,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         string id = (context.Request.RouteValues["id"] as string ?? "").Replace("%2F", "/", StringComparison.OrdinalIgnoreCase);
         if (!string.Equals(id, model.Id, StringComparison.Ordinal))
             throw new ApiException(404, $"The model '{id}' does not exist; this server serves '{model.Id}' (see GET /v1/models).", "invalid_request_error", "model", "model_not_found");
-        await OpenAiJson.WriteJsonAsync(context.Response, 200, w => WriteModel(w, model), context.RequestAborted);
+        await OpenAiJson.WriteJsonAsync(context.Response, 200, w => WriteModel(w, model), context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 
     private static void WriteModel(System.Text.Json.Utf8JsonWriter w, ServedModel model)
@@ -95,7 +95,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
                 WriteComponents(w, state, monitor, firing, stall, stalled);
             }
             w.WriteEndObject();
-        }, context.RequestAborted);
+        }, context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 
     private void WriteComponents(System.Text.Json.Utf8JsonWriter w, ModelState state, ModelMonitor? monitor, IReadOnlyList<Monitoring.Alerts.AlertState> firing,
@@ -212,7 +212,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
         context.Response.Headers.XFrameOptions = "DENY";
         context.Response.Headers.XContentTypeOptions = "nosniff";
-        await context.Response.Body.WriteAsync(page, context.RequestAborted);
+        await OpenAiJson.WriteBodyAsync(context.Response, page, context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 
     /// <summary>
@@ -225,6 +225,6 @@ internal sealed class ServiceEndpoints(ModelHost host)
         var text = host.State == ModelState.Failed ? "" : host.Served?.Exporter.Write() ?? "";
         context.Response.StatusCode = 200;
         context.Response.ContentType = "text/plain; version=0.0.4; charset=utf-8";
-        await context.Response.WriteAsync(text, Encoding.UTF8, context.RequestAborted);
+        await OpenAiJson.WriteBodyAsync(context.Response, Encoding.UTF8.GetBytes(text), context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 }

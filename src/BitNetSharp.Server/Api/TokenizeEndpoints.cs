@@ -56,7 +56,7 @@ internal sealed class TokenizeEndpoints(ModelHost host)
             }
             w.WriteEndArray();
             w.WriteEndObject();
-        }, context.RequestAborted);
+        }, context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 
     public async Task Detokenize(HttpContext context)
@@ -89,6 +89,6 @@ internal sealed class TokenizeEndpoints(ModelHost host)
             w.WriteStartObject();
             w.WriteString("content", text);
             w.WriteEndObject();
-        }, context.RequestAborted);
+        }, context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));
     }
 }

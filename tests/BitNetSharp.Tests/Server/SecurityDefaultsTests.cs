@@ -64,6 +64,36 @@ public class SecurityDefaultsTests
         Assert.Equal(HttpStatusCode.OK, status);
     }
 
+    /// <summary>
+    /// Every answer is written under --write-timeout, not only a generation's: /tokenize with pieces for a text near the
+    /// body limit is MBs, and a client that read none of it held its connection for hours (Kestrel's minimum data rate
+    /// lets each write's bytes buy time; the watch was on completions alone).
+    /// </summary>
+    [Fact]
+    public async Task AClientThatStopsReadingALargeTokenizeAnswerIsDisconnected()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WriteStallTimeout = TimeSpan.FromSeconds(1), WarmupRequests = 0, MaxRequestBodyBytes = 1 << 20 });
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp) { ReceiveBufferSize = 4096 };
+        await socket.ConnectAsync(s.Server.Address.Host, s.Server.Address.Port, Ct);
+        string body = System.Text.Json.JsonSerializer.Serialize(new { content = string.Concat(Enumerable.Repeat("once upon a time ", 20_000)), with_pieces = true }); // 340 KB, ~7 MB answered
+        string request = $"POST /tokenize HTTP/1.1\r\nHost: {s.Server.Address.Authority}\r\nContent-Type: application/json\r\nContent-Length: {Encoding.UTF8.GetByteCount(body)}\r\n\r\n{body}";
+        await socket.SendAsync(Encoding.UTF8.GetBytes(request), Ct);
+        // Nothing is read until the server has counted the stall; then what the socket holds drains and the connection ends.
+        await TestServer.EventuallyAsync(async () => TestServer.Sample(await s.MetricsAsync(), "bitnet_server_write_timeouts_total") == 1, "the stalled /tokenize answer was cut off");
+        var buffer = new byte[1 << 16];
+        try
+        {
+            using var read = CancellationTokenSource.CreateLinkedTokenSource(Ct);
+            read.CancelAfter(TestServer.Bound);
+            while (await socket.ReceiveAsync(buffer, read.Token) > 0) { }
+        }
+        catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.ConnectionReset)
+        {
+        }
+        var (status, _, _) = await s.PostAsync("tokenize", new { content = "hello" });
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+
     [Fact]
     public async Task EveryMappedEndpointButHealthAndTheDashboardNeedsTheKey()
     {
