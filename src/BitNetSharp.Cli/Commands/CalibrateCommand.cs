@@ -22,6 +22,13 @@ public static class CalibrateCommand
     /// <summary>The most the bit-width search's reference distributions may take on disk (2B4T: 512 positions are 0.26 GB).</summary>
     public const long MaxReferenceBytes = 4L << 30;
 
+    /// <summary>A change in percent with its sign, two decimals; one that rounds to zero reads 0.00 (a tiny negative read "-+0.00").</summary>
+    public static string SignedPercent(double percent)
+    {
+        double r = Math.Round(percent, 2);
+        return r == 0 ? "0.00" : r.ToString("+0.00;-0.00", CultureInfo.InvariantCulture);
+    }
+
     /// <summary>Scored positions of the held-out windows and the bytes of their full distributions (float per token).</summary>
     public static (long Positions, long Bytes) ReferenceSize(int samples, int window, int vocab)
     {
@@ -34,7 +41,7 @@ public static class CalibrateCommand
         var model = new Option<string?>("--model", "-m") { Description = "A .gguf model (default: the bundled model). Hugging Face directories: convert to GGUF first." };
         var data = new Option<string>("--data") { Description = "UTF-8 calibration text.", Required = true };
         var samples = new Option<int>("--samples") { Description = "Windows of --ctx tokens drawn from the text (seeded): the first half for statistics, the rest held out for the search.", DefaultValueFactory = _ => 8 };
-        var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens (default: min(model context, 256))." };
+        var ctx = new Option<int>("--ctx", "-c") { Description = "Window length in tokens, 4 to the model's context (default, or 0: min(model context, 256))." };
         var budget = new Option<double>("--kl-budget") { Description = "Largest mean KL divergence (nats per position) from the 8-bit model the chosen widths may cost.", DefaultValueFactory = _ => 0.01 };
         var seed = new Option<int>("--seed") { Description = "Seed for drawing the windows (0 or more).", DefaultValueFactory = _ => 1 };
         var maxSteps = new Option<int>("--max-steps") { Description = "Stop after this many accepted steps (default: until the budget is spent)." };
@@ -129,7 +136,7 @@ public static class CalibrateCommand
         if (tokenizer is null) throw new UsageException($"{weights.SourcePath} has no tokenizer; calibrate needs one to turn the text into tokens.");
         var c = weights.Config;
         int window = ctxOption > 0 ? ctxOption : Math.Min(c.ContextLength, 256);
-        if (window < 4 || window > c.ContextLength) throw new UsageException($"--ctx {window} must be 4 to {c.ContextLength} (the model's context).");
+        if (window < 4 || window > c.ContextLength) throw new UsageException($"--ctx {window} must be 4 to {c.ContextLength} (the model's context), or 0 for the default ({Math.Min(c.ContextLength, 256)}).");
         // Special tokens' text (TinyStories' <|endoftext|>) as those tokens, as the trainer and --tune read it.
         var tokens = tokenizer.Encode(text, addBos: false, parseSpecial: true);
         int available = (tokens.Length - 1) / window;
@@ -168,7 +175,7 @@ public static class CalibrateCommand
             $"calibration: {statStarts.Count} windows of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
         var result = BitWidthSearch.Run(engine, tokens, window, heldStarts, bos, budget, Path.GetDirectoryName(outFull) ?? ".", bytes,
             maxSteps ?? int.MaxValue, log, cancellation, lazy: !fullSearch);
-        var baseline = result.Kl.Reference;
+        var baseline = result.Start;
 
         // Outputs: the model (what the search was for), then the report (Markdown + SVG); each written whole or not at
         // all, and a report that cannot be written does not take the model with it.
@@ -222,7 +229,7 @@ public static class CalibrateCommand
         }
         cli.Output.WriteLine(string.Create(ic, $"activation bits: {result.Bits}  ({result.Steps.Count} steps, {result.Evaluations} evaluations)"));
         cli.Output.WriteLine(string.Create(ic,
-            $"held-out: perplexity {baseline.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4} ({100 * (result.Model.Perplexity / baseline.Perplexity - 1):+0.00;-0.00} %); KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %"));
+            $"held-out: perplexity {baseline.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4} ({SignedPercent(100 * (result.Model.Perplexity / baseline.Perplexity - 1))} %); KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %"));
         cli.Output.WriteLine($"wrote {outFull} and {reportPath}");
         return 0;
     }
@@ -246,7 +253,7 @@ public static class CalibrateCommand
         md.Append(ic, $"Text `{data}`, {statWindows + heldWindows} windows of {ctx} tokens (seed {seed}): {statWindows} for the statistics, {heldWindows} held out for the bit-width search (its KL figures are measured on those windows, the ones it chose with). KL budget {budget:G4} nats (mean per position, against the 8-bit model).\n\n");
         if (maxSteps is { } limit && result.Steps.Count >= limit)
             md.Append(ic, $"The search stopped at --max-steps {limit}, not at the budget.\n\n");
-        md.Append(ic, $"Result: activation bits `{result.Bits}` — held-out perplexity {result.Kl.Reference.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4}; KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %.\n\n");
+        md.Append(ic, $"Result: activation bits `{result.Bits}` — held-out perplexity {result.Start.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4}; KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %.\n\n");
         md.Append("## Activation statistics (per token, before quantization)\n\n");
         md.Append("Outlier channel: |x_c| ≥ 6·RMS of the token in ≥ 5 % of tokens. Crest = absmax/RMS: an 8-bit code gives a typical entry about 127/crest levels.\n\n");
         foreach (var s in stats)

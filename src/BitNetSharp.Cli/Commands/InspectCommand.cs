@@ -54,7 +54,14 @@ public static class InspectCommand
             {
                 try
                 {
-                    using var weights = Model.ModelWeights.Load(result.GetRequiredValue(path), MappedOnly);
+                    // With its tokenizer, as generate loads it (a BOS id outside the vocabulary was refused there, unsaid here),
+                    // and generate's warnings about the pair.
+                    var (weights, tokenizer) = ModelOptions.Load(result.GetRequiredValue(path), MappedOnly);
+                    using (weights)
+                    {
+                        if (ModelOptions.VocabularyWarning(weights, tokenizer) is { } vocabulary) cli.Error.WriteLine("warning: " + vocabulary);
+                        if (tokenizer?.CoverageWarning is { } coverage) cli.Error.WriteLine("warning: " + coverage);
+                    }
                 }
                 catch (Exception e) when (e is ModelFormatException or InvalidDataException or ArgumentException or NotSupportedException)
                 {

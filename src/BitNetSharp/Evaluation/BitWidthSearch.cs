@@ -7,7 +7,9 @@ namespace BitNetSharp.Evaluation;
 /// <summary>One accepted step of the search: an input lowered by one width, and the mean KL the whole configuration then had.</summary>
 public sealed record BitWidthStep(int Layer, BitLinearInput Input, int FromBits, int ToBits, double MeanKl, double Perplexity);
 
-public sealed record BitWidthSearchResult(ActivationBits Bits, IReadOnlyList<BitWidthStep> Steps, KlResult Kl, PerplexityResult Model, int Evaluations);
+/// <param name="Start">The starting widths on the held-out windows, in double (<see cref="KlResult.Reference"/> is read back
+/// from the reference's float log-probabilities: an unchanged model read 1e-8 apart from it).</param>
+public sealed record BitWidthSearchResult(ActivationBits Bits, IReadOnlyList<BitWidthStep> Steps, KlResult Kl, PerplexityResult Model, int Evaluations, PerplexityResult Start);
 
 /// <summary>
 /// Greedy per-layer activation precision search: starting from the engine's widths (normally 8 everywhere), each
@@ -52,9 +54,10 @@ public static class BitWidthSearch
             const int topK = 0;
             long positions = (long)windowStarts.Count * (ctx - QualityEvaluator.Plan(ctx + 1, ctx, ctx).FirstScored);
             var header = new LogitsFileHeader(c.VocabSize, ctx, ctx, bosId, topK, LogitsFileHeader.HashTokens(tokens), positions, "calibration reference");
+            PerplexityResult startModel;
             using (var writer = new LogitsFileWriter(refPath, header))
             {
-                QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, save: writer, windowStarts: windowStarts, cancellation: cancellation);
+                (startModel, _) = QualityEvaluator.Evaluate(engine, tokens, ctx, ctx, tokenByteCount, bosId, save: writer, windowStarts: windowStarts, cancellation: cancellation);
                 writer.Complete();
             }
             // Held open for the whole search (each evaluation opens it again): another search in this folder, in this
@@ -139,7 +142,7 @@ public static class BitWidthSearch
             }
             var final = Measure(current);
             engine.ActivationBits = current;
-            return new BitWidthSearchResult(current, steps, final.Kl, final.Model, evaluations);
+            return new BitWidthSearchResult(current, steps, final.Kl, final.Model, evaluations, startModel);
         }
         finally
         {

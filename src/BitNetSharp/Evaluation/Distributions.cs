@@ -37,7 +37,8 @@ public static class Distributions
     /// coarsened to those k tokens plus one "rest" bucket. By the data-processing inequality it is at most the
     /// full KL; with the top 32 of a peaked next-token distribution it is close to it.
     /// </summary>
-    public static double KlDivergenceTopK(ReadOnlySpan<int> ids, ReadOnlySpan<float> logP, double logRest, ReadOnlySpan<double> logQ)
+    /// <param name="logRestQ">Q's rest mass as the caller has it (a saved reference's rounding applied to this run's too); else summed from <paramref name="logQ"/>.</param>
+    public static double KlDivergenceTopK(ReadOnlySpan<int> ids, ReadOnlySpan<float> logP, double logRest, ReadOnlySpan<double> logQ, double? logRestQ = null)
     {
         double kl = 0;
         for (int j = 0; j < ids.Length; j++)
@@ -49,7 +50,7 @@ public static class Distributions
         double restP = Math.Exp(logRest);
         // Q's rest mass summed over the other tokens in log space: 1 − (Q's top mass) cancelled to 0 when Q held nearly
         // everything on P's top tokens, and a floor of 5e-324 then added up to ~744 × restP nats.
-        if (restP > 0) kl += restP * (logRest - LogSumExpExcept(logQ, ids));
+        if (restP > 0) kl += restP * (logRest - (logRestQ ?? LogSumExpExcept(logQ, ids)));
         return Math.Max(0, kl);
     }
 

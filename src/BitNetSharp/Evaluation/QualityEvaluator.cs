@@ -165,6 +165,9 @@ public static class QualityEvaluator
         bool needRows = reference is not null || save is not null;
         var logQ = needRows ? new double[vocab] : [];
         var logP = refEngine is not null ? new double[vocab] : [];
+        // A saved reference holds each log-probability as float: this run's row is compared rounded the same way, so the
+        // file's own model reads a KL of exactly 0 (its double rows read 1e-8 nats, calibrate's search with no step taken).
+        var logQf = refFile is not null ? new double[vocab] : [];
         var kl = reference is null ? null : new List<double>();
         var deltaP = reference is null ? null : new List<double>();
         double nll = 0, refNll = 0;
@@ -231,16 +234,17 @@ public static class QualityEvaluator
                             if (!(refFile.TargetLogProb <= 1e-6 && double.IsFinite(refFile.TargetLogProb)) || (refFile.Header.TopK > 0 && !(refFile.LogRest <= 1e-6 && !double.IsNaN(refFile.LogRest))))
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} holds non-finite log-probabilities; the file is corrupt or was saved from a broken model.");
                             refNll -= refFile.TargetLogProb;
-                            deltaP!.Add(Math.Exp(logQ[target]) - Math.Exp(refFile.TargetLogProb));
+                            for (int v = 0; v < vocab; v++) logQf[v] = (float)logQ[v];
+                            deltaP!.Add(Math.Exp(logQf[target]) - Math.Exp(refFile.TargetLogProb));
                             if (refFile.Header.TopK == 0)
                             {
-                                kl!.Add(Distributions.KlDivergence(refFile.LogProbs, logQ));
-                                if (Distributions.ArgMax(refFile.LogProbs) == Distributions.ArgMax(logQ)) agree++;
+                                kl!.Add(Distributions.KlDivergence(refFile.LogProbs, logQf));
+                                if (Distributions.ArgMax(refFile.LogProbs) == Distributions.ArgMax(logQf)) agree++;
                             }
                             else
                             {
-                                kl!.Add(Distributions.KlDivergenceTopK(refFile.TopIds, refFile.TopLogProbs, refFile.LogRest, logQ));
-                                if (refFile.TopIds[0] == Distributions.ArgMax(logQ)) agree++;
+                                kl!.Add(Distributions.KlDivergenceTopK(refFile.TopIds, refFile.TopLogProbs, refFile.LogRest, logQf, (float)Distributions.LogSumExpExcept(logQ, refFile.TopIds)));
+                                if (refFile.TopIds[0] == Distributions.ArgMax(logQf)) agree++;
                             }
                         }
                     }

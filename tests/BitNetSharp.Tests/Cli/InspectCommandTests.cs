@@ -43,6 +43,37 @@ public class InspectCommandTests
         Assert.Contains("no tensors (a vocabulary-only GGUF)", error);
     }
 
+    /// <summary>
+    /// The tokenizer is loaded as generate loads it: a BOS id outside the vocabulary, which generate refuses, was shown
+    /// in the table with no word (exit 0); and generate's warnings about the pair are said too.
+    /// </summary>
+    [Fact]
+    public void ATokenizerGenerateRefusesIsWarnedAbout()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string bad = dir.File("bos.gguf"), good = dir.File("good.gguf");
+        BitNetSharp.Tests.Server.TinyChatModel.Build(bos: 999_999).WriteFile(bad);
+        BitNetSharp.Tests.Server.TinyChatModel.Build().WriteFile(good);
+        var (code, _, error) = Bitnet("generate", "-m", bad, "-p", "a", "-n", "1");
+        Assert.Equal(1, code);
+        Assert.Contains("bos_token_id", error);
+        (code, _, error) = Bitnet("inspect", bad);
+        Assert.Equal(0, code);
+        Assert.StartsWith($"warning: bitnet generate would refuse this file: {bad}: ", error);
+        Assert.Contains("tokenizer.ggml.bos_token_id", error);
+        Assert.Contains("999999", error);
+        (code, _, error) = Bitnet("inspect", good);
+        Assert.Equal(0, code);
+        Assert.Equal("", error);
+        // A token list shorter than the embedding: generate's warning, said by inspect too.
+        string padded = dir.File("padded.gguf");
+        BitNetSharp.Tests.Server.TinyChatModel.Build(modelVocab: 300).WriteFile(padded);
+        (code, _, error) = Bitnet("inspect", padded);
+        Assert.Equal(0, code);
+        Assert.StartsWith("warning: ", error);
+        Assert.Contains("300", error);
+    }
+
     [Fact]
     public void InspectShowsArchitectureAndTensorCountOfAWrittenGguf()
     {

@@ -316,6 +316,34 @@ public class CalibrateTests
     }
 
     /// <summary>
+    /// A search that takes no step reports the starting model exactly: KL 0 and the same perplexity (it read KL 9e-9 and
+    /// "(-+0.00 %)": the live rows were compared with the reference's float copies, and the baseline read back from them).
+    /// </summary>
+    [Fact]
+    public void ASearchThatTakesNoStepReportsNoChange()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("text.txt");
+        File.WriteAllText(data, string.Concat(Enumerable.Repeat(Story, 8)));
+        var (code, output, error) = Cli("calibrate", "-m", BundledModel, "--data", data, "--ctx", "64", "--samples", "2", "--kl-budget", "1e-300",
+            "--out", dir.File("z.gguf"), "--json");
+        Assert.True(code == 0, error);
+        var r = JsonDocument.Parse(output).RootElement;
+        Assert.Equal(0, r.GetProperty("steps").GetArrayLength());
+        Assert.Equal("8", r.GetProperty("activation_bits").GetString());
+        Assert.Equal(0.0, r.GetProperty("kl_mean").GetDouble());
+        Assert.Equal(0.0, r.GetProperty("kl_max").GetDouble());
+        Assert.Equal(r.GetProperty("perplexity_8bit").GetDouble(), r.GetProperty("perplexity").GetDouble());
+        (code, output, error) = Cli("calibrate", "-m", BundledModel, "--data", data, "--ctx", "64", "--samples", "2", "--kl-budget", "1e-300",
+            "--out", dir.File("z2.gguf"));
+        Assert.True(code == 0, error);
+        Assert.Contains("(0.00 %); KL mean 0, median 0, p99 0, max 0 nats", output);
+        Assert.Equal("0.00", BitNetSharp.Cli.Commands.CalibrateCommand.SignedPercent(-1e-7));
+        Assert.Equal("+0.01", BitNetSharp.Cli.Commands.CalibrateCommand.SignedPercent(0.006));
+        Assert.Equal("-1.50", BitNetSharp.Cli.Commands.CalibrateCommand.SignedPercent(-1.5));
+    }
+
+    /// <summary>
     /// Calibrating a model that already holds activation widths says they are replaced (it was silent); the report gives
     /// the split as made (it said "half and half" for 3 samples) and says when --max-steps, not the budget, ended the search.
     /// </summary>

@@ -161,6 +161,15 @@ public class KlEvaluationTests
                 writer.Complete();
             }
             Assert.True(LogitsFile.IsLogitsFile(path));
+            // The file's own model reads no divergence: its rows are compared rounded to float as they were stored (they
+            // read 1e-8 nats, which calibrate reported for a search that changed nothing).
+            using (var own = new LogitsFileReader(path))
+            {
+                var (_, ownKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, reference: KlReference.FromFile(own), cancellation: TestContext.Current.CancellationToken);
+                if (top == 0) Assert.Equal((0.0, 0.0, 1.0), (ownKl!.MeanKl, ownKl.MaxKl, ownKl.TopAgreement));
+                else Assert.InRange(ownKl!.MaxKl, 0, 1e-12);
+                Assert.Equal(0.0, ownKl.DeltaP!.Rms);
+            }
             using var reader = new LogitsFileReader(path);
             var (_, fileKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8, reference: KlReference.FromFile(reader), cancellation: TestContext.Current.CancellationToken);
             Assert.Equal(top, fileKl!.TopK);

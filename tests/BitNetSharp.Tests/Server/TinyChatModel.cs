@@ -20,7 +20,8 @@ internal static class TinyChatModel
 
     /// <param name="layers">More layers make each token slower, for tests that need a generation to outlast something.</param>
     /// <param name="modelVocab">The embedding's rows: more than the tokenizer's 262 makes a padded vocabulary.</param>
-    public static GgufWriter Build(int seed = 11, int contextLength = 256, int layers = 2, int modelVocab = VocabSize)
+    /// <param name="bos">tokenizer.ggml.bos_token_id (one outside the vocabulary makes a file generate refuses).</param>
+    public static GgufWriter Build(int seed = 11, int contextLength = 256, int layers = 2, int modelVocab = VocabSize, uint bos = EndOfText)
     {
         var w = SyntheticModel.Build(Shape with { ContextLength = contextLength, Layers = layers, VocabSize = modelVocab }, seed);
         var tokens = new List<string>();
@@ -32,7 +33,7 @@ internal static class TinyChatModel
          .AddArray("tokenizer.ggml.tokens", tokens.ToArray())
          .AddArray("tokenizer.ggml.token_type", types)
          .AddArray("tokenizer.ggml.merges", new[] { "Ġ t", "h e", "Ġt he" })
-         .AddUInt32("tokenizer.ggml.bos_token_id", EndOfText)
+         .AddUInt32("tokenizer.ggml.bos_token_id", bos)
          .AddUInt32("tokenizer.ggml.eos_token_id", EndOfText);
         return w;
     }
