@@ -132,6 +132,9 @@ public sealed partial class DeployFilesTests
         Assert.Equal("prometheus", variables["datasource"].GetProperty("query").GetString());
         Assert.Equal("query", variables["instance"].GetProperty("type").GetString());
         Assert.Equal("${datasource}", variables["instance"].GetProperty("datasource").GetProperty("uid").GetString());
+        // "All" is every instance, not the list the variable's query found: a replica that exports no bitnet series (the
+        // case BitNetNotServing and BitNetScrapeFailing are for) is not in that list, and the ALERTS table hid its alerts.
+        Assert.Equal(".*", variables["instance"].GetProperty("allValue").GetString());
 
         var panels = AllPanels(root).ToList();
         var ids = panels.Select(p => p.GetProperty("id").GetInt32()).ToList();
