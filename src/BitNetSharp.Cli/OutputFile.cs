@@ -17,7 +17,9 @@ internal static class OutputFile
             throw new UsageException($"{option} {path} is a directory; give a file path such as {Path.Combine(path, ExampleName(option, path))}.");
         string full = Path.GetFullPath(path);
         if (Path.GetDirectoryName(full) is { } dir && !Directory.Exists(dir))
-            throw new UsageException($"{option} {path}: the folder '{dir}' does not exist.");
+            throw new UsageException(File.Exists(dir)
+                ? $"{option} {path}: '{dir}' is a file, not a folder."
+                : $"{option} {path}: the folder '{dir}' does not exist.");
         // A pipe, device or open descriptor is written in place (AtomicFile); anything else needs a file created beside
         // its target, and a folder this user cannot write was found only at the end of the run, in an error naming a
         // temporary file. The probe has the temporary's own name, so a probe left by a killed run is cleaned up like one.

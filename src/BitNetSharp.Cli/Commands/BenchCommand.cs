@@ -35,7 +35,7 @@ public static class BenchCommand
         var gen = new Option<int>("--n-gen", "-n") { Description = "Generated tokens for tg (0 to skip).", DefaultValueFactory = _ => 128 };
         var threads = new Option<string?>("--threads", "-t") { Description = "Thread counts, comma-separated (default: physical cores)." };
         var sequences = new Option<string>("--sequences", "-s") { Description = "tg: sequences decoding together, comma-separated (e.g. 1,8); the figure is their aggregate tokens/s.", DefaultValueFactory = _ => "1" };
-        var depths = new Option<string?>("--depth", "-d", "--n-depth") { Description = "Tokens already in the KV cache before each pp/tg test, comma-separated (e.g. 0,1024,4096; llama-bench's -d): a prefill of that many tokens, not timed. Giving it also reports each test's attention share (one extra profiled pass). Decode runs every depth's repetition r before any depth's r + 1 (all depths' caches held at once), and each tg row past the first depth shows its ratio to the first, paired by repetition: a drifting host slows both sides of each pair alike." };
+        var depths = new Option<string?>("--depth", "-d", "--n-depth") { Description = "Tokens already in the KV cache before each pp/tg test, comma-separated (e.g. 0,1024,4096; llama-bench's -d): a prefill of that many tokens, not timed. Giving it also reports each test's attention share (the median of three extra profiled passes). Decode runs every depth's repetition r before any depth's r + 1 (all depths' caches held at once), and each tg row past the first depth shows its ratio to the first, paired by repetition: a drifting host slows both sides of each pair alike." };
         var ctxSize = new Option<int>("--ctx", "-c") { Description = "Context to allocate (default: the model's). Larger than the model's extends it, as llama-bench does for -d + -p/-n beyond the trained context." };
         var reps = new Option<int>("--repetitions", "-r") { Description = "Repetitions per test.", DefaultValueFactory = _ => 5 };
         var kvType = new Option<string>("--kv-type") { Description = "KV-cache type: f32, f16, int8, fp8.", DefaultValueFactory = _ => "f16" };
@@ -47,7 +47,7 @@ public static class BenchCommand
         var weightPages = ModelOptions.NewWeightPagesOption();
         var cpus = new Option<string?>("--cpus") { Description = "Pin worker i to the i-th CPU of this list (e.g. 0,1 or 0-3; Linux)." };
         var profileAb = new Option<int?>("--profile-ab") { Description = "tg with the profiler (op timers, spans, chunk timeline) off and on, N alternating repetitions in one run; prints both and the ratio." };
-        var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`), alternating repetitions in one run; prints both and the ratio." };
+        var healthAb = new Option<int?>("--health-ab") { Description = "tg with model-health collection off and on (measuring every N-th step, as `serve --health-every N`; 0: only the NaN/Inf check of every step's logits, the row 'health checks'), alternating repetitions in one run; prints both and the ratio." };
         var command = new Command("bench", "Measure prompt-processing and generation speed against the memory-bandwidth bound.")
         {
             model, synthetic, headType, prompt, gen, threads, sequences, depths, ctxSize, reps, kvType, json, csv, healthAb, profileAb, cpus, mlock, hugePages, weightPages, bandwidthOnly,
@@ -90,6 +90,11 @@ public static class BenchCommand
             if (ctxOption is < 0 or > MaxContext) throw new UsageException($"--ctx must be 1 to {MaxContext} positions (0: the model's context); got {ctxOption}.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
+            ProfileCommand.CheckCpusCover(cpuList, threadCounts.Max());
+            // A value given twice ran its tests twice (-d 0,0 printed depth 0's ratio to itself).
+            foreach (var (flag, values) in new[] { ("--threads", threadCounts), ("--sequences", sequenceCounts), ("--depth", depthList) })
+                if (values.GroupBy(v => v).FirstOrDefault(g => g.Count() > 1) is { } twice)
+                    throw new UsageException($"{flag} lists {twice.Key} more than once; give each value once (-r repeats every test).");
             if (result.GetValue(json) && result.GetValue(csv)) throw new UsageException("--json and --csv: give one output format.");
             // Checked before any test runs (they were checked after the first thread count's tests, losing them).
             if (result.GetValue(healthAb) is { } healthEvery)
@@ -165,7 +170,7 @@ public static class BenchCommand
                             ? $"-d {maxDepth} with {flag} {count} needs {needed} positions; the model's context is {context} (pass --ctx {both} to allocate more)."
                             : $"-d {maxDepth} with {flag} {count} needs {needed} positions, more than bench allocates ({MaxContext}); lower -d or {flag}.");
             }
-            long fileBytes = File.Exists(path) ? new FileInfo(path).Length : 0;
+            long fileBytes = File.Exists(path) ? BitNetSharp.Formats.PathIdentity.Length(path) : 0;
             // As the engine's kernel reads them: the lookup kernel decodes from its own layout, 2 bytes per 9 weights.
             var kernel = Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
             long perToken = ThroughputBenchmark.BytesPerToken(weights, kernel);

@@ -103,6 +103,7 @@ public static class ProfileCommand
             if (tracePath is not null) OutputFile.Check("--trace", tracePath);
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
+            CheckCpusCover(cpuList, result.GetValue(threads) is { } tc and > 0 ? tc : WorkerPool.DefaultThreadCount());
 
             // Checked before the synthetic file is built (minutes for 2b4t): a bad value failed after it.
             var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
@@ -154,7 +155,7 @@ public static class ProfileCommand
                 try
                 {
                     ChromeTraceWriter.Write(tracePath, report);
-                    traceBytes = new FileInfo(tracePath).Length;
+                    traceBytes = BitNetSharp.Formats.PathIdentity.Length(tracePath);
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutOfMemoryException or OverflowException)
                 {
@@ -198,6 +199,13 @@ public static class ProfileCommand
         string refused = Memory.HugePages.LastError != 0 ? $" (madvise refused some: errno {Memory.HugePages.LastError})" : "";
         return string.Create(CultureInfo.InvariantCulture,
             $"huge pages: advised {Memory.HugePages.AdvisedBytes / 1048576.0:F0} MiB of runtime buffers{refused}; huge-page-backed while they lived (AnonHugePages, peak seen at release) {backed / 1048576.0:F0} MiB; THP setting: {Memory.HugePages.SystemSetting() ?? "unknown"}");
+    }
+
+    /// <summary>One CPU per worker thread: with fewer, workers past the list's end shared its CPUs without a word (--cpus 0 -t 2 ran both on CPU 0).</summary>
+    internal static void CheckCpusCover(int[]? cpuList, int threads)
+    {
+        if (cpuList is not null && cpuList.Length < threads)
+            throw new UsageException($"--cpus lists {cpuList.Length} CPU(s) for {threads} worker threads: worker i runs on the list's i-th CPU, so give one per thread (e.g. --cpus 0-{threads - 1}) or fewer threads (-t {cpuList.Length}).");
     }
 
     internal static int[] ParseCpus(string list)

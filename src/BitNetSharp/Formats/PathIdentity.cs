@@ -9,6 +9,17 @@ namespace BitNetSharp.Formats;
 public static unsafe class PathIdentity
 {
     /// <summary>
+    /// The size of the file a path names, through any symbolic links: <see cref="FileInfo.Length"/> is the link's own
+    /// (the length of its target's name), so a model reached by a link (a Hugging Face cache snapshot is links into its
+    /// blobs) read as 80 bytes — never large enough for huge pages — and a trace written through one as 0.00 MB.
+    /// </summary>
+    public static long Length(string path)
+    {
+        var info = new FileInfo(path);
+        return info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target ? target.Length : info.Length;
+    }
+
+    /// <summary>
     /// Whether two paths name the same file, however spelled: links resolved in every component, case folded where the
     /// file system folds it, and on Linux one folder reached through two mount points (a bind mount, or the same file
     /// system mounted twice) recognised by its device and inode. What is compared is the directory entry, not the file's

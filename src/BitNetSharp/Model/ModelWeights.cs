@@ -119,7 +119,7 @@ public sealed class ModelWeights : IDisposable
 
     public static ModelWeights Load(string path, ModelLoadOptions? options) => ModelPath.Detect(path) switch
     {
-        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path, (options ?? new ModelLoadOptions()).UseHugePages(new FileInfo(path).Length)), ownsFile: true, options),
+        ModelPathKind.Gguf => FromGguf(GgufFile.Open(path, (options ?? new ModelLoadOptions()).UseHugePages(Formats.PathIdentity.Length(path))), ownsFile: true, options),
         ModelPathKind.HuggingFaceDirectory => FromHf(HfModelDirectory.Open(path), ownsDirectory: true, options),
         ModelPathKind.Safetensors => throw new ModelFormatException(path, $"a safetensors file alone cannot be run: pass the Hugging Face model directory that holds it with its config.json ({Path.GetDirectoryName(Path.GetFullPath(path))})"),
         var kind => throw new ModelFormatException(path, $"a {kind} cannot be run directly; pass a .gguf file or a Hugging Face model directory"),

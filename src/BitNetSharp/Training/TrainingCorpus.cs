@@ -59,7 +59,7 @@ public sealed class TrainingCorpus
         if (Directory.Exists(path)) throw new InvalidDataException($"{path} is a directory; give a UTF-8 text file.");
         if (!File.Exists(path)) throw new FileNotFoundException($"{path}: no such file; give a UTF-8 text file.", path);
         // One .NET string holds about 2^30 characters: a larger file failed with a message that did not name it.
-        long size = new FileInfo(path).Length;
+        long size = Formats.PathIdentity.Length(path);
         if (size > MaxFileBytes)
             throw new InvalidDataException($"{path}: {size:N0} bytes; one text file may hold at most {MaxFileBytes:N0} (just under 1 GiB). Split it into several files and pass each with --data.");
         var bytes = ReadBytes(path, size, cancellation, waiting);

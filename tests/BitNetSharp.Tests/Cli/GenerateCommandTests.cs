@@ -754,11 +754,15 @@ public class BenchCommandTests
     [InlineData(new[] { "--bandwidth-only", "--weight-pages", "bogus" }, "does not apply with --bandwidth-only")] // exit 0: a model's flags accepted and ignored
     [InlineData(new[] { "-p", "0", "-n", "128", "-d", "2147483600" }, "--depth 2147483600 is past the largest context")] // "needs -2147483568 positions"
     [InlineData(new[] { "-p", "0", "-n", "1000000", "-d", "16000000" }, "17000000 positions, more than bench allocates")] // advised a --ctx it refuses
+    [InlineData(new[] { "-p", "0", "-n", "2", "-d", "0,8,0" }, "--depth lists 0 more than once")] // ran depth 0 twice, its ratio to itself printed
+    [InlineData(new[] { "-p", "0", "-n", "2", "-s", "1,2,2" }, "--sequences lists 2 more than once")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "-t", "1,1" }, "--threads lists 1 more than once")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "-t", "1,2", "--cpus", "0" }, "--cpus lists 1 CPU(s) for 2 worker threads")] // both workers pinned to CPU 0, unsaid
     public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
     {
         var output = new StringWriter();
         var error = new StringWriter();
-        int code = Program.Run(["bench", "--synthetic", "tiny", "-r", "1", "-t", "1", .. extra], output, error);
+        int code = Program.Run(["bench", "--synthetic", "tiny", "-r", "1", .. (extra.Contains("-t") ? Array.Empty<string>() : ["-t", "1"]), .. extra], output, error);
         Assert.Equal(2, code);
         Assert.Contains(message, error.ToString());
         Assert.DoesNotContain("GB/s", error.ToString()); // no bandwidth probe ran

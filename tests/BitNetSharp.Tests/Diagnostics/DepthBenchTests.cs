@@ -155,6 +155,18 @@ public class DepthBenchTests
         Assert.Throws<ArgumentOutOfRangeException>(() => ThroughputBenchmark.DecodeHealthAB(weights, pool, 4, 0, 1));
     }
 
+    /// <summary>--health-ab 0 (the NaN/Inf checks alone, as serve --health-every 0) names its row so; it read "health 1/0".</summary>
+    [Fact]
+    public void HealthAbZeroNamesTheChecksRow()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var weights = ModelWeights.Load(TinyModel(dir));
+        using var pool = new WorkerPool(1);
+        var (off, on) = ThroughputBenchmark.DecodeHealthAB(weights, pool, 2, 1, 0);
+        Assert.Equal(("tg2 health off", "tg2 health checks"), (off.Test, on.Test));
+        Assert.Equal("tg2 health 1/4", ThroughputBenchmark.DecodeHealthAB(weights, pool, 2, 1, 4).On.Test);
+    }
+
     [Fact]
     public void ContextOptionExtendsThePositionsTheModelRuns()
     {

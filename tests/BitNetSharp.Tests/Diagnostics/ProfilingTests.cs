@@ -671,6 +671,8 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "-m", "x.gguf" }, "not both")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "4096" }, "--cpus: CPU 4096")]
+    [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0", "-t", "2" }, "--cpus lists 1 CPU(s) for 2 worker threads")]
+    [InlineData(new[] { "--synthetic", "tiny", "--trace", "/etc/passwd/t.json" }, "'/etc/passwd' is a file, not a folder")] // "the folder does not exist"
     [InlineData(new[] { "--synthetic", "tiny", "-n", "2147483647" }, "-n")] // wrapped the context check after the probe ran
     [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "2147483647" }, "--prompt-tokens")] // OutOfMemoryException
     [InlineData(new[] { "--synthetic", "tiny", "--probe-mb", "100000000" }, "--probe-mb")]
@@ -742,6 +744,26 @@ public class ProfilingTests
             Assert.Contains("--trace", r.Error);
             Assert.Equal(length, new FileInfo(model).Length);
         }
+    }
+
+    /// <summary>A trace written through a link (the link kept, its target replaced) is reported at the target's size: it read the link's, 0.00 MB.</summary>
+    [Fact]
+    public void ATraceThroughALinkReportsItsOwnSize()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS(), "symbolic links without privileges");
+        using var dir = new TestGguf.TempDirectory();
+        string target = dir.File("target.json"), link = dir.File("link.json");
+        File.WriteAllText(target, "{}");
+        File.CreateSymbolicLink(link, target);
+        var r = Bitnet("profile", "--synthetic", "tiny", "--prompt-tokens", "2", "-n", "1", "--json", "--trace", link, "--probe-mb", "16", "--peak-ms", "1");
+        Assert.True(r.ExitCode == 0, r.Error);
+        Assert.NotNull(new FileInfo(link).LinkTarget);
+        long written = new FileInfo(target).Length;
+        Assert.True(written > 1000, $"{written} bytes");
+        using var doc = JsonDocument.Parse(r.Output);
+        Assert.Equal(written, doc.RootElement.GetProperty("trace_bytes").GetInt64());
+        Assert.Equal(written, BitNetSharp.Formats.PathIdentity.Length(link));
+        Assert.Equal(written, BitNetSharp.Formats.PathIdentity.Length(target));
     }
 
     [Fact]
