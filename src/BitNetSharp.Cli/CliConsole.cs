@@ -28,6 +28,9 @@ public sealed class CliConsole
 
     public TextWriter Error { get; }
 
+    /// <summary>Whether <see cref="Error"/> is the process's stderr (progress is drawn there only then).</summary>
+    public bool ErrorIsConsole => ReferenceEquals(Error, Console.Error) || Error is DiagnosticsWriter { Inner: var inner } && ReferenceEquals(inner, Console.Error);
+
     public IAnsiConsole Ansi { get; }
 
     /// <summary>
@@ -93,4 +96,48 @@ public sealed class UsageException(string message) : Exception(WithoutParameterS
         int at = message.LastIndexOf(" (Parameter '", StringComparison.Ordinal);
         return at >= 0 && message.EndsWith("')", StringComparison.Ordinal) && message.IndexOf('\'', at + 13) == message.Length - 2 ? message[..at] : message;
     }
+}
+
+/// <summary>
+/// The CLI's stderr: messages are best effort. A stderr that cannot be written (`2>/dev/full`, closed with `2>&-`) threw
+/// from the first progress line, and again from the handler reporting it, so the process aborted (exit 134) after a
+/// finished generation without writing its --ids-out and --logits-out files. Once a write fails, the rest are dropped.
+/// </summary>
+public sealed class DiagnosticsWriter(TextWriter inner) : TextWriter
+{
+    private bool _failed;
+
+    public TextWriter Inner { get; } = inner;
+
+    public override System.Text.Encoding Encoding => Inner.Encoding;
+
+    public override IFormatProvider FormatProvider => Inner.FormatProvider;
+
+    public override string NewLine
+    {
+#pragma warning disable CS8765 // TextWriter.NewLine's setter takes null (meaning the default); the getter never returns it
+        get => Inner.NewLine;
+        set => Inner.NewLine = value;
+#pragma warning restore CS8765
+    }
+
+    private void Try(Action<TextWriter> write)
+    {
+        if (_failed) return;
+        try
+        {
+            write(Inner);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
+        {
+            _failed = true;
+        }
+    }
+
+    public override void Write(char value) => Try(w => w.Write(value));
+    public override void Write(string? value) => Try(w => w.Write(value));
+    public override void Write(char[] buffer, int index, int count) => Try(w => w.Write(buffer, index, count));
+    public override void WriteLine() => Try(w => w.WriteLine());
+    public override void WriteLine(string? value) => Try(w => w.WriteLine(value));
+    public override void Flush() => Try(w => w.Flush());
 }

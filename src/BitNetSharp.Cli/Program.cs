@@ -17,6 +17,7 @@ public static class Program
     public static int Run(string[] args, TextWriter output, TextWriter error, TextReader? input = null, Func<string, string?>? environment = null, bool handleSignals = false)
     {
         environment ??= Environment.GetEnvironmentVariable;
+        if (error is not DiagnosticsWriter) error = new DiagnosticsWriter(error);
         var cli = new CliConsole(output, error);
         var root = new RootCommand("Run and inspect 1-bit and ternary (BitNet b1.58) language models on the CPU.")
         {

@@ -208,7 +208,7 @@ public static class EvalCommand
                                 outcome = Run((done, total) => { task.MaxValue = total; task.Value = done; });
                             });
                     }
-                    else if (ReferenceEquals(cli.Error, Console.Error))
+                    else if (cli.ErrorIsConsole)
                     {
                         // --json or stdout piped: the bar cannot go there; progress on stderr instead.
                         var lines = new ProgressLines(cli.Error, "eval: windows scored", terminal: !Console.IsErrorRedirected);

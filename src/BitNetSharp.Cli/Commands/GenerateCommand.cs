@@ -23,7 +23,7 @@ public static class GenerateCommand
         var ignoreEos = new Option<bool>("--ignore-eos") { Description = "Keep going past end-of-sequence tokens." };
         var noEcho = new Option<bool>("--no-echo") { Description = "Do not print the prompt before the continuation." };
         var logitsOut = new Option<string?>("--logits-out") { Description = "Write the logits of every prompt position as JSON {\"logits\": [[...], ...]}." };
-        var idsOut = new Option<string?>("--ids-out") { Description = "Write the prompt and generated token ids as JSON." };
+        var idsOut = new Option<string?>("--ids-out") { Description = "Write the prompt and generated token ids as JSON (every token generated: with --stop, the last is the one that completed the stop text, whose text is not printed)." };
         var health = new Option<bool>("--health") { Description = "Measure the model's numerical health on every forward call and print a per-layer table at the end (stderr)." };
         var healthEvery = new Option<int?>("--health-every") { Description = "Measure every N forward calls instead of every one (with --health or the --log-* flags)." };
         var logResidual = new Option<bool>("--log-residual-stats") { Description = "Print one line per layer and measured step: residual RMS, max |x|, relative change, and the saturation/underflow of each BitLinear input's codes (stderr)." };
@@ -69,12 +69,22 @@ public static class GenerateCommand
             using var _ = weights;
             model.NoteModel(result, weights, tokenizer, cli.Error);
             int[] promptTokens;
-            if (givenIds is not null) promptTokens = givenIds;
+            if (givenIds is not null)
+            {
+                // Named as the flag's (it read "Token id 4096 is outside the vocabulary of 4096 tokens", no flag, no range).
+                foreach (int id in givenIds)
+                    if (id >= weights.Config.VocabSize)
+                        throw new UsageException($"--prompt-ids: token id {id} is outside {weights.SourcePath}'s vocabulary (ids 0 to {weights.Config.VocabSize - 1}).");
+                promptTokens = givenIds;
+            }
             else if (tokenizer is null)
                 throw new UsageException($"{weights.SourcePath} has no tokenizer, so it cannot read text; pass the prompt as --prompt-ids 1,2,3.");
             else
             {
                 promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
+                if (promptTokens.Length == 0)
+                    throw new UsageException("-p is empty and this model adds no BOS token, so there is nothing to continue: give some text"
+                        + (tokenizer.BosId >= 0 ? $", or --prompt-ids {tokenizer.BosId.ToString(System.Globalization.CultureInfo.InvariantCulture)} to start from its BOS token." : "."));
                 ModelOptions.CheckEncoded(weights, promptTokens, "the prompt");
             }
             if (stops.Length > 0 && tokenizer is null) throw new UsageException($"--stop needs text, and {weights.SourcePath} has no tokenizer.");

@@ -315,7 +315,9 @@ public sealed class ModelOptions
             foreach (var s in items)
                 ids.Add(int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0
                     ? id
-                    : throw new UsageException($"--prompt-ids: '{s}' is not a token id (a non-negative integer)."));
+                    : throw new UsageException(s.TrimStart('+').All(char.IsAsciiDigit)
+                        ? $"--prompt-ids: '{s}' is too large for a token id (ids run from 0 to the vocabulary's size − 1)."
+                        : $"--prompt-ids: '{s}' is not a token id (a whole number from 0)."));
         }
         if (ids.Count == 0) throw new UsageException("--prompt-ids is empty; give token ids such as 1,2,3.");
         return [.. ids];

@@ -275,8 +275,11 @@ public class GenerateCommandTests
     /// </summary>
     [Theory]
     [InlineData("-p", "Once upon a time", "-n", "256", "exceeds the context")]
-    [InlineData("--prompt-ids", "999999", "-n", "2", "outside the vocabulary")]
-    [InlineData("-p", "", "-n", "2", "The prompt is empty")]
+    [InlineData("--prompt-ids", "999999", "-n", "2", "is outside")]
+    [InlineData("--prompt-ids", "1,4096", "-n", "2", "--prompt-ids: token id 4096 is outside")] // no flag named, no range
+    [InlineData("--prompt-ids", "4096", "-n", "2", "vocabulary (ids 0 to 4095)")]
+    [InlineData("--prompt-ids", "99999999999", "-n", "2", "'99999999999' is too large for a token id")] // "is not a non-negative integer"
+    [InlineData("-p", "", "-n", "2", "-p is empty and this model adds no BOS token")] // named neither -p nor how to give a BOS
     public void PromptErrorsAfterTheLoadAreUsageErrors(string promptOption, string prompt, string countOption, string count, string message)
     {
         var (code, output, error) = Bitnet("generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), promptOption, prompt, countOption, count, "-t", "1");
@@ -771,6 +774,33 @@ public class BenchCommandTests
 
 public class GenerateArgumentTests
 {
+    private sealed class FullWriter : TextWriter
+    {
+        public override System.Text.Encoding Encoding => System.Text.Encoding.UTF8;
+        public override void Write(char value) => throw new IOException("No space left on device");
+        public override void Write(string? value) => throw new IOException("No space left on device");
+        public override void WriteLine(string? value) => throw new IOException("No space left on device");
+    }
+
+    /// <summary>
+    /// A stderr that cannot be written (2>/dev/full, 2>&amp;-) loses the diagnostics, not the run: the first stats line
+    /// threw, the handler's own report threw again, and the process aborted (exit 134) without writing --ids-out.
+    /// </summary>
+    [Fact]
+    public void AnUnwritableStderrLosesOnlyTheMessages()
+    {
+        using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
+        var output = new StringWriter();
+        int code = Program.Run(["generate", "-p", "Once upon a time", "-n", "4", "--temp", "0", "--ids-out", dir.File("ids.json"), "-t", "1"], output, new FullWriter());
+        Assert.Equal(0, code);
+        Assert.StartsWith("Once upon a time", output.ToString());
+        using var ids = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("ids.json")));
+        Assert.Equal(4, ids.RootElement.GetProperty("ids").GetArrayLength());
+        // Errors keep their exit codes with nowhere to say them.
+        Assert.Equal(2, Program.Run(["generate", "--bogus"], new StringWriter(), new FullWriter()));
+        Assert.Equal(2, Program.Run(["generate", "-p", "x", "--temp", "-1"], new StringWriter(), new FullWriter()));
+    }
+
     /// <summary>--log-logits prints the steps that have logits: a prompt longer than one chunk printed its first chunk
     /// as "min=NaN max=NaN", which reads as a numerical failure.</summary>
     [Fact]
