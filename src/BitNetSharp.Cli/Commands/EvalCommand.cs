@@ -80,6 +80,12 @@ public static class EvalCommand
                     throw new UsageException("--save-logits-top only applies with --save-logits FILE.");
                 if (r.GetValue(stride) is < 0 and var badStride) throw new UsageException($"--stride must be a number of tokens (0: the window length); got {badStride}.");
                 if (r.GetValue(threads) is < 0 and var badThreads) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {badThreads}.");
+                // A pipe (`--kl-reference <(cat run.bnlg)`) is read once: the check for a logits file took its first bytes, and
+                // the file then read "is not a BitNetSharp logits file". A model is mapped, which a pipe cannot be either.
+                if (r.GetValue(klReference) is { } pipePath && BitNetSharp.Formats.PathIdentity.IsSpecialFile(pipePath))
+                    throw new UsageException($"--kl-reference {pipePath} is a pipe or device, not a file: a saved logits file or model is read by its path (a pipe's bytes can be read only once); save it to a file and give that.");
+                // Checked before the text, the model and the reference load (seconds for 2B4T), as every output is.
+                if (r.GetValue(saveLogits) is { } earlySave) OutputFile.Check("--save-logits", earlySave);
                 bool llamaChunks = r.GetValue(llama);
                 if (llamaChunks && r.GetValue(ctx) == 2)
                     throw new UsageException("--llama-perplexity scores positions ctx/2 to ctx-2 of each chunk: --ctx 2 scores none; give at least 3.");

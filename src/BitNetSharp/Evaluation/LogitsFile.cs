@@ -141,7 +141,11 @@ public sealed class LogitsFileReader : IDisposable
 {
     private readonly FileStream _stream;
     private readonly byte[] _row;
+    private readonly bool[] _seen;
     private long _read;
+
+    /// <summary>How far a row's probabilities may sum from 1 (float rounding of 128K entries moves it by ~1e-6).</summary>
+    private const double MassTolerance = 1e-3;
 
     public LogitsFileHeader Header { get; }
     public string Path { get; }
@@ -163,8 +167,12 @@ public sealed class LogitsFileReader : IDisposable
         try
         {
             var head = new byte[LogitsFile.FixedHeaderBytes];
-            if (_stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false) != head.Length || BinaryPrimitives.ReadUInt32LittleEndian(head) != LogitsFile.Magic)
+            int got = _stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+            if (got < 4 || BinaryPrimitives.ReadUInt32LittleEndian(head) != LogitsFile.Magic)
                 throw new InvalidDataException($"{path} is not a BitNetSharp logits file (make one with `bitnet eval --save-logits`).");
+            // Its magic, cut short: a truncated file, as the longer cuts are said to be (it read "not a logits file").
+            if (got != head.Length)
+                throw new InvalidDataException($"{path}: the logits file ends inside its header ({got} of {head.Length} bytes): it was truncated or not written to the end.");
             var s = head.AsSpan();
             int version = BinaryPrimitives.ReadInt32LittleEndian(s[4..]);
             if (version != LogitsFile.Version) throw new InvalidDataException($"{path}: logits file version {version}; this build reads version {LogitsFile.Version}.");
@@ -185,6 +193,7 @@ public sealed class LogitsFileReader : IDisposable
                 throw new InvalidDataException($"{path}: the logits file is {_stream.Length} bytes; its header promises {expected} ({positions} positions). It was truncated or not written to the end.");
             _row = new byte[rowBytes];
             LogProbs = topK == 0 ? new double[vocab] : [];
+            _seen = topK == 0 ? [] : new bool[vocab];
             TopIds = new int[topK];
             TopLogProbs = new float[topK];
         }
@@ -215,6 +224,15 @@ public sealed class LogitsFileReader : IDisposable
             }
             // A NaN entry (no checksum guards the rows) dropped out of the KL as zero mass and could be taken as the argmax.
             if (nan) throw new InvalidDataException($"{Path}: position {_read - 1} holds a log-probability that is NaN or above 0; the file is corrupt or was saved from a broken model.");
+            // A row is a distribution, and its target's entry is the one stored beside it: one flipped bit in a row (a
+            // ln p of −3.7 read as −1e-38, the row's mass 2) changed the KL and agreement without a word, exit 0.
+            if ((uint)Target >= (uint)LogProbs.Length)
+                throw new InvalidDataException($"{Path}: position {_read - 1} names target token {Target}, outside the vocabulary of {Header.VocabSize}; the file is damaged.");
+            double mass = 0;
+            for (int i = 0; i < LogProbs.Length; i++) mass += Math.Exp(LogProbs[i]);
+            CheckMass(mass);
+            if (TargetLogProb != LogProbs[Target])
+                throw new InvalidDataException($"{Path}: position {_read - 1} stores ln p(target) = {TargetLogProb.ToString(System.Globalization.CultureInfo.InvariantCulture)} but its row holds {LogProbs[Target].ToString(System.Globalization.CultureInfo.InvariantCulture)} for token {Target}; the file is damaged (save it again with --save-logits).");
             return;
         }
         for (int j = 0; j < TopIds.Length; j++)
@@ -226,6 +244,36 @@ public sealed class LogitsFileReader : IDisposable
             if (!(TopLogProbs[j] <= 1e-6f)) throw new InvalidDataException($"{Path}: position {_read - 1} holds a log-probability that is NaN or above 0 ({TopLogProbs[j].ToString(System.Globalization.CultureInfo.InvariantCulture)}); the file is corrupt or was saved from a broken model.");
         }
         LogRest = BinaryPrimitives.ReadSingleLittleEndian(s[(8 + 8 * TopIds.Length)..]);
+        // The top tokens as written: distinct, best first, and with the rest a distribution; the target's ln p is its entry
+        // when it is among them, else no more than the rest's. A flipped id or exponent read as a KL of 1.7 nats, exit 0.
+        double topMass = 0;
+        int targetAt = -1;
+        try
+        {
+            for (int j = 0; j < TopIds.Length; j++)
+            {
+                if (_seen[TopIds[j]])
+                    throw new InvalidDataException($"{Path}: position {_read - 1} names token {TopIds[j]} twice among its top {TopIds.Length}; the file is damaged (save it again with --save-logits).");
+                _seen[TopIds[j]] = true;
+                if (j > 0 && TopLogProbs[j] > TopLogProbs[j - 1])
+                    throw new InvalidDataException($"{Path}: position {_read - 1}'s top tokens are out of order (entry {j} is likelier than entry {j - 1}); the file is damaged (save it again with --save-logits).");
+                if (TopIds[j] == Target) targetAt = j;
+                topMass += Math.Exp(TopLogProbs[j]);
+            }
+        }
+        finally
+        {
+            foreach (int id in TopIds) _seen[id] = false;
+        }
+        if (!double.IsNaN(LogRest) && LogRest <= 1e-6) CheckMass(topMass + Math.Exp(LogRest)); // else the evaluator names it
+        if (targetAt >= 0 ? TargetLogProb != TopLogProbs[targetAt] : !(TargetLogProb <= LogRest + 1e-6 || double.IsNaN(LogRest)))
+            throw new InvalidDataException($"{Path}: position {_read - 1} stores ln p(target) = {TargetLogProb.ToString(System.Globalization.CultureInfo.InvariantCulture)} for token {Target}, which its top tokens and rest contradict; the file is damaged (save it again with --save-logits).");
+    }
+
+    private void CheckMass(double mass)
+    {
+        if (!(Math.Abs(mass - 1) <= MassTolerance))
+            throw new InvalidDataException($"{Path}: position {_read - 1}'s probabilities sum to {mass.ToString("G6", System.Globalization.CultureInfo.InvariantCulture)}, not 1; the file is damaged (save it again with --save-logits).");
     }
 
     public void Dispose() => _stream.Dispose();

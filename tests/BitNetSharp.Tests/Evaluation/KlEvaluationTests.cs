@@ -260,6 +260,89 @@ public class KlEvaluationTests
         Assert.Equal(second.NegativeLogLikelihood, skipFirst.NegativeLogLikelihood);
     }
 
+    /// <summary>
+    /// A row damaged inside (no checksum guards the rows) is refused when it contradicts itself: its probabilities no
+    /// longer sum to 1, the stored ln p(target) is not the row's entry, top tokens repeat or are out of order. One
+    /// flipped bit read as KL 0.0024 (max 3.7 nats) against the model's own file, exit 0.
+    /// </summary>
+    [Fact]
+    public void RowsThatContradictThemselvesAreRefused()
+    {
+        var (weights, tokens, bos) = Load();
+        using var _ = weights;
+        using var engine = new Transformer(weights, 32);
+        using var dir = new TestGguf.TempDirectory();
+        int vocab = weights.Config.VocabSize;
+        byte[] Save(int top)
+        {
+            string path = dir.File($"ref{top}.bnlg");
+            var header = new LogitsFileHeader(vocab, 64, 64, bos, top, LogitsFileHeader.HashTokens(tokens), QualityEvaluator.Plan(tokens.Length, 64, 64).Positions, "");
+            using (var writer = new LogitsFileWriter(path, header))
+            {
+                QualityEvaluator.Evaluate(engine, tokens, 64, 64, bosId: bos, save: writer, cancellation: TestContext.Current.CancellationToken);
+                writer.Complete();
+            }
+            return File.ReadAllBytes(path);
+        }
+        void Refused(byte[] bytes, string message)
+        {
+            string damaged = dir.File("damaged.bnlg");
+            File.WriteAllBytes(damaged, bytes);
+            using var reader = new LogitsFileReader(damaged);
+            var e = Assert.Throws<InvalidDataException>(() => { for (long i = 0; i < reader.Header.Positions; i++) reader.Next(); });
+            Assert.Contains(message, e.Message);
+            Assert.Contains("position 0", e.Message);
+        }
+        const int Row = 48; // no notes: the first row follows the fixed header
+        float F(byte[] b, int at) => BitConverter.ToSingle(b, at);
+        void Set(byte[] b, int at, float v) => BitConverter.TryWriteBytes(b.AsSpan(at), v);
+
+        var full = Save(0);
+        int target = BitConverter.ToInt32(full, Row);
+        using (var reader = new LogitsFileReader(dir.File("ref0.bnlg"))) // the intact file reads to the end
+            for (long i = 0; i < reader.Header.Positions; i++) reader.Next();
+        var b = (byte[])full.Clone();
+        int other = (target + 1) % vocab;
+        Set(b, Row + 8 + 4 * other, -1e-38f); // an entry's exponent flipped: the row's mass near 2
+        Refused(b, "sum to");
+        b = (byte[])full.Clone();
+        Set(b, Row + 4, F(b, Row + 4) - 0.5f); // the stored ln p(target) alone
+        Refused(b, "stores ln p(target)");
+
+        var topFile = Save(8);
+        b = (byte[])topFile.Clone();
+        BitConverter.TryWriteBytes(b.AsSpan(Row + 8 + 8), BitConverter.ToInt32(b, Row + 8)); // entry 1 names entry 0's token
+        Refused(b, "twice");
+        b = (byte[])topFile.Clone();
+        Set(b, Row + 8 + 4, -9.7e9f); // the best entry's exponent: out of order, the mass short
+        Refused(b, "out of order");
+        b = (byte[])topFile.Clone();
+        Set(b, Row + 8 + 8 * 8, -1e-6f); // the rest's mass read as all of it
+        Refused(b, "sum to");
+    }
+
+    /// <summary>
+    /// --save-logits is checked before the text and the models load (a missing folder was found after them, or the data
+    /// file's error came first), and a --kl-reference that is a pipe or device is refused by name (a pipe lost its first
+    /// bytes to the logits-file check and then read "not a BitNetSharp logits file").
+    /// </summary>
+    [Fact]
+    public void OutputsAndPipesAreCheckedFirst()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (code, _, error) = Cli("eval", "-m", dir.File("no-model.gguf"), "--data", dir.File("no-data.txt"), "--save-logits", dir.File("no-folder/x.bnlg"));
+        Assert.Equal(2, code);
+        Assert.Contains("--save-logits", error);
+        Assert.Contains("does not exist", error);
+        Assert.DoesNotContain("no-data.txt", error);
+        if (OperatingSystem.IsLinux())
+        {
+            (code, _, error) = Cli("eval", "-m", BundledModel, "--data", dir.File("no-data.txt"), "--kl-reference", "/dev/null");
+            Assert.Equal(2, code);
+            Assert.Contains("--kl-reference /dev/null is a pipe or device", error);
+        }
+    }
+
     /// <summary>A saved file used with other text, other settings or truncated is refused with a message naming the file.</summary>
     [Fact]
     public void MismatchedOrDamagedLogitsFilesAreRefused()
@@ -291,6 +374,8 @@ public class KlEvaluationTests
         string cut = dir.File("cut.bnlg");
         File.WriteAllBytes(cut, File.ReadAllBytes(path)[..^10]);
         Assert.Contains("truncated", Assert.Throws<InvalidDataException>(() => new LogitsFileReader(cut)).Message);
+        File.WriteAllBytes(cut, File.ReadAllBytes(path)[..47]); // its magic, cut inside the header: "not a logits file" before
+        Assert.Contains("ends inside its header (47 of 48 bytes)", Assert.Throws<InvalidDataException>(() => new LogitsFileReader(cut)).Message);
         // A NaN log-probability (no checksum guards the rows) is refused: it dropped out of the KL as zero mass.
         string flipped = dir.File("flipped.bnlg");
         var bytes = File.ReadAllBytes(path);
