@@ -157,6 +157,11 @@ public static class LogsCommand
                     plot.Write(w, reader.Files);
                 }, 1 << 16);
                 cli.Error.WriteLine($"wrote {plot.SeriesCount} layer series of {plot.Title} to {s.Plot}");
+                // Rows whose metric is all NaN drew axes and nothing else, without a word: a log written before the
+                // column existed (kv_err_k, kv_err_v read NaN there) or a metric never measured.
+                if (plot.Points > 0 && plot.FinitePoints == 0)
+                    cli.Error.WriteLine($"note: --metric {plot.Metric}: none of the {plot.Points:N0} layer rows has a value (all NaN), so the chart is empty: "
+                        + (plot.Metric is "kv_err_k" or "kv_err_v" ? "these logs were written before the KV rounding columns existed, or by a server that did not measure them." : "the metric was not measured in these rows."));
             }
             // A layer the logs do not have (past the model's last) matched nothing and said nothing.
             if (s.Layer is { } wanted && !layerFound)
@@ -766,6 +771,14 @@ public static class LogsCommand
         /// <summary>The lines drawn (set by <see cref="Write"/>).</summary>
         public int SeriesCount { get; private set; }
 
+        /// <summary>Points with a finite value: none means every line is a gap, an empty chart.</summary>
+        public long FinitePoints { get; private set; }
+
+        /// <summary>Points in all.</summary>
+        public long Points { get; private set; }
+
+        public string Metric => metric;
+
         public string Title => metric is "saturation" or "underflow" or "crest" ? $"{metric} {HealthNames.InputLabels[input]}" : metric;
 
         public void Add(in TelemetryRow row)
@@ -786,6 +799,8 @@ public static class LogsCommand
             if (!_series.TryGetValue(key, out var points)) _series[key] = points = [];
             // A NaN or ∞ is kept: the plot draws it as a gap (dropped, a layer that blew up was drawn as a clean line).
             points.Add((row.TimeUnixNanos, y));
+            Points++;
+            if (float.IsFinite(y)) FinitePoints++;
             _origin = Math.Min(_origin, row.TimeUnixNanos);
         }
 

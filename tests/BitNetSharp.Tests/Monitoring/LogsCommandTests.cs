@@ -356,6 +356,35 @@ public class LogsCommandTests
     }
 
     /// <summary>
+    /// A metric with no value in any row (the KV rounding of a log written before its columns existed reads NaN) drew
+    /// empty axes without a word; it is said, and a log with values says nothing.
+    /// </summary>
+    [Fact]
+    public void APlotOfAMetricTheLogsLackSaysSo()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            for (int step = 1; step <= 3; step++)
+                for (int layer = 0; layer < 2; layer++)
+                {
+                    var row = TelemetryLogTests.Layer(Start + step * 1_000_000_000L, step, layer);
+                    row.KvKeyError = float.NaN;
+                    writer.Write(row);
+                }
+            writer.Flush();
+        }
+        string svg = dir.File("kv.svg");
+        var (code, _, error) = Bitnet("logs", dir.Path, "--plot", svg, "--metric", "kv_err_k");
+        Assert.True(code == 0, error);
+        Assert.Contains("note: --metric kv_err_k: none of the 6 layer rows has a value", error);
+        Assert.Contains("before the KV rounding columns existed", error);
+        (code, _, error) = Bitnet("logs", dir.Path, "--plot", svg, "--metric", "kv_err_v");
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("note:", error);
+    }
+
+    /// <summary>
     /// Two replicas logging into one folder at the same time get a line per run and layer (their rows were merged into one
     /// line per layer, zig-zagging between the two models' values); a layer's ∞ is a gap in its line (it was dropped, and
     /// a layer that blew up was drawn as a clean line).
