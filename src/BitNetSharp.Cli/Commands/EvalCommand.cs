@@ -273,7 +273,7 @@ public static class EvalCommand
                             w.WriteString("reference", refDescription);
                             w.WriteMeasured("reference_perplexity", kl.Reference.Perplexity);
                             w.WriteMeasured("reference_bits_per_byte", kl.Reference.BitsPerByte);
-                            w.WriteMeasured("delta_perplexity", result.Perplexity - kl.Reference.Perplexity);
+                            w.WriteMeasured("delta_perplexity", kl.DeltaPerplexity);
                             w.WriteNumber("positions", kl.Positions);
                             w.WriteMeasured("mean", kl.MeanKl);
                             if (double.IsFinite(kl.MeanKlStdErr)) w.WriteNumber("mean_stderr", kl.MeanKlStdErr);
@@ -318,7 +318,7 @@ public static class EvalCommand
                 {
                     Row("reference", refDescription!);
                     Row("reference perplexity / bits per byte", $"{F(kl.Reference.Perplexity)} / {F(kl.Reference.BitsPerByte)}");
-                    Row("Δppl", $"{F(result.Perplexity - kl.Reference.Perplexity, "+0.0000;-0.0000;0.0000")} ({F(100 * (result.Perplexity / kl.Reference.Perplexity - 1), "+0.00;-0.00;0.00")} %)");
+                    Row("Δppl", $"{F(kl.DeltaPerplexity, "+0.0000;-0.0000;0.0000")} ({F(100 * kl.DeltaPerplexity / kl.Reference.Perplexity, "+0.00;-0.00;0.00")} %)");
                     Row(kl.TopK == 0 ? "KL divergence, mean ± s.e." : $"KL divergence (reference's top {kl.TopK} + rest), mean ± s.e.",
                         $"{F(kl.MeanKl, "G4")} ± {F(kl.MeanKlStdErr, "G2")} nats");
                     Row(kl.TopK == 0 ? "KL median / p99 / max" : "KL median / p99 / max (lower bounds too)", $"{F(kl.MedianKl, "G4")} / {F(kl.P99Kl, "G4")} / {F(kl.MaxKl, "G4")}");

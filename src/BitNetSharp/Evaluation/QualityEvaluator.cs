@@ -15,6 +15,13 @@ namespace BitNetSharp.Evaluation;
 public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr, double MedianKl, double P99Kl, double MaxKl,
     double TopAgreement, PerplexityResult Reference, int TopK, DeltaPStatistics? DeltaP = null, double TopAgreementStdErr = double.NaN)
 {
+    /// <summary>
+    /// The model's perplexity minus <see cref="Reference"/>'s, both read at one precision: against a saved file (float
+    /// log-probabilities) the model's own are rounded as the file's were, so a model against its own file reads 0
+    /// (it read −6.6e-9 from the double-precision perplexity).
+    /// </summary>
+    public double DeltaPerplexity { get; init; } = double.NaN;
+
     /// <summary>Sorted per-position values to the q-quantile, linear between ranks (numpy's default).</summary>
     public static double Quantile(ReadOnlySpan<double> sorted, double q)
     {
@@ -170,7 +177,7 @@ public static class QualityEvaluator
         var logQf = refFile is not null ? new double[vocab] : [];
         var kl = reference is null ? null : new List<double>();
         var deltaP = reference is null ? null : new List<double>();
-        double nll = 0, refNll = 0;
+        double nll = 0, refNll = 0, nllAsStored = 0;
         long scored = 0, bytes = 0, agree = 0;
         for (int w = 0; w < windows; w++)
         {
@@ -235,6 +242,7 @@ public static class QualityEvaluator
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} holds non-finite log-probabilities; the file is corrupt or was saved from a broken model.");
                             refNll -= refFile.TargetLogProb;
                             for (int v = 0; v < vocab; v++) logQf[v] = (float)logQ[v];
+                            nllAsStored -= logQf[target];
                             deltaP!.Add(Math.Exp(logQf[target]) - Math.Exp(refFile.TargetLogProb));
                             if (refFile.Header.TopK == 0)
                             {
@@ -256,7 +264,11 @@ public static class QualityEvaluator
             progress?.Invoke(w + 1, windows);
         }
         var model = new PerplexityResult(nll, scored, bytes, windows);
-        KlResult? result = kl is null ? null : KlResult.From(kl, agree, new PerplexityResult(refNll, scored, bytes, windows), refFile?.Header.TopK ?? 0, deltaP);
+        var referencePpl = new PerplexityResult(refNll, scored, bytes, windows);
+        KlResult? result = kl is null ? null : KlResult.From(kl, agree, referencePpl, refFile?.Header.TopK ?? 0, deltaP) with
+        {
+            DeltaPerplexity = (refFile is not null ? new PerplexityResult(nllAsStored, scored, bytes, windows) : model).Perplexity - referencePpl.Perplexity,
+        };
         return (model, result);
     }
 

@@ -169,6 +169,7 @@ public class KlEvaluationTests
                 if (top == 0) Assert.Equal((0.0, 0.0, 1.0), (ownKl!.MeanKl, ownKl.MaxKl, ownKl.TopAgreement));
                 else Assert.InRange(ownKl!.MaxKl, 0, 1e-12);
                 Assert.Equal(0.0, ownKl.DeltaP!.Rms);
+                Assert.Equal(0.0, ownKl.DeltaPerplexity); // read at the file's precision (−6.6e-9 from the double perplexity)
             }
             using var reader = new LogitsFileReader(path);
             var (_, fileKl) = QualityEvaluator.Evaluate(engine, tokens, ctx, stride, bosId: bos, kvType: KvCacheType.Int8, reference: KlReference.FromFile(reader), cancellation: TestContext.Current.CancellationToken);
