@@ -128,7 +128,8 @@ public sealed class DiagnosticsWriter(TextWriter inner) : TextWriter
         {
             write(Inner);
         }
-        catch (Exception e) when (e is IOException or ObjectDisposedException or NotSupportedException)
+        // A closed descriptor (2>&-) is EBADF, which .NET throws as UnauthorizedAccessException.
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ObjectDisposedException or NotSupportedException)
         {
             _failed = true;
         }

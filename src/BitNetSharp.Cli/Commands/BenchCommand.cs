@@ -67,10 +67,12 @@ public static class BenchCommand
             {
                 throw new UsageException($"--synthetic: {e.Message.Split(" (Parameter '")[0]}");
             }
+            int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
+            // Without -t, --cpus gives the thread count: one worker per CPU listed (`--cpus 0,1` on a host of more cores).
             int[] threadCounts = result.GetValue(threads) is { } list
                 ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                     int.TryParse(t, out int n) && n is > 0 and <= 4096 ? n : throw new UsageException($"--threads: '{t}' is not an integer from 1 to 4096.")).ToArray()
-                : [WorkerPool.DefaultThreadCount()];
+                : cpuList is not null ? [cpuList.Length] : [WorkerPool.DefaultThreadCount()];
             if (threadCounts.Length == 0) throw new UsageException("--threads: give at least one thread count (e.g. 1,2,4).");
             int[] sequenceCounts = result.GetValue(sequences)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
                 int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
@@ -89,7 +91,6 @@ public static class BenchCommand
             int ctxOption = result.GetValue(ctxSize);
             if (ctxOption is < 0 or > MaxContext) throw new UsageException($"--ctx must be 1 to {MaxContext} positions (0: the model's context); got {ctxOption}.");
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
-            int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
             ProfileCommand.CheckCpusCover(cpuList, threadCounts.Max());
             // A value given twice ran its tests twice (-d 0,0 printed depth 0's ratio to itself).
             foreach (var (flag, values) in new[] { ("--threads", threadCounts), ("--sequences", sequenceCounts), ("--depth", depthList) })

@@ -100,7 +100,7 @@ internal static class CalibrateTune
         }
         tuner.Write(outFull);
         cli.Output.WriteLine(string.Create(ic,
-            $"held-out loss {before:F4} → {after:F4} nats/token (ppl {Math.Exp(before):F2} → {Math.Exp(after):F2}); wrote {outFull} ({BitNetSharp.Formats.PathIdentity.Length(outFull):N0} bytes, as the input)"));
+            $"held-out loss {before:F4} → {after:F4} nats/token (ppl {Math.Exp(before):F2} → {Math.Exp(after):F2}); wrote {outFull}{(BitNetSharp.Formats.PathIdentity.IsSpecialFile(outFull) ? "" : $" ({BitNetSharp.Formats.PathIdentity.Length(outFull):N0} bytes, as the input)")}"));
         return 0;
     }
 }

@@ -330,7 +330,7 @@ public static class EvalCommand
                             string.Join(" / ", new[] { dp.Min, dp.P01, dp.P05, dp.Median, dp.P95, dp.P99, dp.Max }.Select(v => F(100 * v, "+0.000;-0.000;0.000") + " %")));
                     }
                 }
-                if (r.GetValue(saveLogits) is { } savedPath) Row("saved logits", $"{savedPath} ({BitNetSharp.Formats.PathIdentity.Length(savedPath):N0} bytes)");
+                if (r.GetValue(saveLogits) is { } savedPath) Row("saved logits", BitNetSharp.Formats.PathIdentity.IsSpecialFile(savedPath) ? savedPath : $"{savedPath} ({BitNetSharp.Formats.PathIdentity.Length(savedPath):N0} bytes)");
                 cli.Ansi.Write(table);
                 return 0;
             }

@@ -315,7 +315,7 @@ public sealed class ModelOptions
             foreach (var s in items)
                 ids.Add(int.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out int id) && id >= 0
                     ? id
-                    : throw new UsageException(s.TrimStart('+').All(char.IsAsciiDigit)
+                    : throw new UsageException(System.Text.RegularExpressions.Regex.IsMatch(s, @"^\+?[0-9]+$")
                         ? $"--prompt-ids: '{s}' is too large for a token id (ids run from 0 to the vocabulary's size − 1)."
                         : $"--prompt-ids: '{s}' is not a token id (a whole number from 0)."));
         }

@@ -86,6 +86,10 @@ public static class ProfileCommand
             if (text is not null && nPrompt is not null) throw new UsageException("give either --prompt (-p) TEXT or --prompt-tokens N, not both.");
             if (nPrompt is < 1 or > MaxTokens) throw new UsageException($"--prompt-tokens must be from 1 to {MaxTokens}; got {nPrompt}.");
             if (result.GetValue(threads) is (< 1 or > MaxThreads) and var t) throw new UsageException($"--threads (-t) must be from 1 to {MaxThreads}; got {t}.");
+            int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
+            // Without -t, --cpus gives the thread count: one worker per CPU listed (`--cpus 0,1` on a host of more cores).
+            int threadCount = result.GetValue(threads) ?? cpuList?.Length ?? 0;
+            CheckCpusCover(cpuList, threadCount > 0 ? threadCount : WorkerPool.DefaultThreadCount());
             int seqs = result.GetValue(sequences);
             if (seqs is < 1 or > ProfileOptions.MaxSequences) throw new UsageException($"--sequences (-s) must be from 1 to {ProfileOptions.MaxSequences}; got {seqs}.");
             int abReps = result.GetValue(ab);
@@ -95,15 +99,13 @@ public static class ProfileCommand
             if (probe < 16 || probe > MaxProbeMb) throw new UsageException($"--probe-mb must be from 16 (the probe must be far larger than the caches) to {MaxProbeMb}; got {probe}.");
             // A probe the last-level cache holds reads the cache: 16 MiB on a 16 MiB L3 read 52 GB/s against 19.5 for 1 GiB,
             // and every "% BW" and memory/cache label was measured against that.
-            if (ProbeInCache((long)probe << 20, BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(result.GetValue(threads) is { } pt and > 0 ? pt : WorkerPool.DefaultThreadCount())) is { } probeNote)
+            if (ProbeInCache((long)probe << 20, BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(threadCount > 0 ? threadCount : WorkerPool.DefaultThreadCount())) is { } probeNote)
                 cli.Error.WriteLine($"warning: {probeNote}");
             int peak = result.GetValue(peakMs);
             if (peak is < 1 or > MaxPeakMs) throw new UsageException($"--peak-ms must be from 1 to {MaxPeakMs}; got {peak}.");
             string? tracePath = result.GetValue(trace);
             if (tracePath is not null) OutputFile.Check("--trace", tracePath);
             var kv = ModelOptions.ParseKvType(result.GetValue(kvType)!);
-            int[]? cpuList = result.GetValue(cpus) is { } cl ? ParseCpus(cl) : null;
-            CheckCpusCover(cpuList, result.GetValue(threads) is { } tc and > 0 ? tc : WorkerPool.DefaultThreadCount());
 
             // Checked before the synthetic file is built (minutes for 2b4t): a bad value failed after it.
             var pages = ModelOptions.ParseWeightPages(result.GetValue(weightPages));
@@ -133,7 +135,7 @@ public static class ProfileCommand
             if ((long)ids.Length + steps > weights.Config.ContextLength)
                 throw new UsageException($"{ids.Length} prompt tokens + {steps} decode steps (-n) exceed the model's context of {weights.Config.ContextLength}.");
 
-            using var pool = new WorkerPool(result.GetValue(threads) ?? 0);
+            using var pool = new WorkerPool(threadCount);
             if (cpuList is not null) Pin(pool, cpuList);
             cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps{(seqs > 1 ? $" × {seqs} sequences" : "")}, {pool.ThreadCount} threads...");
             var report = ProfileSession.Run(weights, pool, new ProfileOptions
@@ -155,7 +157,8 @@ public static class ProfileCommand
                 try
                 {
                     ChromeTraceWriter.Write(tracePath, report);
-                    traceBytes = BitNetSharp.Formats.PathIdentity.Length(tracePath);
+                    // A pipe or device (`--trace >(gzip > t.gz)`) has no size to tell.
+                    if (!BitNetSharp.Formats.PathIdentity.IsSpecialFile(tracePath)) traceBytes = BitNetSharp.Formats.PathIdentity.Length(tracePath);
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException or OutOfMemoryException or OverflowException)
                 {
@@ -204,7 +207,10 @@ public static class ProfileCommand
     /// <summary>One CPU per worker thread: with fewer, workers past the list's end shared its CPUs without a word (--cpus 0 -t 2 ran both on CPU 0).</summary>
     internal static void CheckCpusCover(int[]? cpuList, int threads)
     {
-        if (cpuList is not null && cpuList.Length < threads)
+        if (cpuList is null) return;
+        if (cpuList.GroupBy(c => c).FirstOrDefault(g => g.Count() > 1) is { } twice)
+            throw new UsageException($"--cpus lists CPU {twice.Key} more than once: worker i runs on the list's i-th CPU, so each worker gets a CPU of its own; list each once.");
+        if (cpuList.Length < threads)
             throw new UsageException($"--cpus lists {cpuList.Length} CPU(s) for {threads} worker threads: worker i runs on the list's i-th CPU, so give one per thread (e.g. --cpus 0-{threads - 1}) or fewer threads (-t {cpuList.Length}).");
     }
 
@@ -293,7 +299,7 @@ public static class ProfileCommand
             double median = ratios.Length % 2 == 1 ? ratios[ratios.Length / 2] : (ratios[ratios.Length / 2 - 1] + ratios[ratios.Length / 2]) / 2;
             o.WriteLine($"profiling cost (decode, {off.Length} alternating pairs): off {F(mOff, "F2")} tok/s, on {F(mOn, "F2")} tok/s, on/off {F(mOn / mOff, "F4")} (median of per-pair ratios {F(median, "F4")})");
         }
-        if (tracePath is not null) o.WriteLine($"trace: {tracePath} ({F(traceBytes!.Value / 1e6, "F2")} MB, {r.Spans.Count} op spans, {TotalChunks(r)} chunk spans) — open in ui.perfetto.dev");
+        if (tracePath is not null) o.WriteLine($"trace: {tracePath} ({(traceBytes is { } tb ? F(tb / 1e6, "F2") + " MB, " : "")}{r.Spans.Count} op spans, {TotalChunks(r)} chunk spans) — open in ui.perfetto.dev");
     }
 
     private static long TotalChunks(ProfileReport r)

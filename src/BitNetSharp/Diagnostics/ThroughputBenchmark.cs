@@ -340,16 +340,14 @@ public static class ThroughputBenchmark
 
     private static string AtDepth(string test, int depth) => depth > 0 ? $"{test} @ d{depth}" : test;
 
-    /// <summary>
-    /// Runs <paramref name="run"/> once with an operation profiler attached and returns the attention operation's share
-    /// of its wall time (summed over layers). What the profiler's timestamps cost is what <c>bench --profile-ab</c> measures.
-    /// </summary>
     /// <summary>Profiled passes behind <see cref="ThroughputSample.AttentionShare"/>, their median taken.</summary>
     public const int AttentionSharePasses = 3;
 
     /// <summary>
-    /// Attention's share of a run's wall time: the median of <see cref="AttentionSharePasses"/> profiled passes. One pass
-    /// preempted inside attention on a busy host read 70 % beside a row whose speed said a few percent.
+    /// Attention's share of <paramref name="run"/>'s wall time (summed over layers), with an operation profiler attached:
+    /// the median of <see cref="AttentionSharePasses"/> passes (one pass preempted inside attention on a busy host read
+    /// 70 % beside a row whose speed said a few percent). What the profiler's timestamps cost is what
+    /// <c>bench --profile-ab</c> measures.
     /// </summary>
     private static double MeasureAttentionShare(Transformer engine, WorkerPool pool, int layers, Action run)
     {

@@ -32,18 +32,55 @@ public static class Distributions
     }
 
     /// <summary>
+    /// <see cref="KlDivergence"/> against a row saved as float: Q's entries are rounded to float as P's were when they
+    /// were stored (a model against its own file reads exactly 0), and P's total probability comes back in
+    /// <paramref name="massP"/> (a damaged row's is not 1) from the same pass, which computes each p anyway.
+    /// </summary>
+    public static double KlDivergenceAsStored(ReadOnlySpan<double> logP, ReadOnlySpan<double> logQ, out double massP)
+    {
+        if (logP.Length != logQ.Length) throw new ArgumentException($"Rows of {logP.Length} and {logQ.Length} tokens cannot be compared.", nameof(logQ));
+        double kl = 0, mass = 0;
+        for (int i = 0; i < logP.Length; i++)
+        {
+            double p = Math.Exp(logP[i]);
+            mass += p;
+            if (p > 0) kl += p * (logP[i] - (float)logQ[i]);
+        }
+        massP = mass;
+        return Math.Max(0, kl);
+    }
+
+    /// <summary>Index of the largest value rounded to float (the first of equals): <see cref="ArgMax"/> of a row as it would be saved.</summary>
+    public static int ArgMaxAsStored(ReadOnlySpan<double> values)
+    {
+        int best = 0;
+        float top = (float)values[0];
+        for (int i = 1; i < values.Length; i++)
+        {
+            float v = (float)values[i];
+            if (v > top)
+            {
+                top = v;
+                best = i;
+            }
+        }
+        return best;
+    }
+
+    /// <summary>
     /// KL(P ‖ Q) where P is known only by its top tokens (<paramref name="ids"/>, <paramref name="logP"/>) and the
     /// log of the mass of all other tokens (<paramref name="logRest"/>): the divergence between the two distributions
     /// coarsened to those k tokens plus one "rest" bucket. By the data-processing inequality it is at most the
     /// full KL; with the top 32 of a peaked next-token distribution it is close to it.
     /// </summary>
     /// <param name="logRestQ">Q's rest mass as the caller has it (a saved reference's rounding applied to this run's too); else summed from <paramref name="logQ"/>.</param>
-    public static double KlDivergenceTopK(ReadOnlySpan<int> ids, ReadOnlySpan<float> logP, double logRest, ReadOnlySpan<double> logQ, double? logRestQ = null)
+    /// <param name="roundQ">Q's top entries rounded to float, as a saved P's were.</param>
+    public static double KlDivergenceTopK(ReadOnlySpan<int> ids, ReadOnlySpan<float> logP, double logRest, ReadOnlySpan<double> logQ, double? logRestQ = null, bool roundQ = false)
     {
         double kl = 0;
         for (int j = 0; j < ids.Length; j++)
         {
-            double lq = logQ[ids[j]];
+            double lq = roundQ ? (float)logQ[ids[j]] : logQ[ids[j]];
             double p = Math.Exp(logP[j]);
             if (p > 0) kl += p * (logP[j] - lq);
         }

@@ -228,9 +228,7 @@ public sealed class LogitsFileReader : IDisposable
             // ln p of −3.7 read as −1e-38, the row's mass 2) changed the KL and agreement without a word, exit 0.
             if ((uint)Target >= (uint)LogProbs.Length)
                 throw new InvalidDataException($"{Path}: position {_read - 1} names target token {Target}, outside the vocabulary of {Header.VocabSize}; the file is damaged.");
-            double mass = 0;
-            for (int i = 0; i < LogProbs.Length; i++) mass += Math.Exp(LogProbs[i]);
-            CheckMass(mass);
+            // The row's mass is checked by its reader (CheckMass), which computes every p of it for the KL anyway.
             if (TargetLogProb != LogProbs[Target])
                 throw new InvalidDataException($"{Path}: position {_read - 1} stores ln p(target) = {TargetLogProb.ToString(System.Globalization.CultureInfo.InvariantCulture)} but its row holds {LogProbs[Target].ToString(System.Globalization.CultureInfo.InvariantCulture)} for token {Target}; the file is damaged (save it again with --save-logits).");
             return;
@@ -270,7 +268,8 @@ public sealed class LogitsFileReader : IDisposable
             throw new InvalidDataException($"{Path}: position {_read - 1} stores ln p(target) = {TargetLogProb.ToString(System.Globalization.CultureInfo.InvariantCulture)} for token {Target}, which its top tokens and rest contradict; the file is damaged (save it again with --save-logits).");
     }
 
-    private void CheckMass(double mass)
+    /// <summary>Refuses the current row when its probabilities (summed by the caller, for a full row) are not a distribution.</summary>
+    public void CheckMass(double mass)
     {
         if (!(Math.Abs(mass - 1) <= MassTolerance))
             throw new InvalidDataException($"{Path}: position {_read - 1}'s probabilities sum to {mass.ToString("G6", System.Globalization.CultureInfo.InvariantCulture)}, not 1; the file is damaged (save it again with --save-logits).");

@@ -172,9 +172,6 @@ public static class QualityEvaluator
         bool needRows = reference is not null || save is not null;
         var logQ = needRows ? new double[vocab] : [];
         var logP = refEngine is not null ? new double[vocab] : [];
-        // A saved reference holds each log-probability as float: this run's row is compared rounded the same way, so the
-        // file's own model reads a KL of exactly 0 (its double rows read 1e-8 nats, calibrate's search with no step taken).
-        var logQf = refFile is not null ? new double[vocab] : [];
         var kl = reference is null ? null : new List<double>();
         var deltaP = reference is null ? null : new List<double>();
         double nll = 0, refNll = 0, nllAsStored = 0;
@@ -241,18 +238,24 @@ public static class QualityEvaluator
                             if (!(refFile.TargetLogProb <= 1e-6 && double.IsFinite(refFile.TargetLogProb)) || (refFile.Header.TopK > 0 && !(refFile.LogRest <= 1e-6 && !double.IsNaN(refFile.LogRest))))
                                 throw new InvalidDataException($"{refFile.Path}: position {scored} holds non-finite log-probabilities; the file is corrupt or was saved from a broken model.");
                             refNll -= refFile.TargetLogProb;
-                            for (int v = 0; v < vocab; v++) logQf[v] = (float)logQ[v];
-                            nllAsStored -= logQf[target];
-                            deltaP!.Add(Math.Exp(logQf[target]) - Math.Exp(refFile.TargetLogProb));
+                            // The file holds each log-probability as float: this run's are compared rounded the same way, so
+                            // the file's own model reads exactly 0 (its double rows read 1e-8 nats: calibrate's search with no
+                            // step taken reported that).
+                            double targetAsStored = (float)logQ[target];
+                            nllAsStored -= targetAsStored;
+                            deltaP!.Add(Math.Exp(targetAsStored) - Math.Exp(refFile.TargetLogProb));
                             if (refFile.Header.TopK == 0)
                             {
-                                kl!.Add(Distributions.KlDivergence(refFile.LogProbs, logQf));
-                                if (Distributions.ArgMax(refFile.LogProbs) == Distributions.ArgMax(logQf)) agree++;
+                                kl!.Add(Distributions.KlDivergenceAsStored(refFile.LogProbs, logQ, out double mass));
+                                refFile.CheckMass(mass);
+                                if (Distributions.ArgMax(refFile.LogProbs) == Distributions.ArgMaxAsStored(logQ)) agree++;
                             }
                             else
                             {
-                                kl!.Add(Distributions.KlDivergenceTopK(refFile.TopIds, refFile.TopLogProbs, refFile.LogRest, logQf, (float)Distributions.LogSumExpExcept(logQ, refFile.TopIds)));
-                                if (refFile.TopIds[0] == Distributions.ArgMax(logQf)) agree++;
+                                kl!.Add(Distributions.KlDivergenceTopK(refFile.TopIds, refFile.TopLogProbs, refFile.LogRest, logQ,
+                                    (float)Distributions.LogSumExpExcept(logQ, refFile.TopIds), roundQ: true));
+                                // The file's top token was chosen in double (ties to the lower id), as ArgMax chooses.
+                                if (refFile.TopIds[0] == Distributions.ArgMax(logQ)) agree++;
                             }
                         }
                     }

@@ -13,10 +13,18 @@ public static unsafe class PathIdentity
     /// (the length of its target's name), so a model reached by a link (a Hugging Face cache snapshot is links into its
     /// blobs) read as 80 bytes — never large enough for huge pages — and a trace written through one as 0.00 MB.
     /// </summary>
+    /// <remarks>A link that leads nowhere (dangling, a loop, a pipe such as /dev/fd/63's "pipe:[N]") is measured as the link itself.</remarks>
     public static long Length(string path)
     {
         var info = new FileInfo(path);
-        return info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo target ? target.Length : info.Length;
+        try
+        {
+            if (info.LinkTarget is not null && info.ResolveLinkTarget(returnFinalTarget: true) is FileInfo { Exists: true } target) return target.Length;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+        return info.Length;
     }
 
     /// <summary>

@@ -279,6 +279,7 @@ public class GenerateCommandTests
     [InlineData("--prompt-ids", "1,4096", "-n", "2", "--prompt-ids: token id 4096 is outside")] // no flag named, no range
     [InlineData("--prompt-ids", "4096", "-n", "2", "vocabulary (ids 0 to 4095)")]
     [InlineData("--prompt-ids", "99999999999", "-n", "2", "'99999999999' is too large for a token id")] // "is not a non-negative integer"
+    [InlineData("--prompt-ids", "++3", "-n", "2", "'++3' is not a token id")]
     [InlineData("-p", "", "-n", "2", "-p is empty and this model adds no BOS token")] // named neither -p nor how to give a BOS
     public void PromptErrorsAfterTheLoadAreUsageErrors(string promptOption, string prompt, string countOption, string count, string message)
     {
@@ -761,6 +762,7 @@ public class BenchCommandTests
     [InlineData(new[] { "-p", "0", "-n", "2", "-s", "1,2,2" }, "--sequences lists 2 more than once")]
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", "1,1" }, "--threads lists 1 more than once")]
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", "1,2", "--cpus", "0" }, "--cpus lists 1 CPU(s) for 2 worker threads")] // both workers pinned to CPU 0, unsaid
+    [InlineData(new[] { "-p", "0", "-n", "2", "-t", "2", "--cpus", "0,0" }, "--cpus lists CPU 0 more than once")]
     public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
     {
         var output = new StringWriter();
@@ -774,31 +776,35 @@ public class BenchCommandTests
 
 public class GenerateArgumentTests
 {
-    private sealed class FullWriter : TextWriter
+    /// <summary>stderr on a full disk (IOException) or closed (2>&amp;-: EBADF, which .NET throws as UnauthorizedAccessException).</summary>
+    private sealed class FullWriter(bool closed = false) : TextWriter
     {
         public override System.Text.Encoding Encoding => System.Text.Encoding.UTF8;
-        public override void Write(char value) => throw new IOException("No space left on device");
-        public override void Write(string? value) => throw new IOException("No space left on device");
-        public override void WriteLine(string? value) => throw new IOException("No space left on device");
+        private Exception Fail() => closed ? new UnauthorizedAccessException("Access to the path is denied.", new IOException("Bad file descriptor")) : new IOException("No space left on device");
+        public override void Write(char value) => throw Fail();
+        public override void Write(string? value) => throw Fail();
+        public override void WriteLine(string? value) => throw Fail();
     }
 
     /// <summary>
     /// A stderr that cannot be written (2>/dev/full, 2>&amp;-) loses the diagnostics, not the run: the first stats line
     /// threw, the handler's own report threw again, and the process aborted (exit 134) without writing --ids-out.
     /// </summary>
-    [Fact]
-    public void AnUnwritableStderrLosesOnlyTheMessages()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void AnUnwritableStderrLosesOnlyTheMessages(bool closed)
     {
         using var dir = new BitNetSharp.Tests.Formats.TestGguf.TempDirectory();
         var output = new StringWriter();
-        int code = Program.Run(["generate", "-p", "Once upon a time", "-n", "4", "--temp", "0", "--ids-out", dir.File("ids.json"), "-t", "1"], output, new FullWriter());
+        int code = Program.Run(["generate", "-p", "Once upon a time", "-n", "4", "--temp", "0", "--ids-out", dir.File("ids.json"), "-t", "1"], output, new FullWriter(closed));
         Assert.Equal(0, code);
         Assert.StartsWith("Once upon a time", output.ToString());
         using var ids = System.Text.Json.JsonDocument.Parse(File.ReadAllText(dir.File("ids.json")));
         Assert.Equal(4, ids.RootElement.GetProperty("ids").GetArrayLength());
         // Errors keep their exit codes with nowhere to say them.
-        Assert.Equal(2, Program.Run(["generate", "--bogus"], new StringWriter(), new FullWriter()));
-        Assert.Equal(2, Program.Run(["generate", "-p", "x", "--temp", "-1"], new StringWriter(), new FullWriter()));
+        Assert.Equal(2, Program.Run(["generate", "--bogus"], new StringWriter(), new FullWriter(closed)));
+        Assert.Equal(2, Program.Run(["generate", "-p", "x", "--temp", "-1"], new StringWriter(), new FullWriter(closed)));
     }
 
     /// <summary>--log-logits prints the steps that have logits: a prompt longer than one chunk printed its first chunk

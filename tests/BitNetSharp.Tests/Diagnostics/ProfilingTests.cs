@@ -672,7 +672,6 @@ public class ProfilingTests
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0,x" }, "--cpus: 'x'")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "4096" }, "--cpus: CPU 4096")]
     [InlineData(new[] { "--synthetic", "tiny", "--cpus", "0", "-t", "2" }, "--cpus lists 1 CPU(s) for 2 worker threads")]
-    [InlineData(new[] { "--synthetic", "tiny", "--trace", "/etc/passwd/t.json" }, "'/etc/passwd' is a file, not a folder")] // "the folder does not exist"
     [InlineData(new[] { "--synthetic", "tiny", "-n", "2147483647" }, "-n")] // wrapped the context check after the probe ran
     [InlineData(new[] { "--synthetic", "tiny", "--prompt-tokens", "2147483647" }, "--prompt-tokens")] // OutOfMemoryException
     [InlineData(new[] { "--synthetic", "tiny", "--probe-mb", "100000000" }, "--probe-mb")]
@@ -744,6 +743,33 @@ public class ProfilingTests
             Assert.Contains("--trace", r.Error);
             Assert.Equal(length, new FileInfo(model).Length);
         }
+    }
+
+    /// <summary>An output path under a file says so ("the folder does not exist" named a file that existed).</summary>
+    [Fact]
+    public void ATracePathUnderAFileSaysItIsAFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllText(dir.File("exists.json"), "{}");
+        var r = Bitnet("profile", "--synthetic", "tiny", "--trace", Path.Combine(dir.File("exists.json"), "t.json"));
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains($"'{dir.File("exists.json")}' is a file, not a folder", r.Error);
+    }
+
+    /// <summary>
+    /// Without -t, --cpus gives the thread count, one worker per CPU listed (refused on a host of more cores than the
+    /// list, where the default thread count exceeded it); a trace to a pipe or device has no size to tell (it read 0.00 MB
+    /// for /dev/null, and a pipe's link threw after the trace was written).
+    /// </summary>
+    [Fact]
+    public void CpusSetTheThreadCountAndADeviceTraceHasNoSize()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "CPU pinning and /dev/null as a special file");
+        var r = Bitnet("profile", "--synthetic", "tiny", "--prompt-tokens", "2", "-n", "1", "--cpus", "0", "--json", "--trace", "/dev/null", "--probe-mb", "16", "--peak-ms", "1");
+        Assert.True(r.ExitCode == 0, r.Error);
+        using var doc = JsonDocument.Parse(r.Output);
+        Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty("trace_bytes").ValueKind);
+        Assert.Equal(1, doc.RootElement.GetProperty("threads").GetInt32());
     }
 
     /// <summary>A trace written through a link (the link kept, its target replaced) is reported at the target's size: it read the link's, 0.00 MB.</summary>

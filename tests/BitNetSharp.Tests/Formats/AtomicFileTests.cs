@@ -178,6 +178,32 @@ public class AtomicFileTests
 public class PathIdentityTests
 {
     /// <summary>
+    /// A file's size through links is its target's (a linked model read as its link's 80 bytes); a link that leads
+    /// nowhere a size can be read (dangling, a loop, a pipe's /proc/self/fd entry "pipe:[N]", as bash's &gt;(…) gives)
+    /// is measured as the link, never an exception: the first version threw after a trace was written to a pipe.
+    /// </summary>
+    [Fact]
+    public void LengthFollowsLinksAndNeverThrowsOnOnesThatLeadNowhere()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "symbolic links and /proc/self/fd");
+        using var dir = new TestGguf.TempDirectory();
+        File.WriteAllBytes(dir.File("target"), new byte[12345]);
+        File.CreateSymbolicLink(dir.File("link"), "target");
+        File.CreateSymbolicLink(dir.File("chain"), dir.File("link"));
+        Assert.Equal(12345, PathIdentity.Length(dir.File("link")));
+        Assert.Equal(12345, PathIdentity.Length(dir.File("chain")));
+        File.CreateSymbolicLink(dir.File("dangling"), dir.File("gone"));
+        Assert.Equal(new FileInfo(dir.File("dangling")).Length, PathIdentity.Length(dir.File("dangling")));
+        File.CreateSymbolicLink(dir.File("loop-a"), dir.File("loop-b"));
+        File.CreateSymbolicLink(dir.File("loop-b"), dir.File("loop-a"));
+        PathIdentity.Length(dir.File("loop-a"));
+        using var pipe = new System.IO.Pipes.AnonymousPipeServerStream(System.IO.Pipes.PipeDirection.Out);
+        string fd = $"/proc/self/fd/{pipe.SafePipeHandle.DangerousGetHandle()}";
+        Assert.StartsWith("pipe:", new FileInfo(fd).LinkTarget);
+        PathIdentity.Length(fd);
+    }
+
+    /// <summary>
     /// ".." is read as .NET reads it, by spelling before any link (File APIs make a path full first): link/../m.gguf
     /// opens the m.gguf beside the link, and is that file, not the one beside the link's target (the kernel's reading,
     /// which a review proposed; .NET never opens that one through this spelling).
