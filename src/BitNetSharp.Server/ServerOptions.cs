@@ -127,10 +127,11 @@ public sealed record ServerOptions
         return host.Length is > 0 and <= 253 && Uri.CheckHostName(host) == UriHostNameType.Dns;
     }
 
-    /// <summary>"*", or scheme://host[:port] of http or https with nothing after it.</summary>
+    /// <summary>"*", or scheme://host[:port] of http or https with nothing after it; scheme and host in any case, as in
+    /// URLs (https://App.example.com was refused beside the message's own example; the server matches origins ignoring case).</summary>
     private static bool IsCorsOrigin(string origin) =>
         origin == "*" || (Uri.TryCreate(origin, UriKind.Absolute, out var u) && u.Scheme is "http" or "https"
-                          && origin.TrimEnd('/') == u.GetLeftPart(UriPartial.Authority) && u.UserInfo.Length == 0);
+                          && string.Equals(origin.TrimEnd('/'), u.GetLeftPart(UriPartial.Authority), StringComparison.OrdinalIgnoreCase) && u.UserInfo.Length == 0);
 }
 
 /// <summary>How the server watches the model it serves (the forward pass's sampling rate is <see cref="SchedulerOptions.HealthSampleEvery"/>).</summary>

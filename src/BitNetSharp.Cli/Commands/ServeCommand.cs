@@ -141,6 +141,9 @@ public static partial class ServeCommand
         {
             string path = ModelOptions.ResolveModel(VariableFor(result, model.Model, env, ModelVariable) ?? result.GetValue(model.Model));
             string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
+            // Checked against the file's layer count before the server starts, as generate checks it: a bad width failed the
+            // load instead, exit 1 with a stack trace in the log.
+            if (bitsSpec is not null) CheckActivationBits(path, bitsSpec);
             var loadOptions = model.LoadOptions(result);
             string? weightsNote = null;
             var generator = model.Generator(result) with
@@ -223,6 +226,8 @@ public static partial class ServeCommand
             // Before the model loads: a key a browser cannot send (see ServerOptions) is the user's to change.
             if (key is not null && key.AsSpan().IndexOfAnyExceptInRange('\x20', '\x7e') is >= 0 and var at)
                 throw new UsageException($"{(result.GetResult(apiKey) is { Implicit: false } ? "--api-key" : ApiKeyVariable)} holds a character outside printable ASCII (U+{(int)key[at]:X4} at position {at + 1}), which browsers and HTTP clients cannot all send in a header; use letters, digits, punctuation and spaces only.");
+            if (result.GetValue(alias) is { } givenAlias && string.IsNullOrWhiteSpace(givenAlias))
+                throw new UsageException("--alias is empty (an unset shell variable?); give the model id clients will send, or leave it out for the file's name.");
             string id = result.GetValue(alias) ?? ModelId(path);
             BitNetSharp.Tokenization.ChatTemplate? chatTemplate = null;
             if (result.GetValue(template) is { } templateName)
@@ -317,6 +322,36 @@ public static partial class ServeCommand
     }
 
     /// <summary>Whether binding failed because the address is taken (Kestrel's AddressInUseException over a SocketException).</summary>
+    private static System.Net.Sockets.SocketError? SocketError(Exception e)
+    {
+        for (Exception? x = e; x is not null; x = x.InnerException)
+            if (x is System.Net.Sockets.SocketException s) return s.SocketErrorCode;
+        return null;
+    }
+
+    /// <summary>An --activation-bits spec against the model file's layer count (read from its header), before anything starts.</summary>
+    private static void CheckActivationBits(string path, string spec)
+    {
+        int? layers;
+        try
+        {
+            layers = BitNetSharp.Formats.ModelSummary.Load(path).HyperParameters.BlockCount;
+        }
+        catch (Exception e) when (e is BitNetSharp.Formats.ModelFormatException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException or ArgumentException)
+        {
+            return; // the load says what is wrong with the file
+        }
+        if (layers is not (> 0 and <= 4096)) return;
+        try
+        {
+            BitNetSharp.Model.ActivationBits.Parse(spec, layers.Value);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+
     private static bool AddressInUse(Exception e)
     {
         for (Exception? x = e; x is not null; x = x.InnerException)
@@ -358,6 +393,11 @@ public static partial class ServeCommand
         {
             throw new IOException($"port {options.Port} on {options.Host} is in use (another server?): choose another --port, or --port 0 for a free one.", e);
         }
+        catch (Exception e) when (SocketError(e) == System.Net.Sockets.SocketError.AddressNotAvailable)
+        {
+            // An address no interface of this machine has (a stack trace before).
+            throw new UsageException($"--host {options.Host}: no network interface of this machine has that address; give one of its addresses, 0.0.0.0 (every IPv4 interface) or 127.0.0.1.");
+        }
         await using var server = started;
         bool loopback = IPAddress.IsLoopback(BitNetServer.ParseHost(options.Host));
         cli.Error.WriteLine($"bitnet serve: listening on {server.Address} (loading {path}; /health answers 503 until ready)");
@@ -366,12 +406,13 @@ public static partial class ServeCommand
         try
         {
             await server.Ready.WaitAsync(cancellation);
-            cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics, dashboard: {server.Address}dashboard); Ctrl-C stops.");
+            // Before the ready line, which scripts wait for (the notes came after it).
             if (weightsNote() is { } note) cli.Error.WriteLine($"weights in memory: {note} (--weight-pages)");
             // As generate and chat say it: the context was cut to the model's without a word (/v1/models read n_ctx 256
             // for --ctx 1000).
             if (options.Scheduler.ContextLength > server.ContextLength)
                 cli.Error.WriteLine($"note: --ctx {options.Scheduler.ContextLength} is more than the model's context of {server.ContextLength} tokens (its positions end there); using {server.ContextLength}.");
+            cli.Error.WriteLine($"ready: model '{id}' at {server.Address}v1 (chat: POST {server.Address}v1/chat/completions, metrics: {server.Address}metrics, dashboard: {server.Address}dashboard); Ctrl-C stops.");
             await Task.Delay(Timeout.Infinite, cancellation);
         }
         catch (OperationCanceledException) when (cancellation.IsCancellationRequested)

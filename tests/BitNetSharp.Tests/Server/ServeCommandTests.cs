@@ -60,6 +60,8 @@ public class ServeCommandTests
     [InlineData("--telemetry-max-mb", "-5", "--telemetry-max-mb only applies with --telemetry-log")]
     // Accepted and ignored without --speculate (generate refuses it).
     [InlineData("--draft-tokens", "8", "--draft-tokens applies with --speculate ngram; speculation is off")]
+    // Served as model '' (an unset shell variable), which no request could name.
+    [InlineData("--alias", "", "--alias is empty")]
     public void BadSettingsAreUsageErrors(string flag, string value, string message)
     {
         var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", flag, value);
@@ -91,6 +93,25 @@ public class ServeCommandTests
         {
             taken.Stop();
         }
+    }
+
+    /// <summary>
+    /// Settings only the model file or the machine can refute are usage errors in one line too: --activation-bits failed the
+    /// load (exit 1, a stack trace in the log; generate exits 2), and a --host no interface has threw Kestrel's stack trace.
+    /// A CORS origin may be written in capitals, as URLs may (it was refused beside the message's own example).
+    /// </summary>
+    [Fact]
+    public void SettingsTheModelOrMachineRefuteAreOneLineUsageErrors()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        foreach (var (bits, message) in new[] { ("9", "the bit width must be one of"), ("8,8", "lists 2 widths; the model has 6 layers"), ("99:down=6", "'99' is not a layer of this model (0 to 5)") })
+        {
+            var (code, error) = Bitnet("serve", "-m", model, "--port", "0", "--activation-bits", bits);
+            AssertUsageError(code, error, message);
+        }
+        var (hostCode, hostError) = Bitnet("serve", "-m", model, "--port", "0", "--host", "192.0.2.1"); // TEST-NET-1: no machine's
+        AssertUsageError(hostCode, hostError, "--host 192.0.2.1: no network interface of this machine has that address");
+        new BitNetSharp.Server.ServerOptions { LoadModel = () => null!, CorsOrigins = ["https://App.Example.com", "HTTP://localhost:3000/"] }.Validate();
     }
 
     /// <summary>
@@ -282,6 +303,8 @@ public class ServeCommandTests
             string log;
             lock (stderr) log = stderr.ToString();
             Assert.Contains($"note: --ctx 100000 is more than the model's context of {nCtx} tokens (its positions end there); using {nCtx}.", log);
+            // Before the ready line scripts wait for (it came after).
+            Assert.True(log.IndexOf("note: --ctx 100000", StringComparison.Ordinal) < log.IndexOf("ready: ", StringComparison.Ordinal), log);
         }
         finally
         {
