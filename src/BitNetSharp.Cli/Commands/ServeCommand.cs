@@ -139,7 +139,11 @@ public static partial class ServeCommand
         model.AddTo(command);
         command.SetAction((result, cancellation) => Task.FromResult(cli.Guard(() =>
         {
-            string path = ModelOptions.ResolveModel(VariableFor(result, model.Model, env, ModelVariable) ?? result.GetValue(model.Model));
+            string? modelFromVariable = VariableFor(result, model.Model, env, ModelVariable);
+            string path = ModelOptions.ResolveModel(modelFromVariable ?? result.GetValue(model.Model));
+            // Named as the variable's (a container's BITNET_MODEL pointing at an unmounted volume read as a bare path).
+            if (modelFromVariable is not null && !File.Exists(path) && !Directory.Exists(path))
+                throw new BitNetSharp.Formats.ModelFormatException(path, $"no such file or directory (the path is {ModelVariable}'s; is the model's volume mounted?)");
             string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
             // Checked against the file's layer count before the server starts, as generate checks it: a bad width failed the
             // load instead, exit 1 with a stack trace in the log.

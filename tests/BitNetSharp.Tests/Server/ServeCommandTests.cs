@@ -78,6 +78,10 @@ public class ServeCommandTests
         var (code, error) = Bitnet("serve", "-m", "/nonexistent/model.gguf", "--port", "0");
         Assert.Equal(1, code);
         Assert.Equal("error: /nonexistent/model.gguf: no such file or directory", error.Trim());
+        // From the variable, named as its (a bare path said nothing of where it came from).
+        (code, error) = BitnetWith(new() { ["BITNET_MODEL"] = "/nonexistent/model.gguf" }, "serve", "--port", "0");
+        Assert.Equal(1, code);
+        Assert.Equal("error: /nonexistent/model.gguf: no such file or directory (the path is BITNET_MODEL's; is the model's volume mounted?)", error.Trim());
 
         var taken = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
         taken.Start();
