@@ -70,13 +70,16 @@ internal sealed record CompletionRequest(
             maxTokens = Math.Min(chat ? options.MaxTokensLimit : Math.Min(16, options.MaxTokensLimit), ctx - longest);
         }
 
+        // On both endpoints (on /v1/completions a JSON format was ignored and free text came back as a success).
+        if (r.TryGet("response_format", out var rf) && !(rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text"))
+            throw ApiException.BadRequest("Only response_format {\"type\": \"text\"} is supported.", "response_format", "unsupported_parameter");
         var logProbs = LogProbFormat.None;
         int? topLogProbs = null;
         if (chat)
         {
             bool want = r.Bool("logprobs") ?? false;
             long? top = r.Integer("top_logprobs", 0, options.MaxLogProbs);
-            if (top is not null && !want) throw ApiException.BadRequest("top_logprobs needs logprobs: true.", "top_logprobs");
+            if (top is not null && !want) throw ApiException.BadRequest("top_logprobs needs logprobs: true.", "top_logprobs", "invalid_value");
             if (want) (logProbs, topLogProbs) = (LogProbFormat.Chat, (int)(top ?? 0));
         }
         else if (r.Integer("logprobs", 0, options.MaxLogProbs) is { } lp)
@@ -138,11 +141,12 @@ internal sealed record CompletionRequest(
                 throw ApiException.BadRequest("Only the \"text\" modality is supported by this server.", "modalities", "unsupported_parameter");
             if (r.TryGet("audio", out _)) throw ApiException.BadRequest("Audio output is not supported by this server.", "audio", "unsupported_parameter");
             if (r.TryGet("web_search_options", out _)) throw ApiException.BadRequest("Web search is not supported by this server.", "web_search_options", "unsupported_parameter");
-            if (r.TryGet("response_format", out var rf) && !(rf.ValueKind == JsonValueKind.Object && rf.TryGetProperty("type", out var t) && t.ValueKind == JsonValueKind.String && t.GetString() == "text"))
-                throw ApiException.BadRequest("Only response_format {\"type\": \"text\"} is supported.", "response_format", "unsupported_parameter");
         }
         else
         {
+            // The chat endpoint's spelling: accepted and ignored here, the answer carried no alternatives a client asked for.
+            if (r.TryGet("top_logprobs", out _))
+                throw ApiException.BadRequest("top_logprobs is /v1/chat/completions' parameter; here logprobs: N asks for the N most likely tokens at each position.", "top_logprobs", "unsupported_parameter");
             if (r.Bool("echo") == true) throw ApiException.BadRequest("echo is not supported by this server.", "echo", "unsupported_parameter");
             if (r.String("suffix") is { Length: > 0 }) throw ApiException.BadRequest("suffix (insertion) is not supported by this server.", "suffix", "unsupported_parameter");
             // n is checked against the server's own limit (a bad n beside best_of was held to a range of 1 to 128).
@@ -166,6 +170,7 @@ internal sealed record CompletionRequest(
             var mr = new JsonRequest(m, p + ".");
             var role = mr.String("role") ?? throw ApiException.BadRequest($"{p}.role is required.", $"{p}.role", "missing_required_parameter");
             if (!Roles.Contains(role)) throw ApiException.BadRequest($"{p}.role '{role}' is not one of: {string.Join(", ", Roles)}.", $"{p}.role", "invalid_value");
+            _ = mr.String("name"); // a participant's name, which the templates do not show: checked to be a string as OpenAI checks it
             list.Add(new ChatMessage(role switch { "developer" => "system", "function" => "tool", _ => role }, Content(mr, p, role)));
             i++;
         }
@@ -194,7 +199,7 @@ internal sealed record CompletionRequest(
             if (k > 1) text.Append('\n');
             if (part.ValueKind != JsonValueKind.Object) throw JsonRequest.WrongType(pp, "an object", part);
             var pr = new JsonRequest(part, pp + ".");
-            var type = pr.String("type");
+            var type = pr.String("type") ?? throw ApiException.BadRequest($"{pp}.type is required: \"text\" for a text part.", $"{pp}.type", "missing_required_parameter");
             if (type == "refusal" && role == "assistant")
             {
                 text.Append(pr.String("refusal") ?? throw ApiException.BadRequest($"{pp}.refusal is required.", $"{pp}.refusal", "missing_required_parameter"));

@@ -19,7 +19,8 @@ public abstract unsafe class BinaryKernel
 
     public void MatMul(BinaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd)
     {
-        if (w.PaddedCols != x.PaddedCols)
+        // The widths themselves: two that pad to one multiple of 128 (100 and 120) passed, the extra inputs dropped or read as 0.
+        if (w.Cols != x.Cols)
             throw new ArgumentException($"Weight rows have {w.Cols} inputs but the activations have {x.Cols}.", nameof(x));
         if (rowStart < 0 || rowEnd > w.Rows || rowStart > rowEnd)
             throw new ArgumentOutOfRangeException(nameof(rowEnd), $"Row range [{rowStart}, {rowEnd}) is outside [0, {w.Rows}).");

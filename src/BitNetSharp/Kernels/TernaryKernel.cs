@@ -138,7 +138,8 @@ public abstract unsafe class TernaryKernel
     /// </summary>
     public void MatMul(TernaryMatrix w, QuantizedActivations x, float* y, int yStride, int rowStart, int rowEnd)
     {
-        if (w.PaddedCols != x.PaddedCols)
+        // The widths themselves: two that pad to one multiple of 128 (100 and 120) passed, the extra inputs dropped or read as 0.
+        if (w.Cols != x.Cols)
             throw new ArgumentException($"Weight rows have {w.Cols} inputs but the activations have {x.Cols}.", nameof(x));
         if (!IsSupported) throw new PlatformNotSupportedException($"Ternary kernel '{Name}' is not supported on this CPU.");
         MatMul(w, Prepare(x, ref t_scratch), y, yStride, rowStart, rowEnd);

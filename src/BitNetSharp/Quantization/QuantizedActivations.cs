@@ -28,8 +28,17 @@ public sealed unsafe class QuantizedActivations : IDisposable
     public int Cols { get; }
     public int PaddedCols { get; }
 
-    /// <summary>Tokens currently held (≤ MaxTokens).</summary>
-    public int Tokens { get; set; }
+    /// <summary>Tokens currently held, 0 to <see cref="MaxTokens"/> (more read past the codes' native buffer).</summary>
+    public int Tokens
+    {
+        get;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, MaxTokens);
+            field = value;
+        }
+    }
 
     /// <summary>s_x = (float)(127/γ) per token; q = round(x·127/γ) of the exact quotient (see <see cref="Kernels.Int8ActivationQuantizer"/>).</summary>
     public float[] Scales { get; }

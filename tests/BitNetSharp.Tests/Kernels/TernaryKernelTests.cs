@@ -180,6 +180,32 @@ public unsafe class TernaryKernelTests
             Assert.Equal(Oracle(w, x, r, t), y[t * 13 + r]);
     }
 
+    /// <summary>
+    /// Widths that pad to the same multiple of 128 (100 and 120) are still two widths: refused, as differing padded
+    /// widths are (the extra inputs were dropped, or the missing ones read as 0, without a word). A token count past the
+    /// buffer or below 0 is refused where it is set (it threw IndexOutOfRange from inside a kernel, or computed nothing).
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Supported))]
+    public unsafe void MismatchedWidthsAndTokenCountsAreRefused(string name)
+    {
+        var kernel = KernelRegistry.SelectTernary(name);
+        using var w = TernaryMatrix.Allocate(16, 100, 1f);
+        using var x = new QuantizedActivations(1, 120);
+        var y = new float[16];
+        fixed (float* py = y)
+        {
+            float* p = py;
+            var e = Assert.Throws<ArgumentException>(() => kernel.MatMul(w, x, p, 16, 0, 16));
+            Assert.Contains("Weight rows have 100 inputs but the activations have 120", e.Message);
+        }
+        using var two = new QuantizedActivations(2, 100);
+        Assert.Throws<ArgumentOutOfRangeException>(() => two.Tokens = 3);
+        Assert.Throws<ArgumentOutOfRangeException>(() => two.Tokens = -1);
+        two.Tokens = 0;
+        Assert.Equal(0, two.Tokens);
+    }
+
     [Fact]
     public void EpilogueFollowsBitnetCppOrder()
     {

@@ -88,6 +88,28 @@ public class RequestSemanticsTests
         Assert.Equal(HttpStatusCode.BadRequest, status);
     }
 
+    /// <summary>
+    /// Parameters that were accepted and ignored, or refused without naming what to do: response_format json on
+    /// /v1/completions (free text came back as a success), the chat endpoint's top_logprobs there, a message name that is
+    /// not a string (OpenAI refuses it), a content part with no type (read as type ''), top_logprobs without logprobs (code null).
+    /// </summary>
+    [Theory]
+    [InlineData("v1/completions", """{"prompt":"hi","max_tokens":2,"response_format":{"type":"json_object"}}""", "response_format", "unsupported_parameter")]
+    [InlineData("v1/completions", """{"prompt":"hi","max_tokens":2,"top_logprobs":2}""", "top_logprobs", "unsupported_parameter")]
+    [InlineData("v1/chat/completions", """{"messages":[{"role":"user","content":"hi","name":5}],"max_tokens":2}""", "messages[0].name", "invalid_type")]
+    [InlineData("v1/chat/completions", """{"messages":[{"role":"user","content":[{"text":"hi"}]}],"max_tokens":2}""", "messages[0].content[0].type", "missing_required_parameter")]
+    [InlineData("v1/chat/completions", """{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"top_logprobs":2}""", "top_logprobs", "invalid_value")]
+    public async Task IgnoredOrUnnamedParametersAreRefusedByName(string path, string json, string param, string code)
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 });
+        var (status, body, _) = await s.PostAsync(path, json);
+        Assert.Equal(HttpStatusCode.BadRequest, status);
+        Assert.Equal(param, body.GetProperty("error").GetProperty("param").GetString());
+        Assert.Equal(code, body.GetProperty("error").GetProperty("code").GetString());
+        (status, _, _) = await s.PostAsync("v1/chat/completions", """{"messages":[{"role":"user","content":"hi","name":"alice"}],"max_tokens":2,"response_format":{"type":"text"}}""");
+        Assert.Equal(HttpStatusCode.OK, status);
+    }
+
     /// <summary>The deprecated functions / function_call ask for function calling as tools does, and are refused the same way.</summary>
     [Theory]
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f","parameters":{}}]}""", "functions")]
