@@ -143,7 +143,7 @@ public static partial class ServeCommand
             string path = ModelOptions.ResolveModel(modelFromVariable ?? result.GetValue(model.Model));
             // Named as the variable's (a container's BITNET_MODEL pointing at an unmounted volume read as a bare path).
             if (modelFromVariable is not null && !File.Exists(path) && !Directory.Exists(path))
-                throw new BitNetSharp.Formats.ModelFormatException(path, $"no such file or directory (the path is {ModelVariable}'s; is the model's volume mounted?)");
+                throw new BitNetSharp.Formats.ModelFormatException(path, $"no such file or directory (the path is {ModelVariable}'s; is the model's volume mounted, and can this user read its folders?)");
             string? bitsSpec = result.GetValue(model.ActivationBitsSpec);
             // Checked against the file's layer count before the server starts, as generate checks it: a bad width failed the
             // load instead, exit 1 with a stack trace in the log.
@@ -296,7 +296,9 @@ public static partial class ServeCommand
             BitNetSharp.Formats.ModelPath.Detect(path);
             using var stop = CancellationTokenSource.CreateLinkedTokenSource(cancellation);
             using var signals = ServeSignals.Register(stop, cli.Error, StopDeadline(drainSeconds, webhook is not null));
-            return Run(cli, options, path, id, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, stop.Token).GetAwaiter().GetResult();
+            // How the listen address was given, for the error a bind failure names (a container sets the variable, not the flag).
+            string hostSource = VariableFor(result, host, env, HostVariable) is not null ? $"{HostVariable}={listenHost}" : $"--host {listenHost}";
+            return Run(cli, options, path, id, hostSource, TimeSpan.FromSeconds(drainSeconds), () => weightsNote, stop.Token).GetAwaiter().GetResult();
         })));
         return command;
     }
@@ -386,7 +388,7 @@ public static partial class ServeCommand
     public const string ShutdownTimeoutOption = "--shutdown-timeout";
     public const double DefaultShutdownSeconds = 25;
 
-    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, TimeSpan drain, Func<string?> weightsNote, CancellationToken cancellation)
+    private static async Task<int> Run(CliConsole cli, ServerOptions options, string path, string id, string hostSource, TimeSpan drain, Func<string?> weightsNote, CancellationToken cancellation)
     {
         BitNetServer started;
         try
@@ -397,10 +399,19 @@ public static partial class ServeCommand
         {
             throw new IOException($"port {options.Port} on {options.Host} is in use (another server?): choose another --port, or --port 0 for a free one.", e);
         }
-        catch (Exception e) when (SocketError(e) == System.Net.Sockets.SocketError.AddressNotAvailable)
+        catch (Exception e) when (SocketError(e) is System.Net.Sockets.SocketError.AddressNotAvailable or System.Net.Sockets.SocketError.InvalidArgument
+                                      or System.Net.Sockets.SocketError.AddressFamilyNotSupported)
         {
-            // An address no interface of this machine has (a stack trace before).
-            throw new UsageException($"--host {options.Host}: no network interface of this machine has that address; give one of its addresses, 0.0.0.0 (every IPv4 interface) or 127.0.0.1.");
+            // An address this machine cannot listen on: a stack trace before.
+            var address = BitNetServer.ParseHost(options.Host);
+            bool v6 = address.AddressFamily == System.Net.Sockets.AddressFamily.InterNetworkV6;
+            string instead = v6 ? ":: (every interface) or ::1" : "0.0.0.0 (every IPv4 interface) or 127.0.0.1";
+            throw new UsageException(SocketError(e) switch
+            {
+                System.Net.Sockets.SocketError.AddressFamilyNotSupported => $"{hostSource}: this machine has no {(v6 ? "IPv6" : "IPv4")} networking; listen on {(v6 ? "0.0.0.0 or 127.0.0.1" : ":: or ::1")} instead.",
+                _ when v6 && address.IsIPv6LinkLocal && address.ScopeId == 0 => $"{hostSource}: a link-local IPv6 address needs its interface, as in {address}%eth0; or give {instead}.",
+                _ => $"{hostSource}: this machine cannot listen on that address (no network interface has it); give one of its addresses, {instead}.",
+            });
         }
         await using var server = started;
         bool loopback = IPAddress.IsLoopback(BitNetServer.ParseHost(options.Host));

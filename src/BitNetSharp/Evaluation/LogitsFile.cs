@@ -204,7 +204,10 @@ public sealed class LogitsFileReader : IDisposable
         }
     }
 
-    /// <summary>Reads the next position into the properties above.</summary>
+    /// <summary>
+    /// Reads the next position into the properties above, refusing a row that contradicts itself. A full row's total
+    /// probability is the caller's to check with <see cref="CheckMass"/> (the KL's own pass computes every p of it).
+    /// </summary>
     public void Next()
     {
         if (_read == Header.Positions) throw new InvalidDataException($"{Path}: asked for more than its {Header.Positions} positions.");

@@ -43,7 +43,7 @@ public sealed unsafe class Avx512TernaryKernel : TernaryKernel
         }
         var rows = (sbyte*)scratch.Pointer;
         for (int t = 0; t < x.Tokens; t++) Interleave(x.Row(t), rows + (long)t * x.PaddedCols, x.PaddedCols);
-        return new ActivationRows(rows, x.PaddedCols, x.Tokens, x.Scales, x.Sums);
+        return new ActivationRows(rows, x.PaddedCols, x.Tokens, x.Scales, x.Sums, x.Cols);
     }
 
     /// <summary>Within each 256-activation pair of blocks: [g][block][i] ← block·128 + 32g + i.</summary>

@@ -178,7 +178,7 @@ public sealed unsafe class LutTernaryKernel : TernaryKernel
             scratch = new NativeBuffer(Math.Max(need, 1 << 16), zero: false);
         }
         for (int t = 0; t < x.Tokens; t++) BuildTables(x.Row(t), x.PaddedCols, (short*)(scratch.Pointer + t * perToken));
-        return new ActivationRows((sbyte*)scratch.Pointer, x.PaddedCols, x.Tokens, x.Scales, x.Sums);
+        return new ActivationRows((sbyte*)scratch.Pointer, x.PaddedCols, x.Tokens, x.Scales, x.Sums, x.Cols);
     }
 
     private static readonly short[] s_coefficients = MakeCoefficients();

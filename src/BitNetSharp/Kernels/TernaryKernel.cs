@@ -285,8 +285,11 @@ public unsafe interface ITernaryRowPairDot : ITernaryRowDot
 
 /// <summary>Int8 activation rows as the kernels read them: a base pointer and a row stride, so a variant may
 /// hand the driver a re-ordered copy (see <see cref="Avx512TernaryKernel"/>) instead of the original rows.</summary>
-public readonly unsafe struct ActivationRows(sbyte* codes, int stride, int tokens, float[] scales, int[] sums)
+/// <param name="cols">The activations' own width (<see cref="QuantizedActivations.Cols"/>), which the weights' must equal; 0
+/// where unknown, and then only the padded widths (<paramref name="stride"/>) are compared.</param>
+public readonly unsafe struct ActivationRows(sbyte* codes, int stride, int tokens, float[] scales, int[] sums, int cols = 0)
 {
+    public int Cols { get; } = cols;
     public sbyte* Codes { get; } = codes;
     public int Stride { get; } = stride;
     public int Tokens { get; } = tokens;
@@ -295,7 +298,15 @@ public readonly unsafe struct ActivationRows(sbyte* codes, int stride, int token
 
     public sbyte* Row(int t) => Codes + (long)t * Stride;
 
-    public static ActivationRows Of(QuantizedActivations x) => new(x.Row(0), x.PaddedCols, x.Tokens, x.Scales, x.Sums);
+    public static ActivationRows Of(QuantizedActivations x) => new(x.Row(0), x.PaddedCols, x.Tokens, x.Scales, x.Sums, x.Cols);
+
+    /// <summary>Refuses weights of another width: widths that pad alike (100 and 120) passed the stride check, the extra inputs dropped or read as 0.</summary>
+    /// <param name="product">The product's index among several (RunMany), or −1 for one; the message is built only on failure (per step, no allocation).</param>
+    internal void CheckWidth(int weightCols, int product = -1)
+    {
+        if (Cols > 0 && Cols != weightCols)
+            throw new ArgumentException($"Weight rows{(product >= 0 ? $" of product {product}" : "")} have {weightCols} inputs but the activations have {Cols}.", "x");
+    }
 }
 
 /// <summary>The loops around a row dot: row blocks × token tiles × rows, and the epilogue.</summary>

@@ -180,8 +180,11 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
         try
         {
             for (int i = 0; i < count; i++)
+            {
                 if (_manyW[i]!.PaddedCols != x.Stride)
                     throw new ArgumentException($"Weight rows of product {i} have {_manyW[i]!.PaddedCols} padded inputs but the activation rows have {x.Stride}.", nameof(x));
+                x.CheckWidth(_manyW[i]!.Cols, i);
+            }
             if (OnePass(kernel, x.Tokens, count) && PlanMany(count))
             {
                 (_kernel, _binaryKernel, _w, _bw, _x) = (kernel, null, null, null, null);
@@ -318,6 +321,7 @@ public sealed unsafe class TernaryMatMul : IParallelWork, IDisposable
     {
         if (w.PaddedCols != x.Stride)
             throw new ArgumentException($"Weight rows have {w.PaddedCols} padded inputs but the activation rows have {x.Stride}.", nameof(x));
+        x.CheckWidth(w.Cols);
         (_kernel, _binaryKernel, _w, _bw, _x) = (kernel, null, w, null, null);
         _rows = x;
         _y = y;

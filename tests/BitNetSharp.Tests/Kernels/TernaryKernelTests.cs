@@ -198,6 +198,11 @@ public unsafe class TernaryKernelTests
             float* p = py;
             var e = Assert.Throws<ArgumentException>(() => kernel.MatMul(w, x, p, 16, 0, 16));
             Assert.Contains("Weight rows have 100 inputs but the activations have 120", e.Message);
+            // The parallel driver the engine uses, directly and on prepared rows (one product or several).
+            using var pool = new BitNetSharp.Threading.WorkerPool(1);
+            using var mm = new TernaryMatMul(pool);
+            Assert.Contains("have 100 inputs but the activations have 120", Assert.Throws<ArgumentException>(() => mm.Run(kernel, w, x, p, 16)).Message);
+            Assert.Throws<ArgumentException>(() => mm.Run(kernel, w, mm.Prepare(kernel, x), p, 16));
         }
         using var two = new QuantizedActivations(2, 100);
         Assert.Throws<ArgumentOutOfRangeException>(() => two.Tokens = 3);

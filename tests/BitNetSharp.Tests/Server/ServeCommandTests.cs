@@ -81,7 +81,7 @@ public class ServeCommandTests
         // From the variable, named as its (a bare path said nothing of where it came from).
         (code, error) = BitnetWith(new() { ["BITNET_MODEL"] = "/nonexistent/model.gguf" }, "serve", "--port", "0");
         Assert.Equal(1, code);
-        Assert.Equal("error: /nonexistent/model.gguf: no such file or directory (the path is BITNET_MODEL's; is the model's volume mounted?)", error.Trim());
+        Assert.Equal("error: /nonexistent/model.gguf: no such file or directory (the path is BITNET_MODEL's; is the model's volume mounted, and can this user read its folders?)", error.Trim());
 
         var taken = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
         taken.Start();
@@ -114,7 +114,10 @@ public class ServeCommandTests
             AssertUsageError(code, error, message);
         }
         var (hostCode, hostError) = Bitnet("serve", "-m", model, "--port", "0", "--host", "192.0.2.1"); // TEST-NET-1: no machine's
-        AssertUsageError(hostCode, hostError, "--host 192.0.2.1: no network interface of this machine has that address");
+        AssertUsageError(hostCode, hostError, "--host 192.0.2.1: this machine cannot listen on that address (no network interface has it)");
+        // Given by the variable, named as the variable (a container sets it, not the flag).
+        var (varCode, varError) = BitnetWith(new() { ["BITNET_HOST"] = "192.0.2.1" }, "serve", "-m", model, "--port", "0");
+        AssertUsageError(varCode, varError, "BITNET_HOST=192.0.2.1: this machine cannot listen");
         new BitNetSharp.Server.ServerOptions { LoadModel = () => null!, CorsOrigins = ["https://App.Example.com", "HTTP://localhost:3000/"] }.Validate();
     }
 
