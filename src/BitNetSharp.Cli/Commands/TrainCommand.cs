@@ -155,7 +155,10 @@ public static class TrainCommand
                     float? newDecay = r.GetResult(weightDecay) is { Implicit: false } ? r.GetValue(weightDecay) : null;
                     try
                     {
-                        run = TrainingRun.Resume(checkpoint, pool, shape, bits, totalTokens: newTokens, learningRate: newRate, warmupSteps: newWarmup, weightDecay: newDecay);
+                        // The widths are the checkpoint's unless given (as --batch and --seed): a 4-bit run resumed without the
+                        // flag was refused, "the command line asks for 8", which it never did.
+                        var expectedBits = r.GetResult(activationBits) is { Implicit: false } ? bits : null;
+                        run = TrainingRun.Resume(checkpoint, pool, shape, expectedBits, totalTokens: newTokens, learningRate: newRate, warmupSteps: newWarmup, weightDecay: newDecay);
                     }
                     catch (InvalidOperationException e)
                     {

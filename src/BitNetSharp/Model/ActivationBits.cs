@@ -84,6 +84,12 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
                 throw new ArgumentException($"{option}: '{item}': the bit width must be one of {string.Join(", ", Allowed)}.");
             return b;
         }
+        // An empty item (`qkv=4,`, `,4`, two commas) was blamed on mixing forms or on the count of widths.
+        if (Array.IndexOf(items, "") >= 0)
+            throw new ArgumentException($"{option} '{spec}' has an empty item (a comma at an end, or two in a row); give e.g. 4, 8,8,4,4 or qkv=4,gate_up=4.");
+        // A layer without an input (`0:8`) read as a bad width, though 8 is one.
+        if (Array.Find(items, i => !i.Contains('=') && i.Contains(':')) is { } layerOnly)
+            throw new ArgumentException($"{option}: '{layerOnly}': a layer's item names an input and a width, as 0:qkv=8 (or 0=8 for all of its inputs).");
         if (Array.TrueForAll(items, i => !i.Contains('=')))
         {
             if (items.Length == 1)
@@ -96,6 +102,9 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
             for (int l = 0; l < layers; l++) bits.AsSpan(l * Inputs, Inputs).Fill((byte)Number(items[l], items[l]));
             return new ActivationBits(layers, bits);
         }
+        // The same target twice (`qkv=4,qkv=6`) is a typo the later item silently won; a general item under a layer's
+        // own (`down=4,2:down=8`) is layering and stays.
+        var targets = new Dictionary<string, string>(StringComparer.Ordinal);
         foreach (var item in items)
         {
             int eq = item.IndexOf('=');
@@ -103,8 +112,13 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
             string target = item[..eq].Trim();
             int b = Number(item[(eq + 1)..].Trim(), item);
             int colon = target.IndexOf(':');
-            string layerText = colon >= 0 ? target[..colon] : target;
-            string inputText = colon >= 0 ? target[(colon + 1)..] : target;
+            // White space around the colon as around = and , (`1 : qkv=4` read "'1 ' is not a layer").
+            string layerText = colon >= 0 ? target[..colon].Trim() : target;
+            string inputText = colon >= 0 ? target[(colon + 1)..].Trim() : target;
+            string key = (colon >= 0 ? layerText.TrimStart('0') + ":" : "") + inputText.ToLowerInvariant().Replace('-', '_');
+            if (colon < 0 && int.TryParse(target, NumberStyles.None, CultureInfo.InvariantCulture, out int whole)) key = whole.ToString(CultureInfo.InvariantCulture) + "=";
+            if (!targets.TryAdd(key, item))
+                throw new ArgumentException($"{option}: '{item}' sets what '{targets[key]}' already set; give each input once.");
             if (colon < 0 && int.TryParse(target, NumberStyles.None, CultureInfo.InvariantCulture, out int onlyLayer))
             {
                 if (onlyLayer >= layers) throw new ArgumentException($"{option}: '{item}': the model has layers 0 to {layers - 1}.");

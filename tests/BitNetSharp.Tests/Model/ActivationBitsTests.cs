@@ -30,6 +30,9 @@ public class ActivationBitsTests
         Assert.Equal([4, 8, 5], new[] { mixed[0, BitLinearInput.Qkv], mixed[1, BitLinearInput.Qkv], mixed[2, BitLinearInput.Qkv] });
         Assert.Equal(5, mixed[2, BitLinearInput.O]);
         Assert.Equal(3, mixed[0, BitLinearInput.Down]);
+        // White space around the colon as around = and , ("'1 ' is not a layer" before); a layer's item over a general one layers.
+        Assert.Equal(ActivationBits.Parse("1:qkv=4", 3), ActivationBits.Parse(" 1 : qkv = 4 ", 3));
+        Assert.Equal(8, ActivationBits.Parse("down=4,2:down=8", 3)[2, BitLinearInput.Down]);
         // Whatever it prints parses back to the same widths.
         foreach (var bits in new[] { all4, perLayer, a48, mixed, ActivationBits.Uniform(3).With(1, BitLinearInput.O, 2) })
             Assert.Equal(bits, ActivationBits.Parse(bits.ToString(), 3));
@@ -46,6 +49,14 @@ public class ActivationBitsTests
     [InlineData("qkv=4,8", "mixes a bare width")]
     [InlineData("qkv=x", "the bit width must be one of")]
     [InlineData(" ", "is empty")]
+    // The same target twice: the later silently won (a typo).
+    [InlineData("qkv=4,qkv=6", "'qkv=6' sets what 'qkv=4' already set")]
+    [InlineData("1:down=4,01:down=6", "'01:down=6' sets what '1:down=4' already set")]
+    [InlineData("2=6,2=4", "'2=4' sets what '2=6' already set")]
+    // An empty item was blamed on mixing forms or on the count of widths; a layer without an input on its width.
+    [InlineData("qkv=4,", "has an empty item")]
+    [InlineData(",4", "has an empty item")]
+    [InlineData("0:8", "a layer's item names an input and a width")]
     public void BadSpecsNameTheItem(string spec, string message)
     {
         var e = Assert.Throws<ArgumentException>(() => ActivationBits.Parse(spec, 3));

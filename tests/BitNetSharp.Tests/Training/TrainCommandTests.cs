@@ -221,8 +221,9 @@ public class TrainCommandTests
 
     /// <summary>
     /// <c>--activation-bits</c>: the run trains at the widths, the GGUF carries them (so eval uses them), and a resume
-    /// that asks for other widths (here the default 8) is refused naming both, as a usage error (exit 2, as another
-    /// --batch or --seed is; it exited 1, the code of a bad file).
+    /// that asks for other widths is refused naming both, as a usage error (exit 2, as another --batch or --seed is; it
+    /// exited 1, the code of a bad file). A resume that gives no widths takes the checkpoint's, as it takes its --batch
+    /// and --seed (it was refused: "the command line asks for 8", which it never did).
     /// </summary>
     [Fact]
     public void TrainsAtLowerActivationBitsAndExportsThem()
@@ -237,10 +238,15 @@ public class TrainCommandTests
             Assert.Equal(ActivationBits.Parse("qkv=4,gate_up=4", 1), ActivationBits.FromGguf(file, 1));
 
         File.Delete(model);
-        var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume"));
+        var (badCode, _, badError) = Bitnet(TinyArgs(data, model, "--resume", "--activation-bits", "8"));
         Assert.Equal(2, badCode);
         Assert.Contains("the checkpoint trains with --activation-bits qkv=4,gate_up=4; the command line asks for 8", badError);
         Assert.False(File.Exists(model));
+
+        (code, _, error) = Bitnet(TinyArgs(data, model, "--resume"));
+        Assert.True(code == 0, error);
+        using (var file = GgufFile.Open(model))
+            Assert.Equal(ActivationBits.Parse("qkv=4,gate_up=4", 1), ActivationBits.FromGguf(file, 1));
     }
 
     [Theory]
