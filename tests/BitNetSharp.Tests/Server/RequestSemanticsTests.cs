@@ -110,6 +110,20 @@ public class RequestSemanticsTests
         Assert.Equal(HttpStatusCode.OK, status);
     }
 
+    /// <summary>/v1/models' meta names the activation widths the server runs at (only /metrics' bits label did).</summary>
+    [Fact]
+    public async Task ModelsMetaShowsTheActivationWidths()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        {
+            var (weights, tokenizer) = TinyChatModel.Load();
+            weights.ActivationBits = BitNetSharp.Model.ActivationBits.Parse("qkv=4", weights.Config.Layers);
+            return new BitNetSharp.Server.LoadedModel(weights, tokenizer, TestServer.ModelId);
+        });
+        var meta = JsonDocument.Parse(await s.Http.GetStringAsync("v1/models", TestContext.Current.CancellationToken)).RootElement.GetProperty("data")[0].GetProperty("meta");
+        Assert.Equal("qkv=4", meta.GetProperty("activation_bits").GetString());
+    }
+
     /// <summary>The deprecated functions / function_call ask for function calling as tools does, and are refused the same way.</summary>
     [Theory]
     [InlineData("""{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f","parameters":{}}]}""", "functions")]

@@ -37,6 +37,9 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly WorkerPool _pool;
     private readonly bool _ownsPool;
     private readonly Transformer _engine;
+
+    /// <summary>The activation bit widths the engine quantizes at (the model file's, or --activation-bits).</summary>
+    public Model.ActivationBits ActivationBits => _engine.ActivationBits;
     private readonly KvCache[] _caches;           // (MaxSequences) one per slot
     private readonly SamplerBuffers?[] _samplerBuffers; // (MaxSequences) the sampler scratch of each slot's sequence, made at first use
     private readonly Stack<int> _freeSlots;
