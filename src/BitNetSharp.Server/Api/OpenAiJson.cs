@@ -37,8 +37,8 @@ internal static class OpenAiJson
     };
 
     /// <summary>
-    /// Writes a JSON answer (with its Content-Length) as <see cref="WriteBodyAsync"/> does: every answer, not only a
-    /// generation's, can outgrow the socket's buffers (/tokenize with pieces for a 1 MB text is MBs).
+    /// Writes a JSON answer as <see cref="WriteBodyAsync"/> does: every answer, not only a generation's, can outgrow the
+    /// socket's buffers (/tokenize with pieces for a 1 MB text is MBs).
     /// </summary>
     public static async Task WriteJsonAsync(HttpResponse response, int status, Action<Utf8JsonWriter> body, CancellationToken cancellation,
         TimeSpan stallTimeout, Action? stalled)
@@ -51,15 +51,16 @@ internal static class OpenAiJson
     }
 
     /// <summary>
-    /// Writes bytes as the answer's body (status and headers set by the caller) with its Content-Length, in slices each
-    /// flushed under a <see cref="WriteStallWatch"/>. One flush of the whole body was handed to Kestrel at once and
-    /// returned while the socket still held MBs back: a client that read none of it kept its connection for hours under
-    /// Kestrel's minimum data rate, out of the watch's sight.
+    /// Writes bytes as the answer's body (status and headers set by the caller) in slices each flushed under a
+    /// <see cref="WriteStallWatch"/>. One flush of the whole body was handed to Kestrel at once and returned while the
+    /// socket still held MBs back: a client that read none of it kept its connection for hours under Kestrel's minimum
+    /// data rate, out of the watch's sight. No Content-Length: the answer stays chunked, so its end reaches the client
+    /// only when the request's handler has finished (its activity stopped, its counters updated), as before; with one,
+    /// a client could read the whole answer before them, and a test that read the activity at once saw none.
     /// </summary>
     public static async Task WriteBodyAsync(HttpResponse response, ReadOnlyMemory<byte> body, CancellationToken cancellation, TimeSpan stallTimeout, Action? stalled)
     {
         const int Slice = 16 * 1024;
-        response.ContentLength = body.Length;
         using var watch = new WriteStallWatch(response.HttpContext, stallTimeout, stalled);
         for (int at = 0; at < body.Length || at == 0; at += Slice)
         {
