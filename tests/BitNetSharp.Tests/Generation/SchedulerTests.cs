@@ -558,13 +558,19 @@ public sealed class SchedulerTests : IDisposable
         {
             Telemetry = sink,
         };
+        // The engine is held while each request is stopped: on a loaded 2-core CI machine the tiny model once finished
+        // all 64 tokens between Submit and Cancel, and the request ended normally.
+        s.StepGate.Reset();
         var withdrawn = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 64, IgnoreStopTokens = true });
         withdrawn.Withdraw();
         withdrawn.Cancel(); // too late: withdrawn already
+        s.StepGate.Set();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Collect(withdrawn));
         Assert.Equal(0, s.Statistics.Cancelled);
+        s.StepGate.Reset();
         var cancelled = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 64, IgnoreStopTokens = true });
         cancelled.Cancel();
+        s.StepGate.Set();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Collect(cancelled));
         Assert.Equal(1, s.Statistics.Cancelled);
 
