@@ -104,8 +104,8 @@ internal sealed class ModelMonitor : IDisposable
             });
             Alerts.Changed += a => scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), a.Firing ? "alert_firing" : "alert_resolved", null, null,
                 a.Firing
-                    ? string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Quantity} = {a.Value:G6} {a.Rule.Op} {a.Rule.Threshold:G6}")
-                    : string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: resolved{(a.Reason is { } why ? $" ({why})" : "")}; {a.Rule.Quantity} = {a.Value:G6}")));
+                    ? string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: {a.Rule.Quantity} = {a.Value:G6}{(a.AtText is { Length: > 0 } at ? " at " + at : "")} {a.Rule.Op} {a.Rule.Threshold:G6}")
+                    : string.Create(CultureInfo.InvariantCulture, $"{a.Rule.Name}: resolved{(a.Reason is { } why ? $" ({why})" : "")}; {a.Rule.Quantity} = {a.Value:G6}{(a.AtText is { Length: > 0 } at2 ? " at " + at2 : "")}")));
         }
         if (options.TelemetryLog is { } open)
         {

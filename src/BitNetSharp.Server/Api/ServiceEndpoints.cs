@@ -170,6 +170,13 @@ internal sealed class ServiceEndpoints(ModelHost host)
             w.WriteString("since", a.Since);
             if (double.IsFinite(a.Value)) w.WriteNumber("value", a.Value);
             else w.WriteString("value", a.Value.ToString(System.Globalization.CultureInfo.InvariantCulture));
+            // The series behind a max/min rule's value (which layer blew up, which input saturates).
+            if (a.At is { Count: > 0 } at)
+            {
+                w.WriteStartObject("labels");
+                for (int i = 0; i + 1 < at.Count; i += 2) w.WriteString(at[i], at[i + 1]);
+                w.WriteEndObject();
+            }
             w.WriteString("summary", a.Rule.Summary ?? a.Rule.Name);
             w.WriteEndObject();
         }

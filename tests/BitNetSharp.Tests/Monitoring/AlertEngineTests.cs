@@ -466,6 +466,47 @@ public class AlertEngineTests
         Assert.Equal(["Q", "S"], e.Firing.Select(f => f.Rule.Name).Order());
     }
 
+    /// <summary>
+    /// A max or min rule names the series behind its value: the built-in blow-up rule read "... = 7643.35 > 8" with no
+    /// layer, and the layer was only in /metrics' labels. The log, the webhook (description and a "series" annotation)
+    /// and the state say it, without the labels the rule's match fixes (bits="8"); the first NaN series is the one
+    /// named when the value is NaN; a sum names none.
+    /// </summary>
+    [Fact]
+    public void AMaxRuleNamesTheSeriesBehindItsValue()
+    {
+        var lines = new List<string>();
+        double layer4 = 2;
+        var blowUp = AlertRules.Default.Single(r => r.Name == "BitNetResidualBlowUp") with { For = 1 };
+        var saturation = AlertRules.Default.Single(r => r.Name == "BitNetActivationSaturation") with { For = 1 };
+        var total = new AlertRule { Name = "Total", Metric = "bitnet_health_residual_relative_change_ratio", Aggregate = "sum", Op = ">", Threshold = 8 };
+        using var e = new AlertEngine([blowUp, saturation, total], s =>
+        {
+            s.Add("bitnet_health_residual_relative_change_ratio", 30, "layer", "0"); // excluded by the rule's match
+            s.Add("bitnet_health_residual_relative_change_ratio", 7643.35, "layer", "3");
+            s.Add("bitnet_health_residual_relative_change_ratio", layer4, "layer", "4");
+            s.Add("bitnet_health_activation_saturation_ratio", 0.01, "layer", "1", "input", "qkv", "bits", "8");
+            s.Add("bitnet_health_activation_saturation_ratio", 0.2, "layer", "2", "input", "down", "bits", "8");
+            s.Add("bitnet_health_activation_saturation_ratio", 0.9, "layer", "5", "input", "o", "bits", "4"); // not 8 bits
+        }, new AlertEngineOptions { Log = lines.Add });
+        e.Evaluate();
+        Assert.Contains(lines, l => l.StartsWith("alert BitNetResidualBlowUp FIRING (critical): bitnet_health_residual_relative_change_ratio = 7643.35 at {layer=\"3\"} > 8.", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.Contains("= 0.2 at {layer=\"2\",input=\"down\"} > 0.05.", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("alert Total FIRING (warning): bitnet_health_residual_relative_change_ratio = 7675.35 > 8.", StringComparison.Ordinal));
+        var firing = e.Firing.ToDictionary(f => f.Rule.Name);
+        Assert.Equal(["layer", "3"], firing["BitNetResidualBlowUp"].At);
+        Assert.Null(firing["Total"].At);
+        var annotations = e.WebhookPayload(firing["BitNetResidualBlowUp"])["alerts"]![0]!["annotations"]!;
+        Assert.Equal("{layer=\"3\"}", annotations["series"]!.GetValue<string>());
+        Assert.Contains("Value: 7643.35 at {layer=\"3\"} (", annotations["description"]!.GetValue<string>());
+        Assert.Null(e.WebhookPayload(firing["Total"])["alerts"]![0]!["annotations"]!["series"]);
+
+        layer4 = double.NaN; // NaN from layer 4 on: the value is NaN, and layer 4 is named
+        e.Evaluate();
+        Assert.Equal(["layer", "4"], e.States.Single(x => x.Rule.Name == "BitNetResidualBlowUp").At);
+        Assert.True(double.IsNaN(e.States.Single(x => x.Rule.Name == "BitNetResidualBlowUp").Value));
+    }
+
     [Fact]
     public void NaNTripsThresholdRules()
     {

@@ -262,6 +262,11 @@ public sealed partial class DashboardBrowserTests
         Assert.Contains("ok", resolved);
         Assert.DoesNotContain("stale details", resolved);
         Assert.DoesNotContain("critical", resolved);
+        // A max rule's value names the series behind it (/health?verbose's labels): which layer blew up.
+        Assert.Equal("12.5 at layer 3", await page.EvaluateAsync<string>("""
+            () => { drawAlerts(parse('bitnet_alerts_firing{rule="R"} 1\n'), { firing: [{ name: "R", severity: "critical", since: 0, value: 12.5, labels: { layer: "3" }, summary: "s" }] });
+                    return document.querySelector('#alerts tr[data-rule="R"] [data-field="value"]').textContent; }
+            """));
         // The header's model line is read again (every 30 polls, and after a restart): it kept the first model for the page's life.
         await page.EvaluateAsync("() => { document.getElementById('model').textContent = 'model: stale'; modelAge = MODEL_POLLS; }");
         await page.WaitForFunctionAsync("() => document.getElementById('model').textContent.includes('tiny-chat')", null, new() { Timeout = 15_000 });

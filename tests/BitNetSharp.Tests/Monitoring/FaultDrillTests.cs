@@ -179,6 +179,13 @@ public class FaultDrillTests
             await s.PostAsync("v1/completions", Completion("hello", 6));
             return await FiringAsync(s, "BitNetActivationUnderflow");
         }, "the underflow alert fires");
+        // /health?verbose names the series behind the value: layer 0 (its q/k/v input, or its o input, all 0 after v).
+        var alert = (await VerboseHealthAsync(s)).GetProperty("components").GetProperty("alerts").GetProperty("firing").EnumerateArray()
+            .Single(a => a.GetProperty("name").GetString() == "BitNetActivationUnderflow");
+        var labels = alert.GetProperty("labels");
+        Assert.Equal("0", labels.GetProperty("layer").GetString());
+        Assert.Contains(labels.GetProperty("input").GetString(), new[] { "qkv", "o" });
+        Assert.False(labels.TryGetProperty("bits", out _)); // fixed by the rule's match
     }
 
     /// <summary>Injected latency jitter (steps alternately delayed): the token-latency std-dev rises and the jitter rule fires.</summary>

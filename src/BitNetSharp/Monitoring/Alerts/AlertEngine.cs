@@ -36,8 +36,17 @@ public sealed class SignalSet
     }
 
     /// <summary>Reduces the matching series; null when the metric has none (the rule is then not evaluated).</summary>
-    public double? Reduce(string metric, string aggregate, IReadOnlyDictionary<string, string>? match)
+    public double? Reduce(string metric, string aggregate, IReadOnlyDictionary<string, string>? match) => Reduce(metric, aggregate, match, out _);
+
+    /// <summary>
+    /// Reduces the matching series; for max and min, <paramref name="at"/> is the label set (alternating names and
+    /// values) of the series that gave the value — the first NaN one when the result is NaN — so an alert can say which
+    /// layer or input tripped it; null for the other aggregates.
+    /// </summary>
+    public double? Reduce(string metric, string aggregate, IReadOnlyDictionary<string, string>? match, out string[]? at)
     {
+        at = null;
+        string[]? firstNaN = null;
         if (!_series.TryGetValue(metric, out var list)) return null;
         double acc = aggregate switch { "max" => double.NegativeInfinity, "min" => double.PositiveInfinity, _ => 0 };
         int count = 0;
@@ -48,16 +57,27 @@ public sealed class SignalSet
             count++;
             // NaN (a layer whose values are not finite) makes the whole reduction NaN, which trips every threshold
             // rule, whatever its direction (it used to become +Inf for max, so a "max < x" rule never saw it).
+            if (double.IsNaN(value) && !nan) firstNaN = labels;
             nan |= double.IsNaN(value);
-            acc = aggregate switch
+            switch (aggregate)
             {
-                "max" => Math.Max(acc, value),
-                "min" => Math.Min(acc, value),
-                _ => acc + value,
-            };
+                case "max":
+                    if (value > acc || at is null) (acc, at) = (Math.Max(acc, value), labels);
+                    break;
+                case "min":
+                    if (value < acc || at is null) (acc, at) = (Math.Min(acc, value), labels);
+                    break;
+                default:
+                    acc += value;
+                    break;
+            }
         }
         if (count == 0) return null;
-        if (nan) return double.NaN;
+        if (nan)
+        {
+            if (at is not null) at = firstNaN;
+            return double.NaN;
+        }
         return aggregate == "avg" ? acc / count : acc;
     }
 
@@ -88,6 +108,18 @@ public sealed class SignalSet
 /// <summary>An alert's state change or current state.</summary>
 public sealed record AlertState(AlertRule Rule, bool Firing, double Value, DateTimeOffset Since, long TimesFired)
 {
+    /// <summary>
+    /// For a max or min rule over one metric: the labels of the series that gave <see cref="Value"/> (alternating names
+    /// and values, without those the rule's match fixes to one value), e.g. layer 3 of a residual blow-up; null otherwise.
+    /// </summary>
+    public IReadOnlyList<string>? At { get; init; }
+
+    /// <summary><see cref="At"/> as Prometheus writes a label set (<c>{layer="3",input="qkv"}</c>); "" when there is none.</summary>
+    public string AtText => At is { Count: > 0 } a ? "{" + string.Join(",", Enumerable.Range(0, a.Count / 2).Select(i => a[2 * i] + "=\"" + a[2 * i + 1] + "\"")) + "}" : "";
+
+    /// <summary>" at {layer=\"3\"}" for messages, or "".</summary>
+    internal string AtSuffix => AtText is { Length: > 0 } t ? " at " + t : "";
+
     /// <summary>When a resolved alert stopped firing, on the engine's clock (as <see cref="Since"/>); null while firing.</summary>
     public DateTimeOffset? Ended { get; init; }
 
@@ -202,6 +234,8 @@ public sealed class AlertEngine : IDisposable
         /// <summary>The value of the last evaluation (<see cref="Value"/> holds the firing value through a hold).</summary>
         public double Latest = double.NaN;
         public double Value = double.NaN;
+        /// <summary>The series that gave <see cref="Latest"/> and <see cref="Value"/> (max and min rules).</summary>
+        public string[]? LatestAt, At;
         // One window per series (metric and label set): increase is taken per series, then summed, as Prometheus'
         // sum(increase(...)) does; over the sum, a series that vanished made the rest read as a reset and count again.
         public readonly Dictionary<string, CounterWindow> Counters = new(StringComparer.Ordinal);
@@ -308,7 +342,10 @@ public sealed class AlertEngine : IDisposable
         get
         {
             lock (_lock)
-                return _rules.Select((r, i) => new AlertState(r, _state[i].Firing, _state[i].Value, _state[i].Firing ? _state[i].FiringSince : _state[i].ConditionSince, _state[i].TimesFired)).ToArray();
+                return _rules.Select((r, i) => new AlertState(r, _state[i].Firing, _state[i].Value, _state[i].Firing ? _state[i].FiringSince : _state[i].ConditionSince, _state[i].TimesFired)
+                {
+                    At = At(r, _state[i].At),
+                }).ToArray();
         }
     }
 
@@ -333,7 +370,7 @@ public sealed class AlertEngine : IDisposable
     {
         st.ClearSince = null;
         st.Firing = false;
-        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired) { Ended = now });
+        (changes ??= []).Add(new AlertState(rule, false, st.Value, st.FiringSince, st.TimesFired) { Ended = now, At = At(rule, st.At) });
     }
 
     private void EvaluateAndPublish()
@@ -366,17 +403,18 @@ public sealed class AlertEngine : IDisposable
                     {
                         if (st.Firing && st.ClearSince is { } clear && (now - clear).TotalSeconds >= rule.KeepFiringForSeconds)
                         {
-                            st.Value = st.Latest; // resolved on the good sample's value, as a resolve on a new sample is
+                            (st.Value, st.At) = (st.Latest, st.LatestAt); // resolved on the good sample's value, as a resolve on a new sample is
                             Resolve(rule, st, now, ref changes);
                         }
                         continue;
                     }
                     st.SamplesSeen = n;
                 }
-                double? value = Value(rule, st, now, out bool undefined);
+                double? value = Value(rule, st, now, out bool undefined, out var at);
                 if (value is null) continue; // no such signal yet (e.g. no sampled step): keep the state
-                double last = st.Value;
+                (double last, var lastAt) = (st.Value, st.At);
                 st.Value = st.Latest = value.Value;
+                st.At = st.LatestAt = at;
                 // NaN from the model trips every threshold rule; 0/0 of a ratio (nothing drafted, no queue) holds no
                 // condition, as in Prometheus, where the division gives NaN and the comparison drops the series.
                 bool holds = !undefined && (rule.Holds(value.Value) || (double.IsNaN(value.Value) && rule.Op is ">" or ">=" or "<" or "<="));
@@ -389,7 +427,7 @@ public sealed class AlertEngine : IDisposable
                         st.Firing = true;
                         st.FiringSince = now;
                         st.TimesFired++;
-                        (changes ??= []).Add(new AlertState(rule, true, st.Value, now, st.TimesFired));
+                        (changes ??= []).Add(new AlertState(rule, true, st.Value, now, st.TimesFired) { At = At(rule, st.At) });
                     }
                 }
                 else
@@ -400,7 +438,7 @@ public sealed class AlertEngine : IDisposable
                     if (st.Firing)
                     {
                         if ((now - (st.ClearSince ??= now)).TotalSeconds >= rule.KeepFiringForSeconds) Resolve(rule, st, now, ref changes);
-                        else st.Value = last;
+                        else (st.Value, st.At) = (last, lastAt);
                     }
                 }
             }
@@ -412,8 +450,8 @@ public sealed class AlertEngine : IDisposable
         {
             _outbox?.Writer.TryWrite(WebhookPayload(c));
             Notify(() => _options.Log?.Invoke(c.Firing
-                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Quantity} = {c.Value:G6} {c.Rule.Op} {c.Rule.Threshold:G6}.{(c.Rule.Description is { } d ? " " + d : "")}")
-                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Quantity} = {c.Value:G6}")), c, "the log");
+                ? string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} FIRING ({c.Rule.Severity}): {c.Rule.Quantity} = {c.Value:G6}{c.AtSuffix} {c.Rule.Op} {c.Rule.Threshold:G6}.{(c.Rule.Description is { } d ? " " + d : "")}")
+                : string.Create(CultureInfo.InvariantCulture, $"alert {c.Rule.Name} resolved: {c.Rule.Quantity} = {c.Value:G6}{c.AtSuffix}")), c, "the log");
             if (Changed is { } handlers)
                 foreach (var h in handlers.GetInvocationList())
                     Notify(() => ((Action<AlertState>)h)(c), c, "a Changed handler");
@@ -455,17 +493,20 @@ public sealed class AlertEngine : IDisposable
         }
     }
 
-    private double? Value(AlertRule rule, State st, DateTimeOffset now, out bool undefined)
+    private double? Value(AlertRule rule, State st, DateTimeOffset now, out bool undefined, out string[]? at)
     {
         undefined = false;
+        at = null;
         double? total = null;
         bool increase = rule.Aggregate == "increase";
-        foreach (var part in rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        var parts = rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        foreach (var part in parts)
         {
-            var v = increase ? SumOfIncreases(st.Counters, part, rule.Match, now, rule.WindowSeconds) : _signals.Reduce(part, rule.Aggregate, rule.Match);
+            var v = increase ? SumOfIncreases(st.Counters, part, rule.Match, now, rule.WindowSeconds) : _signals.Reduce(part, rule.Aggregate, rule.Match, out at);
             if (v is null) continue;
             total = (total ?? 0) + v.Value;
         }
+        if (parts.Length != 1) at = null; // a sum of metrics has no one series behind it
         if (total is null) return null;
         if (rule.DivideBy is { } d)
         {
@@ -480,6 +521,23 @@ public sealed class AlertEngine : IDisposable
             total = total.Value / denominator.Value; // x/0 is ±Inf, as in Prometheus
         }
         return total;
+    }
+
+    /// <summary>
+    /// The labels of <paramref name="labels"/> worth naming: those the rule's match does not fix to one value (a rule
+    /// matching bits="8" need not say it), and none for a series with no other label.
+    /// </summary>
+    private static string[]? At(AlertRule rule, string[]? labels)
+    {
+        if (labels is null) return null;
+        var kept = new List<string>(labels.Length);
+        for (int i = 0; i + 1 < labels.Length; i += 2)
+        {
+            if (rule.Match is { } m && m.TryGetValue(labels[i], out var want) && !want.StartsWith('!')) continue;
+            kept.Add(labels[i]);
+            kept.Add(labels[i + 1]);
+        }
+        return kept.Count == 0 ? null : [.. kept];
     }
 
     /// <summary>The sum over <paramref name="metric"/>'s matching series of each one's <see cref="Increase"/>; null when it has none.</summary>
@@ -530,8 +588,9 @@ public sealed class AlertEngine : IDisposable
         var annotations = new JsonObject
         {
             ["summary"] = s.Rule.Summary ?? s.Rule.Name,
-            ["description"] = (s.Rule.Description is { } d ? d + " " : "") + string.Create(CultureInfo.InvariantCulture, $"Value: {s.Value:G6} ({s.Rule.Quantity} {s.Rule.Op} {s.Rule.Threshold:G6})."),
+            ["description"] = (s.Rule.Description is { } d ? d + " " : "") + string.Create(CultureInfo.InvariantCulture, $"Value: {s.Value:G6}{s.AtSuffix} ({s.Rule.Quantity} {s.Rule.Op} {s.Rule.Threshold:G6})."),
         };
+        if (s.AtText is { Length: > 0 } where) annotations["series"] = where;
         string status = s.Firing ? "firing" : "resolved";
         string external = _options.ExternalUrl ?? "";
         var alert = new JsonObject
@@ -666,7 +725,10 @@ public sealed class AlertEngine : IDisposable
                         // The last value measured (through a keep_firing hold, not the one it fired with), and why it ended:
                         // the telemetry log's resolution did not say the server stopped.
                         double last = double.IsNaN(st.Latest) ? st.Value : st.Latest;
-                        var state = new AlertState(_rules[i], false, last, st.FiringSince, st.TimesFired) { Ended = now, Reason = "the server stopped" };
+                        var state = new AlertState(_rules[i], false, last, st.FiringSince, st.TimesFired)
+                        {
+                            Ended = now, Reason = "the server stopped", At = At(_rules[i], double.IsNaN(st.Latest) ? st.At : st.LatestAt),
+                        };
                         (ended ??= []).Add(state);
                         if (_outbox is null) continue;
                         var payload = WebhookPayload(state);
