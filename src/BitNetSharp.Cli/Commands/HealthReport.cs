@@ -18,6 +18,7 @@ internal sealed class HealthReport(int layers)
     private readonly double[] _changeMax = new double[layers];
     private readonly double[] _kvKey = new double[layers], _kvValue = new double[layers];
     private readonly double[] _kvKeyMax = new double[layers], _kvValueMax = new double[layers];
+    private readonly int[] _blowUpsIn = new int[layers];
     private bool _kvRounded; // a cache that rounds (not f32): the table shows its error
     private int _blowUps, _steps, _logitRows, _changeSteps;
     private double _entropy, _rangeMin = double.PositiveInfinity, _logitMin = double.PositiveInfinity, _logitMax = double.NegativeInfinity;
@@ -43,7 +44,11 @@ internal sealed class HealthReport(int layers)
             _max[l] = Math.Max(_max[l], s.ResidualMaxAbs[l]);
             if (changeMeasured) _change[l] += s.ResidualChange[l];
             _changeMax[l] = Math.Max(_changeMax[l], s.ResidualChange[l]);
-            if (s.BlowUp[l]) _blowUps++;
+            if (s.BlowUp[l])
+            {
+                _blowUps++;
+                _blowUpsIn[l]++;
+            }
             _kvKey[l] += s.KvKeyError[l];
             _kvValue[l] += s.KvValueError[l];
             _kvKeyMax[l] = Math.Max(_kvKeyMax[l], s.KvKeyError[l]); // NaN stays NaN
@@ -60,6 +65,19 @@ internal sealed class HealthReport(int layers)
         }
     }
 
+    /// <summary>A relative change to 3 decimals; a blown-up one (1.7e31 printed 35 digits) to 4 significant digits.</summary>
+    private static string Change(double v, int decimals = 3) =>
+        v.ToString(Math.Abs(v) < 1e4 ? "F" + decimals : "G" + (decimals + 1), CultureInfo.InvariantCulture);
+
+    /// <summary>Where the blow-ups were: "layer 3: 4" or "layer 3: 4, layer 5: 2".</summary>
+    private string BlowUpLayers()
+    {
+        var parts = new List<string>();
+        for (int l = 0; l < _blowUpsIn.Length; l++)
+            if (_blowUpsIn[l] > 0) parts.Add(string.Create(CultureInfo.InvariantCulture, $"layer {l}: {_blowUpsIn[l]}"));
+        return string.Join(", ", parts);
+    }
+
     public void Write(TextWriter w)
     {
         var ic = CultureInfo.InvariantCulture;
@@ -71,11 +89,11 @@ internal sealed class HealthReport(int layers)
             string Pct(double[] a, int i) => (a[b + i] / _steps * 100).ToString("0.0", ic).PadLeft(5);
             string F(double[] a, int i) => (a[b + i] / _steps).ToString("0.0", ic).PadLeft(5);
             w.WriteLine(string.Create(ic,
-                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {(_changeSteps > 0 ? _change[l] / _changeSteps : 0),6:F3} ({_changeMax[l]:F3})"));
+                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {Change(_changeSteps > 0 ? _change[l] / _changeSteps : 0),6} ({Change(_changeMax[l])})"));
         }
         if (_logitRows > 0)
             w.WriteLine(string.Create(ic, $"logits: min {_logitMin:G5}, max {_logitMax:G5}, smallest range {_rangeMin:G5}, mean entropy {_entropy / _logitRows:F3} nats over {_logitRows} rows"));
-        w.WriteLine(_blowUps == 0 ? "residual: no blow-up flagged" : string.Create(ic, $"residual: {_blowUps} layer-steps flagged as blow-ups"));
+        w.WriteLine(_blowUps == 0 ? "residual: no blow-up flagged" : string.Create(ic, $"residual: {_blowUps} layer-steps flagged as blow-ups ({BlowUpLayers()})"));
         // One line, not per-layer columns (they made the table ~150 characters wide, and the rounding hardly differs
         // between layers); the layers' own figures are in /metrics and the telemetry log.
         if (_kvRounded) w.WriteLine($"kv cache rounding (‖x − stored‖/‖x‖ of the rows written): keys {KvLine(_kvKey, _kvKeyMax)}; values {KvLine(_kvValue, _kvValueMax)}");
@@ -106,7 +124,7 @@ internal sealed class HealthReport(int layers)
     {
         int b = l * HealthNames.InputCount;
         return string.Create(CultureInfo.InvariantCulture,
-            $"layer step={s.Step} layer={l} rms={s.ResidualRms[l]:G5} max={s.ResidualMaxAbs[l]:G5} change={s.ResidualChange[l]:F4}{(s.BlowUp[l] ? " BLOWUP" : "")} " +
+            $"layer step={s.Step} layer={l} rms={s.ResidualRms[l]:G5} max={s.ResidualMaxAbs[l]:G5} change={Change(s.ResidualChange[l], 4)}{(s.BlowUp[l] ? " BLOWUP" : "")} " +
             $"sat={s.Saturation[b]:F4},{s.Saturation[b + 1]:F4},{s.Saturation[b + 2]:F4},{s.Saturation[b + 3]:F4} " +
             $"under={s.Underflow[b]:F4},{s.Underflow[b + 1]:F4},{s.Underflow[b + 2]:F4},{s.Underflow[b + 3]:F4}");
     }

@@ -822,6 +822,37 @@ public class GenerateArgumentTests
         Assert.All(lines, l => Assert.DoesNotContain("NaN", l));
     }
 
+    /// <summary>
+    /// generate --health on a copy of the bundled model whose layer-3 down scale is multiplied by 1e30: the blow-up
+    /// line names the layer (it gave only a count), and a change of ~1e31 prints in 4 significant digits (F3 printed
+    /// 35 digits) in the table and in --log-residual-stats' lines.
+    /// </summary>
+    [Fact]
+    public void HealthReportNamesTheLayerThatBlewUp()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var bytes = File.ReadAllBytes(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
+        long at;
+        using (var file = GgufFile.Parse(bytes, "bitnet-tinystories.gguf"))
+        {
+            var down = file.GetTensor("blk.3.ffn_down.weight");
+            Assert.Equal(GgmlType.I2_S, down.Type);
+            at = file.DataOffset + down.Offset + down.ElementCount / 4; // the fp32 scale after the codes
+        }
+        var scale = BitConverter.ToSingle(bytes, (int)at) * 1e30f;
+        BitConverter.TryWriteBytes(bytes.AsSpan((int)at, 4), scale);
+        string model = dir.File("blown.gguf");
+        File.WriteAllBytes(model, bytes);
+        var error = new StringWriter();
+        int code = Program.Run(["generate", "-m", model, "-p", "Once upon a time", "-n", "4", "--temp", "0", "--ignore-eos", "--health", "--log-residual-stats", "-t", "2"],
+            new StringWriter(), error);
+        string text = error.ToString();
+        Assert.True(code == 0, text);
+        Assert.Matches(@"residual: \d+ layer-steps flagged as blow-ups \(layer 3: \d+\)", text);
+        Assert.Matches(@"layer step=\d+ layer=3 rms=\S+ max=\S+ change=\d\.\d{4}E\+\d+ BLOWUP", text);
+        Assert.DoesNotMatch(@"\d{20}", text);
+    }
+
     /// <summary>generate --health on the bundled model: the per-layer table, then the repetition line (forced into a loop by a repetition-free greedy story, or not).</summary>
     [Fact]
     public void HealthReportEndsWithTheRepetitionShare()
