@@ -327,39 +327,33 @@ public sealed class SchedulerTests : IDisposable
     [Fact]
     public async Task CancellationFreesTheSlotForTheNextRequest()
     {
-        // A long context, so the long request cannot run to its end between its first token and the gate closing. On a
-        // loaded machine this continuation can still come late. If the request has ended by then and the next one holds
-        // the slot, the test's premise is gone: start again, a few times at most (CI once saw it with 250 tokens).
-        var (weights, tokenizer) = TinyChatModel.Load(contextLength: 2048);
-        using var _ = weights;
-        for (int attempt = 1; ; attempt++)
+        // The engine closes the gate itself in its second forward, so the long request is held after two tokens
+        // however late this thread runs (closing it from here once let the request run to its end first, and the
+        // next request then read as running, not waiting).
+        using var s = Scheduler(maxSeqs: 1, maxBatched: 8);
+        int forwards = 0;
+        s.BeforeForward = () =>
         {
-            using var s = new ContinuousBatchScheduler(weights, tokenizer, new SchedulerOptions { MaxSequences = 1, MaxBatchedTokens = 8, Threads = 2 });
-            using var cts = new CancellationTokenSource();
-            var longRequest = s.Submit(new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 2000, IgnoreStopTokens = true }, cts.Token);
-            using var read = new CancellationTokenSource(Bound);
-            var first = await longRequest.Events.ReadAsync(read.Token);
-            Assert.True(first.Token >= 0);
-            s.StepGate.Reset(); // the long request is running and cannot finish while we look
-            var next = Submit(s, new GenerationRequest { Prompt = [9, 8, 7], MaxTokens = 5, IgnoreStopTokens = true });
-            if (s.Statistics.WaitingRequests == 0 && attempt < 3)
-            {
-                s.StepGate.Set();
-                continue;
-            }
-            Assert.Equal(1, s.Statistics.RunningSequences);
-            Assert.Equal(1, s.Statistics.WaitingRequests);
-            cts.Cancel();
-            s.StepGate.Set();
-            var done = await Collect(next);
-            Assert.Equal(5, done[0].Tokens.Count);
-            await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => { await foreach (var _ in longRequest.Events.ReadAllAsync(read.Token)) { } });
-            var st = s.Statistics;
-            Assert.Equal(1, st.Cancelled);
-            Assert.Equal(0, st.RunningSequences);
-            Assert.Equal(0, st.KvPositionsInUse);
-            return;
-        }
+            if (Interlocked.Increment(ref forwards) == 2) s.StepGate.Reset();
+        };
+        using var cts = new CancellationTokenSource();
+        var longRequest = s.Submit(new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 200, IgnoreStopTokens = true }, cts.Token);
+        using var read = new CancellationTokenSource(Bound);
+        var first = await longRequest.Events.ReadAsync(read.Token);
+        Assert.True(first.Token >= 0);
+        var next = Submit(s, new GenerationRequest { Prompt = [9, 8, 7], MaxTokens = 5, IgnoreStopTokens = true });
+        await TestServer.EventuallyAsync(() => Task.FromResult(Volatile.Read(ref forwards) >= 2), "the engine holds the long request");
+        Assert.Equal(1, s.Statistics.RunningSequences);
+        Assert.Equal(1, s.Statistics.WaitingRequests);
+        cts.Cancel();
+        s.StepGate.Set();
+        var done = await Collect(next);
+        Assert.Equal(5, done[0].Tokens.Count);
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => { await foreach (var _ in longRequest.Events.ReadAllAsync(read.Token)) { } });
+        var st = s.Statistics;
+        Assert.Equal(1, st.Cancelled);
+        Assert.Equal(0, st.RunningSequences);
+        Assert.Equal(0, st.KvPositionsInUse);
     }
 
     [Fact]
@@ -447,12 +441,8 @@ public sealed class SchedulerTests : IDisposable
         // Ban every token but 'a' and end-of-text, then favour end-of-text after one 'a': finish reason stop, no stop token delivered.
         var bias = Enumerable.Range(0, TinyChatModel.VocabSize).ToDictionary(i => i, i => i == 'a' || i == TinyChatModel.EndOfText ? 0f : float.NegativeInfinity);
         var sampling = SamplingParameters.Greedy with { LogitBias = bias, PresencePenalty = SamplingParameters.MaxAdditivePenalty };
-        var outs = await Collect(Submit(s, new GenerationRequest { Prompt = [(int)'b'], MaxTokens = 10, Sampling = sampling }));
-        Assert.Equal(FinishReason.Stop, outs[0].Finish);
-        Assert.DoesNotContain(TinyChatModel.EndOfText, outs[0].Tokens);
-        Assert.True(outs[0].Tokens.Count <= 1);
-        Assert.Equal(-1, outs[0].Events[^1].Token);
-
+        // The listener starts before the request: the meters' 1 s drain timer sent the first token's samples to no
+        // listener when it ticked between admission and a listener started after the request.
         var seen = new Dictionary<string, double>();
         using var listener = new System.Diagnostics.Metrics.MeterListener();
         listener.InstrumentPublished = (i, l) => { if (ReferenceEquals(i.Meter, s.Meters.Meter)) l.EnableMeasurementEvents(i); };
@@ -460,6 +450,12 @@ public sealed class SchedulerTests : IDisposable
         listener.SetMeasurementEventCallback<long>((i, v, _, _) => { lock (seen) seen[i.Name] = v; });
         listener.SetMeasurementEventCallback<int>((i, v, _, _) => { lock (seen) seen[i.Name] = v; });
         listener.Start();
+        var outs = await Collect(Submit(s, new GenerationRequest { Prompt = [(int)'b'], MaxTokens = 10, Sampling = sampling }));
+        Assert.Equal(FinishReason.Stop, outs[0].Finish);
+        Assert.DoesNotContain(TinyChatModel.EndOfText, outs[0].Tokens);
+        Assert.True(outs[0].Tokens.Count <= 1);
+        Assert.Equal(-1, outs[0].Events[^1].Token);
+
         s.Meters.Publish();
         listener.RecordObservableInstruments();
         Assert.Equal(1, seen["bitnet.time_to_first_token"]);
@@ -577,6 +573,42 @@ public sealed class SchedulerTests : IDisposable
         await Collect(Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 2, IgnoreStopTokens = true, Choices = 2, ChoiceOffset = 4, RequestId = "r" }));
         lock (sink.StepRows)
             Assert.Equal([4, 5], sink.Sequences.Where(x => x.Request == "r").Select(x => x.Sequence).Distinct().Order());
+    }
+
+    /// <summary>
+    /// A request's events close only after its last step is counted: the step's statistics, histogram samples and
+    /// health publication (whose layer rows this sink sees) came after the last token's delivery closed the channel,
+    /// so a client reading /metrics right after its answer (or a test reading Statistics) could miss that step — the
+    /// CI read step_tokens short of the generated tokens.
+    /// </summary>
+    [Fact]
+    public async Task ARequestEndsAfterItsLastStepIsCounted()
+    {
+        GenerationHandle? handle = null;
+        var closedAtPublish = new List<bool>();
+        using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions { MaxSequences = 2, MaxBatchedTokens = 32, Threads = 2, HealthSampleEvery = 1 })
+        {
+            Telemetry = new LayerRowProbe(() => { lock (closedAtPublish) closedAtPublish.Add(Volatile.Read(ref handle)!.Closed); }),
+        };
+        s.StepGate.Reset();
+        Volatile.Write(ref handle, Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 2, IgnoreStopTokens = true }));
+        s.StepGate.Set();
+        await Collect(handle);
+        Assert.Equal(2, s.Statistics.Steps); // counted before the caller saw the end
+        lock (closedAtPublish)
+        {
+            Assert.NotEmpty(closedAtPublish);
+            Assert.DoesNotContain(true, closedAtPublish);
+        }
+    }
+
+    private sealed class LayerRowProbe(Action onLayerRow) : BitNetSharp.Monitoring.Telemetry.ITelemetrySink
+    {
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryStepRecord record) { }
+
+        public void Write(BitNetSharp.Monitoring.Telemetry.TelemetryLayerRecord record) => onLayerRow();
+
+        public void Write(in BitNetSharp.Monitoring.Telemetry.TelemetryEvent record) { }
     }
 
     private sealed class RowSink : BitNetSharp.Monitoring.Telemetry.ITelemetrySink

@@ -648,7 +648,7 @@ public class AlertEngineTests
         var started = DateTimeOffset.Parse(resolved.GetProperty("startsAt").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
         var ended = DateTimeOffset.Parse(resolved.GetProperty("endsAt").GetString()!, System.Globalization.CultureInfo.InvariantCulture);
         Assert.Equal(TimeSpan.FromSeconds(3), ended - started);
-        for (int i = 0; i < 100 && e.WebhookSent < 2; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        for (int i = 0; i < 600 && e.WebhookSent < 2; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
         Assert.Equal(2, e.WebhookSent);
     }
 
@@ -812,7 +812,7 @@ public class AlertEngineTests
         using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => v,
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{FreePort()}/nobody/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(10) });
         e.Evaluate();
-        for (int i = 0; i < 200 && e.WebhookFailures == 0; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        for (int i = 0; i < 600 && e.WebhookFailures == 0; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
         Assert.Equal(1, e.WebhookFailures);
         Assert.Single(e.Firing);
     }
@@ -846,15 +846,15 @@ public class AlertEngineTests
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), Log = l => { lock (log) log.Add(l); } });
         e.Evaluate();
         for (int i = 0; i < 400 && Count() == 0; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
-        Assert.Equal(1, Count());
+        Assert.InRange(Count(), 1, 2); // a second try comes after the 1 s back-off, should this thread run that late
         await Task.Run(e.Dispose, TestContext.Current.CancellationToken).WaitAsync(TimeSpan.FromSeconds(60), TestContext.Current.CancellationToken);
         listener.Stop();
         await serving.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
         lock (seen)
         {
-            // The firing: its first try (and a second, should the stop come after its 1 s back-off), then two in the
-            // flush; the resolution: two.
-            Assert.InRange(seen.Count(x => x == "firing"), 3, 4);
+            // The firing: its first try (and a second or third, should the stop come after its 1 s and 2 s back-offs on
+            // a loaded machine), then two in the flush; the resolution: two.
+            Assert.InRange(seen.Count(x => x == "firing"), 3, 5);
             Assert.Equal(["resolved", "resolved"], seen.Skip(seen.Count - 2));
             Assert.Equal(seen.Count - 2, seen.Count(x => x == "firing"));
         }
@@ -918,7 +918,7 @@ public class AlertEngineTests
             ctx.Response.StatusCode = code;
             ctx.Response.Close();
         }
-        for (int i = 0; i < 100 && e.WebhookSent < 1; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        for (int i = 0; i < 600 && e.WebhookSent < 1; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
         Assert.Equal(1, e.WebhookSent);
         Assert.All(headers, h => Assert.Equal("Basic " + Convert.ToBase64String("alice:s3cr@t"u8.ToArray()), h.Auth));
         Assert.All(headers, h => Assert.StartsWith("BitNetSharp/", h.Agent));
@@ -956,7 +956,7 @@ public class AlertEngineTests
         ctx.Response.ContentLength64 = 1L << 30;
         await ctx.Response.OutputStream.WriteAsync(new byte[4096], TestContext.Current.CancellationToken);
         await ctx.Response.OutputStream.FlushAsync(TestContext.Current.CancellationToken);
-        for (int i = 0; i < 200 && e.WebhookSent < 1; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
+        for (int i = 0; i < 1200 && e.WebhookSent < 1; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
         Assert.Equal(1, e.WebhookSent);
         Assert.Equal(0, e.WebhookFailures);
         ctx.Response.Abort();
@@ -1125,7 +1125,7 @@ public class AlertEngineTests
             ctx.Response.Close();
         }
         Assert.Equal(["firing", "firing"], statuses);
-        for (int i = 0; i < 100 && e.WebhookSent < 1; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
+        for (int i = 0; i < 600 && e.WebhookSent < 1; i++) await Task.Delay(50, TestContext.Current.CancellationToken);
         Assert.Equal(1, e.WebhookSent);
         Assert.Equal(0, e.WebhookFailures);
     }

@@ -1090,7 +1090,7 @@ public class TelemetryLogTests(ITestOutputHelper output)
                 a.Write(Step(2, 2, "a2"));
                 a.Flush();
             }, TestContext.Current.CancellationToken);
-        }, fromStart: true);
+        }, fromStart: true, otherRunAfter: TimeSpan.FromMinutes(1)); // not the 5 s default: a late thread must not make a idle
         Assert.Equal(["a1", "a2"], rows.Select(r => r.RequestId));
     }
 

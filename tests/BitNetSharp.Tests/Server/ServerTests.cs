@@ -649,8 +649,10 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
     [Fact]
     public async Task ErrorsARetryWouldRepeatSayShouldRetryFalse()
     {
-        await using var s = await TestServer.StartAsync(o => o with { RequestTimeout = TimeSpan.FromMilliseconds(300), WarmupRequests = 0 });
-        s.Scheduler.BeforeForward = () => Thread.Sleep(50); // 40 tokens take ≥ 2 s: admitted at once, past its timeout while it runs
+        // 40 tokens take ≥ 10 s: admitted at once, past its timeout while it runs. The timeout leaves 2 s for admission
+        // (300 ms could pass on a loaded 2-core machine before the engine took the request: a timeout "in the queue").
+        await using var s = await TestServer.StartAsync(o => o with { RequestTimeout = TimeSpan.FromSeconds(2), WarmupRequests = 0 });
+        s.Scheduler.BeforeForward = () => Thread.Sleep(250);
         var (status, body, response) = await s.PostAsync("v1/completions", new { prompt = "Once", max_tokens = 40, ignore_eos = true });
         Assert.Equal(HttpStatusCode.GatewayTimeout, status);
         Assert.Equal("timeout", body.GetProperty("error").GetProperty("code").GetString());

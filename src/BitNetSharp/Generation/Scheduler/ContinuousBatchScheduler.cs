@@ -308,10 +308,47 @@ public sealed class ContinuousBatchScheduler : IDisposable
         foreach (var r in _waiting.ToArray()) Fail(r, stopped, ref _counters.Failed);
     }
 
+    /// <summary>
+    /// Requests that ended during the current step, closed at its end (or before the engine idles): a client that read
+    /// its request's end and then /metrics (or a test, Statistics and the health snapshot) missed the step's own
+    /// counters, histogram samples and health publication, which come after the last token is delivered (the CI saw
+    /// step_tokens short of the tokens generated). Engine thread only.
+    /// </summary>
+    private readonly List<(GenerationHandle Handle, Exception? Error)> _closing = new(16);
+    private bool _stepping;
+
+    /// <summary>True when <paramref name="h"/>'s close is held until the engine's step ends (called on its thread within a step).</summary>
+    internal bool DeferClose(GenerationHandle h, Exception? error)
+    {
+        if (!_stepping || Thread.CurrentThread != _thread) return false;
+        _closing.Add((h, error));
+        return true;
+    }
+
+    private void CloseEnded()
+    {
+        foreach (var (h, error) in _closing) h.Close(error);
+        _closing.Clear();
+    }
+
     /// <summary>One engine step: admissions, one batch through the model, one token per sequence with a logits row.</summary>
     private void RunStep()
     {
         StepGate.Wait();
+        _stepping = true;
+        try
+        {
+            StepCore();
+        }
+        finally
+        {
+            _stepping = false;
+            CloseEnded();
+        }
+    }
+
+    private void StepCore()
+    {
         _wake.Reset();
         long now = Stopwatch.GetTimestamp();
         while (_inbox.TryDequeue(out var h)) _waiting.Add(h);
@@ -323,6 +360,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         PublishGauges();
         if (n == 0)
         {
+            CloseEnded(); // what Reap and Admit ended (timeouts, refusals) is not held through the idle wait
             _wake.Wait(IdleWait(now));
             return;
         }

@@ -68,10 +68,24 @@ public sealed class GenerationHandle
     internal bool Admitted { get; set; }
     internal bool Done { get; private set; }
 
-    /// <summary>Closes the channel (with <paramref name="error"/> unless it ended normally) and drops the cancellation hook.</summary>
+    /// <summary>
+    /// Ends the request (with <paramref name="error"/> unless it ended normally). Inside an engine step the channel is
+    /// closed when the step's bookkeeping is done (<see cref="ContinuousBatchScheduler"/> defers it), so a caller that
+    /// sees its request end sees that step counted in the scheduler's statistics, histograms and health snapshot.
+    /// </summary>
     internal void Complete(Exception? error)
     {
         Done = true;
+        if (!_scheduler.DeferClose(this, error)) Close(error);
+    }
+
+    /// <summary>Whether <see cref="Events"/> has been closed (tests).</summary>
+    internal bool Closed { get; private set; }
+
+    /// <summary>Closes the channel and drops the cancellation hook.</summary>
+    internal void Close(Exception? error)
+    {
+        Closed = true;
         _channel.Writer.TryComplete(error);
         _registration.Dispose();
     }
