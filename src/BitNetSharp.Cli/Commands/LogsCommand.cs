@@ -586,6 +586,22 @@ public static class LogsCommand
             }
         }
 
+        /// <summary>
+        /// What the runs' health.sample_every says about the step rows: null when every step was logged (1, or a log
+        /// without the key); else that the counts are a sample, and of what share.
+        /// </summary>
+        private static string? SamplingNote(IReadOnlyList<TelemetryLogRun> runs)
+        {
+            var every = new SortedSet<int>();
+            foreach (var r in runs)
+                if (r.Context.TryGetValue("health.sample_every", out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n != 1)
+                    every.Add(n);
+            if (every.Count == 0) return null;
+            if (every.Count == 1 && every.Min > 1)
+                return $"(sampled: the server logs one engine step in {every.Min} (--health-every {every.Min}, health.sample_every), so steps, tokens and requests here are about 1/{every.Min} of those served; /metrics counts them all, `serve --health-every 1` logs every step)";
+            return "(sampled: health.sample_every differs by run or is 0 (see context), so steps, tokens and requests here are a sample of those served; /metrics counts them all)";
+        }
+
         private static string RunName(string? id) => id is null ? "run (no run id: written before run ids)" : "run " + id;
 
         public void Write(TextWriter w, TelemetryLogReader reader)
@@ -604,15 +620,20 @@ public static class LogsCommand
             double span = (_last - _first) / 1e9;
             w.WriteLine($"time: {FormatTime(_first)} .. {FormatTime(_last)} ({span.ToString("0.###", CultureInfo.InvariantCulture)} s)");
             w.WriteLine($"rows: {total:N0} (step {_rowsByKind[0]:N0}, layer {_rowsByKind[1]:N0}, event {_rowsByKind[2]:N0})");
-            w.WriteLine($"requests: {_requests.Count:N0}");
+            // A server logs step rows on sampled steps only (--health-every N, 8 by default): the counts are a sample,
+            // and nothing said so (a log of 960 tokens served read "tokens: 240").
+            string? sampling = SamplingNote(reader.Runs);
+            string logged = sampling is null ? "" : " logged";
+            w.WriteLine($"requests: {_requests.Count:N0}{(sampling is null ? "" : " (with a logged step)")}");
             // Warm-up steps are counted on the warm-up line (their layer rows, the model's numbers, stay in the tables below).
             int servedSteps = 0;
             foreach (var key in _steps.Keys) if (!_warmupSteps.Contains(key)) servedSteps++;
-            w.WriteLine($"steps: {servedSteps:N0}");
+            w.WriteLine($"steps: {servedSteps:N0}{logged}");
+            if (sampling is not null) w.WriteLine("  " + sampling);
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"tokens: {_stepRows:N0}, step time mean {_stepSecondsSum / _timedSteps * 1e3:0.###} ms over {_timedSteps:N0} steps, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
+                    $"tokens: {_stepRows:N0}{logged}, step time mean {_stepSecondsSum / _timedSteps * 1e3:0.###} ms over {_timedSteps:N0} steps, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
                 // A sequence whose logits went non-finite ends before its token is logged: the events count them.

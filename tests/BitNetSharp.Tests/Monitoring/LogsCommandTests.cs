@@ -39,6 +39,29 @@ public class LogsCommandTests
         return writer.CurrentPath!;
     }
 
+    /// <summary>
+    /// A server logs step rows on every N-th engine step only (--health-every, 8 by default): the summary says its
+    /// steps, tokens and requests are a sample and of what share (a log of 960 tokens served read "tokens: 240" bare).
+    /// </summary>
+    [Fact]
+    public void ASampledLogSaysItsCountsAreASample()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir, context: new Dictionary<string, string>(Context) { ["health.sample_every"] = "4" });
+        var (code, output, error) = Bitnet("logs", path);
+        Assert.True(code == 0, error);
+        Assert.Contains("requests: 2 (with a logged step)", output);
+        Assert.Contains("steps: 4 logged", output);
+        Assert.Contains("tokens: 8 logged,", output);
+        Assert.Contains("the server logs one engine step in 4 (--health-every 4, health.sample_every)", output);
+
+        using var every = new TestGguf.TempDirectory();
+        (code, output, error) = Bitnet("logs", WriteLog(every, context: new Dictionary<string, string>(Context) { ["health.sample_every"] = "1" }));
+        Assert.True(code == 0, error);
+        Assert.Contains("steps: 4\n", output.ReplaceLineEndings("\n"));
+        Assert.DoesNotContain("sampled", output);
+    }
+
     [Fact]
     public void SummaryShowsContextCountsLayersLogitsAndEvents()
     {
