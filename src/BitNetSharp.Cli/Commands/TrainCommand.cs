@@ -54,7 +54,7 @@ public static class TrainCommand
                 "Written into the GGUF, so generate/eval use them.",
             DefaultValueFactory = _ => "8",
         };
-        var plotPath = new Option<string?>("--plot") { Description = "The loss-curve SVG to write at the end (default: OUT.loss.svg)." };
+        var plotPath = new Option<string?>("--plot") { Description = "The loss-curve SVG to write at the end (default: OUT with .loss.svg for its extension: m.gguf → m.loss.svg)." };
         var heldOut = new Option<string?>("--heldout")
         {
             Description = "Also write the held-out validation text (the last 5% of each --data file, cut at a line start) to this file, " +
@@ -138,6 +138,8 @@ public static class TrainCommand
                 CheckOutputsDiffer(("--out", outPath), ("--plot", plot), ("the checkpoint (OUT.ckpt)", outPath + ".ckpt"), ("--heldout", heldOutPath));
                 if (!resuming) CheckBuffersFit(shape, batchSize);
 
+                if (r.GetValue(threads) is var asked && asked > Environment.ProcessorCount)
+                    cli.Error.WriteLine($"note: -t {asked} is more than this machine's {Environment.ProcessorCount} logical CPUs: the workers share CPUs and each step waits for the slowest, so training runs far slower than with -t {Environment.ProcessorCount} or fewer.");
                 using var pool = new WorkerPool(r.GetValue(threads));
                 string checkpoint = outPath + ".ckpt";
                 TrainingRun run;
@@ -184,6 +186,7 @@ public static class TrainCommand
                     if (newDecay is not null) changed.Add(string.Create(CultureInfo.InvariantCulture, $"weight decay {run.Options.WeightDecay:0.###} from --weight-decay"));
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
                         (changed.Count > 0 ? $" ({string.Join("; ", changed)})" : ""));
+                    if (DataDiffers(r.GetRequiredValue(data), run, cancellation) is { } note) cli.Error.WriteLine(note);
                 }
                 else
                 {
@@ -277,6 +280,29 @@ public static class TrainCommand
         return command;
     }
 
+    /// <summary>
+    /// A note when --data on a resume is not the text the run was started on: the run goes on over the token streams in
+    /// its checkpoint, and a new corpus given to "fine-tune" was ignored without a word. Regular files only (a pipe
+    /// cannot be read twice, and a run whose text was moved or deleted still resumes); null when they match or cannot be read.
+    /// </summary>
+    private static string? DataDiffers(IReadOnlyList<string> paths, TrainingRun run, CancellationToken cancellation)
+    {
+        // File.Exists is true for a FIFO too; its length reads 0 (as an empty file's, which has nothing to compare).
+        foreach (var p in paths)
+            if (!File.Exists(p) || PathIdentity.IsSpecialFile(p) || PathIdentity.Length(p) <= 0) return null;
+        try
+        {
+            var corpus = TrainingCorpus.Load(paths, cancellation: cancellation);
+            if (corpus.EncodeTrain(run.Tokenizer).AsSpan().SequenceEqual(run.Train) && corpus.EncodeValidation(run.Tokenizer).AsSpan().SequenceEqual(run.Validation))
+                return null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidDataException or FormatException)
+        {
+            return null;
+        }
+        return $"note: --data {string.Join(" ", paths)} is not the text this run was started on: a resumed run goes on over the token streams in its checkpoint ({run.Train.Length:N0} training tokens) and does not read --data. To train on this text, start a new run (another -o, or delete the checkpoint).";
+    }
+
     /// <summary>The training hyper-parameters by their flags: a negative or non-finite value was taken silently (or as "default").</summary>
     private static void CheckSettings(ParseResult r, Option<float> lr, Option<int> warmup, Option<float> weightDecay, Option<int> threads, Option<int> ff,
         Option<int> kvHeads, Option<int> vocab)
@@ -285,6 +311,8 @@ public static class TrainCommand
         if (r.GetValue(warmup) is < 0 and var w) throw new UsageException($"--warmup must be 0 or more steps; got {w}.");
         if (r.GetValue(weightDecay) is var decay && !(float.IsFinite(decay) && decay >= 0)) throw new UsageException($"--weight-decay must be 0 or more; got {decay}.");
         if (r.GetValue(threads) is < 0 and var t) throw new UsageException($"--threads (-t) must be ≥ 0 (0: every physical core); got {t}.");
+        // As generate's: -t 9999 ran without a word, hundreds of times slower (workers sharing 2 CPUs wait on each other every step).
+        if (r.GetValue(threads) is > ModelOptions.MaxThreads and var tt) throw new UsageException($"--threads (-t) must be at most {ModelOptions.MaxThreads}; got {tt}.");
         if (r.GetValue(ff) is < 0 and var f) throw new UsageException($"--ff must be a positive width (0 or absent: 8/3·dim); got {f}.");
         if (r.GetValue(kvHeads) is < 0 and var kv) throw new UsageException($"--kv-heads must be a positive number dividing --heads (0 or absent: --heads); got {kv}.");
         if (r.GetValue(vocab) is < 257 and var v)
@@ -376,7 +404,10 @@ public static class TrainCommand
         bool terminal = ReferenceEquals(cli.Output, Console.Out) && !Console.IsOutputRedirected;
         var clock = Stopwatch.StartNew();
         int startStep = run.Step;
+        // The console's loss is a moving average (0.95); a resumed run rebuilds it from the checkpoint's loss history, so it
+        // reads as the uninterrupted run's (it restarted from the first loss after the resume: different for ~100 steps).
         float smoothed = float.NaN;
+        foreach (var (_, past) in run.TrainLosses) smoothed = float.IsNaN(smoothed) ? past : 0.95f * smoothed + 0.05f * past;
 
         void Log(string line)
         {

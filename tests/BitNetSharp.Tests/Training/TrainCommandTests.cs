@@ -118,6 +118,52 @@ public class TrainCommandTests
     }
 
     /// <summary>
+    /// A resumed run's console loss is the moving average over the whole run (rebuilt from the checkpoint's loss
+    /// history), not restarted from the first step after the resume; --data that is not the run's text is named in a
+    /// note (the run goes on over its checkpoint's tokens), the same text under another name is not; -t past 4096 is
+    /// refused as generate's is.
+    /// </summary>
+    [Fact]
+    public void AResumedRunKeepsItsLossAverageAndNotesOtherData()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var model = dir.File("avg.gguf");
+        Assert.Equal(0, Bitnet(TinyArgs(data, model)).ExitCode); // 4 steps
+        var copy = dir.File("same-text.txt");
+        File.Copy(data, copy);
+        var longer = TinyArgs(copy, model, "--resume");
+        longer[Array.IndexOf(longer, "--tokens") + 1] = "192"; // 6 steps
+        var (code, output, error) = Bitnet(longer);
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("note: --data", error);
+        var printed = double.Parse(System.Text.RegularExpressions.Regex.Match(output, @"step 6/6 loss (\S+)").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        double expected = double.NaN;
+        using (var pool = new BitNetSharp.Threading.WorkerPool(1))
+        {
+            var run = BitNetSharp.Training.TrainingRun.Resume(model + ".ckpt", pool);
+            Assert.Equal(6, run.TrainLosses.Count);
+            float m = float.NaN;
+            foreach (var (_, loss) in run.TrainLosses) m = float.IsNaN(m) ? loss : 0.95f * m + 0.05f * loss;
+            expected = m;
+        }
+        Assert.Equal(expected, printed, 3);
+
+        var other = dir.File("other.txt");
+        File.WriteAllText(other, File.ReadAllText(data)[..^200]);
+        longer[Array.IndexOf(longer, "--data") + 1] = other;
+        (code, _, error) = Bitnet(longer);
+        Assert.True(code == 0, error);
+        Assert.Contains($"note: --data {other} is not the text this run was started on", error);
+
+        var many = TinyArgs(data, dir.File("t.gguf"));
+        many[Array.IndexOf(many, "-t") + 1] = "9999";
+        var (tCode, _, tError) = Bitnet(many);
+        Assert.Equal(2, tCode);
+        Assert.Contains("--threads (-t) must be at most 4096; got 9999", tError);
+    }
+
+    /// <summary>
     /// <c>--resume --tokens N</c> gives a run in flight a new length (4 → 6 steps here: the run continues to step 6 and
     /// the checkpoint remembers it); a length below the steps done is refused naming --tokens; without --tokens the
     /// checkpoint's length stands.
