@@ -33,12 +33,20 @@ public sealed class SchedulerTests : IDisposable
         var outs = Enumerable.Range(0, n).Select(_ => new Output([], "", FinishReason.None, [])).ToArray();
         using var cts = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
         cts.CancelAfter(Bound);
-        await foreach (var e in h.Events.ReadAllAsync(cts.Token))
+        try
         {
-            var o = outs[e.Choice];
-            if (e.Token >= 0) o.Tokens.Add(e.Token);
-            o.Events.Add(e);
-            outs[e.Choice] = o with { Text = o.Text + e.Text, Finish = e.Finish };
+            await foreach (var e in h.Events.ReadAllAsync(cts.Token))
+            {
+                var o = outs[e.Choice];
+                if (e.Token >= 0) o.Tokens.Add(e.Token);
+                o.Events.Add(e);
+                outs[e.Choice] = o with { Text = o.Text + e.Text, Finish = e.Finish };
+            }
+        }
+        catch (OperationCanceledException) when (cts.IsCancellationRequested && !TestContext.Current.CancellationToken.IsCancellationRequested)
+        {
+            // Not the request's cancellation: this wait ran out (a request that never closed would otherwise read as cancelled).
+            throw new TimeoutException($"the request did not end within {Bound.TotalSeconds} s");
         }
         return outs;
     }
@@ -349,7 +357,7 @@ public sealed class SchedulerTests : IDisposable
         s.StepGate.Set();
         var done = await Collect(next);
         Assert.Equal(5, done[0].Tokens.Count);
-        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => { await foreach (var _ in longRequest.Events.ReadAllAsync(read.Token)) { } });
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Collect(longRequest)); // its own wait running out is a TimeoutException
         var st = s.Statistics;
         Assert.Equal(1, st.Cancelled);
         Assert.Equal(0, st.RunningSequences);
@@ -588,7 +596,11 @@ public sealed class SchedulerTests : IDisposable
         var closedAtPublish = new List<bool>();
         using var s = new ContinuousBatchScheduler(_weights, _tokenizer, new SchedulerOptions { MaxSequences = 2, MaxBatchedTokens = 32, Threads = 2, HealthSampleEvery = 1 })
         {
-            Telemetry = new LayerRowProbe(() => { lock (closedAtPublish) closedAtPublish.Add(Volatile.Read(ref handle)!.Closed); }),
+            Telemetry = new LayerRowProbe(() =>
+            {
+                if (Volatile.Read(ref handle) is { } h)
+                    lock (closedAtPublish) closedAtPublish.Add(h.Closed);
+            }),
         };
         s.StepGate.Reset();
         Volatile.Write(ref handle, Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 2, IgnoreStopTokens = true }));

@@ -62,6 +62,29 @@ public class LogsCommandTests
         Assert.DoesNotContain("sampled", output);
     }
 
+    /// <summary>
+    /// A file cut off before its ARROW1 magic was whole (empty, or an interrupted copy's first bytes) holds no rows and
+    /// leaves the rest of the directory readable (it made the whole directory fail, "not an Arrow IPC file"); a file
+    /// whose first bytes are not the magic is still refused by name.
+    /// </summary>
+    [Fact]
+    public void AFileCutBeforeItsMagicIsReadAsEmpty()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        WriteLog(dir);
+        File.WriteAllBytes(dir.File("telemetry-empty.arrow"), []);
+        File.WriteAllBytes(dir.File("telemetry-short.arrow"), "ARR"u8.ToArray());
+        var (code, output, error) = Bitnet("logs", dir.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("rows: 21 (step 8, layer 12, event 1)", output);
+        Assert.Contains("telemetry-empty.arrow", output);
+
+        File.WriteAllBytes(dir.File("telemetry-junk.arrow"), "XYZ"u8.ToArray());
+        (code, _, error) = Bitnet("logs", dir.Path);
+        Assert.NotEqual(0, code);
+        Assert.Contains("telemetry-junk.arrow: not an Arrow IPC file (no ARROW1 magic)", error);
+    }
+
     [Fact]
     public void SummaryShowsContextCountsLayersLogitsAndEvents()
     {

@@ -35,7 +35,7 @@ public sealed class CompletionEventsTests
             await Assert.ThrowsAsync<RequestTimeoutException>(async () =>
             {
                 await foreach (var _ in CompletionEndpoints.Events([running, waiting], 1, ct)) events++;
-            });
+            }).WaitAsync(TimeSpan.FromSeconds(60), ct); // a merge that waited for the held prompt fails here, not hours later
             Assert.False(running.Events.Completion.IsCompleted, $"the merge waited for the running prompt ({events} events) before reporting the timeout");
         }
         finally

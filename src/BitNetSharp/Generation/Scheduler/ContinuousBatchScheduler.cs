@@ -327,7 +327,18 @@ public sealed class ContinuousBatchScheduler : IDisposable
 
     private void CloseEnded()
     {
-        foreach (var (h, error) in _closing) h.Close(error);
+        if (_closing.Count == 0) return;
+        // Each close on its own: one that threw would otherwise leave the rest open, and the list retried every step.
+        foreach (var (h, error) in _closing)
+        {
+            try
+            {
+                h.Close(error);
+            }
+            catch (Exception e) when (e is ObjectDisposedException or InvalidOperationException)
+            {
+            }
+        }
         _closing.Clear();
     }
 
@@ -358,9 +369,11 @@ public sealed class ContinuousBatchScheduler : IDisposable
         Admit(now);
         int n = BuildBatch(out int rows);
         PublishGauges();
+        // What Reap and Admit ended (timeouts, cancellations, refusals) is counted already and in no batch: its caller hears
+        // now, not after this step's forward (a slow or hung one held a cancelled request's end) or the idle wait.
+        CloseEnded();
         if (n == 0)
         {
-            CloseEnded(); // what Reap and Admit ended (timeouts, refusals) is not held through the idle wait
             _wake.Wait(IdleWait(now));
             return;
         }

@@ -220,7 +220,12 @@ public sealed class TelemetryLogReader
         using var stream = OpenShared(path);
         long length = stream.Length;
         var head = new byte[Magic.Length];
-        if (length < Magic.Length || stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false) < head.Length || !head.AsSpan().SequenceEqual(Magic))
+        int got = stream.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
+        // Cut off before its magic was whole (an empty file, an interrupted copy): no rows, as a file cut inside its
+        // schema is, rather than one such file making the whole directory unreadable.
+        if (got < Magic.Length && head.AsSpan(0, got).SequenceEqual(Magic.AsSpan(0, got)))
+            return new TelemetryLogFile(path, length, false, new Dictionary<string, string>(), NoSchema: true);
+        if (got < head.Length || !head.AsSpan().SequenceEqual(Magic))
             throw new InvalidDataException($"{path}: not an Arrow IPC file (no ARROW1 magic).");
         bool footer = EndsWithFooter(stream);
         stream.Position = Magic.Length;
