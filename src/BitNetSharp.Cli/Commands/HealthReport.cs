@@ -82,14 +82,14 @@ internal sealed class HealthReport(int layers)
     {
         var ic = CultureInfo.InvariantCulture;
         w.WriteLine(string.Create(ic, $"model health over {_steps} measured forward calls (saturation: share of codes at the clamp limit, ±127 at 8 bits; underflow: share of zero codes; crest: absmax/RMS)"));
-        w.WriteLine("layer | sat qkv   o  g/u  down | under qkv   o  g/u  down | crest qkv    o   g/u  down | resid rms     max   change (max)");
+        w.WriteLine("layer | sat qkv   o  g/u  down | under qkv   o  g/u  down | crest qkv    o   g/u  down | resid rms     max  change (max)");
         for (int l = 0; l < _rms.Length; l++)
         {
             int b = l * HealthNames.InputCount;
             string Pct(double[] a, int i) => (a[b + i] / _steps * 100).ToString("0.0", ic).PadLeft(5);
             string F(double[] a, int i) => (a[b + i] / _steps).ToString("0.0", ic).PadLeft(5);
             w.WriteLine(string.Create(ic,
-                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {Change(_changeSteps > 0 ? _change[l] / _changeSteps : 0),7} ({Change(_changeMax[l])})"));
+                $"{l,5} | {Pct(_sat, 0)}{Pct(_sat, 1)}{Pct(_sat, 2)}{Pct(_sat, 3)}% | {Pct(_under, 0)}{Pct(_under, 1)}{Pct(_under, 2)}{Pct(_under, 3)}% | {F(_crest, 0)}{F(_crest, 1)}{F(_crest, 2)}{F(_crest, 3)} | {_rms[l] / _steps,9:G4} {_max[l],7:G4} {Change(_changeSteps > 0 ? _change[l] / _changeSteps : 0),6} ({Change(_changeMax[l])})"));
         }
         if (_logitRows > 0)
             w.WriteLine(string.Create(ic, $"logits: min {_logitMin:G5}, max {_logitMax:G5}, smallest range {_rangeMin:G5}, mean entropy {_entropy / _logitRows:F3} nats over {_logitRows} rows"));
