@@ -51,7 +51,25 @@ public class GenerateProcessTests
                      "--ignore-eos", "--temp", "0", "-t", "1", "--log-residual-stats", "--health-every", "1", "--ids-out", ids })
             psi.ArgumentList.Add(a);
         using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        // stdout is read as it comes: the CPU-time polls below start once generated text has arrived, so a process still
+        // starting (starved on a loaded machine, its CPU time standing still) is not taken for one held in its write.
+        var text = new System.Text.StringBuilder();
+        var generating = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var stdout = Task.Run(async () =>
+        {
+            var buffer = new char[256];
+            int n;
+            while ((n = await p.StandardOutput.ReadAsync(buffer, Ct)) > 0)
+            {
+                lock (text)
+                {
+                    text.Append(buffer, 0, n);
+                    if (text.Length > "Once upon a time".Length + 8) generating.TrySetResult();
+                }
+            }
+            generating.TrySetResult();
+        }, Ct);
+        await generating.Task.WaitAsync(TimeSpan.FromSeconds(120), Ct);
         // Held: the process is blocked writing stderr (its CPU time stops moving) or, on a machine too slow to get there
         // in time, still generating; either way it has not finished.
         TimeSpan last = TimeSpan.MinValue;
