@@ -193,7 +193,7 @@ public sealed class SchedulerTests : IDisposable
     public async Task QueueOverflowFailsFastAndCountsTheRejection()
     {
         using var s = Scheduler(maxSeqs: 1, maxBatched: 8, maxQueue: 2);
-        s.StepGate.Reset(); // hold the engine: nothing is admitted, so the submissions stay queued
+        Assert.True(s.HoldAtGate(Bound)); // hold the engine: nothing is admitted, so the submissions stay queued
         // The one free sequence will take the first; two more may wait; the fourth is refused.
         var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4 });
         var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4 });
@@ -218,7 +218,7 @@ public sealed class SchedulerTests : IDisposable
     public async Task TheQueueLimitCountsEveryChoice()
     {
         using var s = Scheduler(maxSeqs: 2, maxBatched: 8, maxQueue: 2);
-        s.StepGate.Reset();
+        Assert.True(s.HoldAtGate(Bound)); // the engine waits at its gate: nothing is admitted, so the submissions stay queued
         // The two free sequences take the first request (n = 2); a second n = 2 request fills the queue of 2.
         var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4, Choices = 2 });
         var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4, Choices = 2 });
@@ -242,7 +242,7 @@ public sealed class SchedulerTests : IDisposable
     public async Task AnEmptyQueueStillTakesRequestsForFreeSequences()
     {
         using var s = Scheduler(maxSeqs: 2, maxBatched: 8, maxQueue: 0);
-        s.StepGate.Reset();
+        Assert.True(s.HoldAtGate(Bound)); // the engine waits at its gate: nothing is admitted, so the submissions stay queued
         var a = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4 });
         var b = Submit(s, new GenerationRequest { Prompt = [4, 5], MaxTokens = 4 });
         var e = Assert.Throws<SchedulerQueueFullException>(() => Submit(s, new GenerationRequest { Prompt = [6], MaxTokens = 4 }));
@@ -564,14 +564,14 @@ public sealed class SchedulerTests : IDisposable
         };
         // The engine is held while each request is stopped: on a loaded 2-core CI machine the tiny model once finished
         // all 64 tokens between Submit and Cancel, and the request ended normally.
-        s.StepGate.Reset();
+        Assert.True(s.HoldAtGate(Bound));
         var withdrawn = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 64, IgnoreStopTokens = true });
         withdrawn.Withdraw();
         withdrawn.Cancel(); // too late: withdrawn already
         s.StepGate.Set();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => Collect(withdrawn));
         Assert.Equal(0, s.Statistics.Cancelled);
-        s.StepGate.Reset();
+        Assert.True(s.HoldAtGate(Bound));
         var cancelled = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 64, IgnoreStopTokens = true });
         cancelled.Cancel();
         s.StepGate.Set();

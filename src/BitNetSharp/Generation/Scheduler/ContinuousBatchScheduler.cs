@@ -152,6 +152,26 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>Tests close it to hold the engine between steps, making queue states deterministic.</summary>
     internal ManualResetEventSlim StepGate { get; } = new(true);
 
+    private bool _atGate;
+
+    /// <summary>
+    /// Tests: closes <see cref="StepGate"/> and returns once the engine waits at it, so nothing submitted afterwards is
+    /// admitted before <c>StepGate.Set()</c> (a Reset alone let an engine already past the gate take one more step).
+    /// </summary>
+    internal bool HoldAtGate(TimeSpan timeout)
+    {
+        StepGate.Reset();
+        // Woken until it is there: an engine that passed the gate just before the Reset takes one more step, and an
+        // idle one waits for work.
+        return SpinWait.SpinUntil(() =>
+        {
+            if (Volatile.Read(ref _atGate)) return true;
+            _wake.Set();
+            Thread.Sleep(1);
+            return false;
+        }, timeout);
+    }
+
     /// <summary>Tests: runs as each choice is admitted (its argument), so a throw shows what a failed admission leaves.</summary>
     internal Action<int>? AdmissionFault { get; set; }
 
@@ -345,7 +365,12 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>One engine step: admissions, one batch through the model, one token per sequence with a logits row.</summary>
     private void RunStep()
     {
-        StepGate.Wait();
+        if (!StepGate.Wait(0))
+        {
+            Volatile.Write(ref _atGate, true);
+            StepGate.Wait();
+            Volatile.Write(ref _atGate, false);
+        }
         _stepping = true;
         try
         {
