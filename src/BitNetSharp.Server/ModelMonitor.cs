@@ -78,12 +78,8 @@ internal sealed class ModelMonitor : IDisposable
         }
         Meters = new HealthMeters(scheduler, () => Integrity, () => _codes, () => Alerts);
         var rules = options.AlertRules ?? AlertRules.Default;
-        // A rule matching a layer this model does not have loaded and could never fire (the rule file is read before
-        // the model is known): the load fails saying so, as /health's error.
-        foreach (var rule in rules)
-            if (rule.Match is { } match && match.TryGetValue("layer", out var layerText)
-                && int.TryParse(layerText, NumberStyles.None, CultureInfo.InvariantCulture, out int layer) && layer >= weights.Config.Layers)
-                throw new AlertRulesException($"{options.AlertRulesFile ?? "alert rules"}: rule '{rule.Name}' matches layer {layer}, but {modelId} has {weights.Config.Layers} layers (0 to {weights.Config.Layers - 1}): it could never fire. Fix the rule or drop its layer match.");
+        CheckRulesFitModel(rules, options.AlertRulesFile ?? "alert rules", modelId, weights.Config.Layers,
+            weights.ActivationBits ?? ActivationBits.Uniform(weights.Config.Layers));
         if (rules.Count > 0)
         {
             Alerts = new AlertEngine(rules, CollectSignals, new AlertEngineOptions
@@ -210,6 +206,52 @@ internal sealed class ModelMonitor : IDisposable
     public static IReadOnlyCollection<string> AlertMetrics { get; } = BuildAlertMetrics();
 
     /// <summary>The label names of <see cref="AlertMetrics"/> that carry labels (the rest carry none).</summary>
+    /// <summary>
+    /// A rule whose layer or bits match this model cannot satisfy loaded and could never fire, or excluded nothing (the
+    /// rule file is read before the model is known): the load fails saying so, as /health's error. A layer the model
+    /// lacks ("99"), its negation ("!99" kept every layer), and a width no input runs at ("bits": "4" on an 8-bit model:
+    /// only the fixed list 2–8 was checked) or a negation that keeps nothing or everything.
+    /// </summary>
+    internal static void CheckRulesFitModel(IReadOnlyList<AlertRule> rules, string file, string modelId, int layers, ActivationBits bits)
+    {
+        var widths = new SortedSet<int>();
+        for (int l = 0; l < bits.Layers; l++)
+            for (int i = 0; i < ActivationBits.Inputs; i++) widths.Add(bits[l, (BitLinearInput)i]);
+        string have = string.Join(", ", widths);
+        foreach (var rule in rules)
+        {
+            if (rule.Match is not { } match) continue;
+            if (match.TryGetValue("layer", out var layerText))
+            {
+                bool not = layerText.StartsWith('!');
+                if (int.TryParse(not ? layerText[1..] : layerText, NumberStyles.None, CultureInfo.InvariantCulture, out int layer))
+                {
+                    string span = $"{modelId} has {layers} layers (0 to {layers - 1})";
+                    if (!not && layer >= layers)
+                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches layer {layer}, but {span}: it could never fire. Fix the rule or drop its layer match.");
+                    if (not && layer >= layers)
+                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{layer}\" (every layer but {layer}), but {span}: the match excludes nothing. Name a layer the model has, or drop the layer match.");
+                    if (not && layers == 1)
+                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{layer}\" (every layer but {layer}), but {span}: it could never fire. Drop the layer match.");
+                }
+            }
+            if (match.TryGetValue("bits", out var bitsText))
+            {
+                bool not = bitsText.StartsWith('!');
+                if (int.TryParse(not ? bitsText[1..] : bitsText, NumberStyles.None, CultureInfo.InvariantCulture, out int b))
+                {
+                    string runs = $"{modelId}'s inputs run at {have} bits (its activation bits)";
+                    if (!not && !widths.Contains(b))
+                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches bits {b}, but {runs}: it could never fire. Fix the rule or drop its bits match.");
+                    if (not && !widths.Contains(b))
+                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{b}\" (every width but {b}), but {runs}: the match excludes nothing. Drop the bits match.");
+                    if (not && widths.Count == 1)
+                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{b}\" (every width but {b}), but {runs}: it could never fire. Drop the bits match.");
+                }
+            }
+        }
+    }
+
     public static IReadOnlyDictionary<string, string[]> AlertLabels { get; } =
         new Dictionary<string, string[]>(HealthMeters.SignalLabels, StringComparer.Ordinal) { [Success] = ["finish_reason"] };
 

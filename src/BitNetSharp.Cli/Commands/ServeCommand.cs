@@ -205,7 +205,11 @@ public static partial class ServeCommand
             var monitoring = new MonitoringOptions
             {
                 VerifyWeightsInterval = verify is { } s ? TimeSpan.FromSeconds(s) : null,
-                AlertRules = result.GetValue(alertRules) is { } rulesPath ? BitNetServer.LoadAlertRules(rulesPath) : null,
+                AlertRules = result.GetValue(alertRules) is { } rulesPath
+                    ? string.IsNullOrWhiteSpace(rulesPath)
+                        ? throw new UsageException("--alert-rules: the rule file's path is empty; give a JSON rule file, or leave the option out for the built-in rules.")
+                        : BitNetServer.LoadAlertRules(rulesPath)
+                    : null,
                 AlertRulesFile = result.GetValue(alertRules),
                 AlertWebhook = webhook,
                 TelemetryLog = TelemetrySink(result.GetValue(telemetryLog), result.GetValue(telemetryMax), result.GetResult(telemetryMax) is { Implicit: false }),

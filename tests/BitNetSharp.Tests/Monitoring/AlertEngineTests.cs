@@ -707,6 +707,29 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// A layer or bits match the model cannot satisfy, or whose negation keeps every series, is refused with the rule
+    /// named: "!99" kept every layer and "bits": "4" on an 8-bit model loaded and could never fire.
+    /// </summary>
+    [Theory]
+    [InlineData("layer", "!99", "matches \"!99\" (every layer but 99), but tiny has 2 layers (0 to 1): the match excludes nothing")]
+    [InlineData("bits", "4", "matches bits 4, but tiny's inputs run at 8 bits (its activation bits): it could never fire")]
+    [InlineData("bits", "!4", "matches \"!4\" (every width but 4), but tiny's inputs run at 8 bits (its activation bits): the match excludes nothing")]
+    [InlineData("bits", "!8", "matches \"!8\" (every width but 8), but tiny's inputs run at 8 bits (its activation bits): it could never fire")]
+    [InlineData("layer", "1", null)]
+    [InlineData("layer", "!1", null)]
+    [InlineData("bits", "8", null)]
+    public void ALayerOrBitsMatchTheModelCannotMeetIsRefused(string label, string value, string? expected)
+    {
+        AlertRule[] rules = [new() { Name = "R", Metric = "bitnet_health_activation_saturation_ratio", Match = new() { [label] = value }, Op = ">", Threshold = 0 }];
+        void Check() => BitNetSharp.Server.ModelMonitor.CheckRulesFitModel(rules, "rules.json", "tiny", 2, BitNetSharp.Model.ActivationBits.Uniform(2));
+        if (expected is null) Check();
+        else Assert.Contains("rules.json: rule 'R' " + expected, Assert.Throws<AlertRulesException>(Check).Message);
+        // A model at mixed widths: a 4-bit input makes "bits": "4" a match that can fire.
+        BitNetSharp.Server.ModelMonitor.CheckRulesFitModel([new() { Name = "F", Metric = "bitnet_health_activation_saturation_ratio", Match = new() { ["bits"] = "4" }, Op = ">", Threshold = 0 }],
+            "rules.json", "tiny", 2, BitNetSharp.Model.ActivationBits.Parse("qkv=4", 2));
+    }
+
+    /// <summary>
     /// An alert still firing when the engine stops ends in the log and for every Changed handler (the telemetry log) too,
     /// with or without a webhook: only the webhook heard of it, so a log's last word on the alert was "firing".
     /// </summary>
@@ -742,6 +765,9 @@ public class AlertEngineTests
             using var body = await JsonDocument.ParseAsync(ctx.Request.InputStream, cancellationToken: TestContext.Current.CancellationToken);
             var alert = body.RootElement.GetProperty("alerts")[0];
             statuses.Add((alert.GetProperty("status").GetString()!, alert.GetProperty("annotations").GetProperty("description").GetString()!));
+            // One alert per payload: the common annotations are its own (they lacked the shutdown's reason).
+            Assert.Equal(alert.GetProperty("annotations").GetProperty("description").GetString(),
+                body.RootElement.GetProperty("commonAnnotations").GetProperty("description").GetString());
             ctx.Response.StatusCode = 200;
             ctx.Response.Close();
         }

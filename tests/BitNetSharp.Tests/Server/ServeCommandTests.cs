@@ -62,6 +62,8 @@ public class ServeCommandTests
     [InlineData("--draft-tokens", "8", "--draft-tokens applies with --speculate ngram; speculation is off")]
     // Served as model '' (an unset shell variable), which no request could name.
     [InlineData("--alias", "", "--alias is empty")]
+    // "The value cannot be an empty string." and exit 1, no option named.
+    [InlineData("--alert-rules", "", "--alert-rules: the rule file's path is empty")]
     public void BadSettingsAreUsageErrors(string flag, string value, string message)
     {
         var (code, error) = Bitnet("serve", "-m", "does-not-matter.gguf", flag, value);

@@ -732,8 +732,10 @@ public sealed class AlertEngine : IDisposable
                         (ended ??= []).Add(state);
                         if (_outbox is null) continue;
                         var payload = WebhookPayload(state);
-                        foreach (var alert in payload["alerts"]!.AsArray())
-                            alert!["annotations"]!["description"] = alert["annotations"]!["description"]!.GetValue<string>() + " Resolved because the server stopped.";
+                        // In commonAnnotations too (one alert per payload: they are its annotations): receivers that
+                        // template on .CommonAnnotations (Slack's default) lost the reason.
+                        foreach (var annotations in payload["alerts"]!.AsArray().Select(a => a!["annotations"]!).Append(payload["commonAnnotations"]!))
+                            annotations["description"] = annotations["description"]!.GetValue<string>() + " Resolved because the server stopped.";
                         if (!_outbox.Writer.TryWrite(payload)) Interlocked.Increment(ref _webhookFailures);
                     }
                 }
