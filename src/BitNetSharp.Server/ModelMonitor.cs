@@ -80,6 +80,9 @@ internal sealed class ModelMonitor : IDisposable
         var rules = options.AlertRules ?? AlertRules.Default;
         CheckRulesFitModel(rules, options.AlertRulesFile ?? "alert rules", modelId, weights.Config.Layers,
             weights.ActivationBits ?? ActivationBits.Uniform(weights.Config.Layers));
+        // A file of no rules replaces the built-in ones with nothing: said once, not left to be found in an incident.
+        if (rules.Count == 0 && options.AlertRulesFile is { } empty)
+            logger.LogWarning("Alert rules: {File} lists no rules, so no alert is evaluated (the built-in rules are replaced, not added to).", empty);
         if (rules.Count > 0)
         {
             Alerts = new AlertEngine(rules, CollectSignals, new AlertEngineOptions

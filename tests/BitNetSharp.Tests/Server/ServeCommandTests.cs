@@ -161,6 +161,21 @@ public class ServeCommandTests
         }
     }
 
+    /// <summary>A rule file of no rules turns alerting off (it replaces the built-in rules): the server says so at start.</summary>
+    [Fact]
+    public async Task ARuleFileOfNoRulesIsSaidAtStart()
+    {
+        Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
+        using var dir = new Formats.TestGguf.TempDirectory();
+        string path = dir.File("none.json");
+        File.WriteAllText(path, """{"rules": []}""");
+        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "-t", "1", "--alert-rules", path);
+        await server.ReadyAsync(TimeSpan.FromSeconds(120), TestContext.Current.CancellationToken);
+        // The logger's line (on stdout), written during the load, before "ready:".
+        await TestServer.EventuallyAsync(() => Task.FromResult(server.Output.Contains($"Alert rules: {path} lists no rules, so no alert is evaluated", StringComparison.Ordinal)),
+            "the warning about an empty rule file");
+    }
+
     /// <summary>
     /// A rule on a layer the model lacks (found at load, when the layers are known) is the rule file's error, naming it:
     /// serve said "the model could not be loaded: Alert rule a matches layer 99", blaming the model and naming no file.

@@ -29,16 +29,29 @@ internal sealed class ServeProcess : IDisposable
             var m = Regex.Match(e.Data, @"^ready: model '[^']*' at (http://[^ ]+/)v1");
             if (m.Success) _ready.TrySetResult(new Uri(m.Groups[1].Value));
         };
+        Process.OutputDataReceived += (_, e) =>
+        {
+            if (e.Data is null) return;
+            lock (_stdout) _stdout.AppendLine(e.Data);
+        };
         Process.BeginErrorReadLine();
         Process.BeginOutputReadLine();
     }
 
     public Process Process { get; }
 
+    private readonly System.Text.StringBuilder _stdout = new();
+
     /// <summary>What the server wrote to stderr so far.</summary>
     public string Log
     {
         get { lock (_stderr) return _stderr.ToString(); }
+    }
+
+    /// <summary>What the server wrote to stdout so far (its logger's lines: warn:, fail:).</summary>
+    public string Output
+    {
+        get { lock (_stdout) return _stdout.ToString(); }
     }
 
     /// <summary>The server's base address (http://127.0.0.1:PORT/) once it says it is ready.</summary>
