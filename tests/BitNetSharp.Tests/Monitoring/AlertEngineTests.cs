@@ -744,7 +744,7 @@ public class AlertEngineTests
         e.Dispose();
         e.Dispose();
         Assert.Equal([true, false], changes);
-        Assert.Contains(logs, l => l.Contains("alert Hot resolved: the server stopped", StringComparison.Ordinal));
+        Assert.Contains(logs, l => l.Contains("alert Hot resolved: the server stopped; m = 5", StringComparison.Ordinal)); // with the last value
     }
 
     /// <summary>

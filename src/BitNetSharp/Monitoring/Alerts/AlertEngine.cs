@@ -741,7 +741,8 @@ public sealed class AlertEngine : IDisposable
                 }
                 foreach (var c in ended ?? [])
                 {
-                    Notify(() => _options.Log?.Invoke($"alert {c.Rule.Name} resolved: the server stopped"), c, "the log");
+                    Notify(() => _options.Log?.Invoke(string.Create(CultureInfo.InvariantCulture,
+                        $"alert {c.Rule.Name} resolved: the server stopped; {c.Rule.Quantity} = {c.Value:G6}{c.AtSuffix}")), c, "the log");
                     if (Changed is { } handlers)
                         foreach (var h in handlers.GetInvocationList())
                             Notify(() => ((Action<AlertState>)h)(c), c, "a Changed handler");
