@@ -78,8 +78,12 @@ internal sealed class ModelMonitor : IDisposable
         }
         Meters = new HealthMeters(scheduler, () => Integrity, () => _codes, () => Alerts);
         var rules = options.AlertRules ?? AlertRules.Default;
-        CheckRulesFitModel(rules, options.AlertRulesFile ?? "alert rules", modelId, weights.Config.Layers,
-            weights.ActivationBits ?? ActivationBits.Uniform(weights.Config.Layers));
+        // Given rules only: the built-in ones read bits="8" and layers after 0 on purpose, and stay quiet on a model
+        // without such inputs (a 4-bit or one-layer model failed its load on them).
+        if (options.AlertRules is { } given)
+            foreach (var warning in CheckRulesFitModel(given, options.AlertRulesFile ?? "alert rules", modelId, weights.Config.Layers,
+                         weights.ActivationBits ?? ActivationBits.Uniform(weights.Config.Layers)))
+                logger.LogWarning("{Warning}", warning);
         // A file of no rules replaces the built-in ones with nothing: said once, not left to be found in an incident.
         if (rules.Count == 0 && options.AlertRulesFile is { } empty)
             logger.LogWarning("Alert rules: {File} lists no rules, so no alert is evaluated (the built-in rules are replaced, not added to).", empty);
@@ -208,15 +212,16 @@ internal sealed class ModelMonitor : IDisposable
     /// <summary>Every metric an alert rule on a server may name: the health signals and the serving ones.</summary>
     public static IReadOnlyCollection<string> AlertMetrics { get; } = BuildAlertMetrics();
 
-    /// <summary>The label names of <see cref="AlertMetrics"/> that carry labels (the rest carry none).</summary>
     /// <summary>
-    /// A rule whose layer or bits match this model cannot satisfy loaded and could never fire, or excluded nothing (the
-    /// rule file is read before the model is known): the load fails saying so, as /health's error. A layer the model
-    /// lacks ("99"), its negation ("!99" kept every layer), and a width no input runs at ("bits": "4" on an 8-bit model:
-    /// only the fixed list 2–8 was checked) or a negation that keeps nothing or everything.
+    /// How given rules fit this model (the rule file is read before the model is known). A layer the model lacks
+    /// ("layer": "99") fails the load, as /health's error: the rule is wrong for any model of this depth. What may be
+    /// meant for other models a shared rule file also serves — a bits width none of this model's inputs runs at
+    /// ("bits": "4" on an 8-bit model), a negation that excludes nothing ("!99") or keeps nothing (a one-layer model's
+    /// "!0") — is returned as warnings, which the server logs: such rules loaded without a word and could never fire here.
     /// </summary>
-    internal static void CheckRulesFitModel(IReadOnlyList<AlertRule> rules, string file, string modelId, int layers, ActivationBits bits)
+    internal static List<string> CheckRulesFitModel(IReadOnlyList<AlertRule> rules, string file, string modelId, int layers, ActivationBits bits)
     {
+        var warnings = new List<string>();
         var widths = new SortedSet<int>();
         for (int l = 0; l < bits.Layers; l++)
             for (int i = 0; i < ActivationBits.Inputs; i++) widths.Add(bits[l, (BitLinearInput)i]);
@@ -233,9 +238,9 @@ internal sealed class ModelMonitor : IDisposable
                     if (!not && layer >= layers)
                         throw new AlertRulesException($"{file}: rule '{rule.Name}' matches layer {layer}, but {span}: it could never fire. Fix the rule or drop its layer match.");
                     if (not && layer >= layers)
-                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{layer}\" (every layer but {layer}), but {span}: the match excludes nothing. Name a layer the model has, or drop the layer match.");
-                    if (not && layers == 1)
-                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{layer}\" (every layer but {layer}), but {span}: it could never fire. Drop the layer match.");
+                        warnings.Add($"{file}: rule '{rule.Name}' matches \"!{layer}\" (every layer but {layer}), but {span}: the match excludes nothing here.");
+                    else if (not && layers == 1)
+                        warnings.Add($"{file}: rule '{rule.Name}' matches \"!{layer}\" (every layer but {layer}), but {span}: it cannot fire on this model.");
                 }
             }
             if (match.TryGetValue("bits", out var bitsText))
@@ -245,16 +250,18 @@ internal sealed class ModelMonitor : IDisposable
                 {
                     string runs = $"{modelId}'s inputs run at {have} bits (its activation bits)";
                     if (!not && !widths.Contains(b))
-                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches bits {b}, but {runs}: it could never fire. Fix the rule or drop its bits match.");
-                    if (not && !widths.Contains(b))
-                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{b}\" (every width but {b}), but {runs}: the match excludes nothing. Drop the bits match.");
-                    if (not && widths.Count == 1)
-                        throw new AlertRulesException($"{file}: rule '{rule.Name}' matches \"!{b}\" (every width but {b}), but {runs}: it could never fire. Drop the bits match.");
+                        warnings.Add($"{file}: rule '{rule.Name}' matches bits {b}, but {runs}: it cannot fire on this model.");
+                    else if (not && !widths.Contains(b))
+                        warnings.Add($"{file}: rule '{rule.Name}' matches \"!{b}\" (every width but {b}), but {runs}: the match excludes nothing here.");
+                    else if (not && widths.Count == 1)
+                        warnings.Add($"{file}: rule '{rule.Name}' matches \"!{b}\" (every width but {b}), but {runs}: it cannot fire on this model.");
                 }
             }
         }
+        return warnings;
     }
 
+    /// <summary>The label names of <see cref="AlertMetrics"/> that carry labels (the rest carry none).</summary>
     public static IReadOnlyDictionary<string, string[]> AlertLabels { get; } =
         new Dictionary<string, string[]>(HealthMeters.SignalLabels, StringComparer.Ordinal) { [Success] = ["finish_reason"] };
 

@@ -592,11 +592,12 @@ public static class LogsCommand
         /// </summary>
         private static string? SamplingNote(IReadOnlyList<TelemetryLogRun> runs)
         {
+            // Every run's value (a log without the key counts as every step logged): one run at 1 beside one at 8 is a
+            // mixed log, not "about 1/8" of everything.
             var every = new SortedSet<int>();
             foreach (var r in runs)
-                if (r.Context.TryGetValue("health.sample_every", out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int n) && n != 1)
-                    every.Add(n);
-            if (every.Count == 0) return null;
+                every.Add(r.Context.TryGetValue("health.sample_every", out var v) && int.TryParse(v, NumberStyles.None, CultureInfo.InvariantCulture, out int n) ? n : 1);
+            if (every.Count == 0 || every is { Count: 1, Min: 1 }) return null;
             if (every.Count == 1 && every.Min > 1)
                 return $"(sampled: the server logs one engine step in {every.Min} (--health-every {every.Min}, health.sample_every), so steps, tokens and requests here are about 1/{every.Min} of those served; /metrics counts them all, `serve --health-every 1` logs every step)";
             return "(sampled: health.sample_every differs by run or is 0 (see context), so steps, tokens and requests here are a sample of those served; /metrics counts them all)";

@@ -207,6 +207,7 @@ public static class TrainCommand
                         ActivationBits = bits.AllEight ? null : bits,
                     };
                     run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+                    run.DataFingerprint = corpus.Fingerprint;
                     // Written once the run has started (the vocabulary and the corpus passed their checks), so a refused
                     // run leaves no file behind.
                     // The validation stream's text (slices with <|endoftext|> between them, as a resumed run writes it):
@@ -282,19 +283,20 @@ public static class TrainCommand
 
     /// <summary>
     /// A note when --data on a resume is not the text the run was started on: the run goes on over the token streams in
-    /// its checkpoint, and a new corpus given to "fine-tune" was ignored without a word. Regular files only (a pipe
-    /// cannot be read twice, and a run whose text was moved or deleted still resumes); null when they match or cannot be read.
+    /// its checkpoint, and a new corpus given to "fine-tune" was ignored without a word. Compared by the fingerprint the
+    /// checkpoint keeps (its text read and split, not tokenized); regular files only (a pipe cannot be read twice, and a
+    /// run whose text was moved or deleted still resumes); null when they match, cannot be read, or the checkpoint
+    /// predates fingerprints.
     /// </summary>
     private static string? DataDiffers(IReadOnlyList<string> paths, TrainingRun run, CancellationToken cancellation)
     {
-        // File.Exists is true for a FIFO too; its length reads 0 (as an empty file's, which has nothing to compare).
-        foreach (var p in paths)
-            if (!File.Exists(p) || PathIdentity.IsSpecialFile(p) || PathIdentity.Length(p) <= 0) return null;
+        if (run.DataFingerprint is not { } started) return null;
         try
         {
-            var corpus = TrainingCorpus.Load(paths, cancellation: cancellation);
-            if (corpus.EncodeTrain(run.Tokenizer).AsSpan().SequenceEqual(run.Train) && corpus.EncodeValidation(run.Tokenizer).AsSpan().SequenceEqual(run.Validation))
-                return null;
+            // File.Exists is true for a FIFO too; its length reads 0 (as an empty file's, which has nothing to compare).
+            foreach (var p in paths)
+                if (!File.Exists(p) || PathIdentity.IsSpecialFile(p) || PathIdentity.Length(p) <= 0) return null;
+            if (TrainingCorpus.Load(paths, cancellation: cancellation).Fingerprint == started) return null;
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or InvalidDataException or FormatException)
         {

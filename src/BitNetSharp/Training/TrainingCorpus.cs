@@ -17,6 +17,32 @@ public sealed class TrainingCorpus
 
     public IReadOnlyList<string> TrainDocuments { get; }
 
+    private UInt128? _fingerprint;
+
+    /// <summary>
+    /// An XXH128 of the documents as split (training parts, then held-out parts, each with its length): equal for the
+    /// same text under any file name, so a resumed training run can tell whether --data is the text it was started on.
+    /// </summary>
+    public UInt128 Fingerprint => _fingerprint ??= ComputeFingerprint();
+
+    private UInt128 ComputeFingerprint()
+    {
+        var hash = new System.IO.Hashing.XxHash128();
+        Span<byte> length = stackalloc byte[8];
+        foreach (var part in new[] { TrainDocuments, ValidationDocuments })
+        {
+            System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(length, part.Count);
+            hash.Append(length);
+            foreach (var document in part)
+            {
+                System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(length, document.Length);
+                hash.Append(length);
+                hash.Append(System.Runtime.InteropServices.MemoryMarshal.AsBytes(document.AsSpan()));
+            }
+        }
+        return hash.GetCurrentHashAsUInt128();
+    }
+
     /// <summary>The held-out slice of each document that gave one, in document order.</summary>
     public IReadOnlyList<string> ValidationDocuments { get; }
 

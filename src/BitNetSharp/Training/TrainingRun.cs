@@ -157,6 +157,12 @@ public sealed class TrainingRun
     /// <summary>The latent weights at the lowest validation loss so far (null before the first validation), its step and loss.</summary>
     public float[]? BestParameters { get; private set; }
     public int BestStep { get; private set; } = -1;
+
+    /// <summary>
+    /// The training text's <see cref="TrainingCorpus.Fingerprint"/>, kept in the checkpoint (null in one from before it
+    /// was): a resume told --data that is not the run's text, which it never reads, can say so without tokenizing it.
+    /// </summary>
+    public UInt128? DataFingerprint { get; set; }
     public float BestValidationLoss { get; private set; } = float.PositiveInfinity;
 
     /// <summary>
@@ -211,7 +217,7 @@ public sealed class TrainingRun
     // ---- Checkpoints ----
 
     private const ulong Magic = 0x54504B4354544E42; // "BNTTCKPT"
-    private const int Version = 3; // 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
+    private const int Version = 4; // 4: the training text's fingerprint after the best snapshot; 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
 
     /// <summary>
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
@@ -255,6 +261,12 @@ public sealed class TrainingRun
             WriteFloats(w, Model.Parameters); WriteFloats(w, Optimizer.M); WriteFloats(w, Optimizer.V);
             w.Write(BestStep); w.Write(BestValidationLoss);
             if (BestParameters is { } best) WriteFloats(w, best);
+            w.Write(DataFingerprint.HasValue);
+            if (DataFingerprint is { } fp)
+            {
+                w.Write((ulong)(fp >> 64));
+                w.Write((ulong)fp);
+            }
             w.Write(Magic);
             w.Flush();
         });
@@ -320,7 +332,7 @@ public sealed class TrainingRun
         {
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: not a bitnet training checkpoint.");
             int version = r.ReadInt32();
-            if (version is not (1 or 2 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
+            if (version is not (1 or 2 or 3 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
             var v = new int[7];
             for (int i = 0; i < 7; i++) v[i] = r.ReadInt32();
             var shape = new TrainingShape(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r.ReadSingle(), r.ReadSingle());
@@ -413,6 +425,7 @@ public sealed class TrainingRun
                     CheckValues(path, "best-validation weights", run.BestParameters, nonNegative: false);
                 }
             }
+            if (version >= 4 && r.ReadBoolean()) run.DataFingerprint = ((UInt128)r.ReadUInt64() << 64) | r.ReadUInt64();
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: the checkpoint is truncated or corrupt (end marker missing).");
             run._lastCodes = run.TernaryCodes();
             run.CheckpointStep = run.Step;

@@ -129,7 +129,7 @@ public sealed class SchedulerTests : IDisposable
     {
         using var s = Scheduler(maxSeqs: 2, maxBatched: 8);
         int forwards = 0;
-        s.StepGate.Reset(); // both admitted in the same step
+        Assert.True(s.HoldAtGate(Bound)); // both admitted in the same step
         var a = Submit(s, new GenerationRequest { Prompt = Prompt(7), MaxTokens = 4, IgnoreStopTokens = true }); // 38 tokens: five steps of prefill
         var b = Submit(s, new GenerationRequest { Prompt = [1, 2, 3], MaxTokens = 4, IgnoreStopTokens = true });
         s.BeforeForward = () =>
@@ -368,7 +368,7 @@ public sealed class SchedulerTests : IDisposable
     public async Task TimeoutEndsWaitingAndRunningRequests()
     {
         using var s = Scheduler(maxSeqs: 1, maxBatched: 8);
-        s.StepGate.Reset();
+        Assert.True(s.HoldAtGate(Bound));
         var waiting = Submit(s, new GenerationRequest { Prompt = [1, 2], MaxTokens = 4, Timeout = TimeSpan.FromMilliseconds(20) });
         Thread.Sleep(60);
         s.StepGate.Set();

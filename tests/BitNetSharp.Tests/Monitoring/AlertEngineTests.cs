@@ -707,26 +707,47 @@ public class AlertEngineTests
     }
 
     /// <summary>
-    /// A layer or bits match the model cannot satisfy, or whose negation keeps every series, is refused with the rule
-    /// named: "!99" kept every layer and "bits": "4" on an 8-bit model loaded and could never fire.
+    /// Given rules whose bits match no input of this model, or whose negation excludes nothing or keeps nothing, are
+    /// warned about with the rule named ("!99" kept every layer and "bits": "4" on an 8-bit model loaded without a word
+    /// and could never fire); a rule file shared with other models still loads. A layer the model lacks fails the load.
     /// </summary>
     [Theory]
-    [InlineData("layer", "!99", "matches \"!99\" (every layer but 99), but tiny has 2 layers (0 to 1): the match excludes nothing")]
-    [InlineData("bits", "4", "matches bits 4, but tiny's inputs run at 8 bits (its activation bits): it could never fire")]
-    [InlineData("bits", "!4", "matches \"!4\" (every width but 4), but tiny's inputs run at 8 bits (its activation bits): the match excludes nothing")]
-    [InlineData("bits", "!8", "matches \"!8\" (every width but 8), but tiny's inputs run at 8 bits (its activation bits): it could never fire")]
-    [InlineData("layer", "1", null)]
-    [InlineData("layer", "!1", null)]
-    [InlineData("bits", "8", null)]
-    public void ALayerOrBitsMatchTheModelCannotMeetIsRefused(string label, string value, string? expected)
+    [InlineData("layer", "!99", 2, "matches \"!99\" (every layer but 99), but tiny has 2 layers (0 to 1): the match excludes nothing here.")]
+    [InlineData("layer", "!0", 1, "matches \"!0\" (every layer but 0), but tiny has 1 layers (0 to 0): it cannot fire on this model.")]
+    [InlineData("bits", "4", 2, "matches bits 4, but tiny's inputs run at 8 bits (its activation bits): it cannot fire on this model.")]
+    [InlineData("bits", "!4", 2, "matches \"!4\" (every width but 4), but tiny's inputs run at 8 bits (its activation bits): the match excludes nothing here.")]
+    [InlineData("bits", "!8", 2, "matches \"!8\" (every width but 8), but tiny's inputs run at 8 bits (its activation bits): it cannot fire on this model.")]
+    [InlineData("layer", "1", 2, null)]
+    [InlineData("layer", "!1", 2, null)]
+    [InlineData("bits", "8", 2, null)]
+    public void ALayerOrBitsMatchTheModelCannotMeetIsWarned(string label, string value, int layers, string? expected)
     {
         AlertRule[] rules = [new() { Name = "R", Metric = "bitnet_health_activation_saturation_ratio", Match = new() { [label] = value }, Op = ">", Threshold = 0 }];
-        void Check() => BitNetSharp.Server.ModelMonitor.CheckRulesFitModel(rules, "rules.json", "tiny", 2, BitNetSharp.Model.ActivationBits.Uniform(2));
-        if (expected is null) Check();
-        else Assert.Contains("rules.json: rule 'R' " + expected, Assert.Throws<AlertRulesException>(Check).Message);
+        var warnings = BitNetSharp.Server.ModelMonitor.CheckRulesFitModel(rules, "rules.json", "tiny", layers, BitNetSharp.Model.ActivationBits.Uniform(layers));
+        if (expected is null) Assert.Empty(warnings);
+        else Assert.Equal("rules.json: rule 'R' " + expected, Assert.Single(warnings));
         // A model at mixed widths: a 4-bit input makes "bits": "4" a match that can fire.
-        BitNetSharp.Server.ModelMonitor.CheckRulesFitModel([new() { Name = "F", Metric = "bitnet_health_activation_saturation_ratio", Match = new() { ["bits"] = "4" }, Op = ">", Threshold = 0 }],
-            "rules.json", "tiny", 2, BitNetSharp.Model.ActivationBits.Parse("qkv=4", 2));
+        Assert.Empty(BitNetSharp.Server.ModelMonitor.CheckRulesFitModel([new() { Name = "F", Metric = "bitnet_health_activation_saturation_ratio", Match = new() { ["bits"] = "4" }, Op = ">", Threshold = 0 }],
+            "rules.json", "tiny", 2, BitNetSharp.Model.ActivationBits.Parse("qkv=4", 2)));
+    }
+
+    /// <summary>
+    /// The built-in rules (bits="8", layers after 0) are not held to the model: a model whose every input runs at 4 bits,
+    /// or of one layer, serves (both failed their load once given rules were checked against the model).
+    /// </summary>
+    [Theory]
+    [InlineData(2, "4")]
+    [InlineData(1, "8")]
+    public async Task TheBuiltInRulesServeAnyModel(int layers, string bits)
+    {
+        await using var s = await Server.TestServer.StartAsync(o => o, layers: layers, load: () =>
+        {
+            var (w, tokenizer) = Server.TinyChatModel.Load(layers: layers);
+            w.ActivationBits = BitNetSharp.Model.ActivationBits.Parse(bits, layers);
+            return new BitNetSharp.Server.LoadedModel(w, tokenizer, Server.TestServer.ModelId);
+        });
+        var (status, _, _) = await s.PostAsync("v1/completions", new { model = Server.TestServer.ModelId, prompt = "hi", max_tokens = 2 });
+        Assert.Equal(HttpStatusCode.OK, status);
     }
 
     /// <summary>

@@ -60,6 +60,15 @@ public class LogsCommandTests
         Assert.True(code == 0, error);
         Assert.Contains("steps: 4\n", output.ReplaceLineEndings("\n"));
         Assert.DoesNotContain("sampled", output);
+
+        // Two runs in one directory, one logging every step and one every 8th: a mixed sample, not "about 1/8".
+        using var mixed = new TestGguf.TempDirectory();
+        WriteLog(mixed, context: new Dictionary<string, string>(Context) { ["health.sample_every"] = "1" });
+        WriteLog(mixed, "c", "d", new Dictionary<string, string>(Context) { ["health.sample_every"] = "8" });
+        (code, output, error) = Bitnet("logs", mixed.Path);
+        Assert.True(code == 0, error);
+        Assert.Contains("health.sample_every differs by run", output);
+        Assert.DoesNotContain("about 1/8", output);
     }
 
     /// <summary>

@@ -271,20 +271,31 @@ public class TrainingRunTests
         var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
         run.StepOnce();
         run.SaveCheckpoint(path);
-        // Version 3 = version 1 + (int32 count, widths) after the 85-byte header of options + (int32 best step = −1,
-        // float32 best loss) before the 8-byte end marker when no validation ran.
-        var v3 = File.ReadAllBytes(path);
+        // Version 4 = version 1 + (int32 count, widths) after the 85-byte header of options + (int32 best step = −1,
+        // float32 best loss) and (bool: no data fingerprint, a library run's) before the 8-byte end marker when no
+        // validation ran.
+        var v4 = File.ReadAllBytes(path);
         const int header = 85;
-        int count = BitConverter.ToInt32(v3, header);
+        int count = BitConverter.ToInt32(v4, header);
         Assert.Equal(options.Shape.Layers * ActivationBits.Inputs, count);
-        Assert.Equal(-1, BitConverter.ToInt32(v3, v3.Length - 16));
-        var v1 = v3[..header].Concat(v3[(header + 4 + count)..^16]).Concat(v3[^8..]).ToArray();
+        Assert.Equal(-1, BitConverter.ToInt32(v4, v4.Length - 17));
+        Assert.Equal(0, v4[^9]);
+        var v1 = v4[..header].Concat(v4[(header + 4 + count)..^17]).Concat(v4[^8..]).ToArray();
         BitConverter.GetBytes(1).CopyTo(v1, 8);
         File.WriteAllBytes(path, v1);
         var resumed = TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(options.Shape.Layers));
         Assert.Null(resumed.Options.ActivationBits);
         Assert.True(resumed.Model.ActivationBits.AllEight);
         Assert.Equal(run.Model.Parameters, resumed.Model.Parameters);
+
+        // Version 3 (no fingerprint byte) resumes with no fingerprint; version 4 keeps the one the run was given.
+        var v3 = v4[..^9].Concat(v4[^8..]).ToArray();
+        BitConverter.GetBytes(3).CopyTo(v3, 8);
+        File.WriteAllBytes(path, v3);
+        Assert.Null(TrainingRun.Resume(path, pool).DataFingerprint);
+        run.DataFingerprint = ((UInt128)0x0123456789ABCDEF << 64) | 0xFEDCBA9876543210;
+        run.SaveCheckpoint(path);
+        Assert.Equal(run.DataFingerprint, TrainingRun.Resume(path, pool).DataFingerprint);
     }
 
     /// <summary>

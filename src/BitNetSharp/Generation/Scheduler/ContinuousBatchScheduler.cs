@@ -365,11 +365,14 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// <summary>One engine step: admissions, one batch through the model, one token per sequence with a logits row.</summary>
     private void RunStep()
     {
-        if (!StepGate.Wait(0))
+        // The flag is cleared, then the gate looked at again: a HoldAtGate between this engine's wake-up and its clearing
+        // the flag read a stale "at the gate" and returned while the engine went on into a step.
+        while (!StepGate.Wait(0))
         {
             Volatile.Write(ref _atGate, true);
             StepGate.Wait();
             Volatile.Write(ref _atGate, false);
+            Interlocked.MemoryBarrier();
         }
         _stepping = true;
         try

@@ -453,24 +453,30 @@ public sealed class TelemetryLogReader
                 TailStream? tail = null;
                 // A file created but not yet given its schema has no run id to read: read it again when needed.
                 tail = new TailStream(file, poll, cancellation, () => NextFile(current, run ??= RunOfFile(current), System.Diagnostics.Stopwatch.GetElapsedTime(tail!.LastGrowth), patience) is not null);
-                if (tail.ReadAtLeast(new byte[Magic.Length], Magic.Length, throwOnEndOfStream: false) < Magic.Length) yield break;
-                using var reader = new ArrowStreamReader(tail, leaveOpen: true);
-                while (true)
+                // A file that never got its whole magic (an empty file, superseded by a newer one): on to the next file,
+                // unless following was stopped (it ended there without a word, the newer file never read).
+                bool whole = tail.ReadAtLeast(new byte[Magic.Length], Magic.Length, throwOnEndOfStream: false) == Magic.Length;
+                if (!whole && cancellation.IsCancellationRequested) yield break;
+                if (whole)
                 {
-                    bool skip = tail.Position < skipBefore;
-                    long at = tail.Position;
-                    if (!TryReadNext(reader, out var batch) || batch is null) break;
-                    try
+                    using var reader = new ArrowStreamReader(tail, leaveOpen: true);
+                    while (true)
                     {
-                        Validate(batch);
+                        bool skip = tail.Position < skipBefore;
+                        long at = tail.Position;
+                        if (!TryReadNext(reader, out var batch) || batch is null) break;
+                        try
+                        {
+                            Validate(batch);
+                        }
+                        catch (InvalidDataException e)
+                        {
+                            batch.Dispose();
+                            throw new InvalidDataException($"{current}: the record batch at byte {at} is damaged: {e.Message}", e);
+                        }
+                        if (skip) batch.Dispose();
+                        else yield return batch;
                     }
-                    catch (InvalidDataException e)
-                    {
-                        batch.Dispose();
-                        throw new InvalidDataException($"{current}: the record batch at byte {at} is damaged: {e.Message}", e);
-                    }
-                    if (skip) batch.Dispose();
-                    else yield return batch;
                 }
                 lastGrowth = tail.LastGrowth;
             }
