@@ -23,6 +23,31 @@ public sealed class ModelFormatException : Exception
     /// <summary>The tensor name or metadata key at fault, if any.</summary>
     public string? Item { get; }
 
+    /// <summary>
+    /// The item and the reason come from the file (a tensor name, a key): shown with control characters escaped and cut
+    /// to a readable length. A damaged name length printed a 5.6 MB error of raw binary, and a name holding terminal
+    /// escape sequences was written to the terminal as they were.
+    /// </summary>
     private static string Compose(string path, string message, string? item) =>
-        item is null ? $"{path}: {message}" : $"{path}: {item}: {message}";
+        item is null ? $"{path}: {Printable(message, MaxMessage)}" : $"{path}: {Printable(item, MaxItem)}: {Printable(message, MaxMessage)}";
+
+    private const int MaxItem = 120, MaxMessage = 2000;
+
+    /// <summary><paramref name="text"/> with C0/C1 control characters as \uXXXX (line breaks included: one line), cut to <paramref name="max"/> characters.</summary>
+    internal static string Printable(string text, int max)
+    {
+        bool clean = text.Length <= max;
+        foreach (char ch in text) clean &= !char.IsControl(ch);
+        if (clean) return text;
+        var sb = new System.Text.StringBuilder(Math.Min(text.Length, max) + 40);
+        int i = 0;
+        for (; i < text.Length && sb.Length < max; i++)
+        {
+            char ch = text[i];
+            if (char.IsControl(ch)) sb.Append("\\u").Append(((int)ch).ToString("x4", System.Globalization.CultureInfo.InvariantCulture));
+            else sb.Append(ch);
+        }
+        if (i < text.Length) sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"… ({text.Length:N0} characters in all)");
+        return sb.ToString();
+    }
 }

@@ -204,6 +204,9 @@ public sealed record ModelConfig
             $"the sizes (dim {Dim}, {Heads} heads × head dim {HeadDim}, ff {FeedForward}) are beyond what this runtime supports (2^24 per dimension)");
         Require(HeadDim % 2 == 0, $"head dimension {HeadDim} must be even for RoPE");
         Require(float.IsFinite(RmsEps) && RmsEps > 0, $"RMS norm epsilon {RmsEps} must be positive");
+        // Models use 1e-5 or 1e-6. One past 1 outweighs any activation's mean square: the norms scale every token to
+        // nearly nothing (1e30 loaded and generated "time time time"), which no real model is.
+        Require(RmsEps <= 1, $"RMS norm epsilon {RmsEps} is not a small number (models use about 1e-5; above 1 it swamps every activation), so the file is damaged");
         // The RoPE table's own rule (θ^(−2i/d) must fall with i): a base of 1 or below loaded and then failed at the first forward pass.
         Require(float.IsFinite(RopeTheta) && RopeTheta > 1, $"RoPE base (rope_theta / rope.freq_base) {RopeTheta} must be a finite number above 1");
         Require(ContextLength <= MaxContextLength, $"context length {ContextLength} is beyond what this runtime supports ({MaxContextLength} positions)");

@@ -9,6 +9,73 @@ public class GgufErrorTests
     private static ModelFormatException Fails(byte[] bytes) =>
         Assert.Throws<ModelFormatException>(() => GgufFile.Parse(bytes, "bad.gguf").Dispose());
 
+    /// <summary>
+    /// Names and keys from the file are shown escaped and cut short: a damaged length read a 5.6 MB "name" and printed it
+    /// raw (6,939 lines of binary), and a key holding an escape sequence reached the terminal as one.
+    /// </summary>
+    [Fact]
+    public void ErrorsShowFileTextEscapedAndShort()
+    {
+        static byte[] TwoKeys(string key)
+        {
+            using var m = new MemoryStream();
+            using var w = new BinaryWriter(m);
+            w.Write("GGUF"u8);
+            w.Write(3u);
+            w.Write(0ul); // tensors
+            w.Write(2ul); // metadata entries: the same key twice
+            for (int i = 0; i < 2; i++)
+            {
+                var k = System.Text.Encoding.UTF8.GetBytes(key);
+                w.Write((ulong)k.Length);
+                w.Write(k);
+                w.Write(4u); // uint32
+                w.Write(7u);
+            }
+            w.Flush();
+            return m.ToArray();
+        }
+        var e = Fails(TwoKeys("general.\u001b[2Jname"));
+        Assert.Contains("general.\\u001b[2Jname", e.Message);
+        Assert.DoesNotContain('\u001b', e.Message);
+        e = Fails(TwoKeys(new string('k', 100_000)));
+        Assert.True(e.Message.Length < 400, e.Message.Length.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        Assert.Contains("(100,000 characters in all): duplicate metadata key", e.Message);
+    }
+
+    /// <summary>
+    /// Tensors lie back to back (padded to the alignment), as llama.cpp requires: a type changed to a smaller one (F16
+    /// to Q8_0 in a damaged header) left a gap before the next tensor, loaded, and generated garbage.
+    /// </summary>
+    [Fact]
+    public void ATensorWhoseSizeLeavesAGapBeforeTheNextIsRefused()
+    {
+        var bytes = TestGguf.TinyBitNet().ToArray();
+        var name = "token_embd.weight"u8.ToArray();
+        int at = bytes.AsSpan().LastIndexOf(name) + name.Length; // its tensor record (after the metadata)
+        uint dims = BitConverter.ToUInt32(bytes, at);
+        int typeAt = at + 4 + 8 * (int)dims;
+        Assert.Equal((uint)GgmlType.F16, BitConverter.ToUInt32(bytes, typeAt));
+        BitConverter.GetBytes((uint)GgmlType.Q8_0).CopyTo(bytes, typeAt);
+        var e = Fails(bytes);
+        Assert.Contains("token_embd.weight: q8_0 [256, 16] takes 4352 bytes", e.Message);
+        Assert.Contains("this tensor's type or shape does not match its data", e.Message);
+    }
+
+    /// <summary>An RMS epsilon past 1 (damage: models use about 1e-5) is refused at load; 1e30 loaded and generated "time time time".</summary>
+    [Fact]
+    public void AnRmsEpsilonPastOneIsRefused()
+    {
+        var bytes = BitNetSharp.Model.SyntheticModel.Build(BitNetSharp.Model.SyntheticShape.Tiny, 5).ToArray();
+        var key = ".attention.layer_norm_rms_epsilon"u8.ToArray();
+        int at = bytes.AsSpan().IndexOf(key) + key.Length;
+        Assert.Equal(6u, BitConverter.ToUInt32(bytes, at)); // float32
+        BitConverter.GetBytes(1e30f).CopyTo(bytes, at + 4);
+        using var file = GgufFile.Parse(bytes, "eps.gguf");
+        var e = Assert.Throws<ModelFormatException>(() => BitNetSharp.Model.ModelWeights.FromGguf(file, ownsFile: false).Dispose());
+        Assert.Contains("RMS norm epsilon 1E+30 is not a small number", e.Message);
+    }
+
     [Fact]
     public void EveryTruncationOfAValidFileFails()
     {

@@ -206,6 +206,14 @@ internal static unsafe class GgufReader
                     : $"runs past the end of the file (the data section is {dataLength} bytes); the file is truncated";
                 throw new ModelFormatException(path, $"{GgmlTypeInfo.Name(type.Value)} [{string.Join(", ", r.Dims)}] needs {size} bytes from data offset {offset}, but {why}", r.Name);
             }
+            // Tensors lie back to back, each padded to the alignment, as llama.cpp's loader requires (it refuses a file
+            // whose offsets do not add up): a type changed to one of smaller size (F16 to Q8_0 in a damaged header) fit
+            // before the next tensor, loaded, and generated garbage. TL1/TL2 sizes follow bitnet.cpp's kernels' tiling,
+            // which this check leaves alone.
+            if (next <= dataLength && type.Value is not (GgmlType.TL1 or GgmlType.TL2)
+                && (offset + size + alignment - 1) / alignment * alignment is var end && end != next)
+                throw new ModelFormatException(path,
+                    $"{GgmlTypeInfo.Name(type.Value)} [{string.Join(", ", r.Dims)}] takes {size} bytes from data offset {offset} (to {end} with padding), but the next tensor, '{raw[order[k + 1]].Name}', starts at {next}: this tensor's type or shape does not match its data, or the header is damaged (llama.cpp refuses such a file too)", r.Name);
             long elements = 1;
             foreach (var d in r.Dims) elements *= d; // TryByteSize proved this does not overflow.
             tensors[order[k]] = new GgufTensorInfo(order[k], r.Name, r.Dims, type.Value, r.TypeId, offset, size, elements);
