@@ -217,7 +217,7 @@ public sealed class TrainingRun
     // ---- Checkpoints ----
 
     private const ulong Magic = 0x54504B4354544E42; // "BNTTCKPT"
-    private const int Version = 4; // 4: the training text's fingerprint after the best snapshot; 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
+    private const int Version = 4; // 4: the training text's fingerprint after the best snapshot, then an XXH3 of every byte before it; 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
 
     /// <summary>
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
@@ -239,8 +239,11 @@ public sealed class TrainingRun
                 if (!float.IsFinite(moments[i]))
                     throw new TrainingDivergedException($"the optimizer's moments are no longer finite at step {Step}: training diverged. {DivergenceAdvice(path)}.");
         // The default BinaryWriter encoding (UTF-8, no BOM, throwing on invalid text), kept open for the fsync.
-        AtomicFile.Write(path, stream =>
+        AtomicFile.Write(path, file =>
         {
+            // Everything before the checksum goes through the hash: damage that stays finite (a weight of 1e30, a step
+            // of -1, a best loss of NaN) resumed and overwrote the checkpoint, and only non-finite values were caught.
+            using var stream = new HashingStream(file);
             using var w = new BinaryWriter(stream, new System.Text.UTF8Encoding(false, true), leaveOpen: true);
             w.Write(Magic);
             w.Write(Version);
@@ -267,6 +270,8 @@ public sealed class TrainingRun
                 w.Write((ulong)(fp >> 64));
                 w.Write((ulong)fp);
             }
+            w.Flush();
+            w.Write(stream.Hash);
             w.Write(Magic);
             w.Flush();
         });
@@ -321,7 +326,8 @@ public sealed class TrainingRun
         if (weightDecay is { } wd && !(float.IsFinite(wd) && wd >= 0)) throw new ArgumentOutOfRangeException(nameof(weightDecay), wd, "The weight decay must be 0 or more and finite.");
         if (learningRate is { } lr && !(float.IsFinite(lr) && lr > 0)) throw new ArgumentOutOfRangeException(nameof(learningRate), lr, "The learning rate must be positive and finite.");
         if (warmupSteps is < 0) throw new ArgumentOutOfRangeException(nameof(warmupSteps), warmupSteps, "Warm-up steps must be 0 or more.");
-        using var stream = File.OpenRead(path);
+        using var file = File.OpenRead(path);
+        using var stream = new HashingStream(file);
         // Strict UTF-8: the default decoder turned a damaged token into U+FFFD without a word, and the exported model lost
         // that byte's token (text with it no longer encoded).
         using var r = new BinaryReader(stream, new System.Text.UTF8Encoding(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true));
@@ -425,7 +431,20 @@ public sealed class TrainingRun
                     CheckValues(path, "best-validation weights", run.BestParameters, nonNegative: false);
                 }
             }
-            if (version >= 4 && r.ReadBoolean()) run.DataFingerprint = ((UInt128)r.ReadUInt64() << 64) | r.ReadUInt64();
+            if (version >= 4)
+            {
+                if (r.ReadBoolean()) run.DataFingerprint = ((UInt128)r.ReadUInt64() << 64) | r.ReadUInt64();
+                ulong computed = stream.Hash;
+                if (r.ReadUInt64() != computed)
+                    throw new InvalidDataException($"{path}: the checkpoint's checksum does not match its contents: the file is damaged. Resume an intact copy, or start a new run without --resume.");
+            }
+            // What a checksum cannot vouch for in an older checkpoint, and no run writes: a step outside the run or its
+            // loss history, a best snapshot from a later step or with a loss that is not a loss.
+            if (run.Step < 0 || run.Step > run.Options.TotalSteps || run.TrainLosses.Count > 0 && run.TrainLosses[^1].Step != run.Step
+                || run.TrainLosses.Count == 0 && run.Step != 0)
+                throw new InvalidDataException($"{path}: the checkpoint's step ({run.Step}) does not fit its run ({run.Options.TotalSteps} steps, losses to step {(run.TrainLosses.Count > 0 ? run.TrainLosses[^1].Step : 0)}): the file is damaged. Resume an intact copy, or start a new run without --resume.");
+            if (run.BestStep > run.Step || run.BestStep >= 0 && !(float.IsFinite(run.BestValidationLoss) && run.BestValidationLoss >= 0))
+                throw new InvalidDataException($"{path}: the checkpoint's best-validation snapshot (step {run.BestStep}, loss {run.BestValidationLoss}) does not fit its run at step {run.Step}: the file is damaged. Resume an intact copy, or start a new run without --resume.");
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: the checkpoint is truncated or corrupt (end marker missing).");
             run._lastCodes = run.TernaryCodes();
             run.CheckpointStep = run.Step;
@@ -466,7 +485,7 @@ public sealed class TrainingRun
         : o.WarmupSteps < 0 ? $"{o.WarmupSteps} warm-up steps"
         : !(float.IsFinite(o.WeightDecay) && o.WeightDecay >= 0) ? $"weight decay {o.WeightDecay}"
         : !(float.IsFinite(o.ClipNorm) && o.ClipNorm >= 0) ? $"clip norm {o.ClipNorm}"
-        : o.MaxValidationWindows < 0 ? $"{o.MaxValidationWindows} validation windows"
+        : o.MaxValidationWindows < 1 ? $"{o.MaxValidationWindows} validation windows"
         : null;
 
     private static ActivationBits ReadBits(BinaryReader r, int layers, string path)
@@ -545,3 +564,49 @@ public sealed class TrainingRun
 /// <summary>A checkpoint that is sound but not the run the command line describes (another shape, other activation bits):
 /// the options are the user's to change (an argument exception), where <see cref="InvalidDataException"/> says the file is bad.</summary>
 public sealed class CheckpointMismatchException(string message) : ArgumentException(message);
+
+/// <summary>
+/// A pass-through stream that hashes (XXH3) every byte read or written through it: a checkpoint's checksum covers
+/// what was written before it, and a resume compares it with what it read.
+/// </summary>
+internal sealed class HashingStream(Stream inner) : Stream
+{
+    private readonly System.IO.Hashing.XxHash3 _hash = new();
+
+    /// <summary>The hash of the bytes so far.</summary>
+    public ulong Hash => _hash.GetCurrentHashAsUInt64();
+
+    public override bool CanRead => inner.CanRead;
+    public override bool CanSeek => false;
+    public override bool CanWrite => inner.CanWrite;
+    public override long Length => inner.Length;
+
+    public override long Position
+    {
+        get => inner.Position;
+        set => throw new NotSupportedException();
+    }
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        int n = inner.Read(buffer);
+        _hash.Append(buffer[..n]);
+        return n;
+    }
+
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        _hash.Append(buffer);
+        inner.Write(buffer);
+    }
+
+    public override void Flush() => inner.Flush();
+
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+
+    public override void SetLength(long value) => throw new NotSupportedException();
+}

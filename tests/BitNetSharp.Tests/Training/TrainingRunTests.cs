@@ -272,15 +272,16 @@ public class TrainingRunTests
         run.StepOnce();
         run.SaveCheckpoint(path);
         // Version 4 = version 1 + (int32 count, widths) after the 85-byte header of options + (int32 best step = −1,
-        // float32 best loss) and (bool: no data fingerprint, a library run's) before the 8-byte end marker when no
-        // validation ran.
+        // float32 best loss), (bool: no data fingerprint, a library run's) and the 8-byte checksum before the 8-byte end
+        // marker when no validation ran.
         var v4 = File.ReadAllBytes(path);
         const int header = 85;
         int count = BitConverter.ToInt32(v4, header);
         Assert.Equal(options.Shape.Layers * ActivationBits.Inputs, count);
-        Assert.Equal(-1, BitConverter.ToInt32(v4, v4.Length - 17));
-        Assert.Equal(0, v4[^9]);
-        var v1 = v4[..header].Concat(v4[(header + 4 + count)..^17]).Concat(v4[^8..]).ToArray();
+        Assert.Equal(-1, BitConverter.ToInt32(v4, v4.Length - 25));
+        Assert.Equal(0, v4[^17]);
+        Assert.Equal(System.IO.Hashing.XxHash3.HashToUInt64(v4.AsSpan(0, v4.Length - 16)), BitConverter.ToUInt64(v4, v4.Length - 16));
+        var v1 = v4[..header].Concat(v4[(header + 4 + count)..^25]).Concat(v4[^8..]).ToArray();
         BitConverter.GetBytes(1).CopyTo(v1, 8);
         File.WriteAllBytes(path, v1);
         var resumed = TrainingRun.Resume(path, pool, options.Shape, ActivationBits.Uniform(options.Shape.Layers));
@@ -289,13 +290,67 @@ public class TrainingRunTests
         Assert.Equal(run.Model.Parameters, resumed.Model.Parameters);
 
         // Version 3 (no fingerprint byte) resumes with no fingerprint; version 4 keeps the one the run was given.
-        var v3 = v4[..^9].Concat(v4[^8..]).ToArray();
+        var v3 = v4[..^17].Concat(v4[^8..]).ToArray();
         BitConverter.GetBytes(3).CopyTo(v3, 8);
         File.WriteAllBytes(path, v3);
         Assert.Null(TrainingRun.Resume(path, pool).DataFingerprint);
         run.DataFingerprint = ((UInt128)0x0123456789ABCDEF << 64) | 0xFEDCBA9876543210;
         run.SaveCheckpoint(path);
         Assert.Equal(run.DataFingerprint, TrainingRun.Resume(path, pool).DataFingerprint);
+    }
+
+    /// <summary>
+    /// Damage that stays finite is caught: a weight of 1e30 in a version-4 checkpoint fails its checksum (it resumed,
+    /// trained at loss 2e28 and overwrote the checkpoint); in an older one without a checksum, a step outside the run or
+    /// its loss history and a best loss that is not a loss are refused by name.
+    /// </summary>
+    [Fact]
+    public void FiniteDamageInACheckpointIsRefused()
+    {
+        var (options, tokenizer, train, validation) = Setup(4);
+        using var pool = new WorkerPool(2);
+        using var dir = new TestGguf.TempDirectory();
+        var path = dir.File("run.ckpt");
+        var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
+        run.StepOnce();
+        run.StepOnce();
+        run.SaveCheckpoint(path);
+        var good = File.ReadAllBytes(path);
+        // The first latent weight: the float after the parameter count that equals the model's size, near the end.
+        int n = run.Model.Parameters.Length;
+        int firstWeights = -1;
+        for (int at = 0; at + 4 <= good.Length; at++)
+            if (BitConverter.ToInt32(good, at) == n && BitConverter.ToSingle(good, at + 4) == run.Model.Parameters[0]) { firstWeights = at + 4; break; }
+        Assert.True(firstWeights > 0, "the weights' place in the checkpoint");
+        var damaged = (byte[])good.Clone();
+        BitConverter.GetBytes(1e30f).CopyTo(damaged, firstWeights);
+        File.WriteAllBytes(path, damaged);
+        var e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
+        Assert.Contains("checksum does not match its contents", e.Message);
+
+        // Version 3 (no fingerprint flag, no checksum) with its step set to -1, then to one past the run.
+        var v3 = good[..^17].Concat(good[^8..]).ToArray();
+        BitConverter.GetBytes(3).CopyTo(v3, 8);
+        foreach (int bad in new[] { -1, options.TotalSteps + 1 })
+        {
+            var copy = (byte[])v3.Clone();
+            int at = FindStep(copy, 2, firstWeights);
+            BitConverter.GetBytes(bad).CopyTo(copy, at);
+            File.WriteAllBytes(path, copy);
+            e = Assert.Throws<InvalidDataException>(() => TrainingRun.Resume(path, pool));
+            Assert.Contains($"the checkpoint's step ({bad}) does not fit its run", e.Message);
+        }
+        File.WriteAllBytes(path, v3);
+        Assert.Equal(2, TrainingRun.Resume(path, pool).Step);
+
+        // The step is the int32 before the RNG state and the loss history (count 2, entries (1, loss), (2, loss)).
+        static int FindStep(byte[] bytes, int step, int before)
+        {
+            for (int at = before - 4; at >= 0; at--)
+                if (BitConverter.ToInt32(bytes, at) == step && BitConverter.ToInt32(bytes, at + 12) == 2 && BitConverter.ToInt32(bytes, at + 16) == 1 && BitConverter.ToInt32(bytes, at + 24) == 2)
+                    return at;
+            throw new InvalidOperationException("no step field found");
+        }
     }
 
     /// <summary>
