@@ -94,6 +94,62 @@ public class LogsCommandTests
         Assert.Contains("telemetry-junk.arrow: not an Arrow IPC file (no ARROW1 magic)", error);
     }
 
+    /// <summary>
+    /// A damaged row-kind name in a batch's dictionary is refused naming the file: "stepLayerevent" made every layer row a
+    /// row of no kind, and the summary read 8 rows of 20 (the layer rows silently gone), exit 0.
+    /// </summary>
+    [Fact]
+    public void ADamagedKindNameIsRefused()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        var bytes = File.ReadAllBytes(path);
+        int at = bytes.AsSpan().IndexOf("steplayerevent"u8);
+        Assert.True(at > 0, "the kinds' dictionary in the file");
+        bytes[at + 4] = (byte)'L';
+        File.WriteAllBytes(path, bytes);
+        var (code, output, error) = Bitnet("logs", path);
+        Assert.NotEqual(0, code);
+        Assert.Contains(path, error);
+        Assert.Contains("column kind: dictionary entry 1 is \"Layer\", none of step, layer, event", error);
+        Assert.DoesNotContain("rows:", output);
+    }
+
+    /// <summary>
+    /// A complete file whose messages hold more record batches than its footer lists (a batch copied once more) is
+    /// refused: the duplicate's rows were counted twice, exit 0.
+    /// </summary>
+    [Fact]
+    public void MoreBatchesThanTheFooterListsIsDamage()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        // The log's first batch written again by Arrow's own writer, once and twice: the twice file's messages with the
+        // once file's footer.
+        byte[] Written(int copies)
+        {
+            using var source = File.OpenRead(path);
+            using var reader = new Apache.Arrow.Ipc.ArrowFileReader(source);
+            using var batch = reader.ReadNextRecordBatch();
+            using var m = new MemoryStream();
+            using (var writer = new Apache.Arrow.Ipc.ArrowFileWriter(m, reader.Schema, leaveOpen: true))
+            {
+                for (int i = 0; i < copies; i++) writer.WriteRecordBatch(batch);
+                writer.WriteEnd();
+            }
+            return m.ToArray();
+        }
+        static int FooterStart(byte[] b) => b.Length - 10 - BitConverter.ToInt32(b, b.Length - 10);
+        byte[] once = Written(1), twice = Written(2);
+        string good = dir.File("once.arrow"), bad = dir.File("spliced.arrow");
+        File.WriteAllBytes(good, once);
+        File.WriteAllBytes(bad, [.. twice.AsSpan(0, FooterStart(twice)), .. once.AsSpan(FooterStart(once))]);
+        Assert.Equal(0, Bitnet("logs", good).Item1);
+        var (code, _, error) = Bitnet("logs", bad);
+        Assert.NotEqual(0, code);
+        Assert.Contains($"{bad}: the file's footer lists 1 record batches, but its messages hold 2; the file is damaged.", error);
+    }
+
     [Fact]
     public void SummaryShowsContextCountsLayersLogitsAndEvents()
     {
