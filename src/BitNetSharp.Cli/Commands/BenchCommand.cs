@@ -125,7 +125,7 @@ public static class BenchCommand
                 foreach (int t in threadCounts)
                 {
                     using var pool = new WorkerPool(t);
-                    if (cpuList is not null) ProfileCommand.Pin(pool, cpuList);
+                    using var pinned = cpuList is not null ? ProfileCommand.Pin(pool, cpuList) : null;
                     using var probe = new MemoryBandwidth();
                     double best = probe.Measure(pool, repetitions: repetitions);
                     probes.Add((t, best, probe.BestPattern.ToString().ToLowerInvariant(), probe.InHugePages,
@@ -202,7 +202,7 @@ public static class BenchCommand
             foreach (int t in threadCounts)
             {
                 using var pool = new WorkerPool(t);
-                if (cpuList is not null) ProfileCommand.Pin(pool, cpuList);
+                using var pinned = cpuList is not null ? ProfileCommand.Pin(pool, cpuList) : null;
                 double before = Probe(pool);
                 var samples = new List<ThroughputSample>();
                 int every = result.GetValue(healthAb) ?? -1;

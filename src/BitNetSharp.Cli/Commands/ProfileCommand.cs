@@ -136,7 +136,7 @@ public static class ProfileCommand
                 throw new UsageException($"{ids.Length} prompt tokens + {steps} decode steps (-n) exceed the model's context of {weights.Config.ContextLength}.");
 
             using var pool = new WorkerPool(threadCount);
-            if (cpuList is not null) Pin(pool, cpuList);
+            using var pinned = cpuList is not null ? Pin(pool, cpuList) : null;
             cli.Error.WriteLine($"profiling {(shape is not null ? $"synthetic {shape.Name}" : path)}: {ids.Length} prompt tokens, {steps} decode steps{(seqs > 1 ? $" × {seqs} sequences" : "")}, {pool.ThreadCount} threads...");
             var report = ProfileSession.Run(weights, pool, new ProfileOptions
             {
@@ -238,11 +238,12 @@ public static class ProfileCommand
         }
     }
 
-    internal static void Pin(WorkerPool pool, int[] cpus)
+    /// <summary>Pins the pool's workers; dispose to give the calling thread (worker 0) its CPUs back.</summary>
+    internal static IDisposable Pin(WorkerPool pool, int[] cpus)
     {
         try
         {
-            ThreadPlacement.Pin(pool, cpus);
+            return ThreadPlacement.Pin(pool, cpus);
         }
         catch (Exception e) when (e is PlatformNotSupportedException or InvalidOperationException)
         {

@@ -34,10 +34,14 @@ public static unsafe class ThreadPlacement
         return [.. cpus];
     }
 
-    /// <summary>Pins worker i of <paramref name="pool"/> to <paramref name="cpus"/>[i mod cpus.Length].</summary>
+    /// <summary>
+    /// Pins worker i of <paramref name="pool"/> to <paramref name="cpus"/>[i mod cpus.Length]. Worker 0 is the calling
+    /// thread: dispose the result on that thread to give it back the CPUs it had (a command run in-process, as the tests
+    /// run `bitnet profile --cpus 0`, left its caller pinned to CPU 0 for whatever ran on that thread next).
+    /// </summary>
     /// <exception cref="PlatformNotSupportedException">Not Linux.</exception>
     /// <exception cref="InvalidOperationException">The kernel refused (e.g. a CPU outside this container's cpuset).</exception>
-    public static void Pin(WorkerPool pool, int[] cpus)
+    public static CallerAffinity Pin(WorkerPool pool, int[] cpus)
     {
         if (!OperatingSystem.IsLinux()) throw new PlatformNotSupportedException("--cpus pins threads with sched_setaffinity, which only Linux has.");
         ArgumentNullException.ThrowIfNull(cpus);
@@ -45,9 +49,31 @@ public static unsafe class ThreadPlacement
         // The mask holds CPUs 0..1023: a number past it wrote outside the buffer, and −1 pinned to CPU 63.
         foreach (int cpu in cpus)
             if ((uint)cpu >= MaxCpus) throw new ArgumentOutOfRangeException(nameof(cpus), cpu, $"--cpus: CPU {cpu} is outside 0..{MaxCpus - 1}.");
+        var caller = new CallerAffinity(AllowedCpus());
         var work = new PinWork(cpus);
         pool.Run(work, pool.ThreadCount);
-        if (work.Error is { } e) throw new InvalidOperationException(e);
+        if (work.Error is { } e)
+        {
+            caller.Dispose();
+            throw new InvalidOperationException(e);
+        }
+        return caller;
+    }
+
+    /// <summary>The calling thread's CPUs before <see cref="Pin"/>, given back on dispose (on that thread; once).</summary>
+    public sealed class CallerAffinity : IDisposable
+    {
+        private readonly int[] _cpus;
+        private readonly int _thread = Environment.CurrentManagedThreadId;
+        private int _disposed;
+
+        internal CallerAffinity(int[] cpus) => _cpus = cpus;
+
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) != 0 || _cpus.Length == 0 || Environment.CurrentManagedThreadId != _thread) return;
+            Allow(_cpus);
+        }
     }
 
     /// <summary>The CPUs an affinity mask here can name (16 × 64 bits).</summary>

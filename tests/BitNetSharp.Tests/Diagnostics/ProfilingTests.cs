@@ -765,11 +765,18 @@ public class ProfilingTests
     public void CpusSetTheThreadCountAndADeviceTraceHasNoSize()
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "CPU pinning and /dev/null as a special file");
+        var before = BitNetSharp.Threading.ThreadPlacement.AllowedCpus();
         var r = Bitnet("profile", "--synthetic", "tiny", "--prompt-tokens", "2", "-n", "1", "--cpus", "0", "--json", "--trace", "/dev/null", "--probe-mb", "16", "--peak-ms", "1");
         Assert.True(r.ExitCode == 0, r.Error);
         using var doc = JsonDocument.Parse(r.Output);
         Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty("trace_bytes").ValueKind);
         Assert.Equal(1, doc.RootElement.GetProperty("threads").GetInt32());
+        // The calling thread (worker 0) has its CPUs back: it stayed pinned to CPU 0, and the thread-placement tests that
+        // ran on it next skipped, "needs two allowed CPUs".
+        Assert.Equal(before, BitNetSharp.Threading.ThreadPlacement.AllowedCpus());
+        r = Bitnet("bench", "--synthetic", "tiny", "-p", "0", "-n", "2", "-r", "1", "--cpus", "0", "--json");
+        Assert.True(r.ExitCode == 0, r.Error);
+        Assert.Equal(before, BitNetSharp.Threading.ThreadPlacement.AllowedCpus());
     }
 
     /// <summary>A trace written through a link (the link kept, its target replaced) is reported at the target's size: it read the link's, 0.00 MB.</summary>
