@@ -9,7 +9,17 @@ namespace BitNetSharp.Cli;
 /// </summary>
 public static class Program
 {
-    public static int Main(string[] args) => Run(args, Console.Out, Console.Error, handleSignals: true);
+    public static int Main(string[] args)
+    {
+        // Windows writes the console (and a redirected stdout) in the OEM code page: generated text past ASCII came out as
+        // "?", and text piped into chat was misread. UTF-8 without a BOM, as everywhere else.
+        if (OperatingSystem.IsWindows())
+        {
+            Console.OutputEncoding = new System.Text.UTF8Encoding(false);
+            Console.InputEncoding = new System.Text.UTF8Encoding(false);
+        }
+        return Run(args, Console.Out, Console.Error, handleSignals: true);
+    }
 
     /// <param name="environment">Where serve reads its BITNET_* variables (default: the process environment); tests pass their own.</param>
     /// <param name="handleSignals">Whether SIGINT/SIGTERM stop the commands that stop cleanly (<see cref="Commands.CommandSignals"/>): the

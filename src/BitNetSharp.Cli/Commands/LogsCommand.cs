@@ -113,7 +113,8 @@ public static class LogsCommand
         {
             if (exportFile is not null)
             {
-                exportWriter = new StreamWriter(exportFile.Stream, new UTF8Encoding(false), 1 << 16, leaveOpen: true);
+                // Lines end in \n on every OS (CSV and JSONL tools expect it; WriteLine wrote \r\n on Windows).
+                exportWriter = new StreamWriter(exportFile.Stream, new UTF8Encoding(false), 1 << 16, leaveOpen: true) { NewLine = "\n" };
                 if (s.Export == "csv") exportWriter.WriteLine(string.Join(',', TelemetryLogSchema.ColumnNames) + ",run");
             }
             var plot = s.Plot is null ? null : new PlotData(s.Metric ?? "saturation", InputIndex(s.Input));
@@ -203,12 +204,13 @@ public static class LogsCommand
         {
             if (path is null) continue;
             string full = Path.GetFullPath(path);
+            // However spelled: through a link, or in other letter case where the file system folds it (macOS, Windows).
             foreach (var f in reader.Files)
-                if (string.Equals(Path.GetFullPath(f.Path), full, StringComparison.Ordinal))
+                if (PathIdentity.SameFile(f.Path, full))
                     throw new UsageException($"{option} {path} is one of the telemetry logs being read; writing it would replace the log. Give another path.");
             if (full.EndsWith(TelemetryLogSchema.FileExtension, StringComparison.OrdinalIgnoreCase))
                 foreach (var input in s.Files)
-                    if (Directory.Exists(input) && string.Equals(Path.GetFullPath(input).TrimEnd(Path.DirectorySeparatorChar), Path.GetDirectoryName(full), StringComparison.Ordinal))
+                    if (Directory.Exists(input) && Path.GetDirectoryName(full) is { } folder && Directory.Exists(folder) && PathIdentity.SameFolder(input, folder))
                         throw new UsageException($"{option} {path} would put a {TelemetryLogSchema.FileExtension} file that is not a telemetry log into the log directory {input}. Give another name or directory.");
         }
     }

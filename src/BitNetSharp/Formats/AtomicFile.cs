@@ -46,7 +46,7 @@ public static class AtomicFile
         // already written to it lost).
         if (OpenDescriptor(full) is int fd)
             return new PendingFile(full, null, new DescriptorStream(fd, full));
-        if (PathIdentity.IsSpecialFile(full))
+        if (IsDeviceOrPipe(full))
         {
             try
             {
@@ -79,8 +79,16 @@ public static class AtomicFile
     public static bool WritesInPlace(string path)
     {
         var full = Path.GetFullPath(path);
-        return OpenDescriptor(full) is not null || PathIdentity.IsSpecialFile(full) || (!OperatingSystem.IsLinux() && full.StartsWith("/dev/", StringComparison.Ordinal));
+        return OpenDescriptor(full) is not null || IsDeviceOrPipe(full);
     }
+
+    /// <summary>
+    /// A FIFO, device or socket (Linux, by its file type), or on other Unix systems, where the type is not read, a path
+    /// under /dev/: written in place. On macOS /dev/null went the temporary-and-rename way, "permission denied in the
+    /// folder /dev" (and as root it would have replaced the device).
+    /// </summary>
+    private static bool IsDeviceOrPipe(string full) =>
+        PathIdentity.IsSpecialFile(full) || (!OperatingSystem.IsLinux() && !OperatingSystem.IsWindows() && full.StartsWith("/dev/", StringComparison.Ordinal));
 
     /// <summary>
     /// The file a write to <paramref name="full"/> replaces: the path itself, or where a symbolic link at it leads, as
@@ -337,6 +345,12 @@ public static class AtomicFile
         catch (InvalidOperationException)
         {
             return false;
+        }
+        catch (System.ComponentModel.Win32Exception)
+        {
+            // Windows: the PID now belongs to a process this user may not query (an elevated one, after PID reuse):
+            // taken as running, its temporary kept, rather than every write of this output failing with a stack trace.
+            return true;
         }
     }
 

@@ -150,6 +150,26 @@ public class LogsCommandTests
         Assert.Contains($"{bad}: the file's footer lists 1 record batches, but its messages hold 2; the file is damaged.", error);
     }
 
+    /// <summary>
+    /// --out through a link to a log being read is refused like the log's own path: compared as text, the export went
+    /// through the link and replaced the log (and other letter case did the same on macOS and Windows).
+    /// </summary>
+    [Fact]
+    public void AnExportThroughALinkToAnInputLogIsRefused()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS(), "symbolic links without privileges");
+        using var dir = new TestGguf.TempDirectory();
+        string path = WriteLog(dir);
+        using var elsewhere = new TestGguf.TempDirectory();
+        string link = elsewhere.File("export.csv");
+        File.CreateSymbolicLink(link, path);
+        var before = File.ReadAllBytes(path);
+        var (code, _, error) = Bitnet("logs", path, "--export", "csv", "--out", link);
+        Assert.Equal(2, code);
+        Assert.Contains("is one of the telemetry logs being read", error);
+        Assert.Equal(before, File.ReadAllBytes(path));
+    }
+
     [Fact]
     public void SummaryShowsContextCountsLayersLogitsAndEvents()
     {
