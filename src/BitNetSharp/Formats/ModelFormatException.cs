@@ -37,17 +37,22 @@ public sealed class ModelFormatException : Exception
     internal static string Printable(string text, int max)
     {
         bool clean = text.Length <= max;
-        foreach (char ch in text) clean &= !char.IsControl(ch);
+        foreach (char ch in text) clean &= !Hidden(ch);
         if (clean) return text;
         var sb = new System.Text.StringBuilder(Math.Min(text.Length, max) + 40);
         int i = 0;
         for (; i < text.Length && sb.Length < max; i++)
         {
             char ch = text[i];
-            if (char.IsControl(ch)) sb.Append("\\u").Append(((int)ch).ToString("x4", System.Globalization.CultureInfo.InvariantCulture));
+            if (Hidden(ch)) sb.Append("\\u").Append(((int)ch).ToString("x4", System.Globalization.CultureInfo.InvariantCulture));
+            else if (char.IsHighSurrogate(ch) && i + 1 < text.Length && char.IsLowSurrogate(text[i + 1])) sb.Append(ch).Append(text[++i]); // never half a pair
             else sb.Append(ch);
         }
         if (i < text.Length) sb.Append(System.Globalization.CultureInfo.InvariantCulture, $"… ({text.Length:N0} characters in all)");
         return sb.ToString();
     }
+
+    /// <summary>Control characters, and those that move or hide text on a terminal: bidi overrides, zero-width and line/paragraph separators.</summary>
+    private static bool Hidden(char ch) => char.IsControl(ch) || char.GetUnicodeCategory(ch) is
+        System.Globalization.UnicodeCategory.Format or System.Globalization.UnicodeCategory.LineSeparator or System.Globalization.UnicodeCategory.ParagraphSeparator;
 }

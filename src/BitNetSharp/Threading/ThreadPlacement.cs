@@ -6,7 +6,7 @@ namespace BitNetSharp.Threading;
 /// <summary>
 /// Pins each thread of a <see cref="WorkerPool"/> to one CPU (Linux sched_setaffinity): worker i to cpus[i mod n].
 /// Each thread pins itself — a static-slice run of one item per thread hands worker i exactly item i — so no thread
-/// ids are needed. The calling thread (worker 0) stays pinned afterwards.
+/// ids are needed. The calling thread (worker 0) stays pinned until the handle <see cref="Pin"/> returns is disposed.
 /// </summary>
 public static unsafe class ThreadPlacement
 {
@@ -71,7 +71,8 @@ public static unsafe class ThreadPlacement
 
         public void Dispose()
         {
-            if (Interlocked.Exchange(ref _disposed, 1) != 0 || _cpus.Length == 0 || Environment.CurrentManagedThreadId != _thread) return;
+            // The thread first: a call from another thread does nothing and leaves the handle for the right one.
+            if (Environment.CurrentManagedThreadId != _thread || _cpus.Length == 0 || Interlocked.Exchange(ref _disposed, 1) != 0) return;
             Allow(_cpus);
         }
     }

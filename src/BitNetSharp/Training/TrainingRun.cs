@@ -217,7 +217,7 @@ public sealed class TrainingRun
     // ---- Checkpoints ----
 
     private const ulong Magic = 0x54504B4354544E42; // "BNTTCKPT"
-    private const int Version = 4; // 4: the training text's fingerprint after the best snapshot, then an XXH3 of every byte before it; 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
+    private const int Version = 5; // 5: an XXH3 of every byte before it, before the end marker; 4: the training text's fingerprint after the best snapshot; 3: the best-validation snapshot at the end; 2: the activation bit widths after MaxValidationWindows (1: none, i.e. all 8)
 
     /// <summary>
     /// Writes everything needed to continue: options, tokenizer, token streams, step, RNG state, loss history, latent
@@ -338,7 +338,7 @@ public sealed class TrainingRun
         {
             if (r.ReadUInt64() != Magic) throw new InvalidDataException($"{path}: not a bitnet training checkpoint.");
             int version = r.ReadInt32();
-            if (version is not (1 or 2 or 3 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
+            if (version is not (1 or 2 or 3 or 4 or Version)) throw new InvalidDataException($"{path}: checkpoint version {version}; this build reads version {Version}.");
             var v = new int[7];
             for (int i = 0; i < 7; i++) v[i] = r.ReadInt32();
             var shape = new TrainingShape(v[0], v[1], v[2], v[3], v[4], v[5], v[6], r.ReadSingle(), r.ReadSingle());
@@ -431,9 +431,9 @@ public sealed class TrainingRun
                     CheckValues(path, "best-validation weights", run.BestParameters, nonNegative: false);
                 }
             }
-            if (version >= 4)
+            if (version >= 4 && r.ReadBoolean()) run.DataFingerprint = ((UInt128)r.ReadUInt64() << 64) | r.ReadUInt64();
+            if (version >= 5)
             {
-                if (r.ReadBoolean()) run.DataFingerprint = ((UInt128)r.ReadUInt64() << 64) | r.ReadUInt64();
                 ulong computed = stream.Hash;
                 if (r.ReadUInt64() != computed)
                     throw new InvalidDataException($"{path}: the checkpoint's checksum does not match its contents: the file is damaged. Resume an intact copy, or start a new run without --resume.");
@@ -485,7 +485,7 @@ public sealed class TrainingRun
         : o.WarmupSteps < 0 ? $"{o.WarmupSteps} warm-up steps"
         : !(float.IsFinite(o.WeightDecay) && o.WeightDecay >= 0) ? $"weight decay {o.WeightDecay}"
         : !(float.IsFinite(o.ClipNorm) && o.ClipNorm >= 0) ? $"clip norm {o.ClipNorm}"
-        : o.MaxValidationWindows < 1 ? $"{o.MaxValidationWindows} validation windows"
+        : o.MaxValidationWindows < 0 ? $"{o.MaxValidationWindows} validation windows"
         : null;
 
     private static ActivationBits ReadBits(BinaryReader r, int layers, string path)

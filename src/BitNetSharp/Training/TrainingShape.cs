@@ -29,7 +29,7 @@ public sealed record TrainingShape(int VocabSize, int Dim, int Layers, int Heads
         Require(Heads % KvHeads == 0, $"{KvHeads} KV heads do not divide the {Heads} attention heads; choose kv-heads that divides heads.");
         Require(HeadDim % 2 == 0, $"The head dimension {HeadDim} (dim / heads) must be even for RoPE.");
         Require(float.IsFinite(RopeTheta) && RopeTheta > 1f, $"The RoPE base {RopeTheta} must be a finite number above 1.");
-        Require(float.IsFinite(RmsEps) && RmsEps > 0f, $"The RMSNorm epsilon {RmsEps} must be positive.");
+        Require(float.IsFinite(RmsEps) && RmsEps > 0f && RmsEps <= 1f, $"The RMSNorm epsilon {RmsEps} must be positive and at most 1 (models use about 1e-5; the loader refuses more).");
     }
 
     /// <summary>The engine's view of this shape (what <see cref="ModelConfig.FromGguf"/> reads back from an export).</summary>

@@ -38,6 +38,10 @@ public class GgufErrorTests
         var e = Fails(TwoKeys("general.\u001b[2Jname"));
         Assert.Contains("general.\\u001b[2Jname", e.Message);
         Assert.DoesNotContain('\u001b', e.Message);
+        // A bidi override is escaped too (it reordered the line); a pair at the cut is kept whole.
+        Assert.Contains("\\u202e", Fails(TwoKeys("general.\u202Eeman")).Message);
+        string emoji = new string('k', 119) + "\U0001F600" + new string('k', 10);
+        Assert.DoesNotContain("\uD83D…", Fails(TwoKeys(emoji)).Message);
         e = Fails(TwoKeys(new string('k', 100_000)));
         Assert.True(e.Message.Length < 400, e.Message.Length.ToString(System.Globalization.CultureInfo.InvariantCulture));
         Assert.Contains("(100,000 characters in all): duplicate metadata key", e.Message);

@@ -271,7 +271,7 @@ public class TrainingRunTests
         var run = TrainingRun.Start(options, tokenizer, train, validation, pool);
         run.StepOnce();
         run.SaveCheckpoint(path);
-        // Version 4 = version 1 + (int32 count, widths) after the 85-byte header of options + (int32 best step = −1,
+        // Version 5 = version 1 + (int32 count, widths) after the 85-byte header of options + (int32 best step = −1,
         // float32 best loss), (bool: no data fingerprint, a library run's) and the 8-byte checksum before the 8-byte end
         // marker when no validation ran.
         var v4 = File.ReadAllBytes(path);
@@ -289,7 +289,12 @@ public class TrainingRunTests
         Assert.True(resumed.Model.ActivationBits.AllEight);
         Assert.Equal(run.Model.Parameters, resumed.Model.Parameters);
 
-        // Version 3 (no fingerprint byte) resumes with no fingerprint; version 4 keeps the one the run was given.
+        // Version 3 (no fingerprint byte) resumes with no fingerprint; version 4 (no checksum) resumes; version 5 keeps
+        // the fingerprint the run was given.
+        var four = v4[..^16].Concat(v4[^8..]).ToArray();
+        BitConverter.GetBytes(4).CopyTo(four, 8);
+        File.WriteAllBytes(path, four);
+        Assert.Equal(run.Model.Parameters, TrainingRun.Resume(path, pool).Model.Parameters);
         var v3 = v4[..^17].Concat(v4[^8..]).ToArray();
         BitConverter.GetBytes(3).CopyTo(v3, 8);
         File.WriteAllBytes(path, v3);

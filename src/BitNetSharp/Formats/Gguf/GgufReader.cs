@@ -210,7 +210,7 @@ internal static unsafe class GgufReader
             // whose offsets do not add up): a type changed to one of smaller size (F16 to Q8_0 in a damaged header) fit
             // before the next tensor, loaded, and generated garbage. TL1/TL2 sizes follow bitnet.cpp's kernels' tiling,
             // which this check leaves alone.
-            if (next <= dataLength && type.Value is not (GgmlType.TL1 or GgmlType.TL2)
+            if (next <= dataLength && type.Value is not (GgmlType.TL1 or GgmlType.TL2) && r.TypeId is not (38 or 39)
                 && (offset + size + alignment - 1) / alignment * alignment is var end && end != next)
                 throw new ModelFormatException(path,
                     $"{GgmlTypeInfo.Name(type.Value)} [{string.Join(", ", r.Dims)}] takes {size} bytes from data offset {offset} (to {end} with padding), but the next tensor, '{raw[order[k + 1]].Name}', starts at {next}: this tensor's type or shape does not match its data, or the header is damaged (llama.cpp refuses such a file too)", r.Name);
