@@ -20,6 +20,28 @@ public static class BenchCommand
     /// <summary>The most --repetitions (each a full pass of every test).</summary>
     public const int MaxRepetitions = 10_000;
 
+    /// <summary>
+    /// A comma list of whole numbers (-t, -s, -d). An empty entry is refused: `-d 0,,4096` (a typo, or an empty shell
+    /// variable) ran as `-d 0,4096` without a word. Digits only, whatever the culture (`+2` was read as 2).
+    /// </summary>
+    internal static int[] ParseList(string flag, string text, int min, int max, string what, string example)
+    {
+        string[] items = text.Split(',', StringSplitOptions.TrimEntries);
+        if (items.Length == 1 && items[0].Length == 0) throw new UsageException($"{flag}: give at least one {what} (e.g. {example}).");
+        var values = new int[items.Length];
+        for (int i = 0; i < items.Length; i++)
+        {
+            string t = items[i];
+            if (t.Length == 0)
+                throw new UsageException($"{flag} '{text}': entry {i + 1} is empty; give each {what} once, separated by commas (e.g. {example}).");
+            if (!int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) || values[i] < min || values[i] > max)
+                throw new UsageException(max == int.MaxValue
+                    ? $"{flag}: '{t}' is not an integer of {min} or more."
+                    : $"{flag}: '{t}' is not an integer from {min} to {max}.");
+        }
+        return values;
+    }
+
     /// <summary>The largest --ctx: 16 Mi positions (a KV cache past that is terabytes for any real shape).</summary>
     public const int MaxContext = 1 << 24;
 
@@ -70,13 +92,9 @@ public static class BenchCommand
             int[]? cpuList = result.GetValue(cpus) is { } cl ? ProfileCommand.ParseCpus(cl) : null;
             // Without -t, --cpus gives the thread count: one worker per CPU listed (`--cpus 0,1` on a host of more cores).
             int[] threadCounts = result.GetValue(threads) is { } list
-                ? list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
-                    int.TryParse(t, out int n) && n is > 0 and <= 4096 ? n : throw new UsageException($"--threads: '{t}' is not an integer from 1 to 4096.")).ToArray()
+                ? ParseList("--threads", list, 1, 4096, "thread count", "1,2,4")
                 : cpuList is not null ? [cpuList.Length] : [WorkerPool.DefaultThreadCount()];
-            if (threadCounts.Length == 0) throw new UsageException("--threads: give at least one thread count (e.g. 1,2,4).");
-            int[] sequenceCounts = result.GetValue(sequences)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
-                int.TryParse(t, out int n) && n is > 0 and <= 256 ? n : throw new UsageException($"--sequences: '{t}' is not an integer from 1 to 256.")).ToArray();
-            if (sequenceCounts.Length == 0) throw new UsageException("--sequences: give at least one sequence count (e.g. 1,4).");
+            int[] sequenceCounts = ParseList("--sequences", result.GetValue(sequences)!, 1, 256, "sequence count", "1,4");
             int repetitions = result.GetValue(reps);
             if (repetitions is < 1 or > MaxRepetitions) throw new UsageException($"--repetitions must be 1 to {MaxRepetitions}; got {repetitions}.");
             if (result.GetValue(prompt) < 0) throw new UsageException($"--n-prompt must be 0 (no pp test) or more; got {result.GetValue(prompt)}.");
@@ -84,9 +102,7 @@ public static class BenchCommand
             if (result.GetValue(prompt) == 0 && result.GetValue(gen) == 0 && !result.GetValue(bandwidthOnly))
                 throw new UsageException("-p and -n are both 0: there is no test to run (give -p for prefill, -n for decode, or --bandwidth-only).");
             bool depthGiven = result.GetValue(depths) is not null;
-            int[] depthList = (result.GetValue(depths) ?? "0").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(t =>
-                int.TryParse(t, NumberStyles.Integer, CultureInfo.InvariantCulture, out int n) && n >= 0 ? n : throw new UsageException($"--depth: '{t}' is not a non-negative integer.")).ToArray();
-            if (depthList.Length == 0) throw new UsageException("--depth: give at least one depth (0 for an empty cache).");
+            int[] depthList = ParseList("--depth", result.GetValue(depths) ?? "0", 0, int.MaxValue, "depth", "0,4096");
             if (depthList.Max() > MaxContext) throw new UsageException($"--depth {depthList.Max()} is past the largest context bench allocates ({MaxContext} positions).");
             int ctxOption = result.GetValue(ctxSize);
             if (ctxOption is < 0 or > MaxContext) throw new UsageException($"--ctx must be 1 to {MaxContext} positions (0: the model's context); got {ctxOption}.");
@@ -487,8 +503,11 @@ public static class BenchCommand
     private static void WriteCsv(CliConsole cli, Info info, List<Row> rows)
     {
         cli.Output.WriteLine("model,test,threads,tokens_per_second,stddev,weight_gbps,bandwidth_gbps,bound_tokens_per_second,percent_of_bound,load_seconds,peak_rss_bytes,file_bytes,"
-            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms,depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps,from_cache");
+            + "latency_p50_ms,latency_p95_ms,latency_p99_ms,latency_stddev_ms,ttft_ms,depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps,from_cache,"
+            + "sequences,depth_ratio_min,depth_ratio_max,depth_ratio_base");
         // RFC 4180: the model field quoted with its quotes doubled; the bound's cells are empty for prompt processing (as in JSON).
+        // The columns JSON had and CSV lacked (sequences, the depth ratio's range and base) come last, so a reader of the
+        // earlier columns by position reads them as before.
         string model = "\"" + info.Model.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
         foreach (var r in rows)
             cli.Output.WriteLine(string.Join(',', model, r.Sample.Test, r.Sample.Threads, F(r.Sample.Mean, "F3"), F(r.Sample.StdDev, "F3"),
@@ -497,7 +516,9 @@ public static class BenchCommand
                 Lat(r, l => l.P50), Lat(r, l => l.P95), Lat(r, l => l.P99), Lat(r, l => l.StdDev), r.IsGeneration ? "" : Lat(r, l => l.Mean),
                 r.Sample.Depth, r.Sample.AttentionShare is { } share ? F(share, "F4") : "", r.DepthRatio is { } q ? F(q.Median, "F4") : "",
                 r.IsGeneration ? r.KvBytesPerStep.ToString(CultureInfo.InvariantCulture) : "", r.IsGeneration ? F(r.ReadGBps, "F3") : "",
-                r.IsGeneration ? (r.FromCache ? "true" : "false") : ""));
+                r.IsGeneration ? (r.FromCache ? "true" : "false") : "",
+                r.Sample.Sequences, r.DepthRatio is { } q1 ? F(q1.Min, "F4") : "", r.DepthRatio is { } q2 ? F(q2.Max, "F4") : "",
+                r.DepthRatio is { } q3 ? q3.BaseDepth.ToString(CultureInfo.InvariantCulture) : ""));
     }
 
     private static string Lat(Row r, Func<Diagnostics.Profiling.LatencySummary, double> pick) =>

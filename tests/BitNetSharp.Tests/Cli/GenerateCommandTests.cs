@@ -763,6 +763,11 @@ public class BenchCommandTests
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", "1,1" }, "--threads lists 1 more than once")]
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", "1,2", "--cpus", "0" }, "--cpus lists 1 CPU(s) for 2 worker threads")] // both workers pinned to CPU 0, unsaid
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", "2", "--cpus", "0,0" }, "--cpus lists CPU 0 more than once")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "-d", "0,,8" }, "--depth '0,,8': entry 2 is empty")] // ran as -d 0,8 without a word
+    [InlineData(new[] { "-p", "0", "-n", "2", "-t", ",1" }, "--threads ',1': entry 1 is empty")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "-s", "1," }, "--sequences '1,': entry 2 is empty")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "-t", "+1" }, "--threads: '+1' is not an integer from 1 to 4096")] // read as 1
+    [InlineData(new[] { "-p", "0", "-n", "2", "-s", "" }, "--sequences: give at least one sequence count")]
     public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
     {
         var output = new StringWriter();

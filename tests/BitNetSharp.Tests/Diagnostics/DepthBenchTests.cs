@@ -232,8 +232,9 @@ public class DepthBenchTests
         var csv = Bench("-p", "8", "-n", "0", "-d", "16", "--csv");
         Assert.Equal(0, csv.Code);
         var lines = csv.Output.Trim().Split('\n');
-        Assert.EndsWith(",depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps,from_cache", lines[0]);
+        Assert.EndsWith(",depth,attention_share,depth_ratio,kv_bytes_per_step,read_gbps,from_cache,sequences,depth_ratio_min,depth_ratio_max,depth_ratio_base", lines[0]);
         Assert.Contains(",16,", lines[1]);
+        Assert.EndsWith(",1,,,", lines[1]); // one sequence; no ratio at a single depth (CSV lacked what JSON had)
         var ppCells = lines[1].Split(',');
         Assert.Equal(["", "", ""], new[] { ppCells[5], ppCells[7], ppCells[8] }); // no weight rate or bound for prompt processing (it read "550 GB/s")
 

@@ -28,6 +28,23 @@ public class ProfilingTests
     }
 
     /// <summary>
+    /// One rule names every row's bound: the larger share from 25 % of its limit. A row with both shares was labelled at
+    /// any size ("compute" at 2 % of the MAC peak), one with a single share only from 50 % (an F16 head at 31 % of the
+    /// bandwidth read "-").
+    /// </summary>
+    [Theory]
+    [InlineData(0.31, null, "memory")]
+    [InlineData(0.02, 0.03, "-")]
+    [InlineData(0.02, 0.38, "compute")]
+    [InlineData(0.40, 0.38, "memory")]
+    [InlineData(null, 0.24, "-")]
+    [InlineData(null, 0.25, "compute")]
+    [InlineData(1.2, 0.9, "cache")]
+    [InlineData(null, null, "-")]
+    public void TheBoundIsTheLargerShareOnceItIsNear(double? bandwidthShare, double? macShare, string bound) =>
+        Assert.Equal(bound, new ProfileRow("x", -1, 1, 1e-3, 0.1, 1, 1, null, bandwidthShare, null, macShare).Bound);
+
+    /// <summary>
     /// A user without CAP_PERFMON under perf_event_paranoid 2 (most distributions' default) still gets task-clock and the
     /// fault counts, counted in user mode (all software events were refused, with advice to set the value it already had).
     /// Runs where that is the situation: `setpriv --reuid=65534 ... dotnet test` as root shows it.

@@ -13,15 +13,19 @@ public sealed record ProfileRow(string Name, int Layer, long Calls, double Secon
     public double MicrosPerCall => Calls > 0 ? Seconds * 1e6 / Calls : 0;
 
     /// <remarks>"cache": the weights came in faster than the measured DRAM read bandwidth, so they were (partly) served
-    /// from the caches — small models whose weights fit in L2/L3.</remarks>
-    public string Bound => (BandwidthShare, MacShare) switch
+    /// from the caches — small models whose weights fit in L2/L3. The larger share names the bound once it reaches
+    /// <see cref="BoundShare"/> of its limit; below that on both, "-": neither limit is near (per-call overheads,
+    /// latency). One rule for every row: a row with both shares was labelled at any size ("compute" at 2 % of the MAC
+    /// peak), one with a single share only from 50 % (an F16 head at 31 % of the bandwidth read "-").</remarks>
+    public string Bound => (BandwidthShare ?? 0, MacShare ?? 0) switch
     {
-        (null, null) => "-",
-        ({ } b, _) when b > 1.05 => "cache",
-        ({ } b, null) => b >= 0.5 ? "memory" : "-",
-        (null, { } m) => m >= 0.5 ? "compute" : "-",
-        ({ } b, { } m) => b >= m ? "memory" : "compute",
+        (> 1.05, _) => "cache",
+        (var b, var m) when Math.Max(b, m) < BoundShare => "-",
+        (var b, var m) => b >= m ? "memory" : "compute",
     };
+
+    /// <summary>The share of a limit from which a row is said to be bound by it.</summary>
+    public const double BoundShare = 0.25;
 
     /// <summary>Rows per operation kind over all layers, in the order a layer runs them, then "other" (the phase's time
     /// no operation accounts for: activation layout copies, pool hand-offs, the loop itself).</summary>
