@@ -43,7 +43,14 @@ internal static class OutputFile
                 }
                 catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
-                    throw new UsageException($"{option} {path}: cannot write in the folder '{folder}' ({(e is UnauthorizedAccessException ? "permission denied" : e.Message.Replace(probe, folder, StringComparison.Ordinal))}); give a folder this user can write.");
+                    // ENOENT on a folder that exists (/proc) read "Could not find file '/proc'".
+                    string reason = e switch
+                    {
+                        UnauthorizedAccessException => "permission denied",
+                        FileNotFoundException or DirectoryNotFoundException => "it does not take new files",
+                        _ => e.Message.Replace(probe, folder, StringComparison.Ordinal),
+                    };
+                    throw new UsageException($"{option} {path}: cannot write in the folder '{folder}' ({reason}); give a folder this user can write.");
                 }
             }
             else if (target != full)

@@ -108,6 +108,8 @@ public static class CalibrateCommand
         if (reportPath is not null && string.IsNullOrWhiteSpace(reportPath)) throw new UsageException("--report: the path is empty; give a Markdown file path, or leave --report out.");
         if (reportPath is not null && (Directory.Exists(reportPath) || reportPath.EndsWith('/') || reportPath.EndsWith(Path.DirectorySeparatorChar)))
             throw new UsageException($"--report {reportPath} is a directory; give a file path such as {Path.Combine(reportPath, "calibration.md")}.");
+        // An empty --out read "--out : the calibrated model is a GGUF"; said as every output option says it.
+        if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("--out is empty; give a file path.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the calibrated model is a GGUF; give a path ending in .gguf.");
         // The report is Markdown with its plots beside it (REPORT-crest.svg, ...): --report y.svg wrote Markdown into y.svg.
         if (reportPath is not null && !reportPath.EndsWith(".md", StringComparison.OrdinalIgnoreCase))
@@ -116,9 +118,10 @@ public static class CalibrateCommand
         string stem = outFull[..^".gguf".Length];
         reportPath = reportPath is null ? stem + ".calibration.md" : Path.GetFullPath(reportPath);
         string reportStem = reportPath.EndsWith(".md", StringComparison.OrdinalIgnoreCase) ? reportPath[..^3] : reportPath;
-        foreach (var path in new[] { outFull, reportPath })
-            if (Path.GetDirectoryName(path) is { } dir && !Directory.Exists(dir))
-                throw new UsageException($"Cannot write {path}: the directory {dir} does not exist.");
+        // Checked as every output option is (a missing or unwritable folder named with its flag: "Cannot write X: the
+        // directory ... does not exist" named none). The default report lies beside --out.
+        OutputFile.Check("--out", outFull);
+        OutputFile.Check("--report", reportPath);
         // The text is read first and the outputs are moved into place after the search: one of them on --data replaced it.
         OutputFile.CheckNotInput("--out", outFull, ("--data", dataPath));
         foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })
@@ -172,7 +175,7 @@ public static class CalibrateCommand
 
         var log = json ? null : new Action<string>(line => cli.Output.WriteLine(line));
         log?.Invoke(string.Create(CultureInfo.InvariantCulture,
-            $"calibration: {statStarts.Count} windows of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
+            $"calibration: {Count(statStarts.Count, "window")} of {window} tokens for statistics, {heldStarts.Count} held out; KL budget {budget:G4} nats; searching…"));
         var result = BitWidthSearch.Run(engine, tokens, window, heldStarts, bos, budget, Path.GetDirectoryName(outFull) ?? ".", bytes,
             maxSteps ?? int.MaxValue, log, cancellation, lazy: !fullSearch);
         var baseline = result.Start;
@@ -227,12 +230,15 @@ public static class CalibrateCommand
             cli.Output.WriteLine(Encoding.UTF8.GetString(stream.ToArray()));
             return 0;
         }
-        cli.Output.WriteLine(string.Create(ic, $"activation bits: {result.Bits}  ({result.Steps.Count} steps, {result.Evaluations} evaluations)"));
+        cli.Output.WriteLine(string.Create(ic, $"activation bits: {result.Bits}  ({Count(result.Steps.Count, "step")}, {Count(result.Evaluations, "evaluation")})"));
         cli.Output.WriteLine(string.Create(ic,
             $"held-out: perplexity {baseline.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4} ({SignedPercent(100 * (result.Model.Perplexity / baseline.Perplexity - 1))} %); KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %"));
         cli.Output.WriteLine($"wrote {outFull} and {reportPath}");
         return 0;
     }
+
+    /// <summary>"1 window", "2 windows" ("1 windows" was printed for --samples 2).</summary>
+    private static string Count(int n, string noun) => string.Create(CultureInfo.InvariantCulture, $"{n} {noun}{(n == 1 ? "" : "s")}");
 
     private static byte[] BitsArray(ActivationBits bits, int layers)
     {
@@ -250,7 +256,7 @@ public static class CalibrateCommand
         md.Append(ic, $"# Calibration of {Path.GetFileName(model)}\n\n");
         // The split as made ("half and half" was printed for an odd --samples too), and the held-out KL for what it is:
         // measured on the windows the search chose with, so an in-sample figure.
-        md.Append(ic, $"Text `{data}`, {statWindows + heldWindows} windows of {ctx} tokens (seed {seed}): {statWindows} for the statistics, {heldWindows} held out for the bit-width search (its KL figures are measured on those windows, the ones it chose with). KL budget {budget:G4} nats (mean per position, against the 8-bit model).\n\n");
+        md.Append(ic, $"Text `{data}`, {Count(statWindows + heldWindows, "window")} of {ctx} tokens (seed {seed}): {statWindows} for the statistics, {heldWindows} held out for the bit-width search (its KL figures are measured on those windows, the ones it chose with). KL budget {budget:G4} nats (mean per position, against the 8-bit model).\n\n");
         if (maxSteps is { } limit && result.Steps.Count >= limit)
             md.Append(ic, $"The search stopped at --max-steps {limit}, not at the budget.\n\n");
         md.Append(ic, $"Result: activation bits `{result.Bits}` — held-out perplexity {result.Start.Perplexity:F4} (8-bit) → {result.Model.Perplexity:F4}; KL mean {result.Kl.MeanKl:G4}, median {result.Kl.MedianKl:G4}, p99 {result.Kl.P99Kl:G4}, max {result.Kl.MaxKl:G4} nats; same top token {100 * result.Kl.TopAgreement:F2} %.\n\n");

@@ -21,6 +21,7 @@ internal static class CalibrateTune
         if (threads < 0) throw new UsageException($"--threads must be ≥ 0 (0: every physical core); got {threads}.");
         if (!(lr > 0) || !float.IsFinite(lr)) throw new UsageException($"--lr must be a positive number; got {lr.ToString(CultureInfo.InvariantCulture)}.");
         if (string.IsNullOrWhiteSpace(dataPath)) throw new UsageException("--data: the path is empty; give the domain text file.");
+        if (string.IsNullOrWhiteSpace(outPath)) throw new UsageException("--out is empty; give a file path.");
         if (!outPath.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase)) throw new UsageException($"--out {outPath}: the tuned model is a GGUF; give a path ending in .gguf.");
         // A directory, a missing folder, the text itself (through a link too): refused before the run, which the rename
         // at its end would otherwise fail after every step.
@@ -91,8 +92,8 @@ internal static class CalibrateTune
         }
         double after = tuner.Loss(held, heldWindows, () => cancellation.IsCancellationRequested);
         // A tuned model no better on the held-out text than the input is not written (it was, with exit 0): the user
-        // keeps the input, and is told what to change.
-        if (!(after <= before))
+        // keeps the input, and is told what to change. An equal loss is no better (it was written).
+        if (!(after < before))
         {
             cli.Error.WriteLine(string.Create(ic,
                 $"error: the held-out loss went from {before:F4} to {after:F4} nats/token: the tuned model is no better than the input, so it was not written. Lower --lr, change --steps, or give more --data."));

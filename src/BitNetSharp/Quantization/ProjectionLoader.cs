@@ -9,7 +9,7 @@ namespace BitNetSharp.Quantization;
 /// Turns a linear layer's weight tensor, in whatever form a file holds it, into the runtime layout the kernels
 /// read — once, at load. I2_S with K % 128 = 0 is used in place (zero-copy, the file map stays the owner);
 /// TQ1_0, TQ2_0, I2_S with other K, and HF packed uint8 are repacked; float latent weights (F32/F16/BF16) are
-/// ternarized by absmean (FORMATS.md §4.4). Codec errors become <see cref="ModelFormatException"/>s naming the
+/// ternarized by absmean (FORMATS.md §4.4), except GGUF floats that are already ternary (taken exactly). Codec errors become <see cref="ModelFormatException"/>s naming the
 /// file and the tensor.
 /// </summary>
 public static unsafe class ProjectionLoader
@@ -135,7 +135,11 @@ public static unsafe class ProjectionLoader
                     // and every output was off by it.
                     if (weights.TryGetTensor(ScaleName(weightName), out var codeScale))
                         return FromCodes(floats, rows, cols, codeScale, quantization, weightName);
-                    return FromFloats(floats, rows, cols);
+                    // Latent weights, quantized as transformers' forward does (AutoBitLinear online, 1bitLLM's BitLinear):
+                    // absmean over the tensor, whatever the values. Weights that happened to be 0 and ±a per row were
+                    // taken with scale a, where transformers computes a·(share of non-zeros): changing one weight in
+                    // 65,536 by 0.2 % halved every scale.
+                    return AbsmeanTernarizer.FromFloat32(floats, rows, cols);
                 }
                 default:
                     throw new ModelFormatException(path, $"dtype {tensor.DTypeName} cannot hold linear weights; expected U8 (packed ternary), F32, F16 or BF16", weightName);
@@ -168,15 +172,12 @@ public static unsafe class ProjectionLoader
     }
 
     /// <summary>
-    /// Float weights: if every row holds only 0 and ±a_r for one a_r per row (weights a converter already ternarized,
-    /// as bitnet.cpp's and ours write F16/F32 "ternary" tensors, with one scale per tensor or per row), the codes and
-    /// scales are taken exactly; otherwise they are latent weights and are ternarized by absmean. Re-running absmean
-    /// on already-ternary weights would keep the codes but shrink the scale to a·(share of non-zeros), and merge
-    /// per-row scales into one, changing every output.
+    /// The codes and per-row scales of GGUF float weights already ternary (0 and ±a_r in every row: a converter
+    /// ternarized them, as llama.cpp's, bitnet.cpp's and ours write F16/F32 "ternary" tensors, which llama.cpp multiplies
+    /// as they are), else null. Re-running absmean on them would keep the codes but shrink the scale to a·(share of
+    /// non-zeros), and merge per-row scales into one, changing every output. Not for HF latent weights, which
+    /// transformers quantizes by absmean in every forward.
     /// </summary>
-    private static TernaryMatrix FromFloats(float[] w, int rows, int cols) => TryExactTernary(w, rows, cols) ?? AbsmeanTernarizer.FromFloat32(w, rows, cols);
-
-    /// <summary>The codes and per-row scales of weights already ternary (0 and ±a_r in every row), else null.</summary>
     private static TernaryMatrix? TryExactTernary(float[] w, int rows, int cols)
     {
         var scales = new float[rows];

@@ -338,6 +338,8 @@ public class CalibrateTests
             "--out", dir.File("z2.gguf"));
         Assert.True(code == 0, error);
         Assert.Contains("(0.00 %); KL mean 0, median 0, p99 0, max 0 nats", output);
+        Assert.Contains("calibration: 1 window of 64 tokens for statistics, 1 held out", output); // "1 windows"
+        Assert.Contains("(0 steps, ", output);
         Assert.Equal("0.00", BitNetSharp.Cli.Commands.CalibrateCommand.SignedPercent(-1e-7));
         Assert.Equal("+0.01", BitNetSharp.Cli.Commands.CalibrateCommand.SignedPercent(0.006));
         Assert.Equal("-1.50", BitNetSharp.Cli.Commands.CalibrateCommand.SignedPercent(-1.5));
@@ -416,7 +418,25 @@ public class CalibrateTests
         Assert.Contains("not valid UTF-8", error);
         (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("no/such/dir/o.gguf"));
         Assert.Equal(2, code);
+        Assert.Contains($"--out {dir.File("no/such/dir/o.gguf")}: the folder", error); // "Cannot write ...": no flag named
         Assert.Contains("does not exist", error);
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.gguf"), "--report", dir.File("no/r.md"));
+        Assert.Equal(2, code);
+        Assert.Contains($"--report {dir.File("no/r.md")}: the folder", error);
+        foreach (var tune in new[] { false, true })
+        {
+            (code, _, error) = Cli(["calibrate", "-m", BundledModel, "--data", good, .. tune ? new[] { "--tune" } : [], "--out", ""]);
+            Assert.Equal(2, code);
+            Assert.Contains("--out is empty; give a file path", error); // "--out : the calibrated model is a GGUF"
+        }
+        if (OperatingSystem.IsLinux())
+        {
+            // /proc exists and takes no new files (ENOENT): it read "(Could not find file '/proc'.)".
+            (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", "/proc/o.gguf");
+            Assert.Equal(2, code);
+            Assert.Contains("--out /proc/o.gguf: cannot write in the folder '/proc' (", error);
+            Assert.DoesNotContain("Could not find", error);
+        }
         (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.bin"));
         Assert.Equal(2, code);
         Assert.Contains("ending in .gguf", error);

@@ -106,6 +106,8 @@ public class SafetensorsTests
     [InlineData("""{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}""", 64, "overflows")]
     [InlineData("""{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]},"b":{"dtype":"F32","shape":[4],"data_offsets":[8,24]}}""", 64, "overlap")]
     [InlineData("""{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}}""", 64, "twice")]
+    [InlineData("""{"w":{"dtype":"BF16","shape":[2],"data_offsets":[0,4],"dtype":"F16"}}""", 4, "field 'dtype' appears twice")] // read as F16
+    [InlineData("""{"w":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"shape":[2,2]}}""", 4, "field 'shape' appears twice")]
     [InlineData("""{"__metadata__":{"k":1}}""", 0, "expected a string")]
     [InlineData("""{"w":[1]}""", 0, "expected an object")]
     public void BadTensorEntriesFail(string header, int dataLength, string expected)

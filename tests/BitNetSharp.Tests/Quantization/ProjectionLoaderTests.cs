@@ -222,4 +222,44 @@ public unsafe class ProjectionLoaderTests
         Assert.Contains("codes", e.Message);
         Assert.Contains("w.weight", e.Message);
     }
+
+    /// <summary>
+    /// HF latent weights are quantized as transformers' forward quantizes them (AutoBitLinear online, 1bitLLM's BitLinear):
+    /// β = mean|W| over the tensor, whatever the values. Weights that happened to be 0 and ±a per row were taken with
+    /// scale a (and per-row scales kept), where transformers computes a·(share of non-zeros) for the whole tensor: one
+    /// weight changed by 0.2 % halved every scale. A GGUF F32 tensor of the same values keeps its exact codes and scales
+    /// (a converter ternarized it; llama.cpp multiplies it as it is).
+    /// </summary>
+    [Fact]
+    public void HfLatentWeightsAreQuantizedByAbsmeanEvenWhenAlreadyTernary()
+    {
+        const int Rows = 8, Cols = 64;
+        var values = new float[Rows * Cols];
+        var rng = new Random(5);
+        double sumAbs = 0;
+        for (int r = 0; r < Rows; r++)
+        {
+            float a = r < 4 ? 0.05f : 0.08f; // two row scales
+            for (int c = 0; c < Cols; c++)
+            {
+                int code = rng.Next(4) switch { 0 => -1, 1 => 1, _ => 0 }; // about half zeros
+                values[r * Cols + c] = code * a;
+                sumAbs += Math.Abs(code * a);
+            }
+        }
+        byte[] bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("model.safetensors");
+        File.WriteAllBytes(path, new TestSafetensors().Add("w.weight", "F32", [Rows, Cols], bytes).ToArray());
+        using var checkpoint = SafetensorsCheckpoint.OpenFile(path);
+        var online = new HfQuantizationConfig { QuantMethod = "bitnet", LinearClass = "autobitlinear", QuantizationMode = "online" };
+        foreach (var quant in new[] { online, null })
+        {
+            using var m = ProjectionLoader.LoadTernary(checkpoint, "w.weight", Rows, quant);
+            float beta = (float)(sumAbs / values.Length);
+            Assert.All(m.RowScales, v => Assert.Equal(beta, v, 6));
+            for (int r = 0; r < Rows; r++)
+                for (int c = 0; c < Cols; c++) Assert.Equal(Math.Sign(values[r * Cols + c]), m.Get(r, c));
+        }
+    }
 }
