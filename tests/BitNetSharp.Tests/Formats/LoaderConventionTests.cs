@@ -71,6 +71,16 @@ public class LoaderConventionTests
         Assert.Equal(eps, ModelConfig.FromHf(config).RmsEps);
     }
 
+    /// <summary>An rms_norm_eps float32 cannot hold is named as written (it read "RMS norm epsilon 0 must be positive").</summary>
+    [Fact]
+    public void HfRmsEpsBelowFloat32IsNamedAsWritten()
+    {
+        var config = HfConfig.Parse(System.Text.Encoding.UTF8.GetBytes("""{"architectures":["BitNetForCausalLM"],"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":32,"rms_norm_eps":1e-50}"""), "config.json");
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.FromHf(config));
+        Assert.Equal("rms_norm_eps", e.Item);
+        Assert.Contains("1E-50 is below float32's smallest value", e.Message);
+    }
+
     /// <summary>
     /// A plain F16 Llama (arch "llama" with full-precision projections) is refused naming the first projection: it
     /// loaded, its weights ternarized by absmean, and generated noise. Ternary llama-arch files hold I2_S or ±a values.
