@@ -144,7 +144,7 @@ public sealed record ModelConfig
             throw new ModelFormatException(hf.FilePath,
                 "use_rms_norm = true (an extra RMSNorm inside every BitLinear before activation quantization) is not supported by this runtime", "quantization_config.use_rms_norm");
         // A positive epsilon below float32's range read "RMS norm epsilon 0 must be positive" (the value as cast).
-        if (hf.RmsNormEps is > 0 and < float.Epsilon / 2)
+        if (hf.RmsNormEps is { } tinyEps && tinyEps > 0 && (float)tinyEps == 0)
             throw new ModelFormatException(hf.FilePath, string.Create(System.Globalization.CultureInfo.InvariantCulture,
                 $"{hf.RmsNormEps.Value:R} is below float32's smallest value (1.4e-45), and the norms compute in float32, where it is 0; give a value such as 1e-5"), "rms_norm_eps");
         var activation = hf.HiddenAct is { } act ? ParseActivation(hf.FilePath, "hidden_act", act)
