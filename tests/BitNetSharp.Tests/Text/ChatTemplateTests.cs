@@ -242,10 +242,20 @@ public class ChatTextStopTests
             "<|system|>\nYou are a helpful assistant<|end|>\n<|user|>\nHello<|end|>\n<|assistant|>\nHi there<|end|>\n<|user|>\nWho are you<|end|>\n"
             + "<|assistant|>\n   I am an assistant   <|end|>\n<|user|>\nAnother question<|end|>\n<|assistant|>\n",
             ChatTemplates.Phi3.Render(LlamaCppConversation));
+        // Falcon 3's Hugging Face (Tulu) template as jinja2 renders it (eos_token <|endoftext|>): each answer ends with
+        // it. llama.cpp's built-in falcon3 left it out ("Hi there\n<|user|>").
         Assert.Equal(
-            "<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\nHi there\n<|user|>\nWho are you\n"
-            + "<|assistant|>\n   I am an assistant   \n<|user|>\nAnother question\n<|assistant|>\n",
+            "<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\nHi there<|endoftext|>\n<|user|>\nWho are you\n"
+            + "<|assistant|>\n   I am an assistant   <|endoftext|>\n<|user|>\nAnother question\n<|assistant|>\n",
             ChatTemplates.Falcon3.Render(LlamaCppConversation));
+        // The last message an answer (a continuation): no newline after it; a tool message has no turn (left out).
+        Assert.Equal("<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\nHi there<|endoftext|><|assistant|>\n",
+            ChatTemplates.Falcon3.Render(LlamaCppConversation[..3]));
+        Assert.Equal("<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\nHi there<|endoftext|>\n<|assistant|>\n",
+            ChatTemplates.Falcon3.Render([.. LlamaCppConversation[..3], new ChatMessage("tool", "42")]));
+        // Phi-3.5's template leaves out an empty system message and roles it has no turn for (tool).
+        Assert.Equal("<|user|>\nHello<|end|>\n<|assistant|>\n",
+            ChatTemplates.Phi3.Render([ChatMessage.System(""), ChatMessage.User("Hello"), new ChatMessage("tool", "42")]));
         Assert.Same(ChatTemplates.Phi3, ChatTemplates.ByName("PHI3"));
         Assert.Same(ChatTemplates.Falcon3, ChatTemplates.ByName("falcon3"));
     }
@@ -256,6 +266,8 @@ public class ChatTextStopTests
     [InlineData("{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}", "llama3")]
     [InlineData("{{ bos_token }}{% for message in messages %}{{'<|' + message['role'] + '|>' + '\n' + message['content'] + '<|end|>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ eos_token }}{% endif %}", "phi3")]
     [InlineData("{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{% endfor %}{# <|user|> <|assistant|> </s> #}", "falcon3")]
+    // Falcon 3's (and OLMo 2's) Hugging Face template, the Tulu format, which names no "</s>" (it was read as no built-in format).
+    [InlineData("{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\\n'  + message['content'] + eos_token + '\\n' }}{% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}", "falcon3")]
     [InlineData("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = '<<SYS>>\\n' + messages[0]['content'].strip() + '\\n<</SYS>>\\n\\n' %}{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}", "llama2")]
     [InlineData("chatml", "chatml")]
     [InlineData("{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}", "llama2")] // Llama 2 without <<SYS>>
@@ -269,6 +281,7 @@ public class ChatTextStopTests
     [InlineData("{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}")]
     [InlineData("{% for item in messages %}<|user|>\n{{ item['content'] }}{% endfor %}<|assistant|>")]
     [InlineData("{% for m in messages %}<|user|>\n{{ m['content'] }}<|endoftext|>{% endfor %}")]
+    [InlineData("{% for message in messages %}{% if message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + eos_token }}{% elif message['role'] == 'assistant' %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}")] // Zephyr: eos after every turn, not Tulu
     [InlineData("")]
     public void DetectGivesNullForOtherFormats(string source) => Assert.Null(ChatTemplates.Detect(source));
 

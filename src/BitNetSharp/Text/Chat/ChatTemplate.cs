@@ -247,25 +247,48 @@ public sealed class Phi3ChatTemplate : ChatTemplate
 
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
-        foreach (var m in messages) Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append("<|end|>\n");
+        foreach (var m in messages)
+        {
+            // As Microsoft's template: an empty system message and roles it has no turn for (tool) are left out. They
+            // were written as "<|system|>\n<|end|>" and "<|tool|>", which the vocabulary spells as text.
+            if (m.Role is not ("system" or "user" or "assistant") || (m.Role == "system" && m.Content.Length == 0)) continue;
+            Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append("<|end|>\n");
+        }
         if (addGenerationPrompt) text.Append("<|assistant|>\n");
     }
 }
 
 /// <summary>
-/// Falcon 3 Instruct (Falcon3-1.58bit), as llama.cpp renders it: <c>&lt;|{role}|&gt;\n{content}\n</c> per message,
-/// then <c>&lt;|assistant|&gt;\n</c>. An answer ends with the tokenizer's end-of-text token; a model that opens the
-/// next user turn is stopped there.
+/// Falcon 3 Instruct (Falcon3-1.58bit), as its Hugging Face template renders it (the Tulu format, which OLMo 2 shares):
+/// <c>&lt;|system|&gt;\n{content}\n</c> and <c>&lt;|user|&gt;\n{content}\n</c>; an assistant turn
+/// <c>&lt;|assistant|&gt;\n{content}&lt;|endoftext|&gt;</c> (its eos_token), with <c>\n</c> after it unless it is
+/// the last message; other roles left out; then <c>&lt;|assistant|&gt;\n</c>. llama.cpp's built-in falcon3 leaves
+/// out the end of each answer (<c>A1\n&lt;|user|&gt;</c>), which the model was not trained on. A model that opens
+/// the next user turn is stopped there.
 /// </summary>
 public sealed class Falcon3ChatTemplate : ChatTemplate
 {
     public override string Name => "falcon3";
 
+    /// <summary>Falcon 3's eos_token, which ends each assistant turn.</summary>
+    public const string EndOfText = "<|endoftext|>";
+
     private protected override string[] TurnMarkers => ["<|user|>"];
 
     private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
     {
-        foreach (var m in messages) Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append('\n');
-        if (addGenerationPrompt) text.Append("<|assistant|>\n");
+        for (int i = 0; i < messages.Count; i++)
+        {
+            var m = messages[i];
+            bool last = i == messages.Count - 1;
+            if (m.Role is "system" or "user")
+                Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append('\n');
+            else if (m.Role == "assistant")
+            {
+                Content(text.Append("<|assistant|>\n"), m.Content, spans).Append(EndOfText);
+                if (!last) text.Append('\n');
+            }
+            if (last && addGenerationPrompt) text.Append("<|assistant|>\n");
+        }
     }
 }

@@ -1,7 +1,7 @@
 namespace BitNetSharp.Tokenization;
 
 /// <summary>The built-in chat templates and the rule that picks one for a model.</summary>
-public static class ChatTemplates
+public static partial class ChatTemplates
 {
     public static ChatTemplate BitNet { get; } = new BitNetChatTemplate();
 
@@ -68,6 +68,9 @@ public static class ChatTemplates
     /// (<c>llm_chat_detect_template</c>), or null when it is another format (Phi-4, Mistral's, Gemma, GLM, ...) or not
     /// recognisable. A template name (<c>"chatml"</c>, <c>"phi3"</c>) is read as that template.
     /// </summary>
+    [System.Text.RegularExpressions.GeneratedRegex(@"'<\|user\|>\\n'\s*\+\s*message\[['""]content['""]\]\s*\+\s*'\\n'")]
+    private static partial System.Text.RegularExpressions.Regex TuluUserTurn();
+
     public static ChatTemplate? Detect(string template)
     {
         ArgumentNullException.ThrowIfNull(template);
@@ -81,7 +84,9 @@ public static class ChatTemplates
             return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") ? null : Llama2;
         if (Has("<|assistant|>") && Has("<|end|>")) return Phi3;
         if (Has("[gMASK]<sop>")) return null;
-        if (Has("<|assistant|>") && Has("<|user|>")) return Has("</s>") ? Falcon3 : null;
+        // llama.cpp's rule ("</s>"), and the Tulu source itself (Falcon 3's and OLMo 2's Hugging Face template: a user turn
+        // ends in '\n', an assistant turn in eos_token), which names no "</s>" and was read as no built-in format.
+        if (Has("<|assistant|>") && Has("<|user|>")) return Has("</s>") || (Has("eos_token") && TuluUserTurn().IsMatch(template)) ? Falcon3 : null;
         if (Has("<|{{ item['role'] }}|>") && Has("<|begin_of_image|>")) return null;
         if (Has("<|user|>") && Has("<|endoftext|>")) return null; // Zephyr
         if (Has("bos_token + message['role']") || Has("<start_of_turn>") || Has("'\\n\\nAssistant: ' + eos_token") || Has("GPT4 Correct ")
