@@ -333,14 +333,21 @@ public sealed class SamplingOptions
     public Option<float> MinP { get; } = new("--min-p") { Description = "Drop tokens below this fraction of the top probability (0 = off).", DefaultValueFactory = _ => 0.05f };
     public Option<float> TypicalP { get; } = new("--typical-p") { Description = "Locally typical sampling mass (1 = off).", DefaultValueFactory = _ => 1f };
     public Option<float> RepeatPenalty { get; } = new("--repeat-penalty") { Description = "Repetition penalty (1 = off).", DefaultValueFactory = _ => 1f };
-    public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "Tokens the penalties look back over.", DefaultValueFactory = _ => 64 };
+    public Option<int> RepeatLastN { get; } = new("--repeat-last-n") { Description = "Tokens the penalties look back over (-1: the whole sequence; 0: none, penalties off).", DefaultValueFactory = _ => 64 };
     public Option<float> PresencePenalty { get; } = new("--presence-penalty") { Description = "Subtracted once from every token already present." };
     public Option<float> FrequencyPenalty { get; } = new("--frequency-penalty") { Description = "Subtracted per occurrence." };
     public Option<ulong?> Seed { get; } = new("--seed", "-s") { Description = "Random seed for reproducible sampling." };
 
+    /// <summary>
+    /// OpenAI's meaning of the presence and frequency penalties, which serve applies: they count the tokens generated so
+    /// far, not the prompt's. Without it `generate` could not replay a request's penalties (README said --repeat-last-n -1
+    /// did; a prompt word the server left alone was penalized).
+    /// </summary>
+    public Option<bool> NoPenalizePrompt { get; } = new("--no-penalize-prompt") { Description = "Presence and frequency penalties count only the generated tokens (OpenAI's meaning, as serve applies them); the repetition penalty still counts the prompt." };
+
     public void AddTo(Command command)
     {
-        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, TypicalP, RepeatPenalty, RepeatLastN, PresencePenalty, FrequencyPenalty, Seed })
+        foreach (var o in new Option[] { Temperature, TopK, TopP, MinP, TypicalP, RepeatPenalty, RepeatLastN, PresencePenalty, FrequencyPenalty, NoPenalizePrompt, Seed })
             command.Options.Add(o);
     }
 
@@ -357,6 +364,7 @@ public sealed class SamplingOptions
             PenaltyLastN = r.GetValue(RepeatLastN),
             PresencePenalty = r.GetValue(PresencePenalty),
             FrequencyPenalty = r.GetValue(FrequencyPenalty),
+            PenalizePrompt = !r.GetValue(NoPenalizePrompt),
             Seed = r.GetValue(Seed),
         };
         // llama.cpp's meanings, which these flags are named after (they were usage errors): top-k ≤ 0 is off, and

@@ -190,6 +190,9 @@ internal sealed record CompletionRequest(
                 : throw ApiException.BadRequest($"{p}.content is required for a {role} message: a string or an array of text parts.", $"{p}.content", "missing_required_parameter");
         if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
         if (c.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType($"{p}.content", "a string or an array of text parts", c);
+        // OpenAI's schema gives a parts array at least one item; [] rendered an empty message and answered 200.
+        if (c.GetArrayLength() == 0)
+            throw ApiException.BadRequest($"{p}.content is an empty array; give a string or at least one text part.", $"{p}.content", "empty_array");
         // Parts joined by a newline, as vLLM and llama-server join them (glued together, "Hel" and "lo" read "Hello").
         var text = new System.Text.StringBuilder();
         int k = 0;

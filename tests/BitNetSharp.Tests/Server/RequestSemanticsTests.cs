@@ -110,6 +110,38 @@ public class RequestSemanticsTests
         Assert.Equal(HttpStatusCode.OK, status);
     }
 
+    /// <summary>
+    /// A request's presence and frequency penalties count only the generated tokens (OpenAI's meaning); `generate
+    /// --repeat-last-n -1 --no-penalize-prompt` replays them. README said --repeat-last-n -1 did, but the CLI counted the
+    /// prompt too (llama.cpp's meaning): " little", in the prompt, was penalized by the CLI and not by the server.
+    /// </summary>
+    [Fact]
+    public async Task GenerateReplaysARequestsPresenceAndFrequencyPenalties()
+    {
+        string path = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        const string Prompt = "Once upon a time, there was a little girl. Once upon a time, there was a";
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        {
+            var weights = BitNetSharp.Model.ModelWeights.Load(path);
+            return new BitNetSharp.Server.LoadedModel(weights, BitNetSharp.Tokenization.TokenizerLoader.FromGguf(weights.Gguf!), TestServer.ModelId);
+        });
+        var (status, body, _) = await s.PostAsync("v1/completions", new { prompt = Prompt, temperature = 0, presence_penalty = 2, frequency_penalty = 2, max_tokens = 12, ignore_eos = true });
+        Assert.Equal(HttpStatusCode.OK, status);
+        string served = body.GetProperty("choices")[0].GetProperty("text").GetString()!;
+
+        string Generate(params string[] extra)
+        {
+            var output = new StringWriter();
+            var error = new StringWriter();
+            int code = BitNetSharp.Cli.Program.Run(["generate", "-m", path, "-p", Prompt, "--no-echo", "--temp", "0", "--presence-penalty", "2", "--frequency-penalty", "2",
+                "--repeat-last-n", "-1", "-n", "12", "--ignore-eos", "-t", "1", .. extra], output, error);
+            Assert.True(code == 0, error.ToString());
+            return output.ToString().TrimEnd('\n');
+        }
+        Assert.Equal(served, Generate("--no-penalize-prompt"));
+        Assert.NotEqual(served, Generate()); // the prompt's tokens counted: llama.cpp's meaning, the CLI's default
+    }
+
     /// <summary>/v1/models' meta names the activation widths the server runs at (only /metrics' bits label did).</summary>
     [Fact]
     public async Task ModelsMetaShowsTheActivationWidths()

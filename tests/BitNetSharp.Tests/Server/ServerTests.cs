@@ -418,6 +418,7 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"system\", \"content\": null}, {\"role\": \"user\", \"content\": \"hi\"}]}", 400, "messages[0].content", "missing_required_parameter"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"refusal\", \"refusal\": \"no\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": []}]}", 400, "messages[0].content", "empty_array"), // an empty message, 200
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"top_logprobs\": 2}", 400, "top_logprobs", null),
             ("tokenize", "{\"content\": 5}", 400, "content", "invalid_type"),
             ("detokenize", "{\"tokens\": [1, -1]}", 400, "tokens", "invalid_value"),
