@@ -135,10 +135,14 @@ public sealed class NginxTests
             var started = new List<Task<(string Upstream, Task<string> Outcome)>>();
             for (int i = 0; i < 6; i++) started.Add(StartStreamAsync(http, StreamTokens));
             streams.AddRange(await Task.WhenAll(started));
-            var inFlight = Enumerable.Range(0, 4).Select(_ => CompleteAsync(http, Tokens)).ToList();
-            await Task.Delay(50, Ct);
+            // The victim is frozen (SIGSTOP) the moment its streams are known: on a loaded machine they could all finish
+            // between their first events and the kill, and the test then saw no stream cut. Frozen, it answers nothing
+            // more, and the requests sent to it meanwhile are in flight when it dies.
             string killed = streams[0].Upstream;
             var victim = starts[Array.FindIndex(replicas, r => r.Authority == killed)].Process;
+            Assert.Equal(0, Signal(victim.Id, SigStop));
+            var inFlight = Enumerable.Range(0, 4).Select(_ => CompleteAsync(http, Tokens)).ToList();
+            await Task.Delay(50, Ct);
             victim.Kill();
             await victim.WaitForExitAsync(Ct);
 
@@ -170,6 +174,11 @@ public sealed class NginxTests
             Directory.Delete(dir, recursive: true);
         }
     }
+
+    private const int SigStop = 19; // Linux (x86-64, arm64)
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    private static extern int Signal(int pid, int signal);
 
     // ------------------------------------------------------------------------------------------------ requests
 
