@@ -22,7 +22,7 @@ public static class BenchCommand
 
     /// <summary>
     /// A comma list of whole numbers (-t, -s, -d). An empty entry is refused: `-d 0,,4096` (a typo, or an empty shell
-    /// variable) ran as `-d 0,4096` without a word. Digits only, whatever the culture (`+2` was read as 2).
+    /// variable) ran as `-d 0,4096` without a word. Digits only (`+2` was read as 2).
     /// </summary>
     internal static int[] ParseList(string flag, string text, int min, int max, string what, string example)
     {
@@ -34,6 +34,9 @@ public static class BenchCommand
             string t = items[i];
             if (t.Length == 0)
                 throw new UsageException($"{flag} '{text}': entry {i + 1} is empty; give each {what} once, separated by commas (e.g. {example}).");
+            // Digits past int's range: too large, not "not an integer of 0 or more" (--depth 99999999999).
+            if (!int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) && t.AsSpan().IndexOfAnyExceptInRange('0', '9') < 0)
+                throw new UsageException($"{flag}: '{t}' is too large (at most {max}).");
             if (!int.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out values[i]) || values[i] < min || values[i] > max)
                 throw new UsageException(max == int.MaxValue
                     ? $"{flag}: '{t}' is not an integer of {min} or more."

@@ -116,12 +116,16 @@ public static class CalibrateCommand
             throw new UsageException($"--report {reportPath}: the report is Markdown (its plots are written beside it); give a path ending in .md.");
         string outFull = Path.GetFullPath(outPath);
         string stem = outFull[..^".gguf".Length];
+        string? reportGiven = reportPath;
         reportPath = reportPath is null ? stem + ".calibration.md" : Path.GetFullPath(reportPath);
         string reportStem = reportPath.EndsWith(".md", StringComparison.OrdinalIgnoreCase) ? reportPath[..^3] : reportPath;
         // Checked as every output option is (a missing or unwritable folder named with its flag: "Cannot write X: the
         // directory ... does not exist" named none). The default report lies beside --out.
-        OutputFile.Check("--out", outFull);
-        OutputFile.Check("--report", reportPath);
+        OutputFile.Check("--out", outPath);
+        // The default report is beside --out: a directory of that name is named as the report, not as a flag not given.
+        if (reportGiven is not null) OutputFile.Check("--report", reportGiven);
+        else if (Directory.Exists(reportPath))
+            throw new UsageException($"the report beside --out, {reportPath}, is a directory; give --report FILE.md, or another --out.");
         // The text is read first and the outputs are moved into place after the search: one of them on --data replaced it.
         OutputFile.CheckNotInput("--out", outFull, ("--data", dataPath));
         foreach (var written in new[] { reportPath, reportStem + "-crest.svg", reportStem + "-histogram.svg" })

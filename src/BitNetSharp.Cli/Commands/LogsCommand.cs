@@ -636,7 +636,7 @@ public static class LogsCommand
             if (_stepRows > 0)
             {
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"tokens: {_stepRows:N0}{logged}, step time mean {_stepSecondsSum / _timedSteps * 1e3:0.###} ms over {_timedSteps:N0} steps, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
+                    $"tokens: {_stepRows:N0}{logged}, step time mean {_stepSecondsSum / _timedSteps * 1e3:0.###} ms over {_timedSteps:N0} step{(_timedSteps == 1 ? "" : "s")}, {(_latencyRows == 0 ? "no token latencies" : $"latency mean {_latencySum / _latencyRows * 1e3:0.###} ms, max {_latencyMax * 1e3:0.###} ms")}"));
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
                 // A sequence whose logits went non-finite ends before its token is logged: the events count them.
@@ -645,7 +645,7 @@ public static class LogsCommand
             }
             if (_warmupRows > 0)
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"warm-up: {_warmupRows:N0} tokens over {_warmupSteps.Count:N0} steps, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above{(_layers.Count > 0 ? ", but in the layer tables below, which are the model's numbers: their means can differ from one request's `generate --health`" : "")})"));
+                    $"warm-up: {_warmupRows:N0} token{(_warmupRows == 1 ? "" : "s")} over {_warmupSteps.Count:N0} step{(_warmupSteps.Count == 1 ? "" : "s")}, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above{(_layers.Count > 0 ? ", but in the layer tables below, which are the model's numbers: their means can differ from one request's `generate --health`" : "")})"));
             if (_layers.Count > 0)
             {
                 WriteTable(w, "saturation % (share of codes at the clamp, ±127 at 8 bits), mean / max", l => l.Saturation, 100, "0.000");

@@ -11,7 +11,7 @@ namespace BitNetSharp.Evaluation;
 /// compares the distributions coarsened to those k tokens and the rest: a lower bound on the full KL).</param>
 /// <param name="DeltaP">Δp = p_model(next token) − p_reference(next token) per position, as llama-perplexity
 /// --kl-divergence reports it: how much probability the model moved off (or onto) the token that came.</param>
-/// <param name="TopAgreementStdErr">Standard error of <see cref="TopAgreement"/>: √(a(1 − a)/positions).</param>
+/// <param name="TopAgreementStdErr">Standard error of <see cref="TopAgreement"/>: √(a(1 − a)/(positions − 1)), as llama-perplexity computes it.</param>
 public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr, double MedianKl, double P99Kl, double MaxKl,
     double TopAgreement, PerplexityResult Reference, int TopK, DeltaPStatistics? DeltaP = null, double TopAgreementStdErr = double.NaN)
 {
@@ -44,7 +44,8 @@ public sealed record KlResult(long Positions, double MeanKl, double MeanKlStdErr
         double agreement = values.Length > 0 ? (double)agree / values.Length : double.NaN;
         return new KlResult(values.Length, mean, stderr, Quantile(values, 0.5), Quantile(values, 0.99),
             values.Length > 0 ? values[^1] : double.NaN, agreement, reference, topK,
-            deltaP is null ? null : DeltaPStatistics.From(deltaP), values.Length > 0 ? Math.Sqrt(agreement * (1 - agreement) / values.Length) : double.NaN);
+            // llama-perplexity's √(a(1 − a)/(n − 1)), as the KL mean's error divides by n − 1 (it divided by n).
+            deltaP is null ? null : DeltaPStatistics.From(deltaP), values.Length > 1 ? Math.Sqrt(agreement * (1 - agreement) / (values.Length - 1)) : double.NaN);
     }
 }
 

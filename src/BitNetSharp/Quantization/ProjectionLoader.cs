@@ -138,7 +138,10 @@ public static unsafe class ProjectionLoader
                     // Latent weights, quantized as transformers' forward does (AutoBitLinear online, 1bitLLM's BitLinear):
                     // absmean over the tensor, whatever the values. Weights that happened to be 0 and ±a per row were
                     // taken with scale a, where transformers computes a·(share of non-zeros): changing one weight in
-                    // 65,536 by 0.2 % halved every scale.
+                    // 65,536 by 0.2 % halved every scale. In offline mode AutoBitLinear multiplies the weights as they
+                    // are (weight_scale 1): already-ternary ones are taken exactly.
+                    if (string.Equals(quantization?.QuantizationMode, "offline", StringComparison.OrdinalIgnoreCase)
+                        && TryExactTernary(floats, rows, cols) is { } offline) return offline;
                     return AbsmeanTernarizer.FromFloat32(floats, rows, cols);
                 }
                 default:

@@ -25,12 +25,14 @@ public sealed class ByteLevelBpeTokenizer : BitNetTokenizer
             var examples = new List<string>();
             for (int b = 0; b < 256; b++)
             {
-                if (_byteTokens[b] >= 0) continue;
+                // 0xC0, 0xC1 and 0xF5–0xFF never occur in UTF-8, and text is encoded from UTF-8: GPT-NeoX's vocabularies
+                // (Pythia, MPT) leave them out on purpose, and were warned about as if damaged.
+                if (_byteTokens[b] >= 0 || b is 0xC0 or 0xC1 or >= 0xF5) continue;
                 missing++;
                 if (examples.Count < 8) examples.Add(b is >= 0x21 and < 0x7F ? $"0x{b:X2} '{(char)b}'" : $"0x{b:X2}");
             }
             return missing == 0 ? null
-                : $"the vocabulary has no token for {missing} of the 256 bytes ({string.Join(", ", examples)}{(missing > examples.Count ? ", …" : "")}): text holding them loses them when encoded (as llama.cpp drops them). Is the vocabulary damaged?";
+                : $"the vocabulary has no token for {missing} of the 243 bytes UTF-8 text can hold ({string.Join(", ", examples)}{(missing > examples.Count ? ", …" : "")}): text holding them loses them when encoded (as llama.cpp drops them). Is the vocabulary damaged?";
         }
     }
 

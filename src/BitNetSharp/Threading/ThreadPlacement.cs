@@ -17,8 +17,13 @@ public static unsafe class ThreadPlacement
         // count, so in a cpuset of CPUs 2-3 it refused 2 and 3 and let 0 and 1 through to a refused pin.
         var allowed = ProcessCpus();
         var cpus = new List<int>();
-        foreach (var part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        string[] parts = list.Split(',', StringSplitOptions.TrimEntries);
+        if (parts.Length == 1 && parts[0].Length == 0) parts = [];
+        for (int i = 0; i < parts.Length; i++)
         {
+            string part = parts[i];
+            // An empty entry (`--cpus 0,,2`: a typo, or an empty variable) ran as 0,2 without a word.
+            if (part.Length == 0) throw new ArgumentException($"{option} '{list}': entry {i + 1} is empty; give CPU numbers or ranges separated by commas (e.g. 0,2,4-7).");
             int dash = part.IndexOf('-');
             string a = dash < 0 ? part : part[..dash], b = dash < 0 ? part : part[(dash + 1)..];
             if (!int.TryParse(a, NumberStyles.None, CultureInfo.InvariantCulture, out int from) || !int.TryParse(b, NumberStyles.None, CultureInfo.InvariantCulture, out int to) || to < from)

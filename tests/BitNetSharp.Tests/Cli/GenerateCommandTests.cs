@@ -188,7 +188,7 @@ public class GenerateCommandTests
         {
             var (code, _, error) = Bitnet(args);
             Assert.True(code == 0, $"{args[0]}: exit {code}, {error}");
-            Assert.Contains("warning: the vocabulary has no token for 1 of the 256 bytes (0x77 'w'): text holding them loses them", error);
+            Assert.Contains("warning: the vocabulary has no token for 1 of the 243 bytes UTF-8 text can hold (0x77 'w'): text holding them loses them", error);
         }
         var (_, _, bundledError) = Bitnet("tokenize", "Hello world wow");
         Assert.DoesNotContain("warning", bundledError);
@@ -197,7 +197,7 @@ public class GenerateCommandTests
         File.WriteAllText(dir.File("rules.json"), """{"rules": [{"name": "Deep", "metric": "bitnet_health_residual_rms", "match": {"layer": "99"}, "op": ">", "threshold": 1}]}""");
         var (serveCode, _, serveError) = Bitnet("serve", "-m", model, "--port", "0", "-t", "1", "--alert-rules", dir.File("rules.json"));
         Assert.Equal(1, serveCode);
-        Assert.Contains("warning: the vocabulary has no token for 1 of the 256 bytes (0x77 'w')", serveError);
+        Assert.Contains("warning: the vocabulary has no token for 1 of the 243 bytes UTF-8 text can hold (0x77 'w')", serveError);
     }
 
     /// <summary>
@@ -767,7 +767,7 @@ public class BenchCommandTests
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", ",1" }, "--threads ',1': entry 1 is empty")]
     [InlineData(new[] { "-p", "0", "-n", "2", "-s", "1," }, "--sequences '1,': entry 2 is empty")]
     [InlineData(new[] { "-p", "0", "-n", "2", "-t", "+1" }, "--threads: '+1' is not an integer from 1 to 4096")] // read as 1
-    [InlineData(new[] { "-p", "0", "-n", "2", "-s", "" }, "--sequences: give at least one sequence count")]
+    [InlineData(new[] { "-p", "0", "-n", "2", "-d", "99999999999" }, "--depth: '99999999999' is too large")] // "not an integer of 0 or more"
     public void OptionsThatCannotApplyAreRefusedFirst(string[] extra, string message)
     {
         var output = new StringWriter();

@@ -416,7 +416,8 @@ public class ProfilingTests
         Assert.Equal(0, report.Chunks.Dropped);
         Assert.True(report.AbOffTokensPerSecond![0] > 0 && report.AbOnTokensPerSecond![0] > 0);
         var rows = ProfileRow.ByOp(report.Decode, report.BandwidthGBps, report.PeakGmacDecode);
-        Assert.Contains(rows, r => r.Name == "down" && r.GBps > 0 && r.Bound is "memory" or "compute" or "cache");
+        // Both shares measured (the label they give, which may be "-" on a fast host, is TheBoundIsTheLargerShareOnceItIsNear's).
+        Assert.Contains(rows, r => r.Name == "down" && r.GBps > 0 && r.BandwidthShare > 0 && r.MacShare > 0);
         Assert.InRange(rows.Sum(r => r.Share), 0.999, 1.001);
 
         var ms = new MemoryStream();

@@ -423,6 +423,10 @@ public class CalibrateTests
         (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("o.gguf"), "--report", dir.File("no/r.md"));
         Assert.Equal(2, code);
         Assert.Contains($"--report {dir.File("no/r.md")}: the folder", error);
+        Directory.CreateDirectory(dir.File("busy.calibration.md")); // the default report's path is a folder
+        (code, _, error) = Cli("calibrate", "-m", BundledModel, "--data", good, "--out", dir.File("busy.gguf"));
+        Assert.Equal(2, code);
+        Assert.Contains("the report beside --out", error);
         foreach (var tune in new[] { false, true })
         {
             (code, _, error) = Cli(["calibrate", "-m", BundledModel, "--data", good, .. tune ? new[] { "--tune" } : [], "--out", ""]);

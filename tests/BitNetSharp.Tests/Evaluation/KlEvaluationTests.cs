@@ -117,6 +117,20 @@ public class KlEvaluationTests
     /// Against itself the KL is exactly 0 with full agreement; an int8 KV cache against f32 gives a small positive KL;
     /// a saved file of full rows reproduces the engine reference, and a top-k file gives a value at most that.
     /// </summary>
+    /// <summary>
+    /// The top-token agreement's standard error is llama-perplexity's √(a(1 − a)/(n − 1)) (perplexity.cpp's d_p_top), as the
+    /// KL mean's divides by n − 1: it divided by n (0.0043917 for 632 of 640 where llama.cpp prints 0.0043951).
+    /// </summary>
+    [Fact]
+    public void TopAgreementStdErrFollowsLlamaPerplexity()
+    {
+        var kl = Enumerable.Repeat(0.01, 640).ToList();
+        var r = KlResult.From(kl, 632, new BitNetSharp.Training.PerplexityResult(1, 640, 640, 1), 0);
+        double a = 632.0 / 640;
+        Assert.Equal(Math.Sqrt(a * (1 - a) / 639), r.TopAgreementStdErr, 15);
+        Assert.True(double.IsNaN(KlResult.From([0.5], 1, new BitNetSharp.Training.PerplexityResult(1, 1, 1, 1), 0).TopAgreementStdErr)); // one position: no spread
+    }
+
     [Fact]
     public void ReferencesAgreeWhetherEngineOrFile()
     {

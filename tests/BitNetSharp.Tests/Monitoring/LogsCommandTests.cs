@@ -917,7 +917,7 @@ public class LogsCommandTests
         Assert.Contains("steps: 2", output); // the warm-up step's layer row does not count it among the served steps
         Assert.Contains("tokens: 2, step time mean 30 ms over 2 steps", output);
         Assert.DoesNotContain("max 500", output);
-        Assert.Contains("warm-up: 2 tokens over 1 steps, 500 ms", output);
+        Assert.Contains("warm-up: 2 tokens over 1 step, 500 ms", output); // "1 steps"
         Assert.Contains("but in the layer tables below", output); // the tables hold the warm-up rows: said, not silent
     }
 

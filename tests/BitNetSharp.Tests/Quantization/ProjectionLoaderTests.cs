@@ -227,8 +227,8 @@ public unsafe class ProjectionLoaderTests
     /// HF latent weights are quantized as transformers' forward quantizes them (AutoBitLinear online, 1bitLLM's BitLinear):
     /// β = mean|W| over the tensor, whatever the values. Weights that happened to be 0 and ±a per row were taken with
     /// scale a (and per-row scales kept), where transformers computes a·(share of non-zeros) for the whole tensor: one
-    /// weight changed by 0.2 % halved every scale. A GGUF F32 tensor of the same values keeps its exact codes and scales
-    /// (a converter ternarized it; llama.cpp multiplies it as it is).
+    /// weight changed by 0.2 % halved every scale. In offline mode AutoBitLinear multiplies the weights as they are, so
+    /// there they keep their exact codes and per-row scales (as GGUF float tensors do: EveryGgufFormOfOneMatrixLoadsTheSame).
     /// </summary>
     [Fact]
     public void HfLatentWeightsAreQuantizedByAbsmeanEvenWhenAlreadyTernary()
@@ -261,5 +261,8 @@ public unsafe class ProjectionLoaderTests
             for (int r = 0; r < Rows; r++)
                 for (int c = 0; c < Cols; c++) Assert.Equal(Math.Sign(values[r * Cols + c]), m.Get(r, c));
         }
+        var offline = new HfQuantizationConfig { QuantMethod = "bitnet", LinearClass = "autobitlinear", QuantizationMode = "offline" };
+        using var exact = ProjectionLoader.LoadTernary(checkpoint, "w.weight", Rows, offline);
+        for (int r = 0; r < Rows; r++) Assert.Equal(r < 4 ? 0.05f : 0.08f, exact.RowScales[r]);
     }
 }

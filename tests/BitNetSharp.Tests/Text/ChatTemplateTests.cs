@@ -253,6 +253,12 @@ public class ChatTextStopTests
             ChatTemplates.Falcon3.Render(LlamaCppConversation[..3]));
         Assert.Equal("<|system|>\nYou are a helpful assistant\n<|user|>\nHello\n<|assistant|>\nHi there<|endoftext|>\n<|assistant|>\n",
             ChatTemplates.Falcon3.Render([.. LlamaCppConversation[..3], new ChatMessage("tool", "42")]));
+        // Encoded, an answer ends with the vocabulary's own eos_token (Tulu 3's <|end_of_text|>, a </s> vocabulary's), not
+        // Falcon 3's text spelled out as plain tokens.
+        var spm = TestTokenizers.LlamaSpm;
+        var ids = ChatTemplates.Falcon3.Encode(spm, [ChatMessage.User("Hi"), ChatMessage.Assistant("Yo"), ChatMessage.User("Bye")]);
+        Assert.Equal(1, ids.Count(id => id == spm.EosId));
+        Assert.DoesNotContain("endoftext", spm.Decode(ids));
         // Phi-3.5's template leaves out an empty system message and roles it has no turn for (tool).
         Assert.Equal("<|user|>\nHello<|end|>\n<|assistant|>\n",
             ChatTemplates.Phi3.Render([ChatMessage.System(""), ChatMessage.User("Hello"), new ChatMessage("tool", "42")]));

@@ -8,6 +8,19 @@ namespace BitNetSharp.Tests.Text;
 
 public class TokenizerLoaderTests
 {
+    /// <summary>
+    /// GPT-NeoX's vocabularies (Pythia, MPT) have no tokens for 0xC0, 0xC1 and 0xF5–0xFF, bytes UTF-8 never holds: no
+    /// warning (they were warned about as damaged). A byte text can hold and the vocabulary lacks is still named.
+    /// </summary>
+    [Theory]
+    [InlineData("ggml-vocab-gpt-neox.gguf")]
+    [InlineData("ggml-vocab-mpt.gguf")]
+    public void BytesUtf8NeverHoldsAreNotMissing(string name)
+    {
+        using var file = GgufFile.Open(SharedData.RequirePath("llama.cpp-vocab/" + name));
+        Assert.Null(TokenizerLoader.FromGguf(file).CoverageWarning);
+    }
+
     [Fact]
     public void BertWordPieceIsRefusedByName()
     {

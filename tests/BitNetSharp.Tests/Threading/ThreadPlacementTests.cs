@@ -17,6 +17,8 @@ public class ThreadPlacementTests
         Assert.Contains("'-1'", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("-1")).Message);
         Assert.Contains("not one this process may run on", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList("4096")).Message);
         Assert.Contains("empty", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList(" , ")).Message);
+        // An empty entry ran as the list without it (`--cpus 0,,2` as 0,2).
+        Assert.Contains("entry 2 is empty", Assert.Throws<ArgumentException>(() => ThreadPlacement.ParseCpuList($"{first},,{first}")).Message);
     }
 
     /// <summary>Pin refuses CPU numbers outside its 1024-CPU mask: 1024 wrote past the stack buffer, and −1 pinned to CPU 63.</summary>

@@ -217,13 +217,10 @@ public sealed unsafe class SafetensorsFile : IDisposable
             throw new ModelFormatException(path, $"found a JSON {entry.ValueKind}, expected an object with dtype, shape and data_offsets", name);
         // A field given twice was read as its last value ("dtype":"BF16", …, "dtype":"F16" loaded as F16 and changed the
         // logits); the safetensors library refuses it, and so does this reader.
+        var fields = new HashSet<string>(StringComparer.Ordinal);
         foreach (var field in entry.EnumerateObject())
-        {
-            int seen = 0;
-            foreach (var other in entry.EnumerateObject())
-                if (other.NameEquals(field.Name) && ++seen > 1)
-                    throw new ModelFormatException(path, $"field '{field.Name}' appears twice in this tensor's entry", name);
-        }
+            if (!fields.Add(field.Name))
+                throw new ModelFormatException(path, $"field '{field.Name}' appears twice in this tensor's entry", name);
         if (!entry.TryGetProperty("dtype", out var dtype) || dtype.ValueKind != JsonValueKind.String)
             throw new ModelFormatException(path, "field 'dtype' is missing or not a string", name);
         if (!entry.TryGetProperty("shape", out var shapeElement) || shapeElement.ValueKind != JsonValueKind.Array)

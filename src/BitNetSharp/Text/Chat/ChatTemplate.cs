@@ -55,13 +55,21 @@ public abstract class ChatTemplate
     {
         ArgumentNullException.ThrowIfNull(tokenizer);
         var spans = new List<Range>();
-        string text = Render(messages, addGenerationPrompt, spans);
+        Render(messages, addGenerationPrompt); // the checks
+        var builder = new StringBuilder();
+        // A format that writes the tokenizer's eos_token (Falcon 3's Tulu) gets this vocabulary's.
+        Render(messages, addGenerationPrompt, builder, spans, tokenizer.EosId >= 0 ? tokenizer.TokenText(tokenizer.EosId) : null);
+        string text = builder.ToString();
         // The tokenizer's BOS rule, as llama-server tokenizes a rendered chat (add_special): a format without BOS text of
         // its own (ChatML) still starts with BOS on a vocabulary that adds one; one that writes it gets no second.
         return tokenizer.Encode(text, addBos: tokenizer.AddBosToken, parseSpecial: true, plainSpans: spans);
     }
 
     private protected abstract void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans);
+
+    /// <summary>The rendering with the tokenizer's eos_token text at hand (null: none), for formats that write it.</summary>
+    private protected virtual void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans, string? eosToken) =>
+        Render(messages, addGenerationPrompt, text, spans);
 
     /// <summary>The markup that ends an assistant turn or starts the next one (<c>&lt;|im_end|&gt;</c>, <c>&lt;|eot_id|&gt;</c>, ...).</summary>
     private protected abstract string[] TurnMarkers { get; }
@@ -236,7 +244,8 @@ public sealed class ChatMlTemplate : ChatTemplate
 }
 
 /// <summary>
-/// Phi-3: <c>&lt;|{role}|&gt;\n{content}&lt;|end|&gt;\n</c> per message, then <c>&lt;|assistant|&gt;\n</c>; content as
+/// Phi-3: <c>&lt;|{role}|&gt;\n{content}&lt;|end|&gt;\n</c> per system, user and assistant message (an empty system
+/// message and other roles left out, as Microsoft's template does), then <c>&lt;|assistant|&gt;\n</c>; content as
 /// written (Microsoft's template does not trim it). BOS comes from the tokenizer's rule.
 /// </summary>
 public sealed class Phi3ChatTemplate : ChatTemplate
@@ -261,8 +270,9 @@ public sealed class Phi3ChatTemplate : ChatTemplate
 /// <summary>
 /// Falcon 3 Instruct (Falcon3-1.58bit), as its Hugging Face template renders it (the Tulu format, which OLMo 2 shares):
 /// <c>&lt;|system|&gt;\n{content}\n</c> and <c>&lt;|user|&gt;\n{content}\n</c>; an assistant turn
-/// <c>&lt;|assistant|&gt;\n{content}&lt;|endoftext|&gt;</c> (its eos_token), with <c>\n</c> after it unless it is
-/// the last message; other roles left out; then <c>&lt;|assistant|&gt;\n</c>. llama.cpp's built-in falcon3 leaves
+/// <c>&lt;|assistant|&gt;\n{content}{eos_token}</c> (the tokenizer's EOS text when encoding, Falcon 3's
+/// <c>&lt;|endoftext|&gt;</c> when rendering alone), with <c>\n</c> after it unless it is the last message; other
+/// roles left out; then <c>&lt;|assistant|&gt;\n</c>. llama.cpp's built-in falcon3 leaves
 /// out the end of each answer (<c>A1\n&lt;|user|&gt;</c>), which the model was not trained on. A model that opens
 /// the next user turn is stopped there.
 /// </summary>
@@ -270,13 +280,17 @@ public sealed class Falcon3ChatTemplate : ChatTemplate
 {
     public override string Name => "falcon3";
 
-    /// <summary>Falcon 3's eos_token, which ends each assistant turn.</summary>
+    /// <summary>Falcon 3's eos_token, which ends each assistant turn where no tokenizer says otherwise.</summary>
     public const string EndOfText = "<|endoftext|>";
 
     private protected override string[] TurnMarkers => ["<|user|>"];
 
-    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans) =>
+        Render(messages, addGenerationPrompt, text, spans, null);
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans, string? eosToken)
     {
+        string eos = string.IsNullOrEmpty(eosToken) ? EndOfText : eosToken;
         for (int i = 0; i < messages.Count; i++)
         {
             var m = messages[i];
@@ -285,7 +299,7 @@ public sealed class Falcon3ChatTemplate : ChatTemplate
                 Content(text.Append("<|").Append(m.Role).Append("|>\n"), m.Content, spans).Append('\n');
             else if (m.Role == "assistant")
             {
-                Content(text.Append("<|assistant|>\n"), m.Content, spans).Append(EndOfText);
+                Content(text.Append("<|assistant|>\n"), m.Content, spans).Append(eos);
                 if (!last) text.Append('\n');
             }
             if (last && addGenerationPrompt) text.Append("<|assistant|>\n");

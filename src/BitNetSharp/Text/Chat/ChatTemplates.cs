@@ -68,9 +68,6 @@ public static partial class ChatTemplates
     /// (<c>llm_chat_detect_template</c>), or null when it is another format (Phi-4, Mistral's, Gemma, GLM, ...) or not
     /// recognisable. A template name (<c>"chatml"</c>, <c>"phi3"</c>) is read as that template.
     /// </summary>
-    [System.Text.RegularExpressions.GeneratedRegex(@"'<\|user\|>\\n'\s*\+\s*message\[['""]content['""]\]\s*\+\s*'\\n'")]
-    private static partial System.Text.RegularExpressions.Regex TuluUserTurn();
-
     public static ChatTemplate? Detect(string template)
     {
         ArgumentNullException.ThrowIfNull(template);
@@ -95,4 +92,8 @@ public static partial class ChatTemplates
         if (Has("<|start_header_id|>") && Has("<|end_header_id|>")) return Llama3;
         return null;
     }
+
+    /// <summary>A Tulu user turn in a template's source: <c>'&lt;|user|&gt;\n' + message['content'] + '\n'</c> (the newline escaped or literal).</summary>
+    [System.Text.RegularExpressions.GeneratedRegex(@"'<\|user\|>(?:\\n|\n)'\s*\+\s*message\[['""]content['""]\]\s*\+\s*'(?:\\n|\n)'")]
+    private static partial System.Text.RegularExpressions.Regex TuluUserTurn();
 }
