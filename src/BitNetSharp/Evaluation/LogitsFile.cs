@@ -190,7 +190,11 @@ public sealed class LogitsFileReader : IDisposable
             long rowBytes = 8 + (topK == 0 ? 4L * vocab : 8L * topK + 4);
             long expected = LogitsFile.FixedHeaderBytes + notesLength + rowBytes * positions;
             if (_stream.Length != expected)
-                throw new InvalidDataException($"{path}: the logits file is {_stream.Length} bytes; its header promises {expected} ({positions} positions). It was truncated or not written to the end.");
+                // A damaged top-k or position count reads as a size mismatch too (a whole file whose top-k was zeroed was
+                // said to be truncated).
+                throw new InvalidDataException(_stream.Length < expected
+                    ? $"{path}: the logits file is {_stream.Length} bytes; its header (top-k {topK}, {positions} positions) promises {expected}. It was truncated or not written to the end, or its header is damaged."
+                    : $"{path}: the logits file is {_stream.Length} bytes, more than the {expected} its header (top-k {topK}, {positions} positions) promises: something was appended to it, or its header is damaged.");
             _row = new byte[rowBytes];
             LogProbs = topK == 0 ? new double[vocab] : [];
             _seen = topK == 0 ? [] : new bool[vocab];

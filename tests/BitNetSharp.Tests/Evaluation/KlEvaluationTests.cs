@@ -317,6 +317,18 @@ public class KlEvaluationTests
         int target = BitConverter.ToInt32(full, Row);
         using (var reader = new LogitsFileReader(dir.File("ref0.bnlg"))) // the intact file reads to the end
             for (long i = 0; i < reader.Header.Positions; i++) reader.Next();
+        // A whole file whose header's top-k was damaged: said as a possibly damaged header, not only as truncation.
+        void Opened(byte[] bytes, string message)
+        {
+            string damaged = dir.File("header.bnlg");
+            File.WriteAllBytes(damaged, bytes);
+            Assert.Contains(message, Assert.Throws<InvalidDataException>(() => new LogitsFileReader(damaged).Dispose()).Message);
+        }
+        var k = (byte[])full.Clone();
+        BitConverter.TryWriteBytes(k.AsSpan(24), 8); // full rows read as top-8: the file is longer than that promises
+        Opened(k, "more than the");
+        Opened(k, "or its header is damaged");
+        Opened(full[..^1], "It was truncated or not written to the end, or its header is damaged");
         var b = (byte[])full.Clone();
         int other = (target + 1) % vocab;
         Set(b, Row + 8 + 4 * other, -1e-38f); // an entry's exponent flipped: the row's mass near 2
