@@ -219,7 +219,9 @@ internal sealed class ServiceEndpoints(ModelHost host)
         context.Response.ContentType = "text/html; charset=utf-8";
         context.Response.Headers.CacheControl = "no-cache";
         // No other site may frame the page (its key box could be overlaid: clickjacking), nor the body be read as another type.
-        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'";
+        // No <base> or form target may send its requests elsewhere, and its address goes to no other site.
+        context.Response.Headers["Content-Security-Policy"] = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+        context.Response.Headers["Referrer-Policy"] = "no-referrer";
         context.Response.Headers.XFrameOptions = "DENY";
         context.Response.Headers.XContentTypeOptions = "nosniff";
         await OpenAiJson.WriteBodyAsync(context.Response, page, context.RequestAborted, host.WriteStallTimeout, host.WriteStalled(context));

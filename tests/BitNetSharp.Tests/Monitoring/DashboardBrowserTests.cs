@@ -104,10 +104,29 @@ public sealed partial class DashboardBrowserTests
         Assert.Contains("cannot carry", await page.InnerTextAsync("#status"));
         Assert.True(await page.IsVisibleAsync("#key"));
         Assert.Null(await page.EvaluateAsync<string?>("() => localStorage.getItem('bitnet.apiKey')"));
+        // The reason stays (the next poll's "API key required" replaced it within half a second); no poll runs meanwhile
+        // (a 401 a second while no key is given).
+        int polls = await page.EvaluateAsync<int>("() => Number(document.body.dataset.polls || 0)");
+        await Task.Delay(2500, Ct);
+        Assert.Contains("cannot carry", await page.InnerTextAsync("#status"));
+        Assert.Equal(polls, await page.EvaluateAsync<int>("() => Number(document.body.dataset.polls || 0)"));
+
+        // A wrong key, used with Enter (the box is a form; Enter did nothing): refused, and not kept for the next visit.
+        await page.FillAsync("#key", "wrong");
+        await page.PressAsync("#key", "Enter");
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent.startsWith('the API key was refused')", null, new() { Timeout = 30_000 });
+        Assert.Null(await page.EvaluateAsync<string?>("() => localStorage.getItem('bitnet.apiKey')"));
 
         await page.FillAsync("#key", "k1");
-        await page.ClickAsync("#save");
+        await page.PressAsync("#key", "Enter");
         await page.WaitForFunctionAsync("() => document.getElementById('status').textContent === 'ok' && Number(document.body.dataset.polls || 0) >= 2", null, new() { Timeout = 30_000 });
+        Assert.Equal("k1", await page.EvaluateAsync<string?>("() => localStorage.getItem('bitnet.apiKey')")); // kept once accepted
+        // The live status region is written only when it changes (it was rewritten every poll: "ok" announced each second).
+        await page.EvaluateAsync("() => { window.statusWrites = 0; new MutationObserver(() => window.statusWrites++).observe(document.getElementById('status'), { childList: true, characterData: true, subtree: true }); }");
+        await Task.Delay(2500, Ct);
+        if (await page.InnerTextAsync("#status") == "ok") Assert.Equal(0, await page.EvaluateAsync<int>("() => window.statusWrites"));
+        Assert.Equal("API key", await page.GetAttributeAsync("#key", "aria-label"));
+        Assert.Equal("img", await page.GetAttributeAsync("#chart", "role"));
         Assert.Matches(@"^\d+\.\d % of \d+(\.\d)? KiB$", await page.InnerTextAsync("#kv"));
         string sequences = await page.InnerTextAsync("#sequences");
         Assert.False(await page.EvaluateAsync<bool>("() => document.body.classList.contains('stale')"));
@@ -119,6 +138,12 @@ public sealed partial class DashboardBrowserTests
         Assert.Equal(sequences, await page.InnerTextAsync("#sequences")); // kept, dimmed
         await page.UnrouteAllAsync();
         await page.WaitForFunctionAsync("() => !document.body.classList.contains('stale') && document.getElementById('status').textContent === 'ok'", null, new() { Timeout = 30_000 });
+
+        // A stored key can be forgotten (there was no way to clear it): the key box opens again.
+        await page.ClickAsync("#forget");
+        Assert.Null(await page.EvaluateAsync<string?>("() => localStorage.getItem('bitnet.apiKey')"));
+        await page.WaitForFunctionAsync("() => document.getElementById('status').textContent.startsWith('API key required')", null, new() { Timeout = 30_000 });
+        Assert.True(await page.IsVisibleAsync("#key"));
     }
 
     /// <summary>

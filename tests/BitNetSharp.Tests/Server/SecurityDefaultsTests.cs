@@ -202,6 +202,9 @@ public class SecurityDefaultsTests
         Assert.Contains("frame-ancestors 'none'", string.Join(";", r.Headers.GetValues("Content-Security-Policy")));
         Assert.Equal("DENY", Assert.Single(r.Headers.GetValues("X-Frame-Options")));
         Assert.Equal("nosniff", Assert.Single(r.Headers.GetValues("X-Content-Type-Options")));
+        Assert.Contains("base-uri 'none'", string.Join(";", r.Headers.GetValues("Content-Security-Policy")));
+        Assert.Contains("form-action 'none'", string.Join(";", r.Headers.GetValues("Content-Security-Policy")));
+        Assert.Equal("no-referrer", Assert.Single(r.Headers.GetValues("Referrer-Policy")));
     }
 
     [Fact]
