@@ -18,7 +18,10 @@ public static class Program
             Console.OutputEncoding = new System.Text.UTF8Encoding(false);
             Console.InputEncoding = new System.Text.UTF8Encoding(false);
         }
-        return Run(args, Console.Out, Console.Error, handleSignals: true);
+        // A piped stdout whose reader is gone ends the command (exit 141, as SIGPIPE would); not serve's: a log reader's
+        // end is no reason to stop serving.
+        var output = args.Length > 0 && args[0] == "serve" ? Console.Out : BrokenPipeOutput.ForStdout();
+        return Run(args, output, Console.Error, handleSignals: true);
     }
 
     /// <param name="environment">Where serve reads its BITNET_* variables (default: the process environment); tests pass their own.</param>

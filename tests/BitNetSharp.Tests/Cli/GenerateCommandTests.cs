@@ -779,6 +779,35 @@ public class BenchCommandTests
     }
 }
 
+/// <summary>A piped stdout whose reader is gone ends the command as SIGPIPE would.</summary>
+public class BrokenPipeTests
+{
+    /// <summary>
+    /// `bitnet tokenize LONG | head -1`: the command ends with 141 once the reader is gone. .NET's console stream drops EPIPE
+    /// without a word, so the command ran on to the end (exit 0), and `logs --follow … | head -1` never ended.
+    /// </summary>
+    [Fact]
+    public async Task AClosedPipeEndsTheCommand()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS(), "EPIPE is a Unix pipe's");
+        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
+        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
+        var psi = new System.Diagnostics.ProcessStartInfo(exe) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        // ~25,000 lines, far more than a pipe holds: the writer is still writing when the reader goes.
+        foreach (var a in new[] { "tokenize", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), string.Concat(Enumerable.Repeat("Once upon a time there was a girl. ", 2800)) })
+            psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        var error = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+        Assert.NotNull(p.StandardOutput.ReadLine());
+        p.StandardOutput.Dispose(); // the reader is gone
+        using var bound = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+        bound.CancelAfter(TimeSpan.FromSeconds(60));
+        await p.WaitForExitAsync(bound.Token); // ran on after its reader went: cancelled, the test fails
+        Assert.Equal(141, p.ExitCode);
+        Assert.DoesNotContain("error", await error);
+    }
+}
+
 public class GenerateArgumentTests
 {
     /// <summary>stderr on a full disk (IOException) or closed (2>&amp;-: EBADF, which .NET throws as UnauthorizedAccessException).</summary>
