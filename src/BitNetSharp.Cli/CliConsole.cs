@@ -74,6 +74,13 @@ public sealed class CliConsole
             Error.WriteLine($"error: {e.Message}");
             return 2;
         }
+        catch (UnsuitableSettingException e)
+        {
+            // A sound file and a setting it cannot take (--head-type q6_k on rows of 384): the setting is the user's to
+            // change, a usage error (it exited 1, the code of a bad file).
+            Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
         catch (ArgumentException e)
         {
             // The library's argument errors are written for users (a prompt past the context, an unknown template,

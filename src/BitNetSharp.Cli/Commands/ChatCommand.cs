@@ -54,7 +54,7 @@ public static class ChatCommand
             var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer, out how);
             // The template's turn markers that this vocabulary spells as text end an answer too (no stop token would).
             var stops = userStops.Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
-            var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
+            var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer, cli.Error);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer, generatorOptions with { Speculation = speculative });
             // ... and so do the markers that are tokens but not stop tokens: a turn opener such as <|im_start|>.

@@ -93,7 +93,7 @@ public static class GenerateCommand
             int every = result.GetValue(healthEvery) ?? 1;
             if (every < 1) throw new UsageException($"--health-every must be ≥ 1; got {every}.");
             bool measuring = wantHealth || wantResidual || wantLogits;
-            var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer);
+            var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer, cli.Error);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer,
                 generatorOptions with { HealthSampleEvery = measuring ? every : 0, Speculation = speculative });

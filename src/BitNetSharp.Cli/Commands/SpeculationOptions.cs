@@ -36,11 +36,12 @@ public sealed class SpeculationOptions
     /// The speculative settings (null when off) and the draft weights they hold, which the caller disposes
     /// (after the generator). Refuses a draft whose vocabulary or tokenizer differs from the model's.
     /// </summary>
-    public (SpeculativeOptions? Options, ModelWeights? DraftWeights) Parse(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer)
+    /// <param name="notes">Where a check that could not be made is said (stderr).</param>
+    public (SpeculativeOptions? Options, ModelWeights? DraftWeights) Parse(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer, TextWriter? notes = null)
     {
         var (ngram, needsDraft) = Validate(r);
         if (!needsDraft) return (ngram, null);
-        return ParseDraft(r, target, tokenizer, r.GetValue(Draft), r.GetValue(DraftLayers), r.GetValue(DraftTokens));
+        return ParseDraft(r, target, tokenizer, r.GetValue(Draft), r.GetValue(DraftLayers), r.GetValue(DraftTokens), notes);
     }
 
     /// <summary>Speculation off (null, false), n-gram (its options, false), or a draft model to load (null, true).</summary>
@@ -83,7 +84,7 @@ public sealed class SpeculationOptions
         }
     }
 
-    private static (SpeculativeOptions? Options, ModelWeights? DraftWeights) ParseDraft(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer, string? draftPath, int? layers, int k)
+    private static (SpeculativeOptions? Options, ModelWeights? DraftWeights) ParseDraft(ParseResult r, ModelWeights target, BitNetTokenizer? tokenizer, string? draftPath, int? layers, int k, TextWriter? notes)
     {
         ModelWeights draft;
         BitNetTokenizer? draftVocabulary = null;
@@ -105,6 +106,10 @@ public sealed class SpeculationOptions
                 weights.Dispose();
                 throw new UsageException(e.Message);
             }
+            // Only the sizes could be compared (a draft converted with --no-tokenizer): another vocabulary of the same size
+            // was taken without a word, and drafted tokens that were rarely accepted.
+            if (tokenizer is null || draftTokenizer is null)
+                notes?.WriteLine($"note: {(draftTokenizer is null ? $"the draft model {draftPath}" : "the model")} carries no tokenizer, so only the vocabulary sizes ({weights.Config.VocabSize}) could be compared; a draft of another vocabulary of that size drafts tokens that are rarely accepted (the output is the model's either way).");
             draft = weights;
             draftVocabulary = draftTokenizer;
         }

@@ -56,3 +56,9 @@ public sealed class ModelFormatException : Exception
     private static bool Hidden(char ch) => char.IsControl(ch) || char.GetUnicodeCategory(ch) is
         System.Globalization.UnicodeCategory.Format or System.Globalization.UnicodeCategory.LineSeparator or System.Globalization.UnicodeCategory.ParagraphSeparator;
 }
+
+/// <summary>
+/// A load setting the model cannot take (a head type its rows do not fit): the file is sound, the choice is not. The CLI
+/// reports it as a usage error (exit 2), where a <see cref="ModelFormatException"/> is a bad file (exit 1).
+/// </summary>
+public sealed class UnsuitableSettingException(string message) : Exception(message);

@@ -271,7 +271,7 @@ public sealed class ModelWeights : IDisposable
     private static unsafe EmbeddingTable Reencode(EmbeddingTable table, GgmlType type, string path, string name, out NativeBuffer buffer)
     {
         if (EmbeddingEncoder.CannotEncode(type, table.Cols) is { } reason)
-            throw new ModelFormatException(path, $"the head cannot be re-encoded as {type}: {reason}; choose a head type that fits this model (--head-type f16 takes rows of any length)", name);
+            throw new UnsuitableSettingException($"{path}: {name}: the head cannot be re-encoded as {type}: {reason}; choose a head type that fits this model (--head-type f16 takes rows of any length)");
         long rowBytes = EmbeddingEncoder.RowBytes(type, table.Cols);
         var target = new NativeBuffer(rowBytes * table.Rows, zero: false);
         try

@@ -82,6 +82,12 @@ public class SpeculativeGenerateTests
         Assert.Contains("256", r.Error);
         Assert.Contains("4096", r.Error);
         Assert.Contains("vocabulary", r.Error);
+        // A draft without a tokenizer: only the sizes compare, and that is said (it was taken without a word).
+        string bare = dir.File("bare.gguf");
+        Assert.Equal(0, Bitnet("convert", model, bare, "--type", "i2_s", "--no-tokenizer").ExitCode);
+        r = Bitnet([.. common, "--draft", bare]);
+        Assert.True(r.ExitCode == 0, r.Error);
+        Assert.Contains($"note: the draft model {bare} carries no tokenizer, so only the vocabulary sizes (4096) could be compared", r.Error);
         r = Bitnet([.. common, "--draft-layers", "4"]);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("--draft-layers must be between 1 and 3", r.Error);
