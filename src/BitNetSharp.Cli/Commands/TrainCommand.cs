@@ -239,6 +239,18 @@ public static class TrainCommand
                     return 130;
                 }
 
+                // A run ended by `--resume --tokens <tokens so far>` takes no step: its weights were never validated, so the
+                // best snapshot was an earlier one (exported in place of "the model as it is now"), and the summary read
+                // the last validation's loss as this step's. Validated here, and the checkpoint records the new length.
+                if (run.ValidationLosses.Count == 0 || run.ValidationLosses[^1].Step != run.Step)
+                {
+                    float val = run.Validate();
+                    if (!float.IsNaN(val)) // NaN: no validation windows (a setting), nothing measured
+                    {
+                        cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {run.Step}/{run.Options.TotalSteps}  val {val:F3} (the run's end)"));
+                        run.SaveCheckpoint(checkpoint);
+                    }
+                }
                 bool best = r.GetValue(keepBest) && run.BestStep >= 0;
                 run.Export(outPath, pack, best: best);
                 LossPlot.Write(plot, run);
@@ -246,6 +258,9 @@ public static class TrainCommand
                 cli.Output.WriteLine(best
                     ? string.Create(CultureInfo.InvariantCulture, $"exported the best validation checkpoint: step {run.BestStep}, val {run.BestValidationLoss:F3} (last step {run.Step}: val {last:F3})")
                     : string.Create(CultureInfo.InvariantCulture, $"exported the last step's weights (step {run.Step})"));
+                // --full-precision validates the float weights; the file holds them ternarized, which scores otherwise.
+                if (run.Options.FullPrecision)
+                    cli.Output.WriteLine("the validation losses are the full-precision weights'; the exported model is their ternarization (absmean), which `bitnet eval` scores as it is.");
                 cli.Output.WriteLine($"wrote {outPath} and {plot}");
                 return 0;
             }

@@ -235,7 +235,15 @@ public class CrashSafetyTests
 
         await RunAsync([.. args.Select(a => a == "320000" ? stopped.Groups[2].Value : a), "--resume"]);
         using (var gguf = GgufFile.Open(model)) Assert.NotEmpty(gguf.Tensors);
-        using (var pool = new WorkerPool(1)) Assert.Equal(step, TrainingRun.Resume(checkpoint, pool).Step);
+        using (var pool = new WorkerPool(1))
+        {
+            // Ended there, the run's weights as they are were validated (no step ran, so they never were: the best snapshot
+            // was an earlier one, and the summary read the last validation as this step's), and the new length is kept.
+            var ended = TrainingRun.Resume(checkpoint, pool);
+            Assert.Equal(step, ended.Step);
+            Assert.Equal(step, ended.ValidationLosses[^1].Step);
+            Assert.Equal(step, ended.Options.TotalSteps);
+        }
     }
 
     [Fact]
