@@ -1,69 +1,87 @@
+using System.Runtime.InteropServices;
 using System.Text;
-using Microsoft.Win32.SafeHandles;
 
 namespace BitNetSharp.Cli;
 
 /// <summary>
-/// stdout for a command whose output is piped, on Unix: when the reader is gone (<c>| head</c>), the command ends as a
-/// Unix tool does on SIGPIPE, exit 141, instead of running on. .NET's console stream drops EPIPE without a word, so
-/// `bitnet logs --follow … | head -1` never ended and `generate | head -c 20` generated every token. Writes go through
-/// a stream of descriptor 1, which reports EPIPE; any other failure (a full disk) is thrown to the command as before.
+/// stdout for a command whose output is a pipe or socket, on Unix: when the reader is gone (<c>| head</c>), the command
+/// ends as a Unix tool does on SIGPIPE, exit 141, instead of running on. .NET's console stream drops EPIPE without a
+/// word, so `bitnet logs --follow … | head -1` never ended and `generate | head -c 20` generated every token. Bytes go
+/// to descriptor 1 with write(2), as the console's do (a FileStream kept an offset of its own, and its output into a
+/// file shared with stderr or the shell was overwritten), retried on EINTR and, for a descriptor left non-blocking by
+/// the parent, after poll(2) on EAGAIN; any other failure (a full disk) is thrown to the command as before. A regular
+/// file or a terminal keeps the console's writer: neither has a reader that can go.
 /// </summary>
-internal sealed class BrokenPipeOutput : TextWriter
+internal static unsafe class BrokenPipeOutput
 {
-    private const int Epipe = 32; // Linux and macOS
+    private const int Epipe = 32, Eintr = 4, Eagain = 11, EagainMac = 35, Espipe = 29; // Linux (EAGAIN 35 on macOS)
     private const int ExitCode = 128 + 13; // killed by SIGPIPE, as the shell reports it
-    private readonly StreamWriter _inner;
 
-    private BrokenPipeOutput(StreamWriter inner) => _inner = inner;
-
-    public override Encoding Encoding => _inner.Encoding;
-
-    /// <summary>The writer for stdout: this one where stdout is redirected on Unix, else <see cref="Console.Out"/>.</summary>
+    /// <summary>The writer for stdout: a write(2) writer where stdout is a pipe or socket on Unix, else <see cref="Console.Out"/>.</summary>
     public static TextWriter ForStdout()
     {
-        if (OperatingSystem.IsWindows() || !Console.IsOutputRedirected) return Console.Out;
-        try
+        if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) || !Console.IsOutputRedirected) return Console.Out;
+        // A descriptor that cannot seek is a pipe, FIFO, socket or character device; a regular file seeks.
+        if (lseek(1, 0, 1) >= 0 || Marshal.GetLastPInvokeError() != Espipe) return Console.Out;
+        return TextWriter.Synchronized(new StreamWriter(new Stdout(), new UTF8Encoding(false), 4096) { AutoFlush = true });
+    }
+
+    private sealed class Stdout : Stream
+    {
+        public override bool CanRead => false;
+        public override bool CanSeek => false;
+        public override bool CanWrite => true;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+        public override void Write(ReadOnlySpan<byte> buffer)
         {
-            var stream = new FileStream(new SafeFileHandle(1, ownsHandle: false), FileAccess.Write, bufferSize: 0);
-            return Synchronized(new BrokenPipeOutput(new StreamWriter(stream, new UTF8Encoding(false), 4096) { AutoFlush = true }));
+            fixed (byte* start = buffer)
+            {
+                byte* p = start;
+                long left = buffer.Length;
+                while (left > 0)
+                {
+                    nint n = write(1, p, (nint)left);
+                    if (n < 0)
+                    {
+                        int errno = Marshal.GetLastPInvokeError();
+                        if (errno == Eintr) continue;
+                        if (errno == Epipe) Environment.Exit(ExitCode); // the reader is gone
+                        if (errno == Eagain || (OperatingSystem.IsMacOS() && errno == EagainMac))
+                        {
+                            var fd = new PollFd { Fd = 1, Events = 4 }; // POLLOUT: wait until the pipe takes more
+                            poll(&fd, 1, -1);
+                            continue;
+                        }
+                        throw new IOException(Marshal.GetPInvokeErrorMessage(errno));
+                    }
+                    p += n;
+                    left -= n;
+                }
+            }
         }
-        catch (Exception e) when (e is IOException or ArgumentException or UnauthorizedAccessException)
-        {
-            return Console.Out; // a descriptor FileStream will not take: the console's writer, as before
-        }
     }
 
-    // Each write in its own try (no delegate per call: the generated text is written token by token).
-    public override void Write(char value)
+    [StructLayout(LayoutKind.Sequential)]
+    private struct PollFd
     {
-        try { _inner.Write(value); } catch (IOException e) when (e.HResult == Epipe) { ReaderGone(); }
+        public int Fd;
+        public short Events;
+        public short Revents;
     }
 
-    public override void Write(string? value)
-    {
-        try { _inner.Write(value); } catch (IOException e) when (e.HResult == Epipe) { ReaderGone(); }
-    }
+    [DllImport("libc", SetLastError = true)]
+    private static extern nint write(int fd, byte* buffer, nint count);
 
-    public override void Write(char[] buffer, int index, int count)
-    {
-        try { _inner.Write(buffer, index, count); } catch (IOException e) when (e.HResult == Epipe) { ReaderGone(); }
-    }
+    [DllImport("libc", SetLastError = true)]
+    private static extern long lseek(int fd, long offset, int whence);
 
-    public override void Write(ReadOnlySpan<char> buffer)
-    {
-        try { _inner.Write(buffer); } catch (IOException e) when (e.HResult == Epipe) { ReaderGone(); }
-    }
-
-    public override void WriteLine(string? value)
-    {
-        try { _inner.WriteLine(value); } catch (IOException e) when (e.HResult == Epipe) { ReaderGone(); }
-    }
-
-    public override void Flush()
-    {
-        try { _inner.Flush(); } catch (IOException e) when (e.HResult == Epipe) { ReaderGone(); }
-    }
-
-    private static void ReaderGone() => Environment.Exit(ExitCode);
+    [DllImport("libc", SetLastError = true)]
+    private static extern int poll(PollFd* fds, nuint count, int timeout);
 }

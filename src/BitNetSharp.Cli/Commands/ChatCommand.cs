@@ -139,8 +139,18 @@ public static class ChatCommand
                     }
                     answer = null;
                     cli.Output.WriteLine();
-                    messages.Add(ChatMessage.Assistant(reply.ToString()));
                     var st = generator.LastStats!;
+                    // Ctrl-C during the prompt pass (a long paste: the seconds a user waits): no answer began, so the message
+                    // is dropped as before the pass. It was kept with an empty answer, both sent with every later prompt.
+                    if (pending.IsCancellationRequested && st.GeneratedTokens == 0 && reply.Length == 0)
+                    {
+                        messages.Clear();
+                        messages.AddRange(before);
+                        cli.Error.WriteLine("[stopped before the answer began: the message was not sent]");
+                        if (kind == ChatInput.LastMessage) return 0;
+                        continue;
+                    }
+                    messages.Add(ChatMessage.Assistant(reply.ToString()));
                     cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"[{st.PromptTokens - st.ReusedPromptTokens} new prompt tokens ({st.ReusedPromptTokens} reused), {st.GeneratedTokens} generated, {st.GenerationTokensPerSecond:F1} tok/s]"));
                     if (speculative is not null && st.Speculative is { } spec) cli.Error.WriteLine("[" + SpeculationOptions.Describe(speculative, spec) + "]");
@@ -175,6 +185,8 @@ public static class ChatCommand
     public static (ChatInput Kind, string? Text) ReadMessage(TextReader reader)
     {
         string? line = reader.ReadLine();
+        // A byte-order mark (a file saved by Notepad, piped in) is no text: "\uFEFF/quit" was sent to the model as a message.
+        if (line is { Length: > 0 } && line[0] == '\uFEFF') line = line[1..];
         if (line is null || string.IsNullOrWhiteSpace(line)) return (ChatInput.Quit, null);
         switch (line.Trim())
         {

@@ -322,7 +322,8 @@ public static class EvalCommand
                     Row(kl.TopK == 0 ? "KL divergence, mean ± s.e." : $"KL divergence (reference's top {kl.TopK} + rest), mean ± s.e.",
                         $"{F(kl.MeanKl, "G4")} ± {F(kl.MeanKlStdErr, "G2")} nats");
                     Row(kl.TopK == 0 ? "KL median / p99 / max" : "KL median / p99 / max (lower bounds too)", $"{F(kl.MedianKl, "G4")} / {F(kl.P99Kl, "G4")} / {F(kl.MaxKl, "G4")}");
-                    Row("same top token", $"{F(100 * kl.TopAgreement, "F2")} ± {F(100 * kl.TopAgreementStdErr, "F2")} %");
+                    // One position has no spread (NaN): the share alone.
+                    Row("same top token", double.IsFinite(kl.TopAgreementStdErr) ? $"{F(100 * kl.TopAgreement, "F2")} ± {F(100 * kl.TopAgreementStdErr, "F2")} %" : $"{F(100 * kl.TopAgreement, "F2")} %");
                     if (kl.DeltaP is { } dp)
                     {
                         Row("Δp of the next token, mean / RMS", $"{F(100 * dp.Mean, "+0.000;-0.000;0.000")} % / {F(100 * dp.Rms, "F3")} %");

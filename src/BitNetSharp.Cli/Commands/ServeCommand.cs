@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Net;
+using BitNetSharp.Formats;
 using BitNetSharp.Generation.Scheduler;
 using BitNetSharp.Server;
 
@@ -443,7 +444,8 @@ public static partial class ServeCommand
             cli.Error.WriteLine(e is BitNetSharp.Monitoring.Alerts.AlertRulesException || e.InnerException is BitNetSharp.Monitoring.Alerts.AlertRulesException
                 ? $"error: {(e as BitNetSharp.Monitoring.Alerts.AlertRulesException ?? e.InnerException)!.Message}"
                 : $"error: the model could not be loaded: {e.Message}");
-            return 1;
+            // A setting the sound file cannot take (--head-type q6_k on rows of 384) is a usage error, as on every command.
+            return e is UnsuitableSettingException || e.InnerException is UnsuitableSettingException ? 2 : 1;
         }
         // Graceful shutdown (SIGTERM, Ctrl-C): not ready and refusing new generations, in-flight ones get up to `drain`
         // to finish; whatever is left ends with a clean error when the server stops; the logs are flushed on the way out.

@@ -188,6 +188,9 @@ public sealed class LogitsFileReader : IDisposable
             if (_stream.ReadAtLeast(notes, notesLength, throwOnEndOfStream: false) != notesLength) throw new InvalidDataException($"{path}: the logits file ends inside its header.");
             Header = new LogitsFileHeader(vocab, ctx, stride, bos, topK, hash, positions, Encoding.UTF8.GetString(notes));
             long rowBytes = 8 + (topK == 0 ? 4L * vocab : 8L * topK + 4);
+            // A damaged position count past what any file holds: said as such (the product overflowed to a negative size).
+            if (positions > (long.MaxValue - LogitsFile.FixedHeaderBytes - notesLength) / rowBytes)
+                throw new InvalidDataException($"{path}: the logits file header is corrupt ({positions} positions of {rowBytes} bytes is past any file's size).");
             long expected = LogitsFile.FixedHeaderBytes + notesLength + rowBytes * positions;
             if (_stream.Length != expected)
                 // A damaged top-k or position count reads as a size mismatch too (a whole file whose top-k was zeroed was

@@ -797,14 +797,47 @@ public class BrokenPipeTests
         foreach (var a in new[] { "tokenize", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), string.Concat(Enumerable.Repeat("Once upon a time there was a girl. ", 2800)) })
             psi.ArgumentList.Add(a);
         using var p = System.Diagnostics.Process.Start(psi)!;
-        var error = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
-        Assert.NotNull(p.StandardOutput.ReadLine());
-        p.StandardOutput.Dispose(); // the reader is gone
-        using var bound = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
-        bound.CancelAfter(TimeSpan.FromSeconds(60));
-        await p.WaitForExitAsync(bound.Token); // ran on after its reader went: cancelled, the test fails
-        Assert.Equal(141, p.ExitCode);
-        Assert.DoesNotContain("error", await error);
+        try
+        {
+            var error = p.StandardError.ReadToEndAsync(TestContext.Current.CancellationToken);
+            Assert.NotNull(p.StandardOutput.ReadLine());
+            p.StandardOutput.Dispose(); // the reader is gone
+            using var bound = CancellationTokenSource.CreateLinkedTokenSource(TestContext.Current.CancellationToken);
+            bound.CancelAfter(TimeSpan.FromSeconds(60));
+            await p.WaitForExitAsync(bound.Token); // ran on after its reader went: cancelled, the test fails
+            Assert.Equal(141, p.ExitCode);
+            Assert.DoesNotContain("error", await error);
+        }
+        finally
+        {
+            if (!p.HasExited) p.Kill(entireProcessTree: true);
+        }
+    }
+
+    /// <summary>
+    /// stdout into a file the shell shares with stderr and the next command keeps its place: a stream of descriptor 1
+    /// with an offset of its own (FileStream) wrote over stderr's line and had its text overwritten by `echo after`.
+    /// </summary>
+    [Fact]
+    public async Task AFileSharedWithTheShellKeepsEveryLineInOrder()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS(), "runs /bin/sh");
+        string exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
+        Assert.SkipUnless(File.Exists(exe), $"the CLI's apphost is not next to the tests ({exe})");
+        using var dir = new TestGguf.TempDirectory();
+        string file = dir.File("out.txt"), model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        var psi = new System.Diagnostics.ProcessStartInfo("/bin/sh") { UseShellExecute = false };
+        foreach (var a in new[] { "-c", "{ echo before; \"$0\" tokenize -m \"$1\" 'hello world'; \"$0\" generate -m \"$1\" -p Once -n 2 --temp 0 -t 1; echo after; } > \"$2\" 2>&1", exe, model, file })
+            psi.ArgumentList.Add(a);
+        using var p = System.Diagnostics.Process.Start(psi)!;
+        await p.WaitForExitAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(0, p.ExitCode);
+        var lines = File.ReadAllLines(file);
+        Assert.Equal("before", lines[0]);
+        Assert.Contains(lines, l => l.Contains("\"he\"", StringComparison.Ordinal)); // tokenize's
+        Assert.Contains(lines, l => l.StartsWith("prompt: ", StringComparison.Ordinal)); // generate's stats, on stderr
+        Assert.Contains(lines, l => l.StartsWith("Once", StringComparison.Ordinal)); // generate's text, on stdout
+        Assert.Equal("after", lines[^1]);
     }
 }
 
@@ -1019,6 +1052,9 @@ public class ChatCommandTests
     public void AMessageEndedByTheEndOfInputIsAnsweredAndTheChatEnds()
     {
         Assert.Equal((ChatCommand.ChatInput.LastMessage, "hello "), ChatCommand.ReadMessage(new StringReader("hello \\")));
+        // A byte-order mark (a file saved with one, piped in) is not text: "\uFEFF/quit" was sent to the model.
+        Assert.Equal(ChatCommand.ChatInput.Quit, ChatCommand.ReadMessage(new StringReader("\uFEFF/quit\nHello\n")).Kind);
+        Assert.Equal((ChatCommand.ChatInput.Message, "Hello"), ChatCommand.ReadMessage(new StringReader("\uFEFFHello\n")));
         var output = new StringWriter();
         var error = new StringWriter();
         int code = Program.Run(["chat", "-n", "3", "--temp", "0", "-t", "1"], output, error, new EndsOnceReader("hello \\\n"));

@@ -98,6 +98,10 @@ public class HeadTypeOnLoadTests
         Assert.Equal(2, code);
         Assert.Contains("cannot be re-encoded as Q6_K", error);
         Assert.Contains("--head-type f16", error);
+        // serve too (it exited 1, "the model could not be loaded").
+        (code, _, error) = Cli("serve", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--head-type", "q6_k");
+        Assert.Equal(2, code);
+        Assert.Contains("cannot be re-encoded as Q6_K", error);
 
         string data = dir.File("story.txt");
         File.WriteAllText(data, string.Concat(Enumerable.Repeat(
