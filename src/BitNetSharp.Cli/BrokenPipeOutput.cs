@@ -14,14 +14,16 @@ namespace BitNetSharp.Cli;
 /// </summary>
 internal static unsafe class BrokenPipeOutput
 {
-    private const int Epipe = 32, Eintr = 4, Eagain = 11, EagainMac = 35, Espipe = 29; // Linux (EAGAIN 35 on macOS)
+    private const int Epipe = 32, Eintr = 4, Espipe = 29; // Linux and macOS alike
+    private static readonly int Eagain = OperatingSystem.IsMacOS() ? 35 : 11, Econnreset = OperatingSystem.IsMacOS() ? 54 : 104;
     private const int ExitCode = 128 + 13; // killed by SIGPIPE, as the shell reports it
 
     /// <summary>The writer for stdout: a write(2) writer where stdout is a pipe or socket on Unix, else <see cref="Console.Out"/>.</summary>
     public static TextWriter ForStdout()
     {
-        if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) || !Console.IsOutputRedirected) return Console.Out;
-        // A descriptor that cannot seek is a pipe, FIFO, socket or character device; a regular file seeks.
+        // 64-bit only: lseek is bound with a 64-bit off_t (32-bit glibc's is 32 bits).
+        if (!(OperatingSystem.IsLinux() || OperatingSystem.IsMacOS()) || !Environment.Is64BitProcess || !Console.IsOutputRedirected) return Console.Out;
+        // A descriptor that cannot seek is a pipe, FIFO or socket; a regular file or a device such as /dev/null seeks.
         if (lseek(1, 0, 1) >= 0 || Marshal.GetLastPInvokeError() != Espipe) return Console.Out;
         return TextWriter.Synchronized(new StreamWriter(new Stdout(), new UTF8Encoding(false), 4096) { AutoFlush = true });
     }
@@ -52,8 +54,8 @@ internal static unsafe class BrokenPipeOutput
                     {
                         int errno = Marshal.GetLastPInvokeError();
                         if (errno == Eintr) continue;
-                        if (errno == Epipe) Environment.Exit(ExitCode); // the reader is gone
-                        if (errno == Eagain || (OperatingSystem.IsMacOS() && errno == EagainMac))
+                        if (errno == Epipe || errno == Econnreset) Environment.Exit(ExitCode); // the reader is gone
+                        if (errno == Eagain)
                         {
                             var fd = new PollFd { Fd = 1, Events = 4 }; // POLLOUT: wait until the pipe takes more
                             poll(&fd, 1, -1);

@@ -146,6 +146,7 @@ public static class ChatCommand
                     {
                         messages.Clear();
                         messages.AddRange(before);
+                        turn--; // a --seed's next answer draws the stream this one would have
                         cli.Error.WriteLine("[stopped before the answer began: the message was not sent]");
                         if (kind == ChatInput.LastMessage) return 0;
                         continue;

@@ -320,7 +320,7 @@ public static class EvalCommand
                     Row("reference perplexity / bits per byte", $"{F(kl.Reference.Perplexity)} / {F(kl.Reference.BitsPerByte)}");
                     Row("Δppl", $"{F(kl.DeltaPerplexity, "+0.0000;-0.0000;0.0000")} ({F(100 * kl.DeltaPerplexity / kl.Reference.Perplexity, "+0.00;-0.00;0.00")} %)");
                     Row(kl.TopK == 0 ? "KL divergence, mean ± s.e." : $"KL divergence (reference's top {kl.TopK} + rest), mean ± s.e.",
-                        $"{F(kl.MeanKl, "G4")} ± {F(kl.MeanKlStdErr, "G2")} nats");
+                        double.IsFinite(kl.MeanKlStdErr) ? $"{F(kl.MeanKl, "G4")} ± {F(kl.MeanKlStdErr, "G2")} nats" : $"{F(kl.MeanKl, "G4")} nats");
                     Row(kl.TopK == 0 ? "KL median / p99 / max" : "KL median / p99 / max (lower bounds too)", $"{F(kl.MedianKl, "G4")} / {F(kl.P99Kl, "G4")} / {F(kl.MaxKl, "G4")}");
                     // One position has no spread (NaN): the share alone.
                     Row("same top token", double.IsFinite(kl.TopAgreementStdErr) ? $"{F(100 * kl.TopAgreement, "F2")} ± {F(100 * kl.TopAgreementStdErr, "F2")} %" : $"{F(100 * kl.TopAgreement, "F2")} %");

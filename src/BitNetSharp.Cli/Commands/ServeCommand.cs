@@ -443,6 +443,7 @@ public static partial class ServeCommand
             // A rule file that does not fit the model (a layer match past its layers) is the rule file's error, not the model's.
             cli.Error.WriteLine(e is BitNetSharp.Monitoring.Alerts.AlertRulesException || e.InnerException is BitNetSharp.Monitoring.Alerts.AlertRulesException
                 ? $"error: {(e as BitNetSharp.Monitoring.Alerts.AlertRulesException ?? e.InnerException)!.Message}"
+                : e is UnsuitableSettingException || e.InnerException is UnsuitableSettingException ? $"error: {(e as UnsuitableSettingException ?? e.InnerException)!.Message}"
                 : $"error: the model could not be loaded: {e.Message}");
             // A setting the sound file cannot take (--head-type q6_k on rows of 384) is a usage error, as on every command.
             return e is UnsuitableSettingException || e.InnerException is UnsuitableSettingException ? 2 : 1;

@@ -235,7 +235,7 @@ public static class TrainCommand
                     if (run.CheckpointStep != run.Step) run.SaveCheckpoint(checkpoint);
                     long tokensSoFar = (long)run.Step * run.TokensPerStep;
                     cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                        $"stopped at step {run.Step} of {run.Options.TotalSteps}: checkpoint {checkpoint} saved, {outPath} not written. Resume with the same command and --resume; with --tokens {tokensSoFar} (in place of the run's) it ends there: its weights as they are are validated and exported if best (with --keep-best false, exported whatever their loss)."));
+                        $"stopped at step {run.Step} of {run.Options.TotalSteps}: checkpoint {checkpoint} saved, {outPath} not written. Resume with the same command and --resume; with --tokens {tokensSoFar} (in place of the run's) it ends there: its weights as they are are validated, and exported if their loss is the run's best, else the best snapshot is (with --keep-best false, they are exported whatever their loss)."));
                     return 130;
                 }
 

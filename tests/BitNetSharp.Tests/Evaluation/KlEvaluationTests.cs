@@ -131,6 +131,20 @@ public class KlEvaluationTests
         Assert.True(double.IsNaN(KlResult.From([0.5], 1, new BitNetSharp.Training.PerplexityResult(1, 1, 1, 1), 0).TopAgreementStdErr)); // one position: no spread
     }
 
+    /// <summary>One scored position has no spread: the table shows the figures alone ("0 ± NaN nats", "100.00 ± NaN %").</summary>
+    [Fact]
+    public void OnePositionPrintsNoNaNSpread()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string data = dir.File("three.txt"), model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        File.WriteAllText(data, "Once upon a");
+        var output = new StringWriter();
+        var error = new StringWriter();
+        Assert.True(Program.Run(["eval", "-m", model, "--data", data, "--ctx", "2", "--kl-reference", model], output, error) == 0, error.ToString());
+        Assert.DoesNotContain("NaN", output.ToString());
+        Assert.Contains("100.00 %", output.ToString());
+    }
+
     [Fact]
     public void ReferencesAgreeWhetherEngineOrFile()
     {
