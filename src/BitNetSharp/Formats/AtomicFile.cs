@@ -160,46 +160,7 @@ public static class AtomicFile
         return null;
     }
 
-    /// <summary>Writes straight to a descriptor this process holds (write(2): its offset and O_APPEND are the kernel's); never closes it.</summary>
-    private sealed unsafe class DescriptorStream(int fd, string path) : Stream
-    {
-        public override bool CanRead => false;
-        public override bool CanSeek => false;
-        public override bool CanWrite => true;
-        public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
-        public override void Flush() { }
-        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
-        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
-        public override void SetLength(long value) => throw new NotSupportedException();
-        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
-
-        public override void Write(ReadOnlySpan<byte> buffer)
-        {
-            fixed (byte* start = buffer)
-            {
-                byte* p = start;
-                long left = buffer.Length;
-                while (left > 0)
-                {
-                    nint n = write(fd, p, (nint)left);
-                    if (n < 0)
-                    {
-                        int errno = Marshal.GetLastPInvokeError();
-                        if (errno == 4) continue; // EINTR
-                        throw new IOException($"cannot write {path}: {Marshal.GetPInvokeErrorMessage(errno)}");
-                    }
-                    p += n;
-                    left -= n;
-                }
-            }
-        }
-    }
-
     private const int OPath = 0x200000, OCloexec = 0x80000;
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern unsafe nint write(int fd, byte* buffer, nint count);
 
     /// <summary>An output being written: a temporary beside it, or (a FIFO or device) the path itself.</summary>
     public sealed class PendingFile : IDisposable
