@@ -246,11 +246,11 @@ public static class TrainCommand
                 {
                     float val = run.Validate();
                     if (!float.IsNaN(val)) // NaN: no validation windows (a setting), nothing measured
-                    {
                         cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"step {run.Step}/{run.Options.TotalSteps}  val {val:F3} (the run's end)"));
-                        run.SaveCheckpoint(checkpoint);
-                    }
                 }
+                // No step ran (the run ended where it stood): its checkpoint takes the new length, and the validation, as a
+                // step's end would have written them (a stop at a --val-every step left the old length in it).
+                if (run.Step == startStep) run.SaveCheckpoint(checkpoint);
                 bool best = r.GetValue(keepBest) && run.BestStep >= 0;
                 run.Export(outPath, pack, best: best);
                 LossPlot.Write(plot, run);
