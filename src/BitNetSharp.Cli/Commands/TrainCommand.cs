@@ -193,7 +193,16 @@ public static class TrainCommand
                     if (r.GetValue(resume)) cli.Output.WriteLine($"no checkpoint at {checkpoint}; starting a new run");
                     var corpus = TrainingCorpus.Load(r.GetRequiredValue(data), waiting: m => cli.Error.WriteLine(m), cancellation: cancellation);
                     cli.Output.WriteLine($"training a {shape.VocabSize}-token BPE vocabulary on {corpus.TrainDocuments.Sum(x => (long)x.Length):N0} characters ({corpus.ValidationText.Length:N0} held out)");
-                    var tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
+                    TrainedTokenizer tokenizer;
+                    try
+                    {
+                        tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
+                    }
+                    catch (ArgumentException e) when (e.ParamName == "vocabSize")
+                    {
+                        // More --vocab than the text has merges for: the user's flag, a usage error (it exited 1, a bad file's code).
+                        throw new UsageException(e.Message.Split(" (Parameter '")[0]);
+                    }
                     var train = corpus.EncodeTrain(tokenizer);
                     var validation = corpus.EncodeValidation(tokenizer);
                     // Shorter than one window, validation scored nothing: "val NaN" every time, and --keep-best kept nothing.

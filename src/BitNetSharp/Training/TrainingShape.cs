@@ -22,13 +22,18 @@ public sealed record TrainingShape(int VocabSize, int Dim, int Layers, int Heads
         {
             if (!ok) throw new ArgumentException(message);
         }
-        Require(VocabSize > 0, $"The vocabulary size must be positive (got {VocabSize}).");
-        Require(Dim > 0 && Layers > 0 && Heads > 0 && KvHeads > 0 && FeedForward > 0 && ContextLength > 1,
-            $"Every size must be positive and the context at least 2 (dim {Dim}, layers {Layers}, heads {Heads}, kv heads {KvHeads}, ff {FeedForward}, ctx {ContextLength}).");
-        Require(Dim % Heads == 0, $"{Heads} heads do not divide the model dimension {Dim}; choose heads so that dim / heads is a whole number.");
-        Require(Heads % KvHeads == 0, $"{KvHeads} KV heads do not divide the {Heads} attention heads; choose kv-heads that divides heads.");
-        Require(HeadDim % 2 == 0, $"The head dimension {HeadDim} (dim / heads) must be even for RoPE.");
-        Require(float.IsFinite(RopeTheta) && RopeTheta > 1f, $"The RoPE base {RopeTheta} must be a finite number above 1.");
+        Require(VocabSize > 0, $"The vocabulary size (--vocab) must be positive (got {VocabSize}).");
+        // One message per size, naming the train option that sets it (a shared message listed them all and named none).
+        Require(Dim > 0, $"The model width (--dim) must be positive (got {Dim}).");
+        Require(Layers > 0, $"The number of transformer blocks (--layers) must be positive (got {Layers}).");
+        Require(Heads > 0, $"The number of attention heads (--heads) must be positive (got {Heads}).");
+        Require(KvHeads > 0, $"The number of KV heads (--kv-heads) must be positive (got {KvHeads}).");
+        Require(FeedForward > 0, $"The feed-forward width (--ff) must be positive (got {FeedForward}).");
+        Require(ContextLength > 1, $"The context length (--ctx) must be at least 2: a training window predicts each token from the ones before it (got {ContextLength}).");
+        Require(Dim % Heads == 0, $"{Heads} heads do not divide the model dimension {Dim}; choose --heads so that --dim / --heads is a whole number.");
+        Require(Heads % KvHeads == 0, $"{KvHeads} KV heads do not divide the {Heads} attention heads; choose a --kv-heads that divides --heads.");
+        Require(HeadDim % 2 == 0, $"The head dimension {HeadDim} (--dim / --heads) must be even for RoPE.");
+        Require(float.IsFinite(RopeTheta) && RopeTheta > 1f, $"The RoPE base (--rope-theta) {RopeTheta} must be a finite number above 1.");
         Require(float.IsFinite(RmsEps) && RmsEps > 0f && RmsEps <= 1f, $"The RMSNorm epsilon {RmsEps} must be positive and at most 1 (models use about 1e-5; the loader refuses more).");
     }
 

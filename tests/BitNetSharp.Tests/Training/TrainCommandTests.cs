@@ -325,6 +325,9 @@ public class TrainCommandTests
     [InlineData("attention-too-big", "more than one array can")]
     [InlineData("logits-too-big", "the logits, batch·ctx·vocab buffer would hold")]
     [InlineData("short-validation", "is shorter than one validation window of --ctx 128")]
+    [InlineData("ctx1", "The context length (--ctx) must be at least 2")]
+    [InlineData("layers0", "(--layers) must be positive (got 0)")]
+    [InlineData("heads0", "(--heads) must be positive (got 0)")]
     public void BadInputIsAClearErrorWithNoOutputFile(string scenario, string message)
     {
         using var dir = new TestGguf.TempDirectory();
@@ -367,12 +370,16 @@ public class TrainCommandTests
             // Less held-out text than one window: every validation said "val NaN" and the run went on.
             "short-validation" => Replace(Replace(TinyArgs(data, model, "--heldout", dir.File("held.out")), "--ctx", "128"), "--tokens", "256"),
             "logits-too-big" => Replace(Replace(Replace(Replace(TinyArgs(data, model), "--ctx", "2048"), "--tokens", "32768"), "--batch", "16"), "--vocab", "65536"),
+            // One message listed every size and named no flag.
+            "ctx1" => Replace(Replace(TinyArgs(data, model), "--ctx", "1"), "--tokens", "64"),
+            "layers0" => Replace(TinyArgs(data, model), "--layers", "0"),
+            "heads0" => Replace(TinyArgs(data, model), "--heads", "0"),
             _ => Replace(TinyArgs(data, model), "--dim", "72"),
         };
         var (code, _, error) = Bitnet(args);
         Assert.NotEqual(0, code);
         // The shape is the user's flags: a usage error (they exited 1, the code of a bad file).
-        if (scenario is "heads" or "kvheads" or "i2s") Assert.Equal(2, code);
+        if (scenario is "heads" or "kvheads" or "i2s" or "ctx1" or "layers0" or "heads0" or "vocab" or "vocab-with-heldout") Assert.Equal(2, code);
         Assert.Contains(message, error);
         Assert.StartsWith("error: ", error);
         Assert.DoesNotContain("   at ", error);
