@@ -86,6 +86,18 @@ public sealed record ModelConfig
         };
         config.Validate(file.FilePath);
         CheckPlainRope(file, headDim);
+        // The engine's value heads are as wide as its key heads. A value_length that says otherwise loaded and ran with
+        // the key width where the V tensors had it (llama.cpp sizes V by value_length and would refuse the file).
+        string valueKey = m.ArchitectureKey("attention.value_length");
+        if (m.TryGetInt32(valueKey, out int valueLength) && valueLength != headDim)
+            throw new ModelFormatException(file.FilePath,
+                $"value heads of {valueLength} dimensions differ from the key heads' {headDim}, which this runtime does not implement (it needs attention.value_length = attention.key_length)", valueKey);
+        // bitnet-b1.58 and bitnet-25 (2B4T's graph) normalize the attention output and the FFN hidden state (sub-norms)
+        // in every layer, and bitnet.cpp's loader requires the tensors. Without them the file loaded and ran another
+        // graph without a word. (Files of arch bitnet without them still load: the engine's plain graph.)
+        if (family == ModelFamily.BitNet158 && !config.HasSubNorms)
+            throw new ModelFormatException(file.FilePath,
+                $"architecture '{arch}' normalizes each layer's attention output and FFN hidden state (sub-norms), but the file has no blk.0.attn_sub_norm.weight; the file is incomplete", "blk.0.attn_sub_norm.weight");
         return config;
     }
 
@@ -140,6 +152,11 @@ public sealed record ModelConfig
         if (!unitFactor && !(hf.RopeType?.Equals("none", StringComparison.OrdinalIgnoreCase) ?? false))
             throw new ModelFormatException(hf.FilePath,
                 $"RoPE scaling × {hf.RopeFactor} rescales the rotary frequencies, which this runtime does not implement; only plain RoPE (no scaling, or factor 1) is supported", hf.RopeFactorKey);
+        // Partial rotary: transformers rotates head_dim · factor dimensions; it loaded and rotated whole heads (the GGUF
+        // path refuses rope.dimension_count below the head dimension by name).
+        if (hf.PartialRotaryFactor is { } rotary && rotary != 1.0)
+            throw new ModelFormatException(hf.FilePath, string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"partial rotary (factor {rotary:R}: RoPE on part of each head) is not implemented by this runtime; it rotates whole heads (factor 1)"), hf.PartialRotaryFactorKey);
         if (hf.Quantization?.UseRmsNorm == true)
             throw new ModelFormatException(hf.FilePath,
                 "use_rms_norm = true (an extra RMSNorm inside every BitLinear before activation quantization) is not supported by this runtime", "quantization_config.use_rms_norm");

@@ -42,6 +42,45 @@ public class LoaderConventionTests
         Assert.Equal("bitnet-b1.58.rope.dimension_count", Assert.Throws<ModelFormatException>(() => ModelConfig.FromGguf(partial)).Item);
     }
 
+    /// <summary>
+    /// Shapes the engine does not run are refused by name (sweep against a Python reference): a value_length other than
+    /// the key heads' width loaded and ran with the key width; a bitnet-b1.58 file without sub-norms ran a graph
+    /// without them (bitnet.cpp's loader requires them); the same file with them, and value_length equal to the head
+    /// dimension, load.
+    /// </summary>
+    [Fact]
+    public void GgufValueLengthAndMissingSubNormsAreRefusedByName()
+    {
+        int headDim = SyntheticShape.Tiny.Dim / SyntheticShape.Tiny.Heads;
+        foreach (var (value, refused) in new[] { ((uint)headDim, false), ((uint)headDim / 2, true) })
+        {
+            var w = SyntheticModel.Build(SyntheticShape.Tiny, 1);
+            w.AddUInt32("bitnet-b1.58.attention.value_length", value);
+            using var file = GgufFile.Parse(w.ToArray(), "values.gguf");
+            if (!refused) Assert.Equal(headDim, ModelConfig.FromGguf(file).HeadDim);
+            else Assert.Equal("bitnet-b1.58.attention.value_length", Assert.Throws<ModelFormatException>(() => ModelConfig.FromGguf(file)).Item);
+        }
+
+        using var plain = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, 1, subNorms: false).ToArray(), "plain.gguf");
+        var e = Assert.Throws<ModelFormatException>(() => ModelConfig.FromGguf(plain));
+        Assert.Equal("blk.0.attn_sub_norm.weight", e.Item);
+        Assert.Contains("'bitnet-b1.58'", e.Message);
+        using var bitnet = GgufFile.Parse(SyntheticModel.Build(SyntheticShape.Tiny, 1, subNorms: false, architecture: "bitnet").ToArray(), "bitnet.gguf");
+        Assert.False(ModelConfig.FromGguf(bitnet).HasSubNorms);
+    }
+
+    /// <summary>transformers' partial_rotary_factor (top level or in rope_parameters) other than 1 is refused by key; it loaded and rotated whole heads.</summary>
+    [Theory]
+    [InlineData(""","partial_rotary_factor":0.5""", "partial_rotary_factor")]
+    [InlineData(""","rope_parameters":{"rope_theta":10000.0,"rope_type":"default","partial_rotary_factor":0.25}""", "rope_parameters.partial_rotary_factor")]
+    [InlineData(""","partial_rotary_factor":1.0""", null)]
+    public void HfPartialRotaryIsRefusedByKey(string extra, string? key)
+    {
+        var config = HfConfig.Parse(System.Text.Encoding.UTF8.GetBytes("""{"architectures":["BitNetForCausalLM"],"hidden_size":64,"intermediate_size":128,"num_hidden_layers":1,"num_attention_heads":4,"vocab_size":32""" + extra + "}"), "config.json");
+        if (key is null) Assert.Equal(16, ModelConfig.FromHf(config).HeadDim);
+        else Assert.Equal(key, Assert.Throws<ModelFormatException>(() => ModelConfig.FromHf(config)).Item);
+    }
+
     /// <summary>A 0-d tensor (gguf-py writes n_dims = len(shape), so a scalar has none) is one element, as ggml reads it.</summary>
     [Fact]
     public void GgufScalarTensorOpens()

@@ -241,7 +241,7 @@ public class TransformerTests
         foreach (var t in plain.Tensors) half.AddTensor(t.Name, t.Type, t.Dims, plain.GetTensorData(t).ToArray());
         half.AddTensor("blk.0.ffn_sub_norm.weight", GgmlType.F32, [SyntheticShape.Tiny.FeedForward], new byte[4 * SyntheticShape.Tiny.FeedForward]);
         e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(GgufFile.Parse(half.ToArray(), "half.gguf"), ownsFile: true));
-        Assert.Contains("both sub-norms", e.Message);
+        Assert.Contains("blk.0.attn_sub_norm.weight", e.Message);
     }
 
     [Fact]

@@ -68,6 +68,12 @@ public sealed class HfConfig
     /// <summary><c>head_dim</c> when the config states it; otherwise hidden_size / heads applies.</summary>
     public int? HeadDim { get; init; }
 
+    /// <summary><c>partial_rotary_factor</c> (top level, or in <c>rope_parameters</c> as transformers 5 writes it): the share of each head RoPE rotates; null when absent.</summary>
+    public double? PartialRotaryFactor { get; init; }
+
+    /// <summary>Where <see cref="PartialRotaryFactor"/> was read, for errors.</summary>
+    public string PartialRotaryFactorKey { get; init; } = "partial_rotary_factor";
+
     public HfQuantizationConfig? Quantization { get; init; }
 
     /// <summary>Reads and validates <paramref name="path"/>.</summary>
@@ -179,6 +185,8 @@ public sealed class HfConfig
                 AttentionBias = r.OptionalBool("attention_bias"),
                 MlpBias = r.OptionalBool("mlp_bias"),
                 HeadDim = r.OptionalInt("head_dim"),
+                PartialRotaryFactor = r.OptionalDouble("partial_rotary_factor") ?? RopeField(root, path, "rope_parameters", f => f.OptionalDouble("partial_rotary_factor")),
+                PartialRotaryFactorKey = r.OptionalDouble("partial_rotary_factor") is not null ? "partial_rotary_factor" : "rope_parameters.partial_rotary_factor",
                 Quantization = HfQuantizationConfig.Read(root, path),
             };
         }
