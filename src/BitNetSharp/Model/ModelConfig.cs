@@ -237,9 +237,6 @@ public sealed record ModelConfig
     /// <see cref="Validate"/> and the limits that depend on the context the model runs with, which a load option may
     /// shorten: a file whose own context is too long for them loads with a shorter --ctx.
     /// </summary>
-    /// <summary>Most cos/sin pairs of the rotary table (2^27: 1 GiB, e.g. a 2M-position context at head_dim 128).</summary>
-    internal const long MaxRotaryEntries = 1L << 27;
-
     internal ModelConfig Validated(string path)
     {
         Validate(path);
@@ -251,10 +248,9 @@ public sealed record ModelConfig
         // partials. A wrapped product loaded, then crashed the process at the first token.
         Require((long)GroupSize * ContextLength <= Array.MaxLength && (long)GroupSize * (HeadDim + 2) * ((ContextLength + 255) / 256) <= Array.MaxLength,
             $"{Heads / KvHeads} query heads per KV head ({Heads} heads, {KvHeads} KV heads) over a context of {ContextLength} positions need attention buffers beyond what this runtime supports; load with a shorter context (--ctx)");
-        // The rotary table holds cos and sin for every position and pair of a head (2B4T: 4096 × 64): a context of 2^24 at
-        // head_dim 512 overflowed its arrays (a stack trace), and 2^24 at 128 took 8 GB before the first token.
-        Require((long)ContextLength * (HeadDim / 2) <= MaxRotaryEntries,
-            $"a context of {ContextLength:N0} positions at head_dim {HeadDim} needs a rotary table of {(long)ContextLength * (HeadDim / 2) * 8:N0} bytes, past the {MaxRotaryEntries * 8L:N0} this runtime allows; the context length (max_position_embeddings or context_length) is likely wrong");
+        // The rotary table is no limit here: the engine computes it for the positions its sequences reach (RopeTable.
+        // EnsurePositions), so a long declared context costs nothing until it is used (it was computed at load: 2^24
+        // positions at head_dim 128 took 8 GB before the first token, and were refused at load since).
         return this;
     }
 }

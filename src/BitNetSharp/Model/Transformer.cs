@@ -58,7 +58,9 @@ public sealed unsafe class Transformer : IDisposable
             foreach (var layer in weights.Layers)
                 foreach (var m in (ReadOnlySpan<TernaryMatrix>)[layer.Q, layer.K, layer.V, layer.O, layer.Gate, layer.Up, layer.Down])
                     _kernel.PrepareWeights(m);
-            _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope);
+            // Computed as positions are reached (Forward): sized by the model's declared context, a 16M-position model
+            // run with --ctx 16 computed 1 GiB of angles before its first token.
+            _rope = new RopeTable(_c.HeadDim, _c.ContextLength, _c.RopeTheta, _c.Rope, initialPositions: 4096);
             MaxBatchTokens = maxBatchTokens;
             long t = maxBatchTokens;
             _x = Floats(t * _c.Dim);
@@ -202,10 +204,11 @@ public sealed unsafe class Transformer : IDisposable
         int n = batch.Length;
         if (n == 0) return;
         if (n > MaxBatchTokens) throw new ArgumentException($"The batch has {n} tokens; this engine was sized for at most {MaxBatchTokens}.", nameof(batch));
-        int wanted = 0;
+        int wanted = 0, lastPosition = 0;
         for (int t = 0; t < n; t++)
         {
             var bt = batch[t];
+            lastPosition = Math.Max(lastPosition, bt.Position);
             if ((uint)bt.Token >= (uint)_c.VocabSize)
                 throw new ArgumentOutOfRangeException(nameof(batch), bt.Token, $"Token id {bt.Token} is outside the vocabulary of {_c.VocabSize} tokens.");
             if ((uint)bt.Sequence >= (uint)caches.Count)
@@ -223,6 +226,7 @@ public sealed unsafe class Transformer : IDisposable
         }
         if (logits.Length < (long)wanted * _c.VocabSize)
             throw new ArgumentException($"The logits buffer holds {logits.Length} values; {wanted} rows of {_c.VocabSize} are needed.", nameof(logits));
+        _rope.EnsurePositions(lastPosition + 1);
 
         var health = _health;
         var p = _active = _profiler ?? (ProfileEventSource.Log.IsEnabled() ? _eventProfiler ??= new OpProfiler(_c.Layers, _pool.ThreadCount) { BytesRead = _kernel.BytesRead } : null);

@@ -21,10 +21,14 @@ public enum RopeStyle
 /// </summary>
 public sealed unsafe class RopeTable
 {
-    private readonly float[] _cos;
-    private readonly float[] _sin;
+    private float[] _cos;
+    private float[] _sin;
+    private readonly float[] _invFreq;
 
-    public RopeTable(int headDim, int maxPositions, float theta, RopeStyle style = RopeStyle.Neox)
+    /// <param name="initialPositions">Positions computed now (at most <paramref name="maxPositions"/>; default all of
+    /// them); <see cref="EnsurePositions"/> computes more as they are reached. The engine computes the positions its
+    /// sequences reach: a model declaring 16M positions, run with a context of 16, computed 1 GiB of angles first.</param>
+    public RopeTable(int headDim, int maxPositions, float theta, RopeStyle style = RopeStyle.Neox, int initialPositions = int.MaxValue)
     {
         if (headDim <= 0 || headDim % 2 != 0)
             throw new ArgumentOutOfRangeException(nameof(headDim), headDim, "The head dimension must be a positive even number.");
@@ -36,21 +40,55 @@ public sealed unsafe class RopeTable
         Theta = theta;
         Style = style;
         int half = headDim / 2;
-        var invFreq = new float[half];
-        for (int i = 0; i < half; i++) invFreq[i] = 1f / MathF.Pow(theta, (float)(2 * i) / headDim);
-        _cos = new float[(long)maxPositions * half];
-        _sin = new float[(long)maxPositions * half];
-        for (int pos = 0; pos < maxPositions; pos++)
-        for (int i = 0; i < half; i++)
-        {
-            float angle = pos * invFreq[i];
-            _cos[pos * half + i] = MathF.Cos(angle);
-            _sin[pos * half + i] = MathF.Sin(angle);
-        }
+        _invFreq = new float[half];
+        for (int i = 0; i < half; i++) _invFreq[i] = 1f / MathF.Pow(theta, (float)(2 * i) / headDim);
+        _cos = [];
+        _sin = [];
+        EnsurePositions(Math.Clamp(initialPositions, 1, maxPositions));
     }
 
     public int HeadDim { get; }
+
+    /// <summary>The most positions the table may hold (the model's context).</summary>
     public int MaxPositions { get; }
+
+    /// <summary>Positions [0, ComputedPositions) are computed and may be read.</summary>
+    public int ComputedPositions { get; private set; }
+
+    /// <summary>
+    /// Computes positions up to <paramref name="count"/> (at least doubling what is there, at most
+    /// <see cref="MaxPositions"/>); each value is what the full table holds. Not thread-safe: call it before the step
+    /// whose threads read the table (the engine does, for the step's last position).
+    /// </summary>
+    public void EnsurePositions(int count)
+    {
+        if (count <= ComputedPositions) return;
+        if (count > MaxPositions)
+            throw new ArgumentOutOfRangeException(nameof(count), count, $"Position {count - 1} is outside the RoPE table's {MaxPositions} positions.");
+        int half = HeadDim / 2;
+        int target = (int)Math.Min(MaxPositions, Math.Max(count, 2L * ComputedPositions));
+        if ((long)target * half > Array.MaxLength)
+        {
+            target = count;
+            if ((long)target * half > Array.MaxLength)
+                throw new ArgumentOutOfRangeException(nameof(count), count,
+                    $"Position {count - 1} at head_dim {HeadDim} needs a rotary table of more than {Array.MaxLength:N0} angles, beyond what this runtime holds.");
+        }
+        var cos = new float[(long)target * half];
+        var sin = new float[(long)target * half];
+        _cos.CopyTo(cos, 0);
+        _sin.CopyTo(sin, 0);
+        for (int pos = ComputedPositions; pos < target; pos++)
+        for (int i = 0; i < half; i++)
+        {
+            float angle = pos * _invFreq[i];
+            cos[(long)pos * half + i] = MathF.Cos(angle);
+            sin[(long)pos * half + i] = MathF.Sin(angle);
+        }
+        _cos = cos;
+        _sin = sin;
+        ComputedPositions = target;
+    }
     public float Theta { get; }
     public RopeStyle Style { get; }
 
@@ -162,8 +200,10 @@ public sealed unsafe class RopeTable
 
     private int CheckPosition(int position)
     {
-        if ((uint)position >= (uint)MaxPositions)
-            throw new ArgumentOutOfRangeException(nameof(position), position, $"Position {position} is outside the RoPE table's {MaxPositions} positions.");
+        if ((uint)position >= (uint)ComputedPositions)
+            throw new ArgumentOutOfRangeException(nameof(position), position, (uint)position >= (uint)MaxPositions
+                ? $"Position {position} is outside the RoPE table's {MaxPositions} positions."
+                : $"Position {position} is not computed yet ({ComputedPositions} are); call EnsurePositions first.");
         return position;
     }
 

@@ -118,6 +118,33 @@ public class FloatOpsTests
         Assert.Throws<ArgumentOutOfRangeException>(() => new RopeTable(7, 4, 10000f));
     }
 
+    /// <summary>
+    /// A table computed as positions are reached holds what the full table holds, bit for bit; a position not yet
+    /// computed, or past the table, is refused rather than read as zeros.
+    /// </summary>
+    [Theory]
+    [InlineData(RopeStyle.Neox)]
+    [InlineData(RopeStyle.Norm)]
+    public void RopeGrownOnDemandEqualsTheFullTable(RopeStyle style)
+    {
+        var full = new RopeTable(64, 5000, 500000f, style);
+        var lazy = new RopeTable(64, 5000, 500000f, style, initialPositions: 3);
+        Assert.Equal(3, lazy.ComputedPositions);
+        Assert.Throws<ArgumentOutOfRangeException>(() => lazy.Apply(new float[64], 3));
+        lazy.EnsurePositions(4);
+        Assert.Equal(6, lazy.ComputedPositions); // at least doubles
+        lazy.EnsurePositions(4097);
+        Assert.Equal(4097, lazy.ComputedPositions);
+        lazy.EnsurePositions(5000);
+        Assert.Equal(5000, lazy.ComputedPositions);
+        Assert.Throws<ArgumentOutOfRangeException>(() => lazy.EnsurePositions(5001));
+        for (int position = 0; position < 5000; position++)
+        {
+            Assert.Equal(full.Cos(position).ToArray(), lazy.Cos(position).ToArray());
+            Assert.Equal(full.Sin(position).ToArray(), lazy.Sin(position).ToArray());
+        }
+    }
+
     private sealed class SoftmaxCheck : IWidthCheck
     {
         public void Run<TWidth>() where TWidth : struct, IVectorWidth
