@@ -117,7 +117,17 @@ public static class GenerateCommand
             IEnumerable<GeneratedToken> tokens;
             try
             {
-                tokens = StopStrings.Apply(generator.Generate(promptTokens, result.GetValue(count), parameters, result.GetValue(ignoreEos), promptLogits, cancellation), stops);
+                int maxTokens = result.GetValue(count);
+                // -n not given: as many as fit, up to the default (the default 128 refused every prompt over 129 tokens on
+                // the bundled model's 256-token context; llama.cpp generates until the context ends). A given -n that
+                // does not fit is refused before any work, as before.
+                if (result.GetResult(count) is not { Implicit: false } && promptTokens.Length <= generator.ContextLength
+                    && promptTokens.Length + maxTokens - 1 > generator.ContextLength)
+                {
+                    maxTokens = generator.ContextLength - promptTokens.Length + 1;
+                    cli.Error.WriteLine($"note: the prompt ({promptTokens.Length} tokens) leaves room for {maxTokens} new token{(maxTokens == 1 ? "" : "s")} in the context of {generator.ContextLength}; generating at most that many (-n sets the number).");
+                }
+                tokens = StopStrings.Apply(generator.Generate(promptTokens, maxTokens, parameters, result.GetValue(ignoreEos), promptLogits, cancellation), stops);
             }
             catch (ArgumentException e)
             {

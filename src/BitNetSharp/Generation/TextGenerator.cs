@@ -219,10 +219,14 @@ public sealed partial class TextGenerator : IDisposable
         ArgumentNullException.ThrowIfNull(prompt);
         if (prompt.Count == 0) throw new ArgumentException("The prompt is empty: give at least one token (a BOS token will do).", nameof(prompt));
         ArgumentOutOfRangeException.ThrowIfNegative(maxTokens);
-        if ((long)prompt.Count + maxTokens > ContextLength) // long: -n 2147483647 wrapped and passed, then failed after the prefill
+        // The last new token is never fed back, so n new tokens take n − 1 positions after the prompt (a prompt filling
+        // the context with -n 1 was refused). long: -n 2147483647 wrapped and passed, then failed after the prefill.
+        if ((long)prompt.Count + Math.Max(maxTokens, 1) - 1 > ContextLength)
             throw new ArgumentException(
                 $"The prompt ({prompt.Count} tokens) plus up to {maxTokens} new tokens exceeds the context of {ContextLength} tokens; " +
-                $"shorten the prompt, lower -n, or raise --ctx (this model allows up to {Config.ContextLength}).");
+                (ContextLength < Config.ContextLength
+                    ? $"shorten the prompt, lower -n, or raise --ctx (this model allows up to {Config.ContextLength})."
+                    : $"shorten the prompt or lower -n (this is the model's whole context; at most {Math.Max(0, ContextLength - prompt.Count + 1)} new tokens fit after this prompt)."));
         int vocab = Config.VocabSize;
         foreach (int id in prompt)
             if ((uint)id >= (uint)vocab)

@@ -556,6 +556,41 @@ public class GenerateCommandTests
         Assert.Equal(a.Output, b.Output);
     }
 
+    /// <summary>
+    /// At the context's end (context sweep): a prompt filling the context takes one new token (its last token is never
+    /// fed back; it was refused); without -n, the default count is cut to what fits, with a note (the default 128 refused
+    /// any prompt over 129 tokens on a 256-token context); a given -n that does not fit is refused naming what fits, and
+    /// "raise --ctx" only where --ctx is below the model's context (it was advised at the model's whole context).
+    /// </summary>
+    [Fact]
+    public void TheContextsEndTakesWhatFits()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string model = TinyModel(dir);
+        static string Ids(int n) => string.Join(",", Enumerable.Range(0, n).Select(i => (1 + i % 50).ToString(System.Globalization.CultureInfo.InvariantCulture)));
+        int Generated(string path) => System.Text.Json.JsonDocument.Parse(File.ReadAllText(path)).RootElement.GetProperty("ids").GetArrayLength();
+
+        var full = Bitnet("generate", "-m", model, "--prompt-ids", Ids(256), "-n", "1", "--temp", "0", "--ignore-eos", "--ids-out", dir.File("full.json"));
+        Assert.True(full.ExitCode == 0, full.Error);
+        Assert.Equal(1, Generated(dir.File("full.json")));
+
+        var fits = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "--temp", "0", "--ignore-eos", "--ids-out", dir.File("fits.json"));
+        Assert.True(fits.ExitCode == 0, fits.Error);
+        Assert.Contains("note: the prompt (200 tokens) leaves room for 57 new tokens in the context of 256", fits.Error);
+        Assert.Equal(57, Generated(dir.File("fits.json")));
+
+        var given = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "128", "--temp", "0");
+        Assert.Equal(2, given.ExitCode);
+        Assert.Contains("at most 57 new tokens fit after this prompt", given.Error);
+        Assert.DoesNotContain("raise --ctx", given.Error);
+        var shorter = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "128", "--temp", "0", "--ctx", "210");
+        Assert.Equal(2, shorter.ExitCode);
+        Assert.Contains("raise --ctx (this model allows up to 256)", shorter.Error);
+        var past = Bitnet("generate", "-m", model, "--prompt-ids", Ids(257), "--temp", "0");
+        Assert.Equal(2, past.ExitCode);
+        Assert.Contains("exceeds the context of 256 tokens", past.Error);
+    }
+
     [Fact]
     public void BadInputIsAOneLineErrorBeforeAnyOutput()
     {
