@@ -108,7 +108,7 @@ public static class ChatCommand
                     var before = new List<ChatMessage>(messages);
                     messages.Add(ChatMessage.User(line!));
                     var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
-                        generator.ContextLength, answerTokens, cli.Error);
+                        generator.ContextLength, answerTokens, cli.Error, weights.Config.ContextLength);
                     if (prompt is null)
                     {
                         answer = null; // refused (said), so a Ctrl-C meanwhile has nothing left to stop
@@ -131,8 +131,11 @@ public static class ChatCommand
                     // seed every turn made each answer draw the same random numbers (after /reset, the same answer again).
                     var turnParameters = parameters.Seed is { } seed ? parameters with { Seed = BitNetSharp.Generation.Sampling.SamplingParameters.StreamSeed(seed, turn) } : parameters;
                     turn++;
-                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, Math.Min(answerTokens, generator.ContextLength - prompt.Length), turnParameters, cancellation: pending.Token), stops))
+                    int limit = Math.Min(answerTokens, generator.ContextLength - prompt.Length);
+                    var finish = FinishReason.None;
+                    foreach (var token in StopStrings.Apply(generator.Generate(prompt, limit, turnParameters, cancellation: pending.Token), stops))
                     {
+                        finish = token.Finish;
                         reply.Append(token.Text);
                         cli.Output.Write(token.Text);
                         cli.Output.Flush();
@@ -155,6 +158,10 @@ public static class ChatCommand
                     cli.Error.WriteLine(string.Create(CultureInfo.InvariantCulture,
                         $"[{st.PromptTokens - st.ReusedPromptTokens} new prompt tokens ({st.ReusedPromptTokens} reused), {st.GeneratedTokens} generated, {st.GenerationTokensPerSecond:F1} tok/s]"));
                     if (speculative is not null && st.Speculative is { } spec) cli.Error.WriteLine("[" + SpeculationOptions.Describe(speculative, spec) + "]");
+                    // Cut by the context, not by -n: said (an answer of the default -n, the context's length, stopped
+                    // mid-sentence where the context ended without a word).
+                    if (finish == FinishReason.Length && limit < answerTokens)
+                        cli.Error.WriteLine($"[the answer reached the end of the context ({generator.ContextLength} tokens, --ctx) and was cut there, after {st.GeneratedTokens} of up to {answerTokens} tokens (-n); the oldest turns make room for the next message]");
                     if (kind == ChatInput.LastMessage) return 0;
                 }
             }
@@ -223,7 +230,8 @@ public static class ChatCommand
     /// until it fits. When the newest message does not fit even alone, it is taken out again, the reason is said, null
     /// is returned, and the conversation goes on without it, its history untouched (the turns tried out of it are kept).
     /// </summary>
-    public static int[]? FitToContext(List<ChatMessage> messages, Func<List<ChatMessage>, int[]> encode, int context, int answerTokens, TextWriter log)
+    /// <param name="modelContext">The model's own context: a larger --ctx is advised only below it (0: not known).</param>
+    public static int[]? FitToContext(List<ChatMessage> messages, Func<List<ChatMessage>, int[]> encode, int context, int answerTokens, TextWriter log, int modelContext = 0)
     {
         int room = Math.Max(1, Math.Min(answerTokens, context / 2));
         int first = messages.Count > 0 && messages[0].Role == "system" ? 1 : 0;
@@ -261,7 +269,8 @@ public static class ChatCommand
         messages.RemoveAt(messages.Count - 1);
         // The system prompt with the template's frame around a turn (an assistant opener included): counted alone it read as the prompt's own tokens.
         string system = first == 1 ? $" ({encode([messages[0]]).Length} of them the --system prompt in the template's frame)" : "";
-        log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template{system}, and the context holds {context} (--ctx); it was not sent. Write a shorter one, or start chat with a larger --ctx.");
+        log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template{system}, and the context holds {context} (--ctx); it was not sent. Write a shorter one" +
+            (modelContext > 0 && modelContext <= context ? " (the model's whole context is in use)." : modelContext > context ? $", or start chat with a larger --ctx (the model allows up to {modelContext})." : ", or start chat with a larger --ctx."));
         return null;
     }
 }

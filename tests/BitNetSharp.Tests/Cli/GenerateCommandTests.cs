@@ -1166,6 +1166,36 @@ public class ChatCommandTests
     }
 
     /// <summary>
+    /// An answer cut by the context's end, not by -n, is said (an answer of the default -n, the context's length, stopped
+    /// mid-sentence without a word); a message too long for the context advises a larger --ctx only below the model's
+    /// own context (it did at the model's whole context, where --ctx cannot go higher) (context sweep).
+    /// </summary>
+    [Fact]
+    public void AnAnswerCutByTheContextIsSaid()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string Chat(params string[] extra)
+        {
+            var error = new StringWriter();
+            int code = Program.Run(["chat", "-m", model, "--temp", "0", "-t", "1", "--kv-type", "f32", "--template", "chatml", .. extra], new StringWriter(), error,
+                new StringReader("Tell me a story about a cat.\n/quit\n"));
+            Assert.True(code == 0, error.ToString());
+            return error.ToString();
+        }
+        // The chatml prompt is about 40 tokens: --ctx 48 leaves 8, far less than a story.
+        var cut = Chat("--ctx", "48");
+        Assert.Contains("[the answer reached the end of the context (48 tokens, --ctx) and was cut there, after ", cut);
+        Assert.DoesNotContain("reached the end of the context", Chat("-n", "8"));
+
+        var log = new StringWriter();
+        Assert.Null(ChatCommand.FitToContext([BitNetSharp.Tokenization.ChatMessage.User("x")], _ => new int[70], context: 64, answerTokens: 8, log, modelContext: 64));
+        Assert.Contains("Write a shorter one (the model's whole context is in use).", log.ToString());
+        log = new StringWriter();
+        Assert.Null(ChatCommand.FitToContext([BitNetSharp.Tokenization.ChatMessage.User("x")], _ => new int[70], context: 64, answerTokens: 8, log, modelContext: 256));
+        Assert.Contains("or start chat with a larger --ctx (the model allows up to 256).", log.ToString());
+    }
+
+    /// <summary>
     /// One --seed gives each answer its own random stream, as llama.cpp's one sampler per session: every turn drew the same
     /// numbers, so the same message after /reset got the same answer. The session still replays with the seed.
     /// </summary>
