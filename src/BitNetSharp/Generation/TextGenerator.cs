@@ -192,6 +192,9 @@ public sealed partial class TextGenerator : IDisposable
         if (bad > 0)
         {
             int origin = Health.NonFiniteOrigin(rowIndex);
+            // The failing step's logits figures are NaN, as the server records them (the step published none: no
+            // --log-logits line for it, and no logits line in --health when the first step failed).
+            if (Health.Sampling) Health.AddLogits(new LogitStats(float.NaN, float.NaN, float.NaN, bad));
             Health.Publish();
             throw new NonFiniteLogitsException(bad, row.Length, origin);
         }

@@ -33,6 +33,23 @@ public sealed unsafe class KvCache : IDisposable
     private readonly int[] _layerLength;
     // An F16 cache that has never stored ±inf or NaN is read with the short widening (F16FiniteRow); sticky until Clear.
     private bool _nonFiniteF16;
+    private int _nonFiniteOrigin = Monitoring.ModelHealthCollector.Finite, _nonFinitePosition = int.MaxValue;
+
+    /// <summary>
+    /// Where the first non-finite residual among the positions this cache holds appeared (a
+    /// <see cref="Monitoring.ModelHealthCollector.NonFiniteOrigin"/> code; Finite when none), kept by a forward pass
+    /// with health collection. A prompt read in chunks has no logits before its last: a NaN made in an earlier chunk
+    /// reached the last one only through this cache, and was named as the first layer that read it.
+    /// </summary>
+    public int NonFiniteOrigin => _nonFiniteOrigin;
+
+    /// <summary>Records a non-finite residual of the token at <paramref name="position"/> that first appeared at <paramref name="origin"/>.</summary>
+    internal void NoteNonFinite(int origin, int position)
+    {
+        if (origin == Monitoring.ModelHealthCollector.Finite) return;
+        if (_nonFiniteOrigin == Monitoring.ModelHealthCollector.Finite || origin < _nonFiniteOrigin) _nonFiniteOrigin = origin;
+        _nonFinitePosition = Math.Min(_nonFinitePosition, position);
+    }
     private readonly int _rowBytes;
     // Int8 keys of a head dimension the block kernels serve are stored in blocks of 16 positions (Int8KeyBlocks), each
     // head's region rounded up to whole blocks; every other type and the values are rows.
@@ -433,6 +450,11 @@ public sealed unsafe class KvCache : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         for (int l = 0; l < Layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
         if (length == 0) _nonFiniteF16 = false;
+        if (_nonFinitePosition >= length)
+        {
+            _nonFiniteOrigin = Monitoring.ModelHealthCollector.Finite;
+            _nonFinitePosition = int.MaxValue;
+        }
     }
 
     /// <summary>
@@ -449,6 +471,8 @@ public sealed unsafe class KvCache : IDisposable
         if (_scales.ByteLength > 0) Buffer.MemoryCopy(source._scales.Pointer, _scales.Pointer, _scales.ByteLength, _scales.ByteLength);
         source._layerLength.CopyTo(_layerLength, 0);
         _nonFiniteF16 = source._nonFiniteF16;
+        _nonFiniteOrigin = source._nonFiniteOrigin;
+        _nonFinitePosition = source._nonFinitePosition;
     }
 
     /// <summary>Empties the cache for reuse by another sequence; nothing is freed or zeroed.</summary>

@@ -235,12 +235,15 @@ public sealed unsafe class Transformer : IDisposable
         for (int t = 0; t < n; t++)
         {
             _w.TokenEmbedding.GetRow(batch[t].Token, Row(_x, t, _c.Dim));
-            health?.MapToken(t, batch[t].Sequence, batch[t].Position);
+            health?.MapToken(t, batch[t].Sequence, batch[t].Position, caches[batch[t].Sequence].NonFiniteOrigin);
         }
         p?.End();
 
         for (int l = 0; l < _c.Layers; l++) Layer(l, batch, caches);
         health?.EndForward();
+        if (health is not null)
+            for (int t = 0; t < n; t++)
+                caches[batch[t].Sequence].NoteNonFinite(health.TokenOrigin(t), batch[t].Position);
 
         int r = 0;
         p?.Begin(ProfileOp.Norm, -1, wanted);

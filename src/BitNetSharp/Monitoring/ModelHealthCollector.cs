@@ -178,6 +178,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     private readonly float[] _kvError;                  // [token][layer][K|V]
     private readonly float[] _kvRead;                   // [K|V][kvDim]: a row read back from the cache (calling thread)
     private readonly int[] _origin;                     // [token]: Finite, Embedding, or the first layer
+    private readonly int[] _prior;                      // [token]: its sequence's origin from earlier steps (its KV cache's)
     private readonly int[] _rowToken;                   // logits row → batch token
     private readonly int[] _sequence;                   // [token]: its sequence
     private readonly bool[] _atStart;                   // [token]: at position 0 of its sequence
@@ -208,6 +209,7 @@ public sealed unsafe class ModelHealthCollector : IDisposable
         _kvError = new float[maxTokens * _layers * 2];
         _kvRead = new float[2 * config.KvDim];
         _origin = new int[maxTokens];
+        _prior = new int[maxTokens];
         _rowToken = new int[maxTokens];
         _sequence = new int[maxTokens];
         _atStart = new bool[maxTokens];
@@ -275,11 +277,16 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     }
 
     /// <summary>Batch token <paramref name="token"/> belongs to sequence <paramref name="sequence"/>, at <paramref name="position"/>.</summary>
-    internal void MapToken(int token, int sequence, int position = -1)
+    /// <param name="prior">Where its sequence's earlier positions first went non-finite (<see cref="KvCache.NonFiniteOrigin"/>).</param>
+    internal void MapToken(int token, int sequence, int position = -1, int prior = Finite)
     {
         _sequence[token] = sequence;
         _atStart[token] = position == 0;
+        _prior[token] = prior;
     }
+
+    /// <summary>Where batch token <paramref name="token"/>'s residual first went non-finite in this step (Finite: it did not).</summary>
+    internal int TokenOrigin(int token) => _origin[token];
 
     /// <summary>Logits row <paramref name="row"/> belongs to batch token <paramref name="token"/>.</summary>
     internal void MapRow(int row, int token) => _rowToken[row] = token;
@@ -447,14 +454,15 @@ public sealed unsafe class ModelHealthCollector : IDisposable
     /// Non-finite values reach a token's residual from its own computation or, through attention, from an earlier
     /// token of its sequence: when the row's token is not finite, the answer is the earliest origin among the tokens of
     /// its sequence in this step (a NaN embedding two positions back is reported as the embedding, not as layer 0,
-    /// where attention carried it over). Values already in the KV cache from an earlier step show as the first layer
-    /// that read them.
+    /// where attention carried it over). Values already in the KV cache from an earlier step (a prompt's earlier chunk,
+    /// which has no logits row) count by where they first appeared then, as the cache recorded it.
     /// </remarks>
     public int NonFiniteOrigin(int row)
     {
         int token = _rowToken[row], origin = _origin[token];
         if (origin == Finite) return origin;
         int sequence = _sequence[token];
+        if (_prior[token] != Finite && _prior[token] < origin) origin = _prior[token];
         for (int t = 0; t < _tokens; t++)
             if (_sequence[t] == sequence && _origin[t] != Finite && _origin[t] < origin) origin = _origin[t];
         return origin;

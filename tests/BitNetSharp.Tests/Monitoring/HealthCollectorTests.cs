@@ -312,9 +312,16 @@ public class HealthCollectorTests
         using var w = TransformerTests.TinyModel();
         w.Layers[0].Down.RowScales[3] = float.PositiveInfinity;
         using var g = new TextGenerator(w, null, new GeneratorOptions { Threads = 1, HealthSampleEvery = 1 });
+        // The failing step's logits figures are published as NaN (it published none: no --log-logits line, and no
+        // logits line in --health when the first step failed; health sweep).
+        int rows = 0;
+        float max = 0;
+        g.Health.Published += snap => (rows, max) = (snap.LogitRows, snap.LogitMax);
         var e = Assert.Throws<NonFiniteLogitsException>(() => g.Generate([1, 2, 3], 4, SamplingParameters.Greedy, cancellation: TestContext.Current.CancellationToken).ToList());
         Assert.Equal(0, e.Layer);
         Assert.Contains("layer 0", e.Message);
+        Assert.Equal(1, rows);
+        Assert.True(float.IsNaN(max));
     }
 }
 
@@ -403,6 +410,45 @@ public class HealthCollectorBatchTests
         Assert.True(float.IsNaN(logits[0]));
         Assert.Equal(ModelHealthCollector.Embedding, health.NonFiniteOrigin(0));
         Assert.Equal(ModelHealthCollector.Finite, health.NonFiniteOrigin(1));
+    }
+
+    /// <summary>
+    /// A NaN made in a prompt's earlier chunk (a step with no logits row) reaches the last chunk only through the KV
+    /// cache: the origin is where it first appeared, not the first layer of the later chunk that read it (server
+    /// --max-batched-tokens 4 named layer 2 for a NaN made in layer 1; health sweep). A cleared cache forgets it.
+    /// </summary>
+    [Fact]
+    public unsafe void NaNFromAnEarlierChunkIsTracedToItsOrigin()
+    {
+        var writer = SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16);
+        AddOutputHead(writer, SyntheticShape.Tiny.Dim, SyntheticShape.Tiny.VocabSize);
+        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-untied.gguf"), ownsFile: true);
+        var c = w.Config;
+        using var pool = new WorkerPool(2);
+        using var engine = new Transformer(w, 8, pool);
+        using var health = new ModelHealthCollector(c, 8) { SampleEvery = 1 };
+        engine.Health = health;
+        ((ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes))[3] = 0x7E00;
+        var logits = new float[c.VocabSize];
+        using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
+        engine.Forward([new BatchToken(5, 0, 0), new BatchToken(90, 0, 1)], [cache], logits); // the first chunk: no logits
+        Assert.Equal(ModelHealthCollector.Embedding, cache.NonFiniteOrigin);
+        engine.Forward([new BatchToken(6, 0, 2), new BatchToken(7, 0, 3, true)], [cache], logits);
+        Assert.True(float.IsNaN(logits[0]));
+        Assert.Equal(ModelHealthCollector.Embedding, health.NonFiniteOrigin(0)); // read as layer 0's attention before
+
+        cache.Truncate(2);
+        Assert.Equal(ModelHealthCollector.Embedding, cache.NonFiniteOrigin); // position 1 is still held
+        cache.Truncate(1);
+        Assert.Equal(ModelHealthCollector.Finite, cache.NonFiniteOrigin);
+        cache.Clear();
+        engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], logits);
+        Assert.Equal(ModelHealthCollector.Finite, health.NonFiniteOrigin(0));
+
+        // The user's path: a generator reading the prompt in chunks of 2 names the embedding.
+        using var g = new TextGenerator(w, null, new GeneratorOptions { Threads = 1, HealthSampleEvery = 1, PrefillChunk = 2 });
+        var e = Assert.Throws<NonFiniteLogitsException>(() => g.Generate([5, 90, 6, 7], 2, SamplingParameters.Greedy, cancellation: TestContext.Current.CancellationToken).ToList());
+        Assert.Contains("token embedding", e.Message);
     }
 
     /// <summary>
