@@ -151,6 +151,12 @@ public static class Program
             plain.IsEnum ? "one of " + string.Join(", ", Enum.GetNames(plain)).ToLowerInvariant() :
             "a valid value";
         string given = option.Tokens.Count > 0 ? option.Tokens[^1].Value : "";
+        // Digits past the type's range are a whole number, too large ("--ctx 99999999999 is not a whole number").
+        if ((plain == typeof(int) || plain == typeof(long) || plain == typeof(uint) || plain == typeof(ulong))
+            && given.TrimStart('-', '+') is { Length: > 0 } digits && digits.All(char.IsAsciiDigit) && given.LastIndexOfAny(['-', '+']) <= 0)
+            return given.StartsWith('-')
+                ? $"{option.Option.Name} '{given}' is too small (at least {(plain == typeof(int) ? int.MinValue : plain == typeof(long) ? long.MinValue : 0)})."
+                : $"{option.Option.Name} '{given}' is too large (at most {(plain == typeof(int) ? int.MaxValue : plain == typeof(long) ? long.MaxValue : plain == typeof(uint) ? uint.MaxValue : ulong.MaxValue)}).";
         return $"{option.Option.Name} '{given}' is not {expected}.";
     }
 }

@@ -341,7 +341,9 @@ public class GenerateCommandTests
     /// </summary>
     [Theory]
     [InlineData("--seed", "abc", "--seed 'abc' is not a whole number from 0 to 18446744073709551615.")]
-    [InlineData("--seed", "-1", "--seed '-1' is not a whole number from 0 to 18446744073709551615.")]
+    [InlineData("--seed", "-1", "--seed '-1' is too small (at least 0).")]
+    [InlineData("--ctx", "99999999999", "--ctx '99999999999' is too large (at most 2147483647).")] // "is not a whole number"
+    [InlineData("--seed", "99999999999999999999", "--seed '99999999999999999999' is too large (at most 18446744073709551615).")]
     [InlineData("-n", "lots", "--n-predict 'lots' is not a whole number.")]
     [InlineData("--temp", "hot", "--temp 'hot' is not a number.")]
     // A decimal comma was read as a thousands separator: temperature 8, a repeat penalty of 11, without a word.
