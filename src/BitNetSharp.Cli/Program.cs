@@ -155,8 +155,8 @@ public static class Program
         if ((plain == typeof(int) || plain == typeof(long) || plain == typeof(uint) || plain == typeof(ulong))
             && given.TrimStart('-', '+') is { Length: > 0 } digits && digits.All(char.IsAsciiDigit) && given.LastIndexOfAny(['-', '+']) <= 0)
             return given.StartsWith('-')
-                ? $"{option.Option.Name} '{given}' is too small (at least {(plain == typeof(int) ? int.MinValue : plain == typeof(long) ? long.MinValue : 0)})."
-                : $"{option.Option.Name} '{given}' is too large (at most {(plain == typeof(int) ? int.MaxValue : plain == typeof(long) ? long.MaxValue : plain == typeof(uint) ? uint.MaxValue : ulong.MaxValue)}).";
+                ? $"{option.Option.Name} '{given}' is too small (no value below {(plain == typeof(int) ? int.MinValue : plain == typeof(long) ? long.MinValue : 0)} is read; the option's own range may be narrower)."
+                : $"{option.Option.Name} '{given}' is too large (no value past {(plain == typeof(int) ? int.MaxValue : plain == typeof(long) ? long.MaxValue : plain == typeof(uint) ? uint.MaxValue : ulong.MaxValue)} is read; the option's own range may be smaller).";
         return $"{option.Option.Name} '{given}' is not {expected}.";
     }
 }

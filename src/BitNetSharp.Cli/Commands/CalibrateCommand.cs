@@ -148,7 +148,7 @@ public static class CalibrateCommand
         var tokens = tokenizer.Encode(text, addBos: false, parseSpecial: true);
         int available = (tokens.Length - 1) / window;
         if (available < samples)
-            throw new UsageException($"{dataPath} is {tokens.Length:N0} token{(tokens.Length == 1 ? "" : "s")}: {available} window{(available == 1 ? "" : "s")} of {window} (each window takes --ctx + 1 tokens, its last the next-token target), fewer than --samples {samples}. Give more text, fewer samples or a smaller --ctx.");
+            throw new UsageException($"{dataPath} is {tokens.Length:N0} token{(tokens.Length == 1 ? "" : "s")}: {available} window{(available == 1 ? "" : "s")} of {window} (windows of {window} share their boundary token: k of them need k·{window} + 1), fewer than --samples {samples}. Give more text, fewer samples or a smaller --ctx.");
         // The search keeps the held-out windows' full next-token distributions on disk beside --out (the exact KL the
         // budget promises): refuse a size that would not stay in the page cache, before any work.
         var (heldPositions, referenceBytes) = ReferenceSize(samples, window, c.VocabSize);

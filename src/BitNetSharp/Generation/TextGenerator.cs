@@ -227,9 +227,10 @@ public sealed partial class TextGenerator : IDisposable
         if ((long)prompt.Count + Math.Max(maxTokens, 1) - 1 > ContextLength)
             throw new ArgumentException(
                 $"The prompt ({prompt.Count} tokens) plus up to {maxTokens} new tokens exceeds the context of {ContextLength} tokens; " +
+                (prompt.Count > ContextLength ? "the prompt alone is longer; " : $"at most {ContextLength - prompt.Count + 1} new tokens fit after this prompt; ") +
                 (ContextLength < Config.ContextLength
                     ? $"shorten the prompt, lower -n, or raise --ctx (this model allows up to {Config.ContextLength})."
-                    : $"shorten the prompt or lower -n (this is the model's whole context; at most {Math.Max(0, ContextLength - prompt.Count + 1)} new tokens fit after this prompt)."));
+                    : "shorten the prompt or lower -n (this is the model's whole context)."));
         int vocab = Config.VocabSize;
         foreach (int id in prompt)
             if ((uint)id >= (uint)vocab)

@@ -33,7 +33,9 @@ public sealed unsafe class KvCache : IDisposable
     private readonly int[] _layerLength;
     // An F16 cache that has never stored ±inf or NaN is read with the short widening (F16FiniteRow); sticky until Clear.
     private bool _nonFiniteF16;
-    private int _nonFiniteOrigin = Monitoring.ModelHealthCollector.Finite, _nonFinitePosition = int.MaxValue;
+    // [origin code + 1] (Embedding = −1 first, then each layer): the earliest position whose residual first went
+    // non-finite there; int.MaxValue for none. Allocated at the first non-finite value.
+    private int[]? _nonFiniteAt;
 
     /// <summary>
     /// Where the first non-finite residual among the positions this cache holds appeared (a
@@ -41,14 +43,27 @@ public sealed unsafe class KvCache : IDisposable
     /// with health collection. A prompt read in chunks has no logits before its last: a NaN made in an earlier chunk
     /// reached the last one only through this cache, and was named as the first layer that read it.
     /// </summary>
-    public int NonFiniteOrigin => _nonFiniteOrigin;
+    public int NonFiniteOrigin
+    {
+        get
+        {
+            if (_nonFiniteAt is { } at)
+                for (int i = 0; i < at.Length; i++)
+                    if (at[i] != int.MaxValue) return i - 1;
+            return Monitoring.ModelHealthCollector.Finite;
+        }
+    }
 
     /// <summary>Records a non-finite residual of the token at <paramref name="position"/> that first appeared at <paramref name="origin"/>.</summary>
     internal void NoteNonFinite(int origin, int position)
     {
-        if (origin == Monitoring.ModelHealthCollector.Finite) return;
-        if (_nonFiniteOrigin == Monitoring.ModelHealthCollector.Finite || origin < _nonFiniteOrigin) _nonFiniteOrigin = origin;
-        _nonFinitePosition = Math.Min(_nonFinitePosition, position);
+        if (origin == Monitoring.ModelHealthCollector.Finite || (uint)(origin + 1) > (uint)Layers) return;
+        if (_nonFiniteAt is null)
+        {
+            _nonFiniteAt = new int[Layers + 1];
+            Array.Fill(_nonFiniteAt, int.MaxValue);
+        }
+        _nonFiniteAt[origin + 1] = Math.Min(_nonFiniteAt[origin + 1], position);
     }
     private readonly int _rowBytes;
     // Int8 keys of a head dimension the block kernels serve are stored in blocks of 16 positions (Int8KeyBlocks), each
@@ -450,11 +465,10 @@ public sealed unsafe class KvCache : IDisposable
         ArgumentOutOfRangeException.ThrowIfNegative(length);
         for (int l = 0; l < Layers; l++) _layerLength[l] = Math.Min(_layerLength[l], length);
         if (length == 0) _nonFiniteF16 = false;
-        if (_nonFinitePosition >= length)
-        {
-            _nonFiniteOrigin = Monitoring.ModelHealthCollector.Finite;
-            _nonFinitePosition = int.MaxValue;
-        }
+        // Each origin is kept while a position it was recorded at is held (the earliest is enough).
+        if (_nonFiniteAt is { } at)
+            for (int i = 0; i < at.Length; i++)
+                if (at[i] >= length) at[i] = int.MaxValue;
     }
 
     /// <summary>
@@ -471,8 +485,8 @@ public sealed unsafe class KvCache : IDisposable
         if (_scales.ByteLength > 0) Buffer.MemoryCopy(source._scales.Pointer, _scales.Pointer, _scales.ByteLength, _scales.ByteLength);
         source._layerLength.CopyTo(_layerLength, 0);
         _nonFiniteF16 = source._nonFiniteF16;
-        _nonFiniteOrigin = source._nonFiniteOrigin;
-        _nonFinitePosition = source._nonFinitePosition;
+        if (source._nonFiniteAt is { } sourceAt) sourceAt.CopyTo(_nonFiniteAt ??= new int[Layers + 1], 0);
+        else if (_nonFiniteAt is { } at) Array.Fill(at, int.MaxValue);
     }
 
     /// <summary>Empties the cache for reuse by another sequence; nothing is freed or zeroed.</summary>

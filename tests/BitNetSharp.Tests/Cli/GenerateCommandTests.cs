@@ -341,9 +341,9 @@ public class GenerateCommandTests
     /// </summary>
     [Theory]
     [InlineData("--seed", "abc", "--seed 'abc' is not a whole number from 0 to 18446744073709551615.")]
-    [InlineData("--seed", "-1", "--seed '-1' is too small (at least 0).")]
-    [InlineData("--ctx", "99999999999", "--ctx '99999999999' is too large (at most 2147483647).")] // "is not a whole number"
-    [InlineData("--seed", "99999999999999999999", "--seed '99999999999999999999' is too large (at most 18446744073709551615).")]
+    [InlineData("--seed", "-1", "--seed '-1' is too small (no value below 0 is read")]
+    [InlineData("--ctx", "99999999999", "--ctx '99999999999' is too large (no value past 2147483647 is read")] // "is not a whole number"
+    [InlineData("--seed", "99999999999999999999", "--seed '99999999999999999999' is too large (no value past 18446744073709551615 is read")]
     [InlineData("-n", "lots", "--n-predict 'lots' is not a whole number.")]
     [InlineData("--temp", "hot", "--temp 'hot' is not a number.")]
     // A decimal comma was read as a thousands separator: temperature 8, a repeat penalty of 11, without a word.
@@ -583,14 +583,14 @@ public class GenerateCommandTests
 
         var given = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "128", "--temp", "0");
         Assert.Equal(2, given.ExitCode);
-        Assert.Contains("at most 57 new tokens fit after this prompt", given.Error);
+        Assert.Contains("at most 57 new tokens fit after this prompt; shorten the prompt or lower -n (this is the model's whole context).", given.Error);
         Assert.DoesNotContain("raise --ctx", given.Error);
         var shorter = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "128", "--temp", "0", "--ctx", "210");
         Assert.Equal(2, shorter.ExitCode);
-        Assert.Contains("raise --ctx (this model allows up to 256)", shorter.Error);
+        Assert.Contains("at most 11 new tokens fit after this prompt; shorten the prompt, lower -n, or raise --ctx (this model allows up to 256)", shorter.Error);
         var past = Bitnet("generate", "-m", model, "--prompt-ids", Ids(257), "--temp", "0");
         Assert.Equal(2, past.ExitCode);
-        Assert.Contains("exceeds the context of 256 tokens", past.Error);
+        Assert.Contains("exceeds the context of 256 tokens; the prompt alone is longer;", past.Error);
     }
 
     [Fact]

@@ -441,6 +441,19 @@ public class HealthCollectorBatchTests
         Assert.Equal(ModelHealthCollector.Embedding, cache.NonFiniteOrigin); // position 1 is still held
         cache.Truncate(1);
         Assert.Equal(ModelHealthCollector.Finite, cache.NonFiniteOrigin);
+        // Each origin lasts as long as a position it was seen at (review: one lowest origin outlived its position).
+        cache.NoteNonFinite(1, 2);
+        cache.NoteNonFinite(ModelHealthCollector.Embedding, 9);
+        Assert.Equal(ModelHealthCollector.Embedding, cache.NonFiniteOrigin);
+        cache.Truncate(5);
+        Assert.Equal(1, cache.NonFiniteOrigin);
+        using (var copy = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32))
+        {
+            copy.CopyFrom(cache);
+            Assert.Equal(1, copy.NonFiniteOrigin);
+        }
+        cache.Truncate(1);
+        Assert.Equal(ModelHealthCollector.Finite, cache.NonFiniteOrigin);
         cache.Clear();
         engine.Forward([new BatchToken(5, 0, 0), new BatchToken(6, 0, 1, true)], [cache], logits);
         Assert.Equal(ModelHealthCollector.Finite, health.NonFiniteOrigin(0));

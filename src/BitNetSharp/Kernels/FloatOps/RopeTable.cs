@@ -69,10 +69,10 @@ public sealed unsafe class RopeTable
         int target = (int)Math.Min(MaxPositions, Math.Max(count, 2L * ComputedPositions));
         if ((long)target * half > Array.MaxLength)
         {
-            target = count;
-            if ((long)target * half > Array.MaxLength)
+            if ((long)count * half > Array.MaxLength)
                 throw new ArgumentOutOfRangeException(nameof(count), count,
                     $"Position {count - 1} at head_dim {HeadDim} needs a rotary table of more than {Array.MaxLength:N0} angles, beyond what this runtime holds.");
+            target = Array.MaxLength / half; // as far as one array goes (growing by `count` alone copied the table every step)
         }
         var cos = new float[(long)target * half];
         var sin = new float[(long)target * half];
