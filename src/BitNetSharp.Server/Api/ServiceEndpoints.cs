@@ -61,7 +61,8 @@ internal sealed class ServiceEndpoints(ModelHost host)
     /// <summary>
     /// 200 {"status":"ok"} when ready; 503 while loading, warming up or draining for shutdown ({"status":"draining"}), and
     /// while the engine is stalled ({"status":"stalled"}: work held past MonitoringOptions.EngineStallAfter without a
-    /// finished step, so readiness fails and a balancer sends new work elsewhere); 500 when loading failed. With <c>?verbose</c>,
+    /// finished step, so readiness fails and a balancer sends new work elsewhere) and when a mapped model file was cut
+    /// short under the server ({"status":"model_file_changed","error":…}); 500 when loading failed. With <c>?verbose</c>,
     /// "components" says where each part stands — model loaded, warm, weights verified, model health sampling, alerts
     /// (firing ones listed) — and "status" is "degraded" (still 200: the process serves) while a critical alert fires
     /// or the weights failed a check.
@@ -71,7 +72,10 @@ internal sealed class ServiceEndpoints(ModelHost host)
         var state = host.State;
         double stall = state == ModelState.Ready ? host.Served?.Scheduler.Statistics.StallSeconds ?? 0 : 0;
         bool stalled = stall > host.EngineStallAfter.TotalSeconds;
-        int status = host.Draining || stalled ? 503 : state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
+        // A model file cut short under the server: every generation fails from then on (it ended the process before),
+        // so readiness fails and says why; a restart loads the file as it is now.
+        string? fileProblem = state == ModelState.Ready ? host.Served?.Scheduler.ModelFileProblem() : null;
+        int status = host.Draining || stalled || fileProblem is not null ? 503 : state switch { ModelState.Ready => 200, ModelState.Failed => 500, _ => 503 };
         if (status == 503) context.Response.Headers.RetryAfter = "1";
         bool verbose = context.Request.Query.ContainsKey("verbose");
         var monitor = host.Served?.Monitor;
@@ -83,6 +87,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
             w.WriteStartObject();
             w.WriteString("status", host.Draining ? "draining" : state switch
             {
+                ModelState.Ready when fileProblem is not null => "model_file_changed",
                 ModelState.Ready when stalled => "stalled",
                 ModelState.Ready => degraded && verbose ? "degraded" : "ok",
                 ModelState.Loading => "loading",
@@ -90,6 +95,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
                 _ => "error",
             });
             if (state == ModelState.Failed) w.WriteString("error", host.Error);
+            else if (fileProblem is not null) w.WriteString("error", fileProblem);
             if (verbose)
             {
                 // Which process answered: behind a balancer successive polls reach different replicas, and a restart

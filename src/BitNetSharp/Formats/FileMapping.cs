@@ -17,6 +17,8 @@ internal sealed unsafe class FileMapping : IDisposable
     private byte* _pointer;
     private bool _pointerAcquired;
     private void* _copy; // InHugePages: the 2 MiB-aligned private copy
+    private Microsoft.Win32.SafeHandles.SafeFileHandle? _handle; // a mapped file's (the map owns its stream)
+    private string? _path;
     private bool _disposed;
 
     private FileMapping() { }
@@ -33,6 +35,27 @@ internal sealed unsafe class FileMapping : IDisposable
     }
 
     public bool IsDisposed => _disposed;
+
+    /// <summary>
+    /// Throws <see cref="ModelFileChangedException"/> when a mapped file is now shorter than its map (one fstat): a read
+    /// of a page past the new end is SIGBUS, which .NET cannot catch — the process died with "Fatal error.
+    /// System.AccessViolationException" when a served model was truncated or copied over in place. Copies (huge pages)
+    /// and arrays are unaffected. Checked before each forward pass; a truncation during one can still end the process.
+    /// </summary>
+    public void CheckNotTruncated()
+    {
+        if (_handle is not { IsClosed: false } handle || _disposed) return;
+        long now;
+        try
+        {
+            now = RandomAccess.GetLength(handle);
+        }
+        catch (Exception e) when (e is IOException or ObjectDisposedException)
+        {
+            return;
+        }
+        if (now < Length) throw new ModelFileChangedException(_path!, Length, now);
+    }
 
     /// <summary>
     /// Whether the file was read into a private copy in 2 MiB-aligned memory advised for transparent huge pages
@@ -148,6 +171,8 @@ internal sealed unsafe class FileMapping : IDisposable
                 using (stream) mapping.ReadCopy(stream, path);
                 return mapping;
             }
+            mapping._handle = stream.SafeFileHandle;
+            mapping._path = path;
             mapping._file = MemoryMappedFile.CreateFromFile(stream, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
             mapping._view = mapping._file.CreateViewAccessor(0, 0, MemoryMappedFileAccess.Read);
             byte* p = null;
@@ -239,4 +264,15 @@ internal sealed unsafe class FileMapping : IDisposable
         }
         _pointer = null;
     }
+}
+
+/// <summary>
+/// A memory-mapped model file became shorter than when it was mapped (truncated, or copied over in place), so its
+/// weights can no longer be read; restart to load the file as it is now. Replace a model file that is in use by
+/// renaming a new file over it (mv), which leaves the mapped one intact, or load it with --weight-pages huge (a copy).
+/// </summary>
+public sealed class ModelFileChangedException(string path, long mappedBytes, long nowBytes)
+    : IOException($"{path}: the model file is now {nowBytes:N0} bytes, shorter than the {mappedBytes:N0} mapped at load (truncated or copied over while in use), so its weights can no longer be read. Restart to load it as it is now; to replace a model file in use, rename a new file over it (mv) instead of writing into it, or load with --weight-pages huge (a private copy).")
+{
+    public string FilePath { get; } = path;
 }

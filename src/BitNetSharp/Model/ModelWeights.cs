@@ -88,6 +88,20 @@ public sealed class ModelWeights : IDisposable
         }
     }
 
+    /// <summary>
+    /// Throws <see cref="Formats.ModelFileChangedException"/> when a file the weights are read from in place is now
+    /// shorter than when it was mapped (see <see cref="Formats.FileMapping.CheckNotTruncated"/>); one fstat a file.
+    /// </summary>
+    public void CheckFilesNotTruncated()
+    {
+        foreach (var source in _sources)
+        {
+            if (source is GgufFile gguf) gguf.CheckNotTruncated();
+            else if (source is HfModelDirectory hf)
+                foreach (var f in hf.Weights.Files) f.CheckNotTruncated();
+        }
+    }
+
     /// <summary>The GGUF file, when loaded from one (tokenizer metadata lives there).</summary>
     public GgufFile? Gguf => _sources.OfType<GgufFile>().FirstOrDefault();
 

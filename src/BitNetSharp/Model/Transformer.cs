@@ -227,6 +227,8 @@ public sealed unsafe class Transformer : IDisposable
         if (logits.Length < (long)wanted * _c.VocabSize)
             throw new ArgumentException($"The logits buffer holds {logits.Length} values; {wanted} rows of {_c.VocabSize} are needed.", nameof(logits));
         _rope.EnsurePositions(lastPosition + 1);
+        // A mapped file cut short under the process: refused here rather than read (SIGBUS ended the process).
+        _w.CheckFilesNotTruncated();
 
         var health = _health;
         var p = _active = _profiler ?? (ProfileEventSource.Log.IsEnabled() ? _eventProfiler ??= new OpProfiler(_c.Layers, _pool.ThreadCount) { BytesRead = _kernel.BytesRead } : null);

@@ -28,6 +28,7 @@ public sealed record IntegrityResult(IReadOnlyList<string> Mismatched, TimeSpan 
 public sealed unsafe class WeightIntegrity
 {
     private readonly Entry[] _entries;
+    private readonly ModelWeights _weights;
     private readonly ProbeSet[] _probes;
     private long _verifications, _mismatches, _probes_, _probeMismatches;
     private volatile string? _lastMismatch;
@@ -69,6 +70,7 @@ public sealed unsafe class WeightIntegrity
     {
         ArgumentNullException.ThrowIfNull(weights);
         ArgumentOutOfRangeException.ThrowIfNegative(probeWords);
+        _weights = weights;
         var entries = new List<Entry>();
         var probes = new List<ProbeSet>();
         var rng = new Random(seed);
@@ -182,6 +184,8 @@ public sealed unsafe class WeightIntegrity
     /// <summary>Re-hashes every tensor and compares with the load-time checksums.</summary>
     public IntegrityResult Verify(CancellationToken cancellation = default)
     {
+        // A mapped file cut short: reading past its new end is SIGBUS, which ends the process (ModelFileChangedException instead).
+        _weights.CheckFilesNotTruncated();
         var start = System.Diagnostics.Stopwatch.GetTimestamp();
         long reportsBefore = Interlocked.Read(ref _reports);
         List<string>? bad = null;
@@ -216,6 +220,7 @@ public sealed unsafe class WeightIntegrity
     /// <summary>Compares the sampled words of every packed tensor with their load-time values.</summary>
     public IntegrityResult Probe()
     {
+        _weights.CheckFilesNotTruncated();
         var start = System.Diagnostics.Stopwatch.GetTimestamp();
         List<string>? bad = null;
         long bytes = 0;
@@ -335,6 +340,11 @@ public sealed class WeightVerifier : IDisposable
             catch (OperationCanceledException)
             {
                 return;
+            }
+            catch (Formats.ModelFileChangedException)
+            {
+                // Nothing left to verify until a restart (/health says why); the thread ended the process with it.
+                wait = _interval;
             }
         }
     }

@@ -22,6 +22,9 @@ public sealed unsafe class GgufFile : IDisposable
     /// <summary>The file's memory mapping (for locking it in RAM).</summary>
     internal FileMapping Mapping => _mapping;
 
+    /// <summary>Throws <see cref="ModelFileChangedException"/> when the mapped file is now shorter than its map.</summary>
+    public void CheckNotTruncated() => _mapping.CheckNotTruncated();
+
     private GgufFile(FileMapping mapping, GgufReader.Result parsed)
     {
         _mapping = mapping;

@@ -17,6 +17,9 @@ public sealed unsafe class SafetensorsFile : IDisposable
     public const long MaxHeaderLength = 100_000_000;
 
     private readonly FileMapping _mapping;
+
+    /// <summary>Throws <see cref="ModelFileChangedException"/> when the mapped file is now shorter than its map.</summary>
+    public void CheckNotTruncated() => _mapping.CheckNotTruncated();
     private readonly SafetensorsTensorInfo[] _tensors;
     private readonly Dictionary<string, SafetensorsTensorInfo> _byName;
 

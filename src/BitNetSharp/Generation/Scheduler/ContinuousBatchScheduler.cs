@@ -66,6 +66,29 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private long _nextId;
     private volatile bool _disposed;
 
+    private readonly ModelWeights _weights;
+
+    /// <summary>
+    /// Why the model can no longer be read, or null: a file it is mapped from was cut short under the server (see
+    /// <see cref="Formats.ModelFileChangedException"/>). Every step fails then; /health answers 503 with this.
+    /// </summary>
+    public string? ModelFileProblem()
+    {
+        try
+        {
+            _weights.CheckFilesNotTruncated();
+            return null;
+        }
+        catch (Formats.ModelFileChangedException e)
+        {
+            return e.Message;
+        }
+        catch (ObjectDisposedException)
+        {
+            return null;
+        }
+    }
+
     public ContinuousBatchScheduler(ModelWeights weights, BitNetTokenizer? tokenizer, SchedulerOptions? options = null, WorkerPool? pool = null)
     {
         _counters = _served;
@@ -74,6 +97,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
         options.Validate();
         Options = options;
         _config = weights.Config;
+        _weights = weights;
         _tokenizer = tokenizer;
         ContextLength = options.ContextLength > 0 ? Math.Min(options.ContextLength, _config.ContextLength) : _config.ContextLength;
         _pool = pool ?? new WorkerPool(options.Threads);
@@ -489,7 +513,17 @@ public sealed class ContinuousBatchScheduler : IDisposable
         // A mismatch raises WeightIntegrity.MismatchFound, whose handler (the server's ModelMonitor) logs it and writes the
         // one weight_mismatch event; writing another here doubled every probe's event, naming whatever a concurrent
         // full check had found last.
-        if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0) integrity.Probe();
+        if (Integrity is { } integrity && Options.WeightProbeEvery > 0 && step % Options.WeightProbeEvery == 0)
+        {
+            try
+            {
+                integrity.Probe();
+            }
+            catch (Formats.ModelFileChangedException)
+            {
+                // The file was cut short: this step's tokens are out; the next forward pass fails with it, and /health says why.
+            }
+        }
         SchedulerCounters.Add(ref _counters.Steps, 1);
         SchedulerCounters.Add(ref _counters.StepTokens, n);
         SchedulerCounters.Set(ref _counters.LastStepTicks, after);

@@ -1,0 +1,75 @@
+using System.Net;
+using BitNetSharp.Formats;
+using BitNetSharp.Model;
+using BitNetSharp.Server;
+using BitNetSharp.Tests.Formats;
+using BitNetSharp.Tokenization;
+
+namespace BitNetSharp.Tests.Server;
+
+/// <summary>
+/// A served model file cut short in place (truncated, or `cp` over it, which truncates first): reading a mapped page
+/// past the new end is SIGBUS, and the server died with "Fatal error. System.AccessViolationException" at the next
+/// forward pass, with no log line or alert (weight-integrity sweep). Now each forward pass, weight probe and full check
+/// looks first: generations fail with the reason, /health answers 503 model_file_changed (readiness fails and says why),
+/// and the process lives to be restarted.
+/// </summary>
+public sealed class ModelFileChangedTests
+{
+    private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    [Fact]
+    public async Task ATruncatedModelFileFailsRequestsAndReadinessInsteadOfTheProcess()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("served.gguf");
+        TinyChatModel.Build().WriteFile(path);
+        long length = new FileInfo(path).Length;
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        {
+            var weights = ModelWeights.Load(path, new ModelLoadOptions { WeightPages = WeightPages.File });
+            return new LoadedModel(weights, TokenizerLoader.FromGguf(weights.Gguf!), "served");
+        });
+        var (status, body, _) = await s.PostAsync("v1/completions", """{"prompt": "hi", "max_tokens": 4}""");
+        Assert.True(status == HttpStatusCode.OK, body.ToString());
+
+        // (No full checks here: one hashing the file while the test truncates it would end the test process; the
+        // engine test below calls Verify on a truncated file.)
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.Write)) f.SetLength(length / 2);
+
+        (status, body, _) = await s.PostAsync("v1/completions", """{"prompt": "hi", "max_tokens": 4}""");
+        Assert.Equal(HttpStatusCode.InternalServerError, status);
+        Assert.Contains("the model file is now", body.ToString());
+        Assert.Contains("rename a new file over it", body.ToString());
+        using var health = await s.Http.GetAsync("health", Ct);
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        string text = await health.Content.ReadAsStringAsync(Ct);
+        Assert.Contains("\"model_file_changed\"", text);
+        Assert.Contains("shorter than the", text);
+
+        // The same length again (a copy finished writing): readiness comes back; the weights check says whether they match.
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.Write)) f.SetLength(length);
+        using var again = await s.Http.GetAsync("health", Ct);
+        Assert.Equal(HttpStatusCode.OK, again.StatusCode);
+    }
+
+    /// <summary>The engine refuses to read a file cut short under it (the CLI's path: an IOException naming the file).</summary>
+    [Fact]
+    public void TheEngineRefusesATruncatedFile()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path = dir.File("m.gguf");
+        TinyChatModel.Build().WriteFile(path);
+        using var w = ModelWeights.Load(path, new ModelLoadOptions { WeightPages = WeightPages.File });
+        using var engine = new Transformer(w, 4, new BitNetSharp.Threading.WorkerPool(1));
+        using var cache = new KvCache(w.Config.Layers, w.Config.KvHeads, w.Config.HeadDim, 16, KvCacheType.F32);
+        var logits = new float[w.Config.VocabSize];
+        engine.Forward([new BatchToken(1, 0, 0, true)], [cache], logits);
+        var integrity = new BitNetSharp.Monitoring.WeightIntegrity(w);
+        using (var f = new FileStream(path, FileMode.Open, FileAccess.Write)) f.SetLength(100);
+        var e = Assert.Throws<ModelFileChangedException>(() => engine.Forward([new BatchToken(2, 0, 1, true)], [cache], logits));
+        Assert.Equal(path, e.FilePath);
+        Assert.Throws<ModelFileChangedException>(() => integrity.Probe());
+        Assert.Throws<ModelFileChangedException>(() => integrity.Verify(TestContext.Current.CancellationToken));
+    }
+}
