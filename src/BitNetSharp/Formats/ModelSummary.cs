@@ -216,15 +216,23 @@ public sealed class ModelSummary
         };
     }
 
-    public static ModelSummary FromHfDirectory(HfModelDirectory directory) =>
-        FromSafetensors(directory.Weights, directory.DirectoryPath, directory.Config, directory.TokenizerFiles);
+    /// <summary>
+    /// A directory's summary; its stop ids are the ones generation stops on (generation_config.json's, else config.json's,
+    /// as transformers and generate read them): config.json's alone were shown, [] where generate stopped on [262, 7].
+    /// </summary>
+    public static ModelSummary FromHfDirectory(HfModelDirectory directory)
+    {
+        var (ids, _) = HfConfig.GenerationStopIds(directory.DirectoryPath);
+        return FromSafetensors(directory.Weights, directory.DirectoryPath, directory.Config, directory.TokenizerFiles, ids);
+    }
 
     /// <summary>
     /// Summarizes safetensors weights, with the directory's config when there is one. In a BitNet checkpoint
     /// (<c>quant_method</c> "bitnet") a U8 projection packs four ternary weights per byte along dim 0 (FORMATS.md §5.1),
     /// so it counts as four parameters per element.
     /// </summary>
-    public static ModelSummary FromSafetensors(SafetensorsCheckpoint weights, string path, HfConfig? config, IReadOnlyList<string> tokenizerFiles)
+    public static ModelSummary FromSafetensors(SafetensorsCheckpoint weights, string path, HfConfig? config, IReadOnlyList<string> tokenizerFiles,
+        IReadOnlyList<int>? eosTokenIds = null)
     {
         bool packedTernary = string.Equals(config?.Quantization?.QuantMethod, "bitnet", StringComparison.OrdinalIgnoreCase);
         var tensors = new List<TensorSummary>(weights.Tensors.Count);
@@ -263,7 +271,7 @@ public sealed class ModelSummary
             Tokenizer = new TokenizerSummary
             {
                 BosTokenId = config?.BosTokenId,
-                EosTokenIds = config?.EosTokenIds ?? [],
+                EosTokenIds = eosTokenIds ?? config?.EosTokenIds ?? [],
                 TokenCount = config?.VocabSize,
                 Files = tokenizerFiles,
             },

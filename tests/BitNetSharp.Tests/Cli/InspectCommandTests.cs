@@ -301,6 +301,13 @@ public class InspectCommandTests
         // The packed U8 q_proj [2, 8] holds 4 ternary weights per byte.
         Assert.Equal(64, root.GetProperty("parameters").GetProperty("projection").GetInt64());
         Assert.Equal(2.0, root.GetProperty("bits_per_weight").GetProperty("projection").GetDouble());
+
+        // The stop ids are generation's: generation_config.json's when it exists (config.json's alone were shown; HF sweep).
+        File.WriteAllText(dir.File("generation_config.json"), """{"eos_token_id": [128001, 128009]}""");
+        (code, output, _) = Bitnet("inspect", dir.Path, "--json");
+        Assert.Equal(0, code);
+        using var withGeneration = JsonDocument.Parse(output);
+        Assert.Equal([128001, 128009], withGeneration.RootElement.GetProperty("tokenizer").GetProperty("eos_token_ids").EnumerateArray().Select(e => e.GetInt32()));
     }
 
     [Fact]
