@@ -217,10 +217,16 @@ public sealed class ModelWeights : IDisposable
             var output = !tied || storedHead ? Table(w, "lm_head.weight", c.VocabSize, c.Dim) : embd;
             // tie_word_embeddings true beside a stored head that is not the embedding: the config and the weights disagree
             // on the head (the stored one was used without a word; an all-zero one made every token 0).
-            if (dir.Config.TieWordEmbeddings == true && storedHead && !SameBytes(output, embd))
-                throw new ModelFormatException(dir.Config.FilePath,
-                    "is true, but the checkpoint also holds an lm_head.weight that differs from model.embed_tokens.weight. Set it to false to use the stored head, or remove lm_head.weight to tie the head to the embedding",
-                    "tie_word_embeddings");
+            if (dir.Config.TieWordEmbeddings == true && storedHead)
+            {
+                if (!SameValues(output, embd))
+                    throw new ModelFormatException(dir.Config.FilePath,
+                        "is true, but the checkpoint also holds an lm_head.weight that differs from model.embed_tokens.weight. Set it to false to use the stored head, or remove lm_head.weight to tie the head to the embedding",
+                        "tie_word_embeddings");
+                // The same values, maybe in another dtype (an F32 copy of a BF16 embedding was refused as different):
+                // tied, as transformers ties them.
+                if (output.Type != embd.Type) output = embd;
+            }
             if (options?.HeadType is { } headType && headType != output.Type)
             {
                 bool same = ReferenceEquals(output, embd);
@@ -378,6 +384,22 @@ public sealed class ModelWeights : IDisposable
             throw new ModelFormatException(file.FilePath,
                 $"holds a tensor this engine does not use for the {c.Architecture} graph; the model would run without it and give other logits", name);
         }
+    }
+
+    /// <summary>Whether two tables hold the same values: the same bytes, or in other types row by row as floats.</summary>
+    private static bool SameValues(EmbeddingTable a, EmbeddingTable b)
+    {
+        if (a.Type == b.Type) return SameBytes(a, b);
+        if (a.Rows != b.Rows || a.Cols != b.Cols) return false;
+        var x = new float[a.Cols];
+        var y = new float[b.Cols];
+        for (int r = 0; r < a.Rows; r++)
+        {
+            a.GetRow(r, x);
+            b.GetRow(r, y);
+            if (!x.AsSpan().SequenceEqual(y)) return false;
+        }
+        return true;
     }
 
     private static unsafe bool SameBytes(EmbeddingTable a, EmbeddingTable b)

@@ -267,8 +267,29 @@ public class HfGoldenTests
         Assert.Equal(embd[1] - embd[0], head[1] - head[0]);
         Array.Copy(data, embd[0], data, head[0], embd[1] - embd[0]);
         WriteSafetensors(dir.File("model.safetensors"), header, data);
-        using var w = ModelWeights.Load(dir.Path);
-        Assert.Equal(w.Config.VocabSize, w.Output.Rows);
+        using (var w = ModelWeights.Load(dir.Path))
+            Assert.Equal(w.Config.VocabSize, w.Output.Rows);
+
+        // The same values in another dtype (an F16 head beside an F32 embedding holding F16 values) are the same head:
+        // tied, as transformers ties them (it was refused as different; HF sweep). The head's second half of bytes
+        // becomes an inv_freq table, which checkpoints carry and loaders skip.
+        var values = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, float>(data.AsSpan(embd[0], embd[1] - embd[0]));
+        for (int i = 0; i < values.Length; i++) values[i] = (float)(Half)values[i];
+        var halves = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, Half>(data.AsSpan(head[0], (head[1] - head[0]) / 2));
+        for (int i = 0; i < values.Length; i++) halves[i] = (Half)values[i];
+        header["lm_head.weight"]!["dtype"] = "F16";
+        header["lm_head.weight"]!["data_offsets"] = new System.Text.Json.Nodes.JsonArray(head[0], head[0] + (head[1] - head[0]) / 2);
+        header["model.layers.0.self_attn.rotary_emb.inv_freq"] = new System.Text.Json.Nodes.JsonObject
+        {
+            ["dtype"] = "F32", ["shape"] = new System.Text.Json.Nodes.JsonArray((head[1] - head[0]) / 8),
+            ["data_offsets"] = new System.Text.Json.Nodes.JsonArray(head[0] + (head[1] - head[0]) / 2, head[1]),
+        };
+        WriteSafetensors(dir.File("model.safetensors"), header, data);
+        using (var w = ModelWeights.Load(dir.Path))
+            Assert.True(w.TiedOutput);
+        halves[5] = (Half)((float)halves[5] + 1f); // one value apart: refused as before
+        WriteSafetensors(dir.File("model.safetensors"), header, data);
+        Assert.Equal("tie_word_embeddings", Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelWeights.Load(dir.Path)).Item);
     }
 
     /// <summary>A NaN in a norm's gains is refused at load naming the tensor and value (it loaded, convert copied it, and
