@@ -13,7 +13,7 @@ public static class ConvertCommand
     {
         var input = new Argument<string>("input") { Description = "A Hugging Face model directory or a .gguf file." };
         var output = new Argument<string>("output") { Description = "The .gguf file to write (written to a temporary name, renamed when complete)." };
-        var type = new Option<string>("--type") { Description = "Projection encoding: i2_s (bitnet.cpp), tq2_0 / tq1_0 (llama.cpp), f16.", DefaultValueFactory = _ => "i2_s" };
+        var type = new Option<string>("--type") { Description = "Projection encoding: i2_s (bitnet.cpp's type), tq2_0 / tq1_0 (llama.cpp's types), f16. The architecture stays the source's: a 2B4T-style model is written as bitnet-b1.58, which bitnet.cpp and this runtime run and upstream llama.cpp does not know.", DefaultValueFactory = _ => "i2_s" };
         var embedding = new Option<string>("--embedding-type")
         {
             Description = "Token embedding / output head: keep (as stored), f16, q8_0 or q6_k (q6_k: 3.1x fewer head bytes per token than f16).",

@@ -143,6 +143,10 @@ public static class ModelConverter
             BitNetSharp.Tokenization.GgufTokenizerWriter.Write(tokenizer, w, c.VocabSize);
         }
 
+        // No vocabulary: llama.cpp's marker for a model without one (its loader requires tokenizer.ggml.model and
+        // refused a --no-tokenizer file: "key not found"; with "none" it loads the weights).
+        if (!w.Contains("tokenizer.ggml.model")) w.AddString("tokenizer.ggml.model", "none");
+
         // The widths the weights carry now (the file's, or an override set on them).
         weights.ActivationBits?.WriteTo(w);
 

@@ -295,6 +295,23 @@ public class TrainCommandTests
             Assert.Equal(ActivationBits.Parse("qkv=4,gate_up=4", 1), ActivationBits.FromGguf(file, 1));
     }
 
+    /// <summary>
+    /// I2_S rows that are not whole 128-weight blocks are said, as convert says them: bitnet.cpp loads such a file and
+    /// computes it wrong (the run wrote them without a word; GGUF sweep). Whole blocks say nothing.
+    /// </summary>
+    [Fact]
+    public void I2SRowsOfPartBlocksAreSaid()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var data = Corpus(dir);
+        var (code, _, error) = Bitnet(Replace(TinyArgs(data, dir.File("narrow.gguf")), "--dim", "64"));
+        Assert.True(code == 0, error);
+        Assert.Contains("note: rows of 64 weights (--dim) are not whole 128-weight blocks", error);
+        (code, _, error) = Bitnet(TinyArgs(data, dir.File("whole.gguf")));
+        Assert.True(code == 0, error);
+        Assert.DoesNotContain("128-weight blocks", error);
+    }
+
     [Theory]
     [InlineData("bits", "the bit width must be one of 8, 6, 5, 4, 3, 2")]
     [InlineData("fpbits", "the full-precision twin has no activation quantizer")]
