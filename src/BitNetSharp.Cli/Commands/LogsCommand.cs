@@ -24,7 +24,7 @@ public static class LogsCommand
         var files = new Argument<string[]>("files") { Description = "Telemetry log files (.arrow) or directories of them.", Arity = ArgumentArity.OneOrMore };
         var summary = new Option<bool>("--summary") { Description = "Print the summary (the default when nothing else is asked)." };
         var request = new Option<string?>("--request") { Description = "Only this request id (its steps, events and the layer rows of its engine steps)." };
-        var layer = new Option<int?>("--layer") { Description = "Only this layer's rows." };
+        var layer = new Option<int?>("--layer") { Description = "Of the per-layer rows, only this layer's (step and event rows are kept; a step's layer rows are stamped before its step row, so --since/--until may keep a step without its layers)." };
         var since = new Option<string?>("--since") { Description = "Only rows at or after T: ISO-8601 or a duration ago (30s, 10m, 2h, 1d)." };
         var until = new Option<string?>("--until") { Description = "Only rows at or before T: ISO-8601 or a duration ago." };
         var follow = new Option<bool>("--follow", "-f") { Description = "Tail the newest file: print new rows as JSON lines until Ctrl-C." };

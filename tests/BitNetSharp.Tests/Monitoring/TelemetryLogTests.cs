@@ -563,6 +563,14 @@ public class TelemetryLogTests(ITestOutputHelper output)
         var reader = TelemetryLogReader.Open(path);
         Assert.Equal(20, reader.ReadRows(TestContext.Current.CancellationToken).Count());
         Assert.Equal([path], reader.TruncatedFiles);
+
+        // A metadata length past any telemetry batch's (2 GiB, with the file going on for batches after it): damage,
+        // not a write cut short (it read as "cut off" and two batches' rows were dropped, exit 0; logs sweep).
+        var huge = (byte[])killed.Clone();
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(huge.AsSpan((int)ends[0] + 4), int.MaxValue);
+        File.WriteAllBytes(path, huge);
+        e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Contains($"byte {ends[0]}", e.Message);
     }
 
     /// <summary>A log file of one event row written by hand with <paramref name="fields"/> and the marker set to <paramref name="version"/>.</summary>

@@ -709,8 +709,10 @@ public sealed class TelemetryLogReader
             int metaLength = first == -1 ? System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(prefix[4..]) : first;
             if (metaLength == 0) return AllZero(stream, pos, end);
             if (metaLength < 0) return false;
+            // No telemetry batch has metadata this large: a damaged length, whatever follows (checked first: a 2 GiB
+            // length read as a message the end cut short, and the rows after it were dropped with exit 0).
+            if (metaLength > MaxMetadata) return false;
             if (metaStart + metaLength > end) return true;
-            if (metaLength > MaxMetadata) return false; // no telemetry batch has metadata this large: a damaged length
             var meta = new byte[metaLength];
             stream.Position = metaStart;
             stream.ReadExactly(meta);
