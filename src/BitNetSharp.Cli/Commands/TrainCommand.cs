@@ -97,7 +97,7 @@ public static class TrainCommand
                 // As convert warns: I2_S rows that are not whole 128-weight blocks load in bitnet.cpp and compute wrong
                 // there (its kernel reads n/128 blocks a row); the run wrote them without a word.
                 if (pack == ProjectionPacking.I2S && (shape.Dim % 128 != 0 || shape.FeedForward % 128 != 0))
-                    cli.Error.WriteLine($"note: rows of {(shape.Dim % 128 != 0 ? $"{shape.Dim} weights (--dim)" : $"{shape.FeedForward} weights (--ff)")} are not whole 128-weight blocks: "
+                    cli.Error.WriteLine($"note: rows of {string.Join(" and ", new[] { shape.Dim % 128 != 0 ? $"{shape.Dim} weights (--dim)" : null, shape.FeedForward % 128 != 0 ? $"{shape.FeedForward} weights (--ff)" : null }.Where(x => x is not null))} are not whole 128-weight blocks: "
                         + "this runtime reads such I2_S tensors, bitnet.cpp reads them wrong (each row's last weights dropped). For bitnet.cpp, use --dim and --ff multiples of 128.");
                 ActivationBits bits;
                 try

@@ -44,6 +44,9 @@ internal sealed unsafe class FileMapping : IDisposable
     /// </summary>
     public void CheckNotTruncated()
     {
+        // Latched: once cut short, the bytes at the mapped offsets may be anything (a cp of another model grows the file
+        // back to its length with other weights), so the file stays refused until a restart maps it anew.
+        if (_shortest is { } seen) throw new ModelFileChangedException(_path!, Length, seen);
         if (_handle is not { IsClosed: false } handle || _disposed) return;
         long now;
         try
@@ -54,8 +57,14 @@ internal sealed unsafe class FileMapping : IDisposable
         {
             return;
         }
-        if (now < Length) throw new ModelFileChangedException(_path!, Length, now);
+        if (now < Length)
+        {
+            _shortest = now;
+            throw new ModelFileChangedException(_path!, Length, now);
+        }
     }
+
+    private long? _shortest;
 
     /// <summary>
     /// Whether the file was read into a private copy in 2 MiB-aligned memory advised for transparent huge pages
@@ -272,7 +281,7 @@ internal sealed unsafe class FileMapping : IDisposable
 /// renaming a new file over it (mv), which leaves the mapped one intact, or load it with --weight-pages huge (a copy).
 /// </summary>
 public sealed class ModelFileChangedException(string path, long mappedBytes, long nowBytes)
-    : IOException($"{path}: the model file is now {nowBytes:N0} bytes, shorter than the {mappedBytes:N0} mapped at load (truncated or copied over while in use), so its weights can no longer be read. Restart to load it as it is now; to replace a model file in use, rename a new file over it (mv) instead of writing into it, or load with --weight-pages huge (a private copy).")
+    : IOException($"{path}: the model file was cut to {nowBytes:N0} bytes, shorter than the {mappedBytes:N0} mapped at load (truncated or copied over while in use), so its weights can no longer be read. Restart to load it as it is now; to replace a model file in use, rename a new file over it (mv) instead of writing into it, or load with --weight-pages huge (a private copy).")
 {
     public string FilePath { get; } = path;
 }

@@ -222,7 +222,15 @@ public sealed class ModelSummary
     /// </summary>
     public static ModelSummary FromHfDirectory(HfModelDirectory directory)
     {
-        var (ids, _) = HfConfig.GenerationStopIds(directory.DirectoryPath);
+        IReadOnlyList<int>? ids;
+        try
+        {
+            ids = HfConfig.GenerationStopIds(directory.DirectoryPath).Ids;
+        }
+        catch (ModelFormatException)
+        {
+            ids = null; // a damaged generation_config.json: the rest is still described (generate names the damage)
+        }
         return FromSafetensors(directory.Weights, directory.DirectoryPath, directory.Config, directory.TokenizerFiles, ids);
     }
 

@@ -145,7 +145,8 @@ public static class ModelConverter
 
         // No vocabulary: llama.cpp's marker for a model without one (its loader requires tokenizer.ggml.model and
         // refused a --no-tokenizer file: "key not found"; with "none" it loads the weights).
-        if (!w.Contains("tokenizer.ggml.model")) w.AddString("tokenizer.ggml.model", "none");
+        // (Not beside a vocabulary whose model key is lost: that stays damaged, as the source is, not "no vocabulary".)
+        if (!w.Contains("tokenizer.ggml.model") && !w.Contains("tokenizer.ggml.tokens")) w.AddString("tokenizer.ggml.model", "none");
 
         // The widths the weights carry now (the file's, or an override set on them).
         weights.ActivationBits?.WriteTo(w);

@@ -94,13 +94,19 @@ public sealed class ModelWeights : IDisposable
     /// </summary>
     public void CheckFilesNotTruncated()
     {
+        _parent?.CheckFilesNotTruncated();
         foreach (var source in _sources)
         {
             if (source is GgufFile gguf) gguf.CheckNotTruncated();
             else if (source is HfModelDirectory hf)
-                foreach (var f in hf.Weights.Files) f.CheckNotTruncated();
+            {
+                var files = hf.Weights.Files;
+                for (int i = 0; i < files.Count; i++) files[i].CheckNotTruncated(); // indexed: no enumerator a step
+            }
         }
     }
+
+    private ModelWeights? _parent;
 
     /// <summary>The GGUF file, when loaded from one (tokenizer metadata lives there).</summary>
     public GgufFile? Gguf => _sources.OfType<GgufFile>().FirstOrDefault();
@@ -125,6 +131,7 @@ public sealed class ModelWeights : IDisposable
         return new ModelWeights(Config with { Layers = layers }, TokenEmbedding, Output, OutputNorm, Layers[..layers], SourcePath, [])
         {
             _ownsLayers = false,
+            _parent = this, // reads the parent's mapped files: checked through it (its draft pass read them unchecked)
             ActivationBits = bits,
         };
     }

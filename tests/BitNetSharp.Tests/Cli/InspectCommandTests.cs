@@ -308,6 +308,12 @@ public class InspectCommandTests
         Assert.Equal(0, code);
         using var withGeneration = JsonDocument.Parse(output);
         Assert.Equal([128001, 128009], withGeneration.RootElement.GetProperty("tokenizer").GetProperty("eos_token_ids").EnumerateArray().Select(e => e.GetInt32()));
+        // A damaged generation_config.json leaves the rest described (review: inspect failed outright on it).
+        File.WriteAllText(dir.File("generation_config.json"), "{bad");
+        (code, output, _) = Bitnet("inspect", dir.Path, "--json");
+        Assert.Equal(0, code);
+        using var damaged = JsonDocument.Parse(output);
+        Assert.Equal([128001], damaged.RootElement.GetProperty("tokenizer").GetProperty("eos_token_ids").EnumerateArray().Select(e => e.GetInt32()));
     }
 
     [Fact]

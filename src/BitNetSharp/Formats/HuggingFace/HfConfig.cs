@@ -98,7 +98,8 @@ public sealed class HfConfig
     /// <summary>
     /// The ids a Hugging Face model's generation stops on, as transformers reads them: generation_config.json's
     /// <c>eos_token_id</c> (one id or a list) when that file exists, else config.json's; with the file that holds them
-    /// (null when neither says). A missing or unreadable config.json gives none (the weights' loader reports it).
+    /// (null when neither exists). A missing config.json gives none (the weights' loader reports it); a file that cannot
+    /// be read or parsed throws <see cref="ModelFormatException"/> naming it.
     /// </summary>
     public static (IReadOnlyList<int> Ids, string? Source) GenerationStopIds(string directory)
     {
