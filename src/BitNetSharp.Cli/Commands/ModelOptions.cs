@@ -249,6 +249,10 @@ public sealed class ModelOptions
                     return TokenizerLoader.FromGguf(file);
                 }
             case ModelPathKind.HuggingFaceDirectory:
+                // No tokenizer file at all is the same case as a GGUF without one: a usage error, exit 2 (it exited 1,
+                // a damaged file's code); a vocab.json without its merges.txt is still a damaged tokenizer.
+                if (!new[] { "tokenizer.json", "tokenizer.model", "vocab.json" }.Any(f => File.Exists(Path.Combine(path, f))))
+                    throw new UsageException($"{path} has no tokenizer (no tokenizer.json, tokenizer.model, or vocab.json with merges.txt).");
                 return TokenizerLoader.FromHfDirectory(path);
             default:
                 throw new UsageException($"{path} is a lone .safetensors file, which holds no tokenizer; pass its model directory or a .gguf file.");

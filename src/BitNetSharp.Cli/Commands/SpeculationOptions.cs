@@ -90,8 +90,13 @@ public sealed class SpeculationOptions
         BitNetTokenizer? draftVocabulary = null;
         if (layers is { } n)
         {
+            // A one-layer model has no shorter draft ("must be between 1 and 0 (the model has 1 layers)").
+            if (target.Config.Layers < 2)
+                throw new UsageException($"--draft-layers needs a model of at least 2 layers (a draft is its first layers, fewer than all); this one has 1. Use --speculate ngram or --draft MODEL.");
             if (n < 1 || n >= target.Config.Layers)
-                throw new UsageException($"--draft-layers must be between 1 and {target.Config.Layers - 1} (the model has {target.Config.Layers} layers); got {n}.");
+                throw new UsageException(target.Config.Layers == 2
+                    ? $"--draft-layers must be 1 (the model has 2 layers); got {n}."
+                    : $"--draft-layers must be between 1 and {target.Config.Layers - 1} (the model has {target.Config.Layers} layers); got {n}.");
             draft = target.FirstLayers(n);
         }
         else

@@ -593,6 +593,21 @@ public class GenerateCommandTests
         Assert.Contains("exceeds the context of 256 tokens; the prompt alone is longer;", past.Error);
     }
 
+    /// <summary>tokenize on a model without a tokenizer is a usage error, exit 2, whether a GGUF or a Hugging Face directory (the directory exited 1, a damaged file's code; matrix sweep).</summary>
+    [Fact]
+    public void TokenizeWithoutATokenizerIsAUsageErrorForEveryFormat()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string gguf = TinyModel(dir);
+        var (code, _, error) = Bitnet("tokenize", "-m", gguf, "hi");
+        Assert.Equal(2, code);
+        Assert.Contains("has no tokenizer", error);
+        string hf = RepositoryFiles.Path(Path.Combine("tests", "fixtures", "hf-bitnet", "bitlinear-offline-untied-f32"));
+        (code, _, error) = Bitnet("tokenize", "-m", hf, "hi");
+        Assert.Equal(2, code);
+        Assert.Contains("has no tokenizer (no tokenizer.json, tokenizer.model, or vocab.json with merges.txt)", error);
+    }
+
     [Fact]
     public void BadInputIsAOneLineErrorBeforeAnyOutput()
     {

@@ -91,6 +91,12 @@ public class SpeculativeGenerateTests
         r = Bitnet([.. common, "--draft-layers", "4"]);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("--draft-layers must be between 1 and 3", r.Error);
+        // A one-layer model has no shorter draft: said so (it read "between 1 and 0 (the model has 1 layers)"; matrix sweep).
+        string single = dir.File("single.gguf");
+        BitNetSharp.Model.SyntheticModel.Build(BitNetSharp.Model.SyntheticShape.Tiny with { Layers = 1 }, 3).WriteFile(single);
+        r = Bitnet("generate", "-m", single, "--prompt-ids", "1,2,3", "-n", "2", "--draft-layers", "1");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("--draft-layers needs a model of at least 2 layers", r.Error);
         r = Bitnet([.. common, "--speculate", "magic"]);
         Assert.NotEqual(0, r.ExitCode);
         Assert.Contains("not one of ngram, draft, none", r.Error);
