@@ -390,19 +390,26 @@ public class HealthCollectorBatchTests
         Assert.Equal(before, after);
     }
 
+    /// <summary>The tiny model with an untied head (a tied one would carry the NaN into every logit) and token 90's embedding row holding a NaN.</summary>
+    private static unsafe ModelWeights UntiedWithANaNEmbedding()
+    {
+        var writer = SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16);
+        AddOutputHead(writer, SyntheticShape.Tiny.Dim, SyntheticShape.Tiny.VocabSize);
+        var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-untied.gguf"), ownsFile: true);
+        ((ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes))[3] = 0x7E00;
+        return w;
+    }
+
     /// <summary>A NaN embedding two positions back reaches the logits row through attention: the origin is the embedding, not layer 0.</summary>
     [Fact]
     public unsafe void NaNCarriedByAttentionIsTracedToItsOrigin()
     {
-        var writer = SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16);
-        AddOutputHead(writer, SyntheticShape.Tiny.Dim, SyntheticShape.Tiny.VocabSize);
-        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-untied.gguf"), ownsFile: true);
+        using var w = UntiedWithANaNEmbedding();
         var c = w.Config;
         using var pool = new WorkerPool(2);
         using var engine = new Transformer(w, 8, pool);
         using var health = new ModelHealthCollector(c, 8) { SampleEvery = 1 };
         engine.Health = health;
-        ((ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes))[3] = 0x7E00;
         var logits = new float[2 * c.VocabSize];
         using var c0 = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
         using var c1 = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
@@ -420,15 +427,12 @@ public class HealthCollectorBatchTests
     [Fact]
     public unsafe void NaNFromAnEarlierChunkIsTracedToItsOrigin()
     {
-        var writer = SyntheticModel.Build(SyntheticShape.Tiny, 7, BitNetSharp.Formats.Gguf.GgmlType.F16);
-        AddOutputHead(writer, SyntheticShape.Tiny.Dim, SyntheticShape.Tiny.VocabSize);
-        using var w = ModelWeights.FromGguf(BitNetSharp.Formats.Gguf.GgufFile.Parse(writer.ToArray(), "tiny-untied.gguf"), ownsFile: true);
+        using var w = UntiedWithANaNEmbedding();
         var c = w.Config;
         using var pool = new WorkerPool(2);
         using var engine = new Transformer(w, 8, pool);
         using var health = new ModelHealthCollector(c, 8) { SampleEvery = 1 };
         engine.Health = health;
-        ((ushort*)(w.TokenEmbedding.Data + 90 * w.TokenEmbedding.RowBytes))[3] = 0x7E00;
         var logits = new float[c.VocabSize];
         using var cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, c.ContextLength, KvCacheType.F32);
         engine.Forward([new BatchToken(5, 0, 0), new BatchToken(90, 0, 1)], [cache], logits); // the first chunk: no logits
