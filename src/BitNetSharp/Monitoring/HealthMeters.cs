@@ -93,7 +93,10 @@ public sealed class HealthMeters : IDisposable
             new("bitnet.weights.verifications", "{check}", "bitnet_weights_verifications_total", true,
                 "Full weight checksum passes completed.", m => { if (_integrity() is { } w) m.Add(new(w.Verifications)); }),
             new("bitnet.weights.verified", "{flag}", "bitnet_weights_verified", false,
-                "1 while no check or probe has found changed weights (0 after a mismatch until a full check passes).", m => { if (_integrity() is { } w) m.Add(new(w.Verified ? 1 : 0)); }),
+                "1 while no check or probe has found changed weights (0 after a mismatch until a full check passes, and for good once a mapped model file was cut short under the server).",
+                // A file cut short fails every generation from then on, and no probe or check runs to say so (the forward
+                // pass fails first): counted here, so BitNetWeightChecksumMismatch fires (it read 1 while /health said 503).
+                m => { if (_integrity() is { } w) m.Add(new(w.Verified && _scheduler.ModelFileProblem() is null ? 1 : 0)); }),
             new("bitnet.weights.code_share", "1", "bitnet_weights_code_share_ratio", false,
                 "Share of a packed projection's weights that are -1, 0 and +1.", m =>
                 {

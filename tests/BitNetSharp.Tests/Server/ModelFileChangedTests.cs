@@ -32,6 +32,7 @@ public sealed class ModelFileChangedTests
         });
         var (status, body, _) = await s.PostAsync("v1/completions", """{"prompt": "hi", "max_tokens": 4}""");
         Assert.True(status == HttpStatusCode.OK, body.ToString());
+        Assert.Contains("\nbitnet_weights_verified 1", await s.Http.GetStringAsync("metrics", Ct));
 
         // (No full checks here: one hashing the file while the test truncates it would end the test process; the
         // engine test below calls Verify on a truncated file.)
@@ -46,6 +47,10 @@ public sealed class ModelFileChangedTests
         string text = await health.Content.ReadAsStringAsync(Ct);
         Assert.Contains("\"model_file_changed\"", text);
         Assert.Contains("shorter than the", text);
+        // The weights gauge says so too, so the critical BitNetWeightChecksumMismatch alert fires (it read 1: no probe or
+        // check runs once every forward pass fails).
+        string metrics = await s.Http.GetStringAsync("metrics", Ct);
+        Assert.Contains("\nbitnet_weights_verified 0", metrics);
 
         // The same length again (a copy finished writing, maybe another model's bytes): still refused until a restart
         // maps the file anew (review: readiness came back over whatever the copy wrote).
