@@ -250,8 +250,9 @@ public sealed class ModelOptions
                 }
             case ModelPathKind.HuggingFaceDirectory:
                 // No tokenizer file at all is the same case as a GGUF without one: a usage error, exit 2 (it exited 1,
-                // a damaged file's code); a vocab.json without its merges.txt is still a damaged tokenizer.
-                if (!new[] { "tokenizer.json", "tokenizer.model", "vocab.json" }.Any(f => File.Exists(Path.Combine(path, f))))
+                // a damaged file's code). As Load reads a directory: generation_config.json alone is no tokenizer, and
+                // any other tokenizer file without a vocabulary (an interrupted download) is still that error.
+                if (!BitNetSharp.Formats.HuggingFace.HfModelDirectory.KnownTokenizerFiles.Any(f => f != "generation_config.json" && File.Exists(Path.Combine(path, f))))
                     throw new UsageException($"{path} has no tokenizer (no tokenizer.json, tokenizer.model, or vocab.json with merges.txt).");
                 return TokenizerLoader.FromHfDirectory(path);
             default:

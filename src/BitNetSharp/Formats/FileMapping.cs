@@ -46,7 +46,7 @@ internal sealed unsafe class FileMapping : IDisposable
     {
         // Latched: once cut short, the bytes at the mapped offsets may be anything (a cp of another model grows the file
         // back to its length with other weights), so the file stays refused until a restart maps it anew.
-        if (_shortest is { } seen) throw new ModelFileChangedException(_path!, Length, seen);
+        if (Volatile.Read(ref _cutTo) is >= 0 and var seen) throw new ModelFileChangedException(_path!, Length, seen);
         if (_handle is not { IsClosed: false } handle || _disposed) return;
         long now;
         try
@@ -59,12 +59,12 @@ internal sealed unsafe class FileMapping : IDisposable
         }
         if (now < Length)
         {
-            _shortest = now;
+            Interlocked.CompareExchange(ref _cutTo, now, -1); // the first length seen short; read by the engine, scrapes and /health
             throw new ModelFileChangedException(_path!, Length, now);
         }
     }
 
-    private long? _shortest;
+    private long _cutTo = -1;
 
     /// <summary>
     /// Whether the file was read into a private copy in 2 MiB-aligned memory advised for transparent huge pages

@@ -337,7 +337,7 @@ public static class AlertRules
             Description = "The flattest sampled logits row spans less than 0.5: the output distribution has collapsed." },
         new() { Name = "BitNetWeightChecksumMismatch", Metric = "bitnet_weights_verified", Aggregate = "min", Op = "<", Threshold = 1,
             Severity = "critical", Component = "weights", Summary = "Weights changed since load",
-            Description = "A full checksum or a sampled probe found weight bytes that differ from their load-time values, and no full check has passed since." },
+            Description = "A full checksum or a sampled probe found weight bytes that differ from their load-time values, and no full check has passed since; or a mapped model file was cut short under the server (/health says model_file_changed; restart it)." },
         // 8-bit inputs only: at fewer bits (a calibrated or a4.8-style model) healthy codes sit at 0 and at the limit far
         // more often (about half at 0 at 4 bits; every code at 0 or the limit at 2), and these thresholds fired on them.
         new() { Name = "BitNetActivationSaturation", Metric = "bitnet_health_activation_saturation_ratio", Aggregate = "max", Op = ">", Threshold = 0.05, For = 5,
