@@ -270,7 +270,9 @@ public static class ChatCommand
         // The system prompt with the template's frame around a turn (an assistant opener included): counted alone it read as the prompt's own tokens.
         string system = first == 1 ? $" ({encode([messages[0]]).Length} of them the --system prompt in the template's frame)" : "";
         log.WriteLine($"error: this message takes {prompt.Length} tokens with the chat template{system}, and the context holds {context} (--ctx); it was not sent. Write a shorter one" +
-            (modelContext > 0 && modelContext <= context ? " (the model's whole context is in use)." : modelContext > context ? $", or start chat with a larger --ctx (the model allows up to {modelContext})." : ", or start chat with a larger --ctx."));
+            (modelContext > 0 && modelContext <= context ? " (the model's whole context is in use)."
+                : modelContext > context ? prompt.Length < modelContext ? $", or start chat with a larger --ctx (the model allows up to {modelContext})." : $" (even the model's whole context, {modelContext} tokens, is too short for it)."
+                : ", or start chat with a larger --ctx."));
         return null;
     }
 }

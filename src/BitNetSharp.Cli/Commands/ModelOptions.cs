@@ -245,7 +245,8 @@ public sealed class ModelOptions
             case ModelPathKind.Gguf:
                 using (var file = GgufFile.Open(path))
                 {
-                    if (!HasGgufTokenizer(file, path)) throw new UsageException($"{path} has no tokenizer (no tokenizer.ggml.model).");
+                    if (!HasGgufTokenizer(file, path))
+                        throw new UsageException($"{path} has no tokenizer ({(file.Metadata.TryGetString("tokenizer.ggml.model", out var kind) ? $"tokenizer.ggml.model is '{kind}'" : "no tokenizer.ggml.model")}).");
                     return TokenizerLoader.FromGguf(file);
                 }
             case ModelPathKind.HuggingFaceDirectory:

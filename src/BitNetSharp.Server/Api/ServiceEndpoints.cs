@@ -122,7 +122,8 @@ internal sealed class ServiceEndpoints(ModelHost host)
         w.WriteStartObject("weights");
         if (monitor?.Integrity is { } integrity)
         {
-            w.WriteString("status", integrity.Verified ? "ok" : "mismatch");
+            // A file cut short is the weights' problem too (the component read "ok" under a 503 model_file_changed).
+            w.WriteString("status", host.Served?.Scheduler.ModelFileProblem() is not null ? "file_changed" : integrity.Verified ? "ok" : "mismatch");
             w.WriteString("checksum", integrity.ModelChecksumHex);
             w.WriteNumber("tensors", integrity.Tensors.Count);
             w.WriteNumber("verifications", integrity.Verifications);

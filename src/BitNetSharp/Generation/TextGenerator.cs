@@ -227,16 +227,31 @@ public sealed partial class TextGenerator : IDisposable
         if ((long)prompt.Count + Math.Max(maxTokens, 1) - 1 > ContextLength)
             throw new ArgumentException(
                 $"The prompt ({prompt.Count} tokens) plus up to {maxTokens} new tokens exceeds the context of {ContextLength} tokens; " +
-                (prompt.Count > ContextLength ? "the prompt alone is longer; " : $"at most {ContextLength - prompt.Count + 1} new tokens fit after this prompt; ") +
-                (ContextLength < Config.ContextLength
-                    ? $"shorten the prompt, lower -n, or raise --ctx (this model allows up to {Config.ContextLength})."
-                    : "shorten the prompt or lower -n (this is the model's whole context)."));
+                Advice(prompt.Count, maxTokens));
         int vocab = Config.VocabSize;
         foreach (int id in prompt)
             if ((uint)id >= (uint)vocab)
                 throw new ArgumentOutOfRangeException(nameof(prompt), id, $"Token id {id} is outside the vocabulary of {vocab} tokens.");
         sampling.Validate(vocab);
         return Run(prompt, maxTokens, sampling, ignoreStop, promptLogits, cancellation);
+    }
+
+    /// <summary>
+    /// What to change when a prompt and <paramref name="maxTokens"/> do not fit: only fixes that can work (it advised
+    /// lowering -n for a prompt longer than the context alone, and a larger --ctx the model's context could not give).
+    /// </summary>
+    private string Advice(int promptTokens, int maxTokens)
+    {
+        int model = Config.ContextLength;
+        if (promptTokens > ContextLength)
+            return "the prompt alone is longer; shorten it" + (ContextLength < model
+                ? promptTokens <= model ? $", or raise --ctx (this model allows up to {model})." : $" (even the model's whole context, {model} tokens, is too short for it)."
+                : " (this is the model's whole context).");
+        int fit = ContextLength - promptTokens + 1;
+        long needed = (long)promptTokens + maxTokens - 1;
+        return $"at most {fit} new token{(fit == 1 ? "" : "s")} fit{(fit == 1 ? "s" : "")} after this prompt; lower -n or shorten the prompt" + (ContextLength < model
+            ? needed <= model ? $", or raise --ctx to {needed} or more (this model allows up to {model})." : $" (even the model's whole context, {model} tokens, is too short for both)."
+            : " (this is the model's whole context).");
     }
 
     private IEnumerable<GeneratedToken> Run(IReadOnlyList<int> prompt, int maxTokens, SamplingParameters sampling, bool ignoreStop,

@@ -87,9 +87,22 @@ public sealed unsafe class KvCache : IDisposable
         long rows = RowCount(layers, kvHeads, contextLength);
         _keyBlocks = KeyBlocks(type, headDim);
         _keyPositions = _keyBlocks ? Int8KeyBlocks.RoundUp(contextLength) : contextLength;
-        _keys = new NativeBuffer(RowCount(layers, kvHeads, _keyPositions) * _rowBytes, zero: false);
-        _values = new NativeBuffer(rows * _rowBytes, zero: false);
-        _scales = new NativeBuffer(HasScale(type) ? 2 * rows * sizeof(float) : 0, zero: false);
+        long keyBytes = RowCount(layers, kvHeads, _keyPositions) * _rowBytes, valueBytes = rows * _rowBytes,
+            scaleBytes = HasScale(type) ? 2 * rows * sizeof(float) : 0;
+        try
+        {
+            _keys = new NativeBuffer(keyBytes, zero: false);
+            _values = new NativeBuffer(valueBytes, zero: false);
+            _scales = new NativeBuffer(scaleBytes, zero: false);
+        }
+        catch (OutOfMemoryException e)
+        {
+            // A model declaring a context of millions of positions, run without --ctx: a stack trace from here.
+            _keys?.Dispose();
+            _values?.Dispose();
+            throw new InsufficientMemoryException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type}) needs {(keyBytes + valueBytes + scaleBytes) / 1e9:F1} GB, more than this machine can give; run with a shorter context (--ctx)."), e);
+        }
         _layerLength = new int[layers];
     }
 

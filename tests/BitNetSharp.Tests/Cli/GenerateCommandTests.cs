@@ -583,14 +583,16 @@ public class GenerateCommandTests
 
         var given = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "128", "--temp", "0");
         Assert.Equal(2, given.ExitCode);
-        Assert.Contains("at most 57 new tokens fit after this prompt; shorten the prompt or lower -n (this is the model's whole context).", given.Error);
+        Assert.Contains("at most 57 new tokens fit after this prompt; lower -n or shorten the prompt (this is the model's whole context).", given.Error);
         Assert.DoesNotContain("raise --ctx", given.Error);
         var shorter = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "128", "--temp", "0", "--ctx", "210");
         Assert.Equal(2, shorter.ExitCode);
-        Assert.Contains("at most 11 new tokens fit after this prompt; shorten the prompt, lower -n, or raise --ctx (this model allows up to 256)", shorter.Error);
+        Assert.Contains("at most 11 new tokens fit after this prompt; lower -n or shorten the prompt (even the model's whole context, 256 tokens, is too short for both).", shorter.Error);
+        var raise = Bitnet("generate", "-m", model, "--prompt-ids", Ids(200), "-n", "20", "--temp", "0", "--ctx", "210");
+        Assert.Contains("or raise --ctx to 219 or more (this model allows up to 256).", raise.Error);
         var past = Bitnet("generate", "-m", model, "--prompt-ids", Ids(257), "--temp", "0");
         Assert.Equal(2, past.ExitCode);
-        Assert.Contains("exceeds the context of 256 tokens; the prompt alone is longer;", past.Error);
+        Assert.Contains("exceeds the context of 256 tokens; the prompt alone is longer; shorten it (this is the model's whole context).", past.Error);
     }
 
     /// <summary>tokenize on a model without a tokenizer is a usage error, exit 2, whether a GGUF or a Hugging Face directory (the directory exited 1, a damaged file's code; matrix sweep).</summary>
@@ -1210,6 +1212,9 @@ public class ChatCommandTests
         log = new StringWriter();
         Assert.Null(ChatCommand.FitToContext([BitNetSharp.Tokenization.ChatMessage.User("x")], _ => new int[70], context: 64, answerTokens: 8, log, modelContext: 256));
         Assert.Contains("or start chat with a larger --ctx (the model allows up to 256).", log.ToString());
+        log = new StringWriter();
+        Assert.Null(ChatCommand.FitToContext([BitNetSharp.Tokenization.ChatMessage.User("x")], _ => new int[300], context: 64, answerTokens: 8, log, modelContext: 256));
+        Assert.Contains("(even the model's whole context, 256 tokens, is too short for it).", log.ToString());
     }
 
     /// <summary>

@@ -7,6 +7,19 @@ namespace BitNetSharp.Tests.Model;
 
 public unsafe class KvCacheTests
 {
+    /// <summary>
+    /// A cache past what the machine can give is an InsufficientMemoryException naming the size and --ctx (the CLI's
+    /// one-line error): a model declaring 16M positions, run without --ctx, ended generate and chat with an
+    /// OutOfMemoryException stack trace (README sweep; here a cache past any 48-bit address space).
+    /// </summary>
+    [Fact]
+    public void ACacheTooLargeForTheMachineNamesTheContextOption()
+    {
+        var e = Assert.Throws<InsufficientMemoryException>(() => new KvCache(2000, 64, 128, 1 << 24, KvCacheType.F32));
+        Assert.Contains("16,777,216 positions", e.Message);
+        Assert.Contains("--ctx", e.Message);
+    }
+
     public static TheoryData<KvCacheType> Types() => new(Enum.GetValues<KvCacheType>());
 
     private static float[] Row(Random rng, int n, float scale = 3f) =>
