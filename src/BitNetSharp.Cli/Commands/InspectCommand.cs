@@ -223,15 +223,16 @@ public static class InspectCommand
 
     private static string TokenizerText(TokenizerSummary t)
     {
-        if (t.Model is null && t.Files.Count > 0)
-            return $"files: {string.Join(", ", t.Files)}";
-        if (t.Model is null && t.TokenCount is null) return "none";
+        if (t.Model is null && t.TokenCount is null && t.Files.Count == 0) return "none";
         var parts = new List<string> { t.Model ?? "unknown" };
         if (t.Pre is not null) parts.Add($"pre {t.Pre}");
         if (t.TokenCount is { } n) parts.Add($"{n:N0} tokens");
         if (t.MergeCount is { } m) parts.Add($"{m:N0} merges");
         if (t.BosTokenId is { } bos) parts.Add($"bos {bos}");
         if (t.EosTokenIds.Count > 0) parts.Add($"eos {string.Join("/", t.EosTokenIds)}");
+        // A directory's files beside what is known of them (they replaced the counts and ids, so the stop ids read
+        // from generation_config.json were never shown in the table).
+        if (t.Files.Count > 0) parts.Add($"files: {string.Join(", ", t.Files)}");
         return string.Join(", ", parts);
     }
 

@@ -308,6 +308,11 @@ public class InspectCommandTests
         Assert.Equal(0, code);
         using var withGeneration = JsonDocument.Parse(output);
         Assert.Equal([128001, 128009], withGeneration.RootElement.GetProperty("tokenizer").GetProperty("eos_token_ids").EnumerateArray().Select(e => e.GetInt32()));
+        // The table shows them too, beside the files (the files' list replaced the ids and counts there).
+        var (tableCode, table, _) = Bitnet("inspect", dir.Path);
+        Assert.Equal(0, tableCode);
+        Assert.Contains("eos 128001/128009", table);
+        Assert.Contains("generation_config.json", table);
         // A damaged generation_config.json leaves the rest described (review: inspect failed outright on it).
         File.WriteAllText(dir.File("generation_config.json"), "{bad");
         (code, output, _) = Bitnet("inspect", dir.Path, "--json");
