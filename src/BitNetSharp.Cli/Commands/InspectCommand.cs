@@ -68,6 +68,19 @@ public static class InspectCommand
                     cli.Error.WriteLine($"warning: bitnet generate would refuse this file: {e.Message.Split(" (Parameter '")[0]}");
                 }
             }
+            // A directory's config is checked as generate checks it (cheap: no weights loaded), so a setting this runtime
+            // refuses (partial rotary, RoPE scaling, a bias) is warned of here as for a GGUF (it was not).
+            else if (!result.GetValue(codes) && ModelPath.Detect(result.GetRequiredValue(path)) == ModelPathKind.HuggingFaceDirectory)
+            {
+                try
+                {
+                    Model.ModelConfig.FromHf(BitNetSharp.Formats.HuggingFace.HfConfig.Load(Path.Combine(result.GetRequiredValue(path), BitNetSharp.Formats.HuggingFace.HfConfig.FileName)));
+                }
+                catch (ModelFormatException e)
+                {
+                    cli.Error.WriteLine($"warning: bitnet generate would refuse this directory: {e.Message}");
+                }
+            }
             else if (summary.Tensors.Count == 0 && ModelPath.Detect(result.GetRequiredValue(path)) == ModelPathKind.Gguf)
                 cli.Error.WriteLine("note: the file holds no tensors (a vocabulary-only GGUF): no model to run or convert; `bitnet tokenize -m` reads its tokenizer.");
             return 0;

@@ -313,6 +313,18 @@ public class InspectCommandTests
         Assert.Equal(0, tableCode);
         Assert.Contains("eos 128001/128009", table);
         Assert.Contains("generation_config.json", table);
+        // A config setting generate refuses is warned of, as for a GGUF (it was not), and the directory still described.
+        var config = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(dir.File("config.json")))!.AsObject();
+        config["partial_rotary_factor"] = 0.5;
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+        var (warnedCode, warnedOutput, warning) = Bitnet("inspect", dir.Path);
+        Assert.Equal(0, warnedCode);
+        Assert.Contains("warning: bitnet generate would refuse this directory:", warning);
+        Assert.Contains("partial_rotary_factor", warning);
+        Assert.Contains("BitNetForCausalLM", warnedOutput);
+        config.Remove("partial_rotary_factor");
+        File.WriteAllText(dir.File("config.json"), config.ToJsonString());
+
         // A damaged generation_config.json leaves the rest described (review: inspect failed outright on it).
         File.WriteAllText(dir.File("generation_config.json"), "{bad");
         (code, output, _) = Bitnet("inspect", dir.Path, "--json");
