@@ -13,7 +13,7 @@ namespace BitNetSharp.Cli.Commands;
 /// --out PATH] [--plot PATH.svg --metric M [--input I]]</c>: reads telemetry logs (<see cref="TelemetryLogReader"/>).
 /// Without --export, --plot or --follow it prints a summary. Filters apply to every output: --request keeps that
 /// request's step and event rows and the layer rows of its steps; --layer keeps one layer's rows (step and event rows
-/// stay); --since/--until bound the time.
+/// stay); --since/--until bound the time, a step's rows judged together at the step's time (its earliest row).
 /// </summary>
 public static class LogsCommand
 {
@@ -24,9 +24,9 @@ public static class LogsCommand
         var files = new Argument<string[]>("files") { Description = "Telemetry log files (.arrow) or directories of them.", Arity = ArgumentArity.OneOrMore };
         var summary = new Option<bool>("--summary") { Description = "Print the summary (the default when nothing else is asked)." };
         var request = new Option<string?>("--request") { Description = "Only this request id (its steps, events and the layer rows of its engine steps)." };
-        var layer = new Option<int?>("--layer") { Description = "Of the per-layer rows, only this layer's (step and event rows are kept; a step's layer rows are stamped before its step row, so --since/--until may keep a step without its layers)." };
-        var since = new Option<string?>("--since") { Description = "Only rows at or after T: ISO-8601 or a duration ago (30s, 10m, 2h, 1d)." };
-        var until = new Option<string?>("--until") { Description = "Only rows at or before T: ISO-8601 or a duration ago." };
+        var layer = new Option<int?>("--layer") { Description = "Of the per-layer rows, only this layer's (step and event rows are kept)." };
+        var since = new Option<string?>("--since") { Description = "Only rows at or after T: ISO-8601 or a duration ago (30s, 10m, 2h, 1d). A step's layer and step rows are kept or left together, by the step's time (its first row's)." };
+        var until = new Option<string?>("--until") { Description = "Only rows at or before T: ISO-8601 or a duration ago (a step by its time, as for --since)." };
         var follow = new Option<bool>("--follow", "-f") { Description = "Tail the newest file: print new rows as JSON lines until Ctrl-C." };
         var followTimeout = new Option<double?>("--follow-timeout") { Description = "Stop following after this many seconds." };
         var export = new Option<string?>("--export") { Description = "Write the rows as csv or jsonl to --out." };
@@ -103,6 +103,14 @@ public static class LogsCommand
             foreach (var row in reader.ReadRows(cancellation))
                 if (IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
         }
+        // A step's layer rows are stamped when it is measured and its step rows as each token is delivered, a little
+        // later: a --since or --until between the two kept a step's tokens without its layers, or its layers alone.
+        StepTimes? stepTimes = null;
+        if (s.Since is not null || s.Until is not null)
+        {
+            stepTimes = new StepTimes();
+            foreach (var row in reader.ReadRows(cancellation)) stepTimes.See(row);
+        }
 
         var stats = s.Summary || (s.Export is null && s.Plot is null) ? new Summary() : null;
         // Through AtomicFile: a link at --out or --plot keeps pointing at the new file and a FIFO is written in place
@@ -132,7 +140,8 @@ public static class LogsCommand
                     layerFound |= row.Layer == s.Layer;
                 }
                 requestFound |= s.Request is not null && row.RequestId == s.Request;
-                if (!Keep(row, s, requestSteps)) continue;
+                stepTimes?.See(row);
+                if (!Keep(row, s, requestSteps, stepTimes)) continue;
                 stats?.Add(row);
                 plot?.Add(row);
                 if (exportWriter is not null)
@@ -271,10 +280,11 @@ public static class LogsCommand
         request is not null && row.RequestId == request
         && (row.Kind == TelemetryRowKind.Step || (row.Kind == TelemetryRowKind.Event && row.Event.Kind == "nonfinite_logits"));
 
-    private static bool Keep(in TelemetryRow row, Settings s, HashSet<(string?, long)>? requestSteps)
+    private static bool Keep(in TelemetryRow row, Settings s, HashSet<(string?, long)>? requestSteps, StepTimes? stepTimes)
     {
-        if (s.Since is { } since && row.TimeUnixNanos < since) return false;
-        if (s.Until is { } until && row.TimeUnixNanos > until) return false;
+        long time = stepTimes?.TimeOf(row) ?? row.TimeUnixNanos;
+        if (s.Since is { } since && time < since) return false;
+        if (s.Until is { } until && time > until) return false;
         if (s.Layer is { } layer && row.Kind == TelemetryRowKind.Layer && row.Layer != layer) return false;
         if (s.Request is { } request)
             return row.Kind == TelemetryRowKind.Layer ? requestSteps!.Contains((row.Run, row.Step)) : row.RequestId == request;
@@ -303,18 +313,42 @@ public static class LogsCommand
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
         var requestSteps = s.Request is null ? null : new HashSet<(string?, long)>();
+        // Rows arrive in the order written, a step's first row first: it dates the step (bounded: a step's rows are adjacent).
+        var stepTimes = s.Since is null && s.Until is null ? null : new StepTimes(bound: 1 << 16);
         foreach (var batch in TelemetryLogReader.Follow(TelemetryLogReader.FollowStart(reader.Files), TimeSpan.FromMilliseconds(200), stop.Token, fromStart))
         {
             using (batch)
                 foreach (var row in TelemetryLogReader.Rows(batch))
                 {
                     if (requestSteps is not null && IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
-                    if (!Keep(row, s, requestSteps)) continue;
+                    stepTimes?.See(row);
+                    if (!Keep(row, s, requestSteps, stepTimes)) continue;
                     WriteJsonLine(cli.Output, row, buffer);
                 }
             cli.Output.Flush();
         }
         return 0;
+    }
+
+    /// <summary>
+    /// The time --since and --until judge a step's layer and step rows by: the earliest of them, when it was measured
+    /// (its layer rows are stamped then, its step rows as each token is delivered). Event rows keep their own time.
+    /// </summary>
+    private sealed class StepTimes(int bound = int.MaxValue)
+    {
+        private readonly Dictionary<(string?, long), long> _first = [];
+
+        public void See(in TelemetryRow row)
+        {
+            if (row.Kind is not (TelemetryRowKind.Step or TelemetryRowKind.Layer)) return;
+            var key = (row.Run, row.Step);
+            if (_first.TryGetValue(key, out long t) && t <= row.TimeUnixNanos) return;
+            if (_first.Count >= bound) _first.Clear();
+            _first[key] = row.TimeUnixNanos;
+        }
+
+        public long TimeOf(in TelemetryRow row) =>
+            row.Kind is TelemetryRowKind.Step or TelemetryRowKind.Layer && _first.TryGetValue((row.Run, row.Step), out long t) ? t : row.TimeUnixNanos;
     }
 
     /// <summary>ISO-8601 (UTC unless it says otherwise) or a duration before now: 90s, 10m, 2h, 1d, 500ms.</summary>

@@ -423,6 +423,48 @@ public class LogsCommandTests
         Assert.Contains("rows: 10 (step 4, layer 6, event 0)", Summary("--since", t2, "--until", t3));
     }
 
+    /// <summary>
+    /// A step's layer rows are stamped when it is measured and its step rows as each token is delivered, later: a
+    /// --since or --until between the two kept the step's tokens without its layers (or its layers alone). A step's
+    /// rows go together, at its first row's time.
+    /// </summary>
+    [Fact]
+    public void TimeFiltersKeepAStepsRowsTogether()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            for (int step = 1; step <= 3; step++)
+            {
+                long t = Start + step * 1_000_000_000L;
+                for (int layer = 0; layer < 3; layer++) writer.Write(Layer(t, step, layer));
+                writer.Write(Step(t + 2_000_000, step, "a", sequence: 0)); // delivered 2 ms after the measurement
+                writer.Write(Step(t + 4_000_000, step, "b", sequence: 1));
+            }
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        string At(long nanos) => DateTimeOffset.UnixEpoch.AddTicks(nanos / 100).ToString("O");
+        string Summary(params string[] extra)
+        {
+            var (code, output, error) = Bitnet(["logs", path, .. extra]);
+            Assert.True(code == 0, error);
+            return output;
+        }
+        // Between step 2's layers and its tokens: step 2 is before --since, whole; step 3 after it, whole.
+        Assert.Contains("rows: 5 (step 2, layer 3, event 0)", Summary("--since", At(Start + 2_001_000_000L)));
+        // Between them on --until: step 2 is in (its time is its measurement's), tokens and layers.
+        Assert.Contains("rows: 10 (step 4, layer 6, event 0)", Summary("--until", At(Start + 2_001_000_000L)));
+        Assert.Contains("rows: 5 (step 2, layer 3, event 0)", Summary("--since", At(Start + 1_500_000_000L), "--until", At(Start + 2_003_000_000L)));
+
+        string jsonl = dir.File("rows.jsonl");
+        var (exit, _, err) = Bitnet("logs", path, "--since", At(Start + 2_001_000_000L), "--until", At(Start + 3_001_000_000L), "--export", "jsonl", "--out", jsonl);
+        Assert.True(exit == 0, err);
+        var steps = File.ReadAllLines(jsonl).Select(l => JsonDocument.Parse(l).RootElement.GetProperty("step").GetInt64()).ToArray();
+        Assert.Equal([3, 3, 3, 3, 3], steps);
+    }
+
     [Fact]
     public void ExportsCsvAndJsonLines()
     {
