@@ -16,7 +16,7 @@ public static class ConvertCommand
         var type = new Option<string>("--type") { Description = "Projection encoding: i2_s (bitnet.cpp's type), tq2_0 / tq1_0 (llama.cpp's types), f16. The architecture stays the source's: a 2B4T-style model is written as bitnet-b1.58, which bitnet.cpp and this runtime run and upstream llama.cpp does not know.", DefaultValueFactory = _ => "i2_s" };
         var embedding = new Option<string>("--embedding-type")
         {
-            Description = "Token embedding / output head: keep (as stored), f16, q8_0 or q6_k (q6_k: 3.1x fewer head bytes per token than f16).",
+            Description = "Token embedding / output head: keep (as stored), f32 (what calibrate --tune needs), f16, q8_0 or q6_k (q6_k: 3.1x fewer head bytes per token than f16).",
             DefaultValueFactory = _ => "keep",
         };
         var noTokenizer = new Option<bool>("--no-tokenizer")
@@ -39,10 +39,11 @@ public static class ConvertCommand
             GgmlType? embeddingType = result.GetValue(embedding)!.Trim().ToLowerInvariant() switch
             {
                 "keep" => null,
+                "f32" => GgmlType.F32,
                 "f16" => GgmlType.F16,
                 "q8_0" => GgmlType.Q8_0,
                 "q6_k" => GgmlType.Q6_K,
-                var other => throw new UsageException($"--embedding-type '{other}' is not one of keep, f16, q8_0, q6_k."),
+                var other => throw new UsageException($"--embedding-type '{other}' is not one of keep, f32, f16, q8_0, q6_k."),
             };
             string outPath = result.GetRequiredValue(output);
             // `convert IN "$OUT"` with OUT unset failed with .NET's "The value cannot be an empty string".

@@ -5,7 +5,7 @@ namespace BitNetSharp.Quantization;
 
 /// <summary>
 /// Re-encodes a token-embedding / output-head table into another GGUF type for `bitnet convert --embedding-type`:
-/// F16, Q8_0 (llama.cpp's reference rule: per 32 values d = max|x|/127 stored as fp16, q = round(x / d) with the
+/// F32 (the values as decoded: what `calibrate --tune` needs of a file that stores F16), F16, Q8_0 (llama.cpp's reference rule: per 32 values d = max|x|/127 stored as fp16, q = round(x / d) with the
 /// unrounded d) or Q6_K (<see cref="Q6K.EncodeReference"/>: ggml's quantize_row_q6_K_ref, the error-minimizing
 /// scale search llama-quantize runs without an importance matrix). A Q6_K or Q8_0 head streams 3.1× or 1.9× fewer bytes per token than
 /// F16, which is what bounds single-sequence decoding of BitNet 2B4T (its F16 head is 657 MB next to 0.5 GB of
@@ -14,20 +14,21 @@ namespace BitNetSharp.Quantization;
 public static class EmbeddingEncoder
 {
     /// <summary>The types a table can be re-encoded into.</summary>
-    public static readonly GgmlType[] Targets = [GgmlType.F16, GgmlType.Q8_0, GgmlType.Q6_K];
+    public static readonly GgmlType[] Targets = [GgmlType.F32, GgmlType.F16, GgmlType.Q8_0, GgmlType.Q6_K];
 
     /// <summary>Why <paramref name="cols"/>-wide rows cannot be stored as <paramref name="type"/>, or null.</summary>
     public static string? CannotEncode(GgmlType type, int cols) => type switch
     {
         GgmlType.Q8_0 when cols % 32 != 0 => $"q8_0 stores rows in blocks of 32 values, but the embedding rows have {cols}",
         GgmlType.Q6_K when cols % Q6K.BlockWeights != 0 => $"q6_K stores rows in blocks of {Q6K.BlockWeights} values, but the embedding rows have {cols}",
-        GgmlType.F16 or GgmlType.Q8_0 or GgmlType.Q6_K => null,
-        _ => $"{GgmlTypeInfo.Name(type)} is not an embedding type the converter writes; use f16, q8_0 or q6_k",
+        GgmlType.F32 or GgmlType.F16 or GgmlType.Q8_0 or GgmlType.Q6_K => null,
+        _ => $"{GgmlTypeInfo.Name(type)} is not an embedding type the converter writes; use f32, f16, q8_0 or q6_k",
     };
 
     /// <summary>Bytes of one <paramref name="cols"/>-wide row stored as <paramref name="type"/> (an encodable one).</summary>
     public static long RowBytes(GgmlType type, int cols) => type switch
     {
+        GgmlType.F32 => cols * 4L,
         GgmlType.F16 => cols * 2L,
         GgmlType.Q8_0 => cols / 32 * 34L,
         _ => cols / Q6K.BlockWeights * (long)Q6K.BlockBytes,
@@ -60,6 +61,9 @@ public static class EmbeddingEncoder
             var dst = destination.Slice((int)((r - rowStart) * rowBytes), (int)rowBytes);
             switch (type)
             {
+                case GgmlType.F32:
+                    System.Runtime.InteropServices.MemoryMarshal.AsBytes(row.AsSpan()).CopyTo(dst);
+                    break;
                 case GgmlType.F16:
                     for (int i = 0; i < row.Length; i++)
                     {

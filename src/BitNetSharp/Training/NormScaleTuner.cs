@@ -90,22 +90,29 @@ public sealed class NormScaleTuner
         if (file.TryGetTensor("output.weight", out _))
             throw new ArgumentException($"{file.FilePath}: the model has a separate output head (output.weight); --tune handles models whose head is the token embedding.");
         var layout = new ParameterLayout(shape);
+        // What the file needs converting for, all at once: a TQ2_0 file with an F16 embedding (llama.cpp's usual) was
+        // refused for its embedding first, which hid the projections' refusal and the conversion that fixes both.
+        string? packedProblem = null, floatProblem = null;
         foreach (var t in layout.Tensors)
         {
             if (!file.TryGetTensor(t.Name, out var info))
                 throw new ArgumentException($"{file.FilePath}: tensor {t.Name} is missing.");
-            if (t.IsProjection)
-            {
-                if (info.Type is GgmlType.TQ1_0 or GgmlType.TQ2_0)
-                    throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type).ToUpperInvariant()}, whose scales are one fp16 per 256-weight block baked into the packed codes; " +
-                        $"--tune tunes one scale per tensor. Convert to I2_S first (bitnet convert {file.FilePath} model-i2s.gguf --type i2_s), tune that, and convert back if needed.");
-                if (info.Type != GgmlType.I2_S)
-                    throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type).ToUpperInvariant()}; --tune keeps ternary codes fixed and needs I2_S projections (bitnet convert ... --type i2_s).");
-            }
-            else if (info.Type != GgmlType.F32)
-                throw new ArgumentException($"{file.FilePath}: {t.Name} is {GgmlTypeInfo.Name(info.Type).ToUpperInvariant()}; --tune needs the norms and the embedding in F32.");
             if (info.ElementCount != t.Length)
                 throw new ArgumentException($"{file.FilePath}: {t.Name} has {info.ElementCount} values; the model's shape needs {t.Length}.");
+            string type = GgmlTypeInfo.Name(info.Type).ToUpperInvariant();
+            if (t.IsProjection && info.Type != GgmlType.I2_S)
+                packedProblem ??= info.Type is GgmlType.TQ1_0 or GgmlType.TQ2_0
+                    ? $"{t.Name} is {type}, whose scales are one fp16 per 256-weight block baked into the packed codes; --tune tunes one scale per tensor (I2_S)"
+                    : $"{t.Name} is {type}; --tune keeps ternary codes fixed and needs I2_S projections";
+            else if (!t.IsProjection && info.Type != GgmlType.F32)
+                floatProblem ??= $"{t.Name} is {type}; --tune needs the norms and the embedding in F32";
+        }
+        if (packedProblem is not null || floatProblem is not null)
+        {
+            string name = Path.GetFileNameWithoutExtension(file.FilePath);
+            string fix = $"bitnet convert {file.FilePath} {name}-tune.gguf --type i2_s --embedding-type f32";
+            throw new ArgumentException($"{file.FilePath}: {string.Join("; and ", new[] { packedProblem, floatProblem }.Where(p => p is not null))}. " +
+                $"Convert it first ({fix}), tune that{(packedProblem is null ? "" : ", and convert back if needed")}.");
         }
         var bits = ActivationBits.FromGguf(file, c.Layers) ?? ActivationBits.Uniform(c.Layers);
         return new NormScaleTuner(file, shape, bits, batch, pool);

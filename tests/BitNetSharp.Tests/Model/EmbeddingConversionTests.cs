@@ -2,6 +2,7 @@ using BitNetSharp.Cli;
 using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Model;
 using BitNetSharp.Quantization;
+using BitNetSharp.Tests.Formats;
 using BitNetSharp.Threading;
 
 namespace BitNetSharp.Tests.Model;
@@ -143,7 +144,7 @@ public class EmbeddingConversionTests
         Assert.False(File.Exists(path));
         error = new StringWriter();
         Assert.NotEqual(0, Program.Run(["convert", Fixture("autobitlinear-online-gqa-f32"), path, "--embedding-type", "q4_0"], new StringWriter(), error));
-        Assert.Contains("keep, f16, q8_0, q6_k", error.ToString());
+        Assert.Contains("keep, f32, f16, q8_0, q6_k", error.ToString());
         Assert.False(File.Exists(path));
         // An output that is a directory: a usage error naming it (before: "Is a directory : '/tmp'" or "Could not find a part of the path").
         foreach (var dir in new[] { Path.GetTempPath().TrimEnd('/'), Path.GetTempPath() })
@@ -152,6 +153,38 @@ public class EmbeddingConversionTests
             Assert.Equal(2, Program.Run(["convert", Fixture("autobitlinear-online-gqa-f32"), dir], new StringWriter(), error));
             Assert.Contains("is a directory; give a file path", error.ToString());
         }
+    }
+
+    /// <summary>
+    /// --embedding-type f32 writes the table's values as decoded (calibrate --tune needs an F32 embedding, and a file
+    /// with an F16 one had no way to get it): every value equals the F16 file's, and the logits to float rounding.
+    /// </summary>
+    [Fact]
+    public void F32EmbeddingHoldsTheDecodedValuesExactly()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string src = RepositoryFiles.Path("tests/fixtures/tinystories-4m/model.gguf"), f16 = dir.File("f16.gguf"), f32 = dir.File("f32.gguf");
+        var error = new StringWriter();
+        Assert.True(Program.Run(["convert", src, f16, "--embedding-type", "f16"], new StringWriter(), error) == 0, error.ToString());
+        Assert.True(Program.Run(["convert", f16, f32, "--embedding-type", "f32"], new StringWriter(), error) == 0, error.ToString());
+        using var half = ModelWeights.Load(f16);
+        using var full = ModelWeights.Load(f32);
+        Assert.Equal(GgmlType.F16, half.TokenEmbedding.Type);
+        Assert.Equal(GgmlType.F32, full.TokenEmbedding.Type);
+        var a = new float[half.Config.Dim];
+        var b = new float[half.Config.Dim];
+        for (int r = 0; r < half.TokenEmbedding.Rows; r++)
+        {
+            half.TokenEmbedding.GetRow(r, a);
+            full.TokenEmbedding.GetRow(r, b);
+            Assert.True(a.AsSpan().SequenceEqual(b), $"row {r}");
+        }
+        // The head's dot products are the F16 and F32 kernels', summing in their own orders: the same to float rounding.
+        int[] prompt = [1, 17, 64, 101, 500, 9];
+        float[] x = Logits(half, prompt), y = Logits(full, prompt);
+        double range = x.Max() - x.Min(), worst = 0;
+        for (int i = 0; i < x.Length; i++) worst = Math.Max(worst, Math.Abs(x[i] - y[i]) / range);
+        Assert.True(worst < 1e-5, $"max |Δlogit| / range = {worst:E2}");
     }
 
     private static float[] Logits(ModelWeights w, int[] prompt)

@@ -103,7 +103,24 @@ public class NormScaleTunerTests(ITestOutputHelper output)
         var e = Assert.Throws<ArgumentException>(() => NormScaleTuner.Load(file, 1, 16, pool));
         output.WriteLine(e.Message);
         Assert.Contains("TQ2_0", e.Message);
-        Assert.Contains("Convert to I2_S first", e.Message);
+        Assert.Contains("--type i2_s", e.Message);
+        file.Dispose();
+
+        // llama.cpp's usual TQ2_0 file has an F16 embedding: the refusal named the embedding alone (F32 needed, and no
+        // way to get it), hiding the projections' refusal. Both are named, with one conversion that fixes both, and it does.
+        string f16 = dir.File("tq2-f16.gguf"), fixedPath = dir.File("tune-me.gguf");
+        using (var source = ModelWeights.Load(path)) ModelConverter.ToGguf(source, PackedWeightType.TQ2_0, embeddingType: GgmlType.F16).WriteFile(f16);
+        using (var f16File = GgufFile.Open(f16))
+        {
+            e = Assert.Throws<ArgumentException>(() => NormScaleTuner.Load(f16File, 1, 16, pool));
+            output.WriteLine(e.Message);
+            Assert.Contains("TQ2_0", e.Message);
+            Assert.Contains("token_embd.weight is F16", e.Message);
+            Assert.Contains("--type i2_s --embedding-type f32", e.Message);
+        }
+        using (var source = ModelWeights.Load(f16)) ModelConverter.ToGguf(source, PackedWeightType.I2_S, embeddingType: GgmlType.F32).WriteFile(fixedPath);
+        using var fixedFile = GgufFile.Open(fixedPath);
+        Assert.NotNull(NormScaleTuner.Load(fixedFile, 1, 16, pool));
     }
 
     /// <summary>
