@@ -941,6 +941,57 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// A receiver that answers 302 had its redirect followed with a GET that carries no alert: the 200 to that GET
+    /// counted the notification as delivered, and it was lost without a word. It is a failure, logged with where it
+    /// pointed, not sent again; a 307 keeps the POST and its body, and is delivered.
+    /// </summary>
+    [Theory]
+    [InlineData(302, false)]
+    [InlineData(301, false)]
+    [InlineData(303, false)]
+    [InlineData(307, true)]
+    public async Task ARedirectThatDropsTheAlertIsAFailure(int status, bool delivered)
+    {
+        using var listener = ListenForHook(out int port);
+        var seen = new List<string>();
+        var serving = Task.Run(async () =>
+        {
+            while (true)
+            {
+                HttpListenerContext ctx;
+                try { ctx = await listener.GetContextAsync(); }
+                catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
+                string body = await new StreamReader(ctx.Request.InputStream).ReadToEndAsync();
+                lock (seen) seen.Add($"{ctx.Request.HttpMethod} {ctx.Request.Url!.AbsolutePath} {body.Length}");
+                if (ctx.Request.Url!.AbsolutePath == "/hook/")
+                {
+                    ctx.Response.StatusCode = status;
+                    ctx.Response.RedirectLocation = $"http://127.0.0.1:{port}/hook/moved";
+                }
+                ctx.Response.Close();
+            }
+        }, TestContext.Current.CancellationToken);
+        var log = new List<string>();
+        using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
+            new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(20), Log = l => { lock (log) log.Add(l); } });
+        e.Evaluate();
+        for (int i = 0; i < 400 && e.WebhookFailures + e.WebhookSent == 0; i++) await Task.Delay(25, TestContext.Current.CancellationToken);
+        await Task.Delay(100, TestContext.Current.CancellationToken);
+        lock (seen)
+        {
+            Assert.Equal(2, seen.Count);
+            Assert.StartsWith("POST /hook/ ", seen[0]);
+            Assert.StartsWith(delivered ? "POST /hook/moved " : "GET /hook/moved 0", seen[1]);
+        }
+        Assert.Equal(delivered ? 0 : 1, e.WebhookFailures);
+        Assert.Equal(delivered ? 1 : 0, e.WebhookSent);
+        if (!delivered)
+            lock (log) Assert.Contains(log, l => l.Contains($"redirected to http://127.0.0.1:{port}/hook/…", StringComparison.Ordinal) && l.Contains("not tried again", StringComparison.Ordinal));
+        listener.Stop();
+        await serving.WaitAsync(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken);
+    }
+
+    /// <summary>
     /// user:password@ in the webhook URL is sent as basic auth (HttpClient sent nothing, so a receiver that asks for it
     /// refused every notification), with a User-Agent; the logs show the URL without the password or the query's token.
     /// </summary>
@@ -984,6 +1035,11 @@ public class AlertEngineTests
         Assert.Equal("http://host:9093/api/…?…", AlertEngine.ShownUrl(new Uri("http://u:p@host:9093/api/v2/alerts?k=v")));
         Assert.Equal("htps://…@host/x", BitNetSharp.Cli.Commands.ServeCommand.MaskUserInfo("htps://a:s3cret@host/x"));
         Assert.Equal("not a url", BitNetSharp.Cli.Commands.ServeCommand.MaskUserInfo("not a url"));
+        // A URL without a path ended serve with "Index was out of range", exit 1, instead of the refusal naming it.
+        Assert.Equal("mailto:x", AlertEngine.ShownUrl(new Uri("mailto:x")));
+        var error = new StringWriter();
+        Assert.Equal(2, BitNetSharp.Cli.Program.Run(["serve", "--alert-webhook", "mailto:x", "--port", "1"], new StringWriter(), error));
+        Assert.Contains("--alert-webhook must be an http:// or https:// URL", error.ToString());
     }
 
     /// <summary>

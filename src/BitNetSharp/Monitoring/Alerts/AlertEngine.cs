@@ -300,7 +300,8 @@ public sealed class AlertEngine : IDisposable
     {
         string shown = url.GetComponents(UriComponents.Scheme | UriComponents.Host | UriComponents.Port, UriFormat.UriEscaped).TrimEnd('/');
         string path = url.AbsolutePath;
-        int second = path.IndexOf('/', 1);
+        // (A URL with no path, such as mailto:x, had IndexOf start past its end: an exception instead of the refusal.)
+        int second = path.Length > 1 ? path.IndexOf('/', 1) : -1;
         shown += second >= 0 && second < path.Length - 1 ? path[..(second + 1)] + "…" : path;
         return url.Query.Length > 1 ? shown + "?…" : shown;
     }
@@ -641,7 +642,7 @@ public sealed class AlertEngine : IDisposable
                 if (final || attempt >= _options.WebhookAttempts || _stopping.IsCancellationRequested || flushTries >= ShutdownTries)
                 {
                     Interlocked.Increment(ref _webhookFailures);
-                    string why = final ? "not tried again (a client error: the receiver will not take it)"
+                    string why = final ? "not tried again (the receiver will not take it there)"
                         : flushTries >= ShutdownTries ? $"gave up after {attempt} tries, the server is stopping"
                         : $"gave up after {attempt} tries";
                     _options.Log?.Invoke($"alert webhook {_shownUrl}: {error}; {why}; the notification is lost (bitnet_alerts_webhook_failures_total counts these)");
@@ -683,7 +684,15 @@ public sealed class AlertEngine : IDisposable
             // The status is all that counts: the body is never read (a receiver's 200 MB answer was buffered in memory).
             using var response = await _http!.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, _stopping.Token);
             int code = (int)response.StatusCode;
+            // A 301, 302 or 303 is followed with a GET that carries no alert (RFC 9110 lets clients, and HttpClient does):
+            // the receiver's 200 to that GET counted the notification as delivered, and it was lost without a word.
+            // (307 and 308 keep the POST and its body, and are fine.)
+            if (response.RequestMessage is { } final && final.Method != HttpMethod.Post)
+                return ($"redirected to {(final.RequestUri is { } to ? ShownUrl(to) : "another URL")}, which takes a GET without the alert (a 301, 302 or 303 answer); give --alert-webhook the URL the receiver takes POSTs at", true);
             if (response.IsSuccessStatusCode) return (null, false);
+            // A redirect not followed (to another scheme, or too many) will not change by sending again.
+            if (code is >= 300 and < 400)
+                return ($"answered {code}, a redirect{(response.Headers.Location is { } location ? " to " + (location.IsAbsoluteUri ? ShownUrl(location) : "a relative URL") : "")} not followed; give --alert-webhook the URL the receiver takes POSTs at", true);
             return ($"answered {code}", code is >= 400 and < 500 and not 408 and not 429);
         }
         catch (Exception e) when (e is HttpRequestException or TaskCanceledException or OperationCanceledException or JsonException)
