@@ -269,6 +269,39 @@ public class AlertEngineTests
     }
 
     /// <summary>
+    /// The evaluation timer ticks a little early or late: at 0.999 s intervals a 3 s for_seconds waited for a 4th
+    /// interval (2.997 s &lt; 3), a 3 s hold resolved one interval late, and a 3 s increase window reached back 4
+    /// intervals, so the same rule fired or resolved a second apart from run to run. A hold of N intervals takes N.
+    /// </summary>
+    [Fact]
+    public void HoldsTakeTheirIntervalsWhateverTheTimersJitter()
+    {
+        foreach (double tick in new[] { 0.999, 1.0, 1.001 })
+        {
+            double value = 5, total = 0;
+            var clock = new ManualTime();
+            using var e = new AlertEngine(
+                [
+                    new AlertRule { Name = "Held", Metric = "m", Threshold = 1, ForSeconds = 3, KeepFiringForSeconds = 3 },
+                    new AlertRule { Name = "Grew", Metric = "c_total", Aggregate = "increase", Op = ">", Threshold = 0, WindowSeconds = 3 },
+                ],
+                s => { s.Add("m", value); s.Add("c_total", total); }, new AlertEngineOptions { Time = clock });
+            var fired = new List<(string Rule, bool Firing, int At)>();
+            int evaluation = 0;
+            e.Changed += c => fired.Add((c.Rule.Name, c.Firing, evaluation));
+            for (; evaluation < 12; evaluation++)
+            {
+                if (evaluation == 1) total = 1; // one increase, seen at evaluation 1: the 3 s window holds it at 1, 2 and 3
+                if (evaluation == 5) value = 0; // the condition clears at evaluation 5: held through 6 and 7
+                e.Evaluate();
+                clock.Advance(tick);
+            }
+            // Held: holds from 0, fires at 3 (3 intervals on), clear from 5, resolves at 8. Grew: 1 to 4 (3 evaluations on).
+            Assert.Equal([("Grew", true, 1), ("Held", true, 3), ("Grew", false, 4), ("Held", false, 8)], fired.OrderBy(f => f.At).ThenBy(f => f.Rule).ToList());
+        }
+    }
+
+    /// <summary>
     /// A held rule over sampled gauges resolves when its hold runs out after a good sample, though no further sample
     /// comes: a rule skips evaluations without a new sample, so after one good sample and silence it stayed firing.
     /// </summary>

@@ -402,7 +402,7 @@ public sealed class AlertEngine : IDisposable
                     // (keep_firing_for_seconds) runs out: an idle server sends no further sample to end it.
                     if (_signals.Reduce(counter, "sum", null) is not { } n || n == st.SamplesSeen)
                     {
-                        if (st.Firing && st.ClearSince is { } clear && (now - clear).TotalSeconds >= rule.KeepFiringForSeconds)
+                        if (st.Firing && st.ClearSince is { } clear && Lasted(now - clear, rule.KeepFiringForSeconds))
                         {
                             (st.Value, st.At) = (st.Latest, st.LatestAt); // resolved on the good sample's value, as a resolve on a new sample is
                             Resolve(rule, st, now, ref changes);
@@ -423,7 +423,7 @@ public sealed class AlertEngine : IDisposable
                 {
                     st.ClearSince = null;
                     if (st.Consecutive++ == 0) st.ConditionSince = now;
-                    if (!st.Firing && st.Consecutive >= rule.For && (now - st.ConditionSince).TotalSeconds >= rule.ForSeconds)
+                    if (!st.Firing && st.Consecutive >= rule.For && Lasted(now - st.ConditionSince, rule.ForSeconds))
                     {
                         st.Firing = true;
                         st.FiringSince = now;
@@ -438,7 +438,7 @@ public sealed class AlertEngine : IDisposable
                     // it shows the value it last fired on (as Prometheus does), not the dip's.
                     if (st.Firing)
                     {
-                        if ((now - (st.ClearSince ??= now)).TotalSeconds >= rule.KeepFiringForSeconds) Resolve(rule, st, now, ref changes);
+                        if (Lasted(now - (st.ClearSince ??= now), rule.KeepFiringForSeconds)) Resolve(rule, st, now, ref changes);
                         else (st.Value, st.At) = (last, lastAt);
                     }
                 }
@@ -503,7 +503,7 @@ public sealed class AlertEngine : IDisposable
         var parts = rule.Metric.Split('+', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
         foreach (var part in parts)
         {
-            var v = increase ? SumOfIncreases(st.Counters, part, rule.Match, now, rule.WindowSeconds) : _signals.Reduce(part, rule.Aggregate, rule.Match, out at);
+            var v = increase ? SumOfIncreases(st.Counters, part, rule.Match, now, Window(rule.WindowSeconds)) : _signals.Reduce(part, rule.Aggregate, rule.Match, out at);
             if (v is null) continue;
             total = (total ?? 0) + v.Value;
         }
@@ -515,7 +515,7 @@ public sealed class AlertEngine : IDisposable
             // counter denominator (named *_total) of an increase rule is taken over the same window, as
             // increase(a[w]) / increase(b[w]) in Prometheus; a gauge denominator is read as it is.
             var denominator = increase && d.Trim().EndsWith("_total", StringComparison.Ordinal)
-                ? SumOfIncreases(st.DenominatorCounters, d.Trim(), null, now, rule.WindowSeconds)
+                ? SumOfIncreases(st.DenominatorCounters, d.Trim(), null, now, Window(rule.WindowSeconds))
                 : _signals.Reduce(d.Trim(), "sum", null);
             if (denominator is null) return null;
             undefined = total.Value == 0 && denominator.Value == 0;
@@ -570,6 +570,20 @@ public sealed class AlertEngine : IDisposable
         while (w.Samples.Count > 1 && (now - w.Samples.ElementAt(1).At).TotalSeconds >= windowSeconds) w.Samples.Dequeue();
         return adjusted - w.Samples.Peek().Value;
     }
+
+    /// <summary>
+    /// Whether <paramref name="elapsed"/> reaches a hold of <paramref name="seconds"/> measured between evaluations, less a
+    /// quarter of an interval (or of the hold, if shorter): the timer ticks a little early or late, and a gap of 4.999 s
+    /// against for_seconds 5 waited a whole evaluation more, so the same rule fired or resolved one interval apart from
+    /// run to run (Prometheus aligns its evaluation times instead). Evaluations are whole intervals apart, so the slack
+    /// moves no hold by a whole one.
+    /// </summary>
+    private bool Lasted(TimeSpan elapsed, double seconds) => elapsed.TotalSeconds >= seconds - Slack(seconds);
+
+    /// <summary>An increase window shortened by the same slack: a sample 2.999 s old stayed the baseline of a 3 s window.</summary>
+    private double Window(double seconds) => seconds - Slack(seconds);
+
+    private double Slack(double seconds) => Math.Min(seconds, _options.Interval.TotalSeconds) / 4;
 
     /// <summary>A counter's recent samples (reset-adjusted values) for <see cref="Increase"/>.</summary>
     internal sealed class CounterWindow
