@@ -69,7 +69,7 @@ internal sealed class CommandSignals : IDisposable
             // (it holds no timer), so a cancellation that lands after the command returned is harmless.
             ThreadPool.QueueUserWorkItem(static s => ((CancellationTokenSource)s!).Cancel(), _cts);
             // A training step or a large tensor can take seconds: said at once, so the wait is not read as a hang.
-            if (_command is "train") Write("bitnet train: stopping after the step in progress, with the run saved in its checkpoint.");
+            if (_command is "train") Write("bitnet train: stopping (once training has begun: after the step in progress, with the run saved in its checkpoint).");
             return;
         }
         int code = 128 + (context.Signal == PosixSignal.SIGINT ? 2 : 15);

@@ -73,6 +73,10 @@ public static class TrainCommand
             try
             {
                 string outPath = OutputFile.Check("--out", r.GetRequiredValue(output));
+                // The checkpoint and the loss plot go beside --out (OUT.ckpt, OUT.loss.svg): for --out /dev/null they were made as
+                // files in /dev, and the next run was refused for the checkpoint it left there.
+                if (BitNetSharp.Formats.PathIdentity.IsSpecialFile(outPath))
+                    throw new UsageException($"--out {r.GetRequiredValue(output)} is not a file: train writes its checkpoint beside --out ({outPath}.ckpt) and resumes from it, and its loss plot too. Give a file path (the model can be copied anywhere afterwards).");
                 CheckSettings(r, lr, warmup, weightDecay, threads, ff, kvHeads, vocab);
                 int d = r.GetValue(dim), h = r.GetValue(heads);
                 var shape = new TrainingShape(r.GetValue(vocab), d, r.GetValue(layers), h, r.GetValue(kvHeads) is > 0 and var kv ? kv : h,
@@ -184,11 +188,14 @@ public static class TrainCommand
                             : $"{checkpoint} is a ternary (QAT) run; drop --full-precision to continue it, or start a new run without --resume.");
                     }
                     if (heldOutPath is not null) WriteHeldOut(cli, heldOutPath, run.Tokenizer.Decode(run.Validation));
+                    // What the command line changed, not what it repeated: the same command with --resume (as the stop
+                    // message says to run) listed --tokens and --warmup as replacing values they equalled.
                     var changed = new List<string>();
-                    if (newSteps) changed.Add("run length from --tokens");
-                    if (newRate is not null) changed.Add(string.Create(CultureInfo.InvariantCulture, $"peak learning rate {run.Options.LearningRate:0.###e0} from --lr"));
-                    if (newWarmup is not null) changed.Add($"warm-up {run.Options.WarmupSteps} steps from --warmup");
-                    if (newDecay is not null) changed.Add(string.Create(CultureInfo.InvariantCulture, $"weight decay {run.Options.WeightDecay:0.###} from --weight-decay"));
+                    var before = run.CheckpointOptions!;
+                    if (newSteps && run.Options.TotalSteps != before.TotalSteps) changed.Add("run length from --tokens");
+                    if (newRate is not null && run.Options.LearningRate != before.LearningRate) changed.Add(string.Create(CultureInfo.InvariantCulture, $"peak learning rate {run.Options.LearningRate:0.###e0} from --lr"));
+                    if (newWarmup is not null && run.Options.WarmupSteps != before.WarmupSteps) changed.Add($"warm-up {run.Options.WarmupSteps} steps from --warmup");
+                    if (newDecay is not null && run.Options.WeightDecay != before.WeightDecay) changed.Add(string.Create(CultureInfo.InvariantCulture, $"weight decay {run.Options.WeightDecay:0.###} from --weight-decay"));
                     cli.Output.WriteLine($"resuming {checkpoint} at step {run.Step}/{run.Options.TotalSteps}" +
                         (changed.Count > 0 ? $" ({string.Join("; ", changed)})" : ""));
                     if (DataDiffers(r.GetRequiredValue(data), run, cancellation) is { } note) cli.Error.WriteLine(note);
@@ -201,15 +208,15 @@ public static class TrainCommand
                     TrainedTokenizer tokenizer;
                     try
                     {
-                        tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText]);
+                        tokenizer = BpeTrainer.Train(corpus.TrainDocuments, shape.VocabSize, [BpeTrainer.EndOfText], cancellation: cancellation);
                     }
                     catch (ArgumentException e) when (e.ParamName == "vocabSize")
                     {
                         // More --vocab than the text has merges for: the user's flag, a usage error (it exited 1, a bad file's code).
                         throw new UsageException(e.Message.Split(" (Parameter '")[0]);
                     }
-                    var train = corpus.EncodeTrain(tokenizer);
-                    var validation = corpus.EncodeValidation(tokenizer);
+                    var train = corpus.EncodeTrain(tokenizer, cancellation);
+                    var validation = corpus.EncodeValidation(tokenizer, cancellation);
                     // Shorter than one window, validation scored nothing: "val NaN" every time, and --keep-best kept nothing.
                     if (validation.Length < shape.ContextLength + 1)
                         throw new UsageException($"the held-out text ({corpus.ValidationText.Length:N0} characters, {validation.Length:N0} tokens) is shorter than one validation window of --ctx {shape.ContextLength} ({shape.ContextLength + 1} tokens); give more text or a smaller --ctx.");
@@ -222,6 +229,8 @@ public static class TrainCommand
                     };
                     run = TrainingRun.Start(options, tokenizer, train, validation, pool);
                     run.DataFingerprint = corpus.Fingerprint;
+                    // A signal while the run was set up: nothing written (the held-out file was, beside "nothing written").
+                    cancellation.ThrowIfCancellationRequested();
                     // Written once the run has started (the vocabulary and the corpus passed their checks), so a refused
                     // run leaves no file behind.
                     // The validation stream's text (slices with <|endoftext|> between them, as a resumed run writes it):

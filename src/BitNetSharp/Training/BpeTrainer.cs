@@ -31,7 +31,8 @@ public static class BpeTrainer
     /// </summary>
     /// <param name="bosToken">The special token used as BOS (default the first special token).</param>
     /// <param name="eosToken">The special token used as EOS (default the first special token).</param>
-    public static TrainedTokenizer Train(IEnumerable<string> texts, int vocabSize, IReadOnlyList<string> specialTokens, string? bosToken = null, string? eosToken = null)
+    public static TrainedTokenizer Train(IEnumerable<string> texts, int vocabSize, IReadOnlyList<string> specialTokens, string? bosToken = null, string? eosToken = null,
+        CancellationToken cancellation = default)
     {
         ArgumentNullException.ThrowIfNull(texts);
         ArgumentNullException.ThrowIfNull(specialTokens);
@@ -47,6 +48,8 @@ public static class BpeTrainer
         var specialsLongestFirst = specialTokens.OrderByDescending(s => s.Length).ToArray();
         var pieces = new List<(int Start, int Length)>();
         foreach (var text in texts)
+        {
+        cancellation.ThrowIfCancellationRequested();
         foreach (var (partStart, partLength, special) in TrainedTokenizer.Partition(text, specialsLongestFirst))
         {
             if (special >= 0) continue;
@@ -58,6 +61,7 @@ public static class BpeTrainer
                 var key = part.Substring(start, length);
                 counts[key] = counts.TryGetValue(key, out long c) ? c + 1 : 1;
             }
+        }
         }
 
         // Symbols: byte values 0..255 are symbols 0..255; merge k creates symbol 256 + k.
@@ -79,8 +83,12 @@ public static class BpeTrainer
 
         var merges = new List<(int Left, int Right)>();
         int target = vocabSize - baseCount;
+        var removed = new List<(int, int)>();
+        var added = new List<(int, int)>();
         while (merges.Count < target)
         {
+            // Ctrl-C in `bitnet train` waited for the whole vocabulary (tens of seconds on a large corpus).
+            cancellation.ThrowIfCancellationRequested();
             (int, int) best = default;
             long bestCount = 0;
             foreach (var (pair, count) in pairCounts)
@@ -102,9 +110,27 @@ public static class BpeTrainer
             merges.Add(best);
             foreach (int w in pairWords[best].ToArray())
             {
-                RemovePairs(words[w], w, wordCounts[w], pairCounts, pairWords);
-                words[w] = Merge(words[w], best, created);
-                AddPairs(words[w], w, wordCounts[w], pairCounts, pairWords);
+                // Only the pairs next to a merge change: the word's other pairs were removed and counted again, so a long
+                // word without spaces (a minified or base64 blob: one pre-token) cost its length in dictionary updates per
+                // merge (a 1 MB one took 4 minutes for 700 merges).
+                words[w] = Merge(words[w], best, created, removed, added);
+                long count = wordCounts[w];
+                foreach (var pair in removed)
+                {
+                    long left = pairCounts[pair] - count;
+                    if (left == 0)
+                    {
+                        pairCounts.Remove(pair);
+                        pairWords.Remove(pair);
+                    }
+                    else pairCounts[pair] = left; // w stays listed: a word listed for a pair it lost is merged as a no-op
+                }
+                foreach (var pair in added)
+                {
+                    pairCounts[pair] = pairCounts.TryGetValue(pair, out long c) ? c + count : count;
+                    if (!pairWords.TryGetValue(pair, out var set)) pairWords[pair] = set = [];
+                    set.Add(w);
+                }
             }
         }
 
@@ -139,18 +165,31 @@ public static class BpeTrainer
         return bytes[a.Item2].AsSpan().SequenceCompareTo(bytes[b.Item2]) > 0;
     }
 
-    private static int[] Merge(int[] word, (int Left, int Right) pair, int created)
+    /// <summary>
+    /// <paramref name="word"/> with each occurrence of <paramref name="pair"/>, left to right, made <paramref name="created"/>;
+    /// <paramref name="removed"/> gets the old word's pairs that touched a merged symbol (once each) and
+    /// <paramref name="added"/> the new word's pairs that touch a created one, so counts change by exactly the difference.
+    /// </summary>
+    private static int[] Merge(int[] word, (int Left, int Right) pair, int created, List<(int, int)> removed, List<(int, int)> added)
     {
+        removed.Clear();
+        added.Clear();
         var result = new List<int>(word.Length);
+        int lastRemoved = -1; // the old pair index (i, i+1) last listed, so adjacent merges list a pair once
         for (int i = 0; i < word.Length; i++)
         {
             if (i + 1 < word.Length && word[i] == pair.Left && word[i + 1] == pair.Right)
             {
+                for (int j = Math.Max(i - 1, lastRemoved + 1); j <= i + 1 && j + 1 < word.Length; j++) removed.Add((word[j], word[j + 1]));
+                lastRemoved = Math.Min(i + 1, word.Length - 2);
                 result.Add(created);
                 i++;
             }
             else result.Add(word[i]);
         }
+        // The new word's pairs with a created symbol on either side (a pair of two created symbols once).
+        for (int k = 0; k + 1 < result.Count; k++)
+            if (result[k] == created || result[k + 1] == created) added.Add((result[k], result[k + 1]));
         return [.. result];
     }
 
@@ -165,22 +204,4 @@ public static class BpeTrainer
         }
     }
 
-    private static void RemovePairs(int[] word, int w, long count, Dictionary<(int, int), long> pairCounts, Dictionary<(int, int), HashSet<int>> pairWords)
-    {
-        for (int i = 0; i + 1 < word.Length; i++)
-        {
-            var pair = (word[i], word[i + 1]);
-            long left = pairCounts[pair] - count;
-            if (left == 0)
-            {
-                pairCounts.Remove(pair);
-                pairWords.Remove(pair);
-            }
-            else
-            {
-                pairCounts[pair] = left;
-                pairWords[pair].Remove(w);
-            }
-        }
-    }
 }

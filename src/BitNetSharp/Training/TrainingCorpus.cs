@@ -237,25 +237,25 @@ public sealed class TrainingCorpus
     /// out when it learnt the merges: encoded as text it became a dozen byte-level ids the trainer never saw, and a
     /// model trained on it learnt to spell the marker instead of ending the story.
     /// </summary>
-    public int[] EncodeTrain(TrainedTokenizer tokenizer)
+    public int[] EncodeTrain(TrainedTokenizer tokenizer, CancellationToken cancellation = default)
     {
         var ids = new List<int>();
         for (int i = 0; i < TrainDocuments.Count; i++)
         {
             if (i > 0) ids.Add(tokenizer.EosId);
-            tokenizer.Encode(TrainDocuments[i], ids, parseSpecial: true);
+            tokenizer.Encode(TrainDocuments[i], ids, parseSpecial: true, cancellation);
         }
         return [.. ids];
     }
 
     /// <summary>The validation stream: the held-out slices' tokens with EOS between slices, like the training stream.</summary>
-    public int[] EncodeValidation(TrainedTokenizer tokenizer)
+    public int[] EncodeValidation(TrainedTokenizer tokenizer, CancellationToken cancellation = default)
     {
         var ids = new List<int>();
         for (int i = 0; i < ValidationDocuments.Count; i++)
         {
             if (i > 0) ids.Add(tokenizer.EosId);
-            tokenizer.Encode(ValidationDocuments[i], ids, parseSpecial: true);
+            tokenizer.Encode(ValidationDocuments[i], ids, parseSpecial: true, cancellation);
         }
         return [.. ids];
     }

@@ -73,6 +73,10 @@ public sealed class TrainingRun
     }
 
     public TrainingOptions Options { get; }
+
+    /// <summary>A resumed run's options as its checkpoint held them, before --tokens, --lr, --warmup or --weight-decay
+    /// replaced any; null for a new run.</summary>
+    public TrainingOptions? CheckpointOptions { get; private set; }
     public TrainedTokenizer Tokenizer { get; }
     public int[] Train { get; }
     public int[] Validation { get; }
@@ -385,6 +389,7 @@ public sealed class TrainingRun
                     if ((uint)ids[i] >= (uint)tokens.Length)
                         throw new InvalidDataException($"{path}: the checkpoint's {name} tokens are damaged (token {ids[i]} at position {i}; the vocabulary has {tokens.Length}).");
             int step = r.ReadInt32();
+            var saved = options;
             if (totalTokens is { } tokenCount) totalSteps = StepsFor(tokenCount, options.Batch, shape.ContextLength);
             if (totalSteps is { } steps && steps != options.TotalSteps)
             {
@@ -408,6 +413,7 @@ public sealed class TrainingRun
                 throw new InvalidDataException($"{path}: the checkpoint cannot be resumed: {e.Message}", e);
             }
             run.Step = step;
+            run.CheckpointOptions = saved;
             run._rng.State = r.ReadUInt64();
             ReadLosses(r, run.TrainLosses);
             ReadLosses(r, run.ValidationLosses);

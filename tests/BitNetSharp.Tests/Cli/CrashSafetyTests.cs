@@ -227,7 +227,7 @@ public class CrashSafetyTests
         await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
         string error = await stderr;
         Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}: {error}");
-        Assert.Contains("bitnet train: stopping after the step in progress, with the run saved in its checkpoint.", error);
+        Assert.Contains("bitnet train: stopping (once training has begun: after the step in progress, with the run saved in its checkpoint).", error);
         var stopped = Regex.Match(error, @"stopped at step (\d+) of 10000: checkpoint .*m\.gguf\.ckpt saved, .*m\.gguf not written\. Resume with the same command and --resume; with --tokens (\d+) \(in place of the run's\)");
         Assert.True(stopped.Success, error);
         int step = int.Parse(stopped.Groups[1].Value, CultureInfo.InvariantCulture);

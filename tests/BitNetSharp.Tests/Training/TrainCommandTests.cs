@@ -206,6 +206,27 @@ public class TrainCommandTests
         (code, output, error) = Bitnet([.. defaultBatch]);
         Assert.True(code == 0, error);
         Assert.Contains("at step 6/8 (run length from --tokens)", output);
+
+        // The same --tokens again (the stop message's "the same command and --resume"): nothing is replaced, nothing said.
+        (code, output, error) = Bitnet([.. defaultBatch]);
+        Assert.True(code == 0, error);
+        Assert.Contains("at step 8/8\n", output.ReplaceLineEndings("\n"));
+    }
+
+    /// <summary>
+    /// --out /dev/null made /dev/null.ckpt and /dev/null.loss.svg as files in /dev (the checkpoint and plot go beside
+    /// --out), and the next run was refused for that checkpoint. A device is refused before any work.
+    /// </summary>
+    [Fact]
+    public void ADeviceOutIsRefusedBeforeItsCheckpointIsMadeBesideIt()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "/dev/null as a character device (statx)");
+        using var dir = new TestGguf.TempDirectory();
+        var (code, _, error) = Bitnet(TinyArgs(Corpus(dir), "/dev/null"));
+        Assert.Equal(2, code);
+        Assert.Contains("--out /dev/null is not a file", error);
+        Assert.False(File.Exists("/dev/null.ckpt"));
+        Assert.False(File.Exists("/dev/null.loss.svg"));
     }
 
     /// <summary>

@@ -143,11 +143,11 @@ public class TrainingCorpusTests
     [Fact]
     public void ALongRunOfOneCharacterEncodesQuickly()
     {
-        var tokenizer = BpeTrainer.Train([string.Concat(Enumerable.Repeat("aaaa bbb aa a\n", 50))], 262, [BpeTrainer.EndOfText]);
+        var tokenizer = BpeTrainer.Train([string.Concat(Enumerable.Repeat("aaaa bbb aa a\n", 50))], 262, [BpeTrainer.EndOfText], cancellation: TestContext.Current.CancellationToken);
         string run = new('a', 1 << 20);
         var watch = System.Diagnostics.Stopwatch.StartNew();
         var ids = new List<int>();
-        tokenizer.Encode(run, ids);
+        tokenizer.Encode(run, ids, true, TestContext.Current.CancellationToken);
         TestContext.Current.TestOutputHelper?.WriteLine($"{run.Length:N0} characters in {watch.Elapsed.TotalSeconds:F2} s, {ids.Count:N0} ids");
         Assert.Equal(run, tokenizer.Decode(ids.ToArray()));
         Assert.True(ids.Count < run.Length / 2, $"{ids.Count} ids: the merges were not applied");
