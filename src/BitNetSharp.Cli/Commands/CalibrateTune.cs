@@ -71,7 +71,7 @@ internal static class CalibrateTune
         long scored = (long)Math.Min(heldWindows, (held.Length - 1) / window) * window;
         cli.Output.WriteLine(string.Create(ic,
             $"tuning {tuner.TunableCount:N0} values (RMSNorm gains and per-tensor scales; ternary codes fixed, activation bits {tuner.Model.ActivationBits}) " +
-            $"on {train.Length:N0} tokens of {Path.GetFileName(dataPath)}: {steps} steps of 8×{window}, lr {lr:G3}; held-out loss {before:F4} (ppl {Math.Exp(before):F2}) over {scored:N0} of its {held.Length:N0} tokens"));
+            $"on {train.Length:N0} tokens of {Path.GetFileName(dataPath)}: {steps} steps of 8×{window}, lr {lr:G3}; held-out loss {before:F4} (ppl {PerplexityEvaluator.Format(Math.Exp(before))}) over {scored:N0} of its {held.Length:N0} tokens"));
         var clock = Stopwatch.StartNew();
         float smoothed = float.NaN;
         int every = Math.Max(1, steps / 10);
@@ -101,7 +101,7 @@ internal static class CalibrateTune
         }
         tuner.Write(outFull);
         cli.Output.WriteLine(string.Create(ic,
-            $"held-out loss {before:F4} → {after:F4} nats/token (ppl {Math.Exp(before):F2} → {Math.Exp(after):F2}); wrote {outFull}{(BitNetSharp.Formats.PathIdentity.IsSpecialFile(outFull) ? "" : $" ({BitNetSharp.Formats.PathIdentity.Length(outFull):N0} bytes, as the input)")}"));
+            $"held-out loss {before:F4} → {after:F4} nats/token (ppl {PerplexityEvaluator.Format(Math.Exp(before))} → {PerplexityEvaluator.Format(Math.Exp(after))}); wrote {outFull}{(BitNetSharp.Formats.PathIdentity.IsSpecialFile(outFull) ? "" : $" ({BitNetSharp.Formats.PathIdentity.Length(outFull):N0} bytes, as the input)")}"));
         return 0;
     }
 }

@@ -92,6 +92,9 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
             throw new ArgumentException($"{option}: '{layerOnly}': a layer's item names an input and a width, as 0:qkv=8 (or 0=8 for all of its inputs).");
         if (Array.TrueForAll(items, i => !i.Contains('=')))
         {
+            // An input without its width (`qkv`) was blamed on the width: "the bit width must be one of ...".
+            if (Array.Find(items, i => TryInput(i, out _)) is { } bare)
+                throw new ArgumentException($"{option}: '{bare}' names an input without a width; write e.g. {bare}=4.");
             if (items.Length == 1)
             {
                 Array.Fill(bits, (byte)Number(items[0], items[0]));
@@ -125,6 +128,9 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
                 bits.AsSpan(onlyLayer * Inputs, Inputs).Fill((byte)b);
                 continue;
             }
+            // A negative layer (`-1=4`) was named "not one of qkv, o, gate_up, down".
+            if (colon < 0 && int.TryParse(target, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _))
+                throw new ArgumentException($"{option}: '{item}': '{target}' is not a layer of this model (0 to {layers - 1}).");
             if (!TryInput(inputText, out var input))
                 throw new ArgumentException($"{option}: '{item}': '{inputText}' is not one of {string.Join(", ", HealthNames.InputLabels)}.");
             if (colon < 0)

@@ -30,6 +30,11 @@ public sealed record PerplexityResult(double NegativeLogLikelihood, long ScoredT
 /// </summary>
 public static class PerplexityEvaluator
 {
+    /// <summary>A perplexity as a person reads it: 2 decimals, or 4 significant digits with an exponent from a million
+    /// (calibrate --tune printed an untrained model's, e^119, as a 52-digit number).</summary>
+    public static string Format(double perplexity) =>
+        perplexity.ToString(perplexity < 1e6 ? "F2" : "0.###e+0", System.Globalization.CultureInfo.InvariantCulture);
+
     public static PerplexityResult Evaluate(Transformer engine, ReadOnlySpan<int> tokens, int ctx, int stride = 0,
         Func<int, int>? tokenByteCount = null, int bosId = -1, Action<int, int>? progress = null) =>
         Evaluation.QualityEvaluator.Evaluate(engine, tokens, ctx, stride, tokenByteCount, bosId, progress).Model;

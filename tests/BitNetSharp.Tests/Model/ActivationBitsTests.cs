@@ -57,6 +57,10 @@ public class ActivationBitsTests
     [InlineData("qkv=4,", "has an empty item")]
     [InlineData(",4", "has an empty item")]
     [InlineData("0:8", "a layer's item names an input and a width")]
+    // A negative layer was named "not one of qkv, o, gate_up, down"; an input without a width was blamed on the width.
+    [InlineData("-1=4", "'-1' is not a layer of this model (0 to 2)")]
+    [InlineData("qkv", "'qkv' names an input without a width; write e.g. qkv=4")]
+    [InlineData("8,down,8", "'down' names an input without a width")]
     public void BadSpecsNameTheItem(string spec, string message)
     {
         var e = Assert.Throws<ArgumentException>(() => ActivationBits.Parse(spec, 3));

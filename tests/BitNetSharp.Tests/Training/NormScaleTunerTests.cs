@@ -87,6 +87,16 @@ public class NormScaleTunerTests(ITestOutputHelper output)
         Assert.True(pplAfter < pplBefore, $"perplexity {pplBefore} → {pplAfter}");
     }
 
+    /// <summary>--tune's perplexities: an untrained model's (e^119) was printed with all 52 of its digits.</summary>
+    [Fact]
+    public void PerplexitiesPastAMillionReadWithAnExponent()
+    {
+        Assert.Equal("7.39", PerplexityEvaluator.Format(Math.Exp(2)));
+        Assert.Equal("999999.00", PerplexityEvaluator.Format(999_999));
+        Assert.Equal("4.798e+51", PerplexityEvaluator.Format(Math.Exp(119)));
+        Assert.Equal("Infinity", PerplexityEvaluator.Format(double.PositiveInfinity));
+    }
+
     /// <summary>TQ2_0 projections (a scale per 256-weight block, baked into the codes) are refused with the conversion to do.</summary>
     [Fact]
     public void BlockScaledProjectionsAreRefusedWithWhatToDo()
