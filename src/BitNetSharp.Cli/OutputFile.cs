@@ -13,6 +13,8 @@ internal static class OutputFile
     {
         // An empty path (`--ids-out "$OUT"` with OUT unset) failed with "The value cannot be an empty string", no flag named.
         if (string.IsNullOrWhiteSpace(path)) throw new UsageException($"{option} is empty; give a file path.");
+        // "-" made a file named "-" in the working directory (profile --trace -, convert IN -, ...), exit 0.
+        if (path == "-") throw new UsageException($"{option} -: give a file path (for standard output, {(option.StartsWith("--", StringComparison.Ordinal) ? option + " " : "")}/dev/stdout).");
         if (Directory.Exists(path) || path.EndsWith('/') || path.EndsWith(Path.DirectorySeparatorChar))
             throw new UsageException($"{option} {path} is a directory; give a file path such as {Path.Combine(path, ExampleName(option, path))}.");
         string full = Path.GetFullPath(path);

@@ -1377,4 +1377,29 @@ public class ChatCommandTests
         var inspectError = new StringWriter();
         Assert.Equal(0, Program.Run(["inspect", RepositoryFiles.Path("models/bitnet-tinystories.gguf")], inspectOut, inspectError, environment: n => n == "BITNET_KERNEL" ? "foo" : null));
     }
+
+    /// <summary>
+    /// "-" as an output path made a file named "-" in the working directory, exit 0 (profile --trace -, and any other
+    /// output): refused, naming /dev/stdout, before any work.
+    /// </summary>
+    [Fact]
+    public void ADashOutputIsRefusedNotMadeAFile()
+    {
+        string model = RepositoryFiles.Path("models/bitnet-tinystories.gguf");
+        string dash = Path.GetFullPath("-");
+        Assert.False(File.Exists(dash), "a file named '-' is already in the working directory");
+        foreach (var (args, expected) in new (string[], string)[]
+        {
+            (["profile", "-m", model, "-n", "1", "--prompt-tokens", "2", "--trace", "-"], "--trace -: give a file path (for standard output, --trace /dev/stdout)"),
+            (["generate", "-m", model, "-p", "Hi", "-n", "1", "--ids-out", "-"], "--ids-out -: give a file path (for standard output, --ids-out /dev/stdout)"),
+            (["convert", model, "-"], "the output -: give a file path (for standard output, /dev/stdout)"),
+        })
+        {
+            var error = new StringWriter();
+            int code = BitNetSharp.Cli.Program.Run(args, new StringWriter(), error);
+            Assert.True(code == 2, $"{string.Join(' ', args)}: exit {code}: {error}");
+            Assert.Contains(expected, error.ToString());
+            Assert.False(File.Exists(dash), $"{string.Join(' ', args)} made a file named '-'");
+        }
+    }
 }
