@@ -303,7 +303,7 @@ public static class BenchCommand
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
                 projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
                 $"{Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name}, {Kernels.TernaryKernel.WeightStreams} weight stream(s)", kv.ToString(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes(),
-                ModelOptions.DescribeWeightPages(weights), weights.Gguf?.InHugePages ?? false);
+                ModelOptions.DescribeWeightPages(weights), ModelOptions.WeightPagesKind(weights));
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);
             else WriteTable(cli, info, rows);
@@ -358,7 +358,7 @@ public static class BenchCommand
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
         long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes,
-        string WeightPages, bool WeightsInHugePages);
+        string WeightPages, string WeightPagesKind);
 
     /// <summary>A synthetic model is written once to the temp folder and memory-mapped like a real file.</summary>
     internal static string SyntheticFile(SyntheticShape shape, string headType, CliConsole cli)
@@ -543,7 +543,7 @@ public static class BenchCommand
             kv_type = info.KvType,
             head_type = info.HeadType,
             head_bytes = info.HeadBytes,
-            weight_pages = info.WeightsInHugePages ? "huge" : "file",
+            weight_pages = info.WeightPagesKind,
             weights_in_memory = info.WeightPages,
             results = rows.Select(r => new
             {

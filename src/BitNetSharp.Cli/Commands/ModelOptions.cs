@@ -42,13 +42,18 @@ public sealed class ModelOptions
     /// <summary>How the loaded model's bytes are held, for reports: "2 MiB pages (copy): N of M MiB backed" or "file mapping".</summary>
     public static string DescribeWeightPages(ModelWeights weights)
     {
-        if (weights.Gguf is not { } g) return "file mapping";
+        // An HF checkpoint's projections are decoded from safetensors into memory: "file mapping" said otherwise, and
+        // --weight-pages (which acts on a GGUF's bytes) was ignored without a word.
+        if (weights.Gguf is not { } g) return "decoded into memory from the Hugging Face checkpoint (--weight-pages applies to GGUF files)";
         if (!g.InHugePages) return "file mapping (4 KiB pages)";
         long backed = Math.Min(g.HugePageBackedBytes, g.FileLength);
         return backed >= 0
             ? $"private copy, 2 MiB pages: {backed / 1048576.0:F0} of {g.FileLength / 1048576.0:F0} MiB backed"
             : "private copy advised for 2 MiB pages";
     }
+
+    /// <summary>JSON's <c>weight_pages</c>: "huge" (a private copy in 2 MiB pages), "file" (the GGUF mapped) or "decoded" (an HF checkpoint).</summary>
+    public static string WeightPagesKind(ModelWeights weights) => weights.Gguf is not { } g ? "decoded" : g.InHugePages ? "huge" : "file";
 
     public static Option<string?> NewHeadTypeOption() => new("--head-type")
     {

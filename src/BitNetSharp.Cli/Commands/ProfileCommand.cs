@@ -168,7 +168,7 @@ public static class ProfileCommand
             }
             string name = shape is not null ? $"synthetic {shape.Name} ({result.GetValue(headType) ?? "f16"} head)" : path;
             if (result.GetValue(json)) WriteJson(cli.Output, name, report, tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights),
-                BitNetSharp.Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type), weights.Gguf is { InHugePages: true });
+                BitNetSharp.Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type), ModelOptions.WeightPagesKind(weights));
             else WriteText(cli, name, report, result.GetValue(layers), tracePath, traceBytes, ModelOptions.DescribeWeightPages(weights));
             if (result.GetValue(hugePages)) cli.Error.WriteLine(HugePagesReport());
             if (traceError is not null)
@@ -342,7 +342,7 @@ public static class ProfileCommand
         return t;
     }
 
-    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes, string weightPages, string headType, bool hugeWeights)
+    private static void WriteJson(TextWriter output, string name, ProfileReport r, string? tracePath, long? traceBytes, string weightPages, string headType, string weightPagesKind)
     {
         object Phase(PhaseProfile p, double peak) => new
         {
@@ -391,7 +391,7 @@ public static class ProfileCommand
             kv_type = r.KvType.ToString(),
             // As bench's JSON: "huge" or "file", and the description beside it (profile put the description in
             // weight_pages, so one field meant two things across the two commands).
-            weight_pages = hugeWeights ? "huge" : "file",
+            weight_pages = weightPagesKind,
             weights_in_memory = weightPages,
             threads = r.Threads,
             sequences = r.Sequences,

@@ -836,6 +836,16 @@ public class ProfilingTests
         Assert.Equal(BitNetSharp.Model.KvCacheType.Fp8E4M3, BitNetSharp.Cli.Commands.ModelOptions.ParseKvType("Fp8E4M3"));
         Assert.Equal("file", doc.RootElement.GetProperty("weight_pages").GetString()); // as bench's (it held the description)
         Assert.StartsWith("file mapping", doc.RootElement.GetProperty("weights_in_memory").GetString());
+        // An HF checkpoint's projections are decoded into memory: its report said "file mapping" and "file", whatever
+        // --weight-pages asked (which acts on a GGUF's bytes).
+        var hf = Bitnet("profile", "-m", RepositoryFiles.Path("tests/fixtures/hf-bitnet/autobitlinear-online-gqa-f32"), "--prompt-tokens", "4", "-n", "2", "-t", "1",
+            "--json", "--probe-mb", "16", "--peak-ms", "20", "--weight-pages", "huge");
+        Assert.True(hf.ExitCode == 0, hf.Error);
+        using (var hfDoc = JsonDocument.Parse(hf.Output))
+        {
+            Assert.Equal("decoded", hfDoc.RootElement.GetProperty("weight_pages").GetString());
+            Assert.Contains("--weight-pages applies to GGUF files", hfDoc.RootElement.GetProperty("weights_in_memory").GetString());
+        }
         Assert.Contains(decode.GetProperty("ops").EnumerateArray(), o => o.GetProperty("name").GetString() == "gate");
         Assert.True(decode.GetProperty("counters").TryGetProperty("task-clock-ns", out _) || !OperatingSystem.IsLinux());
         Assert.True(doc.RootElement.GetProperty("decode_latency").GetProperty("p99").GetDouble() > 0);
