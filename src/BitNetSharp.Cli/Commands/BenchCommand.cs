@@ -371,6 +371,10 @@ public static class BenchCommand
             "f32" => GgmlType.F32,
             _ => throw new UsageException($"--head-type '{headType}' is not one of f16, q8_0, q6_k, f32."),
         };
+        // A head type the shape's rows cannot hold is the flag's fault, exit 2, as on a model file (it was exit 1, after
+        // "writing synthetic ... model").
+        if (type is GgmlType.Q6_K or GgmlType.Q8_0 && Quantization.EmbeddingEncoder.CannotEncode(type, shape.Dim) is { } reason)
+            throw new UsageException($"--head-type {headType}: {reason} (--synthetic {shape.Name}); choose f16 or f32.");
         string dir = SyntheticCacheDirectory();
         // Keyed by every dimension of the shape and the generator's version, not the name alone: a shape or a generator
         // changed between versions found the old file and benchmarked it. Written under a temporary name and moved, so an

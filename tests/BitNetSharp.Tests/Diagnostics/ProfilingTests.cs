@@ -817,6 +817,20 @@ public class ProfilingTests
         Assert.Equal(written, BitNetSharp.Formats.PathIdentity.Length(target));
     }
 
+    /// <summary>A head type the synthetic shape's rows cannot hold is a usage error (exit 2, as on a model file) before
+    /// any file is written: it was exit 1 after "writing synthetic tiny model".</summary>
+    [Fact]
+    public void AHeadTypeTheSyntheticShapeCannotHoldIsAUsageError()
+    {
+        foreach (var command in new[] { "profile", "bench" })
+        {
+            var r = Bitnet(command, "--synthetic", "tiny", "--head-type", "q6_k");
+            Assert.True(r.ExitCode == 2, $"{command}: exit {r.ExitCode}: {r.Error}");
+            Assert.Contains("--head-type q6_k: q6_K stores rows in blocks of 256 values", r.Error);
+            Assert.DoesNotContain("writing synthetic", r.Error);
+        }
+    }
+
     [Fact]
     public void ProfileCommandPrintsJsonAndWritesATrace()
     {
