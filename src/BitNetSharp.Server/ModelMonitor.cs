@@ -41,6 +41,29 @@ internal sealed class ModelMonitor : IDisposable
     /// </summary>
     public static readonly IReadOnlyCollection<string> GatedSamples = HealthMeters.SampledSignalNames;
 
+    private string? _lastEngineFailure;
+    private long _lastEngineFailureAt;
+    private int _repeatedEngineFailures;
+
+    /// <summary>
+    /// A failed engine step, logged and written to the telemetry log: its requests got HTTP 500 generation_failed and the
+    /// log said nothing (a model file cut short failed every request silently but for the weights alert). The same error
+    /// again within a minute is counted, not logged, so a server failing every step does not flood its log.
+    /// </summary>
+    private void EngineFailed(Exception e)
+    {
+        long now = Environment.TickCount64;
+        if (e.Message == _lastEngineFailure && now - _lastEngineFailureAt < 60_000)
+        {
+            _repeatedEngineFailures++;
+            return;
+        }
+        string repeated = _repeatedEngineFailures > 0 ? $" (the same error ended {_repeatedEngineFailures} more steps since it was last logged)" : "";
+        (_lastEngineFailure, _lastEngineFailureAt, _repeatedEngineFailures) = (e.Message, now, 0);
+        _logger.LogError("An engine step failed; its requests ended with HTTP 500 generation_failed{Repeated}: {Message}", repeated, e.Message);
+        _scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "engine_failed", null, null, e.Message));
+    }
+
     /// <summary>
     /// Gauges that change only with their own counter: the logits, only on sampled steps that had logits rows
     /// (bitnet_health_logit_samples_total, as deploy/prometheus counts them; a prompt chunk alone is sampled without
@@ -63,6 +86,7 @@ internal sealed class ModelMonitor : IDisposable
         _scheduler = scheduler;
         _options = options;
         _logger = logger;
+        scheduler.EngineFailed += EngineFailed;
         if (options.Checksums)
         {
             var sw = System.Diagnostics.Stopwatch.StartNew();
@@ -288,6 +312,7 @@ internal sealed class ModelMonitor : IDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        _scheduler.EngineFailed -= EngineFailed;
         _stop.Cancel();
         // It checks the token between tensors: at most one tensor's count to wait for.
         CodeStats.Wait(TimeSpan.FromMinutes(1));

@@ -1,6 +1,7 @@
 using System.Net;
 using BitNetSharp.Formats;
 using BitNetSharp.Model;
+using BitNetSharp.Monitoring.Telemetry;
 using BitNetSharp.Server;
 using BitNetSharp.Tests.Formats;
 using BitNetSharp.Tokenization;
@@ -25,7 +26,8 @@ public sealed class ModelFileChangedTests
         string path = dir.File("served.gguf");
         TinyChatModel.Build().WriteFile(path);
         long length = new FileInfo(path).Length;
-        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0 }, load: () =>
+        var events = new EventSink();
+        await using var s = await TestServer.StartAsync(o => o with { WarmupRequests = 0, Monitoring = new MonitoringOptions { TelemetryLog = _ => events } }, load: () =>
         {
             var weights = ModelWeights.Load(path, new ModelLoadOptions { WeightPages = WeightPages.File });
             return new LoadedModel(weights, TokenizerLoader.FromGguf(weights.Gguf!), "served");
@@ -42,6 +44,8 @@ public sealed class ModelFileChangedTests
         Assert.Equal(HttpStatusCode.InternalServerError, status);
         Assert.Contains("the model file was cut to", body.ToString());
         Assert.Contains("rename a new file over it", body.ToString());
+        // The server says so itself (a log line, and an event in the telemetry log): it failed every request with no word.
+        lock (events.Events) Assert.Contains(events.Events, e => e.Kind == "engine_failed" && e.Message.Contains("the model file was cut to", StringComparison.Ordinal));
         using var health = await s.Http.GetAsync("health", Ct);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
         string text = await health.Content.ReadAsStringAsync(Ct);
@@ -84,5 +88,16 @@ public sealed class ModelFileChangedTests
             Assert.Throws<ModelFileChangedException>(() => draft.Forward([new BatchToken(2, 0, 0, true)], [draftCache], logits));
         Assert.Throws<ModelFileChangedException>(() => integrity.Probe());
         Assert.Throws<ModelFileChangedException>(() => integrity.Verify(TestContext.Current.CancellationToken));
+    }
+
+    private sealed class EventSink : ITelemetrySink
+    {
+        public readonly List<TelemetryEvent> Events = [];
+        public void Write(in TelemetryStepRecord record) { }
+        public void Write(TelemetryLayerRecord record) { }
+        public void Write(in TelemetryEvent record)
+        {
+            lock (Events) Events.Add(record);
+        }
     }
 }

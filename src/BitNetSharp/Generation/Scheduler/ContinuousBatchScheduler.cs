@@ -72,6 +72,25 @@ public sealed class ContinuousBatchScheduler : IDisposable
     /// Why the model can no longer be read, or null: a file it is mapped from was cut short under the server (see
     /// <see cref="Formats.ModelFileChangedException"/>). Every step fails then; /health answers 503 with this.
     /// </summary>
+    /// <summary>
+    /// Raised on the engine thread when a step fails (the forward pass or the engine's own code): its requests end with
+    /// the error, and nothing else said so (the server logs it; a model file cut short under it failed every request
+    /// with HTTP 500 and no log line). Handlers must not block.
+    /// </summary>
+    public event Action<Exception>? EngineFailed;
+
+    private void RaiseEngineFailed(Exception e)
+    {
+        try
+        {
+            EngineFailed?.Invoke(e);
+        }
+        catch (Exception)
+        {
+            // A handler's own failure must not end the engine thread.
+        }
+    }
+
     public string? ModelFileProblem()
     {
         try
@@ -344,6 +363,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
                 // A bug outside the forward pass and sampling: fail what is running rather than the process.
                 foreach (var r in _runningRequests.ToArray()) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
                 _running.RemoveAll(static s => s.Finished);
+                RaiseEngineFailed(e);
             }
         }
         var stopped = new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down.");
@@ -446,6 +466,7 @@ public sealed class ContinuousBatchScheduler : IDisposable
             foreach (var r in _runningRequests.ToArray())
                 if (Array.Exists(r.Sequences!, q => !q.Finished && inBatch[q.Slot])) Fail(r, error, ref _counters.Failed);
             _running.RemoveAll(static s => s.Finished);
+            RaiseEngineFailed(e);
             return;
         }
         long after = Stopwatch.GetTimestamp();
