@@ -187,6 +187,8 @@ internal sealed record CompletionRequest(
     {
         if (!m.TryGet("content", out var c))
             return role is "assistant" or "function" ? ""
+                // Sent as null, it was told "is required", though it was there.
+                : m.IsNull("content") ? throw ApiException.BadRequest($"{p}.content is null; a {role} message needs a string or an array of text parts (only an assistant's may be null).", $"{p}.content", "invalid_type")
                 : throw ApiException.BadRequest($"{p}.content is required for a {role} message: a string or an array of text parts.", $"{p}.content", "missing_required_parameter");
         if (c.ValueKind == JsonValueKind.String) return c.GetString()!;
         if (c.ValueKind != JsonValueKind.Array) throw JsonRequest.WrongType($"{p}.content", "a string or an array of text parts", c);

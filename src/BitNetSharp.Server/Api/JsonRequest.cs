@@ -91,6 +91,9 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
 
     public bool Has(string name) => TryGet(name, out _);
 
+    /// <summary>Whether the field is written as null (<see cref="TryGet"/> reads that as absent).</summary>
+    public bool IsNull(string name) => root.TryGetProperty(name, out var value) && value.ValueKind == JsonValueKind.Null;
+
     public string? String(string name)
     {
         if (!TryGet(name, out var v)) return null;

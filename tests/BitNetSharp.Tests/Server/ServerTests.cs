@@ -415,7 +415,7 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": 3}]}", 400, "messages[0].content", "invalid_type"),
             // Only an assistant message may leave content out (OpenAI's rule); the others were sent as empty turns.
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\"}]}", 400, "messages[0].content", "missing_required_parameter"),
-            ("v1/chat/completions", "{\"messages\": [{\"role\": \"system\", \"content\": null}, {\"role\": \"user\", \"content\": \"hi\"}]}", 400, "messages[0].content", "missing_required_parameter"),
+            ("v1/chat/completions", "{\"messages\": [{\"role\": \"system\", \"content\": null}, {\"role\": \"user\", \"content\": \"hi\"}]}", 400, "messages[0].content", "invalid_type"), // null: "is null", not "is required" (it was there)
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"refusal\", \"refusal\": \"no\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"image_url\"}]}]}", 400, "messages[0].content[0].type", "unsupported_content"),
             ("v1/chat/completions", "{\"messages\": [{\"role\": \"user\", \"content\": []}]}", 400, "messages[0].content", "empty_array"), // an empty message, 200
