@@ -104,7 +104,8 @@ public static class LogsCommand
                 if (IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
         }
         // A step's layer rows are stamped when it is measured and its step rows as each token is delivered, a little
-        // later: a --since or --until between the two kept a step's tokens without its layers, or its layers alone.
+        // later (and written first): a --since or --until between the two kept a step's tokens without its layers, or
+        // its layers alone.
         StepTimes? stepTimes = null;
         if (s.Since is not null || s.Until is not null)
         {
@@ -313,18 +314,23 @@ public static class LogsCommand
         var buffer = new System.Buffers.ArrayBufferWriter<byte>();
         // The layer rows of a followed request's steps arrive in the same batch as, or after, its step rows.
         var requestSteps = s.Request is null ? null : new HashSet<(string?, long)>();
-        // Rows arrive in the order written, a step's first row first: it dates the step (bounded: a step's rows are adjacent).
+        // A step's rows are dated by the earliest of them: its step rows are written first (as tokens are delivered), its
+        // layer rows, stamped earlier, after them, in the same batch; each batch is seen whole before its rows are judged
+        // (bounded: a step's rows are close together). A step whose rows two writes split is judged in two parts.
         var stepTimes = s.Since is null && s.Until is null ? null : new StepTimes(bound: 1 << 16);
         foreach (var batch in TelemetryLogReader.Follow(TelemetryLogReader.FollowStart(reader.Files), TimeSpan.FromMilliseconds(200), stop.Token, fromStart))
         {
             using (batch)
+            {
+                if (stepTimes is not null)
+                    foreach (var row in TelemetryLogReader.Rows(batch)) stepTimes.See(row);
                 foreach (var row in TelemetryLogReader.Rows(batch))
                 {
                     if (requestSteps is not null && IsRequestStep(row, s.Request)) requestSteps.Add((row.Run, row.Step));
-                    stepTimes?.See(row);
                     if (!Keep(row, s, requestSteps, stepTimes)) continue;
                     WriteJsonLine(cli.Output, row, buffer);
                 }
+            }
             cli.Output.Flush();
         }
         return 0;
@@ -340,7 +346,9 @@ public static class LogsCommand
 
         public void See(in TelemetryRow row)
         {
-            if (row.Kind is not (TelemetryRowKind.Step or TelemetryRowKind.Layer)) return;
+            // Files from before run ids have none, and each restart numbered its steps from 0 again: (null, step) would
+            // join one run's step to another's, so such rows keep their own times.
+            if (row.Kind is not (TelemetryRowKind.Step or TelemetryRowKind.Layer) || row.Run is null) return;
             var key = (row.Run, row.Step);
             if (_first.TryGetValue(key, out long t) && t <= row.TimeUnixNanos) return;
             if (_first.Count >= bound) _first.Clear();
@@ -348,7 +356,7 @@ public static class LogsCommand
         }
 
         public long TimeOf(in TelemetryRow row) =>
-            row.Kind is TelemetryRowKind.Step or TelemetryRowKind.Layer && _first.TryGetValue((row.Run, row.Step), out long t) ? t : row.TimeUnixNanos;
+            row.Kind is TelemetryRowKind.Step or TelemetryRowKind.Layer && row.Run is not null && _first.TryGetValue((row.Run, row.Step), out long t) ? t : row.TimeUnixNanos;
     }
 
     /// <summary>ISO-8601 (UTC unless it says otherwise) or a duration before now: 90s, 10m, 2h, 1d, 500ms.</summary>

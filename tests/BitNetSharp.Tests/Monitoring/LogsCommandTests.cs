@@ -437,10 +437,12 @@ public class LogsCommandTests
         {
             for (int step = 1; step <= 3; step++)
             {
+                // As the server writes them: step rows as each token is delivered (2 and 4 ms after the measurement), then
+                // the layer rows, stamped with the measurement's time.
                 long t = Start + step * 1_000_000_000L;
-                for (int layer = 0; layer < 3; layer++) writer.Write(Layer(t, step, layer));
-                writer.Write(Step(t + 2_000_000, step, "a", sequence: 0)); // delivered 2 ms after the measurement
+                writer.Write(Step(t + 2_000_000, step, "a", sequence: 0));
                 writer.Write(Step(t + 4_000_000, step, "b", sequence: 1));
+                for (int layer = 0; layer < 3; layer++) writer.Write(Layer(t, step, layer));
             }
             writer.Flush();
             path = writer.CurrentPath!;
@@ -625,6 +627,41 @@ public class LogsCommandTests
         (code, _, _) = Bitnet("logs", path, "--plot", dir.File("kv.svg"), "--metric", "kv_err_v");
         Assert.Equal(0, code);
         Assert.Equal(3, XDocument.Load(dir.File("kv.svg")).Descendants(ns + "polyline").Count());
+    }
+
+    /// <summary>
+    /// --follow with --until between a step's measurement and its tokens' delivery: the step's rows go together (its step
+    /// rows are written before its layer rows, which date it), not the layer rows alone.
+    /// </summary>
+    [Fact]
+    public async Task FollowKeepsAStepsRowsTogetherUnderATimeBound()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("live.arrow"), FlushInterval = TimeSpan.FromHours(1) }, Context);
+        writer.Write(Step(Start, 1, "before"));
+        writer.Flush();
+        string path = writer.CurrentPath!;
+        string until = DateTimeOffset.UnixEpoch.AddTicks((Start + 500_000_000L) / 100).ToString("O");
+        var follow = Task.Run(() => Bitnet("logs", path, "--follow", "--follow-timeout", "5", "--until", until));
+        for (int i = 0; !follow.IsCompleted; i++)
+        {
+            await Task.Delay(200, TestContext.Current.CancellationToken);
+            // Measured at Start + 1 µs·i, delivered a second later: past --until, while the step is before it.
+            writer.Write(Step(Start + 1_000_000_000L + i, 2 + i, "after"));
+            writer.Write(Layer(Start + 1 + i, 2 + i, 5));
+            writer.Flush();
+        }
+        var (code, output, error) = await follow;
+        writer.Dispose();
+        Assert.True(code == 0, error);
+        var rows = output.Split('\n', StringSplitOptions.RemoveEmptyEntries).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.NotEmpty(rows);
+        Assert.Equal(0, rows.Count % 2); // a step row and its layer row, never the layer alone
+        for (int i = 0; i < rows.Count; i += 2)
+        {
+            Assert.Equal("after", rows[i].GetProperty("request_id").GetString());
+            Assert.Equal(rows[i].GetProperty("step").GetInt64(), rows[i + 1].GetProperty("step").GetInt64());
+        }
     }
 
     [Fact]
