@@ -299,6 +299,18 @@ public class AlertEngineTests
             // Held: holds from 0, fires at 3 (3 intervals on), clear from 5, resolves at 8. Grew: 1 to 4 (3 evaluations on).
             Assert.Equal([("Grew", true, 1), ("Held", true, 3), ("Grew", false, 4), ("Held", false, 8)], fired.OrderBy(f => f.At).ThenBy(f => f.Rule).ToList());
         }
+
+        // The slack absorbs jitter only: a hold of 2.2 s is 3 intervals, not 2 (review: a quarter interval of slack fired it at 2 s).
+        var time = new ManualTime();
+        using var partial = new AlertEngine([new AlertRule { Name = "P", Metric = "m", Threshold = 1, ForSeconds = 2.2 }], s => s.Add("m", 5), new AlertEngineOptions { Time = time });
+        int firedAt = -1;
+        partial.Changed += c => { if (c.Firing && firedAt < 0) firedAt = (int)Math.Round((time.GetUtcNow() - new DateTimeOffset(2026, 1, 1, 0, 0, 1, TimeSpan.Zero)).TotalSeconds); };
+        for (int i = 0; i < 5; i++)
+        {
+            partial.Evaluate();
+            time.Advance(1);
+        }
+        Assert.Equal(3, firedAt);
     }
 
     /// <summary>

@@ -573,7 +573,7 @@ public sealed class AlertEngine : IDisposable
 
     /// <summary>
     /// Whether <paramref name="elapsed"/> reaches a hold of <paramref name="seconds"/> measured between evaluations, less a
-    /// quarter of an interval (or of the hold, if shorter): the timer ticks a little early or late, and a gap of 4.999 s
+    /// quarter of an interval (or of the hold, if shorter; 0.1 s at most): the timer ticks a little early or late, and a gap of 4.999 s
     /// against for_seconds 5 waited a whole evaluation more, so the same rule fired or resolved one interval apart from
     /// run to run (Prometheus aligns its evaluation times instead). Evaluations are whole intervals apart, so the slack
     /// moves no hold by a whole one.
@@ -583,7 +583,9 @@ public sealed class AlertEngine : IDisposable
     /// <summary>An increase window shortened by the same slack: a sample 2.999 s old stayed the baseline of a 3 s window.</summary>
     private double Window(double seconds) => seconds - Slack(seconds);
 
-    private double Slack(double seconds) => Math.Min(seconds, _options.Interval.TotalSeconds) / 4;
+    /// <remarks>At most 0.1 s: enough for a timer's jitter, too little to fire a hold of 5.2 s at 5 s (review: a quarter
+    /// interval did, and a 60 s interval fired a 70 s hold at 60).</remarks>
+    private double Slack(double seconds) => Math.Min(0.1, Math.Min(seconds, _options.Interval.TotalSeconds) / 4);
 
     /// <summary>A counter's recent samples (reset-adjusted values) for <see cref="Increase"/>.</summary>
     internal sealed class CounterWindow
@@ -704,6 +706,10 @@ public sealed class AlertEngine : IDisposable
             if (response.RequestMessage is { } final && final.Method != HttpMethod.Post)
                 return ($"redirected to {(final.RequestUri is { } to ? ShownUrl(to) : "another URL")}, which takes a GET without the alert (a 301, 302 or 303 answer); give --alert-webhook the URL the receiver takes POSTs at", true);
             if (response.IsSuccessStatusCode) return (null, false);
+            // A 307/308 is followed with the POST but without the URL's user:password (HttpClient drops credentials on a
+            // redirect): a receiver that then answered 401 was logged as refusing, with no word of the redirect.
+            if (response.RequestMessage?.RequestUri is { } landed && landed != _options.WebhookUrl && _options.WebhookUrl!.UserInfo.Length > 0)
+                return ($"answered {code} after a redirect to {ShownUrl(landed)}, which is sent without the URL's credentials; give --alert-webhook the URL the receiver takes POSTs at", code is >= 400 and < 500 and not 408 and not 429);
             // A redirect not followed (to another scheme, or too many) will not change by sending again.
             if (code is >= 300 and < 400)
                 return ($"answered {code}, a redirect{(response.Headers.Location is { } location ? " to " + (location.IsAbsoluteUri ? ShownUrl(location) : "a relative URL") : "")} not followed; give --alert-webhook the URL the receiver takes POSTs at", true);
