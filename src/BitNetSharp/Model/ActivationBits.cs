@@ -111,6 +111,7 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
         foreach (var item in items)
         {
             int eq = item.IndexOf('=');
+            if (eq < 0 && TryInput(item, out _)) throw new ArgumentException($"{option}: '{item}' names an input without a width; write e.g. {item.Trim()}=4.");
             if (eq < 0) throw new ArgumentException($"{option}: '{item}' mixes a bare width with input=width items; write e.g. qkv=4,down=8.");
             string target = item[..eq].Trim();
             int b = Number(item[(eq + 1)..].Trim(), item);
@@ -129,7 +130,7 @@ public sealed class ActivationBits : IEquatable<ActivationBits>
                 continue;
             }
             // A negative layer (`-1=4`) was named "not one of qkv, o, gate_up, down".
-            if (colon < 0 && int.TryParse(target, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _))
+            if (colon < 0 && target.StartsWith('-') && int.TryParse(target, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out _))
                 throw new ArgumentException($"{option}: '{item}': '{target}' is not a layer of this model (0 to {layers - 1}).");
             if (!TryInput(inputText, out var input))
                 throw new ArgumentException($"{option}: '{item}': '{inputText}' is not one of {string.Join(", ", HealthNames.InputLabels)}.");

@@ -109,8 +109,9 @@ public sealed class NormScaleTuner
         }
         if (packedProblem is not null || floatProblem is not null)
         {
-            string name = Path.GetFileNameWithoutExtension(file.FilePath);
-            string fix = $"bitnet convert {file.FilePath} {name}-tune.gguf --type i2_s --embedding-type f32";
+            // Beside the input (a bare name wrote into the working directory).
+            string target = Path.Combine(Path.GetDirectoryName(file.FilePath) ?? "", Path.GetFileNameWithoutExtension(file.FilePath) + "-tune.gguf");
+            string fix = $"bitnet convert {file.FilePath} {target} --type i2_s --embedding-type f32";
             throw new ArgumentException($"{file.FilePath}: {string.Join("; and ", new[] { packedProblem, floatProblem }.Where(p => p is not null))}. " +
                 $"Convert it first ({fix}), tune that{(packedProblem is null ? "" : ", and convert back if needed")}.");
         }

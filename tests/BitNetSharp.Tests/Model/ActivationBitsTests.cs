@@ -61,6 +61,7 @@ public class ActivationBitsTests
     [InlineData("-1=4", "'-1' is not a layer of this model (0 to 2)")]
     [InlineData("qkv", "'qkv' names an input without a width; write e.g. qkv=4")]
     [InlineData("8,down,8", "'down' names an input without a width")]
+    [InlineData("qkv=4,down", "'down' names an input without a width; write e.g. down=4")]
     public void BadSpecsNameTheItem(string spec, string message)
     {
         var e = Assert.Throws<ArgumentException>(() => ActivationBits.Parse(spec, 3));

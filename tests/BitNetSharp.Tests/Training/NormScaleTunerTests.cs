@@ -126,7 +126,7 @@ public class NormScaleTunerTests(ITestOutputHelper output)
             output.WriteLine(e.Message);
             Assert.Contains("TQ2_0", e.Message);
             Assert.Contains("token_embd.weight is F16", e.Message);
-            Assert.Contains("--type i2_s --embedding-type f32", e.Message);
+            Assert.Contains($"{dir.File("tq2-f16-tune.gguf")} --type i2_s --embedding-type f32", e.Message); // beside the input
         }
         using (var source = ModelWeights.Load(f16)) ModelConverter.ToGguf(source, PackedWeightType.I2_S, embeddingType: GgmlType.F32).WriteFile(fixedPath);
         using var fixedFile = GgufFile.Open(fixedPath);
