@@ -190,7 +190,9 @@ public static class BenchCommand
                             ? $"-d {maxDepth} with {flag} {count} needs {needed} positions; the model's context is {context} (pass --ctx {both} to allocate more)."
                             : $"-d {maxDepth} with {flag} {count} needs {needed} positions, more than bench allocates ({MaxContext}); lower -d or {flag}.");
             }
-            long fileBytes = File.Exists(path) ? BitNetSharp.Formats.PathIdentity.Length(path) : 0;
+            // An HF directory's size is its safetensors files' (it read 0 in JSON and CSV).
+            long fileBytes = File.Exists(path) ? BitNetSharp.Formats.PathIdentity.Length(path)
+                : Directory.Exists(path) ? Directory.EnumerateFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length) : 0;
             // As the engine's kernel reads them: the lookup kernel decodes from its own layout, 2 bytes per 9 weights.
             var kernel = Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
             long perToken = ThroughputBenchmark.BytesPerToken(weights, kernel);
@@ -471,7 +473,9 @@ public static class BenchCommand
         facts.AddRow("model", Markup.Escape(info.Model));
         facts.AddRow("architecture", info.Architecture);
         facts.AddRow("file size", info.FileBytes > 0 ? $"{info.FileBytes / 1e9:F3} GB" : "-");
-        facts.AddRow("bits per weight (projections)", F(info.ProjectionBitsPerWeight, "F3"));
+        // As the kernels read them (rows padded to their blocks, no scales), which is what the bound counts; `inspect`'s
+        // figure is the file's, and differs where rows are not whole blocks.
+        facts.AddRow("bits per weight read (projections)", F(info.ProjectionBitsPerWeight, "F3"));
         facts.AddRow("weight bytes read per step", $"{info.BytesPerToken / 1e9:F3} GB (+ the KV cache at the depth)");
         facts.AddRow("load time", $"{F(info.LoadSeconds, "F3")} s");
         facts.AddRow("peak RSS", info.PeakRssBytes is { } rss ? $"{rss / 1e9:F3} GB" : "-");

@@ -143,4 +143,21 @@ public class WeightPagesTests
         Assert.Equal("huge", doc.RootElement.GetProperty("weight_pages").GetString());
         Assert.Contains("2 MiB pages", doc.RootElement.GetProperty("weights_in_memory").GetString());
     }
+
+    /// <summary>An HF directory in bench: its weights are decoded into memory (weight_pages "decoded"), and its size is
+    /// its safetensors files' (file_bytes read 0).</summary>
+    [Fact]
+    public void BenchDescribesAnHfDirectory()
+    {
+        string hf = RepositoryFiles.Path("tests/fixtures/hf-bitnet/autobitlinear-online-gqa-f32");
+        var output = new StringWriter();
+        var error = new StringWriter();
+        int code = Program.Run(["bench", "-m", hf, "-p", "0", "-n", "2", "-t", "1", "-r", "1", "--json"], output, error);
+        Assert.True(code == 0, error.ToString());
+        using var doc = JsonDocument.Parse(output.ToString());
+        Assert.Equal("decoded", doc.RootElement.GetProperty("weight_pages").GetString());
+        long expected = Directory.EnumerateFiles(hf, "*.safetensors").Sum(f => new FileInfo(f).Length);
+        Assert.True(expected > 0);
+        Assert.Equal(expected, doc.RootElement.GetProperty("file_bytes").GetInt64());
+    }
 }
