@@ -266,6 +266,32 @@ public class ChatTextStopTests
         Assert.Same(ChatTemplates.Falcon3, ChatTemplates.ByName("falcon3"));
     }
 
+    /// <summary>
+    /// Mistral Instruct v0.2's (and Mixtral's) template, rendered by jinja2 3.1.6 with bos_token "&lt;s&gt;", eos_token
+    /// "&lt;/s&gt;": BOS once, no space around an answer, content as written. Such a template was detected as Meta's Llama 2,
+    /// whose format added a BOS per turn and spaced the answers.
+    /// </summary>
+    [Fact]
+    public void MistralFormatMatchesMistralsOwnTemplate()
+    {
+        const string source = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}";
+        var mistral = ChatTemplates.Detect(source);
+        Assert.Same(ChatTemplates.Mistral, mistral);
+        Assert.Equal("<s>[INST] Q1 [/INST]A1</s>[INST] Q2 [/INST]",
+            mistral!.Render([ChatMessage.User("Q1"), ChatMessage.Assistant("A1"), ChatMessage.User("Q2")]));
+        Assert.Equal("<s>[INST]  hi \n [/INST]", mistral.Render([ChatMessage.User(" hi \n")]));
+        Assert.Equal("<s>[INST] a {{ b }} </s> [/INST] x </s>[INST] é🙂 [/INST]",
+            mistral.Render([ChatMessage.User("a {{ b }} </s>"), ChatMessage.Assistant(" x "), ChatMessage.User("é🙂")]));
+        // A system message (Mistral's templates refuse one) goes before the first user text, a blank line between.
+        Assert.Equal("<s>[INST] Be brief.\n\nQ1 [/INST]", mistral.Render([ChatMessage.System("Be brief."), ChatMessage.User("Q1")]));
+        Assert.Same(ChatTemplates.Mistral, ChatTemplates.ByName("Mistral"));
+        // Encoded: one BOS, and the answer's end is the vocabulary's </s>.
+        var spm = TestTokenizers.LlamaSpm;
+        var ids = mistral.Encode(spm, [ChatMessage.User("Hi"), ChatMessage.Assistant("Yo"), ChatMessage.User("Bye")]);
+        Assert.Equal(1, ids.Count(id => id == spm.BosId));
+        Assert.Equal(1, ids.Count(id => id == spm.EosId));
+    }
+
     [Theory]
     // Template sources from llama.cpp's tests (OpenHermes, Llama-3, Phi-3-small) and a Falcon 3 style one.
     [InlineData("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}", "chatml")]
@@ -276,7 +302,7 @@ public class ChatTextStopTests
     [InlineData("{% for message in messages %}{% if message['role'] == 'system' %}{{ '<|system|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'user' %}{{ '<|user|>\\n' + message['content'] + '\\n' }}{% elif message['role'] == 'assistant' %}{% if not loop.last %}{{ '<|assistant|>\\n'  + message['content'] + eos_token + '\\n' }}{% else %}{{ '<|assistant|>\\n'  + message['content'] + eos_token }}{% endif %}{% endif %}{% if loop.last and add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}{% endfor %}", "falcon3")]
     [InlineData("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = '<<SYS>>\\n' + messages[0]['content'].strip() + '\\n<</SYS>>\\n\\n' %}{% endif %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}", "llama2")]
     [InlineData("chatml", "chatml")]
-    [InlineData("{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}", "llama2")] // Llama 2 without <<SYS>>
+    [InlineData("{{ bos_token }}{% for m in messages %}{{ '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}", "mistral")] // [INST] without <<SYS>>: Mistral Instruct's
     public void DetectReadsTheBuiltInFormatFromATemplatesSource(string source, string expected) =>
         Assert.Equal(expected, ChatTemplates.Detect(source)?.Name);
 

@@ -229,6 +229,50 @@ public sealed class Llama2ChatTemplate : ChatTemplate
     }
 }
 
+/// <summary>
+/// Mistral Instruct v0.1/v0.2 and Mixtral: <c>&lt;s&gt;[INST] {u} [/INST]{a}&lt;/s&gt;[INST] {u2} [/INST]</c> — BOS once, no
+/// space around an answer, no <c>&lt;&lt;SYS&gt;&gt;</c> block (Meta's Llama 2 format put those in, so a Mistral model's own
+/// template was rendered with a second BOS per turn). Those templates refuse a system message; here it goes before the
+/// first user message's text, a blank line between (as Mistral's later templates place it). Content is not stripped.
+/// </summary>
+public sealed class MistralChatTemplate : ChatTemplate
+{
+    public override string Name => "mistral";
+
+    private protected override string[] TurnMarkers => ["</s>", "[INST]"];
+
+    private protected override void Render(IReadOnlyList<ChatMessage> messages, bool addGenerationPrompt, StringBuilder text, List<Range>? spans)
+    {
+        text.Append("<s>");
+        var system = new List<string>();
+        foreach (var m in messages)
+        {
+            switch (m.Role)
+            {
+                case "system":
+                    system.Add(m.Content);
+                    break;
+                case "assistant":
+                    Content(text, m.Content, spans).Append("</s>");
+                    break;
+                default:
+                    text.Append("[INST] ");
+                    foreach (var s in system) Content(text, s, spans).Append("\n\n");
+                    system.Clear();
+                    Content(text, m.Content, spans).Append(" [/INST]");
+                    break;
+            }
+        }
+        // A system message with no user turn after it still reaches the model.
+        if (system.Count > 0)
+        {
+            text.Append("[INST] ");
+            for (int i = 0; i < system.Count; i++) Content(i == 0 ? text : text.Append("\n\n"), system[i], spans);
+            text.Append(" [/INST]");
+        }
+    }
+}
+
 /// <summary>ChatML: <c>&lt;|im_start|&gt;{role}\n{content}&lt;|im_end|&gt;\n</c> per message, then <c>&lt;|im_start|&gt;assistant\n</c>. No BOS.</summary>
 public sealed class ChatMlTemplate : ChatTemplate
 {

@@ -11,11 +11,13 @@ public static partial class ChatTemplates
 
     public static ChatTemplate ChatMl { get; } = new ChatMlTemplate();
 
+    public static ChatTemplate Mistral { get; } = new MistralChatTemplate();
+
     public static ChatTemplate Phi3 { get; } = new Phi3ChatTemplate();
 
     public static ChatTemplate Falcon3 { get; } = new Falcon3ChatTemplate();
 
-    public static IReadOnlyList<ChatTemplate> All { get; } = [BitNet, Llama3, Llama2, ChatMl, Phi3, Falcon3];
+    public static IReadOnlyList<ChatTemplate> All { get; } = [BitNet, Llama3, Llama2, ChatMl, Phi3, Falcon3, Mistral];
 
     /// <summary>The names <see cref="ByName"/> accepts.</summary>
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(t => t.Name)];
@@ -76,9 +78,10 @@ public static partial class ChatTemplates
         bool Has(string marker) => template.Contains(marker, StringComparison.Ordinal);
         if (Has("<|im_start|>")) return Has("<|im_sep|>") || Has("<end_of_utterance>") ? null : ChatMl;
         if (template.StartsWith("mistral", StringComparison.Ordinal) || Has("[INST]"))
-            // Mistral's v1/v3/v7 formats (other spacing, tools, [SYSTEM_PROMPT]) are not Meta's; the other [INST] ones are
-            // Llama 2's and its variants (llama.cpp's llama2, llama2-sys...), which the built-in one is closest to.
-            return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") ? null : Llama2;
+            // Mistral's v1/v3/v7 formats (other spacing, tools, [SYSTEM_PROMPT]) are neither; one with a <<SYS>> block is
+            // Meta's Llama 2 (and its variants), one without is Mistral Instruct v0.1/v0.2's (llama.cpp's plain "llama2":
+            // BOS once, no space around answers), which Meta's format gave a BOS per turn and spaced answers.
+            return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") ? null : Has("<<SYS>>") ? Llama2 : Mistral;
         if (Has("<|assistant|>") && Has("<|end|>")) return Phi3;
         if (Has("[gMASK]<sop>")) return null;
         // llama.cpp's rule ("</s>"), and the Tulu source itself (Falcon 3's and OLMo 2's Hugging Face template: a user turn
