@@ -647,6 +647,7 @@ public sealed class AlertEngine : IDisposable
             for (int attempt = 1; ; attempt++)
             {
                 if (_flushing.IsCancellationRequested) flushTries++;
+                bool stoppedBefore = _stopping.IsCancellationRequested;
                 var (error, final) = await TrySend(payload);
                 if (error is null)
                 {
@@ -658,6 +659,13 @@ public sealed class AlertEngine : IDisposable
                 if (final || attempt >= _options.WebhookAttempts || _stopping.IsCancellationRequested || flushTries >= ShutdownTries)
                 {
                     Interlocked.Increment(ref _webhookFailures);
+                    // One still queued when the stop's time for notifications ran out was never sent: "gave up after 1
+                    // tries" said it had been tried.
+                    if (stoppedBefore && attempt == 1)
+                    {
+                        _options.Log?.Invoke($"alert webhook {_shownUrl}: a notification still queued when the server's time for them ran out was not sent; the notification is lost (bitnet_alerts_webhook_failures_total counts these)");
+                        break;
+                    }
                     string why = final ? "not tried again (the receiver will not take it there)"
                         : flushTries >= ShutdownTries ? $"gave up after {attempt} tries, the server is stopping"
                         : $"gave up after {attempt} tries";
