@@ -83,6 +83,7 @@ public sealed class BitNetServer : IAsyncDisposable
             k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
             k.Limits.MaxConcurrentConnections = options.MaxConcurrentConnections;
             k.Limits.MaxConcurrentUpgradedConnections = options.MaxConcurrentConnections;
+            k.Limits.KeepAliveTimeout = options.KeepAliveTimeout;
         });
         // The embedding program owns shutdown (bitnet serve drains on SIGTERM): no console lifetime stopping Kestrel on a signal.
         builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, EmbeddedLifetime>();

@@ -21,17 +21,28 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
     public static async Task<(JsonDocument Document, JsonRequest Request)> ReadAsync(HttpRequest request, CancellationToken cancellation)
     {
         JsonDocument doc;
+        var sizeFeature = request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>();
+        long? limit = sizeFeature?.MaxRequestBodySize;
+        var body = request.Body;
+        // Kestrel counts a chunked body's framing against the limit: 200 KB sent in 1-byte chunks got 413 "larger than
+        // 1048576 bytes". The body is what is limited: Kestrel's bound is raised past any framing of a body that size
+        // (1-byte chunks take 6 bytes a byte), and the decoded bytes are counted here.
+        if (limit is { } max && request.ContentLength is null && sizeFeature is { IsReadOnly: false })
+        {
+            sizeFeature.MaxRequestBodySize = max * 8 + (64 << 10);
+            body = new DecodedLengthLimit(body, max);
+        }
         try
         {
-            doc = await JsonDocument.ParseAsync(request.Body, new JsonDocumentOptions { MaxDepth = 32 }, cancellation);
+            doc = await JsonDocument.ParseAsync(body, new JsonDocumentOptions { MaxDepth = 32 }, cancellation);
         }
         catch (JsonException e)
         {
             throw ApiException.BadRequest($"The request body is not valid JSON: {e.Message}", code: "invalid_json");
         }
-        catch (BadHttpRequestException e) when (e.StatusCode == StatusCodes.Status413PayloadTooLarge)
+        catch (Exception e) when (e is BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge } or BodyTooLargeException)
         {
-            throw new ApiException(413, $"The request body is larger than this server accepts ({request.HttpContext.Features.Get<Microsoft.AspNetCore.Http.Features.IHttpMaxRequestBodySizeFeature>()?.MaxRequestBodySize} bytes).",
+            throw new ApiException(413, $"The request body is larger than this server accepts ({limit} bytes).",
                 "invalid_request_error", code: "request_too_large");
         }
         if (doc.RootElement.ValueKind != JsonValueKind.Object)
@@ -70,6 +81,40 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
         var bytes = new StringBuilder();
         for (int i = at; i < Math.Min(utf8.Length, at + 4); i++) bytes.Append(bytes.Length == 0 ? "" : " ").Append(CultureInfo.InvariantCulture, $"0x{utf8[i]:X2}");
         return $"bytes {bytes} after \"{before}\" (byte {at} of the JSON object)";
+    }
+
+    private sealed class BodyTooLargeException : Exception;
+
+    /// <summary>A request body read through, failing once more than <paramref name="max"/> bytes have come.</summary>
+    private sealed class DecodedLengthLimit(Stream inner, long max) : Stream
+    {
+        private long _read;
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => _read; set => throw new NotSupportedException(); }
+
+        private int Count(int n)
+        {
+            _read += n;
+            if (_read > max) throw new BodyTooLargeException();
+            return n;
+        }
+
+        public override int Read(byte[] buffer, int offset, int count) => Count(inner.Read(buffer, offset, count));
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
+            Count(await inner.ReadAsync(buffer, cancellationToken));
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
     /// <summary>The field's full path in the request ("messages[1].role"), as errors name it (and OpenAI's do).</summary>
