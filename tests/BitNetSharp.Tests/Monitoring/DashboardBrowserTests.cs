@@ -260,6 +260,11 @@ public sealed partial class DashboardBrowserTests
             () => { drawHeatmap(parse('bitnet_health_residual_rms{layer="0"} NaN\n'));
                     return document.querySelector('#heatmap td[data-metric="bitnet_health_residual_rms"][data-layer="0"]').textContent; }
             """));
+        // The logits tiles too: a NaN sample reads "NaN" (it read "– / –", as before any sample), a missing series "–".
+        Assert.Equal("NaN / NaN|NaN / –", await page.EvaluateAsync<string>("""
+            () => { drawHealth(parse('bitnet_health_logits_entropy NaN\nbitnet_health_logits_range NaN\nbitnet_health_logits_min NaN\n'), null, 0);
+                    return document.getElementById('logits').textContent + '|' + document.getElementById('logits_minmax').textContent; }
+            """));
         // A 4-bit input's shares are shown marked and not coloured (the thresholds are 8-bit ones: a healthy 4-bit input
         // has about half its codes at 0, and drew full red); an 8-bit one at the same share is.
         Assert.Equal("55.00 (4b)||55.00|rgb", await page.EvaluateAsync<string>("""
