@@ -1,5 +1,6 @@
 /* K interleaved read streams per thread over 1 GiB (2 MiB pages advised), AVX2, best of 5: the multi-stream yardstick
-   for bitnet bench's bandwidth probe. Streams start a page past an even split (gap 4096) or exactly on it (gap 0).
+   for bitnet bench's bandwidth probe. Each stream's part is shortened by the gap and followed by it, so starts are off a
+   power-of-two spacing (gap 4096, as the probe does) or exactly on an even split (gap 0).
    Build: gcc -O3 -march=native -pthread -o bwstreams bench/native/bwstreams.c   Run: ./bwstreams THREADS */
 #define _GNU_SOURCE
 #include <immintrin.h>

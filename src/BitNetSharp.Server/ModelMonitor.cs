@@ -46,22 +46,36 @@ internal sealed class ModelMonitor : IDisposable
     private int _repeatedEngineFailures;
 
     /// <summary>
-    /// A failed engine step, logged and written to the telemetry log: its requests got HTTP 500 generation_failed and the
-    /// log said nothing (a model file cut short failed every request silently but for the weights alert). The same error
-    /// again within a minute is counted, not logged, so a server failing every step does not flood its log.
+    /// A failed engine step, logged, and written to the telemetry log as one engine_failed event per request it failed
+    /// (with the request's id and trace id, as non-finite-logits events are, so `bitnet logs --request` finds it): its
+    /// requests got HTTP 500 generation_failed (or an error event in a stream) and the log said nothing (a model file cut
+    /// short failed every request silently but for the weights alert). The same error again within a minute is counted,
+    /// not logged, so a server failing every step does not flood its log; the count is logged with the next line, or at
+    /// the stop.
     /// </summary>
-    private void EngineFailed(Exception e)
+    private void EngineFailed(Exception e, IReadOnlyList<(string? RequestId, string? TraceId)> requests)
     {
+        long time = TelemetryClock.UnixNanos();
+        foreach (var (id, trace) in requests)
+            _scheduler.Telemetry?.Write(new TelemetryEvent(time, "engine_failed", id, trace, e.Message));
+        if (requests.Count == 0) _scheduler.Telemetry?.Write(new TelemetryEvent(time, "engine_failed", null, null, e.Message));
         long now = Environment.TickCount64;
         if (e.Message == _lastEngineFailure && now - _lastEngineFailureAt < 60_000)
         {
             _repeatedEngineFailures++;
             return;
         }
-        string repeated = _repeatedEngineFailures > 0 ? $" (the same error ended {_repeatedEngineFailures} more steps since it was last logged)" : "";
-        (_lastEngineFailure, _lastEngineFailureAt, _repeatedEngineFailures) = (e.Message, now, 0);
-        _logger.LogError("An engine step failed; its requests ended with HTTP 500 generation_failed{Repeated}: {Message}", repeated, e.Message);
-        _scheduler.Telemetry?.Write(new TelemetryEvent(TelemetryClock.UnixNanos(), "engine_failed", null, null, e.Message));
+        LogRepeatedEngineFailures();
+        (_lastEngineFailure, _lastEngineFailureAt) = (e.Message, now);
+        _logger.LogError("An engine step failed; its {Count} request(s) failed with it (HTTP 500 generation_failed, or an error event in a stream): {Message}", requests.Count, e.Message);
+    }
+
+    /// <summary>Says how many more steps failed with the last logged error since it was logged (none: nothing).</summary>
+    private void LogRepeatedEngineFailures()
+    {
+        if (_repeatedEngineFailures == 0 || _lastEngineFailure is null) return;
+        _logger.LogError("{Count} more engine step(s) failed with the same error since it was last logged: {Message}", _repeatedEngineFailures, _lastEngineFailure);
+        _repeatedEngineFailures = 0;
     }
 
     /// <summary>
@@ -313,6 +327,7 @@ internal sealed class ModelMonitor : IDisposable
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         _scheduler.EngineFailed -= EngineFailed;
+        LogRepeatedEngineFailures();
         _stop.Cancel();
         // It checks the token between tensors: at most one tensor's count to wait for.
         CodeStats.Wait(TimeSpan.FromMinutes(1));

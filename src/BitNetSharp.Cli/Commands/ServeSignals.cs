@@ -18,6 +18,14 @@ internal sealed class ServeSignals : IDisposable
     private readonly List<PosixSignalRegistration> _registrations = [];
     private Timer? _watchdog;
     private int _signals;
+    private long _firstSignalTicks;
+
+    /// <summary>
+    /// A second signal this soon after the first is the same one delivered twice, not a user's second Ctrl-C: GNU
+    /// timeout sends its signal to the child and again to the process group, and one `timeout … bitnet serve` stop cut
+    /// the drain short as a "second signal" (in-flight requests cut, the telemetry log left without its footer).
+    /// </summary>
+    internal static readonly TimeSpan DuplicateWindow = TimeSpan.FromMilliseconds(250);
 
     private ServeSignals(CancellationTokenSource stop, TextWriter error, TimeSpan deadline)
     {
@@ -40,10 +48,17 @@ internal sealed class ServeSignals : IDisposable
         int code = 128 + (context.Signal == PosixSignal.SIGINT ? 2 : 15);
         if (Interlocked.Increment(ref _signals) == 1)
         {
+            Volatile.Write(ref _firstSignalTicks, System.Diagnostics.Stopwatch.GetTimestamp());
             _watchdog = new Timer(_ => Exit(1, string.Create(CultureInfo.InvariantCulture,
                 $"error: the shutdown did not finish within {_deadline.TotalSeconds:0.#} s; exiting.")), null, _deadline, Timeout.InfiniteTimeSpan);
             // Off the signal thread: the drain's continuations run on the pool, not here.
             ThreadPool.QueueUserWorkItem(static s => ((CancellationTokenSource)s!).Cancel(), _stop);
+            return;
+        }
+        // (0: the first is still being handled on another thread, so this one came with it.)
+        if (Volatile.Read(ref _firstSignalTicks) is var first && (first == 0 || System.Diagnostics.Stopwatch.GetElapsedTime(first) < DuplicateWindow))
+        {
+            Interlocked.Decrement(ref _signals);
             return;
         }
         Exit(code, $"bitnet serve: second signal ({(code == 130 ? "SIGINT" : "SIGTERM")}) while stopping: exiting now (requests still in flight are cut).");

@@ -14,7 +14,7 @@ public enum BandwidthPattern
     /// <summary>The plain streaming sum: widest loads in order, the hardware prefetcher alone.</summary>
     Plain,
 
-    /// <summary>Four interleaved streams per thread (four quarters of its slice read side by side, a page apart past a power of two): more lines in flight.</summary>
+    /// <summary>Four interleaved streams per thread (four quarters of its slice read side by side, spaced off a power of two): more lines in flight.</summary>
     MultiStream,
 
     /// <summary>Four streams per thread as <see cref="MultiStream"/>, each line prefetched non-temporally 2 KiB ahead, as the
@@ -230,9 +230,10 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
 
     /// <summary>Four streams, one per quarter of the slice, one 64-byte line of each per iteration; with
     /// <paramref name="nonTemporal"/> each stream's line <see cref="StreamPrefetchBytes"/> ahead prefetched non-temporally.
-    /// The quarters start <see cref="StreamStagger"/> apart beyond a power of two: exactly a quarter apart (256 MiB on one
-    /// thread) the four streams hit the same cache sets and DRAM banks at once, and a plain C loop staggered by a page
-    /// read 1.4× faster than this probe on a Zen 2 (15.9 against 24.6 GB/s), so the bound flattered every figure.</summary>
+    /// The quarters are shortened by <see cref="StreamStagger"/> each, so they start n/4 + 1 KiB apart rather than exactly a
+    /// quarter (a power of two: 256 MiB on one thread): there the four streams hit the same cache sets and DRAM banks at
+    /// once, and a C loop spaced so read 1.4× faster than this probe on a Zen 2 (15.9 against 24.6 GB/s), so the bound
+    /// flattered every figure. The gaps between the quarters are read after them.</summary>
     private static long FourStreams(byte* p, long n, bool nonTemporal)
     {
         long q = (n - 3 * StreamStagger) / 4 / 64 * 64;
@@ -273,7 +274,7 @@ public sealed unsafe class MemoryBandwidth : IParallelWork, IDisposable
         return sum;
     }
 
-    /// <summary>The stagger between <see cref="FourStreams"/>' quarters, past their power-of-two spacing: one 4 KiB page.</summary>
+    /// <summary>The gap after each of <see cref="FourStreams"/>' first three quarters (4 KiB), which moves their starts off a power-of-two spacing.</summary>
     private const long StreamStagger = 4096;
 
     /// <summary>How far ahead <see cref="BandwidthPattern.MultiStreamNonTemporal"/> prefetches each stream (the kernels' distance).</summary>

@@ -22,7 +22,9 @@ public static class ModelConverter
             throw new ArgumentException($"--embedding-type: {reason}.");
         // A re-encoded table is made in one array: past .NET's array limit (an F32 table of 152k × 4096 is 2.5 GB) it
         // failed halfway through the written file. Refused before any byte is written.
-        if (embeddingType is { } t && EmbeddingEncoder.RowBytes(t, weights.Config.Dim) * weights.Config.VocabSize is var bytes && bytes > Array.MaxLength)
+        // (Only a table that changes type is re-encoded; one kept as it is is written in place, whatever its size.)
+        if (embeddingType is { } t && (t != weights.TokenEmbedding.Type || (!weights.TiedOutput && t != weights.Output.Type))
+            && EmbeddingEncoder.RowBytes(t, weights.Config.Dim) * weights.Config.VocabSize is var bytes && bytes > Array.MaxLength)
             throw new ArgumentException($"--embedding-type {GgmlTypeInfo.Name(t)}: the table would take {bytes:N0} bytes, more than convert can re-encode at once ({Array.MaxLength:N0}); keep the source type, or use f16, q8_0 or q6_k.");
         foreach (var (name, m) in Projections(weights))
         {

@@ -160,6 +160,37 @@ public class GracefulShutdownTests
     }
 
     /// <summary>
+    /// One SIGTERM delivered twice at once (GNU timeout signals the child and then its process group) is one stop: the
+    /// second copy cut the drain short as a "second signal", with requests in flight cut and logs unflushed. (50 ms
+    /// apart here: sent back to back, the kernel often merges the two into one pending signal.)
+    /// </summary>
+    [Fact]
+    public async Task ASignalDeliveredTwiceAtOnceIsOneStop()
+    {
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "sends signals with kill(1); Linux only");
+        Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
+        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1");
+        var process = server.Process;
+        var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
+        using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { prompt = "Once upon a time", max_tokens = 64, stream = true, ignore_eos = true }), Encoding.UTF8, "application/json"),
+        };
+        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        string pid = process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        using (var kill = Process.Start("sh", ["-c", $"kill -TERM {pid}; sleep 0.05; kill -TERM {pid}"])) await kill.WaitForExitAsync(Ct);
+        string body = await response.Content.ReadAsStringAsync(Ct);
+        await process.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(30), Ct);
+        process.WaitForExit();
+        string log = server.Log;
+        Assert.True(process.ExitCode == 0, $"exit code {process.ExitCode}:\n{log}");
+        Assert.DoesNotContain("second signal", log);
+        Assert.Contains("[DONE]", body); // the stream in flight finished
+    }
+
+    /// <summary>
     /// A second Ctrl-C or SIGTERM while serve drains: the command-line library's termination handler completed its task
     /// a second time on the signal thread, and the process died of an unhandled InvalidOperationException (exit 134,
     /// logs not flushed). Now serve handles the signals itself: the second one says so and exits at once with 128 +

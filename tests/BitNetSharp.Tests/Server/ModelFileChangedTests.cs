@@ -45,7 +45,10 @@ public sealed class ModelFileChangedTests
         Assert.Contains("the model file was cut to", body.ToString());
         Assert.Contains("rename a new file over it", body.ToString());
         // The server says so itself (a log line, and an event in the telemetry log): it failed every request with no word.
-        lock (events.Events) Assert.Contains(events.Events, e => e.Kind == "engine_failed" && e.Message.Contains("the model file was cut to", StringComparison.Ordinal));
+        // One event per request it failed, with the request's id as its step rows carry it (so `bitnet logs --request`
+        // finds it), written before the request hears of the failure.
+        lock (events.Events) Assert.Contains(events.Events, e => e.Kind == "engine_failed" && e.RequestId is { } id && id.StartsWith("cmpl-", StringComparison.Ordinal)
+            && e.Message.Contains("the model file was cut to", StringComparison.Ordinal));
         using var health = await s.Http.GetAsync("health", Ct);
         Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
         string text = await health.Content.ReadAsStringAsync(Ct);

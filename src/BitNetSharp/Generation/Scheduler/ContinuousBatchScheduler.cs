@@ -69,21 +69,21 @@ public sealed class ContinuousBatchScheduler : IDisposable
     private readonly ModelWeights _weights;
 
     /// <summary>
-    /// Why the model can no longer be read, or null: a file it is mapped from was cut short under the server (see
-    /// <see cref="Formats.ModelFileChangedException"/>). Every step fails then; /health answers 503 with this.
+    /// Raised on the engine thread when a step fails (the forward pass or the engine's own code), with the requests it
+    /// fails (their ids and trace ids), before they hear of it: they end with the error, and nothing else said so (the
+    /// server logs it; a model file cut short under it failed every request with HTTP 500 and no log line). Handlers
+    /// must not block.
     /// </summary>
-    /// <summary>
-    /// Raised on the engine thread when a step fails (the forward pass or the engine's own code): its requests end with
-    /// the error, and nothing else said so (the server logs it; a model file cut short under it failed every request
-    /// with HTTP 500 and no log line). Handlers must not block.
-    /// </summary>
-    public event Action<Exception>? EngineFailed;
+    public event Action<Exception, IReadOnlyList<(string? RequestId, string? TraceId)>>? EngineFailed;
 
-    private void RaiseEngineFailed(Exception e)
+    private void RaiseEngineFailed(Exception e, IEnumerable<GenerationHandle> failing)
     {
+        if (EngineFailed is null) return;
         try
         {
-            EngineFailed?.Invoke(e);
+            var ids = new List<(string?, string?)>();
+            foreach (var h in failing) ids.Add((h.Request.RequestId, h.Request.TraceId));
+            EngineFailed?.Invoke(e, ids);
         }
         catch (Exception)
         {
@@ -91,6 +91,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
         }
     }
 
+    /// <summary>
+    /// Why the model can no longer be read, or null: a file it is mapped from was cut short under the server (see
+    /// <see cref="Formats.ModelFileChangedException"/>). Every step fails then; /health answers 503 with this.
+    /// </summary>
     public string? ModelFileProblem()
     {
         try
@@ -361,9 +365,10 @@ public sealed class ContinuousBatchScheduler : IDisposable
             catch (Exception e)
             {
                 // A bug outside the forward pass and sampling: fail what is running rather than the process.
-                foreach (var r in _runningRequests.ToArray()) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
+                var failing = _runningRequests.ToArray();
+                RaiseEngineFailed(e, failing);
+                foreach (var r in failing) Fail(r, new InvalidOperationException($"The engine failed: {e.Message}", e), ref _counters.Failed);
                 _running.RemoveAll(static s => s.Finished);
-                RaiseEngineFailed(e);
             }
         }
         var stopped = new ObjectDisposedException(nameof(ContinuousBatchScheduler), "The server is shutting down.");
@@ -463,10 +468,12 @@ public sealed class ContinuousBatchScheduler : IDisposable
             var inBatch = new bool[_caches.Length];
             for (int i = 0; i < n; i++) inBatch[_batch[i].Sequence] = true;
             var error = new InvalidOperationException($"The engine failed: {e.Message}", e);
-            foreach (var r in _runningRequests.ToArray())
-                if (Array.Exists(r.Sequences!, q => !q.Finished && inBatch[q.Slot])) Fail(r, error, ref _counters.Failed);
+            var failing = new List<GenerationHandle>();
+            foreach (var r in _runningRequests)
+                if (Array.Exists(r.Sequences!, q => !q.Finished && inBatch[q.Slot])) failing.Add(r);
+            RaiseEngineFailed(e, failing);
+            foreach (var r in failing) Fail(r, error, ref _counters.Failed);
             _running.RemoveAll(static s => s.Finished);
-            RaiseEngineFailed(e);
             return;
         }
         long after = Stopwatch.GetTimestamp();

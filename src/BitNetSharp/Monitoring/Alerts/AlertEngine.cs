@@ -572,20 +572,30 @@ public sealed class AlertEngine : IDisposable
     }
 
     /// <summary>
-    /// Whether <paramref name="elapsed"/> reaches a hold of <paramref name="seconds"/> measured between evaluations, less a
-    /// quarter of an interval (or of the hold, if shorter; 0.1 s at most): the timer ticks a little early or late, and a gap of 4.999 s
-    /// against for_seconds 5 waited a whole evaluation more, so the same rule fired or resolved one interval apart from
-    /// run to run (Prometheus aligns its evaluation times instead). Evaluations are whole intervals apart, so the slack
-    /// moves no hold by a whole one.
+    /// Whether <paramref name="elapsed"/> reaches a hold of <paramref name="seconds"/> as evaluations see it: the hold is
+    /// met at the first evaluation at or past it (a hold of 2.2 s at 1 s intervals: the third), and that evaluation is
+    /// taken to have come when it is within a quarter interval (<see cref="Due"/>). The timer ticks a little early or late:
+    /// a gap of 4.999 s against for_seconds 5 waited a whole evaluation more, so the same rule fired or resolved one
+    /// interval apart from run to run (Prometheus aligns its evaluation times instead).
     /// </summary>
-    private bool Lasted(TimeSpan elapsed, double seconds) => elapsed.TotalSeconds >= seconds - Slack(seconds);
+    private bool Lasted(TimeSpan elapsed, double seconds) => elapsed.TotalSeconds >= Due(seconds);
 
-    /// <summary>An increase window shortened by the same slack: a sample 2.999 s old stayed the baseline of a 3 s window.</summary>
-    private double Window(double seconds) => seconds - Slack(seconds);
+    /// <summary>An increase window as evaluations see it (<see cref="Due"/>): a sample 2.999 s old stayed the baseline of a 3 s window.</summary>
+    private double Window(double seconds) => Due(seconds);
 
-    /// <remarks>At most 0.1 s: enough for a timer's jitter, too little to fire a hold of 5.2 s at 5 s (review: a quarter
-    /// interval did, and a 60 s interval fired a 70 s hold at 60).</remarks>
-    private double Slack(double seconds) => Math.Min(0.1, Math.Min(seconds, _options.Interval.TotalSeconds) / 4);
+    /// <summary>
+    /// A duration of an interval or more rounded up to whole evaluation intervals, less a quarter interval: jitter up to a quarter interval is
+    /// absorbed, and no hold is met an evaluation early (review: a flat 0.1 s was too little for a loaded machine's
+    /// timer, and a quarter interval off the hold itself met 2.2 s at 2).
+    /// </summary>
+    private double Due(double seconds)
+    {
+        double interval = _options.Interval.TotalSeconds;
+        // Shorter than an interval: as it is (the next evaluation is past it anyway; and Evaluate called more often than
+        // the timer, as a host or a test may, keeps a sub-interval window's meaning).
+        if (seconds < interval) return seconds;
+        return Math.Ceiling(seconds / interval - 1e-9) * interval - interval / 4;
+    }
 
     /// <summary>A counter's recent samples (reset-adjusted values) for <see cref="Increase"/>.</summary>
     internal sealed class CounterWindow
@@ -716,8 +726,8 @@ public sealed class AlertEngine : IDisposable
             if (response.IsSuccessStatusCode) return (null, false);
             // A 307/308 is followed with the POST but without the URL's user:password (HttpClient drops credentials on a
             // redirect): a receiver that then answered 401 was logged as refusing, with no word of the redirect.
-            if (response.RequestMessage?.RequestUri is { } landed && landed != _options.WebhookUrl && _options.WebhookUrl!.UserInfo.Length > 0)
-                return ($"answered {code} after a redirect to {ShownUrl(landed)}, which is sent without the URL's credentials; give --alert-webhook the URL the receiver takes POSTs at", code is >= 400 and < 500 and not 408 and not 429);
+            if (code is >= 400 and < 500 && response.RequestMessage?.RequestUri is { } landed && landed != _options.WebhookUrl && _options.WebhookUrl!.UserInfo.Length > 0)
+                return ($"answered {code} after a redirect to {ShownUrl(landed)}, which is sent without the URL's credentials; give --alert-webhook the URL the receiver takes POSTs at", code is not 408 and not 429);
             // A redirect not followed (to another scheme, or too many) will not change by sending again.
             if (code is >= 300 and < 400)
                 return ($"answered {code}, a redirect{(response.Headers.Location is { } location ? " to " + (location.IsAbsoluteUri ? ShownUrl(location) : "a relative URL") : "")} not followed; give --alert-webhook the URL the receiver takes POSTs at", true);
