@@ -78,12 +78,11 @@ public sealed class BitNetServer : IAsyncDisposable
         }
         builder.WebHost.ConfigureKestrel(k =>
         {
-            k.Listen(ip, options.Port);
+            k.Listen(ip, options.Port, listen => listen.Use(next => connection => FirstByteAsync(connection, next, options.FirstByteTimeout)));
             k.AddServerHeader = false;
             k.Limits.MaxRequestBodySize = options.MaxRequestBodyBytes;
             k.Limits.MaxConcurrentConnections = options.MaxConcurrentConnections;
             k.Limits.MaxConcurrentUpgradedConnections = options.MaxConcurrentConnections;
-            k.Limits.KeepAliveTimeout = options.KeepAliveTimeout;
         });
         // The embedding program owns shutdown (bitnet serve drains on SIGTERM): no console lifetime stopping Kestrel on a signal.
         builder.Services.AddSingleton<Microsoft.Extensions.Hosting.IHostLifetime, EmbeddedLifetime>();
@@ -129,6 +128,31 @@ public sealed class BitNetServer : IAsyncDisposable
         var h when IPAddress.TryParse(h.Trim('[', ']'), out var ip) => ip,
         var h => throw new ArgumentException($"--host '{h}' is not an IP address; use 127.0.0.1 (the default), ::1, 0.0.0.0 or localhost.", nameof(host)),
     };
+
+    /// <summary>
+    /// Closes a connection that sends nothing within <paramref name="timeout"/> (<see cref="ServerOptions.FirstByteTimeout"/>);
+    /// the first bytes are left in the pipe for the HTTP parser.
+    /// </summary>
+    private static async Task FirstByteAsync(Microsoft.AspNetCore.Connections.ConnectionContext connection, Microsoft.AspNetCore.Connections.ConnectionDelegate next, TimeSpan timeout)
+    {
+        var input = connection.Transport.Input;
+        using (var silent = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed))
+        {
+            silent.CancelAfter(timeout);
+            try
+            {
+                var first = await input.ReadAsync(silent.Token);
+                input.AdvanceTo(first.Buffer.Start); // nothing consumed or examined: the parser reads these bytes
+                if (first.IsCompleted && first.Buffer.IsEmpty) return; // closed without a byte
+            }
+            catch (OperationCanceledException)
+            {
+                connection.Abort();
+                return;
+            }
+        }
+        await next(connection);
+    }
 
     /// <summary>The request's X-Request-Id when it is 1–128 printable ASCII characters, else a new "req_" and 32 hex digits.</summary>
     internal static string RequestId(HttpRequest request)

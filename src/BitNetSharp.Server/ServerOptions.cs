@@ -39,11 +39,13 @@ public sealed record ServerOptions
     public long? MaxConcurrentConnections { get; init; } = 256;
 
     /// <summary>
-    /// How long a connection may sit idle (before its first request or between requests) before it is closed. Kestrel's
-    /// 130 s let a few hundred silent sockets hold every --max-connections slot, /health included, for two minutes at a
-    /// time; 15 s is above what HTTP clients keep an idle connection for (Node's server: 5 s).
+    /// How long a new connection may stay silent before its first byte: past it the connection is closed. Kestrel waits
+    /// its keep-alive timeout (130 s) there, which let a few hundred silent sockets hold every --max-connections slot,
+    /// /health included, for two minutes at a time. Idle time between requests keeps Kestrel's 130 s: a proxy or load
+    /// balancer keeping connections to the server idle for 60 s (nginx's keepalive_timeout in deploy/, an AWS ALB) must
+    /// not find them closed under it.
     /// </summary>
-    public TimeSpan KeepAliveTimeout { get; init; } = TimeSpan.FromSeconds(15);
+    public TimeSpan FirstByteTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
     /// <summary>Loads the model; runs on a background thread after the server is listening, while /health answers 503.</summary>
     public required Func<LoadedModel> LoadModel { get; init; }
@@ -116,7 +118,7 @@ public sealed record ServerOptions
         // them, and the dashboard could not use such a key: keys are printable ASCII, as bearer tokens are.
         if (ApiKey is { } ascii && ascii.AsSpan().IndexOfAnyExceptInRange('\x20', '\x7e') is >= 0 and var at)
             throw new ArgumentException($"The API key holds a character outside printable ASCII (U+{(int)ascii[at]:X4} at position {at + 1}), which HTTP clients and browsers cannot all send; use letters, digits, punctuation and spaces only.", nameof(ApiKey));
-        if (KeepAliveTimeout <= TimeSpan.Zero) throw new ArgumentException($"KeepAliveTimeout must be positive; got {KeepAliveTimeout}.", nameof(KeepAliveTimeout));
+        if (FirstByteTimeout <= TimeSpan.Zero) throw new ArgumentException($"FirstByteTimeout must be positive; got {FirstByteTimeout}.", nameof(FirstByteTimeout));
         if (MaxConcurrentConnections is < 1) throw new ArgumentException($"MaxConcurrentConnections must be ≥ 1; got {MaxConcurrentConnections}.", nameof(MaxConcurrentConnections));
         foreach (var origin in CorsOrigins ?? throw new ArgumentNullException(nameof(CorsOrigins)))
             if (!IsCorsOrigin(origin))
