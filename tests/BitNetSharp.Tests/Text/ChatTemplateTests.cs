@@ -285,6 +285,13 @@ public class ChatTextStopTests
         // A system message (Mistral's templates refuse one) goes before the first user text, a blank line between.
         Assert.Equal("<s>[INST] Be brief.\n\nQ1 [/INST]", mistral.Render([ChatMessage.System("Be brief."), ChatMessage.User("Q1")]));
         Assert.Same(ChatTemplates.Mistral, ChatTemplates.ByName("Mistral"));
+        // Mistral Instruct v0.1's own template writes a space after each answer's </s> (jinja2: "...A1</s> [INST] Q2 [/INST]").
+        var v01 = ChatTemplates.Detect(source.Replace("message['content'] + eos_token}}", "message['content'] + eos_token + ' ' }}", StringComparison.Ordinal));
+        Assert.Same(ChatTemplates.MistralV01, v01);
+        Assert.Equal("<s>[INST] Q1 [/INST]A1</s> [INST] Q2 [/INST]", v01!.Render([ChatMessage.User("Q1"), ChatMessage.Assistant("A1"), ChatMessage.User("Q2")]));
+        // A Meta-style template without <<SYS>> (a BOS per turn) stays Llama 2's; a later Mistral format's name is none of these.
+        Assert.Same(ChatTemplates.Llama2, ChatTemplates.Detect("{% for m in messages %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}"));
+        Assert.Null(ChatTemplates.Detect("mistral-v7"));
         // Encoded: one BOS, and the answer's end is the vocabulary's </s>.
         var spm = TestTokenizers.LlamaSpm;
         var ids = mistral.Encode(spm, [ChatMessage.User("Hi"), ChatMessage.Assistant("Yo"), ChatMessage.User("Bye")]);

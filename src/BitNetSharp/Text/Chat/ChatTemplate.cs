@@ -235,9 +235,10 @@ public sealed class Llama2ChatTemplate : ChatTemplate
 /// template was rendered with a second BOS per turn). Those templates refuse a system message; here it goes before the
 /// first user message's text, a blank line between (as Mistral's later templates place it). Content is not stripped.
 /// </summary>
-public sealed class MistralChatTemplate : ChatTemplate
+public sealed class MistralChatTemplate(bool spaceAfterAnswer = false) : ChatTemplate
 {
-    public override string Name => "mistral";
+    /// <summary>"mistral" (v0.2, Mixtral: <c>{a}&lt;/s&gt;[INST]</c>) or "mistral-v0.1" (whose template writes <c>eos_token + ' '</c>: <c>{a}&lt;/s&gt; [INST]</c>).</summary>
+    public override string Name => spaceAfterAnswer ? "mistral-v0.1" : "mistral";
 
     private protected override string[] TurnMarkers => ["</s>", "[INST]"];
 
@@ -253,7 +254,7 @@ public sealed class MistralChatTemplate : ChatTemplate
                     system.Add(m.Content);
                     break;
                 case "assistant":
-                    Content(text, m.Content, spans).Append("</s>");
+                    Content(text, m.Content, spans).Append(spaceAfterAnswer ? "</s> " : "</s>");
                     break;
                 default:
                     text.Append("[INST] ");

@@ -13,11 +13,13 @@ public static partial class ChatTemplates
 
     public static ChatTemplate Mistral { get; } = new MistralChatTemplate();
 
+    public static ChatTemplate MistralV01 { get; } = new MistralChatTemplate(spaceAfterAnswer: true);
+
     public static ChatTemplate Phi3 { get; } = new Phi3ChatTemplate();
 
     public static ChatTemplate Falcon3 { get; } = new Falcon3ChatTemplate();
 
-    public static IReadOnlyList<ChatTemplate> All { get; } = [BitNet, Llama3, Llama2, ChatMl, Phi3, Falcon3, Mistral];
+    public static IReadOnlyList<ChatTemplate> All { get; } = [BitNet, Llama3, Llama2, ChatMl, Phi3, Falcon3, Mistral, MistralV01];
 
     /// <summary>The names <see cref="ByName"/> accepts.</summary>
     public static IReadOnlyList<string> Names { get; } = [.. All.Select(t => t.Name)];
@@ -81,7 +83,11 @@ public static partial class ChatTemplates
             // Mistral's v1/v3/v7 formats (other spacing, tools, [SYSTEM_PROMPT]) are neither; one with a <<SYS>> block is
             // Meta's Llama 2 (and its variants), one without is Mistral Instruct v0.1/v0.2's (llama.cpp's plain "llama2":
             // BOS once, no space around answers), which Meta's format gave a BOS per turn and spaced answers.
-            return Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") ? null : Has("<<SYS>>") ? Llama2 : Mistral;
+            // (Meta-style markers without <<SYS>>, a BOS per turn or stripped content, are llama.cpp's llama2 variants too;
+            // another "mistral-..." name is one of the later formats.)
+            return template.StartsWith("mistral", StringComparison.Ordinal) || Has("[SYSTEM_PROMPT]") || Has("' [INST] ' + system_message") || Has("[AVAILABLE_TOOLS]") ? null
+                : Has("<<SYS>>") || Has("bos_token + '[INST]") || Has("content.strip()") ? Llama2
+                : Has("eos_token + ' '") ? MistralV01 : Mistral;
         if (Has("<|assistant|>") && Has("<|end|>")) return Phi3;
         if (Has("[gMASK]<sop>")) return null;
         // llama.cpp's rule ("</s>"), and the Tulu source itself (Falcon 3's and OLMo 2's Hugging Face template: a user turn
