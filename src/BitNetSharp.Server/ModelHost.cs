@@ -118,7 +118,9 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             Error = e.Message;
             _state = (int)ModelState.Failed;
             // A bad or unreadable model file is the user's to fix, said in one line; anything else keeps its stack trace.
-            if (e is BitNetSharp.Formats.ModelFormatException or BitNetSharp.Formats.UnsuitableSettingException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException)
+            // (Non-finite logits in the warm-up are the model's numbers, said by the message: its stack trace told nothing.)
+            if (e is BitNetSharp.Formats.ModelFormatException or BitNetSharp.Formats.UnsuitableSettingException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException
+                or BitNetSharp.Monitoring.NonFiniteLogitsException)
                 logger.LogError("Loading the model failed: {Message}", e.Message);
             else if (e is BitNetSharp.Monitoring.Alerts.AlertRulesException)
                 logger.LogError("The alert rules do not fit the model: {Message}", e.Message);

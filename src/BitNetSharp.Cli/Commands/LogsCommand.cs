@@ -685,6 +685,9 @@ public static class LogsCommand
                 long nonFinite = _eventKinds.GetValueOrDefault("nonfinite_logits");
                 w.WriteLine($"logits: {logits}; sequences ended by non-finite logits: {nonFinite:N0}");
             }
+            // Every served sequence ended so (no served token logged): the count went with the tokens line.
+            else if (_eventKinds.GetValueOrDefault("nonfinite_logits") is > 0 and var onlyNonFinite)
+                w.WriteLine($"tokens: none logged; sequences ended by non-finite logits: {onlyNonFinite:N0}");
             if (_warmupRows > 0)
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"warm-up: {_warmupRows:N0} token{(_warmupRows == 1 ? "" : "s")} over {_warmupSteps.Count:N0} step{(_warmupSteps.Count == 1 ? "" : "s")}, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above{(_layers.Count > 0 ? ", but in the layer tables below, which are the model's numbers: their means can differ from one request's `generate --health`" : "")})"));

@@ -467,6 +467,24 @@ public class LogsCommandTests
         Assert.Equal([3, 3, 3, 3, 3], steps);
     }
 
+    /// <summary>A log whose every served sequence ended by non-finite logits still counts them (the line went with the tokens line, absent without served tokens).</summary>
+    [Fact]
+    public void ASummaryCountsNonFiniteEndsWithoutServedTokens()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string path;
+        using (var writer = new TelemetryLogWriter(new TelemetryLogOptions { Path = dir.File("run.arrow") }, Context))
+        {
+            writer.Write(Layer(Start + 1_000_000_000L, 1, 0));
+            writer.Write(new TelemetryEvent(Start + 1_000_000_001L, "nonfinite_logits", "a", null, "NaN from layer 0") { Step = 1 });
+            writer.Flush();
+            path = writer.CurrentPath!;
+        }
+        var (code, output, error) = Bitnet("logs", path);
+        Assert.True(code == 0, error);
+        Assert.Contains("sequences ended by non-finite logits: 1", output);
+    }
+
     [Fact]
     public void ExportsCsvAndJsonLines()
     {
