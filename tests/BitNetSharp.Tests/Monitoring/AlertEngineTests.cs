@@ -926,19 +926,13 @@ public class AlertEngineTests
     {
         using var listener = ListenForHook(out int port);
         var seen = new List<string>();
-        var serving = Task.Run(async () =>
+        var serving = ServeHook(listener, async ctx =>
         {
-            while (true)
-            {
-                HttpListenerContext ctx;
-                try { ctx = await listener.GetContextAsync(); }
-                catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
-                using (var body = await JsonDocument.ParseAsync(ctx.Request.InputStream))
-                    lock (seen) seen.Add(body.RootElement.GetProperty("status").GetString()!);
-                ctx.Response.StatusCode = 500;
-                ctx.Response.Close();
-            }
-        }, TestContext.Current.CancellationToken);
+            using (var body = await JsonDocument.ParseAsync(ctx.Request.InputStream))
+                lock (seen) seen.Add(body.RootElement.GetProperty("status").GetString()!);
+            ctx.Response.StatusCode = 500;
+            ctx.Response.Close();
+        });
         var log = new List<string>();
         var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), Log = l => { lock (log) log.Add(l); } });
@@ -967,18 +961,13 @@ public class AlertEngineTests
     {
         using var listener = ListenForHook(out int port);
         int requests = 0;
-        var serving = Task.Run(async () =>
+        var serving = ServeHook(listener, ctx =>
         {
-            while (true)
-            {
-                HttpListenerContext ctx;
-                try { ctx = await listener.GetContextAsync(); }
-                catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
-                Interlocked.Increment(ref requests);
-                ctx.Response.StatusCode = 404;
-                ctx.Response.Close();
-            }
-        }, TestContext.Current.CancellationToken);
+            Interlocked.Increment(ref requests);
+            ctx.Response.StatusCode = 404;
+            ctx.Response.Close();
+            return Task.CompletedTask;
+        });
         var log = new List<string>();
         using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(20), Log = l => { lock (log) log.Add(l); } });
@@ -1005,23 +994,17 @@ public class AlertEngineTests
     {
         using var listener = ListenForHook(out int port);
         var seen = new List<string>();
-        var serving = Task.Run(async () =>
+        var serving = ServeHook(listener, async ctx =>
         {
-            while (true)
+            string body = await new StreamReader(ctx.Request.InputStream).ReadToEndAsync();
+            lock (seen) seen.Add($"{ctx.Request.HttpMethod} {ctx.Request.Url!.AbsolutePath} {body.Length}");
+            if (ctx.Request.Url!.AbsolutePath == "/hook/")
             {
-                HttpListenerContext ctx;
-                try { ctx = await listener.GetContextAsync(); }
-                catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
-                string body = await new StreamReader(ctx.Request.InputStream).ReadToEndAsync();
-                lock (seen) seen.Add($"{ctx.Request.HttpMethod} {ctx.Request.Url!.AbsolutePath} {body.Length}");
-                if (ctx.Request.Url!.AbsolutePath == "/hook/")
-                {
-                    ctx.Response.StatusCode = status;
-                    ctx.Response.RedirectLocation = $"http://127.0.0.1:{port}/hook/moved";
-                }
-                ctx.Response.Close();
+                ctx.Response.StatusCode = status;
+                ctx.Response.RedirectLocation = $"http://127.0.0.1:{port}/hook/moved";
             }
-        }, TestContext.Current.CancellationToken);
+            ctx.Response.Close();
+        });
         var log = new List<string>();
         using var e = Engine(new AlertRule { Name = "Hot", Metric = "m", Threshold = 1 }, () => 5,
             new AlertEngineOptions { WebhookUrl = new Uri($"http://127.0.0.1:{port}/hook/"), WebhookRetryDelay = TimeSpan.FromMilliseconds(20), Log = l => { lock (log) log.Add(l); } });
@@ -1311,6 +1294,18 @@ public class AlertEngineTests
         await Task.WhenAll(first, second);
         Assert.Equal([true, false], order);
     }
+
+    /// <summary>Answers every request to <paramref name="listener"/> with <paramref name="answer"/> until it stops.</summary>
+    private static Task ServeHook(HttpListener listener, Func<HttpListenerContext, Task> answer) => Task.Run(async () =>
+    {
+        while (true)
+        {
+            HttpListenerContext ctx;
+            try { ctx = await listener.GetContextAsync(); }
+            catch (Exception ex) when (ex is HttpListenerException or ObjectDisposedException) { return; }
+            await answer(ctx);
+        }
+    }, TestContext.Current.CancellationToken);
 
     /// <summary>
     /// An HttpListener on http://127.0.0.1:PORT/hook/ at a free port: another port when the probed one was taken before

@@ -159,6 +159,21 @@ public class GracefulShutdownTests
         }
     }
 
+    /// <summary>A serve process of the bundled model with one stream of <paramref name="maxTokens"/> tokens in flight.</summary>
+    private static async Task<(ServeProcess Server, HttpClient Http, HttpResponseMessage Response)> ServeWithStreamAsync(int maxTokens)
+    {
+        var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1");
+        var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
+        var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
+        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
+        {
+            Content = new StringContent(JsonSerializer.Serialize(new { prompt = "Once upon a time", max_tokens = maxTokens, stream = true, ignore_eos = true }), Encoding.UTF8, "application/json"),
+        };
+        var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        return (server, http, response);
+    }
+
     /// <summary>
     /// One SIGTERM delivered twice at once (GNU timeout signals the child and then its process group) is one stop: the
     /// second copy cut the drain short as a "second signal", with requests in flight cut and logs unflushed. (50 ms
@@ -169,16 +184,11 @@ public class GracefulShutdownTests
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "sends signals with kill(1); Linux only");
         Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
-        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1");
+        var (server, http, response) = await ServeWithStreamAsync(64);
+        using var serverScope = server;
+        using var httpScope = http;
+        using var responseScope = response;
         var process = server.Process;
-        var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
-        using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
-        {
-            Content = new StringContent(JsonSerializer.Serialize(new { prompt = "Once upon a time", max_tokens = 64, stream = true, ignore_eos = true }), Encoding.UTF8, "application/json"),
-        };
-        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         string pid = process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
         using (var kill = Process.Start("sh", ["-c", $"kill -TERM {pid}; sleep 0.05; kill -TERM {pid}"])) await kill.WaitForExitAsync(Ct);
         string body = await response.Content.ReadAsStringAsync(Ct);
@@ -201,16 +211,11 @@ public class GracefulShutdownTests
     {
         Assert.SkipUnless(OperatingSystem.IsLinux(), "sends signals with kill(1); Linux only");
         Assert.SkipUnless(File.Exists(ServeProcess.Executable), $"the CLI's apphost is not next to the tests ({ServeProcess.Executable})");
-        using var server = new ServeProcess("-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "--port", "0", "--shutdown-timeout", "20", "-t", "1");
+        var (server, http, response) = await ServeWithStreamAsync(240);
+        using var serverScope = server;
+        using var httpScope = http;
+        using var responseScope = response;
         var process = server.Process;
-        var address = await server.ReadyAsync(TimeSpan.FromSeconds(60), Ct);
-        using var http = new HttpClient { BaseAddress = address, Timeout = TimeSpan.FromSeconds(60) };
-        using var request = new HttpRequestMessage(HttpMethod.Post, "v1/completions")
-        {
-            Content = new StringContent(JsonSerializer.Serialize(new { prompt = "Once upon a time", max_tokens = 240, stream = true, ignore_eos = true }), Encoding.UTF8, "application/json"),
-        };
-        using var response = await http.SendAsync(request, HttpCompletionOption.ResponseHeadersRead, Ct);
-        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
         string pid = process.Id.ToString(System.Globalization.CultureInfo.InvariantCulture);
         using (var kill = Process.Start("kill", ["-INT", pid])) await kill.WaitForExitAsync(Ct);
         await TestServer.EventuallyAsync(() => Task.FromResult(server.Log.Contains("stopping: draining")), "serve to start draining");
