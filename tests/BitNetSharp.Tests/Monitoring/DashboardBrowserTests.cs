@@ -265,6 +265,14 @@ public sealed partial class DashboardBrowserTests
             () => { drawHealth(parse('bitnet_health_logits_entropy NaN\nbitnet_health_logits_range NaN\nbitnet_health_logits_min NaN\n'), null, 0);
                     return document.getElementById('logits').textContent + '|' + document.getElementById('logits_minmax').textContent; }
             """));
+        // Weights that failed a check: the tile names what changed, as /health?verbose does, in the alert colour (a plain "NO").
+        Assert.Equal("NO (blk.2.ffn_up.weight) / 0|var(--bad)|NO (the model file changed) / 0", await page.EvaluateAsync<string>("""
+            () => { const m = parse('bitnet_weights_verified 0\nbitnet_weights_degenerate_tensors 0\n');
+                    drawHealth(m, { weights: { status: "mismatch", last_mismatch: "blk.2.ffn_up.weight" } }, 0);
+                    const a = document.getElementById('weights').textContent + '|' + document.getElementById('weights').style.color;
+                    drawHealth(m, { weights: { status: "file_changed" } }, 0);
+                    return a + '|' + document.getElementById('weights').textContent; }
+            """));
         // A 4-bit input's shares are shown marked and not coloured (the thresholds are 8-bit ones: a healthy 4-bit input
         // has about half its codes at 0, and drew full red); an 8-bit one at the same share is.
         Assert.Equal("55.00 (4b)||55.00|rgb", await page.EvaluateAsync<string>("""
