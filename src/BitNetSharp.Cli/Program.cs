@@ -157,6 +157,9 @@ public static class Program
             return given.StartsWith('-')
                 ? $"{option.Option.Name} '{given}' is too small (no value below {(plain == typeof(int) ? int.MinValue : plain == typeof(long) ? long.MinValue : 0)} is read; the option's own range may be narrower)."
                 : $"{option.Option.Name} '{given}' is too large (no value past {(plain == typeof(int) ? int.MaxValue : plain == typeof(long) ? long.MaxValue : plain == typeof(uint) ? uint.MaxValue : ulong.MaxValue)} is read; the option's own range may be smaller).";
+        // A list where one number goes (`bench -p 16,32`, as llama-bench takes it): say that one value is read.
+        if ((plain == typeof(int) || plain == typeof(long)) && given.Contains(',') && given.Split(',').All(p => p.Trim().Length > 0 && p.Trim().All(char.IsAsciiDigit)))
+            return $"{option.Option.Name} '{given}': this option takes one whole number, written without commas (not a list: run once per value; no thousands separators).";
         return $"{option.Option.Name} '{given}' is not {expected}.";
     }
 }

@@ -345,6 +345,8 @@ public class GenerateCommandTests
     [InlineData("--ctx", "99999999999", "--ctx '99999999999' is too large (no value past 2147483647 is read")] // "is not a whole number"
     [InlineData("--seed", "99999999999999999999", "--seed '99999999999999999999' is too large (no value past 18446744073709551615 is read")]
     [InlineData("-n", "lots", "--n-predict 'lots' is not a whole number.")]
+    // A list, as llama-bench takes (-p 16,32), or a thousands separator: "is not a whole number" said neither.
+    [InlineData("-n", "16,32", "--n-predict '16,32': this option takes one whole number, written without commas")]
     [InlineData("--temp", "hot", "--temp 'hot' is not a number.")]
     // A decimal comma was read as a thousands separator: temperature 8, a repeat penalty of 11, without a word.
     [InlineData("--temp", "0,8", "--temp '0,8' is not a number: write a decimal with a point")]
