@@ -155,8 +155,12 @@ public static class BenchCommand
                         new JsonSerializerOptions { WriteIndented = true }));
                 else if (result.GetValue(csv))
                 {
-                    cli.Output.WriteLine("threads,bandwidth_gbps,best_pattern,huge_pages");
-                    foreach (var p in probes) cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{p.Threads},{p.Best:F3},{p.Pattern},{(p.HugePages ? 1 : 0)}"));
+                    // Each pattern's figure too, as the table and JSON give them (the CSV had the best alone).
+                    var patterns = Enum.GetNames<BandwidthPattern>().Select(n => n.ToLowerInvariant()).ToArray();
+                    cli.Output.WriteLine("threads,bandwidth_gbps,best_pattern,huge_pages," + string.Join(',', patterns.Select(n => n + "_gbps")));
+                    foreach (var p in probes)
+                        cli.Output.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{p.Threads},{p.Best:F3},{p.Pattern},{(p.HugePages ? 1 : 0)},")
+                            + string.Join(',', patterns.Select(n => p.ByPattern.TryGetValue(n, out double g) ? g.ToString("F3", CultureInfo.InvariantCulture) : "")));
                 }
                 else
                     foreach (var p in probes)

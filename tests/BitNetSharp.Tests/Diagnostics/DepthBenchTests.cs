@@ -253,6 +253,14 @@ public class DepthBenchTests
         Assert.True(Program.Run(["bench", "--bandwidth-only", "--json", "-t", "1", "-r", "1"], probeOutput, probeError) == 0, probeError.ToString());
         using (var doc = JsonDocument.Parse(probeOutput.ToString()))
             Assert.True(doc.RootElement[0].GetProperty("bandwidth_gbps").GetDouble() > 0);
+        // The CSV has each pattern's figure, as the table and JSON do (it had the best alone).
+        var csvOutput = new StringWriter();
+        Assert.True(Program.Run(["bench", "--bandwidth-only", "--csv", "-t", "1", "-r", "1"], csvOutput, probeError) == 0, probeError.ToString());
+        var csvLines = csvOutput.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("threads,bandwidth_gbps,best_pattern,huge_pages,prefetch_gbps,plain_gbps,multistream_gbps,multistreamnontemporal_gbps", csvLines[0].TrimEnd('\r'));
+        var cells = csvLines[1].TrimEnd('\r').Split(',');
+        Assert.Equal(8, cells.Length);
+        Assert.Equal(double.Parse(cells[1], System.Globalization.CultureInfo.InvariantCulture), cells[4..].Max(c => double.Parse(c, System.Globalization.CultureInfo.InvariantCulture)), 3);
 
         foreach (var (args, what) in new (string[], string)[]
         {
