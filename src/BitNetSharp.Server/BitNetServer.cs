@@ -136,7 +136,9 @@ public sealed class BitNetServer : IAsyncDisposable
     private static async Task FirstByteAsync(Microsoft.AspNetCore.Connections.ConnectionContext connection, Microsoft.AspNetCore.Connections.ConnectionDelegate next, TimeSpan timeout)
     {
         var input = connection.Transport.Input;
-        using (var silent = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed))
+        // Also ended by the server's stop (ConnectionClosedRequested): a silent socket held a graceful stop for the whole timeout.
+        var stopping = connection.Features.Get<Microsoft.AspNetCore.Connections.Features.IConnectionLifetimeNotificationFeature>()?.ConnectionClosedRequested ?? CancellationToken.None;
+        using (var silent = CancellationTokenSource.CreateLinkedTokenSource(connection.ConnectionClosed, stopping))
         {
             silent.CancelAfter(timeout);
             try
@@ -145,8 +147,10 @@ public sealed class BitNetServer : IAsyncDisposable
                 input.AdvanceTo(first.Buffer.Start); // nothing consumed or examined: the parser reads these bytes
                 if (first.IsCompleted && first.Buffer.IsEmpty) return; // closed without a byte
             }
-            catch (OperationCanceledException)
+            catch (Exception e) when (e is OperationCanceledException or IOException)
             {
+                // Silent past the timeout, or reset by the peer (a port scan, a TCP health check): Kestrel logged the
+                // reset as an unhandled exception with its stack trace.
                 connection.Abort();
                 return;
             }
@@ -413,6 +417,9 @@ public sealed class BitNetServer : IAsyncDisposable
         if (e.RetryAfterSeconds is { } s) context.Response.Headers.RetryAfter = s.ToString(CultureInfo.InvariantCulture);
         if (e.ShouldRetry is { } retry) context.Response.Headers[ShouldRetryHeader] = retry ? "true" : "false";
         if (e.Status == 401) context.Response.Headers.WWWAuthenticate = "Bearer";
+        // A body past the limit is not read to its end: the connection closes (Kestrel would drain a chunked one up to its
+        // raised bound, about 8 MB at the default 1 MB).
+        if (e.Status == 413) context.Response.Headers.Connection = "close";
         if (e.Allow is { } allow) context.Response.Headers.Allow = allow;
         return OpenAiJson.WriteJsonAsync(context.Response, e.Status, w => OpenAiJson.Error(w, e), CancellationToken.None, host.WriteStallTimeout, host.WriteStalled(context));
     }

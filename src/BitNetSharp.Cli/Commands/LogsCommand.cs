@@ -522,6 +522,7 @@ public static class LogsCommand
         private readonly List<TelemetryEvent> _firstEvents = [];
         private readonly Queue<TelemetryEvent> _lastEvents = new();
         private long _eventCount;
+        private long _servedNonFinite; // nonfinite_logits events of served requests (not the warm-up's)
         private long _stepRows, _finiteLogitRows;
         private float _logitMin = float.PositiveInfinity, _logitMax = float.NegativeInfinity;
         private double _entropySum, _stepSecondsSum, _latencySum;
@@ -587,7 +588,10 @@ public static class LogsCommand
                         if (_lastEvents.Count > ShownEvents) _lastEvents.Dequeue();
                     }
                     if (row.Event.RequestId is not null && !row.Event.RequestId.StartsWith(TelemetryLogSchema.WarmupRequestIdPrefix, StringComparison.Ordinal))
+                    {
                         _requests.Add(row.Event.RequestId);
+                        if (row.Event.Kind == "nonfinite_logits") _servedNonFinite++;
+                    }
                     break;
             }
         }
@@ -682,12 +686,12 @@ public static class LogsCommand
                 string logits = _finiteLogitRows == 0 ? "no finite rows"
                     : string.Create(CultureInfo.InvariantCulture, $"min {_logitMin:0.####}, max {_logitMax:0.####}, entropy mean {_entropySum / _finiteLogitRows:0.####}");
                 // A sequence whose logits went non-finite ends before its token is logged: the events count them.
-                long nonFinite = _eventKinds.GetValueOrDefault("nonfinite_logits");
-                w.WriteLine($"logits: {logits}; sequences ended by non-finite logits: {nonFinite:N0}");
+                // (Served sequences: a warm-up's own are the load's failure, not a request's.)
+                w.WriteLine($"logits: {logits}; sequences ended by non-finite logits: {_servedNonFinite:N0}");
             }
             // Every served sequence ended so (no served token logged): the count went with the tokens line.
-            else if (_eventKinds.GetValueOrDefault("nonfinite_logits") is > 0 and var onlyNonFinite)
-                w.WriteLine($"tokens: none logged; sequences ended by non-finite logits: {onlyNonFinite:N0}");
+            else if (_servedNonFinite > 0)
+                w.WriteLine($"tokens: none logged; sequences ended by non-finite logits: {_servedNonFinite:N0}");
             if (_warmupRows > 0)
                 w.WriteLine(string.Create(CultureInfo.InvariantCulture,
                     $"warm-up: {_warmupRows:N0} token{(_warmupRows == 1 ? "" : "s")} over {_warmupSteps.Count:N0} step{(_warmupSteps.Count == 1 ? "" : "s")}, {_warmupSeconds * 1e3:0.###} ms (the server's own requests before serving; not in the figures above{(_layers.Count > 0 ? ", but in the layer tables below, which are the model's numbers: their means can differ from one request's `generate --health`" : "")})"));

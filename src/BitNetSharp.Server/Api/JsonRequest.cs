@@ -42,8 +42,6 @@ internal readonly struct JsonRequest(JsonElement root, string prefix = "")
         }
         catch (Exception e) when (e is BadHttpRequestException { StatusCode: StatusCodes.Status413PayloadTooLarge } or BodyTooLargeException)
         {
-            // The rest of the body is not read: close the connection rather than have Kestrel drain up to its raised bound.
-            if (e is BodyTooLargeException) request.HttpContext.Response.Headers.Connection = "close";
             throw new ApiException(413, $"The request body is larger than this server accepts ({limit} bytes).",
                 "invalid_request_error", code: "request_too_large");
         }

@@ -317,6 +317,14 @@ public class AlertEngineTests
             time.Advance(1);
         }
         Assert.Equal(3, firedAt);
+
+        // A hold under an interval is never stricter than one of a whole interval: 0.9 s met by an evaluation 0.8 s on.
+        var early = new ManualTime();
+        using var shortHold = new AlertEngine([new AlertRule { Name = "S", Metric = "m", Threshold = 1, ForSeconds = 0.9 }], s => s.Add("m", 5), new AlertEngineOptions { Time = early });
+        shortHold.Evaluate();
+        early.Advance(0.8);
+        shortHold.Evaluate();
+        Assert.Single(shortHold.Firing);
     }
 
     /// <summary>

@@ -477,6 +477,8 @@ public class LogsCommandTests
         {
             writer.Write(Layer(Start + 1_000_000_000L, 1, 0));
             writer.Write(new TelemetryEvent(Start + 1_000_000_001L, "nonfinite_logits", "a", null, "NaN from layer 0") { Step = 1 });
+            // The warm-up's own (a load that failed so): not a served sequence.
+            writer.Write(new TelemetryEvent(Start + 1_000_000_002L, "nonfinite_logits", TelemetryLogSchema.WarmupRequestIdPrefix + "1", null, "NaN from layer 0") { Step = 1 });
             writer.Flush();
             path = writer.CurrentPath!;
         }

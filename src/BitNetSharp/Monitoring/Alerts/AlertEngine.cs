@@ -593,7 +593,7 @@ public sealed class AlertEngine : IDisposable
         double interval = _options.Interval.TotalSeconds;
         // Shorter than an interval: as it is (the next evaluation is past it anyway; and Evaluate called more often than
         // the timer, as a host or a test may, keeps a sub-interval window's meaning).
-        if (seconds < interval) return seconds;
+        if (seconds < interval) return Math.Min(seconds, 0.75 * interval); // never stricter than a whole interval's
         return Math.Ceiling(seconds / interval - 1e-9) * interval - interval / 4;
     }
 
