@@ -72,7 +72,8 @@ internal sealed record SoakRequest(double Start, double End, int Client, SoakKin
 /// <summary>One sample of the time series; NaN where the server does not export the metric or the interval had no request.</summary>
 internal sealed record SoakSample(double T, string Phase, double RssBytes, double GcHeapBytes, double GcCommittedBytes, double Gen2Collections,
     double SequencesRunning, double MaxSequences, double RequestsRunning, double RequestsWaiting, double InFlight, double KvUsage,
-    int Completed, double RequestsPerSecond, double GenerationTokensPerSecond, double TtftP50, double TtftP99, double LatencyP50, double LatencyP99, int FailuresSoFar)
+    int Completed, double RequestsPerSecond, double GenerationTokensPerSecond, double TtftP50, double TtftP99, double LatencyP50, double LatencyP99, int FailuresSoFar,
+    double Gen0Collections = double.NaN)
 {
     public bool Idle => SequencesRunning == 0 && RequestsRunning == 0 && RequestsWaiting == 0 && KvUsage == 0 && !(InFlight > 0);
 }
@@ -89,6 +90,9 @@ internal sealed record SoakSample(double T, string Phase, double RssBytes, doubl
 /// </summary>
 internal static class Soak
 {
+    /// <summary>The server's generation-0 collections: the RSS verdict's baseline waits for the first under load.</summary>
+    public const string Gen0Series = "bitnet_process_gc_collections_total{generation=\"0\"}";
+
     public static async Task<SoakReport> RunAsync(SoakOptions options, TextWriter progress, CancellationToken cancellation = default)
     {
         options.Validate();
@@ -173,7 +177,8 @@ internal static class Soak
             var sample = new SoakSample(t, phase, rss, Metric(m, "bitnet_process_gc_heap_bytes"), Metric(m, "bitnet_process_gc_committed_bytes"),
                 Metric(m, "bitnet_process_gc_collections_total{generation=\"2\"}"), Metric(m, "bitnet_sequences_running"), maxSequences,
                 Metric(m, "bitnet_requests_running"), Metric(m, "bitnet_requests_waiting"), Metric(m, "bitnet_server_requests_in_flight"), Metric(m, "bitnet_kv_cache_usage_ratio"),
-                window.Count, window.Count / dt, (tokens - lastTokens) / Math.Max(1e-3, t - lastTokensT), Percentile(ttft, 50), Percentile(ttft, 99), Percentile(latency, 50), Percentile(latency, 99), failures);
+                window.Count, window.Count / dt, (tokens - lastTokens) / Math.Max(1e-3, t - lastTokensT), Percentile(ttft, 50), Percentile(ttft, 99), Percentile(latency, 50), Percentile(latency, 99), failures,
+                Metric(m, Gen0Series));
             lastSampleT = t;
             if (double.IsFinite(tokens)) (lastTokens, lastTokensT) = (tokens, t); // after a failed scrape the rate spans both intervals (it doubled)
             lock (samples) samples.Add(sample);
