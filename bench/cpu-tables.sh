@@ -28,6 +28,18 @@ if ! echo "$model_name" | grep -q '[0-9]' && lscpu | grep -q AuthenticAMD; then
   esac
   [ -n "$zen" ] && slug="$slug-$zen"
 fi
+# Intel under a hypervisor often shows "Intel(R) Xeon(R) Processor" alone: name the server generation from the model
+# (family 6: 85 Skylake/Cascade Lake-SP, 106/108 Ice Lake-SP, 143 Sapphire Rapids, 207 Emerald Rapids, 173/174 Granite Rapids).
+if ! echo "$model_name" | grep -q '[0-9]' && lscpu | grep -q GenuineIntel; then
+  family=$(lscpu | sed -n 's/^CPU family: *//p' | head -1); model=$(lscpu | sed -n 's/^Model: *//p' | head -1)
+  icx=""
+  if [ "$family" = 6 ]; then
+    case "$model" in
+      85) icx=cascade-lake ;; 106|108) icx=ice-lake ;; 143) icx=sapphire-rapids ;; 207) icx=emerald-rapids ;; 173|174) icx=granite-rapids ;;
+    esac
+  fi
+  [ -n "$icx" ] && slug="$slug-$icx"
+fi
 # DOTNET_EnableAVX512=0 takes every kernel's 256-bit path (as on Zen 2/3 and Intel client cores): its own file.
 suffix=""; [ "${DOTNET_EnableAVX512:-1}" = 0 ] && suffix="-avx512-off"
 out=${1:-bench/results/cpu-tables-$slug-${cores}core$suffix.md}
