@@ -194,9 +194,9 @@ public static class BenchCommand
                             ? $"-d {maxDepth} with {flag} {count} needs {needed} positions; the model's context is {context} (pass --ctx {both} to allocate more)."
                             : $"-d {maxDepth} with {flag} {count} needs {needed} positions, more than bench allocates ({MaxContext}); lower -d or {flag}.");
             }
-            // An HF directory's size is its safetensors files' (it read 0 in JSON and CSV).
-            long fileBytes = File.Exists(path) ? BitNetSharp.Formats.PathIdentity.Length(path)
-                : Directory.Exists(path) ? Directory.EnumerateFiles(path, "*.safetensors").Sum(f => new FileInfo(f).Length) : 0;
+            // An HF directory's size is that of the safetensors files the loader read (it read 0 in JSON and CSV; then every
+            // *.safetensors in it, a model.safetensors beside another's shards counted twice).
+            long fileBytes = File.Exists(path) ? BitNetSharp.Formats.PathIdentity.Length(path) : Directory.Exists(path) ? HfWeightBytes(path) : 0;
             // As the engine's kernel reads them: the lookup kernel decodes from its own layout, 2 bytes per 9 weights.
             var kernel = Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim);
             long perToken = ThroughputBenchmark.BytesPerToken(weights, kernel);
@@ -361,6 +361,12 @@ public static class BenchCommand
     /// threads fill, L2s and slack included (twice it); true where the cache size is unknown.</summary>
     public static bool FitsInCache(long bytes, int threads) =>
         BitNetSharp.Diagnostics.MemoryBandwidth.ReachableCacheBytes(threads) is not { } cache || bytes <= 2 * cache;
+
+    private static long HfWeightBytes(string directory)
+    {
+        using var hf = BitNetSharp.Formats.HuggingFace.HfModelDirectory.Open(directory);
+        return hf.Weights.TotalFileBytes;
+    }
 
     private sealed record Info(string Model, string Architecture, long FileBytes, double ProjectionBitsPerWeight, double LoadSeconds,
         long? PeakRssBytes, long BytesPerToken, string Kernel, string KvType, string HeadType, long HeadBytes, long? RssEndBytes,

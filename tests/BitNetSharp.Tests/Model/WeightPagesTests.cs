@@ -159,5 +159,16 @@ public class WeightPagesTests
         long expected = Directory.EnumerateFiles(hf, "*.safetensors").Sum(f => new FileInfo(f).Length);
         Assert.True(expected > 0);
         Assert.Equal(expected, doc.RootElement.GetProperty("file_bytes").GetInt64());
+
+        // Only the files the loader reads: a copy of the weights beside model.safetensors (consolidated.safetensors, as
+        // some repositories ship) is not read, and was counted (twice the size).
+        using var dir = new TestGguf.TempDirectory();
+        foreach (var f in Directory.GetFiles(hf)) File.Copy(f, dir.File(Path.GetFileName(f)));
+        File.Copy(dir.File("model.safetensors"), dir.File("consolidated.safetensors"));
+        output = new StringWriter();
+        code = Program.Run(["bench", "-m", dir.Path, "-p", "0", "-n", "2", "-t", "1", "-r", "1", "--json"], output, error);
+        Assert.True(code == 0, error.ToString());
+        using var again = JsonDocument.Parse(output.ToString());
+        Assert.Equal(expected, again.RootElement.GetProperty("file_bytes").GetInt64());
     }
 }
