@@ -87,7 +87,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger, _address);
             _monitor = monitor;
-            var process = new ProcessMeters(() => InFlight, Started, () => Refused, () => WriteTimeouts);
+            var process = new ProcessMeters(() => InFlight, Started, () => Refused, () => WriteTimeouts, () => State == ModelState.Ready);
             _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
                 new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish, monitor.Meters.OneSnapshot), monitor);
@@ -118,9 +118,10 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             Error = e.Message;
             _state = (int)ModelState.Failed;
             // A bad or unreadable model file is the user's to fix, said in one line; anything else keeps its stack trace.
-            // (Non-finite logits in the warm-up are the model's numbers, said by the message: its stack trace told nothing.)
+            // (Non-finite logits in the warm-up are the model's numbers, said by the message: its stack trace told nothing;
+            // so are KV caches past the machine's memory, whose message names --ctx and --max-seqs.)
             if (e is BitNetSharp.Formats.ModelFormatException or BitNetSharp.Formats.UnsuitableSettingException or InvalidDataException or IOException or UnauthorizedAccessException or NotSupportedException
-                or BitNetSharp.Monitoring.NonFiniteLogitsException)
+                or BitNetSharp.Monitoring.NonFiniteLogitsException or InsufficientMemoryException)
                 logger.LogError("Loading the model failed: {Message}", e.Message);
             else if (e is BitNetSharp.Monitoring.Alerts.AlertRulesException)
                 logger.LogError("The alert rules do not fit the model: {Message}", e.Message);

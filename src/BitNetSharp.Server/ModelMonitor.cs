@@ -151,7 +151,7 @@ internal sealed class ModelMonitor : IDisposable
         if (options.TelemetryLog is { } open)
         {
             var context = new Dictionary<string, string>(TelemetryContext.Create(out var warnings, Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name, scheduler.Threads, modelId,
-                Integrity?.ModelChecksumHex, ProjectionType(weights), scheduler.Options.KvType.ToString(),
+                Integrity?.ModelChecksumHex, ProjectionType(weights), scheduler.Options.KvType.Name(),
                 (weights.ActivationBits ?? Model.ActivationBits.Uniform(weights.Config.Layers)).ToString()))
             {
                 ["model.path"] = weights.SourcePath,

@@ -174,7 +174,7 @@ public static class EvalCommand
                                 throw new UsageException($"--kl-reference {refPath} tokenizes the text differently from {weights.SourcePath}; KL needs the same tokens.");
                             ModelOptions.ApplyActivationBits(w2, refBitsText, "--kl-activation-bits");
                             refEngine = new Transformer(w2, Math.Min(window, 128), pool);
-                            refDescription = $"{refPath} (KV {refKv.ToString().ToLowerInvariant()}, activation bits {refEngine.ActivationBits})";
+                            refDescription = $"{refPath} (KV {refKv.Name()}, activation bits {refEngine.ActivationBits})";
                         }
                         else
                         {
@@ -182,7 +182,7 @@ public static class EvalCommand
                             // Without --kl-activation-bits the variant keeps the file's widths (not this run's override).
                             refEngine.ActivationBits = (refBitsText is null ? fileBits : ActivationBits.Parse(refBitsText, weights.Config.Layers, fileBits, "--kl-activation-bits"))
                                 ?? ActivationBits.Uniform(weights.Config.Layers);
-                            refDescription = $"this model with KV {refKv.ToString().ToLowerInvariant()}, activation bits {refEngine.ActivationBits}";
+                            refDescription = $"this model with KV {refKv.Name()}, activation bits {refEngine.ActivationBits}";
                         }
                         reference = KlReference.FromEngine(refEngine, refKv);
                     }
@@ -198,7 +198,7 @@ public static class EvalCommand
                             throw new UsageException($"{dataPath}: the text is {tokens.Length} tokens; one window of {window} needs {window + 1}. Use a smaller --ctx or more text.");
                         var header = new LogitsFileHeader(weights.Config.VocabSize, window, step, bos, top, LogitsFileHeader.HashTokens(tokens),
                             QualityEvaluator.Plan(tokens.Length, window, step).Positions,
-                            $"model {Path.GetFileName(weights.SourcePath)}, data {Path.GetFileName(dataPath)}, KV {kv.ToString().ToLowerInvariant()}");
+                            $"model {Path.GetFileName(weights.SourcePath)}, data {Path.GetFileName(dataPath)}, KV {kv.Name()}");
                         writer = new LogitsFileWriter(savePath, header);
                     }
 
@@ -253,7 +253,7 @@ public static class EvalCommand
                         w.WriteStartObject();
                         w.WriteString("model", weights.SourcePath);
                         w.WriteString("data", Path.GetFullPath(dataPath));
-                        w.WriteString("kv_type", kv.ToString().ToLowerInvariant());
+                        w.WriteString("kv_type", kv.Name());
                         w.WriteString("head_type", Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type)); // --head-type re-encodes it: runs differ by it
                         if (r.GetValue(preTokenizer) is { } pre) w.WriteString("pre_tokenizer", pre);
                         w.WriteString("activation_bits", engine.ActivationBits.ToString());
@@ -308,7 +308,7 @@ public static class EvalCommand
                 }
                 var table = new Table().Border(TableBorder.Rounded).AddColumn("Property").AddColumn("Value");
                 void Row(string k, string v) => table.AddRow(new Text(k), new Text(v));
-                Row("model", $"{weights.SourcePath} (KV {kv.ToString().ToLowerInvariant()}, head {Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type)}, activation bits {engine.ActivationBits})");
+                Row("model", $"{weights.SourcePath} (KV {kv.Name()}, head {Formats.Gguf.GgmlTypeInfo.Name(weights.Output.Type)}, activation bits {engine.ActivationBits})");
                 Row("data", $"{dataPath} ({tokens.Length:N0} tokens)");
                 Row("windows", string.Create(CultureInfo.InvariantCulture, $"{result.Windows} × {window} tokens, stride {step}{(llamaChunks ? " (llama-perplexity chunks)" : "")}"));
                 Row("scored", $"{result.ScoredTokens:N0} tokens, {result.ScoredBytes:N0} bytes");

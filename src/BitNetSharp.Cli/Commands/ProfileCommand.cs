@@ -261,7 +261,7 @@ public static class ProfileCommand
     {
         var o = cli.Output;
         var c = r.Config;
-        o.WriteLine($"model: {name} — {c.Architecture}, {c.Layers} layers, dim {c.Dim}, ff {c.FeedForward}, vocab {c.VocabSize}, head {r.HeadType}, KV cache {r.KvType}");
+        o.WriteLine($"model: {name} — {c.Architecture}, {c.Layers} layers, dim {c.Dim}, ff {c.FeedForward}, vocab {c.VocabSize}, head {r.HeadType}, KV cache {r.KvType.Name()}");
         o.WriteLine($"kernel {r.Kernel} ({Kernels.TernaryKernel.WeightStreams} weight stream(s)), {r.Threads} threads; limits measured in this run: read bandwidth {F(r.BandwidthGBps)} GB/s, "
             + $"int8×ternary peak {F(r.PeakGmacPrefill)} GMAC/s at {r.Prefill.Tokens} tokens, {F(r.PeakGmacDecode)} GMAC/s at {r.Sequences} token{(r.Sequences == 1 ? "" : "s")} (cache-resident weights, best of the projection widths)");
         o.WriteLine(r.KernelUnpackShares.Count == 0
@@ -388,7 +388,7 @@ public static class ProfileCommand
             // The settings the text report shows, so a JSON run says what it measured.
             head_type = headType,
             // As bench's: the attention rows depend on it (an int8 profile could not be told from an f16 one).
-            kv_type = r.KvType.ToString(),
+            kv_type = r.KvType.Name(),
             // As bench's JSON: "huge" or "file", and the description beside it (profile put the description in
             // weight_pages, so one field meant two things across the two commands).
             weight_pages = weightPagesKind,

@@ -50,7 +50,7 @@ internal sealed class ServiceEndpoints(ModelHost host)
         w.WriteNumber("max_sequences", model.Scheduler.Options.MaxSequences);
         // The KV cache's element type, as --kv-type reads it back: int8 and fp8 allocate the same bytes, so the size gauge
         // could not tell an operator which one a server ran.
-        w.WriteString("kv_type", model.Scheduler.Options.KvType.ToString().ToLowerInvariant());
+        w.WriteString("kv_type", BitNetSharp.Model.KvCacheTypeNames.Name(model.Scheduler.Options.KvType));
         // The activation widths, in --activation-bits' form ("8" unless calibrated or overridden): only /metrics' bits
         // label said which a server ran.
         w.WriteString("activation_bits", model.Scheduler.ActivationBits.ToString());

@@ -119,7 +119,7 @@ public static class ThroughputBenchmark
         var c = weights.Config;
         int depth = prefix?.Length ?? 0;
         if (prefix is not null && (prefix.Type != kv || depth + tokens > prefix.ContextLength))
-            throw new ArgumentException($"The prefix cache ({prefix.Type}, {depth} of {prefix.ContextLength} positions) has no room for {tokens} {kv} tokens.", nameof(prefix));
+            throw new ArgumentException($"The prefix cache ({prefix.Type.Name()}, {depth} of {prefix.ContextLength} positions) has no room for {tokens} {kv.Name()} tokens.", nameof(prefix));
         using var engine = new Transformer(weights, tokens, pool);
         var cache = prefix ?? new KvCache(c.Layers, c.KvHeads, c.HeadDim, Math.Min(c.ContextLength, tokens), kv);
         try
@@ -216,7 +216,7 @@ public static class ThroughputBenchmark
             var prefix = prefixes[i];
             depthOf[i] = prefix?.Length ?? 0;
             if (prefix is not null && (prefix.Type != kv || depthOf[i] + tokens > prefix.ContextLength))
-                throw new ArgumentException($"The prefix cache ({prefix.Type}, {depthOf[i]} of {prefix.ContextLength} positions) has no room for {tokens} {kv} tokens.", nameof(prefixes));
+                throw new ArgumentException($"The prefix cache ({prefix.Type.Name()}, {depthOf[i]} of {prefix.ContextLength} positions) has no room for {tokens} {kv.Name()} tokens.", nameof(prefixes));
         }
         using var engine = new Transformer(weights, sequences, pool);
         var caches = new KvCache[depths][];

@@ -89,6 +89,7 @@ public sealed unsafe class KvCache : IDisposable
         _keyPositions = _keyBlocks ? Int8KeyBlocks.RoundUp(contextLength) : contextLength;
         long keyBytes = RowCount(layers, kvHeads, _keyPositions) * _rowBytes, valueBytes = rows * _rowBytes,
             scaleBytes = HasScale(type) ? 2 * rows * sizeof(float) : 0;
+        if (keyBytes + valueBytes + scaleBytes >= CheckedBytes) EnsureFits(layers, kvHeads, headDim, contextLength, type);
         try
         {
             _keys = new NativeBuffer(keyBytes, zero: false);
@@ -101,7 +102,7 @@ public sealed unsafe class KvCache : IDisposable
             _keys?.Dispose();
             _values?.Dispose();
             throw new InsufficientMemoryException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type}) needs {(keyBytes + valueBytes + scaleBytes) / 1e9:F1} GB, more than this machine can give; run with a shorter context (--ctx)."), e);
+                $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type.Name()}) needs {(keyBytes + valueBytes + scaleBytes) / 1e9:F1} GB, more than this machine can give; run with a shorter context (--ctx)."), e);
         }
         _layerLength = new int[layers];
     }
@@ -145,6 +146,34 @@ public sealed unsafe class KvCache : IDisposable
     }
 
     /// <summary>What a cache of this shape will allocate, for planning memory before creating one.</summary>
+    /// <summary>Caches this large or larger are checked against the memory available before they are allocated.</summary>
+    private const long CheckedBytes = 64L << 20;
+
+    /// <summary>
+    /// Refuses <paramref name="caches"/> KV caches (a server's sequences) that need more memory than this process can
+    /// take (<see cref="Memory.HugePages.AvailableMemoryBytes()"/>), naming the sizes and what to change. The buffers are
+    /// committed lazily, page by page as positions fill, so an allocation past the machine's memory succeeded for an
+    /// int8 or fp8 cache (one buffer under the machine's size; f16 and f32 failed at the allocation): a server started
+    /// with 109.5 GB of KV caches on 23 GB and would have been killed once its contexts filled.
+    /// </summary>
+    /// <exception cref="InsufficientMemoryException">They do not fit.</exception>
+    public static void EnsureFits(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, int caches = 1) =>
+        EnsureFits(layers, kvHeads, headDim, contextLength, type, caches, Memory.HugePages.AvailableMemoryBytes());
+
+    internal static void EnsureFits(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, int caches, long? available)
+    {
+        if (available is not { } free) return;
+        long one = BytesFor(layers, kvHeads, headDim, contextLength, type);
+        double all = (double)one * caches;
+        if (all <= free) return;
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        throw new InsufficientMemoryException(string.Create(inv,
+            $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type.Name()}) needs {one / 1e9:F1} GB") +
+            (caches > 1 ? string.Create(inv, $", {all / 1e9:F1} GB for {caches} sequences") : "") +
+            string.Create(inv, $", more than this machine can give ({free / 1e9:F1} GB available); run with a shorter context (--ctx)") +
+            (caches > 1 ? " or fewer sequences (--max-seqs)." : "."));
+    }
+
     public static long BytesFor(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type)
     {
         long rows = RowCount(layers, kvHeads, contextLength);

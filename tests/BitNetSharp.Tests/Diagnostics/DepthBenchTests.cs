@@ -211,7 +211,7 @@ public class DepthBenchTests
             // it was the weights alone, the same at every depth.
             var c = BitNetSharp.Model.SyntheticShape.ByName("tiny");
             long perToken = doc.RootElement.GetProperty("bytes_per_token").GetInt64();
-            var kvType = Enum.Parse<BitNetSharp.Model.KvCacheType>(doc.RootElement.GetProperty("kv_type").GetString()!);
+            var kvType = BitNetSharp.Cli.Commands.ModelOptions.ParseKvType(doc.RootElement.GetProperty("kv_type").GetString()!);
             // The mean over the four steps' 1..4 positions (past the depth): 2.5, where the integer mean counted 2.
             foreach (var (row, depth) in new[] { (results[1], 0), (results[3], 32) })
             {

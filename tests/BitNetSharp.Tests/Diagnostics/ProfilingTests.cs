@@ -864,7 +864,7 @@ public class ProfilingTests
         // The settings the text report shows (the JSON lacked them): the synthetic model's F16 head, mapped pages.
         Assert.Equal("f16", doc.RootElement.GetProperty("head_type").GetString());
         // And the KV type, as bench's JSON names it (the attention rows depend on it), which --kv-type reads back.
-        Assert.Equal("F16", doc.RootElement.GetProperty("kv_type").GetString());
+        Assert.Equal("f16", doc.RootElement.GetProperty("kv_type").GetString());
         Assert.Equal(BitNetSharp.Model.KvCacheType.Fp8E4M3, BitNetSharp.Cli.Commands.ModelOptions.ParseKvType("Fp8E4M3"));
         Assert.Equal("file", doc.RootElement.GetProperty("weight_pages").GetString()); // as bench's (it held the description)
         Assert.StartsWith("file mapping", doc.RootElement.GetProperty("weights_in_memory").GetString());

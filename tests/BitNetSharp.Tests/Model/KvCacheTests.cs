@@ -20,6 +20,38 @@ public unsafe class KvCacheTests
         Assert.Contains("--ctx", e.Message);
     }
 
+    /// <summary>
+    /// Caches are measured against the memory available before they are allocated, all of a server's sequences
+    /// together: an int8 cache of 16M positions (12.9 GB per buffer, each under the machine's 23 GB) was allocated
+    /// without a word, four of them for a server (109.5 GB), which would be killed once its contexts filled, while the same
+    /// context in f16 was refused. The message names the sizes, the type as --kv-type reads it, and what to change.
+    /// </summary>
+    [Fact]
+    public void CachesPastTheAvailableMemoryAreRefusedBeforeTheyAreAllocated()
+    {
+        long one = KvCache.BytesFor(6, 2, 64, 1 << 24, KvCacheType.Int8);
+        KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, 4 * one); // fits exactly
+        KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, null); // unknown: not refused
+        var e = Assert.Throws<InsufficientMemoryException>(() => KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, 23_000_000_000));
+        Assert.Contains("16,777,216 positions (6 layers, 2 KV heads × 64, int8) needs 27.4 GB, 109.5 GB for 4 sequences", e.Message);
+        Assert.Contains("(23.0 GB available)", e.Message);
+        Assert.Contains("--ctx", e.Message);
+        Assert.Contains("--max-seqs", e.Message);
+        var single = Assert.Throws<InsufficientMemoryException>(() => KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Fp8E4M3, 1, one - 1));
+        Assert.Contains("fp8e4m3) needs 27.4 GB, more than", single.Message);
+        Assert.DoesNotContain("--max-seqs", single.Message);
+    }
+
+    /// <summary>Every output names a KV type as --kv-type reads it back (the telemetry context and profile wrote
+    /// "Int8" and "Fp8E4M3", /v1/models "int8", messages "F16").</summary>
+    [Fact]
+    public void KvTypeNamesReadBack()
+    {
+        Assert.Equal(["f32", "f16", "int8", "fp8e4m3"], Enum.GetValues<KvCacheType>().Select(t => t.Name()));
+        foreach (var t in Enum.GetValues<KvCacheType>())
+            Assert.Equal(t, BitNetSharp.Cli.Commands.ModelOptions.ParseKvType(t.Name()));
+    }
+
     public static TheoryData<KvCacheType> Types() => new(Enum.GetValues<KvCacheType>());
 
     private static float[] Row(Random rng, int n, float scale = 3f) =>

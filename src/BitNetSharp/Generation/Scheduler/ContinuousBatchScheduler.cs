@@ -130,6 +130,8 @@ public sealed class ContinuousBatchScheduler : IDisposable
             _engine = new Transformer(weights, options.MaxBatchedTokens, _pool);
             Health = new ModelHealthCollector(_config, options.MaxBatchedTokens) { SampleEvery = options.HealthSampleEvery };
             _engine.Health = Health;
+            // All of them at once: each alone may fit where together they do not (their pages are committed as they fill).
+            KvCache.EnsureFits(_config.Layers, _config.KvHeads, _config.HeadDim, ContextLength, options.KvType, options.MaxSequences);
             _caches = new KvCache[options.MaxSequences];
             for (int i = 0; i < _caches.Length; i++)
                 _caches[i] = new KvCache(_config.Layers, _config.KvHeads, _config.HeadDim, ContextLength, options.KvType);
