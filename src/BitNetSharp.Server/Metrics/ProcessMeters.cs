@@ -11,13 +11,18 @@ internal sealed class ProcessMeters : IDisposable
 {
     public const string MeterName = "BitNetSharp.Server";
 
-    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started, Func<(long Draining, long Loading)>? refused = null, Func<long>? writeTimeouts = null)
+    public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started, Func<(long Draining, long Loading)>? refused = null, Func<long>? writeTimeouts = null,
+        Func<bool>? ready = null)
     {
         Meter = new Meter(MeterName);
         double startSeconds = started.ToUnixTimeMilliseconds() / 1000.0;
         Meter.CreateObservableGauge("bitnet.server.start_time", () => startSeconds, "s",
             "When this server started (Unix time). Another value means another process answered: a restart, or another " +
             "replica behind the same address; counters are not comparable across it.");
+        if (ready is not null)
+            Meter.CreateObservableGauge("bitnet.server.ready", () => ready() ? 1 : 0, "{state}",
+                "1 when the model is loaded and warmed up and requests are served; 0 while it warms up (the series appear then: " +
+                "/metrics is empty while the model loads). A warm-up that never ends reads 0, which BitNetNotServing alerts on.");
         Meter.CreateObservableGauge("bitnet.process.resident_memory", () => Environment.WorkingSet, "By",
             "Resident set size of the server process.");
         // Before the first collection the runtime's figures of the last one are all 0; the heap is then everything

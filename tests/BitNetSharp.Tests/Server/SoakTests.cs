@@ -258,6 +258,7 @@ public class SoakTests
         // Which server answered: its start time, in /metrics and /health?verbose alike (the dashboard tells replicas and
         // restarts apart by it).
         Assert.Equal("gauge", families["bitnet_server_start_time_seconds"]);
+        Assert.Equal(1, TestServer.Sample(text, "bitnet_server_ready")); // warmed up: served
         double started = TestServer.Sample(text, "bitnet_server_start_time_seconds");
         Assert.InRange(DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0 - started, 0, 600);
         using (var verbose = System.Text.Json.JsonDocument.Parse(await s.Http.GetStringAsync("health?verbose", TestContext.Current.CancellationToken)))
