@@ -174,7 +174,46 @@ internal sealed record CompletionRequest(
             list.Add(new ChatMessage(role switch { "developer" => "system", "function" => "tool", _ => role }, Content(mr, p, role)));
             i++;
         }
+        // The contents in order, as far as the check below reads them (the template only adds to them).
+        long total = 0;
+        foreach (var m in list) total += m.Content.Length + 1;
+        if (total > PrefixChars(model))
+        {
+            var joined = new System.Text.StringBuilder();
+            foreach (var m in list)
+            {
+                if (joined.Length >= PrefixChars(model)) break;
+                joined.Append(m.Content).Append('\n');
+            }
+            RefuseFarPastContext(joined.ToString(), tokenizer, model, chat: true);
+        }
         return template.Encode(tokenizer, list, addGenerationPrompt: true);
+    }
+
+    /// <summary>How much of a long prompt <see cref="RefuseFarPastContext"/> tokenizes: 16 characters per token of the
+    /// context (and 64 more), past what a real text takes per token (~4).</summary>
+    private static long PrefixChars(ServedModel model) => 16L * (model.ContextLength + 64);
+
+    /// <summary>
+    /// A prompt whose first <see cref="PrefixChars"/> characters alone are more tokens than the context holds is refused
+    /// from them, before the whole of it is tokenized: a body of 1 MB (the default limit) of "x x x …" took ~30 MB while
+    /// it was split and merged into 512K tokens, only to be refused for them; eight at once ran a server limited to
+    /// 192 MiB (deploy/kubernetes) out of memory (HTTP 500, OutOfMemoryException in the pre-tokenizer). The prefix's
+    /// count is within a few tokens of what the whole text has up to there (only the unit cut at the end differs), so
+    /// the check allows 16 more.
+    /// </summary>
+    private static void RefuseFarPastContext(string text, BitNetTokenizer tokenizer, ServedModel model, bool chat)
+    {
+        long limit = PrefixChars(model);
+        if (text.Length <= limit) return;
+        int cut = (int)limit;
+        if (char.IsHighSurrogate(text[cut - 1])) cut--;
+        int tokens = tokenizer.Encode(text[..cut], addBos: false, parseSpecial: true).Length;
+        int ctx = model.ContextLength;
+        if (tokens > ctx + 16)
+            throw ApiException.BadRequest(string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                $"This model's maximum context length is {ctx} tokens, but the first {cut:N0} characters of the {(chat ? "messages" : "prompt")} ({text.Length:N0} in all) are already {tokens} tokens; shorten {(chat ? "them" : "it")} to leave room for the answer."),
+                chat ? "messages" : "prompt", "context_length_exceeded");
     }
 
     /// <summary>
@@ -249,6 +288,7 @@ internal sealed record CompletionRequest(
     private static int[] EncodeText(string text, ServedModel model)
     {
         var tokenizer = RequireTokenizer(model, "prompt");
+        RefuseFarPastContext(text, tokenizer, model, chat: false);
         var ids = tokenizer.Encode(text, addBos: tokenizer.AddBosToken, parseSpecial: true);
         if (ids.Length > 0) return ids;
         // An empty prompt starts a document, as OpenAI's models start from <|endoftext|>.

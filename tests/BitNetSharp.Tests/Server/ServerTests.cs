@@ -439,6 +439,18 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
         var tooLong = (await S.PostAsync("v1/completions", overContext)).Body.GetProperty("error").GetProperty("message").GetString();
         Assert.Matches(@"maximum context length is \d+ tokens, but the prompt is 300 tokens long; shorten it", tooLong);
 
+        // A prompt far past the context is refused from its first characters (16 per token of the context, and 64
+        // tokens more), before the whole of it is tokenized: a 1 MB body of "x x x …" was split and merged into 512K
+        // tokens (~30 MB each; eight at once ran a 192 MiB pod out of memory) to be refused for them.
+        string many = string.Concat(Enumerable.Repeat("x ", 20_000));
+        var farPast = (await S.PostAsync("v1/completions", JsonSerializer.Serialize(new { prompt = many, max_tokens = 1 }))).Body.GetProperty("error");
+        Assert.Equal("context_length_exceeded", farPast.GetProperty("code").GetString());
+        Assert.Equal("prompt", farPast.GetProperty("param").GetString());
+        Assert.Matches(@"maximum context length is \d+ tokens, but the first [\d,]+ characters of the prompt \(40,000 in all\) are already \d+ tokens", farPast.GetProperty("message").GetString());
+        var chatFarPast = (await S.PostAsync("v1/chat/completions", JsonSerializer.Serialize(new { messages = new[] { new { role = "system", content = "hi" }, new { role = "user", content = many } } }))).Body.GetProperty("error");
+        Assert.Equal("context_length_exceeded", chatFarPast.GetProperty("code").GetString());
+        Assert.Matches(@"the first [\d,]+ characters of the messages \(40,00\d in all\) are already", chatFarPast.GetProperty("message").GetString());
+
         var wrongMethod = await S.Http.GetAsync("v1/completions", Ct);
         Assert.Equal(HttpStatusCode.MethodNotAllowed, wrongMethod.StatusCode);
         Assert.Contains("\"error\"", await wrongMethod.Content.ReadAsStringAsync(Ct));
