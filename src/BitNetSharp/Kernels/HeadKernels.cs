@@ -29,6 +29,23 @@ public readonly unsafe struct HeadMatrix(GgmlType type, byte* data, long rowByte
 /// </summary>
 public static unsafe class HeadKernels
 {
+    /// <summary>
+    /// Whether the 512-bit Q8_0 and Q6_K heads read one token's rows four at a time, one from each quarter of the range
+    /// (<see cref="HeadQ8_0512.DotRows4"/>, <see cref="HeadQ6K512.DotRows4"/>), rather than one row after another: where
+    /// decode reads its ternary weights in four streams (<see cref="TernaryKernel.WeightStreams"/> = 4, Zen 5), and on
+    /// Intel cores unless BITNET_WEIGHT_STREAMS=1 says otherwise. There four ternary streams read slower than one (9.2
+    /// against 13.7 GB/s, Emerald Rapids) but the quantized heads' one-row loop is the slower one: `quick-decode qhead`
+    /// (the 2B4T head from memory, one thread, alternating in one process) Q8_0 7.7 GB/s one row at a time against 12.2
+    /// four side by side, Q6_K 8.1 against 11.6 (Emerald Rapids, bench/results/cpu-tables-intel-xeon-processor-emerald-rapids-2core.md);
+    /// Ice Lake-SP 8.2 against 12.0 and 9.3 against 14.3. The F16 head keeps <see cref="TernaryKernel.WeightStreams"/>:
+    /// its four-stream loop prefetches non-temporally, which read 6.2 GB/s there against 9.4 for prefetcht1.
+    /// The sums are the same either way.
+    /// </summary>
+    public static bool QuantizedRowsSideBySide => TernaryKernel.WeightStreams == 4 || IntelQuantizedStreams;
+
+    private static readonly bool IntelQuantizedStreams = TernaryKernel.IsIntel() &&
+        Environment.GetEnvironmentVariable(TernaryKernel.WeightStreamsVariable)?.Trim() != "1";
+
     /// <summary>Index of the first half whose exponent is all ones (±inf, NaN), or −1. The fast F16 dot product relies on there being none.</summary>
     public static long FirstNonFiniteHalf(ushort* p, long n) => FirstAllOnes(p, n, 0x7C00);
 
@@ -229,7 +246,7 @@ public static unsafe class HeadKernels
                         // quarter of the range side by side, as the F16 and Q6_K heads.
                         short* x16 = stackalloc short[m.Cols];
                         HeadQ8_0512.Widen(qx, x16, m.Cols);
-                        if (TernaryKernel.WeightStreams == 4)
+                        if (QuantizedRowsSideBySide)
                         {
                             int quarter = (rowEnd - rowStart) / 4;
                             for (; r < rowStart + quarter; r++)
@@ -276,7 +293,7 @@ public static unsafe class HeadKernels
                         // 512-bit, the same sums (HeadQ6K512). With four weight streams, one row from each quarter of the
                         // range side by side: in `bitnet profile --head-type q6_k -t 2` (2B4T shape, Zen 5) the head took
                         // 4.6-5.0 ms against 5.1-6.1 for rows one after another and 6.2-6.5 for the 256-bit kernel.
-                        if (TernaryKernel.WeightStreams == 4)
+                        if (QuantizedRowsSideBySide)
                         {
                             int quarter = (rowEnd - rowStart) / 4;
                             for (; r < rowStart + quarter; r++)

@@ -106,9 +106,12 @@ public abstract unsafe class TernaryKernel
     /// Whether this is an Intel x86 CPU with AVX-512 VBMI: Ice Lake and its successors (Skylake-X lacks VBMI), whose
     /// 512-bit <c>vpermw</c> is one operation; the lookup kernel's defaults here were measured on Ice Lake-SP.
     /// </summary>
-    public static bool IsIntelWithVbmi()
+    public static bool IsIntelWithVbmi() => System.Runtime.Intrinsics.X86.Avx512Vbmi.IsSupported && IsIntel();
+
+    /// <summary>Whether this is an Intel x86 CPU ("GenuineIntel").</summary>
+    public static bool IsIntel()
     {
-        if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported || !System.Runtime.Intrinsics.X86.Avx512Vbmi.IsSupported) return false;
+        if (!System.Runtime.Intrinsics.X86.X86Base.IsSupported) return false;
         var (_, ebx, ecx, edx) = System.Runtime.Intrinsics.X86.X86Base.CpuId(0, 0);
         return ebx == 0x756E6547 && edx == 0x49656E69 && ecx == 0x6C65746E; // "GenuineIntel"
     }
