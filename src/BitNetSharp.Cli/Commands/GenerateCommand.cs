@@ -82,6 +82,9 @@ public static class GenerateCommand
             else
             {
                 promptTokens = tokenizer.Encode(text!, addBos: tokenizer.AddBosToken, parseSpecial: true);
+                if (promptTokens.Length == 0 && text!.Length > 0)
+                    // A vocabulary that cannot spell the text (damaged: its token strings empty) read as "-p is empty".
+                    throw new Formats.ModelFormatException(weights.SourcePath, $"the prompt ({text.Length} characters) encodes to no tokens with this model's vocabulary; the vocabulary is damaged or cannot spell it");
                 if (promptTokens.Length == 0)
                     throw new UsageException("-p is empty and this model adds no BOS token, so there is nothing to continue: give some text"
                         + (tokenizer.BosId >= 0 ? $", or --prompt-ids {tokenizer.BosId.ToString(System.Globalization.CultureInfo.InvariantCulture)} to start from its BOS token." : "."));

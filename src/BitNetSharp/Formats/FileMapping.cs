@@ -149,6 +149,7 @@ internal sealed unsafe class FileMapping : IDisposable
     public static FileMapping Open(string path, bool hugePages)
     {
         FileStream stream;
+        PathIdentity.RequireRegularFile(path, "a model file");
         try
         {
             stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read);

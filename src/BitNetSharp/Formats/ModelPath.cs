@@ -31,6 +31,7 @@ public static class ModelPath
         }
         if (!File.Exists(path))
             throw new ModelFormatException(path, "no such file or directory");
+        PathIdentity.RequireRegularFile(path, "a model");
 
         Span<byte> head = stackalloc byte[9];
         int read;

@@ -98,6 +98,18 @@ public static unsafe class PathIdentity
         return type is not (0x8000 or 0x4000);
     }
 
+    /// <summary>
+    /// Refuses a path that is a named pipe, a device or a socket where a file is read whole or mapped (a model, its
+    /// config.json): opening a pipe waits for a writer, and `bitnet generate -m FIFO` hung there, the first SIGTERM not
+    /// ending it. <paramref name="what"/> names what the file was to be.
+    /// </summary>
+    /// <exception cref="ModelFormatException">It is one.</exception>
+    public static void RequireRegularFile(string path, string what)
+    {
+        if (IsSpecialFile(path))
+            throw new ModelFormatException(path, $"is not a regular file (a named pipe, a device or a socket); {what} is mapped or read whole, so save it to a file and pass that");
+    }
+
     private const uint StatxType = 0x1;
     private const int AtFdCwd = -100;
     private const uint StatxIno = 0x100;

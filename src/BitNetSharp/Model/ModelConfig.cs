@@ -129,6 +129,11 @@ public sealed record ModelConfig
     public static ModelConfig FromHf(HfConfig hf)
     {
         string arch = hf.Architectures.Count > 0 ? hf.Architectures[0] : hf.ModelType ?? "";
+        // A quantization of another kind (GPTQ, AWQ, bitsandbytes…) packs its weights its own way: a BitNet model's
+        // config with quant_method "gptq" had its uint8 weights unpacked as ternary codes and generated nonsense.
+        if (hf.Quantization?.QuantMethod is { } method && !string.Equals(method, "bitnet", StringComparison.OrdinalIgnoreCase))
+            throw new ModelFormatException(hf.FilePath,
+                $"'{method}' is not a quantization this runtime reads; it reads BitNet checkpoints (quant_method \"bitnet\") and unquantized fp32/fp16/bf16 weights (no quantization_config)", "quantization_config.quant_method");
         var family = arch switch
         {
             // Without "architectures" (a BitNetConfig saved on its own) transformers resolves model_type through its

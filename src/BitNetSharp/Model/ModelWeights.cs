@@ -344,8 +344,8 @@ public sealed class ModelWeights : IDisposable
             if (info.Type != GgmlType.F32 || info.ElementCount != 1)
                 throw new ModelFormatException(file.FilePath, $"a projection scale must be one F32 value; found {info.Type} {info.ShapeText}", name);
             float scale = BitConverter.ToSingle(file.GetTensorData(info)[..4]);
-            if (!float.IsFinite(scale))
-                throw new ModelFormatException(file.FilePath, $"the projection scale is {scale}; it must be a finite number", name);
+            if (!float.IsFinite(scale) || scale < 0f)
+                throw new ModelFormatException(file.FilePath, $"the projection scale is {scale}; it must be a finite number ≥ 0 (a negative one flips the sign of the layer's products)", name);
             var rows = m.RowScales;
             for (int r = 0; r < rows.Length; r++) rows[r] *= scale;
             return m;

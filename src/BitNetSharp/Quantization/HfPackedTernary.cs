@@ -40,10 +40,11 @@ public static unsafe class HfPackedTernary
     /// The runtime row scale for a <c>weight_scale</c>: ws itself, or 1f/ws under <see cref="HfWeightScaleRule.Divide"/>.
     /// Since t ∈ {−1, 0, 1}, t·(1f/ws) is exactly the fp32 t/ws, so dividing costs nothing in accuracy.
     /// </summary>
-    /// <exception cref="ArgumentException">ws is NaN or infinite, or zero when dividing.</exception>
+    /// <exception cref="ArgumentException">ws is NaN, infinite or negative, or zero when dividing.</exception>
     public static float RowScale(float weightScale, HfWeightScaleRule rule)
     {
-        if (!float.IsFinite(weightScale) || (rule == HfWeightScaleRule.Divide && weightScale == 0f))
+        // Negative too: transformers' quantizers store max|w| or mean|w| (≥ 0); a negative one flipped the layer's sign and ran.
+        if (!float.IsFinite(weightScale) || weightScale < 0f || (rule == HfWeightScaleRule.Divide && weightScale == 0f))
             throw new ArgumentException(
                 $"weight_scale is {weightScale}, which cannot scale a ternary weight (rule: {rule}); the checkpoint is corrupt.", nameof(weightScale));
         float scale = rule == HfWeightScaleRule.Multiply ? weightScale : 1f / weightScale;

@@ -44,8 +44,9 @@ public static unsafe class I2S
     private static float ScaleFromTail(ReadOnlySpan<byte> tail)
     {
         float scale = BinaryPrimitives.ReadSingleLittleEndian(tail);
-        if (!float.IsFinite(scale))
-            throw new InvalidDataException($"The I2_S tensor scale is {scale}; the tensor is corrupt.");
+        // bitnet.cpp writes max|w| (≥ 0); a negative one flipped the sign of every product of the layer and ran.
+        if (!float.IsFinite(scale) || scale < 0f)
+            throw new InvalidDataException($"The I2_S tensor scale is {scale}; the tensor is corrupt (a scale is a finite number ≥ 0).");
         return scale;
     }
 

@@ -219,6 +219,7 @@ public static class TokenizerLoader
     private static BitNetTokenizer FromTokenizerModel(string path, HfTokenizerConfig config)
     {
         if (!File.Exists(path)) throw new ModelFormatException(path, "no such file");
+        PathIdentity.RequireRegularFile(path, Path.GetFileName(path));
         Span<byte> head = stackalloc byte[16];
         int n;
         using (var probe = File.OpenRead(path)) n = probe.ReadAtLeast(head, head.Length, throwOnEndOfStream: false);
@@ -588,6 +589,7 @@ public static class TokenizerLoader
     internal static JsonDocument ParseJson(string path)
     {
         if (!File.Exists(path)) throw new ModelFormatException(path, "no such file");
+        PathIdentity.RequireRegularFile(path, Path.GetFileName(path));
         try
         {
             using var stream = File.OpenRead(path);

@@ -70,6 +70,22 @@ public class HfModelDirectoryTests
         Assert.Contains("'gpt2'", e.Message);
     }
 
+    /// <summary>A quantization of another kind is refused naming the key: a BitNet config with quant_method "gptq"
+    /// had its uint8 weights unpacked as ternary codes and generated nonsense, exit 0 (GGUF/HF fuzz sweep).</summary>
+    [Fact]
+    public void AnotherQuantizationMethodIsRefused()
+    {
+        static HfConfig Parse(string json) => HfConfig.Parse(Encoding.UTF8.GetBytes(json), "config.json");
+        Assert.Contains("\"quant_method\": \"bitnet\"", BitNet2B4TConfig);
+        foreach (var method in new[] { "gptq", "awq", "bitsandbytes" })
+        {
+            var e = Assert.Throws<BitNetSharp.Formats.ModelFormatException>(() => ModelConfig.FromHf(Parse(BitNet2B4TConfig.Replace("\"quant_method\": \"bitnet\"", $"\"quant_method\": \"{method}\""))));
+            Assert.Contains($"'{method}' is not a quantization this runtime reads", e.Message);
+            Assert.Contains("quantization_config.quant_method", e.Message);
+        }
+        Assert.Equal(ModelFamily.BitNet158, ModelConfig.FromHf(Parse(BitNet2B4TConfig.Replace("\"quant_method\": \"bitnet\"", "\"quant_method\": \"BitNet\""))).Family);
+    }
+
     [Fact]
     public void ParsesTheBitNet2B4TConfig()
     {

@@ -207,6 +207,10 @@ public class TransformerTests
         Assert.Contains("blk.0.attn_q.bias", e.Message);
         e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(WithTensor("blk.1.attn_k.scale", GgmlType.F32, [2], new byte[8]), ownsFile: true));
         Assert.Contains("blk.1.attn_k.scale", e.Message);
+        // A negative scale flipped the layer's sign and ran (GGUF fuzz sweep).
+        e = Assert.Throws<ModelFormatException>(() => ModelWeights.FromGguf(WithTensor("blk.0.ffn_down.scale", GgmlType.F32, [1], BitConverter.GetBytes(-1f)), ownsFile: true));
+        Assert.Contains("blk.0.ffn_down.scale", e.Message);
+        Assert.Contains("≥ 0", e.Message);
     }
 
     /// <summary>

@@ -47,6 +47,9 @@ public class HfPackedTernaryTests
         Assert.Equal(1f / ws, HfPackedTernary.RowScale(ws, HfWeightScaleRule.Divide));
         Assert.Equal(-1f / ws, -1 * HfPackedTernary.RowScale(ws, HfWeightScaleRule.Divide));
         Assert.Throws<ArgumentException>(() => HfPackedTernary.RowScale(0f, HfWeightScaleRule.Divide));
+        // Negative under either rule: it flipped the layer's sign and ran (GGUF/HF fuzz sweep).
+        Assert.Throws<ArgumentException>(() => HfPackedTernary.RowScale(-1f, HfWeightScaleRule.Divide));
+        Assert.Throws<ArgumentException>(() => HfPackedTernary.RowScale(-1f, HfWeightScaleRule.Multiply));
         // A finite weight_scale whose inverse overflows: every weight was ±∞ (zeros NaN).
         Assert.Throws<ArgumentException>(() => HfPackedTernary.RowScale(1e-39f, HfWeightScaleRule.Divide));
     }

@@ -149,6 +149,11 @@ public unsafe class I2STests
 
         BinaryPrimitives.WriteSingleLittleEndian(ok.AsSpan(32), float.NaN);
         Assert.Throws<InvalidDataException>(() => I2S.Decode(ok, 1, 128));
+        // Negative: bitnet.cpp writes max|w|; a −1 flipped the layer's products and generated (GGUF fuzz sweep). 0 stays (an all-zero tensor).
+        BinaryPrimitives.WriteSingleLittleEndian(ok.AsSpan(32), -1f);
+        Assert.Contains("≥ 0", Assert.Throws<InvalidDataException>(() => I2S.Decode(ok, 1, 128)).Message);
+        BinaryPrimitives.WriteSingleLittleEndian(ok.AsSpan(32), 0f);
+        I2S.Decode(ok, 1, 128).Dispose();
     }
 
     [Fact]

@@ -80,6 +80,7 @@ public sealed class HfConfig
     public static HfConfig Load(string path)
     {
         byte[] bytes;
+        PathIdentity.RequireRegularFile(path, Path.GetFileName(path));
         try
         {
             bytes = File.ReadAllBytes(path);
@@ -112,6 +113,7 @@ public sealed class HfConfig
     private static IReadOnlyList<int> EosIds(string path)
     {
         byte[] bytes;
+        PathIdentity.RequireRegularFile(path, Path.GetFileName(path));
         try
         {
             bytes = File.ReadAllBytes(path);

@@ -114,6 +114,7 @@ public sealed class SafetensorsCheckpoint : IDisposable
     private static Dictionary<string, string> ReadWeightMap(string indexPath)
     {
         byte[] bytes;
+        PathIdentity.RequireRegularFile(indexPath, IndexFileName);
         try
         {
             bytes = File.ReadAllBytes(indexPath);
