@@ -74,6 +74,13 @@ public sealed partial class TextGenerator : IDisposable
         int chunk = Math.Clamp(options.PrefillChunk, 1, ContextLength);
         // Settings checked before the pool starts its threads; anything that throws after, frees what was built (the
         // pool's threads waited for work for the rest of the process: 7 threads per failed construction at -t 8).
+        // A context of one position has nothing to verify a draft against; speculation never changes the output, so it
+        // is left off (a run that worked without --speculate was refused with it, naming the prefill chunk).
+        if (ContextLength < 2 && options.Speculation is { } unused)
+        {
+            unused.Validate();
+            options = options with { Speculation = null };
+        }
         if (options.Speculation is { } settings)
         {
             settings.Validate();

@@ -270,6 +270,23 @@ public sealed class SpeculativeDecodingTests
         Assert.Equal(expected, Run(ngram, prompt, 30, SamplingParameters.Greedy));
     }
 
+    /// <summary>A context of one position has nothing to verify a draft against: speculation is left off and the run is
+    /// plain decoding's (it was refused, naming the prefill chunk, where the same run without it worked; speculative sweep).</summary>
+    [Fact]
+    public void AOnePositionContextRunsWithoutSpeculation()
+    {
+        var (weights, tokenizer) = TinyChatModel.Load();
+        using var _ = weights;
+        var options = new GeneratorOptions { Threads = 1, ContextLength = 1 };
+        using var plain = new TextGenerator(weights, tokenizer, options);
+        using var ngram = new TextGenerator(weights, tokenizer, options with { Speculation = new SpeculativeOptions { DraftTokens = 8 } });
+        Assert.Null(ngram.Speculation);
+        var expected = Run(plain, [5], 1, SamplingParameters.Greedy);
+        Assert.Equal(expected, Run(ngram, [5], 1, SamplingParameters.Greedy));
+        // Its settings are still checked.
+        Assert.ThrowsAny<ArgumentException>(() => new TextGenerator(weights, tokenizer, options with { Speculation = new SpeculativeOptions { DraftTokens = 0 } }));
+    }
+
     [Fact]
     public void NGramDraftCopiesWhatFollowedTheLatestMatch()
     {
