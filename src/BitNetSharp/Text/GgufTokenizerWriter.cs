@@ -53,6 +53,7 @@ public static class GgufTokenizerWriter
         string jinja = Path.Combine(directory, "chat_template.jinja");
         if (File.Exists(jinja))
         {
+            Formats.PathIdentity.RequireRegularFile(jinja, "chat_template.jinja");
             keys.Add(new("tokenizer.chat_template", GgufValue.FromString(File.ReadAllText(jinja))));
             return keys;
         }

@@ -416,6 +416,7 @@ public static class TokenizerLoader
         var vocabulary = BuildVocabulary(entries, vocabPath);
 
         var merges = new List<string>();
+        PathIdentity.RequireRegularFile(mergesPath, "merges.txt");
         foreach (var line in File.ReadLines(mergesPath, Encoding.UTF8))
         {
             if (line.Length == 0 || (merges.Count == 0 && line.StartsWith("#version", StringComparison.Ordinal))) continue;

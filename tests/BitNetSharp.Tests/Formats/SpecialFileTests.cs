@@ -26,12 +26,26 @@ public sealed class SpecialFileTests
         string hf = dir.File("hf");
         Directory.CreateDirectory(hf);
         MakeFifo(Path.Combine(hf, "config.json"));
+        // A model directory whose merges.txt, or chat_template.jinja, is a pipe (review: both were read without the check).
+        string fixture = RepositoryFiles.Path("tests/fixtures/hf-bitnet/autobitlinear-offline-gqa-f32");
+        string merges = dir.File("merges"), jinja = dir.File("jinja");
+        foreach (var d in new[] { merges, jinja })
+        {
+            Directory.CreateDirectory(d);
+            foreach (var f in Directory.GetFiles(fixture)) File.Copy(f, Path.Combine(d, Path.GetFileName(f)));
+            File.WriteAllText(Path.Combine(d, "vocab.json"), "{\"a\": 0, \"b\": 1, \"ab\": 2}");
+        }
+        MakeFifo(Path.Combine(merges, "merges.txt"));
+        File.WriteAllText(Path.Combine(jinja, "merges.txt"), "#version: 0.2\na b\n");
+        MakeFifo(Path.Combine(jinja, "chat_template.jinja"));
         foreach (var args in new[]
         {
             new[] { "inspect", fifo },
             ["generate", "-m", fifo, "-p", "hi", "-n", "2", "-t", "1"],
             ["convert", fifo, dir.File("out.gguf")],
             ["inspect", hf],
+            ["generate", "-m", merges, "-p", "ab", "-n", "1", "-t", "1"],
+            ["convert", jinja, dir.File("out.gguf")],
         })
         {
             var output = new StringWriter();
