@@ -84,4 +84,14 @@ public class JitterGaugeTests
         for (int i = 0; i < BitNetSharp.Monitoring.HealthMeters.MinJitterWindow; i++) s.Scheduler.TokenLatency.Add(0.05);
         Assert.True(TestServer.Sample(await s.MetricsAsync(), "bitnet_health_token_latency_stddev_seconds") > 0.1);
     }
+
+    /// <summary>The far-past-context check reads the rendered prompt: a template that strips messages (bitnet) makes
+    /// trailing blank lines free, and they were counted raw and refused (review).</summary>
+    [Fact]
+    public async Task TheContextCheckReadsTheRenderedPrompt()
+    {
+        await using var s = await TestServer.StartAsync(o => o with { ChatTemplate = ChatTemplates.BitNet });
+        var (status, body, _) = await s.PostAsync("v1/chat/completions", System.Text.Json.JsonSerializer.Serialize(new { messages = new[] { new { role = "user", content = "hi" + string.Concat(Enumerable.Repeat(" \n", 6000)) } }, max_tokens = 1 }));
+        Assert.True(System.Net.HttpStatusCode.OK == status, body.ToString());
+    }
 }
