@@ -145,7 +145,6 @@ public sealed unsafe class KvCache : IDisposable
         }
     }
 
-    /// <summary>What a cache of this shape will allocate, for planning memory before creating one.</summary>
     /// <summary>Caches this large or larger are checked against the memory available before they are allocated.</summary>
     private const long CheckedBytes = 64L << 20;
 
@@ -174,6 +173,7 @@ public sealed unsafe class KvCache : IDisposable
             (caches > 1 ? " or fewer sequences (--max-seqs)." : "."));
     }
 
+    /// <summary>What a cache of this shape will allocate, for planning memory before creating one.</summary>
     public static long BytesFor(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type)
     {
         long rows = RowCount(layers, kvHeads, contextLength);
