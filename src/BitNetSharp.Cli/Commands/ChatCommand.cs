@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using BitNetSharp.Generation;
+using BitNetSharp.Model;
 using BitNetSharp.Tokenization;
 
 namespace BitNetSharp.Cli.Commands;
@@ -54,6 +55,7 @@ public static class ChatCommand
             var chatTemplate = named ?? ChatTemplates.ForModel(weights.Config.Architecture, tokenizer, out how);
             // The template's turn markers that this vocabulary spells as text end an answer too (no stop token would).
             var stops = userStops.Concat(chatTemplate.TextStops(tokenizer)).Distinct(StringComparer.Ordinal).ToArray();
+            generatorOptions = FitContextToMemory(generatorOptions, weights.Config, cli.Error);
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer, cli.Error);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer, generatorOptions with { Speculation = speculative });
@@ -107,10 +109,14 @@ public static class ChatCommand
                     answer = pending;
                     var before = new List<ChatMessage>(messages);
                     messages.Add(ChatMessage.User(line!));
+                    // Its notes (older turns dropped, little room left) are said once the message is sent: a Ctrl-C while
+                    // it was encoded put the turns back after "the oldest 2 message(s) are dropped" had been printed.
+                    var notes = new StringWriter();
                     var prompt = FitToContext(messages, m => chatTemplate.Encode(tokenizer, m, addGenerationPrompt: true),
-                        generator.ContextLength, answerTokens, cli.Error, weights.Config.ContextLength);
+                        generator.ContextLength, answerTokens, notes, weights.Config.ContextLength);
                     if (prompt is null)
                     {
+                        cli.Error.Write(notes.ToString());
                         answer = null; // refused (said), so a Ctrl-C meanwhile has nothing left to stop
                         if (kind == ChatInput.LastMessage) return 0; // the input has ended: no further read (a terminal's would wait)
                         continue;
@@ -125,6 +131,7 @@ public static class ChatCommand
                         if (kind == ChatInput.LastMessage) return 0;
                         continue;
                     }
+                    cli.Error.Write(notes.ToString());
                     ModelOptions.CheckEncoded(weights, prompt, "the conversation");
                     var reply = new System.Text.StringBuilder();
                     // One --seed, a different stream each answer (as llama.cpp's one sampler for the session): the same
@@ -175,6 +182,26 @@ public static class ChatCommand
 
     /// <summary>How to get more room: a larger --ctx while the model allows one, else a template with fewer tokens around a
     /// turn (it said "raise --ctx" on a model of 32 positions used whole, where a larger --ctx is cut back to 32).</summary>
+    /// <summary>
+    /// Without --ctx, a model context whose KV cache would outgrow the memory available is shortened to what fits in
+    /// three quarters of it, with a note: a conversation fills its cache as it goes, and past its context the oldest
+    /// turns are dropped, so the chat runs where the whole cache was refused (a 32K-context model in f16 on a machine
+    /// with less free than its 5 GB cache). A --ctx given is kept, and the cache's own check refuses it if too large.
+    /// </summary>
+    internal static GeneratorOptions FitContextToMemory(GeneratorOptions options, ModelConfig config, TextWriter error)
+    {
+        if (options.ContextLength > 0 || KvCache.AvailableBytes() is not { } free) return options;
+        long whole = KvCache.BytesFor(config.Layers, config.KvHeads, config.HeadDim, config.ContextLength, options.KvType);
+        if (whole <= free) return options;
+        int fits = KvCache.FittingPositions(config.Layers, config.KvHeads, config.HeadDim, config.ContextLength, options.KvType, free / 4 * 3) / 256 * 256;
+        if (fits < 256) return options; // not even a short chat: the cache's check refuses it, naming --ctx
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        error.WriteLine(string.Create(inv,
+            $"note: the model's context of {config.ContextLength:N0} positions needs a {KvCache.FormatBytes(whole)} KV cache ({options.KvType.Name()}), more than the {KvCache.FormatBytes(free)} available; ") +
+            string.Create(inv, $"this chat keeps to {fits:N0} positions, dropping its oldest turns past them (--ctx sets the context; --kv-type int8 takes half of f16)."));
+        return options with { ContextLength = fits };
+    }
+
     private static string RoomAdvice(int context, int modelContext) => context < modelContext
         ? $"raise --ctx (the model allows up to {modelContext})"
         : $"use a template with fewer tokens around a turn (--template; the model's context of {modelContext} tokens is used whole)";

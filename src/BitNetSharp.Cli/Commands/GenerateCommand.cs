@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
 using BitNetSharp.Generation;
+using BitNetSharp.Model;
 using BitNetSharp.Monitoring;
 
 namespace BitNetSharp.Cli.Commands;
@@ -96,6 +97,15 @@ public static class GenerateCommand
             int every = result.GetValue(healthEvery) ?? 1;
             if (every < 1) throw new UsageException($"--health-every must be ≥ 1; got {every}.");
             bool measuring = wantHealth || wantResidual || wantLogits;
+            // The KV cache is checked against the memory available for the positions this run fills, the prompt and -n,
+            // not the whole context: its pages commit as positions fill (a 5-token run of a model whose full context's
+            // cache exceeded the free memory was refused, naming --ctx).
+            var config = weights.Config;
+            int contextLength = generatorOptions.ContextLength > 0 ? Math.Min(generatorOptions.ContextLength, config.ContextLength) : config.ContextLength;
+            int positions = (int)Math.Clamp((long)promptTokens.Length + result.GetValue(count), 1, contextLength);
+            KvCache.EnsureFits(config.Layers, config.KvHeads, config.HeadDim, positions, generatorOptions.KvType,
+                advice: "generate fewer tokens (-n), shorten the prompt or use a smaller --kv-type");
+            generatorOptions = generatorOptions with { MemoryCheckPositions = positions };
             var (speculative, draftWeights) = speculation.Parse(result, weights, tokenizer, cli.Error);
             using var __ = draftWeights;
             using var generator = new TextGenerator(weights, tokenizer,

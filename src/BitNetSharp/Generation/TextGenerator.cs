@@ -24,6 +24,11 @@ public sealed record GeneratorOptions
 
     public KvCacheType KvType { get; init; } = KvCacheType.F16;
 
+    /// <summary>KV-cache positions checked against the memory available when the cache is allocated (≤ 0: the whole
+    /// context). The cache's pages commit as positions fill, so a run that knows it will use fewer (generate: the prompt
+    /// and -n) is checked for those.</summary>
+    public int MemoryCheckPositions { get; init; }
+
     /// <summary>Prompt tokens per forward call during prefill.</summary>
     public int PrefillChunk { get; init; } = 64;
 
@@ -96,7 +101,7 @@ public sealed partial class TextGenerator : IDisposable
             _engine = new Transformer(weights, chunk, _pool);
             Health = new ModelHealthCollector(c, chunk) { SampleEvery = options.HealthSampleEvery };
             _engine.Health = Health;
-            _cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ContextLength, options.KvType);
+            _cache = new KvCache(c.Layers, c.KvHeads, c.HeadDim, ContextLength, options.KvType, options.MemoryCheckPositions);
             _caches = [_cache];
             _logits = new float[(long)chunk * c.VocabSize];
             _batch = new BatchToken[chunk];
@@ -120,7 +125,7 @@ public sealed partial class TextGenerator : IDisposable
                 {
                     int draftContext = Math.Min(ContextLength, dw.Config.ContextLength);
                     _draftEngine = new Transformer(dw, chunk, _pool);
-                    _draftCache = new KvCache(dw.Config.Layers, dw.Config.KvHeads, dw.Config.HeadDim, draftContext, options.KvType);
+                    _draftCache = new KvCache(dw.Config.Layers, dw.Config.KvHeads, dw.Config.HeadDim, draftContext, options.KvType, options.MemoryCheckPositions);
                     _draftCaches = [_draftCache];
                     _draftLogits = new float[(long)chunk * c.VocabSize];
                     _q = new float[(long)SpeculativeOptions.MaxDraftTokens * c.VocabSize];

@@ -71,7 +71,11 @@ public sealed unsafe class KvCache : IDisposable
     private readonly bool _keyBlocks;
     private readonly int _keyPositions;
 
-    public KvCache(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type = KvCacheType.F16)
+    /// <param name="checkedPositions">Positions checked against the memory available before the buffers are allocated
+    /// (≤ 0: the whole context). Pages commit as positions fill, so a run that will use fewer positions than the context
+    /// (generate: its prompt and -n) is checked for those; a full context past the machine's memory refused a 20-token
+    /// run of a 32K-context model.</param>
+    public KvCache(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type = KvCacheType.F16, int checkedPositions = 0)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(layers);
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kvHeads);
@@ -89,7 +93,8 @@ public sealed unsafe class KvCache : IDisposable
         _keyPositions = _keyBlocks ? Int8KeyBlocks.RoundUp(contextLength) : contextLength;
         long keyBytes = RowCount(layers, kvHeads, _keyPositions) * _rowBytes, valueBytes = rows * _rowBytes,
             scaleBytes = HasScale(type) ? 2 * rows * sizeof(float) : 0;
-        if (keyBytes + valueBytes + scaleBytes >= CheckedBytes) EnsureFits(layers, kvHeads, headDim, contextLength, type);
+        int check = checkedPositions > 0 ? Math.Min(checkedPositions, contextLength) : contextLength;
+        if (BytesFor(layers, kvHeads, headDim, check, type) >= CheckedBytes) EnsureFits(layers, kvHeads, headDim, check, type);
         try
         {
             _keys = new NativeBuffer(keyBytes, zero: false);
@@ -102,7 +107,7 @@ public sealed unsafe class KvCache : IDisposable
             _keys?.Dispose();
             _values?.Dispose();
             throw new InsufficientMemoryException(string.Create(System.Globalization.CultureInfo.InvariantCulture,
-                $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type.Name()}) needs {(keyBytes + valueBytes + scaleBytes) / 1e9:F1} GB, more than this machine can give; run with a shorter context (--ctx)."), e);
+                $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type.Name()}) needs {FormatBytes(keyBytes + valueBytes + scaleBytes)}, more than this machine can give; run with a shorter context (--ctx)."), e);
         }
         _layerLength = new int[layers];
     }
@@ -156,10 +161,18 @@ public sealed unsafe class KvCache : IDisposable
     /// with 109.5 GB of KV caches on 23 GB and would have been killed once its contexts filled.
     /// </summary>
     /// <exception cref="InsufficientMemoryException">They do not fit.</exception>
-    public static void EnsureFits(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, int caches = 1) =>
-        EnsureFits(layers, kvHeads, headDim, contextLength, type, caches, Memory.HugePages.AvailableMemoryBytes());
+    /// <param name="advice">What to change, ending the message (null: a shorter context, and fewer sequences for several).</param>
+    public static void EnsureFits(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, int caches = 1, string? advice = null) =>
+        EnsureFits(layers, kvHeads, headDim, contextLength, type, caches, AvailableBytes(), advice);
 
-    internal static void EnsureFits(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, int caches, long? available)
+    /// <summary>The memory KV caches are measured against: <see cref="Memory.HugePages.AvailableMemoryBytes()"/> (null:
+    /// unknown), or what a test set for its own flow in <see cref="AvailableBytesForTests"/>.</summary>
+    public static long? AvailableBytes() => AvailableBytesForTests.Value ?? Memory.HugePages.AvailableMemoryBytes();
+
+    /// <summary>A test's stand-in for the machine's available memory, seen only by the code its own flow runs.</summary>
+    internal static readonly AsyncLocal<long?> AvailableBytesForTests = new();
+
+    internal static void EnsureFits(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, int caches, long? available, string? advice = null)
     {
         if (available is not { } free) return;
         long one = BytesFor(layers, kvHeads, headDim, contextLength, type);
@@ -167,11 +180,33 @@ public sealed unsafe class KvCache : IDisposable
         if (all <= free) return;
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         throw new InsufficientMemoryException(string.Create(inv,
-            $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type.Name()}) needs {one / 1e9:F1} GB") +
-            (caches > 1 ? string.Create(inv, $", {all / 1e9:F1} GB for {caches} sequences") : "") +
-            string.Create(inv, $", more than this machine can give ({free / 1e9:F1} GB available); run with a shorter context (--ctx)") +
-            (caches > 1 ? " or fewer sequences (--max-seqs)." : "."));
+            $"A KV cache of {contextLength:N0} positions ({layers} layers, {kvHeads} KV heads × {headDim}, {type.Name()}) needs {FormatBytes(one)}") +
+            (caches > 1 ? $", {FormatBytes(all)} for {caches.ToString(inv)} sequences" : "") +
+            $", more than this machine can give ({FormatBytes(free)} available); " +
+            (advice ?? "run with a shorter context (--ctx)" + (caches > 1 ? " or fewer sequences (--max-seqs)" : "")) + ".");
     }
+
+    /// <summary>
+    /// The most positions whose cache (<see cref="BytesFor"/>) fits in <paramref name="available"/> bytes, at most
+    /// <paramref name="contextLength"/>; 0 when not even one does.
+    /// </summary>
+    public static int FittingPositions(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type, long available)
+    {
+        if (BytesFor(layers, kvHeads, headDim, contextLength, type) <= available) return contextLength;
+        int lo = 0, hi = contextLength; // BytesFor(lo) fits (or lo = 0), BytesFor(hi) does not
+        while (hi - lo > 1)
+        {
+            int mid = lo + (hi - lo) / 2;
+            if (BytesFor(layers, kvHeads, headDim, mid, type) <= available) lo = mid;
+            else hi = mid;
+        }
+        return lo;
+    }
+
+    /// <summary>A byte count for messages: GB from 1 GB on, else MB (a 10 MB cache read "0.0 GB").</summary>
+    public static string FormatBytes(double bytes) => bytes >= 0.95e9
+        ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1e9:F1} GB")
+        : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1e6:F1} MB");
 
     /// <summary>What a cache of this shape will allocate, for planning memory before creating one.</summary>
     public static long BytesFor(int layers, int kvHeads, int headDim, int contextLength, KvCacheType type)

@@ -149,16 +149,58 @@ public class GenerateCommandTests
     }
 
     /// <summary>A tiny synthetic model with the bundled model's tokenizer keys, each passed through <paramref name="edit"/> (null drops it).</summary>
-    private static string TinyModelWithBundledTokenizer(TestGguf.TempDirectory dir, string name, Func<string, GgufValue, GgufValue?> edit)
+    private static string TinyModelWithBundledTokenizer(TestGguf.TempDirectory dir, string name, Func<string, GgufValue, GgufValue?> edit, int contextLength = 256)
     {
         using var tok = GgufFile.Open(RepositoryFiles.Path("models/bitnet-tinystories.gguf"));
-        var shape = SyntheticShape.Tiny with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length };
+        var shape = SyntheticShape.Tiny with { VocabSize = tok.Metadata.GetStringArray("tokenizer.ggml.tokens").Length, ContextLength = contextLength };
         var w = SyntheticModel.Build(shape, 5);
         foreach (var (k, v) in tok.Metadata.Entries)
             if (k.StartsWith("tokenizer.", StringComparison.Ordinal) && edit(k, v) is { } kept) w.Add(k, kept);
         string path = dir.File(name);
         w.WriteFile(path);
         return path;
+    }
+
+    /// <summary>
+    /// A KV cache is checked against the memory available for what a run fills: generate's prompt and -n, not the whole
+    /// context (its pages commit as positions fill; a 5-token run of a model whose full context's cache exceeded the free
+    /// memory was refused naming --ctx). A -n past the memory is refused naming -n; chat without --ctx keeps to the
+    /// positions that fit, with a note; a --ctx given past the memory is refused naming it. Sizes under a GB print in MB
+    /// (a small cache read "0.0 GB").
+    /// </summary>
+    [Fact]
+    public void KvCachesAreCheckedForWhatARunFills()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        // 2 layers × 2 KV heads × 32 × (K, V) × 4 bytes = 1 KB per position in f32: 134 MB for 131,072 positions.
+        string model = TinyModelWithBundledTokenizer(dir, "long.gguf", (_, v) => v, contextLength: 1 << 17);
+        KvCache.AvailableBytesForTests.Value = 20_000_000;
+        try
+        {
+            var (code, _, error) = Bitnet("generate", "-m", model, "-p", "Once", "-n", "4", "--kv-type", "f32", "--temp", "0", "-t", "1");
+            Assert.True(code == 0, error);
+            (code, _, error) = Bitnet("generate", "-m", model, "-p", "Once", "-n", "30000", "--kv-type", "f32", "--temp", "0", "-t", "1");
+            Assert.True(code == 1, error);
+            Assert.Contains(" MB, more than this machine can give (20.0 MB available); generate fewer tokens (-n)", error);
+            Assert.DoesNotContain("0.0 GB", error);
+
+            var output = new StringWriter();
+            var chatError = new StringWriter();
+            code = Program.Run(["chat", "-m", model, "-n", "3", "--kv-type", "f32", "--temp", "0", "-t", "1"], output, chatError, new StringReader("hello\n\n"));
+            Assert.True(code == 0, chatError.ToString());
+            Assert.Contains("the model's context of 131,072 positions needs a 134.2 MB KV cache (f32), more than the 20.0 MB available; this chat keeps to 14,592 positions", chatError.ToString());
+
+            chatError = new StringWriter();
+            code = Program.Run(["chat", "-m", model, "--ctx", "131072", "--kv-type", "f32", "-t", "1"], new StringWriter(), chatError, new StringReader("hello\n\n"));
+            Assert.True(code == 1, chatError.ToString());
+            Assert.Contains("needs 134.2 MB, more than this machine can give (20.0 MB available); run with a shorter context (--ctx).", chatError.ToString());
+        }
+        finally
+        {
+            KvCache.AvailableBytesForTests.Value = null;
+        }
+        Assert.Equal("10.0 MB", KvCache.FormatBytes(10e6));
+        Assert.Equal("2.5 GB", KvCache.FormatBytes(2.5e9));
     }
 
     /// <summary>

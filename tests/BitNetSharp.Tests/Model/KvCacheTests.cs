@@ -31,7 +31,7 @@ public unsafe class KvCacheTests
     {
         long one = KvCache.BytesFor(6, 2, 64, 1 << 24, KvCacheType.Int8);
         KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, 4 * one); // fits exactly
-        KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, null); // unknown: not refused
+        KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, available: null); // unknown: not refused
         var e = Assert.Throws<InsufficientMemoryException>(() => KvCache.EnsureFits(6, 2, 64, 1 << 24, KvCacheType.Int8, 4, 23_000_000_000));
         Assert.Contains("16,777,216 positions (6 layers, 2 KV heads × 64, int8) needs 27.4 GB, 109.5 GB for 4 sequences", e.Message);
         Assert.Contains("(23.0 GB available)", e.Message);
