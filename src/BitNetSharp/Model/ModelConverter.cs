@@ -35,7 +35,7 @@ public static class ModelConverter
             // TQ2_0/TQ1_0 keep a d per 256-block (so per row) and F16 stores ±β_r; only I2_S has one scale per tensor.
             if (type == PackedWeightType.I2_S)
                 for (int r = 1; r < m.Rows; r++)
-                    if (m.RowScales[r] != m.RowScales[0])
+                    if (Math.Abs(m.RowScales[r]) != Math.Abs(m.RowScales[0])) // a negative row is written with its codes negated
                         throw new ArgumentException($"{name} has a scale per row, which I2_S cannot store (one per tensor); use --type tq2_0, tq1_0 or f16.");
         }
     }
@@ -58,7 +58,23 @@ public static class ModelConverter
         if (arch == "llama" && c.Activation == FeedForwardActivation.ReluSquared)
             yield return "this model's feed-forward is relu²: the file records it (llama.hidden_activation = relu2), which this runtime reads, "
                 + "but llama.cpp's llama graph always runs SiLU and would compute other logits.";
-        if (type != PackedWeightType.I2_S) yield break;
+        if (type != PackedWeightType.I2_S)
+        {
+            // Under fp16's normal range (6.1e-5) a scale is stored as a subnormal, with fewer bits: 1e-5 (the absmean
+            // ternarizer's floor) moved by 0.14 %, 3e-8 by 99 %, where the README promises at most 2^-11, without a word.
+            foreach (var (name, m) in Projections(weights))
+                for (int r = 0; r < m.Rows; r++)
+                {
+                    float scale = Math.Abs(m.RowScales[r]);
+                    if (scale == 0f || scale >= MinNormalHalf || !float.IsFinite(scale)) continue;
+                    float stored = (float)(Half)scale;
+                    if (stored == 0f) break; // refused by the conversion itself, naming the tensor
+                    yield return string.Create(System.Globalization.CultureInfo.InvariantCulture,
+                        $"{name}: scale {scale:G6} (row {r}) is below fp16's normal range (6.1e-5), so {OutputTypeName(type)} stores it as {stored:G6}, off by {Math.Abs(stored - scale) / scale:P2} (2^-11 = 0.05 % in the normal range); --type i2_s keeps an fp32 scale.");
+                    break;
+                }
+            yield break;
+        }
         foreach (var (name, m) in Projections(weights))
             if (m.Cols % 128 != 0)
             {
@@ -67,6 +83,9 @@ public static class ModelConverter
                 yield break;
             }
     }
+
+    /// <summary>fp16's smallest normal value, 2^-14.</summary>
+    private const float MinNormalHalf = 6.103515625e-5f;
 
     private static bool ToNorm(ModelConfig c) => c.Family != ModelFamily.BitNet158 && !c.HasSubNorms && c.Rope == Kernels.FloatOps.RopeStyle.Neox;
 
@@ -145,7 +164,7 @@ public static class ModelConverter
         else if (tokenizer is not null)
         {
             if (tokenizer.VocabularySize > c.VocabSize)
-                throw new ArgumentException($"the tokenizer has {tokenizer.VocabularySize} tokens but the model's embedding only {c.VocabSize} rows; they do not belong together.");
+                throw new ArgumentException($"{weights.SourcePath}: the tokenizer has {tokenizer.VocabularySize} tokens but the model's embedding only {c.VocabSize} rows; they do not belong together (a tokenizer file from another model?). Give the model's own tokenizer, or --no-tokenizer to write the weights alone.");
             BitNetSharp.Tokenization.GgufTokenizerWriter.Write(tokenizer, w, c.VocabSize);
         }
 
@@ -165,7 +184,19 @@ public static class ModelConverter
             w.AddTensor(name, t, dims, () => { var bytes = make(); Step(); return bytes; });
         void Table(string name, EmbeddingTable table)
         {
-            if (embeddingType is { } target && target != table.Type) Lazy(name, target, [c.Dim, c.VocabSize], () => EmbeddingEncoder.Encode(table, target));
+            if (embeddingType is { } target && target != table.Type)
+                Lazy(name, target, [c.Dim, c.VocabSize], () =>
+                {
+                    try
+                    {
+                        return EmbeddingEncoder.Encode(table, target);
+                    }
+                    catch (ArgumentException e)
+                    {
+                        // "Row 3 value 232 is 1000000, which F16 cannot hold": named the tensor (embedding or head) and file too.
+                        throw new ArgumentException($"{weights.SourcePath}, {name}: {e.Message.Split(" (Parameter '")[0]}", e);
+                    }
+                });
             else if (table.ByteLength <= int.MaxValue) Lazy(name, table.Type, [c.Dim, c.VocabSize], () => table.Bytes);
             else
             {
@@ -186,7 +217,7 @@ public static class ModelConverter
                 }
                 catch (ArgumentException e)
                 {
-                    throw new ArgumentException($"{name}: {e.Message} fp16 holds scales of about 6e-8 to 65504 (TQ2_0, TQ1_0 and F16 all store fp16); --type i2_s keeps an fp32 scale, one per tensor.", e);
+                    throw new ArgumentException($"{name}: {e.Message} fp16 holds scales of about 6e-8 to 65504, in full precision from 6.1e-5 (TQ2_0, TQ1_0 and F16 all store fp16); --type i2_s keeps an fp32 scale, one per tensor.", e);
                 }
             }
             Lazy(name, OutputType(type), [m.Cols, m.Rows], () =>

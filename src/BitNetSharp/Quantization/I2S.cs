@@ -133,13 +133,18 @@ public static unsafe class I2S
         long expected = ByteLength(matrix.Rows, matrix.Cols);
         if (destination.Length != expected)
             throw new ArgumentException($"A {matrix.Rows}×{matrix.Cols} I2_S tensor is {expected} bytes; the destination has {destination.Length}.", nameof(destination));
-        float scale = matrix.RowScales[0];
-        for (int r = 1; r < matrix.Rows; r++)
+        // One magnitude per tensor, written ≥ 0 (the loader refuses a negative one): a row whose scale is negative (a
+        // TQ1_0/TQ2_0 block scale may be) is written with its codes negated, the same weights (such a file converted to
+        // an I2_S the loader then refused).
+        float scale = Math.Abs(matrix.RowScales[0]);
+        bool anyNegative = false;
+        for (int r = 0; r < matrix.Rows; r++)
         {
-            if (BitConverter.SingleToInt32Bits(matrix.RowScales[r]) != BitConverter.SingleToInt32Bits(scale))
+            if (BitConverter.SingleToInt32Bits(Math.Abs(matrix.RowScales[r])) != BitConverter.SingleToInt32Bits(scale))
                 throw new ArgumentException(
-                    $"I2_S stores one scale per tensor, but row 0 has {scale} and row {r} has {matrix.RowScales[r]}. Use TQ1_0/TQ2_0 (one scale per 256 weights) or rescale.",
+                    $"I2_S stores one scale per tensor, but row 0 has {matrix.RowScales[0]} and row {r} has {matrix.RowScales[r]}. Use TQ1_0/TQ2_0 (one scale per 256 weights) or rescale.",
                     nameof(matrix));
+            anyNegative |= float.IsNegative(matrix.RowScales[r]) && scale != 0f;
         }
 
         int cols = matrix.Cols;
@@ -149,6 +154,12 @@ public static unsafe class I2S
             if (cols % BlockWeights == 0)
             {
                 Buffer.MemoryCopy(matrix.Data, dst, codeBytes, codeBytes);
+                // Whole blocks: row r is bytes [r·cols/4, (r+1)·cols/4), each 2-bit code c (weight c − 1) read as 2 − c.
+                if (anyNegative)
+                    for (int r = 0; r < matrix.Rows; r++)
+                        if (float.IsNegative(matrix.RowScales[r]))
+                            for (long b = (long)r * (cols / 4), end = b + cols / 4; b < end; b++)
+                                dst[b] = NegatedCodes(dst[b]);
             }
             else
             {
@@ -157,15 +168,32 @@ public static unsafe class I2S
                 for (int r = 0; r < matrix.Rows; r++)
                 {
                     TernaryRowCodes.UnpackRow(matrix.Row(r), codes);
+                    int flip = anyNegative && float.IsNegative(matrix.RowScales[r]) ? 2 : 0;
                     long k = (long)r * cols;
                     for (int c = 0; c < cols; c++, k++)
-                        dst[(k >> 7) * BlockBytes + (k & 31)] |= (byte)((codes[c] & 3) << (6 - 2 * (int)((k & 127) >> 5)));
+                    {
+                        int code = codes[c] & 3;
+                        if (flip != 0 && code <= 2) code = 2 - code;
+                        dst[(k >> 7) * BlockBytes + (k & 31)] |= (byte)(code << (6 - 2 * (int)((k & 127) >> 5)));
+                    }
                 }
             }
         }
         var tail = destination[(int)codeBytes..];
         tail.Clear();
         BinaryPrimitives.WriteSingleLittleEndian(tail, scale);
+    }
+
+    /// <summary>Four 2-bit codes with each weight negated (code c → 2 − c; 3, invalid, kept).</summary>
+    private static byte NegatedCodes(byte b)
+    {
+        int result = 0;
+        for (int shift = 0; shift < 8; shift += 2)
+        {
+            int c = (b >> shift) & 3;
+            result |= (c == 3 ? 3 : 2 - c) << shift;
+        }
+        return (byte)result;
     }
 
     /// <summary>

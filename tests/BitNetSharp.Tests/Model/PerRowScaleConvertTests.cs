@@ -39,6 +39,56 @@ public class PerRowScaleConvertTests
         Assert.Equal(HeadTypeOnLoadTests.Logits(perRow, tokens), HeadTypeOnLoadTests.Logits(back, tokens));
     }
 
+    /// <summary>
+    /// TQ2_0/TQ1_0 block scales may be negative (weight = code × d): such rows convert to I2_S as the magnitude with
+    /// negated codes, the same logits (the scale was written negative and the converted file refused by the loader).
+    /// </summary>
+    [Theory]
+    [InlineData(PackedWeightType.I2_S)]
+    [InlineData(PackedWeightType.TQ1_0)]
+    public void NegativeRowScalesConvertToTheSameWeights(PackedWeightType type)
+    {
+        using var dir = new TestGguf.TempDirectory();
+        string tq2 = dir.File("tq2.gguf"), converted = dir.File("converted.gguf");
+        using (var source = ModelWeights.Load(WriteSynthetic(dir)))
+            ModelConverter.ToGguf(source, PackedWeightType.TQ2_0).WriteFile(tq2);
+        using var negative = ModelWeights.Load(tq2);
+        var up = negative.Layers[1].Up;
+        for (int r = 0; r < up.Rows; r += 2) up.RowScales[r] = -up.RowScales[r];
+        ModelConverter.ToGguf(negative, type).WriteFile(converted);
+
+        using var back = ModelWeights.Load(converted);
+        var up2 = back.Layers[1].Up;
+        for (int r = 0; r < up.Rows; r++)
+        for (int c = 0; c < up.Cols; c += 7)
+            Assert.Equal(up.Get(r, c) * up.RowScales[r], up2.Get(r, c) * up2.RowScales[r]);
+        int[] tokens = [1, 7, 42, 3, 200];
+        var expected = HeadTypeOnLoadTests.Logits(negative, tokens);
+        var actual = HeadTypeOnLoadTests.Logits(back, tokens);
+        for (int i = 0; i < expected.Length; i++) Assert.Equal(expected[i], actual[i], 1e-4f);
+    }
+
+    /// <summary>
+    /// A scale under fp16's normal range (6.1e-5) is stored as a subnormal with fewer bits (1e-6 moves by 1.3 %, where
+    /// the README promises 2^-11): convert says so, naming the tensor and the error, for the fp16-scale types only.
+    /// </summary>
+    [Fact]
+    public void ScalesStoredAsFp16SubnormalsAreSaid()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        using var w = ModelWeights.Load(WriteSynthetic(dir));
+        Assert.DoesNotContain(ModelConverter.CompatibilityWarnings(w, PackedWeightType.TQ2_0), m => m.Contains("normal range"));
+        var up = w.Layers[1].Up;
+        for (int r = 0; r < up.Rows; r++) up.RowScales[r] = 1e-6f;
+        foreach (var type in new[] { PackedWeightType.TQ2_0, PackedWeightType.TQ1_0, PackedWeightType.F16 })
+        {
+            var warning = Assert.Single(ModelConverter.CompatibilityWarnings(w, type), m => m.Contains("normal range"));
+            Assert.StartsWith("blk.1.ffn_up.weight: scale 1E-06 (row 0) is below fp16's normal range (6.1e-5)", warning);
+            Assert.Contains("off by 1.33 %", warning);
+        }
+        Assert.DoesNotContain(ModelConverter.CompatibilityWarnings(w, PackedWeightType.I2_S), m => m.Contains("normal range"));
+    }
+
     [Fact]
     public void I2SStillRefusesPerRowScalesNamingTheTensor()
     {

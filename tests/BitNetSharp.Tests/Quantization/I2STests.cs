@@ -156,6 +156,28 @@ public unsafe class I2STests
         I2S.Decode(ok, 1, 128).Dispose();
     }
 
+    /// <summary>
+    /// A negative row scale (TQ1_0/TQ2_0 block scales may be negative) is written as its magnitude with the row's codes
+    /// negated: the same weights, where the scale was written negative and the loader refused the converted file. Rows of
+    /// one magnitude and either sign are one I2_S tensor.
+    /// </summary>
+    [Theory]
+    [InlineData(4, 256)]
+    [InlineData(16, 200)]
+    public void NegativeRowScalesAreWrittenAsNegatedCodes(int rows, int cols)
+    {
+        using var m = TernaryFixtures.Random(rows, cols, seed: 11, r => r % 2 == 0 ? -0.75f : 0.75f);
+        var expected = Dequantizer.ToFloat(m);
+        Assert.Contains(expected, v => v != 0f);
+        var bytes = I2S.Encode(m);
+        Assert.Equal(0.75f, BinaryPrimitives.ReadSingleLittleEndian(bytes.AsSpan(rows * cols / 4)));
+        var reference = new float[rows * cols];
+        I2S.Dequantize(bytes, rows, cols, reference);
+        Assert.Equal(expected, reference);
+        using var back = I2S.Decode(bytes, rows, cols);
+        Assert.Equal(expected, Dequantizer.ToFloat(back));
+    }
+
     [Fact]
     public void EncodeRefusesDifferentRowScales()
     {
