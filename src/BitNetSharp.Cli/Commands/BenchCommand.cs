@@ -308,7 +308,7 @@ public static class BenchCommand
             peakRss = Math.Max(peakRss, ThroughputBenchmark.PeakResidentBytes() ?? 0);
             var info = new Info(synth is not null ? $"synthetic {synth} ({result.GetValue(headType) ?? "f16"} head)" : headOnLoad is not null ? $"{path} (head re-encoded at load)" : path, weights.Config.Architecture, fileBytes,
                 projectionBytes * 8.0 / projectionParams, loadSeconds, peakRss > 0 ? peakRss : null, perToken,
-                $"{Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name}, {Kernels.TernaryKernel.WeightStreams} weight stream(s)", kv.Name(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes(),
+                $"{Kernels.KernelRegistry.ForModel(weights.TernaryBytes, weights.Config.Dim).Name}, {Kernels.HeadKernels.DescribeStreams(weights.Output.Type)}", kv.Name(), GgmlTypeInfo.Name(weights.Output.Type), weights.Output.ByteLength, ThroughputBenchmark.ResidentBytes(),
                 ModelOptions.DescribeWeightPages(weights), ModelOptions.WeightPagesKind(weights));
             if (result.GetValue(json)) WriteJson(cli.Output, info, rows);
             else if (result.GetValue(csv)) WriteCsv(cli, info, rows);

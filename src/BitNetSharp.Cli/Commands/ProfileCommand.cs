@@ -262,7 +262,7 @@ public static class ProfileCommand
         var o = cli.Output;
         var c = r.Config;
         o.WriteLine($"model: {name} — {c.Architecture}, {c.Layers} layers, dim {c.Dim}, ff {c.FeedForward}, vocab {c.VocabSize}, head {r.HeadType}, KV cache {r.KvType.Name()}");
-        o.WriteLine($"kernel {r.Kernel} ({Kernels.TernaryKernel.WeightStreams} weight stream(s)), {r.Threads} threads; limits measured in this run: read bandwidth {F(r.BandwidthGBps)} GB/s, "
+        o.WriteLine($"kernel {r.Kernel} ({r.WeightStreams}), {r.Threads} threads; limits measured in this run: read bandwidth {F(r.BandwidthGBps)} GB/s, "
             + $"int8×ternary peak {F(r.PeakGmacPrefill)} GMAC/s at {r.Prefill.Tokens} tokens, {F(r.PeakGmacDecode)} GMAC/s at {r.Sequences} token{(r.Sequences == 1 ? "" : "s")} (cache-resident weights, best of the projection widths)");
         o.WriteLine(r.KernelUnpackShares.Count == 0
             ? $"ternary kernel split: no unpack-only variant of {r.Kernel} (the AVX-512 kernels have one)"

@@ -41,10 +41,20 @@ public static unsafe class HeadKernels
     /// its four-stream loop prefetches non-temporally, which read 6.2 GB/s there against 9.4 for prefetcht1.
     /// The sums are the same either way.
     /// </summary>
-    public static bool QuantizedRowsSideBySide => TernaryKernel.WeightStreams == 4 || IntelQuantizedStreams;
+    /// <remarks>A <see cref="TernaryKernel.WeightStreams"/> of 1 set in code holds here as BITNET_WEIGHT_STREAMS=1 does (tests
+    /// that ran both stream counts took the four-row path both times on Intel). Two tokens (two sequences decoding
+    /// together) take four rows side by side with four ternary streams only: not measured on Intel.</remarks>
+    public static bool QuantizedRowsSideBySide => TernaryKernel.WeightStreams == 4 || (IsIntel && !TernaryKernel.WeightStreamsGiven);
 
-    private static readonly bool IntelQuantizedStreams = TernaryKernel.IsIntel() &&
-        Environment.GetEnvironmentVariable(TernaryKernel.WeightStreamsVariable)?.Trim() != "1";
+    private static readonly bool IsIntel = TernaryKernel.IsIntel();
+
+    /// <summary>How decode reads weights, for bench and profile: "1 weight stream(s)", and where a Q8_0/Q6_K head reads
+    /// four rows side by side while the ternary weights read one stream (Intel), that too (it read "1 weight stream(s)").</summary>
+    public static string DescribeStreams(GgmlType head) =>
+        $"{TernaryKernel.WeightStreams} weight stream(s)" +
+        (TernaryKernel.WeightStreams == 1 && QuantizedRowsSideBySide
+         && (head == GgmlType.Q8_0 && HeadQ8_0512.IsSupported || head == GgmlType.Q6_K && HeadQ6K512.IsSupported)
+            ? $", {GgmlTypeInfo.Name(head)} head four rows side by side" : "");
 
     /// <summary>Index of the first half whose exponent is all ones (±inf, NaN), or −1. The fast F16 dot product relies on there being none.</summary>
     public static long FirstNonFiniteHalf(ushort* p, long n) => FirstAllOnes(p, n, 0x7C00);

@@ -70,10 +70,18 @@ public abstract unsafe class TernaryKernel
     public static int WeightStreams
     {
         get => s_weightStreams;
-        set => s_weightStreams = value is 1 or 4 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "Weight streams are 1 or 4.");
+        set
+        {
+            s_weightStreams = value is 1 or 4 ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "Weight streams are 1 or 4.");
+            WeightStreamsGiven = true;
+        }
     }
 
     private static int s_weightStreams = ReadWeightStreams();
+
+    /// <summary>Whether <see cref="WeightStreams"/> was chosen (BITNET_WEIGHT_STREAMS, or set in code) rather than left
+    /// at the CPU's default: a choice of 1 holds for the quantized heads too (<see cref="HeadKernels.QuantizedRowsSideBySide"/>).</summary>
+    internal static bool WeightStreamsGiven { get; private set; } = Environment.GetEnvironmentVariable(WeightStreamsVariable)?.Trim() is "1" or "4";
 
     public const string WeightStreamsVariable = "BITNET_WEIGHT_STREAMS";
 

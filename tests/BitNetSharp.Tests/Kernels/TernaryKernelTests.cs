@@ -1,3 +1,4 @@
+using BitNetSharp.Formats.Gguf;
 using BitNetSharp.Kernels;
 using BitNetSharp.Quantization;
 using BitNetSharp.Threading;
@@ -166,6 +167,30 @@ public unsafe class TernaryKernelTests
         Assert.Contains(TernaryKernel.WeightStreams, new[] { 1, 4 });
         Assert.Contains(TernaryKernel.DefaultWeightStreams(), new[] { 1, 4 });
         Assert.Throws<ArgumentOutOfRangeException>(() => TernaryKernel.WeightStreams = 2);
+    }
+
+    /// <summary>
+    /// A stream count set in code holds for the quantized heads as BITNET_WEIGHT_STREAMS does: on Intel they read four
+    /// rows side by side by default and a set 1 was ignored (tests looping over both counts ran the four-row path twice),
+    /// and bench/profile said "1 weight stream(s)" while the head read four.
+    /// </summary>
+    [Fact]
+    public void ASetStreamCountHoldsForTheQuantizedHeads()
+    {
+        int before = TernaryKernel.WeightStreams;
+        try
+        {
+            TernaryKernel.WeightStreams = 1;
+            Assert.False(HeadKernels.QuantizedRowsSideBySide);
+            Assert.Equal("1 weight stream(s)", HeadKernels.DescribeStreams(GgmlType.Q6_K));
+            TernaryKernel.WeightStreams = 4;
+            Assert.True(HeadKernels.QuantizedRowsSideBySide);
+            Assert.Equal("4 weight stream(s)", HeadKernels.DescribeStreams(GgmlType.Q8_0));
+        }
+        finally
+        {
+            TernaryKernel.WeightStreams = before;
+        }
     }
 
     [Fact]

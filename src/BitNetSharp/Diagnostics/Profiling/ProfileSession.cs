@@ -54,6 +54,8 @@ public sealed class ProfileReport
     public required ModelConfig Config { get; init; }
     public required string Kernel { get; init; }
     public required string HeadType { get; init; }
+    /// <summary>How decode read the weights (<see cref="Kernels.HeadKernels.DescribeStreams"/>).</summary>
+    public string WeightStreams { get; init; } = "";
     /// <summary>The KV cache's element type the run used.</summary>
     public KvCacheType KvType { get; init; }
     public required int Threads { get; init; }
@@ -311,6 +313,7 @@ public static class ProfileSession
                 Kernel = engine.Kernel.Name,
                 LookupLayoutTokens = engine.Kernel is Kernels.LutTernaryKernel lut ? (lut.LookupPrefill ? int.MaxValue : Kernels.LutTernaryKernel.MaxLookupTokens) : 0,
                 HeadType = weights.Output.Type.ToString(),
+                WeightStreams = Kernels.HeadKernels.DescribeStreams(weights.Output.Type),
                 KvType = o.KvType,
                 Threads = pool.ThreadCount,
                 Sequences = sequences,
