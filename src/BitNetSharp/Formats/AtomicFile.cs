@@ -162,6 +162,67 @@ public static class AtomicFile
 
     private const int OPath = 0x200000, OCloexec = 0x80000;
 
+    /// <summary>A temporary's stream whose I/O errors name the output (<see cref="PendingFile.Named"/>). .NET reports
+    /// EFBIG (past the file-size limit, `ulimit -f`) as an ArgumentOutOfRangeException, "Specified file length was too
+    /// large for the file system": an I/O error here too.</summary>
+    private sealed class NamedErrors(Stream inner, PendingFile owner) : Stream
+    {
+        public override bool CanRead => false;
+        public override bool CanSeek => inner.CanSeek;
+        public override bool CanWrite => inner.CanWrite;
+        public override long Length => inner.Length;
+
+        public override long Position
+        {
+            get => inner.Position;
+            set
+            {
+                try { inner.Position = value; }
+                catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { throw owner.Named(e); }
+            }
+        }
+
+        public override void Flush()
+        {
+            try { inner.Flush(); }
+            catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { throw owner.Named(e); }
+        }
+
+        public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+        public override void Write(ReadOnlySpan<byte> buffer)
+        {
+            try { inner.Write(buffer); }
+            catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { throw owner.Named(e); }
+        }
+
+        public override void WriteByte(byte value)
+        {
+            try { inner.WriteByte(value); }
+            catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { throw owner.Named(e); }
+        }
+
+        public override long Seek(long offset, SeekOrigin origin)
+        {
+            try { return inner.Seek(offset, origin); }
+            catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { throw owner.Named(e); }
+        }
+
+        public override void SetLength(long value)
+        {
+            try { inner.SetLength(value); }
+            catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { throw owner.Named(e); }
+        }
+
+        public override int Read(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing) inner.Dispose();
+            base.Dispose(disposing);
+        }
+    }
+
     /// <summary>An output being written: a temporary beside it, or (a FIFO or device) the path itself.</summary>
     public sealed class PendingFile : IDisposable
     {
@@ -172,8 +233,18 @@ public static class AtomicFile
         {
             Path = path;
             _temp = temp;
-            Stream = stream;
+            _file = stream as FileStream;
+            // Errors while writing the temporary name the output (a full disk read "No space left on device :
+            // '/d/.m.gguf.1234.….tmp'", a file the user never named).
+            Stream = temp is null ? stream : new NamedErrors(stream, this);
         }
+
+        private readonly FileStream? _file;
+
+        /// <summary>An I/O error with the temporary's name replaced by the output's, saying the old output is kept.</summary>
+        internal IOException Named(Exception e) => new(
+            $"cannot write {Path}: {(_temp is null ? e.Message : e.Message.Replace(_temp, Path, StringComparison.Ordinal))}"
+            + (_temp is not null && File.Exists(Path) ? $"; the {System.IO.Path.GetFileName(Path)} already there is kept as it was" : ""), e);
 
         /// <summary>The output's full path (a link's target).</summary>
         public string Path { get; }
@@ -195,8 +266,15 @@ public static class AtomicFile
                 _committed = true;
                 return;
             }
-            ((FileStream)Stream).Flush(flushToDisk: true);
-            Stream.Dispose();
+            try
+            {
+                _file!.Flush(flushToDisk: true);
+                _file.Dispose();
+            }
+            catch (Exception e) when (e is IOException or ArgumentOutOfRangeException)
+            {
+                throw Named(e);
+            }
             try
             {
                 File.Move(_temp, Path, overwrite: true);
@@ -214,7 +292,9 @@ public static class AtomicFile
         {
             if (_disposed) return;
             _disposed = true;
-            try { Stream.Dispose(); } catch (IOException) { }
+            // Closing flushes what is buffered, which fails again on a full disk (EFBIG, past the file-size limit, is an
+            // ArgumentOutOfRangeException, which left the temporary behind): the temporary goes whatever the close says.
+            try { Stream.Dispose(); } catch (Exception e) when (e is IOException or ArgumentOutOfRangeException) { }
             if (!_committed && _temp is not null)
                 try { File.Delete(_temp); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         }

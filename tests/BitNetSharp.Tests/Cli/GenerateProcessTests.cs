@@ -15,6 +15,37 @@ public class GenerateProcessTests
     private static readonly string Exe = Path.Combine(AppContext.BaseDirectory, "bitnet");
 
     /// <summary>
+    /// A write that fails part way (a full disk; here the file-size limit, `ulimit -f`, with SIGXFSZ ignored so the write
+    /// returns EFBIG as a full disk returns ENOSPC) names the output and says the old one is kept: it named the hidden
+    /// temporary (".out.gguf.1234.….tmp"), a file the user never gave. The old output is untouched and no temporary stays.
+    /// </summary>
+    [Fact]
+    public async Task AWriteThatFailsPartWayNamesTheOutput()
+    {
+        Assert.SkipUnless(File.Exists(Exe), $"the CLI's apphost is not next to the tests ({Exe})");
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "ulimit -f and SIGXFSZ as Linux has them");
+        using var dir = new TestGguf.TempDirectory();
+        string output = dir.File("out.gguf");
+        File.WriteAllText(output, "the old output");
+        var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        psi.Environment["DOTNET_EnableWriteXorExecute"] = "0"; // the runtime's double-mapped code file is itself past the limit
+        foreach (var a in new[] { "-c", "trap '' XFSZ; ulimit -f 256; exec \"$0\" convert \"$1\" \"$2\" --type i2_s", Exe, RepositoryFiles.Path("models/bitnet-tinystories.gguf"), output })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        string error = await p.StandardError.ReadToEndAsync(Ct);
+        await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+        await stdout;
+        Assert.True(p.ExitCode == 1, $"exit {p.ExitCode}: {error}");
+        Assert.Contains("cannot write " + output, error);
+        Assert.Contains("the out.gguf already there is kept as it was", error);
+        Assert.DoesNotContain(".tmp", error);
+        Assert.DoesNotContain("   at ", error);
+        Assert.Equal("the old output", File.ReadAllText(output));
+        Assert.Equal(["out.gguf"], Directory.GetFiles(dir.Path).Select(Path.GetFileName));
+    }
+
+    /// <summary>
     /// A process's first prompt includes compiling the forward pass (~0.1 s): the stats line says how much and the rate
     /// without it (a 1-token prompt read 9.7 tok/s on a model that reads thousands, with no word why).
     /// </summary>
