@@ -129,10 +129,12 @@ internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, i
     }
 
     /// <summary>
-    /// When the server first collected garbage after the warm-up (seconds from the start): the first load sample from the
-    /// warm-up's end on whose generation-0 count exceeds the last count before it (or before the load). Null when the
-    /// server does not export the count (judged from the warm-up alone); +∞ when it did not collect.
+    /// When the server first collected garbage after the warm-up (seconds from the start): the first load sample whose
+    /// generation-0 count exceeds that of the first sample taken at or after the warm-up's end. Null when the server does
+    /// not export the count (judged from the warm-up alone); +∞ when it did not collect.
     /// </summary>
+    /// <remarks>A count compared with the last sample before the warm-up's end took a collection inside the warm-up,
+    /// between that sample and the next, for one after it: its budget then filled within the judged samples.</remarks>
     /// <remarks>
     /// Not the first collection under load: the runtime sizes the next budget from what survived, so a collection early in
     /// the load can be followed by a budget of ~90 MiB that fills for the next 25 s (measured: a gen-0 collection at 6 s,
@@ -142,12 +144,11 @@ internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, i
     {
         var load = samples.Where(s => s.Phase == "load" && s.T <= options.Duration.TotalSeconds).ToList();
         if (!load.Any(s => double.IsFinite(s.Gen0Collections))) return null;
-        double count = Soak.Metric(before, Soak.Gen0Series);
+        double count = double.NaN;
         foreach (var s in load)
         {
-            if (!double.IsFinite(s.Gen0Collections)) continue;
-            if (s.T < Warmup) count = s.Gen0Collections;
-            else if (!double.IsFinite(count)) count = s.Gen0Collections; // nothing known before: count from here
+            if (!double.IsFinite(s.Gen0Collections) || s.T < Warmup) continue;
+            if (!double.IsFinite(count)) count = s.Gen0Collections; // the first sample from the warm-up's end on
             else if (s.Gen0Collections > count) return s.T;
         }
         return double.PositiveInfinity;
@@ -160,10 +161,12 @@ internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, i
         double start = Math.Max(Warmup, collected ?? 0);
         string criterion = string.Create(inv,
             $"after the warm-up ({Warmup:0} s){(collected is null ? "" : " and the server's first garbage collection after it")}: no window median (windows of a tenth of the samples, ≥ 3) more than {options.RssTolerance:P0} above the first window's");
-        if (collected is double.PositiveInfinity)
+        var afterWarmup = SteadySamples();
+        // With no RSS samples at all, the count's message below says why (this one printed "NaN–NaN MiB").
+        if (collected is double.PositiveInfinity && afterWarmup.Count > 0)
             return new("RSS flat", criterion, string.Create(inv,
-                $"not judged: the server collected no garbage after the warm-up, so RSS ({SteadySamples().Select(s => s.RssBytes).DefaultIfEmpty(double.NaN).Min() / Mi:F1}–{SteadySamples().Select(s => s.RssBytes).DefaultIfEmpty(double.NaN).Max() / Mi:F1} MiB after the warm-up) may still be the heap's allocation budget filling, which a leak cannot be told from; run longer (--duration)"), false);
-        var steady = SteadySamples().Where(s => s.T >= start).ToList();
+                $"not judged: the server collected no garbage after the warm-up, so RSS ({afterWarmup.Min(s => s.RssBytes) / Mi:F1}–{afterWarmup.Max(s => s.RssBytes) / Mi:F1} MiB after the warm-up) may still be the heap's allocation budget filling, which a leak cannot be told from; run longer (--duration)"), false);
+        var steady = afterWarmup.Where(s => s.T >= start).ToList();
         if (steady.Count < 6)
             return new("RSS flat", criterion, string.Create(inv, $"only {steady.Count} samples with RSS after the warm-up{(collected > Warmup ? $" and the first garbage collection ({collected:0} s)" : "")} (need 6; {(options.Pid is null ? "the server exports no bitnet_process_resident_memory_bytes and no --pid was given" : "sample more often or run longer")})"), false);
         var windows = Windows(steady, s => s.RssBytes);

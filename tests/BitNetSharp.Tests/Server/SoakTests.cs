@@ -132,6 +132,17 @@ public class SoakTests
         Assert.Contains("collected no garbage after the warm-up", never.Measured);
         Assert.True(Verdict(Report(Steady(), Budget(t => 100 + t % 3, 12), gen0Before: 6), "RSS flat")); // collected just after the warm-up
         Assert.True(Verdict(Report(Steady(), Budget(t => 100 + t % 3, 12)), "RSS flat")); // no count before the load: counted from the first sample
+        // A collection between the last sample inside the warm-up (8 s) and the first after it (10 s) may be the warm-up's,
+        // whose budget then fills: counted from the 10 s sample on, not against the 8 s one (which judged from 10 s).
+        var ambiguous = Report(Steady(), Budget(t => t < 40 ? 50 + 2.5 * t : 150 + t % 3, 9), gen0Before: 6).Verdicts.Single(v => v.Name == "RSS flat");
+        Assert.False(ambiguous.Pass);
+        Assert.Contains("collected no garbage after the warm-up", ambiguous.Measured);
+        // No RSS at all (no bitnet_process_resident_memory_bytes, no --pid): said, with no NaN sizes.
+        static List<SoakSample> NoRss() => [.. Enumerable.Range(1, 50).Select(i => Sample(i * 2, double.NaN, gen0: 6)), Sample(101, double.NaN, "idle", 0, 0, 6)];
+        var blind = Report(Steady(), NoRss(), gen0Before: 6).Verdicts.Single(v => v.Name == "RSS flat");
+        Assert.False(blind.Pass);
+        Assert.Contains("only 0 samples with RSS", blind.Measured);
+        Assert.DoesNotContain("NaN", blind.Measured);
 
         // A 5xx fails "no 5xx" and "valid requests complete"; a malformed request answered 200, or with a broken connection, fails "malformed → 4xx".
         var fivexx = Report([.. Steady(), new SoakRequest(50, 50.1, 1, SoakKind.Completion, "completion", 500, "http_error", "HTTP 500", double.NaN)], Flat());
