@@ -231,8 +231,16 @@ public sealed class BitNetServer : IAsyncDisposable
             }
             catch (Exception e) when (!context.Response.HasStarted)
             {
+                // Counted (bitnet_server_internal_errors_total): a 500 here reached no other counter.
+                host.NoteInternalError();
                 app.Logger.LogError(e, "Unhandled error on {Method} {Path}", context.Request.Method, context.Request.Path);
                 await WriteError(context, host, new ApiException(500, $"Internal server error: {e.Message}", "server_error", code: "internal_error"));
+            }
+            catch (Exception e) when (e is not (OperationCanceledException or ApiException))
+            {
+                // The same once the answer has begun: nothing can be said on this connection, which Kestrel aborts.
+                host.NoteInternalError();
+                throw;
             }
         });
 
@@ -254,6 +262,7 @@ public sealed class BitNetServer : IAsyncDisposable
         };
         // GET routes answer HEAD too (uptime checkers probe /health with HEAD; Kestrel sends no body for it).
         foreach (var (method, path, handler) in routes) app.MapMethods(path, method == "GET" ? ["GET", "HEAD"] : [method], handler);
+        options.TestRoutes?.Invoke(app);
         string list = string.Join(", ", routes.Select(r => $"{r.Method} {r.Path}"));
         // "{**path}": every path, dotted ones included (the default fallback pattern skips "file" paths such as
         // /v2/x.json, which then got an empty 404).

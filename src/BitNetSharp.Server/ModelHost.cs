@@ -87,7 +87,7 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
             if (template != null) logger.LogInformation("Chat template {Template} ({Reason}).", template.Name, templateReason);
             var monitor = new ModelMonitor(loaded.Weights, loaded.Id, scheduler, options.Monitoring, logger, _address);
             _monitor = monitor;
-            var process = new ProcessMeters(() => InFlight, Started, () => Refused, () => WriteTimeouts, () => State == ModelState.Ready);
+            var process = new ProcessMeters(() => InFlight, Started, () => Refused, () => WriteTimeouts, () => State == ModelState.Ready, () => InternalErrors);
             _process = process;
             var served = new ServedModel(loaded.Id, DateTimeOffset.UtcNow.ToUnixTimeSeconds(), scheduler, loaded.Tokenizer, template,
                 new PrometheusTextExporter([scheduler.Meters.Meter, monitor.Meters.Meter, process.Meter], scheduler.Meters.Publish, monitor.Meters.OneSnapshot), monitor);
@@ -178,7 +178,13 @@ internal sealed class ModelHost(ServerOptions options, ILogger logger) : IDispos
     /// <summary>Generation requests being handled now (from routing to the last byte written).</summary>
     public int InFlight => Volatile.Read(ref _inFlight);
 
-    private long _writeTimeouts;
+    private long _writeTimeouts, _internalErrors;
+
+    /// <summary>Requests that met an unhandled error in the server's code (answered 500 internal_error, or aborted once begun).</summary>
+    public long InternalErrors => Interlocked.Read(ref _internalErrors);
+
+    /// <summary>Counts one request that met an unhandled error (logged by the caller).</summary>
+    public void NoteInternalError() => Interlocked.Increment(ref _internalErrors);
 
     /// <summary>Connections closed because a write of the answer waited --write-timeout on a client that read nothing.</summary>
     public long WriteTimeouts => Interlocked.Read(ref _writeTimeouts);

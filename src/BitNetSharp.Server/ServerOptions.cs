@@ -50,6 +50,9 @@ public sealed record ServerOptions
     /// <summary>Loads the model; runs on a background thread after the server is listening, while /health answers 503.</summary>
     public required Func<LoadedModel> LoadModel { get; init; }
 
+    /// <summary>Tests add routes behind the server's own middleware (to reach its handling of errors no route should raise).</summary>
+    internal Action<Microsoft.AspNetCore.Routing.IEndpointRouteBuilder>? TestRoutes { get; init; }
+
     public SchedulerOptions Scheduler { get; init; } = new();
 
     /// <summary>Per request, waiting included.</summary>

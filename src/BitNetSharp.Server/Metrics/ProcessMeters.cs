@@ -12,7 +12,7 @@ internal sealed class ProcessMeters : IDisposable
     public const string MeterName = "BitNetSharp.Server";
 
     public ProcessMeters(Func<int> requestsInFlight, DateTimeOffset started, Func<(long Draining, long Loading)>? refused = null, Func<long>? writeTimeouts = null,
-        Func<bool>? ready = null)
+        Func<bool>? ready = null, Func<long>? internalErrors = null)
     {
         Meter = new Meter(MeterName);
         double startSeconds = started.ToUnixTimeMilliseconds() / 1000.0;
@@ -59,6 +59,11 @@ internal sealed class ProcessMeters : IDisposable
             "Generation requests answered 503 before reaching the engine: while draining for shutdown (a balancer still sending " +
             "here after SIGTERM), or while the model was loading or warming up (counted from the load on; /metrics is empty before it).");
         if (writeTimeouts is not null) WriteTimeouts(writeTimeouts);
+        if (internalErrors is not null)
+            Meter.CreateObservableCounter("bitnet.server.internal_errors", internalErrors, "{request}",
+                "Requests that met an unhandled error in the server's own code (a bug; each logged with its stack trace): " +
+                "answered 500 internal_error, or, once the answer had begun, their connection closed. The engine's failures " +
+                "count in bitnet_requests_failed_total; these never reached it or failed outside it.");
     }
 
     public Meter Meter { get; }

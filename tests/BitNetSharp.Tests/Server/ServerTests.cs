@@ -6,6 +6,8 @@ using System.Net.ServerSentEvents;
 using System.Text;
 using System.Text.Json;
 using BitNetSharp.Server;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
 using OpenAI.Chat;
 
 namespace BitNetSharp.Tests.Server;
@@ -29,6 +31,40 @@ public sealed class ServerTests(SharedServer shared) : IClassFixture<SharedServe
     private TestServer S => shared.Host;
 
     private static CancellationToken Ct => TestContext.Current.CancellationToken;
+
+    /// <summary>
+    /// An unhandled error in the server's own code is counted in bitnet_server_internal_errors_total, whether it became a
+    /// 500 internal_error or, once the answer had begun, a closed connection: those 500s reached no counter, so neither
+    /// /metrics nor an alert rule could see a server failing requests that way.
+    /// </summary>
+    [Fact]
+    public async Task UnhandledErrorsAreCounted()
+    {
+        await using var s = await TestServer.StartAsync(o => o with
+        {
+            WarmupRequests = 0,
+            TestRoutes = routes =>
+            {
+                routes.MapMethods("/test/throw", ["GET"], _ => throw new InvalidOperationException("a bug"));
+                routes.MapMethods("/test/throw-late", ["GET"], async context =>
+                {
+                    await context.Response.WriteAsync("partial", Ct);
+                    await context.Response.Body.FlushAsync(Ct);
+                    throw new InvalidOperationException("a bug after the answer began");
+                });
+            },
+        });
+        static double Count(string metrics) =>
+            double.Parse(metrics.Split('\n').Single(l => l.StartsWith("bitnet_server_internal_errors_total ", StringComparison.Ordinal)).Split(' ')[1], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal(0, Count(await s.Http.GetStringAsync("metrics", Ct)));
+        var response = await s.Http.GetAsync("test/throw", Ct);
+        Assert.Equal(HttpStatusCode.InternalServerError, response.StatusCode);
+        Assert.Contains("internal_error", await response.Content.ReadAsStringAsync(Ct));
+        await Assert.ThrowsAnyAsync<Exception>(async () => await (await s.Http.GetAsync("test/throw-late", HttpCompletionOption.ResponseContentRead, Ct)).Content.ReadAsStringAsync(Ct));
+        string metrics = await s.Http.GetStringAsync("metrics", Ct);
+        Assert.Equal(2, Count(metrics));
+        Assert.Equal("counter", PrometheusText.Parse(metrics)["bitnet_server_internal_errors_total"]);
+    }
 
     /// <summary>Hugging Face style ids ("org/name") are retrieved by GET /v1/models/{id}, as the SDK sends them (404 before).</summary>
     [Fact]
