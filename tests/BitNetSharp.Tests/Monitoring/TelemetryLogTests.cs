@@ -573,6 +573,66 @@ public class TelemetryLogTests(ITestOutputHelper output)
         Assert.Contains($"byte {ends[0]}", e.Message);
     }
 
+    /// <summary>
+    /// A record batch whose body length is damaged (2 GB, the file going on after it) is damage, said without reading the
+    /// claimed body: Arrow allocated the claimed length (2 GB of RSS), and in a file without footer the message read as a
+    /// write cut short, the rows after it dropped with exit 0 (logs sweep). The body length is checked against the
+    /// buffers the batch's metadata lists.
+    /// </summary>
+    [Fact]
+    public void ADamagedBodyLengthIsSaidWithoutReadingIt()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (killed, ends, finished) = ThreeBatches(dir);
+        // The second flush's record batch: the message that ends at ends[1]; its body length is the int64 in its
+        // metadata that reaches there.
+        long pos = ends[0], field = -1;
+        while (field < 0)
+        {
+            int metaLength = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(killed.AsSpan((int)pos + 4));
+            long metaEnd = pos + 8 + metaLength, next = -1;
+            for (long i = pos + 8; i + 8 <= metaEnd && next < 0; i++)
+            {
+                long v = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(killed.AsSpan((int)i));
+                if (v < 0 || v % 8 != 0 || metaEnd + v > ends[1]) continue;
+                if (metaEnd + v == ends[1]) { field = i; next = ends[1]; }
+                else if (v > 0 && System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(killed.AsSpan((int)(metaEnd + v))) == -1) next = metaEnd + v;
+            }
+            Assert.True(next > 0, "no message structure found");
+            if (field < 0) pos = next;
+        }
+        foreach (var (name, source) in new[] { ("killed-20250101T000000Z-0001.arrow", killed), ("finished-20250101T000000Z-0001.arrow", finished) })
+        {
+            var bad = (byte[])source.Clone();
+            System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(bad.AsSpan((int)field), 2_000_000_000);
+            string path = dir.File(name);
+            File.WriteAllBytes(path, bad);
+            long before = GC.GetTotalAllocatedBytes(precise: true);
+            var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
+            Assert.True(GC.GetTotalAllocatedBytes(precise: true) - before < 100_000_000, "the claimed body was allocated");
+            Assert.Contains($"{path}: damaged message at byte {pos}: its body length disagrees with the buffers it lists", e.Message);
+        }
+    }
+
+    /// <summary>
+    /// A column whose name was overwritten ("sat_qkv" as "sat_qkw") is damage: it read as absent, every row's value NaN,
+    /// summed up as non-finite values the model never had. Older files without the newest columns still read.
+    /// </summary>
+    [Fact]
+    public void ARenamedColumnIsDamage()
+    {
+        using var dir = new TestGguf.TempDirectory();
+        var (_, _, finished) = ThreeBatches(dir);
+        var bad = (byte[])finished.Clone();
+        int at = bad.AsSpan().IndexOf("sat_qkv"u8);
+        Assert.True(at > 0);
+        bad[at + 6] = (byte)'w';
+        string path = dir.File("renamed-20250101T000000Z-0001.arrow");
+        File.WriteAllBytes(path, bad);
+        var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
+        Assert.Contains("the column sat_qkv is missing and the file has a column \"sat_qkw\"", e.Message);
+    }
+
     /// <summary>A log file of one event row written by hand with <paramref name="fields"/> and the marker set to <paramref name="version"/>.</summary>
     /// <summary>
     /// A file still being written, read past the length it had when opened: a batch half written there is a write in

@@ -266,6 +266,16 @@ public sealed class TelemetryLogReader
     /// </summary>
     private static void CheckColumnTypes(string path, Schema schema)
     {
+        // A column missing while the file holds one of a name this reader does not know is a renamed (damaged) column:
+        // "sat_qkv" read as "sat_qkw" gave every row NaN saturation, summed up as non-finite values the model never had.
+        // Older files lack the columns added since (all known ones); newer files add columns (none known missing).
+        string? missing = null;
+        for (int c = 0; c < TelemetryLogSchema.ColumnCount && missing is null; c++)
+            if (schema.GetFieldIndex(TelemetryLogSchema.ColumnNames[c], StringComparer.Ordinal) < 0) missing = TelemetryLogSchema.ColumnNames[c];
+        if (missing is not null)
+            foreach (var f in schema.FieldsList)
+                if (System.Array.IndexOf(TelemetryLogSchema.ColumnNames, f.Name) < 0)
+                    throw new InvalidDataException($"{path}: the column {missing} is missing and the file has a column \"{f.Name}\" this reader does not know; the file is damaged (a column name overwritten) or was rewritten by another tool.");
         for (int c = 0; c < TelemetryLogSchema.ColumnCount; c++)
         {
             int index = schema.GetFieldIndex(TelemetryLogSchema.ColumnNames[c], StringComparer.Ordinal);
@@ -335,6 +345,20 @@ public sealed class TelemetryLogReader
             {
                 cancellation.ThrowIfCancellationRequested();
                 long at = stream.Position;
+                // The messages this read takes are looked at first, without reading their bodies: a damaged body length
+                // (2 GB) made Arrow allocate it (2 GB of RSS), and in a file without footer read as a write cut short,
+                // the rows after it dropped with exit 0.
+                var peeked = Peek(stream, at, stream.Length, out long where);
+                if (peeked == Peeked.Damaged)
+                    throw new InvalidDataException($"{file.Path}: damaged message at byte {where}: its body length disagrees with the buffers it lists; the rows from there on cannot be read.");
+                if (peeked == Peeked.Cut)
+                {
+                    if (hasFooter)
+                        throw new InvalidDataException($"{file.Path}: damaged message at byte {where} of a complete log file (it runs past the end of the file); the rows from there on cannot be read.");
+                    MarkTruncated(file.Path); // a write cut short (kill -9, a full disk): every batch before it read
+                    break;
+                }
+                stream.Position = at;
                 if (!TryReadNext(reader, out var batch, out var error))
                 {
                     // In a finished file an unreadable message is damage, and the rows after it must not vanish without a
@@ -342,11 +366,11 @@ public sealed class TelemetryLogReader
                     // a copy interrupted); one that is whole is damage all the same, reported with what Arrow said (a
                     // file rewritten with compressed buffers was a "torn final batch" and its rows gone).
                     if (hasFooter)
-                        throw new InvalidDataException($"{file.Path}: damaged message at byte {at} of a complete log file ({error}); the rows from there on cannot be read.");
+                        throw new InvalidDataException($"{file.Path}: damaged message at byte {where} of a complete log file ({error}); the rows from there on cannot be read.");
                     // The end as it is now: a live file grows while it is read, and a batch half written past the length
                     // seen at open is a write in progress, not damage.
                     if (!CutByTheEnd(stream, at, stream.Length))
-                        throw new InvalidDataException($"{file.Path}: unreadable message at byte {at} ({error}). The file has no footer, but the message is whole, so it was not cut short by a crash: the file is damaged there, and the rows from there on cannot be read.");
+                        throw new InvalidDataException($"{file.Path}: unreadable message at byte {where} ({error}). The file has no footer, but the message is whole, so it was not cut short by a crash: the file is damaged there, and the rows from there on cannot be read.");
                     MarkTruncated(file.Path);
                     break;
                 }
@@ -684,6 +708,101 @@ public sealed class TelemetryLogReader
     private void MarkTruncated(string path)
     {
         lock (_truncated) if (!_truncated.Contains(path)) _truncated.Add(path); // once, however many passes read it
+    }
+
+    private enum Peeked { Readable, Cut, Damaged }
+
+    /// <summary>
+    /// The messages one read from <paramref name="at"/> takes (dictionary batches, then a record batch), looked at without
+    /// their bodies: Cut when one runs past <paramref name="end"/> (or its length prefix does), Damaged when a record
+    /// batch's body length disagrees with the buffers its metadata lists (a writer pads each buffer to 8 bytes, so the
+    /// body ends within 64 bytes after the last buffer), else Readable — Arrow then reads them and says what else is
+    /// wrong. <paramref name="where"/> is the message's byte. Lengths Arrow would refuse anyway (negative, absurd metadata)
+    /// read as Readable: its error says more.
+    /// </summary>
+    private static Peeked Peek(FileStream stream, long at, long end, out long where)
+    {
+        const int DictionaryBatch = 2, RecordBatch = 3, MaxMetadata = 16 << 20;
+        Span<byte> prefix = stackalloc byte[8];
+        long pos = at;
+        where = at;
+        for (int messages = 0; messages < 64; messages++)
+        {
+            where = pos;
+            if (end - pos < 8) return end > pos ? Peeked.Cut : Peeked.Readable;
+            stream.Position = pos;
+            stream.ReadExactly(prefix);
+            int first = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(prefix);
+            long metaStart = first == -1 ? pos + 8 : pos + 4;
+            int metaLength = first == -1 ? System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(prefix[4..]) : first;
+            if (metaLength <= 0 || metaLength > MaxMetadata) return Peeked.Readable;
+            if (metaStart + metaLength > end) return Peeked.Cut;
+            var meta = new byte[metaLength];
+            stream.Position = metaStart;
+            stream.ReadExactly(meta);
+            if (!TryMessageHeader(meta, out byte header, out long body) || body < 0) return Peeked.Readable;
+            if (header == RecordBatch && TryBufferExtent(meta, out long extent) && (body < extent || body > extent + 64))
+                return Peeked.Damaged;
+            if (metaStart + metaLength + body > end) return Peeked.Cut;
+            if (header != DictionaryBatch) return Peeked.Readable;
+            pos = metaStart + metaLength + body;
+        }
+        return Peeked.Readable;
+    }
+
+    /// <summary>
+    /// Where the last buffer a record batch's metadata lists ends in its body (the largest offset + length; 0 with no
+    /// buffers), read from the flatbuffer: Message.header (field 2) → RecordBatch.buffers (field 2), structs of
+    /// (offset, length) as longs. False when the metadata does not hold together.
+    /// </summary>
+    private static bool TryBufferExtent(ReadOnlySpan<byte> meta, out long extent)
+    {
+        extent = 0;
+        if (!TryField(meta, 0, 2, out int headerField)) return false;
+        if (headerField < 0) return true;
+        long table = headerField + (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta[headerField..]);
+        if (table > meta.Length - 4 || !TryField(meta, (int)table, 2, out int buffersField)) return false;
+        if (buffersField < 0) return true;
+        long vector = buffersField + (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta[buffersField..]);
+        if (vector > meta.Length - 4) return false;
+        long count = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta[(int)vector..]);
+        if (vector + 4 + 16 * count > meta.Length) return false;
+        for (long i = 0; i < count; i++)
+        {
+            int b = (int)(vector + 4 + 16 * i);
+            long offset = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(meta[b..]);
+            long length = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(meta[(b + 8)..]);
+            if (offset < 0 || length < 0 || offset > long.MaxValue - length) return false;
+            extent = Math.Max(extent, offset + length);
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// The position of field <paramref name="field"/> of the flatbuffer table at <paramref name="table"/> (the root
+    /// table's offset is read from byte 0 when <paramref name="table"/> is 0); −1 when the table omits it. False when
+    /// the table or its vtable lies outside <paramref name="meta"/>.
+    /// </summary>
+    private static bool TryField(ReadOnlySpan<byte> meta, int table, int field, out int position)
+    {
+        position = -1;
+        if (table == 0)
+        {
+            if (meta.Length < 8) return false;
+            uint root = System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta);
+            if (root > meta.Length - 4) return false;
+            table = (int)root;
+        }
+        long vtable = table - (long)System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(meta[table..]);
+        if (vtable < 0 || vtable > meta.Length - 4) return false;
+        int vtableSize = System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)vtable..]);
+        if (vtableSize < 4 || vtable + vtableSize > meta.Length) return false;
+        int slot = 4 + 2 * field;
+        int offset = slot + 2 > vtableSize ? 0 : System.Buffers.Binary.BinaryPrimitives.ReadUInt16LittleEndian(meta[(int)(vtable + slot)..]);
+        if (offset == 0) return true;
+        if (table + offset > meta.Length - 4) return false;
+        position = table + offset;
+        return true;
     }
 
     /// <summary>
