@@ -57,7 +57,7 @@ public static class TrainCommand
         var plotPath = new Option<string?>("--plot") { Description = "The loss-curve SVG to write at the end (default: OUT with .loss.svg for its extension: m.gguf → m.loss.svg)." };
         var heldOut = new Option<string?>("--heldout")
         {
-            Description = "Also write the held-out validation text (the last 5% of each --data file, cut at a line start) to this file, " +
+            Description = "Also write the held-out validation text (the last 5% of each --data file, cut at a line start, or a word's start inside a long last line) to this file, " +
                 "so `bitnet eval --data FILE --parse-special` scores the model on text it never trained on (the files' slices are joined by <|endoftext|>, read as the token).",
         };
         var command = new Command("train", "Train a BPE tokenizer and a ternary BitNet b1.58 model on text, and write it as GGUF.")

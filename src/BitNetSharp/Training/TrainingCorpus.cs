@@ -202,8 +202,8 @@ public sealed class TrainingCorpus
     /// <summary>
     /// Splits in-memory documents like <see cref="Load"/>: every document gives up its own last
     /// <paramref name="validationFraction"/> (so each source is represented in validation in proportion to its size),
-    /// the cut moved forward to the next line start so no line is split. A document too short to give anything keeps
-    /// it all for training.
+    /// the cut moved forward to the next line start so no line is split (in a long last line, or text without line
+    /// breaks, to the next word's start). A document too short to give anything keeps it all for training.
     /// </summary>
     public static TrainingCorpus Split(IReadOnlyList<string> documents, double validationFraction = 0.05)
     {
@@ -221,8 +221,16 @@ public sealed class TrainingCorpus
             // No line starts after the cut (the held-out part lies in the last line): take the start of that line
             // instead, so no line is split, unless it is the only one or would hold out more than twice the share.
             else if (document.LastIndexOf('\n', cut - 1) is var before and > 0 && document.Length - (before + 1) <= 2 * held) cut = before + 1;
-            // Cut inside the line: never between the halves of a surrogate pair (each half encoded as U+FFFD's bytes, text
-            // the corpus does not have).
+            // Cut inside the line: at the next word's start, where there is one (a long last line, a file without line
+            // breaks: "word word" was cut to "…wo" | "rd word …", a fragment on each side), and never between the halves
+            // of a surrogate pair (each half encoded as U+FFFD's bytes, text the corpus does not have).
+            if (document[cut - 1] != '\n')
+            {
+                int next = cut;
+                while (next < document.Length && !char.IsWhiteSpace(document[next])) next++;
+                while (next < document.Length && char.IsWhiteSpace(document[next])) next++;
+                if (next < document.Length) cut = next;
+            }
             if (char.IsLowSurrogate(document[cut]) && char.IsHighSurrogate(document[cut - 1])) cut = cut + 1 < document.Length ? cut + 1 : cut - 1;
             if (cut <= 0) { train.Add(document); continue; }
             train.Add(document[..cut]);

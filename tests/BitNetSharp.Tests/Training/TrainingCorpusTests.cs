@@ -21,6 +21,12 @@ public class TrainingCorpusTests
         Assert.InRange(c2.ValidationDocuments.Single().Length, 90, 110);
         // One line only: cut inside it.
         Assert.Single(TrainingCorpus.Split([new string('y', 100)], 0.1).ValidationDocuments);
+        // ... at a word's start where the line has words: "word word …" was cut to "…wo" | "rd word …".
+        string words = string.Join('\n', Enumerable.Range(0, 30).Select(i => $"line number {i:00} of the story.")) + "\n" + string.Concat(Enumerable.Repeat("word ", 60));
+        var c3 = TrainingCorpus.Split([words], 0.05);
+        Assert.StartsWith("word ", c3.ValidationDocuments.Single());
+        Assert.EndsWith("word ", c3.TrainDocuments.Single());
+        Assert.Equal(words, c3.TrainDocuments.Single() + c3.ValidationDocuments.Single());
     }
 
     /// <summary>A file past what one string holds is refused naming it and the limit (it failed without naming the file).</summary>
