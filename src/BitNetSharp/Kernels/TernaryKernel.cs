@@ -63,8 +63,8 @@ public abstract unsafe class TernaryKernel
     /// the core's hardware prefetchers. On the Zen 5 EPYC (bench `quick-decode`, one process, one thread, 278 MB of
     /// weights from memory) four streams read 31–35 GB/s against 25–28 for one, as the bandwidth probe's four-stream
     /// pattern reads 39–42 GB/s against 24–34 for a plain one; on the Zen 4 EPYC that probe read four streams slower
-    /// than one (21.4 against 25.9 GB/s), so the default is 4 on AMD family 1Ah (Zen 5) and later, 1 elsewhere until
-    /// measured. BITNET_WEIGHT_STREAMS=1|4 overrides it.
+    /// than one (21.4 against 25.9 GB/s), so the default is 4 on AMD family 1Ah (Zen 5) and later and on Zen 3 (measured
+    /// there too, <see cref="DefaultWeightStreams"/>), 1 elsewhere until measured. BITNET_WEIGHT_STREAMS=1|4 overrides it.
     /// </summary>
     /// <exception cref="ArgumentOutOfRangeException">Not 1 or 4.</exception>
     public static int WeightStreams
@@ -93,8 +93,26 @@ public abstract unsafe class TernaryKernel
         return DefaultWeightStreams();
     }
 
-    /// <summary>4 on AMD CPUs of family 1Ah (Zen 5) or later, else 1 (see <see cref="WeightStreams"/>).</summary>
-    public static int DefaultWeightStreams() => AmdFamily() >= 0x1A ? 4 : 1;
+    /// <summary>4 on AMD CPUs of family 1Ah (Zen 5) or later and on Zen 3, else 1 (see <see cref="WeightStreams"/>).</summary>
+    /// <remarks>Zen 3 (family 19h, models 00h-0Fh and 20h-5Fh; the EPYC Milan of bench/results/weight-streams-amd-epyc-zen3-2core.md):
+    /// the 2B4T shape end to end, 8 alternating pairs, four streams 12.11 tok/s against 11.02 on one thread (faster in 8 of
+    /// 8 pairs) and 19.54 against 18.55 on two (5 of 8); `quick-decode` from memory 11.4 against 9.4 GB/s. Zen 4 (models
+    /// 10h-1Fh, 60h-7Fh, A0h-AFh) stays at 1: its probe read four streams slower (21.4 against 25.9 GB/s); Zen 2 too
+    /// (15.5 against 16.4 GB/s in quick-decode).</remarks>
+    public static int DefaultWeightStreams() => AmdFamily() >= 0x1A || IsZen3(AmdFamily(), AmdModel()) ? 4 : 1;
+
+    /// <summary>Whether an AMD family 19h CPU of model <paramref name="model"/> is a Zen 3 (the others of the family are Zen 4).</summary>
+    public static bool IsZen3(int family, int model) => family == 0x19 && model is (>= 0x00 and <= 0x0F) or (>= 0x20 and <= 0x5F);
+
+    /// <summary>The CPU model of an AMD x86 CPU (extended model included), or −1 for any other CPU.</summary>
+    public static int AmdModel()
+    {
+        if (AmdFamily() < 0) return -1;
+        int eax = System.Runtime.Intrinsics.X86.X86Base.CpuId(1, 0).Eax;
+        int model = (eax >> 4) & 0xF;
+        if (((eax >> 8) & 0xF) == 0xF) model |= ((eax >> 16) & 0xF) << 4;
+        return model;
+    }
 
     /// <summary>The CPU family of an AMD x86 CPU (0x19 Zen 3/4, 0x1A Zen 5), or −1 for any other CPU: the defaults
     /// measured on one family apply to it and its successors only.</summary>

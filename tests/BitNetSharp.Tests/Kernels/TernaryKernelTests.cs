@@ -169,6 +169,20 @@ public unsafe class TernaryKernelTests
         Assert.Throws<ArgumentOutOfRangeException>(() => TernaryKernel.WeightStreams = 2);
     }
 
+    /// <summary>Four weight streams by default on Zen 3 (measured faster there) and Zen 5; Zen 4, the rest of family 19h, keeps one.</summary>
+    [Fact]
+    public void Zen3IsToldFromZen4ByItsModel()
+    {
+        foreach (int model in new[] { 0x01, 0x08, 0x21, 0x44, 0x50 }) Assert.True(TernaryKernel.IsZen3(0x19, model), $"model {model:x}");
+        foreach (int model in new[] { 0x11, 0x18, 0x61, 0x74, 0xA0 }) Assert.False(TernaryKernel.IsZen3(0x19, model), $"model {model:x}");
+        Assert.False(TernaryKernel.IsZen3(0x17, 0x31)); // Zen 2
+        Assert.False(TernaryKernel.IsZen3(0x1A, 0x02)); // Zen 5
+        if (TernaryKernel.AmdFamily() is var family and >= 0)
+            Assert.Equal(family >= 0x1A || TernaryKernel.IsZen3(family, TernaryKernel.AmdModel()) ? 4 : 1, TernaryKernel.DefaultWeightStreams());
+        else
+            Assert.Equal(-1, TernaryKernel.AmdModel());
+    }
+
     /// <summary>
     /// A stream count set in code holds for the quantized heads as BITNET_WEIGHT_STREAMS does: on Intel they read four
     /// rows side by side by default and a set 1 was ignored (tests looping over both counts ran the four-row path twice),
