@@ -80,7 +80,7 @@ public static class ChatCommand
                     throw new UsageException($"--ctx {generator.ContextLength}: the {chatTemplate.Name} template takes {frame} tokens around a message, which leaves no room "
                         + $"for a message and an answer; {RoomAdvice(generator.ContextLength, weights.Config.ContextLength)}.");
             }
-            var reader = input ?? Console.In;
+            var reader = input ?? (StandardInputClosedAtLaunch() ? TextReader.Null : Console.In);
             CancellationTokenSource? answer = null;
             ConsoleCancelEventHandler onCancel = (_, e) =>
             {
@@ -182,6 +182,28 @@ public static class ChatCommand
 
     /// <summary>How to get more room: a larger --ctx while the model allows one, else a template with fewer tokens around a
     /// turn (it said "raise --ctx" on a model of 32 positions used whole, where a larger --ctx is cut back to 32).</summary>
+    /// <summary>
+    /// Whether this process was started with its standard input closed (`chat <&-`): the runtime then opens one of its own
+    /// pipes as descriptor 0, and the chat waited on it for ever (end of input ends a chat, as with &lt; /dev/null). An
+    /// inherited descriptor survived exec, so it lacks close-on-exec; the runtime opens its own with it (O_CLOEXEC,
+    /// 02000000 in /proc's octal flags). Linux only; elsewhere false.
+    /// </summary>
+    internal static bool StandardInputClosedAtLaunch()
+    {
+        if (!OperatingSystem.IsLinux() || !Directory.Exists("/proc/self/fdinfo")) return false;
+        try
+        {
+            if (!File.Exists("/proc/self/fdinfo/0")) return true; // nothing at all open as descriptor 0
+            foreach (var line in File.ReadLines("/proc/self/fdinfo/0"))
+                if (line.StartsWith("flags:", StringComparison.Ordinal))
+                    return (Convert.ToInt64(line[6..].Trim(), 8) & 0x80000) != 0;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or ArgumentException)
+        {
+        }
+        return false;
+    }
+
     /// <summary>
     /// Without --ctx, a model context whose KV cache would outgrow the memory available is shortened to what fits in
     /// three quarters of it, with a note: a conversation fills its cache as it goes, and past its context the oldest

@@ -46,6 +46,34 @@ public class GenerateProcessTests
     }
 
     /// <summary>
+    /// `chat` started with its standard input closed (`&lt;&amp;-`) ends as at the end of input, exit 0: the runtime opened
+    /// one of its own pipes as descriptor 0 and the chat waited on it for ever (chat sweep).
+    /// </summary>
+    [Fact]
+    public async Task ChatWithStandardInputClosedEnds()
+    {
+        Assert.SkipUnless(File.Exists(Exe), $"the CLI's apphost is not next to the tests ({Exe})");
+        Assert.SkipUnless(OperatingSystem.IsLinux(), "/proc/self/fdinfo as Linux has it");
+        var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in new[] { "-c", "exec \"$0\" chat -m \"$1\" -n 2 -t 1 <&-", Exe, RepositoryFiles.Path("models/bitnet-tinystories.gguf") })
+            psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
+        var stderr = p.StandardError.ReadToEndAsync(Ct);
+        try
+        {
+            await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
+        }
+        catch (TimeoutException)
+        {
+            p.Kill();
+            Assert.Fail("chat with its standard input closed did not end");
+        }
+        await stdout;
+        Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {await stderr}");
+    }
+
+    /// <summary>
     /// A process's first prompt includes compiling the forward pass (~0.1 s): the stats line says how much and the rate
     /// without it (a 1-token prompt read 9.7 tok/s on a model that reads thousands, with no word why).
     /// </summary>
