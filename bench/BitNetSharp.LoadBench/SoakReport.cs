@@ -168,7 +168,7 @@ internal sealed class SoakReport(SoakOptions options, Uri url, string modelId, i
                 $"not judged: the server collected no garbage after the warm-up, so RSS ({afterWarmup.Min(s => s.RssBytes) / Mi:F1}–{afterWarmup.Max(s => s.RssBytes) / Mi:F1} MiB after the warm-up) may still be the heap's allocation budget filling, which a leak cannot be told from; run longer (--duration)"), false);
         var steady = afterWarmup.Where(s => s.T >= start).ToList();
         if (steady.Count < 6)
-            return new("RSS flat", criterion, string.Create(inv, $"only {steady.Count} samples with RSS after the warm-up{(collected > Warmup ? $" and the first garbage collection ({collected:0} s)" : "")} (need 6; {(options.Pid is null ? "the server exports no bitnet_process_resident_memory_bytes and no --pid was given" : "sample more often or run longer")})"), false);
+            return new("RSS flat", criterion, string.Create(inv, $"only {steady.Count} samples with RSS after the warm-up{(collected is { } c && double.IsFinite(c) && c > Warmup ? $" and the first garbage collection ({c:0} s)" : "")} (need 6; {(options.Pid is null ? "the server exports no bitnet_process_resident_memory_bytes and no --pid was given" : "sample more often or run longer")})"), false);
         var windows = Windows(steady, s => s.RssBytes);
         var medians = windows.Select(x => Soak.Percentile(x, 50)).ToList();
         double baseline = medians[0], top = medians.Max();

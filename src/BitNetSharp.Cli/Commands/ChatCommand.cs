@@ -180,8 +180,6 @@ public static class ChatCommand
         return command;
     }
 
-    /// <summary>How to get more room: a larger --ctx while the model allows one, else a template with fewer tokens around a
-    /// turn (it said "raise --ctx" on a model of 32 positions used whole, where a larger --ctx is cut back to 32).</summary>
     /// <summary>
     /// Whether this process was started with its standard input closed (`chat <&-`): the runtime then opens one of its own
     /// pipes as descriptor 0, and the chat waited on it for ever (end of input ends a chat, as with &lt; /dev/null). An
@@ -220,10 +218,13 @@ public static class ChatCommand
         var inv = System.Globalization.CultureInfo.InvariantCulture;
         error.WriteLine(string.Create(inv,
             $"note: the model's context of {config.ContextLength:N0} positions needs a {KvCache.FormatBytes(whole)} KV cache ({options.KvType.Name()}), more than the {KvCache.FormatBytes(free)} available; ") +
-            string.Create(inv, $"this chat keeps to {fits:N0} positions, dropping its oldest turns past them (--ctx sets the context; --kv-type int8 takes half of f16)."));
+            string.Create(inv, $"this chat keeps to {fits:N0} positions, dropping its oldest turns past them (--ctx sets the context") +
+            (options.KvType is KvCacheType.F16 or KvCacheType.F32 ? "; --kv-type int8 takes less)." : ")."));
         return options with { ContextLength = fits };
     }
 
+    /// <summary>How to get more room: a larger --ctx while the model allows one, else a template with fewer tokens around a
+    /// turn (it said "raise --ctx" on a model of 32 positions used whole, where a larger --ctx is cut back to 32).</summary>
     private static string RoomAdvice(int context, int modelContext) => context < modelContext
         ? $"raise --ctx (the model allows up to {modelContext})"
         : $"use a template with fewer tokens around a turn (--template; the model's context of {modelContext} tokens is used whole)";

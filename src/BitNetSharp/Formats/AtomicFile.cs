@@ -243,7 +243,7 @@ public static class AtomicFile
 
         /// <summary>An I/O error with the temporary's name replaced by the output's, saying the old output is kept.</summary>
         internal IOException Named(Exception e) => new(
-            $"cannot write {Path}: {(_temp is null ? e.Message : e.Message.Replace(_temp, Path, StringComparison.Ordinal))}"
+            $"cannot write {Path}: {(e is ArgumentOutOfRangeException ? "the file reached the largest size this process may write (EFBIG: the file-size limit, ulimit -f, or the file system's largest file)" : _temp is null ? e.Message : e.Message.Replace(_temp, Path, StringComparison.Ordinal))}"
             + (_temp is not null && File.Exists(Path) ? $"; the {System.IO.Path.GetFileName(Path)} already there is kept as it was" : ""), e);
 
         /// <summary>The output's full path (a link's target).</summary>

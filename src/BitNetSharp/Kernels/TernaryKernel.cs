@@ -81,6 +81,17 @@ public abstract unsafe class TernaryKernel
 
     /// <summary>Whether <see cref="WeightStreams"/> was chosen (BITNET_WEIGHT_STREAMS, or set in code) rather than left
     /// at the CPU's default: a choice of 1 holds for the quantized heads too (<see cref="HeadKernels.QuantizedRowsSideBySide"/>).</summary>
+    /// <summary>The count and whether it was given, for a test to put back as it found them (the setter marks it given).</summary>
+    internal static (int Streams, bool Given) WeightStreamsState
+    {
+        get => (s_weightStreams, WeightStreamsGiven);
+        set
+        {
+            s_weightStreams = value.Streams is 1 or 4 ? value.Streams : throw new ArgumentOutOfRangeException(nameof(value), value.Streams, "Weight streams are 1 or 4.");
+            WeightStreamsGiven = value.Given;
+        }
+    }
+
     internal static bool WeightStreamsGiven { get; private set; } = Environment.GetEnvironmentVariable(WeightStreamsVariable)?.Trim() is "1" or "4";
 
     public const string WeightStreamsVariable = "BITNET_WEIGHT_STREAMS";

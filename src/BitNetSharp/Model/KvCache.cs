@@ -204,7 +204,7 @@ public sealed unsafe class KvCache : IDisposable
     }
 
     /// <summary>A byte count for messages: GB from 1 GB on, else MB (a 10 MB cache read "0.0 GB").</summary>
-    public static string FormatBytes(double bytes) => bytes >= 0.95e9
+    public static string FormatBytes(double bytes) => bytes >= 1e9
         ? string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1e9:F1} GB")
         : string.Create(System.Globalization.CultureInfo.InvariantCulture, $"{bytes / 1e6:F1} MB");
 

@@ -224,12 +224,13 @@ public sealed class TrainingCorpus
             // Cut inside the line: at the next word's start, where there is one (a long last line, a file without line
             // breaks: "word word" was cut to "…wo" | "rd word …", a fragment on each side), and never between the halves
             // of a surrogate pair (each half encoded as U+FFFD's bytes, text the corpus does not have).
-            if (document[cut - 1] != '\n')
+            // The move is at most half the held-out share (a long run without spaces near the end held out a few characters).
+            if (!char.IsWhiteSpace(document[cut - 1]) && !char.IsWhiteSpace(document[cut]))
             {
                 int next = cut;
                 while (next < document.Length && !char.IsWhiteSpace(document[next])) next++;
                 while (next < document.Length && char.IsWhiteSpace(document[next])) next++;
-                if (next < document.Length) cut = next;
+                if (next < document.Length && next - cut <= held / 2) cut = next;
             }
             if (char.IsLowSurrogate(document[cut]) && char.IsHighSurrogate(document[cut - 1])) cut = cut + 1 < document.Length ? cut + 1 : cut - 1;
             if (cut <= 0) { train.Add(document); continue; }

@@ -908,7 +908,7 @@ public class OnePassProfilingTests
     [Fact]
     public void DecodeProductsOfOneInputRunAsOnePassAndProfileAsTheirParts()
     {
-        int before = BitNetSharp.Kernels.TernaryKernel.WeightStreams;
+        var before = BitNetSharp.Kernels.TernaryKernel.WeightStreamsState;
         try
         {
             BitNetSharp.Kernels.TernaryKernel.WeightStreams = 4;
@@ -987,7 +987,7 @@ public class OnePassProfilingTests
         }
         finally
         {
-            BitNetSharp.Kernels.TernaryKernel.WeightStreams = before;
+            BitNetSharp.Kernels.TernaryKernel.WeightStreamsState = before;
         }
     }
 

@@ -116,7 +116,7 @@ public unsafe class TernaryKernelTests
         var kernel = KernelRegistry.SelectTernary(name);
         var reference = new ReferenceTernaryKernel();
         var rng = new Random(4242);
-        int before = TernaryKernel.WeightStreams;
+        var before = TernaryKernel.WeightStreamsState;
         try
         {
             foreach (int streams in new[] { 1, 4 })
@@ -157,7 +157,7 @@ public unsafe class TernaryKernelTests
         }
         finally
         {
-            TernaryKernel.WeightStreams = before;
+            TernaryKernel.WeightStreamsState = before;
         }
     }
 
@@ -191,7 +191,7 @@ public unsafe class TernaryKernelTests
     [Fact]
     public void ASetStreamCountHoldsForTheQuantizedHeads()
     {
-        int before = TernaryKernel.WeightStreams;
+        var before = TernaryKernel.WeightStreamsState;
         try
         {
             TernaryKernel.WeightStreams = 1;
@@ -203,7 +203,7 @@ public unsafe class TernaryKernelTests
         }
         finally
         {
-            TernaryKernel.WeightStreams = before;
+            TernaryKernel.WeightStreamsState = before;
         }
     }
 
@@ -344,7 +344,7 @@ public unsafe class TernaryKernelTests
     {
         var kernel = KernelRegistry.SelectTernary(name);
         var rng = new Random(78);
-        int before = TernaryKernel.WeightStreams;
+        var before = TernaryKernel.WeightStreamsState;
         try
         {
             foreach (int threads in new[] { 2, 3 })
@@ -376,7 +376,7 @@ public unsafe class TernaryKernelTests
         }
         finally
         {
-            TernaryKernel.WeightStreams = before;
+            TernaryKernel.WeightStreamsState = before;
         }
     }
 
@@ -393,7 +393,7 @@ public unsafe class TernaryKernelTests
     {
         var kernel = KernelRegistry.SelectTernary(name);
         var rng = new Random(80);
-        int before = TernaryKernel.WeightStreams;
+        var before = TernaryKernel.WeightStreamsState;
         int onePass = 0, apart = 0;
         try
         {
@@ -450,7 +450,7 @@ public unsafe class TernaryKernelTests
         }
         finally
         {
-            TernaryKernel.WeightStreams = before;
+            TernaryKernel.WeightStreamsState = before;
         }
         if (KernelRegistry.SelectTernary(name).RowAlignment <= 8) Assert.True(onePass > 0, $"{name}: no case took the one-pass plan");
         Assert.True(apart > 0);
@@ -476,7 +476,7 @@ public unsafe class TernaryKernelTests
     {
         var kernel = KernelRegistry.Ternary;
         var rng = new Random(79);
-        int before = TernaryKernel.WeightStreams;
+        var before = TernaryKernel.WeightStreamsState;
         try
         {
             TernaryKernel.WeightStreams = 1;
@@ -507,7 +507,7 @@ public unsafe class TernaryKernelTests
         }
         finally
         {
-            TernaryKernel.WeightStreams = before;
+            TernaryKernel.WeightStreamsState = before;
         }
     }
 

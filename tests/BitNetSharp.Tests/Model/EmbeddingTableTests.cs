@@ -175,7 +175,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
     [InlineData(float.NaN)]
     public void MatMulMatchesMatVecOnExtremeValues(float outlier)
     {
-        int before = BitNetSharp.Kernels.TernaryKernel.WeightStreams;
+        var before = BitNetSharp.Kernels.TernaryKernel.WeightStreamsState;
         try
         {
             foreach (int streams in new[] { 1, 4 }) // MatVec's adjacent rows with prefetch, and rows from four quarters
@@ -187,7 +187,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
         }
         finally
         {
-            BitNetSharp.Kernels.TernaryKernel.WeightStreams = before;
+            BitNetSharp.Kernels.TernaryKernel.WeightStreamsState = before;
         }
     }
 
@@ -201,7 +201,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
     [Fact]
     public void ANonFiniteHalfWrittenAfterLoadMakesItsExtremeLogitNaN()
     {
-        int before = BitNetSharp.Kernels.TernaryKernel.WeightStreams;
+        var before = BitNetSharp.Kernels.TernaryKernel.WeightStreamsState;
         try
         {
             foreach (int streams in new[] { 1, 4 })
@@ -215,7 +215,7 @@ public unsafe class EmbeddingTableF16BatchEdgeTests
         }
         finally
         {
-            BitNetSharp.Kernels.TernaryKernel.WeightStreams = before;
+            BitNetSharp.Kernels.TernaryKernel.WeightStreamsState = before;
         }
     }
 

@@ -584,32 +584,48 @@ public class TelemetryLogTests(ITestOutputHelper output)
     {
         using var dir = new TestGguf.TempDirectory();
         var (killed, ends, finished) = ThreeBatches(dir);
-        // The second flush's record batch: the message that ends at ends[1]; its body length is the int64 in its
-        // metadata that reaches there.
-        long pos = ends[0], field = -1;
-        while (field < 0)
+        // The messages from byte 8 (after "ARROW1" and padding): schema, dictionary, record batch, ...; each one's body
+        // length is the int64 in its metadata that reaches the next message's continuation marker (or the given end).
+        static List<(long At, long BodyField)> Messages(byte[] file, long end)
         {
-            int metaLength = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(killed.AsSpan((int)pos + 4));
-            long metaEnd = pos + 8 + metaLength, next = -1;
-            for (long i = pos + 8; i + 8 <= metaEnd && next < 0; i++)
+            var list = new List<(long, long)>();
+            long pos = 8;
+            while (pos < end)
             {
-                long v = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(killed.AsSpan((int)i));
-                if (v < 0 || v % 8 != 0 || metaEnd + v > ends[1]) continue;
-                if (metaEnd + v == ends[1]) { field = i; next = ends[1]; }
-                else if (v > 0 && System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(killed.AsSpan((int)(metaEnd + v))) == -1) next = metaEnd + v;
+                int metaLength = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(file.AsSpan((int)pos + 4));
+                long metaEnd = pos + 8 + metaLength, next = -1, field = -1;
+                if (metaEnd == end || System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(file.AsSpan((int)metaEnd)) == -1) next = metaEnd; // no body (the schema)
+                for (long i = pos + 8; i + 8 <= metaEnd && field < 0; i++)
+                {
+                    long v = System.Buffers.Binary.BinaryPrimitives.ReadInt64LittleEndian(file.AsSpan((int)i));
+                    if (v <= 0 || v % 8 != 0 || metaEnd + v > end) continue;
+                    if (metaEnd + v == end || System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(file.AsSpan((int)(metaEnd + v))) == -1) { field = i; next = metaEnd + v; }
+                }
+                Assert.True(next > 0, $"no message structure found at {pos}");
+                list.Add((pos, field));
+                pos = next;
             }
-            Assert.True(next > 0, "no message structure found");
-            if (field < 0) pos = next;
+            return list;
         }
-        foreach (var (name, source) in new[] { ("killed-20250101T000000Z-0001.arrow", killed), ("finished-20250101T000000Z-0001.arrow", finished) })
+        var messages = Messages(killed, ends[1]);
+        Assert.True(messages.Count >= 4, $"{messages.Count} messages");
+        // The second flush's record batch (the message that ends at ends[1]), and the first flush's dictionary batch.
+        var (batchAt, batchField) = messages[^1];
+        var (dictionaryAt, dictionaryField) = messages[1];
+        foreach (var (name, source, pos, field) in new[]
+        {
+            ("killed-20250101T000000Z-0001.arrow", killed, batchAt, batchField), ("finished-20250101T000000Z-0001.arrow", finished, batchAt, batchField),
+            ("dictionary-20250101T000000Z-0001.arrow", killed, dictionaryAt, dictionaryField),
+        })
         {
             var bad = (byte[])source.Clone();
             System.Buffers.Binary.BinaryPrimitives.WriteInt64LittleEndian(bad.AsSpan((int)field), 2_000_000_000);
             string path = dir.File(name);
             File.WriteAllBytes(path, bad);
-            long before = GC.GetTotalAllocatedBytes(precise: true);
+            // Arrow allocates bodies in native memory through its default allocator, whose statistics count them.
+            long before = Apache.Arrow.Memory.MemoryAllocator.Default.Value.Statistics.BytesAllocated;
             var e = Assert.Throws<InvalidDataException>(() => TelemetryLogReader.Open(path).ReadRows(TestContext.Current.CancellationToken).Count());
-            Assert.True(GC.GetTotalAllocatedBytes(precise: true) - before < 100_000_000, "the claimed body was allocated");
+            Assert.True(Apache.Arrow.Memory.MemoryAllocator.Default.Value.Statistics.BytesAllocated - before < 100_000_000, "the claimed body was allocated");
             Assert.Contains($"{path}: damaged message at byte {pos}: its body length disagrees with the buffers it lists", e.Message);
         }
     }

@@ -143,6 +143,7 @@ public class SoakTests
         Assert.False(blind.Pass);
         Assert.Contains("only 0 samples with RSS", blind.Measured);
         Assert.DoesNotContain("NaN", blind.Measured);
+        Assert.DoesNotContain("Infinity", blind.Measured);
 
         // A 5xx fails "no 5xx" and "valid requests complete"; a malformed request answered 200, or with a broken connection, fails "malformed → 4xx".
         var fivexx = Report([.. Steady(), new SoakRequest(50, 50.1, 1, SoakKind.Completion, "completion", 500, "http_error", "HTTP 500", double.NaN)], Flat());

@@ -741,7 +741,7 @@ public sealed class TelemetryLogReader
             stream.Position = metaStart;
             stream.ReadExactly(meta);
             if (!TryMessageHeader(meta, out byte header, out long body) || body < 0) return Peeked.Readable;
-            if (header == RecordBatch && TryBufferExtent(meta, out long extent) && (body < extent || body > extent + 64))
+            if (header is RecordBatch or DictionaryBatch && TryBufferExtent(meta, header == DictionaryBatch, out long extent) && (body < extent || body > extent + 64))
                 return Peeked.Damaged;
             if (metaStart + metaLength + body > end) return Peeked.Cut;
             if (header != DictionaryBatch) return Peeked.Readable;
@@ -751,16 +751,24 @@ public sealed class TelemetryLogReader
     }
 
     /// <summary>
-    /// Where the last buffer a record batch's metadata lists ends in its body (the largest offset + length; 0 with no
+    /// Where the last buffer a record batch's (or a dictionary batch's) metadata lists ends in its body (the largest offset + length; 0 with no
     /// buffers), read from the flatbuffer: Message.header (field 2) → RecordBatch.buffers (field 2), structs of
     /// (offset, length) as longs. False when the metadata does not hold together.
     /// </summary>
-    private static bool TryBufferExtent(ReadOnlySpan<byte> meta, out long extent)
+    private static bool TryBufferExtent(ReadOnlySpan<byte> meta, bool dictionary, out long extent)
     {
         extent = 0;
         if (!TryField(meta, 0, 2, out int headerField)) return false;
         if (headerField < 0) return true;
         long table = headerField + (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta[headerField..]);
+        // A dictionary batch holds its values as a record batch (DictionaryBatch.data, field 1): a damaged body length
+        // there read as a write cut short, every row after it dropped.
+        if (dictionary)
+        {
+            if (table > meta.Length - 4 || !TryField(meta, (int)table, 1, out int dataField)) return false;
+            if (dataField < 0) return true;
+            table = dataField + (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta[dataField..]);
+        }
         if (table > meta.Length - 4 || !TryField(meta, (int)table, 2, out int buffersField)) return false;
         if (buffersField < 0) return true;
         long vector = buffersField + (long)System.Buffers.Binary.BinaryPrimitives.ReadUInt32LittleEndian(meta[buffersField..]);
