@@ -27,16 +27,10 @@ public class GenerateProcessTests
         using var dir = new TestGguf.TempDirectory();
         string output = dir.File("out.gguf");
         File.WriteAllText(output, "the old output");
-        var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        psi.Environment["DOTNET_EnableWriteXorExecute"] = "0"; // the runtime's double-mapped code file is itself past the limit
-        foreach (var a in new[] { "-c", "trap '' XFSZ; ulimit -f 256; exec \"$0\" convert \"$1\" \"$2\" --type i2_s", Exe, RepositoryFiles.Path("models/bitnet-tinystories.gguf"), output })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        string error = await p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
-        await stdout;
-        Assert.True(p.ExitCode == 1, $"exit {p.ExitCode}: {error}");
+        // DOTNET_EnableWriteXorExecute=0: the runtime's double-mapped code file is itself past the limit.
+        var (code, error) = await RunAsync("/bin/sh", ["-c", "trap '' XFSZ; ulimit -f 256; exec \"$0\" convert \"$1\" \"$2\" --type i2_s", Exe, RepositoryFiles.Path("models/bitnet-tinystories.gguf"), output],
+            ("DOTNET_EnableWriteXorExecute", "0"));
+        Assert.True(code == 1, $"exit {code}: {error}");
         Assert.Contains("cannot write " + output, error);
         Assert.Contains("the out.gguf already there is kept as it was", error);
         Assert.DoesNotContain(".tmp", error);
@@ -54,9 +48,16 @@ public class GenerateProcessTests
     {
         Assert.SkipUnless(File.Exists(Exe), $"the CLI's apphost is not next to the tests ({Exe})");
         Assert.SkipUnless(OperatingSystem.IsLinux(), "/proc/self/fdinfo as Linux has it");
-        var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "-c", "exec \"$0\" chat -m \"$1\" -n 2 -t 1 <&-", Exe, RepositoryFiles.Path("models/bitnet-tinystories.gguf") })
-            psi.ArgumentList.Add(a);
+        var (code, error) = await RunAsync("/bin/sh", ["-c", "exec \"$0\" chat -m \"$1\" -n 2 -t 1 <&-", Exe, RepositoryFiles.Path("models/bitnet-tinystories.gguf")]);
+        Assert.True(code == 0, $"exit {code}: {error}");
+    }
+
+    /// <summary>Runs a process to its end (60 s at most: past that it is killed and the test fails) and returns its exit code and standard error.</summary>
+    private static async Task<(int Code, string Error)> RunAsync(string file, string[] args, params (string Name, string Value)[] environment)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        foreach (var (name, value) in environment) psi.Environment[name] = value;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync(Ct);
         var stderr = p.StandardError.ReadToEndAsync(Ct);
@@ -66,11 +67,11 @@ public class GenerateProcessTests
         }
         catch (TimeoutException)
         {
-            p.Kill();
-            Assert.Fail("chat with its standard input closed did not end");
+            p.Kill(entireProcessTree: true);
+            Assert.Fail($"{string.Join(' ', args)} did not end within 60 s");
         }
         await stdout;
-        Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}: {await stderr}");
+        return (p.ExitCode, await stderr);
     }
 
     /// <summary>
@@ -81,15 +82,8 @@ public class GenerateProcessTests
     public async Task TheFirstPromptSaysItsCompileTime()
     {
         Assert.SkipUnless(File.Exists(Exe), $"the CLI's apphost is not next to the tests ({Exe})");
-        var psi = new ProcessStartInfo(Exe) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
-        foreach (var a in new[] { "generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "Once", "-n", "2", "--temp", "0", "-t", "1" })
-            psi.ArgumentList.Add(a);
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync(Ct);
-        string error = await p.StandardError.ReadToEndAsync(Ct);
-        await p.WaitForExitAsync(Ct).WaitAsync(TimeSpan.FromSeconds(60), Ct);
-        await stdout;
-        Assert.True(p.ExitCode == 0, error);
+        var (code, error) = await RunAsync(Exe, ["generate", "-m", RepositoryFiles.Path("models/bitnet-tinystories.gguf"), "-p", "Once", "-n", "2", "--temp", "0", "-t", "1"]);
+        Assert.True(code == 0, error);
         Assert.Matches(@"prompt: 1 tokens, [0-9.]+ tok/s \(\d+ ms of it compiling code on first use; [0-9.]+ tok/s without\)", error);
     }
 
